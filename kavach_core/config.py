@@ -1,0 +1,293 @@
+"""One validated configuration object.
+
+Every field is checked at construction; a bad value raises :class:`ConfigurationError` whose
+message says what to change. Defaults follow the design: code 60 s, access token 10 min,
+refresh token 14 days idle and 90 days absolute, refresh grace window 10 s.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+import attrs
+
+from .errors import ConfigurationError
+from .resource_indicators import canonical_resource, resource_path
+from .scopes import is_valid_scope
+
+LOOPBACK_NAMES = frozenset({"127.0.0.1", "::1", "localhost"})
+SIGNING_ALGORITHMS = ("ES256", "RS256", "EdDSA")
+
+
+def is_loopback_host(host: str | None) -> bool:
+    """True for ``localhost`` and the IPv4/IPv6 loopback addresses (GN-01)."""
+    if host is None:
+        return False
+    host = host.lower().strip("[]")
+    return host in LOOPBACK_NAMES or host.startswith("127.")
+
+
+def _scope_map(value: Mapping[str, str] | tuple[tuple[str, str], ...] | list[str] | tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    if isinstance(value, Mapping):
+        pairs = tuple((str(k), str(v)) for k, v in value.items())
+    else:
+        pairs = tuple(
+            (item, "") if isinstance(item, str) else (str(item[0]), str(item[1])) for item in value
+        )
+    return pairs
+
+
+DEFAULT_MCP_SCOPES: tuple[tuple[str, str], ...] = (
+    ("tools:list", "See the list of tools"),
+    ("tools:call", "Run any tool"),
+    ("resources:list", "See the list of resources"),
+    ("resources:read", "Read resources"),
+    ("prompts:list", "See the list of prompts"),
+    ("prompts:get", "Use prompts"),
+)
+"""A catalogue that fits an MCP server exposing tools, resources and prompts."""
+
+
+@attrs.frozen
+class ProtectedResource:
+    """One MCP server this authorization server issues tokens for (RFC 8707, RFC 9728).
+
+    ``uri`` is stored canonical (RS-05). ``scopes`` is the catalogue: scope -> description
+    shown at consent. ``default_scopes`` are granted when a client asks for none.
+    """
+
+    uri: str = attrs.field(converter=str)
+    scopes: tuple[tuple[str, str], ...] = attrs.field(default=DEFAULT_MCP_SCOPES, converter=_scope_map)
+    default_scopes: tuple[str, ...] = attrs.field(default=("tools:list", "tools:call"), converter=tuple)
+    name: str = ""
+
+    def __attrs_post_init__(self) -> None:
+        try:
+            canonical = canonical_resource(self.uri)
+        except ValueError as exc:
+            raise ConfigurationError(f"resource {self.uri!r}: {exc}; give an absolute https URI") from exc
+        object.__setattr__(self, "uri", canonical)
+        names = [s for s, _ in self.scopes]
+        if not names:
+            raise ConfigurationError(f"resource {canonical}: give at least one scope in its catalogue")
+        for scope in names:
+            if not is_valid_scope(scope):
+                raise ConfigurationError(f"resource {canonical}: scope {scope!r} is not a valid scope token")
+        if len(set(names)) != len(names):
+            raise ConfigurationError(f"resource {canonical}: a scope is listed twice")
+        for scope in self.default_scopes:
+            if scope not in names:
+                raise ConfigurationError(
+                    f"resource {canonical}: default scope {scope!r} is not in its catalogue"
+                )
+
+    @property
+    def scope_names(self) -> tuple[str, ...]:
+        return tuple(s for s, _ in self.scopes)
+
+    def describe(self, scope: str) -> str:
+        """The consent description of ``scope`` (or of the catalogue scope that covers it)."""
+        best = ""
+        best_len = -1
+        for name, text in self.scopes:
+            parts = name.split(":")
+            if scope.split(":")[: len(parts)] == parts and len(parts) > best_len:
+                best, best_len = text, len(parts)
+        return best
+
+    @property
+    def path(self) -> str:
+        return resource_path(self.uri)
+
+
+@attrs.frozen
+class Lifetimes:
+    """Lifetimes in seconds."""
+
+    code: int = 60
+    access_token: int = 600
+    refresh_idle: int = 14 * 86400
+    refresh_absolute: int = 90 * 86400
+    consent: int = 600
+    signing_key: int = 30 * 86400
+    """How long a key signs before a new one takes over; it stays published a while longer."""
+    client_secret: int = 0
+    """0: client secrets issued at registration do not expire (RFC 7591 §3.2.1)."""
+    metadata_document_min: int = 60
+    metadata_document_max: int = 86400
+
+    def __attrs_post_init__(self) -> None:
+        for field in attrs.fields(Lifetimes):
+            value = getattr(self, field.name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ConfigurationError(f"lifetime {field.name} must be a whole number of seconds >= 0")
+        if not 1 <= self.code <= 600:
+            raise ConfigurationError("lifetime code must be between 1 and 600 seconds (AZ-09)")
+        if not 1 <= self.access_token <= 86400:
+            raise ConfigurationError("lifetime access_token must be between 1 second and 1 day")
+        if self.refresh_idle < 1 or self.refresh_absolute < self.refresh_idle:
+            raise ConfigurationError("lifetime refresh_absolute must be >= refresh_idle >= 1")
+        if self.consent < 1:
+            raise ConfigurationError("lifetime consent must be at least 1 second")
+        if self.signing_key < self.access_token:
+            raise ConfigurationError("lifetime signing_key must be at least the access token lifetime")
+        if self.metadata_document_max < self.metadata_document_min:
+            raise ConfigurationError("metadata_document_max must be >= metadata_document_min")
+
+
+@attrs.frozen
+class RegistrationPolicy:
+    """Dynamic client registration (RFC 7591; RG-03).
+
+    ``mode``: ``open`` (anyone may register), ``token`` (an initial access token is required,
+    RFC 7591 §3) or ``closed`` (no registration endpoint).
+    ``initial_access_token_hashes``: SHA-256 hex digests of the accepted initial access tokens.
+    ``rate_limit``: registrations per ``rate_window`` seconds per client address; 0 disables.
+    ``allowed_redirect_hosts``: when set, redirect URI hosts must be in it (loopback always allowed).
+    """
+
+    mode: str = "open"
+    initial_access_token_hashes: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    rate_limit: int = 20
+    rate_window: int = 3600
+    allowed_redirect_hosts: tuple[str, ...] | None = attrs.field(
+        default=None, converter=lambda v: None if v is None else tuple(h.lower() for h in v)
+    )
+
+    def __attrs_post_init__(self) -> None:
+        if self.mode not in ("open", "token", "closed"):
+            raise ConfigurationError("registration mode must be one of open, token, closed")
+        if self.mode == "token" and not self.initial_access_token_hashes:
+            raise ConfigurationError(
+                "registration mode token needs initial_access_token_hashes (SHA-256 hex digests)"
+            )
+        if self.rate_limit < 0 or self.rate_window < 1:
+            raise ConfigurationError("registration rate_limit must be >= 0 and rate_window >= 1")
+
+
+@attrs.frozen
+class Paths:
+    """Endpoint paths, relative to the issuer (so an issuer with a path prefixes them)."""
+
+    authorization: str = "/authorize"
+    token: str = "/token"
+    registration: str = "/register"
+    revocation: str = "/revoke"
+    introspection: str = "/introspect"
+    jwks: str = "/jwks.json"
+
+    def __attrs_post_init__(self) -> None:
+        seen = set()
+        for field in attrs.fields(Paths):
+            value = getattr(self, field.name)
+            if not value.startswith("/") or "?" in value or "#" in value or " " in value:
+                raise ConfigurationError(f"path {field.name} must start with / and have no query")
+            if value in seen:
+                raise ConfigurationError(f"path {value} is used twice")
+            seen.add(value)
+
+
+def _resources(value: Any) -> tuple[ProtectedResource, ...]:
+    out = []
+    for item in value:
+        out.append(item if isinstance(item, ProtectedResource) else ProtectedResource(str(item)))
+    return tuple(out)
+
+
+@attrs.frozen
+class Config:
+    """Everything the protocol core needs to know about one authorization server.
+
+    ``secret`` (at least 32 bytes) keys the derivation of refresh tokens; keep it as secret as
+    the signing keys and the same on every instance. ``allow_insecure_http`` permits an
+    ``http`` issuer that is not on loopback (GN-01); leave it off outside a lab.
+    """
+
+    issuer: str
+    resources: tuple[ProtectedResource, ...] = attrs.field(converter=_resources)
+    secret: bytes = attrs.field(repr=False)
+    lifetimes: Lifetimes = attrs.field(factory=Lifetimes)
+    registration: RegistrationPolicy = attrs.field(factory=RegistrationPolicy)
+    signing_alg: str = "ES256"
+    refresh_grace: int = 10
+    allow_insecure_http: bool = False
+    paths: Paths = attrs.field(factory=Paths)
+    client_id_metadata_documents: bool = True
+    service_documentation: str | None = None
+
+    def __attrs_post_init__(self) -> None:
+        issuer = self.issuer
+        if not isinstance(issuer, str) or not issuer:
+            raise ConfigurationError("issuer must be an absolute https URL")
+        try:
+            parts = urlsplit(issuer)
+            parts.port  # noqa: B018 - validates the port
+        except ValueError as exc:
+            raise ConfigurationError(f"issuer {issuer!r} is not a valid URL") from exc
+        if parts.scheme not in ("https", "http") or not parts.hostname:
+            raise ConfigurationError(f"issuer {issuer!r} must be an absolute https URL")
+        if parts.query or "?" in issuer or parts.fragment or "#" in issuer:
+            raise ConfigurationError(f"issuer {issuer!r} must have no query or fragment (RFC 8414 §2)")
+        if parts.username is not None or parts.password is not None:
+            raise ConfigurationError(f"issuer {issuer!r} must not carry user information")
+        if issuer.endswith("/"):
+            raise ConfigurationError(f"issuer {issuer!r}: remove the trailing slash")
+        if issuer != issuer.strip() or any(ord(c) <= 0x20 for c in issuer):
+            raise ConfigurationError(f"issuer {issuer!r} must not contain spaces")
+        if parts.scheme != parts.scheme.lower() or parts.netloc != parts.netloc.lower():
+            raise ConfigurationError(f"issuer {issuer!r}: write the scheme and host in lower case")
+        if parts.scheme == "http" and not is_loopback_host(parts.hostname) and not self.allow_insecure_http:
+            raise ConfigurationError(
+                f"issuer {issuer!r} uses http on a non-loopback host; use https "
+                "(or set allow_insecure_http for a lab)"
+            )
+        if not self.resources:
+            raise ConfigurationError("give at least one protected resource (the MCP server URL)")
+        uris = [r.uri for r in self.resources]
+        if len(set(uris)) != len(uris):
+            raise ConfigurationError("a protected resource is listed twice")
+        for resource in self.resources:
+            rparts = urlsplit(resource.uri)
+            if rparts.scheme == "http" and not is_loopback_host(rparts.hostname) and not self.allow_insecure_http:
+                raise ConfigurationError(
+                    f"resource {resource.uri} uses http on a non-loopback host; use https"
+                )
+        if not isinstance(self.secret, bytes) or len(self.secret) < 32:
+            raise ConfigurationError("secret must be at least 32 random bytes")
+        if self.signing_alg not in SIGNING_ALGORITHMS:
+            raise ConfigurationError(f"signing_alg must be one of {', '.join(SIGNING_ALGORITHMS)}")
+        if not isinstance(self.refresh_grace, int) or not 0 <= self.refresh_grace <= 300:
+            raise ConfigurationError("refresh_grace must be between 0 and 300 seconds (0 disables it)")
+
+    # -- derived values ---------------------------------------------------------------
+
+    def endpoint(self, name: str) -> str:
+        """The absolute URL of an endpoint: the issuer followed by its path."""
+        return self.issuer + str(getattr(self.paths, name))
+
+    @property
+    def issuer_path(self) -> str:
+        return urlsplit(self.issuer).path
+
+    def resource(self, uri: str) -> ProtectedResource | None:
+        """The protected resource whose canonical URI is ``uri`` (already canonical)."""
+        for resource in self.resources:
+            if resource.uri == uri:
+                return resource
+        return None
+
+    @property
+    def default_resource(self) -> ProtectedResource | None:
+        """The resource granted when a client names none: only when there is exactly one."""
+        return self.resources[0] if len(self.resources) == 1 else None
+
+    @property
+    def scopes_supported(self) -> tuple[str, ...]:
+        seen: list[str] = []
+        for resource in self.resources:
+            for scope in resource.scope_names:
+                if scope not in seen:
+                    seen.append(scope)
+        return tuple(seen)

@@ -1,0 +1,102 @@
+"""Credentials carried in headers and bodies: HTTP Basic client credentials and Bearer tokens.
+
+RFC 6749 §2.3.1 (client_secret_basic, with form-urlencoding inside Basic), RFC 7617 (Basic),
+RFC 6750 §2.1 (Bearer, header only: RS-01).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from urllib.parse import unquote_plus
+
+import attrs
+
+from .errors import OAuthError
+from .http import HttpRequest
+from .params import Params
+
+_B64TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
+
+
+@attrs.frozen
+class ClientCredentials:
+    """Who the caller says it is, and how it proved it.
+
+    ``method`` is ``none``, ``client_secret_basic`` or ``client_secret_post`` (RFC 7591 §2).
+    """
+
+    client_id: str
+    secret: str | None
+    method: str
+
+
+def _basic(header: str) -> tuple[str, str]:
+    scheme, _, value = header.strip().partition(" ")
+    if scheme.lower() != "basic" or not value.strip():
+        raise OAuthError("invalid_client", "malformed Basic credentials", status=401)
+    try:
+        decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
+        raise OAuthError("invalid_client", "malformed Basic credentials", status=401) from exc
+    user, sep, password = decoded.partition(":")
+    if not sep:
+        raise OAuthError("invalid_client", "malformed Basic credentials", status=401)
+    # RFC 6749 §2.3.1: the client identifier and secret are form-urlencoded first.
+    return unquote_plus(user, errors="strict"), unquote_plus(password, errors="strict")
+
+
+def client_credentials(req: HttpRequest, params: Params) -> ClientCredentials | None:
+    """The client credentials of a token, revocation or introspection request.
+
+    Using more than one authentication method in a request is ``invalid_request``
+    (RFC 6749 §2.3). Returns ``None`` when no client is identified at all.
+    """
+    authorization = req.header("authorization")
+    body_id = params.get("client_id")
+    body_secret = params.get("client_secret")
+    if authorization is not None and authorization.strip().lower().startswith("basic"):
+        if body_secret is not None:
+            raise OAuthError("invalid_request", "use one client authentication method")
+        try:
+            client_id, secret = _basic(authorization)
+        except UnicodeDecodeError as exc:
+            raise OAuthError("invalid_client", "malformed Basic credentials", status=401) from exc
+        if not client_id:
+            raise OAuthError("invalid_client", "malformed Basic credentials", status=401)
+        if body_id is not None and body_id != client_id:
+            raise OAuthError("invalid_request", "client_id does not match the credentials")
+        return ClientCredentials(client_id, secret, "client_secret_basic")
+    if body_id is None:
+        if body_secret is not None:
+            raise OAuthError("invalid_request", "client_secret without client_id")
+        return None
+    if body_secret is not None:
+        return ClientCredentials(body_id, body_secret, "client_secret_post")
+    return ClientCredentials(body_id, None, "none")
+
+
+def bearer_token(req: HttpRequest) -> str | None:
+    """The Bearer token of the ``Authorization`` header (RFC 6750 §2.1), or ``None``.
+
+    Only the header counts (RS-01): ``access_token`` in a query or body is ignored.
+    Raises ``invalid_request`` for a malformed or repeated header.
+    """
+    values = req.header_values("authorization")
+    if not values:
+        return None
+    if len(values) > 1:
+        raise OAuthError("invalid_request", "more than one Authorization header", status=400)
+    return parse_bearer(values[0])
+
+
+def parse_bearer(header: str) -> str | None:
+    """The token of one ``Authorization`` header value; ``None`` for another scheme."""
+    scheme, _, rest = header.strip().partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    token = rest.strip()
+    if not _B64TOKEN.fullmatch(token):
+        raise OAuthError("invalid_request", "malformed Bearer token", status=400)
+    return token

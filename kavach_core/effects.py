@@ -1,0 +1,248 @@
+"""Effects: every read or write of state the core asks its caller to perform.
+
+Each effect is one atomic step for every backend; the docstring of each says what it returns.
+Decisions that matter for security (code redemption, refresh rotation, consent tickets) are
+single effects, never read-then-write pairs.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import attrs
+
+from .records import AuthorizationCode, Client, Grant, PendingAuthorization, SigningKey
+
+
+@attrs.frozen
+class Effect:
+    """Base class of all effects."""
+
+    writes = False
+
+
+# -- clients ------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class GetClient(Effect):
+    """Returns the :class:`Client` with this id, or ``None`` (expired metadata documents: ``None``)."""
+
+    client_id: str
+
+
+@attrs.frozen
+class PutClient(Effect):
+    """Inserts or replaces a client. Returns ``None``."""
+
+    writes = True
+    client: Client
+
+
+@attrs.frozen
+class DeleteClient(Effect):
+    """Removes a client and revokes every grant it holds. Returns ``True`` when it existed."""
+
+    writes = True
+    client_id: str
+    now: int
+
+
+@attrs.frozen
+class ListClients(Effect):
+    """Returns every registered client as a tuple."""
+
+
+# -- the authorization step --------------------------------------------------------------
+
+
+@attrs.frozen
+class PutPending(Effect):
+    """Stores a pending authorization under its ticket digest. Returns ``None``."""
+
+    writes = True
+    pending: PendingAuthorization
+
+
+@attrs.frozen
+class TakePending(Effect):
+    """Reads and deletes in one step: at most one caller receives the record.
+
+    Returns the :class:`PendingAuthorization`, or ``None`` when unknown, taken or expired at ``now``.
+    """
+
+    writes = True
+    ticket_hash: str
+    now: int
+
+
+@attrs.frozen
+class PutCode(Effect):
+    """Stores an authorization code record. Returns ``None``."""
+
+    writes = True
+    code: AuthorizationCode
+
+
+@attrs.frozen
+class GetCode(Effect):
+    """Returns the :class:`AuthorizationCode` with this digest (consumed or not), or ``None``."""
+
+    code_hash: str
+
+
+@attrs.frozen
+class ConsumeCode(Effect):
+    """Marks the code consumed and stores ``grant``, in one step.
+
+    Returns ``True`` for the single caller that consumed it; ``False`` when it was already
+    consumed (or is gone), in which case nothing is written.
+    """
+
+    writes = True
+    code_hash: str
+    grant: Grant
+
+
+# -- grants and refresh-token families ---------------------------------------------------
+
+
+@attrs.frozen
+class GetGrant(Effect):
+    """Returns the :class:`Grant`, or ``None``."""
+
+    grant_id: str
+
+
+@attrs.frozen
+class RevokeGrant(Effect):
+    """Marks the grant revoked at ``now``: its refresh family and every access token it issued
+    stop working. Returns ``True`` when the grant existed and was not yet revoked."""
+
+    writes = True
+    grant_id: str
+    now: int
+
+
+@attrs.frozen
+class ListGrants(Effect):
+    """Returns the grants matching the filters (``None`` matches any), as a tuple."""
+
+    subject: str | None = None
+    client_id: str | None = None
+
+
+@attrs.frozen
+class RotateRefresh(Effect):
+    """Compare-and-set on the family's current refresh token.
+
+    With ``grant`` the family's record as stored:
+
+    - unknown grant, revoked, or past ``expires_at`` or ``refresh_expires_at``: ``unknown``;
+    - ``generation`` is current and ``presented_hash`` equals ``refresh_hash``: the family moves
+      to ``generation + 1`` with ``successor_hash``, ``rotated_at = now`` and
+      ``refresh_expires_at = idle_expires_at`` (capped at ``expires_at``): ``rotated``;
+    - ``generation + 1`` is current and ``now - rotated_at <= grace``: ``retried`` (no write);
+    - any other generation: the grant is revoked in the same step: ``reused``.
+
+    Returns a :class:`Rotation`.
+    """
+
+    writes = True
+    grant_id: str
+    generation: int
+    presented_hash: str
+    successor_hash: str
+    now: int
+    grace: int
+    idle_expires_at: int
+
+
+@attrs.frozen
+class Rotation:
+    outcome: Literal["rotated", "retried", "reused", "unknown"]
+    grant: Grant | None
+
+
+# -- access tokens -----------------------------------------------------------------------
+
+
+@attrs.frozen
+class RevokeAccessToken(Effect):
+    """Records ``jti`` as revoked until ``expires_at``. Returns ``None``."""
+
+    writes = True
+    jti: str
+    expires_at: int
+
+
+@attrs.frozen
+class IsTokenRevoked(Effect):
+    """Returns ``True`` when ``jti`` was revoked or grant ``grant_id`` is revoked or gone."""
+
+    jti: str
+    grant_id: str
+
+
+# -- signing keys --------------------------------------------------------------------------
+
+
+@attrs.frozen
+class GetSigningKeys(Effect):
+    """Returns the stored signing keys as a tuple, newest first."""
+
+
+@attrs.frozen
+class SwapSigningKeys(Effect):
+    """Compare-and-set of the key set: when the stored kids equal ``expected``, store ``keys``.
+
+    Returns the key set stored afterwards (ours, or the one another process stored first),
+    so a rotation is decided once however many processes try.
+    """
+
+    writes = True
+    expected: tuple[str, ...]
+    keys: tuple[SigningKey, ...]
+
+
+# -- rate limits ----------------------------------------------------------------------------
+
+
+@attrs.frozen
+class Hit(Effect):
+    """Counts one event in ``bucket`` for the fixed window containing ``now``.
+
+    Returns ``True`` when the count, this event included, is at most ``limit``.
+    """
+
+    writes = True
+    bucket: str
+    limit: int
+    window: int
+    now: int
+
+
+# -- outbound fetches ----------------------------------------------------------------------
+
+
+@attrs.frozen
+class FetchDocument(Effect):
+    """Fetches a client ID metadata document through an SSRF-safe fetcher (CM-02).
+
+    Returns a :class:`Fetched` or a :class:`FetchRefused`.
+    """
+
+    url: str
+
+
+@attrs.frozen
+class Fetched:
+    body: bytes
+    content_type: str
+    max_age: int | None
+    """Seconds the response may be cached, from ``Cache-Control``; ``None`` when not stated."""
+
+
+@attrs.frozen
+class FetchRefused:
+    reason: str

@@ -1,0 +1,155 @@
+"""The two values an adapter exchanges with the core: :class:`HttpRequest` and :class:`Response`.
+
+An adapter builds an :class:`HttpRequest` from its framework's request and turns a
+:class:`Response` back into its framework's response; nothing else crosses the boundary.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from typing import Any
+from urllib.parse import quote
+
+import attrs
+
+from .errors import OAuthError, safe_description
+
+
+def _freeze_pairs(value: Iterable[tuple[str, str]] | Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+    items = value.items() if isinstance(value, Mapping) else value
+    return tuple((str(k), str(v)) for k, v in items)
+
+
+@attrs.frozen
+class HttpRequest:
+    """A parsed HTTP request.
+
+    ``query`` keeps every ``(name, value)`` pair in order, so duplicate parameters stay visible
+    (AZ-01). Header names are compared case-insensitively; ``headers`` keeps every pair too.
+    ``path`` is the decoded path without the query string.
+    """
+
+    method: str
+    path: str
+    query: tuple[tuple[str, str], ...] = attrs.field(default=(), converter=_freeze_pairs)
+    headers: tuple[tuple[str, str], ...] = attrs.field(default=(), converter=_freeze_pairs)
+    body: bytes = b""
+
+    def header(self, name: str) -> str | None:
+        """The value of header ``name``, ``None`` when absent; repeated headers are joined with ``,``."""
+        lname = name.lower()
+        values = [v for k, v in self.headers if k.lower() == lname]
+        if not values:
+            return None
+        return ",".join(values)
+
+    def header_values(self, name: str) -> list[str]:
+        lname = name.lower()
+        return [v for k, v in self.headers if k.lower() == lname]
+
+    @property
+    def content_type(self) -> str:
+        """The media type of the body, lower-cased, without parameters."""
+        raw = self.header("content-type") or ""
+        return raw.split(";", 1)[0].strip().lower()
+
+
+@attrs.frozen
+class ErrorView:
+    """What an error page shows; adapters may render it in their own style (AZ-02)."""
+
+    error: str
+    description: str
+
+
+@attrs.frozen
+class Response:
+    """An HTTP response as data: status, header pairs and body bytes.
+
+    ``view`` is set on error pages so an adapter can render them with its own templates.
+    """
+
+    status: int
+    headers: tuple[tuple[str, str], ...] = attrs.field(default=(), converter=_freeze_pairs)
+    body: bytes = b""
+    view: ErrorView | None = None
+
+    def header(self, name: str) -> str | None:
+        lname = name.lower()
+        for k, v in self.headers:
+            if k.lower() == lname:
+                return v
+        return None
+
+    def json(self) -> Any:
+        """The body decoded as JSON (convenience for callers and tests)."""
+        return json.loads(self.body)
+
+    def with_headers(self, extra: Iterable[tuple[str, str]]) -> Response:
+        return attrs.evolve(self, headers=self.headers + tuple(extra))
+
+
+NO_STORE = (("Cache-Control", "no-store"), ("Pragma", "no-cache"))
+
+PAGE_SECURITY_HEADERS = (
+    ("Content-Security-Policy", "default-src 'none'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"),
+    ("X-Frame-Options", "DENY"),
+    ("Referrer-Policy", "no-referrer"),
+    ("X-Content-Type-Options", "nosniff"),
+    ("Cache-Control", "no-store"),
+)
+"""Headers for every HTML page and redirect of the authorization endpoint (AZ-10)."""
+
+
+def json_response(
+    status: int,
+    body: Mapping[str, Any],
+    *,
+    no_store: bool = False,
+    headers: Iterable[tuple[str, str]] = (),
+) -> Response:
+    """A JSON response; ``no_store`` adds ``Cache-Control: no-store`` (RFC 6749 §5.1)."""
+    all_headers: list[tuple[str, str]] = [("Content-Type", "application/json")]
+    if no_store:
+        all_headers.extend(NO_STORE)
+    all_headers.extend(headers)
+    data = json.dumps(body, separators=(",", ":"), sort_keys=False).encode()
+    return Response(status, tuple(all_headers), data)
+
+
+def error_response(err: OAuthError, *, headers: Iterable[tuple[str, str]] = ()) -> Response:
+    """An RFC 6749 §5.2 error body, never cached (TK-01)."""
+    body: dict[str, str] = {"error": err.error}
+    if err.description:
+        body["error_description"] = safe_description(err.description)
+    return json_response(err.status, body, no_store=True, headers=headers)
+
+
+def redirect_response(location: str) -> Response:
+    """A 303 See Other: safe after a POST and never re-posts the form (AZ-10, RFC 9700 §4.11)."""
+    return Response(303, (("Location", location), *PAGE_SECURITY_HEADERS), b"")
+
+
+def error_page(status: int, error: str, description: str) -> Response:
+    """A minimal, self-contained HTML error page that never redirects (AZ-02)."""
+    from html import escape
+
+    title = escape(error)
+    text = escape(description)
+    html = (
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">"
+        f"<title>Authorization error</title></head><body><h1>Authorization error</h1>"
+        f"<p><strong>{title}</strong></p><p>{text}</p></body></html>"
+    ).encode()
+    headers = (("Content-Type", "text/html; charset=utf-8"), *PAGE_SECURITY_HEADERS)
+    return Response(status, headers, html, view=ErrorView(error, description))
+
+
+def add_query(url: str, params: Iterable[tuple[str, str]]) -> str:
+    """Append ``params`` to ``url``'s query, keeping any query it already has (RFC 6749 §3.1.2)."""
+    encoded = "&".join(f"{quote(k, safe='')}={quote(v, safe='')}" for k, v in params)
+    if not encoded:
+        return url
+    sep = "&" if "?" in url else "?"
+    return f"{url}{sep}{encoded}"

@@ -1,0 +1,162 @@
+"""The in-memory store: every effect atomic under one lock; for tests, demos and one process."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+
+from . import effects as fx
+from .records import AuthorizationCode, Client, Grant, PendingAuthorization, SigningKey
+
+
+class MemoryStore:
+    """A thread-safe, dict-backed store implementing every effect in :mod:`kavach_core.effects`."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.clients: dict[str, Client] = {}
+        self.pending: dict[str, PendingAuthorization] = {}
+        self.codes: dict[str, AuthorizationCode] = {}
+        self.grants: dict[str, Grant] = {}
+        self.revoked_jtis: dict[str, int] = {}
+        self.keys: tuple[SigningKey, ...] = ()
+        self.hits: dict[tuple[str, int], int] = {}
+        self._handlers: dict[type[fx.Effect], Callable[[Any], Any]] = {
+            fx.GetClient: self._get_client,
+            fx.PutClient: self._put_client,
+            fx.DeleteClient: self._delete_client,
+            fx.ListClients: lambda e: tuple(self.clients.values()),
+            fx.PutPending: self._put_pending,
+            fx.TakePending: self._take_pending,
+            fx.PutCode: self._put_code,
+            fx.GetCode: lambda e: self.codes.get(e.code_hash),
+            fx.ConsumeCode: self._consume_code,
+            fx.GetGrant: lambda e: self.grants.get(e.grant_id),
+            fx.RevokeGrant: self._revoke_grant,
+            fx.ListGrants: self._list_grants,
+            fx.RotateRefresh: self._rotate,
+            fx.RevokeAccessToken: self._revoke_access,
+            fx.IsTokenRevoked: self._is_revoked,
+            fx.GetSigningKeys: lambda e: self.keys,
+            fx.SwapSigningKeys: self._swap_keys,
+            fx.Hit: self._hit,
+        }
+
+    def perform(self, effect: fx.Effect) -> Any:
+        handler = self._handlers.get(type(effect))
+        if handler is None:
+            raise TypeError(f"MemoryStore cannot perform {type(effect).__name__}")
+        with self._lock:
+            return handler(effect)
+
+    async def aperform(self, effect: fx.Effect) -> Any:
+        return self.perform(effect)
+
+    def purge(self, now: int) -> None:
+        """Drop everything that has expired at ``now``."""
+        with self._lock:
+            self.pending = {k: v for k, v in self.pending.items() if v.expires_at > now}
+            self.codes = {k: v for k, v in self.codes.items() if v.expires_at > now}
+            self.grants = {k: v for k, v in self.grants.items() if v.expires_at > now}
+            self.revoked_jtis = {k: v for k, v in self.revoked_jtis.items() if v > now}
+            self.hits = {k: v for k, v in self.hits.items() if k[1] > now}
+
+    # -- handlers (called with the lock held) ------------------------------------------
+
+    def _get_client(self, e: fx.GetClient) -> Client | None:
+        return self.clients.get(e.client_id)
+
+    def _put_client(self, e: fx.PutClient) -> None:
+        self.clients[e.client.client_id] = e.client
+
+    def _delete_client(self, e: fx.DeleteClient) -> bool:
+        existed = self.clients.pop(e.client_id, None) is not None
+        for gid, grant in list(self.grants.items()):
+            if grant.client_id == e.client_id and grant.revoked_at is None:
+                self.grants[gid] = attrs.evolve(grant, revoked_at=e.now)
+        return existed
+
+    def _put_pending(self, e: fx.PutPending) -> None:
+        self.pending[e.pending.ticket_hash] = e.pending
+
+    def _take_pending(self, e: fx.TakePending) -> PendingAuthorization | None:
+        record = self.pending.pop(e.ticket_hash, None)
+        if record is None or record.expires_at <= e.now:
+            return None
+        return record
+
+    def _put_code(self, e: fx.PutCode) -> None:
+        self.codes[e.code.code_hash] = e.code
+
+    def _consume_code(self, e: fx.ConsumeCode) -> bool:
+        code = self.codes.get(e.code_hash)
+        if code is None or code.consumed:
+            return False
+        self.codes[e.code_hash] = attrs.evolve(code, consumed=True)
+        self.grants[e.grant.grant_id] = e.grant
+        return True
+
+    def _revoke_grant(self, e: fx.RevokeGrant) -> bool:
+        grant = self.grants.get(e.grant_id)
+        if grant is None or grant.revoked_at is not None:
+            return False
+        self.grants[e.grant_id] = attrs.evolve(grant, revoked_at=e.now)
+        return True
+
+    def _list_grants(self, e: fx.ListGrants) -> tuple[Grant, ...]:
+        return tuple(
+            g
+            for g in self.grants.values()
+            if (e.subject is None or g.subject == e.subject)
+            and (e.client_id is None or g.client_id == e.client_id)
+        )
+
+    def _rotate(self, e: fx.RotateRefresh) -> fx.Rotation:
+        grant = self.grants.get(e.grant_id)
+        if (
+            grant is None
+            or grant.revoked_at is not None
+            or e.now >= grant.expires_at
+        ):
+            return fx.Rotation("unknown", grant)
+        if e.generation == grant.refresh_generation and e.presented_hash == grant.refresh_hash:
+            if e.now >= grant.refresh_expires_at:
+                return fx.Rotation("unknown", grant)
+            updated = attrs.evolve(
+                grant,
+                refresh_generation=e.generation + 1,
+                refresh_hash=e.successor_hash,
+                rotated_at=e.now,
+                refresh_expires_at=min(e.idle_expires_at, grant.expires_at),
+            )
+            self.grants[e.grant_id] = updated
+            return fx.Rotation("rotated", updated)
+        if e.generation + 1 == grant.refresh_generation and e.now - grant.rotated_at <= e.grace:
+            return fx.Rotation("retried", grant)
+        revoked = attrs.evolve(grant, revoked_at=e.now)
+        self.grants[e.grant_id] = revoked
+        return fx.Rotation("reused", revoked)
+
+    def _revoke_access(self, e: fx.RevokeAccessToken) -> None:
+        self.revoked_jtis[e.jti] = max(e.expires_at, self.revoked_jtis.get(e.jti, 0))
+
+    def _is_revoked(self, e: fx.IsTokenRevoked) -> bool:
+        if e.jti in self.revoked_jtis:
+            return True
+        grant = self.grants.get(e.grant_id)
+        return grant is None or grant.revoked_at is not None
+
+    def _swap_keys(self, e: fx.SwapSigningKeys) -> tuple[SigningKey, ...]:
+        if tuple(k.kid for k in self.keys) == e.expected:
+            self.keys = e.keys
+        return self.keys
+
+    def _hit(self, e: fx.Hit) -> bool:
+        window_end = (e.now // e.window + 1) * e.window
+        key = (e.bucket, window_end)
+        count = self.hits.get(key, 0) + 1
+        self.hits[key] = count
+        return count <= e.limit

@@ -1,0 +1,86 @@
+"""Opaque secrets: codes, consent tickets, client secrets and refresh tokens.
+
+Each carries 256 bits from the injected entropy source (AZ-09, TK-09, GN-02) and is stored
+only as its SHA-256 digest, so a leaked database yields no live credential.
+Refresh tokens are derived, not stored: ``HMAC(secret, grant id || generation)`` lets a retry
+within the grace window receive the same successor without any plaintext at rest.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+
+from .context import Context
+
+SECRET_BYTES = 32
+REFRESH_PREFIX = "kvr_"
+_GRANT_ID_BYTES = 16
+
+
+def b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def b64url_decode(text: str) -> bytes:
+    """Strict base64url without padding; ``ValueError`` on anything else."""
+    if "=" in text or not text.isascii():
+        raise ValueError("not base64url")
+    pad = "=" * (-len(text) % 4)
+    try:
+        data = base64.b64decode(text + pad, altchars=b"-_", validate=True)
+    except binascii.Error as exc:
+        raise ValueError("not base64url") from exc
+    if b64url(data) != text:
+        raise ValueError("non-canonical base64url")
+    return data
+
+
+def new_secret(ctx: Context) -> str:
+    """A fresh 256-bit secret, base64url encoded (43 characters)."""
+    return b64url(ctx.random(SECRET_BYTES))
+
+
+def new_id(ctx: Context) -> str:
+    """A fresh 128-bit identifier (grant ids, JWT ids, client ids)."""
+    return b64url(ctx.random(16))
+
+
+def digest(secret: str) -> str:
+    """The at-rest form of a secret: SHA-256, hex."""
+    return hashlib.sha256(secret.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def same(a: str, b: str) -> bool:
+    """Constant-time string equality (GN-02)."""
+    return hmac.compare_digest(a.encode("utf-8", "surrogatepass"), b.encode("utf-8", "surrogatepass"))
+
+
+def _refresh_mac(key: bytes, grant_bytes: bytes, generation: int) -> bytes:
+    return hmac.new(key, b"kavach refresh v1\x00" + grant_bytes + generation.to_bytes(4, "big"), hashlib.sha256).digest()
+
+
+def refresh_token(key: bytes, grant_id: str, generation: int) -> str:
+    """The refresh token of ``grant_id`` at ``generation``: 256 bits of MAC plus where to look."""
+    grant_bytes = b64url_decode(grant_id)
+    mac = _refresh_mac(key, grant_bytes, generation)
+    return REFRESH_PREFIX + b64url(grant_bytes + generation.to_bytes(4, "big") + mac)
+
+
+def parse_refresh_token(key: bytes, token: str) -> tuple[str, int] | None:
+    """``(grant_id, generation)`` of a genuine refresh token, else ``None`` (MAC checked in constant time)."""
+    if not token.startswith(REFRESH_PREFIX) or len(token) > 200:
+        return None
+    try:
+        raw = b64url_decode(token[len(REFRESH_PREFIX):])
+    except ValueError:
+        return None
+    if len(raw) != _GRANT_ID_BYTES + 4 + 32:
+        return None
+    grant_bytes = raw[:_GRANT_ID_BYTES]
+    generation = int.from_bytes(raw[_GRANT_ID_BYTES:_GRANT_ID_BYTES + 4], "big")
+    if not hmac.compare_digest(raw[_GRANT_ID_BYTES + 4:], _refresh_mac(key, grant_bytes, generation)):
+        return None
+    return b64url(grant_bytes), generation

@@ -1,0 +1,124 @@
+"""Request parameters: query strings, form bodies and JSON bodies, parsed once and strictly.
+
+RFC 6749 §3.1: parameters sent without a value are treated as omitted; request and response
+parameters must not be included more than once. OAuth 2.1 §4.1.1 / AZ-01.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+from urllib.parse import parse_qsl
+
+import attrs
+
+from .errors import OAuthError
+from .http import HttpRequest
+
+MAX_FIELDS = 100
+"""Parameter pairs accepted in one query string or form body."""
+
+MAX_BODY = 64 * 1024
+"""Bytes accepted in one form or JSON body; larger bodies are refused as ``invalid_request``."""
+
+FORM = "application/x-www-form-urlencoded"
+
+
+@attrs.frozen
+class Params:
+    """An ordered multi-dict of parameters with the RFC 6749 §3.1 rules built in."""
+
+    pairs: tuple[tuple[str, str], ...] = ()
+
+    def get(self, name: str) -> str | None:
+        """The single value of ``name``; empty means absent; given twice is ``invalid_request``."""
+        values = [v for k, v in self.pairs if k == name and v != ""]
+        if len(values) > 1:
+            raise OAuthError("invalid_request", f"parameter {name} given more than once")
+        return values[0] if values else None
+
+    def get_all(self, name: str) -> tuple[str, ...]:
+        """Every non-empty value of a parameter that may repeat (``resource``, RFC 8707 §2)."""
+        return tuple(v for k, v in self.pairs if k == name and v != "")
+
+    def duplicated(self, name: str) -> bool:
+        return len(self.get_all(name)) > 1
+
+    def names(self) -> frozenset[str]:
+        return frozenset(k for k, _ in self.pairs)
+
+
+def parse_query_string(raw: str) -> Params:
+    """Parse ``application/x-www-form-urlencoded`` text; malformed input is ``invalid_request``."""
+    try:
+        pairs = parse_qsl(
+            raw,
+            keep_blank_values=True,
+            strict_parsing=False,
+            encoding="utf-8",
+            errors="strict",
+            max_num_fields=MAX_FIELDS,
+        )
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise OAuthError("invalid_request", "malformed parameters") from exc
+    for key, value in pairs:
+        if "\x00" in key or "\x00" in value:
+            raise OAuthError("invalid_request", "parameters must not contain NUL")
+    return Params(tuple(pairs))
+
+
+def query_params(req: HttpRequest) -> Params:
+    """The query parameters of ``req`` (already split into pairs by the adapter)."""
+    if len(req.query) > MAX_FIELDS:
+        raise OAuthError("invalid_request", "too many parameters")
+    for key, value in req.query:
+        if "\x00" in key or "\x00" in value:
+            raise OAuthError("invalid_request", "parameters must not contain NUL")
+    return Params(req.query)
+
+
+def form_params(req: HttpRequest) -> Params:
+    """The form body of a POST (RFC 6749 §3.2: ``application/x-www-form-urlencoded`` only)."""
+    if req.content_type != FORM:
+        raise OAuthError("invalid_request", f"the request body must be {FORM}")
+    if len(req.body) > MAX_BODY:
+        raise OAuthError("invalid_request", "request body too large")
+    try:
+        text = req.body.decode("ascii")
+    except UnicodeDecodeError as exc:
+        raise OAuthError("invalid_request", "a form body must be ASCII, percent-encoded") from exc
+    return parse_query_string(text)
+
+
+def _reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise OAuthError("invalid_client_metadata", f"member {key} given more than once")
+        result[key] = value
+    return result
+
+
+def _reject_constant(name: str) -> Any:
+    raise OAuthError("invalid_client_metadata", f"{name} is not valid JSON")
+
+
+def json_object(req: HttpRequest, *, error: str = "invalid_request") -> dict[str, Any]:
+    """A JSON object body (RFC 7591 §3.1), strictly: UTF-8, no duplicate members, no NaN."""
+    if req.content_type != "application/json":
+        raise OAuthError(error, "the request body must be application/json")
+    if len(req.body) > MAX_BODY:
+        raise OAuthError(error, "request body too large")
+    try:
+        value = json.loads(
+            req.body.decode("utf-8"),
+            object_pairs_hook=_reject_duplicate_keys,
+            parse_constant=_reject_constant,
+        )
+    except OAuthError as exc:
+        raise OAuthError(error, exc.description) from exc
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise OAuthError(error, "the request body is not valid JSON") from exc
+    if not isinstance(value, dict):
+        raise OAuthError(error, "the request body must be a JSON object")
+    return value

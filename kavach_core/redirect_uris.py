@@ -1,0 +1,80 @@
+"""Redirect URIs: what may be registered, and how a requested one is matched.
+
+RFC 9700 §4.1.3 and OAuth 2.1 §2.3.1: exact string matching; the only exception is the port
+of a loopback IP redirect (RFC 8252 §7.3). AZ-03, RG-01.
+"""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import urlsplit
+
+_LOOPBACK = re.compile(r"http://(127\.0\.0\.1|\[::1\])(?::([0-9]{1,5}))?([/?].*)?", re.DOTALL)
+"""An http loopback IP redirect URI, split into host, port and the rest (RFC 8252 §7.3)."""
+
+
+def _loopback(uri: str) -> tuple[str, str] | None:
+    """``(host, rest)`` of an http loopback IP URI (the port removed), else ``None``."""
+    m = _LOOPBACK.fullmatch(uri)
+    if m is None or (m.group(2) is not None and int(m.group(2)) > 65535):
+        return None
+    return m.group(1), m.group(3) or ""
+
+
+def is_loopback(uri: str) -> bool:
+    """True for an ``http://127.0.0.1[:port]`` or ``http://[::1][:port]`` redirect URI."""
+    return _loopback(uri) is not None
+
+
+def matches(requested: str, registered: str) -> bool:
+    """Exact string comparison; only a loopback IP redirect's port may differ (AZ-03)."""
+    if requested == registered:
+        return True
+    req = _loopback(requested)
+    return req is not None and req == _loopback(registered)
+
+
+def find_match(requested: str, registered: tuple[str, ...]) -> str | None:
+    """The registered URI that ``requested`` matches, or ``None``."""
+    for candidate in registered:
+        if matches(requested, candidate):
+            return candidate
+    return None
+
+
+def registration_problem(uri: str) -> str | None:
+    """Why ``uri`` may not be registered as a redirect URI, or ``None`` when it may (RG-01).
+
+    https anywhere; http only on loopback (``127.0.0.1``, ``[::1]``, ``localhost``); private-use
+    schemes (``com.example.app:/cb``) for native apps; never a fragment, user information,
+    or a ``javascript:``, ``data:``, ``file:``, ``vbscript:`` or ``about:`` scheme.
+    """
+    if not uri or len(uri) > 2000 or any(ord(c) <= 0x20 or ord(c) == 0x7F for c in uri):
+        return "redirect URIs must be non-empty without spaces or control characters"
+    try:
+        parts = urlsplit(uri)
+        parts.port  # noqa: B018 - validates the port
+    except ValueError:
+        return f"{uri} is not a valid URI"
+    scheme = parts.scheme.lower()
+    if not scheme:
+        return f"{uri} is not an absolute URI"
+    if "#" in uri:
+        return f"{uri} must not have a fragment"
+    if scheme in {"javascript", "data", "file", "vbscript", "about", "blob", "filesystem"}:
+        return f"the {scheme} scheme is not allowed"
+    if parts.username is not None or parts.password is not None or "@" in parts.netloc:
+        return f"{uri} must not carry user information"
+    if scheme == "https":
+        if not parts.hostname:
+            return f"{uri} has no host"
+        return None
+    if scheme == "http":
+        host = (parts.hostname or "").lower()
+        if host in {"127.0.0.1", "::1", "localhost"}:
+            return None
+        return "http redirect URIs are only allowed on loopback (127.0.0.1, [::1])"
+    # Private-use URI scheme for native apps (RFC 8252 §7.1): reverse-domain, with a dot.
+    if "." not in scheme:
+        return f"the {scheme} scheme is not allowed; use https, or a reverse-domain private-use scheme"
+    return None

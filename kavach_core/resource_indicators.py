@@ -1,0 +1,59 @@
+"""Resource indicators and canonical resource URIs.
+
+RFC 8707 §2: ``resource`` is an absolute URI without a fragment. The MCP authorization spec
+(canonical server URI) and RS-05: lower-case scheme and host, no default port, no fragment,
+no trailing slash unless the path is the root; both sides are compared after canonicalisation.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit, urlunsplit
+
+from .errors import OAuthError
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def canonical_resource(uri: str) -> str:
+    """The canonical form of a resource URI; ``ValueError`` when it cannot be one."""
+    if not uri or any(ch.isspace() for ch in uri) or any(ord(ch) < 0x20 for ch in uri):
+        raise ValueError("a resource must be an absolute URI without spaces")
+    try:
+        parts = urlsplit(uri)
+        port = parts.port
+    except ValueError as exc:
+        raise ValueError(f"{uri!r} is not a valid URI") from exc
+    scheme = parts.scheme.lower()
+    if scheme not in ("https", "http"):
+        raise ValueError(f"{uri!r} must use https (or http on loopback)")
+    if not parts.hostname:
+        raise ValueError(f"{uri!r} has no host")
+    if "#" in uri:
+        raise ValueError(f"{uri!r} must not have a fragment (RFC 8707 §2)")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError(f"{uri!r} must not carry user information")
+    host = parts.hostname.lower()
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = host if port is None or port == _DEFAULT_PORTS[scheme] else f"{host}:{port}"
+    path = parts.path
+    if path == "/":
+        path = ""
+    elif path.endswith("/"):
+        path = path.rstrip("/")
+    return urlunsplit((scheme, netloc, path, parts.query, ""))
+
+
+def resource_path(canonical: str) -> str:
+    """The path of a canonical resource URI, ``""`` for the root."""
+    return urlsplit(canonical).path
+
+
+def parse_resource(value: str) -> str:
+    """A ``resource`` request parameter made canonical, or ``invalid_target`` (RFC 8707 §2)."""
+    if "#" in value:
+        raise OAuthError("invalid_target", "resource must not contain a fragment")
+    try:
+        return canonical_resource(value)
+    except ValueError as exc:
+        raise OAuthError("invalid_target", "resource must be an absolute https URI") from exc
