@@ -65,6 +65,15 @@ class PutPending(Effect):
 
 
 @attrs.frozen
+class GetPending(Effect):
+    """Returns the :class:`PendingAuthorization` without taking it, or ``None`` when unknown or
+    expired at ``now`` (to show the consent page again after a login)."""
+
+    ticket_hash: str
+    now: int
+
+
+@attrs.frozen
 class TakePending(Effect):
     """Reads and deletes in one step: at most one caller receives the record.
 

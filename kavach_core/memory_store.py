@@ -30,6 +30,7 @@ class MemoryStore:
             fx.DeleteClient: self._delete_client,
             fx.ListClients: lambda e: tuple(self.clients.values()),
             fx.PutPending: self._put_pending,
+            fx.GetPending: self._get_pending,
             fx.TakePending: self._take_pending,
             fx.PutCode: self._put_code,
             fx.GetCode: lambda e: self.codes.get(e.code_hash),
@@ -81,6 +82,12 @@ class MemoryStore:
 
     def _put_pending(self, e: fx.PutPending) -> None:
         self.pending[e.pending.ticket_hash] = e.pending
+
+    def _get_pending(self, e: fx.GetPending) -> PendingAuthorization | None:
+        record = self.pending.get(e.ticket_hash)
+        if record is None or record.expires_at <= e.now:
+            return None
+        return record
 
     def _take_pending(self, e: fx.TakePending) -> PendingAuthorization | None:
         record = self.pending.pop(e.ticket_hash, None)

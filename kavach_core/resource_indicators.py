@@ -57,3 +57,13 @@ def parse_resource(value: str) -> str:
         return canonical_resource(value)
     except ValueError as exc:
         raise OAuthError("invalid_target", "resource must be an absolute https URI") from exc
+
+
+PRM_WELL_KNOWN = "/.well-known/oauth-protected-resource"
+
+
+def metadata_url(resource: str) -> str:
+    """Where the protected resource metadata of a canonical ``resource`` lives (RFC 9728 §3.1):
+    the well-known path inserted between the host and the resource's path."""
+    parts = urlsplit(resource)
+    return urlunsplit((parts.scheme, parts.netloc, PRM_WELL_KNOWN + parts.path, parts.query, ""))
