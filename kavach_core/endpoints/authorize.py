@@ -1,0 +1,255 @@
+"""The authorization endpoint and the person's decision.
+
+RFC 6749 §4.1.1-§4.1.2.1, OAuth 2.1 §4.1, RFC 7636 §4.3, RFC 8707 §2, RFC 9207 §2,
+RFC 9700 §4.1. The request ends either in a page that never redirects (unknown client, bad
+redirect URI: AZ-02), a redirect carrying an error (AZ-04..AZ-08), or :class:`ConsentRequired`;
+the adapter then signs the person in and calls :func:`approve` or :func:`deny` (AZ-12).
+"""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+from .. import effects as fx
+from .. import pkce
+from ..clients import lookup
+from ..config import ProtectedResource
+from ..context import Context
+from ..drivers import Flow
+from ..errors import OAuthError
+from ..http import HttpRequest, Response, add_query, error_page, redirect_response
+from ..messages.authorization import (
+    AuthorizationRequest,
+    ConsentRequired,
+    ConsentView,
+    ScopeView,
+    parse,
+)
+from ..opaque import digest, new_id, new_secret
+from ..records import AuthorizationCode, Client, PendingAuthorization
+from ..redirect_uris import find_match, is_loopback
+from ..resource_indicators import parse_resource
+from ..scopes import parse_scope, uncovered, within
+
+
+class _Redirectable(Exception):
+    """An error reported to the client through its redirect URI (RFC 6749 §4.1.2.1)."""
+
+    def __init__(self, err: OAuthError) -> None:
+        super().__init__(str(err))
+        self.err = err
+
+
+def error_redirect(ctx: Context, redirect_uri: str, err: OAuthError, state: str | None) -> Response:
+    """A 303 to the client with ``error``, ``error_description``, ``state`` and ``iss`` (AZ-08)."""
+    params = [("error", err.error)]
+    if err.description:
+        params.append(("error_description", err.description))
+    if state is not None:
+        params.append(("state", state))
+    params.append(("iss", ctx.config.issuer))
+    return redirect_response(add_query(redirect_uri, params))
+
+
+def _client_and_redirect(ctx: Context, msg: AuthorizationRequest) -> Flow[tuple[Client, str, bool] | Response]:
+    """The client and the redirect URI to use, or an error page (AZ-02, AZ-03)."""
+    if msg.client_problem is not None:
+        return error_page(msg.client_problem.status, msg.client_problem.error, msg.client_problem.description)
+    if msg.client_id is None:
+        return error_page(400, "invalid_request", "The request does not name a client (client_id is missing).")
+    client = yield from lookup(ctx, msg.client_id)
+    if client is None:
+        return error_page(400, "invalid_client", "The application asking for access is not known here.")
+    if msg.redirect_uri is None:
+        if len(client.redirect_uris) != 1:
+            return error_page(400, "invalid_request", "The request must name its redirect_uri.")
+        return client, client.redirect_uris[0], False
+    if find_match(msg.redirect_uri, client.redirect_uris) is None:
+        return error_page(
+            400, "invalid_request", "The redirect_uri is not registered for this application; no redirect was made."
+        )
+    return client, msg.redirect_uri, True
+
+
+def _resources(ctx: Context, msg: AuthorizationRequest) -> tuple[ProtectedResource, ...]:
+    """The protected resources asked for (AZ-06); the default one when none is named."""
+    if not msg.resources:
+        default = ctx.config.default_resource
+        if default is None:
+            raise _Redirectable(OAuthError("invalid_target", "name the resource (the MCP server URL)"))
+        return (default,)
+    found: list[ProtectedResource] = []
+    for value in msg.resources:
+        try:
+            uri = parse_resource(value)
+        except OAuthError as exc:
+            raise _Redirectable(exc) from exc
+        resource = ctx.config.resource(uri)
+        if resource is None:
+            raise _Redirectable(OAuthError("invalid_target", "the resource is not protected by this server"))
+        if resource not in found:
+            found.append(resource)
+    return tuple(found)
+
+
+def _scopes(client: Client, resources: tuple[ProtectedResource, ...], requested: str | None) -> tuple[str, ...]:
+    """The scopes to ask the person for (AZ-07): within the resources' catalogues and the client's
+    registered scope; the resources' defaults when none is requested."""
+    catalogue = tuple(s for r in resources for s in r.scope_names)
+    try:
+        asked = parse_scope(requested)
+    except OAuthError as exc:
+        raise _Redirectable(exc) from exc
+    if asked is None:
+        defaults: list[str] = []
+        for resource in resources:
+            defaults.extend(s for s in resource.default_scopes if s not in defaults)
+        asked = tuple(defaults)
+        if client.scope is not None:
+            asked = within(asked, client.scope)
+        return asked
+    if uncovered(asked, catalogue):
+        raise _Redirectable(OAuthError("invalid_scope", "a requested scope is not offered by the resource"))
+    if client.scope is not None and uncovered(asked, client.scope):
+        raise _Redirectable(OAuthError("invalid_scope", "a requested scope is not allowed for this client"))
+    return asked
+
+
+def _check(msg: AuthorizationRequest, client: Client) -> None:
+    """The redirectable checks of AZ-01, AZ-04, AZ-05, in RFC 6749 §4.1.2.1 order."""
+    if msg.problem is not None:
+        raise _Redirectable(msg.problem)
+    if msg.response_type is None:
+        raise _Redirectable(OAuthError("invalid_request", "response_type is required"))
+    if msg.response_type != "code":
+        raise _Redirectable(OAuthError("unsupported_response_type", "only response_type=code is supported"))
+    if "code" not in client.response_types or "authorization_code" not in client.grant_types:
+        raise _Redirectable(OAuthError("unauthorized_client", "this client may not use the authorization code flow"))
+    if msg.code_challenge is None:
+        raise _Redirectable(OAuthError("invalid_request", "code_challenge is required (PKCE)"))
+    if msg.code_challenge_method != "S256":
+        raise _Redirectable(OAuthError("invalid_request", "code_challenge_method must be S256"))
+    if not pkce.is_valid_challenge(msg.code_challenge):
+        raise _Redirectable(OAuthError("invalid_request", "code_challenge is not a base64url SHA-256 digest"))
+
+
+def handle(ctx: Context, req: HttpRequest) -> Flow[Response | ConsentRequired]:
+    """Validate an authorization request; store it as pending and ask for consent."""
+    msg = parse(req)
+    found = yield from _client_and_redirect(ctx, msg)
+    if isinstance(found, Response):
+        return found
+    client, redirect_uri, given = found
+    try:
+        _check(msg, client)
+        resources = _resources(ctx, msg)
+        scopes = _scopes(client, resources, msg.scope)
+    except _Redirectable as exc:
+        return error_redirect(ctx, redirect_uri, exc.err, msg.state)
+    assert msg.code_challenge is not None
+    ticket = new_secret(ctx)
+    pending = PendingAuthorization(
+        ticket_hash=digest(ticket),
+        client_id=client.client_id,
+        redirect_uri=redirect_uri,
+        redirect_uri_given=given,
+        state=msg.state,
+        code_challenge=msg.code_challenge,
+        resources=tuple(r.uri for r in resources),
+        scopes=scopes,
+        created_at=ctx.now,
+        expires_at=ctx.now + ctx.config.lifetimes.consent,
+    )
+    yield fx.PutPending(pending)
+    return ConsentRequired(ticket, consent_view(ctx, client, pending), pending.expires_at)
+
+
+def consent_view(ctx: Context, client: Client, pending: PendingAuthorization) -> ConsentView:
+    """What the person is shown (AZ-11)."""
+    resources = [ctx.config.resource(uri) for uri in pending.resources]
+    described: list[ScopeView] = []
+    for scope in pending.scopes:
+        text = next((r.describe(scope) for r in resources if r is not None and r.describe(scope)), "")
+        described.append(ScopeView(scope, text))
+    parts = urlsplit(pending.redirect_uri)
+    meta = client.meta
+    client_uri = meta.get("client_uri")
+    logo_uri = meta.get("logo_uri")
+    return ConsentView(
+        client_id=client.client_id,
+        client_name=client.client_name or client.client_id,
+        client_kind=client.kind,
+        redirect_uri=pending.redirect_uri,
+        redirect_host=parts.hostname or parts.scheme,
+        loopback_only=all(is_loopback(u) or _is_localhost(u) for u in client.redirect_uris),
+        resources=pending.resources,
+        resource_names=tuple((r.name or r.uri) if r is not None else "" for r in resources),
+        scopes=tuple(described),
+        client_uri=client_uri if isinstance(client_uri, str) else None,
+        logo_uri=logo_uri if isinstance(logo_uri, str) else None,
+    )
+
+
+def _is_localhost(uri: str) -> bool:
+    parts = urlsplit(uri)
+    return parts.scheme == "http" and (parts.hostname or "") == "localhost"
+
+
+def _expired_page() -> Response:
+    return error_page(
+        400, "invalid_request", "This authorization request has expired or was already answered. Start again."
+    )
+
+
+def consent(ctx: Context, ticket: str) -> Flow[ConsentRequired | None]:
+    """The pending request of ``ticket`` without using it up (to show consent after a login)."""
+    pending = yield fx.GetPending(digest(ticket), ctx.now)
+    if pending is None:
+        return None
+    client = yield from lookup(ctx, pending.client_id)
+    if client is None:
+        return None
+    return ConsentRequired(ticket, consent_view(ctx, client, pending), pending.expires_at)
+
+
+def approve(ctx: Context, ticket: str, subject: str, scopes: tuple[str, ...] | None = None) -> Flow[Response]:
+    """The person approved: issue a code bound to everything it is for (AZ-09) and redirect
+    with ``code``, ``state`` and ``iss`` (RFC 6749 §4.1.2, RFC 9207 §2).
+
+    ``scopes``, when given, is what the person ticked: it can only narrow the request.
+    """
+    if not subject:
+        raise ValueError("approve needs the authenticated subject")
+    pending = yield fx.TakePending(digest(ticket), ctx.now)
+    if pending is None:
+        return _expired_page()
+    granted = pending.scopes if scopes is None else tuple(s for s in pending.scopes if s in scopes)
+    code = new_secret(ctx)
+    record = AuthorizationCode(
+        code_hash=digest(code),
+        client_id=pending.client_id,
+        redirect_uri=pending.redirect_uri,
+        redirect_uri_given=pending.redirect_uri_given,
+        code_challenge=pending.code_challenge,
+        resources=pending.resources,
+        scopes=granted,
+        subject=subject,
+        grant_id=new_id(ctx),
+        issued_at=ctx.now,
+        expires_at=ctx.now + ctx.config.lifetimes.code,
+    )
+    yield fx.PutCode(record)
+    params = [("code", code)]
+    if pending.state is not None:
+        params.append(("state", pending.state))
+    params.append(("iss", ctx.config.issuer))
+    return redirect_response(add_query(pending.redirect_uri, params))
+
+
+def deny(ctx: Context, ticket: str) -> Flow[Response]:
+    """The person refused: redirect with ``error=access_denied`` (AZ-12)."""
+    pending = yield fx.TakePending(digest(ticket), ctx.now)
+    if pending is None:
+        return _expired_page()
+    err = OAuthError("access_denied", "the user denied the request")
+    return error_redirect(ctx, pending.redirect_uri, err, pending.state)

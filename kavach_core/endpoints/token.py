@@ -1,0 +1,175 @@
+"""The token endpoint: ``authorization_code`` and ``refresh_token`` grants.
+
+RFC 6749 §3.2, §4.1.3, §5, §6; OAuth 2.1 §4.1.3, §4.3; RFC 7636 §4.6; RFC 8707 §2.2;
+RFC 9700 §4.8 (PKCE downgrade), §4.14 (refresh token rotation). Every answer is
+``Cache-Control: no-store`` (TK-01); a rejected request writes nothing, except the two
+revocations the rules demand: a replayed code (TK-04) and a reused refresh token (TK-07).
+"""
+
+from __future__ import annotations
+
+from .. import effects as fx
+from .. import keys, pkce
+from ..access_tokens import mint
+from ..client_auth import authenticate, challenge_headers
+from ..config import ProtectedResource
+from ..context import Context
+from ..credentials import ClientCredentials
+from ..drivers import Flow
+from ..errors import OAuthError
+from ..http import HttpRequest, Response, error_response, json_response
+from ..messages.token import TokenRequest, parse
+from ..opaque import digest, parse_refresh_token, refresh_token
+from ..records import Client, Grant
+from ..resource_indicators import parse_resource
+from ..scopes import format_scope, parse_scope, uncovered, within
+
+SUPPORTED = ("authorization_code", "refresh_token")
+
+
+def handle(ctx: Context, req: HttpRequest) -> Flow[Response]:
+    creds: ClientCredentials | None = None
+    try:
+        msg = parse(req)
+        creds = msg.credentials
+        if msg.grant_type not in SUPPORTED:
+            raise OAuthError("unsupported_grant_type", "supported grant types: authorization_code, refresh_token")
+        client = yield from authenticate(ctx, creds)
+        if msg.grant_type not in client.grant_types:
+            raise OAuthError("unauthorized_client", "this client may not use this grant type")
+        if msg.grant_type == "authorization_code":
+            return (yield from _authorization_code(ctx, client, msg))
+        return (yield from _refresh(ctx, client, msg))
+    except OAuthError as err:
+        extra: tuple[tuple[str, str], ...] = challenge_headers(creds, err)
+        if err.status == 405:
+            extra = (*extra, ("Allow", "POST"))
+        return error_response(err, headers=extra)
+
+
+def _one_resource(ctx: Context, requested: tuple[str, ...], held: tuple[str, ...]) -> ProtectedResource:
+    """The single audience of the token to issue (RFC 8707 §2.2; TK-06)."""
+    if len(requested) > 1:
+        raise OAuthError("invalid_target", "ask for one resource per token request")
+    if requested:
+        uri = parse_resource(requested[0])
+        if uri not in held:
+            raise OAuthError("invalid_target", "the resource was not part of this grant")
+    elif len(held) == 1:
+        uri = held[0]
+    else:
+        raise OAuthError("invalid_target", "this grant covers several resources; name one")
+    resource = ctx.config.resource(uri)
+    if resource is None:
+        raise OAuthError("invalid_target", "the resource is no longer protected by this server")
+    return resource
+
+
+def _issue(
+    ctx: Context,
+    client: Client,
+    grant: Grant,
+    resource: ProtectedResource,
+    scopes: tuple[str, ...],
+    refresh: str | None,
+) -> Flow[Response]:
+    keyset = yield from keys.current(ctx)
+    active = keyset.active(ctx.now, ctx.config.signing_alg)
+    assert active is not None
+    token_scopes = within(scopes, resource.scope_names)
+    token, claims = mint(
+        ctx,
+        keys.load(active),
+        subject=grant.subject,
+        client_id=client.client_id,
+        resource=resource.uri,
+        scopes=token_scopes,
+        grant_id=grant.grant_id,
+        not_after=grant.expires_at,
+    )
+    body: dict[str, object] = {
+        "access_token": token,
+        "token_type": "Bearer",
+        "expires_in": claims.expires_at - ctx.now,
+        "scope": format_scope(token_scopes),
+    }
+    if refresh is not None:
+        body["refresh_token"] = refresh
+    return json_response(200, body, no_store=True)
+
+
+def _authorization_code(ctx: Context, client: Client, msg: TokenRequest) -> Flow[Response]:
+    """RFC 6749 §4.1.3 with PKCE (TK-03, TK-04, TK-05, TK-06)."""
+    if msg.code is None:
+        raise OAuthError("invalid_request", "code is required")
+    if msg.code_verifier is None:
+        raise OAuthError("invalid_request", "code_verifier is required (PKCE)")
+    code_hash = digest(msg.code)
+    record = yield fx.GetCode(code_hash)
+    invalid = OAuthError("invalid_grant", "the code is invalid, expired, or was issued to another client")
+    if record is None or record.client_id != client.client_id or ctx.now >= record.expires_at:
+        raise invalid
+    if (record.redirect_uri_given or msg.redirect_uri is not None) and msg.redirect_uri != record.redirect_uri:
+        raise OAuthError("invalid_grant", "redirect_uri does not match the authorization request")
+    if not record.code_challenge or not pkce.verify(msg.code_verifier, record.code_challenge):
+        raise OAuthError("invalid_grant", "code_verifier does not match the code_challenge")
+    resource = _one_resource(ctx, msg.resources, record.resources)
+    lifetimes = ctx.config.lifetimes
+    refresh = refresh_token(ctx.config.secret, record.grant_id, 0)
+    grant = Grant(
+        grant_id=record.grant_id,
+        subject=record.subject,
+        client_id=client.client_id,
+        resources=record.resources,
+        scopes=record.scopes,
+        created_at=ctx.now,
+        expires_at=ctx.now + lifetimes.refresh_absolute,
+        refresh_generation=0,
+        refresh_hash=digest(refresh),
+        refresh_expires_at=ctx.now + lifetimes.refresh_idle,
+        rotated_at=ctx.now,
+    )
+    first = (not record.consumed) and (yield fx.ConsumeCode(code_hash, grant))
+    if not first:
+        # A replay of an otherwise valid redemption: revoke what the code produced (RFC 6749 §4.1.2).
+        yield fx.RevokeGrant(record.grant_id, ctx.now)
+        raise OAuthError("invalid_grant", "the code was already used; tokens issued from it are revoked")
+    issue_refresh = "refresh_token" in client.grant_types
+    return (yield from _issue(ctx, client, grant, resource, grant.scopes, refresh if issue_refresh else None))
+
+
+def _refresh(ctx: Context, client: Client, msg: TokenRequest) -> Flow[Response]:
+    """RFC 6749 §6 with rotation and reuse detection (TK-07, RFC 9700 §4.14.2)."""
+    if msg.refresh_token is None:
+        raise OAuthError("invalid_request", "refresh_token is required")
+    invalid = OAuthError("invalid_grant", "the refresh token is invalid, expired or revoked")
+    parsed = parse_refresh_token(ctx.config.secret, msg.refresh_token)
+    if parsed is None:
+        raise invalid
+    grant_id, generation = parsed
+    grant = yield fx.GetGrant(grant_id)
+    if grant is None or grant.revoked or grant.client_id != client.client_id or ctx.now >= grant.expires_at:
+        raise invalid
+    scopes = grant.scopes
+    asked = parse_scope(msg.scope)
+    if asked is not None:
+        if uncovered(asked, grant.scopes):
+            raise OAuthError("invalid_scope", "a refresh can only narrow the granted scope")
+        scopes = asked
+    resource = _one_resource(ctx, msg.resources, grant.resources)
+    lifetimes = ctx.config.lifetimes
+    successor = refresh_token(ctx.config.secret, grant_id, generation + 1)
+    rotation = yield fx.RotateRefresh(
+        grant_id=grant_id,
+        generation=generation,
+        presented_hash=digest(msg.refresh_token),
+        successor_hash=digest(successor),
+        now=ctx.now,
+        grace=ctx.config.refresh_grace,
+        idle_expires_at=ctx.now + lifetimes.refresh_idle,
+    )
+    if rotation.outcome == "reused":
+        raise OAuthError("invalid_grant", "refresh token reuse detected; the grant is revoked")
+    if rotation.outcome not in ("rotated", "retried") or rotation.grant is None:
+        raise invalid
+    return (yield from _issue(ctx, client, rotation.grant, resource, scopes, successor))
