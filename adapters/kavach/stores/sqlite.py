@@ -1,0 +1,625 @@
+"""The SQLite store: the embedded default, standard library only.
+
+Guarantees:
+
+- Every effect in :mod:`kavach_core.effects` is one atomic step across threads *and* processes
+  sharing the file: effects that write run in a ``BEGIN IMMEDIATE`` transaction (the database's
+  single write lock is taken before anything is read), reads are single ``SELECT`` statements
+  (one consistent snapshot each). Results are identical to :class:`kavach_core.memory_store.MemoryStore`.
+- The file is in WAL journal mode (readers never wait for the writer) with ``synchronous=FULL``:
+  a consumed code or rotated refresh token stays consumed after a power loss.
+- Connections come from a small pool; each is used by one thread at a time, so no
+  ``sqlite3.Connection`` is ever shared between threads concurrently.
+- ``aperform`` runs the work in a worker thread: it never blocks the event loop.
+- A database that cannot be reached (locked past ``busy_timeout``, I/O error, disk full, file
+  gone) raises :class:`kavach_core.drivers.StoreUnavailable`: the endpoint answers 503.
+- The schema is versioned (``PRAGMA user_version``, tagged with ``PRAGMA application_id``):
+  opening an older file migrates it in one transaction; a file written by a newer kavachOS is
+  refused with :class:`SchemaVersionError`; a file that is not a kavachOS database (or not a
+  SQLite database at all) is refused with :class:`SQLiteStoreError`.
+- Secrets are stored only as the digests the core hands over (client secrets, codes, refresh
+  tokens, consent tickets). Signing keys are stored as given (PKCS#8 PEM): protect the file.
+
+``":memory:"`` is supported for tests and demos: one private in-memory database served by a
+single connection (effects are serialised; nothing is shared with other processes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+import attrs
+
+from kavach_core import effects as fx
+from kavach_core.drivers import StoreUnavailable
+from kavach_core.records import AuthorizationCode, Client, Grant, PendingAuthorization, SigningKey
+
+__all__ = ["APPLICATION_ID", "MIGRATIONS", "SCHEMA_VERSION", "SQLiteStore", "SQLiteStoreError", "SchemaVersionError"]
+
+APPLICATION_ID = 0x4B564348
+"""``PRAGMA application_id`` of a kavachOS database ("KVCH")."""
+
+MIN_SQLITE = (3, 35, 0)
+"""``RETURNING`` and ``ON CONFLICT ... DO UPDATE`` are needed."""
+
+# Primary result codes (sqlite3.h) meaning "the database cannot be reached right now".
+_UNAVAILABLE_CODES = frozenset(
+    {
+        5,  # SQLITE_BUSY: locked by another connection past the busy timeout
+        6,  # SQLITE_LOCKED
+        8,  # SQLITE_READONLY: file or directory became read-only
+        10,  # SQLITE_IOERR
+        11,  # SQLITE_CORRUPT
+        13,  # SQLITE_FULL
+        14,  # SQLITE_CANTOPEN
+        15,  # SQLITE_PROTOCOL
+        26,  # SQLITE_NOTADB
+    }
+)
+
+
+class SQLiteStoreError(Exception):
+    """The file cannot be used as a kavachOS database (missing directory, corrupt, foreign, closed)."""
+
+
+class SchemaVersionError(SQLiteStoreError):
+    """The database was written by a newer kavachOS than this one; it is left untouched."""
+
+
+# -- schema ----------------------------------------------------------------------------------
+
+
+def _migrate_1(db: sqlite3.Connection) -> None:
+    """Version 1: the records of :mod:`kavach_core.records`. Tuples are JSON arrays, booleans 0/1."""
+    db.execute(
+        """CREATE TABLE clients (
+            seq INTEGER PRIMARY KEY,
+            client_id TEXT NOT NULL UNIQUE,
+            redirect_uris TEXT NOT NULL,
+            token_endpoint_auth_method TEXT NOT NULL,
+            secret_hash TEXT,
+            grant_types TEXT NOT NULL,
+            response_types TEXT NOT NULL,
+            client_name TEXT NOT NULL,
+            scope TEXT,
+            kind TEXT NOT NULL,
+            issued_at INTEGER NOT NULL,
+            secret_expires_at INTEGER NOT NULL,
+            metadata TEXT NOT NULL,
+            expires_at INTEGER
+        )"""
+    )
+    db.execute(
+        """CREATE TABLE pending (
+            ticket_hash TEXT PRIMARY KEY,
+            client_id TEXT NOT NULL,
+            redirect_uri TEXT NOT NULL,
+            redirect_uri_given INTEGER NOT NULL,
+            state TEXT,
+            code_challenge TEXT NOT NULL,
+            resources TEXT NOT NULL,
+            scopes TEXT NOT NULL,
+            created_at INTEGER NOT NULL,
+            expires_at INTEGER NOT NULL
+        )"""
+    )
+    db.execute(
+        """CREATE TABLE codes (
+            code_hash TEXT PRIMARY KEY,
+            client_id TEXT NOT NULL,
+            redirect_uri TEXT NOT NULL,
+            redirect_uri_given INTEGER NOT NULL,
+            code_challenge TEXT NOT NULL,
+            resources TEXT NOT NULL,
+            scopes TEXT NOT NULL,
+            subject TEXT NOT NULL,
+            grant_id TEXT NOT NULL,
+            issued_at INTEGER NOT NULL,
+            expires_at INTEGER NOT NULL,
+            consumed INTEGER NOT NULL
+        )"""
+    )
+    db.execute(
+        """CREATE TABLE grants (
+            seq INTEGER PRIMARY KEY,
+            grant_id TEXT NOT NULL UNIQUE,
+            subject TEXT NOT NULL,
+            client_id TEXT NOT NULL,
+            resources TEXT NOT NULL,
+            scopes TEXT NOT NULL,
+            created_at INTEGER NOT NULL,
+            expires_at INTEGER NOT NULL,
+            refresh_generation INTEGER NOT NULL,
+            refresh_hash TEXT NOT NULL,
+            refresh_expires_at INTEGER NOT NULL,
+            rotated_at INTEGER NOT NULL,
+            revoked_at INTEGER
+        )"""
+    )
+    db.execute("CREATE TABLE revoked_tokens (jti TEXT PRIMARY KEY, expires_at INTEGER NOT NULL)")
+    db.execute(
+        """CREATE TABLE signing_keys (
+            position INTEGER PRIMARY KEY,
+            kid TEXT NOT NULL,
+            alg TEXT NOT NULL,
+            private_pem BLOB NOT NULL,
+            created_at INTEGER NOT NULL,
+            signs_until INTEGER NOT NULL,
+            publish_until INTEGER NOT NULL
+        )"""
+    )
+
+
+def _migrate_2(db: sqlite3.Connection) -> None:
+    """Version 2: rate-limit windows (the ``Hit`` effect), and indexes for lookups and ``purge``."""
+    db.execute(
+        """CREATE TABLE rate_limits (
+            bucket TEXT NOT NULL,
+            window_end INTEGER NOT NULL,
+            count INTEGER NOT NULL,
+            PRIMARY KEY (bucket, window_end)
+        )"""
+    )
+    db.execute("CREATE INDEX rate_limits_window_end ON rate_limits (window_end)")
+    db.execute("CREATE INDEX grants_subject ON grants (subject)")
+    db.execute("CREATE INDEX grants_client_id ON grants (client_id)")
+    db.execute("CREATE INDEX grants_expires_at ON grants (expires_at)")
+    db.execute("CREATE INDEX pending_expires_at ON pending (expires_at)")
+    db.execute("CREATE INDEX codes_expires_at ON codes (expires_at)")
+    db.execute("CREATE INDEX revoked_tokens_expires_at ON revoked_tokens (expires_at)")
+    db.execute("CREATE INDEX clients_expires_at ON clients (expires_at) WHERE expires_at IS NOT NULL")
+
+
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_migrate_1, _migrate_2)
+"""``MIGRATIONS[n]`` takes a version-``n`` database to version ``n + 1``; append only."""
+
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+# -- record <-> row ---------------------------------------------------------------------------
+
+R = TypeVar("R")
+
+
+class _Table(Generic[R]):
+    """How one record class maps onto one table: a column per attrs field, same name.
+
+    Tuple fields are stored as JSON arrays (``None`` stays ``NULL``) and come back as tuples;
+    booleans are stored as 0/1 and come back as ``bool``.
+    """
+
+    def __init__(self, name: str, record: type[R], key: str, tuples: Sequence[str], bools: Sequence[str] = ()) -> None:
+        self.name = name
+        self.record = record
+        self.key = key
+        self.columns: tuple[str, ...] = tuple(f.name for f in attrs.fields(record))  # type: ignore[arg-type]
+        self._tuples = frozenset(tuples)
+        self._bools = frozenset(bools)
+        cols = ", ".join(self.columns)
+        marks = ", ".join("?" for _ in self.columns)
+        updates = ", ".join(f"{c} = excluded.{c}" for c in self.columns if c != key)
+        # Identifiers below are attrs field names and literal table names, never input.
+        self.select = f"SELECT {cols} FROM {name}"  # noqa: S608
+        self.upsert = f"INSERT INTO {name} ({cols}) VALUES ({marks}) ON CONFLICT ({key}) DO UPDATE SET {updates}"  # noqa: S608
+        self.take = f"DELETE FROM {name} WHERE {key} = ? RETURNING {cols}"  # noqa: S608
+
+    def encode(self, record: R) -> tuple[Any, ...]:
+        values: list[Any] = []
+        for column in self.columns:
+            value = getattr(record, column)
+            if column in self._tuples:
+                value = None if value is None else json.dumps(list(value))
+            elif column in self._bools:
+                value = int(value)
+            values.append(value)
+        return tuple(values)
+
+    def decode(self, row: Sequence[Any]) -> R:
+        kwargs: dict[str, Any] = {}
+        for column, value in zip(self.columns, row, strict=True):
+            if column in self._tuples:
+                value = None if value is None else tuple(json.loads(value))
+            elif column in self._bools:
+                value = bool(value)
+            kwargs[column] = value
+        return self.record(**kwargs)
+
+
+_CLIENTS = _Table("clients", Client, "client_id", ("redirect_uris", "grant_types", "response_types", "scope"))
+_PENDING = _Table("pending", PendingAuthorization, "ticket_hash", ("resources", "scopes"), ("redirect_uri_given",))
+_CODES = _Table("codes", AuthorizationCode, "code_hash", ("resources", "scopes"), ("redirect_uri_given", "consumed"))
+_GRANTS = _Table("grants", Grant, "grant_id", ("resources", "scopes"))
+_KEYS = _Table("signing_keys", SigningKey, "kid", ())
+
+
+# -- the store ----------------------------------------------------------------------------------
+
+
+class SQLiteStore:
+    """A store on one SQLite file, implementing every effect in :mod:`kavach_core.effects`.
+
+    ``busy_timeout`` (seconds) is how long an effect waits for another connection's lock (or for
+    a free pooled connection) before raising :class:`StoreUnavailable`. ``max_connections``
+    bounds the pool; many store objects, threads and processes may share one file.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, busy_timeout: float = 5.0, max_connections: int = 8) -> None:
+        if sqlite3.sqlite_version_info < MIN_SQLITE:
+            raise SQLiteStoreError(
+                f"SQLite {sqlite3.sqlite_version} is too old; kavachOS needs {'.'.join(map(str, MIN_SQLITE))} or newer"
+            )
+        if busy_timeout < 0:
+            raise ValueError("busy_timeout must be >= 0 seconds")
+        if max_connections < 1:
+            raise ValueError("max_connections must be >= 1")
+        self.path = os.fspath(path)
+        self.busy_timeout = busy_timeout
+        self._memory = self.path == ":memory:"
+        if not self._memory:
+            self._check_path(Path(self.path))
+        self._slots = threading.BoundedSemaphore(1 if self._memory else max_connections)
+        self._idle: list[sqlite3.Connection] = []
+        self._pool_lock = threading.Lock()
+        self._closed = False
+        self._handlers: dict[type[fx.Effect], Callable[[sqlite3.Connection, Any], Any]] = {
+            fx.GetClient: self._get_client,
+            fx.PutClient: self._put_client,
+            fx.DeleteClient: self._delete_client,
+            fx.ListClients: self._list_clients,
+            fx.PutPending: self._put_pending,
+            fx.GetPending: self._get_pending,
+            fx.TakePending: self._take_pending,
+            fx.PutCode: self._put_code,
+            fx.GetCode: self._get_code,
+            fx.ConsumeCode: self._consume_code,
+            fx.GetGrant: self._get_grant,
+            fx.RevokeGrant: self._revoke_grant,
+            fx.ListGrants: self._list_grants,
+            fx.RotateRefresh: self._rotate,
+            fx.RevokeAccessToken: self._revoke_access,
+            fx.IsTokenRevoked: self._is_revoked,
+            fx.GetSigningKeys: self._get_keys,
+            fx.SwapSigningKeys: self._swap_keys,
+            fx.Hit: self._hit,
+        }
+        self._open()
+
+    # -- public API -------------------------------------------------------------------------
+
+    def perform(self, effect: fx.Effect) -> Any:
+        """Perform one effect atomically and return its result (see :mod:`kavach_core.effects`).
+
+        Raises ``TypeError`` for an effect this store does not perform (``FetchDocument`` is an
+        outbound fetch, not storage) and :class:`StoreUnavailable` when the database cannot be reached.
+        """
+        handler = self._handlers.get(type(effect))
+        if handler is None:
+            raise TypeError(f"SQLiteStore cannot perform {type(effect).__name__}")
+        with self._connection() as db:
+            if effect.writes:
+                with _transaction(db):
+                    return handler(db, effect)
+            return handler(db, effect)
+
+    async def aperform(self, effect: fx.Effect) -> Any:
+        """:meth:`perform` in a worker thread, so the event loop keeps running meanwhile."""
+        return await asyncio.to_thread(self.perform, effect)
+
+    def purge(self, now: int) -> dict[str, int]:
+        """Delete, in one transaction, everything that has expired at ``now``.
+
+        Pending authorizations, codes and grants whose ``expires_at <= now``, revoked access-token
+        ids past their expiry, finished rate-limit windows, and cached metadata-document clients
+        past their ``expires_at`` (they are fetched again when next used; their grants stay).
+        Returns the number of rows deleted per table.
+        """
+        statements = {
+            "pending": "DELETE FROM pending WHERE expires_at <= ?",
+            "codes": "DELETE FROM codes WHERE expires_at <= ?",
+            "grants": "DELETE FROM grants WHERE expires_at <= ?",
+            "revoked_tokens": "DELETE FROM revoked_tokens WHERE expires_at <= ?",
+            "rate_limits": "DELETE FROM rate_limits WHERE window_end <= ?",
+            "clients": "DELETE FROM clients WHERE expires_at IS NOT NULL AND expires_at <= ?",
+        }
+        with self._connection() as db, _transaction(db):
+            return {table: db.execute(sql, (now,)).rowcount for table, sql in statements.items()}
+
+    @property
+    def schema_version(self) -> int:
+        """The schema version of the open database (always :data:`SCHEMA_VERSION` once open)."""
+        with self._connection() as db:
+            return int(db.execute("PRAGMA user_version").fetchone()[0])
+
+    def close(self) -> None:
+        """Close every pooled connection; later calls raise :class:`SQLiteStoreError`."""
+        with self._pool_lock:
+            self._closed = True
+            idle, self._idle = self._idle, []
+        for db in idle:
+            db.close()
+
+    def __enter__(self) -> SQLiteStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- connections ------------------------------------------------------------------------
+
+    @staticmethod
+    def _check_path(path: Path) -> None:
+        if str(path).startswith("file:"):
+            raise SQLiteStoreError("pass a filesystem path, not a SQLite URI")
+        if path.is_dir():
+            raise SQLiteStoreError(f"cannot open SQLite database {str(path)!r}: it is a directory")
+        parent = path.absolute().parent
+        if not parent.is_dir():
+            raise SQLiteStoreError(
+                f"cannot create SQLite database {str(path)!r}: directory {str(parent)!r} does not exist"
+            )
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False)
+        try:
+            db.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+            db.execute("PRAGMA synchronous = FULL")
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    def _open(self) -> None:
+        """First connection: WAL mode, then bring the schema to :data:`SCHEMA_VERSION`."""
+        try:
+            db = self._connect()
+        except sqlite3.Error as exc:
+            raise SQLiteStoreError(f"cannot open SQLite database {self.path!r}: {exc}") from exc
+        try:
+            if not self._memory and _scalar(db, "PRAGMA journal_mode") != "wal":
+                mode = _scalar(db, "PRAGMA journal_mode = WAL")
+                if mode != "wal":
+                    raise SQLiteStoreError(f"cannot put {self.path!r} in WAL mode (got {mode!r})")
+            if self._needs_migration(db):
+                with _transaction(db):
+                    if self._needs_migration(db):  # re-read under the write lock: another process may have won
+                        version = int(_scalar(db, "PRAGMA user_version"))
+                        for migrate in MIGRATIONS[version:]:
+                            migrate(db)
+                        db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+                        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        except sqlite3.Error as exc:
+            db.close()
+            if _unavailable(exc) and _primary(exc) in (5, 6):
+                raise StoreUnavailable(f"SQLite database {self.path!r} is locked: {exc}") from exc
+            raise SQLiteStoreError(f"cannot use {self.path!r} as a SQLite database: {exc}") from exc
+        except BaseException:
+            db.close()
+            raise
+        self._idle.append(db)
+
+    def _needs_migration(self, db: sqlite3.Connection) -> bool:
+        """Whether the schema must be upgraded; refuses newer and foreign databases."""
+        version = int(_scalar(db, "PRAGMA user_version"))
+        application_id = int(_scalar(db, "PRAGMA application_id"))
+        if version > SCHEMA_VERSION:
+            raise SchemaVersionError(
+                f"{self.path!r} has schema version {version}, newer than this kavachOS "
+                f"understands ({SCHEMA_VERSION}); upgrade kavachOS to open it"
+            )
+        if application_id not in (0, APPLICATION_ID):
+            raise SQLiteStoreError(f"{self.path!r} belongs to another application (application_id {application_id})")
+        if version == 0 and _scalar(db, "SELECT count(*) FROM sqlite_schema") != 0:
+            raise SQLiteStoreError(f"{self.path!r} is a SQLite database but not a kavachOS one")
+        return version < SCHEMA_VERSION
+
+    @contextmanager
+    def _connection(self) -> Iterator[sqlite3.Connection]:
+        """Lend one pooled connection to the calling thread, exclusively, mapping outages."""
+        if self._closed:
+            raise SQLiteStoreError("the store is closed")
+        if not self._slots.acquire(timeout=self.busy_timeout):
+            raise StoreUnavailable("no SQLite connection became free within the busy timeout")
+        db: sqlite3.Connection | None = None
+        try:
+            with self._pool_lock:
+                db = self._idle.pop() if self._idle else None
+            try:
+                if db is None:
+                    db = self._connect()
+                yield db
+            except sqlite3.Error as exc:
+                if _unavailable(exc):
+                    raise StoreUnavailable(f"SQLite database {self.path!r} is unavailable: {exc}") from exc
+                raise
+        finally:
+            if db is not None:
+                with self._pool_lock:
+                    if self._closed:
+                        db.close()
+                    else:
+                        self._idle.append(db)
+            self._slots.release()
+
+    # -- clients ----------------------------------------------------------------------------
+
+    def _get_client(self, db: sqlite3.Connection, e: fx.GetClient) -> Client | None:
+        return _one(db, _CLIENTS, "WHERE client_id = ?", (e.client_id,))
+
+    def _put_client(self, db: sqlite3.Connection, e: fx.PutClient) -> None:
+        db.execute(_CLIENTS.upsert, _CLIENTS.encode(e.client))
+
+    def _delete_client(self, db: sqlite3.Connection, e: fx.DeleteClient) -> bool:
+        existed = db.execute("DELETE FROM clients WHERE client_id = ?", (e.client_id,)).rowcount > 0
+        db.execute("UPDATE grants SET revoked_at = ? WHERE client_id = ? AND revoked_at IS NULL", (e.now, e.client_id))
+        return existed
+
+    def _list_clients(self, db: sqlite3.Connection, e: fx.ListClients) -> tuple[Client, ...]:
+        return _many(db, _CLIENTS, "ORDER BY seq", ())
+
+    # -- pending authorizations and codes ---------------------------------------------------
+
+    def _put_pending(self, db: sqlite3.Connection, e: fx.PutPending) -> None:
+        db.execute(_PENDING.upsert, _PENDING.encode(e.pending))
+
+    def _get_pending(self, db: sqlite3.Connection, e: fx.GetPending) -> PendingAuthorization | None:
+        record = _one(db, _PENDING, "WHERE ticket_hash = ?", (e.ticket_hash,))
+        return None if record is None or record.expires_at <= e.now else record
+
+    def _take_pending(self, db: sqlite3.Connection, e: fx.TakePending) -> PendingAuthorization | None:
+        rows = db.execute(_PENDING.take, (e.ticket_hash,)).fetchall()
+        if not rows:
+            return None
+        record = _PENDING.decode(rows[0])
+        return None if record.expires_at <= e.now else record
+
+    def _put_code(self, db: sqlite3.Connection, e: fx.PutCode) -> None:
+        db.execute(_CODES.upsert, _CODES.encode(e.code))
+
+    def _get_code(self, db: sqlite3.Connection, e: fx.GetCode) -> AuthorizationCode | None:
+        return _one(db, _CODES, "WHERE code_hash = ?", (e.code_hash,))
+
+    def _consume_code(self, db: sqlite3.Connection, e: fx.ConsumeCode) -> bool:
+        sql = "UPDATE codes SET consumed = 1 WHERE code_hash = ? AND consumed = 0"
+        if db.execute(sql, (e.code_hash,)).rowcount == 0:
+            return False  # already consumed or gone: nothing is written
+        db.execute(_GRANTS.upsert, _GRANTS.encode(e.grant))
+        return True
+
+    # -- grants -----------------------------------------------------------------------------
+
+    def _get_grant(self, db: sqlite3.Connection, e: fx.GetGrant) -> Grant | None:
+        return _one(db, _GRANTS, "WHERE grant_id = ?", (e.grant_id,))
+
+    def _revoke_grant(self, db: sqlite3.Connection, e: fx.RevokeGrant) -> bool:
+        sql = "UPDATE grants SET revoked_at = ? WHERE grant_id = ? AND revoked_at IS NULL"
+        return bool(db.execute(sql, (e.now, e.grant_id)).rowcount > 0)
+
+    def _list_grants(self, db: sqlite3.Connection, e: fx.ListGrants) -> tuple[Grant, ...]:
+        where = "WHERE (?1 IS NULL OR subject = ?1) AND (?2 IS NULL OR client_id = ?2) ORDER BY seq"
+        return _many(db, _GRANTS, where, (e.subject, e.client_id))
+
+    def _rotate(self, db: sqlite3.Connection, e: fx.RotateRefresh) -> fx.Rotation:
+        """The decision table of :class:`~kavach_core.effects.RotateRefresh`, under the write lock."""
+        grant = _one(db, _GRANTS, "WHERE grant_id = ?", (e.grant_id,))
+        if grant is None or grant.revoked_at is not None or e.now >= grant.expires_at:
+            return fx.Rotation("unknown", grant)
+        if e.generation == grant.refresh_generation and e.presented_hash == grant.refresh_hash:
+            if e.now >= grant.refresh_expires_at:
+                return fx.Rotation("unknown", grant)
+            updated = attrs.evolve(
+                grant,
+                refresh_generation=e.generation + 1,
+                refresh_hash=e.successor_hash,
+                rotated_at=e.now,
+                refresh_expires_at=min(e.idle_expires_at, grant.expires_at),
+            )
+            db.execute(
+                "UPDATE grants SET refresh_generation = ?, refresh_hash = ?, rotated_at = ?, refresh_expires_at = ?"
+                " WHERE grant_id = ?",
+                (
+                    updated.refresh_generation,
+                    updated.refresh_hash,
+                    updated.rotated_at,
+                    updated.refresh_expires_at,
+                    e.grant_id,
+                ),
+            )
+            return fx.Rotation("rotated", updated)
+        if e.generation + 1 == grant.refresh_generation and e.now - grant.rotated_at <= e.grace:
+            return fx.Rotation("retried", grant)
+        db.execute("UPDATE grants SET revoked_at = ? WHERE grant_id = ?", (e.now, e.grant_id))
+        return fx.Rotation("reused", attrs.evolve(grant, revoked_at=e.now))
+
+    # -- access tokens ----------------------------------------------------------------------
+
+    def _revoke_access(self, db: sqlite3.Connection, e: fx.RevokeAccessToken) -> None:
+        db.execute(
+            "INSERT INTO revoked_tokens (jti, expires_at) VALUES (?, ?)"
+            " ON CONFLICT (jti) DO UPDATE SET expires_at = max(expires_at, excluded.expires_at)",
+            (e.jti, e.expires_at),
+        )
+
+    def _is_revoked(self, db: sqlite3.Connection, e: fx.IsTokenRevoked) -> bool:
+        row = db.execute(
+            "SELECT EXISTS (SELECT 1 FROM revoked_tokens WHERE jti = ?)"
+            " OR NOT EXISTS (SELECT 1 FROM grants WHERE grant_id = ? AND revoked_at IS NULL)",
+            (e.jti, e.grant_id),
+        ).fetchone()
+        return bool(row[0])
+
+    # -- signing keys -----------------------------------------------------------------------
+
+    def _get_keys(self, db: sqlite3.Connection, e: fx.Effect) -> tuple[SigningKey, ...]:
+        return _many(db, _KEYS, "ORDER BY position", ())
+
+    def _swap_keys(self, db: sqlite3.Connection, e: fx.SwapSigningKeys) -> tuple[SigningKey, ...]:
+        current = tuple(row[0] for row in db.execute("SELECT kid FROM signing_keys ORDER BY position"))
+        if current == e.expected:
+            db.execute("DELETE FROM signing_keys")
+            columns = ", ".join(("position", *_KEYS.columns))
+            marks = ", ".join("?" for _ in range(len(_KEYS.columns) + 1))
+            db.executemany(
+                f"INSERT INTO signing_keys ({columns}) VALUES ({marks})",  # noqa: S608 (fixed identifiers)
+                [(position, *_KEYS.encode(key)) for position, key in enumerate(e.keys)],
+            )
+        return self._get_keys(db, e)
+
+    # -- rate limits ------------------------------------------------------------------------
+
+    def _hit(self, db: sqlite3.Connection, e: fx.Hit) -> bool:
+        window_end = (e.now // e.window + 1) * e.window
+        rows = db.execute(
+            "INSERT INTO rate_limits (bucket, window_end, count) VALUES (?, ?, 1)"
+            " ON CONFLICT (bucket, window_end) DO UPDATE SET count = count + 1 RETURNING count",
+            (e.bucket, window_end),
+        ).fetchall()
+        return bool(rows[0][0] <= e.limit)
+
+
+# -- helpers ----------------------------------------------------------------------------------
+
+
+@contextmanager
+def _transaction(db: sqlite3.Connection) -> Iterator[None]:
+    """``BEGIN IMMEDIATE`` ... ``COMMIT``: the write lock is held from the first read, so a
+    read-modify-write is one step for every other connection; any failure rolls back."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            with suppress(sqlite3.Error):  # a broken connection: the original error says why
+                db.execute("ROLLBACK")
+        raise
+
+
+def _one(db: sqlite3.Connection, table: _Table[R], where: str, args: Sequence[Any]) -> R | None:
+    rows = db.execute(f"{table.select} {where}", args).fetchall()
+    return table.decode(rows[0]) if rows else None
+
+
+def _many(db: sqlite3.Connection, table: _Table[R], where: str, args: Sequence[Any]) -> tuple[R, ...]:
+    return tuple(table.decode(row) for row in db.execute(f"{table.select} {where}", args).fetchall())
+
+
+def _scalar(db: sqlite3.Connection, sql: str) -> Any:
+    return db.execute(sql).fetchone()[0]
+
+
+def _primary(exc: sqlite3.Error) -> int | None:
+    code = getattr(exc, "sqlite_errorcode", None)
+    return None if code is None else int(code) & 0xFF
+
+
+def _unavailable(exc: sqlite3.Error) -> bool:
+    """Whether ``exc`` means the database cannot be reached now, rather than a programming error."""
+    return _primary(exc) in _UNAVAILABLE_CODES
