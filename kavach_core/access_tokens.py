@@ -2,7 +2,9 @@
 
 Claims (RFC 9068 §2.2): ``iss sub aud client_id scope iat exp jti``; ``aud`` is the single
 canonical resource URI the token was minted for (RFC 8707 §2, AZ-06, TK-06). ``gid`` names
-the grant, so revoking a grant revokes its access tokens.
+the grant, so revoking a grant revokes its access tokens. The header carries
+``typ: at+jwt`` (RFC 9068 §2.1) so an ID token or other JWT can never pass as an access token
+(RFC 8725 §3.11).
 """
 
 from __future__ import annotations
@@ -52,24 +54,29 @@ def mint(
     grant_id: str,
     not_after: int | None = None,
 ) -> tuple[str, AccessToken]:
-    """Sign a new access token for one resource; it expires after the configured lifetime,
-    and never after ``not_after`` (the end of its grant)."""
+    """Sign a new access token for one resource (RFC 9068 §2; RFC 8707 §2: one audience).
+
+    ``aud`` is ``resource`` in canonical form (RS-05). The token expires after the configured
+    lifetime, and never after ``not_after`` (the end of its grant).
+    """
+    audience = canonical_resource(resource)
     exp = ctx.now + ctx.config.lifetimes.access_token
     if not_after is not None:
         exp = min(exp, not_after)
+    jti = new_id(ctx)
     claims: dict[str, Any] = {
         "iss": ctx.config.issuer,
         "sub": subject,
-        "aud": resource,
+        "aud": audience,
         "client_id": client_id,
         "scope": format_scope(scopes),
         "iat": ctx.now,
         "exp": exp,
-        "jti": new_id(ctx),
+        "jti": jti,
         "gid": grant_id,
     }
     token = jose.sign(pair, claims, TYP)
-    return token, AccessToken(subject, client_id, resource, scopes, ctx.now, exp, claims["jti"], grant_id, claims)
+    return token, AccessToken(subject, client_id, audience, tuple(scopes), ctx.now, exp, jti, grant_id, claims)
 
 
 def _str_claim(claims: Mapping[str, Any], name: str) -> str:
@@ -86,6 +93,21 @@ def _int_claim(claims: Mapping[str, Any], name: str) -> int:
     return value
 
 
+def _audience(claims: Mapping[str, Any]) -> str:
+    """The single audience (RFC 7519 §4.1.3 allows a string or an array; we require exactly one)."""
+    aud = claims.get("aud")
+    if isinstance(aud, list):
+        if len(aud) != 1:
+            raise InvalidToken("a token must have exactly one audience")
+        aud = aud[0]
+    if not isinstance(aud, str):
+        raise InvalidToken("audience missing")
+    try:
+        return canonical_resource(aud)
+    except ValueError as exc:
+        raise InvalidToken("audience is not a resource URI") from exc
+
+
 def verify(
     token: str,
     keys: Mapping[str, VerifyingKey],
@@ -95,25 +117,26 @@ def verify(
     now: int,
     leeway: int = 0,
 ) -> AccessToken:
-    """Verify signature, ``typ``, ``iss``, ``aud`` (exactly ``resource``, canonical), ``exp``, ``iat``.
+    """Verify an access token the way RFC 9068 §4 asks a resource server to.
 
-    RFC 9068 §4; RS-02, RS-04, RS-05. Raises :class:`InvalidToken` or :class:`jose.JoseError`.
+    Signature and ``typ`` (RFC 9068 §4 steps 1-3, via :func:`jose.verify`); ``iss`` equals
+    ``issuer`` byte for byte (step 4); ``aud`` is exactly one URI equal to ``resource`` once both
+    are canonical (step 5; RFC 8707, RS-04, RS-05); ``exp`` not passed and ``iat``/``nbf`` not in
+    the future, allowing ``leeway`` seconds (step 7; RFC 7519 §4.1.4, §4.1.5). ``sub``,
+    ``client_id``, ``jti`` and ``gid`` must be non-empty strings, ``scope`` a string.
+
+    Raises :class:`InvalidToken` or :class:`jose.JoseError`, and nothing else.
     """
+    try:
+        here = canonical_resource(resource)
+    except ValueError as exc:
+        raise InvalidToken("this resource URI is not valid") from exc
     _, claims = jose.verify(token, keys, TYP)
     if claims.get("iss") != issuer:
         raise InvalidToken("wrong issuer")
-    aud = claims.get("aud")
-    if isinstance(aud, list):
-        if len(aud) != 1:
-            raise InvalidToken("a token must have exactly one audience")
-        aud = aud[0]
-    if not isinstance(aud, str):
-        raise InvalidToken("audience missing")
-    try:
-        if canonical_resource(aud) != aud or aud != resource:
-            raise InvalidToken("wrong audience")
-    except ValueError as exc:
-        raise InvalidToken("wrong audience") from exc
+    aud = _audience(claims)
+    if aud != here:
+        raise InvalidToken("wrong audience")
     exp = _int_claim(claims, "exp")
     iat = _int_claim(claims, "iat")
     if now >= exp + leeway:
@@ -121,7 +144,7 @@ def verify(
     if iat > now + leeway + 60:
         raise InvalidToken("issued in the future")
     nbf = claims.get("nbf")
-    if nbf is not None and (not isinstance(nbf, int) or nbf > now + leeway):
+    if nbf is not None and (not isinstance(nbf, int) or isinstance(nbf, bool) or nbf > now + leeway):
         raise InvalidToken("not yet valid")
     scope = claims.get("scope", "")
     if not isinstance(scope, str):

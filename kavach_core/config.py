@@ -7,7 +7,7 @@ refresh token 14 days idle and 90 days absolute, refresh grace window 10 s.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -137,6 +137,10 @@ class Lifetimes:
             raise ConfigurationError("metadata_document_max must be >= metadata_document_min")
 
 
+def _lower_hosts(value: Iterable[str] | None) -> tuple[str, ...] | None:
+    return None if value is None else tuple(h.lower() for h in value)
+
+
 @attrs.frozen
 class RegistrationPolicy:
     """Dynamic client registration (RFC 7591; RG-03).
@@ -152,9 +156,7 @@ class RegistrationPolicy:
     initial_access_token_hashes: tuple[str, ...] = attrs.field(default=(), converter=tuple)
     rate_limit: int = 20
     rate_window: int = 3600
-    allowed_redirect_hosts: tuple[str, ...] | None = attrs.field(
-        default=None, converter=lambda v: None if v is None else tuple(h.lower() for h in v)
-    )
+    allowed_redirect_hosts: tuple[str, ...] | None = attrs.field(default=None, converter=_lower_hosts)
 
     def __attrs_post_init__(self) -> None:
         if self.mode not in ("open", "token", "closed"):

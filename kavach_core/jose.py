@@ -1,19 +1,26 @@
 """A small, strict JWS (RFC 7515, compact serialization) on ``cryptography``.
 
-Rules (RFC 8725 §3.1, §3.2; design "Tokens and keys"):
+Rules (RFC 8725 §2.1, §3.1, §3.2, §3.11; design "Tokens and keys"):
 
-- the algorithm is fixed by the key, never chosen by the token header;
+- the algorithm is fixed by the key, never chosen by the token header (RFC 8725 §3.1): the
+  header's ``alg`` must *equal* the algorithm of the key its ``kid`` names;
 - ``kid`` is required and selects the key; an unknown ``kid`` fails;
-- ``alg: none``, HMAC algorithms and header-supplied keys (``jwk``, ``jku``, ``x5u``, ``x5c``)
-  are refused, and so is any ``crit`` extension;
-- base64url must be canonical and unpadded, JSON must be an object without duplicate members.
+- ``alg: none``, HMAC algorithms and header-supplied keys (``jwk``, ``jku``, ``x5u``, ``x5c``,
+  ``x5t``) are refused (RFC 8725 §3.10), and so is any ``crit`` extension (RFC 7515 §4.1.11:
+  we understand none, so a token that needs one must be rejected);
+- base64url must be canonical and unpadded (RFC 7515 §2), JSON must be an object without
+  duplicate members (RFC 7515 §5.2 step 4) and without ``NaN``/``Infinity``;
+- the token is ASCII and at most :data:`MAX_TOKEN` characters long.
 
-Algorithms: ES256 (P-256, raw ``r||s`` signatures, RFC 7518 §3.4), RS256 (RFC 7518 §3.3) and
-EdDSA with Ed25519 (RFC 8037).
+Algorithms: ES256 (P-256, raw ``r||s`` signatures, RFC 7518 §3.4), RS256 (RSA ≥ 2048 bits,
+RFC 7518 §3.3) and EdDSA with Ed25519 (RFC 8037 §3.1).
+
+Every failure raises :class:`JoseError`; no other exception escapes :func:`verify`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Mapping
 from typing import Any
@@ -34,8 +41,11 @@ PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | ed25519.Ed25519Pri
 PublicKey = ec.EllipticCurvePublicKey | rsa.RSAPublicKey | ed25519.Ed25519PublicKey
 
 ALGORITHMS = ("ES256", "RS256", "EdDSA")
-_FORBIDDEN_HEADERS = frozenset({"jwk", "jku", "x5u", "x5c", "x5t", "x5t#S256", "crit", "b64"})
+_FORBIDDEN_HEADERS = frozenset({"jwk", "jku", "x5u", "x5c", "x5t", "x5t#S256", "crit", "b64", "zip", "enc"})
 MAX_TOKEN = 8192
+"""Longest compact JWS accepted, in characters; our access tokens are well under 1 KiB."""
+
+_MIN_RSA_BITS = 2048
 
 
 class JoseError(KavachError):
@@ -56,12 +66,16 @@ def _reject_constant(name: str) -> Any:
 
 
 def json_object(data: bytes) -> dict[str, Any]:
-    """Strict JSON object decoding (RFC 7515 §5.2 step 4, RFC 8259 §4)."""
+    """Strict JSON object decoding (RFC 7515 §5.2 step 4, RFC 8259 §4, RFC 7493 §2.3).
+
+    UTF-8 only, one object, no duplicate member names, no ``NaN``/``Infinity``.
+    """
     try:
-        value = json.loads(data.decode("utf-8"), object_pairs_hook=_no_duplicates, parse_constant=_reject_constant)
+        text = data.decode("utf-8")
+        value = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_reject_constant)
     except JoseError:
         raise
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
         raise JoseError("invalid JSON") from exc
     if not isinstance(value, dict):
         raise JoseError("JSON is not an object")
@@ -73,44 +87,95 @@ def _int_b64(value: int, length: int | None = None) -> str:
     return b64url(value.to_bytes(size, "big"))
 
 
+def check_key_matches_alg(alg: str, key: PrivateKey | PublicKey) -> None:
+    """Raise :class:`JoseError` unless ``key`` is the kind ``alg`` needs (RFC 7518 §3.3, §3.4; RFC 8037)."""
+    if alg == "ES256":
+        ok = isinstance(key, ec.EllipticCurvePrivateKey | ec.EllipticCurvePublicKey) and isinstance(
+            key.curve, ec.SECP256R1
+        )
+    elif alg == "RS256":
+        ok = isinstance(key, rsa.RSAPrivateKey | rsa.RSAPublicKey) and key.key_size >= _MIN_RSA_BITS
+    elif alg == "EdDSA":
+        ok = isinstance(key, ed25519.Ed25519PrivateKey | ed25519.Ed25519PublicKey)
+    else:
+        raise JoseError(f"unsupported algorithm {alg}")
+    if not ok:
+        raise JoseError(f"key does not fit algorithm {alg}")
+
+
+def _check_pair(instance: VerifyingKey | SigningKeyPair) -> None:
+    if not isinstance(instance.kid, str) or not instance.kid:
+        raise JoseError("a key needs a non-empty kid")
+    check_key_matches_alg(instance.alg, instance.key)
+
+
 @attrs.frozen
 class VerifyingKey:
-    """A public key together with the one algorithm it verifies and its ``kid``."""
+    """A public key together with the one algorithm it verifies and its ``kid``.
+
+    Construction checks that the key fits the algorithm, so a key can never verify with
+    another algorithm than its own (RFC 8725 §3.1).
+    """
 
     kid: str
     alg: str
     key: PublicKey = attrs.field(eq=False, repr=False)
 
+    def __attrs_post_init__(self) -> None:
+        _check_pair(self)
+
     def verify(self, signing_input: bytes, signature: bytes) -> bool:
+        """True when ``signature`` is this key's signature of ``signing_input`` under ``alg``."""
+        key = self.key
         try:
-            if self.alg == "ES256":
-                assert isinstance(self.key, ec.EllipticCurvePublicKey)
+            if self.alg == "ES256" and isinstance(key, ec.EllipticCurvePublicKey):
+                # RFC 7518 §3.4: exactly 64 octets, R then S, each 32 octets big-endian.
                 if len(signature) != 64:
                     return False
                 r = int.from_bytes(signature[:32], "big")
                 s = int.from_bytes(signature[32:], "big")
-                self.key.verify(encode_dss_signature(r, s), signing_input, ec.ECDSA(hashes.SHA256()))
-            elif self.alg == "RS256":
-                assert isinstance(self.key, rsa.RSAPublicKey)
-                self.key.verify(signature, signing_input, padding.PKCS1v15(), hashes.SHA256())
-            else:
-                assert isinstance(self.key, ed25519.Ed25519PublicKey)
-                self.key.verify(signature, signing_input)
-        except InvalidSignature:
+                key.verify(encode_dss_signature(r, s), signing_input, ec.ECDSA(hashes.SHA256()))
+            elif self.alg == "RS256" and isinstance(key, rsa.RSAPublicKey):
+                # RFC 8017 §8.2.2 step 1: the signature is exactly as long as the modulus.
+                if len(signature) != (key.key_size + 7) // 8:
+                    return False
+                key.verify(signature, signing_input, padding.PKCS1v15(), hashes.SHA256())
+            elif self.alg == "EdDSA" and isinstance(key, ed25519.Ed25519PublicKey):
+                if len(signature) != 64:
+                    return False
+                key.verify(signature, signing_input)
+            else:  # unreachable: construction checked the pair
+                return False
+        except (InvalidSignature, ValueError):
             return False
         return True
 
     def jwk(self) -> dict[str, str]:
-        """The public JWK (RFC 7517 §4, RFC 7518 §6, RFC 8037 §2)."""
-        base = {"kid": self.kid, "alg": self.alg, "use": "sig"}
-        if isinstance(self.key, ec.EllipticCurvePublicKey):
-            numbers = self.key.public_numbers()
-            return {"kty": "EC", "crv": "P-256", "x": _int_b64(numbers.x, 32), "y": _int_b64(numbers.y, 32), **base}
-        if isinstance(self.key, rsa.RSAPublicKey):
-            rsa_numbers = self.key.public_numbers()
-            return {"kty": "RSA", "n": _int_b64(rsa_numbers.n), "e": _int_b64(rsa_numbers.e), **base}
-        raw = self.key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-        return {"kty": "OKP", "crv": "Ed25519", "x": b64url(raw), **base}
+        """The public JWK (RFC 7517 §4, RFC 7518 §6.2 and §6.3, RFC 8037 §2), with ``kid``, ``alg``, ``use``."""
+        return {**_required_members(self.key), "kid": self.kid, "alg": self.alg, "use": "sig"}
+
+    def thumbprint(self) -> str:
+        """The RFC 7638 JWK thumbprint (SHA-256, base64url) of this public key."""
+        return jwk_thumbprint(self.key)
+
+
+def _required_members(key: PublicKey) -> dict[str, str]:
+    """The members RFC 7638 §3.2 names as required for each key type, in lexicographic order."""
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        numbers = key.public_numbers()
+        return {"crv": "P-256", "kty": "EC", "x": _int_b64(numbers.x, 32), "y": _int_b64(numbers.y, 32)}
+    if isinstance(key, rsa.RSAPublicKey):
+        rsa_numbers = key.public_numbers()
+        return {"e": _int_b64(rsa_numbers.e), "kty": "RSA", "n": _int_b64(rsa_numbers.n)}
+    raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return {"crv": "Ed25519", "kty": "OKP", "x": b64url(raw)}
+
+
+def jwk_thumbprint(key: PublicKey) -> str:
+    """RFC 7638 §3: SHA-256 over the required members, sorted, without whitespace; base64url."""
+    members = _required_members(key)
+    canonical = json.dumps(members, separators=(",", ":"), sort_keys=True).encode("ascii")
+    return b64url(hashlib.sha256(canonical).digest())
 
 
 @attrs.frozen
@@ -121,64 +186,62 @@ class SigningKeyPair:
     alg: str
     key: PrivateKey = attrs.field(eq=False, repr=False)
 
+    def __attrs_post_init__(self) -> None:
+        _check_pair(self)
+
     @property
     def public(self) -> VerifyingKey:
         return VerifyingKey(self.kid, self.alg, self.key.public_key())
 
     def sign(self, signing_input: bytes) -> bytes:
-        if self.alg == "ES256":
-            assert isinstance(self.key, ec.EllipticCurvePrivateKey)
-            r, s = decode_dss_signature(self.key.sign(signing_input, ec.ECDSA(hashes.SHA256())))
+        """The JWS signature of ``signing_input`` (RFC 7515 §5.1 step 5) under this key's algorithm."""
+        key = self.key
+        if self.alg == "ES256" and isinstance(key, ec.EllipticCurvePrivateKey):
+            r, s = decode_dss_signature(key.sign(signing_input, ec.ECDSA(hashes.SHA256())))
             return r.to_bytes(32, "big") + s.to_bytes(32, "big")
-        if self.alg == "RS256":
-            assert isinstance(self.key, rsa.RSAPrivateKey)
-            return self.key.sign(signing_input, padding.PKCS1v15(), hashes.SHA256())
-        assert isinstance(self.key, ed25519.Ed25519PrivateKey)
-        return self.key.sign(signing_input)
+        if self.alg == "RS256" and isinstance(key, rsa.RSAPrivateKey):
+            return key.sign(signing_input, padding.PKCS1v15(), hashes.SHA256())
+        if self.alg == "EdDSA" and isinstance(key, ed25519.Ed25519PrivateKey):
+            return key.sign(signing_input)
+        raise JoseError(f"key does not fit algorithm {self.alg}")  # unreachable: construction checked
 
 
-def check_key_matches_alg(alg: str, key: PrivateKey | PublicKey) -> None:
-    """Raise :class:`JoseError` unless ``key`` is the kind ``alg`` needs."""
-    if alg == "ES256":
-        ok = isinstance(key, ec.EllipticCurvePrivateKey | ec.EllipticCurvePublicKey) and isinstance(key.curve, ec.SECP256R1)
-    elif alg == "RS256":
-        ok = isinstance(key, rsa.RSAPrivateKey | rsa.RSAPublicKey) and key.key_size >= 2048
-    elif alg == "EdDSA":
-        ok = isinstance(key, ed25519.Ed25519PrivateKey | ed25519.Ed25519PublicKey)
-    else:
-        raise JoseError(f"unsupported algorithm {alg}")
-    if not ok:
-        raise JoseError(f"key does not fit algorithm {alg}")
+def _encode_json(value: Mapping[str, Any]) -> str:
+    return b64url(json.dumps(value, separators=(",", ":"), allow_nan=False).encode("utf-8"))
 
 
 def sign(pair: SigningKeyPair, payload: Mapping[str, Any], typ: str) -> str:
-    """Compact JWS of ``payload`` with header ``{alg, kid, typ}``."""
+    """Compact JWS (RFC 7515 §7.1) of ``payload`` with the protected header ``{alg, kid, typ}``."""
     header = {"alg": pair.alg, "kid": pair.kid, "typ": typ}
-    h = b64url(json.dumps(header, separators=(",", ":")).encode())
-    p = b64url(json.dumps(payload, separators=(",", ":")).encode())
-    signing_input = f"{h}.{p}".encode("ascii")
-    return f"{h}.{p}.{b64url(pair.sign(signing_input))}"
+    signing_input = f"{_encode_json(header)}.{_encode_json(payload)}"
+    return f"{signing_input}.{b64url(pair.sign(signing_input.encode('ascii')))}"
+
+
+def _decode(part: str) -> bytes:
+    try:
+        return b64url_decode(part)
+    except ValueError as exc:
+        raise JoseError("invalid base64url") from exc
 
 
 def verify(token: str, keys: Mapping[str, VerifyingKey], typ: str | None) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Verify a compact JWS and return ``(header, payload)``.
+    """Verify a compact JWS (RFC 7515 §5.2) and return ``(header, payload)``.
 
     ``keys`` maps ``kid`` to its key; the header's ``alg`` must equal that key's algorithm.
     ``typ``, when given, must equal the header's ``typ`` (compared case-insensitively,
-    with or without the ``application/`` prefix, RFC 7515 §4.1.9).
+    with or without the ``application/`` prefix, RFC 7515 §4.1.9, RFC 8725 §3.11).
+    The payload is decoded only after the signature has verified.
     """
-    if len(token) > MAX_TOKEN or not token.isascii():
+    if not isinstance(token, str) or len(token) > MAX_TOKEN or not token.isascii():
         raise JoseError("token too long or not ASCII")
     parts = token.split(".")
     if len(parts) != 3:
         raise JoseError("not a compact JWS")
     h64, p64, s64 = parts
-    try:
-        header_raw = b64url_decode(h64)
-        signature = b64url_decode(s64)
-    except ValueError as exc:
-        raise JoseError("invalid base64url") from exc
-    header = json_object(header_raw)
+    if not h64 or not p64 or not s64:
+        raise JoseError("not a compact JWS")
+    header = json_object(_decode(h64))
+    signature = _decode(s64)
     if _FORBIDDEN_HEADERS.intersection(header):
         raise JoseError("header carries a forbidden parameter")
     kid = header.get("kid")
@@ -187,7 +250,8 @@ def verify(token: str, keys: Mapping[str, VerifyingKey], typ: str | None) -> tup
     key = keys.get(kid)
     if key is None:
         raise JoseError("unknown kid")
-    if header.get("alg") != key.alg:
+    alg = header.get("alg")
+    if not isinstance(alg, str) or alg != key.alg:
         raise JoseError("alg does not match the key")
     if typ is not None:
         got = header.get("typ")
@@ -195,13 +259,9 @@ def verify(token: str, keys: Mapping[str, VerifyingKey], typ: str | None) -> tup
             raise JoseError("wrong typ")
     if not key.verify(f"{h64}.{p64}".encode("ascii"), signature):
         raise JoseError("bad signature")
-    try:
-        payload_raw = b64url_decode(p64)
-    except ValueError as exc:
-        raise JoseError("invalid base64url") from exc
-    return header, json_object(payload_raw)
+    return header, json_object(_decode(p64))
 
 
 def _norm_typ(value: str) -> str:
     value = value.lower()
-    return value[len("application/"):] if value.startswith("application/") else value
+    return value[len("application/") :] if value.startswith("application/") else value

@@ -1,80 +1,101 @@
-"""Signing keys that rotate (RFC 7517 key sets; RFC 9068 §4 key rollover).
+"""Signing keys that rotate (RFC 7517 §5 key sets; RFC 9068 §4 and RFC 8414 §2 ``jwks_uri``).
 
-The active key signs; a key retired by rotation stays published in the JWKS until every token
-it signed has expired. Rotation is a compare-and-set on the stored key set, so with many
-processes it is decided once. Keys for ES256 and Ed25519 are derived from the injected entropy
-source; RSA keys come from ``cryptography``'s generator (OpenSSL's CSPRNG).
+- The active key signs; a key retired by rotation stays published in the JWKS until every
+  token it signed has expired (``publish_until``).
+- A successor is published :data:`PREPUBLISH` seconds before it starts signing, so verifiers
+  that cache the JWKS (we serve it with ``max-age`` 300) already know it when the first token
+  it signs reaches them. An explicit :func:`rotate` switches at once; verifiers that meet an
+  unknown ``kid`` are expected to refetch the JWKS.
+- Every change to the stored set is a compare-and-set (:class:`~kavach_core.effects.SwapSigningKeys`),
+  so with many processes a rotation is decided once.
+- ``kid`` is the RFC 7638 thumbprint of the public key, so every process agrees on it.
+
+Keys for ES256 and Ed25519 are derived from the injected entropy source; RSA keys come from
+``cryptography``'s generator (OpenSSL's CSPRNG), since deriving RSA primes from a byte stream
+would mean writing prime generation ourselves.
 """
 
 from __future__ import annotations
 
-import hashlib
+import threading
 from collections.abc import Mapping
 
 import attrs
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from . import effects as fx
 from .context import Context
 from .drivers import Flow
-from .jose import PrivateKey, SigningKeyPair, VerifyingKey, check_key_matches_alg
-from .opaque import b64url
+from .jose import JoseError, PrivateKey, SigningKeyPair, VerifyingKey, check_key_matches_alg, jwk_thumbprint
 from .records import SigningKey
 
 PUBLISH_MARGIN = 300
 """Seconds a retired key stays published beyond the last expiry of a token it signed (clock skew)."""
 
+PREPUBLISH = 3600
+"""Seconds before the active key stops signing at which its successor is generated and published."""
+
 _P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
-_loaded: dict[tuple[str, bytes], SigningKeyPair] = {}
+_CACHE_SIZE = 64
+_loaded: dict[tuple[str, str, bytes], SigningKeyPair] = {}
+_loaded_lock = threading.Lock()
 
 
 def _private_key(alg: str, ctx: Context) -> PrivateKey:
     if alg == "ES256":
-        # 384 bits reduced modulo n-1 keeps the bias below 2^-128 (FIPS 186-5 A.2.1).
+        # 384 bits reduced modulo n-1, plus one: bias below 2^-128 (FIPS 186-5 §A.2.1).
         scalar = int.from_bytes(ctx.random(48), "big") % (_P256_ORDER - 1) + 1
         return ec.derive_private_key(scalar, ec.SECP256R1())
     if alg == "EdDSA":
+        # RFC 8032 §5.1.5: an Ed25519 private key is 32 random octets.
         return ed25519.Ed25519PrivateKey.from_private_bytes(ctx.random(32))
     if alg == "RS256":
         return rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    raise ValueError(f"unsupported algorithm {alg}")
+    raise JoseError(f"unsupported algorithm {alg}")
 
 
-def generate(ctx: Context, alg: str | None = None) -> SigningKey:
-    """A new key for ``alg`` (default: the configured one), active from ``ctx.now``."""
+def generate(ctx: Context, alg: str | None = None, *, start: int | None = None) -> SigningKey:
+    """A new key for ``alg`` (default: the configured one) that signs from ``start``
+    (default ``ctx.now``) for ``lifetimes.signing_key`` seconds, then stays published until
+    every token it can have signed has expired."""
     alg = alg or ctx.config.signing_alg
+    start = ctx.now if start is None else start
     key = _private_key(alg, ctx)
     pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
-    public_der = key.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    # RFC 7638-like stable kid: a digest of the public key, so every process agrees on it.
-    kid = b64url(hashlib.sha256(public_der).digest()[:12])
     lifetime = ctx.config.lifetimes
     return SigningKey(
-        kid=kid,
+        kid=jwk_thumbprint(key.public_key()),
         alg=alg,
         private_pem=pem,
-        created_at=ctx.now,
-        signs_until=ctx.now + lifetime.signing_key,
-        publish_until=ctx.now + lifetime.signing_key + lifetime.access_token + PUBLISH_MARGIN,
+        created_at=start,
+        signs_until=start + lifetime.signing_key,
+        publish_until=start + lifetime.signing_key + lifetime.access_token + PUBLISH_MARGIN,
     )
 
 
 def load(record: SigningKey) -> SigningKeyPair:
-    """The usable key pair of a stored key (parsed once per process)."""
-    cache_key = (record.kid, record.private_pem)
+    """The usable key pair of a stored key (parsed once per process).
+
+    Raises :class:`~kavach_core.jose.JoseError` when the record does not hold a key of its ``alg``.
+    """
+    cache_key = (record.kid, record.alg, record.private_pem)
     pair = _loaded.get(cache_key)
-    if pair is None:
+    if pair is not None:
+        return pair
+    try:
         key = serialization.load_pem_private_key(record.private_pem, password=None)
-        if not isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey):
-            raise ValueError("unsupported key type")
-        check_key_matches_alg(record.alg, key)
-        pair = SigningKeyPair(record.kid, record.alg, key)
-        if len(_loaded) > 64:
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+        raise JoseError(f"stored signing key {record.kid} cannot be loaded") from exc
+    if not isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey):
+        raise JoseError(f"stored signing key {record.kid} has an unsupported type")
+    check_key_matches_alg(record.alg, key)
+    pair = SigningKeyPair(record.kid, record.alg, key)
+    with _loaded_lock:
+        if len(_loaded) >= _CACHE_SIZE:
             _loaded.clear()
         _loaded[cache_key] = pair
     return pair
@@ -91,21 +112,39 @@ class KeySet:
         candidates = [k for k in self.records if k.alg == alg and k.created_at <= now < k.signs_until]
         return max(candidates, key=lambda k: k.created_at, default=None)
 
+    def signer(self, now: int, alg: str) -> SigningKeyPair | None:
+        """The loaded pair of :meth:`active`, or ``None``."""
+        record = self.active(now, alg)
+        return None if record is None else load(record)
+
     def published(self, now: int) -> tuple[SigningKey, ...]:
+        """Keys in the JWKS at ``now``: until ``publish_until``, successors included before they sign."""
         return tuple(k for k in self.records if k.publish_until > now)
 
     def verifying_keys(self, now: int) -> Mapping[str, VerifyingKey]:
-        """``kid -> key`` for every key still published at ``now``."""
-        return {k.kid: load(k).public for k in self.published(now)}
+        """``kid -> key`` for every key still published at ``now``.
+
+        A record that cannot be loaded is left out: it could verify nothing.
+        """
+        out: dict[str, VerifyingKey] = {}
+        for record in self.published(now):
+            try:
+                out[record.kid] = load(record).public
+            except JoseError:
+                continue
+        return out
 
     def jwks(self, now: int) -> dict[str, list[dict[str, str]]]:
-        """The public JWK Set (RFC 7517 §5)."""
-        return {"keys": [load(k).public.jwk() for k in self.published(now)]}
+        """The public JWK Set (RFC 7517 §5) of the keys published at ``now``."""
+        return {"keys": [key.jwk() for key in self.verifying_keys(now).values()]}
 
 
 def _retire(record: SigningKey, now: int, access_token_lifetime: int) -> SigningKey:
+    """Stop ``record`` signing at ``now``; publish it until tokens signed before now have expired."""
     if record.signs_until <= now:
         return record
+    if record.created_at > now:  # a successor that never signed: no token needs it
+        return attrs.evolve(record, signs_until=now, publish_until=now)
     return attrs.evolve(
         record,
         signs_until=now,
@@ -113,25 +152,48 @@ def _retire(record: SigningKey, now: int, access_token_lifetime: int) -> Signing
     )
 
 
-def _swap(ctx: Context, current: tuple[SigningKey, ...]) -> Flow[KeySet]:
-    now = ctx.now
-    fresh = generate(ctx)
-    lifetime = ctx.config.lifetimes.access_token
-    kept = tuple(_retire(k, now, lifetime) for k in current if k.publish_until > now)
-    stored = yield fx.SwapSigningKeys(tuple(k.kid for k in current), (fresh, *kept))
+def _store(current: tuple[SigningKey, ...], keys: tuple[SigningKey, ...]) -> Flow[KeySet]:
+    stored = yield fx.SwapSigningKeys(tuple(k.kid for k in current), keys)
     return KeySet(tuple(stored))
 
 
+def _live(records: tuple[SigningKey, ...], now: int) -> tuple[SigningKey, ...]:
+    return tuple(k for k in records if k.publish_until > now)
+
+
 def current(ctx: Context) -> Flow[KeySet]:
-    """The key set, with a key able to sign now: generated once, cluster-wide, when none is."""
+    """The key set, with a key able to sign now.
+
+    Generates a key when none can sign, and a successor when the active key stops signing
+    within :data:`PREPUBLISH` seconds and none is published yet; each change is decided once,
+    cluster-wide. The usual call performs one read and no write.
+    """
+    now = ctx.now
+    alg = ctx.config.signing_alg
     records: tuple[SigningKey, ...] = tuple((yield fx.GetSigningKeys()))
     keyset = KeySet(records)
-    if keyset.active(ctx.now, ctx.config.signing_alg) is not None:
+    active = keyset.active(now, alg)
+    if active is None:
+        fresh = generate(ctx)
+        lifetime = ctx.config.lifetimes.access_token
+        kept = tuple(_retire(k, now, lifetime) for k in _live(records, now))
+        return (yield from _store(records, (fresh, *_live(kept, now))))
+    if active.signs_until - now > PREPUBLISH:
         return keyset
-    return (yield from _swap(ctx, records))
+    if any(k.alg == alg and k.created_at >= active.signs_until for k in records):
+        return keyset
+    successor = generate(ctx, start=active.signs_until)
+    return (yield from _store(records, (successor, *_live(records, now))))
 
 
 def rotate(ctx: Context) -> Flow[KeySet]:
-    """Retire the active key now and start signing with a new one (``kavach keys rotate``)."""
+    """Retire every signing key now and start signing with a new one (``kavach keys rotate``).
+
+    Tokens the retired keys signed keep verifying until they expire (RFC 9068 §4).
+    """
+    now = ctx.now
     records: tuple[SigningKey, ...] = tuple((yield fx.GetSigningKeys()))
-    return (yield from _swap(ctx, records))
+    fresh = generate(ctx)
+    lifetime = ctx.config.lifetimes.access_token
+    kept = tuple(_retire(k, now, lifetime) for k in _live(records, now))
+    return (yield from _store(records, (fresh, *_live(kept, now))))

@@ -1,0 +1,220 @@
+"""The resource-server guard: who is calling this MCP server, and may they do this?
+
+RFC 6750 §2.1 and §3 (Bearer tokens and their challenges), RFC 9068 §4 (validating JWT
+access tokens), RFC 8707 (audience = this resource), RFC 9728 §5.1 (``resource_metadata`` in
+the challenge) and the MCP authorization spec (2026-07-28; also 2025-11-25 and 2025-06-18):
+
+- RS-01: the token is read from the ``Authorization`` header only; a token in the query string
+  or a form body is never looked at.
+- RS-02: no token -> 401 with a challenge naming where the resource metadata lives and the
+  scopes to ask for; a bad token of any kind -> the same plus ``error="invalid_token"``.
+  The description is the same for every reason, so a caller learns nothing about which check
+  failed.
+- RS-03: a valid token lacking a required scope -> 403 ``insufficient_scope`` naming the scopes
+  (step-up authorization); a granted ``tools:call`` covers ``tools:call:search`` (prefix rule).
+- RS-04/RS-05: the audience must be this resource once both sides are canonical.
+
+:func:`verify_bearer` is the pure check (no store); :func:`authenticate` adds the key set and
+revocation effects. :func:`challenge` builds every challenge response, for adapters too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import attrs
+
+from . import effects as fx
+from .access_tokens import AccessToken, verify
+from .config import Config, ProtectedResource
+from .credentials import parse_bearer
+from .drivers import Flow
+from .errors import ConfigurationError, OAuthError, safe_description
+from .http import HttpRequest, Response, json_response
+from .jose import JoseError, VerifyingKey
+from .keys import KeySet
+from .resource_indicators import canonical_resource, metadata_url
+from .scopes import any_covers, format_scope
+
+INVALID_TOKEN_DESCRIPTION = "The access token is invalid, expired or revoked"
+MISSING_TOKEN_DESCRIPTION = "A Bearer access token is required"
+INSUFFICIENT_SCOPE_DESCRIPTION = "The access token does not grant the scope this request needs"
+MISSING_TOKEN_ERROR = "unauthorized"
+"""The JSON body's ``error`` when no token was sent. RFC 6750 §3.1 says the challenge then
+carries no error code, so the body uses this plain word rather than a registered OAuth code."""
+
+
+@attrs.frozen
+class Principal:
+    """The verified caller: the access token's claims, checked for this resource."""
+
+    token: AccessToken
+
+    @property
+    def subject(self) -> str:
+        return self.token.subject
+
+    @property
+    def client_id(self) -> str:
+        return self.token.client_id
+
+    @property
+    def scopes(self) -> tuple[str, ...]:
+        return self.token.scopes
+
+    def has_scope(self, scope: str) -> bool:
+        """True when a granted scope covers ``scope`` (prefix rule)."""
+        return any_covers(self.token.scopes, scope)
+
+
+def _quoted(value: str) -> str:
+    """An RFC 9110 §5.6.4 quoted-string; control characters (never in our values) become ``?``."""
+    out = []
+    for ch in value:
+        if ch in '"\\':
+            out.append("\\" + ch)
+        elif 0x20 <= ord(ch) <= 0x7E:
+            out.append(ch)
+        else:
+            out.append("?")
+    return '"' + "".join(out) + '"'
+
+
+def www_authenticate(
+    resource: str,
+    scopes: Sequence[str],
+    error: str | None = None,
+    description: str | None = None,
+) -> str:
+    """The ``WWW-Authenticate`` value for ``resource`` (canonical URI): RFC 6750 §3, RFC 9728 §5.1.
+
+    Without ``error``: ``Bearer resource_metadata="…", scope="…"``. With ``insufficient_scope``
+    the error leads (``Bearer error="insufficient_scope", scope="…", resource_metadata="…"``, as
+    the MCP spec shows it); other errors follow the two attributes. ``scope`` is left out when
+    ``scopes`` is empty; ``error_description`` comes last when given.
+    """
+    meta = ("resource_metadata", metadata_url(resource))
+    scope = [("scope", format_scope(scopes))] if scopes else []
+    attrs_: list[tuple[str, str]]
+    if error == "insufficient_scope":
+        attrs_ = [("error", error), *scope, meta]
+    else:
+        attrs_ = [meta, *scope]
+        if error is not None:
+            attrs_.append(("error", error))
+    if error is not None and description:
+        attrs_.append(("error_description", safe_description(description)))
+    return "Bearer " + ", ".join(f"{name}={_quoted(value)}" for name, value in attrs_)
+
+
+_STATUS = {"insufficient_scope": 403, "invalid_request": 400}
+
+
+def challenge(
+    resource: str,
+    scopes: Sequence[str],
+    error: str | None = None,
+    description: str | None = None,
+) -> Response:
+    """A complete challenge response (RFC 6750 §3, §3.1): 401 (no token, ``invalid_token``),
+    403 (``insufficient_scope``) or 400 (``invalid_request``), with ``WWW-Authenticate``,
+    a JSON body ``{error, error_description}`` and ``Cache-Control: no-store``."""
+    status = _STATUS.get(error or "", 401)
+    if error is None:
+        body = {"error": MISSING_TOKEN_ERROR, "error_description": description or MISSING_TOKEN_DESCRIPTION}
+    else:
+        body = {"error": error, "error_description": safe_description(description or error)}
+    header = www_authenticate(resource, scopes, error, body["error_description"] if error else None)
+    return json_response(status, body, no_store=True, headers=(("WWW-Authenticate", header),))
+
+
+def verify_bearer(
+    token: str,
+    keys: Mapping[str, VerifyingKey],
+    *,
+    issuer: str,
+    resource: str,
+    now: int,
+) -> AccessToken:
+    """The pure fast path of the guard: a token's signature, ``typ``, ``iss``, single ``aud``
+    (equal to ``resource`` once both are canonical, RS-04/RS-05) and lifetime (RFC 9068 §4).
+
+    Revocation is not checked here (it needs the store). Raises
+    :class:`~kavach_core.jose.JoseError` (of which :class:`~kavach_core.access_tokens.InvalidToken`
+    is a kind) and nothing else.
+    """
+    return verify(token, keys, issuer=issuer, resource=resource, now=now)
+
+
+def _protected(config: Config, resource: str) -> ProtectedResource:
+    try:
+        found = config.resource(canonical_resource(resource))
+    except ValueError as exc:
+        raise ConfigurationError(f"{resource!r} is not a resource URI") from exc
+    if found is None:
+        raise ConfigurationError(f"{resource!r} is not one of the configured protected resources")
+    return found
+
+
+def authenticate(
+    config: Config,
+    resource: str,
+    authorization: str | None,
+    required: tuple[str, ...],
+    now: int,
+) -> Flow[Principal | Response]:
+    """Check the ``Authorization`` header value of a request to ``resource`` (RS-01..RS-05).
+
+    Yields :class:`~kavach_core.effects.GetSigningKeys` (only keys still published verify; none
+    is ever generated here) and, for a token that verifies, :class:`~kavach_core.effects.IsTokenRevoked`.
+    Returns a :class:`Principal`, or the challenge :class:`Response` to send.
+
+    ``required`` are the scopes this request needs (see :mod:`kavach_core.mcp_methods`); the
+    401 challenge names them, or the resource's default scopes when there are none. Raises
+    :class:`~kavach_core.errors.ConfigurationError` when ``resource`` is not configured.
+    """
+    protected = _protected(config, resource)
+    here = protected.uri
+    ask = required or protected.default_scopes
+    if authorization is None:
+        return challenge(here, ask)
+    try:
+        token = parse_bearer(authorization)
+    except OAuthError:
+        return challenge(here, ask, "invalid_token", INVALID_TOKEN_DESCRIPTION)
+    if token is None:  # another scheme (Basic, DPoP, ...): no Bearer credentials were sent
+        return challenge(here, ask)
+    records = yield fx.GetSigningKeys()
+    keys = KeySet(tuple(records)).verifying_keys(now)
+    try:
+        access = verify_bearer(token, keys, issuer=config.issuer, resource=here, now=now)
+    except JoseError:
+        return challenge(here, ask, "invalid_token", INVALID_TOKEN_DESCRIPTION)
+    revoked: Any = yield fx.IsTokenRevoked(access.jti, access.grant_id)
+    if revoked:
+        return challenge(here, ask, "invalid_token", INVALID_TOKEN_DESCRIPTION)
+    missing = tuple(scope for scope in required if not any_covers(access.scopes, scope))
+    if missing:
+        return challenge(here, required, "insufficient_scope", INSUFFICIENT_SCOPE_DESCRIPTION)
+    return Principal(access)
+
+
+def authenticate_request(
+    config: Config,
+    resource: str,
+    req: HttpRequest,
+    required: tuple[str, ...],
+    now: int,
+) -> Flow[Principal | Response]:
+    """:func:`authenticate` for an :class:`~kavach_core.http.HttpRequest`.
+
+    Only the ``Authorization`` header is read (RS-01, RFC 6750 §2.1); the query string and the
+    body are never looked at. Several ``Authorization`` headers are an invalid token.
+    """
+    values = req.header_values("authorization")
+    if len(values) > 1:
+        protected = _protected(config, resource)
+        ask = required or protected.default_scopes
+        return challenge(protected.uri, ask, "invalid_token", INVALID_TOKEN_DESCRIPTION)
+    return (yield from authenticate(config, resource, values[0] if values else None, required, now))
