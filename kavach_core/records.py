@@ -7,9 +7,15 @@ purge it.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from typing import Any
 
 import attrs
+
+
+def _strings(value: Iterable[str]) -> tuple[str, ...]:
+    """Converter for string tuples (a typed ``tuple``: mypy cannot solve the bare ``tuple`` converter)."""
+    return tuple(value)
 
 
 @attrs.frozen
@@ -22,11 +28,11 @@ class Client:
     """
 
     client_id: str
-    redirect_uris: tuple[str, ...] = attrs.field(converter=tuple)
+    redirect_uris: tuple[str, ...] = attrs.field(converter=_strings)
     token_endpoint_auth_method: str = "none"
     secret_hash: str | None = attrs.field(default=None, repr=False)
-    grant_types: tuple[str, ...] = attrs.field(default=("authorization_code", "refresh_token"), converter=tuple)
-    response_types: tuple[str, ...] = attrs.field(default=("code",), converter=tuple)
+    grant_types: tuple[str, ...] = attrs.field(default=("authorization_code", "refresh_token"), converter=_strings)
+    response_types: tuple[str, ...] = attrs.field(default=("code",), converter=_strings)
     client_name: str = ""
     scope: tuple[str, ...] | None = None
     kind: str = "dynamic"
@@ -56,8 +62,8 @@ class PendingAuthorization:
     redirect_uri_given: bool
     state: str | None
     code_challenge: str
-    resources: tuple[str, ...] = attrs.field(converter=tuple)
-    scopes: tuple[str, ...] = attrs.field(converter=tuple)
+    resources: tuple[str, ...] = attrs.field(converter=_strings)
+    scopes: tuple[str, ...] = attrs.field(converter=_strings)
     created_at: int
     expires_at: int
 
@@ -71,8 +77,8 @@ class AuthorizationCode:
     redirect_uri: str
     redirect_uri_given: bool
     code_challenge: str
-    resources: tuple[str, ...] = attrs.field(converter=tuple)
-    scopes: tuple[str, ...] = attrs.field(converter=tuple)
+    resources: tuple[str, ...] = attrs.field(converter=_strings)
+    scopes: tuple[str, ...] = attrs.field(converter=_strings)
     subject: str
     grant_id: str
     issued_at: int
@@ -92,8 +98,8 @@ class Grant:
     grant_id: str
     subject: str
     client_id: str
-    resources: tuple[str, ...] = attrs.field(converter=tuple)
-    scopes: tuple[str, ...] = attrs.field(converter=tuple)
+    resources: tuple[str, ...] = attrs.field(converter=_strings)
+    scopes: tuple[str, ...] = attrs.field(converter=_strings)
     created_at: int
     expires_at: int
     refresh_generation: int
