@@ -1,0 +1,230 @@
+"""Which scope each MCP JSON-RPC request needs (MCP 2026-07-28 authorization, scope challenges).
+
+Defaults (design "Scope grammar"):
+
+============================================  ===========================================
+method                                        required scope
+============================================  ===========================================
+``tools/list``                                ``tools:list``
+``tools/call`` of tool ``N``                  ``tools:call:N`` (``tools:call`` covers it)
+``resources/list``, ``resources/templates/list``  ``resources:list``
+``resources/read``, ``resources/subscribe``,  ``resources:read``
+``resources/unsubscribe``
+``prompts/list``                              ``prompts:list``
+``prompts/get``                               ``prompts:get`` (``prompts:get:NAME`` with
+                                              ``per_prompt=True``)
+``initialize``, ``ping``, ``notifications/*``,  none beyond a valid token
+``logging/setLevel``, ``completion/complete``
+a JSON-RPC response (no ``method``)           none beyond a valid token
+any other method                              ``mcp:unknown-method`` (see below)
+============================================  ===========================================
+
+Choices, and why:
+
+- **Prompts** default to the coarse ``prompts:get``: prompts are templates, not actions, and
+  most servers name few of them. ``per_prompt=True`` makes them per-name like tools.
+- **Tool names** that are missing, not strings, or not a single scope segment (a ``:`` in the
+  name would let ``tools:call:a`` cover tool ``a:b``) require the whole ``tools:call``: only a
+  caller trusted with every tool may send a name the prefix rule cannot reason about.
+- **Unknown methods fail closed**: they require :data:`UNKNOWN_METHOD_SCOPE`, which is in no
+  default catalogue, so a method added by a later MCP revision or a server extension is refused
+  (403 naming the scope) until the operator maps it (``overrides``) or sets
+  ``unknown_method_scopes=()`` to let any valid token through.
+- **A body that is not JSON-RPC** (not JSON, or JSON that is neither a request object nor a
+  batch of them) requires no extra scope: a valid token is still required, and the MCP server
+  itself answers it with a JSON-RPC parse or invalid-request error, running nothing.
+- **Parser differentials are resolved towards more scope**: the body is parsed the way the
+  most lenient JSON parsers would (UTF-8/16/32 detection, BOM, invalid UTF-8 replaced, ``NaN``),
+  and when an object repeats a member name (RFC 8259 §4 leaves the meaning open) the scopes of
+  both the first-wins and the last-wins reading are required.
+- A **batch** (JSON-RPC 2.0 §6; MCP 2025-03-26) requires every member's scopes.
+
+:func:`required_scopes` raises nothing but :class:`~kavach_core.errors.KavachError` on any bytes.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import attrs
+
+from .errors import ConfigurationError, KavachError
+from .scopes import is_valid_scope
+
+UNKNOWN_METHOD_SCOPE = "mcp:unknown-method"
+"""Required by methods the map does not know (fail closed; see the module docstring)."""
+
+NO_SCOPE_METHODS = frozenset({"initialize", "ping", "logging/setLevel", "completion/complete"})
+"""Methods that need nothing beyond a valid token (notifications too, by prefix)."""
+
+DEFAULT_METHOD_SCOPES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("tools/list", ("tools:list",)),
+    ("resources/list", ("resources:list",)),
+    ("resources/templates/list", ("resources:list",)),
+    ("resources/read", ("resources:read",)),
+    ("resources/subscribe", ("resources:read",)),
+    ("resources/unsubscribe", ("resources:read",)),
+    ("prompts/list", ("prompts:list",)),
+)
+"""The fixed part of the default map; ``tools/call`` and ``prompts/get`` look at ``params.name``."""
+
+_TOOLS_CALL = "tools:call"
+_PROMPTS_GET = "prompts:get"
+_SEGMENT_FORBIDDEN = frozenset(": ")
+
+
+def _freeze_overrides(
+    value: Mapping[str, Iterable[str]] | Iterable[tuple[str, Iterable[str]]],
+) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    items = value.items() if isinstance(value, Mapping) else value
+    out: list[tuple[str, tuple[str, ...]]] = []
+    for method, scopes in items:
+        if isinstance(scopes, str):
+            scopes = (scopes,)
+        out.append((method, tuple(scopes)))
+    return tuple(out)
+
+
+def _freeze_scopes(value: Iterable[str]) -> tuple[str, ...]:
+    return (value,) if isinstance(value, str) else tuple(value)
+
+
+@attrs.frozen
+class McpScopeMap:
+    """The configurable method -> scope map.
+
+    ``overrides``: ``method -> scopes`` replacing the default for that exact method name
+    (``()`` means no scope beyond a valid token); an override of ``tools/call`` or
+    ``prompts/get`` replaces the per-name rule too. ``per_tool``: ``tools/call`` of ``N``
+    requires ``tools:call:N`` (default) instead of ``tools:call``. ``per_prompt``: the same for
+    ``prompts/get``. ``unknown_method_scopes``: required by any method not known here.
+    """
+
+    overrides: tuple[tuple[str, tuple[str, ...]], ...] = attrs.field(default=(), converter=_freeze_overrides)
+    per_tool: bool = True
+    per_prompt: bool = False
+    unknown_method_scopes: tuple[str, ...] = attrs.field(default=(UNKNOWN_METHOD_SCOPE,), converter=_freeze_scopes)
+
+    def __attrs_post_init__(self) -> None:
+        seen: set[str] = set()
+        for method, scopes in self.overrides:
+            if not isinstance(method, str) or not method:
+                raise ConfigurationError("an MCP scope override needs a method name")
+            if method in seen:
+                raise ConfigurationError(f"MCP method {method!r} is overridden twice")
+            seen.add(method)
+            for scope in scopes:
+                if not isinstance(scope, str) or not is_valid_scope(scope):
+                    raise ConfigurationError(f"MCP method {method!r}: {scope!r} is not a valid scope")
+        for scope in self.unknown_method_scopes:
+            if not isinstance(scope, str) or not is_valid_scope(scope):
+                raise ConfigurationError(f"unknown_method_scopes: {scope!r} is not a valid scope")
+
+    def scopes_for(self, method: str, params: object = None) -> tuple[str, ...]:
+        """The scopes one request with ``method`` and ``params`` needs."""
+        for name, scopes in self.overrides:
+            if name == method:
+                return scopes
+        if method in NO_SCOPE_METHODS or method.startswith("notifications/"):
+            return ()
+        if method == "tools/call":
+            return (_named(_TOOLS_CALL, params),) if self.per_tool else (_TOOLS_CALL,)
+        if method == "prompts/get":
+            return (_named(_PROMPTS_GET, params),) if self.per_prompt else (_PROMPTS_GET,)
+        for name, scopes in DEFAULT_METHOD_SCOPES:
+            if name == method:
+                return scopes
+        return self.unknown_method_scopes
+
+    def scopes_for_message(self, message: object) -> tuple[str, ...]:
+        """The scopes one JSON-RPC message needs; a response or a non-request needs none."""
+        if not isinstance(message, dict):
+            return ()
+        method = message.get("method")
+        if not isinstance(method, str):
+            return ()
+        return self.scopes_for(method, message.get("params"))
+
+    def required_scopes(self, body: bytes) -> tuple[str, ...]:
+        """The scopes an HTTP request body of JSON-RPC needs: see :func:`required_scopes`."""
+        out: list[str] = []
+        for document in _readings(body):
+            messages = document if isinstance(document, list) else [document]
+            for message in messages:
+                for scope in self.scopes_for_message(message):
+                    if scope not in out:
+                        out.append(scope)
+        return tuple(out)
+
+
+DEFAULT_MAP = McpScopeMap()
+
+
+def _named(family: str, params: object) -> str:
+    """``family:NAME`` for a well-formed single-segment name, else ``family`` itself."""
+    if not isinstance(params, dict):
+        return family
+    name = params.get("name")
+    if not isinstance(name, str) or not name or _SEGMENT_FORBIDDEN.intersection(name):
+        return family
+    scope = f"{family}:{name}"
+    return scope if is_valid_scope(scope) else family
+
+
+class _Duplicate(Exception):
+    pass
+
+
+def _last_wins_strict(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _Duplicate
+        out[key] = value
+    return out
+
+
+def _first_wins(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        out.setdefault(key, value)
+    return out
+
+
+def _parse(text: str, hook: Callable[[list[tuple[str, Any]]], dict[str, Any]]) -> object:
+    return json.loads(text, object_pairs_hook=hook)
+
+
+def _text(body: bytes) -> str:
+    """The body as text, as leniently as any JSON parser might read it (RFC 8259 §8.1)."""
+    try:
+        probe = json.detect_encoding(body)
+        return body.decode(probe, "replace").removeprefix("\ufeff")
+    except (LookupError, ValueError):
+        return body.decode("utf-8", "replace").removeprefix("\ufeff")
+
+
+def _readings(body: bytes) -> list[object]:
+    """Each plausible reading of ``body``: one, or first-wins and last-wins when members repeat."""
+    if not isinstance(body, bytes | bytearray | memoryview):
+        raise KavachError("a request body must be bytes")
+    try:
+        text = _text(bytes(body))
+        try:
+            return [_parse(text, _last_wins_strict)]
+        except _Duplicate:
+            return [_parse(text, dict), _parse(text, _first_wins)]
+    except (ValueError, RecursionError, OverflowError, MemoryError):
+        return []
+
+
+def required_scopes(body: bytes, scope_map: McpScopeMap = DEFAULT_MAP) -> tuple[str, ...]:
+    """The scopes the JSON-RPC ``body`` of a request to an MCP server needs, in first-use order.
+
+    A single message needs its method's scopes; a batch needs every member's. A body that is
+    not JSON-RPC needs none (the MCP server rejects it; module docstring). Raises only
+    :class:`~kavach_core.errors.KavachError` (for a body that is not bytes at all).
+    """
+    return scope_map.required_scopes(body)
