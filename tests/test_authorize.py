@@ -1,0 +1,688 @@
+"""The authorization endpoint, approve and deny: AZ-01..AZ-12 as far as the core owns them.
+
+The HTML consent and login pages, their CSRF tokens and the adapter's 303 after a form POST
+belong to the adapters; the core's own error pages and redirects are checked here (AZ-10).
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from conftest import ISSUER, OTHER_RESOURCE, RESOURCE, Harness, make_config, s256
+from oauth_flows import (
+    CHALLENGE,
+    LOOPBACK,
+    REDIRECT,
+    STATE,
+    VERIFIER,
+    add_client,
+    az_query,
+    az_request,
+    consent,
+    get_code,
+    location_base,
+    location_params,
+    redeem,
+    snapshot,
+)
+
+from kavach_core.config import ProtectedResource
+from kavach_core.endpoints import authorize
+from kavach_core.http import Response
+from kavach_core.messages.authorization import ConsentRequired
+from kavach_core.opaque import digest
+
+
+@pytest.fixture
+def hc(h: Harness) -> Harness:
+    """The harness with one public client ``c1`` registered for :data:`REDIRECT`."""
+    add_client(h)
+    return h
+
+
+def assert_page(out: object, error: str | None = None, status: int = 400) -> Response:
+    """An error page: never a redirect (AZ-02), with the AZ-10 headers."""
+    assert isinstance(out, Response), out
+    assert out.status == status
+    assert out.header("location") is None
+    assert out.view is not None
+    if error is not None:
+        assert out.view.error == error
+    assert_az10_headers(out)
+    return out
+
+
+def assert_az10_headers(resp: Response) -> None:
+    csp = resp.header("content-security-policy") or ""
+    assert "frame-ancestors 'none'" in csp
+    assert resp.header("x-frame-options") == "DENY"
+    assert resp.header("referrer-policy") == "no-referrer"
+    assert not any(k.lower().startswith("access-control-") for k, _ in resp.headers), "no CORS (AZ-10)"
+
+
+def assert_error_redirect(out: object, error: str, state: str | None = STATE, base: str = REDIRECT) -> dict[str, str]:
+    assert isinstance(out, Response), out
+    params = location_params(out)
+    assert location_base(out) == base
+    assert params["error"] == error
+    assert params["iss"] == ISSUER
+    if state is None:
+        assert "state" not in params
+    else:
+        assert params["state"] == state
+    assert "code" not in params
+    assert_az10_headers(out)
+    return params
+
+
+# -- AZ-01: GET and POST, duplicates, empty values, unknown parameters ------------------------
+
+
+@pytest.mark.parametrize("method", ["GET", "POST"])
+def test_az_01_get_and_post_both_reach_consent(hc: Harness, method: str) -> None:
+    out = az_request(hc, method=method)
+    assert isinstance(out, ConsentRequired)
+    assert out.view.client_id == "c1"
+    assert out.view.redirect_uri == REDIRECT
+    assert out.view.resources == (RESOURCE,)
+    assert [s.scope for s in out.view.scopes] == ["tools:list", "tools:call"]
+
+
+def test_az_01_post_reads_the_form_not_the_query(hc: Harness) -> None:
+    req = hc.request("POST", "/authorize", query=az_query(), form={"client_id": "c1"})
+    out = hc.run(authorize.handle(hc.ctx(), req))
+    # Only the form counts: client and redirect URI are fine, the rest is missing.
+    assert_error_redirect(out, "invalid_request", state=None)
+
+
+def test_az_01_post_with_json_body_is_an_error_page(hc: Harness) -> None:
+    req = hc.request("POST", "/authorize", json=az_query())
+    assert_page(hc.run(authorize.handle(hc.ctx(), req)), "invalid_request")
+
+
+@pytest.mark.parametrize("method", ["PUT", "DELETE", "PATCH"])
+def test_az_01_other_methods_are_refused_without_redirect(hc: Harness, method: str) -> None:
+    req = hc.request(method, "/authorize", query=az_query())
+    assert_page(hc.run(authorize.handle(hc.ctx(), req)), "invalid_request", status=405)
+
+
+@pytest.mark.parametrize("name", ["client_id", "redirect_uri"])
+@pytest.mark.parametrize("method", ["GET", "POST"])
+def test_az_01_duplicate_client_id_or_redirect_uri_is_a_page_never_a_redirect(
+    hc: Harness, name: str, method: str
+) -> None:
+    pairs = [*az_query().items(), (name, az_query()[name])]
+    assert_page(az_request(hc, pairs, method=method), "invalid_request")
+
+
+@pytest.mark.parametrize(
+    "name", ["response_type", "state", "scope", "code_challenge", "code_challenge_method"]
+)
+@pytest.mark.parametrize("method", ["GET", "POST"])
+def test_az_01_other_duplicate_parameters_redirect_invalid_request(hc: Harness, name: str, method: str) -> None:
+    pairs = [*az_query().items(), (name, az_query()[name])]
+    before = snapshot(hc)
+    out = az_request(hc, pairs, method=method)
+    # A duplicated state is not echoed (which one would be "the" state?); any other is.
+    assert_error_redirect(out, "invalid_request", state=None if name == "state" else STATE)
+    assert snapshot(hc) == before
+
+
+def test_az_01_duplicate_with_different_values_is_refused_too(hc: Harness) -> None:
+    pairs = [*az_query().items(), ("code_challenge_method", "plain")]
+    assert_error_redirect(az_request(hc, pairs), "invalid_request")
+
+
+def test_az_01_empty_value_is_absent(hc: Harness) -> None:
+    # An empty duplicate is not a duplicate; an empty state is no state.
+    pairs = [*az_query(state="").items(), ("scope", ""), ("response_type", "")]
+    out = az_request(hc, pairs)
+    assert isinstance(out, ConsentRequired)
+    resp = hc.run(authorize.approve(hc.ctx(), out.ticket, "alice"))
+    assert "state" not in location_params(resp)
+
+
+def test_az_01_empty_required_value_counts_as_missing(hc: Harness) -> None:
+    assert_error_redirect(az_request(hc, code_challenge=""), "invalid_request")
+    assert_page(az_request(hc, client_id=""), "invalid_request")
+
+
+def test_az_01_empty_redirect_uri_is_absent_and_the_single_registered_one_is_used(hc: Harness) -> None:
+    out = consent(hc, redirect_uri="")
+    assert out.view.redirect_uri == REDIRECT
+    code = location_params(hc.run(authorize.approve(hc.ctx(), out.ticket, "alice")))["code"]
+    # Not sent at authorize: the token request may omit it (TK-03).
+    assert redeem(hc, code, redirect_uri=None).status == 200
+
+
+def test_az_01_unknown_parameters_are_ignored(hc: Harness) -> None:
+    pairs = [*az_query().items(), ("nonce", "n"), ("prompt", "none"), ("foo", "1"), ("foo", "2")]
+    assert isinstance(az_request(hc, pairs), ConsentRequired)
+
+
+# -- AZ-02 / AZ-03: client and redirect URI problems never redirect ----------------------------
+
+
+def test_az_02_missing_client_id_is_a_page(hc: Harness) -> None:
+    assert_page(az_request(hc, client_id=None), "invalid_request")
+
+
+def test_az_02_unknown_client_is_a_page(hc: Harness) -> None:
+    assert_page(az_request(hc, client_id="nobody"), "invalid_client")
+
+
+def test_az_02_overlong_client_id_is_a_page(hc: Harness) -> None:
+    assert_page(az_request(hc, client_id="c" * 5000), "invalid_client")
+
+
+def test_az_02_expired_metadata_document_client_is_unknown(h: Harness) -> None:
+    add_client(h, expires_at=h.now + 10, kind="document")
+    assert isinstance(az_request(h), ConsentRequired)
+    h.now += 10
+    assert_page(az_request(h), "invalid_client")
+
+
+def test_az_02_missing_redirect_uri_with_several_registered_is_a_page(h: Harness) -> None:
+    add_client(h, redirect_uris=(REDIRECT, "https://app.example.com/other"))
+    assert_page(az_request(h, redirect_uri=None), "invalid_request")
+
+
+def test_az_02_missing_redirect_uri_with_one_registered_uses_it(hc: Harness) -> None:
+    out = consent(hc, redirect_uri=None)
+    assert out.view.redirect_uri == REDIRECT
+
+
+def test_az_02_problems_with_other_parameters_do_not_hide_a_bad_client(hc: Harness) -> None:
+    # Everything else is wrong too; still a page, never a redirect to an unverified URI.
+    out = az_request(hc, redirect_uri="https://evil.example/cb", response_type="token", code_challenge=None)
+    assert_page(out, "invalid_request")
+
+
+@pytest.mark.parametrize(
+    "requested",
+    [
+        "https://evil.example.com/callback",
+        REDIRECT + "/",
+        "https://APP.example.com/callback",
+        "HTTPS://app.example.com/callback",
+        "https://app.example.com/Callback",
+        REDIRECT + "?x=1",
+        REDIRECT + "#frag",
+        "https://app.example.com/call",
+        "https://app.example.com/callback/extra",
+        "https://app.example.com:443/callback",
+        "https://app.example.com:8443/callback",
+        "http://app.example.com/callback",
+        "https://user@app.example.com/callback",
+        "//app.example.com/callback",
+        "/callback",
+        " " + REDIRECT,
+    ],
+)
+@pytest.mark.parametrize("method", ["GET", "POST"])
+def test_az_03_redirect_uri_is_compared_exactly(hc: Harness, requested: str, method: str) -> None:
+    out = az_request(hc, az_query(redirect_uri=requested), method=method)
+    assert_page(out, "invalid_request")
+
+
+def test_az_03_registered_uri_with_query_matches_exactly(h: Harness) -> None:
+    registered = "https://app.example.com/cb?tenant=a"
+    add_client(h, redirect_uris=(registered,))
+    assert_page(az_request(h, redirect_uri="https://app.example.com/cb"))
+    assert_page(az_request(h, redirect_uri="https://app.example.com/cb?tenant=b"))
+    out = consent(h, redirect_uri=registered)
+    resp = h.run(authorize.approve(h.ctx(), out.ticket, "alice"))
+    params = location_params(resp)
+    assert params["tenant"] == "a" and "code" in params
+    assert resp.header("location", ).startswith(registered + "&code=")  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("registered", "requested"),
+    [
+        ("http://127.0.0.1/cb", "http://127.0.0.1:4000/cb"),
+        ("http://127.0.0.1:3000/cb", "http://127.0.0.1:4000/cb"),
+        ("http://127.0.0.1:3000/cb", "http://127.0.0.1/cb"),
+        ("http://[::1]/cb", "http://[::1]:51234/cb"),
+        ("http://[::1]:80/cb?x=1", "http://[::1]:8080/cb?x=1"),
+    ],
+)
+def test_az_03_loopback_ip_may_vary_the_port(h: Harness, registered: str, requested: str) -> None:
+    add_client(h, redirect_uris=(registered,))
+    out = consent(h, redirect_uri=requested)
+    # The redirect goes to the port the client asked for.
+    resp = h.run(authorize.approve(h.ctx(), out.ticket, "alice"))
+    assert resp.header("location").startswith(requested)  # type: ignore[union-attr]
+    # And errors go there too.
+    err = az_request(h, redirect_uri=requested, response_type="token")
+    assert err.header("location").startswith(requested + ("&" if "?" in requested else "?") + "error=")
+
+
+@pytest.mark.parametrize(
+    ("registered", "requested"),
+    [
+        ("http://localhost/cb", "http://localhost:4000/cb"),
+        ("https://127.0.0.1/cb", "https://127.0.0.1:4000/cb"),
+        ("http://127.0.0.1/cb", "http://127.0.0.1:4000/cb/"),
+        ("http://127.0.0.1/cb", "http://127.0.0.1:4000/CB"),
+        ("http://127.0.0.1/cb", "http://127.0.0.2:4000/cb"),
+        ("http://127.0.0.1/cb", "http://[::1]:4000/cb"),
+        ("http://127.0.0.1/cb", "http://127.0.0.1:99999/cb"),
+        ("http://127.0.0.1/cb", "http://127.0.0.1:/cb"),
+        ("http://127.0.0.1/cb", "http://127.0.0.1:4000/cb?x=1"),
+        ("http://127.0.0.1/cb", "http://127.0.0.1:4000@evil.example/cb"),
+        ("http://127.0.0.1:3000/cb", "http://127.0.0.1:3000/cb#x"),
+    ],
+)
+def test_az_03_port_variation_only_for_http_loopback_ips(h: Harness, registered: str, requested: str) -> None:
+    add_client(h, redirect_uris=(registered,))
+    assert_page(az_request(h, redirect_uri=requested), "invalid_request")
+
+
+# -- AZ-04: response_type ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("response_type", ["token", "id_token", "code token", "code id_token", "none", "CODE"])
+def test_az_04_other_response_types_are_unsupported(hc: Harness, response_type: str) -> None:
+    before = snapshot(hc)
+    out = az_request(hc, response_type=response_type)
+    params = assert_error_redirect(out, "unsupported_response_type")
+    assert "access_token" not in params and "id_token" not in params
+    assert "#" not in out.header("location")  # type: ignore[union-attr]
+    assert snapshot(hc) == before
+
+
+def test_az_04_missing_response_type_is_invalid_request(hc: Harness) -> None:
+    assert_error_redirect(az_request(hc, response_type=None), "invalid_request")
+
+
+def test_az_04_client_not_allowed_the_code_flow_is_unauthorized(h: Harness) -> None:
+    add_client(h, grant_types=("refresh_token",))
+    assert_error_redirect(az_request(h), "unauthorized_client")
+    add_client(h, "c2", response_types=())
+    assert_error_redirect(az_request(h, client_id="c2"), "unauthorized_client")
+
+
+# -- AZ-05: PKCE ------------------------------------------------------------------------------
+
+
+def test_az_05_missing_challenge_is_invalid_request(hc: Harness) -> None:
+    assert_error_redirect(az_request(hc, code_challenge=None), "invalid_request")
+
+
+def test_az_05_plain_challenge_refused(hc: Harness) -> None:
+    assert_error_redirect(az_request(hc, code_challenge_method="plain", code_challenge=VERIFIER), "invalid_request")
+
+
+def test_az_05_missing_method_is_refused(hc: Harness) -> None:
+    # RFC 7636 defaults a missing method to plain, which OAuth 2.1 servers must not accept.
+    assert_error_redirect(az_request(hc, code_challenge_method=None), "invalid_request")
+
+
+@pytest.mark.parametrize("method", ["s256", "S512", "SHA256", "S256 "])
+def test_az_05_other_methods_are_refused(hc: Harness, method: str) -> None:
+    assert_error_redirect(az_request(hc, code_challenge_method=method), "invalid_request")
+
+
+@pytest.mark.parametrize(
+    "challenge",
+    [
+        CHALLENGE[:-1],
+        CHALLENGE + "A",
+        CHALLENGE[:-1] + "=",
+        CHALLENGE[:-1] + "+",
+        CHALLENGE[:-1] + "/",
+        VERIFIER,
+        "a" * 128,
+        "é" * 43,
+    ],
+)
+def test_az_05_malformed_challenge_is_refused(hc: Harness, challenge: str) -> None:
+    assert_error_redirect(az_request(hc, code_challenge=challenge), "invalid_request")
+
+
+def test_az_05_challenge_is_never_echoed(hc: Harness) -> None:
+    outcomes: list[object] = [
+        az_request(hc),
+        az_request(hc, response_type="token"),
+        az_request(hc, scope="nope"),
+        az_request(hc, resource="https://unknown.example/mcp"),
+        az_request(hc, redirect_uri="https://evil.example/cb"),
+        az_request(hc, code_challenge_method="plain"),
+    ]
+    pending = consent(hc)
+    outcomes.append(hc.run(authorize.approve(hc.ctx(), pending.ticket, "alice")))
+    outcomes.append(hc.run(authorize.deny(hc.ctx(), consent(hc).ticket)))
+    for out in outcomes:
+        text = repr(out)
+        if isinstance(out, Response):
+            text += out.body.decode() + repr(out.headers)
+        assert CHALLENGE not in text
+
+
+def test_az_05_challenge_is_bound_to_the_code(hc: Harness) -> None:
+    code = get_code(hc)
+    record = hc.store.codes[digest(code)]
+    assert record.code_challenge == CHALLENGE
+    other = "o" * 43
+    code2 = get_code(hc, code_challenge=s256(other))
+    assert redeem(hc, code2).json()["error"] == "invalid_grant"
+    assert redeem(hc, code2, code_verifier=other).status == 200
+
+
+# -- AZ-06: resource indicators -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "resource",
+    [
+        RESOURCE + "#frag",
+        RESOURCE + "#",
+        "/mcp",
+        "mcp.example.com/mcp",
+        "urn:example:mcp",
+        "https://unknown.example.com/mcp",
+        "https://mcp.example.com/mcp/extra",
+        "https://mcp.example.com/MCP",
+        "https://mcp.example.com:8443/mcp",
+        "http://mcp.example.com/mcp",
+        "https://mcp.example.com/mcp?x=1",
+        "https://user@mcp.example.com/mcp",
+        "https://[::1/mcp",
+        "https://mcp.example.com:99999/mcp",
+    ],
+)
+def test_az_06_resource_must_be_an_absolute_protected_uri(hc: Harness, resource: str) -> None:
+    before = snapshot(hc)
+    assert_error_redirect(az_request(hc, resource=resource), "invalid_target")
+    assert snapshot(hc) == before
+
+
+@pytest.mark.parametrize("spelling", ["https://MCP.Example.COM/mcp", "https://mcp.example.com:443/mcp", RESOURCE + "/"])
+def test_az_06_resource_is_compared_canonically(hc: Harness, spelling: str) -> None:
+    assert consent(hc, resource=spelling).view.resources == (RESOURCE,)
+
+
+def test_az_06_several_resources_allowed(hc: Harness) -> None:
+    pairs = [*az_query().items(), ("resource", OTHER_RESOURCE), ("resource", RESOURCE)]
+    out = az_request(hc, pairs)
+    assert isinstance(out, ConsentRequired)
+    assert out.view.resources == (RESOURCE, OTHER_RESOURCE)
+    assert out.view.resource_names == ("Example MCP", "Other MCP")
+
+
+def test_az_06_one_bad_resource_among_several_is_invalid_target(hc: Harness) -> None:
+    pairs = [*az_query().items(), ("resource", "https://unknown.example/mcp")]
+    assert_error_redirect(az_request(hc, pairs), "invalid_target")
+
+
+def test_az_06_no_resource_with_several_configured_is_invalid_target(hc: Harness) -> None:
+    assert_error_redirect(az_request(hc, resource=None), "invalid_target")
+
+
+def test_az_06_no_resource_with_one_configured_uses_it() -> None:
+    h = Harness(make_config(resources=[ProtectedResource(RESOURCE, name="Only")]))
+    add_client(h)
+    out = consent(h, resource=None)
+    assert out.view.resources == (RESOURCE,)
+    code = location_params(h.run(authorize.approve(h.ctx(), out.ticket, "alice")))["code"]
+    assert h.store.codes[digest(code)].resources == (RESOURCE,)
+    assert redeem(h, code).status == 200
+
+
+# -- AZ-07: scope ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "scope",
+    ["admin", "tools", "tools:list admin", "tools:", ":tools", "tools::call", "tools:list\ttools:call", 'a"b'],
+)
+def test_az_07_scope_outside_the_catalogue_or_malformed_is_invalid_scope(hc: Harness, scope: str) -> None:
+    before = snapshot(hc)
+    assert_error_redirect(az_request(hc, scope=scope), "invalid_scope")
+    assert snapshot(hc) == before
+
+
+def test_az_07_defaults_when_no_scope_is_requested(hc: Harness) -> None:
+    out = consent(hc, scope=None)
+    assert [s.scope for s in out.view.scopes] == ["tools:list", "tools:call"]
+    assert [s.scope for s in consent(hc, scope="   ").view.scopes] == ["tools:list", "tools:call"]
+
+
+def test_az_07_defaults_are_limited_by_the_client_scope(h: Harness) -> None:
+    add_client(h, scope=("tools:list",))
+    assert [s.scope for s in consent(h, scope=None).view.scopes] == ["tools:list"]
+
+
+def test_az_07_client_registered_scope_limits_requests(h: Harness) -> None:
+    add_client(h, scope=("tools:list",))
+    assert_error_redirect(az_request(h, scope="tools:call"), "invalid_scope")
+
+
+def test_az_07_narrower_prefix_scope_is_allowed(hc: Harness) -> None:
+    out = consent(hc, scope="tools:call:search resources:read")
+    assert [s.scope for s in out.view.scopes] == ["tools:call:search", "resources:read"]
+    # The description comes from the catalogue entry that covers it.
+    assert out.view.scopes[0].description == "Run any tool"
+    resp = hc.run(authorize.approve(hc.ctx(), out.ticket, "alice"))
+    body = redeem(hc, location_params(resp)["code"]).json()
+    assert body["scope"] == "tools:call:search resources:read"
+
+
+def test_az_07_repeated_scope_tokens_collapse(hc: Harness) -> None:
+    assert [s.scope for s in consent(hc, scope="tools:list  tools:list").view.scopes] == ["tools:list"]
+
+
+def test_az_07_approve_can_narrow_and_the_token_reports_it(hc: Harness) -> None:
+    code = get_code(hc, scopes=("tools:list", "admin"))
+    body = redeem(hc, code).json()
+    assert body["scope"] == "tools:list"
+
+
+def test_az_07_approve_with_no_scopes_grants_none(hc: Harness) -> None:
+    code = get_code(hc, scopes=())
+    assert hc.store.codes[digest(code)].scopes == ()
+    assert redeem(hc, code).json()["scope"] == ""
+
+
+# -- AZ-08 / AZ-12: code, state and iss; deny ----------------------------------------------------
+
+
+def test_az_08_success_carries_code_state_and_iss(hc: Harness) -> None:
+    state = "a b&c=d/é?"
+    out = consent(hc, state=state)
+    resp = hc.run(authorize.approve(hc.ctx(), out.ticket, "alice"))
+    params = location_params(resp)
+    assert set(params) == {"code", "state", "iss"}
+    assert params["state"] == state
+    assert params["iss"] == ISSUER
+    assert location_base(resp) == REDIRECT
+    assert_az10_headers(resp)
+
+
+def test_az_08_state_is_optional(hc: Harness) -> None:
+    out = consent(hc, state=None)
+    params = location_params(hc.run(authorize.approve(hc.ctx(), out.ticket, "alice")))
+    assert set(params) == {"code", "iss"}
+
+
+def test_az_08_errors_carry_state_iss_and_a_description(hc: Harness) -> None:
+    params = assert_error_redirect(az_request(hc, response_type="token", state="xyz"), "unsupported_response_type", "xyz")
+    assert params["error_description"]
+    assert set(params) == {"error", "error_description", "state", "iss"}
+
+
+def test_az_08_overlong_state_is_invalid_request_and_not_echoed(hc: Harness) -> None:
+    assert_error_redirect(az_request(hc, state="s" * 3000), "invalid_request", state=None)
+
+
+def test_az_12_deny_redirects_access_denied_with_state_and_iss(hc: Harness) -> None:
+    out = consent(hc)
+    before_codes = dict(hc.store.codes)
+    resp = hc.run(authorize.deny(hc.ctx(), out.ticket))
+    assert_error_redirect(resp, "access_denied")
+    assert hc.store.codes == before_codes
+    assert hc.store.pending == {}
+
+
+def test_az_12_deny_without_state(hc: Harness) -> None:
+    out = consent(hc, state=None)
+    assert_error_redirect(hc.run(authorize.deny(hc.ctx(), out.ticket)), "access_denied", state=None)
+
+
+def test_az_12_deny_then_approve_is_a_page(hc: Harness) -> None:
+    out = consent(hc)
+    hc.run(authorize.deny(hc.ctx(), out.ticket))
+    assert_page(hc.run(authorize.approve(hc.ctx(), out.ticket, "alice")))
+    assert_page(hc.run(authorize.deny(hc.ctx(), out.ticket)))
+
+
+# -- AZ-09: codes ------------------------------------------------------------------------------
+
+
+def test_az_09_code_is_256_bits_base64url(hc: Harness) -> None:
+    codes = {get_code(hc) for _ in range(5)}
+    assert len(codes) == 5
+    for code in codes:
+        assert re.fullmatch(r"[A-Za-z0-9_-]{43}", code)
+        assert len(__import__("base64").urlsafe_b64decode(code + "=")) == 32
+        assert digest(code) in hc.store.codes
+        assert code not in repr(hc.store.codes)
+
+
+def test_az_09_code_is_bound_to_everything(hc: Harness) -> None:
+    pairs = [*az_query(scope="tools:list").items(), ("resource", OTHER_RESOURCE)]
+    out = az_request(hc, pairs)
+    hc.now += 5
+    code = location_params(hc.run(authorize.approve(hc.ctx(), out.ticket, "bob")))["code"]
+    record = hc.store.codes[digest(code)]
+    assert record.client_id == "c1"
+    assert record.redirect_uri == REDIRECT
+    assert record.redirect_uri_given is True
+    assert record.code_challenge == CHALLENGE
+    assert record.resources == (RESOURCE, OTHER_RESOURCE)
+    assert record.scopes == ("tools:list",)
+    assert record.subject == "bob"
+    assert record.issued_at == hc.now
+    assert record.expires_at == hc.now + 60
+    assert record.consumed is False
+
+
+def test_az_09_code_expires_after_the_configured_lifetime() -> None:
+    from kavach_core.config import Lifetimes
+
+    h = Harness(make_config(lifetimes=Lifetimes(code=30)))
+    add_client(h)
+    code = get_code(h)
+    assert h.store.codes[digest(code)].expires_at == h.now + 30
+    h.now += 30
+    assert redeem(h, code).json()["error"] == "invalid_grant"
+    code = get_code(h)
+    h.now += 29
+    assert redeem(h, code).status == 200
+
+
+def test_az_09_default_code_lifetime_is_60_seconds(hc: Harness) -> None:
+    code = get_code(hc)
+    hc.now += 60
+    assert redeem(hc, code).json()["error"] == "invalid_grant"
+
+
+def test_az_09_consent_ticket_is_single_use(hc: Harness) -> None:
+    out = consent(hc)
+    assert re.fullmatch(r"[A-Za-z0-9_-]{43}", out.ticket)
+    assert out.ticket not in repr(hc.store.pending)
+    first = hc.run(authorize.approve(hc.ctx(), out.ticket, "alice"))
+    assert first.status == 303
+    second = hc.run(authorize.approve(hc.ctx(), out.ticket, "alice"))
+    assert_page(second, "invalid_request")
+    assert len(hc.store.codes) == 1
+
+
+def test_az_09_expired_ticket_is_a_page(hc: Harness) -> None:
+    out = consent(hc)
+    assert out.expires_at == hc.now + 600
+    hc.now += 600
+    assert_page(hc.run(authorize.approve(hc.ctx(), out.ticket, "alice")))
+    assert hc.store.codes == {}
+    out = consent(hc)
+    hc.now += 600
+    assert_page(hc.run(authorize.deny(hc.ctx(), out.ticket)))
+
+
+def test_az_09_unknown_ticket_is_a_page(hc: Harness) -> None:
+    assert_page(hc.run(authorize.approve(hc.ctx(), "x" * 43, "alice")))
+    assert_page(hc.run(authorize.deny(hc.ctx(), "")))
+
+
+def test_az_09_approve_needs_a_subject(hc: Harness) -> None:
+    out = consent(hc)
+    with pytest.raises(ValueError, match="subject"):
+        hc.run(authorize.approve(hc.ctx(), out.ticket, ""))
+    # The ticket was not used up by the programming error.
+    assert hc.run(authorize.approve(hc.ctx(), out.ticket, "alice")).status == 303
+
+
+# -- AZ-10 / AZ-11: what the core hands to the pages -----------------------------------------
+
+
+def test_az_10_error_pages_are_self_contained_and_escaped(hc: Harness) -> None:
+    page = assert_page(az_request(hc, client_id="nobody"))
+    assert page.header("content-type", ) == "text/html; charset=utf-8"
+    assert page.header("cache-control") == "no-store"
+    assert b"<script" not in page.body and b"http" not in page.body
+    from kavach_core.http import error_page
+
+    evil = error_page(400, "<b>", "<script>alert(1)</script>")
+    assert b"<script>" not in evil.body and b"&lt;script&gt;" in evil.body
+
+
+def test_az_10_redirects_are_303(hc: Harness) -> None:
+    assert az_request(hc, response_type="token").status == 303
+    out = consent(hc)
+    assert hc.run(authorize.approve(hc.ctx(), out.ticket, "alice")).status == 303
+
+
+def test_az_11_consent_view_describes_client_redirect_scopes_and_resource(h: Harness) -> None:
+    add_client(
+        h,
+        redirect_uris=(REDIRECT,),
+        client_name="Demo App",
+        kind="dynamic",
+        metadata='{"client_uri": "https://app.example.com", "logo_uri": "https://app.example.com/logo.png"}',
+    )
+    view = consent(h).view
+    assert view.client_name == "Demo App"
+    assert view.client_kind == "dynamic"
+    assert view.redirect_host == "app.example.com"
+    assert view.loopback_only is False
+    assert view.resource_names == ("Example MCP",)
+    assert [(s.scope, s.description) for s in view.scopes] == [
+        ("tools:list", "See the list of tools"),
+        ("tools:call", "Run any tool"),
+    ]
+    assert view.client_uri == "https://app.example.com"
+    assert view.logo_uri == "https://app.example.com/logo.png"
+
+
+def test_az_11_loopback_only_client_is_flagged(h: Harness) -> None:
+    add_client(h, redirect_uris=(LOOPBACK, "http://[::1]/cb", "http://localhost/cb"))
+    view = consent(h, redirect_uri=LOOPBACK).view
+    assert view.loopback_only is True
+    assert view.client_name == "c1"  # no name registered: the id is shown
+    assert view.client_uri is None and view.logo_uri is None
+
+
+def test_az_11_consent_can_be_shown_again_without_using_the_ticket(hc: Harness) -> None:
+    out = consent(hc)
+    again = hc.run(authorize.consent(hc.ctx(), out.ticket))
+    assert again == out
+    assert hc.run(authorize.approve(hc.ctx(), out.ticket, "alice")).status == 303
+    assert hc.run(authorize.consent(hc.ctx(), out.ticket)) is None
+
+
+def test_az_11_consent_for_a_removed_client_is_none(hc: Harness) -> None:
+    out = consent(hc)
+    del hc.store.clients["c1"]
+    assert hc.run(authorize.consent(hc.ctx(), out.ticket)) is None
