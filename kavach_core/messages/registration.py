@@ -1,0 +1,148 @@
+"""Dynamic client registration requests (RFC 7591 §2, §3.1), parsed and type-checked.
+
+The body is a JSON object (RFC 7591 §3.1). Every member this server understands is checked for
+its JSON type here; members it does not understand are ignored (RFC 7591 §2: "the
+authorization server MUST ignore any client metadata sent by the client that it does not
+understand"). A ``null`` member, and an empty string, count as absent. Whether the values are
+acceptable (URI rules, supported methods, scopes) is decided by
+:mod:`kavach_core.endpoints.registration`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+
+from ..credentials import bearer_token
+from ..errors import OAuthError
+from ..http import HttpRequest
+from ..params import json_object
+
+CLIENT_ADDRESS_HEADER = "X-Kavach-Client-Address"
+"""The peer address of the connection, set by the adapter from its socket (never by the client:
+adapters remove any copy that arrives from outside). Registrations are rate-limited per value."""
+
+MAX_LIST = 20
+"""Entries accepted in one list member (``redirect_uris``, ``contacts``, ``grant_types`` ...)."""
+
+MAX_TEXT = 1000
+"""Characters accepted in one string member."""
+
+URI_MEMBERS = ("client_uri", "logo_uri", "tos_uri", "policy_uri")
+"""Human-facing URIs (RFC 7591 §2): https only, and never fetched by this server (RG-01)."""
+
+
+
+@attrs.frozen
+class RegistrationRequest:
+    """A client registration request (RFC 7591 §3.1), its members type-checked.
+
+    ``None`` means the member was absent (or ``null``, or an empty string). Lists keep their
+    first occurrence of each entry, in order. The initial access token and the client address
+    travel in headers: see :func:`initial_access_token` and :func:`client_address`.
+    """
+
+    redirect_uris: tuple[str, ...] | None = None
+    token_endpoint_auth_method: str | None = None
+    grant_types: tuple[str, ...] | None = None
+    response_types: tuple[str, ...] | None = None
+    client_name: str | None = None
+    client_uri: str | None = None
+    logo_uri: str | None = None
+    tos_uri: str | None = None
+    policy_uri: str | None = None
+    contacts: tuple[str, ...] | None = None
+    scope: str | None = None
+    software_id: str | None = None
+    software_version: str | None = None
+
+
+def _invalid(description: str) -> OAuthError:
+    return OAuthError("invalid_client_metadata", description)
+
+
+def _text(body: dict[str, Any], name: str) -> str | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise _invalid(f"{name} must be a string")
+    if len(value) > MAX_TEXT:
+        raise _invalid(f"{name} is too long")
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+        raise _invalid(f"{name} must not contain control characters")
+    return value or None
+
+
+def _text_list(body: dict[str, Any], name: str, *, error: str = "invalid_client_metadata") -> tuple[str, ...] | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, list):
+        raise OAuthError(error, f"{name} must be an array of strings")
+    if len(value) > MAX_LIST:
+        raise OAuthError(error, f"{name} has too many entries (at most {MAX_LIST})")
+    out: list[str] = []
+    for item in value:
+        if not isinstance(item, str):
+            raise OAuthError(error, f"{name} must be an array of strings")
+        if len(item) > MAX_TEXT * 2:
+            raise OAuthError(error, f"an entry of {name} is too long")
+        if item not in out:
+            out.append(item)
+    return tuple(out)
+
+
+def parse_metadata(body: dict[str, Any]) -> RegistrationRequest:
+    """Type-check the members of a client metadata object (RFC 7591 §2).
+
+    Raises ``invalid_client_metadata`` (``invalid_redirect_uri`` for ``redirect_uris``),
+    RFC 7591 §3.2.2.
+    """
+    return RegistrationRequest(
+        redirect_uris=_text_list(body, "redirect_uris", error="invalid_redirect_uri"),
+        token_endpoint_auth_method=_text(body, "token_endpoint_auth_method"),
+        grant_types=_text_list(body, "grant_types"),
+        response_types=_text_list(body, "response_types"),
+        client_name=_text(body, "client_name"),
+        client_uri=_text(body, "client_uri"),
+        logo_uri=_text(body, "logo_uri"),
+        tos_uri=_text(body, "tos_uri"),
+        policy_uri=_text(body, "policy_uri"),
+        contacts=_text_list(body, "contacts"),
+        scope=_text(body, "scope"),
+        software_id=_text(body, "software_id"),
+        software_version=_text(body, "software_version"),
+    )
+
+
+def client_address(req: HttpRequest) -> str | None:
+    """The adapter-supplied peer address (:data:`CLIENT_ADDRESS_HEADER`), or ``None``."""
+    values = req.header_values(CLIENT_ADDRESS_HEADER)
+    if len(values) != 1:
+        return None
+    value = values[0].strip()
+    if not value or len(value) > 128:
+        return None
+    return value
+
+
+def initial_access_token(req: HttpRequest) -> str | None:
+    """The Bearer token of the request (RFC 7591 §3; RFC 6750 §2.1), or ``None`` when absent.
+
+    A malformed ``Authorization`` header is ``invalid_token`` (401) rather than the bare
+    RFC 6750 ``invalid_request``, so a caller always learns to present a valid token.
+    """
+    try:
+        return bearer_token(req)
+    except OAuthError as exc:
+        raise OAuthError("invalid_token", exc.description, status=401) from exc
+
+
+def parse(req: HttpRequest) -> RegistrationRequest:
+    """Parse the JSON body of a registration request (RFC 7591 §3.1); POST only."""
+    if req.method != "POST":
+        raise OAuthError("invalid_request", "use POST", status=405)
+    body = json_object(req, error="invalid_client_metadata")
+    return parse_metadata(body)

@@ -1,0 +1,216 @@
+"""Routing: which endpoint answers a request, which methods it takes, and CORS.
+
+Paths (all exact; an adapter passes the full request path):
+
+- RFC 8414 §3.1 authorization server metadata: ``/.well-known/oauth-authorization-server``
+  with the issuer's path inserted after it (MD-01);
+- the same document as OpenID Connect discovery, at ``/.well-known/openid-configuration`` with
+  the issuer's path inserted after it and, for an issuer with a path, also appended after the
+  issuer's path (``/tenant/.well-known/openid-configuration``): the three locations MCP
+  clients try (MCP 2025-11-25, "Authorization Server Metadata Discovery");
+- RFC 9728 §3.1 protected resource metadata at ``/.well-known/oauth-protected-resource`` with
+  each resource's path inserted after it (the bare path for a resource at the root; MD-03).
+  When resources on different hosts share a path, the ``Host`` header picks one;
+- the endpoints at the paths of ``config.endpoint(name)``.
+
+Anything else is 404 ``{"error": "not_found"}``; a method an endpoint does not take is 405 with
+``Allow``. Documents (metadata, JWKS) answer ``HEAD`` like ``GET`` without content.
+
+Every path except the authorization endpoint answers CORS (MD-04): an ``OPTIONS``
+preflight gets 204 with ``Access-Control-Allow-*``, and every actual response carries
+``Access-Control-Allow-Origin: *`` (no credentials are ever allowed, so no cookie is ever sent
+cross-origin). The authorization endpoint is a page the person navigates to and never gets
+CORS headers (AZ-10). That rule lives only in :func:`route`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from urllib.parse import urlsplit
+
+import attrs
+
+from .config import Config, ProtectedResource
+from .context import Context
+from .drivers import Flow
+from .errors import OAuthError
+from .http import HttpRequest, Response, error_response, json_response
+from .messages.authorization import ConsentRequired
+from .resource_indicators import PRM_WELL_KNOWN
+
+AS_WELL_KNOWN = "/.well-known/oauth-authorization-server"
+OIDC_WELL_KNOWN = "/.well-known/openid-configuration"
+
+Outcome = Response | ConsentRequired
+Handler = Callable[[Context, HttpRequest], Flow[Outcome]]
+
+CORS_ALLOW_HEADERS = "Authorization, Content-Type, MCP-Protocol-Version"
+CORS_MAX_AGE = "7200"
+"""Seconds a browser may cache a preflight (Chromium caps it at two hours)."""
+
+
+@attrs.frozen
+class Route:
+    """An endpoint, the methods it takes, and whether browsers may call it cross-origin."""
+
+    handler: Handler
+    methods: tuple[str, ...]
+    cors: bool = True
+
+    @property
+    def allow(self) -> str:
+        methods = (*self.methods, "OPTIONS") if self.cors else self.methods
+        return ", ".join(methods)
+
+
+# -- endpoints, imported when first used -------------------------------------------------------
+
+
+def _authorize(ctx: Context, req: HttpRequest) -> Flow[Outcome]:
+    from .endpoints import authorize
+
+    return (yield from authorize.handle(ctx, req))
+
+
+def _token(ctx: Context, req: HttpRequest) -> Flow[Outcome]:
+    from .endpoints import token
+
+    return (yield from token.handle(ctx, req))
+
+
+def _jwks(ctx: Context, req: HttpRequest) -> Flow[Outcome]:
+    from .endpoints import jwks
+
+    return (yield from jwks.handle(ctx, req))
+
+
+def _registration(ctx: Context, req: HttpRequest) -> Flow[Outcome]:
+    from .endpoints import registration
+
+    return (yield from registration.handle(ctx, req))
+
+
+def _revocation(ctx: Context, req: HttpRequest) -> Flow[Outcome]:
+    from .endpoints import revocation
+
+    return (yield from revocation.handle(ctx, req))
+
+
+def _introspection(ctx: Context, req: HttpRequest) -> Flow[Outcome]:
+    from .endpoints import introspection
+
+    return (yield from introspection.handle(ctx, req))
+
+
+def _as_metadata(ctx: Context, req: HttpRequest) -> Flow[Outcome]:
+    from .endpoints import metadata
+
+    return (yield from metadata.handle(ctx, req))
+
+
+def _resource_metadata(resources: tuple[ProtectedResource, ...]) -> Handler:
+    def handle(ctx: Context, req: HttpRequest) -> Flow[Outcome]:
+        from .endpoints import metadata
+
+        resource = _pick_by_host(resources, req.header("host"))
+        if resource is None:
+            return _not_found()
+        return (yield from metadata.resource_handler(resource)(ctx, req))
+
+    return handle
+
+
+def _pick_by_host(resources: tuple[ProtectedResource, ...], host: str | None) -> ProtectedResource | None:
+    """The resource at this path; when several share it, the one on the request's host."""
+    if len(resources) == 1:
+        return resources[0]
+    wanted = _normal_host(host or "")
+    for resource in resources:
+        if _normal_host(urlsplit(resource.uri).netloc) == wanted:
+            return resource
+    return None
+
+
+def _normal_host(host: str) -> str:
+    host = host.strip().lower()
+    for suffix in (":443", ":80"):
+        if host.endswith(suffix):
+            return host[: -len(suffix)]
+    return host
+
+
+# -- the table ---------------------------------------------------------------------------------
+
+
+def routes(config: Config) -> dict[str, Route]:
+    """Every path this server answers, and how (the table is small and cheap to build)."""
+    table: dict[str, Route] = {}
+    issuer_path = config.issuer_path
+    metadata = Route(_as_metadata, ("GET", "HEAD"))
+    table[AS_WELL_KNOWN + issuer_path] = metadata
+    table[OIDC_WELL_KNOWN + issuer_path] = metadata
+    table[issuer_path + OIDC_WELL_KNOWN] = metadata
+
+    by_path: dict[str, list[ProtectedResource]] = {}
+    for resource in config.resources:
+        by_path.setdefault(PRM_WELL_KNOWN + resource.path, []).append(resource)
+    for path, resources in by_path.items():
+        table[path] = Route(_resource_metadata(tuple(resources)), ("GET", "HEAD"))
+
+    def path_of(name: str) -> str:
+        return urlsplit(config.endpoint(name)).path
+
+    table[path_of("authorization")] = Route(_authorize, ("GET", "POST"), cors=False)
+    table[path_of("token")] = Route(_token, ("POST",))
+    table[path_of("jwks")] = Route(_jwks, ("GET", "HEAD"))
+    table[path_of("revocation")] = Route(_revocation, ("POST",))
+    table[path_of("introspection")] = Route(_introspection, ("POST",))
+    if config.registration.mode != "closed":
+        table[path_of("registration")] = Route(_registration, ("POST",))
+    return table
+
+
+# -- routing -----------------------------------------------------------------------------------
+
+
+def _not_found() -> Response:
+    return json_response(404, {"error": "not_found"})
+
+
+def _preflight(route: Route) -> Response:
+    """A CORS preflight answer (Fetch standard, CORS protocol; MD-04)."""
+    headers = (
+        ("Allow", route.allow),
+        ("Access-Control-Allow-Origin", "*"),
+        ("Access-Control-Allow-Methods", route.allow),
+        ("Access-Control-Allow-Headers", CORS_ALLOW_HEADERS),
+        ("Access-Control-Max-Age", CORS_MAX_AGE),
+    )
+    return Response(204, headers, b"")
+
+
+def _dispatch(ctx: Context, req: HttpRequest, route: Route) -> Flow[Outcome]:
+    if req.method not in route.methods:
+        err = OAuthError("invalid_request", f"use {' or '.join(route.methods)}", status=405)
+        return error_response(err, headers=(("Allow", route.allow),))
+    try:
+        return (yield from route.handler(ctx, req))
+    except OAuthError as err:
+        # Endpoints answer their own errors; this is the last line of GN-03.
+        return error_response(err)
+
+
+def route(ctx: Context, req: HttpRequest) -> Flow[Response | ConsentRequired]:
+    """Answer ``req``: find its endpoint, check the method, apply CORS (MD-04)."""
+    target = routes(ctx.config).get(req.path)
+    if target is None:
+        return _not_found()
+    if target.cors and req.method == "OPTIONS":
+        return _preflight(target)
+    outcome = yield from _dispatch(ctx, req, target)
+    if isinstance(outcome, Response):
+        if req.method == "HEAD":  # RFC 9110 §9.3.2: the GET answer's headers, no content
+            outcome = attrs.evolve(outcome, body=b"")
+        if target.cors:
+            outcome = outcome.with_headers((("Access-Control-Allow-Origin", "*"),))
+    return outcome
