@@ -1,0 +1,413 @@
+"""The composition every framework adapter shares: configuration, store, clock, entropy, users.
+
+:class:`AuthorizationServer` answers an :class:`~kavach_core.http.HttpRequest` with a
+:class:`~kavach_core.http.Response`, synchronously (:meth:`~AuthorizationServer.handle`) or on an
+event loop (:meth:`~AuthorizationServer.ahandle`). The protocol is the core's router; this module
+adds only the person's part of the authorization step: sign in (built-in local users or the
+application's own ``identify`` hook), then the consent page, whose form posts back here and ends
+in the core's ``approve`` or ``deny``.
+
+Framework modules build the request with :func:`incoming` (which also sets the client address
+from the socket peer) and translate the response; nothing else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import inspect
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable, Generator, Iterable
+from typing import Any
+from urllib.parse import parse_qsl, quote
+
+import attrs
+
+from kavach_core import effects as fx
+from kavach_core.config import Config
+from kavach_core.context import Context
+from kavach_core.drivers import Flow, StoreUnavailable, arun, run
+from kavach_core.endpoints import authorize
+from kavach_core.errors import OAuthError
+from kavach_core.guard import Principal, authenticate_request
+from kavach_core.http import HttpRequest, Response, json_response
+from kavach_core.mcp_methods import DEFAULT_MAP, McpScopeMap, required_scopes
+from kavach_core.messages.authorization import ConsentRequired
+from kavach_core.params import Params, form_params
+from kavach_core.resource_indicators import canonical_resource
+
+from . import pages
+from .sessions import Cookies, parse_cookies
+from .users import Users
+
+log = logging.getLogger("kavach")
+
+CLIENT_ADDRESS_HEADER = "X-Kavach-Client-Address"
+"""Read by the core's rate limits; set only by :func:`incoming`, from the socket peer."""
+
+MAX_QUERY_PAIRS = 1000
+
+Router = Callable[[Context, HttpRequest], Flow["Response | ConsentRequired"]]
+Identify = Callable[[HttpRequest], "str | Awaitable[str | None] | None"]
+
+
+def incoming(
+    method: str,
+    path: str,
+    query_string: str | bytes,
+    headers: Iterable[tuple[str, str]],
+    body: bytes,
+    peer: str | None,
+) -> HttpRequest:
+    """The core's request from a framework's parts.
+
+    Any ``X-Kavach-Client-Address`` the client sent is dropped and replaced by the socket peer,
+    so no one can pick the address their rate limit is counted against.
+    """
+    if isinstance(query_string, bytes):
+        query_string = query_string.decode("latin-1")
+    pairs = parse_qsl(query_string, keep_blank_values=True, errors="replace")[:MAX_QUERY_PAIRS]
+    kept = [(k, v) for k, v in headers if k.lower() != CLIENT_ADDRESS_HEADER.lower()]
+    if peer:
+        kept.append((CLIENT_ADDRESS_HEADER, peer))
+    return HttpRequest(method.upper(), path, pairs, kept, body)
+
+
+@attrs.frozen
+class LoginLimits:
+    """Sign-in attempts allowed per ``window`` seconds, per username and per client address."""
+
+    per_user: int = 10
+    per_address: int = 50
+    window: int = 900
+
+
+@attrs.frozen
+class Call(fx.Effect):
+    """An adapter-side step (a user lookup, the identify hook), run by the adapter's own driver.
+
+    ``blocking`` calls run in a worker thread under :meth:`AuthorizationServer.ahandle`.
+    """
+
+    fn: Callable[..., Any]
+    args: tuple[Any, ...] = ()
+    blocking: bool = True
+
+
+class _SyncPerformer:
+    def __init__(self, store: Any) -> None:
+        self.store = store
+
+    def perform(self, effect: fx.Effect) -> Any:
+        if isinstance(effect, Call):
+            result = effect.fn(*effect.args)
+            if inspect.isawaitable(result):
+                raise TypeError("an async identify hook needs an async adapter")
+            return result
+        return self.store.perform(effect)
+
+
+class _AsyncPerformer:
+    def __init__(self, store: Any) -> None:
+        self.store = store
+        self._aperform = getattr(store, "aperform", None)
+
+    async def aperform(self, effect: fx.Effect) -> Any:
+        if isinstance(effect, Call):
+            if effect.blocking:
+                return await asyncio.to_thread(effect.fn, *effect.args)
+            result = effect.fn(*effect.args)
+            return await result if inspect.isawaitable(result) else result
+        if self._aperform is not None:
+            return await self._aperform(effect)
+        return await asyncio.to_thread(self.store.perform, effect)
+
+
+def failure_response(exc: BaseException) -> Response:
+    """503 when the store is down, 500 for anything else; never a stack trace (GN-03)."""
+    if isinstance(exc, StoreUnavailable):
+        log.warning("store unavailable: %s", exc)
+        return json_response(503, {"error": "temporarily_unavailable"}, no_store=True, headers=(("Retry-After", "5"),))
+    log.error("unexpected error while answering a request", exc_info=exc)
+    return json_response(500, {"error": "server_error"}, no_store=True)
+
+
+class AuthorizationServer:
+    """An OAuth 2.1 authorization server for MCP resources, ready to mount in any framework.
+
+    ``users`` enables the built-in sign-in page; ``identify(request) -> subject | None`` lets the
+    application say who is signed in with its own login (it may be async under async adapters);
+    ``login_url(return_to) -> url`` is where to send a person ``identify`` does not know, when
+    there are no local users. ``scope_map`` maps MCP methods to scopes for the guards.
+    ``clock`` and ``entropy`` are injectable for tests.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        store: Any,
+        *,
+        users: Users | None = None,
+        identify: Identify | None = None,
+        login_url: Callable[[str], str] | None = None,
+        clock: Callable[[], float] = time.time,
+        entropy: Callable[[int], bytes] = secrets.token_bytes,
+        login_limits: LoginLimits | None = None,
+        session_lifetime: int = 8 * 3600,
+        router: Router | None = None,
+        scope_map: McpScopeMap = DEFAULT_MAP,
+    ) -> None:
+        if users is None and identify is None:
+            raise ValueError("give users= (built-in sign-in) or identify= (your application's login), or both")
+        if router is None:
+            from kavach_core.router import route
+
+            router = route
+        self.config = config
+        self.store = store
+        self.users = users
+        self.identify = identify
+        self.login_url = login_url
+        self.clock = clock
+        self.entropy = entropy
+        self.login_limits = login_limits or LoginLimits()
+        self.cookies = Cookies(config, session_lifetime=session_lifetime)
+        self.router = router
+        self.scope_map = scope_map
+        base = config.issuer_path + config.paths.authorization
+        self.login_path = base + "/login"
+        self.consent_path = base + "/consent"
+        self.decision_path = base + "/decision"
+
+    # -- what to mount ---------------------------------------------------------------------
+
+    def paths(self) -> tuple[str, ...]:
+        """Every path to mount: the core router's table (RFC 8414 §3, RFC 9728 §3.1) and the
+        sign-in and consent forms' own paths under the authorization endpoint."""
+        from kavach_core.router import routes
+
+        return (*routes(self.config), self.login_path, self.consent_path, self.decision_path)
+
+    # -- answering ---------------------------------------------------------------------------
+
+    def context(self) -> Context:
+        return Context(self.config, int(self.clock()), self.entropy)
+
+    def handle(self, req: HttpRequest) -> Response:
+        """Answer ``req`` in this thread (Flask, WSGI, the CLI)."""
+        try:
+            return run(self._serve(self.context(), req), _SyncPerformer(self.store))
+        except Exception as exc:
+            return failure_response(exc)
+
+    async def ahandle(self, req: HttpRequest) -> Response:
+        """Answer ``req`` on an event loop (Starlette, aiohttp); blocking steps run in threads."""
+        try:
+            return await arun(self._serve(self.context(), req), _AsyncPerformer(self.store))
+        except Exception as exc:
+            return failure_response(exc)
+
+    def protected(self, resource: str) -> str:
+        """The canonical URI of configured resource ``resource``; ``ValueError`` when unknown (RS-05)."""
+        try:
+            found = self.config.resource(canonical_resource(resource))
+        except ValueError as exc:
+            raise ValueError(f"{resource!r} is not a resource URI") from exc
+        if found is None:
+            raise ValueError(f"{resource!r} is not one of the configured protected resources")
+        return found.uri
+
+    def required_scopes(self, req: HttpRequest) -> tuple[str, ...]:
+        """The scopes an MCP request needs: its JSON-RPC method(s), every member of a batch."""
+        return required_scopes(req.body, self.scope_map) if req.body else ()
+
+    def guard(self, resource: str, req: HttpRequest, required: tuple[str, ...]) -> Principal | Response:
+        """The verified caller of ``resource``, or the 401/403 challenge to send (RS-01..RS-05)."""
+        flow = authenticate_request(self.config, resource, req, required, int(self.clock()))
+        try:
+            return run(flow, _SyncPerformer(self.store))
+        except Exception as exc:
+            return failure_response(exc)
+
+    async def aguard(self, resource: str, req: HttpRequest, required: tuple[str, ...]) -> Principal | Response:
+        """:meth:`guard` on an event loop."""
+        flow = authenticate_request(self.config, resource, req, required, int(self.clock()))
+        try:
+            return await arun(flow, _AsyncPerformer(self.store))
+        except Exception as exc:
+            return failure_response(exc)
+
+    def run_flow(self, flow: Flow[Any]) -> Any:
+        return run(flow, _SyncPerformer(self.store))
+
+    async def arun_flow(self, flow: Flow[Any]) -> Any:
+        return await arun(flow, _AsyncPerformer(self.store))
+
+    def _serve(self, ctx: Context, req: HttpRequest) -> Generator[fx.Effect, Any, Response]:
+        response = yield from self._dispatch(ctx, req)
+        if response.view is not None:
+            extra = [(k, v) for k, v in response.headers if k.lower() in ("allow", "retry-after", "set-cookie")]
+            return pages.error_page(response.status, response.view.error, response.view.description, headers=extra)
+        return response
+
+    def _dispatch(self, ctx: Context, req: HttpRequest) -> Generator[fx.Effect, Any, Response]:
+        if req.path == self.login_path:
+            return (yield from self._login(ctx, req))
+        if req.path == self.decision_path:
+            return (yield from self._decision(ctx, req))
+        if req.path == self.consent_path:
+            return (yield from self._consent_again(ctx, req))
+        outcome = yield from self.router(ctx, req)
+        if isinstance(outcome, ConsentRequired):
+            return (yield from self._person(ctx, req, outcome))
+        return outcome
+
+    # -- the person's step -------------------------------------------------------------------
+
+    def _subject(
+        self, ctx: Context, req: HttpRequest, cookies: dict[str, str]
+    ) -> Generator[fx.Effect, Any, str | None]:
+        if self.identify is not None:
+            subject = yield Call(self.identify, (req,), blocking=False)
+            if subject:
+                return str(subject)
+        if self.users is not None:
+            return self.cookies.session_subject(cookies, ctx.now)
+        return None
+
+    def _consent_url(self, ticket: str, notice: str | None = None) -> str:
+        url = f"{self.consent_path}?ticket={quote(ticket, safe='')}"
+        return url + f"&notice={notice}" if notice else url
+
+    def _person(
+        self, ctx: Context, req: HttpRequest, consent: ConsentRequired, notice: str | None = None
+    ) -> Generator[fx.Effect, Any, Response]:
+        """Sign in if needed, then ask (AZ-11); never decides on the person's behalf."""
+        cookies = parse_cookies(req.header_values("cookie"))
+        browser, set_browser = self.cookies.browser_id(cookies)
+        extra = (set_browser,) if set_browser else ()
+        subject = yield from self._subject(ctx, req, cookies)
+        if subject is None:
+            if self.users is None:
+                if self.login_url is not None:
+                    target = self.login_url(self._consent_url(consent.ticket))
+                    return Response(303, (("Location", target), *pages.page_headers()), b"")
+                return pages.error_page(401, "login_required", "Sign in to the application first, then try again.")
+            error = {
+                "failed": "That username and password did not match. Try again.",
+                "expired": "Your sign-in form expired. Try again.",
+            }.get(notice or "")
+            return pages.login_page(
+                action=self.login_path,
+                ticket=consent.ticket,
+                csrf=self.cookies.csrf_token(browser, "login", consent.ticket),
+                client_name=consent.view.client_name,
+                error=error,
+                headers=extra,
+            )
+        return pages.consent_page(
+            consent.view,
+            action=self.decision_path,
+            ticket=consent.ticket,
+            csrf=self.cookies.csrf_token(browser, "consent", consent.ticket),
+            subject=subject,
+            headers=extra,
+        )
+
+    def _consent_again(self, ctx: Context, req: HttpRequest) -> Generator[fx.Effect, Any, Response]:
+        """GET after sign-in: the same pending request, not yet used (``authorize.consent``)."""
+        if req.method not in ("GET", "HEAD"):
+            return pages.error_page(405, "invalid_request", "Use GET for this page.", headers=(("Allow", "GET"),))
+        try:
+            params = Params(req.query)
+            ticket = params.get("ticket") or ""
+            notice = params.get("notice")
+        except OAuthError as exc:
+            return pages.error_page(400, exc.error, exc.description)
+        consent = (yield from authorize.consent(ctx, ticket)) if ticket else None
+        if consent is None:
+            return _expired()
+        return (yield from self._person(ctx, req, consent, notice))
+
+    def _form(self, req: HttpRequest) -> Params | Response:
+        if req.method != "POST":
+            return pages.error_page(405, "invalid_request", "Use the form on the page.", headers=(("Allow", "POST"),))
+        try:
+            return form_params(req)
+        except OAuthError as exc:
+            return pages.error_page(400, exc.error, exc.description)
+
+    def _login(self, ctx: Context, req: HttpRequest) -> Generator[fx.Effect, Any, Response]:
+        """The sign-in form's POST: CSRF, rate limits, password; then 303 to consent (AZ-10)."""
+        form = self._form(req)
+        if isinstance(form, Response):
+            return form
+        if self.users is None:
+            return pages.error_page(404, "invalid_request", "Local sign-in is not enabled here.")
+        try:
+            ticket, token = form.get("ticket") or "", form.get("csrf_token")
+            username, password = form.get("username") or "", form.get("password") or ""
+        except OAuthError as exc:
+            return pages.error_page(400, exc.error, exc.description)
+        cookies = parse_cookies(req.header_values("cookie"))
+        if not self.cookies.csrf_valid(cookies, "login", ticket, token):
+            return _csrf_refused()
+        limits = self.login_limits
+        user_key = hashlib.sha256(username.strip().lower().encode("utf-8", "replace")).hexdigest()[:32]
+        address = req.header(CLIENT_ADDRESS_HEADER) or "unknown"
+        user_ok = yield fx.Hit(f"login:user:{user_key}", limits.per_user, limits.window, ctx.now)
+        address_ok = yield fx.Hit(f"login:address:{address}", limits.per_address, limits.window, ctx.now)
+        if not (user_ok and address_ok):
+            consent = yield from authorize.consent(ctx, ticket)
+            return pages.login_page(
+                action=self.login_path,
+                ticket=ticket,
+                csrf=token or "",
+                client_name=consent.view.client_name if consent else "the application",
+                username=username,
+                error="Too many sign-in attempts. Wait a few minutes, then try again.",
+                status=429,
+                headers=(("Retry-After", str(limits.window)),),
+            )
+        subject = yield Call(self.users.authenticate, (username, password))
+        if subject is None:
+            return _see_other(self._consent_url(ticket, "failed"))
+        return _see_other(self._consent_url(ticket), self.cookies.session_cookie(subject, ctx.now))
+
+    def _decision(self, ctx: Context, req: HttpRequest) -> Generator[fx.Effect, Any, Response]:
+        """The consent form's POST: CSRF, the signed-in person, then approve or deny (AZ-12)."""
+        form = self._form(req)
+        if isinstance(form, Response):
+            return form
+        try:
+            ticket, token, decision = form.get("ticket") or "", form.get("csrf_token"), form.get("decision")
+        except OAuthError as exc:
+            return pages.error_page(400, exc.error, exc.description)
+        cookies = parse_cookies(req.header_values("cookie"))
+        if not ticket or not self.cookies.csrf_valid(cookies, "consent", ticket, token):
+            return _csrf_refused()
+        subject = yield from self._subject(ctx, req, cookies)
+        if subject is None:
+            return _see_other(self._consent_url(ticket))
+        if decision == "approve":
+            return (yield from authorize.approve(ctx, ticket, subject, form.get_all("scope")))
+        if decision == "deny":
+            return (yield from authorize.deny(ctx, ticket))
+        return pages.error_page(400, "invalid_request", "Choose Approve or Deny.")
+
+
+def _see_other(location: str, *cookies: tuple[str, str]) -> Response:
+    """303 See Other after every POST (AZ-10)."""
+    return Response(303, (("Location", location), *pages.page_headers(), *cookies), b"")
+
+
+def _expired() -> Response:
+    return pages.error_page(400, "invalid_request", "This request has expired or was already answered. Start again.")
+
+
+def _csrf_refused() -> Response:
+    return pages.error_page(
+        403, "invalid_request", "This form was not sent from this page, or it expired. Go back and try again."
+    )

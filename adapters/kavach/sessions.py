@@ -1,0 +1,119 @@
+"""The login session cookie, the browser cookie and CSRF tokens of the built-in pages.
+
+- The session cookie holds the subject and an expiry, signed with HMAC-SHA256 under a key
+  derived from ``config.secret``; it is ``HttpOnly``, ``SameSite=Lax``, ``Path=/`` and, under an
+  https issuer, ``Secure`` with the ``__Host-`` prefix (RFC 6265bis §4.1.3.2).
+- The browser cookie is a random id that every CSRF token is bound to, so a token lifted from
+  one browser is useless in another; each token is also bound to its form and consent ticket
+  (AZ-10).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import secrets
+from collections.abc import Iterable
+
+from kavach_core.config import Config
+
+SESSION_COOKIE = "kavach-session"
+BROWSER_COOKIE = "kavach-browser"
+MAX_COOKIE = 4096
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _unb64(text: str) -> bytes:
+    if not text.isascii() or "=" in text:
+        raise ValueError("not base64url")
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def parse_cookies(headers: Iterable[str]) -> dict[str, str]:
+    """Name -> value from ``Cookie`` header values; the first occurrence of a name wins."""
+    out: dict[str, str] = {}
+    for header in headers:
+        for part in header.split(";"):
+            name, sep, value = part.strip().partition("=")
+            if sep and name and name not in out:
+                out[name] = value.strip().strip('"')
+    return out
+
+
+class Cookies:
+    """Signing, naming and formatting of the pages' cookies for one configuration."""
+
+    def __init__(self, config: Config, *, session_lifetime: int = 8 * 3600) -> None:
+        self.secure = config.issuer.startswith("https:")
+        prefix = "__Host-" if self.secure else ""
+        self.session_name = prefix + SESSION_COOKIE
+        self.browser_name = prefix + BROWSER_COOKIE
+        self.session_lifetime = session_lifetime
+        self._session_key = hmac.new(config.secret, b"kavach adapter: login session v1", hashlib.sha256).digest()
+        self._csrf_key = hmac.new(config.secret, b"kavach adapter: csrf v1", hashlib.sha256).digest()
+
+    # -- Set-Cookie -------------------------------------------------------------------
+
+    def set_cookie(self, name: str, value: str, max_age: int) -> tuple[str, str]:
+        attrs = f"{name}={value}; Path=/; Max-Age={max_age}; HttpOnly; SameSite=Lax"
+        if self.secure:
+            attrs += "; Secure"
+        return ("Set-Cookie", attrs)
+
+    # -- the login session --------------------------------------------------------------
+
+    def _mac(self, payload: bytes) -> bytes:
+        return hmac.new(self._session_key, payload, hashlib.sha256).digest()
+
+    def session_cookie(self, subject: str, now: int) -> tuple[str, str]:
+        """The ``Set-Cookie`` header that signs ``subject`` in until ``now + session_lifetime``."""
+        payload = f"{now + self.session_lifetime}:{_b64(subject.encode('utf-8'))}".encode("ascii")
+        value = f"{_b64(payload)}.{_b64(self._mac(payload))}"
+        return self.set_cookie(self.session_name, value, self.session_lifetime)
+
+    def clear_session(self) -> tuple[str, str]:
+        return self.set_cookie(self.session_name, "", 0)
+
+    def session_subject(self, cookies: dict[str, str], now: int) -> str | None:
+        """The signed-in subject, or ``None`` when the cookie is missing, forged or expired."""
+        value = cookies.get(self.session_name)
+        if not value or len(value) > MAX_COOKIE:
+            return None
+        try:
+            payload_text, mac_text = value.split(".")
+            payload, mac = _unb64(payload_text), _unb64(mac_text)
+            if not hmac.compare_digest(mac, self._mac(payload)):
+                return None
+            expiry_text, subject_text = payload.decode("ascii").split(":")
+            subject = _unb64(subject_text).decode("utf-8")
+            expiry = int(expiry_text)
+        except (ValueError, UnicodeDecodeError):
+            return None
+        return subject if now < expiry and subject else None
+
+    # -- the browser id and CSRF tokens -----------------------------------------------------
+
+    def browser_id(self, cookies: dict[str, str]) -> tuple[str, tuple[str, str] | None]:
+        """This browser's id, with the ``Set-Cookie`` header to send when it is new."""
+        value = cookies.get(self.browser_name, "")
+        if 32 <= len(value) <= 64 and value.isascii() and value.replace("-", "").replace("_", "").isalnum():
+            return value, None
+        fresh = secrets.token_urlsafe(32)
+        return fresh, self.set_cookie(self.browser_name, fresh, 400 * 86400)
+
+    def csrf_token(self, browser_id: str, form: str, ticket: str) -> str:
+        """The token a form of kind ``form`` for ``ticket`` carries in this browser."""
+        msg = "\0".join((browser_id, form, ticket)).encode("utf-8")
+        return _b64(hmac.new(self._csrf_key, msg, hashlib.sha256).digest())
+
+    def csrf_valid(self, cookies: dict[str, str], form: str, ticket: str, token: str | None) -> bool:
+        """Constant-time check of a submitted token against this browser's cookie (AZ-10)."""
+        browser = cookies.get(self.browser_name)
+        if not browser or not token:
+            return False
+        expected = self.csrf_token(browser, form, ticket)
+        return hmac.compare_digest(expected.encode("ascii"), token.encode("utf-8", "replace"))

@@ -1,0 +1,145 @@
+"""Starlette and FastAPI: mount the authorization server, guard any ASGI app. Translation only.
+
+    server = AuthorizationServer(config, store, users=users)
+    app = Starlette(routes=[Route("/mcp", KavachGuard(mcp_app, server, "https://example.com/mcp"))])
+    mount(app, server)
+
+:func:`mount` adds every path the metadata advertises (issuer paths included) and the sign-in
+and consent forms. :class:`KavachGuard` is pure ASGI: it reads the request body to learn the
+JSON-RPC method(s), replays it to the wrapped app, passes the response through untouched
+(streaming included) and puts the verified :class:`~kavach_core.guard.Principal` in
+``scope["state"]["principal"]`` (``request.state.principal``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.routing import Route
+
+from kavach_core.http import HttpRequest, Response, json_response
+from kavach_core.resource_indicators import PRM_WELL_KNOWN, resource_path
+
+from .server import AuthorizationServer, incoming
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+Required = Callable[[HttpRequest], "tuple[str, ...] | Response"]
+
+MAX_BODY = 4 * 1024 * 1024
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            break
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise _TooLarge
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    return b"".join(chunks)
+
+
+def _translate(scope: Scope, body: bytes) -> HttpRequest:
+    headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]]
+    client = scope.get("client")
+    peer = client[0] if client else None
+    return incoming(scope["method"], scope["path"], scope.get("query_string", b""), headers, body, peer)
+
+
+async def _send(send: Send, response: Response) -> None:
+    headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in response.headers]
+    headers.append((b"content-length", str(len(response.body)).encode()))
+    await send({"type": "http.response.start", "status": response.status, "headers": headers})
+    await send({"type": "http.response.body", "body": response.body})
+
+
+async def _request(scope: Scope, receive: Receive, send: Send) -> HttpRequest | None:
+    try:
+        return _translate(scope, await _read_body(receive, MAX_BODY))
+    except _TooLarge:
+        await _send(send, json_response(413, {"error": "invalid_request"}, no_store=True))
+        return None
+
+
+class KavachEndpoint:
+    """An ASGI app answering every request with :meth:`AuthorizationServer.ahandle`."""
+
+    def __init__(self, server: AuthorizationServer) -> None:
+        self.server = server
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        req = await _request(scope, receive, send)
+        if req is not None:
+            await _send(send, await self.server.ahandle(req))
+
+
+def mount(app: Starlette, server: AuthorizationServer) -> None:
+    """Add the authorization server's paths in front of ``app``'s own routes (Starlette or FastAPI)."""
+    endpoint = KavachEndpoint(server)
+    app.router.routes[0:0] = [Route(path, endpoint) for path in server.paths()]
+
+
+class KavachGuard:
+    """Pure ASGI middleware requiring a valid access token for ``resource`` (RS-01..RS-05).
+
+    ``required(request)`` gives the scopes a request needs (default: from its JSON-RPC
+    method(s), a batch needing every one), or a response to send instead. Requests for the
+    resource's metadata (MD-03, with CORS per MD-04) are answered without a token. The
+    ``Authorization`` header is not passed on to the wrapped app (RS-04).
+    """
+
+    def __init__(
+        self, app: ASGIApp, server: AuthorizationServer, resource: str, *, required: Required | None = None
+    ) -> None:
+        self.app = app
+        self.server = server
+        self.resource = server.protected(resource)
+        self.metadata_path = PRM_WELL_KNOWN + resource_path(self.resource)
+        self.required = required or server.required_scopes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            return await self.app(scope, receive, send)
+        if scope["type"] != "http":
+            await send({"type": "websocket.close", "code": 1008})
+            return None
+        req = await _request(scope, receive, send)
+        if req is None:
+            return None
+        if req.path == self.metadata_path:
+            return await _send(send, await self.server.ahandle(req))
+        need = self.required(req)
+        outcome = need if isinstance(need, Response) else await self.server.aguard(self.resource, req, need)
+        if isinstance(outcome, Response):
+            return await _send(send, outcome)
+        inner = dict(scope)
+        inner["state"] = {**(scope.get("state") or {}), "principal": outcome}
+        inner["headers"] = [(k, v) for k, v in scope["headers"] if k.lower() != b"authorization"]
+        await self.app(inner, _replay(req.body, receive), send)
+        return None
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A ``receive`` that yields the already-read body once, then the client's own messages."""
+    pending = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def replayed() -> Message:
+        return pending.pop() if pending else await receive()
+
+    return replayed

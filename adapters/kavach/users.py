@@ -1,0 +1,188 @@
+"""Built-in local users: a username and an scrypt password hash, for the CLI and demos.
+
+Applications with their own login (a session cookie, SSO) do not need this module: they pass an
+``identify`` hook to :class:`kavach.server.AuthorizationServer` instead.
+
+Hashes are ``scrypt$<log2 n>$<r>$<p>$<salt>$<key>`` (RFC 7914, base64url salt and key); verifying
+is constant-time (``cryptography``'s ``Scrypt.verify``), and an unknown username still costs one
+scrypt run, so timing does not tell which usernames exist.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import sqlite3
+import threading
+import time
+import unicodedata
+from typing import Protocol
+
+from cryptography.exceptions import InvalidKey
+from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
+
+DEFAULT_LOG_N = 15
+"""n = 2**15, r = 8, p = 1: 32 MiB and tens of milliseconds per attempt (RFC 7914 §2, OWASP)."""
+_R = 8
+_P = 1
+_SALT_BYTES = 16
+_KEY_BYTES = 32
+MAX_USERNAME = 128
+MAX_PASSWORD = 1024
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def normalize_username(username: str) -> str:
+    """NFKC-normalised and stripped, so visually equal names are one account."""
+    return unicodedata.normalize("NFKC", username).strip()
+
+
+def hash_password(password: str, *, log_n: int = DEFAULT_LOG_N) -> str:
+    """A fresh scrypt hash of ``password`` with a random 128-bit salt."""
+    if not 10 <= log_n <= 20:
+        raise ValueError("log_n must be between 10 and 20")
+    salt = os.urandom(_SALT_BYTES)
+    key = Scrypt(salt=salt, length=_KEY_BYTES, n=2**log_n, r=_R, p=_P).derive(password.encode("utf-8"))
+    return f"scrypt${log_n}${_R}${_P}${_b64(salt)}${_b64(key)}"
+
+
+def verify_password(password: str, encoded: str) -> bool:
+    """True when ``password`` matches ``encoded``; constant-time, never raises on a bad hash."""
+    try:
+        scheme, log_n, r, p, salt, key = encoded.split("$")
+        if scheme != "scrypt" or not 10 <= int(log_n) <= 20 or not 1 <= int(r) <= 32 or not 1 <= int(p) <= 16:
+            return False
+        kdf = Scrypt(salt=_unb64(salt), length=len(_unb64(key)), n=2 ** int(log_n), r=int(r), p=int(p))
+        kdf.verify(password.encode("utf-8"), _unb64(key))
+    except (ValueError, InvalidKey):
+        return False
+    return True
+
+
+def _dummy_hash(log_n: int) -> str:
+    return f"scrypt${log_n}${_R}${_P}${_b64(bytes(_SALT_BYTES))}${_b64(bytes(_KEY_BYTES))}"
+
+
+class UserStore(Protocol):
+    """Where local users live; every method is blocking (async adapters call it from a thread)."""
+
+    def get_hash(self, username: str) -> str | None: ...
+
+    def set_hash(self, username: str, password_hash: str) -> None: ...
+
+    def delete(self, username: str) -> bool: ...
+
+    def usernames(self) -> tuple[str, ...]: ...
+
+
+class MemoryUsers:
+    """Users in a dict; for tests and demos."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._hashes: dict[str, str] = {}
+
+    def get_hash(self, username: str) -> str | None:
+        with self._lock:
+            return self._hashes.get(username)
+
+    def set_hash(self, username: str, password_hash: str) -> None:
+        with self._lock:
+            self._hashes[username] = password_hash
+
+    def delete(self, username: str) -> bool:
+        with self._lock:
+            return self._hashes.pop(username, None) is not None
+
+    def usernames(self) -> tuple[str, ...]:
+        with self._lock:
+            return tuple(sorted(self._hashes))
+
+
+class SQLiteUsers:
+    """Users in a table of an SQLite file (the store's own file is fine: the table is separate)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        with self._connect() as db:
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS kavach_users ("
+                "username TEXT PRIMARY KEY, password_hash TEXT NOT NULL, updated_at INTEGER NOT NULL)"
+            )
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        db.execute("PRAGMA busy_timeout = 30000")
+        return db
+
+    def _run(self, sql: str, args: tuple[object, ...]) -> sqlite3.Cursor:
+        db = self._connect()
+        try:
+            return db.execute(sql, args)
+        finally:
+            db.close()
+
+    def get_hash(self, username: str) -> str | None:
+        db = self._connect()
+        try:
+            row = db.execute("SELECT password_hash FROM kavach_users WHERE username = ?", (username,)).fetchone()
+        finally:
+            db.close()
+        return None if row is None else str(row[0])
+
+    def set_hash(self, username: str, password_hash: str) -> None:
+        self._run(
+            "INSERT INTO kavach_users (username, password_hash, updated_at) VALUES (?, ?, ?) "
+            "ON CONFLICT(username) DO UPDATE SET password_hash = excluded.password_hash, "
+            "updated_at = excluded.updated_at",
+            (username, password_hash, int(time.time())),
+        )
+
+    def delete(self, username: str) -> bool:
+        return self._run("DELETE FROM kavach_users WHERE username = ?", (username,)).rowcount > 0
+
+    def usernames(self) -> tuple[str, ...]:
+        db = self._connect()
+        try:
+            rows = db.execute("SELECT username FROM kavach_users ORDER BY username").fetchall()
+        finally:
+            db.close()
+        return tuple(str(r[0]) for r in rows)
+
+
+class Users:
+    """Local accounts over a :class:`UserStore`; the subject of a local user is its username."""
+
+    def __init__(self, store: UserStore | None = None, *, log_n: int = DEFAULT_LOG_N) -> None:
+        self.store: UserStore = store if store is not None else MemoryUsers()
+        self.log_n = log_n
+
+    def add(self, username: str, password: str) -> None:
+        """Create or replace a user."""
+        name = normalize_username(username)
+        if not name or len(name) > MAX_USERNAME or any(ord(c) < 0x20 for c in name):
+            raise ValueError(f"a username has 1 to {MAX_USERNAME} printable characters")
+        if not password or len(password) > MAX_PASSWORD:
+            raise ValueError(f"a password has 1 to {MAX_PASSWORD} characters")
+        self.store.set_hash(name, hash_password(password, log_n=self.log_n))
+
+    def remove(self, username: str) -> bool:
+        return self.store.delete(normalize_username(username))
+
+    def authenticate(self, username: str, password: str) -> str | None:
+        """The subject when the password is right, else ``None`` (same cost either way)."""
+        name = normalize_username(username)
+        if not name or len(name) > MAX_USERNAME or len(password) > MAX_PASSWORD:
+            return None
+        stored = self.store.get_hash(name)
+        if stored is None:
+            verify_password(password, _dummy_hash(self.log_n))
+            return None
+        return name if verify_password(password, stored) else None
