@@ -150,7 +150,8 @@ def test_in_01_callers_must_authenticate(hi: Harness, client: tuple[str, str] | 
 def test_in_01_client_secret_post(hi: Harness) -> None:
     add_client(hi, "cp", "post-secret", method="client_secret_post")
     issued = issue(hi, "cp")
-    req = form_request(hi, PATH, {"token": issued.access, "client_id": "cp", "client_secret": "post-secret"}, client=None)
+    form = {"token": issued.access, "client_id": "cp", "client_secret": "post-secret"}
+    req = form_request(hi, PATH, form, client=None)
     resp, _ = hi.trace(introspection.handle(hi.ctx(), req))
     assert resp.json()["active"] is True
 
@@ -207,9 +208,8 @@ def test_gn_03_introspection_never_raises_on_arbitrary_input(
 @given(token=st.text(min_size=1, max_size=200))
 def test_gn_03_introspection_arbitrary_tokens_are_inactive(h: Harness, token: str) -> None:
     clients(h)
-    resp, effects = h.trace(
-        introspection.handle(h.ctx(), h.request("POST", PATH, form={"token": token}, headers=[basic("c1", CLIENT_SECRET)]))
-    )
+    req = h.request("POST", PATH, form={"token": token}, headers=[basic("c1", CLIENT_SECRET)])
+    resp, effects = h.trace(introspection.handle(h.ctx(), req))
     assert writes(effects) == []
     assert resp.status in (200, 400)
     if resp.status == 200:

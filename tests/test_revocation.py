@@ -82,7 +82,8 @@ def test_rv_01_public_client_revokes_its_own_token(hr: Harness) -> None:
 def test_rv_01_client_secret_post_is_accepted(hr: Harness) -> None:
     add_client(hr, "cp", "post-secret", method="client_secret_post")
     issued = issue(hr, "cp")
-    req = form_request(hr, PATH, {"token": issued.access, "client_id": "cp", "client_secret": "post-secret"}, client=None)
+    form = {"token": issued.access, "client_id": "cp", "client_secret": "post-secret"}
+    req = form_request(hr, PATH, form, client=None)
     resp, _ = revoke(hr, req)
     assert resp.status == 200
     assert issued.jti in hr.store.revoked_jtis
@@ -90,7 +91,8 @@ def test_rv_01_client_secret_post_is_accepted(hr: Harness) -> None:
 
 def test_rv_01_client_must_use_its_registered_method(hr: Harness) -> None:
     issued = issue(hr)
-    req = form_request(hr, PATH, {"token": issued.access, "client_id": "c1", "client_secret": CLIENT_SECRET}, client=None)
+    form = {"token": issued.access, "client_id": "c1", "client_secret": CLIENT_SECRET}
+    req = form_request(hr, PATH, form, client=None)
     resp, effects = revoke(hr, req)
     assert resp.status == 401
     assert writes(effects) == []
@@ -236,7 +238,8 @@ def test_rv_01_token_is_required(hr: Harness) -> None:
 
 def test_rv_01_token_given_twice_is_invalid_request(hr: Harness) -> None:
     issued = issue(hr)
-    req = hr.request("POST", PATH, form=[("token", issued.refresh), ("token", "x")], headers=[basic("c1", CLIENT_SECRET)])
+    form = [("token", issued.refresh), ("token", "x")]
+    req = hr.request("POST", PATH, form=form, headers=[basic("c1", CLIENT_SECRET)])
     resp, effects = revoke(hr, req)
     assert resp.status == 400
     assert writes(effects) == []
