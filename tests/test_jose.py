@@ -1,0 +1,315 @@
+"""The strict JWS: what it signs, and every forgery it must refuse (RFC 7515, RFC 8725)."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+
+import pytest
+from conftest import Harness, make_config
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from token_kit import b64, b64json, claims, forge, header_for, signer
+
+from kavach_core import jose
+from kavach_core.errors import KavachError
+from kavach_core.jose import JoseError, SigningKeyPair, VerifyingKey
+
+ALGS = ["ES256", "RS256", "EdDSA"]
+
+
+@pytest.fixture(params=ALGS)
+def alg_h(request: pytest.FixtureRequest) -> Harness:
+    return Harness(make_config(signing_alg=request.param))
+
+
+@pytest.fixture(scope="module")
+def es_pair() -> SigningKeyPair:
+    h = Harness()
+    return signer(h)
+
+
+def keymap(pair: SigningKeyPair) -> dict[str, VerifyingKey]:
+    return {pair.kid: pair.public}
+
+
+def test_roundtrip_each_algorithm(alg_h: Harness) -> None:
+    pair = signer(alg_h)
+    token = jose.sign(pair, {"a": 1}, "at+jwt")
+    header, payload = jose.verify(token, keymap(pair), "at+jwt")
+    assert header == {"alg": alg_h.config.signing_alg, "kid": pair.kid, "typ": "at+jwt"}
+    assert payload == {"a": 1}
+
+
+def test_typ_accepts_media_type_prefix_and_case(es_pair: SigningKeyPair) -> None:
+    """RFC 7515 §4.1.9: ``application/`` may be omitted; media types compare case-insensitively."""
+    for typ in ("application/at+jwt", "AT+JWT", "Application/At+Jwt"):
+        token = forge(es_pair, header_for(es_pair, typ=typ), {"a": 1})
+        assert jose.verify(token, keymap(es_pair), "at+jwt")[1] == {"a": 1}
+
+
+# -- forgeries ----------------------------------------------------------------------------
+
+
+def _reject(token: str, keys: dict[str, VerifyingKey], typ: str | None = "at+jwt") -> None:
+    with pytest.raises(JoseError):
+        jose.verify(token, keys, typ)
+
+
+@pytest.mark.parametrize("signature", ["", b64(b"\x00" * 64)])
+def test_alg_none_is_refused(es_pair: SigningKeyPair, signature: str) -> None:
+    """RFC 8725 §3.2: ``none`` is never accepted, with or without a signature part."""
+    token = f"{b64json(header_for(es_pair, alg='none'))}.{b64json({'a': 1})}.{signature}"
+    _reject(token, keymap(es_pair))
+
+
+def _hs256(header: dict[str, object], payload: dict[str, object], secret: bytes) -> str:
+    signing_input = f"{b64json(header)}.{b64json(payload)}"
+    mac = hmac.new(secret, signing_input.encode(), hashlib.sha256).digest()
+    return f"{signing_input}.{b64(mac)}"
+
+
+def test_hs256_keyed_with_our_public_key_pem_is_refused(es_pair: SigningKeyPair) -> None:
+    """RFC 8725 §2.1 algorithm confusion: the public key used as an HMAC secret."""
+    pem = es_pair.public.key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    token = _hs256(header_for(es_pair, alg="HS256"), {"a": 1}, pem)
+    _reject(token, keymap(es_pair))
+
+
+def test_hs256_keyed_with_our_public_jwk_is_refused(es_pair: SigningKeyPair) -> None:
+    jwk = es_pair.public.jwk()
+    for secret in (json.dumps(jwk).encode(), json.dumps(jwk, separators=(",", ":")).encode(), jwk["x"].encode()):
+        _reject(_hs256(header_for(es_pair, alg="HS256"), {"a": 1}, secret), keymap(es_pair))
+
+
+def test_alg_other_than_the_keys_is_refused_even_with_a_valid_signature() -> None:
+    """The algorithm is fixed by the key: a header naming another algorithm fails, whatever signed it."""
+    h = Harness(make_config(signing_alg="EdDSA"))
+    pair = signer(h)
+    for alg in ("ES256", "RS256", "EdDSA ", "eddsa", "Ed25519", None):
+        token = forge(pair, header_for(pair, alg=alg), {"a": 1})
+        _reject(token, keymap(pair))
+
+
+def test_unknown_kid_is_refused(es_pair: SigningKeyPair) -> None:
+    token = forge(es_pair, header_for(es_pair, kid="someone-else"), {"a": 1})
+    _reject(token, keymap(es_pair))
+
+
+@pytest.mark.parametrize("kid", [None, "", 7, ["k"]])
+def test_missing_or_non_string_kid_is_refused(es_pair: SigningKeyPair, kid: object) -> None:
+    header = header_for(es_pair)
+    header.pop("kid")
+    if kid is not None:
+        header["kid"] = kid
+    _reject(forge(es_pair, header, {"a": 1}), keymap(es_pair))
+
+
+@pytest.mark.parametrize("name", ["jwk", "jku", "x5u", "x5c", "x5t", "x5t#S256"])
+def test_header_supplied_keys_are_refused(es_pair: SigningKeyPair, name: str) -> None:
+    """RFC 8725 §3.10: even a token our own key signed is refused when it points at another key."""
+    value: object = es_pair.public.jwk() if name == "jwk" else ["MIIB"] if name == "x5c" else "https://evil.example/k"
+    token = forge(es_pair, header_for(es_pair, **{name: value}), {"a": 1})
+    _reject(token, keymap(es_pair))
+
+
+def test_header_supplied_attacker_jwk_is_refused(es_pair: SigningKeyPair) -> None:
+    """The classic embedded-key attack: signed by the attacker's key, which the header carries."""
+    attacker = SigningKeyPair(es_pair.kid, "ES256", ec.generate_private_key(ec.SECP256R1()))
+    token = forge(attacker, header_for(es_pair, jwk=attacker.public.jwk()), {"a": 1})
+    _reject(token, keymap(es_pair))
+
+
+def test_crit_is_refused(es_pair: SigningKeyPair) -> None:
+    """RFC 7515 §4.1.11: we understand no extension, so a token listing one is invalid."""
+    token = forge(es_pair, header_for(es_pair, crit=["exp"], exp=1), {"a": 1})
+    _reject(token, keymap(es_pair))
+
+
+@pytest.mark.parametrize("typ", ["JWT", "jwt", "at+jwt2", "application/jwt", "", 1, None])
+def test_wrong_or_missing_typ_is_refused(es_pair: SigningKeyPair, typ: object) -> None:
+    """RFC 8725 §3.11, RFC 9068 §4: an ID token or other JWT cannot pass as an access token."""
+    _reject(forge(es_pair, header_for(es_pair, typ=typ), {"a": 1}), keymap(es_pair))
+
+
+def test_tampered_payload_is_refused(es_pair: SigningKeyPair) -> None:
+    token = jose.sign(es_pair, {"scope": "tools:list"}, "at+jwt")
+    h64, _, s64 = token.split(".")
+    _reject(f"{h64}.{b64json({'scope': 'tools:call'})}.{s64}", keymap(es_pair))
+
+
+def test_tampered_header_is_refused(es_pair: SigningKeyPair) -> None:
+    token = jose.sign(es_pair, {"a": 1}, "at+jwt")
+    _, p64, s64 = token.split(".")
+    _reject(f"{b64json(header_for(es_pair, extra='x'))}.{p64}.{s64}", keymap(es_pair))
+
+
+def test_tampered_signature_is_refused(alg_h: Harness) -> None:
+    pair = signer(alg_h)
+    token = jose.sign(pair, {"a": 1}, "at+jwt")
+    h64, p64, s64 = token.split(".")
+    raw = bytearray(jose.b64url_decode(s64))
+    for i in (0, len(raw) // 2, len(raw) - 1):
+        bad = bytearray(raw)
+        bad[i] ^= 0x01
+        _reject(f"{h64}.{p64}.{b64(bytes(bad))}", keymap(pair))
+    longer, shorter = b64(bytes(raw) + bytes(1)), b64(bytes(raw)[:-1])
+    _reject(f"{h64}.{p64}.{longer}", keymap(pair))
+    _reject(f"{h64}.{p64}.{shorter}", keymap(pair))
+
+
+def test_der_encoded_es256_signature_is_refused(es_pair: SigningKeyPair) -> None:
+    """RFC 7518 §3.4: ES256 signatures are raw ``R||S``; a DER signature is not accepted."""
+    header, payload = b64json(header_for(es_pair)), b64json({"a": 1})
+    der = es_pair.key.sign(f"{header}.{payload}".encode(), ec.ECDSA(hashes.SHA256()))  # type: ignore[call-arg,union-attr]
+    _reject(f"{header}.{payload}.{b64(der)}", keymap(es_pair))
+
+
+def test_signature_by_another_key_with_the_same_kid_is_refused(es_pair: SigningKeyPair) -> None:
+    other = SigningKeyPair(es_pair.kid, "ES256", ec.generate_private_key(ec.SECP256R1()))
+    _reject(jose.sign(other, {"a": 1}, "at+jwt"), keymap(es_pair))
+
+
+def _non_canonical(segment: str) -> str:
+    """The same bytes with the unused low bits of the last character set (RFC 4648 §3.5)."""
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    unused = {2: 4, 3: 2}[len(segment) % 4]
+    index = alphabet.index(segment[-1]) | ((1 << unused) - 1)
+    return segment[:-1] + alphabet[index]
+
+
+def test_non_canonical_base64url_is_refused(es_pair: SigningKeyPair) -> None:
+    """RFC 7515 §2: base64url without padding; a second spelling of the same bytes is refused."""
+    token = jose.sign(es_pair, {"a": 1}, "at+jwt")
+    h64, p64, s64 = token.split(".")
+    assert jose.verify(token, keymap(es_pair), "at+jwt")
+    variants = [
+        f"{h64}.{p64}.{_non_canonical(s64)}",
+        f"{h64}.{p64}.{s64}==",
+        f"{h64}=.{p64}.{s64}",
+        f"{h64}.{p64}.{s64.replace('-', '+').replace('_', '/')}" if ("-" in s64 or "_" in s64) else f"{h64}.{p64}.{s64}+",
+        f"{h64}.{p64}. {s64}",
+    ]
+    if len(h64) % 4:
+        variants.append(f"{_non_canonical(h64)}.{p64}.{s64}")
+    for token_variant in variants:
+        assert token_variant != token
+        _reject(token_variant, keymap(es_pair))
+
+
+def test_duplicate_json_members_are_refused(es_pair: SigningKeyPair) -> None:
+    """RFC 7515 §5.2 step 4: duplicate header (or payload) member names are rejected, even when signed."""
+    header = f'{{"alg":"ES256","kid":"{es_pair.kid}","typ":"at+jwt","kid":"{es_pair.kid}"}}'
+    _reject(forge(es_pair, header, {"a": 1}), keymap(es_pair))
+    _reject(forge(es_pair, header_for(es_pair), '{"aud":"https://a.example","aud":"https://b.example"}'), keymap(es_pair))
+
+
+@pytest.mark.parametrize("payload", ['{"exp":NaN}', '{"exp":Infinity}', "[1,2]", '"text"', "{", ""])
+def test_payload_must_be_a_strict_json_object(es_pair: SigningKeyPair, payload: str) -> None:
+    _reject(forge(es_pair, header_for(es_pair), payload), keymap(es_pair))
+
+
+def test_payload_not_utf8_is_refused(es_pair: SigningKeyPair) -> None:
+    h64 = b64json(header_for(es_pair))
+    p64 = b64(b'{"a":"\xff"}')
+    token = f"{h64}.{p64}.{b64(es_pair.sign(f'{h64}.{p64}'.encode()))}"
+    _reject(token, keymap(es_pair))
+
+
+def test_huge_tokens_are_refused_before_any_work(es_pair: SigningKeyPair) -> None:
+    big = jose.sign(es_pair, {"pad": "x" * jose.MAX_TOKEN}, "at+jwt")
+    assert len(big) > jose.MAX_TOKEN
+    _reject(big, keymap(es_pair))
+    _reject("a" * 10_000_000, keymap(es_pair))
+
+
+@pytest.mark.parametrize(
+    "token",
+    ["", ".", "..", "a.b", "a.b.c.d", "a.b.c.d.e", "é.é.é", "eyJ.eyJ.sig", "...", "a..c", ".b.c", "a.b."],
+)
+def test_structurally_broken_tokens_are_refused(es_pair: SigningKeyPair, token: str) -> None:
+    _reject(token, keymap(es_pair))
+
+
+def test_verifying_key_refuses_a_key_of_another_algorithm() -> None:
+    """A key can verify only with its own algorithm: the pair is checked at construction."""
+    ec_public = ec.generate_private_key(ec.SECP256R1()).public_key()
+    ed_public = ed25519.Ed25519PrivateKey.generate().public_key()
+    with pytest.raises(JoseError):
+        VerifyingKey("k", "RS256", ec_public)
+    with pytest.raises(JoseError):
+        VerifyingKey("k", "ES256", ed_public)
+    with pytest.raises(JoseError):
+        VerifyingKey("k", "HS256", ec_public)
+    with pytest.raises(JoseError):
+        VerifyingKey("k", "ES256", ec.generate_private_key(ec.SECP384R1()).public_key())
+    with pytest.raises(JoseError):
+        VerifyingKey("", "ES256", ec_public)
+
+
+def test_small_rsa_keys_are_refused() -> None:
+    with pytest.raises(JoseError):
+        SigningKeyPair("k", "RS256", rsa.generate_private_key(public_exponent=65537, key_size=1024))
+
+
+def test_thumbprint_matches_rfc7638_example() -> None:
+    """RFC 7638 §3.1: the worked example's RSA key has thumbprint NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs."""
+    n = (
+        "0vx7agoebGcQSuuPiLJXZptN9nndrQmbXEps2aiAFbWhM78LhWx4cbbfAAtVT86zwu1RK7aPFFxuhDR1L6tSoc_BJECPebWKRXjBZCiFV4n3"
+        "oknjhMstn64tZ_2W-5JsGY4Hc5n9yBXArwl93lqt7_RN5w6Cf0h4QyQ5v-65YGjQR0_FDW2QvzqY368QQMicAtaSqzs8KJZgnYb9c7d0zgdAZHzu"
+        "6qMQvRL5hajrn1n91CbOpbISD08qNLyrdkt-bFTWhAI4vMQFh6WeZu0fM4lFd2NcRwr3XPksINHaQ-G_xBniIqbw0Ls1jF44-csFCur-kEgU8awapJzKnqDKgw"
+    )
+    numbers = rsa.RSAPublicNumbers(65537, int.from_bytes(jose.b64url_decode(n), "big"))
+    assert jose.jwk_thumbprint(numbers.public_key()) == "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs"
+
+
+def test_payload_is_decoded_only_after_the_signature_verifies(es_pair: SigningKeyPair) -> None:
+    """A forged token with a broken payload reports the bad signature, not a parse error."""
+    h64 = b64json(header_for(es_pair))
+    with pytest.raises(JoseError, match="bad signature"):
+        jose.verify(f"{h64}.{b64(b'{{{')}.{b64(b'0' * 64)}", keymap(es_pair), "at+jwt")
+
+
+# -- arbitrary input -----------------------------------------------------------------------
+
+_b64_segment = st.binary(max_size=200).map(b64)
+_json_text = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=10),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+    max_leaves=8,
+).map(json.dumps)
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(token=st.text(max_size=400))
+def test_arbitrary_text_raises_only_jose_error(es_pair: SigningKeyPair, token: str) -> None:
+    """Invariant: for any text, ``verify`` returns or raises :class:`JoseError`, nothing else (GN-03)."""
+    try:
+        jose.verify(token, keymap(es_pair), "at+jwt")
+    except JoseError:
+        pass
+    else:
+        pytest.fail("arbitrary text verified")
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    header=st.one_of(_json_text, st.dictionaries(st.sampled_from(["alg", "kid", "typ", "crit", "jwk"]), st.text(max_size=8)).map(json.dumps)),
+    payload=_json_text,
+    signature=_b64_segment,
+)
+def test_arbitrary_well_shaped_tokens_raise_only_jose_error(
+    es_pair: SigningKeyPair, header: str, payload: str, signature: str
+) -> None:
+    """Invariant: base64url segments of arbitrary JSON never verify and never raise anything but :class:`JoseError`."""
+    token = f"{b64(header.encode())}.{b64(payload.encode())}.{signature}"
+    with pytest.raises(KavachError):
+        jose.verify(token, keymap(es_pair), "at+jwt")
+
+
+def test_claims_helper_is_consistent() -> None:
+    """Guard for the test helpers themselves: a claims dict built here has the RFC 9068 §2.2 names."""
+    assert set(claims(Harness())) == {"iss", "sub", "aud", "client_id", "scope", "iat", "exp", "jti", "gid"}

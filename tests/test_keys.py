@@ -1,0 +1,228 @@
+"""Signing keys: generation, the JWKS, rotation decided once, retired keys kept until their tokens expire."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import attrs
+import pytest
+from conftest import RESOURCE, START, Harness, make_config
+from joserfc.jwk import KeySet as JoseKeySet
+from token_kit import mint, put_grant, verifying
+
+from kavach_core import access_tokens, keys
+from kavach_core import effects as fx
+from kavach_core.drivers import Flow
+from kavach_core.endpoints import jwks
+from kavach_core.jose import JoseError, VerifyingKey
+from kavach_core.keys import KeySet
+from kavach_core.records import SigningKey
+
+ALGS = ["ES256", "RS256", "EdDSA"]
+PRIVATE_MEMBERS = {"d", "p", "q", "dp", "dq", "qi", "oth", "k"}
+
+
+def _keyset(h: Harness) -> KeySet:
+    return KeySet(h.store.keys)
+
+
+@pytest.mark.parametrize("alg", ALGS)
+def test_generated_kid_is_the_rfc7638_thumbprint_other_libraries_compute(alg: str) -> None:
+    h = Harness(make_config(signing_alg=alg))
+    keyset = h.run(keys.current(h.ctx()))
+    doc = json.loads(json.dumps(keyset.jwks(h.now)))
+    (jwk,) = doc["keys"]
+    assert jwk["alg"] == alg and jwk["use"] == "sig"
+    assert not PRIVATE_MEMBERS & set(jwk)
+    imported = JoseKeySet.import_key_set(doc).keys[0]
+    assert imported.thumbprint() == jwk["kid"]
+
+
+@pytest.mark.parametrize("alg", ["ES256", "EdDSA"])
+def test_keys_come_from_the_injected_entropy(alg: str) -> None:
+    """Deterministic under test: the same seed gives the same key, another seed another key."""
+    a = keys.generate(Harness(make_config(signing_alg=alg), seed=7).ctx())
+    b = keys.generate(Harness(make_config(signing_alg=alg), seed=7).ctx())
+    c = keys.generate(Harness(make_config(signing_alg=alg), seed=8).ctx())
+    assert a.kid == b.kid != c.kid
+    assert a.private_pem == b.private_pem
+
+
+def test_first_use_generates_one_key_then_reads_only(h: Harness) -> None:
+    keyset, effects = h.trace(keys.current(h.ctx()))
+    assert [type(e) for e in effects] == [fx.GetSigningKeys, fx.SwapSigningKeys]
+    assert len(h.store.keys) == 1
+    record = h.store.keys[0]
+    assert record.created_at == START and record.signs_until == START + h.config.lifetimes.signing_key
+    assert keyset.active(h.now, "ES256") == record
+    again, effects = h.trace(keys.current(h.ctx()))
+    assert [type(e) for e in effects] == [fx.GetSigningKeys]
+    assert again.records == (record,)
+
+
+def _race(h: Harness, make: Any) -> tuple[KeySet, KeySet]:
+    """Two "processes" run ``make(ctx)`` against one store, interleaved: both read, then both swap."""
+    a: Flow[KeySet] = make(h.ctx())
+    b: Flow[KeySet] = make(h.ctx())
+    effect_a = next(a)
+    effect_b = next(b)
+    assert isinstance(effect_a, fx.GetSigningKeys) and isinstance(effect_b, fx.GetSigningKeys)
+    swap_a = a.send(h.store.perform(effect_a))
+    swap_b = b.send(h.store.perform(effect_b))
+    assert isinstance(swap_a, fx.SwapSigningKeys) and isinstance(swap_b, fx.SwapSigningKeys)
+    assert swap_a.keys[0].kid != swap_b.keys[0].kid
+    results = []
+    for flow, swap in ((a, swap_a), (b, swap_b)):
+        with pytest.raises(StopIteration) as stop:
+            flow.send(h.store.perform(swap))
+        results.append(stop.value.value)
+    return results[0], results[1]
+
+
+def test_concurrent_first_generation_is_decided_once(h: Harness) -> None:
+    """Design "Effects": a rotation is decided once even with many server processes."""
+    first, second = _race(h, keys.current)
+    assert len(h.store.keys) == 1
+    assert first == second == KeySet(h.store.keys)
+
+
+def test_concurrent_rotation_is_decided_once(h: Harness) -> None:
+    h.run(keys.current(h.ctx()))
+    original = h.store.keys[0]
+    h.now += 100
+    first, second = _race(h, keys.rotate)
+    assert first == second == KeySet(h.store.keys)
+    assert len(h.store.keys) == 2
+    new, old = h.store.keys
+    assert old.kid == original.kid and old.signs_until == h.now
+    assert new.created_at == h.now
+    assert first.active(h.now, "ES256") == new
+
+
+def test_retired_key_stays_published_and_its_tokens_verify_until_they_expire(h: Harness) -> None:
+    """RFC 9068 §4 / design: retired keys stay in the JWKS until every token they signed has expired."""
+    put_grant(h)
+    token, claims = mint(h)
+    old_kid = h.store.keys[0].kid
+    h.now += 30
+    h.run(keys.rotate(h.ctx()))
+    old = next(k for k in h.store.keys if k.kid == old_kid)
+    assert old.publish_until >= claims.expires_at
+    # Still in the JWKS and still verifying until the token expires.
+    h.now = claims.expires_at - 1
+    assert old_kid in {k["kid"] for k in _keyset(h).jwks(h.now)["keys"]}
+    assert access_tokens.verify(token, verifying(h), issuer=h.config.issuer, resource=RESOURCE, now=h.now)
+    # New tokens are signed by the new key.
+    new_token, _ = mint(h)
+    assert json.loads(keys_header(new_token))["kid"] != old_kid
+    # Gone once publish_until has passed, and dropped from the store at the next change.
+    h.now = old.publish_until
+    assert old_kid not in {k["kid"] for k in _keyset(h).jwks(h.now)["keys"]}
+    with pytest.raises(JoseError, match="unknown kid"):
+        access_tokens.verify(token, verifying(h), issuer=h.config.issuer, resource=RESOURCE, now=h.now)
+    h.run(keys.rotate(h.ctx()))
+    assert old_kid not in {k.kid for k in h.store.keys}
+
+
+def keys_header(token: str) -> str:
+    from kavach_core.opaque import b64url_decode
+
+    return b64url_decode(token.split(".")[0]).decode()
+
+
+def test_successor_is_published_before_it_signs(h: Harness) -> None:
+    """A scheduled successor enters the JWKS ``PREPUBLISH`` seconds before its first signature,
+    longer than the JWKS may be cached, so verifiers know it in time."""
+    h.run(keys.current(h.ctx()))
+    first = h.store.keys[0]
+    h.now = first.signs_until - keys.PREPUBLISH - 1
+    _, effects = h.trace(keys.current(h.ctx()))
+    assert [type(e) for e in effects] == [fx.GetSigningKeys]
+    h.now += 1
+    keyset = h.run(keys.current(h.ctx()))
+    successor = next(k for k in h.store.keys if k.kid != first.kid)
+    assert successor.created_at == first.signs_until
+    assert keyset.active(h.now, "ES256") == first
+    assert {k["kid"] for k in keyset.jwks(h.now)["keys"]} == {first.kid, successor.kid}
+    assert keys.PREPUBLISH > jwks.MAX_AGE
+    # Exactly one successor, however often current() runs meanwhile.
+    h.now += 10
+    _, effects = h.trace(keys.current(h.ctx()))
+    assert [type(e) for e in effects] == [fx.GetSigningKeys] and len(h.store.keys) == 2
+    h.now = first.signs_until
+    assert KeySet(h.store.keys).active(h.now, "ES256") == successor
+
+
+def test_rotating_drops_a_successor_that_never_signed(h: Harness) -> None:
+    h.run(keys.current(h.ctx()))
+    h.now = h.store.keys[0].signs_until - 10
+    h.run(keys.current(h.ctx()))
+    assert len(h.store.keys) == 2
+    h.run(keys.rotate(h.ctx()))
+    kinds = [(k.created_at <= h.now < k.signs_until, k.publish_until > h.now) for k in h.store.keys]
+    assert kinds == [(True, True), (False, True)]
+
+
+def test_changing_the_configured_algorithm_starts_a_key_of_that_algorithm(h: Harness) -> None:
+    h.run(keys.current(h.ctx()))
+    es = h.store.keys[0]
+    h.config = make_config(signing_alg="EdDSA")
+    keyset = h.run(keys.current(h.ctx()))
+    ed = keyset.active(h.now, "EdDSA")
+    assert ed is not None and ed.alg == "EdDSA"
+    assert keyset.active(h.now, "ES256") is None
+    retired = next(k for k in h.store.keys if k.kid == es.kid)
+    assert retired.signs_until == h.now and retired.publish_until > h.now
+
+
+def test_algorithm_is_fixed_by_the_stored_key(h: Harness) -> None:
+    """A record whose ``alg`` does not fit its key cannot be loaded, so it can neither sign nor verify."""
+    h.run(keys.current(h.ctx()))
+    record = h.store.keys[0]
+    for alg in ("RS256", "EdDSA", "HS256", "none"):
+        with pytest.raises(JoseError):
+            keys.load(attrs.evolve(record, alg=alg))
+    mismatched = KeySet((attrs.evolve(record, alg="EdDSA"),))
+    assert mismatched.verifying_keys(h.now) == {}
+    assert isinstance(keys.load(record).public, VerifyingKey)
+    assert keys.load(record).public.alg == "ES256"
+
+
+def test_unloadable_record_is_left_out_of_the_key_set(h: Harness) -> None:
+    h.run(keys.current(h.ctx()))
+    good = h.store.keys[0]
+    bad = SigningKey("bad", "ES256", b"-----BEGIN PRIVATE KEY-----\nnope\n-----END PRIVATE KEY-----\n", START, START + 10, START + 99)
+    with pytest.raises(JoseError):
+        keys.load(bad)
+    keyset = KeySet((bad, good))
+    assert set(keyset.verifying_keys(h.now)) == {good.kid}
+    assert [k["kid"] for k in keyset.jwks(h.now)["keys"]] == [good.kid]
+
+
+# -- the JWKS endpoint ---------------------------------------------------------------------
+
+
+def test_jwks_endpoint_serves_the_public_keys(h: Harness) -> None:
+    response = h.run(jwks.handle(h.ctx(), h.request("GET", "/jwks.json")))
+    assert response.status == 200
+    assert response.header("Content-Type") == "application/json"
+    assert response.header("Cache-Control") == "public, max-age=300"
+    body = response.json()
+    assert [k["kid"] for k in body["keys"]] == [k.kid for k in h.store.keys]
+    assert all(not PRIVATE_MEMBERS & set(k) for k in body["keys"])
+
+
+def test_jwks_endpoint_head_has_no_body(h: Harness) -> None:
+    response = h.run(jwks.handle(h.ctx(), h.request("HEAD", "/jwks.json")))
+    assert response.status == 200 and response.body == b""
+    assert response.header("Cache-Control") == "public, max-age=300"
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "OPTIONS", "PATCH"])
+def test_jwks_endpoint_refuses_other_methods(h: Harness, method: str) -> None:
+    response, effects = h.trace(jwks.handle(h.ctx(), h.request(method, "/jwks.json")))
+    assert response.status == 405
+    assert response.header("Allow") == "GET, HEAD"
+    assert response.json()["error"] == "invalid_request"
+    assert effects == []
