@@ -117,7 +117,7 @@ def token_request(h: Harness, form: Any, headers: Any = ()) -> Response:
     return h.run(token.handle(h.ctx(), req))
 
 
-def redeem(h: Harness, code: str, headers: Any = (), **overrides: str | None) -> Response:
+def redeem(h: Harness, code: str, /, headers: Any = (), **overrides: str | None) -> Response:
     form: dict[str, str | None] = {
         "grant_type": "authorization_code",
         "code": code,
@@ -129,7 +129,7 @@ def redeem(h: Harness, code: str, headers: Any = (), **overrides: str | None) ->
     return token_request(h, {k: v for k, v in form.items() if v is not None}, headers)
 
 
-def refresh(h: Harness, refresh_token: str, headers: Any = (), **overrides: str | None) -> Response:
+def refresh(h: Harness, refresh_token: str, /, headers: Any = (), **overrides: str | None) -> Response:
     form: dict[str, str | None] = {"grant_type": "refresh_token", "refresh_token": refresh_token, "client_id": "c1"}
     form.update(overrides)
     return token_request(h, {k: v for k, v in form.items() if v is not None}, headers)

@@ -150,6 +150,9 @@ def _refresh(ctx: Context, client: Client, msg: TokenRequest) -> Flow[Response]:
     grant = yield fx.GetGrant(grant_id)
     if grant is None or grant.revoked or grant.client_id != client.client_id or ctx.now >= grant.expires_at:
         raise invalid
+    if generation == grant.refresh_generation and ctx.now >= grant.refresh_expires_at:
+        # The current token idled out: refuse without a rotation effect (a rejection writes nothing).
+        raise invalid
     scopes = grant.scopes
     asked = parse_scope(msg.scope)
     if asked is not None:
