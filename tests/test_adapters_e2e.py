@@ -1,0 +1,602 @@
+"""End to end over real HTTP: every framework adapter, the memory and the SQLite store.
+
+httpx plays both the OAuth client and the person (who reads the HTML forms and submits them).
+Add a framework by adding an entry to ``e2e_frameworks.FRAMEWORKS``; every test here then runs
+against it.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import secrets
+import socket
+import threading
+from collections.abc import Iterator
+from html.parser import HTMLParser
+from typing import Any
+from urllib.parse import parse_qs, urlencode, urlsplit
+
+import attrs
+import httpx
+import pytest
+from e2e_frameworks import FRAMEWORKS, RELEASE
+from kavach.server import AuthorizationServer, LoginLimits
+from kavach.users import MemoryUsers, SQLiteUsers, Users
+
+from kavach_core.config import Config, ProtectedResource
+
+PASSWORD = "correct horse battery staple"
+REDIRECT = "http://127.0.0.1:9/callback"
+SECRET = b"s" * 32
+
+
+# -- reading pages like a browser -------------------------------------------------------------
+
+
+@attrs.define
+class Form:
+    action: str = ""
+    method: str = "get"
+    fields: list[tuple[str, str]] = attrs.Factory(list)
+    checkboxes: list[tuple[str, str, bool]] = attrs.Factory(list)
+    buttons: list[tuple[str, str]] = attrs.Factory(list)
+    labelled: set[str] = attrs.Factory(set)
+    ids: set[str] = attrs.Factory(set)
+
+    def submit(self, button: str | None = None, **values: str) -> list[tuple[str, str]]:
+        """The pairs a browser sends: hidden and text fields, ticked boxes, the pressed button."""
+        data = [(n, values.pop(n, v)) for n, v in self.fields]
+        data += [(n, v) for n, v, checked in self.checkboxes if checked]
+        data += list(values.items())
+        if button is not None:
+            data += [(n, v) for n, v in self.buttons if v == button]
+        return data
+
+
+class _Forms(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.forms: list[Form] = []
+        self.external: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs_: list[tuple[str, str | None]]) -> None:
+        a = {k: v or "" for k, v in attrs_}
+        for key in ("src", "href"):
+            if key in a:
+                self.external.append(a[key])
+        if tag == "form":
+            self.forms.append(Form(a.get("action", ""), a.get("method", "get").lower()))
+        elif tag == "label" and self.forms:
+            self.forms[-1].labelled.add(a.get("for", ""))
+        elif tag == "input" and self.forms:
+            form = self.forms[-1]
+            kind = a.get("type", "text")
+            if kind != "hidden":
+                form.ids.add(a.get("id", ""))
+            if kind == "checkbox":
+                form.checkboxes.append((a["name"], a.get("value", "on"), "checked" in a))
+            else:
+                form.fields.append((a["name"], a.get("value", "")))
+        elif tag == "button" and self.forms and "name" in a:
+            self.forms[-1].buttons.append((a["name"], a.get("value", "")))
+
+
+def post_form(browser: httpx.Client, url: str, pairs: list[tuple[str, str]], **kw: Any) -> httpx.Response:
+    """What a browser sends when a form is submitted (repeated names kept, in order)."""
+    headers = {"Content-Type": "application/x-www-form-urlencoded", **kw.pop("headers", {})}
+    return browser.post(url, content=urlencode(pairs), headers=headers, **kw)
+
+
+def read_page(response: httpx.Response) -> _Forms:
+    parser = _Forms()
+    parser.feed(response.text)
+    return parser
+
+
+def the_form(response: httpx.Response) -> Form:
+    forms = read_page(response).forms
+    assert len(forms) == 1, response.text
+    return forms[0]
+
+
+# -- a running deployment ----------------------------------------------------------------------
+
+
+@attrs.define
+class Deployment:
+    base: str
+    issuer: str
+    resource: str
+    server: AuthorizationServer
+    client: httpx.Client  # the OAuth client application
+    person: httpx.Client  # the person's browser (keeps cookies)
+
+    def metadata(self) -> dict[str, Any]:
+        path = "/.well-known/oauth-authorization-server" + urlsplit(self.issuer).path
+        return dict(self.client.get(self.base + path).json())
+
+    def register(self, **extra: Any) -> str:
+        body = {"redirect_uris": [REDIRECT], "client_name": "Test Client", "token_endpoint_auth_method": "none"}
+        body.update(extra)
+        r = self.client.post(self.metadata()["registration_endpoint"], json=body)
+        assert r.status_code == 201, r.text
+        return str(r.json()["client_id"])
+
+    def authorize_url(self, client_id: str, challenge: str, scope: str = "tools:list tools:call:echo") -> str:
+        query = {
+            "response_type": "code",
+            "client_id": client_id,
+            "redirect_uri": REDIRECT,
+            "scope": scope,
+            "state": "xyz-state",
+            "code_challenge": challenge,
+            "code_challenge_method": "S256",
+            "resource": self.resource,
+        }
+        return self.metadata()["authorization_endpoint"] + "?" + urlencode(query)
+
+    def login(self, page: httpx.Response, username: str = "alice", password: str = PASSWORD) -> httpx.Response:
+        form = the_form(page)
+        return post_form(self.person, self.base + form.action, form.submit(username=username, password=password))
+
+    def mcp(self, token: str | None, method: str, params: dict[str, Any] | None = None) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        message = {"jsonrpc": "2.0", "id": 1, "method": method, "params": params or {}}
+        return self.client.post(self.resource, json=message, headers=headers)
+
+
+def pkce() -> tuple[str, str]:
+    verifier = secrets.token_urlsafe(48)
+    digest = hashlib.sha256(verifier.encode()).digest()
+    return verifier, base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+
+def deploy(framework: str, store_kind: str, prefix: str, tmp_path: Any, **server_options: Any) -> Iterator[Deployment]:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    base = f"http://127.0.0.1:{port}"
+    resource = f"{base}/mcp"
+    config = Config(issuer=base + prefix, resources=[ProtectedResource(resource, name="Demo tools")], secret=SECRET)
+    if store_kind == "sqlite":
+        from kavach.stores.sqlite import SQLiteStore
+
+        path = str(tmp_path / "kavach.db")
+        store: Any = SQLiteStore(path)
+        users = Users(SQLiteUsers(path), log_n=10)
+    else:
+        from kavach_core.memory_store import MemoryStore
+
+        store = MemoryStore()
+        users = Users(MemoryUsers(), log_n=10)
+    users.add("alice", PASSWORD)
+    options: dict[str, Any] = {"users": users}
+    options.update(server_options)
+    server = AuthorizationServer(config, store, **options)
+    stop = FRAMEWORKS[framework](sock, server, resource)
+    with httpx.Client(timeout=10) as client, httpx.Client(timeout=10) as person:
+        try:
+            yield Deployment(base, config.issuer, resource, server, client, person)
+        finally:
+            stop()
+            sock.close()
+
+
+@pytest.fixture(params=sorted(FRAMEWORKS))
+def framework(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def dep(framework: str, tmp_path: Any) -> Iterator[Deployment]:
+    yield from deploy(framework, "memory", "", tmp_path)
+
+
+def consent_page(
+    dep: Deployment, client_id: str | None = None, scope: str = "tools:list tools:call:echo"
+) -> httpx.Response:
+    """Register, start an authorization, sign in: the consent page."""
+    client_id = client_id or dep.register()
+    _, challenge = pkce()
+    login = dep.person.get(dep.authorize_url(client_id, challenge, scope))
+    assert login.status_code == 200
+    after = dep.login(login)
+    assert after.status_code == 303
+    return dep.person.get(dep.base + after.headers["location"])
+
+
+# -- the whole journey -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("store_kind", ["memory", "sqlite"])
+@pytest.mark.parametrize("prefix", ["", "/tenant/auth"])
+def test_end_to_end(framework: str, store_kind: str, prefix: str, tmp_path: Any) -> None:
+    """metadata -> registration -> login and consent through the forms -> token -> guarded MCP
+    (tools/list allowed, tools/call outside the grant 403) -> refresh -> revoke -> 401."""
+    for dep in deploy(framework, store_kind, prefix, tmp_path):
+        # Discovery: the resource's metadata (MD-03) names the AS, whose metadata (MD-01) names the rest.
+        anonymous = dep.mcp(None, "tools/list")
+        assert anonymous.status_code == 401
+        prm_url = f"{dep.base}/.well-known/oauth-protected-resource/mcp"
+        assert f'resource_metadata="{prm_url}"' in anonymous.headers["www-authenticate"]
+        prm = dep.client.get(prm_url).json()
+        assert prm["resource"] == dep.resource
+        assert prm["authorization_servers"] == [dep.issuer]
+        meta = dep.metadata()
+        assert meta["issuer"] == dep.issuer
+        assert meta["authorization_endpoint"] == dep.issuer + "/authorize"
+
+        client_id = dep.register()
+        verifier, challenge = pkce()
+        login = dep.person.get(dep.authorize_url(client_id, challenge))
+        assert login.status_code == 200 and "Sign in" in login.text
+        after_login = dep.login(login)
+        assert after_login.status_code == 303
+        consent = dep.person.get(dep.base + after_login.headers["location"])
+        assert consent.status_code == 200
+        assert "Test Client" in consent.text and "127.0.0.1" in consent.text
+        form = the_form(consent)
+        assert {v for _, v, _ in form.checkboxes} == {"tools:list", "tools:call:echo"}
+        decided = post_form(dep.person, dep.base + form.action, form.submit("approve"))
+        assert decided.status_code == 303
+        location = decided.headers["location"]
+        assert location.startswith(REDIRECT + "?")
+        answer = parse_qs(urlsplit(location).query)
+        assert answer["state"] == ["xyz-state"] and answer["iss"] == [dep.issuer]
+
+        tokens = dep.client.post(
+            meta["token_endpoint"],
+            data={
+                "grant_type": "authorization_code",
+                "code": answer["code"][0],
+                "redirect_uri": REDIRECT,
+                "client_id": client_id,
+                "code_verifier": verifier,
+                "resource": dep.resource,
+            },
+        )
+        assert tokens.status_code == 200, tokens.text
+        body = tokens.json()
+        assert set(body["scope"].split()) == {"tools:list", "tools:call:echo"}
+
+        listed = dep.mcp(body["access_token"], "tools/list")
+        assert listed.status_code == 200, listed.text
+        result = listed.json()["result"]
+        assert result["subject"] == "alice"
+        assert result["saw_authorization"] is False  # RS-04: the token is not passed on
+        assert dep.mcp(body["access_token"], "tools/call", {"name": "echo"}).status_code == 200
+
+        refused = dep.mcp(body["access_token"], "tools/call", {"name": "delete"})
+        assert refused.status_code == 403
+        assert refused.headers["www-authenticate"] == (
+            'Bearer error="insufficient_scope", scope="tools:call:delete", '
+            f'resource_metadata="{prm_url}", '
+            'error_description="The access token does not grant the scope this request needs"'
+        )
+
+        refreshed = dep.client.post(
+            meta["token_endpoint"],
+            data={"grant_type": "refresh_token", "refresh_token": body["refresh_token"], "client_id": client_id},
+        )
+        assert refreshed.status_code == 200, refreshed.text
+        fresh = refreshed.json()
+        assert dep.mcp(fresh["access_token"], "tools/list").status_code == 200
+
+        revoked = dep.client.post(
+            meta["revocation_endpoint"], data={"token": fresh["refresh_token"], "client_id": client_id}
+        )
+        assert revoked.status_code == 200
+        after = dep.mcp(fresh["access_token"], "tools/list")
+        assert after.status_code == 401
+        assert 'error="invalid_token"' in after.headers["www-authenticate"]
+
+
+# -- pages: headers, CSRF, 303, errors ---------------------------------------------------------
+
+
+def assert_page_headers(r: httpx.Response) -> None:
+    """AZ-10: no framing, no referrer, never cached, nothing from elsewhere, no CORS."""
+    csp = r.headers["content-security-policy"]
+    assert "frame-ancestors 'none'" in csp and "default-src 'none'" in csp
+    assert r.headers["x-frame-options"] == "DENY"
+    assert r.headers["referrer-policy"] == "no-referrer"
+    assert r.headers["cache-control"] == "no-store"
+    assert "access-control-allow-origin" not in r.headers
+    if r.headers.get("content-type", "").startswith("text/html"):
+        assert read_page(r).external == []
+        assert "<script" not in r.text
+
+
+def test_az_10_pages_headers_labels_and_no_external_resources(dep: Deployment) -> None:
+    client_id = dep.register()
+    login = dep.person.get(dep.authorize_url(client_id, pkce()[1]))
+    assert_page_headers(login)
+    form = the_form(login)
+    assert form.method == "post"
+    assert {"username", "password"} <= form.labelled and form.ids <= form.labelled
+    consent = dep.person.get(dep.base + dep.login(login).headers["location"])
+    assert_page_headers(consent)
+    form = the_form(consent)
+    assert form.ids <= form.labelled  # every checkbox has its label
+    assert "form-action 'self' http://127.0.0.1:9" in consent.headers["content-security-policy"]
+
+
+def test_az_10_style_is_pinned_by_hash(dep: Deployment) -> None:
+    login = dep.person.get(dep.authorize_url(dep.register(), pkce()[1]))
+    style = login.text.split("<style>", 1)[1].split("</style>", 1)[0]
+    pinned = "sha256-" + base64.b64encode(hashlib.sha256(style.encode()).digest()).decode()
+    assert f"style-src '{pinned}'" in login.headers["content-security-policy"]
+
+
+def test_az_11_consent_content_and_loopback_warning(dep: Deployment) -> None:
+    consent = consent_page(dep)
+    text = consent.text
+    assert "Test Client" in text and "127.0.0.1" in text
+    assert "See the list of tools" in text and "Run any tool" in text  # descriptions of each scope
+    assert "Demo tools" in text and dep.resource in text
+    assert "runs on a computer, not a website" in text  # loopback-only warning
+    assert "Signed in as <strong>alice</strong>" in text
+
+
+def test_az_10_consent_post_without_or_with_wrong_csrf_token_is_refused(dep: Deployment) -> None:
+    consent = consent_page(dep)
+    form = the_form(consent)
+    url = dep.base + form.action
+    without = [(k, v) for k, v in form.submit("approve") if k != "csrf_token"]
+    assert post_form(dep.person, url, without).status_code == 403
+    wrong = form.submit("approve", csrf_token="A" * 43)
+    r = post_form(dep.person, url, wrong)
+    assert r.status_code == 403 and "location" not in r.headers
+    assert_page_headers(r)
+    # A token from this browser does not work from another one (bound to the browser cookie).
+    with httpx.Client(timeout=10, cookies={k: v for k, v in dep.person.cookies.items() if "session" in k}) as other:
+        assert post_form(other, url, form.submit("approve")).status_code == 403
+    # The refusals used nothing up: the real form still works.
+    ok = post_form(dep.person, url, form.submit("approve"))
+    assert ok.status_code == 303 and "code=" in ok.headers["location"]
+
+
+def test_az_10_login_post_without_csrf_token_is_refused(dep: Deployment) -> None:
+    login = dep.person.get(dep.authorize_url(dep.register(), pkce()[1]))
+    form = the_form(login)
+    data = [(k, v) for k, v in form.submit(username="alice", password=PASSWORD) if k != "csrf_token"]
+    r = post_form(dep.person, dep.base + form.action, data)
+    assert r.status_code == 403
+    assert not any("session" in c for c in r.headers.get_list("set-cookie"))
+
+
+def test_az_10_303_after_every_post(dep: Deployment) -> None:
+    login = dep.person.get(dep.authorize_url(dep.register(), pkce()[1]))
+    wrong = dep.login(login, password="nope")
+    assert wrong.status_code == 303
+    assert_page_headers(wrong)
+    again = dep.person.get(dep.base + wrong.headers["location"])
+    assert "did not match" in again.text
+    right = dep.login(again)
+    assert right.status_code == 303
+    consent = dep.person.get(dep.base + right.headers["location"])
+    form = the_form(consent)
+    decided = post_form(dep.person, dep.base + form.action, form.submit("approve"))
+    assert decided.status_code == 303
+
+
+def test_session_cookie_attributes(dep: Deployment) -> None:
+    login = dep.person.get(dep.authorize_url(dep.register(), pkce()[1]))
+    r = dep.login(login)
+    session = [c for c in r.headers.get_list("set-cookie") if c.startswith("kavach-session=")]
+    assert len(session) == 1
+    assert "HttpOnly" in session[0] and "SameSite=Lax" in session[0] and "Path=/" in session[0]
+
+
+def test_az_12_deny_redirects_with_access_denied(dep: Deployment) -> None:
+    form = the_form(consent_page(dep))
+    r = post_form(dep.person, dep.base + form.action, form.submit("deny"))
+    assert r.status_code == 303
+    answer = parse_qs(urlsplit(r.headers["location"]).query)
+    assert answer["error"] == ["access_denied"]
+    assert answer["state"] == ["xyz-state"] and answer["iss"] == [dep.issuer]
+    # The ticket is used: answering again shows an error page, never a redirect.
+    again = post_form(dep.person, dep.base + form.action, form.submit("approve"))
+    assert again.status_code == 400 and "location" not in again.headers
+
+
+def test_az_07_unticked_scope_is_not_granted(dep: Deployment) -> None:
+    client_id = dep.register()
+    verifier, challenge = pkce()
+    login = dep.person.get(dep.authorize_url(client_id, challenge))
+    consent = dep.person.get(dep.base + dep.login(login).headers["location"])
+    form = the_form(consent)
+    form.checkboxes = [(n, v, v == "tools:list") for n, v, _ in form.checkboxes]
+    r = post_form(dep.person, dep.base + form.action, form.submit("approve"))
+    code = parse_qs(urlsplit(r.headers["location"]).query)["code"][0]
+    tokens = dep.client.post(
+        dep.metadata()["token_endpoint"],
+        data={"grant_type": "authorization_code", "code": code, "redirect_uri": REDIRECT,
+              "client_id": client_id, "code_verifier": verifier},
+    ).json()
+    assert tokens["scope"] == "tools:list"
+    assert dep.mcp(tokens["access_token"], "tools/call", {"name": "echo"}).status_code == 403
+
+
+def test_az_02_unknown_client_shows_an_error_page_and_never_redirects(dep: Deployment) -> None:
+    url = dep.metadata()["authorization_endpoint"] + "?" + urlencode(
+        {"response_type": "code", "client_id": "nobody", "redirect_uri": "https://evil.example/cb",
+         "code_challenge": pkce()[1], "code_challenge_method": "S256"}
+    )
+    r = dep.person.get(url)
+    assert r.status_code == 400
+    assert "location" not in r.headers
+    assert r.headers["content-type"].startswith("text/html")
+    assert "invalid_client" in r.text and "evil.example" not in r.text
+    assert_page_headers(r)
+
+
+def test_az_02_unregistered_redirect_uri_never_redirects(dep: Deployment) -> None:
+    client_id = dep.register()
+    url = dep.authorize_url(client_id, pkce()[1]).replace("127.0.0.1%3A9", "evil.example")
+    r = dep.person.get(url)
+    assert r.status_code == 400 and "location" not in r.headers
+
+
+def test_expired_or_unknown_consent_ticket_is_an_error_page(dep: Deployment) -> None:
+    r = dep.person.get(dep.base + dep.server.consent_path + "?ticket=nope")
+    assert r.status_code == 400 and "expired" in r.text
+    assert_page_headers(r)
+
+
+@pytest.mark.parametrize("framework", sorted(FRAMEWORKS))
+def test_login_attempts_are_rate_limited_per_user(framework: str, tmp_path: Any) -> None:
+    for dep in deploy(framework, "memory", "", tmp_path, login_limits=LoginLimits(per_user=3, per_address=100)):
+        login = dep.person.get(dep.authorize_url(dep.register(), pkce()[1]))
+        for _ in range(3):
+            assert dep.login(login, password="wrong").status_code == 303
+        limited = dep.login(login)  # even the right password
+        assert limited.status_code == 429
+        assert "Too many sign-in attempts" in limited.text
+        assert not any("session" in c for c in limited.headers.get_list("set-cookie"))
+        assert_page_headers(limited)
+
+
+@pytest.mark.parametrize("framework", sorted(FRAMEWORKS))
+def test_login_attempts_are_rate_limited_per_address(framework: str, tmp_path: Any) -> None:
+    for dep in deploy(framework, "memory", "", tmp_path, login_limits=LoginLimits(per_user=100, per_address=2)):
+        dep.server.users.add("bob", PASSWORD)  # type: ignore[union-attr]
+        login = dep.person.get(dep.authorize_url(dep.register(), pkce()[1]))
+        assert dep.login(login, username="carol", password="x").status_code == 303
+        assert dep.login(login, username="dave", password="x").status_code == 303
+        assert dep.login(login, username="bob").status_code == 429
+
+
+def test_spoofed_client_address_header_does_not_escape_the_limit(framework: str, tmp_path: Any) -> None:
+    for dep in deploy(framework, "memory", "", tmp_path, login_limits=LoginLimits(per_user=100, per_address=2)):
+        login = dep.person.get(dep.authorize_url(dep.register(), pkce()[1]))
+        form = the_form(login)
+        for n in range(3):
+            r = post_form(
+                dep.person,
+                dep.base + form.action,
+                form.submit(username=f"u{n}", password="x"),
+                headers={"X-Kavach-Client-Address": f"10.0.0.{n}"},
+            )
+        assert r.status_code == 429
+
+
+# -- the identify hook -------------------------------------------------------------------------
+
+
+def test_identify_hook_skips_the_login_page(framework: str, tmp_path: Any) -> None:
+    seen: list[str | None] = []
+
+    def identify(req: Any) -> str | None:
+        seen.append(req.header("x-app-user"))
+        return req.header("x-app-user")
+
+    for dep in deploy(framework, "memory", "", tmp_path, identify=identify):
+        url = dep.authorize_url(dep.register(), pkce()[1])
+        consent = dep.person.get(url, headers={"X-App-User": "carol"})
+        assert consent.status_code == 200 and "Signed in as <strong>carol</strong>" in consent.text
+        form = the_form(consent)
+        r = post_form(dep.person, dep.base + form.action, form.submit("approve"), headers={"X-App-User": "carol"})
+        assert r.status_code == 303 and "code=" in r.headers["location"]
+        # Without the application's user, the built-in login is shown (users= is also set here).
+        assert "Sign in" in dep.person.get(url).text
+
+
+# -- the guard ---------------------------------------------------------------------------------
+
+
+def grant(dep: Deployment, scope: str = "tools:list tools:call:echo tools:call:slow") -> dict[str, Any]:
+    client_id = dep.register()
+    verifier, challenge = pkce()
+    login = dep.person.get(dep.authorize_url(client_id, challenge, scope))
+    consent = dep.person.get(dep.base + dep.login(login).headers["location"])
+    form = the_form(consent)
+    r = post_form(dep.person, dep.base + form.action, form.submit("approve"))
+    code = parse_qs(urlsplit(r.headers["location"]).query)["code"][0]
+    tokens = dep.client.post(
+        dep.metadata()["token_endpoint"],
+        data={"grant_type": "authorization_code", "code": code, "redirect_uri": REDIRECT,
+              "client_id": client_id, "code_verifier": verifier},
+    )
+    assert tokens.status_code == 200, tokens.text
+    return dict(tokens.json())
+
+
+def test_rs_01_token_in_query_or_body_is_ignored(dep: Deployment) -> None:
+    token = grant(dep)["access_token"]
+    r = dep.client.post(dep.resource + "?access_token=" + token, json={"jsonrpc": "2.0", "id": 1, "method": "ping"})
+    assert r.status_code == 401
+    assert 'error="invalid_token"' not in r.headers["www-authenticate"]
+
+
+def test_rs_02_bad_token_gets_invalid_token_challenge(dep: Deployment) -> None:
+    r = dep.mcp("not-a-token", "tools/list")
+    assert r.status_code == 401
+    assert r.headers["www-authenticate"].startswith(
+        f'Bearer resource_metadata="{dep.base}/.well-known/oauth-protected-resource/mcp", scope="tools:list", '
+        'error="invalid_token"'
+    )
+
+
+def test_rs_03_batch_needs_every_methods_scope(dep: Deployment) -> None:
+    token = grant(dep, "tools:list")["access_token"]
+    batch = [
+        {"jsonrpc": "2.0", "id": 1, "method": "tools/list"},
+        {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "echo"}},
+    ]
+    r = dep.client.post(dep.resource, json=batch, headers={"Authorization": f"Bearer {token}"})
+    assert r.status_code == 403
+    assert 'scope="tools:list tools:call:echo"' in r.headers["www-authenticate"]
+
+
+def test_guard_streams_without_buffering(dep: Deployment) -> None:
+    token = grant(dep)["access_token"]
+    RELEASE.clear()
+    message = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "slow"}}
+    headers = {"Authorization": f"Bearer {token}"}
+    with dep.client.stream("POST", dep.resource, json=message, headers=headers) as r:
+        assert r.status_code == 200
+        chunks = r.iter_bytes()
+        first = next(chunks)
+        assert first.startswith(b"chunk-1")  # arrived while the app is still waiting
+        RELEASE.set()
+        rest = b"".join(chunks)
+    assert (first + rest) == b"chunk-1\nchunk-2\n"
+
+
+def test_md_03_md_04_resource_metadata_and_cors(dep: Deployment) -> None:
+    url = f"{dep.base}/.well-known/oauth-protected-resource/mcp"
+    r = dep.client.get(url, headers={"Origin": "https://inspector.example"})
+    assert r.status_code == 200
+    assert r.json()["bearer_methods_supported"] == ["header"]
+    assert r.headers["access-control-allow-origin"] == "*"
+    pre = dep.client.options(url, headers={"Origin": "https://x.example", "Access-Control-Request-Method": "GET"})
+    assert pre.status_code == 204 and pre.headers["access-control-allow-origin"] == "*"
+
+
+def test_md_04_authorization_endpoint_has_no_cors(dep: Deployment) -> None:
+    pre = dep.client.options(
+        dep.metadata()["authorization_endpoint"],
+        headers={"Origin": "https://x.example", "Access-Control-Request-Method": "GET"},
+    )
+    assert "access-control-allow-origin" not in pre.headers
+
+
+def test_concurrent_people_do_not_share_sessions(dep: Deployment) -> None:
+    """Two browsers at once: each gets its own form tokens; nothing crosses."""
+    results: list[int] = []
+
+    def one() -> None:
+        with httpx.Client(timeout=10) as browser:
+            other = Deployment(dep.base, dep.issuer, dep.resource, dep.server, dep.client, browser)
+            form = the_form(consent_page(other))
+            results.append(post_form(browser, dep.base + form.action, form.submit("approve")).status_code)
+
+    threads = [threading.Thread(target=one) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == [303] * 4
