@@ -1,0 +1,624 @@
+"""The ``kavach`` command: serve a protected MCP server, manage users, clients, grants and keys.
+
+::
+
+    kavach serve [--host H] [--port P] [--issuer URL] [--db FILE] [--upstream URL] [--config FILE]
+    kavach users add NAME [--password-stdin] | users list | users remove NAME
+    kavach clients add --name N --redirect-uri URI [...] [--confidential] | list | show ID | revoke ID
+    kavach grants list [--subject S] [--client ID] | grants revoke (--subject S | --grant ID)
+    kavach keys list | keys rotate
+
+Settings come from flags, then ``KAVACH_*`` environment variables, then a TOML file, then
+defaults (:mod:`kavach.settings`). Bad input is one line on stderr and exit status 2, never a
+traceback. This module only composes: every OAuth rule lives in :mod:`kavach_core`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import errno
+import getpass
+import json
+import os
+import socket
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any, NoReturn
+
+import attrs
+
+from kavach_core import effects as fx
+from kavach_core import keys as keyset
+from kavach_core.errors import OAuthError
+from kavach_core.records import Client, Grant
+from kavach_core.scopes import format_scope
+
+from .instance import Instance, InstanceError, check_issuer
+from .settings import MCP_PATH, Settings, SettingsError, resolve
+from .users import normalize_username
+
+PROG = "kavach"
+EXIT_BAD_INPUT = 2
+
+
+class CliError(Exception):
+    """Bad input: printed as one line on stderr, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (no usage dump) and exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        sys.stderr.write(f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        raise SystemExit(EXIT_BAD_INPUT)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("kavachos")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+# -- the parser ----------------------------------------------------------------------------
+
+
+def _common() -> _Parser:
+    common = _Parser(add_help=False)
+    common.add_argument("--db", metavar="FILE", help="the SQLite database (default ./kavach.db; KAVACH_DB)")
+    common.add_argument("--config", metavar="FILE", help="a TOML settings file (KAVACH_CONFIG)")
+    return common
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _common()
+    parser = _Parser(
+        prog=PROG,
+        description="kavachOS: an OAuth 2.1 authorization server and guard for MCP servers.",
+        epilog="Run 'kavach COMMAND --help' for a command's options.",
+    )
+    parser.add_argument("--version", action="version", version=f"kavach {_version()}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    serve = commands.add_parser(
+        "serve",
+        parents=[common],
+        help="run the authorization server and a protected MCP server at /mcp",
+        description="Run the authorization server and, at /mcp, the built-in demo MCP server or a "
+        "streaming proxy to --upstream, guarded by kavachOS.",
+    )
+    serve.add_argument("--host", help="address to listen on (default 127.0.0.1; KAVACH_HOST)")
+    serve.add_argument("--port", type=_port_arg, help="port to listen on (default 8000; KAVACH_PORT)")
+    serve.add_argument("--issuer", metavar="URL", help="the issuer URL (default http://127.0.0.1:PORT; KAVACH_ISSUER)")
+    serve.add_argument("--upstream", metavar="URL", help="proxy /mcp to this MCP server (Streamable HTTP)")
+    serve.add_argument(
+        "--allow-insecure-http",
+        action="store_true",
+        default=None,
+        help="accept an http issuer that is not on loopback (a lab only)",
+    )
+    serve.add_argument(
+        "--log-level", choices=("critical", "error", "warning", "info", "debug"), help="log level (KAVACH_LOG_LEVEL)"
+    )
+    serve.set_defaults(handler=cmd_serve)
+
+    users = commands.add_parser("users", help="manage the local sign-in accounts", description="Local accounts.")
+    users_cmds = users.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser)
+    add = users_cmds.add_parser("add", parents=[common], help="create a user (or change its password)")
+    add.add_argument("name", help="the username")
+    add.add_argument("--password-stdin", action="store_true", help="read the password from the first line of stdin")
+    add.set_defaults(handler=cmd_users_add)
+    lst = users_cmds.add_parser("list", parents=[common], help="list users")
+    lst.set_defaults(handler=cmd_users_list)
+    rm = users_cmds.add_parser("remove", parents=[common], help="delete a user and revoke their grants")
+    rm.add_argument("name", help="the username")
+    rm.set_defaults(handler=cmd_users_remove)
+
+    clients = commands.add_parser("clients", help="manage OAuth clients", description="Registered OAuth clients.")
+    clients_cmds = clients.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser)
+    cadd = clients_cmds.add_parser("add", parents=[common], help="pre-register a client")
+    cadd.add_argument("--name", required=True, help="the name people see at consent")
+    cadd.add_argument(
+        "--redirect-uri", required=True, action="append", dest="redirect_uris", metavar="URI",
+        help="a redirect URI (repeat for several)",
+    )
+    cadd.add_argument("--confidential", action="store_true", help="issue a client secret (client_secret_basic)")
+    cadd.add_argument("--scope", help="limit the client to these scopes (space separated)")
+    cadd.set_defaults(handler=cmd_clients_add)
+    clst = clients_cmds.add_parser("list", parents=[common], help="list clients")
+    clst.set_defaults(handler=cmd_clients_list)
+    cshow = clients_cmds.add_parser("show", parents=[common], help="show one client as JSON")
+    cshow.add_argument("client_id", metavar="ID")
+    cshow.set_defaults(handler=cmd_clients_show)
+    crev = clients_cmds.add_parser("revoke", parents=[common], help="delete a client and revoke its grants")
+    crev.add_argument("client_id", metavar="ID")
+    crev.set_defaults(handler=cmd_clients_revoke)
+
+    grants = commands.add_parser("grants", help="list or revoke what people granted", description="Grants.")
+    grants_cmds = grants.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser)
+    glst = grants_cmds.add_parser("list", parents=[common], help="list grants")
+    glst.add_argument("--subject", help="only this user's grants")
+    glst.add_argument("--client", help="only this client's grants")
+    glst.set_defaults(handler=cmd_grants_list)
+    grev = grants_cmds.add_parser("revoke", parents=[common], help="revoke grants and every token issued under them")
+    which = grev.add_mutually_exclusive_group(required=True)
+    which.add_argument("--subject", help="every grant of this user")
+    which.add_argument("--grant", metavar="ID", help="one grant")
+    grev.set_defaults(handler=cmd_grants_revoke)
+
+    keys = commands.add_parser("keys", help="list or rotate the token signing keys", description="Signing keys.")
+    keys_cmds = keys.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser)
+    klst = keys_cmds.add_parser("list", parents=[common], help="list signing keys")
+    klst.set_defaults(handler=cmd_keys_list)
+    krot = keys_cmds.add_parser("rotate", parents=[common], help="start signing with a new key now")
+    krot.set_defaults(handler=cmd_keys_rotate)
+
+    for group in (users, clients, grants, keys):
+        group.set_defaults(handler=None, group=group)
+    return parser
+
+
+def _port_arg(text: str) -> int:
+    try:
+        value = int(text, 10)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 < value < 65536:
+        raise argparse.ArgumentTypeError(f"{value} is not between 1 and 65535")
+    return value
+
+
+# -- helpers -------------------------------------------------------------------------------
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    flags = {
+        name: getattr(args, name, None)
+        for name in ("host", "port", "issuer", "db", "upstream", "config", "allow_insecure_http", "log_level")
+    }
+    return resolve(flags)
+
+
+def _open(args: argparse.Namespace) -> Instance:
+    return Instance(_settings(args))
+
+
+def _when(ts: int | None) -> str:
+    if ts is None:
+        return "-"
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def _table(rows: Sequence[Sequence[str]], headings: Sequence[str]) -> None:
+    widths = [max(len(str(r[i])) for r in [headings, *rows]) for i in range(len(headings))]
+    for row in [headings, *rows]:
+        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+
+
+# -- users ---------------------------------------------------------------------------------
+
+
+def _read_password(from_stdin: bool) -> str:
+    if from_stdin:
+        line = sys.stdin.readline()
+        password = line[:-1] if line.endswith("\n") else line
+        password = password[:-1] if password.endswith("\r") else password
+        if not password:
+            raise CliError("no password on stdin")
+        return password
+    if not sys.stdin.isatty():
+        raise CliError("no terminal to ask for a password; use --password-stdin")
+    first = getpass.getpass("Password: ")
+    if not first:
+        raise CliError("the password is empty")
+    if getpass.getpass("Password (again): ") != first:
+        raise CliError("the passwords do not match")
+    return first
+
+
+def cmd_users_add(args: argparse.Namespace) -> int:
+    instance = _open(args)
+    try:
+        password = _read_password(args.password_stdin)
+        existed = instance.users.store.get_hash(normalize_username(args.name)) is not None
+        try:
+            instance.users.add(args.name, password)
+        except ValueError as exc:
+            raise CliError(str(exc)) from exc
+        print(f"{'changed the password of' if existed else 'created'} user {normalize_username(args.name)!r}")
+    finally:
+        instance.close()
+    return 0
+
+
+def cmd_users_list(args: argparse.Namespace) -> int:
+    instance = _open(args)
+    try:
+        names = instance.users.store.usernames()
+    finally:
+        instance.close()
+    if not names:
+        print(f"no users yet; create one with: {PROG} users add NAME", file=sys.stderr)
+    for name in names:
+        print(name)
+    return 0
+
+
+def _revoke_grants(instance: Instance, grants: Sequence[Grant]) -> int:
+    count = 0
+    for grant in grants:
+        if instance.run(_one(fx.RevokeGrant(grant.grant_id, int(time.time())))):
+            count += 1
+    return count
+
+
+def _one(effect: fx.Effect) -> Any:
+    """A flow of one effect, for the operator's direct actions."""
+    return (yield effect)
+
+
+def cmd_users_remove(args: argparse.Namespace) -> int:
+    instance = _open(args)
+    try:
+        if not instance.users.remove(args.name):
+            raise CliError(f"no user named {args.name!r}")
+        grants = instance.run(_one(fx.ListGrants(subject=normalize_username(args.name))))
+        revoked = _revoke_grants(instance, grants)
+    finally:
+        instance.close()
+    print(f"removed user {args.name!r}; revoked {revoked} grant{'s' if revoked != 1 else ''}")
+    return 0
+
+
+# -- clients -------------------------------------------------------------------------------
+
+
+def cmd_clients_add(args: argparse.Namespace) -> int:
+    from kavach_core.endpoints.registration import build_client
+    from kavach_core.messages.registration import parse_metadata
+
+    instance = _open(args)
+    try:
+        metadata: dict[str, Any] = {
+            "client_name": args.name,
+            "redirect_uris": args.redirect_uris,
+            "token_endpoint_auth_method": "client_secret_basic" if args.confidential else "none",
+        }
+        if args.scope:
+            metadata["scope"] = args.scope
+        try:
+            client, body = build_client(instance.context(), parse_metadata(metadata))
+        except OAuthError as exc:
+            raise CliError(f"{exc.error}: {exc.description}") from exc
+        client = attrs.evolve(client, kind="static")
+        instance.run(_one(fx.PutClient(client)))
+    finally:
+        instance.close()
+    print(f"client_id: {client.client_id}")
+    if "client_secret" in body:
+        print(f"client_secret: {body['client_secret']}")
+        print("(the secret is shown only now; it is stored as a hash)", file=sys.stderr)
+    return 0
+
+
+def _clients(instance: Instance) -> tuple[Client, ...]:
+    return tuple(instance.run(_one(fx.ListClients())))
+
+
+def cmd_clients_list(args: argparse.Namespace) -> int:
+    instance = _open(args)
+    try:
+        clients = _clients(instance)
+    finally:
+        instance.close()
+    if not clients:
+        print("no clients registered", file=sys.stderr)
+        return 0
+    rows = [
+        (c.client_id, c.kind, c.token_endpoint_auth_method, c.client_name or "-", " ".join(c.redirect_uris))
+        for c in sorted(clients, key=lambda c: (c.issued_at, c.client_id))
+    ]
+    _table(rows, ("CLIENT_ID", "KIND", "AUTH", "NAME", "REDIRECT_URIS"))
+    return 0
+
+
+def _client_json(client: Client) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "client_id": client.client_id,
+        "client_name": client.client_name,
+        "kind": client.kind,
+        "redirect_uris": list(client.redirect_uris),
+        "token_endpoint_auth_method": client.token_endpoint_auth_method,
+        "grant_types": list(client.grant_types),
+        "response_types": list(client.response_types),
+        "scope": format_scope(client.scope) if client.scope is not None else None,
+        "client_id_issued_at": client.issued_at,
+        "client_secret_expires_at": client.secret_expires_at if client.is_confidential else None,
+    }
+    for name in ("client_uri", "logo_uri", "tos_uri", "policy_uri", "contacts", "software_id", "software_version"):
+        if name in client.meta:
+            out[name] = client.meta[name]
+    return out
+
+
+def cmd_clients_show(args: argparse.Namespace) -> int:
+    instance = _open(args)
+    try:
+        client = instance.run(_one(fx.GetClient(args.client_id)))
+    finally:
+        instance.close()
+    if client is None:
+        raise CliError(f"no client with id {args.client_id!r}")
+    print(json.dumps(_client_json(client), indent=2))
+    return 0
+
+
+def cmd_clients_revoke(args: argparse.Namespace) -> int:
+    instance = _open(args)
+    try:
+        existed = instance.run(_one(fx.DeleteClient(args.client_id, int(time.time()))))
+    finally:
+        instance.close()
+    if not existed:
+        raise CliError(f"no client with id {args.client_id!r}")
+    print(f"deleted client {args.client_id} and revoked its grants")
+    return 0
+
+
+# -- grants --------------------------------------------------------------------------------
+
+
+def _status(grant: Grant, now: int) -> str:
+    if grant.revoked_at is not None:
+        return "revoked"
+    if grant.expires_at <= now:
+        return "expired"
+    return "active"
+
+
+def cmd_grants_list(args: argparse.Namespace) -> int:
+    instance = _open(args)
+    try:
+        found = instance.run(_one(fx.ListGrants(subject=args.subject, client_id=args.client)))
+        grants: tuple[Grant, ...] = tuple(found)
+    finally:
+        instance.close()
+    if not grants:
+        print("no grants", file=sys.stderr)
+        return 0
+    now = int(time.time())
+    rows = [
+        (g.grant_id, g.subject, g.client_id, format_scope(g.scopes), _when(g.created_at), _status(g, now))
+        for g in sorted(grants, key=lambda g: (g.created_at, g.grant_id))
+    ]
+    _table(rows, ("GRANT_ID", "SUBJECT", "CLIENT_ID", "SCOPES", "CREATED", "STATUS"))
+    return 0
+
+
+def cmd_grants_revoke(args: argparse.Namespace) -> int:
+    instance = _open(args)
+    try:
+        if args.grant is not None:
+            grant = instance.run(_one(fx.GetGrant(args.grant)))
+            if grant is None:
+                raise CliError(f"no grant with id {args.grant!r}")
+            revoked = _revoke_grants(instance, [grant])
+        else:
+            revoked = _revoke_grants(instance, instance.run(_one(fx.ListGrants(subject=args.subject))))
+    finally:
+        instance.close()
+    print(f"revoked {revoked} grant{'s' if revoked != 1 else ''}")
+    return 0
+
+
+# -- keys ----------------------------------------------------------------------------------
+
+
+def cmd_keys_list(args: argparse.Namespace) -> int:
+    instance = _open(args)
+    try:
+        records = tuple(instance.run(_one(fx.GetSigningKeys())))
+        alg = instance.config.signing_alg
+    finally:
+        instance.close()
+    if not records:
+        print("no signing keys yet (one is made when the first token is signed)", file=sys.stderr)
+        return 0
+    now = int(time.time())
+    active = keyset.KeySet(records).active(now, alg)
+    rows = []
+    for record in records:
+        if active is not None and record.kid == active.kid:
+            state = "active"
+        elif record.publish_until > now:
+            state = "published"
+        else:
+            state = "expired"
+        rows.append((record.kid, record.alg, _when(record.created_at), _when(record.signs_until),
+                     _when(record.publish_until), state))
+    _table(rows, ("KID", "ALG", "CREATED", "SIGNS_UNTIL", "PUBLISHED_UNTIL", "STATE"))
+    return 0
+
+
+def cmd_keys_rotate(args: argparse.Namespace) -> int:
+    instance = _open(args)
+    try:
+        ctx = instance.context()
+        keys = instance.run(keyset.rotate(ctx))
+        active = keys.active(ctx.now, instance.config.signing_alg)
+    finally:
+        instance.close()
+    if active is None:
+        raise CliError("the rotation did not produce an active key")
+    print(f"now signing with key {active.kid} ({active.alg}); earlier keys stay published until their tokens expire")
+    return 0
+
+
+# -- serve ---------------------------------------------------------------------------------
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """The listening socket, bound before anything else starts, so a busy port is one clear line."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise CliError(f"cannot listen on {host!r}: {exc.strerror}") from exc
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise CliError(f"port {port} on {host} is already in use; pick another with --port") from exc
+        raise CliError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+    sock.set_inheritable(True)
+    return sock
+
+
+def _banner(settings: Settings, instance: Instance) -> None:
+    mcp_url = settings.resource_url
+    where = "the built-in demo MCP server (tools echo and add)"
+    if settings.upstream:
+        where = f"a proxy to {settings.upstream}"
+    db = instance.path if instance.path == ":memory:" else os.path.abspath(instance.path)
+    lines = [
+        "kavachOS is running.",
+        f"  MCP server URL (paste into your MCP client): {mcp_url}",
+        f"  Issuer (authorization server):               {settings.issuer_url}",
+        f"  Serving at /mcp:                             {where}",
+        f"  Data (SQLite):                               {db}",
+    ]
+    if not instance.users.store.usernames():
+        db_flag = "" if settings.db == "kavach.db" else f" --db {db}"
+        lines += ["", "No users yet. Create a login for the sign-in page with:", f"  {PROG} users add NAME{db_flag}"]
+    lines += ["", "Press Ctrl-C to stop."]
+    print("\n".join(lines), flush=True)
+
+
+def build_app(instance: Instance) -> Any:
+    """The Starlette app: the authorization server's paths and, at ``/mcp``, the guarded MCP server."""
+    from contextlib import asynccontextmanager
+
+    from starlette.applications import Starlette
+    from starlette.routing import Route
+
+    from kavach_core.mcp_methods import McpScopeMap
+
+    from .server import AuthorizationServer
+    from .starlette import KavachGuard, mount
+
+    settings = instance.settings
+    # MCP 2026-07-28 discovery and list-change subscriptions carry no data of their own:
+    # a valid token is enough (the default map fails closed on methods it does not know).
+    scope_map = McpScopeMap(overrides={"server/discover": (), "subscriptions/listen": ()})
+    server = AuthorizationServer(instance.config, instance.store, users=instance.users, scope_map=scope_map)
+    startup: list[Callable[[], contextlib.AbstractAsyncContextManager[None]]] = []
+    closers: list[Callable[[], Any]] = []
+    inner: Any
+    if settings.upstream:
+        from .proxy import UpstreamProxy
+
+        proxy = UpstreamProxy(settings.upstream)
+        inner = proxy
+        closers.append(proxy.aclose)
+    else:
+        from .demo import DemoApp
+
+        demo = DemoApp(settings.issuer_url)
+        inner = demo.app
+        startup.append(demo.lifespan)
+    guard = KavachGuard(inner, server, settings.resource_url)
+
+    @asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        import anyio
+
+        async with contextlib.AsyncExitStack() as stack:
+            for enter in startup:
+                await stack.enter_async_context(enter())
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(_purge_forever, instance)
+                try:
+                    yield
+                finally:
+                    tg.cancel_scope.cancel()
+            for close in closers:
+                await close()
+
+    app = Starlette(routes=[Route(MCP_PATH, guard)], lifespan=lifespan)
+    mount(app, server)
+    return app
+
+
+async def _purge_forever(instance: Instance, every: float = 600.0) -> None:
+    """Drop expired codes, consents, grants and revocation entries now and then."""
+    import anyio
+
+    while True:
+        with contextlib.suppress(Exception):
+            await anyio.to_thread.run_sync(instance.store.purge, int(time.time()))
+        await anyio.sleep(every)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    check_issuer(settings)
+    sock = _bind(settings.host, settings.port)
+    try:
+        instance = Instance(settings)
+    except BaseException:
+        sock.close()
+        raise
+    try:
+        import uvicorn
+
+        app = build_app(instance)
+        config = uvicorn.Config(
+            app,
+            log_level=settings.log_level,
+            lifespan="on",
+            timeout_graceful_shutdown=5,
+            server_header=False,
+            proxy_headers=False,
+        )
+        _banner(settings, instance)
+        uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        sock.close()
+        instance.close()
+    return 0
+
+
+# -- entry point ---------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler = getattr(args, "handler", None)
+    if handler is None:
+        group = getattr(args, "group", None)
+        (group or parser).print_help(sys.stderr)
+        return EXIT_BAD_INPUT
+    try:
+        return int(handler(args))
+    except (CliError, SettingsError, InstanceError) as exc:
+        sys.stderr.write(f"{PROG}: error: {exc}\n")
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        sys.stderr.write("\n")
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

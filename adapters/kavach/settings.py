@@ -1,0 +1,311 @@
+"""The settings of one ``kavach`` process, from flags, ``KAVACH_*`` variables, a TOML file and defaults.
+
+Precedence, highest first: command-line flags, environment variables, the TOML file
+(``--config FILE`` or ``KAVACH_CONFIG``), the defaults below. Every problem is a
+:class:`SettingsError` whose message is one line saying what to change; nothing here reads the
+database or opens a socket.
+
+The TOML file::
+
+    host = "127.0.0.1"            # KAVACH_HOST
+    port = 8000                   # KAVACH_PORT
+    issuer = "https://auth.example.com"   # KAVACH_ISSUER; default http://127.0.0.1:<port>
+    db = "kavach.db"              # KAVACH_DB; relative to this file's directory
+    upstream = "http://127.0.0.1:9000/mcp"   # KAVACH_UPSTREAM
+    allow_insecure_http = false   # KAVACH_ALLOW_INSECURE_HTTP
+    refresh_grace = 10            # KAVACH_REFRESH_GRACE
+    signing_alg = "ES256"         # KAVACH_SIGNING_ALG
+    log_level = "info"            # KAVACH_LOG_LEVEL
+
+    [lifetimes]                   # seconds; KAVACH_<NAME>_LIFETIME, e.g. KAVACH_ACCESS_TOKEN_LIFETIME
+    access_token = 600
+    code = 60
+
+    [resource]                    # the MCP server at <issuer origin>/mcp
+    name = "My tools"
+    default_scopes = ["tools:list", "tools:call"]   # KAVACH_DEFAULT_SCOPES (space separated)
+    [resource.scopes]             # the catalogue: scope = "what the person is told at consent"
+    "tools:list" = "See the list of tools"
+    "tools:call" = "Run any tool"
+
+    [registration]                # dynamic client registration (RFC 7591)
+    mode = "open"                 # KAVACH_REGISTRATION: open | token | closed
+    rate_limit = 20
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import attrs
+
+from kavach_core.config import DEFAULT_MCP_SCOPES, Lifetimes, RegistrationPolicy
+from kavach_core.errors import ConfigurationError
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8000
+DEFAULT_DB = "kavach.db"
+MCP_PATH = "/mcp"
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+
+_TOP_KEYS = frozenset(
+    {"host", "port", "issuer", "db", "upstream", "allow_insecure_http", "refresh_grace", "signing_alg",
+     "log_level", "lifetimes", "resource", "registration"}
+)
+_LIFETIME_KEYS = tuple(f.name for f in attrs.fields(Lifetimes))
+_RESOURCE_KEYS = frozenset({"name", "scopes", "default_scopes"})
+_REGISTRATION_KEYS = frozenset(f.name for f in attrs.fields(RegistrationPolicy))
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off", "")
+
+
+class SettingsError(Exception):
+    """A setting that cannot be used; the message is one line for the person at the terminal."""
+
+
+@attrs.frozen
+class Settings:
+    """Everything a ``kavach`` command needs, resolved and checked for form (not yet for meaning:
+    :class:`kavach_core.config.Config` does that when the instance is built)."""
+
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    issuer: str | None = None
+    db: str = DEFAULT_DB
+    upstream: str | None = None
+    allow_insecure_http: bool = False
+    refresh_grace: int = 10
+    signing_alg: str = "ES256"
+    log_level: str = "info"
+    lifetimes: Mapping[str, int] = attrs.field(factory=dict)
+    resource_name: str = "kavachOS demo MCP server"
+    scopes: tuple[tuple[str, str], ...] = DEFAULT_MCP_SCOPES
+    default_scopes: tuple[str, ...] = ("tools:list", "tools:call")
+    registration: Mapping[str, Any] = attrs.field(factory=dict)
+    config_file: str | None = None
+
+    @property
+    def issuer_url(self) -> str:
+        """The issuer: as configured, else ``http://127.0.0.1:<port>`` (loopback, development)."""
+        return self.issuer if self.issuer is not None else f"http://127.0.0.1:{self.port}"
+
+    @property
+    def resource_url(self) -> str:
+        """The MCP endpoint this server protects: the issuer's origin followed by ``/mcp``."""
+        parts = urlsplit(self.issuer_url)
+        return f"{parts.scheme}://{parts.netloc}{MCP_PATH}"
+
+    def lifetimes_config(self) -> Lifetimes:
+        try:
+            return Lifetimes(**dict(self.lifetimes))
+        except ConfigurationError as exc:
+            raise SettingsError(str(exc)) from exc
+
+    def registration_config(self) -> RegistrationPolicy:
+        try:
+            return RegistrationPolicy(**dict(self.registration))
+        except (ConfigurationError, TypeError) as exc:
+            raise SettingsError(f"registration: {exc}") from exc
+
+
+# -- conversions -------------------------------------------------------------------------
+
+
+def _int(name: str, value: object, source: str) -> int:
+    if isinstance(value, bool):
+        raise SettingsError(f"{source}: {name} must be a whole number, not {value!r}")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str):
+        try:
+            return int(value.strip(), 10)
+        except ValueError:
+            pass
+    raise SettingsError(f"{source}: {name} must be a whole number, not {value!r}")
+
+
+def _bool(name: str, value: object, source: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
+        return value.strip().lower() in _TRUE
+    raise SettingsError(f"{source}: {name} must be true or false, not {value!r}")
+
+
+def _str(name: str, value: object, source: str) -> str:
+    if not isinstance(value, str):
+        raise SettingsError(f"{source}: {name} must be a string, not {value!r}")
+    return value
+
+
+def _port(value: int, source: str) -> int:
+    if not 0 < value < 65536:
+        raise SettingsError(f"{source}: port must be between 1 and 65535, not {value}")
+    return value
+
+
+def _scope_list(name: str, value: object, source: str) -> tuple[str, ...]:
+    if isinstance(value, str):
+        return tuple(value.split())
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return tuple(value)
+    raise SettingsError(f"{source}: {name} must be a list of scopes")
+
+
+# -- the TOML file ------------------------------------------------------------------------
+
+
+def read_toml(path: str) -> dict[str, Any]:
+    """The parsed file, or a one-line :class:`SettingsError` (missing, unreadable, not TOML)."""
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError as exc:
+        raise SettingsError(f"config file {path!r} does not exist") from exc
+    except IsADirectoryError as exc:
+        raise SettingsError(f"config file {path!r} is a directory") from exc
+    except OSError as exc:
+        raise SettingsError(f"cannot read config file {path!r}: {exc.strerror or exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsError(f"config file {path!r} is not valid TOML: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise SettingsError(f"config file {path!r} is not UTF-8 text") from exc
+
+
+def _from_toml(path: str) -> dict[str, Any]:
+    data = read_toml(path)
+    src = f"config file {path!r}"
+    unknown = sorted(set(data) - _TOP_KEYS)
+    if unknown:
+        raise SettingsError(f"{src}: unknown setting {unknown[0]!r}")
+    out: dict[str, Any] = {}
+    base = Path(path).absolute().parent
+    for key in ("host", "issuer", "upstream", "signing_alg", "log_level"):
+        if key in data:
+            out[key] = _str(key, data[key], src)
+    if "db" in data:
+        db = _str("db", data["db"], src)
+        out["db"] = db if db == ":memory:" or os.path.isabs(db) else str(base / db)
+    if "port" in data:
+        out["port"] = _port(_int("port", data["port"], src), src)
+    if "refresh_grace" in data:
+        out["refresh_grace"] = _int("refresh_grace", data["refresh_grace"], src)
+    if "allow_insecure_http" in data:
+        out["allow_insecure_http"] = _bool("allow_insecure_http", data["allow_insecure_http"], src)
+    if "lifetimes" in data:
+        table = data["lifetimes"]
+        if not isinstance(table, dict):
+            raise SettingsError(f"{src}: [lifetimes] must be a table")
+        for key, value in table.items():
+            if key not in _LIFETIME_KEYS:
+                raise SettingsError(f"{src}: unknown lifetime {key!r} (known: {', '.join(_LIFETIME_KEYS)})")
+            out.setdefault("lifetimes", {})[key] = _int(f"lifetimes.{key}", value, src)
+    if "resource" in data:
+        out.update(_resource_table(data["resource"], src))
+    if "registration" in data:
+        table = data["registration"]
+        if not isinstance(table, dict):
+            raise SettingsError(f"{src}: [registration] must be a table")
+        unknown = sorted(set(table) - _REGISTRATION_KEYS)
+        if unknown:
+            raise SettingsError(f"{src}: unknown registration setting {unknown[0]!r}")
+        out["registration"] = dict(table)
+    return out
+
+
+def _resource_table(table: object, src: str) -> dict[str, Any]:
+    if not isinstance(table, dict):
+        raise SettingsError(f"{src}: [resource] must be a table")
+    unknown = sorted(set(table) - _RESOURCE_KEYS)
+    if unknown:
+        raise SettingsError(f"{src}: unknown resource setting {unknown[0]!r}")
+    out: dict[str, Any] = {}
+    if "name" in table:
+        out["resource_name"] = _str("resource.name", table["name"], src)
+    if "scopes" in table:
+        scopes = table["scopes"]
+        if isinstance(scopes, dict):
+            pairs = tuple((str(k), _str(f"resource.scopes.{k}", v, src)) for k, v in scopes.items())
+        elif isinstance(scopes, list) and all(isinstance(s, str) for s in scopes):
+            pairs = tuple((s, "") for s in scopes)
+        else:
+            raise SettingsError(f"{src}: resource.scopes must be a table of scope = description")
+        out["scopes"] = pairs
+    if "default_scopes" in table:
+        out["default_scopes"] = _scope_list("resource.default_scopes", table["default_scopes"], src)
+    return out
+
+
+# -- the environment ----------------------------------------------------------------------
+
+
+def _from_env(environ: Mapping[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key in ("host", "issuer", "db", "upstream", "signing_alg", "log_level"):
+        value = environ.get(f"KAVACH_{key.upper()}")
+        if value:
+            out[key] = value
+    if environ.get("KAVACH_PORT"):
+        out["port"] = _port(_int("KAVACH_PORT", environ["KAVACH_PORT"], "environment"), "KAVACH_PORT")
+    if environ.get("KAVACH_REFRESH_GRACE"):
+        out["refresh_grace"] = _int("KAVACH_REFRESH_GRACE", environ["KAVACH_REFRESH_GRACE"], "environment")
+    if "KAVACH_ALLOW_INSECURE_HTTP" in environ:
+        out["allow_insecure_http"] = _bool(
+            "KAVACH_ALLOW_INSECURE_HTTP", environ["KAVACH_ALLOW_INSECURE_HTTP"], "environment"
+        )
+    for key in _LIFETIME_KEYS:
+        name = f"KAVACH_{key.upper()}_LIFETIME"
+        if environ.get(name):
+            out.setdefault("lifetimes", {})[key] = _int(name, environ[name], "environment")
+    if environ.get("KAVACH_DEFAULT_SCOPES"):
+        out["default_scopes"] = tuple(environ["KAVACH_DEFAULT_SCOPES"].split())
+    if environ.get("KAVACH_REGISTRATION"):
+        out["registration"] = {"mode": environ["KAVACH_REGISTRATION"]}
+    return out
+
+
+# -- putting it together ------------------------------------------------------------------
+
+
+def resolve(flags: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> Settings:
+    """Merge ``flags`` (``None`` values mean "not given") over the environment, the TOML file
+    and the defaults."""
+    env = os.environ if environ is None else environ
+    given = {k: v for k, v in flags.items() if v is not None}
+    config_file = given.pop("config", None) or env.get("KAVACH_CONFIG") or None
+    merged: dict[str, Any] = {}
+    if config_file:
+        merged.update(_from_toml(config_file))
+    from_env = _from_env(env)
+    for key in ("lifetimes", "registration"):
+        if key in from_env and key in merged:
+            from_env[key] = {**merged[key], **from_env[key]}
+    merged.update(from_env)
+    if given.get("allow_insecure_http") is False:
+        given.pop("allow_insecure_http")
+    if "port" in given:
+        given["port"] = _port(int(given["port"]), "--port")
+    merged.update(given)
+    level = str(merged.get("log_level", "info")).lower()
+    if level not in LOG_LEVELS:
+        raise SettingsError(f"log_level must be one of {', '.join(LOG_LEVELS)}, not {level!r}")
+    merged["log_level"] = level
+    if merged.get("db") == "":
+        raise SettingsError("the database path is empty; give --db PATH")
+    if merged.get("upstream") is not None:
+        merged["upstream"] = _check_upstream(str(merged["upstream"]))
+    return Settings(config_file=config_file, **merged)
+
+
+def _check_upstream(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise SettingsError(f"upstream {url!r} must be an absolute http(s) URL of an MCP endpoint")
+    if parts.fragment:
+        raise SettingsError(f"upstream {url!r} must not have a fragment")
+    return url
