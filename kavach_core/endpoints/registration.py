@@ -85,7 +85,8 @@ def _bad_token() -> OAuthError:
 
 def _bearer_challenge(err: OAuthError) -> tuple[tuple[str, str], ...]:
     """RFC 6750 §3: a missing token gets a bare challenge, a bad one ``error="invalid_token"``."""
-    if err == _missing_token():
+    missing = _missing_token()
+    if (err.error, err.description, err.status) == (missing.error, missing.description, missing.status):
         return (("WWW-Authenticate", BEARER_CHALLENGE),)
     if err.status == 401:
         return (("WWW-Authenticate", f'{BEARER_CHALLENGE} error="invalid_token"'),)
