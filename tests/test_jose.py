@@ -190,7 +190,9 @@ def test_non_canonical_base64url_is_refused(es_pair: SigningKeyPair) -> None:
         f"{h64}.{p64}.{_non_canonical(s64)}",
         f"{h64}.{p64}.{s64}==",
         f"{h64}=.{p64}.{s64}",
-        f"{h64}.{p64}.{s64.replace('-', '+').replace('_', '/')}" if ("-" in s64 or "_" in s64) else f"{h64}.{p64}.{s64}+",
+        f"{h64}.{p64}.{s64.replace('-', '+').replace('_', '/')}"
+        if ("-" in s64 or "_" in s64)
+        else f"{h64}.{p64}.{s64}+",
         f"{h64}.{p64}. {s64}",
     ]
     if len(h64) % 4:
@@ -204,7 +206,9 @@ def test_duplicate_json_members_are_refused(es_pair: SigningKeyPair) -> None:
     """RFC 7515 §5.2 step 4: duplicate header (or payload) member names are rejected, even when signed."""
     header = f'{{"alg":"ES256","kid":"{es_pair.kid}","typ":"at+jwt","kid":"{es_pair.kid}"}}'
     _reject(forge(es_pair, header, {"a": 1}), keymap(es_pair))
-    _reject(forge(es_pair, header_for(es_pair), '{"aud":"https://a.example","aud":"https://b.example"}'), keymap(es_pair))
+    _reject(
+        forge(es_pair, header_for(es_pair), '{"aud":"https://a.example","aud":"https://b.example"}'), keymap(es_pair)
+    )
 
 
 @pytest.mark.parametrize("payload", ['{"exp":NaN}', '{"exp":Infinity}', "[1,2]", '"text"', "{", ""])
@@ -297,7 +301,10 @@ def test_arbitrary_text_raises_only_jose_error(es_pair: SigningKeyPair, token: s
 
 @settings(max_examples=300, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
-    header=st.one_of(_json_text, st.dictionaries(st.sampled_from(["alg", "kid", "typ", "crit", "jwk"]), st.text(max_size=8)).map(json.dumps)),
+    header=st.one_of(
+        _json_text,
+        st.dictionaries(st.sampled_from(["alg", "kid", "typ", "crit", "jwk"]), st.text(max_size=8)).map(json.dumps),
+    ),
     payload=_json_text,
     signature=_b64_segment,
 )

@@ -192,7 +192,9 @@ def test_algorithm_is_fixed_by_the_stored_key(h: Harness) -> None:
 def test_unloadable_record_is_left_out_of_the_key_set(h: Harness) -> None:
     h.run(keys.current(h.ctx()))
     good = h.store.keys[0]
-    bad = SigningKey("bad", "ES256", b"-----BEGIN PRIVATE KEY-----\nnope\n-----END PRIVATE KEY-----\n", START, START + 10, START + 99)
+    bad = SigningKey(
+        "bad", "ES256", b"-----BEGIN PRIVATE KEY-----\nnope\n-----END PRIVATE KEY-----\n", START, START + 10, START + 99
+    )
     with pytest.raises(JoseError):
         keys.load(bad)
     keyset = KeySet((bad, good))

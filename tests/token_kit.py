@@ -33,7 +33,9 @@ def verifying(h: Harness) -> dict[str, VerifyingKey]:
     return dict(keys.KeySet(h.store.keys).verifying_keys(h.now))
 
 
-def put_grant(h: Harness, grant_id: str = "grant-1", *, scopes: tuple[str, ...] = ("tools:list", "tools:call")) -> Grant:
+def put_grant(
+    h: Harness, grant_id: str = "grant-1", *, scopes: tuple[str, ...] = ("tools:list", "tools:call")
+) -> Grant:
     grant = Grant(
         grant_id=grant_id,
         subject="alice",
