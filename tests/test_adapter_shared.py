@@ -1,0 +1,180 @@
+"""The adapters' shared modules on their own: request translation, failures, cookies, users."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from conftest import RESOURCE, make_config
+from kavach.server import CLIENT_ADDRESS_HEADER, AuthorizationServer, incoming
+from kavach.sessions import Cookies, parse_cookies
+from kavach.users import MemoryUsers, SQLiteUsers, Users, hash_password, verify_password
+
+from kavach_core.drivers import StoreUnavailable
+from kavach_core.http import HttpRequest
+from kavach_core.memory_store import MemoryStore
+
+
+class _Down:
+    def perform(self, effect: Any) -> Any:
+        raise StoreUnavailable("database is locked")
+
+
+class _Broken:
+    def perform(self, effect: Any) -> Any:
+        raise RuntimeError("secret internal detail /etc/passwd")
+
+
+def _server(store: Any, **kw: Any) -> AuthorizationServer:
+    kw.setdefault("users", Users(MemoryUsers(), log_n=10))
+    return AuthorizationServer(make_config(), store, **kw)
+
+
+JWKS = HttpRequest("GET", "/jwks.json")
+
+
+def test_incoming_replaces_a_spoofed_client_address_with_the_peer() -> None:
+    req = incoming("post", "/register", b"a=1&a=2&b=", [(CLIENT_ADDRESS_HEADER.lower(), "1.2.3.4")], b"{}", "9.9.9.9")
+    assert req.method == "POST"
+    assert req.query == (("a", "1"), ("a", "2"), ("b", ""))
+    assert req.header_values(CLIENT_ADDRESS_HEADER) == ["9.9.9.9"]
+    assert incoming("GET", "/", "", [(CLIENT_ADDRESS_HEADER, "x")], b"", None).header(CLIENT_ADDRESS_HEADER) is None
+
+
+def test_store_unavailable_is_503_temporarily_unavailable() -> None:
+    r = _server(_Down()).handle(JWKS)
+    assert r.status == 503 and r.json() == {"error": "temporarily_unavailable"}
+    assert r.header("Cache-Control") == "no-store"
+    r = asyncio.run(_server(_Down()).ahandle(JWKS))
+    assert r.status == 503
+
+
+def test_gn_03_unexpected_error_is_500_without_details(caplog: pytest.LogCaptureFixture) -> None:
+    r = _server(_Broken()).handle(JWKS)
+    assert r.status == 500 and r.json() == {"error": "server_error"}
+    assert b"passwd" not in r.body and b"Traceback" not in r.body
+    assert "passwd" in caplog.text  # logged server-side
+    assert asyncio.run(_server(_Broken()).ahandle(JWKS)).status == 500
+
+
+def test_guard_failures_are_503_and_500() -> None:
+    req = HttpRequest("POST", "/mcp", headers=[("Authorization", "Bearer abc.def.ghi")], body=b"{}")
+    assert _server(_Down()).guard(RESOURCE, req, ()).status == 503  # type: ignore[union-attr]
+    assert asyncio.run(_server(_Broken()).aguard(RESOURCE, req, ())).status == 500  # type: ignore[union-attr]
+
+
+def test_a_way_to_sign_in_is_required() -> None:
+    with pytest.raises(ValueError, match="users="):
+        AuthorizationServer(make_config(), MemoryStore())
+
+
+def test_unknown_resource_is_refused_at_construction() -> None:
+    with pytest.raises(ValueError):
+        _server(MemoryStore()).protected("https://elsewhere.example/mcp")
+    assert _server(MemoryStore()).protected("HTTPS://MCP.example.com/mcp/") == RESOURCE
+
+
+def test_paths_include_metadata_endpoints_and_forms() -> None:
+    server = _server(MemoryStore())
+    paths = server.paths()
+    for path in ("/.well-known/oauth-authorization-server", "/authorize", "/token", "/register",
+                 "/.well-known/oauth-protected-resource/mcp", "/authorize/login", "/authorize/decision"):
+        assert path in paths
+
+
+def test_forms_refuse_get_and_non_form_bodies() -> None:
+    server = _server(MemoryStore())
+    assert server.handle(HttpRequest("GET", server.decision_path)).status == 405
+    bad = HttpRequest("POST", server.login_path, headers=[("Content-Type", "application/json")], body=b"{}")
+    r = server.handle(bad)
+    assert r.status == 400 and r.header("X-Frame-Options") == "DENY"
+
+
+def test_login_url_hook_sends_the_person_to_the_applications_login() -> None:
+    from kavach_core.records import Client
+
+    store = MemoryStore()
+    store.clients["c1"] = Client("c1", ("https://app.example.com/cb",), client_name="App")
+    server = AuthorizationServer(
+        make_config(), store, identify=lambda req: None, login_url=lambda back: "https://sso.example/login?next=" + back
+    )
+    req = HttpRequest(
+        "GET",
+        "/authorize",
+        query=[("response_type", "code"), ("client_id", "c1"), ("code_challenge", "E" * 43),
+               ("code_challenge_method", "S256"), ("resource", RESOURCE)],
+    )
+    r = server.handle(req)
+    assert r.status == 303
+    assert (r.header("Location") or "").startswith("https://sso.example/login?next=/authorize/consent?ticket=")
+
+
+# -- cookies -------------------------------------------------------------------------------------
+
+
+def test_session_cookie_is_host_prefixed_and_secure_under_https() -> None:
+    cookies = Cookies(make_config())
+    name, value = cookies.session_cookie("alice", now=1000)
+    assert name == "Set-Cookie"
+    assert value.startswith("__Host-kavach-session=")
+    for part in ("Path=/", "HttpOnly", "SameSite=Lax", "Secure"):
+        assert part in value
+    jar = parse_cookies([value.split(";")[0]])
+    assert cookies.session_subject(jar, 1001) == "alice"
+    assert cookies.session_subject(jar, 1000 + cookies.session_lifetime) is None  # expired
+
+
+def test_session_cookie_cannot_be_forged() -> None:
+    cookies = Cookies(make_config())
+    _, value = cookies.session_cookie("alice", now=1000)
+    token = value.split(";")[0].split("=", 1)[1]
+    payload, mac = token.split(".")
+    forged_payload = payload[:-2] + ("AA" if payload[-2:] != "AA" else "BB")
+    for bad in (f"{forged_payload}.{mac}", f"{payload}.{mac[:-1]}", "garbage", "", "a.b.c"):
+        assert cookies.session_subject({cookies.session_name: bad}, 1001) is None
+    other = Cookies(make_config(secret=b"z" * 32))
+    assert other.session_subject({other.session_name: token}, 1001) is None
+
+
+def test_csrf_token_is_bound_to_browser_form_and_ticket() -> None:
+    cookies = Cookies(make_config())
+    browser, set_cookie = cookies.browser_id({})
+    assert set_cookie is not None and "HttpOnly" in set_cookie[1]
+    jar = {cookies.browser_name: browser}
+    token = cookies.csrf_token(browser, "consent", "T1")
+    assert cookies.csrf_valid(jar, "consent", "T1", token)
+    assert not cookies.csrf_valid(jar, "consent", "T2", token)
+    assert not cookies.csrf_valid(jar, "login", "T1", token)
+    assert not cookies.csrf_valid({cookies.browser_name: cookies.browser_id({})[0]}, "consent", "T1", token)
+    assert not cookies.csrf_valid({}, "consent", "T1", token)
+    assert not cookies.csrf_valid(jar, "consent", "T1", None)
+
+
+# -- users ---------------------------------------------------------------------------------------
+
+
+def test_scrypt_hash_verifies_and_is_salted() -> None:
+    one, two = hash_password("pw", log_n=10), hash_password("pw", log_n=10)
+    assert one != two and one.startswith("scrypt$10$8$1$")
+    assert verify_password("pw", one) and not verify_password("pW", one)
+    for bad in ("", "scrypt$", "bcrypt$10$8$1$AA$AA", "scrypt$40$8$1$AA$AA", one.replace("$10$", "$x$")):
+        assert not verify_password("pw", bad)
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+def test_users_authenticate(kind: str, tmp_path: Any) -> None:
+    store = MemoryUsers() if kind == "memory" else SQLiteUsers(str(tmp_path / "u.db"))
+    users = Users(store, log_n=10)
+    users.add("alice", "s3cret")
+    users.add(" alice ", "n3w")  # normalised: replaces
+    assert store.usernames() == ("alice",)
+    assert users.authenticate("alice", "n3w") == "alice"
+    assert users.authenticate("alice", "s3cret") is None
+    assert users.authenticate("bob", "n3w") is None
+    assert users.authenticate("", "x") is None
+    assert users.remove("alice") and not users.remove("alice")
+    with pytest.raises(ValueError):
+        users.add("", "x")
+    with pytest.raises(ValueError):
+        users.add("carol", "")
