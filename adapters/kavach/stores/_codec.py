@@ -1,0 +1,146 @@
+"""Records <-> JSON and records <-> table rows, written once for every store.
+
+Each record class of :mod:`kavach_core.records` is a frozen attrs class whose fields are
+strings, integers, booleans, ``bytes`` (a signing key's PEM), tuples of strings, or optional
+versions of those. A :class:`RecordCodec` knows which field is which and converts:
+
+- to and from a JSON object (Redis values): tuples become arrays, ``bytes`` become unpadded
+  base64url text; unknown keys are ignored and missing keys take the field's default, so a
+  record written by an older kavachOS (fewer fields) still reads;
+- to and from a row in field order (SQL stores): tuples become whatever ``tuple_dumper``
+  makes of them (a list for PostgreSQL ``text[]``, JSON text for SQLite) and come back from a
+  list or JSON text.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import types
+import typing
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Generic, TypeVar
+
+import attrs
+
+from kavach_core.records import AuthorizationCode, Client, Grant, PendingAuthorization, SigningKey
+
+__all__ = ["CLIENTS", "CODES", "GRANTS", "KEYS", "PENDING", "RecordCodec", "b64d", "b64e"]
+
+R = TypeVar("R")
+
+
+def b64e(data: bytes) -> str:
+    """Unpadded base64url text."""
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def b64d(text: str) -> bytes:
+    """Inverse of :func:`b64e` (padding optional)."""
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _kind(annotation: Any) -> str:
+    """``tuple``, ``bytes``, ``bool`` or ``plain`` for a field's (possibly optional) type."""
+    options: tuple[Any, ...] = (annotation,)
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        options = tuple(a for a in typing.get_args(annotation) if a is not type(None))
+    for option in options:
+        if option is tuple or typing.get_origin(option) is tuple:
+            return "tuple"
+        if option is bytes:
+            return "bytes"
+        if option is bool:
+            return "bool"
+    return "plain"
+
+
+class RecordCodec(Generic[R]):
+    """Converts one record class to and from JSON objects and rows (see the module docstring)."""
+
+    def __init__(self, record: type[R]) -> None:
+        self.record = record
+        hints = typing.get_type_hints(record)
+        fields = attrs.fields(record)  # type: ignore[arg-type]
+        self.fields: tuple[str, ...] = tuple(f.name for f in fields)
+        self._kinds: dict[str, str] = {f.name: _kind(hints[f.name]) for f in fields}
+        self._required = frozenset(f.name for f in fields if f.default is attrs.NOTHING)
+
+    # -- JSON ------------------------------------------------------------------------------
+
+    def to_dict(self, record: R) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name in self.fields:
+            value = getattr(record, name)
+            kind = self._kinds[name]
+            if value is not None:
+                if kind == "tuple":
+                    value = list(value)
+                elif kind == "bytes":
+                    value = b64e(value)
+            out[name] = value
+        return out
+
+    def from_dict(self, data: Mapping[str, Any]) -> R:
+        missing = self._required - data.keys()
+        if missing:
+            raise ValueError(f"{self.record.__name__} record lacks {sorted(missing)}")
+        kwargs: dict[str, Any] = {}
+        for name in self.fields:
+            if name not in data:
+                continue
+            value = data[name]
+            kind = self._kinds[name]
+            if value is not None:
+                if kind == "tuple":
+                    value = tuple(value)
+                elif kind == "bytes":
+                    value = b64d(value)
+                elif kind == "bool":
+                    value = bool(value)
+            kwargs[name] = value
+        return self.record(**kwargs)
+
+    def dumps(self, record: R) -> str:
+        """Compact JSON text of ``record``."""
+        return json.dumps(self.to_dict(record), separators=(",", ":"), ensure_ascii=False)
+
+    def loads(self, text: str | bytes) -> R:
+        data = json.loads(text)
+        if not isinstance(data, dict):
+            raise ValueError(f"stored {self.record.__name__} is not a JSON object")
+        return self.from_dict(data)
+
+    # -- rows --------------------------------------------------------------------------------
+
+    def to_row(self, record: R, tuple_dumper: Callable[[tuple[str, ...]], Any] = list) -> tuple[Any, ...]:
+        """Values in field order; tuples through ``tuple_dumper``, everything else as is."""
+        values: list[Any] = []
+        for name in self.fields:
+            value = getattr(record, name)
+            if value is not None and self._kinds[name] == "tuple":
+                value = tuple_dumper(value)
+            values.append(value)
+        return tuple(values)
+
+    def from_row(self, row: Sequence[Any]) -> R:
+        """Inverse of :meth:`to_row`: tuples from a list/array or JSON text, booleans from 0/1."""
+        kwargs: dict[str, Any] = {}
+        for name, value in zip(self.fields, row, strict=True):
+            kind = self._kinds[name]
+            if value is not None:
+                if kind == "tuple":
+                    value = tuple(json.loads(value) if isinstance(value, str) else value)
+                elif kind == "bool":
+                    value = bool(value)
+                elif kind == "bytes":
+                    value = bytes(value)
+            kwargs[name] = value
+        return self.record(**kwargs)
+
+
+CLIENTS = RecordCodec(Client)
+PENDING = RecordCodec(PendingAuthorization)
+CODES = RecordCodec(AuthorizationCode)
+GRANTS = RecordCodec(Grant)
+KEYS = RecordCodec(SigningKey)

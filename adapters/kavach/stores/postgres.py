@@ -1,0 +1,687 @@
+"""The PostgreSQL store: several kavach processes sharing one database (psycopg 3).
+
+Guarantees:
+
+- Every effect in :mod:`kavach_core.effects` (except the outbound ``FetchDocument``) is one
+  atomic step for every process sharing the database, with results identical to
+  :class:`kavach_core.memory_store.MemoryStore`:
+
+  - code redemption (``ConsumeCode``) is a single statement: ``UPDATE codes ... WHERE NOT
+    consumed RETURNING`` feeding an ``INSERT INTO grants`` in the same statement, so of any
+    number of concurrent redemptions exactly one consumes the code and stores the grant;
+  - refresh rotation (``RotateRefresh``) reads the family with ``SELECT ... FOR UPDATE`` and
+    writes the outcome in the same short transaction (concurrent rotations queue on the row);
+  - consent tickets are taken with ``DELETE ... RETURNING``; revocations, rate-limit hits and
+    client deletion (the client and its grants) are single statements;
+  - a signing-key swap locks the key table (``EXCLUSIVE`` mode: readers go on) for its
+    compare-and-set, so a rotation is decided once for the whole cluster.
+- The schema is versioned: ``<schema>.schema_version`` holds one row per applied migration.
+  The first use by a process takes a transaction-scoped advisory lock and applies the missing
+  migrations in order in that transaction, so processes starting together migrate once; a
+  database migrated by a newer kavachOS is refused with :class:`SchemaVersionError`.
+- Connections come from psycopg_pool pools (one for threads, one per event loop for
+  ``aperform``), opened on first use; a pooled connection is checked before it is lent, so a
+  connection killed while idle (server restart, ``pg_terminate_backend``) is replaced quietly.
+- A database that cannot be reached, or a connection lost during an effect, raises
+  :class:`kavach_core.drivers.StoreUnavailable` (the endpoint answers 503). The transaction
+  of that effect is rolled back by the server: no partial state. When the database returns,
+  the next call works again.
+- ``purge(now)`` deletes what has expired.
+- Signing keys' private PEMs are encrypted at rest when a store key is configured (``store_key``
+  or ``KAVACH_STORE_KEY``): AES-GCM with the kid as associated data, see :mod:`kavach.stores._sealing`.
+
+All tables live in one schema (``schema``, default ``kavach``; also accepted as a ``schema``
+query parameter of the URL), so several deployments, or test runs, can share one database.
+"""
+
+# ruff: noqa: S608 -- SQL text is built from fixed identifiers and a validated schema name only;
+# every value travels as a bound parameter.
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import re
+import threading
+from collections.abc import Callable, Generator, Sequence
+from typing import Any, TypeVar
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import attrs
+import psycopg
+import psycopg.errors
+from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
+
+from kavach_core import effects as fx
+from kavach_core.drivers import StoreUnavailable
+from kavach_core.records import AuthorizationCode, Client, Grant, PendingAuthorization, SigningKey
+
+from ._codec import CLIENTS, CODES, GRANTS, KEYS, PENDING
+from ._sealing import KeySealer, seal, sealer_from, unseal
+
+__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "PostgresStore", "PostgresStoreError", "SchemaVersionError"]
+
+T = TypeVar("T")
+Rows = list[tuple[Any, ...]]
+Query = tuple[str, Sequence[Any]]
+Plan = Generator[Query, Rows, T]
+"""A handler: yields queries, receives each one's rows, returns the effect's result."""
+
+
+class PostgresStoreError(Exception):
+    """The database cannot be used as a kavachOS store (bad schema name, foreign schema)."""
+
+
+class SchemaVersionError(PostgresStoreError):
+    """The schema was migrated by a newer kavachOS than this one; it is left untouched."""
+
+
+# -- schema ------------------------------------------------------------------------------------
+# ``{s}`` is the quoted schema name. Migrations are history: append new ones, never edit.
+
+_MIGRATION_1 = """
+CREATE TABLE {s}.clients (
+    seq bigint GENERATED ALWAYS AS IDENTITY,
+    client_id text PRIMARY KEY,
+    redirect_uris text[] NOT NULL,
+    token_endpoint_auth_method text NOT NULL,
+    secret_hash text,
+    grant_types text[] NOT NULL,
+    response_types text[] NOT NULL,
+    client_name text NOT NULL,
+    scope text[],
+    kind text NOT NULL,
+    issued_at bigint NOT NULL,
+    secret_expires_at bigint NOT NULL,
+    metadata text NOT NULL,
+    expires_at bigint
+);
+CREATE INDEX clients_seq ON {s}.clients (seq);
+CREATE INDEX clients_expires_at ON {s}.clients (expires_at) WHERE expires_at IS NOT NULL;
+CREATE TABLE {s}.pending (
+    ticket_hash text PRIMARY KEY,
+    client_id text NOT NULL,
+    redirect_uri text NOT NULL,
+    redirect_uri_given boolean NOT NULL,
+    state text,
+    code_challenge text NOT NULL,
+    resources text[] NOT NULL,
+    scopes text[] NOT NULL,
+    created_at bigint NOT NULL,
+    expires_at bigint NOT NULL
+);
+CREATE INDEX pending_expires_at ON {s}.pending (expires_at);
+CREATE TABLE {s}.codes (
+    code_hash text PRIMARY KEY,
+    client_id text NOT NULL,
+    redirect_uri text NOT NULL,
+    redirect_uri_given boolean NOT NULL,
+    code_challenge text NOT NULL,
+    resources text[] NOT NULL,
+    scopes text[] NOT NULL,
+    subject text NOT NULL,
+    grant_id text NOT NULL,
+    issued_at bigint NOT NULL,
+    expires_at bigint NOT NULL,
+    consumed boolean NOT NULL
+);
+CREATE INDEX codes_expires_at ON {s}.codes (expires_at);
+CREATE TABLE {s}.grants (
+    seq bigint GENERATED ALWAYS AS IDENTITY,
+    grant_id text PRIMARY KEY,
+    subject text NOT NULL,
+    client_id text NOT NULL,
+    resources text[] NOT NULL,
+    scopes text[] NOT NULL,
+    created_at bigint NOT NULL,
+    expires_at bigint NOT NULL,
+    refresh_generation bigint NOT NULL,
+    refresh_hash text NOT NULL,
+    refresh_expires_at bigint NOT NULL,
+    rotated_at bigint NOT NULL,
+    revoked_at bigint
+);
+CREATE INDEX grants_seq ON {s}.grants (seq);
+CREATE INDEX grants_subject ON {s}.grants (subject);
+CREATE INDEX grants_client_id ON {s}.grants (client_id);
+CREATE INDEX grants_expires_at ON {s}.grants (expires_at);
+CREATE TABLE {s}.revoked_tokens (
+    jti text PRIMARY KEY,
+    expires_at bigint NOT NULL
+);
+CREATE INDEX revoked_tokens_expires_at ON {s}.revoked_tokens (expires_at);
+CREATE TABLE {s}.signing_keys (
+    position integer PRIMARY KEY,
+    kid text NOT NULL UNIQUE,
+    alg text NOT NULL,
+    private_pem bytea NOT NULL,
+    created_at bigint NOT NULL,
+    signs_until bigint NOT NULL,
+    publish_until bigint NOT NULL
+);
+CREATE TABLE {s}.rate_limits (
+    bucket text NOT NULL,
+    window_end bigint NOT NULL,
+    count bigint NOT NULL,
+    PRIMARY KEY (bucket, window_end)
+);
+CREATE INDEX rate_limits_window_end ON {s}.rate_limits (window_end);
+"""
+
+MIGRATIONS: tuple[tuple[str, str], ...] = (("the records of kavach_core.records", _MIGRATION_1),)
+"""``MIGRATIONS[n]`` (description, SQL) takes a version-``n`` schema to version ``n + 1``."""
+
+SCHEMA_VERSION = len(MIGRATIONS)
+
+_SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+
+_CLIENT_COLS = ", ".join(CLIENTS.fields)
+_PENDING_COLS = ", ".join(PENDING.fields)
+_CODE_COLS = ", ".join(CODES.fields)
+_GRANT_COLS = ", ".join(GRANTS.fields)
+_KEY_COLS = ", ".join(KEYS.fields)
+
+
+def _upsert(table: str, columns: Sequence[str], key: str) -> str:
+    marks = ", ".join("%s" for _ in columns)
+    updates = ", ".join(f"{c} = excluded.{c}" for c in columns if c != key)
+    insert = f"INSERT INTO {{s}}.{table} ({', '.join(columns)}) VALUES ({marks})"
+    return f"{insert} ON CONFLICT ({key}) DO UPDATE SET {updates}"
+
+
+# Column types of the grant, for the casts of ConsumeCode's INSERT ... SELECT (parameters in a
+# SELECT list have no target column to take their type from).
+_GRANT_TYPES = {
+    "resources": "text[]",
+    "scopes": "text[]",
+    "created_at": "bigint",
+    "expires_at": "bigint",
+    "refresh_generation": "bigint",
+    "refresh_expires_at": "bigint",
+    "rotated_at": "bigint",
+    "revoked_at": "bigint",
+}
+
+_SQL_TEMPLATES = {
+    "get_client": f"SELECT {_CLIENT_COLS} FROM {{s}}.clients WHERE client_id = %s",
+    "put_client": _upsert("clients", CLIENTS.fields, "client_id"),
+    "delete_client": (
+        "WITH gone AS (DELETE FROM {s}.clients WHERE client_id = %s RETURNING 1),"
+        " revoked AS (UPDATE {s}.grants SET revoked_at = %s WHERE client_id = %s AND revoked_at IS NULL RETURNING 1)"
+        " SELECT (SELECT count(*) FROM gone), (SELECT count(*) FROM revoked)"
+    ),
+    "list_clients": f"SELECT {_CLIENT_COLS} FROM {{s}}.clients ORDER BY seq",
+    "put_pending": _upsert("pending", PENDING.fields, "ticket_hash"),
+    "get_pending": f"SELECT {_PENDING_COLS} FROM {{s}}.pending WHERE ticket_hash = %s AND expires_at > %s",
+    "take_pending": f"DELETE FROM {{s}}.pending WHERE ticket_hash = %s RETURNING {_PENDING_COLS}",
+    "put_code": _upsert("codes", CODES.fields, "code_hash"),
+    "get_code": f"SELECT {_CODE_COLS} FROM {{s}}.codes WHERE code_hash = %s",
+    "consume_code": (
+        "WITH taken AS (UPDATE {s}.codes SET consumed = true WHERE code_hash = %s AND NOT consumed RETURNING 1),"
+        f" stored AS (INSERT INTO {{s}}.grants ({_GRANT_COLS})"
+        f" SELECT {', '.join('%s::' + _GRANT_TYPES.get(c, 'text') for c in GRANTS.fields)} FROM taken"
+        " ON CONFLICT (grant_id) DO UPDATE SET "
+        + ", ".join(f"{c} = excluded.{c}" for c in GRANTS.fields if c != "grant_id")
+        + " RETURNING 1)"
+        " SELECT (SELECT count(*) FROM taken), (SELECT count(*) FROM stored)"
+    ),
+    "get_grant": f"SELECT {_GRANT_COLS} FROM {{s}}.grants WHERE grant_id = %s",
+    "lock_grant": f"SELECT {_GRANT_COLS} FROM {{s}}.grants WHERE grant_id = %s FOR UPDATE",
+    "revoke_grant": "UPDATE {s}.grants SET revoked_at = %s WHERE grant_id = %s AND revoked_at IS NULL RETURNING 1",
+    "force_revoke_grant": "UPDATE {s}.grants SET revoked_at = %s WHERE grant_id = %s",
+    "rotate_grant": (
+        "UPDATE {s}.grants SET refresh_generation = %s, refresh_hash = %s, rotated_at = %s, refresh_expires_at = %s"
+        " WHERE grant_id = %s"
+    ),
+    "list_grants": (
+        f"SELECT {_GRANT_COLS} FROM {{s}}.grants"
+        " WHERE (%s::text IS NULL OR subject = %s) AND (%s::text IS NULL OR client_id = %s) ORDER BY seq"
+    ),
+    "revoke_access": (
+        "INSERT INTO {s}.revoked_tokens AS t (jti, expires_at) VALUES (%s, %s)"
+        " ON CONFLICT (jti) DO UPDATE SET expires_at = greatest(t.expires_at, excluded.expires_at)"
+    ),
+    "is_revoked": (
+        "SELECT EXISTS (SELECT 1 FROM {s}.revoked_tokens WHERE jti = %s)"
+        " OR NOT EXISTS (SELECT 1 FROM {s}.grants WHERE grant_id = %s AND revoked_at IS NULL)"
+    ),
+    "get_keys": f"SELECT {_KEY_COLS} FROM {{s}}.signing_keys ORDER BY position",
+    "lock_keys": "LOCK TABLE {s}.signing_keys IN EXCLUSIVE MODE",
+    "key_ids": "SELECT kid FROM {s}.signing_keys ORDER BY position",
+    "delete_keys": "DELETE FROM {s}.signing_keys",
+    "insert_key": (
+        f"INSERT INTO {{s}}.signing_keys (position, {_KEY_COLS}) VALUES (%s, {', '.join('%s' for _ in KEYS.fields)})"
+    ),
+    "hit": (
+        "INSERT INTO {s}.rate_limits AS t (bucket, window_end, count) VALUES (%s, %s, 1)"
+        " ON CONFLICT (bucket, window_end) DO UPDATE SET count = t.count + 1 RETURNING t.count"
+    ),
+}
+
+_PURGE_TEMPLATES = {
+    "pending": "DELETE FROM {s}.pending WHERE expires_at <= %s",
+    "codes": "DELETE FROM {s}.codes WHERE expires_at <= %s",
+    "grants": "DELETE FROM {s}.grants WHERE expires_at <= %s",
+    "revoked_tokens": "DELETE FROM {s}.revoked_tokens WHERE expires_at <= %s",
+    "rate_limits": "DELETE FROM {s}.rate_limits WHERE window_end <= %s",
+    "clients": "DELETE FROM {s}.clients WHERE expires_at IS NOT NULL AND expires_at <= %s",
+}
+
+# Errors meaning "the database cannot be reached now" rather than a bug: lost or refused
+# connections, an administrator's shutdown or termination, a pool that lent nothing in time.
+_UNAVAILABLE = (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout)
+
+
+def _split_schema(dsn: str) -> tuple[str, str | None]:
+    """Remove a ``schema`` query parameter from a URL-style DSN (libpq would refuse it)."""
+    if "://" not in dsn:
+        return dsn, None
+    parts = urlsplit(dsn)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    schema = next((v for k, v in query if k == "schema"), None)
+    if schema is None:
+        return dsn, None
+    rest = urlencode([(k, v) for k, v in query if k != "schema"])
+    return urlunsplit(parts._replace(query=rest)), schema
+
+
+class PostgresStore:
+    """A store on one PostgreSQL schema, implementing every effect in :mod:`kavach_core.effects`.
+
+    ``dsn`` is a libpq connection string or ``postgresql://`` URL. ``schema`` names the schema
+    holding the tables (created on first use). ``min_connections``/``max_connections`` size each
+    pool; ``timeout`` (seconds) bounds the wait for a connection, and ``connect_timeout`` the
+    opening of one, before :class:`StoreUnavailable` is raised. ``store_key`` (else
+    ``KAVACH_STORE_KEY``) encrypts signing keys at rest. ``check_connections`` checks each pooled
+    connection before lending it (one round trip; replaces connections that died while idle).
+    """
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        schema: str | None = None,
+        min_connections: int = 1,
+        max_connections: int = 10,
+        timeout: float = 10.0,
+        connect_timeout: int = 5,
+        store_key: bytes | str | None = None,
+        check_connections: bool = True,
+    ) -> None:
+        dsn, url_schema = _split_schema(dsn)
+        schema = schema or url_schema or "kavach"
+        if not _SCHEMA_NAME.fullmatch(schema):
+            raise PostgresStoreError(f"schema name {schema!r} must match {_SCHEMA_NAME.pattern}")
+        if not 0 <= min_connections <= max_connections or max_connections < 1:
+            raise ValueError("need 0 <= min_connections <= max_connections and max_connections >= 1")
+        self.dsn = dsn
+        self.schema = schema
+        self._sealer: KeySealer | None = sealer_from(store_key)
+        self._pool_args: dict[str, Any] = {
+            "min_size": min_connections,
+            "max_size": max_connections,
+            "timeout": timeout,
+            "kwargs": {"autocommit": True, "connect_timeout": max(2, int(connect_timeout))},
+            "reconnect_timeout": max(timeout, 30.0),
+        }
+        self._check = check_connections
+        quoted = f'"{schema}"'
+        self._sql = {name: template.format(s=quoted) for name, template in _SQL_TEMPLATES.items()}
+        self._purge_sql = {name: template.format(s=quoted) for name, template in _PURGE_TEMPLATES.items()}
+        digest = hashlib.sha256(f"kavach-migrate:{schema}".encode()).digest()
+        self._lock_id = int.from_bytes(digest[:8], "big", signed=True)
+        self._pool: ConnectionPool | None = None
+        self._pool_lock = threading.Lock()
+        self._ready = False
+        self._apools: dict[int, tuple[asyncio.AbstractEventLoop, AsyncConnectionPool]] = {}
+        self._closed = False
+        # effect type -> (plan, runs in a transaction)
+        self._handlers: dict[type[fx.Effect], tuple[Callable[[Any], Plan[Any]], bool]] = {
+            fx.GetClient: (self._get_client, False),
+            fx.PutClient: (self._put_client, False),
+            fx.DeleteClient: (self._delete_client, False),
+            fx.ListClients: (self._list_clients, False),
+            fx.PutPending: (self._put_pending, False),
+            fx.GetPending: (self._get_pending, False),
+            fx.TakePending: (self._take_pending, False),
+            fx.PutCode: (self._put_code, False),
+            fx.GetCode: (self._get_code, False),
+            fx.ConsumeCode: (self._consume_code, False),
+            fx.GetGrant: (self._get_grant, False),
+            fx.RevokeGrant: (self._revoke_grant, False),
+            fx.ListGrants: (self._list_grants, False),
+            fx.RotateRefresh: (self._rotate, True),
+            fx.RevokeAccessToken: (self._revoke_access, False),
+            fx.IsTokenRevoked: (self._is_revoked, False),
+            fx.GetSigningKeys: (self._get_keys, False),
+            fx.SwapSigningKeys: (self._swap_keys, True),
+            fx.Hit: (self._hit, False),
+        }
+
+    # -- public API -------------------------------------------------------------------------
+
+    def perform(self, effect: fx.Effect) -> Any:
+        """Perform one effect atomically and return its result (see :mod:`kavach_core.effects`).
+
+        Raises ``TypeError`` for an effect this store does not perform and
+        :class:`StoreUnavailable` when the database cannot be reached.
+        """
+        plan, transactional = self._handler(effect)
+        self._ensure_schema()
+        return self._run(plan(effect), transactional)
+
+    async def aperform(self, effect: fx.Effect) -> Any:
+        """:meth:`perform` on the running event loop, with an async pool of that loop."""
+        plan, transactional = self._handler(effect)
+        pool = await self._apool()
+        return await self._arun(pool, plan(effect), transactional)
+
+    def migrate(self) -> int:
+        """Bring the schema up to :data:`SCHEMA_VERSION` now (otherwise done on first use); returns it."""
+        self._ensure_schema()
+        return SCHEMA_VERSION
+
+    @property
+    def schema_version(self) -> int:
+        """The version recorded in ``<schema>.schema_version``."""
+        self._ensure_schema()
+        rows = self._run(self._version_plan(), False)
+        return int(rows)
+
+    def purge(self, now: int) -> dict[str, int]:
+        """Delete, in one transaction, everything that has expired at ``now``.
+
+        Pending authorizations, codes and grants whose ``expires_at <= now``, revoked access-token
+        ids past their expiry, finished rate-limit windows and cached metadata-document clients
+        past their ``expires_at``. Returns the number of rows deleted per table.
+        """
+        self._ensure_schema()
+        return self._run(self._purge_plan(now), True)
+
+    async def apurge(self, now: int) -> dict[str, int]:
+        """:meth:`purge` on the running event loop."""
+        pool = await self._apool()
+        return await self._arun(pool, self._purge_plan(now), True)
+
+    def close(self) -> None:
+        """Close the thread pool (async pools: :meth:`aclose` from their loop)."""
+        self._closed = True
+        with self._pool_lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.close()
+
+    async def aclose(self) -> None:
+        """Close the pool of the running event loop, and the thread pool."""
+        loop = asyncio.get_running_loop()
+        entry = self._apools.pop(id(loop), None)
+        if entry is not None:
+            await entry[1].close()
+        self.close()
+
+    def drop_schema(self) -> None:
+        """Drop the schema and everything in it (tests and teardown). Irreversible."""
+        self._run(self._drop_plan(), False)
+        self._ready = False
+
+    # -- running plans ------------------------------------------------------------------------
+
+    def _handler(self, effect: fx.Effect) -> tuple[Callable[[Any], Plan[Any]], bool]:
+        entry = self._handlers.get(type(effect))
+        if entry is None:
+            raise TypeError(f"PostgresStore cannot perform {type(effect).__name__}")
+        if self._closed:
+            raise PostgresStoreError("the store is closed")
+        return entry
+
+    def _sync_pool(self) -> ConnectionPool:
+        with self._pool_lock:
+            if self._closed:
+                raise PostgresStoreError("the store is closed")
+            if self._pool is None:
+                check = ConnectionPool.check_connection if self._check else None
+                self._pool = ConnectionPool(self.dsn, open=False, check=check, **self._pool_args)
+                self._pool.open(wait=False)
+            return self._pool
+
+    def _run(self, plan: Plan[T], transactional: bool) -> T:
+        pool = self._sync_pool()
+        try:
+            with pool.connection() as conn:
+                if transactional:
+                    with conn.transaction():
+                        return _drive(conn, plan)
+                return _drive(conn, plan)
+        except _UNAVAILABLE as exc:
+            raise StoreUnavailable(f"PostgreSQL is unavailable: {exc}") from exc
+
+    def _ensure_schema(self) -> None:
+        if not self._ready:
+            self._run(self._migrate_plan(), True)
+            self._ready = True
+
+    async def _apool(self) -> AsyncConnectionPool:
+        if self._closed:
+            raise PostgresStoreError("the store is closed")
+        loop = asyncio.get_running_loop()
+        entry = self._apools.get(id(loop))
+        if entry is None or entry[0] is not loop:
+            check = AsyncConnectionPool.check_connection if self._check else None
+            pool = AsyncConnectionPool(self.dsn, open=False, check=check, **self._pool_args)
+            self._apools = {k: v for k, v in self._apools.items() if not v[0].is_closed()}
+            self._apools[id(loop)] = (loop, pool)
+            await pool.open(wait=False)
+        else:
+            pool = entry[1]
+        if not self._ready:
+            await self._arun(pool, self._migrate_plan(), True)
+            self._ready = True
+        return pool
+
+    async def _arun(self, pool: AsyncConnectionPool, plan: Plan[T], transactional: bool) -> T:
+        try:
+            async with pool.connection() as conn:
+                if transactional:
+                    async with conn.transaction():
+                        return await _adrive(conn, plan)
+                return await _adrive(conn, plan)
+        except _UNAVAILABLE as exc:
+            raise StoreUnavailable(f"PostgreSQL is unavailable: {exc}") from exc
+
+    # -- schema plans ---------------------------------------------------------------------------
+
+    def _migrate_plan(self) -> Plan[None]:
+        """Under the advisory lock: create the schema, then apply the missing migrations in order."""
+        s = f'"{self.schema}"'
+        yield "SELECT pg_advisory_xact_lock(%s)", (self._lock_id,)
+        rows = yield "SELECT to_regnamespace(%s) IS NOT NULL", (s,)
+        if not rows[0][0]:
+            yield f"CREATE SCHEMA {s}", ()
+        yield (
+            f"CREATE TABLE IF NOT EXISTS {s}.schema_version (version integer PRIMARY KEY,"
+            " description text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())",
+            (),
+        )
+        rows = yield f"SELECT coalesce(max(version), 0) FROM {s}.schema_version", ()
+        current = int(rows[0][0])
+        if current > SCHEMA_VERSION:
+            raise SchemaVersionError(
+                f"schema {self.schema!r} is at version {current}, newer than this kavachOS understands"
+                f" ({SCHEMA_VERSION}); upgrade kavachOS to use it"
+            )
+        if current == 0:
+            rows = yield (
+                "SELECT count(*) FROM pg_tables WHERE schemaname = %s AND tablename <> 'schema_version'",
+                (self.schema,),
+            )
+            if rows[0][0]:
+                raise PostgresStoreError(f"schema {self.schema!r} holds tables that are not a kavachOS store's")
+        for version in range(current, SCHEMA_VERSION):
+            description, script = MIGRATIONS[version]
+            yield script.format(s=s), ()
+            yield f"INSERT INTO {s}.schema_version (version, description) VALUES (%s, %s)", (version + 1, description)
+
+    def _version_plan(self) -> Plan[int]:
+        rows = yield f'SELECT coalesce(max(version), 0) FROM "{self.schema}".schema_version', ()
+        return int(rows[0][0])
+
+    def _drop_plan(self) -> Plan[None]:
+        yield f'DROP SCHEMA IF EXISTS "{self.schema}" CASCADE', ()
+
+    def _purge_plan(self, now: int) -> Plan[dict[str, int]]:
+        counts: dict[str, int] = {}
+        for table, sql in self._purge_sql.items():
+            rows = yield f"WITH d AS ({sql} RETURNING 1) SELECT count(*) FROM d", (now,)
+            counts[table] = int(rows[0][0])
+        return counts
+
+    # -- clients ---------------------------------------------------------------------------------
+
+    def _get_client(self, e: fx.GetClient) -> Plan[Client | None]:
+        rows = yield self._sql["get_client"], (e.client_id,)
+        return CLIENTS.from_row(rows[0]) if rows else None
+
+    def _put_client(self, e: fx.PutClient) -> Plan[None]:
+        yield self._sql["put_client"], CLIENTS.to_row(e.client)
+
+    def _delete_client(self, e: fx.DeleteClient) -> Plan[bool]:
+        rows = yield self._sql["delete_client"], (e.client_id, e.now, e.client_id)
+        return bool(rows[0][0])
+
+    def _list_clients(self, e: fx.ListClients) -> Plan[tuple[Client, ...]]:
+        rows = yield self._sql["list_clients"], ()
+        return tuple(CLIENTS.from_row(row) for row in rows)
+
+    # -- pending authorizations and codes --------------------------------------------------------
+
+    def _put_pending(self, e: fx.PutPending) -> Plan[None]:
+        yield self._sql["put_pending"], PENDING.to_row(e.pending)
+
+    def _get_pending(self, e: fx.GetPending) -> Plan[PendingAuthorization | None]:
+        rows = yield self._sql["get_pending"], (e.ticket_hash, e.now)
+        return PENDING.from_row(rows[0]) if rows else None
+
+    def _take_pending(self, e: fx.TakePending) -> Plan[PendingAuthorization | None]:
+        rows = yield self._sql["take_pending"], (e.ticket_hash,)
+        if not rows:
+            return None
+        record = PENDING.from_row(rows[0])
+        return None if record.expires_at <= e.now else record
+
+    def _put_code(self, e: fx.PutCode) -> Plan[None]:
+        yield self._sql["put_code"], CODES.to_row(e.code)
+
+    def _get_code(self, e: fx.GetCode) -> Plan[AuthorizationCode | None]:
+        rows = yield self._sql["get_code"], (e.code_hash,)
+        return CODES.from_row(rows[0]) if rows else None
+
+    def _consume_code(self, e: fx.ConsumeCode) -> Plan[bool]:
+        rows = yield self._sql["consume_code"], (e.code_hash, *GRANTS.to_row(e.grant))
+        return bool(rows[0][0])
+
+    # -- grants ----------------------------------------------------------------------------------
+
+    def _get_grant(self, e: fx.GetGrant) -> Plan[Grant | None]:
+        rows = yield self._sql["get_grant"], (e.grant_id,)
+        return GRANTS.from_row(rows[0]) if rows else None
+
+    def _revoke_grant(self, e: fx.RevokeGrant) -> Plan[bool]:
+        rows = yield self._sql["revoke_grant"], (e.now, e.grant_id)
+        return bool(rows)
+
+    def _list_grants(self, e: fx.ListGrants) -> Plan[tuple[Grant, ...]]:
+        rows = yield self._sql["list_grants"], (e.subject, e.subject, e.client_id, e.client_id)
+        return tuple(GRANTS.from_row(row) for row in rows)
+
+    def _rotate(self, e: fx.RotateRefresh) -> Plan[fx.Rotation]:
+        """The decision table of :class:`~kavach_core.effects.RotateRefresh`, with the row locked."""
+        rows = yield self._sql["lock_grant"], (e.grant_id,)
+        grant = GRANTS.from_row(rows[0]) if rows else None
+        if grant is None or grant.revoked_at is not None or e.now >= grant.expires_at:
+            return fx.Rotation("unknown", grant)
+        if e.generation == grant.refresh_generation and e.presented_hash == grant.refresh_hash:
+            if e.now >= grant.refresh_expires_at:
+                return fx.Rotation("unknown", grant)
+            updated = attrs.evolve(
+                grant,
+                refresh_generation=e.generation + 1,
+                refresh_hash=e.successor_hash,
+                rotated_at=e.now,
+                refresh_expires_at=min(e.idle_expires_at, grant.expires_at),
+            )
+            yield (
+                self._sql["rotate_grant"],
+                (
+                    updated.refresh_generation,
+                    updated.refresh_hash,
+                    updated.rotated_at,
+                    updated.refresh_expires_at,
+                    e.grant_id,
+                ),
+            )
+            return fx.Rotation("rotated", updated)
+        if e.generation + 1 == grant.refresh_generation and e.now - grant.rotated_at <= e.grace:
+            return fx.Rotation("retried", grant)
+        yield self._sql["force_revoke_grant"], (e.now, e.grant_id)
+        return fx.Rotation("reused", attrs.evolve(grant, revoked_at=e.now))
+
+    # -- access tokens ---------------------------------------------------------------------------
+
+    def _revoke_access(self, e: fx.RevokeAccessToken) -> Plan[None]:
+        yield self._sql["revoke_access"], (e.jti, e.expires_at)
+
+    def _is_revoked(self, e: fx.IsTokenRevoked) -> Plan[bool]:
+        rows = yield self._sql["is_revoked"], (e.jti, e.grant_id)
+        return bool(rows[0][0])
+
+    # -- signing keys ----------------------------------------------------------------------------
+
+    def _decode_key(self, row: Sequence[Any]) -> SigningKey:
+        key = KEYS.from_row(row)
+        return attrs.evolve(key, private_pem=unseal(self._sealer, key.kid, key.private_pem))
+
+    def _get_keys(self, e: fx.Effect) -> Plan[tuple[SigningKey, ...]]:
+        rows = yield self._sql["get_keys"], ()
+        return tuple(self._decode_key(row) for row in rows)
+
+    def _swap_keys(self, e: fx.SwapSigningKeys) -> Plan[tuple[SigningKey, ...]]:
+        yield self._sql["lock_keys"], ()
+        rows = yield self._sql["key_ids"], ()
+        if tuple(row[0] for row in rows) == tuple(e.expected):
+            yield self._sql["delete_keys"], ()
+            for position, key in enumerate(e.keys):
+                sealed = attrs.evolve(key, private_pem=seal(self._sealer, key.kid, key.private_pem))
+                yield self._sql["insert_key"], (position, *KEYS.to_row(sealed))
+        rows = yield self._sql["get_keys"], ()
+        return tuple(self._decode_key(row) for row in rows)
+
+    # -- rate limits -----------------------------------------------------------------------------
+
+    def _hit(self, e: fx.Hit) -> Plan[bool]:
+        window_end = (e.now // e.window + 1) * e.window
+        rows = yield self._sql["hit"], (e.bucket, window_end)
+        return bool(rows[0][0] <= e.limit)
+
+
+# -- drivers ---------------------------------------------------------------------------------------
+
+
+def _drive(conn: psycopg.Connection[Any], plan: Plan[T]) -> T:
+    try:
+        query = next(plan)
+        while True:
+            cursor = conn.execute(query[0], query[1] or None, prepare=None)
+            rows: Rows = cursor.fetchall() if cursor.description is not None else []
+            query = plan.send(rows)
+    except StopIteration as stop:
+        return stop.value  # type: ignore[no-any-return]
+
+
+async def _adrive(conn: psycopg.AsyncConnection[Any], plan: Plan[T]) -> T:
+    try:
+        query = next(plan)
+        while True:
+            cursor = await conn.execute(query[0], query[1] or None, prepare=None)
+            rows: Rows = await cursor.fetchall() if cursor.description is not None else []
+            query = plan.send(rows)
+    except StopIteration as stop:
+        return stop.value  # type: ignore[no-any-return]
