@@ -1,0 +1,327 @@
+"""The resource-server guard (RS-01..RS-05; RFC 6750 §2-3, RFC 9728 §5.1, MCP authorization)."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from conftest import ISSUER, OTHER_RESOURCE, RESOURCE, Harness
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from token_kit import claims, forge, header_for, mint, put_grant, signer, verifying
+
+from kavach_core import effects as fx
+from kavach_core import guard, keys
+from kavach_core.access_tokens import InvalidToken
+from kavach_core.errors import ConfigurationError
+from kavach_core.guard import Principal
+from kavach_core.http import Response
+from kavach_core.jose import JoseError
+
+META = "https://mcp.example.com/.well-known/oauth-protected-resource/mcp"
+DEFAULT_SCOPES = "tools:list tools:call"
+INVALID = "The access token is invalid, expired or revoked"
+NO_TOKEN_HEADER = f'Bearer resource_metadata="{META}", scope="{DEFAULT_SCOPES}"'
+INVALID_HEADER = (
+    f'Bearer resource_metadata="{META}", scope="{DEFAULT_SCOPES}", error="invalid_token", error_description="{INVALID}"'
+)
+
+
+def _auth(h: Harness, authorization: str | None, required: tuple[str, ...] = ()) -> Principal | Response:
+    return h.run(guard.authenticate(h.config, RESOURCE, authorization, required, h.now))  # type: ignore[no-any-return]
+
+
+def _valid(h: Harness, scopes: tuple[str, ...] = ("tools:list", "tools:call")) -> str:
+    put_grant(h)
+    return mint(h, scopes=scopes)[0]
+
+
+def _assert_challenge(response: object, status: int, header: str, error: str) -> Response:
+    assert isinstance(response, Response)
+    assert response.status == status
+    assert response.header("WWW-Authenticate") == header
+    assert response.header("Cache-Control") == "no-store"
+    assert response.header("Content-Type") == "application/json"
+    body = response.json()
+    assert set(body) == {"error", "error_description"} and body["error"] == error
+    return response
+
+
+def _assert_invalid(response: object) -> None:
+    _assert_challenge(response, 401, INVALID_HEADER, "invalid_token")
+
+
+# -- RS-01 -------------------------------------------------------------------------------------
+
+
+def test_rs_01_token_in_query_or_form_body_is_ignored(h: Harness) -> None:
+    token = _valid(h)
+    req = h.request("POST", "/mcp", query={"access_token": token}, form={"access_token": token})
+    response = h.run(guard.authenticate_request(h.config, RESOURCE, req, (), h.now))
+    _assert_challenge(response, 401, NO_TOKEN_HEADER, "unauthorized")
+
+
+def test_rs_01_token_in_the_authorization_header_is_used(h: Harness) -> None:
+    token = _valid(h)
+    req = h.request("POST", "/mcp", headers=[("Authorization", f"Bearer {token}")], json={"jsonrpc": "2.0"})
+    principal = h.run(guard.authenticate_request(h.config, RESOURCE, req, ("tools:list",), h.now))
+    assert isinstance(principal, Principal)
+    assert (principal.subject, principal.client_id, principal.scopes) == (
+        "alice",
+        "client-1",
+        ("tools:list", "tools:call"),
+    )
+
+
+def test_rs_01_two_authorization_headers_are_an_invalid_token(h: Harness) -> None:
+    token = _valid(h)
+    req = h.request("GET", "/mcp", headers=[("Authorization", f"Bearer {token}"), ("Authorization", f"Bearer {token}")])
+    _assert_invalid(h.run(guard.authenticate_request(h.config, RESOURCE, req, (), h.now)))
+
+
+# -- RS-02 -------------------------------------------------------------------------------------
+
+
+def test_rs_02_missing_token_gets_a_challenge_without_error(h: Harness) -> None:
+    response = _assert_challenge(_auth(h, None), 401, NO_TOKEN_HEADER, "unauthorized")
+    assert "error=" not in (response.header("WWW-Authenticate") or "")
+
+
+def test_rs_02_challenge_names_the_required_scopes_when_given(h: Harness) -> None:
+    header = f'Bearer resource_metadata="{META}", scope="tools:call:search"'
+    _assert_challenge(_auth(h, None, ("tools:call:search",)), 401, header, "unauthorized")
+
+
+@pytest.mark.parametrize("value", ["Basic YWxpY2U6c2VjcmV0", "DPoP abc.def.ghi", "Negotiate x", "Bearerabc"])
+def test_rs_02_other_schemes_are_treated_as_no_token(h: Harness, value: str) -> None:
+    _assert_challenge(_auth(h, value), 401, NO_TOKEN_HEADER, "unauthorized")
+
+
+@pytest.mark.parametrize("value", ["Bearer", "Bearer ", "Bearer a b", "Bearer a,b", 'Bearer "x"', "Bearer é"])
+def test_rs_02_malformed_bearer_gets_invalid_token(h: Harness, value: str) -> None:
+    _assert_invalid(_auth(h, value))
+
+
+def test_rs_02_scheme_is_case_insensitive(h: Harness) -> None:
+    """RFC 9110 §11.1: auth schemes compare case-insensitively."""
+    token = _valid(h)
+    assert isinstance(_auth(h, f"bearer {token}"), Principal)
+    assert isinstance(_auth(h, f"BEARER {token}"), Principal)
+
+
+def test_rs_02_expired_token_gets_invalid_token(h: Harness) -> None:
+    token = _valid(h)
+    h.now += h.config.lifetimes.access_token - 1
+    assert isinstance(_auth(h, f"Bearer {token}"), Principal)
+    h.now += 1
+    _assert_invalid(_auth(h, f"Bearer {token}"))
+
+
+def test_rs_02_revoked_jti_gets_invalid_token(h: Harness) -> None:
+    token = _valid(h)
+    at = guard.verify_bearer(token, verifying(h), issuer=ISSUER, resource=RESOURCE, now=h.now)
+    assert isinstance(_auth(h, f"Bearer {token}"), Principal)
+    h.store.perform(fx.RevokeAccessToken(at.jti, at.expires_at))
+    _assert_invalid(_auth(h, f"Bearer {token}"))
+
+
+def test_rs_02_revoked_grant_gets_invalid_token(h: Harness) -> None:
+    token = _valid(h)
+    assert isinstance(_auth(h, f"Bearer {token}"), Principal)
+    assert h.store.perform(fx.RevokeGrant("grant-1", h.now))
+    _assert_invalid(_auth(h, f"Bearer {token}"))
+
+
+def test_rs_02_token_of_an_unknown_grant_gets_invalid_token(h: Harness) -> None:
+    token, _ = mint(h, grant_id="never-stored")
+    _assert_invalid(_auth(h, f"Bearer {token}"))
+
+
+def test_rs_02_wrong_issuer_gets_invalid_token(h: Harness) -> None:
+    put_grant(h)
+    pair = signer(h)
+    _assert_invalid(_auth(h, "Bearer " + forge(pair, header_for(pair), claims(h, iss="https://evil.example"))))
+
+
+def test_rs_02_forged_and_junk_tokens_get_invalid_token(h: Harness) -> None:
+    token = _valid(h)
+    pair = signer(h)
+    h64, p64, s64 = token.split(".")
+    for bad in (
+        f"{h64}.{p64}.{s64[:-4]}AAAA",
+        f"{h64}.{p64}",
+        forge(pair, header_for(pair, typ="JWT"), claims(h)),
+        forge(pair, header_for(pair, kid="other"), claims(h)),
+        "kvr_notajwt",
+        "a" * 9000,
+    ):
+        _assert_invalid(_auth(h, f"Bearer {bad}"))
+
+
+def test_rs_02_token_signed_by_a_key_no_longer_published_gets_invalid_token(h: Harness) -> None:
+    token = _valid(h)
+    h.store.keys = ()
+    _assert_invalid(_auth(h, f"Bearer {token}"))
+
+
+def test_rs_02_every_failure_reads_the_same(h: Harness) -> None:
+    """The description never says which check failed (nothing that helps an attacker)."""
+    token = _valid(h)
+    other, _ = mint(h, resource=OTHER_RESOURCE)
+    h.store.perform(fx.RevokeGrant("grant-1", h.now))
+    responses = [_auth(h, f"Bearer {t}") for t in (token, other, "x.y.z")]
+    headers = {r.header("WWW-Authenticate") for r in responses if isinstance(r, Response)}
+    bodies = {r.body for r in responses if isinstance(r, Response)}
+    assert headers == {INVALID_HEADER} and len(bodies) == 1
+
+
+def test_rs_02_guard_never_generates_keys_or_writes(h: Harness) -> None:
+    """With an empty key store the guard reads and refuses; it never creates a key."""
+    outcome, effects = h.trace(guard.authenticate(h.config, RESOURCE, "Bearer a.b.c", (), h.now))
+    _assert_invalid(outcome)
+    assert [type(e) for e in effects] == [fx.GetSigningKeys]
+    assert h.store.keys == ()
+    token = _valid(h)
+    outcome, effects = h.trace(guard.authenticate(h.config, RESOURCE, f"Bearer {token}", (), h.now))
+    assert isinstance(outcome, Principal)
+    assert [type(e) for e in effects] == [fx.GetSigningKeys, fx.IsTokenRevoked]
+    assert not any(e.writes for e in effects)
+
+
+def test_rs_02_no_token_needs_no_store_at_all(h: Harness) -> None:
+    _, effects = h.trace(guard.authenticate(h.config, RESOURCE, None, (), h.now))
+    assert effects == []
+
+
+# -- RS-03 -------------------------------------------------------------------------------------
+
+
+def test_rs_03_missing_scope_gets_403_naming_it(h: Harness) -> None:
+    token = _valid(h, scopes=("tools:list",))
+    header = (
+        f'Bearer error="insufficient_scope", scope="tools:call:search", resource_metadata="{META}", '
+        'error_description="The access token does not grant the scope this request needs"'
+    )
+    _assert_challenge(_auth(h, f"Bearer {token}", ("tools:call:search",)), 403, header, "insufficient_scope")
+
+
+def test_rs_03_challenge_names_every_required_scope(h: Harness) -> None:
+    token = _valid(h, scopes=("tools:list",))
+    response = _auth(h, f"Bearer {token}", ("tools:list", "resources:read"))
+    assert isinstance(response, Response) and response.status == 403
+    assert 'scope="tools:list resources:read"' in (response.header("WWW-Authenticate") or "")
+
+
+@pytest.mark.parametrize(
+    ("granted", "required", "allowed"),
+    [
+        (("tools:call",), ("tools:call:search",), True),
+        (("tools",), ("tools:call:search",), True),
+        (("tools:call:search",), ("tools:call:search",), True),
+        (("tools:call:search",), ("tools:call:fetch",), False),
+        (("tools:call:search",), ("tools:call",), False),
+        (("tool",), ("tools:call",), False),
+        (("tools:cal",), ("tools:call:x",), False),
+        (("tools:list",), ("tools:list", "tools:call:x"), False),
+        (("tools:list", "tools:call"), ("tools:list", "tools:call:x"), True),
+        ((), (), True),
+    ],
+)
+def test_rs_03_prefix_rule(h: Harness, granted: tuple[str, ...], required: tuple[str, ...], allowed: bool) -> None:
+    """A granted scope covers a required one when its segments are a prefix of the required one's."""
+    token = _valid(h, scopes=granted)
+    outcome = _auth(h, f"Bearer {token}", required)
+    if allowed:
+        assert isinstance(outcome, Principal)
+        assert all(outcome.has_scope(s) for s in required)
+    else:
+        assert isinstance(outcome, Response) and outcome.status == 403
+
+
+def test_rs_03_revocation_is_checked_before_scope(h: Harness) -> None:
+    """A revoked token gets 401, not a 403 that would invite a step-up with a dead grant."""
+    token = _valid(h, scopes=("tools:list",))
+    h.store.perform(fx.RevokeGrant("grant-1", h.now))
+    _assert_challenge(
+        _auth(h, f"Bearer {token}", ("tools:call:x",)),
+        401,
+        INVALID_HEADER.replace(DEFAULT_SCOPES, "tools:call:x"),
+        "invalid_token",
+    )
+
+
+# -- RS-04 / RS-05 -----------------------------------------------------------------------------
+
+
+def test_rs_04_token_for_another_resource_gets_invalid_token(h: Harness) -> None:
+    put_grant(h)
+    token, _ = mint(h, resource=OTHER_RESOURCE)
+    _assert_invalid(_auth(h, f"Bearer {token}"))
+    other = h.run(guard.authenticate(h.config, OTHER_RESOURCE, f"Bearer {token}", (), h.now))
+    assert isinstance(other, Principal) and other.token.audience == OTHER_RESOURCE
+
+
+def test_rs_05_resource_is_canonicalised_before_comparison(h: Harness) -> None:
+    token = _valid(h)
+    for spelling in ("https://MCP.example.com/mcp/", "https://mcp.example.com:443/mcp"):
+        outcome = h.run(guard.authenticate(h.config, spelling, f"Bearer {token}", (), h.now))
+        assert isinstance(outcome, Principal)
+
+
+def test_rs_05_unconfigured_resource_is_a_configuration_error(h: Harness) -> None:
+    for resource in ("https://mcp.example.com/MCP", "not a uri"):
+        with pytest.raises(ConfigurationError):
+            h.run(guard.authenticate(h.config, resource, None, (), h.now))
+
+
+def test_verify_bearer_is_pure_and_strict(h: Harness) -> None:
+    token = _valid(h)
+    keymap = verifying(h)
+    at = guard.verify_bearer(token, keymap, issuer=ISSUER, resource=RESOURCE, now=h.now)
+    assert at.subject == "alice" and at.audience == RESOURCE
+    with pytest.raises(InvalidToken):
+        guard.verify_bearer(token, keymap, issuer=ISSUER, resource=OTHER_RESOURCE, now=h.now)
+    with pytest.raises(JoseError):
+        guard.verify_bearer(token, {}, issuer=ISSUER, resource=RESOURCE, now=h.now)
+
+
+def test_retired_key_still_authenticates_its_tokens(h: Harness) -> None:
+    token = _valid(h)
+    h.now += 60
+    h.run(keys.rotate(h.ctx()))
+    assert isinstance(_auth(h, f"Bearer {token}"), Principal)
+
+
+# -- challenges for adapters -------------------------------------------------------------------
+
+
+def test_challenge_builder_escapes_and_sanitises() -> None:
+    header = guard.www_authenticate('https://x.example/a"b\\c', ("s",), "invalid_token", 'bad "news"\r\nX-Injected: 1')
+    assert "\r" not in header and "\n" not in header
+    assert 'resource_metadata="https://x.example/.well-known/oauth-protected-resource/a\\"b\\\\c"' in header
+    assert header.endswith('error_description="bad ?news???X-Injected: 1"')
+
+
+def test_challenge_builder_omits_an_empty_scope() -> None:
+    assert guard.www_authenticate("https://x.example", ()) == (
+        'Bearer resource_metadata="https://x.example/.well-known/oauth-protected-resource"'
+    )
+
+
+def test_challenge_response_statuses() -> None:
+    assert guard.challenge(RESOURCE, ()).status == 401
+    assert guard.challenge(RESOURCE, (), "invalid_token").status == 401
+    assert guard.challenge(RESOURCE, ("a",), "insufficient_scope").status == 403
+    assert guard.challenge(RESOURCE, (), "invalid_request", "two tokens").status == 400
+
+
+_HEADER_SAFE = re.compile(r"[\x20-\x7e]*")
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(value=st.one_of(st.text(max_size=300), st.text(max_size=300).map(lambda t: "Bearer " + t)))
+def test_rs_02_arbitrary_authorization_values_get_a_challenge(h: Harness, value: str) -> None:
+    """Invariant (GN-03): any header value yields a 401 challenge with a header-safe value, never an exception."""
+    outcome = _auth(h, value)
+    assert isinstance(outcome, Response) and outcome.status == 401
+    assert _HEADER_SAFE.fullmatch(outcome.header("WWW-Authenticate") or "")
