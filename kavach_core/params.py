@@ -67,6 +67,15 @@ def parse_query_string(raw: str) -> Params:
     return Params(tuple(pairs))
 
 
+def _is_text(value: str) -> bool:
+    """True when ``value`` is encodable text (no lone surrogates, as a lenient decoder may produce)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def query_params(req: HttpRequest) -> Params:
     """The query parameters of ``req`` (already split into pairs by the adapter)."""
     if len(req.query) > MAX_FIELDS:
@@ -74,6 +83,8 @@ def query_params(req: HttpRequest) -> Params:
     for key, value in req.query:
         if "\x00" in key or "\x00" in value:
             raise OAuthError("invalid_request", "parameters must not contain NUL")
+        if not (_is_text(key) and _is_text(value)):
+            raise OAuthError("invalid_request", "parameters must be valid UTF-8")
     return Params(req.query)
 
 
