@@ -1,0 +1,225 @@
+"""The MCP method -> scope map (design "Scope grammar"; RS-03 step-up)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from conftest import RESOURCE, Harness
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from token_kit import mint, put_grant
+
+from kavach_core import guard
+from kavach_core.errors import ConfigurationError, KavachError
+from kavach_core.http import Response
+from kavach_core.mcp_methods import UNKNOWN_METHOD_SCOPE, McpScopeMap, required_scopes
+from kavach_core.scopes import is_valid_scope
+
+
+def _body(method: str, params: Any = None, **extra: Any) -> bytes:
+    message: dict[str, Any] = {"jsonrpc": "2.0", "id": 1, "method": method, **extra}
+    if params is not None:
+        message["params"] = params
+    return json.dumps(message).encode()
+
+
+@pytest.mark.parametrize(
+    ("method", "params", "scopes"),
+    [
+        ("tools/list", {}, ("tools:list",)),
+        ("tools/call", {"name": "search", "arguments": {"q": "x"}}, ("tools:call:search",)),
+        ("resources/list", None, ("resources:list",)),
+        ("resources/templates/list", None, ("resources:list",)),
+        ("resources/read", {"uri": "file:///a"}, ("resources:read",)),
+        ("resources/subscribe", {"uri": "file:///a"}, ("resources:read",)),
+        ("resources/unsubscribe", {"uri": "file:///a"}, ("resources:read",)),
+        ("prompts/list", None, ("prompts:list",)),
+        ("prompts/get", {"name": "greet"}, ("prompts:get",)),
+        ("initialize", {"protocolVersion": "2025-11-25"}, ()),
+        ("ping", None, ()),
+        ("notifications/initialized", None, ()),
+        ("notifications/cancelled", {"requestId": 1}, ()),
+        ("notifications/roots/list_changed", None, ()),
+        ("logging/setLevel", {"level": "info"}, ()),
+        ("completion/complete", {"ref": {}}, ()),
+        ("tasks/get", {"taskId": "t"}, (UNKNOWN_METHOD_SCOPE,)),
+        ("sampling/createMessage", None, (UNKNOWN_METHOD_SCOPE,)),
+        ("Tools/list", None, (UNKNOWN_METHOD_SCOPE,)),
+        ("tools/list ", None, (UNKNOWN_METHOD_SCOPE,)),
+    ],
+)
+def test_default_map(method: str, params: Any, scopes: tuple[str, ...]) -> None:
+    assert required_scopes(_body(method, params)) == scopes
+
+
+def test_unknown_methods_fail_closed_with_a_scope_no_default_catalogue_has() -> None:
+    from kavach_core.config import DEFAULT_MCP_SCOPES
+
+    assert UNKNOWN_METHOD_SCOPE not in {s for s, _ in DEFAULT_MCP_SCOPES}
+    assert is_valid_scope(UNKNOWN_METHOD_SCOPE)
+    assert required_scopes(_body("x/y")) == (UNKNOWN_METHOD_SCOPE,)
+    assert required_scopes(_body("x/y"), McpScopeMap(unknown_method_scopes=())) == ()
+    assert required_scopes(_body("x/y"), McpScopeMap(unknown_method_scopes="admin")) == ("admin",)
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        None,
+        {},
+        [],
+        {"name": 5},
+        {"name": ""},
+        {"name": "a:b"},
+        {"name": "a b"},
+        {"name": 'a"b'},
+        {"name": "é"},
+        {"name": ["search"]},
+    ],
+)
+def test_odd_tool_names_require_the_whole_tools_call(params: Any) -> None:
+    """``tools:call:a`` must not cover tool ``a:b``: names the prefix rule cannot reason about need ``tools:call``."""
+    assert required_scopes(_body("tools/call", params)) == ("tools:call",)
+
+
+def test_tool_names_with_mcp_allowed_characters_are_scoped_per_tool() -> None:
+    for name in ("search", "get_weather", "fs.read", "a-b", "A1"):
+        assert required_scopes(_body("tools/call", {"name": name})) == (f"tools:call:{name}",)
+
+
+def test_per_tool_and_per_prompt_switches() -> None:
+    coarse = McpScopeMap(per_tool=False, per_prompt=True)
+    assert required_scopes(_body("tools/call", {"name": "search"}), coarse) == ("tools:call",)
+    assert required_scopes(_body("prompts/get", {"name": "greet"}), coarse) == ("prompts:get:greet",)
+    assert required_scopes(_body("prompts/get", {"name": "a:b"}), coarse) == ("prompts:get",)
+
+
+def test_overrides_replace_the_default_for_that_method() -> None:
+    scope_map = McpScopeMap(
+        overrides={"tools/list": ["catalog:read"], "tasks/get": (), "tools/call": "tools:run", "initialize": ["x"]}
+    )
+    assert required_scopes(_body("tools/list"), scope_map) == ("catalog:read",)
+    assert required_scopes(_body("tasks/get"), scope_map) == ()
+    assert required_scopes(_body("tools/call", {"name": "search"}), scope_map) == ("tools:run",)
+    assert required_scopes(_body("initialize"), scope_map) == ("x",)
+    assert required_scopes(_body("resources/read"), scope_map) == ("resources:read",)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"overrides": {"tools/list": ["bad scope"]}},
+        {"overrides": {"": ["a"]}},
+        {"overrides": [("a", ["x"]), ("a", ["y"])]},
+        {"unknown_method_scopes": ["a::b"]},
+    ],
+)
+def test_invalid_configuration_is_refused(kwargs: dict[str, Any]) -> None:
+    with pytest.raises(ConfigurationError):
+        McpScopeMap(**kwargs)
+
+
+def test_batch_requires_every_members_scopes() -> None:
+    batch = [
+        {"jsonrpc": "2.0", "id": 1, "method": "tools/list"},
+        {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "search"}},
+        {"jsonrpc": "2.0", "method": "notifications/initialized"},
+        {"jsonrpc": "2.0", "id": 3, "method": "tools/list"},
+        {"jsonrpc": "2.0", "id": 4, "result": {}},
+    ]
+    assert required_scopes(json.dumps(batch).encode()) == ("tools:list", "tools:call:search")
+    assert required_scopes(b"[]") == ()
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"",
+        b"not json",
+        b"{",
+        b"null",
+        b"42",
+        b'"tools/call"',
+        b"[[{}]]",
+        b'{"jsonrpc":"2.0","id":1,"result":{}}',
+        b'{"jsonrpc":"2.0","id":1,"error":{"code":-1,"message":"x"}}',
+        b'{"method":5}',
+        b'{"method":null}',
+        b"\xff\xfe\x00",
+        b"[" * 100_000,
+    ],
+)
+def test_bodies_that_are_not_json_rpc_requests_need_no_extra_scope(body: bytes) -> None:
+    """Documented choice: the MCP server rejects these itself; a valid token is still required."""
+    assert required_scopes(body) == ()
+
+
+def test_duplicate_members_require_the_scopes_of_every_reading() -> None:
+    """A parser differential (first-wins vs last-wins) cannot smuggle a method past the guard."""
+    body = b'{"jsonrpc":"2.0","id":1,"method":"tools/list","method":"tools/call","params":{"name":"search"}}'
+    assert set(required_scopes(body)) == {"tools:list", "tools:call:search"}
+    body = b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"safe","name":"danger"}}'
+    assert set(required_scopes(body)) == {"tools:call:safe", "tools:call:danger"}
+
+
+def test_lenient_decoding_still_finds_the_method() -> None:
+    """Bodies a lenient server might still parse are read the same way here."""
+    message = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "search"}}
+    text = json.dumps(message)
+    for body in (
+        text.encode("utf-16"),
+        text.encode("utf-16-le"),
+        text.encode("utf-32"),
+        b"\xef\xbb\xbf" + text.encode(),
+        text.encode().replace(b'"search"}', b'"search","arguments":{"q":"\xff"}}'),
+        text.replace("}}", ', "n": NaN}}').encode(),
+    ):
+        assert required_scopes(body) == ("tools:call:search",), body
+
+
+@settings(max_examples=500)
+@given(body=st.binary(max_size=300))
+def test_arbitrary_bytes_never_raise(body: bytes) -> None:
+    """Invariant: any bytes yield a tuple of valid scopes (or a KavachError), never another exception."""
+    try:
+        scopes = required_scopes(body)
+    except KavachError:
+        return
+    assert all(is_valid_scope(s) for s in scopes)
+
+
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.sampled_from(["tools/call", "tools/list", "search", "x"]),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(st.sampled_from(["method", "params", "name", "id", "jsonrpc"]), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=500)
+@given(value=_json_values)
+def test_arbitrary_json_yields_valid_scopes(value: Any) -> None:
+    """Invariant: any JSON document yields valid scope tokens, and a top-level ``tools/call``
+    (alone or in a batch) always needs some ``tools:call`` scope."""
+    scopes = required_scopes(json.dumps(value).encode())
+    assert all(is_valid_scope(s) for s in scopes)
+    messages = value if isinstance(value, list) else [value]
+    if any(isinstance(m, dict) and m.get("method") == "tools/call" for m in messages):
+        assert any(s.startswith("tools:call") for s in scopes)
+
+
+def test_rs_03_step_up_names_the_tool_scope_end_to_end(h: Harness) -> None:
+    """Body -> required scopes -> guard: a ``tools:list`` token calling a tool gets 403 naming ``tools:call:search``."""
+    put_grant(h)
+    token, _ = mint(h, scopes=("tools:list",))
+    body = _body("tools/call", {"name": "search"})
+    req = h.request("POST", "/mcp", headers=[("Authorization", f"Bearer {token}")], body=body)
+    outcome = h.run(guard.authenticate_request(h.config, RESOURCE, req, required_scopes(req.body), h.now))
+    assert isinstance(outcome, Response) and outcome.status == 403
+    assert 'scope="tools:call:search"' in (outcome.header("WWW-Authenticate") or "")
+    allowed = h.run(guard.authenticate_request(h.config, RESOURCE, req, required_scopes(_body("tools/list")), h.now))
+    assert not isinstance(allowed, Response)
