@@ -71,14 +71,20 @@ def _starlette_tools() -> Any:
 
 
 def serve_starlette(sock: socket.socket, server: AuthorizationServer, resource: str) -> Stop:
-    import uvicorn
     from kavach.starlette import KavachGuard, mount
     from starlette.applications import Starlette
     from starlette.routing import Route
 
     app = Starlette(routes=[Route("/mcp", KavachGuard(_starlette_tools(), server, resource))])
     mount(app, server)
-    config = uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False)
+    return serve_asgi(sock, app)
+
+
+def serve_asgi(sock: socket.socket, app: Any) -> Stop:
+    """Run an ASGI app under uvicorn in a thread, on ``sock``, lifespan included when it has one."""
+    import uvicorn
+
+    config = uvicorn.Config(app, log_level="warning", lifespan="auto", access_log=False)
     uv = uvicorn.Server(config)
     thread = threading.Thread(target=uv.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()

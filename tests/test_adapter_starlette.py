@@ -100,3 +100,67 @@ def test_guard_refuses_oversized_bodies_and_websockets() -> None:
 
     asyncio.run(guard({"type": "websocket", "path": "/mcp", "headers": []}, receive, send))
     assert messages == [{"type": "websocket.close", "code": 1008}]
+
+
+# -- the MCP SDK's own Streamable HTTP app, wrapped whole ------------------------------------------
+
+
+def test_guard_wraps_the_mcp_sdk_streamable_http_app(tmp_path: Any) -> None:
+    """KavachGuard around the SDK's app serves the AS too; tools/list works, a tool outside the grant is 403."""
+    import socket
+
+    from e2e_frameworks import serve_asgi
+    from test_adapters_e2e import Deployment, grant
+
+    mcpserver = pytest.importorskip("mcp.server.mcpserver")
+    from kavach_core.config import Config, ProtectedResource
+
+    tools = mcpserver.MCPServer("demo")
+
+    @tools.tool()
+    def echo(text: str) -> str:
+        return text
+
+    @tools.tool()
+    def delete(path: str) -> str:
+        return "deleted"
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    base = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    config = Config(issuer=base, resources=[ProtectedResource(base + "/mcp", name="SDK tools")], secret=b"q" * 32)
+    users = Users(MemoryUsers(), log_n=10)
+    users.add("alice", "correct horse battery staple")
+    server = AuthorizationServer(config, MemoryStore(), users=users)
+    app = KavachGuard(tools.streamable_http_app(stateless_http=True, json_response=True), server, base + "/mcp")
+    stop = serve_asgi(sock, app)
+    try:
+        import httpx
+
+        with httpx.Client(timeout=10) as client, httpx.Client(timeout=10) as person:
+            dep = Deployment(base, base, base + "/mcp", server, client, person)
+            token = grant(dep)["access_token"]
+            headers = {
+                "Authorization": f"Bearer {token}",
+                "Accept": "application/json, text/event-stream",
+                "MCP-Protocol-Version": "2025-06-18",
+            }
+            init = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+                "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}
+            r = client.post(base + "/mcp", json=init, headers=headers)
+            assert r.status_code == 200, r.text
+            list_tools = {"jsonrpc": "2.0", "id": 2, "method": "tools/list"}
+            listed = client.post(base + "/mcp", json=list_tools, headers=headers)
+            assert listed.status_code == 200, listed.text
+            assert {t["name"] for t in listed.json()["result"]["tools"]} == {"echo", "delete"}
+            call = {"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {"name": "echo",
+                                                                                "arguments": {"text": "hi"}}}
+            assert client.post(base + "/mcp", json=call, headers=headers).status_code == 200
+            call["params"] = {"name": "delete", "arguments": {"path": "/"}}
+            refused = client.post(base + "/mcp", json=call, headers=headers)
+            assert refused.status_code == 403
+            assert 'scope="tools:call:delete"' in refused.headers["www-authenticate"]
+            assert client.post(base + "/mcp", json=call).status_code == 401
+    finally:
+        stop()
+        sock.close()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
+from urllib.parse import urlsplit
 
 from starlette.applications import Starlette
 from starlette.routing import Route
@@ -100,8 +101,9 @@ class KavachGuard:
 
     ``required(request)`` gives the scopes a request needs (default: from its JSON-RPC
     method(s), a batch needing every one), or a response to send instead. Requests for the
-    resource's metadata (MD-03, with CORS per MD-04) are answered without a token. The
-    ``Authorization`` header is not passed on to the wrapped app (RS-04).
+    resource's metadata (MD-03, with CORS per MD-04) are answered without a token, and so is
+    the whole authorization server when it shares the resource's origin (so wrapping the MCP
+    SDK's app is all it takes). The ``Authorization`` header is not passed on (RS-04).
     """
 
     def __init__(
@@ -110,7 +112,9 @@ class KavachGuard:
         self.app = app
         self.server = server
         self.resource = server.protected(resource)
-        self.metadata_path = PRM_WELL_KNOWN + resource_path(self.resource)
+        same_origin = _origin(self.resource) == _origin(server.config.issuer)
+        metadata_path = PRM_WELL_KNOWN + resource_path(self.resource)
+        self.public = frozenset(server.paths()) if same_origin else frozenset({metadata_path})
         self.required = required or server.required_scopes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -122,7 +126,7 @@ class KavachGuard:
         req = await _request(scope, receive, send)
         if req is None:
             return None
-        if req.path == self.metadata_path:
+        if req.path in self.public:
             return await _send(send, await self.server.ahandle(req))
         need = self.required(req)
         outcome = need if isinstance(need, Response) else await self.server.aguard(self.resource, req, need)
@@ -133,6 +137,11 @@ class KavachGuard:
         inner["headers"] = [(k, v) for k, v in scope["headers"] if k.lower() != b"authorization"]
         await self.app(inner, _replay(req.body, receive), send)
         return None
+
+
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:
