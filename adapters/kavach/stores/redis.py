@@ -1,0 +1,686 @@
+"""The Redis store: several kavach processes sharing one Redis (redis-py, sync and asyncio).
+
+Guarantees:
+
+- Every effect in :mod:`kavach_core.effects` (except the outbound ``FetchDocument``) is one
+  atomic step, with results identical to :class:`kavach_core.memory_store.MemoryStore`: each is
+  a single command (``GET``, ``GETDEL`` for consent tickets, ``SET``) or a Lua script, which
+  Redis runs without interleaving anything else (code redemption, refresh rotation, key swaps,
+  rate-limit hits, client deletion, revocations).
+- Keys are namespaced by ``prefix`` (default ``kavach:``). Everything that expires gets a TTL
+  from its record: its lifetime (``expires_at`` minus its creation time) plus ``ttl_slack``
+  seconds, so Redis drops expired data by itself and never before the core stops accepting it.
+  Revoked access-token ids, whose record has no creation time, live until ``expires_at`` by the
+  store's clock plus the slack. ``purge(now)`` also deletes, immediately, whatever has expired
+  at ``now`` (for parity with the SQL stores).
+- Records are JSON (:mod:`kavach.stores._codec`). Codes and grants are hashes: a ``record``
+  field with the JSON plus the fields the scripts read and change (``consumed``; the refresh
+  family's ``gen``, ``hash``, ``rexp``, ``rot``, ``rev`` and the grant's ``exp``).
+- A Redis that cannot be reached, or a connection lost during an effect, raises
+  :class:`kavach_core.drivers.StoreUnavailable` (503). Commands are never retried blindly (a
+  write may have been applied before the connection dropped); read-only effects are retried
+  once. A script either ran completely or not at all: no partial state. When Redis returns the
+  next call reconnects.
+- Signing keys' private PEMs are encrypted at rest when a store key is configured (``store_key``
+  or ``KAVACH_STORE_KEY``), see :mod:`kavach.stores._sealing`.
+
+Scripts touch keys they compute from the prefix, so on Redis Cluster use a prefix with a hash
+tag (``{kavach}:``) to keep every key in one slot. Durability is Redis's: run it with AOF
+(``appendfsync everysec`` or ``always``) if a restart must not forget consumed codes or rotations.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import threading
+import time
+from collections.abc import Callable, Generator
+from typing import Any, TypeVar
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import attrs
+import redis
+import redis.asyncio
+import redis.exceptions
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from kavach_core import effects as fx
+from kavach_core.drivers import StoreUnavailable
+from kavach_core.records import AuthorizationCode, Client, Grant, PendingAuthorization, SigningKey
+
+from ._codec import CLIENTS, CODES, GRANTS, KEYS, PENDING
+from ._sealing import KeySealer, seal, sealer_from, unseal
+
+__all__ = ["RedisStore"]
+
+T = TypeVar("T")
+
+
+@attrs.frozen
+class _Command:
+    args: tuple[Any, ...]
+
+
+@attrs.frozen
+class _Script:
+    name: str
+    keys: tuple[str, ...]
+    args: tuple[Any, ...]
+
+
+Plan = Generator["_Command | _Script", Any, T]
+"""A handler: yields commands and scripts, receives each one's reply, returns the effect's result."""
+
+
+# -- Lua scripts ------------------------------------------------------------------------------------
+# Numbers travel as decimal strings; string.format('%d') keeps integers integral.
+
+_EXTEND = """
+local function extend(key, ttl)
+  local t = redis.call('TTL', key)
+  if t < ttl then redis.call('EXPIRE', key, ttl) end
+end
+"""
+
+_SCRIPTS = {
+    # KEYS: client, clients zset, seq. ARGV: json, client_id
+    "put_client": """
+redis.call('SET', KEYS[1], ARGV[1])
+if not redis.call('ZSCORE', KEYS[2], ARGV[2]) then
+  redis.call('ZADD', KEYS[2], redis.call('INCR', KEYS[3]), ARGV[2])
+end
+return 1
+""",
+    # KEYS: client, clients zset, grants-of-client zset. ARGV: client_id, now, grant key prefix
+    "delete_client": """
+local existed = redis.call('DEL', KEYS[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+for _, gid in ipairs(redis.call('ZRANGE', KEYS[3], 0, -1)) do
+  local key = ARGV[3] .. gid
+  local f = redis.call('HMGET', key, 'cid', 'rev')
+  if f[1] == ARGV[1] and f[2] == '' then redis.call('HSET', key, 'rev', ARGV[2]) end
+end
+return existed
+""",
+    # KEYS: clients zset. ARGV: client key prefix
+    "list_clients": """
+local out = {}
+for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  local v = redis.call('GET', ARGV[1] .. id)
+  if v then out[#out + 1] = v end
+end
+return out
+""",
+    # KEYS: code. ARGV: json, consumed (0/1), expires_at, ttl
+    "put_code": """
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], 'record', ARGV[1], 'consumed', ARGV[2], 'exp', ARGV[3])
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+return 1
+""",
+    # KEYS: code, grant, grants zset, subject zset, client zset, seq
+    # ARGV: grant_id, json, exp, gen, hash, rexp, rot, rev, sub, cid, ttl
+    "consume_code": _EXTEND
+    + """
+if redis.call('HGET', KEYS[1], 'consumed') ~= '0' then return 0 end
+redis.call('HSET', KEYS[1], 'consumed', '1')
+redis.call('DEL', KEYS[2])
+redis.call('HSET', KEYS[2], 'record', ARGV[2], 'exp', ARGV[3], 'gen', ARGV[4], 'hash', ARGV[5],
+  'rexp', ARGV[6], 'rot', ARGV[7], 'rev', ARGV[8], 'sub', ARGV[9], 'cid', ARGV[10])
+local ttl = tonumber(ARGV[11])
+redis.call('EXPIRE', KEYS[2], ttl)
+local seq = redis.call('ZSCORE', KEYS[3], ARGV[1])
+if not seq then seq = redis.call('INCR', KEYS[6]) end
+for i = 3, 5 do
+  redis.call('ZADD', KEYS[i], seq, ARGV[1])
+  extend(KEYS[i], ttl)
+end
+return 1
+""",
+    # KEYS: grant. ARGV: now
+    "revoke_grant": """
+if redis.call('HGET', KEYS[1], 'rev') ~= '' then return 0 end
+redis.call('HSET', KEYS[1], 'rev', ARGV[1])
+return 1
+""",
+    # KEYS: an index zset. ARGV: grant key prefix
+    "list_grants": """
+local out = {}
+for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  local h = redis.call('HGETALL', ARGV[1] .. id)
+  if #h > 0 then out[#out + 1] = h end
+end
+return out
+""",
+    # KEYS: grant. ARGV: generation, presented, successor, now, grace, idle_expires_at
+    "rotate": """
+local f = redis.call('HMGET', KEYS[1], 'exp', 'gen', 'hash', 'rexp', 'rot', 'rev')
+if not f[1] then return {'unknown', {}} end
+local exp, gen, rexp, rot = tonumber(f[1]), tonumber(f[2]), tonumber(f[4]), tonumber(f[5])
+local g, now = tonumber(ARGV[1]), tonumber(ARGV[4])
+local outcome
+if f[6] ~= '' or now >= exp then
+  outcome = 'unknown'
+elseif g == gen and ARGV[2] == f[3] then
+  if now >= rexp then
+    outcome = 'unknown'
+  else
+    local idle = tonumber(ARGV[6])
+    if idle > exp then idle = exp end
+    redis.call('HSET', KEYS[1], 'gen', string.format('%d', g + 1), 'hash', ARGV[3], 'rot', ARGV[4],
+      'rexp', string.format('%d', idle))
+    outcome = 'rotated'
+  end
+elseif g + 1 == gen and now - rot <= tonumber(ARGV[5]) then
+  outcome = 'retried'
+else
+  redis.call('HSET', KEYS[1], 'rev', ARGV[4])
+  outcome = 'reused'
+end
+return {outcome, redis.call('HGETALL', KEYS[1])}
+""",
+    # KEYS: revoked jti. ARGV: expires_at, ttl
+    "revoke_access": """
+local old = tonumber(redis.call('GET', KEYS[1]) or '0')
+local oldttl = redis.call('TTL', KEYS[1])
+local exp = tonumber(ARGV[1])
+if old > exp then exp = old end
+local ttl = tonumber(ARGV[2])
+if oldttl > ttl then ttl = oldttl end
+redis.call('SET', KEYS[1], string.format('%d', exp), 'EX', ttl)
+return 1
+""",
+    # KEYS: revoked jti, grant
+    "is_revoked": """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 1 end
+if redis.call('HGET', KEYS[2], 'rev') == '' then return 0 end
+return 1
+""",
+    # KEYS: keys. ARGV: expected kids (JSON array), new set (JSON)
+    "swap_keys": """
+local current = redis.call('GET', KEYS[1])
+local kids = {}
+if current then
+  for i, k in ipairs(cjson.decode(current)) do kids[i] = k['kid'] end
+end
+local expected = cjson.decode(ARGV[1])
+local same = #kids == #expected
+if same then
+  for i = 1, #kids do
+    if kids[i] ~= expected[i] then same = false end
+  end
+end
+if same then
+  redis.call('SET', KEYS[1], ARGV[2])
+  return ARGV[2]
+end
+return current
+""",
+    # KEYS: counter. ARGV: ttl
+    "hit": """
+local n = redis.call('INCR', KEYS[1])
+if n == 1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
+return n
+""",
+    # KEYS: key. ARGV: field, now: delete a hash whose numeric field is <= now
+    "purge_hash": """
+local v = redis.call('HGET', KEYS[1], ARGV[1])
+if v and tonumber(v) <= tonumber(ARGV[2]) then return redis.call('DEL', KEYS[1]) end
+return 0
+""",
+    # KEYS: key. ARGV: value: delete the key when it still holds this value
+    "purge_value": """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+""",
+    # KEYS: zset. ARGV: member key prefix: drop members whose key is gone
+    "purge_index": """
+local n = 0
+for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  if redis.call('EXISTS', ARGV[1] .. id) == 0 then
+    redis.call('ZREM', KEYS[1], id)
+    n = n + 1
+  end
+end
+return n
+""",
+}
+
+_SHA = {name: hashlib.sha1(body.encode(), usedforsecurity=False).hexdigest() for name, body in _SCRIPTS.items()}
+
+_UNAVAILABLE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _pairs(reply: Any) -> dict[str, Any]:
+    """A hash as ``{field: value}`` from a dict reply or a flat Lua list, with text keys."""
+    if isinstance(reply, dict):
+        return {_text(k): v for k, v in reply.items()}
+    items = list(reply)
+    return {_text(items[i]): items[i + 1] for i in range(0, len(items), 2)}
+
+
+def _split_prefix(url: str) -> tuple[str, str | None]:
+    """Remove a ``prefix`` query parameter from the URL (redis-py would refuse it)."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    prefix = next((v for k, v in query if k == "prefix"), None)
+    if prefix is None:
+        return url, None
+    rest = urlencode([(k, v) for k, v in query if k != "prefix"])
+    return urlunsplit(parts._replace(query=rest)), prefix
+
+
+class RedisStore:
+    """A store on one Redis database, implementing every effect in :mod:`kavach_core.effects`.
+
+    ``url`` is a ``redis://``, ``rediss://`` or ``unix://`` URL (a ``prefix`` query parameter
+    sets the key prefix). ``prefix`` namespaces every key; ``ttl_slack`` (seconds) is added to
+    every TTL; ``timeout`` bounds connecting and each reply; ``max_connections`` bounds the pool;
+    ``store_key`` (else ``KAVACH_STORE_KEY``) encrypts signing keys at rest; ``clock`` is what
+    "now" means for revoked token ids' TTLs (the wall clock by default).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str | None = None,
+        ttl_slack: int = 60,
+        timeout: float = 5.0,
+        max_connections: int = 50,
+        store_key: bytes | str | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        url, url_prefix = _split_prefix(url)
+        self.url = url
+        self.prefix = prefix if prefix is not None else (url_prefix if url_prefix is not None else "kavach:")
+        if ttl_slack < 0:
+            raise ValueError("ttl_slack must be >= 0 seconds")
+        self.ttl_slack = ttl_slack
+        self._clock = clock
+        self._sealer: KeySealer | None = sealer_from(store_key)
+        self._client_args: dict[str, Any] = {
+            "socket_timeout": timeout,
+            "socket_connect_timeout": timeout,
+            "max_connections": max_connections,
+            "health_check_interval": 0,
+        }
+        self._lock = threading.Lock()
+        self._client: redis.Redis | None = None
+        self._aclients: dict[int, tuple[asyncio.AbstractEventLoop, redis.asyncio.Redis]] = {}
+        self._closed = False
+        self._handlers: dict[type[fx.Effect], Callable[[Any], Plan[Any]]] = {
+            fx.GetClient: self._get_client,
+            fx.PutClient: self._put_client,
+            fx.DeleteClient: self._delete_client,
+            fx.ListClients: self._list_clients,
+            fx.PutPending: self._put_pending,
+            fx.GetPending: self._get_pending,
+            fx.TakePending: self._take_pending,
+            fx.PutCode: self._put_code,
+            fx.GetCode: self._get_code,
+            fx.ConsumeCode: self._consume_code,
+            fx.GetGrant: self._get_grant,
+            fx.RevokeGrant: self._revoke_grant,
+            fx.ListGrants: self._list_grants,
+            fx.RotateRefresh: self._rotate,
+            fx.RevokeAccessToken: self._revoke_access,
+            fx.IsTokenRevoked: self._is_revoked,
+            fx.GetSigningKeys: self._get_keys,
+            fx.SwapSigningKeys: self._swap_keys,
+            fx.Hit: self._hit,
+        }
+
+    # -- public API ---------------------------------------------------------------------------
+
+    def perform(self, effect: fx.Effect) -> Any:
+        """Perform one effect atomically and return its result (see :mod:`kavach_core.effects`).
+
+        Raises ``TypeError`` for an effect this store does not perform and
+        :class:`StoreUnavailable` when Redis cannot be reached.
+        """
+        handler = self._handler(effect)
+        client = self._sync_client()
+        try:
+            return _drive(client, handler(effect))
+        except _UNAVAILABLE as exc:
+            if effect.writes:
+                raise StoreUnavailable(f"Redis is unavailable: {exc}") from exc
+        try:  # a read changes nothing: once more, on a fresh connection
+            return _drive(client, handler(effect))
+        except _UNAVAILABLE as exc:
+            raise StoreUnavailable(f"Redis is unavailable: {exc}") from exc
+
+    async def aperform(self, effect: fx.Effect) -> Any:
+        """:meth:`perform` with redis.asyncio, on a client of the running event loop."""
+        handler = self._handler(effect)
+        client = self._async_client()
+        try:
+            return await _adrive(client, handler(effect))
+        except _UNAVAILABLE as exc:
+            if effect.writes:
+                raise StoreUnavailable(f"Redis is unavailable: {exc}") from exc
+        try:
+            return await _adrive(client, handler(effect))
+        except _UNAVAILABLE as exc:
+            raise StoreUnavailable(f"Redis is unavailable: {exc}") from exc
+
+    def purge(self, now: int) -> dict[str, int]:
+        """Delete what has expired at ``now`` (TTLs do it anyway, later); returns counts per kind.
+
+        Each key is checked and deleted by one script, so a record renewed meanwhile survives.
+        """
+        client = self._sync_client()
+        try:
+            return _drive(client, self._purge_plan(client, now))
+        except _UNAVAILABLE as exc:
+            raise StoreUnavailable(f"Redis is unavailable: {exc}") from exc
+
+    def close(self) -> None:
+        """Close the sync client's connections (async clients: :meth:`aclose` from their loop)."""
+        self._closed = True
+        with self._lock:
+            client, self._client = self._client, None
+        if client is not None:
+            client.close()
+
+    async def aclose(self) -> None:
+        entry = self._aclients.pop(id(asyncio.get_running_loop()), None)
+        if entry is not None:
+            await entry[1].aclose()
+        self.close()
+
+    def delete_all(self) -> int:
+        """Delete every key under this store's prefix (tests and teardown). Irreversible."""
+        client = self._sync_client()
+        keys = list(client.scan_iter(match=_glob_escape(self.prefix) + "*", count=1000))
+        for start in range(0, len(keys), 500):
+            client.delete(*keys[start : start + 500])
+        return len(keys)
+
+    # -- clients and drivers --------------------------------------------------------------------
+
+    def _handler(self, effect: fx.Effect) -> Callable[[Any], Plan[Any]]:
+        handler = self._handlers.get(type(effect))
+        if handler is None:
+            raise TypeError(f"RedisStore cannot perform {type(effect).__name__}")
+        return handler
+
+    def _sync_client(self) -> redis.Redis:
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the store is closed")
+            if self._client is None:
+                self._client = redis.Redis.from_url(self.url, retry=Retry(NoBackoff(), 0), **self._client_args)
+            return self._client
+
+    def _async_client(self) -> redis.asyncio.Redis:
+        if self._closed:
+            raise RuntimeError("the store is closed")
+        loop = asyncio.get_running_loop()
+        entry = self._aclients.get(id(loop))
+        if entry is None or entry[0] is not loop:
+            from redis.asyncio.retry import Retry as AsyncRetry
+
+            client = redis.asyncio.Redis.from_url(self.url, retry=AsyncRetry(NoBackoff(), 0), **self._client_args)
+            self._aclients = {k: v for k, v in self._aclients.items() if not v[0].is_closed()}
+            self._aclients[id(loop)] = (loop, client)
+            return client
+        return entry[1]
+
+    # -- keys and TTLs ---------------------------------------------------------------------------
+
+    def _k(self, *parts: str) -> str:
+        return self.prefix + ":".join(parts)
+
+    def _ttl(self, lifetime: int) -> int:
+        return max(lifetime, 0) + self.ttl_slack + 1
+
+    # -- clients ---------------------------------------------------------------------------------
+
+    def _get_client(self, e: fx.GetClient) -> Plan[Client | None]:
+        raw = yield _Command(("GET", self._k("client", e.client_id)))
+        return None if raw is None else CLIENTS.loads(raw)
+
+    def _put_client(self, e: fx.PutClient) -> Plan[None]:
+        c = e.client
+        yield _Script(
+            "put_client",
+            (self._k("client", c.client_id), self._k("clients"), self._k("seq")),
+            (CLIENTS.dumps(c), c.client_id),
+        )
+
+    def _delete_client(self, e: fx.DeleteClient) -> Plan[bool]:
+        keys = (self._k("client", e.client_id), self._k("clients"), self._k("grants", "client", e.client_id))
+        existed = yield _Script("delete_client", keys, (e.client_id, e.now, self._k("grant", "")))
+        return bool(existed)
+
+    def _list_clients(self, e: fx.ListClients) -> Plan[tuple[Client, ...]]:
+        raw = yield _Script("list_clients", (self._k("clients"),), (self._k("client", ""),))
+        return tuple(CLIENTS.loads(v) for v in raw)
+
+    # -- pending authorizations and codes --------------------------------------------------------
+
+    def _put_pending(self, e: fx.PutPending) -> Plan[None]:
+        p = e.pending
+        ttl = self._ttl(p.expires_at - p.created_at)
+        yield _Command(("SET", self._k("pending", p.ticket_hash), PENDING.dumps(p), "EX", ttl))
+
+    def _get_pending(self, e: fx.GetPending) -> Plan[PendingAuthorization | None]:
+        raw = yield _Command(("GET", self._k("pending", e.ticket_hash)))
+        record = None if raw is None else PENDING.loads(raw)
+        return None if record is None or record.expires_at <= e.now else record
+
+    def _take_pending(self, e: fx.TakePending) -> Plan[PendingAuthorization | None]:
+        raw = yield _Command(("GETDEL", self._k("pending", e.ticket_hash)))
+        record = None if raw is None else PENDING.loads(raw)
+        return None if record is None or record.expires_at <= e.now else record
+
+    def _put_code(self, e: fx.PutCode) -> Plan[None]:
+        c = e.code
+        ttl = self._ttl(c.expires_at - c.issued_at)
+        args = (CODES.dumps(attrs.evolve(c, consumed=False)), int(c.consumed), c.expires_at, ttl)
+        yield _Script("put_code", (self._k("code", c.code_hash),), args)
+
+    def _get_code(self, e: fx.GetCode) -> Plan[AuthorizationCode | None]:
+        reply = yield _Command(("HGETALL", self._k("code", e.code_hash)))
+        fields = _pairs(reply)
+        if "record" not in fields:
+            return None
+        return attrs.evolve(CODES.loads(fields["record"]), consumed=_text(fields["consumed"]) == "1")
+
+    def _consume_code(self, e: fx.ConsumeCode) -> Plan[bool]:
+        g = e.grant
+        keys = (
+            self._k("code", e.code_hash),
+            self._k("grant", g.grant_id),
+            self._k("grants"),
+            self._k("grants", "subject", g.subject),
+            self._k("grants", "client", g.client_id),
+            self._k("seq"),
+        )
+        args = (
+            g.grant_id,
+            GRANTS.dumps(g),
+            g.expires_at,
+            g.refresh_generation,
+            g.refresh_hash,
+            g.refresh_expires_at,
+            g.rotated_at,
+            "" if g.revoked_at is None else g.revoked_at,
+            g.subject,
+            g.client_id,
+            self._ttl(g.expires_at - g.created_at),
+        )
+        consumed = yield _Script("consume_code", keys, args)
+        return bool(consumed)
+
+    # -- grants ----------------------------------------------------------------------------------
+
+    def _get_grant(self, e: fx.GetGrant) -> Plan[Grant | None]:
+        reply = yield _Command(("HGETALL", self._k("grant", e.grant_id)))
+        return _grant(reply)
+
+    def _revoke_grant(self, e: fx.RevokeGrant) -> Plan[bool]:
+        revoked = yield _Script("revoke_grant", (self._k("grant", e.grant_id),), (e.now,))
+        return bool(revoked)
+
+    def _list_grants(self, e: fx.ListGrants) -> Plan[tuple[Grant, ...]]:
+        if e.subject is not None:
+            index = self._k("grants", "subject", e.subject)
+        elif e.client_id is not None:
+            index = self._k("grants", "client", e.client_id)
+        else:
+            index = self._k("grants")
+        reply = yield _Script("list_grants", (index,), (self._k("grant", ""),))
+        grants = (_grant(h) for h in reply)
+        return tuple(
+            g
+            for g in grants
+            if g is not None
+            and (e.subject is None or g.subject == e.subject)
+            and (e.client_id is None or g.client_id == e.client_id)
+        )
+
+    def _rotate(self, e: fx.RotateRefresh) -> Plan[fx.Rotation]:
+        args = (e.generation, e.presented_hash, e.successor_hash, e.now, e.grace, e.idle_expires_at)
+        reply = yield _Script("rotate", (self._k("grant", e.grant_id),), args)
+        return fx.Rotation(_text(reply[0]), _grant(reply[1]))  # type: ignore[arg-type]
+
+    # -- access tokens ---------------------------------------------------------------------------
+
+    def _revoke_access(self, e: fx.RevokeAccessToken) -> Plan[None]:
+        ttl = self._ttl(e.expires_at - int(self._clock()))
+        yield _Script("revoke_access", (self._k("revoked", e.jti),), (e.expires_at, ttl))
+
+    def _is_revoked(self, e: fx.IsTokenRevoked) -> Plan[bool]:
+        revoked = yield _Script("is_revoked", (self._k("revoked", e.jti), self._k("grant", e.grant_id)), ())
+        return bool(revoked)
+
+    # -- signing keys ----------------------------------------------------------------------------
+
+    def _decode_keys(self, raw: Any) -> tuple[SigningKey, ...]:
+        if raw is None:
+            return ()
+        keys = (KEYS.from_dict(item) for item in json.loads(raw))
+        return tuple(attrs.evolve(k, private_pem=unseal(self._sealer, k.kid, k.private_pem)) for k in keys)
+
+    def _get_keys(self, e: fx.Effect) -> Plan[tuple[SigningKey, ...]]:
+        raw = yield _Command(("GET", self._k("keys")))
+        return self._decode_keys(raw)
+
+    def _swap_keys(self, e: fx.SwapSigningKeys) -> Plan[tuple[SigningKey, ...]]:
+        sealed = [KEYS.to_dict(attrs.evolve(k, private_pem=seal(self._sealer, k.kid, k.private_pem))) for k in e.keys]
+        args = (json.dumps(list(e.expected)), json.dumps(sealed, separators=(",", ":")))
+        raw = yield _Script("swap_keys", (self._k("keys"),), args)
+        return self._decode_keys(raw)
+
+    # -- rate limits -----------------------------------------------------------------------------
+
+    def _hit(self, e: fx.Hit) -> Plan[bool]:
+        window_end = (e.now // e.window + 1) * e.window
+        count = yield _Script("hit", (self._k("hit", str(window_end), e.bucket),), (self._ttl(window_end - e.now),))
+        return bool(int(count) <= e.limit)
+
+    # -- purge -----------------------------------------------------------------------------------
+
+    def _purge_plan(self, client: redis.Redis, now: int) -> Plan[dict[str, int]]:
+        counts = {"pending": 0, "codes": 0, "grants": 0, "revoked_tokens": 0, "rate_limits": 0, "clients": 0}
+        esc = _glob_escape(self.prefix)
+
+        def scan(kind: str) -> list[str]:
+            return [_text(k) for k in client.scan_iter(match=f"{esc}{kind}:*", count=1000)]
+
+        for key in scan("pending"):
+            raw = yield _Command(("GET", key))
+            if raw is not None and PENDING.loads(raw).expires_at <= now:
+                counts["pending"] += int((yield _Script("purge_value", (key,), (raw,))))
+        for key in scan("code"):
+            counts["codes"] += int((yield _Script("purge_hash", (key,), ("exp", now))))
+        for key in scan("grant"):
+            counts["grants"] += int((yield _Script("purge_hash", (key,), ("exp", now))))
+        for key in scan("revoked"):
+            raw = yield _Command(("GET", key))
+            if raw is not None and int(raw) <= now:
+                counts["revoked_tokens"] += int((yield _Script("purge_value", (key,), (raw,))))
+        for key in scan("hit"):
+            window_end = int(key[len(self.prefix) :].split(":", 2)[1])
+            if window_end <= now:
+                counts["rate_limits"] += int((yield _Command(("DEL", key))))
+        for key in scan("client"):
+            raw = yield _Command(("GET", key))
+            if raw is not None:
+                client_record = CLIENTS.loads(raw)
+                if client_record.expires_at is not None and client_record.expires_at <= now:
+                    deleted = yield _Script("purge_value", (key,), (raw,))
+                    if deleted:
+                        counts["clients"] += 1
+                        yield _Command(("ZREM", self._k("clients"), client_record.client_id))
+        for index in [self._k("grants"), *scan("grants")]:
+            yield _Script("purge_index", (index,), (self._k("grant", ""),))
+        return counts
+
+
+# -- helpers ----------------------------------------------------------------------------------------
+
+
+def _glob_escape(text: str) -> str:
+    return "".join("\\" + ch if ch in "*?[]\\" else ch for ch in text)
+
+
+def _grant(reply: Any) -> Grant | None:
+    fields = _pairs(reply)
+    if "record" not in fields:
+        return None
+    rev = _text(fields["rev"])
+    return attrs.evolve(
+        GRANTS.loads(fields["record"]),
+        refresh_generation=int(fields["gen"]),
+        refresh_hash=_text(fields["hash"]),
+        refresh_expires_at=int(fields["rexp"]),
+        rotated_at=int(fields["rot"]),
+        revoked_at=None if rev == "" else int(rev),
+    )
+
+
+def _call(step: _Command | _Script) -> tuple[tuple[Any, ...], tuple[Any, ...] | None]:
+    """The EVALSHA form of a step and, for a script, the EVAL to fall back on."""
+    if isinstance(step, _Command):
+        return step.args, None
+    tail = (len(step.keys), *step.keys, *step.args)
+    return ("EVALSHA", _SHA[step.name], *tail), ("EVAL", _SCRIPTS[step.name], *tail)
+
+
+def _drive(client: redis.Redis, plan: Plan[T]) -> T:
+    try:
+        step = next(plan)
+        while True:
+            first, fallback = _call(step)
+            try:
+                reply = client.execute_command(*first)  # type: ignore[no-untyped-call]
+            except redis.exceptions.NoScriptError:
+                reply = client.execute_command(*fallback)  # type: ignore[misc, no-untyped-call]
+            step = plan.send(reply)
+    except StopIteration as stop:
+        return stop.value  # type: ignore[no-any-return]
+
+
+async def _adrive(client: redis.asyncio.Redis, plan: Plan[T]) -> T:
+    try:
+        step = next(plan)
+        while True:
+            first, fallback = _call(step)
+            try:
+                reply = await client.execute_command(*first)  # type: ignore[no-untyped-call]
+            except redis.exceptions.NoScriptError:
+                reply = await client.execute_command(*fallback)  # type: ignore[misc, no-untyped-call]
+            step = plan.send(reply)
+    except StopIteration as stop:
+        return stop.value  # type: ignore[no-any-return]
