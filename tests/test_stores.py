@@ -840,6 +840,22 @@ def test_sqlite_migrates_an_empty_version_0_file(tmp_path: Path) -> None:
         assert store.perform(fx.GetClient("c1")) == client()
 
 
+def test_sqlite_concurrent_first_opens_migrate_once(tmp_path: Path) -> None:
+    path = tmp_path / "fresh.db"
+    barrier = threading.Barrier(20)
+
+    def open_one(i: int) -> int:
+        barrier.wait(timeout=30)
+        with SQLiteStore(path) as store:
+            store.perform(fx.PutClient(client(f"c{i}")))
+            return int(store.schema_version)
+
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        assert list(pool.map(open_one, range(20))) == [SCHEMA_VERSION] * 20
+    with SQLiteStore(path) as store:
+        assert len(store.perform(fx.ListClients())) == 20
+
+
 def test_sqlite_refuses_a_newer_schema_and_leaves_it_alone(tmp_path: Path) -> None:
     path = tmp_path / "future.db"
     SQLiteStore(path).close()

@@ -387,7 +387,12 @@ class SQLiteStore:
                 mode = _scalar(db, "PRAGMA journal_mode = WAL")
                 if mode != "wal":
                     raise SQLiteStoreError(f"cannot put {self.path!r} in WAL mode (got {mode!r})")
-            if self._needs_migration(db):
+            db.execute("BEGIN")  # one read snapshot for every check
+            try:
+                needed = self._needs_migration(db)
+            finally:
+                db.execute("COMMIT")
+            if needed:
                 with _transaction(db):
                     if self._needs_migration(db):  # re-read under the write lock: another process may have won
                         version = int(_scalar(db, "PRAGMA user_version"))
