@@ -455,9 +455,17 @@ def test_az_07_defaults_are_limited_by_the_client_scope(h: Harness) -> None:
     assert [s.scope for s in consent(h, scope=None).view.scopes] == ["tools:list"]
 
 
-def test_az_07_client_registered_scope_limits_requests(h: Harness) -> None:
-    add_client(h, scope=("tools:list",))
+def test_az_07_operator_registered_scope_limits_requests(h: Harness) -> None:
+    add_client(h, scope=("tools:list",), kind="static")
     assert_error_redirect(az_request(h, scope="tools:call"), "invalid_scope")
+
+
+def test_az_07_self_registered_scope_does_not_block_step_up(h: Harness) -> None:
+    """MCP step-up: a client that registered with its first challenge's scope may ask for a scope
+    a later 403 ``insufficient_scope`` names; the catalogue and the person still decide."""
+    add_client(h, scope=("tools:list",))
+    assert [s.scope for s in consent(h, scope="tools:call:add").view.scopes] == ["tools:call:add"]
+    assert_error_redirect(az_request(h, scope="admin"), "invalid_scope")
 
 
 def test_az_07_narrower_prefix_scope_is_allowed(hc: Harness) -> None:

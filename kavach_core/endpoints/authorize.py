@@ -93,8 +93,16 @@ def _resources(ctx: Context, msg: AuthorizationRequest) -> tuple[ProtectedResour
 
 
 def _scopes(client: Client, resources: tuple[ProtectedResource, ...], requested: str | None) -> tuple[str, ...]:
-    """The scopes to ask the person for (AZ-07): within the resources' catalogues and the client's
-    registered scope; the resources' defaults when none is requested."""
+    """The scopes to ask the person for (AZ-07): within the resources' catalogues; the resources'
+    defaults when none is requested, narrowed to the client's registered scope.
+
+    A registered ``scope`` is a ceiling on explicit requests only for clients an operator
+    registered (``kind == "static"``). A self-registered client's ``scope`` (RFC 7591 §2: values
+    it "can use", no restriction stated) is its own claim, so as a ceiling it protects nothing (it
+    could register again) and it breaks MCP step-up (MCP 2025-11-25 authorization, "Step-Up
+    Authorization Flow"): MCP SDK clients register with the scope of the first challenge, then
+    must ask for more after a 403 ``insufficient_scope``. The person still consents to each scope.
+    """
     catalogue = tuple(s for r in resources for s in r.scope_names)
     try:
         asked = parse_scope(requested)
@@ -110,7 +118,7 @@ def _scopes(client: Client, resources: tuple[ProtectedResource, ...], requested:
         return asked
     if uncovered(asked, catalogue):
         raise _Redirectable(OAuthError("invalid_scope", "a requested scope is not offered by the resource"))
-    if client.scope is not None and uncovered(asked, client.scope):
+    if client.kind == "static" and client.scope is not None and uncovered(asked, client.scope):
         raise _Redirectable(OAuthError("invalid_scope", "a requested scope is not allowed for this client"))
     return asked
 
