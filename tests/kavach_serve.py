@@ -1,0 +1,161 @@
+"""Run the real ``kavach`` command for a test: ``kavach serve`` on a free loopback port with a
+temporary database, plus the one-shot ``kavach users add`` / ``kavach clients add`` commands.
+
+Every process is started with a timeout and always stopped (terminate, then kill) when the
+``with`` block ends, pass or fail; its output is kept for failure messages.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+START_TIMEOUT = 30.0
+COMMAND_TIMEOUT = 60.0
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def kavach_command() -> list[str]:
+    """The ``kavach`` console script of this interpreter's environment (or its module)."""
+    script = Path(sys.executable).with_name("kavach")
+    if script.exists():
+        return [str(script)]
+    return [sys.executable, "-c", "import sys; from kavach.cli import main; sys.exit(main())"]
+
+
+def kavach(args: Sequence[str], *, env: dict[str, str], stdin: str | None = None) -> str:
+    """Run one ``kavach`` command to completion; its stdout, or an AssertionError with both streams."""
+    proc = subprocess.run(
+        [*kavach_command(), *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=COMMAND_TIMEOUT,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise AssertionError(f"kavach {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
+    return proc.stdout
+
+
+class Served:
+    """A running ``kavach serve``."""
+
+    def __init__(self, port: int, db: str, env: dict[str, str], proc: subprocess.Popen[str], log: Path) -> None:
+        self.port = port
+        self.db = db
+        self.env = env
+        self.proc = proc
+        self.log = log
+        self.issuer = f"http://127.0.0.1:{port}"
+        self.mcp_url = f"{self.issuer}/mcp"
+
+    def output(self) -> str:
+        try:
+            return self.log.read_text(errors="replace")[-6000:]
+        except OSError:
+            return ""
+
+    def add_user(self, name: str, password: str) -> None:
+        kavach(["users", "add", name, "--db", self.db, "--password-stdin"], env=self.env, stdin=password + "\n")
+
+    def add_public_client(self, name: str, redirect_uri: str) -> str:
+        """Pre-register a public client; its client_id (the last word ``kavach clients add`` prints
+        on the line naming it, or its only output)."""
+        out = kavach(
+            ["clients", "add", "--db", self.db, "--name", name, "--redirect-uri", redirect_uri], env=self.env
+        )
+        return parse_client_id(out)
+
+
+def parse_client_id(output: str) -> str:
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    for line in lines:
+        lowered = line.lower()
+        if "client_id" in lowered or "client id" in lowered:
+            return line.replace("=", " ").replace(":", " ").split()[-1].strip("'\"")
+    if len(lines) == 1 and len(lines[0].split()) == 1:
+        return lines[0]
+    raise AssertionError(f"cannot find the client_id in `kavach clients add` output:\n{output}")
+
+
+@contextmanager
+def serve(
+    tmp: Path | None = None,
+    *,
+    config_toml: str | None = None,
+    extra_env: dict[str, str] | None = None,
+    extra_args: Sequence[str] = (),
+) -> Iterator[Served]:
+    """``kavach serve --port <free> --db <tmp>/kavach.db`` until the block ends."""
+    with tempfile.TemporaryDirectory(prefix="kavach-serve-", dir=tmp) as work:
+        workdir = Path(work)
+        db = str(workdir / "kavach.db")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("KAVACH_")}
+        env.update(extra_env or {})
+        if config_toml is not None:
+            config = workdir / "kavach.toml"
+            config.write_text(config_toml)
+            env["KAVACH_CONFIG"] = str(config)
+        log = workdir / "serve.log"
+        last_error = ""
+        for _attempt in range(3):  # a free port can be taken between probe and bind
+            port = free_port()
+            with open(log, "w") as sink:
+                proc = subprocess.Popen(
+                    [*kavach_command(), "serve", "--port", str(port), "--db", db, *extra_args],
+                    stdin=subprocess.DEVNULL,
+                    stdout=sink,
+                    stderr=subprocess.STDOUT,
+                    env=env,
+                    text=True,
+                )
+            served = Served(port, db, env, proc, log)
+            try:
+                if _wait_ready(served):
+                    yield served
+                    return
+                last_error = served.output()
+            finally:
+                _stop(proc)
+        raise AssertionError(f"kavach serve did not start:\n{last_error}")
+
+
+def _wait_ready(served: Served) -> bool:
+    deadline = time.monotonic() + START_TIMEOUT
+    url = f"{served.issuer}/.well-known/oauth-authorization-server"
+    while time.monotonic() < deadline:
+        if served.proc.poll() is not None:
+            return False
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return True
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    return False
+
+
+def _stop(proc: subprocess.Popen[str]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
