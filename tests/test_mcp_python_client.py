@@ -1,0 +1,408 @@
+"""The official MCP Python SDK client against a real ``kavach serve`` (issue 3).
+
+The client (``mcp.Client`` over ``streamable_http_client`` with the SDK's
+``OAuthClientProvider``) is given nothing but the MCP URL. It finds everything else itself: the
+401 challenge names the protected resource metadata (RFC 9728), that names the authorization
+server, whose metadata (RFC 8414) gives the registration, authorization and token endpoints. The
+test plays only the person: its redirect handler opens the authorization URL in a small browser
+(:class:`tests.person.Person`) that signs in and approves, and hands the code, state and ``iss``
+from the final redirect to the SDK's callback handler.
+
+Step-up (MCP authorization, "Scope challenge handling"; RS-03): the SDK does it on its own. On a
+403 with ``error="insufficient_scope"`` it re-authorizes with the union of what it asked before
+and the challenged scope, then retries the request. Refresh: the SDK refreshes before a request
+once its token has expired by its own clock (``expires_in``).
+
+The proxy (``kavach serve --upstream``): an upstream MCPServer started by the test is reached
+through kavachOS; progress notifications stream through and the upstream never sees the token.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import anyio
+import attrs
+import httpx
+import httpx2
+import pytest
+from kavach_serve import Served, free_port, serve
+from mcp import Client
+from mcp.client.auth import AuthorizationCodeResult, OAuthClientProvider
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.auth import OAuthClientInformationFull, OAuthClientMetadata, OAuthToken
+from person import Form, Person
+
+PASSWORD = "correct horse battery staple"
+REDIRECT_URI = "http://127.0.0.1:45999/callback"
+FLOW_TIMEOUT = 90
+
+# A catalogue with a scope per demo tool, so a token can hold ``echo`` without ``add``.
+PER_TOOL_TOML = """
+[resource]
+name = "Demo tools"
+default_scopes = ["tools:list", "tools:call:echo", "tools:call:add"]
+
+[resource.scopes]
+"tools:list" = "See the list of tools"
+"tools:call:echo" = "Run the echo tool"
+"tools:call:add" = "Run the add tool"
+"resources:list" = "See the list of resources"
+"resources:read" = "Read resources"
+"prompts:list" = "See the list of prompts"
+"prompts:get" = "Use prompts"
+"""
+
+
+class MemoryStorage:
+    """The SDK's ``TokenStorage``, in memory."""
+
+    def __init__(self) -> None:
+        self.tokens: OAuthToken | None = None
+        self.client_info: OAuthClientInformationFull | None = None
+
+    async def get_tokens(self) -> OAuthToken | None:
+        return self.tokens
+
+    async def set_tokens(self, tokens: OAuthToken) -> None:
+        self.tokens = tokens
+
+    async def get_client_info(self) -> OAuthClientInformationFull | None:
+        return self.client_info
+
+    async def set_client_info(self, client_info: OAuthClientInformationFull) -> None:
+        self.client_info = client_info
+
+
+class ChoosyPerson(Person):
+    """A person who, at consent, leaves ticked only the scopes in ``grant`` (``None``: all)."""
+
+    grant: set[str] | None = None
+
+    def _submit(self, page_url: str, form: Form, decision: str) -> httpx.Response:
+        if self.grant is not None and "scope" in form.names:
+            form = attrs.evolve(form, fields=[(k, v) for k, v in form.fields if k != "scope" or v in self.grant])
+        return super()._submit(page_url, form, decision)
+
+
+@attrs.define
+class Seen:
+    """Every HTTP exchange the SDK client made, in order."""
+
+    exchanges: list[tuple[str, str, int, dict[str, str]]] = attrs.Factory(list)
+    authorizations: list[str] = attrs.Factory(list)
+    """Authorization URLs the SDK sent the person to."""
+
+    def paths(self) -> list[tuple[str, str, int]]:
+        return [(m, p, s) for m, p, s, _ in self.exchanges]
+
+    def token_grants(self) -> list[str]:
+        return [h.get("grant_type", "") for m, p, _, h in self.exchanges if m == "POST" and p == "/token"]
+
+
+class SdkClient:
+    """The SDK's pieces wired the way an application wires them, plus the person and a recorder."""
+
+    def __init__(self, mcp_url: str, person: ChoosyPerson) -> None:
+        self.mcp_url = mcp_url
+        self.person = person
+        self.storage = MemoryStorage()
+        self.seen = Seen()
+        self._result: dict[str, str] = {}
+        metadata = OAuthClientMetadata(
+            client_name="kavachOS test (MCP Python SDK)",
+            redirect_uris=[REDIRECT_URI],  # type: ignore[list-item]
+            grant_types=["authorization_code", "refresh_token"],
+            response_types=["code"],
+            token_endpoint_auth_method="none",
+        )
+        self.provider = OAuthClientProvider(mcp_url, metadata, self.storage, self._redirect, self._callback)
+
+    async def _redirect(self, url: str) -> None:
+        self.seen.authorizations.append(url)
+        final = await anyio.to_thread.run_sync(self.person.authorize, url)
+        self._result = {k: v[0] for k, v in parse_qs(urlsplit(final).query).items()}
+
+    async def _callback(self) -> AuthorizationCodeResult:
+        result, self._result = self._result, {}
+        if "code" not in result:
+            raise AssertionError(f"the authorization ended without a code: {result}")
+        return AuthorizationCodeResult(code=result["code"], state=result.get("state"), iss=result.get("iss"))
+
+    async def _on_response(self, response: httpx2.Response) -> None:
+        request = response.request
+        form: dict[str, str] = {}
+        if request.method == "POST" and request.url.path == "/token":
+            form = {k: v[0] for k, v in parse_qs(request.content.decode()).items()}
+        self.seen.exchanges.append((request.method, request.url.path, response.status_code, form))
+
+    async def run(self, body: Callable[[Client], Awaitable[Any]]) -> Any:
+        with anyio.fail_after(FLOW_TIMEOUT):
+            async with httpx2.AsyncClient(
+                auth=self.provider, timeout=30, event_hooks={"response": [self._on_response]}
+            ) as http, Client(streamable_http_client(self.mcp_url, http_client=http)) as client:
+                return await body(client)
+
+
+def _text(result: Any) -> str:
+    assert not result.is_error, result
+    return "".join(getattr(part, "text", "") for part in result.content)
+
+
+@pytest.fixture
+def person() -> Iterator[ChoosyPerson]:
+    with ChoosyPerson("alice", PASSWORD) as p:
+        yield p
+
+
+def _served_with_user(**kwargs: Any) -> Any:
+    return _ServedWithUser(**kwargs)
+
+
+class _ServedWithUser:
+    """``serve(...)`` with the user ``alice`` created through ``kavach users add --password-stdin``."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        self._cm = serve(**kwargs)
+
+    def __enter__(self) -> Served:
+        served = self._cm.__enter__()
+        served.add_user("alice", PASSWORD)
+        return served
+
+    def __exit__(self, *exc: Any) -> None:
+        self._cm.__exit__(*exc)
+
+
+# -- discovery, registration, authorization, tools ---------------------------------------------
+
+
+def test_sdk_client_discovers_registers_authorizes_and_calls_a_tool(person: ChoosyPerson) -> None:
+    """401 challenge -> PRM (RFC 9728) -> AS metadata (RFC 8414) -> registration (RFC 7591) ->
+    authorization with PKCE, sign-in and consent -> code redemption -> tools/list, tools/call."""
+    with _served_with_user() as served:
+        sdk = SdkClient(served.mcp_url, person)
+
+        async def body(client: Client) -> tuple[list[str], str]:
+            tools = await client.list_tools()
+            echoed = await client.call_tool("echo", {"text": "hello through kavachOS"})
+            return [t.name for t in tools.tools], _text(echoed)
+
+        names, echoed = anyio.run(sdk.run, body)
+
+    assert {"echo", "add"} <= set(names)
+    assert echoed == "hello through kavachOS"
+    paths = sdk.seen.paths()
+    assert paths[0] == ("POST", "/mcp", 401), "the first request is challenged"
+    order = [(m, p) for m, p, s in paths if s < 400]
+    discovery = [
+        ("GET", "/.well-known/oauth-protected-resource/mcp"),
+        ("GET", "/.well-known/oauth-authorization-server"),
+        ("POST", "/register"),
+        ("POST", "/token"),
+    ]
+    positions = [order.index(step) for step in discovery]
+    assert positions == sorted(positions), f"discovery out of order: {paths}"
+    assert sdk.seen.token_grants() == ["authorization_code"]
+    assert len(sdk.seen.authorizations) == 1
+    auth = parse_qs(urlsplit(sdk.seen.authorizations[0]).query)
+    assert auth["resource"] == [served.mcp_url], "RFC 8707: the token is asked for this MCP server"
+    assert auth["code_challenge_method"] == ["S256"]
+    assert sdk.storage.tokens is not None and sdk.storage.tokens.refresh_token
+    assert any(p.endswith("/authorize/consent") or "/consent" in p for p in person.pages)
+
+
+def test_sdk_client_resource_and_prompt(person: ChoosyPerson) -> None:
+    """The demo's resource and prompt are reachable with the scopes that cover them."""
+    toml = PER_TOOL_TOML.replace(
+        'default_scopes = ["tools:list", "tools:call:echo", "tools:call:add"]',
+        'default_scopes = ["tools:list", "resources:list", "resources:read", "prompts:list", "prompts:get"]',
+    )
+    with _served_with_user(config_toml=toml) as served:
+        sdk = SdkClient(served.mcp_url, person)
+
+        async def body(client: Client) -> tuple[list[str], str, list[str]]:
+            resources = await client.list_resources()
+            read = await client.read_resource("kavach://about")
+            prompts = await client.list_prompts()
+            return (
+                [str(r.uri) for r in resources.resources],
+                "".join(getattr(c, "text", "") for c in read.contents),
+                [p.name for p in prompts.prompts],
+            )
+
+        uris, about, prompts = anyio.run(sdk.run, body)
+    assert uris == ["kavach://about"]
+    assert "kavachOS" in about
+    assert prompts == ["greet"]
+
+
+# -- step-up ---------------------------------------------------------------------------------
+
+
+def test_rs_03_sdk_client_steps_up_on_insufficient_scope(person: ChoosyPerson) -> None:
+    """The person grants ``tools:list`` and ``tools:call:echo`` only; calling ``add`` gets 403
+    ``insufficient_scope`` naming ``tools:call:add``; the SDK re-authorizes for the union and the
+    retried call succeeds, without registering again."""
+    person.grant = {"tools:list", "tools:call:echo"}
+    with _served_with_user(config_toml=PER_TOOL_TOML) as served:
+        sdk = SdkClient(served.mcp_url, person)
+
+        async def body(client: Client) -> tuple[str, str | None, str, str]:
+            echoed = _text(await client.call_tool("echo", {"text": "first"}))
+            before = sdk.storage.tokens.scope if sdk.storage.tokens else None
+            person.grant = None  # at the second consent the person approves what is asked
+            added = _text(await client.call_tool("add", {"a": 2, "b": 3}))
+            echoed_again = _text(await client.call_tool("echo", {"text": "still"}))
+            return echoed, before, added, echoed_again
+
+        echoed, before, added, echoed_again = anyio.run(sdk.run, body)
+
+    assert echoed == "first"
+    assert before is not None and set(before.split()) == {"tools:list", "tools:call:echo"}
+    assert float(added) == 5
+    assert echoed_again == "still"
+    statuses = sdk.seen.paths()
+    assert ("POST", "/mcp", 403) in statuses, "the add call was refused for its scope first"
+    assert len(sdk.seen.authorizations) == 2
+    second = parse_qs(urlsplit(sdk.seen.authorizations[1]).query)["scope"][0].split()
+    assert "tools:call:add" in second and "tools:call:echo" in second, "SEP-2350: the union is asked for"
+    assert [p for m, p, s in statuses if p == "/register"] == ["/register"], "registered once"
+    assert sdk.storage.tokens is not None
+    assert "tools:call:add" in (sdk.storage.tokens.scope or "").split()
+
+
+def test_sdk_client_steps_up_beyond_its_first_challenge(person: ChoosyPerson) -> None:
+    """The first challenge offers only ``tools:list tools:call:echo``, so the SDK registers with
+    that scope; ``add`` needs a scope outside it. The SDK steps up and the server lets it: the
+    scope a client registers dynamically does not cap it (only an operator's ``kavach clients
+    add --scope`` does), since MCP clients learn the scopes they need one challenge at a time."""
+    toml = PER_TOOL_TOML.replace(
+        'default_scopes = ["tools:list", "tools:call:echo", "tools:call:add"]',
+        'default_scopes = ["tools:list", "tools:call:echo"]',
+    )
+    with _served_with_user(config_toml=toml) as served:
+        sdk = SdkClient(served.mcp_url, person)
+
+        async def body(client: Client) -> str:
+            _text(await client.call_tool("echo", {"text": "first"}))
+            return _text(await client.call_tool("add", {"a": 2, "b": 3}))
+
+        assert float(anyio.run(sdk.run, body)) == 5
+
+
+# -- refresh ---------------------------------------------------------------------------------
+
+
+def test_tk_07_sdk_client_refreshes_an_expired_access_token(person: ChoosyPerson) -> None:
+    """With 2-second access tokens (``KAVACH_ACCESS_TOKEN_LIFETIME=2``) the SDK refreshes once
+    its token expires, and the call made with the new token succeeds; no new authorization."""
+    with _served_with_user(extra_env={"KAVACH_ACCESS_TOKEN_LIFETIME": "2"}) as served:
+        sdk = SdkClient(served.mcp_url, person)
+
+        async def body(client: Client) -> tuple[str, str, str | None, str | None]:
+            first = _text(await client.call_tool("echo", {"text": "before"}))
+            token_before = sdk.storage.tokens.access_token if sdk.storage.tokens else None
+            await anyio.sleep(3.2)
+            second = _text(await client.call_tool("echo", {"text": "after"}))
+            token_after = sdk.storage.tokens.access_token if sdk.storage.tokens else None
+            return first, second, token_before, token_after
+
+        first, second, token_before, token_after = anyio.run(sdk.run, body)
+
+    assert (first, second) == ("before", "after")
+    assert token_before and token_after and token_before != token_after
+    assert sdk.seen.token_grants() == ["authorization_code", "refresh_token"]
+    refreshed = [s for m, p, s, _ in sdk.seen.exchanges if p == "/token"]
+    assert refreshed == [200, 200]
+    assert len(sdk.seen.authorizations) == 1
+
+
+# -- the proxy ------------------------------------------------------------------------------
+
+
+class Upstream:
+    def __init__(self, url: str, seen: Path) -> None:
+        self.url = url
+        self.seen = seen
+
+    def authorization_headers(self) -> list[str]:
+        return self.seen.read_text().splitlines() if self.seen.exists() else []
+
+
+@pytest.fixture
+def upstream(tmp_path: Path) -> Iterator[Upstream]:
+    """An MCPServer (tests/mcp_upstream.py) on a free loopback port, stopped afterwards."""
+    script = Path(__file__).with_name("mcp_upstream.py")
+    seen = tmp_path / "upstream-authorization.log"
+    log = tmp_path / "upstream.log"
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    with open(log, "w") as sink:
+        proc = subprocess.Popen(
+            [sys.executable, str(script), str(port), str(seen)],
+            stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.STDOUT, env=env,
+        )
+    try:
+        url = f"http://127.0.0.1:{port}/mcp"
+        deadline = time.monotonic() + 30
+        while True:
+            if proc.poll() is not None:
+                raise AssertionError(f"the upstream MCP server exited:\n{log.read_text()}")
+            try:
+                httpx.get(url, timeout=1)
+                break
+            except httpx.HTTPError:
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"the upstream MCP server did not start:\n{log.read_text()}") from None
+                time.sleep(0.1)
+        seen.write_text("")
+        yield Upstream(url, seen)
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
+
+
+def test_rs_04_proxy_streams_progress_and_never_forwards_the_token(
+    person: ChoosyPerson, upstream: Upstream
+) -> None:
+    """Through ``kavach serve --upstream``: tools of the upstream are listed and called, each
+    progress notification of ``count`` reaches the client, and no request the upstream received
+    carried an ``Authorization`` header (the client's token least of all)."""
+    with _served_with_user(extra_args=["--upstream", upstream.url]) as served:
+        sdk = SdkClient(served.mcp_url, person)
+        progress: list[tuple[float, float | None, str | None]] = []
+
+        async def on_progress(value: float, total: float | None, message: str | None) -> None:
+            progress.append((value, total, message))
+
+        async def body(client: Client) -> tuple[list[str], str, str]:
+            tools = await client.list_tools()
+            header = _text(await client.call_tool("auth_header", {}))
+            counted = _text(await client.call_tool("count", {"n": 5}, progress_callback=on_progress))
+            return [t.name for t in tools.tools], header, counted
+
+        names, header, counted = anyio.run(sdk.run, body)
+        token = sdk.storage.tokens.access_token if sdk.storage.tokens else ""
+
+    assert set(names) == {"count", "auth_header"}
+    assert header == "<none>", "the upstream saw an Authorization header"
+    assert counted == "5"
+    assert [p[0] for p in progress] == [1, 2, 3, 4, 5]
+    assert progress[-1][1] == 5 and progress[-1][2] == "step 5"
+    seen = upstream.authorization_headers()
+    assert seen, "the upstream received the client's requests"
+    assert set(seen) == {"-"}, f"the upstream saw Authorization headers: {seen}"
+    assert token and all(token not in line for line in seen)
