@@ -151,7 +151,8 @@ class RotateRefresh(Effect):
     - ``generation`` is current and ``presented_hash`` equals ``refresh_hash``: the family moves
       to ``generation + 1`` with ``successor_hash``, ``rotated_at = now`` and
       ``refresh_expires_at = idle_expires_at`` (capped at ``expires_at``): ``rotated``;
-    - ``generation + 1`` is current and ``now - rotated_at <= grace``: ``retried`` (no write);
+    - ``grace > 0``, ``generation + 1`` is current and ``now - rotated_at <= grace``: ``retried``
+      (no write); a grace of 0 disables retries;
     - any other generation: the grant is revoked in the same step: ``reused``.
 
     Returns a :class:`Rotation`.

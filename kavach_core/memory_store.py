@@ -141,7 +141,7 @@ class MemoryStore:
             )
             self.grants[e.grant_id] = updated
             return fx.Rotation("rotated", updated)
-        if e.generation + 1 == grant.refresh_generation and e.now - grant.rotated_at <= e.grace:
+        if e.grace > 0 and e.generation + 1 == grant.refresh_generation and e.now - grant.rotated_at <= e.grace:
             return fx.Rotation("retried", grant)
         revoked = attrs.evolve(grant, revoked_at=e.now)
         self.grants[e.grant_id] = revoked

@@ -538,7 +538,7 @@ class SQLiteStore:
                 ),
             )
             return fx.Rotation("rotated", updated)
-        if e.generation + 1 == grant.refresh_generation and e.now - grant.rotated_at <= e.grace:
+        if e.grace > 0 and e.generation + 1 == grant.refresh_generation and e.now - grant.rotated_at <= e.grace:
             return fx.Rotation("retried", grant)
         db.execute("UPDATE grants SET revoked_at = ? WHERE grant_id = ?", (e.now, e.grant_id))
         return fx.Rotation("reused", attrs.evolve(grant, revoked_at=e.now))
