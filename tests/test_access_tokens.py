@@ -186,6 +186,15 @@ def test_single_element_audience_list_is_accepted(h: Harness) -> None:
     assert _verify(h, forge(pair, header_for(pair), claims(h, aud=[RESOURCE]))).audience == RESOURCE
 
 
+def test_rs_05_audience_is_canonicalised_before_comparison(h: Harness) -> None:
+    """RS-05: both sides are compared canonical, so a non-canonical spelling of this resource is this resource."""
+    pair = signer(h)
+    for aud in ("https://MCP.example.com/mcp/", "HTTPS://mcp.example.com:443/mcp"):
+        assert _verify(h, forge(pair, header_for(pair), claims(h, aud=aud))).audience == RESOURCE
+    with pytest.raises(InvalidToken):
+        _verify(h, forge(pair, header_for(pair), claims(h, aud="https://mcp.example.com/MCP")))
+
+
 @pytest.mark.parametrize(
     ("name", "value"),
     [

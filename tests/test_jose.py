@@ -168,6 +168,16 @@ def test_der_encoded_es256_signature_is_refused(es_pair: SigningKeyPair) -> None
     _reject(f"{header}.{payload}.{b64(der)}", keymap(es_pair))
 
 
+def test_es256_signature_padded_with_a_zero_octet_is_refused(es_pair: SigningKeyPair) -> None:
+    """RFC 7518 §3.4: R and S are exactly 32 octets each; ``R || 0x00 || S`` encodes the same
+    integers but is another token, so it must not verify (signature malleability)."""
+    token = jose.sign(es_pair, {"a": 1}, "at+jwt")
+    h64, p64, s64 = token.split(".")
+    raw = jose.b64url_decode(s64)
+    for padded in (raw[:32] + b"\x00" + raw[32:], b"\x00" + raw, raw + b"\x00"):
+        _reject(f"{h64}.{p64}.{b64(padded)}", keymap(es_pair))
+
+
 def test_signature_by_another_key_with_the_same_kid_is_refused(es_pair: SigningKeyPair) -> None:
     other = SigningKeyPair(es_pair.kid, "ES256", ec.generate_private_key(ec.SECP256R1()))
     _reject(jose.sign(other, {"a": 1}, "at+jwt"), keymap(es_pair))
