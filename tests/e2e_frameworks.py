@@ -100,4 +100,106 @@ def serve_asgi(sock: socket.socket, app: Any) -> Stop:
     return stop
 
 
-FRAMEWORKS: dict[str, Serve] = {"starlette": serve_starlette}
+# -- Flask (werkzeug's threaded server) --------------------------------------------------------
+
+
+def flask_app(server: AuthorizationServer, resource: str) -> Any:
+    """The Flask deployment: the AS mounted, ``/mcp`` behind the :func:`guarded` decorator."""
+    import flask
+    from kavach.flask import current_principal, guarded, mount
+
+    app = flask.Flask("kavach_e2e")
+
+    @app.post("/mcp")
+    @guarded(server, resource)
+    def mcp() -> Any:
+        principal = current_principal()
+        message = json.loads(flask.request.get_data())
+        saw = "Authorization" in flask.request.headers
+        if message.get("params", {}).get("name") == "slow":
+
+            def chunks() -> Any:
+                yield b"chunk-1\n"
+                RELEASE.wait(10)
+                yield b"chunk-2\n"
+
+            return flask.Response(chunks(), content_type="application/json")
+        return flask.jsonify(tool_result(message, principal.subject, principal.scopes, saw))
+
+    mount(app, server)
+    return app
+
+
+def serve_flask(sock: socket.socket, server: AuthorizationServer, resource: str) -> Stop:
+    from werkzeug.serving import make_server
+
+    sock.listen(64)
+    host, port = sock.getsockname()[:2]
+    wsgi = make_server(host, port, flask_app(server, resource), threaded=True, fd=sock.fileno())
+    thread = threading.Thread(target=wsgi.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+
+    def stop() -> None:
+        wsgi.shutdown()
+        wsgi.server_close()
+        thread.join(10)
+
+    return stop
+
+
+# -- aiohttp (AppRunner + SockSite on its own loop) --------------------------------------------
+
+
+def aiohttp_app(server: AuthorizationServer, resource: str) -> Any:
+    """The aiohttp deployment: the AS mounted, ``/mcp`` behind :func:`guard_middleware`."""
+    from aiohttp import web
+    from kavach.aiohttp import PRINCIPAL, guard_middleware, mount
+
+    async def mcp(request: web.Request) -> web.StreamResponse:
+        principal = request[PRINCIPAL]
+        message = await request.json()
+        saw = "Authorization" in request.headers
+        if message.get("params", {}).get("name") == "slow":
+            streamed = web.StreamResponse(headers={"Content-Type": "application/json"})
+            await streamed.prepare(request)
+            await streamed.write(b"chunk-1\n")
+            await asyncio.to_thread(RELEASE.wait, 10)
+            await streamed.write(b"chunk-2\n")
+            await streamed.write_eof()
+            return streamed
+        return web.json_response(tool_result(message, principal.subject, principal.scopes, saw))
+
+    app = web.Application(middlewares=[guard_middleware(server, resource)])
+    app.router.add_post("/mcp", mcp)
+    mount(app, server)
+    return app
+
+
+def serve_aiohttp(sock: socket.socket, server: AuthorizationServer, resource: str) -> Stop:
+    from aiohttp import web
+
+    loop = asyncio.new_event_loop()
+    runner = web.AppRunner(aiohttp_app(server, resource), access_log=None)
+    ready = threading.Event()
+
+    def run() -> None:
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(runner.setup())
+        loop.run_until_complete(web.SockSite(runner, sock).start())
+        ready.set()
+        loop.run_forever()
+        loop.run_until_complete(runner.cleanup())
+        loop.close()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    ready.wait(10)
+
+    def stop() -> None:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+
+    return stop
+
+
+FRAMEWORKS: dict[str, Serve] = {"starlette": serve_starlette, "flask": serve_flask, "aiohttp": serve_aiohttp}
