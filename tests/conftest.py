@@ -102,3 +102,12 @@ def s256(verifier: str) -> str:
 @pytest.fixture
 def h() -> Harness:
     return Harness()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _drop_service_databases() -> Iterable[None]:
+    """Drop the PostgreSQL schemas and Redis key prefixes the store tests created (tests/services.py)."""
+    yield
+    import services
+
+    services.cleanup()

@@ -151,7 +151,7 @@ CREATE TABLE {s}.revoked_tokens (
 CREATE INDEX revoked_tokens_expires_at ON {s}.revoked_tokens (expires_at);
 CREATE TABLE {s}.signing_keys (
     position integer PRIMARY KEY,
-    kid text NOT NULL UNIQUE,
+    kid text NOT NULL,
     alg text NOT NULL,
     private_pem bytea NOT NULL,
     created_at bigint NOT NULL,
@@ -619,7 +619,7 @@ class PostgresStore:
                 ),
             )
             return fx.Rotation("rotated", updated)
-        if e.generation + 1 == grant.refresh_generation and e.now - grant.rotated_at <= e.grace:
+        if e.grace > 0 and e.generation + 1 == grant.refresh_generation and e.now - grant.rotated_at <= e.grace:
             return fx.Rotation("retried", grant)
         yield self._sql["force_revoke_grant"], (e.now, e.grant_id)
         return fx.Rotation("reused", attrs.evolve(grant, revoked_at=e.now))

@@ -174,7 +174,7 @@ elseif g == gen and ARGV[2] == f[3] then
       'rexp', string.format('%d', idle))
     outcome = 'rotated'
   end
-elseif g + 1 == gen and now - rot <= tonumber(ARGV[5]) then
+elseif tonumber(ARGV[5]) > 0 and g + 1 == gen and now - rot <= tonumber(ARGV[5]) then
   outcome = 'retried'
 else
   redis.call('HSET', KEYS[1], 'rev', ARGV[4])
