@@ -1,0 +1,139 @@
+"""The official MCP Python SDK (``mcp``), protected by kavachOS in one import.
+
+The SDK's own bearer check trusts whatever its ``TokenVerifier`` says and then checks neither the
+audience (unless ``validate_token_resource`` is set and the verifier reports it) nor any scope
+but the fixed ``AuthSettings.required_scopes``, compared exactly (no prefix rule) and the same for
+every request. kavach closes both gaps; choose one of two ways.
+
+**The SDK's auth, kavach's verifier** (audience, no per-method scope)::
+
+    from kavach.mcp import sdk_auth
+    tools = MCPServer("demo", **sdk_auth(server, "https://example.com/mcp"))
+    app = tools.streamable_http_app()
+    kavach.starlette.mount(app, server)          # when this process is also the authorization server
+
+:class:`KavachTokenVerifier` checks the signature against the published keys, ``typ``, ``iss``,
+the single audience equal to this resource's canonical URI (RS-04/RS-05), the lifetime and, through
+the store, revocation; the SDK's ``get_access_token()`` then works in tools. :func:`auth_settings`
+turns on ``validate_token_resource`` too (the SDK compares the audience the verifier reports).
+
+**kavach's guard around the SDK's app** (audience and per-method scopes; recommended)::
+
+    from kavach.mcp import guard
+    tools = MCPServer("demo")                     # no token_verifier, no auth
+    app = guard(tools.streamable_http_app(), server, "https://example.com/mcp")
+
+:func:`guard` is :class:`kavach.starlette.KavachGuard` (RS-01..RS-05, each JSON-RPC method's scope,
+``tools/call`` of ``N`` needing ``tools:call:N``, 403 step-up challenges, the resource metadata and,
+on the issuer's origin, the whole authorization server) with the verified token handed to the SDK,
+so ``get_access_token()`` works there too. The token string itself is not passed on (RS-04):
+``AccessToken.token`` is empty and the ``Authorization`` header is removed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+from mcp.server.auth.middleware.auth_context import auth_context_var
+from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
+from mcp.server.auth.provider import AccessToken
+from mcp.server.auth.settings import AuthSettings
+from starlette.authentication import AuthCredentials
+
+from kavach_core.guard import Principal, authenticate
+
+from .server import AuthorizationServer
+from .starlette import ASGIApp, KavachGuard, Receive, Required, Scope, Send
+
+log = logging.getLogger("kavach.mcp")
+
+__all__ = ["KavachTokenVerifier", "auth_settings", "guard", "sdk_access_token", "sdk_auth"]
+
+
+def sdk_access_token(principal: Principal, token: str = "") -> AccessToken:
+    """The SDK's view of a verified kavach token (scopes, expiry, audience, subject, claims)."""
+    t = principal.token
+    return AccessToken(
+        token=token,
+        client_id=t.client_id,
+        scopes=list(t.scopes),
+        expires_at=t.expires_at,
+        resource=t.audience,
+        subject=t.subject,
+        claims=dict(t.claims),
+    )
+
+
+class KavachTokenVerifier:
+    """The SDK's ``TokenVerifier`` for tokens a kavach authorization server issued for ``resource``."""
+
+    def __init__(self, server: AuthorizationServer, resource: str) -> None:
+        self.server = server
+        self.resource = server.protected(resource)
+
+    async def verify_token(self, token: str) -> AccessToken | None:
+        """The token's claims when it is valid for this resource now, else ``None`` (the SDK's 401).
+
+        A store that cannot answer fails closed: revocation could not be checked.
+        """
+        flow = authenticate(self.server.config, self.resource, f"Bearer {token}", (), int(self.server.clock()))
+        try:
+            outcome = await self.server.arun_flow(flow)
+        except Exception:
+            log.warning("could not verify an access token", exc_info=True)
+            return None
+        return sdk_access_token(outcome, token) if isinstance(outcome, Principal) else None
+
+
+def auth_settings(
+    server: AuthorizationServer, resource: str, *, required_scopes: Iterable[str] | None = None
+) -> AuthSettings:
+    """The SDK's ``AuthSettings`` for ``resource``: kavach's issuer, the canonical resource URI,
+    audience validation on. ``required_scopes`` are required of every request, matched exactly."""
+    return AuthSettings.model_validate(  # strings, so the SDK keeps an empty path empty (RFC 8414 §3.3)
+        {
+            "issuer_url": server.config.issuer,
+            "resource_server_url": server.protected(resource),
+            "required_scopes": list(required_scopes) if required_scopes is not None else None,
+            "validate_token_resource": True,
+        }
+    )
+
+
+def sdk_auth(
+    server: AuthorizationServer, resource: str, *, required_scopes: Iterable[str] | None = None
+) -> dict[str, Any]:
+    """``MCPServer(name, **sdk_auth(server, resource))``: the verifier and the settings together."""
+    return {
+        "token_verifier": KavachTokenVerifier(server, resource),
+        "auth": auth_settings(server, resource, required_scopes=required_scopes),
+    }
+
+
+class _SdkIdentity:
+    """Puts the guard's verified principal where the SDK looks for its authenticated user."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        principal = (scope.get("state") or {}).get("principal")
+        if not isinstance(principal, Principal):
+            await self.app(scope, receive, send)
+            return
+        user = AuthenticatedUser(sdk_access_token(principal))
+        scope = dict(scope, user=user, auth=AuthCredentials(list(principal.scopes)))
+        reset = auth_context_var.set(user)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            auth_context_var.reset(reset)
+
+
+def guard(
+    app: ASGIApp, server: AuthorizationServer, resource: str, *, required: Required | None = None
+) -> KavachGuard:
+    """The SDK's ASGI app behind :class:`~kavach.starlette.KavachGuard`, the principal handed to the SDK."""
+    return KavachGuard(_SdkIdentity(app), server, resource, required=required)

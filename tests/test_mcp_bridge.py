@@ -1,0 +1,198 @@
+"""kavach.mcp: a server built with the official MCP Python SDK, called by the SDK's own client.
+
+Both ways of protecting it are exercised over real HTTP (uvicorn on 127.0.0.1): the SDK's auth
+with :class:`kavach.mcp.KavachTokenVerifier` (RS-02, RS-04, RS-05: another resource's token and
+an expired token are 401), and :func:`kavach.mcp.guard` (per-method scopes, RS-03).
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import anyio
+import httpx
+import httpx2
+import pytest
+from e2e_frameworks import serve_asgi
+from kavach.mcp import KavachTokenVerifier, auth_settings, guard, sdk_auth
+from kavach.server import AuthorizationServer
+from kavach.starlette import mount
+from kavach.users import MemoryUsers, Users
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+from mcp.server.auth.middleware.auth_context import get_access_token
+from mcp.server.mcpserver import MCPServer
+from test_adapters_e2e import PASSWORD, Deployment, grant
+
+from kavach_core.config import Config, ProtectedResource
+from kavach_core.mcp_methods import McpScopeMap
+from kavach_core.memory_store import MemoryStore
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _tools(**options: Any) -> MCPServer:
+    tools = MCPServer("demo", **options)
+
+    @tools.tool()
+    def echo(text: str) -> str:
+        return text
+
+    @tools.tool()
+    def whoami() -> str:
+        token = get_access_token()
+        return f"{token.subject} {token.resource} {' '.join(token.scopes)}" if token else "nobody"
+
+    @tools.tool()
+    def delete(path: str) -> str:
+        return "deleted"
+
+    return tools
+
+
+class Site:
+    def __init__(self, sdk_native: bool) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.base = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.mcp_url = self.base + "/mcp"
+        self.other_url = self.base + "/other"
+        config = Config(
+            issuer=self.base,
+            resources=[ProtectedResource(self.mcp_url, name="SDK tools"), ProtectedResource(self.other_url)],
+            secret=b"b" * 32,
+        )
+        users = Users(MemoryUsers(), log_n=10)
+        users.add("alice", PASSWORD)
+        self.clock = Clock()
+        # As ``kavach serve`` does: the 2026-07-28 discovery and subscription methods need no scope
+        # (the core's default map does not know them yet and fails closed).
+        methods = McpScopeMap(overrides={"server/discover": (), "subscriptions/listen": ()})
+        self.server = AuthorizationServer(config, MemoryStore(), users=users, clock=self.clock, scope_map=methods)
+        if sdk_native:
+            app: Any = _tools(**sdk_auth(self.server, self.mcp_url)).streamable_http_app(stateless_http=True)
+            mount(app, self.server)
+        else:
+            app = guard(_tools().streamable_http_app(stateless_http=True), self.server, self.mcp_url)
+        self.stop = serve_asgi(self.sock, app)
+
+    def token(self, resource: str, scope: str = "tools:list tools:call:echo tools:call:whoami") -> str:
+        with httpx.Client(timeout=10) as client, httpx.Client(timeout=10) as person:
+            dep = Deployment(self.base, self.base, resource, self.server, client, person)
+            return str(grant(dep, scope)["access_token"])
+
+    def call(self, token: str, tool: str, arguments: dict[str, Any]) -> tuple[Any, list[int]]:
+        """The SDK's client: initialize, list tools, call ``tool``; the statuses it saw."""
+        statuses: list[int] = []
+
+        async def seen(response: httpx2.Response) -> None:
+            statuses.append(response.status_code)
+
+        async def body() -> Any:
+            headers = {"Authorization": f"Bearer {token}"}
+            with anyio.fail_after(30):
+                async with (
+                    httpx2.AsyncClient(headers=headers, timeout=10, event_hooks={"response": [seen]}) as http,
+                    Client(streamable_http_client(self.mcp_url, http_client=http)) as client,
+                ):
+                    listed = await client.list_tools()
+                    assert {"echo", "whoami", "delete"} <= {t.name for t in listed.tools}
+                    return await client.call_tool(tool, arguments)
+
+        try:
+            return anyio.run(body), statuses
+        except Exception as exc:  # the SDK's client raises on a refused request
+            return exc, statuses
+
+    def close(self) -> None:
+        self.stop()
+        self.sock.close()
+
+
+@pytest.fixture(params=[True, False], ids=["sdk-auth", "kavach-guard"])
+def site(request: pytest.FixtureRequest) -> Iterator[Site]:
+    s = Site(bool(request.param))
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+def _text(result: Any) -> str:
+    assert not getattr(result, "is_error", True), result
+    return "".join(getattr(part, "text", "") for part in result.content)
+
+
+def test_sdk_client_with_a_kavach_token_works(site: Site) -> None:
+    result, statuses = site.call(site.token(site.mcp_url), "echo", {"text": "hello"})
+    assert _text(result) == "hello", statuses
+    assert set(statuses) <= {200, 202, 204}
+
+
+def test_tools_see_the_verified_token_through_the_sdk(site: Site) -> None:
+    result, _ = site.call(site.token(site.mcp_url), "whoami", {})
+    assert _text(result) == f"alice {site.mcp_url} tools:list tools:call:echo tools:call:whoami"
+
+
+def test_rs_04_token_minted_for_another_resource_is_401(site: Site) -> None:
+    foreign = site.token(site.other_url)
+    result, statuses = site.call(foreign, "echo", {"text": "hello"})
+    assert isinstance(result, Exception) and statuses[:1] == [401]
+    r = httpx.post(site.mcp_url, json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"},
+                   headers={"Authorization": f"Bearer {foreign}", "Accept": "application/json, text/event-stream"})
+    assert r.status_code == 401
+    assert f'resource_metadata="{site.base}/.well-known/oauth-protected-resource/mcp"' in r.headers["www-authenticate"]
+
+
+def test_rs_02_expired_token_is_401(site: Site) -> None:
+    token = site.token(site.mcp_url)
+    site.clock.now += 3600  # past the access token's ten minutes
+    result, statuses = site.call(token, "echo", {"text": "hello"})
+    assert isinstance(result, Exception) and statuses[:1] == [401]
+
+
+def test_revoked_grant_is_401_through_the_verifier() -> None:
+    s = Site(sdk_native=True)
+    try:
+        token = s.token(s.mcp_url)
+        verifier = KavachTokenVerifier(s.server, s.mcp_url + "/")  # RS-05: compared canonically
+        checked = anyio.run(verifier.verify_token, token)
+        assert checked is not None and checked.resource == s.mcp_url and checked.subject == "alice"
+        assert anyio.run(verifier.verify_token, token + "x") is None
+        assert anyio.run(KavachTokenVerifier(s.server, s.other_url).verify_token, token) is None
+    finally:
+        s.close()
+
+
+def test_rs_03_guard_enforces_per_tool_scope_the_sdk_cannot() -> None:
+    s = Site(sdk_native=False)
+    try:
+        result, statuses = s.call(s.token(s.mcp_url), "delete", {"path": "/"})
+        assert 403 in statuses
+        assert not _is_success(result)
+    finally:
+        s.close()
+
+
+def _is_success(result: Any) -> bool:
+    return not isinstance(result, Exception) and not getattr(result, "is_error", True)
+
+
+def test_auth_settings_name_kavach_and_check_the_audience() -> None:
+    s = Site(sdk_native=True)
+    try:
+        settings = auth_settings(s.server, "HTTP" + s.mcp_url[4:] + "/", required_scopes=["tools"])
+        assert str(settings.issuer_url) == s.base
+        assert str(settings.resource_server_url) == s.mcp_url
+        assert settings.validate_token_resource is True and settings.required_scopes == ["tools"]
+    finally:
+        s.close()
