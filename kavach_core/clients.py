@@ -6,6 +6,7 @@ from (registered, pre-registered, or a client ID metadata document) lives in one
 
 from __future__ import annotations
 
+from . import client_documents
 from . import effects as fx
 from .context import Context
 from .drivers import Flow
@@ -13,10 +14,19 @@ from .records import Client
 
 
 def lookup(ctx: Context, client_id: str) -> Flow[Client | None]:
-    """The client called ``client_id``, or ``None`` when there is none."""
+    """The client called ``client_id``, or ``None`` when there is none.
+
+    A URL-shaped ``client_id`` names a client ID metadata document (CM-01): the stored copy while
+    it is fresh, else the document fetched, validated and stored again
+    (:func:`kavach_core.client_documents.resolve`). When that fails, raises
+    :class:`~kavach_core.client_documents.DocumentRefused` (``invalid_client``, 401) whose
+    description says why; callers turn it into their own error answer.
+    """
     if not client_id or len(client_id) > 2048:
         return None
-    client = yield fx.GetClient(client_id)
-    if client is not None and client.expires_at is not None and client.expires_at <= ctx.now:
-        return None
-    return client  # type: ignore[no-any-return]
+    client: Client | None = yield fx.GetClient(client_id)
+    if client is not None and (client.expires_at is None or client.expires_at > ctx.now):
+        return client
+    if ctx.config.client_id_metadata_documents and client_documents.looks_like_url(client_id):
+        return (yield from client_documents.resolve(ctx, client_id))
+    return None

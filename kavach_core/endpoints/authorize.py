@@ -57,7 +57,11 @@ def _client_and_redirect(ctx: Context, msg: AuthorizationRequest) -> Flow[tuple[
         return error_page(msg.client_problem.status, msg.client_problem.error, msg.client_problem.description)
     if msg.client_id is None:
         return error_page(400, "invalid_request", "The request does not name a client (client_id is missing).")
-    client = yield from lookup(ctx, msg.client_id)
+    try:
+        client = yield from lookup(ctx, msg.client_id)
+    except OAuthError as exc:
+        # A client ID metadata document that could not be used (CM-01, CM-02): say why, never redirect.
+        return error_page(400, exc.error, f"The application could not be identified: {exc.description}.")
     if client is None:
         return error_page(400, "invalid_client", "The application asking for access is not known here.")
     if msg.redirect_uri is None:
@@ -214,7 +218,10 @@ def consent(ctx: Context, ticket: str) -> Flow[ConsentRequired | None]:
     pending = yield fx.GetPending(digest(ticket), ctx.now)
     if pending is None:
         return None
-    client = yield from lookup(ctx, pending.client_id)
+    try:
+        client = yield from lookup(ctx, pending.client_id)
+    except OAuthError:
+        return None
     if client is None:
         return None
     return ConsentRequired(ticket, consent_view(ctx, client, pending), pending.expires_at)

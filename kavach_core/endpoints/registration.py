@@ -14,7 +14,8 @@ Policy (``config.registration``, RG-03):
   error code is RFC 6749's for "temporarily unable to handle the request"). The counter is
   only touched once the request is valid, so malformed requests write nothing at all.
 
-Metadata rules (RFC 7591 §2, §3.2.2):
+Metadata rules (RFC 7591 §2, §3.2.2), in :mod:`kavach_core.client_metadata` (shared with
+client ID metadata documents):
 
 - ``redirect_uris`` required (the only grant is ``authorization_code``), each accepted by
   :func:`kavach_core.redirect_uris.registration_problem`, and, when ``allowed_redirect_hosts`` is
@@ -44,10 +45,9 @@ from __future__ import annotations
 
 import json
 from typing import Any
-from urllib.parse import urlsplit
 
 from .. import effects as fx
-from ..config import is_loopback_host
+from ..client_metadata import accept
 from ..context import Context
 from ..drivers import Flow
 from ..errors import OAuthError
@@ -60,19 +60,10 @@ from ..messages.registration import (
 )
 from ..opaque import digest, new_id, new_secret, same
 from ..records import Client
-from ..redirect_uris import registration_problem
-from ..scopes import format_scope, parse_scope, uncovered
 
 AUTH_METHODS = ("none", "client_secret_basic", "client_secret_post")
 DEFAULT_AUTH_METHOD = "client_secret_basic"
-GRANT_TYPES = ("authorization_code", "refresh_token")
-DEFAULT_GRANT_TYPES = ("authorization_code", "refresh_token")
-RESPONSE_TYPES = ("code",)
 BEARER_CHALLENGE = "Bearer"
-
-
-def _invalid(description: str) -> OAuthError:
-    return OAuthError("invalid_client_metadata", description)
 
 
 def _missing_token() -> OAuthError:
@@ -112,112 +103,16 @@ def check_initial_access_token(ctx: Context, req: HttpRequest) -> None:
         raise _bad_token()
 
 
-def _https_uri(name: str, value: str) -> str:
-    """RG-01: ``client_uri``-like members are absolute https URLs (never fetched)."""
-    if any(ord(c) <= 0x20 or ord(c) == 0x7F for c in value):
-        raise _invalid(f"{name} must not contain spaces or control characters")
-    try:
-        parts = urlsplit(value)
-        parts.port  # noqa: B018 - validates the port
-    except ValueError as exc:
-        raise _invalid(f"{name} is not a valid URL") from exc
-    if parts.scheme.lower() != "https" or not parts.hostname:
-        raise _invalid(f"{name} must be an absolute https URL")
-    if parts.username is not None or parts.password is not None or "@" in parts.netloc:
-        raise _invalid(f"{name} must not carry user information")
-    return value
-
-
-def _redirect_host_allowed(uri: str, allowed: tuple[str, ...]) -> bool:
-    parts = urlsplit(uri)
-    host = (parts.hostname or "").lower()
-    if not host:
-        return False
-    return is_loopback_host(host) or host in allowed
-
-
-def check_redirect_uris(ctx: Context, uris: tuple[str, ...] | None) -> tuple[str, ...]:
-    """RG-01, RG-03: every redirect URI registrable and, with an allowlist, on an allowed host."""
-    if not uris:
-        raise OAuthError("invalid_redirect_uri", "redirect_uris is required")
-    allowed = ctx.config.registration.allowed_redirect_hosts
-    for uri in uris:
-        problem = registration_problem(uri)
-        if problem is not None:
-            raise OAuthError("invalid_redirect_uri", problem)
-        if allowed is not None and not _redirect_host_allowed(uri, allowed):
-            raise OAuthError("invalid_redirect_uri", "a redirect URI's host is not allowed on this server")
-    return uris
-
-
-def check_grant_types(grant_types: tuple[str, ...] | None, response_types: tuple[str, ...] | None) -> tuple[
-    tuple[str, ...], tuple[str, ...]
-]:
-    """RG-02, RFC 7591 §2.1: only the code flow (with refresh), and the two lists agree."""
-    grants = DEFAULT_GRANT_TYPES if grant_types is None else grant_types
-    responses = RESPONSE_TYPES if response_types is None else response_types
-    for grant in grants:
-        if grant not in GRANT_TYPES:
-            raise _invalid(f"grant type {grant} is not supported; use authorization_code and refresh_token")
-    if "authorization_code" not in grants:
-        raise _invalid("grant_types must include authorization_code")
-    for response in responses:
-        if response not in RESPONSE_TYPES:
-            raise _invalid(f"response type {response} is not supported; use code")
-    if "code" not in responses:
-        raise _invalid("response_types must be [\"code\"] for the authorization_code grant")
-    return grants, responses
-
-
-def check_scope(ctx: Context, scope: str | None) -> tuple[str, ...] | None:
-    """The scopes the client may ask for: well-formed and within some resource's catalogue."""
-    try:
-        scopes = parse_scope(scope)
-    except OAuthError as exc:
-        raise _invalid("scope is malformed") from exc
-    if scopes is None:
-        return None
-    if uncovered(scopes, ctx.config.scopes_supported):
-        raise _invalid("scope names a scope this server does not offer")
-    return scopes
-
-
 def build_client(ctx: Context, msg: RegistrationRequest) -> tuple[Client, dict[str, Any]]:
     """Validate ``msg`` and make the client record and the response body (which alone holds
     the plain secret of a confidential client).
 
-    Raises ``invalid_redirect_uri`` or ``invalid_client_metadata`` (RFC 7591 §3.2.2).
-    Reads nothing and writes nothing.
+    The metadata rules are :func:`kavach_core.client_metadata.accept`, shared with client ID
+    metadata documents. Raises ``invalid_redirect_uri`` or ``invalid_client_metadata``
+    (RFC 7591 §3.2.2). Reads nothing and writes nothing.
     """
-    redirect_uris = check_redirect_uris(ctx, msg.redirect_uris)
-    method = msg.token_endpoint_auth_method or DEFAULT_AUTH_METHOD
-    if method not in AUTH_METHODS:
-        raise _invalid(f"token_endpoint_auth_method {method} is not supported")
-    grants, responses = check_grant_types(msg.grant_types, msg.response_types)
-    scopes = check_scope(ctx, msg.scope)
-    meta: dict[str, Any] = {
-        "redirect_uris": list(redirect_uris),
-        "token_endpoint_auth_method": method,
-        "grant_types": list(grants),
-        "response_types": list(responses),
-    }
-    if msg.client_name is not None:
-        meta["client_name"] = msg.client_name
-    for name in ("client_uri", "logo_uri", "tos_uri", "policy_uri"):
-        value = getattr(msg, name)
-        if value is not None:
-            meta[name] = _https_uri(name, value)
-    if msg.contacts:
-        if any(not c.strip() for c in msg.contacts):
-            raise _invalid("contacts must not hold empty entries")
-        meta["contacts"] = list(msg.contacts)
-    if scopes is not None:
-        meta["scope"] = format_scope(scopes)
-    if msg.software_id is not None:
-        meta["software_id"] = msg.software_id
-    if msg.software_version is not None:
-        meta["software_version"] = msg.software_version
-
+    accepted = accept(ctx, msg, auth_methods=AUTH_METHODS, default_auth_method=DEFAULT_AUTH_METHOD)
+    method = accepted.token_endpoint_auth_method
     client_id = new_id(ctx)
     secret: str | None = None
     secret_expires_at = 0
@@ -227,23 +122,23 @@ def build_client(ctx: Context, msg: RegistrationRequest) -> tuple[Client, dict[s
         secret_expires_at = ctx.now + lifetime if lifetime else 0
     client = Client(
         client_id=client_id,
-        redirect_uris=redirect_uris,
+        redirect_uris=accepted.redirect_uris,
         token_endpoint_auth_method=method,
         secret_hash=digest(secret) if secret is not None else None,
-        grant_types=grants,
-        response_types=responses,
-        client_name=msg.client_name or "",
-        scope=scopes,
+        grant_types=accepted.grant_types,
+        response_types=accepted.response_types,
+        client_name=accepted.client_name,
+        scope=accepted.scope,
         kind="dynamic",
         issued_at=ctx.now,
         secret_expires_at=secret_expires_at,
-        metadata=json.dumps(meta, separators=(",", ":")),
+        metadata=json.dumps(accepted.meta, separators=(",", ":")),
     )
     body: dict[str, Any] = {"client_id": client_id, "client_id_issued_at": ctx.now}
     if secret is not None:
         body["client_secret"] = secret
         body["client_secret_expires_at"] = secret_expires_at
-    body.update(meta)
+    body.update(accepted.meta)
     return client, body
 
 
