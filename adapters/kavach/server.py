@@ -97,10 +97,13 @@ class Call(fx.Effect):
 
 
 class _SyncPerformer:
-    def __init__(self, store: Any) -> None:
+    def __init__(self, store: Any, fetcher: Any = None) -> None:
         self.store = store
+        self.fetcher = fetcher
 
     def perform(self, effect: fx.Effect) -> Any:
+        if isinstance(effect, fx.FetchDocument):
+            return _no_fetcher() if self.fetcher is None else self.fetcher.fetch(effect.url)
         if isinstance(effect, Call):
             result = effect.fn(*effect.args)
             if inspect.isawaitable(result):
@@ -110,11 +113,14 @@ class _SyncPerformer:
 
 
 class _AsyncPerformer:
-    def __init__(self, store: Any) -> None:
+    def __init__(self, store: Any, fetcher: Any = None) -> None:
         self.store = store
+        self.fetcher = fetcher
         self._aperform = getattr(store, "aperform", None)
 
     async def aperform(self, effect: fx.Effect) -> Any:
+        if isinstance(effect, fx.FetchDocument):
+            return _no_fetcher() if self.fetcher is None else await self.fetcher.afetch(effect.url)
         if isinstance(effect, Call):
             if effect.blocking:
                 return await asyncio.to_thread(effect.fn, *effect.args)
@@ -123,6 +129,10 @@ class _AsyncPerformer:
         if self._aperform is not None:
             return await self._aperform(effect)
         return await asyncio.to_thread(self.store.perform, effect)
+
+
+def _no_fetcher() -> fx.FetchRefused:
+    return fx.FetchRefused("this server is not configured to fetch client metadata documents")
 
 
 def failure_response(exc: BaseException) -> Response:
@@ -141,7 +151,10 @@ class AuthorizationServer:
     application say who is signed in with its own login (it may be async under async adapters);
     ``login_url(return_to) -> url`` is where to send a person ``identify`` does not know, when
     there are no local users. ``scope_map`` maps MCP methods to scopes for the guards.
-    ``clock`` and ``entropy`` are injectable for tests.
+    ``clock`` and ``entropy`` are injectable for tests. ``fetcher`` performs the core's
+    ``FetchDocument`` effect (client ID metadata documents, CM-02): by default a
+    :class:`~kavach.fetcher.DocumentFetcher` with the default (public hosts only) policy when
+    the configuration enables documents.
     """
 
     def __init__(
@@ -158,6 +171,7 @@ class AuthorizationServer:
         session_lifetime: int = 8 * 3600,
         router: Router | None = None,
         scope_map: McpScopeMap = DEFAULT_MAP,
+        fetcher: Any = None,
     ) -> None:
         if users is None and identify is None:
             raise ValueError("give users= (built-in sign-in) or identify= (your application's login), or both")
@@ -176,6 +190,11 @@ class AuthorizationServer:
         self.cookies = Cookies(config, session_lifetime=session_lifetime)
         self.router = router
         self.scope_map = scope_map
+        if fetcher is None and config.client_id_metadata_documents:
+            from .fetcher import DocumentFetcher
+
+            fetcher = DocumentFetcher()
+        self.fetcher = fetcher
         base = config.issuer_path + config.paths.authorization
         self.login_path = base + "/login"
         self.consent_path = base + "/consent"
@@ -198,14 +217,14 @@ class AuthorizationServer:
     def handle(self, req: HttpRequest) -> Response:
         """Answer ``req`` in this thread (Flask, WSGI, the CLI)."""
         try:
-            return run(self._serve(self.context(), req), _SyncPerformer(self.store))
+            return run(self._serve(self.context(), req), _SyncPerformer(self.store, self.fetcher))
         except Exception as exc:
             return failure_response(exc)
 
     async def ahandle(self, req: HttpRequest) -> Response:
         """Answer ``req`` on an event loop (Starlette, aiohttp); blocking steps run in threads."""
         try:
-            return await arun(self._serve(self.context(), req), _AsyncPerformer(self.store))
+            return await arun(self._serve(self.context(), req), _AsyncPerformer(self.store, self.fetcher))
         except Exception as exc:
             return failure_response(exc)
 
@@ -227,7 +246,7 @@ class AuthorizationServer:
         """The verified caller of ``resource``, or the 401/403 challenge to send (RS-01..RS-05)."""
         flow = authenticate_request(self.config, resource, req, required, int(self.clock()))
         try:
-            return run(flow, _SyncPerformer(self.store))
+            return run(flow, _SyncPerformer(self.store, self.fetcher))
         except Exception as exc:
             return failure_response(exc)
 
@@ -235,15 +254,15 @@ class AuthorizationServer:
         """:meth:`guard` on an event loop."""
         flow = authenticate_request(self.config, resource, req, required, int(self.clock()))
         try:
-            return await arun(flow, _AsyncPerformer(self.store))
+            return await arun(flow, _AsyncPerformer(self.store, self.fetcher))
         except Exception as exc:
             return failure_response(exc)
 
     def run_flow(self, flow: Flow[Any]) -> Any:
-        return run(flow, _SyncPerformer(self.store))
+        return run(flow, _SyncPerformer(self.store, self.fetcher))
 
     async def arun_flow(self, flow: Flow[Any]) -> Any:
-        return await arun(flow, _AsyncPerformer(self.store))
+        return await arun(flow, _AsyncPerformer(self.store, self.fetcher))
 
     def _serve(self, ctx: Context, req: HttpRequest) -> Generator[fx.Effect, Any, Response]:
         response = yield from self._dispatch(ctx, req)
