@@ -24,7 +24,7 @@ import os
 import socket
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any, NoReturn
 
@@ -570,6 +570,22 @@ async def _purge_forever(instance: Instance, every: float = 600.0) -> None:
         await anyio.sleep(every)
 
 
+def _quiet_stop_class() -> type[Any]:
+    import uvicorn
+
+    class QuietStop(uvicorn.Server):
+        """uvicorn's server, except that a stop asked for by Ctrl-C or SIGTERM ends in exit
+        status 0 after the graceful shutdown (uvicorn would raise the signal again)."""
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            with super().capture_signals():
+                yield
+                self._captured_signals.clear()
+
+    return QuietStop
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     settings = _settings(args)
     check_issuer(settings)
@@ -580,9 +596,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         sock.close()
         raise
     try:
-        import uvicorn
+        try:
+            import uvicorn
 
-        app = build_app(instance)
+            app = build_app(instance)
+            server_class = _quiet_stop_class()
+        except ImportError as exc:
+            raise CliError(f"kavach serve needs {exc.name or 'its extras'}: pip install 'kavachos[mcp]'") from exc
         config = uvicorn.Config(
             app,
             log_level=settings.log_level,
@@ -592,7 +612,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             proxy_headers=False,
         )
         _banner(settings, instance)
-        uvicorn.Server(config).run(sockets=[sock])
+        server_class(config).run(sockets=[sock])
     finally:
         sock.close()
         instance.close()

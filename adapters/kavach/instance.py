@@ -34,6 +34,9 @@ _SETTINGS_TABLE = (
 )
 
 
+_PLACEHOLDER = ProtectedResource("http://127.0.0.1/mcp")
+
+
 class InstanceError(Exception):
     """The instance cannot be opened; the message is one line for the person at the terminal."""
 
@@ -65,6 +68,9 @@ def server_secret(path: str, *, entropy: Callable[[int], bytes] = os.urandom) ->
 def build_config(settings: Settings, secret: bytes) -> Config:
     """The core configuration for these settings (one protected resource: ``<origin>/mcp``)."""
     try:
+        # The issuer alone first, so a bad one is reported as such (the resource derives from it).
+        Config(issuer=settings.issuer_url, resources=(_PLACEHOLDER,), secret=secret,
+               allow_insecure_http=settings.allow_insecure_http)
         resource = ProtectedResource(
             settings.resource_url,
             scopes=settings.scopes,

@@ -1,0 +1,497 @@
+"""The ``kavach`` command, run as real subprocesses of the installed console script (issue 3).
+
+Each command's happy path and its bad input: an unknown flag, an unknown user or client, an
+unreadable database, a port in use, a bad issuer, a bad TOML file. Bad input is exactly one line
+on stderr and exit status 2, never a traceback. ``kavach serve`` is started on free loopback
+ports with temporary databases and always stopped; two of them on one database file agree on
+the secret and the keys, so a token one issues works at the other (and so does its refresh
+token). Settings precedence: flags over ``KAVACH_*`` over the TOML file over defaults.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import pty
+import secrets
+import select
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlencode, urlsplit
+
+import httpx
+import pytest
+from kavach.settings import SettingsError, resolve
+from kavach_serve import free_port, kavach_command, serve
+from person import Person
+
+PASSWORD = "a long enough password"
+REDIRECT_URI = "http://127.0.0.1:45998/callback"
+TIMEOUT = 60
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KAVACH_")}
+    env.update(extra)
+    return env
+
+
+def run(args: Sequence[str], *, env: dict[str, str] | None = None, stdin: str | None = None,
+        cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*kavach_command(), *args], input=stdin, capture_output=True, text=True,
+        env=env if env is not None else clean_env(), timeout=TIMEOUT, check=False, cwd=cwd,
+    )
+
+
+def ok(args: Sequence[str], **kwargs: Any) -> str:
+    proc = run(args, **kwargs)
+    assert proc.returncode == 0, f"kavach {' '.join(args)} -> {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    assert "Traceback" not in proc.stderr
+    return proc.stdout
+
+
+def bad(args: Sequence[str], expect: str, **kwargs: Any) -> str:
+    """Bad input: exit 2, one line on stderr containing ``expect``, no traceback."""
+    proc = run(args, **kwargs)
+    assert proc.returncode == 2, f"kavach {' '.join(args)} -> {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1, f"expected one line on stderr, got:\n{proc.stderr}"
+    assert "Traceback" not in proc.stderr
+    assert expect.lower() in lines[0].lower(), lines[0]
+    return lines[0]
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> str:
+    return str(tmp_path / "kavach.db")
+
+
+# -- help and the parser -----------------------------------------------------------------------
+
+COMMANDS = [
+    [], ["serve"], ["users"], ["users", "add"], ["users", "list"], ["users", "remove"],
+    ["clients"], ["clients", "add"], ["clients", "list"], ["clients", "show"], ["clients", "revoke"],
+    ["grants"], ["grants", "list"], ["grants", "revoke"], ["keys"], ["keys", "list"], ["keys", "rotate"],
+]
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "kavach")
+def test_help_everywhere(command: list[str]) -> None:
+    out = ok([*command, "--help"])
+    assert out.startswith("usage: kavach")
+
+
+def test_version() -> None:
+    assert ok(["--version"]).startswith("kavach ")
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["--bogus"], ["serve", "--bogus"], ["users", "list", "--nope"], ["keys", "rotate", "-x"], ["frobnicate"],
+     ["serve", "--port", "http"], ["serve", "--port", "70000"], ["clients", "add", "--name", "x"],
+     ["grants", "revoke"]],
+    ids=lambda a: " ".join(a),
+)
+def test_bad_flags_are_one_line_and_status_2(args: list[str], db: str) -> None:
+    bad([*args], "error")
+
+
+def test_a_group_without_action_shows_its_help() -> None:
+    proc = run(["users"])
+    assert proc.returncode == 2 and "usage: kavach users" in proc.stderr and "Traceback" not in proc.stderr
+
+
+# -- users -------------------------------------------------------------------------------------
+
+
+def test_users_add_list_remove(db: str) -> None:
+    assert "no users" in run(["users", "list", "--db", db]).stderr
+    created = ok(["users", "add", "alice", "--db", db, "--password-stdin"], stdin=PASSWORD + "\n")
+    assert "created user 'alice'" in created
+    ok(["users", "add", "bob", "--db", db, "--password-stdin"], stdin="pw2\n")
+    assert ok(["users", "list", "--db", db]).split() == ["alice", "bob"]
+    assert "changed the password" in ok(["users", "add", "bob", "--db", db, "--password-stdin"], stdin="pw3\n")
+    assert "removed user 'bob'" in ok(["users", "remove", "bob", "--db", db])
+    assert ok(["users", "list", "--db", db]).split() == ["alice"]
+
+
+def test_users_bad_input(db: str) -> None:
+    ok(["users", "add", "alice", "--db", db, "--password-stdin"], stdin=PASSWORD + "\n")
+    bad(["users", "remove", "nobody", "--db", db], "no user named 'nobody'")
+    bad(["users", "add", "carol", "--db", db, "--password-stdin"], "no password", stdin="")
+    bad(["users", "add", "carol", "--db", db], "--password-stdin", stdin="")  # no terminal to prompt on
+    bad(["users", "add", "   ", "--db", db, "--password-stdin"], "username", stdin="pw\n")
+
+
+def _with_terminal(args: Sequence[str], answers: Sequence[tuple[str, str]]) -> tuple[int, str]:
+    """Run ``kavach`` with a pseudo-terminal as stdin (``getpass`` reads it), typing each answer
+    once its prompt has appeared on stderr (``getpass`` flushes what was typed earlier)."""
+    controller, terminal = pty.openpty()
+    proc = subprocess.Popen(
+        [*kavach_command(), *args], stdin=terminal, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        env=clean_env(), start_new_session=True,
+    )
+    os.close(terminal)
+    seen = b""
+    try:
+        assert proc.stderr is not None
+        deadline = time.monotonic() + TIMEOUT
+        for prompt, answer in answers:
+            while prompt.encode() not in seen:
+                ready, _, _ = select.select([proc.stderr], [], [], 1.0)
+                if ready:
+                    chunk = os.read(proc.stderr.fileno(), 4096)
+                    if not chunk:
+                        break
+                    seen += chunk
+                assert time.monotonic() < deadline, f"no prompt {prompt!r}: {seen!r}"
+            seen = seen.replace(prompt.encode(), b"<asked>", 1)
+            time.sleep(0.2)
+            os.write(controller, answer.encode() + b"\n")
+        out, err = proc.communicate(timeout=TIMEOUT)
+        return proc.returncode, (seen + out + err).decode(errors="replace")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+        os.close(controller)
+
+
+def test_users_add_prompts_twice_for_the_password(db: str) -> None:
+    code, output = _with_terminal(
+        ["users", "add", "dave", "--db", db], [("Password: ", PASSWORD), ("(again): ", PASSWORD)]
+    )
+    assert code == 0, output
+    assert output.count("<asked>") == 2
+    assert ok(["users", "list", "--db", db]).split() == ["dave"]
+    code, output = _with_terminal(
+        ["users", "add", "erin", "--db", db], [("Password: ", PASSWORD), ("(again): ", "something else")]
+    )
+    assert code == 2 and "do not match" in output and "Traceback" not in output
+
+
+# -- clients -----------------------------------------------------------------------------------
+
+
+def _client_id(output: str) -> str:
+    return output.split("client_id:")[1].split()[0]
+
+
+def test_clients_add_list_show_revoke(db: str) -> None:
+    public = ok(["clients", "add", "--db", db, "--name", "Desktop app", "--redirect-uri", REDIRECT_URI,
+                 "--redirect-uri", "http://[::1]:7000/cb"])
+    assert "client_secret" not in public
+    public_id = _client_id(public)
+    confidential = run(["clients", "add", "--db", db, "--name", "Web app", "--confidential",
+                        "--redirect-uri", "https://app.example.com/cb", "--scope", "tools:list"], env=clean_env())
+    assert confidential.returncode == 0, confidential.stderr
+    secret = confidential.stdout.split("client_secret:")[1].split()[0]
+    assert len(secret) >= 43 and "shown only now" in confidential.stderr
+    web_id = _client_id(confidential.stdout)
+
+    listing = ok(["clients", "list", "--db", db])
+    assert public_id in listing and web_id in listing and "static" in listing and "client_secret_basic" in listing
+
+    shown = json.loads(ok(["clients", "show", web_id, "--db", db]))
+    assert shown["client_name"] == "Web app"
+    assert shown["redirect_uris"] == ["https://app.example.com/cb"]
+    assert shown["token_endpoint_auth_method"] == "client_secret_basic"
+    assert shown["scope"] == "tools:list" and shown["kind"] == "static"
+    assert secret not in json.dumps(shown) and "secret_hash" not in shown
+
+    assert "deleted client" in ok(["clients", "revoke", public_id, "--db", db])
+    assert public_id not in ok(["clients", "list", "--db", db])
+
+
+def test_clients_bad_input(db: str) -> None:
+    bad(["clients", "show", "nope", "--db", db], "no client with id 'nope'")
+    bad(["clients", "revoke", "nope", "--db", db], "no client with id 'nope'")
+    bad(["clients", "add", "--db", db, "--name", "x", "--redirect-uri", "http://example.com/cb"],
+        "invalid_redirect_uri")
+    bad(["clients", "add", "--db", db, "--name", "x", "--redirect-uri", "https://ok.example/cb#frag"],
+        "invalid_redirect_uri")
+    bad(["clients", "add", "--db", db, "--name", "x", "--redirect-uri", REDIRECT_URI, "--scope", "not:offered"],
+        "scope")
+
+
+# -- keys --------------------------------------------------------------------------------------
+
+
+def test_keys_list_and_rotate(db: str) -> None:
+    assert "no signing keys" in run(["keys", "list", "--db", db]).stderr
+    first = ok(["keys", "rotate", "--db", db]).split("key ")[1].split()[0]
+    second = ok(["keys", "rotate", "--db", db]).split("key ")[1].split()[0]
+    assert first != second
+    rows = {line.split()[0]: line.split()[-1] for line in ok(["keys", "list", "--db", db]).splitlines()[1:]}
+    assert rows == {second: "active", first: "published"}
+
+
+# -- the database ------------------------------------------------------------------------------
+
+
+def test_unreadable_database_is_one_line(tmp_path: Path) -> None:
+    bad(["users", "list", "--db", str(tmp_path / "missing" / "kavach.db")], "does not exist")
+    bad(["keys", "list", "--db", str(tmp_path)], "is a directory")
+    garbage = tmp_path / "garbage.db"
+    garbage.write_bytes(b"this is not a database at all" * 100)
+    bad(["clients", "list", "--db", str(garbage)], "garbage.db")
+    bad(["serve", "--port", str(free_port()), "--db", str(garbage)], "garbage.db")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="file permissions do not bind root")
+def test_database_without_permission(tmp_path: Path) -> None:
+    locked = tmp_path / "locked.db"
+    ok(["users", "list", "--db", str(locked)])
+    locked.chmod(0)
+    try:
+        bad(["users", "list", "--db", str(locked)], "locked.db")
+    finally:
+        locked.chmod(0o600)
+
+
+def test_server_secret_is_made_once_and_kept(db: str) -> None:
+    import sqlite3
+
+    ok(["keys", "list", "--db", db])
+    ok(["users", "list", "--db", db])
+    con = sqlite3.connect(db)
+    try:
+        rows = con.execute("SELECT value FROM kavach_settings WHERE name = 'secret'").fetchall()
+    finally:
+        con.close()
+    assert len(rows) == 1 and len(rows[0][0]) >= 32
+
+
+# -- settings ----------------------------------------------------------------------------------
+
+
+def test_settings_precedence_flags_env_toml_defaults(tmp_path: Path) -> None:
+    toml = tmp_path / "k.toml"
+    toml.write_text('port = 7001\nissuer = "https://toml.example"\ndb = "data/k.db"\nlog_level = "debug"\n'
+                    "[lifetimes]\naccess_token = 120\ncode = 30\n")
+    defaults = resolve({}, {})
+    assert (defaults.port, defaults.issuer_url, defaults.db) == (8000, "http://127.0.0.1:8000", "kavach.db")
+    from_toml = resolve({"config": str(toml)}, {})
+    assert (from_toml.port, from_toml.issuer_url, from_toml.log_level) == (7001, "https://toml.example", "debug")
+    assert from_toml.db == str(tmp_path / "data" / "k.db"), "a relative db is relative to the TOML file"
+    assert from_toml.lifetimes_config().access_token == 120
+    env = {"KAVACH_CONFIG": str(toml), "KAVACH_PORT": "7002", "KAVACH_ACCESS_TOKEN_LIFETIME": "5"}
+    from_env = resolve({}, env)
+    assert (from_env.port, from_env.issuer_url) == (7002, "https://toml.example")
+    assert from_env.lifetimes_config().access_token == 5 and from_env.lifetimes_config().code == 30
+    flagged = resolve({"port": 7003, "issuer": "https://flag.example", "db": None}, env)
+    assert (flagged.port, flagged.issuer_url, flagged.resource_url) == (7003, "https://flag.example",
+                                                                        "https://flag.example/mcp")
+
+
+@pytest.mark.parametrize(
+    ("toml", "expect"),
+    [("port = [", "not valid TOML"), ("prot = 1", "unknown setting 'prot'"), ('port = "x"', "whole number"),
+     ("[lifetimes]\nforever = 1", "unknown lifetime"), ("[resource]\nscopes = 3", "resource.scopes")],
+)
+def test_bad_toml_is_one_line(tmp_path: Path, toml: str, expect: str) -> None:
+    path = tmp_path / "k.toml"
+    path.write_text(toml)
+    with pytest.raises(SettingsError, match="config file"):
+        resolve({"config": str(path)}, {})
+    bad(["keys", "list", "--config", str(path), "--db", str(tmp_path / "k.db")], expect)
+
+
+def test_bad_settings_are_one_line(tmp_path: Path) -> None:
+    db = str(tmp_path / "k.db")
+    bad(["users", "list", "--config", str(tmp_path / "nope.toml"), "--db", db], "does not exist")
+    bad(["keys", "list", "--db", db], "whole number", env=clean_env(KAVACH_PORT="eighty"))
+    bad(["keys", "list", "--db", db], "access_token", env=clean_env(KAVACH_ACCESS_TOKEN_LIFETIME="0"))
+    toml = tmp_path / "scopes.toml"
+    toml.write_text('[resource]\ndefault_scopes = ["tools:write"]\n')
+    bad(["keys", "list", "--db", db, "--config", str(toml)], "default scope 'tools:write'")
+
+
+# -- serve: bad input --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("issuer", "expect"),
+    [("http://example.com", "--allow-insecure-http"), ("not a url", "issuer"), ("https://example.com/", "trailing"),
+     ("ftp://example.com", "https"), ("https://example.com?x=1", "query")],
+)
+def test_gn_01_serve_refuses_a_bad_issuer(issuer: str, expect: str, db: str) -> None:
+    bad(["serve", "--port", str(free_port()), "--db", db, "--issuer", issuer], expect)
+    assert not Path(db).exists(), "nothing is written before the settings are accepted"
+
+
+def test_serve_refuses_a_port_in_use(db: str) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen(1)
+        port = holder.getsockname()[1]
+        bad(["serve", "--port", str(port), "--db", db], f"port {port} on 127.0.0.1 is already in use")
+
+
+def test_serve_refuses_a_bad_upstream(db: str) -> None:
+    bad(["serve", "--port", str(free_port()), "--db", db, "--upstream", "ftp://x/mcp"], "upstream")
+
+
+# -- serve: running ----------------------------------------------------------------------------
+
+
+def test_serve_prints_where_to_connect_and_how_to_log_in() -> None:
+    with serve() as served:
+        banner = served.output()
+        assert f"{served.mcp_url}" in banner
+        assert f"Issuer (authorization server):               {served.issuer}" in banner
+        assert served.db in banner
+        assert "kavach users add NAME" in banner
+        meta = httpx.get(f"{served.issuer}/.well-known/oauth-authorization-server", timeout=10).json()
+        assert meta["issuer"] == served.issuer
+        prm = httpx.get(f"{served.issuer}/.well-known/oauth-protected-resource/mcp", timeout=10).json()
+        assert prm["resource"] == served.mcp_url and prm["authorization_servers"] == [served.issuer]
+        challenge = httpx.post(served.mcp_url, json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"}, timeout=10)
+        assert challenge.status_code == 401
+        assert "resource_metadata=" in challenge.headers["www-authenticate"]
+
+
+def test_serve_with_a_user_does_not_ask_for_one(tmp_path: Path) -> None:
+    db = str(tmp_path / "k.db")
+    ok(["users", "add", "alice", "--db", db, "--password-stdin"], stdin=PASSWORD + "\n")
+    with serve(extra_args=["--db", db]) as served:
+        assert "users add" not in served.output()
+
+
+def test_serve_allows_an_insecure_issuer_only_when_forced() -> None:
+    port = free_port()
+    issuer = f"http://kavach.test:{port}"
+    with serve(extra_args=["--issuer", issuer, "--allow-insecure-http"]) as served:
+        # The runner probes its own port; the served issuer is the forced one.
+        meta = httpx.get(f"http://127.0.0.1:{served.port}/.well-known/oauth-authorization-server", timeout=10)
+        assert meta.json()["issuer"] == issuer
+
+
+def test_serve_precedence_flag_over_env_over_toml(tmp_path: Path) -> None:
+    """TOML says one issuer, ``KAVACH_ISSUER`` another: the environment wins; a flag beats both."""
+    toml = 'issuer = "http://127.0.0.1:1"\n[lifetimes]\naccess_token = 77\n'
+    with serve(config_toml=toml, extra_env={"KAVACH_ISSUER": "http://127.0.0.1:2"}) as served:
+        meta = httpx.get(f"{served.issuer}/.well-known/oauth-authorization-server", timeout=10).json()
+        assert meta["issuer"] == "http://127.0.0.1:2"
+    with serve(config_toml=toml, extra_env={"KAVACH_ISSUER": "http://127.0.0.1:2"},
+               extra_args=["--issuer", "http://localhost:3"]) as served:
+        meta = httpx.get(f"{served.issuer}/.well-known/oauth-authorization-server", timeout=10).json()
+        assert meta["issuer"] == "http://localhost:3"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_serve_stops_cleanly(sig: signal.Signals) -> None:
+    with serve() as served:
+        served.proc.send_signal(sig)
+        assert served.proc.wait(timeout=20) == 0
+        assert "Traceback" not in served.output()
+
+
+# -- a token end to end, grants, two processes on one database ---------------------------------
+
+
+def _pkce() -> tuple[str, str]:
+    verifier = secrets.token_urlsafe(48)
+    challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
+    return verifier, challenge
+
+
+def obtain_tokens(issuer: str, resource: str, username: str = "alice") -> dict[str, Any]:
+    """Register a public client at ``issuer``, authorize as ``username`` and redeem the code."""
+    registered = httpx.post(f"{issuer}/register", timeout=10, json={
+        "client_name": "cli test", "redirect_uris": [REDIRECT_URI], "token_endpoint_auth_method": "none",
+    })
+    assert registered.status_code == 201, registered.text
+    client_id = registered.json()["client_id"]
+    verifier, challenge = _pkce()
+    query = urlencode({
+        "response_type": "code", "client_id": client_id, "redirect_uri": REDIRECT_URI, "state": "s1",
+        "code_challenge": challenge, "code_challenge_method": "S256", "resource": resource,
+        "scope": "tools:list tools:call",
+    })
+    with Person(username, PASSWORD) as person:
+        final = person.authorize(f"{issuer}/authorize?{query}")
+    params = {k: v[0] for k, v in parse_qs(urlsplit(final).query).items()}
+    assert "code" in params, final
+    token = httpx.post(f"{issuer}/token", timeout=10, data={
+        "grant_type": "authorization_code", "code": params["code"], "redirect_uri": REDIRECT_URI,
+        "client_id": client_id, "code_verifier": verifier, "resource": resource,
+    })
+    assert token.status_code == 200, token.text
+    return {**token.json(), "client_id": client_id}
+
+
+def tools_list(mcp_url: str, access_token: str) -> httpx.Response:
+    return httpx.post(
+        mcp_url, timeout=10,
+        headers={"Authorization": f"Bearer {access_token}", "Accept": "application/json, text/event-stream",
+                 "MCP-Protocol-Version": "2025-06-18"},
+        json={"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}},
+    )
+
+
+def refresh(issuer: str, tokens: dict[str, Any], resource: str) -> httpx.Response:
+    return httpx.post(f"{issuer}/token", timeout=10, data={
+        "grant_type": "refresh_token", "refresh_token": tokens["refresh_token"], "client_id": tokens["client_id"],
+        "resource": resource,
+    })
+
+
+@pytest.fixture
+def shared_db(tmp_path: Path) -> Iterator[str]:
+    db = str(tmp_path / "shared.db")
+    ok(["users", "add", "alice", "--db", db, "--password-stdin"], stdin=PASSWORD + "\n")
+    yield db
+
+
+def test_grants_list_and_revoke_end_to_end(shared_db: str) -> None:
+    with serve(extra_args=["--db", shared_db]) as served:
+        tokens = obtain_tokens(served.issuer, served.mcp_url)
+        assert tools_list(served.mcp_url, tokens["access_token"]).status_code == 200
+        listing = ok(["grants", "list", "--db", shared_db, "--subject", "alice"])
+        assert "alice" in listing and tokens["client_id"] in listing and "active" in listing
+        assert "no grants" in run(["grants", "list", "--db", shared_db, "--subject", "bob"]).stderr
+        bad(["grants", "revoke", "--db", shared_db, "--grant", "nope"], "no grant with id 'nope'")
+        assert "revoked 1 grant" in ok(["grants", "revoke", "--db", shared_db, "--subject", "alice"])
+        assert "revoked" in ok(["grants", "list", "--db", shared_db])
+        assert tools_list(served.mcp_url, tokens["access_token"]).status_code == 401
+        assert refresh(served.issuer, tokens, served.mcp_url).json()["error"] == "invalid_grant"
+
+
+def test_users_remove_revokes_their_grants(shared_db: str) -> None:
+    with serve(extra_args=["--db", shared_db]) as served:
+        tokens = obtain_tokens(served.issuer, served.mcp_url)
+        assert "revoked 1 grant" in ok(["users", "remove", "alice", "--db", shared_db])
+        assert tools_list(served.mcp_url, tokens["access_token"]).status_code == 401
+
+
+def test_two_serve_processes_on_one_database(shared_db: str) -> None:
+    """Two processes behind one issuer share the database: a token and a refresh token issued by
+    one work at the other (one secret, one key set), and a rotation at one is seen by both."""
+    with serve(extra_args=["--db", shared_db]) as first:
+        issuer = first.issuer
+        with serve(extra_args=["--db", shared_db, "--issuer", issuer]) as second:
+            second_mcp = f"http://127.0.0.1:{second.port}/mcp"
+            second_as = f"http://127.0.0.1:{second.port}"
+            tokens = obtain_tokens(issuer, first.mcp_url)
+            assert tools_list(second_mcp, tokens["access_token"]).status_code == 200
+            rotated = refresh(second_as, tokens, first.mcp_url)
+            assert rotated.status_code == 200, rotated.text
+            fresh = rotated.json()
+            assert tools_list(first.mcp_url, fresh["access_token"]).status_code == 200
+            again = refresh(issuer, {**tokens, **fresh}, first.mcp_url)
+            assert again.status_code == 200, again.text
+            assert tools_list(second_mcp, again.json()["access_token"]).status_code == 200
+            jwks_first = httpx.get(f"{issuer}/jwks.json", timeout=10).json()
+            jwks_second = httpx.get(f"{second_as}/jwks.json", timeout=10).json()
+            assert jwks_first == jwks_second and jwks_first["keys"]
+
