@@ -37,7 +37,7 @@ h1{font-size:22px;line-height:1.3;margin:0 0 8px}
 p{margin:0 0 16px}
 .muted{color:var(--muted);font-size:14px}
 .host{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;font-size:14px;
-background:var(--bg);border:1px solid var(--line);border-radius:6px;padding:1px 6px;word-break:break-all}
+background:var(--bg);border:1px solid var(--line);border-radius:6px;padding:1px 6px;overflow-wrap:anywhere}
 label{display:block;font-weight:600;margin:16px 0 6px}
 input[type=text],input[type=password]{width:100%;font:inherit;padding:10px 12px;border:1px solid var(--line);
 border-radius:8px;background:var(--card);color:var(--text)}
@@ -58,6 +58,7 @@ button{flex:1;font:inherit;font-weight:600;padding:11px 16px;border-radius:8px;c
 border:1px solid var(--line);background:var(--card);color:var(--text)}
 button.primary{background:var(--accent);border-color:var(--accent);color:var(--accent-text)}
 button:focus-visible,input:focus-visible{outline:3px solid var(--focus);outline-offset:2px}
+.label{font-weight:600;margin:20px 0 8px}
 ul.resources{padding-left:20px;margin:0 0 16px}
 footer{margin-top:24px;color:var(--muted);font-size:13px}
 """.strip()
@@ -175,7 +176,7 @@ def consent_page(view: ConsentView, *, action: str, ticket: str, csrf: str, subj
         f'<form method="post" action="{escape(action)}">'
         f"{_hidden('ticket', ticket)}{_hidden('csrf_token', csrf)}"
         f"{scope_block}"
-        f'<p class="muted">On</p><ul class="resources">{resources}</ul>'
+        f'<p class="label">On</p><ul class="resources">{resources}</ul>'
         '<div class="actions">'
         '<button type="submit" name="decision" value="deny">Deny</button>'
         '<button type="submit" name="decision" value="approve" class="primary">Approve</button>'

@@ -1,0 +1,200 @@
+"""The built-in pages in a real browser: headless Chromium (Debian's ``chromium``) via Playwright.
+
+A person signs in with the keyboard, reads the consent page, approves and lands on the client's
+redirect (a tiny local catcher) with a code; a second person denies and lands with
+``error=access_denied``. Every page must work under its own Content-Security-Policy: any CSP
+violation Chromium reports on the console fails the test (AZ-10). Screenshots of the sign-in,
+consent and error pages go to ``artifacts/screenshots/`` and, refreshed, to ``docs/screenshots/``.
+
+Without Chromium the module is skipped, except in CI (``CI=true``), where that is a failure:
+``tests/setup_browser.sh`` installs it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlencode, urlsplit
+
+import pytest
+from test_adapters_e2e import PASSWORD, Deployment, deploy, pkce
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--no-first-run",
+]
+ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = ROOT / "artifacts" / "screenshots"
+DOCS = ROOT / "docs" / "screenshots"
+
+if not (Path(CHROMIUM).exists() and shutil.which("chromium")):
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{CHROMIUM} is missing; run tests/setup_browser.sh", pytrace=False)
+    pytest.skip(f"{CHROMIUM} is not installed (tests/setup_browser.sh)", allow_module_level=True)
+sync_api = pytest.importorskip("playwright.sync_api")
+
+
+class _Catcher(BaseHTTPRequestHandler):
+    """The client's redirect URI: remembers where the browser landed, shows a plain page."""
+
+    landed: list[str]
+
+    def do_GET(self) -> None:
+        self.landed.append(self.path)
+        body = b"<!doctype html><title>Back in the app</title><h1>Back in the app</h1>"
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def catcher() -> Iterator[tuple[str, list[str]]]:
+    landed: list[str] = []
+    handler = type("Catcher", (_Catcher,), {"landed": landed})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/callback", landed
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def dep(tmp_path: Any) -> Iterator[Deployment]:
+    yield from deploy("starlette", "memory", "", tmp_path)
+
+
+@pytest.fixture
+def chromium() -> Iterator[Any]:
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+class Person:
+    """One browser profile; collects console messages so CSP violations fail the test."""
+
+    def __init__(self, chromium: Any) -> None:
+        self.context = chromium.new_context(viewport={"width": 720, "height": 900}, java_script_enabled=False)
+        self.page = self.context.new_page()
+        self.console: list[str] = []
+        self.page.on("console", lambda message: self.console.append(f"{message.type}: {message.text}"))
+
+    def shot(self, name: str) -> None:
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        self.page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+    def csp_violations(self) -> list[str]:
+        return [m for m in self.console if "Content Security Policy" in m or "Refused to" in m]
+
+
+def _authorize_url(dep: Deployment, client_id: str, redirect: str) -> str:
+    query = {
+        "response_type": "code", "client_id": client_id, "redirect_uri": redirect,
+        "scope": "tools:list tools:call:echo", "state": "browser-state",
+        "code_challenge": pkce()[1], "code_challenge_method": "S256", "resource": dep.resource,
+    }
+    return dep.metadata()["authorization_endpoint"] + "?" + urlencode(query)
+
+
+def _sign_in_with_the_keyboard(person: Person) -> None:
+    page = person.page
+    assert page.locator("h1").inner_text() == "Sign in"
+    assert "Browser Client" in page.locator("main").inner_text()
+    page.get_by_label("Username").focus()  # autofocus, asserted below, is not given to headless pages
+    page.keyboard.type("alice")
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.id") == "password"
+    page.keyboard.type(PASSWORD)
+    with page.expect_navigation():
+        page.keyboard.press("Enter")
+
+
+def test_az_10_az_11_az_12_sign_in_consent_approve_then_deny(
+    dep: Deployment, catcher: tuple[str, list[str]], chromium: Any
+) -> None:
+    redirect, landed = catcher
+    client_id = dep.register(redirect_uris=[redirect], client_name="Browser Client")
+
+    alice = Person(chromium)
+    alice.page.goto(_authorize_url(dep, client_id, redirect))
+    assert alice.page.get_attribute("#username", "autofocus") is not None
+    alice.shot("login")
+    _sign_in_with_the_keyboard(alice)
+
+    page = alice.page
+    text = page.locator("main").inner_text()
+    assert page.locator("h1").inner_text() == "Browser Client wants to access your account"
+    assert "127.0.0.1" in text  # the redirect's host
+    assert "See the list of tools" in text and "tools:call:echo" in text  # each scope, described
+    assert "runs on a computer, not a website" in text  # the loopback-only warning
+    assert "Demo tools" in text and "Signed in as alice" in text
+    assert page.get_by_label("See the list of tools").is_checked()
+    alice.shot("consent")
+    with page.expect_navigation(url=lambda url: url.startswith(redirect)):
+        page.get_by_role("button", name="Approve").click()
+    answer = parse_qs(urlsplit(page.url).query)
+    assert answer["code"] and answer["state"] == ["browser-state"] and answer["iss"] == [dep.issuer]
+    assert page.locator("h1").inner_text() == "Back in the app"
+
+    bob = Person(chromium)  # a fresh profile: no session, signs in again, then denies
+    bob.page.goto(_authorize_url(dep, client_id, redirect))
+    _sign_in_with_the_keyboard(bob)
+    with bob.page.expect_navigation(url=lambda url: url.startswith(redirect)):
+        bob.page.get_by_role("button", name="Deny").click()
+    answer = parse_qs(urlsplit(bob.page.url).query)
+    assert answer["error"] == ["access_denied"] and "code" not in answer
+    assert answer["state"] == ["browser-state"] and answer["iss"] == [dep.issuer]
+    assert [urlsplit(p).path for p in landed if not p.startswith("/favicon")] == ["/callback", "/callback"]
+
+    assert alice.csp_violations() == [] and bob.csp_violations() == []
+
+
+def test_az_02_error_page_renders_and_never_redirects(dep: Deployment, chromium: Any) -> None:
+    person = Person(chromium)
+    url = dep.metadata()["authorization_endpoint"] + "?" + urlencode(
+        {"response_type": "code", "client_id": "nobody", "redirect_uri": "https://evil.example/cb",
+         "code_challenge": pkce()[1], "code_challenge_method": "S256"}
+    )
+    response = person.page.goto(url)
+    assert response is not None and response.status == 400
+    assert person.page.url == url  # stayed here
+    assert person.page.locator("h1").inner_text() == "This request cannot continue"
+    assert "invalid_client" in person.page.locator("main").inner_text()
+    person.shot("error")
+    assert person.csp_violations() == []
+
+
+def test_style_applies_under_the_pages_own_csp(dep: Deployment, chromium: Any) -> None:
+    """The pinned inline stylesheet is really applied (a blocked one would leave default styles)."""
+    person = Person(chromium)
+    person.page.goto(_authorize_url(dep, dep.register(client_name="Browser Client"), "http://127.0.0.1:9/callback"))
+    background = person.page.eval_on_selector("main", "e => getComputedStyle(e).borderRadius")
+    assert background == "14px"
+    assert person.csp_violations() == []
+
+
+def test_zz_publish_screenshots_to_docs() -> None:
+    """Runs after the tests above: copies the current screenshots into ``docs/screenshots``."""
+    names = ("login", "consent", "error")
+    if not all((ARTIFACTS / f"{n}.png").exists() for n in names):
+        pytest.skip("screenshots were not taken in this run")
+    DOCS.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        shutil.copyfile(ARTIFACTS / f"{name}.png", DOCS / f"{name}.png")
