@@ -103,6 +103,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="accept an http issuer that is not on loopback (a lab only)",
     )
     serve.add_argument(
+        "--document-allow-host", action="append", dest="document_allow_hosts", metavar="HOST",
+        help="fetch client metadata documents only from this host (.example.com: its subdomains; repeat)",
+    )
+    serve.add_argument(
+        "--document-deny-host", action="append", dest="document_deny_hosts", metavar="HOST",
+        help="never fetch client metadata documents from this host (repeat)",
+    )
+    serve.add_argument(
+        "--document-ca-bundle", metavar="FILE", help="trust these CAs (PEM) when fetching client metadata documents"
+    )
+    serve.add_argument(
+        "--document-allow-loopback", action="store_true", default=None,
+        help="DEVELOPMENT ONLY: fetch client metadata documents from loopback addresses",
+    )
+    serve.add_argument(
         "--log-level", choices=("critical", "error", "warning", "info", "debug"), help="log level (KAVACH_LOG_LEVEL)"
     )
     serve.set_defaults(handler=cmd_serve)
@@ -181,6 +196,13 @@ def _settings(args: argparse.Namespace) -> Settings:
         name: getattr(args, name, None)
         for name in ("host", "port", "issuer", "db", "upstream", "config", "allow_insecure_http", "log_level")
     }
+    documents = {
+        key: getattr(args, f"document_{key}", None)
+        for key in ("allow_hosts", "deny_hosts", "ca_bundle", "allow_loopback")
+    }
+    documents = {k: v for k, v in documents.items() if v is not None}
+    if documents:
+        flags["documents"] = documents
     return resolve(flags)
 
 
@@ -521,7 +543,12 @@ def build_app(instance: Instance) -> Any:
     # MCP 2026-07-28 discovery and list-change subscriptions carry no data of their own:
     # a valid token is enough (the default map fails closed on methods it does not know).
     scope_map = McpScopeMap(overrides={"server/discover": (), "subscriptions/listen": ()})
-    server = AuthorizationServer(instance.config, instance.store, users=instance.users, scope_map=scope_map)
+    from .fetcher import DocumentFetcher
+
+    fetcher = DocumentFetcher(settings.fetch_policy())
+    server = AuthorizationServer(
+        instance.config, instance.store, users=instance.users, scope_map=scope_map, fetcher=fetcher
+    )
     startup: list[Callable[[], contextlib.AbstractAsyncContextManager[None]]] = []
     closers: list[Callable[[], Any]] = []
     inner: Any

@@ -31,6 +31,12 @@ The TOML file::
     [registration]                # dynamic client registration (RFC 7591)
     mode = "open"                 # KAVACH_REGISTRATION: open | token | closed
     rate_limit = 20
+
+    [documents]                   # fetching client ID metadata documents (CM-02)
+    allow_hosts = ["mcp-client.example.com", ".example.org"]   # KAVACH_DOCUMENT_ALLOW_HOSTS
+    deny_hosts = [".internal.example.com"]                     # KAVACH_DOCUMENT_DENY_HOSTS
+    ca_bundle = "/etc/ssl/extra-ca.pem"                        # KAVACH_DOCUMENT_CA_BUNDLE
+    allow_loopback = false        # KAVACH_DOCUMENT_ALLOW_LOOPBACK; development only
 """
 
 from __future__ import annotations
@@ -55,11 +61,12 @@ LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 
 _TOP_KEYS = frozenset(
     {"host", "port", "issuer", "db", "upstream", "allow_insecure_http", "refresh_grace", "signing_alg",
-     "log_level", "lifetimes", "resource", "registration"}
+     "log_level", "lifetimes", "resource", "registration", "documents"}
 )
 _LIFETIME_KEYS = tuple(f.name for f in attrs.fields(Lifetimes))
 _RESOURCE_KEYS = frozenset({"name", "scopes", "default_scopes"})
 _REGISTRATION_KEYS = frozenset(f.name for f in attrs.fields(RegistrationPolicy))
+_DOCUMENT_KEYS = frozenset({"allow_hosts", "deny_hosts", "ca_bundle", "allow_loopback"})
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off", "")
 
@@ -87,6 +94,8 @@ class Settings:
     scopes: tuple[tuple[str, str], ...] = DEFAULT_MCP_SCOPES
     default_scopes: tuple[str, ...] = ("tools:list", "tools:call")
     registration: Mapping[str, Any] = attrs.field(factory=dict)
+    documents: Mapping[str, Any] = attrs.field(factory=dict)
+    """The metadata document fetcher's policy (:class:`kavach.fetcher.FetchPolicy` fields)."""
     config_file: str | None = None
 
     @property
@@ -111,6 +120,16 @@ class Settings:
             return RegistrationPolicy(**dict(self.registration))
         except (ConfigurationError, TypeError) as exc:
             raise SettingsError(f"registration: {exc}") from exc
+
+
+    def fetch_policy(self) -> Any:
+        """The :class:`~kavach.fetcher.FetchPolicy` of ``[documents]`` and its flags."""
+        from .fetcher import FetchPolicy
+
+        try:
+            return FetchPolicy(**dict(self.documents))
+        except (ValueError, TypeError) as exc:
+            raise SettingsError(f"documents: {exc}") from exc
 
 
 # -- conversions -------------------------------------------------------------------------
@@ -215,6 +234,26 @@ def _from_toml(path: str) -> dict[str, Any]:
         if unknown:
             raise SettingsError(f"{src}: unknown registration setting {unknown[0]!r}")
         out["registration"] = dict(table)
+    if "documents" in data:
+        out["documents"] = _documents_table(data["documents"], src, base)
+    return out
+
+
+def _documents_table(table: object, src: str, base: Path) -> dict[str, Any]:
+    if not isinstance(table, dict):
+        raise SettingsError(f"{src}: [documents] must be a table")
+    unknown = sorted(set(table) - _DOCUMENT_KEYS)
+    if unknown:
+        raise SettingsError(f"{src}: unknown documents setting {unknown[0]!r}")
+    out: dict[str, Any] = {}
+    for key in ("allow_hosts", "deny_hosts"):
+        if key in table:
+            out[key] = _scope_list(f"documents.{key}", table[key], src)
+    if "allow_loopback" in table:
+        out["allow_loopback"] = _bool("documents.allow_loopback", table["allow_loopback"], src)
+    if "ca_bundle" in table:
+        bundle = _str("documents.ca_bundle", table["ca_bundle"], src)
+        out["ca_bundle"] = bundle if os.path.isabs(bundle) else str(base / bundle)
     return out
 
 
@@ -266,6 +305,19 @@ def _from_env(environ: Mapping[str, str]) -> dict[str, Any]:
         out["default_scopes"] = tuple(environ["KAVACH_DEFAULT_SCOPES"].split())
     if environ.get("KAVACH_REGISTRATION"):
         out["registration"] = {"mode": environ["KAVACH_REGISTRATION"]}
+    documents: dict[str, Any] = {}
+    for key in ("allow_hosts", "deny_hosts"):
+        value = environ.get(f"KAVACH_DOCUMENT_{key.upper()}")
+        if value:
+            documents[key] = tuple(value.replace(",", " ").split())
+    if environ.get("KAVACH_DOCUMENT_CA_BUNDLE"):
+        documents["ca_bundle"] = environ["KAVACH_DOCUMENT_CA_BUNDLE"]
+    if "KAVACH_DOCUMENT_ALLOW_LOOPBACK" in environ:
+        documents["allow_loopback"] = _bool(
+            "KAVACH_DOCUMENT_ALLOW_LOOPBACK", environ["KAVACH_DOCUMENT_ALLOW_LOOPBACK"], "environment"
+        )
+    if documents:
+        out["documents"] = documents
     return out
 
 
@@ -282,12 +334,14 @@ def resolve(flags: Mapping[str, Any], environ: Mapping[str, str] | None = None) 
     if config_file:
         merged.update(_from_toml(config_file))
     from_env = _from_env(env)
-    for key in ("lifetimes", "registration"):
+    for key in ("lifetimes", "registration", "documents"):
         if key in from_env and key in merged:
             from_env[key] = {**merged[key], **from_env[key]}
     merged.update(from_env)
     if given.get("allow_insecure_http") is False:
         given.pop("allow_insecure_http")
+    if "documents" in given:
+        given["documents"] = {**merged.get("documents", {}), **given["documents"]}
     if "port" in given:
         given["port"] = _port(int(given["port"]), "--port")
     merged.update(given)
