@@ -302,7 +302,7 @@ class PostgresStore:
         schema: str | None = None,
         min_connections: int = 1,
         max_connections: int = 10,
-        timeout: float = 10.0,
+        timeout: float = 5.0,
         connect_timeout: int = 5,
         store_key: bytes | str | None = None,
         check_connections: bool = True,
@@ -321,7 +321,10 @@ class PostgresStore:
             "max_size": max_connections,
             "timeout": timeout,
             "kwargs": {"autocommit": True, "connect_timeout": max(2, int(connect_timeout))},
-            "reconnect_timeout": max(timeout, 30.0),
+            # A short reconnection episode (attempts at 0, 1 and 3 s, then give up): the next
+            # caller after an outage starts a fresh attempt, or waits at most ~2 s for one, so
+            # service resumes within ``timeout`` of the database returning.
+            "reconnect_timeout": max(1.0, min(timeout / 2, 5.0)),
         }
         self._check = check_connections
         quoted = f'"{schema}"'

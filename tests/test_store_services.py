@@ -1,0 +1,543 @@
+"""PostgreSQL and Redis stores: what the shared contract suite cannot show.
+
+Schemas and migrations, signing keys sealed at rest, keys namespaced and expiring, URLs, and
+faults: a connection killed in the middle of an effect, the server going away and coming back.
+Needs the services of tests/services.py (skipped elsewhere, failing in CI, when unreachable).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import attrs
+import psycopg
+import pytest
+import redis
+import services
+from kavach.stores import SQLiteStore, open_store
+from kavach.stores._sealing import SEALED_PREFIX, StoreKeyError
+from kavach.stores.postgres import SCHEMA_VERSION, PostgresStore, PostgresStoreError, SchemaVersionError
+from kavach.stores.redis import RedisStore
+from tcp_proxy import TcpProxy
+
+from kavach_core import effects as fx
+from kavach_core.drivers import StoreUnavailable
+from kavach_core.memory_store import MemoryStore
+from kavach_core.records import AuthorizationCode, Client, Grant, PendingAuthorization, SigningKey
+
+T0 = 1_700_000_000
+DAY = 86_400
+STORE_KEY = "u7Bq3cJ0v3l0Y1m8c4Yl0cWl6oQ1k8mTt2e3x9f0Z5A"  # base64url of 32 bytes
+PEM = b"-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIKk=\n-----END PRIVATE KEY-----\n"
+
+
+def code(code_hash: str = "h1", grant_id: str = "g1") -> AuthorizationCode:
+    return AuthorizationCode(
+        code_hash, "c1", "https://app.example/cb", True, "challenge", ("https://mcp.example.com/mcp",),
+        ("tools:list",), "alice", grant_id, T0, T0 + 60,
+    )  # fmt: skip
+
+
+def grant(grant_id: str = "g1") -> Grant:
+    return Grant(
+        grant_id, "alice", "c1", ("https://mcp.example.com/mcp",), ("tools:list",), T0, T0 + 90 * DAY,
+        0, "r0", T0 + 14 * DAY, T0,
+    )  # fmt: skip
+
+
+def key(kid: str) -> SigningKey:
+    return SigningKey(kid, "EdDSA", PEM, T0, T0 + DAY, T0 + 2 * DAY)
+
+
+def eventually(check: Callable[[], Any], timeout: float = 10.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def pg(tmp_path: Path) -> Iterator[PostgresStore]:
+    services.require("postgres")
+    store: PostgresStore = services.postgres_store(tmp_path)
+    yield store
+    store.close()
+
+
+@pytest.fixture
+def admin() -> Iterator[psycopg.Connection[Any]]:
+    services.require("postgres")
+    with psycopg.connect(services.POSTGRES_URL, autocommit=True) as conn:
+        yield conn
+
+
+@pytest.fixture
+def rd(tmp_path: Path) -> Iterator[RedisStore]:
+    services.require("redis")
+    store: RedisStore = services.redis_store(tmp_path)
+    yield store
+    store.close()
+
+
+# -- PostgreSQL: schema and migrations --------------------------------------------------------------
+
+
+def test_pg_schema_is_versioned_one_row_per_migration(pg: PostgresStore, admin: psycopg.Connection[Any]) -> None:
+    assert pg.perform(fx.ListClients()) == ()
+    assert pg.schema_version == SCHEMA_VERSION
+    rows = admin.execute(f'SELECT version, description FROM "{pg.schema}".schema_version ORDER BY version').fetchall()
+    assert [r[0] for r in rows] == list(range(1, SCHEMA_VERSION + 1))
+    assert all(r[1] for r in rows)
+
+
+def test_pg_many_processes_starting_at_once_migrate_once(tmp_path: Path, admin: psycopg.Connection[Any]) -> None:
+    """Twelve store objects (twelve connections) use a fresh schema at the same moment."""
+    stores = [services.postgres_store(tmp_path) for _ in range(12)]
+    barrier = threading.Barrier(len(stores))
+
+    def first_use(i: int) -> None:
+        barrier.wait(timeout=30)
+        stores[i].perform(fx.PutClient(Client(f"c{i}", ("https://app.example/cb",))))
+
+    threads = [threading.Thread(target=first_use, args=(i,)) for i in range(len(stores))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    schema = stores[0].schema
+    assert admin.execute(f'SELECT count(*) FROM "{schema}".schema_version').fetchone() == (SCHEMA_VERSION,)
+    assert len(stores[0].perform(fx.ListClients())) == 12
+    for store in stores:
+        store.close()
+
+
+def test_pg_refuses_a_newer_schema_and_leaves_it_alone(
+    pg: PostgresStore, tmp_path: Path, admin: psycopg.Connection[Any]
+) -> None:
+    pg.perform(fx.PutClient(Client("c1", ("https://app.example/cb",))))
+    admin.execute(f'INSERT INTO "{pg.schema}".schema_version (version, description) VALUES (99, %s)', ("future",))
+    newer = services.postgres_store(tmp_path)
+    with pytest.raises(SchemaVersionError, match=r"version 99, newer than this kavachOS understands"):
+        newer.perform(fx.ListClients())
+    newer.close()
+    assert admin.execute(f'SELECT count(*) FROM "{pg.schema}".clients').fetchone() == (1,)
+
+
+def test_pg_refuses_a_schema_holding_foreign_tables(tmp_path: Path, admin: psycopg.Connection[Any]) -> None:
+    schema = services.postgres_schema(tmp_path)
+    admin.execute(f'CREATE SCHEMA "{schema}"')
+    admin.execute(f'CREATE TABLE "{schema}".clients (id int)')
+    store = services.postgres_store(tmp_path)
+    with pytest.raises(PostgresStoreError, match="not a kavachOS store"):
+        store.perform(fx.ListClients())
+    store.close()
+
+
+def test_pg_rejects_unsafe_schema_names() -> None:
+    with pytest.raises(PostgresStoreError, match="schema name"):
+        PostgresStore(services.POSTGRES_URL, schema='x"; DROP TABLE y; --')
+
+
+def test_pg_async_first_use_migrates(tmp_path: Path) -> None:
+    store = services.postgres_store(tmp_path)
+
+    async def main() -> Any:
+        await store.aperform(fx.PutCode(code()))
+        result = await asyncio.gather(*(store.aperform(fx.ConsumeCode("h1", grant(f"g{i}"))) for i in range(10)))
+        await store.aclose()
+        return result
+
+    assert sorted(asyncio.run(main())) == [False] * 9 + [True]
+
+
+# -- signing keys sealed at rest --------------------------------------------------------------------------
+
+
+def _raw_pg_pems(admin: psycopg.Connection[Any], schema: str) -> list[tuple[str, bytes]]:
+    rows = admin.execute(f'SELECT kid, private_pem FROM "{schema}".signing_keys ORDER BY position').fetchall()
+    return [(kid, bytes(pem)) for kid, pem in rows]
+
+
+def test_pg_signing_keys_are_sealed_with_the_store_key(tmp_path: Path, admin: psycopg.Connection[Any]) -> None:
+    store = services.postgres_store(tmp_path, store_key=STORE_KEY)
+    assert store.perform(fx.SwapSigningKeys((), (key("k1"), key("k2")))) == (key("k1"), key("k2"))
+    raw = _raw_pg_pems(admin, store.schema)
+    assert all(pem.startswith(SEALED_PREFIX) and b"PRIVATE KEY" not in pem for _, pem in raw)
+    assert services.postgres_store(tmp_path, store_key=STORE_KEY).perform(fx.GetSigningKeys()) == (key("k1"), key("k2"))
+    with pytest.raises(StoreKeyError, match="KAVACH_STORE_KEY"):
+        services.postgres_store(tmp_path).perform(fx.GetSigningKeys())
+    with pytest.raises(StoreKeyError, match="another store key"):
+        services.postgres_store(tmp_path, store_key=b"\x01" * 32).perform(fx.GetSigningKeys())
+    # The kid is associated data: a sealed PEM moved onto another key's row does not open.
+    admin.execute(f'UPDATE "{store.schema}".signing_keys SET private_pem = %s WHERE kid = %s', (raw[0][1], "k2"))
+    with pytest.raises(StoreKeyError):
+        store.perform(fx.GetSigningKeys())
+    store.close()
+
+
+def test_store_key_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    services.require("redis")
+    monkeypatch.setenv("KAVACH_STORE_KEY", STORE_KEY)
+    store = services.redis_store(tmp_path)
+    store.perform(fx.SwapSigningKeys((), (key("k1"),)))
+    monkeypatch.delenv("KAVACH_STORE_KEY")
+    assert services.redis_store(tmp_path, store_key=STORE_KEY).perform(fx.GetSigningKeys()) == (key("k1"),)
+    with pytest.raises(StoreKeyError):
+        services.redis_store(tmp_path).perform(fx.GetSigningKeys())
+
+
+def test_keys_stored_in_the_clear_still_read_once_a_store_key_is_set(pg: PostgresStore, tmp_path: Path) -> None:
+    pg.perform(fx.SwapSigningKeys((), (key("old"),)))
+    sealed = services.postgres_store(tmp_path, store_key=STORE_KEY)
+    assert sealed.perform(fx.GetSigningKeys()) == (key("old"),)
+    assert sealed.perform(fx.SwapSigningKeys(("old",), (key("new"), key("old")))) == (key("new"), key("old"))
+    sealed.close()
+
+
+def test_malformed_store_keys_are_refused() -> None:
+    with pytest.raises(StoreKeyError, match="16, 24 or 32 bytes"):
+        PostgresStore(services.POSTGRES_URL, store_key="c2hvcnQ")
+    with pytest.raises(StoreKeyError):
+        RedisStore(services.REDIS_URL, store_key=b"short")
+
+
+def test_redis_signing_keys_are_sealed(tmp_path: Path) -> None:
+    services.require("redis")
+    store = services.redis_store(tmp_path, store_key=STORE_KEY)
+    store.perform(fx.SwapSigningKeys((), (key("k1"),)))
+    raw = redis.Redis.from_url(services.REDIS_URL).get(store.prefix + "keys")
+    assert raw is not None and b"PRIVATE KEY" not in raw and b"k1" in raw
+    assert store.perform(fx.GetSigningKeys()) == (key("k1"),)
+
+
+# -- Redis: namespacing and TTLs --------------------------------------------------------------------------
+
+
+def test_redis_keys_are_namespaced_and_expire_with_their_records(rd: RedisStore) -> None:
+    raw = redis.Redis.from_url(services.REDIS_URL, decode_responses=True)
+    rd.perform(fx.PutClient(Client("c1", ("https://app.example/cb",))))
+    rd.perform(
+        fx.PutPending(
+            PendingAuthorization("t1", "c1", "https://app.example/cb", True, None, "ch", (), (), T0, T0 + 600)
+        )
+    )
+    rd.perform(fx.PutCode(code()))
+    assert rd.perform(fx.ConsumeCode("h1", grant())) is True
+    rd.perform(fx.RevokeAccessToken("j1", int(time.time()) + 600))
+    rd.perform(fx.Hit("login", 5, 60, T0 + 30))
+    keys = sorted(raw.scan_iter(match=rd.prefix + "*"))
+    assert keys and all(k.startswith(rd.prefix) for k in keys)
+    slack = rd.ttl_slack
+
+    def ttl(name: str) -> int:
+        return int(raw.ttl(rd.prefix + name))
+
+    assert ttl("client:c1") == -1  # registered clients do not expire
+    assert 600 + slack - 5 <= ttl("pending:t1") <= 600 + slack + 1
+    assert 60 + slack - 5 <= ttl("code:h1") <= 60 + slack + 1
+    assert 90 * DAY + slack - 5 <= ttl("grant:g1") <= 90 * DAY + slack + 1
+    assert 600 + slack - 5 <= ttl("revoked:j1") <= 600 + slack + 1
+    window_end = ((T0 + 30) // 60 + 1) * 60
+    assert window_end - (T0 + 30) + slack - 5 <= ttl(f"hit:{window_end}:login") <= window_end - (T0 + 30) + slack + 1
+    # A rotation keeps the family's TTL.
+    assert rd.perform(fx.RotateRefresh("g1", 0, "r0", "r1", T0 + 5, 10, T0 + DAY)).outcome == "rotated"
+    assert 90 * DAY + slack - 5 <= ttl("grant:g1")
+
+
+def test_two_prefixes_on_one_redis_do_not_see_each_other(rd: RedisStore, tmp_path: Path) -> None:
+    other = services.redis_store(tmp_path / "other")
+    rd.perform(fx.PutClient(Client("c1", ("https://app.example/cb",))))
+    assert other.perform(fx.GetClient("c1")) is None
+    assert other.perform(fx.ListClients()) == ()
+    other.close()
+
+
+# -- open_store --------------------------------------------------------------------------------------------
+
+
+def test_open_store_names_every_backend(tmp_path: Path) -> None:
+    assert isinstance(open_store("memory:"), MemoryStore)
+    path_store = open_store(str(tmp_path / "a.db"))
+    assert isinstance(path_store, SQLiteStore)
+    path_store.close()
+    url_store = open_store(f"sqlite:///{tmp_path}/b.db")
+    assert isinstance(url_store, SQLiteStore) and url_store.path == f"{tmp_path}/b.db"
+    url_store.close()
+    pg = open_store("postgresql://postgres@127.0.0.1:5432/test?schema=kv_custom&connect_timeout=3")
+    assert isinstance(pg, PostgresStore) and pg.schema == "kv_custom" and "schema" not in pg.dsn
+    assert "connect_timeout=3" in pg.dsn
+    rd = open_store("redis://127.0.0.1:6379/0?prefix=tenant1:")
+    assert isinstance(rd, RedisStore) and rd.prefix == "tenant1:" and "prefix" not in rd.url
+    assert open_store("redis://127.0.0.1:6379/0").prefix == "kavach:"
+    with pytest.raises(ValueError, match="unknown store"):
+        open_store("mysql://localhost/db")
+
+
+# -- faults: PostgreSQL --------------------------------------------------------------------------------------
+
+
+def _blocked_backend(admin: psycopg.Connection[Any], schema: str) -> int:
+    def find() -> int | None:
+        row = admin.execute(
+            "SELECT pid FROM pg_stat_activity"
+            " WHERE wait_event_type = 'Lock' AND query LIKE %s AND pid <> pg_backend_pid()",
+            (f'%"{schema}"%',),
+        ).fetchone()
+        return None if row is None else int(row[0])
+
+    pid = eventually(find)
+    assert pid, "the effect never blocked on the lock"
+    return int(pid)
+
+
+def _in_thread(fn: Callable[[], Any]) -> tuple[threading.Thread, dict[str, Any]]:
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["value"] = fn()
+        except BaseException as exc:
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, outcome
+
+
+def test_pg_connection_killed_during_code_redemption(pg: PostgresStore, admin: psycopg.Connection[Any]) -> None:
+    """pg_terminate_backend while ConsumeCode waits: 503, nothing consumed, nothing stored, next call works."""
+    pg.perform(fx.PutCode(code()))
+    locker = psycopg.connect(services.POSTGRES_URL)
+    locker.execute(f'SELECT 1 FROM "{pg.schema}".codes WHERE code_hash = %s FOR UPDATE', ("h1",))
+    thread, outcome = _in_thread(lambda: pg.perform(fx.ConsumeCode("h1", grant())))
+    admin.execute("SELECT pg_terminate_backend(%s)", (_blocked_backend(admin, pg.schema),))
+    thread.join(timeout=30)
+    locker.rollback()
+    locker.close()
+    assert isinstance(outcome.get("error"), StoreUnavailable), outcome
+    assert pg.perform(fx.GetCode("h1")).consumed is False
+    assert pg.perform(fx.GetGrant("g1")) is None
+    assert pg.perform(fx.ConsumeCode("h1", grant())) is True
+
+
+def test_pg_connection_killed_during_refresh_rotation(pg: PostgresStore, admin: psycopg.Connection[Any]) -> None:
+    pg.perform(fx.PutCode(code()))
+    pg.perform(fx.ConsumeCode("h1", grant()))
+    locker = psycopg.connect(services.POSTGRES_URL)
+    locker.execute(f'SELECT 1 FROM "{pg.schema}".grants WHERE grant_id = %s FOR UPDATE', ("g1",))
+    rotate = fx.RotateRefresh("g1", 0, "r0", "r1", T0 + 10, 10, T0 + DAY)
+    thread, outcome = _in_thread(lambda: pg.perform(rotate))
+    admin.execute("SELECT pg_terminate_backend(%s)", (_blocked_backend(admin, pg.schema),))
+    thread.join(timeout=30)
+    locker.rollback()
+    locker.close()
+    assert isinstance(outcome.get("error"), StoreUnavailable), outcome
+    assert pg.perform(fx.GetGrant("g1")) == grant()  # the family did not move
+    assert pg.perform(rotate).outcome == "rotated"
+
+
+def test_pg_idle_connections_killed_are_replaced_quietly(pg: PostgresStore, admin: psycopg.Connection[Any]) -> None:
+    pg.perform(fx.PutCode(code()))
+    admin.execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid <> pg_backend_pid() AND query LIKE %s",
+        (f'%"{pg.schema}"%',),
+    )
+    assert pg.perform(fx.ConsumeCode("h1", grant())) is True
+
+
+def _pg_through(proxy: TcpProxy, tmp_path: Path) -> PostgresStore:
+    url = urlsplit(services.POSTGRES_URL)
+    dsn = url._replace(netloc=f"{url.username or 'postgres'}@127.0.0.1:{proxy.port}").geturl()
+    return PostgresStore(
+        dsn, schema=services.postgres_schema(tmp_path), timeout=3, connect_timeout=2, max_connections=2
+    )
+
+
+def test_pg_outage_is_503_and_service_resumes_when_the_database_returns(tmp_path: Path) -> None:
+    services.require("postgres")
+    url = urlsplit(services.POSTGRES_URL)
+    proxy = TcpProxy(url.hostname or "127.0.0.1", url.port or 5432)
+    store = _pg_through(proxy, tmp_path)
+    try:
+        store.perform(fx.PutCode(code()))
+        proxy.cut()
+        for _ in range(2):
+            with pytest.raises(StoreUnavailable):
+                store.perform(fx.ConsumeCode("h1", grant()))
+        time.sleep(1.5)  # an outage longer than the pool's first reconnection attempts
+        proxy.restore()
+        assert store.perform(fx.ConsumeCode("h1", grant())) is True
+        assert store.perform(fx.GetCode("h1")).consumed is True
+    finally:
+        store.close()
+        proxy.cut()
+
+
+def test_pg_async_outage_is_503_and_recovers(tmp_path: Path) -> None:
+    services.require("postgres")
+    url = urlsplit(services.POSTGRES_URL)
+    proxy = TcpProxy(url.hostname or "127.0.0.1", url.port or 5432)
+    store = _pg_through(proxy, tmp_path)
+
+    async def main() -> None:
+        await store.aperform(fx.PutCode(code()))
+        proxy.cut()
+        with pytest.raises(StoreUnavailable):
+            await store.aperform(fx.ConsumeCode("h1", grant()))
+        proxy.restore()
+        assert await store.aperform(fx.ConsumeCode("h1", grant())) is True
+        await store.aclose()
+
+    try:
+        asyncio.run(main())
+    finally:
+        proxy.cut()
+
+
+def test_pg_unreachable_from_the_start_is_503(tmp_path: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    store = PostgresStore(f"postgresql://postgres@127.0.0.1:{port}/test", timeout=1, connect_timeout=2)
+    started = time.monotonic()
+    with pytest.raises(StoreUnavailable, match="PostgreSQL is unavailable"):
+        store.perform(fx.GetClient("c1"))
+    assert time.monotonic() - started < 10
+    store.close()
+
+
+# -- faults: Redis -----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[str]:
+    """A private redis-server (CLIENT PAUSE must not stall anyone else's Redis)."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("redis-server is not installed (apt-get install redis-server)")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(tmp_path),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"redis://127.0.0.1:{port}/0"
+    probe = redis.Redis.from_url(url)
+
+    def up() -> bool:
+        try:
+            return bool(probe.ping())
+        except redis.exceptions.ConnectionError:
+            return False
+
+    assert eventually(up), "redis-server did not start"
+    yield url
+    probe.close()
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+def test_redis_connection_killed_during_code_redemption(own_redis: str) -> None:
+    """CLIENT KILL while ConsumeCode is queued: 503, nothing consumed, next call works."""
+    store = RedisStore(own_redis, prefix="t:")
+    admin = redis.Redis.from_url(own_redis, decode_responses=True)
+    store.perform(fx.PutCode(code()))
+    admin.execute_command("CLIENT", "PAUSE", "10000", "WRITE")
+    thread, outcome = _in_thread(lambda: store.perform(fx.ConsumeCode("h1", grant())))
+
+    def paused_client() -> int | None:
+        for c in admin.client_list():
+            if c["cmd"] in ("evalsha", "eval") and "b" in c["flags"]:
+                return int(c["id"])
+        return None
+
+    victim = eventually(paused_client)
+    assert victim, "the redemption never reached the server"
+    admin.execute_command("CLIENT", "KILL", "ID", victim)
+    admin.execute_command("CLIENT", "UNPAUSE")
+    thread.join(timeout=30)
+    assert isinstance(outcome.get("error"), StoreUnavailable), outcome
+    assert store.perform(fx.GetCode("h1")).consumed is False
+    assert store.perform(fx.GetGrant("g1")) is None
+    assert store.perform(fx.ConsumeCode("h1", grant())) is True
+    store.close()
+    admin.close()
+
+
+def test_redis_idle_connections_killed_are_replaced_quietly(own_redis: str) -> None:
+    store = RedisStore(own_redis, prefix="t:")
+    admin = redis.Redis.from_url(own_redis)
+    store.perform(fx.PutCode(code()))
+    admin.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
+    assert store.perform(fx.ConsumeCode("h1", grant())) is True  # a write, on a fresh connection
+    admin.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
+    assert store.perform(fx.GetCode("h1")).consumed is True
+    store.close()
+    admin.close()
+
+
+def test_redis_outage_is_503_and_service_resumes_when_redis_returns(tmp_path: Path) -> None:
+    services.require("redis")
+    url = urlsplit(services.REDIS_URL)
+    proxy = TcpProxy(url.hostname or "127.0.0.1", url.port or 6379)
+    store = RedisStore(f"redis://127.0.0.1:{proxy.port}{url.path}", prefix=services.redis_prefix(tmp_path), timeout=2)
+    try:
+        store.perform(fx.PutCode(code()))
+        proxy.cut()
+        with pytest.raises(StoreUnavailable, match="Redis is unavailable"):
+            store.perform(fx.ConsumeCode("h1", grant()))
+        with pytest.raises(StoreUnavailable):
+            store.perform(fx.GetCode("h1"))
+        proxy.restore()
+        assert store.perform(fx.GetCode("h1")).consumed is False  # the failed write left nothing
+        assert store.perform(fx.ConsumeCode("h1", grant())) is True
+
+        async def main() -> None:
+            proxy.cut()
+            with pytest.raises(StoreUnavailable):
+                await store.aperform(fx.GetCode("h1"))
+            proxy.restore()
+            assert (await store.aperform(fx.GetCode("h1"))).consumed is True
+            await store.aclose()
+
+        asyncio.run(main())
+    finally:
+        store.close()
+        proxy.cut()
+
+
+def test_redis_store_survives_a_redis_restart(own_redis: str) -> None:
+    """Scripts are loaded again after a restart (NOSCRIPT falls back to EVAL)."""
+    store = RedisStore(own_redis, prefix="t:")
+    admin = redis.Redis.from_url(own_redis)
+    store.perform(fx.PutCode(code()))
+    admin.script_flush()
+    assert store.perform(fx.ConsumeCode("h1", grant())) is True
+    assert attrs.evolve(store.perform(fx.GetCode("h1")), consumed=False) == code()
+    store.close()
+    admin.close()
