@@ -280,8 +280,9 @@ class DocumentFetcher:
                 raise _Refused(f"{target.host} resolved to something that is not an address") from None
             problem = address_problem(addr, allow_loopback=self.policy.allow_loopback)
             if problem is not None:
-                name = "the URL's address" if target.literal is not None else f"{target.host} resolves to"
-                raise _Refused(f"{name} {addr} is {problem}")
+                if target.literal is not None:
+                    raise _Refused(f"the address {addr} is {problem}")
+                raise _Refused(f"{target.host} resolves to {addr}, {problem}")
             if addr not in vetted:
                 vetted.append(addr)
         if not vetted:
