@@ -146,6 +146,14 @@ def consent_page(view: ConsentView, *, action: str, ticket: str, csrf: str, subj
             "It only returns to a local address, so kavachOS cannot check who made it. "
             "Approve only if you started this application yourself just now.</p>"
         )
+    if view.client_kind == "document":
+        # CM-01, AZ-11: the name comes from the client's own document; only its host is known.
+        publisher = escape(urlsplit(view.client_id).hostname or view.client_id)
+        warnings.append(
+            '<p class="notice" role="note">This application describes itself in a document published by '
+            f'<span class="host">{publisher}</span>. Its name is not verified; approve only if you trust '
+            f'<span class="host">{publisher}</span>.</p>'
+        )
     if view.client_kind == "dynamic" and not view.loopback_only:
         warnings.append(
             '<p class="notice" role="note">This application registered itself. Its name is not verified; '
