@@ -238,7 +238,8 @@ class Config:
             raise ConfigurationError(f"issuer {issuer!r}: remove the trailing slash")
         if issuer != issuer.strip() or any(ord(c) <= 0x20 for c in issuer):
             raise ConfigurationError(f"issuer {issuer!r} must not contain spaces")
-        if parts.scheme != parts.scheme.lower() or parts.netloc != parts.netloc.lower():
+        # urlsplit lower-cases the scheme, so compare the issuer's own spelling of it.
+        if not issuer.startswith(parts.scheme + ":") or parts.netloc != parts.netloc.lower():
             raise ConfigurationError(f"issuer {issuer!r}: write the scheme and host in lower case")
         if parts.scheme == "http" and not is_loopback_host(parts.hostname) and not self.allow_insecure_http:
             raise ConfigurationError(
