@@ -170,13 +170,22 @@ class UpstreamProxy:
             headers = response_headers(upstream.headers)
             await send({"type": "http.response.start", "status": upstream.status_code, "headers": headers})
             try:
-                async for chunk in upstream.aiter_raw():
+                async for chunk in _raw(upstream):
                     if chunk:
                         await send({"type": "http.response.body", "body": chunk, "more_body": True})
             except httpx.HTTPError:
                 pass  # the upstream broke off mid-stream: end ours as well
             await send({"type": "http.response.body", "body": b"", "more_body": False})
             tg.cancel_scope.cancel()
+
+
+async def _raw(upstream: httpx.Response) -> AsyncIterator[bytes]:
+    """The body as the upstream sent it (still encoded); an in-memory transport may have read it."""
+    try:
+        async for chunk in upstream.aiter_raw():
+            yield chunk
+    except httpx.StreamConsumed:
+        yield upstream.content
 
 
 async def _bad_gateway(send: Send, description: str) -> None:

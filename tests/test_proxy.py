@@ -1,0 +1,132 @@
+"""The upstream proxy of ``kavach serve --upstream``, in process (RS-04, RFC 9110 §7.6.1).
+
+The upstream is an ``httpx.MockTransport``; the proxy is called as the ASGI app it is. What must
+hold: the client's ``Authorization`` header and kavachOS's own cookies never go upstream,
+hop-by-hop headers (and any header ``Connection`` names) are dropped both ways, end-to-end headers
+such as ``Mcp-Session-Id`` pass both ways, the body streams chunk by chunk, and an unreachable
+upstream is a 502 with a JSON body, not an exception.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anyio
+import httpx
+from kavach.proxy import UpstreamProxy, request_headers
+
+UPSTREAM = "http://upstream.test:9000/mcp"
+
+
+def _scope(method: str, headers: list[tuple[str, str]], query: bytes = b"") -> dict[str, Any]:
+    return {
+        "type": "http",
+        "method": method,
+        "path": "/mcp",
+        "query_string": query,
+        "headers": [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers],
+    }
+
+
+async def _call(proxy: UpstreamProxy, scope: dict[str, Any], body: bytes = b"") -> list[dict[str, Any]]:
+    sent: list[dict[str, Any]] = []
+    delivered = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal delivered
+        if not delivered:
+            delivered = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        await anyio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    with anyio.fail_after(10):
+        await proxy(scope, receive, send)
+    return sent
+
+
+def test_rs_04_the_token_and_hop_by_hop_headers_stay_behind() -> None:
+    seen: list[httpx.Request] = []
+
+    def upstream(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(
+            200,
+            headers=[("Content-Type", "application/json"), ("Mcp-Session-Id", "s-1"), ("Connection", "close, X-Hop"),
+                     ("X-Hop", "1"), ("Keep-Alive", "timeout=5"), ("X-End", "kept")],
+            content=b'{"jsonrpc":"2.0","id":1,"result":{}}',
+        )
+
+    proxy = UpstreamProxy(UPSTREAM, client=httpx.AsyncClient(transport=httpx.MockTransport(upstream)))
+    headers = [
+        ("Host", "127.0.0.1:8000"), ("Authorization", "Bearer the-clients-token"), ("Content-Type", "application/json"),
+        ("Mcp-Session-Id", "s-1"), ("MCP-Protocol-Version", "2025-06-18"), ("Connection", "keep-alive, X-Private"),
+        ("X-Private", "hop"), ("TE", "trailers"), ("Proxy-Authorization", "Basic x"),
+        ("Cookie", "kavach-session=abc; theirs=1; __Host-kavach-browser=zzz"), ("Accept", "application/json"),
+    ]
+    sent = anyio.run(_call, proxy, _scope("POST", headers, b"a=1"), b'{"jsonrpc":"2.0","id":1,"method":"ping"}')
+
+    (request,) = seen
+    assert str(request.url) == UPSTREAM + "?a=1"
+    assert "authorization" not in request.headers and "proxy-authorization" not in request.headers
+    assert "x-private" not in request.headers and "te" not in request.headers
+    assert request.headers["host"] == "upstream.test:9000"
+    assert request.headers["mcp-session-id"] == "s-1"
+    assert request.headers["mcp-protocol-version"] == "2025-06-18"
+    assert request.headers["cookie"] == "theirs=1"
+    assert request.content == b'{"jsonrpc":"2.0","id":1,"method":"ping"}'
+
+    start = sent[0]
+    assert start["status"] == 200
+    returned = {k.decode(): v.decode() for k, v in start["headers"]}
+    assert returned["mcp-session-id"] == "s-1" and returned["x-end"] == "kept"
+    assert "connection" not in returned and "x-hop" not in returned and "keep-alive" not in returned
+    assert b"".join(m.get("body", b"") for m in sent[1:]) == b'{"jsonrpc":"2.0","id":1,"result":{}}'
+    assert sent[-1]["more_body"] is False
+
+
+def test_request_headers_without_any_cookie_of_ours_drop_the_cookie_header() -> None:
+    assert request_headers([(b"cookie", b"kavach-session=1"), (b"accept", b"*/*")]) == [("accept", "*/*")]
+
+
+def test_an_sse_answer_streams_event_by_event() -> None:
+    events = [b"event: message\ndata: {\"n\":1}\n\n", b"event: message\ndata: {\"n\":2}\n\n"]
+
+    async def stream() -> AsyncIterator[bytes]:
+        for event in events:
+            yield event
+
+    def upstream(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, headers={"Content-Type": "text/event-stream"}, content=stream())
+
+    proxy = UpstreamProxy(UPSTREAM, client=httpx.AsyncClient(transport=httpx.MockTransport(upstream)))
+    sent = anyio.run(_call, proxy, _scope("GET", [("Accept", "text/event-stream")]))
+    chunks = [m["body"] for m in sent[1:] if m.get("body")]
+    assert chunks == events, "each event is sent on as it arrives"
+
+
+def test_delete_is_forwarded_without_a_body() -> None:
+    seen: list[httpx.Request] = []
+
+    def upstream(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(204)
+
+    proxy = UpstreamProxy(UPSTREAM, client=httpx.AsyncClient(transport=httpx.MockTransport(upstream)))
+    sent = anyio.run(_call, proxy, _scope("DELETE", [("Mcp-Session-Id", "s-9")]))
+    assert seen[0].method == "DELETE" and seen[0].headers["mcp-session-id"] == "s-9" and seen[0].content == b""
+    assert sent[0]["status"] == 204
+
+
+def test_an_unreachable_upstream_is_a_502() -> None:
+    def upstream(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("refused", request=request)
+
+    proxy = UpstreamProxy(UPSTREAM, client=httpx.AsyncClient(transport=httpx.MockTransport(upstream)))
+    sent = anyio.run(_call, proxy, _scope("POST", [("Content-Type", "application/json")]), b"{}")
+    assert sent[0]["status"] == 502
+    assert b"bad_gateway" in sent[1]["body"]
