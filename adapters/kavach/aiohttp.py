@@ -6,7 +6,7 @@
     mount(app, server)                        # every advertised path, issuer path included
 
     async def mcp(request):
-        principal = request[PRINCIPAL]        # "kavach.principal": kavach_core.guard.Principal
+        principal = request[PRINCIPAL]        # kavach_core.guard.Principal
         body = await request.json()           # the body the guard read is still there
 
 The middleware guards the resource's own path (or the ``paths`` given), reads the JSON-RPC
@@ -19,9 +19,11 @@ metadata (MD-03, CORS per MD-04) when :func:`mount` did not.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
 
 from aiohttp import hdrs, web
 
+from kavach_core.guard import Principal
 from kavach_core.http import HttpRequest, Response, json_response
 from kavach_core.resource_indicators import PRM_WELL_KNOWN, resource_path
 
@@ -30,8 +32,9 @@ from .server import AuthorizationServer, failure_response, incoming
 Required = Callable[[HttpRequest], "tuple[str, ...] | Response"]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-PRINCIPAL = "kavach.principal"
-"""The request key holding the verified :class:`~kavach_core.guard.Principal`."""
+PRINCIPAL: Any = getattr(web, "RequestKey", lambda name, _: name)("kavach.principal", Principal)
+"""The request key holding the verified :class:`~kavach_core.guard.Principal` (a typed
+``web.RequestKey`` named ``kavach.principal``; the plain string on aiohttp without them)."""
 
 
 def _outgoing(response: Response) -> web.Response:
