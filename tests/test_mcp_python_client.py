@@ -23,26 +23,17 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import anyio
-import attrs
 import httpx
-import httpx2
 import pytest
-from kavach_serve import Served, free_port, serve
+from kavach_serve import free_port
 from mcp import Client
-from mcp.client.auth import AuthorizationCodeResult, OAuthClientProvider
-from mcp.client.streamable_http import streamable_http_client
-from mcp.shared.auth import OAuthClientInformationFull, OAuthClientMetadata, OAuthToken
-from person import Form, Person
-
-PASSWORD = "correct horse battery staple"
-REDIRECT_URI = "http://127.0.0.1:45999/callback"
-FLOW_TIMEOUT = 90
+from mcp_sdk_client import PASSWORD, ChoosyPerson, SdkClient, served_with_user
 
 # A catalogue with a scope per demo tool, so a token can hold ``echo`` without ``add``.
 PER_TOOL_TOML = """
@@ -61,96 +52,6 @@ default_scopes = ["tools:list", "tools:call:echo", "tools:call:add"]
 """
 
 
-class MemoryStorage:
-    """The SDK's ``TokenStorage``, in memory."""
-
-    def __init__(self) -> None:
-        self.tokens: OAuthToken | None = None
-        self.client_info: OAuthClientInformationFull | None = None
-
-    async def get_tokens(self) -> OAuthToken | None:
-        return self.tokens
-
-    async def set_tokens(self, tokens: OAuthToken) -> None:
-        self.tokens = tokens
-
-    async def get_client_info(self) -> OAuthClientInformationFull | None:
-        return self.client_info
-
-    async def set_client_info(self, client_info: OAuthClientInformationFull) -> None:
-        self.client_info = client_info
-
-
-class ChoosyPerson(Person):
-    """A person who, at consent, leaves ticked only the scopes in ``grant`` (``None``: all)."""
-
-    grant: set[str] | None = None
-
-    def _submit(self, page_url: str, form: Form, decision: str) -> httpx.Response:
-        if self.grant is not None and "scope" in form.names:
-            form = attrs.evolve(form, fields=[(k, v) for k, v in form.fields if k != "scope" or v in self.grant])
-        return super()._submit(page_url, form, decision)
-
-
-@attrs.define
-class Seen:
-    """Every HTTP exchange the SDK client made, in order."""
-
-    exchanges: list[tuple[str, str, int, dict[str, str]]] = attrs.Factory(list)
-    authorizations: list[str] = attrs.Factory(list)
-    """Authorization URLs the SDK sent the person to."""
-
-    def paths(self) -> list[tuple[str, str, int]]:
-        return [(m, p, s) for m, p, s, _ in self.exchanges]
-
-    def token_grants(self) -> list[str]:
-        return [h.get("grant_type", "") for m, p, _, h in self.exchanges if m == "POST" and p == "/token"]
-
-
-class SdkClient:
-    """The SDK's pieces wired the way an application wires them, plus the person and a recorder."""
-
-    def __init__(self, mcp_url: str, person: ChoosyPerson) -> None:
-        self.mcp_url = mcp_url
-        self.person = person
-        self.storage = MemoryStorage()
-        self.seen = Seen()
-        self._result: dict[str, str] = {}
-        metadata = OAuthClientMetadata(
-            client_name="kavachOS test (MCP Python SDK)",
-            redirect_uris=[REDIRECT_URI],  # type: ignore[list-item]
-            grant_types=["authorization_code", "refresh_token"],
-            response_types=["code"],
-            token_endpoint_auth_method="none",
-        )
-        self.provider = OAuthClientProvider(mcp_url, metadata, self.storage, self._redirect, self._callback)
-
-    async def _redirect(self, url: str) -> None:
-        self.seen.authorizations.append(url)
-        final = await anyio.to_thread.run_sync(self.person.authorize, url)
-        self._result = {k: v[0] for k, v in parse_qs(urlsplit(final).query).items()}
-
-    async def _callback(self) -> AuthorizationCodeResult:
-        result, self._result = self._result, {}
-        if "code" not in result:
-            raise AssertionError(f"the authorization ended without a code: {result}")
-        return AuthorizationCodeResult(code=result["code"], state=result.get("state"), iss=result.get("iss"))
-
-    async def _on_response(self, response: httpx2.Response) -> None:
-        request = response.request
-        form: dict[str, str] = {}
-        if request.method == "POST" and request.url.path == "/token":
-            form = {k: v[0] for k, v in parse_qs(request.content.decode()).items()}
-        self.seen.exchanges.append((request.method, request.url.path, response.status_code, form))
-
-    async def run(self, body: Callable[[Client], Awaitable[Any]]) -> Any:
-        with anyio.fail_after(FLOW_TIMEOUT):
-            async with httpx2.AsyncClient(
-                auth=self.provider, timeout=30, event_hooks={"response": [self._on_response]}
-            ) as http, Client(streamable_http_client(self.mcp_url, http_client=http)) as client:
-                return await body(client)
-
-
 def _text(result: Any) -> str:
     assert not result.is_error, result
     return "".join(getattr(part, "text", "") for part in result.content)
@@ -162,32 +63,13 @@ def person() -> Iterator[ChoosyPerson]:
         yield p
 
 
-def _served_with_user(**kwargs: Any) -> Any:
-    return _ServedWithUser(**kwargs)
-
-
-class _ServedWithUser:
-    """``serve(...)`` with the user ``alice`` created through ``kavach users add --password-stdin``."""
-
-    def __init__(self, **kwargs: Any) -> None:
-        self._cm = serve(**kwargs)
-
-    def __enter__(self) -> Served:
-        served = self._cm.__enter__()
-        served.add_user("alice", PASSWORD)
-        return served
-
-    def __exit__(self, *exc: Any) -> None:
-        self._cm.__exit__(*exc)
-
-
 # -- discovery, registration, authorization, tools ---------------------------------------------
 
 
 def test_sdk_client_discovers_registers_authorizes_and_calls_a_tool(person: ChoosyPerson) -> None:
     """401 challenge -> PRM (RFC 9728) -> AS metadata (RFC 8414) -> registration (RFC 7591) ->
     authorization with PKCE, sign-in and consent -> code redemption -> tools/list, tools/call."""
-    with _served_with_user() as served:
+    with served_with_user() as served:
         sdk = SdkClient(served.mcp_url, person)
 
         async def body(client: Client) -> tuple[list[str], str]:
@@ -225,7 +107,7 @@ def test_sdk_client_resource_and_prompt(person: ChoosyPerson) -> None:
         'default_scopes = ["tools:list", "tools:call:echo", "tools:call:add"]',
         'default_scopes = ["tools:list", "resources:list", "resources:read", "prompts:list", "prompts:get"]',
     )
-    with _served_with_user(config_toml=toml) as served:
+    with served_with_user(config_toml=toml) as served:
         sdk = SdkClient(served.mcp_url, person)
 
         async def body(client: Client) -> tuple[list[str], str, list[str]]:
@@ -252,7 +134,7 @@ def test_rs_03_sdk_client_steps_up_on_insufficient_scope(person: ChoosyPerson) -
     ``insufficient_scope`` naming ``tools:call:add``; the SDK re-authorizes for the union and the
     retried call succeeds, without registering again."""
     person.grant = {"tools:list", "tools:call:echo"}
-    with _served_with_user(config_toml=PER_TOOL_TOML) as served:
+    with served_with_user(config_toml=PER_TOOL_TOML) as served:
         sdk = SdkClient(served.mcp_url, person)
 
         async def body(client: Client) -> tuple[str, str | None, str, str]:
@@ -288,7 +170,7 @@ def test_sdk_client_steps_up_beyond_its_first_challenge(person: ChoosyPerson) ->
         'default_scopes = ["tools:list", "tools:call:echo", "tools:call:add"]',
         'default_scopes = ["tools:list", "tools:call:echo"]',
     )
-    with _served_with_user(config_toml=toml) as served:
+    with served_with_user(config_toml=toml) as served:
         sdk = SdkClient(served.mcp_url, person)
 
         async def body(client: Client) -> str:
@@ -304,7 +186,7 @@ def test_sdk_client_steps_up_beyond_its_first_challenge(person: ChoosyPerson) ->
 def test_tk_07_sdk_client_refreshes_an_expired_access_token(person: ChoosyPerson) -> None:
     """With 2-second access tokens (``KAVACH_ACCESS_TOKEN_LIFETIME=2``) the SDK refreshes once
     its token expires, and the call made with the new token succeeds; no new authorization."""
-    with _served_with_user(extra_env={"KAVACH_ACCESS_TOKEN_LIFETIME": "2"}) as served:
+    with served_with_user(extra_env={"KAVACH_ACCESS_TOKEN_LIFETIME": "2"}) as served:
         sdk = SdkClient(served.mcp_url, person)
 
         async def body(client: Client) -> tuple[str, str, str | None, str | None]:
@@ -381,7 +263,7 @@ def test_rs_04_proxy_streams_progress_and_never_forwards_the_token(
     """Through ``kavach serve --upstream``: tools of the upstream are listed and called, each
     progress notification of ``count`` reaches the client, and no request the upstream received
     carried an ``Authorization`` header (the client's token least of all)."""
-    with _served_with_user(extra_args=["--upstream", upstream.url]) as served:
+    with served_with_user(extra_args=["--upstream", upstream.url]) as served:
         sdk = SdkClient(served.mcp_url, person)
         progress: list[tuple[float, float | None, str | None]] = []
 

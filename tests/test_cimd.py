@@ -1,0 +1,421 @@
+"""Client ID Metadata Documents (issue 4; CM-01, AZ-11), core and end to end.
+
+Core: the flows run against the memory store wrapped by :class:`Documents`, which answers the
+``FetchDocument`` effect with a prepared result and records every effect, so each test states
+exactly what was fetched and what was written. End to end: the official MCP Python SDK client,
+configured with a client metadata URL, against ``kavach serve`` with the document published over
+HTTPS by :mod:`document_host` (a ``trustme`` test CA).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import anyio
+import httpx
+import pytest
+from conftest import RESOURCE, Harness, make_config
+from document_host import DocumentHost, document_host
+from kavach_serve import Served
+from oauth_flows import CHALLENGE, STATE, VERIFIER, location_params, writes
+
+from kavach_core import effects as fx
+from kavach_core.client_documents import DocumentRefused
+from kavach_core.config import Lifetimes
+from kavach_core.drivers import run
+from kavach_core.endpoints import authorize, metadata, revocation, token
+from kavach_core.http import Response
+from kavach_core.messages.authorization import ConsentRequired
+
+URL = "https://client.example.com/mcp/client.json"
+REDIRECT = "https://client.example.com/callback"
+LOOPBACK = "http://127.0.0.1:33418/callback"
+
+
+def document(**overrides: Any) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "client_id": URL,
+        "client_name": "Example MCP Client",
+        "redirect_uris": [REDIRECT],
+        "token_endpoint_auth_method": "none",
+        "grant_types": ["authorization_code", "refresh_token"],
+        "response_types": ["code"],
+    }
+    doc.update(overrides)
+    return {k: v for k, v in doc.items() if v is not None}
+
+
+def fetched(doc: Any, content_type: str = "application/json", max_age: int | None = 300) -> fx.Fetched:
+    body = doc if isinstance(doc, bytes) else json.dumps(doc).encode()
+    return fx.Fetched(body, content_type, max_age)
+
+
+class Documents:
+    """The memory store, plus ``FetchDocument`` answered from ``answers``; records every effect."""
+
+    def __init__(self, h: Harness, answers: dict[str, fx.Fetched | fx.FetchRefused] | None = None) -> None:
+        self.h = h
+        self.answers = answers or {}
+        self.fetches: list[str] = []
+        self.effects: list[fx.Effect] = []
+
+    def perform(self, effect: fx.Effect) -> Any:
+        self.effects.append(effect)
+        if isinstance(effect, fx.FetchDocument):
+            self.fetches.append(effect.url)
+            return self.answers.get(effect.url, fx.FetchRefused("it answered with HTTP status 404"))
+        return self.h.store.perform(effect)
+
+    def run(self, flow: Any) -> Any:
+        self.effects = []
+        return run(flow, self)
+
+    def authorize(self, **overrides: str | None) -> Any:
+        params: dict[str, str | None] = {
+            "client_id": URL,
+            "redirect_uri": REDIRECT,
+            "response_type": "code",
+            "code_challenge": CHALLENGE,
+            "code_challenge_method": "S256",
+            "state": STATE,
+            "resource": RESOURCE,
+            "scope": "tools:list tools:call",
+        }
+        params.update(overrides)
+        req = self.h.request("GET", "/authorize", query={k: v for k, v in params.items() if v is not None})
+        return self.run(authorize.handle(self.h.ctx(), req))
+
+    def token(self, form: dict[str, str]) -> Response:
+        req = self.h.request("POST", "/token", form=form)
+        out = self.run(token.handle(self.h.ctx(), req))
+        assert isinstance(out, Response)
+        return out
+
+
+@pytest.fixture
+def docs(h: Harness) -> Documents:
+    return Documents(h, {URL: fetched(document())})
+
+
+def refused_page(out: Any, *words: str) -> str:
+    """A page that never redirects and names the reason (AZ-02, CM-01)."""
+    assert isinstance(out, Response), out
+    assert out.status == 400 and out.header("location") is None
+    assert out.view is not None and out.view.error == "invalid_client"
+    text = out.view.description
+    assert "metadata document" in text
+    for word in words:
+        assert word in text, text
+    return text
+
+
+def assert_nothing_stored(d: Documents) -> None:
+    assert writes(d.effects) == [], writes(d.effects)
+    assert d.h.store.clients == {} and d.h.store.pending == {} and d.h.store.codes == {}
+
+
+# -- discovery -------------------------------------------------------------------------------
+
+
+def test_cm_01_metadata_advertises_documents(h: Harness) -> None:
+    assert metadata.authorization_server_metadata(h.config)["client_id_metadata_document_supported"] is True
+    off = make_config(client_id_metadata_documents=False)
+    assert metadata.authorization_server_metadata(off)["client_id_metadata_document_supported"] is False
+
+
+# -- the happy path --------------------------------------------------------------------------
+
+
+def test_cm_01_authorize_fetches_validates_caches_and_asks_for_consent(docs: Documents) -> None:
+    out = docs.authorize()
+    assert isinstance(out, ConsentRequired), out
+    assert docs.fetches == [URL]
+    kinds = [type(e).__name__ for e in docs.effects]
+    assert kinds == ["GetClient", "FetchDocument", "PutClient", "PutPending"]
+    stored = docs.h.store.clients[URL]
+    assert stored.kind == "document" and stored.token_endpoint_auth_method == "none"
+    assert stored.redirect_uris == (REDIRECT,) and stored.client_name == "Example MCP Client"
+    assert stored.expires_at == docs.h.now + 300
+    assert stored.meta["client_id"] == URL
+    # AZ-11: the document's name and the redirect host; a document client is never auto-approved.
+    view = out.view
+    assert (view.client_name, view.client_kind) == ("Example MCP Client", "document")
+    assert view.redirect_host == "client.example.com"
+    assert view.loopback_only is False
+
+
+def test_az_11_loopback_only_document_is_flagged(h: Harness) -> None:
+    d = Documents(h, {URL: fetched(document(redirect_uris=[LOOPBACK]))})
+    out = d.authorize(redirect_uri=LOOPBACK)
+    assert isinstance(out, ConsentRequired), out
+    assert out.view.loopback_only is True and out.view.redirect_host == "127.0.0.1"
+
+
+def test_cm_01_without_client_name_the_url_is_shown(h: Harness) -> None:
+    d = Documents(h, {URL: fetched(document(client_name=None))})
+    out = d.authorize()
+    assert isinstance(out, ConsentRequired), out
+    assert out.view.client_name == URL
+
+
+def test_cm_01_whole_flow_code_token_refresh_and_revocation_with_one_fetch(docs: Documents) -> None:
+    out = docs.authorize()
+    assert isinstance(out, ConsentRequired)
+    redirect = docs.run(authorize.approve(docs.h.ctx(), out.ticket, "alice"))
+    code = location_params(redirect)["code"]
+    form = {"grant_type": "authorization_code", "code": code, "code_verifier": VERIFIER,
+            "client_id": URL, "redirect_uri": REDIRECT}
+    resp = docs.token(form)
+    assert resp.status == 200, resp.body
+    body = resp.json()
+    resp = docs.token({"grant_type": "refresh_token", "refresh_token": body["refresh_token"], "client_id": URL})
+    assert resp.status == 200, resp.body
+    req = docs.h.request("POST", "/revoke", form={"token": resp.json()["refresh_token"], "client_id": URL})
+    assert docs.run(revocation.handle(docs.h.ctx(), req)).status == 200
+    assert docs.fetches == [URL], "authorization, redemption, refresh and revocation share one fetch"
+
+
+def test_registration_keeps_working_beside_documents(docs: Documents) -> None:
+    from kavach_core.endpoints import registration
+
+    req = docs.h.request("POST", "/register", json={"redirect_uris": [REDIRECT], "token_endpoint_auth_method": "none"})
+    resp = docs.run(registration.handle(docs.h.ctx(), req))
+    assert resp.status == 201
+    client_id = resp.json()["client_id"]
+    out = docs.authorize(client_id=client_id)
+    assert isinstance(out, ConsentRequired) and out.view.client_kind == "dynamic"
+    assert docs.fetches == []
+    assert isinstance(docs.authorize(), ConsentRequired)
+    assert docs.fetches == [URL]
+
+
+# -- cache -----------------------------------------------------------------------------------
+
+
+def test_cm_01_second_authorization_within_the_lifetime_fetches_nothing_then_once_after(docs: Documents) -> None:
+    assert isinstance(docs.authorize(), ConsentRequired)
+    assert docs.fetches == [URL]
+    docs.h.now += 299
+    assert isinstance(docs.authorize(), ConsentRequired)
+    assert docs.fetches == [URL], "within max-age: the cached document is used"
+    docs.h.now += 1
+    assert isinstance(docs.authorize(), ConsentRequired)
+    assert docs.fetches == [URL, URL], "expired: fetched once more"
+    assert docs.h.store.clients[URL].expires_at == docs.h.now + 300
+    assert isinstance(docs.authorize(), ConsentRequired)
+    assert docs.fetches == [URL, URL]
+
+
+@pytest.mark.parametrize(
+    ("max_age", "lifetime"),
+    [(None, 60), (0, 60), (5, 60), (600, 600), (10**9, 86400)],
+    ids=["unstated", "no-store", "below-min", "within", "above-max"],
+)
+def test_cm_01_cache_lifetime_is_clamped_to_the_configured_bounds(max_age: int | None, lifetime: int) -> None:
+    h = Harness(make_config(lifetimes=Lifetimes(metadata_document_min=60, metadata_document_max=86400)))
+    d = Documents(h, {URL: fetched(document(), max_age=max_age)})
+    assert isinstance(d.authorize(), ConsentRequired)
+    assert h.store.clients[URL].expires_at == h.now + lifetime
+
+
+def test_cm_01_a_changed_document_is_seen_after_expiry(docs: Documents) -> None:
+    assert isinstance(docs.authorize(), ConsentRequired)
+    docs.answers[URL] = fetched(document(client_name="Renamed"))
+    docs.h.now += 300
+    out = docs.authorize()
+    assert isinstance(out, ConsentRequired) and out.view.client_name == "Renamed"
+
+
+def test_cm_01_refused_refetch_of_an_expired_document_keeps_nothing_usable(docs: Documents) -> None:
+    assert isinstance(docs.authorize(), ConsentRequired)
+    docs.answers[URL] = fx.FetchRefused("it answered with HTTP status 500")
+    docs.h.now += 300
+    refused_page(docs.authorize(), "500")
+    assert writes(docs.effects) == []
+
+
+# -- refusals: an error page at authorize, nothing stored --------------------------------------
+
+BAD_DOCUMENTS = {
+    "fetch-refused": (fx.FetchRefused("10.0.0.1 is a private address"), "private address"),
+    "client-id-one-char-off": (fetched(document(client_id=URL[:-1] + "N")), "does not equal the URL"),
+    "client-id-missing": (fetched(document(client_id=None)), "does not equal the URL"),
+    "not-json-type": (fetched(document(), content_type="text/html"), "not JSON"),
+    "not-json-body": (fetched(b"<html>hello</html>"), "not valid JSON"),
+    "not-an-object": (fetched(b"[1, 2]"), "not a JSON object"),
+    "no-redirect-uris": (fetched(document(redirect_uris=None)), "redirect_uris is required"),
+    "bad-redirect-uri": (fetched(document(redirect_uris=["http://evil.example.com/cb"])), "loopback"),
+    "client-secret-basic": (fetched(document(token_endpoint_auth_method="client_secret_basic")), "shared secret"),
+    "client-secret-post": (fetched(document(token_endpoint_auth_method="client_secret_post")), "shared secret"),
+    "private-key-jwt": (
+        fetched(document(token_endpoint_auth_method="private_key_jwt")), "private_key_jwt is not supported"
+    ),
+    "client-secret-member": (fetched(document(client_secret="s3cret")), "client_secret"),
+    "implicit-grant": (fetched(document(grant_types=["implicit"])), "implicit"),
+    "too-large": (fetched(b" " * (64 * 1024 + 1)), "too large"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_DOCUMENTS))
+def test_cm_01_bad_documents_are_refused_at_authorize_with_the_reason(h: Harness, case: str) -> None:
+    answer, reason = BAD_DOCUMENTS[case]
+    d = Documents(h, {URL: answer})
+    refused_page(d.authorize(), reason)
+    assert d.fetches == [URL]
+    assert_nothing_stored(d)
+
+
+@pytest.mark.parametrize("case", sorted(BAD_DOCUMENTS))
+def test_cm_01_bad_documents_are_invalid_client_at_the_token_endpoint(h: Harness, case: str) -> None:
+    answer, reason = BAD_DOCUMENTS[case]
+    d = Documents(h, {URL: answer})
+    resp = d.token({"grant_type": "authorization_code", "code": "x" * 43, "code_verifier": VERIFIER, "client_id": URL})
+    assert resp.status == 401 and resp.json()["error"] == "invalid_client"
+    assert reason in resp.json()["error_description"]
+    assert resp.header("cache-control") == "no-store"
+    assert_nothing_stored(d)
+
+
+@pytest.mark.parametrize(
+    ("client_id", "reason"),
+    [
+        ("http://client.example.com/client.json", "must use https"),
+        ("https://client.example.com", "must have a path"),
+        ("https://client.example.com/", "must have a path"),
+        ("https://client.example.com/a/../client.json", ". or .. path segments"),
+        ("https://user@client.example.com/client.json", "user information"),
+        ("https://client.example.com/client.json#frag", "fragment"),
+        ("https://client.example.com:99999/client.json", "not a valid URL"),
+    ],
+)
+def test_cm_01_malformed_document_urls_are_refused_without_a_fetch(h: Harness, client_id: str, reason: str) -> None:
+    d = Documents(h)
+    refused_page(d.authorize(client_id=client_id), reason)
+    assert d.fetches == []
+    assert_nothing_stored(d)
+
+
+def test_cm_01_redirect_uri_not_in_the_document_is_refused_without_redirecting(docs: Documents) -> None:
+    out = docs.authorize(redirect_uri="https://client.example.com/other")
+    assert isinstance(out, Response) and out.status == 400 and out.header("location") is None
+    assert out.view is not None and "redirect_uri is not registered" in out.view.description
+    # The (valid) document is cached; no authorization is pending.
+    assert [type(e).__name__ for e in writes(docs.effects)] == ["PutClient"]
+    assert docs.h.store.pending == {} and docs.h.store.codes == {}
+
+
+def test_cm_01_documents_off_means_a_url_is_just_an_unknown_client() -> None:
+    h = Harness(make_config(client_id_metadata_documents=False))
+    d = Documents(h, {URL: fetched(document())})
+    out = d.authorize()
+    assert isinstance(out, Response) and out.view is not None
+    assert "not known here" in out.view.description
+    assert d.fetches == []
+
+
+def test_lookup_raises_document_refused_with_the_reason(h: Harness) -> None:
+    from kavach_core.clients import lookup
+
+    d = Documents(h, {URL: fx.FetchRefused("it answered with a redirect (302); redirects are not followed")})
+    with pytest.raises(DocumentRefused) as info:
+        d.run(lookup(h.ctx(), URL))
+    assert info.value.error == "invalid_client" and info.value.status == 401
+    assert "redirects are not followed" in info.value.description
+
+
+def test_consent_after_sign_in_with_a_refused_refetch_is_simply_expired(docs: Documents) -> None:
+    out = docs.authorize()
+    assert isinstance(out, ConsentRequired)
+    docs.answers[URL] = fx.FetchRefused("gone")
+    docs.h.now += 300
+    assert docs.run(authorize.consent(docs.h.ctx(), out.ticket)) is None
+
+
+# -- end to end: the official MCP Python SDK client against kavach serve ---------------------
+
+
+@pytest.fixture
+def host(tmp_path: Path) -> Iterator[DocumentHost]:
+    with document_host(tmp_path) as running:
+        yield running
+
+
+def _sdk_document(host: DocumentHost) -> str:
+    from mcp_sdk_client import REDIRECT_URI
+
+    url = host.url("/mcp-client/client.json")
+    host.publish(
+        "/mcp-client/client.json",
+        {
+            "client_id": url,
+            "client_name": "kavachOS test (CIMD)",
+            "redirect_uris": [REDIRECT_URI],
+            "grant_types": ["authorization_code", "refresh_token"],
+            "response_types": ["code"],
+            "token_endpoint_auth_method": "none",
+        },
+        headers=[("Content-Type", "application/json"), ("Cache-Control", "max-age=600")],
+    )
+    return url
+
+
+def _serve_documents(host: DocumentHost, *, loopback: bool) -> Any:
+    from mcp_sdk_client import served_with_user
+
+    args = ["--document-ca-bundle", str(host.ca_file)]
+    if loopback:
+        args.append("--document-allow-loopback")
+    return served_with_user(extra_args=args)
+
+
+def test_cm_01_sdk_client_with_a_client_metadata_url_completes_the_flow(host: DocumentHost) -> None:
+    """The SDK sees ``client_id_metadata_document_supported``, skips registration and uses its URL
+    as ``client_id``; kavach serve fetches the document once (over HTTPS, trusting the test CA,
+    loopback permitted by the development switch), shows consent, and issues tokens."""
+    from mcp_sdk_client import ChoosyPerson, SdkClient, person_password
+
+    url = _sdk_document(host)
+    with _serve_documents(host, loopback=True) as served, ChoosyPerson("alice", person_password()) as person:
+        sdk = SdkClient(served.mcp_url, person, client_metadata_url=url)
+
+        async def body(client: Any) -> str:
+            result = await client.call_tool("echo", {"text": "hello via CIMD"})
+            return "".join(getattr(part, "text", "") for part in result.content)
+
+        echoed = anyio.run(sdk.run, body)
+        log = served.output()
+
+    assert echoed == "hello via CIMD"
+    paths = [p for _, p, _ in sdk.seen.paths()]
+    assert "/register" not in paths, "no dynamic registration with a client metadata URL"
+    auth = parse_qs(urlsplit(sdk.seen.authorizations[0]).query)
+    assert auth["client_id"] == [url]
+    assert sdk.seen.token_grants() == ["authorization_code"]
+    assert host.hits("/mcp-client/client.json") == 1, "authorize and token share the cached document"
+    assert "DEVELOPMENT SWITCH ON" in log, "the loopback switch is loud in the log"
+
+
+def test_cm_02_without_the_loopback_switch_the_same_document_is_refused(host: DocumentHost) -> None:
+    url = _sdk_document(host)
+    with _serve_documents(host, loopback=False) as served:
+        resp = httpx.get(
+            f"{served.issuer}/authorize",
+            params={"client_id": url, "redirect_uri": "http://127.0.0.1:45999/callback", "response_type": "code",
+                    "code_challenge": CHALLENGE, "code_challenge_method": "S256", "state": "s"},
+        )
+        clients = _clients(served)
+    assert resp.status_code == 400 and "location" not in resp.headers
+    assert "loopback address" in resp.text and "metadata document" in resp.text
+    assert host.hits("/mcp-client/client.json") == 0, "nothing was sent to the document's host"
+    assert clients == [], "nothing stored"
+
+
+def _clients(served: Served) -> list[str]:
+    from kavach_serve import kavach
+
+    out = kavach(["clients", "list", "--db", served.db], env=served.env)
+    return [line.split()[0] for line in out.splitlines()[1:] if line.strip()]
