@@ -5,12 +5,14 @@ Made with the official SDK (``MCPServer``, Streamable HTTP at ``/mcp``). Tools:
 - ``count(n)``: reports progress ``1..n`` (a notification each, 50 ms apart), then returns ``n``;
 - ``auth_header()``: the ``Authorization`` header its request arrived with, or ``"<none>"``.
 
-Every HTTP request's ``Authorization`` header (or ``-``) is also appended to ``SEEN_FILE``, one
-line per request, so a test can check that no request ever carried the client's token.
+Every HTTP request is also appended to ``SEEN_FILE`` as one JSON line: its method, its
+``Authorization`` header (``null`` when absent) and its ``Mcp-Session-Id``, so a test can check
+that no request ever carried the client's token and which requests went through.
 """
 
 from __future__ import annotations
 
+import json
 import sys
 
 import anyio
@@ -38,9 +40,14 @@ def build(seen_file: str) -> object:
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            values = [v.decode("latin-1") for k, v in scope["headers"] if k.lower() == b"authorization"]
+            headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+            record = {
+                "method": scope["method"],
+                "authorization": headers.get("authorization"),
+                "session": headers.get("mcp-session-id"),
+            }
             with open(seen_file, "a") as fh:
-                fh.write((" | ".join(values) or "-") + "\n")
+                fh.write(json.dumps(record) + "\n")
         await inner(scope, receive, send)
 
     return app

@@ -19,6 +19,7 @@ through kavachOS; progress notifications stream through and the upstream never s
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -30,9 +31,11 @@ from urllib.parse import parse_qs, urlsplit
 
 import anyio
 import httpx
+import httpx2
 import pytest
 from kavach_serve import free_port
 from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
 from mcp_sdk_client import PASSWORD, ChoosyPerson, SdkClient, served_with_user
 
 # A catalogue with a scope per demo tool, so a token can hold ``echo`` without ``add``.
@@ -215,8 +218,11 @@ class Upstream:
         self.url = url
         self.seen = seen
 
-    def authorization_headers(self) -> list[str]:
-        return self.seen.read_text().splitlines() if self.seen.exists() else []
+    def requests(self) -> list[dict[str, Any]]:
+        """Every request the upstream received: method, authorization, session."""
+        if not self.seen.exists():
+            return []
+        return [json.loads(line) for line in self.seen.read_text().splitlines() if line.strip()]
 
 
 @pytest.fixture
@@ -284,7 +290,40 @@ def test_rs_04_proxy_streams_progress_and_never_forwards_the_token(
     assert counted == "5"
     assert [p[0] for p in progress] == [1, 2, 3, 4, 5]
     assert progress[-1][1] == 5 and progress[-1][2] == "step 5"
-    seen = upstream.authorization_headers()
+    seen = upstream.requests()
     assert seen, "the upstream received the client's requests"
-    assert set(seen) == {"-"}, f"the upstream saw Authorization headers: {seen}"
-    assert token and all(token not in line for line in seen)
+    assert [r for r in seen if r["authorization"] is not None] == [], "the upstream saw an Authorization header"
+    assert token and token not in upstream.seen.read_text()
+
+
+def test_proxy_passes_sessions_get_streams_and_delete(person: ChoosyPerson, upstream: Upstream) -> None:
+    """A handshake-era client (``mode="legacy"``: initialize, a session id, the GET stream, DELETE
+    when done) works through the proxy: ``Mcp-Session-Id`` travels both ways, the GET stream and
+    the DELETE reach the upstream, and none of them carries the token."""
+    with served_with_user(extra_args=["--upstream", upstream.url]) as served:
+        sdk = SdkClient(served.mcp_url, person)
+        progress: list[float] = []
+
+        async def on_progress(value: float, total: float | None, message: str | None) -> None:
+            progress.append(value)
+
+        async def body(client: Client) -> str:
+            await anyio.sleep(0.5)  # let the client open its GET stream
+            return _text(await client.call_tool("count", {"n": 3}, progress_callback=on_progress))
+
+        async def legacy() -> str:
+            with anyio.fail_after(90):
+                async with httpx2.AsyncClient(auth=sdk.provider, timeout=30) as http:
+                    transport = streamable_http_client(served.mcp_url, http_client=http)
+                    async with Client(transport, mode="legacy") as client:
+                        return await body(client)
+
+        counted = anyio.run(legacy)
+
+    assert counted == "3" and progress == [1, 2, 3]
+    seen = upstream.requests()
+    methods = {r["method"] for r in seen}
+    assert {"POST", "GET", "DELETE"} <= methods, seen
+    sessions = {r["session"] for r in seen if r["method"] in ("GET", "DELETE")}
+    assert len(sessions) == 1 and None not in sessions, "the session id the upstream issued came back to it"
+    assert [r for r in seen if r["authorization"] is not None] == []
