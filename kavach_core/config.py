@@ -29,7 +29,10 @@ def is_loopback_host(host: str | None) -> bool:
     return host in LOOPBACK_NAMES or host.startswith("127.")
 
 
-def _scope_map(value: Mapping[str, str] | tuple[tuple[str, str], ...] | list[str] | tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+ScopeCatalogue = Mapping[str, str] | tuple[tuple[str, str], ...] | list[str] | tuple[str, ...]
+
+
+def _scope_map(value: ScopeCatalogue) -> tuple[tuple[str, str], ...]:
     if isinstance(value, Mapping):
         pairs = tuple((str(k), str(v)) for k, v in value.items())
     else:
@@ -49,18 +52,26 @@ DEFAULT_MCP_SCOPES: tuple[tuple[str, str], ...] = (
 )
 """A catalogue that fits an MCP server exposing tools, resources and prompts."""
 
+NARROW_WORDING = {
+    "tools:call": "Run the tool \u201c{}\u201d",
+    "prompts:get": "Use the prompt \u201c{}\u201d",
+    "resources:read": "Read the resource \u201c{}\u201d",
+}
+"""How a scope narrowed to one named item is described at consent (``tools:call:search``)."""
+
 
 @attrs.frozen
 class ProtectedResource:
     """One MCP server this authorization server issues tokens for (RFC 8707, RFC 9728).
 
     ``uri`` is stored canonical (RS-05). ``scopes`` is the catalogue: scope -> description
-    shown at consent. ``default_scopes`` are granted when a client asks for none.
+    shown at consent. ``default_scopes`` are granted when a client asks for none; when empty
+    (the default), ``tools:list`` and ``tools:call`` where the catalogue has them, else the whole catalogue.
     """
 
     uri: str = attrs.field(converter=str)
     scopes: tuple[tuple[str, str], ...] = attrs.field(default=DEFAULT_MCP_SCOPES, converter=_scope_map)
-    default_scopes: tuple[str, ...] = attrs.field(default=("tools:list", "tools:call"), converter=tuple)
+    default_scopes: tuple[str, ...] = attrs.field(default=(), converter=tuple)
     name: str = ""
 
     def __attrs_post_init__(self) -> None:
@@ -77,6 +88,9 @@ class ProtectedResource:
                 raise ConfigurationError(f"resource {canonical}: scope {scope!r} is not a valid scope token")
         if len(set(names)) != len(names):
             raise ConfigurationError(f"resource {canonical}: a scope is listed twice")
+        if not self.default_scopes:
+            preferred = tuple(s for s in ("tools:list", "tools:call") if s in names)
+            object.__setattr__(self, "default_scopes", preferred or tuple(names))
         for scope in self.default_scopes:
             if scope not in names:
                 raise ConfigurationError(
@@ -88,14 +102,25 @@ class ProtectedResource:
         return tuple(s for s, _ in self.scopes)
 
     def describe(self, scope: str) -> str:
-        """The consent description of ``scope`` (or of the catalogue scope that covers it)."""
+        """The consent description of ``scope`` (AZ-11).
+
+        A catalogue scope describes itself. A narrower scope it covers (``tools:call:search``
+        under ``tools:call``) is described for what it is, never with the wider wording.
+        """
         best = ""
-        best_len = -1
+        best_parts: list[str] = []
+        wanted = scope.split(":")
         for name, text in self.scopes:
             parts = name.split(":")
-            if scope.split(":")[: len(parts)] == parts and len(parts) > best_len:
-                best, best_len = text, len(parts)
-        return best
+            if wanted[: len(parts)] == parts and len(parts) > len(best_parts):
+                best, best_parts = text, parts
+        if not best_parts or len(best_parts) == len(wanted):
+            return best
+        rest = ":".join(wanted[len(best_parts):])
+        family = ":".join(best_parts)
+        if family in NARROW_WORDING:
+            return NARROW_WORDING[family].format(rest)
+        return f"{best} (limited to {rest})" if best else ""
 
     @property
     def path(self) -> str:

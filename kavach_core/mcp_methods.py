@@ -13,8 +13,10 @@ method                                        required scope
 ``prompts/list``                              ``prompts:list``
 ``prompts/get``                               ``prompts:get`` (``prompts:get:NAME`` with
                                               ``per_prompt=True``)
-``initialize``, ``ping``, ``notifications/*``,  none beyond a valid token
-``logging/setLevel``, ``completion/complete``
+``initialize``, ``server/discover``,           none beyond a valid token
+``subscriptions/listen``, ``ping``,
+``notifications/*``, ``logging/setLevel``,
+``completion/complete``
 a JSON-RPC response (no ``method``)           none beyond a valid token
 any other method                              ``mcp:unknown-method`` (see below)
 ============================================  ===========================================
@@ -56,7 +58,9 @@ from .scopes import is_valid_scope
 UNKNOWN_METHOD_SCOPE = "mcp:unknown-method"
 """Required by methods the map does not know (fail closed; see the module docstring)."""
 
-NO_SCOPE_METHODS = frozenset({"initialize", "ping", "logging/setLevel", "completion/complete"})
+NO_SCOPE_METHODS = frozenset(
+    {"initialize", "server/discover", "subscriptions/listen", "ping", "logging/setLevel", "completion/complete"}
+)
 """Methods that need nothing beyond a valid token (notifications too, by prefix)."""
 
 DEFAULT_METHOD_SCOPES: tuple[tuple[str, tuple[str, ...]], ...] = (

@@ -59,7 +59,8 @@ def same(a: str, b: str) -> bool:
 
 
 def _refresh_mac(key: bytes, grant_bytes: bytes, generation: int) -> bytes:
-    return hmac.new(key, b"kavach refresh v1\x00" + grant_bytes + generation.to_bytes(4, "big"), hashlib.sha256).digest()
+    message = b"kavach refresh v1\x00" + grant_bytes + generation.to_bytes(4, "big")
+    return hmac.new(key, message, hashlib.sha256).digest()
 
 
 def refresh_token(key: bytes, grant_id: str, generation: int) -> str:

@@ -471,8 +471,9 @@ def test_az_07_self_registered_scope_does_not_block_step_up(h: Harness) -> None:
 def test_az_07_narrower_prefix_scope_is_allowed(hc: Harness) -> None:
     out = consent(hc, scope="tools:call:search resources:read")
     assert [s.scope for s in out.view.scopes] == ["tools:call:search", "resources:read"]
-    # The description comes from the catalogue entry that covers it.
-    assert out.view.scopes[0].description == "Run any tool"
+    # A narrowed scope is described for what it is, never with its wider family's wording.
+    assert out.view.scopes[0].description == "Run the tool \u201csearch\u201d"
+    assert out.view.scopes[1].description == "Read resources"
     resp = hc.run(authorize.approve(hc.ctx(), out.ticket, "alice"))
     body = redeem(hc, location_params(resp)["code"]).json()
     assert body["scope"] == "tools:call:search resources:read"
