@@ -16,7 +16,6 @@ from oauth_flows import VERIFIER, add_client, get_code, jwt_parts, redeem, refre
 
 from kavach_core import effects as fx
 from kavach_core.config import (
-    Config,
     Lifetimes,
     Paths,
     ProtectedResource,
@@ -71,16 +70,21 @@ def test_gn_01_issuer_must_be_a_string() -> None:
         make_config(issuer=None)
 
 
-@pytest.mark.parametrize("issuer", ["http://127.0.0.1:8000", "http://localhost:8000", "http://[::1]:9000", "http://127.1.2.3"])
+@pytest.mark.parametrize(
+    "issuer", ["http://127.0.0.1:8000", "http://localhost:8000", "http://[::1]:9000", "http://127.1.2.3"]
+)
 def test_gn_01_http_issuer_on_loopback_is_allowed(issuer: str) -> None:
     assert make_config(issuer=issuer).issuer == issuer
 
 
 def test_gn_01_http_issuer_elsewhere_only_when_forced() -> None:
-    config = make_config(issuer="http://as.example.com", allow_insecure_http=True,
-                         resources=[ProtectedResource("http://mcp.example.com/mcp")])
+    config = make_config(
+        issuer="http://as.example.com",
+        allow_insecure_http=True,
+        resources=[ProtectedResource("http://mcp.example.com/mcp")],
+    )
     assert config.issuer == "http://as.example.com"
-    with pytest.raises(ConfigurationError, match="resource http://mcp.example.com/mcp uses http"):
+    with pytest.raises(ConfigurationError, match=r"resource http://mcp\.example\.com/mcp uses http"):
         make_config(resources=[ProtectedResource("http://mcp.example.com/mcp")])
     assert make_config(resources=[ProtectedResource("http://127.0.0.1:3000/mcp")]).resources[0].uri == (
         "http://127.0.0.1:3000/mcp"
@@ -110,12 +114,14 @@ def test_protected_resource_errors(kwargs: dict[str, Any], message: str) -> None
 
 
 def test_protected_resource_is_canonical_and_describes_scopes() -> None:
-    resource = ProtectedResource("HTTPS://MCP.Example.com:443/mcp/", scopes=["tools:list", ("tools:call", "Run")],
-                                 default_scopes=["tools:list"])
+    resource = ProtectedResource(
+        "HTTPS://MCP.Example.com:443/mcp/", scopes=["tools:list", ("tools:call", "Run")], default_scopes=["tools:list"]
+    )
     assert resource.uri == RESOURCE
     assert resource.path == "/mcp"
     assert resource.scope_names == ("tools:list", "tools:call")
-    assert resource.describe("tools:call:search") == "Run"
+    assert resource.describe("tools:call:search") == "Run the tool \u201csearch\u201d"
+    assert ProtectedResource(RESOURCE, scopes=[("files", "Files")]).describe("files:read") == "Files (limited to read)"
     assert resource.describe("tools:list") == ""
     assert resource.describe("prompts:get") == ""
     root = ProtectedResource("https://mcp.example.com/")
@@ -203,8 +209,14 @@ def test_config_derived_values() -> None:
     assert config.resource("https://nope.example") is None
     two = make_config()
     assert two.default_resource is None
-    assert two.scopes_supported == ("tools:list", "tools:call", "resources:list", "resources:read", "prompts:list",
-                                    "prompts:get")
+    assert two.scopes_supported == (
+        "tools:list",
+        "tools:call",
+        "resources:list",
+        "resources:read",
+        "prompts:list",
+        "prompts:get",
+    )
     assert repr(SECRET) not in repr(two)
 
 
@@ -322,7 +334,12 @@ def test_client_credentials_methods() -> None:
     assert _creds([("Authorization", "Bearer abc")]) is None
     with pytest.raises(OAuthError, match="without client_id"):
         _creds(client_secret="s")
-    assert "s3cret" not in repr(_creds(client_id="c", client_secret="s3cret")) or True
+    # A secret never shows in a repr (logs, tracebacks), here or in the parsed token request.
+    assert "s3cret" not in repr(_creds(client_id="c", client_secret="s3cret"))
+    from kavach_core.messages.token import parse as parse_token_request
+
+    form = b"grant_type=refresh_token&client_id=c&client_secret=s3cret&refresh_token=r"
+    assert "s3cret" not in repr(parse_token_request(_form(form)))
 
 
 def test_bearer_token_header_only_and_strict() -> None:
@@ -425,7 +442,14 @@ def test_rg_01_redirect_registration_problems(uri: str, problem: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "uri", ["https://a.example/cb", "http://127.0.0.1:8080/cb", "http://[::1]/cb", "http://localhost/cb", "com.example.app:/cb"]
+    "uri",
+    [
+        "https://a.example/cb",
+        "http://127.0.0.1:8080/cb",
+        "http://[::1]/cb",
+        "http://localhost/cb",
+        "com.example.app:/cb",
+    ],
 )
 def test_rg_01_acceptable_redirect_uris(uri: str) -> None:
     assert registration_problem(uri) is None
@@ -451,8 +475,16 @@ def test_rs_05_canonical_resource(uri: str, canonical: str) -> None:
 
 @pytest.mark.parametrize(
     "uri",
-    ["", "https://a.example/ x", "urn:x:y", "https://", "https://a.example/#f", "https://u@a.example/",
-     "https://a.example:port/", "https://a.example\x01/"],
+    [
+        "",
+        "https://a.example/ x",
+        "urn:x:y",
+        "https://",
+        "https://a.example/#f",
+        "https://u@a.example/",
+        "https://a.example:port/",
+        "https://a.example\x01/",
+    ],
 )
 def test_rs_05_not_a_resource(uri: str) -> None:
     with pytest.raises(ValueError):
@@ -545,8 +577,13 @@ def test_drivers_arun_runs_a_full_flow_on_the_memory_store() -> None:
     h = Harness()
     add_client(h)
     code = get_code(h)
-    form = {"grant_type": "authorization_code", "code": code, "code_verifier": VERIFIER, "client_id": "c1",
-            "redirect_uri": "https://app.example.com/callback"}
+    form = {
+        "grant_type": "authorization_code",
+        "code": code,
+        "code_verifier": VERIFIER,
+        "client_id": "c1",
+        "redirect_uri": "https://app.example.com/callback",
+    }
     resp = asyncio.run(arun(token.handle(h.ctx(), h.request("POST", "/token", form=form)), h.store))
     assert isinstance(resp, Response) and resp.status == 200
 
@@ -590,7 +627,11 @@ def test_memory_store_rotation_outcomes() -> None:
     store.grants["g"] = grant
 
     def rotate(generation: int, presented: str, now: int, grace: int = 10) -> str:
-        return str(store.perform(fx.RotateRefresh("g", generation, presented, f"h{generation + 1}", now, grace, now + 100)).outcome)
+        return str(
+            store.perform(
+                fx.RotateRefresh("g", generation, presented, f"h{generation + 1}", now, grace, now + 100)
+            ).outcome
+        )
 
     assert rotate(0, "wrong", 1) == "reused"  # a current generation with the wrong hash is not the token
     store.grants["g"] = grant
