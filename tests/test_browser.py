@@ -4,7 +4,7 @@ A person signs in with the keyboard, reads the consent page, approves and lands 
 redirect (a tiny local catcher) with a code; a second person denies and lands with
 ``error=access_denied``. Every page must work under its own Content-Security-Policy: any CSP
 violation Chromium reports on the console fails the test (AZ-10). Screenshots of the sign-in,
-consent and error pages go to ``artifacts/screenshots/`` and, refreshed, to ``docs/screenshots/``.
+consent and error pages go to ``artifacts/screenshots/`` (copy them to ``docs/screenshots/`` to refresh the docs).
 
 Without Chromium the module is skipped, except in CI (``CI=true``), where that is a failure:
 ``tests/setup_browser.sh`` installs it.
@@ -31,7 +31,6 @@ ARGS = [
 ]
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "artifacts" / "screenshots"
-DOCS = ROOT / "docs" / "screenshots"
 
 if not (Path(CHROMIUM).exists() and shutil.which("chromium")):
     if os.environ.get("CI") == "true":
@@ -188,13 +187,3 @@ def test_style_applies_under_the_pages_own_csp(dep: Deployment, chromium: Any) -
     background = person.page.eval_on_selector("main", "e => getComputedStyle(e).borderRadius")
     assert background == "14px"
     assert person.csp_violations() == []
-
-
-def test_zz_publish_screenshots_to_docs() -> None:
-    """Runs after the tests above: copies the current screenshots into ``docs/screenshots``."""
-    names = ("login", "consent", "error")
-    if not all((ARTIFACTS / f"{n}.png").exists() for n in names):
-        pytest.skip("screenshots were not taken in this run")
-    DOCS.mkdir(parents=True, exist_ok=True)
-    for name in names:
-        shutil.copyfile(ARTIFACTS / f"{name}.png", DOCS / f"{name}.png")
