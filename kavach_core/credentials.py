@@ -28,7 +28,7 @@ class ClientCredentials:
     """
 
     client_id: str
-    secret: str | None
+    secret: str | None = attrs.field(repr=False)
     method: str
 
 

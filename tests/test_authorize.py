@@ -116,9 +116,7 @@ def test_az_01_duplicate_client_id_or_redirect_uri_is_a_page_never_a_redirect(
     assert_page(az_request(hc, pairs, method=method), "invalid_request")
 
 
-@pytest.mark.parametrize(
-    "name", ["response_type", "state", "scope", "code_challenge", "code_challenge_method"]
-)
+@pytest.mark.parametrize("name", ["response_type", "state", "scope", "code_challenge", "code_challenge_method"])
 @pytest.mark.parametrize("method", ["GET", "POST"])
 def test_az_01_other_duplicate_parameters_redirect_invalid_request(hc: Harness, name: str, method: str) -> None:
     pairs = [*az_query().items(), (name, az_query()[name])]
@@ -235,7 +233,9 @@ def test_az_03_registered_uri_with_query_matches_exactly(h: Harness) -> None:
     resp = h.run(authorize.approve(h.ctx(), out.ticket, "alice"))
     params = location_params(resp)
     assert params["tenant"] == "a" and "code" in params
-    assert resp.header("location", ).startswith(registered + "&code=")  # type: ignore[union-attr]
+    assert resp.header(
+        "location",
+    ).startswith(registered + "&code=")  # type: ignore[union-attr]
 
 
 @pytest.mark.parametrize(
@@ -517,7 +517,9 @@ def test_az_08_state_is_optional(hc: Harness) -> None:
 
 
 def test_az_08_errors_carry_state_iss_and_a_description(hc: Harness) -> None:
-    params = assert_error_redirect(az_request(hc, response_type="token", state="xyz"), "unsupported_response_type", "xyz")
+    params = assert_error_redirect(
+        az_request(hc, response_type="token", state="xyz"), "unsupported_response_type", "xyz"
+    )
     assert params["error_description"]
     assert set(params) == {"error", "error_description", "state", "iss"}
 
@@ -638,7 +640,12 @@ def test_az_09_approve_needs_a_subject(hc: Harness) -> None:
 
 def test_az_10_error_pages_are_self_contained_and_escaped(hc: Harness) -> None:
     page = assert_page(az_request(hc, client_id="nobody"))
-    assert page.header("content-type", ) == "text/html; charset=utf-8"
+    assert (
+        page.header(
+            "content-type",
+        )
+        == "text/html; charset=utf-8"
+    )
     assert page.header("cache-control") == "no-store"
     assert b"<script" not in page.body and b"http" not in page.body
     from kavach_core.http import error_page

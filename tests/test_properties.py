@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import hashlib
 import base64
+import hashlib
 import re
 import string
 from typing import Any
@@ -187,7 +187,8 @@ def test_scope_prefix_rule_holds_both_ways(a: list[str], b: list[str]) -> None:
         assert sa == sb
     # A longer scope never covers a shorter one; a shared string prefix is not enough.
     assert not covers(":".join(a + b), sa)
-    assert not covers(sa + "x", sa + ":y") or False
+    assert not covers(sa + "x", sa + ":y")
+    assert not covers(sa, sa + "x")
     assert parse_scope(sa) == (sa,)
 
 
@@ -205,7 +206,11 @@ def _variants(uri: str) -> list[str]:
 
 redirect_candidates = st.one_of(
     st.sampled_from([v for uris in REGISTERED.values() for u in uris for v in _variants(u)]),
-    st.builds(lambda port, path: f"http://127.0.0.1:{port}{path}", st.integers(0, 70000), st.sampled_from(["/cb", "/cb/", "", "/x"])),
+    st.builds(
+        lambda port, path: f"http://127.0.0.1:{port}{path}",
+        st.integers(0, 70000),
+        st.sampled_from(["/cb", "/cb/", "", "/x"]),
+    ),
     st.builds(lambda port: f"http://[::1]:{port}/cb", st.integers(0, 70000)),
     st.builds(lambda port: f"http://localhost:{port}/cb", st.integers(0, 70000)),
     st.text(max_size=40),
@@ -301,7 +306,9 @@ header_pairs = st.lists(
     st.one_of(
         st.tuples(st.sampled_from(["Content-Type", "Authorization", "Host", "Origin"]), st.text(max_size=40)),
         st.tuples(st.just("Content-Type"), st.sampled_from(["application/x-www-form-urlencoded", "application/json"])),
-        st.tuples(st.just("Authorization"), st.builds(lambda a, b: basic(a, b)[1], st.text(max_size=8), st.text(max_size=8))),
+        st.tuples(
+            st.just("Authorization"), st.builds(lambda a, b: basic(a, b)[1], st.text(max_size=8), st.text(max_size=8))
+        ),
         st.tuples(st.just("Authorization"), st.builds(lambda t: "Bearer " + t, st.text(max_size=30))),
         st.tuples(st.text(max_size=10), st.text(max_size=10)),
     ),
@@ -311,9 +318,23 @@ any_text = st.text(st.characters(codec="utf-8"), max_size=30) | st.text(max_size
 query_pairs = st.lists(
     st.tuples(
         st.sampled_from(
-            ["client_id", "redirect_uri", "grant_type", "code", "code_verifier", "refresh_token", "scope",
-             "resource", "response_type", "state", "code_challenge", "code_challenge_method", "token",
-             "token_type_hint", "client_secret"]
+            [
+                "client_id",
+                "redirect_uri",
+                "grant_type",
+                "code",
+                "code_verifier",
+                "refresh_token",
+                "scope",
+                "resource",
+                "response_type",
+                "state",
+                "code_challenge",
+                "code_challenge_method",
+                "token",
+                "token_type_hint",
+                "client_secret",
+            ]
         )
         | st.text(max_size=6),
         any_text,
@@ -405,7 +426,10 @@ def test_gn_03_arbitrary_input_to_every_endpoint_never_raises(path: str, req: Ht
 
 
 @FEW
-@given(st.text(st.characters(categories=["Cs"]), min_size=1, max_size=3), st.sampled_from(["state", "redirect_uri", "client_id", "scope", "resource"]))
+@given(
+    st.text(st.characters(categories=["Cs"]), min_size=1, max_size=3),
+    st.sampled_from(["state", "redirect_uri", "client_id", "scope", "resource"]),
+)
 def test_gn_03_lone_surrogates_in_parameters_never_raise(junk: str, name: str) -> None:
     """Text no encoder accepts (lone surrogates, as a careless adapter may decode them) in any
     authorization parameter is answered, never raised."""

@@ -32,7 +32,7 @@ FORBIDDEN = (
 )
 
 SCRIPT = textwrap.dedent(
-    r'''
+    r"""
     import hashlib, importlib, json, pkgutil, sys
 
     FORBIDDEN = json.loads(sys.argv[1])
@@ -182,7 +182,8 @@ SCRIPT = textwrap.dedent(
 
     # The guard, introspection, revocation, metadata and JWKS.
     from kavach_core import guard
-    principal = run(guard.authenticate(config, RESOURCE, "Bearer " + body2["access_token"], ("tools:list",), now[0]), store)
+    bearer = "Bearer " + body2["access_token"]
+    principal = run(guard.authenticate(config, RESOURCE, bearer, ("tools:list",), now[0]), store)
     assert isinstance(principal, guard.Principal), principal
     intro = post("/introspect", (("token", body2["access_token"]), ("client_id", client_id)))
     assert intro.status in (200, 401), intro.body
@@ -199,7 +200,7 @@ SCRIPT = textwrap.dedent(
     report["forbidden_loaded"] = sorted(m for m in FORBIDDEN if m in sys.modules)
     report["kavach_loaded"] = sorted(m for m in sys.modules if m == "kavach" or m.startswith("kavach."))
     print(json.dumps(report))
-    '''
+    """
 )
 
 

@@ -108,8 +108,9 @@ class OAuthMachine(RuleBasedStateMachine):
 
     # -- plumbing ----------------------------------------------------------------------------
 
-    def send(self, method: str, path: str, *, query: Any = (), form: Any = None, json_body: Any = None,
-             headers: Any = ()) -> Any:
+    def send(
+        self, method: str, path: str, *, query: Any = (), form: Any = None, json_body: Any = None, headers: Any = ()
+    ) -> Any:
         hdrs = list(headers)
         body = b""
         if form is not None:
@@ -431,11 +432,7 @@ class OAuthMachine(RuleBasedStateMachine):
         return not family.revoked and rt.generation == family.current
 
     def access_active(self, at: AccessInfo) -> bool:
-        return (
-            not self.families[at.grant_id].revoked
-            and at.jti not in self.revoked_jtis
-            and self.h.now < at.expires_at
-        )
+        return not self.families[at.grant_id].revoked and at.jti not in self.revoked_jtis and self.h.now < at.expires_at
 
     # -- invariants ----------------------------------------------------------------------------
 

@@ -98,7 +98,10 @@ def test_tk_01_form_content_type_with_charset_is_accepted(hc: Harness) -> None:
     code = get_code(hc)
     form = f"grant_type=authorization_code&code={code}&code_verifier={VERIFIER}&client_id=c1&redirect_uri={REDIRECT}"
     req = hc.request(
-        "POST", "/token", body=form.encode(), headers=[("Content-Type", "application/x-www-form-urlencoded; charset=UTF-8")]
+        "POST",
+        "/token",
+        body=form.encode(),
+        headers=[("Content-Type", "application/x-www-form-urlencoded; charset=UTF-8")],
     )
     assert_tokens(hc.run(token.handle(hc.ctx(), req)))
 
@@ -128,7 +131,9 @@ def test_tk_01_success_and_every_error_are_no_store(hc: Harness) -> None:
         refresh(hc, body["refresh_token"]),
         refresh(hc, body["refresh_token"] + "x"),
         token_request(hc, {"grant_type": "password", "client_id": "c1"}),
-        token_request(hc, {"grant_type": "authorization_code", "client_id": "nobody", "code": "x", "code_verifier": VERIFIER}),
+        token_request(
+            hc, {"grant_type": "authorization_code", "client_id": "nobody", "code": "x", "code_verifier": VERIFIER}
+        ),
         token_request(hc, {}),
     ]
     for resp in responses:
@@ -458,8 +463,13 @@ def test_tk_04_a_lost_race_revokes_the_grant() -> None:
     req = h.request(
         "POST",
         "/token",
-        form={"grant_type": "authorization_code", "code": code, "code_verifier": VERIFIER, "client_id": "c1",
-              "redirect_uri": REDIRECT},
+        form={
+            "grant_type": "authorization_code",
+            "code": code,
+            "code_verifier": VERIFIER,
+            "client_id": "c1",
+            "redirect_uri": REDIRECT,
+        },
     )
     a = token.handle(h.ctx(), req)
     b = token.handle(h.ctx(), req)
