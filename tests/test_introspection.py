@@ -214,3 +214,44 @@ def test_gn_03_introspection_arbitrary_tokens_are_inactive(h: Harness, token: st
     assert resp.status in (200, 400)
     if resp.status == 200:
         assert resp.json() == {"active": False}
+
+
+def _resign(h: Harness, token: str, **changes: object) -> str:
+    """``token``'s claims changed by ``changes`` (``None`` removes one), signed with our key."""
+    from kavach_core import jose, keys
+
+    keyset = keys.KeySet(h.store.keys)
+    _, claims = jose.verify(token, keyset.verifying_keys(h.now), "at+jwt")
+    for name, value in changes.items():
+        if value is None:
+            claims.pop(name, None)
+        else:
+            claims[name] = value
+    return jose.sign(keys.load(keyset.active(h.now, h.config.signing_alg)), claims, "at+jwt")
+
+
+def test_in_01_single_audience_array_is_accepted(hi: Harness) -> None:
+    issued = issue(hi)
+    token = _resign(hi, issued.access, aud=[RESOURCE])
+    assert introspect(hi, token)[0].json()["aud"] == RESOURCE
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"aud": None},
+        {"aud": [RESOURCE, OTHER_RESOURCE]},
+        {"aud": 5},
+        {"aud": "not a uri"},
+        {"aud": "https://unknown.example.com/mcp"},
+        {"iss": "https://evil.example.com"},
+        {"client_id": None},
+        {"jti": 7},
+        {"exp": "soon"},
+    ],
+)
+def test_in_01_our_signature_on_wrong_claims_is_inactive(hi: Harness, changes: dict[str, object]) -> None:
+    issued = issue(hi)
+    resp, effects = introspect(hi, _resign(hi, issued.access, **changes))
+    assert resp.json() == {"active": False}
+    assert writes(effects) == []

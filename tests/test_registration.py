@@ -281,6 +281,7 @@ def test_rg_02_scope_outside_the_catalogue_or_malformed(h: Harness, scope: str) 
         ("contacts", "ops@example.com"),
         ("contacts", [1]),
         ("contacts", [""]),
+        ("contacts", ["x" * 2001]),
         ("contacts", ["a@example.com"] * 3 + [f"x{i}@example.com" for i in range(20)]),
         ("scope", ["tools:list"]),
         ("scope", 1),
@@ -442,6 +443,19 @@ def test_rg_03_without_an_address_everyone_shares_a_bucket() -> None:
     assert register(h, meta())[0].status == 201
     assert register(h, meta())[0].status == 429
     assert register(h, meta(), headers=[(ADDRESS, "203.0.113.5")])[0].status == 201
+
+
+@pytest.mark.parametrize("value", ["", "   ", "x" * 129])
+def test_rg_03_unusable_address_falls_back_to_the_shared_bucket(value: str) -> None:
+    h = harness(rate_limit=1, rate_window=60)
+    assert register(h, meta())[0].status == 201
+    assert register(h, meta(), headers=[(ADDRESS, value)])[0].status == 429
+
+
+def test_rg_03_repeated_address_header_falls_back_to_the_shared_bucket() -> None:
+    h = harness(rate_limit=1, rate_window=60)
+    assert register(h, meta())[0].status == 201
+    assert register(h, meta(), headers=[(ADDRESS, "192.0.2.1"), (ADDRESS, "192.0.2.2")])[0].status == 429
 
 
 def test_rg_03_invalid_requests_do_not_count() -> None:
