@@ -7,6 +7,7 @@
     kavach clients add --name N --redirect-uri URI [...] [--confidential] | list | show ID | revoke ID
     kavach grants list [--subject S] [--client ID] | grants revoke (--subject S | --grant ID)
     kavach keys list | keys rotate
+    kavach conformance --issuer URL [...]      (the conformance kit, package kavach_conformance)
 
 Settings come from flags, then ``KAVACH_*`` environment variables, then a TOML file, then
 defaults (:mod:`kavach.settings`). Bad input is one line on stderr and exit status 2, never a
@@ -172,6 +173,15 @@ def build_parser() -> argparse.ArgumentParser:
     klst.set_defaults(handler=cmd_keys_list)
     krot = keys_cmds.add_parser("rotate", parents=[common], help="start signing with a new key now")
     krot.set_defaults(handler=cmd_keys_rotate)
+
+    conformance = commands.add_parser(
+        "conformance", help="check an OAuth authorization server over HTTP against the spec checklist",
+        description="Black-box conformance kit (kavach_conformance): a table of rule ids and a JSON report.",
+    )
+    from kavach_conformance.cli import add_arguments as _conformance_arguments
+
+    _conformance_arguments(conformance)
+    conformance.set_defaults(handler=cmd_conformance)
 
     for group in (users, clients, grants, keys):
         group.set_defaults(handler=None, group=group)
@@ -534,20 +544,15 @@ def build_app(instance: Instance) -> Any:
     from starlette.applications import Starlette
     from starlette.routing import Route
 
-    from kavach_core.mcp_methods import McpScopeMap
-
     from .server import AuthorizationServer
     from .starlette import KavachGuard, mount
 
     settings = instance.settings
-    # MCP 2026-07-28 discovery and list-change subscriptions carry no data of their own:
-    # a valid token is enough (the default map fails closed on methods it does not know).
-    scope_map = McpScopeMap(overrides={"server/discover": (), "subscriptions/listen": ()})
     from .fetcher import DocumentFetcher
 
     fetcher = DocumentFetcher(settings.fetch_policy())
     server = AuthorizationServer(
-        instance.config, instance.store, users=instance.users, scope_map=scope_map, fetcher=fetcher
+        instance.config, instance.store, users=instance.users, fetcher=fetcher
     )
     startup: list[Callable[[], contextlib.AbstractAsyncContextManager[None]]] = []
     closers: list[Callable[[], Any]] = []
@@ -611,6 +616,12 @@ def _quiet_stop_class() -> type[Any]:
                 self._captured_signals.clear()
 
     return QuietStop
+
+
+def cmd_conformance(args: argparse.Namespace) -> int:
+    from kavach_conformance.cli import run
+
+    return run(args)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

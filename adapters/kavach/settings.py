@@ -92,7 +92,8 @@ class Settings:
     lifetimes: Mapping[str, int] = attrs.field(factory=dict)
     resource_name: str = "kavachOS demo MCP server"
     scopes: tuple[tuple[str, str], ...] = DEFAULT_MCP_SCOPES
-    default_scopes: tuple[str, ...] = ("tools:list", "tools:call")
+    default_scopes: tuple[str, ...] = ()
+    """Empty: the core derives them from the catalogue (``tools:list`` and ``tools:call`` when offered)."""
     registration: Mapping[str, Any] = attrs.field(factory=dict)
     documents: Mapping[str, Any] = attrs.field(factory=dict)
     """The metadata document fetcher's policy (:class:`kavach.fetcher.FetchPolicy` fields)."""
