@@ -178,10 +178,13 @@ def build_parser() -> argparse.ArgumentParser:
         "conformance", help="check an OAuth authorization server over HTTP against the spec checklist",
         description="Black-box conformance kit (kavach_conformance): a table of rule ids and a JSON report.",
     )
-    from kavach_conformance.cli import add_arguments as _conformance_arguments
-
-    _conformance_arguments(conformance)
-    conformance.set_defaults(handler=cmd_conformance)
+    try:
+        from kavach_conformance.cli import add_arguments as _conformance_arguments
+    except ImportError:  # an install without the kit: the command says so instead of breaking the CLI
+        conformance.set_defaults(handler=_no_conformance_kit)
+    else:
+        _conformance_arguments(conformance)
+        conformance.set_defaults(handler=cmd_conformance)
 
     for group in (users, clients, grants, keys):
         group.set_defaults(handler=None, group=group)
@@ -618,10 +621,14 @@ def _quiet_stop_class() -> type[Any]:
     return QuietStop
 
 
+def _no_conformance_kit(args: argparse.Namespace) -> int:
+    raise CliError("the conformance kit (package kavach_conformance) is not installed; reinstall kavachos")
+
+
 def cmd_conformance(args: argparse.Namespace) -> int:
     from kavach_conformance.cli import run
 
-    return run(args)
+    return int(run(args))
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
