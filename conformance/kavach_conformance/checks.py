@@ -1,0 +1,494 @@
+"""The checks, each observing one rule of the checklist over HTTP.
+
+Every check function takes the :class:`~.session.Session` and a ``record`` callback
+``record(rule, name, passed, reason)``; ``passed=None`` means not applicable. A check raising
+:class:`~.session.Skip` is recorded as not applicable for its rules with the reason given.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+
+from .session import Client, Outcome, Session, Skip, jwt_payload, well_known
+
+Record = Callable[[str, str, bool | None, str], None]
+
+TOKEN_ERRORS = frozenset({
+    "invalid_request", "invalid_client", "invalid_grant", "unauthorized_client", "unsupported_grant_type",
+    "invalid_scope", "invalid_target",
+})
+CORS_ORIGIN = "https://conformance-client.example"
+UNPROTECTED = "https://unprotected.conformance.invalid/mcp"
+ATTACKER = "https://attacker.conformance.invalid/callback"
+
+
+def error_of(response: httpx.Response) -> str | None:
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    value = body.get("error") if isinstance(body, dict) else None
+    return value if isinstance(value, str) else None
+
+
+def json_body(response: httpx.Response) -> dict[str, Any] | None:
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    return body if isinstance(body, dict) else None
+
+
+def expect_error(response: httpx.Response, *codes: str) -> tuple[bool, str]:
+    err = error_of(response)
+    ok = 400 <= response.status_code < 500 and err in codes
+    return ok, f"{response.status_code} error={err} (expected {'/'.join(codes)})"
+
+
+def no_code_at(outcome: Outcome, bad_uri: str) -> tuple[bool, str]:
+    """AZ-02/AZ-03: the request must not end at ``bad_uri`` (nor anywhere off the server)."""
+    if outcome.redirected:
+        return False, f"{outcome.describe()} (must show an error page instead)"
+    return True, outcome.describe()
+
+
+def error_redirect(outcome: Outcome, *codes: str) -> tuple[bool, str]:
+    err = outcome.one("error")
+    if outcome.one("code") is not None or outcome.one("#access_token") is not None:
+        return False, f"a code or token was issued: {outcome.describe()}"
+    return outcome.redirected and err in codes, outcome.describe()
+
+
+def _primary(s: Session) -> Client:
+    assert s.primary is not None
+    return s.primary
+
+
+# -- metadata --------------------------------------------------------------------------------
+
+
+def check_metadata(s: Session, record: Record) -> None:
+    url = well_known(s.issuer, "oauth-authorization-server")
+    response = s.http.request("GET", url)
+    body = json_body(response) if response.status_code == 200 else None
+    if body is None:
+        record("MD-01", "rfc8414 document", False, f"GET {url}: {response.status_code}, no JSON object")
+    else:
+        issuer = body.get("issuer")
+        record("MD-01", "rfc8414 issuer", issuer == s.issuer, f"issuer {issuer!r}, configured {s.issuer!r}")
+    oidc = [well_known(s.issuer, "openid-configuration"), s.issuer.rstrip("/") + "/.well-known/openid-configuration"]
+    found = None
+    for candidate in dict.fromkeys(oidc):
+        r = s.http.request("GET", candidate)
+        if r.status_code == 200 and json_body(r) is not None:
+            found = json_body(r)
+            break
+    if found is None:
+        record("MD-01", "openid-configuration", False, "no OIDC discovery document")
+    else:
+        record("MD-01", "openid-configuration issuer", found.get("issuer") == s.issuer,
+               f"issuer {found.get('issuer')!r}")
+    meta = s.meta
+    required = ("authorization_endpoint", "token_endpoint", "registration_endpoint", "revocation_endpoint",
+                "introspection_endpoint", "jwks_uri", "scopes_supported", "response_types_supported",
+                "grant_types_supported", "code_challenge_methods_supported", "token_endpoint_auth_methods_supported",
+                "authorization_response_iss_parameter_supported")
+    missing = [m for m in required if m not in meta]
+    record("MD-02", "required members", not missing, f"missing {missing}" if missing else "all listed")
+    rts = meta.get("response_types_supported")
+    record("MD-02", "response_types_supported", rts == ["code"], f"{rts!r} (expected ['code'])")
+    ccm = meta.get("code_challenge_methods_supported")
+    record("MD-02", "code_challenge_methods_supported", ccm == ["S256"], f"{ccm!r} (expected ['S256'])")
+    iss_flag = meta.get("authorization_response_iss_parameter_supported")
+    record("MD-02", "iss parameter flag", iss_flag is True, f"{iss_flag!r}")
+    if s.resource is None:
+        record("MD-03", "protected resource metadata", None, "no --resource given")
+    else:
+        prm_url = well_known(s.resource, "oauth-protected-resource")
+        r = s.http.request("GET", prm_url)
+        prm = json_body(r) if r.status_code == 200 else None
+        if prm is None:
+            record("MD-03", "document", False, f"GET {prm_url}: {r.status_code}")
+        else:
+            record("MD-03", "resource exact", prm.get("resource") == s.resource,
+                   f"resource {prm.get('resource')!r}, given {s.resource!r}")
+            servers = prm.get("authorization_servers")
+            record("MD-03", "authorization_servers", isinstance(servers, list) and s.issuer in servers, f"{servers!r}")
+            record("MD-03", "scopes_supported", isinstance(prm.get("scopes_supported"), list),
+                   f"{prm.get('scopes_supported')!r}")
+            bearer = prm.get("bearer_methods_supported")
+            record("MD-03", "bearer_methods_supported", bearer == ["header"], f"{bearer!r} (expected ['header'])")
+    check_cors(s, record)
+
+
+def _preflight(s: Session, url: str, method: str) -> httpx.Response:
+    return s.http.request("OPTIONS", url, headers={
+        "Origin": CORS_ORIGIN, "Access-Control-Request-Method": method,
+        "Access-Control-Request-Headers": "content-type"})
+
+
+def check_cors(s: Session, record: Record) -> None:
+    for name, url, method in (("metadata", s.meta_source, "GET"), ("token endpoint", s.endpoint("token_endpoint"),
+                                                                    "POST")):
+        r = _preflight(s, url, method)
+        allow = r.headers.get("access-control-allow-origin")
+        record("MD-04", f"preflight {name}", r.status_code < 300 and allow in (CORS_ORIGIN, "*"),
+               f"{r.status_code}, Access-Control-Allow-Origin {allow!r}")
+    r = _preflight(s, s.endpoint("authorization_endpoint"), "GET")
+    allow = r.headers.get("access-control-allow-origin")
+    record("MD-04", "no CORS on authorize", allow is None, f"Access-Control-Allow-Origin {allow!r}")
+
+
+# -- registration ----------------------------------------------------------------------------
+
+
+def check_registration(s: Session, record: Record) -> None:
+    if not isinstance(s.meta.get("registration_endpoint"), str):
+        raise Skip("no registration_endpoint")
+    for body, response in list(s.registrations):
+        data = json_body(response) or {}
+        ok = response.status_code == 201 and "client_id" in data and data.get("redirect_uris") == body["redirect_uris"]
+        record("RG-02", f"register {body['token_endpoint_auth_method']} client", ok,
+               f"{response.status_code}, client_id {'present' if 'client_id' in data else 'missing'}, "
+               f"redirect_uris {data.get('redirect_uris')!r}")
+    bad_redirects = {
+        "http on a public host": "http://client.conformance.invalid/cb",
+        "fragment": "https://client.conformance.invalid/cb#frag",
+        "javascript scheme": "javascript:alert(1)",
+        "data scheme": "data:text/html,hi",
+        "file scheme": "file:///etc/passwd",
+        "userinfo": "https://user:pw@client.conformance.invalid/cb",
+    }
+    base = s.client_body("none", "conformance kit (bad)")
+    for name, uri in bad_redirects.items():
+        r = s.register({**base, "redirect_uris": [uri]})
+        ok, why = expect_error(r, "invalid_redirect_uri", "invalid_client_metadata")
+        record("RG-01", f"redirect {name}", ok, why)
+    r = s.register({**base, "client_uri": "http://client.conformance.invalid/"})
+    ok, why = expect_error(r, "invalid_client_metadata")
+    record("RG-01", "client_uri over http", ok, why)
+    r = s.register({**base, "token_endpoint_auth_method": "conformance_unknown_method"})
+    ok, why = expect_error(r, "invalid_client_metadata")
+    record("RG-02", "unknown token_endpoint_auth_method", ok, why)
+    r = s.register({**base, "grant_types": ["authorization_code"], "response_types": ["token"]})
+    ok, why = expect_error(r, "invalid_client_metadata")
+    record("RG-02", "inconsistent grant_types/response_types", ok, why)
+
+
+# -- authorization endpoint ------------------------------------------------------------------
+
+
+def check_authorize_errors(s: Session, record: Record) -> None:
+    client = _primary(s)
+    params, _ = s.auth_params(client, client_id="conformance-unknown-client")
+    record("AZ-02", "unknown client_id", *no_code_at(s.attempt(params), client.redirect_uri))
+    params, _ = s.auth_params(client, client_id=None)
+    record("AZ-02", "missing client_id", *no_code_at(s.attempt(params), client.redirect_uri))
+    params, _ = s.auth_params(client, redirect_uri=ATTACKER)
+    record("AZ-02", "unregistered redirect_uri", *no_code_at(s.attempt(params, ATTACKER), ATTACKER))
+    registered = client.redirect_uri
+    variants = {
+        "path extended": registered + "/extra",
+        "path prefix": registered + "x",
+        "query added": registered + ("&" if "?" in registered else "?") + "extra=1",
+        "host case": registered.replace("127.0.0.1", "LOCALHOST") if "127.0.0.1" in registered
+        else registered.upper(),
+    }
+    for name, uri in variants.items():
+        params, _ = s.auth_params(client, redirect_uri=uri)
+        record("AZ-03", f"redirect {name}", *no_code_at(s.attempt(params, uri), uri))
+    m = re.fullmatch(r"http://127\.0\.0\.1:(\d+)(/.*)?", registered)
+    if m:
+        port = int(m.group(1))
+        other = f"http://127.0.0.1:{port + 1 if port < 65535 else port - 1}{m.group(2) or ''}"
+        params, _ = s.auth_params(client, redirect_uri=other)
+        outcome = s.attempt(params, other)
+        ok = outcome.redirected and (outcome.final or "").startswith(other) and outcome.one("code") is not None
+        record("AZ-03", "loopback port may vary", ok, outcome.describe())
+    params, _ = s.auth_params(client, response_type="token")
+    record("AZ-04", "response_type=token", *error_redirect(s.attempt(params), "unsupported_response_type"))
+    params, _ = s.auth_params(client, response_type="conformance_bogus")
+    record("AZ-04", "unknown response_type", *error_redirect(s.attempt(params), "unsupported_response_type"))
+
+
+def check_pkce(s: Session, record: Record) -> None:
+    client = _primary(s)
+    params, _ = s.auth_params(client, code_challenge=None, code_challenge_method=None)
+    outcome = s.attempt(params)
+    record("AZ-05", "code_challenge missing", *error_redirect(outcome, "invalid_request"))
+    if outcome.one("error") is not None:
+        record("AZ-08", "iss on an error redirect", outcome.one("iss") == s.issuer, f"iss={outcome.one('iss')!r}")
+        record("AZ-08", "state on an error redirect", outcome.one("state") == params["state"],
+               f"state={outcome.one('state')!r}")
+    downgrade = outcome.one("code")
+    params, verifier = s.auth_params(client, code_challenge_method="plain")
+    params["code_challenge"] = verifier
+    record("AZ-05", "code_challenge_method=plain", *error_redirect(s.attempt(params), "invalid_request"))
+    code, verifier, outcome = s.code(client)
+    record("AZ-05", "challenge not echoed", params["code_challenge"] not in (outcome.final or ""), "checked redirect")
+    r = s.redeem(client, code, "W" * 43)
+    record("TK-03", "wrong code_verifier", *expect_error(r, "invalid_grant"))
+    code, verifier, _ = s.code(client)
+    r = s.redeem(client, code, None)
+    record("TK-03", "code_verifier missing", *expect_error(r, "invalid_request", "invalid_grant"))
+    if downgrade is not None:
+        r = s.redeem(client, downgrade, "D" * 43)
+        record("TK-03", "verifier without a stored challenge", *expect_error(r, "invalid_request", "invalid_grant"))
+    else:
+        record("TK-03", "verifier without a stored challenge", True, "no code is issued without a challenge")
+    code, verifier, _ = s.code(client)
+    m = re.fullmatch(r"http://127\.0\.0\.1:(\d+)(/.*)?", client.redirect_uri)
+    other = f"http://127.0.0.1:{int(m.group(1)) + 1}{m.group(2) or ''}" if m else client.redirect_uri + "/other"
+    r = s.redeem(client, code, verifier, redirect_uri=other)
+    record("TK-03", "redirect_uri differs from the authorization request", *expect_error(r, "invalid_grant"))
+
+
+def check_success_response(s: Session, record: Record) -> None:
+    client = _primary(s)
+    state = "kit state/é+%&=x"
+    code, verifier, outcome = s.code(client, state=state)
+    params = outcome.params
+    record("AZ-08", "state verbatim", outcome.one("state") == state, f"state={outcome.one('state')!r}")
+    record("AZ-08", "iss on success", outcome.one("iss") == s.issuer, f"iss={outcome.one('iss')!r}")
+    repeated = [k for k, v in params.items() if len(v) > 1]
+    record("AZ-08", "no repeated parameters", not repeated, f"repeated {repeated}" if repeated else "none")
+    record("AZ-08", "metadata advertises iss", s.meta.get("authorization_response_iss_parameter_supported") is True,
+           f"{s.meta.get('authorization_response_iss_parameter_supported')!r}")
+    r = s.redeem(client, code, verifier)
+    record("TK-01", "success has Cache-Control: no-store", "no-store" in r.headers.get("cache-control", ""),
+           f"{r.status_code}, Cache-Control {r.headers.get('cache-control')!r}")
+
+
+def check_resource_and_scope(s: Session, record: Record) -> None:
+    client = _primary(s)
+    if s.resource is not None:
+        params, _ = s.auth_params(client, resource=UNPROTECTED)
+        record("AZ-06", "resource not protected here", *error_redirect(s.attempt(params), "invalid_target"))
+        params, _ = s.auth_params(client, resource=s.resource + "#fragment")
+        record("AZ-06", "resource with a fragment", *error_redirect(s.attempt(params), "invalid_target"))
+        params, _ = s.auth_params(client, resource="mcp")
+        record("AZ-06", "relative resource", *error_redirect(s.attempt(params), "invalid_target"))
+        tokens = s.tokens(client)
+        claims = jwt_payload(tokens.access_token)
+        if claims is not None:
+            aud = claims.get("aud")
+            ok = aud == s.resource or aud == [s.resource]
+            record("TK-06", "aud is exactly the resource", ok, f"aud={aud!r}")
+        else:
+            record("TK-06", "aud is exactly the resource", None, "opaque access token (aud not observable)")
+        code, verifier, _ = s.code(client)
+        r = s.redeem(client, code, verifier, resource=UNPROTECTED)
+        record("TK-06", "token resource outside the grant", *expect_error(r, "invalid_target"))
+    else:
+        record("AZ-06", "resource indicators", None, "no --resource given")
+        record("TK-06", "token audience", None, "no --resource given")
+    params, _ = s.auth_params(client, scope="conformance:unknown-scope")
+    record("AZ-07", "unknown scope", *error_redirect(s.attempt(params), "invalid_scope"))
+    catalogue = s.scopes()
+    if catalogue:
+        tokens = s.tokens(client, scope=catalogue[0])
+        granted = (tokens.scope or catalogue[0]).split()
+        record("AZ-07", "granted scope within the request", set(granted) <= {catalogue[0]},
+               f"asked {catalogue[0]!r}, granted {tokens.scope!r}")
+
+
+def check_code_reuse(s: Session, record: Record) -> None:
+    client = _primary(s)
+    code, verifier, _ = s.code(client)
+    first = s.tokens_of(s.redeem(client, code, verifier))
+    second = s.redeem(client, code, verifier)
+    record("TK-04", "second redemption refused", *expect_error(second, "invalid_grant"))
+    if second.status_code == 200:
+        return
+    active = s.token_active(client, first.access_token)
+    if active is None:
+        record("TK-04", "access token revoked after reuse", None, "no introspection or resource to observe it")
+    else:
+        record("TK-04", "access token revoked after reuse", not active, f"still active: {active}")
+    if first.refresh_token:
+        r = s.refresh(client, first.refresh_token)
+        record("TK-04", "refresh token revoked after reuse", *expect_error(r, "invalid_grant"))
+
+
+def check_code_binding(s: Session, record: Record) -> None:
+    if s.second is None:
+        raise Skip("needs a second client (--register)")
+    code, verifier, _ = s.code(_primary(s))
+    r = s.redeem(s.second, code, verifier)
+    record("TK-05", "another client's code", *expect_error(r, "invalid_grant", "invalid_client", "unauthorized_client"))
+
+
+def check_token_endpoint(s: Session, record: Record) -> None:
+    url = s.endpoint("token_endpoint")
+    client = _primary(s)
+    r = s.http.request("GET", url, params={"grant_type": "authorization_code", "client_id": client.client_id})
+    record("TK-01", "GET refused", r.status_code >= 400, f"{r.status_code}")
+    r = s.http.request("POST", url, json_body={"grant_type": "authorization_code", "client_id": client.client_id,
+                                               "code": "x", "code_verifier": "y" * 43})
+    record("TK-01", "JSON body refused", 400 <= r.status_code < 500, f"{r.status_code} error={error_of(r)}")
+    r = s.token_request(client, {"grant_type": "authorization_code", "code": "conformance-bogus-code",
+                                 "code_verifier": "v" * 43, "redirect_uri": client.redirect_uri})
+    err = error_of(r)
+    body = json_body(r) or {}
+    desc = body.get("error_description", "")
+    record("TK-01", "error is JSON with an RFC 6749 code", err in TOKEN_ERRORS,
+           f"{r.status_code} content-type {r.headers.get('content-type')!r} error={err!r}")
+    record("TK-01", "error has Cache-Control: no-store", "no-store" in r.headers.get("cache-control", ""),
+           f"Cache-Control {r.headers.get('cache-control')!r}")
+    record("TK-01", "no CR/LF in error values", not any(c in f"{err}{desc}" for c in "\r\n"), "checked")
+    for grant in ("password", "implicit", "urn:conformance:unknown-grant"):
+        form = {"grant_type": grant}
+        if grant == "password":
+            form.update(username="x", password="y")
+        r = s.token_request(client, form)
+        record("TK-08", f"grant_type={grant}", *expect_error(r, "unsupported_grant_type"))
+    conf = s.confidential
+    if conf is None or not conf.secret:
+        record("TK-02", "client authentication", None, "needs a confidential client")
+        return
+    r = s.token_request(conf, {"grant_type": "authorization_code", "code": "bogus", "code_verifier": "v" * 43,
+                               "redirect_uri": conf.redirect_uri}, secret="wrong-" + conf.secret,
+                        method="client_secret_basic")
+    challenge = r.headers.get("www-authenticate", "")
+    record("TK-02", "bad Basic secret: 401", r.status_code == 401 and error_of(r) == "invalid_client",
+           f"{r.status_code} error={error_of(r)}")
+    record("TK-02", "bad Basic secret: WWW-Authenticate Basic", challenge.lower().startswith("basic"),
+           f"WWW-Authenticate {challenge!r}")
+    code, verifier, _ = s.code(conf)
+    r = s.redeem(conf, code, verifier)
+    record("TK-02", "client_secret_basic accepted", r.status_code == 200, f"{r.status_code} error={error_of(r)}")
+    supported = s.meta.get("token_endpoint_auth_methods_supported") or []
+    if "client_secret_post" in supported:
+        code, verifier, _ = s.code(conf)
+        form = {"grant_type": "authorization_code", "code": code, "code_verifier": verifier,
+                "redirect_uri": conf.redirect_uri}
+        if s.resource:
+            form["resource"] = s.resource
+        r = s.token_request(conf, form, method="client_secret_post")
+        record("TK-02", "client_secret_post accepted", r.status_code == 200, f"{r.status_code} error={error_of(r)}")
+
+
+def check_refresh(s: Session, record: Record) -> None:
+    client = _primary(s)
+    first = s.tokens(client)
+    if not first.refresh_token:
+        raise Skip("no refresh token issued")
+    rt0 = first.refresh_token
+    r1 = s.refresh(client, rt0)
+    if r1.status_code != 200:
+        record("TK-07", "refresh works", False, f"{r1.status_code} error={error_of(r1)}")
+        return
+    rt1 = r1.json().get("refresh_token")
+    record("TK-07", "rotated on use", bool(rt1) and rt1 != rt0, "new refresh token" if rt1 != rt0 else "same token")
+    if not rt1 or rt1 == rt0:
+        r = s.refresh(client, rt0)
+        record("TK-07", "used refresh token refused", r.status_code != 200, f"{r.status_code} on a second use")
+        return
+    r2 = s.refresh(client, rt1)
+    rt2 = (json_body(r2) or {}).get("refresh_token") if r2.status_code == 200 else None
+    if not rt2:
+        record("TK-07", "second rotation", False, f"{r2.status_code} error={error_of(r2)}")
+        return
+    replay = s.refresh(client, rt0)
+    record("TK-07", "superseded token refused", *expect_error(replay, "invalid_grant"))
+    after = s.refresh(client, rt2)
+    record("TK-07", "reuse revokes the family", *expect_error(after, "invalid_grant"))
+    scopes = s.scopes()
+    fresh = s.tokens(client)
+    if fresh.refresh_token and scopes:
+        r = s.refresh(client, fresh.refresh_token, scope=" ".join([*scopes, "conformance:wider"]))
+        record("TK-07", "scope cannot widen", *expect_error(r, "invalid_scope"))
+        fresh = s.tokens(client)
+        assert fresh.refresh_token
+        r = s.refresh(client, fresh.refresh_token, scope=scopes[0])
+        granted = ((json_body(r) or {}).get("scope") or scopes[0]).split()
+        record("TK-07", "scope can narrow", r.status_code == 200 and set(granted) <= {scopes[0]},
+               f"{r.status_code} scope={granted}")
+    if s.second is not None:
+        other = s.tokens(client)
+        if other.refresh_token:
+            r = s.refresh(s.second, other.refresh_token)
+            record("TK-07", "bound to the client", *expect_error(r, "invalid_grant", "invalid_client",
+                                                                 "unauthorized_client"))
+
+
+def check_revocation(s: Session, record: Record) -> None:
+    if not isinstance(s.meta.get("revocation_endpoint"), str):
+        raise Skip("no revocation_endpoint")
+    client = _primary(s)
+    r = s.revoke(client, "conformance-unknown-token")
+    record("RV-01", "unknown token: 200", r.status_code == 200, f"{r.status_code}")
+    tokens = s.tokens(client)
+    if not tokens.refresh_token:
+        return
+    r = s.revoke(client, tokens.refresh_token, "refresh_token")
+    record("RV-01", "revoke refresh token: 200", r.status_code == 200, f"{r.status_code}")
+    r = s.refresh(client, tokens.refresh_token)
+    record("RV-01", "revoked refresh token refused", *expect_error(r, "invalid_grant"))
+
+
+# -- protected resource ----------------------------------------------------------------------
+
+
+def _challenge(response: httpx.Response) -> dict[str, str]:
+    header = response.headers.get("www-authenticate", "")
+    scheme, _, rest = header.partition(" ")
+    if scheme.lower() != "bearer":
+        return {}
+    return {k.lower(): v for k, v in re.findall(r'([A-Za-z_]+)="([^"]*)"', rest)}
+
+
+def check_resource_server(s: Session, record: Record) -> None:
+    if s.resource is None:
+        raise Skip("no --resource given")
+    client = _primary(s)
+    r = s.call_resource(None)
+    ch = _challenge(r)
+    record("RS-02", "no token: 401 Bearer resource_metadata", r.status_code == 401 and "resource_metadata" in ch,
+           f"{r.status_code} WWW-Authenticate {r.headers.get('www-authenticate')!r}")
+    required = ch.get("scope")
+    r = s.call_resource("conformance.invalid.token")
+    ch2 = _challenge(r)
+    record("RS-02", "bad token: 401 invalid_token", r.status_code == 401 and ch2.get("error") == "invalid_token",
+           f"{r.status_code} WWW-Authenticate {r.headers.get('www-authenticate')!r}")
+    good = s.tokens(client)
+    r = s.call_resource(good.access_token)
+    record("RS-02", "valid token accepted", r.status_code not in (401, 403), f"{r.status_code}")
+    catalogue = s.catalogue()
+    lacking = [sc for sc in catalogue if required and not (required == sc or required.startswith(sc + ":"))]
+    if required and lacking:
+        narrow = s.tokens(client, scope=lacking[-1])
+        r = s.call_resource(narrow.access_token)
+        ch3 = _challenge(r)
+        ok = r.status_code == 403 and ch3.get("error") == "insufficient_scope" and bool(ch3.get("scope"))
+        record("RS-03", "token lacking the scope: 403 insufficient_scope", ok,
+               f"token scope {lacking[-1]!r}: {r.status_code} WWW-Authenticate {r.headers.get('www-authenticate')!r}")
+    else:
+        record("RS-03", "insufficient scope", None, "the 401 challenge names no scope, or no other scope exists")
+    if s.other_resource is None:
+        record("RS-04", "token for another resource", None, "no --other-resource given")
+    else:
+        other = s.tokens(client, resource=s.other_resource)
+        r = s.call_resource(other.access_token)
+        record("RS-04", "token for another resource refused", r.status_code == 401,
+               f"aud={(jwt_payload(other.access_token) or {}).get('aud')!r}: {r.status_code}")
+
+
+ALL_CHECKS: list[tuple[str, tuple[str, ...], Callable[[Session, Record], None]]] = [
+    ("metadata", ("MD-01", "MD-02", "MD-03", "MD-04"), check_metadata),
+    ("registration", ("RG-01", "RG-02"), check_registration),
+    ("authorization errors", ("AZ-02", "AZ-03", "AZ-04"), check_authorize_errors),
+    ("pkce", ("AZ-05", "TK-03"), check_pkce),
+    ("authorization response", ("AZ-08", "TK-01"), check_success_response),
+    ("resource and scope", ("AZ-06", "TK-06", "AZ-07"), check_resource_and_scope),
+    ("code reuse", ("TK-04",), check_code_reuse),
+    ("code binding", ("TK-05",), check_code_binding),
+    ("token endpoint", ("TK-01", "TK-02", "TK-08"), check_token_endpoint),
+    ("refresh", ("TK-07",), check_refresh),
+    ("revocation", ("RV-01",), check_revocation),
+    ("resource server", ("RS-02", "RS-03", "RS-04"), check_resource_server),
+]

@@ -1,0 +1,148 @@
+"""The kit's only way out: an httpx client that talks to allowed origins only and logs every exchange.
+
+Each exchange is kept as one line (method, URL, status, the parameters that matter, the
+redirect target) so a failed check, and a shrunk stateful failure, can show exactly what was
+sent and answered. Secrets are shortened in the log.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+import attrs
+import httpx
+
+KEY_PARAMS = (
+    "grant_type", "response_type", "client_id", "redirect_uri", "resource", "scope", "code_challenge_method",
+    "code", "code_verifier", "refresh_token", "token", "token_type_hint", "state",
+)
+KEY_RESPONSE = ("error", "active", "scope", "token_type", "code", "iss", "refresh_token", "aud")
+
+
+class KitError(Exception):
+    """The kit cannot go on (an unreachable server, a refused origin); the message says why."""
+
+
+def origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme.lower()}://{parts.netloc.lower()}"
+
+
+def short(value: str, keep: int = 10) -> str:
+    return value if len(value) <= keep + 3 else value[:keep] + "..."
+
+
+@attrs.define
+class Exchange:
+    method: str
+    url: str
+    status: int
+    sent: dict[str, str]
+    answered: dict[str, str]
+    location: str | None = None
+
+    def line(self) -> str:
+        sent = " ".join(f"{k}={v}" for k, v in self.sent.items())
+        got = " ".join(f"{k}={v}" for k, v in self.answered.items())
+        loc = f" -> {self.location}" if self.location else ""
+        return f"{self.method} {self.url} [{sent}] => {self.status}{loc} {got}".rstrip()
+
+
+def _summarise(pairs: Iterable[tuple[str, str]]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for key, value in pairs:
+        if key in KEY_PARAMS:
+            secret = key in ("code", "code_verifier", "refresh_token", "token")
+            out[key] = short(value) if secret else value
+    return out
+
+
+class Http:
+    """A recording client limited to ``allowed`` origins; it never follows redirects."""
+
+    def __init__(self, allowed: Iterable[str], *, timeout: float = 15.0) -> None:
+        self.allowed = {origin(u) for u in allowed}
+        self.client = httpx.Client(follow_redirects=False, timeout=timeout)
+        self.log: list[Exchange] = []
+
+    def close(self) -> None:
+        self.client.close()
+
+    def mark(self) -> int:
+        return len(self.log)
+
+    def since(self, mark: int) -> list[str]:
+        return [e.line() for e in self.log[mark:]]
+
+    def check_allowed(self, url: str) -> None:
+        if origin(url) not in self.allowed:
+            raise KitError(f"refusing to contact {url}: not one of the servers given ({sorted(self.allowed)})")
+
+    def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        params: Iterable[tuple[str, str]] | Mapping[str, str] | None = None,
+        data: Iterable[tuple[str, str]] | Mapping[str, str] | None = None,
+        json_body: Any = None,
+        headers: Mapping[str, str] | None = None,
+        auth: tuple[str, str] | None = None,
+        cookies: httpx.Cookies | None = None,
+        client: httpx.Client | None = None,
+    ) -> httpx.Response:
+        self.check_allowed(url)
+        sent_pairs: list[tuple[str, str]] = []
+        if params is not None:
+            sent_pairs += list(params.items()) if isinstance(params, Mapping) else list(params)
+        if data is not None:
+            sent_pairs += list(data.items()) if isinstance(data, Mapping) else list(data)
+        kwargs: dict[str, Any] = {"headers": dict(headers or {})}
+        if params is not None:
+            kwargs["params"] = list(params.items()) if isinstance(params, Mapping) else list(params)
+        if data is not None:
+            from urllib.parse import urlencode
+
+            kwargs["content"] = urlencode(list(data.items()) if isinstance(data, Mapping) else list(data))
+            kwargs["headers"].setdefault("Content-Type", "application/x-www-form-urlencoded")
+        if json_body is not None:
+            kwargs["content"] = json.dumps(json_body)
+            kwargs["headers"].setdefault("Content-Type", "application/json")
+        if auth is not None:
+            kwargs["auth"] = httpx.BasicAuth(*auth)
+        try:
+            response = (client or self.client).request(method, url, **kwargs)
+        except httpx.HTTPError as exc:
+            raise KitError(f"{method} {url}: {type(exc).__name__}: {exc}") from exc
+        self.log.append(self._exchange(method, response, sent_pairs))
+        return response
+
+    @staticmethod
+    def _exchange(method: str, response: httpx.Response, sent: list[tuple[str, str]]) -> Exchange:
+        url = str(response.request.url)
+        base = url.split("?", 1)[0]
+        sent_pairs = sent or parse_qsl(urlsplit(url).query, keep_blank_values=True)
+        answered: dict[str, str] = {}
+        location = response.headers.get("location")
+        if location:
+            for key, value in parse_qsl(urlsplit(location).query, keep_blank_values=True):
+                if key in KEY_RESPONSE:
+                    answered[key] = short(value) if key == "code" else value
+            location = location.split("?", 1)[0]
+        elif "json" in response.headers.get("content-type", ""):
+            try:
+                body = response.json()
+            except ValueError:
+                body = None
+            if isinstance(body, dict):
+                for key in KEY_RESPONSE:
+                    if key in body:
+                        value = body[key]
+                        text = value if isinstance(value, str) else json.dumps(value)
+                        answered[key] = short(text) if key == "refresh_token" else text
+                if "access_token" in body:
+                    answered["access_token"] = "(issued)"
+        return Exchange(method, base, response.status_code, _summarise(sent_pairs), answered, location)

@@ -1,0 +1,183 @@
+"""The person's step of an authorization: sign in and approve, ending at the client's redirect URI.
+
+:class:`FormPerson` is a generic HTML form filler: it opens the authorization URL, follows
+redirects that stay on the authorization server, and on every page submits the first POST form,
+putting the username into the text field and the password into the password field, pressing
+the approving submit button (or the only one). It stops, without following, at the first
+redirect that leaves the server: that Location is the final redirect URL (it carries ``code``
+or ``error``). A callable ``(authorization_url, redirect_uri) -> final_redirect_url`` may
+replace it (``--person module:callable``).
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+from collections.abc import Callable
+from html.parser import HTMLParser
+from urllib.parse import urljoin, urlsplit
+
+import attrs
+import httpx
+
+from .http import Http, KitError, origin
+
+PersonStep = Callable[[str, str], str]
+
+_APPROVE = re.compile(r"approve|allow|accept|authori[sz]e|consent|continue|confirm|yes|grant|sign.?in|log.?in|submit")
+_REFUSE = re.compile(r"deny|reject|cancel|abort|refuse|decline|\bno\b")
+_USER = re.compile(r"user|login|email|name|account|id", re.IGNORECASE)
+
+
+class PersonError(KitError):
+    """The person could not get past a page; the authorization ended on the server."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@attrs.define
+class _Form:
+    action: str
+    method: str
+    fields: list[tuple[str, str]] = attrs.Factory(list)
+    text_inputs: list[str] = attrs.Factory(list)
+    password_inputs: list[str] = attrs.Factory(list)
+    buttons: list[tuple[str | None, str, str]] = attrs.Factory(list)
+    """(name, value, label) of each submit control."""
+
+
+class _Parser(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.forms: list[_Form] = []
+        self._button: list[str] | None = None
+        self._button_attrs: dict[str, str] = {}
+
+    def handle_starttag(self, tag: str, attrs_: list[tuple[str, str | None]]) -> None:
+        a = {k.lower(): (v or "") for k, v in attrs_}
+        if tag == "form":
+            self.forms.append(_Form(a.get("action", ""), (a.get("method") or "get").lower()))
+            return
+        if not self.forms:
+            return
+        form = self.forms[-1]
+        name = a.get("name")
+        if tag == "button" and a.get("type", "submit").lower() == "submit":
+            self._button = []
+            self._button_attrs = a
+        elif tag == "input":
+            kind = a.get("type", "text").lower()
+            if kind in ("submit", "image"):
+                form.buttons.append((name, a.get("value", ""), a.get("value", "")))
+            elif not name:
+                return
+            elif kind == "password":
+                form.password_inputs.append(name)
+            elif kind in ("text", "email", "") and not a.get("value"):
+                form.text_inputs.append(name)
+            elif kind in ("checkbox", "radio"):
+                if "checked" in a:
+                    form.fields.append((name, a.get("value", "on")))
+            elif kind not in ("button", "reset", "file"):
+                form.fields.append((name, a.get("value", "")))
+
+    def handle_data(self, data: str) -> None:
+        if self._button is not None:
+            self._button.append(data)
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "button" and self._button is not None and self.forms:
+            a = self._button_attrs
+            label = " ".join("".join(self._button).split())
+            self.forms[-1].buttons.append((a.get("name") or None, a.get("value", ""), label))
+            self._button = None
+
+
+def _forms(html: str) -> list[_Form]:
+    parser = _Parser()
+    parser.feed(html)
+    return parser.forms
+
+
+def _pick_button(form: _Form) -> tuple[str | None, str, str] | None:
+    if not form.buttons:
+        return None
+    for button in form.buttons:
+        words = f"{button[1]} {button[2]} {button[0] or ''}".lower()
+        if _APPROVE.search(words) and not _REFUSE.search(words):
+            return button
+    safe = [b for b in form.buttons if not _REFUSE.search(f"{b[1]} {b[2]} {b[0] or ''}".lower())]
+    return safe[0] if safe else None
+
+
+class FormPerson:
+    """A person with a username and password, filling whatever forms the server shows."""
+
+    def __init__(self, http: Http, username: str | None, password: str | None, *, max_steps: int = 12) -> None:
+        self.http = http
+        self.username = username or ""
+        self.password = password or ""
+        self.max_steps = max_steps
+
+    def __call__(self, authorization_url: str, redirect_uri: str) -> str:
+        server = origin(authorization_url)
+        jar = httpx.Client(follow_redirects=False, timeout=self.http.client.timeout)
+        try:
+            response = self.http.request("GET", authorization_url, client=jar)
+            for _ in range(self.max_steps):
+                if response.status_code in (301, 302, 303, 307, 308) and "location" in response.headers:
+                    target = urljoin(str(response.url), response.headers["location"])
+                    if origin(target) != server or target.startswith(redirect_uri):
+                        return target
+                    response = self.http.request("GET", target, client=jar)
+                    continue
+                if response.status_code != 200:
+                    raise PersonError(f"{response.url} answered {response.status_code}", response.status_code)
+                found = [f for f in _forms(response.text) if f.method == "post"]
+                if not found:
+                    raise PersonError(f"{response.url} shows no form to submit", response.status_code)
+                response = self._submit(jar, str(response.url), found[0])
+            raise PersonError(f"still on the authorization server after {self.max_steps} pages")
+        finally:
+            jar.close()
+
+    def _submit(self, jar: httpx.Client, page: str, form: _Form) -> httpx.Response:
+        data = list(form.fields)
+        if form.password_inputs:
+            users = [n for n in form.text_inputs if _USER.search(n)] or form.text_inputs[:1]
+            data += [(n, self.username) for n in users[:1]]
+            data += [(n, self.password) for n in form.password_inputs[:1]]
+        button = _pick_button(form)
+        if form.buttons and button is None:
+            raise PersonError(f"{page}: no approving button among {[b[2] for b in form.buttons]}")
+        if button is not None and button[0]:
+            data.append((button[0], button[1]))
+        return self.http.request("POST", urljoin(page, form.action or page), data=data, client=jar)
+
+
+def load_callable(spec: str) -> PersonStep:
+    """``module:callable`` -> the callable (``--person``)."""
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise KitError(f"--person wants module:callable, not {spec!r}")
+    module = importlib.import_module(module_name)
+    target: object = module
+    for part in attr.split("."):
+        target = getattr(target, part)
+    if not callable(target):
+        raise KitError(f"{spec} is not callable")
+    return target  # type: ignore[return-value]
+
+
+def redirect_params(url: str) -> dict[str, list[str]]:
+    """The query parameters of a final redirect URL (every value, to see repeats)."""
+    from urllib.parse import parse_qs
+
+    parts = urlsplit(url)
+    out = parse_qs(parts.query, keep_blank_values=True)
+    if parts.fragment:
+        for key, values in parse_qs(parts.fragment, keep_blank_values=True).items():
+            out.setdefault("#" + key, []).extend(values)
+    return out

@@ -1,0 +1,378 @@
+"""What the kit knows about the server under test, and the protocol steps it performs over HTTP.
+
+Discovery, client registration (or the given client), building authorization requests with
+PKCE, running the person's step, token requests with each client authentication method,
+refresh, revocation, introspection and calls to the protected resource. Checks and the
+stateful test are written in terms of these steps.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import secrets
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import urlencode, urlsplit, urlunsplit
+
+import attrs
+import httpx
+
+from .http import Http, KitError
+from .person import PersonError, PersonStep, redirect_params
+
+OIDC_SCOPES = frozenset({"openid", "profile", "email", "address", "phone", "offline_access"})
+MCP_HEADERS = {
+    "Accept": "application/json, text/event-stream",
+    "Content-Type": "application/json",
+    "MCP-Protocol-Version": "2025-06-18",
+}
+TOOLS_LIST = {"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {}}
+
+
+class Skip(Exception):
+    """A check cannot be decided here (a missing endpoint or client); the message says why."""
+
+
+def well_known(issuer: str, suffix: str) -> str:
+    """RFC 8414 §3.1: the well-known path inserted between the host and the issuer's path."""
+    parts = urlsplit(issuer)
+    path = parts.path.rstrip("/")
+    return urlunsplit((parts.scheme, parts.netloc, f"/.well-known/{suffix}{path}", "", ""))
+
+
+def b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def s256(verifier: str) -> str:
+    return b64url(hashlib.sha256(verifier.encode("ascii")).digest())
+
+
+def new_verifier() -> str:
+    return b64url(secrets.token_bytes(32))
+
+
+def jwt_payload(token: str) -> dict[str, Any] | None:
+    """The payload of a compact JWS, not verified (``None`` for an opaque token)."""
+    parts = token.split(".")
+    if len(parts) != 3:
+        return None
+    try:
+        value = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+@attrs.define
+class Client:
+    client_id: str
+    redirect_uri: str
+    secret: str | None = None
+    method: str = "none"
+    registered: bool = False
+
+
+@attrs.define
+class Outcome:
+    """How an authorization request ended: at the client's redirect URI, or on a server page."""
+
+    final: str | None
+    status: int | None = None
+    reason: str = ""
+
+    @property
+    def redirected(self) -> bool:
+        return self.final is not None
+
+    @property
+    def params(self) -> dict[str, list[str]]:
+        return redirect_params(self.final) if self.final else {}
+
+    def one(self, name: str) -> str | None:
+        values = self.params.get(name)
+        return values[0] if values else None
+
+    def describe(self) -> str:
+        if self.final is None:
+            return f"stayed on the server ({self.status or self.reason})"
+        shown = {k: v[0][:24] for k, v in self.params.items()}
+        return f"redirected to {self.final.split('?', 1)[0]} with {shown}"
+
+
+@attrs.define
+class Tokens:
+    access_token: str
+    refresh_token: str | None
+    scope: str | None
+    body: dict[str, Any]
+
+
+class Session:
+    def __init__(
+        self,
+        http: Http,
+        *,
+        issuer: str,
+        resource: str | None,
+        other_resource: str | None,
+        person: PersonStep,
+        redirect_uri: str,
+        scopes: tuple[str, ...] | None = None,
+    ) -> None:
+        self.http = http
+        self.issuer = issuer
+        self.resource = resource
+        self.other_resource = other_resource
+        self.person = person
+        self.redirect_uri = redirect_uri
+        self.wanted_scopes = scopes
+        self.meta: dict[str, Any] = {}
+        self.meta_source = ""
+        self.prm: dict[str, Any] | None = None
+        self.primary: Client | None = None
+        self.second: Client | None = None
+        self.confidential: Client | None = None
+        self.registrations: list[tuple[dict[str, Any], httpx.Response]] = []
+
+    # -- discovery ----------------------------------------------------------------------
+
+    def discover(self) -> None:
+        for suffix in ("oauth-authorization-server", "openid-configuration"):
+            for url in (well_known(self.issuer, suffix), self.issuer.rstrip("/") + f"/.well-known/{suffix}"):
+                try:
+                    response = self.http.request("GET", url)
+                except KitError:
+                    continue
+                if response.status_code == 200:
+                    try:
+                        body = response.json()
+                    except ValueError:
+                        continue
+                    if isinstance(body, dict) and body.get("authorization_endpoint"):
+                        self.meta = body
+                        self.meta_source = url
+                        self._allow_endpoints()
+                        return
+        raise KitError(f"no authorization server metadata found for {self.issuer}")
+
+    def _allow_endpoints(self) -> None:
+        for name in ("authorization_endpoint", "token_endpoint", "registration_endpoint",
+                     "revocation_endpoint", "introspection_endpoint"):
+            value = self.meta.get(name)
+            if isinstance(value, str):
+                self.http.check_allowed(value)
+
+    def endpoint(self, name: str) -> str:
+        value = self.meta.get(name)
+        if not isinstance(value, str) or not value:
+            raise Skip(f"the metadata lists no {name}")
+        return value
+
+    def load_prm(self) -> dict[str, Any] | None:
+        if self.resource is None:
+            return None
+        if self.prm is None:
+            response = self.http.request("GET", well_known(self.resource, "oauth-protected-resource"))
+            if response.status_code == 200:
+                try:
+                    body = response.json()
+                except ValueError:
+                    body = None
+                self.prm = body if isinstance(body, dict) else None
+        return self.prm
+
+    def catalogue(self) -> list[str]:
+        prm = self.load_prm() or {}
+        for source in (prm.get("scopes_supported"), self.meta.get("scopes_supported")):
+            if isinstance(source, list) and source:
+                return [s for s in source if isinstance(s, str) and s not in OIDC_SCOPES]
+        return []
+
+    def scopes(self) -> tuple[str, ...]:
+        """The scopes the kit asks for: ``--scope``, else the first two of the catalogue."""
+        if self.wanted_scopes is not None:
+            return self.wanted_scopes
+        return tuple(self.catalogue()[:2])
+
+    # -- clients ------------------------------------------------------------------------
+
+    def register(self, body: Mapping[str, Any]) -> httpx.Response:
+        response = self.http.request("POST", self.endpoint("registration_endpoint"), json_body=dict(body))
+        self.registrations.append((dict(body), response))
+        return response
+
+    def client_body(self, method: str, name: str) -> dict[str, Any]:
+        return {
+            "client_name": name,
+            "redirect_uris": [self.redirect_uri],
+            "grant_types": ["authorization_code", "refresh_token"],
+            "response_types": ["code"],
+            "token_endpoint_auth_method": method,
+        }
+
+    def register_client(self, method: str, name: str) -> Client:
+        response = self.register(self.client_body(method, name))
+        if response.status_code not in (200, 201):
+            raise KitError(f"registration of a {method} client failed: {response.status_code} {response.text[:200]}")
+        body = response.json()
+        return Client(
+            body["client_id"], self.redirect_uri, body.get("client_secret"),
+            body.get("token_endpoint_auth_method", method), registered=True,
+        )
+
+    def setup_clients(self, client_id: str | None, client_secret: str | None, register: bool) -> None:
+        if client_id is not None:
+            method = "client_secret_basic" if client_secret else "none"
+            self.primary = Client(client_id, self.redirect_uri, client_secret, method)
+            if client_secret:
+                self.confidential = self.primary
+        can_register = register and isinstance(self.meta.get("registration_endpoint"), str)
+        if can_register:
+            if self.primary is None:
+                self.primary = self.register_client("none", "conformance kit (public)")
+            self.second = self.register_client("none", "conformance kit (second)")
+            if self.confidential is None:
+                try:
+                    self.confidential = self.register_client("client_secret_basic", "conformance kit (confidential)")
+                except KitError:
+                    self.confidential = None
+        if self.primary is None:
+            raise KitError("no client: give --client-id (and --client-secret), or --register")
+
+    # -- authorization ------------------------------------------------------------------
+
+    def auth_params(self, client: Client, **overrides: str | None) -> tuple[dict[str, str], str]:
+        verifier = new_verifier()
+        params: dict[str, str | None] = {
+            "response_type": "code",
+            "client_id": client.client_id,
+            "redirect_uri": client.redirect_uri,
+            "code_challenge": s256(verifier),
+            "code_challenge_method": "S256",
+            "state": "kit-" + b64url(secrets.token_bytes(6)),
+            "scope": " ".join(self.scopes()) or None,
+            "resource": self.resource,
+        }
+        params.update(overrides)
+        return {k: v for k, v in params.items() if v is not None}, verifier
+
+    def attempt(self, params: Mapping[str, str], redirect_uri: str | None = None) -> Outcome:
+        url = self.endpoint("authorization_endpoint")
+        joiner = "&" if "?" in url else "?"
+        full = url + joiner + urlencode(list(params.items()))
+        target = redirect_uri or params.get("redirect_uri") or self.redirect_uri
+        try:
+            final = self.person(full, target)
+        except PersonError as exc:
+            return Outcome(None, exc.status, str(exc))
+        except KitError:
+            raise
+        except Exception as exc:  # a user-supplied person callable gave up
+            return Outcome(None, None, f"{type(exc).__name__}: {exc}")
+        return Outcome(final)
+
+    def code(self, client: Client, **overrides: str | None) -> tuple[str, str, Outcome]:
+        """Authorize and approve; ``(code, verifier, outcome)``, or :class:`Skip` when no code comes."""
+        params, verifier = self.auth_params(client, **overrides)
+        outcome = self.attempt(params)
+        code = outcome.one("code")
+        if code is None:
+            raise Skip(f"could not obtain a code: {outcome.describe()}")
+        return code, verifier, outcome
+
+    # -- token endpoint -----------------------------------------------------------------
+
+    def token_request(self, client: Client | None, form: Mapping[str, str], *, secret: str | None = None,
+                      method: str | None = None) -> httpx.Response:
+        data = dict(form)
+        auth: tuple[str, str] | None = None
+        if client is not None:
+            method = method or client.method
+            key = secret if secret is not None else (client.secret or "")
+            if method == "client_secret_basic":
+                auth = (client.client_id, key)
+            elif method == "client_secret_post":
+                data.update(client_id=client.client_id, client_secret=key)
+            else:
+                data["client_id"] = client.client_id
+        return self.http.request("POST", self.endpoint("token_endpoint"), data=data, auth=auth)
+
+    def redeem(self, client: Client, code: str, verifier: str | None, **overrides: str | None) -> httpx.Response:
+        form: dict[str, str | None] = {
+            "grant_type": "authorization_code",
+            "code": code,
+            "redirect_uri": client.redirect_uri,
+            "code_verifier": verifier,
+            "resource": self.resource,
+        }
+        form.update(overrides)
+        return self.token_request(client, {k: v for k, v in form.items() if v is not None})
+
+    def refresh(self, client: Client, refresh_token: str, **overrides: str | None) -> httpx.Response:
+        form: dict[str, str | None] = {"grant_type": "refresh_token", "refresh_token": refresh_token,
+                                       "resource": self.resource}
+        form.update(overrides)
+        return self.token_request(client, {k: v for k, v in form.items() if v is not None})
+
+    def tokens(self, client: Client, **overrides: str | None) -> Tokens:
+        code, verifier, _ = self.code(client, **overrides)
+        response = self.redeem(client, code, verifier)
+        return self.tokens_of(response)
+
+    @staticmethod
+    def tokens_of(response: httpx.Response) -> Tokens:
+        if response.status_code != 200:
+            raise Skip(f"the token endpoint refused a valid redemption: {response.status_code} {response.text[:200]}")
+        body = response.json()
+        return Tokens(body["access_token"], body.get("refresh_token"), body.get("scope"), body)
+
+    # -- revocation, introspection, resource ---------------------------------------------
+
+    def revoke(self, client: Client, token: str, hint: str | None = None) -> httpx.Response:
+        form = {"token": token}
+        if hint:
+            form["token_type_hint"] = hint
+        data = dict(form)
+        auth = None
+        if client.method == "client_secret_basic":
+            auth = (client.client_id, client.secret or "")
+        elif client.method == "client_secret_post":
+            data.update(client_id=client.client_id, client_secret=client.secret or "")
+        else:
+            data["client_id"] = client.client_id
+        return self.http.request("POST", self.endpoint("revocation_endpoint"), data=data, auth=auth)
+
+    def introspect(self, token: str) -> bool | None:
+        """``active`` of ``token`` by introspection with the confidential client; ``None`` if unavailable."""
+        url = self.meta.get("introspection_endpoint")
+        client = self.confidential
+        if not isinstance(url, str) or client is None:
+            return None
+        response = self.http.request("POST", url, data={"token": token}, auth=(client.client_id, client.secret or ""))
+        if response.status_code != 200:
+            return None
+        try:
+            return bool(response.json().get("active"))
+        except (ValueError, AttributeError):
+            return None
+
+    def call_resource(self, token: str | None, body: Mapping[str, Any] = TOOLS_LIST) -> httpx.Response:
+        if self.resource is None:
+            raise Skip("no --resource given")
+        headers = dict(MCP_HEADERS)
+        if token is not None:
+            headers["Authorization"] = f"Bearer {token}"
+        return self.http.request("POST", self.resource, json_body=dict(body), headers=headers)
+
+    def token_active(self, client: Client, token: str) -> bool | None:
+        """Whether an access token still works: introspection, else the resource; ``None`` if unobservable."""
+        active = self.introspect(token) if client is self.confidential else None
+        if active is not None:
+            return active
+        if self.resource is not None:
+            status = self.call_resource(token).status_code
+            return status != 401
+        return None
