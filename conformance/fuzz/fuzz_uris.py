@@ -33,6 +33,8 @@ def test_one_input(data: bytes) -> None:
         again = canonical_resource(first)
     except ValueError:
         again = None
+    if canonical is not None:
+        assert canonical == again, (first, canonical, again)
     if again is not None:
         assert canonical_resource(again) == again, (first, again)
         metadata_url(again)

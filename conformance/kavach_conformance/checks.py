@@ -17,10 +17,17 @@ from .session import Client, Outcome, Session, Skip, jwt_payload, well_known
 
 Record = Callable[[str, str, bool | None, str], None]
 
-TOKEN_ERRORS = frozenset({
-    "invalid_request", "invalid_client", "invalid_grant", "unauthorized_client", "unsupported_grant_type",
-    "invalid_scope", "invalid_target",
-})
+TOKEN_ERRORS = frozenset(
+    {
+        "invalid_request",
+        "invalid_client",
+        "invalid_grant",
+        "unauthorized_client",
+        "unsupported_grant_type",
+        "invalid_scope",
+        "invalid_target",
+    }
+)
 CORS_ORIGIN = "https://conformance-client.example"
 UNPROTECTED = "https://unprotected.conformance.invalid/mcp"
 ATTACKER = "https://attacker.conformance.invalid/callback"
@@ -90,13 +97,24 @@ def check_metadata(s: Session, record: Record) -> None:
     if found is None:
         record("MD-01", "openid-configuration", False, "no OIDC discovery document")
     else:
-        record("MD-01", "openid-configuration issuer", found.get("issuer") == s.issuer,
-               f"issuer {found.get('issuer')!r}")
+        record(
+            "MD-01", "openid-configuration issuer", found.get("issuer") == s.issuer, f"issuer {found.get('issuer')!r}"
+        )
     meta = s.meta
-    required = ("authorization_endpoint", "token_endpoint", "registration_endpoint", "revocation_endpoint",
-                "introspection_endpoint", "jwks_uri", "scopes_supported", "response_types_supported",
-                "grant_types_supported", "code_challenge_methods_supported", "token_endpoint_auth_methods_supported",
-                "authorization_response_iss_parameter_supported")
+    required = (
+        "authorization_endpoint",
+        "token_endpoint",
+        "registration_endpoint",
+        "revocation_endpoint",
+        "introspection_endpoint",
+        "jwks_uri",
+        "scopes_supported",
+        "response_types_supported",
+        "grant_types_supported",
+        "code_challenge_methods_supported",
+        "token_endpoint_auth_methods_supported",
+        "authorization_response_iss_parameter_supported",
+    )
     missing = [m for m in required if m not in meta]
     record("MD-02", "required members", not missing, f"missing {missing}" if missing else "all listed")
     rts = meta.get("response_types_supported")
@@ -114,30 +132,50 @@ def check_metadata(s: Session, record: Record) -> None:
         if prm is None:
             record("MD-03", "document", False, f"GET {prm_url}: {r.status_code}")
         else:
-            record("MD-03", "resource exact", prm.get("resource") == s.resource,
-                   f"resource {prm.get('resource')!r}, given {s.resource!r}")
+            record(
+                "MD-03",
+                "resource exact",
+                prm.get("resource") == s.resource,
+                f"resource {prm.get('resource')!r}, given {s.resource!r}",
+            )
             servers = prm.get("authorization_servers")
             record("MD-03", "authorization_servers", isinstance(servers, list) and s.issuer in servers, f"{servers!r}")
-            record("MD-03", "scopes_supported", isinstance(prm.get("scopes_supported"), list),
-                   f"{prm.get('scopes_supported')!r}")
+            record(
+                "MD-03",
+                "scopes_supported",
+                isinstance(prm.get("scopes_supported"), list),
+                f"{prm.get('scopes_supported')!r}",
+            )
             bearer = prm.get("bearer_methods_supported")
             record("MD-03", "bearer_methods_supported", bearer == ["header"], f"{bearer!r} (expected ['header'])")
     check_cors(s, record)
 
 
 def _preflight(s: Session, url: str, method: str) -> httpx.Response:
-    return s.http.request("OPTIONS", url, headers={
-        "Origin": CORS_ORIGIN, "Access-Control-Request-Method": method,
-        "Access-Control-Request-Headers": "content-type"})
+    return s.http.request(
+        "OPTIONS",
+        url,
+        headers={
+            "Origin": CORS_ORIGIN,
+            "Access-Control-Request-Method": method,
+            "Access-Control-Request-Headers": "content-type",
+        },
+    )
 
 
 def check_cors(s: Session, record: Record) -> None:
-    for name, url, method in (("metadata", s.meta_source, "GET"), ("token endpoint", s.endpoint("token_endpoint"),
-                                                                    "POST")):
+    for name, url, method in (
+        ("metadata", s.meta_source, "GET"),
+        ("token endpoint", s.endpoint("token_endpoint"), "POST"),
+    ):
         r = _preflight(s, url, method)
         allow = r.headers.get("access-control-allow-origin")
-        record("MD-04", f"preflight {name}", r.status_code < 300 and allow in (CORS_ORIGIN, "*"),
-               f"{r.status_code}, Access-Control-Allow-Origin {allow!r}")
+        record(
+            "MD-04",
+            f"preflight {name}",
+            r.status_code < 300 and allow in (CORS_ORIGIN, "*"),
+            f"{r.status_code}, Access-Control-Allow-Origin {allow!r}",
+        )
     r = _preflight(s, s.endpoint("authorization_endpoint"), "GET")
     allow = r.headers.get("access-control-allow-origin")
     record("MD-04", "no CORS on authorize", allow is None, f"Access-Control-Allow-Origin {allow!r}")
@@ -152,9 +190,13 @@ def check_registration(s: Session, record: Record) -> None:
     for body, response in list(s.registrations):
         data = json_body(response) or {}
         ok = response.status_code == 201 and "client_id" in data and data.get("redirect_uris") == body["redirect_uris"]
-        record("RG-02", f"register {body['token_endpoint_auth_method']} client", ok,
-               f"{response.status_code}, client_id {'present' if 'client_id' in data else 'missing'}, "
-               f"redirect_uris {data.get('redirect_uris')!r}")
+        record(
+            "RG-02",
+            f"register {body['token_endpoint_auth_method']} client",
+            ok,
+            f"{response.status_code}, client_id {'present' if 'client_id' in data else 'missing'}, "
+            f"redirect_uris {data.get('redirect_uris')!r}",
+        )
     bad_redirects = {
         "http on a public host": "http://client.conformance.invalid/cb",
         "fragment": "https://client.conformance.invalid/cb#frag",
@@ -195,8 +237,7 @@ def check_authorize_errors(s: Session, record: Record) -> None:
         "path extended": registered + "/extra",
         "path prefix": registered + "x",
         "query added": registered + ("&" if "?" in registered else "?") + "extra=1",
-        "host case": registered.replace("127.0.0.1", "LOCALHOST") if "127.0.0.1" in registered
-        else registered.upper(),
+        "host case": registered.replace("127.0.0.1", "LOCALHOST") if "127.0.0.1" in registered else registered.upper(),
     }
     for name, uri in variants.items():
         params, _ = s.auth_params(client, redirect_uri=uri)
@@ -222,8 +263,12 @@ def check_pkce(s: Session, record: Record) -> None:
     record("AZ-05", "code_challenge missing", *error_redirect(outcome, "invalid_request"))
     if outcome.one("error") is not None:
         record("AZ-08", "iss on an error redirect", outcome.one("iss") == s.issuer, f"iss={outcome.one('iss')!r}")
-        record("AZ-08", "state on an error redirect", outcome.one("state") == params["state"],
-               f"state={outcome.one('state')!r}")
+        record(
+            "AZ-08",
+            "state on an error redirect",
+            outcome.one("state") == params["state"],
+            f"state={outcome.one('state')!r}",
+        )
     downgrade = outcome.one("code")
     params, verifier = s.auth_params(client, code_challenge_method="plain")
     params["code_challenge"] = verifier
@@ -256,11 +301,19 @@ def check_success_response(s: Session, record: Record) -> None:
     record("AZ-08", "iss on success", outcome.one("iss") == s.issuer, f"iss={outcome.one('iss')!r}")
     repeated = [k for k, v in params.items() if len(v) > 1]
     record("AZ-08", "no repeated parameters", not repeated, f"repeated {repeated}" if repeated else "none")
-    record("AZ-08", "metadata advertises iss", s.meta.get("authorization_response_iss_parameter_supported") is True,
-           f"{s.meta.get('authorization_response_iss_parameter_supported')!r}")
+    record(
+        "AZ-08",
+        "metadata advertises iss",
+        s.meta.get("authorization_response_iss_parameter_supported") is True,
+        f"{s.meta.get('authorization_response_iss_parameter_supported')!r}",
+    )
     r = s.redeem(client, code, verifier)
-    record("TK-01", "success has Cache-Control: no-store", "no-store" in r.headers.get("cache-control", ""),
-           f"{r.status_code}, Cache-Control {r.headers.get('cache-control')!r}")
+    record(
+        "TK-01",
+        "success has Cache-Control: no-store",
+        "no-store" in r.headers.get("cache-control", ""),
+        f"{r.status_code}, Cache-Control {r.headers.get('cache-control')!r}",
+    )
 
 
 def check_resource_and_scope(s: Session, record: Record) -> None:
@@ -292,8 +345,12 @@ def check_resource_and_scope(s: Session, record: Record) -> None:
     if catalogue:
         tokens = s.tokens(client, scope=catalogue[0])
         granted = (tokens.scope or catalogue[0]).split()
-        record("AZ-07", "granted scope within the request", set(granted) <= {catalogue[0]},
-               f"asked {catalogue[0]!r}, granted {tokens.scope!r}")
+        record(
+            "AZ-07",
+            "granted scope within the request",
+            set(granted) <= {catalogue[0]},
+            f"asked {catalogue[0]!r}, granted {tokens.scope!r}",
+        )
 
 
 def check_code_reuse(s: Session, record: Record) -> None:
@@ -327,18 +384,41 @@ def check_token_endpoint(s: Session, record: Record) -> None:
     client = _primary(s)
     r = s.http.request("GET", url, params={"grant_type": "authorization_code", "client_id": client.client_id})
     record("TK-01", "GET refused", r.status_code >= 400, f"{r.status_code}")
-    r = s.http.request("POST", url, json_body={"grant_type": "authorization_code", "client_id": client.client_id,
-                                               "code": "x", "code_verifier": "y" * 43})
+    r = s.http.request(
+        "POST",
+        url,
+        json_body={
+            "grant_type": "authorization_code",
+            "client_id": client.client_id,
+            "code": "x",
+            "code_verifier": "y" * 43,
+        },
+    )
     record("TK-01", "JSON body refused", 400 <= r.status_code < 500, f"{r.status_code} error={error_of(r)}")
-    r = s.token_request(client, {"grant_type": "authorization_code", "code": "conformance-bogus-code",
-                                 "code_verifier": "v" * 43, "redirect_uri": client.redirect_uri})
+    r = s.token_request(
+        client,
+        {
+            "grant_type": "authorization_code",
+            "code": "conformance-bogus-code",
+            "code_verifier": "v" * 43,
+            "redirect_uri": client.redirect_uri,
+        },
+    )
     err = error_of(r)
     body = json_body(r) or {}
     desc = body.get("error_description", "")
-    record("TK-01", "error is JSON with an RFC 6749 code", err in TOKEN_ERRORS,
-           f"{r.status_code} content-type {r.headers.get('content-type')!r} error={err!r}")
-    record("TK-01", "error has Cache-Control: no-store", "no-store" in r.headers.get("cache-control", ""),
-           f"Cache-Control {r.headers.get('cache-control')!r}")
+    record(
+        "TK-01",
+        "error is JSON with an RFC 6749 code",
+        err in TOKEN_ERRORS,
+        f"{r.status_code} content-type {r.headers.get('content-type')!r} error={err!r}",
+    )
+    record(
+        "TK-01",
+        "error has Cache-Control: no-store",
+        "no-store" in r.headers.get("cache-control", ""),
+        f"Cache-Control {r.headers.get('cache-control')!r}",
+    )
     record("TK-01", "no CR/LF in error values", not any(c in f"{err}{desc}" for c in "\r\n"), "checked")
     for grant in ("password", "implicit", "urn:conformance:unknown-grant"):
         form = {"grant_type": grant}
@@ -350,25 +430,38 @@ def check_token_endpoint(s: Session, record: Record) -> None:
     if conf is None or not conf.secret:
         record("TK-02", "client authentication", None, "needs a confidential client")
         return
-    r = s.token_request(conf, {"grant_type": "authorization_code", "code": "bogus", "code_verifier": "v" * 43,
-                               "redirect_uri": conf.redirect_uri}, secret="wrong-" + conf.secret,
-                        method="client_secret_basic")
+    r = s.token_request(
+        conf,
+        {
+            "grant_type": "authorization_code",
+            "code": "bogus",
+            "code_verifier": "v" * 43,
+            "redirect_uri": conf.redirect_uri,
+        },
+        secret="wrong-" + conf.secret,
+        method="client_secret_basic",
+    )
     challenge = r.headers.get("www-authenticate", "")
-    record("TK-02", "bad Basic secret: 401", r.status_code == 401 and error_of(r) == "invalid_client",
-           f"{r.status_code} error={error_of(r)}")
-    record("TK-02", "bad Basic secret: WWW-Authenticate Basic", challenge.lower().startswith("basic"),
-           f"WWW-Authenticate {challenge!r}")
+    record(
+        "TK-02",
+        "bad Basic secret: 401",
+        r.status_code == 401 and error_of(r) == "invalid_client",
+        f"{r.status_code} error={error_of(r)}",
+    )
+    record(
+        "TK-02",
+        "bad Basic secret: WWW-Authenticate Basic",
+        challenge.lower().startswith("basic"),
+        f"WWW-Authenticate {challenge!r}",
+    )
     code, verifier, _ = s.code(conf)
     r = s.redeem(conf, code, verifier)
     record("TK-02", "client_secret_basic accepted", r.status_code == 200, f"{r.status_code} error={error_of(r)}")
     supported = s.meta.get("token_endpoint_auth_methods_supported") or []
-    if "client_secret_post" in supported:
-        code, verifier, _ = s.code(conf)
-        form = {"grant_type": "authorization_code", "code": code, "code_verifier": verifier,
-                "redirect_uri": conf.redirect_uri}
-        if s.resource:
-            form["resource"] = s.resource
-        r = s.token_request(conf, form, method="client_secret_post")
+    if "client_secret_post" in supported and isinstance(s.meta.get("registration_endpoint"), str):
+        post = s.register_client("client_secret_post", "conformance kit (client_secret_post)")
+        code, verifier, _ = s.code(post)
+        r = s.redeem(post, code, verifier)
         record("TK-02", "client_secret_post accepted", r.status_code == 200, f"{r.status_code} error={error_of(r)}")
 
 
@@ -406,14 +499,21 @@ def check_refresh(s: Session, record: Record) -> None:
         assert fresh.refresh_token
         r = s.refresh(client, fresh.refresh_token, scope=scopes[0])
         granted = ((json_body(r) or {}).get("scope") or scopes[0]).split()
-        record("TK-07", "scope can narrow", r.status_code == 200 and set(granted) <= {scopes[0]},
-               f"{r.status_code} scope={granted}")
+        record(
+            "TK-07",
+            "scope can narrow",
+            r.status_code == 200 and set(granted) <= {scopes[0]},
+            f"{r.status_code} scope={granted}",
+        )
     if s.second is not None:
         other = s.tokens(client)
         if other.refresh_token:
             r = s.refresh(s.second, other.refresh_token)
-            record("TK-07", "bound to the client", *expect_error(r, "invalid_grant", "invalid_client",
-                                                                 "unauthorized_client"))
+            record(
+                "TK-07",
+                "bound to the client",
+                *expect_error(r, "invalid_grant", "invalid_client", "unauthorized_client"),
+            )
 
 
 def check_revocation(s: Session, record: Record) -> None:
@@ -448,13 +548,21 @@ def check_resource_server(s: Session, record: Record) -> None:
     client = _primary(s)
     r = s.call_resource(None)
     ch = _challenge(r)
-    record("RS-02", "no token: 401 Bearer resource_metadata", r.status_code == 401 and "resource_metadata" in ch,
-           f"{r.status_code} WWW-Authenticate {r.headers.get('www-authenticate')!r}")
+    record(
+        "RS-02",
+        "no token: 401 Bearer resource_metadata",
+        r.status_code == 401 and "resource_metadata" in ch,
+        f"{r.status_code} WWW-Authenticate {r.headers.get('www-authenticate')!r}",
+    )
     required = ch.get("scope")
     r = s.call_resource("conformance.invalid.token")
     ch2 = _challenge(r)
-    record("RS-02", "bad token: 401 invalid_token", r.status_code == 401 and ch2.get("error") == "invalid_token",
-           f"{r.status_code} WWW-Authenticate {r.headers.get('www-authenticate')!r}")
+    record(
+        "RS-02",
+        "bad token: 401 invalid_token",
+        r.status_code == 401 and ch2.get("error") == "invalid_token",
+        f"{r.status_code} WWW-Authenticate {r.headers.get('www-authenticate')!r}",
+    )
     good = s.tokens(client)
     r = s.call_resource(good.access_token)
     record("RS-02", "valid token accepted", r.status_code not in (401, 403), f"{r.status_code}")
@@ -465,8 +573,12 @@ def check_resource_server(s: Session, record: Record) -> None:
         r = s.call_resource(narrow.access_token)
         ch3 = _challenge(r)
         ok = r.status_code == 403 and ch3.get("error") == "insufficient_scope" and bool(ch3.get("scope"))
-        record("RS-03", "token lacking the scope: 403 insufficient_scope", ok,
-               f"token scope {lacking[-1]!r}: {r.status_code} WWW-Authenticate {r.headers.get('www-authenticate')!r}")
+        record(
+            "RS-03",
+            "token lacking the scope: 403 insufficient_scope",
+            ok,
+            f"token scope {lacking[-1]!r}: {r.status_code} WWW-Authenticate {r.headers.get('www-authenticate')!r}",
+        )
     else:
         record("RS-03", "insufficient scope", None, "the 401 challenge names no scope, or no other scope exists")
     if s.other_resource is None:
@@ -474,8 +586,12 @@ def check_resource_server(s: Session, record: Record) -> None:
     else:
         other = s.tokens(client, resource=s.other_resource)
         r = s.call_resource(other.access_token)
-        record("RS-04", "token for another resource refused", r.status_code == 401,
-               f"aud={(jwt_payload(other.access_token) or {}).get('aud')!r}: {r.status_code}")
+        record(
+            "RS-04",
+            "token for another resource refused",
+            r.status_code == 401,
+            f"aud={(jwt_payload(other.access_token) or {}).get('aud')!r}: {r.status_code}",
+        )
 
 
 ALL_CHECKS: list[tuple[str, tuple[str, ...], Callable[[Session, Record], None]]] = [

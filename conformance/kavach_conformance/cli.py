@@ -12,21 +12,33 @@ from .runner import KitOptions, run_kit
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--issuer", required=True, metavar="URL", help="the authorization server's issuer")
     parser.add_argument("--resource", metavar="URL", help="a protected resource (MCP server) of this issuer")
-    parser.add_argument("--other-resource", metavar="URL",
-                        help="another resource of this issuer; its tokens must be refused at --resource (RS-04)")
+    parser.add_argument(
+        "--other-resource",
+        metavar="URL",
+        help="another resource of this issuer; its tokens must be refused at --resource (RS-04)",
+    )
     parser.add_argument("--client-id", metavar="ID", help="a registered client (its redirect URI: --redirect-uri)")
     parser.add_argument("--client-secret", metavar="S", help="the client's secret (client_secret_basic)")
     parser.add_argument("--register", action="store_true", help="register the kit's clients dynamically (RFC 7591)")
     parser.add_argument("--username", metavar="U", help="sign in as U (built-in form filler)")
     parser.add_argument("--password", metavar="P", help="the password of --username")
-    parser.add_argument("--person", metavar="MODULE:CALLABLE",
-                        help="a callable (authorization_url, redirect_uri) -> final redirect URL, instead of the filler")
-    parser.add_argument("--redirect-port", type=int, default=8976, metavar="N",
-                        help="the loopback redirect URI's port: http://127.0.0.1:N/callback (default 8976)")
+    parser.add_argument(
+        "--person",
+        metavar="MODULE:CALLABLE",
+        help="a callable (authorization_url, redirect_uri) -> the final redirect URL",
+    )
+    parser.add_argument(
+        "--redirect-port",
+        type=int,
+        default=8976,
+        metavar="N",
+        help="the loopback redirect URI's port: http://127.0.0.1:N/callback (default 8976)",
+    )
     parser.add_argument("--redirect-uri", metavar="URI", help="use this redirect URI instead")
     parser.add_argument("--scope", metavar="SCOPES", help="scopes to request (default: two from the catalogue)")
-    parser.add_argument("--stateful", type=int, default=0, metavar="N",
-                        help="also run N examples of the hypothesis stateful test")
+    parser.add_argument(
+        "--stateful", type=int, default=0, metavar="N", help="also run N examples of the hypothesis stateful test"
+    )
     parser.add_argument("--stateful-steps", type=int, default=10, metavar="N", help="steps per stateful example")
     parser.add_argument("--json", metavar="FILE", help="write the JSON report here")
     parser.add_argument("--all-rules", action="store_true", help="list every checklist rule, not only observable ones")
@@ -34,10 +46,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def options_from(args: argparse.Namespace) -> KitOptions:
     return KitOptions(
-        issuer=args.issuer, resource=args.resource, other_resource=args.other_resource, client_id=args.client_id,
-        client_secret=args.client_secret, register=args.register, username=args.username, password=args.password,
-        person=args.person, redirect_port=args.redirect_port, redirect_uri=args.redirect_uri,
-        scopes=tuple(args.scope.split()) if args.scope else None, stateful_examples=args.stateful,
+        issuer=args.issuer,
+        resource=args.resource,
+        other_resource=args.other_resource,
+        client_id=args.client_id,
+        client_secret=args.client_secret,
+        register=args.register,
+        username=args.username,
+        password=args.password,
+        person=args.person,
+        redirect_port=args.redirect_port,
+        redirect_uri=args.redirect_uri,
+        scopes=tuple(args.scope.split()) if args.scope else None,
+        stateful_examples=args.stateful,
         stateful_steps=args.stateful_steps,
     )
 

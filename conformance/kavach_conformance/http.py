@@ -16,8 +16,19 @@ import attrs
 import httpx
 
 KEY_PARAMS = (
-    "grant_type", "response_type", "client_id", "redirect_uri", "resource", "scope", "code_challenge_method",
-    "code", "code_verifier", "refresh_token", "token", "token_type_hint", "state",
+    "grant_type",
+    "response_type",
+    "client_id",
+    "redirect_uri",
+    "resource",
+    "scope",
+    "code_challenge_method",
+    "code",
+    "code_verifier",
+    "refresh_token",
+    "token",
+    "token_type_hint",
+    "state",
 )
 KEY_RESPONSE = ("error", "active", "scope", "token_type", "code", "iss", "refresh_token", "aud")
 

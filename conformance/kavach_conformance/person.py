@@ -120,28 +120,30 @@ class FormPerson:
         self.username = username or ""
         self.password = password or ""
         self.max_steps = max_steps
+        # One browser: the session cookie of the first sign-in is kept, as a person's browser would.
+        self.jar = httpx.Client(follow_redirects=False, timeout=self.http.client.timeout)
+
+    def close(self) -> None:
+        self.jar.close()
 
     def __call__(self, authorization_url: str, redirect_uri: str) -> str:
         server = origin(authorization_url)
-        jar = httpx.Client(follow_redirects=False, timeout=self.http.client.timeout)
-        try:
-            response = self.http.request("GET", authorization_url, client=jar)
-            for _ in range(self.max_steps):
-                if response.status_code in (301, 302, 303, 307, 308) and "location" in response.headers:
-                    target = urljoin(str(response.url), response.headers["location"])
-                    if origin(target) != server or target.startswith(redirect_uri):
-                        return target
-                    response = self.http.request("GET", target, client=jar)
-                    continue
-                if response.status_code != 200:
-                    raise PersonError(f"{response.url} answered {response.status_code}", response.status_code)
-                found = [f for f in _forms(response.text) if f.method == "post"]
-                if not found:
-                    raise PersonError(f"{response.url} shows no form to submit", response.status_code)
-                response = self._submit(jar, str(response.url), found[0])
-            raise PersonError(f"still on the authorization server after {self.max_steps} pages")
-        finally:
-            jar.close()
+        jar = self.jar
+        response = self.http.request("GET", authorization_url, client=jar)
+        for _ in range(self.max_steps):
+            if response.status_code in (301, 302, 303, 307, 308) and "location" in response.headers:
+                target = urljoin(str(response.url), response.headers["location"])
+                if origin(target) != server or target.startswith(redirect_uri):
+                    return target
+                response = self.http.request("GET", target, client=jar)
+                continue
+            if response.status_code != 200:
+                raise PersonError(f"{response.url} answered {response.status_code}", response.status_code)
+            found = [f for f in _forms(response.text) if f.method == "post"]
+            if not found:
+                raise PersonError(f"{response.url} shows no form to submit", response.status_code)
+            response = self._submit(jar, str(response.url), found[0])
+        raise PersonError(f"still on the authorization server after {self.max_steps} pages")
 
     def _submit(self, jar: httpx.Client, page: str, form: _Form) -> httpx.Response:
         data = list(form.fields)
@@ -168,7 +170,7 @@ def load_callable(spec: str) -> PersonStep:
         target = getattr(target, part)
     if not callable(target):
         raise KitError(f"{spec} is not callable")
-    return target  # type: ignore[return-value]
+    return target
 
 
 def redirect_params(url: str) -> dict[str, list[str]]:

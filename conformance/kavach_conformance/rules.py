@@ -51,9 +51,31 @@ RULES: dict[str, str] = {
 
 OBSERVABLE = frozenset(
     {
-        "AZ-02", "AZ-03", "AZ-04", "AZ-05", "AZ-06", "AZ-07", "AZ-08",
-        "TK-01", "TK-02", "TK-03", "TK-04", "TK-05", "TK-06", "TK-07", "TK-08",
-        "RG-01", "RG-02", "RV-01", "MD-01", "MD-02", "MD-03", "MD-04", "RS-02", "RS-03", "RS-04",
+        "AZ-02",
+        "AZ-03",
+        "AZ-04",
+        "AZ-05",
+        "AZ-06",
+        "AZ-07",
+        "AZ-08",
+        "TK-01",
+        "TK-02",
+        "TK-03",
+        "TK-04",
+        "TK-05",
+        "TK-06",
+        "TK-07",
+        "TK-08",
+        "RG-01",
+        "RG-02",
+        "RV-01",
+        "MD-01",
+        "MD-02",
+        "MD-03",
+        "MD-04",
+        "RS-02",
+        "RS-03",
+        "RS-04",
     }
 )
 """The rules this kit checks (the issue's list plus RFC 7009 revocation)."""

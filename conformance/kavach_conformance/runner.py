@@ -47,8 +47,13 @@ def make_session(options: KitOptions) -> Session:
     else:
         person = options.person
     session = Session(
-        http, issuer=options.issuer, resource=options.resource, other_resource=options.other_resource,
-        person=person, redirect_uri=options.callback(), scopes=options.scopes,
+        http,
+        issuer=options.issuer,
+        resource=options.resource,
+        other_resource=options.other_resource,
+        person=person,
+        redirect_uri=options.callback(),
+        scopes=options.scopes,
     )
     session.discover()
     session.setup_clients(options.client_id, options.client_secret, options.register)
@@ -100,5 +105,7 @@ def run_kit(options: KitOptions) -> Report:
             elif report.stateful["status"] == PASS:
                 report.add(Check("TK-07", "stateful", PASS, report.stateful["reason"]))
     finally:
+        if isinstance(session.person, FormPerson):
+            session.person.close()
         session.http.close()
     return report

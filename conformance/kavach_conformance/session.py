@@ -159,8 +159,13 @@ class Session:
         raise KitError(f"no authorization server metadata found for {self.issuer}")
 
     def _allow_endpoints(self) -> None:
-        for name in ("authorization_endpoint", "token_endpoint", "registration_endpoint",
-                     "revocation_endpoint", "introspection_endpoint"):
+        for name in (
+            "authorization_endpoint",
+            "token_endpoint",
+            "registration_endpoint",
+            "revocation_endpoint",
+            "introspection_endpoint",
+        ):
             value = self.meta.get(name)
             if isinstance(value, str):
                 self.http.check_allowed(value)
@@ -219,8 +224,11 @@ class Session:
             raise KitError(f"registration of a {method} client failed: {response.status_code} {response.text[:200]}")
         body = response.json()
         return Client(
-            body["client_id"], self.redirect_uri, body.get("client_secret"),
-            body.get("token_endpoint_auth_method", method), registered=True,
+            body["client_id"],
+            self.redirect_uri,
+            body.get("client_secret"),
+            body.get("token_endpoint_auth_method", method),
+            registered=True,
         )
 
     def setup_clients(self, client_id: str | None, client_secret: str | None, register: bool) -> None:
@@ -285,8 +293,9 @@ class Session:
 
     # -- token endpoint -----------------------------------------------------------------
 
-    def token_request(self, client: Client | None, form: Mapping[str, str], *, secret: str | None = None,
-                      method: str | None = None) -> httpx.Response:
+    def token_request(
+        self, client: Client | None, form: Mapping[str, str], *, secret: str | None = None, method: str | None = None
+    ) -> httpx.Response:
         data = dict(form)
         auth: tuple[str, str] | None = None
         if client is not None:
@@ -312,8 +321,11 @@ class Session:
         return self.token_request(client, {k: v for k, v in form.items() if v is not None})
 
     def refresh(self, client: Client, refresh_token: str, **overrides: str | None) -> httpx.Response:
-        form: dict[str, str | None] = {"grant_type": "refresh_token", "refresh_token": refresh_token,
-                                       "resource": self.resource}
+        form: dict[str, str | None] = {
+            "grant_type": "refresh_token",
+            "refresh_token": refresh_token,
+            "resource": self.resource,
+        }
         form.update(overrides)
         return self.token_request(client, {k: v for k, v in form.items() if v is not None})
 
