@@ -37,6 +37,8 @@ class AccessToken:
     jti: str
     grant_id: str
     claims: Mapping[str, Any] = attrs.field(eq=False, repr=False)
+    kid: str = attrs.field(default="", eq=False)
+    """The ``kid`` of the key that signed it (for :mod:`kavach_core.verified_cache`)."""
 
 
 class InvalidToken(jose.JoseError):
@@ -76,7 +78,8 @@ def mint(
         "gid": grant_id,
     }
     token = jose.sign(pair, claims, TYP)
-    return token, AccessToken(subject, client_id, audience, tuple(scopes), ctx.now, exp, jti, grant_id, claims)
+    access = AccessToken(subject, client_id, audience, tuple(scopes), ctx.now, exp, jti, grant_id, claims, pair.kid)
+    return token, access
 
 
 def _str_claim(claims: Mapping[str, Any], name: str) -> str:
@@ -93,8 +96,30 @@ def _int_claim(claims: Mapping[str, Any], name: str) -> int:
     return value
 
 
-def _audience(claims: Mapping[str, Any]) -> str:
-    """The single audience (RFC 7519 §4.1.3 allows a string or an array; we require exactly one)."""
+_CANONICAL_CACHE_SIZE = 256
+_canonical: dict[str, str] = {}
+
+
+def canonical_cached(uri: str) -> str:
+    """:func:`canonical_resource`, remembered for the last few distinct URIs (it is pure).
+
+    Only URIs that are valid get remembered; ``ValueError`` as for :func:`canonical_resource`.
+    """
+    found = _canonical.get(uri)
+    if found is None:
+        found = canonical_resource(uri)
+        if len(_canonical) >= _CANONICAL_CACHE_SIZE:
+            _canonical.clear()
+        _canonical[uri] = found
+    return found
+
+
+def _audience(claims: Mapping[str, Any], here: str) -> str:
+    """The single audience (RFC 7519 §4.1.3 allows a string or an array; we require exactly one).
+
+    ``here`` is canonical, so an ``aud`` spelled exactly like it is canonical too and needs no
+    parsing; any other spelling is made canonical before it is compared (RS-05).
+    """
     aud = claims.get("aud")
     if isinstance(aud, list):
         if len(aud) != 1:
@@ -102,8 +127,10 @@ def _audience(claims: Mapping[str, Any]) -> str:
         aud = aud[0]
     if not isinstance(aud, str):
         raise InvalidToken("audience missing")
+    if aud == here:
+        return here
     try:
-        return canonical_resource(aud)
+        return canonical_cached(aud)
     except ValueError as exc:
         raise InvalidToken("audience is not a resource URI") from exc
 
@@ -128,13 +155,13 @@ def verify(
     Raises :class:`InvalidToken` or :class:`jose.JoseError`, and nothing else.
     """
     try:
-        here = canonical_resource(resource)
+        here = canonical_cached(resource)
     except ValueError as exc:
         raise InvalidToken("this resource URI is not valid") from exc
-    _, claims = jose.verify(token, keys, TYP)
+    header, claims = jose.verify(token, keys, TYP)
     if claims.get("iss") != issuer:
         raise InvalidToken("wrong issuer")
-    aud = _audience(claims)
+    aud = _audience(claims, here)
     if aud != here:
         raise InvalidToken("wrong audience")
     exp = _int_claim(claims, "exp")
@@ -159,4 +186,5 @@ def verify(
         jti=_str_claim(claims, "jti"),
         grant_id=_str_claim(claims, "gid"),
         claims=claims,
+        kid=header["kid"],
     )

@@ -26,7 +26,7 @@ from typing import Any
 import attrs
 
 from . import effects as fx
-from .access_tokens import AccessToken, verify
+from .access_tokens import AccessToken, canonical_cached, verify
 from .config import Config, ProtectedResource
 from .credentials import parse_bearer
 from .drivers import Flow
@@ -34,8 +34,9 @@ from .errors import ConfigurationError, OAuthError, safe_description
 from .http import HttpRequest, Response, json_response
 from .jose import JoseError, VerifyingKey
 from .keys import KeySet
-from .resource_indicators import canonical_resource, metadata_url
+from .resource_indicators import metadata_url
 from .scopes import any_covers, format_scope
+from .verified_cache import VerifiedCache
 
 INVALID_TOKEN_DESCRIPTION = "The access token is invalid, expired or revoked"
 MISSING_TOKEN_DESCRIPTION = "A Bearer access token is required"
@@ -149,7 +150,7 @@ def verify_bearer(
 
 def _protected(config: Config, resource: str) -> ProtectedResource:
     try:
-        found = config.resource(canonical_resource(resource))
+        found = config.resource(canonical_cached(resource))
     except ValueError as exc:
         raise ConfigurationError(f"{resource!r} is not a resource URI") from exc
     if found is None:
@@ -163,6 +164,7 @@ def authenticate(
     authorization: str | None,
     required: tuple[str, ...],
     now: int,
+    cache: VerifiedCache | None = None,
 ) -> Flow[Principal | Response]:
     """Check the ``Authorization`` header value of a request to ``resource`` (RS-01..RS-05).
 
@@ -173,6 +175,10 @@ def authenticate(
     ``required`` are the scopes this request needs (see :mod:`kavach_core.mcp_methods`); the
     401 challenge names them, or the resource's default scopes when there are none. Raises
     :class:`~kavach_core.errors.ConfigurationError` when ``resource`` is not configured.
+
+    With ``cache``, a token already verified for this resource skips the signature and claims
+    checks (its expiry and key are checked against ``now`` and the published keys); revocation
+    is still asked of the store on every request (see :mod:`kavach_core.verified_cache`).
     """
     protected = _protected(config, resource)
     here = protected.uri
@@ -187,10 +193,14 @@ def authenticate(
         return challenge(here, ask)
     records = yield fx.GetSigningKeys()
     keys = KeySet(tuple(records)).verifying_keys(now)
-    try:
-        access = verify_bearer(token, keys, issuer=config.issuer, resource=here, now=now)
-    except JoseError:
-        return challenge(here, ask, "invalid_token", INVALID_TOKEN_DESCRIPTION)
+    access = None if cache is None else cache.get(token, resource=here, issuer=config.issuer, now=now, kids=keys)
+    if access is None:
+        try:
+            access = verify_bearer(token, keys, issuer=config.issuer, resource=here, now=now)
+        except JoseError:
+            return challenge(here, ask, "invalid_token", INVALID_TOKEN_DESCRIPTION)
+        if cache is not None:
+            cache.put(token, access, resource=here, issuer=config.issuer)
     revoked: Any = yield fx.IsTokenRevoked(access.jti, access.grant_id)
     if revoked:
         return challenge(here, ask, "invalid_token", INVALID_TOKEN_DESCRIPTION)
@@ -206,6 +216,7 @@ def authenticate_request(
     req: HttpRequest,
     required: tuple[str, ...],
     now: int,
+    cache: VerifiedCache | None = None,
 ) -> Flow[Principal | Response]:
     """:func:`authenticate` for an :class:`~kavach_core.http.HttpRequest`.
 
@@ -217,4 +228,4 @@ def authenticate_request(
         protected = _protected(config, resource)
         ask = required or protected.default_scopes
         return challenge(protected.uri, ask, "invalid_token", INVALID_TOKEN_DESCRIPTION)
-    return (yield from authenticate(config, resource, values[0] if values else None, required, now))
+    return (yield from authenticate(config, resource, values[0] if values else None, required, now, cache))

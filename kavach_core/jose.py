@@ -20,6 +20,7 @@ Every failure raises :class:`JoseError`; no other exception escapes :func:`verif
 
 from __future__ import annotations
 
+import binascii
 import hashlib
 import json
 from collections.abc import Mapping
@@ -35,7 +36,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
 )
 
 from .errors import KavachError
-from .opaque import b64url, b64url_decode
+from .opaque import b64url, b64url_decode  # noqa: F401 -- b64url_decode re-exported
 
 PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
 PublicKey = ec.EllipticCurvePublicKey | rsa.RSAPublicKey | ed25519.Ed25519PublicKey
@@ -53,11 +54,9 @@ class JoseError(KavachError):
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise JoseError("duplicate JSON member")
-        out[key] = value
+    out = dict(pairs)
+    if len(out) != len(pairs):  # a repeated name collapsed into one entry
+        raise JoseError("duplicate JSON member")
     return out
 
 
@@ -217,11 +216,63 @@ def sign(pair: SigningKeyPair, payload: Mapping[str, Any], typ: str) -> str:
     return f"{signing_input}.{b64url(pair.sign(signing_input.encode('ascii')))}"
 
 
+_TO_STANDARD = str.maketrans("-_", "+/")
+_TO_URLSAFE = bytes.maketrans(b"+/", b"-_")
+
+
 def _decode(part: str) -> bytes:
+    """Strict, canonical, unpadded base64url (RFC 7515 §2), the same rules as
+    :func:`~kavach_core.opaque.b64url_decode` on the C decoder: the strict mode refuses
+    anything outside the alphabet, and re-encoding refuses ``+``, ``/``, padding and
+    non-zero trailing bits."""
     try:
-        return b64url_decode(part)
-    except ValueError as exc:
+        data = binascii.a2b_base64(part.translate(_TO_STANDARD) + "=" * (-len(part) % 4), strict_mode=True)
+    except (binascii.Error, ValueError) as exc:
         raise JoseError("invalid base64url") from exc
+    if binascii.b2a_base64(data, newline=False).rstrip(b"=").translate(_TO_URLSAFE) != part.encode("ascii"):
+        raise JoseError("invalid base64url")
+    return data
+
+
+@attrs.frozen
+class _Header:
+    """What :func:`verify` needs from a protected header that passed every key-independent check."""
+
+    header: dict[str, Any]
+    kid: str
+    alg: str
+    typ: str | None  # normalised (see _norm_typ), None when absent or not a string
+
+
+_HEADER_CACHE_SIZE = 256
+_headers: dict[str, _Header] = {}
+
+
+def _parse_header(h64: str) -> _Header:
+    """The checked header of the encoded segment ``h64``, parsed once per distinct segment.
+
+    The checks here depend on the segment's text only (JSON, forbidden members, ``kid`` and
+    ``alg`` present), so a cached answer is the answer; a segment that fails is never cached.
+    Every token a key signs carries the same header, so the cache stays tiny.
+    """
+    found = _headers.get(h64)
+    if found is not None:
+        return found
+    header = json_object(_decode(h64))
+    if _FORBIDDEN_HEADERS.intersection(header):
+        raise JoseError("header carries a forbidden parameter")
+    kid = header.get("kid")
+    if not isinstance(kid, str) or not kid:
+        raise JoseError("kid is required")
+    alg = header.get("alg")
+    if not isinstance(alg, str):
+        raise JoseError("alg does not match the key")
+    typ = header.get("typ")
+    found = _Header(header, kid, alg, _norm_typ(typ) if isinstance(typ, str) else None)
+    if len(_headers) >= _HEADER_CACHE_SIZE:
+        _headers.clear()
+    _headers[h64] = found
+    return found
 
 
 def verify(token: str, keys: Mapping[str, VerifyingKey], typ: str | None) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -240,26 +291,18 @@ def verify(token: str, keys: Mapping[str, VerifyingKey], typ: str | None) -> tup
     h64, p64, s64 = parts
     if not h64 or not p64 or not s64:
         raise JoseError("not a compact JWS")
-    header = json_object(_decode(h64))
+    head = _parse_header(h64)
     signature = _decode(s64)
-    if _FORBIDDEN_HEADERS.intersection(header):
-        raise JoseError("header carries a forbidden parameter")
-    kid = header.get("kid")
-    if not isinstance(kid, str) or not kid:
-        raise JoseError("kid is required")
-    key = keys.get(kid)
+    key = keys.get(head.kid)
     if key is None:
         raise JoseError("unknown kid")
-    alg = header.get("alg")
-    if not isinstance(alg, str) or alg != key.alg:
+    if head.alg != key.alg:
         raise JoseError("alg does not match the key")
-    if typ is not None:
-        got = header.get("typ")
-        if not isinstance(got, str) or _norm_typ(got) != _norm_typ(typ):
-            raise JoseError("wrong typ")
-    if not key.verify(f"{h64}.{p64}".encode("ascii"), signature):
+    if typ is not None and head.typ != _norm_typ(typ):
+        raise JoseError("wrong typ")
+    if not key.verify(token[: len(h64) + 1 + len(p64)].encode("ascii"), signature):
         raise JoseError("bad signature")
-    return header, json_object(_decode(p64))
+    return dict(head.header), json_object(_decode(p64))
 
 
 def _norm_typ(value: str) -> str:

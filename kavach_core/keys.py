@@ -101,6 +101,22 @@ def load(record: SigningKey) -> SigningKeyPair:
     return pair
 
 
+_public: dict[tuple[str, str, bytes], VerifyingKey] = {}
+
+
+def verifying(record: SigningKey) -> VerifyingKey:
+    """The public half of a stored key (built once per process, like :func:`load`)."""
+    cache_key = (record.kid, record.alg, record.private_pem)
+    found = _public.get(cache_key)
+    if found is None:
+        found = load(record).public
+        with _loaded_lock:
+            if len(_public) >= _CACHE_SIZE:
+                _public.clear()
+            _public[cache_key] = found
+    return found
+
+
 @attrs.frozen
 class KeySet:
     """The stored keys, with the answers every caller needs at a given time."""
@@ -129,7 +145,7 @@ class KeySet:
         out: dict[str, VerifyingKey] = {}
         for record in self.published(now):
             try:
-                out[record.kid] = load(record).public
+                out[record.kid] = verifying(record)
             except JoseError:
                 continue
         return out

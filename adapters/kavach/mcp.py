@@ -78,7 +78,8 @@ class KavachTokenVerifier:
 
         A store that cannot answer fails closed: revocation could not be checked.
         """
-        flow = authenticate(self.server.config, self.resource, f"Bearer {token}", (), int(self.server.clock()))
+        server = self.server
+        flow = authenticate(server.config, self.resource, f"Bearer {token}", (), int(server.clock()), server.verified)
         try:
             outcome = await self.server.arun_flow(flow)
         except Exception:

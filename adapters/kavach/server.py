@@ -37,6 +37,7 @@ from kavach_core.mcp_methods import DEFAULT_MAP, McpScopeMap, required_scopes
 from kavach_core.messages.authorization import ConsentRequired
 from kavach_core.params import Params, form_params
 from kavach_core.resource_indicators import canonical_resource
+from kavach_core.verified_cache import VerifiedCache
 
 from . import pages
 from .sessions import Cookies, parse_cookies
@@ -190,6 +191,8 @@ class AuthorizationServer:
         self.cookies = Cookies(config, session_lifetime=session_lifetime)
         self.router = router
         self.scope_map = scope_map
+        self.verified = VerifiedCache()
+        """Tokens this process already verified (signature skipped; revocation still checked)."""
         if fetcher is None and config.client_id_metadata_documents:
             from .fetcher import DocumentFetcher
 
@@ -244,7 +247,7 @@ class AuthorizationServer:
 
     def guard(self, resource: str, req: HttpRequest, required: tuple[str, ...]) -> Principal | Response:
         """The verified caller of ``resource``, or the 401/403 challenge to send (RS-01..RS-05)."""
-        flow = authenticate_request(self.config, resource, req, required, int(self.clock()))
+        flow = authenticate_request(self.config, resource, req, required, int(self.clock()), self.verified)
         try:
             return run(flow, _SyncPerformer(self.store, self.fetcher))
         except Exception as exc:
@@ -252,7 +255,7 @@ class AuthorizationServer:
 
     async def aguard(self, resource: str, req: HttpRequest, required: tuple[str, ...]) -> Principal | Response:
         """:meth:`guard` on an event loop."""
-        flow = authenticate_request(self.config, resource, req, required, int(self.clock()))
+        flow = authenticate_request(self.config, resource, req, required, int(self.clock()), self.verified)
         try:
             return await arun(flow, _AsyncPerformer(self.store, self.fetcher))
         except Exception as exc:

@@ -1,0 +1,120 @@
+"""A bounded cache of access tokens already verified, so a repeat token skips the signature.
+
+An MCP client sends the same access token with every request for its whole lifetime (ten
+minutes by default), so a resource server sees each token many times. Verifying it again proves
+nothing new: the signature, ``typ``, ``iss``, ``aud`` and the claims' types are facts about the
+token's bytes. What can change is *time* and *revocation*, and this cache handles both:
+
+- **Time.** An entry remembers the token's validity window; every hit compares it with the
+  ``now`` passed in (the core reads no clock), so an expired token is never served, nor one
+  not yet valid.
+- **Revocation.** The cache skips signature and claims work only. Revocation is still asked of
+  the store on *every* request (:class:`~kavach_core.effects.IsTokenRevoked`, one dictionary or
+  index lookup), so a token revoked after it was cached is refused on its next use; no
+  invalidation message is needed between processes.
+- **Keys.** An entry remembers the ``kid`` that verified it; a hit requires that key to be still
+  published, so withdrawing a key withdraws every token it signed, cached or not.
+- **Identity.** The key is the SHA-256 digest of the exact token text together with the
+  canonical resource and the issuer it was verified for: any change to the token misses, and a
+  token verified for one resource is never served for another (RFC 8707, RS-04).
+
+Size is bounded (least recently used entries go first); a lock keeps it consistent under threads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections import OrderedDict
+from collections.abc import Container
+
+import attrs
+
+from .access_tokens import AccessToken
+
+DEFAULT_SIZE = 10_000
+"""Entries kept; a few hundred bytes each plus the claims."""
+
+_IAT_SKEW = 60
+"""Mirrors :func:`kavach_core.access_tokens.verify`: ``iat`` may be this far in the future."""
+
+
+@attrs.frozen
+class _Entry:
+    token: AccessToken
+    kid: str
+    valid_from: int
+    valid_until: int
+
+
+def _key(token: str, resource: str, issuer: str) -> tuple[bytes, str, str]:
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest(), resource, issuer
+
+
+class VerifiedCache:
+    """Verified access tokens by (digest of the token, resource, issuer), at most ``size`` of them."""
+
+    def __init__(self, size: int = DEFAULT_SIZE) -> None:
+        if size < 1:
+            raise ValueError("a verified-token cache needs room for at least one token")
+        self.size = size
+        self._entries: OrderedDict[tuple[bytes, str, str], _Entry] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, token: str, *, resource: str, issuer: str, now: int, kids: Container[str]) -> AccessToken | None:
+        """The verified claims of ``token`` for ``resource``, or ``None`` (verify it then).
+
+        ``None`` as well when the entry has expired at ``now`` (it is dropped), is not yet valid,
+        or its key is no longer among ``kids`` (the published keys). ``resource`` must be canonical.
+        """
+        key = _key(token, resource, issuer)
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                self.misses += 1
+                return None
+            if now >= entry.valid_until:
+                del self._entries[key]
+                self.misses += 1
+                return None
+            if now < entry.valid_from or entry.kid not in kids:
+                self.misses += 1
+                return None
+            self._entries.move_to_end(key)
+            self.hits += 1
+            return entry.token
+
+    def put(self, token: str, access: AccessToken, *, resource: str, issuer: str, leeway: int = 0) -> None:
+        """Remember that ``token`` verified as ``access`` for ``resource`` (under key ``access.kid``).
+
+        Call only with what :func:`kavach_core.access_tokens.verify` returned for exactly these
+        arguments. The window kept is the one that function enforces (``exp``, ``iat``, ``nbf``).
+        """
+        valid_from = access.issued_at - leeway - _IAT_SKEW
+        nbf = access.claims.get("nbf")
+        if isinstance(nbf, int) and not isinstance(nbf, bool):
+            valid_from = max(valid_from, nbf - leeway)
+        entry = _Entry(access, access.kid, valid_from, access.expires_at + leeway)
+        key = _key(token, resource, issuer)
+        with self._lock:
+            self._entries[key] = entry
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.size:
+                self._entries.popitem(last=False)
+
+    def purge(self, now: int) -> int:
+        """Drop every entry expired at ``now``; returns how many."""
+        with self._lock:
+            dead = [k for k, e in self._entries.items() if now >= e.valid_until]
+            for k in dead:
+                del self._entries[k]
+        return len(dead)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
