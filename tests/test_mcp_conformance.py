@@ -7,7 +7,8 @@
   (then the OpenID variants); 200, ``application/json``, ``issuer`` byte-identical to ``--url``,
   ``authorization_endpoint``, ``token_endpoint``, ``response_types_supported`` with ``code``,
   ``code_challenge_methods_supported`` with ``S256`` (MD-01, MD-02); a WARNING (not a failure)
-  unless ``client_id_metadata_document_supported`` is true (CM-01).
+  unless ``client_id_metadata_document_supported`` is true (CM-01): kavachOS supports client ID
+  metadata documents, so that check must succeed and the run has no warnings at all.
 - ``authorization-code-grant``: needs ``--client-id`` of a client registered with the redirect URI
   ``http://127.0.0.1:<--port>/callback`` (pre-registered here with ``kavach clients add``); prints
   the authorization URL (PKCE S256, ``state``, optional ``resource``) and waits for the browser
@@ -151,3 +152,5 @@ def test_conformance_authorization_server_scenarios(
     assert details["body"]["token_type"] == "Bearer"
     metadata = checks["authorization-server-metadata-endpoint"]
     assert {c["id"] for c in metadata} == {"authorization-server-metadata", "authorization-server-metadata-cimd"}
+    assert {c["id"]: c["status"] for c in metadata}["authorization-server-metadata-cimd"] == "SUCCESS"
+    assert [c["id"] for c in every if c["status"] == "WARNING"] == [], "zero warnings"
