@@ -334,7 +334,7 @@ def test_az_11_consent_content_and_loopback_warning(dep: Deployment) -> None:
     consent = consent_page(dep)
     text = consent.text
     assert "Test Client" in text and "127.0.0.1" in text
-    assert "See the list of tools" in text and "Run any tool" in text  # descriptions of each scope
+    assert "See the list of tools" in text and "Run the tool \u201cecho\u201d" in text  # each scope described
     assert "Demo tools" in text and dep.resource in text
     assert "runs on a computer, not a website" in text  # loopback-only warning
     assert "Signed in as <strong>alice</strong>" in text
