@@ -66,6 +66,13 @@ _UNAVAILABLE_CODES = frozenset(
 )
 
 
+_FOREIGN_OBJECTS = (
+    "SELECT count(*) FROM sqlite_schema"
+    " WHERE name NOT LIKE 'kavach\\_%' ESCAPE '\\' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\'"
+)
+"""Objects of an unversioned file that are neither kavachOS companions (``kavach_users``,
+``kavach_settings``: local users and the server secret may be created first) nor SQLite's own."""
+
 class SQLiteStoreError(Exception):
     """The file cannot be used as a kavachOS database (missing directory, corrupt, foreign, closed)."""
 
@@ -421,7 +428,7 @@ class SQLiteStore:
             )
         if application_id not in (0, APPLICATION_ID):
             raise SQLiteStoreError(f"{self.path!r} belongs to another application (application_id {application_id})")
-        if version == 0 and _scalar(db, "SELECT count(*) FROM sqlite_schema") != 0:
+        if version == 0 and _scalar(db, _FOREIGN_OBJECTS) != 0:
             raise SQLiteStoreError(f"{self.path!r} is a SQLite database but not a kavachOS one")
         return version < SCHEMA_VERSION
 
