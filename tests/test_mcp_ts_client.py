@@ -126,7 +126,16 @@ def test_typescript_sdk_client_discovers_registers_authorizes_steps_up_and_refre
         served.add_user(USERNAME, PASSWORD)
         result, events, person = run_client(served, node)
 
-    # Discovery from the MCP URL alone, one dynamic registration, two authorizations (first
+    # Discovery from the MCP URL alone: the 401's resource_metadata, then RFC 8414 metadata, then
+    # RFC 7591 registration, in that order, before any token request.
+    oauth = result["oauth_requests"]
+    assert oauth[:3] == [
+        f"GET {served.issuer}/.well-known/oauth-protected-resource/mcp 200",
+        f"GET {served.issuer}/.well-known/oauth-authorization-server 200",
+        f"POST {served.issuer}/register 201",
+    ], oauth
+
+    # One dynamic registration, two authorizations (first
     # access and step-up): the refresh needed no person.
     assert result["registrations"] == 1
     assert result["authorizations"] == 2

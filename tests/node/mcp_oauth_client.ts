@@ -398,6 +398,7 @@ async function main(): Promise<number> {
     result.registrations = provider.registrations;
     result.authorizations = provider.authorizationUrls.length;
     result.token_grants = wire.filter((e) => e.grantType).map((e) => `${e.grantType}:${e.status}`);
+    result.oauth_requests = wire.filter((e) => e.url !== mcpHref).map((e) => `${e.method} ${e.url} ${e.status}`);
     result.ok = true;
     emit("result", result);
     return 0;
