@@ -331,7 +331,8 @@ class Session:
 
     def tokens(self, client: Client, **overrides: str | None) -> Tokens:
         code, verifier, _ = self.code(client, **overrides)
-        response = self.redeem(client, code, verifier)
+        extra = {"resource": overrides["resource"]} if "resource" in overrides else {}
+        response = self.redeem(client, code, verifier, **extra)
         return self.tokens_of(response)
 
     @staticmethod

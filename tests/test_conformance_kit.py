@@ -1,0 +1,151 @@
+"""The conformance kit (conformance/, ``kavach conformance``) against kavach and against kavach
+with one defect injected each: every applicable rule passes on the real server, and each defect
+is reported under the rule id it breaks.
+
+The defective servers are the real ``kavach serve`` started through tests/conformance_defects.py,
+which monkeypatches one core function in the server process and adds a second protected resource
+(``/other-mcp``) so tokens minted for another resource exist (RS-04).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from kavach_conformance import KitOptions, run_kit
+from kavach_conformance.report import FAIL, NA, PASS
+from kavach_conformance.rules import OBSERVABLE
+from kavach_serve import Served, _stop, _wait_ready, free_port, kavach_command, serve
+
+LAUNCHER = Path(__file__).with_name("conformance_defects.py")
+USER, PASSWORD = "alice", "conformance-pw-1"
+
+
+@contextmanager
+def defective(defect: str) -> Iterator[Served]:
+    """``kavach serve`` with ``defect`` injected, on a free port with a temporary database."""
+    with tempfile.TemporaryDirectory(prefix="kavach-defect-") as work:
+        db = str(Path(work) / "kavach.db")
+        log = Path(work) / "serve.log"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("KAVACH_")}
+        port = free_port()
+        with open(log, "w") as sink:
+            proc = subprocess.Popen(
+                [sys.executable, str(LAUNCHER), defect, "serve", "--port", str(port), "--db", db],
+                stdin=subprocess.DEVNULL,
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+                env=env,
+                text=True,
+            )
+        served = Served(port, db, env, proc, log)
+        try:
+            assert _wait_ready(served), served.output()
+            served.add_user(USER, PASSWORD)
+            yield served
+        finally:
+            _stop(proc)
+
+
+def kit(served: Served, *, other: bool = True, stateful: int = 0) -> KitOptions:
+    return KitOptions(
+        issuer=served.issuer,
+        resource=served.mcp_url,
+        other_resource=served.issuer + "/other-mcp" if other else None,
+        register=True,
+        username=USER,
+        password=PASSWORD,
+        redirect_port=free_port(),
+        stateful_examples=stateful,
+        stateful_steps=8,
+    )
+
+
+def test_kit_command_passes_every_applicable_rule_against_kavach_serve(tmp_path: Path) -> None:
+    """CI gate: ``kavach conformance`` against ``kavach serve``: every observable rule passes
+    (RS-04 needs a second resource, which plain ``kavach serve`` does not have), and so does the
+    stateful test."""
+    report_path = tmp_path / "report.json"
+    with serve() as served:
+        served.add_user(USER, PASSWORD)
+        proc = subprocess.run(
+            [
+                *kavach_command(),
+                "conformance",
+                "--issuer",
+                served.issuer,
+                "--resource",
+                served.mcp_url,
+                "--register",
+                "--username",
+                USER,
+                "--password",
+                PASSWORD,
+                "--redirect-port",
+                str(free_port()),
+                "--stateful",
+                "4",
+                "--json",
+                str(report_path),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "stateful: pass" in proc.stdout
+    report = json.loads(report_path.read_text())
+    statuses = {r["rule"]: r["status"] for r in report["rules"]}
+    assert statuses["RS-04"] == NA
+    assert {rule for rule in OBSERVABLE if statuses[rule] != PASS} == {"RS-04"}, proc.stdout
+    assert report["stateful"]["status"] == PASS
+
+
+def test_kit_baseline_with_a_second_resource_passes_everything() -> None:
+    """The launcher without a defect: every observable rule passes, RS-04 included."""
+    with defective("none") as served:
+        report = run_kit(kit(served))
+    assert [r.rule for r in report.rules() if r.rule in OBSERVABLE and r.status != PASS] == [], report.table()
+
+
+DEFECTS = [
+    ("pkce_unchecked", "TK-03"),
+    ("redirect_prefix", "AZ-03"),
+    ("refresh_not_rotated", "TK-07"),
+    ("code_reusable", "TK-04"),
+    ("wrong_audience", "TK-06"),
+    ("audience_ignored", "RS-04"),
+    ("iss_missing", "AZ-08"),
+]
+
+
+@pytest.mark.parametrize(("defect", "rule"), DEFECTS, ids=[d for d, _ in DEFECTS])
+def test_kit_reports_an_injected_defect_under_its_rule(defect: str, rule: str) -> None:
+    with defective(defect) as served:
+        report = run_kit(kit(served))
+    assert report.status(rule) == FAIL, report.table()
+
+
+@pytest.mark.parametrize(("defect", "rule"), [("code_reusable", "TK-04"), ("refresh_not_rotated", "TK-07")])
+def test_stateful_test_finds_and_shrinks_a_defect(defect: str, rule: str) -> None:
+    """The hypothesis state machine alone finds the defect and reports a short HTTP sequence."""
+    from kavach_conformance.runner import make_session
+    from kavach_conformance.stateful import run_stateful
+
+    with defective(defect) as served:
+        session = make_session(kit(served))
+        try:
+            result = run_stateful(session, examples=20, steps=8)
+        finally:
+            session.http.close()
+    assert result["status"] == FAIL, result
+    assert rule in result["rules"], result
+    assert 0 < len(result["exchanges"]) <= 20, result["exchanges"]
