@@ -106,6 +106,6 @@ class Report:
 def format_table(results: Iterable[RuleResult], width: int = 100) -> str:
     lines = [f"{'rule':<6}  {'result':<6}  reason", f"{'-' * 6}  {'-' * 6}  {'-' * 40}"]
     for r in results:
-        reason = r.reason if len(r.reason) <= width else r.reason[: width - 3] + "..."
+        reason = " ".join(r.reason.split()) if len(r.reason) <= width else r.reason[: width - 3] + "..."
         lines.append(f"{r.rule:<6}  {r.status:<6}  {reason}")
     return "\n".join(lines)

@@ -1,0 +1,1 @@
+"""Independent OAuth servers the conformance kit is run against (tests/test_conformance_peers.py)."""
