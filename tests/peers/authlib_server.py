@@ -41,6 +41,7 @@ class User:
 USER = User()
 SCOPES = ["tools:list", "tools:call", "resources:read"]
 AUTH_METHODS = ["none", "client_secret_basic", "client_secret_post"]
+CONFIDENTIAL_METHODS = AUTH_METHODS[1:]
 
 
 class Client(ClientMixin):
@@ -218,7 +219,7 @@ def create_app(issuer: str) -> Flask:
             token.revoked = True
 
     class Introspection(IntrospectionEndpoint):
-        CLIENT_AUTH_METHODS = ["client_secret_basic", "client_secret_post"]
+        CLIENT_AUTH_METHODS = CONFIDENTIAL_METHODS
 
         def query_token(self, value: str, hint: str | None) -> Token | None:
             return store.find(value, hint)
