@@ -64,6 +64,10 @@ def _reject_constant(name: str) -> Any:
     raise JoseError("invalid JSON constant")
 
 
+_STRICT_JSON = json.JSONDecoder(object_pairs_hook=_no_duplicates, parse_constant=_reject_constant)
+"""Built once: ``json.loads`` with these hooks would build a new decoder for every call."""
+
+
 def json_object(data: bytes) -> dict[str, Any]:
     """Strict JSON object decoding (RFC 7515 §5.2 step 4, RFC 8259 §4, RFC 7493 §2.3).
 
@@ -71,7 +75,7 @@ def json_object(data: bytes) -> dict[str, Any]:
     """
     try:
         text = data.decode("utf-8")
-        value = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_reject_constant)
+        value = _STRICT_JSON.decode(text)
     except JoseError:
         raise
     except (ValueError, RecursionError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
@@ -216,7 +220,7 @@ def sign(pair: SigningKeyPair, payload: Mapping[str, Any], typ: str) -> str:
     return f"{signing_input}.{b64url(pair.sign(signing_input.encode('ascii')))}"
 
 
-_TO_STANDARD = str.maketrans("-_", "+/")
+_TO_STANDARD = bytes.maketrans(b"-_", b"+/")
 _TO_URLSAFE = bytes.maketrans(b"+/", b"-_")
 
 
@@ -226,10 +230,11 @@ def _decode(part: str) -> bytes:
     anything outside the alphabet, and re-encoding refuses ``+``, ``/``, padding and
     non-zero trailing bits."""
     try:
-        data = binascii.a2b_base64(part.translate(_TO_STANDARD) + "=" * (-len(part) % 4), strict_mode=True)
-    except (binascii.Error, ValueError) as exc:
+        text = part.encode("ascii")
+        data = binascii.a2b_base64(text.translate(_TO_STANDARD) + b"=" * (-len(text) % 4), strict_mode=True)
+    except (binascii.Error, ValueError) as exc:  # UnicodeEncodeError is a ValueError
         raise JoseError("invalid base64url") from exc
-    if binascii.b2a_base64(data, newline=False).rstrip(b"=").translate(_TO_URLSAFE) != part.encode("ascii"):
+    if binascii.b2a_base64(data, newline=False).rstrip(b"=").translate(_TO_URLSAFE) != text:
         raise JoseError("invalid base64url")
     return data
 

@@ -1,0 +1,69 @@
+"""Run the benchmarks, print the tables, write ``benchmarks/results/<name>.json``.
+
+.venv/bin/python -m benchmarks            # everything (about 15 minutes on 2 cores)
+.venv/bin/python -m benchmarks --quick    # every benchmark once at tiny size (the test does this)
+.venv/bin/python -m benchmarks --only a,b # a: first sight, b: repeat sight, c: AS flows, d: HTTP, e: scale
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+from . import common
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, one short round each (smoke test)")
+    parser.add_argument("--only", default="a,b,c,d,e", help="comma-separated subset of a,b,c,d,e")
+    parser.add_argument("--out", default=str(common.RESULTS), help="directory for the JSON results")
+    args = parser.parse_args(argv)
+    only = set(args.only.split(","))
+    out = Path(args.out)
+    name = "quick" if args.quick else "full"
+    results: dict[str, Any] = {"machine": common.machine(), "quick": args.quick, "started": int(time.time())}
+    text = ""
+    warnings.simplefilter("ignore")  # peers' deprecation notices would interleave with the tables
+    if only & {"a", "b"}:
+        from . import verify
+
+        first = verify.first_sight(args.quick) if "a" in only else {}
+        repeat = verify.repeat_sight(args.quick) if "b" in only else {}
+        results["first_sight"], results["repeat_sight"] = first, repeat
+        part = verify.report(first, repeat)
+        print(part, flush=True)
+        text += part
+    if "c" in only:
+        from . import flows
+
+        results["as_flows"] = flows.in_process(args.quick)
+        part = flows.report(results["as_flows"])
+        print(part, flush=True)
+        text += part
+    if "d" in only:
+        from . import http
+
+        results["http"] = http.over_http(args.quick)
+        part = http.report(results["http"])
+        print(part, flush=True)
+        text += part
+    if "e" in only:
+        from . import scale
+
+        results["scale"] = scale.scale(args.quick)
+        part = scale.report(results["scale"])
+        print(part, flush=True)
+        text += part
+    results["finished"] = int(time.time())
+    results["table"] = text
+    path = common.write(name, results, out)
+    print(f"\nresults: {path}")
+    return results
+
+
+if __name__ == "__main__":
+    main()

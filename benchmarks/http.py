@@ -1,0 +1,272 @@
+"""(d) Over HTTP: requests per second through each guard, and token-endpoint refreshes.
+
+Each app of :mod:`benchmarks.http_apps` runs under uvicorn (1 or 2 workers, default event loop
+and HTTP parser of the installed uvicorn) on 127.0.0.1; the load comes from ``wrk`` in a separate
+process over loopback, a bounded run each time. The guarded request is an MCP ``tools/list``
+POST with a Bearer token (the guards must parse the JSON-RPC body to know the scope needed).
+Runs are interleaved per round; a ratio is against the no-guard ceiling of the same round and
+worker count. Stores are in memory, one per worker process.
+"""
+
+# ruff: noqa: S311, S603, S607 -- seeded benchmark keys; uvicorn and wrk are started with fixed arguments.
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from .common import spread, table
+
+ROOT = Path(__file__).resolve().parent.parent
+
+LUA = r"""
+local counter = 0
+function setup(thread)
+  thread:set("tid", counter)
+  counter = counter + 1
+end
+function init(args)
+  tokens = {}
+  for line in io.lines("%(file)s") do tokens[#tokens + 1] = line end
+  i = tid
+  served = 0
+end
+function request()
+  local t = tokens[(i %% #tokens) + 1]
+  i = i + %(threads)d
+  served = served + 1
+  %(build)s
+end
+"""
+
+GUARD_BUILD = r"""return wrk.format("POST", "/mcp", {["Authorization"] = "Bearer " .. t,
+    ["Content-Type"] = "application/json", ["Accept"] = "application/json, text/event-stream"},
+    '{"jsonrpc":"2.0","id":1,"method":"tools/list"}')"""
+TOKEN_BUILD = r"""return wrk.format("POST", "/token", {["Content-Type"] = "application/x-www-form-urlencoded"},
+    "grant_type=refresh_token&client_id=c1&refresh_token=" .. t)"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait(port: int, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"uvicorn exited with {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError("uvicorn did not start")
+
+
+def _parse(out: str) -> dict[str, float]:
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    total = re.search(r"(\d+) requests in", out)
+    bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    p50 = re.search(r"50%\s+([\d.]+)(us|ms|s)", out)
+    p99 = re.search(r"99%\s+([\d.]+)(us|ms|s)", out)
+
+    def ms(m: re.Match[str] | None) -> float:
+        if m is None:
+            return 0.0
+        return float(m.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)]
+
+    return {
+        "rps": float(rps.group(1)) if rps else 0.0,
+        "requests": float(total.group(1)) if total else 0.0,
+        "non_2xx": float(bad.group(1)) if bad else 0.0,
+        "socket_errors": float(sum(int(g) for g in errors.groups())) if errors else 0.0,
+        "p50_ms": ms(p50),
+        "p99_ms": ms(p99),
+    }
+
+
+def _run(
+    app: str, workers: int, tokens: Path, build: str, *, grants: int, seconds: int, connections: int
+) -> dict[str, float]:
+    port = _free_port()
+    env = {**os.environ, "KAVACH_BENCH_APP": app, "KAVACH_BENCH_GRANTS": str(grants), "PYTHONPATH": str(ROOT)}
+    cmd = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "--factory",
+        "benchmarks.http_apps:app",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+        "--no-access-log",
+        "--log-level",
+        "warning",
+    ]
+    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        _wait(port, proc)
+        time.sleep(1.0 + workers)  # every worker up and its state built
+        threads = 2
+        with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
+            f.write(LUA % {"file": tokens, "threads": threads, "build": build})
+            script = f.name
+        out = subprocess.run(
+            [
+                "wrk",
+                "-t",
+                str(threads),
+                "-c",
+                str(connections),
+                "-d",
+                f"{seconds}s",
+                "--latency",
+                "-s",
+                script,
+                f"http://127.0.0.1:{port}",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=seconds + 60,
+            check=True,
+        ).stdout
+        os.unlink(script)
+        return _parse(out)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _write_tokens(directory: Path, name: str, tokens: list[str]) -> Path:
+    path = directory / f"{name}.txt"
+    path.write_text("\n".join(tokens) + "\n")
+    return path
+
+
+def over_http(quick: bool = False) -> dict[str, Any]:
+    if shutil.which("wrk") is None:
+        raise RuntimeError("wrk is not installed (apt-get install -y wrk)")
+    import random
+
+    from kavach_core import access_tokens, keys
+    from kavach_core.context import Context
+
+    from . import http_apps
+
+    seconds, rounds, distinct, connections = (1, 1, 1000, 8) if quick else (5, 3, 20000, 32)
+    worker_counts = (1,) if quick else (1, 2)
+    cfg = http_apps.config()
+    memory = http_apps.store()
+    now = int(time.time())
+    pair = keys.KeySet(memory.keys).signer(now, "ES256")
+    assert pair is not None
+    ctx = Context(cfg, now, random.Random(7).randbytes)
+
+    def mint() -> str:
+        token, _ = access_tokens.mint(
+            ctx,
+            pair,
+            subject="alice",
+            client_id="c1",
+            resource=http_apps.RESOURCE,
+            scopes=("tools:list", "tools:call"),
+            grant_id=http_apps.grant_id(0),
+        )
+        return token
+
+    with tempfile.TemporaryDirectory() as tmp:
+        d = Path(tmp)
+        repeat = _write_tokens(d, "repeat", [mint()])
+        first = _write_tokens(d, "first", [mint() for _ in range(distinct)])
+        kavach_refresh = _write_tokens(d, "krefresh", [http_apps.refresh_for(i) for i in range(1, distinct + 1)])
+        mcp_refresh = _write_tokens(d, "mrefresh", [http_apps.mcp_refresh_for(i) for i in range(1, distinct + 1)])
+        guard_runs = {
+            "no guard (ceiling)": ("plain", repeat, GUARD_BUILD, 0),
+            "kavach, repeat token": ("kavach", repeat, GUARD_BUILD, 0),
+            "kavach, first-sight tokens": ("kavach", first, GUARD_BUILD, 0),
+            "MCP SDK bearer middleware (PyJWT verifier)": ("mcp", repeat, GUARD_BUILD, 0),
+            "kavach token endpoint (refresh, rotation)": ("kavach-token", kavach_refresh, TOKEN_BUILD, distinct),
+            "MCP SDK TokenHandler (refresh, rotation)": ("mcp-token", mcp_refresh, TOKEN_BUILD, distinct),
+        }
+        result: dict[str, Any] = {
+            "seconds_per_run": seconds,
+            "connections": connections,
+            "wrk_threads": 2,
+            "distinct_tokens": distinct,
+            "workers": {},
+        }
+        names = list(guard_runs)
+        for workers in worker_counts:
+            raw: dict[str, list[dict[str, float]]] = {n: [] for n in names}
+            for r in range(rounds):
+                order = names[r % len(names) :] + names[: r % len(names)]
+                for name in order:
+                    app, file, build, grants = guard_runs[name]
+                    raw[name].append(
+                        _run(app, workers, file, build, grants=grants, seconds=seconds, connections=connections)
+                    )
+            summary: dict[str, Any] = {}
+            ceiling = raw["no guard (ceiling)"]
+            token_base = raw["MCP SDK TokenHandler (refresh, rotation)"]
+            for name in names:
+                runs = raw[name]
+                base = token_base if "token" in guard_runs[name][0] else ceiling
+                summary[name] = {
+                    "rps": spread([x["rps"] for x in runs]),
+                    "ratio": spread(
+                        [x["rps"] / b["rps"] if b["rps"] else 0.0 for x, b in zip(runs, base, strict=True)]
+                    ),
+                    "baseline": "MCP SDK TokenHandler (refresh, rotation)"
+                    if base is token_base
+                    else "no guard (ceiling)",
+                    "non_2xx": sum(x["non_2xx"] for x in runs),
+                    "socket_errors": sum(x["socket_errors"] for x in runs),
+                    "requests": sum(x["requests"] for x in runs),
+                    "p50_ms": spread([x["p50_ms"] for x in runs]),
+                    "p99_ms": spread([x["p99_ms"] for x in runs]),
+                    "runs": runs,
+                }
+            result["workers"][str(workers)] = summary
+    return result
+
+
+def report(result: dict[str, Any]) -> str:
+    rows = []
+    for workers, summary in result["workers"].items():
+        for name, s in summary.items():
+            r = s["ratio"]
+            rows.append(
+                [
+                    workers,
+                    name,
+                    f"{s['rps']['median']:.0f} [{s['rps']['min']:.0f}-{s['rps']['max']:.0f}]",
+                    f"{r['median']:.2f}x [{r['min']:.2f}-{r['max']:.2f}]",
+                    s["baseline"],
+                    f"{s['p99_ms']['median']:.1f}",
+                    f"{s['non_2xx']:.0f}",
+                ]
+            )
+    return table(
+        f"d. over HTTP: uvicorn, wrk on loopback, {result['connections']} connections,"
+        f" {result['seconds_per_run']} s per run",
+        ["workers", "app", "req/s [min-max]", "ratio [min-max]", "ratio to", "p99 ms", "non-2xx"],
+        rows,
+    )

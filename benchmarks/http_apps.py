@@ -1,0 +1,210 @@
+"""The ASGI apps the HTTP benchmark serves under uvicorn (``--factory benchmarks.http_apps:app``).
+
+``KAVACH_BENCH_APP`` picks one: ``plain`` (the trivial endpoint alone: the ceiling),
+``kavach`` (:class:`kavach.starlette.KavachGuard` in front of it), ``mcp`` (the MCP SDK's
+``AuthenticationMiddleware`` + ``BearerAuthBackend`` + ``RequireAuthMiddleware`` in front of it,
+with a token verifier that checks the same ES256 JWT with PyJWT), ``kavach-token`` (kavach's
+token endpoint) and ``mcp-token`` (the SDK's ``TokenHandler`` with a dict-backed provider).
+
+Every worker process builds the same state from fixed seeds: the same ES256 key, the grant the
+access tokens name, and ``KAVACH_BENCH_GRANTS`` refresh-token families whose generation-0 tokens
+the load generator can compute, so each refresh request presents a token used nowhere before.
+Stores are in memory, one per worker.
+"""
+
+# ruff: noqa: S311 -- seeded generators make every process derive the same benchmark keys; nothing here is a secret.
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from typing import Any
+
+from kavach_core import effects as fx
+from kavach_core import keys
+from kavach_core.config import Config, ProtectedResource
+from kavach_core.context import Context
+from kavach_core.drivers import run
+from kavach_core.memory_store import MemoryStore
+from kavach_core.opaque import b64url, digest, refresh_token
+from kavach_core.records import Client, Grant
+
+ISSUER = "https://as.example.com"
+RESOURCE = "https://mcp.example.com/mcp"
+SECRET = b"b" * 32
+BODY = b'{"jsonrpc":"2.0","id":1,"method":"tools/list"}'
+ANSWER = b'{"jsonrpc":"2.0","id":1,"result":{"tools":[]}}'
+
+
+def config() -> Config:
+    return Config(issuer=ISSUER, resources=[ProtectedResource(RESOURCE)], secret=SECRET, signing_alg="ES256")
+
+
+def grant_id(i: int) -> str:
+    return b64url(i.to_bytes(16, "big"))
+
+
+def refresh_for(i: int) -> str:
+    """The generation-0 refresh token of family ``i`` (derived, as the server derives it)."""
+    return refresh_token(SECRET, grant_id(i), 0)
+
+
+def mcp_refresh_for(i: int) -> str:
+    return f"rt-{i:08d}-" + "x" * 32
+
+
+def store(grants: int = 0) -> MemoryStore:
+    """The seeded state every process agrees on."""
+    cfg = config()
+    memory = MemoryStore()
+    now = int(time.time())
+    run(keys.current(Context(cfg, now - 60, random.Random(42).randbytes)), memory)
+    memory.perform(fx.PutClient(Client("c1", ("http://127.0.0.1:33418/callback",))))
+    families = [(grant_id(0), "x")] + [(grant_id(i), digest(refresh_for(i))) for i in range(1, grants + 1)]
+    for gid, refresh_hash in families:
+        memory.grants[gid] = Grant(
+            grant_id=gid,
+            subject="alice",
+            client_id="c1",
+            resources=(RESOURCE,),
+            scopes=("tools:list", "tools:call"),
+            created_at=now,
+            expires_at=now + 86400,
+            refresh_generation=0,
+            refresh_hash=refresh_hash,
+            refresh_expires_at=now + 86400,
+            rotated_at=now - 3600,
+        )
+    return memory
+
+
+async def plain(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    if scope["type"] != "http":
+        return
+    more = True
+    while more:
+        message = await receive()
+        more = message.get("more_body", False)
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(ANSWER)).encode())],
+        }
+    )
+    await send({"type": "http.response.body", "body": ANSWER})
+
+
+def _kavach_server(grants: int = 0) -> Any:
+    from kavach.server import AuthorizationServer
+
+    return AuthorizationServer(config(), store(grants), identify=lambda request: None)
+
+
+def _pyjwt_verifier() -> Any:
+    import jwt as pyjwt
+    from mcp.server.auth.provider import AccessToken
+
+    public = keys.KeySet(store().keys).verifying_keys(int(time.time()))
+    (key,) = public.values()
+
+    class Verifier:
+        async def verify_token(self, token: str) -> AccessToken | None:
+            try:
+                claims = pyjwt.decode(token, key.key, algorithms=["ES256"], audience=RESOURCE, issuer=ISSUER)
+            except pyjwt.PyJWTError:
+                return None
+            return AccessToken(
+                token=token,
+                client_id=claims["client_id"],
+                scopes=claims["scope"].split(),
+                expires_at=claims["exp"],
+                resource=claims["aud"],
+                subject=claims["sub"],
+            )
+
+    return Verifier()
+
+
+def _mcp_token_app(grants: int) -> Any:
+    import jwt as pyjwt
+    from mcp.server.auth.handlers.token import TokenHandler
+    from mcp.server.auth.middleware.client_auth import ClientAuthenticator
+    from mcp.server.auth.provider import RefreshToken
+    from mcp.shared.auth import OAuthClientInformationFull, OAuthToken
+    from starlette.applications import Starlette
+    from starlette.routing import Route
+
+    signing = keys.KeySet(store().keys).signer(int(time.time()), "ES256")
+    assert signing is not None
+    client = OAuthClientInformationFull(
+        client_id="c1",
+        redirect_uris=["http://127.0.0.1:33418/callback"],
+        token_endpoint_auth_method="none",
+        grant_types=["authorization_code", "refresh_token"],
+    )
+    refresh = {
+        mcp_refresh_for(i): RefreshToken(
+            token=mcp_refresh_for(i),
+            client_id="c1",
+            scopes=["tools:list", "tools:call"],
+            resource=RESOURCE,
+            subject="alice",
+        )
+        for i in range(1, grants + 1)
+    }
+
+    class Provider:
+        async def get_client(self, client_id: str) -> Any:
+            return client if client_id == "c1" else None
+
+        async def load_refresh_token(self, c: Any, token: str) -> Any:
+            return refresh.get(token)
+
+        async def exchange_refresh_token(self, c: Any, token: Any, scopes: list[str]) -> OAuthToken:
+            del refresh[token.token]
+            now = int(time.time())
+            claims = {
+                "iss": ISSUER,
+                "sub": "alice",
+                "aud": RESOURCE,
+                "client_id": "c1",
+                "scope": " ".join(scopes or token.scopes),
+                "iat": now,
+                "exp": now + 600,
+                "jti": os.urandom(16).hex(),
+            }
+            access = pyjwt.encode(claims, signing.key, algorithm="ES256", headers={"kid": signing.kid, "typ": "at+jwt"})
+            successor = os.urandom(32).hex()
+            refresh[successor] = RefreshToken(token=successor, client_id="c1", scopes=token.scopes, resource=RESOURCE)
+            return OAuthToken(access_token=access, token_type="Bearer", expires_in=600, refresh_token=successor)
+
+    provider = Provider()
+    handler = TokenHandler(provider, ClientAuthenticator(provider))  # type: ignore[arg-type]
+    return Starlette(routes=[Route("/token", handler.handle, methods=["POST"])])
+
+
+def app() -> Any:
+    """The app named by ``KAVACH_BENCH_APP`` (uvicorn ``--factory``)."""
+    name = os.environ.get("KAVACH_BENCH_APP", "plain")
+    grants = int(os.environ.get("KAVACH_BENCH_GRANTS", "0"))
+    if name == "plain":
+        return plain
+    if name == "kavach":
+        from kavach.starlette import KavachGuard
+
+        return KavachGuard(plain, _kavach_server(), RESOURCE)
+    if name == "mcp":
+        from mcp.server.auth.middleware.bearer_auth import BearerAuthBackend, RequireAuthMiddleware
+        from starlette.middleware.authentication import AuthenticationMiddleware
+
+        inner = RequireAuthMiddleware(plain, ["tools:list"])
+        return AuthenticationMiddleware(inner, backend=BearerAuthBackend(_pyjwt_verifier()))
+    if name == "kavach-token":
+        from kavach.starlette import KavachEndpoint
+
+        return KavachEndpoint(_kavach_server(grants))
+    if name == "mcp-token":
+        return _mcp_token_app(grants)
+    raise ValueError(f"unknown KAVACH_BENCH_APP {name!r}")
