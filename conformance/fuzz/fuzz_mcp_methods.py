@@ -24,8 +24,14 @@ def test_one_input(data: bytes) -> None:
     messages = []
     for _ in range(fdp.ConsumeIntInRange(1, 4)):
         params: object = {"name": fdp.ConsumeUnicode(30)} if fdp.ConsumeBool() else fdp.ConsumeUnicode(10)
-        messages.append({"jsonrpc": "2.0", "id": fdp.ConsumeInt(4), "method": fdp.PickValueInList(METHODS)
-                         if fdp.ConsumeBool() else fdp.ConsumeUnicode(20), "params": params})
+        messages.append(
+            {
+                "jsonrpc": "2.0",
+                "id": fdp.ConsumeInt(4),
+                "method": fdp.PickValueInList(METHODS) if fdp.ConsumeBool() else fdp.ConsumeUnicode(20),
+                "params": params,
+            }
+        )
     body = messages if len(messages) > 1 or fdp.ConsumeBool() else messages[0]
     text = json.dumps(body)
     if fdp.ConsumeBool():

@@ -27,12 +27,33 @@ from common import context, expect_kavach_error, run
 CTX = context()
 DOC_URL = "https://client.example.com/oauth/metadata.json"
 MEMBERS = [
-    "redirect_uris", "token_endpoint_auth_method", "grant_types", "response_types", "client_name", "client_uri",
-    "logo_uri", "tos_uri", "policy_uri", "contacts", "scope", "software_id", "software_version", "client_id",
+    "redirect_uris",
+    "token_endpoint_auth_method",
+    "grant_types",
+    "response_types",
+    "client_name",
+    "client_uri",
+    "logo_uri",
+    "tos_uri",
+    "policy_uri",
+    "contacts",
+    "scope",
+    "software_id",
+    "software_version",
+    "client_id",
 ]
 STRINGS = [
-    "https://app.example.com/cb", "http://127.0.0.1:9/cb", "javascript:alert(1)", "none", "client_secret_basic",
-    "authorization_code", "refresh_token", "code", "token", "tools:list", DOC_URL,
+    "https://app.example.com/cb",
+    "http://127.0.0.1:9/cb",
+    "javascript:alert(1)",
+    "none",
+    "client_secret_basic",
+    "authorization_code",
+    "refresh_token",
+    "code",
+    "token",
+    "tools:list",
+    DOC_URL,
 ]
 
 
@@ -59,7 +80,10 @@ def accepted(body: dict[str, object]) -> None:
     msg = expect_kavach_error(parse_metadata, body)
     if msg is not None:
         expect_kavach_error(
-            accept, CTX, msg, auth_methods=("none", "client_secret_basic", "client_secret_post"),
+            accept,
+            CTX,
+            msg,
+            auth_methods=("none", "client_secret_basic", "client_secret_post"),
             default_auth_method="client_secret_basic",
         )
 

@@ -64,7 +64,7 @@ def no_code_at(outcome: Outcome, bad_uri: str) -> tuple[bool, str]:
 
 
 def error_redirect(outcome: Outcome, *codes: str) -> tuple[bool, str]:
-    err = outcome.one("error")
+    err = outcome.one("error") or outcome.one("#error")  # a fragment for response types that use one
     if outcome.one("code") is not None or outcome.one("#access_token") is not None:
         return False, f"a code or token was issued: {outcome.describe()}"
     return outcome.redirected and err in codes, outcome.describe()
@@ -123,8 +123,8 @@ def check_metadata(s: Session, record: Record) -> None:
     record("MD-02", "code_challenge_methods_supported", ccm == ["S256"], f"{ccm!r} (expected ['S256'])")
     iss_flag = meta.get("authorization_response_iss_parameter_supported")
     record("MD-02", "iss parameter flag", iss_flag is True, f"{iss_flag!r}")
-    if s.resource is None:
-        record("MD-03", "protected resource metadata", None, "no --resource given")
+    if s.resource is None or not s.resource_served:
+        record("MD-03", "protected resource metadata", None, "no protected resource served (--resource)")
     else:
         prm_url = well_known(s.resource, "oauth-protected-resource")
         r = s.http.request("GET", prm_url)
@@ -545,6 +545,8 @@ def _challenge(response: httpx.Response) -> dict[str, str]:
 def check_resource_server(s: Session, record: Record) -> None:
     if s.resource is None:
         raise Skip("no --resource given")
+    if not s.resource_served:
+        raise Skip("--indicator-only: no protected resource is served at --resource")
     client = _primary(s)
     r = s.call_resource(None)
     ch = _challenge(r)

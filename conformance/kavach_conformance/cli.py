@@ -17,6 +17,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="URL",
         help="another resource of this issuer; its tokens must be refused at --resource (RS-04)",
     )
+    parser.add_argument(
+        "--indicator-only",
+        action="store_true",
+        help="--resource is only a resource indicator of the AS; no protected resource is served there",
+    )
     parser.add_argument("--client-id", metavar="ID", help="a registered client (its redirect URI: --redirect-uri)")
     parser.add_argument("--client-secret", metavar="S", help="the client's secret (client_secret_basic)")
     parser.add_argument("--register", action="store_true", help="register the kit's clients dynamically (RFC 7591)")
@@ -49,6 +54,7 @@ def options_from(args: argparse.Namespace) -> KitOptions:
         issuer=args.issuer,
         resource=args.resource,
         other_resource=args.other_resource,
+        resource_served=not args.indicator_only,
         client_id=args.client_id,
         client_secret=args.client_secret,
         register=args.register,

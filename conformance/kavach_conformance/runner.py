@@ -19,6 +19,7 @@ class KitOptions:
     issuer: str
     resource: str | None = None
     other_resource: str | None = None
+    resource_served: bool = True
     client_id: str | None = None
     client_secret: str | None = None
     register: bool = False
@@ -55,6 +56,7 @@ def make_session(options: KitOptions) -> Session:
         redirect_uri=options.callback(),
         scopes=options.scopes,
     )
+    session.resource_served = options.resource_served
     session.discover()
     session.setup_clients(options.client_id, options.client_secret, options.register)
     return session

@@ -129,6 +129,9 @@ class Session:
         self.person = person
         self.redirect_uri = redirect_uri
         self.wanted_scopes = scopes
+        self.resource_served = True
+        """False with ``--indicator-only``: ``resource`` is a resource indicator, nothing is served there."""
+        self._guarded: bool | None = None
         self.meta: dict[str, Any] = {}
         self.meta_source = ""
         self.prm: dict[str, Any] | None = None
@@ -385,7 +388,12 @@ class Session:
         active = self.introspect(token) if client is self.confidential else None
         if active is not None:
             return active
-        if self.resource is not None:
-            status = self.call_resource(token).status_code
-            return status != 401
+        if self.resource is not None and self.resource_served and self.guarded():
+            return self.call_resource(token).status_code != 401
         return None
+
+    def guarded(self) -> bool:
+        """Whether the resource answers a request without a token with 401 (so a 401 means "inactive")."""
+        if self._guarded is None:
+            self._guarded = self.call_resource(None).status_code == 401
+        return self._guarded
