@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 
-from .session import Client, Outcome, Session, Skip, jwt_payload, well_known
+from .session import MCP_HEADERS, TOOLS_LIST, Client, Outcome, Session, Skip, jwt_payload, well_known
 
 Record = Callable[[str, str, bool | None, str], None]
 
@@ -250,6 +250,13 @@ def check_authorize_errors(s: Session, record: Record) -> None:
         outcome = s.attempt(params, other)
         ok = outcome.redirected and (outcome.final or "").startswith(other) and outcome.one("code") is not None
         record("AZ-03", "loopback port may vary", ok, outcome.describe())
+    params, _ = s.auth_params(client)
+    pairs = [*params.items(), ("scope", params.get("scope") or "x"), ("state", "duplicate")]
+    outcome = s.attempt(pairs, client.redirect_uri)
+    if not outcome.redirected:
+        record("AZ-01", "parameter given twice", True, f"refused: {outcome.describe()}")
+    else:
+        record("AZ-01", "parameter given twice", *error_redirect(outcome, "invalid_request"))
     params, _ = s.auth_params(client, response_type="token")
     record("AZ-04", "response_type=token", *error_redirect(s.attempt(params), "unsupported_response_type"))
     params, _ = s.auth_params(client, response_type="conformance_bogus")
@@ -273,8 +280,13 @@ def check_pkce(s: Session, record: Record) -> None:
     params, verifier = s.auth_params(client, code_challenge_method="plain")
     params["code_challenge"] = verifier
     record("AZ-05", "code_challenge_method=plain", *error_redirect(s.attempt(params), "invalid_request"))
-    code, verifier, outcome = s.code(client)
-    record("AZ-05", "challenge not echoed", params["code_challenge"] not in (outcome.final or ""), "checked redirect")
+    params, verifier = s.auth_params(client)
+    outcome = s.attempt(params)
+    code = outcome.one("code")
+    if code is None:
+        raise Skip(f"could not obtain a code: {outcome.describe()}")
+    echoed = params["code_challenge"] in (outcome.final or "")
+    record("AZ-05", "challenge not echoed", not echoed, "echoed in the redirect" if echoed else "not in the redirect")
     r = s.redeem(client, code, "W" * 43)
     record("TK-03", "wrong code_verifier", *expect_error(r, "invalid_grant"))
     code, verifier, _ = s.code(client)
@@ -531,6 +543,28 @@ def check_revocation(s: Session, record: Record) -> None:
     record("RV-01", "revoked refresh token refused", *expect_error(r, "invalid_grant"))
 
 
+def check_introspection(s: Session, record: Record) -> None:
+    url = s.meta.get("introspection_endpoint")
+    if not isinstance(url, str):
+        raise Skip("no introspection_endpoint")
+    conf = s.confidential
+    if conf is None or not conf.secret:
+        raise Skip("needs a confidential client")
+    r = s.http.request("POST", url, data={"token": "conformance-unknown-token"}, auth=(conf.client_id, conf.secret))
+    body = json_body(r) or {}
+    record(
+        "IN-01",
+        "unknown token: active false",
+        r.status_code == 200 and body.get("active") is False,
+        f"{r.status_code} {body}",
+    )
+    r = s.http.request("POST", url, data={"token": "conformance-unknown-token"})
+    record("IN-01", "unauthenticated caller refused", r.status_code in (400, 401), f"{r.status_code}")
+    tokens = s.tokens(conf)
+    active = s.introspect(tokens.access_token)
+    record("IN-01", "own fresh token: active true", active is True, f"active={active}")
+
+
 # -- protected resource ----------------------------------------------------------------------
 
 
@@ -568,6 +602,10 @@ def check_resource_server(s: Session, record: Record) -> None:
     good = s.tokens(client)
     r = s.call_resource(good.access_token)
     record("RS-02", "valid token accepted", r.status_code not in (401, 403), f"{r.status_code}")
+    r = s.http.request(
+        "POST", s.resource, params={"access_token": good.access_token}, json_body=TOOLS_LIST, headers=MCP_HEADERS
+    )
+    record("RS-01", "token in the query string ignored", r.status_code == 401, f"{r.status_code}")
     catalogue = s.catalogue()
     lacking = [sc for sc in catalogue if required and not (required == sc or required.startswith(sc + ":"))]
     if required and lacking:
@@ -599,7 +637,7 @@ def check_resource_server(s: Session, record: Record) -> None:
 ALL_CHECKS: list[tuple[str, tuple[str, ...], Callable[[Session, Record], None]]] = [
     ("metadata", ("MD-01", "MD-02", "MD-03", "MD-04"), check_metadata),
     ("registration", ("RG-01", "RG-02"), check_registration),
-    ("authorization errors", ("AZ-02", "AZ-03", "AZ-04"), check_authorize_errors),
+    ("authorization errors", ("AZ-01", "AZ-02", "AZ-03", "AZ-04"), check_authorize_errors),
     ("pkce", ("AZ-05", "TK-03"), check_pkce),
     ("authorization response", ("AZ-08", "TK-01"), check_success_response),
     ("resource and scope", ("AZ-06", "TK-06", "AZ-07"), check_resource_and_scope),
@@ -608,5 +646,6 @@ ALL_CHECKS: list[tuple[str, tuple[str, ...], Callable[[Session, Record], None]]]
     ("token endpoint", ("TK-01", "TK-02", "TK-08"), check_token_endpoint),
     ("refresh", ("TK-07",), check_refresh),
     ("revocation", ("RV-01",), check_revocation),
-    ("resource server", ("RS-02", "RS-03", "RS-04"), check_resource_server),
+    ("introspection", ("IN-01",), check_introspection),
+    ("resource server", ("RS-01", "RS-02", "RS-03", "RS-04"), check_resource_server),
 ]

@@ -51,6 +51,7 @@ RULES: dict[str, str] = {
 
 OBSERVABLE = frozenset(
     {
+        "AZ-01",
         "AZ-02",
         "AZ-03",
         "AZ-04",
@@ -69,13 +70,15 @@ OBSERVABLE = frozenset(
         "RG-01",
         "RG-02",
         "RV-01",
+        "IN-01",
         "MD-01",
         "MD-02",
         "MD-03",
         "MD-04",
+        "RS-01",
         "RS-02",
         "RS-03",
         "RS-04",
     }
 )
-"""The rules this kit checks (the issue's list plus RFC 7009 revocation)."""
+"""The rules this kit checks (the issue's list plus AZ-01, RS-01, RFC 7009 revocation and RFC 7662 introspection)."""

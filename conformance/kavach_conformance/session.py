@@ -270,11 +270,12 @@ class Session:
         params.update(overrides)
         return {k: v for k, v in params.items() if v is not None}, verifier
 
-    def attempt(self, params: Mapping[str, str], redirect_uri: str | None = None) -> Outcome:
+    def attempt(self, params: Mapping[str, str] | list[tuple[str, str]], redirect_uri: str | None = None) -> Outcome:
         url = self.endpoint("authorization_endpoint")
         joiner = "&" if "?" in url else "?"
-        full = url + joiner + urlencode(list(params.items()))
-        target = redirect_uri or params.get("redirect_uri") or self.redirect_uri
+        pairs = list(params.items()) if isinstance(params, Mapping) else list(params)
+        full = url + joiner + urlencode(pairs)
+        target = redirect_uri or dict(pairs).get("redirect_uri") or self.redirect_uri
         try:
             final = self.person(full, target)
         except PersonError as exc:
