@@ -71,7 +71,8 @@ def kit(served: Served, *, other: bool = True, stateful: int = 0) -> KitOptions:
 def test_kit_command_passes_every_applicable_rule_against_kavach_serve(tmp_path: Path) -> None:
     """CI gate: ``kavach conformance`` against ``kavach serve``: every observable rule passes
     (RS-04 needs a second resource, which plain ``kavach serve`` does not have), and so does the
-    stateful test."""
+    stateful test. The person step here is a callable (``--person``, tests/conformance_person.py);
+    the other tests use the kit's built-in form filler."""
     report_path = tmp_path / "report.json"
     with serve() as served:
         served.add_user(USER, PASSWORD)
@@ -84,10 +85,8 @@ def test_kit_command_passes_every_applicable_rule_against_kavach_serve(tmp_path:
                 "--resource",
                 served.mcp_url,
                 "--register",
-                "--username",
-                USER,
-                "--password",
-                PASSWORD,
+                "--person",
+                "conformance_person:step",
                 "--redirect-port",
                 str(free_port()),
                 "--stateful",
@@ -98,6 +97,7 @@ def test_kit_command_passes_every_applicable_rule_against_kavach_serve(tmp_path:
             capture_output=True,
             text=True,
             timeout=120,
+            env={**os.environ, "PYTHONPATH": str(Path(__file__).parent)},
             check=False,
         )
     assert proc.returncode == 0, proc.stdout + proc.stderr
