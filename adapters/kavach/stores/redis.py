@@ -383,6 +383,10 @@ class RedisStore:
         except _UNAVAILABLE as exc:
             raise StoreUnavailable(f"Redis is unavailable: {exc}") from exc
 
+    async def apurge(self, now: int) -> dict[str, int]:
+        """:meth:`purge` in a worker thread (it scans with the sync client), off the event loop."""
+        return await asyncio.to_thread(self.purge, now)
+
     def close(self) -> None:
         """Close the sync client's connections (async clients: :meth:`aclose` from their loop)."""
         self._closed = True
