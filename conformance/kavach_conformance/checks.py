@@ -343,6 +343,12 @@ def check_resource_and_scope(s: Session, record: Record) -> None:
             aud = claims.get("aud")
             ok = aud == s.resource or aud == [s.resource]
             record("TK-06", "aud is exactly the resource", ok, f"aud={aud!r}")
+        elif s.confidential is not None and s.introspection(tokens.access_token) is not None:
+            # An opaque token: its audience as introspection reports it (asked by the same client).
+            own = s.tokens(s.confidential)
+            aud = (s.introspection(own.access_token) or {}).get("aud")
+            ok = aud == s.resource or aud == [s.resource]
+            record("TK-06", "aud is exactly the resource (introspected)", ok, f"aud={aud!r}")
         else:
             record("TK-06", "aud is exactly the resource", None, "opaque access token (aud not observable)")
         code, verifier, _ = s.code(client)

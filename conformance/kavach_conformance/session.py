@@ -362,8 +362,8 @@ class Session:
             data["client_id"] = client.client_id
         return self.http.request("POST", self.endpoint("revocation_endpoint"), data=data, auth=auth)
 
-    def introspect(self, token: str) -> bool | None:
-        """``active`` of ``token`` by introspection with the confidential client; ``None`` if unavailable."""
+    def introspection(self, token: str) -> dict[str, Any] | None:
+        """The introspection response for ``token`` (asked by the confidential client), or ``None``."""
         url = self.meta.get("introspection_endpoint")
         client = self.confidential
         if not isinstance(url, str) or client is None:
@@ -372,9 +372,15 @@ class Session:
         if response.status_code != 200:
             return None
         try:
-            return bool(response.json().get("active"))
-        except (ValueError, AttributeError):
+            body = response.json()
+        except ValueError:
             return None
+        return body if isinstance(body, dict) else None
+
+    def introspect(self, token: str) -> bool | None:
+        """``active`` of ``token`` by introspection with the confidential client; ``None`` if unavailable."""
+        body = self.introspection(token)
+        return None if body is None else bool(body.get("active"))
 
     def call_resource(self, token: str | None, body: Mapping[str, Any] = TOOLS_LIST) -> httpx.Response:
         if self.resource is None:
