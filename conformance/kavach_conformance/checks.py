@@ -187,6 +187,8 @@ def check_cors(s: Session, record: Record) -> None:
 def check_registration(s: Session, record: Record) -> None:
     if not isinstance(s.meta.get("registration_endpoint"), str):
         raise Skip("no registration_endpoint")
+    if not s.may_register:
+        raise Skip("registration is probed only with --register")
     for body, response in list(s.registrations):
         data = json_body(response) or {}
         ok = response.status_code == 201 and "client_id" in data and data.get("redirect_uris") == body["redirect_uris"]
@@ -476,7 +478,7 @@ def check_token_endpoint(s: Session, record: Record) -> None:
     r = s.redeem(conf, code, verifier)
     record("TK-02", "client_secret_basic accepted", r.status_code == 200, f"{r.status_code} error={error_of(r)}")
     supported = s.meta.get("token_endpoint_auth_methods_supported") or []
-    if "client_secret_post" in supported and isinstance(s.meta.get("registration_endpoint"), str):
+    if "client_secret_post" in supported and s.may_register:
         post = s.register_client("client_secret_post", "conformance kit (client_secret_post)")
         code, verifier, _ = s.code(post)
         r = s.redeem(post, code, verifier)

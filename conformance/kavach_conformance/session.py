@@ -139,6 +139,8 @@ class Session:
         self.second: Client | None = None
         self.confidential: Client | None = None
         self.registrations: list[tuple[dict[str, Any], httpx.Response]] = []
+        self.may_register = False
+        """Only with ``--register`` does the kit register clients (and probe registration)."""
 
     # -- discovery ----------------------------------------------------------------------
 
@@ -241,6 +243,7 @@ class Session:
             if client_secret:
                 self.confidential = self.primary
         can_register = register and isinstance(self.meta.get("registration_endpoint"), str)
+        self.may_register = can_register
         if can_register:
             if self.primary is None:
                 self.primary = self.register_client("none", "conformance kit (public)")
