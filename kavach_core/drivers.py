@@ -25,6 +25,14 @@ class Store(Protocol):
     def perform(self, effect: Effect) -> Any: ...
 
 
+def nonblocking(store: object) -> bool:
+    """True when ``store`` declares (``nonblocking = True``) that its ``perform`` never waits on
+    I/O, a pool or another process: only dictionary work under a short in-process lock, like
+    :class:`~kavach_core.memory_store.MemoryStore`. An event-loop adapter may then call
+    ``perform`` directly instead of awaiting ``aperform`` (same effects, same results)."""
+    return getattr(store, "nonblocking", False) is True
+
+
 class AsyncStore(Protocol):
     async def aperform(self, effect: Effect) -> Any: ...
 

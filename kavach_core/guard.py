@@ -32,8 +32,8 @@ from .credentials import parse_bearer
 from .drivers import Flow
 from .errors import ConfigurationError, OAuthError, safe_description
 from .http import HttpRequest, Response, json_response
-from .jose import JoseError, VerifyingKey
-from .keys import KeySet
+from .jose import JoseError, UnknownKid, VerifyingKey
+from .keys import KeyRing, KeySet
 from .resource_indicators import metadata_url
 from .scopes import any_covers, format_scope
 from .verified_cache import VerifiedCache
@@ -158,6 +158,13 @@ def _protected(config: Config, resource: str) -> ProtectedResource:
     return found
 
 
+def _read_keys(now: int, keyring: KeyRing | None) -> Flow[Mapping[str, VerifyingKey]]:
+    records = tuple((yield fx.GetSigningKeys()))
+    if keyring is not None:
+        return keyring.update(records, now)
+    return KeySet(records).verifying_keys(now)
+
+
 def authenticate(
     config: Config,
     resource: str,
@@ -165,6 +172,7 @@ def authenticate(
     required: tuple[str, ...],
     now: int,
     cache: VerifiedCache | None = None,
+    keyring: KeyRing | None = None,
 ) -> Flow[Principal | Response]:
     """Check the ``Authorization`` header value of a request to ``resource`` (RS-01..RS-05).
 
@@ -179,6 +187,10 @@ def authenticate(
     With ``cache``, a token already verified for this resource skips the signature and claims
     checks (its expiry and key are checked against ``now`` and the published keys); revocation
     is still asked of the store on every request (see :mod:`kavach_core.verified_cache`).
+
+    With ``keyring``, the key set read by an earlier request is reused within the ring's ``ttl``
+    (see :class:`~kavach_core.keys.KeyRing` for the bound on a withdrawn key); a token whose
+    ``kid`` the snapshot lacks makes the flow read the keys again before deciding.
     """
     protected = _protected(config, resource)
     here = protected.uri
@@ -191,12 +203,20 @@ def authenticate(
         return challenge(here, ask, "invalid_token", INVALID_TOKEN_DESCRIPTION)
     if token is None:  # another scheme (Basic, DPoP, ...): no Bearer credentials were sent
         return challenge(here, ask)
-    records = yield fx.GetSigningKeys()
-    keys = KeySet(tuple(records)).verifying_keys(now)
+    keys = None if keyring is None else keyring.keys(now)
+    reread = keys is not None
+    if keys is None:
+        keys = yield from _read_keys(now, keyring)
     access = None if cache is None else cache.get(token, resource=here, issuer=config.issuer, now=now, kids=keys)
     if access is None:
         try:
-            access = verify_bearer(token, keys, issuer=config.issuer, resource=here, now=now)
+            try:
+                access = verify_bearer(token, keys, issuer=config.issuer, resource=here, now=now)
+            except UnknownKid:
+                if not reread:
+                    raise
+                keys = yield from _read_keys(now, keyring)  # a key newer than the snapshot
+                access = verify_bearer(token, keys, issuer=config.issuer, resource=here, now=now)
         except JoseError:
             return challenge(here, ask, "invalid_token", INVALID_TOKEN_DESCRIPTION)
         if cache is not None:
@@ -204,10 +224,34 @@ def authenticate(
     revoked: Any = yield fx.IsTokenRevoked(access.jti, access.grant_id)
     if revoked:
         return challenge(here, ask, "invalid_token", INVALID_TOKEN_DESCRIPTION)
-    missing = tuple(scope for scope in required if not any_covers(access.scopes, scope))
-    if missing:
-        return challenge(here, required, "insufficient_scope", INSUFFICIENT_SCOPE_DESCRIPTION)
+    if required:
+        granted = access.scopes
+        missing = tuple(scope for scope in required if not any_covers(granted, scope))
+        if missing:
+            return challenge(here, required, "insufficient_scope", INSUFFICIENT_SCOPE_DESCRIPTION)
     return Principal(access)
+
+
+def authenticate_values(
+    config: Config,
+    resource: str,
+    authorization: Sequence[str],
+    required: tuple[str, ...],
+    now: int,
+    cache: VerifiedCache | None = None,
+    keyring: KeyRing | None = None,
+) -> Flow[Principal | Response]:
+    """:func:`authenticate` given every ``Authorization`` header value of a request, in order.
+
+    For adapters that can pick that header out of their framework's request without building an
+    :class:`~kavach_core.http.HttpRequest`. Several values are an invalid token (RS-01).
+    """
+    if len(authorization) > 1:
+        protected = _protected(config, resource)
+        ask = required or protected.default_scopes
+        return challenge(protected.uri, ask, "invalid_token", INVALID_TOKEN_DESCRIPTION)
+    value = authorization[0] if authorization else None
+    return (yield from authenticate(config, resource, value, required, now, cache, keyring))
 
 
 def authenticate_request(
@@ -217,6 +261,7 @@ def authenticate_request(
     required: tuple[str, ...],
     now: int,
     cache: VerifiedCache | None = None,
+    keyring: KeyRing | None = None,
 ) -> Flow[Principal | Response]:
     """:func:`authenticate` for an :class:`~kavach_core.http.HttpRequest`.
 
@@ -224,8 +269,4 @@ def authenticate_request(
     body are never looked at. Several ``Authorization`` headers are an invalid token.
     """
     values = req.header_values("authorization")
-    if len(values) > 1:
-        protected = _protected(config, resource)
-        ask = required or protected.default_scopes
-        return challenge(protected.uri, ask, "invalid_token", INVALID_TOKEN_DESCRIPTION)
-    return (yield from authenticate(config, resource, values[0] if values else None, required, now, cache))
+    return (yield from authenticate_values(config, resource, values, required, now, cache, keyring))

@@ -53,6 +53,11 @@ class JoseError(KavachError):
     """A token that is malformed, unsigned, signed with the wrong key, or signed badly."""
 
 
+class UnknownKid(JoseError):
+    """The token's ``kid`` names no key we were given (a caller holding a cached key set may
+    re-read the keys once and try again; nothing else about the token was accepted)."""
+
+
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     out = dict(pairs)
     if len(out) != len(pairs):  # a repeated name collapsed into one entry
@@ -300,7 +305,7 @@ def verify(token: str, keys: Mapping[str, VerifyingKey], typ: str | None) -> tup
     signature = _decode(s64)
     key = keys.get(head.kid)
     if key is None:
-        raise JoseError("unknown kid")
+        raise UnknownKid("unknown kid")
     if head.alg != key.alg:
         raise JoseError("alg does not match the key")
     if typ is not None and head.typ != _norm_typ(typ):

@@ -155,6 +155,61 @@ class KeySet:
         return {"keys": [key.jwk() for key in self.verifying_keys(now).values()]}
 
 
+KEYRING_TTL = 1
+"""Seconds a guard's :class:`KeyRing` reuses one read of the key set (see its bound)."""
+
+
+class KeyRing:
+    """The verifying keys a resource server read last, reused for at most ``ttl`` seconds.
+
+    A guard needs the published keys on every request, and they change rarely (a successor is
+    published :data:`PREPUBLISH` seconds before it signs), so one store read can serve every
+    request for a short while. What this costs, and what it does not:
+
+    - A key *removed* from the store keeps verifying in this process for at most ``ttl`` seconds
+      after the read that saw it (``now`` is whole seconds, and a read made during second ``t``
+      serves only while ``now < t + ttl``): with the default of 1 second, a withdrawn key stops
+      verifying within one second.
+    - A key *ageing out* (``publish_until``) stops verifying at once: publication is decided
+      again with the caller's ``now`` whenever ``now`` changes, from the records read.
+    - A token naming a ``kid`` the snapshot lacks makes the guard read the store again at once
+      (:class:`~kavach_core.jose.UnknownKid`), so a new key verifies from its first token.
+
+    ``ttl = 0`` turns reuse off (every request reads the keys). Safe under threads: the snapshot
+    is one tuple, replaced whole.
+    """
+
+    def __init__(self, ttl: int = KEYRING_TTL) -> None:
+        if ttl < 0:
+            raise ValueError("a key ring's ttl must be >= 0 seconds")
+        self.ttl = ttl
+        self._snapshot: tuple[int, tuple[SigningKey, ...], int, Mapping[str, VerifyingKey]] | None = None
+
+    def keys(self, now: int) -> Mapping[str, VerifyingKey] | None:
+        """``kid -> key`` published at ``now`` from the last read, or ``None`` when that read is too old."""
+        snapshot = self._snapshot
+        if snapshot is None:
+            return None
+        read_at, records, at, found = snapshot
+        if not read_at <= now < read_at + self.ttl:
+            return None
+        if at != now:
+            found = KeySet(records).verifying_keys(now)
+            self._snapshot = (read_at, records, now, found)
+        return found
+
+    def update(self, records: tuple[SigningKey, ...], now: int) -> Mapping[str, VerifyingKey]:
+        """Remember the key set just read from the store at ``now``; returns its published keys."""
+        found = KeySet(records).verifying_keys(now)
+        if self.ttl > 0:
+            self._snapshot = (now, records, now, found)
+        return found
+
+    def clear(self) -> None:
+        """Forget the snapshot: the next request reads the store."""
+        self._snapshot = None
+
+
 def _retire(record: SigningKey, now: int, access_token_lifetime: int) -> SigningKey:
     """Stop ``record`` signing at ``now``; publish it until tokens signed before now have expired."""
     if record.signs_until <= now:

@@ -210,14 +210,39 @@ def _text(body: bytes) -> str:
         return body.decode("utf-8", "replace").removeprefix("\ufeff")
 
 
+_NO_DUPLICATES = json.JSONDecoder(object_pairs_hook=_last_wins_strict)
+"""Built once: the decoder ``_parse(text, _last_wins_strict)`` builds on every call."""
+
+_PLAIN_STARTS = (b"{", b"[")
+
+
+def _plain_utf8(data: bytes) -> str | None:
+    """``data`` as text when :func:`_text` would certainly read it as plain UTF-8, else ``None``.
+
+    A body opening with ``{`` or ``[`` and no NUL as its second octet has no byte-order mark and
+    no UTF-16/32 pattern, so ``json.detect_encoding`` says ``utf-8`` for it; when it also decodes
+    strictly, that text is exactly what the lenient :func:`_text` yields (its replacements only
+    touch invalid sequences). Anything else takes the lenient path.
+    """
+    if data[:1] not in _PLAIN_STARTS or data[1:2] == b"\x00":
+        return None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
 def _readings(body: bytes) -> list[object]:
     """Each plausible reading of ``body``: one, or first-wins and last-wins when members repeat."""
     if not isinstance(body, bytes | bytearray | memoryview):
         raise KavachError("a request body must be bytes")
     try:
-        text = _text(bytes(body))
+        data = bytes(body)
+        text = _plain_utf8(data)
+        if text is None:
+            text = _text(data)
         try:
-            return [_parse(text, _last_wins_strict)]
+            return [_NO_DUPLICATES.decode(text)]
         except _Duplicate:
             return [_parse(text, dict), _parse(text, _first_wins)]
     except (ValueError, RecursionError, OverflowError, MemoryError):

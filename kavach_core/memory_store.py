@@ -15,6 +15,9 @@ from .records import AuthorizationCode, Client, Grant, PendingAuthorization, Sig
 class MemoryStore:
     """A thread-safe, dict-backed store implementing every effect in :mod:`kavach_core.effects`."""
 
+    nonblocking = True
+    """``perform`` does no I/O (see :func:`kavach_core.drivers.nonblocking`)."""
+
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.clients: dict[str, Client] = {}

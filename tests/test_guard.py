@@ -17,6 +17,7 @@ from kavach_core.errors import ConfigurationError
 from kavach_core.guard import Principal
 from kavach_core.http import Response
 from kavach_core.jose import JoseError
+from kavach_core.verified_cache import VerifiedCache
 
 META = "https://mcp.example.com/.well-known/oauth-protected-resource/mcp"
 DEFAULT_SCOPES = "tools:list tools:call"
@@ -325,3 +326,86 @@ def test_rs_02_arbitrary_authorization_values_get_a_challenge(h: Harness, value:
     outcome = _auth(h, value)
     assert isinstance(outcome, Response) and outcome.status == 401
     assert _HEADER_SAFE.fullmatch(outcome.header("WWW-Authenticate") or "")
+
+
+# -- the key ring: one key-set read serves requests for at most its ttl ------------------------
+
+
+def _ring_auth(h: Harness, ring: keys.KeyRing, token: str) -> tuple[object, list[type]]:
+    outcome, effects = h.trace(guard.authenticate(h.config, RESOURCE, f"Bearer {token}", (), h.now, keyring=ring))
+    return outcome, [type(e) for e in effects]
+
+
+def test_keyring_reuses_one_read_within_its_ttl_and_still_checks_revocation(h: Harness) -> None:
+    token = _valid(h)
+    ring = keys.KeyRing(ttl=2)
+    assert _ring_auth(h, ring, token)[1] == [fx.GetSigningKeys, fx.IsTokenRevoked]
+    outcome, effects = _ring_auth(h, ring, token)
+    assert isinstance(outcome, Principal) and effects == [fx.IsTokenRevoked]
+    h.now += 1
+    assert _ring_auth(h, ring, token)[1] == [fx.IsTokenRevoked]
+    h.now += 1  # the read is ttl seconds old: read again
+    assert _ring_auth(h, ring, token)[1] == [fx.GetSigningKeys, fx.IsTokenRevoked]
+    h.store.perform(fx.RevokeGrant("grant-1", h.now))
+    outcome, effects = _ring_auth(h, ring, token)
+    _assert_invalid(outcome)
+    assert effects == [fx.IsTokenRevoked]
+
+
+def test_keyring_a_withdrawn_key_stops_verifying_within_the_ttl(h: Harness) -> None:
+    token = _valid(h)
+    ring = keys.KeyRing()  # default: 1 second
+    cache = VerifiedCache()
+
+    def auth() -> object:
+        return h.run(guard.authenticate(h.config, RESOURCE, f"Bearer {token}", (), h.now, cache, ring))
+
+    assert isinstance(auth(), Principal)
+    h.store.keys = ()  # the key is withdrawn from the store
+    assert isinstance(auth(), Principal)  # the same second: the read made in it still serves
+    h.now += keys.KEYRING_TTL
+    _assert_invalid(auth())
+
+
+def test_keyring_a_key_aging_out_stops_at_once_without_a_read(h: Harness) -> None:
+    token = _valid(h)
+    (record,) = h.store.keys
+    ring = keys.KeyRing(ttl=10_000)
+    assert isinstance(_ring_auth(h, ring, token)[0], Principal)
+    h.now = record.publish_until
+    outcome, effects = _ring_auth(h, ring, token)
+    _assert_invalid(outcome)
+    assert effects == [fx.GetSigningKeys]  # aged out of the snapshot: unknown kid, read once, refused
+
+
+def test_keyring_an_unknown_kid_reads_the_keys_again_once(h: Harness) -> None:
+    token = _valid(h)
+    ring = keys.KeyRing(ttl=60)
+    assert isinstance(_ring_auth(h, ring, token)[0], Principal)
+    h.run(keys.rotate(h.ctx()))  # a new key signs from now on
+    fresh, _ = mint(h)
+    outcome, effects = _ring_auth(h, ring, fresh)
+    assert isinstance(outcome, Principal)
+    assert effects == [fx.GetSigningKeys, fx.IsTokenRevoked]
+    assert _ring_auth(h, ring, fresh)[1] == [fx.IsTokenRevoked]
+    stranger = forge(signer(h), {**header_for(signer(h)), "kid": "nobody"}, claims(h))
+    outcome, effects = _ring_auth(h, ring, stranger)
+    _assert_invalid(outcome)
+    assert effects == [fx.GetSigningKeys]  # one re-read, then refused
+
+
+def test_keyring_ttl_zero_reads_every_time(h: Harness) -> None:
+    token = _valid(h)
+    ring = keys.KeyRing(ttl=0)
+    for _ in range(2):
+        assert _ring_auth(h, ring, token)[1] == [fx.GetSigningKeys, fx.IsTokenRevoked]
+    with pytest.raises(ValueError):
+        keys.KeyRing(ttl=-1)
+
+
+def test_authenticate_values_refuses_two_authorization_headers(h: Harness) -> None:
+    token = _valid(h)
+    _assert_invalid(h.run(guard.authenticate_values(h.config, RESOURCE, [f"Bearer {token}"] * 2, (), h.now)))
+    assert isinstance(h.run(guard.authenticate_values(h.config, RESOURCE, [f"Bearer {token}"], (), h.now)), Principal)
+    outcome = h.run(guard.authenticate_values(h.config, RESOURCE, [], (), h.now))
+    _assert_challenge(outcome, 401, NO_TOKEN_HEADER, "unauthorized")

@@ -223,3 +223,51 @@ def test_rs_03_step_up_names_the_tool_scope_end_to_end(h: Harness) -> None:
     assert 'scope="tools:call:search"' in (outcome.header("WWW-Authenticate") or "")
     allowed = h.run(guard.authenticate_request(h.config, RESOURCE, req, required_scopes(_body("tools/list")), h.now))
     assert not isinstance(allowed, Response)
+
+
+# -- the plain-UTF-8 fast path reads every body exactly as the lenient path does ---------------
+
+
+def _lenient_readings(body: bytes) -> list[object]:
+    """The reading before the fast path existed: lenient text, then a fresh decoder per parse."""
+    from kavach_core import mcp_methods as mm
+
+    try:
+        text = mm._text(body)
+        try:
+            return [mm._parse(text, mm._last_wins_strict)]
+        except mm._Duplicate:
+            return [mm._parse(text, dict), mm._parse(text, mm._first_wins)]
+    except (ValueError, RecursionError, OverflowError, MemoryError):
+        return []
+
+
+_PREFIXES = st.sampled_from([b"", b"{", b"[", b"{\x00", b"[\x00", b"\xef\xbb\xbf", b"\xff\xfe", b"{\xff", b" "])
+_JSONISH = st.text(alphabet='{}[]":,. \\0123456789abcdefmnotu/NaIy\x00\ufeff\u00e9', max_size=40)
+
+
+@settings(max_examples=400, deadline=None)
+@given(prefix=_PREFIXES, text=_JSONISH, encoding=st.sampled_from(["utf-8", "utf-16-le", "utf-32-be", "latin-1"]))
+def test_fast_path_reads_like_the_lenient_path(prefix: bytes, text: str, encoding: str) -> None:
+    from kavach_core import mcp_methods as mm
+
+    body = prefix + text.encode(encoding, "replace")
+    assert repr(mm._readings(body)) == repr(_lenient_readings(body))
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"jsonrpc":"2.0","id":1,"method":"tools/list"}',
+        b'{"jsonrpc":"2.0","id":1,"method":"tools/list","method":"tools/call","params":{"name":"x"}}',
+        b'[{"jsonrpc":"2.0","id":1,"method":"tools/list"},{"jsonrpc":"2.0","id":2,"method":"prompts/list"}]',
+        b'{"jsonrpc":"2.0","id":NaN,"method":"resources/read"}',
+        b'{"jsonrpc":"2.0","id":1,"method":"tools/\xff"}',
+        '{"jsonrpc":"2.0","id":1,"method":"tools/list"}'.encode("utf-16"),
+        b'\xef\xbb\xbf{"jsonrpc":"2.0","id":1,"method":"tools/list"}',
+    ],
+)
+def test_fast_path_examples_read_like_the_lenient_path(body: bytes) -> None:
+    from kavach_core import mcp_methods as mm
+
+    assert repr(mm._readings(body)) == repr(_lenient_readings(body))

@@ -19,7 +19,7 @@ import inspect
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Generator, Iterable
+from collections.abc import Awaitable, Callable, Generator, Iterable, Sequence
 from typing import Any
 from urllib.parse import parse_qsl, quote
 
@@ -28,11 +28,12 @@ import attrs
 from kavach_core import effects as fx
 from kavach_core.config import Config
 from kavach_core.context import Context
-from kavach_core.drivers import Flow, StoreUnavailable, arun, run
+from kavach_core.drivers import Flow, StoreUnavailable, arun, nonblocking, run
 from kavach_core.endpoints import authorize
 from kavach_core.errors import OAuthError
-from kavach_core.guard import Principal, authenticate_request
+from kavach_core.guard import Principal, authenticate_values
 from kavach_core.http import HttpRequest, Response, json_response
+from kavach_core.keys import KEYRING_TTL, KeyRing
 from kavach_core.mcp_methods import DEFAULT_MAP, McpScopeMap, required_scopes
 from kavach_core.messages.authorization import ConsentRequired
 from kavach_core.params import Params, form_params
@@ -117,7 +118,8 @@ class _AsyncPerformer:
     def __init__(self, store: Any, fetcher: Any = None) -> None:
         self.store = store
         self.fetcher = fetcher
-        self._aperform = getattr(store, "aperform", None)
+        self._aperform = None if nonblocking(store) else getattr(store, "aperform", None)
+        self._inline = nonblocking(store)
 
     async def aperform(self, effect: fx.Effect) -> Any:
         if isinstance(effect, fx.FetchDocument):
@@ -129,6 +131,8 @@ class _AsyncPerformer:
             return await result if inspect.isawaitable(result) else result
         if self._aperform is not None:
             return await self._aperform(effect)
+        if self._inline:
+            return self.store.perform(effect)
         return await asyncio.to_thread(self.store.perform, effect)
 
 
@@ -152,6 +156,9 @@ class AuthorizationServer:
     application say who is signed in with its own login (it may be async under async adapters);
     ``login_url(return_to) -> url`` is where to send a person ``identify`` does not know, when
     there are no local users. ``scope_map`` maps MCP methods to scopes for the guards.
+    ``keyring_ttl`` is how many seconds the guards reuse one read of the signing keys (a key
+    removed from the store stops verifying within that bound; 0 reads them on every request;
+    see :class:`~kavach_core.keys.KeyRing`).
     ``clock`` and ``entropy`` are injectable for tests. ``fetcher`` performs the core's
     ``FetchDocument`` effect (client ID metadata documents, CM-02): by default a
     :class:`~kavach.fetcher.DocumentFetcher` with the default (public hosts only) policy when
@@ -173,6 +180,7 @@ class AuthorizationServer:
         router: Router | None = None,
         scope_map: McpScopeMap = DEFAULT_MAP,
         fetcher: Any = None,
+        keyring_ttl: int = KEYRING_TTL,
     ) -> None:
         if users is None and identify is None:
             raise ValueError("give users= (built-in sign-in) or identify= (your application's login), or both")
@@ -193,6 +201,9 @@ class AuthorizationServer:
         self.scope_map = scope_map
         self.verified = VerifiedCache()
         """Tokens this process already verified (signature skipped; revocation still checked)."""
+        self.keyring = KeyRing(keyring_ttl)
+        """The signing keys the guards read last, reused for ``keyring_ttl`` seconds."""
+        self._inline = nonblocking(store)
         if fetcher is None and config.client_id_metadata_documents:
             from .fetcher import DocumentFetcher
 
@@ -243,20 +254,45 @@ class AuthorizationServer:
 
     def required_scopes(self, req: HttpRequest) -> tuple[str, ...]:
         """The scopes an MCP request needs: its JSON-RPC method(s), every member of a batch."""
-        return required_scopes(req.body, self.scope_map) if req.body else ()
+        return self.body_scopes(req.body)
+
+    def body_scopes(self, body: bytes) -> tuple[str, ...]:
+        """:meth:`required_scopes` from the request body alone (all it reads)."""
+        return required_scopes(body, self.scope_map) if body else ()
+
+    def _guard_flow(
+        self, resource: str, authorization: Sequence[str], required: tuple[str, ...]
+    ) -> Flow[Principal | Response]:
+        now = int(self.clock())
+        return authenticate_values(self.config, resource, authorization, required, now, self.verified, self.keyring)
 
     def guard(self, resource: str, req: HttpRequest, required: tuple[str, ...]) -> Principal | Response:
         """The verified caller of ``resource``, or the 401/403 challenge to send (RS-01..RS-05)."""
-        flow = authenticate_request(self.config, resource, req, required, int(self.clock()), self.verified)
+        return self.guard_values(resource, req.header_values("authorization"), required)
+
+    def guard_values(
+        self, resource: str, authorization: Sequence[str], required: tuple[str, ...]
+    ) -> Principal | Response:
+        """:meth:`guard` given the request's ``Authorization`` header values only (all it reads)."""
         try:
-            return run(flow, _SyncPerformer(self.store, self.fetcher))
+            return run(self._guard_flow(resource, authorization, required), _SyncPerformer(self.store, self.fetcher))
         except Exception as exc:
             return failure_response(exc)
 
     async def aguard(self, resource: str, req: HttpRequest, required: tuple[str, ...]) -> Principal | Response:
         """:meth:`guard` on an event loop."""
-        flow = authenticate_request(self.config, resource, req, required, int(self.clock()), self.verified)
+        return await self.aguard_values(resource, req.header_values("authorization"), required)
+
+    async def aguard_values(
+        self, resource: str, authorization: Sequence[str], required: tuple[str, ...]
+    ) -> Principal | Response:
+        """:meth:`guard_values` on an event loop. A store that never blocks (``nonblocking``, the
+        memory store) is asked in this thread, as its ``aperform`` would; any other store's
+        effects are awaited as usual, so the loop never waits on a database."""
         try:
+            flow = self._guard_flow(resource, authorization, required)
+            if self._inline:
+                return run(flow, self.store)
             return await arun(flow, _AsyncPerformer(self.store, self.fetcher))
         except Exception as exc:
             return failure_response(exc)

@@ -70,12 +70,21 @@ async def _send(send: Send, response: Response) -> None:
     await send({"type": "http.response.body", "body": response.body})
 
 
-async def _request(scope: Scope, receive: Receive, send: Send) -> HttpRequest | None:
+async def _body(receive: Receive, send: Send) -> bytes | None:
     try:
-        return _translate(scope, await _read_body(receive, MAX_BODY))
+        return await _read_body(receive, MAX_BODY)
     except _TooLarge:
         await _send(send, json_response(413, {"error": "invalid_request"}, no_store=True))
         return None
+
+
+async def _request(scope: Scope, receive: Receive, send: Send) -> HttpRequest | None:
+    body = await _body(receive, send)
+    return None if body is None else _translate(scope, body)
+
+
+def _authorization(scope: Scope) -> list[str]:
+    return [v.decode("latin-1") for k, v in scope["headers"] if k.lower() == b"authorization"]
 
 
 class KavachEndpoint:
@@ -115,7 +124,7 @@ class KavachGuard:
         same_origin = _origin(self.resource) == _origin(server.config.issuer)
         metadata_path = PRM_WELL_KNOWN + resource_path(self.resource)
         self.public = frozenset(server.paths()) if same_origin else frozenset({metadata_path})
-        self.required = required or server.required_scopes
+        self.required = required
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -123,19 +132,21 @@ class KavachGuard:
         if scope["type"] != "http":
             await send({"type": "websocket.close", "code": 1008})
             return None
-        req = await _request(scope, receive, send)
-        if req is None:
+        body = await _body(receive, send)
+        if body is None:
             return None
-        if req.path in self.public:
-            return await _send(send, await self.server.ahandle(req))
-        need = self.required(req)
-        outcome = need if isinstance(need, Response) else await self.server.aguard(self.resource, req, need)
+        if scope["path"] in self.public:
+            return await _send(send, await self.server.ahandle(_translate(scope, body)))
+        need = self.server.body_scopes(body) if self.required is None else self.required(_translate(scope, body))
+        if isinstance(need, Response):
+            return await _send(send, need)
+        outcome = await self.server.aguard_values(self.resource, _authorization(scope), need)
         if isinstance(outcome, Response):
             return await _send(send, outcome)
         inner = dict(scope)
         inner["state"] = {**(scope.get("state") or {}), "principal": outcome}
         inner["headers"] = [(k, v) for k, v in scope["headers"] if k.lower() != b"authorization"]
-        await self.app(inner, _replay(req.body, receive), send)
+        await self.app(inner, _replay(body, receive), send)
         return None
 
 
