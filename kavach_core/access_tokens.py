@@ -158,33 +158,44 @@ def verify(
         here = canonical_cached(resource)
     except ValueError as exc:
         raise InvalidToken("this resource URI is not valid") from exc
-    header, claims = jose.verify(token, keys, TYP)
-    if claims.get("iss") != issuer:
+    kid, claims = jose.verify_kid(token, keys, TYP)
+    get = claims.get
+    if get("iss") != issuer:
         raise InvalidToken("wrong issuer")
     aud = _audience(claims, here)
     if aud != here:
         raise InvalidToken("wrong audience")
-    exp = _int_claim(claims, "exp")
-    iat = _int_claim(claims, "iat")
+    exp = get("exp")
+    iat = get("iat")
+    if type(exp) is not int:
+        exp = _int_claim(claims, "exp")  # an int subclass other than bool passes; the rest raise
+    if type(iat) is not int:
+        iat = _int_claim(claims, "iat")
     if now >= exp + leeway:
         raise InvalidToken("expired")
     if iat > now + leeway + 60:
         raise InvalidToken("issued in the future")
-    nbf = claims.get("nbf")
+    nbf = get("nbf")
     if nbf is not None and (not isinstance(nbf, int) or isinstance(nbf, bool) or nbf > now + leeway):
         raise InvalidToken("not yet valid")
-    scope = claims.get("scope", "")
+    scope = get("scope", "")
     if not isinstance(scope, str):
         raise InvalidToken("scope is not a string")
+    sub, client_id, jti, gid = get("sub"), get("client_id"), get("jti"), get("gid")
+    if not (type(sub) is str and type(client_id) is str and type(jti) is str and type(gid) is str):
+        sub, client_id = _str_claim(claims, "sub"), _str_claim(claims, "client_id")
+        jti, gid = _str_claim(claims, "jti"), _str_claim(claims, "gid")
+    if not (sub and client_id and jti and gid):
+        raise InvalidToken("claim sub, client_id, jti or gid is empty")
     return AccessToken(
-        subject=_str_claim(claims, "sub"),
-        client_id=_str_claim(claims, "client_id"),
+        subject=sub,
+        client_id=client_id,
         audience=aud,
         scopes=tuple(s for s in scope.split(" ") if s),
         issued_at=iat,
         expires_at=exp,
-        jti=_str_claim(claims, "jti"),
-        grant_id=_str_claim(claims, "gid"),
+        jti=jti,
+        grant_id=gid,
         claims=claims,
-        kid=header["kid"],
+        kid=kid,
     )

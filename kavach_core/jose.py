@@ -23,7 +23,7 @@ from __future__ import annotations
 import binascii
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import attrs
@@ -73,6 +73,10 @@ _STRICT_JSON = json.JSONDecoder(object_pairs_hook=_no_duplicates, parse_constant
 """Built once: ``json.loads`` with these hooks would build a new decoder for every call."""
 
 
+_SCAN = _STRICT_JSON.scan_once
+"""The decoder's own scanner: what ``decode`` runs after skipping leading whitespace."""
+
+
 def json_object(data: bytes) -> dict[str, Any]:
     """Strict JSON object decoding (RFC 7515 §5.2 step 4, RFC 8259 §4, RFC 7493 §2.3).
 
@@ -80,6 +84,15 @@ def json_object(data: bytes) -> dict[str, Any]:
     """
     try:
         text = data.decode("utf-8")
+        if text[:1] == "{":
+            # No leading whitespace to skip: scan the object directly, as ``decode`` would, and
+            # accept it when it ends the text; trailing whitespace and errors take ``decode``.
+            try:
+                value, end = _SCAN(text, 0)
+            except StopIteration:
+                value, end = None, -1
+            if end == len(text):
+                return value  # type: ignore[no-any-return]
         value = _STRICT_JSON.decode(text)
     except JoseError:
         raise
@@ -129,34 +142,18 @@ class VerifyingKey:
     alg: str
     key: PublicKey = attrs.field(eq=False, repr=False)
 
+    _check: Callable[[bytes, bytes], bool] = attrs.field(init=False, eq=False, repr=False)
+
     def __attrs_post_init__(self) -> None:
         _check_pair(self)
+        object.__setattr__(self, "_check", _checker(self.alg, self.key))
 
     def verify(self, signing_input: bytes, signature: bytes) -> bool:
         """True when ``signature`` is this key's signature of ``signing_input`` under ``alg``."""
-        key = self.key
         try:
-            if self.alg == "ES256" and isinstance(key, ec.EllipticCurvePublicKey):
-                # RFC 7518 §3.4: exactly 64 octets, R then S, each 32 octets big-endian.
-                if len(signature) != 64:
-                    return False
-                r = int.from_bytes(signature[:32], "big")
-                s = int.from_bytes(signature[32:], "big")
-                key.verify(encode_dss_signature(r, s), signing_input, ec.ECDSA(hashes.SHA256()))
-            elif self.alg == "RS256" and isinstance(key, rsa.RSAPublicKey):
-                # RFC 8017 §8.2.2 step 1: the signature is exactly as long as the modulus.
-                if len(signature) != (key.key_size + 7) // 8:
-                    return False
-                key.verify(signature, signing_input, padding.PKCS1v15(), hashes.SHA256())
-            elif self.alg == "EdDSA" and isinstance(key, ed25519.Ed25519PublicKey):
-                if len(signature) != 64:
-                    return False
-                key.verify(signature, signing_input)
-            else:  # unreachable: construction checked the pair
-                return False
+            return self._check(signing_input, signature)
         except (InvalidSignature, ValueError):
             return False
-        return True
 
     def jwk(self) -> dict[str, str]:
         """The public JWK (RFC 7517 §4, RFC 7518 §6.2 and §6.3, RFC 8037 §2), with ``kid``, ``alg``, ``use``."""
@@ -165,6 +162,54 @@ class VerifyingKey:
     def thumbprint(self) -> str:
         """The RFC 7638 JWK thumbprint (SHA-256, base64url) of this public key."""
         return jwk_thumbprint(self.key)
+
+
+_ECDSA_SHA256 = ec.ECDSA(hashes.SHA256())
+_PKCS1V15 = padding.PKCS1v15()
+_SHA256 = hashes.SHA256()
+
+
+def _checker(alg: str, key: PublicKey) -> Callable[[bytes, bytes], bool]:
+    """The signature check of ``key`` under ``alg``, its branch chosen once (the pair was checked).
+
+    Each raises ``InvalidSignature`` for a bad signature; a wrong length is refused first.
+    """
+    if alg == "ES256" and isinstance(key, ec.EllipticCurvePublicKey):
+        ec_verify = key.verify
+
+        def es256(signing_input: bytes, signature: bytes) -> bool:
+            # RFC 7518 §3.4: exactly 64 octets, R then S, each 32 octets big-endian.
+            if len(signature) != 64:
+                return False
+            r = int.from_bytes(signature[:32], "big")
+            s = int.from_bytes(signature[32:], "big")
+            ec_verify(encode_dss_signature(r, s), signing_input, _ECDSA_SHA256)
+            return True
+
+        return es256
+    if alg == "RS256" and isinstance(key, rsa.RSAPublicKey):
+        rsa_verify = key.verify
+        size = (key.key_size + 7) // 8
+
+        def rs256(signing_input: bytes, signature: bytes) -> bool:
+            # RFC 8017 §8.2.2 step 1: the signature is exactly as long as the modulus.
+            if len(signature) != size:
+                return False
+            rsa_verify(signature, signing_input, _PKCS1V15, _SHA256)
+            return True
+
+        return rs256
+    if alg == "EdDSA" and isinstance(key, ed25519.Ed25519PublicKey):
+        ed_verify = key.verify
+
+        def eddsa(signing_input: bytes, signature: bytes) -> bool:
+            if len(signature) != 64:
+                return False
+            ed_verify(signature, signing_input)
+            return True
+
+        return eddsa
+    raise JoseError(f"key does not fit algorithm {alg}")  # unreachable: _check_pair ran first
 
 
 def _required_members(key: PublicKey) -> dict[str, str]:
@@ -225,21 +270,31 @@ def sign(pair: SigningKeyPair, payload: Mapping[str, Any], typ: str) -> str:
     return f"{signing_input}.{b64url(pair.sign(signing_input.encode('ascii')))}"
 
 
-_TO_STANDARD = bytes.maketrans(b"-_", b"+/")
-_TO_URLSAFE = bytes.maketrans(b"+/", b"-_")
+_FROM_URLSAFE = bytes.maketrans(b"-_+/=", b"+/!!!")
+"""base64url to standard base64; ``+``, ``/`` and ``=`` become ``!``, which strict mode refuses."""
+
+_PADDING = (b"", b"", b"==", b"=")
+_LAST_CHARS = (
+    b"",
+    b"",
+    frozenset(b"AQgw"),  # 2 characters left over: the last one carries 4 unused bits, all zero
+    frozenset(b"AEIMQUYcgkosw048"),  # 3 left over: 2 unused bits, both zero
+)
 
 
 def _decode(part: str) -> bytes:
     """Strict, canonical, unpadded base64url (RFC 7515 §2), the same rules as
     :func:`~kavach_core.opaque.b64url_decode` on the C decoder: the strict mode refuses
-    anything outside the alphabet, and re-encoding refuses ``+``, ``/``, padding and
-    non-zero trailing bits."""
+    anything outside the alphabet (``+``, ``/`` and ``=`` are mapped out of it first) and a
+    length of 1 modulo 4; the last character must leave the unused bits zero, so every byte
+    string has exactly one accepted encoding."""
     try:
         text = part.encode("ascii")
-        data = binascii.a2b_base64(text.translate(_TO_STANDARD) + b"=" * (-len(text) % 4), strict_mode=True)
+        rest = len(text) % 4
+        data = binascii.a2b_base64(text.translate(_FROM_URLSAFE) + _PADDING[rest], strict_mode=True)
     except (binascii.Error, ValueError) as exc:  # UnicodeEncodeError is a ValueError
         raise JoseError("invalid base64url") from exc
-    if binascii.b2a_base64(data, newline=False).rstrip(b"=").translate(_TO_URLSAFE) != text:
+    if rest and text[-1] not in _LAST_CHARS[rest]:
         raise JoseError("invalid base64url")
     return data
 
@@ -293,6 +348,17 @@ def verify(token: str, keys: Mapping[str, VerifyingKey], typ: str | None) -> tup
     with or without the ``application/`` prefix, RFC 7515 §4.1.9, RFC 8725 §3.11).
     The payload is decoded only after the signature has verified.
     """
+    head, payload = _verified(token, keys, typ)
+    return dict(head.header), payload
+
+
+def verify_kid(token: str, keys: Mapping[str, VerifyingKey], typ: str | None) -> tuple[str, dict[str, Any]]:
+    """:func:`verify`, returning the ``kid`` that verified instead of a copy of the whole header."""
+    head, payload = _verified(token, keys, typ)
+    return head.kid, payload
+
+
+def _verified(token: str, keys: Mapping[str, VerifyingKey], typ: str | None) -> tuple[_Header, dict[str, Any]]:
     if not isinstance(token, str) or len(token) > MAX_TOKEN or not token.isascii():
         raise JoseError("token too long or not ASCII")
     parts = token.split(".")
@@ -308,11 +374,11 @@ def verify(token: str, keys: Mapping[str, VerifyingKey], typ: str | None) -> tup
         raise UnknownKid("unknown kid")
     if head.alg != key.alg:
         raise JoseError("alg does not match the key")
-    if typ is not None and head.typ != _norm_typ(typ):
+    if typ is not None and head.typ != typ and head.typ != _norm_typ(typ):
         raise JoseError("wrong typ")
     if not key.verify(token[: len(h64) + 1 + len(p64)].encode("ascii"), signature):
         raise JoseError("bad signature")
-    return dict(head.header), json_object(_decode(p64))
+    return head, json_object(_decode(p64))
 
 
 def _norm_typ(value: str) -> str:

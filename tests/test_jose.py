@@ -330,3 +330,33 @@ def test_arbitrary_well_shaped_tokens_raise_only_jose_error(
 def test_claims_helper_is_consistent() -> None:
     """Guard for the test helpers themselves: a claims dict built here has the RFC 9068 §2.2 names."""
     assert set(claims(Harness())) == {"iss", "sub", "aud", "client_id", "scope", "iat", "exp", "jti", "gid"}
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.text(alphabet="ABCDQgwEIMYcz0189-_+/=. \u00e9", max_size=12) | st.binary(max_size=9).map(jose.b64url))
+def test_segment_decoder_accepts_exactly_the_canonical_spelling(text: str) -> None:
+    """The fast segment decoder agrees with the re-encoding reference on every string."""
+    try:
+        expected: bytes | None = jose.b64url_decode(text)
+    except ValueError:
+        expected = None
+    try:
+        got: bytes | None = jose._decode(text)
+    except jose.JoseError:
+        got = None
+    assert got == expected
+
+
+def test_json_object_scan_path_matches_decode() -> None:
+    for text in ('{"a":1}', '{"a":1} ', ' {"a":1}', '{"a":1}x', '{"a":1,"a":2}', '{"a":NaN}', "{", '{"a":1}{}'):
+        try:
+            fast: object = jose.json_object(text.encode())
+        except jose.JoseError:
+            fast = "refused"
+        try:
+            slow: object = jose._STRICT_JSON.decode(text)
+            if not isinstance(slow, dict):
+                slow = "refused"
+        except (jose.JoseError, ValueError):
+            slow = "refused"
+        assert fast == slow, text
