@@ -2,12 +2,18 @@
 
 ::
 
-    kavach serve [--host H] [--port P] [--issuer URL] [--db FILE] [--upstream URL] [--config FILE]
+    kavach serve [--host H] [--port P] [--issuer URL] [--db FILE | --store URL] [--upstream URL] [--config FILE]
     kavach users add NAME [--password-stdin] | users list | users remove NAME
     kavach clients add --name N --redirect-uri URI [...] [--confidential] | list | show ID | revoke ID
     kavach grants list [--subject S] [--client ID] | grants revoke (--subject S | --grant ID)
     kavach keys list | keys rotate
     kavach conformance --issuer URL [...]      (the conformance kit, package kavach_conformance)
+
+Every command takes ``--db FILE`` (an SQLite file, default ``./kavach.db``) or ``--store URL``
+(``postgresql://...``, ``redis://...``, ``sqlite:///path``; also ``KAVACH_STORE`` or ``store =``
+in the TOML file): several ``kavach serve`` processes on one PostgreSQL or Redis store share
+everything, and the other commands act on that shared state. A PostgreSQL or Redis store needs
+``KAVACH_STORE_KEY`` (see ``docs/deployment.md``).
 
 Settings come from flags, then ``KAVACH_*`` environment variables, then a TOML file, then
 defaults (:mod:`kavach.settings`). Bad input is one line on stderr and exit status 2, never a
@@ -21,6 +27,7 @@ import contextlib
 import errno
 import getpass
 import json
+import logging
 import os
 import socket
 import sys
@@ -37,7 +44,7 @@ from kavach_core.errors import OAuthError
 from kavach_core.records import Client, Grant
 from kavach_core.scopes import format_scope
 
-from .instance import Instance, InstanceError, check_issuer
+from .instance import Instance, InstanceError, check_issuer, redact
 from .settings import MCP_PATH, Settings, SettingsError, resolve
 from .users import normalize_username
 
@@ -71,7 +78,13 @@ def _version() -> str:
 
 def _common() -> _Parser:
     common = _Parser(add_help=False)
-    common.add_argument("--db", metavar="FILE", help="the SQLite database (default ./kavach.db; KAVACH_DB)")
+    where = common.add_mutually_exclusive_group()
+    where.add_argument("--db", metavar="FILE", help="the SQLite database (default ./kavach.db; KAVACH_DB)")
+    where.add_argument(
+        "--store", metavar="URL",
+        help="the store instead of --db: postgresql://..., redis://... or sqlite:///PATH (KAVACH_STORE;"
+        " PostgreSQL and Redis need KAVACH_STORE_KEY)",
+    )
     common.add_argument("--config", metavar="FILE", help="a TOML settings file (KAVACH_CONFIG)")
     return common
 
@@ -207,7 +220,9 @@ def _port_arg(text: str) -> int:
 def _settings(args: argparse.Namespace) -> Settings:
     flags = {
         name: getattr(args, name, None)
-        for name in ("host", "port", "issuer", "db", "upstream", "config", "allow_insecure_http", "log_level")
+        for name in (
+            "host", "port", "issuer", "db", "store", "upstream", "config", "allow_insecure_http", "log_level"
+        )
     }
     documents = {
         key: getattr(args, f"document_{key}", None)
@@ -525,16 +540,20 @@ def _banner(settings: Settings, instance: Instance) -> None:
     where = "the built-in demo MCP server (tools echo and add)"
     if settings.upstream:
         where = f"a proxy to {settings.upstream}"
-    db = instance.path if instance.path == ":memory:" else os.path.abspath(instance.path)
+    kind, _, data = instance.describe().partition(": ")
     lines = [
         "kavachOS is running.",
         f"  MCP server URL (paste into your MCP client): {mcp_url}",
         f"  Issuer (authorization server):               {settings.issuer_url}",
         f"  Serving at /mcp:                             {where}",
-        f"  Data (SQLite):                               {db}",
+        f"  Data ({kind}):{' ' * max(1, 38 - len(kind))}{data}",
     ]
     if not instance.users.store.usernames():
-        db_flag = "" if settings.db == "kavach.db" else f" --db {db}"
+        if settings.store:
+            db_flag = f" --store {redact(settings.store)}"
+        else:
+            db = instance.path if instance.path == ":memory:" else os.path.abspath(instance.path)
+            db_flag = "" if settings.db == "kavach.db" else f" --db {db}"
         lines += ["", "No users yet. Create a login for the sign-in page with:", f"  {PROG} users add NAME{db_flag}"]
     lines += ["", "Press Ctrl-C to stop."]
     print("\n".join(lines), flush=True)
@@ -589,6 +608,10 @@ def build_app(instance: Instance) -> Any:
                     tg.cancel_scope.cancel()
             for close in closers:
                 await close()
+            aclose = getattr(instance.store, "aclose", None)
+            if aclose is not None:  # the event loop's connection pool (PostgreSQL, Redis)
+                with contextlib.suppress(Exception):
+                    await aclose()
 
     app = Starlette(routes=[Route(MCP_PATH, guard)], lifespan=lifespan)
     mount(app, server)
@@ -668,6 +691,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # The PostgreSQL pool logs each failed reconnection; a store outage is reported once, as one
+    # line (commands) or as 503 answers and the "store unavailable" log line (serve).
+    logging.getLogger("psycopg.pool").addHandler(logging.NullHandler())
     parser = build_parser()
     args = parser.parse_args(argv)
     handler = getattr(args, "handler", None)

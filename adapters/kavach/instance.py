@@ -1,4 +1,18 @@
-"""One kavachOS instance on one SQLite file: store, users, the server secret and the configuration.
+"""One kavachOS instance: its store, local users, the server secret and the configuration.
+
+Where the data lives is :attr:`Settings.store` (any :func:`kavach.stores.open_store` URL or
+path), else :attr:`Settings.db` (an SQLite file, ``./kavach.db`` by default). The secret and the
+local users live with the store, so every instance sharing a store shares them too:
+
+- SQLite: the ``kavach_settings`` and ``kavach_users`` tables of the same file (below);
+- PostgreSQL: the same two tables in the store's schema (``INSERT ... ON CONFLICT DO NOTHING``
+  then a read, so instances starting together on a fresh schema agree on one secret);
+- Redis: ``<prefix>settings:secret`` (``SET ... NX`` then ``GET``) and the hash ``<prefix>users``,
+  with no TTL (a Redis without persistence forgets them on restart: see ``docs/deployment.md``).
+
+A PostgreSQL or Redis store is shared by several processes, possibly on several machines, so its
+signing keys are kept encrypted (:mod:`kavach.stores._sealing`): an instance on one refuses to
+open without ``KAVACH_STORE_KEY``, and checks at once that the key opens the stored signing keys.
 
 The server secret (:attr:`kavach_core.config.Config.secret`, which keys refresh-token derivation
 and the pages' cookies) is generated once, on first use of a database, and kept in the
@@ -15,17 +29,22 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
+from kavach_core import effects as fx
 from kavach_core.config import Config, ProtectedResource
 from kavach_core.context import Context
 from kavach_core.drivers import Flow, StoreUnavailable, run
 from kavach_core.errors import ConfigurationError
 
 from .settings import Settings, SettingsError
+from .stores import open_store
+from .stores._sealing import ENV_VAR as STORE_KEY_VAR
+from .stores._sealing import StoreKeyError, sealer_from
 from .stores.sqlite import SQLiteStore, SQLiteStoreError
-from .users import SQLiteUsers, Users
+from .users import PostgresUsers, RedisUsers, SQLiteUsers, Users
 
 SECRET_BYTES = 32
 _SETTINGS_TABLE = (
@@ -35,6 +54,8 @@ _SETTINGS_TABLE = (
 
 
 _PLACEHOLDER = ProtectedResource("http://127.0.0.1/mcp")
+_SHARED_KINDS = ("postgres", "redis")
+MAKE_STORE_KEY = 'python -c "import base64, os; print(base64.urlsafe_b64encode(os.urandom(32)).decode())"'
 
 
 class InstanceError(Exception):
@@ -63,6 +84,71 @@ def server_secret(path: str, *, entropy: Callable[[int], bytes] = os.urandom) ->
     if len(value) < SECRET_BYTES:
         raise InstanceError(f"the server secret stored in {path!r} is too short; the database is damaged")
     return value
+
+
+def store_kind(location: str) -> str:
+    """``"memory"``, ``"sqlite"``, ``"postgres"`` or ``"redis"``: what :func:`open_store` makes of ``location``."""
+    if location in ("memory:", ":memory:"):
+        return "memory"
+    scheme = location.partition("://")[0].lower() if "://" in location else ""
+    if scheme in ("postgresql", "postgres"):
+        return "postgres"
+    if scheme in ("redis", "rediss", "unix"):
+        return "redis"
+    return "sqlite"
+
+
+def redact(location: str) -> str:
+    """``location`` without a password, for messages and the banner."""
+    if "://" not in location:
+        return location
+    parts = urlsplit(location)
+    if parts.password is None:
+        return location
+    netloc = parts.netloc.rpartition("@")
+    user = netloc[0].partition(":")[0]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[2]}"))
+
+
+def _sqlite_path(location: str) -> str:
+    return location[len("sqlite:///") :] if location.startswith("sqlite:///") else location
+
+
+def postgres_secret(store: Any, *, entropy: Callable[[int], bytes] = os.urandom) -> bytes:
+    """The secret kept in ``kavach_settings`` of a PostgreSQL store's schema, made on first call."""
+    s = f'"{store.schema}"'
+
+    def plan() -> Any:
+        yield (
+            f"CREATE TABLE IF NOT EXISTS {s}.kavach_settings"
+            " (name text PRIMARY KEY, value bytea NOT NULL, created_at bigint NOT NULL)",
+            (),
+        )
+        yield (
+            f"INSERT INTO {s}.kavach_settings (name, value, created_at) VALUES ('secret', %s, %s)"  # noqa: S608
+            " ON CONFLICT (name) DO NOTHING",
+            (entropy(SECRET_BYTES), int(time.time())),
+        )
+        rows = yield f"SELECT value FROM {s}.kavach_settings WHERE name = 'secret'", ()  # noqa: S608
+        return bytes(rows[0][0])
+
+    store.migrate()
+    value: bytes = store._run(plan(), False)  # same package; each statement commits
+    return value
+
+
+def redis_secret(store: Any, *, entropy: Callable[[int], bytes] = os.urandom) -> bytes:
+    """The secret kept at ``<prefix>settings:secret`` of a Redis store, made on first call."""
+    import redis.exceptions
+
+    key = store.prefix + "settings:secret"
+    client = store._sync_client()  # same package
+    try:
+        client.set(key, entropy(SECRET_BYTES), nx=True)
+        value = client.get(key)
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
+        raise StoreUnavailable(f"Redis is unavailable: {exc}") from exc
+    return bytes(value)
 
 
 def build_config(settings: Settings, secret: bytes) -> Config:
@@ -100,12 +186,41 @@ def check_issuer(settings: Settings) -> Config:
 
 
 class Instance:
-    """The store, the local users and the configuration of one database file."""
+    """The store, the local users, the server secret and the configuration of one deployment."""
 
-    def __init__(self, settings: Settings) -> None:
+    store: Any
+    users: Users
+
+    def __init__(self, settings: Settings, *, environ: Mapping[str, str] | None = None) -> None:
         check_issuer(settings)
         self.settings = settings
-        self.path = settings.db
+        self.location = settings.store or settings.db
+        self.kind = store_kind(self.location)
+        self.path = _sqlite_path(self.location) if self.kind == "sqlite" else self.location
+        if self.kind in _SHARED_KINDS:
+            self._open_shared(os.environ if environ is None else environ)
+        else:
+            self._open_local()
+        self.config = build_config(settings, self.secret)
+
+    def describe(self) -> str:
+        """Where the data lives, for people: ``SQLite: /abs/path``, ``PostgreSQL: postgresql://...``."""
+        if self.kind == "sqlite":
+            return "SQLite: " + (self.path if self.path == ":memory:" else os.path.abspath(self.path))
+        if self.kind == "memory":
+            return "memory (nothing is kept)"
+        name = "PostgreSQL" if self.kind == "postgres" else "Redis"
+        where = f"schema {self.store.schema}" if self.kind == "postgres" else f"prefix {self.store.prefix!r}"
+        return f"{name}: {redact(self.location)} ({where})"
+
+    def _open_local(self) -> None:
+        if self.kind == "memory":
+            from kavach_core.memory_store import MemoryStore
+
+            self.store = MemoryStore()
+            self.secret = os.urandom(SECRET_BYTES)
+            self.users = Users()
+            return
         try:
             self.store = SQLiteStore(self.path)
         except (SQLiteStoreError, StoreUnavailable) as exc:
@@ -120,7 +235,49 @@ class Instance:
         except sqlite3.Error as exc:
             self.store.close()
             raise InstanceError(f"cannot use database {self.path!r}: {exc}") from exc
-        self.config = build_config(settings, self.secret)
+
+    def _open_shared(self, environ: Mapping[str, str]) -> None:
+        """A PostgreSQL or Redis store: the store key first, then one round of reads proving that
+        the backend answers and that the key opens the signing keys it holds."""
+        where = redact(self.location)
+        try:
+            key = sealer_from(None, environ)
+        except StoreKeyError as exc:
+            raise InstanceError(f"{exc}; make one with: {MAKE_STORE_KEY}") from exc
+        if key is None:
+            raise InstanceError(
+                f"a PostgreSQL or Redis store needs {STORE_KEY_VAR} (the same in every instance) to encrypt"
+                f" signing keys at rest; make one with: {MAKE_STORE_KEY}"
+            )
+        try:
+            self.store = open_store(self.location)
+        except ImportError as exc:
+            extra = "postgres" if self.kind == "postgres" else "redis"
+            raise InstanceError(f"this store needs {exc.name}: pip install 'kavachos[{extra}]'") from exc
+        except Exception as exc:  # a malformed URL or schema name: one line, not a traceback
+            raise InstanceError(f"cannot use store {where}: {exc}") from exc
+        try:
+            if self.kind == "postgres":
+                self.secret = postgres_secret(self.store)
+                self.users = Users(PostgresUsers(self.store))
+            else:
+                self.secret = redis_secret(self.store)
+                self.users = Users(RedisUsers(self.store))
+            if len(self.secret) < SECRET_BYTES:
+                raise InstanceError(f"the server secret stored in {where} is too short; the store is damaged")
+            self.store.perform(fx.GetSigningKeys())
+        except StoreUnavailable as exc:
+            self.close()
+            raise InstanceError(f"cannot reach the store at {where}: {_first_line(exc)}") from exc
+        except StoreKeyError as exc:
+            self.close()
+            raise InstanceError(f"{exc} (check {STORE_KEY_VAR}: every instance needs the same one)") from exc
+        except InstanceError:
+            self.close()
+            raise
+        except Exception as exc:
+            self.close()
+            raise InstanceError(f"cannot use store {where}: {_first_line(exc)}") from exc
 
     def context(self) -> Context:
         """A context for one request: the wall clock now and the operating system's entropy."""
@@ -133,4 +290,11 @@ class Instance:
             raise InstanceError(str(exc)) from exc
 
     def close(self) -> None:
-        self.store.close()
+        close = getattr(self.store, "close", None)
+        if close is not None:
+            close()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -11,6 +11,7 @@ The TOML file::
     port = 8000                   # KAVACH_PORT
     issuer = "https://auth.example.com"   # KAVACH_ISSUER; default http://127.0.0.1:<port>
     db = "kavach.db"              # KAVACH_DB; relative to this file's directory
+    store = "postgresql://kavach@db.internal/kavach"   # KAVACH_STORE; instead of db (see below)
     upstream = "http://127.0.0.1:9000/mcp"   # KAVACH_UPSTREAM
     allow_insecure_http = false   # KAVACH_ALLOW_INSECURE_HTTP
     refresh_grace = 10            # KAVACH_REFRESH_GRACE
@@ -37,6 +38,13 @@ The TOML file::
     deny_hosts = [".internal.example.com"]                     # KAVACH_DOCUMENT_DENY_HOSTS
     ca_bundle = "/etc/ssl/extra-ca.pem"                        # KAVACH_DOCUMENT_CA_BUNDLE
     allow_loopback = false        # KAVACH_DOCUMENT_ALLOW_LOOPBACK; development only
+
+Where the data lives: ``db`` (an SQLite file) or ``store`` (a URL for
+:func:`kavach.stores.open_store`: ``postgresql://...``, ``redis://...``, ``sqlite:///path`` or a
+file path). They name the same thing, so a higher source's ``db`` replaces a lower source's
+``store`` and the other way round; one source giving both is an error. A PostgreSQL or Redis
+store also needs ``KAVACH_STORE_KEY`` in the environment (never in this file): see
+``docs/deployment.md``.
 """
 
 from __future__ import annotations
@@ -60,7 +68,7 @@ MCP_PATH = "/mcp"
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 
 _TOP_KEYS = frozenset(
-    {"host", "port", "issuer", "db", "upstream", "allow_insecure_http", "refresh_grace", "signing_alg",
+    {"host", "port", "issuer", "db", "store", "upstream", "allow_insecure_http", "refresh_grace", "signing_alg",
      "log_level", "lifetimes", "resource", "registration", "documents"}
 )
 _LIFETIME_KEYS = tuple(f.name for f in attrs.fields(Lifetimes))
@@ -84,6 +92,8 @@ class Settings:
     port: int = DEFAULT_PORT
     issuer: str | None = None
     db: str = DEFAULT_DB
+    store: str | None = None
+    """A store URL or path (:func:`kavach.stores.open_store`); when set it replaces ``db``."""
     upstream: str | None = None
     allow_insecure_http: bool = False
     refresh_grace: int = 10
@@ -211,6 +221,10 @@ def _from_toml(path: str) -> dict[str, Any]:
     if "db" in data:
         db = _str("db", data["db"], src)
         out["db"] = db if db == ":memory:" or os.path.isabs(db) else str(base / db)
+    if "store" in data:
+        store = _str("store", data["store"], src)
+        is_path = "://" not in store and store not in (":memory:", "memory:")
+        out["store"] = str(base / store) if is_path and not os.path.isabs(store) else store
     if "port" in data:
         out["port"] = _port(_int("port", data["port"], src), src)
     if "refresh_grace" in data:
@@ -286,7 +300,7 @@ def _resource_table(table: object, src: str) -> dict[str, Any]:
 
 def _from_env(environ: Mapping[str, str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for key in ("host", "issuer", "db", "upstream", "signing_alg", "log_level"):
+    for key in ("host", "issuer", "db", "store", "upstream", "signing_alg", "log_level"):
         value = environ.get(f"KAVACH_{key.upper()}")
         if value:
             out[key] = value
@@ -333,28 +347,42 @@ def resolve(flags: Mapping[str, Any], environ: Mapping[str, str] | None = None) 
     config_file = given.pop("config", None) or env.get("KAVACH_CONFIG") or None
     merged: dict[str, Any] = {}
     if config_file:
-        merged.update(_from_toml(config_file))
+        _place(merged, _from_toml(config_file), f"config file {config_file!r}")
     from_env = _from_env(env)
     for key in ("lifetimes", "registration", "documents"):
         if key in from_env and key in merged:
             from_env[key] = {**merged[key], **from_env[key]}
-    merged.update(from_env)
+    _place(merged, from_env, "the environment (KAVACH_DB and KAVACH_STORE)")
     if given.get("allow_insecure_http") is False:
         given.pop("allow_insecure_http")
     if "documents" in given:
         given["documents"] = {**merged.get("documents", {}), **given["documents"]}
     if "port" in given:
         given["port"] = _port(int(given["port"]), "--port")
-    merged.update(given)
+    _place(merged, given, "--db and --store")
     level = str(merged.get("log_level", "info")).lower()
     if level not in LOG_LEVELS:
         raise SettingsError(f"log_level must be one of {', '.join(LOG_LEVELS)}, not {level!r}")
     merged["log_level"] = level
     if merged.get("db") == "":
         raise SettingsError("the database path is empty; give --db PATH")
+    if merged.get("store") == "":
+        raise SettingsError("the store is empty; give --store URL (postgresql://, redis://, sqlite:///) or --db PATH")
     if merged.get("upstream") is not None:
         merged["upstream"] = _check_upstream(str(merged["upstream"]))
     return Settings(config_file=config_file, **merged)
+
+
+def _place(merged: dict[str, Any], layer: dict[str, Any], source: str) -> None:
+    """``merged.update(layer)``, where ``db`` and ``store`` are one setting (where the data lives):
+    a layer naming either replaces both below it; naming both at once is an error."""
+    if "db" in layer and "store" in layer:
+        raise SettingsError(f"{source}: give a database (db) or a store, not both")
+    if "db" in layer:
+        merged.pop("store", None)
+    if "store" in layer:
+        merged.pop("db", None)
+    merged.update(layer)
 
 
 def _check_upstream(url: str) -> str:

@@ -3,6 +3,13 @@
 Applications with their own login (a session cookie, SSO) do not need this module: they pass an
 ``identify`` hook to :class:`kavach.server.AuthorizationServer` instead.
 
+Where users live: :class:`MemoryUsers` (a dict), :class:`SQLiteUsers` (a table of an SQLite
+file), :class:`PostgresUsers` and :class:`RedisUsers` (in the database of a
+:class:`~kavach.stores.postgres.PostgresStore` or :class:`~kavach.stores.redis.RedisStore`, so
+every instance sharing that store shares its users). The last two raise
+:class:`kavach_core.drivers.StoreUnavailable` when the backend cannot be reached, which the
+server answers with 503 like any other store outage.
+
 Hashes are ``scrypt$<log2 n>$<r>$<p>$<salt>$<key>`` (RFC 7914, base64url salt and key); verifying
 is constant-time (``cryptography``'s ``Scrypt.verify``), and an unknown username still costs one
 scrypt run, so timing does not tell which usernames exist.
@@ -16,10 +23,17 @@ import sqlite3
 import threading
 import time
 import unicodedata
-from typing import Protocol
+from collections.abc import Generator
+from typing import TYPE_CHECKING, Any, Protocol
 
 from cryptography.exceptions import InvalidKey
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
+
+from kavach_core.drivers import StoreUnavailable
+
+if TYPE_CHECKING:
+    from .stores.postgres import PostgresStore
+    from .stores.redis import RedisStore
 
 DEFAULT_LOG_N = 15
 """n = 2**15, r = 8, p = 1: 32 MiB and tens of milliseconds per attempt (RFC 7914 §2, OWASP)."""
@@ -155,6 +169,90 @@ class SQLiteUsers:
         finally:
             db.close()
         return tuple(str(r[0]) for r in rows)
+
+
+_PG_USERS_TABLE = (
+    "CREATE TABLE IF NOT EXISTS {s}.kavach_users ("
+    "username text PRIMARY KEY, password_hash text NOT NULL, updated_at bigint NOT NULL)"
+)
+
+_SqlPlan = Generator[tuple[str, tuple[Any, ...]], list[tuple[Any, ...]], Any]
+
+
+class PostgresUsers:
+    """Users in the ``kavach_users`` table of a :class:`~kavach.stores.postgres.PostgresStore`'s
+    schema, reached through that store's connection pool (its migrations run first, so the table
+    sits next to the store's own). Each method is one statement."""
+
+    def __init__(self, store: PostgresStore) -> None:
+        self._store = store
+        self._s = f'"{store.schema}"'
+        store.migrate()
+        self._one(_PG_USERS_TABLE.format(s=self._s), ())
+
+    def _one(self, sql: str, args: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        def plan() -> _SqlPlan:
+            return (yield sql, args)
+
+        rows: list[tuple[Any, ...]] = self._store._run(plan(), False)  # same package
+        return rows
+
+    def get_hash(self, username: str) -> str | None:
+        rows = self._one(f"SELECT password_hash FROM {self._s}.kavach_users WHERE username = %s", (username,))  # noqa: S608
+        return str(rows[0][0]) if rows else None
+
+    def set_hash(self, username: str, password_hash: str) -> None:
+        self._one(
+            f"INSERT INTO {self._s}.kavach_users (username, password_hash, updated_at) VALUES (%s, %s, %s)"  # noqa: S608
+            " ON CONFLICT (username) DO UPDATE SET password_hash = excluded.password_hash,"
+            " updated_at = excluded.updated_at",
+            (username, password_hash, int(time.time())),
+        )
+
+    def delete(self, username: str) -> bool:
+        rows = self._one(f"DELETE FROM {self._s}.kavach_users WHERE username = %s RETURNING 1", (username,))  # noqa: S608
+        return bool(rows)
+
+    def usernames(self) -> tuple[str, ...]:
+        rows = self._one(f"SELECT username FROM {self._s}.kavach_users ORDER BY username", ())  # noqa: S608
+        return tuple(str(r[0]) for r in rows)
+
+
+class RedisUsers:
+    """Users in one hash, ``<prefix>users`` (username -> password hash, no TTL), of a
+    :class:`~kavach.stores.redis.RedisStore`'s Redis, through that store's client. Each method is
+    one command; reads are retried once on a fresh connection, writes never (like the store)."""
+
+    def __init__(self, store: RedisStore) -> None:
+        self._store = store
+        self.key = store.prefix + "users"
+
+    def _command(self, *args: Any, read: bool) -> Any:
+        import redis.exceptions
+
+        unavailable = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
+        client = self._store._sync_client()  # same package
+        for attempt in (1, 2):
+            try:
+                return client.execute_command(*args)  # type: ignore[no-untyped-call]
+            except unavailable as exc:
+                if not read or attempt == 2:
+                    raise StoreUnavailable(f"Redis is unavailable: {exc}") from exc
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def get_hash(self, username: str) -> str | None:
+        raw = self._command("HGET", self.key, username, read=True)
+        return None if raw is None else bytes(raw).decode() if isinstance(raw, bytes) else str(raw)
+
+    def set_hash(self, username: str, password_hash: str) -> None:
+        self._command("HSET", self.key, username, password_hash, read=False)
+
+    def delete(self, username: str) -> bool:
+        return bool(self._command("HDEL", self.key, username, read=False))
+
+    def usernames(self) -> tuple[str, ...]:
+        raw = self._command("HKEYS", self.key, read=True)
+        return tuple(sorted(k.decode() if isinstance(k, bytes) else str(k) for k in raw))
 
 
 class Users:
