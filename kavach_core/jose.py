@@ -73,7 +73,7 @@ _STRICT_JSON = json.JSONDecoder(object_pairs_hook=_no_duplicates, parse_constant
 """Built once: ``json.loads`` with these hooks would build a new decoder for every call."""
 
 
-_SCAN = _STRICT_JSON.scan_once
+_SCAN: Callable[[str, int], tuple[Any, int]] = _STRICT_JSON.scan_once  # type: ignore[attr-defined]
 """The decoder's own scanner: what ``decode`` runs after skipping leading whitespace."""
 
 
