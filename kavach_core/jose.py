@@ -263,10 +263,23 @@ def _encode_json(value: Mapping[str, Any]) -> str:
     return b64url(json.dumps(value, separators=(",", ":"), allow_nan=False).encode("utf-8"))
 
 
+_encoded_headers: dict[tuple[str, str, str], str] = {}
+
+
+def _encoded_header(alg: str, kid: str, typ: str) -> str:
+    """The encoded protected header ``{alg, kid, typ}``: the same text for every token a key signs."""
+    found = _encoded_headers.get((alg, kid, typ))
+    if found is None:
+        found = _encode_json({"alg": alg, "kid": kid, "typ": typ})
+        if len(_encoded_headers) >= _HEADER_CACHE_SIZE:
+            _encoded_headers.clear()
+        _encoded_headers[(alg, kid, typ)] = found
+    return found
+
+
 def sign(pair: SigningKeyPair, payload: Mapping[str, Any], typ: str) -> str:
     """Compact JWS (RFC 7515 §7.1) of ``payload`` with the protected header ``{alg, kid, typ}``."""
-    header = {"alg": pair.alg, "kid": pair.kid, "typ": typ}
-    signing_input = f"{_encode_json(header)}.{_encode_json(payload)}"
+    signing_input = f"{_encoded_header(pair.alg, pair.kid, typ)}.{_encode_json(payload)}"
     return f"{signing_input}.{b64url(pair.sign(signing_input.encode('ascii')))}"
 
 

@@ -14,8 +14,27 @@ from .errors import OAuthError
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
+_MEMO_SIZE = 256
+_memo: dict[str, str] = {}
+
+
 def canonical_resource(uri: str) -> str:
-    """The canonical form of a resource URI; ``ValueError`` when it cannot be one."""
+    """The canonical form of a resource URI; ``ValueError`` when it cannot be one.
+
+    The function is pure, so the answers for the last few distinct valid URIs are remembered
+    (every request of a flow names the same resource); a URI that fails is never remembered.
+    """
+    found = _memo.get(uri) if type(uri) is str else None
+    if found is None:
+        found = _canonical(uri)
+        if type(uri) is str:
+            if len(_memo) >= _MEMO_SIZE:
+                _memo.clear()
+            _memo[uri] = found
+    return found
+
+
+def _canonical(uri: str) -> str:
     if not uri or any(ch.isspace() for ch in uri) or any(ord(ch) < 0x20 for ch in uri):
         raise ValueError("a resource must be an absolute URI without spaces")
     try:

@@ -142,6 +142,23 @@ def _normal_host(host: str) -> str:
 # -- the table ---------------------------------------------------------------------------------
 
 
+_TABLES_SIZE = 16
+_tables: dict[int, tuple[Config, dict[str, Route]]] = {}
+
+
+def _table(config: Config) -> dict[str, Route]:
+    """:func:`routes` built once per configuration object (a frozen value; the entry holds it,
+    so its ``id`` cannot be reused while remembered). Callers must not change the table."""
+    entry = _tables.get(id(config))
+    if entry is not None and entry[0] is config:
+        return entry[1]
+    table = routes(config)
+    if len(_tables) >= _TABLES_SIZE:
+        _tables.clear()
+    _tables[id(config)] = (config, table)
+    return table
+
+
 def routes(config: Config) -> dict[str, Route]:
     """Every path this server answers, and how (the table is small and cheap to build)."""
     table: dict[str, Route] = {}
@@ -202,7 +219,7 @@ def _dispatch(ctx: Context, req: HttpRequest, route: Route) -> Flow[Outcome]:
 
 def route(ctx: Context, req: HttpRequest) -> Flow[Response | ConsentRequired]:
     """Answer ``req``: find its endpoint, check the method, apply CORS (MD-04)."""
-    target = routes(ctx.config).get(req.path)
+    target = _table(ctx.config).get(req.path)
     if target is None:
         return _not_found()
     if target.cors and req.method == "OPTIONS":
