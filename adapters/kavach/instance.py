@@ -95,6 +95,12 @@ def store_kind(location: str) -> str:
         return "postgres"
     if scheme in ("redis", "rediss", "unix"):
         return "redis"
+    if scheme == "sqlite" and not location.startswith("sqlite:///"):
+        raise InstanceError(f"{location!r}: write sqlite:///relative/path or sqlite:////absolute/path")
+    if scheme not in ("", "sqlite"):
+        raise InstanceError(
+            f"unknown store {redact(location)!r}: use a file path, sqlite:///PATH, postgresql://... or redis://..."
+        )
     return "sqlite"
 
 
