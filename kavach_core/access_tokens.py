@@ -162,9 +162,11 @@ def verify(
     get = claims.get
     if get("iss") != issuer:
         raise InvalidToken("wrong issuer")
-    aud = _audience(claims, here)
-    if aud != here:
-        raise InvalidToken("wrong audience")
+    aud = get("aud")
+    if aud != here:  # the token spells it differently (or as a list): make it canonical first
+        aud = _audience(claims, here)
+        if aud != here:
+            raise InvalidToken("wrong audience")
     exp = get("exp")
     iat = get("iat")
     if type(exp) is not int:
@@ -187,15 +189,7 @@ def verify(
         jti, gid = _str_claim(claims, "jti"), _str_claim(claims, "gid")
     if not (sub and client_id and jti and gid):
         raise InvalidToken("claim sub, client_id, jti or gid is empty")
-    return AccessToken(
-        subject=sub,
-        client_id=client_id,
-        audience=aud,
-        scopes=tuple(s for s in scope.split(" ") if s),
-        issued_at=iat,
-        expires_at=exp,
-        jti=jti,
-        grant_id=gid,
-        claims=claims,
-        kid=kid,
-    )
+    scopes = scope.split(" ")
+    if "" in scopes:  # empty scope, or doubled spaces
+        scopes = [s for s in scopes if s]
+    return AccessToken(sub, client_id, here, tuple(scopes), iat, exp, jti, gid, claims, kid)
