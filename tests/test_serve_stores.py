@@ -27,11 +27,12 @@ import hashlib
 import json
 import os
 import secrets
+import socket
 import subprocess
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
@@ -98,10 +99,8 @@ class SlowProxy(TcpProxy):
         except OSError:
             pass
         for sock in (source, sink):
-            try:
-                sock.shutdown(2)
-            except OSError:
-                pass
+            with suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
 
 
 @contextmanager
@@ -398,7 +397,7 @@ def test_a_shared_store_needs_the_store_key(backend: str, tmp_path: Path) -> Non
 
         schema = parse_qs(urlsplit(url).query)["schema"][0]
         with psycopg.connect(services.POSTGRES_URL) as conn:
-            rows = conn.execute(f'SELECT private_pem FROM "{schema}".signing_keys').fetchall()  # noqa: S608
+            rows = conn.execute(f'SELECT private_pem FROM "{schema}".signing_keys').fetchall()
         stored = [bytes(r[0]) for r in rows]
     else:
         import redis
@@ -551,7 +550,7 @@ def test_connection_killed_mid_refresh(backend: str, tmp_path: Path) -> None:
         for offset in (0.15, 0.45, 0.75, 1.05, 1.35):
             proxy.delay = 0.1
             answers: list[httpx.Response] = []
-            worker = threading.Thread(target=lambda: answers.append(refresh(served.base, tokens, served.resource)))
+            worker = threading.Thread(target=_refresh_into, args=(answers, served, tokens))
             worker.start()
             time.sleep(offset)
             proxy.cut()
@@ -565,13 +564,17 @@ def test_connection_killed_mid_refresh(backend: str, tmp_path: Path) -> None:
                 continue
             assert unavailable(answer), answer.text
             cut_mid_flow += 1
-            retried = until(lambda: _not_503(refresh(served.base, tokens, served.resource)), 30, "a retried refresh")
+            retried = until(lambda t=tokens: _not_503(refresh(served.base, t, served.resource)), 30, "a retry")
             assert retried.status_code == 200, retried.text
             tokens = {**tokens, **retried.json()}
             assert call_mcp(served.mcp_url, tokens["access_token"]).status_code == 200
         assert cut_mid_flow, "no cut landed inside a refresh; slow the proxy further"
         final = refresh(served.base, tokens, served.resource)
         assert final.status_code == 200, final.text
+
+
+def _refresh_into(answers: list[httpx.Response], served: Served, tokens: dict[str, Any]) -> None:
+    answers.append(refresh(served.base, tokens, served.resource))
 
 
 def _not_503(answer: httpx.Response) -> httpx.Response | None:
