@@ -695,3 +695,31 @@ def test_tk_03_redeem_with_issuer_in_env() -> None:
     add_client(h)
     resp = redeem(h, get_code(h))
     assert jwt_parts(resp.json()["access_token"])[1]["iss"] == ISSUER
+
+
+def test_drivers_nonblocking_is_an_explicit_declaration() -> None:
+    from kavach_core.drivers import nonblocking
+
+    class Truthy:
+        nonblocking = 1
+
+    assert nonblocking(MemoryStore()) is True
+    assert nonblocking(_SyncOnly()) is False
+    assert nonblocking(Truthy()) is False  # only ``True`` itself counts
+
+
+def test_rs_05_canonical_resource_memo_is_bounded_and_never_keeps_failures() -> None:
+    from kavach_core import resource_indicators
+
+    for i in range(resource_indicators._MEMO_SIZE + 5):
+        assert canonical_resource(f"https://R{i}.example/x/") == f"https://r{i}.example/x"
+    assert len(resource_indicators._memo) <= resource_indicators._MEMO_SIZE
+    with pytest.raises(ValueError):
+        canonical_resource("https://bad.example/#f")
+    assert "https://bad.example/#f" not in resource_indicators._memo
+
+    class Text(str):
+        pass
+
+    assert canonical_resource(Text("https://A.example/")) == "https://a.example"
+    assert Text("https://A.example/") not in [k for k in resource_indicators._memo if type(k) is not str]
