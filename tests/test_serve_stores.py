@@ -388,16 +388,19 @@ def test_a_shared_store_needs_the_store_key(backend: str, tmp_path: Path) -> Non
     ok(["keys", "rotate", "--store", url])
     other = base64.urlsafe_b64encode(b"o" * 32).decode()
     bad(["keys", "list", "--store", url], "sealed with another store key", environ=env(KAVACH_STORE_KEY=other))
+    bad(["users", "list", "--store", url], "sealed with another store key", environ=env(KAVACH_STORE_KEY=other))
     port = free_port()
     proc = run(["serve", "--port", str(port), "--store", url], environ=plain)
     assert proc.returncode == 2 and "needs KAVACH_STORE_KEY" in proc.stderr, proc.stderr
-    # the signing keys are stored sealed: no PEM in the backend
+    # the signing keys and the server secret are stored sealed: no PEM in the backend
     if backend == "postgres":
         import psycopg
 
         schema = parse_qs(urlsplit(url).query)["schema"][0]
         with psycopg.connect(services.POSTGRES_URL) as conn:
             rows = conn.execute(f'SELECT private_pem FROM "{schema}".signing_keys').fetchall()
+            found = conn.execute(f'SELECT value FROM "{schema}".kavach_settings WHERE name = %s', ("secret",))
+            secret = bytes(found.fetchall()[0][0])
         stored = [bytes(r[0]) for r in rows]
     else:
         import redis
@@ -406,9 +409,11 @@ def test_a_shared_store_needs_the_store_key(backend: str, tmp_path: Path) -> Non
         try:
             prefix = parse_qs(urlsplit(url).query)["prefix"][0]
             stored = [client.dump(k) or b"" for k in client.scan_iter(match=prefix + "*")]
+            secret = bytes(client.get(prefix + "settings:secret") or b"")
         finally:
             client.close()
     assert stored and not any(b"PRIVATE KEY" in value for value in stored)
+    assert secret.startswith(b"kavach-sealed-v1:"), secret
 
 
 def test_unreachable_store_is_one_line(tmp_path: Path) -> None:

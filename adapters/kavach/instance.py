@@ -11,8 +11,11 @@ local users live with the store, so every instance sharing a store shares them t
   with no TTL (a Redis without persistence forgets them on restart: see ``docs/deployment.md``).
 
 A PostgreSQL or Redis store is shared by several processes, possibly on several machines, so its
-signing keys are kept encrypted (:mod:`kavach.stores._sealing`): an instance on one refuses to
-open without ``KAVACH_STORE_KEY``, and checks at once that the key opens the stored signing keys.
+signing keys and the server secret are kept encrypted (:mod:`kavach.stores._sealing`, the secret
+under the associated data :data:`SECRET_AAD`): an instance on one refuses to open without
+``KAVACH_STORE_KEY``, and checks at once that the key opens what the store holds. A copy of the
+database alone then yields neither a signing key nor the secret that keys session cookies and
+refresh-token derivation.
 
 The server secret (:attr:`kavach_core.config.Config.secret`, which keys refresh-token derivation
 and the pages' cookies) is generated once, on first use of a database, and kept in the
@@ -42,11 +45,13 @@ from kavach_core.errors import ConfigurationError
 from .settings import Settings, SettingsError
 from .stores import open_store
 from .stores._sealing import ENV_VAR as STORE_KEY_VAR
-from .stores._sealing import StoreKeyError, sealer_from
+from .stores._sealing import KeySealer, StoreKeyError, seal, sealer_from, unseal
 from .stores.sqlite import SQLiteStore, SQLiteStoreError
 from .users import PostgresUsers, RedisUsers, SQLiteUsers, Users
 
 SECRET_BYTES = 32
+SECRET_AAD = "kavach-server-secret"
+"""The associated data sealing the server secret (a sealed signing key's PEM does not open as it)."""
 _SETTINGS_TABLE = (
     "CREATE TABLE IF NOT EXISTS kavach_settings "
     "(name TEXT PRIMARY KEY, value BLOB NOT NULL, created_at INTEGER NOT NULL)"
@@ -120,8 +125,11 @@ def _sqlite_path(location: str) -> str:
     return location[len("sqlite:///") :] if location.startswith("sqlite:///") else location
 
 
-def postgres_secret(store: Any, *, entropy: Callable[[int], bytes] = os.urandom) -> bytes:
-    """The secret kept in ``kavach_settings`` of a PostgreSQL store's schema, made on first call."""
+def postgres_secret(
+    store: Any, sealer: KeySealer | None = None, *, entropy: Callable[[int], bytes] = os.urandom
+) -> bytes:
+    """The secret kept in ``kavach_settings`` of a PostgreSQL store's schema, made on first call
+    (sealed with ``sealer`` when given, like the signing keys)."""
     s = f'"{store.schema}"'
 
     def plan() -> Any:
@@ -133,28 +141,38 @@ def postgres_secret(store: Any, *, entropy: Callable[[int], bytes] = os.urandom)
         yield (
             f"INSERT INTO {s}.kavach_settings (name, value, created_at) VALUES ('secret', %s, %s)"  # noqa: S608
             " ON CONFLICT (name) DO NOTHING",
-            (entropy(SECRET_BYTES), int(time.time())),
+            (seal(sealer, SECRET_AAD, entropy(SECRET_BYTES)), int(time.time())),
         )
         rows = yield f"SELECT value FROM {s}.kavach_settings WHERE name = 'secret'", ()  # noqa: S608
         return bytes(rows[0][0])
 
     store.migrate()
     value: bytes = store._run(plan(), False)  # same package; each statement commits
-    return value
+    return _open_secret(sealer, value)
 
 
-def redis_secret(store: Any, *, entropy: Callable[[int], bytes] = os.urandom) -> bytes:
-    """The secret kept at ``<prefix>settings:secret`` of a Redis store, made on first call."""
+def redis_secret(
+    store: Any, sealer: KeySealer | None = None, *, entropy: Callable[[int], bytes] = os.urandom
+) -> bytes:
+    """The secret kept at ``<prefix>settings:secret`` of a Redis store, made on first call
+    (sealed with ``sealer`` when given, like the signing keys)."""
     import redis.exceptions
 
     key = store.prefix + "settings:secret"
     client = store._sync_client()  # same package
     try:
-        client.set(key, entropy(SECRET_BYTES), nx=True)
+        client.set(key, seal(sealer, SECRET_AAD, entropy(SECRET_BYTES)), nx=True)
         value = client.get(key)
     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
         raise StoreUnavailable(f"Redis is unavailable: {exc}") from exc
-    return bytes(value)
+    return _open_secret(sealer, bytes(value))
+
+
+def _open_secret(sealer: KeySealer | None, stored: bytes) -> bytes:
+    try:
+        return unseal(sealer, SECRET_AAD, stored)
+    except StoreKeyError as exc:
+        raise StoreKeyError("the server secret in this store was sealed with another store key") from exc
 
 
 def build_config(settings: Settings, secret: bytes) -> Config:
@@ -264,10 +282,10 @@ class Instance:
             raise InstanceError(f"cannot use store {where}: {exc}") from exc
         try:
             if self.kind == "postgres":
-                self.secret = postgres_secret(self.store)
+                self.secret = postgres_secret(self.store, key)
                 self.users = Users(PostgresUsers(self.store))
             else:
-                self.secret = redis_secret(self.store)
+                self.secret = redis_secret(self.store, key)
                 self.users = Users(RedisUsers(self.store))
             if len(self.secret) < SECRET_BYTES:
                 raise InstanceError(f"the server secret stored in {where} is too short; the store is damaged")
