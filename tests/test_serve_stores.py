@@ -409,7 +409,8 @@ def test_a_shared_store_needs_the_store_key(backend: str, tmp_path: Path) -> Non
         try:
             prefix = parse_qs(urlsplit(url).query)["prefix"][0]
             stored = [client.dump(k) or b"" for k in client.scan_iter(match=prefix + "*")]
-            secret = bytes(client.get(prefix + "settings:secret") or b"")
+            raw = client.get(prefix + "settings:secret")
+            secret = raw if isinstance(raw, bytes) else b""
         finally:
             client.close()
     assert stored and not any(b"PRIVATE KEY" in value for value in stored)
