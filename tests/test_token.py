@@ -636,6 +636,28 @@ def test_tk_07_after_the_grace_window_the_retry_is_reuse(hc: Harness) -> None:
     assert_error(refresh(hc, second["refresh_token"]), "invalid_grant")
 
 
+@pytest.mark.parametrize(
+    "extra", [{"scope": "admin"}, {"scope": "tools:list tools:call resources:read"}, {"resource": OTHER_RESOURCE}]
+)
+def test_tk_07_reuse_is_detected_before_scope_and_resource_checks(hc: Harness, extra: dict[str, str]) -> None:
+    """A superseded token revokes its family even when the request also asks for a bad scope or
+    resource: reuse detection is not skipped by an otherwise invalid request (RFC 9700 §4.14.2)."""
+    first = tokens(hc)
+    second = assert_tokens(refresh(hc, first["refresh_token"]))
+    hc.now += 11
+    body = assert_error(refresh(hc, first["refresh_token"], **extra), "invalid_grant")
+    assert "reuse" in body["error_description"]
+    assert is_revoked(hc, second["access_token"])
+
+
+def test_tk_07_retry_within_grace_with_a_bad_scope_writes_nothing(hc: Harness) -> None:
+    first = tokens(hc)
+    second = assert_tokens(refresh(hc, first["refresh_token"]))
+    assert_error(refresh(hc, first["refresh_token"], scope="admin"), "invalid_scope")
+    assert not is_revoked(hc, second["access_token"])
+    assert_tokens(refresh(hc, second["refresh_token"]))
+
+
 def test_tk_07_grace_zero_disables_the_window() -> None:
     h = Harness(make_config(refresh_grace=0))
     add_client(h)

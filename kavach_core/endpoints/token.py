@@ -153,16 +153,9 @@ def _refresh(ctx: Context, client: Client, msg: TokenRequest) -> Flow[Response]:
     if generation == grant.refresh_generation and ctx.now >= grant.refresh_expires_at:
         # The current token idled out: refuse without a rotation effect (a rejection writes nothing).
         raise invalid
-    scopes = grant.scopes
-    asked = parse_scope(msg.scope)
-    if asked is not None:
-        if uncovered(asked, grant.scopes):
-            raise OAuthError("invalid_scope", "a refresh can only narrow the granted scope")
-        scopes = asked
-    resource = _one_resource(ctx, msg.resources, grant.resources)
     lifetimes = ctx.config.lifetimes
     successor = refresh_token(ctx.config.secret, grant_id, generation + 1)
-    rotation = yield fx.RotateRefresh(
+    rotate = fx.RotateRefresh(
         grant_id=grant_id,
         generation=generation,
         presented_hash=digest(msg.refresh_token),
@@ -171,8 +164,28 @@ def _refresh(ctx: Context, client: Client, msg: TokenRequest) -> Flow[Response]:
         grace=ctx.config.refresh_grace,
         idle_expires_at=ctx.now + lifetimes.refresh_idle,
     )
+    rotation: fx.Rotation | None = None
+    if generation != grant.refresh_generation:
+        # A superseded token: reuse detection comes first, whatever else the request says
+        # (RFC 9700 §4.14.2); a retry within the grace window writes nothing.
+        rotation = yield rotate
+        _check_rotation(rotation, invalid)
+    scopes = grant.scopes
+    asked = parse_scope(msg.scope)
+    if asked is not None:
+        if uncovered(asked, grant.scopes):
+            raise OAuthError("invalid_scope", "a refresh can only narrow the granted scope")
+        scopes = asked
+    resource = _one_resource(ctx, msg.resources, grant.resources)
+    if rotation is None:
+        rotation = yield rotate
+        _check_rotation(rotation, invalid)
+    assert rotation.grant is not None
+    return (yield from _issue(ctx, client, rotation.grant, resource, scopes, successor))
+
+
+def _check_rotation(rotation: fx.Rotation, invalid: OAuthError) -> None:
     if rotation.outcome == "reused":
         raise OAuthError("invalid_grant", "refresh token reuse detected; the grant is revoked")
     if rotation.outcome not in ("rotated", "retried") or rotation.grant is None:
         raise invalid
-    return (yield from _issue(ctx, client, rotation.grant, resource, scopes, successor))
