@@ -11,6 +11,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from kavach_core.config import Config, ProtectedResource
 from kavach_core.context import Context
@@ -18,6 +19,11 @@ from kavach_core.drivers import Flow, run, trace
 from kavach_core.effects import Effect
 from kavach_core.http import HttpRequest
 from kavach_core.memory_store import MemoryStore
+
+# Property tests assert invariants, never speed: a loaded CI machine must not turn a slow example
+# into a failure. The number of examples stays each test's own choice.
+settings.register_profile("kavach", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("kavach")
 
 ISSUER = "https://as.example.com"
 RESOURCE = "https://mcp.example.com/mcp"
