@@ -226,7 +226,7 @@ def authenticate(
         return challenge(here, ask, "invalid_token", INVALID_TOKEN_DESCRIPTION)
     if required:
         granted = access.scopes
-        missing = tuple(scope for scope in required if not any_covers(granted, scope))
+        missing = tuple(scope for scope in required if scope not in granted and not any_covers(granted, scope))
         if missing:
             return challenge(here, required, "insufficient_scope", INSUFFICIENT_SCOPE_DESCRIPTION)
     return Principal(access)

@@ -83,8 +83,16 @@ async def _request(scope: Scope, receive: Receive, send: Send) -> HttpRequest | 
     return None if body is None else _translate(scope, body)
 
 
-def _authorization(scope: Scope) -> list[str]:
-    return [v.decode("latin-1") for k, v in scope["headers"] if k.lower() == b"authorization"]
+def _split_authorization(scope: Scope) -> tuple[list[str], list[tuple[bytes, bytes]]]:
+    """The ``Authorization`` values, and every other header (what the wrapped app gets)."""
+    values: list[str] = []
+    kept: list[tuple[bytes, bytes]] = []
+    for k, v in scope["headers"]:
+        if k.lower() == b"authorization":
+            values.append(v.decode("latin-1"))
+        else:
+            kept.append((k, v))
+    return values, kept
 
 
 class KavachEndpoint:
@@ -140,12 +148,13 @@ class KavachGuard:
         need = self.server.body_scopes(body) if self.required is None else self.required(_translate(scope, body))
         if isinstance(need, Response):
             return await _send(send, need)
-        outcome = await self.server.aguard_values(self.resource, _authorization(scope), need)
+        authorization, others = _split_authorization(scope)
+        outcome = await self.server.aguard_values(self.resource, authorization, need)
         if isinstance(outcome, Response):
             return await _send(send, outcome)
         inner = dict(scope)
         inner["state"] = {**(scope.get("state") or {}), "principal": outcome}
-        inner["headers"] = [(k, v) for k, v in scope["headers"] if k.lower() != b"authorization"]
+        inner["headers"] = others
         await self.app(inner, _replay(body, receive), send)
         return None
 
