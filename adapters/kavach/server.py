@@ -34,7 +34,7 @@ from kavach_core.errors import OAuthError
 from kavach_core.guard import Principal, authenticate_values
 from kavach_core.http import HttpRequest, Response, json_response
 from kavach_core.keys import KEYRING_TTL, KeyRing
-from kavach_core.mcp_methods import DEFAULT_MAP, McpScopeMap, required_scopes
+from kavach_core.mcp_methods import DEFAULT_MAP, McpScopeMap
 from kavach_core.messages.authorization import ConsentRequired
 from kavach_core.params import Params, form_params
 from kavach_core.resource_indicators import canonical_resource
@@ -258,7 +258,7 @@ class AuthorizationServer:
 
     def body_scopes(self, body: bytes) -> tuple[str, ...]:
         """:meth:`required_scopes` from the request body alone (all it reads)."""
-        return required_scopes(body, self.scope_map) if body else ()
+        return self.scope_map.required_scopes(body) if body else ()
 
     def _guard_flow(
         self, resource: str, authorization: Sequence[str], required: tuple[str, ...]

@@ -40,10 +40,20 @@ class _TooLarge(Exception):
 
 
 async def _read_body(receive: Receive, limit: int) -> bytes:
+    message = await receive()
+    if message["type"] == "http.request" and not message.get("more_body", False):  # the usual: one message
+        body: bytes = message.get("body", b"")
+        if len(body) > limit:
+            raise _TooLarge
+        return body
+    return await _read_rest(receive, limit, message)
+
+
+async def _read_rest(receive: Receive, limit: int, message: Message) -> bytes:
+    """The body from ``message`` (already received) on, chunk by chunk, up to ``limit`` bytes."""
     chunks: list[bytes] = []
     size = 0
     while True:
-        message = await receive()
         if message["type"] == "http.disconnect":
             break
         chunk = message.get("body", b"")
@@ -53,6 +63,7 @@ async def _read_body(receive: Receive, limit: int) -> bytes:
         chunks.append(chunk)
         if not message.get("more_body", False):
             break
+        message = await receive()
     return b"".join(chunks)
 
 
