@@ -8,7 +8,8 @@ registry, both asked to check the same ``iss``, ``aud`` and ``exp``.
 
 (b) a token seen before: :class:`kavach_core.verified_cache.VerifiedCache` hit, with and without
 the revocation check against the memory store, and the whole guard flow
-(:func:`kavach_core.guard.authenticate` with the cache) against ``jwt.decode``.
+(:func:`kavach_core.guard.authenticate` with the cache, and with the key ring the
+:class:`kavach.server.AuthorizationServer` guards use) against ``jwt.decode``.
 """
 
 # ruff: noqa: S311 -- seeded generators make every process derive the same benchmark keys; nothing here is a secret.
@@ -176,6 +177,11 @@ def repeat_sight(quick: bool = False) -> dict[str, Any]:
     def guard_flow() -> None:
         run(guard.authenticate(config, RESOURCE, header, ("tools:list",), NOW + 1, cache), store)
 
+    ring = keys.KeyRing()
+
+    def guard_flow_ring() -> None:
+        run(guard.authenticate(config, RESOURCE, header, ("tools:list",), NOW + 1, cache, ring), store)
+
     def guard_flow_no_cache() -> None:
         run(guard.authenticate(config, RESOURCE, header, ("tools:list",), NOW + 1), store)
 
@@ -184,6 +190,7 @@ def repeat_sight(quick: bool = False) -> dict[str, Any]:
         "cache hit": cache_only,
         "cache hit + revocation check": cache_and_revocation,
         "guard flow, cache": guard_flow,
+        "guard flow, cache + key ring": guard_flow_ring,
         "guard flow, no cache": guard_flow_no_cache,
     }
     return {"ES256": interleaved(variants, baseline="pyjwt.decode", rounds=rounds, number=number)}
