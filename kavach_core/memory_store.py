@@ -15,8 +15,12 @@ from .records import AuthorizationCode, Client, Grant, PendingAuthorization, Sig
 class MemoryStore:
     """A thread-safe, dict-backed store implementing every effect in :mod:`kavach_core.effects`."""
 
-    nonblocking = True
-    """``perform`` does no I/O (see :func:`kavach_core.drivers.nonblocking`)."""
+    @property
+    def nonblocking(self) -> bool:
+        """``perform`` does no I/O (see :func:`kavach_core.drivers.nonblocking`); a subclass
+        that replaces ``perform`` or ``aperform`` is not assumed to be so."""
+        cls = type(self)
+        return cls.perform is MemoryStore.perform and cls.aperform is MemoryStore.aperform
 
     def __init__(self) -> None:
         self._lock = threading.Lock()

@@ -409,3 +409,18 @@ def test_authenticate_values_refuses_two_authorization_headers(h: Harness) -> No
     assert isinstance(h.run(guard.authenticate_values(h.config, RESOURCE, [f"Bearer {token}"], (), h.now)), Principal)
     outcome = h.run(guard.authenticate_values(h.config, RESOURCE, [], (), h.now))
     _assert_challenge(outcome, 401, NO_TOKEN_HEADER, "unauthorized")
+
+
+def test_only_the_plain_memory_store_is_taken_as_nonblocking() -> None:
+    from typing import Any
+
+    from kavach_core.drivers import nonblocking
+    from kavach_core.memory_store import MemoryStore
+
+    class Slow(MemoryStore):
+        async def aperform(self, effect: Any) -> Any:
+            return self.perform(effect)
+
+    assert nonblocking(MemoryStore())
+    assert not nonblocking(Slow())
+    assert not nonblocking(object())
