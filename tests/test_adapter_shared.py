@@ -178,3 +178,76 @@ def test_users_authenticate(kind: str, tmp_path: Any) -> None:
         users.add("", "x")
     with pytest.raises(ValueError):
         users.add("carol", "")
+
+
+class _Counting(MemoryStore):
+    """A memory store that counts key-set reads (a subclass: not taken as non-blocking)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.key_reads = 0
+
+    def perform(self, effect: Any) -> Any:
+        from kavach_core import effects as fx
+
+        if isinstance(effect, fx.GetSigningKeys):
+            self.key_reads += 1
+        return super().perform(effect)
+
+
+def _guarded(store: MemoryStore, clock: list[float], **kw: Any) -> tuple[AuthorizationServer, str]:
+    import random
+
+    from kavach_core import access_tokens, keys
+    from kavach_core.context import Context
+    from kavach_core.drivers import run
+    from kavach_core.records import Grant
+
+    server = _server(store, clock=lambda: clock[0], **kw)
+    now = int(clock[0])
+    ctx = Context(server.config, now, random.Random(3).randbytes)
+    pair = run(keys.current(ctx), store).signer(now, server.config.signing_alg)
+    store.grants["g"] = Grant(
+        grant_id="g",
+        subject="alice",
+        client_id="c1",
+        resources=(RESOURCE,),
+        scopes=("tools:list",),
+        created_at=now,
+        expires_at=now + 3600,
+        refresh_generation=0,
+        refresh_hash="x",
+        refresh_expires_at=now + 3600,
+        rotated_at=now,
+    )
+    token, _ = access_tokens.mint(
+        ctx, pair, subject="alice", client_id="c1", resource=RESOURCE, scopes=("tools:list",), grant_id="g"
+    )
+    return server, f"Bearer {token}"
+
+
+@pytest.mark.parametrize("ttl", [0, 1, 5])
+def test_guards_read_the_keys_once_per_keyring_ttl_and_revocation_every_time(ttl: int) -> None:
+    from kavach_core.guard import Principal
+
+    store, clock = _Counting(), [1_700_000_000.5]
+    server, header = _guarded(store, clock, keyring_ttl=ttl)
+    reads = store.key_reads
+    for _ in range(3):
+        assert isinstance(server.guard_values(RESOURCE, [header], ("tools:list",)), Principal)
+        assert isinstance(asyncio.run(server.aguard_values(RESOURCE, [header], ("tools:list",))), Principal)
+    assert store.key_reads - reads == (6 if ttl == 0 else 1)
+    clock[0] += max(ttl, 1)
+    assert isinstance(server.guard_values(RESOURCE, [header], ()), Principal)
+    assert store.key_reads - reads == (7 if ttl == 0 else 2)
+    from kavach_core import effects as fx
+
+    store.perform(fx.RevokeGrant("g", int(clock[0])))
+    assert server.guard_values(RESOURCE, [header], ()).status == 401  # type: ignore[union-attr]
+    assert asyncio.run(server.aguard_values(RESOURCE, [header], ())).status == 401  # type: ignore[union-attr]
+
+
+def test_guard_values_refuses_two_authorization_values() -> None:
+    server, header = _guarded(MemoryStore(), [1_700_000_000.0])
+    assert server.guard_values(RESOURCE, [header, header], ()).status == 401  # type: ignore[union-attr]
+    assert asyncio.run(server.aguard_values(RESOURCE, [header], ())).__class__.__name__ == "Principal"
