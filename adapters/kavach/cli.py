@@ -546,7 +546,7 @@ def _banner(settings: Settings, instance: Instance) -> None:
         f"  MCP server URL (paste into your MCP client): {mcp_url}",
         f"  Issuer (authorization server):               {settings.issuer_url}",
         f"  Serving at /mcp:                             {where}",
-        f"  Data ({kind}):{' ' * max(1, 38 - len(kind))}{data}",
+        f"  Data ({kind}):{' ' * max(1, 37 - len(kind))}{data}",
     ]
     if not instance.users.store.usernames():
         if settings.store:
