@@ -167,11 +167,45 @@ class RotateRefresh(Effect):
     grace: int
     idle_expires_at: int
 
+    def decide(self, grant: Grant | None) -> Rotation:
+        """The decision table above, for a backend that reads the family's record under a lock.
+
+        Returns the outcome with the record as it must be stored afterwards: the successor for
+        ``rotated``, the revoked family for ``reused``, the record unchanged otherwise (write
+        only for ``rotated`` and ``reused``).
+        """
+        if grant is None or grant.revoked_at is not None or self.now >= grant.expires_at:
+            return Rotation("unknown", grant)
+        if self.generation == grant.refresh_generation and self.presented_hash == grant.refresh_hash:
+            if self.now >= grant.refresh_expires_at:
+                return Rotation("unknown", grant)
+            return Rotation(
+                "rotated",
+                attrs.evolve(
+                    grant,
+                    refresh_generation=self.generation + 1,
+                    refresh_hash=self.successor_hash,
+                    rotated_at=self.now,
+                    refresh_expires_at=min(self.idle_expires_at, grant.expires_at),
+                ),
+            )
+        if (
+            self.grace > 0
+            and self.generation + 1 == grant.refresh_generation
+            and self.now - grant.rotated_at <= self.grace
+        ):
+            return Rotation("retried", grant)
+        return Rotation("reused", attrs.evolve(grant, revoked_at=self.now))
+
 
 @attrs.frozen
 class Rotation:
+    """The outcome of :class:`RotateRefresh` and the family's record after it."""
+
     outcome: Literal["rotated", "retried", "reused", "unknown"]
     grant: Grant | None
+
+
 
 
 # -- access tokens -----------------------------------------------------------------------

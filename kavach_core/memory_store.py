@@ -129,30 +129,10 @@ class MemoryStore:
         )
 
     def _rotate(self, e: fx.RotateRefresh) -> fx.Rotation:
-        grant = self.grants.get(e.grant_id)
-        if (
-            grant is None
-            or grant.revoked_at is not None
-            or e.now >= grant.expires_at
-        ):
-            return fx.Rotation("unknown", grant)
-        if e.generation == grant.refresh_generation and e.presented_hash == grant.refresh_hash:
-            if e.now >= grant.refresh_expires_at:
-                return fx.Rotation("unknown", grant)
-            updated = attrs.evolve(
-                grant,
-                refresh_generation=e.generation + 1,
-                refresh_hash=e.successor_hash,
-                rotated_at=e.now,
-                refresh_expires_at=min(e.idle_expires_at, grant.expires_at),
-            )
-            self.grants[e.grant_id] = updated
-            return fx.Rotation("rotated", updated)
-        if e.grace > 0 and e.generation + 1 == grant.refresh_generation and e.now - grant.rotated_at <= e.grace:
-            return fx.Rotation("retried", grant)
-        revoked = attrs.evolve(grant, revoked_at=e.now)
-        self.grants[e.grant_id] = revoked
-        return fx.Rotation("reused", revoked)
+        rotation = e.decide(self.grants.get(e.grant_id))
+        if rotation.outcome in ("rotated", "reused") and rotation.grant is not None:
+            self.grants[e.grant_id] = rotation.grant
+        return rotation
 
     def _revoke_access(self, e: fx.RevokeAccessToken) -> None:
         self.revoked_jtis[e.jti] = max(e.expires_at, self.revoked_jtis.get(e.jti, 0))

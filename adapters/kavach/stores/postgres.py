@@ -596,36 +596,18 @@ class PostgresStore:
         return tuple(GRANTS.from_row(row) for row in rows)
 
     def _rotate(self, e: fx.RotateRefresh) -> Plan[fx.Rotation]:
-        """The decision table of :class:`~kavach_core.effects.RotateRefresh`, with the row locked."""
+        """:meth:`RotateRefresh.decide <kavach_core.effects.RotateRefresh.decide>` with the row locked."""
         rows = yield self._sql["lock_grant"], (e.grant_id,)
-        grant = GRANTS.from_row(rows[0]) if rows else None
-        if grant is None or grant.revoked_at is not None or e.now >= grant.expires_at:
-            return fx.Rotation("unknown", grant)
-        if e.generation == grant.refresh_generation and e.presented_hash == grant.refresh_hash:
-            if e.now >= grant.refresh_expires_at:
-                return fx.Rotation("unknown", grant)
-            updated = attrs.evolve(
-                grant,
-                refresh_generation=e.generation + 1,
-                refresh_hash=e.successor_hash,
-                rotated_at=e.now,
-                refresh_expires_at=min(e.idle_expires_at, grant.expires_at),
-            )
+        rotation = e.decide(GRANTS.from_row(rows[0]) if rows else None)
+        after = rotation.grant
+        if rotation.outcome == "rotated" and after is not None:
             yield (
                 self._sql["rotate_grant"],
-                (
-                    updated.refresh_generation,
-                    updated.refresh_hash,
-                    updated.rotated_at,
-                    updated.refresh_expires_at,
-                    e.grant_id,
-                ),
+                (after.refresh_generation, after.refresh_hash, after.rotated_at, after.refresh_expires_at, e.grant_id),
             )
-            return fx.Rotation("rotated", updated)
-        if e.grace > 0 and e.generation + 1 == grant.refresh_generation and e.now - grant.rotated_at <= e.grace:
-            return fx.Rotation("retried", grant)
-        yield self._sql["force_revoke_grant"], (e.now, e.grant_id)
-        return fx.Rotation("reused", attrs.evolve(grant, revoked_at=e.now))
+        elif rotation.outcome == "reused":
+            yield self._sql["force_revoke_grant"], (e.now, e.grant_id)
+        return rotation
 
     # -- access tokens ---------------------------------------------------------------------------
 

@@ -519,36 +519,18 @@ class SQLiteStore:
         return _many(db, _GRANTS, where, (e.subject, e.client_id))
 
     def _rotate(self, db: sqlite3.Connection, e: fx.RotateRefresh) -> fx.Rotation:
-        """The decision table of :class:`~kavach_core.effects.RotateRefresh`, under the write lock."""
-        grant = _one(db, _GRANTS, "WHERE grant_id = ?", (e.grant_id,))
-        if grant is None or grant.revoked_at is not None or e.now >= grant.expires_at:
-            return fx.Rotation("unknown", grant)
-        if e.generation == grant.refresh_generation and e.presented_hash == grant.refresh_hash:
-            if e.now >= grant.refresh_expires_at:
-                return fx.Rotation("unknown", grant)
-            updated = attrs.evolve(
-                grant,
-                refresh_generation=e.generation + 1,
-                refresh_hash=e.successor_hash,
-                rotated_at=e.now,
-                refresh_expires_at=min(e.idle_expires_at, grant.expires_at),
-            )
+        """:meth:`RotateRefresh.decide <kavach_core.effects.RotateRefresh.decide>` under the write lock."""
+        rotation = e.decide(_one(db, _GRANTS, "WHERE grant_id = ?", (e.grant_id,)))
+        after = rotation.grant
+        if rotation.outcome == "rotated" and after is not None:
             db.execute(
                 "UPDATE grants SET refresh_generation = ?, refresh_hash = ?, rotated_at = ?, refresh_expires_at = ?"
                 " WHERE grant_id = ?",
-                (
-                    updated.refresh_generation,
-                    updated.refresh_hash,
-                    updated.rotated_at,
-                    updated.refresh_expires_at,
-                    e.grant_id,
-                ),
+                (after.refresh_generation, after.refresh_hash, after.rotated_at, after.refresh_expires_at, e.grant_id),
             )
-            return fx.Rotation("rotated", updated)
-        if e.grace > 0 and e.generation + 1 == grant.refresh_generation and e.now - grant.rotated_at <= e.grace:
-            return fx.Rotation("retried", grant)
-        db.execute("UPDATE grants SET revoked_at = ? WHERE grant_id = ?", (e.now, e.grant_id))
-        return fx.Rotation("reused", attrs.evolve(grant, revoked_at=e.now))
+        elif rotation.outcome == "reused":
+            db.execute("UPDATE grants SET revoked_at = ? WHERE grant_id = ?", (e.now, e.grant_id))
+        return rotation
 
     # -- access tokens ----------------------------------------------------------------------
 
