@@ -489,7 +489,7 @@ class McpSdk:
 
 
 def in_process(quick: bool = False) -> dict[str, Any]:
-    rounds, batch = (2, 1) if quick else (11, 20)
+    rounds, batch = (2, 1) if quick else (41, 20)
     ours, authlib_server, sdk = Kavach(), AuthlibServer(), McpSdk()
 
     def batched(fn: Any) -> Any:

@@ -142,7 +142,7 @@ def _peers(alg: str, setup: Setup, token: str) -> dict[str, Any]:
 
 
 def first_sight(quick: bool = False) -> dict[str, Any]:
-    rounds, number = (2, 3) if quick else (15, 150)
+    rounds, number = (2, 3) if quick else (41, 150)
     out: dict[str, Any] = {}
     for alg in ALGS:
         setup = Setup(alg)
