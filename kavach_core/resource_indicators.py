@@ -7,6 +7,8 @@ no trailing slash unless the path is the root; both sides are compared after can
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from urllib.parse import urlsplit, urlunsplit
 
 from .errors import OAuthError
@@ -34,9 +36,34 @@ def canonical_resource(uri: str) -> str:
     return found
 
 
+_BRACKETED = re.compile(r"\[[^\[\]]*\](?::[0-9]*)?")
+_REG_NAME = re.compile(r"(?:%[0-9a-f]{2}|[a-z0-9\-._~!$&'()*+,;=])+")
+
+
+def _host_problem(netloc: str, host: str) -> str | None:
+    """Why ``host`` is not an RFC 3986 §3.2.2 host: a bracketed IPv6 literal, or a reg-name /
+    IPv4 address of unreserved, percent-encoded and sub-delimiter characters only.
+
+    ``urlsplit`` does not check this: from ``]x[y`` it takes ``y`` as the host, and it keeps DEL
+    and non-ASCII characters, so a garbage authority would canonicalise to a URI that no longer
+    parses (found by conformance/fuzz/fuzz_uris.py)."""
+    hostport = netloc.rpartition("@")[2]
+    if "[" in hostport or "]" in hostport:
+        if not _BRACKETED.fullmatch(hostport):
+            return "a bracketed host must be one IPv6 literal, then at most a port"
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            return "the bracketed host is not an IPv6 address"
+        return None
+    if not _REG_NAME.fullmatch(host):
+        return "the host has characters a URI host cannot have"
+    return None
+
+
 def _canonical(uri: str) -> str:
-    if not uri or any(ch.isspace() for ch in uri) or any(ord(ch) < 0x20 for ch in uri):
-        raise ValueError("a resource must be an absolute URI without spaces")
+    if not uri or any(ch.isspace() for ch in uri) or any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in uri):
+        raise ValueError("a resource must be an absolute URI without spaces or control characters")
     try:
         parts = urlsplit(uri)
         port = parts.port
@@ -52,6 +79,9 @@ def _canonical(uri: str) -> str:
     if parts.username is not None or parts.password is not None:
         raise ValueError(f"{uri!r} must not carry user information")
     host = parts.hostname.lower()
+    problem = _host_problem(parts.netloc, host)
+    if problem is not None:
+        raise ValueError(f"{uri!r}: {problem}")
     if ":" in host:
         host = f"[{host}]"
     netloc = host if port is None or port == _DEFAULT_PORTS[scheme] else f"{host}:{port}"
