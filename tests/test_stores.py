@@ -212,12 +212,16 @@ def test_non_storage_effects_are_refused(store: Any) -> None:
 
 def test_aperform_gives_the_same_results(store: Any) -> None:
     async def main() -> tuple[Any, ...]:
-        await store.aperform(fx.PutClient(client()))
-        return await asyncio.gather(
-            store.aperform(fx.GetClient("c1")),
-            store.aperform(fx.ListClients()),
-            store.aperform(fx.Hit("b", 5, 60, T0)),
-        )
+        try:
+            await store.aperform(fx.PutClient(client()))
+            return await asyncio.gather(
+                store.aperform(fx.GetClient("c1")),
+                store.aperform(fx.ListClients()),
+                store.aperform(fx.Hit("b", 5, 60, T0)),
+            )
+        finally:
+            if hasattr(store, "aclose"):  # an event loop's connections are closed before it ends
+                await store.aclose()
 
     got, listed, hit = asyncio.run(main())
     assert got == client()
