@@ -82,7 +82,7 @@ def test_readme_serve_command_works_in_a_fresh_clone(tmp_path: Path) -> None:
     url = "http://127.0.0.1:8000/.well-known/oauth-authorization-server"
     metadata = None
     try:
-        deadline = time.monotonic() + 900
+        deadline = time.monotonic() + 480
         while time.monotonic() < deadline and proc.poll() is None:
             try:
                 with urllib.request.urlopen(url, timeout=2) as answer:
