@@ -9,6 +9,8 @@ from __future__ import annotations
 import re
 from urllib.parse import urlsplit
 
+from .resource_indicators import host_problem
+
 _LOOPBACK = re.compile(r"http://(127\.0\.0\.1|\[::1\])(?::([0-9]{1,5}))?([/?].*)?", re.DOTALL)
 """An http loopback IP redirect URI, split into host, port and the rest (RFC 8252 §7.3)."""
 
@@ -65,12 +67,16 @@ def registration_problem(uri: str) -> str | None:
         return f"the {scheme} scheme is not allowed"
     if parts.username is not None or parts.password is not None or "@" in parts.netloc:
         return f"{uri} must not carry user information"
-    if scheme == "https":
-        if not parts.hostname:
+    if scheme in ("https", "http"):
+        host = (parts.hostname or "").lower()
+        if not host:
             return f"{uri} has no host"
+        problem = host_problem(parts.netloc, host)
+        if problem is not None:
+            return f"{uri}: {problem}"
+    if scheme == "https":
         return None
     if scheme == "http":
-        host = (parts.hostname or "").lower()
         if host in {"127.0.0.1", "::1", "localhost"}:
             return None
         return "http redirect URIs are only allowed on loopback (127.0.0.1, [::1])"

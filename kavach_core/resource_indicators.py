@@ -40,7 +40,7 @@ _BRACKETED = re.compile(r"\[[^\[\]]*\](?::[0-9]*)?")
 _REG_NAME = re.compile(r"(?:%[0-9a-f]{2}|[a-z0-9\-._~!$&'()*+,;=])+")
 
 
-def _host_problem(netloc: str, host: str) -> str | None:
+def host_problem(netloc: str, host: str) -> str | None:
     """Why ``host`` is not an RFC 3986 §3.2.2 host: a bracketed IPv6 literal, or a reg-name /
     IPv4 address of unreserved, percent-encoded and sub-delimiter characters only.
 
@@ -79,7 +79,7 @@ def _canonical(uri: str) -> str:
     if parts.username is not None or parts.password is not None:
         raise ValueError(f"{uri!r} must not carry user information")
     host = parts.hostname.lower()
-    problem = _host_problem(parts.netloc, host)
+    problem = host_problem(parts.netloc, host)
     if problem is not None:
         raise ValueError(f"{uri!r}: {problem}")
     if ":" in host:

@@ -45,3 +45,11 @@ def test_rs_05_az_06_resource_with_a_malformed_host_is_refused(uri: str) -> None
 def test_rs_05_canonical_resource_is_idempotent(uri: str, canonical: str) -> None:
     assert canonical_resource(uri) == canonical
     assert canonical_resource(canonical) == canonical
+
+
+@pytest.mark.parametrize("uri", ["https://[::1]x/cb", "https://app.example.com]/cb", "https://a\x7fb.example/cb"])
+def test_rg_01_redirect_uri_host_must_be_a_uri_host(uri: str) -> None:
+    """Registration applies the same RFC 3986 host rule as resource indicators (RG-01)."""
+    from kavach_core.redirect_uris import registration_problem
+
+    assert registration_problem(uri) is not None
