@@ -7,7 +7,7 @@ violation Chromium reports on the console fails the test (AZ-10). Screenshots of
 consent and error pages go to ``artifacts/screenshots/`` (copy them to ``docs/screenshots/`` to refresh the docs).
 
 Without Chromium the module is skipped, except in CI (``CI=true``), where that is a failure:
-``tests/setup_browser.sh`` installs it.
+``tests/setup_system_packages.sh`` installs it.
 """
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ ARTIFACTS = ROOT / "artifacts" / "screenshots"
 
 if not (Path(CHROMIUM).exists() and shutil.which("chromium")):
     if os.environ.get("CI") == "true":
-        pytest.fail(f"{CHROMIUM} is missing; run tests/setup_browser.sh", pytrace=False)
-    pytest.skip(f"{CHROMIUM} is not installed (tests/setup_browser.sh)", allow_module_level=True)
+        pytest.fail(f"{CHROMIUM} is missing; run tests/setup_system_packages.sh", pytrace=False)
+    pytest.skip(f"{CHROMIUM} is not installed (tests/setup_system_packages.sh)", allow_module_level=True)
 sync_api = pytest.importorskip("playwright.sync_api")
 
 

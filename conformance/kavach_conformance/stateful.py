@@ -173,8 +173,10 @@ def machine_for(session: Session) -> type[_Base]:
     return type("ConformanceMachine", (_Base,), {"session": session, "client": client, "machines": []})
 
 
-def run_stateful(session: Session, examples: int, steps: int = 10) -> dict[str, Any]:
-    """Run ``examples`` random sequences; on failure, the shrunk sequence's exchanges."""
+def run_stateful(session: Session, examples: int, steps: int = 10, *, derandomize: bool = False) -> dict[str, Any]:
+    """Run ``examples`` random sequences; on failure, the shrunk sequence's exchanges.
+
+    ``derandomize`` makes the sequences the same on every run (for a reproducible CI check)."""
     from hypothesis.stateful import run_state_machine_as_test
 
     machine = machine_for(session)
@@ -188,6 +190,7 @@ def run_stateful(session: Session, examples: int, steps: int = 10) -> dict[str, 
         phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.shrink],
         report_multiple_bugs=False,
         print_blob=False,
+        derandomize=derandomize,
     )
     try:
         run_state_machine_as_test(machine, settings=config)
