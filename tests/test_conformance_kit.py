@@ -143,7 +143,7 @@ def test_stateful_test_finds_and_shrinks_a_defect(defect: str, rule: str) -> Non
     with defective(defect) as served:
         session = make_session(kit(served))
         try:
-            result = run_stateful(session, examples=20, steps=8)
+            result = run_stateful(session, examples=40, steps=8, derandomize=True)
         finally:
             session.http.close()
     assert result["status"] == FAIL, result
