@@ -127,20 +127,21 @@ def serve(
                 )
             served = Served(port, db, env, proc, log)
             try:
-                if _wait_ready(served):
+                if wait_ready(proc, served.issuer):
                     yield served
                     return
                 last_error = served.output()
             finally:
-                _stop(proc)
+                stop(proc)
         raise AssertionError(f"kavach serve did not start:\n{last_error}")
 
 
-def _wait_ready(served: Served) -> bool:
+def wait_ready(proc: subprocess.Popen[str], base: str) -> bool:
+    """Whether ``kavach serve`` at ``base`` answers its metadata before it exits or times out."""
     deadline = time.monotonic() + START_TIMEOUT
-    url = f"{served.issuer}/.well-known/oauth-authorization-server"
+    url = f"{base}/.well-known/oauth-authorization-server"
     while time.monotonic() < deadline:
-        if served.proc.poll() is not None:
+        if proc.poll() is not None:
             return False
         try:
             if httpx.get(url, timeout=2).status_code == 200:
@@ -151,11 +152,12 @@ def _wait_ready(served: Served) -> bool:
     return False
 
 
-def _stop(proc: subprocess.Popen[str]) -> None:
+def stop(proc: subprocess.Popen[str]) -> None:
+    """Stop a server process: SIGTERM, then SIGKILL if it lingers."""
     if proc.poll() is None:
         proc.terminate()
         try:
-            proc.wait(timeout=10)
+            proc.wait(timeout=15)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=10)

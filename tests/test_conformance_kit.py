@@ -22,7 +22,7 @@ import pytest
 from kavach_conformance import KitOptions, run_kit
 from kavach_conformance.report import FAIL, NA, PASS
 from kavach_conformance.rules import OBSERVABLE
-from kavach_serve import Served, _stop, _wait_ready, free_port, kavach_command, serve
+from kavach_serve import Served, free_port, kavach_command, serve, stop, wait_ready
 
 LAUNCHER = Path(__file__).with_name("conformance_defects.py")
 USER, PASSWORD = "alice", "conformance-pw-1"
@@ -47,11 +47,11 @@ def defective(defect: str) -> Iterator[Served]:
             )
         served = Served(port, db, env, proc, log)
         try:
-            assert _wait_ready(served), served.output()
+            assert wait_ready(proc, served.issuer), served.output()
             served.add_user(USER, PASSWORD)
             yield served
         finally:
-            _stop(proc)
+            stop(proc)
 
 
 def kit(served: Served, *, other: bool = True, stateful: int = 0) -> KitOptions:

@@ -41,7 +41,7 @@ import httpx
 import pytest
 import services
 from kavach.settings import SettingsError, resolve
-from kavach_serve import START_TIMEOUT, free_port, kavach_command
+from kavach_serve import free_port, kavach_command, stop, wait_ready
 from person import Person
 from tcp_proxy import TcpProxy
 
@@ -180,36 +180,12 @@ def serve(store: str, tmp: Path, *, issuer: str | None = None, extra_env: dict[s
             )
         served = Served(port, proc, log, issuer or f"http://127.0.0.1:{port}")
         try:
-            if _ready(served):
+            if wait_ready(proc, served.base):
                 yield served
                 return
         finally:
-            _stop(proc)
+            stop(proc)
     raise AssertionError(f"kavach serve --store did not start:\n{served.output()}")
-
-
-def _ready(served: Served) -> bool:
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
-        if served.proc.poll() is not None:
-            return False
-        try:
-            if httpx.get(f"{served.base}/.well-known/oauth-authorization-server", timeout=2).status_code == 200:
-                return True
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    return False
-
-
-def _stop(proc: subprocess.Popen[str]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
 
 
 # -- OAuth over HTTP ------------------------------------------------------------------------------
