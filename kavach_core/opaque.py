@@ -48,6 +48,15 @@ def new_id(ctx: Context) -> str:
     return b64url(ctx.random(16))
 
 
+CLIENT_ID_PREFIX = "kvc_"
+
+
+def new_client_id(ctx: Context) -> str:
+    """A fresh 128-bit client identifier. The prefix keeps it from starting with ``-`` (which a
+    command line would read as an option) and makes it recognisable."""
+    return CLIENT_ID_PREFIX + new_id(ctx)
+
+
 def digest(secret: str) -> str:
     """The at-rest form of a secret: SHA-256, hex."""
     return hashlib.sha256(secret.encode("utf-8", "surrogatepass")).hexdigest()

@@ -535,3 +535,23 @@ def test_gn_03_registration_arbitrary_bytes(h: Harness, raw: bytes, content_type
         assert 400 <= resp.status < 500
         assert isinstance(json.loads(resp.body)["error"], str)
         assert writes(effects) == []
+
+
+def test_rg_02_client_ids_are_command_line_safe() -> None:
+    """Issued client ids never start with ``-`` (``kavach clients show ID`` would read an option)
+    and carry 128 random bits after their prefix."""
+    from kavach_core.config import RegistrationPolicy
+
+    h = Harness(make_config(registration=RegistrationPolicy(rate_limit=0)))
+    ids = set()
+    for _ in range(200):
+        resp = h.route(
+            h.request(
+                "POST", "/register",
+                json={"redirect_uris": ["https://app.example.com/cb"], "token_endpoint_auth_method": "none"},
+            )
+        )
+        assert resp.status == 201
+        ids.add(resp.json()["client_id"])
+    assert len(ids) == 200
+    assert all(i.startswith("kvc_") and len(i) == len("kvc_") + 22 for i in ids)

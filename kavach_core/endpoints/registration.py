@@ -58,7 +58,7 @@ from ..messages.registration import (
     initial_access_token,
     parse,
 )
-from ..opaque import digest, new_id, new_secret, same
+from ..opaque import digest, new_client_id, new_secret, same
 from ..records import Client
 
 AUTH_METHODS = ("none", "client_secret_basic", "client_secret_post")
@@ -113,7 +113,7 @@ def build_client(ctx: Context, msg: RegistrationRequest) -> tuple[Client, dict[s
     """
     accepted = accept(ctx, msg, auth_methods=AUTH_METHODS, default_auth_method=DEFAULT_AUTH_METHOD)
     method = accepted.token_endpoint_auth_method
-    client_id = new_id(ctx)
+    client_id = new_client_id(ctx)
     secret: str | None = None
     secret_expires_at = 0
     if method != "none":
