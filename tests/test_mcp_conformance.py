@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import queue
+import re
 import subprocess
 import threading
 import time
@@ -107,7 +108,8 @@ def read_checks(out_dir: Path) -> dict[str, list[dict[str, Any]]]:
     """Each scenario's ``checks.json``, by scenario name."""
     found: dict[str, list[dict[str, Any]]] = {}
     for path in sorted(out_dir.glob("authorization-server-*/checks.json")):
-        name = path.parent.name.removeprefix("authorization-server-").rsplit("-20", 1)[0]
+        # Directories are named "<scenario>-<ISO timestamp>", e.g. "...-grant-2026-11-26T13-49-12-207Z".
+        name = re.sub(r"-\d{4}-\d{2}-\d{2}T[\d-]+Z?$", "", path.parent.name.removeprefix("authorization-server-"))
         found[name] = json.loads(path.read_text())
     return found
 
