@@ -56,6 +56,7 @@ from kavach_core.drivers import StoreUnavailable
 from kavach_core.records import AuthorizationCode, Client, Grant, PendingAuthorization, SigningKey
 
 from ._codec import CLIENTS, CODES, GRANTS, KEYS, PENDING
+from ._effects import bind_handlers
 from ._sealing import KeySealer, seal, sealer_from, unseal
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "PostgresStore", "PostgresStoreError", "SchemaVersionError"]
@@ -65,6 +66,9 @@ Rows = list[tuple[Any, ...]]
 Query = tuple[str, Sequence[Any]]
 Plan = Generator[Query, Rows, T]
 """A handler: yields queries, receives each one's rows, returns the effect's result."""
+
+_TRANSACTIONAL = frozenset({fx.RotateRefresh, fx.SwapSigningKeys})
+"""Effects whose plan runs several queries in one transaction (the others are one statement each)."""
 
 
 class PostgresStoreError(Exception):
@@ -339,25 +343,7 @@ class PostgresStore:
         self._closed = False
         # effect type -> (plan, runs in a transaction)
         self._handlers: dict[type[fx.Effect], tuple[Callable[[Any], Plan[Any]], bool]] = {
-            fx.GetClient: (self._get_client, False),
-            fx.PutClient: (self._put_client, False),
-            fx.DeleteClient: (self._delete_client, False),
-            fx.ListClients: (self._list_clients, False),
-            fx.PutPending: (self._put_pending, False),
-            fx.GetPending: (self._get_pending, False),
-            fx.TakePending: (self._take_pending, False),
-            fx.PutCode: (self._put_code, False),
-            fx.GetCode: (self._get_code, False),
-            fx.ConsumeCode: (self._consume_code, False),
-            fx.GetGrant: (self._get_grant, False),
-            fx.RevokeGrant: (self._revoke_grant, False),
-            fx.ListGrants: (self._list_grants, False),
-            fx.RotateRefresh: (self._rotate, True),
-            fx.RevokeAccessToken: (self._revoke_access, False),
-            fx.IsTokenRevoked: (self._is_revoked, False),
-            fx.GetSigningKeys: (self._get_keys, False),
-            fx.SwapSigningKeys: (self._swap_keys, True),
-            fx.Hit: (self._hit, False),
+            effect: (handler, effect in _TRANSACTIONAL) for effect, handler in bind_handlers(self).items()
         }
 
     # -- public API -------------------------------------------------------------------------

@@ -52,6 +52,7 @@ from kavach_core.drivers import StoreUnavailable
 from kavach_core.records import AuthorizationCode, Client, Grant, PendingAuthorization, SigningKey
 
 from ._codec import CLIENTS, CODES, GRANTS, KEYS, PENDING
+from ._effects import bind_handlers
 from ._sealing import KeySealer, seal, sealer_from, unseal
 
 __all__ = ["RedisStore"]
@@ -316,27 +317,7 @@ class RedisStore:
         self._client: redis.Redis | None = None
         self._aclients: dict[int, tuple[asyncio.AbstractEventLoop, redis.asyncio.Redis]] = {}
         self._closed = False
-        self._handlers: dict[type[fx.Effect], Callable[[Any], Plan[Any]]] = {
-            fx.GetClient: self._get_client,
-            fx.PutClient: self._put_client,
-            fx.DeleteClient: self._delete_client,
-            fx.ListClients: self._list_clients,
-            fx.PutPending: self._put_pending,
-            fx.GetPending: self._get_pending,
-            fx.TakePending: self._take_pending,
-            fx.PutCode: self._put_code,
-            fx.GetCode: self._get_code,
-            fx.ConsumeCode: self._consume_code,
-            fx.GetGrant: self._get_grant,
-            fx.RevokeGrant: self._revoke_grant,
-            fx.ListGrants: self._list_grants,
-            fx.RotateRefresh: self._rotate,
-            fx.RevokeAccessToken: self._revoke_access,
-            fx.IsTokenRevoked: self._is_revoked,
-            fx.GetSigningKeys: self._get_keys,
-            fx.SwapSigningKeys: self._swap_keys,
-            fx.Hit: self._hit,
-        }
+        self._handlers: dict[type[fx.Effect], Callable[[Any], Plan[Any]]] = bind_handlers(self)
 
     # -- public API ---------------------------------------------------------------------------
 

@@ -36,11 +36,12 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
-import attrs
-
 from kavach_core import effects as fx
 from kavach_core.drivers import StoreUnavailable
 from kavach_core.records import AuthorizationCode, Client, Grant, PendingAuthorization, SigningKey
+
+from ._codec import CLIENTS, CODES, GRANTS, KEYS, PENDING, RecordCodec
+from ._effects import bind_handlers
 
 __all__ = ["APPLICATION_ID", "MIGRATIONS", "SCHEMA_VERSION", "SQLiteStore", "SQLiteStoreError", "SchemaVersionError"]
 
@@ -196,20 +197,22 @@ SCHEMA_VERSION = len(MIGRATIONS)
 R = TypeVar("R")
 
 
-class _Table(Generic[R]):
-    """How one record class maps onto one table: a column per attrs field, same name.
+def _json_array(values: tuple[str, ...]) -> str:
+    return json.dumps(list(values))
 
-    Tuple fields are stored as JSON arrays (``None`` stays ``NULL``) and come back as tuples;
-    booleans are stored as 0/1 and come back as ``bool``.
+
+class _Table(Generic[R]):
+    """One record class on one table: a column per attrs field, same name, through ``codec``.
+
+    Tuple fields are stored as JSON arrays (``None`` stays ``NULL``); booleans as 0/1 (sqlite3 binds
+    ``bool`` as an integer).
     """
 
-    def __init__(self, name: str, record: type[R], key: str, tuples: Sequence[str], bools: Sequence[str] = ()) -> None:
+    def __init__(self, name: str, codec: RecordCodec[R], key: str) -> None:
         self.name = name
-        self.record = record
+        self.codec = codec
         self.key = key
-        self.columns: tuple[str, ...] = tuple(f.name for f in attrs.fields(record))  # type: ignore[arg-type]
-        self._tuples = frozenset(tuples)
-        self._bools = frozenset(bools)
+        self.columns = codec.fields
         cols = ", ".join(self.columns)
         marks = ", ".join("?" for _ in self.columns)
         updates = ", ".join(f"{c} = excluded.{c}" for c in self.columns if c != key)
@@ -219,32 +222,17 @@ class _Table(Generic[R]):
         self.take = f"DELETE FROM {name} WHERE {key} = ? RETURNING {cols}"  # noqa: S608
 
     def encode(self, record: R) -> tuple[Any, ...]:
-        values: list[Any] = []
-        for column in self.columns:
-            value = getattr(record, column)
-            if column in self._tuples:
-                value = None if value is None else json.dumps(list(value))
-            elif column in self._bools:
-                value = int(value)
-            values.append(value)
-        return tuple(values)
+        return self.codec.to_row(record, _json_array)
 
     def decode(self, row: Sequence[Any]) -> R:
-        kwargs: dict[str, Any] = {}
-        for column, value in zip(self.columns, row, strict=True):
-            if column in self._tuples:
-                value = None if value is None else tuple(json.loads(value))
-            elif column in self._bools:
-                value = bool(value)
-            kwargs[column] = value
-        return self.record(**kwargs)
+        return self.codec.from_row(row)
 
 
-_CLIENTS = _Table("clients", Client, "client_id", ("redirect_uris", "grant_types", "response_types", "scope"))
-_PENDING = _Table("pending", PendingAuthorization, "ticket_hash", ("resources", "scopes"), ("redirect_uri_given",))
-_CODES = _Table("codes", AuthorizationCode, "code_hash", ("resources", "scopes"), ("redirect_uri_given", "consumed"))
-_GRANTS = _Table("grants", Grant, "grant_id", ("resources", "scopes"))
-_KEYS = _Table("signing_keys", SigningKey, "kid", ())
+_CLIENTS = _Table("clients", CLIENTS, "client_id")
+_PENDING = _Table("pending", PENDING, "ticket_hash")
+_CODES = _Table("codes", CODES, "code_hash")
+_GRANTS = _Table("grants", GRANTS, "grant_id")
+_KEYS = _Table("signing_keys", KEYS, "kid")
 
 
 # -- the store ----------------------------------------------------------------------------------
@@ -276,27 +264,7 @@ class SQLiteStore:
         self._idle: list[sqlite3.Connection] = []
         self._pool_lock = threading.Lock()
         self._closed = False
-        self._handlers: dict[type[fx.Effect], Callable[[sqlite3.Connection, Any], Any]] = {
-            fx.GetClient: self._get_client,
-            fx.PutClient: self._put_client,
-            fx.DeleteClient: self._delete_client,
-            fx.ListClients: self._list_clients,
-            fx.PutPending: self._put_pending,
-            fx.GetPending: self._get_pending,
-            fx.TakePending: self._take_pending,
-            fx.PutCode: self._put_code,
-            fx.GetCode: self._get_code,
-            fx.ConsumeCode: self._consume_code,
-            fx.GetGrant: self._get_grant,
-            fx.RevokeGrant: self._revoke_grant,
-            fx.ListGrants: self._list_grants,
-            fx.RotateRefresh: self._rotate,
-            fx.RevokeAccessToken: self._revoke_access,
-            fx.IsTokenRevoked: self._is_revoked,
-            fx.GetSigningKeys: self._get_keys,
-            fx.SwapSigningKeys: self._swap_keys,
-            fx.Hit: self._hit,
-        }
+        self._handlers: dict[type[fx.Effect], Callable[[sqlite3.Connection, Any], Any]] = bind_handlers(self)
         self._open()
 
     # -- public API -------------------------------------------------------------------------
