@@ -1,11 +1,11 @@
 """(d) Over HTTP: requests per second through each guard, and token-endpoint refreshes.
 
 Each app of :mod:`benchmarks.http_apps` runs under uvicorn (1 or 2 workers, default event loop
-and HTTP parser of the installed uvicorn) on 127.0.0.1; the load comes from ``wrk`` in a separate
-process over loopback, a bounded run each time. The guarded request is an MCP ``tools/list``
-POST with a Bearer token (the guards must parse the JSON-RPC body to know the scope needed).
-Runs are interleaved per round; a ratio is against the no-guard ceiling of the same round and
-worker count. Stores are in memory, one per worker process.
+and HTTP parser of the installed uvicorn) on 127.0.0.1, started by :mod:`benchmarks.serve`; the
+load comes from ``wrk`` in a separate process over loopback, a bounded run each time. The
+guarded request is an MCP ``tools/list`` POST with a Bearer token (the guards must parse the
+JSON-RPC body to know the scope needed). Runs are interleaved per round; a ratio is against the
+no-guard ceiling of the same round and worker count. Stores are in memory, one per worker process.
 """
 
 # ruff: noqa: S311, S603, S607 -- seeded benchmark keys; uvicorn and wrk are started with fixed arguments.
@@ -61,16 +61,20 @@ def _free_port() -> int:
 
 
 def _wait(port: int, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
+    """Until a worker answers HTTP (the listener accepts connections before any worker runs)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"uvicorn exited with {proc.returncode}")
+            raise RuntimeError(f"the benchmark server exited with {proc.returncode}")
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
+            with socket.create_connection(("127.0.0.1", port), timeout=2.0) as s:
+                s.sendall(b"GET / HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+                if s.recv(5) == b"HTTP/":
+                    return
         except OSError:
-            time.sleep(0.2)
-    raise RuntimeError("uvicorn did not start")
+            pass
+        time.sleep(0.2)
+    raise RuntimeError("the benchmark server did not start")
 
 
 def _parse(out: str) -> dict[str, float]:
@@ -101,22 +105,7 @@ def _run(
 ) -> dict[str, float]:
     port = _free_port()
     env = {**os.environ, "KAVACH_BENCH_APP": app, "KAVACH_BENCH_GRANTS": str(grants), "PYTHONPATH": str(ROOT)}
-    cmd = [
-        sys.executable,
-        "-m",
-        "uvicorn",
-        "--factory",
-        "benchmarks.http_apps:app",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--workers",
-        str(workers),
-        "--no-access-log",
-        "--log-level",
-        "warning",
-    ]
+    cmd = [sys.executable, "-m", "benchmarks.serve", str(port), str(workers)]
     proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         _wait(port, proc)
@@ -172,7 +161,7 @@ def over_http(quick: bool = False) -> dict[str, Any]:
     from . import http_apps
 
     seconds, rounds, distinct, connections = (1, 1, 1000, 8) if quick else (5, 3, 20000, 32)
-    worker_counts = (1,) if quick else (1, 2)
+    worker_counts = (1, 2)
     cfg = http_apps.config()
     memory = http_apps.store()
     now = int(time.time())
