@@ -234,8 +234,14 @@ def _settings(args: argparse.Namespace) -> Settings:
     return resolve(flags)
 
 
-def _open(args: argparse.Namespace) -> Instance:
-    return Instance(_settings(args))
+@contextlib.contextmanager
+def _instance(args: argparse.Namespace) -> Iterator[Instance]:
+    """The instance ``args`` configures, closed when the block ends (also on an error)."""
+    instance = Instance(_settings(args))
+    try:
+        yield instance
+    finally:
+        instance.close()
 
 
 def _when(ts: int | None) -> str:
@@ -272,8 +278,7 @@ def _read_password(from_stdin: bool) -> str:
 
 
 def cmd_users_add(args: argparse.Namespace) -> int:
-    instance = _open(args)
-    try:
+    with _instance(args) as instance:
         password = _read_password(args.password_stdin)
         existed = instance.users.store.get_hash(normalize_username(args.name)) is not None
         try:
@@ -281,17 +286,12 @@ def cmd_users_add(args: argparse.Namespace) -> int:
         except ValueError as exc:
             raise CliError(str(exc)) from exc
         print(f"{'changed the password of' if existed else 'created'} user {normalize_username(args.name)!r}")
-    finally:
-        instance.close()
     return 0
 
 
 def cmd_users_list(args: argparse.Namespace) -> int:
-    instance = _open(args)
-    try:
+    with _instance(args) as instance:
         names = instance.users.store.usernames()
-    finally:
-        instance.close()
     if not names:
         print(f"no users yet; create one with: {PROG} users add NAME", file=sys.stderr)
     for name in names:
@@ -313,14 +313,11 @@ def _one(effect: fx.Effect) -> Any:
 
 
 def cmd_users_remove(args: argparse.Namespace) -> int:
-    instance = _open(args)
-    try:
+    with _instance(args) as instance:
         if not instance.users.remove(args.name):
             raise CliError(f"no user named {args.name!r}")
         grants = instance.run(_one(fx.ListGrants(subject=normalize_username(args.name))))
         revoked = _revoke_grants(instance, grants)
-    finally:
-        instance.close()
     print(f"removed user {args.name!r}; revoked {revoked} grant{'s' if revoked != 1 else ''}")
     return 0
 
@@ -332,8 +329,7 @@ def cmd_clients_add(args: argparse.Namespace) -> int:
     from kavach_core.endpoints.registration import build_client
     from kavach_core.messages.registration import parse_metadata
 
-    instance = _open(args)
-    try:
+    with _instance(args) as instance:
         metadata: dict[str, Any] = {
             "client_name": args.name,
             "redirect_uris": args.redirect_uris,
@@ -347,8 +343,6 @@ def cmd_clients_add(args: argparse.Namespace) -> int:
             raise CliError(f"{exc.error}: {exc.description}") from exc
         client = attrs.evolve(client, kind="static")
         instance.run(_one(fx.PutClient(client)))
-    finally:
-        instance.close()
     print(f"client_id: {client.client_id}")
     if "client_secret" in body:
         print(f"client_secret: {body['client_secret']}")
@@ -361,11 +355,8 @@ def _clients(instance: Instance) -> tuple[Client, ...]:
 
 
 def cmd_clients_list(args: argparse.Namespace) -> int:
-    instance = _open(args)
-    try:
+    with _instance(args) as instance:
         clients = _clients(instance)
-    finally:
-        instance.close()
     if not clients:
         print("no clients registered", file=sys.stderr)
         return 0
@@ -397,11 +388,8 @@ def _client_json(client: Client) -> dict[str, Any]:
 
 
 def cmd_clients_show(args: argparse.Namespace) -> int:
-    instance = _open(args)
-    try:
+    with _instance(args) as instance:
         client = instance.run(_one(fx.GetClient(args.client_id)))
-    finally:
-        instance.close()
     if client is None:
         raise CliError(f"no client with id {args.client_id!r}")
     print(json.dumps(_client_json(client), indent=2))
@@ -409,11 +397,8 @@ def cmd_clients_show(args: argparse.Namespace) -> int:
 
 
 def cmd_clients_revoke(args: argparse.Namespace) -> int:
-    instance = _open(args)
-    try:
+    with _instance(args) as instance:
         existed = instance.run(_one(fx.DeleteClient(args.client_id, int(time.time()))))
-    finally:
-        instance.close()
     if not existed:
         raise CliError(f"no client with id {args.client_id!r}")
     print(f"deleted client {args.client_id} and revoked its grants")
@@ -432,12 +417,9 @@ def _status(grant: Grant, now: int) -> str:
 
 
 def cmd_grants_list(args: argparse.Namespace) -> int:
-    instance = _open(args)
-    try:
+    with _instance(args) as instance:
         found = instance.run(_one(fx.ListGrants(subject=args.subject, client_id=args.client)))
         grants: tuple[Grant, ...] = tuple(found)
-    finally:
-        instance.close()
     if not grants:
         print("no grants", file=sys.stderr)
         return 0
@@ -451,8 +433,7 @@ def cmd_grants_list(args: argparse.Namespace) -> int:
 
 
 def cmd_grants_revoke(args: argparse.Namespace) -> int:
-    instance = _open(args)
-    try:
+    with _instance(args) as instance:
         if args.grant is not None:
             grant = instance.run(_one(fx.GetGrant(args.grant)))
             if grant is None:
@@ -460,8 +441,6 @@ def cmd_grants_revoke(args: argparse.Namespace) -> int:
             revoked = _revoke_grants(instance, [grant])
         else:
             revoked = _revoke_grants(instance, instance.run(_one(fx.ListGrants(subject=args.subject))))
-    finally:
-        instance.close()
     print(f"revoked {revoked} grant{'s' if revoked != 1 else ''}")
     return 0
 
@@ -470,12 +449,9 @@ def cmd_grants_revoke(args: argparse.Namespace) -> int:
 
 
 def cmd_keys_list(args: argparse.Namespace) -> int:
-    instance = _open(args)
-    try:
+    with _instance(args) as instance:
         records = tuple(instance.run(_one(fx.GetSigningKeys())))
         alg = instance.config.signing_alg
-    finally:
-        instance.close()
     if not records:
         print("no signing keys yet (one is made when the first token is signed)", file=sys.stderr)
         return 0
@@ -496,13 +472,10 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
 
 
 def cmd_keys_rotate(args: argparse.Namespace) -> int:
-    instance = _open(args)
-    try:
+    with _instance(args) as instance:
         ctx = instance.context()
         keys = instance.run(keyset.rotate(ctx))
         active = keys.active(ctx.now, instance.config.signing_alg)
-    finally:
-        instance.close()
     if active is None:
         raise CliError("the rotation did not produce an active key")
     print(f"now signing with key {active.kid} ({active.alg}); earlier keys stay published until their tokens expire")
