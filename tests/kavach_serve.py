@@ -1,5 +1,6 @@
 """Run the real ``kavach`` command for a test: ``kavach serve`` on a free loopback port with a
-temporary database, plus the one-shot ``kavach users add`` / ``kavach clients add`` commands.
+temporary database, plus the one-shot ``kavach users add`` / ``kavach clients add`` commands,
+and :class:`Cli` to run any command and check its outcome (``ok``: exit 0; ``bad``: exit 2).
 
 Every process is started with a timeout and always stopped (terminate, then kill) when the
 ``with`` block ends, pass or fail; its output is kept for failure messages.
@@ -13,9 +14,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -37,9 +39,11 @@ def kavach_command() -> list[str]:
     return [sys.executable, "-c", "import sys; from kavach.cli import main; sys.exit(main())"]
 
 
-def kavach(args: Sequence[str], *, env: dict[str, str], stdin: str | None = None) -> str:
-    """Run one ``kavach`` command to completion; its stdout, or an AssertionError with both streams."""
-    proc = subprocess.run(
+def run_kavach(
+    args: Sequence[str], *, env: dict[str, str], stdin: str | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run one ``kavach`` command to completion, whatever its exit status."""
+    return subprocess.run(
         [*kavach_command(), *args],
         input=stdin,
         capture_output=True,
@@ -47,10 +51,46 @@ def kavach(args: Sequence[str], *, env: dict[str, str], stdin: str | None = None
         env=env,
         timeout=COMMAND_TIMEOUT,
         check=False,
+        cwd=cwd,
     )
+
+
+def kavach(args: Sequence[str], *, env: dict[str, str], stdin: str | None = None) -> str:
+    """Run one ``kavach`` command to completion; its stdout, or an AssertionError with both streams."""
+    proc = run_kavach(args, env=env, stdin=stdin)
     if proc.returncode != 0:
         raise AssertionError(f"kavach {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
     return proc.stdout
+
+
+class Cli:
+    """``kavach`` commands run in ``default_env()`` unless given ``env=``, checked by outcome."""
+
+    def __init__(self, default_env: Callable[[], dict[str, str]]) -> None:
+        self.default_env = default_env
+
+    def run(
+        self, args: Sequence[str], *, env: dict[str, str] | None = None, stdin: str | None = None,
+        cwd: Path | None = None,
+    ) -> subprocess.CompletedProcess[str]:
+        return run_kavach(args, env=env if env is not None else self.default_env(), stdin=stdin, cwd=cwd)
+
+    def ok(self, args: Sequence[str], **kwargs: Any) -> str:
+        """Success: exit 0, no traceback; the stdout."""
+        proc = self.run(args, **kwargs)
+        assert proc.returncode == 0, f"kavach {' '.join(args)} -> {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+        assert "Traceback" not in proc.stderr
+        return proc.stdout
+
+    def bad(self, args: Sequence[str], expect: str, **kwargs: Any) -> str:
+        """Bad input: exit 2, one line on stderr containing ``expect``, no traceback; that line."""
+        proc = self.run(args, **kwargs)
+        assert proc.returncode == 2, f"kavach {' '.join(args)} -> {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+        lines = proc.stderr.splitlines()
+        assert len(lines) == 1, f"expected one line on stderr, got:\n{proc.stderr}"
+        assert "Traceback" not in proc.stderr
+        assert expect.lower() in lines[0].lower(), lines[0]
+        return lines[0]
 
 
 class Served:

@@ -29,7 +29,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 import httpx
 import pytest
 from kavach.settings import SettingsError, resolve
-from kavach_serve import free_port, kavach_command, serve
+from kavach_serve import Cli, free_port, kavach_command, serve
 from person import Person
 
 PASSWORD = "a long enough password"
@@ -43,30 +43,8 @@ def clean_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def run(args: Sequence[str], *, env: dict[str, str] | None = None, stdin: str | None = None,
-        cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*kavach_command(), *args], input=stdin, capture_output=True, text=True,
-        env=env if env is not None else clean_env(), timeout=TIMEOUT, check=False, cwd=cwd,
-    )
-
-
-def ok(args: Sequence[str], **kwargs: Any) -> str:
-    proc = run(args, **kwargs)
-    assert proc.returncode == 0, f"kavach {' '.join(args)} -> {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
-    assert "Traceback" not in proc.stderr
-    return proc.stdout
-
-
-def bad(args: Sequence[str], expect: str, **kwargs: Any) -> str:
-    """Bad input: exit 2, one line on stderr containing ``expect``, no traceback."""
-    proc = run(args, **kwargs)
-    assert proc.returncode == 2, f"kavach {' '.join(args)} -> {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
-    lines = proc.stderr.splitlines()
-    assert len(lines) == 1, f"expected one line on stderr, got:\n{proc.stderr}"
-    assert "Traceback" not in proc.stderr
-    assert expect.lower() in lines[0].lower(), lines[0]
-    return lines[0]
+CLI = Cli(clean_env)
+run, ok, bad = CLI.run, CLI.ok, CLI.bad
 
 
 @pytest.fixture

@@ -31,7 +31,7 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 from typing import Any
@@ -41,13 +41,12 @@ import httpx
 import pytest
 import services
 from kavach.settings import SettingsError, resolve
-from kavach_serve import free_port, kavach_command, stop, wait_ready
+from kavach_serve import Cli, free_port, kavach_command, stop, wait_ready
 from person import Person
 from tcp_proxy import TcpProxy
 
 PASSWORD = "a long enough password"
 REDIRECT_URI = "http://127.0.0.1:45997/callback"
-TIMEOUT = 60
 BACKENDS = ("postgres", "redis")
 STORE_KEY = base64.urlsafe_b64encode(b"k" * 32).decode()
 KEY_ROTATION_BOUND = 5.0
@@ -122,28 +121,8 @@ def env(**extra: str) -> dict[str, str]:
     return out
 
 
-def run(args: Sequence[str], *, environ: dict[str, str] | None = None,
-        stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*kavach_command(), *args], input=stdin, capture_output=True, text=True,
-        env=environ if environ is not None else env(), timeout=TIMEOUT, check=False,
-    )
-
-
-def ok(args: Sequence[str], **kwargs: Any) -> str:
-    proc = run(args, **kwargs)
-    assert proc.returncode == 0, f"kavach {' '.join(args)} -> {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
-    assert "Traceback" not in proc.stderr
-    return proc.stdout
-
-
-def bad(args: Sequence[str], expect: str, **kwargs: Any) -> str:
-    proc = run(args, **kwargs)
-    assert proc.returncode == 2, f"kavach {' '.join(args)} -> {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
-    lines = proc.stderr.splitlines()
-    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
-    assert expect.lower() in lines[0].lower(), lines[0]
-    return lines[0]
+CLI = Cli(env)
+run, ok, bad = CLI.run, CLI.ok, CLI.bad
 
 
 class Served:
@@ -315,7 +294,7 @@ def test_store_accepts_sqlite_urls_and_paths(tmp_path: Path) -> None:
     ok(["users", "add", "alice", "--store", f"sqlite:///{path}", "--password-stdin"], stdin=PASSWORD + "\n")
     assert ok(["users", "list", "--store", str(path)]).split() == ["alice"]
     assert ok(["users", "list", "--db", str(path)]).split() == ["alice"]
-    assert ok(["users", "list"], environ=env(KAVACH_STORE=f"sqlite:///{path}")).split() == ["alice"]
+    assert ok(["users", "list"], env=env(KAVACH_STORE=f"sqlite:///{path}")).split() == ["alice"]
     bad(["users", "list", "--store", "mongodb://h/x"], "unknown store")
 
 
@@ -334,7 +313,7 @@ def test_cli_commands_against_a_store(backend: str, tmp_path: Path) -> None:
     assert "removed user 'bob'" in ok(["users", "remove", "bob", *where])
     bad(["users", "remove", "bob", *where], "no user named 'bob'")
     # the same store by KAVACH_STORE and by store = in the TOML file
-    assert ok(["users", "list"], environ=env(KAVACH_STORE=url)).split() == ["alice"]
+    assert ok(["users", "list"], env=env(KAVACH_STORE=url)).split() == ["alice"]
     toml = tmp_path / "kavach.toml"
     toml.write_text(f"store = {json.dumps(url)}\n")
     assert ok(["users", "list", "--config", str(toml)]).split() == ["alice"]
@@ -359,14 +338,14 @@ def test_cli_commands_against_a_store(backend: str, tmp_path: Path) -> None:
 def test_a_shared_store_needs_the_store_key(backend: str, tmp_path: Path) -> None:
     url = store_url(backend, tmp_path)
     plain = {k: v for k, v in env().items() if k != "KAVACH_STORE_KEY"}
-    bad(["users", "list", "--store", url], "needs KAVACH_STORE_KEY", environ=plain)
-    bad(["users", "list", "--store", url], "16, 24 or 32 bytes", environ=env(KAVACH_STORE_KEY="c2hvcnQ"))
+    bad(["users", "list", "--store", url], "needs KAVACH_STORE_KEY", env=plain)
+    bad(["users", "list", "--store", url], "16, 24 or 32 bytes", env=env(KAVACH_STORE_KEY="c2hvcnQ"))
     ok(["keys", "rotate", "--store", url])
     other = base64.urlsafe_b64encode(b"o" * 32).decode()
-    bad(["keys", "list", "--store", url], "sealed with another store key", environ=env(KAVACH_STORE_KEY=other))
-    bad(["users", "list", "--store", url], "sealed with another store key", environ=env(KAVACH_STORE_KEY=other))
+    bad(["keys", "list", "--store", url], "sealed with another store key", env=env(KAVACH_STORE_KEY=other))
+    bad(["users", "list", "--store", url], "sealed with another store key", env=env(KAVACH_STORE_KEY=other))
     port = free_port()
-    proc = run(["serve", "--port", str(port), "--store", url], environ=plain)
+    proc = run(["serve", "--port", str(port), "--store", url], env=plain)
     assert proc.returncode == 2 and "needs KAVACH_STORE_KEY" in proc.stderr, proc.stderr
     # the signing keys and the server secret are stored sealed: no PEM in the backend
     if backend == "postgres":
