@@ -19,24 +19,14 @@ with atheris.instrument_imports():
     from kavach_core.messages.authorization import ConsentRequired
     from kavach_core.opaque import digest
     from kavach_core.records import Client
-    from kavach_core.router import route
+    from kavach_core.router import route, routes
 
 from common import context
 from common import run as fuzz_run
 
 CTX = context()
-PATHS = [
-    "/authorize",
-    "/token",
-    "/register",
-    "/revoke",
-    "/introspect",
-    "/jwks.json",
-    "/.well-known/oauth-authorization-server",
-    "/.well-known/openid-configuration",
-    "/.well-known/oauth-protected-resource/mcp",
-    "/nope",
-]
+PATHS = [*routes(CTX.config), "/nope"]
+"""Every path the router answers (its own table), and one it does not."""
 NAMES = [
     "client_id",
     "redirect_uri",
