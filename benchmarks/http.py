@@ -160,7 +160,7 @@ def over_http(quick: bool = False) -> dict[str, Any]:
 
     from . import http_apps
 
-    seconds, rounds, distinct, connections = (1, 1, 1000, 8) if quick else (5, 3, 60000, 32)
+    seconds, rounds, distinct, connections = (1, 1, 1000, 8) if quick else (5, 5, 60000, 32)
     worker_counts = (1, 2)
     cfg = http_apps.config()
     memory = http_apps.store()
