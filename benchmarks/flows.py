@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import json
 import random
 import secrets
 import time
@@ -55,6 +56,35 @@ CHALLENGE = base64.urlsafe_b64encode(hashlib.sha256(VERIFIER.encode()).digest())
 SCOPE = "tools:list tools:call"
 FORM = (("Content-Type", "application/x-www-form-urlencoded"),)
 
+AUTHORIZE = {
+    "response_type": "code",
+    "client_id": "c1",
+    "redirect_uri": REDIRECT,
+    "code_challenge": CHALLENGE,
+    "code_challenge_method": "S256",
+    "state": "xyz",
+    "scope": SCOPE,
+    "resource": RESOURCE,
+}
+"""The authorization request every server gets (PKCE S256, one resource)."""
+
+
+def code_form(code: str, *, resource: bool = True) -> dict[str, str]:
+    """The token request redeeming ``code`` (RFC 6749 §4.1.3, the PKCE verifier, the RFC 8707 resource)."""
+    form = {
+        "grant_type": "authorization_code",
+        "code": code,
+        "redirect_uri": REDIRECT,
+        "code_verifier": VERIFIER,
+        "client_id": "c1",
+    }
+    return {**form, "resource": RESOURCE} if resource else form
+
+
+def refresh_form(refresh_token: str) -> dict[str, str]:
+    """The refresh request (RFC 6749 §6) of the public client ``c1``."""
+    return {"grant_type": "refresh_token", "refresh_token": refresh_token, "client_id": "c1"}
+
 
 def _query(url: str) -> dict[str, str]:
     return {k: v[0] for k, v in parse_qs(urlsplit(url).query).items()}
@@ -77,34 +107,14 @@ class Kavach:
         return Context(self.config, int(time.time()), self.rng.randbytes)
 
     def flow(self) -> None:
-        query = [
-            ("response_type", "code"),
-            ("client_id", "c1"),
-            ("redirect_uri", REDIRECT),
-            ("code_challenge", CHALLENGE),
-            ("code_challenge_method", "S256"),
-            ("state", "xyz"),
-            ("resource", RESOURCE),
-            ("scope", SCOPE),
-        ]
+        query = list(AUTHORIZE.items())
         consent = run(route(self.ctx(), HttpRequest("GET", self.paths.authorization, query, (), b"")), self.store)
         assert isinstance(consent, ConsentRequired)
         redirect = run(authorize.approve(self.ctx(), consent.ticket, "alice"), self.store)
         code = _query(redirect.header("Location") or "")["code"]
-        body = urlencode(
-            {
-                "grant_type": "authorization_code",
-                "code": code,
-                "redirect_uri": REDIRECT,
-                "code_verifier": VERIFIER,
-                "client_id": "c1",
-                "resource": RESOURCE,
-            }
-        ).encode()
+        body = urlencode(code_form(code)).encode()
         tokens = run(route(self.ctx(), HttpRequest("POST", self.paths.token, [], FORM, body)), self.store).json()
-        body = urlencode(
-            {"grant_type": "refresh_token", "refresh_token": tokens["refresh_token"], "client_id": "c1"}
-        ).encode()
+        body = urlencode(refresh_form(tokens["refresh_token"])).encode()
         refreshed = run(route(self.ctx(), HttpRequest("POST", self.paths.token, [], FORM, body)), self.store)
         assert refreshed.status == 200, refreshed.body
 
@@ -281,18 +291,7 @@ class AuthlibServer:
         self.server.register_grant(CodeGrant, [CodeChallenge(required=True)])
         self.server.register_grant(RefreshGrant)
         self.user = user
-        self.query = urlencode(
-            {
-                "response_type": "code",
-                "client_id": "c1",
-                "redirect_uri": REDIRECT,
-                "code_challenge": CHALLENGE,
-                "code_challenge_method": "S256",
-                "state": "xyz",
-                "scope": SCOPE,
-                "resource": RESOURCE,
-            }
-        )
+        self.query = urlencode(AUTHORIZE)
 
     def flow(self) -> None:
         with warnings.catch_warnings():
@@ -306,17 +305,9 @@ class AuthlibServer:
         with app.test_request_context("/authorize?" + self.query, method="POST"):
             location = server.create_authorization_response(grant_user=self.user).headers["Location"]
         code = _query(location)["code"]
-        data = {
-            "grant_type": "authorization_code",
-            "code": code,
-            "redirect_uri": REDIRECT,
-            "code_verifier": VERIFIER,
-            "client_id": "c1",
-        }
-        with app.test_request_context("/token", method="POST", data=data):
+        with app.test_request_context("/token", method="POST", data=code_form(code, resource=False)):
             tokens = server.create_token_response().get_json()
-        data = {"grant_type": "refresh_token", "refresh_token": tokens["refresh_token"], "client_id": "c1"}
-        with app.test_request_context("/token", method="POST", data=data):
+        with app.test_request_context("/token", method="POST", data=refresh_form(tokens["refresh_token"])):
             response = server.create_token_response()
         assert response.status_code == 200, response.get_data()
 
@@ -419,18 +410,7 @@ class McpSdk:
         self.provider = Provider()
         self.authorize = AuthorizationHandler(self.provider)  # type: ignore[arg-type]
         self.token = TokenHandler(self.provider, ClientAuthenticator(self.provider))  # type: ignore[arg-type]
-        self.query = urlencode(
-            {
-                "response_type": "code",
-                "client_id": "c1",
-                "redirect_uri": REDIRECT,
-                "code_challenge": CHALLENGE,
-                "code_challenge_method": "S256",
-                "state": "xyz",
-                "scope": SCOPE,
-                "resource": RESOURCE,
-            }
-        ).encode()
+        self.query = urlencode(AUTHORIZE).encode()
         self.loop = asyncio.new_event_loop()
 
     @staticmethod
@@ -461,22 +441,9 @@ class McpSdk:
     async def aflow(self) -> None:
         response = await self.authorize.handle(self.request("GET", "/authorize", self.query))
         code = _query(response.headers["location"])["code"]
-        body = urlencode(
-            {
-                "grant_type": "authorization_code",
-                "code": code,
-                "redirect_uri": REDIRECT,
-                "code_verifier": VERIFIER,
-                "client_id": "c1",
-                "resource": RESOURCE,
-            }
-        ).encode()
-        import json
-
+        body = urlencode(code_form(code)).encode()
         tokens = json.loads((await self.token.handle(self.request("POST", "/token", body=body))).body)
-        body = urlencode(
-            {"grant_type": "refresh_token", "refresh_token": tokens["refresh_token"], "client_id": "c1"}
-        ).encode()
+        body = urlencode(refresh_form(tokens["refresh_token"])).encode()
         response = await self.token.handle(self.request("POST", "/token", body=body))
         assert response.status_code == 200, response.body
 
