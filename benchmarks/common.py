@@ -137,3 +137,23 @@ def write(name: str, data: dict[str, Any], directory: Path = RESULTS) -> Path:
     path = directory / f"{name}.json"
     path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
     return path
+
+
+def day_grant(grant_id: str, client_id: str, resource: str, now: int, refresh_hash: str, rotated_at: int) -> Any:
+    """A live grant of ``alice`` for ``resource`` (``tools:list tools:call``), good for a day,
+    its refresh family at generation 0 (``refresh_hash`` names its current token)."""
+    from kavach_core.records import Grant
+
+    return Grant(
+        grant_id=grant_id,
+        subject="alice",
+        client_id=client_id,
+        resources=(resource,),
+        scopes=("tools:list", "tools:call"),
+        created_at=now,
+        expires_at=now + 86400,
+        refresh_generation=0,
+        refresh_hash=refresh_hash,
+        refresh_expires_at=now + 86400,
+        rotated_at=rotated_at,
+    )

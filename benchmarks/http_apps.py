@@ -28,7 +28,9 @@ from kavach_core.context import Context
 from kavach_core.drivers import run
 from kavach_core.memory_store import MemoryStore
 from kavach_core.opaque import b64url, digest, refresh_token
-from kavach_core.records import Client, Grant
+from kavach_core.records import Client
+
+from .common import day_grant
 
 ISSUER = "https://as.example.com"
 RESOURCE = "https://mcp.example.com/mcp"
@@ -63,19 +65,7 @@ def store(grants: int = 0) -> MemoryStore:
     memory.perform(fx.PutClient(Client("c1", ("http://127.0.0.1:33418/callback",))))
     families = [(grant_id(0), "x")] + [(grant_id(i), digest(refresh_for(i))) for i in range(1, grants + 1)]
     for gid, refresh_hash in families:
-        memory.grants[gid] = Grant(
-            grant_id=gid,
-            subject="alice",
-            client_id="c1",
-            resources=(RESOURCE,),
-            scopes=("tools:list", "tools:call"),
-            created_at=now,
-            expires_at=now + 86400,
-            refresh_generation=0,
-            refresh_hash=refresh_hash,
-            refresh_expires_at=now + 86400,
-            rotated_at=now - 3600,
-        )
+        memory.grants[gid] = day_grant(gid, "c1", RESOURCE, now, refresh_hash, rotated_at=now - 3600)
     return memory
 
 

@@ -34,10 +34,9 @@ from kavach_core.context import Context
 from kavach_core.drivers import run
 from kavach_core.memory_store import MemoryStore
 from kavach_core.opaque import b64url_decode
-from kavach_core.records import Grant
 from kavach_core.verified_cache import VerifiedCache
 
-from .common import fmt_ratio, fmt_time, interleaved, table
+from .common import day_grant, fmt_ratio, fmt_time, interleaved, table
 
 ISSUER = "https://as.example.com"
 RESOURCE = "https://mcp.example.com/mcp"
@@ -58,19 +57,7 @@ class Setup:
         assert pair is not None
         self.pair = pair
         self.keys = dict(keys.KeySet(self.store.keys).verifying_keys(NOW))
-        self.store.grants["g1"] = Grant(
-            grant_id="g1",
-            subject="alice",
-            client_id="client-1",
-            resources=(RESOURCE,),
-            scopes=("tools:list", "tools:call"),
-            created_at=NOW,
-            expires_at=NOW + 86400,
-            refresh_generation=0,
-            refresh_hash="x",
-            refresh_expires_at=NOW + 86400,
-            rotated_at=NOW,
-        )
+        self.store.grants["g1"] = day_grant("g1", "client-1", RESOURCE, NOW, "x", rotated_at=NOW)
 
     def token(self) -> str:
         token, _ = access_tokens.mint(
