@@ -1,6 +1,6 @@
 """Run the benchmarks, print the tables, write ``benchmarks/results/<name>.json``.
 
-.venv/bin/python -m benchmarks            # everything (about 15 minutes on 2 cores)
+.venv/bin/python -m benchmarks            # everything (about 10 minutes on 2 cores)
 .venv/bin/python -m benchmarks --quick    # every benchmark once at tiny size (the test does this)
 .venv/bin/python -m benchmarks --only a,b # a: first sight, b: repeat sight, c: AS flows, d: HTTP, e: scale
 """
@@ -8,12 +8,16 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import time
 import warnings
 from pathlib import Path
 from typing import Any
 
 from . import common
+
+PARTS = (("c", "flows", "as_flows", "in_process"), ("d", "http", "http", "over_http"), ("e", "scale", "scale", "scale"))
+"""The parts after a and b: letter, module, results key, the module's measuring function."""
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -23,6 +27,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--out", default=str(common.RESULTS), help="directory for the JSON results")
     args = parser.parse_args(argv)
     only = set(args.only.split(","))
+    if not only <= set("abcde"):
+        parser.error(f"--only takes letters from a,b,c,d,e, not {args.only!r}")
     out = Path(args.out)
     name = "quick" if args.quick else "full"
     results: dict[str, Any] = {"machine": common.machine(), "quick": args.quick, "started": int(time.time())}
@@ -37,27 +43,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         part = verify.report(first, repeat)
         print(part, flush=True)
         text += part
-    if "c" in only:
-        from . import flows
-
-        results["as_flows"] = flows.in_process(args.quick)
-        part = flows.report(results["as_flows"])
-        print(part, flush=True)
-        text += part
-    if "d" in only:
-        from . import http
-
-        results["http"] = http.over_http(args.quick)
-        part = http.report(results["http"])
-        print(part, flush=True)
-        text += part
-    if "e" in only:
-        from . import scale
-
-        results["scale"] = scale.scale(args.quick)
-        part = scale.report(results["scale"])
-        print(part, flush=True)
-        text += part
+    for letter, module, key, measure in PARTS:
+        if letter in only:
+            part_module = importlib.import_module(f".{module}", __package__)
+            results[key] = getattr(part_module, measure)(args.quick)
+            part = part_module.report(results[key])
+            print(part, flush=True)
+            text += part
     results["finished"] = int(time.time())
     results["table"] = text
     path = common.write(name, results, out)
