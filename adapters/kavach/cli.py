@@ -134,6 +134,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--log-level", choices=("critical", "error", "warning", "info", "debug"), help="log level (KAVACH_LOG_LEVEL)"
     )
+    serve.add_argument(
+        "--trusted-proxies", metavar="ADDRESSES",
+        help="load balancers (IP addresses or networks, comma separated) whose X-Forwarded-For names the client "
+        "for the per-address limits (KAVACH_TRUSTED_PROXIES; default: none, the socket peer is the client)",
+    )
     serve.set_defaults(handler=cmd_serve)
 
     users = commands.add_parser("users", help="manage the local sign-in accounts", description="Local accounts.")
@@ -221,7 +226,8 @@ def _settings(args: argparse.Namespace) -> Settings:
     flags = {
         name: getattr(args, name, None)
         for name in (
-            "host", "port", "issuer", "db", "store", "upstream", "config", "allow_insecure_http", "log_level"
+            "host", "port", "issuer", "db", "store", "upstream", "config", "allow_insecure_http", "log_level",
+            "trusted_proxies",
         )
     }
     documents = {
@@ -658,7 +664,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
             lifespan="on",
             timeout_graceful_shutdown=5,
             server_header=False,
-            proxy_headers=False,
+            # X-Forwarded-For only from the configured proxies, and then only for the client's
+            # address (the per-address limits): every URL comes from the issuer, never a header.
+            proxy_headers=bool(settings.trusted_proxies),
+            forwarded_allow_ips=list(settings.trusted_proxies),
         )
         _banner(settings, instance)
         server_class(config).run(sockets=[sock])

@@ -17,6 +17,7 @@ The TOML file::
     refresh_grace = 10            # KAVACH_REFRESH_GRACE
     signing_alg = "ES256"         # KAVACH_SIGNING_ALG
     log_level = "info"            # KAVACH_LOG_LEVEL
+    trusted_proxies = ["10.0.0.5", "10.1.0.0/16"]   # KAVACH_TRUSTED_PROXIES (comma separated)
 
     [lifetimes]                   # seconds; KAVACH_<NAME>_LIFETIME, e.g. KAVACH_ACCESS_TOKEN_LIFETIME
     access_token = 600
@@ -45,10 +46,16 @@ file path). They name the same thing, so a higher source's ``db`` replaces a low
 ``store`` and the other way round; one source giving both is an error. A PostgreSQL or Redis
 store also needs ``KAVACH_STORE_KEY`` in the environment (never in this file): see
 ``docs/deployment.md``.
+
+``trusted_proxies``: the load balancers or reverse proxies (addresses or networks) whose
+``X-Forwarded-For`` names the client, for the per-address limits (sign-in, registration). A
+request from any other peer is counted by its socket address and its ``X-Forwarded-For`` is
+ignored; with none configured (the default) no request's header is read.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tomllib
 from collections.abc import Mapping
@@ -69,7 +76,7 @@ LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 
 _TOP_KEYS = frozenset(
     {"host", "port", "issuer", "db", "store", "upstream", "allow_insecure_http", "refresh_grace", "signing_alg",
-     "log_level", "lifetimes", "resource", "registration", "documents"}
+     "log_level", "trusted_proxies", "lifetimes", "resource", "registration", "documents"}
 )
 _LIFETIME_KEYS = tuple(f.name for f in attrs.fields(Lifetimes))
 _RESOURCE_KEYS = frozenset({"name", "scopes", "default_scopes"})
@@ -99,6 +106,8 @@ class Settings:
     refresh_grace: int = 10
     signing_alg: str = "ES256"
     log_level: str = "info"
+    trusted_proxies: tuple[str, ...] = ()
+    """Addresses and networks whose ``X-Forwarded-For`` is believed (see the module docstring)."""
     lifetimes: Mapping[str, int] = attrs.field(factory=dict)
     resource_name: str = "kavachOS demo MCP server"
     scopes: tuple[tuple[str, str], ...] = DEFAULT_MCP_SCOPES
@@ -173,6 +182,27 @@ def _str(name: str, value: object, source: str) -> str:
     return value
 
 
+def _proxies(label: str, value: object) -> tuple[str, ...]:
+    """Trusted proxy addresses and networks, from a list or a comma/space separated string;
+    ``label`` says where the value came from."""
+    if isinstance(value, str):
+        items = value.replace(",", " ").split()
+    elif isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
+        items = [v.strip() for v in value]
+    else:
+        raise SettingsError(f"{label} must be a list of IP addresses or networks")
+    out: list[str] = []
+    for item in items:
+        if item == "*":
+            raise SettingsError(f"{label} cannot be '*': any client could then choose its own address")
+        try:
+            parsed = ipaddress.ip_network(item, strict=False) if "/" in item else ipaddress.ip_address(item)
+        except ValueError:
+            raise SettingsError(f"{label}: {item!r} is not an IP address or network") from None
+        out.append(str(parsed))
+    return tuple(out)
+
+
 def _port(value: int, source: str) -> int:
     if not 0 < value < 65536:
         raise SettingsError(f"{source}: port must be between 1 and 65535, not {value}")
@@ -231,6 +261,8 @@ def _from_toml(path: str) -> dict[str, Any]:
         out["refresh_grace"] = _int("refresh_grace", data["refresh_grace"], src)
     if "allow_insecure_http" in data:
         out["allow_insecure_http"] = _bool("allow_insecure_http", data["allow_insecure_http"], src)
+    if "trusted_proxies" in data:
+        out["trusted_proxies"] = _proxies(f"{src}: trusted_proxies", data["trusted_proxies"])
     if "lifetimes" in data:
         table = data["lifetimes"]
         if not isinstance(table, dict):
@@ -312,6 +344,8 @@ def _from_env(environ: Mapping[str, str]) -> dict[str, Any]:
         out["allow_insecure_http"] = _bool(
             "KAVACH_ALLOW_INSECURE_HTTP", environ["KAVACH_ALLOW_INSECURE_HTTP"], "environment"
         )
+    if "KAVACH_TRUSTED_PROXIES" in environ:
+        out["trusted_proxies"] = _proxies("KAVACH_TRUSTED_PROXIES", environ["KAVACH_TRUSTED_PROXIES"])
     for key in _LIFETIME_KEYS:
         name = f"KAVACH_{key.upper()}_LIFETIME"
         if environ.get(name):
@@ -359,6 +393,8 @@ def resolve(flags: Mapping[str, Any], environ: Mapping[str, str] | None = None) 
         given["documents"] = {**merged.get("documents", {}), **given["documents"]}
     if "port" in given:
         given["port"] = _port(int(given["port"]), "--port")
+    if "trusted_proxies" in given:
+        given["trusted_proxies"] = _proxies("--trusted-proxies", given["trusted_proxies"])
     _place(merged, given, "--db and --store")
     level = str(merged.get("log_level", "info")).lower()
     if level not in LOG_LEVELS:
