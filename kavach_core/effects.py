@@ -7,7 +7,8 @@ single effects, never read-then-write pairs.
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Callable, Mapping
+from typing import Any, Literal
 
 import attrs
 
@@ -290,3 +291,37 @@ class Fetched:
 @attrs.frozen
 class FetchRefused:
     reason: str
+
+
+# -- the storage effects and their handlers ------------------------------------------------
+
+
+STORE_HANDLERS: Mapping[type[Effect], str] = {
+    GetClient: "_get_client",
+    PutClient: "_put_client",
+    DeleteClient: "_delete_client",
+    ListClients: "_list_clients",
+    PutPending: "_put_pending",
+    GetPending: "_get_pending",
+    TakePending: "_take_pending",
+    PutCode: "_put_code",
+    GetCode: "_get_code",
+    ConsumeCode: "_consume_code",
+    GetGrant: "_get_grant",
+    RevokeGrant: "_revoke_grant",
+    ListGrants: "_list_grants",
+    RotateRefresh: "_rotate",
+    RevokeAccessToken: "_revoke_access",
+    IsTokenRevoked: "_is_revoked",
+    GetSigningKeys: "_get_keys",
+    SwapSigningKeys: "_swap_keys",
+    Hit: "_hit",
+}
+"""Every storage effect and the name of the store method that performs it (``FetchDocument`` is
+not storage). Every store, in memory or in a database, names its handlers alike, so a new storage
+effect is added here once."""
+
+
+def bind_handlers(store: object) -> dict[type[Effect], Callable[..., Any]]:
+    """``store``'s bound handler for every effect of :data:`STORE_HANDLERS`."""
+    return {effect: getattr(store, name) for effect, name in STORE_HANDLERS.items()}

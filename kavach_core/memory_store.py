@@ -31,27 +31,7 @@ class MemoryStore:
         self.revoked_jtis: dict[str, int] = {}
         self.keys: tuple[SigningKey, ...] = ()
         self.hits: dict[tuple[str, int], int] = {}
-        self._handlers: dict[type[fx.Effect], Callable[[Any], Any]] = {
-            fx.GetClient: self._get_client,
-            fx.PutClient: self._put_client,
-            fx.DeleteClient: self._delete_client,
-            fx.ListClients: lambda e: tuple(self.clients.values()),
-            fx.PutPending: self._put_pending,
-            fx.GetPending: self._get_pending,
-            fx.TakePending: self._take_pending,
-            fx.PutCode: self._put_code,
-            fx.GetCode: lambda e: self.codes.get(e.code_hash),
-            fx.ConsumeCode: self._consume_code,
-            fx.GetGrant: lambda e: self.grants.get(e.grant_id),
-            fx.RevokeGrant: self._revoke_grant,
-            fx.ListGrants: self._list_grants,
-            fx.RotateRefresh: self._rotate,
-            fx.RevokeAccessToken: self._revoke_access,
-            fx.IsTokenRevoked: self._is_revoked,
-            fx.GetSigningKeys: lambda e: self.keys,
-            fx.SwapSigningKeys: self._swap_keys,
-            fx.Hit: self._hit,
-        }
+        self._handlers: dict[type[fx.Effect], Callable[[Any], Any]] = fx.bind_handlers(self)
 
     def perform(self, effect: fx.Effect) -> Any:
         handler = self._handlers.get(type(effect))
@@ -79,6 +59,18 @@ class MemoryStore:
 
     def _put_client(self, e: fx.PutClient) -> None:
         self.clients[e.client.client_id] = e.client
+
+    def _list_clients(self, e: fx.ListClients) -> tuple[Client, ...]:
+        return tuple(self.clients.values())
+
+    def _get_code(self, e: fx.GetCode) -> AuthorizationCode | None:
+        return self.codes.get(e.code_hash)
+
+    def _get_grant(self, e: fx.GetGrant) -> Grant | None:
+        return self.grants.get(e.grant_id)
+
+    def _get_keys(self, e: fx.GetSigningKeys) -> tuple[SigningKey, ...]:
+        return self.keys
 
     def _delete_client(self, e: fx.DeleteClient) -> bool:
         existed = self.clients.pop(e.client_id, None) is not None

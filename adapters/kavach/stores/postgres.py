@@ -56,7 +56,6 @@ from kavach_core.drivers import StoreUnavailable
 from kavach_core.records import AuthorizationCode, Client, Grant, PendingAuthorization, SigningKey
 
 from ._codec import CLIENTS, CODES, GRANTS, KEYS, PENDING
-from ._effects import bind_handlers
 from ._sealing import KeySealer, seal, sealer_from, unseal
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "PostgresStore", "PostgresStoreError", "SchemaVersionError"]
@@ -343,7 +342,7 @@ class PostgresStore:
         self._closed = False
         # effect type -> (plan, runs in a transaction)
         self._handlers: dict[type[fx.Effect], tuple[Callable[[Any], Plan[Any]], bool]] = {
-            effect: (handler, effect in _TRANSACTIONAL) for effect, handler in bind_handlers(self).items()
+            effect: (handler, effect in _TRANSACTIONAL) for effect, handler in fx.bind_handlers(self).items()
         }
 
     # -- public API -------------------------------------------------------------------------

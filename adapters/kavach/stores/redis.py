@@ -52,7 +52,6 @@ from kavach_core.drivers import StoreUnavailable
 from kavach_core.records import AuthorizationCode, Client, Grant, PendingAuthorization, SigningKey
 
 from ._codec import CLIENTS, CODES, GRANTS, KEYS, PENDING
-from ._effects import bind_handlers
 from ._sealing import KeySealer, seal, sealer_from, unseal
 
 __all__ = ["RedisStore"]
@@ -317,7 +316,7 @@ class RedisStore:
         self._client: redis.Redis | None = None
         self._aclients: dict[int, tuple[asyncio.AbstractEventLoop, redis.asyncio.Redis]] = {}
         self._closed = False
-        self._handlers: dict[type[fx.Effect], Callable[[Any], Plan[Any]]] = bind_handlers(self)
+        self._handlers: dict[type[fx.Effect], Callable[[Any], Plan[Any]]] = fx.bind_handlers(self)
 
     # -- public API ---------------------------------------------------------------------------
 

@@ -41,7 +41,6 @@ from kavach_core.drivers import StoreUnavailable
 from kavach_core.records import AuthorizationCode, Client, Grant, PendingAuthorization, SigningKey
 
 from ._codec import CLIENTS, CODES, GRANTS, KEYS, PENDING, RecordCodec
-from ._effects import bind_handlers
 
 __all__ = ["APPLICATION_ID", "MIGRATIONS", "SCHEMA_VERSION", "SQLiteStore", "SQLiteStoreError", "SchemaVersionError"]
 
@@ -264,7 +263,7 @@ class SQLiteStore:
         self._idle: list[sqlite3.Connection] = []
         self._pool_lock = threading.Lock()
         self._closed = False
-        self._handlers: dict[type[fx.Effect], Callable[[sqlite3.Connection, Any], Any]] = bind_handlers(self)
+        self._handlers: dict[type[fx.Effect], Callable[[sqlite3.Connection, Any], Any]] = fx.bind_handlers(self)
         self._open()
 
     # -- public API -------------------------------------------------------------------------
