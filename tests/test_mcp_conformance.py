@@ -26,11 +26,8 @@ reports every WARNING as a pytest warning, so it shows in the run's summary.
 from __future__ import annotations
 
 import json
-import queue
 import re
 import subprocess
-import threading
-import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -40,6 +37,7 @@ import node_env
 import pytest
 from kavach_serve import free_port, serve
 from person import Person
+from process_lines import lines
 
 PACKAGE = "@modelcontextprotocol/conformance@0.2.0-alpha.12"
 RUN_TIMEOUT = 180.0
@@ -49,12 +47,6 @@ USERNAME, PASSWORD = "conformance-person", "a long enough test password"
 @pytest.fixture(scope="module")
 def node() -> dict[str, str]:
     return node_env.require()
-
-
-def _reader(stream: Any, sink: queue.Queue[str | None]) -> None:
-    for line in stream:
-        sink.put(line)
-    sink.put(None)
 
 
 def run_conformance(
@@ -75,23 +67,11 @@ def run_conformance(
         stderr=subprocess.STDOUT,
         text=True,
     )
-    lines: queue.Queue[str | None] = queue.Queue()
-    threading.Thread(target=_reader, args=(proc.stdout, lines), daemon=True).start()
     output: list[str] = []
     landed: list[str] = []
-    deadline = time.monotonic() + RUN_TIMEOUT
     try:
         with Person(USERNAME, PASSWORD) as person:
-            while True:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise AssertionError("conformance suite timed out:\n" + "".join(output))
-                try:
-                    line = lines.get(timeout=remaining)
-                except queue.Empty:
-                    continue
-                if line is None:
-                    break
+            for line in lines(proc, RUN_TIMEOUT, lambda: "conformance suite timed out:\n" + "".join(output)):
                 output.append(line)
                 # The scenario prints the URL alone on a line, after "Access the following URL".
                 if line.startswith(f"{issuer}/") and "response_type=code" in line:

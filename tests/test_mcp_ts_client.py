@@ -15,10 +15,8 @@ RS-02/03/04.
 from __future__ import annotations
 
 import json
-import queue
 import subprocess
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +24,7 @@ import node_env
 import pytest
 from kavach_serve import Served, serve
 from person import Person
+from process_lines import lines
 
 CLIENT = node_env.PROJECT / "mcp_oauth_client.ts"
 RUN_TIMEOUT = 180.0
@@ -53,12 +52,6 @@ def node() -> dict[str, str]:
     return node_env.require()
 
 
-def _reader(stream: Any, sink: queue.Queue[str | None]) -> None:
-    for line in stream:
-        sink.put(line)
-    sink.put(None)
-
-
 def run_client(served: Served, env: dict[str, str]) -> tuple[dict[str, Any], list[str], Person]:
     """Run the TypeScript client to its end, approving every authorization it asks for."""
     person = Person(USERNAME, PASSWORD)
@@ -71,24 +64,12 @@ def run_client(served: Served, env: dict[str, str]) -> tuple[dict[str, Any], lis
         env=env,
         text=True,
     )
-    lines: queue.Queue[str | None] = queue.Queue()
     errors: list[str] = []
-    threading.Thread(target=_reader, args=(proc.stdout, lines), daemon=True).start()
     threading.Thread(target=lambda: errors.extend(proc.stderr or ()), daemon=True).start()
     events: list[str] = []
     result: dict[str, Any] | None = None
-    deadline = time.monotonic() + RUN_TIMEOUT
     try:
-        while result is None:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise AssertionError(f"TypeScript client timed out; events so far: {events}")
-            try:
-                line = lines.get(timeout=remaining)
-            except queue.Empty:
-                continue
-            if line is None:
-                break
+        for line in lines(proc, RUN_TIMEOUT, lambda: f"TypeScript client timed out; events so far: {events}"):
             events.append(line.rstrip())
             try:
                 event = json.loads(line)
@@ -99,6 +80,7 @@ def run_client(served: Served, env: dict[str, str]) -> tuple[dict[str, Any], lis
                 events.append(f"(person landed on {landed.split('?')[0]})")
             elif event.get("event") == "result":
                 result = event
+                break
         proc.wait(timeout=30)
     finally:
         if proc.poll() is None:
