@@ -141,8 +141,10 @@ def serve(
     config_toml: str | None = None,
     extra_env: dict[str, str] | None = None,
     extra_args: Sequence[str] = (),
+    command: Sequence[str] | None = None,
 ) -> Iterator[Served]:
-    """``kavach serve --port <free> --db <tmp>/kavach.db`` until the block ends."""
+    """``kavach serve --port <free> --db <tmp>/kavach.db`` until the block ends; ``command``
+    replaces ``kavach`` (a launcher that patches it first, say)."""
     with tempfile.TemporaryDirectory(prefix="kavach-serve-", dir=tmp) as work:
         workdir = Path(work)
         db = str(workdir / "kavach.db")
@@ -158,7 +160,7 @@ def serve(
             port = free_port()
             with open(log, "w") as sink:
                 proc = subprocess.Popen(
-                    [*kavach_command(), "serve", "--port", str(port), "--db", db, *extra_args],
+                    [*(command or kavach_command()), "serve", "--port", str(port), "--db", db, *extra_args],
                     stdin=subprocess.DEVNULL,
                     stdout=sink,
                     stderr=subprocess.STDOUT,

@@ -13,7 +13,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,7 +21,7 @@ import pytest
 from kavach_conformance import KitOptions, run_kit
 from kavach_conformance.report import FAIL, NA, PASS
 from kavach_conformance.rules import OBSERVABLE
-from kavach_serve import Served, free_port, kavach_command, serve, stop, wait_ready
+from kavach_serve import Served, free_port, kavach_command, serve
 
 LAUNCHER = Path(__file__).with_name("conformance_defects.py")
 USER, PASSWORD = "alice", "conformance-pw-1"
@@ -31,27 +30,9 @@ USER, PASSWORD = "alice", "conformance-pw-1"
 @contextmanager
 def defective(defect: str) -> Iterator[Served]:
     """``kavach serve`` with ``defect`` injected, on a free port with a temporary database."""
-    with tempfile.TemporaryDirectory(prefix="kavach-defect-") as work:
-        db = str(Path(work) / "kavach.db")
-        log = Path(work) / "serve.log"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("KAVACH_")}
-        port = free_port()
-        with open(log, "w") as sink:
-            proc = subprocess.Popen(
-                [sys.executable, str(LAUNCHER), defect, "serve", "--port", str(port), "--db", db],
-                stdin=subprocess.DEVNULL,
-                stdout=sink,
-                stderr=subprocess.STDOUT,
-                env=env,
-                text=True,
-            )
-        served = Served(port, db, env, proc, log)
-        try:
-            assert wait_ready(proc, served.issuer), served.output()
-            served.add_user(USER, PASSWORD)
-            yield served
-        finally:
-            stop(proc)
+    with serve(command=[sys.executable, str(LAUNCHER), defect]) as served:
+        served.add_user(USER, PASSWORD)
+        yield served
 
 
 def kit(served: Served, *, other: bool = True, stateful: int = 0) -> KitOptions:
