@@ -9,10 +9,10 @@ listener here, the one ``kavach serve`` uses, so they compare like for like.
 
 from __future__ import annotations
 
-import sys
+import argparse
 
 import uvicorn
-from kavach.cli import listen_socket
+from kavach.cli import CliError, listen_socket
 from uvicorn.supervisors import Multiprocess
 
 
@@ -35,4 +35,15 @@ def main(port: int, workers: int) -> None:
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]), int(sys.argv[2]))
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.serve", description=__doc__.split("\n")[0])
+    parser.add_argument("port", type=int, help="port on 127.0.0.1 (0: any free port)")
+    parser.add_argument("workers", type=int, help="uvicorn worker processes (1-64)")
+    args = parser.parse_args()
+    if not 0 <= args.port < 65536:
+        parser.error(f"port must be between 0 and 65535, not {args.port}")
+    if not 1 <= args.workers <= 64:
+        parser.error(f"workers must be between 1 and 64, not {args.workers}")
+    try:
+        main(args.port, args.workers)
+    except CliError as exc:
+        parser.exit(1, f"python -m benchmarks.serve: {exc}\n")
