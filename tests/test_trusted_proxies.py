@@ -29,6 +29,7 @@ def _register(issuer: str, forwarded_for: str) -> int:
 
 def test_a_trusted_proxy_names_the_client_for_the_per_address_limit(tmp_path: Path) -> None:
     with serve(tmp_path, config_toml=LIMITED, extra_args=["--trusted-proxies", "127.0.0.1"]) as served:
+        assert "X-Forwarded-For of:     127.0.0.1" in served.output(), "the banner says whose header is believed"
         assert [_register(served.issuer, "203.0.113.7") for _ in range(3)] == [201, 201, 429]
         assert _register(served.issuer, "203.0.113.8") == 201, "another client behind the proxy has its own count"
         # the proxy appends the peer it saw: the right-most address not a trusted proxy is the client
@@ -37,6 +38,7 @@ def test_a_trusted_proxy_names_the_client_for_the_per_address_limit(tmp_path: Pa
 
 def test_without_trusted_proxies_the_header_is_ignored(tmp_path: Path) -> None:
     with serve(tmp_path, config_toml=LIMITED) as served:
+        assert "X-Forwarded-For" not in served.output()
         assert [_register(served.issuer, f"203.0.113.{i}") for i in range(1, 4)] == [201, 201, 429]
 
 

@@ -535,6 +535,8 @@ def _banner(settings: Settings, instance: Instance) -> None:
         f"  Serving at /mcp:                             {where}",
         f"  Data ({kind}):{' ' * max(1, 37 - len(kind))}{data}",
     ]
+    if settings.trusted_proxies:
+        lines.append(f"  Client address from X-Forwarded-For of:     {', '.join(settings.trusted_proxies)}")
     if not instance.users.store.usernames():
         if settings.store:
             db_flag = f" --store {redact(settings.store)}"
