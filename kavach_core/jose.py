@@ -37,6 +37,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
 
 from .errors import KavachError
 from .opaque import b64url, b64url_decode  # noqa: F401 -- b64url_decode re-exported
+from .params import decode_exactly
 
 PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
 PublicKey = ec.EllipticCurvePublicKey | rsa.RSAPublicKey | ed25519.Ed25519PublicKey
@@ -73,27 +74,13 @@ _STRICT_JSON = json.JSONDecoder(object_pairs_hook=_no_duplicates, parse_constant
 """Built once: ``json.loads`` with these hooks would build a new decoder for every call."""
 
 
-_SCAN: Callable[[str, int], tuple[Any, int]] = _STRICT_JSON.scan_once  # type: ignore[attr-defined]
-"""The decoder's own scanner: what ``decode`` runs after skipping leading whitespace."""
-
-
 def json_object(data: bytes) -> dict[str, Any]:
     """Strict JSON object decoding (RFC 7515 §5.2 step 4, RFC 8259 §4, RFC 7493 §2.3).
 
     UTF-8 only, one object, no duplicate member names, no ``NaN``/``Infinity``.
     """
     try:
-        text = data.decode("utf-8")
-        if text[:1] == "{":
-            # No leading whitespace to skip: scan the object directly, as ``decode`` would, and
-            # accept it when it ends the text; trailing whitespace and errors take ``decode``.
-            try:
-                value, end = _SCAN(text, 0)
-            except StopIteration:
-                value, end = None, -1
-            if end == len(text):
-                return value  # type: ignore[no-any-return]
-        value = _STRICT_JSON.decode(text)
+        value = decode_exactly(_STRICT_JSON, data.decode("utf-8"))
     except JoseError:
         raise
     except (ValueError, RecursionError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors

@@ -53,6 +53,7 @@ from typing import Any
 import attrs
 
 from .errors import ConfigurationError, KavachError
+from .params import decode_exactly
 from .scopes import is_valid_scope
 
 UNKNOWN_METHOD_SCOPE = "mcp:unknown-method"
@@ -213,25 +214,6 @@ def _text(body: bytes) -> str:
 _NO_DUPLICATES = json.JSONDecoder(object_pairs_hook=_last_wins_strict)
 """Built once: the decoder ``_parse(text, _last_wins_strict)`` builds on every call."""
 
-_SCAN: Callable[[str, int], tuple[Any, int]] = _NO_DUPLICATES.scan_once  # type: ignore[attr-defined]
-"""The decoder's own scanner: what ``decode`` runs once leading whitespace is skipped."""
-
-
-def _no_duplicates(text: str) -> object:
-    """``_NO_DUPLICATES.decode(text)``, scanning directly when the text starts with its value
-    and ends with it (no whitespace to skip); anything else goes through ``decode``."""
-    if text[:1] in _VALUE_STARTS:
-        try:
-            value, end = _SCAN(text, 0)
-        except StopIteration:
-            end = -1
-        if end == len(text):
-            return value
-    return _NO_DUPLICATES.decode(text)
-
-
-_VALUE_STARTS = frozenset("{[")
-
 _PLAIN_STARTS = (b"{", b"[")
 
 
@@ -261,7 +243,7 @@ def _readings(body: bytes) -> list[object]:
         if text is None:
             text = _text(data)
         try:
-            return [_no_duplicates(text)]
+            return [decode_exactly(_NO_DUPLICATES, text)]
         except _Duplicate:
             return [_parse(text, dict), _parse(text, _first_wins)]
     except (ValueError, RecursionError, OverflowError, MemoryError):

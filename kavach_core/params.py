@@ -114,6 +114,26 @@ def _reject_constant(name: str) -> Any:
     raise OAuthError("invalid_client_metadata", f"{name} is not valid JSON")
 
 
+_VALUE_STARTS = frozenset("{[")
+
+
+def decode_exactly(decoder: json.JSONDecoder, text: str) -> Any:
+    """``decoder.decode(text)``, without its leading-whitespace match when ``text`` opens with an
+    object or array: the decoder's own scanner runs from the first character, and its value is
+    taken when it ends the text. Anything else (whitespace around the value, trailing data, a
+    syntax error) goes through ``decode`` itself, so results and errors are ``decode``'s; the
+    decoder's hooks raise as they would there.
+    """
+    if text[:1] in _VALUE_STARTS:
+        try:
+            value, end = decoder.scan_once(text, 0)  # type: ignore[attr-defined]
+        except StopIteration:
+            end = -1
+        if end == len(text):
+            return value
+    return decoder.decode(text)
+
+
 def json_object(req: HttpRequest, *, error: str = "invalid_request") -> dict[str, Any]:
     """A JSON object body (RFC 7591 §3.1), strictly: UTF-8, no duplicate members, no NaN."""
     if req.content_type != "application/json":
