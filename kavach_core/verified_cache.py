@@ -14,10 +14,9 @@ token's bytes. What can change is *time* and *revocation*, and this cache handle
   invalidation message is needed between processes.
 - **Keys.** An entry remembers the ``kid`` that verified it; a hit requires that key to be still
   published, so withdrawing a key withdraws every token it signed, cached or not.
-- **Identity.** The key is the SHA-256 digest of the exact token text; the entry holds the
-  canonical resource and the issuer it was verified for, and a hit must match both: any change
-  to the token misses, and a token verified for one resource is never served for another
-  (RFC 8707, RS-04).
+- **Identity.** The key is the SHA-256 digest of the exact token text together with the
+  canonical resource and the issuer it was verified for: any change to the token misses, and a
+  token verified for one resource is never served for another (RFC 8707, RS-04).
 
 Size is bounded (least recently used entries go first); a lock keeps it consistent under threads.
 """
@@ -43,26 +42,23 @@ _IAT_SKEW = 60
 @attrs.frozen
 class _Entry:
     token: AccessToken
-    resource: str
-    issuer: str
     kid: str
     valid_from: int
     valid_until: int
 
 
-def _digest(token: str) -> bytes:
-    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
+def _key(token: str, resource: str, issuer: str) -> tuple[bytes, str, str]:
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest(), resource, issuer
 
 
 class VerifiedCache:
-    """Verified access tokens by digest of the token, each with the resource and issuer it was
-    verified for, at most ``size`` of them."""
+    """Verified access tokens by (digest of the token, resource, issuer), at most ``size`` of them."""
 
     def __init__(self, size: int = DEFAULT_SIZE) -> None:
         if size < 1:
             raise ValueError("a verified-token cache needs room for at least one token")
         self.size = size
-        self._entries: OrderedDict[bytes, _Entry] = OrderedDict()
+        self._entries: OrderedDict[tuple[bytes, str, str], _Entry] = OrderedDict()
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
@@ -73,26 +69,23 @@ class VerifiedCache:
     def get(self, token: str, *, resource: str, issuer: str, now: int, kids: Container[str]) -> AccessToken | None:
         """The verified claims of ``token`` for ``resource``, or ``None`` (verify it then).
 
-        ``None`` as well when the entry was verified for another resource or issuer, has expired
-        at ``now`` (it is dropped), is not yet valid, or its key is no longer among ``kids`` (the
-        published keys). ``resource`` must be canonical.
+        ``None`` as well when the entry has expired at ``now`` (it is dropped), is not yet valid,
+        or its key is no longer among ``kids`` (the published keys). ``resource`` must be canonical.
         """
-        digest = _digest(token)
+        key = _key(token, resource, issuer)
         with self._lock:
-            entry = self._entries.get(digest)
-            if entry is not None and now >= entry.valid_until:
-                del self._entries[digest]
-                entry = None
-            if (
-                entry is None
-                or entry.resource != resource
-                or entry.issuer != issuer
-                or now < entry.valid_from
-                or entry.kid not in kids
-            ):
+            entry = self._entries.get(key)
+            if entry is None:
                 self.misses += 1
                 return None
-            self._entries.move_to_end(digest)
+            if now >= entry.valid_until:
+                del self._entries[key]
+                self.misses += 1
+                return None
+            if now < entry.valid_from or entry.kid not in kids:
+                self.misses += 1
+                return None
+            self._entries.move_to_end(key)
             self.hits += 1
             return entry.token
 
@@ -101,18 +94,16 @@ class VerifiedCache:
 
         Call only with what :func:`kavach_core.access_tokens.verify` returned for exactly these
         arguments. The window kept is the one that function enforces (``exp``, ``iat``, ``nbf``).
-        A token has one audience and one issuer, so it verifies for one (resource, issuer) pair
-        at most; a later ``put`` of the same token replaces the entry.
         """
         valid_from = access.issued_at - leeway - _IAT_SKEW
         nbf = access.claims.get("nbf")
         if isinstance(nbf, int) and not isinstance(nbf, bool):
             valid_from = max(valid_from, nbf - leeway)
-        entry = _Entry(access, resource, issuer, access.kid, valid_from, access.expires_at + leeway)
-        digest = _digest(token)
+        entry = _Entry(access, access.kid, valid_from, access.expires_at + leeway)
+        key = _key(token, resource, issuer)
         with self._lock:
-            self._entries[digest] = entry
-            self._entries.move_to_end(digest)
+            self._entries[key] = entry
+            self._entries.move_to_end(key)
             while len(self._entries) > self.size:
                 self._entries.popitem(last=False)
 
