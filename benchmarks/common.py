@@ -20,6 +20,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from kavach_core.records import Grant
+
 RESULTS = Path(__file__).parent / "results"
 
 
@@ -139,11 +141,9 @@ def write(name: str, data: dict[str, Any], directory: Path = RESULTS) -> Path:
     return path
 
 
-def day_grant(grant_id: str, client_id: str, resource: str, now: int, refresh_hash: str, rotated_at: int) -> Any:
+def day_grant(grant_id: str, client_id: str, resource: str, now: int, refresh_hash: str, rotated_at: int) -> Grant:
     """A live grant of ``alice`` for ``resource`` (``tools:list tools:call``), good for a day,
     its refresh family at generation 0 (``refresh_hash`` names its current token)."""
-    from kavach_core.records import Grant
-
     return Grant(
         grant_id=grant_id,
         subject="alice",
