@@ -8,6 +8,7 @@ named (the default) no ``X-Forwarded-For`` is read at all.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import httpx
@@ -55,7 +56,7 @@ def test_trusted_proxies_from_flag_environment_and_file(tmp_path: Path, given: s
     assert resolve({"trusted_proxies": given}, {}).trusted_proxies == expect
     assert resolve({}, {"KAVACH_TRUSTED_PROXIES": given}).trusted_proxies == expect
     toml = tmp_path / "k.toml"
-    toml.write_text(f"trusted_proxies = {[g for g in given.replace(',', ' ').split()]!r}\n".replace("'", '"'))
+    toml.write_text(f"trusted_proxies = {json.dumps(given.replace(',', ' ').split())}\n")  # a TOML array too
     assert resolve({"config": str(toml)}, {}).trusted_proxies == expect
 
 

@@ -187,7 +187,7 @@ def _proxies(label: str, value: object) -> tuple[str, ...]:
     ``label`` says where the value came from."""
     if isinstance(value, str):
         items = value.replace(",", " ").split()
-    elif isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
+    elif isinstance(value, list) and all(isinstance(v, str) for v in value):
         items = [v.strip() for v in value]
     else:
         raise SettingsError(f"{label} must be a list of IP addresses or networks")
