@@ -91,12 +91,23 @@ def bearer_token(req: HttpRequest) -> str | None:
     return parse_bearer(values[0])
 
 
-def parse_bearer(header: str) -> str | None:
-    """The token of one ``Authorization`` header value; ``None`` for another scheme."""
+def bearer_credentials(header: str) -> str | None:
+    """What follows the ``Bearer`` scheme in one ``Authorization`` value, unchecked; ``None`` for
+    another scheme. :func:`is_b64token` says whether it has the RFC 6750 §2.1 syntax."""
     scheme, _, rest = header.strip().partition(" ")
     if scheme.lower() != "bearer":
         return None
-    token = rest.strip()
-    if not _B64TOKEN.fullmatch(token):
+    return rest.strip()
+
+
+def is_b64token(token: str) -> bool:
+    """RFC 6750 §2.1: ``1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="``."""
+    return _B64TOKEN.fullmatch(token) is not None
+
+
+def parse_bearer(header: str) -> str | None:
+    """The token of one ``Authorization`` header value; ``None`` for another scheme."""
+    token = bearer_credentials(header)
+    if token is not None and not is_b64token(token):
         raise OAuthError("invalid_request", "malformed Bearer token", status=400)
     return token

@@ -28,9 +28,9 @@ import attrs
 from . import effects as fx
 from .access_tokens import AccessToken, canonical_cached, verify
 from .config import Config, ProtectedResource
-from .credentials import parse_bearer
+from .credentials import bearer_credentials, is_b64token
 from .drivers import Flow
-from .errors import ConfigurationError, OAuthError, safe_description
+from .errors import ConfigurationError, safe_description
 from .http import HttpRequest, Response, json_response
 from .jose import JoseError, UnknownKid, VerifyingKey
 from .keys import KeyRing, KeySet
@@ -149,6 +149,9 @@ def verify_bearer(
 
 
 def _protected(config: Config, resource: str) -> ProtectedResource:
+    found = config.resource(resource)  # the usual: adapters pass the canonical URI
+    if found is not None:
+        return found
     try:
         found = config.resource(canonical_cached(resource))
     except ValueError as exc:
@@ -197,18 +200,18 @@ def authenticate(
     ask = required or protected.default_scopes
     if authorization is None:
         return challenge(here, ask)
-    try:
-        token = parse_bearer(authorization)
-    except OAuthError:
-        return challenge(here, ask, "invalid_token", INVALID_TOKEN_DESCRIPTION)
+    token = bearer_credentials(authorization)
     if token is None:  # another scheme (Basic, DPoP, ...): no Bearer credentials were sent
         return challenge(here, ask)
     keys = None if keyring is None else keyring.keys(now)
     reread = keys is not None
     if keys is None:
         keys = yield from _read_keys(now, keyring)
+    # A cached token verified before, so it is well formed; only a miss needs the syntax check.
     access = None if cache is None else cache.get(token, resource=here, issuer=config.issuer, now=now, kids=keys)
     if access is None:
+        if not is_b64token(token):
+            return challenge(here, ask, "invalid_token", INVALID_TOKEN_DESCRIPTION)
         try:
             try:
                 access = verify_bearer(token, keys, issuer=config.issuer, resource=here, now=now)
@@ -224,10 +227,9 @@ def authenticate(
     revoked: Any = yield fx.IsTokenRevoked(access.jti, access.grant_id)
     if revoked:
         return challenge(here, ask, "invalid_token", INVALID_TOKEN_DESCRIPTION)
-    if required:
-        granted = access.scopes
-        missing = tuple(scope for scope in required if scope not in granted and not any_covers(granted, scope))
-        if missing:
+    granted = access.scopes
+    for scope in required:
+        if scope not in granted and not any_covers(granted, scope):
             return challenge(here, required, "insufficient_scope", INSUFFICIENT_SCOPE_DESCRIPTION)
     return Principal(access)
 
@@ -249,9 +251,15 @@ def authenticate_values(
     if len(authorization) > 1:
         protected = _protected(config, resource)
         ask = required or protected.default_scopes
-        return challenge(protected.uri, ask, "invalid_token", INVALID_TOKEN_DESCRIPTION)
+        return _answer(challenge(protected.uri, ask, "invalid_token", INVALID_TOKEN_DESCRIPTION))
     value = authorization[0] if authorization else None
-    return (yield from authenticate(config, resource, value, required, now, cache, keyring))
+    return authenticate(config, resource, value, required, now, cache, keyring)
+
+
+def _answer(response: Response) -> Flow[Response]:
+    """A flow that performs nothing and returns ``response``."""
+    return response
+    yield  # unreachable: it makes this function a generator, a flow like the others
 
 
 def authenticate_request(

@@ -37,7 +37,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
 
 from .errors import KavachError
 from .opaque import b64url, b64url_decode  # noqa: F401 -- b64url_decode re-exported
-from .params import decode_exactly
+from .params import decode_exactly, unique_members
 
 PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
 PublicKey = ec.EllipticCurvePublicKey | rsa.RSAPublicKey | ed25519.Ed25519PublicKey
@@ -59,18 +59,13 @@ class UnknownKid(JoseError):
     re-read the keys once and try again; nothing else about the token was accepted)."""
 
 
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out = dict(pairs)
-    if len(out) != len(pairs):  # a repeated name collapsed into one entry
-        raise JoseError("duplicate JSON member")
-    return out
-
-
 def _reject_constant(name: str) -> Any:
     raise JoseError("invalid JSON constant")
 
 
-_STRICT_JSON = json.JSONDecoder(object_pairs_hook=_no_duplicates, parse_constant=_reject_constant)
+_STRICT_JSON = json.JSONDecoder(
+    object_pairs_hook=unique_members(lambda name: JoseError("duplicate JSON member")), parse_constant=_reject_constant
+)
 """Built once: ``json.loads`` with these hooks would build a new decoder for every call."""
 
 

@@ -53,7 +53,7 @@ from typing import Any
 import attrs
 
 from .errors import ConfigurationError, KavachError
-from .params import decode_exactly
+from .params import decode_exactly, unique_members
 from .scopes import is_valid_scope
 
 UNKNOWN_METHOD_SCOPE = "mcp:unknown-method"
@@ -96,6 +96,11 @@ def _freeze_scopes(value: Iterable[str]) -> tuple[str, ...]:
     return (value,) if isinstance(value, str) else tuple(value)
 
 
+def _distinct(scopes: tuple[str, ...]) -> tuple[str, ...]:
+    """``scopes`` without repeats, in first-use order (an override may name a scope twice)."""
+    return tuple(dict.fromkeys(scopes))
+
+
 @attrs.frozen
 class McpScopeMap:
     """The configurable method -> scope map.
@@ -111,6 +116,9 @@ class McpScopeMap:
     per_tool: bool = True
     per_prompt: bool = False
     unknown_method_scopes: tuple[str, ...] = attrs.field(default=(UNKNOWN_METHOD_SCOPE,), converter=_freeze_scopes)
+    _fixed: Mapping[str, tuple[str, ...]] = attrs.field(init=False, eq=False, repr=False)
+    """Every method whose scopes do not depend on its params: the no-scope methods, the fixed
+    defaults and the overrides (which win), so most requests cost one lookup."""
 
     def __attrs_post_init__(self) -> None:
         seen: set[str] = set()
@@ -126,21 +134,22 @@ class McpScopeMap:
         for scope in self.unknown_method_scopes:
             if not isinstance(scope, str) or not is_valid_scope(scope):
                 raise ConfigurationError(f"unknown_method_scopes: {scope!r} is not a valid scope")
+        fixed: dict[str, tuple[str, ...]] = dict.fromkeys(NO_SCOPE_METHODS, ())
+        fixed.update(DEFAULT_METHOD_SCOPES)
+        fixed.update((method, _distinct(scopes)) for method, scopes in self.overrides)
+        object.__setattr__(self, "_fixed", fixed)
 
     def scopes_for(self, method: str, params: object = None) -> tuple[str, ...]:
         """The scopes one request with ``method`` and ``params`` needs."""
-        for name, scopes in self.overrides:
-            if name == method:
-                return scopes
-        if method in NO_SCOPE_METHODS or method.startswith("notifications/"):
+        fixed = self._fixed.get(method)
+        if fixed is not None:
+            return fixed
+        if method.startswith("notifications/"):
             return ()
         if method == "tools/call":
             return (_named(_TOOLS_CALL, params),) if self.per_tool else (_TOOLS_CALL,)
         if method == "prompts/get":
             return (_named(_PROMPTS_GET, params),) if self.per_prompt else (_PROMPTS_GET,)
-        for name, scopes in DEFAULT_METHOD_SCOPES:
-            if name == method:
-                return scopes
         return self.unknown_method_scopes
 
     def scopes_for_message(self, message: object) -> tuple[str, ...]:
@@ -150,12 +159,16 @@ class McpScopeMap:
         method = message.get("method")
         if not isinstance(method, str):
             return ()
-        return self.scopes_for(method, message.get("params"))
+        fixed = self._fixed.get(method)  # most requests: skip the call below
+        return fixed if fixed is not None else self.scopes_for(method, message.get("params"))
 
     def required_scopes(self, body: bytes) -> tuple[str, ...]:
         """The scopes an HTTP request body of JSON-RPC needs: see :func:`required_scopes`."""
+        readings = _readings(body)
+        if len(readings) == 1 and isinstance(readings[0], dict):  # the usual: one request, read one way
+            return self.scopes_for_message(readings[0])
         out: list[str] = []
-        for document in _readings(body):
+        for document in readings:
             messages = document if isinstance(document, list) else [document]
             for message in messages:
                 for scope in self.scopes_for_message(message):
@@ -182,13 +195,8 @@ class _Duplicate(Exception):
     pass
 
 
-def _last_wins_strict(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise _Duplicate
-        out[key] = value
-    return out
+_last_wins_strict = unique_members(lambda name: _Duplicate(name))
+"""Refuses a repeated member, so :func:`_readings` can read the text both ways instead."""
 
 
 def _first_wins(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

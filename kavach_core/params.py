@@ -7,6 +7,7 @@ parameters must not be included more than once. OAuth 2.1 §4.1.1 / AZ-01.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -101,13 +102,31 @@ def form_params(req: HttpRequest) -> Params:
     return parse_query_string(text)
 
 
-def _reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            raise OAuthError("invalid_client_metadata", f"member {key} given more than once")
-        result[key] = value
-    return result
+Pairs = list[tuple[str, Any]]
+
+
+def unique_members(refuse: Callable[[str], Exception]) -> Callable[[Pairs], dict[str, Any]]:
+    """A JSON ``object_pairs_hook`` that builds the object and raises ``refuse(name)`` when a
+    member name repeats (RFC 8259 §4 leaves duplicates undefined; RFC 7515 §5.2 and RFC 7591 §3
+    readers here refuse them). The dictionary is built in one C call; only a repeat, seen as a
+    shorter dictionary than the list of pairs, costs a second look to name the member."""
+
+    def hook(pairs: Pairs) -> dict[str, Any]:
+        out = dict(pairs)
+        if len(out) != len(pairs):
+            seen: set[str] = set()
+            for name, _ in pairs:
+                if name in seen:
+                    raise refuse(name)
+                seen.add(name)
+        return out
+
+    return hook
+
+
+_reject_duplicate_keys = unique_members(
+    lambda name: OAuthError("invalid_client_metadata", f"member {name} given more than once")
+)
 
 
 def _reject_constant(name: str) -> Any:

@@ -876,6 +876,57 @@ def test_sqlite_concurrent_first_opens_migrate_once(tmp_path: Path) -> None:
         assert len(store.perform(fx.ListClients())) == 20
 
 
+def _reader_holding(path: Path) -> sqlite3.Connection:
+    """A connection to a new rollback-journal file, inside a read transaction: while it is open
+    nobody can switch the file to WAL."""
+    db = _raw(path)
+    db.execute("BEGIN")
+    db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    return db
+
+
+@pytest.mark.parametrize("answer", ["busy", "unchanged"])
+def test_sqlite_open_retries_the_switch_to_wal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, answer: str) -> None:
+    """When a new file is opened by many connections at once, SQLite may answer the switch to WAL
+    with an immediate SQLITE_BUSY (no busy handler) or leave the mode as it was; both are retried."""
+    import kavach.stores.sqlite as sqlite_store
+
+    real = sqlite_store._scalar
+    refused: list[str] = []
+
+    def first_switch_refused(db: sqlite3.Connection, sql: str) -> Any:
+        if sql == "PRAGMA journal_mode = WAL" and not refused:
+            refused.append(sql)
+            if answer == "unchanged":
+                return "delete"
+            busy = sqlite3.OperationalError("database is locked")
+            busy.sqlite_errorcode = 5  # type: ignore[attr-defined]
+            raise busy
+        return real(db, sql)
+
+    monkeypatch.setattr(sqlite_store, "_scalar", first_switch_refused)
+    path = tmp_path / "raced.db"
+    with SQLiteStore(path) as store:
+        store.perform(fx.PutClient(client("c1")))
+    assert refused
+    db = _raw(path)
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    db.close()
+
+
+def test_sqlite_open_gives_up_on_wal_after_busy_timeout(tmp_path: Path) -> None:
+    path = tmp_path / "held.db"
+    reader = _reader_holding(path)
+    try:
+        with pytest.raises(StoreUnavailable, match="is locked"):
+            SQLiteStore(path, busy_timeout=0.2)
+    finally:
+        reader.close()
+    db = _raw(path)
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "delete"  # left as it was
+    db.close()
+
+
 def test_sqlite_refuses_a_newer_schema_and_leaves_it_alone(tmp_path: Path) -> None:
     path = tmp_path / "future.db"
     SQLiteStore(path).close()

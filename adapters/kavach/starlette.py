@@ -39,14 +39,7 @@ class _TooLarge(Exception):
     pass
 
 
-async def _read_body(receive: Receive, limit: int) -> bytes:
-    message = await receive()
-    if message["type"] == "http.request" and not message.get("more_body", False):  # the usual: one message
-        body: bytes = message.get("body", b"")
-        if len(body) > limit:
-            raise _TooLarge
-        return body
-    return await _read_rest(receive, limit, message)
+_TOO_LARGE = json_response(413, {"error": "invalid_request"}, no_store=True)
 
 
 async def _read_rest(receive: Receive, limit: int, message: Message) -> bytes:
@@ -82,11 +75,19 @@ async def _send(send: Send, response: Response) -> None:
 
 
 async def _body(receive: Receive, send: Send) -> bytes | None:
-    try:
-        return await _read_body(receive, MAX_BODY)
-    except _TooLarge:
-        await _send(send, json_response(413, {"error": "invalid_request"}, no_store=True))
-        return None
+    """The whole request body, or ``None`` once a 413 has been sent for one over :data:`MAX_BODY`."""
+    message = await receive()
+    if message["type"] == "http.request" and not message.get("more_body", False):  # the usual: one message
+        body: bytes = message.get("body", b"")
+        if len(body) <= MAX_BODY:
+            return body
+    else:
+        try:
+            return await _read_rest(receive, MAX_BODY, message)
+        except _TooLarge:
+            pass
+    await _send(send, _TOO_LARGE)
+    return None
 
 
 async def _request(scope: Scope, receive: Receive, send: Send) -> HttpRequest | None:
@@ -95,15 +96,19 @@ async def _request(scope: Scope, receive: Receive, send: Send) -> HttpRequest | 
 
 
 def _split_authorization(scope: Scope) -> tuple[list[str], list[tuple[bytes, bytes]]]:
-    """The ``Authorization`` values, and every other header (what the wrapped app gets)."""
+    """The ``Authorization`` values, and every other header (what the wrapped app gets).
+
+    Names are compared case-insensitively whatever the server sends (ASGI only recommends
+    lowercase), so no spelling of the header reaches the wrapped app (RS-04)."""
     values: list[str] = []
-    kept: list[tuple[bytes, bytes]] = []
-    for k, v in scope["headers"]:
-        if k.lower() == b"authorization":
-            values.append(v.decode("latin-1"))
+    others: list[tuple[bytes, bytes]] = []
+    for header in scope["headers"]:
+        name = header[0]
+        if len(name) == 13 and name.lower() == b"authorization":
+            values.append(header[1].decode("latin-1"))
         else:
-            kept.append((k, v))
-    return values, kept
+            others.append(header)
+    return values, others
 
 
 class KavachEndpoint:
@@ -146,9 +151,9 @@ class KavachGuard:
         self.required = required
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
-            return await self.app(scope, receive, send)
         if scope["type"] != "http":
+            if scope["type"] == "lifespan":
+                return await self.app(scope, receive, send)
             await send({"type": "websocket.close", "code": 1008})
             return None
         body = await _body(receive, send)
@@ -164,7 +169,8 @@ class KavachGuard:
         if isinstance(outcome, Response):
             return await _send(send, outcome)
         inner = dict(scope)
-        inner["state"] = {**(scope.get("state") or {}), "principal": outcome}
+        state = scope.get("state")
+        inner["state"] = {**state, "principal": outcome} if state else {"principal": outcome}
         inner["headers"] = others
         await self.app(inner, _replay(body, receive), send)
         return None

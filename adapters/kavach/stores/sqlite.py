@@ -31,6 +31,7 @@ import json
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -357,10 +358,8 @@ class SQLiteStore:
         except sqlite3.Error as exc:
             raise SQLiteStoreError(f"cannot open SQLite database {self.path!r}: {exc}") from exc
         try:
-            if not self._memory and _scalar(db, "PRAGMA journal_mode") != "wal":
-                mode = _scalar(db, "PRAGMA journal_mode = WAL")
-                if mode != "wal":
-                    raise SQLiteStoreError(f"cannot put {self.path!r} in WAL mode (got {mode!r})")
+            if not self._memory:
+                self._use_wal(db)
             db.execute("BEGIN")  # one read snapshot for every check
             try:
                 needed = self._needs_migration(db)
@@ -383,6 +382,30 @@ class SQLiteStore:
             db.close()
             raise
         self._idle.append(db)
+
+    def _use_wal(self, db: sqlite3.Connection) -> None:
+        """Put the database in WAL mode, waiting up to ``busy_timeout`` for other connections.
+
+        Switching the journal mode needs every other connection out of the file, and SQLite
+        answers ``SQLITE_BUSY`` at once (its busy handler is not called), or leaves the mode
+        unchanged, when another connection opening the same new file holds a lock; so the
+        switch is retried here, re-reading the mode another connection may have set meanwhile.
+        """
+        deadline = time.monotonic() + self.busy_timeout
+        while True:
+            try:
+                mode = _scalar(db, "PRAGMA journal_mode")
+                if mode != "wal":
+                    mode = _scalar(db, "PRAGMA journal_mode = WAL")
+            except sqlite3.OperationalError as exc:
+                if _primary(exc) != 5 or time.monotonic() >= deadline:  # not SQLITE_BUSY, or waited long enough
+                    raise
+            else:
+                if mode == "wal":
+                    return
+                if time.monotonic() >= deadline:
+                    raise SQLiteStoreError(f"cannot put {self.path!r} in WAL mode (got {mode!r})")
+            time.sleep(0.005)
 
     def _needs_migration(self, db: sqlite3.Connection) -> bool:
         """Whether the schema must be upgraded; refuses newer and foreign databases."""
