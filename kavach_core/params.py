@@ -114,11 +114,8 @@ def unique_members(refuse: Callable[[str], Exception]) -> Callable[[Pairs], dict
     def hook(pairs: Pairs) -> dict[str, Any]:
         out = dict(pairs)
         if len(out) != len(pairs):
-            seen: set[str] = set()
-            for name, _ in pairs:
-                if name in seen:
-                    raise refuse(name)
-                seen.add(name)
+            names = [name for name, _ in pairs]
+            raise refuse(next(name for name in names if names.count(name) > 1))
         return out
 
     return hook

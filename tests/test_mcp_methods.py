@@ -107,6 +107,24 @@ def test_overrides_replace_the_default_for_that_method() -> None:
     assert required_scopes(_body("resources/read"), scope_map) == ("resources:read",)
 
 
+def test_scopes_for_answers_like_the_body_rule() -> None:
+    """The public per-method answer agrees with the body rule, overrides first, repeats dropped."""
+    scope_map = McpScopeMap(overrides={"notifications/secret": ["a", "b", "a"], "ping": ["p"]})
+    for method, params in [
+        ("tools/list", None),
+        ("tools/call", {"name": "search"}),
+        ("notifications/initialized", None),
+        ("notifications/secret", None),
+        ("ping", None),
+        ("prompts/get", {"name": "greet"}),
+        ("x/y", None),
+    ]:
+        assert scope_map.scopes_for(method, params) == required_scopes(_body(method, params), scope_map)
+    assert scope_map.scopes_for("notifications/secret") == ("a", "b")
+    assert scope_map.scopes_for("ping") == ("p",)
+    assert scope_map.scopes_for("notifications/other") == ()
+
+
 @pytest.mark.parametrize(
     "kwargs",
     [
