@@ -1,1 +1,1 @@
-"""kavachOS benchmarks: ``python -m benchmarks [--quick] [--only a,b,c,d,e]`` (see docs/performance.md)."""
+"""kavachOS benchmarks: ``python -m benchmarks [--quick] [--only a,b,c,d,e,f]`` (see docs/performance.md)."""

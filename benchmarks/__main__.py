@@ -2,7 +2,8 @@
 
 .venv/bin/python -m benchmarks            # everything (about 10 minutes on 2 cores)
 .venv/bin/python -m benchmarks --quick    # every benchmark once at tiny size (the test does this)
-.venv/bin/python -m benchmarks --only a,b # a: first sight, b: repeat sight, c: AS flows, d: HTTP, e: scale
+.venv/bin/python -m benchmarks --only a,b # a: first sight, b: repeat sight, c: AS flows, d: HTTP, e: scale,
+                                          # f: the guards through uvicorn's HTTP protocol, no sockets
 """
 
 from __future__ import annotations
@@ -16,19 +17,24 @@ from typing import Any
 
 from . import common
 
-PARTS = (("c", "flows", "as_flows", "in_process"), ("d", "http", "http", "over_http"), ("e", "scale", "scale", "scale"))
+PARTS = (
+    ("c", "flows", "as_flows", "in_process"),
+    ("d", "http", "http", "over_http"),
+    ("e", "scale", "scale", "scale"),
+    ("f", "protocol", "protocol", "in_protocol"),
+)
 """The parts after a and b: letter, module, results key, the module's measuring function."""
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(prog="python -m benchmarks")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, one short round each (smoke test)")
-    parser.add_argument("--only", default="a,b,c,d,e", help="comma-separated subset of a,b,c,d,e")
+    parser.add_argument("--only", default="a,b,c,d,e,f", help="comma-separated subset of a,b,c,d,e,f")
     parser.add_argument("--out", default=str(common.RESULTS), help="directory for the JSON results")
     args = parser.parse_args(argv)
     only = set(args.only.split(","))
-    if not only <= set("abcde"):
-        parser.error(f"--only takes letters from a,b,c,d,e, not {args.only!r}")
+    if not only <= set("abcdef"):
+        parser.error(f"--only takes letters from a,b,c,d,e,f, not {args.only!r}")
     out = Path(args.out)
     name = "quick" if args.quick else "full"
     results: dict[str, Any] = {"machine": common.machine(), "quick": args.quick, "started": int(time.time())}

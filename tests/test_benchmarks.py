@@ -71,3 +71,16 @@ def test_scale_at_tiny_size(tmp_path: Path) -> None:
         assert data["bytes_per_grant"] > 0
         for kind in ("verify", "verify, first sight", "refresh"):
             _timed(data["latency"][kind], {"small", "large"})
+
+
+def test_protocol_at_tiny_size(tmp_path: Path) -> None:
+    results = bench.main(["--quick", "--only", "f", "--out", str(tmp_path)])
+    part = results["protocol"]
+    assert part["protocol"].startswith("uvicorn.protocols.http.")
+    apps = part["apps"]
+    _timed(apps, {"no guard (ceiling)", "kavach, repeat token", "kavach, first-sight tokens"})
+    for entry in apps.values():
+        _positive_spread(entry["throughput_ratio"])
+        assert entry["non_2xx"] == 0  # every guard let the valid token through
+        assert entry["responses"] == part["batch"] * 3  # one warm-up batch and two rounds, each answered
+    assert apps["no guard (ceiling)"]["throughput_ratio"]["median"] == 1.0
