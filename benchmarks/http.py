@@ -8,7 +8,7 @@ JSON-RPC body to know the scope needed). Runs are interleaved per round; a ratio
 no-guard ceiling of the same round and worker count. Stores are in memory, one per worker process.
 """
 
-# ruff: noqa: S311, S603, S607 -- seeded benchmark keys; uvicorn and wrk are started with fixed arguments.
+# ruff: noqa: S603, S607 -- uvicorn and wrk are started with fixed arguments.
 
 from __future__ import annotations
 
@@ -153,38 +153,16 @@ def _write_tokens(directory: Path, name: str, tokens: list[str]) -> Path:
 def over_http(quick: bool = False) -> dict[str, Any]:
     if shutil.which("wrk") is None:
         raise RuntimeError("wrk is not installed (apt-get install -y wrk)")
-    import random
-
-    from kavach_core import access_tokens, keys
-    from kavach_core.context import Context
-
     from . import http_apps
 
     seconds, rounds, distinct, connections = (1, 1, 1000, 8) if quick else (5, 5, 60000, 32)
     worker_counts = (1, 2)
-    cfg = http_apps.config()
-    memory = http_apps.store()
-    now = int(time.time())
-    pair = keys.KeySet(memory.keys).signer(now, "ES256")
-    assert pair is not None
-    ctx = Context(cfg, now, random.Random(7).randbytes)
-
-    def mint() -> str:
-        token, _ = access_tokens.mint(
-            ctx,
-            pair,
-            subject="alice",
-            client_id="c1",
-            resource=http_apps.RESOURCE,
-            scopes=("tools:list", "tools:call"),
-            grant_id=http_apps.grant_id(0),
-        )
-        return token
+    minted = http_apps.tokens(distinct + 1)
 
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
-        repeat = _write_tokens(d, "repeat", [mint()])
-        first = _write_tokens(d, "first", [mint() for _ in range(distinct)])
+        repeat = _write_tokens(d, "repeat", minted[:1])
+        first = _write_tokens(d, "first", minted[1:])
         kavach_refresh = _write_tokens(d, "krefresh", [http_apps.refresh_for(i) for i in range(1, distinct + 1)])
         mcp_refresh = _write_tokens(d, "mrefresh", [http_apps.mcp_refresh_for(i) for i in range(1, distinct + 1)])
         guard_runs = {

@@ -21,8 +21,8 @@ import random
 import time
 from typing import Any
 
+from kavach_core import access_tokens, keys
 from kavach_core import effects as fx
-from kavach_core import keys
 from kavach_core.config import Config, ProtectedResource
 from kavach_core.context import Context
 from kavach_core.drivers import run
@@ -67,6 +67,23 @@ def store(grants: int = 0) -> MemoryStore:
     for gid, refresh_hash in families:
         memory.grants[gid] = day_grant(gid, "c1", RESOURCE, now, refresh_hash, rotated_at=now - 3600)
     return memory
+
+
+def tokens(count: int) -> list[str]:
+    """``count`` distinct access tokens (``tools:list tools:call``) on the benchmark grant, signed
+    with the key every process derives; the same list in every process."""
+    memory = store()
+    now = int(time.time())
+    pair = keys.KeySet(memory.keys).signer(now, "ES256")
+    assert pair is not None
+    ctx = Context(config(), now, random.Random(7).randbytes)
+    scopes = ("tools:list", "tools:call")
+    return [
+        access_tokens.mint(
+            ctx, pair, subject="alice", client_id="c1", resource=RESOURCE, scopes=scopes, grant_id=grant_id(0)
+        )[0]
+        for _ in range(count)
+    ]
 
 
 async def plain(scope: dict[str, Any], receive: Any, send: Any) -> None:

@@ -10,15 +10,11 @@ which swings part d's ratios by a tenth, mostly drops out, and the ratio to the 
 isolates the guard. Batches of requests are interleaved per round like every other part.
 """
 
-# ruff: noqa: S311 -- seeded generators make every process derive the same benchmark keys; nothing here is a secret.
-
 from __future__ import annotations
 
 import asyncio
 import os
-import random
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 from .common import fmt_ratio, fmt_time, interleaved, table
@@ -121,32 +117,6 @@ def request_bytes(token: str) -> bytes:
     )
 
 
-def _tokens(count: int) -> list[str]:
-    """``count`` distinct access tokens for the benchmark grant, signed by the apps' key."""
-    from kavach_core import access_tokens, keys
-    from kavach_core.context import Context
-
-    from . import http_apps
-
-    memory = http_apps.store()
-    now = int(time.time())
-    pair = keys.KeySet(memory.keys).signer(now, "ES256")
-    assert pair is not None
-    ctx = Context(http_apps.config(), now, random.Random(7).randbytes)
-    return [
-        access_tokens.mint(
-            ctx,
-            pair,
-            subject="alice",
-            client_id="c1",
-            resource=http_apps.RESOURCE,
-            scopes=("tools:list", "tools:call"),
-            grant_id=http_apps.grant_id(0),
-        )[0]
-        for _ in range(count)
-    ]
-
-
 def _app(name: str) -> Any:
     from . import http_apps
 
@@ -165,8 +135,10 @@ def in_protocol(quick: bool = False) -> dict[str, Any]:
     rounds, batch = (2, 20) if quick else (15, 1000)
     loop = asyncio.new_event_loop()
     try:
-        repeat = request_bytes(_tokens(1)[0])
-        first: Iterator[bytes] = iter([request_bytes(t) for t in _tokens((rounds + 1) * batch + 1)])
+        from .http_apps import tokens
+
+        minted = [request_bytes(token) for token in tokens((rounds + 1) * batch + 1)]
+        repeat, first = minted[0], iter(minted[1:])
         connections: dict[str, Connection] = {}
 
         def batched(name: str, app: str, source: str) -> Callable[[], None]:
