@@ -102,6 +102,50 @@ def test_guard_refuses_oversized_bodies_and_websockets() -> None:
     assert messages == [{"type": "websocket.close", "code": 1008}]
 
 
+@pytest.mark.parametrize("name", [b"authorization", b"Authorization", b"AUTHORIZATION"])
+def test_guard_never_hands_the_token_on_whatever_the_header_name_case(name: bytes) -> None:
+    """RS-04: ASGI only recommends lowercase header names; a server sending another spelling
+    must not get the token past the guard to the wrapped app (nor be refused for it)."""
+    import asyncio
+
+    from conftest import Harness
+    from token_kit import mint, put_grant
+
+    h = Harness()
+    put_grant(h)
+    token, _ = mint(h)
+    server = AuthorizationServer(h.config, h.store, users=Users(MemoryUsers(), log_n=10), clock=lambda: h.now)
+    seen: list[Any] = []
+
+    async def inner(scope: Any, receive: Any, send: Any) -> None:
+        seen.append((scope["headers"], scope["state"]["principal"].subject, await receive()))
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    guard = KavachGuard(inner, server, RESOURCE)
+    body = b'{"jsonrpc":"2.0","id":1,"method":"tools/list"}'
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/mcp",
+        "query_string": b"",
+        "headers": [(b"host", b"mcp.example.com"), (name, b"Bearer " + token.encode()), (b"x-other", b"1")],
+    }
+    sent: list[Any] = []
+
+    async def receive() -> Any:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    asyncio.run(guard(scope, receive, send))
+    assert sent[0]["status"] == 200
+    headers, subject, message = seen[0]
+    assert headers == [(b"host", b"mcp.example.com"), (b"x-other", b"1")]
+    assert subject == "alice" and message["body"] == body  # the body read by the guard is replayed
+
+
 # -- the MCP SDK's own Streamable HTTP app, wrapped whole ------------------------------------------
 
 
