@@ -192,9 +192,9 @@ def _mcp_token_app(grants: int) -> Any:
     return Starlette(routes=[Route("/token", handler.handle, methods=["POST"])])
 
 
-def app() -> Any:
-    """The app named by ``KAVACH_BENCH_APP`` (uvicorn ``--factory``)."""
-    name = os.environ.get("KAVACH_BENCH_APP", "plain")
+def app(name: str | None = None) -> Any:
+    """The app ``name``, by default the one ``KAVACH_BENCH_APP`` names (uvicorn ``--factory``)."""
+    name = name or os.environ.get("KAVACH_BENCH_APP", "plain")
     grants = int(os.environ.get("KAVACH_BENCH_GRANTS", "0"))
     if name == "plain":
         return plain

@@ -13,7 +13,6 @@ isolates the guard. Batches of requests are interleaved per round like every oth
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import Callable
 from typing import Any
 
@@ -117,32 +116,18 @@ def request_bytes(token: str) -> bytes:
     )
 
 
-def _app(name: str) -> Any:
-    from . import http_apps
-
-    previous = os.environ.get("KAVACH_BENCH_APP")
-    os.environ["KAVACH_BENCH_APP"] = name
-    try:
-        return http_apps.app()
-    finally:
-        if previous is None:
-            del os.environ["KAVACH_BENCH_APP"]
-        else:
-            os.environ["KAVACH_BENCH_APP"] = previous
-
-
 def in_protocol(quick: bool = False) -> dict[str, Any]:
     rounds, batch = (2, 20) if quick else (15, 1000)
     loop = asyncio.new_event_loop()
     try:
-        from .http_apps import tokens
+        from . import http_apps
 
-        minted = [request_bytes(token) for token in tokens((rounds + 1) * batch + 1)]
+        minted = [request_bytes(token) for token in http_apps.tokens((rounds + 1) * batch + 1)]
         repeat, first = minted[0], iter(minted[1:])
         connections: dict[str, Connection] = {}
 
         def batched(name: str, app: str, source: str) -> Callable[[], None]:
-            connection = connections[name] = Connection(_app(app), loop)
+            connection = connections[name] = Connection(http_apps.app(app), loop)
 
             async def many() -> None:
                 for _ in range(batch):
