@@ -28,7 +28,6 @@ from joserfc import jwk as jrfc_jwk
 from joserfc import jwt as jrfc_jwt
 
 from kavach_core import access_tokens, guard, keys
-from kavach_core import effects as fx
 from kavach_core.config import Config, ProtectedResource
 from kavach_core.context import Context
 from kavach_core.drivers import run
@@ -159,7 +158,7 @@ def repeat_sight(quick: bool = False) -> dict[str, Any]:
     def cache_and_revocation() -> None:
         hit = cache.get(token, resource=RESOURCE, issuer=ISSUER, now=NOW + 1, kids=keymap)
         assert hit is not None
-        assert not store.perform(fx.IsTokenRevoked(hit.jti, hit.grant_id))
+        assert not store.perform(hit.revocation)
 
     def guard_flow() -> None:
         run(guard.authenticate(config, RESOURCE, header, ("tools:list",), NOW + 1, cache), store)

@@ -208,8 +208,8 @@ def authenticate(
     if keys is None:
         keys = yield from _read_keys(now, keyring)
     # A cached token verified before, so it is well formed; only a miss needs the syntax check.
-    access = None if cache is None else cache.get(token, resource=here, issuer=config.issuer, now=now, kids=keys)
-    if access is None:
+    hit = None if cache is None else cache.get(token, resource=here, issuer=config.issuer, now=now, kids=keys)
+    if hit is None:
         if not is_b64token(token):
             return challenge(here, ask, "invalid_token", INVALID_TOKEN_DESCRIPTION)
         try:
@@ -222,9 +222,13 @@ def authenticate(
                 access = verify_bearer(token, keys, issuer=config.issuer, resource=here, now=now)
         except JoseError:
             return challenge(here, ask, "invalid_token", INVALID_TOKEN_DESCRIPTION)
-        if cache is not None:
-            cache.put(token, access, resource=here, issuer=config.issuer)
-    revoked: Any = yield fx.IsTokenRevoked(access.jti, access.grant_id)
+        if cache is None:
+            revocation = fx.IsTokenRevoked(access.jti, access.grant_id)
+        else:
+            revocation = cache.put(token, access, resource=here, issuer=config.issuer).revocation
+    else:
+        access, revocation = hit.token, hit.revocation
+    revoked: Any = yield revocation
     if revoked:
         return challenge(here, ask, "invalid_token", INVALID_TOKEN_DESCRIPTION)
     granted = access.scopes

@@ -10,8 +10,9 @@ token's bytes. What can change is *time* and *revocation*, and this cache handle
   not yet valid.
 - **Revocation.** The cache skips signature and claims work only. Revocation is still asked of
   the store on *every* request (:class:`~kavach_core.effects.IsTokenRevoked`, one dictionary or
-  index lookup), so a token revoked after it was cached is refused on its next use; no
-  invalidation message is needed between processes.
+  index lookup; the question is built once per token and kept with it), so a token revoked
+  after it was cached is refused on its next use; no invalidation message is needed between
+  processes.
 - **Keys.** An entry remembers the ``kid`` that verified it; a hit requires that key to be still
   published, so withdrawing a key withdraws every token it signed, cached or not.
 - **Identity.** The key is the SHA-256 digest of the exact token text together with the
@@ -31,6 +32,7 @@ from collections.abc import Container
 import attrs
 
 from .access_tokens import AccessToken
+from .effects import IsTokenRevoked
 
 DEFAULT_SIZE = 10_000
 """Entries kept; a few hundred bytes each plus the claims."""
@@ -40,11 +42,16 @@ _IAT_SKEW = 60
 
 
 @attrs.frozen
-class _Entry:
+class CachedToken:
+    """A verified token as the cache keeps it: its claims, the window it may be served in, the
+    ``kid`` that verified it, and the revocation question asked of the store on every use (built
+    once, like everything else here that depends only on the token)."""
+
     token: AccessToken
     kid: str
     valid_from: int
     valid_until: int
+    revocation: IsTokenRevoked
 
 
 def _key(token: str, resource: str, issuer: str) -> tuple[bytes, str, str]:
@@ -58,7 +65,7 @@ class VerifiedCache:
         if size < 1:
             raise ValueError("a verified-token cache needs room for at least one token")
         self.size = size
-        self._entries: OrderedDict[tuple[bytes, str, str], _Entry] = OrderedDict()
+        self._entries: OrderedDict[tuple[bytes, str, str], CachedToken] = OrderedDict()
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
@@ -66,8 +73,8 @@ class VerifiedCache:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def get(self, token: str, *, resource: str, issuer: str, now: int, kids: Container[str]) -> AccessToken | None:
-        """The verified claims of ``token`` for ``resource``, or ``None`` (verify it then).
+    def get(self, token: str, *, resource: str, issuer: str, now: int, kids: Container[str]) -> CachedToken | None:
+        """``token`` as verified for ``resource`` (its claims are ``.token``), or ``None`` (verify it then).
 
         ``None`` as well when the entry has expired at ``now`` (it is dropped), is not yet valid,
         or its key is no longer among ``kids`` (the published keys). ``resource`` must be canonical.
@@ -87,25 +94,29 @@ class VerifiedCache:
                 return None
             self._entries.move_to_end(key)
             self.hits += 1
-            return entry.token
+            return entry
 
-    def put(self, token: str, access: AccessToken, *, resource: str, issuer: str, leeway: int = 0) -> None:
+    def put(self, token: str, access: AccessToken, *, resource: str, issuer: str, leeway: int = 0) -> CachedToken:
         """Remember that ``token`` verified as ``access`` for ``resource`` (under key ``access.kid``).
 
         Call only with what :func:`kavach_core.access_tokens.verify` returned for exactly these
         arguments. The window kept is the one that function enforces (``exp``, ``iat``, ``nbf``).
+        Returns the entry, as :meth:`get` will.
         """
         valid_from = access.issued_at - leeway - _IAT_SKEW
         nbf = access.claims.get("nbf")
         if isinstance(nbf, int) and not isinstance(nbf, bool):
             valid_from = max(valid_from, nbf - leeway)
-        entry = _Entry(access, access.kid, valid_from, access.expires_at + leeway)
+        entry = CachedToken(
+            access, access.kid, valid_from, access.expires_at + leeway, IsTokenRevoked(access.jti, access.grant_id)
+        )
         key = _key(token, resource, issuer)
         with self._lock:
             self._entries[key] = entry
             self._entries.move_to_end(key)
             while len(self._entries) > self.size:
                 self._entries.popitem(last=False)
+        return entry
 
     def purge(self, now: int) -> int:
         """Drop every entry expired at ``now``; returns how many."""

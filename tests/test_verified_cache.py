@@ -41,6 +41,18 @@ def test_a_repeat_token_is_served_and_counts_as_a_hit(h: Harness) -> None:
     assert (cache.hits, cache.misses, len(cache)) == (1, 1, 1)
 
 
+def test_an_entry_carries_its_claims_and_the_revocation_question_for_them(h: Harness) -> None:
+    cache = VerifiedCache()
+    put_grant(h)
+    token, _ = mint(h)
+    access = access_tokens.verify(token, verifying(h), issuer=ISSUER, resource=RESOURCE, now=h.now)
+    put = cache.put(token, access, resource=RESOURCE, issuer=ISSUER)
+    got = cache.get(token, resource=RESOURCE, issuer=ISSUER, now=h.now, kids=verifying(h))
+    assert got == put and got is not None
+    assert got.token == access
+    assert got.revocation == fx.IsTokenRevoked(access.jti, access.grant_id)
+
+
 def test_an_expired_token_is_never_served(h: Harness) -> None:
     cache = VerifiedCache()
     token, access = _cached(h, cache)
