@@ -159,16 +159,12 @@ class McpScopeMap:
         method = message.get("method")
         if not isinstance(method, str):
             return ()
-        fixed = self._fixed.get(method)  # most requests: skip the call below
-        return fixed if fixed is not None else self.scopes_for(method, message.get("params"))
+        return self.scopes_for(method, message.get("params"))
 
     def required_scopes(self, body: bytes) -> tuple[str, ...]:
         """The scopes an HTTP request body of JSON-RPC needs: see :func:`required_scopes`."""
-        readings = _readings(body)
-        if len(readings) == 1 and isinstance(readings[0], dict):  # the usual: one request, read one way
-            return self.scopes_for_message(readings[0])
         out: list[str] = []
-        for document in readings:
+        for document in _readings(body):
             messages = document if isinstance(document, list) else [document]
             for message in messages:
                 for scope in self.scopes_for_message(message):

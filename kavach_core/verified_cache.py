@@ -43,12 +43,11 @@ _IAT_SKEW = 60
 
 @attrs.frozen
 class CachedToken:
-    """A verified token as the cache keeps it: its claims, the window it may be served in, the
-    ``kid`` that verified it, and the revocation question asked of the store on every use (built
-    once, like everything else here that depends only on the token)."""
+    """A verified token as the cache keeps it: its claims (``token.kid`` names the key that
+    verified it), the window it may be served in, and the revocation question asked of the store
+    on every use (built once, like everything else here that depends only on the token)."""
 
     token: AccessToken
-    kid: str
     valid_from: int
     valid_until: int
     revocation: IsTokenRevoked
@@ -89,7 +88,7 @@ class VerifiedCache:
                 del self._entries[key]
                 self.misses += 1
                 return None
-            if now < entry.valid_from or entry.kid not in kids:
+            if now < entry.valid_from or entry.token.kid not in kids:
                 self.misses += 1
                 return None
             self._entries.move_to_end(key)
@@ -107,9 +106,7 @@ class VerifiedCache:
         nbf = access.claims.get("nbf")
         if isinstance(nbf, int) and not isinstance(nbf, bool):
             valid_from = max(valid_from, nbf - leeway)
-        entry = CachedToken(
-            access, access.kid, valid_from, access.expires_at + leeway, IsTokenRevoked(access.jti, access.grant_id)
-        )
+        entry = CachedToken(access, valid_from, access.expires_at + leeway, IsTokenRevoked(access.jti, access.grant_id))
         key = _key(token, resource, issuer)
         with self._lock:
             self._entries[key] = entry

@@ -104,7 +104,7 @@ def _split_authorization(scope: Scope) -> tuple[list[str], list[tuple[bytes, byt
     others: list[tuple[bytes, bytes]] = []
     for header in scope["headers"]:
         name = header[0]
-        if len(name) == 13 and name.lower() == b"authorization":
+        if name.lower() == b"authorization":
             values.append(header[1].decode("latin-1"))
         else:
             others.append(header)
@@ -169,8 +169,7 @@ class KavachGuard:
         if isinstance(outcome, Response):
             return await _send(send, outcome)
         inner = dict(scope)
-        state = scope.get("state")
-        inner["state"] = {**state, "principal": outcome} if state else {"principal": outcome}
+        inner["state"] = {**(scope.get("state") or {}), "principal": outcome}
         inner["headers"] = others
         await self.app(inner, _replay(body, receive), send)
         return None
