@@ -20,7 +20,6 @@ Every failure raises :class:`JoseError`; no other exception escapes :func:`verif
 
 from __future__ import annotations
 
-import binascii
 import hashlib
 import json
 from collections.abc import Callable, Mapping
@@ -36,7 +35,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
 )
 
 from .errors import KavachError
-from .opaque import b64url, b64url_decode  # noqa: F401 -- b64url_decode re-exported
+from .opaque import b64url, b64url_decode
 from .params import decode_exactly, unique_members
 
 PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
@@ -264,33 +263,13 @@ def sign(pair: SigningKeyPair, payload: Mapping[str, Any], typ: str) -> str:
     return f"{signing_input}.{b64url(pair.sign(signing_input.encode('ascii')))}"
 
 
-_FROM_URLSAFE = bytes.maketrans(b"-_+/=", b"+/!!!")
-"""base64url to standard base64; ``+``, ``/`` and ``=`` become ``!``, which strict mode refuses."""
-
-_PADDING = (b"", b"", b"==", b"=")
-_LAST_CHARS = (
-    b"",
-    b"",
-    frozenset(b"AQgw"),  # 2 characters left over: the last one carries 4 unused bits, all zero
-    frozenset(b"AEIMQUYcgkosw048"),  # 3 left over: 2 unused bits, both zero
-)
-
-
 def _decode(part: str) -> bytes:
-    """Strict, canonical, unpadded base64url (RFC 7515 §2), the same rules as
-    :func:`~kavach_core.opaque.b64url_decode` on the C decoder: the strict mode refuses
-    anything outside the alphabet (``+``, ``/`` and ``=`` are mapped out of it first) and a
-    length of 1 modulo 4; the last character must leave the unused bits zero, so every byte
-    string has exactly one accepted encoding."""
+    """:func:`~kavach_core.opaque.b64url_decode` (strict, canonical, unpadded; RFC 7515 §2),
+    failing with :class:`JoseError`."""
     try:
-        text = part.encode("ascii")
-        rest = len(text) % 4
-        data = binascii.a2b_base64(text.translate(_FROM_URLSAFE) + _PADDING[rest], strict_mode=True)
-    except (binascii.Error, ValueError) as exc:  # UnicodeEncodeError is a ValueError
+        return b64url_decode(part)
+    except ValueError as exc:
         raise JoseError("invalid base64url") from exc
-    if rest and text[-1] not in _LAST_CHARS[rest]:
-        raise JoseError("invalid base64url")
-    return data
 
 
 @attrs.frozen

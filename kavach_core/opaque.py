@@ -8,7 +8,6 @@ within the grace window receive the same successor without any plaintext at rest
 
 from __future__ import annotations
 
-import base64
 import binascii
 import hashlib
 import hmac
@@ -20,20 +19,38 @@ REFRESH_PREFIX = "kvr_"
 _GRANT_ID_BYTES = 16
 
 
+_TO_URLSAFE = bytes.maketrans(b"+/", b"-_")
+_FROM_URLSAFE = bytes.maketrans(b"-_+/=", b"+/!!!")
+"""base64url to standard base64; ``+``, ``/`` and ``=`` become ``!``, which strict mode refuses."""
+_PADDING = (b"", b"", b"==", b"=")
+_LAST_CHARS = (
+    b"",
+    b"",
+    frozenset(b"AQgw"),  # 2 characters left over: the last one carries 4 unused bits, all zero
+    frozenset(b"AEIMQUYcgkosw048"),  # 3 left over: 2 unused bits, both zero
+)
+
+
 def b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+    """Unpadded base64url (RFC 4648 §5, RFC 7515 §2)."""
+    return binascii.b2a_base64(data, newline=False).translate(_TO_URLSAFE).rstrip(b"=").decode("ascii")
 
 
 def b64url_decode(text: str) -> bytes:
-    """Strict base64url without padding; ``ValueError`` on anything else."""
-    if "=" in text or not text.isascii():
-        raise ValueError("not base64url")
-    pad = "=" * (-len(text) % 4)
+    """Strict, canonical, unpadded base64url (RFC 4648 §5 and §3.5, RFC 7515 §2); ``ValueError``
+    on anything else.
+
+    The C decoder's strict mode refuses anything outside the alphabet (``+``, ``/`` and ``=``
+    are mapped out of it first) and a length of 1 modulo 4; the last character must leave the
+    unused bits zero, so every byte string has exactly one accepted encoding.
+    """
     try:
-        data = base64.b64decode(text + pad, altchars=b"-_", validate=True)
-    except binascii.Error as exc:
+        raw = text.encode("ascii")
+        rest = len(raw) % 4
+        data = binascii.a2b_base64(raw.translate(_FROM_URLSAFE) + _PADDING[rest], strict_mode=True)
+    except ValueError as exc:  # binascii.Error and UnicodeEncodeError are ValueErrors
         raise ValueError("not base64url") from exc
-    if b64url(data) != text:
+    if rest and raw[-1] not in _LAST_CHARS[rest]:
         raise ValueError("non-canonical base64url")
     return data
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import unquote
 
 import attrs
 
@@ -30,42 +30,71 @@ class Params:
     """An ordered multi-dict of parameters with the RFC 6749 §3.1 rules built in."""
 
     pairs: tuple[tuple[str, str], ...] = ()
+    _values: dict[str, list[str]] = attrs.field(init=False, eq=False, repr=False)
+    """Every non-empty value of each name, in order (RFC 6749 §3.1: empty means omitted)."""
+
+    def __attrs_post_init__(self) -> None:
+        values: dict[str, list[str]] = {}
+        for name, value in self.pairs:
+            if value:
+                found = values.get(name)
+                if found is None:
+                    values[name] = [value]
+                else:
+                    found.append(value)
+        object.__setattr__(self, "_values", values)
 
     def get(self, name: str) -> str | None:
         """The single value of ``name``; empty means absent; given twice is ``invalid_request``."""
-        values = [v for k, v in self.pairs if k == name and v != ""]
+        values = self._values.get(name)
+        if values is None:
+            return None
         if len(values) > 1:
             raise OAuthError("invalid_request", f"parameter {name} given more than once")
-        return values[0] if values else None
+        return values[0]
 
     def get_all(self, name: str) -> tuple[str, ...]:
         """Every non-empty value of a parameter that may repeat (``resource``, RFC 8707 §2)."""
-        return tuple(v for k, v in self.pairs if k == name and v != "")
+        return tuple(self._values.get(name, ()))
 
     def duplicated(self, name: str) -> bool:
-        return len(self.get_all(name)) > 1
+        return len(self._values.get(name, ())) > 1
 
     def names(self) -> frozenset[str]:
         return frozenset(k for k, _ in self.pairs)
 
 
+def _form_pairs(raw: str) -> list[tuple[str, str]]:
+    """The name/value pairs of ``application/x-www-form-urlencoded`` text (URL Standard §5.1):
+    ``&``-separated fields, empty fields skipped, a field without ``=`` has an empty value,
+    ``+`` is a space, percent-escapes decode as UTF-8 and invalid UTF-8 raises
+    ``UnicodeDecodeError`` (a ``%`` not followed by two hex digits stays as it is).
+
+    At most :data:`MAX_FIELDS` fields, and no NUL anywhere, else ``invalid_request``.
+    """
+    if raw.count("&") >= MAX_FIELDS:
+        raise OAuthError("invalid_request", "too many parameters")
+    pairs = []
+    for field in raw.split("&"):
+        if not field:
+            continue
+        name, _, value = field.partition("=")
+        if "+" in field:
+            name, value = name.replace("+", " "), value.replace("+", " ")
+        if "%" in field:
+            name, value = unquote(name, errors="strict"), unquote(value, errors="strict")
+        if "\x00" in name or "\x00" in value:
+            raise OAuthError("invalid_request", "parameters must not contain NUL")
+        pairs.append((name, value))
+    return pairs
+
+
 def parse_query_string(raw: str) -> Params:
     """Parse ``application/x-www-form-urlencoded`` text; malformed input is ``invalid_request``."""
     try:
-        pairs = parse_qsl(
-            raw,
-            keep_blank_values=True,
-            strict_parsing=False,
-            encoding="utf-8",
-            errors="strict",
-            max_num_fields=MAX_FIELDS,
-        )
-    except (ValueError, UnicodeDecodeError) as exc:
+        return Params(tuple(_form_pairs(raw)))
+    except UnicodeDecodeError as exc:
         raise OAuthError("invalid_request", "malformed parameters") from exc
-    for key, value in pairs:
-        if "\x00" in key or "\x00" in value:
-            raise OAuthError("invalid_request", "parameters must not contain NUL")
-    return Params(tuple(pairs))
 
 
 def _is_text(value: str) -> bool:

@@ -8,10 +8,13 @@ from __future__ import annotations
 import asyncio
 import base64
 from typing import Any
+from urllib.parse import parse_qsl
 
 import attrs
 import pytest
 from conftest import ISSUER, RESOURCE, SECRET, Harness, make_config
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from oauth_flows import VERIFIER, add_client, get_code, jwt_parts, redeem, refresh, tokens
 
 from kavach_core import effects as fx
@@ -260,11 +263,38 @@ def test_query_params_limits() -> None:
 
 @pytest.mark.parametrize(
     ("raw", "message"),
-    [("a=%ff", "malformed"), ("a=%00", "NUL"), ("&".join(["a=1"] * (MAX_FIELDS + 1)), "malformed")],
+    [("a=%ff", "malformed"), ("a=%00", "NUL"), ("a\x00=1", "NUL"), ("&".join(["a=1"] * (MAX_FIELDS + 1)), "too many")],
 )
 def test_parse_query_string_errors(raw: str, message: str) -> None:
     with pytest.raises(OAuthError, match=message):
         parse_query_string(raw)
+
+
+def test_parse_query_string_takes_exactly_max_fields() -> None:
+    raw = "&".join(f"p{i}=v" for i in range(MAX_FIELDS))
+    assert len(parse_query_string(raw).pairs) == MAX_FIELDS
+    with pytest.raises(OAuthError, match="too many"):  # separators are counted, empty fields too
+        parse_query_string(raw + "&")
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.text(alphabet="ab=&+%2C3FAe9\x00\u00e9 ", max_size=24))
+def test_parse_query_string_agrees_with_the_standard_library(raw: str) -> None:
+    """Invariant: the form parser yields exactly ``urllib.parse.parse_qsl``'s pairs (blank values
+    kept, strict UTF-8), and refuses with ``invalid_request`` exactly what that refuses (too many
+    fields, invalid UTF-8 in an escape) or what holds a NUL once decoded."""
+    try:
+        expected: object = parse_qsl(raw, keep_blank_values=True, errors="strict", max_num_fields=MAX_FIELDS)
+    except ValueError:  # UnicodeDecodeError included
+        expected = "refused"
+    if isinstance(expected, list) and any("\x00" in name + value for name, value in expected):
+        expected = "refused"
+    try:
+        got: object = list(parse_query_string(raw).pairs)
+    except OAuthError as exc:
+        assert exc.error == "invalid_request"
+        got = "refused"
+    assert got == expected
 
 
 def test_parse_query_string_decodes_plus_and_percent() -> None:
