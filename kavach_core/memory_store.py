@@ -1,4 +1,8 @@
-"""The in-memory store: every effect atomic under one lock; for tests, demos and one process."""
+"""The in-memory store: every effect atomic; for tests, demos and one process.
+
+Effects that write run under one lock. Point reads (one record by its key, or whether a token
+is revoked) take no lock: each reads dictionaries that writers only ever change by a single
+assignment, so a read sees the record before or after a concurrent write, never a mixture."""
 
 from __future__ import annotations
 
@@ -10,6 +14,11 @@ import attrs
 
 from . import effects as fx
 from .records import AuthorizationCode, Client, Grant, PendingAuthorization, SigningKey
+
+_POINT_READS = frozenset(
+    {fx.GetClient, fx.GetPending, fx.GetCode, fx.GetGrant, fx.GetSigningKeys, fx.IsTokenRevoked}
+)
+"""Effects whose handlers only look records up by key: they need no lock (see the module doc)."""
 
 
 class MemoryStore:
@@ -31,14 +40,25 @@ class MemoryStore:
         self.revoked_jtis: dict[str, int] = {}
         self.keys: tuple[SigningKey, ...] = ()
         self.hits: dict[tuple[str, int], int] = {}
-        self._handlers: dict[type[fx.Effect], Callable[[Any], Any]] = fx.bind_handlers(self)
+        self._handlers: dict[type[fx.Effect], Callable[[Any], Any]] = {
+            kind: handler if kind in _POINT_READS else self._locked(handler)
+            for kind, handler in fx.bind_handlers(self).items()
+        }
 
     def perform(self, effect: fx.Effect) -> Any:
         handler = self._handlers.get(type(effect))
         if handler is None:
             raise TypeError(f"MemoryStore cannot perform {type(effect).__name__}")
-        with self._lock:
-            return handler(effect)
+        return handler(effect)
+
+    def _locked(self, handler: Callable[[Any], Any]) -> Callable[[Any], Any]:
+        lock = self._lock
+
+        def locked(effect: Any) -> Any:
+            with lock:
+                return handler(effect)
+
+        return locked
 
     async def aperform(self, effect: fx.Effect) -> Any:
         return self.perform(effect)
@@ -52,7 +72,7 @@ class MemoryStore:
             self.revoked_jtis = {k: v for k, v in self.revoked_jtis.items() if v > now}
             self.hits = {k: v for k, v in self.hits.items() if k[1] > now}
 
-    # -- handlers (called with the lock held) ------------------------------------------
+    # -- handlers (every one but the point reads called with the lock held) -------------
 
     def _get_client(self, e: fx.GetClient) -> Client | None:
         return self.clients.get(e.client_id)

@@ -492,6 +492,24 @@ def test_is_token_revoked(store: Any) -> None:
     assert store.perform(fx.IsTokenRevoked("j2", "gone")) is True
 
 
+def test_memory_store_point_reads_take_no_lock_and_writes_wait_for_it() -> None:
+    """The memory store answers a point read while another thread holds its lock (a writer
+    mid-effect), and a write waits for the lock; both see the state a write left whole."""
+    store = MemoryStore()
+    _seed_grant(store, grant("g"))
+    done: list[object] = []
+    with store._lock:  # a write effect in progress elsewhere
+        assert store.perform(fx.IsTokenRevoked("j1", "g")) is False
+        assert store.perform(fx.GetGrant("g")) == grant("g")
+        writer = threading.Thread(target=lambda: done.append(store.perform(fx.RevokeGrant("g", T0))))
+        writer.start()
+        writer.join(0.2)
+        assert writer.is_alive() and done == []  # the write is held back by the lock
+    writer.join(5)
+    assert done == [True]
+    assert store.perform(fx.IsTokenRevoked("j1", "g")) is True
+
+
 def test_revoked_jti_lives_until_its_latest_expiry(store: Any) -> None:
     _seed_grant(store, grant())
     store.perform(fx.RevokeAccessToken("j1", T0 + 600))

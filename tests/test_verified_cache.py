@@ -97,6 +97,7 @@ def test_another_resource_is_never_served_from_the_entry_of_one(h: Harness) -> N
     kids = verifying(h)
     assert cache.get(token, resource=OTHER_RESOURCE, issuer=ISSUER, now=h.now, kids=kids) is None
     assert cache.get(token, resource=RESOURCE, issuer="https://evil.example", now=h.now, kids=kids) is None
+    assert cache.get(token, resource=RESOURCE, issuer=ISSUER, now=h.now, kids=kids) is not None  # still there
     refused = _auth(h, token, cache, OTHER_RESOURCE)
     assert isinstance(refused, Response) and refused.status == 401
 
