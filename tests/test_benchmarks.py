@@ -84,3 +84,53 @@ def test_protocol_at_tiny_size(tmp_path: Path) -> None:
         assert entry["non_2xx"] == 0  # every guard let the valid token through
         assert entry["responses"] == part["batch"] * 3  # one warm-up batch and two rounds, each answered
     assert apps["no guard (ceiling)"]["throughput_ratio"]["median"] == 1.0
+
+
+def test_worker_listeners_share_a_port_and_the_kernel_spreads_connections() -> None:
+    """Each worker of ``benchmarks.serve`` gets its own ``SO_REUSEPORT`` listener on one port, so
+    a burst of connections (wrk opens all of its own at once) lands on every worker, not on the
+    one that happened to wake first."""
+    import select
+    import socket
+
+    from benchmarks.serve import reuse_port_listeners
+
+    listeners = reuse_port_listeners(0, 2)
+    clients: list[socket.socket] = []
+    try:
+        port = listeners[0].getsockname()[1]
+        assert [sock.getsockname()[1] for sock in listeners] == [port, port]
+        for sock in listeners:
+            assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT) == 1
+            assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_PROTOCOL) == socket.IPPROTO_TCP
+            sock.setblocking(False)
+        clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(64)]  # handshakes done
+        select.select(listeners, [], [], 2.0)
+        accepted = [0, 0]
+        for index, sock in enumerate(listeners):
+            while True:
+                try:
+                    conn, _ = sock.accept()
+                except BlockingIOError:
+                    break
+                conn.close()
+                accepted[index] += 1
+        assert sum(accepted) == 64
+        assert min(accepted) > 0  # all on one listener has probability 2**-63
+    finally:
+        for sock in [*clients, *listeners]:
+            sock.close()
+
+
+def test_worker_listeners_refuse_a_port_in_use() -> None:
+    import socket
+
+    from kavach.cli import CliError
+
+    from benchmarks.serve import reuse_port_listeners
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        with pytest.raises(CliError, match=r"cannot listen on 127\.0\.0\.1"):
+            reuse_port_listeners(taken.getsockname()[1], 2)
