@@ -117,7 +117,8 @@ def token_request(h: Harness, form: Any, headers: Any = ()) -> Response:
     return h.run(token.handle(h.ctx(), req))
 
 
-def redeem(h: Harness, code: str, /, headers: Any = (), **overrides: str | None) -> Response:
+def code_form(code: str, /, **overrides: str | None) -> dict[str, str]:
+    """The token request redeeming ``code`` for client ``c1`` (PKCE); ``None`` drops a parameter."""
     form: dict[str, str | None] = {
         "grant_type": "authorization_code",
         "code": code,
@@ -126,7 +127,11 @@ def redeem(h: Harness, code: str, /, headers: Any = (), **overrides: str | None)
         "redirect_uri": REDIRECT,
     }
     form.update(overrides)
-    return token_request(h, {k: v for k, v in form.items() if v is not None}, headers)
+    return {k: v for k, v in form.items() if v is not None}
+
+
+def redeem(h: Harness, code: str, /, headers: Any = (), **overrides: str | None) -> Response:
+    return token_request(h, code_form(code, **overrides), headers)
 
 
 def refresh(h: Harness, refresh_token: str, /, headers: Any = (), **overrides: str | None) -> Response:

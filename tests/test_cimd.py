@@ -18,10 +18,10 @@ from urllib.parse import parse_qs, urlsplit
 import anyio
 import httpx
 import pytest
-from conftest import RESOURCE, Harness, make_config
+from conftest import Harness, make_config
 from document_host import DocumentHost, document_host
 from kavach_serve import Served
-from oauth_flows import CHALLENGE, STATE, VERIFIER, location_params, writes
+from oauth_flows import CHALLENGE, VERIFIER, az_query, location_params, writes
 
 from kavach_core import effects as fx
 from kavach_core.client_documents import DocumentRefused
@@ -75,18 +75,8 @@ class Documents:
         return run(flow, self)
 
     def authorize(self, **overrides: str | None) -> Any:
-        params: dict[str, str | None] = {
-            "client_id": URL,
-            "redirect_uri": REDIRECT,
-            "response_type": "code",
-            "code_challenge": CHALLENGE,
-            "code_challenge_method": "S256",
-            "state": STATE,
-            "resource": RESOURCE,
-            "scope": "tools:list tools:call",
-        }
-        params.update(overrides)
-        req = self.h.request("GET", "/authorize", query={k: v for k, v in params.items() if v is not None})
+        query = az_query(**{"client_id": URL, "redirect_uri": REDIRECT, **overrides})
+        req = self.h.request("GET", "/authorize", query=query)
         return self.run(authorize.handle(self.h.ctx(), req))
 
     def token(self, form: dict[str, str]) -> Response:

@@ -13,9 +13,9 @@ import pytest
 from conftest import OTHER_RESOURCE, Harness, basic, make_config
 from oauth_flows import (
     REDIRECT,
-    VERIFIER,
     add_client,
     az_query,
+    code_form,
     consent,
     get_code,
     jwt_parts,
@@ -137,39 +137,27 @@ def test_unknown_or_used_ticket_changes_nothing(hc: Harness, decide: str) -> Non
 # -- the token endpoint ---------------------------------------------------------------------------
 
 
-def _code_form(code: str, /, **overrides: str | None) -> dict[str, str]:
-    form: dict[str, str | None] = {
-        "grant_type": "authorization_code",
-        "code": code,
-        "code_verifier": VERIFIER,
-        "client_id": "c1",
-        "redirect_uri": REDIRECT,
-    }
-    form.update(overrides)
-    return {k: v for k, v in form.items() if v is not None}
-
-
 def test_gn_03_rejected_code_redemptions_write_nothing(hc: Harness) -> None:
     code = get_code(hc)
     cases: list[tuple[Any, Any]] = [
-        (_code_form(code, code_verifier="w" * 43), ()),
-        (_code_form(code, code_verifier=None), ()),
-        (_code_form(code, code_verifier="short"), ()),
-        (_code_form(code, redirect_uri=None), ()),
-        (_code_form(code, redirect_uri="https://evil.example/cb"), ()),
-        (_code_form(code, client_id="c2"), ()),
-        (_code_form(code, client_id="ghost"), ()),
-        (_code_form(code, client_id=None), [basic("conf", SECRET)]),
-        (_code_form(code, client_id=None), [basic("conf", "wrong")]),
-        (_code_form(code, client_secret="x"), ()),
-        (_code_form(code, resource=OTHER_RESOURCE), ()),
-        (_code_form(code, resource="nonsense"), ()),
-        ([*_code_form(code).items(), ("resource", OTHER_RESOURCE), ("resource", OTHER_RESOURCE)], ()),
-        ([*_code_form(code).items(), ("code", code)], ()),
-        (_code_form(code, code=None), ()),
-        (_code_form("A" * 43), ()),
-        (_code_form(code, grant_type="password"), ()),
-        (_code_form(code, grant_type=None), ()),
+        (code_form(code, code_verifier="w" * 43), ()),
+        (code_form(code, code_verifier=None), ()),
+        (code_form(code, code_verifier="short"), ()),
+        (code_form(code, redirect_uri=None), ()),
+        (code_form(code, redirect_uri="https://evil.example/cb"), ()),
+        (code_form(code, client_id="c2"), ()),
+        (code_form(code, client_id="ghost"), ()),
+        (code_form(code, client_id=None), [basic("conf", SECRET)]),
+        (code_form(code, client_id=None), [basic("conf", "wrong")]),
+        (code_form(code, client_secret="x"), ()),
+        (code_form(code, resource=OTHER_RESOURCE), ()),
+        (code_form(code, resource="nonsense"), ()),
+        ([*code_form(code).items(), ("resource", OTHER_RESOURCE), ("resource", OTHER_RESOURCE)], ()),
+        ([*code_form(code).items(), ("code", code)], ()),
+        (code_form(code, code=None), ()),
+        (code_form("A" * 43), ()),
+        (code_form(code, grant_type="password"), ()),
+        (code_form(code, grant_type=None), ()),
     ]
     for form, headers in cases:
         before = snapshot(hc)
@@ -179,15 +167,15 @@ def test_gn_03_rejected_code_redemptions_write_nothing(hc: Harness) -> None:
         assert snapshot(hc) == before
     # Expired.
     hc.now += 60
-    resp, effects = trace_token(hc, _code_form(code))
+    resp, effects = trace_token(hc, code_form(code))
     assert resp.status == 400 and writes(effects) == []
 
 
 def test_gn_03_non_form_token_requests_write_nothing(hc: Harness) -> None:
     code = get_code(hc)
     for req in (
-        hc.request("GET", "/token", query=_code_form(code)),
-        hc.request("POST", "/token", json=_code_form(code)),
+        hc.request("GET", "/token", query=code_form(code)),
+        hc.request("POST", "/token", json=code_form(code)),
         hc.request("POST", "/token", body=b"\xff\xfe", headers=[("Content-Type", "application/x-www-form-urlencoded")]),
     ):
         resp, effects = hc.trace(token.handle(hc.ctx(), req))
@@ -197,35 +185,35 @@ def test_gn_03_non_form_token_requests_write_nothing(hc: Harness) -> None:
 
 def test_successful_redemption_writes_consume_code_and_first_key(hc: Harness) -> None:
     code = get_code(hc)
-    resp, effects = trace_token(hc, _code_form(code))
+    resp, effects = trace_token(hc, code_form(code))
     assert resp.status == 200
     assert [type(e) for e in writes(effects)] == [fx.ConsumeCode, fx.SwapSigningKeys]
-    resp, effects = trace_token(hc, _code_form(get_code(hc)))
+    resp, effects = trace_token(hc, code_form(get_code(hc)))
     assert [type(e) for e in writes(effects)] == [fx.ConsumeCode]
 
 
 def test_tk_04_replay_writes_exactly_one_grant_revocation(hc: Harness) -> None:
     code = get_code(hc)
-    resp, effects = trace_token(hc, _code_form(code))
+    resp, effects = trace_token(hc, code_form(code))
     gid = jwt_parts(resp.json()["access_token"])[1]["gid"]
-    resp, effects = trace_token(hc, _code_form(code))
+    resp, effects = trace_token(hc, code_form(code))
     assert resp.status == 400
     assert writes(effects) == [fx.RevokeGrant(gid, hc.now)]
     # A second replay still yields the revocation, which finds the grant already revoked.
     before = snapshot(hc)
-    resp, effects = trace_token(hc, _code_form(code))
+    resp, effects = trace_token(hc, code_form(code))
     assert writes(effects) == [fx.RevokeGrant(gid, hc.now)]
     assert snapshot(hc) == before
 
 
 def test_tk_04_replay_that_is_otherwise_invalid_writes_nothing(hc: Harness) -> None:
     code = get_code(hc)
-    trace_token(hc, _code_form(code))
+    trace_token(hc, code_form(code))
     for form in (
-        _code_form(code, code_verifier="w" * 43),
-        _code_form(code, client_id="c2"),
-        _code_form(code, redirect_uri="https://x.example/cb"),
-        _code_form(code, resource=OTHER_RESOURCE),
+        code_form(code, code_verifier="w" * 43),
+        code_form(code, client_id="c2"),
+        code_form(code, redirect_uri="https://x.example/cb"),
+        code_form(code, resource=OTHER_RESOURCE),
     ):
         resp, effects = trace_token(hc, form)
         assert resp.status == 400
