@@ -1,7 +1,9 @@
 """The ASGI apps the HTTP benchmark serves under uvicorn (``--factory benchmarks.http_apps:app``).
 
 ``KAVACH_BENCH_APP`` picks one: ``plain`` (the trivial endpoint alone: the ceiling),
-``kavach`` (:class:`kavach.starlette.KavachGuard` in front of it), ``mcp`` (the MCP SDK's
+``kavach`` (:class:`kavach.starlette.KavachGuard` in front of it), ``kavach-adapter`` and
+``kavach-adapter-scopes`` (the same guard with fixed answers in place of its checks, part f's
+breakdown), ``mcp`` (the MCP SDK's
 ``AuthenticationMiddleware`` + ``BearerAuthBackend`` + ``RequireAuthMiddleware`` in front of it,
 with a token verifier that checks the same ES256 JWT with PyJWT), ``kavach-token`` (kavach's
 token endpoint) and ``mcp-token`` (the SDK's ``TokenHandler`` with a dict-backed provider).
@@ -109,6 +111,30 @@ def _kavach_server(grants: int = 0) -> Any:
     return AuthorizationServer(config(), store(grants), identify=lambda request: None)
 
 
+def _kavach_steps(scope_map: bool) -> Any:
+    """:class:`kavach.starlette.KavachGuard` with its checks replaced by fixed answers, for part
+    f's breakdown of the guard's cost: the guard flow always answers with the principal of the
+    benchmark token (verified once, here), and unless ``scope_map`` the body is not mapped to
+    scopes either. What is left is the adapter's own work (and the scope map's), the guard's code."""
+    from kavach.server import AuthorizationServer
+    from kavach.starlette import KavachGuard
+
+    from kavach_core.guard import Principal
+
+    principal = _kavach_server().guard_values(RESOURCE, [f"Bearer {tokens(1)[0]}"], ("tools:list",))
+    if not isinstance(principal, Principal):
+        raise RuntimeError("the benchmark token did not verify")
+
+    class Fixed(AuthorizationServer):
+        def body_scopes(self, body: bytes) -> tuple[str, ...]:
+            return super().body_scopes(body) if scope_map else ()
+
+        async def aguard_values(self, resource: str, authorization: Any, required: tuple[str, ...]) -> Any:
+            return principal
+
+    return KavachGuard(plain, Fixed(config(), store(), identify=lambda request: None), RESOURCE)
+
+
 def _pyjwt_verifier() -> Any:
     import jwt as pyjwt
     from mcp.server.auth.provider import AccessToken
@@ -202,6 +228,8 @@ def app(name: str | None = None) -> Any:
         from kavach.starlette import KavachGuard
 
         return KavachGuard(plain, _kavach_server(), RESOURCE)
+    if name in ("kavach-adapter", "kavach-adapter-scopes"):
+        return _kavach_steps(scope_map=name == "kavach-adapter-scopes")
     if name == "mcp":
         from mcp.server.auth.middleware.bearer_auth import BearerAuthBackend, RequireAuthMiddleware
         from starlette.middleware.authentication import AuthenticationMiddleware

@@ -20,6 +20,8 @@ from .common import fmt_ratio, fmt_time, interleaved, table
 
 APPS = {
     "no guard (ceiling)": ("plain", "repeat"),
+    "kavach adapter alone (guard flow, scope map fixed)": ("kavach-adapter", "repeat"),
+    "kavach adapter + scope map (guard flow fixed)": ("kavach-adapter-scopes", "repeat"),
     "kavach, repeat token": ("kavach", "repeat"),
     "kavach, first-sight tokens": ("kavach", "first"),
     "MCP SDK bearer middleware (PyJWT verifier)": ("mcp", "repeat"),

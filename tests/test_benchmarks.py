@@ -79,6 +79,7 @@ def test_protocol_at_tiny_size(tmp_path: Path) -> None:
     assert part["protocol"].startswith("uvicorn.protocols.http.")
     apps = part["apps"]
     _timed(apps, {"no guard (ceiling)", "kavach, repeat token", "kavach, first-sight tokens"})
+    assert sum(name.startswith("kavach adapter") for name in apps) == 2  # the guard's cost, step by step
     for entry in apps.values():
         _positive_spread(entry["throughput_ratio"])
         assert entry["non_2xx"] == 0  # every guard let the valid token through
