@@ -70,7 +70,8 @@ def _form_pairs(raw: str) -> list[tuple[str, str]]:
     ``+`` is a space, percent-escapes decode as UTF-8 and invalid UTF-8 raises
     ``UnicodeDecodeError`` (a ``%`` not followed by two hex digits stays as it is).
 
-    At most :data:`MAX_FIELDS` fields, and no NUL anywhere, else ``invalid_request``.
+    At most :data:`MAX_FIELDS` fields, empty ones included (``&`` separators are counted, as
+    ``parse_qsl`` counts them), and no NUL anywhere, else ``invalid_request``.
     """
     if raw.count("&") >= MAX_FIELDS:
         raise OAuthError("invalid_request", "too many parameters")

@@ -498,9 +498,14 @@ def test_memory_store_point_reads_take_no_lock_and_writes_wait_for_it() -> None:
     store = MemoryStore()
     _seed_grant(store, grant("g"))
     done: list[object] = []
+    read: list[object] = []
     with store._lock:  # a write effect in progress elsewhere
-        assert store.perform(fx.IsTokenRevoked("j1", "g")) is False
-        assert store.perform(fx.GetGrant("g")) == grant("g")
+        reader = threading.Thread(
+            target=lambda: read.extend([store.perform(fx.IsTokenRevoked("j1", "g")), store.perform(fx.GetGrant("g"))])
+        )
+        reader.start()
+        reader.join(5)
+        assert not reader.is_alive() and read == [False, grant("g")]  # answered, lock or not
         writer = threading.Thread(target=lambda: done.append(store.perform(fx.RevokeGrant("g", T0))))
         writer.start()
         writer.join(0.2)
