@@ -318,6 +318,16 @@ def test_serve_refuses_a_bad_upstream(db: str) -> None:
     bad(["serve", "--port", str(free_port()), "--db", db, "--upstream", "ftp://x/mcp"], "upstream")
 
 
+def test_serve_refuses_a_ca_bundle_it_cannot_use(tmp_path: Path, db: str) -> None:
+    not_pem = tmp_path / "not-a-bundle.pem"
+    not_pem.write_text("hello\n")
+    bad(["serve", "--port", str(free_port()), "--db", db, "--document-ca-bundle", str(not_pem)], "no readable PEM")
+    missing = str(tmp_path / "missing.pem")
+    env = clean_env(KAVACH_DOCUMENT_CA_BUNDLE=missing)
+    bad(["serve", "--port", str(free_port()), "--db", db], f"ca_bundle '{missing}' cannot be read", env=env)
+    assert not Path(db).exists(), "nothing is written before the settings are accepted"
+
+
 # -- serve: running ----------------------------------------------------------------------------
 
 

@@ -229,6 +229,46 @@ def test_cm_02_loopback_is_refused_without_the_switch(host: DocumentHost) -> Non
     assert host.requests == []
 
 
+@pytest.mark.parametrize(
+    ("write", "expect"),
+    [
+        (None, "cannot be read: No such file"),
+        ("dir", "cannot be read: Is a directory"),
+        (b"root:x:0:0:root:/root:/bin/bash\n", "holds no readable PEM certificate"),
+        (b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n", "holds no readable PEM certificate"),
+        ("", "must name a PEM file"),
+    ],
+)
+def test_a_ca_bundle_that_cannot_be_used_is_refused_when_the_policy_is_made(
+    tmp_path: Path, write: bytes | str | None, expect: str
+) -> None:
+    bundle = tmp_path / "ca.pem"
+    if write == "dir":
+        bundle.mkdir()
+    elif isinstance(write, bytes):
+        bundle.write_bytes(write)
+    path = "" if write == "" else str(bundle)
+    with pytest.raises(ValueError, match=expect):
+        FetchPolicy(ca_bundle=path)
+
+
+def test_a_ca_bundle_gone_after_start_up_refuses_every_fetch(
+    host: DocumentHost, caplog: pytest.LogCaptureFixture
+) -> None:
+    url = host.publish("/c.json", DOC)
+    bundle = host.ca_file.parent / "moved-ca.pem"
+    bundle.write_bytes(host.ca_file.read_bytes())
+    fetcher = DocumentFetcher(
+        FetchPolicy(allow_loopback=True, ca_bundle=str(bundle)), resolver=lambda name, port: ["127.0.0.1"]
+    )
+    bundle.unlink()
+    with caplog.at_level(logging.ERROR, logger="kavach.fetcher"):
+        answers = both(fetcher, url)
+    assert answers == [FetchRefused("the server cannot check TLS certificates")] * 2
+    assert host.requests == []
+    assert "moved-ca.pem" in caplog.text and "cannot be read" in caplog.text
+
+
 def test_cm_02_the_switch_is_loud(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING, logger="kavach.fetcher"):
         DocumentFetcher(FetchPolicy())
@@ -375,8 +415,10 @@ def test_cm_02_the_server_fetches_with_the_async_path_too(host: DocumentHost) ->
 
 
 def test_settings_documents_table_and_environment(tmp_path: Path) -> None:
+    import certifi
     from kavach.settings import SettingsError, resolve
 
+    (tmp_path / "ca.pem").write_bytes(Path(certifi.where()).read_bytes())
     toml = tmp_path / "kavach.toml"
     toml.write_text('[documents]\nallow_hosts = ["a.example.com"]\nca_bundle = "ca.pem"\n')
     settings = resolve({"config": str(toml)}, environ={"KAVACH_DOCUMENT_ALLOW_LOOPBACK": "1"})
@@ -385,6 +427,9 @@ def test_settings_documents_table_and_environment(tmp_path: Path) -> None:
     assert policy.ca_bundle == str(tmp_path / "ca.pem")
     flags = resolve({"documents": {"deny_hosts": ["b.example.com"]}}, environ={}).fetch_policy()
     assert flags.deny_hosts == ("b.example.com",) and flags.allow_loopback is False
+    (tmp_path / "ca.pem").unlink()
+    with pytest.raises(SettingsError, match=r"documents: ca_bundle '.*/ca\.pem' cannot be read"):
+        settings.fetch_policy()
     toml.write_text("[documents]\nsurprise = 1\n")
     with pytest.raises(SettingsError, match="surprise"):
         resolve({"config": str(toml)}, environ={})

@@ -548,8 +548,9 @@ def _banner(settings: Settings, instance: Instance) -> None:
     print("\n".join(lines), flush=True)
 
 
-def build_app(instance: Instance) -> Any:
-    """The Starlette app: the authorization server's paths and, at ``/mcp``, the guarded MCP server."""
+def build_app(instance: Instance, fetch_policy: Any) -> Any:
+    """The Starlette app: the authorization server's paths and, at ``/mcp``, the guarded MCP server,
+    fetching client metadata documents under ``fetch_policy`` (:meth:`Settings.fetch_policy`)."""
     from contextlib import asynccontextmanager
 
     from starlette.applications import Starlette
@@ -561,7 +562,7 @@ def build_app(instance: Instance) -> Any:
     settings = instance.settings
     from .fetcher import DocumentFetcher
 
-    fetcher = DocumentFetcher(settings.fetch_policy())
+    fetcher = DocumentFetcher(fetch_policy)
     server = AuthorizationServer(
         instance.config, instance.store, users=instance.users, fetcher=fetcher
     )
@@ -646,6 +647,7 @@ def cmd_conformance(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     settings = _settings(args)
     check_issuer(settings)
+    fetch_policy = settings.fetch_policy()  # e.g. a CA bundle that cannot be read: refused before anything is written
     sock = listen_socket(settings.host, settings.port)
     try:
         instance = Instance(settings)
@@ -656,7 +658,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         try:
             import uvicorn
 
-            app = build_app(instance)
+            app = build_app(instance, fetch_policy)
             server_class = _quiet_stop_class()
         except ImportError as exc:
             raise CliError(f"kavach serve needs {exc.name or 'its extras'}: pip install 'kavachos[mcp]'") from exc

@@ -92,6 +92,30 @@ class FetchPolicy:
     def __attrs_post_init__(self) -> None:
         if self.max_bytes < 1 or min(self.connect_timeout, self.read_timeout, self.deadline) <= 0:
             raise ValueError("max_bytes and every time limit must be positive")
+        if self.ca_bundle is not None:
+            tls_context(self.ca_bundle)  # a bundle that cannot be used fails here, at start-up
+
+
+def tls_context(ca_bundle: str | None = None) -> ssl.SSLContext:
+    """The TLS context documents are fetched with: the server's certificate checked against
+    ``ca_bundle`` (a PEM file of CA certificates) or, without one, certifi's CAs; TLS 1.2 or newer
+    (RFC 9325 §3.1.1). ``ValueError`` saying why when the bundle is not a readable file holding at
+    least one certificate.
+    """
+    if ca_bundle is None:
+        import certifi
+
+        ca_bundle = certifi.where()
+    elif not isinstance(ca_bundle, str) or not ca_bundle:
+        raise ValueError("ca_bundle must name a PEM file of CA certificates")
+    try:
+        context = ssl.create_default_context(cafile=ca_bundle)
+    except ssl.SSLError:
+        raise ValueError(f"ca_bundle {ca_bundle!r} holds no readable PEM certificate") from None
+    except OSError as exc:  # missing, a directory, not readable
+        raise ValueError(f"ca_bundle {ca_bundle!r} cannot be read: {exc.strerror or exc}") from None
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context
 
 
 class _Refused(Exception):
@@ -227,14 +251,11 @@ class DocumentFetcher:
 
     def _tls(self) -> ssl.SSLContext:
         if self._ssl is None:
-            if self.policy.ca_bundle is not None:
-                context = ssl.create_default_context(cafile=self.policy.ca_bundle)
-            else:
-                import certifi
-
-                context = ssl.create_default_context(cafile=certifi.where())
-            context.minimum_version = ssl.TLSVersion.TLSv1_2
-            self._ssl = context
+            try:
+                self._ssl = tls_context(self.policy.ca_bundle)
+            except ValueError as exc:  # the bundle was usable when the policy was made, and is no longer
+                log.error("client metadata documents cannot be fetched: %s", exc)
+                raise _Refused("the server cannot check TLS certificates") from None
         return self._ssl
 
     def _target(self, url: str) -> _Target:
