@@ -219,6 +219,7 @@ _NO_DUPLICATES = json.JSONDecoder(object_pairs_hook=_last_wins_strict)
 """Built once: the decoder ``_parse(text, _last_wins_strict)`` builds on every call."""
 
 _PLAIN_STARTS = (b"{", b"[")
+_BODY_TYPES = (bytes, bytearray, memoryview)
 
 
 def _plain_utf8(data: bytes) -> str | None:
@@ -239,7 +240,7 @@ def _plain_utf8(data: bytes) -> str | None:
 
 def _readings(body: bytes) -> list[object]:
     """Each plausible reading of ``body``: one, or first-wins and last-wins when members repeat."""
-    if not isinstance(body, bytes | bytearray | memoryview):
+    if not isinstance(body, _BODY_TYPES):
         raise KavachError("a request body must be bytes")
     try:
         data = bytes(body)
