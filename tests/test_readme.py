@@ -24,7 +24,8 @@ def test_readme_tour_blocks_run(tmp_path: Path, monkeypatch: Any) -> None:
     from aiohttp import web
     from mcp.server import MCPServer
 
-    namespace: dict[str, Any] = {"SECRET": secrets.token_bytes(32)}
+    monkeypatch.setenv("AUTH_SECRET", secrets.token_hex(32))
+    namespace: dict[str, Any] = {}
     exec(blocks[0], namespace)
     server = namespace["server"]
     assert (tmp_path / "kavach.db").exists()
