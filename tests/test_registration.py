@@ -294,6 +294,53 @@ def test_rg_02_every_member_is_type_checked(h: Harness, member: str, value: Any)
     refused(h, meta(**{member: value}), "invalid_client_metadata")
 
 
+@pytest.mark.parametrize(
+    ("member", "value", "error"),
+    [
+        ("client_name", "Example \ud800 App", "invalid_client_metadata"),  # a lone surrogate: not Unicode text
+        ("client_name", "\udfff", "invalid_client_metadata"),
+        ("client_name", "Trusted\u202eppa.live", "invalid_client_metadata"),  # shown reversed on the consent page
+        ("client_name", "Trusted\u2066 App", "invalid_client_metadata"),
+        ("client_name", "next\u0085line", "invalid_client_metadata"),  # C1 control
+        ("software_id", "id\ud83d", "invalid_client_metadata"),
+        ("contacts", ["ops\udc00@example.com"], "invalid_client_metadata"),
+        ("redirect_uris", ["https://app.example.com/\ud800"], "invalid_redirect_uri"),
+        ("redirect_uris", ["https://app.example.com/cb\u200f"], "invalid_redirect_uri"),
+    ],
+)
+def test_rg_02_text_members_are_unicode_text_without_controls(h: Harness, member: str, value: Any, error: str) -> None:
+    refused(h, meta(**{member: value}), error)
+
+
+def test_rg_02_a_surrogate_pair_is_one_character_and_fine(h: Harness) -> None:
+    raw = json.dumps(meta(client_name="Tools \U0001f600")).encode()
+    assert b"\\ud83d\\ude00" in raw, "the JSON text escapes the character as a surrogate pair"
+    resp, _ = register(h, raw=raw)
+    assert resp.status == 201, resp.body
+    assert resp.json()["client_name"] == "Tools \U0001f600"
+
+
+def test_gn_03_a_lone_surrogate_changes_nothing_in_a_real_store(tmp_path: Any) -> None:
+    """Through the server on SQLite (which cannot store a lone surrogate): a 400, no client, and
+    no registration counted against the address."""
+    import sqlite3
+
+    from kavach.server import AuthorizationServer
+    from kavach.stores.sqlite import SQLiteStore
+
+    from kavach_core.http import HttpRequest
+
+    path = tmp_path / "k.db"
+    server = AuthorizationServer(make_config(), SQLiteStore(str(path)), identify=lambda req: None)
+    body = b'{"redirect_uris":["https://app.example.com/cb"],"client_name":"a\\ud800b"}'
+    headers = [("Content-Type", "application/json"), (ADDRESS, "192.0.2.7")]
+    resp = server.handle(HttpRequest("POST", PATH, headers=headers, body=body))
+    assert resp.status == 400 and resp.json()["error"] == "invalid_client_metadata", resp.body
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT count(*) FROM clients").fetchone() == (0,)
+        assert db.execute("SELECT count(*) FROM rate_limits").fetchone() == (0,)
+
+
 def test_rg_02_null_and_empty_members_count_as_absent(h: Harness) -> None:
     body = meta()
     body.update({"client_uri": None, "logo_uri": "", "contacts": None, "scope": "", "software_id": None})

@@ -62,6 +62,20 @@ def _invalid(description: str) -> OAuthError:
     return OAuthError("invalid_client_metadata", description)
 
 
+_BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+"""The bidirectional formatting characters (Unicode UAX #9 §2): in a client name they could make
+the consent page show text in another order than it is stored (RFC 7591 §5 warns that names are
+chosen by the client)."""
+
+
+def _unsafe(value: str) -> bool:
+    """True when ``value`` holds a C0 or C1 control, DEL, a bidirectional control, or a lone
+    surrogate (a JSON ``\\ud800`` escape with no partner: not Unicode text, RFC 8259 §8.2)."""
+    return any(
+        ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F or c in _BIDI_CONTROLS or "\ud800" <= c <= "\udfff" for c in value
+    )
+
+
 def _text(body: dict[str, Any], name: str) -> str | None:
     value = body.get(name)
     if value is None:
@@ -70,8 +84,8 @@ def _text(body: dict[str, Any], name: str) -> str | None:
         raise _invalid(f"{name} must be a string")
     if len(value) > MAX_TEXT:
         raise _invalid(f"{name} is too long")
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
-        raise _invalid(f"{name} must not contain control characters")
+    if _unsafe(value):
+        raise _invalid(f"{name} must be text without control characters")
     return value or None
 
 
@@ -89,6 +103,8 @@ def _text_list(body: dict[str, Any], name: str, *, error: str = "invalid_client_
             raise OAuthError(error, f"{name} must be an array of strings")
         if len(item) > MAX_TEXT * 2:
             raise OAuthError(error, f"an entry of {name} is too long")
+        if _unsafe(item):
+            raise OAuthError(error, f"an entry of {name} is not text without control characters")
         if item not in out:
             out.append(item)
     return tuple(out)
