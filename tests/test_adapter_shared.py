@@ -12,8 +12,10 @@ from kavach.sessions import Cookies, parse_cookies
 from kavach.users import MemoryUsers, SQLiteUsers, Users, hash_password, verify_password
 
 from kavach_core.drivers import StoreUnavailable
+from kavach_core.errors import OAuthError
 from kavach_core.http import HttpRequest
 from kavach_core.memory_store import MemoryStore
+from kavach_core.params import query_params
 
 
 class _Down:
@@ -40,6 +42,16 @@ def test_incoming_replaces_a_spoofed_client_address_with_the_peer() -> None:
     assert req.query == (("a", "1"), ("a", "2"), ("b", ""))
     assert req.header_values(CLIENT_ADDRESS_HEADER) == ["9.9.9.9"]
     assert incoming("GET", "/", "", [(CLIENT_ADDRESS_HEADER, "x")], b"", None).header(CLIENT_ADDRESS_HEADER) is None
+
+
+def test_incoming_reads_the_query_as_utf8_and_keeps_what_is_not() -> None:
+    """Escapes and raw octets alike are UTF-8; a sequence that is not stays visible (as lone
+    surrogates) for the core to refuse, instead of being replaced and passed on altered."""
+    for query in (b"x=%C3%A9&y=\xc3\xa9&a+b=%2B", "x=%C3%A9&y=\u00e9&a+b=%2B"):
+        assert incoming("GET", "/", query, [], b"", None).query == (("x", "\u00e9"), ("y", "\u00e9"), ("a b", "+"))
+    for query in (b"state=%FF", b"state=\xff", "state=%ff"):
+        with pytest.raises(OAuthError, match="UTF-8"):
+            query_params(incoming("GET", "/", query, [], b"", None))
 
 
 def test_store_unavailable_is_503_temporarily_unavailable() -> None:

@@ -402,6 +402,21 @@ def test_az_12_deny_redirects_with_access_denied(dep: Deployment) -> None:
     assert again.status_code == 400 and "location" not in again.headers
 
 
+def test_az_12_state_comes_back_exactly_or_the_request_is_refused(dep: Deployment) -> None:
+    """RFC 6749 §4.1.2: ``state`` is returned exactly as received. UTF-8 escapes round-trip; escapes
+    that are not UTF-8 cannot be passed on unaltered, so the request is refused with a page."""
+    client_id = dep.register()
+    url = dep.authorize_url(client_id, pkce()[1])
+    refused = dep.person.get(url.replace("state=xyz-state", "state=%FF%FEx"))
+    assert refused.status_code == 400 and "location" not in refused.headers
+    assert "UTF-8" in refused.text
+    login = dep.person.get(url.replace("state=xyz-state", "state=%C3%A9t%C3%A9+%2B1"))
+    consent = dep.person.get(dep.base + dep.login(login).headers["location"])
+    form = the_form(consent)
+    r = post_form(dep.person, dep.base + form.action, form.submit("deny"))
+    assert parse_qs(urlsplit(r.headers["location"]).query)["state"] == ["\u00e9t\u00e9 +1"]
+
+
 def test_az_07_unticked_scope_is_not_granted(dep: Deployment) -> None:
     client_id = dep.register()
     verifier, challenge = pkce()

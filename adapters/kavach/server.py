@@ -21,7 +21,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable, Generator, Iterable, Sequence
 from typing import Any
-from urllib.parse import parse_qsl, quote
+from urllib.parse import parse_qsl, quote, quote_from_bytes
 
 import attrs
 
@@ -50,6 +50,8 @@ CLIENT_ADDRESS_HEADER = "X-Kavach-Client-Address"
 """Read by the core's rate limits; set only by :func:`incoming`, from the socket peer."""
 
 MAX_QUERY_PAIRS = 1000
+_QUERY_OCTETS = bytes(range(0x21, 0x7F))
+"""Visible ASCII, left as it is (``%`` escapes included); any other octet is escaped first."""
 
 Router = Callable[[Context, HttpRequest], Flow["Response | ConsentRequired"]]
 Identify = Callable[[HttpRequest], "str | Awaitable[str | None] | None"]
@@ -65,12 +67,15 @@ def incoming(
 ) -> HttpRequest:
     """The core's request from a framework's parts.
 
-    Any ``X-Kavach-Client-Address`` the client sent is dropped and replaced by the socket peer,
-    so no one can pick the address their rate limit is counted against.
+    The query's escapes are read as UTF-8 (RFC 3986 §2.5), raw non-ASCII octets as if escaped; a
+    sequence that is not UTF-8 is kept as lone surrogates, which the core refuses
+    (``invalid_request``), so no value (``state`` above all, RFC 6749 §4.1.2) is ever passed on
+    altered. Any ``X-Kavach-Client-Address`` the client sent is dropped and replaced by the
+    socket peer, so no one can pick the address their rate limit is counted against.
     """
-    if isinstance(query_string, bytes):
-        query_string = query_string.decode("latin-1")
-    pairs = parse_qsl(query_string, keep_blank_values=True, errors="replace")[:MAX_QUERY_PAIRS]
+    raw = query_string if isinstance(query_string, bytes) else query_string.encode("utf-8", "surrogateescape")
+    escaped = quote_from_bytes(raw, safe=_QUERY_OCTETS)
+    pairs = parse_qsl(escaped, keep_blank_values=True, errors="surrogateescape")[:MAX_QUERY_PAIRS]
     kept = [(k, v) for k, v in headers if k.lower() != CLIENT_ADDRESS_HEADER.lower()]
     if peer:
         kept.append((CLIENT_ADDRESS_HEADER, peer))
