@@ -7,12 +7,17 @@ of a loopback IP redirect (RFC 8252 §7.3). AZ-03, RG-01.
 from __future__ import annotations
 
 import re
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from .resource_indicators import host_problem
 
 _LOOPBACK = re.compile(r"http://(127\.0\.0\.1|\[::1\])(?::([0-9]{1,5}))?([/?].*)?", re.DOTALL)
 """An http loopback IP redirect URI, split into host, port and the rest (RFC 8252 §7.3)."""
+
+
+_RESPONSE_PARAMETERS = frozenset({"code", "state", "iss", "error", "error_description", "error_uri"})
+"""What the authorization response adds to the redirect URI's query (RFC 6749 §4.1.2, §4.1.2.1;
+RFC 9207 §2); a registered query that already had one would send it twice (RFC 6749 §3.1)."""
 
 
 def _loopback(uri: str) -> tuple[str, str] | None:
@@ -49,6 +54,7 @@ def registration_problem(uri: str) -> str | None:
 
     https anywhere; http only on loopback (``127.0.0.1``, ``[::1]``, ``localhost``); private-use
     schemes (``com.example.app:/cb``) for native apps; never a fragment, user information,
+    a query naming a parameter the response adds (``code``, ``state``, ``iss``, ``error``...),
     or a ``javascript:``, ``data:``, ``file:``, ``vbscript:`` or ``about:`` scheme.
     """
     if not uri or len(uri) > 2000 or any(ord(c) <= 0x20 or ord(c) == 0x7F for c in uri):
@@ -63,6 +69,9 @@ def registration_problem(uri: str) -> str | None:
         return f"{uri} is not an absolute URI"
     if "#" in uri:
         return f"{uri} must not have a fragment"
+    taken = _RESPONSE_PARAMETERS.intersection(name for name, _ in parse_qsl(parts.query, keep_blank_values=True))
+    if taken:
+        return f"{uri}: its query must not name {', '.join(sorted(taken))} (the authorization response adds them)"
     if scheme in {"javascript", "data", "file", "vbscript", "about", "blob", "filesystem"}:
         return f"the {scheme} scheme is not allowed"
     if parts.username is not None or parts.password is not None or "@" in parts.netloc:

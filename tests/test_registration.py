@@ -74,6 +74,7 @@ def harness(**policy: Any) -> Harness:
         "http://[::1]:8080/callback",
         "http://localhost:3000/callback",
         "com.example.app:/oauth/callback",
+        "https://app.example.com/cb?codes=1&mystate=x&issuer=y",  # other names, however close
     ],
 )
 def test_rg_01_acceptable_redirect_uris(h: Harness, uri: str) -> None:
@@ -100,6 +101,15 @@ def test_rg_01_acceptable_redirect_uris(h: Harness, uri: str) -> None:
         "noscheme",
         "",
         "https://app.example.com:99999/cb",
+        # RFC 6749 §3.1: the response would carry these twice (a client reading the first iss
+        # or state would read the registered one)
+        "https://app.example.com/cb?state=fixed",
+        "https://app.example.com/cb?x=1&code=fake",
+        "https://app.example.com/cb?iss=https%3A%2F%2Fevil.example",
+        "http://127.0.0.1:8080/cb?error=x",
+        "https://app.example.com/cb?error_description=",
+        "https://app.example.com/cb?co%64e=1",
+        "com.example.app:/cb?error_uri=x",
     ],
 )
 def test_rg_01_refused_redirect_uris(h: Harness, uri: str) -> None:
