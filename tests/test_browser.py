@@ -12,8 +12,10 @@ Without Chromium the module is skipped, except in CI (``CI=true``), where that i
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import socket
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -57,18 +59,30 @@ class _Catcher(BaseHTTPRequestHandler):
         pass
 
 
-@pytest.fixture
-def catcher() -> Iterator[tuple[str, list[str]]]:
+class _CatcherV6(ThreadingHTTPServer):
+    address_family = socket.AF_INET6
+
+
+@contextlib.contextmanager
+def _catching(host: str = "127.0.0.1") -> Iterator[tuple[str, list[str]]]:
+    """A redirect URI on loopback ``host`` and the paths the browser landed on there."""
     landed: list[str] = []
     handler = type("Catcher", (_Catcher,), {"landed": landed})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server = (_CatcherV6 if ":" in host else ThreadingHTTPServer)((host, 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
+    shown = f"[{host}]" if ":" in host else host
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/callback", landed
+        yield f"http://{shown}:{server.server_address[1]}/callback", landed
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.fixture
+def catcher() -> Iterator[tuple[str, list[str]]]:
+    with _catching() as caught:
+        yield caught
 
 
 @pytest.fixture
@@ -163,6 +177,22 @@ def test_az_10_az_11_az_12_sign_in_consent_approve_then_deny(
     assert [urlsplit(p).path for p in landed if not p.startswith("/favicon")] == ["/callback", "/callback"]
 
     assert alice.csp_violations() == [] and bob.csp_violations() == []
+
+
+def test_az_12_an_ipv6_loopback_redirect_is_reached(dep: Deployment, chromium: Any) -> None:
+    """RFC 8252 §7.3 allows ``http://[::1]:PORT``; CSP cannot name that host, and a form-action
+    that dropped it would make Chromium block the 303 after Approve."""
+    with _catching("::1") as (redirect, landed):
+        client_id = dep.register(redirect_uris=[redirect], client_name="Browser Client")
+        person = Person(chromium)
+        person.page.goto(_authorize_url(dep, client_id, redirect))
+        _sign_in_with_the_keyboard(person)
+        with person.page.expect_navigation(url=lambda url: url.startswith(redirect)):
+            person.page.get_by_role("button", name="Approve").click()
+        answer = parse_qs(urlsplit(person.page.url).query)
+        assert answer["code"] and answer["state"] == ["browser-state"]
+        assert [urlsplit(p).path for p in landed if not p.startswith("/favicon")] == ["/callback"]
+    assert person.csp_violations() == []
 
 
 def test_az_02_error_page_renders_and_never_redirects(dep: Deployment, chromium: Any) -> None:

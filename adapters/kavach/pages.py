@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import re
 from collections.abc import Iterable
 from html import escape
 from urllib.parse import urlsplit
@@ -66,13 +67,27 @@ footer{margin-top:24px;color:var(--muted);font-size:13px}
 STYLE_HASH = "sha256-" + base64.b64encode(hashlib.sha256(STYLE.encode("utf-8")).digest()).decode("ascii")
 
 
+_CSP_HOST = re.compile(r"[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*(:[0-9]+)?")
+"""A host and port a CSP host-source can name (CSP3 §2.3.1: letters, digits and ``-`` per label)."""
+
+
 def _form_action_source(uri: str) -> str | None:
-    """The CSP source that lets a form's 303 continue to ``uri`` (CSP3 checks form-action on redirects)."""
+    """The CSP source that lets a form's 303 continue to ``uri`` (CSP3 checks form-action on redirects).
+
+    A host CSP has no syntax for (an IPv6 literal such as the ``[::1]`` of an RFC 8252 §7.3
+    loopback redirect, an ``_`` in a name) would be dropped by the browser and the 303 blocked, so
+    its scheme stands in for it: wider, though the only form on the page still posts to this
+    server, which alone picks where its 303 goes.
+    """
     parts = urlsplit(uri)
     if not parts.scheme:
         return None
     if parts.scheme in ("http", "https"):
-        return f"{parts.scheme}://{parts.netloc}" if parts.netloc else None
+        if not parts.netloc:
+            return None
+        if _CSP_HOST.fullmatch(parts.netloc) is None:
+            return f"{parts.scheme}:"
+        return f"{parts.scheme}://{parts.netloc}"
     return f"{parts.scheme}:"
 
 
