@@ -435,6 +435,16 @@ def test_az_07_unticked_scope_is_not_granted(dep: Deployment) -> None:
     assert dep.mcp(tokens["access_token"], "tools/call", {"name": "echo"}).status_code == 403
 
 
+def test_az_07_az_12_unticking_every_scope_refuses(dep: Deployment) -> None:
+    form = the_form(consent_page(dep))
+    form.checkboxes = [(n, v, False) for n, v, _ in form.checkboxes]
+    r = post_form(dep.person, dep.base + form.action, form.submit("approve"))
+    assert r.status_code == 303
+    answer = parse_qs(urlsplit(r.headers["location"]).query)
+    assert answer["error"] == ["access_denied"] and "code" not in answer
+    assert answer["state"] == ["xyz-state"] and answer["iss"] == [dep.issuer]
+
+
 def test_az_02_unknown_client_shows_an_error_page_and_never_redirects(dep: Deployment) -> None:
     url = dep.metadata()["authorization_endpoint"] + "?" + urlencode(
         {"response_type": "code", "client_id": "nobody", "redirect_uri": "https://evil.example/cb",

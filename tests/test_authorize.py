@@ -455,6 +455,13 @@ def test_az_07_defaults_are_limited_by_the_client_scope(h: Harness) -> None:
     assert [s.scope for s in consent(h, scope=None).view.scopes] == ["tools:list"]
 
 
+def test_az_07_no_default_left_for_the_client_is_invalid_scope(h: Harness) -> None:
+    add_client(h, scope=("resources:read",))
+    assert_error_redirect(az_request(h, scope=None), "invalid_scope")
+    assert h.store.pending == {}
+    assert [s.scope for s in consent(h, scope="resources:read").view.scopes] == ["resources:read"]
+
+
 def test_az_07_operator_registered_scope_limits_requests(h: Harness) -> None:
     add_client(h, scope=("tools:list",), kind="static")
     assert_error_redirect(az_request(h, scope="tools:call"), "invalid_scope")
@@ -489,10 +496,14 @@ def test_az_07_approve_can_narrow_and_the_token_reports_it(hc: Harness) -> None:
     assert body["scope"] == "tools:list"
 
 
-def test_az_07_approve_with_no_scopes_grants_none(hc: Harness) -> None:
-    code = get_code(hc, scopes=())
-    assert hc.store.codes[digest(code)].scopes == ()
-    assert redeem(hc, code).json()["scope"] == ""
+@pytest.mark.parametrize("ticked", [(), ("prompts:get",)])  # nothing, or only what was not asked for
+def test_az_07_az_12_approving_no_scope_is_a_refusal(hc: Harness, ticked: tuple[str, ...]) -> None:
+    out = consent(hc)
+    before_codes = dict(hc.store.codes)
+    resp = hc.run(authorize.approve(hc.ctx(), out.ticket, "alice", ticked))
+    assert_error_redirect(resp, "access_denied")
+    assert hc.store.codes == before_codes and hc.store.grants == {}
+    assert hc.store.pending == {}, "the ticket is used up"
 
 
 # -- AZ-08 / AZ-12: code, state and iss; deny ----------------------------------------------------

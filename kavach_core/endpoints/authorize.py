@@ -119,6 +119,8 @@ def _scopes(client: Client, resources: tuple[ProtectedResource, ...], requested:
         asked = tuple(defaults)
         if client.scope is not None:
             asked = within(asked, client.scope)
+        if not asked:
+            raise _Redirectable(OAuthError("invalid_scope", "no default scope is allowed for this client; ask for one"))
         return asked
     if uncovered(asked, catalogue):
         raise _Redirectable(OAuthError("invalid_scope", "a requested scope is not offered by the resource"))
@@ -231,7 +233,9 @@ def approve(ctx: Context, ticket: str, subject: str, scopes: tuple[str, ...] | N
     """The person approved: issue a code bound to everything it is for (AZ-09) and redirect
     with ``code``, ``state`` and ``iss`` (RFC 6749 §4.1.2, RFC 9207 §2).
 
-    ``scopes``, when given, is what the person ticked: it can only narrow the request.
+    ``scopes``, when given, is what the person ticked: it can only narrow the request. Approving
+    no scope at all grants nothing, so it ends like a refusal (``access_denied``, AZ-12): a token
+    must carry at least one scope (RFC 6749 §3.3 has no empty scope value).
     """
     if not subject:
         raise ValueError("approve needs the authenticated subject")
@@ -239,6 +243,9 @@ def approve(ctx: Context, ticket: str, subject: str, scopes: tuple[str, ...] | N
     if pending is None:
         return _expired_page()
     granted = pending.scopes if scopes is None else tuple(s for s in pending.scopes if s in scopes)
+    if not granted:
+        err = OAuthError("access_denied", "no scope was approved")
+        return error_redirect(ctx, pending.redirect_uri, err, pending.state)
     code = new_secret(ctx)
     record = AuthorizationCode(
         code_hash=digest(code),
