@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from conftest import RESOURCE, make_config
 from kavach.server import AuthorizationServer
-from kavach.starlette import KavachGuard, mount
+from kavach.starlette import KavachEndpoint, KavachGuard, mount
 from kavach.users import MemoryUsers, Users
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -100,6 +100,8 @@ def test_guard_refuses_oversized_bodies_and_websockets() -> None:
 
     asyncio.run(guard({"type": "websocket", "path": "/mcp", "headers": []}, receive, send))
     assert messages == [{"type": "websocket.close", "code": 1008}]
+    asyncio.run(KavachEndpoint(server)({"type": "websocket", "path": "/token", "headers": []}, receive, send))
+    assert messages == [{"type": "websocket.close", "code": 1008}] * 2
 
 
 @pytest.mark.parametrize("name", [b"authorization", b"Authorization", b"AUTHORIZATION"])

@@ -345,6 +345,11 @@ def test_serve_prints_where_to_connect_and_how_to_log_in() -> None:
         challenge = httpx.post(served.mcp_url, json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"}, timeout=10)
         assert challenge.status_code == 401
         assert "resource_metadata=" in challenge.headers["www-authenticate"]
+        # Any other path is the server's own JSON 404: no redirect (built from a Host header)
+        for method, path in (("POST", "/token/"), ("POST", "/mcp/"), ("GET", "/MCP"), ("GET", "//mcp")):
+            other = httpx.request(method, served.issuer + path, headers={"Host": "evil.example"}, timeout=10)
+            assert other.status_code == 404 and "location" not in other.headers, (path, other.headers)
+            assert other.json() == {"error": "not_found"}
 
 
 def test_serve_with_a_user_does_not_ask_for_one(tmp_path: Path) -> None:

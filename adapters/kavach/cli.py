@@ -557,7 +557,7 @@ def build_app(instance: Instance, fetch_policy: Any) -> Any:
     from starlette.routing import Route
 
     from .server import AuthorizationServer
-    from .starlette import KavachGuard, mount
+    from .starlette import KavachEndpoint, KavachGuard, mount
 
     settings = instance.settings
     from .fetcher import DocumentFetcher
@@ -605,6 +605,10 @@ def build_app(instance: Instance, fetch_policy: Any) -> Any:
 
     app = Starlette(routes=[Route(MCP_PATH, guard)], lifespan=lifespan)
     mount(app, server)
+    # Every other path is the core's to answer (a JSON 404 or 405), never Starlette's: its
+    # trailing-slash redirect builds the Location from the client's Host header.
+    app.router.redirect_slashes = False
+    app.router.default = KavachEndpoint(server)
     return app
 
 

@@ -118,6 +118,10 @@ class KavachEndpoint:
         self.server = server
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":  # nothing here speaks WebSocket; lifespan is the app's
+            if scope["type"] == "websocket":
+                await send({"type": "websocket.close", "code": 1008})
+            return
         req = await _request(scope, receive, send)
         if req is not None:
             await _send(send, await self.server.ahandle(req))
