@@ -14,7 +14,8 @@ Paths (all exact; an adapter passes the full request path):
 - the endpoints at the paths of ``config.endpoint(name)``.
 
 Anything else is 404 ``{"error": "not_found"}``; a method an endpoint does not take is 405 with
-``Allow``. Documents (metadata, JWKS) answer ``HEAD`` like ``GET`` without content.
+``Allow``. Documents (metadata, JWKS) answer ``HEAD`` like ``GET`` without content, their
+``Content-Length`` the ``GET``'s (RFC 9110 §9.3.2, §8.6).
 
 Every path except the authorization endpoint answers CORS (MD-04): an ``OPTIONS``
 preflight gets 204 with ``Access-Control-Allow-*``, and every actual response carries
@@ -226,8 +227,8 @@ def route(ctx: Context, req: HttpRequest) -> Flow[Response | ConsentRequired]:
         return _preflight(target)
     outcome = yield from _dispatch(ctx, req, target)
     if isinstance(outcome, Response):
-        if req.method == "HEAD":  # RFC 9110 §9.3.2: the GET answer's headers, no content
-            outcome = attrs.evolve(outcome, body=b"")
+        if req.method == "HEAD":  # RFC 9110 §9.3.2: the GET answer's headers, no content; §8.6: its length
+            outcome = attrs.evolve(outcome, body=b"").with_headers((("Content-Length", str(len(outcome.body))),))
         if target.cors:
             outcome = outcome.with_headers((("Access-Control-Allow-Origin", "*"),))
     return outcome

@@ -601,6 +601,19 @@ def test_md_03_md_04_resource_metadata_and_cors(dep: Deployment) -> None:
     assert pre.status_code == 204 and pre.headers["access-control-allow-origin"] == "*"
 
 
+def test_head_has_the_gets_headers_and_length_and_no_content(dep: Deployment) -> None:
+    """RFC 9110 §9.3.2 and §8.6, through each framework and its server."""
+    meta = "/.well-known/oauth-authorization-server" + urlsplit(dep.issuer).path
+    for path in (meta, urlsplit(dep.metadata()["jwks_uri"]).path):
+        got = dep.client.get(dep.base + path)
+        head = dep.client.head(dep.base + path)
+        assert head.status_code == got.status_code == 200
+        assert head.content == b"" and len(got.content) > 0
+        assert head.headers["content-length"] == str(len(got.content)), path
+        assert head.headers.get_list("content-length") == [head.headers["content-length"]]
+        assert head.headers["content-type"] == got.headers["content-type"]
+
+
 def test_md_04_authorization_endpoint_has_no_cors(dep: Deployment) -> None:
     pre = dep.client.options(
         dep.metadata()["authorization_endpoint"],

@@ -216,9 +216,11 @@ def test_jwks_endpoint_serves_the_public_keys(h: Harness) -> None:
 
 
 def test_jwks_endpoint_head_has_no_body(h: Harness) -> None:
-    response = h.run(jwks.handle(h.ctx(), h.request("HEAD", "/jwks.json")))
+    got = h.route(h.request("GET", "/jwks.json"))
+    response = h.route(h.request("HEAD", "/jwks.json"))
     assert response.status == 200 and response.body == b""
     assert response.header("Cache-Control") == "public, max-age=300"
+    assert response.header("Content-Length") == str(len(got.body))
 
 
 @pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "OPTIONS", "PATCH"])

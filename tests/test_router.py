@@ -123,6 +123,7 @@ def test_md_04_jwks_head_and_get(h: Harness) -> None:
     assert got.status == head.status == 200
     assert got.json()["keys"]
     assert head.body == b""
+    assert head.header("Content-Length") == str(len(got.body))
     assert head.header("Access-Control-Allow-Origin") == "*"
 
 

@@ -47,7 +47,11 @@ class _Plain(flask.Response):
 
 
 def _outgoing(response: Response) -> flask.Response:
-    return _Plain(response.body, status=response.status, headers=list(response.headers))
+    out = _Plain(response.body, status=response.status, headers=list(response.headers))
+    length = response.header("content-length")
+    if length is not None:  # a HEAD's, the GET's length: Werkzeug set its own from the empty body
+        out.headers["Content-Length"] = length
+    return out
 
 
 def _translate(body: bytes) -> HttpRequest:

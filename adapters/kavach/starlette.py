@@ -69,7 +69,8 @@ def _translate(scope: Scope, body: bytes) -> HttpRequest:
 
 async def _send(send: Send, response: Response) -> None:
     headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in response.headers]
-    headers.append((b"content-length", str(len(response.body)).encode()))
+    if response.header("content-length") is None:  # the core sets it only for HEAD
+        headers.append((b"content-length", str(len(response.body)).encode()))
     await send({"type": "http.response.start", "status": response.status, "headers": headers})
     await send({"type": "http.response.body", "body": response.body})
 
