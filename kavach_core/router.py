@@ -15,7 +15,8 @@ Paths (all exact; an adapter passes the full request path):
 
 Anything else is 404 ``{"error": "not_found"}``; a method an endpoint does not take is 405 with
 ``Allow``. Documents (metadata, JWKS) answer ``HEAD`` like ``GET`` without content, their
-``Content-Length`` the ``GET``'s (RFC 9110 §9.3.2, §8.6).
+``Content-Length`` the ``GET``'s (RFC 9110 §9.3.2, §8.6). The authorization endpoint takes no
+``HEAD``: its ``GET`` starts an authorization (a stored request), which ``HEAD`` must not do.
 
 Every path except the authorization endpoint answers CORS (MD-04): an ``OPTIONS``
 preflight gets 204 with ``Access-Control-Allow-*``, and every actual response carries
@@ -35,7 +36,7 @@ from .config import Config, ProtectedResource
 from .context import Context
 from .drivers import Flow
 from .errors import OAuthError
-from .http import HttpRequest, Response, error_response, json_response
+from .http import HttpRequest, Response, error_page, error_response, json_response
 from .messages.authorization import ConsentRequired
 from .resource_indicators import PRM_WELL_KNOWN
 
@@ -52,11 +53,16 @@ CORS_MAX_AGE = "7200"
 
 @attrs.frozen
 class Route:
-    """An endpoint, the methods it takes, and whether browsers may call it cross-origin."""
+    """An endpoint and the methods it takes. ``navigated``: a person's browser comes here (the
+    authorization endpoint), so it answers no CORS (MD-04) and its errors are pages (AZ-02)."""
 
     handler: Handler
     methods: tuple[str, ...]
-    cors: bool = True
+    navigated: bool = False
+
+    @property
+    def cors(self) -> bool:
+        return not self.navigated
 
     @property
     def allow(self) -> str:
@@ -178,7 +184,7 @@ def routes(config: Config) -> dict[str, Route]:
     def path_of(name: str) -> str:
         return urlsplit(config.endpoint(name)).path
 
-    table[path_of("authorization")] = Route(_authorize, ("GET", "POST"), cors=False)
+    table[path_of("authorization")] = Route(_authorize, ("GET", "POST"), navigated=True)
     table[path_of("token")] = Route(_token, ("POST",))
     table[path_of("jwks")] = Route(_jwks, ("GET", "HEAD"))
     table[path_of("revocation")] = Route(_revocation, ("POST",))
@@ -210,7 +216,10 @@ def _preflight(route: Route) -> Response:
 def _dispatch(ctx: Context, req: HttpRequest, route: Route) -> Flow[Outcome]:
     if req.method not in route.methods:
         err = OAuthError("invalid_request", f"use {' or '.join(route.methods)}", status=405)
-        return error_response(err, headers=(("Allow", route.allow),))
+        allow = (("Allow", route.allow),)
+        if route.navigated:
+            return error_page(405, err.error, err.description).with_headers(allow)
+        return error_response(err, headers=allow)
     try:
         return (yield from route.handler(ctx, req))
     except OAuthError as err:

@@ -81,6 +81,15 @@ def test_md_04_authorization_endpoint_never_gets_cors(h: Harness, method: str) -
         assert resp.header("Allow") == "GET, POST"
 
 
+@pytest.mark.parametrize("method", ["PUT", "DELETE", "PATCH", "OPTIONS", "HEAD"])
+def test_az_02_a_wrong_method_at_the_authorization_endpoint_is_a_page(h: Harness, method: str) -> None:
+    """A person's browser lands here: even a 405 is an HTML page (and never a redirect)."""
+    resp, effects = h.trace(route(h.ctx(), h.request(method, "/authorize")))
+    assert resp.status == 405 and resp.header("Allow") == "GET, POST"
+    assert resp.header("Content-Type") == "text/html; charset=utf-8" and resp.view is not None
+    assert resp.header("Location") is None and effects == []
+
+
 def test_gn_03_unknown_path_is_404_json(h: Harness) -> None:
     for path in ("/", "/nope", "/token/", "/.well-known/oauth-protected-resource/other", "/TOKEN", "/register/x"):
         resp = call(h, "GET", path)
