@@ -283,6 +283,18 @@ def test_bad_toml_is_one_line(tmp_path: Path, toml: str, expect: str) -> None:
     bad(["keys", "list", "--config", str(path), "--db", str(tmp_path / "k.db")], expect)
 
 
+def test_bytes_that_are_not_utf8_are_one_line_and_change_nothing(tmp_path: Path) -> None:
+    """A name, URI or path the shell passes as raw bytes (not UTF-8) is refused before anything
+    runs: the stores cannot keep it, and a redirect URI holding it could never be matched."""
+    db = str(tmp_path / "k.db")
+    junk = "bad\udcff"  # how Python hands over the byte 0xff; subprocess sends it back as 0xff
+    bad(["users", "add", junk, "--db", db, "--password-stdin"], "b'bad\\xff' is not valid UTF-8", stdin="pw\n")
+    bad(["clients", "add", "--name", "x", "--redirect-uri", f"https://example.com/{junk}", "--db", db], "UTF-8")
+    bad(["grants", "revoke", "--subject", junk, "--db", db], "UTF-8")
+    bad(["keys", "list", "--db", db], "KAVACH_ISSUER is not valid UTF-8", env=clean_env(KAVACH_ISSUER=junk))
+    assert not Path(db).exists()
+
+
 def test_bad_settings_are_one_line(tmp_path: Path) -> None:
     db = str(tmp_path / "k.db")
     bad(["users", "list", "--config", str(tmp_path / "nope.toml"), "--db", db], "does not exist")

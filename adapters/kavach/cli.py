@@ -32,7 +32,7 @@ import os
 import socket
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, NoReturn
 
@@ -688,12 +688,33 @@ def cmd_serve(args: argparse.Namespace) -> int:
 # -- entry point ---------------------------------------------------------------------------
 
 
+def _not_text(words: Sequence[str], environ: Mapping[str, str]) -> str | None:
+    """What, among the arguments and the ``KAVACH_*`` variables, is not UTF-8 text (Python
+    keeps undecodable bytes as lone surrogates, which no store or URL accepts), or ``None``."""
+
+    def broken(text: str) -> bool:
+        return any("\ud800" <= c <= "\udfff" for c in text)
+
+    for word in words:
+        if broken(word):
+            return f"the argument {word.encode('utf-8', 'surrogateescape')!r}"
+    for name, value in environ.items():
+        if name.startswith("KAVACH_") and broken(value):
+            return f"the environment variable {name}"
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     # The PostgreSQL pool logs each failed reconnection; a store outage is reported once, as one
     # line (commands) or as 503 answers and the "store unavailable" log line (serve).
     logging.getLogger("psycopg.pool").addHandler(logging.NullHandler())
     parser = build_parser()
-    args = parser.parse_args(argv)
+    words = sys.argv[1:] if argv is None else list(argv)
+    unreadable = _not_text(words, dict(os.environ))
+    if unreadable is not None:
+        sys.stderr.write(f"{PROG}: error: {unreadable} is not valid UTF-8 text\n")
+        return EXIT_BAD_INPUT
+    args = parser.parse_args(words)
     handler = getattr(args, "handler", None)
     if handler is None:
         group = getattr(args, "group", None)
