@@ -130,3 +130,26 @@ def test_stateful_test_finds_and_shrinks_a_defect(defect: str, rule: str) -> Non
     assert result["status"] == FAIL, result
     assert rule in result["rules"], result
     assert 0 < len(result["exchanges"]) <= 20, result["exchanges"]
+
+
+@pytest.mark.parametrize(
+    ("args", "expect"),
+    [
+        (["--issuer", "http://[::1"], "'http://[::1' is not a valid URL"),
+        (["--issuer", ""], "'' is not an http(s) URL"),
+        (["--issuer", "http://127.0.0.1:9", "--resource", "http://[x/mcp"], "is not a valid URL"),
+        (["--issuer", "http://127.0.0.1:9", "--json", "/nonexistent-dir/report.json"], "--json"),
+        (["--issuer", "http://127.0.0.1:9", "--json", "/tmp"], "--json"),
+        (["--issuer", "http://127.0.0.1:9", "--stateful", "1", "--stateful-steps", "0"], "--stateful-steps"),
+        (["--issuer", "http://127.0.0.1:9", "--redirect-port", "99999"], "--redirect-port 99999"),
+        (["--issuer", "http://127.0.0.1:9", "--person", "no_such_module_here:step"], "no_such_module_here"),
+    ],
+)
+def test_kit_options_it_cannot_use_are_one_line_before_any_request(args: list[str], expect: str) -> None:
+    """Checked before the kit contacts anything (port 9 would refuse the connection otherwise)."""
+    proc = subprocess.run(
+        [*kavach_command(), "conformance", *args], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+    assert expect in proc.stderr, proc.stderr

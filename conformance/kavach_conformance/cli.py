@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from .http import KitError
 from .runner import KitOptions, run_kit
@@ -69,9 +70,22 @@ def options_from(args: argparse.Namespace) -> KitOptions:
     )
 
 
+def _check(args: argparse.Namespace) -> None:
+    """The options the kit needs only at the end (or deep inside), checked before it starts."""
+    if not 1 <= args.redirect_port <= 65535:
+        raise KitError(f"--redirect-port {args.redirect_port} is not a port (1-65535)")
+    if args.stateful < 0 or args.stateful_steps < 1:
+        raise KitError("--stateful needs 0 or more examples and --stateful-steps 1 or more steps")
+    if args.json:
+        target = Path(args.json)
+        if target.is_dir() or not target.parent.is_dir():
+            raise KitError(f"--json {args.json}: not a file in an existing folder")
+
+
 def run(args: argparse.Namespace) -> int:
     """Exit 0 when no rule failed, 1 when one did, 2 when the kit could not run."""
     try:
+        _check(args)
         report = run_kit(options_from(args))
     except KitError as exc:
         sys.stderr.write(f"kavach conformance: {exc}\n")
@@ -82,7 +96,11 @@ def run(args: argparse.Namespace) -> int:
         for line in report.stateful.get("exchanges", []):
             print("  " + line)
     if args.json:
-        report.write_json(args.json)
+        try:
+            report.write_json(args.json)
+        except OSError as exc:
+            sys.stderr.write(f"kavach conformance: cannot write {args.json}: {exc.strerror or exc}\n")
+            return 2
         print(f"\nreport written to {args.json}")
     return 1 if report.failed() else 0
 

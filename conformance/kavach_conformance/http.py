@@ -38,7 +38,12 @@ class KitError(Exception):
 
 
 def origin(url: str) -> str:
-    parts = urlsplit(url)
+    """``scheme://host[:port]`` of ``url``; :class:`KitError` when it is not a URL at all."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - a port out of range raises here
+    except (ValueError, TypeError):
+        raise KitError(f"{url!r} is not a valid URL") from None
     return f"{parts.scheme.lower()}://{parts.netloc.lower()}"
 
 
@@ -126,7 +131,7 @@ class Http:
             kwargs["auth"] = httpx.BasicAuth(*auth)
         try:
             response = (client or self.client).request(method, url, **kwargs)
-        except httpx.HTTPError as exc:
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
             raise KitError(f"{method} {url}: {type(exc).__name__}: {exc}") from exc
         self.log.append(self._exchange(method, response, sent_pairs))
         return response

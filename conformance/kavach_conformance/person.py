@@ -164,10 +164,12 @@ def load_callable(spec: str) -> PersonStep:
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
         raise KitError(f"--person wants module:callable, not {spec!r}")
-    module = importlib.import_module(module_name)
-    target: object = module
-    for part in attr.split("."):
-        target = getattr(target, part)
+    try:
+        target: object = importlib.import_module(module_name)
+        for part in attr.split("."):
+            target = getattr(target, part)
+    except (ImportError, AttributeError) as exc:
+        raise KitError(f"--person {spec}: {exc}") from None
     if not callable(target):
         raise KitError(f"{spec} is not callable")
     return target

@@ -8,7 +8,7 @@ from urllib.parse import urlsplit
 import attrs
 
 from .checks import ALL_CHECKS
-from .http import Http, KitError
+from .http import Http, KitError, origin
 from .person import FormPerson, PersonStep, load_callable
 from .report import FAIL, NA, PASS, Check, Report
 from .session import Session, Skip
@@ -65,8 +65,8 @@ def make_session(options: KitOptions) -> Session:
 def run_kit(options: KitOptions) -> Report:
     """Every check, then (when asked) the stateful test; never raises for a server's behaviour."""
     for url in (options.issuer, options.resource, options.other_resource):
-        if url and urlsplit(url).scheme not in ("http", "https"):
-            raise KitError(f"{url} is not an http(s) URL")
+        if url is not None and (origin(url).split(":", 1)[0] not in ("http", "https") or not urlsplit(url).hostname):
+            raise KitError(f"{url!r} is not an http(s) URL")
     report = Report(options.issuer, options.resource)
     session = make_session(options)
     report.meta = {
