@@ -410,11 +410,11 @@ def test_az_12_state_comes_back_exactly_or_the_request_is_refused(dep: Deploymen
     refused = dep.person.get(url.replace("state=xyz-state", "state=%FF%FEx"))
     assert refused.status_code == 400 and "location" not in refused.headers
     assert "UTF-8" in refused.text
-    login = dep.person.get(url.replace("state=xyz-state", "state=%C3%A9t%C3%A9+%2B1"))
+    login = dep.person.get(url.replace("state=xyz-state", "state=%C3%A9t%C3%A9+%2B1+100%25ff%26"))
     consent = dep.person.get(dep.base + dep.login(login).headers["location"])
     form = the_form(consent)
     r = post_form(dep.person, dep.base + form.action, form.submit("deny"))
-    assert parse_qs(urlsplit(r.headers["location"]).query)["state"] == ["\u00e9t\u00e9 +1"]
+    assert parse_qs(urlsplit(r.headers["location"]).query)["state"] == ["\u00e9t\u00e9 +1 100%ff&"]
 
 
 def test_az_07_unticked_scope_is_not_granted(dep: Deployment) -> None:

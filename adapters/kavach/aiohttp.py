@@ -47,7 +47,7 @@ def _outgoing(response: Response) -> web.Response:
 
 def _translate(request: web.Request, body: bytes, headers: Iterable[tuple[str, str]] | None = None) -> HttpRequest:
     pairs = request.headers.items() if headers is None else headers
-    return incoming(request.method, request.path, request.query_string, pairs, body, request.remote)
+    return incoming(request.method, request.path, request.rel_url.raw_query_string, pairs, body, request.remote)
 
 
 async def _body(request: web.Request) -> bytes | None:
