@@ -43,7 +43,7 @@ from kavach_core.drivers import Flow, StoreUnavailable, run
 from kavach_core.errors import ConfigurationError
 
 from .settings import Settings, SettingsError
-from .stores import open_store
+from .stores import open_store, sqlite_path
 from .stores._sealing import ENV_VAR as STORE_KEY_VAR
 from .stores._sealing import KeySealer, StoreKeyError, seal, sealer_from, unseal
 from .stores.sqlite import SQLiteStore, SQLiteStoreError
@@ -100,8 +100,11 @@ def store_kind(location: str) -> str:
         return "postgres"
     if scheme in ("redis", "rediss", "unix"):
         return "redis"
-    if scheme == "sqlite" and not location.startswith("sqlite:///"):
-        raise InstanceError(f"{location!r}: write sqlite:///relative/path or sqlite:////absolute/path")
+    if scheme == "sqlite":
+        try:
+            sqlite_path(location)
+        except ValueError as exc:
+            raise InstanceError(str(exc)) from None
     if scheme not in ("", "sqlite"):
         raise InstanceError(
             f"unknown store {redact(location)!r}: use a file path, sqlite:///PATH, postgresql://... or redis://..."
@@ -110,10 +113,17 @@ def store_kind(location: str) -> str:
 
 
 def redact(location: str) -> str:
-    """``location`` without a password, for messages and the banner."""
+    """``location`` without a password, for messages and the banner (also when it is malformed)."""
     if "://" not in location:
         return location
-    parts = urlsplit(location)
+    try:
+        parts = urlsplit(location)
+    except ValueError:  # e.g. an unclosed "[": hide what follows "user:" up to the last "@"
+        scheme, _, rest = location.partition("://")
+        userinfo, at, host = rest.rpartition("@")
+        if not at or ":" not in userinfo:
+            return location
+        return f"{scheme}://{userinfo.partition(':')[0]}:***@{host}"
     if parts.password is None:
         return location
     netloc = parts.netloc.rpartition("@")
@@ -122,7 +132,7 @@ def redact(location: str) -> str:
 
 
 def _sqlite_path(location: str) -> str:
-    return location[len("sqlite:///") :] if location.startswith("sqlite:///") else location
+    return sqlite_path(location) if "://" in location else location
 
 
 def postgres_secret(
@@ -184,7 +194,7 @@ def build_config(settings: Settings, secret: bytes) -> Config:
         resource = ProtectedResource(
             settings.resource_url,
             scopes=settings.scopes,
-            default_scopes=settings.default_scopes,  # type: ignore[arg-type]  # attrs converter=tuple
+            default_scopes=settings.default_scopes,
             name=settings.resource_name,
         )
         return Config(

@@ -15,9 +15,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from .sqlite import SchemaVersionError, SQLiteStore, SQLiteStoreError
+from .sqlite import DamagedDatabaseError, SchemaVersionError, SQLiteStore, SQLiteStoreError
 
-__all__ = ["SQLiteStore", "SQLiteStoreError", "SchemaVersionError", "open_store"]
+__all__ = ["DamagedDatabaseError", "SQLiteStore", "SQLiteStoreError", "SchemaVersionError", "open_store", "sqlite_path"]
+
+_SQLITE = "sqlite:///"
+
+
+def sqlite_path(url: str) -> str:
+    """The file path of a ``sqlite:///`` URL (scheme in any letter case); ``ValueError`` for other
+    ``sqlite:`` forms (``sqlite://host/...``), which name no local file."""
+    if url[: len(_SQLITE)].lower() != _SQLITE:
+        raise ValueError(f"{url!r}: write sqlite:///relative/path or sqlite:////absolute/path")
+    return url[len(_SQLITE) :]
 
 
 def open_store(url_or_path: str, **options: Any) -> Any:
@@ -30,6 +40,8 @@ def open_store(url_or_path: str, **options: Any) -> Any:
       (a ``prefix`` query parameter sets the key prefix);
     - ``sqlite:///relative/path``, ``sqlite:////absolute/path`` (as SQLAlchemy writes them) or any
       other string, taken as a file path: a :class:`SQLiteStore`.
+
+    Schemes are matched in any letter case.
     """
     scheme = url_or_path.partition("://")[0].lower() if "://" in url_or_path else ""
     if url_or_path == "memory:":
@@ -45,9 +57,7 @@ def open_store(url_or_path: str, **options: Any) -> Any:
 
         return RedisStore(url_or_path, **options)
     if scheme == "sqlite":
-        if not url_or_path.startswith("sqlite:///"):
-            raise ValueError(f"{url_or_path!r}: write sqlite:///relative/path or sqlite:////absolute/path")
-        return SQLiteStore(url_or_path[len("sqlite:///") :], **options)
+        return SQLiteStore(sqlite_path(url_or_path), **options)
     if scheme:
         raise ValueError(
             f"unknown store {url_or_path!r}: use memory:, a file path, sqlite:///, postgresql:// or redis://"

@@ -42,13 +42,15 @@ import asyncio
 import hashlib
 import re
 import threading
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import attrs
 import psycopg
 import psycopg.errors
+from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
 
 from kavach_core import effects as fx
@@ -274,6 +276,36 @@ _PURGE_TEMPLATES = {
 _UNAVAILABLE = (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout)
 
 
+def _checked_dsn(dsn: str) -> tuple[str, str | None]:
+    """``dsn`` parsed as libpq will (scheme in any letter case, every port from 1 to 65535), without
+    its ``schema`` parameter, and that parameter; :class:`PostgresStoreError` when malformed."""
+    scheme, sep, rest = dsn.partition("://")
+    if sep and scheme.lower() in ("postgresql", "postgres"):
+        dsn = scheme.lower() + sep + rest
+    try:
+        dsn, schema = _split_schema(dsn)
+        params = conninfo_to_dict(dsn)
+    except (ValueError, psycopg.ProgrammingError) as exc:
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        for secret in _passwords(dsn):
+            message = message.replace(secret, "***")
+        raise PostgresStoreError(f"malformed PostgreSQL connection string: {message}") from None
+    for port in str(params.get("port") or "").split(","):
+        if port.strip() and not (re.fullmatch(r"[0-9]{1,5}", port.strip()) and 0 < int(port) < 65536):
+            raise PostgresStoreError(f"PostgreSQL port {port.strip()!r} is not a number from 1 to 65535")
+    return dsn, schema
+
+
+def _passwords(dsn: str) -> list[str]:
+    """The password texts written in ``dsn`` (URL user info, ``password=``), to keep out of messages."""
+    found = [m.group(1) for m in re.finditer(r"password\s*=\s*('(?:\\.|[^'])*'|[^\s&]*)", dsn)]
+    _, sep, rest = dsn.partition("://")
+    if sep:
+        userinfo = rest.rpartition("@")[0]
+        found.append(userinfo.partition(":")[2])
+    return [text for text in found if text]
+
+
 def _split_schema(dsn: str) -> tuple[str, str | None]:
     """Remove a ``schema`` query parameter from a URL-style DSN (libpq would refuse it)."""
     if "://" not in dsn:
@@ -310,7 +342,7 @@ class PostgresStore:
         store_key: bytes | str | None = None,
         check_connections: bool = True,
     ) -> None:
-        dsn, url_schema = _split_schema(dsn)
+        dsn, url_schema = _checked_dsn(dsn)
         schema = schema or url_schema or "kavach"
         if not _SCHEMA_NAME.fullmatch(schema):
             raise PostgresStoreError(f"schema name {schema!r} must match {_SCHEMA_NAME.pattern}")
@@ -337,6 +369,8 @@ class PostgresStore:
         self._lock_id = int.from_bytes(digest[:8], "big", signed=True)
         self._pool: ConnectionPool | None = None
         self._pool_lock = threading.Lock()
+        self._lent = 0
+        self._lent_lock = threading.Lock()
         self._ready = False
         self._apools: dict[int, tuple[asyncio.AbstractEventLoop, AsyncConnectionPool]] = {}
         self._closed = False
@@ -434,13 +468,47 @@ class PostgresStore:
     def _run(self, plan: Plan[T], transactional: bool) -> T:
         pool = self._sync_pool()
         try:
-            with pool.connection() as conn:
+            with pool.connection() as conn, self._lending():
                 if transactional:
                     with conn.transaction():
                         return _drive(conn, plan)
                 return _drive(conn, plan)
+        except PoolTimeout as exc:
+            cause = self._cause() if self._lent == 0 else None
+            raise StoreUnavailable(f"PostgreSQL is unavailable: {cause or exc}") from exc
         except _UNAVAILABLE as exc:
             raise StoreUnavailable(f"PostgreSQL is unavailable: {exc}") from exc
+
+    @contextmanager
+    def _lending(self) -> Iterator[None]:
+        """Count a connection lent by any of the pools while the block runs."""
+        with self._lent_lock:
+            self._lent += 1
+        try:
+            yield
+        finally:
+            with self._lent_lock:
+                self._lent -= 1
+
+    # A pool that times out with no connection lent could not open one; it keeps the reason to
+    # itself (it only logs it), so one direct attempt asks the server. With connections lent, the
+    # pool is merely busy and nothing more is opened.
+
+    def _cause(self) -> str | None:
+        """Why a new connection fails, from one direct attempt; ``None`` when it opens."""
+        try:
+            psycopg.connect(self.dsn, **self._pool_args["kwargs"]).close()
+        except psycopg.Error as exc:
+            return _one_line(exc)
+        return None
+
+    async def _acause(self) -> str | None:
+        """:meth:`_cause` on the running event loop."""
+        try:
+            await (await psycopg.AsyncConnection.connect(self.dsn, **self._pool_args["kwargs"])).close()
+        except psycopg.Error as exc:
+            return _one_line(exc)
+        return None
 
     def _ensure_schema(self) -> None:
         if not self._ready:
@@ -468,10 +536,14 @@ class PostgresStore:
     async def _arun(self, pool: AsyncConnectionPool, plan: Plan[T], transactional: bool) -> T:
         try:
             async with pool.connection() as conn:
-                if transactional:
-                    async with conn.transaction():
-                        return await _adrive(conn, plan)
-                return await _adrive(conn, plan)
+                with self._lending():
+                    if transactional:
+                        async with conn.transaction():
+                            return await _adrive(conn, plan)
+                    return await _adrive(conn, plan)
+        except PoolTimeout as exc:
+            cause = await self._acause() if self._lent == 0 else None
+            raise StoreUnavailable(f"PostgreSQL is unavailable: {cause or exc}") from exc
         except _UNAVAILABLE as exc:
             raise StoreUnavailable(f"PostgreSQL is unavailable: {exc}") from exc
 
@@ -633,6 +705,10 @@ class PostgresStore:
 
 
 # -- drivers ---------------------------------------------------------------------------------------
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(line.strip() for line in str(exc).splitlines() if line.strip()) or type(exc).__name__
 
 
 def _drive(conn: psycopg.Connection[Any], plan: Plan[T]) -> T:

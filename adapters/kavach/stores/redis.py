@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import re
 import threading
 import time
 from collections.abc import Callable, Generator
@@ -45,6 +46,7 @@ import redis
 import redis.asyncio
 import redis.exceptions
 from redis.backoff import NoBackoff
+from redis.connection import parse_url
 from redis.retry import Retry
 
 from kavach_core import effects as fx
@@ -266,6 +268,23 @@ def _pairs(reply: Any) -> dict[str, Any]:
     return {_text(items[i]): items[i + 1] for i in range(0, len(items), 2)}
 
 
+def _checked_url(url: str) -> str:
+    """``url`` with its scheme in lower case, once redis-py can parse it and its database (the
+    path of a ``redis://`` or ``rediss://`` URL) is a number; ``ValueError`` otherwise."""
+    scheme, sep, rest = url.partition("://")
+    if sep:
+        url = scheme.lower() + sep + rest
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (raises for a port that is not a number from 0 to 65535)
+        parse_url(url)
+    except ValueError as exc:
+        raise ValueError(f"malformed Redis URL: {exc}") from None
+    if parts.scheme in ("redis", "rediss") and not re.fullmatch(r"/?[0-9]*", parts.path):
+        raise ValueError(f"the Redis database {parts.path[1:]!r} in the URL must be a number, as in redis://HOST:PORT/0")
+    return url
+
+
 def _split_prefix(url: str) -> tuple[str, str | None]:
     """Remove a ``prefix`` query parameter from the URL (redis-py would refuse it)."""
     parts = urlsplit(url)
@@ -298,7 +317,7 @@ class RedisStore:
         store_key: bytes | str | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        url, url_prefix = _split_prefix(url)
+        url, url_prefix = _split_prefix(_checked_url(url))
         self.url = url
         self.prefix = prefix if prefix is not None else (url_prefix if url_prefix is not None else "kavach:")
         if ttl_slack < 0:

@@ -16,7 +16,10 @@ Guarantees:
 - The schema is versioned (``PRAGMA user_version``, tagged with ``PRAGMA application_id``):
   opening an older file migrates it in one transaction; a file written by a newer kavachOS is
   refused with :class:`SchemaVersionError`; a file that is not a kavachOS database (or not a
-  SQLite database at all) is refused with :class:`SQLiteStoreError`.
+  SQLite database at all) is refused with :class:`SQLiteStoreError`. Every check runs before
+  anything is written: a refused file is left byte for byte as it was.
+- A kavachOS file whose tables lack what this version reads (a dropped table or column, a value
+  of the wrong type) raises :class:`DamagedDatabaseError` when opened or when the row is read.
 - Secrets are stored only as the digests the core hands over (client secrets, codes, refresh
   tokens, consent tickets). Signing keys are stored as given (PKCS#8 PEM): protect the file.
 
@@ -27,14 +30,15 @@ single connection (effects are serialised; nothing is shared with other processe
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import sqlite3
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
-from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from kavach_core import effects as fx
@@ -43,7 +47,16 @@ from kavach_core.records import AuthorizationCode, Client, Grant, PendingAuthori
 
 from ._codec import CLIENTS, CODES, GRANTS, KEYS, PENDING, RecordCodec
 
-__all__ = ["APPLICATION_ID", "MIGRATIONS", "SCHEMA_VERSION", "SQLiteStore", "SQLiteStoreError", "SchemaVersionError"]
+__all__ = [
+    "APPLICATION_ID",
+    "COMPANIONS",
+    "MIGRATIONS",
+    "SCHEMA_VERSION",
+    "DamagedDatabaseError",
+    "SQLiteStore",
+    "SQLiteStoreError",
+    "SchemaVersionError",
+]
 
 APPLICATION_ID = 0x4B564348
 """``PRAGMA application_id`` of a kavachOS database ("KVCH")."""
@@ -74,12 +87,34 @@ _FOREIGN_OBJECTS = (
 """Objects of an unversioned file that are neither kavachOS companions (``kavach_users``,
 ``kavach_settings``: local users and the server secret may be created first) nor SQLite's own."""
 
+COMPANIONS: dict[str, tuple[str, ...]] = {
+    "kavach_settings": ("name", "value", "created_at"),
+    "kavach_users": ("username", "password_hash", "updated_at"),
+}
+"""Columns of the tables other kavachOS modules keep in the same file (:mod:`kavach.instance`,
+:class:`kavach.users.SQLiteUsers`), checked when the store opens the file."""
+
+_SECRET_BYTES = 32
+"""The shortest server secret :mod:`kavach.instance` accepts from ``kavach_settings``."""
+
+
 class SQLiteStoreError(Exception):
     """The file cannot be used as a kavachOS database (missing directory, corrupt, foreign, closed)."""
 
 
 class SchemaVersionError(SQLiteStoreError):
     """The database was written by a newer kavachOS than this one; it is left untouched."""
+
+
+class DamagedDatabaseError(SQLiteStoreError, StoreUnavailable):
+    """A kavachOS database lacks a table or column this version needs, or holds a value it cannot read.
+
+    Also a :class:`StoreUnavailable`, so an effect meeting it is answered like any store outage.
+    """
+
+
+class _Unreadable(Exception):
+    """A stored row that does not decode into its record (mapped to :class:`DamagedDatabaseError`)."""
 
 
 # -- schema ----------------------------------------------------------------------------------
@@ -192,6 +227,39 @@ MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_migrate_1, _mig
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
+@functools.cache
+def _expected(version: int) -> dict[str, tuple[str, tuple[str, ...]]]:
+    """``{name: (type, columns)}`` of every table and index a version-``version`` file holds."""
+    db = sqlite3.connect(":memory:")
+    try:
+        for migrate in MIGRATIONS[:version]:
+            migrate(db)
+        rows = db.execute("SELECT name, type FROM sqlite_schema WHERE name NOT LIKE 'sqlite\\_%' ESCAPE '\\'")
+        return {name: (kind, _columns(db, name) if kind == "table" else ()) for name, kind in rows.fetchall()}
+    finally:
+        db.close()
+
+
+def _columns(db: sqlite3.Connection, table: str) -> tuple[str, ...]:
+    return tuple(row[0] for row in db.execute("SELECT name FROM pragma_table_info(?)", (table,)))
+
+
+def _plural(word: str, items: Sequence[str]) -> str:
+    return word if len(items) == 1 else word + "s"
+
+
+def _kind(db: sqlite3.Connection, name: str) -> str | None:
+    """``table``, ``index``, ``view`` or ``trigger`` for the object ``name`` (any letter case), if any."""
+    row = db.execute("SELECT type FROM sqlite_schema WHERE name = ? COLLATE NOCASE", (name,)).fetchone()
+    return None if row is None else str(row[0])
+
+
+def _missing(db: sqlite3.Connection, table: str, columns: Sequence[str]) -> tuple[str, ...]:
+    """The ``columns`` that ``table`` lacks (all of them when it is not a table)."""
+    have = set(_columns(db, table)) if _kind(db, table) == "table" else set()
+    return tuple(c for c in columns if c not in have)
+
+
 # -- record <-> row ---------------------------------------------------------------------------
 
 R = TypeVar("R")
@@ -225,7 +293,10 @@ class _Table(Generic[R]):
         return self.codec.to_row(record, _json_array)
 
     def decode(self, row: Sequence[Any]) -> R:
-        return self.codec.from_row(row)
+        try:
+            return self.codec.from_row(row)
+        except (TypeError, ValueError) as exc:
+            raise _Unreadable(f"a row of table {self.name} cannot be read ({exc})") from exc
 
 
 _CLIENTS = _Table("clients", CLIENTS, "client_id")
@@ -259,7 +330,7 @@ class SQLiteStore:
         self.busy_timeout = busy_timeout
         self._memory = self.path == ":memory:"
         if not self._memory:
-            self._check_path(Path(self.path))
+            self._check_path(self.path)
         self._slots = threading.BoundedSemaphore(1 if self._memory else max_connections)
         self._idle: list[sqlite3.Connection] = []
         self._pool_lock = threading.Lock()
@@ -330,16 +401,26 @@ class SQLiteStore:
     # -- connections ------------------------------------------------------------------------
 
     @staticmethod
-    def _check_path(path: Path) -> None:
-        if str(path).startswith("file:"):
+    def _check_path(path: str) -> None:
+        """Refuse, before SQLite creates anything, a path that cannot name a database file."""
+        if path.startswith("file:"):
             raise SQLiteStoreError("pass a filesystem path, not a SQLite URI")
-        if path.is_dir():
-            raise SQLiteStoreError(f"cannot open SQLite database {str(path)!r}: it is a directory")
-        parent = path.absolute().parent
-        if not parent.is_dir():
+        if path.endswith(tuple(filter(None, (os.sep, os.altsep)))):
             raise SQLiteStoreError(
-                f"cannot create SQLite database {str(path)!r}: directory {str(parent)!r} does not exist"
+                f"cannot use {path!r} as a SQLite database: ending in {path[-1]!r}, it names a directory"
             )
+        try:
+            found = os.stat(path)
+        except FileNotFoundError:
+            found = None
+        except (OSError, ValueError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise SQLiteStoreError(f"cannot open SQLite database {path!r}: {reason}") from None
+        if found is not None and stat.S_ISDIR(found.st_mode):
+            raise SQLiteStoreError(f"cannot open SQLite database {path!r}: it is a directory")
+        parent = os.path.dirname(os.path.abspath(path))
+        if found is None and not os.path.isdir(parent):
+            raise SQLiteStoreError(f"cannot create SQLite database {path!r}: directory {parent!r} does not exist")
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False)
@@ -352,19 +433,20 @@ class SQLiteStore:
         return db
 
     def _open(self) -> None:
-        """First connection: WAL mode, then bring the schema to :data:`SCHEMA_VERSION`."""
+        """First connection: every check (read only), then WAL mode, then bring the schema to
+        :data:`SCHEMA_VERSION`; a file refused by a check is left as it was."""
         try:
             db = self._connect()
         except sqlite3.Error as exc:
             raise SQLiteStoreError(f"cannot open SQLite database {self.path!r}: {exc}") from exc
         try:
-            if not self._memory:
-                self._use_wal(db)
             db.execute("BEGIN")  # one read snapshot for every check
             try:
                 needed = self._needs_migration(db)
             finally:
                 db.execute("COMMIT")
+            if not self._memory:
+                self._use_wal(db)
             if needed:
                 with _transaction(db):
                     if self._needs_migration(db):  # re-read under the write lock: another process may have won
@@ -408,7 +490,7 @@ class SQLiteStore:
             time.sleep(0.005)
 
     def _needs_migration(self, db: sqlite3.Connection) -> bool:
-        """Whether the schema must be upgraded; refuses newer and foreign databases."""
+        """Whether the schema must be upgraded; refuses newer, foreign and damaged databases."""
         version = int(_scalar(db, "PRAGMA user_version"))
         application_id = int(_scalar(db, "PRAGMA application_id"))
         if version > SCHEMA_VERSION:
@@ -420,11 +502,60 @@ class SQLiteStore:
             raise SQLiteStoreError(f"{self.path!r} belongs to another application (application_id {application_id})")
         if version == 0 and _scalar(db, _FOREIGN_OBJECTS) != 0:
             raise SQLiteStoreError(f"{self.path!r} is a SQLite database but not a kavachOS one")
+        self._check_companions(db)
+        self._check_tables(db, version)
         return version < SCHEMA_VERSION
+
+    def _damaged(self, what: str) -> DamagedDatabaseError:
+        return DamagedDatabaseError(f"{self.path!r} is damaged, not a usable kavachOS database: {what}")
+
+    def _check_companions(self, db: sqlite3.Connection) -> None:
+        """``kavach_settings`` and ``kavach_users``, when present, have the columns kavachOS uses
+        and the server secret is bytes of the length :mod:`kavach.instance` needs."""
+        for table, columns in COMPANIONS.items():
+            if _kind(db, table) is None:
+                continue
+            missing = _missing(db, table, columns)
+            if missing:
+                raise self._damaged(f"its table {table} lacks {_plural('column', missing)} {', '.join(missing)}")
+        if "value" in _columns(db, "kavach_settings"):
+            secret = "SELECT typeof(value), length(value) FROM kavach_settings WHERE name = 'secret'"
+            row = db.execute(secret).fetchone()
+            if row is not None and (row[0] != "blob" or row[1] < _SECRET_BYTES):
+                raise self._damaged(f"the server secret in kavach_settings is not {_SECRET_BYTES} or more bytes")
+
+    def _check_tables(self, db: sqlite3.Connection, version: int) -> None:
+        """The tables of schema ``version`` are there with their columns, and nothing is in the way
+        of the migrations still to run."""
+        expected = _expected(version)
+        for name, (kind, columns) in expected.items():
+            if kind != "table":
+                continue
+            if _kind(db, name) != "table":
+                raise self._damaged(f"table {name} is missing")
+            missing = _missing(db, name, columns)
+            if missing:
+                raise self._damaged(f"table {name} lacks {_plural('column', missing)} {', '.join(missing)}")
+        if 0 < version < SCHEMA_VERSION:
+            for name in _expected(SCHEMA_VERSION).keys() - expected.keys():
+                if _kind(db, name) is not None:
+                    raise self._damaged(f"it already holds {name}, which version {SCHEMA_VERSION} adds")
+
+    def _recheck(self, db: sqlite3.Connection, exc: sqlite3.Error) -> None:
+        """Raise :class:`DamagedDatabaseError` when the schema, changed since opening, explains ``exc``."""
+        try:
+            self._needs_migration(db)
+        except DamagedDatabaseError as damage:
+            raise damage from exc
+        except SQLiteStoreError as other:  # replaced by a newer or foreign file meanwhile
+            raise DamagedDatabaseError(str(other)) from exc
+        except sqlite3.Error:
+            pass
 
     @contextmanager
     def _connection(self) -> Iterator[sqlite3.Connection]:
-        """Lend one pooled connection to the calling thread, exclusively, mapping outages."""
+        """Lend one pooled connection to the calling thread, exclusively, mapping outages (to
+        :class:`StoreUnavailable`) and damage (to :class:`DamagedDatabaseError`)."""
         if self._closed:
             raise SQLiteStoreError("the store is closed")
         if not self._slots.acquire(timeout=self.busy_timeout):
@@ -440,7 +571,11 @@ class SQLiteStore:
             except sqlite3.Error as exc:
                 if _unavailable(exc):
                     raise StoreUnavailable(f"SQLite database {self.path!r} is unavailable: {exc}") from exc
+                if db is not None and isinstance(exc, sqlite3.OperationalError):
+                    self._recheck(db, exc)
                 raise
+            except _Unreadable as exc:
+                raise self._damaged(str(exc)) from exc
         finally:
             if db is not None:
                 with self._pool_lock:

@@ -1,0 +1,268 @@
+"""Bad store input: files the SQLite store refuses, damaged kavachOS databases, odd ``--db`` paths
+and malformed ``--store`` URLs.
+
+Each case runs the real ``kavach`` command on real files (and real PostgreSQL and Redis where a
+URL reaches them): a refusal is exit status 2 and one line on stderr, and leaves every file as it
+was, byte for byte. The store-level cases open :class:`SQLiteStore` on real files directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+import services
+from kavach.stores import DamagedDatabaseError, SQLiteStore, SQLiteStoreError
+from kavach.stores.sqlite import APPLICATION_ID, MIGRATIONS
+from kavach.users import SQLiteUsers
+from kavach_serve import Cli
+
+from kavach_core import effects as fx
+from kavach_core.drivers import StoreUnavailable
+
+STORE_KEY = base64.urlsafe_b64encode(b"k" * 32).decode()
+
+
+def clean_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KAVACH_")}
+    env["KAVACH_STORE_KEY"] = STORE_KEY
+    return env
+
+
+CLI = Cli(clean_env)
+ok, bad = CLI.ok, CLI.bad
+
+
+def _files(directory: Path) -> dict[str, bytes]:
+    """Every file under ``directory`` and its bytes."""
+    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def _sql(path: Path, *statements: str) -> None:
+    db = sqlite3.connect(path, isolation_level=None)
+    try:
+        for statement in statements:
+            db.execute(statement)
+    finally:
+        db.close()
+
+
+def _kavach_db(path: Path) -> None:
+    """A real kavachOS database: a signing key, a user, a client and the server secret."""
+    ok(["keys", "rotate", "--db", str(path)])
+    ok(["users", "add", "bob", "--password-stdin", "--db", str(path)], stdin="pw\n")
+    ok(["clients", "add", "--name", "Tool", "--redirect-uri", "http://127.0.0.1:9/cb", "--db", str(path)])
+
+
+# -- 1. a refused file is left as it was --------------------------------------------------------------------------
+
+
+REFUSED = {
+    "newer-schema": (("PRAGMA user_version = 99", "CREATE TABLE t (x)"), ["keys", "list"], "schema version 99"),
+    "other-application": (
+        ("PRAGMA application_id = 12345", "CREATE TABLE t (x)"), ["keys", "list"], "another application"
+    ),
+    "unrelated-clients-table": (("CREATE TABLE clients (x)",), ["keys", "list"], "not a kavachOS one"),
+    "foreign-kavach-settings": (
+        ("CREATE TABLE kavach_settings (x)",), ["keys", "list"], "kavach_settings lacks columns name, value"
+    ),
+    "foreign-kavach-users": (
+        ("CREATE TABLE kavach_users (x)",), ["users", "list"], "kavach_users lacks columns username, password_hash"
+    ),
+    "kavach-settings-view": (
+        ("CREATE VIEW kavach_settings AS SELECT 1 AS name",), ["keys", "list"], "kavach_settings lacks columns"
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(REFUSED))
+def test_a_refused_file_stays_byte_for_byte_unchanged(tmp_path: Path, case: str) -> None:
+    statements, command, expect = REFUSED[case]
+    path = tmp_path / "f.db"
+    _sql(path, *statements)
+    before = _files(tmp_path)
+    bad([*command, "--db", str(path)], expect)
+    assert _files(tmp_path) == before
+    db = sqlite3.connect(path)
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+    db.close()
+
+
+def test_a_version_1_file_with_a_table_in_the_way_of_version_2_is_refused_untouched(tmp_path: Path) -> None:
+    path = tmp_path / "v1.db"
+    db = sqlite3.connect(path, isolation_level=None)
+    MIGRATIONS[0](db)
+    db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+    db.execute("PRAGMA user_version = 1")
+    db.execute("CREATE TABLE rate_limits (x)")
+    db.close()
+    before = _files(tmp_path)
+    bad(["clients", "list", "--db", str(path)], "already holds rate_limits")
+    assert _files(tmp_path) == before
+
+
+# -- 2. damaged kavachOS databases --------------------------------------------------------------------------------
+
+
+DAMAGE = {
+    "grants-dropped": ("DROP TABLE grants", ["grants", "list"], "table grants is missing"),
+    "client-name-dropped": (
+        "ALTER TABLE clients DROP COLUMN client_name", ["clients", "list"], "table clients lacks column client_name"
+    ),
+    "secret-as-text": ("UPDATE kavach_settings SET value = 'abc'", ["keys", "list"], "server secret"),
+    "secret-too-short": ("UPDATE kavach_settings SET value = x'0102'", ["users", "list"], "server secret"),
+    "pem-as-text-list": ("UPDATE signing_keys SET private_pem = 'garbage'", ["keys", "list"], "table signing_keys"),
+    "pem-as-text-rotate": (
+        "UPDATE signing_keys SET private_pem = 'garbage'", ["keys", "rotate"], "table signing_keys"
+    ),
+    "redirect-uris-not-json": ("UPDATE clients SET redirect_uris = 'oops'", ["clients", "list"], "table clients"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(DAMAGE))
+def test_a_damaged_kavach_database_is_one_line(tmp_path: Path, case: str) -> None:
+    damage, command, expect = DAMAGE[case]
+    path = tmp_path / "kavach.db"
+    _kavach_db(path)
+    _sql(path, damage)
+    line = bad([*command, "--db", str(path)], expect)
+    assert "damaged" in line and "not a usable kavachOS database" in line
+
+
+def test_only_a_foreign_kavach_users_table_is_one_line_and_untouched(tmp_path: Path) -> None:
+    path = tmp_path / "u.db"
+    _sql(path, "CREATE TABLE kavach_users (x)")
+    before = _files(tmp_path)
+    bad(["users", "add", "bob", "--password-stdin", "--db", str(path)], "kavach_users lacks", stdin="pw\n")
+    assert _files(tmp_path) == before
+
+
+def test_damage_after_opening_is_reported_as_damage(tmp_path: Path) -> None:
+    """A table dropped, or a value rewritten, while the store is open: the effect that meets it
+    raises :class:`DamagedDatabaseError` (a :class:`StoreUnavailable`, so endpoints answer 503)."""
+    path = tmp_path / "k.db"
+    with SQLiteStore(path) as store:
+        store.perform(fx.SwapSigningKeys((), ()))
+        assert store.perform(fx.ListGrants()) == ()
+        _sql(path, "DROP TABLE grants")
+        with pytest.raises(DamagedDatabaseError, match="table grants is missing") as caught:
+            store.perform(fx.ListGrants())
+        assert isinstance(caught.value, StoreUnavailable)
+    path = tmp_path / "keys.db"
+    ok(["keys", "rotate", "--db", str(path)])
+    with SQLiteStore(path) as store:
+        assert len(store.perform(fx.GetSigningKeys())) == 1
+        _sql(path, "UPDATE signing_keys SET private_pem = 'garbage'")
+        with pytest.raises(DamagedDatabaseError, match="signing_keys"):
+            store.perform(fx.GetSigningKeys())
+
+
+def test_sqlite_users_checks_its_table(tmp_path: Path) -> None:
+    path = tmp_path / "u.db"
+    _sql(path, "CREATE TABLE kavach_users (username TEXT)")
+    with pytest.raises(sqlite3.DatabaseError, match="kavach_users lacks password_hash, updated_at"):
+        SQLiteUsers(str(path))
+
+
+# -- 3 and 4. --db paths ------------------------------------------------------------------------------------------
+
+
+def test_a_file_name_too_long_is_one_line(tmp_path: Path) -> None:
+    bad(["keys", "list", "--db", "a" * 300], "File name too long", cwd=tmp_path)
+    assert _files(tmp_path) == {}
+    with pytest.raises(SQLiteStoreError, match="File name too long"):
+        SQLiteStore(tmp_path / ("b" * 300))
+
+
+@pytest.mark.parametrize("flag", ["--db", "--store"])
+def test_a_path_ending_in_a_separator_is_refused(tmp_path: Path, flag: str) -> None:
+    where = "newdir/" if flag == "--db" else "sqlite:///newdir/"
+    bad(["keys", "list", flag, where], "names a directory", cwd=tmp_path)
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "existing").mkdir()
+    bad(["keys", "list", flag, where.replace("newdir", "existing")], "names a directory", cwd=tmp_path)
+    assert list((tmp_path / "existing").iterdir()) == []
+
+
+# -- 5. store URLs ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("scheme", ["SQLITE", "Sqlite"])
+def test_the_sqlite_scheme_is_case_insensitive(tmp_path: Path, scheme: str) -> None:
+    ok(["keys", "rotate", "--store", f"{scheme}:///x.db"], cwd=tmp_path)
+    assert "ES256" in ok(["keys", "list", "--db", "x.db"], cwd=tmp_path)
+
+
+def test_a_redis_database_that_is_not_a_number_is_refused(tmp_path: Path) -> None:
+    prefix = services.redis_prefix(tmp_path)  # dropped at the end of the session, had anything been written
+    url = f"redis://127.0.0.1:6379/abc?prefix={prefix}"
+    bad(["users", "list", "--store", url], "'abc' in the URL must be a number")
+
+
+@pytest.mark.parametrize(
+    ("url", "expect"),
+    [
+        ("postgresql://[::1/test", "Invalid IPv6 URL"),
+        ("redis://[::1/0", "Invalid IPv6 URL"),
+        ("postgresql://127.0.0.1:abc/test", "port 'abc' is not a number"),
+        ("postgresql://127.0.0.1:99999/test", "port '99999' is not a number"),
+        ("postgresql://127.0.0.1/test?bogus=1", "invalid URI query parameter"),
+    ],
+)
+def test_malformed_store_urls_fail_at_once(tmp_path: Path, url: str, expect: str) -> None:
+    started = time.monotonic()
+    bad(["keys", "list", "--store", url], expect, cwd=tmp_path)
+    assert time.monotonic() - started < 4, "a malformed URL must not wait for the connection pool"
+    assert _files(tmp_path) == {}
+
+
+@pytest.mark.parametrize("url", ["postgresql://u:hunter2secret@[::1/test", "redis://u:hunter2secret@[::1/0"])
+def test_a_malformed_url_keeps_its_password_out_of_the_message(url: str) -> None:
+    line = bad(["users", "list", "--store", url], "Invalid IPv6 URL")
+    assert "hunter2secret" not in line and "u:***@" in line
+
+
+def test_a_postgresql_connection_failure_keeps_its_cause() -> None:
+    services.require("postgres")
+    bad(["keys", "list", "--store", "postgresql://127.0.0.1:5432/kavach_no_such_database"], "does not exist")
+    bad(["keys", "list", "--store", "postgresql://nosuchhost.invalid/test"], "failed to resolve host")
+
+
+def test_a_postgresql_pool_timeout_keeps_its_cause_on_the_event_loop() -> None:
+    from kavach.stores.postgres import PostgresStore
+
+    services.require("postgres")
+    store = PostgresStore("postgresql://127.0.0.1:5432/kavach_no_such_database", timeout=1, min_connections=0)
+
+    async def attempt() -> None:
+        try:
+            await store.aperform(fx.GetSigningKeys())
+        finally:
+            await store.aclose()
+
+    with pytest.raises(StoreUnavailable, match='database "kavach_no_such_database" does not exist'):
+        asyncio.run(attempt())
+
+
+def test_postgresql_and_redis_schemes_are_case_insensitive(tmp_path: Path) -> None:
+    from kavach.stores.postgres import PostgresStore
+    from kavach.stores.redis import RedisStore
+
+    services.require("postgres")
+    services.require("redis")
+    pg_url = services.POSTGRES_URL.replace("postgresql://", "POSTGRESQL://", 1)
+    pg = PostgresStore(pg_url, schema=services.postgres_schema(tmp_path), min_connections=0)
+    try:
+        assert pg.perform(fx.GetSigningKeys()) == ()
+    finally:
+        pg.close()
+    rd = RedisStore(services.REDIS_URL.replace("redis://", "REDIS://", 1), prefix=services.redis_prefix(tmp_path))
+    try:
+        assert rd.perform(fx.GetSigningKeys()) == ()
+    finally:
+        rd.close()
