@@ -7,18 +7,62 @@ refresh token 14 days idle and 90 days absolute, refresh grace window 10 s.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import ipaddress
+import re
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
 import attrs
 
 from .errors import ConfigurationError
-from .resource_indicators import canonical_resource, resource_path
+from .resource_indicators import canonical_resource, host_problem, resource_path
 from .scopes import is_valid_scope
 
 LOOPBACK_NAMES = frozenset({"127.0.0.1", "::1", "localhost"})
 SIGNING_ALGORITHMS = ("ES256", "RS256", "EdDSA")
+MAX_LIFETIME = 100 * 366 * 86400
+"""The longest lifetime accepted (about a century): expiry times stay well inside 64-bit integers."""
+MAX_RATE_LIMIT = 1_000_000
+MAX_RATE_WINDOW = 366 * 86400
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+_LABEL = re.compile(r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?")
+
+
+def is_whole_number(value: object) -> bool:
+    """True for an ``int`` that is not a ``bool`` (so not ``True``, ``1.0``, NaN or infinity)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_host_name(host: object) -> bool:
+    """True for a well-formed host: a DNS name (RFC 1123 §2.1 labels of letters, digits, ``-`` and
+    ``_``, at most 253 characters, no trailing dot) or an IPv4 or IPv6 address (brackets optional)."""
+    if not isinstance(host, str) or not host:
+        return False
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            return False
+        return True
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    else:
+        return True
+    if len(host) > 253 or not host.isascii():
+        return False
+    return all(_LABEL.fullmatch(label) for label in host.lower().split("."))
+
+
+def string_list(value: object, what: str) -> tuple[str, ...]:
+    """``value`` (a list, tuple or set of strings) as a tuple; a bare string is refused, not split
+    into characters. ``what`` names the setting in the :class:`ConfigurationError`."""
+    if not isinstance(value, list | tuple | set | frozenset) or not all(isinstance(v, str) for v in value):
+        raise ConfigurationError(f"{what} must be a list of strings")
+    return tuple(value)
 
 
 def is_loopback_host(host: str | None) -> bool:
@@ -32,14 +76,33 @@ def is_loopback_host(host: str | None) -> bool:
 ScopeCatalogue = Mapping[str, str] | tuple[tuple[str, str], ...] | list[str] | tuple[str, ...]
 
 
+_CATALOGUE_FORM = "resource scopes must be a mapping of scope -> description or a list of scopes"
+
+
 def _scope_map(value: ScopeCatalogue) -> tuple[tuple[str, str], ...]:
+    """The catalogue as (scope, description) pairs; anything but strings is refused."""
     if isinstance(value, Mapping):
-        pairs = tuple((str(k), str(v)) for k, v in value.items())
+        items: list[object] = list(value.items())
+    elif isinstance(value, list | tuple):
+        items = list(value)
     else:
-        pairs = tuple(
-            (item, "") if isinstance(item, str) else (str(item[0]), str(item[1])) for item in value
-        )
-    return pairs
+        raise ConfigurationError(_CATALOGUE_FORM)
+    pairs = []
+    for item in items:
+        if isinstance(item, str):
+            pairs.append((item, ""))
+        elif (
+            isinstance(item, tuple | list) and len(item) == 2
+            and isinstance(item[0], str) and isinstance(item[1], str)
+        ):
+            pairs.append((item[0], item[1]))
+        else:
+            raise ConfigurationError(_CATALOGUE_FORM + " (every scope and description a string)")
+    return tuple(pairs)
+
+
+def _default_scopes(value: Any) -> tuple[str, ...]:
+    return string_list(value, "resource default_scopes")
 
 
 DEFAULT_MCP_SCOPES: tuple[tuple[str, str], ...] = (
@@ -71,10 +134,12 @@ class ProtectedResource:
 
     uri: str = attrs.field(converter=str)
     scopes: tuple[tuple[str, str], ...] = attrs.field(default=DEFAULT_MCP_SCOPES, converter=_scope_map)
-    default_scopes: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    default_scopes: tuple[str, ...] = attrs.field(default=(), converter=_default_scopes)
     name: str = ""
 
     def __attrs_post_init__(self) -> None:
+        if not isinstance(self.name, str):
+            raise ConfigurationError("resource name must be a string")
         try:
             canonical = canonical_resource(self.uri)
         except ValueError as exc:
@@ -146,8 +211,10 @@ class Lifetimes:
     def __attrs_post_init__(self) -> None:
         for field in attrs.fields(Lifetimes):
             value = getattr(self, field.name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise ConfigurationError(f"lifetime {field.name} must be a whole number of seconds >= 0")
+            if not is_whole_number(value) or not 0 <= value <= MAX_LIFETIME:
+                raise ConfigurationError(
+                    f"lifetime {field.name} must be a whole number of seconds between 0 and {MAX_LIFETIME}"
+                )
         if not 1 <= self.code <= 600:
             raise ConfigurationError("lifetime code must be between 1 and 600 seconds (AZ-09)")
         if not 1 <= self.access_token <= 86400:
@@ -162,8 +229,28 @@ class Lifetimes:
             raise ConfigurationError("metadata_document_max must be >= metadata_document_min")
 
 
-def _lower_hosts(value: Iterable[str] | None) -> tuple[str, ...] | None:
-    return None if value is None else tuple(h.lower() for h in value)
+def _token_hashes(value: Any) -> tuple[str, ...]:
+    """SHA-256 hex digests, lower-cased; anything else is refused without being echoed (it may
+    be a token pasted in place of its digest)."""
+    hashes = tuple(h.strip().lower() for h in string_list(value, "registration initial_access_token_hashes"))
+    for number, digest in enumerate(hashes, 1):
+        if not _SHA256_HEX.fullmatch(digest):
+            raise ConfigurationError(
+                f"registration initial_access_token_hashes: entry {number} is not a SHA-256 hex digest "
+                "(64 hex characters); list the digests of the tokens, never the tokens"
+            )
+    return hashes
+
+
+def _lower_hosts(value: Any) -> tuple[str, ...] | None:
+    """Redirect URI hosts, lower-cased, brackets dropped from IPv6 literals (as ``urlsplit`` gives them)."""
+    if value is None:
+        return None
+    hosts = tuple(h.strip().lower() for h in string_list(value, "registration allowed_redirect_hosts"))
+    for host in hosts:
+        if not is_host_name(host):
+            raise ConfigurationError(f"registration allowed_redirect_hosts: {host!r} is not a host name")
+    return tuple(h[1:-1] if h.startswith("[") else h for h in hosts)
 
 
 @attrs.frozen
@@ -178,20 +265,26 @@ class RegistrationPolicy:
     """
 
     mode: str = "open"
-    initial_access_token_hashes: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    initial_access_token_hashes: tuple[str, ...] = attrs.field(default=(), converter=_token_hashes)
     rate_limit: int = 20
     rate_window: int = 3600
     allowed_redirect_hosts: tuple[str, ...] | None = attrs.field(default=None, converter=_lower_hosts)
 
     def __attrs_post_init__(self) -> None:
-        if self.mode not in ("open", "token", "closed"):
+        if not isinstance(self.mode, str) or self.mode not in ("open", "token", "closed"):
             raise ConfigurationError("registration mode must be one of open, token, closed")
         if self.mode == "token" and not self.initial_access_token_hashes:
             raise ConfigurationError(
                 "registration mode token needs initial_access_token_hashes (SHA-256 hex digests)"
             )
-        if self.rate_limit < 0 or self.rate_window < 1:
-            raise ConfigurationError("registration rate_limit must be >= 0 and rate_window >= 1")
+        if not is_whole_number(self.rate_limit) or not 0 <= self.rate_limit <= MAX_RATE_LIMIT:
+            raise ConfigurationError(
+                f"registration rate_limit must be a whole number between 0 and {MAX_RATE_LIMIT} (0 disables it)"
+            )
+        if not is_whole_number(self.rate_window) or not 1 <= self.rate_window <= MAX_RATE_WINDOW:
+            raise ConfigurationError(
+                f"registration rate_window must be a whole number of seconds between 1 and {MAX_RATE_WINDOW}"
+            )
 
 
 @attrs.frozen
@@ -209,6 +302,8 @@ class Paths:
         seen = set()
         for field in attrs.fields(Paths):
             value = getattr(self, field.name)
+            if not isinstance(value, str):
+                raise ConfigurationError(f"path {field.name} must be a string")
             if not value.startswith("/") or "?" in value or "#" in value or " " in value:
                 raise ConfigurationError(f"path {field.name} must start with / and have no query")
             if value in seen:
@@ -217,9 +312,17 @@ class Paths:
 
 
 def _resources(value: Any) -> tuple[ProtectedResource, ...]:
+    """Protected resources, each given as itself or as its URI; a bare string is refused, not split."""
+    if not isinstance(value, list | tuple):
+        raise ConfigurationError("resources must be a list of protected resources (or their URIs)")
     out = []
     for item in value:
-        out.append(item if isinstance(item, ProtectedResource) else ProtectedResource(str(item)))
+        if isinstance(item, ProtectedResource):
+            out.append(item)
+        elif isinstance(item, str):
+            out.append(ProtectedResource(item))
+        else:
+            raise ConfigurationError("resources must be a list of protected resources (or their URIs)")
     return tuple(out)
 
 
@@ -245,16 +348,23 @@ class Config:
     service_documentation: str | None = None
 
     def __attrs_post_init__(self) -> None:
+        for flag in ("allow_insecure_http", "client_id_metadata_documents"):
+            if not isinstance(getattr(self, flag), bool):
+                raise ConfigurationError(f"{flag} must be true or false")
         issuer = self.issuer
         if not isinstance(issuer, str) or not issuer:
             raise ConfigurationError("issuer must be an absolute https URL")
         try:
             parts = urlsplit(issuer)
-            parts.port  # noqa: B018 - validates the port
+            port = parts.port
         except ValueError as exc:
-            raise ConfigurationError(f"issuer {issuer!r} is not a valid URL") from exc
+            raise ConfigurationError(f"issuer {issuer!r} is not a valid URL (check the host and port)") from exc
         if parts.scheme not in ("https", "http") or not parts.hostname:
             raise ConfigurationError(f"issuer {issuer!r} must be an absolute https URL")
+        if port == 0 or parts.netloc.endswith(":"):
+            raise ConfigurationError(f"issuer {issuer!r}: give a port between 1 and 65535, or none")
+        if host_problem(parts.netloc, parts.hostname) is not None:
+            raise ConfigurationError(f"issuer {issuer!r}: the host is not a valid host name or address")
         if parts.query or "?" in issuer or parts.fragment or "#" in issuer:
             raise ConfigurationError(f"issuer {issuer!r} must have no query or fragment (RFC 8414 §2)")
         if parts.username is not None or parts.password is not None:
@@ -284,10 +394,14 @@ class Config:
                 )
         if not isinstance(self.secret, bytes) or len(self.secret) < 32:
             raise ConfigurationError("secret must be at least 32 random bytes")
-        if self.signing_alg not in SIGNING_ALGORITHMS:
+        if not isinstance(self.signing_alg, str) or self.signing_alg not in SIGNING_ALGORITHMS:
             raise ConfigurationError(f"signing_alg must be one of {', '.join(SIGNING_ALGORITHMS)}")
-        if not isinstance(self.refresh_grace, int) or not 0 <= self.refresh_grace <= 300:
-            raise ConfigurationError("refresh_grace must be between 0 and 300 seconds (0 disables it)")
+        if not is_whole_number(self.refresh_grace) or not 0 <= self.refresh_grace <= 300:
+            raise ConfigurationError(
+                "refresh_grace must be a whole number of seconds between 0 and 300 (0 disables it)"
+            )
+        if self.service_documentation is not None and not isinstance(self.service_documentation, str):
+            raise ConfigurationError("service_documentation must be a URL (a string)")
 
     # -- derived values ---------------------------------------------------------------
 

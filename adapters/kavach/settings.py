@@ -42,7 +42,8 @@ The TOML file::
 
 Where the data lives: ``db`` (an SQLite file) or ``store`` (a URL for
 :func:`kavach.stores.open_store`: ``postgresql://...``, ``redis://...``, ``sqlite:///path`` or a
-file path). They name the same thing, so a higher source's ``db`` replaces a lower source's
+file path; in this file a relative path, plain or after ``sqlite:///``, is relative to the file's
+directory, like ``db``). They name the same thing, so a higher source's ``db`` replaces a lower source's
 ``store`` and the other way round; one source giving both is an error. A PostgreSQL or Redis
 store also needs ``KAVACH_STORE_KEY`` in the environment (never in this file): see
 ``docs/deployment.md``.
@@ -57,6 +58,8 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
+import stat
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -65,7 +68,7 @@ from urllib.parse import urlsplit
 
 import attrs
 
-from kavach_core.config import DEFAULT_MCP_SCOPES, Lifetimes, RegistrationPolicy
+from kavach_core.config import DEFAULT_MCP_SCOPES, Lifetimes, RegistrationPolicy, is_host_name
 from kavach_core.errors import ConfigurationError
 
 DEFAULT_HOST = "127.0.0.1"
@@ -82,8 +85,11 @@ _LIFETIME_KEYS = tuple(f.name for f in attrs.fields(Lifetimes))
 _RESOURCE_KEYS = frozenset({"name", "scopes", "default_scopes"})
 _REGISTRATION_KEYS = frozenset(f.name for f in attrs.fields(RegistrationPolicy))
 _DOCUMENT_KEYS = frozenset({"allow_hosts", "deny_hosts", "ca_bundle", "allow_loopback"})
+MAX_CONFIG_BYTES = 1024 * 1024
+"""The largest settings file read (1 MiB); a larger one is refused, not read."""
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off", "")
+_DECIMAL = re.compile(r"[+-]?[0-9]+")
 
 
 class SettingsError(Exception):
@@ -138,8 +144,12 @@ class Settings:
     def registration_config(self) -> RegistrationPolicy:
         try:
             return RegistrationPolicy(**dict(self.registration))
-        except (ConfigurationError, TypeError) as exc:
-            raise SettingsError(f"registration: {exc}") from exc
+        except ConfigurationError as exc:
+            message = str(exc)
+            raise SettingsError(message if message.startswith("registration") else f"registration: {message}") from exc
+        except TypeError as exc:
+            known = ", ".join(sorted(_REGISTRATION_KEYS))
+            raise SettingsError(f"registration: unknown setting; the known ones are {known}") from exc
 
 
     def fetch_policy(self) -> Any:
@@ -156,16 +166,17 @@ class Settings:
 
 
 def _int(name: str, value: object, source: str) -> int:
-    if isinstance(value, bool):
-        raise SettingsError(f"{source}: {name} must be a whole number, not {value!r}")
-    if isinstance(value, int):
+    """A whole number: a TOML integer, or text of ASCII decimal digits with an optional sign (not
+    ``8_000``, not other scripts' digits, which ``int()`` would accept)."""
+    if isinstance(value, int) and not isinstance(value, bool):
         return value
-    if isinstance(value, str):
+    if isinstance(value, str) and _DECIMAL.fullmatch(value.strip()):
         try:
             return int(value.strip(), 10)
-        except ValueError:
+        except ValueError:  # more digits than int() converts
             pass
-    raise SettingsError(f"{source}: {name} must be a whole number, not {value!r}")
+    shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:40] + "..."
+    raise SettingsError(f"{source}: {name} must be a whole number, not {shown}")
 
 
 def _bool(name: str, value: object, source: str) -> bool:
@@ -199,6 +210,10 @@ def _proxies(label: str, value: object) -> tuple[str, ...]:
             parsed = ipaddress.ip_network(item, strict=False) if "/" in item else ipaddress.ip_address(item)
         except ValueError:
             raise SettingsError(f"{label}: {item!r} is not an IP address or network") from None
+        if isinstance(parsed, ipaddress.IPv4Network | ipaddress.IPv6Network) and parsed.prefixlen == 0:
+            raise SettingsError(
+                f"{label} cannot be {item!r}: it covers every address, so any client could choose its own address"
+            )
         out.append(str(parsed))
     return tuple(out)
 
@@ -217,24 +232,65 @@ def _scope_list(name: str, value: object, source: str) -> tuple[str, ...]:
     raise SettingsError(f"{source}: {name} must be a list of scopes")
 
 
+def _host_list(label: str, value: object) -> tuple[str, ...]:
+    """Host names for the document fetcher's allow or deny list (CM-02): ``host``, ``.domain`` or
+    ``*.domain`` (its subdomains), or an IP address; from a list, or a comma/space separated string.
+    ``label`` says where the value came from."""
+    if isinstance(value, str):
+        items = value.replace(",", " ").split()
+    elif isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
+        items = [v.strip() for v in value]
+    else:
+        raise SettingsError(f"{label} must be a list of host names")
+    if not items:
+        raise SettingsError(f"{label} names no host")
+    for item in items:
+        bare = item.removeprefix("*.") if item.startswith("*.") else item.removeprefix(".")
+        if not is_host_name(bare.removesuffix(".")):
+            raise SettingsError(f"{label}: {item!r} is not a host name (write host, .domain or *.domain)")
+    return tuple(items)
+
+
 # -- the TOML file ------------------------------------------------------------------------
 
 
 def read_toml(path: str) -> dict[str, Any]:
-    """The parsed file, or a one-line :class:`SettingsError` (missing, unreadable, not TOML)."""
+    """The parsed file, or a one-line :class:`SettingsError` (missing, unreadable, not TOML).
+
+    Only a regular file of at most :data:`MAX_CONFIG_BYTES` is read: it is opened without
+    blocking and checked by its descriptor, so a FIFO or a device (``/dev/zero``) is refused at
+    once instead of hanging or being read forever.
+    """
     try:
-        with open(path, "rb") as fh:
-            return tomllib.load(fh)
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
     except FileNotFoundError as exc:
         raise SettingsError(f"config file {path!r} does not exist") from exc
     except IsADirectoryError as exc:
         raise SettingsError(f"config file {path!r} is a directory") from exc
     except OSError as exc:
         raise SettingsError(f"cannot read config file {path!r}: {exc.strerror or exc}") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise SettingsError(f"config file {path!r} is not valid TOML: {exc}") from exc
+    except ValueError as exc:  # a NUL character in the path
+        raise SettingsError(f"config file {path!r} is not a valid path") from exc
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise SettingsError(f"config file {path!r} is a directory")
+        if not stat.S_ISREG(mode):
+            raise SettingsError(f"config file {path!r} is not a regular file")
+        with os.fdopen(fd, "rb", closefd=False) as fh:
+            data = fh.read(MAX_CONFIG_BYTES + 1)
+    except OSError as exc:
+        raise SettingsError(f"cannot read config file {path!r}: {exc.strerror or exc}") from exc
+    finally:
+        os.close(fd)
+    if len(data) > MAX_CONFIG_BYTES:
+        raise SettingsError(f"config file {path!r} is larger than {MAX_CONFIG_BYTES // 1024 // 1024} MiB")
+    try:
+        return tomllib.loads(data.decode("utf-8"))
     except UnicodeDecodeError as exc:
         raise SettingsError(f"config file {path!r} is not UTF-8 text") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsError(f"config file {path!r} is not valid TOML: {exc}") from exc
 
 
 def _from_toml(path: str) -> dict[str, Any]:
@@ -252,9 +308,7 @@ def _from_toml(path: str) -> dict[str, Any]:
         db = _str("db", data["db"], src)
         out["db"] = db if db == ":memory:" or os.path.isabs(db) else str(base / db)
     if "store" in data:
-        store = _str("store", data["store"], src)
-        is_path = "://" not in store and store not in (":memory:", "memory:")
-        out["store"] = str(base / store) if is_path and not os.path.isabs(store) else store
+        out["store"] = _toml_store(_str("store", data["store"], src), base)
     if "port" in data:
         out["port"] = _port(_int("port", data["port"], src), src)
     if "refresh_grace" in data:
@@ -286,6 +340,21 @@ def _from_toml(path: str) -> dict[str, Any]:
     return out
 
 
+def _toml_store(store: str, base: Path) -> str:
+    """A store named in the file at ``base``: a relative SQLite path, plain or ``sqlite:///``, is
+    relative to the file's directory (like ``db``); URLs and absolute paths are kept."""
+    if store in (":memory:", "memory:"):
+        return store
+    if store[: len("sqlite:///")].lower() == "sqlite:///":  # the scheme in any letter case
+        path = store[len("sqlite:///"):]
+        if path in ("", ":memory:") or os.path.isabs(path):
+            return store
+        return "sqlite:///" + str(base / path)
+    if "://" in store or os.path.isabs(store):
+        return store
+    return str(base / store)
+
+
 def _documents_table(table: object, src: str, base: Path) -> dict[str, Any]:
     if not isinstance(table, dict):
         raise SettingsError(f"{src}: [documents] must be a table")
@@ -295,7 +364,7 @@ def _documents_table(table: object, src: str, base: Path) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key in ("allow_hosts", "deny_hosts"):
         if key in table:
-            out[key] = _scope_list(f"documents.{key}", table[key], src)
+            out[key] = _host_list(f"{src}: documents.{key}", table[key])
     if "allow_loopback" in table:
         out["allow_loopback"] = _bool("documents.allow_loopback", table["allow_loopback"], src)
     if "ca_bundle" in table:
@@ -356,9 +425,9 @@ def _from_env(environ: Mapping[str, str]) -> dict[str, Any]:
         out["registration"] = {"mode": environ["KAVACH_REGISTRATION"]}
     documents: dict[str, Any] = {}
     for key in ("allow_hosts", "deny_hosts"):
-        value = environ.get(f"KAVACH_DOCUMENT_{key.upper()}")
-        if value:
-            documents[key] = tuple(value.replace(",", " ").split())
+        name = f"KAVACH_DOCUMENT_{key.upper()}"
+        if environ.get(name):
+            documents[key] = _host_list(name, environ[name])
     if environ.get("KAVACH_DOCUMENT_CA_BUNDLE"):
         documents["ca_bundle"] = environ["KAVACH_DOCUMENT_CA_BUNDLE"]
     if "KAVACH_DOCUMENT_ALLOW_LOOPBACK" in environ:
@@ -390,9 +459,13 @@ def resolve(flags: Mapping[str, Any], environ: Mapping[str, str] | None = None) 
     if given.get("allow_insecure_http") is False:
         given.pop("allow_insecure_http")
     if "documents" in given:
-        given["documents"] = {**merged.get("documents", {}), **given["documents"]}
+        flagged = dict(given["documents"])
+        for key, flag in (("allow_hosts", "--document-allow-host"), ("deny_hosts", "--document-deny-host")):
+            if key in flagged:
+                flagged[key] = _host_list(flag, flagged[key])
+        given["documents"] = {**merged.get("documents", {}), **flagged}
     if "port" in given:
-        given["port"] = _port(int(given["port"]), "--port")
+        given["port"] = _port(_int("port", given["port"], "--port"), "--port")
     if "trusted_proxies" in given:
         given["trusted_proxies"] = _proxies("--trusted-proxies", given["trusted_proxies"])
     _place(merged, given, "--db and --store")
@@ -422,9 +495,16 @@ def _place(merged: dict[str, Any], layer: dict[str, Any], source: str) -> None:
 
 
 def _check_upstream(url: str) -> str:
-    parts = urlsplit(url)
+    """The MCP server to proxy to: an absolute http(s) URL (RFC 3986 §3) with a reachable port."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        raise SettingsError(f"upstream {url!r} is not a valid URL (check the host and the port)") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise SettingsError(f"upstream {url!r} must be an absolute http(s) URL of an MCP endpoint")
+    if port == 0 or parts.netloc.endswith(":"):
+        raise SettingsError(f"upstream {url!r}: give a port between 1 and 65535, or none")
     if parts.fragment:
         raise SettingsError(f"upstream {url!r} must not have a fragment")
     return url

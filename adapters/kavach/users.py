@@ -31,6 +31,9 @@ from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from kavach_core.drivers import StoreUnavailable
 
+from .settings import SettingsError
+from .stores.sqlite import COMPANIONS
+
 if TYPE_CHECKING:
     from .stores.postgres import PostgresStore
     from .stores.redis import RedisStore
@@ -53,9 +56,36 @@ def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
+_UNPRINTABLE = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
+"""Unicode general categories a username must not contain: controls (C0, DEL, C1), format
+characters (bidi controls, zero-width characters), surrogates, line and paragraph separators."""
+
+
+class UsernameError(ValueError, SettingsError):
+    """A username that is not printable; the message is one line (the ``kavach`` command reports it
+    as bad input, like a :class:`~kavach.settings.SettingsError`)."""
+
+
 def normalize_username(username: str) -> str:
-    """NFKC-normalised and stripped, so visually equal names are one account."""
-    return unicodedata.normalize("NFKC", username).strip()
+    """The account ``username`` names: NFKC-normalised (UAX #15) and stripped, so visually equal
+    names are one account.
+
+    Every path that accepts a username goes through here, so one rule holds everywhere: a name
+    with a control, format, surrogate or line/paragraph separator character anywhere in it raises
+    :class:`UsernameError` (it would print as something else, or as nothing, in lists and logs).
+    """
+    name = unicodedata.normalize("NFKC", username)
+    for char in name:
+        category = unicodedata.category(char)
+        if category == "Cs":
+            raise UsernameError("a username must be valid Unicode text (it has a lone surrogate, as from bytes "
+                                "that are not UTF-8)")
+        if category in _UNPRINTABLE:
+            raise UsernameError(
+                "a username must not contain control, invisible or line-breaking characters "
+                f"(it has U+{ord(char):04X})"
+            )
+    return name.strip()
 
 
 def hash_password(password: str, *, log_n: int = DEFAULT_LOG_N) -> str:
@@ -121,15 +151,25 @@ class MemoryUsers:
 
 
 class SQLiteUsers:
-    """Users in a table of an SQLite file (the store's own file is fine: the table is separate)."""
+    """Users in a table of an SQLite file (the store's own file is fine: the table is separate).
+
+    An existing ``kavach_users`` without the columns this class uses raises ``sqlite3.DatabaseError``.
+    """
 
     def __init__(self, path: str) -> None:
         self.path = path
-        with self._connect() as db:
+        db = self._connect()
+        try:
             db.execute(
                 "CREATE TABLE IF NOT EXISTS kavach_users ("
                 "username TEXT PRIMARY KEY, password_hash TEXT NOT NULL, updated_at INTEGER NOT NULL)"
             )
+            have = {row[0] for row in db.execute("SELECT name FROM pragma_table_info('kavach_users')")}
+        finally:
+            db.close()
+        missing = [c for c in COMPANIONS["kavach_users"] if c not in have]
+        if missing:
+            raise sqlite3.DatabaseError(f"table kavach_users lacks {', '.join(missing)}: not kavachOS's users table")
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
@@ -265,18 +305,22 @@ class Users:
     def add(self, username: str, password: str) -> None:
         """Create or replace a user."""
         name = normalize_username(username)
-        if not name or len(name) > MAX_USERNAME or any(ord(c) < 0x20 for c in name):
+        if not name or len(name) > MAX_USERNAME:
             raise ValueError(f"a username has 1 to {MAX_USERNAME} printable characters")
         if not password or len(password) > MAX_PASSWORD:
             raise ValueError(f"a password has 1 to {MAX_PASSWORD} characters")
         self.store.set_hash(name, hash_password(password, log_n=self.log_n))
 
     def remove(self, username: str) -> bool:
+        """Delete a user; :class:`UsernameError` for a name no account can have."""
         return self.store.delete(normalize_username(username))
 
     def authenticate(self, username: str, password: str) -> str | None:
         """The subject when the password is right, else ``None`` (same cost either way)."""
-        name = normalize_username(username)
+        try:
+            name = normalize_username(username)
+        except UsernameError:  # no account has such a name, as with an empty one
+            return None
         if not name or len(name) > MAX_USERNAME or len(password) > MAX_PASSWORD:
             return None
         stored = self.store.get_hash(name)

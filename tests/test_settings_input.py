@@ -1,0 +1,383 @@
+"""Bad settings and usernames are refused up front, as one clear line, and change nothing.
+
+Each test drives the real ``kavach`` command where the defect shows there (``keys list`` resolves
+every setting and opens the instance; ``serve`` refuses before it listens), and the library types
+(:mod:`kavach_core.config`, :func:`kavach.users.normalize_username`) where other code builds them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import RESOURCE, make_config
+from kavach.settings import MAX_CONFIG_BYTES, SettingsError, resolve
+from kavach.users import MemoryUsers, UsernameError, Users, normalize_username
+from kavach_serve import Cli, free_port
+
+from kavach_core.config import Config, Lifetimes, Paths, ProtectedResource, RegistrationPolicy, is_host_name
+from kavach_core.errors import ConfigurationError
+
+DIGEST = hashlib.sha256(b"an initial access token").hexdigest()
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KAVACH_")}
+    env.update(extra)
+    return env
+
+
+CLI = Cli(clean_env)
+ok, bad = CLI.ok, CLI.bad
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> str:
+    return str(tmp_path / "k.db")
+
+
+def write(tmp_path: Path, text: str, name: str = "k.toml") -> str:
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+# -- 1. [registration] and the other configuration value types -------------------------------
+
+
+@pytest.mark.parametrize(
+    ("table", "expect"),
+    [
+        ('mode = "token"\ninitial_access_token_hashes = [1, 2]', "initial_access_token_hashes must be a list of"),
+        ('mode = "token"\ninitial_access_token_hashes = "abc"', "initial_access_token_hashes must be a list of"),
+        ('mode = "token"\ninitial_access_token_hashes = ["abc"]', "entry 1 is not a SHA-256 hex digest"),
+        (f'mode = "token"\ninitial_access_token_hashes = ["{DIGEST}", "{"g" * 64}"]', "entry 2 is not a SHA-256"),
+        ("rate_window = nan", "rate_window must be a whole number"),
+        ("rate_window = 0", "rate_window must be a whole number"),
+        ("rate_window = 1e30", "rate_window must be a whole number"),
+        ("rate_window = 99999999999999999", "rate_window must be a whole number"),
+        ("rate_limit = 1.5", "rate_limit must be a whole number"),
+        ("rate_limit = true", "rate_limit must be a whole number"),
+        ("rate_limit = inf", "rate_limit must be a whole number"),
+        ('rate_limit = "20"', "rate_limit must be a whole number"),
+        ("rate_limit = -1", "rate_limit must be a whole number"),
+        ('allowed_redirect_hosts = "abc"', "allowed_redirect_hosts must be a list of strings"),
+        ("allowed_redirect_hosts = [1]", "allowed_redirect_hosts must be a list of strings"),
+        ('allowed_redirect_hosts = ["app example.com"]', "'app example.com' is not a host name"),
+        ('allowed_redirect_hosts = ["*"]', "'*' is not a host name"),
+        ('allowed_redirect_hosts = ["a..example.com"]', "is not a host name"),
+        ("mode = 1", "mode must be one of open, token, closed"),
+    ],
+)
+def test_bad_registration_table_is_one_line(tmp_path: Path, db: str, table: str, expect: str) -> None:
+    config = write(tmp_path, f"[registration]\n{table}\n")
+    line = bad(["keys", "list", "--db", db, "--config", config], expect)
+    assert "registration" in line and "Error" not in line and "object" not in line
+    assert not Path(db).exists(), "a refused configuration writes nothing"
+
+
+def test_a_token_pasted_for_its_digest_is_not_echoed(tmp_path: Path, db: str) -> None:
+    token = "s3cr3t-initial-access-token"
+    config = write(tmp_path, f'[registration]\nmode = "token"\ninitial_access_token_hashes = ["{token}"]\n')
+    assert token not in bad(["keys", "list", "--db", db, "--config", config], "never the tokens")
+
+
+def test_serve_refuses_a_bad_registration_table_before_listening(tmp_path: Path, db: str) -> None:
+    config = write(tmp_path, '[registration]\nmode = "token"\ninitial_access_token_hashes = [1, 2]\n')
+    bad(["serve", "--port", str(free_port()), "--db", db, "--config", config], "initial_access_token_hashes")
+
+
+def test_good_registration_table_is_normalised(tmp_path: Path) -> None:
+    config = write(
+        tmp_path,
+        f'[registration]\nmode = "token"\ninitial_access_token_hashes = [" {DIGEST.upper()} "]\n'
+        'rate_limit = 0\nrate_window = 60\nallowed_redirect_hosts = ["App.Example.COM", "[2001:db8::1]"]\n',
+    )
+    policy = resolve({"config": config}, {}).registration_config()
+    assert policy.initial_access_token_hashes == (DIGEST,)
+    assert policy.allowed_redirect_hosts == ("app.example.com", "2001:db8::1")
+    assert (policy.rate_limit, policy.rate_window) == (0, 60)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "expect"),
+    [
+        ({"initial_access_token_hashes": "abc"}, "must be a list of strings"),
+        ({"initial_access_token_hashes": [1]}, "must be a list of strings"),
+        ({"initial_access_token_hashes": ["ab" * 31]}, "not a SHA-256 hex digest"),
+        ({"allowed_redirect_hosts": "abc"}, "must be a list of strings"),
+        ({"allowed_redirect_hosts": [None]}, "must be a list of strings"),
+        ({"allowed_redirect_hosts": [""]}, "is not a host name"),
+        ({"allowed_redirect_hosts": ["-bad.example"]}, "is not a host name"),
+        ({"allowed_redirect_hosts": ["x" * 64 + ".example"]}, "is not a host name"),
+        ({"rate_limit": True}, "rate_limit"),
+        ({"rate_limit": 2.0}, "rate_limit"),
+        ({"rate_limit": float("nan")}, "rate_limit"),
+        ({"rate_limit": 10**30}, "rate_limit"),
+        ({"rate_window": float("inf")}, "rate_window"),
+        ({"rate_window": "3600"}, "rate_window"),
+        ({"rate_window": False}, "rate_window"),
+        ({"mode": ["open"]}, "mode"),
+    ],
+)
+def test_registration_policy_checks_its_own_fields(kwargs: dict[str, Any], expect: str) -> None:
+    with pytest.raises(ConfigurationError, match=expect):
+        RegistrationPolicy(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"refresh_absolute": 10**30}, {"signing_key": 10**19}, {"client_secret": 2**63},
+     {"metadata_document_max": 10**12}],
+)
+def test_lifetimes_have_an_upper_bound(kwargs: dict[str, Any]) -> None:
+    """An expiry time past 64 bits would only fail later, in the store, on every request."""
+    with pytest.raises(ConfigurationError, match="whole number of seconds between 0 and"):
+        Lifetimes(**kwargs)
+
+
+def test_a_huge_lifetime_from_the_environment_is_one_line(db: str) -> None:
+    env = clean_env(KAVACH_REFRESH_ABSOLUTE_LIFETIME="9" * 25)
+    bad(["keys", "list", "--db", db], "lifetime refresh_absolute must be a whole number of seconds", env=env)
+
+
+@pytest.mark.parametrize(
+    ("build", "expect"),
+    [
+        (lambda: make_config(refresh_grace=True), "refresh_grace"),
+        (lambda: make_config(allow_insecure_http="no"), "allow_insecure_http must be true or false"),
+        (lambda: make_config(client_id_metadata_documents=1), "client_id_metadata_documents"),
+        (lambda: make_config(service_documentation=7), "service_documentation"),
+        (lambda: make_config(resources=RESOURCE), "resources must be a list"),
+        (lambda: make_config(resources=[7]), "resources must be a list"),
+        (lambda: Paths(token=7), "path token must be a string"),
+        (lambda: ProtectedResource(RESOURCE, scopes="abc"), "resource scopes must be"),
+        (lambda: ProtectedResource(RESOURCE, scopes={"tools:list": 1}), "resource scopes must be"),
+        (lambda: ProtectedResource(RESOURCE, scopes=[("tools:list",)]), "resource scopes must be"),
+        (lambda: ProtectedResource(RESOURCE, default_scopes="tools:list"), "default_scopes must be a list"),
+        (lambda: ProtectedResource(RESOURCE, name=None), "resource name must be a string"),
+    ],
+)
+def test_other_config_types_refuse_wrong_types(build: Any, expect: str) -> None:
+    with pytest.raises(ConfigurationError, match=expect):
+        build()
+
+
+def test_is_host_name() -> None:
+    for good in ("example.com", "a-b.example", "localhost", "127.0.0.1", "::1", "[::1]", "_svc.example", "x" * 63):
+        assert is_host_name(good), good
+    for wrong in ("", "*", ".", "a..b", "-a.example", "a-.example", "a b", "bücher.example", "x" * 64, "[x]", 1):
+        assert not is_host_name(wrong), wrong
+
+
+# -- 2. usernames ------------------------------------------------------------------------------
+
+UNPRINTABLE = ["a\x7fb", "a\x85b", "rlo\u202eb", "zero\u200bwidth", "line\u2028sep", "para\u2029sep", "bom\ufeff",
+               "tab\tin", "ctl\x01"]
+
+
+@pytest.mark.parametrize("name", UNPRINTABLE)
+def test_unprintable_usernames_are_refused(db: str, name: str) -> None:
+    line = bad(["users", "add", name, "--db", db, "--password-stdin"], "username must not contain", stdin="pw\n")
+    assert name not in line and "U+" in line, "the character is named by its code point, not printed raw"
+    assert ok(["users", "list", "--db", db]) == "", "nothing was created"
+    bad(["users", "remove", name, "--db", db], "username must not contain")
+
+
+def test_a_lone_surrogate_username_is_refused() -> None:
+    # Bytes that are not UTF-8 reach Python as lone surrogates (surrogateescape: argv, the environment).
+    with pytest.raises(UsernameError, match="valid Unicode"):
+        normalize_username(os.fsdecode(b"caf\xe9"))
+    assert Users(MemoryUsers(), log_n=10).authenticate("caf\udce9", "pw") is None
+
+
+def test_printable_usernames_are_still_accepted_and_normalised(db: str) -> None:
+    for name in ("alice", " José ", "名前", "Mary Ann"):
+        ok(["users", "add", name, "--db", db, "--password-stdin"], stdin="pw\n")
+    assert ok(["users", "list", "--db", db]).splitlines() == sorted(["alice", "José", "名前", "Mary Ann"])
+    assert "removed user ' alice '" in ok(["users", "remove", " alice ", "--db", db])
+
+
+def test_one_rule_for_every_path_that_takes_a_username() -> None:
+    assert normalize_username(" \uff41lice ") == "alice"  # NFKC: fullwidth a
+    for name in UNPRINTABLE:
+        with pytest.raises(UsernameError, match="username"):
+            normalize_username(name)
+    assert isinstance(UsernameError("x"), ValueError) and isinstance(UsernameError("x"), SettingsError)
+    users = Users(MemoryUsers(), log_n=10)
+    users.add("alice", "pw")
+    assert users.authenticate("alice", "pw") == "alice"
+    assert users.authenticate("ali\u200bce", "pw") is None  # the sign-in form: refused, not an error
+    assert users.authenticate("alice\u202e", "pw") is None
+    with pytest.raises(ValueError, match="username"):
+        users.add("bob\u2028", "pw")
+    with pytest.raises(UsernameError):
+        users.remove("alice\x7f")
+    assert users.store.usernames() == ("alice",)
+
+
+# -- 3. trusted proxies covering every address -------------------------------------------------
+
+
+@pytest.mark.parametrize("network", ["0.0.0.0/0", "::/0", "10.0.0.1, 0.0.0.0/0", "1.2.3.4/0"])
+def test_trusted_proxies_that_cover_everything_are_refused(tmp_path: Path, db: str, network: str) -> None:
+    with pytest.raises(SettingsError, match="covers every address"):
+        resolve({"trusted_proxies": network}, {})
+    bad(["keys", "list", "--db", db], "covers every address", env=clean_env(KAVACH_TRUSTED_PROXIES=network))
+    items = [n.strip() for n in network.split(",")]
+    config = write(tmp_path, "trusted_proxies = [" + ", ".join(f'"{n}"' for n in items) + "]\n")
+    bad(["keys", "list", "--db", db, "--config", config], "covers every address")
+
+
+def test_serve_refuses_a_trusted_proxy_network_covering_everything(db: str) -> None:
+    bad(["serve", "--port", str(free_port()), "--db", db, "--trusted-proxies", "0.0.0.0/0"], "covers every address")
+
+
+def test_narrow_trusted_proxy_networks_are_still_accepted() -> None:
+    assert resolve({"trusted_proxies": "10.0.0.0/8 ::1 0.0.0.0/1"}, {}).trusted_proxies == (
+        "10.0.0.0/8", "::1", "0.0.0.0/1"
+    )
+
+
+# -- 4. the config file: only a regular file, at most 1 MiB ------------------------------------
+
+
+def test_a_fifo_config_file_is_refused_at_once(tmp_path: Path, db: str) -> None:
+    fifo = tmp_path / "f.toml"
+    os.mkfifo(fifo)
+    bad(["keys", "list", "--db", db, "--config", str(fifo)], "is not a regular file")
+    bad(["keys", "list", "--db", db], "is not a regular file", env=clean_env(KAVACH_CONFIG=str(fifo)))
+
+
+def test_a_device_config_file_is_refused(db: str) -> None:
+    bad(["keys", "list", "--db", db, "--config", "/dev/zero"], "is not a regular file")
+
+
+def test_a_config_file_over_the_size_cap_is_refused(tmp_path: Path, db: str) -> None:
+    big = tmp_path / "big.toml"
+    big.write_text("# padding\n" * (MAX_CONFIG_BYTES // 10 + 1))
+    bad(["keys", "list", "--db", db, "--config", str(big)], "larger than 1 MiB")
+    fits = tmp_path / "fits.toml"
+    fits.write_text("port = 8001\n" + "#" * (MAX_CONFIG_BYTES - 13) + "\n")
+    assert len(fits.read_bytes()) == MAX_CONFIG_BYTES
+    assert resolve({"config": str(fits)}, {}).port == 8001
+
+
+def test_a_directory_config_file_still_says_so(tmp_path: Path, db: str) -> None:
+    bad(["keys", "list", "--db", db, "--config", str(tmp_path)], "is a directory")
+
+
+# -- 5. ports of the issuer and the upstream ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("issuer", "expect"),
+    [("https://a.example:0", "give a port between 1 and 65535"), ("https://a.example:", "give a port"),
+     ("https://a.example:99999", "is not a valid URL"), ("https://[::1", "is not a valid URL")],
+)
+def test_issuer_ports(db: str, issuer: str, expect: str) -> None:
+    bad(["keys", "list", "--db", db], expect, env=clean_env(KAVACH_ISSUER=issuer))
+    with pytest.raises(ConfigurationError, match=expect):
+        make_config(issuer=issuer)
+
+
+def test_serve_refuses_an_issuer_on_port_zero(db: str) -> None:
+    bad(["serve", "--port", str(free_port()), "--db", db, "--issuer", "https://a.example:0"], "port")
+
+
+@pytest.mark.parametrize(
+    ("upstream", "expect"),
+    [("http://127.0.0.1:99999/mcp", "is not a valid URL"), ("http://[::1/mcp", "is not a valid URL"),
+     ("http://[x", "is not a valid URL"), ("http://127.0.0.1:0/mcp", "give a port between 1 and 65535"),
+     ("http://127.0.0.1:/mcp", "give a port")],
+)
+def test_upstream_ports_and_malformed_urls(tmp_path: Path, db: str, upstream: str, expect: str) -> None:
+    bad(["keys", "list", "--db", db], expect, env=clean_env(KAVACH_UPSTREAM=upstream))
+    config = write(tmp_path, f'upstream = "{upstream}"\n')
+    bad(["keys", "list", "--db", db, "--config", config], expect)
+
+
+def test_serve_refuses_a_malformed_upstream_flag(db: str) -> None:
+    bad(["serve", "--port", str(free_port()), "--db", db, "--upstream", "http://[::1/mcp"], "is not a valid URL")
+    bad(["serve", "--port", str(free_port()), "--db", db, "--upstream", "http://127.0.0.1:99999/mcp"], "valid URL")
+
+
+def test_good_upstream_is_kept() -> None:
+    assert resolve({"upstream": "http://[::1]:9000/mcp"}, {}).upstream == "http://[::1]:9000/mcp"
+
+
+# -- 6. smaller things -------------------------------------------------------------------------
+
+
+def test_log_level_from_file_and_environment_in_any_case(tmp_path: Path) -> None:
+    assert resolve({}, {"KAVACH_LOG_LEVEL": "DEBUG"}).log_level == "debug"
+    assert resolve({"config": write(tmp_path, 'log_level = "Warning"\n')}, {}).log_level == "warning"
+
+
+@pytest.mark.parametrize(
+    ("table", "expect"),
+    [("allow_hosts = [1]", "documents.allow_hosts must be a list of host names"),
+     ('deny_hosts = "x.example"', None),
+     ('allow_hosts = ["*"]', "'*' is not a host name"),
+     ('allow_hosts = [""]', "'' is not a host name"),
+     ("allow_hosts = []", "names no host"),
+     ('deny_hosts = ["a..b"]', "'a..b' is not a host name")],
+)
+def test_document_hosts_in_the_file(tmp_path: Path, db: str, table: str, expect: str | None) -> None:
+    config = write(tmp_path, f"[documents]\n{table}\n")
+    if expect is None:
+        assert resolve({"config": config}, {}).fetch_policy().deny_hosts == ("x.example",)
+        return
+    line = bad(["keys", "list", "--db", db, "--config", config], expect)
+    assert "scopes" not in line
+
+
+@pytest.mark.parametrize("host", ["", "*", " ", "a b", "http://x.example"])
+def test_document_host_flags_are_checked(db: str, host: str) -> None:
+    for flag in ("--document-allow-host", "--document-deny-host"):
+        bad(["serve", "--port", str(free_port()), "--db", db, flag, host], "is not a host name")
+
+
+def test_document_hosts_from_the_environment(db: str) -> None:
+    bad(["keys", "list", "--db", db], "KAVACH_DOCUMENT_ALLOW_HOSTS", env=clean_env(KAVACH_DOCUMENT_ALLOW_HOSTS="*"))
+    bad(["keys", "list", "--db", db], "names no host", env=clean_env(KAVACH_DOCUMENT_DENY_HOSTS=" , "))
+    policy = resolve({}, {"KAVACH_DOCUMENT_ALLOW_HOSTS": "*.example.com, .example.org a.example.net."}).fetch_policy()
+    assert policy.allow_hosts == ("*.example.com", ".example.org", "a.example.net")
+    flagged = resolve({"documents": {"allow_hosts": ["Mcp-Client.example.com"]}}, {}).fetch_policy()
+    assert flagged.allow_hosts == ("mcp-client.example.com",)
+
+
+@pytest.mark.parametrize("port", ["\u0661\u0662\u0663", "8_000", "8000.0", "+", "0x1f90", "\uff18\uff10\uff10\uff10"])
+def test_ports_and_numbers_from_the_environment_are_ascii_digits(db: str, port: str) -> None:
+    bad(["keys", "list", "--db", db], "KAVACH_PORT must be a whole number", env=clean_env(KAVACH_PORT=port))
+    bad(["keys", "list", "--db", db], "must be a whole number", env=clean_env(KAVACH_CODE_LIFETIME=port))
+    assert resolve({}, {"KAVACH_PORT": " 8001 "}).port == 8001
+
+
+def test_sqlite_store_urls_in_the_file_are_relative_to_it(tmp_path: Path) -> None:
+    conf_dir = tmp_path / "conf"
+    conf_dir.mkdir()
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    config = write(conf_dir, 'store = "sqlite:///data.db"\n')
+    assert resolve({"config": config}, {}).store == f"sqlite:///{conf_dir / 'data.db'}"
+    ok(["users", "add", "alice", "--config", config, "--password-stdin"], stdin="pw\n", cwd=run_dir)
+    assert (conf_dir / "data.db").exists() and not (run_dir / "data.db").exists()
+    assert ok(["users", "list", "--config", config], cwd=tmp_path).split() == ["alice"]
+    # The other forms keep their meaning: an absolute URL, a plain relative path, the shared stores.
+    absolute = f"sqlite:///{tmp_path / 'abs.db'}"
+    assert resolve({"config": write(conf_dir, f'store = "{absolute}"\n', "a.toml")}, {}).store == absolute
+    assert resolve({"config": write(conf_dir, 'store = "p.db"\n', "p.toml")}, {}).store == str(conf_dir / "p.db")
+    memory = write(conf_dir, 'store = "sqlite:///:memory:"\n', "m.toml")
+    assert resolve({"config": memory}, {}).store == "sqlite:///:memory:"
+    pg = "postgresql://kavach@db.internal/kavach"
+    assert resolve({"config": write(conf_dir, f'store = "{pg}"\n', "pg.toml")}, {}).store == pg
+    assert resolve({}, {"KAVACH_STORE": "sqlite:///data.db"}).store == "sqlite:///data.db", "env: relative to cwd"
+
+
+def test_config_is_still_built_from_good_settings() -> None:
+    config = Config(issuer="https://a.example:8443", resources=[RESOURCE], secret=b"s" * 32)
+    assert config.issuer == "https://a.example:8443" and config.resources[0].uri == RESOURCE
