@@ -74,8 +74,8 @@ def test_version() -> None:
 @pytest.mark.parametrize(
     "args",
     [["--bogus"], ["serve", "--bogus"], ["users", "list", "--nope"], ["keys", "rotate", "-x"], ["frobnicate"],
-     ["serve", "--port", "http"], ["serve", "--port", "70000"], ["clients", "add", "--name", "x"],
-     ["grants", "revoke"]],
+     ["serve", "--port", "http"], ["serve", "--port", "70000"], ["serve", "--port", "8_000"],
+     ["serve", "--port", "\u0661\u0662"], ["clients", "add", "--name", "x"], ["grants", "revoke"]],
     ids=lambda a: " ".join(a),
 )
 def test_bad_flags_are_one_line_and_status_2(args: list[str], db: str) -> None:
@@ -462,11 +462,11 @@ def test_grants_list_and_revoke_end_to_end(shared_db: str) -> None:
     with serve(extra_args=["--db", shared_db]) as served:
         tokens = obtain_tokens(served.issuer, served.mcp_url)
         assert tools_list(served.mcp_url, tokens["access_token"]).status_code == 200
-        listing = ok(["grants", "list", "--db", shared_db, "--subject", "alice"])
+        listing = ok(["grants", "list", "--db", shared_db, "--subject", " alice"])  # a username as typed
         assert "alice" in listing and tokens["client_id"] in listing and "active" in listing
         assert "no grants" in run(["grants", "list", "--db", shared_db, "--subject", "bob"]).stderr
         bad(["grants", "revoke", "--db", shared_db, "--grant", "nope"], "no grant with id 'nope'")
-        assert "revoked 1 grant" in ok(["grants", "revoke", "--db", shared_db, "--subject", "alice"])
+        assert "revoked 1 grant" in ok(["grants", "revoke", "--db", shared_db, "--subject", "alice "])
         assert "revoked" in ok(["grants", "list", "--db", shared_db])
         assert tools_list(served.mcp_url, tokens["access_token"]).status_code == 401
         assert refresh(served.issuer, tokens, served.mcp_url).json()["error"] == "invalid_grant"

@@ -113,6 +113,8 @@ def _flow_to_token(h: Harness, requested: list[str], ticked: list[str] | None) -
     if not isinstance(out, ConsentRequired):
         return out
     resp = h.run(authorize.approve(h.ctx(), out.ticket, "alice", tuple(ticked) if ticked is not None else None))
+    if "code" not in location_params(resp):
+        return resp
     code = location_params(resp)["code"]
     form = {
         "grant_type": "authorization_code",
@@ -135,8 +137,9 @@ def test_scope_issued_within_requested_and_catalogue_and_refresh_never_widens(
 ) -> None:
     """Issued scopes are always within requested ∩ catalogue (prefix rule; the defaults when
     nothing is requested); a request naming anything outside the catalogue is invalid_scope;
-    the person's ticks only narrow; every refresh issues a subset of what the grant holds and
-    a refresh asking for more is invalid_scope."""
+    the person's ticks only narrow, and ticking none of the requested scopes is access_denied;
+    every refresh issues a subset of what the grant holds and a refresh asking for more is
+    invalid_scope."""
     h = Harness()
     add_client(h)
     out = _flow_to_token(h, requested, ticked)
@@ -144,9 +147,12 @@ def test_scope_issued_within_requested_and_catalogue_and_refresh_never_widens(
         assert isinstance(out, Response) and out.status == 303
         assert location_params(out)["error"] == "invalid_scope"
         return
+    effective = requested or ["tools:list", "tools:call"]
+    if ticked is not None and not set(effective) & set(ticked):
+        assert isinstance(out, Response) and location_params(out)["error"] == "access_denied"
+        return
     assert isinstance(out, Response) and out.status == 200, out
     body = out.json()
-    effective = requested or ["tools:list", "tools:call"]
     issued = body["scope"].split()
     assert set(issued) <= set(effective)
     assert all(_covered(s, CATALOGUE) for s in issued)

@@ -132,7 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="DEVELOPMENT ONLY: fetch client metadata documents from loopback addresses",
     )
     serve.add_argument(
-        "--log-level", choices=("critical", "error", "warning", "info", "debug"), help="log level (KAVACH_LOG_LEVEL)"
+        "--log-level", type=str.lower, choices=("critical", "error", "warning", "info", "debug"),
+        help="log level (KAVACH_LOG_LEVEL)",
     )
     serve.add_argument(
         "--trusted-proxies", metavar="ADDRESSES",
@@ -210,6 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _port_arg(text: str) -> int:
+    if not (text.isascii() and text.isdigit()):  # int() would take "8_000" and other scripts' digits
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number")
     try:
         value = int(text, 10)
     except ValueError:
@@ -422,10 +425,24 @@ def _status(grant: Grant, now: int) -> str:
     return "active"
 
 
+def _grants_of(instance: Instance, subject: str | None, client_id: str | None = None) -> tuple[Grant, ...]:
+    """The grants of ``subject`` as given or, when it has none, as a local username is kept
+    (``' alice '`` is user ``alice``); subjects from an application's own login stay as given."""
+    found = tuple(instance.run(_one(fx.ListGrants(subject=subject, client_id=client_id))))
+    if found or subject is None:
+        return found
+    try:
+        username = normalize_username(subject)
+    except ValueError:
+        return ()
+    if username == subject:
+        return ()
+    return tuple(instance.run(_one(fx.ListGrants(subject=username, client_id=client_id))))
+
+
 def cmd_grants_list(args: argparse.Namespace) -> int:
     with _instance(args) as instance:
-        found = instance.run(_one(fx.ListGrants(subject=args.subject, client_id=args.client)))
-        grants: tuple[Grant, ...] = tuple(found)
+        grants = _grants_of(instance, args.subject, args.client)
     if not grants:
         print("no grants", file=sys.stderr)
         return 0
@@ -446,7 +463,7 @@ def cmd_grants_revoke(args: argparse.Namespace) -> int:
                 raise CliError(f"no grant with id {args.grant!r}")
             revoked = _revoke_grants(instance, [grant])
         else:
-            revoked = _revoke_grants(instance, instance.run(_one(fx.ListGrants(subject=args.subject))))
+            revoked = _revoke_grants(instance, _grants_of(instance, args.subject))
     print(f"revoked {revoked} grant{'s' if revoked != 1 else ''}")
     return 0
 
