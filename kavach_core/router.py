@@ -22,7 +22,8 @@ Every path except the authorization endpoint answers CORS (MD-04): an ``OPTIONS`
 preflight gets 204 with ``Access-Control-Allow-*``, and every actual response carries
 ``Access-Control-Allow-Origin: *`` (no credentials are ever allowed, so no cookie is ever sent
 cross-origin). The authorization endpoint is a page the person navigates to and never gets
-CORS headers (AZ-10). That rule lives only in :func:`route`.
+CORS headers (AZ-10). That rule lives in :func:`route`, and in :func:`cors_headers` for the
+answers an adapter gives when the flow itself fails (a store outage).
 """
 
 from __future__ import annotations
@@ -227,6 +228,16 @@ def _dispatch(ctx: Context, req: HttpRequest, route: Route) -> Flow[Outcome]:
         return error_response(err)
 
 
+_ANY_ORIGIN = (("Access-Control-Allow-Origin", "*"),)
+
+
+def cors_headers(config: Config, path: str) -> tuple[tuple[str, str], ...]:
+    """The CORS header an answer on ``path`` carries (MD-04): for a failure an adapter answers
+    itself (503, 500), so a browser client reads it instead of a network error."""
+    target = _table(config).get(path)
+    return _ANY_ORIGIN if target is not None and target.cors else ()
+
+
 def route(ctx: Context, req: HttpRequest) -> Flow[Response | ConsentRequired]:
     """Answer ``req``: find its endpoint, check the method, apply CORS (MD-04)."""
     target = _table(ctx.config).get(req.path)
@@ -239,5 +250,5 @@ def route(ctx: Context, req: HttpRequest) -> Flow[Response | ConsentRequired]:
         if req.method == "HEAD":  # RFC 9110 §9.3.2: the GET answer's headers, no content; §8.6: its length
             outcome = attrs.evolve(outcome, body=b"").with_headers((("Content-Length", str(len(outcome.body))),))
         if target.cors:
-            outcome = outcome.with_headers((("Access-Control-Allow-Origin", "*"),))
+            outcome = outcome.with_headers(_ANY_ORIGIN)
     return outcome

@@ -101,7 +101,9 @@ def test_flask_oversized_bodies_are_413() -> None:
     client = _flask(_server()).test_client()
     big = b"x" * (kflask.MAX_BODY + 1)
     assert client.post("/token", data=big, content_type="application/x-www-form-urlencoded").status_code == 413
-    assert client.post("/mcp", data=big, content_type="application/json").status_code == 413
+    too_large = client.post("/mcp", data=big, content_type="application/json")
+    assert too_large.status_code == 413
+    assert too_large.get_json() == {"error": "invalid_request", "error_description": "the request body is too large"}
 
 
 def test_flask_hook_hands_the_principal_and_strips_the_token(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -186,7 +188,9 @@ def test_aiohttp_oversized_bodies_are_413() -> None:
     async def body(client: TestClient) -> None:
         big = b"x" * 2048  # past this app's client_max_size
         assert (await client.post("/token", data=big)).status == 413
-        assert (await client.post("/mcp", data=big, headers={"Authorization": "Bearer a.b.c"})).status == 413
+        too_large = await client.post("/mcp", data=big, headers={"Authorization": "Bearer a.b.c"})
+        assert too_large.status == 413
+        assert (await too_large.json())["error_description"] == "the request body is too large"
 
     _with_client(_aiohttp(_server()), body)
 

@@ -62,6 +62,17 @@ def test_store_unavailable_is_503_temporarily_unavailable() -> None:
     assert r.status == 503
 
 
+def test_md_04_failures_on_cors_paths_carry_cors_too() -> None:
+    """A browser client reads a 503/500 on a CORS path instead of meeting a network error; the
+    authorization endpoint still gets no CORS header (AZ-10)."""
+    for server, status in ((_server(_Down()), 503), (_server(_Broken()), 500)):
+        for r in (server.handle(JWKS), asyncio.run(server.ahandle(JWKS))):
+            assert r.status == status and r.header("Access-Control-Allow-Origin") == "*"
+    authorize = HttpRequest("GET", "/authorize", (("client_id", "c"),))
+    r = _server(_Down()).handle(authorize)
+    assert r.status == 503 and r.header("Access-Control-Allow-Origin") is None
+
+
 def test_gn_03_unexpected_error_is_500_without_details(caplog: pytest.LogCaptureFixture) -> None:
     r = _server(_Broken()).handle(JWKS)
     assert r.status == 500 and r.json() == {"error": "server_error"}

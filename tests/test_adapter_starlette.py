@@ -87,7 +87,8 @@ def test_guard_refuses_oversized_bodies_and_websockets() -> None:
     server = AuthorizationServer(make_config(), _store(), users=Users(MemoryUsers(), log_n=10))
     guard = KavachGuard(_tools, server, RESOURCE)  # type: ignore[arg-type]
     with TestClient(Starlette(routes=[Route("/mcp", guard)])) as client:
-        assert client.post("/mcp", content=b"x" * (4 * 1024 * 1024 + 1)).status_code == 413
+        too_large = client.post("/mcp", content=b"x" * (4 * 1024 * 1024 + 1))
+        assert too_large.status_code == 413 and too_large.json()["error_description"] == "the request body is too large"
     messages: list[Any] = []
 
     async def receive() -> Any:

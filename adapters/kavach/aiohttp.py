@@ -24,10 +24,10 @@ from typing import Any
 from aiohttp import hdrs, web
 
 from kavach_core.guard import Principal
-from kavach_core.http import HttpRequest, Response, json_response
+from kavach_core.http import HttpRequest, Response
 from kavach_core.resource_indicators import PRM_WELL_KNOWN, resource_path
 
-from .server import AuthorizationServer, failure_response, incoming
+from .server import TOO_LARGE, AuthorizationServer, failure_response, incoming
 
 Required = Callable[[HttpRequest], "tuple[str, ...] | Response"]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -58,7 +58,6 @@ async def _body(request: web.Request) -> bytes | None:
         return None
 
 
-_TOO_LARGE = json_response(413, {"error": "invalid_request"}, no_store=True)
 
 
 def endpoint(server: AuthorizationServer) -> Handler:
@@ -67,7 +66,7 @@ def endpoint(server: AuthorizationServer) -> Handler:
     async def answer(request: web.Request) -> web.StreamResponse:
         try:
             body = await _body(request)
-            response = _TOO_LARGE if body is None else await server.ahandle(_translate(request, body))
+            response = TOO_LARGE if body is None else await server.ahandle(_translate(request, body))
         except Exception as exc:  # GN-03: never aiohttp's own error page
             response = failure_response(exc)
         return _outgoing(response)
@@ -112,7 +111,7 @@ def guard_middleware(
         try:
             body = await _body(inner)
             if body is None:
-                return _outgoing(_TOO_LARGE)
+                return _outgoing(TOO_LARGE)
             req = _translate(request, body)
             scopes = need(req)
             outcome = scopes if isinstance(scopes, Response) else await server.aguard(canonical, req, scopes)

@@ -29,7 +29,7 @@ from kavach_core.guard import Principal
 from kavach_core.http import HttpRequest, Response, json_response
 from kavach_core.resource_indicators import PRM_WELL_KNOWN, resource_path
 
-from .server import AuthorizationServer, failure_response, incoming
+from .server import TOO_LARGE, AuthorizationServer, failure_response, incoming
 
 Required = Callable[[HttpRequest], "tuple[str, ...] | Response"]
 View = TypeVar("View", bound=Callable[..., Any])
@@ -71,7 +71,7 @@ def _body() -> bytes | None:
 
 
 def _too_large() -> flask.Response:
-    return _outgoing(json_response(413, {"error": "invalid_request"}, no_store=True))
+    return _outgoing(TOO_LARGE)
 
 
 def mount(app: flask.Flask, server: AuthorizationServer, *, name: str = "kavach") -> None:

@@ -38,6 +38,7 @@ from kavach_core.mcp_methods import DEFAULT_MAP, McpScopeMap
 from kavach_core.messages.authorization import ConsentRequired
 from kavach_core.params import Params, form_params
 from kavach_core.resource_indicators import canonical_resource
+from kavach_core.router import cors_headers
 from kavach_core.verified_cache import VerifiedCache
 
 from . import pages
@@ -145,6 +146,12 @@ def _no_fetcher() -> fx.FetchRefused:
     return fx.FetchRefused("this server is not configured to fetch client metadata documents")
 
 
+TOO_LARGE = json_response(
+    413, {"error": "invalid_request", "error_description": "the request body is too large"}, no_store=True
+)
+"""What every adapter answers to a body over its limit (RFC 9110 §15.5.14), before the core sees it."""
+
+
 def failure_response(exc: BaseException) -> Response:
     """503 when the store is down, 500 for anything else; never a stack trace (GN-03)."""
     if isinstance(exc, StoreUnavailable):
@@ -238,14 +245,14 @@ class AuthorizationServer:
         try:
             return run(self._serve(self.context(), req), _SyncPerformer(self.store, self.fetcher))
         except Exception as exc:
-            return failure_response(exc)
+            return failure_response(exc).with_headers(cors_headers(self.config, req.path))
 
     async def ahandle(self, req: HttpRequest) -> Response:
         """Answer ``req`` on an event loop (Starlette, aiohttp); blocking steps run in threads."""
         try:
             return await arun(self._serve(self.context(), req), _AsyncPerformer(self.store, self.fetcher))
         except Exception as exc:
-            return failure_response(exc)
+            return failure_response(exc).with_headers(cors_headers(self.config, req.path))
 
     def protected(self, resource: str) -> str:
         """The canonical URI of configured resource ``resource``; ``ValueError`` when unknown (RS-05)."""

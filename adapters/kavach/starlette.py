@@ -20,10 +20,10 @@ from urllib.parse import urlsplit
 from starlette.applications import Starlette
 from starlette.routing import Route
 
-from kavach_core.http import HttpRequest, Response, json_response
+from kavach_core.http import HttpRequest, Response
 from kavach_core.resource_indicators import PRM_WELL_KNOWN, resource_path
 
-from .server import AuthorizationServer, incoming
+from .server import TOO_LARGE, AuthorizationServer, incoming
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -39,7 +39,6 @@ class _TooLarge(Exception):
     pass
 
 
-_TOO_LARGE = json_response(413, {"error": "invalid_request"}, no_store=True)
 
 
 async def _read_rest(receive: Receive, limit: int, message: Message) -> bytes:
@@ -87,7 +86,7 @@ async def _body(receive: Receive, send: Send) -> bytes | None:
             return await _read_rest(receive, MAX_BODY, message)
         except _TooLarge:
             pass
-    await _send(send, _TOO_LARGE)
+    await _send(send, TOO_LARGE)
     return None
 
 
