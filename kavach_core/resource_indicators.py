@@ -3,6 +3,8 @@
 RFC 8707 §2: ``resource`` is an absolute URI without a fragment. The MCP authorization spec
 (canonical server URI) and RS-05: lower-case scheme and host, no default port, no fragment,
 no trailing slash unless the path is the root; both sides are compared after canonicalisation.
+A path with percent-encodings or dot segments has other spellings (RFC 3986 §6.2.2.2, §6.2.2.3)
+that a server's decoded request path would not equal, so it is refused rather than guessed at.
 """
 
 from __future__ import annotations
@@ -86,6 +88,10 @@ def _canonical(uri: str) -> str:
         host = f"[{host}]"
     netloc = host if port is None or port == _DEFAULT_PORTS[scheme] else f"{host}:{port}"
     path = parts.path
+    if "%" in path:
+        raise ValueError(f"{uri!r}: write the path without percent-encoding (servers compare paths decoded)")
+    if any(segment in (".", "..") for segment in path.split("/")):
+        raise ValueError(f"{uri!r}: write the path without dot segments (RFC 3986 §5.2.4)")
     if path == "/":
         path = ""
     elif path.endswith("/"):

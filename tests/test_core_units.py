@@ -514,6 +514,12 @@ def test_rs_05_canonical_resource(uri: str, canonical: str) -> None:
         "https://u@a.example/",
         "https://a.example:port/",
         "https://a.example\x01/",
+        # other spellings of a path: a guard comparing the decoded request path would miss them
+        "https://a.example/x/../mcp",
+        "https://a.example/./mcp",
+        "https://a.example/%7Emcp",
+        "https://a.example/m%63p",
+        "https://a.example/x/%2e%2e/mcp",
     ],
 )
 def test_rs_05_not_a_resource(uri: str) -> None:

@@ -39,7 +39,7 @@ def test_rs_05_az_06_resource_with_a_malformed_host_is_refused(uri: str) -> None
         ("http://[::1]:8000/mcp", "http://[::1]:8000/mcp"),
         ("https://[2001:DB8::1]/", "https://[2001:db8::1]"),
         ("https://xn--hst-vna.example/mcp", "https://xn--hst-vna.example/mcp"),
-        ("https://mcp.example.com/a%20b?x=1", "https://mcp.example.com/a%20b?x=1"),
+        ("https://mcp.example.com/a-b?x=%201", "https://mcp.example.com/a-b?x=%201"),
     ],
 )
 def test_rs_05_canonical_resource_is_idempotent(uri: str, canonical: str) -> None:
