@@ -351,6 +351,9 @@ class Config:
         for flag in ("allow_insecure_http", "client_id_metadata_documents"):
             if not isinstance(getattr(self, flag), bool):
                 raise ConfigurationError(f"{flag} must be true or false")
+        for name, kind in (("lifetimes", Lifetimes), ("registration", RegistrationPolicy), ("paths", Paths)):
+            if not isinstance(getattr(self, name), kind):
+                raise ConfigurationError(f"{name} must be a {kind.__name__} (kavach_core.config.{kind.__name__})")
         issuer = self.issuer
         if not isinstance(issuer, str) or not issuer:
             raise ConfigurationError("issuer must be an absolute https URL")
@@ -400,8 +403,33 @@ class Config:
             raise ConfigurationError(
                 "refresh_grace must be a whole number of seconds between 0 and 300 (0 disables it)"
             )
-        if self.service_documentation is not None and not isinstance(self.service_documentation, str):
-            raise ConfigurationError("service_documentation must be a URL (a string)")
+        docs = self.service_documentation
+        if docs is not None and (not isinstance(docs, str) or not docs.lower().startswith(("https://", "http://"))):
+            raise ConfigurationError("service_documentation must be an http(s) URL (RFC 8414 §2)")
+        self._check_paths()
+
+    def _check_paths(self) -> None:
+        """No endpoint path may shadow a metadata document, the sign-in and consent forms under
+        the authorization endpoint, or a protected resource served on the issuer's origin."""
+        prefix = self.issuer_path
+        endpoints = {prefix + str(getattr(self.paths, f.name)): f.name for f in attrs.fields(Paths)}
+        taken = {prefix or "/": "the issuer itself"}
+        for well_known in ("/.well-known/oauth-authorization-server", "/.well-known/openid-configuration"):
+            taken[well_known + prefix] = "a metadata document"
+        taken[prefix + "/.well-known/openid-configuration"] = "a metadata document"
+        forms = prefix + self.paths.authorization
+        for form in ("/login", "/consent", "/decision"):
+            taken[forms + form] = "the sign-in and consent forms"
+        origin = self.issuer[: len(self.issuer) - len(prefix)]
+        for resource in self.resources:
+            if resource.uri.startswith(origin + "/") or resource.uri == origin:
+                path = resource_path(resource.uri) or "/"
+                taken[path] = f"protected resource {resource.uri}"
+                taken["/.well-known/oauth-protected-resource" + resource_path(resource.uri)] = "a metadata document"
+        for path, name in endpoints.items():
+            if path in taken or path.startswith("/.well-known/"):
+                clash = taken.get(path, "the /.well-known/ documents")
+                raise ConfigurationError(f"path {name} ({path}) would shadow {clash}")
 
     # -- derived values ---------------------------------------------------------------
 

@@ -80,20 +80,30 @@ _PROMPTS_GET = "prompts:get"
 _SEGMENT_FORBIDDEN = frozenset(": ")
 
 
+_OVERRIDES_FORM = "overrides must map method names to scopes (a mapping, or (method, scopes) pairs)"
+
+
 def _freeze_overrides(
     value: Mapping[str, Iterable[str]] | Iterable[tuple[str, Iterable[str]]],
 ) -> tuple[tuple[str, tuple[str, ...]], ...]:
-    items = value.items() if isinstance(value, Mapping) else value
+    if isinstance(value, str) or not isinstance(value, Mapping | list | tuple):
+        raise ConfigurationError(_OVERRIDES_FORM)
+    items = list(value.items()) if isinstance(value, Mapping) else value
     out: list[tuple[str, tuple[str, ...]]] = []
-    for method, scopes in items:
-        if isinstance(scopes, str):
-            scopes = (scopes,)
-        out.append((method, tuple(scopes)))
+    for item in items:
+        if not isinstance(item, tuple | list) or len(item) != 2:
+            raise ConfigurationError(_OVERRIDES_FORM)
+        method, scopes = item
+        out.append((method, _freeze_scopes(scopes)))
     return tuple(out)
 
 
 def _freeze_scopes(value: Iterable[str]) -> tuple[str, ...]:
-    return (value,) if isinstance(value, str) else tuple(value)
+    if isinstance(value, str):
+        return (value,)
+    if not isinstance(value, list | tuple | set | frozenset):
+        raise ConfigurationError("scopes must be a scope or a list of scopes")
+    return tuple(value)
 
 
 def _distinct(scopes: tuple[str, ...]) -> tuple[str, ...]:
@@ -121,6 +131,9 @@ class McpScopeMap:
     defaults and the overrides (which win), so most requests cost one lookup."""
 
     def __attrs_post_init__(self) -> None:
+        for flag in ("per_tool", "per_prompt"):
+            if not isinstance(getattr(self, flag), bool):
+                raise ConfigurationError(f"{flag} must be True or False")
         seen: set[str] = set()
         for method, scopes in self.overrides:
             if not isinstance(method, str) or not method:

@@ -91,6 +91,12 @@ class LoginLimits:
     per_address: int = 50
     window: int = 900
 
+    def __attrs_post_init__(self) -> None:
+        for name in ("per_user", "per_address", "window"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"LoginLimits.{name} must be a whole number of at least 1, not {value!r}")
+
 
 @attrs.frozen
 class Call(fx.Effect):
@@ -161,6 +167,27 @@ def failure_response(exc: BaseException) -> Response:
     return json_response(500, {"error": "server_error"}, no_store=True)
 
 
+def _check_arguments(
+    config: object, store: object, users: object, login_limits: object, scope_map: object, fetcher: object,
+    session_lifetime: object, keyring_ttl: object,
+) -> None:
+    """Refuse, when the server is built, what would otherwise fail on every request."""
+    expected = (("config", config, Config, False), ("users", users, Users, True),
+                ("login_limits", login_limits, LoginLimits, True), ("scope_map", scope_map, McpScopeMap, False))
+    for name, value, kind, optional in expected:
+        if not isinstance(value, kind) and not (optional and value is None):
+            raise TypeError(f"{name} must be a {kind.__name__}, not {type(value).__name__}")
+    if not callable(getattr(store, "perform", None)):
+        raise TypeError(f"store must be a kavachOS store (kavach.stores.open_store), not {type(store).__name__}")
+    if fetcher is not None and not callable(getattr(fetcher, "fetch", None)):
+        raise TypeError(f"fetcher must be a kavach.fetcher.DocumentFetcher, not {type(fetcher).__name__}")
+    for name, number in (("session_lifetime", session_lifetime), ("keyring_ttl", keyring_ttl)):
+        if not isinstance(number, int | float) or isinstance(number, bool) or not 0 <= number < 10**7:
+            raise ValueError(f"{name} must be a number of seconds, not {number!r}")
+    if session_lifetime == 0:
+        raise ValueError("session_lifetime must be at least one second")
+
+
 class AuthorizationServer:
     """An OAuth 2.1 authorization server for MCP resources, ready to mount in any framework.
 
@@ -196,6 +223,11 @@ class AuthorizationServer:
     ) -> None:
         if users is None and identify is None:
             raise ValueError("give users= (built-in sign-in) or identify= (your application's login), or both")
+        _check_arguments(config, store, users, login_limits, scope_map, fetcher, session_lifetime, keyring_ttl)
+        for name, fn in (("identify", identify), ("login_url", login_url), ("clock", clock), ("entropy", entropy),
+                         ("router", router)):
+            if fn is not None and not callable(fn):
+                raise TypeError(f"{name} must be a function, not {type(fn).__name__}")
         if router is None:
             from kavach_core.router import route
 

@@ -146,6 +146,8 @@ class KavachGuard:
     def __init__(
         self, app: ASGIApp, server: AuthorizationServer, resource: str, *, required: Required | None = None
     ) -> None:
+        if required is not None and not callable(required):
+            raise TypeError("required must be a function of the request giving its scopes (or a response)")
         self.app = app
         self.server = server
         self.resource = server.protected(resource)
