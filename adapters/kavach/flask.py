@@ -12,18 +12,31 @@
 or, for a set of paths at once, ``protect(app, server, resource, paths={"/mcp"})`` (a
 ``before_request`` hook). The verified principal is ``flask.g.kavach_principal`` (also
 :func:`current_principal`), and the ``Authorization`` header is removed from the request before
-the view runs, so it cannot be forwarded upstream (RS-04). The kavach routes live in a blueprint
-whose error handlers answer JSON, so no debug page or stack trace reaches a client (GN-03).
+the view runs (``request.headers``, ``request.environ`` and the parsed ``request.authorization``
+alike), so it cannot be forwarded upstream (RS-04). The kavach routes live in a blueprint whose
+error handlers answer JSON, so no debug page or stack trace reaches a client (GN-03), and take
+every method, so the core answers 405 (with ``Allow``) and CORS preflights itself.
+
+A body larger than :data:`MAX_BODY` (or the app's ``MAX_CONTENT_LENGTH``, when smaller) is
+answered 413 before the core or the guard sees it, whether it came with ``Content-Length`` or
+chunked; the view is handed exactly the bytes the guard judged. Paths are the ones the client
+asked for: behind a WSGI prefix (``SCRIPT_NAME``) they include it.
+
+Flask is synchronous: :func:`mount` refuses an ``async`` ``identify`` hook.
 """
 
 from __future__ import annotations
 
+import inspect
+import io
 from collections.abc import Callable, Iterable
 from functools import wraps
-from typing import Any, TypeVar, cast
+from typing import IO, Any, TypeVar, cast
 
 import flask
-from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+from werkzeug.exceptions import ClientDisconnected, HTTPException, RequestEntityTooLarge
+from werkzeug.routing import Rule
+from werkzeug.wsgi import LimitedStream
 
 from kavach_core.guard import Principal
 from kavach_core.http import HttpRequest, Response, json_response
@@ -38,8 +51,7 @@ MAX_BODY = 4 * 1024 * 1024
 PRINCIPAL = "kavach_principal"
 """The attribute of :data:`flask.g` holding the verified :class:`~kavach_core.guard.Principal`."""
 
-METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
-"""Every kavach route takes every method, so the core answers 405 and CORS preflights itself."""
+_READ = 64 * 1024
 
 
 class _Plain(flask.Response):
@@ -54,16 +66,56 @@ def _outgoing(response: Response) -> flask.Response:
     return out
 
 
+def _full_path() -> str:
+    """The path the client asked for: the WSGI prefix (``SCRIPT_NAME``) and the app's own path."""
+    r = flask.request
+    return r.script_root + r.path
+
+
 def _translate(body: bytes) -> HttpRequest:
     r = flask.request
-    return incoming(r.method, r.path, r.query_string, r.headers.items(), body, r.remote_addr)
+    return incoming(r.method, _full_path(), r.query_string, r.headers.items(), body, r.remote_addr)
+
+
+def _read_at_most(stream: IO[bytes], count: int) -> bytes:
+    out = bytearray()
+    while len(out) < count:
+        try:
+            piece = stream.read(min(_READ, count - len(out)))
+        except (OSError, ValueError) as exc:  # a broken chunk, a dropped connection
+            raise ClientDisconnected() from exc
+        if not piece:
+            break
+        out += piece
+    return bytes(out)
 
 
 def _body() -> bytes | None:
-    """The request body, or ``None`` when it is larger than :data:`MAX_BODY`; cached for the view."""
-    r = flask.request
-    if r.max_content_length is None or r.max_content_length > MAX_BODY:
-        r.max_content_length = MAX_BODY
+    """The request body, or ``None`` when it is larger than the limit; cached for the view.
+
+    Werkzeug stops a chunked body at ``max_content_length`` without an error, so a chunked body
+    is read here from the server's (terminated) input, one byte past the limit: that byte
+    arriving means 413. The bytes read become the request's input, so every way the view reads
+    the body (``get_data``, ``json``, ``form``, ``stream``, ``input_stream``) gives the bytes the
+    guard judged, never a remainder it did not see.
+    """
+    r = cast(flask.Request, flask.request._get_current_object())  # type: ignore[attr-defined]
+    limit = MAX_BODY if r.max_content_length is None else min(r.max_content_length, MAX_BODY)
+    cached = getattr(r, "_cached_data", None)
+    if cached is not None:  # read before (an earlier hook): judge what the view will be given
+        stream = vars(r).get("stream")
+        cut = r.content_length is None and isinstance(stream, LimitedStream) and stream.is_exhausted
+        return None if cut or len(cached) > limit else cast(bytes, cached)
+    length = r.content_length
+    if length is not None and length > limit:
+        return None
+    if length is None and "wsgi.input_terminated" in r.environ:  # chunked: the server ends the stream
+        data = _read_at_most(r.environ["wsgi.input"], limit + 1)
+        if len(data) > limit:
+            return None
+        r.environ["wsgi.input"] = io.BytesIO(data)  # request.input_stream
+        r.stream = io.BytesIO(data)  # request.stream, get_data, form
+    r.max_content_length = limit
     try:
         return r.get_data(cache=True)
     except RequestEntityTooLarge:
@@ -74,20 +126,39 @@ def _too_large() -> flask.Response:
     return _outgoing(TOO_LARGE)
 
 
+def _any_method(
+    app: flask.Flask, blueprint: flask.Blueprint, endpoint: str, view: Callable[[], Any], paths: Iterable[str]
+) -> None:
+    """Route ``paths`` to ``view`` for every method (a Flask rule lists its methods; a Werkzeug
+    rule without any takes them all), under ``blueprint`` so its JSON error handler applies."""
+    name = f"{blueprint.name}.{endpoint}"
+    app.view_functions[name] = view
+    for path in paths:
+        app.url_map.add(Rule(path, endpoint=name, methods=None, strict_slashes=False))
+
+
+def _is_async(fn: Callable[..., Any]) -> bool:
+    """A coroutine function, or an object whose ``__call__`` is one."""
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(type(fn).__call__)
+
+
 def mount(app: flask.Flask, server: AuthorizationServer, *, name: str = "kavach") -> None:
     """Add every path the authorization server answers (metadata, endpoints, sign-in and consent)."""
+    identify = getattr(server, "identify", None)
+    if identify is not None and _is_async(identify):
+        raise TypeError(
+            f"identify={identify!r} is async, and Flask calls it synchronously: give a plain"
+            " (sync) function, or use the Starlette or aiohttp adapter"
+        )
     blueprint = flask.Blueprint(name, __name__)
+    blueprint.register_error_handler(Exception, _on_error)
+    app.register_blueprint(blueprint)
 
     def answer() -> flask.Response:
         body = _body()
         return _too_large() if body is None else _outgoing(server.handle(_translate(body)))
 
-    for path in server.paths():
-        blueprint.add_url_rule(
-            path, "answer", answer, methods=list(METHODS), provide_automatic_options=False, strict_slashes=False
-        )
-    blueprint.register_error_handler(Exception, _on_error)
-    app.register_blueprint(blueprint)
+    _any_method(app, blueprint, "answer", answer, server.paths())
 
 
 def _on_error(exc: Exception) -> flask.Response:
@@ -95,6 +166,18 @@ def _on_error(exc: Exception) -> flask.Response:
     if isinstance(exc, HTTPException) and exc.code is not None and exc.code < 500:
         return _outgoing(json_response(exc.code, {"error": "invalid_request"}, no_store=True))
     return _outgoing(failure_response(exc))
+
+
+def _remove_authorization() -> None:
+    """RS-04: the token leaves the request, including what Werkzeug parsed from it already."""
+    r = cast(flask.Request, flask.request._get_current_object())  # type: ignore[attr-defined]
+    r.environ.pop("HTTP_AUTHORIZATION", None)
+    vars(r).pop("authorization", None)  # a cached_property: an earlier hook may have read it
+    if r.authorization is not None or "Authorization" in r.headers:
+        raise RuntimeError(
+            "kavach could not remove the Authorization header from the Flask request, so the view"
+            " is not called (RS-04); this Flask version may need a kavach update"
+        )
 
 
 def _check(server: AuthorizationServer, resource: str, required: Required) -> flask.Response | None:
@@ -106,13 +189,24 @@ def _check(server: AuthorizationServer, resource: str, required: Required) -> fl
         req = _translate(body)
         need = required(req)
         outcome = need if isinstance(need, Response) else server.guard(resource, req, need)
+        if not isinstance(outcome, Response):
+            _remove_authorization()
     except Exception as exc:
-        outcome = failure_response(exc)
+        return _on_error(exc)
     if isinstance(outcome, Response):
         return _outgoing(outcome)
     setattr(flask.g, PRINCIPAL, outcome)
-    flask.request.environ.pop("HTTP_AUTHORIZATION", None)  # RS-04: never passed on
     return None
+
+
+def _required(server: AuthorizationServer, required: Required | None) -> Required:
+    if required is None:
+        return server.required_scopes
+    if not callable(required):
+        raise TypeError(
+            f"required= takes a function of the request giving its scopes (or a response), not {required!r}"
+        )
+    return required
 
 
 def guarded(server: AuthorizationServer, resource: str, *, required: Required | None = None) -> Callable[[View], View]:
@@ -122,7 +216,7 @@ def guarded(server: AuthorizationServer, resource: str, *, required: Required | 
     (default: the scopes of its JSON-RPC method(s); a batch needs every one).
     """
     canonical = server.protected(resource)
-    need = required or server.required_scopes
+    need = _required(server, required)
 
     def decorate(view: View) -> View:
         @wraps(view)
@@ -135,6 +229,25 @@ def guarded(server: AuthorizationServer, resource: str, *, required: Required | 
     return decorate
 
 
+def _bare(path: str) -> str:
+    """``path`` without trailing slashes, so ``/mcp/`` is guarded with ``/mcp`` (a view may take both)."""
+    return path.rstrip("/") or "/"
+
+
+def _guarded_paths(paths: Iterable[str] | None, canonical: str) -> frozenset[str]:
+    if paths is None:
+        return frozenset({_bare(resource_path(canonical) or "/")})
+    if isinstance(paths, (str, bytes, bytearray)) or not isinstance(paths, Iterable):
+        raise TypeError(f"paths= takes a collection of paths, such as paths={{'/mcp'}}, not {paths!r}")
+    found = frozenset(paths)
+    for path in found:
+        if not isinstance(path, str) or not path.startswith("/"):
+            raise ValueError(f"paths= takes paths starting with '/', such as '/mcp', not {path!r}")
+    if not found:
+        raise ValueError("paths= is empty: the hook would guard nothing")
+    return frozenset(_bare(path) for path in found)
+
+
 def protect(
     app: flask.Flask,
     server: AuthorizationServer,
@@ -145,26 +258,32 @@ def protect(
 ) -> None:
     """Guard every request to ``paths`` (default: the resource's own path) with a ``before_request`` hook.
 
+    A request is guarded when the path the client asked for (WSGI prefix included) or the app's
+    own path (without it) is one of ``paths``, trailing slashes aside: an app mounted under a
+    prefix is guarded whichever way its paths are written.
+
     The resource's metadata (MD-03, CORS per MD-04) is answered too when :func:`mount` did not
     already add it, so a resource whose authorization server runs elsewhere needs only this.
     """
     canonical = server.protected(resource)
-    guarded_paths = frozenset(paths) if paths is not None else frozenset({resource_path(canonical) or "/"})
-    need = required or server.required_scopes
+    guarded_paths = _guarded_paths(paths, canonical)
+    need = _required(server, required)
     metadata_path = PRM_WELL_KNOWN + resource_path(canonical)
     if not any(rule.rule == metadata_path for rule in app.url_map.iter_rules()):
         blueprint = flask.Blueprint(f"kavach_resource_{len(app.blueprints)}", __name__)
+        blueprint.register_error_handler(Exception, _on_error)
+        app.register_blueprint(blueprint)
 
         def metadata() -> flask.Response:
             return _outgoing(server.handle(_translate(b"")))
 
-        blueprint.add_url_rule(metadata_path, "metadata", metadata, methods=list(METHODS),
-                               provide_automatic_options=False)
-        blueprint.register_error_handler(Exception, _on_error)
-        app.register_blueprint(blueprint)
+        _any_method(app, blueprint, "metadata", metadata, (metadata_path,))
 
     def hook() -> flask.Response | None:
-        return _check(server, canonical, need) if flask.request.path in guarded_paths else None
+        r = flask.request
+        if _bare(_full_path()) in guarded_paths or _bare(r.path) in guarded_paths:
+            return _check(server, canonical, need)
+        return None
 
     app.before_request(hook)
 
