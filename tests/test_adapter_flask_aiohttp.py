@@ -15,6 +15,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from conftest import RESOURCE, make_config
 from e2e_frameworks import FRAMEWORKS, serve_flask
 from kavach import flask as kflask
+from kavach.aiohttp import MAX_BODY as AIOHTTP_MAX_BODY
 from kavach.aiohttp import PRINCIPAL, guard_middleware, mount
 from kavach.server import AuthorizationServer
 from kavach.users import MemoryUsers, Users
@@ -186,7 +187,7 @@ def test_aiohttp_gn_03_no_stack_trace(store: Any, status: int) -> None:
 
 def test_aiohttp_oversized_bodies_are_413() -> None:
     async def body(client: TestClient) -> None:
-        big = b"x" * 2048  # past this app's client_max_size
+        big = b"x" * (AIOHTTP_MAX_BODY + 1)  # the adapters' cap, whatever the app's client_max_size
         assert (await client.post("/token", data=big)).status == 413
         too_large = await client.post("/mcp", data=big, headers={"Authorization": "Bearer a.b.c"})
         assert too_large.status == 413

@@ -10,10 +10,15 @@
         body = await request.json()           # the body the guard read is still there
 
 The middleware guards the resource's own path (or the ``paths`` given), reads the JSON-RPC
-method(s) from the body to require their scopes, hands the handler a copy of the request without
-the ``Authorization`` header (RS-04), and returns the handler's response as it is, so a
+method(s) from the body to require their scopes, removes the ``Authorization`` header from the
+request before the handler sees it (RS-04; the same request object, so state the handler sets is
+seen by outer middlewares), and returns the handler's response as it is, so a
 :class:`~aiohttp.web.StreamResponse` streams unbuffered. It also answers the resource's
 metadata (MD-03, CORS per MD-04) when :func:`mount` did not.
+
+Bodies are capped at :data:`MAX_BODY` (4 MiB, as in the Starlette and Flask adapters) on guarded
+paths and on the mounted endpoints, whatever the application's ``client_max_size``: a larger one
+does not let a bigger body through, a smaller one does not refuse a body the other adapters take.
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from aiohttp import hdrs, web
+from aiohttp.typedefs import Middleware
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from kavach_core.guard import Principal
 from kavach_core.http import HttpRequest, Response
@@ -31,6 +38,10 @@ from .server import TOO_LARGE, AuthorizationServer, failure_response, incoming
 
 Required = Callable[[HttpRequest], "tuple[str, ...] | Response"]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+MAX_BODY = 4 * 1024 * 1024
+"""The largest request body the guard and the mounted endpoints read; past it they answer
+:data:`~kavach.server.TOO_LARGE` (413). The application's ``client_max_size`` does not apply here."""
 
 PRINCIPAL: Any = getattr(web, "RequestKey", lambda name, _: name)("kavach.principal", Principal)
 """The request key holding the verified :class:`~kavach_core.guard.Principal` (a typed
@@ -51,13 +62,69 @@ def _translate(request: web.Request, body: bytes, headers: Iterable[tuple[str, s
 
 
 async def _body(request: web.Request) -> bytes | None:
-    """The body (cached on the request for its handler), ``None`` past the app's ``client_max_size``."""
-    try:
-        return await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        return None
+    """The whole body, ``None`` past :data:`MAX_BODY`; kept on the request, where ``request.read()``
+    (``text()``, ``json()``, ``post()``) finds it, so the handler reads it again.
+
+    ``request.read()`` itself stops at the app's ``client_max_size`` instead, so the stream is read
+    here. A body an outer middleware already read is the one aiohttp kept."""
+    if not request.can_read_body:  # read before (aiohttp kept it), or none at all
+        body = await request.read()
+        return body if len(body) <= MAX_BODY else None
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := await request.content.readany():
+        size += len(chunk)
+        if size > MAX_BODY:
+            return None
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    request._read_bytes = body  # where aiohttp keeps a read body (BaseRequest.read)
+    if await request.read() is not body:
+        raise RuntimeError("aiohttp did not keep the request body for the handler")
+    return body
 
 
+def _is_authorization(name: bytes) -> bool:
+    return name.lower() == b"authorization"
+
+
+def _remove_authorization(request: web.Request) -> None:
+    """Remove every ``Authorization`` header from ``request`` itself (RS-04), then check it is gone.
+
+    aiohttp's only public way to change a request's headers, ``clone(headers=...)``, refuses a
+    request whose body was read (an outer middleware may have read it), re-encodes every header
+    value as UTF-8 (a latin-1 byte, RFC 9110 §5.5 obs-text, makes it raise), and gives the handler
+    a copy whose state outer middlewares never see. So the request's own header fields are
+    replaced: the parsed ones and the raw ones, the other headers' bytes untouched. Anything
+    unexpected raises, and the guard answers 500 without calling the handler."""
+    if hdrs.AUTHORIZATION in request.headers or any(_is_authorization(k) for k, _ in request.raw_headers):
+        kept = CIMultiDict(request.headers)
+        kept.popall(hdrs.AUTHORIZATION, None)
+        raw = tuple((k, v) for k, v in request.raw_headers if not _is_authorization(k))
+        message = request._message._replace(headers=CIMultiDictProxy(kept), raw_headers=raw)
+        request._message = message
+        request._headers = message.headers
+        request._cache.pop("headers", None)  # what the reified properties kept
+        request._cache.pop("raw_headers", None)
+    if hdrs.AUTHORIZATION in request.headers or any(_is_authorization(k) for k, _ in request.raw_headers):
+        raise RuntimeError(
+            "kavach could not remove the Authorization header from the aiohttp request, so the handler"
+            " is not called (RS-04); this aiohttp version may need a kavach update"
+        )
+
+
+def _guarded_paths(paths: Iterable[str] | None, canonical: str) -> frozenset[str]:
+    if paths is None:
+        return frozenset({resource_path(canonical) or "/"})
+    if isinstance(paths, (str, bytes, bytearray)) or not isinstance(paths, Iterable):
+        raise TypeError(f"paths= takes a collection of paths, such as paths={{'/mcp'}}, not {paths!r}")
+    found = frozenset(paths)
+    for path in found:
+        if not isinstance(path, str) or not path.startswith("/"):
+            raise ValueError(f"paths= takes paths starting with '/', such as '/mcp', not {path!r}")
+    if not found:
+        raise ValueError("paths= is empty: the middleware would guard nothing")
+    return found
 
 
 def endpoint(server: AuthorizationServer) -> Handler:
@@ -87,15 +154,17 @@ def guard_middleware(
     *,
     paths: Iterable[str] | None = None,
     required: Required | None = None,
-) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+) -> Middleware:
     """A middleware requiring a valid access token for ``resource`` on ``paths`` (RS-01..RS-05).
 
     ``paths`` defaults to the resource's own path. ``required(request)`` gives the scopes a
     request needs, or a response to send instead (default: from its JSON-RPC method(s), a batch
     needing every one).
     """
+    if required is not None and not callable(required):
+        raise TypeError(f"required= takes a function of the request giving its scopes, not {required!r}")
     canonical = server.protected(resource)
-    guarded = frozenset(paths) if paths is not None else frozenset({resource_path(canonical) or "/"})
+    guarded = _guarded_paths(paths, canonical)
     need = required or server.required_scopes
     metadata_path = PRM_WELL_KNOWN + resource_path(canonical)
     metadata = endpoint(server)
@@ -106,20 +175,20 @@ def guard_middleware(
             return await metadata(request)  # not mounted here: answer the resource's metadata
         if request.path not in guarded:
             return await handler(request)
-        stripped = [(k, v) for k, v in request.headers.items() if k.lower() != "authorization"]
-        inner = request.clone(headers=stripped)  # RS-04: the handler never sees the token
         try:
-            body = await _body(inner)
+            body = await _body(request)
             if body is None:
                 return _outgoing(TOO_LARGE)
             req = _translate(request, body)
             scopes = need(req)
             outcome = scopes if isinstance(scopes, Response) else await server.aguard(canonical, req, scopes)
+            if not isinstance(outcome, Response):
+                _remove_authorization(request)  # RS-04: the handler never sees the token
         except Exception as exc:
             outcome = failure_response(exc)
         if isinstance(outcome, Response):
             return _outgoing(outcome)
-        inner[PRINCIPAL] = outcome
-        return await handler(inner)
+        request[PRINCIPAL] = outcome
+        return await handler(request)
 
     return kavach_guard
