@@ -32,9 +32,11 @@ Choices, and why:
   default catalogue, so a method added by a later MCP revision or a server extension is refused
   (403 naming the scope) until the operator maps it (``overrides``) or sets
   ``unknown_method_scopes=()`` to let any valid token through.
-- **A body that is not JSON-RPC** (not JSON, or JSON that is neither a request object nor a
-  batch of them) requires no extra scope: a valid token is still required, and the MCP server
-  itself answers it with a JSON-RPC parse or invalid-request error, running nothing.
+- **A body that cannot be read as JSON** here (not JSON, nested deeper than Python's parser
+  goes, a number longer than it takes) is treated like an unknown method: another server's
+  parser may read it and run what it holds, so it fails closed. JSON that is not a JSON-RPC
+  request (a response, a bare value) requires no extra scope: a valid token is still required,
+  and the MCP server answers it without running anything. An empty body needs nothing.
 - **Parser differentials are resolved towards more scope**: the body is parsed the way the
   most lenient JSON parsers would (UTF-8/16/32 detection, BOM, invalid UTF-8 replaced, ``NaN``),
   and when an object repeats a member name (RFC 8259 §4 leaves the meaning open) the scopes of
@@ -176,8 +178,11 @@ class McpScopeMap:
 
     def required_scopes(self, body: bytes) -> tuple[str, ...]:
         """The scopes an HTTP request body of JSON-RPC needs: see :func:`required_scopes`."""
+        readings = _readings(body)
+        if readings is None:
+            return self.unknown_method_scopes
         out: list[str] = []
-        for document in _readings(body):
+        for document in readings:
             messages = document if isinstance(document, list) else [document]
             for message in messages:
                 for scope in self.scopes_for_message(message):
@@ -251,12 +256,15 @@ def _plain_utf8(data: bytes) -> str | None:
         return None
 
 
-def _readings(body: bytes) -> list[object]:
-    """Each plausible reading of ``body``: one, or first-wins and last-wins when members repeat."""
+def _readings(body: bytes) -> list[object] | None:
+    """Each plausible reading of ``body``: one, or first-wins and last-wins when members repeat;
+    none for an empty body, ``None`` when it cannot be read as JSON."""
     if not isinstance(body, _BODY_TYPES):
         raise KavachError("a request body must be bytes")
     try:
         data = bytes(body)
+        if not data.strip():
+            return []
         text = _plain_utf8(data)
         if text is None:
             text = _text(data)
@@ -265,14 +273,14 @@ def _readings(body: bytes) -> list[object]:
         except _Duplicate:
             return [_parse(text, dict), _parse(text, _first_wins)]
     except (ValueError, RecursionError, OverflowError, MemoryError):
-        return []
+        return None
 
 
 def required_scopes(body: bytes, scope_map: McpScopeMap = DEFAULT_MAP) -> tuple[str, ...]:
     """The scopes the JSON-RPC ``body`` of a request to an MCP server needs, in first-use order.
 
-    A single message needs its method's scopes; a batch needs every member's. A body that is
-    not JSON-RPC needs none (the MCP server rejects it; module docstring). Raises only
+    A single message needs its method's scopes; a batch needs every member's. A body that cannot
+    be read as JSON needs what an unknown method does (module docstring). Raises only
     :class:`~kavach_core.errors.KavachError` (for a body that is not bytes at all).
     """
     return scope_map.required_scopes(body)

@@ -211,3 +211,31 @@ def test_guard_wraps_the_mcp_sdk_streamable_http_app(tmp_path: Any) -> None:
     finally:
         stop()
         sock.close()
+
+
+def test_a_body_cut_short_by_the_client_is_never_acted_on() -> None:
+    """RFC 9112 §8: a request whose body did not arrive whole is incomplete; the client left, so
+    nothing is sent and the wrapped app (or the authorization server) never sees the part."""
+    import asyncio
+
+    server = AuthorizationServer(make_config(), _store(), users=Users(MemoryUsers(), log_n=10))
+    reached: list[Any] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        reached.append(scope)
+
+    guard = KavachGuard(app, server, RESOURCE)  # type: ignore[arg-type]
+    part = b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x"}}'
+    for target, path in ((guard, "/mcp"), (KavachEndpoint(server), "/token")):
+        messages = [{"type": "http.request", "body": part, "more_body": True}, {"type": "http.disconnect"}]
+        sent: list[Any] = []
+
+        async def receive(messages: list[Any] = messages) -> Any:
+            return messages.pop(0)
+
+        async def send(message: Any, sent: list[Any] = sent) -> None:
+            sent.append(message)
+
+        scope = {"type": "http", "method": "POST", "path": path, "headers": [(b"authorization", b"Bearer a.b.c")]}
+        asyncio.run(target(scope, receive, send))
+        assert sent == [] and reached == [], path

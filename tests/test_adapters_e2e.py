@@ -576,6 +576,22 @@ def test_rs_03_batch_needs_every_methods_scope(dep: Deployment) -> None:
     assert 'scope="tools:list tools:call:echo"' in r.headers["www-authenticate"]
 
 
+def test_rs_03_a_content_coded_body_is_415_not_an_unscoped_call(dep: Deployment) -> None:
+    """A gzip body reads as no JSON-RPC method here, while a server behind that decodes it would
+    run the call inside: only identity is taken (RFC 9110 §15.5.16)."""
+    import gzip
+    import json
+
+    token = grant(dep, "tools:list")["access_token"]
+    call = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "echo"}}).encode()
+    for coding, body in (("gzip", gzip.compress(call)), ("identity, gzip", gzip.compress(call))):
+        headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json", "Content-Encoding": coding}
+        r = dep.client.post(dep.resource, content=body, headers=headers)
+        assert r.status_code == 415 and r.headers["accept-encoding"] == "identity", (coding, r.text)
+    plain = {"Authorization": f"Bearer {token}", "Content-Type": "application/json", "Content-Encoding": "identity"}
+    assert dep.client.post(dep.resource, content=call, headers=plain).status_code == 403
+
+
 def test_guard_streams_without_buffering(dep: Deployment) -> None:
     token = grant(dep)["access_token"]
     RELEASE.clear()

@@ -155,8 +155,7 @@ def test_batch_requires_every_members_scopes() -> None:
     "body",
     [
         b"",
-        b"not json",
-        b"{",
+        b"  \r\n",
         b"null",
         b"42",
         b'"tools/call"',
@@ -165,13 +164,33 @@ def test_batch_requires_every_members_scopes() -> None:
         b'{"jsonrpc":"2.0","id":1,"error":{"code":-1,"message":"x"}}',
         b'{"method":5}',
         b'{"method":null}',
-        b"\xff\xfe\x00",
-        b"[" * 100_000,
     ],
 )
-def test_bodies_that_are_not_json_rpc_requests_need_no_extra_scope(body: bytes) -> None:
-    """Documented choice: the MCP server rejects these itself; a valid token is still required."""
+def test_json_that_is_not_a_json_rpc_request_needs_no_extra_scope(body: bytes) -> None:
+    """Documented choice: nothing here is run by the MCP server; a valid token is still required."""
     assert required_scopes(body) == ()
+
+
+_CALL_ADMIN = '{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"admin","arguments":{}%s}}'
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"not json",
+        b"{",
+        b"\xff\xfe\x00",
+        b"[" * 100_000,
+        # readable by other servers' parsers, not by Python's: a tools/call must not pass unscoped
+        (_CALL_ADMIN % (',"_meta":{"x":' + "[" * 2000 + "]" * 2000 + "}")).encode(),
+        (_CALL_ADMIN % (',"_meta":{"n":' + "9" * 5000 + "}")).encode(),
+    ],
+    ids=["text", "cut", "bytes", "deep-garbage", "deep-call", "long-number-call"],
+)
+def test_a_body_that_cannot_be_read_is_an_unknown_method(body: bytes) -> None:
+    """Fail closed: another JSON parser may read what Python's cannot and run the call in it."""
+    assert required_scopes(body) == (UNKNOWN_METHOD_SCOPE,)
+    assert McpScopeMap(unknown_method_scopes=("tools:call",)).required_scopes(body) == ("tools:call",)
 
 
 def test_duplicate_members_require_the_scopes_of_every_reading() -> None:
@@ -246,10 +265,12 @@ def test_rs_03_step_up_names_the_tool_scope_end_to_end(h: Harness) -> None:
 # -- the plain-UTF-8 fast path reads every body exactly as the lenient path does ---------------
 
 
-def _lenient_readings(body: bytes) -> list[object]:
+def _lenient_readings(body: bytes) -> list[object] | None:
     """The reading before the fast path existed: lenient text, then a fresh decoder per parse."""
     from kavach_core import mcp_methods as mm
 
+    if not body.strip():
+        return []
     try:
         text = mm._text(body)
         try:
@@ -257,7 +278,7 @@ def _lenient_readings(body: bytes) -> list[object]:
         except mm._Duplicate:
             return [mm._parse(text, dict), mm._parse(text, mm._first_wins)]
     except (ValueError, RecursionError, OverflowError, MemoryError):
-        return []
+        return None
 
 
 _PREFIXES = st.sampled_from([b"", b"{", b"[", b"{\x00", b"[\x00", b"\xef\xbb\xbf", b"\xff\xfe", b"{\xff", b" "])

@@ -158,6 +158,27 @@ TOO_LARGE = json_response(
 """What every adapter answers to a body over its limit (RFC 9110 §15.5.14), before the core sees it."""
 
 
+ENCODED_BODY = json_response(
+    415,
+    {"error": "invalid_request", "error_description": "send the request body without a content coding"},
+    no_store=True,
+    headers=(("Accept-Encoding", "identity"),),
+)
+
+
+def body_coding_problem(codings: Sequence[str]) -> Response | None:
+    """415 for a guarded request whose body carries a content coding (RFC 9110 §8.4, §15.5.16).
+
+    The guard reads the JSON-RPC methods from the body as sent; a gzip body reads as no method at
+    all, while a server behind that decodes it would run the call inside. So only ``identity`` is
+    taken (``Content-Encoding`` values are the request's header values, possibly comma lists)."""
+    for value in codings:
+        for coding in value.split(","):
+            if coding.strip().lower() not in ("", "identity"):
+                return ENCODED_BODY
+    return None
+
+
 def failure_response(exc: BaseException) -> Response:
     """503 when the store is down, 500 for anything else; never a stack trace (GN-03)."""
     if isinstance(exc, StoreUnavailable):
@@ -311,7 +332,11 @@ class AuthorizationServer:
         return authenticate_values(self.config, resource, authorization, required, now, self.verified, self.keyring)
 
     def guard(self, resource: str, req: HttpRequest, required: tuple[str, ...]) -> Principal | Response:
-        """The verified caller of ``resource``, or the 401/403 challenge to send (RS-01..RS-05)."""
+        """The verified caller of ``resource``, or the 401/403 challenge to send (RS-01..RS-05);
+        415 for a content-coded body, whose methods cannot be read (:func:`body_coding_problem`)."""
+        refused = body_coding_problem(req.header_values("content-encoding"))
+        if refused is not None:
+            return refused
         return self.guard_values(resource, req.header_values("authorization"), required)
 
     def guard_values(
@@ -325,6 +350,9 @@ class AuthorizationServer:
 
     async def aguard(self, resource: str, req: HttpRequest, required: tuple[str, ...]) -> Principal | Response:
         """:meth:`guard` on an event loop."""
+        refused = body_coding_problem(req.header_values("content-encoding"))
+        if refused is not None:
+            return refused
         return await self.aguard_values(resource, req.header_values("authorization"), required)
 
     async def aguard_values(

@@ -23,7 +23,7 @@ from starlette.routing import Route
 from kavach_core.http import HttpRequest, Response
 from kavach_core.resource_indicators import PRM_WELL_KNOWN, resource_path
 
-from .server import TOO_LARGE, AuthorizationServer, incoming
+from .server import TOO_LARGE, AuthorizationServer, body_coding_problem, incoming
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -39,15 +39,20 @@ class _TooLarge(Exception):
     pass
 
 
+class _Gone(Exception):
+    """The client left before its body was complete: nothing of it is acted on (RFC 9112 §8)."""
+
+
 
 
 async def _read_rest(receive: Receive, limit: int, message: Message) -> bytes:
-    """The body from ``message`` (already received) on, chunk by chunk, up to ``limit`` bytes."""
+    """The body from ``message`` (already received) on, chunk by chunk, up to ``limit`` bytes;
+    :class:`_Gone` when the client disconnects first."""
     chunks: list[bytes] = []
     size = 0
     while True:
         if message["type"] == "http.disconnect":
-            break
+            raise _Gone
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
@@ -75,7 +80,8 @@ async def _send(send: Send, response: Response) -> None:
 
 
 async def _body(receive: Receive, send: Send) -> bytes | None:
-    """The whole request body, or ``None`` once a 413 has been sent for one over :data:`MAX_BODY`."""
+    """The whole request body; ``None`` once a 413 has been sent for one over :data:`MAX_BODY`, or
+    when the client left before the body was complete (nothing is sent, nothing acted on)."""
     message = await receive()
     if message["type"] == "http.request" and not message.get("more_body", False):  # the usual: one message
         body: bytes = message.get("body", b"")
@@ -86,6 +92,8 @@ async def _body(receive: Receive, send: Send) -> bytes | None:
             return await _read_rest(receive, MAX_BODY, message)
         except _TooLarge:
             pass
+        except _Gone:
+            return None
     await _send(send, TOO_LARGE)
     return None
 
@@ -95,20 +103,24 @@ async def _request(scope: Scope, receive: Receive, send: Send) -> HttpRequest | 
     return None if body is None else _translate(scope, body)
 
 
-def _split_authorization(scope: Scope) -> tuple[list[str], list[tuple[bytes, bytes]]]:
-    """The ``Authorization`` values, and every other header (what the wrapped app gets).
+def _split_authorization(scope: Scope) -> tuple[list[str], list[tuple[bytes, bytes]], list[str]]:
+    """The ``Authorization`` values, every other header (what the wrapped app gets), and the
+    ``Content-Encoding`` values.
 
     Names are compared case-insensitively whatever the server sends (ASGI only recommends
     lowercase), so no spelling of the header reaches the wrapped app (RS-04)."""
     values: list[str] = []
     others: list[tuple[bytes, bytes]] = []
+    codings: list[str] = []
     for header in scope["headers"]:
-        name = header[0]
-        if name.lower() == b"authorization":
+        name = header[0].lower()
+        if name == b"authorization":
             values.append(header[1].decode("latin-1"))
-        else:
-            others.append(header)
-    return values, others
+            continue
+        if name == b"content-encoding":
+            codings.append(header[1].decode("latin-1"))
+        others.append(header)
+    return values, others, codings
 
 
 class KavachEndpoint:
@@ -167,10 +179,13 @@ class KavachGuard:
             return None
         if scope["path"] in self.public:
             return await _send(send, await self.server.ahandle(_translate(scope, body)))
+        authorization, others, codings = _split_authorization(scope)
+        refused = body_coding_problem(codings) if codings else None
+        if refused is not None:
+            return await _send(send, refused)
         need = self.server.body_scopes(body) if self.required is None else self.required(_translate(scope, body))
         if isinstance(need, Response):
             return await _send(send, need)
-        authorization, others = _split_authorization(scope)
         outcome = await self.server.aguard_values(self.resource, authorization, need)
         if isinstance(outcome, Response):
             return await _send(send, outcome)
