@@ -1,34 +1,65 @@
 """A streaming reverse proxy to an MCP server over Streamable HTTP (``kavach serve --upstream``).
 
 Every method (``POST`` with a JSON or an SSE answer, ``GET`` for the server's SSE stream,
-``DELETE`` to end a session) is forwarded to the one upstream URL, the query string kept.
-Bodies stream both ways without buffering: an SSE answer reaches the client event by event,
-as the upstream writes it. ``Mcp-Session-Id``, ``MCP-Protocol-Version`` and ``Last-Event-ID``
-pass through in both directions like any end-to-end header.
+``DELETE`` to end a session) is forwarded to the one upstream URL, the query string kept (less
+any ``access_token`` parameter). The request body, already read by the guard, is sent with its
+``Content-Length``; the response body streams back without buffering: an SSE answer reaches the
+client event by event, as the upstream writes it. ``Mcp-Session-Id``, ``MCP-Protocol-Version``
+and ``Last-Event-ID`` pass through in both directions like any end-to-end header.
 
 What does not pass (RFC 9110 §7.6.1, RS-04):
 
-- the client's ``Authorization`` header: the access token was minted for this server and is
-  never forwarded (no token passthrough, MCP authorization "Access Token Privilege Restriction");
+- the client's ``Authorization`` header and any ``access_token`` query parameter: the access
+  token was minted for this server and is never forwarded (no token passthrough, MCP
+  authorization "Access Token Privilege Restriction"; RFC 6750 §2.3, OAuth 2.1 §5.1.3);
 - hop-by-hop headers, and any header the ``Connection`` header names;
-- kavachOS's own cookies (the login session of the authorization server's pages);
-- ``Host`` (the upstream's own is sent) and ``Content-Length`` (recomputed).
+- kavachOS's own cookies (the login session of the authorization server's pages), both ways: the
+  client's are not sent upstream, and an upstream ``Set-Cookie`` for one of them is dropped (the
+  upstream shares the authorization server's origin);
+- the client's ``X-Forwarded-*``, ``Forwarded`` and ``X-Real-IP`` (anyone can write them): the
+  proxy sends its own ``X-Forwarded-For``/``-Proto``/``-Host`` from what it knows, and appends
+  itself to ``Via`` (RFC 9110 §7.6.3);
+- ``Host`` (the upstream's own is sent);
+- the upstream's ``WWW-Authenticate`` and ``Proxy-Authenticate``: this server is the resource
+  server, so an upstream 401 or 407 is a 502 (a challenge would make the client drop its token).
 
-When the client goes away the upstream request is closed too, so an abandoned ``GET`` stream
-does not hold a connection open upstream.
+Sessions: the ``Mcp-Session-Id`` an upstream issues is bound to the principal (subject and client)
+whose request it answered. A request carrying a session id that is not bound to its own principal
+(another's, or one this proxy does not know) is answered 404, as the MCP SDK answers an unknown
+session, and never reaches the upstream. The binding is forgotten when a ``DELETE`` of the
+session succeeds or the upstream answers 404 for it; at most ``max_sessions`` are kept (oldest
+use first out, and at most ``sessions_per_subject`` for one subject).
+
+Failures are answered with a JSON body and never hang: the upstream cannot be reached -> 502; its
+response headers take longer than ``header_timeout`` -> 504; every upstream connection is in use
+-> 503 with ``Retry-After``; one subject has ``max_open_per_subject`` requests in flight -> 429
+with ``Retry-After``; an upstream answer that is not HTTP (a status outside 200-599, or a 1xx as
+final answer) -> 502. Once the response has started, an upstream that breaks off (a body shorter
+than its ``Content-Length``, a chunked body without its last chunk) is logged at warning level and
+the client's connection is closed without ending the response, so the client sees the truncation
+instead of a complete answer. There is no read timeout after the headers: a ``GET`` stream may
+stay quiet as long as the server has nothing to say.
+
+When the client goes away (before or after the upstream's headers) the upstream request is closed
+too, so an abandoned request does not hold a connection open upstream.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
+from urllib.parse import unquote_plus
 
 import anyio
 import httpx
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
 from .sessions import BROWSER_COOKIE, SESSION_COOKIE
+
+log = logging.getLogger("kavach.proxy")
 
 HOP_BY_HOP = frozenset(
     {
@@ -43,9 +74,25 @@ HOP_BY_HOP = frozenset(
         "upgrade",
     }
 )
-_NOT_FORWARDED = HOP_BY_HOP | {"host", "content-length", "authorization"}
-_NOT_RETURNED = HOP_BY_HOP | {"content-length"}
-_OWN_COOKIES = frozenset({SESSION_COOKIE, BROWSER_COOKIE, "__Host-" + SESSION_COOKIE, "__Host-" + BROWSER_COOKIE})
+# Written by whoever sent the request, so believed by no one: the proxy sends its own.
+_FORWARDING = frozenset(
+    {
+        "forwarded",
+        "x-real-ip",
+        "x-client-ip",
+        "true-client-ip",
+        "x-cluster-client-ip",
+        "cf-connecting-ip",
+        "fastly-client-ip",
+        "via",
+    }
+)
+_NOT_FORWARDED = HOP_BY_HOP | _FORWARDING | {"host", "content-length", "authorization", "expect"}
+_NOT_RETURNED = HOP_BY_HOP | {"content-length", "www-authenticate"}
+_OWN_COOKIES = frozenset({SESSION_COOKIE.lower(), BROWSER_COOKIE.lower()})
+_COOKIE_PREFIXES = ("__host-", "__secure-")
+_TOKEN_PARAMETER = "access_token"
+_VIA = "kavach"
 
 
 def _connection_tokens(headers: Iterable[tuple[str, str]]) -> set[str]:
@@ -57,22 +104,32 @@ def _connection_tokens(headers: Iterable[tuple[str, str]]) -> set[str]:
     return named
 
 
+def _own_cookie(name: str) -> bool:
+    """True for the name of one of kavachOS's cookies, with or without a ``__Host-`` prefix."""
+    name = name.strip().lower()
+    for prefix in _COOKIE_PREFIXES:
+        if name.startswith(prefix):
+            name = name[len(prefix) :]
+            break
+    return name in _OWN_COOKIES
+
+
 def _strip_cookies(value: str) -> str:
     kept = []
     for part in value.split(";"):
-        name = part.split("=", 1)[0].strip()
-        if part.strip() and name not in _OWN_COOKIES:
+        name = part.split("=", 1)[0]
+        if part.strip() and not _own_cookie(name):
             kept.append(part.strip())
     return "; ".join(kept)
 
 
 def request_headers(raw: Iterable[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
-    """The client's headers as forwarded upstream (no token, no hop-by-hop headers)."""
+    """The client's headers as forwarded upstream (no token, no hop-by-hop or forwarding headers)."""
     pairs = [(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in raw]
     drop = _NOT_FORWARDED | _connection_tokens(pairs)
     out: list[tuple[str, str]] = []
     for name, value in pairs:
-        if name in drop:
+        if name in drop or name.startswith("x-forwarded-"):
             continue
         if name == "cookie":
             value = _strip_cookies(value)
@@ -82,24 +139,150 @@ def request_headers(raw: Iterable[tuple[bytes, bytes]]) -> list[tuple[str, str]]
     return out
 
 
+def forwarding_headers(scope: Scope) -> list[tuple[str, str]]:
+    """``Via`` and ``X-Forwarded-*`` as this proxy knows them: the peer, its scheme, its ``Host``."""
+    via = [v.decode("latin-1") for k, v in scope.get("headers", []) if k.lower() == b"via"]
+    version = str(scope.get("http_version") or "1.1")
+    out = [("via", ", ".join([*via, f"{version} {_VIA}"]))]
+    client = scope.get("client")
+    if client and client[0]:
+        out.append(("x-forwarded-for", str(client[0])))
+    out.append(("x-forwarded-proto", str(scope.get("scheme") or "http")))
+    host = next((v.decode("latin-1") for k, v in scope.get("headers", []) if k.lower() == b"host"), None)
+    if host:
+        out.append(("x-forwarded-host", host))
+    return out
+
+
 def response_headers(headers: httpx.Headers) -> list[tuple[bytes, bytes]]:
-    """The upstream's headers as returned to the client (no hop-by-hop headers)."""
+    """The upstream's headers as returned to the client (no hop-by-hop headers, no challenge,
+    no ``Set-Cookie`` for a cookie of kavachOS)."""
     pairs = [(k.lower(), v) for k, v in headers.multi_items()]
     drop = _NOT_RETURNED | _connection_tokens(pairs)
-    return [(k.encode("latin-1"), v.encode("latin-1")) for k, v in pairs if k not in drop]
+    out: list[tuple[bytes, bytes]] = []
+    for name, value in pairs:
+        if name in drop:
+            continue
+        if name == "set-cookie" and _own_cookie(value.split(";", 1)[0].split("=", 1)[0]):
+            continue
+        out.append((name.encode("latin-1"), value.encode("latin-1")))
+    return out
+
+
+def forwarded_query(query: str) -> str:
+    """``query`` without any ``access_token`` parameter (a token in the URL stays here)."""
+    kept: list[str] = []
+    for pair in query.split("&"):
+        parts = [p for p in pair.split(";") if unquote_plus(p.split("=", 1)[0]).strip() != _TOKEN_PARAMETER]
+        if any(parts):
+            kept.append(";".join(parts))
+    return "&".join(kept)
+
+
+Owner = tuple[str, str]
+
+
+class SessionOwners:
+    """Which principal (subject, client) each upstream ``Mcp-Session-Id`` was issued to.
+
+    Bounded: at most ``limit`` sessions in all and ``per_subject`` for one subject, the least
+    recently used going first (its owner then gets a 404 and starts a new session)."""
+
+    def __init__(self, limit: int, per_subject: int) -> None:
+        self.limit = max(1, limit)
+        self.per_subject = max(1, per_subject)
+        self._owners: OrderedDict[str, Owner] = OrderedDict()
+        self._counts: dict[str, int] = {}
+
+    def __len__(self) -> int:
+        return len(self._owners)
+
+    def owned_by(self, session: str, owner: Owner) -> bool:
+        if self._owners.get(session) != owner:
+            return False
+        self._owners.move_to_end(session)
+        return True
+
+    def bind(self, session: str, owner: Owner) -> None:
+        if session in self._owners:
+            return  # the first owner keeps it
+        subject = owner[0]
+        if self._counts.get(subject, 0) >= self.per_subject:
+            oldest = next(s for s, o in self._owners.items() if o[0] == subject)
+            self.forget(oldest)
+        while len(self._owners) >= self.limit:
+            self.forget(next(iter(self._owners)))
+        self._owners[session] = owner
+        self._counts[subject] = self._counts.get(subject, 0) + 1
+
+    def forget(self, session: str) -> None:
+        owner = self._owners.pop(session, None)
+        if owner is None:
+            return
+        left = self._counts.get(owner[0], 1) - 1
+        if left > 0:
+            self._counts[owner[0]] = left
+        else:
+            self._counts.pop(owner[0], None)
+
+
+class _Refused(Exception):
+    """The request is answered by the proxy itself."""
+
+    def __init__(self, status: int, error: str, description: str, retry_after: int | None = None) -> None:
+        super().__init__(description)
+        self.status = status
+        self.error = error
+        self.description = description
+        self.retry_after = retry_after
 
 
 class UpstreamProxy:
-    """An ASGI app forwarding every request it receives to ``upstream`` (an MCP endpoint URL)."""
+    """An ASGI app forwarding every request it receives to ``upstream`` (an MCP endpoint URL).
+
+    ``header_timeout``: how long the upstream may take to send its response headers once the
+    request is written (then 504). ``max_connections``: the upstream connection pool; when every
+    connection stays busy for ``pool_timeout`` the answer is 503. ``max_open_per_subject``: how
+    many requests one subject may have in flight (a ``GET`` stream counts while it is open); above
+    it, 429. ``max_sessions`` and ``sessions_per_subject`` bound the session bindings kept.
+    """
 
     def __init__(
-        self, upstream: str, *, client: httpx.AsyncClient | None = None, connect_timeout: float = 10.0
+        self,
+        upstream: str,
+        *,
+        client: httpx.AsyncClient | None = None,
+        connect_timeout: float = 10.0,
+        header_timeout: float = 30.0,
+        write_timeout: float = 60.0,
+        pool_timeout: float = 5.0,
+        max_connections: int = 1000,
+        max_keepalive_connections: int = 100,
+        max_open_per_subject: int = 64,
+        max_sessions: int = 10_000,
+        sessions_per_subject: int = 100,
+        max_body: int = 4 * 1024 * 1024,
+        retry_after: int = 5,
     ) -> None:
         self.upstream = upstream
+        self.header_timeout = header_timeout
+        self.max_open_per_subject = max_open_per_subject
+        self.max_body = max_body
+        self.retry_after = retry_after
+        # The longest the whole wait for the headers may take, should the transport not report
+        # when it starts waiting for them (each phase has its own limit besides).
+        self._backstop = connect_timeout + write_timeout + pool_timeout + header_timeout
+        self.sessions = SessionOwners(max_sessions, sessions_per_subject)
+        self._open: dict[str, int] = {}
         self._own_client = client is None
         # No read timeout: a GET stream may stay quiet for as long as the server has nothing to say.
+        # The wait for the response headers is bounded by ``header_timeout`` instead (see _send).
         self.client = client or httpx.AsyncClient(
-            timeout=httpx.Timeout(connect=connect_timeout, read=None, write=60.0, pool=connect_timeout),
+            timeout=httpx.Timeout(connect=connect_timeout, read=None, write=write_timeout, pool=pool_timeout),
+            limits=httpx.Limits(
+                max_connections=max_connections,
+                max_keepalive_connections=min(max_keepalive_connections, max_connections),
+            ),
             follow_redirects=False,
             trust_env=False,
         )
@@ -109,7 +292,7 @@ class UpstreamProxy:
             await self.client.aclose()
 
     def _url(self, scope: Scope) -> str:
-        query = scope.get("query_string", b"").decode("latin-1")
+        query = forwarded_query(scope.get("query_string", b"").decode("latin-1"))
         if not query:
             return self.upstream
         return f"{self.upstream}{'&' if '?' in self.upstream else '?'}{query}"
@@ -117,66 +300,180 @@ class UpstreamProxy:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return
-        body_done = anyio.Event()
-
-        async def body() -> AsyncIterator[bytes]:
-            try:
-                while True:
-                    message = await receive()
-                    if message["type"] == "http.disconnect":
-                        return
-                    chunk = message.get("body", b"")
-                    if chunk:
-                        yield chunk
-                    if not message.get("more_body", False):
-                        return
-            finally:
-                body_done.set()
-
-        method = scope["method"]
-        has_body = method not in ("GET", "HEAD", "DELETE", "OPTIONS") or any(
-            k.lower() in (b"content-length", b"transfer-encoding") for k, _ in scope["headers"]
-        )
-        if not has_body:
-            body_done.set()
-        request = self.client.build_request(
-            method,
-            self._url(scope),
-            headers=request_headers(scope["headers"]),
-            content=body() if has_body else None,
-        )
         try:
-            upstream = await self.client.send(request, stream=True)
-        except httpx.HTTPError as exc:
-            await _bad_gateway(send, f"the upstream MCP server could not be reached ({type(exc).__name__})")
+            body = await self._body(receive)
+            if body is None:
+                return  # the client went away before its request was complete: nothing to forward
+            owner = _owner(scope)
+            session = _header(scope, b"mcp-session-id")
+            if owner is not None and session is not None and not self.sessions.owned_by(session, owner):
+                raise _Refused(404, "session_not_found", "no such MCP session")
+            subject = owner[0] if owner is not None else None
+            if subject is not None and self._open.get(subject, 0) >= self.max_open_per_subject:
+                raise _Refused(
+                    429, "too_many_requests", "too many requests to the MCP server at once", self.retry_after
+                )
+        except _Refused as refused:
+            await _answer(send, refused)
             return
+        if subject is not None:
+            self._open[subject] = self._open.get(subject, 0) + 1
         try:
-            await self._relay(upstream, receive, send, body_done)
+            await self._exchange(scope, receive, send, body, owner, session)
         finally:
-            await upstream.aclose()
+            if subject is not None:
+                left = self._open.get(subject, 1) - 1
+                if left > 0:
+                    self._open[subject] = left
+                else:
+                    self._open.pop(subject, None)
 
-    async def _relay(self, upstream: httpx.Response, receive: Receive, send: Send, body_done: anyio.Event) -> None:
+    async def _body(self, receive: Receive) -> bytes | None:
+        """The whole request body (the guard has read it already), ``None`` if the client left."""
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return None
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body:
+                raise _Refused(413, "request_too_large", "the request body is too large")
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+
+    async def _exchange(
+        self, scope: Scope, receive: Receive, send: Send, body: bytes, owner: Owner | None, session: str | None
+    ) -> None:
         async with anyio.create_task_group() as tg:
 
             async def watch_disconnect() -> None:
-                await body_done.wait()
+                # The body has been read: all the client can still say is that it has gone.
                 while True:
-                    message: Message = await receive()
+                    message = await receive()
                     if message["type"] == "http.disconnect":
                         tg.cancel_scope.cancel()
                         return
 
             tg.start_soon(watch_disconnect)
-            headers = response_headers(upstream.headers)
-            await send({"type": "http.response.start", "status": upstream.status_code, "headers": headers})
             try:
-                async for chunk in _raw(upstream):
-                    if chunk:
-                        await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            except httpx.HTTPError:
-                pass  # the upstream broke off mid-stream: end ours as well
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
-            tg.cancel_scope.cancel()
+                await self._forward(scope, send, body, owner, session)
+            finally:
+                tg.cancel_scope.cancel()
+
+    async def _forward(self, scope: Scope, send: Send, body: bytes, owner: Owner | None, session: str | None) -> None:
+        method = scope["method"]
+        has_body = bool(body) or method not in ("GET", "HEAD", "DELETE", "OPTIONS")
+        request = self.client.build_request(
+            method,
+            self._url(scope),
+            headers=request_headers(scope["headers"]) + forwarding_headers(scope),
+            content=body if has_body else None,
+        )
+        try:
+            upstream = await self._send(request)
+        except _Refused as refused:
+            await _answer(send, refused)
+            return
+        try:
+            status = upstream.status_code
+            if not 200 <= status <= 599:
+                raise _Refused(502, "bad_gateway", f"the upstream MCP server answered with status {status}")
+            if status in (401, 407):
+                log.warning("the upstream MCP server answered %d: it should not ask the proxy for credentials", status)
+                raise _Refused(502, "bad_gateway", f"the upstream MCP server refused the request ({status})")
+            self._track_session(method, status, upstream.headers.get("mcp-session-id"), owner, session)
+            complete = await _relay(upstream, send)
+            if not complete:
+                log.warning(
+                    "the upstream MCP server broke off its response to %s %s; the client's connection is closed",
+                    method,
+                    scope.get("path", ""),
+                )
+        except _Refused as refused:
+            await _answer(send, refused)
+        finally:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+                await upstream.aclose()
+
+    async def _send(self, request: httpx.Request) -> httpx.Response:
+        """The upstream's response, its body still to come; its headers within ``header_timeout``."""
+        upstream: httpx.Response | None = None
+        with anyio.CancelScope(deadline=anyio.current_time() + self._backstop) as waiting:
+
+            async def trace(event: str, info: dict[str, Any]) -> None:
+                if event.endswith(".receive_response_headers.started"):
+                    waiting.deadline = anyio.current_time() + self.header_timeout
+
+            request.extensions = {**request.extensions, "trace": trace}
+            try:
+                upstream = await self.client.send(request, stream=True)
+            except httpx.PoolTimeout:
+                log.warning("every connection to the upstream MCP server is in use: answering 503")
+                raise _Refused(
+                    503, "temporarily_unavailable", "every connection to the upstream MCP server is in use",
+                    self.retry_after,
+                ) from None
+            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                raise _Refused(
+                    502, "bad_gateway", f"the upstream MCP server could not be reached ({type(exc).__name__})"
+                ) from None
+            except httpx.TimeoutException as exc:
+                raise _Refused(
+                    504, "gateway_timeout", f"the upstream MCP server did not answer in time ({type(exc).__name__})"
+                ) from None
+            except httpx.HTTPError as exc:
+                raise _Refused(
+                    502, "bad_gateway", f"the upstream MCP server gave no usable answer ({type(exc).__name__})"
+                ) from None
+        if upstream is None:
+            log.warning("the upstream MCP server sent no response headers in %g s: answering 504", self.header_timeout)
+            raise _Refused(504, "gateway_timeout", "the upstream MCP server did not answer in time")
+        return upstream
+
+    def _track_session(
+        self, method: str, status: int, issued: str | None, owner: Owner | None, session: str | None
+    ) -> None:
+        if owner is None:
+            return
+        if session is None:
+            if issued and 200 <= status < 300:
+                self.sessions.bind(issued, owner)
+        elif status == 404 or (method == "DELETE" and 200 <= status < 300):
+            self.sessions.forget(session)
+
+
+def _owner(scope: Scope) -> Owner | None:
+    """The verified principal's (subject, client), when a guard has put one in the scope."""
+    state = scope.get("state") or {}
+    principal = state.get("principal") if isinstance(state, dict) else getattr(state, "principal", None)
+    if principal is None:
+        return None
+    return (str(principal.subject), str(principal.client_id))
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", []):
+        if key.lower() == name:
+            return str(value.decode("latin-1"))
+    return None
+
+
+async def _relay(upstream: httpx.Response, send: Send) -> bool:
+    """Send the response on as it arrives; ``False`` when the upstream broke off (then the
+    response is left unfinished, and the server closes the client's connection)."""
+    headers = response_headers(upstream.headers)
+    await send({"type": "http.response.start", "status": upstream.status_code, "headers": headers})
+    try:
+        async for chunk in _raw(upstream):
+            if chunk:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+    except httpx.HTTPError:
+        return False
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
+    return True
 
 
 async def _raw(upstream: httpx.Response) -> AsyncIterator[bytes]:
@@ -188,14 +485,12 @@ async def _raw(upstream: httpx.Response) -> AsyncIterator[bytes]:
         yield upstream.content
 
 
-async def _bad_gateway(send: Send, description: str) -> None:
-    body: dict[str, Any] = {"error": "bad_gateway", "error_description": description}
+async def _answer(send: Send, refused: _Refused) -> None:
+    body: dict[str, Any] = {"error": refused.error, "error_description": refused.description}
     data = json.dumps(body).encode("utf-8")
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 502,
-            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode("ascii"))],
-        }
-    )
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode("ascii"))]
+    if refused.retry_after is not None:
+        headers.append((b"retry-after", str(refused.retry_after).encode("ascii")))
+    await send({"type": "http.response.start", "status": refused.status, "headers": headers})
     await send({"type": "http.response.body", "body": data, "more_body": False})
+

@@ -1,0 +1,586 @@
+"""The upstream proxy of ``kavach serve --upstream`` against upstreams that misbehave, over real sockets.
+
+The proxy runs under uvicorn; the upstream is either a raw TCP fake (below: it answers whatever
+the ``mode`` query parameter asks for, byte for byte, and records every request it reads) or the
+official SDK's MCP server (``tests/mcp_upstream.py``). A small wrapper plays the guard's part of
+naming the verified principal (``scope["state"]["principal"]``) from a test header.
+
+What must hold: a silent upstream is a 504 and an abandoned request frees its upstream
+connection; pool exhaustion is a 503 and one subject's streams are capped (429); an upstream that
+breaks off mid-response leaves the client's response visibly unfinished; a session id works only
+for the principal it was issued to; no ``access_token`` query parameter, forged forwarding
+header, kavachOS cookie or upstream challenge crosses the proxy; a nonsense status is a 502; the
+request body goes upstream with its ``Content-Length``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import httpx
+import pytest
+from kavach.proxy import SessionOwners, UpstreamProxy
+
+pytestmark = pytest.mark.timeout(60)
+
+PING = b'{"jsonrpc":"2.0","id":1,"method":"ping"}'
+OK_BODY = b'{"jsonrpc":"2.0","id":1,"result":{}}'
+
+
+# -- a raw TCP upstream ------------------------------------------------------------------------
+
+
+class FakeUpstream:
+    """An HTTP/1.1 server written with bare sockets, so it can answer anything at all."""
+
+    def __init__(self) -> None:
+        self.requests: list[dict[str, Any]] = []
+        self.open = 0
+        self.sessions = 0
+        self.writers: set[asyncio.StreamWriter] = set()
+        self.loop = asyncio.new_event_loop()
+        ready = threading.Event()
+        self.thread = threading.Thread(target=self._run, args=(ready,), daemon=True)
+        self.thread.start()
+        assert ready.wait(10)
+
+    def _run(self, ready: threading.Event) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.server = self.loop.run_until_complete(asyncio.start_server(self._handle, "127.0.0.1", 0))
+        self.port = self.server.sockets[0].getsockname()[1]
+        ready.set()
+        self.loop.run_forever()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/mcp"
+
+    def close(self) -> None:
+        async def shutdown() -> None:
+            self.server.close()
+            for writer in list(self.writers):
+                writer.close()
+            for _ in range(100):
+                if not self.open:
+                    break
+                await asyncio.sleep(0.02)
+
+        asyncio.run_coroutine_threadsafe(shutdown(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+    async def _read(self, reader: asyncio.StreamReader) -> dict[str, Any]:
+        head = await reader.readuntil(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        headers = [(k.strip().lower(), v.strip()) for k, _, v in (line.partition(":") for line in lines[1:] if line)]
+        fields = dict(headers)
+        body = b""
+        if "content-length" in fields:
+            body = await reader.readexactly(int(fields["content-length"]))
+        elif fields.get("transfer-encoding", "").lower() == "chunked":
+            while True:
+                size = int((await reader.readline()).strip().split(b";")[0], 16)
+                if size == 0:
+                    await reader.readline()
+                    break
+                body += await reader.readexactly(size)
+                await reader.readline()
+        return {"line": lines[0], "headers": headers, "body": body}
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.open += 1
+        self.writers.add(writer)
+        try:
+            while True:
+                try:
+                    request = await self._read(reader)
+                except (asyncio.IncompleteReadError, ConnectionError):
+                    return
+                self.requests.append(request)
+                target = request["line"].split(" ")[1]
+                mode = target.split("mode=")[1].split("&")[0] if "mode=" in target else "ok"
+                if not await self._answer(mode, reader, writer):
+                    return
+                await writer.drain()
+        finally:
+            self.open -= 1
+            self.writers.discard(writer)
+            writer.close()
+
+    async def _answer(self, mode: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        """Write the answer for ``mode``; ``False`` when the connection is to be closed."""
+        w = writer.write
+        if mode == "ok":
+            w(_json(b"200 OK", OK_BODY))
+        elif mode == "hang_headers":
+            await reader.read()  # say nothing until the proxy hangs up
+            return False
+        elif mode == "truncated_cl":
+            w(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n")
+            w(b'{"jsonrpc":"2.0","res')
+            await writer.drain()
+            return False
+        elif mode == "truncated_chunked":
+            w(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n")
+            w(b"10\r\nevent: message\nd\r\n")
+            await writer.drain()
+            return False
+        elif mode in ("sse_forever", "sse_quiet"):
+            # sse_quiet: the headers at once, then a second of silence before the one event
+            w(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n")
+            await writer.drain()
+            if mode == "sse_quiet":
+                await asyncio.sleep(1.0)
+                event = b"data: late\n\n"
+                w(b"%x\r\n%s\r\n0\r\n\r\n" % (len(event), event))
+                return True
+            try:
+                while True:
+                    event = b"data: tick\n\n"
+                    w(b"%x\r\n%s\r\n" % (len(event), event))
+                    await writer.drain()
+                    await asyncio.sleep(0.2)
+            except (ConnectionError, OSError):
+                return False
+        elif mode == "headers":
+            w(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+              b"Set-Cookie: upstream_sess=abc; Path=/\r\n"
+              b"Set-Cookie: kavach-session=hijack; Path=/\r\n"
+              b"Set-Cookie: __Host-kavach-browser=hijack; Path=/; Secure\r\n"
+              b"WWW-Authenticate: Basic realm=upstream\r\nProxy-Authenticate: Basic\r\n"
+              b"X-Upstream: kept\r\nContent-Length: %d\r\n\r\n" % len(OK_BODY) + OK_BODY)
+        elif mode in ("401", "407"):
+            body = b'{"error":"nope"}'
+            reason = b"Unauthorized" if mode == "401" else b"Proxy Authentication Required"
+            challenge = b"WWW-Authenticate" if mode == "401" else b"Proxy-Authenticate"
+            w(b"HTTP/1.1 %s %s\r\n%s: Bearer realm=\"upstream\"\r\nContent-Type: application/json\r\n"
+              b"Content-Length: %d\r\n\r\n" % (mode.encode(), reason, challenge, len(body)) + body)
+        elif mode == "badstatus":
+            w(b"HTTP/1.1 999 Weird\r\nContent-Length: 0\r\n\r\n")
+        elif mode == "init":
+            self.sessions += 1
+            w(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nMcp-Session-Id: s-%d\r\n"
+              b"Content-Length: %d\r\n\r\n" % (self.sessions, len(OK_BODY)) + OK_BODY)
+        elif mode == "gone":
+            body = b'{"error":"no such session"}'
+            w(_json(b"404 Not Found", body))
+        return True
+
+
+def _json(status: bytes, body: bytes) -> bytes:
+    return b"HTTP/1.1 %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (status, len(body), body)
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeUpstream]:
+    upstream = FakeUpstream()
+    try:
+        yield upstream
+    finally:
+        upstream.close()
+
+
+# -- the proxy under uvicorn -----------------------------------------------------------------
+
+
+def _as_principal(proxy: UpstreamProxy) -> Any:
+    """The guard's part: ``X-Test-Principal: subject/client`` becomes ``scope["state"]["principal"]``."""
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await proxy.aclose()
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        headers = [(k, v) for k, v in scope["headers"] if k != b"x-test-principal"]
+        named = [v.decode() for k, v in scope["headers"] if k == b"x-test-principal"]
+        scope = dict(scope, headers=headers)
+        if named:
+            subject, client_id = named[0].split("/")
+            scope["state"] = {"principal": SimpleNamespace(subject=subject, client_id=client_id)}
+        await proxy(scope, receive, send)
+
+    return app
+
+
+class Served:
+    def __init__(self, proxy: UpstreamProxy) -> None:
+        import uvicorn
+
+        self.proxy = proxy
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", 0))
+        self.port = sock.getsockname()[1]
+        self.base = f"http://127.0.0.1:{self.port}"
+        # as ``kavach serve`` runs it without --trusted-proxies: nobody's X-Forwarded-For is believed
+        config = uvicorn.Config(
+            _as_principal(proxy), log_level="warning", log_config=None, lifespan="on", proxy_headers=False
+        )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, daemon=True)
+        self.thread.start()
+        _until(lambda: self.server.started, "uvicorn did not start")
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+
+    def post(self, query: str = "mode=ok", body: bytes = PING, as_: str | None = None, **headers: str) -> Any:
+        extra = {"Content-Type": "application/json", **headers}
+        if as_:
+            extra["X-Test-Principal"] = as_
+        return httpx.post(f"{self.base}/mcp?{query}", content=body, headers=extra, timeout=10)
+
+    def raw(self, request: bytes, timeout: float = 10) -> bytes:
+        """Send ``request`` on a fresh connection, read until the server closes it."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=timeout) as s:
+            s.sendall(request)
+            data = b""
+            while chunk := s.recv(65536):
+                data += chunk
+        return data
+
+    def open_stream(self, query: str, as_: str | None = None) -> socket.socket:
+        s = socket.create_connection(("127.0.0.1", self.port), timeout=10)
+        who = b"X-Test-Principal: %s\r\n" % as_.encode() if as_ else b""
+        s.sendall(b"GET /mcp?%s HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n%s\r\n" % (query.encode(), who))
+        return s
+
+
+def _until(condition: Callable[[], bool], message: str, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(message)
+        time.sleep(0.02)
+
+
+@pytest.fixture
+def serve() -> Iterator[Callable[..., Served]]:
+    started: list[Served] = []
+
+    def start(upstream: str, **options: Any) -> Served:
+        served = Served(UpstreamProxy(upstream, **options))
+        started.append(served)
+        return served
+
+    try:
+        yield start
+    finally:
+        for served in started:
+            served.stop()
+
+
+def _json_error(response: httpx.Response, status: int, error: str) -> None:
+    assert response.status_code == status, (response.status_code, response.text)
+    assert response.headers["content-type"] == "application/json"
+    assert response.json()["error"] == error
+
+
+# -- 1. waiting for the headers --------------------------------------------------------------
+
+
+def test_an_upstream_that_never_answers_is_a_504_after_the_header_timeout(
+    fake: FakeUpstream, serve: Callable[..., Served]
+) -> None:
+    served = serve(fake.url, header_timeout=0.5)
+    started = time.monotonic()
+    response = served.post("mode=hang_headers")
+    assert time.monotonic() - started < 5
+    _json_error(response, 504, "gateway_timeout")
+    _until(lambda: fake.open == 0, "the timed-out upstream connection was not closed")
+
+
+def test_a_quiet_stream_after_its_headers_is_not_cut_by_the_header_timeout(
+    fake: FakeUpstream, serve: Callable[..., Served]
+) -> None:
+    served = serve(fake.url, header_timeout=0.3)
+    response = httpx.get(f"{served.base}/mcp?mode=sse_quiet", timeout=10)
+    assert response.status_code == 200 and response.text == "data: late\n\n"
+
+
+def test_a_client_leaving_before_the_headers_frees_the_upstream_connection(
+    fake: FakeUpstream, serve: Callable[..., Served]
+) -> None:
+    served = serve(fake.url)
+    for i in range(3):
+        with socket.create_connection(("127.0.0.1", served.port), timeout=5) as s:
+            s.sendall(b"POST /mcp?mode=hang_headers HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                      b"Content-Length: %d\r\n\r\n%s" % (len(PING), PING))
+            _until(lambda n=i + 1: len(fake.requests) == n, "the request did not reach the upstream")
+    _until(lambda: fake.open == 0, "abandoned requests still hold upstream connections", timeout=5)
+    assert len(fake.requests) == 3
+
+
+# -- 2. the connection pool, and streams per subject -----------------------------------------
+
+
+def test_an_exhausted_pool_is_a_503_with_retry_after(fake: FakeUpstream, serve: Callable[..., Served]) -> None:
+    served = serve(fake.url, max_connections=2, pool_timeout=0.3)
+    streams = [served.open_stream("mode=sse_forever", as_=f"user{i}/app") for i in range(2)]
+    try:
+        _until(lambda: fake.open == 2, "the streams did not reach the upstream")
+        started = time.monotonic()
+        response = served.post(as_="user3/app")
+        assert time.monotonic() - started < 5
+        _json_error(response, 503, "temporarily_unavailable")
+        assert int(response.headers["retry-after"]) > 0
+    finally:
+        for s in streams:
+            s.close()
+    _until(lambda: served.post().status_code == 200, "the pool did not recover", timeout=5)
+
+
+def test_one_subject_cannot_hold_more_than_its_share_of_streams(
+    fake: FakeUpstream, serve: Callable[..., Served]
+) -> None:
+    served = serve(fake.url, max_open_per_subject=2)
+    streams = [served.open_stream("mode=sse_forever", as_=f"alice/app{i}") for i in range(2)]
+    try:
+        _until(lambda: fake.open == 2, "the streams did not reach the upstream")
+        response = served.post(as_="alice/app3")
+        _json_error(response, 429, "too_many_requests")
+        assert int(response.headers["retry-after"]) > 0
+        assert served.post(as_="bob/app").status_code == 200, "another subject is not held back"
+    finally:
+        for s in streams:
+            s.close()
+    _until(lambda: served.post(as_="alice/app3").status_code == 200, "alice's count was not released", timeout=5)
+
+
+# -- 3. an upstream breaking off mid-response ------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["truncated_cl", "truncated_chunked"])
+def test_an_upstream_breaking_off_leaves_the_response_unfinished(
+    fake: FakeUpstream, serve: Callable[..., Served], mode: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    served = serve(fake.url)
+    request = (b"POST /mcp?mode=%s HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nConnection: close\r\n"
+               b"Content-Length: %d\r\n\r\n%s" % (mode.encode(), len(PING), PING))
+    complete = served.raw(request.replace(mode.encode(), b"ok"))
+    assert complete.startswith(b"HTTP/1.1 200") and complete.endswith(b"0\r\n\r\n"), "control: a whole answer"
+    with caplog.at_level(logging.WARNING):
+        data = served.raw(request)
+        _until(lambda: any(r.name == "kavach.proxy" for r in caplog.records), "the truncation was not logged")
+    assert data.startswith(b"HTTP/1.1 200")
+    assert b"transfer-encoding: chunked" in data.lower()
+    assert not data.endswith(b"0\r\n\r\n"), "the response must not look complete"
+    (warning,) = [r for r in caplog.records if r.name == "kavach.proxy"]
+    assert warning.levelno == logging.WARNING and "broke off" in warning.getMessage()
+    assert all(r.exc_info is None for r in caplog.records), "no traceback"
+
+
+def test_a_truncated_answer_is_an_error_for_an_http_client(fake: FakeUpstream, serve: Callable[..., Served]) -> None:
+    served = serve(fake.url)
+    with pytest.raises(httpx.RemoteProtocolError):
+        served.post("mode=truncated_chunked")
+
+
+# -- 4. sessions belong to the principal they were issued to ---------------------------------
+
+
+MCP_HEADERS = {"Accept": "application/json, text/event-stream", "MCP-Protocol-Version": "2025-06-18"}
+INITIALIZE = json.dumps({
+    "jsonrpc": "2.0", "id": 1, "method": "initialize",
+    "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
+}).encode()
+INITIALIZED = b'{"jsonrpc":"2.0","method":"notifications/initialized"}'
+TOOLS_LIST = b'{"jsonrpc":"2.0","id":2,"method":"tools/list"}'
+
+
+@pytest.fixture
+def sdk_upstream(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """The SDK's MCP server (tests/mcp_upstream.py) and the file it logs its requests to."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    seen = tmp_path / "seen.log"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    proc = subprocess.Popen(
+        [sys.executable, str(Path(__file__).with_name("mcp_upstream.py")), str(port), str(seen)],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+    )
+    url = f"http://127.0.0.1:{port}/mcp"
+
+    def up() -> bool:
+        assert proc.poll() is None, "the upstream MCP server exited"
+        with contextlib.suppress(httpx.HTTPError):
+            httpx.get(url, timeout=1)
+            return True
+        return False
+
+    try:
+        _until(up, "the upstream MCP server did not start", timeout=30)
+        seen.write_text("")
+        yield url, seen
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+def test_a_session_is_usable_and_deletable_only_by_its_own_principal(
+    sdk_upstream: tuple[str, Path], serve: Callable[..., Served]
+) -> None:
+    url, seen = sdk_upstream
+    served = serve(url)
+
+    def call(body: bytes | None, as_: str, session: str | None = None, method: str = "POST") -> httpx.Response:
+        headers = {**MCP_HEADERS, "X-Test-Principal": as_, "Content-Type": "application/json"}
+        if session:
+            headers["Mcp-Session-Id"] = session
+        return httpx.request(method, served.base + "/mcp", content=body, headers=headers, timeout=10)
+
+    def reached() -> int:
+        return sum(1 for line in seen.read_text().splitlines() if line.strip())
+
+    init = call(INITIALIZE, "alice/app")
+    assert init.status_code == 200, init.text
+    sid = init.headers["mcp-session-id"]
+    assert call(INITIALIZED, "alice/app", sid).status_code == 202
+    assert call(TOOLS_LIST, "alice/app", sid).status_code == 200
+
+    before = reached()
+    _json_error(call(TOOLS_LIST, "bob/app", sid), 404, "session_not_found")
+    _json_error(call(None, "bob/app", sid, method="DELETE"), 404, "session_not_found")
+    _json_error(call(TOOLS_LIST, "alice/other-app", sid), 404, "session_not_found")
+    _json_error(call(TOOLS_LIST, "alice/app", "made-up-session"), 404, "session_not_found")
+    assert reached() == before, "the upstream saw requests in a session that was not theirs"
+
+    listed = call(TOOLS_LIST, "alice/app", sid)
+    assert listed.status_code == 200 and "count" in listed.text, "the session survived bob's DELETE"
+    assert call(None, "alice/app", sid, method="DELETE").status_code == 200
+    assert len(served.proxy.sessions) == 0, "a deleted session is forgotten"
+    before = reached()
+    _json_error(call(TOOLS_LIST, "alice/app", sid), 404, "session_not_found")
+    assert reached() == before
+
+
+def test_a_session_the_upstream_no_longer_knows_is_forgotten(fake: FakeUpstream, serve: Callable[..., Served]) -> None:
+    served = serve(fake.url)
+    sid = served.post("mode=init", as_="alice/app").headers["mcp-session-id"]
+    assert served.post("mode=ok", as_="alice/app", **{"Mcp-Session-Id": sid}).status_code == 200
+    assert served.post("mode=gone", as_="alice/app", **{"Mcp-Session-Id": sid}).status_code == 404
+    reached = len(fake.requests)
+    _json_error(served.post("mode=ok", as_="alice/app", **{"Mcp-Session-Id": sid}), 404, "session_not_found")
+    assert len(fake.requests) == reached and len(served.proxy.sessions) == 0
+
+
+def test_the_session_bindings_are_bounded(fake: FakeUpstream, serve: Callable[..., Served]) -> None:
+    served = serve(fake.url, max_sessions=3, sessions_per_subject=2)
+    alice = [served.post("mode=init", as_="alice/app").headers["mcp-session-id"] for _ in range(3)]
+    # alice's first session made room for her third; the others are hers still
+    assert [served.post(as_="alice/app", **{"Mcp-Session-Id": s}).status_code for s in alice] == [404, 200, 200]
+    bob = [served.post("mode=init", as_=f"bob{i}/app").headers["mcp-session-id"] for i in range(3)]
+    assert len(served.proxy.sessions) == 3
+    assert [served.post(as_="bob2/app", **{"Mcp-Session-Id": bob[2]}).status_code] == [200]
+
+    owners = SessionOwners(limit=2, per_subject=5)
+    owners.bind("a", ("s1", "c"))
+    owners.bind("b", ("s2", "c"))
+    assert owners.owned_by("a", ("s1", "c"))  # used: "b" is now the least recently used
+    owners.bind("c", ("s3", "c"))
+    assert owners.owned_by("a", ("s1", "c")) and not owners.owned_by("b", ("s2", "c"))
+    owners.bind("a", ("intruder", "c"))
+    assert owners.owned_by("a", ("s1", "c")), "a bound session keeps its first owner"
+
+
+# -- 5. no access token in the forwarded URL --------------------------------------------------
+
+
+def test_an_access_token_in_the_query_string_is_not_forwarded(fake: FakeUpstream, serve: Callable[..., Served]) -> None:
+    served = serve(fake.url)
+    query = "mode=ok&access_token=SECRET1&x=1&access%5Ftoken=SECRET2;access_token=SECRET3&y=2"
+    assert served.post(query).status_code == 200
+    (request,) = fake.requests
+    assert "SECRET" not in request["line"]
+    assert request["line"] == "POST /mcp?mode=ok&x=1&y=2 HTTP/1.1"
+
+
+# -- 6. the upstream's Set-Cookie and challenges ----------------------------------------------
+
+
+def test_upstream_cookies_of_kavach_and_challenges_stay_behind(
+    fake: FakeUpstream, serve: Callable[..., Served]
+) -> None:
+    served = serve(fake.url)
+    response = served.post("mode=headers")
+    assert response.status_code == 200
+    assert response.headers.get_list("set-cookie") == ["upstream_sess=abc; Path=/"]
+    assert "www-authenticate" not in response.headers and "proxy-authenticate" not in response.headers
+    assert response.headers["x-upstream"] == "kept"
+
+
+@pytest.mark.parametrize("mode", ["401", "407"])
+def test_an_upstream_challenge_is_a_502(fake: FakeUpstream, serve: Callable[..., Served], mode: str) -> None:
+    served = serve(fake.url)
+    response = served.post(f"mode={mode}")
+    _json_error(response, 502, "bad_gateway")
+    assert "www-authenticate" not in response.headers and "proxy-authenticate" not in response.headers
+
+
+# -- 7. forwarding headers ---------------------------------------------------------------------
+
+
+def test_forwarding_headers_are_the_proxys_own(fake: FakeUpstream, serve: Callable[..., Served]) -> None:
+    served = serve(fake.url)
+    forged = {
+        "X-Forwarded-For": "6.6.6.6", "X-Forwarded-Proto": "https", "X-Forwarded-Host": "evil.example",
+        "X-Forwarded-Port": "1", "Forwarded": "for=6.6.6.6", "X-Real-IP": "6.6.6.6", "Host": "mcp.example:8000",
+    }
+    assert served.post(**forged).status_code == 200
+    (request,) = fake.requests
+    headers = request["headers"]
+    names = [k for k, _ in headers]
+    fields = dict(headers)
+    assert "6.6.6.6" not in json.dumps(headers) and "evil.example" not in json.dumps(headers)
+    assert "forwarded" not in names and "x-real-ip" not in names and "x-forwarded-port" not in names
+    assert names.count("x-forwarded-for") == 1 and fields["x-forwarded-for"] == "127.0.0.1"
+    assert fields["x-forwarded-proto"] == "http"
+    assert fields["x-forwarded-host"] == "mcp.example:8000"
+    assert fields["via"] == "1.1 kavach"
+    assert fields["host"] == f"127.0.0.1:{fake.port}"
+
+
+# -- 8. a status code that is no HTTP status ---------------------------------------------------
+
+
+def test_a_nonsense_status_is_a_502(fake: FakeUpstream, serve: Callable[..., Served]) -> None:
+    served = serve(fake.url)
+    _json_error(served.post("mode=badstatus"), 502, "bad_gateway")
+    assert served.post().status_code == 200, "the proxy still answers"
+
+
+# -- 9. the request body goes with its length --------------------------------------------------
+
+
+def test_the_request_body_is_sent_with_its_content_length(fake: FakeUpstream, serve: Callable[..., Served]) -> None:
+    served = serve(fake.url)
+    assert served.post().status_code == 200
+    assert httpx.get(f"{served.base}/mcp?mode=ok", timeout=10).status_code == 200
+    post, get = fake.requests
+    assert dict(post["headers"])["content-length"] == str(len(PING)) and post["body"] == PING
+    assert "transfer-encoding" not in dict(post["headers"])
+    assert "content-length" not in dict(get["headers"]) and "transfer-encoding" not in dict(get["headers"])
