@@ -34,7 +34,7 @@ from kavach_core.guard import Principal
 from kavach_core.http import HttpRequest, Response
 from kavach_core.resource_indicators import PRM_WELL_KNOWN, resource_path
 
-from .server import TOO_LARGE, AuthorizationServer, failure_response, incoming
+from .server import TOO_LARGE, AuthorizationServer, failure_response, guarded_paths, incoming
 
 Required = Callable[[HttpRequest], "tuple[str, ...] | Response"]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -113,20 +113,6 @@ def _remove_authorization(request: web.Request) -> None:
         )
 
 
-def _guarded_paths(paths: Iterable[str] | None, canonical: str) -> frozenset[str]:
-    if paths is None:
-        return frozenset({resource_path(canonical) or "/"})
-    if isinstance(paths, (str, bytes, bytearray)) or not isinstance(paths, Iterable):
-        raise TypeError(f"paths= takes a collection of paths, such as paths={{'/mcp'}}, not {paths!r}")
-    found = frozenset(paths)
-    for path in found:
-        if not isinstance(path, str) or not path.startswith("/"):
-            raise ValueError(f"paths= takes paths starting with '/', such as '/mcp', not {path!r}")
-    if not found:
-        raise ValueError("paths= is empty: the middleware would guard nothing")
-    return found
-
-
 def endpoint(server: AuthorizationServer) -> Handler:
     """An aiohttp handler answering every request with :meth:`AuthorizationServer.ahandle`."""
 
@@ -164,7 +150,7 @@ def guard_middleware(
     if required is not None and not callable(required):
         raise TypeError(f"required= takes a function of the request giving its scopes, not {required!r}")
     canonical = server.protected(resource)
-    guarded = _guarded_paths(paths, canonical)
+    guarded = guarded_paths(paths, canonical)
     need = required or server.required_scopes
     metadata_path = PRM_WELL_KNOWN + resource_path(canonical)
     metadata = endpoint(server)

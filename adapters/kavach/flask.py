@@ -42,7 +42,7 @@ from kavach_core.guard import Principal
 from kavach_core.http import HttpRequest, Response, json_response
 from kavach_core.resource_indicators import PRM_WELL_KNOWN, resource_path
 
-from .server import TOO_LARGE, AuthorizationServer, failure_response, incoming
+from .server import TOO_LARGE, AuthorizationServer, failure_response, guarded_paths, incoming
 
 Required = Callable[[HttpRequest], "tuple[str, ...] | Response"]
 View = TypeVar("View", bound=Callable[..., Any])
@@ -235,17 +235,7 @@ def _bare(path: str) -> str:
 
 
 def _guarded_paths(paths: Iterable[str] | None, canonical: str) -> frozenset[str]:
-    if paths is None:
-        return frozenset({_bare(resource_path(canonical) or "/")})
-    if isinstance(paths, (str, bytes, bytearray)) or not isinstance(paths, Iterable):
-        raise TypeError(f"paths= takes a collection of paths, such as paths={{'/mcp'}}, not {paths!r}")
-    found = frozenset(paths)
-    for path in found:
-        if not isinstance(path, str) or not path.startswith("/"):
-            raise ValueError(f"paths= takes paths starting with '/', such as '/mcp', not {path!r}")
-    if not found:
-        raise ValueError("paths= is empty: the hook would guard nothing")
-    return frozenset(_bare(path) for path in found)
+    return frozenset(_bare(path) for path in guarded_paths(paths, canonical))
 
 
 def protect(
@@ -266,7 +256,7 @@ def protect(
     already add it, so a resource whose authorization server runs elsewhere needs only this.
     """
     canonical = server.protected(resource)
-    guarded_paths = _guarded_paths(paths, canonical)
+    covered = _guarded_paths(paths, canonical)
     need = _required(server, required)
     metadata_path = PRM_WELL_KNOWN + resource_path(canonical)
     if not any(rule.rule == metadata_path for rule in app.url_map.iter_rules()):
@@ -281,7 +271,7 @@ def protect(
 
     def hook() -> flask.Response | None:
         r = flask.request
-        if _bare(_full_path()) in guarded_paths or _bare(r.path) in guarded_paths:
+        if _bare(_full_path()) in covered or _bare(r.path) in covered:
             return _check(server, canonical, need)
         return None
 

@@ -37,7 +37,7 @@ from kavach_core.keys import KEYRING_TTL, KeyRing
 from kavach_core.mcp_methods import DEFAULT_MAP, McpScopeMap
 from kavach_core.messages.authorization import ConsentRequired
 from kavach_core.params import Params, form_params
-from kavach_core.resource_indicators import canonical_resource
+from kavach_core.resource_indicators import canonical_resource, resource_path
 from kavach_core.router import cors_headers
 from kavach_core.verified_cache import VerifiedCache
 
@@ -156,6 +156,23 @@ TOO_LARGE = json_response(
     413, {"error": "invalid_request", "error_description": "the request body is too large"}, no_store=True
 )
 """What every adapter answers to a body over its limit (RFC 9110 §15.5.14), before the core sees it."""
+
+
+def guarded_paths(paths: Iterable[str] | None, resource: str) -> frozenset[str]:
+    """The paths a framework guard covers: ``paths`` as given (a collection of paths starting
+    with ``/``; a bare string would be read as its characters, so it is refused), or the
+    canonical ``resource``'s own path."""
+    if paths is None:
+        return frozenset({resource_path(resource) or "/"})
+    if isinstance(paths, str | bytes | bytearray) or not isinstance(paths, Iterable):
+        raise TypeError(f"paths= takes a collection of paths, such as paths={{'/mcp'}}, not {paths!r}")
+    found = frozenset(paths)
+    for path in found:
+        if not isinstance(path, str) or not path.startswith("/"):
+            raise ValueError(f"paths= takes paths starting with '/', such as '/mcp', not {path!r}")
+    if not found:
+        raise ValueError("paths= is empty: the guard would cover nothing")
+    return found
 
 
 ENCODED_BODY = json_response(
