@@ -41,6 +41,8 @@ def _users() -> Users:
         ({"session_lifetime": -5}, "session_lifetime"),
         ({"session_lifetime": "8h"}, "session_lifetime"),
         ({"session_lifetime": 0}, "session_lifetime"),
+        ({"session_lifetime": 3600.5}, "session_lifetime must be a whole number"),
+        ({"keyring_ttl": -1}, "keyring_ttl"),
         ({"keyring_ttl": True}, "keyring_ttl"),
     ],
 )

@@ -219,11 +219,10 @@ def _check_arguments(
         raise TypeError(f"store must be a kavachOS store (kavach.stores.open_store), not {type(store).__name__}")
     if fetcher is not None and not callable(getattr(fetcher, "fetch", None)):
         raise TypeError(f"fetcher must be a kavach.fetcher.DocumentFetcher, not {type(fetcher).__name__}")
-    for name, number in (("session_lifetime", session_lifetime), ("keyring_ttl", keyring_ttl)):
-        if not isinstance(number, int | float) or isinstance(number, bool) or not 0 <= number < 10**7:
-            raise ValueError(f"{name} must be a number of seconds, not {number!r}")
-    if session_lifetime == 0:
-        raise ValueError("session_lifetime must be at least one second")
+    if not isinstance(session_lifetime, int) or isinstance(session_lifetime, bool) or not 0 < session_lifetime < 10**7:
+        raise ValueError(f"session_lifetime must be a whole number of seconds (at least 1), not {session_lifetime!r}")
+    if not isinstance(keyring_ttl, int | float) or isinstance(keyring_ttl, bool) or not 0 <= keyring_ttl < 10**7:
+        raise ValueError(f"keyring_ttl must be a number of seconds, not {keyring_ttl!r}")
 
 
 class AuthorizationServer:
