@@ -357,6 +357,18 @@ def test_serve_prints_where_to_connect_and_how_to_log_in() -> None:
         challenge = httpx.post(served.mcp_url, json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"}, timeout=10)
         assert challenge.status_code == 401
         assert "resource_metadata=" in challenge.headers["www-authenticate"]
+        # An MCP client in a browser page on another origin: the preflight passes (no token in
+        # it), and the 401 challenge is readable there
+        preflight = httpx.options(served.mcp_url, timeout=10, headers={
+            "Origin": "https://inspector.example", "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization, content-type, mcp-session-id"})
+        assert preflight.status_code == 200 and preflight.headers["access-control-allow-origin"] == "*"
+        assert "authorization" in preflight.headers["access-control-allow-headers"].lower()
+        assert "access-control-allow-credentials" not in preflight.headers
+        seen = httpx.post(served.mcp_url, json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"}, timeout=10,
+                          headers={"Origin": "https://inspector.example"})
+        assert seen.status_code == 401 and seen.headers["access-control-allow-origin"] == "*"
+        assert "www-authenticate" in seen.headers["access-control-expose-headers"].lower()
         # Any other path is the server's own JSON 404: no redirect (built from a Host header)
         for method, path in (("POST", "/token/"), ("POST", "/mcp/"), ("GET", "/MCP"), ("GET", "//mcp")):
             other = httpx.request(method, served.issuer + path, headers={"Host": "evil.example"}, timeout=10)

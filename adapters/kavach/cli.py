@@ -565,6 +565,28 @@ def _banner(settings: Settings, instance: Instance) -> None:
     print("\n".join(lines), flush=True)
 
 
+MCP_ALLOW_HEADERS = ("Authorization", "Content-Type", "Mcp-Session-Id", "MCP-Protocol-Version", "Last-Event-ID")
+MCP_EXPOSE_HEADERS = ("WWW-Authenticate", "Mcp-Session-Id", "MCP-Protocol-Version")
+
+
+def _cross_origin(app: Any) -> Any:
+    """``/mcp`` for MCP clients in a browser on another origin (the Fetch standard's CORS): a
+    preflight is answered before the guard (it carries no token), and every answer, the guard's
+    401/403 challenges included, lets the page read it. Any origin, never credentials: the token
+    travels in ``Authorization``, so no cookie of this origin is ever sent or needed (as MD-04
+    does for the authorization server's endpoints)."""
+    from starlette.middleware.cors import CORSMiddleware
+
+    return CORSMiddleware(
+        app,
+        allow_origins=["*"],
+        allow_methods=["GET", "POST", "DELETE"],
+        allow_headers=list(MCP_ALLOW_HEADERS),
+        expose_headers=list(MCP_EXPOSE_HEADERS),
+        max_age=7200,
+    )
+
+
 def build_app(instance: Instance, fetch_policy: Any) -> Any:
     """The Starlette app: the authorization server's paths and, at ``/mcp``, the guarded MCP server,
     fetching client metadata documents under ``fetch_policy`` (:meth:`Settings.fetch_policy`)."""
@@ -598,7 +620,7 @@ def build_app(instance: Instance, fetch_policy: Any) -> Any:
         demo = DemoApp(settings.issuer_url)
         inner = demo.app
         startup.append(demo.lifespan)
-    guard = KavachGuard(inner, server, settings.resource_url)
+    guard = _cross_origin(KavachGuard(inner, server, settings.resource_url))
 
     @asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
