@@ -194,6 +194,38 @@ def wait_ready(proc: subprocess.Popen[str], base: str) -> bool:
     return False
 
 
+@contextmanager
+def mcp_upstream(tmp: Path) -> Iterator[tuple[str, Path]]:
+    """tests/mcp_upstream.py (an MCP SDK server) on a free loopback port until the block ends: its
+    URL, and the file where it logs each request it receives (emptied once it answers)."""
+    seen = tmp / "upstream-requests.log"
+    log = tmp / "upstream.log"
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    with open(log, "w") as sink:
+        proc = subprocess.Popen(
+            [sys.executable, str(Path(__file__).with_name("mcp_upstream.py")), str(port), str(seen)],
+            stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.STDOUT, env=env, text=True,
+        )
+    try:
+        url = f"http://127.0.0.1:{port}/mcp"
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            if proc.poll() is not None:
+                raise AssertionError(f"the upstream MCP server exited:\n{log.read_text()}")
+            try:
+                httpx.get(url, timeout=1)
+                break
+            except httpx.HTTPError:
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"the upstream MCP server did not start:\n{log.read_text()}") from None
+                time.sleep(0.1)
+        seen.write_text("")
+        yield url, seen
+    finally:
+        stop(proc)
+
+
 def stop(proc: subprocess.Popen[str]) -> None:
     """Stop a server process: SIGTERM, then SIGKILL if it lingers."""
     if proc.poll() is None:

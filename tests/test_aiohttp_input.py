@@ -169,6 +169,11 @@ def test_a_callable_required_still_decides_the_scopes(kit: Kit) -> None:
 # -- defect 2: a header value that is not UTF-8 (RFC 9110 §5.5 obs-text) ------------------------------
 
 
+HANDED_ON = {"subject": "alice", "method": "tools/list", "size": len(CALL), "authorization": [], "x_name": ["caf\xe9"]}
+"""What the handler reports for alice's CALL with the latin-1 header: the body whole, the header's
+bytes as sent, no Authorization."""
+
+
 def test_a_latin_1_header_value_is_no_500_and_reaches_the_handler_unchanged(
     kit: Kit, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -178,13 +183,7 @@ def test_a_latin_1_header_value_is_no_500_and_reaches_the_handler_unchanged(
         assert refused.json() == {"error": "unauthorized", "error_description": "A Bearer access token is required"}
         r = await client.post("/mcp", content=CALL, headers=_bearer(kit.token(), LATIN))
         assert r.status_code == 200
-        assert r.json() == {
-            "subject": "alice",
-            "method": "tools/list",
-            "size": len(CALL),
-            "authorization": [],
-            "x_name": ["caf\xe9"],
-        }
+        assert r.json() == HANDED_ON
 
     _run(_app(kit), body)
     assert _errors(caplog) == []
@@ -219,13 +218,7 @@ def test_a_body_read_by_an_outer_middleware_is_guarded_and_handed_on(
         assert refused.status_code == 401 and refused.json()["error"] == "unauthorized"
         r = await client.post("/mcp", content=CALL, headers=_bearer(kit.token(), LATIN))
         assert r.status_code == 200
-        assert r.json() == {
-            "subject": "alice",
-            "method": "tools/list",
-            "size": len(CALL),
-            "authorization": [],
-            "x_name": ["caf\xe9"],
-        }
+        assert r.json() == HANDED_ON
 
     _run(_app(kit, outer=(_reads_first,)), body)
     assert _errors(caplog) == []

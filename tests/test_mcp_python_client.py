@@ -20,20 +20,15 @@ through kavachOS; progress notifications stream through and the upstream never s
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import anyio
-import httpx
 import httpx2
 import pytest
-from kavach_serve import free_port
+from kavach_serve import mcp_upstream
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp_sdk_client import PASSWORD, ChoosyPerson, SdkClient, served_with_user
@@ -228,39 +223,8 @@ class Upstream:
 @pytest.fixture
 def upstream(tmp_path: Path) -> Iterator[Upstream]:
     """An MCPServer (tests/mcp_upstream.py) on a free loopback port, stopped afterwards."""
-    script = Path(__file__).with_name("mcp_upstream.py")
-    seen = tmp_path / "upstream-authorization.log"
-    log = tmp_path / "upstream.log"
-    port = free_port()
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
-    with open(log, "w") as sink:
-        proc = subprocess.Popen(
-            [sys.executable, str(script), str(port), str(seen)],
-            stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.STDOUT, env=env,
-        )
-    try:
-        url = f"http://127.0.0.1:{port}/mcp"
-        deadline = time.monotonic() + 30
-        while True:
-            if proc.poll() is not None:
-                raise AssertionError(f"the upstream MCP server exited:\n{log.read_text()}")
-            try:
-                httpx.get(url, timeout=1)
-                break
-            except httpx.HTTPError:
-                if time.monotonic() > deadline:
-                    raise AssertionError(f"the upstream MCP server did not start:\n{log.read_text()}") from None
-                time.sleep(0.1)
-        seen.write_text("")
+    with mcp_upstream(tmp_path) as (url, seen):
         yield Upstream(url, seen)
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
 
 
 def test_rs_04_proxy_streams_progress_and_never_forwards_the_token(

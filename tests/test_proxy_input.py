@@ -16,13 +16,9 @@ request body goes upstream with its ``Content-Length``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
-import os
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -33,6 +29,7 @@ from typing import Any
 import httpx
 import pytest
 from kavach.proxy import SessionOwners, UpstreamProxy
+from kavach_serve import mcp_upstream
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -410,35 +407,8 @@ TOOLS_LIST = b'{"jsonrpc":"2.0","id":2,"method":"tools/list"}'
 @pytest.fixture
 def sdk_upstream(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     """The SDK's MCP server (tests/mcp_upstream.py) and the file it logs its requests to."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    seen = tmp_path / "seen.log"
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
-    proc = subprocess.Popen(
-        [sys.executable, str(Path(__file__).with_name("mcp_upstream.py")), str(port), str(seen)],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
-    )
-    url = f"http://127.0.0.1:{port}/mcp"
-
-    def up() -> bool:
-        assert proc.poll() is None, "the upstream MCP server exited"
-        with contextlib.suppress(httpx.HTTPError):
-            httpx.get(url, timeout=1)
-            return True
-        return False
-
-    try:
-        _until(up, "the upstream MCP server did not start", timeout=30)
-        seen.write_text("")
-        yield url, seen
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+    with mcp_upstream(tmp_path) as running:
+        yield running
 
 
 def test_a_session_is_usable_and_deletable_only_by_its_own_principal(

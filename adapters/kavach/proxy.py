@@ -58,6 +58,7 @@ import httpx
 from starlette.types import Receive, Scope, Send
 
 from .sessions import BROWSER_COOKIE, SESSION_COOKIE
+from .starlette import read_body
 
 log = logging.getLogger("kavach.proxy")
 
@@ -261,13 +262,11 @@ class UpstreamProxy:
         max_open_per_subject: int = 64,
         max_sessions: int = 10_000,
         sessions_per_subject: int = 100,
-        max_body: int = 4 * 1024 * 1024,
         retry_after: int = 5,
     ) -> None:
         self.upstream = upstream
         self.header_timeout = header_timeout
         self.max_open_per_subject = max_open_per_subject
-        self.max_body = max_body
         self.retry_after = retry_after
         # The longest the whole wait for the headers may take, should the transport not report
         # when it starts waiting for them (each phase has its own limit besides).
@@ -300,10 +299,10 @@ class UpstreamProxy:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return
+        body = await read_body(receive, send)  # the guard's replay, or the client's own (413 over 4 MiB)
+        if body is None:
+            return  # 413 sent, or the client went away before its request was complete: nothing to forward
         try:
-            body = await self._body(receive)
-            if body is None:
-                return  # the client went away before its request was complete: nothing to forward
             owner = _owner(scope)
             session = _header(scope, b"mcp-session-id")
             if owner is not None and session is not None and not self.sessions.owned_by(session, owner):
@@ -327,22 +326,6 @@ class UpstreamProxy:
                     self._open[subject] = left
                 else:
                     self._open.pop(subject, None)
-
-    async def _body(self, receive: Receive) -> bytes | None:
-        """The whole request body (the guard has read it already), ``None`` if the client left."""
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return None
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.max_body:
-                raise _Refused(413, "request_too_large", "the request body is too large")
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                return b"".join(chunks)
 
     async def _exchange(
         self, scope: Scope, receive: Receive, send: Send, body: bytes, owner: Owner | None, session: str | None

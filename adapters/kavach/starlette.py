@@ -79,7 +79,7 @@ async def _send(send: Send, response: Response) -> None:
     await send({"type": "http.response.body", "body": response.body})
 
 
-async def _body(receive: Receive, send: Send) -> bytes | None:
+async def read_body(receive: Receive, send: Send) -> bytes | None:
     """The whole request body; ``None`` once a 413 has been sent for one over :data:`MAX_BODY`, or
     when the client left before the body was complete (nothing is sent, nothing acted on)."""
     message = await receive()
@@ -99,11 +99,11 @@ async def _body(receive: Receive, send: Send) -> bytes | None:
 
 
 async def _request(scope: Scope, receive: Receive, send: Send) -> HttpRequest | None:
-    body = await _body(receive, send)
+    body = await read_body(receive, send)
     return None if body is None else _translate(scope, body)
 
 
-def _split_authorization(scope: Scope) -> tuple[list[str], list[tuple[bytes, bytes]], list[str]]:
+def _split_headers(scope: Scope) -> tuple[list[str], list[tuple[bytes, bytes]], list[str]]:
     """The ``Authorization`` values, every other header (what the wrapped app gets), and the
     ``Content-Encoding`` values.
 
@@ -174,12 +174,12 @@ class KavachGuard:
                 return await self.app(scope, receive, send)
             await send({"type": "websocket.close", "code": 1008})
             return None
-        body = await _body(receive, send)
+        body = await read_body(receive, send)
         if body is None:
             return None
         if scope["path"] in self.public:
             return await _send(send, await self.server.ahandle(_translate(scope, body)))
-        authorization, others, codings = _split_authorization(scope)
+        authorization, others, codings = _split_headers(scope)
         refused = body_coding_problem(codings) if codings else None
         if refused is not None:
             return await _send(send, refused)
