@@ -165,6 +165,11 @@ class FakeUpstream:
             challenge = b"WWW-Authenticate" if mode == "401" else b"Proxy-Authenticate"
             w(b"HTTP/1.1 %s %s\r\n%s: Bearer realm=\"upstream\"\r\nContent-Type: application/json\r\n"
               b"Content-Length: %d\r\n\r\n" % (mode.encode(), reason, challenge, len(body)) + body)
+        elif mode in ("301", "307", "308", "304"):
+            reason = {"301": b"Moved Permanently", "307": b"Temporary Redirect", "308": b"Permanent Redirect",
+                      "304": b"Not Modified"}[mode]
+            location = b"" if mode == "304" else b"Location: http://127.0.0.1:%d/mcp/\r\n" % self.port
+            w(b"HTTP/1.1 %s %s\r\n%sContent-Length: 0\r\n\r\n" % (mode.encode(), reason, location))
         elif mode == "badstatus":
             w(b"HTTP/1.1 999 Weird\r\nContent-Length: 0\r\n\r\n")
         elif mode == "init":
@@ -509,6 +514,26 @@ def test_an_upstream_challenge_is_a_502(fake: FakeUpstream, serve: Callable[...,
     response = served.post(f"mode={mode}")
     _json_error(response, 502, "bad_gateway")
     assert "www-authenticate" not in response.headers and "proxy-authenticate" not in response.headers
+
+
+@pytest.mark.parametrize("mode", ["301", "307", "308"])
+def test_an_upstream_redirect_is_a_502_that_names_no_upstream_address(
+    fake: FakeUpstream, serve: Callable[..., Served], mode: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    served = serve(fake.url)
+    with caplog.at_level(logging.WARNING, logger="kavach.proxy"):
+        response = served.post(f"mode={mode}")
+    _json_error(response, 502, "bad_gateway")
+    assert "location" not in response.headers
+    assert str(fake.port) not in response.text, "the upstream's own address stays behind"
+    assert len(fake.requests) == 1, "the redirect is not followed"
+    assert f"127.0.0.1:{fake.port}/mcp/" in caplog.text, "the operator learns where the upstream pointed"
+    assert served.post().status_code == 200, "the proxy still answers"
+
+
+def test_not_modified_is_no_redirect(fake: FakeUpstream, serve: Callable[..., Served]) -> None:
+    served = serve(fake.url)
+    assert served.post("mode=304").status_code == 304
 
 
 # -- 7. forwarding headers ---------------------------------------------------------------------

@@ -21,7 +21,11 @@ What does not pass (RFC 9110 §7.6.1, RS-04):
   itself to ``Via`` (RFC 9110 §7.6.3);
 - ``Host`` (the upstream's own is sent);
 - the upstream's ``WWW-Authenticate`` and ``Proxy-Authenticate``: this server is the resource
-  server, so an upstream 401 or 407 is a 502 (a challenge would make the client drop its token).
+  server, so an upstream 401 or 407 is a 502 (a challenge would make the client drop its token);
+- an upstream redirect (3xx but 304): its ``Location`` names the upstream's own address, which
+  the client cannot reach through this proxy (only the MCP path is proxied), so the answer is a
+  502 and the log says where the upstream pointed (usually a missing or extra slash in
+  ``--upstream``); redirects are not followed either.
 
 Sessions: the ``Mcp-Session-Id`` an upstream issues is bound to the principal (subject and client)
 whose request it answered. A request carrying a session id that is not bound to its own principal
@@ -367,6 +371,13 @@ class UpstreamProxy:
             if status in (401, 407):
                 log.warning("the upstream MCP server answered %d: it should not ask the proxy for credentials", status)
                 raise _Refused(502, "bad_gateway", f"the upstream MCP server refused the request ({status})")
+            if 300 <= status < 400 and status != 304:
+                log.warning(
+                    "the upstream MCP server answered %s %s with %d to %r: redirects are not passed on; "
+                    "give --upstream the URL it serves",
+                    method, self.upstream, status, upstream.headers.get("location", ""),
+                )
+                raise _Refused(502, "bad_gateway", f"the upstream MCP server answered with a redirect ({status})")
             self._track_session(method, status, upstream.headers.get("mcp-session-id"), owner, session)
             complete = await _relay(upstream, send)
             if not complete:
