@@ -39,16 +39,20 @@ def canonical_resource(uri: str) -> str:
 
 
 _BRACKETED = re.compile(r"\[[^\[\]]*\](?::[0-9]*)?")
-_REG_NAME = re.compile(r"(?:%[0-9a-f]{2}|[a-z0-9\-._~!$&'()*+,;=])+")
+_REG_NAME = re.compile(r"[a-z0-9\-._~!$&'()*+,;=]+")
 
 
 def host_problem(netloc: str, host: str) -> str | None:
-    """Why ``host`` is not an RFC 3986 §3.2.2 host: a bracketed IPv6 literal, or a reg-name /
-    IPv4 address of unreserved, percent-encoded and sub-delimiter characters only.
+    """Why ``host`` is not an RFC 3986 §3.2.2 host written out: a bracketed IPv6 literal, or a
+    reg-name / IPv4 address of unreserved and sub-delimiter characters only.
 
     ``urlsplit`` does not check this: from ``]x[y`` it takes ``y`` as the host, and it keeps DEL
     and non-ASCII characters, so a garbage authority would canonicalise to a URI that no longer
-    parses (found by conformance/fuzz/fuzz_uris.py)."""
+    parses (found by conformance/fuzz/fuzz_uris.py). RFC 3986 also lets a reg-name hold
+    percent-encoded octets, but a browser decodes them (WHATWG URL host parsing), so
+    ``https://ex%61mple.com/cb`` would land on a host other than the one a consent page shows and
+    two spellings of one resource would be two audiences: such hosts are refused (an
+    internationalised name is given in its ``xn--`` form)."""
     hostport = netloc.rpartition("@")[2]
     if "[" in hostport or "]" in hostport:
         if not _BRACKETED.fullmatch(hostport):
@@ -58,6 +62,8 @@ def host_problem(netloc: str, host: str) -> str | None:
         except ValueError:
             return "the bracketed host is not an IPv6 address"
         return None
+    if "%" in host:
+        return "the host must not be percent-encoded (give an internationalised name in its xn-- form)"
     if not _REG_NAME.fullmatch(host):
         return "the host has characters a URI host cannot have"
     return None

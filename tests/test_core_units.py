@@ -465,6 +465,9 @@ def test_redirect_matching() -> None:
         ("https:///cb", "no host"),
         ("http://a.example/cb", "only allowed on loopback"),
         ("myapp:/cb", "myapp scheme is not allowed"),
+        # a browser decodes a percent-encoded host: the consent page would name another host
+        ("https://ex%61mple.com/cb", "percent-encoded"),
+        ("http://127.0.0.%31/cb", "percent-encoded"),
     ],
 )
 def test_rg_01_redirect_registration_problems(uri: str, problem: str) -> None:
@@ -479,6 +482,7 @@ def test_rg_01_redirect_registration_problems(uri: str, problem: str) -> None:
         "http://[::1]/cb",
         "http://localhost/cb",
         "com.example.app:/cb",
+        "https://a.example/c%62?x=%20",  # percent-encoding outside the host is the client's own spelling
     ],
 )
 def test_rg_01_acceptable_redirect_uris(uri: str) -> None:
@@ -520,6 +524,8 @@ def test_rs_05_canonical_resource(uri: str, canonical: str) -> None:
         "https://a.example/%7Emcp",
         "https://a.example/m%63p",
         "https://a.example/x/%2e%2e/mcp",
+        # another spelling of a host: a second audience for the same server
+        "https://%61.example/mcp",
     ],
 )
 def test_rs_05_not_a_resource(uri: str) -> None:
