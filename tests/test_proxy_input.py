@@ -28,7 +28,7 @@ from typing import Any
 
 import httpx
 import pytest
-from kavach.proxy import SessionOwners, UpstreamProxy
+from kavach.proxy import SessionSeal, UpstreamProxy
 from kavach_serve import mcp_upstream
 
 pytestmark = pytest.mark.timeout(60)
@@ -447,39 +447,66 @@ def test_a_session_is_usable_and_deletable_only_by_its_own_principal(
     listed = call(TOOLS_LIST, "alice/app", sid)
     assert listed.status_code == 200 and "count" in listed.text, "the session survived bob's DELETE"
     assert call(None, "alice/app", sid, method="DELETE").status_code == 200
-    assert len(served.proxy.sessions) == 0, "a deleted session is forgotten"
-    before = reached()
-    _json_error(call(TOOLS_LIST, "alice/app", sid), 404, "session_not_found")
-    assert reached() == before
+    assert call(TOOLS_LIST, "alice/app", sid).status_code == 404, "the upstream ended it"
 
 
-def test_a_session_the_upstream_no_longer_knows_is_forgotten(fake: FakeUpstream, serve: Callable[..., Served]) -> None:
+def test_the_upstream_sees_its_own_session_id_and_the_client_a_sealed_one(
+    fake: FakeUpstream, serve: Callable[..., Served]
+) -> None:
     served = serve(fake.url)
     sid = served.post("mode=init", as_="alice/app").headers["mcp-session-id"]
-    assert served.post("mode=ok", as_="alice/app", **{"Mcp-Session-Id": sid}).status_code == 200
-    assert served.post("mode=gone", as_="alice/app", **{"Mcp-Session-Id": sid}).status_code == 404
+    assert sid.startswith("s-1.") and len(sid) > len("s-1.") + 40
+    assert all(0x21 <= ord(c) <= 0x7E for c in sid), "an Mcp-Session-Id is visible ASCII"
+    assert served.post(as_="alice/app", **{"Mcp-Session-Id": sid}).status_code == 200
+    assert dict(fake.requests[-1]["headers"])["mcp-session-id"] == "s-1"
     reached = len(fake.requests)
-    _json_error(served.post("mode=ok", as_="alice/app", **{"Mcp-Session-Id": sid}), 404, "session_not_found")
-    assert len(fake.requests) == reached and len(served.proxy.sessions) == 0
+    for forged in ("s-1", sid[:-1] + ("A" if sid[-1] != "A" else "B"), sid + "x", "." + sid.split(".")[1]):
+        _json_error(served.post(as_="alice/app", **{"Mcp-Session-Id": forged}), 404, "session_not_found")
+    assert len(fake.requests) == reached, "no forged session id reached the upstream"
 
 
-def test_the_session_bindings_are_bounded(fake: FakeUpstream, serve: Callable[..., Served]) -> None:
-    served = serve(fake.url, max_sessions=3, sessions_per_subject=2)
-    alice = [served.post("mode=init", as_="alice/app").headers["mcp-session-id"] for _ in range(3)]
-    # alice's first session made room for her third; the others are hers still
-    assert [served.post(as_="alice/app", **{"Mcp-Session-Id": s}).status_code for s in alice] == [404, 200, 200]
-    bob = [served.post("mode=init", as_=f"bob{i}/app").headers["mcp-session-id"] for i in range(3)]
-    assert len(served.proxy.sessions) == 3
-    assert [served.post(as_="bob2/app", **{"Mcp-Session-Id": bob[2]}).status_code] == [200]
+def test_several_session_ids_are_a_400(fake: FakeUpstream, serve: Callable[..., Served]) -> None:
+    served = serve(fake.url)
+    sid = served.post("mode=init", as_="alice/app").headers["mcp-session-id"]
+    request = (
+        b"POST /mcp?mode=ok HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-Test-Principal: alice/app\r\n"
+        b"Mcp-Session-Id: %s\r\nMcp-Session-Id: %s\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (sid.encode(), sid.encode(), len(PING), PING)
+    )
+    answer = served.raw(request)
+    assert answer.startswith(b"HTTP/1.1 400 ") and b'"invalid_request"' in answer
+    assert len(fake.requests) == 1
 
-    owners = SessionOwners(limit=2, per_subject=5)
-    owners.bind("a", ("s1", "c"))
-    owners.bind("b", ("s2", "c"))
-    assert owners.owned_by("a", ("s1", "c"))  # used: "b" is now the least recently used
-    owners.bind("c", ("s3", "c"))
-    assert owners.owned_by("a", ("s1", "c")) and not owners.owned_by("b", ("s2", "c"))
-    owners.bind("a", ("intruder", "c"))
-    assert owners.owned_by("a", ("s1", "c")), "a bound session keeps its first owner"
+
+def test_a_session_started_through_one_instance_continues_through_another(
+    fake: FakeUpstream, serve: Callable[..., Served]
+) -> None:
+    """Instances sharing a secret share sessions (no sticky load balancing); the binding holds across them."""
+    first, second = serve(fake.url, session_secret=b"k" * 32), serve(fake.url, session_secret=b"k" * 32)
+    stranger = serve(fake.url, session_secret=b"z" * 32)
+    sid = first.post("mode=init", as_="alice/app").headers["mcp-session-id"]
+    assert second.post(as_="alice/app", **{"Mcp-Session-Id": sid}).status_code == 200
+    assert dict(fake.requests[-1]["headers"])["mcp-session-id"] == "s-1"
+    reached = len(fake.requests)
+    _json_error(second.post(as_="bob/app", **{"Mcp-Session-Id": sid}), 404, "session_not_found")
+    _json_error(stranger.post(as_="alice/app", **{"Mcp-Session-Id": sid}), 404, "session_not_found")
+    assert len(fake.requests) == reached
+
+
+def test_a_seal_opens_only_for_its_owner() -> None:
+    seal = SessionSeal(b"s" * 32)
+    sealed = seal.seal("a.b.c", ("alice", "app"))
+    assert seal.open(sealed, ("alice", "app")) == "a.b.c", "an upstream id with dots comes back whole"
+    assert seal.open(sealed, ("bob", "app")) is None and seal.open(sealed, ("alice", "app2")) is None
+    # the owner's parts cannot be shifted into each other or into the id
+    assert SessionSeal(b"s" * 32).open(seal.seal("x", ("a", "b.c")), ("a.b", "c")) is None
+    assert seal.open(seal.seal("x", ("a", "b")), ("a", "b")) == "x"
+    assert seal.open(sealed, ("alice", "app")) == SessionSeal(b"s" * 32).open(sealed, ("alice", "app"))
+    assert SessionSeal(b"t" * 32).open(sealed, ("alice", "app")) is None
+    for garbage in ("", ".", "nodot", sealed + "\u00e9", "\u00ff." + sealed.split(".")[-1], sealed.replace(".", "")):
+        assert seal.open(garbage, ("alice", "app")) is None
+    with pytest.raises(ValueError):
+        SessionSeal(b"short")
 
 
 # -- 5. no access token in the forwarded URL --------------------------------------------------

@@ -611,7 +611,7 @@ def build_app(instance: Instance, fetch_policy: Any) -> Any:
     if settings.upstream:
         from .proxy import UpstreamProxy
 
-        proxy = UpstreamProxy(settings.upstream)
+        proxy = UpstreamProxy(settings.upstream, session_secret=instance.config.secret)
         inner = proxy
         closers.append(proxy.aclose)
     else:

@@ -27,12 +27,13 @@ What does not pass (RFC 9110 §7.6.1, RS-04):
   502 and the log says where the upstream pointed (usually a missing or extra slash in
   ``--upstream``); redirects are not followed either.
 
-Sessions: the ``Mcp-Session-Id`` an upstream issues is bound to the principal (subject and client)
-whose request it answered. A request carrying a session id that is not bound to its own principal
-(another's, or one this proxy does not know) is answered 404, as the MCP SDK answers an unknown
-session, and never reaches the upstream. The binding is forgotten when a ``DELETE`` of the
-session succeeds or the upstream answers 404 for it; at most ``max_sessions`` are kept (oldest
-use first out, and at most ``sessions_per_subject`` for one subject).
+Sessions: every ``Mcp-Session-Id`` the upstream issues is sealed to the principal (subject and
+client) whose request it answers: the client is given ``ID.TAG`` (:class:`SessionSeal`), and a
+request whose session id does not open for its own principal (another's, a forged or an altered
+one) is answered 404, as the MCP SDK answers an unknown session, and never reaches the upstream,
+which only ever sees its own ``ID``. Nothing is kept per session: every instance given the same
+``session_secret`` (``kavach serve`` gives its deployment secret) continues the sessions any of
+them started, so a load balancer needs no sticky sessions, and a restart loses none.
 
 Failures are answered with a JSON body and never hang: the upstream cannot be reached -> 502; its
 response headers take longer than ``header_timeout`` -> 504; every upstream connection is in use
@@ -50,9 +51,11 @@ too, so an abandoned request does not hold a connection open upstream.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import logging
-from collections import OrderedDict
+import os
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
 from urllib.parse import unquote_plus
@@ -60,6 +63,8 @@ from urllib.parse import unquote_plus
 import anyio
 import httpx
 from starlette.types import Receive, Scope, Send
+
+from kavach_core.opaque import b64url
 
 from .sessions import BROWSER_COOKIE, SESSION_COOKIE
 from .starlette import read_body
@@ -187,48 +192,35 @@ def forwarded_query(query: str) -> str:
 Owner = tuple[str, str]
 
 
-class SessionOwners:
-    """Which principal (subject, client) each upstream ``Mcp-Session-Id`` was issued to.
+class SessionSeal:
+    """Binds upstream ``Mcp-Session-Id`` values to principals without keeping anything.
 
-    Bounded: at most ``limit`` sessions in all and ``per_subject`` for one subject, the least
-    recently used going first (its owner then gets a 404 and starts a new session)."""
+    ``seal(ID, owner)`` is ``ID.TAG``, TAG the unpadded base64url HMAC-SHA256 (RFC 2104) of the
+    owner's subject and client and ID, under a key derived from ``secret`` for this use alone;
+    ``open`` gives ID back only for that owner (the tags compared in constant time). The MCP
+    transport asks for session ids of visible ASCII (0x21-0x7E): a tag adds only such characters.
+    """
 
-    def __init__(self, limit: int, per_subject: int) -> None:
-        self.limit = max(1, limit)
-        self.per_subject = max(1, per_subject)
-        self._owners: OrderedDict[str, Owner] = OrderedDict()
-        self._counts: dict[str, int] = {}
+    _LABEL = b"kavach proxy: Mcp-Session-Id binding"
 
-    def __len__(self) -> int:
-        return len(self._owners)
+    def __init__(self, secret: bytes) -> None:
+        if not isinstance(secret, bytes) or len(secret) < 16:
+            raise ValueError("the session secret must be at least 16 bytes")
+        self._key = hmac.new(secret, self._LABEL, hashlib.sha256).digest()
 
-    def owned_by(self, session: str, owner: Owner) -> bool:
-        if self._owners.get(session) != owner:
-            return False
-        self._owners.move_to_end(session)
-        return True
+    def _tag(self, session: str, owner: Owner) -> bytes:
+        message = json.dumps([owner[0], owner[1], session]).encode("ascii")  # unambiguous, whatever the values
+        return b64url(hmac.new(self._key, message, hashlib.sha256).digest()).encode("ascii")
 
-    def bind(self, session: str, owner: Owner) -> None:
-        if session in self._owners:
-            return  # the first owner keeps it
-        subject = owner[0]
-        if self._counts.get(subject, 0) >= self.per_subject:
-            oldest = next(s for s, o in self._owners.items() if o[0] == subject)
-            self.forget(oldest)
-        while len(self._owners) >= self.limit:
-            self.forget(next(iter(self._owners)))
-        self._owners[session] = owner
-        self._counts[subject] = self._counts.get(subject, 0) + 1
+    def seal(self, session: str, owner: Owner) -> str:
+        return f"{session}.{self._tag(session, owner).decode('ascii')}"
 
-    def forget(self, session: str) -> None:
-        owner = self._owners.pop(session, None)
-        if owner is None:
-            return
-        left = self._counts.get(owner[0], 1) - 1
-        if left > 0:
-            self._counts[owner[0]] = left
-        else:
-            self._counts.pop(owner[0], None)
+    def open(self, sealed: str, owner: Owner) -> str | None:
+        """The upstream's session id inside ``sealed`` when it was sealed for ``owner``, else ``None``."""
+        session, dot, tag = sealed.rpartition(".")
+        if not dot or not session:
+            return None
+        return session if hmac.compare_digest(tag.encode("latin-1", "replace"), self._tag(session, owner)) else None
 
 
 class _Refused(Exception):
@@ -249,7 +241,8 @@ class UpstreamProxy:
     request is written (then 504). ``max_connections``: the upstream connection pool; when every
     connection stays busy for ``pool_timeout`` the answer is 503. ``max_open_per_subject``: how
     many requests one subject may have in flight (a ``GET`` stream counts while it is open); above
-    it, 429. ``max_sessions`` and ``sessions_per_subject`` bound the session bindings kept.
+    it, 429. ``session_secret``: what session ids are sealed with (:class:`SessionSeal`; by
+    default a random one, so only this process continues its sessions).
     """
 
     def __init__(
@@ -264,8 +257,7 @@ class UpstreamProxy:
         max_connections: int = 1000,
         max_keepalive_connections: int = 100,
         max_open_per_subject: int = 64,
-        max_sessions: int = 10_000,
-        sessions_per_subject: int = 100,
+        session_secret: bytes | None = None,
         retry_after: int = 5,
     ) -> None:
         self.upstream = upstream
@@ -275,7 +267,7 @@ class UpstreamProxy:
         # The longest the whole wait for the headers may take, should the transport not report
         # when it starts waiting for them (each phase has its own limit besides).
         self._backstop = connect_timeout + write_timeout + pool_timeout + header_timeout
-        self.sessions = SessionOwners(max_sessions, sessions_per_subject)
+        self.seal = SessionSeal(session_secret if session_secret is not None else os.urandom(32))
         self._open: dict[str, int] = {}
         self._own_client = client is None
         # No read timeout: a GET stream may stay quiet for as long as the server has nothing to say.
@@ -308,9 +300,7 @@ class UpstreamProxy:
             return  # 413 sent, or the client went away before its request was complete: nothing to forward
         try:
             owner = _owner(scope)
-            session = _header(scope, b"mcp-session-id")
-            if owner is not None and session is not None and not self.sessions.owned_by(session, owner):
-                raise _Refused(404, "session_not_found", "no such MCP session")
+            session = self._session(scope, owner)
             subject = owner[0] if owner is not None else None
             if subject is not None and self._open.get(subject, 0) >= self.max_open_per_subject:
                 raise _Refused(
@@ -330,6 +320,21 @@ class UpstreamProxy:
                     self._open[subject] = left
                 else:
                     self._open.pop(subject, None)
+
+    def _session(self, scope: Scope, owner: Owner | None) -> str | None:
+        """The upstream's own id of the session the request names (only for a guarded request:
+        without a principal, ids pass as they are)."""
+        if owner is None:
+            return None
+        sealed = [v.decode("latin-1") for k, v in scope.get("headers", []) if k.lower() == b"mcp-session-id"]
+        if not sealed:
+            return None
+        if len(sealed) > 1:
+            raise _Refused(400, "invalid_request", "more than one Mcp-Session-Id header")
+        session = self.seal.open(sealed[0], owner)
+        if session is None:
+            raise _Refused(404, "session_not_found", "no such MCP session")
+        return session
 
     async def _exchange(
         self, scope: Scope, receive: Receive, send: Send, body: bytes, owner: Owner | None, session: str | None
@@ -353,10 +358,15 @@ class UpstreamProxy:
     async def _forward(self, scope: Scope, send: Send, body: bytes, owner: Owner | None, session: str | None) -> None:
         method = scope["method"]
         has_body = bool(body) or method not in ("GET", "HEAD", "DELETE", "OPTIONS")
+        headers = request_headers(scope["headers"])
+        if owner is not None:  # the client's (sealed) id is replaced by the upstream's own
+            headers = [(k, v) for k, v in headers if k != "mcp-session-id"]
+            if session is not None:
+                headers.append(("mcp-session-id", session))
         request = self.client.build_request(
             method,
             self._url(scope),
-            headers=request_headers(scope["headers"]) + forwarding_headers(scope),
+            headers=headers + forwarding_headers(scope),
             content=body if has_body else None,
         )
         try:
@@ -378,8 +388,7 @@ class UpstreamProxy:
                     method, self.upstream, status, upstream.headers.get("location", ""),
                 )
                 raise _Refused(502, "bad_gateway", f"the upstream MCP server answered with a redirect ({status})")
-            self._track_session(method, status, upstream.headers.get("mcp-session-id"), owner, session)
-            complete = await _relay(upstream, send)
+            complete = await _relay(upstream, send, self._returned_headers(upstream, owner))
             if not complete:
                 log.warning(
                     "the upstream MCP server broke off its response to %s %s; the client's connection is closed",
@@ -427,16 +436,15 @@ class UpstreamProxy:
             raise _Refused(504, "gateway_timeout", "the upstream MCP server did not answer in time")
         return upstream
 
-    def _track_session(
-        self, method: str, status: int, issued: str | None, owner: Owner | None, session: str | None
-    ) -> None:
+    def _returned_headers(self, upstream: httpx.Response, owner: Owner | None) -> list[tuple[bytes, bytes]]:
+        """The upstream's headers for the client, each ``Mcp-Session-Id`` sealed to ``owner``."""
+        headers = response_headers(upstream.headers)
         if owner is None:
-            return
-        if session is None:
-            if issued and 200 <= status < 300:
-                self.sessions.bind(issued, owner)
-        elif status == 404 or (method == "DELETE" and 200 <= status < 300):
-            self.sessions.forget(session)
+            return headers
+        return [
+            (k, self.seal.seal(v.decode("latin-1"), owner).encode("latin-1")) if k == b"mcp-session-id" else (k, v)
+            for k, v in headers
+        ]
 
 
 def _owner(scope: Scope) -> Owner | None:
@@ -448,17 +456,9 @@ def _owner(scope: Scope) -> Owner | None:
     return (str(principal.subject), str(principal.client_id))
 
 
-def _header(scope: Scope, name: bytes) -> str | None:
-    for key, value in scope.get("headers", []):
-        if key.lower() == name:
-            return str(value.decode("latin-1"))
-    return None
-
-
-async def _relay(upstream: httpx.Response, send: Send) -> bool:
-    """Send the response on as it arrives; ``False`` when the upstream broke off (then the
-    response is left unfinished, and the server closes the client's connection)."""
-    headers = response_headers(upstream.headers)
+async def _relay(upstream: httpx.Response, send: Send, headers: list[tuple[bytes, bytes]]) -> bool:
+    """Send the response on as it arrives, with ``headers``; ``False`` when the upstream broke
+    off (then the response is left unfinished, and the server closes the client's connection)."""
     await send({"type": "http.response.start", "status": upstream.status_code, "headers": headers})
     try:
         async for chunk in _raw(upstream):
