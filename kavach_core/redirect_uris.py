@@ -88,7 +88,7 @@ def registration_problem(uri: str) -> str | None:
     if scheme == "http":
         if host in {"127.0.0.1", "::1", "localhost"}:
             return None
-        return "http redirect URIs are only allowed on loopback (127.0.0.1, [::1])"
+        return "http redirect URIs are only allowed on loopback (127.0.0.1, [::1] or localhost)"
     # Private-use URI scheme for native apps (RFC 8252 §7.1): reverse-domain, with a dot.
     if "." not in scheme:
         return f"the {scheme} scheme is not allowed; use https, or a reverse-domain private-use scheme"

@@ -39,12 +39,12 @@ def canonical_resource(uri: str) -> str:
 
 
 _BRACKETED = re.compile(r"\[[^\[\]]*\](?::[0-9]*)?")
-_REG_NAME = re.compile(r"[a-z0-9\-._~!$&'()*+,;=]+")
+_REG_NAME = re.compile(r"[a-z0-9\-._~]+")
 
 
 def host_problem(netloc: str, host: str) -> str | None:
     """Why ``host`` is not an RFC 3986 §3.2.2 host written out: a bracketed IPv6 literal, or a
-    reg-name / IPv4 address of unreserved and sub-delimiter characters only.
+    reg-name / IPv4 address of unreserved characters only (letters, digits, ``-._~``).
 
     ``urlsplit`` does not check this: from ``]x[y`` it takes ``y`` as the host, and it keeps DEL
     and non-ASCII characters, so a garbage authority would canonicalise to a URI that no longer
@@ -52,7 +52,9 @@ def host_problem(netloc: str, host: str) -> str | None:
     percent-encoded octets, but a browser decodes them (WHATWG URL host parsing), so
     ``https://ex%61mple.com/cb`` would land on a host other than the one a consent page shows and
     two spellings of one resource would be two audiences: such hosts are refused (an
-    internationalised name is given in its ``xn--`` form)."""
+    internationalised name is given in its ``xn--`` form). So are the sub-delimiters RFC 3986
+    also allows (``*.example.com``, ``a!b``): no DNS name has them, and a wildcard host would
+    read as a pattern where matching is exact."""
     hostport = netloc.rpartition("@")[2]
     if "[" in hostport or "]" in hostport:
         if not _BRACKETED.fullmatch(hostport):
@@ -65,7 +67,7 @@ def host_problem(netloc: str, host: str) -> str | None:
     if "%" in host:
         return "the host must not be percent-encoded (give an internationalised name in its xn-- form)"
     if not _REG_NAME.fullmatch(host):
-        return "the host has characters a URI host cannot have"
+        return "the host has characters a host name cannot have (letters, digits and -._~ only)"
     return None
 
 

@@ -468,6 +468,8 @@ def test_redirect_matching() -> None:
         # a browser decodes a percent-encoded host: the consent page would name another host
         ("https://ex%61mple.com/cb", "percent-encoded"),
         ("http://127.0.0.%31/cb", "percent-encoded"),
+        ("https://*.example.com/cb", "host name cannot have"),  # matching is exact: no patterns
+        ("http://a.example/cb?x", "127.0.0.1, [::1] or localhost"),
     ],
 )
 def test_rg_01_redirect_registration_problems(uri: str, problem: str) -> None:
@@ -526,6 +528,7 @@ def test_rs_05_canonical_resource(uri: str, canonical: str) -> None:
         "https://a.example/x/%2e%2e/mcp",
         # another spelling of a host: a second audience for the same server
         "https://%61.example/mcp",
+        "https://a!b.example/mcp",
     ],
 )
 def test_rs_05_not_a_resource(uri: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import re
 from typing import Any
 
@@ -368,7 +369,9 @@ def test_tk_03_wrong_or_malformed_verifier_is_invalid_grant(hc: Harness, verifie
 def test_tk_03_verifier_outside_the_grammar_fails_even_against_its_own_hash(hc: Harness) -> None:
     bad = "a" * 42  # one short of RFC 7636's minimum
     code = get_code(hc, code_challenge=s256(bad))
-    assert_error(redeem(hc, code, code_verifier=bad), "invalid_grant")
+    response = redeem(hc, code, code_verifier=bad)
+    assert_error(response, "invalid_grant")
+    assert "43 to 128" in json.loads(response.body)["error_description"], "the description says what is wrong"
 
 
 def test_tk_03_code_without_stored_challenge_is_refused(hc: Harness) -> None:

@@ -111,6 +111,8 @@ def _authorization_code(ctx: Context, client: Client, msg: TokenRequest) -> Flow
         raise invalid
     if (record.redirect_uri_given or msg.redirect_uri is not None) and msg.redirect_uri != record.redirect_uri:
         raise OAuthError("invalid_grant", "redirect_uri does not match the authorization request")
+    if not pkce.is_valid_verifier(msg.code_verifier):
+        raise OAuthError("invalid_grant", "code_verifier is not 43 to 128 unreserved characters (RFC 7636 §4.1)")
     if not record.code_challenge or not pkce.verify(msg.code_verifier, record.code_challenge):
         raise OAuthError("invalid_grant", "code_verifier does not match the code_challenge")
     resource = _one_resource(ctx, msg.resources, record.resources)
