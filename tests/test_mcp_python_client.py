@@ -14,7 +14,8 @@ and the challenged scope, then retries the request. Refresh: the SDK refreshes b
 once its token has expired by its own clock (``expires_in``).
 
 The proxy (``kavach serve --upstream``): an upstream MCPServer started by the test is reached
-through kavachOS; progress notifications stream through and the upstream never sees the token.
+through kavachOS; progress notifications stream through and the upstream never sees the token;
+a session started through one instance continues through another of the same cluster.
 """
 
 from __future__ import annotations
@@ -26,9 +27,10 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import anyio
+import httpx
 import httpx2
 import pytest
-from kavach_serve import mcp_upstream
+from kavach_serve import mcp_upstream, serve
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp_sdk_client import PASSWORD, ChoosyPerson, SdkClient, served_with_user
@@ -291,3 +293,45 @@ def test_proxy_passes_sessions_get_streams_and_delete(person: ChoosyPerson, upst
     sessions = {r["session"] for r in seen if r["method"] in ("GET", "DELETE")}
     assert len(sessions) == 1 and None not in sessions, "the session id the upstream issued came back to it"
     assert [r for r in seen if r["authorization"] is not None] == []
+
+
+def test_a_proxied_session_continues_on_another_instance(person: ChoosyPerson, upstream: Upstream) -> None:
+    """Two ``kavach serve --upstream`` instances on one store and one public issuer (a cluster
+    behind a load balancer that is not sticky): a session the client starts through the first
+    continues through the second, which never saw it start; a session id not sealed there is a 404
+    that never reaches the upstream."""
+    with served_with_user(extra_args=["--upstream", upstream.url]) as first:
+        sdk = SdkClient(first.mcp_url, person)
+
+        async def listed(client: Client) -> list[str]:
+            return [t.name for t in (await client.list_tools()).tools]
+
+        assert "count" in anyio.run(sdk.run, listed)
+        token = sdk.storage.tokens.access_token if sdk.storage.tokens else ""
+        with serve(extra_args=["--upstream", upstream.url, "--db", first.db, "--issuer", first.issuer]) as second:
+            headers = {
+                "Authorization": f"Bearer {token}",
+                "Accept": "application/json, text/event-stream",
+                "Content-Type": "application/json",
+                "MCP-Protocol-Version": "2025-06-18",
+            }
+            hello = {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}
+            initialize = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": hello}
+            started = httpx.post(first.mcp_url, json=initialize, headers=headers, timeout=30)
+            assert started.status_code == 200, started.text
+            sealed = started.headers["mcp-session-id"]
+            in_session = {**headers, "Mcp-Session-Id": sealed}
+            note = {"jsonrpc": "2.0", "method": "notifications/initialized"}
+            elsewhere = f"http://127.0.0.1:{second.port}/mcp"
+            assert httpx.post(elsewhere, json=note, headers=in_session, timeout=30).status_code == 202
+            tools = httpx.post(elsewhere, json={"jsonrpc": "2.0", "id": 2, "method": "tools/list"}, headers=in_session,
+                               timeout=30)
+            assert tools.status_code == 200 and '"count"' in tools.text, tools.text
+            upstream_id = sealed.rpartition(".")[0]
+            assert {r["session"] for r in upstream.requests() if r["session"]} >= {upstream_id}
+            reached = len(upstream.requests())
+            forged = {**headers, "Mcp-Session-Id": upstream_id}
+            refused = httpx.post(elsewhere, json={"jsonrpc": "2.0", "id": 3, "method": "tools/list"}, headers=forged,
+                                 timeout=30)
+            assert refused.status_code == 404 and refused.json()["error"] == "session_not_found"
+            assert len(upstream.requests()) == reached
