@@ -15,6 +15,12 @@ _LOOPBACK = re.compile(r"http://(127\.0\.0\.1|\[::1\])(?::([0-9]{1,5}))?([/?].*)
 """An http loopback IP redirect URI, split into host, port and the rest (RFC 8252 §7.3)."""
 
 
+_URI_CHARACTERS = re.compile(r"(?:[A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=]|%[0-9A-Fa-f]{2})*")
+"""RFC 3986 §2: unreserved and reserved characters, and complete percent-encodings; anything else
+(``"``, ``<``, ``>``, ``\\``, ``{``, non-ASCII...) is not a URI, and a browser would encode it
+before following the redirect, so the registered string would not be where the answer lands."""
+
+
 _RESPONSE_PARAMETERS = frozenset({"code", "state", "iss", "error", "error_description", "error_uri"})
 """What the authorization response adds to the redirect URI's query (RFC 6749 §4.1.2, §4.1.2.1;
 RFC 9207 §2); a registered query that already had one would send it twice (RFC 6749 §3.1)."""
@@ -59,6 +65,8 @@ def registration_problem(uri: str) -> str | None:
     """
     if not uri or len(uri) > 2000 or any(ord(c) <= 0x20 or ord(c) == 0x7F for c in uri):
         return "redirect URIs must be non-empty without spaces or control characters"
+    if not _URI_CHARACTERS.fullmatch(uri):
+        return f"{uri} has characters a URI cannot have (RFC 3986 §2: percent-encode them)"
     try:
         parts = urlsplit(uri)
         parts.port  # noqa: B018 - validates the port

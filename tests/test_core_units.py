@@ -470,6 +470,10 @@ def test_redirect_matching() -> None:
         ("http://127.0.0.%31/cb", "percent-encoded"),
         ("https://*.example.com/cb", "host name cannot have"),  # matching is exact: no patterns
         ("http://a.example/cb?x", "127.0.0.1, [::1] or localhost"),
+        ('https://app.example.com/"><x>', "characters a URI cannot have"),
+        ("https://app.example.com/caf\u00e9", "characters a URI cannot have"),
+        ("https://app.example.com/cb%zz", "characters a URI cannot have"),
+        ("https://app.example.com/{cb}", "characters a URI cannot have"),
     ],
 )
 def test_rg_01_redirect_registration_problems(uri: str, problem: str) -> None:

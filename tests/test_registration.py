@@ -316,10 +316,28 @@ def test_rg_02_every_member_is_type_checked(h: Harness, member: str, value: Any)
         ("contacts", ["ops\udc00@example.com"], "invalid_client_metadata"),
         ("redirect_uris", ["https://app.example.com/\ud800"], "invalid_redirect_uri"),
         ("redirect_uris", ["https://app.example.com/cb\u200f"], "invalid_redirect_uri"),
+        # characters that hide or fake text on the consent page
+        ("client_name", "Safe\u200bApp", "invalid_client_metadata"),  # zero-width space
+        ("client_name", "App\U000e0041", "invalid_client_metadata"),  # a tag character
+        ("client_name", "App\ue000", "invalid_client_metadata"),  # private use
+        ("client_name", "App\u2028", "invalid_client_metadata"),  # line separator
+        ("client_name", "   ", "invalid_client_metadata"),  # nothing visible
+        ("client_name", "\u3164\u3164 \u3164", "invalid_client_metadata"),  # Hangul fillers print as nothing
+        ("client_name", "\u2800", "invalid_client_metadata"),
     ],
 )
 def test_rg_02_text_members_are_unicode_text_without_controls(h: Harness, member: str, value: Any, error: str) -> None:
     refused(h, meta(**{member: value}), error)
+
+
+SCRIPTS = ["Caf\u00e9 Tools", "\u30c4\u30fc\u30eb", "Tools\u00a0Pro", "\u0421\u0435\u0440\u0432\u0438\u0441"]
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_rg_02_names_in_any_script_are_fine(h: Harness, name: str) -> None:
+    resp, _ = register(h, meta(client_name=name))
+    assert resp.status == 201, resp.body
+    assert resp.json()["client_name"] == name
 
 
 def test_rg_02_a_surrogate_pair_is_one_character_and_fine(h: Harness) -> None:

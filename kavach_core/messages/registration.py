@@ -10,6 +10,7 @@ acceptable (URI rules, supported methods, scopes) is decided by
 
 from __future__ import annotations
 
+import unicodedata
 from typing import Any
 
 import attrs
@@ -62,18 +63,25 @@ def _invalid(description: str) -> OAuthError:
     return OAuthError("invalid_client_metadata", description)
 
 
-_BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
-"""The bidirectional formatting characters (Unicode UAX #9 §2): in a client name they could make
-the consent page show text in another order than it is stored (RFC 7591 §5 warns that names are
-chosen by the client)."""
+_HIDDEN_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Zl", "Zp"})
+"""Unicode general categories that do not print as themselves: controls (C0, DEL, C1), format
+characters (bidirectional controls, UAX #9 §2, which could make the consent page show text in
+another order than it is stored; zero-width and tag characters, which hide text), surrogates (a
+JSON ``\\ud800`` escape with no partner is not Unicode text, RFC 8259 §8.2), private-use
+characters and line/paragraph separators. RFC 7591 §5 warns that names are chosen by the client."""
+
+_BLANKS = frozenset("\u115f\u1160\u2800\u3164\uffa0")
+"""Letters that print as nothing (the Hangul fillers, the blank Braille pattern)."""
 
 
 def _unsafe(value: str) -> bool:
-    """True when ``value`` holds a C0 or C1 control, DEL, a bidirectional control, or a lone
-    surrogate (a JSON ``\\ud800`` escape with no partner: not Unicode text, RFC 8259 §8.2)."""
-    return any(
-        ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F or c in _BIDI_CONTROLS or "\ud800" <= c <= "\udfff" for c in value
-    )
+    """True when ``value`` holds a character of :data:`_HIDDEN_CATEGORIES`."""
+    return not value.isprintable() and any(unicodedata.category(c) in _HIDDEN_CATEGORIES for c in value)
+
+
+def _blank(value: str) -> bool:
+    """True when nothing of ``value`` would be seen: only spaces and :data:`_BLANKS`."""
+    return all(c.isspace() or c in _BLANKS for c in value)
 
 
 def _text(body: dict[str, Any], name: str) -> str | None:
@@ -85,7 +93,9 @@ def _text(body: dict[str, Any], name: str) -> str | None:
     if len(value) > MAX_TEXT:
         raise _invalid(f"{name} is too long")
     if _unsafe(value):
-        raise _invalid(f"{name} must be text without control characters")
+        raise _invalid(f"{name} must be text without control, format or private-use characters")
+    if value and _blank(value):
+        raise _invalid(f"{name} must have a visible character")
     return value or None
 
 
@@ -104,7 +114,7 @@ def _text_list(body: dict[str, Any], name: str, *, error: str = "invalid_client_
         if len(item) > MAX_TEXT * 2:
             raise OAuthError(error, f"an entry of {name} is too long")
         if _unsafe(item):
-            raise OAuthError(error, f"an entry of {name} is not text without control characters")
+            raise OAuthError(error, f"an entry of {name} has control, format or private-use characters")
         if item not in out:
             out.append(item)
     return tuple(out)
