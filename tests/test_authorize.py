@@ -29,6 +29,7 @@ from oauth_flows import (
 
 from kavach_core.config import ProtectedResource
 from kavach_core.endpoints import authorize
+from kavach_core.endpoints.metadata import authorization_server_metadata
 from kavach_core.http import Response
 from kavach_core.messages.authorization import ConsentRequired
 from kavach_core.opaque import digest
@@ -155,8 +156,96 @@ def test_az_01_empty_redirect_uri_is_absent_and_the_single_registered_one_is_use
 
 
 def test_az_01_unknown_parameters_are_ignored(hc: Harness) -> None:
-    pairs = [*az_query().items(), ("nonce", "n"), ("prompt", "none"), ("foo", "1"), ("foo", "2")]
+    pairs = [*az_query().items(), ("nonce", "n"), ("display", "page"), ("foo", "1"), ("foo", "2")]
     assert isinstance(az_request(hc, pairs), ConsentRequired)
+
+
+# -- AZ-01: parameters that change the answer are refused, not ignored --------------------------
+
+JWT = "eyJhbGciOiJSUzI1NiIsImtpZCI6ImsxIn0.eyJjbGllbnRfaWQiOiJjMSJ9.c2ln"
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "error"),
+    [
+        ("request", JWT, "request_not_supported"),
+        ("request_uri", "https://app.example.com/request.jwt", "request_uri_not_supported"),
+        ("request_uri", "urn:ietf:params:oauth:request_uri:abc", "request_uri_not_supported"),
+    ],
+)
+@pytest.mark.parametrize("method", ["GET", "POST"])
+def test_az_01_request_objects_are_refused(hc: Harness, name: str, value: str, error: str, method: str) -> None:
+    """RFC 9101 §7: ``request_not_supported`` / ``request_uri_not_supported``, with ``state`` and
+    ``iss`` (AZ-08); nothing is stored, so no consent is ever shown for it."""
+    before = snapshot(hc)
+    out = az_request(hc, [*az_query().items(), (name, value)], method=method)
+    params = assert_error_redirect(out, error)
+    assert set(params) == {"error", "error_description", "state", "iss"}
+    assert snapshot(hc) == before
+
+
+def test_az_01_a_request_object_alone_is_refused_as_such(hc: Harness) -> None:
+    """A JAR request may carry only ``client_id`` outside the object (RFC 9101 §5): the answer is
+    that the object is not supported, not that ``response_type`` or PKCE is missing."""
+    out = az_request(hc, {"client_id": "c1", "request": JWT, "state": STATE})
+    assert_error_redirect(out, "request_not_supported")
+
+
+def test_az_01_request_object_with_a_bad_client_or_redirect_is_still_a_page(hc: Harness) -> None:
+    assert_page(az_request(hc, [*az_query(client_id="nobody").items(), ("request", JWT)]), "invalid_client")
+    evil = az_query(redirect_uri="https://evil.example/cb")
+    assert_page(az_request(hc, [*evil.items(), ("request_uri", "https://evil.example/r")]), "invalid_request")
+
+
+@pytest.mark.parametrize("mode", ["form_post", "fragment", "jwt", "query.jwt", "QUERY", "query "])
+def test_az_01_response_modes_other_than_query_are_invalid_request(hc: Harness, mode: str) -> None:
+    """Only ``query`` (OAuth 2.0 Multiple Response Type Encoding Practices §2.1), as the metadata
+    says (RFC 8414 §2); the refusal itself goes back in the query, with ``state`` and ``iss``."""
+    before = snapshot(hc)
+    out = az_request(hc, response_mode=mode)
+    params = assert_error_redirect(out, "invalid_request")
+    assert "response_mode" in params["error_description"] and "query" in params["error_description"]
+    assert "#" not in out.header("location")  # type: ignore[union-attr]
+    assert snapshot(hc) == before
+
+
+def test_az_01_response_mode_query_is_accepted_and_is_what_the_metadata_advertises(hc: Harness) -> None:
+    assert isinstance(az_request(hc, response_mode="query"), ConsentRequired)
+    modes = authorization_server_metadata(hc.config)["response_modes_supported"]
+    assert modes == [authorize.RESPONSE_MODE] == ["query"]
+
+
+@pytest.mark.parametrize("prompt", ["none", "none consent", "login none"])
+def test_az_01_az_11_prompt_none_is_interaction_required(hc: Harness, prompt: str) -> None:
+    """kavachOS always asks the person, so it can never answer without a page: OpenID Connect
+    Core §3.1.2.1 (``none``), §3.1.2.6 (``interaction_required``)."""
+    before = snapshot(hc)
+    params = assert_error_redirect(az_request(hc, prompt=prompt), "interaction_required")
+    assert set(params) == {"error", "error_description", "state", "iss"}
+    assert snapshot(hc) == before
+
+
+def test_az_01_prompt_none_comes_after_the_request_s_own_errors(hc: Harness) -> None:
+    assert_error_redirect(az_request(hc, prompt="none", scope="admin"), "invalid_scope")
+    assert_error_redirect(az_request(hc, prompt="none", code_challenge=None), "invalid_request")
+
+
+@pytest.mark.parametrize("prompt", ["consent", "login", "login consent", "select_account", "create"])
+def test_az_01_other_prompt_values_still_reach_consent(hc: Harness, prompt: str) -> None:
+    """MCP SDK clients send ``prompt=consent``; the person is asked anyway, so it changes nothing."""
+    out = consent(hc, prompt=prompt)
+    assert location_params(hc.run(authorize.approve(hc.ctx(), out.ticket, "alice")))["state"] == STATE
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("request", JWT), ("request_uri", "https://app.example.com/r"), ("response_mode", "query"), ("prompt", "consent")],
+)
+def test_az_01_these_parameters_given_twice_are_invalid_request(hc: Harness, name: str, value: str) -> None:
+    before = snapshot(hc)
+    out = az_request(hc, [*az_query().items(), (name, value), (name, value)])
+    assert_error_redirect(out, "invalid_request")
+    assert snapshot(hc) == before
 
 
 # -- AZ-02 / AZ-03: client and redirect URI problems never redirect ----------------------------
@@ -699,6 +788,53 @@ def test_az_11_loopback_only_client_is_flagged(h: Harness) -> None:
     assert view.loopback_only is True
     assert view.client_name == "c1"  # no name registered: the id is shown
     assert view.client_uri is None and view.logo_uri is None
+
+
+@pytest.mark.parametrize(
+    ("registered", "requested", "host", "flags"),
+    [
+        # (loopback_only, on_device, private_use)
+        (REDIRECT, REDIRECT, "app.example.com", (False, False, False)),
+        ("https://App.Example.COM/cb", "https://App.Example.COM/cb", "app.example.com", (False, False, False)),
+        ("https://app.example.com:8443/cb", "https://app.example.com:8443/cb", "app.example.com:8443", (False,) * 3),
+        ("https://app.example.com:443/cb", "https://app.example.com:443/cb", "app.example.com:443", (False,) * 3),
+        ("http://[::1]/cb", "http://[::1]:5173/cb", "[::1]:5173", (True, True, False)),
+        ("http://[::1]/cb", "http://[::1]/cb", "[::1]", (True, True, False)),
+        ("http://localhost:8080/cb", "http://localhost:8080/cb", "localhost:8080", (True, True, False)),
+        ("com.evil://app.example.com/cb", "com.evil://app.example.com/cb", "com.evil:", (False, True, True)),
+        ("com.example.app:/cb", "com.example.app:/cb", "com.example.app:", (False, True, True)),
+    ],
+)
+def test_az_11_consent_view_names_where_the_answer_goes(
+    h: Harness, registered: str, requested: str, host: str, flags: tuple[bool, bool, bool]
+) -> None:
+    """The host with its port for http(s); for a private-use scheme the scheme alone, never the
+    authority it may carry: any app can claim the scheme (RFC 8252 §7.1, §8.6)."""
+    add_client(h, redirect_uris=(registered,))
+    view = consent(h, redirect_uri=requested).view
+    assert view.redirect_host == host
+    assert (view.loopback_only, view.on_device, view.private_use) == flags
+
+
+@pytest.mark.parametrize(
+    ("requested", "host", "private_use"),
+    [("http://127.0.0.1:4000/cb", "127.0.0.1:4000", False), ("com.example.app:/cb", "com.example.app:", True)],
+)
+def test_az_11_loopback_and_private_use_client_is_on_the_device(
+    h: Harness, requested: str, host: str, private_use: bool
+) -> None:
+    add_client(h, redirect_uris=(LOOPBACK, "com.example.app:/cb"))
+    view = consent(h, redirect_uri=requested).view
+    assert (view.redirect_host, view.private_use) == (host, private_use)
+    assert view.on_device is True and view.loopback_only is False
+
+
+def test_az_11_web_client_answering_to_its_private_use_scheme(h: Harness) -> None:
+    add_client(h, redirect_uris=(REDIRECT, "com.example.app:/cb"))
+    web = consent(h).view
+    assert (web.redirect_host, web.on_device, web.private_use) == ("app.example.com", False, False)
+    app = consent(h, redirect_uri="com.example.app:/cb").view
+    assert (app.redirect_host, app.on_device, app.private_use) == ("com.example.app:", False, True)
 
 
 def test_az_11_consent_can_be_shown_again_without_using_the_ticket(hc: Harness) -> None:

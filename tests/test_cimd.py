@@ -142,7 +142,7 @@ def test_az_11_loopback_only_document_is_flagged(h: Harness) -> None:
     d = Documents(h, {URL: fetched(document(redirect_uris=[LOOPBACK]))})
     out = d.authorize(redirect_uri=LOOPBACK)
     assert isinstance(out, ConsentRequired), out
-    assert out.view.loopback_only is True and out.view.redirect_host == "127.0.0.1"
+    assert out.view.loopback_only is True and out.view.redirect_host == "127.0.0.1:33418"
 
 
 def test_cm_01_without_client_name_the_url_is_shown(h: Harness) -> None:

@@ -3,8 +3,9 @@
 Plain HTML forms that work without JavaScript; a label on every field; system fonts; one inline
 stylesheet pinned by its SHA-256 in the Content-Security-Policy, and nothing else loaded
 (AZ-10). The consent page shows who asks, where the answer goes, each scope with its
-description and the resources; it warns when the client only redirects to loopback (AZ-11)
-and offers approve and deny (AZ-12).
+description and the resources; it warns when the client is an app on the person's device, one
+that only redirects to loopback or to private-use schemes, or when the answer goes to a
+private-use scheme (AZ-11; RFC 8252 §7.1, §7.3, §8.6), and offers approve and deny (AZ-12).
 """
 
 from __future__ import annotations
@@ -153,12 +154,19 @@ def consent_page(view: ConsentView, *, action: str, ticket: str, csrf: str, subj
                  headers: Iterable[tuple[str, str]] = ()) -> Response:
     """The decision (AZ-11, AZ-12); the ticked scopes are sent as ``scope`` fields."""
     name = escape(view.client_name)
-    host = escape(view.redirect_host)
+    host = f'<span class="host">{escape(view.redirect_host)}</span>'
+    # RFC 8252 §7.1: a private-use scheme reaches whichever app claims it, not a host.
+    destination = f"the application on this computer that opens {host} links" if view.private_use else host
+    on_device = view.loopback_only or view.on_device or view.private_use
     warnings = []
-    if view.loopback_only:
+    if on_device:
+        how = (
+            f"Any application can claim {host} links, so kavachOS cannot check who made it."
+            if view.private_use
+            else "It only returns to a local address, so kavachOS cannot check who made it."
+        )
         warnings.append(
-            f'<p class="notice" role="note"><strong>{name} runs on a computer, not a website.</strong> '
-            "It only returns to a local address, so kavachOS cannot check who made it. "
+            f'<p class="notice" role="note"><strong>{name} runs on a computer, not a website.</strong> {how} '
             "Approve only if you started this application yourself just now.</p>"
         )
     if view.client_kind == "document":
@@ -169,10 +177,10 @@ def consent_page(view: ConsentView, *, action: str, ticket: str, csrf: str, subj
             f'<span class="host">{publisher}</span>. Its name is not verified; approve only if you trust '
             f'<span class="host">{publisher}</span>.</p>'
         )
-    if view.client_kind == "dynamic" and not view.loopback_only:
+    if view.client_kind == "dynamic" and not on_device:
         warnings.append(
             '<p class="notice" role="note">This application registered itself. Its name is not verified; '
-            f"make sure you trust <span class=\"host\">{host}</span>.</p>"
+            f"make sure you trust {host}.</p>"
         )
     scopes = []
     for index, scope in enumerate(view.scopes):
@@ -194,7 +202,7 @@ def consent_page(view: ConsentView, *, action: str, ticket: str, csrf: str, subj
     resources = "".join(items)
     body = (
         f"<h1>{name} wants to access your account</h1>"
-        f'<p>After you answer you will be sent to <span class="host">{host}</span>.</p>'
+        f"<p>After you answer you will be sent to {destination}.</p>"
         f"{''.join(warnings)}"
         f'<form method="post" action="{escape(action)}">'
         f"{_hidden('ticket', ticket)}{_hidden('csrf_token', csrf)}"

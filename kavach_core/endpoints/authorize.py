@@ -2,8 +2,10 @@
 
 RFC 6749 §4.1.1-§4.1.2.1, OAuth 2.1 §4.1, RFC 7636 §4.3, RFC 8707 §2, RFC 9207 §2,
 RFC 9700 §4.1. The request ends either in a page that never redirects (unknown client, bad
-redirect URI: AZ-02), a redirect carrying an error (AZ-04..AZ-08), or :class:`ConsentRequired`;
-the adapter then signs the person in and calls :func:`approve` or :func:`deny` (AZ-12).
+redirect URI: AZ-02), a redirect carrying an error (AZ-04..AZ-08; also for what kavachOS does not
+do: request objects, RFC 9101 §7; a ``response_mode`` but ``query``; ``prompt=none``, OpenID
+Connect Core §3.1.2.6), or :class:`ConsentRequired`; the adapter then signs the person in and
+calls :func:`approve` or :func:`deny` (AZ-12).
 """
 
 from __future__ import annotations
@@ -129,16 +131,32 @@ def _scopes(client: Client, resources: tuple[ProtectedResource, ...], requested:
     return asked
 
 
+RESPONSE_MODE = "query"
+"""The only response mode (RFC 6749 §4.1.2); the metadata's ``response_modes_supported`` (RFC 8414 §2)."""
+
+
 def _check(msg: AuthorizationRequest, client: Client) -> None:
-    """The redirectable checks of AZ-01, AZ-04, AZ-05, in RFC 6749 §4.1.2.1 order."""
+    """The redirectable checks of AZ-01, AZ-04, AZ-05, in RFC 6749 §4.1.2.1 order.
+
+    A request object (RFC 9101 §5) is refused before the parameters it would carry are checked,
+    since they are never read from it (RFC 9101 §7: ``request_not_supported``,
+    ``request_uri_not_supported``). Any ``response_mode`` but ``query`` asks for a response this
+    endpoint never sends (OAuth 2.0 Multiple Response Type Encoding Practices §2.1).
+    """
     if msg.problem is not None:
         raise _Redirectable(msg.problem)
+    if msg.request is not None:
+        raise _Redirectable(OAuthError("request_not_supported", "the request parameter (RFC 9101) is not supported"))
+    if msg.request_uri is not None:
+        raise _Redirectable(OAuthError("request_uri_not_supported", "the request_uri parameter is not supported"))
     if msg.response_type is None:
         raise _Redirectable(OAuthError("invalid_request", "response_type is required"))
     if msg.response_type != "code":
         raise _Redirectable(OAuthError("unsupported_response_type", "only response_type=code is supported"))
     if "code" not in client.response_types or "authorization_code" not in client.grant_types:
         raise _Redirectable(OAuthError("unauthorized_client", "this client may not use the authorization code flow"))
+    if msg.response_mode not in (None, RESPONSE_MODE):
+        raise _Redirectable(OAuthError("invalid_request", f"response_mode must be {RESPONSE_MODE} (the only mode)"))
     if msg.code_challenge is None:
         raise _Redirectable(OAuthError("invalid_request", "code_challenge is required (PKCE)"))
     if msg.code_challenge_method != "S256":
@@ -158,6 +176,9 @@ def handle(ctx: Context, req: HttpRequest) -> Flow[Response | ConsentRequired]:
         _check(msg, client)
         resources = _resources(ctx, msg)
         scopes = _scopes(client, resources, msg.scope)
+        if "none" in msg.prompt:
+            # OpenID Connect Core §3.1.2.1, §3.1.2.6: kavachOS always asks the person, so never answers without a page.
+            raise _Redirectable(OAuthError("interaction_required", "prompt=none: the user must always be asked"))
     except _Redirectable as exc:
         return error_redirect(ctx, redirect_uri, exc.err, msg.state)
     assert msg.code_challenge is not None
@@ -179,13 +200,13 @@ def handle(ctx: Context, req: HttpRequest) -> Flow[Response | ConsentRequired]:
 
 
 def consent_view(ctx: Context, client: Client, pending: PendingAuthorization) -> ConsentView:
-    """What the person is shown (AZ-11)."""
+    """What the person is shown (AZ-11): where the answer goes, and whether the client is an app
+    on the person's device (RFC 8252 §7.1, §7.3), whose maker kavachOS cannot check (§8.6)."""
     resources = [ctx.config.resource(uri) for uri in pending.resources]
     described: list[ScopeView] = []
     for scope in pending.scopes:
         text = next((r.describe(scope) for r in resources if r is not None and r.describe(scope)), "")
         described.append(ScopeView(scope, text))
-    parts = urlsplit(pending.redirect_uri)
     meta = client.meta
     client_uri = meta.get("client_uri")
     logo_uri = meta.get("logo_uri")
@@ -194,19 +215,43 @@ def consent_view(ctx: Context, client: Client, pending: PendingAuthorization) ->
         client_name=client.client_name or client.client_id,
         client_kind=client.kind,
         redirect_uri=pending.redirect_uri,
-        redirect_host=parts.hostname or parts.scheme,
-        loopback_only=all(is_loopback(u) or _is_localhost(u) for u in client.redirect_uris),
+        redirect_host=_destination(pending.redirect_uri),
+        loopback_only=all(_is_local(u) for u in client.redirect_uris),
         resources=pending.resources,
         resource_names=tuple((r.name or r.uri) if r is not None else "" for r in resources),
         scopes=tuple(described),
         client_uri=client_uri if isinstance(client_uri, str) else None,
         logo_uri=logo_uri if isinstance(logo_uri, str) else None,
+        on_device=all(_is_local(u) or _is_private_use(u) for u in client.redirect_uris),
+        private_use=_is_private_use(pending.redirect_uri),
     )
 
 
-def _is_localhost(uri: str) -> bool:
+def _is_local(uri: str) -> bool:
+    """A loopback redirect URI (RFC 8252 §7.3), ``localhost`` included."""
     parts = urlsplit(uri)
-    return parts.scheme == "http" and (parts.hostname or "") == "localhost"
+    return is_loopback(uri) or (parts.scheme == "http" and parts.hostname == "localhost")
+
+
+def _is_private_use(uri: str) -> bool:
+    """A native app's private-use scheme (RFC 8252 §7.1): registration allows no other scheme
+    but http and https (RG-01)."""
+    return urlsplit(uri).scheme not in ("http", "https")
+
+
+def _destination(uri: str) -> str:
+    """Where an answer sent to ``uri`` goes, as the person should read it (AZ-11).
+
+    For http and https, the host with the port the URI names: ``netloc`` after any user
+    information (which registration refuses, RG-01), lowercase; an IPv6 literal keeps its
+    brackets. For a private-use scheme, the scheme alone (``com.example.app:``): an authority in
+    such a URI is not who receives the answer, whichever app claims the scheme does (RFC 8252
+    §7.1, §8.6).
+    """
+    parts = urlsplit(uri)
+    if _is_private_use(uri):
+        return f"{parts.scheme}:"
+    return parts.netloc.rpartition("@")[2].lower()
 
 
 def _expired_page() -> Response:

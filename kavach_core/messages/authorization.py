@@ -1,5 +1,12 @@
 """Authorization requests (RFC 6749 §4.1.1, OAuth 2.1 §4.1.1, RFC 7636 §4.3, RFC 8707 §2)
-and the outcome that asks the person for a decision."""
+and the outcome that asks the person for a decision.
+
+Unknown parameters are ignored (AZ-01), but four that would change what the client expects
+back are read, so that the endpoint can refuse what it does not do instead of answering
+something else: ``request`` and ``request_uri`` (RFC 9101 §5.1, §5.2), ``response_mode``
+(OAuth 2.0 Multiple Response Type Encoding Practices §2.1) and ``prompt`` (OpenID Connect
+Core §3.1.2.1).
+"""
 
 from __future__ import annotations
 
@@ -10,6 +17,19 @@ from ..http import HttpRequest
 from ..params import Params, form_params, query_params
 
 MAX_STATE = 2048
+
+_SINGLE_VALUED = (
+    "response_type",
+    "state",
+    "scope",
+    "code_challenge",
+    "code_challenge_method",
+    "request",
+    "request_uri",
+    "response_mode",
+    "prompt",
+)
+"""Parameters read besides ``client_id`` and ``redirect_uri``; each may be given once (RFC 6749 §3.1)."""
 
 
 @attrs.frozen
@@ -32,6 +52,13 @@ class AuthorizationRequest:
     code_challenge_method: str | None = None
     resources: tuple[str, ...] = ()
     problem: OAuthError | None = None
+    request: str | None = None
+    """A request object by value (RFC 9101 §5.1); not supported."""
+    request_uri: str | None = None
+    """A request object by reference (RFC 9101 §5.2); not supported."""
+    response_mode: str | None = None
+    prompt: tuple[str, ...] = ()
+    """The space-delimited values of ``prompt`` (OpenID Connect Core §3.1.2.1)."""
 
 
 def _params(req: HttpRequest) -> Params:
@@ -57,7 +84,7 @@ def parse(req: HttpRequest) -> AuthorizationRequest:
         client_problem = exc
     problem: OAuthError | None = None
     values: dict[str, str | None] = {}
-    for name in ("response_type", "state", "scope", "code_challenge", "code_challenge_method"):
+    for name in _SINGLE_VALUED:
         try:
             values[name] = params.get(name)
         except OAuthError as exc:
@@ -79,6 +106,10 @@ def parse(req: HttpRequest) -> AuthorizationRequest:
         code_challenge_method=values["code_challenge_method"],
         resources=params.get_all("resource"),
         problem=problem,
+        request=values["request"],
+        request_uri=values["request_uri"],
+        response_mode=values["response_mode"],
+        prompt=tuple((values["prompt"] or "").split()),
     )
 
 
@@ -90,7 +121,16 @@ class ScopeView:
 
 @attrs.frozen
 class ConsentView:
-    """What the consent page shows (AZ-11): who asks, where the answer goes, for what."""
+    """What the consent page shows (AZ-11): who asks, where the answer goes, for what.
+
+    ``redirect_host`` is where the answer goes, as the person should read it. For an http or
+    https redirect URI it is the host, lowercase, with the port when the URI names one
+    (``app.example.com``, ``app.example.com:8443``, ``[::1]:5173``). For any other scheme, a
+    native app's private-use scheme (RFC 8252 §7.1), it is the scheme and a colon
+    (``com.example.app:``), and ``private_use`` is true: whichever app on the device claims the
+    scheme receives the answer, so an authority in such a URI (``com.example.app://host/cb``)
+    names nothing and is never shown (kavachOS 0.1.0 showed it, and dropped ports).
+    """
 
     client_id: str
     client_name: str
@@ -105,6 +145,12 @@ class ConsentView:
     scopes: tuple[ScopeView, ...]
     client_uri: str | None = None
     logo_uri: str | None = None
+    on_device: bool = False
+    """Every redirect URI of the client is a loopback address or a private-use scheme: an app on
+    the person's device, whose maker kavachOS cannot check (RFC 8252 §8.6); true whenever
+    ``loopback_only`` is. Warn the person (AZ-11)."""
+    private_use: bool = False
+    """The answer goes to a private-use scheme (RFC 8252 §7.1), which any app can claim: warn the person."""
 
 
 @attrs.frozen
