@@ -18,6 +18,7 @@ from ..config import Config, ProtectedResource
 from ..context import Context
 from ..drivers import Flow
 from ..http import HttpRequest, Response, json_response
+from .authorize import RESPONSE_MODE
 
 CACHE_CONTROL = ("Cache-Control", "public, max-age=300")
 
@@ -42,7 +43,7 @@ def authorization_server_metadata(config: Config) -> dict[str, Any]:
         {
             "scopes_supported": list(config.scopes_supported),
             "response_types_supported": ["code"],
-            "response_modes_supported": ["query"],
+            "response_modes_supported": [RESPONSE_MODE],
             "grant_types_supported": ["authorization_code", "refresh_token"],
             "code_challenge_methods_supported": ["S256"],
             "token_endpoint_auth_methods_supported": list(TOKEN_AUTH_METHODS),
