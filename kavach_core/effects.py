@@ -253,9 +253,14 @@ class SwapSigningKeys(Effect):
 
 @attrs.frozen
 class Hit(Effect):
-    """Counts one event in ``bucket`` for the fixed window containing ``now``.
+    """Counts ``step`` events in ``bucket`` for the fixed window containing ``now``.
 
-    Returns ``True`` when the count, this event included, is at most ``limit``.
+    Returns ``True`` when the window's count, these events included, is at most ``limit``.
+    ``step=0`` counts nothing and stores nothing: it answers whether the count so far is at most
+    ``limit`` (a sign-in asks with ``limit - 1`` whether one more failure is still allowed before
+    it runs the password check, and counts the failure afterwards; OWASP Authentication Cheat
+    Sheet, "Account Lockout"). ``writes`` holds for every ``Hit``, so no store retries one, of
+    any step, after a lost connection.
     """
 
     writes = True
@@ -263,6 +268,12 @@ class Hit(Effect):
     limit: int
     window: int
     now: int
+    step: int = attrs.field(default=1, validator=attrs.validators.ge(0))
+
+    @property
+    def window_end(self) -> int:
+        """When the window containing ``now`` ends: its count is dropped then (``purge``, TTLs)."""
+        return (self.now // self.window + 1) * self.window
 
 
 # -- outbound fetches ----------------------------------------------------------------------

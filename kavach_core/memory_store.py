@@ -161,8 +161,8 @@ class MemoryStore:
         return self.keys
 
     def _hit(self, e: fx.Hit) -> bool:
-        window_end = (e.now // e.window + 1) * e.window
-        key = (e.bucket, window_end)
-        count = self.hits.get(key, 0) + 1
-        self.hits[key] = count
+        key = (e.bucket, e.window_end)
+        count = self.hits.get(key, 0) + e.step
+        if e.step:
+            self.hits[key] = count
         return count <= e.limit

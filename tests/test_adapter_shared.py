@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
+import hmac
+import time
 from typing import Any
 
 import pytest
-from conftest import RESOURCE, make_config
+from conftest import RESOURCE, SECRET, make_config
 from kavach.server import CLIENT_ADDRESS_HEADER, AuthorizationServer, incoming
-from kavach.sessions import Cookies, parse_cookies
-from kavach.users import MemoryUsers, SQLiteUsers, Users, hash_password, verify_password
+from kavach.sessions import Cookies, Session, parse_cookies
+from kavach.users import MemoryUsers, SQLiteUsers, Users, credential_stamp, hash_password, verify_password
 
 from kavach_core.drivers import StoreUnavailable
 from kavach_core.errors import OAuthError
@@ -138,26 +142,60 @@ def test_login_url_hook_sends_the_person_to_the_applications_login() -> None:
 
 def test_session_cookie_is_host_prefixed_and_secure_under_https() -> None:
     cookies = Cookies(make_config())
-    name, value = cookies.session_cookie("alice", now=1000)
+    name, value = cookies.session_cookie("alice", "stamp-1", now=1000)
     assert name == "Set-Cookie"
     assert value.startswith("__Host-kavach-session=")
     for part in ("Path=/", "HttpOnly", "SameSite=Lax", "Secure"):
         assert part in value
     jar = parse_cookies([value.split(";")[0]])
-    assert cookies.session_subject(jar, 1001) == "alice"
-    assert cookies.session_subject(jar, 1000 + cookies.session_lifetime) is None  # expired
+    assert cookies.session(jar, 1001) == Session("alice", "stamp-1")
+    assert cookies.session(jar, 1000 + cookies.session_lifetime) is None  # expired
 
 
 def test_session_cookie_cannot_be_forged() -> None:
     cookies = Cookies(make_config())
-    _, value = cookies.session_cookie("alice", now=1000)
+    _, value = cookies.session_cookie("alice", "stamp-1", now=1000)
     token = value.split(";")[0].split("=", 1)[1]
     payload, mac = token.split(".")
     forged_payload = payload[:-2] + ("AA" if payload[-2:] != "AA" else "BB")
     for bad in (f"{forged_payload}.{mac}", f"{payload}.{mac[:-1]}", "garbage", "", "a.b.c"):
-        assert cookies.session_subject({cookies.session_name: bad}, 1001) is None
+        assert cookies.session({cookies.session_name: bad}, 1001) is None
     other = Cookies(make_config(secret=b"z" * 32))
-    assert other.session_subject({other.session_name: token}, 1001) is None
+    assert other.session({other.session_name: token}, 1001) is None
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _signed(label: bytes, payload: bytes) -> str:
+    """A session cookie value as a server with ``SECRET`` signs it under key label ``label``."""
+    key = hmac.new(SECRET, label, hashlib.sha256).digest()
+    return f"{_b64(payload)}.{_b64(hmac.new(key, payload, hashlib.sha256).digest())}"
+
+
+def test_session_cookie_of_the_previous_format_is_signed_out() -> None:
+    """Cookies made before sessions carried a credential stamp (subject and expiry only, key
+    label v1) are no session at all, however valid their signature was then; so is a payload
+    without a stamp under the current key."""
+    cookies = Cookies(make_config())
+    subject = _b64(b"alice")
+    old = _signed(b"kavach adapter: login session v1", f"{1000 + 3600}:{subject}".encode())
+    assert cookies.session({cookies.session_name: old}, 1001) is None
+    stampless = _signed(b"kavach adapter: login session v2", f"{1000 + 3600}:{subject}".encode())
+    assert cookies.session({cookies.session_name: stampless}, 1001) is None
+    empty_stamp = _signed(b"kavach adapter: login session v2", f"{1000 + 3600}:{subject}:".encode())
+    assert cookies.session({cookies.session_name: empty_stamp}, 1001) is None
+    current = _signed(b"kavach adapter: login session v2", f"{1000 + 3600}:{subject}:{_b64(b's')}".encode())
+    assert cookies.session({cookies.session_name: current}, 1001) == Session("alice", "s")
+
+
+def test_a_session_holds_only_while_the_credential_is_unchanged() -> None:
+    session = Session("alice", "stamp-1")
+    assert session.holds("stamp-1")
+    assert not session.holds("stamp-2")
+    assert not session.holds("")
+    assert not session.holds(None)  # the account is gone
 
 
 def test_csrf_token_is_bound_to_browser_form_and_ticket() -> None:
@@ -201,6 +239,121 @@ def test_users_authenticate(kind: str, tmp_path: Any) -> None:
         users.add("", "x")
     with pytest.raises(ValueError):
         users.add("carol", "")
+
+
+def test_session_stamp_follows_the_stored_hash() -> None:
+    """A password change, a removal and a re-adding each give the account a stamp no earlier
+    session holds, even with the same password (every hash has a fresh salt); the stamp is a
+    short digest, never the hash."""
+    store = MemoryUsers()
+    users = Users(store, log_n=10)
+    assert users.session_stamp("alice") is None
+    users.add("alice", "pw")
+    first = users.session_stamp("alice")
+    assert first is not None and first == users.session_stamp(" alice ") == credential_stamp(store._hashes["alice"])
+    assert users.sign_in("alice", "pw") == ("alice", first)
+    assert users.sign_in("alice", "nope") is None and users.sign_in("bob", "pw") is None
+    assert len(first) == 22 and first not in store._hashes["alice"]
+    users.add("alice", "pw")  # the same password again: a new salt, a new stamp
+    second = users.session_stamp("alice")
+    assert second is not None and second != first
+    users.remove("alice")
+    assert users.session_stamp("alice") is None
+    users.add("alice", "pw")
+    assert users.session_stamp("alice") not in (None, first, second)
+    for name in ("", "x" * 200, "bad\x00name"):
+        assert users.session_stamp(name) is None
+
+
+class _CountingUsers(MemoryUsers):
+    """Local users that count their reads, and can be made unreachable."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads = 0
+        self.down = False
+
+    def get_hash(self, username: str) -> str | None:
+        self.reads += 1
+        if self.down:
+            raise StoreUnavailable("the users table cannot be reached")
+        return super().get_hash(username)
+
+
+def _session_server() -> tuple[AuthorizationServer, _CountingUsers]:
+    from kavach_core.records import Client
+
+    user_store = _CountingUsers()
+    users = Users(user_store, log_n=10)
+    users.add("alice", "pw")
+    store = MemoryStore()
+    store.clients["c1"] = Client("c1", ("https://app.example.com/cb",), client_name="App")
+    return _server(store, users=users), user_store
+
+
+def _authorize(cookie: str) -> HttpRequest:
+    query = [("response_type", "code"), ("client_id", "c1"), ("code_challenge", "E" * 43),
+             ("code_challenge_method", "S256"), ("resource", RESOURCE)]
+    return HttpRequest("GET", "/authorize", query=query, headers=[("Cookie", cookie)])
+
+
+def _session_cookie(server: AuthorizationServer, subject: str, stamp: str) -> str:
+    return server.cookies.session_cookie(subject, stamp, int(time.time()))[1].split(";")[0]
+
+
+def test_a_forged_session_cookie_costs_no_user_lookup() -> None:
+    """The signature is checked first: only a cookie this server signed makes it read the user."""
+    server, user_store = _session_server()
+    stamp = server.users.session_stamp("alice")  # type: ignore[union-attr]
+    assert stamp is not None
+    good = _session_cookie(server, "alice", stamp)
+    name, value = good.split("=", 1)
+    payload, mac = value.split(".")
+    other = AuthorizationServer(make_config(secret=b"z" * 32), MemoryStore(), users=Users(MemoryUsers()))
+    previous = f"{int(time.time()) + 60}:{_b64(b'alice')}".encode()
+    forged = (
+        f"{name}={payload}.{'B' if mac[0] == 'A' else 'A'}{mac[1:]}",  # a different MAC
+        _session_cookie(other, "alice", stamp),
+        f"{name}={_signed(b'kavach adapter: login session v1', previous)}",  # signed before stamps
+        f"{name}=garbage",
+    )
+    user_store.reads = 0
+    for cookie in forged:
+        r = server.handle(_authorize(cookie))
+        assert r.status == 200 and b'name="password"' in r.body, cookie
+        r = asyncio.run(server.ahandle(_authorize(cookie)))
+        assert r.status == 200 and b'name="password"' in r.body, cookie
+    assert user_store.reads == 0
+    for r in (server.handle(_authorize(good)), asyncio.run(server.ahandle(_authorize(good)))):
+        assert r.status == 200 and b'value="approve"' in r.body
+    assert user_store.reads == 2  # one read per use of a genuine session
+
+
+def test_a_session_is_checked_against_the_current_user_on_every_use() -> None:
+    server, _ = _session_server()
+    users = server.users
+    assert users is not None
+    stamp = users.session_stamp("alice")
+    assert stamp is not None
+    cookie = _session_cookie(server, "alice", stamp)
+    assert b'value="approve"' in server.handle(_authorize(cookie)).body
+    users.add("alice", "new pw")
+    assert b'name="password"' in server.handle(_authorize(cookie)).body
+    fresh = _session_cookie(server, "alice", users.session_stamp("alice") or "")
+    assert b'value="approve"' in server.handle(_authorize(fresh)).body
+    users.remove("alice")
+    assert b'name="password"' in server.handle(_authorize(fresh)).body
+    users.add("alice", "new pw")
+    assert b'name="password"' in server.handle(_authorize(fresh)).body  # re-added: no old session revives
+
+
+def test_users_unreachable_while_checking_a_session_is_503() -> None:
+    server, user_store = _session_server()
+    stamp = server.users.session_stamp("alice")  # type: ignore[union-attr]
+    cookie = _session_cookie(server, "alice", stamp or "")
+    user_store.down = True
+    for r in (server.handle(_authorize(cookie)), asyncio.run(server.ahandle(_authorize(cookie)))):
+        assert r.status == 503 and r.json() == {"error": "temporarily_unavailable"}
 
 
 class _Counting(MemoryStore):

@@ -25,6 +25,7 @@ from kavach.server import AuthorizationServer, LoginLimits
 from kavach.users import MemoryUsers, SQLiteUsers, Users
 
 from kavach_core.config import Config, ProtectedResource
+from kavach_core.drivers import StoreUnavailable
 
 PASSWORD = "correct horse battery staple"
 REDIRECT = "http://127.0.0.1:9/callback"
@@ -471,17 +472,58 @@ def test_expired_or_unknown_consent_ticket_is_an_error_page(dep: Deployment) -> 
     assert_page_headers(r)
 
 
+def count_password_checks(dep: Deployment) -> list[str]:
+    """The usernames whose password the server checks from now on (each one an scrypt run)."""
+    users = dep.server.users
+    assert users is not None
+    checked: list[str] = []
+    sign_in = users.sign_in
+
+    def counting(username: str, password: str) -> tuple[str, str] | None:
+        checked.append(username)
+        return sign_in(username, password)
+
+    users.sign_in = counting  # type: ignore[method-assign]
+    return checked
+
+
 @pytest.mark.parametrize("framework", sorted(FRAMEWORKS))
-def test_login_attempts_are_rate_limited_per_user(framework: str, tmp_path: Any) -> None:
-    for dep in deploy(framework, "memory", "", tmp_path, login_limits=LoginLimits(per_user=3, per_address=100)):
+@pytest.mark.parametrize("store_kind", ["memory", "sqlite"])
+def test_failed_sign_ins_lock_the_username_without_a_password_check(
+    framework: str, store_kind: str, tmp_path: Any
+) -> None:
+    """``per_user`` failures lock the name for the window: the next attempt, even with the right
+    password, is a 429 with Retry-After and runs no scrypt; other names are not affected."""
+    limits = LoginLimits(per_user=3, per_address=100)
+    for dep in deploy(framework, store_kind, "", tmp_path, login_limits=limits):
+        dep.server.users.add("bob", PASSWORD)  # type: ignore[union-attr]
+        checked = count_password_checks(dep)
         login = dep.person.get(dep.authorize_url(dep.register(), pkce()[1]))
         for _ in range(3):
-            assert dep.login(login, password="wrong").status_code == 303
-        limited = dep.login(login)  # even the right password
-        assert limited.status_code == 429
-        assert "Too many sign-in attempts" in limited.text
-        assert not any("session" in c for c in limited.headers.get_list("set-cookie"))
-        assert_page_headers(limited)
+            failed = dep.login(login, password="wrong")
+            assert failed.status_code == 303 and "notice=failed" in failed.headers["location"]
+        assert checked == ["alice"] * 3
+        for password in (PASSWORD, "wrong"):  # even the right password
+            limited = dep.login(login, password=password)
+            assert limited.status_code == 429
+            assert limited.headers["retry-after"] == str(limits.window)
+            assert "Too many sign-in attempts" in limited.text
+            assert not any("session" in c for c in limited.headers.get_list("set-cookie"))
+            assert_page_headers(limited)
+        assert checked == ["alice"] * 3  # no password check, no scrypt, for a locked name
+        assert dep.login(login, username="bob").status_code == 303  # another name signs in
+
+
+@pytest.mark.parametrize("framework", sorted(FRAMEWORKS))
+def test_successful_sign_ins_do_not_count_toward_the_username_limit(framework: str, tmp_path: Any) -> None:
+    """Ten successful sign-ins in a window (the default ``per_user``) do not lock the person out."""
+    for dep in deploy(framework, "memory", "", tmp_path):
+        client_id = dep.register()
+        for _ in range(LoginLimits().per_user + 1):
+            dep.person.cookies.clear()  # signed out: the sign-in form every time
+            login = dep.person.get(dep.authorize_url(client_id, pkce()[1]))
+            signed_in = dep.login(login)
+            assert signed_in.status_code == 303 and "notice" not in signed_in.headers["location"]
 
 
 @pytest.mark.parametrize("framework", sorted(FRAMEWORKS))
@@ -492,6 +534,18 @@ def test_login_attempts_are_rate_limited_per_address(framework: str, tmp_path: A
         assert dep.login(login, username="carol", password="x").status_code == 303
         assert dep.login(login, username="dave", password="x").status_code == 303
         assert dep.login(login, username="bob").status_code == 429
+
+
+@pytest.mark.parametrize("framework", sorted(FRAMEWORKS))
+def test_successful_sign_ins_count_toward_the_address_limit(framework: str, tmp_path: Any) -> None:
+    for dep in deploy(framework, "memory", "", tmp_path, login_limits=LoginLimits(per_user=100, per_address=2)):
+        checked = count_password_checks(dep)
+        login = dep.person.get(dep.authorize_url(dep.register(), pkce()[1]))
+        assert dep.login(login).status_code == 303
+        assert dep.login(login).status_code == 303
+        limited = dep.login(login)
+        assert limited.status_code == 429 and limited.headers["retry-after"] == "900"
+        assert checked == ["alice", "alice"]
 
 
 def test_spoofed_client_address_header_does_not_escape_the_limit(framework: str, tmp_path: Any) -> None:
@@ -506,6 +560,78 @@ def test_spoofed_client_address_header_does_not_escape_the_limit(framework: str,
                 headers={"X-Kavach-Client-Address": f"10.0.0.{n}"},
             )
         assert r.status_code == 429
+
+
+# -- sign-in sessions end with the credential ---------------------------------------------------
+
+
+def shows_sign_in(page: httpx.Response) -> bool:
+    return page.status_code == 200 and any(n == "password" for n, _ in the_form(page).fields)
+
+
+def test_a_valid_session_keeps_working(dep: Deployment) -> None:
+    client_id = dep.register()
+    consent_page(dep, client_id)
+    again = dep.person.get(dep.authorize_url(client_id, pkce()[1]))  # no sign-in form this time
+    assert again.status_code == 200 and "Signed in as <strong>alice</strong>" in again.text
+    decided = post_form(dep.person, dep.base + the_form(again).action, the_form(again).submit("approve"))
+    assert decided.status_code == 303 and "code=" in decided.headers["location"]
+
+
+def test_removing_a_user_ends_their_session(dep: Deployment) -> None:
+    """After ``users remove``, the old cookie signs no one in: the next authorization asks to sign
+    in, a consent form already on screen cannot approve, and adding the name again (same
+    password) does not revive the session."""
+    users = dep.server.users
+    assert users is not None
+    client_id = dep.register()
+    open_form = the_form(consent_page(dep, client_id))
+    assert users.remove("alice")
+    assert shows_sign_in(dep.person.get(dep.authorize_url(client_id, pkce()[1])))
+    refused = post_form(dep.person, dep.base + open_form.action, open_form.submit("approve"))
+    assert refused.status_code == 303
+    assert refused.headers["location"].startswith(dep.server.consent_path)  # back to sign in, no code
+    assert shows_sign_in(dep.person.get(dep.base + refused.headers["location"]))
+    users.add("alice", PASSWORD)
+    assert shows_sign_in(dep.person.get(dep.authorize_url(client_id, pkce()[1])))
+    consent_page(dep, client_id)  # signing in again works as ever
+
+
+def test_a_new_password_ends_earlier_sessions(dep: Deployment) -> None:
+    users = dep.server.users
+    assert users is not None
+    client_id = dep.register()
+    open_form = the_form(consent_page(dep, client_id))
+    users.add("alice", "a new password")  # kavach users add over an existing name
+    assert shows_sign_in(dep.person.get(dep.authorize_url(client_id, pkce()[1])))
+    refused = post_form(dep.person, dep.base + open_form.action, open_form.submit("approve"))
+    assert refused.status_code == 303 and refused.headers["location"].startswith(dep.server.consent_path)
+    login = dep.person.get(dep.authorize_url(client_id, pkce()[1]))
+    assert "notice=failed" in dep.login(login).headers["location"]  # the old password is gone too
+    assert "notice" not in dep.login(login, password="a new password").headers["location"]
+
+
+@pytest.mark.parametrize("framework", sorted(FRAMEWORKS))
+def test_users_unreachable_while_checking_a_session_is_503(framework: str, tmp_path: Any) -> None:
+    class Flaky(MemoryUsers):
+        down = False
+
+        def get_hash(self, username: str) -> str | None:
+            if self.down:
+                raise StoreUnavailable("the users table cannot be reached")
+            return super().get_hash(username)
+
+    user_store = Flaky()
+    users = Users(user_store, log_n=10)
+    users.add("alice", PASSWORD)
+    for dep in deploy(framework, "memory", "", tmp_path, users=users):
+        client_id = dep.register()
+        consent_page(dep, client_id)
+        user_store.down = True
+        r = dep.person.get(dep.authorize_url(client_id, pkce()[1]))
+        assert r.status_code == 503 and r.headers["retry-after"] == "5"
+        user_store.down = False
+        assert dep.person.get(dep.authorize_url(client_id, pkce()[1])).status_code == 200
 
 
 # -- the identify hook -------------------------------------------------------------------------

@@ -30,7 +30,7 @@ import httpx
 import pytest
 from kavach.settings import SettingsError, resolve
 from kavach_serve import Cli, free_port, kavach_command, serve
-from person import Person
+from person import Form, Person, forms
 
 PASSWORD = "a long enough password"
 REDIRECT_URI = "http://127.0.0.1:45998/callback"
@@ -421,8 +421,9 @@ def _pkce() -> tuple[str, str]:
     return verifier, challenge
 
 
-def obtain_tokens(issuer: str, resource: str, username: str = "alice") -> dict[str, Any]:
-    """Register a public client at ``issuer``, authorize as ``username`` and redeem the code."""
+def authorization(issuer: str, resource: str) -> tuple[str, str, str]:
+    """Register a public client at ``issuer``: its client_id, a PKCE verifier, and the
+    authorization URL a person opens."""
     registered = httpx.post(f"{issuer}/register", timeout=10, json={
         "client_name": "cli test", "redirect_uris": [REDIRECT_URI], "token_endpoint_auth_method": "none",
     })
@@ -434,8 +435,14 @@ def obtain_tokens(issuer: str, resource: str, username: str = "alice") -> dict[s
         "code_challenge": challenge, "code_challenge_method": "S256", "resource": resource,
         "scope": "tools:list tools:call",
     })
+    return client_id, verifier, f"{issuer}/authorize?{query}"
+
+
+def obtain_tokens(issuer: str, resource: str, username: str = "alice") -> dict[str, Any]:
+    """Register a public client at ``issuer``, authorize as ``username`` and redeem the code."""
+    client_id, verifier, url = authorization(issuer, resource)
     with Person(username, PASSWORD) as person:
-        final = person.authorize(f"{issuer}/authorize?{query}")
+        final = person.authorize(url)
     params = {k: v[0] for k, v in parse_qs(urlsplit(final).query).items()}
     assert "code" in params, final
     token = httpx.post(f"{issuer}/token", timeout=10, data={
@@ -489,6 +496,42 @@ def test_users_remove_revokes_their_grants(shared_db: str) -> None:
         tokens = obtain_tokens(served.issuer, served.mcp_url)
         assert "revoked 1 grant" in ok(["users", "remove", "alice", "--db", shared_db])
         assert tools_list(served.mcp_url, tokens["access_token"]).status_code == 401
+
+
+def test_users_remove_and_a_new_password_sign_the_browser_out(shared_db: str) -> None:
+    """``kavach users remove`` and ``kavach users add`` over a name, run while ``kavach serve`` is
+    up, end the sign-in sessions made before: the next authorization shows the sign-in form again
+    (the consent form on screen cannot approve), and adding a removed name back revives nothing."""
+
+    def next_form(person: Person) -> Form:
+        """The form the person's browser shows on opening a new authorization."""
+        page = person.http.get(authorization(served.issuer, served.mcp_url)[2])
+        assert page.status_code == 200, page.text
+        return next(f for f in forms(page.text) if f.method == "post")
+
+    def signs_in(person: Person) -> bool:
+        return "password" in next_form(person).names
+
+    with serve(extra_args=["--db", shared_db]) as served, Person("alice", PASSWORD) as person:
+        assert "code=" in person.authorize(authorization(served.issuer, served.mcp_url)[2])
+        assert not signs_in(person)  # the session holds: straight to consent
+
+        ok(["users", "add", "alice", "--db", shared_db, "--password-stdin"], stdin="a newer password\n")
+        assert signs_in(person)
+        person.password = "a newer password"
+        assert "code=" in person.authorize(authorization(served.issuer, served.mcp_url)[2])
+        consent = next_form(person)
+        assert "password" not in consent.names
+
+        ok(["users", "remove", "alice", "--db", shared_db])
+        assert signs_in(person)
+        approve = person.http.post(
+            f"{served.issuer}{consent.action}", content=urlencode([*consent.fields, ("decision", "approve")]),
+            headers={"Content-Type": "application/x-www-form-urlencoded"},
+        )
+        assert approve.status_code == 303 and "code=" not in approve.headers["location"]
+        ok(["users", "add", "alice", "--db", shared_db, "--password-stdin"], stdin="a newer password\n")
+        assert signs_in(person)  # the same name and password: still a new account
 
 
 def test_two_serve_processes_on_one_database(shared_db: str) -> None:

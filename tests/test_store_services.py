@@ -255,6 +255,35 @@ def test_redis_keys_are_namespaced_and_expire_with_their_records(rd: RedisStore)
     assert 90 * DAY + slack - 5 <= ttl("grant:g1")
 
 
+def test_redis_hit_with_step_zero_makes_no_key_and_leaves_the_ttl(rd: RedisStore) -> None:
+    """A step of 0 is a plain ``GET``: it never makes a counter (an ``INCRBY 0`` would make one with
+    no TTL, kept forever), and reading a counter leaves its expiry alone; sync and asyncio alike."""
+    raw = redis.Redis.from_url(services.REDIS_URL, decode_responses=True)
+    now = T0 + 30
+    name = f"{rd.prefix}hit:{(now // 60 + 1) * 60}:login"
+    assert rd.perform(fx.Hit("login", 0, 60, now, step=0)) is True
+    assert asyncio.run(rd.aperform(fx.Hit("login", 0, 60, now, step=0))) is True
+    assert raw.exists(name) == 0
+    assert rd.perform(fx.Hit("login", 5, 60, now, step=2)) is True
+    ttl = int(raw.ttl(name))
+    assert 0 < ttl <= 30 + rd.ttl_slack + 1
+    assert rd.perform(fx.Hit("login", 1, 60, now, step=0)) is False
+    assert asyncio.run(rd.aperform(fx.Hit("login", 2, 60, now, step=0))) is True
+    assert raw.get(name) == "2" and 0 < int(raw.ttl(name)) <= ttl
+
+
+def test_pg_hit_with_step_zero_makes_no_row(pg: PostgresStore, admin: psycopg.Connection[Any]) -> None:
+    def rows() -> list[tuple[Any, ...]]:
+        return admin.execute(f'SELECT bucket, count FROM "{pg.schema}".rate_limits').fetchall()
+
+    assert pg.perform(fx.Hit("login", 0, 60, T0, step=0)) is True
+    assert asyncio.run(pg.aperform(fx.Hit("login", 0, 60, T0, step=0))) is True
+    assert rows() == []
+    assert asyncio.run(pg.aperform(fx.Hit("login", 3, 60, T0, step=3))) is True
+    assert pg.perform(fx.Hit("login", 2, 60, T0, step=0)) is False
+    assert rows() == [("login", 3)]
+
+
 def test_two_prefixes_on_one_redis_do_not_see_each_other(rd: RedisStore, tmp_path: Path) -> None:
     other = services.redis_store(tmp_path / "other")
     rd.perform(fx.PutClient(Client("c1", ("https://app.example/cb",))))

@@ -554,6 +554,42 @@ def test_hit_counts_within_fixed_windows(store: Any) -> None:
     assert store.perform(fx.Hit("zero", 0, 60, T0)) is False
 
 
+def _windows_held(store: Any, after: int) -> int:
+    """How many rate-limit windows ``store`` holds, all of which end before ``after`` (the SQL and
+    Redis stores say how many rows or keys ``purge`` deleted; Redis's scan finds keys without a TTL too)."""
+    if isinstance(store, MemoryStore):
+        return len(store.hits)
+    return int(store.purge(after)["rate_limits"])
+
+
+def test_hit_with_step_zero_reads_the_count_and_stores_nothing(store: Any) -> None:
+    """A sign-in asks whether a username's failures are still under its limit without counting the
+    attempt (step 0), and counts a failure afterwards (step 1)."""
+    assert store.perform(fx.Hit("login:carol", 0, 60, T0, step=0)) is True  # nothing counted: 0 <= 0
+    assert store.perform(fx.Hit("login:carol", 5, 60, T0 + 1, step=0)) is True
+    assert _windows_held(store, T0 + DAY) == 0  # no row, key or entry for a window with no count
+    assert store.perform(fx.Hit("login:carol", 2, 60, T0)) is True  # count 1
+    for _ in range(3):  # reading never adds
+        assert store.perform(fx.Hit("login:carol", 1, 60, T0 + 2, step=0)) is True  # 1 <= 1
+        assert store.perform(fx.Hit("login:carol", 0, 60, T0 + 2, step=0)) is False  # 1 > 0
+    assert store.perform(fx.Hit("login:carol", 2, 60, T0 + 3)) is True  # count 2
+    assert store.perform(fx.Hit("login:carol", 1, 60, T0 + 3, step=0)) is False
+    start = (T0 // 60 + 1) * 60
+    assert store.perform(fx.Hit("login:carol", 0, 60, start, step=0)) is True  # a new window starts at 0
+    assert store.perform(fx.Hit("login:dave", 3, 60, T0, step=2)) is True  # a step of 2 counts two
+    assert store.perform(fx.Hit("login:dave", 3, 60, T0, step=2)) is False  # 4 > 3
+    assert store.perform(fx.Hit("login:dave", 4, 60, T0, step=0)) is True  # 4 <= 4
+    assert _windows_held(store, T0 + DAY) == 2  # carol's and dave's counted windows, no more
+
+
+def test_hit_refuses_a_negative_step() -> None:
+    with pytest.raises(ValueError, match="step"):
+        fx.Hit("b", 1, 60, T0, step=-1)
+    start = (T0 // 60 + 1) * 60  # the next window starts here
+    assert fx.Hit("b", 1, 60, T0).window_end == fx.Hit("b", 1, 60, start - 1).window_end == start
+    assert fx.Hit("b", 1, 60, start).window_end == start + 60
+
+
 # -- purge -------------------------------------------------------------------------------------------------
 
 
@@ -761,7 +797,7 @@ _effects = st.one_of(
         st.lists(_ids, max_size=2),
         st.lists(_ids, max_size=2),
     ),
-    st.builds(fx.Hit, _ids, st.integers(0, 3), st.sampled_from([1, 7, 60]), _times),
+    st.builds(fx.Hit, _ids, st.integers(0, 3), st.sampled_from([1, 7, 60]), _times, st.integers(0, 2)),
 )
 _steps = st.lists(st.one_of(_effects, st.builds(lambda t: ("purge", t), _times)), max_size=40)
 

@@ -85,7 +85,20 @@ def incoming(
 
 @attrs.frozen
 class LoginLimits:
-    """Sign-in attempts allowed per ``window`` seconds, per username and per client address."""
+    """Sign-in limits per fixed ``window`` of seconds (OWASP Authentication Cheat Sheet, "Account
+    Lockout"; OWASP ASVS 5.0 §6.1.1).
+
+    ``per_user`` counts *failed* sign-ins per username: once a username has that many in the
+    window, further attempts are refused (429) before any password check, so guessing one user's
+    password gets ``per_user`` tries per window (plus those already running when the last allowed
+    one fails), while signing in successfully never counts. ``per_address`` counts every attempt,
+    failed or not, per client address.
+
+    The trade-off that remains: someone who knows a username can fail on purpose and so hold that
+    user's sign-in off until the window ends. Only the window is lost, never the account, and
+    people already signed in stay signed in; the per-user limit is what stops password guessing
+    spread over many addresses, so it is kept.
+    """
 
     per_user: int = 10
     per_address: int = 50
@@ -419,9 +432,13 @@ class AuthorizationServer:
             subject = yield Call(self.identify, (req,), blocking=False)
             if subject:
                 return str(subject)
-        if self.users is not None:
-            return self.cookies.session_subject(cookies, ctx.now)
-        return None
+        if self.users is None:
+            return None
+        session = self.cookies.session(cookies, ctx.now)  # the signature first: a forged cookie reads nothing
+        if session is None:
+            return None
+        current = yield Call(self.users.session_stamp, (session.subject,))
+        return session.subject if session.holds(current) else None
 
     def _consent_url(self, ticket: str, notice: str | None = None) -> str:
         url = f"{self.consent_path}?ticket={quote(ticket, safe='')}"
@@ -502,8 +519,11 @@ class AuthorizationServer:
             return _csrf_refused()
         limits = self.login_limits
         user_key = hashlib.sha256(username.strip().lower().encode("utf-8", "replace")).hexdigest()[:32]
+        failures = f"login:user:{user_key}"
         address = req.header(CLIENT_ADDRESS_HEADER) or "unknown"
-        user_ok = yield fx.Hit(f"login:user:{user_key}", limits.per_user, limits.window, ctx.now)
+        # LoginLimits: the username's failures are read (step 0) before the password check and
+        # counted after a failed one; every attempt counts against the address.
+        user_ok = yield fx.Hit(failures, limits.per_user - 1, limits.window, ctx.now, step=0)
         address_ok = yield fx.Hit(f"login:address:{address}", limits.per_address, limits.window, ctx.now)
         if not (user_ok and address_ok):
             consent = yield from authorize.consent(ctx, ticket)
@@ -517,10 +537,12 @@ class AuthorizationServer:
                 status=429,
                 headers=(("Retry-After", str(limits.window)),),
             )
-        subject = yield Call(self.users.authenticate, (username, password))
-        if subject is None:
+        signed_in = yield Call(self.users.sign_in, (username, password))
+        if signed_in is None:
+            yield fx.Hit(failures, limits.per_user, limits.window, ctx.now)
             return _see_other(self._consent_url(ticket, "failed"))
-        return _see_other(self._consent_url(ticket), self.cookies.session_cookie(subject, ctx.now))
+        subject, stamp = signed_in
+        return _see_other(self._consent_url(ticket), self.cookies.session_cookie(subject, stamp, ctx.now))
 
     def _decision(self, ctx: Context, req: HttpRequest) -> Generator[fx.Effect, Any, Response]:
         """The consent form's POST: CSRF, the signed-in person, then approve or deny (AZ-12)."""

@@ -1,8 +1,13 @@
 """The login session cookie, the browser cookie and CSRF tokens of the built-in pages.
 
-- The session cookie holds the subject and an expiry, signed with HMAC-SHA256 under a key
-  derived from ``config.secret``; it is ``HttpOnly``, ``SameSite=Lax``, ``Path=/`` and, under an
-  https issuer, ``Secure`` with the ``__Host-`` prefix (RFC 6265bis §4.1.3.2).
+- The session cookie holds the subject, an expiry and the stamp of the account's credential
+  when it signed in (:meth:`kavach.users.Users.session_stamp`), signed with HMAC-SHA256 under a
+  key derived from ``config.secret``; it is ``HttpOnly``, ``SameSite=Lax``, ``Path=/`` and, under
+  an https issuer, ``Secure`` with the ``__Host-`` prefix (RFC 6265bis §4.1.3.2). The server
+  checks the signature and expiry first (:meth:`Cookies.session`, no store read), then that the
+  account still has that credential (:meth:`Session.holds`): removing a user or changing the
+  password ends their sessions (OWASP ASVS 5.0 §7.4.1). Cookies signed before stamps existed
+  (key label ``v1``) fail the signature check: signed out.
 - The browser cookie is a random id that every CSRF token is bound to, so a token lifted from
   one browser is useless in another; each token is also bound to its form and consent ticket
   (AZ-10).
@@ -15,6 +20,8 @@ import hashlib
 import hmac
 import secrets
 from collections.abc import Iterable
+
+import attrs
 
 from kavach_core.config import Config
 
@@ -44,6 +51,20 @@ def parse_cookies(headers: Iterable[str]) -> dict[str, str]:
     return out
 
 
+@attrs.frozen
+class Session:
+    """What a session cookie with a valid signature, not yet expired, says."""
+
+    subject: str
+    stamp: str
+    """The credential stamp the account had when this session signed in."""
+
+    def holds(self, current: str | None) -> bool:
+        """Whether the account still has the credential this session signed in with; ``current``
+        is its stamp now, ``None`` when the account is gone. Constant-time (GN-02)."""
+        return current is not None and hmac.compare_digest(self.stamp.encode("utf-8"), current.encode("utf-8"))
+
+
 class Cookies:
     """Signing, naming and formatting of the pages' cookies for one configuration."""
 
@@ -53,7 +74,7 @@ class Cookies:
         self.session_name = prefix + SESSION_COOKIE
         self.browser_name = prefix + BROWSER_COOKIE
         self.session_lifetime = session_lifetime
-        self._session_key = hmac.new(config.secret, b"kavach adapter: login session v1", hashlib.sha256).digest()
+        self._session_key = hmac.new(config.secret, b"kavach adapter: login session v2", hashlib.sha256).digest()
         self._csrf_key = hmac.new(config.secret, b"kavach adapter: csrf v1", hashlib.sha256).digest()
 
     # -- Set-Cookie -------------------------------------------------------------------
@@ -69,17 +90,20 @@ class Cookies:
     def _mac(self, payload: bytes) -> bytes:
         return hmac.new(self._session_key, payload, hashlib.sha256).digest()
 
-    def session_cookie(self, subject: str, now: int) -> tuple[str, str]:
-        """The ``Set-Cookie`` header that signs ``subject`` in until ``now + session_lifetime``."""
-        payload = f"{now + self.session_lifetime}:{_b64(subject.encode('utf-8'))}".encode("ascii")
+    def session_cookie(self, subject: str, stamp: str, now: int) -> tuple[str, str]:
+        """The ``Set-Cookie`` header that signs ``subject`` in until ``now + session_lifetime``,
+        for as long as the account's credential keeps ``stamp``."""
+        fields = (str(now + self.session_lifetime), _b64(subject.encode("utf-8")), _b64(stamp.encode("utf-8")))
+        payload = ":".join(fields).encode("ascii")
         value = f"{_b64(payload)}.{_b64(self._mac(payload))}"
         return self.set_cookie(self.session_name, value, self.session_lifetime)
 
     def clear_session(self) -> tuple[str, str]:
         return self.set_cookie(self.session_name, "", 0)
 
-    def session_subject(self, cookies: dict[str, str], now: int) -> str | None:
-        """The signed-in subject, or ``None`` when the cookie is missing, forged or expired."""
+    def session(self, cookies: dict[str, str], now: int) -> Session | None:
+        """The session the cookie signs in, or ``None`` when it is missing, forged, expired or of
+        an older format. Whether it still holds is the caller's question (:meth:`Session.holds`)."""
         value = cookies.get(self.session_name)
         if not value or len(value) > MAX_COOKIE:
             return None
@@ -88,12 +112,13 @@ class Cookies:
             payload, mac = _unb64(payload_text), _unb64(mac_text)
             if not hmac.compare_digest(mac, self._mac(payload)):
                 return None
-            expiry_text, subject_text = payload.decode("ascii").split(":")
+            expiry_text, subject_text, stamp_text = payload.decode("ascii").split(":")
             subject = _unb64(subject_text).decode("utf-8")
+            stamp = _unb64(stamp_text).decode("utf-8")
             expiry = int(expiry_text)
         except (ValueError, UnicodeDecodeError):
             return None
-        return subject if now < expiry and subject else None
+        return Session(subject, stamp) if now < expiry and subject and stamp else None
 
     # -- the browser id and CSRF tokens -----------------------------------------------------
 

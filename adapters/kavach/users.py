@@ -13,11 +13,16 @@ server answers with 503 like any other store outage.
 Hashes are ``scrypt$<log2 n>$<r>$<p>$<salt>$<key>`` (RFC 7914, base64url salt and key); verifying
 is constant-time (``cryptography``'s ``Scrypt.verify``), and an unknown username still costs one
 scrypt run, so timing does not tell which usernames exist.
+
+A sign-in session is bound to the account's current hash through :meth:`Users.session_stamp`: every
+``add`` stores a freshly salted hash, so removing a user, changing the password, or removing and
+adding the name again ends every session signed in before (OWASP ASVS 5.0 §7.4.1).
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import os
 import sqlite3
 import threading
@@ -108,6 +113,13 @@ def verify_password(password: str, encoded: str) -> bool:
     except (ValueError, InvalidKey):
         return False
     return True
+
+
+def credential_stamp(password_hash: str) -> str:
+    """A short digest naming one stored hash (128 bits of SHA-256, base64url): it changes whenever
+    the hash does, and reveals nothing usable about the password (the salt stays in the store)."""
+    digest = hashlib.sha256(b"kavach session stamp v1\0" + password_hash.encode("utf-8")).digest()
+    return _b64(digest[:16])
 
 
 def _dummy_hash(log_n: int) -> str:
@@ -317,14 +329,33 @@ class Users:
 
     def authenticate(self, username: str, password: str) -> str | None:
         """The subject when the password is right, else ``None`` (same cost either way)."""
-        try:
-            name = normalize_username(username)
-        except UsernameError:  # no account has such a name, as with an empty one
-            return None
-        if not name or len(name) > MAX_USERNAME or len(password) > MAX_PASSWORD:
+        signed_in = self.sign_in(username, password)
+        return None if signed_in is None else signed_in[0]
+
+    def sign_in(self, username: str, password: str) -> tuple[str, str] | None:
+        """:meth:`authenticate`, with the :meth:`session_stamp` of the very hash the password
+        matched (one read, so a password changed meanwhile cannot lend the session its new stamp)."""
+        name = _account_name(username)
+        if name is None or len(password) > MAX_PASSWORD:
             return None
         stored = self.store.get_hash(name)
         if stored is None:
             verify_password(password, _dummy_hash(self.log_n))
             return None
-        return name if verify_password(password, stored) else None
+        return (name, credential_stamp(stored)) if verify_password(password, stored) else None
+
+    def session_stamp(self, username: str) -> str | None:
+        """The :func:`credential_stamp` of the account's current hash; ``None`` when there is no
+        such account. A session records it when it is made and holds only while it is unchanged."""
+        name = _account_name(username)
+        stored = None if name is None else self.store.get_hash(name)
+        return None if stored is None else credential_stamp(stored)
+
+
+def _account_name(username: str) -> str | None:
+    """``username`` normalised, or ``None`` when no account can have it (empty, too long, unprintable)."""
+    try:
+        name = normalize_username(username)
+    except UsernameError:
+        return None
+    return name if name and len(name) <= MAX_USERNAME else None

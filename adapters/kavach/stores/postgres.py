@@ -257,9 +257,10 @@ _SQL_TEMPLATES = {
         f"INSERT INTO {{s}}.signing_keys (position, {_KEY_COLS}) VALUES (%s, {', '.join('%s' for _ in KEYS.fields)})"
     ),
     "hit": (
-        "INSERT INTO {s}.rate_limits AS t (bucket, window_end, count) VALUES (%s, %s, 1)"
-        " ON CONFLICT (bucket, window_end) DO UPDATE SET count = t.count + 1 RETURNING t.count"
+        "INSERT INTO {s}.rate_limits AS t (bucket, window_end, count) VALUES (%s, %s, %s)"
+        " ON CONFLICT (bucket, window_end) DO UPDATE SET count = t.count + excluded.count RETURNING t.count"
     ),
+    "hit_count": "SELECT coalesce((SELECT count FROM {s}.rate_limits WHERE bucket = %s AND window_end = %s), 0)",
 }
 
 _PURGE_TEMPLATES = {
@@ -699,8 +700,10 @@ class PostgresStore:
     # -- rate limits -----------------------------------------------------------------------------
 
     def _hit(self, e: fx.Hit) -> Plan[bool]:
-        window_end = (e.now // e.window + 1) * e.window
-        rows = yield self._sql["hit"], (e.bucket, window_end)
+        if e.step == 0:  # a read: no row is made for a window nothing was counted in
+            rows = yield self._sql["hit_count"], (e.bucket, e.window_end)
+        else:
+            rows = yield self._sql["hit"], (e.bucket, e.window_end, e.step)
         return bool(rows[0][0] <= e.limit)
 
 

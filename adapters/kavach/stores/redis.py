@@ -221,10 +221,10 @@ if same then
 end
 return current
 """,
-    # KEYS: counter. ARGV: ttl
+    # KEYS: counter. ARGV: ttl, step (at least 1; a step of 0 is a plain GET, which makes no key)
     "hit": """
-local n = redis.call('INCR', KEYS[1])
-if n == 1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
+local n = redis.call('INCRBY', KEYS[1], ARGV[2])
+if n == tonumber(ARGV[2]) then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
 return n
 """,
     # KEYS: key. ARGV: field, now: delete a hash whose numeric field is <= now
@@ -588,8 +588,11 @@ class RedisStore:
     # -- rate limits -----------------------------------------------------------------------------
 
     def _hit(self, e: fx.Hit) -> Plan[bool]:
-        window_end = (e.now // e.window + 1) * e.window
-        count = yield _Script("hit", (self._k("hit", str(window_end), e.bucket),), (self._ttl(window_end - e.now),))
+        key = self._k("hit", str(e.window_end), e.bucket)
+        if e.step == 0:
+            count = (yield _Command(("GET", key))) or 0
+        else:
+            count = yield _Script("hit", (key,), (self._ttl(e.window_end - e.now), e.step))
         return bool(int(count) <= e.limit)
 
     # -- purge -----------------------------------------------------------------------------------

@@ -694,12 +694,17 @@ class SQLiteStore:
     # -- rate limits ------------------------------------------------------------------------
 
     def _hit(self, db: sqlite3.Connection, e: fx.Hit) -> bool:
-        window_end = (e.now // e.window + 1) * e.window
-        rows = db.execute(
-            "INSERT INTO rate_limits (bucket, window_end, count) VALUES (?, ?, 1)"
-            " ON CONFLICT (bucket, window_end) DO UPDATE SET count = count + 1 RETURNING count",
-            (e.bucket, window_end),
-        ).fetchall()
+        if e.step == 0:  # a read: no row is made for a window nothing was counted in
+            rows = db.execute(
+                "SELECT coalesce((SELECT count FROM rate_limits WHERE bucket = ? AND window_end = ?), 0)",
+                (e.bucket, e.window_end),
+            ).fetchall()
+        else:
+            rows = db.execute(
+                "INSERT INTO rate_limits (bucket, window_end, count) VALUES (?, ?, ?)"
+                " ON CONFLICT (bucket, window_end) DO UPDATE SET count = count + excluded.count RETURNING count",
+                (e.bucket, e.window_end, e.step),
+            ).fetchall()
         return bool(rows[0][0] <= e.limit)
 
 
