@@ -122,6 +122,46 @@ def test_pg_many_processes_starting_at_once_migrate_once(tmp_path: Path, admin: 
         store.close()
 
 
+def test_pg_instances_starting_at_once_share_one_secret_and_the_users_table(
+    tmp_path: Path, admin: psycopg.Connection[Any]
+) -> None:
+    """What ``kavach serve`` does first on a PostgreSQL store, by eight instances at the same moment
+    on a fresh schema: every one starts (no race between ``CREATE TABLE`` statements), all read the
+    one secret made, and a user added through one is seen through all."""
+    from kavach.instance import postgres_secret
+    from kavach.users import PostgresUsers, Users
+
+    stores = [services.postgres_store(tmp_path) for _ in range(8)]
+    barrier = threading.Barrier(len(stores))
+    secrets: list[bytes] = []
+    users: list[Users] = []
+    failures: list[BaseException] = []
+
+    def start(store: PostgresStore) -> None:
+        try:
+            barrier.wait(timeout=30)
+            secrets.append(postgres_secret(store))
+            users.append(Users(PostgresUsers(store), log_n=10))
+        except BaseException as exc:  # reported below, with the others
+            failures.append(exc)
+
+    threads = [threading.Thread(target=start, args=(store,)) for store in stores]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    try:
+        assert failures == []
+        assert len(secrets) == 8 and len(set(secrets)) == 1
+        users[0].add("alice", "correct horse")
+        assert all(u.authenticate("alice", "correct horse") == "alice" for u in users)
+        schema = stores[0].schema
+        assert admin.execute(f'SELECT count(*) FROM "{schema}".kavach_settings').fetchone() == (1,)
+    finally:
+        for store in stores:
+            store.close()
+
+
 def test_pg_refuses_a_newer_schema_and_leaves_it_alone(
     pg: PostgresStore, tmp_path: Path, admin: psycopg.Connection[Any]
 ) -> None:

@@ -144,11 +144,6 @@ def postgres_secret(
 
     def plan() -> Any:
         yield (
-            f"CREATE TABLE IF NOT EXISTS {s}.kavach_settings"
-            " (name text PRIMARY KEY, value bytea NOT NULL, created_at bigint NOT NULL)",
-            (),
-        )
-        yield (
             f"INSERT INTO {s}.kavach_settings (name, value, created_at) VALUES ('secret', %s, %s)"  # noqa: S608
             " ON CONFLICT (name) DO NOTHING",
             (seal(sealer, SECRET_AAD, entropy(SECRET_BYTES)), int(time.time())),
@@ -156,7 +151,7 @@ def postgres_secret(
         rows = yield f"SELECT value FROM {s}.kavach_settings WHERE name = 'secret'", ()  # noqa: S608
         return bytes(rows[0][0])
 
-    store.migrate()
+    store.migrate()  # makes kavach_settings (migration 2), under the migration lock
     value: bytes = store._run(plan(), False)  # same package; each statement commits
     return _open_secret(sealer, value)
 

@@ -223,11 +223,6 @@ class SQLiteUsers:
         return tuple(str(r[0]) for r in rows)
 
 
-_PG_USERS_TABLE = (
-    "CREATE TABLE IF NOT EXISTS {s}.kavach_users ("
-    "username text PRIMARY KEY, password_hash text NOT NULL, updated_at bigint NOT NULL)"
-)
-
 _SqlPlan = Generator[tuple[str, tuple[Any, ...]], list[tuple[Any, ...]], Any]
 
 
@@ -239,8 +234,7 @@ class PostgresUsers:
     def __init__(self, store: PostgresStore) -> None:
         self._store = store
         self._s = f'"{store.schema}"'
-        store.migrate()
-        self._one(_PG_USERS_TABLE.format(s=self._s), ())
+        store.migrate()  # makes kavach_users (migration 2), under the migration lock
 
     def _one(self, sql: str, args: tuple[Any, ...]) -> list[tuple[Any, ...]]:
         def plan() -> _SqlPlan:

@@ -172,7 +172,26 @@ CREATE TABLE {s}.rate_limits (
 CREATE INDEX rate_limits_window_end ON {s}.rate_limits (window_end);
 """
 
-MIGRATIONS: tuple[tuple[str, str], ...] = (("the records of kavach_core.records", _MIGRATION_1),)
+_MIGRATION_2 = """
+CREATE TABLE IF NOT EXISTS {s}.kavach_settings (
+    name text PRIMARY KEY,
+    value bytea NOT NULL,
+    created_at bigint NOT NULL
+);
+CREATE TABLE IF NOT EXISTS {s}.kavach_users (
+    username text PRIMARY KEY,
+    password_hash text NOT NULL,
+    updated_at bigint NOT NULL
+);
+"""
+"""The tables of :mod:`kavach.instance` (the server secret) and :class:`kavach.users.PostgresUsers`:
+made here, under the migration lock, so instances starting together on a fresh schema do not race
+to create them (``IF NOT EXISTS``: stores those modules had already given them keep their rows)."""
+
+MIGRATIONS: tuple[tuple[str, str], ...] = (
+    ("the records of kavach_core.records", _MIGRATION_1),
+    ("kavach serve's settings and local users", _MIGRATION_2),
+)
 """``MIGRATIONS[n]`` (description, SQL) takes a version-``n`` schema to version ``n + 1``."""
 
 SCHEMA_VERSION = len(MIGRATIONS)
