@@ -113,6 +113,11 @@ def test_paths_include_metadata_endpoints_and_forms() -> None:
 def test_forms_refuse_get_and_non_form_bodies() -> None:
     server = _server(MemoryStore())
     assert server.handle(HttpRequest("GET", server.decision_path)).status == 405
+    refused = server.handle(HttpRequest("GET", server.decision_path))
+    assert refused.header("Allow") == "POST"
+    page = server.handle(HttpRequest("POST", server.consent_path))
+    assert page.status == 405 and page.header("Allow") == "GET, HEAD", "the consent page answers HEAD too"
+    assert server.handle(HttpRequest("HEAD", server.consent_path)).status != 405
     bad = HttpRequest("POST", server.login_path, headers=[("Content-Type", "application/json")], body=b"{}")
     r = server.handle(bad)
     assert r.status == 400 and r.header("X-Frame-Options") == "DENY"

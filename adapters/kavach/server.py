@@ -482,7 +482,7 @@ class AuthorizationServer:
     def _consent_again(self, ctx: Context, req: HttpRequest) -> Generator[fx.Effect, Any, Response]:
         """GET after sign-in: the same pending request, not yet used (``authorize.consent``)."""
         if req.method not in ("GET", "HEAD"):
-            return pages.error_page(405, "invalid_request", "Use GET for this page.", headers=(("Allow", "GET"),))
+            return pages.error_page(405, "invalid_request", "Use GET for this page.", headers=(("Allow", "GET, HEAD"),))
         try:
             params = Params(req.query)
             ticket = params.get("ticket") or ""
