@@ -5,12 +5,21 @@ Metadata Documents" (the preferred way for MCP clients to identify themselves fr
 2026-07-28); checklist CM-01.
 
 - A URL-shaped ``client_id`` (CIMD §3): ``https`` with a host and a path other than ``/``; no
-  fragment, no user information, no ``.`` or ``..`` path segments. An ``http`` URL, or a
-  malformed one, is refused with a reason rather than treated as an unknown client.
+  fragment, no user information, no ``.`` or ``..`` path segments, percent-encoded or not
+  (RFC 3986 §6.2.2.2 makes ``%2e%2e`` a ``..``). The host is an RFC 3986 §3.2.2 host written out
+  (a bracketed host is an IPv6 address, never an IPvFuture literal); an explicit port is 1 to
+  65535 (port 0 names no TCP service, RFC 6335 §6; an empty port, which RFC 3986 §3.2.3 reads as
+  the default, is a second spelling of another URL). An ``http`` URL, or a malformed one, is
+  refused with a reason rather than treated as an unknown client.
 - The document is fetched through the :class:`~kavach_core.effects.FetchDocument` effect; the
-  adapter's fetcher is SSRF-safe (CM-02) and may refuse.
-- The document (CIMD §4.1): a JSON object whose ``client_id`` equals the URL exactly (simple
-  string comparison, CIMD §4.1); the RFC 7591 §2 metadata rules of
+  adapter's fetcher is SSRF-safe (CM-02) and may refuse. Why it refused (the address a host
+  resolved to, a status code, a TLS failure) is never told to the client: that would make the
+  server an oracle for its own network (draft-ietf-oauth-client-id-metadata-document §6,
+  "Server-Side Request Forgery"). The client reads :data:`NOT_FETCHED`; the fetcher logs the
+  reason.
+- The document (CIMD §4.1): strict JSON (RFC 8259 §4: a member name given twice is refused, not
+  resolved by taking the last one; no ``NaN``), an object whose ``client_id`` equals the URL
+  exactly (simple string comparison, CIMD §4.1); the RFC 7591 §2 metadata rules of
   :mod:`kavach_core.client_metadata` (``redirect_uris`` required, ...). Shared secrets are
   impossible for a client that publishes its metadata (CIMD §4.1): ``client_secret`` and
   ``client_secret_expires_at`` are refused, and so are the ``client_secret_*`` methods;
@@ -27,6 +36,7 @@ Metadata Documents" (the preferred way for MCP clients to identify themselves fr
 from __future__ import annotations
 
 import json
+from typing import Any
 from urllib.parse import urlsplit
 
 from . import effects as fx
@@ -35,7 +45,9 @@ from .context import Context
 from .drivers import Flow
 from .errors import OAuthError, safe_description
 from .messages.registration import parse_metadata
+from .params import decode_exactly, unique_members
 from .records import Client
+from .resource_indicators import has_dot_segment, host_problem
 
 MAX_DOCUMENT_BYTES = 64 * 1024
 """Largest document the core reads, whatever the fetcher allowed (CIMD §4.3 suggests 5 KB)."""
@@ -51,9 +63,13 @@ REFUSED_AUTH_METHODS = {
 
 JSON_TYPES = ("application/json",)
 
+NOT_FETCHED = "it could not be fetched from its URL"
+"""What the client is told about any refused fetch; the fetcher's log has the reason."""
+
 
 class DocumentRefused(OAuthError):
-    """The client's metadata document could not be used; the description says why.
+    """The client's metadata document could not be used; the description says why, except for
+    a refused fetch (:data:`NOT_FETCHED`).
 
     ``invalid_client`` with status 401 (RFC 6749 §5.2) so the token, revocation and introspection
     endpoints answer it as any failed client authentication; the authorization endpoint shows it
@@ -78,7 +94,7 @@ def url_problem(client_id: str) -> str | None:
         return "the client_id URL must be printable ASCII without spaces"
     try:
         parts = urlsplit(client_id)
-        parts.port  # noqa: B018 - validates the port
+        port = parts.port
     except ValueError:
         return "the client_id is not a valid URL"
     if parts.scheme != "https":
@@ -87,13 +103,31 @@ def url_problem(client_id: str) -> str | None:
         return "the client_id URL has no host"
     if parts.username is not None or parts.password is not None or "@" in parts.netloc:
         return "the client_id URL must not carry user information"
+    problem = host_problem(parts.netloc, parts.hostname)
+    if problem is not None:
+        return f"the client_id URL's host is not valid: {problem}"
+    if port == 0 or parts.netloc.endswith(":"):
+        return "the client_id URL's port must be a number from 1 to 65535"
     if "#" in client_id:
         return "the client_id URL must not have a fragment"
     if parts.path in ("", "/"):
         return "the client_id URL must have a path"
-    if any(segment in (".", "..") for segment in parts.path.split("/")):
-        return "the client_id URL must not contain . or .. path segments"
+    if has_dot_segment(parts.path):
+        return "the client_id URL must not contain . or .. path segments (percent-encoded or not)"
     return None
+
+
+def _repeated(name: str) -> DocumentRefused:
+    shown = name if len(name) <= 40 else name[:40] + "..."
+    return refused(f"it gives the member {shown} more than once")
+
+
+def _constant(name: str) -> Any:
+    raise refused(f"it is not valid JSON ({name} is not a JSON value)")
+
+
+_DOCUMENT_JSON = json.JSONDecoder(object_pairs_hook=unique_members(_repeated), parse_constant=_constant)
+"""Strict JSON (RFC 8259 §4, §6): a repeated member name or ``NaN``/``Infinity`` is refused."""
 
 
 def _json_type(content_type: str) -> bool:
@@ -116,7 +150,9 @@ def document_client(ctx: Context, url: str, fetched: fx.Fetched) -> Client:
     if len(fetched.body) > MAX_DOCUMENT_BYTES:
         raise refused("it is too large")
     try:
-        body = json.loads(fetched.body.decode("utf-8"))
+        body = decode_exactly(_DOCUMENT_JSON, fetched.body.decode("utf-8"))
+    except DocumentRefused:
+        raise
     except (UnicodeDecodeError, ValueError, RecursionError):
         raise refused("it is not valid JSON") from None
     if not isinstance(body, dict):
@@ -155,13 +191,14 @@ def document_client(ctx: Context, url: str, fetched: fx.Fetched) -> Client:
 
 def resolve(ctx: Context, url: str) -> Flow[Client]:
     """Fetch, validate and cache the document at ``url``: one ``FetchDocument``, then one
-    ``PutClient`` when, and only when, the document is good."""
+    ``PutClient`` when, and only when, the document is good. A refused fetch is
+    :data:`NOT_FETCHED` whatever the fetcher's reason (CIMD §6)."""
     problem = url_problem(url)
     if problem is not None:
         raise refused(problem)
     result = yield fx.FetchDocument(url)
     if isinstance(result, fx.FetchRefused):
-        raise refused(result.reason)
+        raise refused(NOT_FETCHED)
     if not isinstance(result, fx.Fetched):
         raise refused("the fetcher gave no answer")
     client = document_client(ctx, url, result)

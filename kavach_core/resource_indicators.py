@@ -71,6 +71,14 @@ def host_problem(netloc: str, host: str) -> str | None:
     return None
 
 
+def has_dot_segment(path: str) -> bool:
+    """True when a segment of ``path`` is ``.`` or ``..``, written out or with its dots
+    percent-encoded (``%2e``, ``%2E``, ``.%2e``): RFC 3986 §6.2.2.2 decodes percent-encoded
+    unreserved characters, so a server that normalises its request path reads ``%2e%2e`` as ``..``
+    and removes it with the segment before it (§5.2.4)."""
+    return any(segment.lower().replace("%2e", ".") in (".", "..") for segment in path.split("/"))
+
+
 def _canonical(uri: str) -> str:
     if not uri or any(ch.isspace() for ch in uri) or any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in uri):
         raise ValueError("a resource must be an absolute URI without spaces or control characters")
@@ -98,7 +106,7 @@ def _canonical(uri: str) -> str:
     path = parts.path
     if "%" in path:
         raise ValueError(f"{uri!r}: write the path without percent-encoding (servers compare paths decoded)")
-    if any(segment in (".", "..") for segment in path.split("/")):
+    if has_dot_segment(path):
         raise ValueError(f"{uri!r}: write the path without dot segments (RFC 3986 §5.2.4)")
     if path == "/":
         path = ""

@@ -24,7 +24,7 @@ from kavach_serve import Served
 from oauth_flows import CHALLENGE, VERIFIER, az_query, location_params, writes
 
 from kavach_core import effects as fx
-from kavach_core.client_documents import DocumentRefused
+from kavach_core.client_documents import NOT_FETCHED, DocumentRefused
 from kavach_core.config import Lifetimes
 from kavach_core.drivers import run
 from kavach_core.endpoints import authorize, metadata, revocation, token
@@ -224,14 +224,22 @@ def test_cm_01_refused_refetch_of_an_expired_document_keeps_nothing_usable(docs:
     assert isinstance(docs.authorize(), ConsentRequired)
     docs.answers[URL] = fx.FetchRefused("it answered with HTTP status 500")
     docs.h.now += 300
-    refused_page(docs.authorize(), "500")
+    assert "500" not in refused_page(docs.authorize(), NOT_FETCHED)
     assert writes(docs.effects) == []
 
 
 # -- refusals: an error page at authorize, nothing stored --------------------------------------
 
+DUPLICATED = json.dumps(document()).replace('{"client_id"', '{"client_id": "https://evil.example/x", "client_id"', 1)
 BAD_DOCUMENTS = {
-    "fetch-refused": (fx.FetchRefused("10.0.0.1 is a private address"), "private address"),
+    "fetch-refused": (fx.FetchRefused("10.0.0.1 is a private address"), NOT_FETCHED),
+    "duplicate-client-id": (fetched(DUPLICATED.encode()), "gives the member client_id more than once"),
+    "duplicate-redirect-uris": (
+        fetched(json.dumps(document()).replace('"redirect_uris"', '"redirect_uris": [], "redirect_uris"').encode()),
+        "gives the member redirect_uris more than once",
+    ),
+    "duplicate-long-name": (fetched(b'{"' + b"m" * 100 + b'": 1, "' + b"m" * 100 + b'": 2}'), "m" * 40 + "... more"),
+    "nan": (fetched(json.dumps(document(client_name=None))[:-1].encode() + b', "client_name": NaN}'), "NaN is not"),
     "client-id-one-char-off": (fetched(document(client_id=URL[:-1] + "N")), "does not equal the URL"),
     "client-id-missing": (fetched(document(client_id=None)), "does not equal the URL"),
     "not-json-type": (fetched(document(), content_type="text/html"), "not JSON"),
@@ -280,6 +288,16 @@ def test_cm_01_bad_documents_are_invalid_client_at_the_token_endpoint(h: Harness
         ("https://user@client.example.com/client.json", "user information"),
         ("https://client.example.com/client.json#frag", "fragment"),
         ("https://client.example.com:99999/client.json", "not a valid URL"),
+        ("https://client.example.com:0/client.json", "port must be a number from 1 to 65535"),
+        ("https://client.example.com:/client.json", "port must be a number from 1 to 65535"),
+        ("https://[::1]:0/client.json", "port must be a number from 1 to 65535"),
+        ("https://[v1.x]/client.json", "the bracketed host is not an IPv6 address"),
+        ("https://[v7.fe80::1+en0]/client.json", "the bracketed host is not an IPv6 address"),
+        ("https://client.ex%61mple.com/client.json", "must not be percent-encoded"),
+        ("https://client.example.com/a/%2e%2e/client.json", ". or .. path segments (percent-encoded or not)"),
+        ("https://client.example.com/a/%2E%2E/client.json", ". or .. path segments"),
+        ("https://client.example.com/a/.%2e/client.json", ". or .. path segments"),
+        ("https://client.example.com/%2e/client.json", ". or .. path segments"),
     ],
 )
 def test_cm_01_malformed_document_urls_are_refused_without_a_fetch(h: Harness, client_id: str, reason: str) -> None:
@@ -307,14 +325,24 @@ def test_cm_01_documents_off_means_a_url_is_just_an_unknown_client() -> None:
     assert d.fetches == []
 
 
-def test_lookup_raises_document_refused_with_the_reason(h: Harness) -> None:
+def test_lookup_raises_document_refused_saying_only_that_the_fetch_failed(h: Harness) -> None:
+    """Why the fetcher refused (an address, a status code, a TLS failure) is the server's
+    business, in its log; the client learns only that the document could not be fetched."""
     from kavach_core.clients import lookup
 
-    d = Documents(h, {URL: fx.FetchRefused("it answered with a redirect (302); redirects are not followed")})
+    d = Documents(h, {URL: fx.FetchRefused("internal.example.com resolves to 10.1.2.3, a private address")})
     with pytest.raises(DocumentRefused) as info:
         d.run(lookup(h.ctx(), URL))
     assert info.value.error == "invalid_client" and info.value.status == 401
-    assert "redirects are not followed" in info.value.description
+    assert info.value.description == f"client metadata document refused: {NOT_FETCHED}"
+
+
+def test_cm_01_a_document_with_a_repeated_member_is_refused_whichever_copy_is_right(h: Harness) -> None:
+    url_twice = json.dumps(document()).replace('"client_id"', f'"client_id": "{URL}", "client_id"', 1)
+    for doc in (DUPLICATED, url_twice):
+        d = Documents(h, {URL: fetched(doc.encode())})
+        refused_page(d.authorize(), "more than once")
+        assert_nothing_stored(d)
 
 
 def test_consent_after_sign_in_with_a_refused_refetch_is_simply_expired(docs: Documents) -> None:
@@ -398,8 +426,10 @@ def test_cm_02_without_the_loopback_switch_the_same_document_is_refused(host: Do
                     "code_challenge": CHALLENGE, "code_challenge_method": "S256", "state": "s"},
         )
         clients = _clients(served)
+        log = served.output()
     assert resp.status_code == 400 and "location" not in resp.headers
-    assert "loopback address" in resp.text and "metadata document" in resp.text
+    assert NOT_FETCHED in resp.text and "loopback" not in resp.text and "127.0.0.1" not in resp.text
+    assert "refused: the address 127.0.0.1 is a loopback address" in log, "the reason is in the server's log"
     assert host.hits("/mcp-client/client.json") == 0, "nothing was sent to the document's host"
     assert clients == [], "nothing stored"
 

@@ -13,16 +13,21 @@ import asyncio
 import ipaddress
 import json
 import logging
+import threading
+import time
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import httpx
 import pytest
-from document_host import Answer, DocumentHost, document_host
+from document_host import Answer, DocumentHost, document_host, silent_host
 from kavach.fetcher import DocumentFetcher, FetchPolicy, address_problem, max_age
 from kavach.server import AuthorizationServer
 
+from kavach_core.client_documents import NOT_FETCHED
 from kavach_core.effects import Fetched, FetchRefused
 from kavach_core.http import HttpRequest
 from kavach_core.memory_store import MemoryStore
@@ -57,7 +62,9 @@ def both(fetcher: DocumentFetcher, url: str) -> list[Fetched | FetchRefused]:
 def recording(policy: FetchPolicy | None = None, table: dict[str, list[str]] | None = None) -> tuple[
     DocumentFetcher, Recorder
 ]:
+    """A fetcher with the recorder injected; refusals are not remembered unless ``policy`` says so."""
     rec = Recorder(table)
+    policy = policy or FetchPolicy(refusal_ttl=0)
     fetcher = DocumentFetcher(
         policy, resolver=rec.resolve, transport=rec.transport, async_transport=rec.async_transport
     )
@@ -96,6 +103,26 @@ REFUSED_ADDRESSES = {
     "2002:7f00:1::1": "6to4",
     "2001:0:4136:e378:8000:63bf:3fff:fdd2": "Teredo",
     "2001:db8::1": "",
+    # IANA special-purpose registries (RFC 6890): refused whatever the Python release's ipaddress says.
+    "192.0.0.1": "IETF protocol assignment",
+    "192.0.0.8": "IETF protocol assignment",
+    "192.0.0.9": "IETF protocol assignment",
+    "192.0.0.170": "IETF protocol assignment",
+    "192.88.99.1": "6to4 relay anycast",
+    "198.18.0.1": "benchmarking",
+    "198.19.255.254": "benchmarking",
+    "198.51.100.7": "documentation",
+    "203.0.113.9": "documentation",
+    "3fff::1": "documentation",
+    "3fff:fff:ffff::1": "documentation",
+    "100::1": "discard-only",
+    "100:0:0:1::1": "dummy",
+    "2001:1::1": "IETF protocol assignment",
+    "2001:2::1": "benchmarking",
+    "2001:10::1": "IETF protocol assignment",
+    "2001:1ff::1": "IETF protocol assignment",
+    "5f00::1": "segment routing",
+    "fd00:ec2::254": "private",
 }
 
 
@@ -106,9 +133,31 @@ def test_cm_02_non_public_addresses_are_refused(text: str) -> None:
     assert REFUSED_ADDRESSES[text] in problem
 
 
-@pytest.mark.parametrize("text", ["93.184.216.34", "8.8.8.8", "2606:4700:4700::1111", "2002:5db8:d822::1"])
+PUBLIC_ADDRESSES = [
+    "93.184.216.34", "8.8.8.8", "2606:4700:4700::1111", "2002:5db8:d822::1",
+    # Globally reachable per the registries, though Python before 3.11.10 / 3.12.4 says private.
+    "192.31.196.1", "192.52.193.1", "192.175.48.1", "2001:3::1", "2001:4:112::1", "2001:20::1", "2001:30::1",
+    "2620:4f:8000::1",
+]
+
+
+@pytest.mark.parametrize("text", PUBLIC_ADDRESSES)
 def test_cm_02_public_addresses_pass(text: str) -> None:
     assert address_problem(ipaddress.ip_address(text)) is None
+
+
+def test_cm_02_the_decision_does_not_depend_on_what_ipaddress_thinks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The registry table decides: with the module claiming every address is global and none
+    private or reserved (as an older or newer release might for some blocks), nothing changes."""
+    for cls in (ipaddress.IPv4Address, ipaddress.IPv6Address):
+        monkeypatch.setattr(cls, "is_global", property(lambda self: True))
+        monkeypatch.setattr(cls, "is_private", property(lambda self: False))
+        monkeypatch.setattr(cls, "is_reserved", property(lambda self: False))
+    for text, what in REFUSED_ADDRESSES.items():
+        problem = address_problem(ipaddress.ip_address(text))
+        assert problem is not None and what in problem, (text, problem)
+    for text in PUBLIC_ADDRESSES:
+        assert address_problem(ipaddress.ip_address(text)) is None
 
 
 def test_cm_02_the_loopback_switch_permits_only_loopback() -> None:
@@ -131,9 +180,17 @@ def test_cm_02_the_loopback_switch_permits_only_loopback() -> None:
         ("https://[::ffff:127.0.0.1]/client.json", "IPv4-mapped"),
         ("https://[::ffff:a9fe:a9fe]/client.json", "IPv4-mapped"),
         ("https://[64:ff9b::a9fe:a9fe]/client.json", "NAT64"),
-        ("http://client.example.com/client.json", "only https"),
+        ("http://client.example.com/client.json", "must use https"),
         ("https://user:pw@client.example.com/client.json", "user information"),
-        ("https://client.example.com:99999/client.json", "not valid"),
+        ("https://client.example.com:99999/client.json", "not a valid URL"),
+        ("https://client.example.com:0/client.json", "port must be a number from 1 to 65535"),
+        ("https://client.example.com:/client.json", "port must be a number from 1 to 65535"),
+        ("https://[v1.x]/client.json", "not an IPv6 address"),
+        ("https://[v1.x]:8443/client.json", "not an IPv6 address"),
+        ("https://client.ex%61mple.com/client.json", "percent-encoded"),
+        ("https://client.example.com/a/%2e%2e/client.json", ". or .. path segments"),
+        ("https://client.example.com/a/.%2E/client.json", ". or .. path segments"),
+        ("https://client.example.com/%2E/client.json", ". or .. path segments"),
     ],
 )
 def test_cm_02_refused_without_resolving_or_connecting(url: str, reason: str) -> None:
@@ -162,7 +219,7 @@ def test_cm_02_resolution_failure_is_a_refusal() -> None:
     def broken(host: str, port: int) -> Sequence[str]:
         raise OSError("no such host")
 
-    fetcher = DocumentFetcher(resolver=broken)
+    fetcher = DocumentFetcher(FetchPolicy(refusal_ttl=0), resolver=broken)
     for answer in both(fetcher, "https://nowhere.example.com/client.json"):
         assert isinstance(answer, FetchRefused) and "does not resolve" in answer.reason
 
@@ -196,8 +253,9 @@ def host(tmp_path: Path) -> Iterator[DocumentHost]:
 
 
 def dev(host: DocumentHost, **kwargs: Any) -> DocumentFetcher:
-    """The development switch on, the test CA trusted, every name pinned to 127.0.0.1."""
-    policy = FetchPolicy(allow_loopback=True, ca_bundle=str(host.ca_file), **kwargs)
+    """The development switch on, the test CA trusted, every name pinned to 127.0.0.1; refusals
+    are not remembered unless ``refusal_ttl`` is given."""
+    policy = FetchPolicy(allow_loopback=True, ca_bundle=str(host.ca_file), **{"refusal_ttl": 0, **kwargs})
     return DocumentFetcher(policy, resolver=lambda name, port: ["127.0.0.1"])
 
 
@@ -214,7 +272,9 @@ def test_cm_02_the_certificate_is_checked_against_the_host_name(host: DocumentHo
     host.publish("/c.json", DOC)
     for answer in both(dev(host), host.url("/c.json", "other.example.test")):
         assert isinstance(answer, FetchRefused) and "certificate" in answer.reason
-    untrusted = DocumentFetcher(FetchPolicy(allow_loopback=True), resolver=lambda name, port: ["127.0.0.1"])
+    untrusted = DocumentFetcher(
+        FetchPolicy(allow_loopback=True, refusal_ttl=0), resolver=lambda name, port: ["127.0.0.1"]
+    )
     for answer in both(untrusted, host.url("/c.json")):
         assert isinstance(answer, FetchRefused) and "certificate" in answer.reason
     assert host.requests == []
@@ -222,7 +282,7 @@ def test_cm_02_the_certificate_is_checked_against_the_host_name(host: DocumentHo
 
 def test_cm_02_loopback_is_refused_without_the_switch(host: DocumentHost) -> None:
     host.publish("/c.json", DOC)
-    fetcher = DocumentFetcher(FetchPolicy(ca_bundle=str(host.ca_file)))
+    fetcher = DocumentFetcher(FetchPolicy(ca_bundle=str(host.ca_file), refusal_ttl=0))
     for url in (host.url("/c.json", "127.0.0.1"), host.url("/c.json", "localhost")):
         for answer in both(fetcher, url):
             assert isinstance(answer, FetchRefused) and "loopback" in answer.reason
@@ -258,9 +318,8 @@ def test_a_ca_bundle_gone_after_start_up_refuses_every_fetch(
     url = host.publish("/c.json", DOC)
     bundle = host.ca_file.parent / "moved-ca.pem"
     bundle.write_bytes(host.ca_file.read_bytes())
-    fetcher = DocumentFetcher(
-        FetchPolicy(allow_loopback=True, ca_bundle=str(bundle)), resolver=lambda name, port: ["127.0.0.1"]
-    )
+    policy = FetchPolicy(allow_loopback=True, ca_bundle=str(bundle), refusal_ttl=0)
+    fetcher = DocumentFetcher(policy, resolver=lambda name, port: ["127.0.0.1"])
     bundle.unlink()
     with caplog.at_level(logging.ERROR, logger="kavach.fetcher"):
         answers = both(fetcher, url)
@@ -313,8 +372,7 @@ def test_cm_02_a_body_that_trickles_past_the_deadline_is_refused(host: DocumentH
     host.answers["/slow.json"] = Answer(body=b'{"client_id": "x", "padding": "........"}', trickle=0.1)
     fetcher = dev(host, deadline=1.0, read_timeout=0.5)
     for answer in both(fetcher, host.url("/slow.json")):
-        assert isinstance(answer, FetchRefused), answer
-        assert "1 seconds" in answer.reason
+        assert answer == FetchRefused("the fetch took longer than its 1-second limit")
 
 
 @pytest.mark.parametrize(
@@ -359,6 +417,266 @@ def test_cm_01_cache_control(headers: dict[str, str], expected: int | None) -> N
     assert max_age(httpx.Headers(headers)) == expected
 
 
+# -- the deadline bounds the whole fetch, on both paths ------------------------------------
+
+MARGIN = 3.0
+"""Seconds a fetch may run past its deadline in these tests: a behaviour bound, not a benchmark."""
+
+
+def both_timed(fetcher: DocumentFetcher, url: str) -> list[tuple[Fetched | FetchRefused, float]]:
+    """:func:`both`, each answer with the seconds it took."""
+    out = []
+    for call in (lambda: fetcher.fetch(url), lambda: asyncio.run(fetcher.afetch(url))):
+        started = time.monotonic()
+        answer = call()
+        out.append((answer, time.monotonic() - started))
+    return out
+
+
+TOO_LONG = FetchRefused("the fetch took longer than its 1-second limit")
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [Answer(body=json.dumps(DOC).encode(), trickle_head=0.2), Answer(early_hints=0.2)],
+    ids=["headers-byte-by-byte", "endless-103-early-hints"],
+)
+def test_cm_02_the_deadline_bounds_a_response_head_that_never_ends(host: DocumentHost, answer: Answer) -> None:
+    """Each byte (or each ``103``) comes well within ``read_timeout``; only the deadline ends it."""
+    host.answers["/slow.json"] = answer
+    for got, took in both_timed(dev(host, deadline=1.0, read_timeout=0.8), host.url("/slow.json")):
+        assert got == TOO_LONG
+        assert took < 1.0 + MARGIN
+
+
+def test_cm_02_the_deadline_bounds_a_tls_handshake_that_never_ends() -> None:
+    with silent_host() as port:
+        policy = FetchPolicy(allow_loopback=True, connect_timeout=30, deadline=1.0, refusal_ttl=0)
+        fetcher = DocumentFetcher(policy, resolver=lambda name, port: ["127.0.0.1"])
+        for got, took in both_timed(fetcher, f"https://docs.example.test:{port}/c.json"):
+            assert got == TOO_LONG
+            assert took < 1.0 + MARGIN
+
+
+def test_cm_02_the_deadline_bounds_a_resolver_that_hangs() -> None:
+    release = threading.Event()
+
+    def stuck(host: str, port: int) -> Sequence[str]:
+        release.wait(30)
+        return ["93.184.216.34"]
+
+    rec = Recorder()
+    fetcher = DocumentFetcher(
+        FetchPolicy(deadline=1.0, refusal_ttl=0),
+        resolver=stuck, transport=rec.transport, async_transport=rec.async_transport,
+    )
+    try:
+        for got, took in both_timed(fetcher, "https://slow-dns.example.com/c.json"):
+            assert isinstance(got, FetchRefused) and "took longer than" in got.reason, got
+            assert took < 1.0 + MARGIN
+    finally:
+        release.set()
+    assert rec.connections == 0
+
+
+def test_cm_02_a_refusal_says_which_limit_was_reached(host: DocumentHost) -> None:
+    host.answers["/late.json"] = Answer(body=b"{}", delay=2.0)
+    for got in both(dev(host, read_timeout=0.5), host.url("/late.json")):
+        assert got == FetchRefused("it sent nothing for 0.5 seconds")
+    with silent_host() as port:
+        fetcher = dev(host, connect_timeout=0.5)
+        for got in both(fetcher, f"https://docs.example.test:{port}/c.json"):
+            assert got == FetchRefused("the connection and TLS handshake took longer than 0.5 seconds")
+
+
+# -- load: one fetch per URL at a time, bounded fetches, remembered refusals ------------------
+
+
+def test_fetch_policy_load_defaults_and_their_checks() -> None:
+    policy = FetchPolicy()
+    assert (policy.max_fetches, policy.max_fetches_per_host) == (16, 4)
+    assert (policy.refusal_ttl, policy.refusal_cache_entries) == (30.0, 1024)
+    assert (policy.connect_timeout, policy.read_timeout, policy.deadline) == (3.0, 3.0, 5.0)
+    for bad in ({"max_fetches": 0}, {"max_fetches_per_host": 0}, {"refusal_cache_entries": 0}, {"refusal_ttl": -1}):
+        with pytest.raises(ValueError, match="must"):
+            FetchPolicy(**bad)
+
+
+def test_cm_02_concurrent_fetches_of_one_url_share_one_fetch(host: DocumentHost) -> None:
+    url = host.publish("/c.json", DOC, delay=0.5)
+    fetcher = dev(host)
+    with ThreadPoolExecutor(12) as pool:
+        answers = list(pool.map(lambda _: fetcher.fetch(url), range(12)))
+    assert isinstance(answers[0], Fetched) and answers == [answers[0]] * 12
+    assert host.hits("/c.json") == 1
+
+    async def many() -> list[Fetched | FetchRefused]:
+        return await asyncio.gather(*(fetcher.afetch(url) for _ in range(12)))
+
+    assert asyncio.run(many()) == answers
+    assert host.hits("/c.json") == 2, "a document that was fetched is not kept here (the core's store caches it)"
+
+
+def test_cm_02_threads_and_event_loops_share_one_fetch_too(host: DocumentHost) -> None:
+    url = host.publish("/c.json", DOC, delay=0.5)
+    fetcher = dev(host)
+
+    async def on_a_loop() -> list[Fetched | FetchRefused]:
+        return await asyncio.gather(*(fetcher.afetch(url) for _ in range(4)))
+
+    with ThreadPoolExecutor(6) as pool:
+        loops = [pool.submit(asyncio.run, on_a_loop()) for _ in range(2)]
+        threads = [pool.submit(fetcher.fetch, url) for _ in range(4)]
+        answers = [a for loop in loops for a in loop.result()] + [t.result() for t in threads]
+    assert len(answers) == 12 and all(isinstance(a, Fetched) for a in answers)
+    assert host.hits("/c.json") == 1
+
+
+def test_cm_02_when_the_fetching_caller_is_cancelled_a_waiting_one_fetches(host: DocumentHost) -> None:
+    url = host.publish("/c.json", DOC, delay=0.5)
+    fetcher = dev(host)
+
+    async def cancel_the_first() -> Fetched | FetchRefused:
+        first = asyncio.create_task(fetcher.afetch(url))
+        await asyncio.sleep(0.2)
+        waiting = asyncio.create_task(asyncio.to_thread(fetcher.fetch, url))
+        await asyncio.sleep(0.1)
+        first.cancel()
+        return await waiting
+
+    assert isinstance(asyncio.run(cancel_the_first()), Fetched)
+    assert host.hits("/c.json") == 2
+
+
+def test_cm_02_concurrent_authorizations_fetch_an_uncached_document_once(host: DocumentHost) -> None:
+    from conftest import RESOURCE, make_config
+
+    doc = {"client_id": host.url("/doc.json"), "redirect_uris": ["http://127.0.0.1/cb"]}
+    url = host.publish("/doc.json", doc, delay=0.5)
+    server = AuthorizationServer(make_config(), MemoryStore(), identify=lambda req: "alice", fetcher=dev(host))
+    query = [
+        ("client_id", url), ("redirect_uri", "http://127.0.0.1/cb"), ("response_type", "code"),
+        ("code_challenge", "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"), ("code_challenge_method", "S256"),
+        ("resource", RESOURCE),
+    ]
+    with ThreadPoolExecutor(20) as pool:
+        statuses = list(pool.map(lambda _: server.handle(HttpRequest("GET", "/authorize", query)).status, range(20)))
+    assert statuses == [200] * 20
+    assert host.hits("/doc.json") == 1
+
+
+def test_cm_02_at_most_max_fetches_per_host_reach_one_host(host: DocumentHost) -> None:
+    urls = [host.publish(f"/c{i}.json", DOC, delay=0.3) for i in range(10)]
+    fetcher = dev(host, max_fetches_per_host=2)
+    with ThreadPoolExecutor(10) as pool:
+        answers = list(pool.map(fetcher.fetch, urls))
+    assert all(isinstance(a, Fetched) for a in answers), answers
+    assert host.peak == 2
+    host.peak = 0
+
+    async def all_at_once() -> list[Fetched | FetchRefused]:
+        return await asyncio.gather(*(fetcher.afetch(url) for url in urls))
+
+    assert all(isinstance(a, Fetched) for a in asyncio.run(all_at_once()))
+    assert host.peak == 2
+
+
+def test_cm_02_at_most_max_fetches_run_at_once(tmp_path: Path) -> None:
+    names = ("a.example.test", "b.example.test", "c.example.test")
+    with document_host(tmp_path, names=names) as host:
+        for i in range(4):
+            host.answers[f"/c{i}.json"] = Answer(body=b"{}", delay=0.3)
+        urls = [host.url(f"/c{i}.json", name) for name in names for i in range(4)]
+        fetcher = dev(host, max_fetches=3, max_fetches_per_host=2)
+        with ThreadPoolExecutor(len(urls)) as pool:
+            answers = list(pool.map(fetcher.fetch, urls))
+        assert all(isinstance(a, Fetched) for a in answers), answers
+        assert host.peak == 3 and sorted(host.peak_by_name) == list(names)
+        assert max(host.peak_by_name.values()) <= 2
+        host.peak = 0
+        host.peak_by_name.clear()
+
+        async def all_at_once() -> list[Fetched | FetchRefused]:
+            return await asyncio.gather(*(fetcher.afetch(url) for url in urls))
+
+        assert all(isinstance(a, Fetched) for a in asyncio.run(all_at_once()))
+        assert host.peak == 3 and max(host.peak_by_name.values()) <= 2
+
+
+def test_cm_02_callers_queued_behind_a_hanging_host_never_connect_to_it(host: DocumentHost) -> None:
+    """The first two fetches hold the host's slots until the deadline; the others stop waiting
+    while a tenth of their deadline is left, rather than each opening a connection at the last
+    moment: the host sees two requests in all, whatever the number of callers."""
+    urls = [host.publish(f"/hang{i}.json", DOC, delay=10) for i in range(12)]
+    fetcher = dev(host, deadline=1.0, read_timeout=5, max_fetches_per_host=2)
+    with ThreadPoolExecutor(len(urls)) as pool:
+        answers = list(pool.map(fetcher.fetch, urls))
+    assert sorted(a.reason for a in answers if isinstance(a, FetchRefused)) == sorted(
+        [TOO_LONG.reason] * 2 + ["no fetch slot came free in time (16 at once, 2 per host)"] * 10
+    )
+    assert len(host.requests) == 2
+
+    async def all_at_once() -> list[Fetched | FetchRefused]:
+        return await asyncio.gather(*(fetcher.afetch(url) for url in urls))
+
+    assert len(asyncio.run(all_at_once())) == 12
+    assert len(host.requests) == 4
+
+
+def test_cm_02_a_fetch_that_gets_no_slot_before_its_deadline_is_refused_and_not_remembered() -> None:
+    holding = threading.Event()
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/slow.json":  # a transport that ignores the deadline holds the one slot
+            holding.set()
+            time.sleep(2.5)
+        return httpx.Response(200, headers={"Content-Type": "application/json"}, content=iter([b"{}"]))
+
+    fetcher = DocumentFetcher(
+        FetchPolicy(max_fetches=1, deadline=0.5),
+        resolver=lambda name, port: ["93.184.216.34"],
+        transport=lambda: httpx.MockTransport(handler),
+        async_transport=lambda: httpx.MockTransport(handler),
+    )
+    busy = FetchRefused("no fetch slot came free in time (1 at once, 4 per host)")
+    with ThreadPoolExecutor(1) as pool:
+        slow = pool.submit(fetcher.fetch, "https://a.example.com/slow.json")
+        assert holding.wait(5)
+        assert both(fetcher, "https://b.example.com/c.json") == [busy, busy]
+        slow.result()
+    assert fetcher.fetch("https://b.example.com/c.json") == Fetched(b"{}", "application/json", None)
+
+
+def test_cm_02_a_refusal_is_remembered_for_refusal_ttl_seconds(host: DocumentHost) -> None:
+    url = host.url("/missing.json")
+    fetcher = dev(host, refusal_ttl=0.5)
+    refused = FetchRefused("it answered with HTTP status 404")
+    assert [fetcher.fetch(url), asyncio.run(fetcher.afetch(url)), fetcher.fetch(url)] == [refused] * 3
+    assert host.hits("/missing.json") == 1
+    time.sleep(0.6)
+    assert fetcher.fetch(url) == refused
+    assert host.hits("/missing.json") == 2
+
+
+def test_cm_02_many_callers_of_one_bad_url_cause_one_fetch(host: DocumentHost) -> None:
+    host.answers["/broken.json"] = Answer(500, b"{}", delay=0.3)
+    fetcher = dev(host, refusal_ttl=30)
+    with ThreadPoolExecutor(20) as pool:
+        answers = list(pool.map(lambda _: fetcher.fetch(host.url("/broken.json")), range(60)))
+    assert answers == [FetchRefused("it answered with HTTP status 500")] * 60
+    assert host.hits("/broken.json") == 1
+
+
+def test_cm_02_remembered_refusals_are_bounded(host: DocumentHost) -> None:
+    fetcher = dev(host, refusal_ttl=60, refusal_cache_entries=2)
+    urls = [host.url(f"/missing{i}.json") for i in range(3)]
+    for url in urls:
+        fetcher.fetch(url)
+    fetcher.fetch(urls[2])
+    fetcher.fetch(urls[0])
+    assert [host.hits(f"/missing{i}.json") for i in range(3)] == [2, 1, 1]
+
+
 # -- through the authorization server: refused, and nothing stored ---------------------------
 
 
@@ -370,30 +688,105 @@ def _authorize(server: AuthorizationServer, client_id: str) -> Any:
     return server.handle(HttpRequest("GET", "/authorize", query, [], b""))
 
 
+def _token(server: AuthorizationServer, client_id: str) -> Any:
+    form = urlencode({"grant_type": "authorization_code", "code": "x" * 43, "code_verifier": "v" * 43,
+                      "client_id": client_id, "redirect_uri": "http://127.0.0.1/cb"})
+    headers = [("content-type", "application/x-www-form-urlencoded")]
+    return server.handle(HttpRequest("POST", "/token", [], headers, form.encode()))
+
+
+def _assert_told_nothing(server: AuthorizationServer, store: MemoryStore, url: str, *hidden: str) -> None:
+    """The authorization page and the token endpoint say only that the document could not be
+    fetched: none of ``hidden`` (the log's reason, addresses, status codes, TLS words) reaches them."""
+    page = _authorize(server, url)
+    assert page.status == 400 and page.header("location") is None
+    told = [page.body.decode()]
+    token = _token(server, url)
+    assert token.status == 401 and token.json()["error"] == "invalid_client"
+    assert token.json()["error_description"] == f"client metadata document refused: {NOT_FETCHED}"
+    told.append(token.body.decode())
+    assert NOT_FETCHED in told[0]
+    for text in told:
+        for word in hidden:
+            assert word not in text, (word, text)
+    assert store.clients == {} and store.pending == {}
+
+
 @pytest.mark.parametrize(
     ("url", "reason"),
     [
-        ("https://127.0.0.1/client.json", "loopback address"),
-        ("https://10.0.0.1/client.json", "private address"),
-        ("https://169.254.169.254/client.json", "link-local address"),
-        ("https://[::1]/client.json", "loopback address"),
-        ("https://[::ffff:127.0.0.1]/client.json", "IPv4-mapped"),
-        ("https://private.example.com/client.json", "private.example.com resolves to 10.9.8.7"),
-        ("http://client.example.com/client.json", "must use https"),
+        ("https://127.0.0.1/client.json", "the address 127.0.0.1 is a loopback address"),
+        ("https://10.0.0.1/client.json", "the address 10.0.0.1 is a private address"),
+        ("https://169.254.169.254/client.json", "the address 169.254.169.254 is a link-local address"),
+        ("https://[::1]/client.json", "the address ::1 is a loopback address"),
+        ("https://[::ffff:127.0.0.1]/client.json", "is an IPv4-mapped IPv6 address"),
+        ("https://private.example.com/client.json", "private.example.com resolves to 10.9.8.7, a private address"),
+        ("https://gone.example.com/client.json", "gone.example.com does not resolve to any address"),
     ],
 )
-def test_cm_02_the_server_shows_the_refusal_and_stores_nothing(url: str, reason: str) -> None:
+def test_cm_02_why_an_address_was_refused_is_logged_never_told_to_the_client(
+    url: str, reason: str, caplog: pytest.LogCaptureFixture
+) -> None:
     from conftest import make_config
 
-    fetcher, rec = recording(table={"private.example.com": ["10.9.8.7"]})
+    fetcher, rec = recording(table={"private.example.com": ["10.9.8.7"], "gone.example.com": []})
+    store = MemoryStore()
+    server = AuthorizationServer(make_config(), store, identify=lambda req: "alice", fetcher=fetcher)
+    with caplog.at_level(logging.WARNING, logger="kavach.fetcher"):
+        _assert_told_nothing(server, store, url, reason, "10.9.8.7", "address", "resolve", "loopback")
+    assert reason in caplog.text
+    assert rec.connections == 0
+
+
+@pytest.mark.parametrize(
+    ("fault", "reason"),
+    [
+        ("status", "it answered with HTTP status 404"),
+        ("redirect", "it answered with a redirect (302)"),
+        ("type", "its Content-Type is text/html"),
+        ("tls", "its TLS certificate could not be verified"),
+        ("closed", "the connection failed"),
+    ],
+)
+def test_cm_02_status_codes_and_tls_failures_reach_only_the_log(
+    host: DocumentHost, fault: str, reason: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    from conftest import make_config
+
+    host.answers["/moved.json"] = Answer(302, b"", [("Location", "https://10.0.0.1/x")])
+    host.answers["/page.json"] = Answer(body=b"<html></html>", headers=[("Content-Type", "text/html")])
+    url = {"status": host.url("/missing.json"), "redirect": host.url("/moved.json"), "type": host.url("/page.json"),
+           "tls": host.publish("/c.json", DOC), "closed": "https://docs.example.test:1/c.json"}[fault]
+    fetcher = dev(host)
+    if fault == "tls":
+        fetcher = DocumentFetcher(FetchPolicy(allow_loopback=True), resolver=lambda name, port: ["127.0.0.1"])
+    store = MemoryStore()
+    server = AuthorizationServer(make_config(), store, identify=lambda req: "alice", fetcher=fetcher)
+    hidden = (reason, "404", "302", "text/html", "certificate", "TLS", "SSL", "connection", "10.0.0.1")
+    with caplog.at_level(logging.WARNING, logger="kavach.fetcher"):
+        _assert_told_nothing(server, store, url, *hidden)
+    assert reason in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("http://client.example.com/client.json", "must use https"),
+        ("https://client.example.com:0/client.json", "port must be a number from 1 to 65535"),
+        ("https://client.example.com/a/%2E%2e/client.json", ". or .. path segments"),
+    ],
+)
+def test_cm_01_a_malformed_client_id_url_is_explained_to_the_client(url: str, reason: str) -> None:
+    """What is wrong with the URL itself is the client's own business, and nothing was looked up."""
+    from conftest import make_config
+
+    fetcher, rec = recording()
     store = MemoryStore()
     server = AuthorizationServer(make_config(), store, identify=lambda req: "alice", fetcher=fetcher)
     resp = _authorize(server, url)
-    assert resp.status == 400 and resp.header("location") is None
-    text = resp.body.decode()
-    assert "metadata document" in text and reason in text, text
-    assert store.clients == {} and store.pending == {}
-    assert rec.connections == 0
+    assert resp.status == 400 and reason in resp.body.decode()
+    assert reason in _token(server, url).json()["error_description"]
+    assert rec.resolved == [] and rec.connections == 0
 
 
 def test_cm_02_the_server_fetches_with_the_async_path_too(host: DocumentHost) -> None:

@@ -5,24 +5,48 @@ somewhere it should not is closed (draft-ietf-oauth-client-id-metadata-document 
 Request Forgery"; MCP 2025-11-25 authorization, "Client ID Metadata Documents", security
 considerations):
 
-- ``https`` only; no user information; the host checked against the deny list, then the allow
-  list when one is configured (``example.com`` matches that host, ``.example.com`` its
-  subdomains).
-- The host is resolved here, and **every** address it resolves to must be public: loopback,
-  private, link-local, shared (100.64/10), multicast, unspecified, reserved and documentation
-  ranges are refused, as are IPv6 forms that embed IPv4 (IPv4-mapped ``::ffff:0:0/96``,
-  IPv4-compatible ``::/96``, IPv4-translated ``::ffff:0:0:0/96``, NAT64 ``64:ff9b::/96`` and
-  ``64:ff9b:1::/48``, Teredo, and 6to4 around a non-public IPv4). An IP literal in the URL is
-  checked the same way, before anything is sent anywhere.
+- The URL must be one the core accepts as a ``client_id``
+  (:func:`kavach_core.client_documents.url_problem`: ``https``, no user information, an RFC 3986
+  host, an explicit port from 1 to 65535, no dot segments even percent-encoded); the host is
+  checked against the deny list, then the allow list when one is configured (``example.com``
+  matches that host, ``.example.com`` its subdomains).
+- The host is resolved here, and **every** address it resolves to must be public. The decision
+  is this module's own table of the IANA IPv4 and IPv6 Special-Purpose Address Registries
+  (RFC 6890, updated by RFC 8190) and the multicast blocks, so it does not change with the
+  Python release (``ipaddress.is_global``/``is_private`` moved with CVE-2024-4032); the
+  module's checks still apply to what the table does not list. Refused: loopback, private,
+  link-local, shared (100.64/10), multicast, unspecified, reserved, documentation (including
+  ``3fff::/20``), benchmarking, discard-only and dummy blocks, the IETF protocol assignment
+  blocks ``192.0.0.0/24`` and ``2001::/23`` (only the globally reachable AMT, AS112, ORCHIDv2 and
+  DET blocks inside ``2001::/23`` pass; the PCP, TURN and DNS-SD anycast addresses reach a
+  nearby service, so they stay refused), the deprecated 6to4 relay anycast block, and IPv6
+  forms that embed IPv4 (IPv4-mapped ``::ffff:0:0/96``, IPv4-compatible ``::/96``,
+  IPv4-translated ``::ffff:0:0:0/96``, NAT64 ``64:ff9b::/96`` and ``64:ff9b:1::/48``, Teredo,
+  and 6to4 around a non-public IPv4). An IP literal in the URL is checked the same way, before
+  anything is sent anywhere.
 - The connection goes to a vetted address (pinned: no second resolution an attacker could
   answer differently) while TLS SNI, certificate verification and ``Host`` use the host name.
-- No proxies from the environment; no redirects (a 3xx is a refusal); connect and read time
-  limits and a total deadline, so a body that trickles in is refused; a size cap enforced while
-  streaming; ``Accept-Encoding: identity`` (no decompression bombs); ``Content-Type`` must be
-  JSON; ``Cache-Control`` (``max-age``, ``no-store``, ``no-cache``, minus ``Age``) gives
+- No proxies from the environment; no redirects (a 3xx is a refusal); ``Accept-Encoding:
+  identity`` (no decompression bombs); ``Content-Type`` must be JSON; a size cap enforced while
+  streaming; ``Cache-Control`` (``max-age``, ``no-store``, ``no-cache``, minus ``Age``) gives
   ``max_age`` for the core's cache bounds.
+- Time: ``deadline`` bounds the whole fetch, in threads as on event loops: waiting for a fetch
+  slot, resolution (run in a bounded worker pool and waited for no longer than the time left),
+  the connection, the TLS handshake, the response head (``1xx`` responses included) and the
+  body. On the thread path every blocking socket step's timeout is the smaller of its own limit
+  (``connect_timeout``, ``read_timeout``) and the time left before the deadline; on an event
+  loop the deadline is exact.
+- Load: concurrent fetches of one URL share one fetch (threads and event loops alike); at most
+  ``max_fetches`` fetches run at once, at most ``max_fetches_per_host`` to one host, and a fetch
+  that gets no slot while a tenth of its deadline is still left is refused; a refusal is
+  remembered for ``refusal_ttl`` seconds (at most ``refusal_cache_entries`` URLs) so a URL that failed is not
+  fetched again at once. These bounds are per :class:`DocumentFetcher`, so per process.
 - ``allow_loopback`` is a development switch for documents served on this machine: off by
   default, and a WARNING in the log whenever a fetcher is built with it on.
+
+Why a fetch was refused is logged (WARNING, logger ``kavach.fetcher``) and returned in
+:class:`~kavach_core.effects.FetchRefused`; the core never shows it to the client
+(:data:`kavach_core.client_documents.NOT_FETCHED`).
 
 :meth:`DocumentFetcher.fetch` serves threads, :meth:`DocumentFetcher.afetch` event loops; both
 return the core's :class:`~kavach_core.effects.Fetched` or :class:`~kavach_core.effects.FetchRefused`
@@ -32,10 +56,13 @@ and never raise for anything the remote side does.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
 import ipaddress
 import logging
 import socket
 import ssl
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -43,20 +70,73 @@ from urllib.parse import urlsplit
 
 import attrs
 
+from kavach_core.client_documents import url_problem
 from kavach_core.effects import Fetched, FetchRefused
 
 log = logging.getLogger("kavach.fetcher")
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Resolver = Callable[[str, int], Sequence[str]]
-"""``(host, port) -> addresses``; blocking (the async path runs it in a worker thread)."""
+"""``(host, port) -> addresses``; blocking (run in the fetcher's resolver pool)."""
 
-_SHARED = ipaddress.ip_network("100.64.0.0/10")
 _EMBEDDING = (
     (ipaddress.ip_network("64:ff9b::/96"), "a NAT64 address"),
     (ipaddress.ip_network("64:ff9b:1::/48"), "a NAT64 address"),
     (ipaddress.ip_network("::ffff:0:0:0/96"), "an IPv4-translated IPv6 address"),
 )
+
+
+def _table(*rows: tuple[str, str]) -> tuple[tuple[Any, str], ...]:
+    return tuple((ipaddress.ip_network(block), what) for block, what in rows)
+
+
+_SPECIAL_V4 = _table(
+    # IANA IPv4 Special-Purpose Address Registry (RFC 6890 §2.2.2, RFC 8190), the blocks that are
+    # not globally reachable, the more specific first; and the multicast block (RFC 5771).
+    ("0.0.0.0/8", "an unspecified ('this network') address (RFC 791 §3.2)"),
+    ("10.0.0.0/8", "a private address (RFC 1918)"),
+    ("100.64.0.0/10", "a shared (carrier-grade NAT) address (RFC 6598)"),
+    ("127.0.0.0/8", "a loopback address (RFC 1122 §3.2.1.3)"),
+    ("169.254.0.0/16", "a link-local address (RFC 3927)"),
+    ("172.16.0.0/12", "a private address (RFC 1918)"),
+    # DS-Lite, the dummy address, PCP and TURN anycast, NAT64/DNS64 discovery (RFC 7335, 7600,
+    # 7723, 8155, 8880) are all inside; the two anycast addresses reach a nearby service.
+    ("192.0.0.0/24", "an IETF protocol assignment (RFC 6890 §2.1)"),
+    ("192.0.2.0/24", "a documentation address (RFC 5737)"),
+    ("192.88.99.0/24", "a deprecated 6to4 relay anycast address (RFC 7526)"),
+    ("192.168.0.0/16", "a private address (RFC 1918)"),
+    ("198.18.0.0/15", "a benchmarking address (RFC 2544)"),
+    ("198.51.100.0/24", "a documentation address (RFC 5737)"),
+    ("203.0.113.0/24", "a documentation address (RFC 5737)"),
+    ("224.0.0.0/4", "a multicast address (RFC 5771)"),
+    ("255.255.255.255/32", "the limited broadcast address (RFC 919 §7)"),
+    ("240.0.0.0/4", "a reserved address (RFC 1112 §4)"),
+)
+_SPECIAL_V6 = _table(
+    # IANA IPv6 Special-Purpose Address Registry (RFC 6890 §2.2.3, RFC 8190), the blocks that are
+    # not globally reachable, the more specific first; site-local (RFC 3879) and multicast
+    # (RFC 4291 §2.7). The forms that embed IPv4 are refused before this table is read.
+    ("::/128", "an unspecified address (RFC 4291 §2.5.2)"),
+    ("::1/128", "a loopback address (RFC 4291 §2.5.3)"),
+    ("100::/64", "a discard-only address (RFC 6666)"),
+    ("100:0:0:1::/64", "a dummy address (RFC 9780)"),
+    ("2001:2::/48", "a benchmarking address (RFC 5180)"),
+    ("2001:db8::/32", "a documentation address (RFC 3849)"),
+    ("2001::/23", "an IETF protocol assignment (RFC 2928)"),
+    ("3fff::/20", "a documentation address (RFC 9637)"),
+    ("5f00::/16", "a segment routing identifier (RFC 9602)"),
+    ("fc00::/7", "a unique-local (private) address (RFC 4193)"),
+    ("fe80::/10", "a link-local address (RFC 4291 §2.5.6)"),
+    ("fec0::/10", "a site-local address (RFC 3879)"),
+    ("ff00::/8", "a multicast address (RFC 4291 §2.7)"),
+)
+_REACHABLE_V6 = tuple(
+    ipaddress.ip_network(block)
+    # Globally reachable blocks inside 2001::/23 (same registry): AMT (RFC 7450), AS112-v6
+    # (RFC 7535), ORCHIDv2 (RFC 7343), Drone Remote ID entity tags (RFC 9374).
+    for block in ("2001:3::/32", "2001:4:112::/48", "2001:20::/28", "2001:30::/28")
+)
+
 _JSON = "application/json"
 USER_AGENT = "kavachOS-client-metadata-fetcher"
 
@@ -71,12 +151,18 @@ def _hosts(value: Iterable[str]) -> tuple[str, ...]:
 
 @attrs.frozen
 class FetchPolicy:
-    """What the fetcher may fetch, and for how long and how much.
+    """What the fetcher may fetch, and for how long, how much and how often.
 
     ``allow_hosts``: when set, only these hosts (``.example.com``: any subdomain).
     ``deny_hosts``: never these hosts (same matching; checked first).
     ``allow_loopback``: development only; permits 127.0.0.0/8 and ``::1`` (nothing else).
     ``ca_bundle``: a PEM file of the certificate authorities to trust instead of the system's.
+    ``max_bytes``: the largest body read. ``connect_timeout``: seconds for the connection and the
+    TLS handshake; ``read_timeout``: seconds the host may stay silent; ``deadline``: seconds for
+    the whole fetch (the two others are cut to what is left of it).
+    ``max_fetches`` / ``max_fetches_per_host``: fetches running at once, in all and to one host.
+    ``refusal_ttl``: seconds a refused URL is answered from memory (0: never);
+    ``refusal_cache_entries``: how many refused URLs are remembered (the oldest go first).
     """
 
     allow_hosts: tuple[str, ...] | None = attrs.field(default=None, converter=_lower_hosts)
@@ -87,11 +173,19 @@ class FetchPolicy:
     connect_timeout: float = 3.0
     read_timeout: float = 3.0
     deadline: float = 5.0
-    """Seconds for the whole fetch: resolution, connection, headers and body."""
+    """Seconds for the whole fetch: a slot, resolution, connection, TLS, headers and body."""
+    max_fetches: int = 16
+    max_fetches_per_host: int = 4
+    refusal_ttl: float = 30.0
+    refusal_cache_entries: int = 1024
 
     def __attrs_post_init__(self) -> None:
         if self.max_bytes < 1 or min(self.connect_timeout, self.read_timeout, self.deadline) <= 0:
             raise ValueError("max_bytes and every time limit must be positive")
+        if min(self.max_fetches, self.max_fetches_per_host, self.refusal_cache_entries) < 1:
+            raise ValueError("max_fetches, max_fetches_per_host and refusal_cache_entries must be at least 1")
+        if self.refusal_ttl < 0:
+            raise ValueError("refusal_ttl must not be negative")
         if self.ca_bundle is not None:
             tls_context(self.ca_bundle)  # a bundle that cannot be used fails here, at start-up
 
@@ -119,13 +213,22 @@ def tls_context(ca_bundle: str | None = None) -> ssl.SSLContext:
 
 
 class _Refused(Exception):
-    def __init__(self, reason: str) -> None:
+    """A refusal; ``remember`` is false when it says nothing about the URL (the fetcher was busy)."""
+
+    def __init__(self, reason: str, *, remember: bool = True) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.remember = remember
 
 
 def address_problem(addr: IPAddress, *, allow_loopback: bool = False) -> str | None:
-    """Why the fetcher must not connect to ``addr``, or ``None`` when it is public (CM-02)."""
+    """Why the fetcher must not connect to ``addr``, or ``None`` when it is public (CM-02).
+
+    IPv6 forms that embed IPv4 first, then loopback (the development switch), then the registry
+    tables: an address in a listed block is refused, unless it is in one of the globally
+    reachable blocks inside ``2001::/23``; only an address the tables do not list is left to the
+    ``ipaddress`` module's checks.
+    """
     if isinstance(addr, ipaddress.IPv6Address):
         if addr.scope_id:
             return "a scoped IPv6 address"
@@ -144,16 +247,24 @@ def address_problem(addr: IPAddress, *, allow_loopback: bool = False) -> str | N
             return "an IPv4-compatible IPv6 address"
     if addr.is_loopback:
         return None if allow_loopback else "a loopback address"
+    if isinstance(addr, ipaddress.IPv6Address):
+        table, reachable = _SPECIAL_V6, _REACHABLE_V6
+    else:
+        table, reachable = _SPECIAL_V4, ()
+    for network, what in table:
+        if addr in network:
+            return None if any(addr in block for block in reachable) else what
+    return _module_problem(addr)
+
+
+def _module_problem(addr: IPAddress) -> str | None:
+    """The ``ipaddress`` module's view, for what the registry table does not list."""
     if addr.is_unspecified:
         return "an unspecified address"
     if addr.is_link_local:
         return "a link-local address"
     if addr.is_multicast:
         return "a multicast address"
-    if isinstance(addr, ipaddress.IPv4Address) and addr in _SHARED:
-        return "a shared (carrier-grade NAT) address"
-    if isinstance(addr, ipaddress.IPv6Address) and addr.is_site_local:
-        return "a site-local address"
     if addr.is_private:
         return "a private address"
     if addr.is_reserved:
@@ -220,12 +331,319 @@ class _Target:
         return f"https://{shown}:{self.port}{self.path}"
 
 
+# -- waiting, from a thread or on an event loop ----------------------------------------------
+
+
+class _Waiter:
+    """One caller waiting for a fetch slot or for another caller's fetch: in a thread (an event)
+    or on an event loop (a future). Woken once, from any thread; its owner decides, under its
+    own lock, whether the wait was granted."""
+
+    def __init__(self, key: str, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        self.key = key
+        self.loop = loop
+        self.event = threading.Event()
+        self.future: asyncio.Future[None] | None = None if loop is None else loop.create_future()
+
+    def wake(self) -> None:
+        self.event.set()
+        if self.loop is not None:
+            with contextlib.suppress(RuntimeError):  # that loop is closed: nobody awaits there any more
+                self.loop.call_soon_threadsafe(self._settle)
+
+    def _settle(self) -> None:
+        if self.future is not None and not self.future.done():
+            self.future.set_result(None)
+
+    def wait(self, deadline: float) -> None:
+        self.event.wait(max(0.0, deadline - time.monotonic()))
+
+    async def await_(self, deadline: float) -> None:
+        assert self.future is not None
+        try:
+            async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                await self.future
+        except TimeoutError:
+            pass
+
+
+class _Slots:
+    """At most ``total`` fetches at once and ``per_host`` to one host (thread-safe; callers in
+    threads and on event loops share the count). A freed slot goes to the longest-waiting caller
+    whose host is below its bound."""
+
+    def __init__(self, total: int, per_host: int) -> None:
+        self.total = total
+        self.per_host = per_host
+        self._lock = threading.Lock()
+        self._running = 0
+        self._by_host: dict[str, int] = {}
+        self._queue: list[_Waiter] = []
+
+    def _free(self, host: str) -> bool:
+        return self._running < self.total and self._by_host.get(host, 0) < self.per_host
+
+    def _take(self, host: str) -> None:
+        self._running += 1
+        self._by_host[host] = self._by_host.get(host, 0) + 1
+
+    def _enter(self, waiter: _Waiter) -> bool:
+        with self._lock:
+            if self._free(waiter.key):
+                self._take(waiter.key)
+                return True
+            self._queue.append(waiter)
+            return False
+
+    def _granted(self, waiter: _Waiter) -> bool:
+        with self._lock:
+            if waiter in self._queue:
+                self._queue.remove(waiter)
+                return False
+            return True
+
+    def acquire(self, host: str, deadline: float) -> bool:
+        """A slot for ``host`` (then :meth:`release` it), or ``False`` when none came free in time."""
+        waiter = _Waiter(host)
+        if self._enter(waiter):
+            return True
+        waiter.wait(deadline)
+        return self._granted(waiter)
+
+    async def aacquire(self, host: str, deadline: float) -> bool:
+        """:meth:`acquire` for a coroutine; a cancelled caller leaves no slot taken."""
+        waiter = _Waiter(host, asyncio.get_running_loop())
+        if self._enter(waiter):
+            return True
+        try:
+            await waiter.await_(deadline)
+        except BaseException:
+            if self._granted(waiter):
+                self.release(host)
+            raise
+        return self._granted(waiter)
+
+    def release(self, host: str) -> None:
+        with self._lock:
+            self._running -= 1
+            left = self._by_host[host] - 1
+            if left:
+                self._by_host[host] = left
+            else:
+                del self._by_host[host]
+            for waiter in list(self._queue):
+                if self._free(waiter.key):
+                    self._queue.remove(waiter)
+                    self._take(waiter.key)
+                    waiter.wake()
+
+
+class _Flight:
+    __slots__ = ("done", "result", "waiters")
+
+    def __init__(self) -> None:
+        self.done = False
+        self.result: Fetched | FetchRefused | None = None
+        """``None`` once done: the leading caller gave up (cancelled) before it had an answer."""
+        self.waiters: list[_Waiter] = []
+
+
+_STILL_RUNNING = FetchRefused("")
+"""What :meth:`_Flights.wait` answers (this object, compared by identity) when the caller's deadline
+came before the flight landed."""
+
+
+class _Flights:
+    """Fetches in progress, by URL: the first caller fetches, the others wait for its answer
+    (threads and event loops alike), each no longer than its own deadline."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._running: dict[str, _Flight] = {}
+
+    def join(self, url: str) -> tuple[_Flight, bool]:
+        """The flight for ``url`` and whether the caller leads it (and must :meth:`land` it)."""
+        with self._lock:
+            flight = self._running.get(url)
+            if flight is not None:
+                return flight, False
+            flight = self._running[url] = _Flight()
+            return flight, True
+
+    def land(self, url: str, flight: _Flight, result: Fetched | FetchRefused | None) -> None:
+        with self._lock:
+            if self._running.get(url) is flight:
+                del self._running[url]
+            flight.done, flight.result = True, result
+            waiters, flight.waiters = flight.waiters, []
+        for waiter in waiters:
+            waiter.wake()
+
+    def _board(self, flight: _Flight, waiter: _Waiter) -> bool:
+        with self._lock:
+            if flight.done:
+                return False
+            flight.waiters.append(waiter)
+            return True
+
+    def _outcome(self, flight: _Flight, waiter: _Waiter) -> Fetched | FetchRefused | None:
+        with self._lock:
+            if flight.done:
+                return flight.result
+            flight.waiters.remove(waiter)
+            return _STILL_RUNNING
+
+    def wait(self, url: str, flight: _Flight, deadline: float) -> Fetched | FetchRefused | None:
+        """The flight's answer; ``None`` when its leader gave up; ``_STILL_RUNNING`` after ``deadline``."""
+        waiter = _Waiter(url)
+        if self._board(flight, waiter):
+            waiter.wait(deadline)
+        return self._outcome(flight, waiter)
+
+    async def await_(self, url: str, flight: _Flight, deadline: float) -> Fetched | FetchRefused | None:
+        """:meth:`wait` for a coroutine."""
+        waiter = _Waiter(url, asyncio.get_running_loop())
+        if self._board(flight, waiter):
+            try:
+                await waiter.await_(deadline)
+            except BaseException:
+                self._outcome(flight, waiter)
+                raise
+        return self._outcome(flight, waiter)
+
+
+class _Refusals:
+    """Refusals remembered for ``ttl`` seconds, at most ``entries`` of them (oldest dropped first)."""
+
+    def __init__(self, ttl: float, entries: int) -> None:
+        self.ttl = ttl
+        self.entries = entries
+        self._lock = threading.Lock()
+        self._kept: dict[str, tuple[float, FetchRefused]] = {}
+
+    def get(self, url: str) -> FetchRefused | None:
+        with self._lock:
+            kept = self._kept.get(url)
+            if kept is None:
+                return None
+            if kept[0] <= time.monotonic():
+                del self._kept[url]
+                return None
+            return kept[1]
+
+    def put(self, url: str, refusal: FetchRefused) -> None:
+        if self.ttl <= 0:
+            return
+        now = time.monotonic()
+        with self._lock:
+            self._kept.pop(url, None)
+            for oldest in list(self._kept):  # insertion order is expiry order
+                if len(self._kept) < self.entries and self._kept[oldest][0] > now:
+                    break
+                del self._kept[oldest]
+            self._kept[url] = (now + self.ttl, refusal)
+
+
+# -- the thread path's sockets: every blocking step ends by the deadline ---------------------
+
+
+class _DeadlineBackend:
+    """httpcore's synchronous network backend with each blocking step's timeout cut to the time
+    left before ``deadline`` (a ``time.monotonic()`` instant); past it, the step fails at once."""
+
+    def __init__(self, deadline: float) -> None:
+        import httpcore
+
+        self.deadline = deadline
+        self._inner = httpcore.SyncBackend()
+
+    def left(self, timeout: float | None, error: type[Exception]) -> float:
+        remaining = self.deadline - time.monotonic()
+        if remaining <= 0:
+            raise error("the fetch's deadline has passed")
+        return remaining if timeout is None else min(timeout, remaining)
+
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Any = None,
+    ) -> _DeadlineStream:
+        import httpcore
+
+        stream = self._inner.connect_tcp(
+            host, port, self.left(timeout, httpcore.ConnectTimeout), local_address, socket_options
+        )
+        return _DeadlineStream(stream, self)
+
+    def connect_unix_socket(self, path: str, timeout: float | None = None, socket_options: Any = None) -> Any:
+        raise NotImplementedError("documents are fetched over TCP only")
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(max(0.0, min(seconds, self.deadline - time.monotonic())))
+
+
+class _DeadlineStream:
+    def __init__(self, inner: Any, backend: _DeadlineBackend) -> None:
+        self._inner = inner
+        self._backend = backend
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        import httpcore
+
+        data: bytes = self._inner.read(max_bytes, self._backend.left(timeout, httpcore.ReadTimeout))
+        return data
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        import httpcore
+
+        self._inner.write(buffer, self._backend.left(timeout, httpcore.WriteTimeout))
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def start_tls(
+        self, ssl_context: ssl.SSLContext, server_hostname: str | None = None, timeout: float | None = None
+    ) -> _DeadlineStream:
+        import httpcore
+
+        timeout = self._backend.left(timeout, httpcore.ConnectTimeout)
+        return _DeadlineStream(self._inner.start_tls(ssl_context, server_hostname, timeout), self._backend)
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._inner.get_extra_info(info)
+
+
+def _deadline_transport(context: ssl.SSLContext, deadline: float) -> Any:
+    """An httpx transport for one fetch whose sockets obey :class:`_DeadlineBackend`.
+
+    httpx's ``HTTPTransport`` takes no network backend, so its connection pool (``_pool``, the
+    one attribute its ``handle_request`` uses, httpx 0.23 to 0.28) is replaced by an httpcore pool
+    that has one; the deadline tests fail should a release change that.
+    """
+    import httpcore
+    import httpx
+
+    transport = httpx.HTTPTransport(verify=context, retries=0)
+    transport._pool = httpcore.ConnectionPool(
+        ssl_context=context, max_connections=1, retries=0, network_backend=_DeadlineBackend(deadline)
+    )
+    return transport
+
+
+# -- the fetcher -------------------------------------------------------------------------------
+
+
 class DocumentFetcher:
     """Fetches client ID metadata documents under a :class:`FetchPolicy` (CM-02).
 
     ``resolver``, ``transport`` and ``async_transport`` are injectable (tests record them to
     prove that a refused address is never connected to); the defaults are the system resolver
-    and httpx's own transports with the policy's TLS context and no environment proxies.
+    and httpx's own transports with the policy's TLS context and no environment proxies (on the
+    thread path, with sockets bound by the deadline). One fetcher serves threads and event loops
+    at once: the coalescing, the slots and the remembered refusals are shared by both.
     """
 
     def __init__(
@@ -241,6 +659,11 @@ class DocumentFetcher:
         self._transport = transport
         self._async_transport = async_transport
         self._ssl: ssl.SSLContext | None = None
+        self._flights = _Flights()
+        self._slots = _Slots(self.policy.max_fetches, self.policy.max_fetches_per_host)
+        self._refusals = _Refusals(self.policy.refusal_ttl, self.policy.refusal_cache_entries)
+        self._pool_lock = threading.Lock()
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
         if self.policy.allow_loopback:
             log.warning(
                 "DEVELOPMENT SWITCH ON: client metadata documents may be fetched from loopback addresses "
@@ -258,19 +681,22 @@ class DocumentFetcher:
                 raise _Refused("the server cannot check TLS certificates") from None
         return self._ssl
 
+    def _resolvers(self) -> concurrent.futures.ThreadPoolExecutor:
+        """The worker threads resolution runs in: as many as fetches may run, so a resolver that
+        hangs past its fetch's deadline holds a worker, never a new thread."""
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = concurrent.futures.ThreadPoolExecutor(
+                    self.policy.max_fetches, thread_name_prefix="kavach-resolve"
+                )
+            return self._pool
+
     def _target(self, url: str) -> _Target:
-        try:
-            parts = urlsplit(url)
-            port = parts.port or 443
-        except ValueError:
-            raise _Refused("the URL is not valid") from None
-        if parts.scheme.lower() != "https":
-            raise _Refused("only https URLs are fetched")
-        if parts.username is not None or parts.password is not None or "@" in parts.netloc:
-            raise _Refused("the URL carries user information")
+        problem = url_problem(url)
+        if problem is not None:
+            raise _Refused(problem)
+        parts = urlsplit(url)
         raw = (parts.hostname or "").rstrip(".")
-        if not raw:
-            raise _Refused("the URL has no host")
         literal: IPAddress | None
         try:
             literal = ipaddress.ip_address(raw)
@@ -286,10 +712,10 @@ class DocumentFetcher:
             raise _Refused(f"the host {host} is on this server's deny list")
         if policy.allow_hosts is not None and not _matches(host, policy.allow_hosts):
             raise _Refused(f"the host {host} is not on this server's allow list")
-        path = parts.path or "/"
+        path = parts.path
         if parts.query:
             path += "?" + parts.query
-        return _Target(host, port, path, literal)
+        return _Target(host, 443 if parts.port is None else parts.port, path, literal)
 
     def _vet(self, target: _Target, found: Sequence[str]) -> list[IPAddress]:
         """Every address must be acceptable; the vetted ones in resolver order."""
@@ -310,16 +736,16 @@ class DocumentFetcher:
             raise _Refused(f"{target.host} does not resolve to any address")
         return vetted
 
-    def _request(self, target: _Target, address: IPAddress, remaining: float) -> Any:
+    def _request(self, target: _Target, address: IPAddress) -> Any:
         import httpx
 
         policy = self.policy
         extensions: dict[str, Any] = {
             "timeout": {
-                "connect": min(policy.connect_timeout, remaining),
-                "read": min(policy.read_timeout, remaining),
-                "write": min(policy.connect_timeout, remaining),
-                "pool": min(policy.connect_timeout, remaining),
+                "connect": policy.connect_timeout,
+                "read": policy.read_timeout,
+                "write": policy.connect_timeout,
+                "pool": policy.connect_timeout,
             }
         }
         if target.literal is None:
@@ -348,102 +774,199 @@ class DocumentFetcher:
         if length is not None and length.strip().isdigit() and int(length) > self.policy.max_bytes:
             raise _Refused(f"it is larger than {self.policy.max_bytes} bytes")
 
-    def _take(self, body: bytearray, chunk: bytes, started: float) -> None:
+    def _take(self, body: bytearray, chunk: bytes, deadline: float) -> None:
         body.extend(chunk)
         if len(body) > self.policy.max_bytes:
             raise _Refused(f"it is larger than {self.policy.max_bytes} bytes")
-        if time.monotonic() - started > self.policy.deadline:
-            raise _Refused(f"it took longer than {self.policy.deadline:g} seconds")
+        if time.monotonic() > deadline:
+            raise _Refused(self._too_long())
 
     def _fetched(self, response: Any, body: bytearray) -> Fetched:
         return Fetched(bytes(body), response.headers.get("content-type", ""), max_age(response.headers))
 
-    @staticmethod
-    def _failure(exc: BaseException, deadline: float) -> str:
+    def _too_long(self) -> str:
+        return f"the fetch took longer than its {self.policy.deadline:g}-second limit"
+
+    def _failure(self, exc: BaseException, deadline: float) -> str:
         import httpx
 
-        if isinstance(exc, httpx.TimeoutException | TimeoutError):
-            return f"it did not answer within the time limit ({deadline:g} seconds)"
+        policy = self.policy
+        if isinstance(exc, httpx.TimeoutException):
+            if time.monotonic() >= deadline:
+                return self._too_long()
+            if isinstance(exc, httpx.ConnectTimeout):
+                return f"the connection and TLS handshake took longer than {policy.connect_timeout:g} seconds"
+            if isinstance(exc, httpx.WriteTimeout):
+                return f"sending the request took longer than {policy.connect_timeout:g} seconds"
+            return f"it sent nothing for {policy.read_timeout:g} seconds"
         if isinstance(exc, httpx.ConnectError):
-            detail = str(exc)
-            if "CERTIFICATE" in detail.upper() or "SSL" in detail.upper() or "TLS" in detail.upper():
+            detail = str(exc).upper()
+            if "CERTIFICATE" in detail or "SSL" in detail or "TLS" in detail:
                 return "its TLS certificate could not be verified"
             return "the connection failed"
         return f"the fetch failed ({type(exc).__name__})"
 
+    def _refusal(self, url: str, refused: _Refused, *, remember: bool = True) -> FetchRefused:
+        """Log why, and remember it unless it says nothing about the URL (or the URL was refused
+        before anything was looked up: that costs nothing to decide again)."""
+        log.warning("client metadata document %r refused: %s", url, refused.reason)
+        answer = FetchRefused(refused.reason)
+        if remember and refused.remember:
+            self._refusals.put(url, answer)
+        return answer
+
+    def _slot_deadline(self, deadline: float) -> float:
+        """When a caller stops waiting for a slot: a slot that leaves less than a tenth of the
+        deadline to fetch in is not worth taking (when a wave of fetches times out, the callers
+        queued behind it would otherwise each open a connection they have no time to use)."""
+        return deadline - self.policy.deadline / 10
+
+    def _busy(self) -> _Refused:
+        return _Refused(
+            f"no fetch slot came free in time ({self.policy.max_fetches} at once, "
+            f"{self.policy.max_fetches_per_host} per host)",
+            remember=False,
+        )
+
+    def _remembered(self, url: str) -> FetchRefused | None:
+        refusal = self._refusals.get(url)
+        if refusal is not None:
+            log.debug("client metadata document %r refused again without a fetch: %s", url, refusal.reason)
+        return refusal
+
     # -- threads ---------------------------------------------------------------------------
 
     def fetch(self, url: str) -> Fetched | FetchRefused:
-        """Fetch ``url`` in this thread."""
-        started = time.monotonic()
+        """Fetch ``url`` in this thread, within the policy's deadline; a caller that finds the same
+        URL being fetched (by a thread or a coroutine) waits for that fetch's answer instead."""
+        deadline = time.monotonic() + self.policy.deadline
         try:
             target = self._target(url)
-            if target.literal is not None:
-                addresses = self._vet(target, [target.host])
-            else:
-                try:
-                    found = self.resolver(target.host, target.port)
-                except OSError:
-                    raise _Refused(f"{target.host} does not resolve") from None
-                addresses = self._vet(target, found)
-            return self._fetch_pinned(target, addresses, started)
         except _Refused as refused:
-            log.info("client metadata document %s refused: %s", url, refused.reason)
-            return FetchRefused(refused.reason)
+            return self._refusal(url, refused, remember=False)
+        while True:
+            remembered = self._remembered(url)
+            if remembered is not None:
+                return remembered
+            flight, leader = self._flights.join(url)
+            if leader:
+                result: Fetched | FetchRefused | None = None
+                try:
+                    result = self._lead(url, target, deadline)
+                finally:
+                    self._flights.land(url, flight, result)
+                return result
+            result = self._flights.wait(url, flight, deadline)
+            if result is _STILL_RUNNING:
+                return self._refusal(url, _Refused(self._too_long(), remember=False))
+            if result is not None:
+                return result
 
-    def _fetch_pinned(self, target: _Target, addresses: list[IPAddress], started: float) -> Fetched:
+    def _lead(self, url: str, target: _Target, deadline: float) -> Fetched | FetchRefused:
+        try:
+            if not self._slots.acquire(target.host, self._slot_deadline(deadline)):
+                raise self._busy()
+            try:
+                return self._fetch_pinned(target, self._addresses(target, deadline), deadline)
+            finally:
+                self._slots.release(target.host)
+        except _Refused as refused:
+            return self._refusal(url, refused)
+
+    def _addresses(self, target: _Target, deadline: float) -> list[IPAddress]:
+        if target.literal is not None:
+            return self._vet(target, [target.host])
+        future = self._resolvers().submit(self.resolver, target.host, target.port)
+        done, _ = concurrent.futures.wait([future], timeout=max(0.0, deadline - time.monotonic()))
+        if not done:
+            future.cancel()
+            raise _Refused(f"resolving {target.host} took longer than the fetch's limit ({self.policy.deadline:g} s)")
+        try:
+            found = future.result()
+        except OSError:
+            raise _Refused(f"{target.host} does not resolve") from None
+        return self._vet(target, found)
+
+    def _fetch_pinned(self, target: _Target, addresses: list[IPAddress], deadline: float) -> Fetched:
         import httpx
 
-        transport = self._transport() if self._transport else httpx.HTTPTransport(verify=self._tls(), retries=0)
+        transport = self._transport() if self._transport else _deadline_transport(self._tls(), deadline)
         last = "the connection failed"
         with httpx.Client(transport=transport, trust_env=False, follow_redirects=False) as client:
             for address in addresses:
-                remaining = self.policy.deadline - (time.monotonic() - started)
-                if remaining <= 0:
-                    raise _Refused(f"it took longer than {self.policy.deadline:g} seconds")
+                if time.monotonic() >= deadline:
+                    raise _Refused(self._too_long())
                 try:
-                    response = client.send(self._request(target, address, remaining), stream=True)
+                    response = client.send(self._request(target, address), stream=True)
                     try:
                         self._check_head(response)
                         body = bytearray()
                         for chunk in response.iter_raw():
-                            self._take(body, chunk, started)
+                            self._take(body, chunk, deadline)
                         return self._fetched(response, body)
                     finally:
                         response.close()
                 except httpx.ConnectError as exc:
-                    last = self._failure(exc, self.policy.deadline)
+                    last = self._failure(exc, deadline)
                     continue
                 except httpx.HTTPError as exc:
-                    raise _Refused(self._failure(exc, self.policy.deadline)) from None
+                    raise _Refused(self._failure(exc, deadline)) from None
         raise _Refused(last)
 
     # -- event loops ---------------------------------------------------------------------------
 
     async def afetch(self, url: str) -> Fetched | FetchRefused:
-        """Fetch ``url`` on an event loop (resolution in a worker thread); the deadline is exact."""
-        started = time.monotonic()
+        """Fetch ``url`` on an event loop (resolution in the resolver pool); the deadline is exact.
+        Concurrent callers of one URL, coroutines or threads, share one fetch."""
+        deadline = time.monotonic() + self.policy.deadline
         try:
             target = self._target(url)
-            async with asyncio.timeout(self.policy.deadline):
-                if target.literal is not None:
-                    addresses = self._vet(target, [target.host])
-                else:
-                    try:
-                        found = await asyncio.to_thread(self.resolver, target.host, target.port)
-                    except OSError:
-                        raise _Refused(f"{target.host} does not resolve") from None
-                    addresses = self._vet(target, found)
-                return await self._afetch_pinned(target, addresses, started)
-        except TimeoutError:
-            reason = f"it took longer than {self.policy.deadline:g} seconds"
-            log.info("client metadata document %s refused: %s", url, reason)
-            return FetchRefused(reason)
         except _Refused as refused:
-            log.info("client metadata document %s refused: %s", url, refused.reason)
-            return FetchRefused(refused.reason)
+            return self._refusal(url, refused, remember=False)
+        while True:
+            remembered = self._remembered(url)
+            if remembered is not None:
+                return remembered
+            flight, leader = self._flights.join(url)
+            if leader:
+                result: Fetched | FetchRefused | None = None
+                try:
+                    result = await self._alead(url, target, deadline)
+                finally:
+                    self._flights.land(url, flight, result)
+                return result
+            result = await self._flights.await_(url, flight, deadline)
+            if result is _STILL_RUNNING:
+                return self._refusal(url, _Refused(self._too_long(), remember=False))
+            if result is not None:
+                return result
 
-    async def _afetch_pinned(self, target: _Target, addresses: list[IPAddress], started: float) -> Fetched:
+    async def _alead(self, url: str, target: _Target, deadline: float) -> Fetched | FetchRefused:
+        try:
+            if not await self._slots.aacquire(target.host, self._slot_deadline(deadline)):
+                raise self._busy()
+            try:
+                async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                    addresses = await self._aaddresses(target)
+                    return await self._afetch_pinned(target, addresses, deadline)
+            except TimeoutError:
+                raise _Refused(self._too_long()) from None
+            finally:
+                self._slots.release(target.host)
+        except _Refused as refused:
+            return self._refusal(url, refused)
+
+    async def _aaddresses(self, target: _Target) -> list[IPAddress]:
+        if target.literal is not None:
+            return self._vet(target, [target.host])
+        loop = asyncio.get_running_loop()
+        try:
+            found = await loop.run_in_executor(self._resolvers(), self.resolver, target.host, target.port)
+        except OSError:
+            raise _Refused(f"{target.host} does not resolve") from None
+        return self._vet(target, found)
+
+    async def _afetch_pinned(self, target: _Target, addresses: list[IPAddress], deadline: float) -> Fetched:
         import httpx
 
         if self._async_transport is not None:
@@ -453,21 +976,19 @@ class DocumentFetcher:
         last = "the connection failed"
         async with httpx.AsyncClient(transport=transport, trust_env=False, follow_redirects=False) as client:
             for address in addresses:
-                remaining = self.policy.deadline - (time.monotonic() - started)
-                request = self._request(target, address, max(remaining, 0.001))
                 try:
-                    response = await client.send(request, stream=True)
+                    response = await client.send(self._request(target, address), stream=True)
                     try:
                         self._check_head(response)
                         body = bytearray()
                         async for chunk in response.aiter_raw():
-                            self._take(body, chunk, started)
+                            self._take(body, chunk, deadline)
                         return self._fetched(response, body)
                     finally:
                         await response.aclose()
                 except httpx.ConnectError as exc:
-                    last = self._failure(exc, self.policy.deadline)
+                    last = self._failure(exc, deadline)
                     continue
                 except httpx.HTTPError as exc:
-                    raise _Refused(self._failure(exc, self.policy.deadline)) from None
+                    raise _Refused(self._failure(exc, deadline)) from None
         raise _Refused(last)
