@@ -1,6 +1,6 @@
 """Run the benchmarks, print the tables, write ``benchmarks/results/<name>.json``.
 
-.venv/bin/python -m benchmarks            # everything (about 10 minutes on 2 cores)
+.venv/bin/python -m benchmarks            # everything (10 to 17 minutes on 2 cores, by host)
 .venv/bin/python -m benchmarks --quick    # every benchmark once at tiny size (the test does this)
 .venv/bin/python -m benchmarks --only a,b # a: first sight, b: repeat sight, c: AS flows, d: HTTP, e: scale,
                                           # f: the guards through uvicorn's HTTP protocol, no sockets
