@@ -24,6 +24,7 @@ from e2e_frameworks import FRAMEWORKS, RELEASE
 from kavach.server import AuthorizationServer, LoginLimits
 from kavach.users import MemoryUsers, SQLiteUsers, Users
 
+from kavach_core import effects as fx
 from kavach_core.config import Config, ProtectedResource
 from kavach_core.drivers import StoreUnavailable
 
@@ -609,6 +610,51 @@ def test_a_new_password_ends_earlier_sessions(dep: Deployment) -> None:
     login = dep.person.get(dep.authorize_url(client_id, pkce()[1]))
     assert "notice=failed" in dep.login(login).headers["location"]  # the old password is gone too
     assert "notice" not in dep.login(login, password="a new password").headers["location"]
+
+
+def test_someone_else_can_sign_in_from_the_consent_page(dep: Deployment) -> None:
+    """A shared computer: the consent page says who is signed in and offers "Sign in as someone
+    else", which signs this browser out (the session cookie cleared), keeps the request, and asks
+    who it is; the next person then decides, and the code is theirs."""
+    users = dep.server.users
+    assert users is not None
+    users.add("bob", "bob's own password")
+    client_id = dep.register()
+    verifier, challenge = pkce()
+    first = dep.login(dep.person.get(dep.authorize_url(client_id, challenge)))
+    page = dep.person.get(dep.base + first.headers["location"])
+    assert "Signed in as <strong>alice</strong>" in page.text and "Sign in as someone else" in page.text
+    form = the_form(page)
+    switched = post_form(dep.person, dep.base + form.action, form.submit("switch"))
+    assert switched.status_code == 303 and switched.headers["location"].startswith(dep.server.consent_path)
+    assert any(value.startswith(("kavach-session=;", "__Host-kavach-session=;")) and "Max-Age=0" in value
+               for value in switched.headers.get_list("set-cookie")), "the session cookie is cleared"
+    login = dep.person.get(dep.base + switched.headers["location"])
+    assert shows_sign_in(login), "the request is kept and the browser asks who it is"
+    assert "alice" not in dep.person.get(dep.authorize_url(client_id, pkce()[1])).text
+    consent = dep.person.get(dep.base + dep.login(login, "bob", "bob's own password").headers["location"])
+    assert "Signed in as <strong>bob</strong>" in consent.text
+    decided = post_form(dep.person, dep.base + the_form(consent).action, the_form(consent).submit("approve"))
+    code = parse_qs(urlsplit(decided.headers["location"]).query)["code"][0]
+    tokens = dep.client.post(
+        dep.metadata()["token_endpoint"],
+        data={"grant_type": "authorization_code", "code": code, "redirect_uri": REDIRECT, "client_id": client_id,
+              "code_verifier": verifier, "resource": dep.resource},
+    )
+    assert tokens.status_code == 200, tokens.text
+    listed = dep.mcp(tokens.json()["access_token"], "tools/list")
+    assert listed.status_code == 200
+    (grant,) = dep.server.store.perform(fx.ListGrants(client_id=client_id))
+    assert grant.subject == "bob", "the code is the second person's"
+
+
+def test_switching_account_needs_the_forms_csrf_token(dep: Deployment) -> None:
+    client_id = dep.register()
+    form = the_form(consent_page(dep, client_id))
+    forged = [(n, "x" * 43 if n == "csrf_token" else v) for n, v in form.submit("switch")]
+    refused = post_form(dep.person, dep.base + form.action, forged)
+    assert refused.status_code == 403 and "set-cookie" not in {k.lower() for k in refused.headers}
+    assert "Signed in as <strong>alice</strong>" in dep.person.get(dep.authorize_url(client_id, pkce()[1])).text
 
 
 @pytest.mark.parametrize("framework", sorted(FRAMEWORKS))

@@ -110,3 +110,17 @@ def test_az_11_a_view_built_without_the_new_fields_still_warns_for_loopback(h: H
     view = attrs.evolve(consent(h, redirect_uri=LOOPBACK).view, on_device=False, private_use=False)
     text = text_of(view)
     assert f"Demo App {DEVICE}. {LOCAL}" in text and "trust" not in text
+
+
+def test_switching_account_is_offered_only_when_asked_for(h: Harness) -> None:
+    """Built-in sign-in gets "Sign in as someone else" (a third submit button of the same form, so it
+    carries the form's ticket and CSRF token); an application's own login (``identify``) does not."""
+    add_client(h, redirect_uris=(REDIRECT,), client_name="Demo App")
+    view = consent(h).view
+    offered = consent_page(view, action="/consent", ticket="t", csrf="c", subject="al<i>ce", switch_account=True)
+    body = offered.body.decode()
+    form = body[body.index("<form"):body.index("</form>")]
+    assert '<button type="submit" name="decision" value="switch"' in form
+    assert "Not al&lt;i&gt;ce?" in body, "the name is escaped"
+    plain = consent_page(view, action="/consent", ticket="t", csrf="c", subject="alice")
+    assert 'value="switch"' not in plain.body.decode()

@@ -60,6 +60,9 @@ button{flex:1;font:inherit;font-weight:600;padding:11px 16px;border-radius:8px;c
 border:1px solid var(--line);background:var(--card);color:var(--text)}
 button.primary{background:var(--accent);border-color:var(--accent);color:var(--accent-text)}
 button:focus-visible,input:focus-visible{outline:3px solid var(--focus);outline-offset:2px}
+button.link{flex:none;display:inline;padding:0;border:0;background:none;color:var(--accent);
+font-weight:400;text-decoration:underline}
+.switch{margin:16px 0 0}
 .label{font-weight:600;margin:20px 0 8px}
 ul.resources{padding-left:20px;margin:0 0 16px}
 footer{margin-top:24px;color:var(--muted);font-size:13px}
@@ -151,8 +154,11 @@ def login_page(*, action: str, ticket: str, csrf: str, client_name: str, usernam
 
 
 def consent_page(view: ConsentView, *, action: str, ticket: str, csrf: str, subject: str,
-                 headers: Iterable[tuple[str, str]] = ()) -> Response:
-    """The decision (AZ-11, AZ-12); the ticked scopes are sent as ``scope`` fields."""
+                 headers: Iterable[tuple[str, str]] = (), switch_account: bool = False) -> Response:
+    """The decision (AZ-11, AZ-12); the ticked scopes are sent as ``scope`` fields.
+
+    ``switch_account`` (built-in sign-in only) adds a third answer, ``decision=switch``: not
+    this person, so sign this browser out and ask again who it is, the request kept."""
     name = escape(view.client_name)
     host = f'<span class="host">{escape(view.redirect_host)}</span>'
     # RFC 8252 §7.1: a private-use scheme reaches whichever app claims it, not a host.
@@ -211,11 +217,21 @@ def consent_page(view: ConsentView, *, action: str, ticket: str, csrf: str, subj
         '<div class="actions">'
         '<button type="submit" name="decision" value="deny">Deny</button>'
         '<button type="submit" name="decision" value="approve" class="primary">Approve</button>'
-        "</div></form>"
+        "</div>"
+        f"{_switch(subject) if switch_account else ''}"
+        "</form>"
         f"<footer>Signed in as <strong>{escape(subject)}</strong>. "
         f"Client id <code>{escape(view.client_id)}</code></footer>"
     )
     return page(200, f"Authorize {view.client_name}", body, headers=headers, form_targets=(view.redirect_uri,))
+
+
+def _switch(subject: str) -> str:
+    """The consent form's way out for someone signed in as another person (a shared computer)."""
+    return (
+        f'<p class="muted switch">Not {escape(subject)}? '
+        '<button type="submit" name="decision" value="switch" class="link">Sign in as someone else</button></p>'
+    )
 
 
 def error_page(status: int, error: str, description: str, *, headers: Iterable[tuple[str, str]] = ()) -> Response:

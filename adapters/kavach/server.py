@@ -477,6 +477,7 @@ class AuthorizationServer:
             csrf=self.cookies.csrf_token(browser, "consent", consent.ticket),
             subject=subject,
             headers=extra,
+            switch_account=self.users is not None,
         )
 
     def _consent_again(self, ctx: Context, req: HttpRequest) -> Generator[fx.Effect, Any, Response]:
@@ -545,7 +546,8 @@ class AuthorizationServer:
         return _see_other(self._consent_url(ticket), self.cookies.session_cookie(subject, stamp, ctx.now))
 
     def _decision(self, ctx: Context, req: HttpRequest) -> Generator[fx.Effect, Any, Response]:
-        """The consent form's POST: CSRF, the signed-in person, then approve or deny (AZ-12)."""
+        """The consent form's POST: CSRF, then switch account (sign out, ask again), or the signed-in
+        person approves or denies (AZ-12)."""
         form = self._form(req)
         if isinstance(form, Response):
             return form
@@ -556,6 +558,8 @@ class AuthorizationServer:
         cookies = parse_cookies(req.header_values("cookie"))
         if not ticket or not self.cookies.csrf_valid(cookies, "consent", ticket, token):
             return _csrf_refused()
+        if decision == "switch" and self.users is not None:  # not this person: sign out, ask again
+            return _see_other(self._consent_url(ticket), self.cookies.clear_session())
         subject = yield from self._subject(ctx, req, cookies)
         if subject is None:
             return _see_other(self._consent_url(ticket))
