@@ -335,6 +335,31 @@ def test_document_hosts_in_the_file(tmp_path: Path, db: str, table: str, expect:
     assert "scopes" not in line
 
 
+def test_document_fetch_limits_in_the_file(tmp_path: Path) -> None:
+    table = "deadline = 2.5\nconnect_timeout = 1\nread_timeout = 1.5\nrefusal_ttl = 0\nmax_fetches = 8\n" \
+            "max_fetches_per_host = 2\nmax_bytes = 4096\nrefusal_cache_entries = 10\n"
+    policy = resolve({"config": write(tmp_path, f"[documents]\n{table}")}, {}).fetch_policy()
+    assert (policy.deadline, policy.connect_timeout, policy.read_timeout, policy.refusal_ttl) == (2.5, 1.0, 1.5, 0.0)
+    assert (policy.max_fetches, policy.max_fetches_per_host, policy.max_bytes, policy.refusal_cache_entries) == (
+        8, 2, 4096, 10)
+
+
+@pytest.mark.parametrize(
+    ("table", "expect"),
+    [('deadline = "5"', "documents.deadline must be a number of seconds"),
+     ("deadline = inf", "documents.deadline must be a number of seconds"),
+     ("deadline = true", "documents.deadline must be a number of seconds"),
+     ("deadline = 0", "every time limit must be positive"),
+     ("refusal_ttl = -1", "refusal_ttl must not be negative"),
+     ("max_fetches = 0", "must be at least 1"),
+     ("max_fetches = 2.5", "documents.max_fetches must be a whole number"),
+     ("max_redirects = 3", "unknown documents setting 'max_redirects'")],
+)
+def test_document_fetch_limits_are_checked(tmp_path: Path, db: str, table: str, expect: str) -> None:
+    config = write(tmp_path, f"[documents]\n{table}\n")
+    bad(["serve", "--port", str(free_port()), "--db", db, "--config", config], expect)  # refused before binding
+
+
 @pytest.mark.parametrize("host", ["", "*", " ", "a b", "http://x.example"])
 def test_document_host_flags_are_checked(db: str, host: str) -> None:
     for flag in ("--document-allow-host", "--document-deny-host"):

@@ -39,6 +39,9 @@ The TOML file::
     deny_hosts = [".internal.example.com"]                     # KAVACH_DOCUMENT_DENY_HOSTS
     ca_bundle = "/etc/ssl/extra-ca.pem"                        # KAVACH_DOCUMENT_CA_BUNDLE
     allow_loopback = false        # KAVACH_DOCUMENT_ALLOW_LOOPBACK; development only
+    deadline = 5.0                # seconds for a whole fetch; also connect_timeout, read_timeout
+    max_fetches = 16              # at once, in all; max_fetches_per_host = 4; max_bytes = 16384
+    refusal_ttl = 30              # seconds a refused URL is answered from memory; refusal_cache_entries
 
 Where the data lives: ``db`` (an SQLite file) or ``store`` (a URL for
 :func:`kavach.stores.open_store`: ``postgresql://...``, ``redis://...``, ``sqlite:///path`` or a
@@ -57,6 +60,7 @@ ignored; with none configured (the default) no request's header is read.
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 import re
 import stat
@@ -84,7 +88,10 @@ _TOP_KEYS = frozenset(
 _LIFETIME_KEYS = tuple(f.name for f in attrs.fields(Lifetimes))
 _RESOURCE_KEYS = frozenset({"name", "scopes", "default_scopes"})
 _REGISTRATION_KEYS = frozenset(f.name for f in attrs.fields(RegistrationPolicy))
-_DOCUMENT_KEYS = frozenset({"allow_hosts", "deny_hosts", "ca_bundle", "allow_loopback"})
+_DOCUMENT_COUNTS = ("max_bytes", "max_fetches", "max_fetches_per_host", "refusal_cache_entries")
+_DOCUMENT_SECONDS = ("deadline", "connect_timeout", "read_timeout", "refusal_ttl")
+_DOCUMENT_KEYS = frozenset({"allow_hosts", "deny_hosts", "ca_bundle", "allow_loopback",
+                            *_DOCUMENT_COUNTS, *_DOCUMENT_SECONDS})
 MAX_CONFIG_BYTES = 1024 * 1024
 """The largest settings file read (1 MiB); a larger one is refused, not read."""
 _TRUE = ("1", "true", "yes", "on")
@@ -177,6 +184,13 @@ def _int(name: str, value: object, source: str) -> int:
             pass
     shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:40] + "..."
     raise SettingsError(f"{source}: {name} must be a whole number, not {shown}")
+
+
+def _seconds(name: str, value: object, source: str) -> float:
+    """A TOML integer or float of seconds, finite (``inf`` and ``nan`` are TOML floats too)."""
+    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    raise SettingsError(f"{source}: {name} must be a number of seconds, not {value!r}")
 
 
 def _bool(name: str, value: object, source: str) -> bool:
@@ -370,6 +384,12 @@ def _documents_table(table: object, src: str, base: Path) -> dict[str, Any]:
     if "ca_bundle" in table:
         bundle = _str("documents.ca_bundle", table["ca_bundle"], src)
         out["ca_bundle"] = bundle if os.path.isabs(bundle) else str(base / bundle)
+    for key in _DOCUMENT_COUNTS:  # FetchPolicy checks the ranges
+        if key in table:
+            out[key] = _int(f"documents.{key}", table[key], src)
+    for key in _DOCUMENT_SECONDS:
+        if key in table:
+            out[key] = _seconds(f"documents.{key}", table[key], src)
     return out
 
 
