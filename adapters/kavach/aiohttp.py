@@ -27,14 +27,24 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from aiohttp import hdrs, web
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.typedefs import Middleware
+from aiohttp.web_protocol import RequestPayloadError
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from kavach_core.guard import Principal
-from kavach_core.http import HttpRequest, Response
+from kavach_core.http import HttpRequest, Response, json_response
 from kavach_core.resource_indicators import PRM_WELL_KNOWN, resource_path
 
-from .server import TOO_LARGE, AuthorizationServer, failure_response, guarded_paths, incoming
+from .server import (
+    THREADED_BODY,
+    TOO_LARGE,
+    AuthorizationServer,
+    body_coding_problem,
+    failure_response,
+    guarded_paths,
+    incoming,
+)
 
 Required = Callable[[HttpRequest], "tuple[str, ...] | Response"]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -61,22 +71,39 @@ def _translate(request: web.Request, body: bytes, headers: Iterable[tuple[str, s
     return incoming(request.method, request.path, request.rel_url.raw_query_string, pairs, body, request.remote)
 
 
-async def _body(request: web.Request) -> bytes | None:
-    """The whole body, ``None`` past :data:`MAX_BODY`; kept on the request, where ``request.read()``
-    (``text()``, ``json()``, ``post()``) finds it, so the handler reads it again.
+UNREADABLE = json_response(
+    400, {"error": "invalid_request", "error_description": "the request body could not be read"}, no_store=True
+)
+"""A body that ended before its length, or whose coding aiohttp could not undo: answered, not logged
+as a server error (the client may already be gone)."""
+
+
+async def _body(request: web.Request) -> bytes | Response:
+    """The whole body; or the answer to send instead: 415 for a content-coded body (aiohttp would
+    decode it itself, other frameworks do not, and the guard must read what the server behind
+    reads), 413 past :data:`MAX_BODY`, 400 for a body that cannot be read to its end. Kept on the
+    request, where ``request.read()`` (``text()``, ``json()``, ``post()``) finds it, so the
+    handler reads it again.
 
     ``request.read()`` itself stops at the app's ``client_max_size`` instead, so the stream is read
     here. A body an outer middleware already read is the one aiohttp kept."""
-    if not request.can_read_body:  # read before (aiohttp kept it), or none at all
-        body = await request.read()
-        return body if len(body) <= MAX_BODY else None
-    chunks: list[bytes] = []
-    size = 0
-    while chunk := await request.content.readany():
-        size += len(chunk)
-        if size > MAX_BODY:
-            return None
-        chunks.append(chunk)
+    if request.body_exists:
+        refused = body_coding_problem(request.headers.getall(hdrs.CONTENT_ENCODING, ()))
+        if refused is not None:
+            return refused
+    try:
+        if not request.can_read_body:  # read before (aiohttp kept it), or none at all
+            body = await request.read()
+            return body if len(body) <= MAX_BODY else TOO_LARGE
+        chunks: list[bytes] = []
+        size = 0
+        while chunk := await request.content.readany():
+            size += len(chunk)
+            if size > MAX_BODY:
+                return TOO_LARGE
+            chunks.append(chunk)
+    except (HttpProcessingError, RequestPayloadError, ConnectionError):
+        return UNREADABLE
     body = b"".join(chunks)
     request._read_bytes = body  # where aiohttp keeps a read body (BaseRequest.read)
     if await request.read() is not body:
@@ -119,7 +146,7 @@ def endpoint(server: AuthorizationServer) -> Handler:
     async def answer(request: web.Request) -> web.StreamResponse:
         try:
             body = await _body(request)
-            response = TOO_LARGE if body is None else await server.ahandle(_translate(request, body))
+            response = body if isinstance(body, Response) else await server.ahandle(_translate(request, body))
         except Exception as exc:  # GN-03: never aiohttp's own error page
             response = failure_response(exc)
         return _outgoing(response)
@@ -151,7 +178,6 @@ def guard_middleware(
         raise TypeError(f"required= takes a function of the request giving its scopes, not {required!r}")
     canonical = server.protected(resource)
     guarded = guarded_paths(paths, canonical)
-    need = required or server.required_scopes
     metadata_path = PRM_WELL_KNOWN + resource_path(canonical)
     metadata = endpoint(server)
 
@@ -163,10 +189,15 @@ def guard_middleware(
             return await handler(request)
         try:
             body = await _body(request)
-            if body is None:
-                return _outgoing(TOO_LARGE)
+            if isinstance(body, Response):
+                return _outgoing(body)
             req = _translate(request, body)
-            scopes = need(req)
+            if required is not None:
+                scopes = required(req)
+            elif len(body) <= THREADED_BODY:
+                scopes = server.body_scopes(body)
+            else:
+                scopes = await server.abody_scopes(body)
             outcome = scopes if isinstance(scopes, Response) else await server.aguard(canonical, req, scopes)
             if not isinstance(outcome, Response):
                 _remove_authorization(request)  # RS-04: the handler never sees the token

@@ -188,6 +188,10 @@ def guarded_paths(paths: Iterable[str] | None, resource: str) -> frozenset[str]:
     return found
 
 
+THREADED_BODY = 64 * 1024
+"""Event-loop guards read the JSON-RPC methods of a larger body in a worker thread
+(:meth:`AuthorizationServer.abody_scopes`); a usual MCP request is far smaller and stays inline."""
+
 ENCODED_BODY = json_response(
     415,
     {"error": "invalid_request", "error_description": "send the request body without a content coding"},
@@ -354,6 +358,12 @@ class AuthorizationServer:
         """:meth:`required_scopes` from the request body alone (all it reads)."""
         return self.scope_map.required_scopes(body) if body else ()
 
+    async def abody_scopes(self, body: bytes) -> tuple[str, ...]:
+        """:meth:`body_scopes` in a worker thread, for a body over :data:`THREADED_BODY` on an
+        event loop: reading a large body's methods (many objects, repeated members read both
+        ways) takes long enough to hold up every other request on the loop."""
+        return await asyncio.to_thread(self.body_scopes, body)
+
     def _guard_flow(
         self, resource: str, authorization: Sequence[str], required: tuple[str, ...]
     ) -> Flow[Principal | Response]:
@@ -405,6 +415,10 @@ class AuthorizationServer:
         return await arun(flow, _AsyncPerformer(self.store, self.fetcher))
 
     def _serve(self, ctx: Context, req: HttpRequest) -> Generator[fx.Effect, Any, Response]:
+        if req.body:  # one answer on every framework, whether or not it decodes bodies itself
+            refused = body_coding_problem(req.header_values("content-encoding"))
+            if refused is not None:
+                return refused.with_headers(cors_headers(self.config, req.path))
         response = yield from self._dispatch(ctx, req)
         if response.view is not None:
             extra = [(k, v) for k, v in response.headers if k.lower() in ("allow", "retry-after", "set-cookie")]

@@ -23,7 +23,7 @@ from starlette.routing import Route
 from kavach_core.http import HttpRequest, Response
 from kavach_core.resource_indicators import PRM_WELL_KNOWN, resource_path
 
-from .server import TOO_LARGE, AuthorizationServer, body_coding_problem, incoming
+from .server import THREADED_BODY, TOO_LARGE, AuthorizationServer, body_coding_problem, incoming
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -183,7 +183,12 @@ class KavachGuard:
         refused = body_coding_problem(codings) if codings else None
         if refused is not None:
             return await _send(send, refused)
-        need = self.server.body_scopes(body) if self.required is None else self.required(_translate(scope, body))
+        if self.required is not None:
+            need = self.required(_translate(scope, body))
+        elif len(body) <= THREADED_BODY:
+            need = self.server.body_scopes(body)
+        else:
+            need = await self.server.abody_scopes(body)
         if isinstance(need, Response):
             return await _send(send, need)
         outcome = await self.server.aguard_values(self.resource, authorization, need)
