@@ -324,13 +324,18 @@ def test_rg_02_every_member_is_type_checked(h: Harness, member: str, value: Any)
         ("client_name", "   ", "invalid_client_metadata"),  # nothing visible
         ("client_name", "\u3164\u3164 \u3164", "invalid_client_metadata"),  # Hangul fillers print as nothing
         ("client_name", "\u2800", "invalid_client_metadata"),
+        ("client_name", "\u034f", "invalid_client_metadata"),  # a combining grapheme joiner alone
+        ("client_name", "\ufe0f\U000e0100", "invalid_client_metadata"),  # variation selectors alone
+        ("client_name", "\u17b4 ", "invalid_client_metadata"),
+        ("client_name", "\u0378", "invalid_client_metadata"),  # unassigned
     ],
 )
 def test_rg_02_text_members_are_unicode_text_without_controls(h: Harness, member: str, value: Any, error: str) -> None:
     refused(h, meta(**{member: value}), error)
 
 
-SCRIPTS = ["Caf\u00e9 Tools", "\u30c4\u30fc\u30eb", "Tools\u00a0Pro", "\u0421\u0435\u0440\u0432\u0438\u0441"]
+SCRIPTS = ["Cafe\u0301 Tools", "\u2764\ufe0f Tools",
+           "Caf\u00e9 Tools", "\u30c4\u30fc\u30eb", "Tools\u00a0Pro", "\u0421\u0435\u0440\u0432\u0438\u0441"]
 
 
 @pytest.mark.parametrize("name", SCRIPTS)

@@ -111,6 +111,14 @@ async def _body(request: web.Request) -> bytes | Response:
     return body
 
 
+def _unread(response: Response) -> web.StreamResponse:
+    """``response`` for a request whose body was not read to its end (413, 415, 400 from
+    :func:`_body`), with ``Connection: close``: the rest of the body is not worth reading."""
+    out = _outgoing(response)
+    out.force_close()
+    return out
+
+
 def _is_authorization(name: bytes) -> bool:
     return name.lower() == b"authorization"
 
@@ -146,7 +154,9 @@ def endpoint(server: AuthorizationServer) -> Handler:
     async def answer(request: web.Request) -> web.StreamResponse:
         try:
             body = await _body(request)
-            response = body if isinstance(body, Response) else await server.ahandle(_translate(request, body))
+            if isinstance(body, Response):
+                return _unread(body)
+            response = await server.ahandle(_translate(request, body))
         except Exception as exc:  # GN-03: never aiohttp's own error page
             response = failure_response(exc)
         return _outgoing(response)
@@ -190,7 +200,7 @@ def guard_middleware(
         try:
             body = await _body(request)
             if isinstance(body, Response):
-                return _outgoing(body)
+                return _unread(body)
             req = _translate(request, body)
             if required is not None:
                 scopes = required(req)

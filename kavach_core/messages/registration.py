@@ -79,9 +79,15 @@ def _unsafe(value: str) -> bool:
     return not value.isprintable() and any(unicodedata.category(c) in _HIDDEN_CATEGORIES for c in value)
 
 
+_UNSEEN_CATEGORIES = frozenset({"Mn", "Me", "Cn"})
+"""Marks (combining characters, variation selectors: nothing on their own) and unassigned code
+points (no glyph at all)."""
+
+
 def _blank(value: str) -> bool:
-    """True when nothing of ``value`` would be seen: only spaces and :data:`_BLANKS`."""
-    return all(c.isspace() or c in _BLANKS for c in value)
+    """True when nothing of ``value`` would be seen: only spaces, :data:`_BLANKS`, marks and
+    unassigned code points."""
+    return all(c.isspace() or c in _BLANKS or unicodedata.category(c) in _UNSEEN_CATEGORIES for c in value)
 
 
 def _text(body: dict[str, Any], name: str) -> str | None:
