@@ -170,6 +170,9 @@ class FakeUpstream:
                       "304": b"Not Modified"}[mode]
             location = b"" if mode == "304" else b"Location: http://127.0.0.1:%d/mcp/\r\n" % self.port
             w(b"HTTP/1.1 %s %s\r\n%sContent-Length: 0\r\n\r\n" % (mode.encode(), reason, location))
+        elif mode == "utf8header":
+            w(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nX-Name: \xe2\x9c\x93 caf\xc3\xa9\r\n"
+              b"Content-Length: %d\r\n\r\n" % len(OK_BODY) + OK_BODY)
         elif mode == "badstatus":
             w(b"HTTP/1.1 999 Weird\r\nContent-Length: 0\r\n\r\n")
         elif mode == "init":
@@ -584,6 +587,21 @@ def test_forwarding_headers_are_the_proxys_own(fake: FakeUpstream, serve: Callab
     assert fields["x-forwarded-host"] == "mcp.example:8000"
     assert fields["via"] == "1.1 kavach"
     assert fields["host"] == f"127.0.0.1:{fake.port}"
+
+
+def test_header_bytes_outside_ascii_pass_both_ways_unchanged(fake: FakeUpstream, serve: Callable[..., Served]) -> None:
+    """An upstream header in UTF-8 and a client header with a latin-1 byte (RFC 9110 §5.5
+    obs-text) go on byte for byte, not as a 500."""
+    served = serve(fake.url)
+    request = (
+        b"POST /mcp?mode=utf8header HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-Client: caf\xe9\r\n"
+        b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(PING), PING)
+    )
+    answer = served.raw(request)
+    assert answer.startswith(b"HTTP/1.1 200 "), answer[:200]
+    assert b"\r\nx-name: \xe2\x9c\x93 caf\xc3\xa9\r\n" in answer.lower()
+    (seen,) = fake.requests
+    assert dict(seen["headers"])["x-client"] == "caf\xe9"
 
 
 # -- 8. a status code that is no HTTP status ---------------------------------------------------

@@ -167,7 +167,10 @@ def forwarding_headers(scope: Scope) -> list[tuple[str, str]]:
 def response_headers(headers: httpx.Headers) -> list[tuple[bytes, bytes]]:
     """The upstream's headers as returned to the client (no hop-by-hop headers, no challenge,
     no ``Set-Cookie`` for a cookie of kavachOS)."""
-    pairs = [(k.lower(), v) for k, v in headers.multi_items()]
+    # The bytes as sent (read as latin-1, one character per byte): httpx's decoded values may hold
+    # UTF-8 characters that have no single-byte form to send on.
+    raw = [(k.decode("latin-1"), v) for k, v in headers.raw]
+    pairs = [(k.lower(), v.decode("latin-1")) for k, v in raw]
     drop = _NOT_RETURNED | _connection_tokens(pairs)
     out: list[tuple[bytes, bytes]] = []
     for name, value in pairs:
@@ -366,7 +369,8 @@ class UpstreamProxy:
         request = self.client.build_request(
             method,
             self._url(scope),
-            headers=headers + forwarding_headers(scope),
+            # as bytes: a client's latin-1 header byte (RFC 9110 §5.5 obs-text) goes on as it came
+            headers=[(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers + forwarding_headers(scope)],
             content=body if has_body else None,
         )
         try:
