@@ -182,7 +182,9 @@ def guard_middleware(
 
     ``paths`` defaults to the resource's own path. ``required(request)`` gives the scopes a
     request needs, or a response to send instead (default: from its JSON-RPC method(s), a batch
-    needing every one).
+    needing every one). The resource's metadata is answered when :func:`mount` did not route it,
+    on an application that receives the origin root's paths: on a sub-app it never arrives (the
+    path is the root's, RFC 9728 §3.1), so mount the server on the outermost application then.
     """
     if required is not None and not callable(required):
         raise TypeError(f"required= takes a function of the request giving its scopes, not {required!r}")

@@ -253,7 +253,10 @@ def protect(
     prefix is guarded whichever way its paths are written.
 
     The resource's metadata (MD-03, CORS per MD-04) is answered too when :func:`mount` did not
-    already add it, so a resource whose authorization server runs elsewhere needs only this.
+    already add it, so a resource whose authorization server runs elsewhere needs only this, as
+    long as the app answers the origin's root: the metadata path is the root's
+    (``/.well-known/oauth-protected-resource`` + the resource's path, RFC 9728 §3.1), which an app
+    behind a WSGI prefix never receives; serve it from the outermost app then.
     """
     canonical = server.protected(resource)
     covered = _guarded_paths(paths, canonical)

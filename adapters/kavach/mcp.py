@@ -136,5 +136,9 @@ class _SdkIdentity:
 def guard(
     app: ASGIApp, server: AuthorizationServer, resource: str, *, required: Required | None = None
 ) -> KavachGuard:
-    """The SDK's ASGI app behind :class:`~kavach.starlette.KavachGuard`, the principal handed to the SDK."""
+    """The SDK's ASGI app behind :class:`~kavach.starlette.KavachGuard`, the principal handed to the SDK.
+
+    The resource's metadata is answered when its path reaches this app; under a Starlette
+    ``Mount`` it does not (the path is the origin root's, RFC 9728 §3.1), so serve it from the
+    outermost app (:func:`kavach.starlette.mount`)."""
     return KavachGuard(_SdkIdentity(app), server, resource, required=required)
