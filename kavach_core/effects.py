@@ -257,10 +257,12 @@ class Hit(Effect):
 
     Returns ``True`` when the window's count, these events included, is at most ``limit``.
     ``step=0`` counts nothing and stores nothing: it answers whether the count so far is at most
-    ``limit`` (a sign-in asks with ``limit - 1`` whether one more failure is still allowed before
-    it runs the password check, and counts the failure afterwards; OWASP Authentication Cheat
-    Sheet, "Account Lockout"). ``writes`` holds for every ``Hit``, so no store retries one, of
-    any step, after a lost connection.
+    ``limit``. A negative step gives events back: the count goes down by at most what it holds
+    (never below 0), and a window with nothing counted stays absent (no row or key is made, so
+    giving back after the window ended does nothing). A sign-in counts its attempt before the
+    password check and gives it back when the check succeeds (OWASP Authentication Cheat Sheet,
+    "Account Lockout"). ``writes`` holds for every ``Hit``, so no store retries one, of any
+    step, after a lost connection.
     """
 
     writes = True
@@ -268,7 +270,7 @@ class Hit(Effect):
     limit: int
     window: int
     now: int
-    step: int = attrs.field(default=1, validator=attrs.validators.ge(0))
+    step: int = attrs.field(default=1, validator=attrs.validators.instance_of(int))
 
     @property
     def window_end(self) -> int:

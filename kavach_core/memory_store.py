@@ -162,7 +162,8 @@ class MemoryStore:
 
     def _hit(self, e: fx.Hit) -> bool:
         key = (e.bucket, e.window_end)
-        count = self.hits.get(key, 0) + e.step
-        if e.step:
+        held = self.hits.get(key)
+        count = max((held or 0) + e.step, 0)
+        if e.step > 0 or held is not None:  # reading or giving back never makes an entry
             self.hits[key] = count
         return count <= e.limit

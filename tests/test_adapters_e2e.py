@@ -12,7 +12,9 @@ import hashlib
 import secrets
 import socket
 import threading
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from html.parser import HTMLParser
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
@@ -473,8 +475,9 @@ def test_expired_or_unknown_consent_ticket_is_an_error_page(dep: Deployment) -> 
     assert_page_headers(r)
 
 
-def count_password_checks(dep: Deployment) -> list[str]:
-    """The usernames whose password the server checks from now on (each one an scrypt run)."""
+def count_password_checks(dep: Deployment, seconds: float = 0) -> list[str]:
+    """The usernames whose password the server checks from now on (each one an scrypt run), each
+    check taking at least ``seconds`` (a slow hash: many attempts are checked at once)."""
     users = dep.server.users
     assert users is not None
     checked: list[str] = []
@@ -482,6 +485,7 @@ def count_password_checks(dep: Deployment) -> list[str]:
 
     def counting(username: str, password: str) -> tuple[str, str] | None:
         checked.append(username)
+        time.sleep(seconds)
         return sign_in(username, password)
 
     users.sign_in = counting  # type: ignore[method-assign]
@@ -493,8 +497,8 @@ def count_password_checks(dep: Deployment) -> list[str]:
 def test_failed_sign_ins_lock_the_username_without_a_password_check(
     framework: str, store_kind: str, tmp_path: Any
 ) -> None:
-    """``per_user`` failures lock the name for the window: the next attempt, even with the right
-    password, is a 429 with Retry-After and runs no scrypt; other names are not affected."""
+    """``per_user`` failed attempts lock the account for the window: the next attempt, even with the
+    right password, is a 429 with Retry-After and runs no scrypt; other accounts are not affected."""
     limits = LoginLimits(per_user=3, per_address=100)
     for dep in deploy(framework, store_kind, "", tmp_path, login_limits=limits):
         dep.server.users.add("bob", PASSWORD)  # type: ignore[union-attr]
@@ -513,6 +517,64 @@ def test_failed_sign_ins_lock_the_username_without_a_password_check(
             assert_page_headers(limited)
         assert checked == ["alice"] * 3  # no password check, no scrypt, for a locked name
         assert dep.login(login, username="bob").status_code == 303  # another name signs in
+
+
+@pytest.mark.parametrize("framework", sorted(FRAMEWORKS))
+def test_every_spelling_of_an_account_shares_its_limit(framework: str, tmp_path: Any) -> None:
+    """The limit counts per account the password check reaches (NFKC, stripped): full-width,
+    mathematical or padded spellings of ``alice`` are all ``alice``. Names no account can have
+    share one limit of their own."""
+    for dep in deploy(framework, "memory", "", tmp_path, login_limits=LoginLimits(per_user=3, per_address=100)):
+        checked = count_password_checks(dep)
+        login = dep.person.get(dep.authorize_url(dep.register(), pkce()[1]))
+        for spelling in ("\uff41lice", "\U0001d41alice", " alice\u00a0"):
+            assert "notice=failed" in dep.login(login, username=spelling, password="wrong").headers["location"]
+        assert len(checked) == 3
+        for spelling in ("alice", "\uff41lice", "\u2006alice"):
+            assert dep.login(login, username=spelling).status_code == 429
+        for invalid in ("", "x" * 200, "bob\u200b"):
+            assert dep.login(login, username=invalid, password="wrong").status_code == 303
+        assert dep.login(login, username="\x85alice", password="wrong").status_code == 429  # 4 > 3
+        assert len(checked) == 6
+
+
+@pytest.mark.parametrize("framework", sorted(FRAMEWORKS))
+def test_accounts_differing_in_case_have_their_own_limits(framework: str, tmp_path: Any) -> None:
+    for dep in deploy(framework, "memory", "", tmp_path, login_limits=LoginLimits(per_user=3, per_address=100)):
+        dep.server.users.add("Alice", "another password")  # type: ignore[union-attr]
+        login = dep.person.get(dep.authorize_url(dep.register(), pkce()[1]))
+        for _ in range(3):
+            assert "notice=failed" in dep.login(login, password="wrong").headers["location"]
+        assert dep.login(login).status_code == 429
+        signed_in = dep.login(login, username="Alice", password="another password")
+        assert signed_in.status_code == 303 and "notice" not in signed_in.headers["location"]
+
+
+@pytest.mark.parametrize("framework", sorted(FRAMEWORKS))
+def test_a_burst_of_guesses_runs_no_more_password_checks_than_the_limit(framework: str, tmp_path: Any) -> None:
+    """Each attempt is counted before its password check, so guesses sent all at once, while the
+    first checks are still running, get no more than ``per_user`` checks between them."""
+    for dep in deploy(framework, "memory", "", tmp_path, login_limits=LoginLimits(per_user=3, per_address=100)):
+        checked = count_password_checks(dep, seconds=0.2)
+        login = dep.person.get(dep.authorize_url(dep.register(), pkce()[1]))
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            answers = list(pool.map(dep.login, [login] * 32, ["alice"] * 32, [f"guess {n}" for n in range(32)]))
+        assert len(checked) == 3
+        assert sorted(r.status_code for r in answers) == [303] * 3 + [429] * 29
+
+
+@pytest.mark.parametrize("framework", sorted(FRAMEWORKS))
+def test_a_successful_sign_in_gives_its_attempt_back(framework: str, tmp_path: Any) -> None:
+    """Failures add up to ``per_user``; successes in between take none of it."""
+    for dep in deploy(framework, "memory", "", tmp_path, login_limits=LoginLimits(per_user=3, per_address=100)):
+        login = dep.person.get(dep.authorize_url(dep.register(), pkce()[1]))
+        for _ in range(2):
+            assert "notice=failed" in dep.login(login, password="wrong").headers["location"]
+        for _ in range(5):
+            signed_in = dep.login(login)
+            assert signed_in.status_code == 303 and "notice" not in signed_in.headers["location"]
+        assert "notice=failed" in dep.login(login, password="wrong").headers["location"]
+        assert dep.login(login).status_code == 429
 
 
 @pytest.mark.parametrize("framework", sorted(FRAMEWORKS))
@@ -699,6 +761,27 @@ def test_identify_hook_skips_the_login_page(framework: str, tmp_path: Any) -> No
         assert r.status_code == 303 and "code=" in r.headers["location"]
         # Without the application's user, the built-in login is shown (users= is also set here).
         assert "Sign in" in dep.person.get(url).text
+
+
+def test_switching_account_is_only_for_kavachs_own_sign_in(framework: str, tmp_path: Any) -> None:
+    """With ``identify=`` and ``users=`` both set, a person the application's hook names is not
+    offered "Sign in as someone else" (signing kavach's session out would not change who the hook
+    says it is), and a forged ``decision=switch`` is refused; a person signed in with kavach's own
+    form is offered it, and it signs them out."""
+    app_user = {"X-App-User": "carol"}
+    for dep in deploy(framework, "memory", "", tmp_path, identify=lambda req: req.header("x-app-user")):
+        client_id = dep.register()
+        page = dep.person.get(dep.authorize_url(client_id, pkce()[1]), headers=app_user)
+        assert "Signed in as <strong>carol</strong>" in page.text and 'value="switch"' not in page.text
+        form = the_form(page)
+        refused = post_form(dep.person, dep.base + form.action, form.submit(decision="switch"), headers=app_user)
+        assert refused.status_code == 400 and "Choose Approve or Deny." in refused.text
+        assert "set-cookie" not in {k.lower() for k in refused.headers}
+        form = the_form(consent_page(dep, client_id))  # no application user: kavach's own sign-in
+        assert ("decision", "switch") in form.buttons
+        switched = post_form(dep.person, dep.base + form.action, form.submit("switch"))
+        assert switched.status_code == 303 and "Max-Age=0" in switched.headers["set-cookie"]
+        assert shows_sign_in(dep.person.get(dep.base + switched.headers["location"]))
 
 
 # -- the guard ---------------------------------------------------------------------------------

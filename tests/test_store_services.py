@@ -312,6 +312,42 @@ def test_redis_hit_with_step_zero_makes_no_key_and_leaves_the_ttl(rd: RedisStore
     assert raw.get(name) == "2" and 0 < int(raw.ttl(name)) <= ttl
 
 
+def test_redis_hit_giving_back_keeps_the_ttl_and_makes_no_key(rd: RedisStore) -> None:
+    """A negative step (a successful sign-in giving its attempt back) lowers an existing counter, never
+    below 0, and keeps its TTL; where there is no counter it makes none (which would have no TTL)."""
+    raw = redis.Redis.from_url(services.REDIS_URL, decode_responses=True)
+    now = T0 + 30
+    name = f"{rd.prefix}hit:{(now // 60 + 1) * 60}:login"
+    assert rd.perform(fx.Hit("login", 0, 60, now, step=-1)) is True
+    assert asyncio.run(rd.aperform(fx.Hit("login", 0, 60, now, step=-3))) is True
+    assert raw.exists(name) == 0
+    assert rd.perform(fx.Hit("login", 5, 60, now, step=3)) is True
+    ttl = int(raw.ttl(name))
+    assert 0 < ttl <= 30 + rd.ttl_slack + 1
+    assert rd.perform(fx.Hit("login", 1, 60, now, step=-1)) is False  # 2 > 1
+    assert raw.get(name) == "2" and 0 < int(raw.ttl(name)) <= ttl
+    assert asyncio.run(rd.aperform(fx.Hit("login", 0, 60, now, step=-5))) is True
+    assert raw.get(name) == "0" and 0 < int(raw.ttl(name)) <= ttl
+    assert rd.perform(fx.Hit("login", 0, 60, now, step=-1)) is True  # 0 already: "-0" never reaches DECRBY
+    assert rd.perform(fx.Hit("login", 0, 60, now)) is False  # counts from 0 again: 1 > 0
+    assert raw.get(name) == "1" and 0 < int(raw.ttl(name)) <= ttl
+
+
+def test_pg_hit_giving_back_never_goes_below_zero_or_makes_a_row(
+    pg: PostgresStore, admin: psycopg.Connection[Any]
+) -> None:
+    def rows() -> list[tuple[Any, ...]]:
+        return admin.execute(f'SELECT bucket, count FROM "{pg.schema}".rate_limits').fetchall()
+
+    assert pg.perform(fx.Hit("login", 0, 60, T0, step=-1)) is True
+    assert asyncio.run(pg.aperform(fx.Hit("login", 0, 60, T0, step=-1))) is True
+    assert rows() == []
+    assert pg.perform(fx.Hit("login", 3, 60, T0, step=2)) is True
+    assert asyncio.run(pg.aperform(fx.Hit("login", 0, 60, T0, step=-1))) is False  # 1 > 0
+    assert pg.perform(fx.Hit("login", 0, 60, T0, step=-4)) is True
+    assert rows() == [("login", 0)]
+
+
 def test_pg_hit_with_step_zero_makes_no_row(pg: PostgresStore, admin: psycopg.Connection[Any]) -> None:
     def rows() -> list[tuple[Any, ...]]:
         return admin.execute(f'SELECT bucket, count FROM "{pg.schema}".rate_limits').fetchall()

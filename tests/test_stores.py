@@ -582,9 +582,25 @@ def test_hit_with_step_zero_reads_the_count_and_stores_nothing(store: Any) -> No
     assert _windows_held(store, T0 + DAY) == 2  # carol's and dave's counted windows, no more
 
 
-def test_hit_refuses_a_negative_step() -> None:
-    with pytest.raises(ValueError, match="step"):
-        fx.Hit("b", 1, 60, T0, step=-1)
+def test_hit_with_a_negative_step_gives_back_and_never_goes_below_zero(store: Any) -> None:
+    """A successful sign-in gives its attempt back (step -1): the count goes down by at most what
+    it holds, and a window with nothing counted (one that ended between the two, say) stays absent."""
+    assert store.perform(fx.Hit("login:erin", 0, 60, T0, step=-1)) is True  # nothing held, nothing made
+    assert _windows_held(store, T0 + DAY) == 0
+    assert store.perform(fx.Hit("login:erin", 3, 60, T0, step=3)) is True  # count 3
+    assert store.perform(fx.Hit("login:erin", 2, 60, T0 + 1, step=-1)) is True  # count 2: 2 <= 2
+    assert store.perform(fx.Hit("login:erin", 1, 60, T0 + 1, step=0)) is False  # 2 > 1
+    assert store.perform(fx.Hit("login:erin", 0, 60, T0 + 2, step=-5)) is True  # count 0, not -3
+    assert store.perform(fx.Hit("login:erin", 0, 60, T0 + 2, step=1)) is False  # count 1: 1 > 0
+    start = (T0 // 60 + 1) * 60
+    assert store.perform(fx.Hit("login:erin", 0, 60, start, step=-1)) is True  # the next window: nothing held
+    assert store.perform(fx.Hit("login:frank", 0, 60, start, step=-1)) is True
+    assert _windows_held(store, T0 + DAY) == 1  # erin's first window only
+
+
+def test_hit_window_end_and_step_type() -> None:
+    with pytest.raises(TypeError, match="step"):
+        fx.Hit("b", 1, 60, T0, step=1.5)  # type: ignore[arg-type]
     start = (T0 // 60 + 1) * 60  # the next window starts here
     assert fx.Hit("b", 1, 60, T0).window_end == fx.Hit("b", 1, 60, start - 1).window_end == start
     assert fx.Hit("b", 1, 60, start).window_end == start + 60

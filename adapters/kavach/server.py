@@ -43,7 +43,7 @@ from kavach_core.verified_cache import VerifiedCache
 
 from . import pages
 from .sessions import Cookies, parse_cookies
-from .users import Users
+from .users import Users, account_name
 
 log = logging.getLogger("kavach")
 
@@ -88,10 +88,14 @@ class LoginLimits:
     """Sign-in limits per fixed ``window`` of seconds (OWASP Authentication Cheat Sheet, "Account
     Lockout"; OWASP ASVS 5.0 §6.1.1).
 
-    ``per_user`` counts *failed* sign-ins per username: once a username has that many in the
-    window, further attempts are refused (429) before any password check, so guessing one user's
-    password gets ``per_user`` tries per window (plus those already running when the last allowed
-    one fails), while signing in successfully never counts. ``per_address`` counts every attempt,
+    ``per_user`` counts sign-in attempts per account: each is counted before its password check,
+    and one more than ``per_user`` in the window is refused (429) without a check, so guessing one
+    account's password gets at most ``per_user`` checks per window, however many attempts are sent
+    at once. A successful sign-in gives its attempt back once its check is done, so successes never
+    add up to a lockout (only checks running at the same moment count together). The account is
+    the name the password check reaches (:func:`~kavach.users.account_name`: NFKC, stripped,
+    case kept), so every spelling of one name shares its count and distinct accounts never do;
+    every name no account can have shares one count. ``per_address`` counts every attempt,
     failed or not, per client address.
 
     The trade-off that remains: someone who knows a username can fail on purpose and so hold that
@@ -441,18 +445,20 @@ class AuthorizationServer:
 
     def _subject(
         self, ctx: Context, req: HttpRequest, cookies: dict[str, str]
-    ) -> Generator[fx.Effect, Any, str | None]:
+    ) -> Generator[fx.Effect, Any, tuple[str, bool] | None]:
+        """Who is signed in, and whether kavach's own session cookie says so (``True``; only then
+        can signing this browser out change who it is), or ``None``. ``identify`` is asked first."""
         if self.identify is not None:
             subject = yield Call(self.identify, (req,), blocking=False)
             if subject:
-                return str(subject)
+                return str(subject), False
         if self.users is None:
             return None
         session = self.cookies.session(cookies, ctx.now)  # the signature first: a forged cookie reads nothing
         if session is None:
             return None
         current = yield Call(self.users.session_stamp, (session.subject,))
-        return session.subject if session.holds(current) else None
+        return (session.subject, True) if session.holds(current) else None
 
     def _consent_url(self, ticket: str, notice: str | None = None) -> str:
         url = f"{self.consent_path}?ticket={quote(ticket, safe='')}"
@@ -465,8 +471,8 @@ class AuthorizationServer:
         cookies = parse_cookies(req.header_values("cookie"))
         browser, set_browser = self.cookies.browser_id(cookies)
         extra = (set_browser,) if set_browser else ()
-        subject = yield from self._subject(ctx, req, cookies)
-        if subject is None:
+        signed_in = yield from self._subject(ctx, req, cookies)
+        if signed_in is None:
             if self.users is None:
                 if self.login_url is not None:
                     target = self.login_url(self._consent_url(consent.ticket))
@@ -484,6 +490,7 @@ class AuthorizationServer:
                 error=error,
                 headers=extra,
             )
+        subject, own_session = signed_in
         return pages.consent_page(
             consent.view,
             action=self.decision_path,
@@ -491,7 +498,7 @@ class AuthorizationServer:
             csrf=self.cookies.csrf_token(browser, "consent", consent.ticket),
             subject=subject,
             headers=extra,
-            switch_account=self.users is not None,
+            switch_account=own_session,
         )
 
     def _consent_again(self, ctx: Context, req: HttpRequest) -> Generator[fx.Effect, Any, Response]:
@@ -533,14 +540,16 @@ class AuthorizationServer:
         if not self.cookies.csrf_valid(cookies, "login", ticket, token):
             return _csrf_refused()
         limits = self.login_limits
-        user_key = hashlib.sha256(username.strip().lower().encode("utf-8", "replace")).hexdigest()[:32]
-        failures = f"login:user:{user_key}"
+        account = account_name(username)
+        user_key = "invalid" if account is None else hashlib.sha256(account.encode()).hexdigest()[:32]
+        attempts = f"login:user:{user_key}"
         address = req.header(CLIENT_ADDRESS_HEADER) or "unknown"
-        # LoginLimits: the username's failures are read (step 0) before the password check and
-        # counted after a failed one; every attempt counts against the address.
-        user_ok = yield fx.Hit(failures, limits.per_user - 1, limits.window, ctx.now, step=0)
-        address_ok = yield fx.Hit(f"login:address:{address}", limits.per_address, limits.window, ctx.now)
-        if not (user_ok and address_ok):
+        # LoginLimits: every attempt counts against the address; one the address is allowed counts
+        # against the account before the password check, and is given back if it succeeds.
+        allowed = yield fx.Hit(f"login:address:{address}", limits.per_address, limits.window, ctx.now)
+        if allowed:
+            allowed = yield fx.Hit(attempts, limits.per_user, limits.window, ctx.now)
+        if not allowed:
             consent = yield from authorize.consent(ctx, ticket)
             return pages.login_page(
                 action=self.login_path,
@@ -554,14 +563,14 @@ class AuthorizationServer:
             )
         signed_in = yield Call(self.users.sign_in, (username, password))
         if signed_in is None:
-            yield fx.Hit(failures, limits.per_user, limits.window, ctx.now)
             return _see_other(self._consent_url(ticket, "failed"))
+        yield fx.Hit(attempts, limits.per_user, limits.window, ctx.now, step=-1)  # same ctx.now: same window
         subject, stamp = signed_in
         return _see_other(self._consent_url(ticket), self.cookies.session_cookie(subject, stamp, ctx.now))
 
     def _decision(self, ctx: Context, req: HttpRequest) -> Generator[fx.Effect, Any, Response]:
-        """The consent form's POST: CSRF, then switch account (sign out, ask again), or the signed-in
-        person approves or denies (AZ-12)."""
+        """The consent form's POST: CSRF, then switch account (sign out, ask again; only for a person
+        signed in with kavach's own session), or the signed-in person approves or denies (AZ-12)."""
         form = self._form(req)
         if isinstance(form, Response):
             return form
@@ -572,11 +581,12 @@ class AuthorizationServer:
         cookies = parse_cookies(req.header_values("cookie"))
         if not ticket or not self.cookies.csrf_valid(cookies, "consent", ticket, token):
             return _csrf_refused()
-        if decision == "switch" and self.users is not None:  # not this person: sign out, ask again
-            return _see_other(self._consent_url(ticket), self.cookies.clear_session())
-        subject = yield from self._subject(ctx, req, cookies)
-        if subject is None:
+        signed_in = yield from self._subject(ctx, req, cookies)
+        if signed_in is None:
             return _see_other(self._consent_url(ticket))
+        subject, own_session = signed_in
+        if decision == "switch" and own_session:  # not this person: sign out, ask again
+            return _see_other(self._consent_url(ticket), self.cookies.clear_session())
         if decision == "approve":
             return (yield from authorize.approve(ctx, ticket, subject, form.get_all("scope")))
         if decision == "deny":

@@ -329,7 +329,7 @@ class Users:
     def sign_in(self, username: str, password: str) -> tuple[str, str] | None:
         """:meth:`authenticate`, with the :meth:`session_stamp` of the very hash the password
         matched (one read, so a password changed meanwhile cannot lend the session its new stamp)."""
-        name = _account_name(username)
+        name = account_name(username)
         if name is None or len(password) > MAX_PASSWORD:
             return None
         stored = self.store.get_hash(name)
@@ -341,13 +341,14 @@ class Users:
     def session_stamp(self, username: str) -> str | None:
         """The :func:`credential_stamp` of the account's current hash; ``None`` when there is no
         such account. A session records it when it is made and holds only while it is unchanged."""
-        name = _account_name(username)
+        name = account_name(username)
         stored = None if name is None else self.store.get_hash(name)
         return None if stored is None else credential_stamp(stored)
 
 
-def _account_name(username: str) -> str | None:
-    """``username`` normalised, or ``None`` when no account can have it (empty, too long, unprintable)."""
+def account_name(username: str) -> str | None:
+    """The account a sign-in as ``username`` reaches (:func:`normalize_username`), or ``None`` when
+    no account can have it (empty, too long, unprintable). The sign-in limit counts per this name."""
     try:
         name = normalize_username(username)
     except UsernameError:

@@ -279,6 +279,10 @@ _SQL_TEMPLATES = {
         "INSERT INTO {s}.rate_limits AS t (bucket, window_end, count) VALUES (%s, %s, %s)"
         " ON CONFLICT (bucket, window_end) DO UPDATE SET count = t.count + excluded.count RETURNING t.count"
     ),
+    "hit_back": (
+        "UPDATE {s}.rate_limits SET count = greatest(count + %s, 0) WHERE bucket = %s AND window_end = %s"
+        " RETURNING count"
+    ),
     "hit_count": "SELECT coalesce((SELECT count FROM {s}.rate_limits WHERE bucket = %s AND window_end = %s), 0)",
 }
 
@@ -721,9 +725,11 @@ class PostgresStore:
     def _hit(self, e: fx.Hit) -> Plan[bool]:
         if e.step == 0:  # a read: no row is made for a window nothing was counted in
             rows = yield self._sql["hit_count"], (e.bucket, e.window_end)
+        elif e.step < 0:  # giving back: never below 0, and no row is made where none is
+            rows = yield self._sql["hit_back"], (e.step, e.bucket, e.window_end)
         else:
             rows = yield self._sql["hit"], (e.bucket, e.window_end, e.step)
-        return bool(rows[0][0] <= e.limit)
+        return bool((rows[0][0] if rows else 0) <= e.limit)
 
 
 # -- drivers ---------------------------------------------------------------------------------------

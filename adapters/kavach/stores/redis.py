@@ -221,10 +221,18 @@ if same then
 end
 return current
 """,
-    # KEYS: counter. ARGV: ttl, step (at least 1; a step of 0 is a plain GET, which makes no key)
+    # KEYS: counter. ARGV: ttl, step (not 0: a step of 0 is a plain GET, which makes no key). A
+    # negative step gives back at most the count, and only to a counter that exists (DECRBY keeps
+    # its TTL), so no key is ever made without one.
     "hit": """
-local n = redis.call('INCRBY', KEYS[1], ARGV[2])
-if n == tonumber(ARGV[2]) then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
+local step = tonumber(ARGV[2])
+if step < 0 then
+  local held = tonumber(redis.call('GET', KEYS[1]))
+  if not held then return 0 end
+  return redis.call('DECRBY', KEYS[1], math.min(-step, held))
+end
+local n = redis.call('INCRBY', KEYS[1], step)
+if n == step then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
 return n
 """,
     # KEYS: key. ARGV: field, now: delete a hash whose numeric field is <= now

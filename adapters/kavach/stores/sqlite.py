@@ -699,13 +699,18 @@ class SQLiteStore:
                 "SELECT coalesce((SELECT count FROM rate_limits WHERE bucket = ? AND window_end = ?), 0)",
                 (e.bucket, e.window_end),
             ).fetchall()
+        elif e.step < 0:  # giving back: never below 0, and no row is made where none is
+            rows = db.execute(
+                "UPDATE rate_limits SET count = max(count + ?, 0) WHERE bucket = ? AND window_end = ? RETURNING count",
+                (e.step, e.bucket, e.window_end),
+            ).fetchall()
         else:
             rows = db.execute(
                 "INSERT INTO rate_limits (bucket, window_end, count) VALUES (?, ?, ?)"
                 " ON CONFLICT (bucket, window_end) DO UPDATE SET count = count + excluded.count RETURNING count",
                 (e.bucket, e.window_end, e.step),
             ).fetchall()
-        return bool(rows[0][0] <= e.limit)
+        return bool((rows[0][0] if rows else 0) <= e.limit)
 
 
 # -- helpers ----------------------------------------------------------------------------------
