@@ -13,6 +13,8 @@ import asyncio
 import ipaddress
 import json
 import logging
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -675,6 +677,154 @@ def test_cm_02_remembered_refusals_are_bounded(host: DocumentHost) -> None:
     fetcher.fetch(urls[2])
     fetcher.fetch(urls[0])
     assert [host.hits(f"/missing{i}.json") for i in range(3)] == [2, 1, 1]
+
+
+class HangingDNS:
+    """A resolver that does not answer for the names in ``bad`` until ``release`` is set (as an
+    authoritative server that never answers); every other name resolves at once."""
+
+    def __init__(self, *bad: str) -> None:
+        self.bad = set(bad)
+        self.release = threading.Event()
+        self.lookups: list[str] = []
+        self.hung = self.peak = 0
+        self._lock = threading.Lock()
+
+    def __call__(self, host: str, port: int) -> Sequence[str]:
+        with self._lock:
+            self.lookups.append(host)
+        if host in self.bad or host.startswith("hung"):
+            with self._lock:
+                self.hung += 1
+                self.peak = max(self.peak, self.hung)
+            self.release.wait(30)
+            with self._lock:
+                self.hung -= 1
+        return ["93.184.216.34"]
+
+
+def json_fetcher(policy: FetchPolicy, resolver: Any) -> DocumentFetcher:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, headers={"Content-Type": "application/json"}, stream=httpx.ByteStream(b"{}"))
+
+    return DocumentFetcher(
+        policy, resolver=resolver,
+        transport=lambda: httpx.MockTransport(handler), async_transport=lambda: httpx.MockTransport(handler),
+    )
+
+
+DOC_FETCHED = Fetched(b"{}", "application/json", None)
+
+
+def test_cm_02_hung_lookups_of_one_host_do_not_starve_the_others() -> None:
+    """A lookup that outlives its fetch keeps that fetch's slot until it returns: one host's hung
+    lookups hold at most its share of the slots, the other hosts are fetched, and nothing refused
+    for want of time or a slot is remembered."""
+    dns = HangingDNS("bad.example")
+    fetcher = json_fetcher(FetchPolicy(deadline=1.0, max_fetches=4, max_fetches_per_host=2, refusal_ttl=30), dns)
+    bad = [f"https://bad.example/c{i}.json" for i in range(8)]
+    try:
+        with ThreadPoolExecutor(len(bad)) as pool:
+            assert not any(isinstance(a, Fetched) for a in pool.map(fetcher.fetch, bad))
+
+        async def all_at_once() -> list[Fetched | FetchRefused]:
+            return await asyncio.gather(*(fetcher.afetch(url) for url in bad))
+
+        assert not any(isinstance(a, Fetched) for a in asyncio.run(all_at_once()))
+        assert dns.lookups.count("bad.example") == 2 and dns.peak == 2
+        for got, took in both_timed(fetcher, "https://good.example/c.json"):
+            assert got == DOC_FETCHED
+            assert took < 1.0 + MARGIN
+    finally:
+        dns.release.set()
+    assert [fetcher.fetch(bad[0]), asyncio.run(fetcher.afetch(bad[1]))] == [DOC_FETCHED] * 2
+
+
+def test_cm_02_lookup_threads_never_outnumber_the_slots() -> None:
+    """Hung lookups of many names hold the slots, so no more lookups start (none queues behind
+    them), and the fetches refused meanwhile are not remembered."""
+    dns = HangingDNS()
+    fetcher = json_fetcher(FetchPolicy(deadline=0.5, max_fetches=3, refusal_ttl=30), dns)
+    urls = [f"https://hung{i}.example/c.json" for i in range(12)]
+    try:
+        with ThreadPoolExecutor(len(urls)) as pool:
+            assert not any(isinstance(a, Fetched) for a in pool.map(fetcher.fetch, urls))
+        assert len(dns.lookups) == 3 and dns.peak == 3
+        assert sum(t.name == "kavach-resolve" for t in threading.enumerate()) <= 3
+    finally:
+        dns.release.set()
+    dns.bad = set()
+    dns.lookups.clear()
+    with ThreadPoolExecutor(len(urls)) as pool:
+        answers = list(pool.map(fetcher.fetch, [url.replace("hung", "fine") for url in urls]))
+    assert answers == [DOC_FETCHED] * len(urls)
+
+
+@pytest.mark.parametrize("path", ["sync", "async"])
+def test_cm_02_a_lookup_that_timed_out_is_not_remembered(path: str) -> None:
+    dns = HangingDNS("slow.example")
+    fetcher = json_fetcher(FetchPolicy(deadline=0.5, refusal_ttl=30), dns)
+    url = "https://slow.example/c.json"
+
+    def fetch() -> Fetched | FetchRefused:
+        return fetcher.fetch(url) if path == "sync" else asyncio.run(fetcher.afetch(url))
+
+    try:
+        assert fetch() == FetchRefused("resolving slow.example took longer than the fetch's limit (0.5 s)")
+    finally:
+        dns.release.set()
+    assert fetch() == DOC_FETCHED
+    assert dns.lookups == ["slow.example"] * 2
+
+
+def test_cm_02_a_time_out_after_a_slot_that_came_late_is_not_remembered() -> None:
+    """The slot came free with little of the deadline left: running out of time then says nothing
+    about the URL, so the next fetch tries again."""
+    holding = threading.Event()
+    slow_once = [True]
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/hold.json":  # a transport that ignores the deadline holds the one slot
+            holding.set()
+            time.sleep(0.7)
+        elif slow_once.pop() if slow_once else False:
+            time.sleep(0.5)
+        return httpx.Response(200, headers={"Content-Type": "application/json"}, content=iter([b"{}"]))
+
+    fetcher = DocumentFetcher(
+        FetchPolicy(max_fetches=1, deadline=1.0, refusal_ttl=30),
+        resolver=lambda name, port: ["93.184.216.34"],
+        transport=lambda: httpx.MockTransport(handler),
+    )
+    with ThreadPoolExecutor(1) as pool:
+        held = pool.submit(fetcher.fetch, "https://a.example.com/hold.json")
+        assert holding.wait(5)
+        assert fetcher.fetch("https://b.example.com/c.json") == TOO_LONG
+        assert held.result() == DOC_FETCHED
+    assert fetcher.fetch("https://b.example.com/c.json") == DOC_FETCHED
+
+
+def test_a_closed_fetcher_fetches_nothing_and_a_hung_lookup_does_not_hold_the_exit() -> None:
+    script = """if True:
+        import asyncio, time
+        from kavach.fetcher import DocumentFetcher, FetchPolicy
+        fetcher = DocumentFetcher(FetchPolicy(deadline=0.3), resolver=lambda h, p: time.sleep(60) or ["93.184.216.34"])
+        print(fetcher.fetch("https://hang.example/c.json").reason)
+        asyncio.run(fetcher.aclose())
+        print(fetcher.fetch("https://other.example/c.json").reason)
+        fetcher.close()
+        print(asyncio.run(fetcher.afetch("https://hang.example/c.json")).reason)
+    """
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30)
+    took = time.monotonic() - started
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        "resolving hang.example took longer than the fetch's limit (0.3 s)",
+        "the fetcher is closed",
+        "the fetcher is closed",
+    ]
+    assert took < 0.3 + 2.0
 
 
 # -- through the authorization server: refused, and nothing stored ---------------------------

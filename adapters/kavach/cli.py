@@ -606,7 +606,7 @@ def build_app(instance: Instance, fetch_policy: Any) -> Any:
         instance.config, instance.store, users=instance.users, fetcher=fetcher
     )
     startup: list[Callable[[], contextlib.AbstractAsyncContextManager[None]]] = []
-    closers: list[Callable[[], Any]] = []
+    closers: list[Callable[[], Any]] = [fetcher.aclose]
     inner: Any
     if settings.upstream:
         from .proxy import UpstreamProxy

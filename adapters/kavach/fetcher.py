@@ -31,16 +31,20 @@ considerations):
   streaming; ``Cache-Control`` (``max-age``, ``no-store``, ``no-cache``, minus ``Age``) gives
   ``max_age`` for the core's cache bounds.
 - Time: ``deadline`` bounds the whole fetch, in threads as on event loops: waiting for a fetch
-  slot, resolution (run in a bounded worker pool and waited for no longer than the time left),
+  slot, resolution (run in a daemon thread of its own and waited for no longer than the time left),
   the connection, the TLS handshake, the response head (``1xx`` responses included) and the
   body. On the thread path every blocking socket step's timeout is the smaller of its own limit
   (``connect_timeout``, ``read_timeout``) and the time left before the deadline; on an event
   loop the deadline is exact.
 - Load: concurrent fetches of one URL share one fetch (threads and event loops alike); at most
   ``max_fetches`` fetches run at once, at most ``max_fetches_per_host`` to one host, and a fetch
-  that gets no slot while a tenth of its deadline is still left is refused; a refusal is
+  that gets no slot while a tenth of its deadline is still left is refused. A lookup that outlives
+  its fetch keeps the fetch's slot until it returns, so lookup threads never outnumber the slots
+  and one host's hung lookups hold at most ``max_fetches_per_host`` of them. A refusal is
   remembered for ``refusal_ttl`` seconds (at most ``refusal_cache_entries`` URLs) so a URL that failed is not
-  fetched again at once. These bounds are per :class:`DocumentFetcher`, so per process.
+  fetched again at once, unless it says nothing about the URL, only about this server's load: no
+  slot in time, a lookup that did not return in time, or a fetch out of time after a slot that
+  was not free at once. These bounds are per :class:`DocumentFetcher`, so per process.
 - ``allow_loopback`` is a development switch for documents served on this machine: off by
   default, and a WARNING in the log whenever a fetcher is built with it on.
 
@@ -77,7 +81,7 @@ log = logging.getLogger("kavach.fetcher")
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Resolver = Callable[[str, int], Sequence[str]]
-"""``(host, port) -> addresses``; blocking (run in the fetcher's resolver pool)."""
+"""``(host, port) -> addresses``; blocking (run in a daemon thread of the fetcher's)."""
 
 _EMBEDDING = (
     (ipaddress.ip_network("64:ff9b::/96"), "a NAT64 address"),
@@ -402,6 +406,14 @@ class _Slots:
                 return False
             return True
 
+    def take(self, host: str) -> bool:
+        """A slot for ``host`` if one is free now (then :meth:`release` it), without waiting."""
+        with self._lock:
+            if self._free(host):
+                self._take(host)
+                return True
+            return False
+
     def acquire(self, host: str, deadline: float) -> bool:
         """A slot for ``host`` (then :meth:`release` it), or ``False`` when none came free in time."""
         waiter = _Waiter(host)
@@ -662,8 +674,7 @@ class DocumentFetcher:
         self._flights = _Flights()
         self._slots = _Slots(self.policy.max_fetches, self.policy.max_fetches_per_host)
         self._refusals = _Refusals(self.policy.refusal_ttl, self.policy.refusal_cache_entries)
-        self._pool_lock = threading.Lock()
-        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._closed = False
         if self.policy.allow_loopback:
             log.warning(
                 "DEVELOPMENT SWITCH ON: client metadata documents may be fetched from loopback addresses "
@@ -681,15 +692,60 @@ class DocumentFetcher:
                 raise _Refused("the server cannot check TLS certificates") from None
         return self._ssl
 
-    def _resolvers(self) -> concurrent.futures.ThreadPoolExecutor:
-        """The worker threads resolution runs in: as many as fetches may run, so a resolver that
-        hangs past its fetch's deadline holds a worker, never a new thread."""
-        with self._pool_lock:
-            if self._pool is None:
-                self._pool = concurrent.futures.ThreadPoolExecutor(
-                    self.policy.max_fetches, thread_name_prefix="kavach-resolve"
-                )
-            return self._pool
+    def close(self) -> None:
+        """Fetch nothing more: later fetches are refused (not remembered). Nothing is waited for; a
+        lookup still running runs in a daemon thread, which does not hold the process at exit."""
+        self._closed = True
+
+    async def aclose(self) -> None:
+        """:meth:`close`, for an event loop's shutdown."""
+        self.close()
+
+    def _lookup(self, target: _Target) -> concurrent.futures.Future[Sequence[str]] | None:
+        """Start resolving ``target``'s host in a daemon thread of its own (``None`` for an IP
+        literal). The caller holds a slot and hands it to :meth:`_free`, so lookup threads never
+        outnumber the slots, hung ones included, and none waits in a queue behind a hung one."""
+        if self._closed:
+            raise _Refused("the fetcher is closed", remember=False)
+        if target.literal is not None:
+            return None
+        future: concurrent.futures.Future[Sequence[str]] = concurrent.futures.Future()
+        future.set_running_or_notify_cancel()
+
+        def resolve() -> None:
+            try:
+                found = self.resolver(target.host, target.port)
+            except BaseException as exc:  # the future must end, or the slot is never freed
+                future.set_exception(exc)
+            else:
+                future.set_result(found)
+
+        try:
+            threading.Thread(target=resolve, name="kavach-resolve", daemon=True).start()
+        except RuntimeError:  # no thread to be had
+            raise _Refused("no thread was free to resolve the host in", remember=False) from None
+        return future
+
+    def _free(self, host: str, lookup: concurrent.futures.Future[Sequence[str]] | None) -> None:
+        """Release a fetch's slot, or, while its lookup still runs, once the lookup returns."""
+        if lookup is None:
+            self._slots.release(host)
+        else:
+            lookup.add_done_callback(lambda _: self._slots.release(host))
+
+    def _resolved(self, target: _Target, lookup: concurrent.futures.Future[Sequence[str]]) -> list[IPAddress]:
+        try:
+            found = lookup.result()
+        except OSError:
+            raise _Refused(f"{target.host} does not resolve") from None
+        return self._vet(target, found)
+
+    def _lookup_too_long(self, target: _Target) -> _Refused:
+        """A lookup that did not return in time: not remembered, since the wait may have been this
+        server's (the system resolver's queue), not the host's."""
+        return _Refused(
+            f"resolving {target.host} took longer than the fetch's limit ({self.policy.deadline:g} s)", remember=False
+        )
 
     def _target(self, url: str) -> _Target:
         problem = url_problem(url)
@@ -862,30 +918,36 @@ class DocumentFetcher:
             if result is not None:
                 return result
 
-    def _lead(self, url: str, target: _Target, deadline: float) -> Fetched | FetchRefused:
-        try:
-            if not self._slots.acquire(target.host, self._slot_deadline(deadline)):
-                raise self._busy()
-            try:
-                return self._fetch_pinned(target, self._addresses(target, deadline), deadline)
-            finally:
-                self._slots.release(target.host)
-        except _Refused as refused:
-            return self._refusal(url, refused)
+    def _late(self, waited: bool, deadline: float) -> bool:
+        """Whether a refusal says nothing about the URL: the fetch ran out of time after waiting
+        for its slot (the host had less than the whole deadline)."""
+        return waited and time.monotonic() >= deadline
 
-    def _addresses(self, target: _Target, deadline: float) -> list[IPAddress]:
-        if target.literal is not None:
-            return self._vet(target, [target.host])
-        future = self._resolvers().submit(self.resolver, target.host, target.port)
-        done, _ = concurrent.futures.wait([future], timeout=max(0.0, deadline - time.monotonic()))
-        if not done:
-            future.cancel()
-            raise _Refused(f"resolving {target.host} took longer than the fetch's limit ({self.policy.deadline:g} s)")
+    def _lead(self, url: str, target: _Target, deadline: float) -> Fetched | FetchRefused:
+        waited = False
         try:
-            found = future.result()
-        except OSError:
-            raise _Refused(f"{target.host} does not resolve") from None
-        return self._vet(target, found)
+            if not self._slots.take(target.host):
+                waited = True
+                if not self._slots.acquire(target.host, self._slot_deadline(deadline)):
+                    raise self._busy()
+            lookup = None
+            try:
+                lookup = self._lookup(target)
+                return self._fetch_pinned(target, self._addresses(target, lookup, deadline), deadline)
+            finally:
+                self._free(target.host, lookup)
+        except _Refused as refused:
+            return self._refusal(url, refused, remember=not self._late(waited, deadline))
+
+    def _addresses(
+        self, target: _Target, lookup: concurrent.futures.Future[Sequence[str]] | None, deadline: float
+    ) -> list[IPAddress]:
+        if lookup is None:
+            return self._vet(target, [target.host])
+        done, _ = concurrent.futures.wait([lookup], timeout=max(0.0, deadline - time.monotonic()))
+        if not done:
+            raise self._lookup_too_long(target)
+        return self._resolved(target, lookup)
 
     def _fetch_pinned(self, target: _Target, addresses: list[IPAddress], deadline: float) -> Fetched:
         import httpx
@@ -942,29 +1004,35 @@ class DocumentFetcher:
                 return result
 
     async def _alead(self, url: str, target: _Target, deadline: float) -> Fetched | FetchRefused:
+        waited = False
         try:
-            if not await self._slots.aacquire(target.host, self._slot_deadline(deadline)):
-                raise self._busy()
+            if not self._slots.take(target.host):
+                waited = True
+                if not await self._slots.aacquire(target.host, self._slot_deadline(deadline)):
+                    raise self._busy()
+            lookup = None
             try:
+                lookup = self._lookup(target)
                 async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
-                    addresses = await self._aaddresses(target)
+                    addresses = await self._aaddresses(target, lookup)
                     return await self._afetch_pinned(target, addresses, deadline)
             except TimeoutError:
+                if lookup is not None and not lookup.done():
+                    raise self._lookup_too_long(target) from None
                 raise _Refused(self._too_long()) from None
             finally:
-                self._slots.release(target.host)
+                self._free(target.host, lookup)
         except _Refused as refused:
-            return self._refusal(url, refused)
+            return self._refusal(url, refused, remember=not self._late(waited, deadline))
 
-    async def _aaddresses(self, target: _Target) -> list[IPAddress]:
-        if target.literal is not None:
+    async def _aaddresses(
+        self, target: _Target, lookup: concurrent.futures.Future[Sequence[str]] | None
+    ) -> list[IPAddress]:
+        if lookup is None:
             return self._vet(target, [target.host])
-        loop = asyncio.get_running_loop()
-        try:
-            found = await loop.run_in_executor(self._resolvers(), self.resolver, target.host, target.port)
-        except OSError:
-            raise _Refused(f"{target.host} does not resolve") from None
-        return self._vet(target, found)
+        with contextlib.suppress(OSError):
+            await asyncio.wrap_future(lookup)
+        return self._resolved(target, lookup)
 
     async def _afetch_pinned(self, target: _Target, addresses: list[IPAddress], deadline: float) -> Fetched:
         import httpx
