@@ -217,9 +217,13 @@ def test_cm_02_a_name_resolving_to_a_private_address_is_refused_before_connectin
     assert rec.connections == 0
 
 
-def test_cm_02_resolution_failure_is_a_refusal() -> None:
+@pytest.mark.parametrize("error", [OSError("no such host"), UnicodeError("label too long"), ValueError("odd")])
+def test_cm_02_resolution_failure_is_a_refusal(error: Exception) -> None:
+    """What the resolver raises for a name it cannot look up (getaddrinfo's OSError, or the
+    UnicodeError of a name IDNA cannot encode) is a refusal, never an error out of the fetch."""
+
     def broken(host: str, port: int) -> Sequence[str]:
-        raise OSError("no such host")
+        raise error
 
     fetcher = DocumentFetcher(FetchPolicy(refusal_ttl=0), resolver=broken)
     for answer in both(fetcher, "https://nowhere.example.com/client.json"):

@@ -736,7 +736,7 @@ class DocumentFetcher:
     def _resolved(self, target: _Target, lookup: concurrent.futures.Future[Sequence[str]]) -> list[IPAddress]:
         try:
             found = lookup.result()
-        except OSError:
+        except (OSError, ValueError):  # getaddrinfo's errors; UnicodeError for a name IDNA cannot encode
             raise _Refused(f"{target.host} does not resolve") from None
         return self._vet(target, found)
 
@@ -1030,7 +1030,7 @@ class DocumentFetcher:
     ) -> list[IPAddress]:
         if lookup is None:
             return self._vet(target, [target.host])
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError, ValueError):  # _resolved reads the outcome
             await asyncio.wrap_future(lookup)
         return self._resolved(target, lookup)
 
