@@ -912,11 +912,17 @@ class DocumentFetcher:
                 finally:
                     self._flights.land(url, flight, result)
                 return result
-            result = self._flights.wait(url, flight, deadline)
-            if result is _STILL_RUNNING:
-                return self._refusal(url, _Refused(self._too_long(), remember=False))
-            if result is not None:
-                return result
+            answer = self._followed(url, self._flights.wait(url, flight, deadline))
+            if answer is not None:
+                return answer
+
+    def _followed(self, url: str, result: Fetched | FetchRefused | None) -> Fetched | FetchRefused | None:
+        """A waiter's answer from the fetch it waited for: that fetch's own, a refusal when it was
+        still running at the waiter's deadline, ``None`` when it ended without one (its caller
+        gave up): then the waiter tries again."""
+        if result is _STILL_RUNNING:
+            return self._refusal(url, _Refused(self._too_long(), remember=False))
+        return result
 
     def _late(self, waited: bool, deadline: float) -> bool:
         """Whether a refusal says nothing about the URL: the fetch ran out of time after waiting
@@ -978,7 +984,7 @@ class DocumentFetcher:
     # -- event loops ---------------------------------------------------------------------------
 
     async def afetch(self, url: str) -> Fetched | FetchRefused:
-        """Fetch ``url`` on an event loop (resolution in the resolver pool); the deadline is exact.
+        """Fetch ``url`` on an event loop (resolution in a thread of its own); the deadline is exact.
         Concurrent callers of one URL, coroutines or threads, share one fetch."""
         deadline = time.monotonic() + self.policy.deadline
         try:
@@ -997,11 +1003,9 @@ class DocumentFetcher:
                 finally:
                     self._flights.land(url, flight, result)
                 return result
-            result = await self._flights.await_(url, flight, deadline)
-            if result is _STILL_RUNNING:
-                return self._refusal(url, _Refused(self._too_long(), remember=False))
-            if result is not None:
-                return result
+            answer = self._followed(url, await self._flights.await_(url, flight, deadline))
+            if answer is not None:
+                return answer
 
     async def _alead(self, url: str, target: _Target, deadline: float) -> Fetched | FetchRefused:
         waited = False
@@ -1030,8 +1034,7 @@ class DocumentFetcher:
     ) -> list[IPAddress]:
         if lookup is None:
             return self._vet(target, [target.host])
-        with contextlib.suppress(OSError, ValueError):  # _resolved reads the outcome
-            await asyncio.wrap_future(lookup)
+        await asyncio.wait([asyncio.wrap_future(lookup)])  # its outcome, error or not, is _resolved's to read
         return self._resolved(target, lookup)
 
     async def _afetch_pinned(self, target: _Target, addresses: list[IPAddress], deadline: float) -> Fetched:
