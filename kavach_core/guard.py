@@ -30,7 +30,7 @@ from .access_tokens import AccessToken, canonical_cached, verify
 from .config import Config, ProtectedResource
 from .credentials import bearer_credentials, is_b64token
 from .drivers import Flow
-from .errors import ConfigurationError, safe_description
+from .errors import MISSING_TOKEN_ERROR, ConfigurationError, safe_description
 from .http import HttpRequest, Response, json_response
 from .jose import JoseError, UnknownKid, VerifyingKey
 from .keys import KeyRing, KeySet
@@ -41,9 +41,6 @@ from .verified_cache import VerifiedCache
 INVALID_TOKEN_DESCRIPTION = "The access token is invalid, expired or revoked"
 MISSING_TOKEN_DESCRIPTION = "A Bearer access token is required"
 INSUFFICIENT_SCOPE_DESCRIPTION = "The access token does not grant the scope this request needs"
-MISSING_TOKEN_ERROR = "unauthorized"
-"""The JSON body's ``error`` when no token was sent. RFC 6750 §3.1 says the challenge then
-carries no error code, so the body uses this plain word rather than a registered OAuth code."""
 
 
 @attrs.frozen

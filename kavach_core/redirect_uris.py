@@ -11,8 +11,10 @@ from urllib.parse import parse_qsl, urlsplit
 
 from .resource_indicators import host_problem
 
-_LOOPBACK = re.compile(r"http://(127\.0\.0\.1|\[::1\])(?::([0-9]{1,5}))?([/?].*)?", re.DOTALL)
-"""An http loopback IP redirect URI, split into host, port and the rest (RFC 8252 §7.3)."""
+_LOOPBACK = re.compile(r"(?i:http)://(127\.0\.0\.1|\[::1\])(?::([0-9]{1,5}))?([/?].*)?", re.DOTALL)
+"""An http loopback IP redirect URI, split into host, port and the rest (RFC 8252 §7.3). The
+scheme is matched in any case (RFC 3986 §3.1), as registration accepts it: ``HTTP://127.0.0.1/cb``
+keeps the loopback port rule, and the scheme's spelling never decides a match."""
 
 
 _URI_CHARACTERS = re.compile(r"(?:[A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=]|%[0-9A-Fa-f]{2})*")

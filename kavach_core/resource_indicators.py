@@ -127,7 +127,11 @@ def parse_resource(value: str) -> str:
     try:
         return canonical_resource(value)
     except ValueError as exc:
-        raise OAuthError("invalid_target", "resource must be an absolute https URI") from exc
+        raise OAuthError(
+            "invalid_target",
+            "resource must be an absolute https URI (http on loopback) without user information, "
+            "percent-encoding or dot segments",
+        ) from exc
 
 
 PRM_WELL_KNOWN = "/.well-known/oauth-protected-resource"

@@ -335,6 +335,10 @@ def test_az_03_registered_uri_with_query_matches_exactly(h: Harness) -> None:
         ("http://127.0.0.1:3000/cb", "http://127.0.0.1/cb"),
         ("http://[::1]/cb", "http://[::1]:51234/cb"),
         ("http://[::1]:80/cb?x=1", "http://[::1]:8080/cb?x=1"),
+        # RFC 3986 §3.1: the scheme's case is no part of the match (registration accepts any)
+        ("HTTP://127.0.0.1/cb", "HTTP://127.0.0.1:4000/cb"),
+        ("HTTP://127.0.0.1/cb", "http://127.0.0.1:4000/cb"),
+        ("http://[::1]/cb", "Http://[::1]:4000/cb"),
     ],
 )
 def test_az_03_loopback_ip_may_vary_the_port(h: Harness, registered: str, requested: str) -> None:

@@ -412,7 +412,9 @@ def test_digest_and_same() -> None:
 
 
 def test_safe_description_keeps_rfc6749_alphabet() -> None:
-    assert safe_description('a "b"\r\nc\\é') == "a ?b???c??"
+    assert safe_description('a "b"\r\nc\\é') == "a 'b'??c??"
+    # readable stand-ins for what descriptions cite and quote, still inside the alphabet
+    assert safe_description('RFC 7636 §4.1: ["code"]') == "RFC 7636 section 4.1: ['code']"
 
 
 # -- scopes ----------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ trusted; host names are pinned to 127.0.0.1 by the injected resolver.
 from __future__ import annotations
 
 import asyncio
+import gc
 import ipaddress
 import json
 import logging
@@ -980,3 +981,33 @@ def test_settings_documents_table_and_environment(tmp_path: Path) -> None:
     toml.write_text("[documents]\nsurprise = 1\n")
     with pytest.raises(SettingsError, match="surprise"):
         resolve({"config": str(toml)}, environ={})
+
+
+def test_a_failed_lookup_leaves_no_unread_error_on_the_event_loop() -> None:
+    """A lookup's error is read on the event-loop path too, whether it came in time or after the
+    fetch gave up: asyncio logs a future whose error nobody read ("Future exception was never
+    retrieved", with a traceback) when it is collected, which put a resolver's gaierror in the
+    server's log for every unresolvable client ID document."""
+    reported: list[str] = []
+
+    def broken(host: str, port: int) -> Sequence[str]:
+        raise OSError("no such host")
+
+    def late(host: str, port: int) -> Sequence[str]:
+        time.sleep(0.4)
+        raise OSError("no such host, after a while")
+
+    async def main() -> list[str]:
+        asyncio.get_running_loop().set_exception_handler(lambda loop, context: reported.append(context["message"]))
+        answers = [
+            (await DocumentFetcher(FetchPolicy(refusal_ttl=0), resolver=broken).afetch("https://nowhere.example.com/client.json")).reason,
+            (await DocumentFetcher(FetchPolicy(deadline=0.1, refusal_ttl=0), resolver=late).afetch("https://nowhere.example.com/client.json")).reason,
+        ]
+        await asyncio.sleep(0.6)  # the late lookup has failed by now, its error handed to the loop
+        gc.collect()
+        await asyncio.sleep(0.05)
+        return answers
+
+    answers = asyncio.run(main())
+    assert "does not resolve" in answers[0] and "took longer than the fetch's limit" in answers[1]
+    assert reported == []

@@ -477,7 +477,8 @@ def test_rg_03_missing_initial_access_token() -> None:
         before = snapshot(h)
         resp, effects = register(h, meta(), headers=headers)
         assert resp.status == 401
-        assert resp.json()["error"] == "invalid_token"
+        # RFC 6750 §3.1: no credentials, no error code, in the challenge or the body (the guard's word)
+        assert resp.json()["error"] == "unauthorized"
         assert resp.header("WWW-Authenticate") == "Bearer"
         assert writes(effects) == []
         assert snapshot(h) == before

@@ -648,6 +648,13 @@ def _deadline_transport(context: ssl.SSLContext, deadline: float) -> Any:
 # -- the fetcher -------------------------------------------------------------------------------
 
 
+def _read_error(future: asyncio.Future[Any]) -> None:
+    """Mark an ended lookup's error as read: :meth:`DocumentFetcher._resolved` reads the outcome
+    from the lookup itself, and asyncio logs a traceback for a future whose error nobody read."""
+    if not future.cancelled():
+        future.exception()
+
+
 class DocumentFetcher:
     """Fetches client ID metadata documents under a :class:`FetchPolicy` (CM-02).
 
@@ -1034,7 +1041,9 @@ class DocumentFetcher:
     ) -> list[IPAddress]:
         if lookup is None:
             return self._vet(target, [target.host])
-        await asyncio.wait([asyncio.wrap_future(lookup)])  # its outcome, error or not, is _resolved's to read
+        waited = asyncio.wrap_future(lookup)
+        waited.add_done_callback(_read_error)  # also when it ends after this fetch gave up waiting
+        await asyncio.wait([waited])  # its outcome, error or not, is _resolved's to read
         return self._resolved(target, lookup)
 
     async def _afetch_pinned(self, target: _Target, addresses: list[IPAddress], deadline: float) -> Fetched:

@@ -50,7 +50,7 @@ from .. import effects as fx
 from ..client_metadata import accept
 from ..context import Context
 from ..drivers import Flow
-from ..errors import OAuthError
+from ..errors import MISSING_TOKEN_ERROR, OAuthError
 from ..http import HttpRequest, Response, error_response, json_response
 from ..messages.registration import (
     RegistrationRequest,
@@ -67,7 +67,9 @@ BEARER_CHALLENGE = "Bearer"
 
 
 def _missing_token() -> OAuthError:
-    return OAuthError("invalid_token", "an initial access token is required", status=401)
+    """No initial access token: RFC 6750 §3.1 gives the challenge no error code, so the body uses
+    the word the resource guard uses for the same case, not ``invalid_token``."""
+    return OAuthError(MISSING_TOKEN_ERROR, "an initial access token is required", status=401)
 
 
 def _bad_token() -> OAuthError:
