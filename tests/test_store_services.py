@@ -368,6 +368,37 @@ def test_two_prefixes_on_one_redis_do_not_see_each_other(rd: RedisStore, tmp_pat
     other.close()
 
 
+def test_redis_requests_beyond_the_pool_wait_for_a_connection(tmp_path: Path) -> None:
+    """More concurrent requests than ``max_connections`` queue for a connection, on threads and on
+    an event loop, as on PostgreSQL: the pool that refused at once ("Too many connections") made a
+    healthy Redis answer 503 to a burst of more than 50 requests on one instance."""
+    store = services.redis_store(tmp_path, max_connections=2)
+    try:
+        store.perform(fx.PutClient(Client("c1", ("https://app.example/cb",))))
+        failures: list[BaseException] = []
+
+        def reader() -> None:
+            try:
+                for _ in range(40):
+                    assert store.perform(fx.GetClient("c1")) is not None
+            except BaseException as exc:  # collected for the assertion below
+                failures.append(exc)
+
+        threads = [threading.Thread(target=reader) for _ in range(12)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert failures == []
+
+        async def burst() -> list[Any]:
+            return await asyncio.gather(*(store.aperform(fx.GetClient("c1")) for _ in range(200)))
+
+        assert all(found is not None for found in asyncio.run(burst()))
+    finally:
+        store.close()
+
+
 # -- open_store --------------------------------------------------------------------------------------------
 
 

@@ -309,7 +309,8 @@ class RedisStore:
 
     ``url`` is a ``redis://``, ``rediss://`` or ``unix://`` URL (a ``prefix`` query parameter
     sets the key prefix). ``prefix`` namespaces every key; ``ttl_slack`` (seconds) is added to
-    every TTL; ``timeout`` bounds connecting and each reply; ``max_connections`` bounds the pool;
+    every TTL; ``timeout`` bounds connecting, each reply, and the wait for a free connection;
+    ``max_connections`` bounds each pool (more requests than that at once wait their turn);
     ``store_key`` (else ``KAVACH_STORE_KEY``) encrypts signing keys at rest; ``clock`` is what
     "now" means for revoked token ids' TTLs (the wall clock by default).
     """
@@ -339,6 +340,9 @@ class RedisStore:
             "max_connections": max_connections,
             "health_check_interval": 0,
         }
+        self._pool_wait = timeout
+        """How long a command waits for a free connection when all ``max_connections`` are busy
+        (a burst of requests queues, as on PostgreSQL; past it the store is unavailable)."""
         self._lock = threading.Lock()
         self._client: redis.Redis | None = None
         self._aclients: dict[int, tuple[asyncio.AbstractEventLoop, redis.asyncio.Redis]] = {}
@@ -429,7 +433,10 @@ class RedisStore:
             if self._closed:
                 raise RuntimeError("the store is closed")
             if self._client is None:
-                self._client = redis.Redis.from_url(self.url, retry=Retry(NoBackoff(), 0), **self._client_args)
+                pool = redis.BlockingConnectionPool.from_url(
+                    self.url, retry=Retry(NoBackoff(), 0), timeout=self._pool_wait, **self._client_args
+                )
+                self._client = redis.Redis.from_pool(pool)
             return self._client
 
     def _async_client(self) -> redis.asyncio.Redis:
@@ -440,7 +447,10 @@ class RedisStore:
         if entry is None or entry[0] is not loop:
             from redis.asyncio.retry import Retry as AsyncRetry
 
-            client = redis.asyncio.Redis.from_url(self.url, retry=AsyncRetry(NoBackoff(), 0), **self._client_args)
+            pool = redis.asyncio.BlockingConnectionPool.from_url(
+                self.url, retry=AsyncRetry(NoBackoff(), 0), timeout=self._pool_wait, **self._client_args
+            )
+            client = redis.asyncio.Redis.from_pool(pool)
             self._aclients = {k: v for k, v in self._aclients.items() if not v[0].is_closed()}
             self._aclients[id(loop)] = (loop, client)
             return client
