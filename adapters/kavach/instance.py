@@ -60,7 +60,7 @@ _SETTINGS_TABLE = (
 
 _PLACEHOLDER = ProtectedResource("http://127.0.0.1/mcp")
 _SHARED_KINDS = ("postgres", "redis")
-MAKE_STORE_KEY = 'python -c "import base64, os; print(base64.urlsafe_b64encode(os.urandom(32)).decode())"'
+MAKE_STORE_KEY = 'python3 -c "import base64, os; print(base64.urlsafe_b64encode(os.urandom(32)).decode())"'
 
 
 class InstanceError(Exception):
@@ -204,8 +204,10 @@ def build_config(settings: Settings, secret: bytes) -> Config:
         )
     except ConfigurationError as exc:
         message = str(exc)
-        if "allow_insecure_http" in message:
-            message += " with --allow-insecure-http or KAVACH_ALLOW_INSECURE_HTTP=1"
+        if "allow_insecure_http" in message:  # the library's name for it; here it is a flag
+            message = message.replace(
+                "set allow_insecure_http", "--allow-insecure-http or KAVACH_ALLOW_INSECURE_HTTP=1"
+            )
         raise SettingsError(message) from exc
 
 

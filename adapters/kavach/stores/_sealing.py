@@ -9,7 +9,7 @@ encrypted with AES-GCM under the store key, with the key's ``kid`` as associated
 sealed PEM copied onto another key's row does not open. The store key is 16, 24 or 32 bytes
 (AES-128/192/256); as text it is base64 (standard or url-safe, padding optional). Make one with::
 
-    python -c "import base64, os; print(base64.urlsafe_b64encode(os.urandom(32)).decode())"
+    python3 -c "import base64, os; print(base64.urlsafe_b64encode(os.urandom(32)).decode())"
 
 Every process sharing a store needs the same store key. Without one, PEMs are stored as given
 (protect the database instead). A store key can be introduced later: PEMs stored in the clear
