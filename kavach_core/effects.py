@@ -42,7 +42,12 @@ class PutClient(Effect):
 
 @attrs.frozen
 class DeleteClient(Effect):
-    """Removes a client and revokes every grant it holds. Returns ``True`` when it existed."""
+    """Removes a client, drops its authorization codes not yet redeemed and revokes (``revoked_at
+    = now``) every grant it holds, in one step. Returns ``True`` when the client existed.
+
+    The codes go in the same step as the grants: a redemption racing the deletion either
+    consumed its code first (its grant is revoked here) or finds the code gone and stores nothing.
+    """
 
     writes = True
     client_id: str
@@ -140,6 +145,22 @@ class ListGrants(Effect):
 
     subject: str | None = None
     client_id: str | None = None
+
+
+@attrs.frozen
+class RevokeSubject(Effect):
+    """Drops every authorization code of ``subject`` not yet redeemed and revokes (``revoked_at =
+    now``) every grant of ``subject`` not yet revoked, in one step. Returns how many grants it revoked.
+
+    A code's grant exists only once the code is redeemed (``ConsumeCode``), so revoking the grants
+    alone would let a code issued before the revocation become a live grant after it (a removed
+    user's tokens, for up to the refresh family's lifetime). Redeemed codes stay, consumed, so a
+    replay of one is still detected and answered (RFC 6749 §4.1.2).
+    """
+
+    writes = True
+    subject: str
+    now: int
 
 
 @attrs.frozen
@@ -320,6 +341,7 @@ STORE_HANDLERS: Mapping[type[Effect], str] = {
     ConsumeCode: "_consume_code",
     GetGrant: "_get_grant",
     RevokeGrant: "_revoke_grant",
+    RevokeSubject: "_revoke_subject",
     ListGrants: "_list_grants",
     RotateRefresh: "_rotate",
     RevokeAccessToken: "_revoke_access",

@@ -94,10 +94,20 @@ class MemoryStore:
 
     def _delete_client(self, e: fx.DeleteClient) -> bool:
         existed = self.clients.pop(e.client_id, None) is not None
-        for gid, grant in list(self.grants.items()):
-            if grant.client_id == e.client_id and grant.revoked_at is None:
-                self.grants[gid] = attrs.evolve(grant, revoked_at=e.now)
+        self._drop_codes(lambda code: code.client_id == e.client_id)
+        self._revoke_grants(lambda grant: grant.client_id == e.client_id, e.now)
         return existed
+
+    def _drop_codes(self, matches: Callable[[AuthorizationCode], bool]) -> None:
+        """Drop the codes not yet redeemed that ``matches`` (redeemed ones stay for replay detection)."""
+        self.codes = {k: v for k, v in self.codes.items() if v.consumed or not matches(v)}
+
+    def _revoke_grants(self, matches: Callable[[Grant], bool], now: int) -> int:
+        """Revoke, at ``now``, the grants not yet revoked that ``matches``; returns how many."""
+        doomed = [gid for gid, grant in self.grants.items() if grant.revoked_at is None and matches(grant)]
+        for gid in doomed:
+            self.grants[gid] = attrs.evolve(self.grants[gid], revoked_at=now)
+        return len(doomed)
 
     def _put_pending(self, e: fx.PutPending) -> None:
         self.pending[e.pending.ticket_hash] = e.pending
@@ -131,6 +141,10 @@ class MemoryStore:
             return False
         self.grants[e.grant_id] = attrs.evolve(grant, revoked_at=e.now)
         return True
+
+    def _revoke_subject(self, e: fx.RevokeSubject) -> int:
+        self._drop_codes(lambda code: code.subject == e.subject)
+        return self._revoke_grants(lambda grant: grant.subject == e.subject, e.now)
 
     def _list_grants(self, e: fx.ListGrants) -> tuple[Grant, ...]:
         return tuple(

@@ -438,19 +438,30 @@ def authorization(issuer: str, resource: str) -> tuple[str, str, str]:
     return client_id, verifier, f"{issuer}/authorize?{query}"
 
 
-def obtain_tokens(issuer: str, resource: str, username: str = "alice") -> dict[str, Any]:
-    """Register a public client at ``issuer``, authorize as ``username`` and redeem the code."""
+def obtain_code(issuer: str, resource: str, username: str = "alice") -> dict[str, str]:
+    """Register a public client at ``issuer`` and authorize as ``username``: the code, not yet
+    redeemed, with the client_id and PKCE verifier that redeem it."""
     client_id, verifier, url = authorization(issuer, resource)
     with Person(username, PASSWORD) as person:
         final = person.authorize(url)
     params = {k: v[0] for k, v in parse_qs(urlsplit(final).query).items()}
     assert "code" in params, final
-    token = httpx.post(f"{issuer}/token", timeout=10, data={
-        "grant_type": "authorization_code", "code": params["code"], "redirect_uri": REDIRECT_URI,
-        "client_id": client_id, "code_verifier": verifier, "resource": resource,
+    return {"code": params["code"], "client_id": client_id, "verifier": verifier}
+
+
+def redeem(issuer: str, resource: str, issued: dict[str, str]) -> httpx.Response:
+    return httpx.post(f"{issuer}/token", timeout=10, data={
+        "grant_type": "authorization_code", "code": issued["code"], "redirect_uri": REDIRECT_URI,
+        "client_id": issued["client_id"], "code_verifier": issued["verifier"], "resource": resource,
     })
+
+
+def obtain_tokens(issuer: str, resource: str, username: str = "alice") -> dict[str, Any]:
+    """Register a public client at ``issuer``, authorize as ``username`` and redeem the code."""
+    issued = obtain_code(issuer, resource, username)
+    token = redeem(issuer, resource, issued)
     assert token.status_code == 200, token.text
-    return {**token.json(), "client_id": client_id}
+    return {**token.json(), "client_id": issued["client_id"]}
 
 
 def tools_list(mcp_url: str, access_token: str) -> httpx.Response:
@@ -496,6 +507,23 @@ def test_users_remove_revokes_their_grants(shared_db: str) -> None:
         tokens = obtain_tokens(served.issuer, served.mcp_url)
         assert "revoked 1 grant" in ok(["users", "remove", "alice", "--db", shared_db])
         assert tools_list(served.mcp_url, tokens["access_token"]).status_code == 401
+
+
+@pytest.mark.parametrize(
+    "revoke", [["users", "remove", "alice"], ["grants", "revoke", "--subject", "alice"]], ids=lambda a: " ".join(a)
+)
+def test_a_code_issued_before_the_revocation_is_refused_after_it(shared_db: str, revoke: list[str]) -> None:
+    """A code the user's client got, but had not redeemed, when the operator removed the user or
+    revoked their grants: redeeming it is ``invalid_grant`` and leaves no grant behind."""
+    with serve(extra_args=["--db", shared_db]) as served:
+        tokens = obtain_tokens(served.issuer, served.mcp_url)
+        issued = obtain_code(served.issuer, served.mcp_url)
+        assert "revoked 1 grant" in ok([*revoke, "--db", shared_db])  # the redeemed one: the code has none yet
+        answer = redeem(served.issuer, served.mcp_url, issued)
+        assert answer.status_code == 400, answer.text
+        assert answer.json()["error"] == "invalid_grant"
+        listing = ok(["grants", "list", "--db", shared_db]).splitlines()
+        assert len(listing) == 2 and tokens["client_id"] in listing[1] and "revoked" in listing[1]
 
 
 def test_users_remove_and_a_new_password_sign_the_browser_out(shared_db: str) -> None:

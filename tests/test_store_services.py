@@ -286,6 +286,8 @@ def test_redis_keys_are_namespaced_and_expire_with_their_records(rd: RedisStore)
     assert ttl("client:c1") == -1  # registered clients do not expire
     assert 600 + slack - 5 <= ttl("pending:t1") <= 600 + slack + 1
     assert 60 + slack - 5 <= ttl("code:h1") <= 60 + slack + 1
+    for index in ("codes:subject:alice", "codes:client:c1"):  # a subject's and a client's codes
+        assert 60 + slack - 5 <= ttl(index) <= 60 + slack + 1
     assert 90 * DAY + slack - 5 <= ttl("grant:g1") <= 90 * DAY + slack + 1
     assert 600 + slack - 5 <= ttl("revoked:j1") <= 600 + slack + 1
     window_end = ((T0 + 30) // 60 + 1) * 60
@@ -293,6 +295,25 @@ def test_redis_keys_are_namespaced_and_expire_with_their_records(rd: RedisStore)
     # A rotation keeps the family's TTL.
     assert rd.perform(fx.RotateRefresh("g1", 0, "r0", "r1", T0 + 5, 10, T0 + DAY)).outcome == "rotated"
     assert 90 * DAY + slack - 5 <= ttl("grant:g1")
+
+
+def test_redis_code_indexes_keep_live_codes_and_lose_stale_members(rd: RedisStore) -> None:
+    """The indexes ``RevokeSubject`` and ``DeleteClient`` read: a later code's write drops members
+    whose code expired long before, ``purge`` those whose code is gone, and the TTL only grows."""
+    raw = redis.Redis.from_url(services.REDIS_URL, decode_responses=True)
+    old = attrs.evolve(code("old"), issued_at=T0, expires_at=T0 + 600)
+    rd.perform(fx.PutCode(old))
+    rd.perform(fx.PutCode(code("h1")))  # issued at T0 too: "old" is live, and its longer TTL stays
+    index = rd.prefix + "codes:subject:alice"
+    assert raw.zrange(index, 0, -1) == ["h1", "old"]
+    assert raw.ttl(index) > 600
+    later = T0 + 600 + rd.ttl_slack + 61 + 60
+    rd.perform(fx.PutCode(attrs.evolve(code("new"), issued_at=later, expires_at=later + 60)))
+    assert raw.zrange(index, 0, -1) == ["new"]  # "h1" and "old" expired (and their keys) long before
+    assert raw.zrange(rd.prefix + "codes:client:c1", 0, -1) == ["new"]
+    raw.delete(rd.prefix + "code:new")  # as its TTL would
+    rd.purge(T0)
+    assert raw.exists(index) == 0
 
 
 def test_redis_hit_with_step_zero_makes_no_key_and_leaves_the_ttl(rd: RedisStore) -> None:

@@ -349,7 +349,7 @@ def test_tk04_consume_code_has_one_winner_and_the_loser_writes_nothing(store: An
 
 
 def _seed_grant(store: Any, g: Grant) -> Grant:
-    store.perform(fx.PutCode(code(f"code-{g.grant_id}", grant_id=g.grant_id, client_id=g.client_id)))
+    store.perform(fx.PutCode(code(f"code-{g.grant_id}", grant_id=g.grant_id, client_id=g.client_id, subject=g.subject)))
     assert store.perform(fx.ConsumeCode(f"code-{g.grant_id}", g)) is True
     return g
 
@@ -380,6 +380,68 @@ def test_list_grants_filters(store: Any) -> None:
     assert store.perform(fx.ListGrants(client_id="c1")) == (g1, g2)
     assert store.perform(fx.ListGrants(subject="alice", client_id="c2")) == (g3,)
     assert store.perform(fx.ListGrants(subject="carol")) == ()
+
+
+# -- a subject's revocation and a client's deletion take codes not yet redeemed with them --------------
+
+
+def test_revoke_subject_drops_its_codes_not_yet_redeemed_and_revokes_its_grants(store: Any) -> None:
+    """A code issued before the revocation never becomes a grant after it; redeemed codes stay
+    consumed (a replay is still detected), and other subjects are untouched."""
+    _seed_grant(store, grant("g-c1"))
+    _seed_grant(store, grant("g-c2", client_id="c2"))
+    _seed_grant(store, grant("g-old", revoked_at=T0 + 5))
+    _seed_grant(store, grant("g-bob", subject="bob"))
+    store.perform(fx.PutCode(code("new-c1", grant_id="g-new-c1")))
+    store.perform(fx.PutCode(code("new-c2", grant_id="g-new-c2", client_id="c2")))
+    store.perform(fx.PutCode(code("new-bob", grant_id="g-new-bob", subject="bob")))
+
+    assert store.perform(fx.RevokeSubject("alice", T0 + 50)) == 2
+
+    assert store.perform(fx.GetGrant("g-c1")).revoked_at == T0 + 50
+    assert store.perform(fx.GetGrant("g-c2")).revoked_at == T0 + 50
+    assert store.perform(fx.GetGrant("g-old")).revoked_at == T0 + 5  # the first revocation stands
+    assert store.perform(fx.GetGrant("g-bob")).revoked_at is None
+    for code_hash, gid, cid in (("new-c1", "g-new-c1", "c1"), ("new-c2", "g-new-c2", "c2")):
+        assert store.perform(fx.GetCode(code_hash)) is None
+        assert store.perform(fx.ConsumeCode(code_hash, grant(gid, client_id=cid))) is False
+        assert store.perform(fx.GetGrant(gid)) is None
+    assert store.perform(fx.GetCode("code-g-c1")).consumed is True  # kept: a replay is still detected
+    assert store.perform(fx.ConsumeCode("code-g-c1", grant("g-replay"))) is False
+    assert store.perform(fx.ConsumeCode("new-bob", grant("g-new-bob", subject="bob"))) is True
+    assert store.perform(fx.GetGrant("g-new-bob")).revoked_at is None
+    assert [g.grant_id for g in store.perform(fx.ListGrants(subject="alice")) if g.revoked_at is None] == []
+    assert store.perform(fx.RevokeSubject("alice", T0 + 60)) == 0
+    assert store.perform(fx.RevokeSubject("nobody", T0 + 60)) == 0
+
+
+def test_delete_client_drops_its_codes_not_yet_redeemed_only(store: Any) -> None:
+    store.perform(fx.PutClient(client("c1")))
+    store.perform(fx.PutClient(client("c2")))
+    _seed_grant(store, grant("g1"))
+    store.perform(fx.PutCode(code("new-c1", grant_id="g-new-c1")))
+    store.perform(fx.PutCode(code("new-c2", grant_id="g-new-c2", client_id="c2")))
+
+    assert store.perform(fx.DeleteClient("c1", T0 + 50)) is True
+
+    assert store.perform(fx.GetGrant("g1")).revoked_at == T0 + 50
+    assert store.perform(fx.GetCode("code-g1")).consumed is True
+    assert store.perform(fx.GetCode("new-c1")) is None
+    assert store.perform(fx.ConsumeCode("new-c1", grant("g-new-c1"))) is False
+    assert store.perform(fx.GetGrant("g-new-c1")) is None
+    assert store.perform(fx.ConsumeCode("new-c2", grant("g-new-c2", client_id="c2"))) is True
+    assert store.perform(fx.GetGrant("g-new-c2")).revoked_at is None
+
+
+def test_a_code_put_again_under_another_subject_or_client_follows_its_new_record(store: Any) -> None:
+    """The stores that index codes by subject and client (Redis) act on the record as stored now."""
+    store.perform(fx.PutCode(code("h1", subject="alice", client_id="c1")))
+    store.perform(fx.PutCode(code("h1", subject="bob", client_id="c2")))
+    assert store.perform(fx.RevokeSubject("alice", T0)) == 0
+    assert store.perform(fx.DeleteClient("c1", T0)) is False
+    assert store.perform(fx.GetCode("h1")) == code("h1", subject="bob", client_id="c2")
+    assert store.perform(fx.RevokeSubject("bob", T0)) == 0
+    assert store.perform(fx.GetCode("h1")) is None
 
 
 # -- refresh rotation (TK-07) -------------------------------------------------------------------------
@@ -643,9 +705,12 @@ def test_purge_drops_what_has_expired(store: Any) -> None:
 RACERS = 50
 
 
-def _race(opener: Opener, effect_for: Callable[[int], fx.Effect], n: int = RACERS) -> list[Any]:
-    """Run ``n`` effects at once, each from its own thread and its own store object."""
-    stores = [opener() for _ in range(n)]
+def _race(
+    opener: Opener, effect_for: Callable[[int], fx.Effect], n: int = RACERS, stores: list[Any] | None = None
+) -> list[Any]:
+    """Run ``n`` effects at once, each from its own thread and its own store object (``stores``,
+    to race the same ones again, or new ones)."""
+    stores = stores or [opener() for _ in range(n)]
     barrier = threading.Barrier(n)
 
     def one(i: int) -> Any:
@@ -663,6 +728,33 @@ def test_tk04_concurrent_consume_code_has_exactly_one_winner(opener: Opener) -> 
     assert results.count(True) == 1
     winner = results.index(True)
     assert store.perform(fx.ListGrants()) == (grant(f"g{winner}"),)
+
+
+@pytest.mark.parametrize("revoke", ["subject", "client"])
+def test_no_grant_survives_a_revocation_racing_redemptions(opener: Opener, revoke: str) -> None:
+    """Codes of one subject at one client are redeemed by many threads while another revokes the
+    subject (or deletes the client): every redemption either came first, and its grant is revoked,
+    or came after, and found its code gone; no grant is live afterwards."""
+    store = opener()
+    store.perform(fx.PutClient(client("c1")))
+    racers = [opener() for _ in range(RACERS)]
+    for round_ in range(3):
+        subject = f"user{round_}"
+        for i in range(1, RACERS):
+            store.perform(fx.PutCode(code(f"h{round_}-{i}", subject=subject, grant_id=f"g{round_}-{i}")))
+
+        def effect(i: int, subject: str = subject, round_: int = round_) -> fx.Effect:
+            if i == RACERS // 2:  # started with the others, so it runs among them
+                return fx.RevokeSubject(subject, T0 + 1) if revoke == "subject" else fx.DeleteClient("c1", T0 + 1)
+            return fx.ConsumeCode(f"h{round_}-{i}", grant(f"g{round_}-{i}", subject=subject))
+
+        results = _race(opener, effect, stores=racers)
+        redeemed = sum(r is True for i, r in enumerate(results) if i != RACERS // 2)
+        grants = store.perform(fx.ListGrants(subject=subject))
+        assert [g.grant_id for g in grants if g.revoked_at is None] == []
+        assert len(grants) == redeemed
+        if revoke == "subject":
+            assert results[RACERS // 2] == redeemed  # it revoked exactly the grants that exist
 
 
 def test_concurrent_take_pending_has_exactly_one_winner(opener: Opener) -> None:
@@ -784,6 +876,7 @@ def test_tk07_rotation_across_processes_rotates_once(
 
 _ids = st.sampled_from(["a", "b", "c"])
 _times = st.integers(T0, T0 + 40)
+_subjects = st.sampled_from(["alice", "bob"])
 _effects = st.one_of(
     st.builds(lambda c: fx.PutClient(client(c)), _ids),
     st.builds(fx.GetClient, _ids),
@@ -792,12 +885,19 @@ _effects = st.one_of(
     st.builds(lambda t, e: fx.PutPending(pending(t, expires_at=e)), _ids, _times),
     st.builds(fx.GetPending, _ids, _times),
     st.builds(fx.TakePending, _ids, _times),
-    st.builds(lambda h, g: fx.PutCode(code(h, grant_id=g)), _ids, _ids),
+    st.builds(lambda h, g, s, c: fx.PutCode(code(h, grant_id=g, subject=s, client_id=c)), _ids, _ids, _subjects, _ids),
     st.builds(fx.GetCode, _ids),
-    st.builds(lambda h, g, c: fx.ConsumeCode(h, grant(g, client_id=c, expires_at=T0 + 30)), _ids, _ids, _ids),
+    st.builds(
+        lambda h, g, s, c: fx.ConsumeCode(h, grant(g, subject=s, client_id=c, expires_at=T0 + 30)),
+        _ids,
+        _ids,
+        _subjects,
+        _ids,
+    ),
     st.builds(fx.GetGrant, _ids),
     st.builds(fx.RevokeGrant, _ids, _times),
-    st.builds(fx.ListGrants, st.none() | st.just("alice"), st.none() | _ids),
+    st.builds(fx.RevokeSubject, _subjects, _times),
+    st.builds(fx.ListGrants, st.none() | _subjects, st.none() | _ids),
     st.builds(
         lambda g, gen, n, grace: rotate(g, gen, f"r{gen}", f"r{gen + 1}", n, grace, n + 5),
         _ids,

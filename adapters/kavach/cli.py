@@ -308,12 +308,11 @@ def cmd_users_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _revoke_grants(instance: Instance, grants: Sequence[Grant]) -> int:
-    count = 0
-    for grant in grants:
-        if instance.run(_one(fx.RevokeGrant(grant.grant_id, int(time.time())))):
-            count += 1
-    return count
+def _revoke_subject(instance: Instance, subject: str) -> int:
+    """Revoke every grant of ``subject`` and drop its codes not yet redeemed, in one step
+    (:class:`~kavach_core.effects.RevokeSubject`: a code issued before must not become a grant
+    after); returns how many grants were revoked."""
+    return int(instance.run(_one(fx.RevokeSubject(subject, int(time.time())))))
 
 
 def _one(effect: fx.Effect) -> Any:
@@ -325,8 +324,7 @@ def cmd_users_remove(args: argparse.Namespace) -> int:
     with _instance(args) as instance:
         if not instance.users.remove(args.name):
             raise CliError(f"no user named {args.name!r}")
-        grants = instance.run(_one(fx.ListGrants(subject=normalize_username(args.name))))
-        revoked = _revoke_grants(instance, grants)
+        revoked = _revoke_subject(instance, normalize_username(args.name))
     print(f"removed user {args.name!r}; revoked {revoked} grant{'s' if revoked != 1 else ''}")
     return 0
 
@@ -425,18 +423,22 @@ def _status(grant: Grant, now: int) -> str:
     return "active"
 
 
-def _grants_of(instance: Instance, subject: str | None, client_id: str | None = None) -> tuple[Grant, ...]:
-    """The grants of ``subject`` as given or, when it has none, as a local username is kept
-    (``' alice '`` is user ``alice``); subjects from an application's own login stay as given."""
-    found = tuple(instance.run(_one(fx.ListGrants(subject=subject, client_id=client_id))))
-    if found or subject is None:
-        return found
+def _as_username(subject: str) -> str | None:
+    """``subject`` as a local username is kept (``' alice '`` is user ``alice``), when that differs."""
     try:
         username = normalize_username(subject)
     except ValueError:
-        return ()
-    if username == subject:
-        return ()
+        return None
+    return None if username == subject else username
+
+
+def _grants_of(instance: Instance, subject: str | None, client_id: str | None = None) -> tuple[Grant, ...]:
+    """The grants of ``subject`` as given or, when it has none, as a local username is kept;
+    subjects from an application's own login stay as given."""
+    found = tuple(instance.run(_one(fx.ListGrants(subject=subject, client_id=client_id))))
+    username = None if found or subject is None else _as_username(subject)
+    if username is None:
+        return found
     return tuple(instance.run(_one(fx.ListGrants(subject=username, client_id=client_id))))
 
 
@@ -461,9 +463,13 @@ def cmd_grants_revoke(args: argparse.Namespace) -> int:
             grant = instance.run(_one(fx.GetGrant(args.grant)))
             if grant is None:
                 raise CliError(f"no grant with id {args.grant!r}")
-            revoked = _revoke_grants(instance, [grant])
+            revoked = 1 if instance.run(_one(fx.RevokeGrant(grant.grant_id, int(time.time())))) else 0
         else:
-            revoked = _revoke_grants(instance, _grants_of(instance, args.subject))
+            # As ``grants list``: the subject as given or, when that revokes nothing, as a local username.
+            revoked = _revoke_subject(instance, args.subject)
+            username = None if revoked else _as_username(args.subject)
+            if username is not None:
+                revoked = _revoke_subject(instance, username)
     print(f"revoked {revoked} grant{'s' if revoked != 1 else ''}")
     return 0
 

@@ -11,8 +11,12 @@ Guarantees:
     number of concurrent redemptions exactly one consumes the code and stores the grant;
   - refresh rotation (``RotateRefresh``) reads the family with ``SELECT ... FOR UPDATE`` and
     writes the outcome in the same short transaction (concurrent rotations queue on the row);
-  - consent tickets are taken with ``DELETE ... RETURNING``; revocations, rate-limit hits and
-    client deletion (the client and its grants) are single statements;
+  - consent tickets are taken with ``DELETE ... RETURNING``; revocations of a grant or an access
+    token and rate-limit hits are single statements;
+  - client deletion (``DeleteClient``) and a subject's revocation (``RevokeSubject``) run in one
+    ``READ COMMITTED`` transaction: the codes not yet redeemed are deleted first, then the grants
+    are revoked in a later statement, whose fresh snapshot sees any grant a concurrent
+    redemption committed meanwhile (see the comment above ``_delete_client``);
   - a signing-key swap locks the key table (``EXCLUSIVE`` mode: readers go on) for its
     compare-and-set, so a rotation is decided once for the whole cluster.
 - The schema is versioned: ``<schema>.schema_version`` holds one row per applied migration.
@@ -68,7 +72,7 @@ Query = tuple[str, Sequence[Any]]
 Plan = Generator[Query, Rows, T]
 """A handler: yields queries, receives each one's rows, returns the effect's result."""
 
-_TRANSACTIONAL = frozenset({fx.RotateRefresh, fx.SwapSigningKeys})
+_TRANSACTIONAL = frozenset({fx.RotateRefresh, fx.SwapSigningKeys, fx.DeleteClient, fx.RevokeSubject})
 """Effects whose plan runs several queries in one transaction (the others are one statement each)."""
 
 
@@ -233,6 +237,7 @@ _SQL_TEMPLATES = {
         " revoked AS (UPDATE {s}.grants SET revoked_at = %s WHERE client_id = %s AND revoked_at IS NULL RETURNING 1)"
         " SELECT (SELECT count(*) FROM gone), (SELECT count(*) FROM revoked)"
     ),
+    "drop_client_codes": "DELETE FROM {s}.codes WHERE client_id = %s AND NOT consumed",
     "list_clients": f"SELECT {_CLIENT_COLS} FROM {{s}}.clients ORDER BY seq",
     "put_pending": _upsert("pending", PENDING.fields, "ticket_hash"),
     "get_pending": f"SELECT {_PENDING_COLS} FROM {{s}}.pending WHERE ticket_hash = %s AND expires_at > %s",
@@ -251,6 +256,11 @@ _SQL_TEMPLATES = {
     "get_grant": f"SELECT {_GRANT_COLS} FROM {{s}}.grants WHERE grant_id = %s",
     "lock_grant": f"SELECT {_GRANT_COLS} FROM {{s}}.grants WHERE grant_id = %s FOR UPDATE",
     "revoke_grant": "UPDATE {s}.grants SET revoked_at = %s WHERE grant_id = %s AND revoked_at IS NULL RETURNING 1",
+    "drop_subject_codes": "DELETE FROM {s}.codes WHERE subject = %s AND NOT consumed",
+    "revoke_subject": (
+        "WITH revoked AS (UPDATE {s}.grants SET revoked_at = %s WHERE subject = %s AND revoked_at IS NULL RETURNING 1)"
+        " SELECT count(*) FROM revoked"
+    ),
     "force_revoke_grant": "UPDATE {s}.grants SET revoked_at = %s WHERE grant_id = %s",
     "rotate_grant": (
         "UPDATE {s}.grants SET refresh_generation = %s, refresh_hash = %s, rotated_at = %s, refresh_expires_at = %s"
@@ -285,6 +295,9 @@ _SQL_TEMPLATES = {
     ),
     "hit_count": "SELECT coalesce((SELECT count FROM {s}.rate_limits WHERE bucket = %s AND window_end = %s), 0)",
 }
+
+_READ_COMMITTED = "SET TRANSACTION ISOLATION LEVEL READ COMMITTED"
+"""First statement of a transactional plan whose correctness needs a fresh snapshot per statement."""
 
 _PURGE_TEMPLATES = {
     "pending": "DELETE FROM {s}.pending WHERE expires_at <= %s",
@@ -627,7 +640,24 @@ class PostgresStore:
     def _put_client(self, e: fx.PutClient) -> Plan[None]:
         yield self._sql["put_client"], CLIENTS.to_row(e.client)
 
+    # DeleteClient and RevokeSubject against a concurrent redemption (ConsumeCode: one statement
+    # that marks the code consumed and inserts its grant). Under READ COMMITTED each statement
+    # reads a fresh snapshot, so the codes are dropped FIRST, in a statement of their own, and
+    # the grants revoked in a LATER one:
+    # - a redemption that holds a code's row when the DELETE reaches it makes the DELETE wait; it
+    #   commits, the DELETE re-reads the row (consumed: kept), and the later UPDATE's snapshot,
+    #   taken after that commit, sees the new grant and revokes it. In one statement (one
+    #   snapshot) that grant would be invisible to the UPDATE and stay live;
+    # - a redemption reaching a code's row after the DELETE waits for this transaction, then finds
+    #   the row gone: it consumes nothing and stores no grant.
+    # The isolation level is set explicitly, whatever the server's default. No index on
+    # codes(client_id) or codes(subject): codes live a minute and ``kavach serve`` purges them,
+    # so the table stays small, and these are an operator's rare actions; a scan locks only the
+    # rows that match.
+
     def _delete_client(self, e: fx.DeleteClient) -> Plan[bool]:
+        yield _READ_COMMITTED, ()
+        yield self._sql["drop_client_codes"], (e.client_id,)
         rows = yield self._sql["delete_client"], (e.client_id, e.now, e.client_id)
         return bool(rows[0][0])
 
@@ -671,6 +701,13 @@ class PostgresStore:
     def _revoke_grant(self, e: fx.RevokeGrant) -> Plan[bool]:
         rows = yield self._sql["revoke_grant"], (e.now, e.grant_id)
         return bool(rows)
+
+    def _revoke_subject(self, e: fx.RevokeSubject) -> Plan[int]:
+        """Codes first, then grants: see the comment above :meth:`_delete_client`."""
+        yield _READ_COMMITTED, ()
+        yield self._sql["drop_subject_codes"], (e.subject,)
+        rows = yield self._sql["revoke_subject"], (e.now, e.subject)
+        return int(rows[0][0])
 
     def _list_grants(self, e: fx.ListGrants) -> Plan[tuple[Grant, ...]]:
         rows = yield self._sql["list_grants"], (e.subject, e.subject, e.client_id, e.client_id)

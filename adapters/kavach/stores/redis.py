@@ -14,8 +14,11 @@ Guarantees:
   store's clock plus the slack. ``purge(now)`` also deletes, immediately, whatever has expired
   at ``now`` (for parity with the SQL stores).
 - Records are JSON (:mod:`kavach.stores._codec`). Codes and grants are hashes: a ``record``
-  field with the JSON plus the fields the scripts read and change (``consumed``; the refresh
-  family's ``gen``, ``hash``, ``rexp``, ``rot``, ``rev`` and the grant's ``exp``).
+  field with the JSON plus the fields the scripts read and change (the code's ``consumed``,
+  ``sub``, ``cid``; the refresh family's ``gen``, ``hash``, ``rexp``, ``rot``, ``rev`` and the
+  grant's ``exp``, ``sub``, ``cid``). Sorted sets index grants (all, per subject, per client) and
+  codes (per subject, per client; scored by expiry), so ``RevokeSubject`` and ``DeleteClient``
+  find, in one script, the codes to drop and the grants to revoke.
 - A Redis that cannot be reached, or a connection lost during an effect, raises
   :class:`kavach_core.drivers.StoreUnavailable` (503). Commands are never retried blindly (a
   write may have been applied before the connection dropped); read-only effects are retried
@@ -87,6 +90,37 @@ local function extend(key, ttl)
 end
 """
 
+_DROP_CODES = """
+local function drop_codes(index, prefix, field, value)
+  for _, h in ipairs(redis.call('ZRANGE', index, 0, -1)) do
+    local key = prefix .. h
+    local f = redis.call('HMGET', key, field, 'consumed')
+    if f[1] == value and f[2] == '0' then redis.call('DEL', key) end
+  end
+  redis.call('DEL', index)
+end
+"""
+"""``drop_codes(index, code key prefix, 'sub' or 'cid', value)``: delete the codes not yet redeemed
+that the index lists and whose field still holds ``value``, then the index (what stays is redeemed,
+gone, or indexed under another value)."""
+
+_REVOKE_GRANTS = """
+local function revoke_grants(index, prefix, field, value, now)
+  local n = 0
+  for _, gid in ipairs(redis.call('ZRANGE', index, 0, -1)) do
+    local key = prefix .. gid
+    local f = redis.call('HMGET', key, field, 'rev')
+    if f[1] == value and f[2] == '' then
+      redis.call('HSET', key, 'rev', now)
+      n = n + 1
+    end
+  end
+  return n
+end
+"""
+"""``revoke_grants(index, grant key prefix, 'sub' or 'cid', value, now)``: revoke the grants the index
+lists whose field holds ``value`` and that are not yet revoked; returns how many."""
+
 _SCRIPTS = {
     # KEYS: client, clients zset, seq. ARGV: json, client_id
     "put_client": """
@@ -96,15 +130,15 @@ if not redis.call('ZSCORE', KEYS[2], ARGV[2]) then
 end
 return 1
 """,
-    # KEYS: client, clients zset, grants-of-client zset. ARGV: client_id, now, grant key prefix
-    "delete_client": """
+    # KEYS: client, clients zset, grants-of-client zset, codes-of-client zset
+    # ARGV: client_id, now, grant key prefix, code key prefix
+    "delete_client": _DROP_CODES
+    + _REVOKE_GRANTS
+    + """
 local existed = redis.call('DEL', KEYS[1])
 redis.call('ZREM', KEYS[2], ARGV[1])
-for _, gid in ipairs(redis.call('ZRANGE', KEYS[3], 0, -1)) do
-  local key = ARGV[3] .. gid
-  local f = redis.call('HMGET', key, 'cid', 'rev')
-  if f[1] == ARGV[1] and f[2] == '' then redis.call('HSET', key, 'rev', ARGV[2]) end
-end
+drop_codes(KEYS[4], ARGV[4], 'cid', ARGV[1])
+revoke_grants(KEYS[3], ARGV[3], 'cid', ARGV[1], ARGV[2])
 return existed
 """,
     # KEYS: clients zset. ARGV: client key prefix
@@ -116,11 +150,20 @@ for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
 end
 return out
 """,
-    # KEYS: code. ARGV: json, consumed (0/1), expires_at, ttl
-    "put_code": """
+    # KEYS: code, codes-of-subject zset, codes-of-client zset
+    # ARGV: json, consumed (0/1), expires_at, ttl, code_hash, subject, client_id, stale (an expiry
+    # so long past that its code's key has expired too: index members up to it are dropped)
+    "put_code": _EXTEND
+    + """
 redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], 'record', ARGV[1], 'consumed', ARGV[2], 'exp', ARGV[3])
-redis.call('EXPIRE', KEYS[1], ARGV[4])
+redis.call('HSET', KEYS[1], 'record', ARGV[1], 'consumed', ARGV[2], 'exp', ARGV[3], 'sub', ARGV[6], 'cid', ARGV[7])
+local ttl = tonumber(ARGV[4])
+redis.call('EXPIRE', KEYS[1], ttl)
+for i = 2, 3 do
+  redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', ARGV[8])
+  redis.call('ZADD', KEYS[i], ARGV[3], ARGV[5])
+  extend(KEYS[i], ttl)
+end
 return 1
 """,
     # KEYS: code, grant, grants zset, subject zset, client zset, seq
@@ -147,6 +190,13 @@ return 1
 if redis.call('HGET', KEYS[1], 'rev') ~= '' then return 0 end
 redis.call('HSET', KEYS[1], 'rev', ARGV[1])
 return 1
+""",
+    # KEYS: codes-of-subject zset, grants-of-subject zset. ARGV: subject, now, grant key prefix, code key prefix
+    "revoke_subject": _DROP_CODES
+    + _REVOKE_GRANTS
+    + """
+drop_codes(KEYS[1], ARGV[4], 'sub', ARGV[1])
+return revoke_grants(KEYS[2], ARGV[3], 'sub', ARGV[1], ARGV[2])
 """,
     # KEYS: an index zset. ARGV: grant key prefix
     "list_grants": """
@@ -479,8 +529,13 @@ class RedisStore:
         )
 
     def _delete_client(self, e: fx.DeleteClient) -> Plan[bool]:
-        keys = (self._k("client", e.client_id), self._k("clients"), self._k("grants", "client", e.client_id))
-        existed = yield _Script("delete_client", keys, (e.client_id, e.now, self._k("grant", "")))
+        keys = (
+            self._k("client", e.client_id),
+            self._k("clients"),
+            self._k("grants", "client", e.client_id),
+            self._k("codes", "client", e.client_id),
+        )
+        existed = yield _Script("delete_client", keys, (e.client_id, e.now, self._k("grant", ""), self._k("code", "")))
         return bool(existed)
 
     def _list_clients(self, e: fx.ListClients) -> Plan[tuple[Client, ...]]:
@@ -505,10 +560,29 @@ class RedisStore:
         return None if record is None or record.expires_at <= e.now else record
 
     def _put_code(self, e: fx.PutCode) -> Plan[None]:
+        """The code, and its hash in the indexes of its subject's and its client's codes, which
+        ``RevokeSubject`` and ``DeleteClient`` read. An index lives at least as long as every code
+        it lists; members whose code has expired are harmless, and dropped by a later code's write
+        (those long expired) and by ``purge`` (those whose key is gone)."""
         c = e.code
         ttl = self._ttl(c.expires_at - c.issued_at)
-        args = (CODES.dumps(attrs.evolve(c, consumed=False)), int(c.consumed), c.expires_at, ttl)
-        yield _Script("put_code", (self._k("code", c.code_hash),), args)
+        keys = (
+            self._k("code", c.code_hash),
+            self._k("codes", "subject", c.subject),
+            self._k("codes", "client", c.client_id),
+        )
+        stale = c.issued_at - ttl  # codes that expired this long before this one was issued: keys gone
+        args = (
+            CODES.dumps(attrs.evolve(c, consumed=False)),
+            int(c.consumed),
+            c.expires_at,
+            ttl,
+            c.code_hash,
+            c.subject,
+            c.client_id,
+            stale,
+        )
+        yield _Script("put_code", keys, args)
 
     def _get_code(self, e: fx.GetCode) -> Plan[AuthorizationCode | None]:
         reply = yield _Command(("HGETALL", self._k("code", e.code_hash)))
@@ -552,6 +626,11 @@ class RedisStore:
     def _revoke_grant(self, e: fx.RevokeGrant) -> Plan[bool]:
         revoked = yield _Script("revoke_grant", (self._k("grant", e.grant_id),), (e.now,))
         return bool(revoked)
+
+    def _revoke_subject(self, e: fx.RevokeSubject) -> Plan[int]:
+        keys = (self._k("codes", "subject", e.subject), self._k("grants", "subject", e.subject))
+        revoked = yield _Script("revoke_subject", keys, (e.subject, e.now, self._k("grant", ""), self._k("code", "")))
+        return int(revoked)
 
     def _list_grants(self, e: fx.ListGrants) -> Plan[tuple[Grant, ...]]:
         if e.subject is not None:
@@ -649,6 +728,8 @@ class RedisStore:
                         yield _Command(("ZREM", self._k("clients"), client_record.client_id))
         for index in [self._k("grants"), *scan("grants")]:
             yield _Script("purge_index", (index,), (self._k("grant", ""),))
+        for index in scan("codes"):
+            yield _Script("purge_index", (index,), (self._k("code", ""),))
         return counts
 
 

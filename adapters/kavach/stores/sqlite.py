@@ -593,8 +593,13 @@ class SQLiteStore:
     def _put_client(self, db: sqlite3.Connection, e: fx.PutClient) -> None:
         db.execute(_CLIENTS.upsert, _CLIENTS.encode(e.client))
 
+    # DeleteClient and RevokeSubject run in the write transaction, so a redemption (ConsumeCode)
+    # comes wholly before them (its grant is revoked) or wholly after (its code is gone). Codes
+    # need no index on client_id or subject: they live a minute and ``kavach serve`` purges them.
+
     def _delete_client(self, db: sqlite3.Connection, e: fx.DeleteClient) -> bool:
         existed = db.execute("DELETE FROM clients WHERE client_id = ?", (e.client_id,)).rowcount > 0
+        db.execute("DELETE FROM codes WHERE client_id = ? AND consumed = 0", (e.client_id,))
         db.execute("UPDATE grants SET revoked_at = ? WHERE client_id = ? AND revoked_at IS NULL", (e.now, e.client_id))
         return existed
 
@@ -638,6 +643,11 @@ class SQLiteStore:
     def _revoke_grant(self, db: sqlite3.Connection, e: fx.RevokeGrant) -> bool:
         sql = "UPDATE grants SET revoked_at = ? WHERE grant_id = ? AND revoked_at IS NULL"
         return bool(db.execute(sql, (e.now, e.grant_id)).rowcount > 0)
+
+    def _revoke_subject(self, db: sqlite3.Connection, e: fx.RevokeSubject) -> int:
+        db.execute("DELETE FROM codes WHERE subject = ? AND consumed = 0", (e.subject,))
+        sql = "UPDATE grants SET revoked_at = ? WHERE subject = ? AND revoked_at IS NULL"
+        return int(db.execute(sql, (e.now, e.subject)).rowcount)
 
     def _list_grants(self, db: sqlite3.Connection, e: fx.ListGrants) -> tuple[Grant, ...]:
         where = "WHERE (?1 IS NULL OR subject = ?1) AND (?2 IS NULL OR client_id = ?2) ORDER BY seq"
