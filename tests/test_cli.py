@@ -20,6 +20,7 @@ import select
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -583,3 +584,17 @@ def test_two_serve_processes_on_one_database(shared_db: str) -> None:
             jwks_second = httpx.get(f"{second_as}/jwks.json", timeout=10).json()
             assert jwks_first == jwks_second and jwks_first["keys"]
 
+
+
+@pytest.mark.parametrize(
+    ("argv0", "shown"),
+    [(".venv/bin/kavach", ".venv/bin/kavach"), ("/opt/x/bin/kavach", "/opt/x/bin/kavach"), ("kavach", "kavach"),
+     ("/usr/lib/python3/runpy.py", "kavach")],
+)
+def test_hints_name_the_command_as_it_was_started(monkeypatch: pytest.MonkeyPatch, argv0: str, shown: str) -> None:
+    """The "users add" hint must run as printed: from the README's `.venv/bin/kavach serve`, a bare
+    `kavach` is not on the PATH (the environment is not activated)."""
+    from kavach import cli
+
+    monkeypatch.setattr(sys, "argv", [argv0, "serve"])
+    assert cli._command() == shown

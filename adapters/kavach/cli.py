@@ -302,7 +302,7 @@ def cmd_users_list(args: argparse.Namespace) -> int:
     with _instance(args) as instance:
         names = instance.users.store.usernames()
     if not names:
-        print(f"no users yet; create one with: {PROG} users add NAME", file=sys.stderr)
+        print(f"no users yet; create one with: {_command()} users add NAME", file=sys.stderr)
     for name in names:
         print(name)
     return 0
@@ -545,6 +545,13 @@ def listen_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _command() -> str:
+    """How to run this command again: the path it was started by when that was a path
+    (``.venv/bin/kavach`` as the README has it, the environment not activated), else ``kavach``."""
+    typed = sys.argv[0] if sys.argv else ""
+    return typed if os.path.basename(typed) == PROG and os.sep in typed else PROG
+
+
 def _banner(settings: Settings, instance: Instance) -> None:
     mcp_url = settings.resource_url
     where = "the built-in demo MCP server (tools echo and add)"
@@ -559,14 +566,15 @@ def _banner(settings: Settings, instance: Instance) -> None:
         f"  Data ({kind}):{' ' * max(1, 37 - len(kind))}{data}",
     ]
     if settings.trusted_proxies:
-        lines.append(f"  Client address from X-Forwarded-For of:     {', '.join(settings.trusted_proxies)}")
+        lines.append(f"  Client address from X-Forwarded-For of:      {', '.join(settings.trusted_proxies)}")
     if not instance.users.store.usernames():
         if settings.store:
             db_flag = f" --store {redact(settings.store)}"
         else:
             db = instance.path if instance.path == ":memory:" else os.path.abspath(instance.path)
             db_flag = "" if settings.db == "kavach.db" else f" --db {db}"
-        lines += ["", "No users yet. Create a login for the sign-in page with:", f"  {PROG} users add NAME{db_flag}"]
+        add = f"  {_command()} users add NAME{db_flag}"
+        lines += ["", "No users yet. Create a login for the sign-in page with:", add]
     lines += ["", "Press Ctrl-C to stop."]
     print("\n".join(lines), flush=True)
 
