@@ -19,6 +19,7 @@ import secrets
 import select
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -598,3 +599,50 @@ def test_hints_name_the_command_as_it_was_started(monkeypatch: pytest.MonkeyPatc
 
     monkeypatch.setattr(sys, "argv", [argv0, "serve"])
     assert cli._command() == shown
+
+
+def test_ctrl_d_at_the_password_prompt_is_one_line(db: str) -> None:
+    code, output = _with_terminal(["users", "add", "fay", "--db", db], [("Password: ", "\x04")])
+    assert code == 2 and "no password given" in output and "Traceback" not in output, output
+
+
+@pytest.mark.parametrize("encoding", ["utf-8:strict", "utf-8:surrogateescape"])
+def test_a_password_that_is_not_utf8_is_one_line(db: str, encoding: str) -> None:
+    """Under a strict UTF-8 locale stdin cannot decode the bytes; under C.UTF-8 they arrive as lone
+    surrogates: either way one line naming the problem, and no user."""
+    proc = subprocess.run(
+        [*kavach_command(), "users", "add", "gil", "--db", db, "--password-stdin"], input=b"\xff\xfe\n",
+        capture_output=True, env=clean_env(PYTHONIOENCODING=encoding), timeout=60,
+    )
+    err = proc.stderr.decode()
+    assert proc.returncode == 2 and "the password is not valid UTF-8 text" in err and "Traceback" not in err, err
+    assert "gil" not in ok(["users", "list", "--db", db])
+
+
+def test_output_to_a_reader_that_left_is_no_traceback(db: str) -> None:
+    """``kavach ... | head -0``: the reader is gone before the first write; the command stops quietly
+    with the shell's status for a broken pipe."""
+    for name in ("alice", "bob"):
+        ok(["users", "add", name, "--db", db, "--password-stdin"], stdin=PASSWORD + "\n")
+    command = " ".join(f"'{part}'" for part in [*kavach_command(), "users", "list", "--db", db])
+    proc = subprocess.run(
+        ["bash", "-c", f"set -o pipefail; sleep 0 | {command} | head -c0"], capture_output=True, text=True,
+        env=clean_env(), timeout=60,
+    )
+    assert "Traceback" not in proc.stderr and "Broken pipe" not in proc.stderr, proc.stderr
+    assert proc.returncode in (0, 141), proc.returncode
+
+
+def test_users_remove_revokes_before_it_removes(db: str) -> None:
+    """If the store fails between the two steps the user must still be there, so the same command
+    can be run again: a failed revocation leaves the user, never a removed user with live grants."""
+    ok(["users", "add", "hal", "--db", db, "--password-stdin"], stdin=PASSWORD + "\n")
+    with sqlite3.connect(db) as conn:  # grants can no longer be revoked
+        conn.execute("CREATE TRIGGER no_revoke BEFORE UPDATE ON grants BEGIN SELECT RAISE(ABORT, 'down'); END")
+        conn.execute(
+            "INSERT INTO grants (grant_id, subject, client_id, resources, scopes, created_at, expires_at,"
+            " refresh_generation, refresh_hash, refresh_expires_at, rotated_at) VALUES"
+            " ('g1', 'hal', 'c1', '[]', '[]', 0, 9999999999, 0, 'x', 9999999999, 0)"
+        )
+    run(["users", "remove", "hal", "--db", db])
+    assert "hal" in ok(["users", "list", "--db", db])

@@ -48,6 +48,8 @@ from .instance import Instance, InstanceError, check_issuer, redact
 from .settings import MCP_PATH, Settings, SettingsError, resolve
 from .users import normalize_username
 
+EXIT_BROKEN_PIPE = 141
+"""What a shell reports for a command ended by SIGPIPE (128 + 13), as for any filter whose reader left."""
 PROG = "kavach"
 EXIT_BAD_INPUT = 2
 
@@ -269,12 +271,24 @@ def _table(rows: Sequence[Sequence[str]], headings: Sequence[str]) -> None:
 
 
 def _read_password(from_stdin: bool) -> str:
+    try:
+        return _password(from_stdin)
+    except EOFError:  # Ctrl-D at the prompt
+        raise CliError("no password given") from None
+    except UnicodeError:  # bytes the locale's encoding cannot read, or lone surrogates it let through
+        raise CliError("the password is not valid UTF-8 text") from None
+
+
+def _password(from_stdin: bool) -> str:
+    if sys.stdin is None:
+        raise CliError("standard input is closed; give the password on it with --password-stdin")
     if from_stdin:
         line = sys.stdin.readline()
         password = line[:-1] if line.endswith("\n") else line
         password = password[:-1] if password.endswith("\r") else password
         if not password:
             raise CliError("no password on stdin")
+        password.encode("utf-8")  # a surrogate from undecodable input raises UnicodeEncodeError here
         return password
     if not sys.stdin.isatty():
         raise CliError("no terminal to ask for a password; use --password-stdin")
@@ -322,9 +336,13 @@ def _one(effect: fx.Effect) -> Any:
 
 def cmd_users_remove(args: argparse.Namespace) -> int:
     with _instance(args) as instance:
-        if not instance.users.remove(args.name):
+        subject = normalize_username(args.name)
+        if instance.users.store.get_hash(subject) is None:
             raise CliError(f"no user named {args.name!r}")
-        revoked = _revoke_subject(instance, normalize_username(args.name))
+        # Grants first: if the store fails between the two steps, the user is still there and the
+        # same command can be run again (the other order left a removed user's grants live).
+        revoked = _revoke_subject(instance, subject)
+        instance.users.remove(args.name)
     print(f"removed user {args.name!r}; revoked {revoked} grant{'s' if revoked != 1 else ''}")
     return 0
 
@@ -781,6 +799,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         sys.stderr.write("\n")
         return 130
+    except BrokenPipeError:  # the reader of our output went away (``| head``): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return EXIT_BROKEN_PIPE
 
 
 if __name__ == "__main__":
