@@ -332,6 +332,22 @@ def test_serve_refuses_a_bad_upstream(db: str) -> None:
     bad(["serve", "--port", str(free_port()), "--db", db, "--upstream", "ftp://x/mcp"], "upstream")
 
 
+@pytest.mark.parametrize(
+    "upstream", ["http://127.0.0.1:1/m\tcp", "http://127.0.0.1:1/m\ncp", "http://a b/mcp", "http://%zz/mcp",
+                 "http://127.0.0.1:1/caf\u00e9"],
+)
+def test_serve_refuses_an_upstream_no_request_could_be_sent_to(upstream: str, db: str) -> None:
+    """Accepted before, each started the server and then failed every proxied request with a 500."""
+    bad(["serve", "--port", str(free_port()), "--db", db, "--upstream", upstream], "upstream")
+    assert not Path(db).exists()
+
+
+def test_store_passwords_in_the_query_are_hidden_from_messages() -> None:
+    proc = run(["users", "list", "--store", f"postgresql://127.0.0.1:{free_port()}/test?password=hunter2"],
+               env=clean_env(KAVACH_STORE_KEY=base64.urlsafe_b64encode(b"k" * 32).decode()))
+    assert proc.returncode == 2 and "password=***" in proc.stderr and "hunter2" not in proc.stderr, proc.stderr
+
+
 def test_serve_refuses_a_ca_bundle_it_cannot_use(tmp_path: Path, db: str) -> None:
     not_pem = tmp_path / "not-a-bundle.pem"
     not_pem.write_text("hello\n")

@@ -574,7 +574,7 @@ def _banner(settings: Settings, instance: Instance) -> None:
     mcp_url = settings.resource_url
     where = "the built-in demo MCP server (tools echo and add)"
     if settings.upstream:
-        where = f"a proxy to {settings.upstream}"
+        where = f"a proxy to {redact(settings.upstream)}"
     kind, _, data = instance.describe().partition(": ")
     lines = [
         "kavachOS is running.",

@@ -30,6 +30,7 @@ refuses a fresh file that already holds foreign tables.
 from __future__ import annotations
 
 import os
+import re
 import sqlite3
 import time
 from collections.abc import Callable, Mapping
@@ -124,11 +125,17 @@ def redact(location: str) -> str:
         if not at or ":" not in userinfo:
             return location
         return f"{scheme}://{userinfo.partition(':')[0]}:***@{host}"
-    if parts.password is None:
-        return location
-    netloc = parts.netloc.rpartition("@")
-    user = netloc[0].partition(":")[0]
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[2]}"))
+    if parts.password is not None:
+        netloc = parts.netloc.rpartition("@")
+        parts = parts._replace(netloc=f"{netloc[0].partition(':')[0]}:***@{netloc[2]}")
+    if parts.query:  # libpq and redis-py also take the password as a query parameter
+        parts = parts._replace(query=_PASSWORD_PARAMETER.sub(r"\1***", parts.query))
+    return urlunsplit(parts)
+
+
+_PASSWORD_PARAMETER = re.compile(r"((?:^|&)(?:password|passwd|pass|sslpassword)=)[^&]*", re.IGNORECASE)
+"""A query parameter carrying a password, as PostgreSQL (``password``, ``sslpassword``) and Redis
+URLs (``password``) spell them; its value is hidden."""
 
 
 def _sqlite_path(location: str) -> str:

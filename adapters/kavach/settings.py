@@ -74,6 +74,7 @@ import attrs
 
 from kavach_core.config import DEFAULT_MCP_SCOPES, Lifetimes, RegistrationPolicy, is_host_name
 from kavach_core.errors import ConfigurationError
+from kavach_core.resource_indicators import host_problem
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
@@ -515,7 +516,14 @@ def _place(merged: dict[str, Any], layer: dict[str, Any], source: str) -> None:
 
 
 def _check_upstream(url: str) -> str:
-    """The MCP server to proxy to: an absolute http(s) URL (RFC 3986 §3) with a reachable port."""
+    """The MCP server to proxy to: an absolute http(s) URL (RFC 3986 §3) with a reachable port,
+    written as a URI (printable ASCII, no spaces) with a host a request can name: anything else
+    would start the server and then fail every proxied request."""
+    if not url.isascii() or any(ord(ch) <= 0x20 or ord(ch) == 0x7F for ch in url):
+        raise SettingsError(
+            f"upstream {url!r} must be written as a URI: no spaces, control or non-ASCII characters "
+            "(percent-encode them in the path)"
+        )
     try:
         parts = urlsplit(url)
         port = parts.port
@@ -527,4 +535,7 @@ def _check_upstream(url: str) -> str:
         raise SettingsError(f"upstream {url!r}: give a port between 1 and 65535, or none")
     if parts.fragment:
         raise SettingsError(f"upstream {url!r} must not have a fragment")
+    problem = host_problem(parts.netloc, parts.hostname)
+    if problem is not None:
+        raise SettingsError(f"upstream {url!r}: {problem}")
     return url
