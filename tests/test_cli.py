@@ -93,7 +93,9 @@ def test_a_group_without_action_shows_its_help() -> None:
 
 
 def test_users_add_list_remove(db: str) -> None:
-    assert "no users" in run(["users", "list", "--db", db]).stderr
+    # Listing makes no database: a mistyped --db is an error, not a new empty database.
+    assert "no database at" in bad(["users", "list", "--db", db], "no database at")
+    assert not Path(db).exists()
     created = ok(["users", "add", "alice", "--db", db, "--password-stdin"], stdin=PASSWORD + "\n")
     assert "created user 'alice'" in created
     ok(["users", "add", "bob", "--db", db, "--password-stdin"], stdin="pw2\n")
@@ -192,6 +194,10 @@ def test_clients_add_list_show_revoke(db: str) -> None:
 
 
 def test_clients_bad_input(db: str) -> None:
+    bad(["clients", "show", "nope", "--db", db], "no database at")
+    bad(["clients", "add", "--db", db, "--name", "x", "--redirect-uri", "http://example.com/cb"],
+        "invalid_redirect_uri")
+    ok(["users", "add", "alice", "--db", db, "--password-stdin"], stdin=PASSWORD + "\n")
     bad(["clients", "show", "nope", "--db", db], "no client with id 'nope'")
     bad(["clients", "revoke", "nope", "--db", db], "no client with id 'nope'")
     bad(["clients", "add", "--db", db, "--name", "x", "--redirect-uri", "http://example.com/cb"],
@@ -206,6 +212,8 @@ def test_clients_bad_input(db: str) -> None:
 
 
 def test_keys_list_and_rotate(db: str) -> None:
+    bad(["keys", "list", "--db", db], "no database at")
+    ok(["users", "add", "alice", "--db", db, "--password-stdin"], stdin=PASSWORD + "\n")
     assert "no signing keys" in run(["keys", "list", "--db", db]).stderr
     first = ok(["keys", "rotate", "--db", db]).split("key ")[1].split()[0]
     second = ok(["keys", "rotate", "--db", db]).split("key ")[1].split()[0]
@@ -218,7 +226,9 @@ def test_keys_list_and_rotate(db: str) -> None:
 
 
 def test_unreadable_database_is_one_line(tmp_path: Path) -> None:
-    bad(["users", "list", "--db", str(tmp_path / "missing" / "kavach.db")], "does not exist")
+    bad(["users", "list", "--db", str(tmp_path / "missing" / "kavach.db")], "no database at")
+    bad(["users", "add", "x", "--db", str(tmp_path / "missing" / "kavach.db"), "--password-stdin"], "does not exist",
+        stdin="pw\n")
     bad(["keys", "list", "--db", str(tmp_path)], "is a directory")
     garbage = tmp_path / "garbage.db"
     garbage.write_bytes(b"this is not a database at all" * 100)
@@ -229,7 +239,7 @@ def test_unreadable_database_is_one_line(tmp_path: Path) -> None:
 @pytest.mark.skipif(os.geteuid() == 0, reason="file permissions do not bind root")
 def test_database_without_permission(tmp_path: Path) -> None:
     locked = tmp_path / "locked.db"
-    ok(["users", "list", "--db", str(locked)])
+    ok(["keys", "rotate", "--db", str(locked)])
     locked.chmod(0)
     try:
         bad(["users", "list", "--db", str(locked)], "locked.db")
@@ -240,7 +250,7 @@ def test_database_without_permission(tmp_path: Path) -> None:
 def test_server_secret_is_made_once_and_kept(db: str) -> None:
     import sqlite3
 
-    ok(["keys", "list", "--db", db])
+    ok(["keys", "rotate", "--db", db])
     ok(["users", "list", "--db", db])
     con = sqlite3.connect(db)
     try:
@@ -632,7 +642,7 @@ def test_a_password_that_is_not_utf8_is_one_line(db: str, encoding: str) -> None
     )
     err = proc.stderr.decode()
     assert proc.returncode == 2 and "the password is not valid UTF-8 text" in err and "Traceback" not in err, err
-    assert "gil" not in ok(["users", "list", "--db", db])
+    assert not Path(db).exists(), "the password is read before the database is made"
 
 
 def test_output_to_a_reader_that_left_is_no_traceback(db: str) -> None:

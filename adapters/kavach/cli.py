@@ -44,8 +44,9 @@ from kavach_core.errors import OAuthError
 from kavach_core.records import Client, Grant
 from kavach_core.scopes import format_scope
 
-from .instance import Instance, InstanceError, check_issuer, redact
+from .instance import Instance, InstanceError, check_issuer, redact, store_kind
 from .settings import MCP_PATH, Settings, SettingsError, resolve
+from .stores import sqlite_path
 from .users import normalize_username
 
 EXIT_BROKEN_PIPE = 141
@@ -246,9 +247,21 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 @contextlib.contextmanager
-def _instance(args: argparse.Namespace) -> Iterator[Instance]:
-    """The instance ``args`` configures, closed when the block ends (also on an error)."""
-    instance = Instance(_settings(args))
+def _instance(args: argparse.Namespace, *, creates: bool = False) -> Iterator[Instance]:
+    """The instance ``args`` configures, closed when the block ends (also on an error).
+
+    Only a command that ``creates`` (``serve``, adding a user or a client, rotating keys) may make
+    a new SQLite database; the others refuse a path with no database, so a mistyped ``--db`` is an
+    error instead of a new, empty database and a misleading "no users yet"."""
+    settings = _settings(args)
+    check_issuer(settings)  # the settings' own errors come first
+    if not creates:
+        location = settings.store or settings.db
+        if store_kind(location) == "sqlite":
+            path = sqlite_path(location) if "://" in location else location
+            if path != ":memory:" and not os.path.exists(path):
+                raise CliError(f"no database at {os.path.abspath(path)} (kavach serve or kavach users add makes one)")
+    instance = Instance(settings)
     try:
         yield instance
     finally:
@@ -301,8 +314,12 @@ def _password(from_stdin: bool) -> str:
 
 
 def cmd_users_add(args: argparse.Namespace) -> int:
-    with _instance(args) as instance:
-        password = _read_password(args.password_stdin)
+    try:
+        normalize_username(args.name)
+    except ValueError as exc:
+        raise CliError(str(exc)) from exc
+    password = _read_password(args.password_stdin)  # before the store: a refusal creates nothing
+    with _instance(args, creates=True) as instance:
         existed = instance.users.store.get_hash(normalize_username(args.name)) is not None
         try:
             instance.users.add(args.name, password)
@@ -354,7 +371,7 @@ def cmd_clients_add(args: argparse.Namespace) -> int:
     from kavach_core.endpoints.registration import build_client
     from kavach_core.messages.registration import parse_metadata
 
-    with _instance(args) as instance:
+    with _instance(args, creates=True) as instance:
         metadata: dict[str, Any] = {
             "client_name": args.name,
             "redirect_uris": args.redirect_uris,
@@ -519,7 +536,7 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
 
 
 def cmd_keys_rotate(args: argparse.Namespace) -> int:
-    with _instance(args) as instance:
+    with _instance(args, creates=True) as instance:
         ctx = instance.context()
         keys = instance.run(keyset.rotate(ctx))
         active = keys.active(ctx.now, instance.config.signing_alg)
