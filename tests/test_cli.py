@@ -672,3 +672,25 @@ def test_users_remove_revokes_before_it_removes(db: str) -> None:
         )
     run(["users", "remove", "hal", "--db", db])
     assert "hal" in ok(["users", "list", "--db", db])
+
+
+def test_clients_add_refuses_an_empty_name_or_scope(db: str) -> None:
+    """An empty --scope registered a client with no scope limit, the opposite of what it says."""
+    bad(["clients", "add", "--db", db, "--name", "x", "--redirect-uri", REDIRECT_URI, "--scope", ""], "--scope")
+    bad(["clients", "add", "--db", db, "--name", "", "--redirect-uri", REDIRECT_URI], "--name")
+    assert not Path(db).exists()
+
+
+def test_listings_escape_what_the_terminal_would_act_on(db: str) -> None:
+    """Subjects come from an application's own login and names from registrations: an escape
+    sequence or a newline in one must not reach the terminal as such."""
+    ok(["clients", "add", "--db", db, "--name", "Desk", "--redirect-uri", REDIRECT_URI])
+    with sqlite3.connect(db) as conn:
+        conn.execute(
+            "INSERT INTO grants (grant_id, subject, client_id, resources, scopes, created_at, expires_at,"
+            " refresh_generation, refresh_hash, refresh_expires_at, rotated_at) VALUES"
+            " ('g1', 'evil\x1b[2J\nFAKE row', 'c1', '[]', '[]', 0, 9999999999, 0, 'x', 9999999999, 0)"
+        )
+    out = ok(["grants", "list", "--db", db])
+    assert "\x1b" not in out and not any(line.startswith("FAKE") for line in out.splitlines())
+    assert "evil\\x1b[2J\\nFAKE" in out

@@ -274,7 +274,18 @@ def _when(ts: int | None) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
+def _shown(value: object) -> str:
+    """``value`` for a terminal: characters that are not printable (escape sequences, newlines,
+    format characters) written as escapes, so stored text cannot drive the terminal or fake rows
+    (subjects come from an application's own login, names from registrations)."""
+    text = str(value)
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
+
+
 def _table(rows: Sequence[Sequence[str]], headings: Sequence[str]) -> None:
+    rows = [[_shown(cell) for cell in row] for row in rows]
     widths = [max(len(str(r[i])) for r in [headings, *rows]) for i in range(len(headings))]
     for row in [headings, *rows]:
         print("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
@@ -369,6 +380,11 @@ def cmd_users_remove(args: argparse.Namespace) -> int:
 
 def cmd_clients_add(args: argparse.Namespace) -> int:
     from kavach_core.endpoints.registration import build_client
+
+    if not args.name:
+        raise CliError("--name must not be empty")
+    if args.scope is not None and not args.scope:  # "" would register a client with no scope limit
+        raise CliError("--scope needs at least one scope (leave it out to allow every scope offered)")
     from kavach_core.messages.registration import parse_metadata
 
     with _instance(args, creates=True) as instance:
@@ -377,7 +393,7 @@ def cmd_clients_add(args: argparse.Namespace) -> int:
             "redirect_uris": args.redirect_uris,
             "token_endpoint_auth_method": "client_secret_basic" if args.confidential else "none",
         }
-        if args.scope:
+        if args.scope is not None:
             metadata["scope"] = args.scope
         try:
             client, body = build_client(instance.context(), parse_metadata(metadata))
