@@ -694,3 +694,16 @@ def test_listings_escape_what_the_terminal_would_act_on(db: str) -> None:
     out = ok(["grants", "list", "--db", db])
     assert "\x1b" not in out and not any(line.startswith("FAKE") for line in out.splitlines())
     assert "evil\\x1b[2J\\nFAKE" in out
+
+
+def test_a_client_whose_secret_cannot_be_written_out_is_not_stored(db: str) -> None:
+    """``clients add ... >/dev/full``: the secret is shown only once, so a client whose details could
+    not be written out would be a live client nobody holds the secret of."""
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run(
+            [*kavach_command(), "clients", "add", "--db", db, "--name", "Lost", "--confidential",
+             "--redirect-uri", REDIRECT_URI], stdout=full, stderr=subprocess.PIPE, text=True, env=clean_env(),
+            timeout=60,
+        )
+    assert proc.returncode == 2 and "was not stored" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert "Lost" not in run(["clients", "list", "--db", db]).stdout

@@ -380,12 +380,12 @@ def cmd_users_remove(args: argparse.Namespace) -> int:
 
 def cmd_clients_add(args: argparse.Namespace) -> int:
     from kavach_core.endpoints.registration import build_client
+    from kavach_core.messages.registration import parse_metadata
 
     if not args.name:
         raise CliError("--name must not be empty")
     if args.scope is not None and not args.scope:  # "" would register a client with no scope limit
         raise CliError("--scope needs at least one scope (leave it out to allow every scope offered)")
-    from kavach_core.messages.registration import parse_metadata
 
     with _instance(args, creates=True) as instance:
         metadata: dict[str, Any] = {
@@ -400,10 +400,16 @@ def cmd_clients_add(args: argparse.Namespace) -> int:
         except OAuthError as exc:
             raise CliError(f"{exc.error}: {exc.description}") from exc
         client = attrs.evolve(client, kind="static")
+        shown = [f"client_id: {client.client_id}"]
+        if "client_secret" in body:
+            shown.append(f"client_secret: {body['client_secret']}")
+        try:  # written out before it is stored: a secret nobody could read must not be a live client's
+            sys.stdout.write("\n".join(shown) + "\n")
+            sys.stdout.flush()
+        except OSError as exc:
+            raise CliError(f"could not write the new client's details, so it was not stored: {exc}") from None
         instance.run(_one(fx.PutClient(client)))
-    print(f"client_id: {client.client_id}")
     if "client_secret" in body:
-        print(f"client_secret: {body['client_secret']}")
         print("(the secret is shown only now; it is stored as a hash)", file=sys.stderr)
     return 0
 
