@@ -707,3 +707,15 @@ def test_a_client_whose_secret_cannot_be_written_out_is_not_stored(db: str) -> N
         )
     assert proc.returncode == 2 and "was not stored" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
     assert "Lost" not in run(["clients", "list", "--db", db]).stdout
+
+
+def test_commands_refuse_a_store_in_memory() -> None:
+    """What a command writes to a store in memory is gone when it ends: 'created user' would be a lie."""
+    bad(["users", "add", "x", "--db", ":memory:", "--password-stdin"], "keeps nothing", stdin="pw\n")
+    bad(["keys", "rotate", "--store", "memory:"], "keeps nothing")
+
+
+def test_serve_in_memory_does_not_advise_adding_users_it_cannot_reach() -> None:
+    with serve(extra_args=["--db", ":memory:"]) as served:
+        banner = served.output()
+        assert "none can be added to a store in memory" in banner and "users add" not in banner, banner

@@ -252,15 +252,17 @@ def _instance(args: argparse.Namespace, *, creates: bool = False) -> Iterator[In
 
     Only a command that ``creates`` (``serve``, adding a user or a client, rotating keys) may make
     a new SQLite database; the others refuse a path with no database, so a mistyped ``--db`` is an
-    error instead of a new, empty database and a misleading "no users yet"."""
+    error instead of a new, empty database and a misleading "no users yet". A store in memory is
+    refused: what a command wrote there would be gone when it ends."""
     settings = _settings(args)
     check_issuer(settings)  # the settings' own errors come first
-    if not creates:
-        location = settings.store or settings.db
-        if store_kind(location) == "sqlite":
-            path = sqlite_path(location) if "://" in location else location
-            if path != ":memory:" and not os.path.exists(path):
-                raise CliError(f"no database at {os.path.abspath(path)} (kavach serve or kavach users add makes one)")
+    location = settings.store or settings.db
+    kind = store_kind(location)
+    path = (sqlite_path(location) if "://" in location else location) if kind == "sqlite" else None
+    if kind == "memory" or path == ":memory:":
+        raise CliError(f"{location} keeps nothing once this command ends; give the --db or --store kavach serve uses")
+    if not creates and path is not None and not os.path.exists(path):
+        raise CliError(f"no database at {os.path.abspath(path)} (kavach serve or kavach users add makes one)")
     instance = Instance(settings)
     try:
         yield instance
@@ -628,10 +630,12 @@ def _banner(settings: Settings, instance: Instance) -> None:
         if settings.store:
             db_flag = f" --store {redact(settings.store)}"
         else:
-            db = instance.path if instance.path == ":memory:" else os.path.abspath(instance.path)
-            db_flag = "" if settings.db == "kavach.db" else f" --db {db}"
+            db_flag = "" if settings.db == "kavach.db" else f" --db {os.path.abspath(instance.path)}"
         add = f"  {_command()} users add NAME{db_flag}"
-        lines += ["", "No users yet. Create a login for the sign-in page with:", add]
+        if instance.kind == "memory" or instance.path == ":memory:":  # no other process can reach it
+            lines += ["", "No users, and none can be added to a store in memory: give a --db or --store."]
+        else:
+            lines += ["", "No users yet. Create a login for the sign-in page with:", add]
     lines += ["", "Press Ctrl-C to stop."]
     print("\n".join(lines), flush=True)
 
