@@ -719,3 +719,8 @@ def test_serve_in_memory_does_not_advise_adding_users_it_cannot_reach() -> None:
     with serve(extra_args=["--db", ":memory:"]) as served:
         banner = served.output()
         assert "none can be added to a store in memory" in banner and "users add" not in banner, banner
+
+
+def test_password_stdin_on_a_terminal_is_refused_rather_than_echoed(db: str) -> None:
+    code, output = _with_terminal(["users", "add", "ivy", "--db", db, "--password-stdin"], [])
+    assert code == 2 and "leave it out to be asked without echo" in output and "Traceback" not in output, output

@@ -309,6 +309,8 @@ def _password(from_stdin: bool) -> str:
     if sys.stdin is None:
         raise CliError("standard input is closed; give the password on it with --password-stdin")
     if from_stdin:
+        if sys.stdin.isatty():  # the terminal would echo what is typed
+            raise CliError("--password-stdin reads a pipe; on a terminal leave it out to be asked without echo")
         line = sys.stdin.readline()
         password = line[:-1] if line.endswith("\n") else line
         password = password[:-1] if password.endswith("\r") else password
