@@ -300,7 +300,7 @@ def test_challenge_builder_escapes_and_sanitises() -> None:
     header = guard.www_authenticate('https://x.example/a"b\\c', ("s",), "invalid_token", 'bad "news"\r\nX-Injected: 1')
     assert "\r" not in header and "\n" not in header
     assert 'resource_metadata="https://x.example/.well-known/oauth-protected-resource/a\\"b\\\\c"' in header
-    assert header.endswith('error_description="bad ?news???X-Injected: 1"')
+    assert header.endswith("error_description=\"bad 'news'??X-Injected: 1\"")
 
 
 def test_challenge_builder_omits_an_empty_scope() -> None:

@@ -30,7 +30,7 @@ def _register(issuer: str, forwarded_for: str) -> int:
 
 def test_a_trusted_proxy_names_the_client_for_the_per_address_limit(tmp_path: Path) -> None:
     with serve(tmp_path, config_toml=LIMITED, extra_args=["--trusted-proxies", "127.0.0.1"]) as served:
-        assert "X-Forwarded-For of:     127.0.0.1" in served.output(), "the banner says whose header is believed"
+        assert "X-Forwarded-For of:      127.0.0.1" in served.output(), "the banner says whose header is believed"
         assert [_register(served.issuer, "203.0.113.7") for _ in range(3)] == [201, 201, 429]
         assert _register(served.issuer, "203.0.113.8") == 201, "another client behind the proxy has its own count"
         # the proxy appends the peer it saw: the right-most address not a trusted proxy is the client
