@@ -13,12 +13,15 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
+import attrs
 import pytest
-from kavach_conformance import KitOptions, run_kit
+from kavach_conformance import KitOptions, Report, run_kit
 from kavach_conformance.report import FAIL, NA, PASS
 from kavach_conformance.rules import OBSERVABLE
 from kavach_serve import Served, free_port, kavach_command, serve
@@ -153,3 +156,161 @@ def test_kit_options_it_cannot_use_are_one_line_before_any_request(args: list[st
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
     assert expect in proc.stderr, proc.stderr
+
+
+# -- a server that misbehaves on the wire (tests/kit_defects.py) --------------------------------
+
+KIT_DEFECTS = Path(__file__).with_name("kit_defects.py")
+
+
+@contextmanager
+def misbehaving(defect: str) -> Iterator[Served]:
+    """``kavach serve`` answering some requests wrongly (``defect``, see tests/kit_defects.py)."""
+    with serve(command=[sys.executable, str(KIT_DEFECTS), defect]) as served:
+        served.add_user(USER, PASSWORD)
+        yield served
+
+
+def quick(served: Served, **changes: Any) -> KitOptions:
+    """The kit's options for ``served`` with a 1 s timeout (every hang costs one second)."""
+    return attrs.evolve(kit(served, other=False), timeout=1.0, **changes)
+
+
+def kit_command(served: Served, *args: str) -> subprocess.CompletedProcess[str]:
+    """``kavach conformance`` against ``served`` with a 1 s timeout, to its end."""
+    command = [*kavach_command(), "conformance", "--issuer", served.issuer, "--resource", served.mcp_url]
+    command += ["--register", "--username", USER, "--password", PASSWORD, "--redirect-port", str(free_port())]
+    proc = subprocess.run([*command, "--timeout", "1", *args], capture_output=True, text=True, timeout=120, check=False)
+    assert "Traceback" not in proc.stderr, proc.stderr
+    return proc
+
+
+def reason(report: Report, rule: str) -> str:
+    return next(r.reason for r in report.rules() if r.rule == rule)
+
+
+@pytest.mark.parametrize(("defect", "rule"), [("hang_plain", "AZ-05"), ("hang_token_replay", "TK-04")])
+def test_no_answer_in_time_fails_the_rule_checked_and_says_so(defect: str, rule: str) -> None:
+    with misbehaving(defect) as served:
+        report = run_kit(quick(served))
+    assert report.status(rule) == FAIL, report.table()
+    shown = next(line for line in report.table().splitlines() if line.startswith(rule))
+    assert ": stopped: no answer within 1 s (ReadTimeout)" in shown, report.table()
+
+
+@pytest.mark.parametrize(("defect", "why"), [("reg_html", "no JSON object"), ("reg_noid", "no client_id")])
+def test_a_registration_without_a_usable_record_fails_rg02(defect: str, why: str) -> None:
+    """No client: RG-02 fails (every registration is shown), the checks needing a client are n/a."""
+    with misbehaving(defect) as served:
+        proc = kit_command(served)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    rg02 = next(line for line in proc.stdout.splitlines() if line.startswith("RG-02"))
+    assert "fail" in rg02 and "client_id missing" in rg02, proc.stdout
+    assert "AZ-02   n/a     no client: its registration failed" in proc.stdout
+
+
+def test_a_malformed_token_answer_fails_the_stateful_test() -> None:
+    with misbehaving("token_html") as served:
+        report = run_kit(quick(served, stateful_examples=10))
+    assert report.stateful is not None and report.stateful["status"] == FAIL, report.stateful
+    assert report.stateful["reason"].startswith("TK-01: a 200 token response without an access_token")
+    assert report.status("TK-01") == FAIL
+
+
+def test_a_random_refresh_answer_is_a_stateful_failure_not_a_flaky_error() -> None:
+    with misbehaving("refresh_flaky") as served:
+        report = run_kit(quick(served, stateful_examples=20))
+    assert report.stateful is not None and report.stateful["status"] == FAIL, report.stateful
+    assert "TK-07" in report.stateful["rules"], report.stateful
+    assert report.status("TK-07") == FAIL
+
+
+def test_a_hang_in_the_stateful_test_keeps_the_report(tmp_path: Path) -> None:
+    """The run stops at the first request without an answer (no shrinking replays of it); the
+    table and the JSON report of every check group are still written."""
+    report_path = tmp_path / "report.json"
+    with misbehaving("hang_refresh") as served:
+        proc = kit_command(served, "--stateful", "20", "--json", str(report_path))
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "stateful: fail: stopped: no answer within 1 s (ReadTimeout): POST" in proc.stdout, proc.stdout
+    report = json.loads(report_path.read_text())
+    assert report["stateful"]["status"] == FAIL and report["stateful"]["seconds"] < 10, report["stateful"]
+    assert {r["rule"]: r["status"] for r in report["rules"]}["TK-03"] == PASS
+
+
+def test_tk07_is_credited_by_the_stateful_test_only_after_a_rotation() -> None:
+    with misbehaving("no_refresh") as served:
+        report = run_kit(quick(served, stateful_examples=2))
+    assert report.stateful is not None and report.stateful["status"] == PASS, report.stateful
+    assert report.status("TK-07") == NA, report.table()
+
+
+def test_a_person_step_that_fails_decides_no_redirect_rule() -> None:
+    """A person who cannot get a code for a valid request proves nothing by not getting one for a
+    bad request: AZ-01..AZ-04 are n/a, not passed."""
+
+    def person(url: str, redirect_uri: str) -> str:
+        raise RuntimeError("cannot sign in")
+
+    with defective("none") as served:
+        report = run_kit(quick(served, person=person))
+    for rule in ("AZ-02", "AZ-03"):
+        assert report.status(rule) == NA, report.table()
+        assert "could not complete the person step" in reason(report, rule)
+
+
+def test_rate_limiting_of_any_registration_stops_the_kit() -> None:
+    with misbehaving("reg_429_third") as served:
+        proc = kit_command(served)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stderr.count("\n") == 1 and "/register answered 429" in proc.stderr, proc.stderr
+
+
+def test_server_text_cannot_reach_the_terminal_raw(tmp_path: Path) -> None:
+    report_path = tmp_path / "report.json"
+    with misbehaving("escape") as served:
+        proc = kit_command(served, "--json", str(report_path))
+    assert "\x1b" not in proc.stdout and "\\x1b[2J" in proc.stdout, proc.stdout
+    assert not any(line.startswith("AZ-02   pass    injected") for line in proc.stdout.splitlines())
+    assert "\x1b[2J" in report_path.read_text(encoding="utf-8").encode().decode("unicode_escape")
+
+
+@pytest.mark.parametrize(
+    ("defect", "expect"), [("huge_meta", "answer larger than 1048576 bytes"), ("trickle_meta", "no whole answer")]
+)
+def test_an_answer_too_large_or_too_slow_is_not_read_whole(defect: str, expect: str) -> None:
+    """The RFC 8414 document (the kit goes on with OIDC discovery's): MD-01 fails."""
+    with misbehaving(defect) as served:
+        started = time.monotonic()
+        report = run_kit(quick(served))
+    assert time.monotonic() - started < 30
+    assert report.status("MD-01") == FAIL and expect in reason(report, "MD-01"), report.table()
+
+
+def test_an_unreachable_issuer_says_why() -> None:
+    proc = subprocess.run(
+        [*kavach_command(), "conformance", "--issuer", f"http://127.0.0.1:{free_port()}", "--register"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 2 and "ConnectError" in proc.stderr, proc.stderr
+    assert proc.stderr.count("/.well-known/oauth-authorization-server") == 1, proc.stderr
+
+
+def test_person_module_in_the_current_directory_and_module_run(tmp_path: Path) -> None:
+    """``--person mod:fn`` finds mod.py in the current directory; ``python -m kavach_conformance``
+    runs the kit (here both stop at the unreachable issuer, after loading the person)."""
+    (tmp_path / "kit_person_here.py").write_text("def step(url, redirect_uri):\n    return redirect_uri\n")
+    issuer = f"http://127.0.0.1:{free_port()}"
+    for command in ([*kavach_command(), "conformance"], [sys.executable, "-m", "kavach_conformance"]):
+        proc = subprocess.run(
+            [*command, "--issuer", issuer, "--person", "kit_person_here:step"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+            cwd=tmp_path,
+        )
+        assert proc.returncode == 2 and "no authorization server metadata found" in proc.stderr, proc.stderr

@@ -9,11 +9,20 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from typing import Any
 
 import httpx
 
-from .session import MCP_HEADERS, TOOLS_LIST, Client, Outcome, Session, Skip, jwt_payload, well_known
+from .session import (
+    MCP_HEADERS,
+    TOOLS_LIST,
+    Outcome,
+    RegistrationFailed,
+    Session,
+    Skip,
+    jwt_payload,
+    well_known,
+)
+from .session import json_object as json_body
 
 Record = Callable[[str, str, bool | None, str], None]
 
@@ -42,14 +51,6 @@ def error_of(response: httpx.Response) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def json_body(response: httpx.Response) -> dict[str, Any] | None:
-    try:
-        body = response.json()
-    except ValueError:
-        return None
-    return body if isinstance(body, dict) else None
-
-
 def expect_error(response: httpx.Response, *codes: str) -> tuple[bool, str]:
     err = error_of(response)
     ok = 400 <= response.status_code < 500 and err in codes
@@ -68,11 +69,6 @@ def error_redirect(outcome: Outcome, *codes: str) -> tuple[bool, str]:
     if outcome.one("code") is not None or outcome.one("#access_token") is not None:
         return False, f"a code or token was issued: {outcome.describe()}"
     return outcome.redirected and err in codes, outcome.describe()
-
-
-def _primary(s: Session) -> Client:
-    assert s.primary is not None
-    return s.primary
 
 
 # -- metadata --------------------------------------------------------------------------------
@@ -227,7 +223,8 @@ def check_registration(s: Session, record: Record) -> None:
 
 
 def check_authorize_errors(s: Session, record: Record) -> None:
-    client = _primary(s)
+    client = s.client()
+    s.person_completes()
     params, _ = s.auth_params(client, client_id="conformance-unknown-client")
     record("AZ-02", "unknown client_id", *no_code_at(s.attempt(params), client.redirect_uri))
     params, _ = s.auth_params(client, client_id=None)
@@ -266,7 +263,7 @@ def check_authorize_errors(s: Session, record: Record) -> None:
 
 
 def check_pkce(s: Session, record: Record) -> None:
-    client = _primary(s)
+    client = s.client()
     params, _ = s.auth_params(client, code_challenge=None, code_challenge_method=None)
     outcome = s.attempt(params)
     record("AZ-05", "code_challenge missing", *error_redirect(outcome, "invalid_request"))
@@ -307,7 +304,7 @@ def check_pkce(s: Session, record: Record) -> None:
 
 
 def check_success_response(s: Session, record: Record) -> None:
-    client = _primary(s)
+    client = s.client()
     state = "kit state/é+%&=x"
     code, verifier, outcome = s.code(client, state=state)
     params = outcome.params
@@ -331,7 +328,7 @@ def check_success_response(s: Session, record: Record) -> None:
 
 
 def check_resource_and_scope(s: Session, record: Record) -> None:
-    client = _primary(s)
+    client = s.client()
     if s.resource is not None:
         params, _ = s.auth_params(client, resource=UNPROTECTED)
         record("AZ-06", "resource not protected here", *error_redirect(s.attempt(params), "invalid_target"))
@@ -374,7 +371,7 @@ def check_resource_and_scope(s: Session, record: Record) -> None:
 
 
 def check_code_reuse(s: Session, record: Record) -> None:
-    client = _primary(s)
+    client = s.client()
     code, verifier, _ = s.code(client)
     first = s.tokens_of(s.redeem(client, code, verifier))
     second = s.redeem(client, code, verifier)
@@ -394,14 +391,14 @@ def check_code_reuse(s: Session, record: Record) -> None:
 def check_code_binding(s: Session, record: Record) -> None:
     if s.second is None:
         raise Skip("needs a second client (--register)")
-    code, verifier, _ = s.code(_primary(s))
+    code, verifier, _ = s.code(s.client())
     r = s.redeem(s.second, code, verifier)
     record("TK-05", "another client's code", *expect_error(r, "invalid_grant", "invalid_client", "unauthorized_client"))
 
 
 def check_token_endpoint(s: Session, record: Record) -> None:
     url = s.endpoint("token_endpoint")
-    client = _primary(s)
+    client = s.client()
     r = s.http.request("GET", url, params={"grant_type": "authorization_code", "client_id": client.client_id})
     record("TK-01", "GET refused", r.status_code >= 400, f"{r.status_code}")
     r = s.http.request(
@@ -479,14 +476,18 @@ def check_token_endpoint(s: Session, record: Record) -> None:
     record("TK-02", "client_secret_basic accepted", r.status_code == 200, f"{r.status_code} error={error_of(r)}")
     supported = s.meta.get("token_endpoint_auth_methods_supported") or []
     if "client_secret_post" in supported and s.may_register:
-        post = s.register_client("client_secret_post", "conformance kit (client_secret_post)")
+        try:
+            post = s.register_client("client_secret_post", "conformance kit (client_secret_post)")
+        except RegistrationFailed as exc:
+            record("RG-02", "register a client_secret_post client", False, str(exc))
+            return
         code, verifier, _ = s.code(post)
         r = s.redeem(post, code, verifier)
         record("TK-02", "client_secret_post accepted", r.status_code == 200, f"{r.status_code} error={error_of(r)}")
 
 
 def check_refresh(s: Session, record: Record) -> None:
-    client = _primary(s)
+    client = s.client()
     first = s.tokens(client)
     if not first.refresh_token:
         raise Skip("no refresh token issued")
@@ -495,8 +496,9 @@ def check_refresh(s: Session, record: Record) -> None:
     if r1.status_code != 200:
         record("TK-07", "refresh works", False, f"{r1.status_code} error={error_of(r1)}")
         return
-    rt1 = r1.json().get("refresh_token")
-    record("TK-07", "rotated on use", bool(rt1) and rt1 != rt0, "new refresh token" if rt1 != rt0 else "same token")
+    rt1 = (json_body(r1) or {}).get("refresh_token")
+    why = "no refresh token returned" if not rt1 else "same token" if rt1 == rt0 else "new refresh token"
+    record("TK-07", "rotated on use", bool(rt1) and rt1 != rt0, why)
     if not rt1 or rt1 == rt0:
         r = s.refresh(client, rt0)
         record("TK-07", "used refresh token refused", r.status_code != 200, f"{r.status_code} on a second use")
@@ -539,7 +541,7 @@ def check_refresh(s: Session, record: Record) -> None:
 def check_revocation(s: Session, record: Record) -> None:
     if not isinstance(s.meta.get("revocation_endpoint"), str):
         raise Skip("no revocation_endpoint")
-    client = _primary(s)
+    client = s.client()
     r = s.revoke(client, "conformance-unknown-token")
     record("RV-01", "unknown token: 200", r.status_code == 200, f"{r.status_code}")
     tokens = s.tokens(client)
@@ -589,7 +591,7 @@ def check_resource_server(s: Session, record: Record) -> None:
         raise Skip("no --resource given")
     if not s.resource_served:
         raise Skip("--indicator-only: no protected resource is served at --resource")
-    client = _primary(s)
+    client = s.client()
     r = s.call_resource(None)
     ch = _challenge(r)
     record(

@@ -7,10 +7,18 @@ import sys
 from pathlib import Path
 
 from .http import KitError
+from .report import one_line
 from .runner import KitOptions, run_kit
+
+EXIT_STATUS = (
+    "Exit status: 0 when no rule failed, 1 when one did (a server answer that is missing, late, too large or "
+    "unreadable fails the rules being checked), 2 when the kit could not run (a bad option, no metadata, the "
+    "server rate-limiting the kit)."
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = EXIT_STATUS
     parser.add_argument("--issuer", required=True, metavar="URL", help="the authorization server's issuer")
     parser.add_argument("--resource", metavar="URL", help="a protected resource (MCP server) of this issuer")
     parser.add_argument(
@@ -31,7 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--person",
         metavar="MODULE:CALLABLE",
-        help="a callable (authorization_url, redirect_uri) -> the final redirect URL",
+        help="a callable (authorization_url, redirect_uri) -> the final redirect URL (the module may be in the "
+        "current directory)",
     )
     parser.add_argument(
         "--redirect-port",
@@ -45,7 +54,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--stateful", type=int, default=0, metavar="N", help="also run N examples of the hypothesis stateful test"
     )
-    parser.add_argument("--stateful-steps", type=int, default=10, metavar="N", help="steps per stateful example")
+    parser.add_argument(
+        "--stateful-steps", type=int, default=10, metavar="N", help="steps per stateful example (default 10)"
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=15.0,
+        metavar="S",
+        help="seconds for each whole answer; none in time (or one over 1 MiB) fails the rules checked (default 15)",
+    )
     parser.add_argument("--json", metavar="FILE", help="write the JSON report here")
     parser.add_argument("--all-rules", action="store_true", help="list every checklist rule, not only observable ones")
 
@@ -67,6 +85,7 @@ def options_from(args: argparse.Namespace) -> KitOptions:
         scopes=tuple(args.scope.split()) if args.scope else None,
         stateful_examples=args.stateful,
         stateful_steps=args.stateful_steps,
+        timeout=args.timeout,
     )
 
 
@@ -76,6 +95,8 @@ def _check(args: argparse.Namespace) -> None:
         raise KitError(f"--redirect-port {args.redirect_port} is not a port (1-65535)")
     if args.stateful < 0 or args.stateful_steps < 1:
         raise KitError("--stateful needs 0 or more examples and --stateful-steps 1 or more steps")
+    if not 0 < args.timeout <= 3600:
+        raise KitError(f"--timeout {args.timeout:g} is not a number of seconds (0-3600)")
     if args.json:
         target = Path(args.json)
         if target.is_dir() or not target.parent.is_dir():
@@ -88,13 +109,14 @@ def run(args: argparse.Namespace) -> int:
         _check(args)
         report = run_kit(options_from(args))
     except KitError as exc:
-        sys.stderr.write(f"kavach conformance: {exc}\n")
+        sys.stderr.write(f"kavach conformance: {one_line(str(exc))}\n")
         return 2
     print(report.table(only_observable=not args.all_rules))
     if report.stateful is not None:
-        print(f"\nstateful: {report.stateful['status']}: {report.stateful['reason']}")
+        print()
+        print(one_line(f"stateful: {report.stateful['status']}: {report.stateful['reason']}"))
         for line in report.stateful.get("exchanges", []):
-            print("  " + line)
+            print("  " + one_line(line))
     if args.json:
         try:
             report.write_json(args.json)
@@ -106,7 +128,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="kavach-conformance", description=__doc__)
+    """``python -m kavach_conformance``: the same as ``kavach conformance``."""
+    parser = argparse.ArgumentParser(prog="python -m kavach_conformance", description=__doc__)
     add_arguments(parser)
     return run(parser.parse_args(argv))
 

@@ -8,9 +8,10 @@ sent and answered. Secrets are shortened in the log.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterable, Mapping
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import attrs
 import httpx
@@ -33,8 +34,20 @@ KEY_PARAMS = (
 KEY_RESPONSE = ("error", "active", "scope", "token_type", "code", "iss", "refresh_token", "aud")
 
 
+MAX_BYTES = 1 << 20
+"""The largest answer the kit reads (a metadata document, a sign-in page): 1 MiB."""
+
+
 class KitError(Exception):
     """The kit cannot go on (an unreachable server, a refused origin); the message says why."""
+
+
+class NoAnswer(KitError):
+    """The server gave no usable answer: no connection, no (whole) answer in time, or one too large."""
+
+
+class RateLimited(KitError):
+    """The server answered 429: the kit stops (exit status 2) rather than report throttled checks."""
 
 
 def origin(url: str) -> str:
@@ -79,8 +92,11 @@ def _summarise(pairs: Iterable[tuple[str, str]]) -> dict[str, str]:
 class Http:
     """A recording client limited to ``allowed`` origins; it never follows redirects."""
 
-    def __init__(self, allowed: Iterable[str], *, timeout: float = 15.0) -> None:
+    def __init__(self, allowed: Iterable[str], *, timeout: float = 15.0, max_bytes: int = MAX_BYTES) -> None:
         self.allowed = {origin(u) for u in allowed}
+        self.timeout = timeout
+        """Seconds for a whole exchange: connecting, the answer's head and its whole body."""
+        self.max_bytes = max_bytes
         self.client = httpx.Client(follow_redirects=False, timeout=timeout)
         self.log: list[Exchange] = []
 
@@ -120,21 +136,43 @@ class Http:
         if params is not None:
             kwargs["params"] = list(params.items()) if isinstance(params, Mapping) else list(params)
         if data is not None:
-            from urllib.parse import urlencode
-
             kwargs["content"] = urlencode(list(data.items()) if isinstance(data, Mapping) else list(data))
             kwargs["headers"].setdefault("Content-Type", "application/x-www-form-urlencoded")
         if json_body is not None:
             kwargs["content"] = json.dumps(json_body)
             kwargs["headers"].setdefault("Content-Type", "application/json")
-        if auth is not None:
-            kwargs["auth"] = httpx.BasicAuth(*auth)
+        http = client or self.client
         try:
-            response = (client or self.client).request(method, url, **kwargs)
+            request = http.build_request(method, url, **kwargs)
+            response = http.send(request, auth=httpx.BasicAuth(*auth) if auth else None, stream=True)
+            try:
+                self._read(response, time.monotonic() + self.timeout)
+            finally:
+                response.close()
+        except httpx.TimeoutException as exc:
+            what = f"no answer within {self.timeout:g} s ({type(exc).__name__})"
+            raise NoAnswer(f"{what}: {method} {url.split('?', 1)[0]}") from exc
         except (httpx.HTTPError, httpx.InvalidURL) as exc:
-            raise KitError(f"{method} {url}: {type(exc).__name__}: {exc}") from exc
+            raise NoAnswer(f"{type(exc).__name__}: {exc}: {method} {url.split('?', 1)[0]}") from exc
+        except NoAnswer as exc:
+            raise NoAnswer(f"{exc}: {method} {url.split('?', 1)[0]}") from None
         self.log.append(self._exchange(method, response, sent_pairs))
+        if response.status_code == 429:
+            raise RateLimited(f"{method} {url} answered 429: the server rate-limits the kit (try later)")
         return response
+
+    def _read(self, response: httpx.Response, deadline: float) -> None:
+        """The body, within the deadline and the size limit (httpx's own timeout is per read)."""
+        chunks: list[bytes] = []
+        size = 0
+        for chunk in response.iter_bytes():
+            size += len(chunk)
+            if size > self.max_bytes:
+                raise NoAnswer(f"answer larger than {self.max_bytes} bytes")
+            if time.monotonic() > deadline:
+                raise NoAnswer(f"no whole answer within {self.timeout:g} s (still sending)")
+            chunks.append(chunk)
+        response._content = b"".join(chunks)
 
     @staticmethod
     def _exchange(method: str, response: httpx.Response, sent: list[tuple[str, str]]) -> Exchange:

@@ -12,7 +12,9 @@ replace it (``--person module:callable``).
 from __future__ import annotations
 
 import importlib
+import os
 import re
+import sys
 from collections.abc import Callable
 from html.parser import HTMLParser
 from urllib.parse import urljoin, urlsplit
@@ -160,10 +162,13 @@ class FormPerson:
 
 
 def load_callable(spec: str) -> PersonStep:
-    """``module:callable`` -> the callable (``--person``)."""
+    """``module:callable`` -> the callable (``--person``); the module may be in the current directory
+    (a console script's import path starts with its own folder, not the current one)."""
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
         raise KitError(f"--person wants module:callable, not {spec!r}")
+    if os.getcwd() not in sys.path:
+        sys.path.append(os.getcwd())
     try:
         target: object = importlib.import_module(module_name)
         for part in attr.split("."):

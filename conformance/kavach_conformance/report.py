@@ -24,6 +24,8 @@ class Check:
     status: str
     reason: str
     exchanges: list[str] = attrs.Factory(list)
+    stopped: bool = False
+    """The check group stopped here: no answer, or one the kit could not read (shown first)."""
 
 
 @attrs.define
@@ -38,7 +40,7 @@ class RuleResult:
 def fold(rule: str, checks: list[Check]) -> RuleResult:
     """``fail`` if any check failed, else ``pass`` if any passed, else ``n/a``."""
     title = RULES.get(rule, "")
-    failed = [c for c in checks if c.status == FAIL]
+    failed = sorted((c for c in checks if c.status == FAIL), key=lambda c: not c.stopped)
     passed = [c for c in checks if c.status == PASS]
     if failed:
         return RuleResult(rule, title, FAIL, "; ".join(f"{c.name}: {c.reason}" for c in failed), checks)
@@ -103,9 +105,17 @@ class Report:
         return format_table(r for r in self.rules() if not only_observable or r.rule in OBSERVABLE)
 
 
+def one_line(text: str) -> str:
+    """``text`` safe for a terminal, on one line: every control or other unprintable character is
+    written as an escape (``\\x1b``, ``\\n`` ...), so a server cannot move the cursor or add lines."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
 def format_table(results: Iterable[RuleResult], width: int = 100) -> str:
     lines = [f"{'rule':<6}  {'result':<6}  reason", f"{'-' * 6}  {'-' * 6}  {'-' * 40}"]
     for r in results:
-        reason = " ".join(r.reason.split()) if len(r.reason) <= width else r.reason[: width - 3] + "..."
+        reason = one_line(r.reason)
+        if len(reason) > width:
+            reason = reason[: width - 3] + "..."
         lines.append(f"{r.rule:<6}  {r.status:<6}  {reason}")
     return "\n".join(lines)

@@ -8,10 +8,10 @@ from urllib.parse import urlsplit
 import attrs
 
 from .checks import ALL_CHECKS
-from .http import Http, KitError, origin
+from .http import Http, KitError, RateLimited, origin
 from .person import FormPerson, PersonStep, load_callable
 from .report import FAIL, NA, PASS, Check, Report
-from .session import Session, Skip
+from .session import BadAnswer, Session, Skip
 
 
 @attrs.define
@@ -90,24 +90,30 @@ def run_kit(options: KitOptions) -> Report:
                 for rule in rules:
                     if not any(c.rule == rule for c in report.checks):
                         report.add(Check(rule, name, NA, str(exc)))
-            except KitError as exc:
+            except RateLimited:
+                raise
+            except Exception as exc:  # no answer, or one the kit could not read: the rules checked fail
+                exchanges = session.http.since(mark)[-8:]
                 for rule in rules:
-                    report.add(Check(rule, name, NA, f"kit could not finish '{name}': {exc}"))
-            except Exception as exc:  # a server answer the kit did not expect: report, go on
-                detail = traceback.format_exception_only(type(exc), exc)[-1].strip()
-                for rule in rules:
-                    report.add(Check(rule, name, NA, f"unexpected answer during '{name}': {detail}"))
+                    report.add(Check(rule, name, FAIL, f"stopped: {describe(exc)}", exchanges, stopped=True))
         if options.stateful_examples > 0:
             from .stateful import run_stateful
 
             report.stateful = run_stateful(session, options.stateful_examples, options.stateful_steps)
             if report.stateful["status"] == FAIL:
-                for rule in report.stateful.get("rules", ["TK-04", "TK-07"]):
+                for rule in report.stateful["rules"]:
                     report.add(Check(rule, "stateful", FAIL, report.stateful["reason"], report.stateful["exchanges"]))
-            elif report.stateful["status"] == PASS:
+            elif report.stateful.get("rotations"):  # passed having rotated refresh tokens
                 report.add(Check("TK-07", "stateful", PASS, report.stateful["reason"]))
     finally:
         if isinstance(session.person, FormPerson):
             session.person.close()
         session.http.close()
     return report
+
+
+def describe(exc: BaseException) -> str:
+    """A check's exception as one reason: the kit's own message, else the exception's type and text."""
+    if isinstance(exc, KitError | BadAnswer):
+        return str(exc)
+    return traceback.format_exception_only(type(exc), exc)[-1].strip()

@@ -19,7 +19,7 @@ from urllib.parse import urlencode, urlsplit, urlunsplit
 import attrs
 import httpx
 
-from .http import Http, KitError
+from .http import Http, KitError, RateLimited
 from .person import PersonError, PersonStep, redirect_params
 
 OIDC_SCOPES = frozenset({"openid", "profile", "email", "address", "phone", "offline_access"})
@@ -33,6 +33,14 @@ TOOLS_LIST = {"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {}}
 
 class Skip(Exception):
     """A check cannot be decided here (a missing endpoint or client); the message says why."""
+
+
+class BadAnswer(Exception):
+    """The server answered, but not as the protocol says (a 200 without tokens, say)."""
+
+
+class RegistrationFailed(KitError):
+    """A registration of one of the kit's clients was refused or answered without a usable record."""
 
 
 def well_known(issuer: str, suffix: str) -> str:
@@ -52,6 +60,15 @@ def s256(verifier: str) -> str:
 
 def new_verifier() -> str:
     return b64url(secrets.token_bytes(32))
+
+
+def json_object(response: httpx.Response) -> dict[str, Any] | None:
+    """The answer's JSON object, or ``None`` (not JSON, or not an object)."""
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    return body if isinstance(body, dict) else None
 
 
 def jwt_payload(token: str) -> dict[str, Any] | None:
@@ -145,23 +162,26 @@ class Session:
     # -- discovery ----------------------------------------------------------------------
 
     def discover(self) -> None:
+        tried: list[str] = []
         for suffix in ("oauth-authorization-server", "openid-configuration"):
-            for url in (well_known(self.issuer, suffix), self.issuer.rstrip("/") + f"/.well-known/{suffix}"):
+            urls = (well_known(self.issuer, suffix), self.issuer.rstrip("/") + f"/.well-known/{suffix}")
+            for url in dict.fromkeys(urls):  # one URL for an issuer without a path
                 try:
                     response = self.http.request("GET", url)
-                except KitError:
+                except RateLimited:
+                    raise
+                except KitError as exc:
+                    tried.append(str(exc))
                     continue
-                if response.status_code == 200:
-                    try:
-                        body = response.json()
-                    except ValueError:
-                        continue
-                    if isinstance(body, dict) and body.get("authorization_endpoint"):
-                        self.meta = body
-                        self.meta_source = url
-                        self._allow_endpoints()
-                        return
-        raise KitError(f"no authorization server metadata found for {self.issuer}")
+                body = json_object(response) if response.status_code == 200 else None
+                if body is not None and body.get("authorization_endpoint"):
+                    self.meta = body
+                    self.meta_source = url
+                    self._allow_endpoints()
+                    return
+                what = "not a JSON object" if body is None else "no authorization_endpoint"
+                tried.append(f"GET {url}: {response.status_code}, {what}")
+        raise KitError(f"no authorization server metadata found for {self.issuer}: {'; '.join(tried)}")
 
     def _allow_endpoints(self) -> None:
         for name in (
@@ -187,11 +207,7 @@ class Session:
         if self.prm is None:
             response = self.http.request("GET", well_known(self.resource, "oauth-protected-resource"))
             if response.status_code == 200:
-                try:
-                    body = response.json()
-                except ValueError:
-                    body = None
-                self.prm = body if isinstance(body, dict) else None
+                self.prm = json_object(response)
         return self.prm
 
     def catalogue(self) -> list[str]:
@@ -225,9 +241,12 @@ class Session:
 
     def register_client(self, method: str, name: str) -> Client:
         response = self.register(self.client_body(method, name))
-        if response.status_code not in (200, 201):
-            raise KitError(f"registration of a {method} client failed: {response.status_code} {response.text[:200]}")
-        body = response.json()
+        body = json_object(response) if response.status_code in (200, 201) else None
+        if body is None or not isinstance(body.get("client_id"), str) or not body["client_id"]:
+            why = "no JSON object" if body is None else "no client_id"
+            raise RegistrationFailed(
+                f"registration of a {method} client failed: {response.status_code}, {why}: {response.text[:200]}"
+            )
         return Client(
             body["client_id"],
             self.redirect_uri,
@@ -245,16 +264,35 @@ class Session:
         can_register = register and isinstance(self.meta.get("registration_endpoint"), str)
         self.may_register = can_register
         if can_register:
-            if self.primary is None:
-                self.primary = self.register_client("none", "conformance kit (public)")
-            self.second = self.register_client("none", "conformance kit (second)")
-            if self.confidential is None:
-                try:
-                    self.confidential = self.register_client("client_secret_basic", "conformance kit (confidential)")
-                except KitError:
-                    self.confidential = None
-        if self.primary is None:
+            # A refused registration is reported by the registration checks (RG-02), the checks
+            # needing that client are n/a: the kit goes on with the clients it has.
+            self.primary = self.primary or self._try_register("none", "conformance kit (public)")
+            self.second = self._try_register("none", "conformance kit (second)")
+            self.confidential = self.confidential or self._try_register(
+                "client_secret_basic", "conformance kit (confidential)"
+            )
+        elif self.primary is None:
             raise KitError("no client: give --client-id (and --client-secret), or --register")
+
+    def _try_register(self, method: str, name: str) -> Client | None:
+        try:
+            return self.register_client(method, name)
+        except RegistrationFailed:
+            return None
+
+    def client(self) -> Client:
+        """The kit's first client; :class:`Skip` when its registration failed."""
+        if self.primary is None:
+            raise Skip("no client: its registration failed (RG-02)")
+        return self.primary
+
+    def person_completes(self) -> None:
+        """:class:`Skip` unless the person step completes a valid authorization: only then does an
+        authorization that stays on the server show the server refusing it."""
+        params, _ = self.auth_params(self.client())
+        outcome = self.attempt(params)
+        if outcome.one("code") is None:
+            raise Skip(f"could not complete the person step for a valid request: {outcome.describe()}")
 
     # -- authorization ------------------------------------------------------------------
 
@@ -346,8 +384,11 @@ class Session:
     def tokens_of(response: httpx.Response) -> Tokens:
         if response.status_code != 200:
             raise Skip(f"the token endpoint refused a valid redemption: {response.status_code} {response.text[:200]}")
-        body = response.json()
-        return Tokens(body["access_token"], body.get("refresh_token"), body.get("scope"), body)
+        body = json_object(response)
+        if body is None or not isinstance(body.get("access_token"), str):
+            raise BadAnswer(f"the token endpoint answered 200 without an access_token: {response.text[:200]}")
+        refresh = body.get("refresh_token")
+        return Tokens(body["access_token"], refresh if isinstance(refresh, str) else None, body.get("scope"), body)
 
     # -- revocation, introspection, resource ---------------------------------------------
 
@@ -372,13 +413,7 @@ class Session:
         if not isinstance(url, str) or client is None:
             return None
         response = self.http.request("POST", url, data={"token": token}, auth=(client.client_id, client.secret or ""))
-        if response.status_code != 200:
-            return None
-        try:
-            body = response.json()
-        except ValueError:
-            return None
-        return body if isinstance(body, dict) else None
+        return json_object(response) if response.status_code == 200 else None
 
     def introspect(self, token: str) -> bool | None:
         """``active`` of ``token`` by introspection with the confidential client; ``None`` if unavailable."""

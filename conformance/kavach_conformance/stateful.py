@@ -16,17 +16,22 @@ shortest replay: method, URL, status and the parameters that matter.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import attrs
+import httpx
 from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
+from hypothesis.errors import Flaky
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, initialize, invariant, multiple, rule
 
-from .report import FAIL, PASS
-from .session import Client, Session, Skip
+from .http import Http, KitError, RateLimited
+from .report import FAIL, NA, PASS
+from .session import Client, Session, Skip, json_object
 
 
 @attrs.define(eq=False)
@@ -48,10 +53,16 @@ class Code:
     family: Family | None = None
 
 
+class _Stop(BaseException):
+    """Ends the whole run at once, without shrinking or replays (hypothesis re-raises a
+    BaseException that is not an Exception): the server gave no answer, or the test cannot run."""
+
+
 class _Base(RuleBasedStateMachine):
     session: Session
     client: Client
     machines: list[_Base]
+    failures: list[str]
 
     codes = Bundle("codes")
     families = Bundle("families")
@@ -60,6 +71,8 @@ class _Base(RuleBasedStateMachine):
         super().__init__()
         self.mark = self.session.http.mark()
         self.all_families: list[Family] = []
+        self.rotations = 0
+        """Refreshes that rotated the refresh token: TK-07 is credited only when there was one."""
         self.revocations = 0
         """Revocations so far (a reuse, a replay, a revocation request). A server may revoke more
         than one family at once (several codes sharing one grant, as node-oidc-provider does), so
@@ -71,21 +84,36 @@ class _Base(RuleBasedStateMachine):
     def start(self) -> None:
         self.mark = self.session.http.mark()
 
+    def expect(self, condition: object, message: str) -> None:
+        """An assertion naming its rule; the first one is kept in case a replay does not repeat it."""
+        if not condition:
+            self.failures.append(message)
+            raise AssertionError(message)
+
+    def tokens(self, response: httpx.Response) -> dict[str, Any]:
+        body = json_object(response)
+        self.expect(
+            body is not None and isinstance(body.get("access_token"), str),
+            f"TK-01: a 200 token response without an access_token: {response.text[:100]!r}",
+        )
+        assert body is not None
+        return body
+
     # -- steps ----------------------------------------------------------------------------
 
     @rule(target=codes)
     def authorize(self) -> Code:
         try:
             code, verifier, _ = self.session.code(self.client)
-        except Skip as exc:
-            raise AssertionError(f"AZ-05: {exc}") from exc
+        except Skip as exc:  # not a finding of this test: it cannot run
+            raise _Stop(exc) from exc
         return Code(code, verifier)
 
     @rule(target=families, c=codes)
     def redeem(self, c: Code) -> Any:
         response = self.session.redeem(self.client, c.code, c.verifier)
         if c.used:
-            assert response.status_code != 200, "TK-04: a code yielded tokens a second time"
+            self.expect(response.status_code != 200, "TK-04: a code yielded tokens a second time")
             if c.family is not None and not c.family.revoked:
                 c.family.revoked = True
                 self.revocations += 1
@@ -93,8 +121,8 @@ class _Base(RuleBasedStateMachine):
         if response.status_code != 200 and self.revocations:
             c.used = True
             return multiple()
-        assert response.status_code == 200, f"TK-03: a fresh code was refused: {response.status_code}"
-        body = response.json()
+        self.expect(response.status_code == 200, f"TK-03: a fresh code was refused: {response.status_code}")
+        body = self.tokens(response)
         family = Family(
             self.client, [body["refresh_token"]] if body.get("refresh_token") else [], [body["access_token"]]
         )
@@ -109,15 +137,18 @@ class _Base(RuleBasedStateMachine):
             return
         response = self.session.refresh(self.client, f.refresh[-1])
         if f.revoked:
-            assert response.status_code != 200, "TK-07: the refresh token of a revoked family still works"
+            self.expect(response.status_code != 200, "TK-07: the refresh token of a revoked family still works")
             return
         if response.status_code != 200 and self.revocations:
             f.revoked = True
             return
-        assert response.status_code == 200, f"TK-07: the current refresh token was refused: {response.status_code}"
-        body = response.json()
+        self.expect(
+            response.status_code == 200, f"TK-07: the current refresh token was refused: {response.status_code}"
+        )
+        body = self.tokens(response)
         successor = body.get("refresh_token")
-        assert successor and successor not in f.refresh, "TK-07: the refresh token was not rotated"
+        self.expect(bool(successor) and successor not in f.refresh, "TK-07: the refresh token was not rotated")
+        self.rotations += 1
         f.refresh.append(successor)
         f.access.append(body["access_token"])
 
@@ -128,14 +159,15 @@ class _Base(RuleBasedStateMachine):
         index = max(0, len(f.refresh) - 1 - back)
         response = self.session.refresh(self.client, f.refresh[index])
         if f.revoked:
-            assert response.status_code != 200, "TK-07: a refresh token of a revoked family still works"
+            self.expect(response.status_code != 200, "TK-07: a refresh token of a revoked family still works")
             return
         if response.status_code == 200:
-            body = response.json()
+            body = self.tokens(response)
             immediate = index == len(f.refresh) - 2
-            assert immediate, "TK-07: a superseded refresh token was accepted"
-            assert body.get("refresh_token") == f.refresh[-1], (
-                "TK-07: a retried refresh token produced a new branch instead of the same successor"
+            self.expect(immediate, "TK-07: a superseded refresh token was accepted")
+            self.expect(
+                body.get("refresh_token") == f.refresh[-1],
+                "TK-07: a retried refresh token produced a new branch instead of the same successor",
             )
             f.access.append(body["access_token"])
             return
@@ -147,7 +179,7 @@ class _Base(RuleBasedStateMachine):
         if not isinstance(self.session.meta.get("revocation_endpoint"), str) or not f.refresh:
             return
         response = self.session.revoke(self.client, f.refresh[-1], "refresh_token")
-        assert response.status_code == 200, f"RV-01: revocation answered {response.status_code}"
+        self.expect(response.status_code == 200, f"RV-01: revocation answered {response.status_code}")
         f.revoked = True
         self.revocations += 1
 
@@ -159,18 +191,36 @@ class _Base(RuleBasedStateMachine):
             if not f.revoked:
                 continue
             active = self.session.token_active(self.client, f.access[-1])
-            assert active is not True, "TK-04/TK-07: an access token of a revoked grant is still active"
+            self.expect(active is not True, "TK-04/TK-07: an access token of a revoked grant is still active")
             if not f.confirmed and f.refresh:
                 response = self.session.refresh(self.client, f.refresh[-1])
-                assert response.status_code != 200, "TK-07: the refresh token of a revoked grant still works"
+                self.expect(response.status_code != 200, "TK-07: the refresh token of a revoked grant still works")
                 f.confirmed = True
 
 
 def machine_for(session: Session) -> type[_Base]:
     """A state machine class bound to ``session`` (``machine_for(s).TestCase`` runs it under unittest/pytest)."""
-    client = session.confidential or session.primary
-    assert client is not None
-    return type("ConformanceMachine", (_Base,), {"session": session, "client": client, "machines": []})
+    client = session.confidential or session.client()
+    return type("ConformanceMachine", (_Base,), {"session": session, "client": client, "machines": [], "failures": []})
+
+
+@contextlib.contextmanager
+def _stop_on_kit_errors(http: Http) -> Iterator[None]:
+    """A request without an answer (or rate-limited) stops the run instead of failing one example:
+    hypothesis would replay, and wait for, it again and again while shrinking."""
+    request = http.request
+
+    def stopping(*args: Any, **kwargs: Any) -> httpx.Response:
+        try:
+            return request(*args, **kwargs)
+        except KitError as exc:
+            raise _Stop(exc) from exc
+
+    http.request = stopping  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        del http.request
 
 
 def run_stateful(session: Session, examples: int, steps: int = 10, *, derandomize: bool = False) -> dict[str, Any]:
@@ -179,8 +229,11 @@ def run_stateful(session: Session, examples: int, steps: int = 10, *, derandomiz
     ``derandomize`` makes the sequences the same on every run (for a reproducible CI check)."""
     from hypothesis.stateful import run_state_machine_as_test
 
-    machine = machine_for(session)
     started = time.monotonic()
+    try:
+        machine = machine_for(session)
+    except Skip as exc:
+        return _result(NA, f"could not run: {exc}", [], examples, started)
     config = settings(
         max_examples=examples,
         stateful_step_count=steps,
@@ -193,24 +246,43 @@ def run_stateful(session: Session, examples: int, steps: int = 10, *, derandomiz
         derandomize=derandomize,
     )
     try:
-        run_state_machine_as_test(machine, settings=config)
-    except AssertionError as exc:
-        last = machine.machines[-1]
-        exchanges = session.http.since(last.mark)
-        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        rules = re.findall(r"\b([A-Z]{2}-\d\d)\b", message.split(":", 1)[0]) or ["TK-04", "TK-07"]
-        return {
-            "status": FAIL,
-            "reason": message,
-            "rules": rules,
-            "exchanges": exchanges,
-            "examples": examples,
-            "seconds": round(time.monotonic() - started, 1),
-        }
+        with _stop_on_kit_errors(session.http):
+            run_state_machine_as_test(machine, settings=config)
+    except _Stop as stop:
+        cause = stop.__cause__
+        if isinstance(cause, RateLimited):
+            raise cause from None
+        exchanges = session.http.since(machine.machines[-1].mark)
+        if isinstance(cause, Skip):
+            return _result(NA, f"could not run: {cause}", exchanges, examples, started)
+        return _result(FAIL, f"stopped: {cause}", exchanges, examples, started)
+    except (AssertionError, Flaky) as exc:
+        exchanges = session.http.since(machine.machines[-1].mark)
+        if isinstance(exc, AssertionError):
+            message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        else:
+            first = machine.failures[0] if machine.failures else "a failure"
+            message = f"{first} (not repeated when replayed: the server answers the same steps differently)"
+        return _result(FAIL, message, exchanges, examples, started)
+    rotations = sum(m.rotations for m in machine.machines)
+    result = _result(
+        PASS,
+        f"{examples} random sequences of up to {steps} steps kept every invariant ({rotations} refresh rotations)",
+        [],
+        examples,
+        started,
+    )
+    result["rotations"] = rotations
+    return result
+
+
+def _result(status: str, reason: str, exchanges: list[str], examples: int, started: float) -> dict[str, Any]:
+    rules = re.findall(r"\b([A-Z]{2}-\d\d)\b", reason.split(":", 1)[0]) or ["TK-04", "TK-07"]
     return {
-        "status": PASS,
-        "reason": f"{examples} random sequences of up to {steps} steps kept every invariant",
-        "exchanges": [],
+        "status": status,
+        "reason": reason,
+        "rules": rules,
+        "exchanges": exchanges,
         "examples": examples,
         "seconds": round(time.monotonic() - started, 1),
     }
