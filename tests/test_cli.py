@@ -724,3 +724,27 @@ def test_serve_in_memory_does_not_advise_adding_users_it_cannot_reach() -> None:
 def test_password_stdin_on_a_terminal_is_refused_rather_than_echoed(db: str) -> None:
     code, output = _with_terminal(["users", "add", "ivy", "--db", db, "--password-stdin"], [])
     assert code == 2 and "leave it out to be asked without echo" in output and "Traceback" not in output, output
+
+
+def test_ctrl_c_while_the_command_loads_is_quiet(tmp_path: Path) -> None:
+    """SIGINT while the command imports its modules (the first fraction of a second) ended with a
+    KeyboardInterrupt traceback; now it ends as one later does. The signal is sent once the
+    interpreter itself has started (before that, a SIGINT is the interpreter's own fatal error) and
+    cryptography's extension is loading, i.e. in the middle of the command's imports."""
+    proc = subprocess.Popen(
+        [*kavach_command(), "users", "list", "--db", str(tmp_path / "k.db")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=clean_env(),
+    )
+    maps = Path(f"/proc/{proc.pid}/maps")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            if "_rust.abi3.so" in maps.read_text():
+                break
+        except OSError:
+            break
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert "Traceback" not in err, err
+    assert proc.returncode in (130, 2), (proc.returncode, err)  # 2: it had finished ("no database")
