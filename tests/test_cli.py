@@ -197,6 +197,7 @@ def test_clients_bad_input(db: str) -> None:
     bad(["clients", "show", "nope", "--db", db], "no database at")
     bad(["clients", "add", "--db", db, "--name", "x", "--redirect-uri", "http://example.com/cb"],
         "invalid_redirect_uri")
+    assert not Path(db).exists(), "a refused client is checked before the database is made"
     ok(["users", "add", "alice", "--db", db, "--password-stdin"], stdin=PASSWORD + "\n")
     bad(["clients", "show", "nope", "--db", db], "no client with id 'nope'")
     bad(["clients", "revoke", "nope", "--db", db], "no client with id 'nope'")

@@ -40,6 +40,7 @@ import attrs
 
 from kavach_core import effects as fx
 from kavach_core import keys as keyset
+from kavach_core.context import Context
 from kavach_core.errors import OAuthError
 from kavach_core.records import Client, Grant
 from kavach_core.scopes import format_scope
@@ -391,22 +392,24 @@ def cmd_clients_add(args: argparse.Namespace) -> int:
     if args.scope is not None and not args.scope:  # "" would register a client with no scope limit
         raise CliError("--scope needs at least one scope (leave it out to allow every scope offered)")
 
+    metadata: dict[str, Any] = {
+        "client_name": args.name,
+        "redirect_uris": args.redirect_uris,
+        "token_endpoint_auth_method": "client_secret_basic" if args.confidential else "none",
+    }
+    if args.scope is not None:
+        metadata["scope"] = args.scope
+    # Checked against the settings before the store is opened: a refused client creates nothing.
+    context = Context(check_issuer(_settings(args)), int(time.time()), os.urandom)
+    try:
+        client, body = build_client(context, parse_metadata(metadata))
+    except OAuthError as exc:
+        raise CliError(f"{exc.error}: {exc.description}") from exc
+    client = attrs.evolve(client, kind="static")
+    shown = [f"client_id: {client.client_id}"]
+    if "client_secret" in body:
+        shown.append(f"client_secret: {body['client_secret']}")
     with _instance(args, creates=True) as instance:
-        metadata: dict[str, Any] = {
-            "client_name": args.name,
-            "redirect_uris": args.redirect_uris,
-            "token_endpoint_auth_method": "client_secret_basic" if args.confidential else "none",
-        }
-        if args.scope is not None:
-            metadata["scope"] = args.scope
-        try:
-            client, body = build_client(instance.context(), parse_metadata(metadata))
-        except OAuthError as exc:
-            raise CliError(f"{exc.error}: {exc.description}") from exc
-        client = attrs.evolve(client, kind="static")
-        shown = [f"client_id: {client.client_id}"]
-        if "client_secret" in body:
-            shown.append(f"client_secret: {body['client_secret']}")
         try:  # written out before it is stored: a secret nobody could read must not be a live client's
             sys.stdout.write("\n".join(shown) + "\n")
             sys.stdout.flush()
