@@ -112,7 +112,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--host", help="address to listen on (default 127.0.0.1; KAVACH_HOST)")
     serve.add_argument("--port", type=_port_arg, help="port to listen on (default 8000; KAVACH_PORT)")
-    serve.add_argument("--issuer", metavar="URL", help="the issuer URL (default http://127.0.0.1:PORT; KAVACH_ISSUER)")
+    serve.add_argument(
+        "--issuer",
+        metavar="URL",
+        help="the issuer URL (default http://HOST:PORT, 127.0.0.1 for 0.0.0.0; KAVACH_ISSUER)",
+    )
     serve.add_argument("--upstream", metavar="URL", help="proxy /mcp to this MCP server (Streamable HTTP)")
     serve.add_argument(
         "--allow-insecure-http",

@@ -9,7 +9,7 @@ The TOML file::
 
     host = "127.0.0.1"            # KAVACH_HOST
     port = 8000                   # KAVACH_PORT
-    issuer = "https://auth.example.com"   # KAVACH_ISSUER; default http://127.0.0.1:<port>
+    issuer = "https://auth.example.com"   # KAVACH_ISSUER; default http://<host>:<port>
     db = "kavach.db"              # KAVACH_DB; relative to this file's directory
     store = "postgresql://kavach@db.internal/kavach"   # KAVACH_STORE; instead of db (see below)
     upstream = "http://127.0.0.1:9000/mcp"   # KAVACH_UPSTREAM
@@ -77,6 +77,7 @@ from kavach_core.errors import ConfigurationError
 from kavach_core.resource_indicators import host_problem
 
 DEFAULT_HOST = "127.0.0.1"
+_EVERY_INTERFACE = frozenset({"0.0.0.0", "::", ""})  # noqa: S104 - recognised here, never bound
 DEFAULT_PORT = 8000
 DEFAULT_DB = "kavach.db"
 MCP_PATH = "/mcp"
@@ -134,8 +135,18 @@ class Settings:
 
     @property
     def issuer_url(self) -> str:
-        """The issuer: as configured, else ``http://127.0.0.1:<port>`` (loopback, development)."""
-        return self.issuer if self.issuer is not None else f"http://127.0.0.1:{self.port}"
+        """The issuer: as configured, else ``http://HOST:<port>`` for the address served on
+        (development): ``127.0.0.1`` when that is every interface, loopback included. A host other
+        than loopback makes an http issuer the configuration refuses, asking for ``--issuer``,
+        rather than one naming an address the server does not answer on."""
+        if self.issuer is not None:
+            return self.issuer
+        host = self.host.lower()
+        if host in _EVERY_INTERFACE:
+            host = "127.0.0.1"
+        elif ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.port}"
 
     @property
     def resource_url(self) -> str:
