@@ -286,7 +286,8 @@ def test_settings_precedence_flags_env_toml_defaults(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("toml", "expect"),
     [("port = [", "not valid TOML"), ("prot = 1", "unknown setting 'prot'"), ('port = "x"', "whole number"),
-     ("[lifetimes]\nforever = 1", "unknown lifetime"), ("[resource]\nscopes = 3", "resource.scopes")],
+     ("[lifetimes]\nforever = 1", "unknown lifetime"), ("[resource]\nscopes = 3", "resource.scopes"),
+     ("\ufeffport = 8000", "byte-order mark")],
 )
 def test_bad_toml_is_one_line(tmp_path: Path, toml: str, expect: str) -> None:
     path = tmp_path / "k.toml"

@@ -212,6 +212,13 @@ def test_a_redis_database_that_is_not_a_number_is_refused(tmp_path: Path) -> Non
         ("postgresql://127.0.0.1:abc/test", "port 'abc' is not a number"),
         ("postgresql://127.0.0.1:99999/test", "port '99999' is not a number"),
         ("postgresql://127.0.0.1/test?bogus=1", "invalid URI query parameter"),
+        # an empty or repeated namespace silently meant the default one, or the first
+        ("postgresql://127.0.0.1/test?schema=", "schema must be given once and not empty"),
+        ("postgresql://127.0.0.1/test?schema=a&schema=b", "schema must be given once and not empty"),
+        ("redis://127.0.0.1:6379/0?prefix=", "prefix must be given once and not empty"),
+        ("redis://127.0.0.1:6379/0?prefix=a:&prefix=b:", "prefix must be given once and not empty"),
+        # libpq keywords made an SQLite file named after them, password included
+        ("host=127.0.0.1 port=5999 password=hunter2 dbname=test", "postgresql:// URL, not as libpq keywords"),
     ],
 )
 def test_malformed_store_urls_fail_at_once(tmp_path: Path, url: str, expect: str) -> None:

@@ -110,7 +110,13 @@ def store_kind(location: str) -> str:
         raise InstanceError(
             f"unknown store {redact(location)!r}: use a file path, sqlite:///PATH, postgresql://... or redis://..."
         )
+    if not scheme and _KEYWORD_DSN.match(location):  # a file of that name would hold the password in its name
+        raise InstanceError("a PostgreSQL store is given as a postgresql:// URL, not as libpq keywords (host=...)")
     return "sqlite"
+
+
+_KEYWORD_DSN = re.compile(r"\s*(host|hostaddr|port|dbname|user|password|service|sslmode)\s*=", re.IGNORECASE)
+"""A libpq keyword string (``host=db dbname=kavach ...``), which would otherwise name an SQLite file."""
 
 
 def redact(location: str) -> str:

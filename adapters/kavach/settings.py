@@ -311,6 +311,8 @@ def read_toml(path: str) -> dict[str, Any]:
         os.close(fd)
     if len(data) > MAX_CONFIG_BYTES:
         raise SettingsError(f"config file {path!r} is larger than {MAX_CONFIG_BYTES // 1024 // 1024} MiB")
+    if data.startswith(b"\xef\xbb\xbf"):  # TOML has no byte-order mark; tomllib says "invalid statement"
+        raise SettingsError(f"config file {path!r} starts with a byte-order mark: save it as UTF-8 without one")
     try:
         return tomllib.loads(data.decode("utf-8"))
     except UnicodeDecodeError as exc:

@@ -349,9 +349,12 @@ def _split_schema(dsn: str) -> tuple[str, str | None]:
         return dsn, None
     parts = urlsplit(dsn)
     query = parse_qsl(parts.query, keep_blank_values=True)
-    schema = next((v for k, v in query if k == "schema"), None)
-    if schema is None:
+    given = [v for k, v in query if k == "schema"]
+    if not given:
         return dsn, None
+    if len(given) > 1 or not given[0]:
+        raise ValueError("the store URL's schema must be given once and not empty (leave it out for kavach)")
+    schema = given[0]
     rest = urlencode([(k, v) for k, v in query if k != "schema"])
     return urlunsplit(parts._replace(query=rest)), schema
 

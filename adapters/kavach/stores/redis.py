@@ -347,9 +347,12 @@ def _split_prefix(url: str) -> tuple[str, str | None]:
     """Remove a ``prefix`` query parameter from the URL (redis-py would refuse it)."""
     parts = urlsplit(url)
     query = parse_qsl(parts.query, keep_blank_values=True)
-    prefix = next((v for k, v in query if k == "prefix"), None)
-    if prefix is None:
+    given = [v for k, v in query if k == "prefix"]
+    if not given:
         return url, None
+    if len(given) > 1 or not given[0]:
+        raise ValueError("the store URL's prefix must be given once and not empty (leave it out for kavach:)")
+    prefix = given[0]
     rest = urlencode([(k, v) for k, v in query if k != "prefix"])
     return urlunsplit(parts._replace(query=rest)), prefix
 
