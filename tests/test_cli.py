@@ -103,6 +103,8 @@ def test_users_add_list_remove(db: str) -> None:
     assert "changed the password" in ok(["users", "add", "bob", "--db", db, "--password-stdin"], stdin="pw3\n")
     assert "removed user 'bob'" in ok(["users", "remove", "bob", "--db", db])
     assert ok(["users", "list", "--db", db]).split() == ["alice"]
+    ok(["users", "add", " Zed ", "--db", db, "--password-stdin"], stdin="pw4\n")
+    assert "removed user 'Zed';" in ok(["users", "remove", " Zed ", "--db", db])  # the name as kept, as add says
 
 
 def test_users_bad_input(db: str) -> None:

@@ -380,7 +380,7 @@ def cmd_users_remove(args: argparse.Namespace) -> int:
         # same command can be run again (the other order left a removed user's grants live).
         revoked = _revoke_subject(instance, subject)
         instance.users.remove(args.name)
-    print(f"removed user {args.name!r}; revoked {revoked} grant{'s' if revoked != 1 else ''}")
+    print(f"removed user {subject!r}; revoked {revoked} grant{'s' if revoked != 1 else ''}")
     return 0
 
 
