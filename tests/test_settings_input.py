@@ -183,7 +183,7 @@ UNPRINTABLE = ["a\x7fb", "a\x85b", "rlo\u202eb", "zero\u200bwidth", "line\u2028s
 def test_unprintable_usernames_are_refused(db: str, name: str) -> None:
     line = bad(["users", "add", name, "--db", db, "--password-stdin"], "username must not contain", stdin="pw\n")
     assert name not in line and "U+" in line, "the character is named by its code point, not printed raw"
-    assert ok(["users", "list", "--db", db]) == "", "nothing was created"
+    assert not Path(db).exists(), "nothing was created"
     bad(["users", "remove", name, "--db", db], "username must not contain")
 
 
@@ -198,7 +198,7 @@ def test_printable_usernames_are_still_accepted_and_normalised(db: str) -> None:
     for name in ("alice", " José ", "名前", "Mary Ann"):
         ok(["users", "add", name, "--db", db, "--password-stdin"], stdin="pw\n")
     assert ok(["users", "list", "--db", db]).splitlines() == sorted(["alice", "José", "名前", "Mary Ann"])
-    assert "removed user ' alice '" in ok(["users", "remove", " alice ", "--db", db])
+    assert "removed user 'alice'" in ok(["users", "remove", " alice ", "--db", db])  # as kept, as add says
 
 
 def test_one_rule_for_every_path_that_takes_a_username() -> None:

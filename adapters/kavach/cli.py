@@ -266,13 +266,24 @@ def _instance(args: argparse.Namespace, *, creates: bool = False) -> Iterator[In
     path = (sqlite_path(location) if "://" in location else location) if kind == "sqlite" else None
     if kind == "memory" or path == ":memory:":
         raise CliError(f"{location} keeps nothing once this command ends; give the --db or --store kavach serve uses")
-    if not creates and path is not None and not os.path.exists(path):
+    if not creates and path is not None and not path.endswith(("/", os.sep)) and _missing(path):
         raise CliError(f"no database at {os.path.abspath(path)} (kavach serve or kavach users add makes one)")
     instance = Instance(settings)
     try:
         yield instance
     finally:
         instance.close()
+
+
+def _missing(path: str) -> bool:
+    """Nothing at ``path`` (a name too long, or a path through a file, is the store's to explain)."""
+    try:
+        os.stat(path)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    return False
 
 
 def _when(ts: int | None) -> str:
@@ -372,8 +383,8 @@ def _one(effect: fx.Effect) -> Any:
 
 
 def cmd_users_remove(args: argparse.Namespace) -> int:
+    subject = normalize_username(args.name)  # a name that cannot be a user's is refused before the store
     with _instance(args) as instance:
-        subject = normalize_username(args.name)
         if instance.users.store.get_hash(subject) is None:
             raise CliError(f"no user named {args.name!r}")
         # Grants first: if the store fails between the two steps, the user is still there and the
