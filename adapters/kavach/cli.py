@@ -45,9 +45,8 @@ from kavach_core.errors import OAuthError
 from kavach_core.records import Client, Grant
 from kavach_core.scopes import format_scope
 
-from .instance import Instance, InstanceError, check_issuer, redact, store_kind
+from .instance import Instance, InstanceError, check_issuer, redact, sqlite_file, store_kind
 from .settings import MCP_PATH, Settings, SettingsError, resolve
-from .stores import sqlite_path
 from .users import normalize_username
 
 EXIT_BROKEN_PIPE = 141
@@ -263,7 +262,7 @@ def _instance(args: argparse.Namespace, *, creates: bool = False) -> Iterator[In
     check_issuer(settings)  # the settings' own errors come first
     location = settings.store or settings.db
     kind = store_kind(location)
-    path = (sqlite_path(location) if "://" in location else location) if kind == "sqlite" else None
+    path = sqlite_file(location) if kind == "sqlite" else None
     if kind == "memory" or path == ":memory:":
         raise CliError(f"{location} keeps nothing once this command ends; give the --db or --store kavach serve uses")
     if not creates and path is not None and not path.endswith(("/", os.sep)) and _missing(path):

@@ -144,7 +144,8 @@ _PASSWORD_PARAMETER = re.compile(r"((?:^|&)(?:password|passwd|pass|sslpassword)=
 URLs (``password``) spell them; its value is hidden."""
 
 
-def _sqlite_path(location: str) -> str:
+def sqlite_file(location: str) -> str:
+    """The SQLite file a store location names: a plain path as given, a ``sqlite://`` URL's path."""
     return sqlite_path(location) if "://" in location else location
 
 
@@ -240,7 +241,7 @@ class Instance:
         self.settings = settings
         self.location = settings.store or settings.db
         self.kind = store_kind(self.location)
-        self.path = _sqlite_path(self.location) if self.kind == "sqlite" else self.location
+        self.path = sqlite_file(self.location) if self.kind == "sqlite" else self.location
         if self.kind in _SHARED_KINDS:
             self._open_shared(os.environ if environ is None else environ)
         else:
