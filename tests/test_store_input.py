@@ -217,6 +217,11 @@ def test_a_redis_database_that_is_not_a_number_is_refused(tmp_path: Path) -> Non
         ("postgresql://127.0.0.1/test?schema=a&schema=b", "schema must be given once and not empty"),
         ("redis://127.0.0.1:6379/0?prefix=", "prefix must be given once and not empty"),
         ("redis://127.0.0.1:6379/0?prefix=a:&prefix=b:", "prefix must be given once and not empty"),
+        # redis-py hands a parameter it does not know to the connection: a TypeError at first use
+        ("redis://127.0.0.1:6379/0?bogus=1&socket_timeout=2&x=y", "no Redis connection takes: bogus, x"),
+        ("unix:///tmp/kavach-no-such.sock?bogus=1", "store unix:///tmp/kavach-no-such.sock?bogus=1: the Redis URL"),
+        # psycopg ignored a malformed one, and the store's own default replaced a well-formed one
+        ("postgresql://127.0.0.1/test?connect_timeout=abc", "connect_timeout 'abc' is not a whole number"),
         # libpq keywords made an SQLite file named after them, password included
         ("host=127.0.0.1 port=5999 password=hunter2 dbname=test", "postgresql:// URL, not as libpq keywords"),
     ],
@@ -238,6 +243,19 @@ def test_a_postgresql_connection_failure_keeps_its_cause() -> None:
     services.require("postgres")
     bad(["keys", "list", "--store", "postgresql://127.0.0.1:5432/kavach_no_such_database"], "does not exist")
     bad(["keys", "list", "--store", "postgresql://nosuchhost.invalid/test"], "failed to resolve host")
+
+
+@pytest.mark.parametrize(("given", "used"), [(None, 5), ("30", 30), ("1", 2), ("0", 5), (" 7 ", 7)])
+def test_a_postgresql_url_sets_the_connect_timeout(given: str | None, used: int) -> None:
+    """The URL's ``connect_timeout`` (read as libpq reads it) is the one each connection gets; the
+    store's default only when the URL sets none. No connection is made here."""
+    from kavach.stores.postgres import PostgresStore
+
+    query = "" if given is None else f"?connect_timeout={given}"
+    store = PostgresStore(f"postgresql://127.0.0.1:5432/test{query}", min_connections=0, store_key=STORE_KEY)
+    assert store._pool_args["kwargs"]["connect_timeout"] == used
+    explicit = PostgresStore(f"postgresql://127.0.0.1:5432/test{query}", connect_timeout=9, store_key=STORE_KEY)
+    assert explicit._pool_args["kwargs"]["connect_timeout"] == 9
 
 
 def test_a_postgresql_pool_timeout_keeps_its_cause_on_the_event_loop() -> None:

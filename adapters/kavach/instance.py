@@ -35,7 +35,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from kavach_core import effects as fx
 from kavach_core.config import Config, ProtectedResource
@@ -136,7 +136,9 @@ def redact(location: str) -> str:
         parts = parts._replace(netloc=f"{netloc[0].partition(':')[0]}:***@{netloc[2]}")
     if parts.query:  # libpq and redis-py also take the password as a query parameter
         parts = parts._replace(query=_PASSWORD_PARAMETER.sub(r"\1***", parts.query))
-    return urlunsplit(parts)
+    # spelled out: urlunsplit drops the "//" of a URL with no host (unix:///run/redis.sock)
+    query, fragment = f"?{parts.query}" if parts.query else "", f"#{parts.fragment}" if parts.fragment else ""
+    return f"{parts.scheme}://{parts.netloc}{parts.path}{query}{fragment}"
 
 
 _PASSWORD_PARAMETER = re.compile(r"((?:^|&)(?:password|passwd|pass|sslpassword)=)[^&]*", re.IGNORECASE)

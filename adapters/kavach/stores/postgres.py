@@ -313,9 +313,10 @@ _PURGE_TEMPLATES = {
 _UNAVAILABLE = (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout)
 
 
-def _checked_dsn(dsn: str) -> tuple[str, str | None]:
+def _checked_dsn(dsn: str) -> tuple[str, str | None, int | None]:
     """``dsn`` parsed as libpq will (scheme in any letter case, every port from 1 to 65535), without
-    its ``schema`` parameter, and that parameter; :class:`PostgresStoreError` when malformed."""
+    its ``schema`` parameter, that parameter and the ``connect_timeout`` it sets (see
+    :func:`_connect_timeout`); :class:`PostgresStoreError` when malformed."""
     scheme, sep, rest = dsn.partition("://")
     if sep and scheme.lower() in ("postgresql", "postgres"):
         dsn = scheme.lower() + sep + rest
@@ -330,7 +331,18 @@ def _checked_dsn(dsn: str) -> tuple[str, str | None]:
     for port in str(params.get("port") or "").split(","):
         if port.strip() and not (re.fullmatch(r"[0-9]{1,5}", port.strip()) and 0 < int(port) < 65536):
             raise PostgresStoreError(f"PostgreSQL port {port.strip()!r} is not a number from 1 to 65535")
-    return dsn, schema
+    return dsn, schema, _connect_timeout(params.get("connect_timeout"))
+
+
+def _connect_timeout(value: object) -> int | None:
+    """A ``connect_timeout`` parameter in seconds as libpq reads it (a whole number; 0 or less
+    means none, which the store bounds by its default; 1 means 2), or ``None`` when not given."""
+    if value is None:
+        return None
+    if not re.fullmatch(r"\s*[-+]?[0-9]{1,9}\s*", str(value)):
+        raise PostgresStoreError(f"PostgreSQL connect_timeout {str(value)!r} is not a whole number of seconds")
+    seconds = int(str(value))
+    return None if seconds <= 0 else max(2, seconds)
 
 
 def _passwords(dsn: str) -> list[str]:
@@ -364,10 +376,11 @@ class PostgresStore:
 
     ``dsn`` is a libpq connection string or ``postgresql://`` URL. ``schema`` names the schema
     holding the tables (created on first use). ``min_connections``/``max_connections`` size each
-    pool; ``timeout`` (seconds) bounds the wait for a connection, and ``connect_timeout`` the
-    opening of one, before :class:`StoreUnavailable` is raised. ``store_key`` (else
-    ``KAVACH_STORE_KEY``) encrypts signing keys at rest. ``check_connections`` checks each pooled
-    connection before lending it (one round trip; replaces connections that died while idle).
+    pool; ``timeout`` (seconds) bounds the wait for a connection, and ``connect_timeout`` (else the
+    URL's ``connect_timeout``, else 5) the opening of one, before :class:`StoreUnavailable` is
+    raised. ``store_key`` (else ``KAVACH_STORE_KEY``) encrypts signing keys at rest.
+    ``check_connections`` checks each pooled connection before lending it (one round trip;
+    replaces connections that died while idle).
     """
 
     def __init__(
@@ -378,11 +391,12 @@ class PostgresStore:
         min_connections: int = 1,
         max_connections: int = 10,
         timeout: float = 5.0,
-        connect_timeout: int = 5,
+        connect_timeout: int | None = None,
         store_key: bytes | str | None = None,
         check_connections: bool = True,
     ) -> None:
-        dsn, url_schema = _checked_dsn(dsn)
+        dsn, url_schema, url_connect_timeout = _checked_dsn(dsn)
+        connect_timeout = connect_timeout or url_connect_timeout or 5
         schema = schema or url_schema or "kavach"
         if not _SCHEMA_NAME.fullmatch(schema):
             raise PostgresStoreError(f"schema name {schema!r} must match {_SCHEMA_NAME.pattern}")

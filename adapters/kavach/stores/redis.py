@@ -340,7 +340,27 @@ def _checked_url(url: str) -> str:
         raise ValueError(f"malformed Redis URL: {exc}") from None
     if parts.scheme in ("redis", "rediss") and not re.fullmatch(r"/?[0-9]*", parts.path):
         raise ValueError(f"the Redis database {parts.path[1:]!r} in the URL must be a number, as in redis://HOST:PORT/0")
+    unknown = _unknown_parameters(url)
+    if unknown:
+        raise ValueError(f"the Redis URL has parameters no Redis connection takes: {', '.join(unknown)}")
     return url
+
+
+def _unknown_parameters(url: str) -> list[str]:
+    """The URL's query parameters (``prefix`` aside) the connection redis-py would make for it does
+    not take: redis-py passes every parameter it does not know on to the connection, which then
+    fails with a ``TypeError`` when first used. Making a connection object opens no socket."""
+    pool = redis.ConnectionPool.from_url(url)
+    options = pool.connection_kwargs
+    unknown = []
+    for name in dict.fromkeys(k for k, _ in parse_qsl(urlsplit(url).query, keep_blank_values=True)):
+        if name == "prefix" or name not in options:
+            continue
+        try:
+            pool.connection_class(**{name: options[name]})
+        except TypeError:
+            unknown.append(name)
+    return unknown
 
 
 def _split_prefix(url: str) -> tuple[str, str | None]:
