@@ -222,7 +222,7 @@ def test_csrf_token_is_bound_to_browser_form_and_ticket() -> None:
 
 def test_scrypt_hash_verifies_and_is_salted() -> None:
     one, two = hash_password("pw", log_n=10), hash_password("pw", log_n=10)
-    assert one != two and one.startswith("scrypt$10$8$1$")
+    assert one != two and one.startswith("scrypt$10$8$3$")
     assert verify_password("pw", one) and not verify_password("pW", one)
     for bad in ("", "scrypt$", "bcrypt$10$8$1$AA$AA", "scrypt$40$8$1$AA$AA", one.replace("$10$", "$x$")):
         assert not verify_password("pw", bad)
@@ -268,6 +268,67 @@ def test_session_stamp_follows_the_stored_hash() -> None:
     assert users.session_stamp("alice") not in (None, first, second)
     for name in ("", "x" * 200, "bad\x00name"):
         assert users.session_stamp(name) is None
+
+
+def _user_store(kind: str, tmp_path: Any) -> Any:
+    """A :class:`UserStore` of ``kind`` (PostgreSQL and Redis through a real store)."""
+    import services
+    from kavach.users import PostgresUsers, RedisUsers
+
+    if kind == "memory":
+        return MemoryUsers()
+    if kind == "sqlite":
+        return SQLiteUsers(str(tmp_path / "u.db"))
+    services.require(kind)
+    if kind == "postgres":
+        return PostgresUsers(services.postgres_store(tmp_path))
+    return RedisUsers(services.redis_store(tmp_path))
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite", "postgres", "redis"])
+def test_replace_hash_sets_the_new_hash_only_over_the_old_one(kind: str, tmp_path: Any) -> None:
+    store = _user_store(kind, tmp_path)
+    store.set_hash("alice", "h1")
+    assert not store.replace_hash("alice", "h0", "h2") and store.get_hash("alice") == "h1"
+    assert store.replace_hash("alice", "h1", "h2") and store.get_hash("alice") == "h2"
+    assert not store.replace_hash("alice", "h1", "h3") and store.get_hash("alice") == "h2"
+    assert not store.replace_hash("bob", "h1", "h2") and store.get_hash("bob") is None
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite", "postgres", "redis"])
+def test_a_hash_made_with_other_settings_is_replaced_at_sign_in(kind: str, tmp_path: Any) -> None:
+    """Signing in with the right password re-hashes a password stored with other scrypt settings
+    (weaker defaults of an earlier version, or a changed ``log_n``) under the current ones; the
+    session gets the new hash's stamp and sessions of the old hash end, as after a new password.
+    A wrong password changes nothing; a hash with the current settings is kept."""
+    store = _user_store(kind, tmp_path)
+    users = Users(store, log_n=10)
+    weak = hash_password("pw", log_n=11)  # settings other than the Users' own (log_n 10)
+    store.set_hash("alice", weak)
+    old_stamp = credential_stamp(weak)
+    assert users.sign_in("alice", "wrong") is None and store.get_hash("alice") == weak
+    signed_in = users.sign_in("alice", "pw")
+    upgraded = store.get_hash("alice")
+    assert upgraded is not None and upgraded.startswith("scrypt$10$8$3$") and verify_password("pw", upgraded)
+    assert signed_in == ("alice", credential_stamp(upgraded)) and signed_in[1] != old_stamp
+    assert users.session_stamp("alice") == credential_stamp(upgraded)
+    assert users.sign_in("alice", "pw") == ("alice", credential_stamp(upgraded))  # current settings: kept
+    assert store.get_hash("alice") == upgraded
+
+
+def test_a_password_changed_during_a_sign_in_is_not_undone_by_its_upgrade() -> None:
+    class Racing(MemoryUsers):
+        def get_hash(self, username: str) -> str | None:
+            found = super().get_hash(username)
+            self.set_hash(username, hash_password("new", log_n=10))  # changed between read and upgrade
+            return found
+
+    store = Racing()
+    store.set_hash("alice", hash_password("pw", log_n=11))
+    users = Users(store, log_n=10)
+    signed_in = users.sign_in("alice", "pw")
+    assert verify_password("new", store._hashes["alice"]) and not verify_password("pw", store._hashes["alice"])
+    assert signed_in is not None and signed_in[1] != credential_stamp(store._hashes["alice"])  # holds nothing
 
 
 class _CountingUsers(MemoryUsers):
@@ -432,3 +493,65 @@ def test_guard_values_refuses_two_authorization_values() -> None:
     server, header = _guarded(MemoryStore(), [1_700_000_000.0])
     assert server.guard_values(RESOURCE, [header, header], ()).status == 401  # type: ignore[union-attr]
     assert asyncio.run(server.aguard_values(RESOURCE, [header], ())).__class__.__name__ == "Principal"
+
+
+@pytest.mark.parametrize(
+    ("issuer", "path", "ends"),
+    [
+        ("https://auth.example.com", "/authorize/cb", False),  # __Host- cookies: this origin only
+        ("http://127.0.0.1:8000", "/cb", False),  # outside the cookies' path
+        ("http://127.0.0.1:8000", "/authorize/cb", True),
+    ],
+)
+def test_the_sign_in_ends_at_a_redirect_its_cookies_would_reach(issuer: str, path: str, ends: bool) -> None:
+    users = Users(MemoryUsers(), log_n=10)
+    users.add("alice", "pw")
+    server = AuthorizationServer(make_config(issuer=issuer), MemoryStore(), users=users)
+    redirect = "http://127.0.0.1:9999" + path
+    registered = server.handle(
+        HttpRequest("POST", "/register", headers=[("Content-Type", "application/json")],
+                    body=b'{"redirect_uris": ["%s"], "token_endpoint_auth_method": "none"}' % redirect.encode())
+    )
+    assert registered.status == 201, registered.body
+    _, value = server.cookies.session_cookie("alice", users.session_stamp("alice") or "", int(time.time()))
+    cookie = ("Cookie", value.split(";")[0])
+    query = (("response_type", "code"), ("client_id", registered.json()["client_id"]), ("redirect_uri", redirect),
+             ("scope", "no-such-scope"), ("code_challenge", "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"),
+             ("code_challenge_method", "S256"), ("resource", RESOURCE), ("state", "s"))
+    answer = server.handle(HttpRequest("GET", "/authorize", query, headers=[cookie]))
+    assert answer.status in (302, 303) and (answer.header("Location") or "").startswith(redirect + "?error=")
+    cleared = [v for k, v in answer.headers if k == "Set-Cookie" and server.cookies.session_name + "=;" in v]
+    assert len(cleared) == int(ends), answer.headers
+    # Without a session cookie in the request there is nothing to clear.
+    answer = server.handle(HttpRequest("GET", "/authorize", query))
+    assert not [v for k, v in answer.headers if k == "Set-Cookie"], answer.headers
+
+
+@pytest.mark.parametrize(
+    ("url", "reached"),
+    [
+        ("http://127.0.0.1:9/authorize", True),
+        ("http://127.0.0.1:9/authorize/cb?x=1", True),
+        ("https://127.0.0.1:9/authorize/cb", True),  # cookies without Secure go to https too
+        ("HTTP://127.0.0.1:9/authorize/cb", True),
+        ("http://127.0.0.1:9/a/../authorize/cb", True),  # a browser resolves dot segments
+        ("http://127.0.0.1:9/%61uthorize/cb", True),  # or might decode an escape
+        ("http://127.0.0.1:9/cb", False),
+        ("http://127.0.0.1:9/authorize-cb", False),  # not a path-match (RFC 6265 §5.1.4)
+        ("http://127.0.0.1:9/Authorize/cb", False),  # path-match is case-sensitive
+        ("http://127.0.0.1/", False),
+        ("http://localhost:9/authorize/cb", False),  # another host: its own cookies
+        ("http://[::1]:9/authorize/cb", False),
+        ("com.example.app:/authorize/cb", False),
+    ],
+)
+def test_which_redirects_the_cookies_reach_under_an_http_issuer(url: str, reached: bool) -> None:
+    assert Cookies(make_config(issuer="http://127.0.0.1:8000")).reach(url) is reached
+    assert Cookies(make_config(issuer="https://127.0.0.1:8000")).reach(url) is False
+
+
+def test_under_an_http_issuer_with_a_path_the_cookies_follow_it() -> None:
+    cookies = Cookies(make_config(issuer="http://127.0.0.1:8000/tenant"))
+    assert cookies.path == "/tenant/authorize"
+    assert "; Path=/tenant/authorize;" in cookies.session_cookie("alice", "s", 0)[1]
+    assert cookies.reach("http://127.0.0.1:1/tenant/authorize/cb") and not cookies.reach("http://127.0.0.1:1/authorize")

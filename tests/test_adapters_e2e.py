@@ -127,11 +127,13 @@ class Deployment:
         assert r.status_code == 201, r.text
         return str(r.json()["client_id"])
 
-    def authorize_url(self, client_id: str, challenge: str, scope: str = "tools:list tools:call:echo") -> str:
+    def authorize_url(
+        self, client_id: str, challenge: str, scope: str = "tools:list tools:call:echo", redirect_uri: str = REDIRECT
+    ) -> str:
         query = {
             "response_type": "code",
             "client_id": client_id,
-            "redirect_uri": REDIRECT,
+            "redirect_uri": redirect_uri,
             "scope": scope,
             "state": "xyz-state",
             "code_challenge": challenge,
@@ -391,7 +393,54 @@ def test_session_cookie_attributes(dep: Deployment) -> None:
     r = dep.login(login)
     session = [c for c in r.headers.get_list("set-cookie") if c.startswith("kavach-session=")]
     assert len(session) == 1
-    assert "HttpOnly" in session[0] and "SameSite=Lax" in session[0] and "Path=/" in session[0]
+    assert "HttpOnly" in session[0] and "SameSite=Lax" in session[0] and "; Path=/authorize;" in session[0]
+
+
+def test_under_an_http_issuer_the_cookies_stay_under_the_pages_path(dep: Deployment) -> None:
+    """No ``__Host-`` prefix under http, and browsers send a host's cookies to all its ports (RFC
+    6265 §8.5): the cookies' ``Path`` is the authorization endpoint's, so a client's loopback
+    redirect elsewhere on the host never receives them, and the sign-in lasts."""
+    client_id = dep.register()
+    pages = urlsplit(dep.metadata()["authorization_endpoint"]).path
+    signed_in = dep.login(dep.person.get(dep.authorize_url(client_id, pkce()[1])))
+    assert {c.path for c in dep.person.cookies.jar} == {pages}
+    assert all(f"; Path={pages};" in c for c in signed_in.headers.get_list("set-cookie"))
+    form = the_form(dep.person.get(dep.base + signed_in.headers["location"]))
+    left = post_form(dep.person, dep.base + form.action, form.submit("approve"))
+    assert left.headers["location"].startswith(REDIRECT + "?code=")
+    assert not left.headers.get_list("set-cookie") and "kavach-session" in dep.person.cookies
+    again = dep.person.get(dep.authorize_url(client_id, pkce()[1]))
+    assert again.status_code == 200 and "Signed in as" in again.text and 'name="password"' not in again.text
+
+
+@pytest.mark.parametrize("path", ["/authorize/cb", "/x/../authorize/cb", "/%61uthorize/cb"])
+@pytest.mark.parametrize("decision", ["approve", "deny"])
+def test_a_client_redirect_the_cookies_would_reach_ends_the_sign_in(dep: Deployment, decision: str, path: str) -> None:
+    """A loopback redirect on the issuer's host under the pages' path (or one a browser may
+    normalise into it) would receive the session cookie: the redirect clears it first, and the
+    next authorization asks for the password again."""
+    redirect = "http://127.0.0.1:9" + path
+    client_id = dep.register(redirect_uris=[redirect])
+    signed_in = dep.login(dep.person.get(dep.authorize_url(client_id, pkce()[1], redirect_uri=redirect)))
+    assert signed_in.status_code == 303 and "kavach-session" in dep.person.cookies
+    form = the_form(dep.person.get(dep.base + signed_in.headers["location"]))
+    left = post_form(dep.person, dep.base + form.action, form.submit(decision))
+    assert left.status_code == 303 and left.headers["location"].startswith(redirect + "?")
+    cleared = [c for c in left.headers.get_list("set-cookie") if c.startswith("kavach-session=")]
+    assert len(cleared) == 1 and "Max-Age=0" in cleared[0], cleared
+    assert "kavach-session" not in dep.person.cookies
+    again = dep.person.get(dep.authorize_url(client_id, pkce()[1], redirect_uri=redirect))
+    assert again.status_code == 200 and 'name="password"' in again.text
+
+
+def test_an_error_redirect_the_cookies_would_reach_ends_the_sign_in_too(dep: Deployment) -> None:
+    redirect = "http://127.0.0.1:9/authorize/cb"
+    client_id = dep.register(redirect_uris=[redirect])
+    signed_in = dep.login(dep.person.get(dep.authorize_url(client_id, pkce()[1], redirect_uri=redirect)))
+    assert signed_in.status_code == 303 and "kavach-session" in dep.person.cookies
+    error = dep.person.get(dep.authorize_url(client_id, pkce()[1], "no-such-scope", redirect_uri=redirect))
+    assert error.status_code in (302, 303) and "error=invalid_scope" in error.headers["location"]
+    assert "kavach-session" not in dep.person.cookies
 
 
 def test_az_12_deny_redirects_with_access_denied(dep: Deployment) -> None:

@@ -291,3 +291,36 @@ def test_postgresql_and_redis_schemes_are_case_insensitive(tmp_path: Path) -> No
         assert rd.perform(fx.GetSigningKeys()) == ()
     finally:
         rd.close()
+
+
+@pytest.mark.parametrize("kind", ["postgres", "redis"])
+def test_commands_that_only_read_or_change_refuse_a_location_with_no_store(kind: str, tmp_path: Path) -> None:
+    """A mistyped schema or prefix is an error, not a new empty store with a fresh server secret:
+    nothing is created there. A command that creates (``keys rotate``) makes the store, after
+    which the others use it."""
+    import redis
+
+    services.require(kind)
+    if kind == "postgres":
+        schema = services.postgres_schema(tmp_path)
+        url, where = f"{services.POSTGRES_URL}?schema={schema}", f"no kavach store in schema {schema} of "
+
+        def created() -> bool:
+            import psycopg
+
+            with psycopg.connect(services.POSTGRES_URL) as db:
+                return bool(db.execute("SELECT to_regnamespace(%s) IS NOT NULL", (schema,)).fetchone()[0])
+    else:
+        prefix = services.redis_prefix(tmp_path)
+        url, where = f"{services.REDIS_URL}?prefix={prefix}", f"no kavach store in prefix '{prefix}' of "
+
+        def created() -> bool:
+            return any(redis.Redis.from_url(services.REDIS_URL).scan_iter(match=prefix + "*"))
+
+    for command in (["users", "list"], ["clients", "list"], ["grants", "list"], ["keys", "list"],
+                    ["users", "remove", "alice"], ["clients", "show", "x"], ["grants", "revoke", "--subject", "a"]):
+        bad([*command, "--store", url], where)
+        assert not created(), command
+    ok(["keys", "rotate", "--store", url])
+    assert created() and "ES256" in ok(["keys", "list", "--store", url])
+    ok(["users", "list", "--store", url])  # exits 0 now that the store exists

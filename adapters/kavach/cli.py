@@ -267,7 +267,7 @@ def _instance(args: argparse.Namespace, *, creates: bool = False) -> Iterator[In
         raise CliError(f"{location} keeps nothing once this command ends; give the --db or --store kavach serve uses")
     if not creates and path is not None and not path.endswith(("/", os.sep)) and _missing(path):
         raise CliError(f"no database at {os.path.abspath(path)} (kavach serve or kavach users add makes one)")
-    instance = Instance(settings)
+    instance = Instance(settings, creates=creates)
     try:
         yield instance
     finally:

@@ -152,11 +152,20 @@ def sqlite_file(location: str) -> str:
 
 
 def postgres_secret(
-    store: Any, sealer: KeySealer | None = None, *, entropy: Callable[[int], bytes] = os.urandom
+    store: Any, sealer: KeySealer | None = None, *, creates: bool = True, entropy: Callable[[int], bytes] = os.urandom
 ) -> bytes:
     """The secret kept in ``kavach_settings`` of a PostgreSQL store's schema, made on first call
-    (sealed with ``sealer`` when given, like the signing keys)."""
+    (sealed with ``sealer`` when given, like the signing keys). Unless it ``creates``, a schema
+    that holds no store (no ``schema_version`` table) raises :class:`NoStoreError` and is left as
+    it is."""
     s = f'"{store.schema}"'
+
+    def holds_a_store() -> Any:
+        rows = yield "SELECT to_regclass(%s) IS NOT NULL", (f"{s}.schema_version",)
+        return bool(rows[0][0])
+
+    if not creates and not store._run(holds_a_store(), False):  # same package; before any migration
+        raise NoStoreError(f"schema {store.schema}")
 
     def plan() -> Any:
         yield (
@@ -173,20 +182,30 @@ def postgres_secret(
 
 
 def redis_secret(
-    store: Any, sealer: KeySealer | None = None, *, entropy: Callable[[int], bytes] = os.urandom
+    store: Any, sealer: KeySealer | None = None, *, creates: bool = True, entropy: Callable[[int], bytes] = os.urandom
 ) -> bytes:
     """The secret kept at ``<prefix>settings:secret`` of a Redis store, made on first call
-    (sealed with ``sealer`` when given, like the signing keys)."""
+    (sealed with ``sealer`` when given, like the signing keys). Unless it ``creates``, a prefix
+    with no key under it raises :class:`NoStoreError` and nothing is written."""
     import redis.exceptions
+
+    from .stores.redis import _glob_escape
 
     key = store.prefix + "settings:secret"
     client = store._sync_client()  # same package
     try:
+        anything = client.scan_iter(match=_glob_escape(store.prefix) + "*", count=1000)
+        if not creates and not client.exists(key) and next(anything, None) is None:
+            raise NoStoreError(f"prefix {store.prefix!r}")
         client.set(key, seal(sealer, SECRET_AAD, entropy(SECRET_BYTES)), nx=True)
         value = client.get(key)
     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
         raise StoreUnavailable(f"Redis is unavailable: {exc}") from exc
     return _open_secret(sealer, bytes(value))
+
+
+class NoStoreError(InstanceError):
+    """A command that only reads or changes what exists found no store where it was pointed."""
 
 
 def _open_secret(sealer: KeySealer | None, stored: bytes) -> bytes:
@@ -238,8 +257,14 @@ class Instance:
     store: Any
     users: Users
 
-    def __init__(self, settings: Settings, *, environ: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self, settings: Settings, *, environ: Mapping[str, str] | None = None, creates: bool = True
+    ) -> None:
+        """Opens the store; unless it ``creates``, a PostgreSQL schema or Redis prefix holding no
+        store raises :class:`NoStoreError` and is left untouched (a mistyped location must not
+        become a new, empty store)."""
         check_issuer(settings)
+        self._creates = creates
         self.settings = settings
         self.location = settings.store or settings.db
         self.kind = store_kind(self.location)
@@ -305,10 +330,10 @@ class Instance:
             raise InstanceError(f"cannot use store {where}: {exc}") from exc
         try:
             if self.kind == "postgres":
-                self.secret = postgres_secret(self.store, key)
+                self.secret = postgres_secret(self.store, key, creates=self._creates)
                 self.users = Users(PostgresUsers(self.store))
             else:
-                self.secret = redis_secret(self.store, key)
+                self.secret = redis_secret(self.store, key, creates=self._creates)
                 self.users = Users(RedisUsers(self.store))
             if len(self.secret) < SECRET_BYTES:
                 raise InstanceError(f"the server secret stored in {where} is too short; the store is damaged")
@@ -319,6 +344,9 @@ class Instance:
         except StoreKeyError as exc:
             self.close()
             raise InstanceError(f"{exc} (check {STORE_KEY_VAR}: every instance needs the same one)") from exc
+        except NoStoreError as exc:
+            self.close()
+            raise NoStoreError(f"no kavach store in {exc} of {where}") from None
         except InstanceError:
             self.close()
             raise

@@ -424,6 +424,11 @@ class AuthorizationServer:
             if refused is not None:
                 return refused.with_headers(cors_headers(self.config, req.path))
         response = yield from self._dispatch(ctx, req)
+        location = _elsewhere(response)
+        if location and self.cookies.reach(location) and self.cookies.session_name in parse_cookies(
+            req.header_values("cookie")
+        ):
+            response = response.with_headers((self.cookies.clear_session(),))
         if response.view is not None:
             extra = [(k, v) for k, v in response.headers if k.lower() in ("allow", "retry-after", "set-cookie")]
             return pages.error_page(response.status, response.view.error, response.view.description, headers=extra)
@@ -592,6 +597,15 @@ class AuthorizationServer:
         if decision == "deny":
             return (yield from authorize.deny(ctx, ticket))
         return pages.error_page(400, "invalid_request", "Choose Approve or Deny.")
+
+
+def _elsewhere(response: Response) -> str | None:
+    """The absolute URL ``response`` redirects the browser to, such as a client's
+    ``redirect_uri`` (kavach's own redirects are paths), else ``None``."""
+    if response.status not in (301, 302, 303, 307, 308):
+        return None
+    location = response.header("location") or ""
+    return location if not location.startswith("/") or location.startswith("//") else None
 
 
 def _see_other(location: str, *cookies: tuple[str, str]) -> Response:

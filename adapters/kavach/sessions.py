@@ -2,12 +2,18 @@
 
 - The session cookie holds the subject, an expiry and the stamp of the account's credential
   when it signed in (:meth:`kavach.users.Users.session_stamp`), signed with HMAC-SHA256 under a
-  key derived from ``config.secret``; it is ``HttpOnly``, ``SameSite=Lax``, ``Path=/`` and, under
-  an https issuer, ``Secure`` with the ``__Host-`` prefix (RFC 6265bis §4.1.3.2). The server
+  key derived from ``config.secret``; it is ``HttpOnly``, ``SameSite=Lax`` and, under an https
+  issuer, ``Secure`` with the ``__Host-`` prefix and ``Path=/`` (RFC 6265bis §4.1.3.2). The server
   checks the signature and expiry first (:meth:`Cookies.session`, no store read), then that the
   account still has that credential (:meth:`Session.holds`): removing a user or changing the
   password ends their sessions (OWASP ASVS 5.0 §7.4.1). Cookies signed before stamps existed
   (key label ``v1``) fail the signature check: signed out.
+- Under an http issuer (no ``__Host-`` prefix) browsers send a host's cookies to every port of
+  it (RFC 6265 §8.5), so a native client's loopback redirect on the issuer's host would receive
+  them and could act as the person. There the cookies' ``Path`` is the authorization endpoint's
+  (every page that reads them is under it), and a redirect to a URL the cookies would still
+  reach, or might once the browser normalises its path, clears the session first
+  (:meth:`Cookies.reach`, used by ``kavach.server``).
 - The browser cookie is a random id that every CSRF token is bound to, so a token lifted from
   one browser is useless in another; each token is also bound to its form and consent ticket
   (AZ-10).
@@ -20,6 +26,7 @@ import hashlib
 import hmac
 import secrets
 from collections.abc import Iterable
+from urllib.parse import urlsplit
 
 import attrs
 
@@ -73,6 +80,9 @@ class Cookies:
         prefix = "__Host-" if self.secure else ""
         self.session_name = prefix + SESSION_COOKIE
         self.browser_name = prefix + BROWSER_COOKIE
+        self.path = "/" if self.secure else config.issuer_path + config.paths.authorization
+        """Where the browser sends the cookies: ``/`` (required by ``__Host-``), else the pages' own path."""
+        self._host = (urlsplit(config.issuer).hostname or "").lower()
         self.session_lifetime = session_lifetime
         self._session_key = hmac.new(config.secret, b"kavach adapter: login session v2", hashlib.sha256).digest()
         self._csrf_key = hmac.new(config.secret, b"kavach adapter: csrf v1", hashlib.sha256).digest()
@@ -80,10 +90,29 @@ class Cookies:
     # -- Set-Cookie -------------------------------------------------------------------
 
     def set_cookie(self, name: str, value: str, max_age: int) -> tuple[str, str]:
-        attrs = f"{name}={value}; Path=/; Max-Age={max_age}; HttpOnly; SameSite=Lax"
+        attrs = f"{name}={value}; Path={self.path}; Max-Age={max_age}; HttpOnly; SameSite=Lax"
         if self.secure:
             attrs += "; Secure"
         return ("Set-Cookie", attrs)
+
+    def reach(self, url: str) -> bool:
+        """Whether a browser sent to ``url`` (a redirect away from kavach) may send it these
+        cookies: under an http issuer, ``url`` on the issuer's host (any port) with a path under
+        :attr:`path`, or one with dot segments or percent-escapes a browser may rewrite into such a
+        path (RFC 6265 §5.1.4 path-match). Never under https (``__Host-``: this origin only)."""
+        if self.secure:
+            return False
+        try:
+            parts = urlsplit(url)
+            host = (parts.hostname or "").lower()
+        except ValueError:
+            return True  # cannot tell: clearing is safe
+        if parts.scheme.lower() not in ("http", "https") or host != self._host:
+            return False
+        path = parts.path or "/"
+        if "%" in path or "\\" in path or "/." in path:
+            return True
+        return path == self.path or path.startswith(self.path.rstrip("/") + "/")
 
     # -- the login session --------------------------------------------------------------
 

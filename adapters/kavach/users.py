@@ -44,9 +44,11 @@ if TYPE_CHECKING:
     from .stores.redis import RedisStore
 
 DEFAULT_LOG_N = 15
-"""n = 2**15, r = 8, p = 1: 32 MiB and tens of milliseconds per attempt (RFC 7914 §2, OWASP)."""
+"""n = 2**15, r = 8, p = 3: 32 MiB and about a tenth of a second per attempt (RFC 7914 §2), one of
+the OWASP Password Storage Cheat Sheet's minimum scrypt settings (equal in cost to n = 2**17, p = 1
+at a quarter of the memory). A hash made with other settings is replaced at the next sign-in."""
 _R = 8
-_P = 1
+_P = 3
 _SALT_BYTES = 16
 _KEY_BYTES = 32
 MAX_USERNAME = 128
@@ -122,6 +124,11 @@ def credential_stamp(password_hash: str) -> str:
     return _b64(digest[:16])
 
 
+def _settings_of(encoded: str) -> tuple[str, ...]:
+    """The ``(log_n, r, p)`` texts a stored hash was made with (nonsense for a malformed one)."""
+    return tuple(encoded.split("$")[1:4])
+
+
 def _dummy_hash(log_n: int) -> str:
     return f"scrypt${log_n}${_R}${_P}${_b64(bytes(_SALT_BYTES))}${_b64(bytes(_KEY_BYTES))}"
 
@@ -132,6 +139,11 @@ class UserStore(Protocol):
     def get_hash(self, username: str) -> str | None: ...
 
     def set_hash(self, username: str, password_hash: str) -> None: ...
+
+    def replace_hash(self, username: str, old: str, new: str) -> bool:
+        """Set ``new`` only while the stored hash is still ``old``, atomically; whether it did
+        (a sign-in upgrading a hash must not undo a password changed meanwhile)."""
+        ...
 
     def delete(self, username: str) -> bool: ...
 
@@ -152,6 +164,13 @@ class MemoryUsers:
     def set_hash(self, username: str, password_hash: str) -> None:
         with self._lock:
             self._hashes[username] = password_hash
+
+    def replace_hash(self, username: str, old: str, new: str) -> bool:
+        with self._lock:
+            if self._hashes.get(username) != old:
+                return False
+            self._hashes[username] = new
+            return True
 
     def delete(self, username: str) -> bool:
         with self._lock:
@@ -211,6 +230,15 @@ class SQLiteUsers:
             (username, password_hash, int(time.time())),
         )
 
+    def replace_hash(self, username: str, old: str, new: str) -> bool:
+        return (
+            self._run(
+                "UPDATE kavach_users SET password_hash = ?, updated_at = ? WHERE username = ? AND password_hash = ?",
+                (new, int(time.time()), username, old),
+            ).rowcount
+            > 0
+        )
+
     def delete(self, username: str) -> bool:
         return self._run("DELETE FROM kavach_users WHERE username = ?", (username,)).rowcount > 0
 
@@ -255,6 +283,14 @@ class PostgresUsers:
             (username, password_hash, int(time.time())),
         )
 
+    def replace_hash(self, username: str, old: str, new: str) -> bool:
+        rows = self._one(
+            f"UPDATE {self._s}.kavach_users SET password_hash = %s, updated_at = %s"  # noqa: S608
+            " WHERE username = %s AND password_hash = %s RETURNING 1",
+            (new, int(time.time()), username, old),
+        )
+        return bool(rows)
+
     def delete(self, username: str) -> bool:
         rows = self._one(f"DELETE FROM {self._s}.kavach_users WHERE username = %s RETURNING 1", (username,))  # noqa: S608
         return bool(rows)
@@ -262,6 +298,16 @@ class PostgresUsers:
     def usernames(self) -> tuple[str, ...]:
         rows = self._one(f"SELECT username FROM {self._s}.kavach_users ORDER BY username", ())  # noqa: S608
         return tuple(str(r[0]) for r in rows)
+
+
+_REPLACE_HASH = """
+if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then
+    redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+    return 1
+end
+return 0
+"""
+"""``replace_hash`` in one step: KEYS[1] the users hash; ARGV: username, old hash, new hash."""
 
 
 class RedisUsers:
@@ -293,6 +339,9 @@ class RedisUsers:
     def set_hash(self, username: str, password_hash: str) -> None:
         self._command("HSET", self.key, username, password_hash, read=False)
 
+    def replace_hash(self, username: str, old: str, new: str) -> bool:
+        return bool(self._command("EVAL", _REPLACE_HASH, 1, self.key, username, old, new, read=False))
+
     def delete(self, username: str) -> bool:
         return bool(self._command("HDEL", self.key, username, read=False))
 
@@ -307,6 +356,7 @@ class Users:
     def __init__(self, store: UserStore | None = None, *, log_n: int = DEFAULT_LOG_N) -> None:
         self.store: UserStore = store if store is not None else MemoryUsers()
         self.log_n = log_n
+        self._settings = _settings_of(_dummy_hash(log_n))
 
     def add(self, username: str, password: str) -> None:
         """Create or replace a user."""
@@ -336,7 +386,13 @@ class Users:
         if stored is None:
             verify_password(password, _dummy_hash(self.log_n))
             return None
-        return (name, credential_stamp(stored)) if verify_password(password, stored) else None
+        if not verify_password(password, stored):
+            return None
+        current = hash_password(password, log_n=self.log_n) if _settings_of(stored) != self._settings else None
+        replace = getattr(self.store, "replace_hash", None)  # a store written before it existed keeps its hash
+        if current is not None and replace is not None and replace(name, stored, current):
+            stored = current  # upgraded: other sessions of this account end, as with a new password
+        return name, credential_stamp(stored)
 
     def session_stamp(self, username: str) -> str | None:
         """The :func:`credential_stamp` of the account's current hash; ``None`` when there is no
