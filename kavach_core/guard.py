@@ -40,6 +40,7 @@ from .verified_cache import VerifiedCache
 
 INVALID_TOKEN_DESCRIPTION = "The access token is invalid, expired or revoked"
 MISSING_TOKEN_DESCRIPTION = "A Bearer access token is required"
+REPEATED_AUTHORIZATION_DESCRIPTION = "Send the access token in one Authorization header"
 INSUFFICIENT_SCOPE_DESCRIPTION = "The access token does not grant the scope this request needs"
 
 
@@ -247,12 +248,13 @@ def authenticate_values(
     """:func:`authenticate` given every ``Authorization`` header value of a request, in order.
 
     For adapters that can pick that header out of their framework's request without building an
-    :class:`~kavach_core.http.HttpRequest`. Several values are an invalid token (RS-01).
+    :class:`~kavach_core.http.HttpRequest`. Several values repeat the credential: 400
+    ``invalid_request`` (RFC 6750 §3.1), whichever of them is valid.
     """
     if len(authorization) > 1:
         protected = _protected(config, resource)
         ask = required or protected.default_scopes
-        return _answer(challenge(protected.uri, ask, "invalid_token", INVALID_TOKEN_DESCRIPTION))
+        return _answer(challenge(protected.uri, ask, "invalid_request", REPEATED_AUTHORIZATION_DESCRIPTION))
     value = authorization[0] if authorization else None
     return authenticate(config, resource, value, required, now, cache, keyring)
 
@@ -275,7 +277,7 @@ def authenticate_request(
     """:func:`authenticate` for an :class:`~kavach_core.http.HttpRequest`.
 
     Only the ``Authorization`` header is read (RS-01, RFC 6750 §2.1); the query string and the
-    body are never looked at. Several ``Authorization`` headers are an invalid token.
+    body are never looked at. Several ``Authorization`` headers are an invalid request.
     """
     values = req.header_values("authorization")
     return (yield from authenticate_values(config, resource, values, required, now, cache, keyring))

@@ -13,10 +13,16 @@ method                                        required scope
 ``prompts/list``                              ``prompts:list``
 ``prompts/get``                               ``prompts:get`` (``prompts:get:NAME`` with
                                               ``per_prompt=True``)
+``subscriptions/listen``                      what it listens to: ``tools:list``,
+                                              ``prompts:list``, ``resources:list`` for the
+                                              ``*ListChanged`` flags, ``resources:read`` for
+                                              ``resourceSubscriptions`` (none for nothing)
+``completion/complete``                       ``prompts:get`` (as ``prompts/get``) for a
+                                              ``ref/prompt``, ``resources:read`` for a
+                                              ``ref/resource``
 ``initialize``, ``server/discover``,           none beyond a valid token
-``subscriptions/listen``, ``ping``,
-``notifications/*``, ``logging/setLevel``,
-``completion/complete``
+``ping``, ``notifications/*``,
+``logging/setLevel``
 a JSON-RPC response (no ``method``)           none beyond a valid token
 any other method                              ``mcp:unknown-method`` (see below)
 ============================================  ===========================================
@@ -41,7 +47,13 @@ Choices, and why:
   most lenient JSON parsers would (UTF-8/16/32 detection, BOM, invalid UTF-8 replaced, ``NaN``),
   and when an object repeats a member name (RFC 8259 §4 leaves the meaning open) the scopes of
   both the first-wins and the last-wins reading are required.
-- A **batch** (JSON-RPC 2.0 §6; MCP 2025-03-26) requires every member's scopes.
+- A **batch** (JSON-RPC 2.0 §6; MCP 2025-03-26) requires every member's scopes; an array inside
+  a batch is no JSON-RPC message a server should run, so it fails closed like an unknown method.
+- **Listening and completing** read what they serve: ``subscriptions/listen`` (MCP 2026-07-28,
+  replacing ``resources/subscribe``) delivers changes of the lists and resources it names, and
+  ``completion/complete`` reveals argument values of a prompt or resource template, so each
+  needs the scope that reading those would. A kind of notification, a ``ref`` type or params of
+  a shape the map does not know fail closed like an unknown method.
 
 :func:`required_scopes` raises nothing but :class:`~kavach_core.errors.KavachError` on any bytes.
 """
@@ -61,9 +73,7 @@ from .scopes import is_valid_scope
 UNKNOWN_METHOD_SCOPE = "mcp:unknown-method"
 """Required by methods the map does not know (fail closed; see the module docstring)."""
 
-NO_SCOPE_METHODS = frozenset(
-    {"initialize", "server/discover", "subscriptions/listen", "ping", "logging/setLevel", "completion/complete"}
-)
+NO_SCOPE_METHODS = frozenset({"initialize", "server/discover", "ping", "logging/setLevel"})
 """Methods that need nothing beyond a valid token (notifications too, by prefix)."""
 
 DEFAULT_METHOD_SCOPES: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -75,7 +85,14 @@ DEFAULT_METHOD_SCOPES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("resources/unsubscribe", ("resources:read",)),
     ("prompts/list", ("prompts:list",)),
 )
-"""The fixed part of the default map; ``tools/call`` and ``prompts/get`` look at ``params.name``."""
+"""The fixed part of the default map; ``tools/call`` and ``prompts/get`` look at ``params.name``,
+``subscriptions/listen`` and ``completion/complete`` at what they ask for."""
+
+_LISTEN_FLAGS = {"toolsListChanged": "tools:list", "promptsListChanged": "prompts:list",
+                 "resourcesListChanged": "resources:list"}
+"""``subscriptions/listen``'s ``params.notifications`` flags and the scope each one needs."""
+_RESOURCE_SUBSCRIPTIONS = "resourceSubscriptions"
+_RESOURCES_READ = "resources:read"
 
 _TOOLS_CALL = "tools:call"
 _PROMPTS_GET = "prompts:get"
@@ -164,8 +181,39 @@ class McpScopeMap:
         if method == "tools/call":
             return (_named(_TOOLS_CALL, params),) if self.per_tool else (_TOOLS_CALL,)
         if method == "prompts/get":
-            return (_named(_PROMPTS_GET, params),) if self.per_prompt else (_PROMPTS_GET,)
+            return self._prompt(params)
+        if method == "subscriptions/listen":
+            return self._listen(params)
+        if method == "completion/complete":
+            ref = params.get("ref") if isinstance(params, dict) else None
+            kind = ref.get("type") if isinstance(ref, dict) else None
+            if kind == "ref/prompt":
+                return self._prompt(ref)
+            if kind == "ref/resource":
+                return (_RESOURCES_READ,)
         return self.unknown_method_scopes
+
+    def _prompt(self, params: object) -> tuple[str, ...]:
+        return (_named(_PROMPTS_GET, params),) if self.per_prompt else (_PROMPTS_GET,)
+
+    def _listen(self, params: object) -> tuple[str, ...]:
+        """``subscriptions/listen``: the scope of each kind of change it asks to hear about."""
+        wanted = params.get("notifications") if isinstance(params, dict) else {} if params is None else params
+        if wanted is None:
+            return ()
+        if not isinstance(wanted, dict):
+            return self.unknown_method_scopes
+        out: list[str] = []
+        for name, value in wanted.items():
+            if name in _LISTEN_FLAGS:
+                scope = _LISTEN_FLAGS[name] if value is not False and value is not None else None
+            elif name == _RESOURCE_SUBSCRIPTIONS:
+                scope = _RESOURCES_READ if value != [] and value is not None else None
+            else:
+                return self.unknown_method_scopes
+            if scope is not None and scope not in out:
+                out.append(scope)
+        return tuple(out)
 
     def scopes_for_message(self, message: object) -> tuple[str, ...]:
         """The scopes one JSON-RPC message needs; a response or a non-request needs none."""
@@ -185,7 +233,8 @@ class McpScopeMap:
         for document in readings:
             messages = document if isinstance(document, list) else [document]
             for message in messages:
-                for scope in self.scopes_for_message(message):
+                needed = self.unknown_method_scopes if isinstance(message, list) else self.scopes_for_message(message)
+                for scope in needed:
                     if scope not in out:
                         out.append(scope)
         return tuple(out)

@@ -896,6 +896,49 @@ def test_rs_03_a_content_coded_body_is_415_not_an_unscoped_call(dep: Deployment)
     assert dep.client.post(dep.resource, content=call, headers=plain).status_code == 403
 
 
+UTF7_CALL = (
+    b'{"jsonrpc":"2.0","id":1,"method":"tools/list","z":"+ACI-,+ACI-method+ACI-:+ACI-tools/call+ACI-,'
+    b'+ACI-params+ACI-:{+ACI-name+ACI-:+ACI-echo+ACI-},+ACI-w+ACI-:+ACI-"}'
+)
+"""A ``tools/list`` call as UTF-8; as UTF-7 its string also holds ``"method":"tools/call"``,
+which a server decoding the declared charset (and keeping the last member) would run."""
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        ["application/json; charset=utf-7"],
+        ["application/json; charset=UTF-16"],
+        ["application/json;charset=iso-8859-1"],
+        ["application/json; charset*=utf-7''"],
+        ["application/json; charset=utf-8; charset=utf-7"],
+        ["application/json", "application/json; charset=utf-7"],
+    ],
+)
+def test_rs_03_a_charset_other_than_utf8_is_415_not_a_reading_the_guard_never_made(
+    dep: Deployment, content_type: list[str]
+) -> None:
+    """MCP messages are UTF-8 JSON; the guard reads the methods of the bytes as UTF-8, so a body
+    declared in another charset (which a server behind may decode as declared) is refused."""
+    token = grant(dep, "tools:list")["access_token"]
+    headers = [("Authorization", f"Bearer {token}"), *(("Content-Type", value) for value in content_type)]
+    r = dep.client.post(dep.resource, content=UTF7_CALL, headers=headers)
+    if len(content_type) > 1 and r.status_code == 400:  # aiohttp's parser refuses the request itself
+        return
+    assert r.status_code == 415 and "UTF-8" in r.json()["error_description"], r.text
+
+
+@pytest.mark.parametrize(
+    "content_type", ["application/json", "application/json; charset=utf-8", 'application/json; charset="UTF-8"',
+                     "application/json ;charset = utf-8"]
+)
+def test_a_utf8_charset_is_taken(dep: Deployment, content_type: str) -> None:
+    token = grant(dep, "tools:list")["access_token"]
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": content_type}
+    r = dep.client.post(dep.resource, content=UTF7_CALL, headers=headers)
+    assert r.status_code == 200, r.text
+
+
 def test_guard_streams_without_buffering(dep: Deployment) -> None:
     token = grant(dep)["access_token"]
     RELEASE.clear()

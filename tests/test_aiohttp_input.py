@@ -394,3 +394,23 @@ def test_a_body_cut_short_is_no_server_error(kit: Kit, caplog: pytest.LogCapture
         _run(app, body)
     assert handled == []
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+# -- a guarded path with a trailing slash, or escaped, is guarded too -----------------------------
+
+
+@pytest.mark.parametrize("path", ["/mcp/", "/mcp//", "/%6dcp/", "/%6Dcp"])
+def test_a_guarded_path_with_a_trailing_slash_or_an_escape_is_guarded(kit: Kit, path: str) -> None:
+    """aiohttp routes ``/mcp/`` to a handler of its own when the app has one; the guard covers it
+    as ``/mcp`` (as Flask's does), and ``/%6dcp`` decodes to the guarded path."""
+    app = _app(kit)
+    app.router.add_post("/mcp/", _tool)
+    app.router.add_post("/mcp//", _tool)
+
+    async def body(client: httpx.AsyncClient) -> None:
+        anonymous = await client.post(path, content=CALL, headers={"Content-Type": "application/json"})
+        assert anonymous.status_code == 401, (path, anonymous.text)
+        signed = await client.post(path, content=CALL, headers=dict(_bearer(kit.token())))
+        assert signed.status_code == 200 and signed.json()["method"] == "tools/list", signed.text
+
+    _run(app, body)

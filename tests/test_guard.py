@@ -74,10 +74,15 @@ def test_rs_01_token_in_the_authorization_header_is_used(h: Harness) -> None:
     )
 
 
-def test_rs_01_two_authorization_headers_are_an_invalid_token(h: Harness) -> None:
+def test_rs_01_two_authorization_headers_are_an_invalid_request(h: Harness) -> None:
+    """RFC 6750 §3.1: a request repeating the credential is ``invalid_request``, 400, even when
+    each copy is a valid token."""
     token = _valid(h)
     req = h.request("GET", "/mcp", headers=[("Authorization", f"Bearer {token}"), ("Authorization", f"Bearer {token}")])
-    _assert_invalid(h.run(guard.authenticate_request(h.config, RESOURCE, req, (), h.now)))
+    response = h.run(guard.authenticate_request(h.config, RESOURCE, req, (), h.now))
+    assert isinstance(response, Response) and response.status == 400
+    assert response.json()["error"] == "invalid_request"
+    assert 'error="invalid_request"' in (response.header("WWW-Authenticate") or "")
 
 
 # -- RS-02 -------------------------------------------------------------------------------------
@@ -405,7 +410,8 @@ def test_keyring_ttl_zero_reads_every_time(h: Harness) -> None:
 
 def test_authenticate_values_refuses_two_authorization_headers(h: Harness) -> None:
     token = _valid(h)
-    _assert_invalid(h.run(guard.authenticate_values(h.config, RESOURCE, [f"Bearer {token}"] * 2, (), h.now)))
+    twice = h.run(guard.authenticate_values(h.config, RESOURCE, [f"Bearer {token}"] * 2, (), h.now))
+    assert isinstance(twice, Response) and twice.status == 400 and twice.json()["error"] == "invalid_request"
     assert isinstance(h.run(guard.authenticate_values(h.config, RESOURCE, [f"Bearer {token}"], (), h.now)), Principal)
     outcome = h.run(guard.authenticate_values(h.config, RESOURCE, [], (), h.now))
     _assert_challenge(outcome, 401, NO_TOKEN_HEADER, "unauthorized")

@@ -28,7 +28,6 @@ from mcp.server.mcpserver import MCPServer
 from test_adapters_e2e import PASSWORD, Deployment, grant
 
 from kavach_core.config import Config, ProtectedResource
-from kavach_core.mcp_methods import McpScopeMap
 from kavach_core.memory_store import MemoryStore
 
 
@@ -74,10 +73,7 @@ class Site:
         users = Users(MemoryUsers(), log_n=10)
         users.add("alice", PASSWORD)
         self.clock = Clock()
-        # As ``kavach serve`` does: the 2026-07-28 discovery and subscription methods need no scope
-        # (the core's default map does not know them yet and fails closed).
-        methods = McpScopeMap(overrides={"server/discover": (), "subscriptions/listen": ()})
-        self.server = AuthorizationServer(config, MemoryStore(), users=users, clock=self.clock, scope_map=methods)
+        self.server = AuthorizationServer(config, MemoryStore(), users=users, clock=self.clock)
         if sdk_native:
             app: Any = _tools(**sdk_auth(self.server, self.mcp_url)).streamable_http_app(stateless_http=True)
             mount(app, self.server)
@@ -169,6 +165,33 @@ def test_revoked_grant_is_401_through_the_verifier() -> None:
         assert checked is not None and checked.resource == s.mcp_url and checked.subject == "alice"
         assert anyio.run(verifier.verify_token, token + "x") is None
         assert anyio.run(KavachTokenVerifier(s.server, s.other_url).verify_token, token) is None
+    finally:
+        s.close()
+
+
+class _Down:
+    """A store that cannot be reached."""
+
+    def perform(self, effect: Any) -> Any:
+        from kavach_core.drivers import StoreUnavailable
+
+        raise StoreUnavailable("database is locked")
+
+
+def test_the_verifier_hands_tools_no_token_and_never_calls_a_token_invalid_when_the_store_is_down() -> None:
+    """``AccessToken.token`` is empty (RS-04). With the store down, the SDK's app answers 500, not
+    401 ``invalid_token`` (which sends a client to authorize again); the guard answers 503."""
+    s = Site(sdk_native=True)
+    try:
+        token = s.token(s.mcp_url)
+        checked = anyio.run(KavachTokenVerifier(s.server, s.mcp_url).verify_token, token)
+        assert checked is not None and checked.token == "" and checked.subject == "alice"
+        s.server.store = _Down()
+        s.server.verified.clear()
+        message = {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}
+        headers = {"Authorization": f"Bearer {token}", "Accept": "application/json, text/event-stream"}
+        r = httpx.post(s.mcp_url, json=message, headers=headers, timeout=10)
+        assert r.status_code == 500 and "invalid_token" not in r.headers.get("www-authenticate", ""), r.text
     finally:
         s.close()
 

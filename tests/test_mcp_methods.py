@@ -43,7 +43,26 @@ def _body(method: str, params: Any = None, **extra: Any) -> bytes:
         ("notifications/cancelled", {"requestId": 1}, ()),
         ("notifications/roots/list_changed", None, ()),
         ("logging/setLevel", {"level": "info"}, ()),
-        ("completion/complete", {"ref": {}}, ()),
+        ("completion/complete", {"ref": {"type": "ref/prompt", "name": "greet"}}, ("prompts:get",)),
+        ("completion/complete", {"ref": {"type": "ref/resource", "uri": "file:///{p}"}}, ("resources:read",)),
+        ("completion/complete", {"ref": {}}, (UNKNOWN_METHOD_SCOPE,)),
+        ("completion/complete", {"ref": {"type": "ref/tool"}}, (UNKNOWN_METHOD_SCOPE,)),
+        ("completion/complete", None, (UNKNOWN_METHOD_SCOPE,)),
+        ("subscriptions/listen", None, ()),
+        ("subscriptions/listen", {}, ()),
+        ("subscriptions/listen", {"notifications": {}}, ()),
+        ("subscriptions/listen", {"notifications": {"toolsListChanged": False, "resourceSubscriptions": []}}, ()),
+        ("subscriptions/listen", {"notifications": {"toolsListChanged": True}}, ("tools:list",)),
+        (
+            "subscriptions/listen",
+            {"notifications": {"promptsListChanged": True, "resourcesListChanged": 1,
+                               "resourceSubscriptions": ["file:///secret"]}},
+            ("prompts:list", "resources:list", "resources:read"),
+        ),
+        ("subscriptions/listen", {"notifications": {"resourceSubscriptions": "file:///x"}}, ("resources:read",)),
+        ("subscriptions/listen", {"notifications": {"tasksChanged": True}}, (UNKNOWN_METHOD_SCOPE,)),
+        ("subscriptions/listen", {"notifications": ["toolsListChanged"]}, (UNKNOWN_METHOD_SCOPE,)),
+        ("subscriptions/listen", [], (UNKNOWN_METHOD_SCOPE,)),
         ("tasks/get", {"taskId": "t"}, (UNKNOWN_METHOD_SCOPE,)),
         ("sampling/createMessage", None, (UNKNOWN_METHOD_SCOPE,)),
         ("Tools/list", None, (UNKNOWN_METHOD_SCOPE,)),
@@ -151,6 +170,15 @@ def test_batch_requires_every_members_scopes() -> None:
     assert required_scopes(b"[]") == ()
 
 
+def test_a_batch_inside_a_batch_fails_closed() -> None:
+    """No server should run a message nested in a batch's member, but a lenient one might flatten
+    it: the nested array needs what an unknown method needs, besides its siblings' scopes."""
+    nested = b'[[{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"admin"}}]]'
+    assert required_scopes(nested) == (UNKNOWN_METHOD_SCOPE,)
+    mixed = b'[{"jsonrpc":"2.0","id":2,"method":"tools/list"},[{}]]'
+    assert required_scopes(mixed) == ("tools:list", UNKNOWN_METHOD_SCOPE)
+
+
 @pytest.mark.parametrize(
     "body",
     [
@@ -159,7 +187,6 @@ def test_batch_requires_every_members_scopes() -> None:
         b"null",
         b"42",
         b'"tools/call"',
-        b"[[{}]]",
         b'{"jsonrpc":"2.0","id":1,"result":{}}',
         b'{"jsonrpc":"2.0","id":1,"error":{"code":-1,"message":"x"}}',
         b'{"method":5}',

@@ -14,7 +14,7 @@ from typing import Any
 
 import anyio
 import httpx
-from kavach.proxy import UpstreamProxy, request_headers
+from kavach.proxy import UpstreamProxy, request_headers, response_headers
 
 UPSTREAM = "http://upstream.test:9000/mcp"
 
@@ -87,6 +87,22 @@ def test_rs_04_the_token_and_hop_by_hop_headers_stay_behind() -> None:
     assert "connection" not in returned and "x-hop" not in returned and "keep-alive" not in returned
     assert b"".join(m.get("body", b"") for m in sent[1:]) == b'{"jsonrpc":"2.0","id":1,"result":{}}'
     assert sent[-1]["more_body"] is False
+
+
+def test_headers_an_upstream_could_misread_stay_behind() -> None:
+    """Names with ``_`` (a CGI/WSGI upstream reads ``X_Forwarded_For`` as ``X-Forwarded-For``),
+    kavach's own client-address header, and path or method overrides some frameworks honour."""
+    sent = request_headers(
+        [(b"X_Forwarded_For", b"6.6.6.6"), (b"x-kavach-client-address", b"6.6.6.6"), (b"X-Original-URL", b"/admin"),
+         (b"X-Rewrite-URL", b"/admin"), (b"X-HTTP-Method-Override", b"DELETE"), (b"accept", b"*/*")]
+    )
+    assert sent == [("accept", "*/*")]
+
+
+def test_the_upstreams_date_and_server_stay_behind() -> None:
+    """The server in front sends its own (RFC 9110 §6.6.1: one Date field)."""
+    upstream = httpx.Headers([("Date", "Thu, 01 Jan 1970 00:00:00 GMT"), ("Server", "up/1"), ("X-End", "kept")])
+    assert response_headers(upstream) == [(b"x-end", b"kept")]
 
 
 def test_request_headers_without_any_cookie_of_ours_drop_the_cookie_header() -> None:

@@ -40,8 +40,9 @@ from .server import (
     THREADED_BODY,
     TOO_LARGE,
     AuthorizationServer,
-    body_coding_problem,
+    bare_path,
     failure_response,
+    guarded_body_problem,
     guarded_paths,
     incoming,
 )
@@ -87,10 +88,11 @@ async def _body(request: web.Request) -> bytes | Response:
 
     ``request.read()`` itself stops at the app's ``client_max_size`` instead, so the stream is read
     here. A body an outer middleware already read is the one aiohttp kept."""
-    if request.body_exists:
-        refused = body_coding_problem(request.headers.getall(hdrs.CONTENT_ENCODING, ()))
-        if refused is not None:
-            return refused
+    refused = guarded_body_problem(
+        request.headers.getall(hdrs.CONTENT_ENCODING, ()), request.headers.getall(hdrs.CONTENT_TYPE, ())
+    )
+    if refused is not None:
+        return refused
     try:
         if not request.can_read_body:  # read before (aiohttp kept it), or none at all
             body = await request.read()
@@ -197,7 +199,7 @@ def guard_middleware(
     async def kavach_guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path == metadata_path and request.match_info.http_exception is not None:
             return await metadata(request)  # not mounted here: answer the resource's metadata
-        if request.path not in guarded:
+        if bare_path(request.path) not in guarded:
             return await handler(request)
         try:
             body = await _body(request)

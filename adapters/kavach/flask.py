@@ -42,7 +42,7 @@ from kavach_core.guard import Principal
 from kavach_core.http import HttpRequest, Response, json_response
 from kavach_core.resource_indicators import PRM_WELL_KNOWN, resource_path
 
-from .server import TOO_LARGE, AuthorizationServer, failure_response, guarded_paths, incoming
+from .server import TOO_LARGE, AuthorizationServer, bare_path, failure_response, guarded_paths, incoming
 
 Required = Callable[[HttpRequest], "tuple[str, ...] | Response"]
 View = TypeVar("View", bound=Callable[..., Any])
@@ -229,15 +229,6 @@ def guarded(server: AuthorizationServer, resource: str, *, required: Required | 
     return decorate
 
 
-def _bare(path: str) -> str:
-    """``path`` without trailing slashes, so ``/mcp/`` is guarded with ``/mcp`` (a view may take both)."""
-    return path.rstrip("/") or "/"
-
-
-def _guarded_paths(paths: Iterable[str] | None, canonical: str) -> frozenset[str]:
-    return frozenset(_bare(path) for path in guarded_paths(paths, canonical))
-
-
 def protect(
     app: flask.Flask,
     server: AuthorizationServer,
@@ -259,7 +250,7 @@ def protect(
     behind a WSGI prefix never receives; serve it from the outermost app then.
     """
     canonical = server.protected(resource)
-    covered = _guarded_paths(paths, canonical)
+    covered = guarded_paths(paths, canonical)
     need = _required(server, required)
     metadata_path = PRM_WELL_KNOWN + resource_path(canonical)
     if not any(rule.rule == metadata_path for rule in app.url_map.iter_rules()):
@@ -274,7 +265,7 @@ def protect(
 
     def hook() -> flask.Response | None:
         r = flask.request
-        if _bare(_full_path()) in covered or _bare(r.path) in covered:
+        if bare_path(_full_path()) in covered or bare_path(r.path) in covered:
             return _check(server, canonical, need)
         return None
 

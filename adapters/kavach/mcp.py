@@ -14,8 +14,10 @@ every request. kavach closes both gaps; choose one of two ways.
 
 :class:`KavachTokenVerifier` checks the signature against the published keys, ``typ``, ``iss``,
 the single audience equal to this resource's canonical URI (RS-04/RS-05), the lifetime and, through
-the store, revocation; the SDK's ``get_access_token()`` then works in tools. :func:`auth_settings`
-turns on ``validate_token_resource`` too (the SDK compares the audience the verifier reports).
+the store, revocation; the SDK's ``get_access_token()`` then works in tools (its ``token`` empty).
+:func:`auth_settings` turns on ``validate_token_resource`` too (the SDK compares the audience the
+verifier reports). The SDK's own middleware leaves the ``Authorization`` header on the request its
+app sees, and can answer a store outage only with a 500: the guard below does neither.
 
 **kavach's guard around the SDK's app** (audience and per-method scopes; recommended)::
 
@@ -42,6 +44,7 @@ from mcp.server.auth.provider import AccessToken
 from mcp.server.auth.settings import AuthSettings
 from starlette.authentication import AuthCredentials
 
+from kavach_core.drivers import StoreUnavailable
 from kavach_core.guard import Principal, authenticate
 
 from .server import AuthorizationServer
@@ -75,17 +78,23 @@ class KavachTokenVerifier:
 
     async def verify_token(self, token: str) -> AccessToken | None:
         """The token's claims when it is valid for this resource now, else ``None`` (the SDK's 401).
+        ``AccessToken.token`` is empty: tools get the claims, not the credential (RS-04).
 
-        A store that cannot answer fails closed: revocation could not be checked.
+        A store that cannot answer fails closed without calling the token invalid: the error
+        propagates, and the SDK's app answers 500, so the client keeps its token and retries
+        (a 401 ``invalid_token`` would send it to authorize again). :func:`guard` answers 503.
         """
         server = self.server
         flow = authenticate(server.config, self.resource, f"Bearer {token}", (), int(server.clock()), server.verified)
         try:
             outcome = await self.server.arun_flow(flow)
+        except StoreUnavailable:
+            log.warning("could not verify an access token: the store is unavailable")
+            raise
         except Exception:
             log.warning("could not verify an access token", exc_info=True)
             return None
-        return sdk_access_token(outcome, token) if isinstance(outcome, Principal) else None
+        return sdk_access_token(outcome) if isinstance(outcome, Principal) else None
 
 
 def auth_settings(

@@ -66,6 +66,7 @@ from starlette.types import Receive, Scope, Send
 
 from kavach_core.opaque import b64url
 
+from .server import CLIENT_ADDRESS_HEADER
 from .sessions import BROWSER_COOKIE, SESSION_COOKIE
 from .starlette import read_body
 
@@ -97,8 +98,17 @@ _FORWARDING = frozenset(
         "via",
     }
 )
-_NOT_FORWARDED = HOP_BY_HOP | _FORWARDING | {"host", "content-length", "authorization", "expect"}
-_NOT_RETURNED = HOP_BY_HOP | {"content-length", "www-authenticate"}
+# Path overrides some servers and frameworks honour (IIS, Symfony, Zend): the upstream would
+# serve another path than the one the guard covered.
+_PATH_OVERRIDES = frozenset({"x-original-url", "x-rewrite-url", "x-http-method-override", "x-http-method"})
+_NOT_FORWARDED = (
+    HOP_BY_HOP
+    | _FORWARDING
+    | _PATH_OVERRIDES
+    | {"host", "content-length", "authorization", "expect", CLIENT_ADDRESS_HEADER.lower()}
+)
+# The server in front answers with its own Date and Server (RFC 9110 §6.6.1: one Date).
+_NOT_RETURNED = HOP_BY_HOP | {"content-length", "www-authenticate", "date", "server"}
 _OWN_COOKIES = frozenset({SESSION_COOKIE.lower(), BROWSER_COOKIE.lower()})
 _COOKIE_PREFIXES = ("__host-", "__secure-")
 _TOKEN_PARAMETER = "access_token"
@@ -134,12 +144,14 @@ def _strip_cookies(value: str) -> str:
 
 
 def request_headers(raw: Iterable[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
-    """The client's headers as forwarded upstream (no token, no hop-by-hop or forwarding headers)."""
+    """The client's headers as forwarded upstream (no token, no hop-by-hop, forwarding or path
+    override headers, and no name with ``_``: a CGI or WSGI upstream reads ``X_Forwarded_For``
+    as ``X-Forwarded-For``)."""
     pairs = [(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in raw]
     drop = _NOT_FORWARDED | _connection_tokens(pairs)
     out: list[tuple[str, str]] = []
     for name, value in pairs:
-        if name in drop or name.startswith("x-forwarded-"):
+        if name in drop or name.startswith("x-forwarded-") or "_" in name:
             continue
         if name == "cookie":
             value = _strip_cookies(value)

@@ -175,12 +175,18 @@ TOO_LARGE = json_response(
 """What every adapter answers to a body over its limit (RFC 9110 §15.5.14), before the core sees it."""
 
 
+def bare_path(path: str) -> str:
+    """``path`` without trailing slashes, so ``/mcp/`` is guarded with ``/mcp`` (a route or view
+    may answer both)."""
+    return path.rstrip("/") or "/"
+
+
 def guarded_paths(paths: Iterable[str] | None, resource: str) -> frozenset[str]:
-    """The paths a framework guard covers: ``paths`` as given (a collection of paths starting
-    with ``/``; a bare string would be read as its characters, so it is refused), or the
-    canonical ``resource``'s own path."""
+    """The paths a framework guard covers, as :func:`bare_path` gives them (compare a request's
+    bare path): ``paths`` as given (a collection of paths starting with ``/``; a bare string
+    would be read as its characters, so it is refused), or the canonical ``resource``'s own path."""
     if paths is None:
-        return frozenset({resource_path(resource) or "/"})
+        return frozenset({bare_path(resource_path(resource) or "/")})
     if isinstance(paths, str | bytes | bytearray) or not isinstance(paths, Iterable):
         raise TypeError(f"paths= takes a collection of paths, such as paths={{'/mcp'}}, not {paths!r}")
     found = frozenset(paths)
@@ -189,7 +195,7 @@ def guarded_paths(paths: Iterable[str] | None, resource: str) -> frozenset[str]:
             raise ValueError(f"paths= takes paths starting with '/', such as '/mcp', not {path!r}")
     if not found:
         raise ValueError("paths= is empty: the guard would cover nothing")
-    return found
+    return frozenset(bare_path(path) for path in found)
 
 
 THREADED_BODY = 64 * 1024
@@ -214,6 +220,33 @@ def body_coding_problem(codings: Sequence[str]) -> Response | None:
         for coding in value.split(","):
             if coding.strip().lower() not in ("", "identity"):
                 return ENCODED_BODY
+    return None
+
+
+CHARSET_BODY = json_response(
+    415,
+    {"error": "invalid_request", "error_description": "send the request body as UTF-8 JSON (charset=utf-8 or none)"},
+    no_store=True,
+)
+
+_UTF8 = frozenset({"charset=utf-8", "charset=utf8"})
+
+
+def guarded_body_problem(codings: Sequence[str], content_types: Sequence[str]) -> Response | None:
+    """415 for a guarded request whose body the server behind may read otherwise than the guard:
+    a content coding (:func:`body_coding_problem`), or a ``Content-Type`` charset other than
+    UTF-8, or two ``Content-Type`` values. MCP messages are UTF-8 JSON (MCP base protocol,
+    JSON-RPC); the guard reads the methods of the bytes as UTF-8, while a server decoding
+    ``charset=utf-7`` would find a ``"method"`` the guard never saw. Any parameter naming a
+    charset (``charset*=``, a quoted or spaced one) must read ``charset=utf-8`` exactly."""
+    refused = body_coding_problem(codings) if codings else None
+    if refused is not None or not content_types:
+        return refused
+    if len(set(content_types)) > 1:
+        return CHARSET_BODY
+    for parameter in content_types[0].split(";")[1:]:
+        if "charset" in parameter.lower() and parameter.lower().replace('"', "").replace(" ", "") not in _UTF8:
+            return CHARSET_BODY
     return None
 
 
@@ -376,8 +409,8 @@ class AuthorizationServer:
 
     def guard(self, resource: str, req: HttpRequest, required: tuple[str, ...]) -> Principal | Response:
         """The verified caller of ``resource``, or the 401/403 challenge to send (RS-01..RS-05);
-        415 for a content-coded body, whose methods cannot be read (:func:`body_coding_problem`)."""
-        refused = body_coding_problem(req.header_values("content-encoding"))
+        415 for a body it may read otherwise than the server behind (:func:`guarded_body_problem`)."""
+        refused = guarded_body_problem(req.header_values("content-encoding"), req.header_values("content-type"))
         if refused is not None:
             return refused
         return self.guard_values(resource, req.header_values("authorization"), required)
@@ -393,7 +426,7 @@ class AuthorizationServer:
 
     async def aguard(self, resource: str, req: HttpRequest, required: tuple[str, ...]) -> Principal | Response:
         """:meth:`guard` on an event loop."""
-        refused = body_coding_problem(req.header_values("content-encoding"))
+        refused = guarded_body_problem(req.header_values("content-encoding"), req.header_values("content-type"))
         if refused is not None:
             return refused
         return await self.aguard_values(resource, req.header_values("authorization"), required)

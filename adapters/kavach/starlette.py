@@ -23,7 +23,7 @@ from starlette.routing import Route
 from kavach_core.http import HttpRequest, Response
 from kavach_core.resource_indicators import PRM_WELL_KNOWN, resource_path
 
-from .server import THREADED_BODY, TOO_LARGE, AuthorizationServer, body_coding_problem, incoming
+from .server import THREADED_BODY, TOO_LARGE, AuthorizationServer, guarded_body_problem, incoming
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -103,15 +103,16 @@ async def _request(scope: Scope, receive: Receive, send: Send) -> HttpRequest | 
     return None if body is None else _translate(scope, body)
 
 
-def _split_headers(scope: Scope) -> tuple[list[str], list[tuple[bytes, bytes]], list[str]]:
+def _split_headers(scope: Scope) -> tuple[list[str], list[tuple[bytes, bytes]], list[str], list[str]]:
     """The ``Authorization`` values, every other header (what the wrapped app gets), and the
-    ``Content-Encoding`` values.
+    ``Content-Encoding`` and ``Content-Type`` values.
 
     Names are compared case-insensitively whatever the server sends (ASGI only recommends
     lowercase), so no spelling of the header reaches the wrapped app (RS-04)."""
     values: list[str] = []
     others: list[tuple[bytes, bytes]] = []
     codings: list[str] = []
+    types: list[str] = []
     for header in scope["headers"]:
         name = header[0].lower()
         if name == b"authorization":
@@ -119,8 +120,10 @@ def _split_headers(scope: Scope) -> tuple[list[str], list[tuple[bytes, bytes]], 
             continue
         if name == b"content-encoding":
             codings.append(header[1].decode("latin-1"))
+        elif name == b"content-type":
+            types.append(header[1].decode("latin-1"))
         others.append(header)
-    return values, others, codings
+    return values, others, codings, types
 
 
 class KavachEndpoint:
@@ -179,8 +182,8 @@ class KavachGuard:
             return None
         if scope["path"] in self.public:
             return await _send(send, await self.server.ahandle(_translate(scope, body)))
-        authorization, others, codings = _split_headers(scope)
-        refused = body_coding_problem(codings) if codings else None
+        authorization, others, codings, types = _split_headers(scope)
+        refused = guarded_body_problem(codings, types) if codings or types else None
         if refused is not None:
             return await _send(send, refused)
         if self.required is not None:
