@@ -491,7 +491,7 @@ def test_guards_read_the_keys_once_per_keyring_ttl_and_revocation_every_time(ttl
 
 def test_guard_values_refuses_two_authorization_values() -> None:
     server, header = _guarded(MemoryStore(), [1_700_000_000.0])
-    assert server.guard_values(RESOURCE, [header, header], ()).status == 401  # type: ignore[union-attr]
+    assert server.guard_values(RESOURCE, [header, header], ()).status == 400  # type: ignore[union-attr]
     assert asyncio.run(server.aguard_values(RESOURCE, [header], ())).__class__.__name__ == "Principal"
 
 

@@ -518,6 +518,26 @@ def test_az_02_unregistered_redirect_uri_never_redirects(dep: Deployment) -> Non
     assert r.status_code == 400 and "location" not in r.headers
 
 
+def test_a_consent_link_opened_in_another_browser_is_refused(dep: Deployment) -> None:
+    """The page after sign-in is bound to the browser that signed in: its URL (in logs and
+    histories) opened in another browser, even one signed in, shows no form to approve with, so a
+    code for someone else's account cannot be sent to this person's client (RFC 9700 §4.4)."""
+    client_id = dep.register()
+    signed_in = dep.login(dep.person.get(dep.authorize_url(client_id, pkce()[1])))
+    link = dep.base + signed_in.headers["location"]
+    assert "&link=" in link and dep.person.get(link).status_code == 200
+    with httpx.Client(timeout=10) as browser:
+        other = Deployment(dep.base, dep.issuer, dep.resource, dep.server, dep.client, browser)
+        own = other.login(browser.get(dep.authorize_url(client_id, pkce()[1])))
+        assert own.status_code == 303 and browser.get(dep.base + own.headers["location"]).status_code == 200
+        for stolen in (link, link.split("&link=")[0], link.replace("&link=", "&link=x")):
+            refused = browser.get(stolen)
+            assert refused.status_code == 403 and "another browser" in refused.text, stolen
+            assert 'name="decision"' not in refused.text
+            assert_page_headers(refused)
+    assert dep.person.get(link).status_code == 200, "the person's own browser still gets its page"
+
+
 def test_expired_or_unknown_consent_ticket_is_an_error_page(dep: Deployment) -> None:
     r = dep.person.get(dep.base + dep.server.consent_path + "?ticket=nope")
     assert r.status_code == 400 and "expired" in r.text

@@ -498,8 +498,12 @@ class AuthorizationServer:
         current = yield Call(self.users.session_stamp, (session.subject,))
         return (session.subject, True) if session.holds(current) else None
 
-    def _consent_url(self, ticket: str, notice: str | None = None) -> str:
-        url = f"{self.consent_path}?ticket={quote(ticket, safe='')}"
+    def _consent_url(self, ticket: str, browser: str, notice: str | None = None) -> str:
+        """The consent page of ``ticket`` for this ``browser`` only: ``link`` binds the two, so a
+        ticket read from a log or a history cannot be approved in another browser (by someone
+        signed in there, whose code would go to the victim's client: RFC 9700 §4.4)."""
+        link = self.cookies.csrf_token(browser, "consent-link", ticket)
+        url = f"{self.consent_path}?ticket={quote(ticket, safe='')}&link={link}"
         return url + f"&notice={notice}" if notice else url
 
     def _person(
@@ -513,8 +517,8 @@ class AuthorizationServer:
         if signed_in is None:
             if self.users is None:
                 if self.login_url is not None:
-                    target = self.login_url(self._consent_url(consent.ticket))
-                    return Response(303, (("Location", target), *pages.page_headers()), b"")
+                    target = self.login_url(self._consent_url(consent.ticket, browser))
+                    return Response(303, (("Location", target), *pages.page_headers(), *extra), b"")
                 return pages.error_page(401, "login_required", "Sign in to the application first, then try again.")
             error = {
                 "failed": "That username and password did not match. Try again.",
@@ -545,13 +549,17 @@ class AuthorizationServer:
             return pages.error_page(405, "invalid_request", "Use GET for this page.", headers=(("Allow", "GET, HEAD"),))
         try:
             params = Params(req.query)
-            ticket = params.get("ticket") or ""
+            ticket, link = params.get("ticket") or "", params.get("link")
             notice = params.get("notice")
         except OAuthError as exc:
             return pages.error_page(400, exc.error, exc.description)
         consent = (yield from authorize.consent(ctx, ticket)) if ticket else None
         if consent is None:
             return _expired()
+        if not self.cookies.csrf_valid(parse_cookies(req.header_values("cookie")), "consent-link", ticket, link):
+            return pages.error_page(
+                403, "invalid_request", "This page belongs to a sign-in started in another browser. Start again."
+            )
         return (yield from self._person(ctx, req, consent, notice))
 
     def _form(self, req: HttpRequest) -> Params | Response:
@@ -577,6 +585,7 @@ class AuthorizationServer:
         cookies = parse_cookies(req.header_values("cookie"))
         if not self.cookies.csrf_valid(cookies, "login", ticket, token):
             return _csrf_refused()
+        browser = cookies[self.cookies.browser_name]  # there: the token is bound to it
         limits = self.login_limits
         account = account_name(username)
         user_key = "invalid" if account is None else hashlib.sha256(account.encode()).hexdigest()[:32]
@@ -601,10 +610,10 @@ class AuthorizationServer:
             )
         signed_in = yield Call(self.users.sign_in, (username, password))
         if signed_in is None:
-            return _see_other(self._consent_url(ticket, "failed"))
+            return _see_other(self._consent_url(ticket, browser, "failed"))
         yield fx.Hit(attempts, limits.per_user, limits.window, ctx.now, step=-1)  # same ctx.now: same window
         subject, stamp = signed_in
-        return _see_other(self._consent_url(ticket), self.cookies.session_cookie(subject, stamp, ctx.now))
+        return _see_other(self._consent_url(ticket, browser), self.cookies.session_cookie(subject, stamp, ctx.now))
 
     def _decision(self, ctx: Context, req: HttpRequest) -> Generator[fx.Effect, Any, Response]:
         """The consent form's POST: CSRF, then switch account (sign out, ask again; only for a person
@@ -619,12 +628,13 @@ class AuthorizationServer:
         cookies = parse_cookies(req.header_values("cookie"))
         if not ticket or not self.cookies.csrf_valid(cookies, "consent", ticket, token):
             return _csrf_refused()
+        browser = cookies[self.cookies.browser_name]  # there: the token is bound to it
         signed_in = yield from self._subject(ctx, req, cookies)
         if signed_in is None:
-            return _see_other(self._consent_url(ticket))
+            return _see_other(self._consent_url(ticket, browser))
         subject, own_session = signed_in
         if decision == "switch" and own_session:  # not this person: sign out, ask again
-            return _see_other(self._consent_url(ticket), self.cookies.clear_session())
+            return _see_other(self._consent_url(ticket, browser), self.cookies.clear_session())
         if decision == "approve":
             return (yield from authorize.approve(ctx, ticket, subject, form.get_all("scope")))
         if decision == "deny":
