@@ -37,6 +37,13 @@ PUBLISH_MARGIN = 300
 PREPUBLISH = 3600
 """Seconds before the active key stops signing at which its successor is generated and published."""
 
+CLOCK_SKEW = 60
+"""Seconds the clocks of a cluster's instances may differ by. A key created up to this far in an
+instance's future was started by an instance whose clock runs ahead: it signs here too, and is
+never dropped as a successor that never signed (which would leave that instance's tokens with
+no published key). A successor is published :data:`PREPUBLISH` seconds ahead, so it may sign
+this much early."""
+
 _P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
 _CACHE_SIZE = 64
 _loaded: dict[tuple[str, str, bytes], SigningKeyPair] = {}
@@ -124,8 +131,10 @@ class KeySet:
     records: tuple[SigningKey, ...]
 
     def active(self, now: int, alg: str) -> SigningKey | None:
-        """The newest key of ``alg`` that may sign at ``now``."""
-        candidates = [k for k in self.records if k.alg == alg and k.created_at <= now < k.signs_until]
+        """The newest key of ``alg`` that may sign at ``now`` (one created up to :data:`CLOCK_SKEW`
+        seconds ahead included: another instance's clock may run ahead of this one's)."""
+        start = now + CLOCK_SKEW
+        candidates = [k for k in self.records if k.alg == alg and k.created_at <= start and now < k.signs_until]
         return max(candidates, key=lambda k: k.created_at, default=None)
 
     def signer(self, now: int, alg: str) -> SigningKeyPair | None:
@@ -214,7 +223,7 @@ def _retire(record: SigningKey, now: int, access_token_lifetime: int) -> Signing
     """Stop ``record`` signing at ``now``; publish it until tokens signed before now have expired."""
     if record.signs_until <= now:
         return record
-    if record.created_at > now:  # a successor that never signed: no token needs it
+    if record.created_at > now + CLOCK_SKEW:  # a successor that never signed: no token needs it
         return attrs.evolve(record, signs_until=now, publish_until=now)
     return attrs.evolve(
         record,

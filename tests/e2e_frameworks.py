@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from kavach.server import AuthorizationServer
+from kavach.starlette import read_body
 
 Stop = Callable[[], None]
 Serve = Callable[[socket.socket, AuthorizationServer, str], Stop]
@@ -48,12 +49,8 @@ def tool_result(
 def _starlette_tools() -> Any:
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         assert scope["type"] == "http"
-        body = b""
-        while True:
-            msg = await receive()
-            body += msg.get("body", b"")
-            if not msg.get("more_body"):
-                break
+        body = await read_body(receive, send)
+        assert body is not None
         principal = scope["state"]["principal"]
         saw = any(k == b"authorization" for k, _ in scope["headers"])
         message = json.loads(body)

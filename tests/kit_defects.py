@@ -20,6 +20,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qs
 
+from kavach.starlette import read_body
+
 Message = dict[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
@@ -84,12 +86,9 @@ def middleware(app: App, defect: Defect) -> App:
     async def wrapped(scope: Message, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await app(scope, receive, send)
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+        body = await read_body(receive, send)
+        if body is None:  # answered (413) or the client left
+            return None
         form = parse_qs(scope.get("query_string", b"").decode()) | parse_qs(body.decode(errors="replace"))
         if scope["path"] == METADATA and defect.name == "trickle_meta" and next(defect.metadata) > 1:
             return await trickle(send)

@@ -156,12 +156,42 @@ def test_successor_is_published_before_it_signs(h: Harness) -> None:
 
 def test_rotating_drops_a_successor_that_never_signed(h: Harness) -> None:
     h.run(keys.current(h.ctx()))
-    h.now = h.store.keys[0].signs_until - 10
+    h.now = h.store.keys[0].signs_until - keys.CLOCK_SKEW - 10
     h.run(keys.current(h.ctx()))
     assert len(h.store.keys) == 2
     h.run(keys.rotate(h.ctx()))
     kinds = [(k.created_at <= h.now < k.signs_until, k.publish_until > h.now) for k in h.store.keys]
     assert kinds == [(True, True), (False, True)]
+
+
+@pytest.mark.parametrize("ahead", [1, 5, keys.CLOCK_SKEW])
+def test_an_instance_with_a_clock_behind_signs_with_the_key_one_ahead_made(h: Harness, ahead: int) -> None:
+    """Instance A, its clock ``ahead`` seconds fast, makes the first key; instance B then finds a
+    key created in its future. B signs with it (no second key) and keeps it published; before,
+    B made a key of its own and dropped A's, and every token A had signed stopped verifying."""
+    h.now += ahead
+    h.run(keys.current(h.ctx()))  # A
+    (made,) = h.store.keys
+    token = mint(h)[0]
+    h.now -= ahead  # B
+    keyset = h.run(keys.current(h.ctx()))
+    assert list(h.store.keys) == [made]
+    assert keyset.active(h.now, "ES256") == made
+    assert made.kid in {k["kid"] for k in keyset.jwks(h.now)["keys"]}
+    checked = access_tokens.verify(
+        token, keyset.verifying_keys(h.now), issuer=h.config.issuer, resource=RESOURCE, now=h.now + ahead
+    )
+    assert checked.subject
+
+
+def test_a_key_created_further_ahead_than_the_skew_is_a_successor_that_never_signed(h: Harness) -> None:
+    h.now += keys.CLOCK_SKEW + 1
+    h.run(keys.current(h.ctx()))
+    (future,) = h.store.keys
+    h.now -= keys.CLOCK_SKEW + 1
+    keyset = h.run(keys.current(h.ctx()))
+    assert future.kid not in {k["kid"] for k in keyset.jwks(h.now)["keys"]}
+    assert keyset.active(h.now, "ES256") is not None
 
 
 def test_changing_the_configured_algorithm_starts_a_key_of_that_algorithm(h: Harness) -> None:
