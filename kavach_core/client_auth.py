@@ -2,8 +2,9 @@
 
 RFC 6749 §2.3 and §3.2.1; OAuth 2.1 §2.4; TK-02: ``none`` for public clients,
 ``client_secret_basic`` and ``client_secret_post`` for confidential ones. A client must use the
-method it registered; secrets are compared as digests in constant time. A failed attempt that
-used HTTP Basic is answered 401 with ``WWW-Authenticate: Basic`` (RFC 6749 §5.2).
+method it registered; secrets are compared as digests in constant time. A failed attempt is
+answered 401 with ``WWW-Authenticate: Basic``: RFC 6749 §5.2 requires the challenge when Basic
+was tried, and RFC 9110 §15.5.2 a challenge on every 401 (Basic is a method the server takes).
 """
 
 from __future__ import annotations
@@ -25,8 +26,9 @@ def authentication_failed(creds: ClientCredentials | None) -> OAuthError:
 
 
 def challenge_headers(creds: ClientCredentials | None, err: OAuthError) -> tuple[tuple[str, str], ...]:
-    """The headers an ``invalid_client`` answer carries: a Basic challenge when Basic was tried."""
-    if err.error == "invalid_client" and err.status == 401 and (creds is None or creds.method == "client_secret_basic"):
+    """The headers an ``invalid_client`` answer carries: the Basic challenge on its 401, whatever
+    method the client tried (``creds``, kept for callers)."""
+    if err.error == "invalid_client" and err.status == 401:
         return (BASIC_CHALLENGE,)
     return ()
 

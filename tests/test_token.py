@@ -205,11 +205,12 @@ def test_tk_02_unknown_client_via_basic_is_401_with_challenge(h: Harness) -> Non
     assert (resp.header("www-authenticate") or "").startswith("Basic")
 
 
-def test_tk_02_wrong_post_secret_is_401_without_basic_challenge(h: Harness) -> None:
+def test_tk_02_wrong_post_secret_is_401_with_a_challenge_too(h: Harness) -> None:
+    """RFC 9110 §15.5.2: every 401 carries a challenge; Basic is a method this server takes."""
     confidential(h, "client_secret_post")
     resp = redeem(h, conf_code(h), client_id="conf", client_secret="wrong")
     assert_error(resp, "invalid_client", status=401)
-    assert resp.header("www-authenticate") is None
+    assert (resp.header("www-authenticate") or "").startswith("Basic realm=")
 
 
 def test_tk_02_registered_method_must_be_used(h: Harness) -> None:
