@@ -1,9 +1,12 @@
 """Opaque secrets: codes, consent tickets, client secrets and refresh tokens.
 
 Each carries 256 bits from the injected entropy source (AZ-09, TK-09, GN-02) and is stored
-only as its SHA-256 digest, so a leaked database yields no live credential.
+only as its SHA-256 digest, so the stored records alone yield no live credential.
 Refresh tokens are derived, not stored: ``HMAC(secret, grant id || generation)`` lets a retry
-within the grace window receive the same successor without any plaintext at rest.
+within the grace window receive the same successor without any plaintext at rest. Whoever holds
+``config.secret`` as well as the grants can derive them: the adapters' PostgreSQL and Redis
+stores keep that secret sealed under the store key, while an SQLite file holds it in the clear
+(with the signing keys), so the file itself must be protected like a private key.
 """
 
 from __future__ import annotations
