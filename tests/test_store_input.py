@@ -324,3 +324,44 @@ def test_commands_that_only_read_or_change_refuse_a_location_with_no_store(kind:
     ok(["keys", "rotate", "--store", url])
     assert created() and "ES256" in ok(["keys", "list", "--store", url])
     ok(["users", "list", "--store", url])  # exits 0 now that the store exists
+
+
+def test_a_new_database_file_is_readable_by_its_owner_alone(tmp_path: Path) -> None:
+    """It holds the signing keys and the server secret in the clear: mode 0600 from the start
+    (whatever the umask lets others read), and SQLite's -wal and -shm files follow it."""
+    path = tmp_path / "kavach.db"
+    ok(["keys", "rotate", "--db", str(path)])
+    store = SQLiteStore(str(path))
+    try:
+        store.perform(fx.GetSigningKeys())
+        for name in ("kavach.db", "kavach.db-wal", "kavach.db-shm"):
+            mode = (tmp_path / name).stat().st_mode & 0o777
+            assert mode == 0o600, (name, oct(mode))
+    finally:
+        store.close()
+
+
+def test_a_database_others_can_read_is_used_with_a_warning(tmp_path: Path) -> None:
+    path = tmp_path / "kavach.db"
+    ok(["keys", "rotate", "--db", str(path)])
+    path.chmod(0o644)
+    proc = CLI.run(["keys", "list", "--db", str(path)])
+    assert proc.returncode == 0 and "ES256" in proc.stdout
+    assert "can be read by other users (mode 644)" in proc.stderr and "chmod 600" in proc.stderr
+    path.chmod(0o600)
+    assert CLI.run(["keys", "list", "--db", str(path)]).stderr == ""
+
+
+def test_a_database_that_cannot_be_made_leaves_no_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The file is created (0600) before SQLite opens it; when opening then fails, the empty file
+    made for it is removed, so a refused command leaves nothing behind."""
+    path = tmp_path / "new.db"
+
+    def failing(self: SQLiteStore) -> None:
+        assert path.exists() and path.stat().st_size == 0
+        raise SQLiteStoreError("refused")
+
+    monkeypatch.setattr(SQLiteStore, "_open", failing)
+    with pytest.raises(SQLiteStoreError, match="refused"):
+        SQLiteStore(str(path))
+    assert not path.exists()

@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import logging
 import os
 import sqlite3
 import stat
@@ -60,6 +61,8 @@ __all__ = [
 
 APPLICATION_ID = 0x4B564348
 """``PRAGMA application_id`` of a kavachOS database ("KVCH")."""
+
+log = logging.getLogger("kavach.stores.sqlite")
 
 MIN_SQLITE = (3, 35, 0)
 """``RETURNING`` and ``ON CONFLICT ... DO UPDATE`` are needed."""
@@ -329,14 +332,29 @@ class SQLiteStore:
         self.path = os.fspath(path)
         self.busy_timeout = busy_timeout
         self._memory = self.path == ":memory:"
+        created = False
         if not self._memory:
             self._check_path(self.path)
+            created = self._create(self.path)
         self._slots = threading.BoundedSemaphore(1 if self._memory else max_connections)
         self._idle: list[sqlite3.Connection] = []
         self._pool_lock = threading.Lock()
         self._closed = False
         self._handlers: dict[type[fx.Effect], Callable[[sqlite3.Connection, Any], Any]] = fx.bind_handlers(self)
-        self._open()
+        try:
+            self._open()
+        except BaseException:
+            if created and os.path.getsize(self.path) == 0:  # nothing was written: leave no file behind
+                os.remove(self.path)
+            raise
+        mode = 0 if self._memory else stat.S_IMODE(os.stat(self.path).st_mode)
+        if mode & 0o077:
+            log.warning(
+                "SQLite database %r can be read by other users (mode %o): it holds signing keys and the server"
+                " secret in the clear; chmod 600 it",
+                self.path,
+                mode,
+            )
 
     # -- public API -------------------------------------------------------------------------
 
@@ -421,6 +439,18 @@ class SQLiteStore:
         parent = os.path.dirname(os.path.abspath(path))
         if found is None and not os.path.isdir(parent):
             raise SQLiteStoreError(f"cannot create SQLite database {path!r}: directory {parent!r} does not exist")
+
+    @staticmethod
+    def _create(path: str) -> bool:
+        """Make a new database file readable by its owner alone (0600: it will hold signing keys and
+        the server secret; SQLite gives its -wal and -shm files the same mode); whether it did."""
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        except FileExistsError:
+            return False
+        except OSError as exc:
+            raise SQLiteStoreError(f"cannot create SQLite database {path!r}: {exc.strerror or exc}") from None
+        return True
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False)
