@@ -654,34 +654,84 @@ def test_cm_02_a_fetch_that_gets_no_slot_before_its_deadline_is_refused_and_not_
     assert fetcher.fetch("https://b.example.com/c.json") == Fetched(b"{}", "application/json", None)
 
 
-def test_cm_02_a_refusal_is_remembered_for_refusal_ttl_seconds(host: DocumentHost) -> None:
-    url = host.url("/missing.json")
-    fetcher = dev(host, refusal_ttl=0.5)
-    refused = FetchRefused("it answered with HTTP status 404")
-    assert [fetcher.fetch(url), asyncio.run(fetcher.afetch(url)), fetcher.fetch(url)] == [refused] * 3
-    assert host.hits("/missing.json") == 1
+class CountingDNS:
+    """Every name resolves to 127.0.0.1 except those starting ``private``: 10.0.0.1, an address
+    the fetcher refuses (a refusal it remembers); each lookup is counted by name."""
+
+    def __init__(self) -> None:
+        self.lookups: list[str] = []
+
+    def __call__(self, name: str, port: int) -> list[str]:
+        self.lookups.append(name)
+        return ["10.0.0.1"] if name.startswith("private") else ["127.0.0.1"]
+
+
+def counting(host: DocumentHost, dns: CountingDNS, **kwargs: Any) -> DocumentFetcher:
+    policy = FetchPolicy(allow_loopback=True, ca_bundle=str(host.ca_file), **kwargs)
+    return DocumentFetcher(policy, resolver=dns)
+
+
+def test_cm_02_a_refusal_of_this_servers_policy_is_remembered_for_refusal_ttl_seconds(host: DocumentHost) -> None:
+    dns = CountingDNS()
+    fetcher = counting(host, dns, refusal_ttl=0.5)
+    url = host.url("/c.json", "private.example.test")
+    answers = [fetcher.fetch(url), asyncio.run(fetcher.afetch(url)), fetcher.fetch(url)]
+    assert len(set(answers)) == 1 and "10.0.0.1" in answers[0].reason  # type: ignore[union-attr]
+    assert dns.lookups == ["private.example.test"]
     time.sleep(0.6)
-    assert fetcher.fetch(url) == refused
-    assert host.hits("/missing.json") == 2
+    assert fetcher.fetch(url) == answers[0]
+    assert dns.lookups == ["private.example.test"] * 2
 
 
-def test_cm_02_many_callers_of_one_bad_url_cause_one_fetch(host: DocumentHost) -> None:
-    host.answers["/broken.json"] = Answer(500, b"{}", delay=0.3)
+@pytest.mark.parametrize(
+    ("path", "answer", "reason"),
+    [
+        ("/missing.json", None, "it answered with HTTP status 404"),
+        ("/broken.json", Answer(503, b"{}"), "it answered with HTTP status 503"),
+        ("/moved.json", Answer(302, b"", headers=[("Location", "/c.json")]), "redirects are not followed"),
+        ("/html.json", Answer(200, b"<html>", headers=[("Content-Type", "text/html")]), "not application/json"),
+    ],
+)
+def test_cm_02_what_the_documents_host_answered_is_never_remembered(
+    host: DocumentHost, path: str, answer: Answer | None, reason: str
+) -> None:
+    """The draft forbids caching error responses (draft-ietf-oauth-client-id-metadata-document-02
+    §5.2): a client's host answering 503 now may answer 200 a moment later, and is asked again."""
+    if answer is not None:
+        host.answers[path] = answer
     fetcher = dev(host, refusal_ttl=30)
+    for attempt in range(1, 4):
+        refused = fetcher.fetch(host.url(path)) if attempt % 2 else asyncio.run(fetcher.afetch(host.url(path)))
+        assert isinstance(refused, FetchRefused) and reason in refused.reason
+        assert host.hits(path) == attempt
+    host.publish(path, DOC)
+    assert isinstance(fetcher.fetch(host.url(path)), Fetched)
+
+
+def test_cm_02_many_callers_of_one_bad_url_at_once_cause_one_fetch(host: DocumentHost) -> None:
+    host.answers["/broken.json"] = Answer(500, b"{}", delay=1.0)
+    fetcher = dev(host, refusal_ttl=30)
+    together = threading.Barrier(20)
+
+    def fetch(_: int) -> Any:
+        together.wait()
+        return fetcher.fetch(host.url("/broken.json"))
+
     with ThreadPoolExecutor(20) as pool:
-        answers = list(pool.map(lambda _: fetcher.fetch(host.url("/broken.json")), range(60)))
-    assert answers == [FetchRefused("it answered with HTTP status 500")] * 60
+        answers = list(pool.map(fetch, range(20)))
+    assert answers == [FetchRefused("it answered with HTTP status 500")] * 20
     assert host.hits("/broken.json") == 1
 
 
 def test_cm_02_remembered_refusals_are_bounded(host: DocumentHost) -> None:
-    fetcher = dev(host, refusal_ttl=60, refusal_cache_entries=2)
-    urls = [host.url(f"/missing{i}.json") for i in range(3)]
+    dns = CountingDNS()
+    fetcher = counting(host, dns, refusal_ttl=60, refusal_cache_entries=2)
+    urls = [host.url("/c.json", f"private{i}.example.test") for i in range(3)]
     for url in urls:
         fetcher.fetch(url)
     fetcher.fetch(urls[2])
     fetcher.fetch(urls[0])
-    assert [host.hits(f"/missing{i}.json") for i in range(3)] == [2, 1, 1]
+    assert [dns.lookups.count(f"private{i}.example.test") for i in range(3)] == [2, 1, 1]
 
 
 class HangingDNS:

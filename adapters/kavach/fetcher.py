@@ -40,11 +40,13 @@ considerations):
   ``max_fetches`` fetches run at once, at most ``max_fetches_per_host`` to one host, and a fetch
   that gets no slot while a tenth of its deadline is still left is refused. A lookup that outlives
   its fetch keeps the fetch's slot until it returns, so lookup threads never outnumber the slots
-  and one host's hung lookups hold at most ``max_fetches_per_host`` of them. A refusal is
-  remembered for ``refusal_ttl`` seconds (at most ``refusal_cache_entries`` URLs) so a URL that failed is not
-  fetched again at once, unless it says nothing about the URL, only about this server's load: no
-  slot in time, a lookup that did not return in time, or a fetch out of time after a slot that
-  was not free at once. These bounds are per :class:`DocumentFetcher`, so per process.
+  and one host's hung lookups hold at most ``max_fetches_per_host`` of them. A refusal of this
+  server's own policy (a host that does not resolve, or resolves to an address not fetched) is
+  remembered for ``refusal_ttl`` seconds (at most ``refusal_cache_entries`` URLs) so it is not
+  looked up again at once; what the document's host answered, or failed to, is never remembered
+  (the draft forbids caching error responses), nor is a refusal that says nothing about the
+  URL, only about this server's load: no slot in time, a lookup that did not return in time.
+  These bounds are per :class:`DocumentFetcher`, so per process.
 - ``allow_loopback`` is a development switch for documents served on this machine: off by
   default, and a WARNING in the log whenever a fetcher is built with it on.
 
@@ -68,7 +70,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -214,6 +216,19 @@ def tls_context(ca_bundle: str | None = None) -> ssl.SSLContext:
         raise ValueError(f"ca_bundle {ca_bundle!r} cannot be read: {exc.strerror or exc}") from None
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     return context
+
+
+@contextlib.contextmanager
+def _not_remembered() -> Iterator[None]:
+    """Refusals of what the document's host answered, or failed to (a status other than 200, a
+    redirect, headers, size, time, the connection), are not remembered: the client's host may be
+    back a moment later, and the draft forbids caching error responses
+    (draft-ietf-oauth-client-id-metadata-document-02 §5.2)."""
+    try:
+        yield
+    except _Refused as refused:
+        refused.remember = False
+        raise
 
 
 class _Refused(Exception):
@@ -963,6 +978,10 @@ class DocumentFetcher:
         return self._resolved(target, lookup)
 
     def _fetch_pinned(self, target: _Target, addresses: list[IPAddress], deadline: float) -> Fetched:
+        with _not_remembered():
+            return self._send_pinned(target, addresses, deadline)
+
+    def _send_pinned(self, target: _Target, addresses: list[IPAddress], deadline: float) -> Fetched:
         import httpx
 
         transport = self._transport() if self._transport else _deadline_transport(self._tls(), deadline)
@@ -1047,6 +1066,10 @@ class DocumentFetcher:
         return self._resolved(target, lookup)
 
     async def _afetch_pinned(self, target: _Target, addresses: list[IPAddress], deadline: float) -> Fetched:
+        with _not_remembered():
+            return await self._asend_pinned(target, addresses, deadline)
+
+    async def _asend_pinned(self, target: _Target, addresses: list[IPAddress], deadline: float) -> Fetched:
         import httpx
 
         if self._async_transport is not None:
