@@ -1061,3 +1061,34 @@ def test_a_failed_lookup_leaves_no_unread_error_on_the_event_loop() -> None:
     answers = asyncio.run(main())
     assert "does not resolve" in answers[0] and "took longer than the fetch's limit" in answers[1]
     assert reported == []
+
+
+@pytest.mark.parametrize(
+    ("issuer", "allowed"),
+    [("http://127.0.0.1:8000", True), ("http://localhost:8000", True), ("http://[::1]:8000", True),
+     ("https://auth.example.com", False), ("https://10.0.0.5", False)],
+)
+def test_the_loopback_switch_is_only_for_an_authorization_server_on_loopback(issuer: str, allowed: bool) -> None:
+    """draft-ietf-oauth-client-id-metadata-document-02 §8.6: fetching from loopback addresses only
+    when the authorization server runs on loopback too; refused at construction otherwise, by the
+    library and by ``kavach serve`` alike (before anything is written)."""
+    from kavach.settings import SettingsError, resolve
+    from kavach.users import MemoryUsers, Users
+
+    from kavach_core.config import Config, ProtectedResource
+
+    config = Config(issuer=issuer, resources=[ProtectedResource("https://mcp.example.com/mcp")], secret=b"k" * 32,
+                    client_id_metadata_documents=True, allow_insecure_http=True)
+    fetcher = DocumentFetcher(FetchPolicy(allow_loopback=True))
+    users = Users(MemoryUsers(), log_n=10)
+    settings = resolve({"issuer": issuer, "documents": {"allow_loopback": True}}, environ={})
+    if allowed:
+        assert AuthorizationServer(config, MemoryStore(), users=users, fetcher=fetcher).fetcher is fetcher
+        assert settings.fetch_policy().allow_loopback is True
+    else:
+        with pytest.raises(ValueError, match="only for an authorization server on loopback"):
+            AuthorizationServer(config, MemoryStore(), users=users, fetcher=fetcher)
+        with pytest.raises(SettingsError, match="--document-allow-loopback"):
+            settings.fetch_policy()
+    plain = DocumentFetcher(FetchPolicy())
+    assert AuthorizationServer(config, MemoryStore(), users=users, fetcher=plain).fetcher is plain

@@ -77,6 +77,7 @@ from urllib.parse import urlsplit
 import attrs
 
 from kavach_core.client_documents import url_problem
+from kavach_core.config import is_loopback_host
 from kavach_core.effects import Fetched, FetchRefused
 
 log = logging.getLogger("kavach.fetcher")
@@ -216,6 +217,18 @@ def tls_context(ca_bundle: str | None = None) -> ssl.SSLContext:
         raise ValueError(f"ca_bundle {ca_bundle!r} cannot be read: {exc.strerror or exc}") from None
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     return context
+
+
+def loopback_switch_problem(policy: FetchPolicy, issuer: str) -> str | None:
+    """Why ``policy`` may not serve the authorization server ``issuer``, or ``None``: fetching from
+    loopback addresses is for an authorization server that itself runs on loopback, never in
+    production (draft-ietf-oauth-client-id-metadata-document-02 §8.6)."""
+    if policy.allow_loopback and not is_loopback_host(urlsplit(issuer).hostname):
+        return (
+            "fetching client metadata documents from loopback addresses (allow_loopback) is only for an"
+            f" authorization server on loopback, not the issuer {issuer}"
+        )
+    return None
 
 
 @contextlib.contextmanager

@@ -343,6 +343,13 @@ class AuthorizationServer:
             from .fetcher import DocumentFetcher
 
             fetcher = DocumentFetcher()
+        policy = getattr(fetcher, "policy", None)
+        if policy is not None:
+            from .fetcher import FetchPolicy, loopback_switch_problem
+
+            problem = loopback_switch_problem(policy, config.issuer) if isinstance(policy, FetchPolicy) else None
+            if problem is not None:
+                raise ValueError(problem)
         self.fetcher = fetcher
         base = config.issuer_path + config.paths.authorization
         self.login_path = base + "/login"

@@ -173,12 +173,16 @@ class Settings:
 
     def fetch_policy(self) -> Any:
         """The :class:`~kavach.fetcher.FetchPolicy` of ``[documents]`` and its flags."""
-        from .fetcher import FetchPolicy
+        from .fetcher import FetchPolicy, loopback_switch_problem
 
         try:
-            return FetchPolicy(**dict(self.documents))
+            policy = FetchPolicy(**dict(self.documents))
         except (ValueError, TypeError) as exc:
             raise SettingsError(f"documents: {exc}") from exc
+        problem = loopback_switch_problem(policy, self.issuer_url)
+        if problem is not None:
+            raise SettingsError(f"--document-allow-loopback (documents.allow_loopback): {problem}")
+        return policy
 
 
 # -- conversions -------------------------------------------------------------------------
