@@ -33,11 +33,13 @@ def challenge_headers(creds: ClientCredentials | None, err: OAuthError) -> tuple
     return ()
 
 
-def authenticate(ctx: Context, creds: ClientCredentials | None) -> Flow[Client]:
-    """The authenticated client, or :class:`OAuthError` ``invalid_client``. Writes nothing."""
+def authenticate(ctx: Context, creds: ClientCredentials | None, requester: str | None = None) -> Flow[Client]:
+    """The authenticated client, or :class:`OAuthError` ``invalid_client``. Writes nothing but
+    what :func:`~kavach_core.clients.lookup` does for a client ID metadata document (``requester``
+    is the caller's address, charged for a document client not known here)."""
     if creds is None:
         raise OAuthError("invalid_client", "client authentication required", status=401)
-    client = yield from lookup(ctx, creds.client_id)
+    client = yield from lookup(ctx, creds.client_id, requester)
     if client is None:
         # Burn comparable time so unknown and known ids are not told apart by timing.
         same(digest(creds.secret or ""), digest("kavach"))

@@ -13,14 +13,15 @@ from .drivers import Flow
 from .records import Client
 
 
-def lookup(ctx: Context, client_id: str) -> Flow[Client | None]:
+def lookup(ctx: Context, client_id: str, requester: str | None = None) -> Flow[Client | None]:
     """The client called ``client_id``, or ``None`` when there is none.
 
     A URL-shaped ``client_id`` names a client ID metadata document (CM-01): the stored copy while
     it is fresh, else the document fetched, validated and stored again
     (:func:`kavach_core.client_documents.resolve`). When that fails, raises
     :class:`~kavach_core.client_documents.DocumentRefused` (``invalid_client``, 401) whose
-    description says why; callers turn it into their own error answer.
+    description says why; callers turn it into their own error answer. ``requester``, the
+    caller's address when known, is charged for a document client not known here (:func:`_charge`).
     """
     if not client_id or len(client_id) > 2048:
         return None
@@ -28,5 +29,20 @@ def lookup(ctx: Context, client_id: str) -> Flow[Client | None]:
     if client is not None and (client.expires_at is None or client.expires_at > ctx.now):
         return client
     if ctx.config.client_id_metadata_documents and client_documents.looks_like_url(client_id):
+        if client is None and requester is not None:
+            yield from _charge(ctx, requester)
         return (yield from client_documents.resolve(ctx, client_id))
     return None
+
+
+def _charge(ctx: Context, requester: str) -> Flow[None]:
+    """One registration against ``requester``'s rate limit (RG-03) for a document client not known
+    here yet: such a client registers by being fetched, and without a limit anyone could make this
+    server fetch URL after URL (holding its fetch slots). A client already stored and refetched
+    when its copy expires is not charged."""
+    policy = ctx.config.registration
+    if policy.rate_limit == 0:
+        return
+    allowed = yield fx.Hit(f"register:{requester}", policy.rate_limit, policy.rate_window, ctx.now)
+    if not allowed:
+        raise client_documents.refused("too many new clients from this address; try again later")

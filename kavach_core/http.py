@@ -55,6 +55,23 @@ class HttpRequest:
         return raw.split(";", 1)[0].strip().lower()
 
 
+CLIENT_ADDRESS_HEADER = "X-Kavach-Client-Address"
+"""The peer address of the connection, set by the adapter from its socket (never by the client:
+adapters remove any copy that arrives from outside). Registrations, and fetches of client
+metadata documents for clients not known yet, are rate-limited per value."""
+
+
+def client_address(req: HttpRequest) -> str | None:
+    """The adapter-supplied peer address (:data:`CLIENT_ADDRESS_HEADER`), or ``None``."""
+    values = req.header_values(CLIENT_ADDRESS_HEADER)
+    if len(values) != 1:
+        return None
+    value = values[0].strip()
+    if not value or len(value) > 128:
+        return None
+    return value
+
+
 @attrs.frozen
 class ErrorView:
     """What an error page shows; adapters may render it in their own style (AZ-02)."""

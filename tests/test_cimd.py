@@ -183,6 +183,41 @@ def test_registration_keeps_working_beside_documents(docs: Documents) -> None:
     assert docs.fetches == [URL]
 
 
+# -- fetches for clients not known yet are rate-limited per address ------------------------------
+
+
+def test_a_document_client_not_known_yet_costs_its_requester_one_registration() -> None:
+    """Each fetch for a client not stored yet is one registration against the caller's address
+    (RG-03's limit): unknown URL after unknown URL from one address stops fetching at the limit,
+    at /authorize and at /token alike, while another address, and a stored client refetched once
+    its copy expires, still fetch."""
+    from kavach_core.config import RegistrationPolicy
+    from kavach_core.http import CLIENT_ADDRESS_HEADER
+
+    h = Harness(make_config(registration=RegistrationPolicy(rate_limit=3, rate_window=3600)))
+    d = Documents(h, {URL: fetched(document())})
+    attacker = [(CLIENT_ADDRESS_HEADER, "203.0.113.9")]
+
+    def authorize_as(client_id: str, headers: list[tuple[str, str]]) -> Any:
+        query = az_query(client_id=client_id, redirect_uri=REDIRECT)
+        return d.run(authorize.handle(h.ctx(), h.request("GET", "/authorize", query=query, headers=headers)))
+
+    unknown = [f"https://h{i}.attacker.example/c.json" for i in range(4)]
+    for url in unknown[:2]:
+        refused_page(authorize_as(url, attacker), NOT_FETCHED)
+    form = {"grant_type": "refresh_token", "refresh_token": "x", "client_id": unknown[2]}
+    answer = d.run(token.handle(h.ctx(), h.request("POST", "/token", form=form, headers=attacker)))
+    assert isinstance(answer, Response) and answer.status == 401
+    assert d.fetches == unknown[:3]
+    refused_page(authorize_as(unknown[3], attacker), "too many new clients")
+    assert d.fetches == unknown[:3], "over the limit: nothing fetched"
+    # Another address is not held back; a stored client's refetch after expiry is not charged.
+    assert isinstance(authorize_as(URL, [(CLIENT_ADDRESS_HEADER, "198.51.100.7")]), ConsentRequired)
+    h.now += 301
+    assert isinstance(authorize_as(URL, attacker), ConsentRequired)
+    assert d.fetches == [*unknown[:3], URL, URL]
+
+
 # -- cache -----------------------------------------------------------------------------------
 
 

@@ -32,7 +32,7 @@ from kavach_core.drivers import Flow, StoreUnavailable, arun, nonblocking, run
 from kavach_core.endpoints import authorize
 from kavach_core.errors import OAuthError
 from kavach_core.guard import Principal, authenticate_values
-from kavach_core.http import HttpRequest, Response, json_response
+from kavach_core.http import CLIENT_ADDRESS_HEADER, HttpRequest, Response, json_response
 from kavach_core.keys import KEYRING_TTL, KeyRing
 from kavach_core.mcp_methods import DEFAULT_MAP, McpScopeMap
 from kavach_core.messages.authorization import ConsentRequired
@@ -47,8 +47,6 @@ from .users import Users, account_name
 
 log = logging.getLogger("kavach")
 
-CLIENT_ADDRESS_HEADER = "X-Kavach-Client-Address"
-"""Read by the core's rate limits; set only by :func:`incoming`, from the socket peer."""
 
 MAX_QUERY_PAIRS = 1000
 _QUERY_OCTETS = bytes(range(0x21, 0x7F))

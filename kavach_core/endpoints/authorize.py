@@ -19,7 +19,7 @@ from ..config import ProtectedResource
 from ..context import Context
 from ..drivers import Flow
 from ..errors import OAuthError
-from ..http import HttpRequest, Response, add_query, error_page, redirect_response
+from ..http import HttpRequest, Response, add_query, client_address, error_page, redirect_response
 from ..messages.authorization import (
     AuthorizationRequest,
     ConsentRequired,
@@ -53,14 +53,16 @@ def error_redirect(ctx: Context, redirect_uri: str, err: OAuthError, state: str 
     return redirect_response(add_query(redirect_uri, params))
 
 
-def _client_and_redirect(ctx: Context, msg: AuthorizationRequest) -> Flow[tuple[Client, str, bool] | Response]:
+def _client_and_redirect(
+    ctx: Context, msg: AuthorizationRequest, requester: str | None
+) -> Flow[tuple[Client, str, bool] | Response]:
     """The client and the redirect URI to use, or an error page (AZ-02, AZ-03)."""
     if msg.client_problem is not None:
         return error_page(msg.client_problem.status, msg.client_problem.error, msg.client_problem.description)
     if msg.client_id is None:
         return error_page(400, "invalid_request", "The request does not name a client (client_id is missing).")
     try:
-        client = yield from lookup(ctx, msg.client_id)
+        client = yield from lookup(ctx, msg.client_id, requester)
     except OAuthError as exc:
         # A client ID metadata document that could not be used (CM-01, CM-02): say why, never redirect.
         return error_page(400, exc.error, f"The application could not be identified: {exc.description}.")
@@ -168,7 +170,7 @@ def _check(msg: AuthorizationRequest, client: Client) -> None:
 def handle(ctx: Context, req: HttpRequest) -> Flow[Response | ConsentRequired]:
     """Validate an authorization request; store it as pending and ask for consent."""
     msg = parse(req)
-    found = yield from _client_and_redirect(ctx, msg)
+    found = yield from _client_and_redirect(ctx, msg, client_address(req))
     if isinstance(found, Response):
         return found
     client, redirect_uri, given = found

@@ -24,7 +24,7 @@ from ..client_auth import authenticate, authentication_failed, challenge_headers
 from ..context import Context
 from ..drivers import Flow
 from ..errors import OAuthError
-from ..http import HttpRequest, Response, error_response, json_response
+from ..http import HttpRequest, Response, client_address, error_response, json_response
 from ..messages.introspection import IntrospectionRequest, parse
 from ..records import Client
 from ..scopes import format_scope
@@ -95,7 +95,7 @@ def handle(ctx: Context, req: HttpRequest) -> Flow[Response]:
     msg: IntrospectionRequest | None = None
     try:
         msg = parse(req)
-        client = yield from authenticate(ctx, msg.credentials)
+        client = yield from authenticate(ctx, msg.credentials, client_address(req))
         if not client.is_confidential:
             raise authentication_failed(msg.credentials)
     except OAuthError as err:

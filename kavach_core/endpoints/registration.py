@@ -51,13 +51,8 @@ from ..client_metadata import accept
 from ..context import Context
 from ..drivers import Flow
 from ..errors import MISSING_TOKEN_ERROR, OAuthError
-from ..http import HttpRequest, Response, error_response, json_response
-from ..messages.registration import (
-    RegistrationRequest,
-    client_address,
-    initial_access_token,
-    parse,
-)
+from ..http import HttpRequest, Response, client_address, error_response, json_response
+from ..messages.registration import RegistrationRequest, initial_access_token, parse
 from ..opaque import digest, new_client_id, new_secret, same
 from ..records import Client
 

@@ -21,7 +21,7 @@ from ..client_auth import authenticate, challenge_headers
 from ..context import Context
 from ..drivers import Flow
 from ..errors import OAuthError
-from ..http import NO_STORE, HttpRequest, Response, error_response
+from ..http import NO_STORE, HttpRequest, Response, client_address, error_response
 from ..messages.revocation import RevocationRequest, parse
 from ..records import Client
 
@@ -63,7 +63,7 @@ def handle(ctx: Context, req: HttpRequest) -> Flow[Response]:
     msg: RevocationRequest | None = None
     try:
         msg = parse(req)
-        client = yield from authenticate(ctx, msg.credentials)
+        client = yield from authenticate(ctx, msg.credentials, client_address(req))
     except OAuthError as err:
         creds = msg.credentials if msg is not None else None
         return error_response(err, headers=challenge_headers(creds, err))

@@ -17,7 +17,7 @@ from ..context import Context
 from ..credentials import ClientCredentials
 from ..drivers import Flow
 from ..errors import OAuthError
-from ..http import HttpRequest, Response, error_response, json_response
+from ..http import HttpRequest, Response, client_address, error_response, json_response
 from ..messages.token import TokenRequest, parse
 from ..opaque import digest, parse_refresh_token, refresh_token
 from ..records import Client, Grant
@@ -34,7 +34,7 @@ def handle(ctx: Context, req: HttpRequest) -> Flow[Response]:
         creds = msg.credentials
         if msg.grant_type not in SUPPORTED:
             raise OAuthError("unsupported_grant_type", "supported grant types: authorization_code, refresh_token")
-        client = yield from authenticate(ctx, creds)
+        client = yield from authenticate(ctx, creds, client_address(req))
         if msg.grant_type not in client.grant_types:
             raise OAuthError("unauthorized_client", "this client may not use this grant type")
         if msg.grant_type == "authorization_code":

@@ -20,10 +20,6 @@ from ..errors import OAuthError
 from ..http import HttpRequest
 from ..params import json_object
 
-CLIENT_ADDRESS_HEADER = "X-Kavach-Client-Address"
-"""The peer address of the connection, set by the adapter from its socket (never by the client:
-adapters remove any copy that arrives from outside). Registrations are rate-limited per value."""
-
 MAX_LIST = 20
 """Entries accepted in one list member (``redirect_uris``, ``contacts``, ``grant_types`` ...)."""
 
@@ -41,7 +37,7 @@ class RegistrationRequest:
 
     ``None`` means the member was absent (or ``null``, or an empty string). Lists keep their
     first occurrence of each entry, in order. The initial access token and the client address
-    travel in headers: see :func:`initial_access_token` and :func:`client_address`.
+    travel in headers: see :func:`initial_access_token` and :func:`kavach_core.http.client_address`.
     """
 
     redirect_uris: tuple[str, ...] | None = None
@@ -147,17 +143,6 @@ def parse_metadata(body: dict[str, Any]) -> RegistrationRequest:
         software_id=_text(body, "software_id"),
         software_version=_text(body, "software_version"),
     )
-
-
-def client_address(req: HttpRequest) -> str | None:
-    """The adapter-supplied peer address (:data:`CLIENT_ADDRESS_HEADER`), or ``None``."""
-    values = req.header_values(CLIENT_ADDRESS_HEADER)
-    if len(values) != 1:
-        return None
-    value = values[0].strip()
-    if not value or len(value) > 128:
-        return None
-    return value
 
 
 def initial_access_token(req: HttpRequest) -> str | None:
