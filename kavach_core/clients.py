@@ -21,7 +21,8 @@ def lookup(ctx: Context, client_id: str, requester: str | None = None) -> Flow[C
     (:func:`kavach_core.client_documents.resolve`). When that fails, raises
     :class:`~kavach_core.client_documents.DocumentRefused` (``invalid_client``, 401) whose
     description says why; callers turn it into their own error answer. ``requester``, the
-    caller's address when known, is charged for a document client not known here (:func:`_charge`).
+    caller's address (``None`` when unknown), is charged for a document client not known here
+    (:func:`_charge`).
     """
     if not client_id or len(client_id) > 2048:
         return None
@@ -29,20 +30,22 @@ def lookup(ctx: Context, client_id: str, requester: str | None = None) -> Flow[C
     if client is not None and (client.expires_at is None or client.expires_at > ctx.now):
         return client
     if ctx.config.client_id_metadata_documents and client_documents.looks_like_url(client_id):
-        if client is None and requester is not None:
+        if client is None:
             yield from _charge(ctx, requester)
         return (yield from client_documents.resolve(ctx, client_id))
     return None
 
 
-def _charge(ctx: Context, requester: str) -> Flow[None]:
+def _charge(ctx: Context, requester: str | None) -> Flow[None]:
     """One registration against ``requester``'s rate limit (RG-03) for a document client not known
     here yet: such a client registers by being fetched, and without a limit anyone could make this
-    server fetch URL after URL (holding its fetch slots). A client already stored and refetched
-    when its copy expires is not charged."""
+    server fetch URL after URL (holding its fetch slots). Callers whose address is not known
+    share one bucket, as registrations do. A client already stored and refetched when its copy
+    expires is not charged."""
     policy = ctx.config.registration
     if policy.rate_limit == 0:
         return
-    allowed = yield fx.Hit(f"register:{requester}", policy.rate_limit, policy.rate_window, ctx.now)
+    bucket = f"register:{requester}" if requester is not None else "register:*"
+    allowed = yield fx.Hit(bucket, policy.rate_limit, policy.rate_window, ctx.now)
     if not allowed:
         raise client_documents.refused("too many new clients from this address; try again later")

@@ -39,10 +39,10 @@ PREPUBLISH = 3600
 
 CLOCK_SKEW = 60
 """Seconds the clocks of a cluster's instances may differ by. A key created up to this far in an
-instance's future was started by an instance whose clock runs ahead: it signs here too, and is
-never dropped as a successor that never signed (which would leave that instance's tokens with
-no published key). A successor is published :data:`PREPUBLISH` seconds ahead, so it may sign
-this much early."""
+instance's future was started by an instance whose clock runs ahead: it signs here too. A key
+created up to twice this far ahead is never dropped as a successor that never signed (an
+instance ahead may have signed with it; dropping it would leave its tokens with no published
+key). A successor is published :data:`PREPUBLISH` seconds ahead, so it may sign this early."""
 
 _P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
 _CACHE_SIZE = 64
@@ -223,7 +223,9 @@ def _retire(record: SigningKey, now: int, access_token_lifetime: int) -> Signing
     """Stop ``record`` signing at ``now``; publish it until tokens signed before now have expired."""
     if record.signs_until <= now:
         return record
-    if record.created_at > now + CLOCK_SKEW:  # a successor that never signed: no token needs it
+    # A successor that never signed: no token needs it. An instance whose clock runs CLOCK_SKEW
+    # ahead may sign with one CLOCK_SKEW before its start, by a clock this far behind: twice.
+    if record.created_at > now + 2 * CLOCK_SKEW:
         return attrs.evolve(record, signs_until=now, publish_until=now)
     return attrs.evolve(
         record,

@@ -331,6 +331,36 @@ def test_a_password_changed_during_a_sign_in_is_not_undone_by_its_upgrade() -> N
     assert signed_in is not None and signed_in[1] != credential_stamp(store._hashes["alice"])  # holds nothing
 
 
+def test_two_sign_ins_upgrading_one_hash_at_once_both_hold() -> None:
+    """The second sign-in's compare-and-set finds the hash the first just upgraded: when the
+    password matches that one it takes its stamp, so both sessions hold."""
+
+    class Racing(MemoryUsers):
+        def replace_hash(self, username: str, old: str, new: str) -> bool:
+            if not getattr(self, "raced", False):  # another sign-in upgrades first
+                self.raced = True
+                super().replace_hash(username, old, hash_password("pw", log_n=10))
+            return super().replace_hash(username, old, new)
+
+    store = Racing()
+    store.set_hash("alice", hash_password("pw", log_n=11))
+    users = Users(store, log_n=10)
+    signed_in = users.sign_in("alice", "pw")
+    assert signed_in == ("alice", users.session_stamp("alice"))
+
+
+def test_headers_of_a_guarded_body_are_read_as_http_spells_them() -> None:
+    from kavach.server import guarded_body_problem
+
+    for taken in (["application/json"], ["application/json;\tcharset=UTF-8"], ["application/json", "Application/JSON "],
+                  ["application/json; x=charset"], ['application/json; charset="utf-8"']):
+        assert guarded_body_problem([], taken) is None, taken
+    for refused in (["application/json; charset=utf-7"], ["application/json; Charset*=utf-8''"],
+                    ["application/json", "text/plain"], ["application/json; charset=utf-8;charset=latin1"]):
+        problem = guarded_body_problem([], refused)
+        assert problem is not None and problem.status == 415, refused
+
+
 class _CountingUsers(MemoryUsers):
     """Local users that count their reads, and can be made unreachable."""
 

@@ -950,7 +950,8 @@ def test_rs_03_a_charset_other_than_utf8_is_415_not_a_reading_the_guard_never_ma
 
 @pytest.mark.parametrize(
     "content_type", ["application/json", "application/json; charset=utf-8", 'application/json; charset="UTF-8"',
-                     "application/json ;charset = utf-8"]
+                     "application/json ;charset = utf-8", "application/json;\tcharset=utf-8",
+                     "application/json; x=charset", "Application/JSON"]
 )
 def test_a_utf8_charset_is_taken(dep: Deployment, content_type: str) -> None:
     token = grant(dep, "tools:list")["access_token"]

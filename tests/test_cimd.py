@@ -216,6 +216,12 @@ def test_a_document_client_not_known_yet_costs_its_requester_one_registration() 
     h.now += 301
     assert isinstance(authorize_as(URL, attacker), ConsentRequired)
     assert d.fetches == [*unknown[:3], URL, URL]
+    # Callers whose address is not known share one bucket, as registrations do.
+    nameless = [f"https://n{i}.attacker.example/c.json" for i in range(4)]
+    for url in nameless[:3]:
+        refused_page(authorize_as(url, []), NOT_FETCHED)
+    refused_page(authorize_as(nameless[3], []), "too many new clients")
+    assert d.fetches[-3:] == nameless[:3]
 
 
 # -- cache -----------------------------------------------------------------------------------

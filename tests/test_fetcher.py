@@ -259,6 +259,18 @@ def host(tmp_path: Path) -> Iterator[DocumentHost]:
         yield running
 
 
+LOOPBACK_ISSUER = "http://127.0.0.1:8000"
+"""An issuer on loopback: the loopback switch is refused for any other (draft §8.6)."""
+
+
+def _as(store: Any, fetcher: Any) -> AuthorizationServer:
+    """An authorization server on ``LOOPBACK_ISSUER`` with ``fetcher``, everyone signed in as alice."""
+    from conftest import make_config
+
+    config = make_config(issuer=LOOPBACK_ISSUER)
+    return AuthorizationServer(config, store, identify=lambda req: "alice", fetcher=fetcher)
+
+
 def dev(host: DocumentHost, **kwargs: Any) -> DocumentFetcher:
     """The development switch on, the test CA trusted, every name pinned to 127.0.0.1; refusals
     are not remembered unless ``refusal_ttl`` is given."""
@@ -556,11 +568,11 @@ def test_cm_02_when_the_fetching_caller_is_cancelled_a_waiting_one_fetches(host:
 
 
 def test_cm_02_concurrent_authorizations_fetch_an_uncached_document_once(host: DocumentHost) -> None:
-    from conftest import RESOURCE, make_config
+    from conftest import RESOURCE
 
     doc = {"client_id": host.url("/doc.json"), "redirect_uris": ["http://127.0.0.1/cb"]}
     url = host.publish("/doc.json", doc, delay=0.5)
-    server = AuthorizationServer(make_config(), MemoryStore(), identify=lambda req: "alice", fetcher=dev(host))
+    server = _as(MemoryStore(), dev(host))
     query = [
         ("client_id", url), ("redirect_uri", "http://127.0.0.1/cb"), ("response_type", "code"),
         ("code_challenge", "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"), ("code_challenge_method", "S256"),
@@ -706,6 +718,23 @@ def test_cm_02_what_the_documents_host_answered_is_never_remembered(
         assert host.hits(path) == attempt
     host.publish(path, DOC)
     assert isinstance(fetcher.fetch(host.url(path)), Fetched)
+
+
+def test_cm_02_a_host_that_gave_no_answer_is_remembered(host: DocumentHost) -> None:
+    """No connection: no response to cache, and asking again at once would hold a fetch slot for
+    nothing, so the refusal is remembered for ``refusal_ttl``."""
+    import socket
+
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]  # bound, not listening: connections are refused
+        fetcher = dev(host, refusal_ttl=30)
+        url = f"https://docs.example.test:{port}/c.json"
+        first = fetcher.fetch(url)
+        assert isinstance(first, FetchRefused) and "connection failed" in first.reason
+        started = time.monotonic()
+        assert asyncio.run(fetcher.afetch(url)) == first and fetcher.fetch(url) == first
+        assert time.monotonic() - started < 1, "answered from memory, not by connecting again"
 
 
 def test_cm_02_many_callers_of_one_bad_url_at_once_cause_one_fetch(host: DocumentHost) -> None:
@@ -932,11 +961,10 @@ def _assert_told_nothing(server: AuthorizationServer, store: MemoryStore, url: s
 def test_cm_02_why_an_address_was_refused_is_logged_never_told_to_the_client(
     url: str, reason: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from conftest import make_config
 
     fetcher, rec = recording(table={"private.example.com": ["10.9.8.7"], "gone.example.com": []})
     store = MemoryStore()
-    server = AuthorizationServer(make_config(), store, identify=lambda req: "alice", fetcher=fetcher)
+    server = _as(store, fetcher)
     with caplog.at_level(logging.WARNING, logger="kavach.fetcher"):
         _assert_told_nothing(server, store, url, reason, "10.9.8.7", "address", "resolve", "loopback")
     assert reason in caplog.text
@@ -956,7 +984,6 @@ def test_cm_02_why_an_address_was_refused_is_logged_never_told_to_the_client(
 def test_cm_02_status_codes_and_tls_failures_reach_only_the_log(
     host: DocumentHost, fault: str, reason: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from conftest import make_config
 
     host.answers["/moved.json"] = Answer(302, b"", [("Location", "https://10.0.0.1/x")])
     host.answers["/page.json"] = Answer(body=b"<html></html>", headers=[("Content-Type", "text/html")])
@@ -966,7 +993,7 @@ def test_cm_02_status_codes_and_tls_failures_reach_only_the_log(
     if fault == "tls":
         fetcher = DocumentFetcher(FetchPolicy(allow_loopback=True), resolver=lambda name, port: ["127.0.0.1"])
     store = MemoryStore()
-    server = AuthorizationServer(make_config(), store, identify=lambda req: "alice", fetcher=fetcher)
+    server = _as(store, fetcher)
     hidden = (reason, "404", "302", "text/html", "certificate", "TLS", "SSL", "connection", "10.0.0.1")
     with caplog.at_level(logging.WARNING, logger="kavach.fetcher"):
         _assert_told_nothing(server, store, url, *hidden)
@@ -983,11 +1010,10 @@ def test_cm_02_status_codes_and_tls_failures_reach_only_the_log(
 )
 def test_cm_01_a_malformed_client_id_url_is_explained_to_the_client(url: str, reason: str) -> None:
     """What is wrong with the URL itself is the client's own business, and nothing was looked up."""
-    from conftest import make_config
 
     fetcher, rec = recording()
     store = MemoryStore()
-    server = AuthorizationServer(make_config(), store, identify=lambda req: "alice", fetcher=fetcher)
+    server = _as(store, fetcher)
     resp = _authorize(server, url)
     assert resp.status == 400 and reason in resp.body.decode()
     assert reason in _token(server, url).json()["error_description"]
@@ -995,12 +1021,12 @@ def test_cm_01_a_malformed_client_id_url_is_explained_to_the_client(url: str, re
 
 
 def test_cm_02_the_server_fetches_with_the_async_path_too(host: DocumentHost) -> None:
-    from conftest import RESOURCE, make_config
+    from conftest import RESOURCE
 
     doc = {"client_id": host.url("/doc.json"), "client_name": "Async Doc", "redirect_uris": ["http://127.0.0.1/cb"]}
     url = host.publish("/doc.json", doc)
     store = MemoryStore()
-    server = AuthorizationServer(make_config(), store, identify=lambda req: "alice", fetcher=dev(host))
+    server = _as(store, dev(host))
     query = [
         ("client_id", url), ("redirect_uri", "http://127.0.0.1/cb"), ("response_type", "code"),
         ("code_challenge", "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"), ("code_challenge_method", "S256"),
@@ -1082,6 +1108,9 @@ def test_the_loopback_switch_is_only_for_an_authorization_server_on_loopback(iss
     fetcher = DocumentFetcher(FetchPolicy(allow_loopback=True))
     users = Users(MemoryUsers(), log_n=10)
     settings = resolve({"issuer": issuer, "documents": {"allow_loopback": True}}, environ={})
+    listening_widely = resolve({"issuer": issuer, "host": "0.0.0.0", "documents": {"allow_loopback": True}}, environ={})
+    with pytest.raises(SettingsError, match=r"not one listening on 0\.0\.0\.0|not the issuer"):
+        listening_widely.fetch_policy()
     if allowed:
         assert AuthorizationServer(config, MemoryStore(), users=users, fetcher=fetcher).fetcher is fetcher
         assert settings.fetch_policy().allow_loopback is True

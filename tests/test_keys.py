@@ -156,7 +156,7 @@ def test_successor_is_published_before_it_signs(h: Harness) -> None:
 
 def test_rotating_drops_a_successor_that_never_signed(h: Harness) -> None:
     h.run(keys.current(h.ctx()))
-    h.now = h.store.keys[0].signs_until - keys.CLOCK_SKEW - 10
+    h.now = h.store.keys[0].signs_until - 2 * keys.CLOCK_SKEW - 10
     h.run(keys.current(h.ctx()))
     assert len(h.store.keys) == 2
     h.run(keys.rotate(h.ctx()))
@@ -184,14 +184,21 @@ def test_an_instance_with_a_clock_behind_signs_with_the_key_one_ahead_made(h: Ha
     assert checked.subject
 
 
-def test_a_key_created_further_ahead_than_the_skew_is_a_successor_that_never_signed(h: Harness) -> None:
-    h.now += keys.CLOCK_SKEW + 1
+@pytest.mark.parametrize(("ahead", "kept"), [(keys.CLOCK_SKEW + 1, True), (2 * keys.CLOCK_SKEW, True),
+                                             (2 * keys.CLOCK_SKEW + 1, False)])
+def test_a_key_created_beyond_the_skew_does_not_sign_and_is_dropped_only_beyond_twice_it(
+    h: Harness, ahead: int, kept: bool
+) -> None:
+    """Further ahead than CLOCK_SKEW, a key does not sign here: this instance starts its own. An
+    instance ahead by CLOCK_SKEW may have signed with it up to CLOCK_SKEW early, so it stays
+    published unless it was made more than twice CLOCK_SKEW ahead (then it never signed)."""
+    h.now += ahead
     h.run(keys.current(h.ctx()))
     (future,) = h.store.keys
-    h.now -= keys.CLOCK_SKEW + 1
+    h.now -= ahead
     keyset = h.run(keys.current(h.ctx()))
-    assert future.kid not in {k["kid"] for k in keyset.jwks(h.now)["keys"]}
-    assert keyset.active(h.now, "ES256") is not None
+    assert keyset.active(h.now, "ES256") not in (None, future)
+    assert (future.kid in {k["kid"] for k in keyset.jwks(h.now)["keys"]}) is kept
 
 
 def test_changing_the_configured_algorithm_starts_a_key_of_that_algorithm(h: Harness) -> None:

@@ -365,3 +365,14 @@ def test_a_database_that_cannot_be_made_leaves_no_file(tmp_path: Path, monkeypat
     with pytest.raises(SQLiteStoreError, match="refused"):
         SQLiteStore(str(path))
     assert not path.exists()
+
+
+def test_a_new_database_through_a_dangling_symbolic_link_is_made_0600_too(tmp_path: Path) -> None:
+    (tmp_path / "link.db").symlink_to(tmp_path / "target.db")
+    store = SQLiteStore(str(tmp_path / "link.db"))
+    try:
+        store.perform(fx.GetSigningKeys())
+    finally:
+        store.close()
+    assert (tmp_path / "target.db").stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / "link.db").is_symlink()

@@ -43,9 +43,10 @@ considerations):
   and one host's hung lookups hold at most ``max_fetches_per_host`` of them. A refusal of this
   server's own policy (a host that does not resolve, or resolves to an address not fetched) is
   remembered for ``refusal_ttl`` seconds (at most ``refusal_cache_entries`` URLs) so it is not
-  looked up again at once; what the document's host answered, or failed to, is never remembered
-  (the draft forbids caching error responses), nor is a refusal that says nothing about the
-  URL, only about this server's load: no slot in time, a lookup that did not return in time.
+  looked up again at once, and so is a host that gave no answer (no connection, out of time);
+  what the document's host answered is never remembered (the draft forbids caching error
+  responses), nor is a refusal that says nothing about the URL, only about this server's load:
+  no slot in time, a lookup that did not return in time.
   These bounds are per :class:`DocumentFetcher`, so per process.
 - ``allow_loopback`` is a development switch for documents served on this machine: off by
   default, and a WARNING in the log whenever a fetcher is built with it on.
@@ -70,7 +71,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -231,17 +232,13 @@ def loopback_switch_problem(policy: FetchPolicy, issuer: str) -> str | None:
     return None
 
 
-@contextlib.contextmanager
-def _not_remembered() -> Iterator[None]:
-    """Refusals of what the document's host answered, or failed to (a status other than 200, a
-    redirect, headers, size, time, the connection), are not remembered: the client's host may be
-    back a moment later, and the draft forbids caching error responses
-    (draft-ietf-oauth-client-id-metadata-document-02 §5.2)."""
-    try:
-        yield
-    except _Refused as refused:
-        refused.remember = False
-        raise
+def _answered(reason: str) -> _Refused:
+    """A refusal of what the document's host answered (a status other than 200, a redirect, its
+    type, coding or size): never remembered, as the draft forbids caching error responses
+    (draft-ietf-oauth-client-id-metadata-document-02 §5.2), so a host answering 503 now is asked
+    again next time. A host that gave no answer (no connection, out of time) is remembered
+    briefly: asking it again at once would only hold a fetch slot for nothing."""
+    return _Refused(reason, remember=False)
 
 
 class _Refused(Exception):
@@ -852,23 +849,23 @@ class DocumentFetcher:
     def _check_head(self, response: Any) -> None:
         status = response.status_code
         if 300 <= status < 400:
-            raise _Refused(f"it answered with a redirect ({status}); redirects are not followed")
+            raise _answered(f"it answered with a redirect ({status}); redirects are not followed")
         if status != 200:
-            raise _Refused(f"it answered with HTTP status {status}")
+            raise _answered(f"it answered with HTTP status {status}")
         media = (response.headers.get("content-type") or "").split(";", 1)[0].strip().lower()
         if media != _JSON and not (media.startswith("application/") and media.endswith("+json")):
-            raise _Refused(f"its Content-Type is {media or 'missing'}, not application/json")
+            raise _answered(f"its Content-Type is {media or 'missing'}, not application/json")
         encoding = (response.headers.get("content-encoding") or "identity").strip().lower()
         if encoding != "identity":
-            raise _Refused("it is content-encoded; only identity is accepted")
+            raise _answered("it is content-encoded; only identity is accepted")
         length = response.headers.get("content-length")
         if length is not None and length.strip().isdigit() and int(length) > self.policy.max_bytes:
-            raise _Refused(f"it is larger than {self.policy.max_bytes} bytes")
+            raise _answered(f"it is larger than {self.policy.max_bytes} bytes")
 
     def _take(self, body: bytearray, chunk: bytes, deadline: float) -> None:
         body.extend(chunk)
         if len(body) > self.policy.max_bytes:
-            raise _Refused(f"it is larger than {self.policy.max_bytes} bytes")
+            raise _answered(f"it is larger than {self.policy.max_bytes} bytes")
         if time.monotonic() > deadline:
             raise _Refused(self._too_long())
 
@@ -991,10 +988,6 @@ class DocumentFetcher:
         return self._resolved(target, lookup)
 
     def _fetch_pinned(self, target: _Target, addresses: list[IPAddress], deadline: float) -> Fetched:
-        with _not_remembered():
-            return self._send_pinned(target, addresses, deadline)
-
-    def _send_pinned(self, target: _Target, addresses: list[IPAddress], deadline: float) -> Fetched:
         import httpx
 
         transport = self._transport() if self._transport else _deadline_transport(self._tls(), deadline)
@@ -1079,10 +1072,6 @@ class DocumentFetcher:
         return self._resolved(target, lookup)
 
     async def _afetch_pinned(self, target: _Target, addresses: list[IPAddress], deadline: float) -> Fetched:
-        with _not_remembered():
-            return await self._asend_pinned(target, addresses, deadline)
-
-    async def _asend_pinned(self, target: _Target, addresses: list[IPAddress], deadline: float) -> Fetched:
         import httpx
 
         if self._async_transport is not None:

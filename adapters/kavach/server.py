@@ -240,10 +240,12 @@ def guarded_body_problem(codings: Sequence[str], content_types: Sequence[str]) -
     refused = body_coding_problem(codings) if codings else None
     if refused is not None or not content_types:
         return refused
-    if len(set(content_types)) > 1:
+    spelled = {"".join(value.lower().split()) for value in content_types}  # RFC 9110 §5.6.6: spaces, tabs
+    if len(spelled) > 1:
         return CHARSET_BODY
-    for parameter in content_types[0].split(";")[1:]:
-        if "charset" in parameter.lower() and parameter.lower().replace('"', "").replace(" ", "") not in _UTF8:
+    for parameter in spelled.pop().split(";")[1:]:
+        name = parameter.partition("=")[0]
+        if name.startswith("charset") and parameter.replace('"', "") not in _UTF8:
             return CHARSET_BODY
     return None
 

@@ -72,7 +72,7 @@ from urllib.parse import urlsplit
 
 import attrs
 
-from kavach_core.config import DEFAULT_MCP_SCOPES, Lifetimes, RegistrationPolicy, is_host_name
+from kavach_core.config import DEFAULT_MCP_SCOPES, Lifetimes, RegistrationPolicy, is_host_name, is_loopback_host
 from kavach_core.errors import ConfigurationError
 from kavach_core.resource_indicators import host_problem
 
@@ -180,6 +180,11 @@ class Settings:
         except (ValueError, TypeError) as exc:
             raise SettingsError(f"documents: {exc}") from exc
         problem = loopback_switch_problem(policy, self.issuer_url)
+        if problem is None and policy.allow_loopback and not is_loopback_host(self.host):
+            problem = (
+                "fetching client metadata documents from loopback addresses is only for a server others"
+                f" cannot reach, not one listening on {self.host}"
+            )
         if problem is not None:
             raise SettingsError(f"--document-allow-loopback (documents.allow_loopback): {problem}")
         return policy

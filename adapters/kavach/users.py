@@ -390,8 +390,13 @@ class Users:
             return None
         current = hash_password(password, log_n=self.log_n) if _settings_of(stored) != self._settings else None
         replace = getattr(self.store, "replace_hash", None)  # a store written before it existed keeps its hash
-        if current is not None and replace is not None and replace(name, stored, current):
-            stored = current  # upgraded: other sessions of this account end, as with a new password
+        if current is not None and replace is not None:
+            if replace(name, stored, current):
+                stored = current  # upgraded: other sessions of this account end, as with a new password
+            else:  # changed meanwhile: by a sign-in upgrading it too, or by a new password
+                now = self.store.get_hash(name)
+                if now is not None and _settings_of(now) == self._settings and verify_password(password, now):
+                    stored = now
         return name, credential_stamp(stored)
 
     def session_stamp(self, username: str) -> str | None:

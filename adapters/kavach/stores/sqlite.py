@@ -344,8 +344,9 @@ class SQLiteStore:
         try:
             self._open()
         except BaseException:
-            if created and os.path.getsize(self.path) == 0:  # nothing was written: leave no file behind
-                os.remove(self.path)
+            made = os.path.realpath(self.path)
+            if created and os.path.getsize(made) == 0:  # nothing was written: leave no file behind
+                os.remove(made)
             raise
         mode = 0 if self._memory else stat.S_IMODE(os.stat(self.path).st_mode)
         if mode & 0o077:
@@ -444,8 +445,8 @@ class SQLiteStore:
     def _create(path: str) -> bool:
         """Make a new database file readable by its owner alone (0600: it will hold signing keys and
         the server secret; SQLite gives its -wal and -shm files the same mode); whether it did."""
-        try:
-            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        try:  # the file a symbolic link names, which O_EXCL would not create through the link
+            os.close(os.open(os.path.realpath(path), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         except FileExistsError:
             return False
         except OSError as exc:
