@@ -72,7 +72,7 @@ import ssl
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 import attrs
@@ -665,7 +665,10 @@ def _deadline_transport(context: ssl.SSLContext, deadline: float) -> Any:
 
     transport = httpx.HTTPTransport(verify=context, retries=0)
     transport._pool = httpcore.ConnectionPool(
-        ssl_context=context, max_connections=1, retries=0, network_backend=_DeadlineBackend(deadline)
+        ssl_context=context,
+        max_connections=1,
+        retries=0,
+        network_backend=cast(httpcore.NetworkBackend, _DeadlineBackend(deadline)),  # duck-typed: its methods
     )
     return transport
 

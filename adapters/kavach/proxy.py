@@ -64,9 +64,9 @@ import anyio
 import httpx
 from starlette.types import Receive, Scope, Send
 
+from kavach_core.http import CLIENT_ADDRESS_HEADER
 from kavach_core.opaque import b64url
 
-from .server import CLIENT_ADDRESS_HEADER
 from .sessions import BROWSER_COOKIE, SESSION_COOKIE
 from .starlette import read_body
 

@@ -147,7 +147,11 @@ class _Base(RuleBasedStateMachine):
         )
         body = self.tokens(response)
         successor = body.get("refresh_token")
-        self.expect(bool(successor) and successor not in f.refresh, "TK-07: the refresh token was not rotated")
+        self.expect(
+            isinstance(successor, str) and bool(successor) and successor not in f.refresh,
+            "TK-07: the refresh token was not rotated",
+        )
+        assert isinstance(successor, str)  # expect() raised otherwise
         self.rotations += 1
         f.refresh.append(successor)
         f.access.append(body["access_token"])

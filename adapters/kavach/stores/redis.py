@@ -335,7 +335,7 @@ def _checked_url(url: str) -> str:
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 (raises for a port that is not a number from 0 to 65535)
-        parse_url(url)
+        parse_url(url)  # type: ignore[no-untyped-call]  # redis-py ships this one without annotations
     except ValueError as exc:
         raise ValueError(f"malformed Redis URL: {exc}") from None
     if parts.scheme in ("redis", "rediss") and not re.fullmatch(r"/?[0-9]*", parts.path):
