@@ -187,6 +187,15 @@ def test_unprintable_usernames_are_refused(db: str, name: str) -> None:
     bad(["users", "remove", name, "--db", db], "username must not contain")
 
 
+@pytest.mark.parametrize("name", ["", "   ", "x" * 129, "\uff41" * 129])
+def test_an_empty_or_too_long_username_is_refused_before_anything_is_made(db: str, name: str) -> None:
+    """Empty or over 128 characters once normalised (fullwidth letters become ASCII ones): refused
+    before the password is read and the database is opened, so no file is left behind."""
+    bad(["users", "add", name, "--db", db, "--password-stdin"], "a username has 1 to 128", stdin="pw\n")
+    assert not Path(db).exists(), "nothing was created"
+    bad(["users", "remove", name, "--db", db], "a username has 1 to 128")
+
+
 def test_a_lone_surrogate_username_is_refused() -> None:
     # Bytes that are not UTF-8 reach Python as lone surrogates (surrogateescape: argv, the environment).
     with pytest.raises(UsernameError, match="valid Unicode"):

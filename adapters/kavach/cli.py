@@ -47,7 +47,7 @@ from kavach_core.scopes import format_scope
 
 from .instance import Instance, InstanceError, check_issuer, redact, sqlite_file, store_kind
 from .settings import MCP_PATH, Settings, SettingsError, resolve
-from .users import normalize_username
+from .users import normalize_username, valid_username
 
 EXIT_BROKEN_PIPE = 141
 """What a shell reports for a command ended by SIGPIPE (128 + 13), as for any filter whose reader left."""
@@ -344,18 +344,15 @@ def _password(from_stdin: bool) -> str:
 
 
 def cmd_users_add(args: argparse.Namespace) -> int:
-    try:
-        normalize_username(args.name)
-    except ValueError as exc:
-        raise CliError(str(exc)) from exc
+    name = valid_username(args.name)  # a name that cannot be a user's is refused before the store
     password = _read_password(args.password_stdin)  # before the store: a refusal creates nothing
     with _instance(args, creates=True) as instance:
-        existed = instance.users.store.get_hash(normalize_username(args.name)) is not None
+        existed = instance.users.store.get_hash(name) is not None
         try:
-            instance.users.add(args.name, password)
+            instance.users.add(name, password)
         except ValueError as exc:
             raise CliError(str(exc)) from exc
-        print(f"{'changed the password of' if existed else 'created'} user {normalize_username(args.name)!r}")
+        print(f"{'changed the password of' if existed else 'created'} user {name!r}")
     return 0
 
 
@@ -382,7 +379,7 @@ def _one(effect: fx.Effect) -> Any:
 
 
 def cmd_users_remove(args: argparse.Namespace) -> int:
-    subject = normalize_username(args.name)  # a name that cannot be a user's is refused before the store
+    subject = valid_username(args.name)  # a name that cannot be a user's is refused before the store
     with _instance(args) as instance:
         if instance.users.store.get_hash(subject) is None:
             raise CliError(f"no user named {args.name!r}")

@@ -95,6 +95,15 @@ def normalize_username(username: str) -> str:
     return name.strip()
 
 
+def valid_username(username: str) -> str:
+    """The account ``username`` names (:func:`normalize_username`), or :class:`UsernameError` when
+    no account can have it: empty or longer than :data:`MAX_USERNAME` once normalised, too."""
+    name = normalize_username(username)
+    if not name or len(name) > MAX_USERNAME:
+        raise UsernameError(f"a username has 1 to {MAX_USERNAME} printable characters")
+    return name
+
+
 def hash_password(password: str, *, log_n: int = DEFAULT_LOG_N) -> str:
     """A fresh scrypt hash of ``password`` with a random 128-bit salt."""
     if not 10 <= log_n <= 20:
@@ -360,9 +369,7 @@ class Users:
 
     def add(self, username: str, password: str) -> None:
         """Create or replace a user."""
-        name = normalize_username(username)
-        if not name or len(name) > MAX_USERNAME:
-            raise ValueError(f"a username has 1 to {MAX_USERNAME} printable characters")
+        name = valid_username(username)
         if not password or len(password) > MAX_PASSWORD:
             raise ValueError(f"a password has 1 to {MAX_PASSWORD} characters")
         self.store.set_hash(name, hash_password(password, log_n=self.log_n))
