@@ -20,14 +20,14 @@ from .records import Client
 BASIC_CHALLENGE = ("WWW-Authenticate", 'Basic realm="kavach", charset="UTF-8"')
 
 
-def authentication_failed(creds: ClientCredentials | None) -> OAuthError:
+def authentication_failed() -> OAuthError:
     """``invalid_client``: 401 (a ``Basic`` challenge is added by :func:`challenge_headers`)."""
     return OAuthError("invalid_client", "client authentication failed", status=401)
 
 
-def challenge_headers(creds: ClientCredentials | None, err: OAuthError) -> tuple[tuple[str, str], ...]:
+def challenge_headers(err: OAuthError) -> tuple[tuple[str, str], ...]:
     """The headers an ``invalid_client`` answer carries: the Basic challenge on its 401, whatever
-    method the client tried (``creds``, kept for callers)."""
+    method the client tried."""
     if err.error == "invalid_client" and err.status == 401:
         return (BASIC_CHALLENGE,)
     return ()
@@ -43,16 +43,16 @@ def authenticate(ctx: Context, creds: ClientCredentials | None, requester: str |
     if client is None:
         # Burn comparable time so unknown and known ids are not told apart by timing.
         same(digest(creds.secret or ""), digest("kavach"))
-        raise authentication_failed(creds)
+        raise authentication_failed()
     registered = client.token_endpoint_auth_method
     if registered == "none":
         if creds.method != "none":
-            raise authentication_failed(creds)
+            raise authentication_failed()
         return client
     if creds.method != registered or creds.secret is None or client.secret_hash is None:
-        raise authentication_failed(creds)
+        raise authentication_failed()
     if not same(digest(creds.secret), client.secret_hash):
-        raise authentication_failed(creds)
+        raise authentication_failed()
     if client.secret_expires_at and client.secret_expires_at <= ctx.now:
-        raise authentication_failed(creds)
+        raise authentication_failed()
     return client

@@ -92,13 +92,11 @@ def introspect(ctx: Context, client: Client, msg: IntrospectionRequest) -> Flow[
 
 def handle(ctx: Context, req: HttpRequest) -> Flow[Response]:
     """``POST`` introspection endpoint; writes nothing, ever."""
-    msg: IntrospectionRequest | None = None
     try:
         msg = parse(req)
         client = yield from authenticate(ctx, msg.credentials, client_address(req))
         if not client.is_confidential:
-            raise authentication_failed(msg.credentials)
+            raise authentication_failed()
     except OAuthError as err:
-        creds = msg.credentials if msg is not None else None
-        return error_response(err, headers=challenge_headers(creds, err))
+        return error_response(err, headers=challenge_headers(err))
     return (yield from introspect(ctx, client, msg))

@@ -60,11 +60,9 @@ def revoke(ctx: Context, client: Client, msg: RevocationRequest) -> Flow[Respons
 
 def handle(ctx: Context, req: HttpRequest) -> Flow[Response]:
     """``POST`` revocation endpoint. Every rejected request writes nothing (GN-03)."""
-    msg: RevocationRequest | None = None
     try:
         msg = parse(req)
         client = yield from authenticate(ctx, msg.credentials, client_address(req))
     except OAuthError as err:
-        creds = msg.credentials if msg is not None else None
-        return error_response(err, headers=challenge_headers(creds, err))
+        return error_response(err, headers=challenge_headers(err))
     return (yield from revoke(ctx, client, msg))

@@ -14,7 +14,6 @@ from ..access_tokens import mint
 from ..client_auth import authenticate, challenge_headers
 from ..config import ProtectedResource
 from ..context import Context
-from ..credentials import ClientCredentials
 from ..drivers import Flow
 from ..errors import OAuthError
 from ..http import HttpRequest, Response, client_address, error_response, json_response
@@ -28,20 +27,18 @@ SUPPORTED = ("authorization_code", "refresh_token")
 
 
 def handle(ctx: Context, req: HttpRequest) -> Flow[Response]:
-    creds: ClientCredentials | None = None
     try:
         msg = parse(req)
-        creds = msg.credentials
         if msg.grant_type not in SUPPORTED:
             raise OAuthError("unsupported_grant_type", "supported grant types: authorization_code, refresh_token")
-        client = yield from authenticate(ctx, creds, client_address(req))
+        client = yield from authenticate(ctx, msg.credentials, client_address(req))
         if msg.grant_type not in client.grant_types:
             raise OAuthError("unauthorized_client", "this client may not use this grant type")
         if msg.grant_type == "authorization_code":
             return (yield from _authorization_code(ctx, client, msg))
         return (yield from _refresh(ctx, client, msg))
     except OAuthError as err:
-        extra: tuple[tuple[str, str], ...] = challenge_headers(creds, err)
+        extra: tuple[tuple[str, str], ...] = challenge_headers(err)
         if err.status == 405:
             extra = (*extra, ("Allow", "POST"))
         return error_response(err, headers=extra)
