@@ -36,16 +36,20 @@ def lookup(ctx: Context, client_id: str, requester: str | None = None) -> Flow[C
     return None
 
 
-def _charge(ctx: Context, requester: str | None) -> Flow[None]:
-    """One registration against ``requester``'s rate limit (RG-03) for a document client not known
-    here yet: such a client registers by being fetched, and without a limit anyone could make this
-    server fetch URL after URL (holding its fetch slots). Callers whose address is not known
-    share one bucket, as registrations do. A client already stored and refetched when its copy
-    expires is not charged."""
+def count_registration(ctx: Context, requester: str | None) -> Flow[bool]:
+    """One registration against ``requester``'s rate limit (RG-03): whether it is within the limit.
+    Callers whose address is not known share one bucket; a limit of 0 counts nothing."""
     policy = ctx.config.registration
     if policy.rate_limit == 0:
-        return
+        return True
     bucket = f"register:{requester}" if requester is not None else "register:*"
-    allowed = yield fx.Hit(bucket, policy.rate_limit, policy.rate_window, ctx.now)
-    if not allowed:
+    return bool((yield fx.Hit(bucket, policy.rate_limit, policy.rate_window, ctx.now)))
+
+
+def _charge(ctx: Context, requester: str | None) -> Flow[None]:
+    """One registration (:func:`count_registration`) for a document client not known here yet:
+    such a client registers by being fetched, and without a limit anyone could make this server
+    fetch URL after URL (holding its fetch slots). A client already stored and refetched when its
+    copy expires is not charged."""
+    if not (yield from count_registration(ctx, requester)):
         raise client_documents.refused("too many new clients from this address; try again later")

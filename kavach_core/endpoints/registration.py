@@ -48,6 +48,7 @@ from typing import Any
 
 from .. import effects as fx
 from ..client_metadata import accept
+from ..clients import count_registration
 from ..context import Context
 from ..drivers import Flow
 from ..errors import MISSING_TOKEN_ERROR, OAuthError
@@ -140,15 +141,11 @@ def build_client(ctx: Context, msg: RegistrationRequest) -> tuple[Client, dict[s
 
 
 def _rate_limited(ctx: Context, req: HttpRequest) -> Flow[Response | None]:
-    """RG-03: one ``Hit`` in the caller's bucket; a 429 answer when over the limit."""
+    """RG-03: one registration counted against the caller (:func:`~kavach_core.clients.count_registration`);
+    a 429 answer when over the limit."""
+    if (yield from count_registration(ctx, client_address(req))):
+        return None
     policy = ctx.config.registration
-    if policy.rate_limit == 0:
-        return None
-    address = client_address(req)
-    bucket = f"register:{address}" if address is not None else "register:*"
-    allowed = yield fx.Hit(bucket, policy.rate_limit, policy.rate_window, ctx.now)
-    if allowed:
-        return None
     retry_after = (ctx.now // policy.rate_window + 1) * policy.rate_window - ctx.now
     err = OAuthError("temporarily_unavailable", "too many registrations; try again later", status=429)
     return error_response(err, headers=(("Retry-After", str(max(retry_after, 1))),))
