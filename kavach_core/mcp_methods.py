@@ -198,7 +198,11 @@ class McpScopeMap:
 
     def _listen(self, params: object) -> tuple[str, ...]:
         """``subscriptions/listen``: the scope of each kind of change it asks to hear about."""
-        wanted = params.get("notifications") if isinstance(params, dict) else {} if params is None else params
+        if params is None:
+            return ()
+        if not isinstance(params, dict):
+            return self.unknown_method_scopes
+        wanted = params.get("notifications")
         if wanted is None:
             return ()
         if not isinstance(wanted, dict):

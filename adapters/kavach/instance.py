@@ -194,9 +194,10 @@ def redis_secret(
     key = store.prefix + "settings:secret"
     client = store._sync_client()  # same package
     try:
-        anything = client.scan_iter(match=_glob_escape(store.prefix) + "*", count=1000)
-        if not creates and not client.exists(key) and next(anything, None) is None:
-            raise NoStoreError(f"prefix {store.prefix!r}")
+        if not creates and not client.exists(key):
+            anything = client.scan_iter(match=_glob_escape(store.prefix) + "*", count=1000)
+            if next(anything, None) is None:
+                raise NoStoreError(f"prefix {store.prefix!r}")
         client.set(key, seal(sealer, SECRET_AAD, entropy(SECRET_BYTES)), nx=True)
         value = client.get(key)
     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:

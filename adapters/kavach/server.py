@@ -240,6 +240,8 @@ def guarded_body_problem(codings: Sequence[str], content_types: Sequence[str]) -
     refused = body_coding_problem(codings) if codings else None
     if refused is not None or not content_types:
         return refused
+    if len(content_types) == 1 and ";" not in content_types[0]:
+        return None  # no parameter, so no charset: the usual request, on every guarded call
     spelled = {"".join(value.lower().split()) for value in content_types}  # RFC 9110 §5.6.6: spaces, tabs
     if len(spelled) > 1:
         return CHARSET_BODY
