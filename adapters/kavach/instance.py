@@ -265,13 +265,12 @@ class Instance:
         store raises :class:`NoStoreError` and is left untouched (a mistyped location must not
         become a new, empty store)."""
         check_issuer(settings)
-        self._creates = creates
         self.settings = settings
         self.location = settings.store or settings.db
         self.kind = store_kind(self.location)
         self.path = sqlite_file(self.location) if self.kind == "sqlite" else self.location
         if self.kind in _SHARED_KINDS:
-            self._open_shared(os.environ if environ is None else environ)
+            self._open_shared(os.environ if environ is None else environ, creates)
         else:
             self._open_local()
         self.config = build_config(settings, self.secret)
@@ -309,7 +308,7 @@ class Instance:
             self.store.close()
             raise InstanceError(f"cannot use database {self.path!r}: {exc}") from exc
 
-    def _open_shared(self, environ: Mapping[str, str]) -> None:
+    def _open_shared(self, environ: Mapping[str, str], creates: bool) -> None:
         """A PostgreSQL or Redis store: the store key first, then one round of reads proving that
         the backend answers and that the key opens the signing keys it holds."""
         where = redact(self.location)
@@ -331,10 +330,10 @@ class Instance:
             raise InstanceError(f"cannot use store {where}: {exc}") from exc
         try:
             if self.kind == "postgres":
-                self.secret = postgres_secret(self.store, key, creates=self._creates)
+                self.secret = postgres_secret(self.store, key, creates=creates)
                 self.users = Users(PostgresUsers(self.store))
             else:
-                self.secret = redis_secret(self.store, key, creates=self._creates)
+                self.secret = redis_secret(self.store, key, creates=creates)
                 self.users = Users(RedisUsers(self.store))
             if len(self.secret) < SECRET_BYTES:
                 raise InstanceError(f"the server secret stored in {where} is too short; the store is damaged")
