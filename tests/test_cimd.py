@@ -189,7 +189,7 @@ def test_registration_keeps_working_beside_documents(docs: Documents) -> None:
 # -- fetches for clients not known yet are rate-limited per address ------------------------------
 
 
-def test_a_document_client_not_known_yet_costs_its_requester_one_registration() -> None:
+def test_rg_03_a_document_client_not_known_yet_costs_its_requester_one_registration() -> None:
     """Each fetch for a client not stored yet is one registration against the caller's address
     (RG-03's limit): unknown URL after unknown URL from one address stops fetching at the limit,
     at /authorize and at /token alike, while another address, and a stored client refetched once
