@@ -248,6 +248,40 @@ class IsTokenRevoked(Effect):
     grant_id: str
 
 
+# -- sign-in sessions -----------------------------------------------------------------------
+
+
+SESSION_RECORD_PREFIX = "session:"
+"""Ended sign-in sessions are kept with revoked access-token ids (the same rule: an id refused
+until it would have expired anyway), under this prefix, which no ``jti`` minted here can carry."""
+
+
+@attrs.frozen
+class EndSession(Effect):
+    """Records the sign-in session ``session_hash`` (a hash of the id its cookie holds) as ended
+    until ``expires_at``, when its cookie expires anyway (OWASP ASVS 5.0 §7.4.1: a session signed
+    out is refused by the server, not only forgotten by the browser). Returns ``None``."""
+
+    writes = True
+    session_hash: str
+    expires_at: int
+
+    @property
+    def record_id(self) -> str:
+        return SESSION_RECORD_PREFIX + self.session_hash
+
+
+@attrs.frozen
+class IsSessionEnded(Effect):
+    """Returns ``True`` when :class:`EndSession` recorded ``session_hash`` (and it was not yet purged)."""
+
+    session_hash: str
+
+    @property
+    def record_id(self) -> str:
+        return SESSION_RECORD_PREFIX + self.session_hash
+
+
 # -- signing keys --------------------------------------------------------------------------
 
 
@@ -346,6 +380,8 @@ STORE_HANDLERS: Mapping[type[Effect], str] = {
     RotateRefresh: "_rotate",
     RevokeAccessToken: "_revoke_access",
     IsTokenRevoked: "_is_revoked",
+    EndSession: "_end_session",
+    IsSessionEnded: "_is_session_ended",
     GetSigningKeys: "_get_keys",
     SwapSigningKeys: "_swap_keys",
     Hit: "_hit",

@@ -16,7 +16,7 @@ from . import effects as fx
 from .records import AuthorizationCode, Client, Grant, PendingAuthorization, SigningKey
 
 _POINT_READS = frozenset(
-    {fx.GetClient, fx.GetPending, fx.GetCode, fx.GetGrant, fx.GetSigningKeys, fx.IsTokenRevoked}
+    {fx.GetClient, fx.GetPending, fx.GetCode, fx.GetGrant, fx.GetSigningKeys, fx.IsTokenRevoked, fx.IsSessionEnded}
 )
 """Effects whose handlers only look records up by key: they need no lock (see the module doc)."""
 
@@ -168,6 +168,12 @@ class MemoryStore:
             return True
         grant = self.grants.get(e.grant_id)
         return grant is None or grant.revoked_at is not None
+
+    def _end_session(self, e: fx.EndSession) -> None:
+        self._revoke_access(fx.RevokeAccessToken(e.record_id, e.expires_at))
+
+    def _is_session_ended(self, e: fx.IsSessionEnded) -> bool:
+        return e.record_id in self.revoked_jtis
 
     def _swap_keys(self, e: fx.SwapSigningKeys) -> tuple[SigningKey, ...]:
         if tuple(k.kid for k in self.keys) == e.expected:

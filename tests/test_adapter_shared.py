@@ -6,6 +6,7 @@ import asyncio
 import base64
 import hashlib
 import hmac
+import secrets
 import time
 from typing import Any
 
@@ -20,6 +21,9 @@ from kavach_core.errors import OAuthError
 from kavach_core.http import HttpRequest
 from kavach_core.memory_store import MemoryStore
 from kavach_core.params import query_params
+
+SESSION_ID = bytes(range(16))
+SESSION_HASH = hashlib.sha256(SESSION_ID).hexdigest()
 
 
 class _Down:
@@ -147,19 +151,26 @@ def test_login_url_hook_sends_the_person_to_the_applications_login() -> None:
 
 def test_session_cookie_is_host_prefixed_and_secure_under_https() -> None:
     cookies = Cookies(make_config())
-    name, value = cookies.session_cookie("alice", "stamp-1", now=1000)
+    name, value = cookies.session_cookie("alice", "stamp-1", now=1000, session_id=SESSION_ID)
     assert name == "Set-Cookie"
     assert value.startswith("__Host-kavach-session=")
     for part in ("Path=/", "HttpOnly", "SameSite=Lax", "Secure"):
         assert part in value
     jar = parse_cookies([value.split(";")[0]])
-    assert cookies.session(jar, 1001) == Session("alice", "stamp-1")
-    assert cookies.session(jar, 1000 + cookies.session_lifetime) is None  # expired
+    expiry = 1000 + cookies.session_lifetime
+    assert cookies.session(jar, 1001) == Session("alice", "stamp-1", SESSION_HASH, expiry)
+    assert cookies.session(jar, expiry) is None  # expired
+
+
+def test_a_session_id_is_random_enough() -> None:
+    cookies = Cookies(make_config())
+    with pytest.raises(ValueError, match="16 random bytes"):
+        cookies.session_cookie("alice", "stamp-1", now=1000, session_id=b"short")
 
 
 def test_session_cookie_cannot_be_forged() -> None:
     cookies = Cookies(make_config())
-    _, value = cookies.session_cookie("alice", "stamp-1", now=1000)
+    _, value = cookies.session_cookie("alice", "stamp-1", now=1000, session_id=SESSION_ID)
     token = value.split(";")[0].split("=", 1)[1]
     payload, mac = token.split(".")
     forged_payload = payload[:-2] + ("AA" if payload[-2:] != "AA" else "BB")
@@ -181,8 +192,8 @@ def _signed(label: bytes, payload: bytes) -> str:
 
 def test_session_cookie_of_the_previous_format_is_signed_out() -> None:
     """Cookies made before sessions carried a credential stamp (subject and expiry only, key
-    label v1) are no session at all, however valid their signature was then; so is a payload
-    without a stamp under the current key."""
+    label v1) or a session id (key label v2) are no session at all, however valid their signature
+    was then; so is a payload without a stamp or an id under the current key."""
     cookies = Cookies(make_config())
     subject = _b64(b"alice")
     old = _signed(b"kavach adapter: login session v1", f"{1000 + 3600}:{subject}".encode())
@@ -191,12 +202,17 @@ def test_session_cookie_of_the_previous_format_is_signed_out() -> None:
     assert cookies.session({cookies.session_name: stampless}, 1001) is None
     empty_stamp = _signed(b"kavach adapter: login session v2", f"{1000 + 3600}:{subject}:".encode())
     assert cookies.session({cookies.session_name: empty_stamp}, 1001) is None
-    current = _signed(b"kavach adapter: login session v2", f"{1000 + 3600}:{subject}:{_b64(b's')}".encode())
-    assert cookies.session({cookies.session_name: current}, 1001) == Session("alice", "s")
+    stamped = _signed(b"kavach adapter: login session v2", f"{1000 + 3600}:{subject}:{_b64(b's')}".encode())
+    assert cookies.session({cookies.session_name: stamped}, 1001) is None
+    idless = _signed(b"kavach adapter: login session v3", f"{1000 + 3600}:{subject}:{_b64(b's')}".encode())
+    assert cookies.session({cookies.session_name: idless}, 1001) is None
+    fields = f"{1000 + 3600}:{subject}:{_b64(b's')}:{_b64(SESSION_ID)}"
+    current = _signed(b"kavach adapter: login session v3", fields.encode())
+    assert cookies.session({cookies.session_name: current}, 1001) == Session("alice", "s", SESSION_HASH, 4600)
 
 
 def test_a_session_holds_only_while_the_credential_is_unchanged() -> None:
-    session = Session("alice", "stamp-1")
+    session = Session("alice", "stamp-1", SESSION_HASH, 4600)
     assert session.holds("stamp-1")
     assert not session.holds("stamp-2")
     assert not session.holds("")
@@ -394,7 +410,7 @@ def _authorize(cookie: str) -> HttpRequest:
 
 
 def _session_cookie(server: AuthorizationServer, subject: str, stamp: str) -> str:
-    return server.cookies.session_cookie(subject, stamp, int(time.time()))[1].split(";")[0]
+    return server.cookies.session_cookie(subject, stamp, int(time.time()), secrets.token_bytes(16))[1].split(";")[0]
 
 
 def test_a_forged_session_cookie_costs_no_user_lookup() -> None:
@@ -543,7 +559,9 @@ def test_the_sign_in_ends_at_a_redirect_its_cookies_would_reach(issuer: str, pat
                     body=b'{"redirect_uris": ["%s"], "token_endpoint_auth_method": "none"}' % redirect.encode())
     )
     assert registered.status == 201, registered.body
-    _, value = server.cookies.session_cookie("alice", users.session_stamp("alice") or "", int(time.time()))
+    _, value = server.cookies.session_cookie(
+        "alice", users.session_stamp("alice") or "", int(time.time()), secrets.token_bytes(16)
+    )
     cookie = ("Cookie", value.split(";")[0])
     query = (("response_type", "code"), ("client_id", registered.json()["client_id"]), ("redirect_uri", redirect),
              ("scope", "no-such-scope"), ("code_challenge", "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"),
@@ -552,6 +570,9 @@ def test_the_sign_in_ends_at_a_redirect_its_cookies_would_reach(issuer: str, pat
     assert answer.status in (302, 303) and (answer.header("Location") or "").startswith(redirect + "?error=")
     cleared = [v for k, v in answer.headers if k == "Set-Cookie" and server.cookies.session_name + "=;" in v]
     assert len(cleared) == int(ends), answer.headers
+    valid = tuple(p for p in query if p[0] != "scope")
+    page = server.handle(HttpRequest("GET", "/authorize", valid, headers=[cookie]))
+    assert (b'value="approve"' in page.body) is not ends, "a session cleared there is ended, not only forgotten"
     # Without a session cookie in the request there is nothing to clear.
     answer = server.handle(HttpRequest("GET", "/authorize", query))
     assert not [v for k, v in answer.headers if k == "Set-Cookie"], answer.headers
@@ -583,5 +604,5 @@ def test_which_redirects_the_cookies_reach_under_an_http_issuer(url: str, reache
 def test_under_an_http_issuer_with_a_path_the_cookies_follow_it() -> None:
     cookies = Cookies(make_config(issuer="http://127.0.0.1:8000/tenant"))
     assert cookies.path == "/tenant/authorize"
-    assert "; Path=/tenant/authorize;" in cookies.session_cookie("alice", "s", 0)[1]
+    assert "; Path=/tenant/authorize;" in cookies.session_cookie("alice", "s", 0, SESSION_ID)[1]
     assert cookies.reach("http://127.0.0.1:1/tenant/authorize/cb") and not cookies.reach("http://127.0.0.1:1/authorize")

@@ -745,8 +745,9 @@ def test_a_new_password_ends_earlier_sessions(dep: Deployment) -> None:
 
 def test_someone_else_can_sign_in_from_the_consent_page(dep: Deployment) -> None:
     """A shared computer: the consent page says who is signed in and offers "Sign in as someone
-    else", which signs this browser out (the session cookie cleared), keeps the request, and asks
-    who it is; the next person then decides, and the code is theirs."""
+    else", which signs this browser out (the session cookie cleared, and the session recorded as
+    ended, so a copy of the cookie is refused too), keeps the request, and asks who it is; the next
+    person then decides, and the code is theirs."""
     users = dep.server.users
     assert users is not None
     users.add("bob", "bob's own password")
@@ -755,8 +756,16 @@ def test_someone_else_can_sign_in_from_the_consent_page(dep: Deployment) -> None
     first = dep.login(dep.person.get(dep.authorize_url(client_id, challenge)))
     page = dep.person.get(dep.base + first.headers["location"])
     assert "Signed in as <strong>alice</strong>" in page.text and "Sign in as someone else" in page.text
-    form = the_form(page)
-    switched = post_form(dep.person, dep.base + form.action, form.submit("switch"))
+    copied = "; ".join(f"{c.name}={c.value}" for c in dep.person.cookies.jar)  # say, from a shared profile
+    with httpx.Client(timeout=10) as elsewhere:
+        assert "Signed in as <strong>alice</strong>" in elsewhere.get(
+            dep.authorize_url(client_id, pkce()[1]), headers={"Cookie": copied}
+        ).text
+        form = the_form(page)
+        switched = post_form(dep.person, dep.base + form.action, form.submit("switch"))
+        assert shows_sign_in(elsewhere.get(dep.authorize_url(client_id, pkce()[1]), headers={"Cookie": copied})), (
+            "signing out ends the session in the store: a copy of its cookie no longer signs in"
+        )
     assert switched.status_code == 303 and switched.headers["location"].startswith(dep.server.consent_path)
     assert any(value.startswith(("kavach-session=;", "__Host-kavach-session=;")) and "Max-Age=0" in value
                for value in switched.headers.get_list("set-cookie")), "the session cookie is cleared"

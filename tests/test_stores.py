@@ -554,6 +554,21 @@ def test_is_token_revoked(store: Any) -> None:
     assert store.perform(fx.IsTokenRevoked("j2", "gone")) is True
 
 
+def test_an_ended_session_is_kept_apart_from_revoked_tokens(store: Any) -> None:
+    """``EndSession`` is what ``IsSessionEnded`` sees, and only it: a session hash spelled like a
+    revoked jti is not ended, nor is a token revoked by an ended session's hash."""
+    _seed_grant(store, grant("live"))
+    assert store.perform(fx.IsSessionEnded("s1")) is False
+    assert store.perform(fx.EndSession("s1", T0 + 600)) is None
+    assert store.perform(fx.IsSessionEnded("s1")) is True
+    assert store.perform(fx.IsSessionEnded("s2")) is False
+    assert store.perform(fx.IsTokenRevoked("s1", "live")) is False
+    store.perform(fx.RevokeAccessToken("j1", T0 + 600))
+    assert store.perform(fx.IsSessionEnded("j1")) is False
+    assert store.perform(fx.EndSession("s1", T0 + 300)) is None  # ending it again changes nothing
+    assert store.perform(fx.IsSessionEnded("s1")) is True
+
+
 def test_memory_store_point_reads_take_no_lock_and_writes_wait_for_it() -> None:
     """The memory store answers a point read while another thread holds its lock (a writer
     mid-effect), and a write waits for the lock; both see the state a write left whole."""
@@ -681,6 +696,8 @@ def test_purge_drops_what_has_expired(store: Any) -> None:
     _seed_grant(store, grant("new", expires_at=now + 1))
     store.perform(fx.RevokeAccessToken("old", now))
     store.perform(fx.RevokeAccessToken("new", now + 1))
+    store.perform(fx.EndSession("old", now))
+    store.perform(fx.EndSession("new", now + 1))
     assert store.perform(fx.Hit("past", 1, 100, now - 1)) is True  # window ends at now
     assert store.perform(fx.Hit("live", 1, 100, now)) is True  # window ends at now + 100
     store.perform(fx.PutClient(client("registered")))
@@ -695,6 +712,8 @@ def test_purge_drops_what_has_expired(store: Any) -> None:
     assert store.perform(fx.GetGrant("new")) is not None
     assert store.perform(fx.IsTokenRevoked("old", "new")) is False
     assert store.perform(fx.IsTokenRevoked("new", "new")) is True
+    assert store.perform(fx.IsSessionEnded("old")) is False
+    assert store.perform(fx.IsSessionEnded("new")) is True
     assert store.perform(fx.Hit("past", 1, 100, now - 1)) is True  # a fresh count
     assert store.perform(fx.Hit("live", 1, 100, now)) is False
     assert store.perform(fx.GetClient("registered")) is not None

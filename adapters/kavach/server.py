@@ -467,10 +467,10 @@ class AuthorizationServer:
                 return refused.with_headers(cors_headers(self.config, req.path))
         response = yield from self._dispatch(ctx, req)
         location = _elsewhere(response)
-        if location and self.cookies.reach(location) and self.cookies.session_name in parse_cookies(
-            req.header_values("cookie")
-        ):
-            response = response.with_headers((self.cookies.clear_session(),))
+        if location and self.cookies.reach(location):
+            cookies = parse_cookies(req.header_values("cookie"))
+            if self.cookies.session_name in cookies:
+                response = response.with_headers(((yield from self._sign_out(ctx, cookies)),))
         if response.view is not None:
             extra = [(k, v) for k, v in response.headers if k.lower() in ("allow", "retry-after", "set-cookie")]
             return pages.error_page(response.status, response.view.error, response.view.description, headers=extra)
@@ -504,8 +504,18 @@ class AuthorizationServer:
         session = self.cookies.session(cookies, ctx.now)  # the signature first: a forged cookie reads nothing
         if session is None:
             return None
+        if (yield fx.IsSessionEnded(session.session_hash)):
+            return None
         current = yield Call(self.users.session_stamp, (session.subject,))
         return (session.subject, True) if session.holds(current) else None
+
+    def _sign_out(self, ctx: Context, cookies: dict[str, str]) -> Generator[fx.Effect, Any, tuple[str, str]]:
+        """The header that clears this browser's session cookie, after the session it signs in (if
+        any) is recorded as ended, so a copy of the cookie kept elsewhere is refused too."""
+        session = self.cookies.session(cookies, ctx.now)
+        if session is not None:
+            yield fx.EndSession(session.session_hash, session.expires_at)
+        return self.cookies.clear_session()
 
     def _consent_url(self, ticket: str, browser: str, notice: str | None = None) -> str:
         """The consent page of ``ticket`` for this ``browser`` only: ``link`` binds the two, so a
@@ -622,7 +632,8 @@ class AuthorizationServer:
             return _see_other(self._consent_url(ticket, browser, "failed"))
         yield fx.Hit(attempts, limits.per_user, limits.window, ctx.now, step=-1)  # same ctx.now: same window
         subject, stamp = signed_in
-        return _see_other(self._consent_url(ticket, browser), self.cookies.session_cookie(subject, stamp, ctx.now))
+        session = self.cookies.session_cookie(subject, stamp, ctx.now, ctx.random(16))
+        return _see_other(self._consent_url(ticket, browser), session)
 
     def _decision(self, ctx: Context, req: HttpRequest) -> Generator[fx.Effect, Any, Response]:
         """The consent form's POST: CSRF, then switch account (sign out, ask again; only for a person
@@ -643,7 +654,7 @@ class AuthorizationServer:
             return _see_other(self._consent_url(ticket, browser))
         subject, own_session = signed_in
         if decision == "switch" and own_session:  # not this person: sign out, ask again
-            return _see_other(self._consent_url(ticket, browser), self.cookies.clear_session())
+            return _see_other(self._consent_url(ticket, browser), (yield from self._sign_out(ctx, cookies)))
         if decision == "approve":
             return (yield from authorize.approve(ctx, ticket, subject, form.get_all("scope")))
         if decision == "deny":

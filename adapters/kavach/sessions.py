@@ -6,8 +6,10 @@
   issuer, ``Secure`` with the ``__Host-`` prefix and ``Path=/`` (RFC 6265bis §4.1.3.2). The server
   checks the signature and expiry first (:meth:`Cookies.session`, no store read), then that the
   account still has that credential (:meth:`Session.holds`): removing a user or changing the
-  password ends their sessions (OWASP ASVS 5.0 §7.4.1). Cookies signed before stamps existed
-  (key label ``v1``) fail the signature check: signed out.
+  password ends their sessions (OWASP ASVS 5.0 §7.4.1). Each session also has a random id; signing
+  out records its hash in the store as ended (``kavach_core.effects.EndSession``) until the cookie
+  would have expired, so a copy of the cookie kept elsewhere stops working too (ASVS 5.0 §7.4.1).
+  Cookies of older formats (key labels ``v1``, ``v2``) fail the signature check: signed out.
 - Under an http issuer (no ``__Host-`` prefix) browsers send a host's cookies to every port of
   it (RFC 6265 §8.5), so a native client's loopback redirect on the issuer's host would receive
   them and could act as the person. There the cookies' ``Path`` is the authorization endpoint's
@@ -65,6 +67,9 @@ class Session:
     subject: str
     stamp: str
     """The credential stamp the account had when this session signed in."""
+    session_hash: str
+    """SHA-256 of the session's random id (hex): what the store records when it ends."""
+    expires_at: int
 
     def holds(self, current: str | None) -> bool:
         """Whether the account still has the credential this session signed in with; ``current``
@@ -84,7 +89,7 @@ class Cookies:
         """Where the browser sends the cookies: ``/`` (required by ``__Host-``), else the pages' own path."""
         self._host = (urlsplit(config.issuer).hostname or "").lower()
         self.session_lifetime = session_lifetime
-        self._session_key = hmac.new(config.secret, b"kavach adapter: login session v2", hashlib.sha256).digest()
+        self._session_key = hmac.new(config.secret, b"kavach adapter: login session v3", hashlib.sha256).digest()
         self._csrf_key = hmac.new(config.secret, b"kavach adapter: csrf v1", hashlib.sha256).digest()
 
     # -- Set-Cookie -------------------------------------------------------------------
@@ -119,10 +124,18 @@ class Cookies:
     def _mac(self, payload: bytes) -> bytes:
         return hmac.new(self._session_key, payload, hashlib.sha256).digest()
 
-    def session_cookie(self, subject: str, stamp: str, now: int) -> tuple[str, str]:
+    def session_cookie(self, subject: str, stamp: str, now: int, session_id: bytes) -> tuple[str, str]:
         """The ``Set-Cookie`` header that signs ``subject`` in until ``now + session_lifetime``,
-        for as long as the account's credential keeps ``stamp``."""
-        fields = (str(now + self.session_lifetime), _b64(subject.encode("utf-8")), _b64(stamp.encode("utf-8")))
+        for as long as the account's credential keeps ``stamp`` and the session, whose random id is
+        ``session_id`` (16 bytes or more), is not ended."""
+        if len(session_id) < 16:
+            raise ValueError("a session id has 16 random bytes or more")
+        fields = (
+            str(now + self.session_lifetime),
+            _b64(subject.encode("utf-8")),
+            _b64(stamp.encode("utf-8")),
+            _b64(session_id),
+        )
         payload = ":".join(fields).encode("ascii")
         value = f"{_b64(payload)}.{_b64(self._mac(payload))}"
         return self.set_cookie(self.session_name, value, self.session_lifetime)
@@ -141,13 +154,16 @@ class Cookies:
             payload, mac = _unb64(payload_text), _unb64(mac_text)
             if not hmac.compare_digest(mac, self._mac(payload)):
                 return None
-            expiry_text, subject_text, stamp_text = payload.decode("ascii").split(":")
+            expiry_text, subject_text, stamp_text, id_text = payload.decode("ascii").split(":")
             subject = _unb64(subject_text).decode("utf-8")
             stamp = _unb64(stamp_text).decode("utf-8")
+            session_hash = hashlib.sha256(_unb64(id_text)).hexdigest()
             expiry = int(expiry_text)
         except (ValueError, UnicodeDecodeError):
             return None
-        return Session(subject, stamp) if now < expiry and subject and stamp else None
+        if now < expiry and subject and stamp:
+            return Session(subject, stamp, session_hash, expiry)
+        return None
 
     # -- the browser id and CSRF tokens -----------------------------------------------------
 

@@ -278,6 +278,7 @@ _SQL_TEMPLATES = {
         "SELECT EXISTS (SELECT 1 FROM {s}.revoked_tokens WHERE jti = %s)"
         " OR NOT EXISTS (SELECT 1 FROM {s}.grants WHERE grant_id = %s AND revoked_at IS NULL)"
     ),
+    "is_session_ended": "SELECT EXISTS (SELECT 1 FROM {s}.revoked_tokens WHERE jti = %s)",
     "get_keys": f"SELECT {_KEY_COLS} FROM {{s}}.signing_keys ORDER BY position",
     "lock_keys": "LOCK TABLE {s}.signing_keys IN EXCLUSIVE MODE",
     "key_ids": "SELECT kid FROM {s}.signing_keys ORDER BY position",
@@ -751,6 +752,13 @@ class PostgresStore:
 
     def _is_revoked(self, e: fx.IsTokenRevoked) -> Plan[bool]:
         rows = yield self._sql["is_revoked"], (e.jti, e.grant_id)
+        return bool(rows[0][0])
+
+    def _end_session(self, e: fx.EndSession) -> Plan[None]:
+        yield from self._revoke_access(fx.RevokeAccessToken(e.record_id, e.expires_at))
+
+    def _is_session_ended(self, e: fx.IsSessionEnded) -> Plan[bool]:
+        rows = yield self._sql["is_session_ended"], (e.record_id,)
         return bool(rows[0][0])
 
     # -- signing keys ----------------------------------------------------------------------------

@@ -687,6 +687,12 @@ class RedisStore:
         revoked = yield _Script("is_revoked", (self._k("revoked", e.jti), self._k("grant", e.grant_id)), ())
         return bool(revoked)
 
+    def _end_session(self, e: fx.EndSession) -> Plan[None]:
+        yield from self._revoke_access(fx.RevokeAccessToken(e.record_id, e.expires_at))
+
+    def _is_session_ended(self, e: fx.IsSessionEnded) -> Plan[bool]:
+        return bool((yield _Command(("EXISTS", self._k("revoked", e.record_id)))))
+
     # -- signing keys ----------------------------------------------------------------------------
 
     def _decode_keys(self, raw: Any) -> tuple[SigningKey, ...]:

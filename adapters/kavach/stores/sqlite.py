@@ -715,6 +715,12 @@ class SQLiteStore:
         ).fetchone()
         return bool(row[0])
 
+    def _end_session(self, db: sqlite3.Connection, e: fx.EndSession) -> None:
+        self._revoke_access(db, fx.RevokeAccessToken(e.record_id, e.expires_at))
+
+    def _is_session_ended(self, db: sqlite3.Connection, e: fx.IsSessionEnded) -> bool:
+        return db.execute("SELECT 1 FROM revoked_tokens WHERE jti = ?", (e.record_id,)).fetchone() is not None
+
     # -- signing keys -----------------------------------------------------------------------
 
     def _get_keys(self, db: sqlite3.Connection, e: fx.Effect) -> tuple[SigningKey, ...]:
