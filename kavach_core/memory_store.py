@@ -70,6 +70,7 @@ class MemoryStore:
             self.codes = {k: v for k, v in self.codes.items() if v.expires_at > now}
             self.grants = {k: v for k, v in self.grants.items() if v.expires_at > now}
             self.revoked_jtis = {k: v for k, v in self.revoked_jtis.items() if v > now}
+            self.clients = {k: c for k, c in self.clients.items() if c.expires_at is None or c.expires_at > now}
             self.hits = {k: v for k, v in self.hits.items() if k[1] > now}
 
     # -- handlers (every one but the point reads called with the lock held) -------------

@@ -39,11 +39,16 @@ from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 import httpx
 import pytest
+import redis
 import services
 from kavach.settings import SettingsError, resolve
+from kavach.stores.redis import RedisStore
 from kavach_serve import Cli, free_port, kavach_command, stop, wait_ready
 from person import Person
 from tcp_proxy import TcpProxy
+
+from kavach_core import effects as fx
+from kavach_core.records import Client
 
 PASSWORD = "a long enough password"
 REDIRECT_URI = "http://127.0.0.1:45997/callback"
@@ -332,6 +337,25 @@ def test_cli_commands_against_a_store(backend: str, tmp_path: Path) -> None:
     second = ok(["keys", "rotate", *where]).split("key ")[1].split()[0]
     listing = ok(["keys", "list", *where])
     assert first in listing and second in listing and "active" in listing
+
+
+def test_a_redis_prefix_holding_other_keys_is_not_taken_for_a_store(tmp_path: Path) -> None:
+    """Keys kavachOS did not write under the prefix: no command adopts it (no secret written), and
+    a prefix holding only what the library itself writes is a store."""
+    url = store_url("redis", tmp_path)
+    prefix = services.redis_prefix(tmp_path)
+    client = redis.Redis.from_url(services.REDIS_URL)
+    client.set(prefix + "app:thing", "theirs")
+    try:
+        for command in (["users", "list"], ["keys", "rotate"]):
+            bad([*command, "--store", url], "holds keys kavachOS did not write")
+        bad(["users", "add", "alice", "--store", url, "--password-stdin"], "kavachOS did not write", stdin="pw\n")
+        assert sorted(k.decode() for k in client.scan_iter(match=prefix + "*")) == [prefix + "app:thing"]
+        client.delete(prefix + "app:thing")
+        RedisStore(services.REDIS_URL, prefix=prefix).perform(fx.PutClient(Client("c1", (REDIRECT_URI,))))
+        assert "c1" in ok(["clients", "list", "--store", url])  # made by the library: a store
+    finally:
+        client.close()
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -121,6 +121,10 @@ DAMAGE = {
         "UPDATE signing_keys SET private_pem = 'garbage'", ["keys", "rotate"], "table signing_keys"
     ),
     "redirect-uris-not-json": ("UPDATE clients SET redirect_uris = 'oops'", ["clients", "list"], "table clients"),
+    # SQLite's column affinity keeps text that is no number as text: read as damage, not used
+    "key-time-as-text": ("UPDATE signing_keys SET created_at = 'abc'", ["keys", "list"], "created_at = 'abc'"),
+    "client-time-as-text": ("UPDATE clients SET issued_at = 'yesterday'", ["clients", "list"], "not an integer"),
+    "client-name-as-blob": ("UPDATE clients SET client_name = x'41'", ["clients", "list"], "not text"),
 }
 
 

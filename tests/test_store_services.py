@@ -14,19 +14,22 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import attrs
 import psycopg
 import pytest
 import redis
 import services
+from kavach.instance import redis_secret
 from kavach.stores import SQLiteStore, open_store
 from kavach.stores._sealing import SEALED_PREFIX, StoreKeyError
 from kavach.stores.postgres import SCHEMA_VERSION, PostgresStore, PostgresStoreError, SchemaVersionError
 from kavach.stores.redis import RedisStore
+from kavach.users import RedisUsers
 from tcp_proxy import TcpProxy
 
 from kavach_core import effects as fx
@@ -182,6 +185,34 @@ def test_pg_refuses_a_schema_holding_foreign_tables(tmp_path: Path, admin: psyco
     with pytest.raises(PostgresStoreError, match="not a kavachOS store"):
         store.perform(fx.ListClients())
     store.close()
+
+
+@pytest.mark.parametrize(
+    ("table", "expect"),
+    [
+        ("version integer, description text", "a schema_version table that is not a kavachOS store's"),  # a look-alike
+        ("version text, description text, applied_at timestamptz", "not a kavachOS store's"),  # Flyway-like
+        ("version integer PRIMARY KEY, description text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now()",
+         "records kavachOS migrations but lacks the tables clients, codes"),  # kavachOS's shape, no tables
+    ],
+    ids=["look-alike", "text-versions", "no-tables"],
+)
+def test_pg_refuses_a_schema_version_table_it_did_not_make(
+    tmp_path: Path, admin: psycopg.Connection[Any], table: str, expect: str
+) -> None:
+    """Another tool's ``schema_version`` (or one left with no tables) is not taken for a store:
+    nothing is migrated into the schema, no row is added to that table."""
+    schema = services.postgres_schema(tmp_path)
+    admin.execute(f'CREATE SCHEMA "{schema}"')
+    admin.execute(f'CREATE TABLE "{schema}".schema_version ({table})')
+    admin.execute(f'INSERT INTO "{schema}".schema_version (version, description) VALUES (%s, %s)', ("1", "theirs"))
+    store = services.postgres_store(tmp_path)
+    with pytest.raises(PostgresStoreError, match=expect):
+        store.perform(fx.ListClients())
+    store.close()
+    tables = admin.execute("SELECT tablename FROM pg_tables WHERE schemaname = %s", (schema,)).fetchall()
+    assert tables == [("schema_version",)]
+    assert admin.execute(f'SELECT count(*) FROM "{schema}".schema_version').fetchone() == (1,)
 
 
 def test_pg_rejects_unsafe_schema_names() -> None:
@@ -698,3 +729,199 @@ def test_redis_store_survives_a_redis_restart(own_redis: str) -> None:
     assert attrs.evolve(store.perform(fx.GetCode("h1")), consumed=False) == code()
     store.close()
     admin.close()
+
+
+# -- Redis refusing to serve, and purge against a concurrent put -----------------------------------------------
+
+
+def _writes_refused(store: RedisStore) -> None:
+    """Every kind of write is a 503-style StoreUnavailable; reads still answer; nothing is written."""
+    writes = (
+        fx.PutPending(PendingAuthorization("t9", "c1", "https://app.example/cb", True, None, "x" * 43,
+                                           ("https://mcp.example.com/mcp",), ("tools:list",), T0, T0 + 600)),
+        fx.ConsumeCode("h1", grant()),
+        fx.RevokeAccessToken("j1", int(time.time()) + 600),
+        fx.EndSession("s1", int(time.time()) + 600),
+        fx.Hit("b", 5, 60, T0),
+    )  # fmt: skip
+    for effect in writes:
+        with pytest.raises(StoreUnavailable, match="Redis is unavailable"):
+            store.perform(effect)
+        with pytest.raises(StoreUnavailable, match="Redis is unavailable"):
+            asyncio.run(store.aperform(effect))
+    assert store.perform(fx.GetCode("h1")).consumed is False
+    assert store.perform(fx.IsTokenRevoked("j1", "g1")) is True  # no grant g1: a read that answers
+    assert store.perform(fx.IsSessionEnded("s1")) is False
+    users = RedisUsers(store)
+    assert users.get_hash("alice") == "h-1"
+    with pytest.raises(StoreUnavailable):
+        users.replace_hash("alice", "h-1", "h-2")
+    with pytest.raises(StoreUnavailable):
+        redis_secret(RedisStore(store.url, prefix="other:"))
+    assert users.get_hash("alice") == "h-1"
+
+
+def test_redis_out_of_memory_is_an_outage_not_a_bug(own_redis: str) -> None:
+    """``maxmemory`` reached under ``noeviction`` (the policy the deployment guide asks for):
+    Redis refuses every write with OOM, which is StoreUnavailable (503), never a 500."""
+    store = RedisStore(own_redis, prefix="t:")
+    admin = redis.Redis.from_url(own_redis)
+    store.perform(fx.PutCode(code()))
+    RedisUsers(store).set_hash("alice", "h-1")
+    admin.config_set("maxmemory-policy", "noeviction")
+    admin.config_set("maxmemory", "1")
+    try:
+        _writes_refused(store)
+    finally:
+        admin.config_set("maxmemory", "0")
+    assert store.perform(fx.ConsumeCode("h1", grant())) is True  # memory again: service resumes
+    store.close()
+    admin.close()
+
+
+def test_redis_demoted_to_a_replica_is_an_outage_not_a_bug(own_redis: str) -> None:
+    """After a failover the old primary is a read-only replica: READONLY is StoreUnavailable."""
+    store = RedisStore(own_redis, prefix="t:")
+    admin = redis.Redis.from_url(own_redis)
+    store.perform(fx.PutCode(code()))
+    RedisUsers(store).set_hash("alice", "h-1")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        nowhere = s.getsockname()[1]
+    admin.execute_command("REPLICAOF", "127.0.0.1", str(nowhere))
+    try:
+        _writes_refused(store)
+    finally:
+        admin.execute_command("REPLICAOF", "NO", "ONE")
+    assert store.perform(fx.ConsumeCode("h1", grant())) is True
+    store.close()
+    admin.close()
+
+
+def test_redis_errors_that_are_no_outage_still_surface(rd: RedisStore) -> None:
+    """A key of the wrong type under the store's prefix is damage, not an outage: the error is
+    raised as it is (the endpoint's 500, logged), not turned into a 503 to retry forever."""
+    rd._sync_client().hset(rd.prefix + "keys", "x", "y")
+    with pytest.raises(redis.exceptions.ResponseError, match="WRONGTYPE") as raised:
+        rd.perform(fx.GetSigningKeys())
+    assert not isinstance(raised.value, StoreUnavailable)
+
+
+def test_redis_purge_keeps_a_client_put_again_at_any_step(rd: RedisStore, tmp_path: Path) -> None:
+    """An expired document client purged while another instance puts it again (the document
+    fetched anew): wherever among the purge's commands the put lands, the client is afterwards
+    both readable and listed, or neither (the key and its index entry go together)."""
+    from kavach.stores.redis import _drive
+
+    now = int(time.time())
+    doc = "https://app.example/meta.json"
+    expired = Client(doc, ("https://app.example/cb",), kind="document", expires_at=now - 10)
+    renewed = attrs.evolve(expired, expires_at=now + 3600)
+    other = services.redis_store(tmp_path)  # the other instance
+    real = rd._sync_client()
+
+    class Interleaved:
+        def __init__(self, at: int) -> None:
+            self.at, self.calls = at, 0
+
+        def execute_command(self, *args: Any) -> Any:
+            if self.calls == self.at:
+                other.perform(fx.PutClient(renewed))
+            self.calls += 1
+            return real.execute_command(*args)
+
+    counting = Interleaved(-1)
+    rd.perform(fx.PutClient(expired))
+    _drive(counting, rd._purge_plan(real, now))
+    assert counting.calls > 1 and rd.perform(fx.ListClients()) == ()
+    for at in range(counting.calls + 1):
+        rd.perform(fx.PutClient(expired))
+        _drive(Interleaved(at), rd._purge_plan(real, now))
+        readable = rd.perform(fx.GetClient(doc)) is not None
+        listed = [c.client_id for c in rd.perform(fx.ListClients())] == [doc]
+        assert (readable and listed) or (not readable and not listed), (at, readable, listed)
+        if at >= counting.calls:
+            other.perform(fx.PutClient(renewed))
+            assert rd.perform(fx.GetClient(doc)) is not None
+    other.close()
+
+
+# -- PostgreSQL: a stricter default isolation, a database taking no writes -----------------------------------
+
+
+def _pg_with_options(tmp_path: Path, options: str, **kw: Any) -> PostgresStore:
+    """A store on this test's schema whose connections start with libpq ``options`` (as a
+    server, database or role default would set them)."""
+    services.require("postgres")
+    parts = urlsplit(services.POSTGRES_URL)
+    query = "&".join(filter(None, [parts.query, "options=" + quote(options)]))
+    dsn = parts._replace(query=query).geturl()
+    kw.setdefault("min_connections", 0)
+    return PostgresStore(dsn, schema=services.postgres_schema(tmp_path), **kw)
+
+
+@pytest.mark.parametrize("level", ["repeatable read", "serializable"])
+def test_pg_losers_of_a_race_get_answers_whatever_the_default_isolation(tmp_path: Path, level: str) -> None:
+    """Under a default of REPEATABLE READ or SERIALIZABLE the losers of a redemption or a
+    rotation race would get serialization failures (503; and no replay detection, TK-04): every
+    connection is READ COMMITTED, so they get the answers the contract gives (False; retried)."""
+    racers = 16
+    store = _pg_with_options(tmp_path, f"-c default_transaction_isolation={level.replace(' ', chr(92) + ' ')}",
+                             max_connections=racers)  # fmt: skip
+    rows = store._run(_rows_plan("SHOW transaction_isolation"), False)
+    assert rows == [("read committed",)], "every connection is pinned, whatever the default"
+    barrier = threading.Barrier(racers)
+
+    def race(effect: Callable[[], fx.Effect]) -> list[Any]:
+        def one(_: int) -> Any:
+            barrier.wait(timeout=30)
+            try:
+                return store.perform(effect())
+            except StoreUnavailable as exc:
+                return exc
+
+        with ThreadPoolExecutor(max_workers=racers) as pool:
+            return list(pool.map(one, range(racers)))
+
+    for round_ in range(3):
+        store.perform(fx.PutCode(code(f"h{round_}", f"g{round_}")))
+        consumed = race(lambda round_=round_: fx.ConsumeCode(f"h{round_}", grant(f"g{round_}")))  # type: ignore[misc]
+        assert sorted(map(repr, consumed)) == ["False"] * (racers - 1) + ["True"], consumed
+        rotated = race(lambda round_=round_: fx.RotateRefresh(  # type: ignore[misc]
+            f"g{round_}", 0, "r0", "r1", T0 + 100, 10, T0 + 14 * DAY))  # fmt: skip
+        outcomes = sorted(r.outcome if isinstance(r, fx.Rotation) else repr(r) for r in rotated)
+        assert outcomes == ["retried"] * (racers - 1) + ["rotated"], outcomes
+    store.close()
+
+
+def _rows_plan(sql: str) -> Any:
+    return (yield sql, ())
+
+
+def test_pg_read_only_database_is_an_outage_and_still_serves_reads(pg: PostgresStore, tmp_path: Path) -> None:
+    """A database taking no writes (a hot standby after a failover, or ``default_transaction_
+    read_only`` switched on): writes are StoreUnavailable (503), not 500, and write nothing; a
+    process starting then (its first use checks the schema) still serves reads."""
+    pg.perform(fx.PutCode(code()))
+    pg.perform(fx.ConsumeCode("h1", grant()))
+    pg.perform(fx.PutCode(code("h2", "g2")))
+    read_only = _pg_with_options(tmp_path, "-c default_transaction_read_only=on")
+    assert read_only.perform(fx.GetCode("h2")).consumed is False  # first use: no DDL on an up-to-date schema
+    assert read_only.perform(fx.GetGrant("g1")) is not None
+    writes = (
+        fx.ConsumeCode("h2", grant("g2")),
+        fx.RotateRefresh("g1", 0, "r0", "r1", T0 + 100, 10, T0 + 14 * DAY),
+        fx.RevokeAccessToken("j1", T0 + 600),
+        fx.EndSession("s1", T0 + 600),
+        fx.Hit("b", 5, 60, T0),
+        fx.RevokeSubject("alice", T0 + 1),
+    )
+    for effect in writes:
+        with pytest.raises(StoreUnavailable, match="read-only"):
+            read_only.perform(effect)
+        with pytest.raises(StoreUnavailable, match="read-only"):
+            asyncio.run(read_only.aperform(effect))
+    assert pg.perform(fx.GetCode("h2")).consumed is False
+    assert pg.perform(fx.GetGrant("g1")) == grant()
+    assert pg.perform(fx.IsSessionEnded("s1")) is False
+    read_only.close()

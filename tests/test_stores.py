@@ -701,6 +701,8 @@ def test_purge_drops_what_has_expired(store: Any) -> None:
     assert store.perform(fx.Hit("past", 1, 100, now - 1)) is True  # window ends at now
     assert store.perform(fx.Hit("live", 1, 100, now)) is True  # window ends at now + 100
     store.perform(fx.PutClient(client("registered")))
+    store.perform(fx.PutClient(client("fetched-old", kind="document", expires_at=now)))
+    store.perform(fx.PutClient(client("fetched-new", kind="document", expires_at=now + 1)))
 
     store.purge(now)
 
@@ -717,6 +719,7 @@ def test_purge_drops_what_has_expired(store: Any) -> None:
     assert store.perform(fx.Hit("past", 1, 100, now - 1)) is True  # a fresh count
     assert store.perform(fx.Hit("live", 1, 100, now)) is False
     assert store.perform(fx.GetClient("registered")) is not None
+    assert [c.client_id for c in store.perform(fx.ListClients())] == ["registered", "fetched-new"]
 
 
 # -- races (threads: one store object each, same database) ------------------------------------------------

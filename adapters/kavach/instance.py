@@ -35,10 +35,9 @@ import sqlite3
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
-from urllib.parse import urlsplit
 
 from kavach_core import effects as fx
-from kavach_core.config import Config, ProtectedResource
+from kavach_core.config import Config, ProtectedResource, redact
 from kavach_core.context import Context
 from kavach_core.drivers import Flow, StoreUnavailable, run
 from kavach_core.errors import ConfigurationError
@@ -119,33 +118,6 @@ _KEYWORD_DSN = re.compile(r"\s*(host|hostaddr|port|dbname|user|password|service|
 """A libpq keyword string (``host=db dbname=kavach ...``), which would otherwise name an SQLite file."""
 
 
-def redact(location: str) -> str:
-    """``location`` without a password, for messages and the banner (also when it is malformed)."""
-    if "://" not in location:
-        return location
-    try:
-        parts = urlsplit(location)
-    except ValueError:  # e.g. an unclosed "[": hide what follows "user:" up to the last "@"
-        scheme, _, rest = location.partition("://")
-        userinfo, at, host = rest.rpartition("@")
-        if not at or ":" not in userinfo:
-            return location
-        return f"{scheme}://{userinfo.partition(':')[0]}:***@{host}"
-    if parts.password is not None:
-        netloc = parts.netloc.rpartition("@")
-        parts = parts._replace(netloc=f"{netloc[0].partition(':')[0]}:***@{netloc[2]}")
-    if parts.query:  # libpq and redis-py also take the password as a query parameter
-        parts = parts._replace(query=_PASSWORD_PARAMETER.sub(r"\1***", parts.query))
-    # spelled out: urlunsplit drops the "//" of a URL with no host (unix:///run/redis.sock)
-    query, fragment = f"?{parts.query}" if parts.query else "", f"#{parts.fragment}" if parts.fragment else ""
-    return f"{parts.scheme}://{parts.netloc}{parts.path}{query}{fragment}"
-
-
-_PASSWORD_PARAMETER = re.compile(r"((?:^|&)(?:password|passwd|pass|sslpassword)=)[^&]*", re.IGNORECASE)
-"""A query parameter carrying a password, as PostgreSQL (``password``, ``sslpassword``) and Redis
-URLs (``password``) spell them; its value is hidden."""
-
-
 def sqlite_file(location: str) -> str:
     """The SQLite file a store location names: a plain path as given, a ``sqlite://`` URL's path."""
     return sqlite_path(location) if "://" in location else location
@@ -185,24 +157,34 @@ def redis_secret(
     store: Any, sealer: KeySealer | None = None, *, creates: bool = True, entropy: Callable[[int], bytes] = os.urandom
 ) -> bytes:
     """The secret kept at ``<prefix>settings:secret`` of a Redis store, made on first call
-    (sealed with ``sealer`` when given, like the signing keys). Unless it ``creates``, a prefix
-    with no key under it raises :class:`NoStoreError` and nothing is written."""
-    import redis.exceptions
-
-    from .stores.redis import _glob_escape
+    (sealed with ``sealer`` when given, like the signing keys). Before it is made, the prefix must
+    hold only keys kavachOS writes (:data:`~kavach.stores.redis.KEY_KINDS`: a store the library
+    made), else :class:`InstanceError`; unless it ``creates``, a prefix with no key under it raises
+    :class:`NoStoreError`. Either way nothing is written."""
+    from .stores.redis import KEY_KINDS, _glob_escape, outages_unavailable
 
     key = store.prefix + "settings:secret"
     client = store._sync_client()  # same package
-    try:
-        if not creates and not client.exists(key):
-            anything = client.scan_iter(match=_glob_escape(store.prefix) + "*", count=1000)
-            if next(anything, None) is None:
+    with outages_unavailable():
+        if not client.exists(key):  # once per store: every key under the prefix is looked at
+            held = (_text(k) for k in client.scan_iter(match=_glob_escape(store.prefix) + "*", count=1000))
+            found = False
+            for name in held:
+                found = True
+                if name[len(store.prefix) :].split(":", 1)[0] not in KEY_KINDS:
+                    raise InstanceError(
+                        f"prefix {store.prefix!r} holds keys kavachOS did not write (such as {name!r});"
+                        " give a prefix of its own (?prefix=... in the URL)"
+                    )
+            if not found and not creates:
                 raise NoStoreError(f"prefix {store.prefix!r}")
         client.set(key, seal(sealer, SECRET_AAD, entropy(SECRET_BYTES)), nx=True)
         value = client.get(key)
-    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
-        raise StoreUnavailable(f"Redis is unavailable: {exc}") from exc
     return _open_secret(sealer, bytes(value))
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
 
 
 class NoStoreError(InstanceError):

@@ -34,8 +34,6 @@ from typing import TYPE_CHECKING, Any, Protocol
 from cryptography.exceptions import InvalidKey
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
-from kavach_core.drivers import StoreUnavailable
-
 from .settings import SettingsError
 from .stores.sqlite import COMPANIONS
 
@@ -73,6 +71,10 @@ class UsernameError(ValueError, SettingsError):
     as bad input, like a :class:`~kavach.settings.SettingsError`)."""
 
 
+class PasswordError(ValueError, SettingsError):
+    """A password no account may have (empty, too long); one line, reported like :class:`UsernameError`."""
+
+
 def normalize_username(username: str) -> str:
     """The account ``username`` names: NFKC-normalised (UAX #15) and stripped, so visually equal
     names are one account.
@@ -93,6 +95,14 @@ def normalize_username(username: str) -> str:
                 f"(it has U+{ord(char):04X})"
             )
     return name.strip()
+
+
+def valid_password(password: str) -> str:
+    """``password`` when an account may have it (1 to :data:`MAX_PASSWORD` characters), else
+    :class:`UsernameError`'s sibling :class:`PasswordError`."""
+    if not password or len(password) > MAX_PASSWORD:
+        raise PasswordError(f"a password has 1 to {MAX_PASSWORD} characters")
+    return password
 
 
 def valid_username(username: str) -> str:
@@ -329,17 +339,17 @@ class RedisUsers:
         self.key = store.prefix + "users"
 
     def _command(self, *args: Any, read: bool) -> Any:
-        import redis.exceptions
+        from .stores.redis import FAILURES, outage, outages_unavailable
 
-        unavailable = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
         client = self._store._sync_client()  # same package
-        for attempt in (1, 2):
+        if read:
             try:
                 return client.execute_command(*args)  # type: ignore[no-untyped-call]
-            except unavailable as exc:
-                if not read or attempt == 2:
-                    raise StoreUnavailable(f"Redis is unavailable: {exc}") from exc
-        raise AssertionError("unreachable")  # pragma: no cover
+            except FAILURES as exc:
+                if outage(exc) is None:
+                    raise
+        with outages_unavailable():  # a write once; a read once more
+            return client.execute_command(*args)  # type: ignore[no-untyped-call]
 
     def get_hash(self, username: str) -> str | None:
         raw = self._command("HGET", self.key, username, read=True)
@@ -370,9 +380,7 @@ class Users:
     def add(self, username: str, password: str) -> None:
         """Create or replace a user."""
         name = valid_username(username)
-        if not password or len(password) > MAX_PASSWORD:
-            raise ValueError(f"a password has 1 to {MAX_PASSWORD} characters")
-        self.store.set_hash(name, hash_password(password, log_n=self.log_n))
+        self.store.set_hash(name, hash_password(valid_password(password), log_n=self.log_n))
 
     def remove(self, username: str) -> bool:
         """Delete a user; :class:`UsernameError` for a name no account can have."""

@@ -24,8 +24,8 @@ _SQLITE = "sqlite:///"
 
 def sqlite_path(url: str) -> str:
     """The file path of a ``sqlite:///`` URL (scheme in any letter case); ``ValueError`` for other
-    ``sqlite:`` forms (``sqlite://host/...``), which name no local file."""
-    if url[: len(_SQLITE)].lower() != _SQLITE:
+    ``sqlite:`` forms (``sqlite://host/...``) and for ``sqlite:///`` alone, which name no local file."""
+    if url[: len(_SQLITE)].lower() != _SQLITE or len(url) == len(_SQLITE):
         raise ValueError(f"{url!r}: write sqlite:///relative/path or sqlite:////absolute/path")
     return url[len(_SQLITE) :]
 

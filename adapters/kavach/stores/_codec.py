@@ -41,7 +41,7 @@ def b64d(text: str) -> bytes:
 
 
 def _kind(annotation: Any) -> str:
-    """``tuple``, ``bytes``, ``bool`` or ``plain`` for a field's (possibly optional) type."""
+    """``tuple``, ``bytes``, ``bool``, ``int`` or ``str`` for a field's (possibly optional) type."""
     options: tuple[Any, ...] = (annotation,)
     if typing.get_origin(annotation) in (typing.Union, types.UnionType):
         options = tuple(a for a in typing.get_args(annotation) if a is not type(None))
@@ -52,7 +52,20 @@ def _kind(annotation: Any) -> str:
             return "bytes"
         if option is bool:
             return "bool"
-    return "plain"
+        if option is int:
+            return "int"
+    return "str"
+
+
+def _checked(record: str, name: str, kind: str, value: Any) -> Any:
+    """``value`` when it has the type of an ``int`` or ``str`` field, else ``ValueError`` (a stored
+    value of the wrong type, which SQLite's column affinity lets through, is damage: the stores
+    report it as such instead of a record failing later, far from its cause)."""
+    if kind == "int" and type(value) is not int:
+        raise ValueError(f"stored {record} has {name} = {value!r}, not an integer")
+    if kind == "str" and type(value) is not str:
+        raise ValueError(f"stored {record} has {name} = {value!r}, not text")
+    return value
 
 
 class RecordCodec(Generic[R]):
@@ -98,6 +111,8 @@ class RecordCodec(Generic[R]):
                     value = b64d(value)
                 elif kind == "bool":
                     value = bool(value)
+                else:
+                    value = _checked(self.record.__name__, name, kind, value)
             kwargs[name] = value
         return self.record(**kwargs)
 
@@ -135,6 +150,8 @@ class RecordCodec(Generic[R]):
                     value = bool(value)
                 elif kind == "bytes":
                     value = bytes(value)
+                elif kind != "bool":
+                    value = _checked(self.record.__name__, name, kind, value)
             kwargs[name] = value
         return self.record(**kwargs)
 

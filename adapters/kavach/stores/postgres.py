@@ -200,6 +200,9 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
 
 SCHEMA_VERSION = len(MIGRATIONS)
 
+_VERSION_COLUMNS = {("version", "integer"), ("description", "text"), ("applied_at", "timestamp with time zone")}
+_TABLES_OF_VERSION_1 = frozenset(re.findall(r"CREATE TABLE \{s\}\.(\w+)", _MIGRATION_1))
+
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 
 _CLIENT_COLS = ", ".join(CLIENTS.fields)
@@ -309,9 +312,25 @@ _PURGE_TEMPLATES = {
     "clients": "DELETE FROM {s}.clients WHERE expires_at IS NOT NULL AND expires_at <= %s",
 }
 
-# Errors meaning "the database cannot be reached now" rather than a bug: lost or refused
-# connections, an administrator's shutdown or termination, a pool that lent nothing in time.
-_UNAVAILABLE = (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout)
+# Errors meaning "the database cannot serve now" rather than a bug: lost or refused connections,
+# an administrator's shutdown or termination, a pool that lent nothing in time, and a database
+# taking no writes (a hot standby after a failover, ``default_transaction_read_only`` switched on):
+# SQLSTATE 25006, raised before the statement changes anything.
+_UNAVAILABLE = (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout, psycopg.errors.ReadOnlySqlTransaction)
+
+_SESSION_ISOLATION = "SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL READ COMMITTED"
+"""Run on every connection the pools open: the guarantees above (the loser of a race over a code
+or a refresh token gets its answer: ``False``, ``retried``, ``reused``) are READ COMMITTED's; under
+a server, database or role default of REPEATABLE READ or SERIALIZABLE the losers would get
+serialization failures (503) instead."""
+
+
+def _configure(conn: psycopg.Connection[Any]) -> None:
+    conn.execute(_SESSION_ISOLATION)
+
+
+async def _aconfigure(conn: psycopg.AsyncConnection[Any]) -> None:
+    await conn.execute(_SESSION_ISOLATION)
 
 
 def _checked_dsn(dsn: str) -> tuple[str, str | None, int | None]:
@@ -516,7 +535,9 @@ class PostgresStore:
                 raise PostgresStoreError("the store is closed")
             if self._pool is None:
                 check = ConnectionPool.check_connection if self._check else None
-                self._pool = ConnectionPool(self.dsn, open=False, check=check, **self._pool_args)
+                self._pool = ConnectionPool(
+                    self.dsn, open=False, check=check, configure=_configure, **self._pool_args
+                )
                 self._pool.open(wait=False)
             return self._pool
 
@@ -577,7 +598,7 @@ class PostgresStore:
         entry = self._apools.get(id(loop))
         if entry is None or entry[0] is not loop:
             check = AsyncConnectionPool.check_connection if self._check else None
-            pool = AsyncConnectionPool(self.dsn, open=False, check=check, **self._pool_args)
+            pool = AsyncConnectionPool(self.dsn, open=False, check=check, configure=_aconfigure, **self._pool_args)
             self._apools = {k: v for k, v in self._apools.items() if not v[0].is_closed()}
             self._apools[id(loop)] = (loop, pool)
             await pool.open(wait=False)
@@ -608,6 +629,21 @@ class PostgresStore:
         """Under the advisory lock: create the schema, then apply the missing migrations in order."""
         s = f'"{self.schema}"'
         yield "SELECT pg_advisory_xact_lock(%s)", (self._lock_id,)
+        current = 0
+        rows = yield "SELECT to_regclass(%s) IS NOT NULL", (f"{s}.schema_version",)
+        if rows[0][0]:
+            yield from self._check_version_table()
+            rows = yield f"SELECT coalesce(max(version), 0) FROM {s}.schema_version", ()
+            current = int(rows[0][0])
+            if current > 0:
+                yield from self._check_tables()
+        if current > SCHEMA_VERSION:
+            raise SchemaVersionError(
+                f"schema {self.schema!r} is at version {current}, newer than this kavachOS understands"
+                f" ({SCHEMA_VERSION}); upgrade kavachOS to use it"
+            )
+        if current == SCHEMA_VERSION:  # up to date: no DDL, so a read-only database can still be read
+            return
         rows = yield "SELECT to_regnamespace(%s) IS NOT NULL", (s,)
         if not rows[0][0]:
             yield f"CREATE SCHEMA {s}", ()
@@ -616,13 +652,6 @@ class PostgresStore:
             " description text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())",
             (),
         )
-        rows = yield f"SELECT coalesce(max(version), 0) FROM {s}.schema_version", ()
-        current = int(rows[0][0])
-        if current > SCHEMA_VERSION:
-            raise SchemaVersionError(
-                f"schema {self.schema!r} is at version {current}, newer than this kavachOS understands"
-                f" ({SCHEMA_VERSION}); upgrade kavachOS to use it"
-            )
         if current == 0:
             rows = yield (
                 "SELECT count(*) FROM pg_tables WHERE schemaname = %s AND tablename <> 'schema_version'",
@@ -634,6 +663,29 @@ class PostgresStore:
             description, script = MIGRATIONS[version]
             yield script.format(s=s), ()
             yield f"INSERT INTO {s}.schema_version (version, description) VALUES (%s, %s)", (version + 1, description)
+
+    def _check_version_table(self) -> Plan[None]:
+        """A ``schema_version`` table is kavachOS's only with its columns, of its types: another
+        tool's (Flyway, Alembic, an application's own) must not be taken for a store and migrated."""
+        rows = yield (
+            "SELECT column_name, data_type FROM information_schema.columns"
+            " WHERE table_schema = %s AND table_name = 'schema_version'",
+            (self.schema,),
+        )
+        if set(map(tuple, rows)) != _VERSION_COLUMNS:
+            raise PostgresStoreError(
+                f"schema {self.schema!r} holds a schema_version table that is not a kavachOS store's"
+            )
+
+    def _check_tables(self) -> Plan[None]:
+        """The tables of version 1 are there (a schema at version 1 or later without them is not a
+        kavachOS store, or was damaged by hand)."""
+        rows = yield "SELECT tablename FROM pg_tables WHERE schemaname = %s", (self.schema,)
+        missing = sorted(_TABLES_OF_VERSION_1 - {row[0] for row in rows})
+        if missing:
+            raise PostgresStoreError(
+                f"schema {self.schema!r} records kavachOS migrations but lacks the tables {', '.join(missing)}"
+            )
 
     def _version_plan(self) -> Plan[int]:
         rows = yield f'SELECT coalesce(max(version), 0) FROM "{self.schema}".schema_version', ()

@@ -19,7 +19,9 @@ Guarantees:
   grant's ``exp``, ``sub``, ``cid``). Sorted sets index grants (all, per subject, per client) and
   codes (per subject, per client; scored by expiry), so ``RevokeSubject`` and ``DeleteClient``
   find, in one script, the codes to drop and the grants to revoke.
-- A Redis that cannot be reached, or a connection lost during an effect, raises
+- A Redis that cannot be reached, a connection lost during an effect, or a Redis that is up but
+  refuses to serve (out of memory under ``noeviction``, a read-only replica after a failover,
+  writes stopped after a failed save: see :func:`outage`) raises
   :class:`kavach_core.drivers.StoreUnavailable` (503). Commands are never retried blindly (a
   write may have been applied before the connection dropped); read-only effects are retried
   once. A script either ran completely or not at all: no partial state. When Redis returns the
@@ -35,12 +37,13 @@ tag (``{kavach}:``) to keep every key in one slot. Durability is Redis's: run it
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import re
 import threading
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Iterator
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -296,6 +299,14 @@ return 0
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """,
+    # KEYS: client, clients index. ARGV: the expired value, client id. Key and index entry go
+    # together: a client put again meanwhile (a document fetched again) keeps both.
+    "purge_client": """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('ZREM', KEYS[2], ARGV[2])
+return 1
+""",
     # KEYS: zset. ARGV: member key prefix: drop members whose key is gone
     "purge_index": """
 local n = 0
@@ -309,9 +320,47 @@ return n
 """,
 }
 
+KEY_KINDS = frozenset(
+    {"client", "clients", "code", "codes", "grant", "grants", "hit", "keys", "pending", "revoked", "seq"}
+    | {"users", "settings"}  # kavach.users.RedisUsers, kavach.instance's server secret
+)
+"""What comes between the prefix and the first ``:`` (or the end) of every key kavachOS writes."""
+
 _SHA = {name: hashlib.sha1(body.encode(), usedforsecurity=False).hexdigest() for name, body in _SCRIPTS.items()}
 
-_UNAVAILABLE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
+FAILURES = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError, redis.exceptions.ResponseError)
+"""What a command raises when Redis cannot serve it now, among other things (:func:`outage` tells)."""
+
+_REFUSALS = ("MISCONF", "BUSY", "MASTERDOWN", "NOREPLICAS", "TRYAGAIN", "CLUSTERDOWN")
+"""Error replies of a server that is up but will not serve now, which redis-py raises as a plain
+``ResponseError`` with the reply's code first: writes stopped after a failed save, a script running
+past its time limit, a replica cut off from its master, a cluster not ready."""
+
+
+def outage(exc: BaseException) -> StoreUnavailable | None:
+    """The :class:`StoreUnavailable` an error of :data:`FAILURES` means, or ``None`` when it is no
+    outage (a bug, to surface as it is). Outages: no connection or a timeout, and the refusals of a
+    server that is up: out of memory under ``noeviction``, a node demoted to a read-only replica
+    by a failover, and the replies of :data:`_REFUSALS`. Nothing was written: Redis refuses a
+    command, or a script that may write, before it runs."""
+    if isinstance(exc, redis.exceptions.ResponseError) and not (
+        isinstance(exc, redis.exceptions.OutOfMemoryError | redis.exceptions.ReadOnlyError)
+        or str(exc).startswith(_REFUSALS)
+    ):
+        return None
+    return StoreUnavailable(f"Redis is unavailable: {exc}")
+
+
+@contextlib.contextmanager
+def outages_unavailable() -> Iterator[None]:
+    """Raise :class:`StoreUnavailable` for an :func:`outage` in the block; anything else as it is."""
+    try:
+        yield
+    except FAILURES as exc:
+        unavailable = outage(exc)
+        if unavailable is None:
+            raise
+        raise unavailable from exc
 
 
 def _text(value: Any) -> str:
@@ -432,29 +481,27 @@ class RedisStore:
         """
         handler = self._handler(effect)
         client = self._sync_client()
-        try:
+        if not effect.writes:
+            try:
+                return _drive(client, handler(effect))
+            except FAILURES as exc:
+                if outage(exc) is None:
+                    raise
+        with outages_unavailable():  # a write once; a read once more, on a fresh connection
             return _drive(client, handler(effect))
-        except _UNAVAILABLE as exc:
-            if effect.writes:
-                raise StoreUnavailable(f"Redis is unavailable: {exc}") from exc
-        try:  # a read changes nothing: once more, on a fresh connection
-            return _drive(client, handler(effect))
-        except _UNAVAILABLE as exc:
-            raise StoreUnavailable(f"Redis is unavailable: {exc}") from exc
 
     async def aperform(self, effect: fx.Effect) -> Any:
         """:meth:`perform` with redis.asyncio, on a client of the running event loop."""
         handler = self._handler(effect)
         client = self._async_client()
-        try:
+        if not effect.writes:
+            try:
+                return await _adrive(client, handler(effect))
+            except FAILURES as exc:
+                if outage(exc) is None:
+                    raise
+        with outages_unavailable():
             return await _adrive(client, handler(effect))
-        except _UNAVAILABLE as exc:
-            if effect.writes:
-                raise StoreUnavailable(f"Redis is unavailable: {exc}") from exc
-        try:
-            return await _adrive(client, handler(effect))
-        except _UNAVAILABLE as exc:
-            raise StoreUnavailable(f"Redis is unavailable: {exc}") from exc
 
     def purge(self, now: int) -> dict[str, int]:
         """Delete what has expired at ``now`` (TTLs do it anyway, later); returns counts per kind.
@@ -462,10 +509,8 @@ class RedisStore:
         Each key is checked and deleted by one script, so a record renewed meanwhile survives.
         """
         client = self._sync_client()
-        try:
+        with outages_unavailable():
             return _drive(client, self._purge_plan(client, now))
-        except _UNAVAILABLE as exc:
-            raise StoreUnavailable(f"Redis is unavailable: {exc}") from exc
 
     async def apurge(self, now: int) -> dict[str, int]:
         """:meth:`purge` in a worker thread (it scans with the sync client), off the event loop."""
@@ -532,6 +577,7 @@ class RedisStore:
     # -- keys and TTLs ---------------------------------------------------------------------------
 
     def _k(self, *parts: str) -> str:
+        """A key of :data:`KEY_KINDS`: the prefix, then its parts joined with ``:``."""
         return self.prefix + ":".join(parts)
 
     def _ttl(self, lifetime: int) -> int:
@@ -751,10 +797,8 @@ class RedisStore:
             if raw is not None:
                 client_record = CLIENTS.loads(raw)
                 if client_record.expires_at is not None and client_record.expires_at <= now:
-                    deleted = yield _Script("purge_value", (key,), (raw,))
-                    if deleted:
-                        counts["clients"] += 1
-                        yield _Command(("ZREM", self._k("clients"), client_record.client_id))
+                    keys = (key, self._k("clients"))
+                    counts["clients"] += int((yield _Script("purge_client", keys, (raw, client_record.client_id))))
         for index in [self._k("grants"), *scan("grants")]:
             yield _Script("purge_index", (index,), (self._k("grant", ""),))
         for index in scan("codes"):
