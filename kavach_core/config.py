@@ -65,6 +65,33 @@ def string_list(value: object, what: str) -> tuple[str, ...]:
     return tuple(value)
 
 
+def redact(location: str) -> str:
+    """``location`` without a password, for messages and the banner (also when it is malformed)."""
+    if "://" not in location:
+        return location
+    try:
+        parts = urlsplit(location)
+    except ValueError:  # e.g. an unclosed "[": hide what follows "user:" up to the last "@"
+        scheme, _, rest = location.partition("://")
+        userinfo, at, host = rest.rpartition("@")
+        if not at or ":" not in userinfo:
+            return location
+        return f"{scheme}://{userinfo.partition(':')[0]}:***@{host}"
+    if parts.password is not None:
+        netloc = parts.netloc.rpartition("@")
+        parts = parts._replace(netloc=f"{netloc[0].partition(':')[0]}:***@{netloc[2]}")
+    if parts.query:  # libpq and redis-py also take the password as a query parameter
+        parts = parts._replace(query=_PASSWORD_PARAMETER.sub(r"\1***", parts.query))
+    # spelled out: urlunsplit drops the "//" of a URL with no host (unix:///run/redis.sock)
+    query, fragment = f"?{parts.query}" if parts.query else "", f"#{parts.fragment}" if parts.fragment else ""
+    return f"{parts.scheme}://{parts.netloc}{parts.path}{query}{fragment}"
+
+
+_PASSWORD_PARAMETER = re.compile(r"((?:^|&)(?:password|passwd|pass|sslpassword)=)[^&]*", re.IGNORECASE)
+"""A query parameter carrying a password, as PostgreSQL (``password``, ``sslpassword``) and Redis
+URLs (``password``) spell them; its value is hidden."""
+
+
 def is_loopback_host(host: str | None) -> bool:
     """True for ``localhost`` and the IPv4/IPv6 loopback addresses (GN-01)."""
     if host is None:
@@ -357,31 +384,32 @@ class Config:
         issuer = self.issuer
         if not isinstance(issuer, str) or not issuer:
             raise ConfigurationError("issuer must be an absolute https URL")
+        shown = redact(issuer)  # messages repeat the issuer, but never a password written into it
         try:
             parts = urlsplit(issuer)
             port = parts.port
         except ValueError as exc:
-            raise ConfigurationError(f"issuer {issuer!r} is not a valid URL (check the host and port)") from exc
+            raise ConfigurationError(f"issuer {shown!r} is not a valid URL (check the host and port)") from exc
         if parts.scheme not in ("https", "http") or not parts.hostname:
-            raise ConfigurationError(f"issuer {issuer!r} must be an absolute https URL")
+            raise ConfigurationError(f"issuer {shown!r} must be an absolute https URL")
         if port == 0 or parts.netloc.endswith(":"):
-            raise ConfigurationError(f"issuer {issuer!r}: give a port between 1 and 65535, or none")
+            raise ConfigurationError(f"issuer {shown!r}: give a port between 1 and 65535, or none")
         if host_problem(parts.netloc, parts.hostname) is not None:
-            raise ConfigurationError(f"issuer {issuer!r}: the host is not a valid host name or address")
+            raise ConfigurationError(f"issuer {shown!r}: the host is not a valid host name or address")
         if parts.query or "?" in issuer or parts.fragment or "#" in issuer:
-            raise ConfigurationError(f"issuer {issuer!r} must have no query or fragment (RFC 8414 §2)")
+            raise ConfigurationError(f"issuer {shown!r} must have no query or fragment (RFC 8414 §2)")
         if parts.username is not None or parts.password is not None:
-            raise ConfigurationError(f"issuer {issuer!r} must not carry user information")
+            raise ConfigurationError(f"issuer {shown!r} must not carry user information")
         if issuer.endswith("/"):
-            raise ConfigurationError(f"issuer {issuer!r}: remove the trailing slash")
+            raise ConfigurationError(f"issuer {shown!r}: remove the trailing slash")
         if issuer != issuer.strip() or any(ord(c) <= 0x20 for c in issuer):
-            raise ConfigurationError(f"issuer {issuer!r} must not contain spaces")
+            raise ConfigurationError(f"issuer {shown!r} must not contain spaces")
         # urlsplit lower-cases the scheme, so compare the issuer's own spelling of it.
         if not issuer.startswith(parts.scheme + ":") or parts.netloc != parts.netloc.lower():
-            raise ConfigurationError(f"issuer {issuer!r}: write the scheme and host in lower case")
+            raise ConfigurationError(f"issuer {shown!r}: write the scheme and host in lower case")
         if parts.scheme == "http" and not is_loopback_host(parts.hostname) and not self.allow_insecure_http:
             raise ConfigurationError(
-                f"issuer {issuer!r} uses http on a non-loopback host; use https "
+                f"issuer {shown!r} uses http on a non-loopback host; use https "
                 "(or set allow_insecure_http for a lab)"
             )
         if not self.resources:

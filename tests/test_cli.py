@@ -752,3 +752,81 @@ def test_ctrl_c_while_the_command_loads_is_quiet(tmp_path: Path) -> None:
     _, err = proc.communicate(timeout=60)
     assert "Traceback" not in err, err
     assert proc.returncode in (130, 2), (proc.returncode, err)  # 2: it had finished ("no database")
+
+
+# -- refusals that leave nothing behind; output that cannot be written --------------------------------------
+
+
+def test_a_password_too_long_is_refused_before_the_database_is_made(tmp_path: Path) -> None:
+    db = tmp_path / "new.db"
+    bad(["users", "add", "bob", "--db", str(db), "--password-stdin"], "1 to 1024 characters", stdin="x" * 1025 + "\n")
+    assert not db.exists(), "a refused password creates no database"
+    ok(["users", "add", "bob", "--db", str(db), "--password-stdin"], stdin="x" * 1024 + "\n")
+
+
+def test_an_empty_file_is_no_database_for_a_command_that_reads(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.db"
+    empty.touch()
+    for command in (["users", "list"], ["keys", "list"], ["clients", "list"], ["grants", "list"]):
+        bad([*command, "--db", str(empty)], "no database at")
+    assert empty.stat().st_size == 0, "the file is left as it was"
+
+
+def test_a_sqlite_url_naming_no_file_is_refused(tmp_path: Path) -> None:
+    for store in ("sqlite:///", "SQLITE:///"):
+        bad(["users", "list", "--store", store], "sqlite:///relative/path", cwd=tmp_path)
+        bad(["users", "add", "bob", "--store", store, "--password-stdin"], "sqlite:///relative/path",
+            stdin="pw\n", cwd=tmp_path)  # fmt: skip
+    (tmp_path / "kavach.toml").write_text('store = "sqlite:///"\n')
+    bad(["users", "list", "--config", str(tmp_path / "kavach.toml")], "sqlite:///relative/path", cwd=tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kavach.toml"]
+
+
+def _to(args: list[str], stdout: Any, **kw: Any) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*kavach_command(), *args], stdout=stdout, stderr=subprocess.PIPE, text=True,
+                          env=clean_env(), timeout=TIMEOUT, check=False, **kw)  # fmt: skip
+
+
+def test_output_that_cannot_be_written_is_one_line_not_a_traceback(db: str) -> None:
+    ok(["users", "add", "alice", "--db", db, "--password-stdin"], stdin=PASSWORD + "\n")
+    ok(["clients", "add", "--name", "A", "--redirect-uri", REDIRECT_URI, "--db", db])
+    ok(["keys", "rotate", "--db", db])
+    with open("/dev/full", "w") as full:
+        for command in (["users", "list"], ["clients", "list"], ["keys", "list"], ["keys", "rotate"]):
+            proc = _to([*command, "--db", db], full)
+            assert proc.returncode == 2, (command, proc.stderr)
+            assert proc.stderr.splitlines() == ["kavach: error: cannot write the output: No space left on device"], (
+                command, proc.stderr)  # fmt: skip
+
+
+def test_clients_add_shows_the_client_before_anything_is_made(tmp_path: Path) -> None:
+    """The new client's id and secret are written out before the database is touched: when they
+    cannot be (a full disk, a closed stdout), nothing is stored and no database is made."""
+    db = tmp_path / "c.db"
+    add = ["clients", "add", "--name", "A", "--redirect-uri", REDIRECT_URI, "--confidential", "--db", str(db)]
+    with open("/dev/full", "w") as full:
+        proc = _to(add, full)
+    assert proc.returncode == 2 and "so it was not stored" in proc.stderr and "Traceback" not in proc.stderr
+    proc = _to(add, None, preexec_fn=lambda: os.close(1))
+    assert proc.returncode == 2 and "so it was not stored" in proc.stderr and "Traceback" not in proc.stderr
+    assert not db.exists()
+    shown = ok(add)
+    assert "client_secret: " in shown and db.exists()
+
+
+def test_passwords_in_urls_are_never_repeated_in_messages(db: str) -> None:
+    for upstream in ("http://user:s3cret@127.0.0.1:0/mcp", "ftp://user:s3cret@127.0.0.1/mcp",
+                     "http://user:s3cret@127.0.0.1/mcp#frag"):  # fmt: skip
+        line = bad(["serve", "--db", db, "--upstream", upstream], "upstream")
+        assert "s3cret" not in line and "user:***@" in line, line
+    for issuer in ("https://user:s3cret@auth.example.com", "https://user:s3cret@auth.example.com:99999",
+                   "ftp://user:s3cret@auth.example.com"):  # fmt: skip
+        line = bad(["serve", "--db", db, "--issuer", issuer], "issuer")
+        assert "s3cret" not in line, line
+
+
+def test_a_misspelt_variable_is_warned_about_and_changes_nothing(db: str) -> None:
+    proc = run(["users", "list", "--db", db], env=clean_env(KAVACH_ACESS_TOKEN_LIFETIME="5"))
+    assert proc.stderr.splitlines()[0] == (
+        "kavach: warning: KAVACH_ACESS_TOKEN_LIFETIME is not a variable kavach reads; it changes nothing"
+    )

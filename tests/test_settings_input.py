@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from conftest import RESOURCE, make_config
-from kavach.settings import MAX_CONFIG_BYTES, SettingsError, resolve
+from kavach.settings import ENVIRONMENT, MAX_CONFIG_BYTES, SettingsError, resolve, unread_variables
 from kavach.users import MemoryUsers, UsernameError, Users, normalize_username
 from kavach_serve import Cli, free_port
 
@@ -358,8 +358,11 @@ def test_document_fetch_limits_in_the_file(tmp_path: Path) -> None:
     [('deadline = "5"', "documents.deadline must be a number of seconds"),
      ("deadline = inf", "documents.deadline must be a number of seconds"),
      ("deadline = true", "documents.deadline must be a number of seconds"),
-     ("deadline = 0", "every time limit must be positive"),
-     ("refusal_ttl = -1", "refusal_ttl must not be negative"),
+     ("deadline = 0", "every time limit must be more than 0 and at most 60"),
+     ("read_timeout = 1e12", "every time limit must be more than 0 and at most 60"),
+     ("refusal_ttl = -1", "refusal_ttl must be from 0 to 86400"),
+     ("refusal_ttl = 1e300", "refusal_ttl must be from 0 to 86400"),
+     ("max_bytes = 100000000000000000000000", "max_bytes must be from 1 to 1048576"),
      ("max_fetches = 0", "must be at least 1"),
      ("max_fetches = 2.5", "documents.max_fetches must be a whole number"),
      ("max_redirects = 3", "unknown documents setting 'max_redirects'")],
@@ -415,3 +418,19 @@ def test_sqlite_store_urls_in_the_file_are_relative_to_it(tmp_path: Path) -> Non
 def test_config_is_still_built_from_good_settings() -> None:
     config = Config(issuer="https://a.example:8443", resources=[RESOURCE], secret=b"s" * 32)
     assert config.issuer == "https://a.example:8443" and config.resources[0].uri == RESOURCE
+
+
+def test_every_variable_kavach_reads_is_known_and_no_other() -> None:
+    """ENVIRONMENT is the set of ``KAVACH_*`` names the code reads (by name, or built from the
+    lifetime keys and document settings): a variable added without it would be warned about."""
+    import re
+    from pathlib import Path
+
+    import kavach
+
+    source = "".join(p.read_text() for p in Path(kavach.__file__).parent.rglob("*.py"))
+    literal = set(re.findall(r'"(KAVACH_[A-Z_]*[A-Z])"', source))
+    assert literal <= ENVIRONMENT
+    assert {"KAVACH_ACCESS_TOKEN_LIFETIME", "KAVACH_DOCUMENT_CA_BUNDLE", "KAVACH_STORE_KEY"} <= ENVIRONMENT
+    environ = {"KAVACH_ACESS_TOKEN_LIFETIME": "5", "KAVACH_PORT": "1", "HOME": "/", "KAVACH_X": ""}
+    assert unread_variables(environ) == ("KAVACH_ACESS_TOKEN_LIFETIME", "KAVACH_X")

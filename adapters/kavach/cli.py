@@ -30,6 +30,7 @@ import json
 import logging
 import os
 import socket
+import stat
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
@@ -40,14 +41,15 @@ import attrs
 
 from kavach_core import effects as fx
 from kavach_core import keys as keyset
+from kavach_core.config import redact
 from kavach_core.context import Context
 from kavach_core.errors import OAuthError
 from kavach_core.records import Client, Grant
 from kavach_core.scopes import format_scope
 
-from .instance import Instance, InstanceError, check_issuer, redact, sqlite_file, store_kind
-from .settings import MCP_PATH, Settings, SettingsError, resolve
-from .users import normalize_username, valid_username
+from .instance import Instance, InstanceError, check_issuer, sqlite_file, store_kind
+from .settings import MCP_PATH, Settings, SettingsError, resolve, unread_variables
+from .users import normalize_username, valid_password, valid_username
 
 EXIT_BROKEN_PIPE = 141
 """What a shell reports for a command ended by SIGPIPE (128 + 13), as for any filter whose reader left."""
@@ -265,7 +267,7 @@ def _instance(args: argparse.Namespace, *, creates: bool = False) -> Iterator[In
     path = sqlite_file(location) if kind == "sqlite" else None
     if kind == "memory" or path == ":memory:":
         raise CliError(f"{location} keeps nothing once this command ends; give the --db or --store kavach serve uses")
-    if not creates and path is not None and not path.endswith(("/", os.sep)) and _missing(path):
+    if not creates and path is not None and not path.endswith(("/", os.sep)) and _no_database(path):
         raise CliError(f"no database at {os.path.abspath(path)} (kavach serve or kavach users add makes one)")
     instance = Instance(settings, creates=creates)
     try:
@@ -274,15 +276,16 @@ def _instance(args: argparse.Namespace, *, creates: bool = False) -> Iterator[In
         instance.close()
 
 
-def _missing(path: str) -> bool:
-    """Nothing at ``path`` (a name too long, or a path through a file, is the store's to explain)."""
+def _no_database(path: str) -> bool:
+    """Nothing at ``path``, or an empty file, which SQLite would make a new database of (a name
+    too long, or a path through a file, is the store's to explain)."""
     try:
-        os.stat(path)
+        found = os.stat(path)
     except FileNotFoundError:
         return True
     except OSError:
         return False
-    return False
+    return stat.S_ISREG(found.st_mode) and found.st_size == 0
 
 
 def _when(ts: int | None) -> str:
@@ -345,7 +348,7 @@ def _password(from_stdin: bool) -> str:
 
 def cmd_users_add(args: argparse.Namespace) -> int:
     name = valid_username(args.name)  # a name that cannot be a user's is refused before the store
-    password = _read_password(args.password_stdin)  # before the store: a refusal creates nothing
+    password = valid_password(_read_password(args.password_stdin))  # before the store: a refusal creates nothing
     with _instance(args, creates=True) as instance:
         existed = instance.users.store.get_hash(name) is not None
         try:
@@ -420,13 +423,18 @@ def cmd_clients_add(args: argparse.Namespace) -> int:
     shown = [f"client_id: {client.client_id}"]
     if "client_secret" in body:
         shown.append(f"client_secret: {body['client_secret']}")
-    with _instance(args, creates=True) as instance:
-        try:  # written out before it is stored: a secret nobody could read must not be a live client's
-            sys.stdout.write("\n".join(shown) + "\n")
-            sys.stdout.flush()
-        except OSError as exc:
-            raise CliError(f"could not write the new client's details, so it was not stored: {exc}") from None
-        instance.run(_one(fx.PutClient(client)))
+    try:  # written out before anything is stored or made: a secret nobody read must not be a live client's
+        if sys.stdout is None:
+            raise OSError("standard output is closed")
+        sys.stdout.write("\n".join(shown) + "\n")
+        sys.stdout.flush()
+    except OSError as exc:
+        raise CliError(f"could not write the new client's details, so it was not stored: {exc}") from None
+    try:
+        with _instance(args, creates=True) as instance:
+            instance.run(_one(fx.PutClient(client)))
+    except (CliError, SettingsError, InstanceError) as exc:
+        raise CliError(f"{exc} (so the client above was not stored)") from exc
     if "client_secret" in body:
         print("(the secret is shown only now; it is stored as a hash)", file=sys.stderr)
     return 0
@@ -845,13 +853,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.write(f"{PROG}: error: {unreadable} is not valid UTF-8 text\n")
         return EXIT_BAD_INPUT
     args = parser.parse_args(words)
+    for name in unread_variables(os.environ):
+        sys.stderr.write(f"{PROG}: warning: {name} is not a variable kavach reads; it changes nothing\n")
     handler = getattr(args, "handler", None)
     if handler is None:
         group = getattr(args, "group", None)
         (group or parser).print_help(sys.stderr)
         return EXIT_BAD_INPUT
     try:
-        return int(handler(args))
+        status = int(handler(args))
+        if sys.stdout is not None:
+            sys.stdout.flush()  # output that cannot be written (a full disk) fails here, handled below
+        return status
     except (CliError, SettingsError, InstanceError) as exc:
         sys.stderr.write(f"{PROG}: error: {exc}\n")
         return EXIT_BAD_INPUT
@@ -861,6 +874,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # the reader of our output went away (``| head``): stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
         return EXIT_BROKEN_PIPE
+    except OSError as exc:  # the output could not be written (a full disk, a closed stdout)
+        sys.stderr.write(f"{PROG}: error: cannot write the output: {exc.strerror or exc}\n")
+        if sys.stdout is not None:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # what is buffered goes nowhere
+        return EXIT_BAD_INPUT
 
 
 if __name__ == "__main__":

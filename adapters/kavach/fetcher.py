@@ -188,14 +188,23 @@ class FetchPolicy:
     refusal_cache_entries: int = 1024
 
     def __attrs_post_init__(self) -> None:
-        if self.max_bytes < 1 or min(self.connect_timeout, self.read_timeout, self.deadline) <= 0:
-            raise ValueError("max_bytes and every time limit must be positive")
+        if not 1 <= self.max_bytes <= _MOST_BYTES:
+            raise ValueError(f"max_bytes must be from 1 to {_MOST_BYTES}")
+        if not all(0 < limit <= _LONGEST_FETCH for limit in (self.connect_timeout, self.read_timeout, self.deadline)):
+            raise ValueError(f"every time limit must be more than 0 and at most {_LONGEST_FETCH} seconds")
         if min(self.max_fetches, self.max_fetches_per_host, self.refusal_cache_entries) < 1:
             raise ValueError("max_fetches, max_fetches_per_host and refusal_cache_entries must be at least 1")
-        if self.refusal_ttl < 0:
-            raise ValueError("refusal_ttl must not be negative")
+        if not 0 <= self.refusal_ttl <= _LONGEST_REFUSAL:
+            raise ValueError(f"refusal_ttl must be from 0 to {_LONGEST_REFUSAL} seconds")
         if self.ca_bundle is not None:
             tls_context(self.ca_bundle)  # a bundle that cannot be used fails here, at start-up
+
+
+_MOST_BYTES = 1024 * 1024
+"""A client's metadata document is a few hundred bytes; a megabyte is far past any."""
+_LONGEST_FETCH = 60.0
+"""Seconds: someone waits at the authorization page while a document is fetched."""
+_LONGEST_REFUSAL = 86400.0
 
 
 def tls_context(ca_bundle: str | None = None) -> ssl.SSLContext:

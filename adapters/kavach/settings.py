@@ -3,7 +3,8 @@
 Precedence, highest first: command-line flags, environment variables, the TOML file
 (``--config FILE`` or ``KAVACH_CONFIG``), the defaults below. Every problem is a
 :class:`SettingsError` whose message is one line saying what to change; nothing here reads the
-database or opens a socket.
+database or opens a socket. A key of the file that no setting has is refused; a ``KAVACH_*``
+variable that none reads is warned about by the ``kavach`` command (:func:`unread_variables`).
 
 The TOML file::
 
@@ -72,7 +73,14 @@ from urllib.parse import urlsplit
 
 import attrs
 
-from kavach_core.config import DEFAULT_MCP_SCOPES, Lifetimes, RegistrationPolicy, is_host_name, is_loopback_host
+from kavach_core.config import (
+    DEFAULT_MCP_SCOPES,
+    Lifetimes,
+    RegistrationPolicy,
+    is_host_name,
+    is_loopback_host,
+    redact,
+)
 from kavach_core.errors import ConfigurationError
 from kavach_core.resource_indicators import host_problem
 
@@ -442,6 +450,24 @@ def _resource_table(table: object, src: str) -> dict[str, Any]:
 # -- the environment ----------------------------------------------------------------------
 
 
+ENVIRONMENT = frozenset(
+    {f"KAVACH_{key.upper()}" for key in ("host", "issuer", "db", "store", "upstream", "signing_alg", "log_level")}
+    | {f"KAVACH_{key.upper()}_LIFETIME" for key in _LIFETIME_KEYS}
+    | {"KAVACH_PORT", "KAVACH_REFRESH_GRACE", "KAVACH_ALLOW_INSECURE_HTTP", "KAVACH_TRUSTED_PROXIES"}
+    | {"KAVACH_DEFAULT_SCOPES", "KAVACH_REGISTRATION", "KAVACH_CONFIG", "KAVACH_STORE_KEY"}
+    | {f"KAVACH_DOCUMENT_{key}" for key in ("ALLOW_HOSTS", "DENY_HOSTS", "CA_BUNDLE", "ALLOW_LOOPBACK")}
+)
+"""Every ``KAVACH_*`` variable kavach reads (the settings below, the TOML file's path, the store key)."""
+
+
+def unread_variables(environ: Mapping[str, str]) -> tuple[str, ...]:
+    """The ``KAVACH_*`` names in ``environ`` that kavach does not read, sorted: a misspelt one
+    (``KAVACH_ACESS_TOKEN_LIFETIME``) would otherwise leave its default in place unnoticed. Not
+    refused, as a misspelt key of the TOML file is: an environment also carries variables meant
+    for others."""
+    return tuple(sorted(name for name in environ if name.startswith("KAVACH_") and name not in ENVIRONMENT))
+
+
 def _from_env(environ: Mapping[str, str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key in ("host", "issuer", "db", "store", "upstream", "signing_alg", "log_level"):
@@ -541,23 +567,24 @@ def _check_upstream(url: str) -> str:
     """The MCP server to proxy to: an absolute http(s) URL (RFC 3986 §3) with a reachable port,
     written as a URI (printable ASCII, no spaces) with a host a request can name: anything else
     would start the server and then fail every proxied request."""
+    shown = redact(url)  # never a password written into it
     if not url.isascii() or any(ord(ch) <= 0x20 or ord(ch) == 0x7F for ch in url):
         raise SettingsError(
-            f"upstream {url!r} must be written as a URI: no spaces, control or non-ASCII characters "
+            f"upstream {shown!r} must be written as a URI: no spaces, control or non-ASCII characters "
             "(percent-encode them in the path)"
         )
     try:
         parts = urlsplit(url)
         port = parts.port
     except ValueError:
-        raise SettingsError(f"upstream {url!r} is not a valid URL (check the host and the port)") from None
+        raise SettingsError(f"upstream {shown!r} is not a valid URL (check the host and the port)") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise SettingsError(f"upstream {url!r} must be an absolute http(s) URL of an MCP endpoint")
+        raise SettingsError(f"upstream {shown!r} must be an absolute http(s) URL of an MCP endpoint")
     if port == 0 or parts.netloc.endswith(":"):
-        raise SettingsError(f"upstream {url!r}: give a port between 1 and 65535, or none")
+        raise SettingsError(f"upstream {shown!r}: give a port between 1 and 65535, or none")
     if parts.fragment:
-        raise SettingsError(f"upstream {url!r} must not have a fragment")
+        raise SettingsError(f"upstream {shown!r} must not have a fragment")
     problem = host_problem(parts.netloc, parts.hostname)
     if problem is not None:
-        raise SettingsError(f"upstream {url!r}: {problem}")
+        raise SettingsError(f"upstream {shown!r}: {problem}")
     return url
