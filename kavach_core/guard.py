@@ -249,13 +249,15 @@ def authenticate_values(
 
     For adapters that can pick that header out of their framework's request without building an
     :class:`~kavach_core.http.HttpRequest`. Several values repeat the credential: 400
-    ``invalid_request`` (RFC 6750 §3.1), whichever of them is valid.
+    ``invalid_request`` (RFC 6750 §3.1), whichever of them is valid. So does one Bearer value with
+    a comma, which no b64token has (RFC 6750 §2.1): repeated headers a server joined into one
+    (RFC 9110 §5.3, as WSGI servers do).
     """
-    if len(authorization) > 1:
+    value = authorization[0] if authorization else None
+    if len(authorization) > 1 or (value is not None and "," in value and value[:7].lower() == "bearer "):
         protected = _protected(config, resource)
         ask = required or protected.default_scopes
         return _answer(challenge(protected.uri, ask, "invalid_request", REPEATED_AUTHORIZATION_DESCRIPTION))
-    value = authorization[0] if authorization else None
     return authenticate(config, resource, value, required, now, cache, keyring)
 
 

@@ -49,6 +49,8 @@ Choices, and why:
   both the first-wins and the last-wins reading are required.
 - A **batch** (JSON-RPC 2.0 §6; MCP 2025-03-26) requires every member's scopes; an array inside
   a batch is no JSON-RPC message a server should run, so it fails closed like an unknown method.
+  One needing more than :data:`MAX_REQUIRED_SCOPES` scopes (many tools called by name) requires
+  their families instead (``tools:call``), which cover them: never less, and a short challenge.
 - **Listening and completing** read what they serve: ``subscriptions/listen`` (MCP 2026-07-28,
   replacing ``resources/subscribe``) delivers changes of the lists and resources it names, and
   ``completion/complete`` reveals argument values of a prompt or resource template, so each
@@ -233,18 +235,24 @@ class McpScopeMap:
         readings = _readings(body)
         if readings is None:
             return self.unknown_method_scopes
-        out: list[str] = []
+        out: dict[str, None] = {}  # ordered, and linear however many messages a batch holds
         for document in readings:
             messages = document if isinstance(document, list) else [document]
             for message in messages:
                 needed = self.unknown_method_scopes if isinstance(message, list) else self.scopes_for_message(message)
-                for scope in needed:
-                    if scope not in out:
-                        out.append(scope)
+                out.update(dict.fromkeys(needed))
+        if len(out) > MAX_REQUIRED_SCOPES:
+            return tuple(dict.fromkeys(":".join(scope.split(":", 2)[:2]) for scope in out))
         return tuple(out)
 
 
 DEFAULT_MAP = McpScopeMap()
+
+MAX_REQUIRED_SCOPES = 32
+"""The most scopes one request is asked for by name. A batch needing more (calling many tools or
+prompts by name) needs their families instead, ``tools:call`` for ``tools:call:N``: each covers
+the scopes it replaces, so this only ever asks for more, and the guard's check and its challenge
+(the ``scope`` of ``WWW-Authenticate``, RFC 6750 §3) stay short however large the batch."""
 
 
 def _named(family: str, params: object) -> str:

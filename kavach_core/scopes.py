@@ -22,21 +22,28 @@ def is_valid_scope(scope: str) -> bool:
     return bool(_SCOPE.fullmatch(scope))
 
 
+MAX_SCOPE_TOKENS = 256
+"""The most different scopes one request may ask for: every requested scope is checked against
+every scope it may have (on ``/authorize`` and refresh requests), and a grant keeps them all."""
+
+
 def parse_scope(value: str | None) -> tuple[str, ...] | None:
     """Split a ``scope`` parameter (RFC 6749 §3.3) into unique tokens in order of first use.
 
-    ``None`` or only spaces means no scope was requested. A malformed token is ``invalid_scope``.
+    ``None`` or only spaces means no scope was requested. A malformed token is ``invalid_scope``,
+    and so are more than :data:`MAX_SCOPE_TOKENS` different ones.
     """
     if value is None:
         return None
-    tokens: list[str] = []
+    tokens: dict[str, None] = {}  # ordered, and linear however many tokens are sent
     for token in value.split(" "):
         if token == "":
             continue
         if not is_valid_scope(token):
             raise OAuthError("invalid_scope", "malformed scope")
-        if token not in tokens:
-            tokens.append(token)
+        tokens[token] = None
+    if len(tokens) > MAX_SCOPE_TOKENS:
+        raise OAuthError("invalid_scope", f"more than {MAX_SCOPE_TOKENS} different scopes requested")
     return tuple(tokens) if tokens else None
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import secrets
 import socket
 import threading
@@ -1031,3 +1032,51 @@ def test_concurrent_people_do_not_share_sessions(dep: Deployment) -> None:
     for t in threads:
         t.join()
     assert results == [303] * 4
+
+
+# -- the same answer from every framework (a review's findings) ------------------------------------------
+
+
+def test_the_endpoints_read_forms_and_json_with_any_charset_and_answer_415_with_cors(dep: Deployment) -> None:
+    """The guard's UTF-8 rule is the guarded path's only: the authorization server's endpoints take
+    a charset parameter (clients send ``charset=ISO-8859-1``) and ignore one on a GET; a
+    content-coded body is 415 everywhere, with the endpoints' CORS headers (MD-04)."""
+    token_url = dep.metadata()["token_endpoint"]
+    latin = dep.client.post(token_url, content=b"grant_type=password&username=a&password=b",
+                            headers={"Content-Type": "application/x-www-form-urlencoded; charset=ISO-8859-1"})
+    assert latin.status_code == 400 and latin.json()["error"] == "unsupported_grant_type", latin.text
+    body = {"redirect_uris": [REDIRECT], "token_endpoint_auth_method": "none"}
+    registered = dep.client.post(dep.metadata()["registration_endpoint"], content=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json; charset=us-ascii"})
+    assert registered.status_code == 201, registered.text
+    meta = dep.client.get(dep.base + "/.well-known/oauth-authorization-server",
+                          headers={"Content-Type": "text/plain; charset=latin1"})
+    assert meta.status_code == 200
+    coded = dep.client.post(token_url, content=b"\x1f\x8b", headers={"Content-Encoding": "gzip",
+                            "Content-Type": "application/x-www-form-urlencoded", "Origin": "https://app.example"})
+    assert coded.status_code == 415 and coded.headers.get("access-control-allow-origin") == "*", coded.headers
+
+
+def test_a_preflight_204_has_no_content_length(dep: Deployment) -> None:
+    preflight = dep.client.options(dep.metadata()["token_endpoint"], headers={
+        "Origin": "https://app.example", "Access-Control-Request-Method": "POST"})
+    assert preflight.status_code == 204
+    assert "content-length" not in preflight.headers, preflight.headers  # RFC 9110 §8.6
+
+
+def test_two_authorization_headers_are_400_on_every_framework(dep: Deployment) -> None:
+    """WSGI servers join repeated headers into one value; the guard still sees two credentials."""
+    message = {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}
+    answer = dep.client.post(dep.resource, json=message,
+                             headers=[("Authorization", "Bearer aaaa"), ("Authorization", "Bearer bbbb")])
+    assert answer.status_code == 400 and answer.json()["error"] == "invalid_request", answer.text
+
+
+def test_a_batch_calling_many_tools_gets_a_short_challenge(dep: Deployment) -> None:
+    """A batch naming thousands of tools, without a token: 401 asking for the family of scopes
+    that covers them all, not a challenge as long as the batch."""
+    batch = [{"jsonrpc": "2.0", "id": i, "method": "tools/call", "params": {"name": f"n{i}"}} for i in range(5000)]
+    answer = dep.client.post(dep.resource, json=batch)
+    assert answer.status_code == 401
+    challenge = answer.headers["www-authenticate"]
+    assert 'scope="tools:call"' in challenge and len(challenge) < 300, challenge

@@ -430,3 +430,20 @@ def test_only_the_plain_memory_store_is_taken_as_nonblocking() -> None:
     assert nonblocking(MemoryStore())
     assert not nonblocking(Slow())
     assert not nonblocking(object())
+
+
+@pytest.mark.parametrize("value", ["Bearer {t}, Bearer {t}", "bearer {t},", "Bearer {t},Bearer other"])
+def test_rs_01_authorization_headers_joined_into_one_are_an_invalid_request(h: Harness, value: str) -> None:
+    """Repeated headers a server joined with commas (WSGI does) repeat the credential too: a
+    b64token has no comma (RFC 6750 §2.1), so 400 ``invalid_request`` as for two headers."""
+    token = _valid(h)
+    req = h.request("GET", "/mcp", headers=[("Authorization", value.format(t=token))])
+    response = h.run(guard.authenticate_request(h.config, RESOURCE, req, (), h.now))
+    assert isinstance(response, Response) and response.status == 400
+    assert response.json()["error"] == "invalid_request"
+
+
+def test_rs_02_another_scheme_with_commas_is_no_bearer_token(h: Harness) -> None:
+    response = _auth(h, 'Digest username="a", realm="b"')
+    assert isinstance(response, Response) and response.status == 401
+    assert "error=" not in (response.header("WWW-Authenticate") or "")

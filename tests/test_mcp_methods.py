@@ -12,10 +12,10 @@ from hypothesis import strategies as st
 from token_kit import mint, put_grant
 
 from kavach_core import guard
-from kavach_core.errors import ConfigurationError, KavachError
+from kavach_core.errors import ConfigurationError, KavachError, OAuthError
 from kavach_core.http import Response
-from kavach_core.mcp_methods import UNKNOWN_METHOD_SCOPE, McpScopeMap, required_scopes
-from kavach_core.scopes import is_valid_scope
+from kavach_core.mcp_methods import MAX_REQUIRED_SCOPES, UNKNOWN_METHOD_SCOPE, McpScopeMap, required_scopes
+from kavach_core.scopes import MAX_SCOPE_TOKENS, covers, is_valid_scope, parse_scope
 
 
 def _body(method: str, params: Any = None, **extra: Any) -> bytes:
@@ -337,3 +337,35 @@ def test_fast_path_examples_read_like_the_lenient_path(body: bytes) -> None:
     from kavach_core import mcp_methods as mm
 
     assert repr(mm._readings(body)) == repr(_lenient_readings(body))
+
+
+# -- many names in one request -----------------------------------------------------------------------
+
+
+def _calls(names: list[str]) -> bytes:
+    batch = [{"jsonrpc": "2.0", "id": i, "method": "tools/call", "params": {"name": n}} for i, n in enumerate(names)]
+    return json.dumps(batch).encode()
+
+
+def test_a_batch_naming_up_to_the_limit_needs_each_name() -> None:
+    names = [f"t{i}" for i in range(MAX_REQUIRED_SCOPES)]
+    assert required_scopes(_calls(names + names)) == tuple(f"tools:call:{n}" for n in names)
+
+
+@pytest.mark.parametrize("count", [MAX_REQUIRED_SCOPES + 1, 52_000])
+def test_a_batch_naming_more_needs_the_families_which_cover_every_name(count: int) -> None:
+    """Past the limit each named scope is replaced by its family: what is required covers what
+    the batch needs by name (the guard asks for no less), and stays one short scope string."""
+    names = [f"t{i}" for i in range(count)]
+    body = _calls(names[:-1])[:-1] + b', {"jsonrpc": "2.0", "id": 0, "method": "tools/list"}]'
+    required = required_scopes(body)
+    assert required == ("tools:call", "tools:list")
+    assert all(any(covers(r, f"tools:call:{n}") for r in required) for n in names[:-1])
+
+
+def test_parse_scope_keeps_order_and_refuses_more_than_the_limit() -> None:
+    tokens = [f"tools:call:t{i}" for i in range(MAX_SCOPE_TOKENS)]
+    assert parse_scope(" ".join(tokens + tokens[::-1])) == tuple(tokens)
+    with pytest.raises(OAuthError) as refused:
+        parse_scope(" ".join([*tokens, "tools:list"]))
+    assert refused.value.error == "invalid_scope"

@@ -35,12 +35,14 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from kavach_core.guard import Principal
 from kavach_core.http import HttpRequest, Response, json_response
 from kavach_core.resource_indicators import PRM_WELL_KNOWN, resource_path
+from kavach_core.router import cors_headers
 
 from .server import (
     THREADED_BODY,
     TOO_LARGE,
     AuthorizationServer,
     bare_path,
+    body_coding_problem,
     failure_response,
     guarded_body_problem,
     guarded_paths,
@@ -79,18 +81,21 @@ UNREADABLE = json_response(
 as a server error (the client may already be gone)."""
 
 
-async def _body(request: web.Request) -> bytes | Response:
+async def _body(request: web.Request, *, guarded: bool) -> bytes | Response:
     """The whole body; or the answer to send instead: 415 for a content-coded body (aiohttp would
-    decode it itself, other frameworks do not, and the guard must read what the server behind
-    reads), 413 past :data:`MAX_BODY`, 400 for a body that cannot be read to its end. Kept on the
-    request, where ``request.read()`` (``text()``, ``json()``, ``post()``) finds it, so the
-    handler reads it again.
+    decode it itself, other frameworks do not, and every reader must see what was sent), and on a
+    ``guarded`` path for a body the server behind may read otherwise than the guard
+    (:func:`~kavach.server.guarded_body_problem`), 413 past :data:`MAX_BODY`, 400 for a body that
+    cannot be read to its end. Kept on the request, where ``request.read()`` (``text()``,
+    ``json()``, ``post()``) finds it, so the handler reads it again.
 
     ``request.read()`` itself stops at the app's ``client_max_size`` instead, so the stream is read
     here. A body an outer middleware already read is the one aiohttp kept."""
-    refused = guarded_body_problem(
-        request.headers.getall(hdrs.CONTENT_ENCODING, ()), request.headers.getall(hdrs.CONTENT_TYPE, ())
-    )
+    codings = request.headers.getall(hdrs.CONTENT_ENCODING, ())
+    if guarded:
+        refused = guarded_body_problem(codings, request.headers.getall(hdrs.CONTENT_TYPE, ()))
+    else:
+        refused = body_coding_problem(codings) if codings else None
     if refused is not None:
         return refused
     try:
@@ -155,9 +160,9 @@ def endpoint(server: AuthorizationServer) -> Handler:
 
     async def answer(request: web.Request) -> web.StreamResponse:
         try:
-            body = await _body(request)
-            if isinstance(body, Response):
-                return _unread(body)
+            body = await _body(request, guarded=False)
+            if isinstance(body, Response):  # answered as the endpoints answer: with their CORS headers
+                return _unread(body.with_headers(cors_headers(server.config, request.path)))
             response = await server.ahandle(_translate(request, body))
         except Exception as exc:  # GN-03: never aiohttp's own error page
             response = failure_response(exc)
@@ -202,7 +207,7 @@ def guard_middleware(
         if bare_path(request.path) not in guarded:
             return await handler(request)
         try:
-            body = await _body(request)
+            body = await _body(request, guarded=True)
             if isinstance(body, Response):
                 return _unread(body)
             req = _translate(request, body)

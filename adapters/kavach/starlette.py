@@ -71,10 +71,15 @@ def _translate(scope: Scope, body: bytes) -> HttpRequest:
     return incoming(scope["method"], scope["path"], scope.get("query_string", b""), headers, body, peer)
 
 
+_NO_CONTENT_LENGTH = frozenset({204, 304})
+"""Statuses sent without ``Content-Length`` (RFC 9110 §8.6: a server MUST NOT send it in a 204;
+a 304 would state the length of the representation, which is not sent)."""
+
+
 async def _send(send: Send, response: Response) -> None:
     headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in response.headers]
-    if response.header("content-length") is None:  # the core sets it only for HEAD
-        headers.append((b"content-length", str(len(response.body)).encode()))
+    if response.header("content-length") is None and response.status not in _NO_CONTENT_LENGTH:
+        headers.append((b"content-length", str(len(response.body)).encode()))  # the core sets it only for HEAD
     await send({"type": "http.response.start", "status": response.status, "headers": headers})
     await send({"type": "http.response.body", "body": response.body})
 
