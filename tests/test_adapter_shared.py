@@ -16,6 +16,7 @@ from kavach.server import CLIENT_ADDRESS_HEADER, AuthorizationServer, incoming
 from kavach.sessions import Cookies, Session, parse_cookies
 from kavach.users import MemoryUsers, SQLiteUsers, Users, credential_stamp, hash_password, verify_password
 
+from kavach_core import effects as fx
 from kavach_core.drivers import StoreUnavailable
 from kavach_core.errors import OAuthError
 from kavach_core.http import HttpRequest
@@ -541,18 +542,33 @@ def test_guard_values_refuses_two_authorization_values() -> None:
     assert asyncio.run(server.aguard_values(RESOURCE, [header], ())).__class__.__name__ == "Principal"
 
 
+class _NoSessionEnds(MemoryStore):
+    """A memory store that cannot record the end of a session (as in an outage); all else works."""
+
+    def perform(self, effect: Any) -> Any:
+        if isinstance(effect, fx.EndSession):
+            raise StoreUnavailable("the store is read-only")
+        return super().perform(effect)
+
+
 @pytest.mark.parametrize(
-    ("issuer", "path", "ends"),
+    ("issuer", "path", "ends", "recorded"),
     [
-        ("https://auth.example.com", "/authorize/cb", False),  # __Host- cookies: this origin only
-        ("http://127.0.0.1:8000", "/cb", False),  # outside the cookies' path
-        ("http://127.0.0.1:8000", "/authorize/cb", True),
+        ("https://auth.example.com", "/authorize/cb", False, True),  # __Host- cookies: this origin only
+        ("http://127.0.0.1:8000", "/cb", False, True),  # outside the cookies' path
+        ("http://127.0.0.1:8000", "/authorize/cb", True, True),
+        ("http://127.0.0.1:8000", "/authorize/cb", True, False),  # the store cannot record the end
     ],
 )
-def test_the_sign_in_ends_at_a_redirect_its_cookies_would_reach(issuer: str, path: str, ends: bool) -> None:
+def test_the_sign_in_ends_at_a_redirect_its_cookies_would_reach(
+    issuer: str, path: str, ends: bool, recorded: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A store that cannot record the end of the session does not hold up the answer: the
+    redirect goes out, the cookie cleared, and the outage is logged."""
     users = Users(MemoryUsers(), log_n=10)
     users.add("alice", "pw")
-    server = AuthorizationServer(make_config(issuer=issuer), MemoryStore(), users=users)
+    server = AuthorizationServer(make_config(issuer=issuer), MemoryStore() if recorded else _NoSessionEnds(),
+                                 users=users)  # fmt: skip
     redirect = "http://127.0.0.1:9999" + path
     registered = server.handle(
         HttpRequest("POST", "/register", headers=[("Content-Type", "application/json")],
@@ -572,7 +588,8 @@ def test_the_sign_in_ends_at_a_redirect_its_cookies_would_reach(issuer: str, pat
     assert len(cleared) == int(ends), answer.headers
     valid = tuple(p for p in query if p[0] != "scope")
     page = server.handle(HttpRequest("GET", "/authorize", valid, headers=[cookie]))
-    assert (b'value="approve"' in page.body) is not ends, "a session cleared there is ended, not only forgotten"
+    assert (b'value="approve"' in page.body) is not (ends and recorded), "a session cleared there is ended too"
+    assert ("EndSession not recorded" in caplog.text) is not recorded
     # Without a session cookie in the request there is nothing to clear.
     answer = server.handle(HttpRequest("GET", "/authorize", query))
     assert not [v for k, v in answer.headers if k == "Set-Cookie"], answer.headers

@@ -1040,7 +1040,8 @@ def test_concurrent_people_do_not_share_sessions(dep: Deployment) -> None:
 def test_the_endpoints_read_forms_and_json_with_any_charset_and_answer_415_with_cors(dep: Deployment) -> None:
     """The guard's UTF-8 rule is the guarded path's only: the authorization server's endpoints take
     a charset parameter (clients send ``charset=ISO-8859-1``) and ignore one on a GET; a
-    content-coded body is 415 everywhere, with the endpoints' CORS headers (MD-04)."""
+    content-coded body (415) and one too large (413) are answered everywhere with the endpoints'
+    CORS headers (MD-04)."""
     token_url = dep.metadata()["token_endpoint"]
     latin = dep.client.post(token_url, content=b"grant_type=password&username=a&password=b",
                             headers={"Content-Type": "application/x-www-form-urlencoded; charset=ISO-8859-1"})
@@ -1055,6 +1056,9 @@ def test_the_endpoints_read_forms_and_json_with_any_charset_and_answer_415_with_
     coded = dep.client.post(token_url, content=b"\x1f\x8b", headers={"Content-Encoding": "gzip",
                             "Content-Type": "application/x-www-form-urlencoded", "Origin": "https://app.example"})
     assert coded.status_code == 415 and coded.headers.get("access-control-allow-origin") == "*", coded.headers
+    huge = dep.client.post(token_url, content=b"x" * (4 * 1024 * 1024 + 1), headers={
+        "Content-Type": "application/x-www-form-urlencoded", "Origin": "https://app.example"})
+    assert huge.status_code == 413 and huge.headers.get("access-control-allow-origin") == "*", huge.headers
 
 
 def test_a_preflight_204_has_no_content_length(dep: Deployment) -> None:

@@ -35,7 +35,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qs, quote, urlencode, urlsplit, urlunsplit
 
 import httpx
 import pytest
@@ -564,3 +564,15 @@ def _refresh_into(answers: list[httpx.Response], served: Served, tokens: dict[st
 
 def _not_503(answer: httpx.Response) -> httpx.Response | None:
     return None if unavailable(answer) else answer
+
+
+def test_a_read_only_postgres_store_opens_and_lists(tmp_path: Path) -> None:
+    """A database taking no writes (a hot standby, ``default_transaction_read_only``): the commands
+    that read still work, the server secret being only read when it is there; the URL keeps its
+    other parameters as libpq reads them once its ``schema`` is taken out (``%20``, not ``+``)."""
+    url = store_url("postgres", tmp_path)
+    ok(["users", "add", "alice", "--store", url, "--password-stdin"], stdin=PASSWORD + "\n")
+    read_only = url + "&options=" + quote("-c default_transaction_read_only=on")
+    assert ok(["users", "list", "--store", read_only]).split() == ["alice"]
+    bad(["users", "add", "bob", "--store", read_only, "--password-stdin"], "read-only", stdin="pw\n")
+    assert ok(["users", "list", "--store", url]).split() == ["alice"]

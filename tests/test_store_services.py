@@ -734,8 +734,9 @@ def test_redis_store_survives_a_redis_restart(own_redis: str) -> None:
 # -- Redis refusing to serve, and purge against a concurrent put -----------------------------------------------
 
 
-def _writes_refused(store: RedisStore) -> None:
-    """Every kind of write is a 503-style StoreUnavailable; reads still answer; nothing is written."""
+def _writes_refused(store: RedisStore, secret: bytes) -> None:
+    """Every kind of write is a 503-style StoreUnavailable; reads still answer (the server secret
+    there already is only read: an instance still starts); nothing is written."""
     writes = (
         fx.PutPending(PendingAuthorization("t9", "c1", "https://app.example/cb", True, None, "x" * 43,
                                            ("https://mcp.example.com/mcp",), ("tools:list",), T0, T0 + 600)),
@@ -758,44 +759,50 @@ def _writes_refused(store: RedisStore) -> None:
         users.replace_hash("alice", "h-1", "h-2")
     with pytest.raises(StoreUnavailable):
         redis_secret(RedisStore(store.url, prefix="other:"))
+    assert redis_secret(store) == secret
     assert users.get_hash("alice") == "h-1"
+
+
+def _refusing_writes(url: str, refuse: Callable[[redis.Redis], Any], restore: Callable[[redis.Redis], Any]) -> None:
+    """A store on ``url`` holding a code, a user and the server secret; ``refuse`` makes Redis
+    refuse writes (:func:`_writes_refused` holds then), ``restore`` lets it serve again, and the
+    store serves again at once."""
+    store = RedisStore(url, prefix="t:")
+    admin = redis.Redis.from_url(url)
+    store.perform(fx.PutCode(code()))
+    RedisUsers(store).set_hash("alice", "h-1")
+    secret = redis_secret(store)
+    refuse(admin)
+    try:
+        _writes_refused(store, secret)
+    finally:
+        restore(admin)
+    assert store.perform(fx.ConsumeCode("h1", grant())) is True
+    store.close()
+    admin.close()
 
 
 def test_redis_out_of_memory_is_an_outage_not_a_bug(own_redis: str) -> None:
     """``maxmemory`` reached under ``noeviction`` (the policy the deployment guide asks for):
     Redis refuses every write with OOM, which is StoreUnavailable (503), never a 500."""
-    store = RedisStore(own_redis, prefix="t:")
-    admin = redis.Redis.from_url(own_redis)
-    store.perform(fx.PutCode(code()))
-    RedisUsers(store).set_hash("alice", "h-1")
-    admin.config_set("maxmemory-policy", "noeviction")
-    admin.config_set("maxmemory", "1")
-    try:
-        _writes_refused(store)
-    finally:
-        admin.config_set("maxmemory", "0")
-    assert store.perform(fx.ConsumeCode("h1", grant())) is True  # memory again: service resumes
-    store.close()
-    admin.close()
+
+    def full(admin: redis.Redis) -> None:
+        admin.config_set("maxmemory-policy", "noeviction")
+        admin.config_set("maxmemory", "1")
+
+    _refusing_writes(own_redis, full, lambda admin: admin.config_set("maxmemory", "0"))
 
 
 def test_redis_demoted_to_a_replica_is_an_outage_not_a_bug(own_redis: str) -> None:
     """After a failover the old primary is a read-only replica: READONLY is StoreUnavailable."""
-    store = RedisStore(own_redis, prefix="t:")
-    admin = redis.Redis.from_url(own_redis)
-    store.perform(fx.PutCode(code()))
-    RedisUsers(store).set_hash("alice", "h-1")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         nowhere = s.getsockname()[1]
-    admin.execute_command("REPLICAOF", "127.0.0.1", str(nowhere))
-    try:
-        _writes_refused(store)
-    finally:
-        admin.execute_command("REPLICAOF", "NO", "ONE")
-    assert store.perform(fx.ConsumeCode("h1", grant())) is True
-    store.close()
-    admin.close()
+    _refusing_writes(
+        own_redis,
+        lambda admin: admin.execute_command("REPLICAOF", "127.0.0.1", str(nowhere)),
+        lambda admin: admin.execute_command("REPLICAOF", "NO", "ONE"),
+    )
 
 
 def test_redis_errors_that_are_no_outage_still_surface(rd: RedisStore) -> None:
@@ -925,3 +932,26 @@ def test_pg_read_only_database_is_an_outage_and_still_serves_reads(pg: PostgresS
     assert pg.perform(fx.GetGrant("g1")) == grant()
     assert pg.perform(fx.IsSessionEnded("s1")) is False
     read_only.close()
+
+
+@pytest.mark.parametrize(
+    ("reply", "is_outage"),
+    [("OOM command not allowed when used memory > 'maxmemory'.", True),
+     ("READONLY You can't write against a read only replica.", True),
+     ("MASTERDOWN Link with MASTER is down and replica-serve-stale-data is set to 'no'.", True),
+     ("CLUSTERDOWN The cluster is down", True),
+     ("TRYAGAIN Multiple keys request during rehashing of slot", True),
+     ("MISCONF Redis is configured to save RDB snapshots, but it's currently unable to persist to disk.", True),
+     ("BUSY Redis is busy running a script.", True),
+     ("NOREPLICAS Not enough good replicas to write.", True),
+     ("WRONGTYPE Operation against a key holding the wrong kind of value", False),
+     ("ERR unknown command 'FOO'", False)],
+)
+def test_redis_replies_of_a_server_that_will_not_serve_now_are_outages(reply: str, is_outage: bool) -> None:
+    """Each error reply as redis-py itself raises it (its parser picks the class and may drop
+    the code): a refusal of a live server is StoreUnavailable (503), anything else a bug."""
+    from kavach.stores.redis import outage
+    from redis._parsers.base import BaseParser
+
+    error = BaseParser.parse_error(reply)
+    assert (outage(error) is not None) is is_outage, (type(error).__name__, str(error))

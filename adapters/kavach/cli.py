@@ -43,6 +43,7 @@ from kavach_core import effects as fx
 from kavach_core import keys as keyset
 from kavach_core.config import redact
 from kavach_core.context import Context
+from kavach_core.drivers import StoreUnavailable
 from kavach_core.errors import OAuthError
 from kavach_core.records import Client, Grant
 from kavach_core.scopes import format_scope
@@ -433,7 +434,7 @@ def cmd_clients_add(args: argparse.Namespace) -> int:
     try:
         with _instance(args, creates=True) as instance:
             instance.run(_one(fx.PutClient(client)))
-    except (CliError, SettingsError, InstanceError) as exc:
+    except (CliError, SettingsError, InstanceError, StoreUnavailable) as exc:
         raise CliError(f"{exc} (so the client above was not stored)") from exc
     if "client_secret" in body:
         print("(the secret is shown only now; it is stored as a hash)", file=sys.stderr)
@@ -865,7 +866,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if sys.stdout is not None:
             sys.stdout.flush()  # output that cannot be written (a full disk) fails here, handled below
         return status
-    except (CliError, SettingsError, InstanceError) as exc:
+    except (CliError, SettingsError, InstanceError, StoreUnavailable) as exc:  # a store outage: users' own calls
         sys.stderr.write(f"{PROG}: error: {exc}\n")
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:

@@ -41,6 +41,7 @@ from werkzeug.wsgi import LimitedStream
 from kavach_core.guard import Principal
 from kavach_core.http import HttpRequest, Response, json_response
 from kavach_core.resource_indicators import PRM_WELL_KNOWN, resource_path
+from kavach_core.router import cors_headers
 
 from .server import TOO_LARGE, AuthorizationServer, bare_path, failure_response, guarded_paths, incoming
 
@@ -156,7 +157,9 @@ def mount(app: flask.Flask, server: AuthorizationServer, *, name: str = "kavach"
 
     def answer() -> flask.Response:
         body = _body()
-        return _too_large() if body is None else _outgoing(server.handle(_translate(body)))
+        if body is None:  # answered as the endpoints answer: with their CORS headers (MD-04)
+            return _outgoing(TOO_LARGE.with_headers(cors_headers(server.config, flask.request.path)))
+        return _outgoing(server.handle(_translate(body)))
 
     _any_method(app, blueprint, "answer", answer, server.paths())
 

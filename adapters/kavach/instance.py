@@ -140,12 +140,15 @@ def postgres_secret(
         raise NoStoreError(f"schema {store.schema}")
 
     def plan() -> Any:
-        yield (
-            f"INSERT INTO {s}.kavach_settings (name, value, created_at) VALUES ('secret', %s, %s)"  # noqa: S608
-            " ON CONFLICT (name) DO NOTHING",
-            (seal(sealer, SECRET_AAD, entropy(SECRET_BYTES)), int(time.time())),
-        )
-        rows = yield f"SELECT value FROM {s}.kavach_settings WHERE name = 'secret'", ()  # noqa: S608
+        read = f"SELECT value FROM {s}.kavach_settings WHERE name = 'secret'", ()  # noqa: S608
+        rows = yield read
+        if not rows:  # first use: written once, then read (a database taking no writes opens if it has one)
+            yield (
+                f"INSERT INTO {s}.kavach_settings (name, value, created_at) VALUES ('secret', %s, %s)"  # noqa: S608
+                " ON CONFLICT (name) DO NOTHING",
+                (seal(sealer, SECRET_AAD, entropy(SECRET_BYTES)), int(time.time())),
+            )
+            rows = yield read
         return bytes(rows[0][0])
 
     store.migrate()  # makes kavach_settings (migration 2), under the migration lock
@@ -166,11 +169,11 @@ def redis_secret(
     key = store.prefix + "settings:secret"
     client = store._sync_client()  # same package
     with outages_unavailable():
-        if not client.exists(key):  # once per store: every key under the prefix is looked at
-            held = (_text(k) for k in client.scan_iter(match=_glob_escape(store.prefix) + "*", count=1000))
+        value = client.get(key)  # there already: only read (so a read-only replica opens too)
+        if value is None:  # first use: every key under the prefix is looked at, once per store
             found = False
-            for name in held:
-                found = True
+            for held in client.scan_iter(match=_glob_escape(store.prefix) + "*", count=1000):
+                found, name = True, _text(held)
                 if name[len(store.prefix) :].split(":", 1)[0] not in KEY_KINDS:
                     raise InstanceError(
                         f"prefix {store.prefix!r} holds keys kavachOS did not write (such as {name!r});"
@@ -178,8 +181,8 @@ def redis_secret(
                     )
             if not found and not creates:
                 raise NoStoreError(f"prefix {store.prefix!r}")
-        client.set(key, seal(sealer, SECRET_AAD, entropy(SECRET_BYTES)), nx=True)
-        value = client.get(key)
+            client.set(key, seal(sealer, SECRET_AAD, entropy(SECRET_BYTES)), nx=True)
+            value = client.get(key)
     return _open_secret(sealer, bytes(value))
 
 

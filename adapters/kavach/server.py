@@ -125,12 +125,30 @@ class Call(fx.Effect):
     blocking: bool = True
 
 
+@attrs.frozen
+class BestEffort(fx.Effect):
+    """``effect``, performed if the store can: when it cannot (:class:`StoreUnavailable`) the
+    outage is logged and the answer is ``None``. For a step that must not hold up the answer it
+    belongs to: signing out clears the browser's cookie even when the store cannot record the end."""
+
+    effect: fx.Effect
+
+
+def _not_recorded(effect: BestEffort, exc: StoreUnavailable) -> None:
+    log.warning("store unavailable, %s not recorded: %s", type(effect.effect).__name__, exc)
+
+
 class _SyncPerformer:
     def __init__(self, store: Any, fetcher: Any = None) -> None:
         self.store = store
         self.fetcher = fetcher
 
     def perform(self, effect: fx.Effect) -> Any:
+        if isinstance(effect, BestEffort):
+            try:
+                return self.perform(effect.effect)
+            except StoreUnavailable as exc:
+                return _not_recorded(effect, exc)
         if isinstance(effect, fx.FetchDocument):
             return _no_fetcher() if self.fetcher is None else self.fetcher.fetch(effect.url)
         if isinstance(effect, Call):
@@ -149,6 +167,11 @@ class _AsyncPerformer:
         self._inline = nonblocking(store)
 
     async def aperform(self, effect: fx.Effect) -> Any:
+        if isinstance(effect, BestEffort):
+            try:
+                return await self.aperform(effect.effect)
+            except StoreUnavailable as exc:
+                return _not_recorded(effect, exc)
         if isinstance(effect, fx.FetchDocument):
             return _no_fetcher() if self.fetcher is None else await self.fetcher.afetch(effect.url)
         if isinstance(effect, Call):
@@ -511,10 +534,11 @@ class AuthorizationServer:
 
     def _sign_out(self, ctx: Context, cookies: dict[str, str]) -> Generator[fx.Effect, Any, tuple[str, str]]:
         """The header that clears this browser's session cookie, after the session it signs in (if
-        any) is recorded as ended, so a copy of the cookie kept elsewhere is refused too."""
+        any) is recorded as ended, so a copy of the cookie kept elsewhere is refused too. A store
+        that cannot record it (an outage) does not keep the cookie: the answer goes out as it is."""
         session = self.cookies.session(cookies, ctx.now)
         if session is not None:
-            yield fx.EndSession(session.session_hash, session.expires_at)
+            yield BestEffort(fx.EndSession(session.session_hash, session.expires_at))
         return self.cookies.clear_session()
 
     def _consent_url(self, ticket: str, browser: str, notice: str | None = None) -> str:

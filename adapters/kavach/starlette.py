@@ -22,6 +22,7 @@ from starlette.routing import Route
 
 from kavach_core.http import HttpRequest, Response
 from kavach_core.resource_indicators import PRM_WELL_KNOWN, resource_path
+from kavach_core.router import cors_headers
 
 from .server import THREADED_BODY, TOO_LARGE, AuthorizationServer, guarded_body_problem, incoming
 
@@ -84,9 +85,10 @@ async def _send(send: Send, response: Response) -> None:
     await send({"type": "http.response.body", "body": response.body})
 
 
-async def read_body(receive: Receive, send: Send) -> bytes | None:
-    """The whole request body; ``None`` once a 413 has been sent for one over :data:`MAX_BODY`, or
-    when the client left before the body was complete (nothing is sent, nothing acted on)."""
+async def read_body(receive: Receive, send: Send, too_large: Response = TOO_LARGE) -> bytes | None:
+    """The whole request body; ``None`` once ``too_large`` (413) has been sent for one over
+    :data:`MAX_BODY`, or when the client left before the body was complete (nothing is sent,
+    nothing acted on)."""
     message = await receive()
     if message["type"] == "http.request" and not message.get("more_body", False):  # the usual: one message
         body: bytes = message.get("body", b"")
@@ -99,13 +101,8 @@ async def read_body(receive: Receive, send: Send) -> bytes | None:
             pass
         except _Gone:
             return None
-    await _send(send, TOO_LARGE)
+    await _send(send, too_large)
     return None
-
-
-async def _request(scope: Scope, receive: Receive, send: Send) -> HttpRequest | None:
-    body = await read_body(receive, send)
-    return None if body is None else _translate(scope, body)
 
 
 def _split_headers(scope: Scope) -> tuple[list[str], list[tuple[bytes, bytes]], list[str], list[str]]:
@@ -142,9 +139,10 @@ class KavachEndpoint:
             if scope["type"] == "websocket":
                 await send({"type": "websocket.close", "code": 1008})
             return
-        req = await _request(scope, receive, send)
-        if req is not None:
-            await _send(send, await self.server.ahandle(req))
+        too_large = TOO_LARGE.with_headers(cors_headers(self.server.config, scope["path"]))
+        body = await read_body(receive, send, too_large)  # answered as the endpoints answer: with CORS
+        if body is not None:
+            await _send(send, await self.server.ahandle(_translate(scope, body)))
 
 
 def mount(app: Starlette, server: AuthorizationServer) -> None:

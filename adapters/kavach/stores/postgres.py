@@ -49,7 +49,7 @@ import threading
 from collections.abc import Callable, Generator, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import attrs
 import psycopg
@@ -387,7 +387,7 @@ def _split_schema(dsn: str) -> tuple[str, str | None]:
     if len(given) > 1 or not given[0]:
         raise ValueError("the store URL's schema must be given once and not empty (leave it out for kavach)")
     schema = given[0]
-    rest = urlencode([(k, v) for k, v in query if k != "schema"])
+    rest = urlencode([(k, v) for k, v in query if k != "schema"], quote_via=quote)  # %20, never + (libpq)
     return urlunsplit(parts._replace(query=rest)), schema
 
 

@@ -331,21 +331,26 @@ _SHA = {name: hashlib.sha1(body.encode(), usedforsecurity=False).hexdigest() for
 FAILURES = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError, redis.exceptions.ResponseError)
 """What a command raises when Redis cannot serve it now, among other things (:func:`outage` tells)."""
 
-_REFUSALS = ("MISCONF", "BUSY", "MASTERDOWN", "NOREPLICAS", "TRYAGAIN", "CLUSTERDOWN")
-"""Error replies of a server that is up but will not serve now, which redis-py raises as a plain
-``ResponseError`` with the reply's code first: writes stopped after a failed save, a script running
-past its time limit, a replica cut off from its master, a cluster not ready."""
+_REFUSING = (
+    redis.exceptions.OutOfMemoryError,  # OOM: maxmemory reached under noeviction
+    redis.exceptions.ReadOnlyError,  # READONLY: a replica, e.g. the old primary after a failover
+    redis.exceptions.ClusterDownError,  # CLUSTERDOWN, and MASTERDOWN: a replica cut off from its master
+    redis.exceptions.TryAgainError,  # TRYAGAIN: a cluster slot moving
+)
+"""The classes redis-py gives the replies of a server that is up but will not serve now."""
+
+_REFUSALS = ("MISCONF", "BUSY", "NOREPLICAS")
+"""Such replies redis-py raises as a plain ``ResponseError`` with the reply's code first: writes
+stopped after a failed save, a script running past its time limit, too few replicas answering."""
 
 
 def outage(exc: BaseException) -> StoreUnavailable | None:
     """The :class:`StoreUnavailable` an error of :data:`FAILURES` means, or ``None`` when it is no
     outage (a bug, to surface as it is). Outages: no connection or a timeout, and the refusals of a
-    server that is up: out of memory under ``noeviction``, a node demoted to a read-only replica
-    by a failover, and the replies of :data:`_REFUSALS`. Nothing was written: Redis refuses a
+    server that is up (:data:`_REFUSING`, :data:`_REFUSALS`). Nothing was written: Redis refuses a
     command, or a script that may write, before it runs."""
     if isinstance(exc, redis.exceptions.ResponseError) and not (
-        isinstance(exc, redis.exceptions.OutOfMemoryError | redis.exceptions.ReadOnlyError)
-        or str(exc).startswith(_REFUSALS)
+        isinstance(exc, _REFUSING) or str(exc).startswith(_REFUSALS)
     ):
         return None
     return StoreUnavailable(f"Redis is unavailable: {exc}")
