@@ -257,29 +257,29 @@ until it would have expired anyway), under this prefix, which no ``jti`` minted 
 
 
 @attrs.frozen
-class EndSession(Effect):
-    """Records the sign-in session ``session_hash`` (a hash of the id its cookie holds) as ended
-    until ``expires_at``, when its cookie expires anyway (OWASP ASVS 5.0 §7.4.1: a session signed
-    out is refused by the server, not only forgotten by the browser). Returns ``None``."""
-
-    writes = True
+class _SessionEffect(Effect):
     session_hash: str
-    expires_at: int
+    """A hash of the id the session's cookie holds."""
 
     @property
     def record_id(self) -> str:
+        """The id the store keeps the ended session under, among revoked token ids."""
         return SESSION_RECORD_PREFIX + self.session_hash
 
 
 @attrs.frozen
-class IsSessionEnded(Effect):
+class EndSession(_SessionEffect):
+    """Records the sign-in session ``session_hash`` as ended until ``expires_at``, when its cookie
+    expires anyway (OWASP ASVS 5.0 §7.4.1: a session signed out is refused by the server, not
+    only forgotten by the browser). Returns ``None``."""
+
+    writes = True
+    expires_at: int
+
+
+@attrs.frozen
+class IsSessionEnded(_SessionEffect):
     """Returns ``True`` when :class:`EndSession` recorded ``session_hash`` (and it was not yet purged)."""
-
-    session_hash: str
-
-    @property
-    def record_id(self) -> str:
-        return SESSION_RECORD_PREFIX + self.session_hash
 
 
 # -- signing keys --------------------------------------------------------------------------

@@ -28,7 +28,7 @@ from kavach.instance import redis_secret
 from kavach.stores import SQLiteStore, open_store
 from kavach.stores._sealing import SEALED_PREFIX, StoreKeyError
 from kavach.stores.postgres import SCHEMA_VERSION, PostgresStore, PostgresStoreError, SchemaVersionError
-from kavach.stores.redis import RedisStore
+from kavach.stores.redis import DamagedValueError, RedisStore
 from kavach.users import RedisUsers
 from tcp_proxy import TcpProxy
 
@@ -805,13 +805,23 @@ def test_redis_demoted_to_a_replica_is_an_outage_not_a_bug(own_redis: str) -> No
     )
 
 
-def test_redis_errors_that_are_no_outage_still_surface(rd: RedisStore) -> None:
-    """A key of the wrong type under the store's prefix is damage, not an outage: the error is
-    raised as it is (the endpoint's 500, logged), not turned into a 503 to retry forever."""
-    rd._sync_client().hset(rd.prefix + "keys", "x", "y")
-    with pytest.raises(redis.exceptions.ResponseError, match="WRONGTYPE") as raised:
-        rd.perform(fx.GetSigningKeys())
-    assert not isinstance(raised.value, StoreUnavailable)
+@pytest.mark.parametrize("damage", ["another type", "not the record", "not JSON"])
+def test_redis_values_that_do_not_read_are_damage(rd: RedisStore, damage: str) -> None:
+    """A key under the store's prefix holding another type, or text that is not its record, is
+    damage, answered like an outage (503) as a damaged SQLite file is, on reads and writes alike."""
+    client = rd._sync_client()
+    if damage == "another type":
+        client.hset(rd.prefix + "keys", "x", "y")
+        client.hset(rd.prefix + "pending:t1", "x", "y")
+    else:
+        value = "[1, 2]" if damage == "not the record" else "{not json"
+        client.set(rd.prefix + "keys", value)
+        client.set(rd.prefix + "pending:t1", value)
+    for effect in (fx.GetSigningKeys(), fx.GetPending("t1", T0)):
+        with pytest.raises(DamagedValueError, match="prefix is damaged"):
+            rd.perform(effect)
+        with pytest.raises(DamagedValueError, match="prefix is damaged"):
+            asyncio.run(rd.aperform(effect))
 
 
 def test_redis_purge_keeps_a_client_put_again_at_any_step(rd: RedisStore, tmp_path: Path) -> None:
@@ -944,7 +954,7 @@ def test_pg_read_only_database_is_an_outage_and_still_serves_reads(pg: PostgresS
      ("MISCONF Redis is configured to save RDB snapshots, but it's currently unable to persist to disk.", True),
      ("BUSY Redis is busy running a script.", True),
      ("NOREPLICAS Not enough good replicas to write.", True),
-     ("WRONGTYPE Operation against a key holding the wrong kind of value", False),
+     ("WRONGTYPE Operation against a key holding the wrong kind of value", True),  # damage: 503 too
      ("ERR unknown command 'FOO'", False)],
 )
 def test_redis_replies_of_a_server_that_will_not_serve_now_are_outages(reply: str, is_outage: bool) -> None:

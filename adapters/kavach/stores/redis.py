@@ -25,7 +25,8 @@ Guarantees:
   :class:`kavach_core.drivers.StoreUnavailable` (503). Commands are never retried blindly (a
   write may have been applied before the connection dropped); read-only effects are retried
   once. A script either ran completely or not at all: no partial state. When Redis returns the
-  next call reconnects.
+  next call reconnects. A key under the prefix holding what is not its record (another type,
+  other text) raises :class:`DamagedValueError`, a ``StoreUnavailable`` too.
 - Signing keys' private PEMs are encrypted at rest when a store key is configured (``store_key``
   or ``KAVACH_STORE_KEY``), see :mod:`kavach.stores._sealing`.
 
@@ -344,11 +345,19 @@ _REFUSALS = ("MISCONF", "BUSY", "NOREPLICAS")
 stopped after a failed save, a script running past its time limit, too few replicas answering."""
 
 
+class DamagedValueError(StoreUnavailable):
+    """A key under the store's prefix holding what does not read as the record it should be
+    (another type, text that is not the record's JSON: written by hand or by another program).
+    Answered like an outage (503), as the SQLite store answers a damaged file."""
+
+
 def outage(exc: BaseException) -> StoreUnavailable | None:
     """The :class:`StoreUnavailable` an error of :data:`FAILURES` means, or ``None`` when it is no
     outage (a bug, to surface as it is). Outages: no connection or a timeout, and the refusals of a
     server that is up (:data:`_REFUSING`, :data:`_REFUSALS`). Nothing was written: Redis refuses a
     command, or a script that may write, before it runs."""
+    if isinstance(exc, redis.exceptions.ResponseError) and str(exc).startswith("WRONGTYPE"):
+        return DamagedValueError(f"a key under the store's prefix is damaged: it holds another type of value ({exc})")
     if isinstance(exc, redis.exceptions.ResponseError) and not (
         isinstance(exc, _REFUSING) or str(exc).startswith(_REFUSALS)
     ):
@@ -841,6 +850,15 @@ def _call(step: _Command | _Script) -> tuple[tuple[Any, ...], tuple[Any, ...] | 
     return ("EVALSHA", _SHA[step.name], *tail), ("EVAL", _SCRIPTS[step.name], *tail)
 
 
+def _read(plan: Plan[Any], reply: Any) -> _Command | _Script:
+    """The plan's next step, given the reply to its last: a reply its handler cannot decode (what
+    the record codecs raise) is a :class:`DamagedValueError`."""
+    try:
+        return plan.send(reply)
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
+        raise DamagedValueError(f"a value under the store's prefix is damaged: it cannot be read ({exc})") from exc
+
+
 def _drive(client: redis.Redis, plan: Plan[T]) -> T:
     try:
         step = next(plan)
@@ -850,7 +868,7 @@ def _drive(client: redis.Redis, plan: Plan[T]) -> T:
                 reply = client.execute_command(*first)  # type: ignore[no-untyped-call]
             except redis.exceptions.NoScriptError:
                 reply = client.execute_command(*fallback)  # type: ignore[misc, no-untyped-call]
-            step = plan.send(reply)
+            step = _read(plan, reply)
     except StopIteration as stop:
         return stop.value  # type: ignore[no-any-return]
 
@@ -864,6 +882,6 @@ async def _adrive(client: redis.asyncio.Redis, plan: Plan[T]) -> T:
                 reply = await client.execute_command(*first)  # type: ignore[no-untyped-call]
             except redis.exceptions.NoScriptError:
                 reply = await client.execute_command(*fallback)  # type: ignore[misc, no-untyped-call]
-            step = plan.send(reply)
+            step = _read(plan, reply)
     except StopIteration as stop:
         return stop.value  # type: ignore[no-any-return]
