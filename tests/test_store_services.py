@@ -13,7 +13,7 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -734,6 +734,15 @@ def test_redis_store_survives_a_redis_restart(own_redis: str) -> None:
 # -- Redis refusing to serve, and purge against a concurrent put -----------------------------------------------
 
 
+def _each_unavailable(store: Any, effects: Sequence[fx.Effect], match: str) -> None:
+    """Each of ``effects`` raises StoreUnavailable saying ``match``, through perform and aperform."""
+    for effect in effects:
+        with pytest.raises(StoreUnavailable, match=match):
+            store.perform(effect)
+        with pytest.raises(StoreUnavailable, match=match):
+            asyncio.run(store.aperform(effect))
+
+
 def _writes_refused(store: RedisStore, secret: bytes) -> None:
     """Every kind of write is a 503-style StoreUnavailable; reads still answer (the server secret
     there already is only read: an instance still starts); nothing is written."""
@@ -745,11 +754,7 @@ def _writes_refused(store: RedisStore, secret: bytes) -> None:
         fx.EndSession("s1", int(time.time()) + 600),
         fx.Hit("b", 5, 60, T0),
     )  # fmt: skip
-    for effect in writes:
-        with pytest.raises(StoreUnavailable, match="Redis is unavailable"):
-            store.perform(effect)
-        with pytest.raises(StoreUnavailable, match="Redis is unavailable"):
-            asyncio.run(store.aperform(effect))
+    _each_unavailable(store, writes, "Redis is unavailable")
     assert store.perform(fx.GetCode("h1")).consumed is False
     assert store.perform(fx.IsTokenRevoked("j1", "g1")) is True  # no grant g1: a read that answers
     assert store.perform(fx.IsSessionEnded("s1")) is False
@@ -933,11 +938,7 @@ def test_pg_read_only_database_is_an_outage_and_still_serves_reads(pg: PostgresS
         fx.Hit("b", 5, 60, T0),
         fx.RevokeSubject("alice", T0 + 1),
     )
-    for effect in writes:
-        with pytest.raises(StoreUnavailable, match="read-only"):
-            read_only.perform(effect)
-        with pytest.raises(StoreUnavailable, match="read-only"):
-            asyncio.run(read_only.aperform(effect))
+    _each_unavailable(read_only, writes, "read-only")
     assert pg.perform(fx.GetCode("h2")).consumed is False
     assert pg.perform(fx.GetGrant("g1")) == grant()
     assert pg.perform(fx.IsSessionEnded("s1")) is False
