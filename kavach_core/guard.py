@@ -229,11 +229,18 @@ def authenticate(
     revoked: Any = yield revocation
     if revoked:
         return challenge(here, ask, "invalid_token", INVALID_TOKEN_DESCRIPTION)
-    granted = access.scopes
+    principal = Principal(access)
+    return scope_challenge(principal, required) or principal
+
+
+def scope_challenge(principal: Principal, required: tuple[str, ...]) -> Response | None:
+    """The 403 ``insufficient_scope`` challenge naming ``required`` when the verified caller's
+    token covers not all of it (RS-03, RFC 6750 §3.1), else ``None``."""
+    granted = principal.token.scopes
     for scope in required:
         if scope not in granted and not any_covers(granted, scope):
-            return challenge(here, required, "insufficient_scope", INSUFFICIENT_SCOPE_DESCRIPTION)
-    return Principal(access)
+            return challenge(principal.token.audience, required, "insufficient_scope", INSUFFICIENT_SCOPE_DESCRIPTION)
+    return None
 
 
 def authenticate_values(

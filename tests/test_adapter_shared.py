@@ -6,6 +6,7 @@ import asyncio
 import base64
 import hashlib
 import hmac
+import json
 import secrets
 import time
 from typing import Any
@@ -623,3 +624,38 @@ def test_under_an_http_issuer_with_a_path_the_cookies_follow_it() -> None:
     assert cookies.path == "/tenant/authorize"
     assert "; Path=/tenant/authorize;" in cookies.session_cookie("alice", "s", 0, SESSION_ID)[1]
     assert cookies.reach("http://127.0.0.1:1/tenant/authorize/cb") and not cookies.reach("http://127.0.0.1:1/authorize")
+
+
+def test_a_large_body_is_read_only_once_the_token_is_valid(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``guard_body``/``aguard_body``: a body over THREADED_BODY from a caller without a valid
+    token is answered (401, the resource's default scopes) without its methods being read; with
+    a valid token they are, and decide (403 naming them, or the principal). A small body's
+    methods are read first, so its 401 names them."""
+    from kavach.server import THREADED_BODY
+
+    from kavach_core.guard import Principal
+
+    server, header = _guarded(MemoryStore(), [time.time()])
+    reads: list[int] = []
+    real = server.body_scopes
+    monkeypatch.setattr(server, "body_scopes", lambda body: reads.append(len(body)) or real(body))
+
+    def body(method: str, size: int) -> bytes:
+        message = {"jsonrpc": "2.0", "id": 1, "method": method, "params": {"name": "t", "pad": "x" * size}}
+        return json.dumps(message).encode()
+
+    large_list, large_call, small_call = body("tools/list", THREADED_BODY), body("tools/call", THREADED_BODY), \
+        body("tools/call", 10)  # fmt: skip
+    default = " ".join(server.config.resources[0].default_scopes)
+    for guard in (server.guard_body, lambda *a: asyncio.run(server.aguard_body(*a))):
+        reads.clear()
+        for authorization in ([], ["Bearer not.a.token"]):
+            answer = guard(RESOURCE, authorization, large_call)
+            assert answer.status == 401 and f'scope="{default}"' in answer.header("WWW-Authenticate")
+        assert reads == [], "no token, no reading of a large body"
+        answer = guard(RESOURCE, [], small_call)
+        assert answer.status == 401 and 'scope="tools:call:t"' in answer.header("WWW-Authenticate")
+        answer = guard(RESOURCE, [header], large_call)  # the token has tools:list only
+        assert answer.status == 403 and 'scope="tools:call:t"' in answer.header("WWW-Authenticate")
+        assert isinstance(guard(RESOURCE, [header], large_list), Principal)
+        assert len(reads) == 3

@@ -1076,11 +1076,32 @@ def test_two_authorization_headers_are_400_on_every_framework(dep: Deployment) -
     assert answer.status_code == 400 and answer.json()["error"] == "invalid_request", answer.text
 
 
-def test_a_batch_calling_many_tools_gets_a_short_challenge(dep: Deployment) -> None:
-    """A batch naming thousands of tools, without a token: 401 asking for the family of scopes
-    that covers them all, not a challenge as long as the batch."""
+def test_a_large_batch_is_read_only_for_a_valid_token(dep: Deployment) -> None:
+    """A batch over 64 KiB calling thousands of tools: without a valid token the 401 names the
+    resource's default scopes, the batch unread (no parsing for anyone without a token); with a
+    token lacking them, the 403 names the family of scopes covering every tool called, one short
+    scope instead of a challenge as long as the batch. A large single call is likewise read once
+    the token is valid: 403 naming its tool without the scope, the tool's answer with it."""
     batch = [{"jsonrpc": "2.0", "id": i, "method": "tools/call", "params": {"name": f"n{i}"}} for i in range(5000)]
-    answer = dep.client.post(dep.resource, json=batch)
-    assert answer.status_code == 401
+    assert len(json.dumps(batch)) > 64 * 1024
+    small = [{"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "n1"}}]
+    default = dep.server.config.resource(dep.resource).default_scopes  # type: ignore[union-attr]
+    for token in (None, "not-a-token"):
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        answer = dep.client.post(dep.resource, json=batch, headers=headers)
+        assert answer.status_code == 401
+        assert f'scope="{" ".join(default)}"' in answer.headers["www-authenticate"], answer.headers
+        answer = dep.client.post(dep.resource, json=small, headers=headers)
+        assert 'scope="tools:call:n1"' in answer.headers["www-authenticate"]  # a small body is read first
+    narrow = grant(dep, "tools:list tools:call:echo")["access_token"]
+    answer = dep.client.post(dep.resource, json=batch, headers={"Authorization": f"Bearer {narrow}"})
+    assert answer.status_code == 403
     challenge = answer.headers["www-authenticate"]
-    assert 'scope="tools:call"' in challenge and len(challenge) < 300, challenge
+    assert 'error="insufficient_scope"' in challenge and 'scope="tools:call"' in challenge and len(challenge) < 300
+    large_call = {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "n7", "text": "x" * 70_000}}
+    answer = dep.client.post(dep.resource, json=large_call, headers={"Authorization": f"Bearer {narrow}"})
+    assert answer.status_code == 403 and 'scope="tools:call:n7"' in answer.headers["www-authenticate"]
+    dep.person.cookies.clear()  # the next grant signs in again
+    broad = grant(dep, "tools:list tools:call")["access_token"]
+    answer = dep.client.post(dep.resource, json=large_call, headers={"Authorization": f"Bearer {broad}"})
+    assert answer.status_code == 200 and answer.json()["result"]["called"] == "n7", answer.text

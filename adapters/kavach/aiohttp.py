@@ -38,7 +38,6 @@ from kavach_core.resource_indicators import PRM_WELL_KNOWN, resource_path
 from kavach_core.router import cors_headers
 
 from .server import (
-    THREADED_BODY,
     TOO_LARGE,
     AuthorizationServer,
     bare_path,
@@ -211,13 +210,11 @@ def guard_middleware(
             if isinstance(body, Response):
                 return _unread(body)
             req = _translate(request, body)
-            if required is not None:
-                scopes = required(req)
-            elif len(body) <= THREADED_BODY:
-                scopes = server.body_scopes(body)
+            if required is None:
+                outcome = await server.aguard_body(canonical, req.header_values("authorization"), body)
             else:
-                scopes = await server.abody_scopes(body)
-            outcome = scopes if isinstance(scopes, Response) else await server.aguard(canonical, req, scopes)
+                scopes = required(req)
+                outcome = scopes if isinstance(scopes, Response) else await server.aguard(canonical, req, scopes)
             if not isinstance(outcome, Response):
                 _remove_authorization(request)  # RS-04: the handler never sees the token
         except Exception as exc:

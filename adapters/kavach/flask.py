@@ -43,7 +43,15 @@ from kavach_core.http import HttpRequest, Response, json_response
 from kavach_core.resource_indicators import PRM_WELL_KNOWN, resource_path
 from kavach_core.router import cors_headers
 
-from .server import TOO_LARGE, AuthorizationServer, bare_path, failure_response, guarded_paths, incoming
+from .server import (
+    TOO_LARGE,
+    AuthorizationServer,
+    bare_path,
+    failure_response,
+    guarded_body_problem,
+    guarded_paths,
+    incoming,
+)
 
 Required = Callable[[HttpRequest], "tuple[str, ...] | Response"]
 View = TypeVar("View", bound=Callable[..., Any])
@@ -183,15 +191,21 @@ def _remove_authorization() -> None:
         )
 
 
-def _check(server: AuthorizationServer, resource: str, required: Required) -> flask.Response | None:
-    """Verify the caller; on success set :data:`flask.g` and drop the ``Authorization`` header."""
+def _check(server: AuthorizationServer, resource: str, required: Required | None) -> flask.Response | None:
+    """Verify the caller; on success set :data:`flask.g` and drop the ``Authorization`` header.
+    Without ``required``, the scopes of the body's JSON-RPC methods (:meth:`AuthorizationServer.guard_body`)."""
     try:
         body = _body()
         if body is None:
             return _too_large()
         req = _translate(body)
-        need = required(req)
-        outcome = need if isinstance(need, Response) else server.guard(resource, req, need)
+        if required is None:
+            codings, types = req.header_values("content-encoding"), req.header_values("content-type")
+            refused = guarded_body_problem(codings, types)
+            outcome = refused or server.guard_body(resource, req.header_values("authorization"), body)
+        else:
+            need = required(req)
+            outcome = need if isinstance(need, Response) else server.guard(resource, req, need)
         if not isinstance(outcome, Response):
             _remove_authorization()
     except Exception as exc:
@@ -202,10 +216,8 @@ def _check(server: AuthorizationServer, resource: str, required: Required) -> fl
     return None
 
 
-def _required(server: AuthorizationServer, required: Required | None) -> Required:
-    if required is None:
-        return server.required_scopes
-    if not callable(required):
+def _required(required: Required | None) -> Required | None:
+    if required is not None and not callable(required):
         raise TypeError(
             f"required= takes a function of the request giving its scopes (or a response), not {required!r}"
         )
@@ -219,7 +231,7 @@ def guarded(server: AuthorizationServer, resource: str, *, required: Required | 
     (default: the scopes of its JSON-RPC method(s); a batch needs every one).
     """
     canonical = server.protected(resource)
-    need = _required(server, required)
+    need = _required(required)
 
     def decorate(view: View) -> View:
         @wraps(view)
@@ -254,7 +266,7 @@ def protect(
     """
     canonical = server.protected(resource)
     covered = guarded_paths(paths, canonical)
-    need = _required(server, required)
+    need = _required(required)
     metadata_path = PRM_WELL_KNOWN + resource_path(canonical)
     if not any(rule.rule == metadata_path for rule in app.url_map.iter_rules()):
         blueprint = flask.Blueprint(f"kavach_resource_{len(app.blueprints)}", __name__)

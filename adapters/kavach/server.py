@@ -31,7 +31,7 @@ from kavach_core.context import Context
 from kavach_core.drivers import Flow, StoreUnavailable, arun, nonblocking, run
 from kavach_core.endpoints import authorize
 from kavach_core.errors import OAuthError
-from kavach_core.guard import Principal, authenticate_values
+from kavach_core.guard import Principal, authenticate_values, scope_challenge
 from kavach_core.http import CLIENT_ADDRESS_HEADER, HttpRequest, Response, json_response
 from kavach_core.keys import KEYRING_TTL, KeyRing
 from kavach_core.mcp_methods import DEFAULT_MAP, McpScopeMap
@@ -220,7 +220,8 @@ def guarded_paths(paths: Iterable[str] | None, resource: str) -> frozenset[str]:
 
 
 THREADED_BODY = 64 * 1024
-"""Event-loop guards read the JSON-RPC methods of a larger body in a worker thread
+"""The guards read the JSON-RPC methods of a larger body only for a valid token
+(:meth:`AuthorizationServer.guard_body`), on an event loop in a worker thread
 (:meth:`AuthorizationServer.abody_scopes`); a usual MCP request is far smaller and stays inline."""
 
 ENCODED_BODY = json_response(
@@ -432,6 +433,27 @@ class AuthorizationServer:
         event loop: reading a large body's methods (many objects, repeated members read both
         ways) takes long enough to hold up every other request on the loop."""
         return await asyncio.to_thread(self.body_scopes, body)
+
+    def guard_body(self, resource: str, authorization: Sequence[str], body: bytes) -> Principal | Response:
+        """:meth:`guard_values` for the scopes of the request's JSON-RPC ``body``. A body over
+        :data:`THREADED_BODY` is read only for a valid token: a caller without one is answered
+        first (401 naming the resource's default scopes), so large batches sent without a token
+        cost no parsing; a valid token not covering what the body needs gets the 403 naming it."""
+        if len(body) <= THREADED_BODY:
+            return self.guard_values(resource, authorization, self.body_scopes(body))
+        outcome = self.guard_values(resource, authorization, ())
+        if isinstance(outcome, Response):
+            return outcome
+        return scope_challenge(outcome, self.body_scopes(body)) or outcome
+
+    async def aguard_body(self, resource: str, authorization: Sequence[str], body: bytes) -> Principal | Response:
+        """:meth:`guard_body` on an event loop (a large body's methods read in a worker thread)."""
+        if len(body) <= THREADED_BODY:
+            return await self.aguard_values(resource, authorization, self.body_scopes(body))
+        outcome = await self.aguard_values(resource, authorization, ())
+        if isinstance(outcome, Response):
+            return outcome
+        return scope_challenge(outcome, await self.abody_scopes(body)) or outcome
 
     def _guard_flow(
         self, resource: str, authorization: Sequence[str], required: tuple[str, ...]

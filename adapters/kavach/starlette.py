@@ -24,7 +24,7 @@ from kavach_core.http import HttpRequest, Response
 from kavach_core.resource_indicators import PRM_WELL_KNOWN, resource_path
 from kavach_core.router import cors_headers
 
-from .server import THREADED_BODY, TOO_LARGE, AuthorizationServer, guarded_body_problem, incoming
+from .server import TOO_LARGE, AuthorizationServer, guarded_body_problem, incoming
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -189,15 +189,13 @@ class KavachGuard:
         refused = guarded_body_problem(codings, types) if codings or types else None
         if refused is not None:
             return await _send(send, refused)
-        if self.required is not None:
-            need = self.required(_translate(scope, body))
-        elif len(body) <= THREADED_BODY:
-            need = self.server.body_scopes(body)
+        if self.required is None:
+            outcome = await self.server.aguard_body(self.resource, authorization, body)
         else:
-            need = await self.server.abody_scopes(body)
-        if isinstance(need, Response):
-            return await _send(send, need)
-        outcome = await self.server.aguard_values(self.resource, authorization, need)
+            need = self.required(_translate(scope, body))
+            if isinstance(need, Response):
+                return await _send(send, need)
+            outcome = await self.server.aguard_values(self.resource, authorization, need)
         if isinstance(outcome, Response):
             return await _send(send, outcome)
         inner = dict(scope)
