@@ -830,3 +830,31 @@ def test_a_misspelt_variable_is_warned_about_and_changes_nothing(db: str) -> Non
     assert proc.stderr.splitlines()[0] == (
         "kavach: warning: KAVACH_ACESS_TOKEN_LIFETIME is not a variable kavach reads; it changes nothing"
     )
+
+
+def test_commands_that_read_add_no_table_to_a_store_the_library_made(tmp_path: Path) -> None:
+    """An SQLite store made by the library (no secret, no users table): the listing commands and
+    removals read it as it is and add nothing to it; a command that creates adds what it needs."""
+    from kavach.stores import SQLiteStore
+
+    from kavach_core import effects as fx
+    from kavach_core.records import Client
+
+    path = tmp_path / "library.db"
+    with SQLiteStore(path) as store:
+        store.perform(fx.PutClient(Client("c1", (REDIRECT_URI,), client_name="Lib")))
+
+    def tables() -> set[str]:
+        with sqlite3.connect(path) as db:
+            return {row[0] for row in db.execute("SELECT name FROM sqlite_schema WHERE type = 'table'")}
+
+    before = tables()
+    assert "c1" in ok(["clients", "list", "--db", str(path)])
+    assert "no users yet" in run(["users", "list", "--db", str(path)]).stderr
+    bad(["users", "remove", "bob", "--db", str(path)], "no user named 'bob'")
+    for command in (["keys", "list"], ["grants", "list"]):
+        assert run([*command, "--db", str(path)]).returncode == 0
+    assert tables() == before and not before & {"kavach_settings", "kavach_users"}
+    ok(["users", "add", "bob", "--db", str(path), "--password-stdin"], stdin=PASSWORD + "\n")
+    assert {"kavach_settings", "kavach_users"} <= tables()
+    assert ok(["users", "list", "--db", str(path)]).split() == ["bob"]

@@ -47,7 +47,7 @@ from .stores import open_store, sqlite_path
 from .stores._sealing import ENV_VAR as STORE_KEY_VAR
 from .stores._sealing import KeySealer, StoreKeyError, seal, sealer_from, unseal
 from .stores.sqlite import SQLiteStore, SQLiteStoreError
-from .users import PostgresUsers, RedisUsers, SQLiteUsers, Users
+from .users import MemoryUsers, PostgresUsers, RedisUsers, SQLiteUsers, Users
 
 SECRET_BYTES = 32
 SECRET_AAD = "kavach-server-secret"
@@ -73,22 +73,42 @@ def _connect(path: str) -> sqlite3.Connection:
     return db
 
 
-def server_secret(path: str, *, entropy: Callable[[int], bytes] = os.urandom) -> bytes:
-    """The secret stored in the database at ``path``, created on first call (atomically)."""
+def server_secret(path: str, *, creates: bool = True, entropy: Callable[[int], bytes] = os.urandom) -> bytes:
+    """The secret stored in the database at ``path``, created on first call (atomically). Unless
+    it ``creates``, a database without one (a store the library made) is left as it is, and the
+    secret returned is this process's alone: what only reads or removes needs none kept."""
     db = _connect(path)
     try:
-        db.execute(_SETTINGS_TABLE)
-        db.execute(
-            "INSERT OR IGNORE INTO kavach_settings (name, value, created_at) VALUES ('secret', ?, ?)",
-            (entropy(SECRET_BYTES), int(time.time())),
-        )
+        if creates:
+            db.execute(_SETTINGS_TABLE)
+            db.execute(
+                "INSERT OR IGNORE INTO kavach_settings (name, value, created_at) VALUES ('secret', ?, ?)",
+                (entropy(SECRET_BYTES), int(time.time())),
+            )
+        elif "kavach_settings" not in _tables(db):
+            return entropy(SECRET_BYTES)
         row = db.execute("SELECT value FROM kavach_settings WHERE name = 'secret'").fetchone()
     finally:
         db.close()
+    if row is None:
+        return entropy(SECRET_BYTES)
     value = bytes(row[0])
     if len(value) < SECRET_BYTES:
         raise InstanceError(f"the server secret stored in {path!r} is too short; the database is damaged")
     return value
+
+
+def _tables(db: sqlite3.Connection) -> set[str]:
+    return {str(row[0]) for row in db.execute("SELECT name FROM sqlite_schema WHERE type = 'table'")}
+
+
+def sqlite_tables(path: str) -> set[str]:
+    """The names of the tables in the SQLite database at ``path``."""
+    db = _connect(path)
+    try:
+        return _tables(db)
+    finally:
+        db.close()
 
 
 def store_kind(location: str) -> str:
@@ -248,7 +268,8 @@ class Instance:
     ) -> None:
         """Opens the store; unless it ``creates``, a PostgreSQL schema or Redis prefix holding no
         store raises :class:`NoStoreError` and is left untouched (a mistyped location must not
-        become a new, empty store)."""
+        become a new, empty store), and an SQLite store the library made gets no secret or users
+        table (:func:`server_secret`)."""
         check_issuer(settings)
         self.settings = settings
         self.location = settings.store or settings.db
@@ -257,7 +278,7 @@ class Instance:
         if self.kind in _SHARED_KINDS:
             self._open_shared(os.environ if environ is None else environ, creates)
         else:
-            self._open_local()
+            self._open_local(creates)
         self.config = build_config(settings, self.secret)
 
     def describe(self) -> str:
@@ -270,7 +291,7 @@ class Instance:
         where = f"schema {self.store.schema}" if self.kind == "postgres" else f"prefix {self.store.prefix!r}"
         return f"{name}: {redact(self.location)} ({where})"
 
-    def _open_local(self) -> None:
+    def _open_local(self, creates: bool) -> None:
         if self.kind == "memory":
             from kavach_core.memory_store import MemoryStore
 
@@ -287,8 +308,9 @@ class Instance:
                 self.secret = os.urandom(SECRET_BYTES)
                 self.users = Users()
             else:
-                self.secret = server_secret(self.path)
-                self.users = Users(SQLiteUsers(self.path))
+                self.secret = server_secret(self.path, creates=creates)
+                kept = creates or "kavach_users" in sqlite_tables(self.path)  # else: made by the library, no user
+                self.users = Users(SQLiteUsers(self.path) if kept else MemoryUsers())
         except sqlite3.Error as exc:
             self.store.close()
             raise InstanceError(f"cannot use database {self.path!r}: {exc}") from exc
