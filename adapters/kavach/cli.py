@@ -352,10 +352,7 @@ def cmd_users_add(args: argparse.Namespace) -> int:
     password = valid_password(_read_password(args.password_stdin))  # before the store: a refusal creates nothing
     with _instance(args, creates=True) as instance:
         existed = instance.users.store.get_hash(name) is not None
-        try:
-            instance.users.add(name, password)
-        except ValueError as exc:
-            raise CliError(str(exc)) from exc
+        instance.users.add(name, password)  # both checked above
         print(f"{'changed the password of' if existed else 'created'} user {name!r}")
     return 0
 

@@ -450,8 +450,11 @@ def _resource_table(table: object, src: str) -> dict[str, Any]:
 # -- the environment ----------------------------------------------------------------------
 
 
+_PLAIN_VARIABLES = ("host", "issuer", "db", "store", "upstream", "signing_alg", "log_level")
+"""Settings read from ``KAVACH_<NAME>`` as they are written."""
+
 ENVIRONMENT = frozenset(
-    {f"KAVACH_{key.upper()}" for key in ("host", "issuer", "db", "store", "upstream", "signing_alg", "log_level")}
+    {f"KAVACH_{key.upper()}" for key in _PLAIN_VARIABLES}
     | {f"KAVACH_{key.upper()}_LIFETIME" for key in _LIFETIME_KEYS}
     | {"KAVACH_PORT", "KAVACH_REFRESH_GRACE", "KAVACH_ALLOW_INSECURE_HTTP", "KAVACH_TRUSTED_PROXIES"}
     | {"KAVACH_DEFAULT_SCOPES", "KAVACH_REGISTRATION", "KAVACH_CONFIG", "KAVACH_STORE_KEY"}
@@ -470,7 +473,7 @@ def unread_variables(environ: Mapping[str, str]) -> tuple[str, ...]:
 
 def _from_env(environ: Mapping[str, str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for key in ("host", "issuer", "db", "store", "upstream", "signing_alg", "log_level"):
+    for key in _PLAIN_VARIABLES:
         value = environ.get(f"KAVACH_{key.upper()}")
         if value:
             out[key] = value

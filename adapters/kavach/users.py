@@ -339,17 +339,10 @@ class RedisUsers:
         self.key = store.prefix + "users"
 
     def _command(self, *args: Any, read: bool) -> Any:
-        from .stores.redis import FAILURES, outage, outages_unavailable
+        from .stores.redis import attempt
 
         client = self._store._sync_client()  # same package
-        if read:
-            try:
-                return client.execute_command(*args)  # type: ignore[no-untyped-call]
-            except FAILURES as exc:
-                if outage(exc) is None:
-                    raise
-        with outages_unavailable():  # a write once; a read once more
-            return client.execute_command(*args)  # type: ignore[no-untyped-call]
+        return attempt(lambda: client.execute_command(*args), read=read)  # type: ignore[no-untyped-call]
 
     def get_hash(self, username: str) -> str | None:
         raw = self._command("HGET", self.key, username, read=True)

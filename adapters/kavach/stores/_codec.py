@@ -150,7 +150,7 @@ class RecordCodec(Generic[R]):
                     value = bool(value)
                 elif kind == "bytes":
                     value = bytes(value)
-                elif kind != "bool":
+                else:
                     value = _checked(self.record.__name__, name, kind, value)
             kwargs[name] = value
         return self.record(**kwargs)

@@ -365,6 +365,20 @@ def outage(exc: BaseException) -> StoreUnavailable | None:
     return StoreUnavailable(f"Redis is unavailable: {exc}")
 
 
+def attempt(call: Callable[[], T], *, read: bool) -> T:
+    """``call()``, an :func:`outage` raising :class:`StoreUnavailable`; a ``read`` (it changes
+    nothing) is tried once more first, on a fresh connection, a write never (it may have been
+    applied before the connection dropped)."""
+    if read:
+        try:
+            return call()
+        except FAILURES as exc:
+            if outage(exc) is None:
+                raise
+    with outages_unavailable():
+        return call()
+
+
 @contextlib.contextmanager
 def outages_unavailable() -> Iterator[None]:
     """Raise :class:`StoreUnavailable` for an :func:`outage` in the block; anything else as it is."""
@@ -495,14 +509,7 @@ class RedisStore:
         """
         handler = self._handler(effect)
         client = self._sync_client()
-        if not effect.writes:
-            try:
-                return _drive(client, handler(effect))
-            except FAILURES as exc:
-                if outage(exc) is None:
-                    raise
-        with outages_unavailable():  # a write once; a read once more, on a fresh connection
-            return _drive(client, handler(effect))
+        return attempt(lambda: _drive(client, handler(effect)), read=not effect.writes)
 
     async def aperform(self, effect: fx.Effect) -> Any:
         """:meth:`perform` with redis.asyncio, on a client of the running event loop."""
