@@ -5,7 +5,12 @@ and HTTP parser of the installed uvicorn) on 127.0.0.1, started by :mod:`benchma
 load comes from ``wrk`` in a separate process over loopback, a bounded run each time. The
 guarded request is an MCP ``tools/list`` POST with a Bearer token (the guards must parse the
 JSON-RPC body to know the scope needed). Runs are interleaved per round; a ratio is against the
-no-guard ceiling of the same round and worker count. Stores are in memory, one per worker process.
+no-guard ceiling of the same round and worker count. Stores are in memory, one per worker process,
+except in the rows naming a store: there the guard asks an SQLite file, a PostgreSQL schema or a
+Redis prefix that every worker shares (the revocation check on every request, the keys once a
+second), as instances of one deployment do; a server that cannot be reached is reported as skipped.
+The PostgreSQL store runs twice: as configured by default (each pooled connection checked before
+it is lent, one more round trip) and with that check off.
 """
 
 # ruff: noqa: S603, S607 -- uvicorn and wrk are started with fixed arguments.
@@ -50,6 +55,8 @@ end
 GUARD_BUILD = r"""return wrk.format("POST", "/mcp", {["Authorization"] = "Bearer " .. t,
     ["Content-Type"] = "application/json", ["Accept"] = "application/json, text/event-stream"},
     '{"jsonrpc":"2.0","id":1,"method":"tools/list"}')"""
+UNCHECKED = "connections lent unchecked"
+"""The PostgreSQL store with ``check_connections=False``: one round trip per effect, not two."""
 TOKEN_BUILD = r"""return wrk.format("POST", "/token", {["Content-Type"] = "application/x-www-form-urlencoded"},
     "grant_type=refresh_token&client_id=c1&refresh_token=" .. t)"""
 
@@ -101,10 +108,16 @@ def _parse(out: str) -> dict[str, float]:
 
 
 def _run(
-    app: str, workers: int, tokens: Path, build: str, *, grants: int, seconds: int, connections: int
+    app: str, workers: int, tokens: Path, build: str, *, grants: int, seconds: int, connections: int, store: str = ""
 ) -> dict[str, float]:
     port = _free_port()
-    env = {**os.environ, "KAVACH_BENCH_APP": app, "KAVACH_BENCH_GRANTS": str(grants), "PYTHONPATH": str(ROOT)}
+    env = {
+        **os.environ,
+        "KAVACH_BENCH_APP": app,
+        "KAVACH_BENCH_GRANTS": str(grants),
+        "KAVACH_BENCH_STORE": store,
+        "PYTHONPATH": str(ROOT),
+    }
     cmd = [sys.executable, "-m", "benchmarks.serve", str(port), str(workers)]
     proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
@@ -159,25 +172,41 @@ def over_http(quick: bool = False) -> dict[str, Any]:
     worker_counts = (1, 2)
     minted = http_apps.tokens(distinct + 1)
 
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, http_apps.shared_stores() as (stores, missing):
         d = Path(tmp)
         repeat = _write_tokens(d, "repeat", minted[:1])
         first = _write_tokens(d, "first", minted[1:])
         kavach_refresh = _write_tokens(d, "krefresh", [http_apps.refresh_for(i) for i in range(1, distinct + 1)])
         mcp_refresh = _write_tokens(d, "mrefresh", [http_apps.mcp_refresh_for(i) for i in range(1, distinct + 1)])
         guard_runs = {
-            "no guard (ceiling)": ("plain", repeat, GUARD_BUILD, 0),
-            "kavach, repeat token": ("kavach", repeat, GUARD_BUILD, 0),
-            "kavach, first-sight tokens": ("kavach", first, GUARD_BUILD, 0),
-            "MCP SDK bearer middleware (PyJWT verifier)": ("mcp", repeat, GUARD_BUILD, 0),
-            "kavach token endpoint (refresh, rotation)": ("kavach-token", kavach_refresh, TOKEN_BUILD, distinct),
-            "MCP SDK TokenHandler (refresh, rotation)": ("mcp-token", mcp_refresh, TOKEN_BUILD, distinct),
+            "no guard (ceiling)": ("plain", repeat, GUARD_BUILD, 0, ""),
+            "kavach, repeat token": ("kavach", repeat, GUARD_BUILD, 0, ""),
+            **{
+                f"kavach, repeat token, {label} store": ("kavach-store", repeat, GUARD_BUILD, 0, url)
+                for label, url in stores.items()
+            },
+            **{
+                f"kavach, repeat token, {label} store, {UNCHECKED}": (
+                    "kavach-store-unchecked",
+                    repeat,
+                    GUARD_BUILD,
+                    0,
+                    url,
+                )
+                for label, url in stores.items()
+                if label == "PostgreSQL"
+            },
+            "kavach, first-sight tokens": ("kavach", first, GUARD_BUILD, 0, ""),
+            "MCP SDK bearer middleware (PyJWT verifier)": ("mcp", repeat, GUARD_BUILD, 0, ""),
+            "kavach token endpoint (refresh, rotation)": ("kavach-token", kavach_refresh, TOKEN_BUILD, distinct, ""),
+            "MCP SDK TokenHandler (refresh, rotation)": ("mcp-token", mcp_refresh, TOKEN_BUILD, distinct, ""),
         }
         result: dict[str, Any] = {
             "seconds_per_run": seconds,
             "connections": connections,
             "wrk_threads": 2,
             "distinct_tokens": distinct,
+            "skipped": {f"kavach, repeat token, {label} store": why for label, why in missing.items()},
             "workers": {},
         }
         names = list(guard_runs)
@@ -186,9 +215,18 @@ def over_http(quick: bool = False) -> dict[str, Any]:
             for r in range(rounds):
                 order = names[r % len(names) :] + names[: r % len(names)]
                 for name in order:
-                    app, file, build, grants = guard_runs[name]
+                    app, file, build, grants, store = guard_runs[name]
                     raw[name].append(
-                        _run(app, workers, file, build, grants=grants, seconds=seconds, connections=connections)
+                        _run(
+                            app,
+                            workers,
+                            file,
+                            build,
+                            grants=grants,
+                            seconds=seconds,
+                            connections=connections,
+                            store=store,
+                        )
                     )
             summary: dict[str, Any] = {}
             ceiling = raw["no guard (ceiling)"]
@@ -235,9 +273,12 @@ def report(result: dict[str, Any]) -> str:
                     f"{s['non_2xx']:.0f}" + (" (tokens reused)" if s.get("reused_tokens") else ""),
                 ]
             )
-    return table(
+    text = table(
         f"d. over HTTP: uvicorn, wrk on loopback, {result['connections']} connections,"
         f" {result['seconds_per_run']} s per run",
         ["workers", "app", "req/s [min-max]", "ratio [min-max]", "ratio to", "p99 ms", "non-2xx"],
         rows,
     )
+    for name, why in result.get("skipped", {}).items():
+        text += f"\nskipped: {name} ({why})"
+    return text

@@ -1,7 +1,10 @@
 """The ASGI apps the HTTP benchmark serves under uvicorn (``--factory benchmarks.http_apps:app``).
 
 ``KAVACH_BENCH_APP`` picks one: ``plain`` (the trivial endpoint alone: the ceiling),
-``kavach`` (:class:`kavach.starlette.KavachGuard` in front of it), ``kavach-adapter`` and
+``kavach`` (:class:`kavach.starlette.KavachGuard` in front of it), ``kavach-store`` (the same
+guard on the shared store ``KAVACH_BENCH_STORE`` names: an SQLite file, a PostgreSQL schema or a
+Redis prefix, filled by :func:`shared_stores`; ``kavach-store-unchecked``: a PostgreSQL store
+lending its pooled connections without checking them first), ``kavach-adapter`` and
 ``kavach-adapter-scopes`` (the same guard with fixed answers in place of its checks, part f's
 breakdown), ``mcp`` (the MCP SDK's
 ``AuthenticationMiddleware`` + ``BearerAuthBackend`` + ``RequireAuthMiddleware`` in front of it,
@@ -11,16 +14,19 @@ token endpoint) and ``mcp-token`` (the SDK's ``TokenHandler`` with a dict-backed
 Every worker process builds the same state from fixed seeds: the same ES256 key, the grant the
 access tokens name, and ``KAVACH_BENCH_GRANTS`` refresh-token families whose generation-0 tokens
 the load generator can compute, so each refresh request presents a token used nowhere before.
-Stores are in memory, one per worker.
+Stores are in memory, one per worker, except ``kavach-store``'s, which every worker shares.
 """
 
 # ruff: noqa: S311 -- seeded generators make every process derive the same benchmark keys; nothing here is a secret.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
+import tempfile
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from kavach_core import access_tokens, keys
@@ -30,7 +36,7 @@ from kavach_core.context import Context
 from kavach_core.drivers import run
 from kavach_core.memory_store import MemoryStore
 from kavach_core.opaque import b64url, digest, refresh_token
-from kavach_core.records import Client
+from kavach_core.records import AuthorizationCode, Client
 
 from .common import day_grant
 
@@ -69,6 +75,81 @@ def store(grants: int = 0) -> MemoryStore:
     for gid, refresh_hash in families:
         memory.grants[gid] = day_grant(gid, "c1", RESOURCE, now, refresh_hash, rotated_at=now - 3600)
     return memory
+
+
+def seed(target: Any) -> None:
+    """Write the seeded state the access tokens need (the keys, the client and their grant) into
+    the empty store ``target`` through its own effects: a grant is stored as a code redemption
+    stores one, so every backend takes the same steps."""
+    seeded = store()
+    target.perform(fx.SwapSigningKeys((), seeded.keys))
+    target.perform(fx.PutClient(seeded.clients["c1"]))
+    grant = seeded.grants[grant_id(0)]
+    code = AuthorizationCode(
+        code_hash=digest("benchmark code"),
+        client_id="c1",
+        redirect_uri="http://127.0.0.1:33418/callback",
+        redirect_uri_given=True,
+        code_challenge="c" * 43,
+        resources=grant.resources,
+        scopes=grant.scopes,
+        subject=grant.subject,
+        grant_id=grant.grant_id,
+        issued_at=grant.created_at,
+        expires_at=grant.created_at + 60,
+    )
+    target.perform(fx.PutCode(code))
+    if not target.perform(fx.ConsumeCode(code.code_hash, grant)):
+        raise RuntimeError("the benchmark grant could not be stored")
+
+
+POSTGRES_URL = os.environ.get("KAVACH_BENCH_POSTGRES", "postgresql://127.0.0.1:5432/test")
+REDIS_URL = os.environ.get("KAVACH_BENCH_REDIS", "redis://127.0.0.1:6379/0")
+
+
+@contextlib.contextmanager
+def shared_stores() -> Iterator[tuple[dict[str, str], dict[str, str]]]:
+    """``({label: store URL}, {label: why it is missing})`` for the stores worker processes share:
+    a new SQLite file, a new PostgreSQL schema in the ``test`` database and a new Redis prefix,
+    each seeded (:func:`seed`), and all removed afterwards. A server that cannot be reached is
+    reported as missing instead of failing the run."""
+    from kavach.stores import open_store
+
+    tag = f"{os.getpid()}_{random.Random().randrange(1 << 30)}"
+    urls: dict[str, str] = {}
+    missing: dict[str, str] = {}
+    opened: list[Any] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        candidates = {
+            "SQLite": f"{tmp}/bench.db",
+            "PostgreSQL": f"{POSTGRES_URL}?schema=kavach_bench_http_{tag}",
+            "Redis": f"{REDIS_URL}?prefix=kavach-bench-http:{tag}:",
+        }
+        try:
+            for label, url in candidates.items():
+                try:
+                    target = open_store(url)
+                    opened.append(target)
+                    seed(target)
+                    urls[label] = url
+                except Exception as exc:  # no server here: say so in the results instead of failing the run
+                    missing[label] = f"{type(exc).__name__}: {exc}"
+            yield urls, missing
+        finally:
+            for target in opened:
+                _remove(target)
+
+
+def _remove(target: Any) -> None:
+    """Drop what :func:`shared_stores` made in ``target`` (its schema, its keys), then close it."""
+    with contextlib.suppress(Exception):  # nothing was made where the server could not be reached
+        if hasattr(target, "drop_schema"):
+            target.drop_schema()
+        elif hasattr(target, "prefix"):
+            client = target._sync_client()
+            for key in client.scan_iter(match=target.prefix + "*", count=1000):
+                client.unlink(key)
+    target.close()
 
 
 def tokens(count: int) -> list[str]:
@@ -228,6 +309,14 @@ def app(name: str | None = None) -> Any:
         from kavach.starlette import KavachGuard
 
         return KavachGuard(plain, _kavach_server(), RESOURCE)
+    if name in ("kavach-store", "kavach-store-unchecked"):
+        from kavach.server import AuthorizationServer
+        from kavach.starlette import KavachGuard
+        from kavach.stores import open_store
+
+        options = {"check_connections": False} if name == "kavach-store-unchecked" else {}
+        shared = open_store(os.environ["KAVACH_BENCH_STORE"], **options)
+        return KavachGuard(plain, AuthorizationServer(config(), shared, identify=lambda request: None), RESOURCE)
     if name in ("kavach-adapter", "kavach-adapter-scopes"):
         return _kavach_steps(scope_map=name == "kavach-adapter-scopes")
     if name == "mcp":

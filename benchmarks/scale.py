@@ -38,7 +38,7 @@ from kavach_core.verified_cache import VerifiedCache
 from . import http_apps
 from .common import fmt_time, interleaved, table
 
-PG_DSN = "postgresql://127.0.0.1:5432/test"
+PG_DSN = http_apps.POSTGRES_URL
 FORM = (("Content-Type", "application/x-www-form-urlencoded"),)
 LIVE = 400
 """Families with real refresh tokens in each store (the rest carry dummy hashes)."""
