@@ -31,7 +31,7 @@ from typing import Any
 
 from kavach_core import access_tokens, keys
 from kavach_core import effects as fx
-from kavach_core.config import Config, ProtectedResource
+from kavach_core.config import Config, Lifetimes, ProtectedResource
 from kavach_core.context import Context
 from kavach_core.drivers import run
 from kavach_core.memory_store import MemoryStore
@@ -48,7 +48,16 @@ ANSWER = b'{"jsonrpc":"2.0","id":1,"result":{"tools":[]}}'
 
 
 def config() -> Config:
-    return Config(issuer=ISSUER, resources=[ProtectedResource(RESOURCE)], secret=SECRET, signing_alg="ES256")
+    """The benchmark's authorization server. Its access tokens live an hour, not ten minutes: part d
+    presents tokens minted once at its start for longer than ten minutes, and an expired one would
+    be measured as a 401."""
+    return Config(
+        issuer=ISSUER,
+        resources=[ProtectedResource(RESOURCE)],
+        secret=SECRET,
+        signing_alg="ES256",
+        lifetimes=Lifetimes(access_token=3600),
+    )
 
 
 def grant_id(i: int) -> str:

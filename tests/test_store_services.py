@@ -30,6 +30,7 @@ from kavach.stores._sealing import SEALED_PREFIX, StoreKeyError
 from kavach.stores.postgres import SCHEMA_VERSION, PostgresStore, PostgresStoreError, SchemaVersionError
 from kavach.stores.redis import DamagedValueError, RedisStore
 from kavach.users import RedisUsers
+from psycopg_pool import AsyncConnectionPool, ConnectionPool
 from tcp_proxy import TcpProxy
 
 from kavach_core import effects as fx
@@ -535,13 +536,65 @@ def test_pg_connection_killed_during_refresh_rotation(pg: PostgresStore, admin: 
     assert pg.perform(rotate).outcome == "rotated"
 
 
-def test_pg_idle_connections_killed_are_replaced_quietly(pg: PostgresStore, admin: psycopg.Connection[Any]) -> None:
+def _end_idle_sessions(admin: psycopg.Connection[Any], schema: str) -> int:
+    """Terminate the store's pooled connections and wait until their server processes are gone
+    (``pg_terminate_backend`` with a timeout), as a restart or an idle timeout would end them."""
+    rows = admin.execute(
+        "SELECT pg_terminate_backend(pid, 10000) FROM pg_stat_activity WHERE pid <> pg_backend_pid() AND query LIKE %s",
+        (f'%"{schema}"%',),
+    ).fetchall()
+    assert rows and all(ended for (ended,) in rows)
+    return len(rows)
+
+
+def _counted_round_trip_checks(monkeypatch: pytest.MonkeyPatch, pool: Any) -> list[object]:
+    """Count the round-trip checks ``pool`` (the pool class) makes before lending a connection."""
+    checked: list[object] = []
+    real = pool.check_connection
+
+    def counted(conn: Any) -> Any:
+        checked.append(conn)
+        return real(conn)
+
+    monkeypatch.setattr(pool, "check_connection", staticmethod(counted))
+    return checked
+
+
+def test_pg_idle_connections_killed_are_replaced_quietly(
+    pg: PostgresStore, admin: psycopg.Connection[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pooled connection is lent without a round trip while nothing arrived on it; one whose
+    session the server ended gets the round trip, fails it and is replaced: no error for the caller."""
+    checked = _counted_round_trip_checks(monkeypatch, ConnectionPool)
     pg.perform(fx.PutCode(code()))
-    admin.execute(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid <> pg_backend_pid() AND query LIKE %s",
-        (f'%"{pg.schema}"%',),
-    )
+    for _ in range(5):
+        assert pg.perform(fx.GetCode("h1")) is not None
+    assert checked == []
+    _end_idle_sessions(admin, pg.schema)
     assert pg.perform(fx.ConsumeCode("h1", grant())) is True
+    assert checked  # the ended session was noticed and checked, not lent as it was
+    assert pg.perform(fx.GetCode("h1")).consumed is True
+
+
+def test_pg_idle_async_connections_killed_are_replaced_quietly(
+    pg: PostgresStore, admin: psycopg.Connection[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """:func:`test_pg_idle_connections_killed_are_replaced_quietly` for the pools of event loops."""
+    checked = _counted_round_trip_checks(monkeypatch, AsyncConnectionPool)
+
+    async def main() -> None:
+        try:
+            await pg.aperform(fx.PutCode(code()))
+            for _ in range(5):
+                assert await pg.aperform(fx.GetCode("h1")) is not None
+            assert checked == []
+            _end_idle_sessions(admin, pg.schema)
+            assert await pg.aperform(fx.ConsumeCode("h1", grant())) is True
+            assert checked
+        finally:
+            await pg.aclose()  # its pool's tasks end with the loop, even after a failed assertion
+
+    asyncio.run(main())
 
 
 def _pg_through(proxy: TcpProxy, tmp_path: Path) -> PostgresStore:

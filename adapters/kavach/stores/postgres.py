@@ -25,7 +25,9 @@ Guarantees:
   database migrated by a newer kavachOS is refused with :class:`SchemaVersionError`.
 - Connections come from psycopg_pool pools (one for threads, one per event loop for
   ``aperform``), opened on first use; a pooled connection is checked before it is lent, so a
-  connection killed while idle (server restart, ``pg_terminate_backend``) is replaced quietly.
+  connection killed while idle (server restart, ``pg_terminate_backend``, an idle timeout) is
+  replaced quietly. The check costs no round trip while nothing arrived on the connection in the
+  pool: a server ending a session says so on it first (see :func:`_quiet`).
 - A database that cannot be reached, or a connection lost during an effect, raises
   :class:`kavach_core.drivers.StoreUnavailable` (the endpoint answers 503). The transaction
   of that effect is rolled back by the server: no partial state. When the database returns,
@@ -45,6 +47,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import re
+import select
 import threading
 from collections.abc import Callable, Generator, Iterator, Sequence
 from contextlib import contextmanager
@@ -333,6 +336,44 @@ async def _aconfigure(conn: psycopg.AsyncConnection[Any]) -> None:
     await conn.execute(_SESSION_ISOLATION)
 
 
+def _quiet(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> bool:
+    """Whether nothing has arrived on the idle pooled connection ``conn`` since its last command
+    ended, so it can be lent without a round trip.
+
+    Every command's reply is read whole before a connection goes back to the pool, so anything
+    readable on its socket came unasked: the notice and end of a server closing the session
+    (``pg_terminate_backend``, a shutdown or restart, ``idle_session_timeout``; the protocol's
+    ErrorResponse, then the TCP close), or a report of a changed parameter. Either way the
+    connection gets the full check (:meth:`psycopg_pool.ConnectionPool.check_connection`, one
+    round trip), which fails for a closed one so the pool replaces it. A peer gone without a
+    word (a link cut mid-network) is not seen here, nor by a round trip, which would wait for it.
+    """
+    if conn.closed or conn.broken:
+        return False
+    try:
+        socket = conn.pgconn.socket
+    except psycopg.Error:
+        return False
+    poll = getattr(select, "poll", None)
+    if poll is None:  # no poll(2) on this platform
+        return not select.select([socket], [], [], 0)[0]
+    watcher = poll()
+    watcher.register(socket, select.POLLIN | select.POLLPRI)
+    return not watcher.poll(0)
+
+
+def _check(conn: psycopg.Connection[Any]) -> None:
+    """The pool's check before lending ``conn``: a round trip only when it is not :func:`_quiet`."""
+    if not _quiet(conn):
+        ConnectionPool.check_connection(conn)
+
+
+async def _acheck(conn: psycopg.AsyncConnection[Any]) -> None:
+    """:func:`_check` for the pools of event loops."""
+    if not _quiet(conn):
+        await AsyncConnectionPool.check_connection(conn)
+
+
 def _checked_dsn(dsn: str) -> tuple[str, str | None, int | None]:
     """``dsn`` parsed as libpq will (scheme in any letter case, every port from 1 to 65535), without
     its ``schema`` parameter, that parameter and the ``connect_timeout`` it sets (see
@@ -399,8 +440,9 @@ class PostgresStore:
     pool; ``timeout`` (seconds) bounds the wait for a connection, and ``connect_timeout`` (else the
     URL's ``connect_timeout``, else 5) the opening of one, before :class:`StoreUnavailable` is
     raised. ``store_key`` (else ``KAVACH_STORE_KEY``) encrypts signing keys at rest.
-    ``check_connections`` checks each pooled connection before lending it (one round trip;
-    replaces connections that died while idle).
+    ``check_connections`` checks each pooled connection before lending it, replacing one the
+    server closed while it was idle: without a round trip unless something arrived on it in the
+    pool (:func:`_quiet`).
     """
 
     def __init__(
@@ -534,10 +576,8 @@ class PostgresStore:
             if self._closed:
                 raise PostgresStoreError("the store is closed")
             if self._pool is None:
-                check = ConnectionPool.check_connection if self._check else None
-                self._pool = ConnectionPool(
-                    self.dsn, open=False, check=check, configure=_configure, **self._pool_args
-                )
+                check = _check if self._check else None
+                self._pool = ConnectionPool(self.dsn, open=False, check=check, configure=_configure, **self._pool_args)
                 self._pool.open(wait=False)
             return self._pool
 
@@ -597,7 +637,7 @@ class PostgresStore:
         loop = asyncio.get_running_loop()
         entry = self._apools.get(id(loop))
         if entry is None or entry[0] is not loop:
-            check = AsyncConnectionPool.check_connection if self._check else None
+            check = _acheck if self._check else None
             pool = AsyncConnectionPool(self.dsn, open=False, check=check, configure=_aconfigure, **self._pool_args)
             self._apools = {k: v for k, v in self._apools.items() if not v[0].is_closed()}
             self._apools[id(loop)] = (loop, pool)
