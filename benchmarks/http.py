@@ -10,7 +10,7 @@ except in the rows naming a store: there the guard asks an SQLite file, a Postgr
 Redis prefix that every worker shares (the revocation check on every request, the keys once a
 second), as instances of one deployment do; a server that cannot be reached is reported as skipped.
 The PostgreSQL store runs twice: as configured by default (each pooled connection checked before
-it is lent, one more round trip) and with that check off.
+it is lent) and with that check off, which shows what the check costs.
 """
 
 # ruff: noqa: S603, S607 -- uvicorn and wrk are started with fixed arguments.
@@ -56,7 +56,7 @@ GUARD_BUILD = r"""return wrk.format("POST", "/mcp", {["Authorization"] = "Bearer
     ["Content-Type"] = "application/json", ["Accept"] = "application/json, text/event-stream"},
     '{"jsonrpc":"2.0","id":1,"method":"tools/list"}')"""
 UNCHECKED = "connections lent unchecked"
-"""The PostgreSQL store with ``check_connections=False``: one round trip per effect, not two."""
+"""The row of the PostgreSQL store with ``check_connections=False``."""
 TOKEN_BUILD = r"""return wrk.format("POST", "/token", {["Content-Type"] = "application/x-www-form-urlencoded"},
     "grant_type=refresh_token&client_id=c1&refresh_token=" .. t)"""
 

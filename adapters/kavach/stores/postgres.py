@@ -348,7 +348,7 @@ def _quiet(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> bool
     round trip), which fails for a closed one so the pool replaces it. A peer gone without a
     word (a link cut mid-network) is not seen here, nor by a round trip, which would wait for it.
     """
-    if conn.closed or conn.broken:
+    if conn.closed:  # closed by us, or broken (a broken connection is closed too)
         return False
     try:
         socket = conn.pgconn.socket
