@@ -26,7 +26,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from .common import spread, table
 
@@ -107,15 +107,24 @@ def _parse(out: str) -> dict[str, float]:
     }
 
 
-def _run(
-    app: str, workers: int, tokens: Path, build: str, *, grants: int, seconds: int, connections: int, store: str = ""
-) -> dict[str, float]:
+class Run(NamedTuple):
+    """One row of part d: the app (:mod:`benchmarks.http_apps`), the tokens wrk presents, the Lua
+    that builds each request, the refresh families each worker seeds, the shared store's URL."""
+
+    app: str
+    tokens: Path
+    build: str
+    grants: int = 0
+    store: str = ""
+
+
+def _run(spec: Run, workers: int, *, seconds: int, connections: int) -> dict[str, float]:
     port = _free_port()
     env = {
         **os.environ,
-        "KAVACH_BENCH_APP": app,
-        "KAVACH_BENCH_GRANTS": str(grants),
-        "KAVACH_BENCH_STORE": store,
+        "KAVACH_BENCH_APP": spec.app,
+        "KAVACH_BENCH_GRANTS": str(spec.grants),
+        "KAVACH_BENCH_STORE": spec.store,
         "PYTHONPATH": str(ROOT),
     }
     cmd = [sys.executable, "-m", "benchmarks.serve", str(port), str(workers)]
@@ -125,7 +134,7 @@ def _run(
         time.sleep(1.0 + workers)  # every worker up and its state built
         threads = 2
         with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
-            f.write(LUA % {"file": tokens, "threads": threads, "build": build})
+            f.write(LUA % {"file": spec.tokens, "threads": threads, "build": spec.build})
             script = f.name
         out = subprocess.run(
             [
@@ -179,27 +188,23 @@ def over_http(quick: bool = False) -> dict[str, Any]:
         kavach_refresh = _write_tokens(d, "krefresh", [http_apps.refresh_for(i) for i in range(1, distinct + 1)])
         mcp_refresh = _write_tokens(d, "mrefresh", [http_apps.mcp_refresh_for(i) for i in range(1, distinct + 1)])
         guard_runs = {
-            "no guard (ceiling)": ("plain", repeat, GUARD_BUILD, 0, ""),
-            "kavach, repeat token": ("kavach", repeat, GUARD_BUILD, 0, ""),
+            "no guard (ceiling)": Run("plain", repeat, GUARD_BUILD),
+            "kavach, repeat token": Run("kavach", repeat, GUARD_BUILD),
             **{
-                f"kavach, repeat token, {label} store": ("kavach-store", repeat, GUARD_BUILD, 0, url)
+                f"kavach, repeat token, {label} store": Run("kavach-store", repeat, GUARD_BUILD, store=url)
                 for label, url in stores.items()
             },
             **{
-                f"kavach, repeat token, {label} store, {UNCHECKED}": (
-                    "kavach-store-unchecked",
-                    repeat,
-                    GUARD_BUILD,
-                    0,
-                    url,
+                f"kavach, repeat token, {label} store, {UNCHECKED}": Run(
+                    "kavach-store-unchecked", repeat, GUARD_BUILD, store=url
                 )
                 for label, url in stores.items()
                 if label == "PostgreSQL"
             },
-            "kavach, first-sight tokens": ("kavach", first, GUARD_BUILD, 0, ""),
-            "MCP SDK bearer middleware (PyJWT verifier)": ("mcp", repeat, GUARD_BUILD, 0, ""),
-            "kavach token endpoint (refresh, rotation)": ("kavach-token", kavach_refresh, TOKEN_BUILD, distinct, ""),
-            "MCP SDK TokenHandler (refresh, rotation)": ("mcp-token", mcp_refresh, TOKEN_BUILD, distinct, ""),
+            "kavach, first-sight tokens": Run("kavach", first, GUARD_BUILD),
+            "MCP SDK bearer middleware (PyJWT verifier)": Run("mcp", repeat, GUARD_BUILD),
+            "kavach token endpoint (refresh, rotation)": Run("kavach-token", kavach_refresh, TOKEN_BUILD, distinct),
+            "MCP SDK TokenHandler (refresh, rotation)": Run("mcp-token", mcp_refresh, TOKEN_BUILD, distinct),
         }
         result: dict[str, Any] = {
             "seconds_per_run": seconds,
@@ -215,26 +220,14 @@ def over_http(quick: bool = False) -> dict[str, Any]:
             for r in range(rounds):
                 order = names[r % len(names) :] + names[: r % len(names)]
                 for name in order:
-                    app, file, build, grants, store = guard_runs[name]
-                    raw[name].append(
-                        _run(
-                            app,
-                            workers,
-                            file,
-                            build,
-                            grants=grants,
-                            seconds=seconds,
-                            connections=connections,
-                            store=store,
-                        )
-                    )
+                    raw[name].append(_run(guard_runs[name], workers, seconds=seconds, connections=connections))
             summary: dict[str, Any] = {}
             ceiling = raw["no guard (ceiling)"]
             token_base = raw["MCP SDK TokenHandler (refresh, rotation)"]
             for name in names:
                 runs = raw[name]
-                file = guard_runs[name][1]
-                base = token_base if "token" in guard_runs[name][0] else ceiling
+                file = guard_runs[name].tokens
+                base = token_base if "token" in guard_runs[name].app else ceiling
                 summary[name] = {
                     "rps": spread([x["rps"] for x in runs]),
                     "ratio": spread(

@@ -10,12 +10,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
+import redis
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks import __main__ as bench  # noqa: E402
+from benchmarks import http_apps  # noqa: E402
 from benchmarks.http import UNCHECKED  # noqa: E402
 
 
@@ -64,6 +67,24 @@ def test_http_at_tiny_size(tmp_path: Path) -> None:
             assert entry["requests"] > 0
         for name in ("kavach, repeat token", *(stored & set(summary))):
             assert summary[name]["non_2xx"] == 0, name  # the seeded grant verifies on every store
+    assert _left_behind(http["skipped"]) == []
+
+
+def _left_behind(skipped: dict[str, str]) -> list[str]:
+    """The PostgreSQL schemas and Redis keys this process's part d made and did not remove."""
+    tag = f"{os.getpid()}_"
+    found: list[str] = []
+    if not any("PostgreSQL" in name for name in skipped):
+        with psycopg.connect(http_apps.POSTGRES_URL, autocommit=True) as conn:
+            rows = conn.execute(
+                "SELECT nspname FROM pg_namespace WHERE starts_with(nspname, %s)", (f"kavach_bench_http_{tag}",)
+            )
+            found += [str(name) for (name,) in rows]
+    if not any("Redis" in name for name in skipped):
+        client = redis.Redis.from_url(http_apps.REDIS_URL)
+        found += [key.decode() for key in client.scan_iter(match=f"kavach-bench-http:{tag}*")]
+        client.close()
+    return found
 
 
 def _services_or_skipped(skipped: set[str], rows: set[str]) -> None:
