@@ -210,11 +210,15 @@ def guard_middleware(
             if isinstance(body, Response):
                 return _unread(body)
             req = _translate(request, body)
+            authorization = req.header_values("authorization")
             if required is None:
-                outcome = await server.aguard_body(canonical, req.header_values("authorization"), body)
-            else:
-                scopes = required(req)
-                outcome = scopes if isinstance(scopes, Response) else await server.aguard(canonical, req, scopes)
+                outcome = await server.aguard_body(canonical, authorization, body)
+            else:  # the body's codings and charset were checked by _body
+                need = required(req)
+                if isinstance(need, Response):
+                    outcome = need
+                else:
+                    outcome = await server.aguard_values(canonical, authorization, need)
             if not isinstance(outcome, Response):
                 _remove_authorization(request)  # RS-04: the handler never sees the token
         except Exception as exc:
