@@ -214,6 +214,15 @@ def consent_page(
     return dep.person.get(dep.base + after.headers["location"])
 
 
+def signed_out_login(dep: Deployment, client_id: str) -> httpx.Response:
+    """A new sign-in form for this browser, signed out first: a form served before a sign-in is
+    void after it (the browser id it is bound to is replaced)."""
+    dep.person.cookies.clear()
+    login = dep.person.get(dep.authorize_url(client_id, pkce()[1]))
+    assert login.status_code == 200 and 'name="password"' in login.text
+    return login
+
+
 # -- the whole journey -------------------------------------------------------------------------
 
 
@@ -372,6 +381,29 @@ def test_az_10_login_post_without_csrf_token_is_refused(dep: Deployment) -> None
     r = post_form(dep.person, dep.base + form.action, data)
     assert r.status_code == 403
     assert not any("session" in c for c in r.headers.get_list("set-cookie"))
+
+
+def test_az_10_signing_in_gives_the_browser_a_new_id(dep: Deployment) -> None:
+    """The CSRF tokens are bound to the browser cookie; signing in replaces it, so a consent token
+    made for the id the browser had before (one an attacker planted in it, or read) is refused,
+    while the consent page served after the sign-in, under the new id, works."""
+    login = dep.person.get(dep.authorize_url(dep.register(), pkce()[1]))
+    before = dep.person.cookies["kavach-browser"]
+    signed_in = dep.login(login)
+    assert signed_in.status_code == 303
+    renewed = [c for c in signed_in.headers.get_list("set-cookie") if c.startswith("kavach-browser=")]
+    assert len(renewed) == 1 and "HttpOnly" in renewed[0] and "SameSite=Lax" in renewed[0]
+    after = dep.person.cookies["kavach-browser"]
+    assert after != before and len(after) >= 43
+    consent = dep.person.get(dep.base + signed_in.headers["location"])
+    assert consent.status_code == 200, "the consent link is bound to the new id"
+    form = the_form(consent)
+    ticket = dict(form.submit("approve"))["ticket"]
+    stale = dep.server.cookies.csrf_token(before, "consent", ticket)  # what a form made for that id holds
+    refused = post_form(dep.person, dep.base + form.action, form.submit("approve", csrf_token=stale))
+    assert refused.status_code == 403 and "location" not in refused.headers
+    decided = post_form(dep.person, dep.base + form.action, form.submit("approve"))
+    assert decided.status_code == 303 and "code=" in decided.headers["location"]
 
 
 def test_az_10_303_after_every_post(dep: Deployment) -> None:
@@ -637,12 +669,14 @@ def test_a_burst_of_guesses_runs_no_more_password_checks_than_the_limit(framewor
 def test_a_successful_sign_in_gives_its_attempt_back(framework: str, tmp_path: Any) -> None:
     """Failures add up to ``per_user``; successes in between take none of it."""
     for dep in deploy(framework, "memory", "", tmp_path, login_limits=LoginLimits(per_user=3, per_address=100)):
-        login = dep.person.get(dep.authorize_url(dep.register(), pkce()[1]))
+        client_id = dep.register()
+        login = signed_out_login(dep, client_id)
         for _ in range(2):
             assert "notice=failed" in dep.login(login, password="wrong").headers["location"]
         for _ in range(5):
-            signed_in = dep.login(login)
+            signed_in = dep.login(signed_out_login(dep, client_id))
             assert signed_in.status_code == 303 and "notice" not in signed_in.headers["location"]
+        login = signed_out_login(dep, client_id)
         assert "notice=failed" in dep.login(login, password="wrong").headers["location"]
         assert dep.login(login).status_code == 429
 
@@ -653,9 +687,7 @@ def test_successful_sign_ins_do_not_count_toward_the_username_limit(framework: s
     for dep in deploy(framework, "memory", "", tmp_path):
         client_id = dep.register()
         for _ in range(LoginLimits().per_user + 1):
-            dep.person.cookies.clear()  # signed out: the sign-in form every time
-            login = dep.person.get(dep.authorize_url(client_id, pkce()[1]))
-            signed_in = dep.login(login)
+            signed_in = dep.login(signed_out_login(dep, client_id))
             assert signed_in.status_code == 303 and "notice" not in signed_in.headers["location"]
 
 
@@ -673,10 +705,10 @@ def test_login_attempts_are_rate_limited_per_address(framework: str, tmp_path: A
 def test_successful_sign_ins_count_toward_the_address_limit(framework: str, tmp_path: Any) -> None:
     for dep in deploy(framework, "memory", "", tmp_path, login_limits=LoginLimits(per_user=100, per_address=2)):
         checked = count_password_checks(dep)
-        login = dep.person.get(dep.authorize_url(dep.register(), pkce()[1]))
-        assert dep.login(login).status_code == 303
-        assert dep.login(login).status_code == 303
-        limited = dep.login(login)
+        client_id = dep.register()
+        for _ in range(2):
+            assert dep.login(signed_out_login(dep, client_id)).status_code == 303
+        limited = dep.login(signed_out_login(dep, client_id))
         assert limited.status_code == 429 and limited.headers["retry-after"] == "900"
         assert checked == ["alice", "alice"]
 

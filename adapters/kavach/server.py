@@ -679,7 +679,8 @@ class AuthorizationServer:
         yield fx.Hit(attempts, limits.per_user, limits.window, ctx.now, step=-1)  # same ctx.now: same window
         subject, stamp = signed_in
         session = self.cookies.session_cookie(subject, stamp, ctx.now, ctx.random(16))
-        return _see_other(self._consent_url(ticket, browser), session)
+        browser, set_browser = self.cookies.new_browser_id()  # forms served before this sign-in are void
+        return _see_other(self._consent_url(ticket, browser), session, set_browser)
 
     def _decision(self, ctx: Context, req: HttpRequest) -> Generator[fx.Effect, Any, Response]:
         """The consent form's POST: CSRF, then switch account (sign out, ask again; only for a person

@@ -18,7 +18,7 @@
   (:meth:`Cookies.reach`, used by ``kavach.server``).
 - The browser cookie is a random id that every CSRF token is bound to, so a token lifted from
   one browser is useless in another; each token is also bound to its form and consent ticket
-  (AZ-10).
+  (AZ-10). Signing in replaces the id, so the tokens of forms served before it stop working.
 """
 
 from __future__ import annotations
@@ -172,6 +172,12 @@ class Cookies:
         value = cookies.get(self.browser_name, "")
         if 32 <= len(value) <= 64 and value.isascii() and value.replace("-", "").replace("_", "").isalnum():
             return value, None
+        return self.new_browser_id()
+
+    def new_browser_id(self) -> tuple[str, tuple[str, str]]:
+        """A new random browser id and the ``Set-Cookie`` header that gives it to the browser: at
+        first sight, and at each sign-in, so no CSRF token made before it (say, for an id an
+        attacker planted or read) is accepted after it (OWASP CSRF Prevention: renew on sign-in)."""
         fresh = secrets.token_urlsafe(32)
         return fresh, self.set_cookie(self.browser_name, fresh, 400 * 86400)
 
