@@ -219,6 +219,12 @@ def test_a_redis_database_that_is_not_a_number_is_refused(tmp_path: Path) -> Non
         # an empty or repeated namespace silently meant the default one, or the first
         ("postgresql://127.0.0.1/test?schema=", "schema must be given once and not empty"),
         ("postgresql://127.0.0.1/test?schema=a&schema=b", "schema must be given once and not empty"),
+        ("postgresql://127.0.0.1/test?max_connections=", "max_connections must be given once and not empty"),
+        ("postgresql://127.0.0.1/test?min_connections=1&min_connections=2", "min_connections must be given once"),
+        ("postgresql://127.0.0.1/test?max_connections=ten", "max_connections 'ten' is not a whole number"),
+        ("postgresql://127.0.0.1/test?min_connections=-1", "min_connections '-1' is not a whole number"),
+        ("postgresql://127.0.0.1/test?max_connections=0", "max_connections >= 1 (here 1 and 0)"),
+        ("postgresql://127.0.0.1/test?min_connections=5&max_connections=2", "<= max_connections and"),
         ("redis://127.0.0.1:6379/0?prefix=", "prefix must be given once and not empty"),
         ("redis://127.0.0.1:6379/0?prefix=a:&prefix=b:", "prefix must be given once and not empty"),
         # redis-py hands a parameter it does not know to the connection: a TypeError at first use
@@ -260,6 +266,29 @@ def test_a_postgresql_url_sets_the_connect_timeout(given: str | None, used: int)
     assert store._pool_args["kwargs"]["connect_timeout"] == used
     explicit = PostgresStore(f"postgresql://127.0.0.1:5432/test{query}", connect_timeout=9, store_key=STORE_KEY)
     assert explicit._pool_args["kwargs"]["connect_timeout"] == 9
+
+
+@pytest.mark.parametrize(
+    ("query", "explicit", "sizes"),
+    [
+        ("", {}, (1, 10)),
+        ("?min_connections=0&max_connections=3", {}, (0, 3)),
+        ("?schema=k_pool&max_connections=20&sslmode=disable", {}, (1, 20)),
+        ("?min_connections=4&max_connections=4", {"min_connections": 2}, (2, 4)),
+        ("?max_connections=4", {"max_connections": 6}, (1, 6)),
+    ],
+)
+def test_a_postgresql_url_sizes_the_pools(query: str, explicit: dict[str, int], sizes: tuple[int, int]) -> None:
+    """The URL's ``min_connections``/``max_connections`` size the pools, the constructor's own
+    arguments win over them, and they (with ``schema``) are taken out of what libpq is given,
+    while libpq's own parameters stay. No connection is made here."""
+    from kavach.stores.postgres import PostgresStore
+
+    store = PostgresStore(f"postgresql://127.0.0.1:5432/test{query}", store_key=STORE_KEY, **explicit)
+    assert (store._pool_args["min_size"], store._pool_args["max_size"]) == sizes
+    assert "connections" not in store.dsn and "schema" not in store.dsn
+    assert ("sslmode=disable" in store.dsn) == ("sslmode" in query)
+    assert store.schema == ("k_pool" if "schema" in query else "kavach")
 
 
 def test_a_postgresql_pool_timeout_keeps_its_cause_on_the_event_loop() -> None:

@@ -473,6 +473,34 @@ def test_open_store_names_every_backend(tmp_path: Path) -> None:
         open_store("mysql://localhost/db")
 
 
+def test_a_postgresql_url_sizes_the_pool_it_opens(tmp_path: Path, admin: psycopg.Connection[Any]) -> None:
+    """``min_connections`` in the store URL: that many connections open at start (counted by the
+    server, under the URL's libpq ``application_name``, which reaches it); ``max_connections``:
+    no more are lent, the next caller waits its ``timeout``, then the store is unavailable."""
+    schema = services.postgres_schema(tmp_path)
+    name = f"kavach_pool_{schema[-12:]}"
+    url = f"{services.POSTGRES_URL}?schema={schema}&application_name={name}&min_connections=3&max_connections=3"
+    store = open_store(url, timeout=1)
+    try:
+        assert store.perform(fx.GetSigningKeys()) == ()
+
+        def opened() -> int:
+            row = admin.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = %s", (name,)).fetchone()
+            return int(row[0]) if row else 0
+
+        assert eventually(lambda: opened() == 3), f"{opened()} connections open"
+        pool = store._sync_pool()
+        with pool.connection(), pool.connection(), pool.connection():
+            started = time.monotonic()
+            with pytest.raises(StoreUnavailable):
+                store.perform(fx.GetSigningKeys())
+            assert time.monotonic() - started >= 0.9
+            assert opened() == 3
+        assert store.perform(fx.GetSigningKeys()) == ()
+    finally:
+        store.close()
+
+
 # -- faults: PostgreSQL --------------------------------------------------------------------------------------
 
 

@@ -49,7 +49,7 @@ import hashlib
 import re
 import select
 import threading
-from collections.abc import Callable, Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
@@ -374,15 +374,15 @@ async def _acheck(conn: psycopg.AsyncConnection[Any]) -> None:
         await AsyncConnectionPool.check_connection(conn)
 
 
-def _checked_dsn(dsn: str) -> tuple[str, str | None, int | None]:
+def _checked_dsn(dsn: str) -> tuple[str, dict[str, str], int | None]:
     """``dsn`` parsed as libpq will (scheme in any letter case, every port from 1 to 65535), without
-    its ``schema`` parameter, that parameter and the ``connect_timeout`` it sets (see
-    :func:`_connect_timeout`); :class:`PostgresStoreError` when malformed."""
+    the store's own query parameters (:data:`_OWN`), those parameters and the ``connect_timeout``
+    it sets (see :func:`_connect_timeout`); :class:`PostgresStoreError` when malformed."""
     scheme, sep, rest = dsn.partition("://")
     if sep and scheme.lower() in ("postgresql", "postgres"):
         dsn = scheme.lower() + sep + rest
     try:
-        dsn, schema = _split_schema(dsn)
+        dsn, own = _split_own(dsn)
         params = conninfo_to_dict(dsn)
     except (ValueError, psycopg.ProgrammingError) as exc:
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -392,7 +392,7 @@ def _checked_dsn(dsn: str) -> tuple[str, str | None, int | None]:
     for port in str(params.get("port") or "").split(","):
         if port.strip() and not (re.fullmatch(r"[0-9]{1,5}", port.strip()) and 0 < int(port) < 65536):
             raise PostgresStoreError(f"PostgreSQL port {port.strip()!r} is not a number from 1 to 65535")
-    return dsn, schema, _connect_timeout(params.get("connect_timeout"))
+    return dsn, own, _connect_timeout(params.get("connect_timeout"))
 
 
 def _connect_timeout(value: object) -> int | None:
@@ -416,33 +416,56 @@ def _passwords(dsn: str) -> list[str]:
     return [text for text in found if text]
 
 
-def _split_schema(dsn: str) -> tuple[str, str | None]:
-    """Remove a ``schema`` query parameter from a URL-style DSN (libpq would refuse it)."""
+_OWN = ("schema", "min_connections", "max_connections")
+"""The store URL's query parameters that are the store's, not libpq's (which would refuse them)."""
+
+
+def _split_own(dsn: str) -> tuple[str, dict[str, str]]:
+    """Remove the :data:`_OWN` query parameters from a URL-style DSN: the DSN left for libpq, and
+    the ones given (each at most once and not empty: a second or empty one would silently mean
+    something else)."""
     if "://" not in dsn:
-        return dsn, None
+        return dsn, {}
     parts = urlsplit(dsn)
     query = parse_qsl(parts.query, keep_blank_values=True)
-    given = [v for k, v in query if k == "schema"]
-    if not given:
-        return dsn, None
-    if len(given) > 1 or not given[0]:
-        raise ValueError("the store URL's schema must be given once and not empty (leave it out for kavach)")
-    schema = given[0]
-    rest = urlencode([(k, v) for k, v in query if k != "schema"], quote_via=quote)  # %20, never + (libpq)
-    return urlunsplit(parts._replace(query=rest)), schema
+    own: dict[str, str] = {}
+    for name in _OWN:
+        given = [v for k, v in query if k == name]
+        if len(given) > 1 or given == [""]:
+            leave_out = " (leave it out for kavach)" if name == "schema" else ""
+            raise ValueError(f"the store URL's {name} must be given once and not empty{leave_out}")
+        if given:
+            own[name] = given[0]
+    if not own:
+        return dsn, own
+    rest = urlencode([(k, v) for k, v in query if k not in own], quote_via=quote)  # %20, never + (libpq)
+    return urlunsplit(parts._replace(query=rest)), own
+
+
+def _pool_size(own: Mapping[str, str], name: str, given: int | None, default: int) -> int:
+    """A pool bound: ``given`` (the constructor's), else the URL's ``name`` (a whole number), else ``default``."""
+    if given is not None:
+        return given
+    text = own.get(name)
+    if text is None:
+        return default
+    if not re.fullmatch(r"[0-9]{1,4}", text):
+        raise PostgresStoreError(f"the store URL's {name} {text!r} is not a whole number from 0 to 9999")
+    return int(text)
 
 
 class PostgresStore:
     """A store on one PostgreSQL schema, implementing every effect in :mod:`kavach_core.effects`.
 
-    ``dsn`` is a libpq connection string or ``postgresql://`` URL. ``schema`` names the schema
-    holding the tables (created on first use). ``min_connections``/``max_connections`` size each
-    pool; ``timeout`` (seconds) bounds the wait for a connection, and ``connect_timeout`` (else the
-    URL's ``connect_timeout``, else 5) the opening of one, before :class:`StoreUnavailable` is
-    raised. ``store_key`` (else ``KAVACH_STORE_KEY``) encrypts signing keys at rest.
-    ``check_connections`` checks each pooled connection before lending it, replacing one the
-    server closed while it was idle: without a round trip unless something arrived on it in the
-    pool (:func:`_quiet`).
+    ``dsn`` is a libpq connection string or ``postgresql://`` URL. ``schema`` (else the URL's
+    ``schema`` parameter, else ``kavach``) names the schema holding the tables (created on first
+    use). ``min_connections``/``max_connections`` (else the URL's parameters of those names, else 1
+    and 10) size each pool: the connections it opens at start, and at most. ``timeout`` (seconds)
+    bounds the wait for a connection, and ``connect_timeout`` (else the URL's
+    ``connect_timeout``, else 5) the opening of one, before :class:`StoreUnavailable` is raised.
+    ``store_key`` (else ``KAVACH_STORE_KEY``) encrypts signing keys at rest. ``check_connections``
+    checks each pooled connection before lending it, replacing one the server closed while it was
+    idle: without a round trip unless something arrived on it in the pool (:func:`_quiet`).
     """
 
     def __init__(
@@ -450,20 +473,25 @@ class PostgresStore:
         dsn: str,
         *,
         schema: str | None = None,
-        min_connections: int = 1,
-        max_connections: int = 10,
+        min_connections: int | None = None,
+        max_connections: int | None = None,
         timeout: float = 5.0,
         connect_timeout: int | None = None,
         store_key: bytes | str | None = None,
         check_connections: bool = True,
     ) -> None:
-        dsn, url_schema, url_connect_timeout = _checked_dsn(dsn)
+        dsn, own, url_connect_timeout = _checked_dsn(dsn)
         connect_timeout = connect_timeout or url_connect_timeout or 5
-        schema = schema or url_schema or "kavach"
+        schema = schema or own.get("schema") or "kavach"
         if not _SCHEMA_NAME.fullmatch(schema):
             raise PostgresStoreError(f"schema name {schema!r} must match {_SCHEMA_NAME.pattern}")
+        min_connections = _pool_size(own, "min_connections", min_connections, 1)
+        max_connections = _pool_size(own, "max_connections", max_connections, 10)
         if not 0 <= min_connections <= max_connections or max_connections < 1:
-            raise ValueError("need 0 <= min_connections <= max_connections and max_connections >= 1")
+            raise PostgresStoreError(
+                "the pool needs 0 <= min_connections <= max_connections and max_connections >= 1"
+                f" (here {min_connections} and {max_connections})"
+            )
         self.dsn = dsn
         self.schema = schema
         self._sealer: KeySealer | None = sealer_from(store_key)
