@@ -490,7 +490,7 @@ def test_a_postgresql_url_sizes_the_pool_it_opens(tmp_path: Path, admin: psycopg
 
         assert eventually(lambda: opened() == 3), f"{opened()} connections open"
         pool = store._sync_pool()
-        with pool.connection(), pool.connection(), pool.connection():
+        with store._lending(), pool.connection(), pool.connection(), pool.connection():  # lent, as in use
             started = time.monotonic()
             with pytest.raises(StoreUnavailable):
                 store.perform(fx.GetSigningKeys())
@@ -908,6 +908,43 @@ def test_redis_values_that_do_not_read_are_damage(rd: RedisStore, damage: str) -
             rd.perform(effect)
         with pytest.raises(DamagedValueError, match="prefix is damaged"):
             asyncio.run(rd.aperform(effect))
+
+
+def test_redis_damage_in_every_kind_of_value_reads_as_damage(rd: RedisStore) -> None:
+    """Each decoder of what Redis holds (a client, a code's and a grant's hash, a rate-limit
+    counter) reports a value that does not read as damage, and changes nothing."""
+    client = rd._sync_client()
+    rd.perform(fx.PutCode(code()))
+    assert rd.perform(fx.ConsumeCode("h1", grant())) is True
+    client.set(rd.prefix + "client:c9", '{"client_id": 7}')
+    client.hset(rd.prefix + "code:h1", "consumed", "1")
+    client.hset(rd.prefix + "code:h1", "record", "{not json")
+    client.hset(rd.prefix + "grant:g1", "gen", "one")
+    hit = fx.Hit("b1", 5, 60, T0, step=0)
+    client.set(rd.prefix + f"hit:{hit.window_end}:b1", "many")
+    damaged = [fx.GetClient("c9"), fx.GetCode("h1"), fx.GetGrant("g1"), fx.ListGrants(subject="alice"), hit]
+    before = {k: client.dump(k) for k in client.scan_iter(match=rd.prefix + "*")}
+    for effect in damaged:
+        with pytest.raises(DamagedValueError, match="prefix is damaged"):
+            rd.perform(effect)
+    assert {k: client.dump(k) for k in client.scan_iter(match=rd.prefix + "*")} == before
+
+
+def test_a_redis_handler_bug_is_raised_as_itself_not_as_damage(rd: RedisStore, monkeypatch: Any) -> None:
+    """Only decoding is read as damage: an error elsewhere in a handler, after a good reply, is a
+    bug, and surfaces as one (not as a 503 blaming the data)."""
+    rd.perform(fx.PutClient(Client("c1", ("https://app.example/cb",))))
+    assert rd.perform(fx.GetClient("c1")) is not None
+
+    def broken(e: fx.GetClient) -> Any:
+        found = yield from RedisStore._get_client(rd, e)
+        return found.no_such_field  # the bug
+
+    monkeypatch.setitem(rd._handlers, fx.GetClient, broken)
+    with pytest.raises(AttributeError, match="no_such_field"):
+        rd.perform(fx.GetClient("c1"))
+    with pytest.raises(AttributeError, match="no_such_field"):
+        asyncio.run(rd.aperform(fx.GetClient("c1")))
 
 
 def test_redis_purge_keeps_a_client_put_again_at_any_step(rd: RedisStore, tmp_path: Path) -> None:

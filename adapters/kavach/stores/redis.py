@@ -39,13 +39,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import json
 import re
 import threading
 import time
 from collections.abc import Callable, Generator, Iterator
-from typing import Any, TypeVar
+from typing import Any, ParamSpec, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import attrs
@@ -60,12 +61,14 @@ from kavach_core import effects as fx
 from kavach_core.drivers import StoreUnavailable
 from kavach_core.records import AuthorizationCode, Client, Grant, PendingAuthorization, SigningKey
 
-from ._codec import CLIENTS, CODES, GRANTS, KEYS, PENDING
+from ._codec import CLIENTS, CODES, GRANTS, KEYS, PENDING, RecordCodec
 from ._sealing import KeySealer, seal, sealer_from, unseal
 
 __all__ = ["RedisStore"]
 
 T = TypeVar("T")
+R = TypeVar("R")
+P = ParamSpec("P")
 
 
 @attrs.frozen
@@ -608,7 +611,7 @@ class RedisStore:
 
     def _get_client(self, e: fx.GetClient) -> Plan[Client | None]:
         raw = yield _Command(("GET", self._k("client", e.client_id)))
-        return None if raw is None else CLIENTS.loads(raw)
+        return None if raw is None else _record(CLIENTS, raw)
 
     def _put_client(self, e: fx.PutClient) -> Plan[None]:
         c = e.client
@@ -630,7 +633,7 @@ class RedisStore:
 
     def _list_clients(self, e: fx.ListClients) -> Plan[tuple[Client, ...]]:
         raw = yield _Script("list_clients", (self._k("clients"),), (self._k("client", ""),))
-        return tuple(CLIENTS.loads(v) for v in raw)
+        return tuple(_record(CLIENTS, v) for v in raw)
 
     # -- pending authorizations and codes --------------------------------------------------------
 
@@ -641,12 +644,12 @@ class RedisStore:
 
     def _get_pending(self, e: fx.GetPending) -> Plan[PendingAuthorization | None]:
         raw = yield _Command(("GET", self._k("pending", e.ticket_hash)))
-        record = None if raw is None else PENDING.loads(raw)
+        record = None if raw is None else _record(PENDING, raw)
         return None if record is None or record.expires_at <= e.now else record
 
     def _take_pending(self, e: fx.TakePending) -> Plan[PendingAuthorization | None]:
         raw = yield _Command(("GETDEL", self._k("pending", e.ticket_hash)))
-        record = None if raw is None else PENDING.loads(raw)
+        record = None if raw is None else _record(PENDING, raw)
         return None if record is None or record.expires_at <= e.now else record
 
     def _put_code(self, e: fx.PutCode) -> Plan[None]:
@@ -675,11 +678,7 @@ class RedisStore:
         yield _Script("put_code", keys, args)
 
     def _get_code(self, e: fx.GetCode) -> Plan[AuthorizationCode | None]:
-        reply = yield _Command(("HGETALL", self._k("code", e.code_hash)))
-        fields = _pairs(reply)
-        if "record" not in fields:
-            return None
-        return attrs.evolve(CODES.loads(fields["record"]), consumed=_text(fields["consumed"]) == "1")
+        return _code((yield _Command(("HGETALL", self._k("code", e.code_hash)))))
 
     def _consume_code(self, e: fx.ConsumeCode) -> Plan[bool]:
         g = e.grant
@@ -763,9 +762,7 @@ class RedisStore:
     # -- signing keys ----------------------------------------------------------------------------
 
     def _decode_keys(self, raw: Any) -> tuple[SigningKey, ...]:
-        if raw is None:
-            return ()
-        keys = (KEYS.from_dict(item) for item in json.loads(raw))
+        keys = _keys(raw)
         return tuple(attrs.evolve(k, private_pem=unseal(self._sealer, k.kid, k.private_pem)) for k in keys)
 
     def _get_keys(self, e: fx.Effect) -> Plan[tuple[SigningKey, ...]]:
@@ -786,7 +783,7 @@ class RedisStore:
             count = (yield _Command(("GET", key))) or 0
         else:
             count = yield _Script("hit", (key,), (self._ttl(e.window_end - e.now), e.step))
-        return bool(int(count) <= e.limit)
+        return bool(_whole(count) <= e.limit)
 
     # -- purge -----------------------------------------------------------------------------------
 
@@ -799,7 +796,7 @@ class RedisStore:
 
         for key in scan("pending"):
             raw = yield _Command(("GET", key))
-            if raw is not None and PENDING.loads(raw).expires_at <= now:
+            if raw is not None and _record(PENDING, raw).expires_at <= now:
                 counts["pending"] += int((yield _Script("purge_value", (key,), (raw,))))
         for key in scan("code"):
             counts["codes"] += int((yield _Script("purge_hash", (key,), ("exp", now))))
@@ -807,16 +804,16 @@ class RedisStore:
             counts["grants"] += int((yield _Script("purge_hash", (key,), ("exp", now))))
         for key in scan("revoked"):
             raw = yield _Command(("GET", key))
-            if raw is not None and int(raw) <= now:
+            if raw is not None and _whole(raw) <= now:
                 counts["revoked_tokens"] += int((yield _Script("purge_value", (key,), (raw,))))
         for key in scan("hit"):
-            window_end = int(key[len(self.prefix) :].split(":", 2)[1])
+            window_end = _whole(key[len(self.prefix) :].split(":", 2)[1])
             if window_end <= now:
                 counts["rate_limits"] += int((yield _Command(("DEL", key))))
         for key in scan("client"):
             raw = yield _Command(("GET", key))
             if raw is not None:
-                client_record = CLIENTS.loads(raw)
+                client_record = _record(CLIENTS, raw)
                 if client_record.expires_at is not None and client_record.expires_at <= now:
                     keys = (key, self._k("clients"))
                     counts["clients"] += int((yield _Script("purge_client", keys, (raw, client_record.client_id))))
@@ -834,7 +831,50 @@ def _glob_escape(text: str) -> str:
     return "".join("\\" + ch if ch in "*?[]\\" else ch for ch in text)
 
 
+def _decoder(decode: Callable[P, R]) -> Callable[P, R]:
+    """``decode``, a reader of what Redis holds, raising :class:`DamagedValueError` for a value that
+    does not read as what it should be (what the record codecs, ``json`` and ``int`` raise). Only
+    decoding is so wrapped: an error anywhere else in a handler is a bug, raised as it is."""
+
+    @functools.wraps(decode)
+    def decoded(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return decode(*args, **kwargs)
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
+            raise DamagedValueError(f"a value under the store's prefix is damaged: it cannot be read ({exc})") from exc
+
+    return decoded
+
+
+@_decoder
+def _record(codec: RecordCodec[R], raw: Any) -> R:
+    return codec.loads(raw)
+
+
+@_decoder
+def _whole(raw: Any) -> int:
+    """A counter, a timestamp or a window's end, stored as decimal text."""
+    return int(raw)
+
+
+@_decoder
+def _keys(raw: Any) -> tuple[SigningKey, ...]:
+    """The signing keys' JSON array (their private PEMs still sealed); none when the key is missing."""
+    return () if raw is None else tuple(KEYS.from_dict(item) for item in json.loads(raw))
+
+
+@_decoder
+def _code(reply: Any) -> AuthorizationCode | None:
+    """A code's hash (its record, and whether it was consumed), ``None`` when it is missing."""
+    fields = _pairs(reply)
+    if "record" not in fields:
+        return None
+    return attrs.evolve(CODES.loads(fields["record"]), consumed=_text(fields["consumed"]) == "1")
+
+
+@_decoder
 def _grant(reply: Any) -> Grant | None:
+    """A grant's hash: its record, with the fields rotation and revocation change beside it."""
     fields = _pairs(reply)
     if "record" not in fields:
         return None
@@ -857,15 +897,6 @@ def _call(step: _Command | _Script) -> tuple[tuple[Any, ...], tuple[Any, ...] | 
     return ("EVALSHA", _SHA[step.name], *tail), ("EVAL", _SCRIPTS[step.name], *tail)
 
 
-def _read(plan: Plan[Any], reply: Any) -> _Command | _Script:
-    """The plan's next step, given the reply to its last: a reply its handler cannot decode (what
-    the record codecs raise) is a :class:`DamagedValueError`."""
-    try:
-        return plan.send(reply)
-    except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
-        raise DamagedValueError(f"a value under the store's prefix is damaged: it cannot be read ({exc})") from exc
-
-
 def _drive(client: redis.Redis, plan: Plan[T]) -> T:
     try:
         step = next(plan)
@@ -875,7 +906,7 @@ def _drive(client: redis.Redis, plan: Plan[T]) -> T:
                 reply = client.execute_command(*first)  # type: ignore[no-untyped-call]
             except redis.exceptions.NoScriptError:
                 reply = client.execute_command(*fallback)  # type: ignore[misc, no-untyped-call]
-            step = _read(plan, reply)
+            step = plan.send(reply)
     except StopIteration as stop:
         return stop.value  # type: ignore[no-any-return]
 
@@ -889,6 +920,6 @@ async def _adrive(client: redis.asyncio.Redis, plan: Plan[T]) -> T:
                 reply = await client.execute_command(*first)  # type: ignore[no-untyped-call]
             except redis.exceptions.NoScriptError:
                 reply = await client.execute_command(*fallback)  # type: ignore[misc, no-untyped-call]
-            step = _read(plan, reply)
+            step = plan.send(reply)
     except StopIteration as stop:
         return stop.value  # type: ignore[no-any-return]
