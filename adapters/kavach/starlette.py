@@ -44,8 +44,6 @@ class _Gone(Exception):
     """The client left before its body was complete: nothing of it is acted on (RFC 9112 §8)."""
 
 
-
-
 async def _read_rest(receive: Receive, limit: int, message: Message) -> bytes:
     """The body from ``message`` (already received) on, chunk by chunk, up to ``limit`` bytes;
     :class:`_Gone` when the client disconnects first."""
