@@ -44,7 +44,10 @@ def _basic(header: str) -> tuple[str, str]:
     if not sep:
         raise OAuthError("invalid_client", "malformed Basic credentials", status=401)
     # RFC 6749 §2.3.1: the client identifier and secret are form-urlencoded first.
-    return unquote_plus(user, errors="strict"), unquote_plus(password, errors="strict")
+    client_id, secret = unquote_plus(user, errors="strict"), unquote_plus(password, errors="strict")
+    if "\x00" in client_id or "\x00" in secret:  # as in every other parameter (GN-03): no client has one
+        raise OAuthError("invalid_client", "malformed Basic credentials", status=401)
+    return client_id, secret
 
 
 def client_credentials(req: HttpRequest, params: Params) -> ClientCredentials | None:

@@ -501,6 +501,28 @@ def test_a_postgresql_url_sizes_the_pool_it_opens(tmp_path: Path, admin: psycopg
         store.close()
 
 
+@pytest.mark.parametrize("credentials", [b"c%001:secret", b"c\x001:secret", b"c1:se%00cret"])
+def test_a_nul_in_basic_credentials_is_invalid_client_on_postgresql(pg: PostgresStore, credentials: bytes) -> None:
+    """PostgreSQL text holds no NUL, so a client id with one must never reach it: the token,
+    revocation and introspection endpoints answer 401 ``invalid_client`` (GN-03), as on every
+    other store, and never 500."""
+    import base64
+
+    from conftest import make_config
+    from kavach.server import AuthorizationServer
+
+    from kavach_core.http import HttpRequest
+
+    server = AuthorizationServer(make_config(), pg, identify=lambda req: None)
+    form = ("Content-Type", "application/x-www-form-urlencoded")
+    basic = ("Authorization", "Basic " + base64.b64encode(credentials).decode())
+    for path, body in (("/token", b"grant_type=refresh_token&refresh_token=x"), ("/revoke", b"token=abc"),
+                       ("/introspect", b"token=abc")):  # fmt: skip
+        answer = server.handle(HttpRequest("POST", path, (), [form, basic], body))
+        assert (answer.status, answer.json()["error"]) == (401, "invalid_client"), (path, answer.body)
+        assert (answer.header("www-authenticate") or "").startswith("Basic")
+
+
 # -- faults: PostgreSQL --------------------------------------------------------------------------------------
 
 

@@ -287,6 +287,9 @@ def test_tk_02_secret_without_client_id_is_invalid_request(hc: Harness) -> None:
         "Basic " + base64.b64encode(b":secret").decode(),
         "Basic " + base64.b64encode(b"\xff\xfe:x").decode(),
         "Basic " + base64.b64encode(b"a%ff:x").decode(),
+        "Basic " + base64.b64encode(b"c%001:secret").decode(),  # NUL, as in no parameter (GN-03)
+        "Basic " + base64.b64encode(b"c\x001:secret").decode(),
+        "Basic " + base64.b64encode(b"c1:se%00cret").decode(),
         "Basicx abc",
     ],
 )
