@@ -289,7 +289,8 @@ def test_settings_precedence_flags_env_toml_defaults(tmp_path: Path) -> None:
     ("toml", "expect"),
     [("port = [", "not valid TOML"), ("prot = 1", "unknown setting 'prot'"), ('port = "x"', "whole number"),
      ("[lifetimes]\nforever = 1", "unknown lifetime"), ("[resource]\nscopes = 3", "resource.scopes"),
-     ("\ufeffport = 8000", "byte-order mark")],
+     ("\ufeffport = 8000", "byte-order mark"), ("a = " + "[" * 1000 + "]" * 1000, "nested too deeply"),
+     ("a = " + "{b = " * 3000 + "1" + "}" * 3000, "nested too deeply")],
 )
 def test_bad_toml_is_one_line(tmp_path: Path, toml: str, expect: str) -> None:
     path = tmp_path / "k.toml"
@@ -327,7 +328,8 @@ def test_bad_settings_are_one_line(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("issuer", "expect"),
     [("http://example.com", "--allow-insecure-http"), ("not a url", "issuer"), ("https://example.com/", "trailing"),
-     ("ftp://example.com", "https"), ("https://example.com?x=1", "query")],
+     ("ftp://example.com", "https"), ("https://example.com?x=1", "query"),
+     ("http://127.0.0.1:8000/t%7e1", "without percent-escapes"), ("http://127.0.0.1:8000/\u00e9", "percent-escapes")],
 )
 def test_gn_01_serve_refuses_a_bad_issuer(issuer: str, expect: str, db: str) -> None:
     bad(["serve", "--port", str(free_port()), "--db", db, "--issuer", issuer], expect)

@@ -336,6 +336,8 @@ def read_toml(path: str) -> dict[str, Any]:
         raise SettingsError(f"config file {path!r} is not UTF-8 text") from exc
     except tomllib.TOMLDecodeError as exc:
         raise SettingsError(f"config file {path!r} is not valid TOML: {exc}") from exc
+    except RecursionError as exc:  # arrays or inline tables nested hundreds deep: the parser recurses
+        raise SettingsError(f"config file {path!r} is not a kavachOS configuration: nested too deeply") from exc
 
 
 def _from_toml(path: str) -> dict[str, Any]:
