@@ -26,6 +26,8 @@ MAX_LIFETIME = 100 * 366 * 86400
 MAX_RATE_LIMIT = 1_000_000
 MAX_RATE_WINDOW = 366 * 86400
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+_ISSUER_PATH = re.compile(r"(?:/[A-Za-z0-9\-._~!$&'()*+,;=:@]+)*")
+"""An issuer's path: ``/``-separated segments of RFC 3986 ``pchar`` without percent-encoding."""
 _LABEL = re.compile(r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?")
 
 
@@ -404,6 +406,12 @@ class Config:
             raise ConfigurationError(f"issuer {shown!r}: remove the trailing slash")
         if issuer != issuer.strip() or any(ord(c) <= 0x20 for c in issuer):
             raise ConfigurationError(f"issuer {shown!r} must not contain spaces")
+        if not _ISSUER_PATH.fullmatch(parts.path) or re.search(r"/\.\.?(?:/|$)|//", parts.path):
+            raise ConfigurationError(
+                f"issuer {shown!r}: write its path with letters, digits and - . _ ~ ! $ & ' ( ) * + , ; = : @ /"
+                " only, without percent-escapes, dot segments or empty segments (requests arrive with their"
+                " paths decoded, so the endpoints under such a path would never be found)"
+            )
         # urlsplit lower-cases the scheme, so compare the issuer's own spelling of it.
         if not issuer.startswith(parts.scheme + ":") or parts.netloc != parts.netloc.lower():
             raise ConfigurationError(f"issuer {shown!r}: write the scheme and host in lower case")

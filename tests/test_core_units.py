@@ -59,6 +59,14 @@ from kavach_core.scopes import any_covers, covers, format_scope, is_valid_scope,
         ("https://as.example.com:99999", "not a valid URL"),
         ("https://user:pw@as.example.com", "user information"),
         ("https://as.example.com/a b", "spaces"),
+        ("https://as.example.com/t%7e1", "without percent-escapes"),  # served decoded: never found
+        ("https://as.example.com/a%2Fb", "without percent-escapes"),
+        ("https://as.example.com/%zz", "without percent-escapes"),
+        ("https://as.example.com/\u00e9", "without percent-escapes"),
+        ("https://as.example.com/a/../b", "dot segments"),
+        ("https://as.example.com/a/.", "dot segments"),
+        ("https://as.example.com//a", "empty segments"),
+        ('https://as.example.com/a"b', "letters, digits"),
         ("HTTPS://as.example.com", "lower case"),
         ("https://AS.example.com", "lower case"),
     ],
@@ -66,6 +74,11 @@ from kavach_core.scopes import any_covers, covers, format_scope, is_valid_scope,
 def test_gn_01_bad_issuers_fail_with_a_message_that_says_what_to_change(issuer: str, message: str) -> None:
     with pytest.raises(ConfigurationError, match=message):
         make_config(issuer=issuer)
+
+
+@pytest.mark.parametrize("path", ["/tenant", "/a/b.c/d-e_f~g", "/t1:x@y", "/x!$&'()*+,;=", "/.well", "/a..b"])
+def test_gn_01_issuer_paths_of_plain_characters_are_allowed(path: str) -> None:
+    assert make_config(issuer="https://as.example.com" + path).issuer_path == path
 
 
 def test_gn_01_issuer_must_be_a_string() -> None:
