@@ -628,8 +628,14 @@ def test_cm_02_callers_queued_behind_a_hanging_host_never_connect_to_it(host: Do
     moment: the host sees two requests in all, whatever the number of callers."""
     urls = [host.publish(f"/hang{i}.json", DOC, delay=10) for i in range(12)]
     fetcher = dev(host, deadline=1.0, read_timeout=5, max_fetches_per_host=2)
+    together = threading.Barrier(len(urls))  # all callers at once: a late one may rightly get a freed slot
+
+    def fetch(url: str) -> Fetched | FetchRefused:
+        together.wait(10)
+        return fetcher.fetch(url)
+
     with ThreadPoolExecutor(len(urls)) as pool:
-        answers = list(pool.map(fetcher.fetch, urls))
+        answers = list(pool.map(fetch, urls))
     assert sorted(a.reason for a in answers if isinstance(a, FetchRefused)) == sorted(
         [TOO_LONG.reason] * 2 + ["no fetch slot came free in time (16 at once, 2 per host)"] * 10
     )
