@@ -74,10 +74,16 @@ def client_address(req: HttpRequest) -> str | None:
 
 @attrs.frozen
 class ErrorView:
-    """What an error page shows; adapters may render it in their own style (AZ-02)."""
+    """What an error page shows; adapters may render it in their own style (AZ-02).
+
+    ``back`` is set when the error belongs to a client that kavachOS does not redirect to on its
+    own (RFC 9700 §4.11.2): the client's redirect URI carrying the error response, for the person
+    to follow if they choose; ``back_to`` names where it leads (a host, or a private-use scheme)."""
 
     error: str
     description: str
+    back: str | None = None
+    back_to: str | None = None
 
 
 @attrs.frozen
@@ -148,19 +154,25 @@ def redirect_response(location: str) -> Response:
     return Response(303, (("Location", location), *PAGE_SECURITY_HEADERS), b"")
 
 
-def error_page(status: int, error: str, description: str) -> Response:
-    """A minimal, self-contained HTML error page that never redirects (AZ-02)."""
+def error_page(
+    status: int, error: str, description: str, *, back: str | None = None, back_to: str | None = None
+) -> Response:
+    """A minimal, self-contained HTML error page that never redirects (AZ-02); with ``back``, a
+    link the person may follow to take the error to the client (see :class:`ErrorView`)."""
     from html import escape
 
     title = escape(error)
     text = escape(description)
+    link = ""
+    if back is not None:
+        link = f'<p><a href="{escape(back)}">Return to {escape(back_to or "the application")}</a></p>'
     html = (
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">"
         f"<title>Authorization error</title></head><body><h1>Authorization error</h1>"
-        f"<p><strong>{title}</strong></p><p>{text}</p></body></html>"
+        f"<p><strong>{title}</strong></p><p>{text}</p>{link}</body></html>"
     ).encode()
     headers = (("Content-Type", "text/html; charset=utf-8"), *PAGE_SECURITY_HEADERS)
-    return Response(status, headers, html, view=ErrorView(error, description))
+    return Response(status, headers, html, view=ErrorView(error, description, back, back_to))
 
 
 def add_query(url: str, params: Iterable[tuple[str, str]]) -> str:

@@ -41,7 +41,9 @@ def add_client(
     method: str | None = None,
     **kwargs: Any,
 ) -> Client:
-    """Put a client straight into the store; a ``secret`` makes it confidential."""
+    """Put a client straight into the store, as an operator does (``kind`` static unless given:
+    its errors are redirected at once); a ``secret`` makes it confidential."""
+    kwargs.setdefault("kind", "static")
     if method is None:
         method = "client_secret_basic" if secret is not None else "none"
     client = Client(

@@ -64,11 +64,15 @@ class _Forms(HTMLParser):
         super().__init__()
         self.forms: list[Form] = []
         self.external: list[str] = []
+        """What the page would load: any ``src``, and ``href`` but on a link the person follows."""
+        self.links: list[str] = []
 
     def handle_starttag(self, tag: str, attrs_: list[tuple[str, str | None]]) -> None:
         a = {k: v or "" for k, v in attrs_}
+        if tag == "a" and "href" in a:
+            self.links.append(a["href"])
         for key in ("src", "href"):
-            if key in a:
+            if key in a and tag != "a":
                 self.external.append(a[key])
         if tag == "form":
             self.forms.append(Form(a.get("action", ""), a.get("method", "get").lower()))
@@ -404,6 +408,33 @@ def test_az_10_signing_in_gives_the_browser_a_new_id(dep: Deployment) -> None:
     assert refused.status_code == 403 and "location" not in refused.headers
     decided = post_form(dep.person, dep.base + form.action, form.submit("approve"))
     assert decided.status_code == 303 and "code=" in decided.headers["location"]
+
+
+def test_az_04_no_automatic_redirect_to_a_site_anyone_registered(dep: Deployment) -> None:
+    """RFC 9700 §4.11.2 over HTTP: a client registered by anyone for a web redirect URI, sent an
+    erroneous request with no one signed in, gets no redirect: the page shows the error and a
+    link carrying the error response to the client's host. A loopback client's errors still
+    redirect at once."""
+    site = "https://evil.example/landing"
+    registered = dep.client.post(
+        dep.metadata()["registration_endpoint"], json={"redirect_uris": [site], "token_endpoint_auth_method": "none"}
+    )
+    assert registered.status_code == 201, registered.text
+    query = {"response_type": "token", "client_id": registered.json()["client_id"], "redirect_uri": site,
+             "state": "Sign in again at evil.example"}  # fmt: skip
+    with httpx.Client(timeout=10) as stranger:
+        page = stranger.get(dep.metadata()["authorization_endpoint"] + "?" + urlencode(query))
+    assert page.status_code == 400 and "location" not in page.headers
+    assert page.headers["content-type"].startswith("text/html")
+    assert_page_headers(page)  # the link loads nothing
+    links = read_page(page).links
+    assert len(links) == 1 and links[0].startswith(site + "?error=unsupported_response_type&")
+    back = parse_qs(urlsplit(links[0]).query)
+    assert back["state"] == [query["state"]] and back["iss"] == [dep.issuer] and "code" not in back
+    assert '<span class="host">evil.example</span>' in page.text
+    erroneous = dep.authorize_url(dep.register(), pkce()[1]).replace("response_type=code", "response_type=token")
+    loopback = dep.person.get(erroneous)
+    assert loopback.status_code == 303 and loopback.headers["location"].startswith(REDIRECT + "?error=unsupported")
 
 
 def test_az_10_303_after_every_post(dep: Deployment) -> None:

@@ -27,7 +27,7 @@ from oauth_flows import (
     snapshot,
 )
 
-from kavach_core.config import ProtectedResource
+from kavach_core.config import ProtectedResource, RegistrationPolicy
 from kavach_core.endpoints import authorize
 from kavach_core.endpoints.metadata import authorization_server_metadata
 from kavach_core.http import Response
@@ -397,6 +397,75 @@ def test_az_04_client_not_allowed_the_code_flow_is_unauthorized(h: Harness) -> N
     assert_error_redirect(az_request(h, client_id="c2"), "unauthorized_client")
 
 
+# -- AZ-04: an error is redirected at once only to a redirect URI the server trusts (RFC 9700 §4.11.2)
+
+
+def assert_error_offered(out: object, error: str, where: str, base: str = REDIRECT) -> dict[str, str]:
+    """A page that does not redirect, with a link carrying the error response to the client (the
+    same parameters a redirect would: error, state, iss, no code), naming where it leads."""
+    page = assert_page(out, error)
+    assert page.view is not None and page.view.back is not None and page.view.back_to == where
+    link = Response(303, (("Location", page.view.back),))
+    assert location_base(link) == base
+    params = location_params(link)
+    assert params["error"] == error and params["iss"] == ISSUER and params["state"] == STATE and "code" not in params
+    assert page.view.back.replace("&", "&amp;").encode() in page.body, "the page's own HTML has the link too"
+    return params
+
+
+@pytest.mark.parametrize("kind", ["dynamic", "document"])
+@pytest.mark.parametrize(
+    ("params", "error"),
+    [({"response_type": "token"}, "unsupported_response_type"), ({"scope": "nope"}, "invalid_scope"),
+     ({"prompt": "none"}, "interaction_required"), ({"code_challenge": None}, "invalid_request"),
+     ({"request_uri": "https://evil.example/r"}, "request_uri_not_supported")],
+)  # fmt: skip
+def test_az_04_a_client_anyone_could_make_gets_no_automatic_redirect(
+    h: Harness, kind: str, params: dict[str, str | None], error: str
+) -> None:
+    """Anyone may register a client, or publish a metadata document, whose redirect URI is their
+    own site; an erroneous request for it must not make the server an open redirector: the error
+    is shown on a page, with a link to take it to the client, and nothing is stored. An
+    operator's client with the same redirect URI gets the same error redirected."""
+    add_client(h, kind=kind)
+    before = snapshot(h)
+    assert_error_offered(az_request(h, **params), error, "app.example.com")
+    assert snapshot(h) == before
+    add_client(h, "c-static", kind="static")
+    assert_error_redirect(az_request(h, client_id="c-static", **params), error)
+
+
+@pytest.mark.parametrize("uri", [LOOPBACK, "http://[::1]:8080/cb", "http://localhost:3000/cb"])
+def test_az_04_loopback_redirects_stay_automatic(h: Harness, uri: str) -> None:
+    """A loopback redirect URI reaches only the person's own device (RFC 8252 §7.3): the error is
+    redirected at once, whoever made the client (the usual MCP client)."""
+    add_client(h, redirect_uris=(uri,), kind="dynamic")
+    assert_error_redirect(az_request(h, redirect_uri=uri, response_type="token"), "unsupported_response_type", base=uri)
+
+
+def test_az_04_hosts_the_registration_policy_allows_stay_automatic() -> None:
+    """With ``allowed_redirect_hosts``, the operator has vouched for those hosts: a self-registered
+    client's error is redirected at once there, and offered on a page elsewhere (a client
+    registered before the list was set)."""
+    h = Harness(make_config(registration=RegistrationPolicy(allowed_redirect_hosts=("app.example.com",))))
+    add_client(h, kind="dynamic")
+    assert_error_redirect(az_request(h, scope="nope"), "invalid_scope")
+    add_client(h, "c2", redirect_uris=("https://other.example/cb",), kind="dynamic")
+    out = az_request(h, client_id="c2", redirect_uri="https://other.example/cb", scope="nope")
+    assert_error_offered(out, "invalid_scope", "other.example", base="https://other.example/cb")
+
+
+def test_az_04_a_private_use_scheme_is_offered_by_its_scheme(h: Harness) -> None:
+    """Any app may claim a private-use scheme (RFC 8252 §8.6): no automatic redirect for one a
+    self-registered client names, and the page names the scheme, never an authority in it."""
+    uri = "com.example.app://evil.example/cb"
+    add_client(h, redirect_uris=(uri,), kind="dynamic")
+    out = az_request(h, redirect_uri=uri, response_type="token")
+    page = assert_page(out, "unsupported_response_type")
+    assert page.view is not None and page.view.back_to == "com.example.app:"
+    assert page.view.back is not None and page.view.back.startswith(uri + "?error=unsupported_response_type")
+
+
 # -- AZ-05: PKCE ------------------------------------------------------------------------------
 
 
@@ -563,9 +632,9 @@ def test_az_07_operator_registered_scope_limits_requests(h: Harness) -> None:
 def test_az_07_self_registered_scope_does_not_block_step_up(h: Harness) -> None:
     """MCP step-up: a client that registered with its first challenge's scope may ask for a scope
     a later 403 ``insufficient_scope`` names; the catalogue and the person still decide."""
-    add_client(h, scope=("tools:list",))
+    add_client(h, scope=("tools:list",), kind="dynamic")
     assert [s.scope for s in consent(h, scope="tools:call:add").view.scopes] == ["tools:call:add"]
-    assert_error_redirect(az_request(h, scope="admin"), "invalid_scope")
+    assert_error_offered(az_request(h, scope="admin"), "invalid_scope", "app.example.com")
 
 
 def test_az_07_narrower_prefix_scope_is_allowed(hc: Harness) -> None:

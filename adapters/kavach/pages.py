@@ -234,12 +234,31 @@ def _switch(subject: str) -> str:
     )
 
 
-def error_page(status: int, error: str, description: str, *, headers: Iterable[tuple[str, str]] = ()) -> Response:
-    """An error shown to the person, never a redirect (AZ-02)."""
+def error_page(
+    status: int,
+    error: str,
+    description: str,
+    *,
+    headers: Iterable[tuple[str, str]] = (),
+    back: str | None = None,
+    back_to: str | None = None,
+) -> Response:
+    """An error shown to the person, never a redirect (AZ-02). With ``back`` (an error of a client
+    kavachOS does not redirect to on its own, RFC 9700 §4.11.2), a link taking the error to the
+    client at ``back_to``, which the person follows only if they came from there."""
+    if back is None:
+        after = "<p>Return to the application and try again. You can close this window.</p>"
+    else:
+        where = escape(back_to or "the application")
+        after = (
+            f'<p>If you came here from the application at <span class="host">{where}</span>, '
+            f'<a href="{escape(back)}">return to {where}</a> to tell it. '
+            "If you do not know this site, close this window.</p>"
+        )
     body = (
         "<h1>This request cannot continue</h1>"
         f'<p class="error" role="alert">{escape(description)}</p>'
         f'<p class="muted">Error code: <code>{escape(error)}</code></p>'
-        "<p>Return to the application and try again. You can close this window.</p>"
+        f"{after}"
     )
     return page(status, "Authorization error", body, headers=headers)

@@ -518,7 +518,10 @@ class AuthorizationServer:
                 response = response.with_headers(((yield from self._sign_out(ctx, cookies)),))
         if response.view is not None:
             extra = [(k, v) for k, v in response.headers if k.lower() in ("allow", "retry-after", "set-cookie")]
-            return pages.error_page(response.status, response.view.error, response.view.description, headers=extra)
+            view = response.view
+            return pages.error_page(
+                response.status, view.error, view.description, headers=extra, back=view.back, back_to=view.back_to
+            )
         return response
 
     def _dispatch(self, ctx: Context, req: HttpRequest) -> Generator[fx.Effect, Any, Response]:

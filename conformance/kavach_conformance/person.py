@@ -5,8 +5,10 @@ redirects that stay on the authorization server, and on every page submits the f
 putting the username into the text field and the password into the password field, pressing
 the approving submit button (or the only one). It stops, without following, at the first
 redirect that leaves the server: that Location is the final redirect URL (it carries ``code``
-or ``error``). A callable ``(authorization_url, redirect_uri) -> final_redirect_url`` may
-replace it (``--person module:callable``).
+or ``error``). An error page that does not redirect but links to the client's redirect URI (a
+server declining to redirect on its own to a URI it does not trust, RFC 9700 §4.11.2) ends the
+same way: the person follows that link, and its URL is the final one. A callable
+``(authorization_url, redirect_uri) -> final_redirect_url`` may replace it (``--person module:callable``).
 """
 
 from __future__ import annotations
@@ -54,11 +56,14 @@ class _Parser(HTMLParser):
     def __init__(self) -> None:
         super().__init__(convert_charrefs=True)
         self.forms: list[_Form] = []
+        self.links: list[str] = []
         self._button: list[str] | None = None
         self._button_attrs: dict[str, str] = {}
 
     def handle_starttag(self, tag: str, attrs_: list[tuple[str, str | None]]) -> None:
         a = {k.lower(): (v or "") for k, v in attrs_}
+        if tag == "a" and a.get("href"):
+            self.links.append(a["href"])
         if tag == "form":
             self.forms.append(_Form(a.get("action", ""), (a.get("method") or "get").lower()))
             return
@@ -103,6 +108,17 @@ def _forms(html: str) -> list[_Form]:
     return parser.forms
 
 
+def _link_back(page: httpx.Response, redirect_uri: str) -> str | None:
+    """The one link of an error page (4xx) to ``redirect_uri`` (its query may differ), if any."""
+    if not 400 <= page.status_code < 500:
+        return None
+    parser = _Parser()
+    parser.feed(page.text)
+    back = {urljoin(str(page.url), href) for href in parser.links}
+    found = [url for url in back if url.split("?", 1)[0] == redirect_uri.split("?", 1)[0]]
+    return found[0] if len(found) == 1 else None
+
+
 def _pick_button(form: _Form) -> tuple[str | None, str, str] | None:
     if not form.buttons:
         return None
@@ -140,6 +156,9 @@ class FormPerson:
                 response = self.http.request("GET", target, client=jar)
                 continue
             if response.status_code != 200:
+                back = _link_back(response, redirect_uri)
+                if back is not None:
+                    return back
                 raise PersonError(f"{response.url} answered {response.status_code}", response.status_code)
             found = [f for f in _forms(response.text) if f.method == "post"]
             if not found:

@@ -2,10 +2,11 @@
 
 RFC 6749 §4.1.1-§4.1.2.1, OAuth 2.1 §4.1, RFC 7636 §4.3, RFC 8707 §2, RFC 9207 §2,
 RFC 9700 §4.1. The request ends either in a page that never redirects (unknown client, bad
-redirect URI: AZ-02), a redirect carrying an error (AZ-04..AZ-08; also for what kavachOS does not
+redirect URI: AZ-02), an error for the client (AZ-04..AZ-08; also for what kavachOS does not
 do: request objects, RFC 9101 §7; a ``response_mode`` but ``query``; ``prompt=none``, OpenID
-Connect Core §3.1.2.6), or :class:`ConsentRequired`; the adapter then signs the person in and
-calls :func:`approve` or :func:`deny` (AZ-12).
+Connect Core §3.1.2.6), redirected at once only to a URI the server trusts and otherwise offered
+on a page (:func:`trusted_redirect`, RFC 9700 §4.11.2), or :class:`ConsentRequired`; the
+adapter then signs the person in and calls :func:`approve` or :func:`deny` (AZ-12).
 """
 
 from __future__ import annotations
@@ -51,6 +52,35 @@ def error_redirect(ctx: Context, redirect_uri: str, err: OAuthError, state: str 
         params.append(("state", state))
     params.append(("iss", ctx.config.issuer))
     return redirect_response(add_query(redirect_uri, params))
+
+
+def trusted_redirect(ctx: Context, client: Client, redirect_uri: str) -> bool:
+    """Whether kavachOS sends the person to ``redirect_uri`` on its own, before anyone signed in.
+
+    RFC 9700 §4.11.2: anyone may make a client (dynamic registration, a client ID metadata
+    document) whose redirect URI is their own site, then send people an erroneous authorization
+    request, turning the server's trusted address into an open redirector. So the server
+    redirects at once only to a URI it trusts: one an operator registered (a static client), one
+    on a host the registration policy allows (``allowed_redirect_hosts``), or a loopback one,
+    which only reaches the person's own device (RFC 8252 §7.3, §8.3).
+    """
+    if client.kind == "static" or _is_local(redirect_uri):
+        return True
+    allowed = ctx.config.registration.allowed_redirect_hosts
+    host = (urlsplit(redirect_uri).hostname or "").lower() if not _is_private_use(redirect_uri) else ""
+    return allowed is not None and bool(host) and host in allowed
+
+
+def _refusal(ctx: Context, client: Client, redirect_uri: str, err: OAuthError, state: str | None) -> Response:
+    """An erroneous request from a known client to a matching redirect URI: the error goes to the
+    client (RFC 6749 §4.1.2.1) by redirect when the URI is trusted (:func:`trusted_redirect`);
+    otherwise the person sees it on a page that never redirects, with a link carrying the same
+    error response to the client, to follow if they choose (RFC 9700 §4.11.2)."""
+    redirect = error_redirect(ctx, redirect_uri, err, state)
+    if trusted_redirect(ctx, client, redirect_uri):
+        return redirect
+    description = f"The application's request cannot be served: {err.description or err.error}."
+    return error_page(400, err.error, description, back=redirect.header("location"), back_to=_destination(redirect_uri))
 
 
 def _client_and_redirect(
@@ -182,7 +212,7 @@ def handle(ctx: Context, req: HttpRequest) -> Flow[Response | ConsentRequired]:
             # OpenID Connect Core §3.1.2.1, §3.1.2.6: kavachOS always asks the person, so never answers without a page.
             raise _Redirectable(OAuthError("interaction_required", "prompt=none: the user must always be asked"))
     except _Redirectable as exc:
-        return error_redirect(ctx, redirect_uri, exc.err, msg.state)
+        return _refusal(ctx, client, redirect_uri, exc.err, msg.state)
     assert msg.code_challenge is not None
     ticket = new_secret(ctx)
     pending = PendingAuthorization(
