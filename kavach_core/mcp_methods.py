@@ -46,7 +46,12 @@ Choices, and why:
 - **Parser differentials are resolved towards more scope**: the body is parsed the way the
   most lenient JSON parsers would (UTF-8/16/32 detection, BOM, invalid UTF-8 replaced, ``NaN``),
   and when an object repeats a member name (RFC 8259 §4 leaves the meaning open) the scopes of
-  both the first-wins and the last-wins reading are required.
+  both the first-wins and the last-wins reading are required. JSON-RPC member names are
+  case-sensitive, but some parsers match them ignoring case (Go's ``encoding/json``, which also
+  folds ``ſ`` to ``s`` and the Kelvin sign to ``k``) or ignoring NUL characters: when a member
+  this map reads (``method``, ``params``, ``name``...) is spelled otherwise (``Method``,
+  ``name\u0000``), the readings where such a spelling counts as the member, first or last, are
+  required too.
 - A **batch** (JSON-RPC 2.0 §6; MCP 2025-03-26) requires every member's scopes; an array inside
   a batch is no JSON-RPC message a server should run, so it fails closed like an unknown method.
   One needing more than :data:`MAX_REQUIRED_SCOPES` scopes (many tools called by name) requires
@@ -63,6 +68,7 @@ Choices, and why:
 from __future__ import annotations
 
 import json
+import unicodedata
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -317,9 +323,81 @@ def _plain_utf8(data: bytes) -> str | None:
         return None
 
 
+_READ_MEMBERS = ("method", "params", "name", "ref", "type", "notifications", *_LISTEN_FLAGS, _RESOURCE_SUBSCRIPTIONS)
+"""The member names this map reads, in the objects it reads them from."""
+_PLAIN_MEMBERS = frozenset(
+    (*_READ_MEMBERS, "jsonrpc", "id", "arguments", "_meta", "uri", "cursor", "argument", "context")
+)
+"""Names spelled as a message spells them: no other parser reads them as another member."""
+
+
+def _fold(name: str) -> str:
+    """``name`` as the most lenient parsers compare member names: NULs dropped, compatibility
+    forms and case folded (``METHOD``, ``ſ``, the Kelvin sign, fullwidth letters)."""
+    name = name.replace("\x00", "")
+    if name.isascii():
+        return name.lower()
+    return unicodedata.normalize("NFKC", name).casefold()
+
+
+_READ_FOLDS = {_fold(name): name for name in _READ_MEMBERS}
+
+
+_NESTED = (("params",), ("ref", "notifications"), ())
+"""The members holding objects the map reads in turn: a message's ``params``, and their ``ref``
+and ``notifications`` (by depth: nothing deeper is read)."""
+
+
+def _respelled(value: object, depth: int = 0) -> bool:
+    """Whether an object the map reads (a message, its ``params``, their ``ref`` and
+    ``notifications``) names a member it reads in another spelling."""
+    if not isinstance(value, dict):
+        return False
+    if not _PLAIN_MEMBERS.issuperset(value):  # the usual message has plain names only: no loop here
+        for key in value:
+            if key not in _PLAIN_MEMBERS and _fold(key) in _READ_FOLDS:
+                return True
+    for key in _NESTED[depth]:
+        member = value.get(key)
+        if member is not None and _respelled(member, depth + 1):
+            return True
+    return False
+
+
+def _respell(value: object, last: bool, depth: int = 0) -> object:
+    """``value`` (a message) as a lenient parser reads it: every member whose name folds to one
+    the map reads taken as that member, the last one (``last``) or the first one in the text."""
+    if not isinstance(value, dict):
+        return value
+    out: dict[str, Any] = {}
+    for key, member in value.items():
+        name = str(key)  # JSON member names are text
+        if name not in _PLAIN_MEMBERS:
+            name = _READ_FOLDS.get(_fold(name), name)
+        if last or name not in out:
+            out[name] = _respell(member, last, depth + 1) if name in _NESTED[depth] else member
+    return out
+
+
+def _respellings(readings: list[object]) -> list[object]:
+    """``readings`` and, when a message in one spells a member otherwise, the lenient readings."""
+    for document in readings:
+        if _respelled(document) or (isinstance(document, list) and any(map(_respelled, document))):
+            break
+    else:
+        return readings
+    more = [
+        [_respell(m, last) for m in document] if isinstance(document, list) else _respell(document, last)
+        for document in readings
+        for last in (True, False)
+    ]
+    return readings + more
+
+
 def _readings(body: bytes) -> list[object] | None:
-    """Each plausible reading of ``body``: one, or first-wins and last-wins when members repeat;
-    none for an empty body, ``None`` when it cannot be read as JSON."""
+    """Each plausible reading of ``body``: one, or first-wins and last-wins when members repeat,
+    and the readings of parsers that match member names leniently (:func:`_respellings`); none
+    for an empty body, ``None`` when it cannot be read as JSON."""
     if not isinstance(body, _BODY_TYPES):
         raise KavachError("a request body must be bytes")
     try:
@@ -330,9 +408,9 @@ def _readings(body: bytes) -> list[object] | None:
         if text is None:
             text = _text(data)
         try:
-            return [decode_exactly(_NO_DUPLICATES, text)]
+            return _respellings([decode_exactly(_NO_DUPLICATES, text)])
         except _Duplicate:
-            return [_parse(text, dict), _parse(text, _first_wins)]
+            return _respellings([_parse(text, dict), _parse(text, _first_wins)])
     except (ValueError, RecursionError, OverflowError, MemoryError):
         return None
 

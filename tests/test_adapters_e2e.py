@@ -973,6 +973,30 @@ def test_rs_03_batch_needs_every_methods_scope(dep: Deployment) -> None:
     assert 'scope="tools:list tools:call:echo"' in r.headers["www-authenticate"]
 
 
+@pytest.mark.parametrize(
+    "members",
+    [
+        '"method":"tools/call","params":{"name":"echo","Name":"slow"}',
+        '"Method":"tools/call","params":{"name":"slow"}',
+        '"method":"ping","METHOD":"tools/call","params":{"name":"slow"}',
+        '"method":"tools/call","params":{"name":"echo"},"param\u017f":{"name":"slow"}',
+        '"method":"tools/call","params":{"name":"echo","name\\u0000":"slow"}',
+    ],
+)
+def test_rs_03_a_member_spelled_otherwise_cannot_call_a_tool_unscoped(dep: Deployment, members: str) -> None:
+    """Over HTTP, on every framework: a token for ``tools:call:echo`` only cannot get a call to
+    ``slow`` past the guard by spelling ``method``, ``params`` or ``name`` as a case-insensitive
+    server (Go's encoding/json) would still read them: 403 naming ``tools:call:slow``."""
+    token = grant(dep, "tools:call:echo")["access_token"]
+    body = ('{"jsonrpc":"2.0","id":1,' + members + "}").encode()
+    r = dep.client.post(
+        dep.resource, content=body, headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    )
+    assert r.status_code == 403, r.text
+    assert 'error="insufficient_scope"' in r.headers["www-authenticate"]
+    assert "tools:call:slow" in r.headers["www-authenticate"]
+
+
 def test_rs_03_a_content_coded_body_is_415_not_an_unscoped_call(dep: Deployment) -> None:
     """A gzip body reads as no JSON-RPC method here, while a server behind that decodes it would
     run the call inside: only identity is taken (RFC 9110 §15.5.16)."""

@@ -228,6 +228,101 @@ def test_duplicate_members_require_the_scopes_of_every_reading() -> None:
     assert set(required_scopes(body)) == {"tools:call:safe", "tools:call:danger"}
 
 
+_CALL = '{"jsonrpc":"2.0","id":1,%s}'
+
+
+@pytest.mark.parametrize(
+    "members",
+    [
+        '"method":"tools/call","params":{"name":"search","Name":"admin"}',
+        '"Method":"tools/call","params":{"name":"admin"}',  # no "method" at all for a strict reader
+        '"method":"ping","METHOD":"tools/call","params":{"name":"admin"}',
+        '"method":"tools/call","params":{"name":"search"},"param\u017f":{"name":"admin"}',  # long s: Go folds it
+        '"method":"tools/call","params":{"name":"search","name\\u0000":"admin"}',  # a NUL some decoders drop
+        '"method":"tools/call","params":{"name":"search","\uff4e\uff41\uff4d\uff45":"admin"}',  # fullwidth
+        '"method":"tools/call","PARAMS":{"name":"admin"},"params":{"name":"search"}',
+    ],
+)
+def test_a_member_spelled_otherwise_requires_what_a_lenient_parser_reads(members: str) -> None:
+    """JSON-RPC member names are case-sensitive, but Go's encoding/json (and MCP servers built on
+    it) matches them ignoring case and folds ``ſ`` and the Kelvin sign; other decoders drop NULs:
+    the guard and such a server would read different calls from the same bytes. A member the map
+    reads, spelled otherwise, also counts as that member, first or last: ``tools:call:admin`` is
+    required however the call to ``admin`` is spelled."""
+    body = (_CALL % members).encode()
+    assert "tools:call:admin" in required_scopes(body), members
+
+
+def test_respelled_members_deeper_in_what_the_map_reads_count_too() -> None:
+    """``ref`` of ``completion/complete`` and the flags of ``subscriptions/listen`` are read too."""
+    completing = '"method":"completion/complete","params":{"ref":{"type":"ref/resource","TYPE":"ref/prompt"}}'
+    assert set(required_scopes((_CALL % completing).encode())) >= {"resources:read", "prompts:get"}
+    listening = '"method":"subscriptions/listen","params":{"notifications":{"ToolsListChanged":true}}'
+    assert set(required_scopes((_CALL % listening).encode())) >= {"tools:list"}
+    batch = b'[{"jsonrpc":"2.0","id":1,"method":"tools/list"},{"jsonrpc":"2.0","id":2,"mEthod":"tools/call"}]'
+    assert set(required_scopes(batch)) >= {"tools:list", "tools:call"}
+
+
+def test_plain_messages_and_unread_members_spelled_otherwise_change_nothing() -> None:
+    """Only the members the map reads matter: other names, in any case, add no reading."""
+    body = b'{"jsonrpc":"2.0","ID":1,"method":"tools/call","params":{"name":"search","Arguments":{"Name":"admin"}}}'
+    assert required_scopes(body) == ("tools:call:search",)
+
+
+_READ = ("method", "params", "name")
+
+
+def _respelled_name(draw: st.DrawFn, name: str) -> str:
+    letters = [
+        draw(st.sampled_from([ch, ch.upper()] + (["\u017f"] if ch == "s" else []) + (["\u212a"] if ch == "k" else [])))
+        for ch in name
+    ]
+    return "".join(letters) + draw(st.sampled_from(["", "\x00"]))
+
+
+@st.composite
+def _lenient_messages(draw: st.DrawFn) -> tuple[list[tuple[str, Any]], dict[str, Any]]:
+    """A tools/call message whose read members may be respelled or repeated, as (the members in
+    text order, the message as a case-insensitive last-wins parser such as Go's reads it)."""
+    def member(name: str, value: Any) -> tuple[str, Any]:
+        return (_respelled_name(draw, name) if draw(st.booleans()) else name, value)
+
+    tools = st.sampled_from(["search", "admin", "x"])
+    params = [member("name", draw(tools)) for _ in range(draw(st.integers(1, 3)))]
+    pairs = [("jsonrpc", "2.0"), ("id", 1)]
+    methods = st.sampled_from(["tools/call", "ping", "tools/list"])
+    pairs += [member("method", draw(methods)) for _ in range(draw(st.integers(1, 2)))]
+    pairs.append(member("params", params))
+    pairs = draw(st.permutations(pairs))
+
+    def go(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in items:
+            folded = key.replace("\x00", "").replace("\u017f", "s").replace("\u212a", "k").lower()
+            out[folded if folded in _READ else key] = go(value) if isinstance(value, list) else value
+        return out
+
+    return pairs, go(pairs)
+
+
+def _text(pairs: list[tuple[str, Any]]) -> str:
+    inner = (json.dumps(k) + ":" + (_text(v) if isinstance(v, list) else json.dumps(v)) for k, v in pairs)
+    return "{" + ",".join(inner) + "}"
+
+
+@settings(max_examples=400)
+@given(case=_lenient_messages())
+def test_what_a_case_insensitive_parser_reads_is_always_required(
+    case: tuple[list[tuple[str, Any]], dict[str, Any]],
+) -> None:
+    """Invariant: for a message whose read members are respelled (case, ``ſ``, Kelvin sign, a
+    trailing NUL) or repeated, the scopes required include those of the message as a
+    case-insensitive, last-wins parser (Go's encoding/json) reads it."""
+    pairs, as_go_reads = case
+    required = set(required_scopes(_text(pairs).encode()))
+    assert set(required_scopes(json.dumps(as_go_reads).encode())) <= required, (_text(pairs), as_go_reads)
+
+
 def test_lenient_decoding_still_finds_the_method() -> None:
     """Bodies a lenient server might still parse are read the same way here."""
     message = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "search"}}
