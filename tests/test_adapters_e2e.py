@@ -929,11 +929,13 @@ def test_switching_account_is_only_for_kavachs_own_sign_in(framework: str, tmp_p
 # -- the guard ---------------------------------------------------------------------------------
 
 
-def grant(dep: Deployment, scope: str = "tools:list tools:call:echo tools:call:slow") -> dict[str, Any]:
+def grant(
+    dep: Deployment, scope: str = "tools:list tools:call:echo tools:call:slow", username: str = "alice"
+) -> dict[str, Any]:
     client_id = dep.register()
     verifier, challenge = pkce()
     login = dep.person.get(dep.authorize_url(client_id, challenge, scope))
-    consent = dep.person.get(dep.base + dep.login(login).headers["location"])
+    consent = dep.person.get(dep.base + dep.login(login, username).headers["location"])
     form = the_form(consent)
     r = post_form(dep.person, dep.base + form.action, form.submit("approve"))
     code = parse_qs(urlsplit(r.headers["location"]).query)["code"][0]

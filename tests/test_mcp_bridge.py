@@ -7,6 +7,7 @@ an expired token are 401), and :func:`kavach.mcp.guard` (per-method scopes, RS-0
 
 from __future__ import annotations
 
+import json
 import socket
 import time
 from collections.abc import Iterator
@@ -59,7 +60,7 @@ def _tools(**options: Any) -> MCPServer:
 
 
 class Site:
-    def __init__(self, sdk_native: bool) -> None:
+    def __init__(self, sdk_native: bool, *, stateless: bool = True) -> None:
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
         self.base = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
@@ -72,19 +73,22 @@ class Site:
         )
         users = Users(MemoryUsers(), log_n=10)
         users.add("alice", PASSWORD)
+        users.add("bob", PASSWORD)
         self.clock = Clock()
         self.server = AuthorizationServer(config, MemoryStore(), users=users, clock=self.clock)
         if sdk_native:
             app: Any = _tools(**sdk_auth(self.server, self.mcp_url)).streamable_http_app(stateless_http=True)
             mount(app, self.server)
         else:
-            app = guard(_tools().streamable_http_app(stateless_http=True), self.server, self.mcp_url)
+            app = guard(_tools().streamable_http_app(stateless_http=stateless), self.server, self.mcp_url)
         self.stop = serve_asgi(self.sock, app)
 
-    def token(self, resource: str, scope: str = "tools:list tools:call:echo tools:call:whoami") -> str:
+    def token(
+        self, resource: str, scope: str = "tools:list tools:call:echo tools:call:whoami", username: str = "alice"
+    ) -> str:
         with httpx.Client(timeout=10) as client, httpx.Client(timeout=10) as person:
             dep = Deployment(self.base, self.base, resource, self.server, client, person)
-            return str(grant(dep, scope)["access_token"])
+            return str(grant(dep, scope, username)["access_token"])
 
     def call(self, token: str, tool: str, arguments: dict[str, Any]) -> tuple[Any, list[int]]:
         """The SDK's client: initialize, list tools, call ``tool``; the statuses it saw."""
@@ -202,6 +206,48 @@ def test_rs_03_guard_enforces_per_tool_scope_the_sdk_cannot() -> None:
         result, statuses = s.call(s.token(s.mcp_url), "delete", {"path": "/"})
         assert 403 in statuses
         assert not _is_success(result)
+    finally:
+        s.close()
+
+
+_MCP = {"Accept": "application/json, text/event-stream", "MCP-Protocol-Version": "2025-06-18",
+        "Content-Type": "application/json"}  # fmt: skip
+_INITIALIZE = json.dumps({
+    "jsonrpc": "2.0", "id": 1, "method": "initialize",
+    "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
+}).encode()  # fmt: skip
+
+
+def test_an_mcp_session_continues_only_for_the_principal_it_was_opened_for() -> None:
+    """Session hijacking (MCP security best practices): the SDK's session ids are bound to the
+    principal behind ``kavach.mcp.guard``, so another person's token, or the same person's
+    token for another client, cannot post into, listen to or end the session: 404, and the SDK
+    never sees the request. The owner's session lives on."""
+    s = Site(sdk_native=False, stateless=False)
+    try:
+        alice, bob = s.token(s.mcp_url), s.token(s.mcp_url, username="bob")
+        alice_elsewhere = s.token(s.mcp_url)  # another registration: another client
+
+        def call(token: str, body: bytes | None, sid: str | None = None, method: str = "POST") -> httpx.Response:
+            headers = {**_MCP, "Authorization": f"Bearer {token}", **({"Mcp-Session-Id": sid} if sid else {})}
+            return httpx.request(method, s.mcp_url, content=body, headers=headers, timeout=10)
+
+        opened = call(alice, _INITIALIZE)
+        assert opened.status_code == 200, opened.text
+        sid = opened.headers["mcp-session-id"]
+        own, _, tag = sid.rpartition(".")
+        assert own and len(tag) == 43, "the client holds the SDK's id sealed to its principal"
+        assert call(alice, b'{"jsonrpc":"2.0","method":"notifications/initialized"}', sid).status_code == 202
+        listing = b'{"jsonrpc":"2.0","id":2,"method":"tools/list"}'
+        assert call(alice, listing, sid).status_code == 200
+        for token, method, body in ((bob, "POST", listing), (bob, "DELETE", None), (bob, "GET", None),
+                                    (alice_elsewhere, "POST", listing), (alice, "POST", listing)):  # fmt: skip
+            target = own if token is alice else sid  # the SDK's own id, unsealed, is no better
+            refused = call(token, body, target, method)
+            assert refused.status_code == 404 and refused.json()["error"] == "session_not_found", refused.text
+        after = call(alice, listing, sid)
+        assert after.status_code == 200 and "echo" in after.text, "the session survived the others' attempts"
+        assert call(alice, None, sid, "DELETE").status_code == 200
     finally:
         s.close()
 

@@ -28,7 +28,8 @@ from typing import Any
 
 import httpx
 import pytest
-from kavach.proxy import SessionSeal, UpstreamProxy
+from kavach.mcp_sessions import SessionBinding, SessionSeal
+from kavach.proxy import UpstreamProxy
 from kavach_serve import mcp_upstream
 
 pytestmark = pytest.mark.timeout(60)
@@ -201,8 +202,11 @@ def fake() -> Iterator[FakeUpstream]:
 # -- the proxy under uvicorn -----------------------------------------------------------------
 
 
-def _as_principal(proxy: UpstreamProxy) -> Any:
-    """The guard's part: ``X-Test-Principal: subject/client`` becomes ``scope["state"]["principal"]``."""
+def _as_principal(proxy: UpstreamProxy, secret: bytes) -> Any:
+    """The guard's part: ``X-Test-Principal: subject/client`` becomes ``scope["state"]["principal"]``,
+    and the session ids are bound to it (:class:`~kavach.mcp_sessions.SessionBinding`, which
+    ``KavachGuard`` puts in front of the app it guards)."""
+    bound = SessionBinding(proxy, secret)
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
@@ -220,13 +224,13 @@ def _as_principal(proxy: UpstreamProxy) -> Any:
         if named:
             subject, client_id = named[0].split("/")
             scope["state"] = {"principal": SimpleNamespace(subject=subject, client_id=client_id)}
-        await proxy(scope, receive, send)
+        await bound(scope, receive, send)
 
     return app
 
 
 class Served:
-    def __init__(self, proxy: UpstreamProxy) -> None:
+    def __init__(self, proxy: UpstreamProxy, secret: bytes = b"s" * 32) -> None:
         import uvicorn
 
         self.proxy = proxy
@@ -237,7 +241,7 @@ class Served:
         self.base = f"http://127.0.0.1:{self.port}"
         # as ``kavach serve`` runs it without --trusted-proxies: nobody's X-Forwarded-For is believed
         config = uvicorn.Config(
-            _as_principal(proxy), log_level="warning", log_config=None, lifespan="on", proxy_headers=False
+            _as_principal(proxy, secret), log_level="warning", log_config=None, lifespan="on", proxy_headers=False
         )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, daemon=True)
@@ -282,8 +286,8 @@ def _until(condition: Callable[[], bool], message: str, timeout: float = 10) -> 
 def serve() -> Iterator[Callable[..., Served]]:
     started: list[Served] = []
 
-    def start(upstream: str, **options: Any) -> Served:
-        served = Served(UpstreamProxy(upstream, **options))
+    def start(upstream: str, secret: bytes = b"s" * 32, **options: Any) -> Served:
+        served = Served(UpstreamProxy(upstream, **options), secret)
         started.append(served)
         return served
 
@@ -485,8 +489,8 @@ def test_a_session_started_through_one_instance_continues_through_another(
     fake: FakeUpstream, serve: Callable[..., Served]
 ) -> None:
     """Instances sharing a secret share sessions (no sticky load balancing); the binding holds across them."""
-    first, second = serve(fake.url, session_secret=b"k" * 32), serve(fake.url, session_secret=b"k" * 32)
-    stranger = serve(fake.url, session_secret=b"z" * 32)
+    first, second = serve(fake.url, secret=b"k" * 32), serve(fake.url, secret=b"k" * 32)
+    stranger = serve(fake.url, secret=b"z" * 32)
     sid = first.post("mode=init", as_="alice/app").headers["mcp-session-id"]
     assert second.post(as_="alice/app", **{"Mcp-Session-Id": sid}).status_code == 200
     assert dict(fake.requests[-1]["headers"])["mcp-session-id"] == "s-1"

@@ -708,7 +708,7 @@ def build_app(instance: Instance, fetch_policy: Any) -> Any:
     if settings.upstream:
         from .proxy import UpstreamProxy
 
-        proxy = UpstreamProxy(settings.upstream, session_secret=instance.config.secret)
+        proxy = UpstreamProxy(settings.upstream)
         inner = proxy
         closers.append(proxy.aclose)
     else:

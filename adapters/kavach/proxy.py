@@ -27,13 +27,12 @@ What does not pass (RFC 9110 §7.6.1, RS-04):
   502 and the log says where the upstream pointed (usually a missing or extra slash in
   ``--upstream``); redirects are not followed either.
 
-Sessions: every ``Mcp-Session-Id`` the upstream issues is sealed to the principal (subject and
-client) whose request it answers: the client is given ``ID.TAG`` (:class:`SessionSeal`), and a
-request whose session id does not open for its own principal (another's, a forged or an altered
-one) is answered 404, as the MCP SDK answers an unknown session, and never reaches the upstream,
-which only ever sees its own ``ID``. Nothing is kept per session: every instance given the same
-``session_secret`` (``kavach serve`` gives its deployment secret) continues the sessions any of
-them started, so a load balancer needs no sticky sessions, and a restart loses none.
+Sessions: the guard in front (:class:`kavach.starlette.KavachGuard`) binds every
+``Mcp-Session-Id`` to the principal whose request it answers (:mod:`kavach.mcp_sessions`): a
+request naming another principal's session, or a forged one, never reaches the upstream, which
+only ever sees its own ids. Nothing is kept per session: every instance of a deployment continues
+the sessions any of them started, so a load balancer needs no sticky sessions, and a restart
+loses none.
 
 Failures are answered with a JSON body and never hang: the upstream cannot be reached -> 502; its
 response headers take longer than ``header_timeout`` -> 504; every upstream connection is in use
@@ -51,11 +50,7 @@ too, so an abandoned request does not hold a connection open upstream.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import json
 import logging
-import os
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
 from urllib.parse import unquote_plus
@@ -65,8 +60,8 @@ import httpx
 from starlette.types import Receive, Scope, Send
 
 from kavach_core.http import CLIENT_ADDRESS_HEADER
-from kavach_core.opaque import b64url
 
+from .mcp_sessions import owner_of, refuse
 from .sessions import BROWSER_COOKIE, SESSION_COOKIE
 from .starlette import read_body
 
@@ -204,40 +199,6 @@ def forwarded_query(query: str) -> str:
     return "&".join(kept)
 
 
-Owner = tuple[str, str]
-
-
-class SessionSeal:
-    """Binds upstream ``Mcp-Session-Id`` values to principals without keeping anything.
-
-    ``seal(ID, owner)`` is ``ID.TAG``, TAG the unpadded base64url HMAC-SHA256 (RFC 2104) of the
-    owner's subject and client and ID, under a key derived from ``secret`` for this use alone;
-    ``open`` gives ID back only for that owner (the tags compared in constant time). The MCP
-    transport asks for session ids of visible ASCII (0x21-0x7E): a tag adds only such characters.
-    """
-
-    _LABEL = b"kavach proxy: Mcp-Session-Id binding"
-
-    def __init__(self, secret: bytes) -> None:
-        if not isinstance(secret, bytes) or len(secret) < 16:
-            raise ValueError("the session secret must be at least 16 bytes")
-        self._key = hmac.new(secret, self._LABEL, hashlib.sha256).digest()
-
-    def _tag(self, session: str, owner: Owner) -> bytes:
-        message = json.dumps([owner[0], owner[1], session]).encode("ascii")  # unambiguous, whatever the values
-        return b64url(hmac.new(self._key, message, hashlib.sha256).digest()).encode("ascii")
-
-    def seal(self, session: str, owner: Owner) -> str:
-        return f"{session}.{self._tag(session, owner).decode('ascii')}"
-
-    def open(self, sealed: str, owner: Owner) -> str | None:
-        """The upstream's session id inside ``sealed`` when it was sealed for ``owner``, else ``None``."""
-        session, dot, tag = sealed.rpartition(".")
-        if not dot or not session:
-            return None
-        return session if hmac.compare_digest(tag.encode("latin-1", "replace"), self._tag(session, owner)) else None
-
-
 class _Refused(Exception):
     """The request is answered by the proxy itself."""
 
@@ -256,8 +217,7 @@ class UpstreamProxy:
     request is written (then 504). ``max_connections``: the upstream connection pool; when every
     connection stays busy for ``pool_timeout`` the answer is 503. ``max_open_per_subject``: how
     many requests one subject may have in flight (a ``GET`` stream counts while it is open); above
-    it, 429. ``session_secret``: what session ids are sealed with (:class:`SessionSeal`; by
-    default a random one, so only this process continues its sessions).
+    it, 429.
     """
 
     def __init__(
@@ -272,7 +232,6 @@ class UpstreamProxy:
         max_connections: int = 1000,
         max_keepalive_connections: int = 100,
         max_open_per_subject: int = 64,
-        session_secret: bytes | None = None,
         retry_after: int = 5,
     ) -> None:
         self.upstream = upstream
@@ -282,7 +241,6 @@ class UpstreamProxy:
         # The longest the whole wait for the headers may take, should the transport not report
         # when it starts waiting for them (each phase has its own limit besides).
         self._backstop = connect_timeout + write_timeout + pool_timeout + header_timeout
-        self.seal = SessionSeal(session_secret if session_secret is not None else os.urandom(32))
         self._open: dict[str, int] = {}
         self._own_client = client is None
         # No read timeout: a GET stream may stay quiet for as long as the server has nothing to say.
@@ -313,21 +271,16 @@ class UpstreamProxy:
         body = await read_body(receive, send)  # the guard's replay, or the client's own (413 over 4 MiB)
         if body is None:
             return  # 413 sent, or the client went away before its request was complete: nothing to forward
-        try:
-            owner = _owner(scope)
-            session = self._session(scope, owner)
-            subject = owner[0] if owner is not None else None
-            if subject is not None and self._open.get(subject, 0) >= self.max_open_per_subject:
-                raise _Refused(
-                    429, "too_many_requests", "too many requests to the MCP server at once", self.retry_after
-                )
-        except _Refused as refused:
-            await _answer(send, refused)
+        owner = owner_of(scope)
+        subject = owner[0] if owner is not None else None
+        if subject is not None and self._open.get(subject, 0) >= self.max_open_per_subject:
+            busy = "too many requests to the MCP server at once"
+            await refuse(send, 429, "too_many_requests", busy, self.retry_after)
             return
         if subject is not None:
             self._open[subject] = self._open.get(subject, 0) + 1
         try:
-            await self._exchange(scope, receive, send, body, owner, session)
+            await self._exchange(scope, receive, send, body)
         finally:
             if subject is not None:
                 left = self._open.get(subject, 1) - 1
@@ -336,24 +289,7 @@ class UpstreamProxy:
                 else:
                     self._open.pop(subject, None)
 
-    def _session(self, scope: Scope, owner: Owner | None) -> str | None:
-        """The upstream's own id of the session the request names (only for a guarded request:
-        without a principal, ids pass as they are)."""
-        if owner is None:
-            return None
-        sealed = [v.decode("latin-1") for k, v in scope.get("headers", []) if k.lower() == b"mcp-session-id"]
-        if not sealed:
-            return None
-        if len(sealed) > 1:
-            raise _Refused(400, "invalid_request", "more than one Mcp-Session-Id header")
-        session = self.seal.open(sealed[0], owner)
-        if session is None:
-            raise _Refused(404, "session_not_found", "no such MCP session")
-        return session
-
-    async def _exchange(
-        self, scope: Scope, receive: Receive, send: Send, body: bytes, owner: Owner | None, session: str | None
-    ) -> None:
+    async def _exchange(self, scope: Scope, receive: Receive, send: Send, body: bytes) -> None:
         async with anyio.create_task_group() as tg:
 
             async def watch_disconnect() -> None:
@@ -366,18 +302,14 @@ class UpstreamProxy:
 
             tg.start_soon(watch_disconnect)
             try:
-                await self._forward(scope, send, body, owner, session)
+                await self._forward(scope, send, body)
             finally:
                 tg.cancel_scope.cancel()
 
-    async def _forward(self, scope: Scope, send: Send, body: bytes, owner: Owner | None, session: str | None) -> None:
+    async def _forward(self, scope: Scope, send: Send, body: bytes) -> None:
         method = scope["method"]
         has_body = bool(body) or method not in ("GET", "HEAD", "DELETE", "OPTIONS")
         headers = request_headers(scope["headers"])
-        if owner is not None:  # the client's (sealed) id is replaced by the upstream's own
-            headers = [(k, v) for k, v in headers if k != "mcp-session-id"]
-            if session is not None:
-                headers.append(("mcp-session-id", session))
         request = self.client.build_request(
             method,
             self._url(scope),
@@ -404,7 +336,7 @@ class UpstreamProxy:
                     method, self.upstream, status, upstream.headers.get("location", ""),
                 )
                 raise _Refused(502, "bad_gateway", f"the upstream MCP server answered with a redirect ({status})")
-            complete = await _relay(upstream, send, self._returned_headers(upstream, owner))
+            complete = await _relay(upstream, send, response_headers(upstream.headers))
             if not complete:
                 log.warning(
                     "the upstream MCP server broke off its response to %s %s; the client's connection is closed",
@@ -452,25 +384,6 @@ class UpstreamProxy:
             raise _Refused(504, "gateway_timeout", "the upstream MCP server did not answer in time")
         return upstream
 
-    def _returned_headers(self, upstream: httpx.Response, owner: Owner | None) -> list[tuple[bytes, bytes]]:
-        """The upstream's headers for the client, each ``Mcp-Session-Id`` sealed to ``owner``."""
-        headers = response_headers(upstream.headers)
-        if owner is None:
-            return headers
-        return [
-            (k, self.seal.seal(v.decode("latin-1"), owner).encode("latin-1")) if k == b"mcp-session-id" else (k, v)
-            for k, v in headers
-        ]
-
-
-def _owner(scope: Scope) -> Owner | None:
-    """The verified principal's (subject, client), when a guard has put one in the scope."""
-    state = scope.get("state") or {}
-    principal = state.get("principal") if isinstance(state, dict) else getattr(state, "principal", None)
-    if principal is None:
-        return None
-    return (str(principal.subject), str(principal.client_id))
-
 
 async def _relay(upstream: httpx.Response, send: Send, headers: list[tuple[bytes, bytes]]) -> bool:
     """Send the response on as it arrives, with ``headers``; ``False`` when the upstream broke
@@ -496,11 +409,5 @@ async def _raw(upstream: httpx.Response) -> AsyncIterator[bytes]:
 
 
 async def _answer(send: Send, refused: _Refused) -> None:
-    body: dict[str, Any] = {"error": refused.error, "error_description": refused.description}
-    data = json.dumps(body).encode("utf-8")
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode("ascii"))]
-    if refused.retry_after is not None:
-        headers.append((b"retry-after", str(refused.retry_after).encode("ascii")))
-    await send({"type": "http.response.start", "status": refused.status, "headers": headers})
-    await send({"type": "http.response.body", "body": data, "more_body": False})
+    await refuse(send, refused.status, refused.error, refused.description, refused.retry_after)
 

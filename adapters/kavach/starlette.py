@@ -24,6 +24,7 @@ from kavach_core.http import HttpRequest, Response
 from kavach_core.resource_indicators import PRM_WELL_KNOWN, resource_path
 from kavach_core.router import cors_headers
 
+from .mcp_sessions import SessionBinding
 from .server import TOO_LARGE, AuthorizationServer, guarded_body_problem, incoming
 
 Scope = MutableMapping[str, Any]
@@ -156,7 +157,9 @@ class KavachGuard:
     method(s), a batch needing every one), or a response to send instead. Requests for the
     resource's metadata (MD-03, with CORS per MD-04) are answered without a token, and so is
     the whole authorization server when it shares the resource's origin (so wrapping the MCP
-    SDK's app is all it takes). The ``Authorization`` header is not passed on (RS-04).
+    SDK's app is all it takes). The ``Authorization`` header is not passed on (RS-04). The
+    ``Mcp-Session-Id`` values the app issues are bound to the principal they were issued to
+    (:mod:`kavach.mcp_sessions`): nobody else's token continues a session.
     """
 
     def __init__(
@@ -164,7 +167,7 @@ class KavachGuard:
     ) -> None:
         if required is not None and not callable(required):
             raise TypeError("required must be a function of the request giving its scopes (or a response)")
-        self.app = app
+        self.app = SessionBinding(app, server.config.secret)
         self.server = server
         self.resource = server.protected(resource)
         same_origin = _origin(self.resource) == _origin(server.config.issuer)
