@@ -115,8 +115,9 @@ class SessionBinding:
 
         async def sealing(message: Message) -> None:
             if message["type"] == "http.response.start":
-                message = dict(message)
-                message["headers"] = [(k, self._sealed(k, v, bound)) for k, v in message.get("headers", [])]
+                headers = message.get("headers", ())
+                if any(k.lower() == _HEADER for k, _ in headers):
+                    message = dict(message, headers=[(k, self._sealed(k, v, bound)) for k, v in headers])
             await send(message)
 
         await self.app(scope, receive, sealing)
