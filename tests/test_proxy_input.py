@@ -204,9 +204,9 @@ def fake() -> Iterator[FakeUpstream]:
 
 def _as_principal(proxy: UpstreamProxy, secret: bytes) -> Any:
     """The guard's part: ``X-Test-Principal: subject/client`` becomes ``scope["state"]["principal"]``,
-    and the session ids are bound to it (:class:`~kavach.mcp_sessions.SessionBinding`, which
-    ``KavachGuard`` puts in front of the app it guards)."""
-    bound = SessionBinding(proxy, secret)
+    and the session ids are bound to it (:class:`~kavach.mcp_sessions.SessionBinding`, as
+    ``KavachGuard`` binds them for the app it guards)."""
+    bound = SessionBinding(secret).middleware(proxy)
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":

@@ -3,11 +3,13 @@
 A Streamable HTTP server names a session with ``Mcp-Session-Id`` (MCP transports, session
 management); a session id is no credential, yet anyone who learns one could otherwise continue
 that session, read its stream or end it with a token of their own. :class:`SessionBinding`, which
-:class:`kavach.starlette.KavachGuard` puts in front of the app it guards, binds each id to the
+:class:`kavach.starlette.KavachGuard` applies to the app it guards, binds each id to the
 principal (subject and client) whose request the app answered with it:
 
 - the client is given ``ID.TAG`` (:class:`SessionSeal`) in place of every ``Mcp-Session-Id`` the
-  app sends;
+  app sends in answer to a request that names a session or may start one (its body mentions
+  ``initialize``: MCP servers assign a session id at initialization); an id sent elsewhere
+  reaches the client as it is, and, having no tag, never opens: it fails closed;
 - a request naming a session reaches the app, with ``ID`` alone, only when the id opens for the
   request's own principal; another's, a forged or an altered one is answered 404
   (``session_not_found``), as the MCP SDK answers an unknown session; two ids are a 400.
@@ -33,7 +35,7 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 Owner = tuple[str, str]
 
-_HEADER = b"mcp-session-id"
+HEADER = b"mcp-session-id"
 
 
 def owner_of(scope: Scope) -> Owner | None:
@@ -87,41 +89,56 @@ async def refuse(send: Send, status: int, error: str, description: str, retry_af
 
 
 class SessionBinding:
-    """ASGI middleware: the ``Mcp-Session-Id`` values of ``app`` bound to the verified principal
-    of each request (see the module docstring). A request without a principal (none verified, or
-    no guard in front) passes as it is."""
+    """The binding of one guard (see the module docstring), keyed by ``secret``.
 
-    def __init__(self, app: ASGIApp, secret: bytes) -> None:
-        self.app = app
+    :meth:`open` reads the session ids a request names, :meth:`sealing` seals those its response
+    carries; :meth:`middleware` is both around an ASGI app, for requests a guard in front of it
+    has put a principal on (others pass as they are)."""
+
+    def __init__(self, secret: bytes) -> None:
         self.seal = SessionSeal(secret)
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        owner = owner_of(scope) if scope["type"] == "http" else None
-        if owner is None:
-            await self.app(scope, receive, send)
-            return
-        named = [v for k, v in scope["headers"] if k.lower() == _HEADER]
+    def open(self, named: list[bytes], owner: Owner) -> bytes | tuple[int, str, str]:
+        """The session id to hand the app for the ``Mcp-Session-Id`` values ``named`` (one or
+        more), or the refusal to answer instead (status, error, description)."""
         if len(named) > 1:
-            await refuse(send, 400, "invalid_request", "more than one Mcp-Session-Id header")
-            return
-        if named:
-            session = self.seal.open(named[0].decode("latin-1"), owner)
-            if session is None:
-                await refuse(send, 404, "session_not_found", "no such MCP session")
-                return
-            headers = [(k, v) for k, v in scope["headers"] if k.lower() != _HEADER]
-            scope = dict(scope, headers=[*headers, (_HEADER, session.encode("latin-1"))])
-        bound: Owner = owner
+            return (400, "invalid_request", "more than one Mcp-Session-Id header")
+        session = self.seal.open(named[0].decode("latin-1"), owner)
+        if session is None:
+            return (404, "session_not_found", "no such MCP session")
+        return session.encode("latin-1")
 
-        async def sealing(message: Message) -> None:
+    def sealing(self, send: Send, owner: Owner) -> Send:
+        """``send``, with every ``Mcp-Session-Id`` of the response sealed to ``owner``."""
+
+        async def sealed(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = message.get("headers", ())
-                if any(k.lower() == _HEADER for k, _ in headers):
-                    message = dict(message, headers=[(k, self._sealed(k, v, bound)) for k, v in headers])
+                if any(k.lower() == HEADER for k, _ in headers):
+                    message = dict(message, headers=[(k, self._sealed(k, v, owner)) for k, v in headers])
             await send(message)
 
-        await self.app(scope, receive, sealing)
+        return sealed
 
     def _sealed(self, name: bytes, value: bytes, owner: Owner) -> bytes:
-        """A response header's value as the client gets it: a session id sealed to ``owner``."""
-        return self.seal.seal(value.decode("latin-1"), owner).encode("latin-1") if name.lower() == _HEADER else value
+        return self.seal.seal(value.decode("latin-1"), owner).encode("latin-1") if name.lower() == HEADER else value
+
+    def middleware(self, app: ASGIApp) -> ASGIApp:
+        """``app`` behind the binding, for requests a guard in front has put a principal on."""
+
+        async def bound(scope: Scope, receive: Receive, send: Send) -> None:
+            owner = owner_of(scope) if scope["type"] == "http" else None
+            if owner is None:
+                await app(scope, receive, send)
+                return
+            named = [v for k, v in scope["headers"] if k.lower() == HEADER]
+            if named:
+                opened = self.open(named, owner)
+                if isinstance(opened, tuple):
+                    await refuse(send, *opened)
+                    return
+                headers = [(k, v) for k, v in scope["headers"] if k.lower() != HEADER]
+                scope = dict(scope, headers=[*headers, (HEADER, opened)])
+            await app(scope, receive, self.sealing(send, owner))
+
+        return bound

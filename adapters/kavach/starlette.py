@@ -24,7 +24,8 @@ from kavach_core.http import HttpRequest, Response
 from kavach_core.resource_indicators import PRM_WELL_KNOWN, resource_path
 from kavach_core.router import cors_headers
 
-from .mcp_sessions import SessionBinding
+from .mcp_sessions import HEADER as SESSION_HEADER
+from .mcp_sessions import SessionBinding, refuse
 from .server import TOO_LARGE, AuthorizationServer, guarded_body_problem, incoming
 
 Scope = MutableMapping[str, Any]
@@ -104,27 +105,35 @@ async def read_body(receive: Receive, send: Send, too_large: Response = TOO_LARG
     return None
 
 
-def _split_headers(scope: Scope) -> tuple[list[str], list[tuple[bytes, bytes]], list[str], list[str]]:
-    """The ``Authorization`` values, every other header (what the wrapped app gets), and the
-    ``Content-Encoding`` and ``Content-Type`` values.
+class _Headers:
+    """A request's headers as the guard reads them, in one pass: the ``Authorization`` values,
+    the ``Mcp-Session-Id`` values, the ``Content-Encoding`` and ``Content-Type`` values, and
+    every other header (what the wrapped app gets, with the session id the binding opens).
 
     Names are compared case-insensitively whatever the server sends (ASGI only recommends
     lowercase), so no spelling of the header reaches the wrapped app (RS-04)."""
-    values: list[str] = []
-    others: list[tuple[bytes, bytes]] = []
-    codings: list[str] = []
-    types: list[str] = []
-    for header in scope["headers"]:
-        name = header[0].lower()
-        if name == b"authorization":
-            values.append(header[1].decode("latin-1"))
-            continue
-        if name == b"content-encoding":
-            codings.append(header[1].decode("latin-1"))
-        elif name == b"content-type":
-            types.append(header[1].decode("latin-1"))
-        others.append(header)
-    return values, others, codings, types
+
+    __slots__ = ("authorization", "codings", "others", "sessions", "types")
+
+    def __init__(self, scope: Scope) -> None:
+        self.authorization: list[str] = []
+        self.sessions: list[bytes] = []
+        self.others: list[tuple[bytes, bytes]] = []
+        self.codings: list[str] = []
+        self.types: list[str] = []
+        for header in scope["headers"]:
+            name = header[0].lower()
+            if name == b"authorization":
+                self.authorization.append(header[1].decode("latin-1"))
+                continue
+            if name == SESSION_HEADER:
+                self.sessions.append(header[1])
+                continue
+            if name == b"content-encoding":
+                self.codings.append(header[1].decode("latin-1"))
+            elif name == b"content-type":
+                self.types.append(header[1].decode("latin-1"))
+            self.others.append(header)
 
 
 class KavachEndpoint:
@@ -167,7 +176,8 @@ class KavachGuard:
     ) -> None:
         if required is not None and not callable(required):
             raise TypeError("required must be a function of the request giving its scopes (or a response)")
-        self.app = SessionBinding(app, server.config.secret)
+        self.app = app
+        self.sessions = SessionBinding(server.config.secret)
         self.server = server
         self.resource = server.protected(resource)
         same_origin = _origin(self.resource) == _origin(server.config.issuer)
@@ -186,19 +196,29 @@ class KavachGuard:
             return None
         if scope["path"] in self.public:
             return await _send(send, await self.server.ahandle(_translate(scope, body)))
-        authorization, others, codings, types = _split_headers(scope)
-        refused = guarded_body_problem(codings, types) if codings or types else None
+        headers = _Headers(scope)
+        refused = guarded_body_problem(headers.codings, headers.types) if headers.codings or headers.types else None
         if refused is not None:
             return await _send(send, refused)
         if self.required is None:
-            outcome = await self.server.aguard_body(self.resource, authorization, body)
+            outcome = await self.server.aguard_body(self.resource, headers.authorization, body)
         else:
             need = self.required(_translate(scope, body))
             if isinstance(need, Response):
                 return await _send(send, need)
-            outcome = await self.server.aguard_values(self.resource, authorization, need)
+            outcome = await self.server.aguard_values(self.resource, headers.authorization, need)
         if isinstance(outcome, Response):
             return await _send(send, outcome)
+        others = headers.others
+        owner = (outcome.subject, outcome.client_id)
+        if headers.sessions:  # the session is this principal's, or the app never hears of it
+            opened = self.sessions.open(headers.sessions, owner)
+            if isinstance(opened, tuple):
+                return await refuse(send, *opened)
+            others.append((SESSION_HEADER, opened))
+            send = self.sessions.sealing(send, owner)
+        elif b"initialize" in body:  # a session starts only at initialization (an id not sealed never opens)
+            send = self.sessions.sealing(send, owner)
         inner = dict(scope)
         inner["state"] = {**(scope.get("state") or {}), "principal": outcome}
         inner["headers"] = others
