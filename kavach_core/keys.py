@@ -1,7 +1,11 @@
 """Signing keys that rotate (RFC 7517 §5 key sets; RFC 9068 §4 and RFC 8414 §2 ``jwks_uri``).
 
 - The active key signs; a key retired by rotation stays published in the JWKS until every
-  token it signed has expired (``publish_until``).
+  token it signed has expired (``publish_until``). A key records the longest a token it signs
+  may live (:func:`token_lifetime`): tokens are never minted longer, a rotation never shortens
+  it, and a new key takes the longest of the keys it follows, so processes configured with
+  different access-token lifetimes (``kavach keys rotate`` run without the server's settings)
+  can never leave a token valid after its key is withdrawn.
 - A successor is published :data:`PREPUBLISH` seconds before it starts signing, so verifiers
   that cache the JWKS (we serve it with ``max-age`` 300) already know it when the first token
   it signs reaches them. An explicit :func:`rotate` switches at once; verifiers that meet an
@@ -28,6 +32,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from . import effects as fx
 from .context import Context
 from .drivers import Flow
+from .errors import KavachError
 from .jose import JoseError, PrivateKey, SigningKeyPair, VerifyingKey, check_key_matches_alg, jwk_thumbprint
 from .records import SigningKey
 
@@ -63,10 +68,33 @@ def _private_key(alg: str, ctx: Context) -> PrivateKey:
     raise JoseError(f"unsupported algorithm {alg}")
 
 
-def generate(ctx: Context, alg: str | None = None, *, start: int | None = None) -> SigningKey:
+ROTATE_ATTEMPTS = 8
+"""How many times :func:`rotate` reads and swaps before it gives up on a key set that keeps changing."""
+
+
+class KeyRotationError(KavachError):
+    """A rotation could not store its key: the key set kept changing under it."""
+
+
+def token_lifetime(record: SigningKey) -> int:
+    """The longest an access token signed by ``record`` may live: what its publication keeps
+    beyond its signing period, less :data:`PUBLISH_MARGIN`."""
+    return max(0, record.publish_until - record.signs_until - PUBLISH_MARGIN)
+
+
+def _token_lifetime(ctx: Context, records: tuple[SigningKey, ...]) -> int:
+    """The configured access-token lifetime, or a longer one a live key records (another
+    process's setting): what a new key's publication, and a retired key's, must allow for."""
+    return max([ctx.config.lifetimes.access_token, *(token_lifetime(k) for k in _live(records, ctx.now))])
+
+
+def generate(
+    ctx: Context, alg: str | None = None, *, start: int | None = None, token_lifetime: int | None = None
+) -> SigningKey:
     """A new key for ``alg`` (default: the configured one) that signs from ``start``
     (default ``ctx.now``) for ``lifetimes.signing_key`` seconds, then stays published until
-    every token it can have signed has expired."""
+    every token it can have signed has expired: tokens of up to ``token_lifetime`` seconds
+    (default: the configured access-token lifetime)."""
     alg = alg or ctx.config.signing_alg
     start = ctx.now if start is None else start
     key = _private_key(alg, ctx)
@@ -74,13 +102,14 @@ def generate(ctx: Context, alg: str | None = None, *, start: int | None = None) 
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
     lifetime = ctx.config.lifetimes
+    tokens = lifetime.access_token if token_lifetime is None else token_lifetime
     return SigningKey(
         kid=jwk_thumbprint(key.public_key()),
         alg=alg,
         private_pem=pem,
         created_at=start,
         signs_until=start + lifetime.signing_key,
-        publish_until=start + lifetime.signing_key + lifetime.access_token + PUBLISH_MARGIN,
+        publish_until=start + lifetime.signing_key + tokens + PUBLISH_MARGIN,
     )
 
 
@@ -220,17 +249,19 @@ class KeyRing:
 
 
 def _retire(record: SigningKey, now: int, access_token_lifetime: int) -> SigningKey:
-    """Stop ``record`` signing at ``now``; publish it until tokens signed before now have expired."""
+    """Stop ``record`` signing at ``now``; publish it until tokens signed before now have expired
+    (tokens of up to ``access_token_lifetime`` seconds, or the longer lifetime it records)."""
     if record.signs_until <= now:
         return record
     # A successor that never signed: no token needs it. An instance whose clock runs CLOCK_SKEW
     # ahead may sign with one CLOCK_SKEW before its start, by a clock this far behind: twice.
     if record.created_at > now + 2 * CLOCK_SKEW:
         return attrs.evolve(record, signs_until=now, publish_until=now)
+    tokens = max(access_token_lifetime, token_lifetime(record))
     return attrs.evolve(
         record,
         signs_until=now,
-        publish_until=min(record.publish_until, now + access_token_lifetime + PUBLISH_MARGIN),
+        publish_until=min(record.publish_until, now + tokens + PUBLISH_MARGIN),
     )
 
 
@@ -256,26 +287,40 @@ def current(ctx: Context) -> Flow[KeySet]:
     keyset = KeySet(records)
     active = keyset.active(now, alg)
     if active is None:
-        fresh = generate(ctx)
-        lifetime = ctx.config.lifetimes.access_token
+        lifetime = _token_lifetime(ctx, records)
+        fresh = generate(ctx, token_lifetime=lifetime)
         kept = tuple(_retire(k, now, lifetime) for k in _live(records, now))
         return (yield from _store(records, (fresh, *_live(kept, now))))
     if active.signs_until - now > PREPUBLISH:
         return keyset
     if any(k.alg == alg and k.created_at >= active.signs_until for k in records):
         return keyset
-    successor = generate(ctx, start=active.signs_until)
+    successor = generate(ctx, start=active.signs_until, token_lifetime=_token_lifetime(ctx, records))
     return (yield from _store(records, (successor, *_live(records, now))))
 
 
 def rotate(ctx: Context) -> Flow[KeySet]:
     """Retire every signing key now and start signing with a new one (``kavach keys rotate``).
 
-    Tokens the retired keys signed keep verifying until they expire (RFC 9068 §4).
+    Tokens the retired keys signed keep verifying until they expire (RFC 9068 §4). When another
+    process changes the key set between this one's read and its swap (publishing a successor,
+    rotating too), the swap is tried again on what it stored, up to :data:`ROTATE_ATTEMPTS`
+    times, so the key this rotation made is the one signing when it returns; else
+    :class:`KeyRotationError`, and nothing of it was stored.
     """
     now = ctx.now
-    records: tuple[SigningKey, ...] = tuple((yield fx.GetSigningKeys()))
-    fresh = generate(ctx)
-    lifetime = ctx.config.lifetimes.access_token
-    kept = tuple(_retire(k, now, lifetime) for k in _live(records, now))
-    return (yield from _store(records, (fresh, *_live(kept, now))))
+    fresh: SigningKey | None = None
+    for _ in range(ROTATE_ATTEMPTS):
+        records: tuple[SigningKey, ...] = tuple((yield fx.GetSigningKeys()))
+        lifetime = _token_lifetime(ctx, records)
+        if fresh is None:
+            fresh = generate(ctx, token_lifetime=lifetime)
+        else:  # the same key, published as long as the set it now joins needs
+            fresh = attrs.evolve(fresh, publish_until=fresh.signs_until + lifetime + PUBLISH_MARGIN)
+        kept = tuple(_retire(k, now, lifetime) for k in _live(records, now))
+        stored = yield from _store(records, (fresh, *_live(kept, now)))
+        if any(k.kid == fresh.kid for k in stored.records):
+            return stored
+    raise KeyRotationError(
+        f"the signing keys changed {ROTATE_ATTEMPTS} times while rotating; nothing was changed: run it again"
+    )

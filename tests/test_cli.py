@@ -34,6 +34,8 @@ from kavach.settings import SettingsError, resolve
 from kavach_serve import Cli, free_port, kavach_command, serve
 from person import Form, Person, forms
 
+from kavach_core import effects as fx
+
 PASSWORD = "a long enough password"
 REDIRECT_URI = "http://127.0.0.1:45998/callback"
 TIMEOUT = 60
@@ -223,6 +225,30 @@ def test_keys_list_and_rotate(db: str) -> None:
     assert first != second
     rows = {line.split()[0]: line.split()[-1] for line in ok(["keys", "list", "--db", db]).splitlines()[1:]}
     assert rows == {second: "active", first: "published"}
+
+
+def test_keys_rotate_without_the_servers_lifetime_keeps_its_tokens_keys_published(db: str) -> None:
+    """The server's keys are made for hour-long tokens; ``kavach keys rotate`` run without its
+    settings (600 s by default) still keeps the retired key published until such a token,
+    signed just before, expires, and the new key is made for hour-long tokens too."""
+    from kavach.stores import SQLiteStore
+
+    from kavach_core import keys
+
+    ok(["keys", "rotate", "--db", db], env=clean_env(KAVACH_ACCESS_TOKEN_LIFETIME="3600"))
+    store = SQLiteStore(db)
+    (made,) = store.perform(fx.GetSigningKeys())
+    store.close()
+    assert keys.token_lifetime(made) == 3600
+    before = int(time.time())
+    ok(["keys", "rotate", "--db", db])
+    store = SQLiteStore(db)
+    stored = {k.kid: k for k in store.perform(fx.GetSigningKeys())}
+    store.close()
+    retired = stored.pop(made.kid)
+    assert retired.publish_until >= before + 3600 + keys.PUBLISH_MARGIN
+    (fresh,) = stored.values()
+    assert keys.token_lifetime(fresh) == 3600
 
 
 # -- the database ------------------------------------------------------------------------------

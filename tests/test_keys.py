@@ -13,6 +13,7 @@ from token_kit import mint, put_grant, verifying
 
 from kavach_core import access_tokens, keys
 from kavach_core import effects as fx
+from kavach_core.config import Lifetimes
 from kavach_core.drivers import Flow
 from kavach_core.endpoints import jwks
 from kavach_core.jose import JoseError, VerifyingKey
@@ -87,17 +88,106 @@ def test_concurrent_first_generation_is_decided_once(h: Harness) -> None:
     assert first == second == KeySet(h.store.keys)
 
 
-def test_concurrent_rotation_is_decided_once(h: Harness) -> None:
+def _finish(h: Harness, flow: Flow[Any], reply: Any) -> Any:
+    """Send ``reply`` into ``flow``, then perform its effects on the store until it returns."""
+    try:
+        effect = flow.send(reply)
+        while True:
+            effect = flow.send(h.store.perform(effect))
+    except StopIteration as stop:
+        return stop.value
+
+
+def test_concurrent_rotations_each_store_their_key_and_the_later_one_signs(h: Harness) -> None:
+    """Two rotations read the same set; the first swap wins, the second one's swap loses, so it
+    reads again and swaps again: each returns with its own key signing, the second's last, and
+    every key that signed stays published for its tokens."""
     h.run(keys.current(h.ctx()))
     original = h.store.keys[0]
     h.now += 100
-    first, second = _race(h, keys.rotate)
-    assert first == second == KeySet(h.store.keys)
-    assert len(h.store.keys) == 2
-    new, old = h.store.keys
-    assert old.kid == original.kid and old.signs_until == h.now
-    assert new.created_at == h.now
-    assert first.active(h.now, "ES256") == new
+    a, b = keys.rotate(h.ctx()), keys.rotate(h.ctx())
+    read_a, read_b = next(a), next(b)
+    swap_a, swap_b = a.send(h.store.perform(read_a)), b.send(h.store.perform(read_b))
+    assert isinstance(swap_a, fx.SwapSigningKeys) and isinstance(swap_b, fx.SwapSigningKeys)
+    fresh_a, fresh_b = swap_a.keys[0], swap_b.keys[0]
+    first = _finish(h, a, h.store.perform(swap_a))
+    second = _finish(h, b, h.store.perform(swap_b))
+    assert first.active(h.now, "ES256").kid == fresh_a.kid
+    assert second.active(h.now, "ES256").kid == fresh_b.kid == KeySet(h.store.keys).active(h.now, "ES256").kid
+    stored = {k.kid: k for k in h.store.keys}
+    assert set(stored) == {original.kid, fresh_a.kid, fresh_b.kid}
+    for kid in (original.kid, fresh_a.kid):
+        assert stored[kid].signs_until == h.now
+        assert stored[kid].publish_until >= h.now + h.config.lifetimes.access_token + keys.PUBLISH_MARGIN
+
+
+def test_a_rotation_racing_a_successors_publication_still_signs_with_its_own_key(h: Harness) -> None:
+    """Another instance publishes the active key's successor (its last hour) between the rotation's
+    read and its swap: the rotation tries again, and its key, not the old one, signs when it
+    returns (``kavach keys rotate`` names it); the successor that never signed is dropped."""
+    h.run(keys.current(h.ctx()))
+    old = h.store.keys[0]
+    h.now = old.signs_until - keys.PREPUBLISH + 10
+    flow = keys.rotate(h.ctx())
+    swap = flow.send(h.store.perform(next(flow)))
+    h.run(keys.current(h.ctx()))  # the other instance
+    assert len(h.store.keys) == 2, "a successor was published in between"
+    result = _finish(h, flow, h.store.perform(swap))
+    fresh = swap.keys[0]
+    assert result.active(h.now, "ES256").kid == fresh.kid
+    assert {k.kid for k in h.store.keys} == {old.kid, fresh.kid}
+    assert next(k for k in h.store.keys if k.kid == old.kid).signs_until == h.now
+
+
+def test_a_rotation_gives_up_on_keys_that_keep_changing_and_stores_nothing(h: Harness) -> None:
+    h.run(keys.current(h.ctx()))
+    flow = keys.rotate(h.ctx())
+    effect = next(flow)
+    ours: set[str] = set()
+    with pytest.raises(keys.KeyRotationError, match="run it again"):
+        while True:
+            if isinstance(effect, fx.SwapSigningKeys):
+                ours.add(effect.keys[0].kid)
+                h.run(keys.rotate(h.ctx()))  # another process rotates first, every time
+            effect = flow.send(h.store.perform(effect))
+    assert len(ours) == 1, "one key, offered again"
+    assert not ours & {k.kid for k in h.store.keys}
+
+
+def test_a_rotation_configured_for_shorter_tokens_keeps_the_longer_tokens_keys_published() -> None:
+    """The server signs tokens for an hour; ``kavach keys rotate`` run without its settings uses
+    the default lifetime. The retired key stays published until the hour-long token expires, and
+    the new key records the hour too, for the server's next tokens."""
+    h = Harness(make_config(lifetimes=Lifetimes(access_token=3600)))
+    put_grant(h)
+    token, claims = mint(h)
+    old_kid = h.store.keys[0].kid
+    h.now += 30
+    h.config = make_config()  # the rotating process: access tokens of 600 s
+    h.run(keys.rotate(h.ctx()))
+    old = next(k for k in h.store.keys if k.kid == old_kid)
+    assert old.publish_until >= claims.expires_at + keys.PUBLISH_MARGIN
+    fresh = KeySet(h.store.keys).active(h.now, "ES256")
+    assert fresh is not None and keys.token_lifetime(fresh) == 3600
+    h.now = claims.expires_at - 1
+    assert access_tokens.verify(token, verifying(h), issuer=h.config.issuer, resource=RESOURCE, now=h.now)
+
+
+def test_a_token_never_outlives_its_keys_publication() -> None:
+    """A server restarted with a longer access-token lifetime signs with a key published for
+    shorter tokens: its tokens are cut to what the key records, until a key made for the
+    longer lifetime signs."""
+    from oauth_flows import add_client, get_code, redeem
+
+    h = Harness(make_config())
+    h.run(keys.current(h.ctx()))
+    key = h.store.keys[0]
+    h.config = make_config(lifetimes=Lifetimes(access_token=3600))
+    add_client(h)
+    body = redeem(h, get_code(h)).json()
+    assert body["expires_in"] == keys.token_lifetime(key) == 600
+    h.run(keys.rotate(h.ctx()))
+    assert redeem(h, get_code(h)).json()["expires_in"] == 3600
 
 
 def test_retired_key_stays_published_and_its_tokens_verify_until_they_expire(h: Harness) -> None:

@@ -584,7 +584,10 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
 def cmd_keys_rotate(args: argparse.Namespace) -> int:
     with _instance(args, creates=True) as instance:
         ctx = instance.context()
-        keys = instance.run(keyset.rotate(ctx))
+        try:
+            keys = instance.run(keyset.rotate(ctx))
+        except keyset.KeyRotationError as exc:
+            raise CliError(str(exc)) from exc
         active = keys.active(ctx.now, instance.config.signing_alg)
     if active is None:
         raise CliError("the rotation did not produce an active key")

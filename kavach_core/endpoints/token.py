@@ -82,7 +82,7 @@ def _issue(
         resource=resource.uri,
         scopes=token_scopes,
         grant_id=grant.grant_id,
-        not_after=grant.expires_at,
+        not_after=min(grant.expires_at, ctx.now + keys.token_lifetime(active)),  # never past the key's publication
     )
     body: dict[str, object] = {
         "access_token": token,
