@@ -334,6 +334,54 @@ def test_a_hash_made_with_other_settings_is_replaced_at_sign_in(kind: str, tmp_p
     assert store.get_hash("alice") == upgraded
 
 
+def _scrypt_work(monkeypatch: Any) -> list[int]:
+    """Record the work (N * r * p) of every scrypt run the users module makes."""
+    import kavach.users as users_module
+
+    real = users_module.Scrypt
+    work: list[int] = []
+
+    def counted(**kwargs: Any) -> Any:
+        work.append(kwargs["n"] * kwargs["r"] * kwargs["p"])
+        return real(**kwargs)
+
+    monkeypatch.setattr(users_module, "Scrypt", counted)
+    return work
+
+
+def test_a_wrong_password_costs_the_same_scrypt_work_for_any_name(monkeypatch: Any) -> None:
+    """Timing must not tell which usernames exist, nor which accounts still hold a hash of an
+    earlier release (p = 1, cheaper to check): a wrong password for such an account, for a
+    current one and for a name with no account each run the same scrypt work (counted, not timed)."""
+    store = MemoryUsers()
+    users = Users(store, log_n=10)
+    users.add("current", "pw")
+    legacy = hash_password("pw", log_n=10).replace("scrypt$10$8$3$", "scrypt$10$8$1$")  # an earlier release's p
+    store.set_hash("legacy", legacy)
+    store.set_hash("older", hash_password("pw", log_n=10).replace("scrypt$10$8$3$", "scrypt$10$4$1$"))
+    work = _scrypt_work(monkeypatch)
+    spent = {}
+    for name in ("nobody", "current", "legacy", "older"):
+        work.clear()
+        assert users.sign_in(name, "wrong") is None
+        spent[name] = sum(work)
+    assert spent["current"] == spent["nobody"] > 0
+    assert spent["nobody"] <= spent["legacy"] < spent["nobody"] + 2**10 * 8  # padded to within one p unit
+    assert spent["nobody"] <= spent["older"] < spent["nobody"] + 2**10 * 8
+    assert store.get_hash("legacy") == legacy, "a wrong password upgrades nothing"
+
+
+def test_a_password_with_a_nul_is_refused_when_set() -> None:
+    """No sign-in form can send a NUL (every parameter with one is refused), so an account given
+    such a password could never sign in: it is refused when set."""
+    from kavach.users import PasswordError
+
+    users = Users(MemoryUsers(), log_n=10)
+    with pytest.raises(PasswordError, match="NUL"):
+        users.add("bob", "pre\x00post")
+    assert users.sign_in("bob", "pre") is None and users.session_stamp("bob") is None
+
+
 def test_a_password_changed_during_a_sign_in_is_not_undone_by_its_upgrade() -> None:
     class Racing(MemoryUsers):
         def get_hash(self, username: str) -> str | None:

@@ -115,6 +115,8 @@ def test_users_bad_input(db: str) -> None:
     bad(["users", "add", "carol", "--db", db, "--password-stdin"], "no password", stdin="")
     bad(["users", "add", "carol", "--db", db], "--password-stdin", stdin="")  # no terminal to prompt on
     bad(["users", "add", "   ", "--db", db, "--password-stdin"], "username", stdin="pw\n")
+    bad(["users", "add", "carol", "--db", db, "--password-stdin"], "cannot contain the NUL", stdin="pre\x00post\n")
+    assert "carol" not in ok(["users", "list", "--db", db])
 
 
 def _with_terminal(args: Sequence[str], answers: Sequence[tuple[str, str]]) -> tuple[int, str]:

@@ -12,7 +12,9 @@ server answers with 503 like any other store outage.
 
 Hashes are ``scrypt$<log2 n>$<r>$<p>$<salt>$<key>`` (RFC 7914, base64url salt and key); verifying
 is constant-time (``cryptography``'s ``Scrypt.verify``), and an unknown username still costs one
-scrypt run, so timing does not tell which usernames exist.
+scrypt run, so timing does not tell which usernames exist. A failed check against a hash made
+with cheaper settings (an earlier release's ``p = 1``, kept until that account next signs in)
+is padded with the scrypt work it lacks, so it costs what an unknown name does.
 
 A sign-in session is bound to the account's current hash through :meth:`Users.session_stamp`: every
 ``add`` stores a freshly salted hash, so removing a user, changing the password, or removing and
@@ -102,6 +104,8 @@ def valid_password(password: str) -> str:
     :class:`UsernameError`'s sibling :class:`PasswordError`."""
     if not password or len(password) > MAX_PASSWORD:
         raise PasswordError(f"a password has 1 to {MAX_PASSWORD} characters")
+    if "\x00" in password:  # no sign-in form can send one (GN-03): the account could never sign in
+        raise PasswordError("a password cannot contain the NUL character")
     return password
 
 
@@ -148,8 +152,18 @@ def _settings_of(encoded: str) -> tuple[str, ...]:
     return tuple(encoded.split("$")[1:4])
 
 
-def _dummy_hash(log_n: int) -> str:
-    return f"scrypt${log_n}${_R}${_P}${_b64(bytes(_SALT_BYTES))}${_b64(bytes(_KEY_BYTES))}"
+def _dummy_hash(log_n: int, p: int = _P) -> str:
+    return f"scrypt${log_n}${_R}${p}${_b64(bytes(_SALT_BYTES))}${_b64(bytes(_KEY_BYTES))}"
+
+
+def _work(encoded: str) -> int:
+    """The scrypt work of checking a password against ``encoded``: N * r * p (RFC 7914 §2), none
+    for a hash that does not parse (it is refused before any)."""
+    try:
+        log_n, r, p = (int(part) for part in encoded.split("$")[1:4])
+    except ValueError:
+        return 0
+    return 2**log_n * r * p if 10 <= log_n <= 20 and 1 <= r <= 32 and 1 <= p <= 16 else 0
 
 
 class UserStore(Protocol):
@@ -395,6 +409,7 @@ class Users:
             verify_password(password, _dummy_hash(self.log_n))
             return None
         if not verify_password(password, stored):
+            self._pad(password, stored)
             return None
         current = hash_password(password, log_n=self.log_n) if _settings_of(stored) != self._settings else None
         replace = getattr(self.store, "replace_hash", None)  # a store written before it existed keeps its hash
@@ -406,6 +421,14 @@ class Users:
                 if now is not None and _settings_of(now) == self._settings and verify_password(password, now):
                     stored = now
         return name, credential_stamp(stored)
+
+    def _pad(self, password: str, stored: str) -> None:
+        """After a failed check against ``stored``: the scrypt work it lacks against a current
+        hash, so the answer takes as long as for a name with no account."""
+        missing = _work(_dummy_hash(self.log_n)) - _work(stored)
+        if missing > 0:
+            unit = 2**self.log_n * _R
+            verify_password(password, _dummy_hash(self.log_n, min(16, -(-missing // unit))))
 
     def session_stamp(self, username: str) -> str | None:
         """The :func:`credential_stamp` of the account's current hash; ``None`` when there is no
