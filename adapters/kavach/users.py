@@ -127,13 +127,28 @@ def hash_password(password: str, *, log_n: int = DEFAULT_LOG_N) -> str:
     return f"scrypt${log_n}${_R}${_P}${_b64(salt)}${_b64(key)}"
 
 
+def _parameters(encoded: str) -> tuple[int, int, int] | None:
+    """``(log2 n, r, p)`` of a stored scrypt hash, ``None`` when it is malformed or its settings are
+    outside what is ever checked (so a damaged record cannot ask for unbounded work)."""
+    parts = encoded.split("$")
+    if len(parts) != 6 or parts[0] != "scrypt":
+        return None
+    try:
+        log_n, r, p = (int(part) for part in parts[1:4])
+    except ValueError:
+        return None
+    return (log_n, r, p) if 10 <= log_n <= 20 and 1 <= r <= 32 and 1 <= p <= 16 else None
+
+
 def verify_password(password: str, encoded: str) -> bool:
     """True when ``password`` matches ``encoded``; constant-time, never raises on a bad hash."""
+    parameters = _parameters(encoded)
+    if parameters is None:
+        return False
+    log_n, r, p = parameters
+    salt, key = encoded.split("$")[4:]
     try:
-        scheme, log_n, r, p, salt, key = encoded.split("$")
-        if scheme != "scrypt" or not 10 <= int(log_n) <= 20 or not 1 <= int(r) <= 32 or not 1 <= int(p) <= 16:
-            return False
-        kdf = Scrypt(salt=_unb64(salt), length=len(_unb64(key)), n=2 ** int(log_n), r=int(r), p=int(p))
+        kdf = Scrypt(salt=_unb64(salt), length=len(_unb64(key)), n=2**log_n, r=r, p=p)
         kdf.verify(password.encode("utf-8"), _unb64(key))
     except (ValueError, InvalidKey):
         return False
@@ -158,12 +173,12 @@ def _dummy_hash(log_n: int, p: int = _P) -> str:
 
 def _work(encoded: str) -> int:
     """The scrypt work of checking a password against ``encoded``: N * r * p (RFC 7914 §2), none
-    for a hash that does not parse (it is refused before any)."""
-    try:
-        log_n, r, p = (int(part) for part in encoded.split("$")[1:4])
-    except ValueError:
+    for a hash :func:`verify_password` refuses before any."""
+    parameters = _parameters(encoded)
+    if parameters is None:
         return 0
-    return 2**log_n * r * p if 10 <= log_n <= 20 and 1 <= r <= 32 and 1 <= p <= 16 else 0
+    log_n, r, p = parameters
+    return (1 << log_n) * r * p
 
 
 class UserStore(Protocol):
@@ -425,7 +440,7 @@ class Users:
     def _pad(self, password: str, stored: str) -> None:
         """After a failed check against ``stored``: the scrypt work it lacks against a current
         hash, so the answer takes as long as for a name with no account."""
-        missing = _work(_dummy_hash(self.log_n)) - _work(stored)
+        missing = 2**self.log_n * _R * _P - _work(stored)
         if missing > 0:
             unit = 2**self.log_n * _R
             verify_password(password, _dummy_hash(self.log_n, min(16, -(-missing // unit))))
