@@ -82,7 +82,7 @@ def token_lifetime(record: SigningKey) -> int:
     return max(0, record.publish_until - record.signs_until - PUBLISH_MARGIN)
 
 
-def _token_lifetime(ctx: Context, records: tuple[SigningKey, ...]) -> int:
+def _longest_token_lifetime(ctx: Context, records: tuple[SigningKey, ...]) -> int:
     """The configured access-token lifetime, or a longer one a live key records (another
     process's setting): what a new key's publication, and a retired key's, must allow for."""
     return max([ctx.config.lifetimes.access_token, *(token_lifetime(k) for k in _live(records, ctx.now))])
@@ -287,7 +287,7 @@ def current(ctx: Context) -> Flow[KeySet]:
     keyset = KeySet(records)
     active = keyset.active(now, alg)
     if active is None:
-        lifetime = _token_lifetime(ctx, records)
+        lifetime = _longest_token_lifetime(ctx, records)
         fresh = generate(ctx, token_lifetime=lifetime)
         kept = tuple(_retire(k, now, lifetime) for k in _live(records, now))
         return (yield from _store(records, (fresh, *_live(kept, now))))
@@ -295,7 +295,7 @@ def current(ctx: Context) -> Flow[KeySet]:
         return keyset
     if any(k.alg == alg and k.created_at >= active.signs_until for k in records):
         return keyset
-    successor = generate(ctx, start=active.signs_until, token_lifetime=_token_lifetime(ctx, records))
+    successor = generate(ctx, start=active.signs_until, token_lifetime=_longest_token_lifetime(ctx, records))
     return (yield from _store(records, (successor, *_live(records, now))))
 
 
@@ -312,7 +312,7 @@ def rotate(ctx: Context) -> Flow[KeySet]:
     fresh: SigningKey | None = None
     for _ in range(ROTATE_ATTEMPTS):
         records: tuple[SigningKey, ...] = tuple((yield fx.GetSigningKeys()))
-        lifetime = _token_lifetime(ctx, records)
+        lifetime = _longest_token_lifetime(ctx, records)
         if fresh is None:
             fresh = generate(ctx, token_lifetime=lifetime)
         else:  # the same key, published as long as the set it now joins needs
