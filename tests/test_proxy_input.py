@@ -28,7 +28,7 @@ from typing import Any
 
 import httpx
 import pytest
-from kavach.mcp_sessions import SessionBinding, SessionSeal
+from kavach.mcp_sessions import SessionBinding, SessionSeal, owner_of, refuse
 from kavach.proxy import UpstreamProxy
 from kavach_serve import mcp_upstream
 
@@ -206,7 +206,22 @@ def _as_principal(proxy: UpstreamProxy, secret: bytes) -> Any:
     """The guard's part: ``X-Test-Principal: subject/client`` becomes ``scope["state"]["principal"]``,
     and the session ids are bound to it (:class:`~kavach.mcp_sessions.SessionBinding`, as
     ``KavachGuard`` binds them for the app it guards)."""
-    bound = SessionBinding(secret).middleware(proxy)
+    binding = SessionBinding(secret)
+
+    async def bound(scope: Any, receive: Any, send: Any) -> None:
+        """The guard's session binding (as KavachGuard applies it) in front of the proxy."""
+        owner = owner_of(scope)
+        if owner is None:
+            return await proxy(scope, receive, send)
+        named = [v for k, v in scope["headers"] if k == b"mcp-session-id"]
+        if named:
+            opened = binding.open(named, owner)
+            if isinstance(opened, tuple):
+                return await refuse(send, *opened)
+            scope = dict(scope, headers=[*[(k, v) for k, v in scope["headers"] if k != b"mcp-session-id"],
+                                         (b"mcp-session-id", opened)])  # fmt: skip
+        await proxy(scope, receive, binding.sealing(send, owner))
+        return None
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":

@@ -30,9 +30,7 @@ from kavach_core.opaque import b64url
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 Owner = tuple[str, str]
 
 HEADER = b"mcp-session-id"
@@ -89,11 +87,8 @@ async def refuse(send: Send, status: int, error: str, description: str, retry_af
 
 
 class SessionBinding:
-    """The binding of one guard (see the module docstring), keyed by ``secret``.
-
-    :meth:`open` reads the session ids a request names, :meth:`sealing` seals those its response
-    carries; :meth:`middleware` is both around an ASGI app, for requests a guard in front of it
-    has put a principal on (others pass as they are)."""
+    """The binding of one guard (see the module docstring), keyed by ``secret``: :meth:`open`
+    reads the session ids a request names, :meth:`sealing` seals those its response carries."""
 
     def __init__(self, secret: bytes) -> None:
         self.seal = SessionSeal(secret)
@@ -122,23 +117,3 @@ class SessionBinding:
 
     def _sealed(self, name: bytes, value: bytes, owner: Owner) -> bytes:
         return self.seal.seal(value.decode("latin-1"), owner).encode("latin-1") if name.lower() == HEADER else value
-
-    def middleware(self, app: ASGIApp) -> ASGIApp:
-        """``app`` behind the binding, for requests a guard in front has put a principal on."""
-
-        async def bound(scope: Scope, receive: Receive, send: Send) -> None:
-            owner = owner_of(scope) if scope["type"] == "http" else None
-            if owner is None:
-                await app(scope, receive, send)
-                return
-            named = [v for k, v in scope["headers"] if k.lower() == HEADER]
-            if named:
-                opened = self.open(named, owner)
-                if isinstance(opened, tuple):
-                    await refuse(send, *opened)
-                    return
-                headers = [(k, v) for k, v in scope["headers"] if k.lower() != HEADER]
-                scope = dict(scope, headers=[*headers, (HEADER, opened)])
-            await app(scope, receive, self.sealing(send, owner))
-
-        return bound
