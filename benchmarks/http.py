@@ -11,6 +11,10 @@ Redis prefix that every worker shares (the revocation check on every request, th
 second), as instances of one deployment do; a server that cannot be reached is reported as skipped.
 The PostgreSQL store runs twice: as configured by default (each pooled connection checked before
 it is lent) and with that check off, which shows what the check costs.
+
+Every row without a shared store runs a third time, as ``1, pinned``: the one worker on one CPU
+and wrk on another (``sched_setaffinity``), so the two never take turns on a core and the ratio
+measures the worker alone; reported as skipped where this process may use fewer than two CPUs.
 """
 
 # ruff: noqa: S603, S607 -- uvicorn and wrk are started with fixed arguments.
@@ -118,7 +122,38 @@ class Run(NamedTuple):
     store: str = ""
 
 
-def _run(spec: Run, workers: int, *, seconds: int, connections: int) -> dict[str, float]:
+PINNED = "1, pinned"
+"""Part d's configuration with one worker and wrk each on a CPU of their own."""
+
+
+class Setup(NamedTuple):
+    """How part d serves a row: the uvicorn worker processes and, when pinned, the CPUs the
+    server and wrk may each run on."""
+
+    workers: int
+    server_cpus: frozenset[int] = frozenset()
+    wrk_cpus: frozenset[int] = frozenset()
+
+
+def _setups() -> tuple[dict[str, Setup], str]:
+    """Part d's configurations, and why the pinned one is left out ('' when it is not)."""
+    setups = {"1": Setup(1), "2": Setup(2)}
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        return setups, f"this process may run on {len(cpus)} CPU only; pinning needs two"
+    setups[PINNED] = Setup(1, frozenset(cpus[:1]), frozenset(cpus[1:2]))
+    return setups, ""
+
+
+def _on(cpus: frozenset[int]) -> Any:
+    """A ``preexec_fn`` confining the child process to ``cpus`` (``None``: anywhere)."""
+    if not cpus:
+        return None
+    return lambda: os.sched_setaffinity(0, cpus)
+
+
+def _run(spec: Run, setup: Setup, *, seconds: int, connections: int) -> dict[str, float]:
+    workers = setup.workers
     port = _free_port()
     env = {
         **os.environ,
@@ -128,7 +163,9 @@ def _run(spec: Run, workers: int, *, seconds: int, connections: int) -> dict[str
         "PYTHONPATH": str(ROOT),
     }
     cmd = [sys.executable, "-m", "benchmarks.serve", str(port), str(workers)]
-    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=_on(setup.server_cpus)
+    )
     try:
         _wait(port, proc)
         time.sleep(1.0 + workers)  # every worker up and its state built
@@ -154,6 +191,7 @@ def _run(spec: Run, workers: int, *, seconds: int, connections: int) -> dict[str
             text=True,
             timeout=seconds + 60,
             check=True,
+            preexec_fn=_on(setup.wrk_cpus),
         ).stdout
         os.unlink(script)
         return _parse(out)
@@ -178,7 +216,7 @@ def over_http(quick: bool = False) -> dict[str, Any]:
     from . import http_apps
 
     seconds, rounds, distinct, connections = (1, 1, 1000, 8) if quick else (5, 5, 60000, 32)
-    worker_counts = (1, 2)
+    setups, unpinned = _setups()
     minted = http_apps.tokens(distinct + 1)
 
     with tempfile.TemporaryDirectory() as tmp, http_apps.shared_stores() as (stores, missing):
@@ -214,13 +252,19 @@ def over_http(quick: bool = False) -> dict[str, Any]:
             "skipped": {f"kavach, repeat token, {label} store": why for label, why in missing.items()},
             "workers": {},
         }
-        names = list(guard_runs)
-        for workers in worker_counts:
+        pinned = setups.get(PINNED)
+        result["pinned"] = (
+            {"server_cpus": sorted(pinned.server_cpus), "wrk_cpus": sorted(pinned.wrk_cpus)}
+            if pinned
+            else {"skipped": unpinned}
+        )
+        for configuration, setup in setups.items():
+            names = [n for n in guard_runs if not (setup.server_cpus and guard_runs[n].store)]
             raw: dict[str, list[dict[str, float]]] = {n: [] for n in names}
             for r in range(rounds):
                 order = names[r % len(names) :] + names[: r % len(names)]
                 for name in order:
-                    raw[name].append(_run(guard_runs[name], workers, seconds=seconds, connections=connections))
+                    raw[name].append(_run(guard_runs[name], setup, seconds=seconds, connections=connections))
             summary: dict[str, Any] = {}
             ceiling = raw["no guard (ceiling)"]
             token_base = raw["MCP SDK TokenHandler (refresh, rotation)"]
@@ -246,7 +290,7 @@ def over_http(quick: bool = False) -> dict[str, Any]:
                     "p99_ms": spread([x["p99_ms"] for x in runs]),
                     "runs": runs,
                 }
-            result["workers"][str(workers)] = summary
+            result["workers"][configuration] = summary
     return result
 
 
@@ -274,4 +318,10 @@ def report(result: dict[str, Any]) -> str:
     )
     for name, why in result.get("skipped", {}).items():
         text += f"\nskipped: {name} ({why})"
+    pinned = result.get("pinned", {})
+    if "skipped" in pinned:
+        text += f"\nskipped: workers {PINNED} ({pinned['skipped']})"
+    elif pinned:
+        server, wrk = (", ".join(map(str, pinned[key])) for key in ("server_cpus", "wrk_cpus"))
+        text += f"\n{PINNED}: the worker on CPU {server}, wrk on CPU {wrk}"
     return text
