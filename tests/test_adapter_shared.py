@@ -7,6 +7,7 @@ import base64
 import hashlib
 import hmac
 import json
+import os
 import secrets
 import time
 from typing import Any
@@ -240,9 +241,10 @@ def test_csrf_token_is_bound_to_browser_form_and_ticket() -> None:
 
 def test_scrypt_hash_verifies_and_is_salted() -> None:
     one, two = hash_password("pw", log_n=10), hash_password("pw", log_n=10)
-    assert one != two and one.startswith("scrypt$10$8$3$")
+    assert one != two and one.startswith("scrypt-nfkc$10$8$3$")
     assert verify_password("pw", one) and not verify_password("pW", one)
-    for bad in ("", "scrypt$", "bcrypt$10$8$1$AA$AA", "scrypt$40$8$1$AA$AA", one.replace("$10$", "$x$")):
+    for bad in ("", "scrypt$", "bcrypt$10$8$1$AA$AA", "scrypt$40$8$1$AA$AA", one.replace("$10$", "$x$"),
+                one.replace("scrypt-nfkc$", "scrypt-nfd$")):
         assert not verify_password("pw", bad)
 
 
@@ -327,7 +329,7 @@ def test_a_hash_made_with_other_settings_is_replaced_at_sign_in(kind: str, tmp_p
     assert users.sign_in("alice", "wrong") is None and store.get_hash("alice") == weak
     signed_in = users.sign_in("alice", "pw")
     upgraded = store.get_hash("alice")
-    assert upgraded is not None and upgraded.startswith("scrypt$10$8$3$") and verify_password("pw", upgraded)
+    assert upgraded is not None and upgraded.startswith("scrypt-nfkc$10$8$3$") and verify_password("pw", upgraded)
     assert signed_in == ("alice", credential_stamp(upgraded)) and signed_in[1] != old_stamp
     assert users.session_stamp("alice") == credential_stamp(upgraded)
     assert users.sign_in("alice", "pw") == ("alice", credential_stamp(upgraded))  # current settings: kept
@@ -356,9 +358,9 @@ def test_a_wrong_password_costs_the_same_scrypt_work_for_any_name(monkeypatch: A
     store = MemoryUsers()
     users = Users(store, log_n=10)
     users.add("current", "pw")
-    legacy = hash_password("pw", log_n=10).replace("scrypt$10$8$3$", "scrypt$10$8$1$")  # an earlier release's p
+    legacy = hash_password("pw", log_n=10).replace("scrypt-nfkc$10$8$3$", "scrypt$10$8$1$")  # an earlier release's
     store.set_hash("legacy", legacy)
-    store.set_hash("older", hash_password("pw", log_n=10).replace("scrypt$10$8$3$", "scrypt$10$4$1$"))
+    store.set_hash("older", hash_password("pw", log_n=10).replace("scrypt-nfkc$10$8$3$", "scrypt$10$4$1$"))
     work = _scrypt_work(monkeypatch)
     spent = {}
     for name in ("nobody", "current", "legacy", "older"):
@@ -369,6 +371,54 @@ def test_a_wrong_password_costs_the_same_scrypt_work_for_any_name(monkeypatch: A
     assert spent["nobody"] <= spent["legacy"] < spent["nobody"] + 2**10 * 8  # padded to within one p unit
     assert spent["nobody"] <= spent["older"] < spent["nobody"] + 2**10 * 8
     assert store.get_hash("legacy") == legacy, "a wrong password upgrades nothing"
+
+
+def _as_given_hash(password: str, log_n: int = 10) -> str:
+    """A hash as an earlier release made it: scrypt of the password's code points as given."""
+    from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
+
+    salt = os.urandom(16)
+    key = Scrypt(salt=salt, length=32, n=2**log_n, r=8, p=3).derive(password.encode("utf-8"))
+    b64 = lambda data: base64.urlsafe_b64encode(data).rstrip(b"=").decode()  # noqa: E731
+    return f"scrypt${log_n}$8$3${b64(salt)}${b64(key)}"
+
+
+@pytest.mark.parametrize(
+    ("set_as", "typed"),
+    [
+        ("caf\u00e9", "cafe\u0301"),  # composed when set, decomposed when typed (NFC vs NFD)
+        ("cafe\u0301", "caf\u00e9"),
+        ("\uff50\uff57\u2460", "pw1"),  # fullwidth letters and a circled digit: their compatibility forms
+        ("\u212bngstr\u00f6m", "\u00c5ngstro\u0308m"),  # the Angstrom sign is A with a ring
+    ],
+)
+def test_passwords_are_compared_nfkc_normalised(set_as: str, typed: str) -> None:
+    """NIST SP 800-63B-4 §3.1.1.2: a verifier accepting Unicode passwords normalises them (NFKC
+    here), so the same password typed on keyboards or systems that encode it differently signs in;
+    a different password still does not."""
+    users = Users(MemoryUsers(), log_n=10)
+    users.add("alice", set_as)
+    assert users.authenticate("alice", typed) == "alice"
+    assert users.authenticate("alice", set_as) == "alice"
+    assert users.authenticate("alice", typed + "x") is None
+    assert users.authenticate("alice", "cafe") is None
+
+
+def test_an_earlier_releases_hash_checks_the_password_as_given_until_replaced() -> None:
+    """A hash of an earlier release (``scrypt$``, the code points as given) keeps meaning what it
+    did: the password as then typed signs in and another normal form does not, as before; that
+    sign-in replaces it with a current hash (``scrypt-nfkc$``), after which either form signs in."""
+    store = MemoryUsers()
+    users = Users(store, log_n=10)
+    decomposed, composed = "cafe\u0301", "caf\u00e9"
+    old = _as_given_hash(decomposed)
+    store.set_hash("alice", old)
+    assert verify_password(decomposed, old) and not verify_password(composed, old)
+    assert users.authenticate("alice", composed) is None and store.get_hash("alice") == old
+    assert users.authenticate("alice", decomposed) == "alice"
+    current = store.get_hash("alice")
+    assert current is not None and current.startswith("scrypt-nfkc$10$8$3$")
+    assert users.authenticate("alice", composed) == "alice" and users.authenticate("alice", decomposed) == "alice"
 
 
 def test_a_password_with_a_nul_is_refused_when_set() -> None:

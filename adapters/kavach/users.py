@@ -10,11 +10,16 @@ every instance sharing that store shares its users). The last two raise
 :class:`kavach_core.drivers.StoreUnavailable` when the backend cannot be reached, which the
 server answers with 503 like any other store outage.
 
-Hashes are ``scrypt$<log2 n>$<r>$<p>$<salt>$<key>`` (RFC 7914, base64url salt and key); verifying
-is constant-time (``cryptography``'s ``Scrypt.verify``), and an unknown username still costs one
-scrypt run, so timing does not tell which usernames exist. A failed check against a hash made
-with cheaper settings (an earlier release's ``p = 1``, kept until that account next signs in)
-is padded with the scrypt work it lacks, so it costs what an unknown name does.
+Hashes are ``scrypt-nfkc$<log2 n>$<r>$<p>$<salt>$<key>`` (RFC 7914, base64url salt and key) of
+the password's UTF-8 once NFKC-normalised (UAX #15), as NIST SP 800-63B-4 §3.1.1.2 asks of a
+verifier accepting Unicode: a password typed on a keyboard composing ``é`` and one sending ``e``
+and a combining accent are the same password. An earlier release's ``scrypt$...`` hashes took
+the password's code points as given; they are still checked that way, and replaced by a current
+hash at the account's next sign-in. Verifying is constant-time (``cryptography``'s
+``Scrypt.verify``), and an unknown username still costs one scrypt run, so timing does not tell
+which usernames exist. A failed check against a hash made with cheaper settings (an earlier
+release's ``p = 1``, kept until that account next signs in) is padded with the scrypt work it
+lacks, so it costs what an unknown name does.
 
 A sign-in session is bound to the account's current hash through :meth:`Users.session_stamp`: every
 ``add`` stores a freshly salted hash, so removing a user, changing the password, or removing and
@@ -118,20 +123,34 @@ def valid_username(username: str) -> str:
     return name
 
 
+SCHEME = "scrypt-nfkc"
+"""The scheme of the hashes made now: scrypt of the NFKC-normalised password."""
+_AS_GIVEN = "scrypt"
+"""An earlier release's scheme: scrypt of the password's code points as given."""
+_SCHEMES = frozenset({SCHEME, _AS_GIVEN})
+
+
+def _secret(password: str, scheme: str) -> bytes:
+    """The octets a hash of ``scheme`` was derived from (UTF-8; NFKC first for :data:`SCHEME`)."""
+    if scheme == SCHEME:
+        password = unicodedata.normalize("NFKC", password)
+    return password.encode("utf-8")
+
+
 def hash_password(password: str, *, log_n: int = DEFAULT_LOG_N) -> str:
-    """A fresh scrypt hash of ``password`` with a random 128-bit salt."""
+    """A fresh scrypt hash of ``password`` (NFKC-normalised) with a random 128-bit salt."""
     if not 10 <= log_n <= 20:
         raise ValueError("log_n must be between 10 and 20")
     salt = os.urandom(_SALT_BYTES)
-    key = Scrypt(salt=salt, length=_KEY_BYTES, n=2**log_n, r=_R, p=_P).derive(password.encode("utf-8"))
-    return f"scrypt${log_n}${_R}${_P}${_b64(salt)}${_b64(key)}"
+    key = Scrypt(salt=salt, length=_KEY_BYTES, n=2**log_n, r=_R, p=_P).derive(_secret(password, SCHEME))
+    return f"{SCHEME}${log_n}${_R}${_P}${_b64(salt)}${_b64(key)}"
 
 
 def _parameters(encoded: str) -> tuple[int, int, int] | None:
     """``(log2 n, r, p)`` of a stored scrypt hash, ``None`` when it is malformed or its settings are
     outside what is ever checked (so a damaged record cannot ask for unbounded work)."""
     parts = encoded.split("$")
-    if len(parts) != 6 or parts[0] != "scrypt":
+    if len(parts) != 6 or parts[0] not in _SCHEMES:
         return None
     try:
         log_n, r, p = (int(part) for part in parts[1:4])
@@ -146,10 +165,10 @@ def verify_password(password: str, encoded: str) -> bool:
     if parameters is None:
         return False
     log_n, r, p = parameters
-    salt, key = encoded.split("$")[4:]
+    scheme, *_, salt, key = encoded.split("$")
     try:
         kdf = Scrypt(salt=_unb64(salt), length=len(_unb64(key)), n=2**log_n, r=r, p=p)
-        kdf.verify(password.encode("utf-8"), _unb64(key))
+        kdf.verify(_secret(password, scheme), _unb64(key))
     except (ValueError, InvalidKey):
         return False
     return True
@@ -163,12 +182,12 @@ def credential_stamp(password_hash: str) -> str:
 
 
 def _settings_of(encoded: str) -> tuple[str, ...]:
-    """The ``(log_n, r, p)`` texts a stored hash was made with (nonsense for a malformed one)."""
-    return tuple(encoded.split("$")[1:4])
+    """The ``(scheme, log_n, r, p)`` texts a stored hash was made with (nonsense for a malformed one)."""
+    return tuple(encoded.split("$")[:4])
 
 
 def _dummy_hash(log_n: int, p: int = _P) -> str:
-    return f"scrypt${log_n}${_R}${p}${_b64(bytes(_SALT_BYTES))}${_b64(bytes(_KEY_BYTES))}"
+    return f"{SCHEME}${log_n}${_R}${p}${_b64(bytes(_SALT_BYTES))}${_b64(bytes(_KEY_BYTES))}"
 
 
 def _work(encoded: str) -> int:
