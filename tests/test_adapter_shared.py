@@ -757,3 +757,60 @@ def test_a_large_body_is_read_only_once_the_token_is_valid(monkeypatch: pytest.M
         assert answer.status == 403 and 'scope="tools:call:t"' in answer.header("WWW-Authenticate")
         assert isinstance(guard(RESOURCE, [header], large_list), Principal)
         assert len(reads) == 3
+
+
+class _RemovedWhileApproving(MemoryStore):
+    """A store during whose storing of a code the person's account is removed, as ``kavach users
+    remove`` running at that moment does: after the approval checked the session, before it answers."""
+
+    def __init__(self, users: Users) -> None:
+        super().__init__()
+        self.users = users
+        self.removing = True
+
+    def perform(self, effect: Any) -> Any:
+        out = super().perform(effect)
+        if isinstance(effect, fx.PutCode) and self.removing:
+            self.users.remove(effect.code.subject)
+        return out
+
+    async def aperform(self, effect: Any) -> Any:
+        return self.perform(effect)
+
+
+@pytest.mark.parametrize("removing", [True, False], ids=["removed meanwhile", "not removed"])
+@pytest.mark.parametrize("driver", ["sync", "async"])
+def test_an_approval_whose_session_ends_while_it_is_made_sends_no_code(removing: bool, driver: str) -> None:
+    """The removal of an account revokes its codes, then removes it; an approval whose session was
+    checked before that removal may store its code after those codes were revoked. The session is
+    checked again once the code is stored, and when it has ended the code is never sent (only its
+    hash is kept: nobody can redeem it), so no grant outlives the account."""
+    from urllib.parse import urlencode
+
+    from person import forms
+
+    from kavach_core.records import Client
+
+    users = Users(MemoryUsers(), log_n=10)
+    users.add("alice", "pw")
+    store = _RemovedWhileApproving(users)
+    store.removing = removing
+    store.clients["c1"] = Client("c1", ("https://app.example.com/cb",), client_name="App")
+    server = _server(store, users=users)
+    handle = server.handle if driver == "sync" else lambda req: asyncio.run(server.ahandle(req))
+    session = _session_cookie(server, "alice", users.session_stamp("alice") or "")
+    page = handle(_authorize(session))
+    assert page.status == 200 and b'value="approve"' in page.body
+    cookies = "; ".join([session, *(v.split(";")[0] for k, v in page.headers if k == "Set-Cookie")])
+    form = next(f for f in forms(page.body.decode()) if f.method == "post")
+    answer = handle(HttpRequest(
+        "POST", form.action, headers=[("Cookie", cookies), ("Content-Type", "application/x-www-form-urlencoded")],
+        body=urlencode([*form.fields, ("decision", "approve")]).encode(),
+    ))
+    assert len(store.codes) == 1  # the code was stored either way
+    location = answer.header("Location") or ""
+    if removing:
+        assert answer.status == 403 and b"Start again" in answer.body, answer.body
+        assert "code=" not in location and b"code=" not in answer.body
+    else:
+        assert answer.status == 303 and location.startswith("https://app.example.com/cb?code="), answer.headers

@@ -588,6 +588,64 @@ def test_a_code_issued_before_the_revocation_is_refused_after_it(shared_db: str,
         assert len(listing) == 2 and tokens["client_id"] in listing[1] and "revoked" in listing[1]
 
 
+def _code_for(subject: str, issued_at: int) -> Any:
+    from kavach_core.records import AuthorizationCode
+
+    return AuthorizationCode(
+        code_hash=secrets.token_hex(16), client_id="c1", redirect_uri="http://127.0.0.1/cb", redirect_uri_given=True,
+        code_challenge="E" * 43, resources=("http://127.0.0.1:8000/mcp",), scopes=("tools:list",), subject=subject,
+        grant_id=secrets.token_hex(8), issued_at=issued_at, expires_at=issued_at + 60,
+    )
+
+
+def test_users_remove_revokes_again_once_the_user_is_gone(shared_db: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An approval whose session was checked before the removal may store its code after the
+    first revocation: the revocation run once the account is gone drops that code (an approval
+    storing its code later still finds the session ended, and sends none: the server's tests)."""
+    from kavach import cli
+    from kavach.stores.sqlite import SQLiteStore
+    from kavach.users import Users
+
+    late = _code_for("alice", int(time.time()))
+    remove = Users.remove
+
+    def racing(self: Users, username: str) -> bool:  # the approval's code lands just before the removal
+        with SQLiteStore(shared_db) as store:
+            store.perform(fx.PutCode(late))
+        return remove(self, username)
+
+    monkeypatch.setattr(Users, "remove", racing)
+    assert cli.main(["users", "remove", "alice", "--db", shared_db]) == 0
+    with SQLiteStore(shared_db) as store:
+        assert store.perform(fx.GetCode(late.code_hash)) is None
+    assert "alice" not in ok(["users", "list", "--db", shared_db])
+
+
+def test_users_remove_says_what_to_run_when_the_last_revocation_fails(
+    shared_db: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from kavach import cli
+    from kavach.instance import InstanceError
+
+    calls: list[str] = []
+    revoke = cli._revoke_subject
+
+    def failing_second(instance: Any, subject: str) -> int:
+        calls.append(subject)
+        if len(calls) == 2:
+            raise InstanceError("the store is unavailable")
+        return revoke(instance, subject)
+
+    monkeypatch.setattr(cli, "_revoke_subject", failing_second)
+    assert cli.main(["users", "remove", "alice", "--db", shared_db]) == 2
+    err = capsys.readouterr().err
+    assert "removed user 'alice', but revoking" in err and "the store is unavailable" in err
+    assert f"grants revoke --subject alice --db {os.path.abspath(shared_db)}" in err
+    assert "alice" not in ok(["users", "list", "--db", shared_db])
+    monkeypatch.undo()
+    assert "revoked 0 grants" in ok(["grants", "revoke", "--subject", "alice", "--db", shared_db])
+
+
 def test_users_remove_and_a_new_password_sign_the_browser_out(shared_db: str) -> None:
     """``kavach users remove`` and ``kavach users add`` over a name, run while ``kavach serve`` is
     up, end the sign-in sessions made before: the next authorization shows the sign-in form again

@@ -29,6 +29,7 @@ import getpass
 import json
 import logging
 import os
+import shlex
 import socket
 import stat
 import sys
@@ -384,10 +385,20 @@ def cmd_users_remove(args: argparse.Namespace) -> int:
     with _instance(args) as instance:
         if instance.users.store.get_hash(subject) is None:
             raise CliError(f"no user named {args.name!r}")
-        # Grants first: if the store fails between the two steps, the user is still there and the
-        # same command can be run again (the other order left a removed user's grants live).
+        # Grants first: if the store fails before the user is removed, the same command can be
+        # run again. Then once more: an approval whose session was checked before the removal may
+        # store its code after the first revocation (a later check of its session stops it
+        # sending that code only when the check comes after the removal; see the server's
+        # approval), so the second revocation drops the code or revokes the grant it became.
         revoked = _revoke_subject(instance, subject)
         instance.users.remove(args.name)
+        try:
+            revoked += _revoke_subject(instance, subject)
+        except InstanceError as exc:
+            raise CliError(
+                f"removed user {subject!r}, but revoking what they were granted since failed: {exc};"
+                f" run: {_command()} grants revoke --subject {shlex.quote(subject)}{_store_option(instance)}"
+            ) from exc
     print(f"removed user {subject!r}; revoked {revoked} grant{'s' if revoked != 1 else ''}")
     return 0
 
@@ -636,6 +647,15 @@ def _command() -> str:
     return typed if os.path.basename(typed) == PROG and os.sep in typed else PROG
 
 
+def _store_option(instance: Instance) -> str:
+    """The option naming this instance's store in a command to type next (none for the default
+    database); a URL's password is left out."""
+    settings = instance.settings
+    if settings.store:
+        return f" --store {shlex.quote(redact(settings.store))}"
+    return "" if settings.db == "kavach.db" else f" --db {shlex.quote(os.path.abspath(instance.path))}"
+
+
 def _banner(settings: Settings, instance: Instance) -> None:
     mcp_url = settings.resource_url
     where = "the built-in demo MCP server (tools echo and add)"
@@ -652,11 +672,7 @@ def _banner(settings: Settings, instance: Instance) -> None:
     if settings.trusted_proxies:
         lines.append(f"  Client address from X-Forwarded-For of:      {', '.join(settings.trusted_proxies)}")
     if not instance.users.store.usernames():
-        if settings.store:
-            db_flag = f" --store {redact(settings.store)}"
-        else:
-            db_flag = "" if settings.db == "kavach.db" else f" --db {os.path.abspath(instance.path)}"
-        add = f"  {_command()} users add NAME{db_flag}"
+        add = f"  {_command()} users add NAME{_store_option(instance)}"
         if instance.kind == "memory" or instance.path == ":memory:":  # no other process can reach it
             lines += ["", "No users, and none can be added to a store in memory: give a --db or --store."]
         else:

@@ -706,7 +706,10 @@ class AuthorizationServer:
         if decision == "switch" and own_session:  # not this person: sign out, ask again
             return _see_other(self._consent_url(ticket, browser), (yield from self._sign_out(ctx, cookies)))
         if decision == "approve":
-            return (yield from authorize.approve(ctx, ticket, subject, form.get_all("scope")))
+            approved = yield from authorize.approve(ctx, ticket, subject, form.get_all("scope"))
+            if own_session and (yield from self._subject(ctx, req, cookies)) != signed_in:
+                return _signed_out()  # the code stays unsent: nobody can redeem it
+            return approved
         if decision == "deny":
             return (yield from authorize.deny(ctx, ticket))
         return pages.error_page(400, "invalid_request", "Choose Approve or Deny.")
@@ -728,6 +731,15 @@ def _see_other(location: str, *cookies: tuple[str, str]) -> Response:
 
 def _expired() -> Response:
     return pages.error_page(400, "invalid_request", "This request has expired or was already answered. Start again.")
+
+
+def _signed_out() -> Response:
+    """The answer to an approval whose session ended while it was being made (the account
+    removed, its password changed, the session signed out): the code it stored is never sent,
+    since a removal that revoked the account's codes just before it was stored would miss it."""
+    return pages.error_page(
+        403, "access_denied", "Your sign-in ended before this request was approved. Start again from the application."
+    )
 
 
 def _csrf_refused() -> Response:
