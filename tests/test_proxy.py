@@ -146,3 +146,72 @@ def test_an_unreachable_upstream_is_a_502() -> None:
     sent = anyio.run(_call, proxy, _scope("POST", [("Content-Type", "application/json")]), b"{}")
     assert sent[0]["status"] == 502
     assert b"bad_gateway" in sent[1]["body"]
+
+
+def _recording(seen: list[httpx.Request], *headers: tuple[str, str]) -> UpstreamProxy:
+    """A proxy whose upstream records each request and answers 200 with ``headers``."""
+
+    def upstream(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, headers=[("Content-Type", "application/json"), *headers], content=b"{}")
+
+    return UpstreamProxy(UPSTREAM, client=httpx.AsyncClient(transport=httpx.MockTransport(upstream)))
+
+
+def test_cookies_the_upstream_sets_for_one_person_never_go_with_anothers_request() -> None:
+    """The proxy is no user agent: it keeps no cookies (RFC 6265 §5.3), so what the upstream set
+    on one answer (a session of its own, a load balancer's affinity) is not replayed upstream on
+    the next request, whoever sends it; a client's own cookies go as it sent them."""
+    seen: list[httpx.Request] = []
+    proxy = _recording(seen, ("Set-Cookie", "upstream_sid=ALICE; Path=/"), ("Set-Cookie", "kavach-session=up"))
+    anyio.run(_call, proxy, _scope("POST", [("Content-Type", "application/json")]), b"{}")
+    anyio.run(_call, proxy, _scope("POST", [("Content-Type", "application/json")]), b"{}")
+    anyio.run(_call, proxy, _scope("POST", [("Cookie", "upstream_sid=BOB")]), b"{}")
+    assert [r.headers.get("cookie") for r in seen] == [None, None, "upstream_sid=BOB"]
+    own = UpstreamProxy(UPSTREAM)  # the client kavach serve makes: its jar keeps nothing at all
+    own.client.cookies.extract_cookies(httpx.Response(200, headers=[("Set-Cookie", "a=1")], request=seen[0]))
+    assert len(own.client.cookies) == 0
+
+
+def test_the_request_goes_without_the_http_clients_own_defaults() -> None:
+    """No ``User-Agent``, ``Accept`` or ``Accept-Encoding`` the client did not send: an upstream
+    honouring an added ``Accept-Encoding`` would answer in a coding the client never asked for."""
+    seen: list[httpx.Request] = []
+    anyio.run(_call, _recording(seen), _scope("POST", [("Content-Type", "application/json")]), b"{}")
+    anyio.run(_call, _recording(seen), _scope("POST", [("Accept-Encoding", "identity"), ("User-Agent", "c/1")]), b"{}")
+    first, second = seen
+    assert not {"user-agent", "accept", "accept-encoding"} & set(first.headers)
+    assert second.headers["accept-encoding"] == "identity" and second.headers["user-agent"] == "c/1"
+
+
+def test_the_proxy_header_stays_behind() -> None:
+    """A CGI upstream would read ``Proxy`` as ``HTTP_PROXY``, its own outgoing proxy (httpoxy)."""
+    assert request_headers([(b"Proxy", b"http://attacker.example:8080"), (b"accept", b"*/*")]) == [("accept", "*/*")]
+
+
+def test_methods_other_than_the_transports_are_answered_here() -> None:
+    """Streamable HTTP uses POST, GET and DELETE; CONNECT would switch the connection's protocol
+    on a 2xx and TRACE echo the request, so neither reaches the upstream: 405 with ``Allow``."""
+    seen: list[httpx.Request] = []
+    proxy = _recording(seen)
+    for method in ("CONNECT", "TRACE", "PUT", "PATCH", "HEAD", "OPTIONS", "PROPFIND"):
+        sent = anyio.run(_call, proxy, _scope(method, [("Content-Type", "application/json")]), b"{}")
+        assert sent[0]["status"] == 405, method
+        assert dict(sent[0]["headers"])[b"allow"] == b"GET, POST, DELETE"
+        assert b"method_not_allowed" in sent[1]["body"]
+    assert seen == []
+    for method in ("GET", "POST", "DELETE"):
+        assert anyio.run(_call, proxy, _scope(method, []), b"")[0]["status"] == 200
+    assert [r.method for r in seen] == ["GET", "POST", "DELETE"]
+
+
+def test_locations_naming_the_upstream_and_nameless_cookies_of_ours_stay_behind() -> None:
+    """``Location`` and ``Content-Location`` name the upstream's own address (as on a redirect,
+    which is refused); a nameless ``Set-Cookie`` whose value reads ``kavach-session=...`` is what a
+    browser then sends as that cookie (RFC 6265bis §5.7), so it is dropped like the named one."""
+    upstream = httpx.Headers([
+        ("Location", "http://10.0.0.7:9000/mcp/1"), ("Content-Location", "http://10.0.0.7:9000/x"),
+        ("Set-Cookie", "=kavach-session=forged; Path=/"), ("Set-Cookie", " = __Host-kavach-browser=x"),
+        ("Set-Cookie", "kavach-session"), ("Set-Cookie", "theirs=1"), ("Set-Cookie", "=theirs=2"),
+    ])
+    assert response_headers(upstream) == [(b"set-cookie", b"theirs=1"), (b"set-cookie", b"=theirs=2")]

@@ -23,7 +23,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 
 from kavach_core.opaque import b64url
@@ -76,10 +76,18 @@ class SessionSeal:
         return session if hmac.compare_digest(tag.encode("latin-1", "replace"), self._tag(session, owner)) else None
 
 
-async def refuse(send: Send, status: int, error: str, description: str, retry_after: int | None = None) -> None:
-    """Answer with a JSON ``{"error", "error_description"}`` body (and ``Retry-After`` when given)."""
+async def refuse(
+    send: Send,
+    status: int,
+    error: str,
+    description: str,
+    retry_after: int | None = None,
+    more: Iterable[tuple[bytes, bytes]] = (),
+) -> None:
+    """Answer with a JSON ``{"error", "error_description"}`` body (and ``Retry-After`` when given,
+    and the headers ``more``)."""
     data = json.dumps({"error": error, "error_description": description}).encode("utf-8")
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode("ascii"))]
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode("ascii")), *more]
     if retry_after is not None:
         headers.append((b"retry-after", str(retry_after).encode("ascii")))
     await send({"type": "http.response.start", "status": status, "headers": headers})

@@ -1,18 +1,26 @@
 """A streaming reverse proxy to an MCP server over Streamable HTTP (``kavach serve --upstream``).
 
-Every method (``POST`` with a JSON or an SSE answer, ``GET`` for the server's SSE stream,
-``DELETE`` to end a session) is forwarded to the one upstream URL, the query string kept (less
-any ``access_token`` parameter). The request body, already read by the guard, is sent with its
-``Content-Length``; the response body streams back without buffering: an SSE answer reaches the
-client event by event, as the upstream writes it. ``Mcp-Session-Id``, ``MCP-Protocol-Version``
-and ``Last-Event-ID`` pass through in both directions like any end-to-end header.
+The methods of Streamable HTTP (``POST`` with a JSON or an SSE answer, ``GET`` for the server's
+SSE stream, ``DELETE`` to end a session) are forwarded to the one upstream URL, the query string
+kept (less any ``access_token`` parameter); any other method is answered 405 here (``CONNECT``
+would switch the connection's protocol, ``TRACE`` echo the request). The request body, already
+read by the guard, is sent with its ``Content-Length``; the response body streams back without
+buffering: an SSE answer reaches the client event by event, as the upstream writes it.
+``Mcp-Session-Id``, ``MCP-Protocol-Version`` and ``Last-Event-ID`` pass through in both
+directions like any end-to-end header.
 
 What does not pass (RFC 9110 §7.6.1, RS-04):
 
 - the client's ``Authorization`` header and any ``access_token`` query parameter: the access
   token was minted for this server and is never forwarded (no token passthrough, MCP
   authorization "Access Token Privilege Restriction"; RFC 6750 §2.3, OAuth 2.1 §5.1.3);
-- hop-by-hop headers, and any header the ``Connection`` header names;
+- hop-by-hop headers, and any header the ``Connection`` header names; ``Proxy``, which a CGI
+  upstream would take for its own outgoing proxy (httpoxy, CVE-2016-5385);
+- anything the proxy's own HTTP client would add: the request goes as the client sent it, with
+  no default ``User-Agent``, ``Accept`` or ``Accept-Encoding`` (an upstream honouring one would
+  send a coding the client never asked for) and no cookies: the proxy keeps none, so cookies the
+  upstream sets for one person never reach it on another's request (a cookie is the user
+  agent's, RFC 6265 §5.3);
 - kavachOS's own cookies (the login session of the authorization server's pages), both ways: the
   client's are not sent upstream, and an upstream ``Set-Cookie`` for one of them is dropped (the
   upstream shares the authorization server's origin);
@@ -22,6 +30,7 @@ What does not pass (RFC 9110 §7.6.1, RS-04):
 - ``Host`` (the upstream's own is sent);
 - the upstream's ``WWW-Authenticate`` and ``Proxy-Authenticate``: this server is the resource
   server, so an upstream 401 or 407 is a 502 (a challenge would make the client drop its token);
+  and its ``Location`` and ``Content-Location``, which name the upstream's own address;
 - an upstream redirect (3xx but 304): its ``Location`` names the upstream's own address, which
   the client cannot reach through this proxy (only the MCP path is proxied), so the answer is a
   502 and the log says where the upstream pointed (usually a missing or extra slash in
@@ -52,6 +61,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Iterable
+from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import Any
 from urllib.parse import unquote_plus
 
@@ -100,10 +110,14 @@ _NOT_FORWARDED = (
     HOP_BY_HOP
     | _FORWARDING
     | _PATH_OVERRIDES
-    | {"host", "content-length", "authorization", "expect", CLIENT_ADDRESS_HEADER.lower()}
+    | {"host", "content-length", "authorization", "expect", "proxy", CLIENT_ADDRESS_HEADER.lower()}
 )
-# The server in front answers with its own Date and Server (RFC 9110 §6.6.1: one Date).
-_NOT_RETURNED = HOP_BY_HOP | {"content-length", "www-authenticate", "date", "server"}
+# The server in front answers with its own Date and Server (RFC 9110 §6.6.1: one Date); a
+# location names the upstream's own address, which the client cannot reach through the proxy.
+_NOT_RETURNED = HOP_BY_HOP | {"content-length", "www-authenticate", "date", "server", "location", "content-location"}
+FORWARDED_METHODS = ("GET", "POST", "DELETE")
+"""The methods of MCP's Streamable HTTP transport: only these reach the upstream."""
+_ALLOW = (b"allow", ", ".join(FORWARDED_METHODS).encode("ascii"))
 _OWN_COOKIES = frozenset({SESSION_COOKIE.lower(), BROWSER_COOKIE.lower()})
 _COOKIE_PREFIXES = ("__host-", "__secure-")
 _TOKEN_PARAMETER = "access_token"
@@ -122,6 +136,8 @@ def _connection_tokens(headers: Iterable[tuple[str, str]]) -> set[str]:
 def _own_cookie(name: str) -> bool:
     """True for the name of one of kavachOS's cookies, with or without a ``__Host-`` prefix."""
     name = name.strip().lower()
+    if "=" in name:  # a nameless cookie's value: a browser sends it as ``name=value`` (RFC 6265bis §5.7)
+        name = name.split("=", 1)[0].strip()
     for prefix in _COOKIE_PREFIXES:
         if name.startswith(prefix):
             name = name[len(prefix) :]
@@ -183,10 +199,18 @@ def response_headers(headers: httpx.Headers) -> list[tuple[bytes, bytes]]:
     for name, value in pairs:
         if name in drop:
             continue
-        if name == "set-cookie" and _own_cookie(value.split(";", 1)[0].split("=", 1)[0]):
+        if name == "set-cookie" and _own_cookie(_set_cookie_name(value)):
             continue
         out.append((name.encode("latin-1"), value.encode("latin-1")))
     return out
+
+
+def _set_cookie_name(value: str) -> str:
+    """The name a browser stores a ``Set-Cookie`` under: for a nameless one (``=name=value``, or
+    no ``=`` at all, RFC 6265bis §5.7), the value it then sends as ``name=value``."""
+    pair = value.split(";", 1)[0]
+    name, sep, rest = pair.partition("=")
+    return rest if sep and not name.strip() else name if sep else pair
 
 
 def forwarded_query(query: str) -> str:
@@ -245,7 +269,9 @@ class UpstreamProxy:
         self._own_client = client is None
         # No read timeout: a GET stream may stay quiet for as long as the server has nothing to say.
         # The wait for the response headers is bounded by ``header_timeout`` instead (see _send).
+        # Requests are built without the client's defaults (see _forward); its jar keeps nothing.
         self.client = client or httpx.AsyncClient(
+            cookies=CookieJar(DefaultCookiePolicy(allowed_domains=[])),
             timeout=httpx.Timeout(connect=connect_timeout, read=None, write=write_timeout, pool=pool_timeout),
             limits=httpx.Limits(
                 max_connections=max_connections,
@@ -267,6 +293,10 @@ class UpstreamProxy:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
+            return
+        if scope["method"] not in FORWARDED_METHODS:
+            refused = f"{scope['method']} is not a method of MCP's HTTP transport"
+            await refuse(send, 405, "method_not_allowed", refused, more=[_ALLOW])
             return
         body = await read_body(receive, send)  # the guard's replay, or the client's own (413 over 4 MiB)
         if body is None:
@@ -310,12 +340,15 @@ class UpstreamProxy:
         method = scope["method"]
         has_body = bool(body) or method not in ("GET", "HEAD", "DELETE", "OPTIONS")
         headers = request_headers(scope["headers"])
-        request = self.client.build_request(
+        # Built here, not by the client's build_request, which would add its default headers and
+        # its cookie jar's cookies; the client's timeouts still apply.
+        request = httpx.Request(
             method,
             self._url(scope),
             # as bytes: a client's latin-1 header byte (RFC 9110 §5.5 obs-text) goes on as it came
             headers=[(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers + forwarding_headers(scope)],
             content=body if has_body else None,
+            extensions={"timeout": self.client.timeout.as_dict()},
         )
         try:
             upstream = await self._send(request)
