@@ -256,16 +256,22 @@ def authenticate_values(
 
     For adapters that can pick that header out of their framework's request without building an
     :class:`~kavach_core.http.HttpRequest`. Several values repeat the credential: 400
-    ``invalid_request`` (RFC 6750 §3.1), whichever of them is valid. So does one Bearer value with
-    a comma, which no b64token has (RFC 6750 §2.1): repeated headers a server joined into one
-    (RFC 9110 §5.3, as WSGI servers do).
+    ``invalid_request`` (RFC 6750 §3.1), whichever of them is valid. So does one value with a
+    comma and a Bearer credential before or after it, since no b64token has a comma (RFC 6750
+    §2.1): repeated headers a server joined into one (RFC 9110 §5.3, as WSGI servers do), in
+    whichever order they came.
     """
     value = authorization[0] if authorization else None
-    if len(authorization) > 1 or (value is not None and "," in value and value[:7].lower() == "bearer "):
+    if len(authorization) > 1 or (value is not None and "," in value and _joined_bearer(value)):
         protected = _protected(config, resource)
         ask = required or protected.default_scopes
         return _answer(challenge(protected.uri, ask, "invalid_request", REPEATED_AUTHORIZATION_DESCRIPTION))
     return authenticate(config, resource, value, required, now, cache, keyring)
+
+
+def _joined_bearer(value: str) -> bool:
+    """Whether any of the comma-separated parts of ``value`` is a Bearer credential."""
+    return any(part.lstrip(" \t")[:7].lower() == "bearer " for part in value.split(","))
 
 
 def _answer(response: Response) -> Flow[Response]:

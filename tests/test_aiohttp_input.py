@@ -224,6 +224,45 @@ def test_a_body_read_by_an_outer_middleware_is_guarded_and_handed_on(
     assert _errors(caplog) == []
 
 
+@web.middleware
+async def _reads_the_form(request: web.Request, handler: Any) -> web.StreamResponse:
+    """A CSRF check, say, that reads the form of every POST before the guard runs."""
+    await request.post()
+    response: web.StreamResponse = await handler(request)
+    return response
+
+
+@pytest.mark.parametrize("kind", ["urlencoded", "multipart"])
+def test_a_body_an_outer_middleware_read_as_a_form_is_judged_or_refused(kit: Kit, kind: str) -> None:
+    """aiohttp keeps a urlencoded body it parsed (the guard judges it: a form is no JSON-RPC, so
+    the unknown-method scope), but not a multipart one: the guard would judge an empty body while
+    the handler is given the form, so it refuses (415) and the handler never runs."""
+    seen: list[dict[str, str]] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        seen.append({k: str(v) for k, v in (await request.post()).items()})
+        return web.json_response({"ran": True})
+
+    app = web.Application(middlewares=[_reads_the_form, guard_middleware(kit.server, RESOURCE)])
+    app.router.add_post("/mcp", handler)
+    auth = {"Authorization": f"Bearer {kit.token()}"}
+    form = {"method": "tools/call", "name": "delete"}
+
+    async def body(client: httpx.AsyncClient) -> None:
+        if kind == "urlencoded":
+            r = await client.post("/mcp", data=form, headers=auth)
+            assert r.status_code == 403 and 'scope="mcp:unknown-method"' in r.headers["www-authenticate"]
+        else:
+            r = await client.post("/mcp", data=form, files={"f": b"x"}, headers=auth)
+            assert r.status_code == 415, r.text
+            assert "application/json" in r.json()["error_description"]
+        listing = await client.post("/mcp", content=CALL, headers={**auth, "Content-Type": "application/json"})
+        assert listing.status_code == 200  # a JSON body is no form: read whole, judged, handed on
+
+    _run(app, body)
+    assert seen == [{}]  # only the JSON request reached the handler
+
+
 @pytest.mark.parametrize("outer", [(), (_reads_first,)])
 def test_no_spelling_of_authorization_reaches_the_handler(kit: Kit, outer: tuple[Middleware, ...]) -> None:
     async def body(client: httpx.AsyncClient) -> None:

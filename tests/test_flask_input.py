@@ -377,3 +377,77 @@ def test_unlisted_methods_on_authorization_server_paths_get_the_cores_405() -> N
             assert r.json()["error"] == "invalid_request"
             assert "POST" in r.headers["Allow"] or "GET" in r.headers["Allow"]
         assert httpx.post(base + "/token", data={}).status_code == 400  # still the core's endpoint
+
+
+# -- every way a view reads the body gives the bytes the guard judged ---------------------------
+
+
+class Streams:
+    """What a guarded view read from each of ``request``'s raw inputs."""
+
+    def __init__(self) -> None:
+        self.read: list[dict[str, bytes]] = []
+
+    def view(self) -> Any:
+        r = flask.request
+        self.read.append({"input_stream": r.input_stream.read(), "stream": r.stream.read(), "data": r.get_data()})
+        return {"ran": True}
+
+
+@pytest.mark.parametrize("early", [False, True], ids=["first read by the guard", "read by an earlier hook"])
+def test_the_views_raw_streams_replay_the_judged_body_not_what_followed_it(early: bool) -> None:
+    """A body sent with ``Content-Length`` and followed by more bytes (the connection then closed):
+    the guard judges the declared body, and ``request.input_stream`` (the server's own input) and
+    ``request.stream`` give the view those bytes too, never the ``tools/call`` sent after them."""
+    server, h = _server()
+    streams = Streams()
+    app = flask.Flask("streams")
+    if early:
+        app.before_request(lambda: flask.request.get_data() and None)
+    app.add_url_rule("/mcp", "mcp", kflask.guarded(server, RESOURCE)(streams.view), methods=["POST"])
+    judged = b'{"jsonrpc":"2.0","id":1,"method":"tools/list"}'
+    after = b'{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"delete"}}'
+    with serving(app) as base:
+        port = int(base.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(
+                b"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nConnection: close\r\n"
+                b"Authorization: Bearer " + _token(h, "tools:list").encode()
+                + b"\r\nContent-Length: %d\r\n\r\n" % len(judged) + judged + after
+            )
+            sock.shutdown(socket.SHUT_WR)
+            answer = b""
+            while chunk := sock.recv(65536):
+                answer += chunk
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+    assert streams.read == [{"input_stream": judged, "stream": judged, "data": judged}]
+
+
+@pytest.mark.parametrize("kind", ["urlencoded", "multipart"])
+def test_a_body_an_earlier_hook_parsed_as_a_form_is_refused_not_judged_empty(kind: str) -> None:
+    """A hook before the guard read ``request.form`` (as CSRF extensions do on every POST): that
+    consumes the body and keeps no copy, so the guard would judge an empty body while the view is
+    given the form. The guard refuses instead (415), and the view never runs."""
+    server, h = _server()
+    ran: list[dict[str, str]] = []
+    app = flask.Flask("form")
+    app.before_request(lambda: flask.request.form and None)
+
+    @app.post("/mcp")
+    @kflask.guarded(server, RESOURCE)
+    def mcp() -> Any:
+        ran.append(flask.request.form.to_dict())
+        return {"ran": True}
+
+    auth = {"Authorization": f"Bearer {_token(h, 'tools:list')}"}
+    form = {"method": "tools/call", "name": "delete"}
+    with serving(app) as base:
+        if kind == "urlencoded":
+            answer = httpx.post(base + "/mcp", data=form, headers=auth, timeout=10)
+        else:
+            answer = httpx.post(base + "/mcp", data=form, files={"f": b"x"}, headers=auth, timeout=10)
+        assert answer.status_code == 415, answer.text
+        assert "application/json" in answer.json()["error_description"]
+        listing = httpx.post(base + "/mcp", json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"}, headers=auth)
+        assert listing.status_code == 200  # a JSON body is no form: the hook's parse leaves it whole
+    assert ran == []

@@ -432,10 +432,15 @@ def test_only_the_plain_memory_store_is_taken_as_nonblocking() -> None:
     assert not nonblocking(object())
 
 
-@pytest.mark.parametrize("value", ["Bearer {t}, Bearer {t}", "bearer {t},", "Bearer {t},Bearer other"])
+@pytest.mark.parametrize(
+    "value",
+    ["Bearer {t}, Bearer {t}", "bearer {t},", "Bearer {t},Bearer other",
+     "Basic YTpi,Bearer {t}", "Basic YTpi, \tbearer {t}", 'Digest username="a", realm="b",Bearer {t}'],
+)
 def test_rs_01_authorization_headers_joined_into_one_are_an_invalid_request(h: Harness, value: str) -> None:
     """Repeated headers a server joined with commas (WSGI does) repeat the credential too: a
-    b64token has no comma (RFC 6750 §2.1), so 400 ``invalid_request`` as for two headers."""
+    b64token has no comma (RFC 6750 §2.1), so 400 ``invalid_request`` as for two headers, whether
+    the Bearer one came first or after another scheme's."""
     token = _valid(h)
     req = h.request("GET", "/mcp", headers=[("Authorization", value.format(t=token))])
     response = h.run(guard.authenticate_request(h.config, RESOURCE, req, (), h.now))

@@ -38,6 +38,7 @@ from kavach_core.resource_indicators import PRM_WELL_KNOWN, resource_path
 from kavach_core.router import cors_headers
 
 from .server import (
+    PARSED_AWAY,
     TOO_LARGE,
     AuthorizationServer,
     bare_path,
@@ -89,7 +90,8 @@ async def _body(request: web.Request, *, guarded: bool) -> bytes | Response:
     ``json()``, ``post()``) finds it, so the handler reads it again.
 
     ``request.read()`` itself stops at the app's ``client_max_size`` instead, so the stream is read
-    here. A body an outer middleware already read is the one aiohttp kept."""
+    here. A body an outer middleware already read is the one aiohttp kept; on a ``guarded`` path,
+    one it read as a multipart form, keeping no copy, is refused (:data:`~kavach.server.PARSED_AWAY`)."""
     codings = request.headers.getall(hdrs.CONTENT_ENCODING, ())
     if guarded:
         refused = guarded_body_problem(codings, request.headers.getall(hdrs.CONTENT_TYPE, ()))
@@ -99,6 +101,8 @@ async def _body(request: web.Request, *, guarded: bool) -> bytes | Response:
         return refused
     try:
         if not request.can_read_body:  # read before (aiohttp kept it), or none at all
+            if guarded and request.body_exists and request._read_bytes is None:
+                return PARSED_AWAY  # a multipart post() read it, keeping only the form
             body = await request.read()
             return body if len(body) <= MAX_BODY else TOO_LARGE
         chunks: list[bytes] = []

@@ -44,6 +44,7 @@ from kavach_core.resource_indicators import PRM_WELL_KNOWN, resource_path
 from kavach_core.router import cors_headers
 
 from .server import (
+    PARSED_AWAY,
     TOO_LARGE,
     AuthorizationServer,
     bare_path,
@@ -108,13 +109,13 @@ def _body() -> bytes | None:
     the body (``get_data``, ``json``, ``form``, ``stream``, ``input_stream``) gives the bytes the
     guard judged, never a remainder it did not see.
     """
-    r = cast(flask.Request, flask.request._get_current_object())  # type: ignore[attr-defined]
+    r = _request()
     limit = MAX_BODY if r.max_content_length is None else min(r.max_content_length, MAX_BODY)
     cached = getattr(r, "_cached_data", None)
     if cached is not None:  # read before (an earlier hook): judge what the view will be given
         stream = vars(r).get("stream")
         cut = r.content_length is None and isinstance(stream, LimitedStream) and stream.is_exhausted
-        return None if cut or len(cached) > limit else cast(bytes, cached)
+        return None if cut or len(cached) > limit else _replayed(r, cast(bytes, cached))
     length = r.content_length
     if length is not None and length > limit:
         return None
@@ -122,13 +123,34 @@ def _body() -> bytes | None:
         data = _read_at_most(r.environ["wsgi.input"], limit + 1)
         if len(data) > limit:
             return None
-        r.environ["wsgi.input"] = io.BytesIO(data)  # request.input_stream
-        r.stream = io.BytesIO(data)  # request.stream, get_data, form
+        _replayed(r, data)
     r.max_content_length = limit
     try:
-        return r.get_data(cache=True)
+        return _replayed(r, r.get_data(cache=True))
     except RequestEntityTooLarge:
         return None
+
+
+def _request() -> flask.Request:
+    return cast(flask.Request, flask.request._get_current_object())  # type: ignore[attr-defined]
+
+
+def _replayed(r: flask.Request, data: bytes) -> bytes:
+    """``data``, made the request's input from now on: ``request.stream`` (``get_data``, ``form``)
+    and the server's own input (``request.input_stream``), which would otherwise go on with
+    whatever the client sent after the body's declared length."""
+    r.environ["wsgi.input"] = io.BytesIO(data)
+    r.stream = io.BytesIO(data)
+    return data
+
+
+_FORM_TYPES = frozenset({"application/x-www-form-urlencoded", "multipart/form-data"})
+
+
+def _parsed_away(r: flask.Request) -> bool:
+    """Whether something before the guard parsed the body as a form (``request.form``, ``files``),
+    which consumes it and keeps no copy: the view is given a form the guard cannot see."""
+    return getattr(r, "_cached_data", None) is None and "form" in vars(r) and r.mimetype in _FORM_TYPES
 
 
 def _too_large() -> flask.Response:
@@ -181,7 +203,7 @@ def _on_error(exc: Exception) -> flask.Response:
 
 def _remove_authorization() -> None:
     """RS-04: the token leaves the request, including what Werkzeug parsed from it already."""
-    r = cast(flask.Request, flask.request._get_current_object())  # type: ignore[attr-defined]
+    r = _request()
     r.environ.pop("HTTP_AUTHORIZATION", None)
     vars(r).pop("authorization", None)  # a cached_property: an earlier hook may have read it
     if r.authorization is not None or "Authorization" in r.headers:
@@ -195,6 +217,8 @@ def _check(server: AuthorizationServer, resource: str, required: Required | None
     """Verify the caller; on success set :data:`flask.g` and drop the ``Authorization`` header.
     Without ``required``, the scopes of the body's JSON-RPC methods (:meth:`AuthorizationServer.guard_body`)."""
     try:
+        if required is None and _parsed_away(_request()):
+            return _outgoing(PARSED_AWAY)
         body = _body()
         if body is None:
             return _too_large()

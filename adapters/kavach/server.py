@@ -251,6 +251,17 @@ CHARSET_BODY = json_response(
     no_store=True,
 )
 
+PARSED_AWAY = json_response(
+    415,
+    {"error": "invalid_request",
+     "error_description": "the body was read as a form before the guard: send MCP messages as application/json"},
+    no_store=True,
+)
+"""What a guard answers when something before it (a Flask ``before_request`` hook reading
+``request.form``, an aiohttp middleware reading a multipart ``post()``) parsed the body as a
+form and kept no copy of it: the handler is given that form, which the guard cannot read, so
+it refuses rather than judge an empty body."""
+
 _UTF8 = frozenset({"charset=utf-8", "charset=utf8"})
 
 
