@@ -434,3 +434,32 @@ def test_every_variable_kavach_reads_is_known_and_no_other() -> None:
     assert {"KAVACH_ACCESS_TOKEN_LIFETIME", "KAVACH_DOCUMENT_CA_BUNDLE", "KAVACH_STORE_KEY"} <= ENVIRONMENT
     environ = {"KAVACH_ACESS_TOKEN_LIFETIME": "5", "KAVACH_PORT": "1", "HOME": "/", "KAVACH_X": ""}
     assert unread_variables(environ) == ("KAVACH_ACESS_TOKEN_LIFETIME", "KAVACH_X")
+
+
+def _documented_file() -> str:
+    """The example settings file of :mod:`kavach.settings`' docstring, as its text."""
+    import kavach.settings
+
+    block = (kavach.settings.__doc__ or "").split("The TOML file::")[1].split("\nWhere the data lives")[0]
+    return "\n".join(line[4:] for line in block.splitlines()).replace("<64 hex digits>", "ab" * 32)
+
+
+def test_the_documented_settings_file_is_accepted_and_names_every_setting(tmp_path: Path) -> None:
+    """Every key the docstring's example file shows is one the settings take (the file is
+    accepted as written), and every lifetime, registration and document setting they take is
+    shown there, so none can be used only by reading the code."""
+    import attrs
+    from kavach.fetcher import FetchPolicy
+
+    text = _documented_file()
+    path = tmp_path / "kavach.toml"
+    path.write_text("\n".join(line for line in text.splitlines() if not line.startswith("store =")))  # or db
+    settings = resolve({"config": str(path)}, clean_env())
+    assert settings.lifetimes_config() == Lifetimes()  # the defaults, shown as they are
+    policy = settings.registration_config()
+    assert (policy.rate_limit, policy.rate_window, policy.allowed_redirect_hosts) == (20, 3600, ("app.example.com",))
+    shown = {line.split("=")[0].strip() for line in text.splitlines() if "=" in line.split("#")[0]}
+    for kind in (Lifetimes, RegistrationPolicy):
+        assert {f.name for f in attrs.fields(kind)} <= shown, kind.__name__
+    unshown = sorted(f.name for f in attrs.fields(FetchPolicy) if f.name not in text)
+    assert unshown == []

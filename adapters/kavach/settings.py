@@ -21,8 +21,15 @@ The TOML file::
     trusted_proxies = ["10.0.0.5", "10.1.0.0/16"]   # KAVACH_TRUSTED_PROXIES (comma separated)
 
     [lifetimes]                   # seconds; KAVACH_<NAME>_LIFETIME, e.g. KAVACH_ACCESS_TOKEN_LIFETIME
-    access_token = 600
-    code = 60
+    access_token = 600            # 1 s to 1 day
+    code = 60                     # 1 to 600 s
+    refresh_idle = 1209600        # a refresh token unused this long expires (14 days)
+    refresh_absolute = 7776000    # a refresh-token family ends this long after its grant (90 days)
+    consent = 600                 # the sign-in and consent pages of one request
+    signing_key = 2592000         # a key signs this long, then the next takes over (30 days)
+    client_secret = 0             # a registered client's secret; 0: never expires
+    metadata_document_min = 60    # a client metadata document is kept at least, and at most,
+    metadata_document_max = 86400 # this long, whatever its Cache-Control says
 
     [resource]                    # the MCP server at <issuer origin>/mcp
     name = "My tools"
@@ -33,7 +40,10 @@ The TOML file::
 
     [registration]                # dynamic client registration (RFC 7591)
     mode = "open"                 # KAVACH_REGISTRATION: open | token | closed
-    rate_limit = 20
+    initial_access_token_hashes = ["<64 hex digits>"]   # mode token: SHA-256 of each accepted token
+    rate_limit = 20               # registrations per client address per rate_window; 0: no limit
+    rate_window = 3600            # seconds
+    allowed_redirect_hosts = ["app.example.com"]   # when given, the only web hosts (loopback always)
 
     [documents]                   # fetching client ID metadata documents (CM-02)
     allow_hosts = ["mcp-client.example.com", ".example.org"]   # KAVACH_DOCUMENT_ALLOW_HOSTS
