@@ -801,6 +801,21 @@ def test_a_client_whose_secret_cannot_be_written_out_is_not_stored(db: str) -> N
     assert "Lost" not in run(["clients", "list", "--db", db]).stdout
 
 
+@pytest.mark.parametrize("command", [["users", "list"], ["keys", "rotate"], ["users", "remove", "alice"]])
+def test_with_standard_output_closed_a_command_does_nothing_and_says_so(shared_db: str, command: list[str]) -> None:
+    """``kavach ... >&-``: what the command reports (a list, the key now signing, what was revoked)
+    would go nowhere, so it does nothing at all and exits 2, rather than act unseen and exit 0."""
+    before = ok(["keys", "list", "--db", shared_db])
+    proc = subprocess.run(
+        [*kavach_command(), *command, "--db", shared_db], stderr=subprocess.PIPE, text=True, env=clean_env(),
+        timeout=60, preexec_fn=lambda: os.close(1),
+    )
+    assert proc.returncode == 2 and "standard output is closed" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert ok(["keys", "list", "--db", shared_db]) == before
+    assert "alice" in ok(["users", "list", "--db", shared_db])
+
+
 def test_commands_refuse_a_store_in_memory() -> None:
     """What a command writes to a store in memory is gone when it ends: 'created user' would be a lie."""
     bad(["users", "add", "x", "--db", ":memory:", "--password-stdin"], "keeps nothing", stdin="pw\n")

@@ -374,6 +374,20 @@ def test_a_new_database_file_is_readable_by_its_owner_alone(tmp_path: Path) -> N
         store.close()
 
 
+def test_a_file_the_users_table_makes_first_is_the_owners_alone_too(tmp_path: Path) -> None:
+    """The README builds ``SQLiteUsers`` before ``SQLiteStore`` on one file: whichever makes the
+    file, it is 0600 from the start (password hashes, then keys and the secret)."""
+    from kavach.users import SQLiteUsers, Users
+
+    path = tmp_path / "kavach.db"
+    users = Users(SQLiteUsers(str(path)), log_n=10)
+    assert path.stat().st_mode & 0o777 == 0o600
+    users.add("alice", "pw")
+    with SQLiteStore(str(path)) as store:
+        store.perform(fx.GetSigningKeys())
+    assert path.stat().st_mode & 0o777 == 0o600 and users.authenticate("alice", "pw") == "alice"
+
+
 def test_a_database_others_can_read_is_used_with_a_warning(tmp_path: Path) -> None:
     path = tmp_path / "kavach.db"
     ok(["keys", "rotate", "--db", str(path)])

@@ -877,6 +877,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         group = getattr(args, "group", None)
         (group or parser).print_help(sys.stderr)
         return EXIT_BAD_INPUT
+    if sys.stdout is None and handler is not cmd_serve:  # closed: what the command says would go nowhere
+        sys.stderr.write(f"{PROG}: error: standard output is closed, so nothing was done (its report would be lost)\n")
+        return EXIT_BAD_INPUT
     try:
         status = int(handler(args))
         if sys.stdout is not None:

@@ -42,7 +42,7 @@ from cryptography.exceptions import InvalidKey
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from .settings import SettingsError
-from .stores.sqlite import COMPANIONS
+from .stores.sqlite import COMPANIONS, create_private
 
 if TYPE_CHECKING:
     from .stores.postgres import PostgresStore
@@ -256,6 +256,8 @@ class SQLiteUsers:
 
     def __init__(self, path: str) -> None:
         self.path = path
+        if path != ":memory:":
+            create_private(path)  # opened first, before the store: still owner-only (password hashes)
         db = self._connect()
         try:
             db.execute(

@@ -101,6 +101,19 @@ _SECRET_BYTES = 32
 """The shortest server secret :mod:`kavach.instance` accepts from ``kavach_settings``."""
 
 
+def create_private(path: str) -> bool:
+    """Make a new database file at ``path`` readable by its owner alone (0600: it will hold signing
+    keys, the server secret and password hashes; SQLite gives its -wal and -shm files the same
+    mode), unless one is there; whether it did."""
+    try:  # the file a symbolic link names, which O_EXCL would not create through the link
+        os.close(os.open(os.path.realpath(path), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        return False
+    except OSError as exc:
+        raise SQLiteStoreError(f"cannot create SQLite database {path!r}: {exc.strerror or exc}") from None
+    return True
+
+
 class SQLiteStoreError(Exception):
     """The file cannot be used as a kavachOS database (missing directory, corrupt, foreign, closed)."""
 
@@ -335,7 +348,7 @@ class SQLiteStore:
         created = False
         if not self._memory:
             self._check_path(self.path)
-            created = self._create(self.path)
+            created = create_private(self.path)
         self._slots = threading.BoundedSemaphore(1 if self._memory else max_connections)
         self._idle: list[sqlite3.Connection] = []
         self._pool_lock = threading.Lock()
@@ -440,18 +453,6 @@ class SQLiteStore:
         parent = os.path.dirname(os.path.abspath(path))
         if found is None and not os.path.isdir(parent):
             raise SQLiteStoreError(f"cannot create SQLite database {path!r}: directory {parent!r} does not exist")
-
-    @staticmethod
-    def _create(path: str) -> bool:
-        """Make a new database file readable by its owner alone (0600: it will hold signing keys and
-        the server secret; SQLite gives its -wal and -shm files the same mode); whether it did."""
-        try:  # the file a symbolic link names, which O_EXCL would not create through the link
-            os.close(os.open(os.path.realpath(path), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-        except FileExistsError:
-            return False
-        except OSError as exc:
-            raise SQLiteStoreError(f"cannot create SQLite database {path!r}: {exc.strerror or exc}") from None
-        return True
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False)
