@@ -1150,6 +1150,34 @@ def test_the_endpoints_read_forms_and_json_with_any_charset_and_answer_415_with_
     assert huge.status_code == 413 and huge.headers.get("access-control-allow-origin") == "*", huge.headers
 
 
+def _head_only(base: str, path: str, length: int, wait: float = 5.0) -> bytes:
+    """Send a POST's headers declaring ``length`` bytes of body and none of the body: the answer's
+    status line and headers, as far as they come within ``wait`` seconds."""
+    parts = urlsplit(base)
+    with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 80), timeout=wait) as sock:
+        sock.sendall(
+            f"POST {path} HTTP/1.1\r\nHost: {parts.netloc}\r\nContent-Type: application/json\r\n"
+            f"Authorization: Bearer x\r\nContent-Length: {length}\r\n\r\n".encode()
+        )
+        answer = b""
+        try:
+            while b"\r\n\r\n" not in answer and (chunk := sock.recv(65536)):
+                answer += chunk
+        except TimeoutError:
+            pass
+    return answer
+
+
+def test_a_body_declared_over_the_limit_is_413_before_any_of_it_is_sent(dep: Deployment) -> None:
+    """A ``Content-Length`` over 4 MiB is answered at once, on the guarded path and the
+    authorization server's alike, on every framework: nothing waits for (or buffers) a body that
+    would be refused anyway, whoever sends it."""
+    too_long = 4 * 1024 * 1024 + 1
+    for path in ("/mcp", urlsplit(dep.metadata()["token_endpoint"]).path):
+        assert _head_only(dep.base, path, too_long).startswith(b"HTTP/1.1 413"), path
+    assert _head_only(dep.base, "/mcp", 4 * 1024 * 1024, wait=1.0) == b"", "at the limit: the body is awaited"
+
+
 def test_a_preflight_204_has_no_content_length(dep: Deployment) -> None:
     preflight = dep.client.options(dep.metadata()["token_endpoint"], headers={
         "Origin": "https://app.example", "Access-Control-Request-Method": "POST"})

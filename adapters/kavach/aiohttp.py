@@ -99,6 +99,8 @@ async def _body(request: web.Request, *, guarded: bool) -> bytes | Response:
         refused = body_coding_problem(codings) if codings else None
     if refused is not None:
         return refused
+    if (request.content_length or 0) > MAX_BODY:  # declared too large: answered before any of it is read
+        return TOO_LARGE
     try:
         if not request.can_read_body:  # read before (aiohttp kept it), or none at all
             if guarded and request.body_exists and request._read_bytes is None:

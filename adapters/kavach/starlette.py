@@ -85,10 +85,16 @@ async def _send(send: Send, response: Response) -> None:
     await send({"type": "http.response.body", "body": response.body})
 
 
-async def read_body(receive: Receive, send: Send, too_large: Response = TOO_LARGE) -> bytes | None:
+async def read_body(
+    receive: Receive, send: Send, too_large: Response = TOO_LARGE, declared: bytes | None = None
+) -> bytes | None:
     """The whole request body; ``None`` once ``too_large`` (413) has been sent for one over
     :data:`MAX_BODY`, or when the client left before the body was complete (nothing is sent,
-    nothing acted on)."""
+    nothing acted on). A ``Content-Length`` value ``declared`` over the limit is answered before
+    any of the body is read (or waited for)."""
+    if declared is not None and _over_limit(declared):
+        await _send(send, too_large)
+        return None
     message = await receive()
     if message["type"] == "http.request" and not message.get("more_body", False):  # the usual: one message
         body: bytes = message.get("body", b"")
@@ -105,6 +111,23 @@ async def read_body(receive: Receive, send: Send, too_large: Response = TOO_LARG
     return None
 
 
+def _over_limit(declared: bytes) -> bool:
+    """Whether a ``Content-Length`` value declares a body over :data:`MAX_BODY` (one that is no
+    number is the server's to refuse; the body is read as it comes then)."""
+    if not declared.isdigit():
+        return False
+    digits = declared.lstrip(b"0")
+    return len(digits) > len(str(MAX_BODY)) or int(digits or b"0") > MAX_BODY
+
+
+def content_length(scope: Scope) -> bytes | None:
+    """The request's ``Content-Length`` value, as the server passed it on."""
+    for name, value in scope["headers"]:
+        if name.lower() == b"content-length":
+            return bytes(value)
+    return None
+
+
 class _Headers:
     """A request's headers as the guard reads them, in one pass: the ``Authorization`` values,
     the ``Mcp-Session-Id`` values, the ``Content-Encoding`` and ``Content-Type`` values, and
@@ -113,7 +136,7 @@ class _Headers:
     Names are compared case-insensitively whatever the server sends (ASGI only recommends
     lowercase), so no spelling of the header reaches the wrapped app (RS-04)."""
 
-    __slots__ = ("authorization", "codings", "others", "sessions", "types")
+    __slots__ = ("authorization", "codings", "length", "others", "sessions", "types")
 
     def __init__(self, scope: Scope) -> None:
         self.authorization: list[str] = []
@@ -121,6 +144,7 @@ class _Headers:
         self.others: list[tuple[bytes, bytes]] = []
         self.codings: list[str] = []
         self.types: list[str] = []
+        self.length: bytes | None = None
         for header in scope["headers"]:
             name = header[0].lower()
             if name == b"authorization":
@@ -133,6 +157,8 @@ class _Headers:
                 self.codings.append(header[1].decode("latin-1"))
             elif name == b"content-type":
                 self.types.append(header[1].decode("latin-1"))
+            elif name == b"content-length":
+                self.length = header[1]
             self.others.append(header)
 
 
@@ -148,7 +174,7 @@ class KavachEndpoint:
                 await send({"type": "websocket.close", "code": 1008})
             return
         too_large = TOO_LARGE.with_headers(cors_headers(self.server.config, scope["path"]))
-        body = await read_body(receive, send, too_large)  # answered as the endpoints answer: with CORS
+        body = await read_body(receive, send, too_large, content_length(scope))  # with CORS, as the endpoints answer
         if body is not None:
             await _send(send, await self.server.ahandle(_translate(scope, body)))
 
@@ -191,12 +217,12 @@ class KavachGuard:
                 return await self.app(scope, receive, send)
             await send({"type": "websocket.close", "code": 1008})
             return None
-        body = await read_body(receive, send)
+        headers = _Headers(scope)
+        body = await read_body(receive, send, declared=headers.length)
         if body is None:
             return None
         if scope["path"] in self.public:
             return await _send(send, await self.server.ahandle(_translate(scope, body)))
-        headers = _Headers(scope)
         refused = guarded_body_problem(headers.codings, headers.types) if headers.codings or headers.types else None
         if refused is not None:
             return await _send(send, refused)
