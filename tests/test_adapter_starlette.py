@@ -239,3 +239,16 @@ def test_a_body_cut_short_by_the_client_is_never_acted_on() -> None:
         scope = {"type": "http", "method": "POST", "path": path, "headers": [(b"authorization", b"Bearer a.b.c")]}
         asyncio.run(target(scope, receive, send))
         assert sent == [] and reached == [], path
+
+
+@pytest.mark.parametrize(
+    ("declared", "over"),
+    [(b"0", False), (b"4194304", False), (b"4194305", True), (b"00000000004194304", False),
+     (b"00000000004194305", True), (b"9" * 40, True), (b"12 34567", False), (b"", False), (b"-4194305", False)],
+)
+def test_a_declared_length_is_over_the_limit_only_when_it_is_a_number_past_it(declared: bytes, over: bool) -> None:
+    """Leading zeros change nothing; what is no number is the server's parser's to refuse."""
+    from kavach.starlette import MAX_BODY, _over_limit
+
+    assert MAX_BODY == 4194304
+    assert _over_limit(declared) is over

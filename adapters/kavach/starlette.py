@@ -114,10 +114,13 @@ async def read_body(
 def _over_limit(declared: bytes) -> bool:
     """Whether a ``Content-Length`` value declares a body over :data:`MAX_BODY` (one that is no
     number is the server's to refuse; the body is read as it comes then)."""
-    if not declared.isdigit():
+    if len(declared) < _LIMIT_DIGITS or not declared.isdigit():  # the usual small body: one comparison
         return False
     digits = declared.lstrip(b"0")
-    return len(digits) > len(str(MAX_BODY)) or int(digits or b"0") > MAX_BODY
+    return len(digits) > _LIMIT_DIGITS or int(digits or b"0") > MAX_BODY
+
+
+_LIMIT_DIGITS = len(str(MAX_BODY))
 
 
 def content_length(scope: Scope) -> bytes | None:
