@@ -263,6 +263,32 @@ def test_a_body_an_outer_middleware_read_as_a_form_is_judged_or_refused(kit: Kit
     assert seen == [{}]  # only the JSON request reached the handler
 
 
+@pytest.mark.parametrize("outer", [(), (_reads_the_form,)], ids=["alone", "after a form reader"])
+def test_an_empty_chunked_body_is_judged_empty_not_refused_as_a_form_read_before(
+    kit: Kit, outer: tuple[Middleware, ...]
+) -> None:
+    """A body sent chunked with no chunk at all is over before the guard runs, with nothing
+    parsed: it is an empty body (no scope beyond a valid token), whatever ran before."""
+
+    async def handler(request: web.Request) -> web.Response:
+        return web.json_response({"size": len(await request.read())})
+
+    async def nothing() -> AsyncIterator[bytes]:
+        return
+        yield b""  # an async generator: httpx sends it chunked
+
+    app = web.Application(middlewares=[*outer, guard_middleware(kit.server, RESOURCE)])
+    app.router.add_route("*", "/mcp", handler)
+
+    async def body(client: httpx.AsyncClient) -> None:
+        for method in ("POST", "DELETE", "GET"):
+            auth = {"Authorization": f"Bearer {kit.token()}"}
+            r = await client.request(method, "/mcp", content=nothing(), headers=auth)
+            assert (r.status_code, r.json()) == (200, {"size": 0}), (method, r.text)
+
+    _run(app, body)
+
+
 @pytest.mark.parametrize("outer", [(), (_reads_first,)])
 def test_no_spelling_of_authorization_reaches_the_handler(kit: Kit, outer: tuple[Middleware, ...]) -> None:
     async def body(client: httpx.AsyncClient) -> None:

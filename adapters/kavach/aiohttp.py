@@ -38,6 +38,7 @@ from kavach_core.resource_indicators import PRM_WELL_KNOWN, resource_path
 from kavach_core.router import cors_headers
 
 from .server import (
+    FORM_TYPES,
     PARSED_AWAY,
     TOO_LARGE,
     AuthorizationServer,
@@ -103,7 +104,7 @@ async def _body(request: web.Request, *, guarded: bool) -> bytes | Response:
         return TOO_LARGE
     try:
         if not request.can_read_body:  # read before (aiohttp kept it), or none at all
-            if guarded and request.body_exists and request._read_bytes is None:
+            if guarded and request._read_bytes is None and request.content_type in FORM_TYPES and request._post:
                 return PARSED_AWAY  # a multipart post() read it, keeping only the form
             body = await request.read()
             return body if len(body) <= MAX_BODY else TOO_LARGE

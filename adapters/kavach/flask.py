@@ -44,6 +44,7 @@ from kavach_core.resource_indicators import PRM_WELL_KNOWN, resource_path
 from kavach_core.router import cors_headers
 
 from .server import (
+    FORM_TYPES,
     PARSED_AWAY,
     TOO_LARGE,
     AuthorizationServer,
@@ -144,13 +145,10 @@ def _replayed(r: flask.Request, data: bytes) -> bytes:
     return data
 
 
-_FORM_TYPES = frozenset({"application/x-www-form-urlencoded", "multipart/form-data"})
-
-
 def _parsed_away(r: flask.Request) -> bool:
     """Whether something before the guard parsed the body as a form (``request.form``, ``files``),
     which consumes it and keeps no copy: the view is given a form the guard cannot see."""
-    return getattr(r, "_cached_data", None) is None and "form" in vars(r) and r.mimetype in _FORM_TYPES
+    return getattr(r, "_cached_data", None) is None and "form" in vars(r) and r.mimetype in FORM_TYPES
 
 
 def _too_large() -> flask.Response:

@@ -251,6 +251,9 @@ CHARSET_BODY = json_response(
     no_store=True,
 )
 
+FORM_TYPES = frozenset({"application/x-www-form-urlencoded", "multipart/form-data"})
+"""The media types a framework parses as a form (``request.form``, ``post()``)."""
+
 PARSED_AWAY = json_response(
     415,
     {"error": "invalid_request",
