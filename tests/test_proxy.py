@@ -173,17 +173,6 @@ def test_cookies_the_upstream_sets_for_one_person_never_go_with_anothers_request
     assert len(own.client.cookies) == 0
 
 
-def test_the_request_goes_without_the_http_clients_own_defaults() -> None:
-    """No ``User-Agent``, ``Accept`` or ``Accept-Encoding`` the client did not send: an upstream
-    honouring an added ``Accept-Encoding`` would answer in a coding the client never asked for."""
-    seen: list[httpx.Request] = []
-    anyio.run(_call, _recording(seen), _scope("POST", [("Content-Type", "application/json")]), b"{}")
-    anyio.run(_call, _recording(seen), _scope("POST", [("Accept-Encoding", "identity"), ("User-Agent", "c/1")]), b"{}")
-    first, second = seen
-    assert not {"user-agent", "accept", "accept-encoding"} & set(first.headers)
-    assert second.headers["accept-encoding"] == "identity" and second.headers["user-agent"] == "c/1"
-
-
 def test_the_proxy_header_stays_behind() -> None:
     """A CGI upstream would read ``Proxy`` as ``HTTP_PROXY``, its own outgoing proxy (httpoxy)."""
     assert request_headers([(b"Proxy", b"http://attacker.example:8080"), (b"accept", b"*/*")]) == [("accept", "*/*")]

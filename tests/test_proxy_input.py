@@ -557,6 +557,37 @@ def test_upstream_cookies_of_kavach_and_challenges_stay_behind(
     assert response.headers["x-upstream"] == "kept"
 
 
+def test_the_proxys_own_client_keeps_no_cookie_and_adds_no_header(
+    fake: FakeUpstream, serve: Callable[..., Served]
+) -> None:
+    """The client ``kavach serve`` makes: a cookie the upstream set on one person's answer is not
+    sent with the next request (anyone's), and a request without ``User-Agent``, ``Accept`` or
+    ``Accept-Encoding`` goes upstream without them (an upstream honouring an added
+    ``Accept-Encoding`` would answer in a coding the client never asked for)."""
+    served = serve(fake.url)
+    assert served.post("mode=headers", as_="alice/c1").status_code == 200
+    answer = served.raw(b"POST /mcp?mode=ok HTTP/1.1\r\nHost: x\r\nX-Test-Principal: bob/c1\r\n"
+                        b"Content-Type: application/json\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s"
+                        % (len(PING), PING))
+    assert answer.startswith(b"HTTP/1.1 200")
+    first, second = (dict(request["headers"]) for request in fake.requests)
+    assert "cookie" not in second, second
+    assert not {"user-agent", "accept", "accept-encoding"} & set(second), second
+    assert first["user-agent"].startswith("python-httpx")  # the test's own client sent one: it went on
+
+
+def test_a_client_given_to_the_proxy_keeps_its_configuration(fake: FakeUpstream, serve: Callable[..., Served]) -> None:
+    """A ``client=`` authenticating the proxy to its upstream (a header of its own) is used as
+    configured; only the cookies its jar keeps stay behind."""
+    given = httpx.AsyncClient(headers={"X-Upstream-Key": "k1"})
+    served = serve(fake.url, client=given)
+    assert served.post("mode=headers").status_code == 200
+    assert "upstream_sess" in str(given.cookies.jar)  # its jar took the upstream's cookie...
+    assert served.post("mode=ok").status_code == 200
+    second = dict(fake.requests[1]["headers"])
+    assert second["x-upstream-key"] == "k1" and "cookie" not in second  # ...which is never sent
+
+
 @pytest.mark.parametrize("mode", ["401", "407"])
 def test_an_upstream_challenge_is_a_502(fake: FakeUpstream, serve: Callable[..., Served], mode: str) -> None:
     served = serve(fake.url)

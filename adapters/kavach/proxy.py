@@ -16,11 +16,12 @@ What does not pass (RFC 9110 §7.6.1, RS-04):
   authorization "Access Token Privilege Restriction"; RFC 6750 §2.3, OAuth 2.1 §5.1.3);
 - hop-by-hop headers, and any header the ``Connection`` header names; ``Proxy``, which a CGI
   upstream would take for its own outgoing proxy (httpoxy, CVE-2016-5385);
-- anything the proxy's own HTTP client would add: the request goes as the client sent it, with
-  no default ``User-Agent``, ``Accept`` or ``Accept-Encoding`` (an upstream honouring one would
-  send a coding the client never asked for) and no cookies: the proxy keeps none, so cookies the
-  upstream sets for one person never reach it on another's request (a cookie is the user
-  agent's, RFC 6265 §5.3);
+- what an HTTP client adds by default: the proxy's own sends no ``User-Agent``, ``Accept`` or
+  ``Accept-Encoding`` the client did not (an upstream honouring one would send a coding the
+  client never asked for); and no cookie but the client's own, whatever ``client=`` is given:
+  the proxy keeps none, so cookies the upstream sets for one person never reach it on another's
+  request (a cookie is the user agent's, RFC 6265 §5.3). A ``client=`` given keeps the rest of
+  its configuration (headers, query parameters, authentication for the upstream);
 - kavachOS's own cookies (the login session of the authorization server's pages), both ways: the
   client's are not sent upstream, and an upstream ``Set-Cookie`` for one of them is dropped (the
   upstream shares the authorization server's origin);
@@ -115,6 +116,9 @@ _NOT_FORWARDED = (
 # The server in front answers with its own Date and Server (RFC 9110 §6.6.1: one Date); a
 # location names the upstream's own address, which the client cannot reach through the proxy.
 _NOT_RETURNED = HOP_BY_HOP | {"content-length", "www-authenticate", "date", "server", "location", "content-location"}
+_CLIENT_DEFAULTS = ("accept", "accept-encoding", "user-agent")
+"""Headers an httpx client adds to every request unless told otherwise: the proxy's own sends the
+client's, or none (an added ``Accept-Encoding`` would get the client a coding it never asked for)."""
 FORWARDED_METHODS = ("GET", "POST", "DELETE")
 """The methods of MCP's Streamable HTTP transport: only these reach the upstream."""
 _ALLOW = (b"allow", ", ".join(FORWARDED_METHODS).encode("ascii"))
@@ -269,7 +273,7 @@ class UpstreamProxy:
         self._own_client = client is None
         # No read timeout: a GET stream may stay quiet for as long as the server has nothing to say.
         # The wait for the response headers is bounded by ``header_timeout`` instead (see _send).
-        # Requests are built without the client's defaults (see _forward); its jar keeps nothing.
+        # Its jar keeps nothing, and it adds none of httpx's default headers (see _forward).
         self.client = client or httpx.AsyncClient(
             cookies=CookieJar(DefaultCookiePolicy(allowed_domains=[])),
             timeout=httpx.Timeout(connect=connect_timeout, read=None, write=write_timeout, pool=pool_timeout),
@@ -280,6 +284,9 @@ class UpstreamProxy:
             follow_redirects=False,
             trust_env=False,
         )
+        if client is None:
+            for name in _CLIENT_DEFAULTS:
+                self.client.headers.pop(name, None)
 
     async def aclose(self) -> None:
         if self._own_client:
@@ -340,16 +347,15 @@ class UpstreamProxy:
         method = scope["method"]
         has_body = bool(body) or method not in ("GET", "HEAD", "DELETE", "OPTIONS")
         headers = request_headers(scope["headers"])
-        # Built here, not by the client's build_request, which would add its default headers and
-        # its cookie jar's cookies; the client's timeouts still apply.
-        request = httpx.Request(
+        request = self.client.build_request(
             method,
             self._url(scope),
             # as bytes: a client's latin-1 header byte (RFC 9110 §5.5 obs-text) goes on as it came
             headers=[(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers + forwarding_headers(scope)],
             content=body if has_body else None,
-            extensions={"timeout": self.client.timeout.as_dict()},
         )
+        if not any(name == "cookie" for name, _ in headers):  # none from a jar: only the client's own
+            request.headers.pop("cookie", None)
         try:
             upstream = await self._send(request)
         except _Refused as refused:
