@@ -241,10 +241,10 @@ def test_csrf_token_is_bound_to_browser_form_and_ticket() -> None:
 
 def test_scrypt_hash_verifies_and_is_salted() -> None:
     one, two = hash_password("pw", log_n=10), hash_password("pw", log_n=10)
-    assert one != two and one.startswith("scrypt-nfkc$10$8$3$")
+    assert one != two and one.startswith("scrypt$10$8$3$")
     assert verify_password("pw", one) and not verify_password("pW", one)
     for bad in ("", "scrypt$", "bcrypt$10$8$1$AA$AA", "scrypt$40$8$1$AA$AA", one.replace("$10$", "$x$"),
-                one.replace("scrypt-nfkc$", "scrypt-nfd$")):
+                one.replace("scrypt$", "scrypt-nfd$"), one[:-3], one[:-3] + "!!!"):  # a key cut short
         assert not verify_password("pw", bad)
 
 
@@ -329,7 +329,7 @@ def test_a_hash_made_with_other_settings_is_replaced_at_sign_in(kind: str, tmp_p
     assert users.sign_in("alice", "wrong") is None and store.get_hash("alice") == weak
     signed_in = users.sign_in("alice", "pw")
     upgraded = store.get_hash("alice")
-    assert upgraded is not None and upgraded.startswith("scrypt-nfkc$10$8$3$") and verify_password("pw", upgraded)
+    assert upgraded is not None and upgraded.startswith("scrypt$10$8$3$") and verify_password("pw", upgraded)
     assert signed_in == ("alice", credential_stamp(upgraded)) and signed_in[1] != old_stamp
     assert users.session_stamp("alice") == credential_stamp(upgraded)
     assert users.sign_in("alice", "pw") == ("alice", credential_stamp(upgraded))  # current settings: kept
@@ -358,9 +358,9 @@ def test_a_wrong_password_costs_the_same_scrypt_work_for_any_name(monkeypatch: A
     store = MemoryUsers()
     users = Users(store, log_n=10)
     users.add("current", "pw")
-    legacy = hash_password("pw", log_n=10).replace("scrypt-nfkc$10$8$3$", "scrypt$10$8$1$")  # an earlier release's
+    legacy = hash_password("pw", log_n=10).replace("scrypt$10$8$3$", "scrypt$10$8$1$")  # an earlier release's p
     store.set_hash("legacy", legacy)
-    store.set_hash("older", hash_password("pw", log_n=10).replace("scrypt-nfkc$10$8$3$", "scrypt$10$4$1$"))
+    store.set_hash("older", hash_password("pw", log_n=10).replace("scrypt$10$8$3$", "scrypt$10$4$1$"))
     work = _scrypt_work(monkeypatch)
     spent = {}
     for name in ("nobody", "current", "legacy", "older"):
@@ -374,13 +374,29 @@ def test_a_wrong_password_costs_the_same_scrypt_work_for_any_name(monkeypatch: A
 
 
 def _as_given_hash(password: str, log_n: int = 10) -> str:
-    """A hash as an earlier release made it: scrypt of the password's code points as given."""
+    """A hash as an earlier release made it: scrypt of the password's code points as typed."""
     from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
     salt = os.urandom(16)
     key = Scrypt(salt=salt, length=32, n=2**log_n, r=8, p=3).derive(password.encode("utf-8"))
     b64 = lambda data: base64.urlsafe_b64encode(data).rstrip(b"=").decode()  # noqa: E731
     return f"scrypt${log_n}$8$3${b64(salt)}${b64(key)}"
+
+
+def _as_an_earlier_release_checks(password: str, encoded: str) -> bool:
+    """An earlier release's check: scrypt of the password's code points as typed, nothing more."""
+    from cryptography.exceptions import InvalidKey
+    from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
+
+    _, log_n, r, p, salt, key = encoded.split("$")
+    unb64 = lambda text: base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))  # noqa: E731
+    try:
+        Scrypt(salt=unb64(salt), length=32, n=2 ** int(log_n), r=int(r), p=int(p)).verify(
+            password.encode("utf-8"), unb64(key)
+        )
+    except InvalidKey:
+        return False
+    return True
 
 
 @pytest.mark.parametrize(
@@ -404,21 +420,42 @@ def test_passwords_are_compared_nfkc_normalised(set_as: str, typed: str) -> None
     assert users.authenticate("alice", "cafe") is None
 
 
-def test_an_earlier_releases_hash_checks_the_password_as_given_until_replaced() -> None:
-    """A hash of an earlier release (``scrypt$``, the code points as given) keeps meaning what it
-    did: the password as then typed signs in and another normal form does not, as before; that
-    sign-in replaces it with a current hash (``scrypt-nfkc$``), after which either form signs in."""
+def test_a_hash_of_either_release_opens_with_the_other_for_a_password_typed_as_it_was_made() -> None:
+    """Instances of this release and an earlier one may share a store while one replaces the other:
+    a hash made now (of the normal form) opens under the earlier release's check for a password
+    typed in normal form (every ASCII one), and one made then (of the password as typed) still
+    opens here for that same typing, without being rewritten. Another normal form of a password
+    hashed as typed opens only once the account has a hash made now."""
     store = MemoryUsers()
     users = Users(store, log_n=10)
+    for password in ("correct horse", "caf\u00e9"):
+        made_now = hash_password(password, log_n=10)
+        assert _as_an_earlier_release_checks(password, made_now)
+        assert not _as_an_earlier_release_checks(password + "!", made_now)
     decomposed, composed = "cafe\u0301", "caf\u00e9"
     old = _as_given_hash(decomposed)
     store.set_hash("alice", old)
-    assert verify_password(decomposed, old) and not verify_password(composed, old)
-    assert users.authenticate("alice", composed) is None and store.get_hash("alice") == old
-    assert users.authenticate("alice", decomposed) == "alice"
-    current = store.get_hash("alice")
-    assert current is not None and current.startswith("scrypt-nfkc$10$8$3$")
+    assert users.authenticate("alice", decomposed) == "alice" and store.get_hash("alice") == old  # kept
+    assert users.authenticate("alice", composed) is None  # as the earlier release answered
+    users.add("alice", decomposed)
     assert users.authenticate("alice", composed) == "alice" and users.authenticate("alice", decomposed) == "alice"
+
+
+def test_a_wrong_password_not_in_normal_form_costs_the_same_for_any_name(monkeypatch: Any) -> None:
+    """A password typed otherwise than in its normal form is checked twice (as typed, normalised),
+    for a name with no account too: timing tells nothing about which names exist."""
+    store = MemoryUsers()
+    users = Users(store, log_n=10)
+    users.add("current", "pw")
+    store.set_hash("legacy", hash_password("pw", log_n=10).replace("scrypt$10$8$3$", "scrypt$10$8$1$"))
+    work = _scrypt_work(monkeypatch)
+    spent = {}
+    for name in ("nobody", "current", "legacy"):
+        work.clear()
+        assert users.sign_in(name, "wro\u0301ng") is None
+        spent[name] = (len(work), sum(work))
+    assert spent["current"] == spent["nobody"] and spent["nobody"][0] == 2  # two spellings, two runs
+    assert spent["nobody"][1] <= spent["legacy"][1] < spent["nobody"][1] + 2 * 2**10 * 8
 
 
 def test_a_password_with_a_nul_is_refused_when_set() -> None:

@@ -10,16 +10,18 @@ every instance sharing that store shares its users). The last two raise
 :class:`kavach_core.drivers.StoreUnavailable` when the backend cannot be reached, which the
 server answers with 503 like any other store outage.
 
-Hashes are ``scrypt-nfkc$<log2 n>$<r>$<p>$<salt>$<key>`` (RFC 7914, base64url salt and key) of
-the password's UTF-8 once NFKC-normalised (UAX #15), as NIST SP 800-63B-4 §3.1.1.2 asks of a
+Hashes are ``scrypt$<log2 n>$<r>$<p>$<salt>$<key>`` (RFC 7914, base64url salt and key) of the
+password's UTF-8 once NFKC-normalised (UAX #15), as NIST SP 800-63B-4 §3.1.1.2 asks of a
 verifier accepting Unicode: a password typed on a keyboard composing ``é`` and one sending ``e``
-and a combining accent are the same password. An earlier release's ``scrypt$...`` hashes took
-the password's code points as given; they are still checked that way, and replaced by a current
-hash at the account's next sign-in. Verifying is constant-time (``cryptography``'s
-``Scrypt.verify``), and an unknown username still costs one scrypt run, so timing does not tell
-which usernames exist. A failed check against a hash made with cheaper settings (an earlier
-release's ``p = 1``, kept until that account next signs in) is padded with the scrypt work it
-lacks, so it costs what an unknown name does.
+and a combining accent are the same password. A password is checked as typed and, when that is
+not its normal form, as normalised too, so a hash an earlier release made of the password as
+typed still opens with it, and an earlier release reads a hash made now whenever the password
+is typed in normal form (every ASCII password): instances of two releases can share a store.
+Verifying is constant-time (``cryptography``'s ``Scrypt.verify``), and an unknown username
+still costs the scrypt runs a wrong password for a real one does, so timing does not tell which
+usernames exist. A failed check against a hash made with cheaper settings (an earlier release's
+``p = 1``, kept until that account next signs in) is padded with the scrypt work it lacks, so
+it costs what an unknown name does.
 
 A sign-in session is bound to the account's current hash through :meth:`Users.session_stamp`: every
 ``add`` stores a freshly salted hash, so removing a user, changing the password, or removing and
@@ -123,18 +125,12 @@ def valid_username(username: str) -> str:
     return name
 
 
-SCHEME = "scrypt-nfkc"
-"""The scheme of the hashes made now: scrypt of the NFKC-normalised password."""
-_AS_GIVEN = "scrypt"
-"""An earlier release's scheme: scrypt of the password's code points as given."""
-_SCHEMES = frozenset({SCHEME, _AS_GIVEN})
-
-
-def _secret(password: str, scheme: str) -> bytes:
-    """The octets a hash of ``scheme`` was derived from (UTF-8; NFKC first for :data:`SCHEME`)."""
-    if scheme == SCHEME:
-        password = unicodedata.normalize("NFKC", password)
-    return password.encode("utf-8")
+def _spellings(password: str) -> tuple[bytes, ...]:
+    """The octets a stored hash may have been made of: the password as typed and, when that is not
+    its NFKC form, the NFKC form (what :func:`hash_password` hashes)."""
+    typed = password.encode("utf-8")
+    normal = unicodedata.normalize("NFKC", password).encode("utf-8")
+    return (typed,) if normal == typed else (typed, normal)
 
 
 def hash_password(password: str, *, log_n: int = DEFAULT_LOG_N) -> str:
@@ -142,15 +138,16 @@ def hash_password(password: str, *, log_n: int = DEFAULT_LOG_N) -> str:
     if not 10 <= log_n <= 20:
         raise ValueError("log_n must be between 10 and 20")
     salt = os.urandom(_SALT_BYTES)
-    key = Scrypt(salt=salt, length=_KEY_BYTES, n=2**log_n, r=_R, p=_P).derive(_secret(password, SCHEME))
-    return f"{SCHEME}${log_n}${_R}${_P}${_b64(salt)}${_b64(key)}"
+    normal = unicodedata.normalize("NFKC", password).encode("utf-8")
+    key = Scrypt(salt=salt, length=_KEY_BYTES, n=2**log_n, r=_R, p=_P).derive(normal)
+    return f"scrypt${log_n}${_R}${_P}${_b64(salt)}${_b64(key)}"
 
 
 def _parameters(encoded: str) -> tuple[int, int, int] | None:
     """``(log2 n, r, p)`` of a stored scrypt hash, ``None`` when it is malformed or its settings are
     outside what is ever checked (so a damaged record cannot ask for unbounded work)."""
     parts = encoded.split("$")
-    if len(parts) != 6 or parts[0] not in _SCHEMES:
+    if len(parts) != 6 or parts[0] != "scrypt":
         return None
     try:
         log_n, r, p = (int(part) for part in parts[1:4])
@@ -160,18 +157,27 @@ def _parameters(encoded: str) -> tuple[int, int, int] | None:
 
 
 def verify_password(password: str, encoded: str) -> bool:
-    """True when ``password`` matches ``encoded``; constant-time, never raises on a bad hash."""
+    """True when ``password``, as typed or NFKC-normalised (:func:`_spellings`), matches
+    ``encoded``; constant-time, never raises on a bad hash. A wrong password costs one scrypt run
+    per spelling, whatever ``encoded`` is (a dummy hash included)."""
     parameters = _parameters(encoded)
     if parameters is None:
         return False
     log_n, r, p = parameters
-    scheme, *_, salt, key = encoded.split("$")
+    salt, key = encoded.split("$")[4:]
     try:
-        kdf = Scrypt(salt=_unb64(salt), length=len(_unb64(key)), n=2**log_n, r=r, p=p)
-        kdf.verify(_secret(password, scheme), _unb64(key))
-    except (ValueError, InvalidKey):
+        salt_bytes, key_bytes = _unb64(salt), _unb64(key)
+    except ValueError:
         return False
-    return True
+    if len(key_bytes) != _KEY_BYTES:  # a shorter key is a prefix of the right one: damaged, not a match
+        return False
+    for spelling in _spellings(password):
+        try:
+            Scrypt(salt=salt_bytes, length=_KEY_BYTES, n=2**log_n, r=r, p=p).verify(spelling, key_bytes)
+        except (ValueError, InvalidKey):
+            continue
+        return True
+    return False
 
 
 def credential_stamp(password_hash: str) -> str:
@@ -182,12 +188,12 @@ def credential_stamp(password_hash: str) -> str:
 
 
 def _settings_of(encoded: str) -> tuple[str, ...]:
-    """The ``(scheme, log_n, r, p)`` texts a stored hash was made with (nonsense for a malformed one)."""
-    return tuple(encoded.split("$")[:4])
+    """The ``(log_n, r, p)`` texts a stored hash was made with (nonsense for a malformed one)."""
+    return tuple(encoded.split("$")[1:4])
 
 
 def _dummy_hash(log_n: int, p: int = _P) -> str:
-    return f"{SCHEME}${log_n}${_R}${p}${_b64(bytes(_SALT_BYTES))}${_b64(bytes(_KEY_BYTES))}"
+    return f"scrypt${log_n}${_R}${p}${_b64(bytes(_SALT_BYTES))}${_b64(bytes(_KEY_BYTES))}"
 
 
 def _work(encoded: str) -> int:
