@@ -138,6 +138,8 @@ class Setup(NamedTuple):
 def _setups() -> tuple[dict[str, Setup], str]:
     """Part d's configurations, and why the pinned one is left out ('' when it is not)."""
     setups = {"1": Setup(1), "2": Setup(2)}
+    if not hasattr(os, "sched_getaffinity"):
+        return setups, "pinning a process to a CPU needs sched_setaffinity (Linux)"
     cpus = sorted(os.sched_getaffinity(0))
     if len(cpus) < 2:
         return setups, f"this process may run on {len(cpus)} CPU only; pinning needs two"

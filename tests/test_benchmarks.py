@@ -180,3 +180,15 @@ def test_worker_listeners_refuse_a_port_in_use() -> None:
         taken.listen(1)
         with pytest.raises(CliError, match=r"cannot listen on 127\.0\.0\.1"):
             reuse_port_listeners(taken.getsockname()[1], 2)
+
+
+def test_the_pinned_configuration_is_said_skipped_where_it_cannot_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One CPU, or a system without ``sched_setaffinity``: the reason, never an error."""
+    from benchmarks.http import PINNED, _setups
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
+    setups, why = _setups()
+    assert PINNED not in setups and "1 CPU" in why and set(setups) == {"1", "2"}
+    monkeypatch.delattr(os, "sched_getaffinity")
+    setups, why = _setups()
+    assert PINNED not in setups and "sched_setaffinity" in why

@@ -816,6 +816,20 @@ def test_with_standard_output_closed_a_command_does_nothing_and_says_so(shared_d
     assert "alice" in ok(["users", "list", "--db", shared_db])
 
 
+def test_with_standard_output_closed_the_kit_still_runs_when_its_report_goes_to_a_file(tmp_path: Path) -> None:
+    """``kavach conformance --json FILE >&-`` loses nothing (the report is the file, the verdict the
+    exit status), so it runs: here against an address where nothing listens, which it reports."""
+    closed = free_port()
+    command = [*kavach_command(), "conformance", "--issuer", f"http://127.0.0.1:{closed}", "--timeout", "2"]
+    runs = [
+        subprocess.run([*command, *extra], stderr=subprocess.PIPE, text=True, env=clean_env(), timeout=60,
+                       preexec_fn=lambda: os.close(1))
+        for extra in (["--json", str(tmp_path / "report.json")], [])
+    ]
+    assert "standard output is closed" not in runs[0].stderr and "127.0.0.1" in runs[0].stderr, runs[0].stderr
+    assert runs[1].returncode == 2 and "standard output is closed" in runs[1].stderr
+
+
 def test_commands_refuse_a_store_in_memory() -> None:
     """What a command writes to a store in memory is gone when it ends: 'created user' would be a lie."""
     bad(["users", "add", "x", "--db", ":memory:", "--password-stdin"], "keeps nothing", stdin="pw\n")

@@ -859,6 +859,12 @@ def _not_text(words: Sequence[str], environ: Mapping[str, str]) -> str | None:
     return None
 
 
+def _reports_elsewhere(handler: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> bool:
+    """Whether a command needs no standard output: ``serve`` (its banner is a courtesy) and
+    ``conformance --json FILE`` (the report is the file, the verdict the exit status)."""
+    return handler is cmd_serve or (handler is cmd_conformance and getattr(args, "json", None) is not None)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     # The PostgreSQL pool logs each failed reconnection; a store outage is reported once, as one
     # line (commands) or as 503 answers and the "store unavailable" log line (serve).
@@ -877,7 +883,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         group = getattr(args, "group", None)
         (group or parser).print_help(sys.stderr)
         return EXIT_BAD_INPUT
-    if sys.stdout is None and handler is not cmd_serve:  # closed: what the command says would go nowhere
+    if sys.stdout is None and not _reports_elsewhere(handler, args):  # closed: what it says would go nowhere
         sys.stderr.write(f"{PROG}: error: standard output is closed, so nothing was done (its report would be lost)\n")
         return EXIT_BAD_INPUT
     try:
