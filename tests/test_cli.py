@@ -924,8 +924,8 @@ def test_clients_add_shows_the_client_before_anything_is_made(tmp_path: Path) ->
     with open("/dev/full", "w") as full:
         proc = _to(add, full)
     assert proc.returncode == 2 and "so it was not stored" in proc.stderr and "Traceback" not in proc.stderr
-    proc = _to(add, None, preexec_fn=lambda: os.close(1))
-    assert proc.returncode == 2 and "so it was not stored" in proc.stderr and "Traceback" not in proc.stderr
+    proc = _to(add, None, preexec_fn=lambda: os.close(1))  # refused before the command runs at all
+    assert proc.returncode == 2 and "standard output is closed" in proc.stderr and "Traceback" not in proc.stderr
     assert not db.exists()
     shown = ok(add)
     assert "client_secret: " in shown and db.exists()
