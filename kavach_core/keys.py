@@ -109,8 +109,14 @@ def generate(
         private_pem=pem,
         created_at=start,
         signs_until=start + lifetime.signing_key,
-        publish_until=start + lifetime.signing_key + tokens + PUBLISH_MARGIN,
+        publish_until=_published_until(start + lifetime.signing_key, tokens),
     )
+
+
+def _published_until(stops_signing: int, tokens: int) -> int:
+    """How long a key stopping to sign at ``stops_signing`` stays published: until the last token
+    it can sign (valid ``tokens`` seconds) has expired, and :data:`PUBLISH_MARGIN` more."""
+    return stops_signing + tokens + PUBLISH_MARGIN
 
 
 def load(record: SigningKey) -> SigningKeyPair:
@@ -261,7 +267,7 @@ def _retire(record: SigningKey, now: int, access_token_lifetime: int) -> Signing
     return attrs.evolve(
         record,
         signs_until=now,
-        publish_until=min(record.publish_until, now + tokens + PUBLISH_MARGIN),
+        publish_until=min(record.publish_until, _published_until(now, tokens)),
     )
 
 
@@ -316,7 +322,7 @@ def rotate(ctx: Context) -> Flow[KeySet]:
         if fresh is None:
             fresh = generate(ctx, token_lifetime=lifetime)
         else:  # the same key, published as long as the set it now joins needs
-            fresh = attrs.evolve(fresh, publish_until=fresh.signs_until + lifetime + PUBLISH_MARGIN)
+            fresh = attrs.evolve(fresh, publish_until=_published_until(fresh.signs_until, lifetime))
         kept = tuple(_retire(k, now, lifetime) for k in _live(records, now))
         stored = yield from _store(records, (fresh, *_live(kept, now)))
         if any(k.kid == fresh.kid for k in stored.records):
