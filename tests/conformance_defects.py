@@ -126,6 +126,28 @@ def iss_missing() -> None:
     authorize.add_query = lambda uri, params: original(uri, [(k, v) for k, v in params if k != "iss"])
 
 
+def auth_bypass() -> None:
+    """A confidential client sending only its client_id (no secret) is authenticated (TK-02)."""
+    from kavach_core.clients import lookup
+
+    original = token.authenticate
+
+    def authenticate(ctx: Any, creds: Any, requester: Any = None) -> Generator[Any, Any, Any]:
+        if creds is not None and creds.method == "none":
+            client = yield from lookup(ctx, creds.client_id, requester)
+            if client is not None:
+                return client  # whatever method it registered
+        return (yield from original(ctx, creds, requester))
+
+    token.authenticate = authenticate
+
+
+def redirect_nocase() -> None:
+    """Redirect URIs compared case-insensitively: ``/CALLBACK`` matches ``/callback`` (AZ-03)."""
+    original = authorize.find_match
+    authorize.find_match = lambda requested, registered: original(requested.lower(), [r.lower() for r in registered])
+
+
 DEFECTS: dict[str, Callable[[], None]] = {
     "none": lambda: None,
     "pkce_unchecked": pkce_unchecked,
@@ -135,6 +157,8 @@ DEFECTS: dict[str, Callable[[], None]] = {
     "wrong_audience": wrong_audience,
     "audience_ignored": audience_ignored,
     "iss_missing": iss_missing,
+    "auth_bypass": auth_bypass,
+    "redirect_nocase": redirect_nocase,
 }
 
 

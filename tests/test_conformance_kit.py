@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -108,6 +110,8 @@ DEFECTS = [
     ("wrong_audience", "TK-06"),
     ("audience_ignored", "RS-04"),
     ("iss_missing", "AZ-08"),
+    ("auth_bypass", "TK-02"),
+    ("redirect_nocase", "AZ-03"),
 ]
 
 
@@ -265,11 +269,11 @@ def test_a_person_step_that_fails_decides_no_redirect_rule() -> None:
 @pytest.mark.parametrize(
     ("links", "ends"),
     [
-        (['{cb}?error=invalid_scope&state=s1'], "{cb}?error=invalid_scope&state=s1"),  # followed, as a person would
-        (['/elsewhere', '{cb}?error=x'], "{cb}?error=x"),
+        (["{cb}?error=invalid_scope&state=s1"], "{cb}?error=invalid_scope&state=s1"),  # followed, as a person would
+        (["/elsewhere", "{cb}?error=x"], "{cb}?error=x"),
         ([], None),  # an error page alone: the person is stuck there
-        (['https://other.example/cb?error=x'], None),  # not the client's redirect URI
-        (['{cb}?error=x', '{cb}?error=y'], None),  # which one? the person does not guess
+        (["https://other.example/cb?error=x"], None),  # not the client's redirect URI
+        (["{cb}?error=x", "{cb}?error=y"], None),  # which one? the person does not guess
     ],
 )
 def test_the_form_person_follows_an_error_pages_one_link_back_to_the_client(links: list[str], ends: str | None) -> None:
@@ -370,3 +374,216 @@ def test_person_module_in_the_current_directory_and_module_run(tmp_path: Path) -
             cwd=tmp_path,
         )
         assert proc.returncode == 2 and "no authorization server metadata found" in proc.stderr, proc.stderr
+
+
+# -- answers the kit could not read, and defects it used to pass ---------------------------------
+
+
+@contextmanager
+def raw_server(answer: Callable[[socket.socket, int], None]) -> Iterator[str]:
+    """A loopback TCP server running ``answer(connection, port)`` for each connection; its base URL."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    port = listener.getsockname()[1]
+
+    def accept() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=answer, args=(conn, port), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        listener.close()
+
+
+def send_json(conn: socket.socket, body: bytes, status: bytes = b"200 OK") -> None:
+    with conn:
+        try:
+            conn.recv(65536)
+            head = b"HTTP/1.1 " + status + b"\r\nContent-Type: application/json\r\nConnection: close\r\n"
+            conn.sendall(head + b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+        except OSError:
+            pass
+
+
+def trickle_headers(conn: socket.socket, port: int) -> None:
+    """A status line, then header lines one byte every 0.2 s, never ending."""
+    with conn:
+        try:
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\n")
+            while True:
+                for byte in b"X-Pad: a\r\n":
+                    conn.sendall(bytes([byte]))
+                    time.sleep(0.2)
+        except OSError:
+            pass
+
+
+def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*kavach_command(), "conformance", *args], capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def test_headers_trickled_past_the_timeout_are_no_answer() -> None:
+    """The deadline covers connecting, the headers and the body: headers arriving a byte at a time
+    (each read well within the timeout) end the exchange at --timeout (here two discovery URLs)."""
+    with raw_server(trickle_headers) as base:
+        started = time.monotonic()
+        proc = run_cli("--issuer", base, "--register", "--timeout", "1", timeout=30)
+    assert time.monotonic() - started < 15
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.stderr.count("no whole answer within 1 s (still sending)") == 2, proc.stderr
+
+
+def test_json_nested_too_deeply_is_unreadable_not_a_traceback() -> None:
+    deep = b"[" * 100_000 + b"]" * 100_000
+    with raw_server(lambda conn, port: send_json(conn, deep)) as base:
+        proc = run_cli("--issuer", base, "--register", "--timeout", "2")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.count("\n") == 1 and "not a JSON object" in proc.stderr, proc.stderr
+
+
+DEEP = [("deep_meta", "MD-01", "200, no JSON"), ("deep_register", "RG-02", "201, client_id missing")]
+
+
+@pytest.mark.parametrize(("defect", "rule", "why"), DEEP)
+def test_deeply_nested_answers_fail_the_rule_checked(defect: str, rule: str, why: str) -> None:
+    with misbehaving(defect) as served:
+        proc = kit_command(served)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    line = next(line for line in proc.stdout.splitlines() if line.startswith(rule))
+    assert "fail" in line and why in line, proc.stdout
+
+
+def test_an_unexpected_exception_is_one_line_and_exit_2(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from kavach_conformance import cli
+
+    def broken(options: KitOptions) -> Report:
+        raise RuntimeError("kit defect\nsecond line")
+
+    monkeypatch.setattr(cli, "run_kit", broken)
+    assert cli.main(["--issuer", "http://127.0.0.1:9"]) == 2
+    err = capsys.readouterr().err
+    assert err == "kavach conformance: the kit stopped unexpectedly: RuntimeError: kit defect\\nsecond line\n", err
+
+
+def test_register_with_unusable_metadata_says_what_is_wrong() -> None:
+    def meta(conn: socket.socket, port: int) -> None:
+        base = f"http://127.0.0.1:{port}"
+        doc = {"issuer": base, "authorization_endpoint": base + "/a", "token_endpoint": 5, "registration_endpoint": [1]}
+        send_json(conn, json.dumps(doc).encode())
+
+    with raw_server(meta) as base:
+        proc = run_cli("--issuer", base, "--register", "--timeout", "2")
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert "registration_endpoint that is not a URL" in proc.stderr, proc.stderr
+    assert "token_endpoint is not an http(s) URL" in proc.stderr and "no client" not in proc.stderr, proc.stderr
+
+
+def test_a_refresh_token_that_is_not_a_string_fails_tk01_and_tk07_with_a_report() -> None:
+    with misbehaving("refresh_int") as served:
+        proc = kit_command(served, "--stateful", "3")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "stateful: fail: TK-01/TK-07: the token response's refresh_token is not a string" in proc.stdout
+    lines = {line[:5]: line for line in proc.stdout.splitlines() if line[:3] in ("TK-", "RS-")}
+    assert "fail" in lines["TK-01"] and "fail" in lines["TK-07"], proc.stdout
+    assert "fail" not in lines["RS-01"], proc.stdout
+
+
+def test_an_unexpected_exception_in_the_stateful_test_is_a_stopped_failure() -> None:
+    from kavach_conformance.runner import make_session
+    from kavach_conformance.stateful import run_stateful
+
+    def refresh(*args: Any, **kwargs: Any) -> Any:
+        raise TypeError("unusable answer")
+
+    with defective("none") as served:
+        session = make_session(quick(served))
+        session.refresh = refresh  # type: ignore[method-assign]
+        try:
+            result = run_stateful(session, examples=30, steps=8, derandomize=True)
+        finally:
+            session.http.close()
+    assert result["status"] == FAIL and result["reason"] == "stopped: TypeError: unusable answer", result
+
+
+PROTOCOL_DEFECTS = [
+    ("token_get_json", "TK-01", "GET refused (with a valid code): 200"),
+    ("pkce_default_plain", "AZ-05", "redeemed with code_verifier == code_challenge"),
+    ("html_redirect", "AZ-02", "unregistered redirect_uri: redirected to https://attacker"),
+    ("no_post_authorize", "AZ-01", "valid request by POST proceeds as by GET: stayed on the server (405)"),
+    ("meta_types", "MD-02", "jwks_uri is not an http(s) URL"),
+    ("introspect_revoked", "RV-01", "access token of a revoked grant inactive"),
+    ("introspect_revoked", "IN-01", "revoked token: active false"),
+    ("scope_widened", "AZ-07", "granted 'tools:list tools:call"),
+]
+
+
+@pytest.mark.parametrize(("defect", "rule", "why"), PROTOCOL_DEFECTS, ids=[f"{d}-{r}" for d, r, _ in PROTOCOL_DEFECTS])
+def test_kit_reports_a_protocol_defect_it_once_passed(defect: str, rule: str, why: str) -> None:
+    with misbehaving(defect) as served:
+        report = run_kit(quick(served))
+    assert report.status(rule) == FAIL and why in reason(report, rule), report.table()
+
+
+def test_stateful_introspection_of_a_revoked_token_is_charged_to_in01() -> None:
+    from kavach_conformance.runner import make_session
+    from kavach_conformance.stateful import run_stateful
+
+    with misbehaving("introspect_revoked") as served:
+        session = make_session(quick(served))
+        try:
+            result = run_stateful(session, examples=40, steps=8, derandomize=True)
+        finally:
+            session.http.close()
+    assert result["status"] == FAIL and "IN-01" in result["rules"], result
+
+
+@pytest.mark.parametrize(
+    ("page", "goes"),
+    [
+        (
+            '<meta http-equiv="refresh" content="0;url=https://a.example/cb?code=1&amp;s=2">',
+            "https://a.example/cb?code=1&s=2",
+        ),
+        ("<meta http-equiv=Refresh content=\"5; URL='/next'\">", "http://as.example/next"),
+        ('<script>window.location.href = "https://c.example/cb";</script>', "https://c.example/cb"),
+        ("<script>location.replace('https://d.example/')</script>", "https://d.example/"),
+        ('<p>location = "https://e.example/"</p>', None),
+    ],
+)
+def test_the_form_person_sees_pages_that_navigate_on_their_own(page: str, goes: str | None) -> None:
+    import httpx
+    from kavach_conformance.person import _navigation
+
+    response = httpx.Response(200, html=page, request=httpx.Request("GET", "http://as.example/authorize"))
+    assert _navigation(response) == goes
+
+
+def test_redirect_uri_case_variants() -> None:
+    from kavach_conformance.checks import case_variants
+
+    assert case_variants("http://127.0.0.1:8976/callback") == {"path case only": "http://127.0.0.1:8976/CALLBACK"}
+    assert case_variants("https://app.example/Cb") == {
+        "path case only": "https://app.example/cB",
+        "scheme and host case only": "HTTPS://APP.EXAMPLE/Cb",
+    }
+
+
+def test_metadata_member_types() -> None:
+    from kavach_conformance.session import mistyped_members
+
+    good = {"token_endpoint": "https://as.example/t", "scopes_supported": ["a"], "x_parameter_supported": True}
+    assert mistyped_members({**good, "client_id_metadata_document_supported": True}) == []
+    bad = mistyped_members({**good, "jwks_uri": None, "grant_types_supported": "a b", "x_parameter_supported": "1"})
+    assert {w.split(" ", 1)[0] for w in bad} == {"jwks_uri", "grant_types_supported", "x_parameter_supported"}

@@ -9,17 +9,23 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
+from .person import FormPerson
 from .session import (
     MCP_HEADERS,
     TOOLS_LIST,
+    Client,
     Outcome,
     RegistrationFailed,
     Session,
     Skip,
+    Tokens,
     jwt_payload,
+    mistyped_members,
+    refresh_token_of,
     well_known,
 )
 from .session import json_object as json_body
@@ -43,11 +49,9 @@ ATTACKER = "https://attacker.conformance.invalid/callback"
 
 
 def error_of(response: httpx.Response) -> str | None:
-    try:
-        body = response.json()
-    except ValueError:
-        return None
-    value = body.get("error") if isinstance(body, dict) else None
+    """The ``error`` code of an OAuth error answer (RFC 6749 §5.2), ``None`` without a readable one."""
+    body = json_body(response)
+    value = body.get("error") if body is not None else None
     return value if isinstance(value, str) else None
 
 
@@ -57,11 +61,37 @@ def expect_error(response: httpx.Response, *codes: str) -> tuple[bool, str]:
     return ok, f"{response.status_code} error={err} (expected {'/'.join(codes)})"
 
 
+def well_formed_tokens(response: httpx.Response) -> tuple[bool, str]:
+    """RFC 6749 §5.1: a 200 JSON object with string ``access_token`` and ``token_type``, and a
+    ``refresh_token`` that is a string when present."""
+    body = json_body(response) if response.status_code == 200 else None
+    if body is None:
+        return False, f"{response.status_code}, no JSON object"
+    wrong = [k for k in ("access_token", "token_type") if not isinstance(body.get(k), str)]
+    if "refresh_token" in body and not isinstance(body["refresh_token"], str):
+        wrong.append("refresh_token")
+    return not wrong, f"not strings: {wrong}" if wrong else "access_token, token_type (and refresh_token) strings"
+
+
 def no_code_at(outcome: Outcome, bad_uri: str) -> tuple[bool, str]:
     """AZ-02/AZ-03: the request must not end at ``bad_uri`` (nor anywhere off the server)."""
     if outcome.redirected:
         return False, f"{outcome.describe()} (must show an error page instead)"
     return True, outcome.describe()
+
+
+def case_variants(uri: str) -> dict[str, str]:
+    """AZ-03 (OAuth 2.1 §2.3.1, RFC 9700 §4.1.3: simple string comparison): ``uri`` differing only
+    in the case of its path, and, for a URI not on a loopback IP, only in that of scheme and host."""
+    parts = urlsplit(uri)
+    out: dict[str, str] = {}
+    if parts.path.swapcase() != parts.path:
+        out["path case only"] = urlunsplit(parts._replace(path=parts.path.swapcase()))
+    if parts.hostname not in ("127.0.0.1", "::1"):
+        upper = urlunsplit(parts._replace(scheme=parts.scheme.upper(), netloc=parts.netloc.upper()))
+        if upper != uri:
+            out["scheme and host case only"] = upper
+    return out
 
 
 def error_redirect(outcome: Outcome, *codes: str) -> tuple[bool, str]:
@@ -113,6 +143,8 @@ def check_metadata(s: Session, record: Record) -> None:
     )
     missing = [m for m in required if m not in meta]
     record("MD-02", "required members", not missing, f"missing {missing}" if missing else "all listed")
+    wrong = mistyped_members(meta)
+    record("MD-02", "member types", not wrong, "; ".join(wrong) if wrong else "URLs and arrays of strings")
     rts = meta.get("response_types_supported")
     record("MD-02", "response_types_supported", rts == ["code"], f"{rts!r} (expected ['code'])")
     ccm = meta.get("code_challenge_methods_supported")
@@ -237,6 +269,7 @@ def check_authorize_errors(s: Session, record: Record) -> None:
         "path prefix": registered + "x",
         "query added": registered + ("&" if "?" in registered else "?") + "extra=1",
         "host case": registered.replace("127.0.0.1", "LOCALHOST") if "127.0.0.1" in registered else registered.upper(),
+        **case_variants(registered),
     }
     for name, uri in variants.items():
         params, _ = s.auth_params(client, redirect_uri=uri)
@@ -249,6 +282,13 @@ def check_authorize_errors(s: Session, record: Record) -> None:
         outcome = s.attempt(params, other)
         ok = outcome.redirected and (outcome.final or "").startswith(other) and outcome.one("code") is not None
         record("AZ-03", "loopback port may vary", ok, outcome.describe())
+    params, _ = s.auth_params(client)
+    outcome = s.attempt_post(params)
+    # The built-in person must get a code; of a --person callable's run only the POST's first
+    # answer is seen: a redirect with a code, or a page (the sign-in) that is not an error.
+    first_only = not isinstance(s.person, FormPerson) and not outcome.redirected
+    ok = outcome.status is not None and outcome.status < 400 if first_only else outcome.one("code") is not None
+    record("AZ-01", "valid request by POST proceeds as by GET", ok, outcome.describe())
     params, _ = s.auth_params(client)
     pairs = [*params.items(), ("scope", params.get("scope") or "x"), ("state", "duplicate")]
     outcome = s.attempt(pairs, client.redirect_uri)
@@ -279,6 +319,7 @@ def check_pkce(s: Session, record: Record) -> None:
     params, verifier = s.auth_params(client, code_challenge_method="plain")
     params["code_challenge"] = verifier
     record("AZ-05", "code_challenge_method=plain", *error_redirect(s.attempt(params), "invalid_request"))
+    record("AZ-05", "code_challenge without a method", *_no_implicit_plain(s, client))
     params, verifier = s.auth_params(client)
     outcome = s.attempt(params)
     code = outcome.one("code")
@@ -303,6 +344,22 @@ def check_pkce(s: Session, record: Record) -> None:
     record("TK-03", "redirect_uri differs from the authorization request", *expect_error(r, "invalid_grant"))
 
 
+def _no_implicit_plain(s: Session, client: Client) -> tuple[bool, str]:
+    """A challenge without ``code_challenge_method`` means ``plain`` (RFC 7636 §4.3), which the
+    project refuses (S256 only): ``invalid_request``. A server issuing a code anyway fails when
+    the code redeems with the challenge itself as the verifier (plain PKCE)."""
+    params, verifier = s.auth_params(client, code_challenge_method=None)
+    params["code_challenge"] = verifier
+    outcome = s.attempt(params)
+    code = outcome.one("code")
+    if code is None:
+        return error_redirect(outcome, "invalid_request")
+    r = s.redeem(client, code, verifier)
+    if r.status_code == 200:
+        return False, f"a code was issued and redeemed with code_verifier == code_challenge: {outcome.describe()}"
+    return True, f"a code was issued but plain PKCE refused ({r.status_code} error={error_of(r)}): S256 assumed"
+
+
 def check_success_response(s: Session, record: Record) -> None:
     client = s.client()
     state = "kit state/é+%&=x"
@@ -319,6 +376,7 @@ def check_success_response(s: Session, record: Record) -> None:
         f"{s.meta.get('authorization_response_iss_parameter_supported')!r}",
     )
     r = s.redeem(client, code, verifier)
+    record("TK-01", "success response well-formed", *well_formed_tokens(r))
     record(
         "TK-01",
         "success has Cache-Control: no-store",
@@ -361,13 +419,28 @@ def check_resource_and_scope(s: Session, record: Record) -> None:
     catalogue = s.scopes()
     if catalogue:
         tokens = s.tokens(client, scope=catalogue[0])
-        granted = (tokens.scope or catalogue[0]).split()
+        granted, source = granted_scope(s, tokens)
         record(
             "AZ-07",
             "granted scope within the request",
-            set(granted) <= {catalogue[0]},
-            f"asked {catalogue[0]!r}, granted {tokens.scope!r}",
+            granted is None or set(granted.split()) <= {catalogue[0]},
+            f"asked {catalogue[0]!r}, granted {granted!r} ({source})",
         )
+
+
+def granted_scope(s: Session, tokens: Tokens) -> tuple[str | None, str]:
+    """The scope a token was granted, and where the kit read it. The token response's ``scope``;
+    without one (RFC 6749 §5.1: only when granted as asked) the access token's own ``scope`` claim
+    (RFC 9068 §2.2.3) or introspection's (RFC 7662 §2.2), so an unreported wider grant is seen."""
+    if isinstance(tokens.scope, str):
+        return tokens.scope, "token response"
+    claims = jwt_payload(tokens.access_token) or {}
+    if isinstance(claims.get("scope"), str):
+        return claims["scope"], "no scope in the token response; the JWT's scope claim"
+    introspected = s.introspection(tokens.access_token) if s.confidential is not None else None
+    if introspected is not None and isinstance(introspected.get("scope"), str):
+        return introspected["scope"], "no scope in the token response; introspection"
+    return None, "no scope in the token response, none observable: as asked"
 
 
 def check_code_reuse(s: Session, record: Record) -> None:
@@ -396,22 +469,34 @@ def check_code_binding(s: Session, record: Record) -> None:
     record("TK-05", "another client's code", *expect_error(r, "invalid_grant", "invalid_client", "unauthorized_client"))
 
 
+def _redemption_form(s: Session, client: Client) -> dict[str, str]:
+    """A complete, valid authorization_code redemption of a fresh code by the public ``client``."""
+    code, verifier, _ = s.code(client)
+    form = {
+        "grant_type": "authorization_code",
+        "code": code,
+        "redirect_uri": client.redirect_uri,
+        "code_verifier": verifier,
+        "client_id": client.client_id,
+    }
+    return form | ({"resource": s.resource} if s.resource else {})
+
+
+def _refused(response: httpx.Response) -> tuple[bool, str]:
+    """TK-01 (RFC 6749 §3.2: POST, application/x-www-form-urlencoded): no 2xx, no tokens."""
+    issued = "access_token" in (json_body(response) or {})
+    ok = response.status_code >= 400 and not issued
+    return ok, f"{response.status_code} error={error_of(response)}" + (", tokens issued" if issued else "")
+
+
 def check_token_endpoint(s: Session, record: Record) -> None:
     url = s.endpoint("token_endpoint")
     client = s.client()
-    r = s.http.request("GET", url, params={"grant_type": "authorization_code", "client_id": client.client_id})
-    record("TK-01", "GET refused", r.status_code >= 400, f"{r.status_code}")
-    r = s.http.request(
-        "POST",
-        url,
-        json_body={
-            "grant_type": "authorization_code",
-            "client_id": client.client_id,
-            "code": "x",
-            "code_verifier": "y" * 43,
-        },
-    )
-    record("TK-01", "JSON body refused", 400 <= r.status_code < 500, f"{r.status_code} error={error_of(r)}")
+    # Each probe carries a real, unused code: refused only for its method or body, or not at all.
+    r = s.http.request("GET", url, params=_redemption_form(s, client))
+    record("TK-01", "GET refused (with a valid code)", *_refused(r))
+    r = s.http.request("POST", url, json_body=_redemption_form(s, client))
+    record("TK-01", "JSON body refused (with a valid code)", *_refused(r))
     r = s.token_request(
         client,
         {
@@ -471,6 +556,16 @@ def check_token_endpoint(s: Session, record: Record) -> None:
         challenge.lower().startswith("basic"),
         f"WWW-Authenticate {challenge!r}",
     )
+    # A confidential client must authenticate (RFC 6749 §2.3, §3.2.1): its client_id alone, or a
+    # wrong secret sent another way, is invalid_client, even with a valid code.
+    code, verifier, _ = s.code(conf)
+    r = s.redeem(Client(conf.client_id, conf.redirect_uri), code, verifier)
+    record("TK-02", "confidential client with no secret refused", *_invalid_client(r))
+    code, verifier, _ = s.code(conf)
+    form = {"grant_type": "authorization_code", "code": code, "redirect_uri": conf.redirect_uri}
+    form |= {"code_verifier": verifier} | ({"resource": s.resource} if s.resource else {})
+    r = s.token_request(conf, form, secret="wrong-" + conf.secret, method="client_secret_post")
+    record("TK-02", "wrong client_secret_post secret refused", *_invalid_client(r))
     code, verifier, _ = s.code(conf)
     r = s.redeem(conf, code, verifier)
     record("TK-02", "client_secret_basic accepted", r.status_code == 200, f"{r.status_code} error={error_of(r)}")
@@ -486,17 +581,25 @@ def check_token_endpoint(s: Session, record: Record) -> None:
         record("TK-02", "client_secret_post accepted", r.status_code == 200, f"{r.status_code} error={error_of(r)}")
 
 
+def _invalid_client(response: httpx.Response) -> tuple[bool, str]:
+    """RFC 6749 §5.2: ``invalid_client``, 400 or (401 required when a Basic header was sent) 401."""
+    issued = "access_token" in (json_body(response) or {})
+    ok = response.status_code in (400, 401) and error_of(response) == "invalid_client" and not issued
+    why = f"{response.status_code} error={error_of(response)} (expected 401 invalid_client)"
+    return ok, why + (", tokens issued" if issued else "")
+
+
 def check_refresh(s: Session, record: Record) -> None:
     client = s.client()
     first = s.tokens(client)
-    if not first.refresh_token:
+    rt0 = refresh_token_of(first.body)  # BadAnswer (TK-07 fails) when it is not a string
+    if not rt0:
         raise Skip("no refresh token issued")
-    rt0 = first.refresh_token
     r1 = s.refresh(client, rt0)
     if r1.status_code != 200:
         record("TK-07", "refresh works", False, f"{r1.status_code} error={error_of(r1)}")
         return
-    rt1 = (json_body(r1) or {}).get("refresh_token")
+    rt1 = refresh_token_of(json_body(r1) or {})
     why = "no refresh token returned" if not rt1 else "same token" if rt1 == rt0 else "new refresh token"
     record("TK-07", "rotated on use", bool(rt1) and rt1 != rt0, why)
     if not rt1 or rt1 == rt0:
@@ -504,7 +607,7 @@ def check_refresh(s: Session, record: Record) -> None:
         record("TK-07", "used refresh token refused", r.status_code != 200, f"{r.status_code} on a second use")
         return
     r2 = s.refresh(client, rt1)
-    rt2 = (json_body(r2) or {}).get("refresh_token") if r2.status_code == 200 else None
+    rt2 = refresh_token_of(json_body(r2) or {}) if r2.status_code == 200 else None
     if not rt2:
         record("TK-07", "second rotation", False, f"{r2.status_code} error={error_of(r2)}")
         return
@@ -551,6 +654,29 @@ def check_revocation(s: Session, record: Record) -> None:
     record("RV-01", "revoke refresh token: 200", r.status_code == 200, f"{r.status_code}")
     r = s.refresh(client, tokens.refresh_token)
     record("RV-01", "revoked refresh token refused", *expect_error(r, "invalid_grant"))
+    check_revoked_access_token(s, record)
+
+
+def check_revoked_access_token(s: Session, record: Record) -> None:
+    """RFC 7009 §2.1 (and the checklist: a refresh token's revocation revokes its family) with
+    RFC 7662 §2.2 (a revoked token is ``active: false``): after the confidential client revokes its
+    refresh token, introspection of the grant's access token must say inactive."""
+    conf = s.confidential
+    if conf is None or not conf.secret or not isinstance(s.meta.get("introspection_endpoint"), str):
+        record("RV-01", "access token of a revoked grant", None, "needs introspection and a confidential client")
+        return
+    tokens = s.tokens(conf)
+    if not tokens.refresh_token or s.introspect(tokens.access_token) is not True:
+        record("RV-01", "access token of a revoked grant", None, "no refresh token, or the fresh token not active")
+        return
+    r = s.revoke(conf, tokens.refresh_token, "refresh_token")
+    if r.status_code != 200:
+        record("RV-01", "revoke the confidential client's refresh token", False, f"{r.status_code}")
+        return
+    active = s.introspect(tokens.access_token)
+    why = f"introspection after revoking its refresh token: active={active}"
+    record("RV-01", "access token of a revoked grant inactive", active is False, why)
+    record("IN-01", "revoked token: active false", active is False, why)
 
 
 def check_introspection(s: Session, record: Record) -> None:

@@ -8,12 +8,12 @@ from pathlib import Path
 
 from .http import KitError
 from .report import one_line
-from .runner import KitOptions, run_kit
+from .runner import KitOptions, describe, run_kit
 
 EXIT_STATUS = (
     "Exit status: 0 when no rule failed, 1 when one did (a server answer that is missing, late, too large or "
     "unreadable fails the rules being checked), 2 when the kit could not run (a bad option, no metadata, the "
-    "server rate-limiting the kit)."
+    "server rate-limiting the kit, an unexpected error of the kit: one line, never a traceback)."
 )
 
 
@@ -62,7 +62,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=15.0,
         metavar="S",
-        help="seconds for each whole answer; none in time (or one over 1 MiB) fails the rules checked (default 15)",
+        help="seconds for each whole exchange, from connecting to the answer's last byte; none in time (or one "
+        "over 1 MiB) fails the rules checked (default 15)",
     )
     parser.add_argument("--json", metavar="FILE", help="write the JSON report here")
     parser.add_argument("--all-rules", action="store_true", help="list every checklist rule, not only observable ones")
@@ -104,7 +105,18 @@ def _check(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Exit 0 when no rule failed, 1 when one did, 2 when the kit could not run."""
+    """Exit 0 when no rule failed, 1 when one did, 2 when the kit could not run.
+
+    Whatever happens, the kit ends with one line on stderr, never a traceback: an exception it
+    did not expect is a defect of the kit, reported as such with exit status 2."""
+    try:
+        return _run(args)
+    except Exception as exc:  # the promise: no traceback, whatever a server (or the kit) does
+        sys.stderr.write(f"kavach conformance: the kit stopped unexpectedly: {one_line(describe(exc))}\n")
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         _check(args)
         report = run_kit(options_from(args))

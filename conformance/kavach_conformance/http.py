@@ -16,6 +16,9 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 import attrs
 import httpx
 
+from .deadline import Deadline
+from .deadline import client as deadline_client
+
 KEY_PARAMS = (
     "grant_type",
     "response_type",
@@ -60,8 +63,20 @@ def origin(url: str) -> str:
     return f"{parts.scheme.lower()}://{parts.netloc.lower()}"
 
 
-def short(value: str, keep: int = 10) -> str:
-    return value if len(value) <= keep + 3 else value[:keep] + "..."
+def short(value: object, keep: int = 10) -> str:
+    text = value if isinstance(value, str) else json.dumps(value) if isinstance(value, int | float) else str(value)
+    return text if len(text) <= keep + 3 else text[:keep] + "..."
+
+
+def parse_json(response: httpx.Response) -> Any:
+    """The answer's JSON (RFC 8259); :class:`ValueError` when it is not JSON the kit can read.
+
+    Python's decoder recurses once per nesting level, so a deeply nested document (``[[[[...``,
+    far under the 1 MiB limit) raises :class:`RecursionError`: that is unreadable JSON too."""
+    try:
+        return response.json()
+    except RecursionError:
+        raise ValueError("JSON nested too deeply to read") from None
 
 
 @attrs.define
@@ -97,8 +112,13 @@ class Http:
         self.timeout = timeout
         """Seconds for a whole exchange: connecting, the answer's head and its whole body."""
         self.max_bytes = max_bytes
-        self.client = httpx.Client(follow_redirects=False, timeout=timeout)
+        self.deadline = Deadline()
+        self.client = self.new_client()
         self.log: list[Exchange] = []
+
+    def new_client(self) -> httpx.Client:
+        """A client of its own (a browser's cookie jar, say) keeping to the same per-exchange deadline."""
+        return deadline_client(self.timeout, self.deadline)
 
     def close(self) -> None:
         self.client.close()
@@ -142,20 +162,26 @@ class Http:
             kwargs["content"] = json.dumps(json_body)
             kwargs["headers"].setdefault("Content-Type", "application/json")
         http = client or self.client
+        started = time.monotonic()
         try:
             request = http.build_request(method, url, **kwargs)
+            self.deadline.start(self.timeout)  # from connecting to the answer's last byte
             response = http.send(request, auth=httpx.BasicAuth(*auth) if auth else None, stream=True)
             try:
-                self._read(response, time.monotonic() + self.timeout)
+                self._read(response, started + self.timeout)
             finally:
                 response.close()
         except httpx.TimeoutException as exc:
             what = f"no answer within {self.timeout:g} s ({type(exc).__name__})"
+            if self.deadline.received:
+                what = f"no whole answer within {self.timeout:g} s (still sending)"
             raise NoAnswer(f"{what}: {method} {url.split('?', 1)[0]}") from exc
         except (httpx.HTTPError, httpx.InvalidURL) as exc:
             raise NoAnswer(f"{type(exc).__name__}: {exc}: {method} {url.split('?', 1)[0]}") from exc
         except NoAnswer as exc:
             raise NoAnswer(f"{exc}: {method} {url.split('?', 1)[0]}") from None
+        finally:
+            self.deadline.clear()
         self.log.append(self._exchange(method, response, sent_pairs))
         if response.status_code == 429:
             raise RateLimited(f"{method} {url} answered 429: the server rate-limits the kit (try later)")
@@ -188,7 +214,7 @@ class Http:
             location = location.split("?", 1)[0]
         elif "json" in response.headers.get("content-type", ""):
             try:
-                body = response.json()
+                body = parse_json(response)
             except ValueError:
                 body = None
             if isinstance(body, dict):

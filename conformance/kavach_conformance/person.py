@@ -52,18 +52,36 @@ class _Form:
     """(name, value, label) of each submit control."""
 
 
+_REFRESH = re.compile(r"^\s*\d*(?:\.\d*)?\s*[;,]?\s*(?:url\s*=\s*)?(['\"]?)(?P<url>[^'\"]+)\1", re.IGNORECASE)
+"""The URL of ``<meta http-equiv="refresh" content="0; url=...">`` (HTML Living Standard §4.2.5.3)."""
+_SCRIPT_NAVIGATION = re.compile(
+    r"""(?:window\.|document\.|self\.|top\.)?location(?:\.href)?\s*=\s*(['"])(?P<a>[^'"]+)\1"""
+    r"""|location\.(?:replace|assign)\(\s*(['"])(?P<b>[^'"]+)\3\s*\)"""
+)
+"""The obvious script navigations: ``location = "..."``, ``location.href = ...``, ``location.replace(...)``."""
+
+
 class _Parser(HTMLParser):
     def __init__(self) -> None:
         super().__init__(convert_charrefs=True)
         self.forms: list[_Form] = []
         self.links: list[str] = []
+        self.navigations: list[str] = []
+        """Where the page sends a browser on its own: a meta refresh, a script setting the location."""
         self._button: list[str] | None = None
         self._button_attrs: dict[str, str] = {}
+        self._script: list[str] | None = None
 
     def handle_starttag(self, tag: str, attrs_: list[tuple[str, str | None]]) -> None:
         a = {k.lower(): (v or "") for k, v in attrs_}
         if tag == "a" and a.get("href"):
             self.links.append(a["href"])
+        if tag == "meta" and a.get("http-equiv", "").lower() == "refresh":
+            m = _REFRESH.match(a.get("content", ""))
+            if m and m.group("url").strip():
+                self.navigations.append(m.group("url").strip())
+        if tag == "script":
+            self._script = []
         if tag == "form":
             self.forms.append(_Form(a.get("action", ""), (a.get("method") or "get").lower()))
             return
@@ -93,8 +111,14 @@ class _Parser(HTMLParser):
     def handle_data(self, data: str) -> None:
         if self._button is not None:
             self._button.append(data)
+        if self._script is not None:
+            self._script.append(data)
 
     def handle_endtag(self, tag: str) -> None:
+        if tag == "script" and self._script is not None:
+            for m in _SCRIPT_NAVIGATION.finditer("".join(self._script)):
+                self.navigations.append(m.group("a") or m.group("b"))
+            self._script = None
         if tag == "button" and self._button is not None and self.forms:
             a = self._button_attrs
             label = " ".join("".join(self._button).split())
@@ -119,6 +143,16 @@ def _link_back(page: httpx.Response, redirect_uri: str) -> str | None:
     return found[0] if len(found) == 1 else None
 
 
+def _navigation(page: httpx.Response) -> str | None:
+    """Where a page that is not a redirect still sends the browser on its own (a meta refresh, a
+    script setting ``location``): a browser follows it, so the person does too."""
+    if "html" not in page.headers.get("content-type", "html"):
+        return None
+    parser = _Parser()
+    parser.feed(page.text)
+    return urljoin(str(page.url), parser.navigations[0]) if parser.navigations else None
+
+
 def _pick_button(form: _Form) -> tuple[str | None, str, str] | None:
     if not form.buttons:
         return None
@@ -139,15 +173,23 @@ class FormPerson:
         self.password = password or ""
         self.max_steps = max_steps
         # One browser: the session cookie of the first sign-in is kept, as a person's browser would.
-        self.jar = httpx.Client(follow_redirects=False, timeout=self.http.client.timeout)
+        self.jar = self.http.new_client()
 
     def close(self) -> None:
         self.jar.close()
 
     def __call__(self, authorization_url: str, redirect_uri: str) -> str:
-        server = origin(authorization_url)
+        response = self.http.request("GET", authorization_url, client=self.jar)
+        return self._walk(response, origin(authorization_url), redirect_uri)
+
+    def post(self, endpoint: str, params: list[tuple[str, str]], redirect_uri: str) -> str:
+        """The same step for an authorization request sent by POST, form-encoded (OAuth 2.1 §4.1.1,
+        OIDC Core §3.1.2.1: the authorization endpoint supports GET and POST)."""
+        response = self.http.request("POST", endpoint, data=params, client=self.jar)
+        return self._walk(response, origin(endpoint), redirect_uri)
+
+    def _walk(self, response: httpx.Response, server: str, redirect_uri: str) -> str:
         jar = self.jar
-        response = self.http.request("GET", authorization_url, client=jar)
         for _ in range(self.max_steps):
             if response.status_code in (301, 302, 303, 307, 308) and "location" in response.headers:
                 target = urljoin(str(response.url), response.headers["location"])
@@ -155,6 +197,9 @@ class FormPerson:
                     return target
                 response = self.http.request("GET", target, client=jar)
                 continue
+            navigation = _navigation(response)
+            if navigation is not None and (origin(navigation) != server or navigation.startswith(redirect_uri)):
+                return navigation  # a page that redirects the browser all the same (AZ-02)
             if response.status_code != 200:
                 back = _link_back(response, redirect_uri)
                 if back is not None:

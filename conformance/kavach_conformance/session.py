@@ -19,8 +19,8 @@ from urllib.parse import urlencode, urlsplit, urlunsplit
 import attrs
 import httpx
 
-from .http import Http, KitError, RateLimited
-from .person import PersonError, PersonStep, redirect_params
+from .http import Http, KitError, RateLimited, parse_json
+from .person import FormPerson, PersonError, PersonStep, redirect_params
 
 OIDC_SCOPES = frozenset({"openid", "profile", "email", "address", "phone", "offline_access"})
 MCP_HEADERS = {
@@ -43,6 +43,35 @@ class RegistrationFailed(KitError):
     """A registration of one of the kit's clients was refused or answered without a usable record."""
 
 
+URL_MEMBERS = (
+    "issuer",
+    "authorization_endpoint",
+    "token_endpoint",
+    "registration_endpoint",
+    "revocation_endpoint",
+    "introspection_endpoint",
+    "jwks_uri",
+)
+
+
+def mistyped_members(meta: dict[str, object]) -> list[str]:
+    """RFC 8414 §2: endpoints (and ``jwks_uri``) are URL strings, the plural ``*s_supported``
+    members (``scopes_supported`` ...) JSON arrays of strings, the ``*_parameter_supported`` flags
+    booleans (RFC 9207 §3, OIDC Discovery §3); the members present that are not."""
+    wrong = []
+    for name in URL_MEMBERS:
+        value = meta.get(name)
+        if name in meta and not (isinstance(value, str) and urlsplit(value).scheme in ("http", "https")):
+            wrong.append(f"{name} is not an http(s) URL: {str(value)[:40]!r}")
+    for name, value in meta.items():
+        if name.endswith("_parameter_supported"):
+            if not isinstance(value, bool):
+                wrong.append(f"{name} is not a boolean: {str(value)[:40]!r}")
+        elif name.endswith("s_supported") and not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+            wrong.append(f"{name} is not an array of strings: {str(value)[:40]!r}")
+    return wrong
+
+
 def well_known(issuer: str, suffix: str) -> str:
     """RFC 8414 §3.1: the well-known path inserted between the host and the issuer's path."""
     parts = urlsplit(issuer)
@@ -63,9 +92,9 @@ def new_verifier() -> str:
 
 
 def json_object(response: httpx.Response) -> dict[str, Any] | None:
-    """The answer's JSON object, or ``None`` (not JSON, or not an object)."""
+    """The answer's JSON object, or ``None`` (not JSON the kit can read, or not an object)."""
     try:
-        body = response.json()
+        body = parse_json(response)
     except ValueError:
         return None
     return body if isinstance(body, dict) else None
@@ -78,9 +107,20 @@ def jwt_payload(token: str) -> dict[str, Any] | None:
         return None
     try:
         value = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):  # RecursionError: nested too deeply to decode
         return None
     return value if isinstance(value, dict) else None
+
+
+def refresh_token_of(body: Mapping[str, Any]) -> str | None:
+    """The ``refresh_token`` of a token response (RFC 6749 §5.1: a string), ``None`` when absent;
+    :class:`BadAnswer` when it is there but not a non-empty string (a number, say)."""
+    value = body.get("refresh_token")
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise BadAnswer(f"the token response's refresh_token is not a string: {json.dumps(value)[:40]}")
+    return value
 
 
 @attrs.define
@@ -271,6 +311,15 @@ class Session:
             self.confidential = self.confidential or self._try_register(
                 "client_secret_basic", "conformance kit (confidential)"
             )
+        elif self.primary is None and register:
+            value = self.meta.get("registration_endpoint")
+            why = "lists no registration_endpoint" if value is None else "has a registration_endpoint that is not a URL"
+            wrong = mistyped_members(self.meta)
+            raise KitError(
+                f"--register: the metadata at {self.meta_source} {why}"
+                + (f" ({'; '.join(wrong)})" if wrong else "")
+                + ": give --client-id (and --client-secret) instead"
+            )
         elif self.primary is None:
             raise KitError("no client: give --client-id (and --client-secret), or --register")
 
@@ -326,6 +375,23 @@ class Session:
         except Exception as exc:  # a user-supplied person callable gave up
             return Outcome(None, None, f"{type(exc).__name__}: {exc}")
         return Outcome(final)
+
+    def attempt_post(self, params: Mapping[str, str]) -> Outcome:
+        """:meth:`attempt` with the request sent by POST. The built-in person goes on from the POST's
+        answer as from a GET's; a ``--person`` callable takes URLs only, so then the POST's first
+        answer alone is read: its redirect, or the page it shows (``final`` ``None``, its status)."""
+        url = self.endpoint("authorization_endpoint")
+        target = params.get("redirect_uri") or self.redirect_uri
+        if isinstance(self.person, FormPerson):
+            try:
+                return Outcome(self.person.post(url, list(params.items()), target))
+            except PersonError as exc:
+                return Outcome(None, exc.status, str(exc))
+        response = self.http.request("POST", url, data=params)
+        location = response.headers.get("location", "")
+        if response.status_code in (301, 302, 303, 307, 308) and location.startswith(target):
+            return Outcome(location)
+        return Outcome(None, response.status_code, f"{response.status_code} (first answer only)")
 
     def code(self, client: Client, **overrides: str | None) -> tuple[str, str, Outcome]:
         """Authorize and approve; ``(code, verifier, outcome)``, or :class:`Skip` when no code comes."""
@@ -387,7 +453,7 @@ class Session:
         body = json_object(response)
         if body is None or not isinstance(body.get("access_token"), str):
             raise BadAnswer(f"the token endpoint answered 200 without an access_token: {response.text[:200]}")
-        refresh = body.get("refresh_token")
+        refresh = body.get("refresh_token")  # one that is not a string fails TK-01 and TK-07 where checked
         return Tokens(body["access_token"], refresh if isinstance(refresh, str) else None, body.get("scope"), body)
 
     # -- revocation, introspection, resource ---------------------------------------------
@@ -430,12 +496,16 @@ class Session:
 
     def token_active(self, client: Client, token: str) -> bool | None:
         """Whether an access token still works: introspection, else the resource; ``None`` if unobservable."""
+        return self.token_state(client, token)[0]
+
+    def token_state(self, client: Client, token: str) -> tuple[bool | None, str]:
+        """:meth:`token_active` and who said so: ``introspection``, ``resource`` or ``""`` (nobody)."""
         active = self.introspect(token) if client is self.confidential else None
         if active is not None:
-            return active
+            return active, "introspection"
         if self.resource is not None and self.resource_served and self.guarded():
-            return self.call_resource(token).status_code != 401
-        return None
+            return self.call_resource(token).status_code != 401, "resource"
+        return None, ""
 
     def guarded(self) -> bool:
         """Whether the resource answers a request without a token with 401 (so a 401 means "inactive")."""
