@@ -72,7 +72,7 @@ import ssl
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, cast
+from typing import Any
 from urllib.parse import urlsplit
 
 import attrs
@@ -590,96 +590,6 @@ class _Refusals:
             self._kept[url] = (now + self.ttl, refusal)
 
 
-# -- the thread path's sockets: every blocking step ends by the deadline ---------------------
-
-
-class _DeadlineBackend:
-    """httpcore's synchronous network backend with each blocking step's timeout cut to the time
-    left before ``deadline`` (a ``time.monotonic()`` instant); past it, the step fails at once."""
-
-    def __init__(self, deadline: float) -> None:
-        import httpcore
-
-        self.deadline = deadline
-        self._inner = httpcore.SyncBackend()
-
-    def left(self, timeout: float | None, error: type[Exception]) -> float:
-        remaining = self.deadline - time.monotonic()
-        if remaining <= 0:
-            raise error("the fetch's deadline has passed")
-        return remaining if timeout is None else min(timeout, remaining)
-
-    def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,
-        local_address: str | None = None,
-        socket_options: Any = None,
-    ) -> _DeadlineStream:
-        import httpcore
-
-        stream = self._inner.connect_tcp(
-            host, port, self.left(timeout, httpcore.ConnectTimeout), local_address, socket_options
-        )
-        return _DeadlineStream(stream, self)
-
-    def connect_unix_socket(self, path: str, timeout: float | None = None, socket_options: Any = None) -> Any:
-        raise NotImplementedError("documents are fetched over TCP only")
-
-    def sleep(self, seconds: float) -> None:
-        time.sleep(max(0.0, min(seconds, self.deadline - time.monotonic())))
-
-
-class _DeadlineStream:
-    def __init__(self, inner: Any, backend: _DeadlineBackend) -> None:
-        self._inner = inner
-        self._backend = backend
-
-    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        import httpcore
-
-        data: bytes = self._inner.read(max_bytes, self._backend.left(timeout, httpcore.ReadTimeout))
-        return data
-
-    def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        import httpcore
-
-        self._inner.write(buffer, self._backend.left(timeout, httpcore.WriteTimeout))
-
-    def close(self) -> None:
-        self._inner.close()
-
-    def start_tls(
-        self, ssl_context: ssl.SSLContext, server_hostname: str | None = None, timeout: float | None = None
-    ) -> _DeadlineStream:
-        import httpcore
-
-        timeout = self._backend.left(timeout, httpcore.ConnectTimeout)
-        return _DeadlineStream(self._inner.start_tls(ssl_context, server_hostname, timeout), self._backend)
-
-    def get_extra_info(self, info: str) -> Any:
-        return self._inner.get_extra_info(info)
-
-
-def _deadline_transport(context: ssl.SSLContext, deadline: float) -> Any:
-    """An httpx transport for one fetch whose sockets obey :class:`_DeadlineBackend`.
-
-    httpx's ``HTTPTransport`` takes no network backend, so its connection pool (``_pool``, the
-    one attribute its ``handle_request`` uses, httpx 0.23 to 0.28) is replaced by an httpcore pool
-    that has one; the deadline tests fail should a release change that.
-    """
-    import httpcore
-    import httpx
-
-    transport = httpx.HTTPTransport(verify=context, retries=0)
-    transport._pool = httpcore.ConnectionPool(
-        ssl_context=context,
-        max_connections=1,
-        retries=0,
-        network_backend=cast(httpcore.NetworkBackend, _DeadlineBackend(deadline)),  # duck-typed: its methods
-    )
-    return transport
 
 
 # -- the fetcher -------------------------------------------------------------------------------
@@ -1002,7 +912,13 @@ class DocumentFetcher:
     def _fetch_pinned(self, target: _Target, addresses: list[IPAddress], deadline: float) -> Fetched:
         import httpx
 
-        transport = self._transport() if self._transport else _deadline_transport(self._tls(), deadline)
+        from .deadline import Deadline  # every blocking step ends by the deadline
+        from .deadline import transport as deadline_transport
+
+        if self._transport:
+            transport = self._transport()
+        else:
+            transport = deadline_transport(Deadline(deadline), verify=self._tls(), max_connections=1)
         last = "the connection failed"
         with httpx.Client(transport=transport, trust_env=False, follow_redirects=False) as client:
             for address in addresses:

@@ -15,9 +15,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import attrs
 import httpx
-
-from .deadline import Deadline
-from .deadline import client as deadline_client
+from kavach.deadline import Deadline, transport
 
 KEY_PARAMS = (
     "grant_type",
@@ -117,8 +115,10 @@ class Http:
         self.log: list[Exchange] = []
 
     def new_client(self) -> httpx.Client:
-        """A client of its own (a browser's cookie jar, say) keeping to the same per-exchange deadline."""
-        return deadline_client(self.timeout, self.deadline)
+        """A client of its own (a browser's cookie jar, say) keeping to the same per-exchange deadline:
+        every connect, read and write of an exchange ends by it (:mod:`kavach.deadline`)."""
+        bounded = transport(self.deadline)
+        return httpx.Client(follow_redirects=False, timeout=self.timeout, transport=bounded, trust_env=False)
 
     def close(self) -> None:
         self.client.close()
