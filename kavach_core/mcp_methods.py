@@ -50,8 +50,8 @@ Choices, and why:
   case-sensitive, but some parsers match them ignoring case (Go's ``encoding/json``, which also
   folds ``ſ`` to ``s`` and the Kelvin sign to ``k``) or ignoring NUL characters: when a member
   this map reads (``method``, ``params``, ``name``...) is spelled otherwise (``Method``,
-  ``name\u0000``), the readings where such a spelling counts as the member, first or last, are
-  required too.
+  ``name\u0000``), the readings where such a spelling counts as the member, first or last by its
+  place in the text, ignoring case, NULs or both, are required too.
 - A **batch** (JSON-RPC 2.0 §6; MCP 2025-03-26) requires every member's scopes; an array inside
   a batch is no JSON-RPC message a server should run, so it fails closed like an unknown method.
   One needing more than :data:`MAX_REQUIRED_SCOPES` scopes (many tools called by name) requires
@@ -277,18 +277,7 @@ class _Duplicate(Exception):
 
 
 _last_wins_strict = unique_members(lambda name: _Duplicate(name))
-"""Refuses a repeated member, so :func:`_readings` can read the text both ways instead."""
-
-
-def _first_wins(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        out.setdefault(key, value)
-    return out
-
-
-def _parse(text: str, hook: Callable[[list[tuple[str, Any]]], dict[str, Any]]) -> object:
-    return json.loads(text, object_pairs_hook=hook)
+"""Refuses a repeated member, so :func:`_readings` reads the text every way instead."""
 
 
 def _text(body: bytes) -> str:
@@ -301,7 +290,14 @@ def _text(body: bytes) -> str:
 
 
 _NO_DUPLICATES = json.JSONDecoder(object_pairs_hook=_last_wins_strict)
-"""Built once: the decoder ``_parse(text, _last_wins_strict)`` builds on every call."""
+"""Built once: the usual body has no repeated or respelled member and is read this way alone."""
+
+
+class _Members(list[tuple[str, Any]]):
+    """An object's members in text order, repeats and all, for :func:`_collapse` to read."""
+
+
+_EVERY_MEMBER = json.JSONDecoder(object_pairs_hook=_Members)
 
 _PLAIN_STARTS = (b"{", b"[")
 _BODY_TYPES = (bytes, bytearray, memoryview)
@@ -331,16 +327,29 @@ _PLAIN_MEMBERS = frozenset(
 """Names spelled as a message spells them: no other parser reads them as another member."""
 
 
-def _fold(name: str) -> str:
-    """``name`` as the most lenient parsers compare member names: NULs dropped, compatibility
-    forms and case folded (``METHOD``, ``ſ``, the Kelvin sign, fullwidth letters)."""
-    name = name.replace("\x00", "")
+def _fold_case(name: str) -> str:
+    """``name`` as a parser matching member names ignoring case compares it: compatibility forms
+    and case folded (``METHOD``, ``ſ``, the Kelvin sign, fullwidth letters)."""
     if name.isascii():
         return name.lower()
     return unicodedata.normalize("NFKC", name).casefold()
 
 
-_READ_FOLDS = {_fold(name): name for name in _READ_MEMBERS}
+def _drop_nuls(name: str) -> str:
+    """``name`` as a parser dropping NUL characters reads it."""
+    return name.replace("\x00", "")
+
+
+def _fold(name: str) -> str:
+    """``name`` as the most lenient parsers compare member names: NULs dropped, then case folded."""
+    return _fold_case(_drop_nuls(name))
+
+
+_FOLDS: tuple[Callable[[str], str], ...] = (_fold, _fold_case, _drop_nuls)
+"""The ways lenient parsers match member names: ignoring case and NULs (Go's encoding/json
+before go-sdk 1.3.1, mcp-go), case alone (.NET's and Jackson's case-insensitive options), NULs
+alone; :func:`_readings` reads a body each way, first-wins and last-wins."""
+_READ_FOLDS = {fold: {fold(name): name for name in _READ_MEMBERS} for fold in _FOLDS}
 
 
 _NESTED = (("params",), ("ref", "notifications"), ())
@@ -355,7 +364,7 @@ def _respelled(value: object, depth: int = 0) -> bool:
         return False
     if not _PLAIN_MEMBERS.issuperset(value):  # the usual message has plain names only: no loop here
         for key in value:
-            if key not in _PLAIN_MEMBERS and _fold(key) in _READ_FOLDS:
+            if key not in _PLAIN_MEMBERS and _fold(key) in _READ_FOLDS[_fold]:
                 return True
     for key in _NESTED[depth]:
         member = value.get(key)
@@ -364,40 +373,35 @@ def _respelled(value: object, depth: int = 0) -> bool:
     return False
 
 
-def _respell(value: object, last: bool, depth: int = 0) -> object:
-    """``value`` (a message) as a lenient parser reads it: every member whose name folds to one
-    the map reads taken as that member, the last one (``last``) or the first one in the text."""
-    if not isinstance(value, dict):
-        return value
-    out: dict[str, Any] = {}
-    for key, member in value.items():
-        name = str(key)  # JSON member names are text
-        if name not in _PLAIN_MEMBERS:
-            name = _READ_FOLDS.get(_fold(name), name)
-        if last or name not in out:
-            out[name] = _respell(member, last, depth + 1) if name in _NESTED[depth] else member
-    return out
+def _collapse(value: object, fold: Callable[[str], str] | None, last: bool) -> object:
+    """``value`` (:data:`_EVERY_MEMBER`'s reading) as one parser reads it: every object's members
+    taken in text order, a name that ``fold`` makes one the map reads taken as that member, and
+    of repeated members the ``last`` one or the first."""
+    if isinstance(value, _Members):
+        out: dict[str, Any] = {}
+        for key, member in value:
+            name = key
+            if fold is not None and key not in _PLAIN_MEMBERS:
+                name = _READ_FOLDS[fold].get(fold(key), key)
+            if last or name not in out:
+                out[name] = _collapse(member, fold, last)
+        return out
+    if isinstance(value, list):
+        return [_collapse(member, fold, last) for member in value]
+    return value
 
 
-def _respellings(readings: list[object]) -> list[object]:
-    """``readings`` and, when a message in one spells a member otherwise, the lenient readings."""
-    for document in readings:
-        if _respelled(document) or (isinstance(document, list) and any(map(_respelled, document))):
-            break
-    else:
-        return readings
-    more = [
-        [_respell(m, last) for m in document] if isinstance(document, list) else _respell(document, last)
-        for document in readings
-        for last in (True, False)
-    ]
-    return readings + more
+def _every_reading(text: str) -> list[object]:
+    """``text`` as each parser reads it: exactly or folding names each way of :data:`_FOLDS`,
+    first-wins and last-wins (RFC 8259 §4 leaves repeated names open)."""
+    members = decode_exactly(_EVERY_MEMBER, text)
+    return [_collapse(members, fold, last) for fold in (None, *_FOLDS) for last in (True, False)]
 
 
 def _readings(body: bytes) -> list[object] | None:
-    """Each plausible reading of ``body``: one, or first-wins and last-wins when members repeat,
-    and the readings of parsers that match member names leniently (:func:`_respellings`); none
-    for an empty body, ``None`` when it cannot be read as JSON."""
+    """Each plausible reading of ``body``: one when no member repeats and none the map reads is
+    spelled otherwise, else every reading of :func:`_every_reading`; none for an empty body,
+    ``None`` when it cannot be read as JSON."""
     if not isinstance(body, _BODY_TYPES):
         raise KavachError("a request body must be bytes")
     try:
@@ -408,9 +412,12 @@ def _readings(body: bytes) -> list[object] | None:
         if text is None:
             text = _text(data)
         try:
-            return _respellings([decode_exactly(_NO_DUPLICATES, text)])
+            document = decode_exactly(_NO_DUPLICATES, text)
         except _Duplicate:
-            return _respellings([_parse(text, dict), _parse(text, _first_wins)])
+            return _every_reading(text)
+        if _respelled(document) or (isinstance(document, list) and any(map(_respelled, document))):
+            return _every_reading(text)
+        return [document]
     except (ValueError, RecursionError, OverflowError, MemoryError):
         return None
 

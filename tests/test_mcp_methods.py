@@ -323,6 +323,26 @@ def test_what_a_case_insensitive_parser_reads_is_always_required(
     assert set(required_scopes(json.dumps(as_go_reads).encode())) <= required, (_text(pairs), as_go_reads)
 
 
+@pytest.mark.parametrize(
+    ("body", "needed"),
+    [
+        # Go's reading: the last of name, name<NUL>, name as they stand in the text: "admin"
+        ('{"jsonrpc":"2.0","id":1,"method":"ping","method\\u0000":"tools/call",'
+         '"params":{"name":"search","name\\u0000":"search","name":"admin"}}', "tools:call:admin"),
+        # a parser ignoring case but keeping NULs (.NET's, Jackson's option): Name is the last name
+        ('{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"search","Name":"admin","name\\u0000":"x"}}',
+         "tools:call:admin"),
+        # one dropping NULs but minding case: name<NUL> is the last name, Name is another member
+        ('{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"search","name\\u0000":"x","Name":"y"}}',
+         "tools:call:x"),
+    ],
+)
+def test_a_respelled_member_counts_where_it_stands_in_the_text(body: str, needed: str) -> None:
+    """Repeats and respellings together: each lenient parser takes the first or last member by its
+    place in the text, whichever spelling it has, and each way of matching names counts."""
+    assert needed in required_scopes(body.encode())
+
+
 def test_lenient_decoding_still_finds_the_method() -> None:
     """Bodies a lenient server might still parse are read the same way here."""
     message = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "search"}}
@@ -388,7 +408,7 @@ def test_rs_03_step_up_names_the_tool_scope_end_to_end(h: Harness) -> None:
 
 
 def _lenient_readings(body: bytes) -> list[object] | None:
-    """The reading before the fast path existed: lenient text, then a fresh decoder per parse."""
+    """The reading without the fast path: lenient text, then the decoder's own ``decode``."""
     from kavach_core import mcp_methods as mm
 
     if not body.strip():
@@ -396,9 +416,12 @@ def _lenient_readings(body: bytes) -> list[object] | None:
     try:
         text = mm._text(body)
         try:
-            return [mm._parse(text, mm._last_wins_strict)]
+            document = json.JSONDecoder(object_pairs_hook=mm._last_wins_strict).decode(text)
         except mm._Duplicate:
-            return [mm._parse(text, dict), mm._parse(text, mm._first_wins)]
+            return mm._every_reading(text)
+        if mm._respelled(document) or (isinstance(document, list) and any(map(mm._respelled, document))):
+            return mm._every_reading(text)
+        return [document]
     except (ValueError, RecursionError, OverflowError, MemoryError):
         return None
 
