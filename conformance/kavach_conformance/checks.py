@@ -17,6 +17,7 @@ from .person import FormPerson
 from .session import (
     MCP_HEADERS,
     TOOLS_LIST,
+    URL_MEMBERS,
     Client,
     Outcome,
     RegistrationFailed,
@@ -128,12 +129,7 @@ def check_metadata(s: Session, record: Record) -> None:
         )
     meta = s.meta
     required = (
-        "authorization_endpoint",
-        "token_endpoint",
-        "registration_endpoint",
-        "revocation_endpoint",
-        "introspection_endpoint",
-        "jwks_uri",
+        *(member for member in URL_MEMBERS if member != "issuer"),  # the issuer: MD-01, above
         "scopes_supported",
         "response_types_supported",
         "grant_types_supported",
