@@ -8,7 +8,8 @@ from pathlib import Path
 
 from .http import KitError
 from .report import one_line
-from .runner import KitOptions, describe, run_kit
+from .runner import KitOptions, run_kit
+from .session import describe
 
 EXIT_STATUS = (
     "Exit status: 0 when no rule failed, 1 when one did (a server answer that is missing, late, too large or "

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import traceback
 from urllib.parse import urlsplit
 
 import attrs
@@ -11,7 +10,7 @@ from .checks import ALL_CHECKS
 from .http import Http, KitError, RateLimited, origin
 from .person import FormPerson, PersonStep, load_callable
 from .report import FAIL, NA, PASS, Check, Report
-from .session import BadAnswer, Session, Skip
+from .session import Session, Skip, describe
 
 
 @attrs.define
@@ -112,8 +111,3 @@ def run_kit(options: KitOptions) -> Report:
     return report
 
 
-def describe(exc: BaseException) -> str:
-    """A check's exception as one reason: the kit's own message, else the exception's type and text."""
-    if isinstance(exc, KitError | BadAnswer):
-        return str(exc)
-    return traceback.format_exception_only(type(exc), exc)[-1].strip()

@@ -12,6 +12,7 @@ import base64
 import hashlib
 import json
 import secrets
+import traceback
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlencode, urlsplit, urlunsplit
@@ -37,6 +38,14 @@ class Skip(Exception):
 
 class BadAnswer(Exception):
     """The server answered, but not as the protocol says (a 200 without tokens, say)."""
+
+
+def describe(exc: BaseException) -> str:
+    """An exception as one reason: the kit's own message, else the exception's type and text
+    (without the notes hypothesis may add after it; printed on one line by the report)."""
+    if isinstance(exc, KitError | BadAnswer):
+        return str(exc)
+    return traceback.format_exception_only(type(exc), exc)[0].strip()
 
 
 class RegistrationFailed(KitError):

@@ -17,7 +17,6 @@ shortest replay: method, URL, status and the parameters that matter.
 from __future__ import annotations
 
 import contextlib
-import json
 import re
 import time
 from collections.abc import Iterator
@@ -32,7 +31,7 @@ from hypothesis.stateful import Bundle, RuleBasedStateMachine, initialize, invar
 
 from .http import Http, KitError, RateLimited
 from .report import FAIL, NA, PASS
-from .session import Client, Session, Skip, json_object
+from .session import BadAnswer, Client, Session, Skip, describe, json_object, refresh_token_of
 
 
 @attrs.define(eq=False)
@@ -102,11 +101,10 @@ class _Base(RuleBasedStateMachine):
             f"TK-01: a 200 token response without an access_token: {response.text[:100]!r}",
         )
         assert body is not None
-        refresh = body.get("refresh_token")
-        self.expect(
-            refresh is None or (isinstance(refresh, str) and bool(refresh)),
-            f"TK-01/TK-07: the token response's refresh_token is not a string: {json.dumps(refresh)[:40]}",
-        )
+        try:
+            refresh_token_of(body)
+        except BadAnswer as exc:
+            self.expect(False, f"TK-01/TK-07: {exc}")
         return body
 
     # -- steps ----------------------------------------------------------------------------
@@ -284,7 +282,7 @@ def run_stateful(session: Session, examples: int, steps: int = 10, *, derandomiz
         return _result(FAIL, message, exchanges, examples, started)
     except Exception as exc:  # an answer the kit could not use: the test stops, the report still prints
         exchanges = session.http.since(machine.machines[-1].mark) if machine.machines else []
-        return _result(FAIL, f"stopped: {_describe(exc)}", exchanges, examples, started)
+        return _result(FAIL, f"stopped: {describe(exc)}", exchanges, examples, started)
     rotations = sum(m.rotations for m in machine.machines)
     result = _result(
         PASS,
@@ -297,10 +295,6 @@ def run_stateful(session: Session, examples: int, steps: int = 10, *, derandomiz
     return result
 
 
-def _describe(exc: BaseException) -> str:
-    """An unexpected exception as one reason: its type and first line (hypothesis may add notes)."""
-    text = str(exc).splitlines()[0] if str(exc) else ""
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def _result(status: str, reason: str, exchanges: list[str], examples: int, started: float) -> dict[str, Any]:
