@@ -21,7 +21,7 @@ What does not pass (RFC 9110 §7.6.1, RS-04):
   client never asked for); and no cookie but the client's own, whatever ``client=`` is given:
   the proxy keeps none, so cookies the upstream sets for one person never reach it on another's
   request (a cookie is the user agent's, RFC 6265 §5.3). A ``client=`` given keeps the rest of
-  its configuration (headers, query parameters, authentication for the upstream);
+  its configuration (its own headers, authentication for the upstream, event hooks);
 - kavachOS's own cookies (the login session of the authorization server's pages), both ways: the
   client's are not sent upstream, and an upstream ``Set-Cookie`` for one of them is dropped (the
   upstream shares the authorization server's origin);

@@ -123,14 +123,6 @@ def _over_limit(declared: bytes) -> bool:
 _LIMIT_DIGITS = len(str(MAX_BODY))
 
 
-def content_length(scope: Scope) -> bytes | None:
-    """The request's ``Content-Length`` value, as the server passed it on."""
-    for name, value in scope["headers"]:
-        if name.lower() == b"content-length":
-            return bytes(value)
-    return None
-
-
 class _Headers:
     """A request's headers as the guard reads them, in one pass: the ``Authorization`` values,
     the ``Mcp-Session-Id`` values, the ``Content-Encoding`` and ``Content-Type`` values, and
@@ -177,7 +169,7 @@ class KavachEndpoint:
                 await send({"type": "websocket.close", "code": 1008})
             return
         too_large = TOO_LARGE.with_headers(cors_headers(self.server.config, scope["path"]))
-        body = await read_body(receive, send, too_large, content_length(scope))  # with CORS, as the endpoints answer
+        body = await read_body(receive, send, too_large, _Headers(scope).length)  # with CORS, as the endpoints answer
         if body is not None:
             await _send(send, await self.server.ahandle(_translate(scope, body)))
 

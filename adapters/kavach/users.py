@@ -125,11 +125,16 @@ def valid_username(username: str) -> str:
     return name
 
 
+def _normal_form(password: str) -> bytes:
+    """What :func:`hash_password` hashes: the password's UTF-8 once NFKC-normalised."""
+    return unicodedata.normalize("NFKC", password).encode("utf-8")
+
+
 def _spellings(password: str) -> tuple[bytes, ...]:
     """The octets a stored hash may have been made of: the password as typed and, when that is not
-    its NFKC form, the NFKC form (what :func:`hash_password` hashes)."""
+    its normal form, the normal form (:func:`_normal_form`)."""
     typed = password.encode("utf-8")
-    normal = unicodedata.normalize("NFKC", password).encode("utf-8")
+    normal = _normal_form(password)
     return (typed,) if normal == typed else (typed, normal)
 
 
@@ -138,8 +143,7 @@ def hash_password(password: str, *, log_n: int = DEFAULT_LOG_N) -> str:
     if not 10 <= log_n <= 20:
         raise ValueError("log_n must be between 10 and 20")
     salt = os.urandom(_SALT_BYTES)
-    normal = unicodedata.normalize("NFKC", password).encode("utf-8")
-    key = Scrypt(salt=salt, length=_KEY_BYTES, n=2**log_n, r=_R, p=_P).derive(normal)
+    key = Scrypt(salt=salt, length=_KEY_BYTES, n=2**log_n, r=_R, p=_P).derive(_normal_form(password))
     return f"scrypt${log_n}${_R}${_P}${_b64(salt)}${_b64(key)}"
 
 
