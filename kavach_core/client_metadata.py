@@ -72,10 +72,14 @@ def https_uri(name: str, value: str) -> str:
 
 
 def _redirect_host_allowed(uri: str, allowed: tuple[str, ...]) -> bool:
-    host = (urlsplit(uri).hostname or "").lower()
-    if not host:
+    """RG-03: an http(s) URI on a listed or a loopback host. A private-use scheme (RFC 8252 §7.1)
+    names no web host even when written with an authority (``com.example.app://host/``), as the
+    authorization endpoint reads it too, so an allowlist refuses it."""
+    parts = urlsplit(uri)
+    if parts.scheme not in ("http", "https"):
         return False
-    return is_loopback_host(host) or host in allowed
+    host = (parts.hostname or "").lower()
+    return bool(host) and (is_loopback_host(host) or host in allowed)
 
 
 def check_redirect_uris(ctx: Context, uris: tuple[str, ...] | None) -> tuple[str, ...]:

@@ -95,11 +95,20 @@ URLs (``password``) spell them; its value is hidden."""
 
 
 def is_loopback_host(host: str | None) -> bool:
-    """True for ``localhost`` and the IPv4/IPv6 loopback addresses (GN-01)."""
+    """True for ``localhost`` and the IPv4/IPv6 loopback addresses (GN-01): ``127.0.0.0/8`` and
+    ``::1`` as IP literals (RFC 1122 §3.2.1.3, RFC 4291 §2.5.3), bracketed or not. A name that
+    merely begins like one (``127.0.0.1.example.net`` is any DNS name) is not loopback."""
     if host is None:
         return False
-    host = host.lower().strip("[]")
-    return host in LOOPBACK_NAMES or host.startswith("127.")
+    host = host.lower()
+    if host[:1] == "[" and host[-1:] == "]":
+        host = host[1:-1]
+    if host in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 ScopeCatalogue = Mapping[str, str] | tuple[tuple[str, str], ...] | list[str] | tuple[str, ...]

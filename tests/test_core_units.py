@@ -110,6 +110,16 @@ def test_gn_01_http_issuer_elsewhere_only_when_forced() -> None:
 def test_is_loopback_host() -> None:
     assert is_loopback_host("LOCALHOST") and is_loopback_host("[::1]") and is_loopback_host("127.9.9.9")
     assert not is_loopback_host(None) and not is_loopback_host("128.0.0.1") and not is_loopback_host("example.com")
+    assert is_loopback_host("127.255.0.1") and is_loopback_host("0:0:0:0:0:0:0:1")
+    for name in ("127.attacker.example", "127.0.0.1.nip.io", "127.0.0.1.", "127.1", "2130706433", "[127.0.0.1", "::2"):
+        assert not is_loopback_host(name), name
+
+
+@pytest.mark.parametrize("issuer", ["http://127.attacker.example", "http://127.0.0.1.nip.io:8000"])
+def test_gn_01_http_issuer_on_a_name_beginning_like_loopback_is_refused(issuer: str) -> None:
+    """GN-01: plain http only on a loopback address; these are public DNS names."""
+    with pytest.raises(ConfigurationError, match="non-loopback"):
+        make_config(issuer=issuer)
 
 
 @pytest.mark.parametrize(

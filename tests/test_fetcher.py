@@ -1098,7 +1098,8 @@ def test_a_failed_lookup_leaves_no_unread_error_on_the_event_loop() -> None:
 @pytest.mark.parametrize(
     ("issuer", "allowed"),
     [("http://127.0.0.1:8000", True), ("http://localhost:8000", True), ("http://[::1]:8000", True),
-     ("https://auth.example.com", False), ("https://10.0.0.5", False)],
+     ("https://auth.example.com", False), ("https://10.0.0.5", False), ("https://127.attacker.example", False),
+     ("https://127.0.0.1.nip.io", False)],
 )
 def test_the_loopback_switch_is_only_for_an_authorization_server_on_loopback(issuer: str, allowed: bool) -> None:
     """draft-ietf-oauth-client-id-metadata-document-02 §8.6: fetching from loopback addresses only

@@ -564,6 +564,25 @@ def test_rg_03_allowed_redirect_hosts() -> None:
     refused(h, meta(redirect_uris=["com.example.app:/cb"]), "invalid_redirect_uri")
 
 
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "https://127.attacker.example/cb",  # DNS names that only begin like a loopback address
+        "https://127.0.0.1.nip.io/cb",
+        "http://127.0.0.1.example.net:8080/cb",
+        "com.evil.app://app.example.com/cb",  # a private-use scheme written with a listed host
+        "com.evil.app://localhost/cb",
+        "com.evil.app://127.0.0.1/cb",
+    ],
+)
+def test_rg_03_allowlist_reads_hosts_of_web_uris_only(uri: str) -> None:
+    """RG-03: only an http(s) URI has a web host the allowlist can admit, and "loopback" means
+    an IP literal of 127.0.0.0/8 or ::1 (or ``localhost``), never a name that starts like one."""
+    h = harness(allowed_redirect_hosts=["app.example.com"])
+    refused(h, meta(redirect_uris=[uri]), "invalid_redirect_uri")
+    assert not h.store.clients
+
+
 def test_rg_03_registered_client_is_never_marked_static(h: Harness) -> None:
     """AZ-11 relies on ``kind``: a dynamically registered client is never auto-approved."""
     resp, _ = register(h, meta())

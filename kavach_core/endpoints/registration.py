@@ -19,8 +19,9 @@ client ID metadata documents):
 
 - ``redirect_uris`` required (the only grant is ``authorization_code``), each accepted by
   :func:`kavach_core.redirect_uris.registration_problem`, and, when ``allowed_redirect_hosts`` is
-  set, on a listed host (exact, case-insensitive) or a loopback host; a private-use scheme has
-  no host and is then refused. Problems are ``invalid_redirect_uri``.
+  set, on a listed host (exact, case-insensitive) or a loopback host (an IP literal of
+  127.0.0.0/8 or ``::1``, or ``localhost``); only http and https URIs name a web host, so a
+  private-use scheme is then refused, even written with an authority. Problems are ``invalid_redirect_uri``.
 - ``client_uri``, ``logo_uri``, ``tos_uri``, ``policy_uri``: absolute https URLs with a host and
   no user information; stored and echoed, never fetched (RG-01).
 - ``token_endpoint_auth_method`` in ``none``, ``client_secret_basic``, ``client_secret_post``.
