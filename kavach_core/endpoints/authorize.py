@@ -312,7 +312,9 @@ def approve(ctx: Context, ticket: str, subject: str, scopes: tuple[str, ...] | N
 
     ``scopes``, when given, is what the person ticked: it can only narrow the request. Approving
     no scope at all grants nothing, so it ends like a refusal (``access_denied``, AZ-12): a token
-    must carry at least one scope (RFC 6749 §3.3 has no empty scope value).
+    must carry at least one scope (RFC 6749 §3.3 has no empty scope value). For the same reason a
+    resource none of whose catalogue covers a granted scope is left out of the grant: nothing was
+    consented to there, and its token would carry no scope.
     """
     if not subject:
         raise ValueError("approve needs the authenticated subject")
@@ -330,7 +332,7 @@ def approve(ctx: Context, ticket: str, subject: str, scopes: tuple[str, ...] | N
         redirect_uri=pending.redirect_uri,
         redirect_uri_given=pending.redirect_uri_given,
         code_challenge=pending.code_challenge,
-        resources=pending.resources,
+        resources=tuple(uri for uri in pending.resources if _grants_any(ctx, uri, granted)),
         scopes=granted,
         subject=subject,
         grant_id=new_id(ctx),
@@ -343,6 +345,13 @@ def approve(ctx: Context, ticket: str, subject: str, scopes: tuple[str, ...] | N
         params.append(("state", pending.state))
     params.append(("iss", ctx.config.issuer))
     return redirect_response(add_query(pending.redirect_uri, params))
+
+
+def _grants_any(ctx: Context, uri: str, granted: tuple[str, ...]) -> bool:
+    """Whether ``granted`` holds a scope of the resource ``uri``'s catalogue (a resource no longer
+    configured is kept: the token endpoint answers for it, ``invalid_target``)."""
+    resource = ctx.config.resource(uri)
+    return resource is None or bool(within(granted, resource.scope_names))
 
 
 def deny(ctx: Context, ticket: str) -> Flow[Response]:
