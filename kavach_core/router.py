@@ -10,7 +10,8 @@ Paths (all exact; an adapter passes the full request path):
   clients try (MCP 2025-11-25, "Authorization Server Metadata Discovery");
 - RFC 9728 §3.1 protected resource metadata at ``/.well-known/oauth-protected-resource`` with
   each resource's path inserted after it (the bare path for a resource at the root; MD-03).
-  When resources on different hosts share a path, the ``Host`` header picks one;
+  When resources on different hosts share a path, the ``Host`` header picks one, and among
+  resources that differ only in their query, the request's query;
 - the endpoints at the paths of ``config.endpoint(name)``.
 
 Anything else is 404 ``{"error": "not_found"}``; a method an endpoint does not take is 405 with
@@ -29,7 +30,7 @@ answers an adapter gives when the flow itself fails (a store outage).
 from __future__ import annotations
 
 from collections.abc import Callable
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 import attrs
 
@@ -120,7 +121,7 @@ def _resource_metadata(resources: tuple[ProtectedResource, ...]) -> Handler:
     def handle(ctx: Context, req: HttpRequest) -> Flow[Outcome]:
         from .endpoints import metadata
 
-        resource = _pick_by_host(resources, req.header("host"))
+        resource = _pick(resources, req)
         if resource is None:
             return _not_found()
         return (yield from metadata.resource_handler(resource)(ctx, req))
@@ -128,13 +129,18 @@ def _resource_metadata(resources: tuple[ProtectedResource, ...]) -> Handler:
     return handle
 
 
-def _pick_by_host(resources: tuple[ProtectedResource, ...], host: str | None) -> ProtectedResource | None:
-    """The resource at this path; when several share it, the one on the request's host."""
+def _pick(resources: tuple[ProtectedResource, ...], req: HttpRequest) -> ProtectedResource | None:
+    """The resource at this path; when several share it, the one on the request's host, and
+    when several share that too (they differ in their query), the one whose query the request's
+    repeats (RFC 9728 §3.1: the metadata URL keeps the resource identifier's query)."""
     if len(resources) == 1:
         return resources[0]
-    wanted = _normal_host(host or "")
-    for resource in resources:
-        if _normal_host(urlsplit(resource.uri).netloc) == wanted:
+    wanted = _normal_host(req.header("host") or "")
+    on_host = [r for r in resources if _normal_host(urlsplit(r.uri).netloc) == wanted]
+    if len(on_host) == 1:
+        return on_host[0]
+    for resource in on_host:
+        if tuple(parse_qsl(urlsplit(resource.uri).query, keep_blank_values=True)) == req.query:
             return resource
     return None
 

@@ -3,7 +3,7 @@ protected resource metadata (MD-03)."""
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 from conftest import ISSUER, OTHER_RESOURCE, RESOURCE, Harness, make_config
@@ -163,6 +163,23 @@ def test_md_03_each_resource_at_its_metadata_url() -> None:
     assert get(h, "/.well-known/oauth-protected-resource/a/b").json()["resource"] == "https://mcp.example.com/a/b"
     assert get(h, "/.well-known/oauth-protected-resource/c").json()["resource"] == "https://mcp.example.com/c"
     assert get(h, "/.well-known/oauth-protected-resource/a").status == 404
+
+
+def test_md_03_resources_differing_in_their_query_are_told_apart_by_it() -> None:
+    """RFC 9728 §3.1: the metadata URL keeps the resource's query, so two resources on one host
+    and path differing only there each answer at their own URL (and no other query is guessed)."""
+    tenants = ("https://mcp.example.com/mcp?tenant=a", "https://mcp.example.com/mcp?tenant=b%20c")
+    h = Harness(make_config(resources=[ProtectedResource(uri) for uri in tenants]))
+    for resource in h.config.resources:
+        parts = urlsplit(metadata_url(resource.uri))
+        query = parse_qsl(parts.query, keep_blank_values=True)
+        resp = h.route(h.request("GET", parts.path, query=query, headers=[("Host", "mcp.example.com")]))
+        assert isinstance(resp, Response)
+        assert resp.status == 200 and resp.json()["resource"] == resource.uri
+    for other in ("", "tenant=c", "tenant=a&tenant=b%20c"):
+        query = parse_qsl(other, keep_blank_values=True)
+        resp = h.route(h.request("GET", parts.path, query=query, headers=[("Host", "mcp.example.com")]))
+        assert isinstance(resp, Response) and resp.status == 404, other
 
 
 def test_md_03_single_resource_needs_no_host() -> None:
