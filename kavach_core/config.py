@@ -21,6 +21,9 @@ from .scopes import is_valid_scope
 
 LOOPBACK_NAMES = frozenset({"127.0.0.1", "::1", "localhost"})
 SIGNING_ALGORITHMS = ("ES256", "RS256", "EdDSA")
+KEY_PREPUBLISH = 3600
+"""Seconds before the active signing key stops signing at which its successor is generated and
+published (:data:`kavach_core.keys.PREPUBLISH`); no key signs for less (``Lifetimes.signing_key``)."""
 MAX_LIFETIME = 100 * 366 * 86400
 """The longest lifetime accepted (about a century): expiry times stay well inside 64-bit integers."""
 MAX_RATE_LIMIT = 1_000_000
@@ -263,6 +266,11 @@ class Lifetimes:
             raise ConfigurationError("lifetime consent must be at least 1 second")
         if self.signing_key < self.access_token:
             raise ConfigurationError("lifetime signing_key must be at least the access token lifetime")
+        if self.signing_key < KEY_PREPUBLISH:
+            raise ConfigurationError(
+                f"lifetime signing_key must be at least {KEY_PREPUBLISH} seconds: a key's successor is published"
+                " that long before it signs, so verifiers caching the key set know it in time"
+            )
         if self.metadata_document_max < self.metadata_document_min:
             raise ConfigurationError("metadata_document_max must be >= metadata_document_min")
 

@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from . import effects as fx
+from .config import KEY_PREPUBLISH
 from .context import Context
 from .drivers import Flow
 from .errors import KavachError
@@ -39,8 +40,9 @@ from .records import SigningKey
 PUBLISH_MARGIN = 300
 """Seconds a retired key stays published beyond the last expiry of a token it signed (clock skew)."""
 
-PREPUBLISH = 3600
-"""Seconds before the active key stops signing at which its successor is generated and published."""
+PREPUBLISH = KEY_PREPUBLISH
+"""Seconds before the active key stops signing at which its successor is generated and published
+(a key signs at least this long, so every successor is published this far ahead)."""
 
 CLOCK_SKEW = 60
 """Seconds the clocks of a cluster's instances may differ by. A key created up to this far in an

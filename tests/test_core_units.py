@@ -168,6 +168,7 @@ def test_protected_resource_is_canonical_and_describes_scopes() -> None:
         ({"refresh_idle": 100, "refresh_absolute": 99}, "refresh_absolute must be >= refresh_idle"),
         ({"consent": 0}, "consent must be at least 1 second"),
         ({"access_token": 600, "signing_key": 599}, "signing_key must be at least the access token lifetime"),
+        ({"access_token": 600, "signing_key": 3599}, "signing_key must be at least 3600 seconds"),
         ({"metadata_document_min": 100, "metadata_document_max": 99}, "metadata_document_max"),
     ],
 )

@@ -26,6 +26,7 @@ from oauth_flows import (
 )
 
 from kavach_core import effects as fx
+from kavach_core import keys
 from kavach_core.config import Lifetimes
 from kavach_core.endpoints import authorize, token
 from kavach_core.http import Response
@@ -183,11 +184,14 @@ def test_gn_03_non_form_token_requests_write_nothing(hc: Harness) -> None:
         assert effects == []
 
 
-def test_successful_redemption_writes_consume_code_and_first_key(hc: Harness) -> None:
+def test_successful_redemption_writes_the_first_key_then_consume_code(hc: Harness) -> None:
+    """The signing key is read, and the first one stored, before the code is spent: a failure at
+    that step leaves the code redeemable (RFC 6749 §4.1.2, §10.5)."""
     code = get_code(hc)
     resp, effects = trace_token(hc, code_form(code))
     assert resp.status == 200
-    assert [type(e) for e in writes(effects)] == [fx.ConsumeCode, fx.SwapSigningKeys]
+    assert [type(e) for e in writes(effects)] == [fx.SwapSigningKeys, fx.ConsumeCode]
+    assert isinstance(effects[-1], fx.ConsumeCode)
     resp, effects = trace_token(hc, code_form(get_code(hc)))
     assert [type(e) for e in writes(effects)] == [fx.ConsumeCode]
 
@@ -275,6 +279,42 @@ def test_successful_refresh_writes_one_rotation(hc: Harness) -> None:
     resp, effects = trace_token(hc, _refresh_form(rt))
     assert resp.status == 200
     assert [type(e) for e in writes(effects)] == [fx.RotateRefresh]
+    assert isinstance(effects[-1], fx.RotateRefresh)
+
+
+def test_successful_refresh_writes_a_new_key_before_the_rotation(hc: Harness) -> None:
+    """A key made during a refresh (none can sign any more) is stored before the refresh token is
+    rotated: a failure at the key step leaves the presented token current (RFC 9700 §4.14.2)."""
+    rt = tokens(hc)["refresh_token"]
+    hc.store.keys = ()
+    resp, effects = trace_token(hc, _refresh_form(rt))
+    assert resp.status == 200
+    assert [type(e) for e in writes(effects)] == [fx.SwapSigningKeys, fx.RotateRefresh]
+
+
+def test_no_signing_key_of_the_configured_alg_writes_only_the_lost_key_swap() -> None:
+    """503 ``temporarily_unavailable`` when the key swap loses to a key set with no active key of
+    ``signing_alg`` (another instance, another algorithm): the code is not consumed."""
+    h = Harness()
+    add_client(h)
+    code = get_code(h)
+    rival = keys.generate(Harness(make_config(signing_alg="EdDSA"), seed=7).ctx())
+    req = h.request("POST", "/token", form=code_form(code))
+    flow = token.handle(h.ctx(), req)
+    effect = next(flow)
+    seen: list[fx.Effect] = []
+    with pytest.raises(StopIteration) as stop:
+        while True:
+            seen.append(effect)
+            if isinstance(effect, fx.SwapSigningKeys):
+                h.store.keys = (rival,)  # the other instance's swap committed first
+            effect = flow.send(h.store.perform(effect))
+    resp = stop.value.value
+    assert isinstance(resp, Response) and resp.status == 503
+    assert resp.json()["error"] == "temporarily_unavailable" and resp.header("retry-after")
+    assert [type(e) for e in writes(seen)] == [fx.SwapSigningKeys]
+    assert h.store.keys == (rival,)
+    assert h.store.grants == {}
 
 
 def test_tk_07_reuse_writes_exactly_the_rotation_that_revokes(hc: Harness) -> None:

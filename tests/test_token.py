@@ -7,6 +7,7 @@ import json
 import re
 from typing import Any
 
+import attrs
 import pytest
 from conftest import ISSUER, OTHER_RESOURCE, RESOURCE, Harness, basic, make_config, s256
 from oauth_flows import (
@@ -27,10 +28,14 @@ from oauth_flows import (
 )
 
 from kavach_core import effects as fx
+from kavach_core import keys
 from kavach_core.config import Lifetimes
+from kavach_core.drivers import StoreUnavailable
 from kavach_core.endpoints import authorize, token
 from kavach_core.http import Response
+from kavach_core.memory_store import MemoryStore
 from kavach_core.opaque import digest
+from kavach_core.records import Grant, SigningKey
 
 SECRET = "s3cret-value"
 
@@ -588,6 +593,59 @@ def test_tk_06_token_scope_is_limited_to_the_audience_catalogue(h: Harness) -> N
     assert nxt["scope"] == "tools:list"
 
 
+def test_tk_06_a_resource_with_no_scope_approved_is_left_out_of_the_grant(h: Harness) -> None:
+    """RFC 6749 §3.3 has no empty scope: a resource of the request for which the person approved
+    nothing (only another resource's scopes) is not granted, so no token with no scope is minted."""
+    from kavach_core.config import ProtectedResource
+
+    config = make_config(
+        resources=[
+            ProtectedResource(RESOURCE, scopes={"tools:list": "", "tools:call": ""}),
+            ProtectedResource(OTHER_RESOURCE, scopes={"files:read": ""}, default_scopes=()),
+        ]
+    )
+    h = Harness(config)
+    add_client(h)
+    out = az_request(h, [*az_query(scope="tools:list files:read").items(), ("resource", OTHER_RESOURCE)])
+    code = location_params(h.run(authorize.approve(h.ctx(), out.ticket, "alice", ("files:read",))))["code"]
+    assert h.store.codes[digest(code)].resources == (OTHER_RESOURCE,)
+    assert_error(redeem(h, code, resource=RESOURCE), "invalid_target")
+    body = assert_tokens(redeem(h, code, resource=OTHER_RESOURCE))
+    assert body["scope"] == "files:read"
+    assert_error(refresh(h, body["refresh_token"], resource=RESOURCE), "invalid_target")
+
+
+def test_tk_06_a_token_with_no_scope_for_its_resource_is_never_minted(h: Harness) -> None:
+    """RFC 6749 §3.3: a refresh narrowed to another resource's scopes, or a grant stored with a
+    resource none of its scopes is for (as approval once stored them), is ``invalid_scope``, and
+    the refresh token stays current (nothing rotated)."""
+    from kavach_core.config import ProtectedResource
+
+    config = make_config(
+        resources=[
+            ProtectedResource(RESOURCE, scopes={"tools:list": ""}),
+            ProtectedResource(OTHER_RESOURCE, scopes={"files:read": ""}, default_scopes=()),
+        ]
+    )
+    h = Harness(config)
+    add_client(h)
+    out = az_request(h, [*az_query(scope="tools:list files:read").items(), ("resource", OTHER_RESOURCE)])
+    code = location_params(h.run(authorize.approve(h.ctx(), out.ticket, "alice")))["code"]
+    body = assert_tokens(redeem(h, code, resource=OTHER_RESOURCE))
+    grant = next(iter(h.store.grants.values()))
+    assert_error(refresh(h, body["refresh_token"], resource=RESOURCE, scope="files:read"), "invalid_scope")
+    assert h.store.grants[grant.grant_id] == grant
+    assert assert_tokens(refresh(h, body["refresh_token"], resource=RESOURCE))["scope"] == "tools:list"
+    # A code stored for both resources with only the other resource's scope (an older approval).
+    out = az_request(h, [*az_query(scope="files:read").items(), ("resource", OTHER_RESOURCE)])
+    code = location_params(h.run(authorize.approve(h.ctx(), out.ticket, "alice")))["code"]
+    record = h.store.codes[digest(code)]
+    h.store.codes[digest(code)] = attrs.evolve(record, resources=(RESOURCE, OTHER_RESOURCE))
+    assert_error(redeem(h, code, resource=RESOURCE), "invalid_scope")
+    assert not h.store.codes[digest(code)].consumed
+    assert assert_tokens(redeem(h, code, resource=OTHER_RESOURCE))["scope"] == "files:read"
+
+
 def test_tk_06_resource_removed_from_the_configuration_is_invalid_target(hc: Harness) -> None:
     body = tokens(hc)
     from kavach_core.config import ProtectedResource
@@ -845,3 +903,131 @@ def test_tk_09_one_signing_key_is_generated_and_reused(hc: Harness) -> None:
     tokens(hc)
     tokens(hc)
     assert len(hc.store.keys) == 1
+
+
+# -- the signing key is read before the code is spent or the refresh token rotated -------------------
+
+
+class _Outage(MemoryStore):
+    """A memory store whose backend is lost for one effect of the type ``fail`` names, once set
+    (the adapters answer the :class:`StoreUnavailable` with 503 ``temporarily_unavailable``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fail: type[fx.Effect] | None = None
+
+    def perform(self, effect: fx.Effect) -> Any:
+        if self.fail is not None and isinstance(effect, self.fail):
+            self.fail = None
+            raise StoreUnavailable("connection lost")
+        return super().perform(effect)
+
+
+class _RivalAlg(MemoryStore):
+    """While ``racing``, every key swap loses to another instance that has just stored a key set of
+    another algorithm (a rolling change of ``signing_alg``: ES256 here, EdDSA there), so the swap
+    returns a set with no active ES256 key. Deterministic: the rival's keys come from a seeded source."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.racing = True
+        self._rival = Harness(make_config(signing_alg="EdDSA"), seed=7)
+
+    def rival_key(self) -> SigningKey:
+        return keys.generate(self._rival.ctx())
+
+    def perform(self, effect: fx.Effect) -> Any:
+        if self.racing and isinstance(effect, fx.SwapSigningKeys):
+            self.keys = (self.rival_key(), *self.keys)  # committed just before ours: our compare fails
+        return super().perform(effect)
+
+
+def _grant_of(h: Harness, access_token: str) -> Grant:
+    grant = h.store.grants[jwt_parts(access_token)[1]["gid"]]
+    assert isinstance(grant, Grant)
+    return grant
+
+
+@pytest.mark.parametrize("failing", [fx.GetSigningKeys, fx.SwapSigningKeys])
+def test_tk_04_store_outage_at_the_key_read_leaves_the_code_redeemable(failing: type[fx.Effect]) -> None:
+    """The key read (or the first key's swap) fails before the code is spent: the client's retry of
+    the 503 is redeemed, not taken for a replay that revokes the grant (RFC 6749 §4.1.2, §10.5)."""
+    h = Harness()
+    h.store = store = _Outage()
+    add_client(h)
+    if failing is fx.GetSigningKeys:
+        tokens(h)  # a signing key exists: only the read is left to fail
+    code = get_code(h)
+    store.fail = failing
+    with pytest.raises(StoreUnavailable):
+        redeem(h, code)
+    assert store.fail is None  # the outage did hit the key step
+    assert not store.codes[digest(code)].consumed
+    body = assert_tokens(redeem(h, code))
+    assert not _grant_of(h, body["access_token"]).revoked
+    assert not is_revoked(h, body["access_token"])
+    assert_tokens(refresh(h, body["refresh_token"]))
+
+
+def test_tk_07_store_outage_at_the_key_read_leaves_the_refresh_token_current() -> None:
+    """The key read fails before the rotation: the same refresh token works on the retry, even past
+    the grace window, and no grant is revoked (RFC 6749 §6; RFC 9700 §4.14.2)."""
+    h = Harness()
+    h.store = store = _Outage()
+    add_client(h)
+    first = tokens(h)
+    generation = _grant_of(h, first["access_token"]).refresh_generation
+    store.fail = fx.GetSigningKeys
+    with pytest.raises(StoreUnavailable):
+        refresh(h, first["refresh_token"])
+    assert store.fail is None
+    assert _grant_of(h, first["access_token"]).refresh_generation == generation
+    h.now += h.config.refresh_grace + 1  # the retry must not depend on the grace window
+    second = assert_tokens(refresh(h, first["refresh_token"]))
+    assert not _grant_of(h, second["access_token"]).revoked
+    assert not is_revoked(h, first["access_token"])
+    assert_tokens(refresh(h, second["refresh_token"]))
+
+
+def _assert_no_signing_key(resp: Response) -> None:
+    assert_error(resp, "temporarily_unavailable", 503)
+    assert resp.header("retry-after") == token.RETRY_AFTER
+
+
+def test_tk_04_no_key_of_the_configured_alg_is_503_and_leaves_the_code_redeemable() -> None:
+    """The first key's swap loses to an instance signing with another algorithm: 503 with
+    ``Retry-After`` (RFC 9110 §15.6.4, §10.2.3), not a server error, and the code is not spent."""
+    h = Harness()
+    h.store = store = _RivalAlg()
+    add_client(h)
+    code = get_code(h)
+    _assert_no_signing_key(redeem(h, code))
+    assert not store.codes[digest(code)].consumed
+    assert store.grants == {}
+    _assert_no_signing_key(redeem(h, code))  # the key set keeps changing: still nothing spent
+    assert not store.codes[digest(code)].consumed
+    store.racing = False
+    body = assert_tokens(redeem(h, code))
+    assert jwt_parts(body["access_token"])[0]["alg"] == "ES256"
+    assert not _grant_of(h, body["access_token"]).revoked
+
+
+def test_tk_07_no_key_of_the_configured_alg_is_503_and_rotates_nothing() -> None:
+    """The other instance retired this one's key; the swap making a new ES256 key loses to it again:
+    503, the refresh token stays current and no grant is revoked."""
+    h = Harness()
+    h.store = store = _RivalAlg()
+    store.racing = False
+    add_client(h)
+    first = tokens(h)
+    store.keys = (store.rival_key(), *(attrs.evolve(k, signs_until=h.now) for k in store.keys))
+    store.racing = True
+    h.now += 1
+    before = _grant_of(h, first["access_token"])
+    _assert_no_signing_key(refresh(h, first["refresh_token"]))
+    assert _grant_of(h, first["access_token"]) == before
+    store.racing = False
+    h.now += h.config.refresh_grace + 1  # a rotation would have made this retry a reuse
+    second = assert_tokens(refresh(h, first["refresh_token"]))
+    assert not _grant_of(h, second["access_token"]).revoked
+    assert not is_revoked(h, first["access_token"])

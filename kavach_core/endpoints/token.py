@@ -3,7 +3,15 @@
 RFC 6749 §3.2, §4.1.3, §5, §6; OAuth 2.1 §4.1.3, §4.3; RFC 7636 §4.6; RFC 8707 §2.2;
 RFC 9700 §4.8 (PKCE downgrade), §4.14 (refresh token rotation). Every answer is
 ``Cache-Control: no-store`` (TK-01); a rejected request writes nothing, except the two
-revocations the rules demand: a replayed code (TK-04) and a reused refresh token (TK-07).
+revocations the rules demand, a replayed code (TK-04) and a reused refresh token (TK-07), and
+what looking its client up may write: a client ID metadata document seen for the first time is
+charged to the registration rate limit and kept (:func:`kavach_core.clients.lookup`), whether
+or not the request then succeeds.
+
+The signing key is read (and made, when none signs or rotation is due) before the step that
+spends the code (``ConsumeCode``) or rotates the refresh token (``RotateRefresh``): a request
+that fails there (a store outage, no key of ``signing_alg``) leaves the code redeemable and the
+refresh token current, so the client's retry is served, not taken for a replay.
 """
 
 from __future__ import annotations
@@ -17,13 +25,18 @@ from ..context import Context
 from ..drivers import Flow
 from ..errors import OAuthError
 from ..http import HttpRequest, Response, client_address, error_response, json_response
+from ..jose import SigningKeyPair
 from ..messages.token import TokenRequest, parse
 from ..opaque import digest, parse_refresh_token, refresh_token
-from ..records import Client, Grant
+from ..records import Client, Grant, SigningKey
 from ..resource_indicators import parse_resource
 from ..scopes import format_scope, parse_scope, uncovered, within
 
 SUPPORTED = ("authorization_code", "refresh_token")
+
+RETRY_AFTER = "5"
+"""``Retry-After`` seconds (RFC 9110 §10.2.3) of a 503 ``temporarily_unavailable``: the same wait
+the adapters ask for when the store is down."""
 
 
 def handle(ctx: Context, req: HttpRequest) -> Flow[Response]:
@@ -41,6 +54,8 @@ def handle(ctx: Context, req: HttpRequest) -> Flow[Response]:
         extra: tuple[tuple[str, str], ...] = challenge_headers(err)
         if err.status == 405:
             extra = (*extra, ("Allow", "POST"))
+        if err.status == 503:
+            extra = (*extra, ("Retry-After", RETRY_AFTER))
         return error_response(err, headers=extra)
 
 
@@ -62,6 +77,36 @@ def _one_resource(ctx: Context, requested: tuple[str, ...], held: tuple[str, ...
     return resource
 
 
+def _scopes_for(resource: ProtectedResource, scopes: tuple[str, ...]) -> tuple[str, ...]:
+    """The scopes of the token for ``resource``: those of ``scopes`` its catalogue covers (TK-06).
+    None at all is ``invalid_scope``: RFC 6749 §3.3 has no empty scope, and nothing granted is
+    for this resource (a grant stored before approval left such resources out, or a refresh
+    narrowed to another resource's scopes)."""
+    token_scopes = within(scopes, resource.scope_names)
+    if not token_scopes:
+        raise OAuthError("invalid_scope", "no scope of this grant or request is for this resource")
+    return token_scopes
+
+
+def _signing_key(ctx: Context) -> Flow[tuple[SigningKey, SigningKeyPair]]:
+    """The key that will sign the access token (RFC 9068 §4), with its loaded pair.
+
+    Read before the code is spent or the refresh token rotated, so that nothing the request
+    cannot finish is committed: a consumed code's next use is a replay that revokes the grant
+    (RFC 6749 §4.1.2, §10.5), and the store outage answered 503 must leave the step undone.
+    :func:`~kavach_core.keys.current` may store a new key (none signs yet, or a successor is due);
+    when its swap loses to an instance whose key set has no active key of this instance's
+    ``signing_alg`` (a rolling change of the algorithm), the answer is 503 (RFC 9110 §15.6.4)
+    ``temporarily_unavailable`` (RFC 6749 §4.1.2.1's code, as for a store outage) with
+    ``Retry-After`` (RFC 9110 §10.2.3), and nothing more is written.
+    """
+    keyset = yield from keys.current(ctx)
+    active = keyset.active(ctx.now, ctx.config.signing_alg)
+    if active is None:
+        raise OAuthError("temporarily_unavailable", "no signing key is available yet; try again later", status=503)
+    return active, keys.load(active)
+
+
 def _issue(
     ctx: Context,
     client: Client,
@@ -69,18 +114,18 @@ def _issue(
     resource: ProtectedResource,
     scopes: tuple[str, ...],
     refresh: str | None,
-) -> Flow[Response]:
-    keyset = yield from keys.current(ctx)
-    active = keyset.active(ctx.now, ctx.config.signing_alg)
-    assert active is not None
-    token_scopes = within(scopes, resource.scope_names)
+    signer: tuple[SigningKey, SigningKeyPair],
+) -> Response:
+    """The RFC 6749 §5.1 answer: an RFC 9068 access token for ``scopes`` (:func:`_scopes_for`)
+    signed by ``signer``, and ``refresh``."""
+    active, pair = signer
     token, claims = mint(
         ctx,
-        keys.load(active),
+        pair,
         subject=grant.subject,
         client_id=client.client_id,
         resource=resource.uri,
-        scopes=token_scopes,
+        scopes=scopes,
         grant_id=grant.grant_id,
         not_after=min(grant.expires_at, ctx.now + keys.token_lifetime(active)),  # never past the key's publication
     )
@@ -88,7 +133,7 @@ def _issue(
         "access_token": token,
         "token_type": "Bearer",
         "expires_in": claims.expires_at - ctx.now,
-        "scope": format_scope(token_scopes),
+        "scope": format_scope(scopes),
     }
     if refresh is not None:
         body["refresh_token"] = refresh
@@ -113,6 +158,7 @@ def _authorization_code(ctx: Context, client: Client, msg: TokenRequest) -> Flow
     if not record.code_challenge or not pkce.verify(msg.code_verifier, record.code_challenge):
         raise OAuthError("invalid_grant", "code_verifier does not match the code_challenge")
     resource = _one_resource(ctx, msg.resources, record.resources)
+    token_scopes = _scopes_for(resource, record.scopes)
     lifetimes = ctx.config.lifetimes
     refresh = refresh_token(ctx.config.secret, record.grant_id, 0)
     grant = Grant(
@@ -128,13 +174,14 @@ def _authorization_code(ctx: Context, client: Client, msg: TokenRequest) -> Flow
         refresh_expires_at=ctx.now + lifetimes.refresh_idle,
         rotated_at=ctx.now,
     )
-    first = (not record.consumed) and (yield fx.ConsumeCode(code_hash, grant))
-    if not first:
-        # A replay of an otherwise valid redemption: revoke what the code produced (RFC 6749 §4.1.2).
-        yield fx.RevokeGrant(record.grant_id, ctx.now)
-        raise OAuthError("invalid_grant", "the code was already used; tokens issued from it are revoked")
-    issue_refresh = "refresh_token" in client.grant_types
-    return (yield from _issue(ctx, client, grant, resource, grant.scopes, refresh if issue_refresh else None))
+    if not record.consumed:
+        signer = yield from _signing_key(ctx)  # before the code is spent: a failure here leaves it redeemable
+        if (yield fx.ConsumeCode(code_hash, grant)):
+            issue_refresh = "refresh_token" in client.grant_types
+            return _issue(ctx, client, grant, resource, token_scopes, refresh if issue_refresh else None, signer)
+    # A replay of an otherwise valid redemption: revoke what the code produced (RFC 6749 §4.1.2).
+    yield fx.RevokeGrant(record.grant_id, ctx.now)
+    raise OAuthError("invalid_grant", "the code was already used; tokens issued from it are revoked")
 
 
 def _refresh(ctx: Context, client: Client, msg: TokenRequest) -> Flow[Response]:
@@ -176,11 +223,15 @@ def _refresh(ctx: Context, client: Client, msg: TokenRequest) -> Flow[Response]:
             raise OAuthError("invalid_scope", "a refresh can only narrow the granted scope")
         scopes = asked
     resource = _one_resource(ctx, msg.resources, grant.resources)
+    scopes = _scopes_for(resource, scopes)
+    # Before the rotation, so a failure here leaves the presented token current; a superseded
+    # token's rotation above wrote nothing unless it revoked ("retried" is no write).
+    signer = yield from _signing_key(ctx)
     if rotation is None:
         rotation = yield rotate
         _check_rotation(rotation, invalid)
     assert rotation.grant is not None
-    return (yield from _issue(ctx, client, rotation.grant, resource, scopes, successor))
+    return _issue(ctx, client, rotation.grant, resource, scopes, successor, signer)
 
 
 def _check_rotation(rotation: fx.Rotation, invalid: OAuthError) -> None:
