@@ -10,6 +10,7 @@ from . import client_documents
 from . import effects as fx
 from .context import Context
 from .drivers import Flow
+from .opaque import digest
 from .records import Client
 
 
@@ -31,8 +32,10 @@ def lookup(ctx: Context, client_id: str, requester: str | None = None) -> Flow[C
         return client
     if ctx.config.client_id_metadata_documents and client_documents.looks_like_url(client_id):
         if client is None:
-            yield from _charge(ctx, requester)
-        return (yield from client_documents.resolve(ctx, client_id))
+            yield from _charge(ctx, client_id, requester)
+        client = yield from client_documents.resolve(ctx, client_id)
+        yield from _seen(ctx, client_id, 1)
+        return client
     return None
 
 
@@ -46,10 +49,24 @@ def count_registration(ctx: Context, requester: str | None) -> Flow[bool]:
     return bool((yield fx.Hit(bucket, policy.rate_limit, policy.rate_window, ctx.now)))
 
 
-def _charge(ctx: Context, requester: str | None) -> Flow[None]:
+def _charge(ctx: Context, client_id: str, requester: str | None) -> Flow[None]:
     """One registration (:func:`count_registration`) for a document client not known here yet:
     such a client registers by being fetched, and without a limit anyone could make this server
     fetch URL after URL (holding its fetch slots). A client already stored and refetched when its
-    copy expires is not charged."""
+    copy expires is not charged, nor is one whose document was fetched and kept within the
+    current rate window although its copy has since been purged (:func:`_seen`)."""
+    if (yield from _seen(ctx, client_id, 0)):
+        return
     if not (yield from count_registration(ctx, requester)):
         raise client_documents.refused("too many new clients from this address; try again later")
+
+
+def _seen(ctx: Context, client_id: str, step: int) -> Flow[bool]:
+    """Whether the document ``client_id`` was fetched and accepted in the registration rate
+    window now running; ``step=1`` records that it just was. Counted in a bucket of its own,
+    named by the URL's digest, so the mark outlives the purge of the client's expired copy."""
+    policy = ctx.config.registration
+    if policy.rate_limit == 0:
+        return False
+    bucket = f"document:{digest(client_id)}"
+    return not (yield fx.Hit(bucket, 0, policy.rate_window, ctx.now, step=step))

@@ -128,7 +128,8 @@ def test_cm_01_authorize_fetches_validates_caches_and_asks_for_consent(docs: Doc
     assert isinstance(out, ConsentRequired), out
     assert docs.fetches == [URL]
     kinds = [type(e).__name__ for e in docs.effects]
-    assert kinds == ["GetClient", "Hit", "FetchDocument", "PutClient", "PutPending"]
+    # the first sight is charged (its mark read, then the count), then marked once accepted
+    assert kinds == ["GetClient", "Hit", "Hit", "FetchDocument", "PutClient", "Hit", "PutPending"]
     stored = docs.h.store.clients[URL]
     assert stored.kind == "document" and stored.token_endpoint_auth_method == "none"
     assert stored.redirect_uris == (REDIRECT,) and stored.client_name == "Example MCP Client"
@@ -219,6 +220,15 @@ def test_rg_03_a_document_client_not_known_yet_costs_its_requester_one_registrat
     h.now += 301
     assert isinstance(authorize_as(URL, attacker), ConsentRequired)
     assert d.fetches == [*unknown[:3], URL, URL]
+    # A client fetched in this rate window is not charged again once the purge has removed its
+    # expired copy (it would be, client after client, every purge): fill the address's count to
+    # the limit, purge, and the known client still fetches while a new one is refused.
+    h.now += 301
+    h.store.purge(h.now)
+    assert URL not in h.store.clients
+    refused_page(authorize_as(unknown[3], attacker), "too many new clients")
+    assert isinstance(authorize_as(URL, attacker), ConsentRequired)
+    assert d.fetches == [*unknown[:3], URL, URL, URL]
     # Callers whose address is not known share one bucket, as registrations do.
     nameless = [f"https://n{i}.attacker.example/c.json" for i in range(4)]
     for url in nameless[:3]:
@@ -356,7 +366,8 @@ def test_cm_01_redirect_uri_not_in_the_document_is_refused_without_redirecting(d
     assert isinstance(out, Response) and out.status == 400 and out.header("location") is None
     assert out.view is not None and "redirect_uri is not registered" in out.view.description
     # The (valid) document is cached; no authorization is pending.
-    assert [type(e).__name__ for e in writes(docs.effects)] == ["Hit", "PutClient"]  # counted, then cached
+    # its mark read (a Hit of step 0), counted, cached, then marked as seen
+    assert [type(e).__name__ for e in writes(docs.effects)] == ["Hit", "Hit", "PutClient", "Hit"]
     assert docs.h.store.pending == {} and docs.h.store.codes == {}
 
 
