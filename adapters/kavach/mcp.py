@@ -17,7 +17,11 @@ the single audience equal to this resource's canonical URI (RS-04/RS-05), the li
 the store, revocation; the SDK's ``get_access_token()`` then works in tools (its ``token`` empty).
 :func:`auth_settings` turns on ``validate_token_resource`` too (the SDK compares the audience the
 verifier reports). The SDK's own middleware leaves the ``Authorization`` header on the request its
-app sees, and can answer a store outage only with a 500: the guard below does neither.
+app sees, and can answer a store outage only with a 500: the guard below does neither. Where
+``mount`` does not put kavach's paths in front (an MCP server on an origin of its own), the
+protected resource metadata and the 401 challenges are the SDK's too: its metadata lists no
+``scopes_supported`` (MD-03) and no ``resource_name``, and its challenge names no ``scope`` and
+says ``invalid_token`` even to a request that sent no token (RS-02). The guard serves kavach's.
 
 **kavach's guard around the SDK's app** (audience and per-method scopes; recommended)::
 
