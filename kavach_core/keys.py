@@ -13,6 +13,18 @@
 - Every change to the stored set is a compare-and-set (:class:`~kavach_core.effects.SwapSigningKeys`),
   so with many processes a rotation is decided once.
 - ``kid`` is the RFC 7638 thumbprint of the public key, so every process agrees on it.
+- Each algorithm's keys rotate on their own. During a rolling change of ``signing_alg``
+  instances configured for different algorithms share one store: each starts, rotates and
+  retires only keys of its own algorithm, so the other's key keeps signing for the instances
+  configured with it and the JWKS publishes both (RFC 7517 §5 lets a set hold keys of many
+  algorithms; RFC 7515 §4.1.4 ``kid`` tells a verifier which one signed).
+- A stored record this process cannot load (:func:`load` raises) never signs here: it is not in
+  the JWKS (it could verify nothing; RFC 9068 §4 has resource servers verify with the published
+  keys), so it is never :meth:`KeySet.active` either, and a key of this instance's algorithm that
+  cannot be loaded is retired at the next change of the set, not dropped: a load can fail in one
+  process only (a ``cryptography``/OpenSSL build lacking the curve, a FIPS provider refusing
+  Ed25519), and tokens another process signed with it must verify until they expire. The outcome
+  of a load, success or failure, is kept per process, so the token endpoint parses no PEM per request.
 
 Keys for ES256 and Ed25519 are derived from the injected entropy source; RSA keys come from
 ``cryptography``'s generator (OpenSSL's CSPRNG), since deriving RSA primes from a byte stream
@@ -23,6 +35,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Mapping
+from typing import TypeVar
 
 import attrs
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -53,7 +66,13 @@ key). A successor is published :data:`PREPUBLISH` seconds ahead, so it may sign 
 
 _P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
 _CACHE_SIZE = 64
-_loaded: dict[tuple[str, str, bytes], SigningKeyPair] = {}
+_CacheKey = tuple[str, str, bytes]
+_V = TypeVar("_V")
+_loaded: dict[_CacheKey, SigningKeyPair] = {}
+_unloadable: dict[_CacheKey, str] = {}
+"""Records :func:`load` refused, with the reason. The key set is read on every token request and a
+retired record stays stored until its publication ends, so the same broken record comes back
+often: it is refused again without parsing its PEM again."""
 _loaded_lock = threading.Lock()
 
 
@@ -105,7 +124,7 @@ def generate(
     )
     lifetime = ctx.config.lifetimes
     tokens = lifetime.access_token if token_lifetime is None else token_lifetime
-    return SigningKey(
+    record = SigningKey(
         kid=jwk_thumbprint(key.public_key()),
         alg=alg,
         private_pem=pem,
@@ -113,6 +132,10 @@ def generate(
         signs_until=start + lifetime.signing_key,
         publish_until=_published_until(start + lifetime.signing_key, tokens),
     )
+    # Loaded once here (and kept, so its first token parses nothing): a key this process could not
+    # load would never be active, so current() would store another one on every request.
+    load(record)
+    return record
 
 
 def _published_until(stops_signing: int, tokens: int) -> int:
@@ -124,12 +147,27 @@ def _published_until(stops_signing: int, tokens: int) -> int:
 def load(record: SigningKey) -> SigningKeyPair:
     """The usable key pair of a stored key (parsed once per process).
 
-    Raises :class:`~kavach_core.jose.JoseError` when the record does not hold a key of its ``alg``.
+    Raises :class:`~kavach_core.jose.JoseError` when the record does not hold a key of its ``alg``
+    (the algorithm is fixed by the key, never by a token header: RFC 8725 §3.1). A refusal is
+    remembered like a success, so a broken record costs one parse per process, not one per request.
     """
     cache_key = (record.kid, record.alg, record.private_pem)
     pair = _loaded.get(cache_key)
     if pair is not None:
         return pair
+    refused = _unloadable.get(cache_key)
+    if refused is not None:
+        raise JoseError(refused)
+    try:
+        pair = _parse(record)
+    except JoseError as exc:
+        _remember(_unloadable, cache_key, str(exc))
+        raise
+    _remember(_loaded, cache_key, pair)
+    return pair
+
+
+def _parse(record: SigningKey) -> SigningKeyPair:
     try:
         key = serialization.load_pem_private_key(record.private_pem, password=None)
     except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
@@ -137,15 +175,26 @@ def load(record: SigningKey) -> SigningKeyPair:
     if not isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey):
         raise JoseError(f"stored signing key {record.kid} has an unsupported type")
     check_key_matches_alg(record.alg, key)
-    pair = SigningKeyPair(record.kid, record.alg, key)
+    return SigningKeyPair(record.kid, record.alg, key)
+
+
+def _remember(cache: dict[_CacheKey, _V], cache_key: _CacheKey, value: _V) -> None:
     with _loaded_lock:
-        if len(_loaded) >= _CACHE_SIZE:
-            _loaded.clear()
-        _loaded[cache_key] = pair
-    return pair
+        if len(cache) >= _CACHE_SIZE:
+            cache.clear()
+        cache[cache_key] = value
 
 
-_public: dict[tuple[str, str, bytes], VerifyingKey] = {}
+def usable(record: SigningKey) -> bool:
+    """Whether this process can sign with ``record`` (:func:`load` succeeds); cached like :func:`load`."""
+    try:
+        load(record)
+    except JoseError:
+        return False
+    return True
+
+
+_public: dict[_CacheKey, VerifyingKey] = {}
 
 
 def verifying(record: SigningKey) -> VerifyingKey:
@@ -154,10 +203,7 @@ def verifying(record: SigningKey) -> VerifyingKey:
     found = _public.get(cache_key)
     if found is None:
         found = load(record).public
-        with _loaded_lock:
-            if len(_public) >= _CACHE_SIZE:
-                _public.clear()
-            _public[cache_key] = found
+        _remember(_public, cache_key, found)
     return found
 
 
@@ -169,10 +215,17 @@ class KeySet:
 
     def active(self, now: int, alg: str) -> SigningKey | None:
         """The newest key of ``alg`` that may sign at ``now`` (one created up to :data:`CLOCK_SKEW`
-        seconds ahead included: another instance's clock may run ahead of this one's)."""
+        seconds ahead included: another instance's clock may run ahead of this one's).
+
+        A record that cannot be loaded (:func:`usable`) is passed over: it is not in the JWKS, so
+        a token it signed would verify nowhere (RFC 9068 §4), and choosing it would fail every
+        token request while :func:`current` saw no reason to make a key. Only the newest records
+        are tried, each from the load cache, so the usual call parses nothing.
+        """
         start = now + CLOCK_SKEW
         candidates = [k for k in self.records if k.alg == alg and k.created_at <= start and now < k.signs_until]
-        return max(candidates, key=lambda k: k.created_at, default=None)
+        candidates.sort(key=lambda k: k.created_at, reverse=True)  # stable: the first stored of a tie wins
+        return next((k for k in candidates if usable(k)), None)
 
     def signer(self, now: int, alg: str) -> SigningKeyPair | None:
         """The loaded pair of :meth:`active`, or ``None``."""
@@ -283,34 +336,52 @@ def _live(records: tuple[SigningKey, ...], now: int) -> tuple[SigningKey, ...]:
 
 
 def current(ctx: Context) -> Flow[KeySet]:
-    """The key set, with a key able to sign now.
+    """The key set, with a key of the configured ``signing_alg`` able to sign now.
 
-    Generates a key when none can sign, and a successor when the active key stops signing
-    within :data:`PREPUBLISH` seconds and none is published yet; each change is decided once,
-    cluster-wide. The usual call performs one read and no write.
+    Generates a key, signing at once, when no usable key of that algorithm can sign (none yet, or
+    the one stored cannot be loaded), and a successor when the active key stops signing within
+    :data:`PREPUBLISH` seconds and no usable one is published yet; each change is decided once,
+    cluster-wide (a compare-and-set on the stored kids). The usual call performs one read and no
+    write.
+
+    Only keys of this instance's algorithm are retired: every key of it when none can sign (a key
+    created beyond :data:`CLOCK_SKEW` ahead, one that cannot be loaded), and at any change one
+    that cannot be loaded. A key of another algorithm signs for the instances configured with it
+    (a rolling change of ``signing_alg``) and is left as it is, published until its own
+    ``publish_until`` (RFC 9068 §4: until its tokens have expired); were it retired, those
+    instances would retire this one's key in turn, and every request would make a key that signs
+    unannounced. Every swap drops the keys whose publication has ended, so the stored set holds,
+    per algorithm, at most the keys of one rotation period and those whose tokens may still be live.
     """
     now = ctx.now
     alg = ctx.config.signing_alg
     records: tuple[SigningKey, ...] = tuple((yield fx.GetSigningKeys()))
     keyset = KeySet(records)
     active = keyset.active(now, alg)
+    if active is not None:
+        if active.signs_until - now > PREPUBLISH:
+            return keyset
+        if any(k.alg == alg and k.created_at >= active.signs_until and usable(k) for k in records):
+            return keyset
+    lifetime = _longest_token_lifetime(ctx, records)
     if active is None:
-        lifetime = _longest_token_lifetime(ctx, records)
         fresh = generate(ctx, token_lifetime=lifetime)
-        kept = tuple(_retire(k, now, lifetime) for k in _live(records, now))
-        return (yield from _store(records, (fresh, *_live(kept, now))))
-    if active.signs_until - now > PREPUBLISH:
-        return keyset
-    if any(k.alg == alg and k.created_at >= active.signs_until for k in records):
-        return keyset
-    successor = generate(ctx, start=active.signs_until, token_lifetime=_longest_token_lifetime(ctx, records))
-    return (yield from _store(records, (successor, *_live(records, now))))
+    else:
+        fresh = generate(ctx, start=active.signs_until, token_lifetime=lifetime)
+    kept = tuple(
+        _retire(k, now, lifetime) if k.alg == alg and (active is None or not usable(k)) else k
+        for k in _live(records, now)
+    )
+    return (yield from _store(records, (fresh, *_live(kept, now))))
 
 
 def rotate(ctx: Context) -> Flow[KeySet]:
     """Retire every signing key now and start signing with a new one (``kavach keys rotate``).
 
-    Tokens the retired keys signed keep verifying until they expire (RFC 9068 §4). When another
+    Every key, of every algorithm: an operator rotates when a key may be exposed, and after a
+    rolling change of ``signing_alg`` this withdraws the old algorithm's key from signing at once
+    (instances still configured with it start a new one of it, as :func:`current` does when none
+    signs). Tokens the retired keys signed keep verifying until they expire (RFC 9068 §4). When another
     process changes the key set between this one's read and its swap (publishing a successor,
     rotating too), the swap is tried again on what it stored, up to :data:`ROTATE_ATTEMPTS`
     times, so the key this rotation made is the one signing when it returns; else

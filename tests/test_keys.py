@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+import warnings
 from typing import Any
 
 import attrs
 import pytest
 from conftest import RESOURCE, START, Harness, make_config
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from joserfc import jwt as jose_jwt
 from joserfc.jwk import KeySet as JoseKeySet
+from oauth_flows import add_client, get_code, jwt_parts, redeem
 from token_kit import mint, put_grant, verifying
 
 from kavach_core import access_tokens, keys
 from kavach_core import effects as fx
-from kavach_core.config import Lifetimes
+from kavach_core.config import Config, Lifetimes
+from kavach_core.context import Context
 from kavach_core.drivers import Flow
 from kavach_core.endpoints import jwks
 from kavach_core.jose import JoseError, VerifyingKey
@@ -177,8 +184,6 @@ def test_a_token_never_outlives_its_keys_publication() -> None:
     """A server restarted with a longer access-token lifetime signs with a key published for
     shorter tokens: its tokens are cut to what the key records, until a key made for the
     longer lifetime signs."""
-    from oauth_flows import add_client, get_code, redeem
-
     h = Harness(make_config())
     h.run(keys.current(h.ctx()))
     key = h.store.keys[0]
@@ -291,16 +296,19 @@ def test_a_key_created_beyond_the_skew_does_not_sign_and_is_dropped_only_beyond_
     assert (future.kid in {k["kid"] for k in keyset.jwks(h.now)["keys"]}) is kept
 
 
-def test_changing_the_configured_algorithm_starts_a_key_of_that_algorithm(h: Harness) -> None:
+def test_changing_the_configured_algorithm_starts_a_key_of_that_algorithm_and_leaves_the_other(h: Harness) -> None:
+    """An instance configured for EdDSA finds only an ES256 key: it starts an EdDSA key, signing at
+    once as a first key does, and leaves the ES256 key exactly as stored, still signing for the
+    instances configured with ES256; the JWKS publishes both (RFC 7517 §5)."""
     h.run(keys.current(h.ctx()))
     es = h.store.keys[0]
     h.config = make_config(signing_alg="EdDSA")
     keyset = h.run(keys.current(h.ctx()))
     ed = keyset.active(h.now, "EdDSA")
-    assert ed is not None and ed.alg == "EdDSA"
-    assert keyset.active(h.now, "ES256") is None
-    retired = next(k for k in h.store.keys if k.kid == es.kid)
-    assert retired.signs_until == h.now and retired.publish_until > h.now
+    assert ed is not None and ed.alg == "EdDSA" and ed.created_at == h.now
+    assert keyset.active(h.now, "ES256") == es
+    assert set(h.store.keys) == {es, ed}
+    assert {k["kid"] for k in keyset.jwks(h.now)["keys"]} == {es.kid, ed.kid}
 
 
 def test_algorithm_is_fixed_by_the_stored_key(h: Harness) -> None:
@@ -327,6 +335,319 @@ def test_unloadable_record_is_left_out_of_the_key_set(h: Harness) -> None:
     keyset = KeySet((bad, good))
     assert set(keyset.verifying_keys(h.now)) == {good.kid}
     assert [k["kid"] for k in keyset.jwks(h.now)["keys"]] == [good.kid]
+
+
+# -- a stored record that cannot be loaded never signs ------------------------------------------
+
+
+def _p384_pem() -> bytes:
+    key = ec.derive_private_key(12345, ec.SECP384R1())  # fixed: the test needs no randomness
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+GARBAGE_PEM = b"-----BEGIN PRIVATE KEY-----\nnope\n-----END PRIVATE KEY-----\n"
+
+
+def _served_jwks(h: Harness) -> dict[str, Any]:
+    response = h.run(jwks.handle(h.ctx(), h.request("GET", "/jwks.json")))
+    assert response.status == 200
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def _assert_verifies_with_the_jwks(h: Harness, token: str) -> None:
+    """``token`` verifies against the JWKS served now: by this library's verifier, with the keys a
+    guard reads, and by an independent one (joserfc) with the JWKS document itself."""
+    alg = jwt_parts(token)[0]["alg"]
+    doc = _served_jwks(h)
+    assert access_tokens.verify(token, verifying(h), issuer=h.config.issuer, resource=RESOURCE, now=h.now).subject
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # joserfc flags EdDSA as superseded by RFC 9864's Ed25519
+        decoded = jose_jwt.decode(token, JoseKeySet.import_key_set(doc), algorithms=[alg])
+    assert decoded.claims["aud"] == RESOURCE
+
+
+@pytest.mark.parametrize("pem", [_p384_pem(), GARBAGE_PEM], ids=["p384-stored-as-es256", "garbage"])
+def test_an_unloadable_active_key_is_replaced_and_the_next_token_request_succeeds(h: Harness, pem: bytes) -> None:
+    """The active record cannot be loaded (a P-384 key stored as ES256, a PEM that is no key): it is
+    out of the JWKS, so it must not sign either. The next token request gets a token from a new key
+    of the configured algorithm, which the JWKS publishes; the broken record is retired (it may
+    load in another process, whose tokens then keep verifying there until they expire) and is
+    gone from the store at the first change after its publication ends."""
+    add_client(h)
+    assert redeem(h, get_code(h)).status == 200
+    (good,) = h.store.keys
+    broken = attrs.evolve(good, private_pem=pem)
+    h.store.keys = (broken,)
+    with pytest.raises(JoseError):
+        keys.load(broken)
+    assert KeySet(h.store.keys).jwks(h.now)["keys"] == []
+    h.now += 86400  # a day on: before, still the same broken key, every token request failing
+
+    response = redeem(h, get_code(h))
+    assert response.status == 200, response.body
+    token = response.json()["access_token"]
+    fresh = KeySet(h.store.keys).active(h.now, "ES256")
+    assert fresh is not None and fresh.kid != broken.kid and fresh.created_at == h.now
+    assert jwt_parts(token)[0]["kid"] == fresh.kid
+    assert [k["kid"] for k in _served_jwks(h)["keys"]] == [fresh.kid]
+    _assert_verifies_with_the_jwks(h, token)
+    retired = next(k for k in h.store.keys if k.kid == broken.kid)
+    assert retired.signs_until == h.now
+    assert retired.publish_until == h.now + h.config.lifetimes.access_token + keys.PUBLISH_MARGIN
+
+    h.now = retired.publish_until
+    h.run(keys.rotate(h.ctx()))
+    assert broken.kid not in {k.kid for k in h.store.keys}
+
+
+def test_an_unloadable_record_is_parsed_once_per_process_not_per_request(
+    h: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The token endpoint chooses its key on every request: a broken record (here created in this
+    instance's near future, so it is tried before the good key) is refused from the load cache after
+    its first parse, and the good key is never parsed again."""
+    add_client(h)
+    assert redeem(h, get_code(h)).status == 200
+    (good,) = h.store.keys
+    broken = attrs.evolve(good, kid="broken", private_pem=GARBAGE_PEM, created_at=h.now + keys.CLOCK_SKEW)
+    h.store.keys = (broken, good)
+    parsed: list[bytes] = []
+    parse = keys.serialization.load_pem_private_key
+
+    def counting(data: bytes, password: bytes | None) -> Any:
+        parsed.append(data)
+        return parse(data, password)
+
+    monkeypatch.setattr(keys.serialization, "load_pem_private_key", counting)
+    for _ in range(5):
+        h.now += 1
+        response = redeem(h, get_code(h))
+        assert response.status == 200
+        assert jwt_parts(response.json()["access_token"])[0]["kid"] == good.kid
+        assert [k["kid"] for k in _served_jwks(h)["keys"]] == [good.kid]
+    assert parsed == [GARBAGE_PEM]
+    assert set(h.store.keys) == {broken, good}, "a usable key signs: nothing was written"
+
+
+def test_an_unloadable_successor_is_replaced_by_a_usable_one_before_it_would_sign(h: Harness) -> None:
+    """A successor that cannot be loaded does not count as published: a usable one is published
+    :data:`~kavach_core.keys.PREPUBLISH` ahead as usual, and the broken one, which never signed,
+    is dropped (RFC 9068 §4 needs it for no token)."""
+    h.run(keys.current(h.ctx()))
+    (first,) = h.store.keys
+    h.now = first.signs_until - keys.PREPUBLISH
+    broken = attrs.evolve(first, kid="broken", private_pem=GARBAGE_PEM, created_at=first.signs_until)
+    h.store.keys = (broken, first)
+    keyset = h.run(keys.current(h.ctx()))
+    assert keyset.active(h.now, "ES256") == first
+    successor = next(k for k in h.store.keys if k.kid not in (first.kid, "broken"))
+    assert successor.created_at == first.signs_until and keys.load(successor).kid == successor.kid
+    assert {k.kid for k in h.store.keys} == {first.kid, successor.kid}
+    h.now = first.signs_until
+    assert KeySet(h.store.keys).active(h.now, "ES256") == successor
+
+
+def test_a_key_this_process_cannot_load_is_never_stored(h: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    """:func:`~kavach_core.keys.generate` loads the key it made before anyone stores it: one this
+    process could not load would never be active here, so every request would store another.
+    The request fails instead, and the set does not grow."""
+
+    def refuse(alg: str, key: object) -> None:
+        raise JoseError(f"key does not fit algorithm {alg}")
+
+    monkeypatch.setattr(keys, "check_key_matches_alg", refuse)
+    monkeypatch.setattr(keys, "_loaded", {})  # the seeded keys below were loaded by earlier tests
+    for _ in range(3):
+        with pytest.raises(JoseError):
+            h.run(keys.current(h.ctx()))
+    assert not h.store.keys
+
+
+# -- instances configured with different algorithms share one store -------------------------------
+
+
+def _as(h: Harness, config: Config) -> Harness:
+    """``h`` as seen by an instance configured with ``config`` (same store, clock and entropy)."""
+    h.config = config
+    return h
+
+
+@pytest.mark.parametrize(("old", "new"), [("ES256", "EdDSA"), ("EdDSA", "RS256")])
+def test_a_rolling_change_of_algorithm_makes_one_key_per_algorithm_not_one_per_request(
+    h: Harness, old: str, new: str
+) -> None:
+    """A load balancer alternates token requests between instances configured for ``old`` and for
+    ``new`` on one store. Each keeps signing with the one key of its algorithm: two keys in all, not
+    a new key per request (before: each retired the other's key and started one, signing at once,
+    unannounced, and the JWKS grew by one key per request). Every token verifies against the JWKS."""
+    configs = (make_config(signing_alg=old), make_config(signing_alg=new))
+    add_client(h)
+    issued: list[str] = []
+    for i in range(30):
+        h.now += 7
+        _as(h, configs[i % 2])
+        response = redeem(h, get_code(h))
+        assert response.status == 200, response.body
+        token = response.json()["access_token"]
+        assert jwt_parts(token)[0]["alg"] == configs[i % 2].signing_alg
+        issued.append(token)
+    assert sorted(k.alg for k in h.store.keys) == sorted((old, new))
+    assert len({jwt_parts(t)[0]["kid"] for t in issued}) == 2
+    assert len(_served_jwks(h)["keys"]) == 2
+    for token in issued:
+        _assert_verifies_with_the_jwks(h, token)
+
+
+def test_alternating_algorithms_for_many_periods_rotate_each_on_schedule_and_stay_bounded(h: Harness) -> None:
+    """ES256 and EdDSA instances alternate for five rotation periods (keys signing four hours here,
+    a request every 25 minutes, so each algorithm is asked within every PREPUBLISH window): each
+    algorithm makes its first key and then one successor per period, published PREPUBLISH seconds
+    before it signs; the stored set never holds more than three keys per algorithm (active,
+    successor, one retired whose tokens may still be live); every token verifies until it expires."""
+    lifetimes = Lifetimes(signing_key=4 * 3600)
+    configs = tuple(make_config(signing_alg=alg, lifetimes=lifetimes) for alg in ("ES256", "EdDSA"))
+    made: dict[str, SigningKey] = {}
+    issued: list[tuple[str, int]] = []
+    end = h.now + 5 * lifetimes.signing_key
+    i = 0
+    while h.now < end:
+        h.now += 25 * 60
+        _as(h, configs[i % 2])
+        token, claims = mint(h)
+        issued.append((token, claims.expires_at))
+        for record in h.store.keys:
+            made.setdefault(record.kid, record)
+        for alg in ("ES256", "EdDSA"):
+            assert sum(k.alg == alg for k in h.store.keys) <= 3
+        i += 1
+    for alg in ("ES256", "EdDSA"):
+        ordered = sorted((k for k in made.values() if k.alg == alg), key=lambda k: k.created_at)
+        assert len(ordered) == 6, "the first key, and one successor per period"
+        for before, after in itertools.pairwise(ordered):
+            assert after.created_at == before.signs_until, "each successor follows its predecessor"
+    for token, expires_at in issued[-2:]:  # the last token of each algorithm
+        h.now = expires_at - 1
+        _assert_verifies_with_the_jwks(h, token)
+
+
+def test_the_other_algorithms_key_stays_published_exactly_until_its_tokens_expire(h: Harness) -> None:
+    """The rolling change ends: the last ES256 instance signs, then only EdDSA instances remain.
+    They never change the ES256 key; its token verifies until it expires; the key leaves the JWKS
+    at its ``publish_until`` and the store at the next change of the set after that."""
+    es_config, ed_config = make_config(signing_alg="ES256"), make_config(signing_alg="EdDSA")
+    _as(h, es_config)
+    h.run(keys.current(h.ctx()))
+    (es,) = h.store.keys
+    h.now += 10 * 86400
+    _as(h, ed_config)
+    h.run(keys.current(h.ctx()))
+    ed = next(k for k in h.store.keys if k.alg == "EdDSA")
+    _as(h, es_config)
+    last_token, last = mint(h)
+    assert jwt_parts(last_token)[0]["kid"] == es.kid
+    _as(h, ed_config)
+    checkpoints = [last.expires_at - 1, es.signs_until - keys.PREPUBLISH, es.signs_until, es.publish_until - 1,
+                   es.publish_until, ed.signs_until - keys.PREPUBLISH]
+    for moment in checkpoints:
+        h.now = moment
+        if h.now == last.expires_at - 1:
+            _assert_verifies_with_the_jwks(h, last_token)
+        published = {k["kid"] for k in _served_jwks(h)["keys"]}  # the JWKS endpoint runs current()
+        assert (es.kid in published) is (h.now < es.publish_until)
+        if h.now < ed.signs_until - keys.PREPUBLISH:
+            assert next(k for k in h.store.keys if k.kid == es.kid) == es, "left exactly as stored"
+    assert es.publish_until == es.signs_until + h.config.lifetimes.access_token + keys.PUBLISH_MARGIN
+    assert len(h.store.keys) == 2, "the EdDSA key's successor was published"
+    assert es.kid not in {k.kid for k in h.store.keys}
+
+
+@pytest.mark.parametrize(("old", "new"), [("ES256", "EdDSA"), ("EdDSA", "ES256")])
+def test_first_keys_of_two_algorithms_racing_are_decided_once_each(h: Harness, old: str, new: str) -> None:
+    """Instances of two algorithms both find the store empty and both swap: the compare-and-set
+    keeps the first swap only; the second instance gets the winner's set (no key of its algorithm:
+    the token endpoint answers 503, nothing spent) and its next call adds its key, keeping the
+    winner's. Two keys, each stored once."""
+    configs = make_config(signing_alg=old), make_config(signing_alg=new)
+    a = keys.current(Context(configs[0], h.now, h.entropy))
+    b = keys.current(Context(configs[1], h.now, h.entropy))
+    swap_a = a.send(h.store.perform(next(a)))
+    swap_b = b.send(h.store.perform(next(b)))
+    won = _finish(h, a, h.store.perform(swap_a))
+    lost = _finish(h, b, h.store.perform(swap_b))
+    assert won == lost == KeySet(h.store.keys)
+    assert [k.alg for k in h.store.keys] == [old]
+    assert lost.active(h.now, new) is None
+    again = h.run(keys.current(Context(configs[1], h.now, h.entropy)))
+    assert sorted(k.alg for k in h.store.keys) == sorted((old, new))
+    assert again.active(h.now, old) == won.active(h.now, old)
+    assert again.active(h.now, new) is not None
+
+
+def test_two_instances_of_one_algorithm_racing_beside_anothers_key_store_one_key(h: Harness) -> None:
+    """An ES256 key is stored; two EdDSA instances race to start the EdDSA key: one key is stored,
+    both return it, and the ES256 key is untouched."""
+    h.run(keys.current(h.ctx()))
+    (es,) = h.store.keys
+    _as(h, make_config(signing_alg="EdDSA"))
+    first, second = _race(h, keys.current)
+    (ed,) = (k for k in h.store.keys if k.alg == "EdDSA")
+    assert first == second == KeySet(h.store.keys)
+    assert first.active(h.now, "EdDSA") == ed and first.active(h.now, "ES256") == es
+    assert len(h.store.keys) == 2
+
+
+def test_successors_of_two_algorithms_due_together_are_each_published_once(h: Harness) -> None:
+    """Both algorithms' keys enter their last PREPUBLISH seconds together and the two instances
+    race: the compare-and-set keeps one successor, the other is published on the loser's next call,
+    and neither instance publishes a second one."""
+    es_config, ed_config = make_config(signing_alg="ES256"), make_config(signing_alg="EdDSA")
+    h.run(keys.current(Context(es_config, h.now, h.entropy)))
+    h.run(keys.current(Context(ed_config, h.now, h.entropy)))
+    ends = {k.alg: k.signs_until for k in h.store.keys}
+    h.now = max(ends.values()) - keys.PREPUBLISH
+    a = keys.current(Context(es_config, h.now, h.entropy))
+    b = keys.current(Context(ed_config, h.now, h.entropy))
+    swap_a = a.send(h.store.perform(next(a)))
+    swap_b = b.send(h.store.perform(next(b)))
+    _finish(h, a, h.store.perform(swap_a))
+    _finish(h, b, h.store.perform(swap_b))
+    assert len(h.store.keys) == 3
+    for _ in range(3):
+        h.now += 1
+        h.run(keys.current(Context(es_config, h.now, h.entropy)))
+        h.run(keys.current(Context(ed_config, h.now, h.entropy)))
+    assert len(h.store.keys) == 4
+    for alg in ("ES256", "EdDSA"):
+        successors = [k for k in h.store.keys if k.alg == alg and k.created_at == ends[alg]]
+        assert len(successors) == 1
+
+
+def test_rotating_retires_the_keys_of_every_algorithm_and_each_stays_published_for_its_tokens(h: Harness) -> None:
+    """``kavach keys rotate`` (here configured for EdDSA) retires every key, the ES256 one too (an
+    operator rotates when a key may be exposed, and after a rolling change this ends the old
+    algorithm's key). Each stays published for its tokens; an instance still configured for ES256
+    starts one new ES256 key."""
+    es_config, ed_config = make_config(signing_alg="ES256"), make_config(signing_alg="EdDSA")
+    _as(h, es_config)
+    es_token, es_claims = mint(h)
+    _as(h, ed_config)
+    ed_token, ed_claims = mint(h)
+    old = {k.kid for k in h.store.keys}
+    h.now += 30
+    h.run(keys.rotate(h.ctx()))
+    for record in h.store.keys:
+        if record.kid in old:
+            assert record.signs_until == h.now
+            assert record.publish_until == h.now + h.config.lifetimes.access_token + keys.PUBLISH_MARGIN
+    _as(h, es_config)
+    mint(h)
+    assert sorted(k.alg for k in h.store.keys if k.kid not in old) == ["ES256", "EdDSA"]
+    for token, claims in ((es_token, es_claims), (ed_token, ed_claims)):
+        h.now = claims.expires_at - 1
+        _assert_verifies_with_the_jwks(h, token)
 
 
 # -- the JWKS endpoint ---------------------------------------------------------------------
