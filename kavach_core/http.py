@@ -6,6 +6,7 @@ An adapter builds an :class:`HttpRequest` from its framework's request and turns
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -62,14 +63,26 @@ metadata documents for clients not known yet, are rate-limited per value."""
 
 
 def client_address(req: HttpRequest) -> str | None:
-    """The adapter-supplied peer address (:data:`CLIENT_ADDRESS_HEADER`), or ``None``."""
+    """The adapter-supplied peer (:data:`CLIENT_ADDRESS_HEADER`) as the per-address limits count
+    it, or ``None``: an IPv4 address as itself, also when it arrives IPv4-mapped (``::ffff:a.b.c.d``
+    from a dual-stack listener, RFC 4291 §2.5.5.2); an IPv6 address as its /64, the prefix one
+    host is normally given whole (RFC 4291 §2.5.4; RFC 6177 §2), which it could otherwise rotate
+    through one address per attempt; anything else (no IP address) as it is."""
     values = req.header_values(CLIENT_ADDRESS_HEADER)
     if len(values) != 1:
         return None
     value = values[0].strip()
     if not value or len(value) > 128:
         return None
-    return value
+    try:
+        address = ipaddress.ip_address(value)
+    except ValueError:
+        return value
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address)
 
 
 @attrs.frozen

@@ -519,6 +519,19 @@ def test_rg_03_rate_limited_per_client_address() -> None:
     assert register(h, meta(), headers=a)[0].status == 201
 
 
+def test_rg_03_an_ipv6_host_is_counted_by_its_64_and_a_mapped_ipv4_as_itself() -> None:
+    """One IPv6 host normally holds a whole /64 (RFC 4291 §2.5.4): counted per address, it
+    could register without limit by changing its source address; an IPv4 address reaching a
+    dual-stack listener IPv4-mapped is the same client as without the mapping."""
+    h = harness(rate_limit=2, rate_window=60)
+    same_64 = [f"2001:db8:5:6:{i:x}::{i + 1:x}" for i in range(3)]
+    assert [register(h, meta(), headers=[(ADDRESS, a)])[0].status for a in same_64] == [201, 201, 429]
+    assert register(h, meta(), headers=[(ADDRESS, "2001:db8:5:7::1")])[0].status == 201, "another /64"
+    v4 = ["192.0.2.9", "::ffff:192.0.2.9", "::FFFF:c000:209"]
+    assert [register(h, meta(), headers=[(ADDRESS, a)])[0].status for a in v4] == [201, 201, 429]
+    assert register(h, meta(), headers=[(ADDRESS, "192.0.2.10")])[0].status == 201, "IPv4 is per address"
+
+
 def test_rg_03_without_an_address_everyone_shares_a_bucket() -> None:
     h = harness(rate_limit=1, rate_window=60)
     assert register(h, meta())[0].status == 201

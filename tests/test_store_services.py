@@ -8,6 +8,8 @@ Needs the services of tests/services.py (skipped elsewhere, failing in CI, when 
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import shutil
 import socket
 import subprocess
@@ -256,6 +258,39 @@ def test_pg_signing_keys_are_sealed_with_the_store_key(tmp_path: Path, admin: ps
     with pytest.raises(StoreKeyError):
         store.perform(fx.GetSigningKeys())
     store.close()
+
+
+@pytest.mark.parametrize(
+    ("damage", "says"),
+    [(b"\xff\xfe not text", "not a sealed value"), (b"AAAA", "cut short"), (b"", "cut short")],
+    ids=["not-ascii", "short", "empty"],
+)
+def test_pg_a_damaged_sealed_key_is_a_store_outage_not_a_wrong_key(
+    tmp_path: Path, admin: psycopg.Connection[Any], damage: bytes, says: str
+) -> None:
+    """A value that begins like a sealed key but is none is damage, answered 503 like any damaged
+    record (a ``StoreUnavailable``), never a crash and never blamed on the store key."""
+    store = services.postgres_store(tmp_path, store_key=STORE_KEY)
+    store.perform(fx.SwapSigningKeys((), (key("k1"),)))
+    admin.execute(f'UPDATE "{store.schema}".signing_keys SET private_pem = %s', (SEALED_PREFIX + damage,))
+    with pytest.raises(StoreUnavailable, match=says) as caught:
+        store.perform(fx.GetSigningKeys())
+    assert not isinstance(caught.value, StoreKeyError)
+    store.close()
+
+
+def test_redis_a_damaged_sealed_key_is_a_store_outage(tmp_path: Path) -> None:
+    services.require("redis")
+    store = services.redis_store(tmp_path, store_key=STORE_KEY)
+    store.perform(fx.SwapSigningKeys((), (key("k1"),)))
+    client = redis.Redis.from_url(services.REDIS_URL)
+    raw = client.get(store.prefix + "keys")
+    assert raw is not None
+    records = json.loads(raw)
+    records[0]["private_pem"] = base64.urlsafe_b64encode(SEALED_PREFIX + b"\xff%%").decode().rstrip("=")
+    client.set(store.prefix + "keys", json.dumps(records))
+    with pytest.raises(StoreUnavailable, match="damaged"):
+        store.perform(fx.GetSigningKeys())
 
 
 def test_store_key_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

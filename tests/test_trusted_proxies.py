@@ -37,6 +37,27 @@ def test_a_trusted_proxy_names_the_client_for_the_per_address_limit(tmp_path: Pa
         assert _register(served.issuer, "198.51.100.1, 203.0.113.7") == 429
 
 
+def test_a_dual_stack_listener_still_recognises_an_ipv4_proxy(tmp_path: Path) -> None:
+    """``--host ::`` sees an IPv4 balancer as ``::ffff:127.0.0.1`` (RFC 4291 §2.5.5.2): it is the
+    same proxy, so its X-Forwarded-For still names each client."""
+    args = ["--host", "::", "--trusted-proxies", "127.0.0.1"]
+    with serve(tmp_path, config_toml=LIMITED, extra_args=args) as served:
+        issuer = f"http://127.0.0.1:{served.port}"
+        assert [_register(issuer, f"203.0.113.{i}") for i in range(1, 5)] == [201] * 4
+        assert _register(issuer, "203.0.113.1") == 201
+        assert _register(issuer, "203.0.113.1") == 429
+
+
+def test_forwarded_allow_ips_adds_the_mapped_form_of_ipv4_entries() -> None:
+    from kavach.cli import forwarded_allow_ips
+
+    given = ("10.0.0.5", "10.1.0.0/16", "192.0.2.7/32", "::1", "2001:db8::/32")
+    assert forwarded_allow_ips(given) == [
+        "10.0.0.5", "::ffff:10.0.0.5", "10.1.0.0/16", "::ffff:10.1.0.0/112", "192.0.2.7/32", "::ffff:192.0.2.7/128",
+        "::1", "2001:db8::/32",
+    ]
+
+
 def test_without_trusted_proxies_the_header_is_ignored(tmp_path: Path) -> None:
     with serve(tmp_path, config_toml=LIMITED) as served:
         assert "X-Forwarded-For" not in served.output()

@@ -26,6 +26,7 @@ import argparse
 import contextlib
 import errno
 import getpass
+import ipaddress
 import json
 import logging
 import os
@@ -34,7 +35,7 @@ import socket
 import stat
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, NoReturn
 
@@ -830,7 +831,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             # X-Forwarded-For only from the configured proxies, and then only for the client's
             # address (the per-address limits): every URL comes from the issuer, never a header.
             proxy_headers=bool(settings.trusted_proxies),
-            forwarded_allow_ips=list(settings.trusted_proxies),
+            forwarded_allow_ips=forwarded_allow_ips(settings.trusted_proxies),
         )
         _banner(settings, instance)
         server_class(config).run(sockets=[sock])
@@ -838,6 +839,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
         sock.close()
         instance.close()
     return 0
+
+
+def forwarded_allow_ips(proxies: Iterable[str]) -> list[str]:
+    """uvicorn's ``forwarded_allow_ips`` for the trusted ``proxies`` (checked addresses and
+    networks): each IPv4 entry also in its IPv4-mapped IPv6 form (RFC 4291 §2.5.5.2), as a
+    dual-stack listener (``--host ::``) sees an IPv4 balancer; uvicorn compares addresses as
+    they come, so without it the balancer would not be recognised and every client behind it
+    would share one per-address count."""
+    out: list[str] = []
+    for entry in proxies:
+        out.append(entry)
+        network = ipaddress.ip_network(entry, strict=False)
+        if isinstance(network, ipaddress.IPv4Network):
+            mapped = f"::ffff:{network.network_address}"
+            out.append(mapped if "/" not in entry else f"{mapped}/{96 + network.prefixlen}")
+    return out
 
 
 # -- entry point ---------------------------------------------------------------------------

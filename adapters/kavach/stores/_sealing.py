@@ -26,12 +26,24 @@ from collections.abc import Mapping
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from kavach_core.drivers import StoreUnavailable
+
 from ._codec import b64d, b64e
 
-__all__ = ["ENV_VAR", "SEALED_PREFIX", "KeySealer", "StoreKeyError", "sealer_from"]
+__all__ = ["ENV_VAR", "SEALED_PREFIX", "DamagedSealError", "KeySealer", "StoreKeyError", "sealer_from"]
 
 ENV_VAR = "KAVACH_STORE_KEY"
 SEALED_PREFIX = b"kavach-sealed-v1:"
+
+
+_NONCE = 12
+_TAG = 16
+"""AES-GCM's nonce and tag lengths as sealed here (NIST SP 800-38D §5.2.1.1, §5.2.1.2)."""
+
+
+class DamagedSealError(StoreUnavailable):
+    """A stored value that begins like a sealed key but is none (written by hand, cut short):
+    answered like a damaged record, as an outage (503), and told apart from a wrong store key."""
 
 
 class StoreKeyError(Exception):
@@ -59,13 +71,21 @@ class KeySealer:
         self._aead = AESGCM(_parse_key(key))
 
     def seal(self, kid: str, pem: bytes) -> bytes:
-        nonce = os.urandom(12)
+        nonce = os.urandom(_NONCE)
         return SEALED_PREFIX + b64e(nonce + self._aead.encrypt(nonce, pem, kid.encode())).encode("ascii")
 
     def open(self, kid: str, stored: bytes) -> bytes:
-        blob = b64d(stored[len(SEALED_PREFIX) :].decode("ascii"))
+        """The PEM sealed in ``stored``; :class:`DamagedSealError` when it is no sealed value at
+        all (not base64url, shorter than a nonce and a tag), :class:`StoreKeyError` when it is one
+        that this store key does not open."""
         try:
-            return self._aead.decrypt(blob[:12], blob[12:], kid.encode())
+            blob = b64d(stored[len(SEALED_PREFIX) :].decode("ascii"))
+        except (UnicodeDecodeError, binascii.Error, ValueError) as exc:
+            raise DamagedSealError(f"signing key {kid!r} is damaged in the store: not a sealed value") from exc
+        if len(blob) < _NONCE + _TAG:
+            raise DamagedSealError(f"signing key {kid!r} is damaged in the store: its sealed value is cut short")
+        try:
+            return self._aead.decrypt(blob[:_NONCE], blob[_NONCE:], kid.encode())
         except InvalidTag as exc:
             raise StoreKeyError(f"signing key {kid!r} was sealed with another store key") from exc
 
