@@ -428,9 +428,13 @@ def test_serve_prints_where_to_connect_and_how_to_log_in() -> None:
         assert "authorization" in preflight.headers["access-control-allow-headers"].lower()
         assert "access-control-allow-credentials" not in preflight.headers
         seen = httpx.post(served.mcp_url, json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"}, timeout=10,
-                          headers={"Origin": "https://inspector.example"})
+                          headers={"Origin": "http://localhost:6274"})  # an inspector on loopback: allowed
         assert seen.status_code == 401 and seen.headers["access-control-allow-origin"] == "*"
         assert "www-authenticate" in seen.headers["access-control-expose-headers"].lower()
+        foreign = httpx.post(served.mcp_url, json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"}, timeout=10,
+                             headers={"Origin": "https://inspector.example"})  # not allowed: a readable 403
+        assert foreign.status_code == 403 and foreign.headers["access-control-allow-origin"] == "*"
+        assert foreign.json()["error"] == "origin_not_allowed"
         # Any other path is the server's own JSON 404: no redirect (built from a Host header)
         for method, path in (("POST", "/token/"), ("POST", "/mcp/"), ("GET", "/MCP"), ("GET", "//mcp")):
             other = httpx.request(method, served.issuer + path, headers={"Host": "evil.example"}, timeout=10)
@@ -562,6 +566,35 @@ def test_grants_list_and_revoke_end_to_end(shared_db: str) -> None:
         assert "revoked" in ok(["grants", "list", "--db", shared_db])
         assert tools_list(served.mcp_url, tokens["access_token"]).status_code == 401
         assert refresh(served.issuer, tokens, served.mcp_url).json()["error"] == "invalid_grant"
+
+
+def test_serve_checks_the_origin_of_browser_pages_and_no_host(shared_db: str) -> None:
+    """MCP 2025-11-25 transports, "Security Warning": an ``Origin`` present and not allowed is
+    refused 403 (readable by the page: CORS answers every origin); the issuer's own, loopback ones
+    and those of ``--allowed-origins`` pass, as does a request without one. ``Host`` is not
+    checked: a proxy in front sends its own."""
+    allowed = "https://inspector.example"
+    with serve(extra_args=["--db", shared_db, "--allowed-origins", allowed + "/"]) as served:
+        assert f"Browser pages may call /mcp also from:       {allowed}" in served.output()
+        token = obtain_tokens(served.issuer, served.mcp_url)["access_token"]
+
+        def call(**headers: str) -> httpx.Response:
+            return httpx.post(
+                served.mcp_url, timeout=10, headers={"Authorization": f"Bearer {token}",
+                                                     "Accept": "application/json, text/event-stream", **headers},
+                json={"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+                    "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}},
+            )
+
+        for origin in (allowed, "HTTPS://Inspector.Example:443", "http://localhost:5173", "http://127.0.0.1:1",
+                       served.issuer):
+            assert call(Origin=origin).status_code == 200, origin
+        assert call().status_code == 200, "no Origin: not a page"
+        for origin in ("https://evil.example", "https://inspector.example.evil", "null", "http://127.attacker.example"):
+            refused = call(Origin=origin)
+            assert refused.status_code == 403 and refused.json()["error"] == "origin_not_allowed", origin
+            assert refused.headers["access-control-allow-origin"] == "*"
+        assert call(Host="10.0.0.7:8000").status_code == 200, "a proxy's own Host is served all the same"
 
 
 def test_users_remove_revokes_their_grants(shared_db: str) -> None:

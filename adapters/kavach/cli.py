@@ -152,6 +152,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="load balancers (IP addresses or networks, comma separated) whose X-Forwarded-For names the client "
         "for the per-address limits (KAVACH_TRUSTED_PROXIES; default: none, the socket peer is the client)",
     )
+    serve.add_argument(
+        "--allowed-origins", metavar="ORIGINS",
+        help="web origins (comma separated, e.g. https://app.example.com; '*' for any) of browser pages that may call "
+        "/mcp besides the issuer's and loopback ones (KAVACH_ALLOWED_ORIGINS); a request from another is refused 403",
+    )
     serve.set_defaults(handler=cmd_serve)
 
     users = commands.add_parser("users", help="manage the local sign-in accounts", description="Local accounts.")
@@ -242,7 +247,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         name: getattr(args, name, None)
         for name in (
             "host", "port", "issuer", "db", "store", "upstream", "config", "allow_insecure_http", "log_level",
-            "trusted_proxies",
+            "trusted_proxies", "allowed_origins",
         )
     }
     documents = {
@@ -672,6 +677,8 @@ def _banner(settings: Settings, instance: Instance) -> None:
     ]
     if settings.trusted_proxies:
         lines.append(f"  Client address from X-Forwarded-For of:      {', '.join(settings.trusted_proxies)}")
+    if settings.allowed_origins:
+        lines.append(f"  Browser pages may call /mcp also from:       {', '.join(settings.allowed_origins)}")
     if not instance.users.store.usernames():
         add = f"  {_command()} users add NAME{_store_option(instance)}"
         if instance.kind == "memory" or instance.path == ":memory:":  # no other process can reach it
@@ -691,7 +698,8 @@ def _cross_origin(app: Any) -> Any:
     preflight is answered before the guard (it carries no token), and every answer, the guard's
     401/403 challenges included, lets the page read it. Any origin, never credentials: the token
     travels in ``Authorization``, so no cookie of this origin is ever sent or needed (as MD-04
-    does for the authorization server's endpoints)."""
+    does for the authorization server's endpoints). Which origins may then call is
+    :func:`kavach.origins.require_origin`'s to decide, inside this (so its 403 is readable too)."""
     from starlette.middleware.cors import CORSMiddleware
 
     return CORSMiddleware(
@@ -712,6 +720,7 @@ def build_app(instance: Instance, fetch_policy: Any) -> Any:
     from starlette.applications import Starlette
     from starlette.routing import Route
 
+    from .origins import OriginPolicy, require_origin
     from .server import AuthorizationServer
     from .starlette import KavachEndpoint, KavachGuard, mount
 
@@ -734,10 +743,11 @@ def build_app(instance: Instance, fetch_policy: Any) -> Any:
     else:
         from .demo import DemoApp
 
-        demo = DemoApp(settings.issuer_url)
+        demo = DemoApp()
         inner = demo.app
         startup.append(demo.lifespan)
-    guard = _cross_origin(KavachGuard(inner, server, settings.resource_url))
+    policy = OriginPolicy(settings.issuer_url, settings.allowed_origins)
+    guard = _cross_origin(require_origin(KavachGuard(inner, server, settings.resource_url), policy))
 
     @asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:

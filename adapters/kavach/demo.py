@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from urllib.parse import urlsplit
 
 from mcp.server.mcpserver import MCPServer
 from mcp.server.transport_security import TransportSecuritySettings
@@ -49,15 +48,13 @@ def build_server() -> MCPServer:
     return server
 
 
-def transport_security(issuer: str) -> TransportSecuritySettings:
-    """DNS-rebinding protection that admits the issuer's own host as well as loopback."""
-    parts = urlsplit(issuer)
-    hosts = ["127.0.0.1:*", "localhost:*", "[::1]:*"]
-    origins = ["http://127.0.0.1:*", "http://localhost:*", "http://[::1]:*"]
-    if parts.netloc not in hosts:
-        hosts.extend([parts.netloc, f"{parts.hostname}:*" if ":" not in (parts.hostname or "") else parts.netloc])
-        origins.append(f"{parts.scheme}://{parts.netloc}")
-    return TransportSecuritySettings(enable_dns_rebinding_protection=True, allowed_hosts=hosts, allowed_origins=origins)
+def transport_security() -> TransportSecuritySettings:
+    """The SDK's DNS-rebinding check turned off: ``kavach serve`` checks ``Origin`` itself, in
+    front of the guard, for the demo and an upstream alike, against the origins it is configured
+    to allow (:mod:`kavach.origins`; MCP 2025-11-25 transports, "Security Warning"). The SDK's
+    check would also refuse those origins (403), and any ``Host`` but loopback and the issuer's,
+    as a proxy in front may send (421)."""
+    return TransportSecuritySettings(enable_dns_rebinding_protection=False)
 
 
 class DemoApp:
@@ -68,10 +65,10 @@ class DemoApp:
     lifespans of routed sub-applications.
     """
 
-    def __init__(self, issuer: str) -> None:
+    def __init__(self) -> None:
         self.server = build_server()
         # Building the Starlette app creates the session manager; only the manager is used.
-        self.server.streamable_http_app(transport_security=transport_security(issuer))
+        self.server.streamable_http_app(transport_security=transport_security())
         self.manager = self.server.session_manager
         self.app: ASGIApp = self.manager.handle_request
 

@@ -19,6 +19,7 @@ The TOML file::
     signing_alg = "ES256"         # KAVACH_SIGNING_ALG
     log_level = "info"            # KAVACH_LOG_LEVEL
     trusted_proxies = ["10.0.0.5", "10.1.0.0/16"]   # KAVACH_TRUSTED_PROXIES (comma separated)
+    allowed_origins = ["https://inspector.example"]  # KAVACH_ALLOWED_ORIGINS (comma separated); "*": any
 
     [lifetimes]                   # seconds; KAVACH_<NAME>_LIFETIME, e.g. KAVACH_ACCESS_TOKEN_LIFETIME
     access_token = 600            # 1 s to 1 day
@@ -66,6 +67,11 @@ store also needs ``KAVACH_STORE_KEY`` in the environment (never in this file): s
 ``X-Forwarded-For`` names the client, for the per-address limits (sign-in, registration). A
 request from any other peer is counted by its socket address and its ``X-Forwarded-For`` is
 ignored; with none configured (the default) no request's header is read.
+
+``allowed_origins``: the web origins (``https://app.example.com``) of browser pages, besides the
+issuer's own and loopback ones, that may call the MCP endpoint; ``"*"`` allows any (a token is
+still required). A request carrying another ``Origin`` is refused with 403
+(:mod:`kavach.origins`).
 """
 
 from __future__ import annotations
@@ -94,6 +100,9 @@ from kavach_core.config import (
 from kavach_core.errors import ConfigurationError
 from kavach_core.resource_indicators import host_problem
 
+from .origins import ANY as ANY_ORIGIN
+from .origins import serialise
+
 DEFAULT_HOST = "127.0.0.1"
 _EVERY_INTERFACE = frozenset({"0.0.0.0", "::", ""})  # noqa: S104 - recognised here, never bound
 DEFAULT_PORT = 8000
@@ -103,7 +112,7 @@ LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 
 _TOP_KEYS = frozenset(
     {"host", "port", "issuer", "db", "store", "upstream", "allow_insecure_http", "refresh_grace", "signing_alg",
-     "log_level", "trusted_proxies", "lifetimes", "resource", "registration", "documents"}
+     "log_level", "trusted_proxies", "allowed_origins", "lifetimes", "resource", "registration", "documents"}
 )
 _LIFETIME_KEYS = tuple(f.name for f in attrs.fields(Lifetimes))
 _RESOURCE_KEYS = frozenset({"name", "scopes", "default_scopes"})
@@ -141,6 +150,8 @@ class Settings:
     log_level: str = "info"
     trusted_proxies: tuple[str, ...] = ()
     """Addresses and networks whose ``X-Forwarded-For`` is believed (see the module docstring)."""
+    allowed_origins: tuple[str, ...] = ()
+    """Web origins whose pages may call the MCP endpoint, serialised, or ``*`` (module docstring)."""
     lifetimes: Mapping[str, int] = attrs.field(factory=dict)
     resource_name: str = "kavachOS demo MCP server"
     scopes: tuple[tuple[str, str], ...] = DEFAULT_MCP_SCOPES
@@ -271,6 +282,24 @@ def _proxies(label: str, value: object) -> tuple[str, ...]:
     return tuple(out)
 
 
+def _origins(label: str, value: object) -> tuple[str, ...]:
+    """Allowed web origins, from a list or a comma/space separated string, each serialised
+    (:func:`kavach.origins.serialise`) or ``*``; ``label`` says where the value came from."""
+    if isinstance(value, str):
+        items = value.replace(",", " ").split()
+    elif isinstance(value, list) and all(isinstance(v, str) for v in value):
+        items = [v.strip() for v in value]
+    else:
+        raise SettingsError(f"{label} must be a list of origins like https://app.example.com")
+    out: list[str] = []
+    for item in items:
+        normal = ANY_ORIGIN if item == ANY_ORIGIN else serialise(item.rstrip("/") if item.count("/") == 3 else item)
+        if normal is None:
+            raise SettingsError(f"{label}: {item!r} is not an origin (scheme://host[:port], http or https) or '*'")
+        out.append(normal)
+    return tuple(out)
+
+
 def _port(value: int, source: str) -> int:
     if not 0 < value < 65536:
         raise SettingsError(f"{source}: port must be between 1 and 65535, not {value}")
@@ -374,6 +403,8 @@ def _from_toml(path: str) -> dict[str, Any]:
         out["allow_insecure_http"] = _bool("allow_insecure_http", data["allow_insecure_http"], src)
     if "trusted_proxies" in data:
         out["trusted_proxies"] = _proxies(f"{src}: trusted_proxies", data["trusted_proxies"])
+    if "allowed_origins" in data:
+        out["allowed_origins"] = _origins(f"{src}: allowed_origins", data["allowed_origins"])
     if "lifetimes" in data:
         table = data["lifetimes"]
         if not isinstance(table, dict):
@@ -468,7 +499,8 @@ _PLAIN_VARIABLES = ("host", "issuer", "db", "store", "upstream", "signing_alg", 
 ENVIRONMENT = frozenset(
     {f"KAVACH_{key.upper()}" for key in _PLAIN_VARIABLES}
     | {f"KAVACH_{key.upper()}_LIFETIME" for key in _LIFETIME_KEYS}
-    | {"KAVACH_PORT", "KAVACH_REFRESH_GRACE", "KAVACH_ALLOW_INSECURE_HTTP", "KAVACH_TRUSTED_PROXIES"}
+    | {"KAVACH_PORT", "KAVACH_REFRESH_GRACE", "KAVACH_ALLOW_INSECURE_HTTP", "KAVACH_TRUSTED_PROXIES",
+       "KAVACH_ALLOWED_ORIGINS"}
     | {"KAVACH_DEFAULT_SCOPES", "KAVACH_REGISTRATION", "KAVACH_CONFIG", "KAVACH_STORE_KEY"}
     | {f"KAVACH_DOCUMENT_{key}" for key in ("ALLOW_HOSTS", "DENY_HOSTS", "CA_BUNDLE", "ALLOW_LOOPBACK")}
 )
@@ -499,6 +531,8 @@ def _from_env(environ: Mapping[str, str]) -> dict[str, Any]:
         )
     if "KAVACH_TRUSTED_PROXIES" in environ:
         out["trusted_proxies"] = _proxies("KAVACH_TRUSTED_PROXIES", environ["KAVACH_TRUSTED_PROXIES"])
+    if "KAVACH_ALLOWED_ORIGINS" in environ:
+        out["allowed_origins"] = _origins("KAVACH_ALLOWED_ORIGINS", environ["KAVACH_ALLOWED_ORIGINS"])
     for key in _LIFETIME_KEYS:
         name = f"KAVACH_{key.upper()}_LIFETIME"
         if environ.get(name):
@@ -552,6 +586,8 @@ def resolve(flags: Mapping[str, Any], environ: Mapping[str, str] | None = None) 
         given["port"] = _port(_int("port", given["port"], "--port"), "--port")
     if "trusted_proxies" in given:
         given["trusted_proxies"] = _proxies("--trusted-proxies", given["trusted_proxies"])
+    if "allowed_origins" in given:
+        given["allowed_origins"] = _origins("--allowed-origins", given["allowed_origins"])
     _place(merged, given, "--db and --store")
     level = str(merged.get("log_level", "info")).lower()
     if level not in LOG_LEVELS:
