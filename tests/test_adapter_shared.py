@@ -691,7 +691,7 @@ class _NoSessionEnds(MemoryStore):
     ("issuer", "path", "ends", "recorded"),
     [
         ("https://auth.example.com", "/authorize/cb", False, True),  # __Host- cookies: this origin only
-        ("http://127.0.0.1:8000", "/cb", False, True),  # outside the cookies' path
+        ("http://127.0.0.1:8000", "/cb", True, True),  # under http every redirect away ends it
         ("http://127.0.0.1:8000", "/authorize/cb", True, True),
         ("http://127.0.0.1:8000", "/authorize/cb", True, False),  # the store cannot record the end
     ],
@@ -711,9 +711,8 @@ def test_the_sign_in_ends_at_a_redirect_its_cookies_would_reach(
                     body=b'{"redirect_uris": ["%s"], "token_endpoint_auth_method": "none"}' % redirect.encode())
     )
     assert registered.status == 201, registered.body
-    _, value = server.cookies.session_cookie(
-        "alice", users.session_stamp("alice") or "", int(time.time()), secrets.token_bytes(16)
-    )
+    session_id = secrets.token_bytes(16)
+    _, value = server.cookies.session_cookie("alice", users.session_stamp("alice") or "", int(time.time()), session_id)
     cookie = ("Cookie", value.split(";")[0])
     query = (("response_type", "code"), ("client_id", registered.json()["client_id"]), ("redirect_uri", redirect),
              ("scope", "no-such-scope"), ("code_challenge", "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"),
@@ -722,9 +721,12 @@ def test_the_sign_in_ends_at_a_redirect_its_cookies_would_reach(
     assert answer.status in (302, 303) and (answer.header("Location") or "").startswith(redirect + "?error=")
     cleared = [v for k, v in answer.headers if k == "Set-Cookie" and server.cookies.session_name + "=;" in v]
     assert len(cleared) == int(ends), answer.headers
-    valid = tuple(p for p in query if p[0] != "scope")
-    page = server.handle(HttpRequest("GET", "/authorize", valid, headers=[cookie]))
-    assert (b'value="approve"' in page.body) is not (ends and recorded), "a session cleared there is ended too"
+    ended = server.store.perform(fx.IsSessionEnded(hashlib.sha256(session_id).hexdigest()))
+    assert ended is (ends and recorded), "a session cleared there is ended too"
+    if not ends:  # https: the session goes on serving authorizations
+        valid = tuple(p for p in query if p[0] != "scope")
+        page = server.handle(HttpRequest("GET", "/authorize", valid, headers=[cookie]))
+        assert b'value="approve"' in page.body
     assert ("EndSession not recorded" in caplog.text) is not recorded
     # Without a session cookie in the request there is nothing to clear.
     answer = server.handle(HttpRequest("GET", "/authorize", query))
@@ -732,25 +734,21 @@ def test_the_sign_in_ends_at_a_redirect_its_cookies_would_reach(
 
 
 @pytest.mark.parametrize(
-    ("url", "reached"),
+    "url",
     [
-        ("http://127.0.0.1:9/authorize", True),
-        ("http://127.0.0.1:9/authorize/cb?x=1", True),
-        ("https://127.0.0.1:9/authorize/cb", True),  # cookies without Secure go to https too
-        ("HTTP://127.0.0.1:9/authorize/cb", True),
-        ("http://127.0.0.1:9/a/../authorize/cb", True),  # a browser resolves dot segments
-        ("http://127.0.0.1:9/%61uthorize/cb", True),  # or might decode an escape
-        ("http://127.0.0.1:9/cb", False),
-        ("http://127.0.0.1:9/authorize-cb", False),  # not a path-match (RFC 6265 §5.1.4)
-        ("http://127.0.0.1:9/Authorize/cb", False),  # path-match is case-sensitive
-        ("http://127.0.0.1/", False),
-        ("http://localhost:9/authorize/cb", False),  # another host: its own cookies
-        ("http://[::1]:9/authorize/cb", False),
-        ("com.example.app:/authorize/cb", False),
+        "http://127.0.0.1:9/authorize/cb?x=1",
+        "https://127.0.0.1:9/authorize/cb",
+        "http://127.0.0.1:9/cb",  # outside the cookies' path: its page can send the browser on under it
+        "http://localhost:9/authorize/cb",  # another host: its page can send the browser back to this one
+        "com.example.app:/authorize/cb",
+        "not a url at all",
     ],
 )
-def test_which_redirects_the_cookies_reach_under_an_http_issuer(url: str, reached: bool) -> None:
-    assert Cookies(make_config(issuer="http://127.0.0.1:8000")).reach(url) is reached
+def test_under_an_http_issuer_every_redirect_away_may_hand_the_cookies_on(url: str) -> None:
+    """Under http the cookies reach every port of the issuer's host (RFC 6265 §8.5) and any page a
+    redirect leads to can send the browser there, so every redirect away ends the session; under
+    https (``__Host-``, ``Secure``) none does."""
+    assert Cookies(make_config(issuer="http://127.0.0.1:8000")).reach(url) is True
     assert Cookies(make_config(issuer="https://127.0.0.1:8000")).reach(url) is False
 
 
@@ -758,7 +756,6 @@ def test_under_an_http_issuer_with_a_path_the_cookies_follow_it() -> None:
     cookies = Cookies(make_config(issuer="http://127.0.0.1:8000/tenant"))
     assert cookies.path == "/tenant/authorize"
     assert "; Path=/tenant/authorize;" in cookies.session_cookie("alice", "s", 0, SESSION_ID)[1]
-    assert cookies.reach("http://127.0.0.1:1/tenant/authorize/cb") and not cookies.reach("http://127.0.0.1:1/authorize")
 
 
 def test_a_large_body_is_read_only_once_the_token_is_valid(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -8,6 +8,7 @@ against it.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import secrets
@@ -17,6 +18,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from html.parser import HTMLParser
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
@@ -25,6 +27,7 @@ import httpx
 import pytest
 from e2e_frameworks import FRAMEWORKS, RELEASE
 from kavach.server import AuthorizationServer, LoginLimits
+from kavach.sessions import parse_cookies
 from kavach.users import MemoryUsers, SQLiteUsers, Users
 
 from kavach_core import effects as fx
@@ -462,8 +465,9 @@ def test_session_cookie_attributes(dep: Deployment) -> None:
 
 def test_under_an_http_issuer_the_cookies_stay_under_the_pages_path(dep: Deployment) -> None:
     """No ``__Host-`` prefix under http, and browsers send a host's cookies to all its ports (RFC
-    6265 §8.5): the cookies' ``Path`` is the authorization endpoint's, so a client's loopback
-    redirect elsewhere on the host never receives them, and the sign-in lasts."""
+    6265 §8.5): the cookies' ``Path`` is the authorization endpoint's, so the rest of the host
+    never receives them. A listener there picks its own path, though, so that is not all: the
+    sign-in lasts for this one authorization only, ended at the redirect to the client."""
     client_id = dep.register()
     pages = urlsplit(dep.metadata()["authorization_endpoint"]).path
     signed_in = dep.login(dep.person.get(dep.authorize_url(client_id, pkce()[1])))
@@ -472,17 +476,20 @@ def test_under_an_http_issuer_the_cookies_stay_under_the_pages_path(dep: Deploym
     form = the_form(dep.person.get(dep.base + signed_in.headers["location"]))
     left = post_form(dep.person, dep.base + form.action, form.submit("approve"))
     assert left.headers["location"].startswith(REDIRECT + "?code=")
-    assert not left.headers.get_list("set-cookie") and "kavach-session" in dep.person.cookies
+    cleared = [c for c in left.headers.get_list("set-cookie") if c.startswith("kavach-session=")]
+    assert len(cleared) == 1 and "Max-Age=0" in cleared[0] and f"; Path={pages};" in cleared[0]
+    assert "kavach-session" not in dep.person.cookies
     again = dep.person.get(dep.authorize_url(client_id, pkce()[1]))
-    assert again.status_code == 200 and "Signed in as" in again.text and 'name="password"' not in again.text
+    assert shows_sign_in(again) and "Signed in as" not in again.text
 
 
-@pytest.mark.parametrize("path", ["/authorize/cb", "/x/../authorize/cb", "/%61uthorize/cb"])
+@pytest.mark.parametrize("path", ["/callback", "/authorize/cb", "/x/../authorize/cb", "/%61uthorize/cb"])
 @pytest.mark.parametrize("decision", ["approve", "deny"])
 def test_a_client_redirect_the_cookies_would_reach_ends_the_sign_in(dep: Deployment, decision: str, path: str) -> None:
-    """A loopback redirect on the issuer's host under the pages' path (or one a browser may
-    normalise into it) would receive the session cookie: the redirect clears it first, and the
-    next authorization asks for the password again."""
+    """Under an http issuer every redirect to the client ends the sign-in: one on the issuer's
+    host under the pages' path (or one a browser may normalise into it) would receive the
+    session cookie itself, and one outside it (``/callback``) can send the browser on to such a
+    URL. The redirect clears the cookie first, and the next authorization asks for the password."""
     redirect = "http://127.0.0.1:9" + path
     client_id = dep.register(redirect_uris=[redirect])
     signed_in = dep.login(dep.person.get(dep.authorize_url(client_id, pkce()[1], redirect_uri=redirect)))
@@ -507,6 +514,76 @@ def test_an_error_redirect_the_cookies_would_reach_ends_the_sign_in_too(dep: Dep
     assert "kavach-session" not in dep.person.cookies
 
 
+class _Collector(BaseHTTPRequestHandler):
+    """A native client's loopback listener that wants the person's kavach cookies: its redirect
+    URI sends the browser on to a path under the cookies' own on its port, where it keeps the
+    ``Cookie`` header the browser sends (RFC 6265 §8.5: the port is no boundary)."""
+
+    collected: list[dict[str, str]]
+
+    def do_GET(self) -> None:
+        if self.path.startswith("/callback"):
+            self.send_response(302)
+            self.send_header("Location", "/authorize/x")
+        elif self.path.startswith("/authorize/"):
+            self.collected.append(parse_cookies(self.headers.get_all("Cookie") or []))
+            self.send_response(200)
+        else:  # a browser's /favicon.ico
+            self.send_response(404)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def collecting_client() -> Iterator[tuple[str, list[dict[str, str]]]]:
+    """The collector's redirect URI, and the cookies it has collected so far."""
+    collected: list[dict[str, str]] = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), type("Collector", (_Collector,), {"collected": collected}))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/callback", collected
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_cookies_a_loopback_client_collects_under_an_http_issuer_sign_no_one_in(dep: Deployment) -> None:
+    """The attack over real HTTP: a loopback client collects the person's cookies at a path of
+    its own port (a local process opening it in the browser while the request is pending, or
+    the client's redirect URI sending the browser on after the answer). With them it starts a
+    request of its own: the sign-in page, not a consent page signed in as the person, and a
+    decision posted for it, even with a valid CSRF token, sends no code. The answer's redirect
+    ended the session: a copy taken before it signs no one in, and none is left to take after."""
+    with collecting_client() as (redirect, collected):
+        client_id = dep.register(redirect_uris=[redirect], client_name="Native tool")
+        signed_in = dep.login(dep.person.get(dep.authorize_url(client_id, pkce()[1], redirect_uri=redirect)))
+        form = the_form(dep.person.get(dep.base + signed_in.headers["location"]))
+        dep.person.get(urlsplit(redirect)._replace(path="/authorize/x").geturl())  # a local process opened it
+        (early,) = collected
+        assert early.get("kavach-session") and early.get("kavach-browser"), "the port is no boundary"
+        with httpx.Client(timeout=10, cookies=early) as attacker:
+            own = attacker.get(dep.authorize_url(client_id, pkce()[1], redirect_uri=redirect))
+            assert shows_sign_in(own) and "Signed in as" not in own.text, "a session for another request"
+            ticket = dict(the_form(own).fields)["ticket"]
+            token = dep.server.cookies.csrf_token(early["kavach-browser"], "consent", ticket)
+            forged = post_form(attacker, dep.base + dep.server.decision_path,
+                               [("ticket", ticket), ("csrf_token", token), ("decision", "approve")])
+            assert forged.status_code == 303 and forged.headers["location"].startswith(dep.server.consent_path)
+        answered = post_form(dep.person, dep.base + form.action, form.submit("approve"), follow_redirects=True)
+        assert [str(r.url).split("?")[0] for r in answered.history][-2:] == [dep.base + form.action, redirect]
+        late = collected[-1]
+        assert "kavach-session" not in late and "kavach-browser" in late, "the redirect cleared the session first"
+    session = dep.server.cookies.session(early, int(time.time()))
+    assert session is not None and dep.server.store.perform(fx.IsSessionEnded(session.session_hash))
+    with httpx.Client(timeout=10, cookies=early) as attacker:
+        assert shows_sign_in(attacker.get(dep.authorize_url(client_id, pkce()[1], redirect_uri=redirect)))
+    assert len(dep.server.store.codes) == 1, "the person's code only"
+
+
 def test_az_12_deny_redirects_with_access_denied(dep: Deployment) -> None:
     form = the_form(consent_page(dep))
     r = post_form(dep.person, dep.base + form.action, form.submit("deny"))
@@ -514,9 +591,12 @@ def test_az_12_deny_redirects_with_access_denied(dep: Deployment) -> None:
     answer = parse_qs(urlsplit(r.headers["location"]).query)
     assert answer["error"] == ["access_denied"]
     assert answer["state"] == ["xyz-state"] and answer["iss"] == [dep.issuer]
-    # The ticket is used: answering again shows an error page, never a redirect.
-    again = post_form(dep.person, dep.base + form.action, form.submit("approve"))
-    assert again.status_code == 400 and "location" not in again.headers
+    # The ticket is used: answering again shows an error page, never a redirect to the client.
+    # (Under an http issuer the redirect above ended the sign-in: the answer goes by the consent
+    # page, which finds the request answered.)
+    again = post_form(dep.person, dep.base + form.action, form.submit("approve"), follow_redirects=True)
+    assert again.status_code == 400 and "expired or was already answered" in again.text
+    assert all(urlsplit(str(r.url)).netloc == urlsplit(dep.base).netloc for r in [*again.history, again])
 
 
 def test_az_12_state_comes_back_exactly_or_the_request_is_refused(dep: Deployment) -> None:
@@ -766,9 +846,11 @@ def shows_sign_in(page: httpx.Response) -> bool:
 
 
 def test_a_valid_session_keeps_working(dep: Deployment) -> None:
+    """For the request it signed in for (under an http issuer a session serves that one only:
+    ``test_http_issuer_sessions``): the consent page opened again asks for no password."""
     client_id = dep.register()
-    consent_page(dep, client_id)
-    again = dep.person.get(dep.authorize_url(client_id, pkce()[1]))  # no sign-in form this time
+    link = consent_page(dep, client_id).url
+    again = dep.person.get(link)  # no sign-in form this time
     assert again.status_code == 200 and "Signed in as <strong>alice</strong>" in again.text
     decided = post_form(dep.person, dep.base + the_form(again).action, the_form(again).submit("approve"))
     assert decided.status_code == 303 and "code=" in decided.headers["location"]
@@ -818,16 +900,15 @@ def test_someone_else_can_sign_in_from_the_consent_page(dep: Deployment) -> None
     client_id = dep.register()
     verifier, challenge = pkce()
     first = dep.login(dep.person.get(dep.authorize_url(client_id, challenge)))
-    page = dep.person.get(dep.base + first.headers["location"])
+    link = dep.base + first.headers["location"]
+    page = dep.person.get(link)
     assert "Signed in as <strong>alice</strong>" in page.text and "Sign in as someone else" in page.text
     copied = "; ".join(f"{c.name}={c.value}" for c in dep.person.cookies.jar)  # say, from a shared profile
-    with httpx.Client(timeout=10) as elsewhere:
-        assert "Signed in as <strong>alice</strong>" in elsewhere.get(
-            dep.authorize_url(client_id, pkce()[1]), headers={"Cookie": copied}
-        ).text
+    with httpx.Client(timeout=10) as elsewhere:  # on this request's page: an http session serves no other
+        assert "Signed in as <strong>alice</strong>" in elsewhere.get(link, headers={"Cookie": copied}).text
         form = the_form(page)
         switched = post_form(dep.person, dep.base + form.action, form.submit("switch"))
-        assert shows_sign_in(elsewhere.get(dep.authorize_url(client_id, pkce()[1]), headers={"Cookie": copied})), (
+        assert shows_sign_in(elsewhere.get(link, headers={"Cookie": copied})), (
             "signing out ends the session in the store: a copy of its cookie no longer signs in"
         )
     assert switched.status_code == 303 and switched.headers["location"].startswith(dep.server.consent_path)
@@ -854,11 +935,12 @@ def test_someone_else_can_sign_in_from_the_consent_page(dep: Deployment) -> None
 
 def test_switching_account_needs_the_forms_csrf_token(dep: Deployment) -> None:
     client_id = dep.register()
-    form = the_form(consent_page(dep, client_id))
+    page = consent_page(dep, client_id)
+    form = the_form(page)
     forged = [(n, "x" * 43 if n == "csrf_token" else v) for n, v in form.submit("switch")]
     refused = post_form(dep.person, dep.base + form.action, forged)
     assert refused.status_code == 403 and "set-cookie" not in {k.lower() for k in refused.headers}
-    assert "Signed in as <strong>alice</strong>" in dep.person.get(dep.authorize_url(client_id, pkce()[1])).text
+    assert "Signed in as <strong>alice</strong>" in dep.person.get(page.url).text  # this request's page
 
 
 @pytest.mark.parametrize("framework", sorted(FRAMEWORKS))
@@ -876,12 +958,12 @@ def test_users_unreachable_while_checking_a_session_is_503(framework: str, tmp_p
     users.add("alice", PASSWORD)
     for dep in deploy(framework, "memory", "", tmp_path, users=users):
         client_id = dep.register()
-        consent_page(dep, client_id)
+        link = consent_page(dep, client_id).url  # this request's page: an http session serves no other
         user_store.down = True
-        r = dep.person.get(dep.authorize_url(client_id, pkce()[1]))
+        r = dep.person.get(link)
         assert r.status_code == 503 and r.headers["retry-after"] == "5"
         user_store.down = False
-        assert dep.person.get(dep.authorize_url(client_id, pkce()[1])).status_code == 200
+        assert "Signed in as <strong>alice</strong>" in dep.person.get(link).text
 
 
 # -- the identify hook -------------------------------------------------------------------------

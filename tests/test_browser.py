@@ -17,14 +17,18 @@ import os
 import shutil
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
+import httpx
 import pytest
-from test_adapters_e2e import PASSWORD, Deployment, deploy, pkce
+from test_adapters_e2e import PASSWORD, Deployment, collecting_client, deploy, pkce, shows_sign_in
+
+from kavach_core import effects as fx
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = [
@@ -193,6 +197,37 @@ def test_az_12_an_ipv6_loopback_redirect_is_reached(dep: Deployment, chromium: A
         assert answer["code"] and answer["state"] == ["browser-state"]
         assert [urlsplit(p).path for p in landed if not p.startswith("/favicon")] == ["/callback"]
     assert person.csp_violations() == []
+
+
+def test_a_loopback_client_cannot_act_as_the_person_with_cookies_it_collects(dep: Deployment, chromium: Any) -> None:
+    """Under an http issuer Chromium sends kavach's cookies to every port of 127.0.0.1 (RFC 6265
+    §8.5). A native client collects them at a path under theirs on its own port: once opened in
+    the person's browser while the request is pending (as any local process can), once by its
+    redirect URI sending the browser on after Approve. Neither set signs anyone in to a request
+    of the client's own, the sign-in the person made is over (ended in the store), and the
+    person's next authorization asks for the password again."""
+    with collecting_client() as (redirect, collected):
+        client_id = dep.register(redirect_uris=[redirect], client_name="Browser Client")
+        alice = Person(chromium)
+        alice.page.goto(_authorize_url(dep, client_id, redirect))
+        _sign_in_with_the_keyboard(alice)
+        assert "Signed in as alice" in alice.page.locator("main").inner_text()
+        alice.context.new_page().goto(redirect.replace("/callback", "/authorize/x"))  # a local process opened it
+        with alice.page.expect_navigation(url=lambda url: url.endswith("/authorize/x")):
+            alice.page.get_by_role("button", name="Approve").click()
+        early, late = collected
+        assert early.get("kavach-session") and early.get("kavach-browser"), "the port is no boundary"
+        assert "kavach-session" not in late and "kavach-browser" in late, "the redirect ended the session first"
+        for cookies in (early, late):
+            with httpx.Client(timeout=10, cookies=cookies) as client:
+                own = client.get(_authorize_url(dep, client_id, redirect))
+                assert shows_sign_in(own) and "Signed in as" not in own.text, cookies
+        session = dep.server.cookies.session(early, int(time.time()))
+        assert session is not None and dep.server.store.perform(fx.IsSessionEnded(session.session_hash))
+        assert "kavach-session" not in {c["name"] for c in alice.context.cookies()}
+        alice.page.goto(_authorize_url(dep, client_id, redirect))
+        assert alice.page.locator("h1").inner_text() == "Sign in"
+    assert alice.csp_violations() == []
 
 
 def test_az_02_error_page_renders_and_never_redirects(dep: Deployment, chromium: Any) -> None:

@@ -26,7 +26,7 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlencode, urlsplit
+from urllib.parse import parse_qs, urlencode, urljoin, urlsplit
 
 import httpx
 import pytest
@@ -679,40 +679,56 @@ def test_users_remove_says_what_to_run_when_the_last_revocation_fails(
     assert "revoked 0 grants" in ok(["grants", "revoke", "--subject", "alice", "--db", shared_db])
 
 
+def _sign_in_to_a_new_authorization(person: Person, issuer: str, mcp_url: str) -> httpx.Response:
+    """Open a new authorization and submit its sign-in form with the person's password: the page
+    shown after (the consent form when signed in). Under an http issuer every authorization signs in."""
+    page = person.http.get(authorization(issuer, mcp_url)[2])
+    sign_in = next(f for f in forms(page.text) if f.method == "post")
+    assert "password" in sign_in.names, "a new authorization signs in under http"
+    fields = [(k, v) for k, v in sign_in.fields if k not in ("username", "password")]
+    answer = person.http.post(
+        f"{issuer}{sign_in.action}", headers={"Content-Type": "application/x-www-form-urlencoded"},
+        content=urlencode([*fields, ("username", person.username), ("password", person.password)]),
+    )
+    assert answer.status_code == 303, answer.text
+    return person.http.get(urljoin(issuer, answer.headers["location"]))
+
+
 def test_users_remove_and_a_new_password_sign_the_browser_out(shared_db: str) -> None:
     """``kavach users remove`` and ``kavach users add`` over a name, run while ``kavach serve`` is
-    up, end the sign-in sessions made before: the next authorization shows the sign-in form again
-    (the consent form on screen cannot approve), and adding a removed name back revives nothing."""
+    up, end the sign-in sessions made before: the consent form on screen cannot approve any more,
+    and adding a removed name back revives nothing. (Under this http issuer a session serves the
+    one authorization it signed in for, so each round signs in afresh.)"""
 
-    def next_form(person: Person) -> Form:
-        """The form the person's browser shows on opening a new authorization."""
-        page = person.http.get(authorization(served.issuer, served.mcp_url)[2])
-        assert page.status_code == 200, page.text
-        return next(f for f in forms(page.text) if f.method == "post")
+    def consent_form(person: Person) -> Form:
+        shown = _sign_in_to_a_new_authorization(person, served.issuer, served.mcp_url)
+        assert "Signed in as" in shown.text, shown.text
+        return next(f for f in forms(shown.text) if f.method == "post")
 
-    def signs_in(person: Person) -> bool:
-        return "password" in next_form(person).names
-
-    with serve(extra_args=["--db", shared_db]) as served, Person("alice", PASSWORD) as person:
-        assert "code=" in person.authorize(authorization(served.issuer, served.mcp_url)[2])
-        assert not signs_in(person)  # the session holds: straight to consent
-
-        ok(["users", "add", "alice", "--db", shared_db, "--password-stdin"], stdin="a newer password\n")
-        assert signs_in(person)
-        person.password = "a newer password"
-        assert "code=" in person.authorize(authorization(served.issuer, served.mcp_url)[2])
-        consent = next_form(person)
-        assert "password" not in consent.names
-
-        ok(["users", "remove", "alice", "--db", shared_db])
-        assert signs_in(person)
-        approve = person.http.post(
+    def approves(person: Person, consent: Form) -> bool:
+        answer = person.http.post(
             f"{served.issuer}{consent.action}", content=urlencode([*consent.fields, ("decision", "approve")]),
             headers={"Content-Type": "application/x-www-form-urlencoded"},
         )
-        assert approve.status_code == 303 and "code=" not in approve.headers["location"]
+        assert answer.status_code == 303, answer.text
+        return "code=" in answer.headers["location"]
+
+    with serve(extra_args=["--db", shared_db]) as served, Person("alice", PASSWORD) as person:
+        assert approves(person, consent_form(person))
+
+        consent = consent_form(person)
         ok(["users", "add", "alice", "--db", shared_db, "--password-stdin"], stdin="a newer password\n")
-        assert signs_in(person)  # the same name and password: still a new account
+        assert not approves(person, consent), "a new password ends the session made with the old one"
+        person.password = "a newer password"
+        assert approves(person, consent_form(person))
+
+        consent = consent_form(person)
+        ok(["users", "remove", "alice", "--db", shared_db])
+        assert not approves(person, consent), "removing the user ends their session"
+        refused = _sign_in_to_a_new_authorization(person, served.issuer, served.mcp_url)
+        assert "Signed in as" not in refused.text, "a removed user cannot sign in"
+        ok(["users", "add", "alice", "--db", shared_db, "--password-stdin"], stdin="a newer password\n")
+        assert not approves(person, consent), "the same name and password: still a new account"
 
 
 def test_two_serve_processes_on_one_database(shared_db: str) -> None:

@@ -463,3 +463,20 @@ def test_the_documented_settings_file_is_accepted_and_names_every_setting(tmp_pa
         assert {f.name for f in attrs.fields(kind)} <= shown, kind.__name__
     unshown = sorted(f.name for f in attrs.fields(FetchPolicy) if f.name not in text)
     assert unshown == []
+
+
+def test_sign_in_limits_from_the_file(tmp_path: Path) -> None:
+    """``[sign_in]`` sets :class:`kavach.server.LoginLimits` for ``kavach serve``; unset keys keep
+    their defaults, and a value out of range or of another type is one clear error."""
+    from kavach.server import LoginLimits
+
+    toml = tmp_path / "k.toml"
+    toml.write_text("[sign_in]\nper_address = 500\nwindow = 60\n")
+    assert resolve({"config": str(toml)}, {}).login_limits() == LoginLimits(per_user=10, per_address=500, window=60)
+    assert resolve({}, {}).login_limits() == LoginLimits()
+    cases = (("per_user = 0", "sign_in: LoginLimits.per_user must be"), ("per_minute = 3", "unknown sign_in"),
+             ("window = 'x'", "sign_in.window"), ("", ""))
+    for body, message in cases:
+        toml.write_text(f"[sign_in]\n{body}\n" if body else "sign_in = 3\n")
+        with pytest.raises(SettingsError, match=message or r"\[sign_in\] must be a table"):
+            resolve({"config": str(toml)}, {}).login_limits()

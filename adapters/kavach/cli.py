@@ -729,7 +729,7 @@ def build_app(instance: Instance, fetch_policy: Any) -> Any:
 
     fetcher = DocumentFetcher(fetch_policy)
     server = AuthorizationServer(
-        instance.config, instance.store, users=instance.users, fetcher=fetcher
+        instance.config, instance.store, users=instance.users, fetcher=fetcher, login_limits=settings.login_limits()
     )
     startup: list[Callable[[], contextlib.AbstractAsyncContextManager[None]]] = []
     closers: list[Callable[[], Any]] = [fetcher.aclose]
@@ -818,6 +818,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = _settings(args)
     check_issuer(settings)
     fetch_policy = settings.fetch_policy()  # e.g. a CA bundle that cannot be read: refused before anything is written
+    settings.login_limits()  # [sign_in] out of range: refused before anything is written too
     sock = listen_socket(settings.host, settings.port)
     try:
         instance = Instance(settings)

@@ -32,7 +32,7 @@ from kavach_core.drivers import Flow, StoreUnavailable, arun, nonblocking, run
 from kavach_core.endpoints import authorize
 from kavach_core.errors import OAuthError
 from kavach_core.guard import Principal, authenticate_values, scope_challenge
-from kavach_core.http import CLIENT_ADDRESS_HEADER, HttpRequest, Response, json_response
+from kavach_core.http import CLIENT_ADDRESS_HEADER, HttpRequest, Response, client_address, json_response
 from kavach_core.keys import KEYRING_TTL, KeyRing
 from kavach_core.mcp_methods import DEFAULT_MAP, McpScopeMap
 from kavach_core.messages.authorization import ConsentRequired
@@ -520,6 +520,14 @@ class AuthorizationServer:
         return await arun(flow, _AsyncPerformer(self.store, self.fetcher))
 
     def _serve(self, ctx: Context, req: HttpRequest) -> Generator[fx.Effect, Any, Response]:
+        """Answer ``req``; every redirect away from kavach (a code or an error for the client's
+        ``redirect_uri``, RFC 6749 §4.1.2; the application's login page) first ends the session
+        the request carries, under an http issuer, whatever the target
+        (:meth:`~kavach.sessions.Cookies.reach`): there the cookies go to every port of the
+        issuer's host (RFC 6265 §8.5) and the page at the target can send the browser on to one,
+        so what a listener collects there must sign no one in. The end is recorded in the store
+        (a copy of the cookie is refused too) as well as the cookie cleared (:meth:`_sign_out`).
+        Under https sessions last (``__Host-`` cookies) and nothing is cleared."""
         if req.body:  # one answer on every framework, whether or not it decodes bodies itself
             refused = body_coding_problem(req.header_values("content-encoding"))
             if refused is not None:
@@ -553,10 +561,14 @@ class AuthorizationServer:
     # -- the person's step -------------------------------------------------------------------
 
     def _subject(
-        self, ctx: Context, req: HttpRequest, cookies: dict[str, str]
+        self, ctx: Context, req: HttpRequest, cookies: dict[str, str], ticket: str
     ) -> Generator[fx.Effect, Any, tuple[str, bool] | None]:
-        """Who is signed in, and whether kavach's own session cookie says so (``True``; only then
-        can signing this browser out change who it is), or ``None``. ``identify`` is asked first."""
+        """Who is signed in to answer consent ticket ``ticket``, and whether kavach's own session
+        cookie says so (``True``; only then can signing this browser out change who it is), or
+        ``None``. ``identify`` is asked first. Under an http issuer kavach's session counts only
+        for the ticket it signed in for (:meth:`~kavach.sessions.Cookies.serves`): its cookies
+        may have been collected by a listener on another port of the host (RFC 6265 §8.5), which
+        must not be able to start and approve requests of its own with them."""
         if self.identify is not None:
             subject = yield Call(self.identify, (req,), blocking=False)
             if subject:
@@ -564,7 +576,7 @@ class AuthorizationServer:
         if self.users is None:
             return None
         session = self.cookies.session(cookies, ctx.now)  # the signature first: a forged cookie reads nothing
-        if session is None:
+        if session is None or not self.cookies.serves(session, ticket):
             return None
         if (yield fx.IsSessionEnded(session.session_hash)):
             return None
@@ -595,7 +607,7 @@ class AuthorizationServer:
         cookies = parse_cookies(req.header_values("cookie"))
         browser, set_browser = self.cookies.browser_id(cookies)
         extra = (set_browser,) if set_browser else ()
-        signed_in = yield from self._subject(ctx, req, cookies)
+        signed_in = yield from self._subject(ctx, req, cookies, consent.ticket)
         if signed_in is None:
             if self.users is None:
                 if self.login_url is not None:
@@ -653,7 +665,9 @@ class AuthorizationServer:
             return pages.error_page(400, exc.error, exc.description)
 
     def _login(self, ctx: Context, req: HttpRequest) -> Generator[fx.Effect, Any, Response]:
-        """The sign-in form's POST: CSRF, rate limits, password; then 303 to consent (AZ-10)."""
+        """The sign-in form's POST: CSRF, rate limits, password; then 303 to consent (AZ-10).
+        Under an http issuer the session it starts serves this form's ticket only
+        (:meth:`~kavach.sessions.Cookies.serves`; RFC 6265 §8.5 is why)."""
         form = self._form(req)
         if isinstance(form, Response):
             return form
@@ -672,7 +686,7 @@ class AuthorizationServer:
         account = account_name(username)
         user_key = "invalid" if account is None else hashlib.sha256(account.encode()).hexdigest()[:32]
         attempts = f"login:user:{user_key}"
-        address = req.header(CLIENT_ADDRESS_HEADER) or "unknown"
+        address = client_address(req) or "unknown"  # an IPv6 client by its /64, as every per-address limit
         # LoginLimits: every attempt counts against the address; one the address is allowed counts
         # against the account before the password check, and is given back if it succeeds.
         allowed = yield fx.Hit(f"login:address:{address}", limits.per_address, limits.window, ctx.now)
@@ -695,7 +709,7 @@ class AuthorizationServer:
             return _see_other(self._consent_url(ticket, browser, "failed"))
         yield fx.Hit(attempts, limits.per_user, limits.window, ctx.now, step=-1)  # same ctx.now: same window
         subject, stamp = signed_in
-        session = self.cookies.session_cookie(subject, stamp, ctx.now, ctx.random(16))
+        session = self.cookies.session_cookie(subject, stamp, ctx.now, ctx.random(16), ticket)
         browser, set_browser = self.cookies.new_browser_id()  # forms served before this sign-in are void
         return _see_other(self._consent_url(ticket, browser), session, set_browser)
 
@@ -713,7 +727,7 @@ class AuthorizationServer:
         if not ticket or not self.cookies.csrf_valid(cookies, "consent", ticket, token):
             return _csrf_refused()
         browser = cookies[self.cookies.browser_name]  # there: the token is bound to it
-        signed_in = yield from self._subject(ctx, req, cookies)
+        signed_in = yield from self._subject(ctx, req, cookies, ticket)
         if signed_in is None:
             return _see_other(self._consent_url(ticket, browser))
         subject, own_session = signed_in
@@ -721,7 +735,7 @@ class AuthorizationServer:
             return _see_other(self._consent_url(ticket, browser), (yield from self._sign_out(ctx, cookies)))
         if decision == "approve":
             approved = yield from authorize.approve(ctx, ticket, subject, form.get_all("scope"))
-            if own_session and (yield from self._subject(ctx, req, cookies)) != signed_in:
+            if own_session and (yield from self._subject(ctx, req, cookies, ticket)) != signed_in:
                 return _signed_out()  # the code stays unsent: nobody can redeem it
             return approved
         if decision == "deny":

@@ -1,7 +1,8 @@
 """The login session cookie, the browser cookie and CSRF tokens of the built-in pages.
 
-- The session cookie holds the subject, an expiry and the stamp of the account's credential
-  when it signed in (:meth:`kavach.users.Users.session_stamp`), signed with HMAC-SHA256 under a
+- The session cookie holds the subject, an expiry, the stamp of the account's credential when
+  it signed in (:meth:`kavach.users.Users.session_stamp`) and, under an http issuer only, the
+  binding to one consent ticket described below, signed with HMAC-SHA256 under a
   key derived from ``config.secret``; it is ``HttpOnly``, ``SameSite=Lax`` and, under an https
   issuer, ``Secure`` with the ``__Host-`` prefix and ``Path=/`` (RFC 6265bis §4.1.3.2). The server
   checks the signature and expiry first (:meth:`Cookies.session`, no store read), then that the
@@ -10,12 +11,24 @@
   out records its hash in the store as ended (``kavach_core.effects.EndSession``) until the cookie
   would have expired, so a copy of the cookie kept elsewhere stops working too (ASVS 5.0 §7.4.1).
   Cookies of older formats (key labels ``v1``, ``v2``) fail the signature check: signed out.
-- Under an http issuer (no ``__Host-`` prefix) browsers send a host's cookies to every port of
-  it (RFC 6265 §8.5), so a native client's loopback redirect on the issuer's host would receive
-  them and could act as the person. There the cookies' ``Path`` is the authorization endpoint's
-  (every page that reads them is under it), and a redirect to a URL the cookies would still
-  reach, or might once the browser normalises its path, clears the session first
-  (:meth:`Cookies.reach`, used by ``kavach.server``).
+- Under an http issuer (no ``__Host-`` prefix, no ``Secure``) browsers send a host's cookies to
+  every port of it (RFC 6265 §8.5): any listener on the issuer's host, a native client's loopback
+  redirect target above all (RFC 8252 §7.3), receives them as soon as the browser is sent to it
+  under the cookies' ``Path``, whether by that listener's own redirect onward from its redirect
+  URI or by a local process opening such a URL at any time. The ``Path`` (the authorization
+  endpoint's, which every page that reads the cookies is under) keeps them from the rest of the
+  host, but that listener picks its own path, so it is no boundary. There a session is therefore
+  good for one authorization only:
+
+  - the signed cookie also carries a keyed digest of the consent ticket it signed in for (never
+    the ticket itself), and with any other ticket it signs no one in (:meth:`Cookies.serves`):
+    cookies taken while a request is pending cannot start and approve another one;
+  - every redirect away from kavach ends it, recorded in the store as ended and cleared, whatever
+    the target (:meth:`Cookies.reach`, used by ``kavach.server``): any page can send the browser
+    on to a URL the cookies reach, so cookies taken after the answer sign no one in either.
+
+  Each authorization thus asks for the password again. Under https neither applies: the binding
+  is absent, and a session serves every authorization until it expires or signs out.
 - The browser cookie is a random id that every CSRF token is bound to, so a token lifted from
   one browser is useless in another; each token is also bound to its form and consent ticket
   (AZ-10). Signing in replaces the id, so the tokens of forms served before it stop working.
@@ -28,7 +41,6 @@ import hashlib
 import hmac
 import secrets
 from collections.abc import Iterable
-from urllib.parse import urlsplit
 
 import attrs
 
@@ -70,6 +82,9 @@ class Session:
     session_hash: str
     """SHA-256 of the session's random id (hex): what the store records when it ends."""
     expires_at: int
+    ticket_digest: str = ""
+    """Under an http issuer, the keyed digest of the consent ticket this session signed in for
+    (:meth:`Cookies.serves`); empty under https, where a session is not bound to one ticket."""
 
     def holds(self, current: str | None) -> bool:
         """Whether the account still has the credential this session signed in with; ``current``
@@ -87,9 +102,9 @@ class Cookies:
         self.browser_name = prefix + BROWSER_COOKIE
         self.path = "/" if self.secure else config.issuer_path + config.paths.authorization
         """Where the browser sends the cookies: ``/`` (required by ``__Host-``), else the pages' own path."""
-        self._host = (urlsplit(config.issuer).hostname or "").lower()
         self.session_lifetime = session_lifetime
         self._session_key = hmac.new(config.secret, b"kavach adapter: login session v3", hashlib.sha256).digest()
+        self._ticket_key = hmac.new(config.secret, b"kavach adapter: session ticket v1", hashlib.sha256).digest()
         self._csrf_key = hmac.new(config.secret, b"kavach adapter: csrf v1", hashlib.sha256).digest()
 
     # -- Set-Cookie -------------------------------------------------------------------
@@ -101,41 +116,50 @@ class Cookies:
         return ("Set-Cookie", attrs)
 
     def reach(self, url: str) -> bool:
-        """Whether a browser sent to ``url`` (a redirect away from kavach) may send it these
-        cookies: under an http issuer, ``url`` on the issuer's host (any port) with a path under
-        :attr:`path`, or one with dot segments or percent-escapes a browser may rewrite into such a
-        path (RFC 6265 §5.1.4 path-match). Never under https (``__Host-``: this origin only)."""
-        if self.secure:
-            return False
-        try:
-            parts = urlsplit(url)
-            host = (parts.hostname or "").lower()
-        except ValueError:
-            return True  # cannot tell: clearing is safe
-        if parts.scheme.lower() not in ("http", "https") or host != self._host:
-            return False
-        path = parts.path or "/"
-        if "%" in path or "\\" in path or "/." in path:
-            return True
-        return path == self.path or path.startswith(self.path.rstrip("/") + "/")
+        """Whether a browser sent to ``url``, a redirect away from kavach (a client's
+        ``redirect_uri``, with a code or an error, or an application's login page), may then hand
+        these cookies to someone other than kavach, so that the session must end first: under an
+        http issuer always, whatever ``url`` is; never under https.
+
+        Under http the cookies go to every port of the issuer's host (RFC 6265 §8.5), and the
+        page at ``url``, on any host, can send the browser straight on to a URL there under
+        :attr:`path` (a native client's loopback listener, RFC 8252 §7.3, is on that host
+        already), which then receives them; which URLs the cookies reach directly is thus beside
+        the point. Ending the session there (``kavach.server``, at every such redirect) leaves
+        such a listener cookies that sign no one in. Under https they are ``__Host-`` and
+        ``Secure`` (RFC 6265bis §4.1.3.2): only a server of the issuer's own host name, with a
+        certificate for it, receives them, so the session lasts across authorizations."""
+        return not self.secure
 
     # -- the login session --------------------------------------------------------------
 
     def _mac(self, payload: bytes) -> bytes:
         return hmac.new(self._session_key, payload, hashlib.sha256).digest()
 
-    def session_cookie(self, subject: str, stamp: str, now: int, session_id: bytes) -> tuple[str, str]:
+    def _ticket_digest(self, ticket: str) -> str:
+        """What a session bound to consent ticket ``ticket`` carries: an HMAC of it under a key of
+        its own, so the cookie never discloses the ticket (the handle of a pending request) nor
+        a plain hash of it that a guess could be checked against."""
+        return _b64(hmac.new(self._ticket_key, ticket.encode("utf-8"), hashlib.sha256).digest())
+
+    def session_cookie(
+        self, subject: str, stamp: str, now: int, session_id: bytes, ticket: str | None = None
+    ) -> tuple[str, str]:
         """The ``Set-Cookie`` header that signs ``subject`` in until ``now + session_lifetime``,
         for as long as the account's credential keeps ``stamp`` and the session, whose random id is
-        ``session_id`` (16 bytes or more), is not ended."""
+        ``session_id`` (16 bytes or more), is not ended. Under an http issuer it signs them in for
+        consent ticket ``ticket`` only (:meth:`serves`; without a ticket, for none); under https
+        ``ticket`` is not recorded."""
         if len(session_id) < 16:
             raise ValueError("a session id has 16 random bytes or more")
-        fields = (
+        fields: tuple[str, ...] = (
             str(now + self.session_lifetime),
             _b64(subject.encode("utf-8")),
             _b64(stamp.encode("utf-8")),
             _b64(session_id),
         )
+        if not self.secure and ticket:
+            fields += (self._ticket_digest(ticket),)
         payload = ":".join(fields).encode("ascii")
         value = f"{_b64(payload)}.{_b64(self._mac(payload))}"
         return self.set_cookie(self.session_name, value, self.session_lifetime)
@@ -154,7 +178,9 @@ class Cookies:
             payload, mac = _unb64(payload_text), _unb64(mac_text)
             if not hmac.compare_digest(mac, self._mac(payload)):
                 return None
-            expiry_text, subject_text, stamp_text, id_text = payload.decode("ascii").split(":")
+            fields = payload.decode("ascii").split(":")
+            expiry_text, subject_text, stamp_text, id_text = fields[:4]
+            (ticket_digest,) = fields[4:] or ("",)  # more than five fields: ValueError
             subject = _unb64(subject_text).decode("utf-8")
             stamp = _unb64(stamp_text).decode("utf-8")
             session_hash = hashlib.sha256(_unb64(id_text)).hexdigest()
@@ -162,8 +188,18 @@ class Cookies:
         except (ValueError, UnicodeDecodeError):
             return None
         if now < expiry and subject and stamp:
-            return Session(subject, stamp, session_hash, expiry)
+            return Session(subject, stamp, session_hash, expiry, ticket_digest)
         return None
+
+    def serves(self, session: Session, ticket: str) -> bool:
+        """Whether ``session`` may sign the person in for consent ticket ``ticket``: under an
+        http issuer only when it signed in for that very ticket (constant-time, GN-02), since
+        there any listener on the issuer's host may hold a copy of the cookies (see the module's
+        notes; RFC 6265 §8.5); always under https, where the binding is absent and not read."""
+        if self.secure:
+            return True
+        expected = self._ticket_digest(ticket)
+        return bool(session.ticket_digest) and hmac.compare_digest(expected, session.ticket_digest)
 
     # -- the browser id and CSRF tokens -----------------------------------------------------
 

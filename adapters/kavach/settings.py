@@ -46,6 +46,11 @@ The TOML file::
     rate_window = 3600            # seconds
     allowed_redirect_hosts = ["app.example.com"]   # when given, the only web hosts (loopback always)
 
+    [sign_in]                     # the sign-in page's limits (kavach.server.LoginLimits)
+    per_user = 10                 # password checks per account per window
+    per_address = 50              # sign-in attempts, successful ones too, per client address per window
+    window = 900                  # seconds
+
     [documents]                   # fetching client ID metadata documents (CM-02)
     allow_hosts = ["mcp-client.example.com", ".example.org"]   # KAVACH_DOCUMENT_ALLOW_HOSTS
     deny_hosts = [".internal.example.com"]                     # KAVACH_DOCUMENT_DENY_HOSTS
@@ -112,11 +117,13 @@ LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 
 _TOP_KEYS = frozenset(
     {"host", "port", "issuer", "db", "store", "upstream", "allow_insecure_http", "refresh_grace", "signing_alg",
-     "log_level", "trusted_proxies", "allowed_origins", "lifetimes", "resource", "registration", "documents"}
+     "log_level", "trusted_proxies", "allowed_origins", "lifetimes", "resource", "registration", "sign_in",
+     "documents"}
 )
 _LIFETIME_KEYS = tuple(f.name for f in attrs.fields(Lifetimes))
 _RESOURCE_KEYS = frozenset({"name", "scopes", "default_scopes"})
 _REGISTRATION_KEYS = frozenset(f.name for f in attrs.fields(RegistrationPolicy))
+_SIGN_IN_KEYS = ("per_user", "per_address", "window")
 _DOCUMENT_COUNTS = ("max_bytes", "max_fetches", "max_fetches_per_host", "refusal_cache_entries")
 _DOCUMENT_SECONDS = ("deadline", "connect_timeout", "read_timeout", "refusal_ttl")
 _DOCUMENT_KEYS = frozenset({"allow_hosts", "deny_hosts", "ca_bundle", "allow_loopback",
@@ -160,6 +167,8 @@ class Settings:
     registration: Mapping[str, Any] = attrs.field(factory=dict)
     documents: Mapping[str, Any] = attrs.field(factory=dict)
     """The metadata document fetcher's policy (:class:`kavach.fetcher.FetchPolicy` fields)."""
+    sign_in: Mapping[str, int] = attrs.field(factory=dict)
+    """The sign-in limits (:class:`kavach.server.LoginLimits` fields) given; the rest default."""
     config_file: str | None = None
 
     @property
@@ -199,6 +208,15 @@ class Settings:
             known = ", ".join(sorted(_REGISTRATION_KEYS))
             raise SettingsError(f"registration: unknown setting; the known ones are {known}") from exc
 
+
+    def login_limits(self) -> Any:
+        """The :class:`~kavach.server.LoginLimits` of ``[sign_in]``."""
+        from .server import LoginLimits
+
+        try:
+            return LoginLimits(**dict(self.sign_in))
+        except ValueError as exc:
+            raise SettingsError(f"sign_in: {exc}") from exc
 
     def fetch_policy(self) -> Any:
         """The :class:`~kavach.fetcher.FetchPolicy` of ``[documents]`` and its flags."""
@@ -423,6 +441,14 @@ def _from_toml(path: str) -> dict[str, Any]:
         if unknown:
             raise SettingsError(f"{src}: unknown registration setting {unknown[0]!r}")
         out["registration"] = dict(table)
+    if "sign_in" in data:
+        table = data["sign_in"]
+        if not isinstance(table, dict):
+            raise SettingsError(f"{src}: [sign_in] must be a table")
+        for key, value in table.items():
+            if key not in _SIGN_IN_KEYS:
+                raise SettingsError(f"{src}: unknown sign_in setting {key!r} (known: {', '.join(_SIGN_IN_KEYS)})")
+            out.setdefault("sign_in", {})[key] = _int(f"sign_in.{key}", value, src)
     if "documents" in data:
         out["documents"] = _documents_table(data["documents"], src, base)
     return out
