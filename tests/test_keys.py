@@ -460,6 +460,7 @@ def test_a_key_this_process_cannot_load_is_never_stored(h: Harness, monkeypatch:
 
     monkeypatch.setattr(keys, "check_key_matches_alg", refuse)
     monkeypatch.setattr(keys, "_loaded", {})  # the seeded keys below were loaded by earlier tests
+    monkeypatch.setattr(keys, "_unloadable", {})  # and this test's refusals must not outlive it
     for _ in range(3):
         with pytest.raises(JoseError):
             h.run(keys.current(h.ctx()))
