@@ -1,8 +1,10 @@
 """A person step for ``kavach conformance --person conformance_person:step`` (run with tests/ on
 PYTHONPATH): the interop tests' own browser (tests/person.py) signing in as the conformance
 tests' user and approving. It shows the kit's person step is pluggable. One browser serves every
-call, as a person's would: after the first sign-in its session cookie is reused (kavach limits
-sign-in attempts per user)."""
+call, as a person's would. Under an https issuer its session cookie is reused after the first
+sign-in; under an http one (``kavach serve``'s default, as in these tests) kavach ends the session
+at the redirect back to the client, so every authorization signs in again (and counts toward the
+server's ``[sign_in] per_address`` limit)."""
 
 from __future__ import annotations
 

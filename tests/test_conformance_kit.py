@@ -31,11 +31,22 @@ from kavach_serve import Served, free_port, kavach_command, serve
 LAUNCHER = Path(__file__).with_name("conformance_defects.py")
 USER, PASSWORD = "alice", "conformance-pw-1"
 
+# Under an http issuer (kavach serve's default) a sign-in is good for one authorization only, so
+# the kit's person signs in at every authorization, and kavach counts successful sign-ins against
+# its per-address limit (by default 50 per 15 minutes, then 429). A kit run signs in 27 times (28
+# with /other-mcp); the stateful test once per authorize step, hypothesis's shrinking replays
+# included: from about 50 to several hundred in the tests below (some 560 in one token_html run). Every
+# server started here allows far more; none of these tests is about the sign-in limit.
+SIGN_IN = """
+[sign_in]
+per_address = 10000
+"""
+
 
 @contextmanager
 def defective(defect: str) -> Iterator[Served]:
     """``kavach serve`` with ``defect`` injected, on a free port with a temporary database."""
-    with serve(command=[sys.executable, str(LAUNCHER), defect]) as served:
+    with serve(command=[sys.executable, str(LAUNCHER), defect], config_toml=SIGN_IN) as served:
         served.add_user(USER, PASSWORD)
         yield served
 
@@ -60,7 +71,7 @@ def test_kit_command_passes_every_applicable_rule_against_kavach_serve(tmp_path:
     stateful test. The person step here is a callable (``--person``, tests/conformance_person.py);
     the other tests use the kit's built-in form filler."""
     report_path = tmp_path / "report.json"
-    with serve() as served:
+    with serve(config_toml=SIGN_IN) as served:
         served.add_user(USER, PASSWORD)
         proc = subprocess.run(
             [
@@ -170,21 +181,29 @@ KIT_DEFECTS = Path(__file__).with_name("kit_defects.py")
 @contextmanager
 def misbehaving(defect: str) -> Iterator[Served]:
     """``kavach serve`` answering some requests wrongly (``defect``, see tests/kit_defects.py)."""
-    with serve(command=[sys.executable, str(KIT_DEFECTS), defect]) as served:
+    with serve(command=[sys.executable, str(KIT_DEFECTS), defect], config_toml=SIGN_IN) as served:
         served.add_user(USER, PASSWORD)
         yield served
 
 
-def quick(served: Served, **changes: Any) -> KitOptions:
-    """The kit's options for ``served`` with a 1 s timeout (every hang costs one second)."""
-    return attrs.evolve(kit(served, other=False), timeout=1.0, **changes)
+HANG = 1.0
+"""The kit's timeout in the tests about answers that never come, or come too slowly: each costs this long."""
+STEADY = 5.0
+"""The kit's timeout in the others. Every authorization signs in (an scrypt check: about 0.4 s here, over
+1 s on a busy machine), and a sign-in answered later than the timeout would stop the checks it is part of."""
 
 
-def kit_command(served: Served, *args: str) -> subprocess.CompletedProcess[str]:
-    """``kavach conformance`` against ``served`` with a 1 s timeout, to its end."""
+def quick(served: Served, *, timeout: float = STEADY, **changes: Any) -> KitOptions:
+    """The kit's options for ``served`` with a short timeout (``HANG`` where the test waits out hangs)."""
+    return attrs.evolve(kit(served, other=False), timeout=timeout, **changes)
+
+
+def kit_command(served: Served, *args: str, timeout: float = STEADY) -> subprocess.CompletedProcess[str]:
+    """``kavach conformance`` against ``served`` with a short timeout, to its end."""
     command = [*kavach_command(), "conformance", "--issuer", served.issuer, "--resource", served.mcp_url]
     command += ["--register", "--username", USER, "--password", PASSWORD, "--redirect-port", str(free_port())]
-    proc = subprocess.run([*command, "--timeout", "1", *args], capture_output=True, text=True, timeout=120, check=False)
+    command += ["--timeout", f"{timeout:g}", *args]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
     assert "Traceback" not in proc.stderr, proc.stderr
     return proc
 
@@ -196,7 +215,7 @@ def reason(report: Report, rule: str) -> str:
 @pytest.mark.parametrize(("defect", "rule"), [("hang_plain", "AZ-05"), ("hang_token_replay", "TK-04")])
 def test_no_answer_in_time_fails_the_rule_checked_and_says_so(defect: str, rule: str) -> None:
     with misbehaving(defect) as served:
-        report = run_kit(quick(served))
+        report = run_kit(quick(served, timeout=HANG))
     assert report.status(rule) == FAIL, report.table()
     shown = next(line for line in report.table().splitlines() if line.startswith(rule))
     assert ": stopped: no answer within 1 s (ReadTimeout)" in shown, report.table()
@@ -237,7 +256,7 @@ def test_a_hang_in_the_stateful_test_keeps_the_report(tmp_path: Path) -> None:
     table and the JSON report of every check group are still written."""
     report_path = tmp_path / "report.json"
     with misbehaving("hang_refresh") as served:
-        proc = kit_command(served, "--stateful", "20", "--json", str(report_path))
+        proc = kit_command(served, "--stateful", "20", "--json", str(report_path), timeout=HANG)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "stateful: fail: stopped: no answer within 1 s (ReadTimeout): POST" in proc.stdout, proc.stdout
     report = json.loads(report_path.read_text())
@@ -342,7 +361,7 @@ def test_an_answer_too_large_or_too_slow_is_not_read_whole(defect: str, expect: 
     """The RFC 8414 document (the kit goes on with OIDC discovery's): MD-01 fails."""
     with misbehaving(defect) as served:
         started = time.monotonic()
-        report = run_kit(quick(served))
+        report = run_kit(quick(served, timeout=HANG))
     assert time.monotonic() - started < 30
     assert report.status("MD-01") == FAIL and expect in reason(report, "MD-01"), report.table()
 

@@ -172,7 +172,9 @@ class FormPerson:
         self.username = username or ""
         self.password = password or ""
         self.max_steps = max_steps
-        # One browser: the session cookie of the first sign-in is kept, as a person's browser would.
+        # One browser: cookies are kept, as a person's browser keeps them. A server may reuse the
+        # session of a sign-in for later authorizations (kavach does under https); under http
+        # kavach ends it at each redirect back to the client, so every authorization signs in.
         self.jar = self.http.new_client()
 
     def close(self) -> None:
