@@ -574,17 +574,21 @@ def test_tk_06_several_resources_in_one_request_are_invalid_target(hc: Harness) 
     assert not hc.store.codes[digest(code)].consumed
 
 
-def test_tk_06_token_scope_is_limited_to_the_audience_catalogue(h: Harness) -> None:
+def _two_catalogues(tools: tuple[str, ...] = ("tools:list", "tools:call")) -> Harness:
+    """A harness with client ``c1`` and two resources whose catalogues share no scope: ``tools``
+    at RESOURCE, ``files:read`` at OTHER_RESOURCE (which has no default scope)."""
     from kavach_core.config import ProtectedResource
 
-    config = make_config(
-        resources=[
-            ProtectedResource(RESOURCE, scopes={"tools:list": "", "tools:call": ""}),
-            ProtectedResource(OTHER_RESOURCE, scopes={"files:read": ""}, default_scopes=()),
-        ]
-    )
-    h = Harness(config)
+    h = Harness(make_config(resources=[
+        ProtectedResource(RESOURCE, scopes=dict.fromkeys(tools, "")),
+        ProtectedResource(OTHER_RESOURCE, scopes={"files:read": ""}, default_scopes=()),
+    ]))  # fmt: skip
     add_client(h)
+    return h
+
+
+def test_tk_06_token_scope_is_limited_to_the_audience_catalogue(h: Harness) -> None:
+    h = _two_catalogues()
     out = az_request(h, [*az_query(scope="tools:list files:read").items(), ("resource", OTHER_RESOURCE)])
     code = location_params(h.run(authorize.approve(h.ctx(), out.ticket, "alice")))["code"]
     body = assert_tokens(redeem(h, code, resource=OTHER_RESOURCE))
@@ -596,16 +600,7 @@ def test_tk_06_token_scope_is_limited_to_the_audience_catalogue(h: Harness) -> N
 def test_tk_06_a_resource_with_no_scope_approved_is_left_out_of_the_grant(h: Harness) -> None:
     """RFC 6749 §3.3 has no empty scope: a resource of the request for which the person approved
     nothing (only another resource's scopes) is not granted, so no token with no scope is minted."""
-    from kavach_core.config import ProtectedResource
-
-    config = make_config(
-        resources=[
-            ProtectedResource(RESOURCE, scopes={"tools:list": "", "tools:call": ""}),
-            ProtectedResource(OTHER_RESOURCE, scopes={"files:read": ""}, default_scopes=()),
-        ]
-    )
-    h = Harness(config)
-    add_client(h)
+    h = _two_catalogues()
     out = az_request(h, [*az_query(scope="tools:list files:read").items(), ("resource", OTHER_RESOURCE)])
     code = location_params(h.run(authorize.approve(h.ctx(), out.ticket, "alice", ("files:read",))))["code"]
     assert h.store.codes[digest(code)].resources == (OTHER_RESOURCE,)
@@ -619,16 +614,7 @@ def test_tk_06_a_token_with_no_scope_for_its_resource_is_never_minted(h: Harness
     """RFC 6749 §3.3: a refresh narrowed to another resource's scopes, or a grant stored with a
     resource none of its scopes is for (as approval once stored them), is ``invalid_scope``, and
     the refresh token stays current (nothing rotated)."""
-    from kavach_core.config import ProtectedResource
-
-    config = make_config(
-        resources=[
-            ProtectedResource(RESOURCE, scopes={"tools:list": ""}),
-            ProtectedResource(OTHER_RESOURCE, scopes={"files:read": ""}, default_scopes=()),
-        ]
-    )
-    h = Harness(config)
-    add_client(h)
+    h = _two_catalogues(("tools:list",))
     out = az_request(h, [*az_query(scope="tools:list files:read").items(), ("resource", OTHER_RESOURCE)])
     code = location_params(h.run(authorize.approve(h.ctx(), out.ticket, "alice")))["code"]
     body = assert_tokens(redeem(h, code, resource=OTHER_RESOURCE))

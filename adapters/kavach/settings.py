@@ -275,17 +275,20 @@ def _str(name: str, value: object, source: str) -> str:
     return value
 
 
-def _proxies(label: str, value: object) -> tuple[str, ...]:
-    """Trusted proxy addresses and networks, from a list or a comma/space separated string;
-    ``label`` says where the value came from."""
+def _listed(label: str, value: object, kind: str) -> list[str]:
+    """The items of a list setting given as a TOML list of strings or a comma/space separated
+    string (a flag, a variable); anything else is refused, saying it wants a list of ``kind``."""
     if isinstance(value, str):
-        items = value.replace(",", " ").split()
-    elif isinstance(value, list) and all(isinstance(v, str) for v in value):
-        items = [v.strip() for v in value]
-    else:
-        raise SettingsError(f"{label} must be a list of IP addresses or networks")
+        return value.replace(",", " ").split()
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return [v.strip() for v in value]
+    raise SettingsError(f"{label} must be a list of {kind}")
+
+
+def _proxies(label: str, value: object) -> tuple[str, ...]:
+    """Trusted proxy addresses and networks (:func:`_listed`); ``label`` says where the value came from."""
     out: list[str] = []
-    for item in items:
+    for item in _listed(label, value, "IP addresses or networks"):
         if item == "*":
             raise SettingsError(f"{label} cannot be '*': any client could then choose its own address")
         try:
@@ -301,16 +304,10 @@ def _proxies(label: str, value: object) -> tuple[str, ...]:
 
 
 def _origins(label: str, value: object) -> tuple[str, ...]:
-    """Allowed web origins, from a list or a comma/space separated string, each serialised
-    (:func:`kavach.origins.serialise`) or ``*``; ``label`` says where the value came from."""
-    if isinstance(value, str):
-        items = value.replace(",", " ").split()
-    elif isinstance(value, list) and all(isinstance(v, str) for v in value):
-        items = [v.strip() for v in value]
-    else:
-        raise SettingsError(f"{label} must be a list of origins like https://app.example.com")
+    """Allowed web origins (:func:`_listed`), each serialised (:func:`kavach.origins.serialise`)
+    or ``*``; ``label`` says where the value came from."""
     out: list[str] = []
-    for item in items:
+    for item in _listed(label, value, "origins like https://app.example.com"):
         normal = ANY_ORIGIN if item == ANY_ORIGIN else serialise(item.rstrip("/") if item.count("/") == 3 else item)
         if normal is None:
             raise SettingsError(f"{label}: {item!r} is not an origin (scheme://host[:port], http or https) or '*'")
@@ -424,13 +421,7 @@ def _from_toml(path: str) -> dict[str, Any]:
     if "allowed_origins" in data:
         out["allowed_origins"] = _origins(f"{src}: allowed_origins", data["allowed_origins"])
     if "lifetimes" in data:
-        table = data["lifetimes"]
-        if not isinstance(table, dict):
-            raise SettingsError(f"{src}: [lifetimes] must be a table")
-        for key, value in table.items():
-            if key not in _LIFETIME_KEYS:
-                raise SettingsError(f"{src}: unknown lifetime {key!r} (known: {', '.join(_LIFETIME_KEYS)})")
-            out.setdefault("lifetimes", {})[key] = _int(f"lifetimes.{key}", value, src)
+        out["lifetimes"] = _whole_numbers(data["lifetimes"], "lifetimes", "lifetime", _LIFETIME_KEYS, src)
     if "resource" in data:
         out.update(_resource_table(data["resource"], src))
     if "registration" in data:
@@ -442,15 +433,21 @@ def _from_toml(path: str) -> dict[str, Any]:
             raise SettingsError(f"{src}: unknown registration setting {unknown[0]!r}")
         out["registration"] = dict(table)
     if "sign_in" in data:
-        table = data["sign_in"]
-        if not isinstance(table, dict):
-            raise SettingsError(f"{src}: [sign_in] must be a table")
-        for key, value in table.items():
-            if key not in _SIGN_IN_KEYS:
-                raise SettingsError(f"{src}: unknown sign_in setting {key!r} (known: {', '.join(_SIGN_IN_KEYS)})")
-            out.setdefault("sign_in", {})[key] = _int(f"sign_in.{key}", value, src)
+        out["sign_in"] = _whole_numbers(data["sign_in"], "sign_in", "sign_in setting", _SIGN_IN_KEYS, src)
     if "documents" in data:
         out["documents"] = _documents_table(data["documents"], src, base)
+    return out
+
+
+def _whole_numbers(table: object, name: str, what: str, keys: tuple[str, ...], src: str) -> dict[str, int]:
+    """The TOML table ``[name]`` of whole numbers, each under one of ``keys`` (a ``what``)."""
+    if not isinstance(table, dict):
+        raise SettingsError(f"{src}: [{name}] must be a table")
+    out: dict[str, int] = {}
+    for key, value in table.items():
+        if key not in keys:
+            raise SettingsError(f"{src}: unknown {what} {key!r} (known: {', '.join(keys)})")
+        out[key] = _int(f"{name}.{key}", value, src)
     return out
 
 
