@@ -260,7 +260,10 @@ def test_a_hang_in_the_stateful_test_keeps_the_report(tmp_path: Path) -> None:
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "stateful: fail: stopped: no answer within 1 s (ReadTimeout): POST" in proc.stdout, proc.stdout
     report = json.loads(report_path.read_text())
-    assert report["stateful"]["status"] == FAIL and report["stateful"]["seconds"] < 10, report["stateful"]
+    # Stopped at once: shrinking would replay the hang (and every sign-in before it) many times.
+    # A single pass takes 10 to 30 s here, most of it the sign-in of every authorization (an scrypt
+    # check each, under an http issuer), so the bound is loose, and well under the replays' cost.
+    assert report["stateful"]["status"] == FAIL and report["stateful"]["seconds"] < 90, report["stateful"]
     assert {r["rule"]: r["status"] for r in report["rules"]}["TK-03"] == PASS
 
 
