@@ -60,7 +60,8 @@ class OriginPolicy:
     def __init__(self, issuer: str, allowed: Iterable[str] = ()) -> None:
         named = tuple(allowed)
         self.any = ANY in named
-        own = serialise(f"{urlsplit(issuer).scheme}://{urlsplit(issuer).netloc}")
+        parts = urlsplit(issuer)
+        own = serialise(f"{parts.scheme}://{parts.netloc}")
         self.allowed = frozenset(o for o in (own, *(serialise(n) for n in named if n != ANY)) if o is not None)
 
     def allows(self, origin: str) -> bool:
