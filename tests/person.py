@@ -89,11 +89,13 @@ class Person:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def authorize(self, url: str, decision: str = "approve") -> str:
+    def authorize(self, url: str, decision: str = "approve", *, form: list[tuple[str, str]] | None = None) -> str:
         """Run the authorization at ``url`` to its end; return the URL the person was finally
-        redirected to on the client's side (it carries ``code`` or ``error``), after fetching it."""
+        redirected to on the client's side (it carries ``code`` or ``error``), after fetching it.
+        With ``form``, the authorization request is those parameters sent to ``url`` by POST, as a
+        page of the client's would submit them (OAuth 2.1 §4.1.1)."""
         server = urlsplit(url).netloc
-        response = self.http.get(url)
+        response = self.http.get(url) if form is None else self.http.post(url, data=dict(form))
         for _ in range(self.max_steps):
             if response.status_code in (301, 302, 303, 307, 308):
                 target = urljoin(str(response.url), response.headers["location"])

@@ -104,6 +104,11 @@ def test_kit_command_passes_every_applicable_rule_against_kavach_serve(tmp_path:
     assert statuses["RS-04"] == NA
     assert {rule for rule in OBSERVABLE if statuses[rule] != PASS} == {"RS-04"}, proc.stdout
     assert report["stateful"]["status"] == PASS
+    # The callable's post step took the authorization request sent by POST to its end: a code,
+    # not only the POST's first answer (tests/conformance_person.py).
+    checks = [c for r in report["rules"] for c in r["checks"]]
+    [by_post] = [c for c in checks if c["name"] == "valid request by POST proceeds as by GET"]
+    assert by_post["status"] == PASS and "'code'" in by_post["reason"], by_post
 
 
 def test_kit_baseline_with_a_second_resource_passes_everything() -> None:

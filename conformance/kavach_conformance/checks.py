@@ -13,7 +13,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
-from .person import FormPerson
+from .person import person_post
 from .session import (
     MCP_HEADERS,
     TOOLS_LIST,
@@ -280,9 +280,10 @@ def check_authorize_errors(s: Session, record: Record) -> None:
         record("AZ-03", "loopback port may vary", ok, outcome.describe())
     params, _ = s.auth_params(client)
     outcome = s.attempt_post(params)
-    # The built-in person must get a code; of a --person callable's run only the POST's first
-    # answer is seen: a redirect with a code, or a page (the sign-in) that is not an error.
-    first_only = not isinstance(s.person, FormPerson) and not outcome.redirected
+    # A person with a POST step (the built-in one, a --person callable with a post method) must
+    # get a code; of another callable's run only the POST's first answer is seen: a redirect with
+    # a code, or a page (the sign-in) that is not an error.
+    first_only = person_post(s.person) is None and not outcome.redirected
     ok = outcome.status is not None and outcome.status < 400 if first_only else outcome.one("code") is not None
     record("AZ-01", "valid request by POST proceeds as by GET", ok, outcome.describe())
     params, _ = s.auth_params(client)

@@ -8,7 +8,9 @@ redirect that leaves the server: that Location is the final redirect URL (it car
 or ``error``). An error page that does not redirect but links to the client's redirect URI (a
 server declining to redirect on its own to a URI it does not trust, RFC 9700 §4.11.2) ends the
 same way: the person follows that link, and its URL is the final one. A callable
-``(authorization_url, redirect_uri) -> final_redirect_url`` may replace it (``--person module:callable``).
+``(authorization_url, redirect_uri) -> final_redirect_url`` may replace it (``--person module:callable``);
+one that also has a method ``post(endpoint, params, redirect_uri) -> final_redirect_url`` is given
+authorization requests sent by POST too (:func:`person_post`), as the built-in person is.
 """
 
 from __future__ import annotations
@@ -27,6 +29,16 @@ import httpx
 from .http import Http, KitError, origin
 
 PersonStep = Callable[[str, str], str]
+PostStep = Callable[[str, list[tuple[str, str]], str], str]
+"""``(authorization_endpoint, form_parameters, redirect_uri) -> final_redirect_url``."""
+
+
+def person_post(person: PersonStep) -> PostStep | None:
+    """The person's step for an authorization request sent by POST (OAuth 2.1 §4.1.1), when it has
+    one: its ``post`` method. ``None`` for a person that takes URLs only."""
+    post = getattr(person, "post", None)
+    return post if callable(post) else None
+
 
 _APPROVE = re.compile(r"approve|allow|accept|authori[sz]e|consent|continue|confirm|yes|grant|sign.?in|log.?in|submit")
 _REFUSE = re.compile(r"deny|reject|cancel|abort|refuse|decline|\bno\b")

@@ -13,7 +13,7 @@ import hashlib
 import json
 import secrets
 import traceback
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
@@ -21,7 +21,7 @@ import attrs
 import httpx
 
 from .http import Http, KitError, RateLimited, parse_json
-from .person import FormPerson, PersonError, PersonStep, redirect_params
+from .person import PersonError, PersonStep, person_post, redirect_params
 
 OIDC_SCOPES = frozenset({"openid", "profile", "email", "address", "phone", "offline_access"})
 MCP_HEADERS = {
@@ -375,8 +375,13 @@ class Session:
         pairs = list(params.items()) if isinstance(params, Mapping) else list(params)
         full = url + joiner + urlencode(pairs)
         target = redirect_uri or dict(pairs).get("redirect_uri") or self.redirect_uri
+        return self._outcome(lambda: self.person(full, target))
+
+    @staticmethod
+    def _outcome(step: Callable[[], str]) -> Outcome:
+        """The outcome of one run of the person's step: where it ended, or why it stayed."""
         try:
-            final = self.person(full, target)
+            final = step()
         except PersonError as exc:
             return Outcome(None, exc.status, str(exc))
         except KitError:
@@ -386,16 +391,15 @@ class Session:
         return Outcome(final)
 
     def attempt_post(self, params: Mapping[str, str]) -> Outcome:
-        """:meth:`attempt` with the request sent by POST. The built-in person goes on from the POST's
-        answer as from a GET's; a ``--person`` callable takes URLs only, so then the POST's first
+        """:meth:`attempt` with the request sent by POST. The built-in person, and a ``--person``
+        callable with a ``post(endpoint, params, redirect_uri)`` method, go on from the POST's
+        answer as from a GET's; a callable without one takes URLs only, so then the POST's first
         answer alone is read: its redirect, or the page it shows (``final`` ``None``, its status)."""
         url = self.endpoint("authorization_endpoint")
         target = params.get("redirect_uri") or self.redirect_uri
-        if isinstance(self.person, FormPerson):
-            try:
-                return Outcome(self.person.post(url, list(params.items()), target))
-            except PersonError as exc:
-                return Outcome(None, exc.status, str(exc))
+        post = person_post(self.person)
+        if post is not None:
+            return self._outcome(lambda: post(url, list(params.items()), target))
         response = self.http.request("POST", url, data=params)
         location = response.headers.get("location", "")
         if response.status_code in (301, 302, 303, 307, 308) and location.startswith(target):
