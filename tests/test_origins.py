@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kavach.origins import OriginPolicy, require_origin, serialise
+from kavach.origins import OriginPolicy, origin_of, require_origin, serialise
 from kavach.settings import SettingsError, resolve
 
 
@@ -33,6 +33,22 @@ def test_origins_are_compared_in_their_serialisation(given: str, expect: str | N
     """RFC 6454 §6.2: scheme and host lower-cased, the default port dropped; anything that is no
     origin (the opaque ``null`` above all) serialises to nothing, so it matches no allowed origin."""
     assert serialise(given) == expect
+
+
+@pytest.mark.parametrize(
+    ("url", "expect"),
+    [
+        ("https://AS.example:443/tenant/mcp?x=1", "https://as.example"),
+        ("http://127.0.0.1:8000/mcp", "http://127.0.0.1:8000"),
+        ("https://[::1]:8443", "https://[::1]:8443"),
+        ("ftp://as.example/x", None),
+        ("https://user@as.example/x", None),
+    ],
+)
+def test_the_origin_of_a_url_is_its_scheme_host_and_port_serialised(url: str, expect: str | None) -> None:
+    """RFC 6454 §4: a URL's origin is its scheme, host and port; what the issuer and a resource are
+    compared by (the Starlette guard answers the server's own paths on a shared origin)."""
+    assert origin_of(url) == expect
 
 
 def test_the_policy_allows_the_issuer_loopback_and_the_named_origins_only() -> None:

@@ -54,14 +54,20 @@ def serialise(origin: str) -> str | None:
     return f"{scheme}://{host}" if port is None or port == _DEFAULT_PORTS[scheme] else f"{scheme}://{host}:{port}"
 
 
+def origin_of(url: str) -> str | None:
+    """The serialised origin (RFC 6454 §4, §6.2) of an http(s) URL such as the issuer or a resource;
+    ``None`` for a URL that has none (see :func:`serialise`)."""
+    parts = urlsplit(url)
+    return serialise(f"{parts.scheme}://{parts.netloc}")
+
+
 class OriginPolicy:
     """The origins allowed to call the MCP endpoint served under ``issuer`` (module docstring)."""
 
     def __init__(self, issuer: str, allowed: Iterable[str] = ()) -> None:
         named = tuple(allowed)
         self.any = ANY in named
-        parts = urlsplit(issuer)
-        own = serialise(f"{parts.scheme}://{parts.netloc}")
+        own = origin_of(issuer)
         self.allowed = frozenset(o for o in (own, *(serialise(n) for n in named if n != ANY)) if o is not None)
 
     def allows(self, origin: str) -> bool:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
-from urllib.parse import urlsplit
 
 from starlette.applications import Starlette
 from starlette.routing import Route
@@ -26,6 +25,7 @@ from kavach_core.router import cors_headers
 
 from .mcp_sessions import HEADER as SESSION_HEADER
 from .mcp_sessions import SessionBinding, refuse
+from .origins import origin_of
 from .server import TOO_LARGE, AuthorizationServer, guarded_body_problem, incoming
 
 Scope = MutableMapping[str, Any]
@@ -201,7 +201,8 @@ class KavachGuard:
         self.sessions = SessionBinding(server.config.secret)
         self.server = server
         self.resource = server.protected(resource)
-        same_origin = _origin(self.resource) == _origin(server.config.issuer)
+        own = origin_of(server.config.issuer)
+        same_origin = own is not None and origin_of(self.resource) == own
         metadata_path = PRM_WELL_KNOWN + resource_path(self.resource)
         self.public = frozenset(server.paths()) if same_origin else frozenset({metadata_path})
         self.required = required
@@ -245,11 +246,6 @@ class KavachGuard:
         inner["headers"] = others
         await self.app(inner, _replay(body, receive), send)
         return None
-
-
-def _origin(url: str) -> str:
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc}"
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:
