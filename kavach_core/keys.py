@@ -90,7 +90,8 @@ def _private_key(alg: str, ctx: Context) -> PrivateKey:
 
 
 ROTATE_ATTEMPTS = 8
-"""How many times :func:`rotate` reads and swaps before it gives up on a key set that keeps changing."""
+"""How many times :func:`rotate` and :func:`current` decide and swap before they give up on a key
+set that keeps changing."""
 
 
 class KeyRotationError(KavachError):
@@ -342,7 +343,10 @@ def current(ctx: Context) -> Flow[KeySet]:
     the one stored cannot be loaded), and a successor when the active key stops signing within
     :data:`PREPUBLISH` seconds and no usable one is published yet; each change is decided once,
     cluster-wide (a compare-and-set on the stored kids). The usual call performs one read and no
-    write.
+    write. When another process's swap wins and what it stored still lacks what this one needs
+    (instances of two algorithms writing their first keys at once), the decision is made again on
+    the set it stored, up to :data:`ROTATE_ATTEMPTS` times; after that the set is returned as it
+    is, without a key of this algorithm (the token endpoint answers 503 with ``Retry-After``).
 
     Only keys of this instance's algorithm are retired: every key of it when none can sign (a key
     created beyond :data:`CLOCK_SKEW` ahead, one that cannot be loaded), and at any change one
@@ -356,23 +360,28 @@ def current(ctx: Context) -> Flow[KeySet]:
     now = ctx.now
     alg = ctx.config.signing_alg
     records: tuple[SigningKey, ...] = tuple((yield fx.GetSigningKeys()))
-    keyset = KeySet(records)
-    active = keyset.active(now, alg)
-    if active is not None:
-        if active.signs_until - now > PREPUBLISH:
-            return keyset
-        if any(k.alg == alg and k.created_at >= active.signs_until and usable(k) for k in records):
-            return keyset
-    lifetime = _longest_token_lifetime(ctx, records)
-    if active is None:
-        fresh = generate(ctx, token_lifetime=lifetime)
-    else:
-        fresh = generate(ctx, start=active.signs_until, token_lifetime=lifetime)
-    kept = tuple(
-        _retire(k, now, lifetime) if k.alg == alg and (active is None or not usable(k)) else k
-        for k in _live(records, now)
-    )
-    return (yield from _store(records, (fresh, *_live(kept, now))))
+    for _ in range(ROTATE_ATTEMPTS):
+        keyset = KeySet(records)
+        active = keyset.active(now, alg)
+        if active is not None:
+            if active.signs_until - now > PREPUBLISH:
+                return keyset
+            if any(k.alg == alg and k.created_at >= active.signs_until and usable(k) for k in records):
+                return keyset
+        lifetime = _longest_token_lifetime(ctx, records)
+        if active is None:
+            fresh = generate(ctx, token_lifetime=lifetime)
+        else:
+            fresh = generate(ctx, start=active.signs_until, token_lifetime=lifetime)
+        kept = tuple(
+            _retire(k, now, lifetime) if k.alg == alg and (active is None or not usable(k)) else k
+            for k in _live(records, now)
+        )
+        stored = yield from _store(records, (fresh, *_live(kept, now)))
+        if any(k.kid == fresh.kid for k in stored.records):
+            return stored
+        records = stored.records
+    return KeySet(records)
 
 
 def rotate(ctx: Context) -> Flow[KeySet]:

@@ -568,23 +568,46 @@ def test_the_other_algorithms_key_stays_published_exactly_until_its_tokens_expir
 @pytest.mark.parametrize(("old", "new"), [("ES256", "EdDSA"), ("EdDSA", "ES256")])
 def test_first_keys_of_two_algorithms_racing_are_decided_once_each(h: Harness, old: str, new: str) -> None:
     """Instances of two algorithms both find the store empty and both swap: the compare-and-set
-    keeps the first swap only; the second instance gets the winner's set (no key of its algorithm:
-    the token endpoint answers 503, nothing spent) and its next call adds its key, keeping the
-    winner's. Two keys, each stored once."""
+    keeps the first swap only; the second instance gets the winner's set, which has no key of its
+    algorithm, so it decides again on that set and adds its key, keeping the winner's, in the same
+    call (before, that call returned without a key of its algorithm: a 503 for its token request).
+    Two keys, each stored once."""
     configs = make_config(signing_alg=old), make_config(signing_alg=new)
     a = keys.current(Context(configs[0], h.now, h.entropy))
     b = keys.current(Context(configs[1], h.now, h.entropy))
     swap_a = a.send(h.store.perform(next(a)))
     swap_b = b.send(h.store.perform(next(b)))
     won = _finish(h, a, h.store.perform(swap_a))
-    lost = _finish(h, b, h.store.perform(swap_b))
-    assert won == lost == KeySet(h.store.keys)
     assert [k.alg for k in h.store.keys] == [old]
-    assert lost.active(h.now, new) is None
-    again = h.run(keys.current(Context(configs[1], h.now, h.entropy)))
+    lost = _finish(h, b, h.store.perform(swap_b))
+    assert lost == KeySet(h.store.keys)
     assert sorted(k.alg for k in h.store.keys) == sorted((old, new))
-    assert again.active(h.now, old) == won.active(h.now, old)
-    assert again.active(h.now, new) is not None
+    assert lost.active(h.now, old) == won.active(h.now, old)
+    assert lost.active(h.now, new) is not None
+    again = h.run(keys.current(Context(configs[1], h.now, h.entropy)))
+    assert again == lost, "nothing more to decide"
+
+
+def test_current_gives_up_on_keys_that_keep_changing_and_returns_without_its_key(h: Harness) -> None:
+    """Whenever this instance swaps, another process's swap has won first with a set lacking this
+    algorithm's key: after ROTATE_ATTEMPTS decisions the call returns the stored set as it is (the
+    token endpoint's 503 with Retry-After), never looping for ever, and none of its keys is stored."""
+    other = Context(make_config(signing_alg="EdDSA"), h.now, h.entropy)
+    flow = keys.current(h.ctx())
+    effect = next(flow)
+    swaps = 0
+    try:
+        while True:
+            if isinstance(effect, fx.SwapSigningKeys):
+                swaps += 1
+                h.run(keys.rotate(other))  # another process replaces the set first, every time
+            effect = flow.send(h.store.perform(effect))
+    except StopIteration as stop:
+        result = stop.value
+    assert swaps == keys.ROTATE_ATTEMPTS
+    assert result == KeySet(h.store.keys)
+    assert result.active(h.now, "ES256") is None
+    assert {k.alg for k in h.store.keys} == {"EdDSA"}
 
 
 def test_two_instances_of_one_algorithm_racing_beside_anothers_key_store_one_key(h: Harness) -> None:
@@ -602,8 +625,8 @@ def test_two_instances_of_one_algorithm_racing_beside_anothers_key_store_one_key
 
 def test_successors_of_two_algorithms_due_together_are_each_published_once(h: Harness) -> None:
     """Both algorithms' keys enter their last PREPUBLISH seconds together and the two instances
-    race: the compare-and-set keeps one successor, the other is published on the loser's next call,
-    and neither instance publishes a second one."""
+    race: the compare-and-set keeps one successor, the loser decides again on the winner's set and
+    publishes the other, and neither instance publishes a second one."""
     es_config, ed_config = make_config(signing_alg="ES256"), make_config(signing_alg="EdDSA")
     h.run(keys.current(Context(es_config, h.now, h.entropy)))
     h.run(keys.current(Context(ed_config, h.now, h.entropy)))
@@ -615,7 +638,7 @@ def test_successors_of_two_algorithms_due_together_are_each_published_once(h: Ha
     swap_b = b.send(h.store.perform(next(b)))
     _finish(h, a, h.store.perform(swap_a))
     _finish(h, b, h.store.perform(swap_b))
-    assert len(h.store.keys) == 3
+    assert len(h.store.keys) == 4, "the loser decided again on the winner's set and published its successor"
     for _ in range(3):
         h.now += 1
         h.run(keys.current(Context(es_config, h.now, h.entropy)))
