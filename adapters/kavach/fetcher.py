@@ -71,7 +71,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Generator, Iterable, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -499,6 +499,25 @@ _STILL_RUNNING = FetchRefused("")
 came before the flight landed."""
 
 
+@attrs.frozen
+class _Lead:
+    """A step of :meth:`DocumentFetcher._plan`: fetch ``target`` by ``deadline``, for every caller."""
+
+    target: _Target
+    deadline: float
+
+
+@attrs.frozen
+class _Await:
+    """A step of :meth:`DocumentFetcher._plan`: wait, until ``deadline``, for the answer of ``flight``."""
+
+    flight: _Flight
+    deadline: float
+
+
+_Plan = Generator["_Lead | _Await", "Fetched | FetchRefused | None", "Fetched | FetchRefused"]
+
+
 class _Flights:
     """Fetches in progress, by URL: the first caller fetches, the others wait for its answer
     (threads and event loops alike), each no longer than its own deadline."""
@@ -844,11 +863,13 @@ class DocumentFetcher:
             log.debug("client metadata document %r refused again without a fetch: %s", url, refusal.reason)
         return refusal
 
-    # -- threads ---------------------------------------------------------------------------
+    # -- one fetch, threads and event loops alike ------------------------------------------
 
-    def fetch(self, url: str) -> Fetched | FetchRefused:
-        """Fetch ``url`` in this thread, within the policy's deadline; a caller that finds the same
-        URL being fetched (by a thread or a coroutine) waits for that fetch's answer instead."""
+    def _plan(self, url: str) -> _Plan:
+        """One fetch of ``url`` as the steps :meth:`fetch` and :meth:`afetch` perform, each in its
+        own way: lead the fetch (:class:`_Lead`), or wait for the one another caller leads
+        (:class:`_Await`), then answer. A leader lands its flight whatever happens, its caller's
+        cancellation included (closing the plan runs the ``finally``)."""
         deadline = time.monotonic() + self.policy.deadline
         try:
             target = self._target(url)
@@ -862,13 +883,33 @@ class DocumentFetcher:
             if leader:
                 result: Fetched | FetchRefused | None = None
                 try:
-                    result = self._lead(url, target, deadline)
+                    result = yield _Lead(target, deadline)
                 finally:
                     self._flights.land(url, flight, result)
+                assert result is not None  # a lead answers
                 return result
-            answer = self._followed(url, self._flights.wait(url, flight, deadline))
+            answer = self._followed(url, (yield _Await(flight, deadline)))
             if answer is not None:
                 return answer
+
+    # -- threads ---------------------------------------------------------------------------
+
+    def fetch(self, url: str) -> Fetched | FetchRefused:
+        """Fetch ``url`` in this thread, within the policy's deadline; a caller that finds the same
+        URL being fetched (by a thread or a coroutine) waits for that fetch's answer instead."""
+        plan = self._plan(url)
+        try:
+            step = next(plan)
+            while True:
+                if isinstance(step, _Lead):
+                    step = plan.send(self._lead(url, step.target, step.deadline))
+                else:
+                    step = plan.send(self._flights.wait(url, step.flight, step.deadline))
+        except StopIteration as done:
+            answer: Fetched | FetchRefused = done.value
+            return answer
+        finally:
+            plan.close()
 
     def _followed(self, url: str, result: Fetched | FetchRefused | None) -> Fetched | FetchRefused | None:
         """A waiter's answer from the fetch it waited for: that fetch's own, a refusal when it was
@@ -946,26 +987,19 @@ class DocumentFetcher:
     async def afetch(self, url: str) -> Fetched | FetchRefused:
         """Fetch ``url`` on an event loop (resolution in a thread of its own); the deadline is exact.
         Concurrent callers of one URL, coroutines or threads, share one fetch."""
-        deadline = time.monotonic() + self.policy.deadline
+        plan = self._plan(url)
         try:
-            target = self._target(url)
-        except _Refused as refused:
-            return self._refusal(url, refused, remember=False)
-        while True:
-            remembered = self._remembered(url)
-            if remembered is not None:
-                return remembered
-            flight, leader = self._flights.join(url)
-            if leader:
-                result: Fetched | FetchRefused | None = None
-                try:
-                    result = await self._alead(url, target, deadline)
-                finally:
-                    self._flights.land(url, flight, result)
-                return result
-            answer = self._followed(url, await self._flights.await_(url, flight, deadline))
-            if answer is not None:
-                return answer
+            step = next(plan)
+            while True:
+                if isinstance(step, _Lead):
+                    step = plan.send(await self._alead(url, step.target, step.deadline))
+                else:
+                    step = plan.send(await self._flights.await_(url, step.flight, step.deadline))
+        except StopIteration as done:
+            answer: Fetched | FetchRefused = done.value
+            return answer
+        finally:
+            plan.close()
 
     async def _alead(self, url: str, target: _Target, deadline: float) -> Fetched | FetchRefused:
         waited = False
