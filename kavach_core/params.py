@@ -139,13 +139,17 @@ def unique_members(refuse: Callable[[str], Exception]) -> Callable[[Pairs], dict
     """A JSON ``object_pairs_hook`` that builds the object and raises ``refuse(name)`` when a
     member name repeats (RFC 8259 §4 leaves duplicates undefined; RFC 7515 §5.2 and RFC 7591 §3
     readers here refuse them). The dictionary is built in one C call; only a repeat, seen as a
-    shorter dictionary than the list of pairs, costs a second look to name the member."""
+    shorter dictionary than the list of pairs, costs a second pass, in linear time (a stranger's
+    body may hold many thousand members), to name the first member met again."""
 
     def hook(pairs: Pairs) -> dict[str, Any]:
         out = dict(pairs)
         if len(out) != len(pairs):
-            names = [name for name, _ in pairs]
-            raise refuse(next(name for name in names if names.count(name) > 1))
+            seen: set[str] = set()
+            for name, _ in pairs:
+                if name in seen:
+                    raise refuse(name)
+                seen.add(name)
         return out
 
     return hook

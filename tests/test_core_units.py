@@ -33,7 +33,15 @@ from kavach_core.errors import ConfigurationError, OAuthError, safe_description
 from kavach_core.http import HttpRequest, Response, add_query, error_response, json_response
 from kavach_core.memory_store import MemoryStore
 from kavach_core.opaque import b64url, b64url_decode, digest, parse_refresh_token, refresh_token, same
-from kavach_core.params import MAX_FIELDS, Params, form_params, json_object, parse_query_string, query_params
+from kavach_core.params import (
+    MAX_FIELDS,
+    Params,
+    form_params,
+    json_object,
+    parse_query_string,
+    query_params,
+    unique_members,
+)
 from kavach_core.records import Grant
 from kavach_core.redirect_uris import find_match, is_loopback, matches, registration_problem
 from kavach_core.resource_indicators import canonical_resource, metadata_url, parse_resource, resource_path
@@ -798,3 +806,32 @@ def test_rs_05_canonical_resource_memo_is_bounded_and_never_keeps_failures() -> 
 
     assert canonical_resource(Text("https://A.example/")) == "https://a.example"
     assert Text("https://A.example/") not in [k for k in resource_indicators._memo if type(k) is not str]
+
+
+class _CountedName(str):
+    """A member name that counts how often it is compared or hashed."""
+
+    looks = 0
+
+    def __eq__(self, other: object) -> bool:
+        _CountedName.looks += 1
+        return str.__eq__(self, other)
+
+    def __hash__(self) -> int:
+        _CountedName.looks += 1
+        return str.__hash__(self)
+
+
+@pytest.mark.parametrize("members", [2_000, 8_000])
+def test_naming_a_repeated_member_takes_linear_work(members: int) -> None:
+    """GN-03: a stranger's JSON body (a guarded MCP request read before its token, an open
+    registration) may hold thousands of members with one repeat at the end. Naming it looks at
+    each name a bounded number of times, so the work grows with the body, not with its square
+    (comparisons are counted here, not timed)."""
+    hook = unique_members(lambda name: ValueError(name))
+    pairs: list[tuple[str, Any]] = [(_CountedName(f"k{i}"), i) for i in range(members)]
+    pairs.append((_CountedName(f"k{members - 1}"), 0))
+    _CountedName.looks = 0
+    with pytest.raises(ValueError, match=f"^k{members - 1}$"):
+        hook(pairs)
+    assert _CountedName.looks <= 6 * (members + 1), _CountedName.looks
