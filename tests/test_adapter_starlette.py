@@ -83,6 +83,25 @@ def test_gn_03_no_debug_page_even_in_debug_mode() -> None:
                 assert r.headers["content-type"] == "application/json"
 
 
+def test_gn_03_a_required_hook_that_raises_is_a_json_500_without_a_traceback() -> None:
+    """The application's ``required`` hook fails on a body it did not expect: the guard answers
+    as the Flask and aiohttp guards do, 500 ``server_error`` in JSON, and neither the exception
+    nor a debug page reaches the client (before, the exception escaped to Starlette, whose debug
+    mode showed the traceback)."""
+
+    def required(req: Any) -> tuple[str, ...]:
+        raise KeyError("secret-internal-detail")
+
+    server = AuthorizationServer(make_config(), _store(), users=Users(MemoryUsers(), log_n=10))
+    guard = KavachGuard(_tools, server, RESOURCE, required=required)  # type: ignore[arg-type]
+    app = Starlette(routes=[Route("/mcp", guard, methods=["POST"])], debug=True)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        r = client.post("/mcp", headers={"Authorization": "Bearer a.b.c"}, content=b"{}")
+    assert r.status_code == 500
+    assert r.headers["content-type"] == "application/json" and r.json() == {"error": "server_error"}
+    assert "secret-internal-detail" not in r.text and "Traceback" not in r.text
+
+
 def test_guard_refuses_oversized_bodies_and_websockets() -> None:
     server = AuthorizationServer(make_config(), _store(), users=Users(MemoryUsers(), log_n=10))
     guard = KavachGuard(_tools, server, RESOURCE)  # type: ignore[arg-type]

@@ -26,7 +26,7 @@ from kavach_core.router import cors_headers
 from .mcp_sessions import HEADER as SESSION_HEADER
 from .mcp_sessions import SessionBinding, refuse
 from .origins import origin_of
-from .server import TOO_LARGE, AuthorizationServer, guarded_body_problem, incoming
+from .server import TOO_LARGE, AuthorizationServer, failure_response, guarded_body_problem, incoming
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -225,7 +225,10 @@ class KavachGuard:
         if self.required is None:
             outcome = await self.server.aguard_body(self.resource, headers.authorization, body)
         else:
-            need = self.required(_translate(scope, body))
+            try:  # the application's own hook: what it raises is answered as the server's failures are
+                need = self.required(_translate(scope, body))
+            except Exception as exc:
+                return await _send(send, failure_response(exc))
             if isinstance(need, Response):
                 return await _send(send, need)
             outcome = await self.server.aguard_values(self.resource, headers.authorization, need)
