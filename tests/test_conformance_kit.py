@@ -625,3 +625,21 @@ def test_metadata_member_types() -> None:
     assert mistyped_members({**good, "client_id_metadata_document_supported": True}) == []
     bad = mistyped_members({**good, "jwks_uri": None, "grant_types_supported": "a b", "x_parameter_supported": "1"})
     assert {w.split(" ", 1)[0] for w in bad} == {"jwks_uri", "grant_types_supported", "x_parameter_supported"}
+
+
+def test_the_kits_secrets_may_come_from_the_environment_and_a_flag_wins() -> None:
+    """A password or client secret on the command line is readable by every user of the machine
+    in the process list for the whole run: the kit also takes them from the environment."""
+    import argparse
+
+    from kavach_conformance.cli import CLIENT_SECRET_VAR, PASSWORD_VAR, add_arguments, options_from
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    environ = {PASSWORD_VAR: "from-the-environment", CLIENT_SECRET_VAR: "secret-from-the-environment"}
+    plain = parser.parse_args(["--issuer", "https://as.example", "--username", "alice"])
+    options = options_from(plain, environ)
+    assert (options.password, options.client_secret) == ("from-the-environment", "secret-from-the-environment")
+    flagged = parser.parse_args(["--issuer", "https://as.example", "--password", "p", "--client-secret", "s"])
+    assert (options_from(flagged, environ).password, options_from(flagged, environ).client_secret) == ("p", "s")
+    assert (options_from(plain, {}).password, options_from(plain, {PASSWORD_VAR: ""}).password) == (None, None)

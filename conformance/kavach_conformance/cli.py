@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 from .http import KitError
@@ -16,6 +18,12 @@ EXIT_STATUS = (
     "unreadable fails the rules being checked), 2 when the kit could not run (a bad option, no metadata, the "
     "server rate-limiting the kit, an unexpected error of the kit: one line, never a traceback)."
 )
+
+
+PASSWORD_VAR = "KAVACH_CONFORMANCE_PASSWORD"
+CLIENT_SECRET_VAR = "KAVACH_CONFORMANCE_CLIENT_SECRET"
+"""Where the secrets may come from instead of the command line, whose arguments every user of the
+machine can read in the process list (``/proc/PID/cmdline``) for as long as the run lasts."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -33,10 +41,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="--resource is only a resource indicator of the AS; no protected resource is served there",
     )
     parser.add_argument("--client-id", metavar="ID", help="a registered client (its redirect URI: --redirect-uri)")
-    parser.add_argument("--client-secret", metavar="S", help="the client's secret (client_secret_basic)")
+    parser.add_argument(
+        "--client-secret",
+        metavar="S",
+        help=f"the client's secret (client_secret_basic); better in the environment, {CLIENT_SECRET_VAR}",
+    )
     parser.add_argument("--register", action="store_true", help="register the kit's clients dynamically (RFC 7591)")
     parser.add_argument("--username", metavar="U", help="sign in as U (built-in form filler)")
-    parser.add_argument("--password", metavar="P", help="the password of --username")
+    parser.add_argument(
+        "--password",
+        metavar="P",
+        help=f"the password of --username; better in the environment, {PASSWORD_VAR} (a flag is seen in the "
+        "process list)",
+    )
     parser.add_argument(
         "--person",
         metavar="MODULE:CALLABLE",
@@ -70,17 +87,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--all-rules", action="store_true", help="list every checklist rule, not only observable ones")
 
 
-def options_from(args: argparse.Namespace) -> KitOptions:
+def options_from(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> KitOptions:
+    """The run's options: the flags, and for a secret not given as one, its environment variable."""
     return KitOptions(
         issuer=args.issuer,
         resource=args.resource,
         other_resource=args.other_resource,
         resource_served=not args.indicator_only,
         client_id=args.client_id,
-        client_secret=args.client_secret,
+        client_secret=args.client_secret if args.client_secret is not None else environ.get(CLIENT_SECRET_VAR) or None,
         register=args.register,
         username=args.username,
-        password=args.password,
+        password=args.password if args.password is not None else environ.get(PASSWORD_VAR) or None,
         person=args.person,
         redirect_port=args.redirect_port,
         redirect_uri=args.redirect_uri,
