@@ -292,13 +292,15 @@ def test_successful_refresh_writes_a_new_key_before_the_rotation(hc: Harness) ->
     assert [type(e) for e in writes(effects)] == [fx.SwapSigningKeys, fx.RotateRefresh]
 
 
-def test_no_signing_key_of_the_configured_alg_writes_only_the_lost_key_swap() -> None:
-    """503 ``temporarily_unavailable`` when the key swap loses to a key set with no active key of
-    ``signing_alg`` (another instance, another algorithm): the code is not consumed."""
+def test_no_signing_key_of_the_configured_alg_writes_only_the_lost_key_swaps() -> None:
+    """503 ``temporarily_unavailable`` when every key swap, decided again up to ROTATE_ATTEMPTS
+    times, loses to a key set with no active key of ``signing_alg`` (other instances, another
+    algorithm, changing it each time): nothing but the lost swaps is written, the code is not
+    consumed."""
     h = Harness()
     add_client(h)
     code = get_code(h)
-    rival = keys.generate(Harness(make_config(signing_alg="EdDSA"), seed=7).ctx())
+    rivals = [keys.generate(Harness(make_config(signing_alg="EdDSA"), seed=7 + n).ctx()) for n in range(9)]
     req = h.request("POST", "/token", form=code_form(code))
     flow = token.handle(h.ctx(), req)
     effect = next(flow)
@@ -307,14 +309,37 @@ def test_no_signing_key_of_the_configured_alg_writes_only_the_lost_key_swap() ->
         while True:
             seen.append(effect)
             if isinstance(effect, fx.SwapSigningKeys):
-                h.store.keys = (rival,)  # the other instance's swap committed first
+                h.store.keys = (rivals.pop(),)  # another instance's swap committed first, every time
             effect = flow.send(h.store.perform(effect))
     resp = stop.value.value
     assert isinstance(resp, Response) and resp.status == 503
     assert resp.json()["error"] == "temporarily_unavailable" and resp.header("retry-after")
-    assert [type(e) for e in writes(seen)] == [fx.SwapSigningKeys]
-    assert h.store.keys == (rival,)
+    assert [type(e) for e in writes(seen)] == [fx.SwapSigningKeys] * keys.ROTATE_ATTEMPTS
+    assert [k.alg for k in h.store.keys] == ["EdDSA"]
     assert h.store.grants == {}
+
+
+def test_a_key_swap_lost_once_is_decided_again_and_the_code_redeemed() -> None:
+    """The key swap loses once to an instance of another algorithm (its first key stored at the
+    same moment): the token endpoint decides again on that set, adds its own key beside the
+    other, and redeems the code (200), the other algorithm's key kept."""
+    h = Harness()
+    add_client(h)
+    code = get_code(h)
+    rival = keys.generate(Harness(make_config(signing_alg="EdDSA"), seed=7).ctx())
+    req = h.request("POST", "/token", form=code_form(code))
+    flow = token.handle(h.ctx(), req)
+    effect = next(flow)
+    lost = False
+    with pytest.raises(StopIteration) as stop:
+        while True:
+            if isinstance(effect, fx.SwapSigningKeys) and not lost:
+                h.store.keys, lost = (rival,), True
+            effect = flow.send(h.store.perform(effect))
+    resp = stop.value.value
+    assert isinstance(resp, Response) and resp.status == 200, resp.body
+    assert {k.alg for k in h.store.keys} == {"EdDSA", "ES256"} and len(h.store.keys) == 2
+    assert len(h.store.grants) == 1
 
 
 def test_tk_07_reuse_writes_exactly_the_rotation_that_revokes(hc: Harness) -> None:

@@ -94,10 +94,11 @@ def _signing_key(ctx: Context) -> Flow[tuple[SigningKey, SigningKeyPair]]:
     Read before the code is spent or the refresh token rotated, so that nothing the request
     cannot finish is committed: a consumed code's next use is a replay that revokes the grant
     (RFC 6749 §4.1.2, §10.5), and the store outage answered 503 must leave the step undone.
-    :func:`~kavach_core.keys.current` may store a new key (none signs yet, or a successor is due);
-    when its swap loses to an instance whose key set has no active key of this instance's
-    ``signing_alg`` (a rolling change of the algorithm), the answer is 503 (RFC 9110 §15.6.4)
-    ``temporarily_unavailable`` (RFC 6749 §4.1.2.1's code, as for a store outage) with
+    :func:`~kavach_core.keys.current` may store a new key (none signs yet, or a successor is due),
+    deciding again when its swap loses to another instance's; when the set still has no active
+    key of this instance's ``signing_alg`` after :data:`~kavach_core.keys.ROTATE_ATTEMPTS` such
+    losses (instances of another algorithm changing it each time), the answer is 503 (RFC 9110
+    §15.6.4) ``temporarily_unavailable`` (RFC 6749 §4.1.2.1's code, as for a store outage) with
     ``Retry-After`` (RFC 9110 §10.2.3), and nothing more is written.
     """
     keyset = yield from keys.current(ctx)
