@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import os
 import sqlite3
 import time
@@ -18,12 +19,14 @@ from pathlib import Path
 import pytest
 import services
 from kavach.stores import DamagedDatabaseError, SQLiteStore, SQLiteStoreError
+from kavach.stores._codec import CLIENTS, GRANTS
 from kavach.stores.sqlite import APPLICATION_ID, MIGRATIONS
 from kavach.users import SQLiteUsers
 from kavach_serve import Cli
 
 from kavach_core import effects as fx
 from kavach_core.drivers import StoreUnavailable
+from kavach_core.records import AuthorizationCode, Client, Grant
 
 STORE_KEY = base64.urlsafe_b64encode(b"k" * 32).decode()
 
@@ -55,7 +58,7 @@ def _sql(path: Path, *statements: str) -> None:
 def _kavach_db(path: Path) -> None:
     """A real kavachOS database: a signing key, a user, a client and the server secret."""
     ok(["keys", "rotate", "--db", str(path)])
-    ok(["users", "add", "bob", "--password-stdin", "--db", str(path)], stdin="pw\n")
+    ok(["users", "add", "bob", "--password-stdin", "--db", str(path)], stdin="a long enough password\n")
     ok(["clients", "add", "--name", "Tool", "--redirect-uri", "http://127.0.0.1:9/cb", "--db", str(path)])
 
 
@@ -125,6 +128,13 @@ DAMAGE = {
     "key-time-as-text": ("UPDATE signing_keys SET created_at = 'abc'", ["keys", "list"], "created_at = 'abc'"),
     "client-time-as-text": ("UPDATE clients SET issued_at = 'yesterday'", ["clients", "list"], "not an integer"),
     "client-name-as-blob": ("UPDATE clients SET client_name = x'41'", ["clients", "list"], "not text"),
+    # JSON of another shape than an array of text: read, before, as the characters of a string
+    "redirect-uris-a-string": (
+        """UPDATE clients SET redirect_uris = '"http://127.0.0.1:9/cb"'""", ["clients", "list"], "not an array of text"
+    ),
+    "client-metadata-not-json": (
+        "UPDATE clients SET metadata = '{not json'", ["clients", "list"], "metadata that is not the JSON text"
+    ),
 }
 
 
@@ -138,11 +148,89 @@ def test_a_damaged_kavach_database_is_one_line(tmp_path: Path, case: str) -> Non
     assert "damaged" in line and "not a usable kavachOS database" in line
 
 
+T0 = 1_700_000_000
+GRANT = Grant("g1", "alice", "c1", ("https://mcp.example.com/mcp",), ("tools:list",), T0, T0 + 86_400, 0, "r0",
+              T0 + 3600, T0)  # fmt: skip
+CODE = AuthorizationCode("h1", "c1", "https://app.example/cb", True, "challenge", GRANT.resources, GRANT.scopes,
+                         "alice", "g1", T0, T0 + 60)  # fmt: skip
+
+
+def _row_with(fields: tuple[str, ...], row: tuple[object, ...], field: str, value: object) -> list[object]:
+    """``row`` with ``value`` in place of ``field``'s."""
+    return [value if name == field else stored for name, stored in zip(fields, row, strict=True)]
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("scopes", "tools:list"), ("scopes", [1, 2]), ("resources", [None]), ("scopes", {"tools:list": True})],
+    ids=["a-string", "numbers", "a-null", "an-object"],
+)
+def test_the_codec_reads_an_array_only_as_an_array_of_text(field: str, value: object) -> None:
+    """A tuple field holding anything but an array of text is damage (``ValueError``), in a JSON
+    record (Redis) and in a row, as a list (PostgreSQL) or JSON text (SQLite); a JSON string read
+    as the tuple of its characters, or numbers and ``None`` read as they are, failed far later."""
+    record = {**GRANTS.to_dict(GRANT), field: value}
+    with pytest.raises(ValueError, match=f"{field} = .*, not an array of text"):
+        GRANTS.from_dict(record)
+    for stored in [json.dumps(value)] + ([value] if isinstance(value, list) else []):  # SQLite's, PostgreSQL's
+        with pytest.raises(ValueError, match="not an array of text"):
+            GRANTS.from_row(_row_with(GRANTS.fields, GRANTS.to_row(GRANT), field, stored))
+
+
+@pytest.mark.parametrize(
+    "metadata", ["{not json", "[1]", '"text"', "null", ""], ids=["not-json", "an-array", "a-string", "null", "empty"]
+)
+def test_the_codec_reads_a_clients_metadata_only_as_the_json_of_an_object(metadata: str) -> None:
+    """A client's ``metadata`` (echoed by registration, read by the consent page) that is not the
+    JSON text of an object is damage, in a JSON record and in a row."""
+    registered = Client("c1", ("https://app.example/cb",))
+    with pytest.raises(ValueError, match="metadata that is not the JSON text of an object"):
+        CLIENTS.from_dict({**CLIENTS.to_dict(registered), "metadata": metadata})
+    with pytest.raises(ValueError, match="metadata that is not the JSON text of an object"):
+        CLIENTS.from_row(_row_with(CLIENTS.fields, CLIENTS.to_row(registered), "metadata", metadata))
+    assert CLIENTS.from_dict(CLIENTS.to_dict(registered)) == registered
+
+
+@pytest.mark.parametrize(
+    ("damage", "effect"),
+    [
+        ("UPDATE grants SET scopes = '[1, 2]'", fx.GetGrant("g1")),
+        ("""UPDATE grants SET resources = '"https://mcp.example.com/mcp"'""", fx.ListGrants()),
+        ("UPDATE grants SET scopes = '[null]'", fx.RotateRefresh("g1", 0, "r0", "r1", T0 + 10, 10, T0 + 3600)),
+        ("UPDATE codes SET scopes = '{\"tools:list\": 1}'", fx.GetCode("h1")),
+        ("UPDATE clients SET metadata = '{not json'", fx.GetClient("c1")),
+        ("UPDATE clients SET metadata = '[]'", fx.ListClients()),
+    ],
+    ids=["numbers", "a-string", "a-null-met-by-a-rotation", "an-object", "metadata-not-json", "metadata-an-array"],
+)
+def test_a_damaged_array_or_metadata_is_damage_and_changes_nothing(
+    tmp_path: Path, damage: str, effect: fx.Effect
+) -> None:
+    """A row whose array or client metadata does not read: :class:`DamagedDatabaseError` (503)
+    for the effect that meets it, never a record that fails later in the core (500); a rotation
+    meeting it neither rotates nor revokes the family."""
+    path = tmp_path / "k.db"
+    with SQLiteStore(path) as store:
+        store.perform(fx.PutClient(Client("c1", ("https://app.example/cb",))))
+        store.perform(fx.PutCode(CODE))
+        assert store.perform(fx.ConsumeCode("h1", GRANT)) is True
+        _sql(path, damage)
+        with pytest.raises(DamagedDatabaseError, match="cannot be read") as caught:
+            store.perform(effect)
+        assert isinstance(caught.value, StoreUnavailable)
+    db = sqlite3.connect(path)
+    try:
+        family = db.execute("SELECT refresh_generation, refresh_hash, revoked_at FROM grants").fetchall()
+    finally:
+        db.close()
+    assert family == [(0, "r0", None)]
+
+
 def test_only_a_foreign_kavach_users_table_is_one_line_and_untouched(tmp_path: Path) -> None:
     path = tmp_path / "u.db"
     _sql(path, "CREATE TABLE kavach_users (x)")
     before = _files(tmp_path)
-    bad(["users", "add", "bob", "--password-stdin", "--db", str(path)], "kavach_users lacks", stdin="pw\n")
+    bad(["users", "add", "bob", "--password-stdin", "--db", str(path)], "kavach_users lacks", stdin="fifteen chars!!\n")
     assert _files(tmp_path) == before
 
 
@@ -382,10 +470,10 @@ def test_a_file_the_users_table_makes_first_is_the_owners_alone_too(tmp_path: Pa
     path = tmp_path / "kavach.db"
     users = Users(SQLiteUsers(str(path)), log_n=10)
     assert path.stat().st_mode & 0o777 == 0o600
-    users.add("alice", "pw")
+    users.add("alice", "a long enough password")
     with SQLiteStore(str(path)) as store:
         store.perform(fx.GetSigningKeys())
-    assert path.stat().st_mode & 0o777 == 0o600 and users.authenticate("alice", "pw") == "alice"
+    assert path.stat().st_mode & 0o777 == 0o600 and users.authenticate("alice", "a long enough password") == "alice"
 
 
 def test_a_database_others_can_read_is_used_with_a_warning(tmp_path: Path) -> None:

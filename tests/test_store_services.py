@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import shutil
 import socket
@@ -28,8 +29,15 @@ import redis
 import services
 from kavach.instance import redis_secret
 from kavach.stores import SQLiteStore, open_store
+from kavach.stores._codec import CLIENTS, GRANTS
 from kavach.stores._sealing import SEALED_PREFIX, StoreKeyError
-from kavach.stores.postgres import SCHEMA_VERSION, PostgresStore, PostgresStoreError, SchemaVersionError
+from kavach.stores.postgres import (
+    SCHEMA_VERSION,
+    DamagedRowError,
+    PostgresStore,
+    PostgresStoreError,
+    SchemaVersionError,
+)
 from kavach.stores.redis import DamagedValueError, RedisStore
 from kavach.users import RedisUsers
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
@@ -159,8 +167,8 @@ def test_pg_instances_starting_at_once_share_one_secret_and_the_users_table(
     try:
         assert failures == []
         assert len(secrets) == 8 and len(set(secrets)) == 1
-        users[0].add("alice", "correct horse")
-        assert all(u.authenticate("alice", "correct horse") == "alice" for u in users)
+        users[0].add("alice", "correct horse battery staple")
+        assert all(u.authenticate("alice", "correct horse battery staple") == "alice" for u in users)
         schema = stores[0].schema
         assert admin.execute(f'SELECT count(*) FROM "{schema}".kavach_settings').fetchone() == (1,)
     finally:
@@ -731,6 +739,86 @@ def test_pg_async_outage_is_503_and_recovers(tmp_path: Path) -> None:
         proxy.cut()
 
 
+class _FreezingProxy(TcpProxy):
+    """A :class:`TcpProxy` that can also go silent: after ``freeze()`` its connections stay open
+    and what arrives on them is held, not passed on (a peer gone without a word, as behind a link
+    cut mid-network: no reset, no close), until ``thaw()``."""
+
+    def __init__(self, upstream_host: str, upstream_port: int) -> None:
+        self._flowing = threading.Event()
+        self._flowing.set()
+        super().__init__(upstream_host, upstream_port)
+
+    def freeze(self) -> None:
+        self._flowing.clear()
+
+    def thaw(self) -> None:
+        self._flowing.set()
+
+    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                self._flowing.wait()
+                sink.sendall(data)
+        except OSError:
+            pass
+        for sock in (source, sink):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+
+def _within_30_s(fn: Callable[[], Any]) -> Any:
+    """``fn()`` on a thread; what it returned or raised, failing the test when it still runs after 30 s."""
+    thread, outcome = _in_thread(fn)
+    thread.join(timeout=30)
+    assert not thread.is_alive(), "still waiting after 30 s"
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
+def test_pg_an_effect_given_no_answer_is_503_within_the_timeout(tmp_path: Path) -> None:
+    """The database's side of the link goes silent during an effect: StoreUnavailable about the
+    store's ``timeout`` (3 s) later, on a thread and on an event loop, where the effect waited
+    without end; the silenced connection is closed, and once the link carries again the store
+    serves, on fresh connections."""
+    services.require("postgres")
+    url = urlsplit(services.POSTGRES_URL)
+    proxy = _FreezingProxy(url.hostname or "127.0.0.1", url.port or 5432)
+    store = _pg_through(proxy, tmp_path)
+
+    def on_a_thread() -> None:
+        store.perform(fx.PutCode(code()))  # a pooled connection, open
+        proxy.freeze()
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable, match="no answer within 3 s"):
+            store.perform(fx.GetCode("h1"))
+        assert 2 < time.monotonic() - started < 20
+        proxy.thaw()
+        assert store.perform(fx.GetCode("h1")) is not None
+
+    async def on_a_loop() -> None:
+        try:
+            assert await store.aperform(fx.GetCode("h1")) is not None  # a connection of this loop, open
+            proxy.freeze()
+            started = time.monotonic()
+            with pytest.raises(StoreUnavailable, match="no answer within 3 s"):
+                await store.aperform(fx.ConsumeCode("h1", grant()))
+            assert 2 < time.monotonic() - started < 20
+            proxy.thaw()
+            assert await store.aperform(fx.GetCode("h1")) is not None
+        finally:
+            await store.aclose()
+
+    try:
+        _within_30_s(on_a_thread)
+        _within_30_s(lambda: asyncio.run(on_a_loop()))
+    finally:
+        proxy.thaw()
+        store.close()
+        proxy.cut()
+
+
 def test_pg_unreachable_from_the_start_is_503(tmp_path: Path) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -987,6 +1075,107 @@ def test_redis_damage_in_every_kind_of_value_reads_as_damage(rd: RedisStore) -> 
     assert {k: client.dump(k) for k in client.scan_iter(match=rd.prefix + "*")} == before
 
 
+def _redis_contents(rd: RedisStore) -> dict[bytes, Any]:
+    """Every key under the store's prefix, its type and what it holds (not ``DUMP``: a large hash
+    may come out in another order after Redis merely read it)."""
+    client = rd._sync_client()
+    read: dict[bytes, Callable[[bytes], Any]] = {
+        b"string": client.get,
+        b"hash": client.hgetall,
+        b"zset": lambda k: client.zrange(k, 0, -1, withscores=True),
+    }
+    return {k: (client.type(k), read[client.type(k)](k)) for k in client.scan_iter(match=rd.prefix + "*")}
+
+
+@pytest.mark.parametrize("field", ["exp", "gen", "rexp", "rot"])
+def test_redis_a_rotation_meeting_a_damaged_number_writes_nothing(rd: RedisStore, field: str) -> None:
+    """A grant's number that is not a whole number is damage (503), found before the rotation
+    script writes anything: the current token presented does not rotate the family, nor (with a
+    damaged generation taken for another one) revoke it as a replay."""
+    rd.perform(fx.PutCode(code()))
+    assert rd.perform(fx.ConsumeCode("h1", grant())) is True
+    rd._sync_client().hset(rd.prefix + "grant:g1", field, "one")
+    before = _redis_contents(rd)
+    rotate = fx.RotateRefresh("g1", 0, "r0", "r1", T0 + 10, 10, T0 + DAY)
+    with pytest.raises(DamagedValueError, match="prefix is damaged"):
+        rd.perform(rotate)
+    with pytest.raises(DamagedValueError, match="prefix is damaged"):
+        asyncio.run(rd.aperform(rotate))
+    assert _redis_contents(rd) == before
+
+
+_WINDOW_END = fx.Hit("b1", 5, 60, T0).window_end
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "effect"),
+    [
+        (f"hit:{_WINDOW_END}:b1", "many", fx.Hit("b1", 5, 60, T0, step=1)),
+        (f"hit:{_WINDOW_END}:b1", "many", fx.Hit("b1", 5, 60, T0, step=-1)),
+        ("revoked:j1", "x", fx.RevokeAccessToken("j1", T0 + 600)),
+        ("keys", "{not json", fx.SwapSigningKeys((), (key("k1"),))),
+        ("keys", "[1, 2]", fx.SwapSigningKeys((), (key("k1"),))),
+        ("seq", "x", fx.PutClient(Client("c2", ("https://app.example/cb",)))),
+        ("seq", "x", fx.ConsumeCode("h1", grant())),
+    ],
+    ids=["hit", "hit-given-back", "revoke-access", "swap-keys-not-json", "swap-keys-not-keys", "put-client",
+         "consume-code"],
+)  # fmt: skip
+def test_redis_a_script_meeting_a_damaged_value_writes_nothing(
+    rd: RedisStore, key: str, value: str, effect: fx.Effect
+) -> None:
+    """A counter, a revoked token's expiry or the sequence that is not a whole number, or signing
+    keys that are not their JSON, met by a script that would change it or write beside it: damage
+    (503), never Redis's own error (500), and nothing written."""
+    rd.perform(fx.PutCode(code()))
+    rd._sync_client().set(rd.prefix + key, value)
+    before = _redis_contents(rd)
+    with pytest.raises(DamagedValueError, match="prefix is damaged"):
+        rd.perform(effect)
+    with pytest.raises(DamagedValueError, match="prefix is damaged"):
+        asyncio.run(rd.aperform(effect))
+    assert _redis_contents(rd) == before
+
+
+def test_redis_purge_skips_a_damaged_key_and_purges_the_others(
+    rd: RedisStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A code whose expiry is not a number, a revoked token's expiry that is not one, a consent
+    ticket's key holding another type: each is logged and left as it is, and everything else that
+    expired is purged (before, the first of them stopped the purge with Redis's own error)."""
+    client = rd._sync_client()
+    for h in ("h1", "h2", "h3"):
+        rd.perform(fx.PutCode(code(h)))
+    client.hset(rd.prefix + "code:h2", "exp", "x")
+    rd.perform(fx.RevokeAccessToken("j1", T0 + 600))
+    client.set(rd.prefix + "revoked:j2", "x")
+    client.hset(rd.prefix + "pending:t1", "x", "y")
+    with caplog.at_level("WARNING", logger="kavach.stores.redis"):
+        counts = rd.purge(T0 + DAY)
+    assert (counts["codes"], counts["revoked_tokens"]) == (2, 1)
+    damaged = ["code:h2", "pending:t1", "revoked:j2"]
+    left = sorted(k.decode()[len(rd.prefix) :] for k in client.scan_iter(match=rd.prefix + "*"))
+    assert left == sorted([*damaged, "codes:client:c1", "codes:subject:alice"])  # indexes listing h2
+    skipped = " ".join(r.getMessage() for r in caplog.records)
+    assert all(rd.prefix + name in skipped for name in damaged)
+
+
+def test_redis_a_record_with_a_damaged_array_or_metadata_is_damage(rd: RedisStore) -> None:
+    """A client whose redirect URIs are a string (read, before, as a tuple of its characters) or
+    whose metadata is no JSON object, a grant whose scopes hold a null: damage (503) when read,
+    not a record that fails later in the core (500)."""
+    client = rd._sync_client()
+    rd.perform(fx.PutCode(code()))
+    assert rd.perform(fx.ConsumeCode("h1", grant())) is True
+    registered = CLIENTS.to_dict(Client("c1", ("https://app.example/cb",)))
+    client.set(rd.prefix + "client:c2", json.dumps({**registered, "redirect_uris": "https://app.example/cb"}))
+    client.set(rd.prefix + "client:c3", json.dumps({**registered, "metadata": "[1]"}))
+    client.hset(rd.prefix + "grant:g1", "record", json.dumps({**GRANTS.to_dict(grant()), "scopes": [None]}))
+    for effect in (fx.GetClient("c2"), fx.GetClient("c3"), fx.GetGrant("g1"), fx.ListGrants()):
+        with pytest.raises(DamagedValueError, match="prefix is damaged"):
+            rd.perform(effect)
+
+
 def test_a_redis_handler_bug_is_raised_as_itself_not_as_damage(rd: RedisStore, monkeypatch: Any) -> None:
     """Only decoding is read as damage: an error elsewhere in a handler, after a good reply, is a
     bug, and surfaces as one (not as a 503 blaming the data)."""
@@ -1118,6 +1307,41 @@ def test_pg_read_only_database_is_an_outage_and_still_serves_reads(pg: PostgresS
     assert pg.perform(fx.GetGrant("g1")) == grant()
     assert pg.perform(fx.IsSessionEnded("s1")) is False
     read_only.close()
+
+
+_ROTATE = fx.RotateRefresh("g1", 0, "r0", "r1", T0 + 10, 10, T0 + DAY)
+
+
+@pytest.mark.parametrize(
+    ("damage", "effects"),
+    [
+        ("UPDATE {s}.grants SET scopes = ARRAY[NULL]::text[]", [fx.GetGrant("g1"), fx.ListGrants(), _ROTATE]),
+        ("UPDATE {s}.codes SET resources = ARRAY[ARRAY['a', 'b']]", [fx.GetCode("h1")]),
+        ("UPDATE {s}.clients SET metadata = '{{not json'", [fx.GetClient("c1"), fx.ListClients()]),
+        ("UPDATE {s}.clients SET metadata = '[1]'", [fx.GetClient("c1")]),
+    ],
+    ids=["null-in-scopes", "array-of-arrays", "metadata-not-json", "metadata-not-an-object"],
+)
+def test_pg_a_row_that_does_not_read_is_damage_and_changes_nothing(
+    pg: PostgresStore, admin: psycopg.Connection[Any], damage: str, effects: list[fx.Effect]
+) -> None:
+    """An array holding a NULL or arrays (read, before, as a tuple holding ``None``), a client's
+    metadata that is no JSON object: :class:`DamagedRowError`, a StoreUnavailable (503) as on the
+    other stores, never a record that fails later in the core (500); a rotation meeting it
+    neither rotates nor revokes the family."""
+    pg.perform(fx.PutClient(Client("c1", ("https://app.example/cb",))))
+    pg.perform(fx.PutCode(code()))
+    pg.perform(fx.ConsumeCode("h1", grant()))
+    admin.execute(damage.format(s=f'"{pg.schema}"'))
+    family = f'SELECT refresh_generation, refresh_hash, revoked_at FROM "{pg.schema}".grants'
+    before = admin.execute(family).fetchall()
+    for effect in effects:
+        with pytest.raises(DamagedRowError, match="cannot be read") as caught:
+            pg.perform(effect)
+        assert isinstance(caught.value, StoreUnavailable)
+        with pytest.raises(DamagedRowError, match="cannot be read"):
+            asyncio.run(pg.aperform(effect))
+    assert admin.execute(family).fetchall() == before == [(0, "r0", None)]
 
 
 @pytest.mark.parametrize(

@@ -10,6 +10,12 @@ versions of those. A :class:`RecordCodec` knows which field is which and convert
 - to and from a row in field order (SQL stores): tuples become whatever ``tuple_dumper``
   makes of them (a list for PostgreSQL ``text[]``, JSON text for SQLite) and come back from a
   list or JSON text.
+
+Reading checks what it reads: an ``int`` or ``str`` field holding another type, a tuple field that
+is not an array of text (a JSON string, number or object; an array holding numbers, arrays or
+``null``), or a field named to hold the JSON text of an object (a client's ``metadata``) holding
+anything else raises ``ValueError``, which each store reports as damage instead of a record failing
+later, far from its cause.
 """
 
 from __future__ import annotations
@@ -68,16 +74,38 @@ def _checked(record: str, name: str, kind: str, value: Any) -> Any:
     return value
 
 
-class RecordCodec(Generic[R]):
-    """Converts one record class to and from JSON objects and rows (see the module docstring)."""
+def _strings(record: str, name: str, value: Any) -> tuple[str, ...]:
+    """A tuple field's stored array as a tuple, when it is a list of text, else ``ValueError``."""
+    if not isinstance(value, list) or not all(type(item) is str for item in value):
+        raise ValueError(f"stored {record} has {name} = {value!r}, not an array of text")
+    return tuple(value)
 
-    def __init__(self, record: type[R]) -> None:
+
+def _json_object(record: str, name: str, text: str) -> str:
+    """``text`` when it is the JSON text of an object, else ``ValueError``."""
+    try:
+        is_object = isinstance(json.loads(text), dict)
+    except ValueError:
+        is_object = False
+    if not is_object:
+        raise ValueError(f"stored {record} has a {name} that is not the JSON text of an object")
+    return text
+
+
+class RecordCodec(Generic[R]):
+    """Converts one record class to and from JSON objects and rows (see the module docstring).
+
+    ``json_objects`` names the ``str`` fields holding the JSON text of an object.
+    """
+
+    def __init__(self, record: type[R], json_objects: tuple[str, ...] = ()) -> None:
         self.record = record
         hints = typing.get_type_hints(record)
         fields = attrs.fields(record)  # type: ignore[arg-type]
         self.fields: tuple[str, ...] = tuple(f.name for f in fields)
         self._kinds: dict[str, str] = {f.name: _kind(hints[f.name]) for f in fields}
         self._required = frozenset(f.name for f in fields if f.default is attrs.NOTHING)
+        self._objects = frozenset(json_objects)
 
     # -- JSON ------------------------------------------------------------------------------
 
@@ -106,13 +134,13 @@ class RecordCodec(Generic[R]):
             kind = self._kinds[name]
             if value is not None:
                 if kind == "tuple":
-                    value = tuple(value)
+                    value = _strings(self.record.__name__, name, value)
                 elif kind == "bytes":
                     value = b64d(value)
                 elif kind == "bool":
                     value = bool(value)
                 else:
-                    value = _checked(self.record.__name__, name, kind, value)
+                    value = self._scalar(name, value)
             kwargs[name] = value
         return self.record(**kwargs)
 
@@ -145,18 +173,26 @@ class RecordCodec(Generic[R]):
             kind = self._kinds[name]
             if value is not None:
                 if kind == "tuple":
-                    value = tuple(json.loads(value) if isinstance(value, str) else value)
+                    value = _strings(self.record.__name__, name, json.loads(value) if isinstance(value, str) else value)
                 elif kind == "bool":
                     value = bool(value)
                 elif kind == "bytes":
                     value = bytes(value)
                 else:
-                    value = _checked(self.record.__name__, name, kind, value)
+                    value = self._scalar(name, value)
             kwargs[name] = value
         return self.record(**kwargs)
 
+    def _scalar(self, name: str, value: Any) -> Any:
+        """An ``int`` or ``str`` field's stored value, checked (:func:`_checked`), and checked to be
+        the JSON text of an object when the field holds one."""
+        value = _checked(self.record.__name__, name, self._kinds[name], value)
+        if name in self._objects:
+            value = _json_object(self.record.__name__, name, value)
+        return value
 
-CLIENTS = RecordCodec(Client)
+
+CLIENTS = RecordCodec(Client, json_objects=("metadata",))
 PENDING = RecordCodec(PendingAuthorization)
 CODES = RecordCodec(AuthorizationCode)
 GRANTS = RecordCodec(Grant)

@@ -28,10 +28,19 @@ Guarantees:
   connection killed while idle (server restart, ``pg_terminate_backend``, an idle timeout) is
   replaced quietly. The check costs no round trip while nothing arrived on the connection in the
   pool: a server ending a session says so on it first (see :func:`_quiet`).
-- A database that cannot be reached, or a connection lost during an effect, raises
-  :class:`kavach_core.drivers.StoreUnavailable` (the endpoint answers 503). The transaction
-  of that effect is rolled back by the server: no partial state. When the database returns,
-  the next call works again.
+- A database that cannot be reached, a connection lost during an effect, or an effect given no
+  answer within ``timeout`` (a peer gone silent: a link cut mid-network sends no reset) raises
+  :class:`kavach_core.drivers.StoreUnavailable` (the endpoint answers 503). An effect past its
+  ``timeout`` has its connection severed and closed, never lent again (see :class:`_Deadlines`);
+  the kernel gives up on a silent link by itself too, idle or not (TCP keepalives and
+  ``tcp_user_timeout``, see :func:`_link_options`). An effect is one statement or one
+  transaction, so it is applied entirely or not at all, never in part: one whose answer was lost
+  was rolled back by the server, unless its statement or ``COMMIT`` had already completed there
+  (then it was applied). It is never retried. When the database returns, the next call works
+  again. Purges and migrations, which may rightly run long, are bounded by the kernel alone.
+- A row holding what does not read as its record (a value of the wrong type, an array holding a
+  ``NULL`` or a client's ``metadata`` that is not the JSON text of an object: written by hand or
+  by another program) raises :class:`DamagedRowError`, a ``StoreUnavailable`` too.
 - ``purge(now)`` deletes what has expired.
 - Signing keys' private PEMs are encrypted at rest when a store key is configured (``store_key``
   or ``KAVACH_STORE_KEY``): AES-GCM with the kid as associated data, see :mod:`kavach.stores._sealing`.
@@ -46,11 +55,14 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import math
 import re
 import select
+import socket
 import threading
+import time
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
@@ -64,10 +76,17 @@ from kavach_core import effects as fx
 from kavach_core.drivers import StoreUnavailable
 from kavach_core.records import AuthorizationCode, Client, Grant, PendingAuthorization, SigningKey
 
-from ._codec import CLIENTS, CODES, GRANTS, KEYS, PENDING
+from ._codec import CLIENTS, CODES, GRANTS, KEYS, PENDING, RecordCodec
 from ._sealing import KeySealer, seal, sealer_from, unseal
 
-__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "PostgresStore", "PostgresStoreError", "SchemaVersionError"]
+__all__ = [
+    "MIGRATIONS",
+    "SCHEMA_VERSION",
+    "DamagedRowError",
+    "PostgresStore",
+    "PostgresStoreError",
+    "SchemaVersionError",
+]
 
 T = TypeVar("T")
 Rows = list[tuple[Any, ...]]
@@ -85,6 +104,14 @@ class PostgresStoreError(Exception):
 
 class SchemaVersionError(PostgresStoreError):
     """The schema was migrated by a newer kavachOS than this one; it is left untouched."""
+
+
+class DamagedRowError(PostgresStoreError, StoreUnavailable):
+    """A row of the store's schema holding what does not read as the record it should be.
+
+    Also a :class:`StoreUnavailable`, so an effect meeting it is answered like any store outage
+    (503), as the SQLite store answers a damaged file and the Redis store a damaged value.
+    """
 
 
 # -- schema ------------------------------------------------------------------------------------
@@ -346,7 +373,9 @@ def _quiet(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> bool
     ErrorResponse, then the TCP close), or a report of a changed parameter. Either way the
     connection gets the full check (:meth:`psycopg_pool.ConnectionPool.check_connection`, one
     round trip), which fails for a closed one so the pool replaces it. A peer gone without a
-    word (a link cut mid-network) is not seen here, nor by a round trip, which would wait for it.
+    word (a link cut mid-network) is not seen here, nor by a round trip, which would wait for it,
+    until the kernel gives up on the link (:func:`_link_options`): then the socket reports an
+    error, and the check fails at once.
     """
     if conn.closed:  # closed by us, or broken (a broken connection is closed too)
         return False
@@ -372,6 +401,104 @@ async def _acheck(conn: psycopg.AsyncConnection[Any]) -> None:
     """:func:`_check` for the pools of event loops."""
     if not _quiet(conn):
         await AsyncConnectionPool.check_connection(conn)
+
+
+def _link_options(dsn: str, timeout: float) -> dict[str, int]:
+    """The libpq options that make the kernel give up on a link gone silent about ``timeout``
+    seconds after it fell quiet (TCP keepalive probes, idle or not, and ``tcp_user_timeout`` for
+    data left unacknowledged), except those ``dsn`` sets itself. libpq ignores them on a
+    Unix-domain socket; ``tcp_user_timeout`` (milliseconds) needs libpq 12 or later."""
+    seconds = max(1, math.ceil(timeout))
+    options = {
+        "keepalives": 1,
+        "keepalives_idle": seconds,
+        "keepalives_interval": max(1, math.ceil(timeout / 3)),
+        "keepalives_count": 3,
+    }
+    if psycopg.pq.version() >= 120000:
+        options["tcp_user_timeout"] = seconds * 1000
+    given = conninfo_to_dict(dsn)
+    return {name: value for name, value in options.items() if name not in given}
+
+
+@attrs.define(eq=False)
+class _Watch:
+    """One effect's connection (its socket), watched until ``deadline`` (a ``time.monotonic()``)."""
+
+    deadline: float
+    socket: int
+    severed: bool = False
+
+
+def _sever(fd: int) -> None:
+    """Shut the socket ``fd`` down both ways, leaving the descriptor open (it stays libpq's)."""
+    try:
+        sock = socket.socket(fileno=fd)
+    except OSError:
+        return
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    finally:
+        sock.detach()
+
+
+class _Deadlines:
+    """One thread severing the connection of an effect still running at its deadline.
+
+    A reply from a peer gone silent (a link cut mid-network: no reset, no close) would be waited
+    for until the kernel gives up on the link. Severing shuts the connection's socket down: libpq's
+    wait ends at once with an error, on a thread and on an event loop alike (where cancelling the
+    task would have psycopg try to cancel the query over that same silent link first). It happens
+    under the lock an effect takes to stop being watched, so a connection that has left
+    :meth:`watch` (then perhaps closed, its descriptor reused) is never touched.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Condition()
+        self._watched: set[_Watch] = set()
+        self._wakes_at: float | None = None
+        self._thread: threading.Thread | None = None
+
+    @contextmanager
+    def watch(self, conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any], seconds: float) -> Iterator[None]:
+        """Sever ``conn`` if the block still runs ``seconds`` from now: its error is then
+        :class:`StoreUnavailable`, and ``conn`` is closed, so its pool discards it."""
+        watch = _Watch(time.monotonic() + seconds, conn.pgconn.socket)
+        with self._lock:
+            self._watched.add(watch)
+            if self._thread is None or not self._thread.is_alive():  # not yet, or not in this forked process
+                self._thread = threading.Thread(target=self._run, name="kavach-postgres-deadlines", daemon=True)
+                self._thread.start()
+            elif self._wakes_at is None or watch.deadline < self._wakes_at:
+                self._lock.notify()
+        try:
+            yield
+        except psycopg.Error as exc:
+            if watch.severed:
+                message = f"PostgreSQL gave no answer within {seconds:g} s: its connection was closed"
+                raise StoreUnavailable(message) from exc
+            raise
+        finally:
+            with self._lock:
+                self._watched.discard(watch)
+            if watch.severed:
+                conn.pgconn.finish()
+
+    def _run(self) -> None:
+        with self._lock:
+            while True:
+                now = time.monotonic()
+                for watch in [w for w in self._watched if w.deadline <= now]:
+                    self._watched.discard(watch)
+                    watch.severed = True
+                    _sever(watch.socket)
+                self._wakes_at = min((w.deadline for w in self._watched), default=None)
+                self._lock.wait(None if self._wakes_at is None else self._wakes_at - now)
+
+
+_DEADLINES = _Deadlines()
 
 
 def _checked_dsn(dsn: str) -> tuple[str, dict[str, str], int | None]:
@@ -461,8 +588,10 @@ class PostgresStore:
     ``schema`` parameter, else ``kavach``) names the schema holding the tables (created on first
     use). ``min_connections``/``max_connections`` (else the URL's parameters of those names, else 1
     and 10) size each pool: the connections it opens at start, and at most. ``timeout`` (seconds)
-    bounds the wait for a connection, and ``connect_timeout`` (else the URL's
-    ``connect_timeout``, else 5) the opening of one, before :class:`StoreUnavailable` is raised.
+    bounds the wait for a connection and each effect's run on it, and ``connect_timeout`` (else the
+    URL's ``connect_timeout``, else 5) the opening of one, before :class:`StoreUnavailable` is
+    raised; the kernel gives up on a silent link within about twice ``timeout`` (libpq's
+    ``keepalives*`` and ``tcp_user_timeout`` options, unless the URL sets them).
     ``store_key`` (else ``KAVACH_STORE_KEY``) encrypts signing keys at rest. ``check_connections``
     checks each pooled connection before lending it, replacing one the server closed while it was
     idle: without a round trip unless something arrived on it in the pool (:func:`_quiet`).
@@ -499,13 +628,18 @@ class PostgresStore:
             "min_size": min_connections,
             "max_size": max_connections,
             "timeout": timeout,
-            "kwargs": {"autocommit": True, "connect_timeout": max(2, int(connect_timeout))},
+            "kwargs": {
+                "autocommit": True,
+                "connect_timeout": max(2, int(connect_timeout)),
+                **_link_options(dsn, timeout),
+            },
             # A short reconnection episode (attempts at 0, 1 and 3 s, then give up): the next
             # caller after an outage starts a fresh attempt, or waits at most ~2 s for one, so
             # service resumes within ``timeout`` of the database returning.
             "reconnect_timeout": max(1.0, min(timeout / 2, 5.0)),
         }
         self._check = check_connections
+        self._effect_timeout = timeout
         quoted = f'"{schema}"'
         self._sql = {name: template.format(s=quoted) for name, template in _SQL_TEMPLATES.items()}
         self._purge_sql = {name: template.format(s=quoted) for name, template in _PURGE_TEMPLATES.items()}
@@ -561,12 +695,12 @@ class PostgresStore:
         past their ``expires_at``. Returns the number of rows deleted per table.
         """
         self._ensure_schema()
-        return self._run(self._purge_plan(now), True)
+        return self._run(self._purge_plan(now), True, bounded=False)
 
     async def apurge(self, now: int) -> dict[str, int]:
         """:meth:`purge` on the running event loop."""
         pool = await self._apool()
-        return await self._arun(pool, self._purge_plan(now), True)
+        return await self._arun(pool, self._purge_plan(now), True, bounded=False)
 
     def close(self) -> None:
         """Close the thread pool (async pools: :meth:`aclose` from their loop)."""
@@ -586,7 +720,7 @@ class PostgresStore:
 
     def drop_schema(self) -> None:
         """Drop the schema and everything in it (tests and teardown). Irreversible."""
-        self._run(self._drop_plan(), False)
+        self._run(self._drop_plan(), False, bounded=False)
         self._ready = False
 
     # -- running plans ------------------------------------------------------------------------
@@ -609,10 +743,17 @@ class PostgresStore:
                 self._pool.open(wait=False)
             return self._pool
 
-    def _run(self, plan: Plan[T], transactional: bool) -> T:
+    def _deadline(
+        self, conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any], bounded: bool
+    ) -> AbstractContextManager[None]:
+        """A plan's run on ``conn`` bounded by ``timeout`` (:class:`_Deadlines`), unless not ``bounded``
+        (purges and migrations: the kernel gives up on a silent link for them)."""
+        return _DEADLINES.watch(conn, self._effect_timeout) if bounded else nullcontext()
+
+    def _run(self, plan: Plan[T], transactional: bool, *, bounded: bool = True) -> T:
         pool = self._sync_pool()
         try:
-            with pool.connection() as conn, self._lending():
+            with pool.connection() as conn, self._lending(), self._deadline(conn, bounded):
                 if transactional:
                     with conn.transaction():
                         return _drive(conn, plan)
@@ -656,7 +797,7 @@ class PostgresStore:
 
     def _ensure_schema(self) -> None:
         if not self._ready:
-            self._run(self._migrate_plan(), True)
+            self._run(self._migrate_plan(), True, bounded=False)
             self._ready = True
 
     async def _apool(self) -> AsyncConnectionPool:
@@ -673,14 +814,14 @@ class PostgresStore:
         else:
             pool = entry[1]
         if not self._ready:
-            await self._arun(pool, self._migrate_plan(), True)
+            await self._arun(pool, self._migrate_plan(), True, bounded=False)
             self._ready = True
         return pool
 
-    async def _arun(self, pool: AsyncConnectionPool, plan: Plan[T], transactional: bool) -> T:
+    async def _arun(self, pool: AsyncConnectionPool, plan: Plan[T], transactional: bool, *, bounded: bool = True) -> T:
         try:
             async with pool.connection() as conn:
-                with self._lending():
+                with self._lending(), self._deadline(conn, bounded):
                     if transactional:
                         async with conn.transaction():
                             return await _adrive(conn, plan)
@@ -762,6 +903,13 @@ class PostgresStore:
     def _drop_plan(self) -> Plan[None]:
         yield f'DROP SCHEMA IF EXISTS "{self.schema}" CASCADE', ()
 
+    def _record(self, codec: RecordCodec[T], row: Sequence[Any]) -> T:
+        """``codec``'s record from ``row``; :class:`DamagedRowError` when it does not read as one."""
+        try:
+            return codec.from_row(row)
+        except (TypeError, ValueError) as exc:
+            raise DamagedRowError(f"schema {self.schema!r} holds a row that cannot be read ({exc})") from exc
+
     def _purge_plan(self, now: int) -> Plan[dict[str, int]]:
         counts: dict[str, int] = {}
         for table, sql in self._purge_sql.items():
@@ -773,7 +921,7 @@ class PostgresStore:
 
     def _get_client(self, e: fx.GetClient) -> Plan[Client | None]:
         rows = yield self._sql["get_client"], (e.client_id,)
-        return CLIENTS.from_row(rows[0]) if rows else None
+        return self._record(CLIENTS, rows[0]) if rows else None
 
     def _put_client(self, e: fx.PutClient) -> Plan[None]:
         yield self._sql["put_client"], CLIENTS.to_row(e.client)
@@ -801,7 +949,7 @@ class PostgresStore:
 
     def _list_clients(self, e: fx.ListClients) -> Plan[tuple[Client, ...]]:
         rows = yield self._sql["list_clients"], ()
-        return tuple(CLIENTS.from_row(row) for row in rows)
+        return tuple(self._record(CLIENTS, row) for row in rows)
 
     # -- pending authorizations and codes --------------------------------------------------------
 
@@ -810,13 +958,13 @@ class PostgresStore:
 
     def _get_pending(self, e: fx.GetPending) -> Plan[PendingAuthorization | None]:
         rows = yield self._sql["get_pending"], (e.ticket_hash, e.now)
-        return PENDING.from_row(rows[0]) if rows else None
+        return self._record(PENDING, rows[0]) if rows else None
 
     def _take_pending(self, e: fx.TakePending) -> Plan[PendingAuthorization | None]:
         rows = yield self._sql["take_pending"], (e.ticket_hash,)
         if not rows:
             return None
-        record = PENDING.from_row(rows[0])
+        record = self._record(PENDING, rows[0])
         return None if record.expires_at <= e.now else record
 
     def _put_code(self, e: fx.PutCode) -> Plan[None]:
@@ -824,7 +972,7 @@ class PostgresStore:
 
     def _get_code(self, e: fx.GetCode) -> Plan[AuthorizationCode | None]:
         rows = yield self._sql["get_code"], (e.code_hash,)
-        return CODES.from_row(rows[0]) if rows else None
+        return self._record(CODES, rows[0]) if rows else None
 
     def _consume_code(self, e: fx.ConsumeCode) -> Plan[bool]:
         rows = yield self._sql["consume_code"], (e.code_hash, *GRANTS.to_row(e.grant))
@@ -834,7 +982,7 @@ class PostgresStore:
 
     def _get_grant(self, e: fx.GetGrant) -> Plan[Grant | None]:
         rows = yield self._sql["get_grant"], (e.grant_id,)
-        return GRANTS.from_row(rows[0]) if rows else None
+        return self._record(GRANTS, rows[0]) if rows else None
 
     def _revoke_grant(self, e: fx.RevokeGrant) -> Plan[bool]:
         rows = yield self._sql["revoke_grant"], (e.now, e.grant_id)
@@ -849,12 +997,12 @@ class PostgresStore:
 
     def _list_grants(self, e: fx.ListGrants) -> Plan[tuple[Grant, ...]]:
         rows = yield self._sql["list_grants"], (e.subject, e.subject, e.client_id, e.client_id)
-        return tuple(GRANTS.from_row(row) for row in rows)
+        return tuple(self._record(GRANTS, row) for row in rows)
 
     def _rotate(self, e: fx.RotateRefresh) -> Plan[fx.Rotation]:
         """:meth:`RotateRefresh.decide <kavach_core.effects.RotateRefresh.decide>` with the row locked."""
         rows = yield self._sql["lock_grant"], (e.grant_id,)
-        rotation = e.decide(GRANTS.from_row(rows[0]) if rows else None)
+        rotation = e.decide(self._record(GRANTS, rows[0]) if rows else None)
         after = rotation.grant
         if rotation.outcome == "rotated" and after is not None:
             yield (
@@ -884,7 +1032,7 @@ class PostgresStore:
     # -- signing keys ----------------------------------------------------------------------------
 
     def _decode_key(self, row: Sequence[Any]) -> SigningKey:
-        key = KEYS.from_row(row)
+        key = self._record(KEYS, row)
         return attrs.evolve(key, private_pem=unseal(self._sealer, key.kid, key.private_pem))
 
     def _get_keys(self, e: fx.Effect) -> Plan[tuple[SigningKey, ...]]:

@@ -26,7 +26,10 @@ Guarantees:
   write may have been applied before the connection dropped); read-only effects are retried
   once. A script either ran completely or not at all: no partial state. When Redis returns the
   next call reconnects. A key under the prefix holding what is not its record (another type,
-  other text) raises :class:`DamagedValueError`, a ``StoreUnavailable`` too.
+  other text, a number that is not a whole number) raises :class:`DamagedValueError`, a
+  ``StoreUnavailable`` too. Scripts read and check every stored number they need before they
+  write anything, so an effect meeting a damaged number changes nothing. ``purge`` logs a damaged
+  key and leaves it as it is, and purges the others.
 - Signing keys' private PEMs are encrypted at rest when a store key is configured (``store_key``
   or ``KAVACH_STORE_KEY``), see :mod:`kavach.stores._sealing`.
 
@@ -42,6 +45,7 @@ import contextlib
 import functools
 import hashlib
 import json
+import logging
 import re
 import threading
 import time
@@ -66,6 +70,8 @@ from ._sealing import KeySealer, seal, sealer_from, unseal
 
 __all__ = ["RedisStore"]
 
+log = logging.getLogger("kavach.stores.redis")
+
 T = TypeVar("T")
 R = TypeVar("R")
 P = ParamSpec("P")
@@ -88,7 +94,19 @@ Plan = Generator["_Command | _Script", Any, T]
 
 
 # -- Lua scripts ------------------------------------------------------------------------------------
-# Numbers travel as decimal strings; string.format('%d') keeps integers integral.
+# Numbers travel as decimal strings; string.format('%d') keeps integers integral. A script reads every
+# stored number it needs through whole() before it writes anything, and answers {'damaged', key} for
+# one that is not a whole number (see _undamaged): a damaged value makes it change nothing.
+
+_WHOLE = """
+local function whole(v)
+  if type(v) == 'string' and string.match(v, '^%-?%d+$') then return tonumber(v) end
+  return nil
+end
+"""
+"""``whole(value)``: the whole number stored as decimal text, else ``nil`` (also for a missing
+value, which Redis hands a script as ``false``). Python reads stored numbers the same way
+(:func:`_integer`)."""
 
 _EXTEND = """
 local function extend(key, ttl)
@@ -130,9 +148,13 @@ lists whose field holds ``value`` and that are not yet revoked; returns how many
 
 _SCRIPTS = {
     # KEYS: client, clients zset, seq. ARGV: json, client_id
-    "put_client": """
+    "put_client": _WHOLE
+    + """
+local listed = redis.call('ZSCORE', KEYS[2], ARGV[2])
+local seq = redis.call('GET', KEYS[3])
+if not listed and seq and not whole(seq) then return {'damaged', KEYS[3]} end
 redis.call('SET', KEYS[1], ARGV[1])
-if not redis.call('ZSCORE', KEYS[2], ARGV[2]) then
+if not listed then
   redis.call('ZADD', KEYS[2], redis.call('INCR', KEYS[3]), ARGV[2])
 end
 return 1
@@ -176,15 +198,18 @@ return 1
     # KEYS: code, grant, grants zset, subject zset, client zset, seq
     # ARGV: grant_id, json, exp, gen, hash, rexp, rot, rev, sub, cid, ttl
     "consume_code": _EXTEND
+    + _WHOLE
     + """
 if redis.call('HGET', KEYS[1], 'consumed') ~= '0' then return 0 end
+local seq = redis.call('ZSCORE', KEYS[3], ARGV[1])
+local last = redis.call('GET', KEYS[6])
+if not seq and last and not whole(last) then return {'damaged', KEYS[6]} end
 redis.call('HSET', KEYS[1], 'consumed', '1')
 redis.call('DEL', KEYS[2])
 redis.call('HSET', KEYS[2], 'record', ARGV[2], 'exp', ARGV[3], 'gen', ARGV[4], 'hash', ARGV[5],
   'rexp', ARGV[6], 'rot', ARGV[7], 'rev', ARGV[8], 'sub', ARGV[9], 'cid', ARGV[10])
 local ttl = tonumber(ARGV[11])
 redis.call('EXPIRE', KEYS[2], ttl)
-local seq = redis.call('ZSCORE', KEYS[3], ARGV[1])
 if not seq then seq = redis.call('INCR', KEYS[6]) end
 for i = 3, 5 do
   redis.call('ZADD', KEYS[i], seq, ARGV[1])
@@ -215,10 +240,14 @@ end
 return out
 """,
     # KEYS: grant. ARGV: generation, presented, successor, now, grace, idle_expires_at
-    "rotate": """
+    "rotate": _WHOLE
+    + """
+if redis.call('EXISTS', KEYS[1]) == 0 then return {'unknown', {}} end
 local f = redis.call('HMGET', KEYS[1], 'exp', 'gen', 'hash', 'rexp', 'rot', 'rev')
-if not f[1] then return {'unknown', {}} end
-local exp, gen, rexp, rot = tonumber(f[1]), tonumber(f[2]), tonumber(f[4]), tonumber(f[5])
+local exp, gen, rexp, rot = whole(f[1]), whole(f[2]), whole(f[4]), whole(f[5])
+if not (exp and gen and rexp and rot and f[3] and (f[6] == '' or whole(f[6]))) then
+  return {'damaged', KEYS[1]}
+end
 local g, now = tonumber(ARGV[1]), tonumber(ARGV[4])
 local outcome
 if f[6] ~= '' or now >= exp then
@@ -242,8 +271,12 @@ end
 return {outcome, redis.call('HGETALL', KEYS[1])}
 """,
     # KEYS: revoked jti. ARGV: expires_at, ttl
-    "revoke_access": """
-local old = tonumber(redis.call('GET', KEYS[1]) or '0')
+    "revoke_access": _WHOLE
+    + """
+local held = redis.call('GET', KEYS[1])
+local old = 0
+if held then old = whole(held) end
+if not old then return {'damaged', KEYS[1]} end
 local oldttl = redis.call('TTL', KEYS[1])
 local exp = tonumber(ARGV[1])
 if old > exp then exp = old end
@@ -263,7 +296,12 @@ return 1
 local current = redis.call('GET', KEYS[1])
 local kids = {}
 if current then
-  for i, k in ipairs(cjson.decode(current)) do kids[i] = k['kid'] end
+  local ok, set = pcall(cjson.decode, current)
+  if not ok or type(set) ~= 'table' then return {'damaged', KEYS[1]} end
+  for i, k in ipairs(set) do
+    if type(k) ~= 'table' then return {'damaged', KEYS[1]} end
+    kids[i] = k['kid']
+  end
 end
 local expected = cjson.decode(ARGV[1])
 local same = #kids == #expected
@@ -281,21 +319,26 @@ return current
     # KEYS: counter. ARGV: ttl, step (not 0: a step of 0 is a plain GET, which makes no key). A
     # negative step gives back at most the count, and only to a counter that exists (DECRBY keeps
     # its TTL), so no key is ever made without one.
-    "hit": """
+    "hit": _WHOLE
+    + """
 local step = tonumber(ARGV[2])
+local held = redis.call('GET', KEYS[1])
+if held and not whole(held) then return {'damaged', KEYS[1]} end
 if step < 0 then
-  local held = tonumber(redis.call('GET', KEYS[1]))
   if not held then return 0 end
-  return redis.call('DECRBY', KEYS[1], math.min(-step, held))
+  return redis.call('DECRBY', KEYS[1], math.min(-step, whole(held)))
 end
 local n = redis.call('INCRBY', KEYS[1], step)
 if n == step then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
 return n
 """,
     # KEYS: key. ARGV: field, now: delete a hash whose numeric field is <= now
-    "purge_hash": """
+    "purge_hash": _WHOLE
+    + """
 local v = redis.call('HGET', KEYS[1], ARGV[1])
-if v and tonumber(v) <= tonumber(ARGV[2]) then return redis.call('DEL', KEYS[1]) end
+if not v then return 0 end
+if not whole(v) then return {'damaged', KEYS[1]} end
+if whole(v) <= tonumber(ARGV[2]) then return redis.call('DEL', KEYS[1]) end
 return 0
 """,
     # KEYS: key. ARGV: value: delete the key when it still holds this value
@@ -615,11 +658,8 @@ class RedisStore:
 
     def _put_client(self, e: fx.PutClient) -> Plan[None]:
         c = e.client
-        yield _Script(
-            "put_client",
-            (self._k("client", c.client_id), self._k("clients"), self._k("seq")),
-            (CLIENTS.dumps(c), c.client_id),
-        )
+        keys = (self._k("client", c.client_id), self._k("clients"), self._k("seq"))
+        _undamaged((yield _Script("put_client", keys, (CLIENTS.dumps(c), c.client_id))))
 
     def _delete_client(self, e: fx.DeleteClient) -> Plan[bool]:
         keys = (
@@ -703,7 +743,7 @@ class RedisStore:
             g.client_id,
             self._ttl(g.expires_at - g.created_at),
         )
-        consumed = yield _Script("consume_code", keys, args)
+        consumed = _undamaged((yield _Script("consume_code", keys, args)))
         return bool(consumed)
 
     # -- grants ----------------------------------------------------------------------------------
@@ -740,14 +780,14 @@ class RedisStore:
 
     def _rotate(self, e: fx.RotateRefresh) -> Plan[fx.Rotation]:
         args = (e.generation, e.presented_hash, e.successor_hash, e.now, e.grace, e.idle_expires_at)
-        reply = yield _Script("rotate", (self._k("grant", e.grant_id),), args)
+        reply = _undamaged((yield _Script("rotate", (self._k("grant", e.grant_id),), args)))
         return fx.Rotation(_text(reply[0]), _grant(reply[1]))  # type: ignore[arg-type]
 
     # -- access tokens ---------------------------------------------------------------------------
 
     def _revoke_access(self, e: fx.RevokeAccessToken) -> Plan[None]:
         ttl = self._ttl(e.expires_at - int(self._clock()))
-        yield _Script("revoke_access", (self._k("revoked", e.jti),), (e.expires_at, ttl))
+        _undamaged((yield _Script("revoke_access", (self._k("revoked", e.jti),), (e.expires_at, ttl))))
 
     def _is_revoked(self, e: fx.IsTokenRevoked) -> Plan[bool]:
         revoked = yield _Script("is_revoked", (self._k("revoked", e.jti), self._k("grant", e.grant_id)), ())
@@ -772,7 +812,7 @@ class RedisStore:
     def _swap_keys(self, e: fx.SwapSigningKeys) -> Plan[tuple[SigningKey, ...]]:
         sealed = [KEYS.to_dict(attrs.evolve(k, private_pem=seal(self._sealer, k.kid, k.private_pem))) for k in e.keys]
         args = (json.dumps(list(e.expected)), json.dumps(sealed, separators=(",", ":")))
-        raw = yield _Script("swap_keys", (self._k("keys"),), args)
+        raw = _undamaged((yield _Script("swap_keys", (self._k("keys"),), args)))
         return self._decode_keys(raw)
 
     # -- rate limits -----------------------------------------------------------------------------
@@ -782,12 +822,14 @@ class RedisStore:
         if e.step == 0:
             count = (yield _Command(("GET", key))) or 0
         else:
-            count = yield _Script("hit", (key,), (self._ttl(e.window_end - e.now), e.step))
+            count = _undamaged((yield _Script("hit", (key,), (self._ttl(e.window_end - e.now), e.step))))
         return bool(_whole(count) <= e.limit)
 
     # -- purge -----------------------------------------------------------------------------------
 
     def _purge_plan(self, client: redis.Redis, now: int) -> Plan[dict[str, int]]:
+        """Each key is purged under :func:`_skipped_if_damaged`: a damaged one is logged and left
+        as it is, and the purge goes on."""
         counts = {"pending": 0, "codes": 0, "grants": 0, "revoked_tokens": 0, "rate_limits": 0, "clients": 0}
         esc = _glob_escape(self.prefix)
 
@@ -795,32 +837,40 @@ class RedisStore:
             return [_text(k) for k in client.scan_iter(match=f"{esc}{kind}:*", count=1000)]
 
         for key in scan("pending"):
-            raw = yield _Command(("GET", key))
-            if raw is not None and _record(PENDING, raw).expires_at <= now:
-                counts["pending"] += int((yield _Script("purge_value", (key,), (raw,))))
+            with _skipped_if_damaged(key):
+                raw = yield _Command(("GET", key))
+                if raw is not None and _record(PENDING, raw).expires_at <= now:
+                    counts["pending"] += int((yield _Script("purge_value", (key,), (raw,))))
         for key in scan("code"):
-            counts["codes"] += int((yield _Script("purge_hash", (key,), ("exp", now))))
+            with _skipped_if_damaged(key):
+                counts["codes"] += int(_undamaged((yield _Script("purge_hash", (key,), ("exp", now)))))
         for key in scan("grant"):
-            counts["grants"] += int((yield _Script("purge_hash", (key,), ("exp", now))))
+            with _skipped_if_damaged(key):
+                counts["grants"] += int(_undamaged((yield _Script("purge_hash", (key,), ("exp", now)))))
         for key in scan("revoked"):
-            raw = yield _Command(("GET", key))
-            if raw is not None and _whole(raw) <= now:
-                counts["revoked_tokens"] += int((yield _Script("purge_value", (key,), (raw,))))
+            with _skipped_if_damaged(key):
+                raw = yield _Command(("GET", key))
+                if raw is not None and _whole(raw) <= now:
+                    counts["revoked_tokens"] += int((yield _Script("purge_value", (key,), (raw,))))
         for key in scan("hit"):
-            window_end = _whole(key[len(self.prefix) :].split(":", 2)[1])
-            if window_end <= now:
-                counts["rate_limits"] += int((yield _Command(("DEL", key))))
+            with _skipped_if_damaged(key):
+                window_end = _whole(key[len(self.prefix) :].split(":", 2)[1])
+                if window_end <= now:
+                    counts["rate_limits"] += int((yield _Command(("DEL", key))))
         for key in scan("client"):
-            raw = yield _Command(("GET", key))
-            if raw is not None:
-                client_record = _record(CLIENTS, raw)
-                if client_record.expires_at is not None and client_record.expires_at <= now:
-                    keys = (key, self._k("clients"))
-                    counts["clients"] += int((yield _Script("purge_client", keys, (raw, client_record.client_id))))
+            with _skipped_if_damaged(key):
+                raw = yield _Command(("GET", key))
+                if raw is not None:
+                    client_record = _record(CLIENTS, raw)
+                    if client_record.expires_at is not None and client_record.expires_at <= now:
+                        keys = (key, self._k("clients"))
+                        counts["clients"] += int((yield _Script("purge_client", keys, (raw, client_record.client_id))))
         for index in [self._k("grants"), *scan("grants")]:
-            yield _Script("purge_index", (index,), (self._k("grant", ""),))
+            with _skipped_if_damaged(index):
+                yield _Script("purge_index", (index,), (self._k("grant", ""),))
         for index in scan("codes"):
-            yield _Script("purge_index", (index,), (self._k("code", ""),))
+            with _skipped_if_damaged(index):
+                yield _Script("purge_index", (index,), (self._k("code", ""),))
         return counts
 
 
@@ -851,10 +901,19 @@ def _record(codec: RecordCodec[R], raw: Any) -> R:
     return codec.loads(raw)
 
 
+def _integer(raw: Any) -> int:
+    """A whole number stored as decimal text (or a script's integer reply), read as the scripts
+    read one (``whole`` of :data:`_WHOLE`): ``ValueError`` for anything else."""
+    text = _text(raw)
+    if not re.fullmatch(r"-?[0-9]+", text):
+        raise ValueError(f"{text!r} is not a whole number")
+    return int(text)
+
+
 @_decoder
 def _whole(raw: Any) -> int:
     """A counter, a timestamp or a window's end, stored as decimal text."""
-    return int(raw)
+    return _integer(raw)
 
 
 @_decoder
@@ -881,12 +940,34 @@ def _grant(reply: Any) -> Grant | None:
     rev = _text(fields["rev"])
     return attrs.evolve(
         GRANTS.loads(fields["record"]),
-        refresh_generation=int(fields["gen"]),
+        refresh_generation=_integer(fields["gen"]),
         refresh_hash=_text(fields["hash"]),
-        refresh_expires_at=int(fields["rexp"]),
-        rotated_at=int(fields["rot"]),
-        revoked_at=None if rev == "" else int(rev),
+        refresh_expires_at=_integer(fields["rexp"]),
+        rotated_at=_integer(fields["rot"]),
+        revoked_at=None if rev == "" else _integer(rev),
     )
+
+
+def _undamaged(reply: Any) -> Any:
+    """A script's reply, unless it is the script's report of a damaged key, ``{'damaged', key}``,
+    sent before it wrote anything: then :class:`DamagedValueError`."""
+    if isinstance(reply, list) and len(reply) == 2 and _text(reply[0]) == "damaged":
+        raise DamagedValueError(f"a value under the store's prefix is damaged: {_text(reply[1])} cannot be read")
+    return reply
+
+
+@contextlib.contextmanager
+def _skipped_if_damaged(key: str) -> Iterator[None]:
+    """Purge's guard around the steps for ``key``: damage found there (a value that does not read,
+    a value of another type) is logged and the key left as it is, so that one damaged key does not
+    stop the purge of all the others."""
+    try:
+        yield
+    except (DamagedValueError, redis.exceptions.ResponseError) as exc:
+        damage = exc if isinstance(exc, DamagedValueError) else outage(exc)
+        if not isinstance(damage, DamagedValueError):
+            raise
+        log.warning("purge skipped %s: %s", key, damage)
 
 
 def _call(step: _Command | _Script) -> tuple[tuple[Any, ...], tuple[Any, ...] | None]:
@@ -897,29 +978,48 @@ def _call(step: _Command | _Script) -> tuple[tuple[Any, ...], tuple[Any, ...] | 
     return ("EVALSHA", _SHA[step.name], *tail), ("EVAL", _SCRIPTS[step.name], *tail)
 
 
+def _execute(client: redis.Redis, step: _Command | _Script) -> Any:
+    first, fallback = _call(step)
+    try:
+        return client.execute_command(*first)  # type: ignore[no-untyped-call]
+    except redis.exceptions.NoScriptError:
+        return client.execute_command(*fallback)  # type: ignore[misc, no-untyped-call]
+
+
+async def _aexecute(client: redis.asyncio.Redis, step: _Command | _Script) -> Any:
+    first, fallback = _call(step)
+    try:
+        return await client.execute_command(*first)  # type: ignore[no-untyped-call]
+    except redis.exceptions.NoScriptError:
+        return await client.execute_command(*fallback)  # type: ignore[misc, no-untyped-call]
+
+
 def _drive(client: redis.Redis, plan: Plan[T]) -> T:
+    """Run ``plan``: each step's reply is sent into it and an error reply raised in it, at that
+    step (a plan that does not catch it raises it on; purge skips a damaged key)."""
     try:
         step = next(plan)
         while True:
-            first, fallback = _call(step)
             try:
-                reply = client.execute_command(*first)  # type: ignore[no-untyped-call]
-            except redis.exceptions.NoScriptError:
-                reply = client.execute_command(*fallback)  # type: ignore[misc, no-untyped-call]
-            step = plan.send(reply)
+                reply = _execute(client, step)
+            except redis.exceptions.ResponseError as exc:
+                step = plan.throw(exc)
+            else:
+                step = plan.send(reply)
     except StopIteration as stop:
         return stop.value  # type: ignore[no-any-return]
 
 
 async def _adrive(client: redis.asyncio.Redis, plan: Plan[T]) -> T:
+    """:func:`_drive` with redis.asyncio."""
     try:
         step = next(plan)
         while True:
-            first, fallback = _call(step)
             try:
-                reply = await client.execute_command(*first)  # type: ignore[no-untyped-call]
-            except redis.exceptions.NoScriptError:
-                reply = await client.execute_command(*fallback)  # type: ignore[misc, no-untyped-call]
-            step = plan.send(reply)
+                reply = await _aexecute(client, step)
+            except redis.exceptions.ResponseError as exc:
+                step = plan.throw(exc)
+            else:
+                step = plan.send(reply)
     except StopIteration as stop:
         return stop.value  # type: ignore[no-any-return]
