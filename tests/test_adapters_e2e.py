@@ -838,6 +838,69 @@ def test_spoofed_client_address_header_does_not_escape_the_limit(framework: str,
         assert r.status_code == 429
 
 
+SIGN_INS_AT_ONCE = 32
+"""More sign-ins than an event loop's default executor has threads (min(32, CPUs + 4)), well
+within the default per-address limit (50)."""
+
+
+def counted_attempts(dep: Deployment) -> threading.Semaphore:
+    """Released once for each sign-in attempt the store counts against its account: the store's
+    last step before that attempt's password check."""
+    store = dep.server.store
+    perform = store.perform
+    counted = threading.Semaphore(0)
+
+    def counting(effect: fx.Effect) -> Any:
+        result = perform(effect)
+        if isinstance(effect, fx.Hit) and effect.bucket.startswith("login:user:") and effect.step == 1:
+            counted.release()
+        return result
+
+    store.perform = counting
+    return counted
+
+
+def hold_password_checks(dep: Deployment) -> tuple[threading.Semaphore, threading.Event]:
+    """From now on every password check the server starts waits for the event, then fails (a
+    wrong password); the semaphore is released as each one starts."""
+    users = dep.server.users
+    assert users is not None
+    checking, release = threading.Semaphore(0), threading.Event()
+
+    def held(username: str, password: str) -> tuple[str, str] | None:
+        checking.release()
+        release.wait(60)
+        return None
+
+    users.sign_in = held  # type: ignore[method-assign]
+    return checking, release
+
+
+def test_store_calls_are_answered_while_sign_ins_wait_for_their_password_check(framework: str, tmp_path: Any) -> None:
+    """Password checks never take the threads the store's calls run in. While more wrong sign-ins
+    than the event loop's default executor has threads (no account needed) are held in their
+    check, every one of them is still counted by the store and ``GET /jwks.json`` on the SQLite
+    store is answered, before any sign-in is. When the checks ran in the default executor, a
+    few dozen of them (a few seconds of scrypt) held up every store call of every request."""
+    for dep in deploy(framework, "sqlite", "", tmp_path):
+        jwks_uri = dep.metadata()["jwks_uri"]
+        login = dep.person.get(dep.authorize_url(dep.register(), pkce()[1]))
+        checking, release = hold_password_checks(dep)
+        counted = counted_attempts(dep)
+        with ThreadPoolExecutor(max_workers=SIGN_INS_AT_ONCE) as pool:
+            try:
+                names = [f"nobody{n}" for n in range(SIGN_INS_AT_ONCE)]
+                answers = [pool.submit(dep.login, login, name, "wrong") for name in names]
+                for _ in names:
+                    assert counted.acquire(timeout=20), "a store call (a sign-in's count) waited behind password checks"
+                assert checking.acquire(timeout=20)  # a check is under way, and held
+                assert dep.client.get(jwks_uri).status_code == 200  # within the client's 10 s
+                assert not any(answer.done() for answer in answers)
+            finally:
+                release.set()
+        assert [answer.result().status_code for answer in answers] == [303] * SIGN_INS_AT_ONCE
+
+
 # -- sign-in sessions end with the credential ---------------------------------------------------
 
 
@@ -880,13 +943,13 @@ def test_a_new_password_ends_earlier_sessions(dep: Deployment) -> None:
     assert users is not None
     client_id = dep.register()
     open_form = the_form(consent_page(dep, client_id))
-    users.add("alice", "a new password")  # kavach users add over an existing name
+    users.add("alice", "a newer password")  # kavach users add over an existing name
     assert shows_sign_in(dep.person.get(dep.authorize_url(client_id, pkce()[1])))
     refused = post_form(dep.person, dep.base + open_form.action, open_form.submit("approve"))
     assert refused.status_code == 303 and refused.headers["location"].startswith(dep.server.consent_path)
     login = dep.person.get(dep.authorize_url(client_id, pkce()[1]))
     assert "notice=failed" in dep.login(login).headers["location"]  # the old password is gone too
-    assert "notice" not in dep.login(login, password="a new password").headers["location"]
+    assert "notice" not in dep.login(login, password="a newer password").headers["location"]
 
 
 def test_someone_else_can_sign_in_from_the_consent_page(dep: Deployment) -> None:

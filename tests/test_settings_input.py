@@ -18,7 +18,16 @@ from kavach.settings import ENVIRONMENT, MAX_CONFIG_BYTES, SettingsError, resolv
 from kavach.users import MemoryUsers, UsernameError, Users, normalize_username
 from kavach_serve import Cli, free_port
 
-from kavach_core.config import Config, Lifetimes, Paths, ProtectedResource, RegistrationPolicy, is_host_name
+from kavach_core.config import (
+    MAX_RATE_LIMIT,
+    MAX_RATE_WINDOW,
+    Config,
+    Lifetimes,
+    Paths,
+    ProtectedResource,
+    RegistrationPolicy,
+    is_host_name,
+)
 from kavach_core.errors import ConfigurationError
 
 DIGEST = hashlib.sha256(b"an initial access token").hexdigest()
@@ -205,7 +214,7 @@ def test_a_lone_surrogate_username_is_refused() -> None:
 
 def test_printable_usernames_are_still_accepted_and_normalised(db: str) -> None:
     for name in ("alice", " José ", "名前", "Mary Ann"):
-        ok(["users", "add", name, "--db", db, "--password-stdin"], stdin="pw\n")
+        ok(["users", "add", name, "--db", db, "--password-stdin"], stdin="a long enough password\n")
     assert ok(["users", "list", "--db", db]).splitlines() == sorted(["alice", "José", "名前", "Mary Ann"])
     assert "removed user 'alice'" in ok(["users", "remove", " alice ", "--db", db])  # as kept, as add says
 
@@ -217,8 +226,8 @@ def test_one_rule_for_every_path_that_takes_a_username() -> None:
             normalize_username(name)
     assert isinstance(UsernameError("x"), ValueError) and isinstance(UsernameError("x"), SettingsError)
     users = Users(MemoryUsers(), log_n=10)
-    users.add("alice", "pw")
-    assert users.authenticate("alice", "pw") == "alice"
+    users.add("alice", "a long enough password")
+    assert users.authenticate("alice", "a long enough password") == "alice"
     assert users.authenticate("ali\u200bce", "pw") is None  # the sign-in form: refused, not an error
     assert users.authenticate("alice\u202e", "pw") is None
     with pytest.raises(ValueError, match="username"):
@@ -401,7 +410,7 @@ def test_sqlite_store_urls_in_the_file_are_relative_to_it(tmp_path: Path) -> Non
     run_dir.mkdir()
     config = write(conf_dir, 'store = "sqlite:///data.db"\n')
     assert resolve({"config": config}, {}).store == f"sqlite:///{conf_dir / 'data.db'}"
-    ok(["users", "add", "alice", "--config", config, "--password-stdin"], stdin="pw\n", cwd=run_dir)
+    ok(["users", "add", "alice", "--config", config, "--password-stdin"], stdin="a long enough password\n", cwd=run_dir)
     assert (conf_dir / "data.db").exists() and not (run_dir / "data.db").exists()
     assert ok(["users", "list", "--config", config], cwd=tmp_path).split() == ["alice"]
     # The other forms keep their meaning: an absolute URL, a plain relative path, the shared stores.
@@ -480,3 +489,31 @@ def test_sign_in_limits_from_the_file(tmp_path: Path) -> None:
         toml.write_text(f"[sign_in]\n{body}\n" if body else "sign_in = 3\n")
         with pytest.raises(SettingsError, match=message or r"\[sign_in\] must be a table"):
             resolve({"config": str(toml)}, {}).login_limits()
+
+
+@pytest.mark.parametrize(
+    ("name", "most"), [("window", MAX_RATE_WINDOW), ("per_user", MAX_RATE_LIMIT), ("per_address", MAX_RATE_LIMIT)]
+)
+def test_login_limits_are_bounded_as_the_registration_limit_is(name: str, most: int) -> None:
+    """Every store keeps a window's end as a 64-bit number: a window of 2**63 seconds, once taken,
+    made every sign-in a 500 (an SQLite overflow; Redis refuses from 2**62, PostgreSQL from 2**63).
+    So the window is bounded as ``[registration] rate_window`` is, the counts as its ``rate_limit``."""
+    from kavach.server import LoginLimits
+
+    assert getattr(LoginLimits(**{name: most}), name) == most
+    for value in (most + 1, 2**62, 2**63):
+        with pytest.raises(ValueError, match=f"LoginLimits.{name} must be a whole number between 1 and {most}"):
+            LoginLimits(**{name: value})
+
+
+def test_a_sign_in_window_past_the_bound_stops_serve_before_it_listens(tmp_path: Path, db: str) -> None:
+    """``[sign_in] window = 2**63`` is one clear settings error at start (exit 2), not a server
+    whose every sign-in fails."""
+    toml = tmp_path / "k.toml"
+    toml.write_text(f"[sign_in]\nwindow = {2**63}\n")
+    expect = f"sign_in: LoginLimits.window must be a whole number between 1 and {MAX_RATE_WINDOW}"
+    with pytest.raises(SettingsError, match=expect):
+        resolve({"config": str(toml)}, {}).login_limits()
+    line = bad(["serve", "--port", str(free_port()), "--db", db, "--config", str(toml)], "sign_in")
+    assert f"window must be a whole number between 1 and {MAX_RATE_WINDOW}, not {2**63}" in line
+    assert not Path(db).exists()

@@ -14,19 +14,24 @@ from the socket peer) and translate the response; nothing else.
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import functools
 import hashlib
 import inspect
 import logging
+import os
 import secrets
+import threading
 import time
 from collections.abc import Awaitable, Callable, Generator, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import parse_qsl, quote, quote_from_bytes
 
 import attrs
 
 from kavach_core import effects as fx
-from kavach_core.config import Config
+from kavach_core.config import MAX_RATE_LIMIT, MAX_RATE_WINDOW, Config, is_whole_number
 from kavach_core.context import Context
 from kavach_core.drivers import Flow, StoreUnavailable, arun, nonblocking, run
 from kavach_core.endpoints import authorize
@@ -100,6 +105,12 @@ class LoginLimits:
     user's sign-in off until the window ends. Only the window is lost, never the account, and
     people already signed in stay signed in; the per-user limit is what stops password guessing
     spread over many addresses, so it is kept.
+
+    Each is bounded as ``[registration]``'s limit is (:class:`~kavach_core.config.RegistrationPolicy`):
+    the counts by :data:`~kavach_core.config.MAX_RATE_LIMIT`, the window by
+    :data:`~kavach_core.config.MAX_RATE_WINDOW` (366 days). Every store keeps a window's end as a
+    64-bit number (an SQLite ``INTEGER``, a PostgreSQL ``bigint``, a Redis expiry), so a larger
+    window, taken at start, would make every sign-in fail with a 500 instead.
     """
 
     per_user: int = 10
@@ -107,22 +118,52 @@ class LoginLimits:
     window: int = 900
 
     def __attrs_post_init__(self) -> None:
-        for name in ("per_user", "per_address", "window"):
+        bounds = (("per_user", MAX_RATE_LIMIT), ("per_address", MAX_RATE_LIMIT), ("window", MAX_RATE_WINDOW))
+        for name, most in bounds:
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"LoginLimits.{name} must be a whole number of at least 1, not {value!r}")
+            if not is_whole_number(value) or not 1 <= value <= most:
+                raise ValueError(f"LoginLimits.{name} must be a whole number between 1 and {most}, not {value!r}")
+
+
+PASSWORD_THREADS = max(1, os.cpu_count() or 1)
+"""How many password checks run at once on event loops (:func:`password_threads`): one per CPU,
+since each is CPU work (scrypt, about a tenth of a second) that more threads would only share."""
+
+_password_pool: ThreadPoolExecutor | None = None
+_password_pool_lock = threading.Lock()
+
+
+def password_threads() -> ThreadPoolExecutor:
+    """The threads in which :meth:`AuthorizationServer.ahandle` checks passwords, made on first use.
+
+    Not the event loop's default executor: the store calls of every request (SQLite's, the
+    local users' lookups) run in its min(32, CPUs + 4) threads, so a few dozen wrong sign-ins,
+    within the per-address limit and needing no account, would hold ``/token``, ``/jwks.json``
+    and the guards' revocation checks behind scrypt for seconds. Here sign-ins beyond
+    :data:`PASSWORD_THREADS` wait for one another only. One pool per process, shared by every
+    server in it, as the CPUs are; its threads end with the interpreter, a check under way being
+    finished first. A synchronous server (Flask) checks in the request's own thread instead.
+    """
+    global _password_pool
+    with _password_pool_lock:
+        if _password_pool is None:
+            _password_pool = ThreadPoolExecutor(PASSWORD_THREADS, thread_name_prefix="kavach-password")
+        return _password_pool
 
 
 @attrs.frozen
 class Call(fx.Effect):
     """An adapter-side step (a user lookup, the identify hook), run by the adapter's own driver.
 
-    ``blocking`` calls run in a worker thread under :meth:`AuthorizationServer.ahandle`.
+    ``blocking`` calls run in a worker thread under :meth:`AuthorizationServer.ahandle`: a
+    ``hashing`` one (a password check) in :func:`password_threads`, any other in the event
+    loop's default executor.
     """
 
     fn: Callable[..., Any]
     args: tuple[Any, ...] = ()
     blocking: bool = True
+    hashing: bool = False
 
 
 @attrs.frozen
@@ -175,6 +216,8 @@ class _AsyncPerformer:
         if isinstance(effect, fx.FetchDocument):
             return _no_fetcher() if self.fetcher is None else await self.fetcher.afetch(effect.url)
         if isinstance(effect, Call):
+            if effect.hashing:
+                return await _in_password_thread(effect.fn, *effect.args)
             if effect.blocking:
                 return await asyncio.to_thread(effect.fn, *effect.args)
             result = effect.fn(*effect.args)
@@ -184,6 +227,13 @@ class _AsyncPerformer:
         if self._inline:
             return self.store.perform(effect)
         return await asyncio.to_thread(self.store.perform, effect)
+
+
+async def _in_password_thread(fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)`` in :func:`password_threads`, with this task's context variables, as
+    :func:`asyncio.to_thread` runs a call in the default executor."""
+    call = functools.partial(contextvars.copy_context().run, fn, *args)
+    return await asyncio.get_running_loop().run_in_executor(password_threads(), call)
 
 
 def _no_fetcher() -> fx.FetchRefused:
@@ -418,7 +468,8 @@ class AuthorizationServer:
             return failure_response(exc).with_headers(cors_headers(self.config, req.path))
 
     async def ahandle(self, req: HttpRequest) -> Response:
-        """Answer ``req`` on an event loop (Starlette, aiohttp); blocking steps run in threads."""
+        """Answer ``req`` on an event loop (Starlette, aiohttp); blocking steps run in threads, a
+        password check in threads of its own (:func:`password_threads`)."""
         try:
             return await arun(self._serve(self.context(), req), _AsyncPerformer(self.store, self.fetcher))
         except Exception as exc:
@@ -704,7 +755,7 @@ class AuthorizationServer:
                 status=429,
                 headers=(("Retry-After", str(limits.window)),),
             )
-        signed_in = yield Call(self.users.sign_in, (username, password))
+        signed_in = yield Call(self.users.sign_in, (username, password), hashing=True)
         if signed_in is None:
             return _see_other(self._consent_url(ticket, browser, "failed"))
         yield fx.Hit(attempts, limits.per_user, limits.window, ctx.now, step=-1)  # same ctx.now: same window

@@ -49,7 +49,7 @@ The TOML file::
     [sign_in]                     # the sign-in page's limits (kavach.server.LoginLimits)
     per_user = 10                 # password checks per account per window
     per_address = 50              # sign-in attempts, successful ones too, per client address per window
-    window = 900                  # seconds
+    window = 900                  # seconds, at most 366 days (as rate_window)
 
     [documents]                   # fetching client ID metadata documents (CM-02)
     allow_hosts = ["mcp-client.example.com", ".example.org"]   # KAVACH_DOCUMENT_ALLOW_HOSTS
