@@ -252,12 +252,12 @@ def test_scrypt_hash_verifies_and_is_salted() -> None:
 def test_users_authenticate(kind: str, tmp_path: Any) -> None:
     store = MemoryUsers() if kind == "memory" else SQLiteUsers(str(tmp_path / "u.db"))
     users = Users(store, log_n=10)
-    users.add("alice", "s3cret")
-    users.add(" alice ", "n3w")  # normalised: replaces
+    users.add("alice", "s3cret passphrase")
+    users.add(" alice ", "a n3w passphrase")  # normalised: replaces
     assert store.usernames() == ("alice",)
-    assert users.authenticate("alice", "n3w") == "alice"
-    assert users.authenticate("alice", "s3cret") is None
-    assert users.authenticate("bob", "n3w") is None
+    assert users.authenticate("alice", "a n3w passphrase") == "alice"
+    assert users.authenticate("alice", "s3cret passphrase") is None
+    assert users.authenticate("bob", "a n3w passphrase") is None
     assert users.authenticate("", "x") is None
     assert users.remove("alice") and not users.remove("alice")
     with pytest.raises(ValueError):
@@ -273,18 +273,18 @@ def test_session_stamp_follows_the_stored_hash() -> None:
     store = MemoryUsers()
     users = Users(store, log_n=10)
     assert users.session_stamp("alice") is None
-    users.add("alice", "pw")
+    users.add("alice", "a long enough password")
     first = users.session_stamp("alice")
     assert first is not None and first == users.session_stamp(" alice ") == credential_stamp(store._hashes["alice"])
-    assert users.sign_in("alice", "pw") == ("alice", first)
-    assert users.sign_in("alice", "nope") is None and users.sign_in("bob", "pw") is None
+    assert users.sign_in("alice", "a long enough password") == ("alice", first)
+    assert users.sign_in("alice", "nope") is None and users.sign_in("bob", "a long enough password") is None
     assert len(first) == 22 and first not in store._hashes["alice"]
-    users.add("alice", "pw")  # the same password again: a new salt, a new stamp
+    users.add("alice", "a long enough password")  # the same password again: a new salt, a new stamp
     second = users.session_stamp("alice")
     assert second is not None and second != first
     users.remove("alice")
     assert users.session_stamp("alice") is None
-    users.add("alice", "pw")
+    users.add("alice", "a long enough password")
     assert users.session_stamp("alice") not in (None, first, second)
     for name in ("", "x" * 200, "bad\x00name"):
         assert users.session_stamp(name) is None
@@ -357,7 +357,7 @@ def test_a_wrong_password_costs_the_same_scrypt_work_for_any_name(monkeypatch: A
     current one and for a name with no account each run the same scrypt work (counted, not timed)."""
     store = MemoryUsers()
     users = Users(store, log_n=10)
-    users.add("current", "pw")
+    users.add("current", "a long enough password")
     legacy = hash_password("pw", log_n=10).replace("scrypt$10$8$3$", "scrypt$10$8$1$")  # an earlier release's p
     store.set_hash("legacy", legacy)
     store.set_hash("older", hash_password("pw", log_n=10).replace("scrypt$10$8$3$", "scrypt$10$4$1$"))
@@ -402,10 +402,10 @@ def _as_an_earlier_release_checks(password: str, encoded: str) -> bool:
 @pytest.mark.parametrize(
     ("set_as", "typed"),
     [
-        ("caf\u00e9", "cafe\u0301"),  # composed when set, decomposed when typed (NFC vs NFD)
-        ("cafe\u0301", "caf\u00e9"),
-        ("\uff50\uff57\u2460", "pw1"),  # fullwidth letters and a circled digit: their compatibility forms
-        ("\u212bngstr\u00f6m", "\u00c5ngstro\u0308m"),  # the Angstrom sign is A with a ring
+        ("caf\u00e9 with two sugars", "cafe\u0301 with two sugars"),  # composed when set, decomposed when typed
+        ("cafe\u0301 with two sugars", "caf\u00e9 with two sugars"),  # (NFC vs NFD)
+        ("\uff50\uff57\u2460 and a long tail", "pw1 and a long tail"),  # fullwidth letters, a circled digit
+        ("\u212bngstr\u00f6m units of length", "\u00c5ngstro\u0308m units of length"),  # Angstrom sign: A, a ring
     ],
 )
 def test_passwords_are_compared_nfkc_normalised(set_as: str, typed: str) -> None:
@@ -432,7 +432,7 @@ def test_a_hash_of_either_release_opens_with_the_other_for_a_password_typed_as_i
         made_now = hash_password(password, log_n=10)
         assert _as_an_earlier_release_checks(password, made_now)
         assert not _as_an_earlier_release_checks(password + "!", made_now)
-    decomposed, composed = "cafe\u0301", "caf\u00e9"
+    decomposed, composed = "cafe\u0301 with two sugars", "caf\u00e9 with two sugars"
     old = _as_given_hash(decomposed)
     store.set_hash("alice", old)
     assert users.authenticate("alice", decomposed) == "alice" and store.get_hash("alice") == old  # kept
@@ -446,7 +446,7 @@ def test_a_wrong_password_not_in_normal_form_costs_the_same_for_any_name(monkeyp
     for a name with no account too: timing tells nothing about which names exist."""
     store = MemoryUsers()
     users = Users(store, log_n=10)
-    users.add("current", "pw")
+    users.add("current", "a long enough password")
     store.set_hash("legacy", hash_password("pw", log_n=10).replace("scrypt$10$8$3$", "scrypt$10$8$1$"))
     work = _scrypt_work(monkeypatch)
     spent = {}
@@ -465,8 +465,8 @@ def test_a_password_with_a_nul_is_refused_when_set() -> None:
 
     users = Users(MemoryUsers(), log_n=10)
     with pytest.raises(PasswordError, match="NUL"):
-        users.add("bob", "pre\x00post")
-    assert users.sign_in("bob", "pre") is None and users.session_stamp("bob") is None
+        users.add("bob", "a password with\x00a NUL in it")
+    assert users.sign_in("bob", "a password with") is None and users.session_stamp("bob") is None
 
 
 def test_a_password_changed_during_a_sign_in_is_not_undone_by_its_upgrade() -> None:
@@ -534,7 +534,7 @@ def _session_server() -> tuple[AuthorizationServer, _CountingUsers]:
 
     user_store = _CountingUsers()
     users = Users(user_store, log_n=10)
-    users.add("alice", "pw")
+    users.add("alice", "a long enough password")
     store = MemoryStore()
     store.clients["c1"] = Client("c1", ("https://app.example.com/cb",), client_name="App")
     return _server(store, users=users), user_store
@@ -586,13 +586,13 @@ def test_a_session_is_checked_against_the_current_user_on_every_use() -> None:
     assert stamp is not None
     cookie = _session_cookie(server, "alice", stamp)
     assert b'value="approve"' in server.handle(_authorize(cookie)).body
-    users.add("alice", "new pw")
+    users.add("alice", "a new long enough password")
     assert b'name="password"' in server.handle(_authorize(cookie)).body
     fresh = _session_cookie(server, "alice", users.session_stamp("alice") or "")
     assert b'value="approve"' in server.handle(_authorize(fresh)).body
     users.remove("alice")
     assert b'name="password"' in server.handle(_authorize(fresh)).body
-    users.add("alice", "new pw")
+    users.add("alice", "a new long enough password")
     assert b'name="password"' in server.handle(_authorize(fresh)).body  # re-added: no old session revives
 
 
@@ -702,7 +702,7 @@ def test_the_sign_in_ends_at_a_redirect_its_cookies_would_reach(
     """A store that cannot record the end of the session does not hold up the answer: the
     redirect goes out, the cookie cleared, and the outage is logged."""
     users = Users(MemoryUsers(), log_n=10)
-    users.add("alice", "pw")
+    users.add("alice", "a long enough password")
     server = AuthorizationServer(make_config(issuer=issuer), MemoryStore() if recorded else _NoSessionEnds(),
                                  users=users)  # fmt: skip
     redirect = "http://127.0.0.1:9999" + path
@@ -826,7 +826,7 @@ def test_an_approval_whose_session_ends_while_it_is_made_sends_no_code(removing:
     from kavach_core.records import Client
 
     users = Users(MemoryUsers(), log_n=10)
-    users.add("alice", "pw")
+    users.add("alice", "a long enough password")
     store = _RemovedWhileApproving(users)
     store.removing = removing
     store.clients["c1"] = Client("c1", ("https://app.example.com/cb",), client_name="App")

@@ -20,6 +20,7 @@ import select
 import signal
 import socket
 import sqlite3
+import stat
 import subprocess
 import sys
 import time
@@ -100,12 +101,13 @@ def test_users_add_list_remove(db: str) -> None:
     assert not Path(db).exists()
     created = ok(["users", "add", "alice", "--db", db, "--password-stdin"], stdin=PASSWORD + "\n")
     assert "created user 'alice'" in created
-    ok(["users", "add", "bob", "--db", db, "--password-stdin"], stdin="pw2\n")
+    ok(["users", "add", "bob", "--db", db, "--password-stdin"], stdin="a second password\n")
     assert ok(["users", "list", "--db", db]).split() == ["alice", "bob"]
-    assert "changed the password" in ok(["users", "add", "bob", "--db", db, "--password-stdin"], stdin="pw3\n")
+    changed = ok(["users", "add", "bob", "--db", db, "--password-stdin"], stdin="a third password\n")
+    assert "changed the password" in changed
     assert "removed user 'bob'" in ok(["users", "remove", "bob", "--db", db])
     assert ok(["users", "list", "--db", db]).split() == ["alice"]
-    ok(["users", "add", " Zed ", "--db", db, "--password-stdin"], stdin="pw4\n")
+    ok(["users", "add", " Zed ", "--db", db, "--password-stdin"], stdin="a fourth password\n")
     assert "removed user 'Zed';" in ok(["users", "remove", " Zed ", "--db", db])  # the name as kept, as add says
 
 
@@ -115,7 +117,8 @@ def test_users_bad_input(db: str) -> None:
     bad(["users", "add", "carol", "--db", db, "--password-stdin"], "no password", stdin="")
     bad(["users", "add", "carol", "--db", db], "--password-stdin", stdin="")  # no terminal to prompt on
     bad(["users", "add", "   ", "--db", db, "--password-stdin"], "username", stdin="pw\n")
-    bad(["users", "add", "carol", "--db", db, "--password-stdin"], "cannot contain the NUL", stdin="pre\x00post\n")
+    bad(["users", "add", "carol", "--db", db, "--password-stdin"], "cannot contain the NUL",
+        stdin="a password with\x00a NUL in it\n")
     assert "carol" not in ok(["users", "list", "--db", db])
 
 
@@ -229,6 +232,27 @@ def test_keys_list_and_rotate(db: str) -> None:
     assert rows == {second: "active", first: "published"}
 
 
+def test_keys_list_marks_the_key_signing_now_of_every_algorithm(db: str) -> None:
+    """``kavach keys list`` is run without the servers' settings: the key of a deployment signing
+    with RS256 is active (it was shown merely published, judged by the command's own ES256), and
+    while instances differ in signing_alg (a rolling change), each algorithm's signing key is."""
+    from kavach.instance import Instance
+
+    from kavach_core import keys
+
+    made = ok(["keys", "rotate", "--db", db], env=clean_env(KAVACH_SIGNING_ALG="RS256"))
+    rs256 = made.split("key ")[1].split()[0]
+    rows = {line.split()[0]: line.split()[-1] for line in ok(["keys", "list", "--db", db]).splitlines()[1:]}
+    assert rows == {rs256: "active"}
+    instance = Instance(resolve({"db": db}, {}))  # an ES256 instance starts a key of its own beside it
+    try:
+        es256 = instance.run(keys.current(instance.context())).active(int(time.time()), "ES256")
+    finally:
+        instance.close()
+    rows = {line.split()[0]: line.split()[-1] for line in ok(["keys", "list", "--db", db]).splitlines()[1:]}
+    assert rows == {rs256: "active", es256.kid: "active"}
+
+
 def test_keys_rotate_without_the_servers_lifetime_keeps_its_tokens_keys_published(db: str) -> None:
     """The server's keys are made for hour-long tokens; ``kavach keys rotate`` run without its
     settings (600 s by default) still keeps the retired key published until such a token,
@@ -259,7 +283,7 @@ def test_keys_rotate_without_the_servers_lifetime_keeps_its_tokens_keys_publishe
 def test_unreadable_database_is_one_line(tmp_path: Path) -> None:
     bad(["users", "list", "--db", str(tmp_path / "missing" / "kavach.db")], "no database at")
     bad(["users", "add", "x", "--db", str(tmp_path / "missing" / "kavach.db"), "--password-stdin"], "does not exist",
-        stdin="pw\n")
+        stdin=PASSWORD + "\n")
     bad(["keys", "list", "--db", str(tmp_path)], "is a directory")
     garbage = tmp_path / "garbage.db"
     garbage.write_bytes(b"this is not a database at all" * 100)
@@ -881,7 +905,7 @@ def test_with_standard_output_closed_the_kit_still_runs_when_its_report_goes_to_
 
 def test_commands_refuse_a_store_in_memory() -> None:
     """What a command writes to a store in memory is gone when it ends: 'created user' would be a lie."""
-    bad(["users", "add", "x", "--db", ":memory:", "--password-stdin"], "keeps nothing", stdin="pw\n")
+    bad(["users", "add", "x", "--db", ":memory:", "--password-stdin"], "keeps nothing", stdin=PASSWORD + "\n")
     bad(["keys", "rotate", "--store", "memory:"], "keeps nothing")
 
 
@@ -923,11 +947,64 @@ def test_ctrl_c_while_the_command_loads_is_quiet(tmp_path: Path) -> None:
 # -- refusals that leave nothing behind; output that cannot be written --------------------------------------
 
 
+def test_a_password_shorter_than_15_characters_is_refused_before_the_database_is_made(tmp_path: Path) -> None:
+    """NIST SP 800-63B-4 §3.1.1.2: a password that is the only factor (the sign-in page) has at
+    least 15 characters; a shorter one is refused as bad input, and nothing is made."""
+    db = tmp_path / "new.db"
+    line = bad(["users", "add", "bob", "--db", str(db), "--password-stdin"], "15 to 1024 characters",
+               stdin="fourteen chars\n")  # fmt: skip
+    assert line == "kavach: error: a password has 15 to 1024 characters", line
+    assert not db.exists(), "a refused password creates no database"
+    assert "created user 'bob'" in ok(["users", "add", "bob", "--db", str(db), "--password-stdin"],
+                                      stdin="fifteen chars!!\n")  # fmt: skip
+
+
+def test_a_password_is_set_only_with_15_characters_but_one_set_before_still_signs_in() -> None:
+    """``valid_password`` and ``Users.add`` (what the command uses) refuse fewer than 15 characters,
+    counted as typed and once NFKC-normalised, the shorter count deciding; a sign-in checks no
+    length, so an account given a shorter password before the rule still signs in."""
+    from kavach.users import MIN_PASSWORD, MemoryUsers, PasswordError, Users, hash_password, valid_password
+
+    assert MIN_PASSWORD == 15
+    users = Users(MemoryUsers(), log_n=10)
+    # The last two: 15 characters as typed but 14 once normalised, 15 once normalised but 12 as typed.
+    for password in ("x", "fourteen chars", "cafe\u0301 au lait!!", "\ufb01ve \ufb01ne \ufb01sh!"):
+        with pytest.raises(PasswordError) as refused:
+            valid_password(password)
+        assert str(refused.value) == "a password has 15 to 1024 characters"
+        with pytest.raises(PasswordError, match="15 to 1024"):
+            users.add("alice", password)
+    assert users.store.usernames() == ()
+    for password in ("fifteen chars!!", "cafe\u0301 au lait!!!", "\ufb01ve \ufb01ne \ufb01sh!!!!"):
+        assert valid_password(password) == password
+        users.add("alice", password)
+        assert users.authenticate("alice", password) == "alice"
+    users.store.set_hash("earlier", hash_password("pw", log_n=10))
+    assert users.authenticate("earlier", "pw") == "earlier"
+
+
 def test_a_password_too_long_is_refused_before_the_database_is_made(tmp_path: Path) -> None:
     db = tmp_path / "new.db"
-    bad(["users", "add", "bob", "--db", str(db), "--password-stdin"], "1 to 1024 characters", stdin="x" * 1025 + "\n")
+    bad(["users", "add", "bob", "--db", str(db), "--password-stdin"], "15 to 1024 characters", stdin="x" * 1025 + "\n")
     assert not db.exists(), "a refused password creates no database"
     ok(["users", "add", "bob", "--db", str(db), "--password-stdin"], stdin="x" * 1024 + "\n")
+
+
+def test_a_db_that_is_not_a_regular_file_is_refused_and_nothing_is_written_beside_it(tmp_path: Path) -> None:
+    """``--db`` naming a FIFO or a device (a private copy of /dev/null): SQLite wrote a ``-journal``
+    file next to the device before failing; such a path is refused before SQLite opens it, in one line."""
+    made = [tmp_path / "fifo.db"]
+    os.mkfifo(made[0])
+    try:  # a character device, where making one is allowed (root, CAP_MKNOD)
+        os.mknod(tmp_path / "null.db", 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+        made.append(tmp_path / "null.db")
+    except PermissionError:
+        pass
+    for path in made:
+        for command in (["users", "add", "bob", "--password-stdin"], ["keys", "rotate"], ["users", "list"]):
+            line = bad([*command, "--db", str(path)], "is not a regular file", stdin=PASSWORD + "\n")
+            assert line == f"kavach: error: cannot open SQLite database {str(path)!r}: it is not a regular file"
+    assert sorted(tmp_path.iterdir()) == sorted(made), "no -journal file is left beside them"
 
 
 def test_an_empty_file_is_no_database_for_a_command_that_reads(tmp_path: Path) -> None:
@@ -942,7 +1019,7 @@ def test_a_sqlite_url_naming_no_file_is_refused(tmp_path: Path) -> None:
     for store in ("sqlite:///", "SQLITE:///"):
         bad(["users", "list", "--store", store], "sqlite:///relative/path", cwd=tmp_path)
         bad(["users", "add", "bob", "--store", store, "--password-stdin"], "sqlite:///relative/path",
-            stdin="pw\n", cwd=tmp_path)  # fmt: skip
+            stdin=PASSWORD + "\n", cwd=tmp_path)  # fmt: skip
     (tmp_path / "kavach.toml").write_text('store = "sqlite:///"\n')
     bad(["users", "list", "--config", str(tmp_path / "kavach.toml")], "sqlite:///relative/path", cwd=tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["kavach.toml"]
@@ -958,11 +1035,39 @@ def test_output_that_cannot_be_written_is_one_line_not_a_traceback(db: str) -> N
     ok(["clients", "add", "--name", "A", "--redirect-uri", REDIRECT_URI, "--db", db])
     ok(["keys", "rotate", "--db", db])
     with open("/dev/full", "w") as full:
-        for command in (["users", "list"], ["clients", "list"], ["keys", "list"], ["keys", "rotate"]):
+        for command in (["users", "list"], ["clients", "list"], ["keys", "list"]):
             proc = _to([*command, "--db", db], full)
             assert proc.returncode == 2, (command, proc.stderr)
             assert proc.stderr.splitlines() == ["kavach: error: cannot write the output: No space left on device"], (
                 command, proc.stderr)  # fmt: skip
+
+
+def test_a_change_whose_report_cannot_be_written_says_it_was_made(db: str) -> None:
+    """``users add``, ``keys rotate``, ``grants revoke``, ``clients revoke`` and ``users remove``
+    with stdout on a full disk: the change is stored before its report is written, so the one
+    line on stderr says it was made, and the exit status is 1, not 2 (bad input: nothing done)."""
+    ok(["clients", "add", "--name", "A", "--redirect-uri", REDIRECT_URI, "--db", db])
+    (client_id,) = [line.split()[0] for line in ok(["clients", "list", "--db", db]).splitlines()[1:]]
+    done = [
+        (["users", "add", "bob", "--password-stdin"], "created user 'bob'"),
+        (["users", "add", "bob", "--password-stdin"], "changed the password of user 'bob'"),
+        (["keys", "rotate"], "now signing with key "),
+        (["grants", "revoke", "--subject", "bob"], "revoked 0 grants"),
+        (["clients", "revoke", client_id], f"deleted client {client_id} and revoked its grants"),
+        (["users", "remove", "bob"], "removed user 'bob'; revoked 0 grants"),
+    ]
+    with open("/dev/full", "w") as full:
+        for command, said in done:
+            proc = _to([*command, "--db", db], full, input=PASSWORD + "\n")
+            assert proc.returncode == 1, (command, proc.returncode, proc.stderr)
+            (line,) = proc.stderr.splitlines()
+            assert line.startswith("kavach: error: done, but this report of it could not be written"
+                                   " (No space left on device): ") and said in line, (command, line)  # fmt: skip
+            if command[:2] == ["users", "add"]:
+                assert ok(["users", "list", "--db", db]).split() == ["bob"]
+    assert "no users yet" in run(["users", "list", "--db", db]).stderr
+    assert "no clients registered" in run(["clients", "list", "--db", db]).stderr
+    assert "active" in ok(["keys", "list", "--db", db])
 
 
 def test_clients_add_shows_the_client_before_anything_is_made(tmp_path: Path) -> None:

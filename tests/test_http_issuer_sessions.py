@@ -37,7 +37,7 @@ SESSION_ID = bytes(range(16))
 
 def _server(issuer: str) -> AuthorizationServer:
     users = Users(MemoryUsers(), log_n=10)
-    users.add("alice", "pw")
+    users.add("alice", "a long enough password")
     store = MemoryStore()
     store.clients["c1"] = Client("c1", (CALLBACK,), client_name="Native tool")
     return AuthorizationServer(make_config(issuer=issuer), store, users=users)
@@ -114,7 +114,7 @@ def consents(page: Response) -> bool:
 
 def _signed_in(browser: Browser) -> Response:
     """A new authorization, signed in with the password: its consent page."""
-    page = browser.submit(browser.authorize(), username="alice", password="pw")
+    page = browser.submit(browser.authorize(), username="alice", password="a long enough password")
     assert consents(page), page.body
     return page
 

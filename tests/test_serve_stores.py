@@ -313,7 +313,7 @@ def test_cli_commands_against_a_store(backend: str, tmp_path: Path) -> None:
     bad(["users", "list", *where], "no kavach store in")  # nothing there yet: not made by a listing
     assert "created user 'alice'" in ok(["users", "add", "alice", *where, "--password-stdin"], stdin=PASSWORD + "\n")
     assert "changed the password" in ok(["users", "add", "alice", *where, "--password-stdin"], stdin=PASSWORD + "\n")
-    ok(["users", "add", "bob", *where, "--password-stdin"], stdin="pw2\n")
+    ok(["users", "add", "bob", *where, "--password-stdin"], stdin="a second password\n")
     assert ok(["users", "list", *where]).split() == ["alice", "bob"]
     assert "removed user 'bob'" in ok(["users", "remove", "bob", *where])
     bad(["users", "remove", "bob", *where], "no user named 'bob'")
@@ -349,7 +349,8 @@ def test_a_redis_prefix_holding_other_keys_is_not_taken_for_a_store(tmp_path: Pa
     try:
         for command in (["users", "list"], ["keys", "rotate"]):
             bad([*command, "--store", url], "holds keys kavachOS did not write")
-        bad(["users", "add", "alice", "--store", url, "--password-stdin"], "kavachOS did not write", stdin="pw\n")
+        bad(["users", "add", "alice", "--store", url, "--password-stdin"], "kavachOS did not write",
+            stdin=PASSWORD + "\n")
         assert sorted(k.decode() for k in client.scan_iter(match=prefix + "*")) == [prefix + "app:thing"]
         client.delete(prefix + "app:thing")
         RedisStore(services.REDIS_URL, prefix=prefix).perform(fx.PutClient(Client("c1", (REDIRECT_URI,))))
@@ -574,5 +575,5 @@ def test_a_read_only_postgres_store_opens_and_lists(tmp_path: Path) -> None:
     ok(["users", "add", "alice", "--store", url, "--password-stdin"], stdin=PASSWORD + "\n")
     read_only = url + "&options=" + quote("-c default_transaction_read_only=on")
     assert ok(["users", "list", "--store", read_only]).split() == ["alice"]
-    bad(["users", "add", "bob", "--store", read_only, "--password-stdin"], "read-only", stdin="pw\n")
+    bad(["users", "add", "bob", "--store", read_only, "--password-stdin"], "read-only", stdin=PASSWORD + "\n")
     assert ok(["users", "list", "--store", url]).split() == ["alice"]

@@ -17,7 +17,9 @@ everything, and the other commands act on that shared state. A PostgreSQL or Red
 
 Settings come from flags, then ``KAVACH_*`` environment variables, then a TOML file, then
 defaults (:mod:`kavach.settings`). Bad input is one line on stderr and exit status 2, never a
-traceback. This module only composes: every OAuth rule lives in :mod:`kavach_core`.
+traceback. A change made whose report then cannot be written (a full disk) is one line on stderr
+saying that the change was made, and exit status 1. This module only composes: every OAuth rule
+lives in :mod:`kavach_core`.
 """
 
 from __future__ import annotations
@@ -58,10 +60,16 @@ EXIT_BROKEN_PIPE = 141
 """What a shell reports for a command ended by SIGPIPE (128 + 13), as for any filter whose reader left."""
 PROG = "kavach"
 EXIT_BAD_INPUT = 2
+EXIT_NOT_REPORTED = 1
+"""A change was made and stays made, but the line saying so could not be written to standard output."""
 
 
 class CliError(Exception):
     """Bad input: printed as one line on stderr, exit status 2."""
+
+
+class _Unreported(Exception):
+    """A change made whose report could not be written: one line on stderr saying it was made, exit status 1."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -312,6 +320,18 @@ def _shown(value: object) -> str:
     return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
 
 
+def _report(done: str) -> None:
+    """Write ``done``, the line saying what a command changed, after the change is stored. When it
+    cannot be written (a full disk), :class:`_Unreported`: the change stands, so the command says
+    so and exits 1, not 2 (bad input: nothing was done). ``clients add`` instead writes its report
+    first and stores nothing when that fails: the secret it shows cannot be shown again."""
+    try:
+        print(done, flush=True)
+    except OSError as exc:
+        reason = exc.strerror or exc
+        raise _Unreported(f"done, but this report of it could not be written ({reason}): {done}") from None
+
+
 def _table(rows: Sequence[Sequence[str]], headings: Sequence[str]) -> None:
     rows = [[_shown(cell) for cell in row] for row in rows]
     widths = [max(len(str(r[i])) for r in [headings, *rows]) for i in range(len(headings))]
@@ -360,7 +380,7 @@ def cmd_users_add(args: argparse.Namespace) -> int:
     with _instance(args, creates=True) as instance:
         existed = instance.users.store.get_hash(name) is not None
         instance.users.add(name, password)  # both checked above
-        print(f"{'changed the password of' if existed else 'created'} user {name!r}")
+        _report(f"{'changed the password of' if existed else 'created'} user {name!r}")
     return 0
 
 
@@ -405,7 +425,7 @@ def cmd_users_remove(args: argparse.Namespace) -> int:
                 f"removed user {subject!r}, but revoking what they were granted since failed: {exc};"
                 f" run: {_command()} grants revoke --subject {shlex.quote(subject)}{_store_option(instance)}"
             ) from exc
-    print(f"removed user {subject!r}; revoked {revoked} grant{'s' if revoked != 1 else ''}")
+    _report(f"removed user {subject!r}; revoked {revoked} grant{'s' if revoked != 1 else ''}")
     return 0
 
 
@@ -506,7 +526,7 @@ def cmd_clients_revoke(args: argparse.Namespace) -> int:
         existed = instance.run(_one(fx.DeleteClient(args.client_id, int(time.time()))))
     if not existed:
         raise CliError(f"no client with id {args.client_id!r}")
-    print(f"deleted client {args.client_id} and revoked its grants")
+    _report(f"deleted client {args.client_id} and revoked its grants")
     return 0
 
 
@@ -568,7 +588,7 @@ def cmd_grants_revoke(args: argparse.Namespace) -> int:
             username = None if revoked else _as_username(args.subject)
             if username is not None:
                 revoked = _revoke_subject(instance, username)
-    print(f"revoked {revoked} grant{'s' if revoked != 1 else ''}")
+    _report(f"revoked {revoked} grant{'s' if revoked != 1 else ''}")
     return 0
 
 
@@ -578,15 +598,17 @@ def cmd_grants_revoke(args: argparse.Namespace) -> int:
 def cmd_keys_list(args: argparse.Namespace) -> int:
     with _instance(args) as instance:
         records = tuple(instance.run(_one(fx.GetSigningKeys())))
-        alg = instance.config.signing_alg
     if not records:
         print("no signing keys yet (one is made when the first token is signed)", file=sys.stderr)
         return 0
     now = int(time.time())
-    active = keyset.KeySet(records).active(now, alg)
+    # The key signing now for each algorithm in the set: which one the servers sign with is their
+    # signing_alg, which this command is not given (and during a rolling change, instances differ).
+    keys = keyset.KeySet(records)
+    signing = {key.kid for key in (keys.active(now, alg) for alg in {r.alg for r in records}) if key is not None}
     rows = []
     for record in records:
-        if active is not None and record.kid == active.kid:
+        if record.kid in signing:
             state = "active"
         elif record.publish_until > now:
             state = "published"
@@ -608,7 +630,7 @@ def cmd_keys_rotate(args: argparse.Namespace) -> int:
         active = keys.active(ctx.now, instance.config.signing_alg)
     if active is None:
         raise CliError("the rotation did not produce an active key")
-    print(f"now signing with key {active.kid} ({active.alg}); earlier keys stay published until their tokens expire")
+    _report(f"now signing with key {active.kid} ({active.alg}); earlier keys stay published until their tokens expire")
     return 0
 
 
@@ -922,6 +944,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (CliError, SettingsError, InstanceError, StoreUnavailable) as exc:  # a store outage: users' own calls
         sys.stderr.write(f"{PROG}: error: {exc}\n")
         return EXIT_BAD_INPUT
+    except _Unreported as exc:  # the change stands: say so, and not as bad input
+        sys.stderr.write(f"{PROG}: error: {exc}\n")
+        if sys.stdout is not None:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # what is buffered goes nowhere
+        return EXIT_NOT_REPORTED
     except KeyboardInterrupt:
         sys.stderr.write("\n")
         return 130

@@ -10,6 +10,10 @@ every instance sharing that store shares its users). The last two raise
 :class:`kavach_core.drivers.StoreUnavailable` when the backend cannot be reached, which the
 server answers with 503 like any other store outage.
 
+A password set is :data:`MIN_PASSWORD` (15) characters or more, as NIST SP 800-63B-4 §3.1.1.2 asks
+of a password that is the only factor (it is, at the sign-in page); a shorter one set before
+this rule still signs in.
+
 Hashes are ``scrypt$<log2 n>$<r>$<p>$<salt>$<key>`` (RFC 7914, base64url salt and key) of the
 password's UTF-8 once NFKC-normalised (UAX #15), as NIST SP 800-63B-4 §3.1.1.2 asks of a
 verifier accepting Unicode: a password typed on a keyboard composing ``é`` and one sending ``e``
@@ -59,6 +63,10 @@ _P = 3
 _SALT_BYTES = 16
 _KEY_BYTES = 32
 MAX_USERNAME = 128
+MIN_PASSWORD = 15
+"""The shortest password an account may be given: the sign-in page is its only factor, and NIST SP
+800-63B-4 §3.1.1.2 asks for 15 characters of a password used alone. Checked when a password is set,
+never at sign-in, so an account given a shorter one earlier still signs in."""
 MAX_PASSWORD = 1024
 
 
@@ -81,7 +89,7 @@ class UsernameError(ValueError, SettingsError):
 
 
 class PasswordError(ValueError, SettingsError):
-    """A password no account may have (empty, too long); one line, reported like :class:`UsernameError`."""
+    """A password no account may be given (too short, too long); one line, reported like :class:`UsernameError`."""
 
 
 def normalize_username(username: str) -> str:
@@ -107,10 +115,16 @@ def normalize_username(username: str) -> str:
 
 
 def valid_password(password: str) -> str:
-    """``password`` when an account may have it (1 to :data:`MAX_PASSWORD` characters), else
-    :class:`UsernameError`'s sibling :class:`PasswordError`."""
-    if not password or len(password) > MAX_PASSWORD:
-        raise PasswordError(f"a password has 1 to {MAX_PASSWORD} characters")
+    """``password`` when an account may be given it (:data:`MIN_PASSWORD` to :data:`MAX_PASSWORD`
+    characters), else :class:`UsernameError`'s sibling :class:`PasswordError`.
+
+    Characters are Unicode code points (NIST SP 800-63B-4 §3.1.1.2), counted as typed and once
+    normalised (:func:`_normal_form`): the shorter of the two must reach the minimum, so neither
+    combining accents (``e`` and an accent are one character once normalised) nor compatibility
+    characters (a ligature is one character as typed) make a password count as longer than it is."""
+    too_long = len(password) > MAX_PASSWORD  # first: a huge text is not normalised
+    if too_long or min(len(password), len(unicodedata.normalize("NFKC", password))) < MIN_PASSWORD:
+        raise PasswordError(f"a password has {MIN_PASSWORD} to {MAX_PASSWORD} characters")
     if "\x00" in password:  # no sign-in form can send one (GN-03): the account could never sign in
         raise PasswordError("a password cannot contain the NUL character")
     return password
@@ -431,7 +445,8 @@ class Users:
         self._settings = _settings_of(_dummy_hash(log_n))
 
     def add(self, username: str, password: str) -> None:
-        """Create or replace a user."""
+        """Create or replace a user; :class:`PasswordError` for a password no account may be given
+        (:func:`valid_password`: shorter than :data:`MIN_PASSWORD` characters, for one)."""
         name = valid_username(username)
         self.store.set_hash(name, hash_password(valid_password(password), log_n=self.log_n))
 

@@ -450,6 +450,8 @@ class SQLiteStore:
             raise SQLiteStoreError(f"cannot open SQLite database {path!r}: {reason}") from None
         if found is not None and stat.S_ISDIR(found.st_mode):
             raise SQLiteStoreError(f"cannot open SQLite database {path!r}: it is a directory")
+        if found is not None and not stat.S_ISREG(found.st_mode):  # a device, a FIFO: SQLite would write beside it
+            raise SQLiteStoreError(f"cannot open SQLite database {path!r}: it is not a regular file")
         parent = os.path.dirname(os.path.abspath(path))
         if found is None and not os.path.isdir(parent):
             raise SQLiteStoreError(f"cannot create SQLite database {path!r}: directory {parent!r} does not exist")
