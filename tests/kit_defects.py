@@ -8,7 +8,8 @@ Wraps the ASGI application ``kavach serve`` builds in a middleware that applies 
 requests; everything else reaches kavach unchanged. ``escape``, ``no_refresh`` and others
 rewrite kavach's own JSON answers; ``token_get_json``, ``pkce_default_plain`` and
 ``scope_widened`` rewrite the request kavach sees. Besides the wire, some of these are protocol
-defects the kit must report under their rule (a false pass of the kit otherwise).
+defects the kit must report under their rule (a false pass of the kit otherwise). DEFECT may name
+several of the later ones joined by ``+`` (``cc_public+no_cors_rest``), each applied as alone.
 """
 
 from __future__ import annotations
@@ -19,10 +20,11 @@ import hashlib
 import itertools
 import json
 import random
+import re
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
-from urllib.parse import parse_qs, parse_qsl, urlencode
+from urllib.parse import parse_qs, parse_qsl, unquote_plus, urlencode
 
 from kavach.starlette import read_body
 
@@ -31,6 +33,7 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 App = Callable[[Message, Receive, Send], Awaitable[None]]
 Answer = tuple[int, str, bytes] | None
+Headers = list[tuple[bytes, bytes]]
 
 ESCAPE = "\x1b[2J\x1b[31mPWNED\x1b[0m\nAZ-02   pass    injected line"
 METADATA = "/.well-known/oauth-authorization-server"
@@ -54,7 +57,12 @@ class Defect:
 
     def __init__(self, name: str) -> None:
         self.name = name
+        self.names = set(name.split("+"))
         self.codes: set[str] = set()
+        self.owners: dict[str, str] = {}
+        """The public client each refresh token was issued to (``revoke_any_client``)."""
+        self.secrets: dict[str, str] = {}
+        """Each registered client's secret (``introspect_any_secret``)."""
         self.registrations = itertools.count(1)
         self.metadata = itertools.count(1)
         """Metadata requests: the first (tests/kavach_serve.py's readiness probe) is answered as it should."""
@@ -95,6 +103,18 @@ class Defect:
             return 200, "text/html", page.encode()
         if self.name == "no_post_authorize" and path == "/authorize" and "response_type" in posted:
             return 405, "application/json", b'{"error": "invalid_request", "error_description": "GET only"}'
+        if "revoke_access_ignored" in self.names and path == "/revoke" and one.get("token", "").count(".") == 2:
+            return 200, "application/json", b""  # an access token's revocation answered, never done
+        if "cc_public" in self.names and grant == "client_credentials":
+            return 200, "application/json", b'{"access_token": "cc-token", "token_type": "Bearer"}'
+        public = "client_id" in posted and "client_secret" not in posted
+        if "introspect_public" in self.names and path == "/introspect" and public:
+            # A client_id alone taken as authentication: the token's data shown.
+            data = {"active": True, "client_id": one["client_id"], "sub": "alice", "scope": "tools:list"}
+            return 200, "application/json", json.dumps(data).encode()
+        rest = ("/register", "/revoke", "/introspect", "/jwks.json")
+        if "no_cors_rest" in self.names and method == "OPTIONS" and path in rest:
+            return 204, "text/plain", b""  # a preflight answered without Access-Control-Allow-Origin
         return None
 
     def request(self, method: str, path: str, query: bytes, body: bytes) -> tuple[str, bytes, bytes]:
@@ -114,7 +134,44 @@ class Defect:
                 return method, urlencode(one).encode(), body
             if self.name == "scope_widened" and set(one.get("scope", "-").split()) <= set(CATALOGUE):
                 return method, urlencode(one | {"scope": " ".join(CATALOGUE)}).encode(), body
+        if "uris_unchecked" in self.names and path == "/register" and body.startswith(b"{"):
+            # Only client_uri checked: logo_uri, tos_uri and policy_uri registered whatever they are.
+            record = {k: v for k, v in json.loads(body).items() if k not in ("logo_uri", "tos_uri", "policy_uri")}
+            return method, query, json.dumps(record).encode()
+        if "revoke_any_client" in self.names and path == "/revoke":
+            posted = dict(parse_qsl(body.decode(), keep_blank_values=True))
+            owner = self.owners.get(posted.get("token", ""))
+            if owner is not None and posted.get("client_id") not in (None, owner):  # revoked for whoever asks
+                return method, query, urlencode(posted | {"client_id": owner}).encode()
         return method, query, body
+
+    def credentials(self, path: str, headers: Headers) -> Headers:
+        """The request's headers kavach sees instead: ``introspect_any_secret`` puts the registered
+        secret in place of any other sent with a client_id by Basic to the introspection endpoint."""
+        if "introspect_any_secret" not in self.names or path != "/introspect":
+            return headers
+        out = []
+        for key, value in headers:
+            if key == b"authorization" and value[:6].lower() == b"basic ":
+                client_id = unquote_plus(base64.b64decode(value[6:]).decode().partition(":")[0])
+                if client_id in self.secrets:
+                    value = b"Basic " + base64.b64encode(f"{client_id}:{self.secrets[client_id]}".encode())
+            out.append((key, value))
+        return out
+
+    def headers(self, path: str, status: int, headers: Headers) -> Headers:
+        """The answer's headers sent instead: challenges without a member, token answers not JSON."""
+        out = []
+        for key, value in headers:
+            if key.lower() == b"www-authenticate" and path == "/mcp":
+                if "challenge_no_scope" in self.names and status == 401:
+                    value = re.sub(rb',\s*scope="[^"]*"', b"", value)
+                if "forbidden_no_metadata" in self.names and status == 403:
+                    value = re.sub(rb',\s*resource_metadata="[^"]*"', b"", value)
+            if key.lower() == b"content-type" and path == "/token" and "token_text_html" in self.names:
+                value = b"text/html; charset=utf-8"  # RFC 6749 §5.1/§5.2: application/json
+            out.append((key, value))
+        return out
 
     def rewrite(self, path: str, form: dict[str, list[str]], body: dict[str, Any]) -> dict[str, Any]:
         if self.name == "escape" and isinstance(body.get("error"), str):
@@ -130,6 +187,10 @@ class Defect:
             body = {"active": True, "token_type": "Bearer"}  # a revoked JWT access token said active
         if self.name == "scope_widened" and path == "/token":
             body.pop("scope", None)  # the whole catalogue granted, and not said
+        if path == "/token" and isinstance(body.get("refresh_token"), str) and "client_id" in form:
+            self.owners[body["refresh_token"]] = form["client_id"][0]
+        if path == "/register" and isinstance(body.get("client_secret"), str):
+            self.secrets[str(body.get("client_id"))] = body["client_secret"]
         return body
 
 
@@ -145,9 +206,11 @@ def middleware(app: App, defect: Defect) -> App:
         if (method, query, body) != request:  # kavach sees a form POST (or the rewritten GET)
             headers = [(k, v) for k, v in scope["headers"] if k not in (b"content-type", b"content-length")]
             if body:
-                headers += [(b"content-type", b"application/x-www-form-urlencoded")]
+                kind = b"application/json" if body.startswith(b"{") else b"application/x-www-form-urlencoded"
+                headers += [(b"content-type", kind)]
                 headers += [(b"content-length", str(len(body)).encode())]
             scope = {**scope, "method": method, "query_string": query, "headers": headers}
+        scope = {**scope, "headers": defect.credentials(scope["path"], scope["headers"])}
         posted = parse_qs(body.decode(errors="replace"))
         form = parse_qs(query.decode()) | posted
         if scope["path"] == METADATA and defect.name == "trickle_meta" and next(defect.metadata) > 1:
@@ -185,6 +248,7 @@ def middleware(app: App, defect: Defect) -> App:
             if isinstance(parsed, dict):
                 content = json.dumps(defect.rewrite(scope["path"], form, parsed)).encode()
             headers = [(k, v) for k, v in start["headers"] if k.lower() != b"content-length"]
+            headers = defect.headers(scope["path"], start["status"], headers)
             await send({**start, "headers": [*headers, (b"content-length", str(len(content)).encode())]})
             await send({"type": "http.response.body", "body": content})
 

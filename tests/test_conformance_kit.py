@@ -33,7 +33,7 @@ USER, PASSWORD = "alice", "conformance-pw-1"
 
 # Under an http issuer (kavach serve's default) a sign-in is good for one authorization only, so
 # the kit's person signs in at every authorization, and kavach counts successful sign-ins against
-# its per-address limit (by default 50 per 15 minutes, then 429). A kit run signs in 27 times (28
+# its per-address limit (by default 50 per 15 minutes, then 429). A kit run signs in 29 times (30
 # with /other-mcp); the stateful test once per authorize step, hypothesis's shrinking replays
 # included: from about 50 to several hundred in the tests below (some 560 in one token_html run). Every
 # server started here allows far more; none of these tests is about the sign-in limit.
@@ -281,16 +281,54 @@ def test_tk07_is_credited_by_the_stateful_test_only_after_a_rotation() -> None:
 
 def test_a_person_step_that_fails_decides_no_redirect_rule() -> None:
     """A person who cannot get a code for a valid request proves nothing by not getting one for a
-    bad request: AZ-01..AZ-04 are n/a, not passed."""
+    bad request: AZ-01..AZ-04 are n/a, not passed. This one fails the first authorization only (the
+    redirect checks' valid request); later ones end at the redirect URI with a code of sorts, as a
+    run where no authorization ever ends with a code stops the kit instead."""
+    calls: list[str] = []
 
     def person(url: str, redirect_uri: str) -> str:
-        raise RuntimeError("cannot sign in")
+        calls.append(url)
+        if len(calls) == 1:
+            raise RuntimeError("cannot sign in")
+        return redirect_uri + "?code=conformance-not-a-code"
 
     with defective("none") as served:
         report = run_kit(quick(served, person=person))
     for rule in ("AZ-02", "AZ-03"):
         assert report.status(rule) == NA, report.table()
         assert "could not complete the person step" in reason(report, rule)
+
+
+def test_no_authorization_ending_with_a_code_stops_the_kit() -> None:
+    """A wrong password (or a sign-in that never works) made every check needing a code n/a, and
+    the run ended 0 as if it had passed: the kit stops with exit status 2 and one line saying why.
+    The checks that need no code still decide their rules (TK-08 here, its group run alone)."""
+    from kavach_conformance.checks import check_token_endpoint
+    from kavach_conformance.person import FormPerson
+    from kavach_conformance.runner import make_session
+    from kavach_conformance.session import Skip
+
+    wrong = "not-" + PASSWORD
+    # Every sign-in fails here: kavach's per-account limit (10 in 15 minutes) raised out of the way.
+    with serve(config_toml=SIGN_IN + "per_user = 10000\n") as served:
+        served.add_user(USER, PASSWORD)
+        proc = kit_command(served, "--password", wrong)
+        session = make_session(quick(served, password=wrong))
+        checks: list[tuple[str, str, bool | None, str]] = []
+        try:
+            with pytest.raises(Skip, match="could not obtain a code"):
+                check_token_endpoint(session, lambda *check: checks.append(check))
+        finally:
+            assert isinstance(session.person, FormPerson)
+            session.person.close()
+            session.http.close()
+    assert proc.returncode == 2 and proc.stdout == "", proc.stdout + proc.stderr
+    assert proc.stderr == (
+        "kavach conformance: could not complete any authorization: stayed on the server "
+        "(still on the authorization server after 12 pages)\n"
+    ), proc.stderr
+    tk08 = [check for check in checks if check[0] == "TK-08"]
+    assert len(tk08) == 4 and all(check[2] is True for check in tk08), checks
 
 
 @pytest.mark.parametrize(
@@ -470,6 +508,111 @@ def test_headers_trickled_past_the_timeout_are_no_answer() -> None:
     assert proc.stderr.count("no whole answer within 1 s (still sending)") == 2, proc.stderr
 
 
+def encoded_answer(body: bytes, coding: str, heard: list[bytes]) -> Callable[[socket.socket, int], None]:
+    """A raw server's answer: ``body`` sent as ``Content-Encoding: coding``; each request kept in ``heard``."""
+
+    def answer(conn: socket.socket, port: int) -> None:
+        with conn:
+            try:
+                heard.append(conn.recv(65536))
+                head = f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Encoding: {coding}\r\n"
+                conn.sendall(head.encode() + b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body) + body)
+            except OSError:
+                pass
+
+    return answer
+
+
+def test_a_compressed_answer_is_held_to_the_size_limit_once_decoded() -> None:
+    """The 1 MiB limit holds for what an answer decodes to: 64 kB of gzip decoding to 64 MiB is
+    refused having decoded little more than 1 MiB (httpx's own decoding inflates each chunk it reads
+    whole). The kit asks for no coding; one gzip or deflate is read all the same, stacked or unknown
+    codings (with a body to decode) are no answer."""
+    import gzip
+    import tracemalloc
+    import zlib
+
+    from kavach_conformance.http import Http, NoAnswer
+
+    doc = json.dumps({"issuer": "https://as.example"}).encode()
+    bomb = gzip.compress(b"\0" * (64 << 20), 9)
+    cases: list[tuple[str, bytes, bytes | str]] = [
+        ("gzip", gzip.compress(doc), doc),
+        ("deflate", zlib.compress(doc), doc),
+        ("br", b"", b""),  # nothing to decode
+        ("gzip", bomb, "answer larger than 1048576 bytes"),
+        ("gzip, gzip", gzip.compress(gzip.compress(doc)), "Content-Encoding 'gzip, gzip', which the kit does not"),
+        ("br", doc, "Content-Encoding 'br'"),
+        ("gzip", doc, "answer not readable as gzip"),
+    ]
+    for coding, body, expect in cases:
+        heard: list[bytes] = []
+        with raw_server(encoded_answer(body, coding, heard)) as base:
+            http = Http([base], timeout=5)
+            tracemalloc.start()
+            try:
+                if isinstance(expect, bytes):
+                    assert http.request("GET", base + "/meta").content == expect, coding
+                else:
+                    with pytest.raises(NoAnswer, match=expect):
+                        http.request("GET", base + "/meta")
+                peak = tracemalloc.get_traced_memory()[1]
+            finally:
+                tracemalloc.stop()
+                http.close()
+        assert peak < 8 << 20, f"{coding}: {peak} bytes allocated"
+        assert b"\r\naccept-encoding: identity\r\n" in heard[0].lower(), heard
+
+
+def test_basic_credentials_are_form_urlencoded_in_every_basic_request() -> None:
+    """TK-02, IN-01 (RFC 6749 §2.3.1): client_id and secret are form-urlencoded before Basic, so a
+    secret with ``+``, ``%`` or ``:`` reaches a server decoding them as the RFC says unchanged."""
+    import base64
+
+    from kavach_conformance.http import Http
+    from kavach_conformance.session import Client, Session
+
+    heard: list[bytes] = []
+    client = Client("kit:client é", "http://127.0.0.1:9/cb", "s+c%2B/r=t: x", "client_secret_basic")
+    with raw_server(encoded_answer(b"{}", "identity", heard)) as base:
+        http = Http([base], timeout=5)
+        session = Session(http, issuer=base, resource=None, other_resource=None, person=lambda u, r: r, redirect_uri="")
+        session.meta = {f"{name}_endpoint": f"{base}/{name}" for name in ("token", "revocation", "introspection")}
+        session.confidential = client
+        try:
+            session.token_request(client, {"grant_type": "refresh_token", "refresh_token": "r"})
+            session.revoke(client, "t")
+            session.introspection("t")
+        finally:
+            http.close()
+    sent = [line for request in heard for line in request.split(b"\r\n") if line.lower().startswith(b"authorization:")]
+    decoded = {base64.b64decode(line.split()[-1]).decode() for line in sent}
+    assert len(sent) == 3 and decoded == {"kit%3Aclient+%C3%A9:s%2Bc%252B%2Fr%3Dt%3A+x"}, sent
+
+
+@pytest.mark.parametrize("status", [b"401 Unauthorized", b"403 Forbidden"])
+def test_introspection_kept_for_resource_servers_is_not_applicable(status: bytes) -> None:
+    """IN-01: RFC 7662 §4 lets a server decide who may introspect; one refusing the kit's own
+    authenticated client (keeping introspection for its resource servers) is n/a, not a failure."""
+    from kavach_conformance.checks import check_introspection
+    from kavach_conformance.http import Http
+    from kavach_conformance.session import Client, Session, Skip
+
+    refusal = json.dumps({"error": "invalid_client"}).encode()
+    with raw_server(lambda conn, port: send_json(conn, refusal, status)) as base:
+        http = Http([base], timeout=5)
+        session = Session(http, issuer=base, resource=None, other_resource=None, person=lambda u, r: r, redirect_uri="")
+        session.meta = {"introspection_endpoint": base + "/introspect"}
+        session.confidential = Client("kit", "http://127.0.0.1:9/cb", "secret", "client_secret_basic")
+        checks: list[tuple[str, str, bool | None, str]] = []
+        try:
+            with pytest.raises(Skip, match=r"refused the kit's own authenticated client \(4.*RFC 7662 §4"):
+                check_introspection(session, lambda *check: checks.append(check))
+        finally:
+            http.close()
+    assert checks == []
+
+
 def test_json_nested_too_deeply_is_unreadable_not_a_traceback() -> None:
     deep = b"[" * 100_000 + b"]" * 100_000
     with raw_server(lambda conn, port: send_json(conn, deep)) as base:
@@ -574,6 +717,47 @@ def test_kit_reports_a_protocol_defect_it_once_passed(defect: str, rule: str, wh
     assert report.status(rule) == FAIL and why in reason(report, rule), report.table()
 
 
+INJECTED_TOGETHER = [
+    (
+        "revoke_access_ignored",
+        "RV-01",
+        "revoked access token inactive: revocation 200; then introspection: active=True",
+    ),
+    ("introspect_public", "IN-01", "public client's client_id alone refused: 200, members ['active', 'client_id'"),
+    ("cc_public", "TK-08", "grant_type=client_credentials for a public client: 200 error=None"),
+    ("uris_unchecked", "RG-01", "logo_uri javascript scheme: 201"),
+    ("uris_unchecked", "RG-01", "tos_uri over http: 201"),
+    ("uris_unchecked", "RG-01", "policy_uri javascript scheme: 201"),
+    ("no_cors_rest", "MD-04", "preflight registration endpoint: 204, Access-Control-Allow-Origin None"),
+    ("no_cors_rest", "MD-04", "preflight revocation endpoint: 204, Access-Control-Allow-Origin None"),
+    ("no_cors_rest", "MD-04", "preflight introspection endpoint: 204, Access-Control-Allow-Origin None"),
+    ("no_cors_rest", "MD-04", "preflight JWKS: 204, Access-Control-Allow-Origin None"),
+    ("challenge_no_scope", "RS-02", "no token: the challenge names the scope: scope=None"),
+    ("token_text_html", "TK-01", "success is application/json: 200, Content-Type 'text/html; charset=utf-8'"),
+    ("token_text_html", "TK-01", "error is application/json: 400, Content-Type 'text/html; charset=utf-8'"),
+    ("revoke_any_client", "RV-01", "another client's refresh token not revoked: revoked by the second client: 200"),
+    ("introspect_any_secret", "IN-01", "wrong Basic secret: 401 invalid_client: 200, members ['active'"),
+    ("forbidden_no_metadata", "RS-03", "403 insufficient_scope, scope, resource_metadata: token scope"),
+]
+"""Protocol defects the kit once passed (tests/kit_defects.py), each reported under its rule by the
+check made for it. Each touches no other's checks, so several share one server and one kit run
+(two runs: RS-03 is n/a without a scope in the 401 challenge, so ``forbidden_no_metadata`` cannot
+share one with ``challenge_no_scope``)."""
+TOGETHER = [
+    "revoke_access_ignored+introspect_public+cc_public+uris_unchecked+no_cors_rest+challenge_no_scope",
+    "token_text_html+revoke_any_client+introspect_any_secret+forbidden_no_metadata",
+]
+
+
+@pytest.mark.parametrize("defects", TOGETHER, ids=["first", "second"])
+def test_kit_reports_protocol_defects_injected_together(defects: str) -> None:
+    with misbehaving(defects) as served:
+        report = run_kit(quick(served))
+    expected = [(rule, why) for defect, rule, why in INJECTED_TOGETHER if defect in defects.split("+")]
+    missed = [(rule, why) for rule, why in expected if report.status(rule) != FAIL or why not in reason(report, rule)]
+    assert not missed, (missed, {rule: reason(report, rule) for rule, _ in missed})
+
+
 def test_stateful_introspection_of_a_revoked_token_is_charged_to_in01() -> None:
     from kavach_conformance.runner import make_session
     from kavach_conformance.stateful import run_stateful
@@ -594,18 +778,63 @@ def test_stateful_introspection_of_a_revoked_token_is_charged_to_in01() -> None:
             '<meta http-equiv="refresh" content="0;url=https://a.example/cb?code=1&amp;s=2">',
             "https://a.example/cb?code=1&s=2",
         ),
-        ("<meta http-equiv=Refresh content=\"5; URL='/next'\">", "http://as.example/next"),
+        ('<meta http-equiv="refresh" content=".5; url=https://a.example/">', "https://a.example/"),  # 0 s
+        # A later refresh, or a script, counts only when it goes to the redirect URI or carries a
+        # code or error: an error page may refresh to the operator's home page after a while, or
+        # keep a navigation in a function it never calls (so these two no longer count).
+        ("<meta http-equiv=Refresh content=\"5; URL='/next'\">", None),
+        ("<script>location.replace('https://d.example/')</script>", None),
+        ('<meta http-equiv="refresh" content="10;url=https://www.operator.example/">', None),
+        ('<script>function help() { location.href = "https://docs.example/errors"; }</script>', None),
+        ("<meta http-equiv=Refresh content=\"5; URL='/cb?error=x'\">", "http://as.example/cb?error=x"),
+        ('<meta http-equiv="refresh" content="5">', None),
         ('<script>window.location.href = "https://c.example/cb";</script>', "https://c.example/cb"),
-        ("<script>location.replace('https://d.example/')</script>", "https://d.example/"),
-        ('<p>location = "https://e.example/"</p>', None),
+        ("<script>location.replace('https://d.example/?code=1')</script>", "https://d.example/?code=1"),
+        ('<p>location = "https://e.example/?code=1"</p>', None),
+        ("<body>One moment...<script>location.replace('https://e.example/?code=1')", "https://e.example/?code=1"),
     ],
 )
 def test_the_form_person_sees_pages_that_navigate_on_their_own(page: str, goes: str | None) -> None:
+    """AZ-02, AZ-03: where a page sends a browser on its own (its redirect URI here: https://c.example/cb).
+    A ``<script>`` left open at the end of the page runs all the same."""
     import httpx
     from kavach_conformance.person import _navigation
 
     response = httpx.Response(200, html=page, request=httpx.Request("GET", "http://as.example/authorize"))
-    assert _navigation(response) == goes
+    assert _navigation(response, "https://c.example/cb") == goes
+
+
+def test_a_page_the_person_cannot_parse_stops_the_check_and_never_stays() -> None:
+    """AZ-02: Python's HTML parser gives up on ``<![x]>`` (a browser skips it and follows the meta
+    refresh after it, with a code to an unregistered URI): the authorization did not stay on the
+    server, the kit cannot tell where it went, so the check stops (and fails)."""
+    from kavach_conformance.http import Http
+    from kavach_conformance.person import FormPerson, UnreadablePage
+    from kavach_conformance.session import Session
+
+    attacker = "https://attacker.example/cb"
+    page = f'<html><body><![x]><meta http-equiv="refresh" content="0;url={attacker}?code=LEAKED"></body></html>'
+
+    def answer(conn: socket.socket, port: int) -> None:
+        with conn:
+            try:
+                conn.recv(65536)
+                head = b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nConnection: close\r\n"
+                conn.sendall(head + b"Content-Length: %d\r\n\r\n" % len(page) + page.encode())
+            except OSError:
+                pass
+
+    with raw_server(answer) as base:
+        http = Http([base], timeout=5)
+        person = FormPerson(http, USER, PASSWORD)
+        session = Session(http, issuer=base, resource=None, other_resource=None, person=person, redirect_uri="")
+        session.meta = {"authorization_endpoint": base + "/authorize"}
+        try:
+            with pytest.raises(UnreadablePage, match="cannot parse: AssertionError"):
+                session.attempt({"client_id": "x", "redirect_uri": attacker})
+        finally:
+            person.close()
+            http.close()
 
 
 def test_redirect_uri_case_variants() -> None:
@@ -618,13 +847,85 @@ def test_redirect_uri_case_variants() -> None:
     }
 
 
+@pytest.mark.parametrize(
+    ("fields", "bearer"),
+    [
+        (['Bearer resource_metadata="https://r/x", error=x'], {"resource_metadata": "https://r/x", "error": "x"}),
+        (['DPoP algs="ES256", Bearer error="invalid_token", scope="a b"'], {"error": "invalid_token", "scope": "a b"}),
+        (['DPoP algs="ES256"', "Bearer scope=a, error=bad_scope"], {"error": "bad_scope", "scope": "a"}),
+        (['Basic realm="x", bearer  Error = "invalid_token" ,, '], {"error": "invalid_token"}),
+        (['Bearer error_description="say \\"no\\" \\\\ again"'], {"error_description": 'say "no" \\ again'}),
+        (["Negotiate abc==, Bearer"], {}),
+        (['DPoP algs="ES256"'], {}),
+        (['Bearer realm="never closed'], {}),
+        ([], {}),
+    ],
+)
+def test_the_bearer_challenge_is_read_among_all_challenges(fields: list[str], bearer: dict[str, str]) -> None:
+    """RS-02, RS-03: RFC 9110 §11.6.1 (a list of challenges in one field line or several), §11.2
+    (auth-params valued by token or quoted-string, quoted-pairs unescaped), RFC 9449 §7.1 (DPoP and
+    Bearer challenges side by side)."""
+    import httpx
+    from kavach_conformance.checks import _challenge
+
+    response = httpx.Response(401, headers=[("WWW-Authenticate", field) for field in fields])
+    assert _challenge(response) == bearer
+
+
+def test_challenges_are_parsed_as_rfc_9110_has_them() -> None:
+    from kavach_conformance.http import challenges
+
+    field = 'Newauth realm="apps", type=1, title="Login to \\"apps\\"", Basic realm="simple", Negotiate abc==, DPoP'
+    assert challenges(field) == [
+        ("newauth", {"realm": "apps", "type": "1", "title": 'Login to "apps"'}),  # RFC 9110 §11.6.1's example
+        ("basic", {"realm": "simple"}),
+        ("negotiate", {"": "abc=="}),
+        ("dpop", {}),
+    ]
+    assert challenges("") == [] and challenges("=x") == [] and challenges('Bearer a="1" b') == [("bearer", {})]
+
+
 def test_metadata_member_types() -> None:
+    """MD-02: the members RFC 8414 §2 and OIDC Discovery §3 define are of their type; members of other
+    specifications ending alike are not theirs to judge (OIDC Identity Assurance 1.0's boolean
+    ``verified_claims_supported``, OpenID4VCI's ``pre-authorized_grant_anonymous_access_supported``)."""
     from kavach_conformance.session import mistyped_members
 
-    good = {"token_endpoint": "https://as.example/t", "scopes_supported": ["a"], "x_parameter_supported": True}
-    assert mistyped_members({**good, "client_id_metadata_document_supported": True}) == []
-    bad = mistyped_members({**good, "jwks_uri": None, "grant_types_supported": "a b", "x_parameter_supported": "1"})
-    assert {w.split(" ", 1)[0] for w in bad} == {"jwks_uri", "grant_types_supported", "x_parameter_supported"}
+    good = {"token_endpoint": "https://as.example/t", "scopes_supported": ["a"], "request_parameter_supported": True}
+    others = {
+        "client_id_metadata_document_supported": True,
+        "verified_claims_supported": True,
+        "pre-authorized_grant_anonymous_access_supported": False,
+        "x_parameter_supported": "1",
+    }
+    assert mistyped_members({**good, **others}) == []
+    bad = {"jwks_uri": None, "grant_types_supported": "a b", "claims_supported": 3, "request_parameter_supported": "1"}
+    wrong = mistyped_members({**good, **bad})
+    assert {w.split(" ", 1)[0] for w in wrong} == set(bad), wrong
+
+
+def test_auth_methods_of_the_wrong_type_are_md02s_not_the_token_endpoints() -> None:
+    """A ``token_endpoint_auth_methods_supported`` that is not an array fails MD-02 only: TK-01,
+    TK-02 and TK-08 are checked as usual (a number stopped them, a string matched a substring)."""
+    from kavach_conformance.checks import check_token_endpoint
+    from kavach_conformance.person import FormPerson
+    from kavach_conformance.runner import make_session
+
+    with defective("none") as served:
+        session = make_session(quick(served))
+        checks: list[tuple[str, str, bool | None, str]] = []
+        try:
+            for listed in (3, "none client_secret_post"):
+                session.meta["token_endpoint_auth_methods_supported"] = listed
+                checks.clear()
+                check_token_endpoint(session, lambda *check: checks.append(check))
+                assert not [c for c in checks if c[2] is not True], checks
+                assert {c[0] for c in checks} == {"TK-01", "TK-02", "TK-08"}, checks
+                assert "client_secret_post accepted" not in {c[1] for c in checks}, checks
+        finally:
+            assert isinstance(session.person, FormPerson)
+            session.person.close()
+            session.http.close()
 
 
 def test_the_kits_secrets_may_come_from_the_environment_and_a_flag_wins() -> None:

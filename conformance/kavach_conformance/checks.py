@@ -13,6 +13,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
+from .http import KitError, challenges
 from .person import person_post
 from .session import (
     MCP_HEADERS,
@@ -47,6 +48,15 @@ TOKEN_ERRORS = frozenset(
 CORS_ORIGIN = "https://conformance-client.example"
 UNPROTECTED = "https://unprotected.conformance.invalid/mcp"
 ATTACKER = "https://attacker.conformance.invalid/callback"
+CORS_ENDPOINTS = (
+    ("token endpoint", "token_endpoint", "POST"),
+    ("registration endpoint", "registration_endpoint", "POST"),
+    ("revocation endpoint", "revocation_endpoint", "POST"),
+    ("introspection endpoint", "introspection_endpoint", "POST"),
+    ("JWKS", "jwks_uri", "GET"),
+)
+"""MD-04: the endpoints a browser client calls, each preflighted when the metadata lists it (the
+authorization endpoint, where a browser navigates, must not answer a preflight)."""
 
 
 def error_of(response: httpx.Response) -> str | None:
@@ -72,6 +82,14 @@ def well_formed_tokens(response: httpx.Response) -> tuple[bool, str]:
     if "refresh_token" in body and not isinstance(body["refresh_token"], str):
         wrong.append("refresh_token")
     return not wrong, f"not strings: {wrong}" if wrong else "access_token, token_type (and refresh_token) strings"
+
+
+def json_media_type(response: httpx.Response) -> tuple[bool, str]:
+    """RFC 6749 §5.1, §5.2: a token response, success or error, is ``application/json`` (parameters
+    such as ``charset`` allowed)."""
+    kind = response.headers.get("content-type", "")
+    ok = kind.split(";", 1)[0].strip().lower() == "application/json"
+    return ok, f"{response.status_code}, Content-Type {kind!r}"
 
 
 def no_code_at(outcome: Outcome, bad_uri: str) -> tuple[bool, str]:
@@ -188,10 +206,15 @@ def _preflight(s: Session, url: str, method: str) -> httpx.Response:
 
 
 def check_cors(s: Session, record: Record) -> None:
-    for name, url, method in (
-        ("metadata", s.meta_source, "GET"),
-        ("token endpoint", s.endpoint("token_endpoint"), "POST"),
-    ):
+    listed = [(name, s.meta.get(member), method) for name, member, method in CORS_ENDPOINTS]
+    for name, url, method in [("metadata", s.meta_source, "GET"), *listed]:
+        if not isinstance(url, str):
+            continue  # not listed (MD-02 says so)
+        try:
+            s.http.check_allowed(url)
+        except KitError:
+            record("MD-04", f"preflight {name}", None, f"{url[:80]!r} is not on the servers given: not contacted")
+            continue
         r = _preflight(s, url, method)
         allow = r.headers.get("access-control-allow-origin")
         record(
@@ -236,9 +259,16 @@ def check_registration(s: Session, record: Record) -> None:
         r = s.register({**base, "redirect_uris": [uri]})
         ok, why = expect_error(r, "invalid_redirect_uri", "invalid_client_metadata")
         record("RG-01", f"redirect {name}", ok, why)
-    r = s.register({**base, "client_uri": "http://client.conformance.invalid/"})
-    ok, why = expect_error(r, "invalid_client_metadata")
-    record("RG-01", "client_uri over http", ok, why)
+    bad_uris = {
+        "client_uri": "http://client.conformance.invalid/",
+        "logo_uri": "javascript:alert(1)",
+        "tos_uri": "http://client.conformance.invalid/tos",
+        "policy_uri": "javascript:alert(1)",
+    }
+    for member, uri in bad_uris.items():  # human-facing URIs: https only (one refused registration each)
+        r = s.register({**base, member: uri})
+        ok, why = expect_error(r, "invalid_client_metadata")
+        record("RG-01", f"{member} {'over http' if uri.startswith('http:') else 'javascript scheme'}", ok, why)
     r = s.register({**base, "token_endpoint_auth_method": "conformance_unknown_method"})
     ok, why = expect_error(r, "invalid_client_metadata")
     record("RG-02", "unknown token_endpoint_auth_method", ok, why)
@@ -374,6 +404,7 @@ def check_success_response(s: Session, record: Record) -> None:
     )
     r = s.redeem(client, code, verifier)
     record("TK-01", "success response well-formed", *well_formed_tokens(r))
+    record("TK-01", "success is application/json", *json_media_type(r))
     record(
         "TK-01",
         "success has Cache-Control: no-store",
@@ -489,11 +520,6 @@ def _refused(response: httpx.Response) -> tuple[bool, str]:
 def check_token_endpoint(s: Session, record: Record) -> None:
     url = s.endpoint("token_endpoint")
     client = s.client()
-    # Each probe carries a real, unused code: refused only for its method or body, or not at all.
-    r = s.http.request("GET", url, params=_redemption_form(s, client))
-    record("TK-01", "GET refused (with a valid code)", *_refused(r))
-    r = s.http.request("POST", url, json_body=_redemption_form(s, client))
-    record("TK-01", "JSON body refused (with a valid code)", *_refused(r))
     r = s.token_request(
         client,
         {
@@ -512,6 +538,7 @@ def check_token_endpoint(s: Session, record: Record) -> None:
         err in TOKEN_ERRORS,
         f"{r.status_code} content-type {r.headers.get('content-type')!r} error={err!r}",
     )
+    record("TK-01", "error is application/json", *json_media_type(r))
     record(
         "TK-01",
         "error has Cache-Control: no-store",
@@ -525,6 +552,16 @@ def check_token_endpoint(s: Session, record: Record) -> None:
             form.update(username="x", password="y")
         r = s.token_request(client, form)
         record("TK-08", f"grant_type={grant}", *expect_error(r, "unsupported_grant_type"))
+    if client.method == "none":  # client_credentials only for a confidential client (OAuth 2.1 §4.2)
+        r = s.token_request(client, {"grant_type": "client_credentials"})
+        codes = ("unauthorized_client", "unsupported_grant_type", "invalid_client")
+        record("TK-08", "grant_type=client_credentials for a public client", *expect_error(r, *codes))
+    # Each probe carries a real, unused code: refused only for its method or body, or not at all
+    # (after the probes above, which need no code).
+    r = s.http.request("GET", url, params=_redemption_form(s, client))
+    record("TK-01", "GET refused (with a valid code)", *_refused(r))
+    r = s.http.request("POST", url, json_body=_redemption_form(s, client))
+    record("TK-01", "JSON body refused (with a valid code)", *_refused(r))
     conf = s.confidential
     if conf is None or not conf.secret:
         record("TK-02", "client authentication", None, "needs a confidential client")
@@ -540,7 +577,7 @@ def check_token_endpoint(s: Session, record: Record) -> None:
         secret="wrong-" + conf.secret,
         method="client_secret_basic",
     )
-    challenge = r.headers.get("www-authenticate", "")
+    challenge = ", ".join(r.headers.get_list("www-authenticate"))
     record(
         "TK-02",
         "bad Basic secret: 401",
@@ -550,7 +587,7 @@ def check_token_endpoint(s: Session, record: Record) -> None:
     record(
         "TK-02",
         "bad Basic secret: WWW-Authenticate Basic",
-        challenge.lower().startswith("basic"),
+        any(scheme == "basic" for scheme, _ in challenges(challenge)),
         f"WWW-Authenticate {challenge!r}",
     )
     # A confidential client must authenticate (RFC 6749 §2.3, §3.2.1): its client_id alone, or a
@@ -566,8 +603,8 @@ def check_token_endpoint(s: Session, record: Record) -> None:
     code, verifier, _ = s.code(conf)
     r = s.redeem(conf, code, verifier)
     record("TK-02", "client_secret_basic accepted", r.status_code == 200, f"{r.status_code} error={error_of(r)}")
-    supported = s.meta.get("token_endpoint_auth_methods_supported") or []
-    if "client_secret_post" in supported and s.may_register:
+    supported = s.meta.get("token_endpoint_auth_methods_supported")  # an array (RFC 8414 §2); else MD-02's
+    if isinstance(supported, list) and "client_secret_post" in supported and s.may_register:
         try:
             post = s.register_client("client_secret_post", "conformance kit (client_secret_post)")
         except RegistrationFailed as exc:
@@ -644,14 +681,48 @@ def check_revocation(s: Session, record: Record) -> None:
     client = s.client()
     r = s.revoke(client, "conformance-unknown-token")
     record("RV-01", "unknown token: 200", r.status_code == 200, f"{r.status_code}")
+    check_access_token_revocation(s, record)
     tokens = s.tokens(client)
     if not tokens.refresh_token:
         return
-    r = s.revoke(client, tokens.refresh_token, "refresh_token")
+    refresh_token = tokens.refresh_token
+    if s.second is not None:
+        # RFC 7009 §2.1: a token is revoked only for the client it was issued to. The second
+        # client's request may be answered 200 or refused; the token must go on working.
+        r = s.revoke(s.second, refresh_token, "refresh_token")
+        after = s.refresh(client, refresh_token)
+        record(
+            "RV-01",
+            "another client's refresh token not revoked",
+            r.status_code < 500 and after.status_code == 200,
+            f"revoked by the second client: {r.status_code}; refreshed by its own: {after.status_code} "
+            f"error={error_of(after)}",
+        )
+        if after.status_code == 200:  # rotated: its successor is the one to revoke below
+            refresh_token = refresh_token_of(json_body(after) or {}) or refresh_token
+    r = s.revoke(client, refresh_token, "refresh_token")
     record("RV-01", "revoke refresh token: 200", r.status_code == 200, f"{r.status_code}")
-    r = s.refresh(client, tokens.refresh_token)
+    r = s.refresh(client, refresh_token)
     record("RV-01", "revoked refresh token refused", *expect_error(r, "invalid_grant"))
     check_revoked_access_token(s, record)
+
+
+def check_access_token_revocation(s: Session, record: Record) -> None:
+    """RFC 7009 §2 and the checklist (access tokens revoked until they expire): an access token
+    its client revokes is inactive at once, by introspection (the confidential client's own token),
+    else at the resource."""
+    conf = s.confidential
+    owner = conf if conf is not None and conf.secret else s.client()
+    access_token = s.tokens(owner).access_token
+    before, source = s.token_state(owner, access_token)
+    if before is not True:
+        why = f"a fresh access token is not seen active: {source}" if source else "no introspection or resource"
+        record("RV-01", "revoked access token inactive", None, why)
+        return
+    r = s.revoke(owner, access_token, "access_token")
+    after, source = s.token_state(owner, access_token)
+    ok = r.status_code == 200 and after is False
+    record("RV-01", "revoked access token inactive", ok, f"revocation {r.status_code}; then {source}: active={after}")
 
 
 def check_revoked_access_token(s: Session, record: Record) -> None:
@@ -684,6 +755,11 @@ def check_introspection(s: Session, record: Record) -> None:
     if conf is None or not conf.secret:
         raise Skip("needs a confidential client")
     r = s.http.request("POST", url, data={"token": "conformance-unknown-token"}, auth=(conf.client_id, conf.secret))
+    if r.status_code in (401, 403):  # RFC 7662 §4: the server decides who may introspect
+        raise Skip(
+            f"introspection refused the kit's own authenticated client ({r.status_code} error={error_of(r)}): "
+            "the server may keep it for resource servers (RFC 7662 §4)"
+        )
     body = json_body(r) or {}
     record(
         "IN-01",
@@ -696,17 +772,38 @@ def check_introspection(s: Session, record: Record) -> None:
     tokens = s.tokens(conf)
     active = s.introspect(tokens.access_token)
     record("IN-01", "own fresh token: active true", active is True, f"active={active}")
+    # Callers that have not authenticated, asking about a live token: a wrong secret (RFC 7662
+    # §2.3: 401, RFC 6749 §5.2 invalid_client), a public client's client_id alone (no credentials).
+    r = s.http.request("POST", url, data={"token": tokens.access_token}, auth=(conf.client_id, "wrong-" + conf.secret))
+    refused, why = _introspection_refused(r)
+    ok = refused and r.status_code == 401 and error_of(r) == "invalid_client"
+    record("IN-01", "wrong Basic secret: 401 invalid_client", ok, why)
+    public = next((c for c in (s.primary, s.second) if c is not None and c.method == "none"), None)
+    if public is not None:
+        own = s.tokens(public).access_token
+        r = s.http.request("POST", url, data={"token": own, "client_id": public.client_id})
+        record("IN-01", "public client's client_id alone refused", *_introspection_refused(r))
+
+
+def _introspection_refused(response: httpx.Response) -> tuple[bool, str]:
+    """IN-01 (RFC 7662 §2.1, §4): a caller that has not authenticated learns nothing of a token:
+    an error answer (4xx) with nothing but the error, or ``active: false`` alone (§2.2)."""
+    body = json_body(response) or {}
+    if response.status_code == 200:
+        return body == {"active": False}, f"200, members {sorted(body)[:8]} (expected a refusal, or active false alone)"
+    revealed = sorted(set(body) - {"error", "error_description", "error_uri"})[:8]
+    ok = 400 <= response.status_code < 500 and not revealed
+    return ok, f"{response.status_code} error={error_of(response)}" + (f", members {revealed}" if revealed else "")
 
 
 # -- protected resource ----------------------------------------------------------------------
 
 
 def _challenge(response: httpx.Response) -> dict[str, str]:
-    header = response.headers.get("www-authenticate", "")
-    scheme, _, rest = header.partition(" ")
-    if scheme.lower() != "bearer":
-        return {}
-    return {k.lower(): v for k, v in re.findall(r'([A-Za-z_]+)="([^"]*)"', rest)}
+    """The parameters of the answer's (first) Bearer challenge, among all it makes (RFC 9110 §11.6.1:
+    a DPoP challenge may come first, RFC 9449 §7.1); empty without one."""
+    header = ", ".join(response.headers.get_list("www-authenticate"))
+    return next((params for scheme, params in challenges(header) if scheme == "bearer"), {})
 
 
 def check_resource_server(s: Session, record: Record) -> None:
@@ -724,12 +821,14 @@ def check_resource_server(s: Session, record: Record) -> None:
         f"{r.status_code} WWW-Authenticate {r.headers.get('www-authenticate')!r}",
     )
     required = ch.get("scope")
+    record("RS-02", "no token: the challenge names the scope", bool(required), f"scope={required!r}")
     r = s.call_resource("conformance.invalid.token")
     ch2 = _challenge(r)
+    ok = ch2.get("error") == "invalid_token" and "resource_metadata" in ch2 and bool(ch2.get("scope"))
     record(
         "RS-02",
-        "bad token: 401 invalid_token",
-        r.status_code == 401 and ch2.get("error") == "invalid_token",
+        "bad token: 401 invalid_token, resource_metadata, scope",
+        r.status_code == 401 and ok,
         f"{r.status_code} WWW-Authenticate {r.headers.get('www-authenticate')!r}",
     )
     good = s.tokens(client)
@@ -748,12 +847,13 @@ def check_resource_server(s: Session, record: Record) -> None:
         ok = r.status_code == 403 and ch3.get("error") == "insufficient_scope" and bool(ch3.get("scope"))
         record(
             "RS-03",
-            "token lacking the scope: 403 insufficient_scope",
-            ok,
+            "token lacking the scope: 403 insufficient_scope, scope, resource_metadata",
+            ok and "resource_metadata" in ch3,
             f"token scope {lacking[-1]!r}: {r.status_code} WWW-Authenticate {r.headers.get('www-authenticate')!r}",
         )
     else:
-        record("RS-03", "insufficient scope", None, "the 401 challenge names no scope, or no other scope exists")
+        why = "no other scope exists" if required else "the 401 challenge names no scope (RS-02)"
+        record("RS-03", "insufficient scope", None, why)
     if s.other_resource is None:
         record("RS-04", "token for another resource", None, "no --other-resource given")
     else:

@@ -16,7 +16,8 @@ from .session import describe
 EXIT_STATUS = (
     "Exit status: 0 when no rule failed, 1 when one did (a server answer that is missing, late, too large or "
     "unreadable fails the rules being checked), 2 when the kit could not run (a bad option, no metadata, the "
-    "server rate-limiting the kit, an unexpected error of the kit: one line, never a traceback)."
+    "server rate-limiting the kit, no authorization ending with a code (a wrong --password, say), an unexpected "
+    "error of the kit: one line, never a traceback)."
 )
 
 

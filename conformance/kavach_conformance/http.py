@@ -8,10 +8,12 @@ sent and answered. Secrets are shortened in the log.
 from __future__ import annotations
 
 import json
+import re
 import time
-from collections.abc import Iterable, Mapping
+import zlib
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit
+from urllib.parse import parse_qsl, quote_plus, urlencode, urlsplit
 
 import attrs
 import httpx
@@ -36,7 +38,9 @@ KEY_RESPONSE = ("error", "active", "scope", "token_type", "code", "iss", "refres
 
 
 MAX_BYTES = 1 << 20
-"""The largest answer the kit reads (a metadata document, a sign-in page): 1 MiB."""
+"""The largest answer the kit reads (a metadata document, a sign-in page): 1 MiB, decoded."""
+WINDOW_BITS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+"""The content codings the kit decodes (RFC 9110 §8.4.1), as :func:`zlib.decompressobj` reads each."""
 
 
 class KitError(Exception):
@@ -44,7 +48,8 @@ class KitError(Exception):
 
 
 class NoAnswer(KitError):
-    """The server gave no usable answer: no connection, no (whole) answer in time, or one too large."""
+    """The server gave no usable answer: no connection, no (whole) answer in time, one too large, or
+    one in a content coding the kit does not read."""
 
 
 class RateLimited(KitError):
@@ -64,6 +69,94 @@ def origin(url: str) -> str:
 def short(value: object, keep: int = 10) -> str:
     text = value if isinstance(value, str) else json.dumps(value) if isinstance(value, int | float) else str(value)
     return text if len(text) <= keep + 3 else text[:keep] + "..."
+
+
+def basic_auth(client_id: str, secret: str) -> httpx.BasicAuth:
+    """HTTP Basic client authentication as RFC 6749 §2.3.1 has it: the client identifier and the
+    secret each form-urlencoded (``+``, ``%``, ``:`` ... escaped) before they are joined and base64-encoded."""
+    return httpx.BasicAuth(quote_plus(client_id, safe=""), quote_plus(secret, safe=""))
+
+
+def decoded(raw: Iterable[bytes], coding: str, limit: int) -> Iterator[bytes]:
+    """The body sent as ``raw`` in the Content-Encoding ``coding`` (RFC 9110 §8.4), decoded a chunk at
+    a time, never more than ``limit + 1`` bytes at once: a few kB of gzip may decode to gigabytes,
+    and httpx inflates each chunk it reads whole. ``identity``, one ``gzip`` and one ``deflate`` are
+    read; stacked or other codings (the kit asks for ``identity`` only) raise :class:`NoAnswer`."""
+    codings = [c.strip().lower() for c in coding.split(",") if c.strip().lower() not in ("", "identity")]
+    if not codings:
+        yield from raw
+        return
+    if len(codings) > 1 or codings[0] not in WINDOW_BITS:
+        if any(raw):  # an empty body (a 204, say) needs no decoding
+            what = f"answer in Content-Encoding {coding!r}"
+            raise NoAnswer(f"{what}, which the kit does not decode (it asks for identity)")
+        return
+    inflater = zlib.decompressobj(WINDOW_BITS[codings[0]])
+    try:
+        for data in raw:
+            while data and not inflater.eof:  # anything after the end is not read (nor kept)
+                yield inflater.decompress(data, limit + 1)
+                data = inflater.unconsumed_tail
+            if inflater.eof:
+                return
+        yield inflater.flush()
+    except zlib.error as exc:
+        raise NoAnswer(f"answer not readable as {codings[0]}: {exc}") from None
+
+
+_TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
+_SCHEME = re.compile(_TOKEN)
+_PARAM = re.compile(rf'({_TOKEN})[ \t]*=[ \t]*(?:({_TOKEN})|"((?:[^"\\]|\\.)*)")')
+"""``auth-param = token BWS "=" BWS ( token / quoted-string )`` (RFC 9110 §11.2)."""
+_TOKEN68 = re.compile(r"[A-Za-z0-9._~+/-]+=*")
+_SPACE = re.compile(r"[ \t]+")
+_END = re.compile(r"[ \t]*(?:,|$)")
+"""The end of one element of a list (RFC 9110 §5.6.1)."""
+_QUOTED_PAIR = re.compile(r"\\(.)")
+
+
+def _next_element(header: str, pos: int) -> int:
+    """``pos`` moved past the spaces and (empty) list elements there."""
+    while pos < len(header) and header[pos] in " \t,":
+        pos += 1
+    return pos
+
+
+def challenges(header: str) -> list[tuple[str, dict[str, str]]]:
+    """The challenges of a ``WWW-Authenticate`` field (RFC 9110 §11.6.1: a list of them, in one field
+    line or several, joined by ", "), each ``(scheme, parameters)``: the scheme in lowercase, its
+    auth-params by lowercase name with token or quoted-string values (quoted-pairs unescaped), a
+    token68 under ``""`` (§11.2). Reading stops at the first element that is none of these."""
+    found: list[tuple[str, dict[str, str]]] = []
+    pos = _next_element(header, 0)
+    while pos < len(header):
+        scheme = _SCHEME.match(header, pos)
+        if scheme is None:
+            break
+        params: dict[str, str] = {}
+        found.append((scheme.group().lower(), params))
+        pos = scheme.end()
+        space = _SPACE.match(header, pos)
+        token68 = _TOKEN68.match(header, space.end()) if space else None
+        if space and token68 and _END.match(header, token68.end()) and not _PARAM.match(header, space.end()):
+            params[""] = token68.group()
+            pos = token68.end()
+        elif space:
+            pos = space.end()
+            while (param := _PARAM.match(header, pos)) is not None:
+                end = _END.match(header, param.end())
+                if end is None:
+                    return found
+                name, token, quoted = param.groups()
+                params.setdefault(name.lower(), token if quoted is None else _QUOTED_PAIR.sub(r"\1", quoted))
+                pos = _next_element(header, end.end())
+            if params:
+                continue  # the next challenge, if any, starts at pos
+        end = _END.match(header, pos)
+        if end is None:
+            break
+        pos = _next_element(header, end.end())
+    return found
 
 
 def parse_json(response: httpx.Response) -> Any:
@@ -153,6 +246,7 @@ class Http:
         if data is not None:
             sent_pairs += list(data.items()) if isinstance(data, Mapping) else list(data)
         kwargs: dict[str, Any] = {"headers": dict(headers or {})}
+        kwargs["headers"].setdefault("Accept-Encoding", "identity")  # no compressed answers (see decoded)
         if params is not None:
             kwargs["params"] = list(params.items()) if isinstance(params, Mapping) else list(params)
         if data is not None:
@@ -166,7 +260,7 @@ class Http:
         try:
             request = http.build_request(method, url, **kwargs)
             self.deadline.start(self.timeout)  # from connecting to the answer's last byte
-            response = http.send(request, auth=httpx.BasicAuth(*auth) if auth else None, stream=True)
+            response = http.send(request, auth=basic_auth(*auth) if auth else None, stream=True)
             try:
                 self._read(response, started + self.timeout)
             finally:
@@ -188,10 +282,12 @@ class Http:
         return response
 
     def _read(self, response: httpx.Response, deadline: float) -> None:
-        """The body, within the deadline and the size limit (httpx's own timeout is per read)."""
+        """The body, within the deadline and the size limit (httpx's own timeout is per read). It is
+        read as sent and decoded here, so the limit holds for the decoded answer (:func:`decoded`)."""
         chunks: list[bytes] = []
         size = 0
-        for chunk in response.iter_bytes():
+        coding = response.headers.get("content-encoding", "")  # several headers: joined by ", "
+        for chunk in decoded(response.iter_raw(), coding, self.max_bytes):
             size += len(chunk)
             if size > self.max_bytes:
                 raise NoAnswer(f"answer larger than {self.max_bytes} bytes")

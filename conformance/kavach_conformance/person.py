@@ -53,6 +53,11 @@ class PersonError(KitError):
         self.status = status
 
 
+class UnreadablePage(KitError):
+    """A page the built-in person cannot parse: an answer the kit cannot read (the check stops), not
+    an authorization that stayed on the server (such a page may send a browser on all the same)."""
+
+
 @attrs.define
 class _Form:
     action: str
@@ -64,8 +69,12 @@ class _Form:
     """(name, value, label) of each submit control."""
 
 
-_REFRESH = re.compile(r"^\s*\d*(?:\.\d*)?\s*[;,]?\s*(?:url\s*=\s*)?(['\"]?)(?P<url>[^'\"]+)\1", re.IGNORECASE)
-"""The URL of ``<meta http-equiv="refresh" content="0; url=...">`` (HTML Living Standard §4.2.5.3)."""
+_REFRESH = re.compile(
+    r"^\s*(?P<delay>\d*+)(?P<fraction>\.[\d.]*)?\s*[;,]?\s*(?:url\s*=\s*)?(?P<q>['\"]?)(?P<url>[^'\"]+)(?P=q)",
+    re.IGNORECASE,
+)
+"""The delay and URL of ``<meta http-equiv="refresh" content="0; url=...">`` (HTML Living Standard
+§4.2.5.3: the delay in whole seconds, a fraction ignored, so ``.5`` is 0)."""
 _SCRIPT_NAVIGATION = re.compile(
     r"""(?:window\.|document\.|self\.|top\.)?location(?:\.href)?\s*=\s*(['"])(?P<a>[^'"]+)\1"""
     r"""|location\.(?:replace|assign)\(\s*(['"])(?P<b>[^'"]+)\3\s*\)"""
@@ -78,8 +87,9 @@ class _Parser(HTMLParser):
         super().__init__(convert_charrefs=True)
         self.forms: list[_Form] = []
         self.links: list[str] = []
-        self.navigations: list[str] = []
-        """Where the page sends a browser on its own: a meta refresh, a script setting the location."""
+        self.navigations: list[tuple[int | None, str]] = []
+        """Where the page sends a browser on its own, and after how many seconds: a meta refresh
+        (its delay), a script setting the location (``None``: when, or whether, it runs is unknown)."""
         self._button: list[str] | None = None
         self._button_attrs: dict[str, str] = {}
         self._script: list[str] | None = None
@@ -91,7 +101,8 @@ class _Parser(HTMLParser):
         if tag == "meta" and a.get("http-equiv", "").lower() == "refresh":
             m = _REFRESH.match(a.get("content", ""))
             if m and m.group("url").strip():
-                self.navigations.append(m.group("url").strip())
+                delay = int(m.group("delay") or 0) if m.group("delay") or m.group("fraction") else None
+                self.navigations.append((delay, m.group("url").strip()))
         if tag == "script":
             self._script = []
         if tag == "form":
@@ -129,7 +140,7 @@ class _Parser(HTMLParser):
     def handle_endtag(self, tag: str) -> None:
         if tag == "script" and self._script is not None:
             for m in _SCRIPT_NAVIGATION.finditer("".join(self._script)):
-                self.navigations.append(m.group("a") or m.group("b"))
+                self.navigations.append((None, m.group("a") or m.group("b")))
             self._script = None
         if tag == "button" and self._button is not None and self.forms:
             a = self._button_attrs
@@ -137,32 +148,55 @@ class _Parser(HTMLParser):
             self.forms[-1].buttons.append((a.get("name") or None, a.get("value", ""), label))
             self._button = None
 
+    def close(self) -> None:
+        """The end of the page: a ``<script>`` still open there runs in a browser all the same (and
+        Python's parser, before 3.13, keeps its text unread)."""
+        super().close()
+        if self._script is not None:
+            self._script.append(self.rawdata)
+            self.handle_endtag("script")
 
-def _forms(html: str) -> list[_Form]:
+
+def _parsed(page: httpx.Response) -> _Parser:
+    """The page parsed to its end; :class:`UnreadablePage` when Python's parser gives up on it (an
+    ``AssertionError`` on ``<![x]>``, which a browser skips as a comment and goes on)."""
     parser = _Parser()
-    parser.feed(html)
-    return parser.forms
+    try:
+        parser.feed(page.text)
+        parser.close()
+    except Exception as exc:
+        where = str(page.url).split("?", 1)[0]
+        raise UnreadablePage(f"a page the kit cannot parse: {type(exc).__name__}: {exc}: {where}") from None
+    return parser
 
 
 def _link_back(page: httpx.Response, redirect_uri: str) -> str | None:
     """The one link of an error page (4xx) to ``redirect_uri`` (its query may differ), if any."""
     if not 400 <= page.status_code < 500:
         return None
-    parser = _Parser()
-    parser.feed(page.text)
-    back = {urljoin(str(page.url), href) for href in parser.links}
+    back = {urljoin(str(page.url), href) for href in _parsed(page).links}
     found = [url for url in back if url.split("?", 1)[0] == redirect_uri.split("?", 1)[0]]
     return found[0] if len(found) == 1 else None
 
 
-def _navigation(page: httpx.Response) -> str | None:
-    """Where a page that is not a redirect still sends the browser on its own (a meta refresh, a
-    script setting ``location``): a browser follows it, so the person does too."""
+def _navigation(page: httpx.Response, redirect_uri: str) -> str | None:
+    """Where a page that is not a redirect still sends the browser on its own, so the person goes
+    too: a meta refresh without delay; a later one, or a script setting ``location``, only to
+    ``redirect_uri`` or with a ``code`` or ``error``. An error page may refresh to the operator's
+    home page after a while, or hold a navigation in a script function it never calls: the kit runs
+    no script and does not wait, and a person reads such a page where it is."""
     if "html" not in page.headers.get("content-type", "html"):
         return None
-    parser = _Parser()
-    parser.feed(page.text)
-    return urljoin(str(page.url), parser.navigations[0]) if parser.navigations else None
+    for delay, target in _parsed(page).navigations:
+        url = urljoin(str(page.url), target)
+        if delay == 0 or url.startswith(redirect_uri) or _carries_result(url):
+            return url
+    return None
+
+
+def _carries_result(url: str) -> bool:
+    """Whether ``url`` carries an authorization response: a ``code`` or ``error`` (or a token in its fragment)."""
+    return not {"code", "error", "#code", "#error", "#access_token"}.isdisjoint(redirect_params(url))
 
 
 def _pick_button(form: _Form) -> tuple[str | None, str, str] | None:
@@ -211,7 +245,7 @@ class FormPerson:
                     return target
                 response = self.http.request("GET", target, client=jar)
                 continue
-            navigation = _navigation(response)
+            navigation = _navigation(response, redirect_uri)
             if navigation is not None and (origin(navigation) != server or navigation.startswith(redirect_uri)):
                 return navigation  # a page that redirects the browser all the same (AZ-02)
             if response.status_code != 200:
@@ -219,7 +253,7 @@ class FormPerson:
                 if back is not None:
                     return back
                 raise PersonError(f"{response.url} answered {response.status_code}", response.status_code)
-            found = [f for f in _forms(response.text) if f.method == "post"]
+            found = [f for f in _parsed(response).forms if f.method == "post"]
             if not found:
                 raise PersonError(f"{response.url} shows no form to submit", response.status_code)
             response = self._submit(jar, str(response.url), found[0])

@@ -62,7 +62,9 @@ def make_session(options: KitOptions) -> Session:
 
 
 def run_kit(options: KitOptions) -> Report:
-    """Every check, then (when asked) the stateful test; never raises for a server's behaviour."""
+    """Every check, then (when asked) the stateful test. A server's behaviour is reported, never
+    raised, except when the kit cannot run: :class:`KitError` (no metadata, a 429, no valid
+    authorization request that ever ended with a code)."""
     for url in (options.issuer, options.resource, options.other_resource):
         if url is not None and (origin(url).split(":", 1)[0] not in ("http", "https") or not urlsplit(url).hostname):
             raise KitError(f"{url!r} is not an http(s) URL")
@@ -95,6 +97,10 @@ def run_kit(options: KitOptions) -> Report:
                 exchanges = session.http.since(mark)[-8:]
                 for rule in rules:
                     report.add(Check(rule, name, FAIL, f"stopped: {describe(exc)}", exchanges, stopped=True))
+        if not session.authorized and session.unauthorized is not None:
+            # A wrong password, a sign-in that never works: every check needing a code was n/a,
+            # and a run that decided nothing of the flow must not end as if it had passed.
+            raise KitError(f"could not complete any authorization: {session.unauthorized}")
         if options.stateful_examples > 0:
             from .stateful import run_stateful
 

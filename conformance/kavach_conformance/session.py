@@ -61,22 +61,66 @@ URL_MEMBERS = (
     "introspection_endpoint",
     "jwks_uri",
 )
+ARRAY_MEMBERS = frozenset(
+    {
+        # RFC 8414 §2
+        "scopes_supported",
+        "response_types_supported",
+        "response_modes_supported",
+        "grant_types_supported",
+        "token_endpoint_auth_methods_supported",
+        "token_endpoint_auth_signing_alg_values_supported",
+        "ui_locales_supported",
+        "revocation_endpoint_auth_methods_supported",
+        "revocation_endpoint_auth_signing_alg_values_supported",
+        "introspection_endpoint_auth_methods_supported",
+        "introspection_endpoint_auth_signing_alg_values_supported",
+        "code_challenge_methods_supported",
+        # OpenID Connect Discovery 1.0 §3
+        "acr_values_supported",
+        "subject_types_supported",
+        "id_token_signing_alg_values_supported",
+        "id_token_encryption_alg_values_supported",
+        "id_token_encryption_enc_values_supported",
+        "userinfo_signing_alg_values_supported",
+        "userinfo_encryption_alg_values_supported",
+        "userinfo_encryption_enc_values_supported",
+        "request_object_signing_alg_values_supported",
+        "request_object_encryption_alg_values_supported",
+        "request_object_encryption_enc_values_supported",
+        "display_values_supported",
+        "claim_types_supported",
+        "claims_supported",
+        "claims_locales_supported",
+    }
+)
+"""The metadata members RFC 8414 §2 and OIDC Discovery §3 define as JSON arrays of strings. Other
+specifications name members alike that are not arrays (OIDC Identity Assurance's boolean
+``verified_claims_supported``): members the kit does not know are not type-checked."""
+BOOLEAN_MEMBERS = frozenset(
+    {
+        "claims_parameter_supported",  # OIDC Discovery §3, as are the next three
+        "request_parameter_supported",
+        "request_uri_parameter_supported",
+        "require_request_uri_registration",
+        "authorization_response_iss_parameter_supported",  # RFC 9207 §3
+    }
+)
 
 
 def mistyped_members(meta: dict[str, object]) -> list[str]:
-    """RFC 8414 §2: endpoints (and ``jwks_uri``) are URL strings, the plural ``*s_supported``
-    members (``scopes_supported`` ...) JSON arrays of strings, the ``*_parameter_supported`` flags
-    booleans (RFC 9207 §3, OIDC Discovery §3); the members present that are not."""
+    """RFC 8414 §2: endpoints (and ``jwks_uri``) are URL strings, the array members
+    (:data:`ARRAY_MEMBERS`, ``scopes_supported`` ...) JSON arrays of strings, the flags
+    (:data:`BOOLEAN_MEMBERS`) booleans; the members present that are not."""
     wrong = []
     for name in URL_MEMBERS:
         value = meta.get(name)
         if name in meta and not (isinstance(value, str) and urlsplit(value).scheme in ("http", "https")):
             wrong.append(f"{name} is not an http(s) URL: {str(value)[:40]!r}")
     for name, value in meta.items():
-        if name.endswith("_parameter_supported"):
-            if not isinstance(value, bool):
-                wrong.append(f"{name} is not a boolean: {str(value)[:40]!r}")
-        elif name.endswith("s_supported") and not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+        if name in BOOLEAN_MEMBERS and not isinstance(value, bool):
+            wrong.append(f"{name} is not a boolean: {str(value)[:40]!r}")
+        elif name in ARRAY_MEMBERS and not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
             wrong.append(f"{name} is not an array of strings: {str(value)[:40]!r}")
     return wrong
 
@@ -207,6 +251,11 @@ class Session:
         self.registrations: list[tuple[dict[str, Any], httpx.Response]] = []
         self.may_register = False
         """Only with ``--register`` does the kit register clients (and probe registration)."""
+        self.authorized = False
+        """Whether a valid authorization request ever ended with a code."""
+        self.unauthorized: str | None = None
+        """How the first valid authorization request without a code ended: with none ever
+        authorized, the checks prove nothing, and the kit could not run (:func:`~.runner.run_kit`)."""
 
     # -- discovery ----------------------------------------------------------------------
 
@@ -349,8 +398,18 @@ class Session:
         authorization that stays on the server show the server refusing it."""
         params, _ = self.auth_params(self.client())
         outcome = self.attempt(params)
-        if outcome.one("code") is None:
+        if self._code_of(outcome) is None:
             raise Skip(f"could not complete the person step for a valid request: {outcome.describe()}")
+
+    def _code_of(self, outcome: Outcome) -> str | None:
+        """The code a valid authorization request ended with, noting whether one ever came (and if
+        not, how the first one ended)."""
+        code = outcome.one("code")
+        if code is not None:
+            self.authorized = True
+        elif self.unauthorized is None:
+            self.unauthorized = outcome.describe()
+        return code
 
     # -- authorization ------------------------------------------------------------------
 
@@ -410,7 +469,7 @@ class Session:
         """Authorize and approve; ``(code, verifier, outcome)``, or :class:`Skip` when no code comes."""
         params, verifier = self.auth_params(client, **overrides)
         outcome = self.attempt(params)
-        code = outcome.one("code")
+        code = self._code_of(outcome)
         if code is None:
             raise Skip(f"could not obtain a code: {outcome.describe()}")
         return code, verifier, outcome
