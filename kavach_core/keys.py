@@ -47,7 +47,15 @@ from .config import KEY_PREPUBLISH
 from .context import Context
 from .drivers import Flow
 from .errors import KavachError
-from .jose import JoseError, PrivateKey, SigningKeyPair, VerifyingKey, check_key_matches_alg, jwk_thumbprint
+from .jose import (
+    ALGORITHMS,
+    JoseError,
+    PrivateKey,
+    SigningKeyPair,
+    VerifyingKey,
+    check_key_matches_alg,
+    jwk_thumbprint,
+)
 from .records import SigningKey
 
 PUBLISH_MARGIN = 300
@@ -384,30 +392,39 @@ def current(ctx: Context) -> Flow[KeySet]:
     return KeySet(records)
 
 
-def rotate(ctx: Context) -> Flow[KeySet]:
-    """Retire every signing key now and start signing with a new one (``kavach keys rotate``).
+def signing_algorithms(records: tuple[SigningKey, ...], now: int) -> tuple[str, ...]:
+    """The algorithms of the usable keys signing at ``now``, sorted: those the servers sharing
+    this key set sign with (one while all are configured alike, two during a rolling change)."""
+    return tuple(sorted({alg for alg in ALGORITHMS if KeySet(records).active(now, alg) is not None}))
 
-    Every key, of every algorithm: an operator rotates when a key may be exposed, and after a
-    rolling change of ``signing_alg`` this withdraws the old algorithm's key from signing at once
-    (instances still configured with it start a new one of it, as :func:`current` does when none
-    signs). Tokens the retired keys signed keep verifying until they expire (RFC 9068 §4). When another
-    process changes the key set between this one's read and its swap (publishing a successor,
-    rotating too), the swap is tried again on what it stored, up to :data:`ROTATE_ATTEMPTS`
-    times, so the key this rotation made is the one signing when it returns; else
-    :class:`KeyRotationError`, and nothing of it was stored.
+
+def rotate(ctx: Context, algs: tuple[str, ...] | None = None) -> Flow[KeySet]:
+    """Retire every signing key now and start signing with new ones (``kavach keys rotate``): one
+    of each algorithm in ``algs``; by default one of each algorithm signing now
+    (:func:`signing_algorithms`), or of the configured ``signing_alg`` when none signs.
+
+    Every key, of every algorithm, is retired: an operator rotates when a key may be exposed, and
+    after a rolling change of ``signing_alg``, a rotation naming the new algorithm alone withdraws
+    the old algorithm's key from signing at once (instances still configured with it start a new
+    one of it, as :func:`current` does when none signs). Tokens the retired keys signed keep
+    verifying until they expire (RFC 9068 §4). When another process changes the key set between
+    this one's read and its swap (publishing a successor, rotating too), the swap is tried again on
+    what it stored, up to :data:`ROTATE_ATTEMPTS` times, so the keys this rotation made are the ones
+    signing when it returns; else :class:`KeyRotationError`, and nothing of it was stored.
     """
     now = ctx.now
-    fresh: SigningKey | None = None
+    fresh: tuple[SigningKey, ...] = ()
     for _ in range(ROTATE_ATTEMPTS):
         records: tuple[SigningKey, ...] = tuple((yield fx.GetSigningKeys()))
         lifetime = _longest_token_lifetime(ctx, records)
-        if fresh is None:
-            fresh = generate(ctx, token_lifetime=lifetime)
-        else:  # the same key, published as long as the set it now joins needs
-            fresh = attrs.evolve(fresh, publish_until=_published_until(fresh.signs_until, lifetime))
+        if not fresh:
+            wanted = algs if algs else signing_algorithms(records, now) or (ctx.config.signing_alg,)
+            fresh = tuple(generate(ctx, alg, token_lifetime=lifetime) for alg in wanted)
+        else:  # the same keys, published as long as the set they now join needs
+            fresh = tuple(attrs.evolve(k, publish_until=_published_until(k.signs_until, lifetime)) for k in fresh)
         kept = tuple(_retire(k, now, lifetime) for k in _live(records, now))
-        stored = yield from _store(records, (fresh, *_live(kept, now)))
-        if any(k.kid == fresh.kid for k in stored.records):
+        stored = yield from _store(records, (*fresh, *_live(kept, now)))
+        if {k.kid for k in fresh} <= {k.kid for k in stored.records}:
             return stored
     raise KeyRotationError(
         f"the signing keys changed {ROTATE_ATTEMPTS} times while rotating; nothing was changed: run it again"

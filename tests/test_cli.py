@@ -253,6 +253,26 @@ def test_keys_list_marks_the_key_signing_now_of_every_algorithm(db: str) -> None
     assert rows == {rs256: "active", es256.kid: "active"}
 
 
+def _key_algs(db: str) -> dict[str, tuple[str, str]]:
+    """``kid -> (alg, state)`` of every key ``kavach keys list`` shows."""
+    lines = ok(["keys", "list", "--db", db]).splitlines()[1:]
+    return {line.split()[0]: (line.split()[1], line.split()[-1]) for line in lines}
+
+
+def test_keys_rotate_without_signing_alg_rotates_the_algorithms_signing_now(db: str) -> None:
+    """A plain ``kavach keys rotate`` (no signing_alg given) on a deployment signing with RS256
+    starts a new RS256 key, not one of the command's default ES256 that no server signs with;
+    during a rolling change it starts one of each algorithm signing. Given ``signing_alg``, it
+    starts that algorithm's alone, withdrawing the others from signing."""
+    ok(["keys", "rotate", "--db", db], env=clean_env(KAVACH_SIGNING_ALG="RS256"))
+    said = ok(["keys", "rotate", "--db", db])
+    assert "(RS256)" in said and "ES256" not in said
+    active = {alg for alg, state in _key_algs(db).values() if state == "active"}
+    assert active == {"RS256"}
+    ok(["keys", "rotate", "--db", db], env=clean_env(KAVACH_SIGNING_ALG="EdDSA"))
+    assert {alg for alg, state in _key_algs(db).values() if state == "active"} == {"EdDSA"}
+
+
 def test_keys_rotate_without_the_servers_lifetime_keeps_its_tokens_keys_published(db: str) -> None:
     """The server's keys are made for hour-long tokens; ``kavach keys rotate`` run without its
     settings (600 s by default) still keeps the retired key published until such a token,

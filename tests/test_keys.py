@@ -652,8 +652,8 @@ def test_successors_of_two_algorithms_due_together_are_each_published_once(h: Ha
 def test_rotating_retires_the_keys_of_every_algorithm_and_each_stays_published_for_its_tokens(h: Harness) -> None:
     """``kavach keys rotate`` (here configured for EdDSA) retires every key, the ES256 one too (an
     operator rotates when a key may be exposed, and after a rolling change this ends the old
-    algorithm's key). Each stays published for its tokens; an instance still configured for ES256
-    starts one new ES256 key."""
+    algorithm's key). Each stays published for its tokens; with no algorithm named, the rotation
+    starts one new key of each algorithm that was signing, so the ES256 instance needs none."""
     es_config, ed_config = make_config(signing_alg="ES256"), make_config(signing_alg="EdDSA")
     _as(h, es_config)
     es_token, es_claims = mint(h)
@@ -672,6 +672,32 @@ def test_rotating_retires_the_keys_of_every_algorithm_and_each_stays_published_f
     for token, claims in ((es_token, es_claims), (ed_token, ed_claims)):
         h.now = claims.expires_at - 1
         _assert_verifies_with_the_jwks(h, token)
+
+
+def test_a_rotation_naming_no_algorithm_starts_one_key_of_each_signing_or_the_configured_one(h: Harness) -> None:
+    """``kavach keys rotate`` is run without the servers' settings: with no algorithm named, the
+    new keys are of the algorithms signing now (RS256 here, though this instance's configuration
+    says EdDSA), and of the configured one only when no key signs."""
+    _as(h, make_config(signing_alg="RS256"))
+    mint(h)
+    _as(h, make_config(signing_alg="EdDSA"))
+    h.now += 30
+    rotated = h.run(keys.rotate(h.ctx()))
+    assert keys.signing_algorithms(rotated.records, h.now) == ("RS256",)
+    h.store.keys = ()
+    assert keys.signing_algorithms(h.run(keys.rotate(h.ctx())).records, h.now) == ("EdDSA",)
+
+
+def test_a_rotation_naming_an_algorithm_starts_that_ones_key_alone(h: Harness) -> None:
+    """Naming the new algorithm after a rolling change withdraws the old one's key from signing
+    at once; it stays published for its tokens."""
+    mint(h)
+    (es,) = h.store.keys
+    h.now += 30
+    rotated = h.run(keys.rotate(h.ctx(), ("EdDSA",)))
+    assert keys.signing_algorithms(rotated.records, h.now) == ("EdDSA",)
+    retired = next(k for k in rotated.records if k.kid == es.kid)
+    assert retired.signs_until == h.now and retired.publish_until > h.now
 
 
 # -- the JWKS endpoint ---------------------------------------------------------------------

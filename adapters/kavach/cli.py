@@ -621,16 +621,21 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
 
 
 def cmd_keys_rotate(args: argparse.Namespace) -> int:
+    """New keys for the algorithms signing now (the servers' ``signing_alg``, which this command
+    need not be given), or for ``signing_alg`` alone when it is given (``KAVACH_SIGNING_ALG`` or the
+    file): during a rolling change, that withdraws the other algorithm's key from signing."""
     with _instance(args, creates=True) as instance:
         ctx = instance.context()
+        named = (instance.config.signing_alg,) if "signing_alg" in instance.settings.given else None
         try:
-            keys = instance.run(keyset.rotate(ctx))
+            keys = instance.run(keyset.rotate(ctx, named))
         except keyset.KeyRotationError as exc:
             raise CliError(str(exc)) from exc
-        active = keys.active(ctx.now, instance.config.signing_alg)
-    if active is None:
+        signing = [keys.active(ctx.now, alg) for alg in keyset.signing_algorithms(keys.records, ctx.now)]
+    if not signing:
         raise CliError("the rotation did not produce an active key")
-    _report(f"now signing with key {active.kid} ({active.alg}); earlier keys stay published until their tokens expire")
+    now_signing = ", ".join(f"{k.kid} ({k.alg})" for k in signing if k is not None)
+    _report(f"now signing with key {now_signing}; earlier keys stay published until their tokens expire")
     return 0
 
 

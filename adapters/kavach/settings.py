@@ -170,6 +170,8 @@ class Settings:
     sign_in: Mapping[str, int] = attrs.field(factory=dict)
     """The sign-in limits (:class:`kavach.server.LoginLimits` fields) given; the rest default."""
     config_file: str | None = None
+    given: frozenset[str] = frozenset()
+    """The settings a flag, the environment or the file gave; the others are defaults."""
 
     @property
     def issuer_url(self) -> str:
@@ -612,6 +614,7 @@ def resolve(flags: Mapping[str, Any], environ: Mapping[str, str] | None = None) 
     if "allowed_origins" in given:
         given["allowed_origins"] = _origins("--allowed-origins", given["allowed_origins"])
     _place(merged, given, "--db and --store")
+    named = frozenset(merged)
     level = str(merged.get("log_level", "info")).lower()
     if level not in LOG_LEVELS:
         raise SettingsError(f"log_level must be one of {', '.join(LOG_LEVELS)}, not {level!r}")
@@ -622,7 +625,7 @@ def resolve(flags: Mapping[str, Any], environ: Mapping[str, str] | None = None) 
         raise SettingsError("the store is empty; give --store URL (postgresql://, redis://, sqlite:///) or --db PATH")
     if merged.get("upstream") is not None:
         merged["upstream"] = _check_upstream(str(merged["upstream"]))
-    return Settings(config_file=config_file, **merged)
+    return Settings(config_file=config_file, given=named, **merged)
 
 
 def _place(merged: dict[str, Any], layer: dict[str, Any], source: str) -> None:
