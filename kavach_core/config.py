@@ -159,9 +159,11 @@ DEFAULT_MCP_SCOPES: tuple[tuple[str, str], ...] = (
 NARROW_WORDING = {
     "tools:call": "Run the tool \u201c{}\u201d",
     "prompts:get": "Use the prompt \u201c{}\u201d",
-    "resources:read": "Read the resource \u201c{}\u201d",
 }
-"""How a scope narrowed to one named item is described at consent (``tools:call:search``)."""
+"""How a scope narrowed to one named item is described at consent (``tools:call:search``): only
+the families the MCP scope map narrows by name (:class:`~kavach_core.mcp_methods.McpScopeMap`'s
+``per_tool`` and ``per_prompt``). A resource URI cannot be one scope segment, so no scope names
+one resource; any other narrower scope is described by its catalogue parent, "limited to" the rest."""
 
 
 @attrs.frozen

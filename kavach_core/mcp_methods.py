@@ -11,13 +11,12 @@ method                                        required scope
 ``resources/read``, ``resources/subscribe``,  ``resources:read``
 ``resources/unsubscribe``
 ``prompts/list``                              ``prompts:list``
-``prompts/get``                               ``prompts:get`` (``prompts:get:NAME`` with
-                                              ``per_prompt=True``)
+``prompts/get`` of prompt ``N``               ``prompts:get:N`` (``prompts:get`` covers it)
 ``subscriptions/listen``                      what it listens to: ``tools:list``,
                                               ``prompts:list``, ``resources:list`` for the
                                               ``*ListChanged`` flags, ``resources:read`` for
                                               ``resourceSubscriptions`` (none for nothing)
-``completion/complete``                       ``prompts:get`` (as ``prompts/get``) for a
+``completion/complete``                       as ``prompts/get`` of that prompt for a
                                               ``ref/prompt``, ``resources:read`` for a
                                               ``ref/resource``
 ``initialize``, ``server/discover``,           none beyond a valid token
@@ -29,8 +28,11 @@ any other method                              ``mcp:unknown-method`` (see below)
 
 Choices, and why:
 
-- **Prompts** default to the coarse ``prompts:get``: prompts are templates, not actions, and
-  most servers name few of them. ``per_prompt=True`` makes them per-name like tools.
+- **Prompts** are per-name like tools, so a consent to one prompt (``prompts:get:greet``, which
+  the authorization server describes as "Use the prompt greet") is honoured here;
+  ``prompts:get`` covers every one. ``per_prompt=False`` asks for the whole ``prompts:get``.
+- **Resources** are never narrowed: a resource URI holds ``:`` and ``/``, so it cannot be one
+  scope segment; ``resources/read`` needs ``resources:read`` whatever it reads.
 - **Tool names** that are missing, not strings, or not a single scope segment (a ``:`` in the
   name would let ``tools:call:a`` cover tool ``a:b``) require the whole ``tools:call``: only a
   caller trusted with every tool may send a name the prefix rule cannot reason about.
@@ -146,12 +148,12 @@ class McpScopeMap:
     (``()`` means no scope beyond a valid token); an override of ``tools/call`` or
     ``prompts/get`` replaces the per-name rule too. ``per_tool``: ``tools/call`` of ``N``
     requires ``tools:call:N`` (default) instead of ``tools:call``. ``per_prompt``: the same for
-    ``prompts/get``. ``unknown_method_scopes``: required by any method not known here.
+    ``prompts/get`` (default too). ``unknown_method_scopes``: required by any method not known here.
     """
 
     overrides: tuple[tuple[str, tuple[str, ...]], ...] = attrs.field(default=(), converter=_freeze_overrides)
     per_tool: bool = True
-    per_prompt: bool = False
+    per_prompt: bool = True
     unknown_method_scopes: tuple[str, ...] = attrs.field(default=(UNKNOWN_METHOD_SCOPE,), converter=_freeze_scopes)
     _fixed: Mapping[str, tuple[str, ...]] = attrs.field(init=False, eq=False, repr=False)
     """Every method whose scopes do not depend on its params: the no-scope methods, the fixed

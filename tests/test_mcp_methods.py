@@ -36,14 +36,15 @@ def _body(method: str, params: Any = None, **extra: Any) -> bytes:
         ("resources/subscribe", {"uri": "file:///a"}, ("resources:read",)),
         ("resources/unsubscribe", {"uri": "file:///a"}, ("resources:read",)),
         ("prompts/list", None, ("prompts:list",)),
-        ("prompts/get", {"name": "greet"}, ("prompts:get",)),
+        ("prompts/get", {"name": "greet"}, ("prompts:get:greet",)),
+        ("prompts/get", {"name": "a:b"}, ("prompts:get",)),
         ("initialize", {"protocolVersion": "2025-11-25"}, ()),
         ("ping", None, ()),
         ("notifications/initialized", None, ()),
         ("notifications/cancelled", {"requestId": 1}, ()),
         ("notifications/roots/list_changed", None, ()),
         ("logging/setLevel", {"level": "info"}, ()),
-        ("completion/complete", {"ref": {"type": "ref/prompt", "name": "greet"}}, ("prompts:get",)),
+        ("completion/complete", {"ref": {"type": "ref/prompt", "name": "greet"}}, ("prompts:get:greet",)),
         ("completion/complete", {"ref": {"type": "ref/resource", "uri": "file:///{p}"}}, ("resources:read",)),
         ("completion/complete", {"ref": {}}, (UNKNOWN_METHOD_SCOPE,)),
         ("completion/complete", {"ref": {"type": "ref/tool"}}, (UNKNOWN_METHOD_SCOPE,)),
@@ -109,10 +110,31 @@ def test_tool_names_with_mcp_allowed_characters_are_scoped_per_tool() -> None:
 
 
 def test_per_tool_and_per_prompt_switches() -> None:
-    coarse = McpScopeMap(per_tool=False, per_prompt=True)
+    coarse = McpScopeMap(per_tool=False, per_prompt=False)
     assert required_scopes(_body("tools/call", {"name": "search"}), coarse) == ("tools:call",)
-    assert required_scopes(_body("prompts/get", {"name": "greet"}), coarse) == ("prompts:get:greet",)
+    assert required_scopes(_body("prompts/get", {"name": "greet"}), coarse) == ("prompts:get",)
     assert required_scopes(_body("prompts/get", {"name": "a:b"}), coarse) == ("prompts:get",)
+
+
+def test_every_narrowed_scope_consent_describes_is_one_the_default_map_honours() -> None:
+    """Consent describes ``prompts:get:greet`` as "Use the prompt greet" and ``tools:call:search``
+    as "Run the tool search": a token holding only that scope passes the default map for exactly
+    that prompt or tool (before, prompts always needed the whole ``prompts:get``, so a client
+    granted one prompt was refused it). No wording promises a single resource, which no scope
+    can name (a resource URI is no single scope segment)."""
+    from kavach_core.config import NARROW_WORDING, ProtectedResource
+    from kavach_core.scopes import covers
+
+    assert set(NARROW_WORDING) == {"tools:call", "prompts:get"}
+    resource = ProtectedResource("https://mcp.example.com/mcp")
+    narrowed = (("prompts:get:greet", "prompts/get", "greet"), ("tools:call:search", "tools/call", "search"))
+    for granted, method, name in narrowed:
+        assert name in resource.describe(granted) and "limited" not in resource.describe(granted)
+        needed = required_scopes(_body(method, {"name": name}))
+        assert all(covers(granted, scope) for scope in needed), needed
+        other = required_scopes(_body(method, {"name": "other"}))
+        assert not all(covers(granted, scope) for scope in other), other
+    assert "limited to" in resource.describe("resources:read:about")
 
 
 def test_overrides_replace_the_default_for_that_method() -> None:
@@ -433,6 +455,11 @@ _JSONISH = st.text(alphabet='{}[]":,. \\0123456789abcdefmnotu/NaIy\x00\ufeff\u00
 @settings(max_examples=400, deadline=None)
 @given(prefix=_PREFIXES, text=_JSONISH, encoding=st.sampled_from(["utf-8", "utf-16-le", "utf-32-be", "latin-1"]))
 def test_fast_path_reads_like_the_lenient_path(prefix: bytes, text: str, encoding: str) -> None:
+    """Invariant: for any body of an awkward prefix (nothing, a brace or bracket with or without a
+    NUL, a UTF-8 or UTF-16 byte order mark, a byte that is not UTF-8, a space) and JSON-like text
+    encoded in UTF-8, UTF-16-LE, UTF-32-BE or Latin-1, the fast path's readings equal the lenient
+    path's (lenient text, then the strict decoder; every reading of a duplicated or respelled
+    member), compared as reprs so that NaN equals NaN; ``None`` (unreadable) included."""
     from kavach_core import mcp_methods as mm
 
     body = prefix + text.encode(encoding, "replace")

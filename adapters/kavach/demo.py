@@ -3,7 +3,7 @@
 Made with the official MCP Python SDK (``mcp.server.mcpserver.MCPServer``), served over
 Streamable HTTP: two tools (``echo`` and ``add``), one resource (``kavach://about``) and one
 prompt (``greet``), enough for any MCP client to show every kind of scope at work
-(``tools:call:echo``, ``resources:read``, ``prompts:get``, ...).
+(``tools:call:echo``, ``resources:read``, ``prompts:get:greet``, ...).
 """
 
 from __future__ import annotations
