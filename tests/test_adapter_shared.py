@@ -13,7 +13,10 @@ import time
 from typing import Any
 
 import pytest
+from compare_spy import spy_on_compare_digest
 from conftest import RESOURCE, SECRET, make_config
+from kavach import mcp_sessions, sessions
+from kavach.mcp_sessions import SessionSeal
 from kavach.server import CLIENT_ADDRESS_HEADER, AuthorizationServer, incoming
 from kavach.sessions import Cookies, Session, parse_cookies
 from kavach.users import MemoryUsers, SQLiteUsers, Users, credential_stamp, hash_password, verify_password
@@ -234,6 +237,74 @@ def test_csrf_token_is_bound_to_browser_form_and_ticket() -> None:
     assert not cookies.csrf_valid({cookies.browser_name: cookies.browser_id({})[0]}, "consent", "T1", token)
     assert not cookies.csrf_valid({}, "consent", "T1", token)
     assert not cookies.csrf_valid(jar, "consent", "T1", None)
+
+
+# -- constant-time comparisons (GN-02) -----------------------------------------------------------
+#
+# Each check compares its secret through ``hmac.compare_digest`` (compare_spy.py records every
+# comparison, with the real verdict): with ``==`` how long a refusal takes tells an attacker how
+# long a prefix of a guessed tag or token was right.
+
+
+def test_a_session_seal_is_opened_by_comparing_its_tag_in_constant_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    spy = spy_on_compare_digest(monkeypatch, mcp_sessions)
+    seal = SessionSeal(b"s" * 32)
+    sealed = seal.seal("session-1", ("alice", "app"))
+    tag = sealed.rpartition(".")[2]
+    mallorys_tag = seal.seal("session-1", ("mallory", "app")).rpartition(".")[2]
+    assert tag != mallorys_tag and not spy.calls
+    assert seal.open(sealed, ("mallory", "app")) is None
+    assert len(spy.calls) == 1 and spy.saw(tag, mallorys_tag, False)
+    assert seal.open(sealed, ("alice", "app")) == "session-1"
+    assert len(spy.calls) == 2 and spy.saw(tag, tag, True)
+
+
+def test_a_csrf_token_is_compared_in_constant_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    spy = spy_on_compare_digest(monkeypatch, sessions)
+    cookies = Cookies(make_config())
+    browser = cookies.browser_id({})[0]
+    jar = {cookies.browser_name: browser}
+    token = cookies.csrf_token(browser, "consent", "T1")
+    for_another_ticket = cookies.csrf_token(browser, "consent", "T2")
+    assert not cookies.csrf_valid(jar, "consent", "T1", for_another_ticket)
+    assert len(spy.calls) == 1 and spy.saw(token, for_another_ticket, False)
+    assert cookies.csrf_valid(jar, "consent", "T1", token)
+    assert len(spy.calls) == 2 and spy.saw(token, token, True)
+
+
+def test_a_login_sessions_mac_is_compared_in_constant_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    spy = spy_on_compare_digest(monkeypatch, sessions)
+    cookies = Cookies(make_config())
+    _, value = cookies.session_cookie("alice", "stamp-1", now=1000, session_id=SESSION_ID)
+    payload, mac = value.split(";")[0].split("=", 1)[1].split(".")
+    genuine = base64.urlsafe_b64decode(mac + "=")
+    forged = bytes([genuine[0] ^ 1]) + genuine[1:]
+    assert cookies.session({cookies.session_name: f"{payload}.{_b64(forged)}"}, 1001) is None
+    assert len(spy.calls) == 1 and spy.saw(forged, genuine, False)
+    assert cookies.session({cookies.session_name: f"{payload}.{mac}"}, 1001) is not None
+    assert len(spy.calls) == 2 and spy.saw(genuine, genuine, True)
+
+
+def _session_for(cookies: Cookies, ticket: str) -> Session:
+    _, value = cookies.session_cookie("alice", "stamp-1", now=1000, session_id=SESSION_ID, ticket=ticket)
+    session = cookies.session(parse_cookies([value.split(";")[0]]), 1001)
+    assert session is not None and session.ticket_digest
+    return session
+
+
+def test_a_login_sessions_stamp_and_ticket_are_compared_in_constant_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    cookies = Cookies(make_config(issuer="http://127.0.0.1:8000"))  # sessions bound to a ticket
+    for_t1, for_t2 = _session_for(cookies, "T1"), _session_for(cookies, "T2")
+    spy = spy_on_compare_digest(monkeypatch, sessions)
+    assert not for_t1.holds("stamp-2")
+    assert len(spy.calls) == 1 and spy.saw("stamp-1", "stamp-2", False)
+    assert for_t1.holds("stamp-1")
+    assert len(spy.calls) == 2 and spy.saw("stamp-1", "stamp-1", True)
+    spy.calls.clear()
+    assert not cookies.serves(for_t1, "T2")
+    assert len(spy.calls) == 1 and spy.saw(for_t1.ticket_digest, for_t2.ticket_digest, False)
+    assert cookies.serves(for_t1, "T1")
+    assert len(spy.calls) == 2 and spy.saw(for_t1.ticket_digest, for_t1.ticket_digest, True)
 
 
 # -- users ---------------------------------------------------------------------------------------

@@ -176,9 +176,9 @@ def test_guard_wraps_the_mcp_sdk_streamable_http_app(tmp_path: Any) -> None:
     import socket
 
     from e2e_frameworks import serve_asgi
+    from mcp.server import mcpserver  # the `test` extra installs the MCP SDK: never skipped
     from test_adapters_e2e import Deployment, grant
 
-    mcpserver = pytest.importorskip("mcp.server.mcpserver")
     from kavach_core.config import Config, ProtectedResource
 
     tools = mcpserver.MCPServer("demo")

@@ -13,6 +13,7 @@ from typing import Any
 import psycopg
 import pytest
 import redis
+from prerequisites import in_ci, missing
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -49,10 +50,7 @@ def test_verification_and_flows_at_tiny_size(tmp_path: Path) -> None:
 
 def test_http_at_tiny_size(tmp_path: Path) -> None:
     if shutil.which("wrk") is None:
-        message = "wrk is not installed (tests/setup_system_packages.sh)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
+        missing("wrk is not installed: run tests/setup_system_packages.sh")
     results = bench.main(["--quick", "--only", "d", "--out", str(tmp_path)])
     http = results["http"]
     pinned = http["pinned"]
@@ -100,7 +98,7 @@ def _services_or_skipped(skipped: set[str], rows: set[str]) -> None:
     """A benchmark row may be skipped for a database server it could not reach, except in CI,
     where PostgreSQL and Redis run (as the store tests require)."""
     assert skipped <= rows
-    if os.environ.get("CI") == "true":
+    if in_ci():
         assert not skipped, f"benchmark rows skipped in CI: {sorted(skipped)}"
 
 

@@ -6,14 +6,13 @@ redirect (a tiny local catcher) with a code; a second person denies and lands wi
 violation Chromium reports on the console fails the test (AZ-10). Screenshots of the sign-in,
 consent and error pages go to ``artifacts/screenshots/`` (copy them to ``docs/screenshots/`` to refresh the docs).
 
-Without Chromium the module is skipped, except in CI (``CI=true``), where that is a failure:
-``tests/setup_system_packages.sh`` installs it.
+Without Chromium the module is skipped, except in CI (tests/prerequisites.py), where that is a
+failure: ``tests/setup_system_packages.sh`` installs it. Playwright comes with the ``test`` extra.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 import socket
 import threading
@@ -26,6 +25,8 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 
 import httpx
 import pytest
+from playwright import sync_api
+from prerequisites import missing
 from test_adapters_e2e import PASSWORD, Deployment, collecting_client, deploy, pkce, shows_sign_in
 
 from kavach_core import effects as fx
@@ -39,10 +40,7 @@ ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "artifacts" / "screenshots"
 
 if not (Path(CHROMIUM).exists() and shutil.which("chromium")):
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"{CHROMIUM} is missing; run tests/setup_system_packages.sh", pytrace=False)
-    pytest.skip(f"{CHROMIUM} is not installed (tests/setup_system_packages.sh)", allow_module_level=True)
-sync_api = pytest.importorskip("playwright.sync_api")
+    missing(f"{CHROMIUM} is not installed: run tests/setup_system_packages.sh", allow_module_level=True)
 
 
 class _Catcher(BaseHTTPRequestHandler):

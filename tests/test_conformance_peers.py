@@ -10,12 +10,12 @@ import json
 from pathlib import Path
 
 import node_env
-import pytest
 from kavach_conformance import KitOptions, Report, run_kit
 from kavach_conformance.report import FAIL, NA, PASS
 from kavach_conformance.rules import OBSERVABLE, RULES
 from kavach_serve import free_port
 from peer_servers import authlib_server, ensure_oidc_provider, oidc_provider
+from prerequisites import missing
 
 
 def assert_decided(report: Report, path: Path) -> dict[str, str]:
@@ -43,9 +43,7 @@ def test_kit_against_node_oidc_provider(tmp_path: Path) -> None:
     try:
         environ = ensure_oidc_provider()
     except node_env.NodeEnvError as exc:
-        if node_env.in_ci():
-            pytest.fail(f"oidc-provider prerequisites missing: {exc}", pytrace=False)
-        pytest.skip(f"oidc-provider prerequisites missing: {exc}")
+        missing(f"oidc-provider prerequisites missing: {exc}")
     with oidc_provider(tmp_path, environ) as issuer:
         report = run_kit(
             KitOptions(

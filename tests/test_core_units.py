@@ -12,12 +12,14 @@ from urllib.parse import parse_qsl
 
 import attrs
 import pytest
-from conftest import ISSUER, RESOURCE, SECRET, Harness, make_config
+from compare_spy import spy_on_compare_digest
+from conftest import ISSUER, RESOURCE, SECRET, Harness, basic, make_config, s256
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from oauth_flows import VERIFIER, add_client, get_code, jwt_parts, redeem, refresh, tokens
+from oauth_flows import CHALLENGE, VERIFIER, add_client, get_code, jwt_parts, redeem, refresh, tokens
 
 from kavach_core import effects as fx
+from kavach_core import opaque, pkce
 from kavach_core.config import (
     Lifetimes,
     Paths,
@@ -441,6 +443,57 @@ def test_digest_and_same() -> None:
     assert len(digest("x")) == 64
     assert digest("\udcff")  # surrogates never crash the digest
     assert same("abc", "abc") and not same("abc", "abd") and not same("abc", "ab")
+
+
+# -- constant-time comparisons of secrets (GN-02, TK-02, TK-03, TK-07) -------------------------
+#
+# Each check below must compare through ``hmac.compare_digest``: with ``==`` the time a refusal
+# takes tells an attacker how long a prefix of a guess was right. The spy (compare_spy.py) sees
+# each comparison and delegates to the real function, so the verdicts stay the real ones.
+
+
+def test_tk_03_the_code_verifier_is_compared_with_the_challenge_in_constant_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    spy = spy_on_compare_digest(monkeypatch, pkce)
+    h = Harness()
+    add_client(h)
+    wrong = "w" * 43  # a well-formed verifier, of another challenge
+    refused = redeem(h, get_code(h), code_verifier=wrong)
+    assert refused.status == 400
+    assert refused.json() == {
+        "error": "invalid_grant", "error_description": "code_verifier does not match the code_challenge",
+    }
+    assert len(spy.calls) == 1 and spy.saw(s256(wrong), CHALLENGE, False)
+    assert redeem(h, get_code(h)).status == 200
+    assert spy.saw(s256(VERIFIER), CHALLENGE, True) and len(spy.calls) == 2
+
+
+def test_tk_02_a_client_secret_is_compared_in_constant_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    spy = spy_on_compare_digest(monkeypatch, opaque)
+    h = Harness()
+    add_client(h, "conf", secret="the right secret")
+    refused = redeem(h, get_code(h, client_id="conf"), client_id=None, headers=[basic("conf", "a wrong secret")])
+    assert refused.status == 401 and refused.json()["error"] == "invalid_client"
+    assert len(spy.calls) == 1 and spy.saw(digest("a wrong secret"), digest("the right secret"), False)
+    accepted = redeem(h, get_code(h, client_id="conf"), client_id=None, headers=[basic("conf", "the right secret")])
+    assert accepted.status == 200
+    assert spy.saw(digest("the right secret"), digest("the right secret"), True)
+
+
+def test_tk_07_a_refresh_tokens_mac_is_compared_in_constant_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    h = Harness()
+    add_client(h)
+    presented = tokens(h)["refresh_token"]
+    raw = b64url_decode(presented.removeprefix("kvr_"))
+    genuine_mac = raw[20:]  # after the grant id (16 bytes) and the generation (4)
+    forged_mac = bytes([genuine_mac[0] ^ 1]) + genuine_mac[1:]
+    spy = spy_on_compare_digest(monkeypatch, opaque)
+    refused = refresh(h, "kvr_" + b64url(raw[:20] + forged_mac))
+    assert refused.status == 400 and refused.json()["error"] == "invalid_grant"
+    assert len(spy.calls) == 1 and spy.saw(forged_mac, genuine_mac, False)
+    assert refresh(h, presented).status == 200
+    assert spy.saw(genuine_mac, genuine_mac, True)
 
 
 def test_safe_description_keeps_rfc6749_alphabet() -> None:

@@ -438,12 +438,14 @@ def test_cm_01_cache_control(headers: dict[str, str], expected: int | None) -> N
 
 # -- the deadline bounds the whole fetch, on both paths ------------------------------------
 
-MARGIN = 3.0
-"""Seconds a fetch may run past its deadline in these tests: a behaviour bound, not a benchmark."""
+HANG_GUARD = 15.0
+"""Seconds after which a fetch under a 1-second deadline counts as hung: a guard against a fetch
+that nothing stops, fifteen times the deadline so that no slow machine reaches it, not a measure
+of speed. What these tests check is the answer: refused, and refused for running out of time."""
 
 
 def both_timed(fetcher: DocumentFetcher, url: str) -> list[tuple[Fetched | FetchRefused, float]]:
-    """:func:`both`, each answer with the seconds it took."""
+    """:func:`both`, each answer with the seconds it took (for the hang guard)."""
     out = []
     for call in (lambda: fetcher.fetch(url), lambda: asyncio.run(fetcher.afetch(url))):
         started = time.monotonic()
@@ -465,7 +467,7 @@ def test_cm_02_the_deadline_bounds_a_response_head_that_never_ends(host: Documen
     host.answers["/slow.json"] = answer
     for got, took in both_timed(dev(host, deadline=1.0, read_timeout=0.8), host.url("/slow.json")):
         assert got == TOO_LONG
-        assert took < 1.0 + MARGIN
+        assert took < HANG_GUARD, "hung: the deadline did not end the fetch"
 
 
 def test_cm_02_the_deadline_bounds_a_tls_handshake_that_never_ends() -> None:
@@ -473,8 +475,8 @@ def test_cm_02_the_deadline_bounds_a_tls_handshake_that_never_ends() -> None:
         policy = FetchPolicy(allow_loopback=True, connect_timeout=30, deadline=1.0, refusal_ttl=0)
         fetcher = DocumentFetcher(policy, resolver=lambda name, port: ["127.0.0.1"])
         for got, took in both_timed(fetcher, f"https://docs.example.test:{port}/c.json"):
-            assert got == TOO_LONG
-            assert took < 1.0 + MARGIN
+            assert got == TOO_LONG  # not the 30-second connect_timeout's refusal
+            assert took < HANG_GUARD, "hung: the deadline did not end the handshake"
 
 
 def test_cm_02_the_deadline_bounds_a_resolver_that_hangs() -> None:
@@ -491,8 +493,8 @@ def test_cm_02_the_deadline_bounds_a_resolver_that_hangs() -> None:
     )
     try:
         for got, took in both_timed(fetcher, "https://slow-dns.example.com/c.json"):
-            assert isinstance(got, FetchRefused) and "took longer than" in got.reason, got
-            assert took < 1.0 + MARGIN
+            assert got == FetchRefused("resolving slow-dns.example.com took longer than the fetch's limit (1 s)")
+            assert took < HANG_GUARD, "hung: the deadline did not end the wait for the lookup"
     finally:
         release.set()
     assert rec.connections == 0
@@ -726,21 +728,63 @@ def test_cm_02_what_the_documents_host_answered_is_never_remembered(
     assert isinstance(fetcher.fetch(host.url(path)), Fetched)
 
 
-def test_cm_02_a_host_that_gave_no_answer_is_remembered(host: DocumentHost) -> None:
+class CountingTransport(httpx.HTTPTransport):
+    """A real transport that records the URL of each request it is asked to send (each one a
+    connection attempt, as the fetcher's transports serve one request each)."""
+
+    def __init__(self, sent: list[str]) -> None:
+        super().__init__()
+        self.sent = sent
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        self.sent.append(str(request.url))
+        return super().handle_request(request)
+
+
+class CountingAsyncTransport(httpx.AsyncHTTPTransport):
+    """:class:`CountingTransport` for the async path."""
+
+    def __init__(self, sent: list[str]) -> None:
+        super().__init__()
+        self.sent = sent
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self.sent.append(str(request.url))
+        return await super().handle_async_request(request)
+
+
+def connection_attempts(url: str, refusal_ttl: float) -> list[int]:
+    """Fetch ``url`` sync, async and sync again with a fresh fetcher (every name pinned to
+    127.0.0.1); the connection attempts made so far after each fetch, each answered "the
+    connection failed"."""
+    sent: list[str] = []
+    fetcher = DocumentFetcher(
+        FetchPolicy(allow_loopback=True, refusal_ttl=refusal_ttl),
+        resolver=lambda name, port: ["127.0.0.1"],
+        transport=lambda: CountingTransport(sent),
+        async_transport=lambda: CountingAsyncTransport(sent),
+    )
+    counts = []
+    for answer in (lambda: fetcher.fetch(url), lambda: asyncio.run(fetcher.afetch(url)), lambda: fetcher.fetch(url)):
+        assert answer() == FetchRefused("the connection failed")
+        counts.append(len(sent))
+    assert set(sent) <= {url.replace("docs.example.test", "127.0.0.1")}
+    return counts
+
+
+def test_cm_02_a_host_that_gave_no_answer_is_remembered() -> None:
     """No connection: no response to cache, and asking again at once would hold a fetch slot for
-    nothing, so the refusal is remembered for ``refusal_ttl``."""
+    nothing, so the refusal is remembered for ``refusal_ttl``: the next fetches of the URL, sync
+    and async, answer it again without a connection attempt. With ``refusal_ttl=0`` each fetch
+    tries again (the count does see every attempt)."""
     import socket
 
     with socket.socket() as closed:
         closed.bind(("127.0.0.1", 0))
         port = closed.getsockname()[1]  # bound, not listening: connections are refused
-        fetcher = dev(host, refusal_ttl=30)
         url = f"https://docs.example.test:{port}/c.json"
-        first = fetcher.fetch(url)
-        assert isinstance(first, FetchRefused) and "connection failed" in first.reason
-        started = time.monotonic()
-        assert asyncio.run(fetcher.afetch(url)) == first and fetcher.fetch(url) == first
-        assert time.monotonic() - started < 1, "answered from memory, not by connecting again"
+        assert connection_attempts(url, refusal_ttl=30) == [1, 1, 1], "answered from memory, not by connecting again"
+        assert connection_attempts(url, refusal_ttl=0) == [1, 2, 3]
 
 
 def test_cm_02_many_callers_of_one_bad_url_at_once_cause_one_fetch(host: DocumentHost) -> None:
@@ -822,9 +866,7 @@ def test_cm_02_hung_lookups_of_one_host_do_not_starve_the_others() -> None:
 
         assert not any(isinstance(a, Fetched) for a in asyncio.run(all_at_once()))
         assert dns.lookups.count("bad.example") == 2 and dns.peak == 2
-        for got, took in both_timed(fetcher, "https://good.example/c.json"):
-            assert got == DOC_FETCHED
-            assert took < 1.0 + MARGIN
+        assert both(fetcher, "https://good.example/c.json") == [DOC_FETCHED] * 2  # not refused for want of a slot
     finally:
         dns.release.set()
     assert [fetcher.fetch(bad[0]), asyncio.run(fetcher.afetch(bad[1]))] == [DOC_FETCHED] * 2
@@ -905,16 +947,16 @@ def test_a_closed_fetcher_fetches_nothing_and_a_hung_lookup_does_not_hold_the_ex
         fetcher.close()
         print(asyncio.run(fetcher.afetch("https://hang.example/c.json")).reason)
     """
-    started = time.monotonic()
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30)
-    took = time.monotonic() - started
+    try:  # the lookup sleeps 60 seconds: an exit that waits for it ends only after this timeout
+        done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30)
+    except subprocess.TimeoutExpired as timed_out:
+        pytest.fail(f"the interpreter did not exit while the lookup hung (printed {timed_out.stdout!r})")
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == [
         "resolving hang.example took longer than the fetch's limit (0.3 s)",
         "the fetcher is closed",
         "the fetcher is closed",
     ]
-    assert took < 0.3 + 2.0
 
 
 # -- through the authorization server: refused, and nothing stored ---------------------------

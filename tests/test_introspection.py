@@ -191,6 +191,9 @@ def test_in_01_through_the_router(hi: Harness) -> None:
 def test_gn_03_introspection_never_raises_on_arbitrary_input(
     h: Harness, body: bytes, content_type: str, auth: str | None
 ) -> None:
+    """Invariant: for any body (up to 300 bytes), under a form, JSON or no content type, with no,
+    any, or a valid client's Basic Authorization value, introspection raises nothing and writes
+    nothing: it answers 200 with a boolean ``active``, or a 4xx whose JSON ``error`` is a string."""
     clients(h)
     headers = [("Content-Type", content_type)]
     if auth is not None:
@@ -207,6 +210,9 @@ def test_gn_03_introspection_never_raises_on_arbitrary_input(
 @settings(max_examples=150, suppress_health_check=[HealthCheck.function_scoped_fixture], deadline=None)
 @given(token=st.text(min_size=1, max_size=200))
 def test_gn_03_introspection_arbitrary_tokens_are_inactive(h: Harness, token: str) -> None:
+    """Invariant: any token string (1 to 200 characters, none issued here) that an authenticated
+    client presents writes nothing and is answered ``{"active": false}`` (200), unless the form
+    itself is refused (400, as for a NUL in it)."""
     clients(h)
     req = h.request("POST", PATH, form={"token": token}, headers=[basic("c1", CLIENT_SECRET)])
     resp, effects = h.trace(introspection.handle(h.ctx(), req))

@@ -9,7 +9,7 @@ import string
 from typing import Any
 
 from conftest import ISSUER, OTHER_RESOURCE, RESOURCE, Harness, basic, make_config
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, assume, event, example, given, settings
 from hypothesis import strategies as st
 from oauth_flows import REDIRECT, VERIFIER, add_client, jwt_parts, location_params
 
@@ -79,11 +79,46 @@ def test_pkce_verifier_outside_the_grammar_fails_even_against_its_own_hash(bad: 
     assert not pkce.verify(bad, raw_s256(bad))
 
 
+BASE64URL = string.ascii_letters + string.digits + "-_"
+
+
+def _one_changed(text: str, index: int, char: str) -> str:
+    return text[:index] + char + text[index + 1:]
+
+
+challenges_and_near_misses = st.one_of(
+    st.text(alphabet=BASE64URL, min_size=43, max_size=43),
+    valid_verifiers.map(raw_s256),
+    st.text(alphabet=BASE64URL, min_size=42, max_size=42),
+    st.text(alphabet=BASE64URL, min_size=44, max_size=129),
+    st.text(alphabet=UNRESERVED, min_size=43, max_size=128),  # RFC 7636's code-challenge ABNF, not an S256 digest
+    st.builds(
+        _one_changed,
+        st.text(alphabet=BASE64URL, min_size=43, max_size=43),
+        st.integers(min_value=0, max_value=42),
+        st.one_of(st.sampled_from(".~=+/ "), st.characters().filter(lambda c: c not in BASE64URL)),
+    ),
+    st.text(max_size=60),
+)
+
+
 @SETTINGS
-@given(st.text(max_size=60))
+@given(challenges_and_near_misses)
+@example(raw_s256(VERIFIER))
+@example("A" * 43)
+@example("A" * 42)
+@example("A" * 44)
+@example("A" * 42 + ".")
+@example("A" * 42 + "=")
 def test_pkce_challenge_grammar(challenge: str) -> None:
-    """A challenge is accepted exactly when it is 43 base64url characters (an S256 digest)."""
-    assert pkce.is_valid_challenge(challenge) == bool(re.fullmatch(r"[A-Za-z0-9_-]{43}", challenge))
+    """A challenge is accepted exactly when it is 43 base64url characters, the form of an S256
+    digest (RFC 7636 §4.2; only S256 is supported), for well-formed challenges and digests of
+    verifiers, near misses (42 or 44 to 129 characters, one character outside the alphabet,
+    longer strings of RFC 7636's unreserved characters) and any text alike. The examples make
+    sure both verdicts are reached whatever is drawn."""
+    expected = bool(re.fullmatch(r"[A-Za-z0-9_-]{43}", challenge))
+    event("accepted" if expected else "refused")
+    assert pkce.is_valid_challenge(challenge) == expected
 
 
 # -- scopes -----------------------------------------------------------------------------------

@@ -328,8 +328,9 @@ def test_an_upstream_that_never_answers_is_a_504_after_the_header_timeout(
     served = serve(fake.url, header_timeout=0.5)
     started = time.monotonic()
     response = served.post("mode=hang_headers")
-    assert time.monotonic() - started < 5
+    assert time.monotonic() - started < 5, "hung: the header timeout did not end the wait"  # a hang guard: 10x
     _json_error(response, 504, "gateway_timeout")
+    assert response.json()["error_description"] == "the upstream MCP server did not answer in time"
     _until(lambda: fake.open == 0, "the timed-out upstream connection was not closed")
 
 
@@ -364,8 +365,9 @@ def test_an_exhausted_pool_is_a_503_with_retry_after(fake: FakeUpstream, serve: 
         _until(lambda: fake.open == 2, "the streams did not reach the upstream")
         started = time.monotonic()
         response = served.post(as_="user3/app")
-        assert time.monotonic() - started < 5
+        assert time.monotonic() - started < 5, "hung: the pool timeout did not end the wait"  # a hang guard: 16x
         _json_error(response, 503, "temporarily_unavailable")
+        assert response.json()["error_description"] == "every connection to the upstream MCP server is in use"
         assert int(response.headers["retry-after"]) > 0
     finally:
         for s in streams:

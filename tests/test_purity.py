@@ -4,15 +4,22 @@ entropy except the ones injected through :class:`~kavach_core.context.Context`.
 
 Both checks run in a fresh interpreter, so nothing the test runner imported can hide or fake
 an import.
+
+And, read from the source: the modules that compare secrets never compare one with ``==`` (GN-02).
 """
 
 from __future__ import annotations
 
+import ast
 import json
+import re
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -249,3 +256,123 @@ def test_purity_traps_would_catch_a_clock_read() -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout.strip().splitlines()[-1])["calls"] == ["time.time"]
+
+
+# -- secrets are compared in constant time (GN-02) -------------------------------------------
+
+SECRET_COMPARING_MODULES = (
+    "kavach_core/pkce.py",
+    "kavach_core/opaque.py",
+    "kavach_core/client_auth.py",
+    "kavach_core/presented_tokens.py",
+    "kavach_core/endpoints/registration.py",
+    "adapters/kavach/mcp_sessions.py",
+    "adapters/kavach/sessions.py",
+)
+"""The modules that compare client secrets, PKCE verifiers, MACs, tags, CSRF tokens and stamps.
+test_core_units.py and test_adapter_shared.py check that each comparison goes through
+``hmac.compare_digest``; this checks that no ``==`` on a secret sits beside them."""
+
+_SECRET_NAME = re.compile(r"secret|digest|mac|tag|verifier|challenge|token|stamp|ticket", re.IGNORECASE)
+_PROMISE = re.compile(r"constant[- ]time", re.IGNORECASE)
+
+
+def _names(node: ast.AST) -> Iterator[str]:
+    for sub in ast.walk(node):
+        if isinstance(sub, ast.Name):
+            yield sub.id
+        elif isinstance(sub, ast.Attribute):
+            yield sub.attr
+
+
+def _plain(node: ast.expr) -> bool:
+    """A literal or a length: comparing with one, at whatever speed, discloses nothing secret."""
+    if isinstance(node, ast.Constant):
+        return True
+    return isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "len"
+
+
+def variable_time_comparisons(source: str) -> list[str]:
+    """Each ``==`` or ``!=`` in ``source`` with no literal or ``len(...)`` side, where a side
+    names a secret-like value (secret, digest, mac, tag, verifier, challenge, token, stamp,
+    ticket) or which sits in a function whose docstring promises a constant-time comparison."""
+    tree = ast.parse(source)
+    promised: set[int] = set()
+    for fn in ast.walk(tree):
+        if isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef) and _PROMISE.search(ast.get_docstring(fn) or ""):
+            promised.update(id(node) for node in ast.walk(fn))
+    found = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Compare) or not any(isinstance(op, ast.Eq | ast.NotEq) for op in node.ops):
+            continue
+        sides = [node.left, *node.comparators]
+        if any(_plain(side) for side in sides):
+            continue
+        if id(node) in promised or any(_SECRET_NAME.search(name) for side in sides for name in _names(side)):
+            found.append(f"line {node.lineno}: {ast.unparse(node)}")
+    return found
+
+
+@pytest.mark.parametrize("path", SECRET_COMPARING_MODULES)
+def test_gn_02_no_secret_is_compared_with_equality(path: str) -> None:
+    assert variable_time_comparisons((ROOT / path).read_text()) == []
+
+
+VARIABLE_TIME_FORMS = [
+    (
+        "kavach_core/pkce.py",
+        "hmac.compare_digest(s256(verifier).encode(), challenge.encode())",
+        "s256(verifier) == challenge",
+    ),
+    (
+        "kavach_core/opaque.py",
+        'hmac.compare_digest(a.encode("utf-8", "surrogatepass"), b.encode("utf-8", "surrogatepass"))',
+        "a == b",
+    ),
+    (
+        "kavach_core/opaque.py",
+        "not hmac.compare_digest(raw[_GRANT_ID_BYTES + 4:], _refresh_mac(key, grant_bytes, generation))",
+        "raw[_GRANT_ID_BYTES + 4:] != _refresh_mac(key, grant_bytes, generation)",
+    ),
+    (
+        "adapters/kavach/mcp_sessions.py",
+        'hmac.compare_digest(tag.encode("latin-1", "replace"), self._tag(session, owner))',
+        'tag.encode("latin-1", "replace") == self._tag(session, owner)',
+    ),
+    ("adapters/kavach/sessions.py", "not hmac.compare_digest(mac, self._mac(payload))", "mac != self._mac(payload)"),
+    (
+        "adapters/kavach/sessions.py",
+        'hmac.compare_digest(self.stamp.encode("utf-8"), current.encode("utf-8"))',
+        "self.stamp == current",
+    ),
+    (
+        "adapters/kavach/sessions.py",
+        "hmac.compare_digest(expected, session.ticket_digest)",
+        "expected == session.ticket_digest",
+    ),
+    (
+        "adapters/kavach/sessions.py",
+        'hmac.compare_digest(expected.encode("ascii"), token.encode("utf-8", "replace"))',
+        "expected == token",
+    ),
+]
+
+
+@pytest.mark.parametrize(("path", "constant_time", "variable_time"), VARIABLE_TIME_FORMS)
+def test_gn_02_the_check_finds_each_comparison_rewritten_with_equality(
+    path: str, constant_time: str, variable_time: str
+) -> None:
+    """The check can fail: each constant-time comparison of the modules, rewritten with ``==``
+    or ``!=``, is found (and it is the only finding in the module)."""
+    source = (ROOT / path).read_text()
+    assert source.count(constant_time) == 1, f"{path} no longer compares as {constant_time}"
+    line = source[: source.index(constant_time)].count("\n") + 1
+    found = variable_time_comparisons(source.replace(constant_time, variable_time))
+    assert found == [f"line {line}: {ast.unparse(ast.parse(variable_time))}"]
+
+
+def test_gn_02_the_check_spares_comparisons_of_what_is_not_secret() -> None:
+    assert variable_time_comparisons("if creds.method != registered or len(raw) != size: pass") == []
+    assert variable_time_comparisons("if token.count('.') == 2 and registered == 'none': pass") == []
+    promised = 'def f(a, b):\n    """Constant-time."""\n    return a == b\n'
+    assert variable_time_comparisons(promised) == ["line 3: a == b"]

@@ -624,6 +624,10 @@ members = st.sampled_from(
 @settings(max_examples=200, suppress_health_check=[HealthCheck.function_scoped_fixture], deadline=None)
 @given(body=st.dictionaries(members, json_values, max_size=8))
 def test_gn_03_registration_arbitrary_metadata(h: Harness, body: dict[str, Any]) -> None:
+    """Invariant: for any JSON object of up to 8 members (registration metadata names and an
+    unknown one) with any JSON values, registration either answers 201 having written exactly a
+    rate-limit hit and the client, or answers 400 ``invalid_client_metadata`` or
+    ``invalid_redirect_uri`` having written nothing."""
     resp, effects = register(h, body)
     if resp.status == 201:
         assert [type(e) for e in writes(effects)] == [fx.Hit, fx.PutClient]
@@ -640,6 +644,9 @@ def test_gn_03_registration_arbitrary_metadata(h: Harness, body: dict[str, Any])
     auth=st.one_of(st.none(), st.text(max_size=40)),
 )
 def test_gn_03_registration_arbitrary_bytes(h: Harness, raw: bytes, content_type: str, auth: str | None) -> None:
+    """Invariant: for any body bytes (arbitrary, or UTF-8 text), content type and Authorization
+    value, registration raises nothing; unless it registers (201) it answers a 4xx whose JSON
+    ``error`` is a string, having written nothing."""
     headers = [("Content-Type", content_type)]
     if auth is not None:
         headers.append(("Authorization", auth))

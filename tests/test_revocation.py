@@ -279,6 +279,9 @@ def test_rv_01_through_the_router(hr: Harness) -> None:
 def test_gn_03_revocation_never_raises_on_arbitrary_input(
     h: Harness, body: bytes, content_type: str, auth: str | None
 ) -> None:
+    """Invariant: for any body (up to 300 bytes), content type and no, any, or a valid client's
+    Basic Authorization value, revocation raises nothing; unless it answers 200 it answers a 4xx
+    whose JSON ``error`` is a string, having written nothing and left the store as it was."""
     clients(h)
     headers = [("Content-Type", content_type)]
     if auth is not None:
@@ -297,6 +300,10 @@ def test_gn_03_revocation_never_raises_on_arbitrary_input(
 @given(params=st.lists(st.tuples(st.sampled_from(["token", "token_type_hint", "client_id", "client_secret", "x"]),
                                  st.text(max_size=40)), max_size=6))
 def test_gn_03_revocation_arbitrary_parameters(h: Harness, params: list[tuple[str, str]]) -> None:
+    """Invariant: for any list of up to six form parameters (the revocation request's, repeated
+    or not, and an unknown one) from an authenticated client holding issued tokens, revocation
+    answers 200 with an empty body (RFC 7009 §2.2), or a 4xx whose JSON ``error`` is a string
+    having written nothing."""
     clients(h)
     issue(h)
     req = h.request("POST", PATH, form=params, headers=[basic("c1", CLIENT_SECRET)])

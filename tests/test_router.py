@@ -187,6 +187,10 @@ header_names = st.sampled_from(["Content-Type", "Authorization", "Host", "X-Kava
 def test_gn_03_router_never_raises(
     h: Harness, method: str, path: str, query: list[tuple[str, str]], headers: list[tuple[str, str]], body: bytes
 ) -> None:
+    """Invariant: for any method, path (an endpoint's, or any text), query, headers and body, the
+    router raises nothing. Unless it hands back the consent page to show (``ConsentRequired``),
+    it answers no 5xx; a refusal (4xx) writes nothing but rate-limit hits, and one with a JSON
+    body (to any method but HEAD) names its ``error`` as a string."""
     outcome, effects = h.trace(route(h.ctx(), h.request(method, path, query=query, headers=headers, body=body)))
     if isinstance(outcome, ConsentRequired):
         return

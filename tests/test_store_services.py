@@ -40,6 +40,7 @@ from kavach.stores.postgres import (
 )
 from kavach.stores.redis import DamagedValueError, RedisStore
 from kavach.users import RedisUsers
+from prerequisites import missing
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 from tcp_proxy import TcpProxy
 
@@ -534,10 +535,9 @@ def test_a_postgresql_url_sizes_the_pool_it_opens(tmp_path: Path, admin: psycopg
         assert eventually(lambda: opened() == 3), f"{opened()} connections open"
         pool = store._sync_pool()
         with store._lending(), pool.connection(), pool.connection(), pool.connection():  # lent, as in use
-            started = time.monotonic()
-            with pytest.raises(StoreUnavailable):
+            waited = r"^PostgreSQL is unavailable: couldn't get a connection after 1\.00 sec$"
+            with pytest.raises(StoreUnavailable, match=waited):  # the pool's account: it waited the whole timeout
                 store.perform(fx.GetSigningKeys())
-            assert time.monotonic() - started >= 0.9
             assert opened() == 3
         assert store.perform(fx.GetSigningKeys()) == ()
     finally:
@@ -777,11 +777,15 @@ def _within_30_s(fn: Callable[[], Any]) -> Any:
     return outcome["value"]
 
 
+SEVERED_AFTER_3_S = r"^PostgreSQL gave no answer within 3 s: its connection was closed$"
+"""The store's refusal when its own deadline (``timeout``, here 3 s) severed a silent connection."""
+
+
 def test_pg_an_effect_given_no_answer_is_503_within_the_timeout(tmp_path: Path) -> None:
     """The database's side of the link goes silent during an effect: StoreUnavailable about the
     store's ``timeout`` (3 s) later, on a thread and on an event loop, where the effect waited
     without end; the silenced connection is closed, and once the link carries again the store
-    serves, on fresh connections."""
+    serves, on fresh connections. A silence shorter than the timeout is waited out."""
     services.require("postgres")
     url = urlsplit(services.POSTGRES_URL)
     proxy = _FreezingProxy(url.hostname or "127.0.0.1", url.port or 5432)
@@ -790,10 +794,15 @@ def test_pg_an_effect_given_no_answer_is_503_within_the_timeout(tmp_path: Path) 
     def on_a_thread() -> None:
         store.perform(fx.PutCode(code()))  # a pooled connection, open
         proxy.freeze()
-        started = time.monotonic()
-        with pytest.raises(StoreUnavailable, match="no answer within 3 s"):
+        thaw = threading.Timer(1.5, proxy.thaw)  # silent for half the timeout: waited out, not severed
+        thaw.start()
+        try:
+            assert store.perform(fx.GetCode("h1")) is not None
+        finally:
+            thaw.join()
+        proxy.freeze()
+        with pytest.raises(StoreUnavailable, match=SEVERED_AFTER_3_S):  # by the 3-s deadline, not the link's end
             store.perform(fx.GetCode("h1"))
-        assert 2 < time.monotonic() - started < 20
         proxy.thaw()
         assert store.perform(fx.GetCode("h1")) is not None
 
@@ -801,16 +810,14 @@ def test_pg_an_effect_given_no_answer_is_503_within_the_timeout(tmp_path: Path) 
         try:
             assert await store.aperform(fx.GetCode("h1")) is not None  # a connection of this loop, open
             proxy.freeze()
-            started = time.monotonic()
-            with pytest.raises(StoreUnavailable, match="no answer within 3 s"):
+            with pytest.raises(StoreUnavailable, match=SEVERED_AFTER_3_S):
                 await store.aperform(fx.ConsumeCode("h1", grant()))
-            assert 2 < time.monotonic() - started < 20
             proxy.thaw()
             assert await store.aperform(fx.GetCode("h1")) is not None
         finally:
             await store.aclose()
 
-    try:
+    try:  # the hang guard: 30 s, ten times the store's timeout
         _within_30_s(on_a_thread)
         _within_30_s(lambda: asyncio.run(on_a_loop()))
     finally:
@@ -824,10 +831,10 @@ def test_pg_unreachable_from_the_start_is_503(tmp_path: Path) -> None:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     store = PostgresStore(f"postgresql://postgres@127.0.0.1:{port}/test", timeout=1, connect_timeout=2)
-    started = time.monotonic()
-    with pytest.raises(StoreUnavailable, match="PostgreSQL is unavailable"):
+    # The cause, naming the port (libpq's words may be translated), not only the pool's "couldn't
+    # get a connection after 1.00 sec".
+    with pytest.raises(StoreUnavailable, match=f"^PostgreSQL is unavailable: .*\\b{port}\\b"):
         store.perform(fx.GetClient("c1"))
-    assert time.monotonic() - started < 10
     store.close()
 
 
@@ -839,7 +846,7 @@ def own_redis(tmp_path: Path) -> Iterator[str]:
     """A private redis-server (CLIENT PAUSE must not stall anyone else's Redis)."""
     binary = shutil.which("redis-server")
     if binary is None:
-        pytest.skip("redis-server is not installed (apt-get install redis-server)")
+        missing("the redis-server program is not on PATH: install it (apt-get install redis-server)")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

@@ -140,6 +140,9 @@ def test_purge_and_clear(h: Harness) -> None:
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(position=st.integers(min_value=0), flip=st.sampled_from(_ALPHABET))
 def test_any_tampered_token_misses(h: Harness, position: int, flip: str) -> None:
+    """Invariant: a cached access token with any one character replaced by another base64url
+    character or a dot is never a cache hit; through the guard it is verified from scratch,
+    refused, and not cached (the cache still holds the original alone)."""
     cache = VerifiedCache()
     token, _ = _cached(h, cache)
     i = position % len(token)
