@@ -1,5 +1,7 @@
 """A tiny TCP forwarder for outage tests: put it between a store and its server, then ``cut()``
-every connection and refuse new ones (the server "goes away"), and ``restore()`` it."""
+every connection and refuse new ones (the server "goes away"), and ``restore()`` it; or
+``freeze()`` it: connections stay open and what arrives on them is held, not passed on (a peer
+gone without a word, as behind a link cut mid-network: no reset, no close), until ``thaw()``."""
 
 from __future__ import annotations
 
@@ -18,7 +20,17 @@ class TcpProxy:
         self._lock = threading.Lock()
         self._sockets: set[socket.socket] = set()
         self._listener: socket.socket | None = None
+        self._flowing = threading.Event()
+        self._flowing.set()
         self.restore()
+
+    def freeze(self) -> None:
+        """Hold what arrives on every connection, from now until :meth:`thaw`."""
+        self._flowing.clear()
+
+    def thaw(self) -> None:
+        """Pass on what was held, and what comes after."""
+        self._flowing.set()
 
     def restore(self) -> None:
         """Listen again and forward new connections."""
@@ -68,6 +80,7 @@ class TcpProxy:
     def _pump(self, source: socket.socket, sink: socket.socket) -> None:
         try:
             while data := source.recv(65536):
+                self._flowing.wait()
                 sink.sendall(data)
         except OSError:
             pass

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import json
 import shutil
 import socket
@@ -739,34 +738,6 @@ def test_pg_async_outage_is_503_and_recovers(tmp_path: Path) -> None:
         proxy.cut()
 
 
-class _FreezingProxy(TcpProxy):
-    """A :class:`TcpProxy` that can also go silent: after ``freeze()`` its connections stay open
-    and what arrives on them is held, not passed on (a peer gone without a word, as behind a link
-    cut mid-network: no reset, no close), until ``thaw()``."""
-
-    def __init__(self, upstream_host: str, upstream_port: int) -> None:
-        self._flowing = threading.Event()
-        self._flowing.set()
-        super().__init__(upstream_host, upstream_port)
-
-    def freeze(self) -> None:
-        self._flowing.clear()
-
-    def thaw(self) -> None:
-        self._flowing.set()
-
-    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
-        try:
-            while data := source.recv(65536):
-                self._flowing.wait()
-                sink.sendall(data)
-        except OSError:
-            pass
-        for sock in (source, sink):
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-
-
 def _within_30_s(fn: Callable[[], Any]) -> Any:
     """``fn()`` on a thread; what it returned or raised, failing the test when it still runs after 30 s."""
     thread, outcome = _in_thread(fn)
@@ -788,7 +759,7 @@ def test_pg_an_effect_given_no_answer_is_503_within_the_timeout(tmp_path: Path) 
     serves, on fresh connections. A silence shorter than the timeout is waited out."""
     services.require("postgres")
     url = urlsplit(services.POSTGRES_URL)
-    proxy = _FreezingProxy(url.hostname or "127.0.0.1", url.port or 5432)
+    proxy = TcpProxy(url.hostname or "127.0.0.1", url.port or 5432)
     store = _pg_through(proxy, tmp_path)
 
     def on_a_thread() -> None:
