@@ -60,7 +60,7 @@ def _tools(**options: Any) -> MCPServer:
 
 
 class Site:
-    def __init__(self, sdk_native: bool, *, stateless: bool = True) -> None:
+    def __init__(self, sdk_native: bool, *, stateless: bool = True, security: Any = None) -> None:
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
         self.base = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
@@ -80,7 +80,8 @@ class Site:
             app: Any = _tools(**sdk_auth(self.server, self.mcp_url)).streamable_http_app(stateless_http=True)
             mount(app, self.server)
         else:
-            app = guard(_tools().streamable_http_app(stateless_http=stateless), self.server, self.mcp_url)
+            sdk_app = _tools().streamable_http_app(stateless_http=stateless, transport_security=security)
+            app = guard(sdk_app, self.server, self.mcp_url)
         self.stop = serve_asgi(self.sock, app)
 
     def token(
@@ -216,6 +217,30 @@ _INITIALIZE = json.dumps({
     "jsonrpc": "2.0", "id": 1, "method": "initialize",
     "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
 }).encode()  # fmt: skip
+
+
+@pytest.mark.parametrize(("security", "status"), [(None, 421), ("documented", 200)])
+def test_the_documented_guard_serves_the_resources_own_host(security: str | None, status: int) -> None:
+    """The recommended setup (README, the ``kavach.mcp`` docstring) names the resource's host in
+    the SDK's transport security: a request to that host (not loopback) reaches the tools. Without
+    it the SDK's DNS-rebinding check, on by default, answers 421 to every such request, which the
+    documented example once did."""
+    from mcp.server.transport_security import TransportSecuritySettings
+
+    settings = None
+    if security == "documented":
+        settings = TransportSecuritySettings(
+            allowed_hosts=["tools.example.com"], allowed_origins=["https://tools.example.com"]
+        )
+    s = Site(sdk_native=False, security=settings)
+    try:
+        token = s.token(s.mcp_url)
+        headers = {**_MCP, "Authorization": f"Bearer {token}", "Host": "tools.example.com"}
+        with httpx.Client(timeout=10) as http:
+            answered = http.post(s.mcp_url, headers=headers, content=_INITIALIZE)
+        assert answered.status_code == status, answered.text
+    finally:
+        s.close()
 
 
 def test_an_mcp_session_continues_only_for_the_principal_it_was_opened_for() -> None:

@@ -26,8 +26,14 @@ says ``invalid_token`` even to a request that sent no token (RS-02). The guard s
 **kavach's guard around the SDK's app** (audience and per-method scopes; recommended)::
 
     from kavach.mcp import guard
+    from mcp.server.transport_security import TransportSecuritySettings
     tools = MCPServer("demo")                     # no token_verifier, no auth
-    app = guard(tools.streamable_http_app(), server, "https://example.com/mcp")
+    own = TransportSecuritySettings(allowed_hosts=["example.com"], allowed_origins=["https://example.com"])
+    app = guard(tools.streamable_http_app(transport_security=own), server, "https://example.com/mcp")
+
+The SDK's DNS-rebinding check is on by default and allows loopback hosts only: without the
+server's own host in ``allowed_hosts`` it answers 421 to every request for it. (``kavach serve``
+turns the SDK's check off and checks ``Origin`` itself, :mod:`kavach.origins`.)
 
 :func:`guard` is :class:`kavach.starlette.KavachGuard` (RS-01..RS-05, each JSON-RPC method's scope,
 ``tools/call`` of ``N`` needing ``tools:call:N``, 403 step-up challenges, the resource metadata and,

@@ -121,7 +121,8 @@ def valid_password(password: str) -> str:
     Characters are Unicode code points (NIST SP 800-63B-4 §3.1.1.2), counted as typed and once
     normalised (:func:`_normal_form`): the shorter of the two must reach the minimum, so neither
     combining accents (``e`` and an accent are one character once normalised) nor compatibility
-    characters (a ligature is one character as typed) make a password count as longer than it is."""
+    characters (a ligature is one character as typed) make a password count as longer than it is.
+    The maximum is counted as typed (a longer text is refused before it is normalised)."""
     too_long = len(password) > MAX_PASSWORD  # first: a huge text is not normalised
     if too_long or min(len(password), len(unicodedata.normalize("NFKC", password))) < MIN_PASSWORD:
         raise PasswordError(f"a password has {MIN_PASSWORD} to {MAX_PASSWORD} characters")
