@@ -44,12 +44,21 @@ if not (Path(CHROMIUM).exists() and shutil.which("chromium")):
 
 
 class _Catcher(BaseHTTPRequestHandler):
-    """The client's redirect URI: remembers where the browser landed, shows a plain page."""
+    """The client's redirect URI: remembers where the browser landed, shows a plain page; with
+    ``onward``, ``/callback`` sends the browser on there (a native tool's listener handing over
+    to its hosted "signed in" page)."""
 
     landed: list[str]
+    onward: str | None = None
 
     def do_GET(self) -> None:
         self.landed.append(self.path)
+        if self.onward is not None and self.path.startswith("/callback"):
+            self.send_response(302)
+            self.send_header("Location", self.onward)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         body = b"<!doctype html><title>Back in the app</title><h1>Back in the app</h1>"
         self.send_response(200)
         self.send_header("Content-Type", "text/html")
@@ -66,11 +75,14 @@ class _CatcherV6(ThreadingHTTPServer):
 
 
 @contextlib.contextmanager
-def _catching(host: str = "127.0.0.1") -> Iterator[tuple[str, list[str]]]:
-    """A redirect URI on loopback ``host`` and the paths the browser landed on there."""
+def _catching(host: str = "127.0.0.1", onward: str | None = None) -> Iterator[tuple[str, list[str]]]:
+    """A redirect URI on loopback ``host`` and the paths the browser landed on there; ``onward``
+    (``{port}`` standing for the listener's own port) is where ``/callback`` sends it on."""
     landed: list[str] = []
     handler = type("Catcher", (_Catcher,), {"landed": landed})
     server = (_CatcherV6 if ":" in host else ThreadingHTTPServer)((host, 0), handler)
+    if onward is not None:
+        handler.onward = onward.format(port=server.server_address[1])
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     shown = f"[{host}]" if ":" in host else host
@@ -194,6 +206,26 @@ def test_az_12_an_ipv6_loopback_redirect_is_reached(dep: Deployment, chromium: A
         answer = parse_qs(urlsplit(person.page.url).query)
         assert answer["code"] and answer["state"] == ["browser-state"]
         assert [urlsplit(p).path for p in landed if not p.startswith("/favicon")] == ["/callback"]
+    assert person.csp_violations() == []
+
+
+def test_a_client_sending_the_browser_on_to_another_origin_after_approve_is_followed(
+    dep: Deployment, chromium: Any
+) -> None:
+    """The client's listener answers the code with a redirect to another origin (here
+    ``localhost``, the listener's own port): the browser gets there. Chromium checks a page's
+    ``form-action`` on every redirect after its form, so a consent page naming only the redirect
+    URI's origin left the person on it (the code delivered, the tab stuck, a second Approve
+    answered "expired")."""
+    with _catching(onward="http://localhost:{port}/done") as (redirect, landed):
+        client_id = dep.register(redirect_uris=[redirect], client_name="Browser Client")
+        person = Person(chromium)
+        person.page.goto(_authorize_url(dep, client_id, redirect))
+        _sign_in_with_the_keyboard(person)
+        with person.page.expect_navigation(url=lambda url: url.startswith("http://localhost:")):
+            person.page.get_by_role("button", name="Approve").click()
+        assert urlsplit(person.page.url).path == "/done"
+        assert [urlsplit(p).path for p in landed if not p.startswith("/favicon")] == ["/callback", "/done"]
     assert person.csp_violations() == []
 
 

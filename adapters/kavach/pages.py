@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import re
 from collections.abc import Iterable
 from html import escape
 from urllib.parse import urlsplit
@@ -71,35 +70,19 @@ footer{margin-top:24px;color:var(--muted);font-size:13px}
 STYLE_HASH = "sha256-" + base64.b64encode(hashlib.sha256(STYLE.encode("utf-8")).digest()).decode("ascii")
 
 
-_CSP_HOST = re.compile(r"[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*(:[0-9]+)?")
-"""A host and port a CSP host-source can name (CSP3 §2.3.1: letters, digits and ``-`` per label)."""
+def page_headers(*, forms_leave: bool = False) -> tuple[tuple[str, str], ...]:
+    """Headers of every page (AZ-10): no framing, no referrer, no caching, nothing loaded from
+    elsewhere, and forms that post to this server only (``form-action 'self'``).
 
-
-def _form_action_source(uri: str) -> str | None:
-    """The CSP source that lets a form's 303 continue to ``uri`` (CSP3 checks form-action on redirects).
-
-    A host CSP has no syntax for (an IPv6 literal such as the ``[::1]`` of an RFC 8252 §7.3
-    loopback redirect, an ``_`` in a name) would be dropped by the browser and the 303 blocked, so
-    its scheme stands in for it: wider, though the only form on the page still posts to this
-    server, which alone picks where its 303 goes.
+    ``forms_leave``: the page's form answer leads off this server, so it gets no ``form-action``.
+    Browsers check ``form-action`` on every redirect that follows a form submission, those the next
+    site sends included (CSP3 §6.4.2), so the consent form, whose 303 goes to the client, which may
+    send the browser on anywhere (a native tool's loopback listener to its hosted "signed in" page,
+    an ``identify`` application to its single sign-on), could name no list of them that holds.
     """
-    parts = urlsplit(uri)
-    if not parts.scheme:
-        return None
-    if parts.scheme in ("http", "https"):
-        if not parts.netloc:
-            return None
-        if _CSP_HOST.fullmatch(parts.netloc) is None:
-            return f"{parts.scheme}:"
-        return f"{parts.scheme}://{parts.netloc}"
-    return f"{parts.scheme}:"
-
-
-def page_headers(form_targets: Iterable[str] = ()) -> tuple[tuple[str, str], ...]:
-    """Headers of every page (AZ-10): no framing, no referrer, no caching, nothing loaded from elsewhere."""
-    sources = ["'self'", *(s for s in (_form_action_source(u) for u in form_targets) if s)]
+    form_action = "" if forms_leave else "form-action 'self'; "
     csp = (
-        f"default-src 'none'; style-src '{STYLE_HASH}'; img-src 'self'; form-action {' '.join(sources)}; "
+        f"default-src 'none'; style-src '{STYLE_HASH}'; img-src 'self'; {form_action}"
         "frame-ancestors 'none'; base-uri 'none'"
     )
     return (
@@ -129,8 +112,8 @@ def _hidden(name: str, value: str) -> str:
 
 
 def page(status: int, title: str, body: str, *, headers: Iterable[tuple[str, str]] = (),
-         form_targets: Iterable[str] = ()) -> Response:
-    return Response(status, (*page_headers(form_targets), *headers), _document(title, body))
+         forms_leave: bool = False) -> Response:
+    return Response(status, (*page_headers(forms_leave=forms_leave), *headers), _document(title, body))
 
 
 def login_page(*, action: str, ticket: str, csrf: str, client_name: str, username: str = "",
@@ -223,7 +206,7 @@ def consent_page(view: ConsentView, *, action: str, ticket: str, csrf: str, subj
         f"<footer>Signed in as <strong>{escape(subject)}</strong>. "
         f"Client id <code>{escape(view.client_id)}</code></footer>"
     )
-    return page(200, f"Authorize {view.client_name}", body, headers=headers, form_targets=(view.redirect_uri,))
+    return page(200, f"Authorize {view.client_name}", body, headers=headers, forms_leave=True)
 
 
 def _switch(subject: str) -> str:
