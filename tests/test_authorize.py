@@ -795,6 +795,23 @@ def test_az_09_expired_ticket_is_a_page(hc: Harness) -> None:
     assert_page(hc.run(authorize.deny(hc.ctx(), out.ticket)))
 
 
+@pytest.mark.parametrize("answer", ["approve", "deny"])
+def test_az_09_a_client_deleted_while_its_consent_is_shown_gets_nothing(hc: Harness, answer: str) -> None:
+    """An operator deletes the client (``kavach clients revoke``) while the person's consent page
+    is open: Approve makes no code and Deny sends no one to it; both are the expired page, as the
+    consent page's reload already was."""
+    from kavach_core import effects as fx
+
+    out = consent(hc)
+    (client_id,) = {p.client_id for p in hc.store.pending.values()}
+    assert hc.store.perform(fx.DeleteClient(client_id, hc.now))
+    if answer == "approve":
+        assert_page(hc.run(authorize.approve(hc.ctx(), out.ticket, "alice")))
+    else:
+        assert_page(hc.run(authorize.deny(hc.ctx(), out.ticket)))
+    assert hc.store.codes == {} and hc.store.pending == {}
+
+
 def test_az_09_unknown_ticket_is_a_page(hc: Harness) -> None:
     assert_page(hc.run(authorize.approve(hc.ctx(), "x" * 43, "alice")))
     assert_page(hc.run(authorize.deny(hc.ctx(), "")))

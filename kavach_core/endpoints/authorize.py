@@ -297,13 +297,20 @@ def consent(ctx: Context, ticket: str) -> Flow[ConsentRequired | None]:
     pending = yield fx.GetPending(digest(ticket), ctx.now)
     if pending is None:
         return None
-    try:
-        client = yield from lookup(ctx, pending.client_id)
-    except OAuthError:
-        return None
+    client = yield from _client_of(ctx, pending.client_id)
     if client is None:
         return None
     return ConsentRequired(ticket, consent_view(ctx, client, pending), pending.expires_at)
+
+
+def _client_of(ctx: Context, client_id: str) -> Flow[Client | None]:
+    """The client a pending request is for, as it stands now; ``None`` once it is gone (deleted,
+    or a metadata document that no longer reads): its request is answered as expired, never sent
+    on to its redirect URI."""
+    try:
+        return (yield from lookup(ctx, client_id))
+    except OAuthError:
+        return None
 
 
 def approve(ctx: Context, ticket: str, subject: str, scopes: tuple[str, ...] | None = None) -> Flow[Response]:
@@ -319,7 +326,7 @@ def approve(ctx: Context, ticket: str, subject: str, scopes: tuple[str, ...] | N
     if not subject:
         raise ValueError("approve needs the authenticated subject")
     pending = yield fx.TakePending(digest(ticket), ctx.now)
-    if pending is None:
+    if pending is None or (yield from _client_of(ctx, pending.client_id)) is None:
         return _expired_page()
     granted = pending.scopes if scopes is None else tuple(s for s in pending.scopes if s in scopes)
     if not granted:
@@ -357,7 +364,7 @@ def _grants_any(ctx: Context, uri: str, granted: tuple[str, ...]) -> bool:
 def deny(ctx: Context, ticket: str) -> Flow[Response]:
     """The person refused: redirect with ``error=access_denied`` (AZ-12)."""
     pending = yield fx.TakePending(digest(ticket), ctx.now)
-    if pending is None:
+    if pending is None or (yield from _client_of(ctx, pending.client_id)) is None:
         return _expired_page()
     err = OAuthError("access_denied", "the user denied the request")
     return error_redirect(ctx, pending.redirect_uri, err, pending.state)
