@@ -236,6 +236,11 @@ class KeySet:
         candidates.sort(key=lambda k: k.created_at, reverse=True)  # stable: the first stored of a tie wins
         return next((k for k in candidates if usable(k)), None)
 
+    def signing(self, now: int) -> tuple[SigningKey, ...]:
+        """The key signing at ``now`` (:meth:`active`) of each algorithm that has one, in
+        :data:`~kavach_core.jose.ALGORITHMS` order."""
+        return tuple(key for key in (self.active(now, alg) for alg in ALGORITHMS) if key is not None)
+
     def signer(self, now: int, alg: str) -> SigningKeyPair | None:
         """The loaded pair of :meth:`active`, or ``None``."""
         record = self.active(now, alg)
@@ -395,7 +400,7 @@ def current(ctx: Context) -> Flow[KeySet]:
 def signing_algorithms(records: tuple[SigningKey, ...], now: int) -> tuple[str, ...]:
     """The algorithms of the usable keys signing at ``now``, sorted: those the servers sharing
     this key set sign with (one while all are configured alike, two during a rolling change)."""
-    return tuple(sorted({alg for alg in ALGORITHMS if KeySet(records).active(now, alg) is not None}))
+    return tuple(sorted(key.alg for key in KeySet(records).signing(now)))
 
 
 def rotate(ctx: Context, algs: tuple[str, ...] | None = None) -> Flow[KeySet]:

@@ -604,8 +604,7 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
     now = int(time.time())
     # The key signing now for each algorithm in the set: which one the servers sign with is their
     # signing_alg, which this command is not given (and during a rolling change, instances differ).
-    keys = keyset.KeySet(records)
-    signing = {key.kid for key in (keys.active(now, alg) for alg in {r.alg for r in records}) if key is not None}
+    signing = {key.kid for key in keyset.KeySet(records).signing(now)}
     rows = []
     for record in records:
         if record.kid in signing:
@@ -631,10 +630,10 @@ def cmd_keys_rotate(args: argparse.Namespace) -> int:
             keys = instance.run(keyset.rotate(ctx, named))
         except keyset.KeyRotationError as exc:
             raise CliError(str(exc)) from exc
-        signing = [keys.active(ctx.now, alg) for alg in keyset.signing_algorithms(keys.records, ctx.now)]
+        signing = keys.signing(ctx.now)
     if not signing:
         raise CliError("the rotation did not produce an active key")
-    now_signing = ", ".join(f"{k.kid} ({k.alg})" for k in signing if k is not None)
+    now_signing = ", ".join(f"{k.kid} ({k.alg})" for k in sorted(signing, key=lambda k: k.alg))
     _report(f"now signing with key {now_signing}; earlier keys stay published until their tokens expire")
     return 0
 
