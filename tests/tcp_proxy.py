@@ -1,7 +1,7 @@
 """A tiny TCP forwarder for outage tests: put it between a store and its server, then ``cut()``
 every connection and refuse new ones (the server "goes away"), and ``restore()`` it; or
-``freeze()`` it: connections stay open and what arrives on them is held, not passed on (a peer
-gone without a word, as behind a link cut mid-network: no reset, no close), until ``thaw()``."""
+``freeze()`` it: connections stay open and what arrives on them is held, not passed on, their ends
+included (a peer gone without a word, as behind a link cut mid-network: no reset, no close), until ``thaw()``."""
 
 from __future__ import annotations
 
@@ -84,6 +84,7 @@ class TcpProxy:
                 sink.sendall(data)
         except OSError:
             pass
+        self._flowing.wait()  # an end is held like data: a link gone silent carries no FIN either
         for sock in (source, sink):
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)

@@ -797,6 +797,74 @@ def test_pg_an_effect_given_no_answer_is_503_within_the_timeout(tmp_path: Path) 
         proxy.cut()
 
 
+def test_pg_a_transaction_cut_off_mid_way_gives_its_row_locks_back(tmp_path: Path) -> None:
+    """The link goes silent while a rotation holds its grant's row lock (the lock taken, the
+    answer never delivered): the store gives up after its ``timeout`` (3 s), and the server, which
+    never learns the client left, ends the transaction within about that long too
+    (``idle_in_transaction_session_timeout``), so the row is free for every other instance
+    instead of locked until the server's own TCP keepalives notice, hours later."""
+    services.require("postgres")
+    url = urlsplit(services.POSTGRES_URL)
+    proxy = TcpProxy(url.hostname or "127.0.0.1", url.port or 5432)
+    store = _pg_through(proxy, tmp_path)
+    locker = psycopg.connect(services.POSTGRES_URL)
+    try:
+        store.perform(fx.PutCode(code()))
+        store.perform(fx.ConsumeCode("h1", grant()))
+        locker.execute(f'SELECT 1 FROM "{store.schema}".grants WHERE grant_id = %s FOR UPDATE', ("g1",))
+        rotate = fx.RotateRefresh("g1", 0, "r0", "r1", T0 + 10, 10, T0 + DAY)
+        thread, outcome = _in_thread(lambda: store.perform(rotate))
+        with psycopg.connect(services.POSTGRES_URL, autocommit=True) as admin:
+            _blocked_backend(admin, store.schema)
+        proxy.freeze()  # the lock is granted once the locker lets go; the answer goes nowhere
+        locker.rollback()
+        thread.join(timeout=30)
+        assert isinstance(outcome.get("error"), StoreUnavailable), outcome
+
+        def free() -> bool:
+            try:
+                locker.execute(
+                    f'SELECT 1 FROM "{store.schema}".grants WHERE grant_id = %s FOR UPDATE NOWAIT', ("g1",)
+                )
+            except psycopg.errors.LockNotAvailable:
+                locker.rollback()
+                return False
+            locker.rollback()
+            return True
+
+        assert eventually(free, timeout=12), "the grant's row stayed locked by a transaction nobody will end"
+    finally:
+        locker.close()
+        proxy.thaw()
+        store.close()
+        proxy.cut()
+
+
+def test_pg_sessions_wait_in_a_transaction_no_longer_than_the_timeout(
+    tmp_path: Path, admin: psycopg.Connection[Any]
+) -> None:
+    """Every pooled connection bounds how long the server waits on it inside a transaction to the
+    store's ``timeout``, unless the server's own bound is already tighter (then it is kept)."""
+    schema = services.postgres_schema(tmp_path)
+    base = services.POSTGRES_URL
+    store = PostgresStore(base, schema=schema, timeout=3)
+    tight = PostgresStore(
+        base + ("&" if "?" in base else "?") + "options=-c%20idle_in_transaction_session_timeout%3D1500",
+        schema=schema,
+        timeout=3,
+    )
+    try:
+        store.perform(fx.GetCode("h1"))
+        tight.perform(fx.GetCode("h1"))
+        with store._sync_pool().connection() as conn:
+            assert conn.execute("SHOW idle_in_transaction_session_timeout").fetchone() == ("3s",)
+        with tight._sync_pool().connection() as conn:
+            assert conn.execute("SHOW idle_in_transaction_session_timeout").fetchone() == ("1500ms",)
+    finally:
+        store.close()
+        tight.close()
+
+
 def test_pg_unreachable_from_the_start_is_503(tmp_path: Path) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

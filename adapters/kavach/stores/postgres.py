@@ -38,6 +38,9 @@ Guarantees:
   was rolled back by the server, unless its statement or ``COMMIT`` had already completed there
   (then it was applied). It is never retried. When the database returns, the next call works
   again. Purges and migrations, which may rightly run long, are bounded by the kernel alone.
+  The server ends a transaction whose client fell silent between its statements about
+  ``timeout`` after the last one (``idle_in_transaction_session_timeout``, unless the server's
+  own bound is tighter: :func:`_session_setup`), so its row locks are not held for hours.
 - A row holding what does not read as its record (a value of the wrong type, an array holding a
   ``NULL`` or a client's ``metadata`` that is not the JSON text of an object: written by hand or
   by another program) raises :class:`DamagedRowError`, a ``StoreUnavailable`` too.
@@ -355,12 +358,21 @@ a server, database or role default of REPEATABLE READ or SERIALIZABLE the losers
 serialization failures (503) instead."""
 
 
-def _configure(conn: psycopg.Connection[Any]) -> None:
-    conn.execute(_SESSION_ISOLATION)
-
-
-async def _aconfigure(conn: psycopg.AsyncConnection[Any]) -> None:
-    await conn.execute(_SESSION_ISOLATION)
+def _session_setup(timeout: float) -> str:
+    """What every connection the pools open runs first: :data:`_SESSION_ISOLATION`, and the
+    server's bound on waiting for this client inside a transaction
+    (``idle_in_transaction_session_timeout``) set to ``timeout``, unless the server's own is
+    tighter. A client gone silent mid-transaction (its link cut: the store gave up on it after
+    ``timeout``, the server heard no end) would otherwise hold the transaction's row locks until
+    the server's TCP keepalives notice, hours later by default; with the bound the server ends it
+    about ``timeout`` after the last statement, and every other instance can go on. No effect
+    waits between its statements: only Python's work on an answer separates them."""
+    ms = max(1000, math.ceil(timeout * 1000))  # a whole number: nothing but digits reaches the text
+    return (
+        f"{_SESSION_ISOLATION};"
+        f" SELECT set_config('idle_in_transaction_session_timeout', '{ms}', false) FROM pg_settings"
+        f" WHERE name = 'idle_in_transaction_session_timeout' AND (setting::bigint = 0 OR setting::bigint > {ms})"
+    )
 
 
 def _quiet(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> bool:
@@ -640,6 +652,7 @@ class PostgresStore:
         }
         self._check = check_connections
         self._effect_timeout = timeout
+        self._setup_sql = _session_setup(timeout)
         quoted = f'"{schema}"'
         self._sql = {name: template.format(s=quoted) for name, template in _SQL_TEMPLATES.items()}
         self._purge_sql = {name: template.format(s=quoted) for name, template in _PURGE_TEMPLATES.items()}
@@ -733,13 +746,21 @@ class PostgresStore:
             raise PostgresStoreError("the store is closed")
         return entry
 
+    def _configure(self, conn: psycopg.Connection[Any]) -> None:
+        conn.execute(self._setup_sql)
+
+    async def _aconfigure(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        await conn.execute(self._setup_sql)
+
     def _sync_pool(self) -> ConnectionPool:
         with self._pool_lock:
             if self._closed:
                 raise PostgresStoreError("the store is closed")
             if self._pool is None:
                 check = _check if self._check else None
-                self._pool = ConnectionPool(self.dsn, open=False, check=check, configure=_configure, **self._pool_args)
+                self._pool = ConnectionPool(
+                    self.dsn, open=False, check=check, configure=self._configure, **self._pool_args
+                )
                 self._pool.open(wait=False)
             return self._pool
 
@@ -807,7 +828,9 @@ class PostgresStore:
         entry = self._apools.get(id(loop))
         if entry is None or entry[0] is not loop:
             check = _acheck if self._check else None
-            pool = AsyncConnectionPool(self.dsn, open=False, check=check, configure=_aconfigure, **self._pool_args)
+            pool = AsyncConnectionPool(
+                self.dsn, open=False, check=check, configure=self._aconfigure, **self._pool_args
+            )
             self._apools = {k: v for k, v in self._apools.items() if not v[0].is_closed()}
             self._apools[id(loop)] = (loop, pool)
             await pool.open(wait=False)
