@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import re
 import shutil
 import socket
 import subprocess
@@ -1181,6 +1182,67 @@ def test_redis_a_script_meeting_a_damaged_value_writes_nothing(
     with pytest.raises(DamagedValueError, match="prefix is damaged"):
         asyncio.run(rd.aperform(effect))
     assert _redis_contents(rd) == before
+
+
+@pytest.mark.parametrize(
+    ("index", "effect"),
+    [
+        ("clients", fx.PutClient(Client("c2", ("https://app.example/cb",)))),
+        ("codes:subject:bob", fx.PutCode(attrs.evolve(code("h2"), subject="bob"))),
+        ("codes:client:c1", fx.PutCode(code("h2"))),
+        ("grants:subject:alice", fx.ConsumeCode("h1", grant())),
+        ("grants:client:c1", fx.ConsumeCode("h1", grant())),
+        ("clients", fx.DeleteClient("c1", T0 + 5)),
+        ("grants:client:c1", fx.DeleteClient("c1", T0 + 5)),
+        ("codes:client:c1", fx.DeleteClient("c1", T0 + 5)),
+        ("codes:subject:alice", fx.RevokeSubject("alice", T0 + 5)),
+        ("grants:subject:alice", fx.RevokeSubject("alice", T0 + 5)),
+    ],
+    ids=["put-client", "put-code-subject", "put-code-client", "consume-code-subject", "consume-code-client",
+         "delete-client", "delete-client-grants", "delete-client-codes", "revoke-subject-codes",
+         "revoke-subject-grants"],
+)  # fmt: skip
+def test_redis_an_index_of_another_type_is_damage_met_before_any_write(
+    rd: RedisStore, index: str, effect: fx.Effect
+) -> None:
+    """An index key holding another type than the sorted set a script adds to or reads: damage
+    (503), found before the script writes anything. Before, Redis stopped the script at that
+    index with the writes before it kept: a code stored but missing from its subject's index
+    (so the subject's revocation would not drop it), a grant stored but not listed, a client
+    deleted with its grants left unrevoked."""
+    client = rd._sync_client()
+    rd.perform(fx.PutClient(Client("c1", ("https://app.example/cb",))))
+    rd.perform(fx.PutCode(code()))
+    if not isinstance(effect, fx.ConsumeCode):
+        rd.perform(fx.PutCode(code("h0", "g0")))
+        assert rd.perform(fx.ConsumeCode("h0", grant("g0"))) is True
+    client.delete(rd.prefix + index)
+    client.set(rd.prefix + index, "another type")
+    before = _redis_contents(rd)
+    with pytest.raises(DamagedValueError, match=f"prefix is damaged: {re.escape(rd.prefix + index)} cannot"):
+        rd.perform(effect)
+    with pytest.raises(DamagedValueError, match="prefix is damaged"):
+        asyncio.run(rd.aperform(effect))
+    assert _redis_contents(rd) == before
+
+
+def test_redis_revocations_pass_over_a_damaged_entry_and_revoke_the_rest(rd: RedisStore) -> None:
+    """A subject's revocation meeting a grant or code key of another type among those its indexes
+    list passes over it (nothing can be read or used from it: every token of it is refused as the
+    store's damage) and revokes every other grant, drops every other code, and counts only them."""
+    client = rd._sync_client()
+    for n in range(3):
+        rd.perform(fx.PutCode(code(f"h{n}", f"g{n}")))
+        assert rd.perform(fx.ConsumeCode(f"h{n}", grant(f"g{n}"))) is True
+    for n in range(3, 6):
+        rd.perform(fx.PutCode(code(f"h{n}", f"g{n}")))
+    for damaged in ("grant:g1", "code:h4"):
+        client.delete(rd.prefix + damaged)
+        client.set(rd.prefix + damaged, "another type")
+    assert rd.perform(fx.RevokeSubject("alice", T0 + 5)) == 2
+    assert [rd.perform(fx.GetGrant(g)).revoked_at for g in ("g0", "g2")] == [T0 + 5, T0 + 5]
+    assert [rd.perform(fx.GetCode(h)) for h in ("h3", "h5")] == [None, None]
+    assert client.get(rd.prefix + "grant:g1") == b"another type"
 
 
 def test_redis_purge_skips_a_damaged_key_and_purges_the_others(

@@ -96,7 +96,8 @@ Plan = Generator["_Command | _Script", Any, T]
 # -- Lua scripts ------------------------------------------------------------------------------------
 # Numbers travel as decimal strings; string.format('%d') keeps integers integral. A script reads every
 # stored number it needs through whole() before it writes anything, and answers {'damaged', key} for
-# one that is not a whole number (see _undamaged): a damaged value makes it change nothing.
+# one that is not a whole number (see _undamaged), and so for a key it adds to that holds another type
+# (misfit): a damaged value makes it change nothing.
 
 _WHOLE = """
 local function whole(v)
@@ -107,6 +108,20 @@ end
 """``whole(value)``: the whole number stored as decimal text, else ``nil`` (also for a missing
 value, which Redis hands a script as ``false``). Python reads stored numbers the same way
 (:func:`_integer`)."""
+
+_MISFIT = """
+local function misfit(kind, first, last)
+  for i = first, last do
+    local t = redis.call('TYPE', KEYS[i])['ok']
+    if t ~= 'none' and t ~= kind then return KEYS[i] end
+  end
+  return false
+end
+"""
+"""``misfit(kind, first, last)``: the first of ``KEYS[first..last]`` holding a type other than
+``kind`` (absent is fine), else ``false``. A script checks the keys it adds to this way before it
+writes anything: Redis stops a script at a command meeting the wrong type and keeps the writes
+made before it."""
 
 _EXTEND = """
 local function extend(key, ttl)
@@ -119,23 +134,24 @@ _DROP_CODES = """
 local function drop_codes(index, prefix, field, value)
   for _, h in ipairs(redis.call('ZRANGE', index, 0, -1)) do
     local key = prefix .. h
-    local f = redis.call('HMGET', key, field, 'consumed')
-    if f[1] == value and f[2] == '0' then redis.call('DEL', key) end
+    local f = redis.pcall('HMGET', key, field, 'consumed')
+    if not f.err and f[1] == value and f[2] == '0' then redis.call('DEL', key) end
   end
   redis.call('DEL', index)
 end
 """
 """``drop_codes(index, code key prefix, 'sub' or 'cid', value)``: delete the codes not yet redeemed
 that the index lists and whose field still holds ``value``, then the index (what stays is redeemed,
-gone, or indexed under another value)."""
+gone, or indexed under another value). A code key of another type is passed over: nothing reads
+as a code from it."""
 
 _REVOKE_GRANTS = """
 local function revoke_grants(index, prefix, field, value, now)
   local n = 0
   for _, gid in ipairs(redis.call('ZRANGE', index, 0, -1)) do
     local key = prefix .. gid
-    local f = redis.call('HMGET', key, field, 'rev')
-    if f[1] == value and f[2] == '' then
+    local f = redis.pcall('HMGET', key, field, 'rev')
+    if not f.err and f[1] == value and f[2] == '' then
       redis.call('HSET', key, 'rev', now)
       n = n + 1
     end
@@ -144,12 +160,16 @@ local function revoke_grants(index, prefix, field, value, now)
 end
 """
 """``revoke_grants(index, grant key prefix, 'sub' or 'cid', value, now)``: revoke the grants the index
-lists whose field holds ``value`` and that are not yet revoked; returns how many."""
+lists whose field holds ``value`` and that are not yet revoked; returns how many. A grant key of
+another type is passed over: no token of it is served (reading it is the store's damage, 503)."""
 
 _SCRIPTS = {
     # KEYS: client, clients zset, seq. ARGV: json, client_id
     "put_client": _WHOLE
+    + _MISFIT
     + """
+local bad = misfit('zset', 2, 2)
+if bad then return {'damaged', bad} end
 local listed = redis.call('ZSCORE', KEYS[2], ARGV[2])
 local seq = redis.call('GET', KEYS[3])
 if not listed and seq and not whole(seq) then return {'damaged', KEYS[3]} end
@@ -163,7 +183,10 @@ return 1
     # ARGV: client_id, now, grant key prefix, code key prefix
     "delete_client": _DROP_CODES
     + _REVOKE_GRANTS
+    + _MISFIT
     + """
+local bad = misfit('zset', 2, 4)
+if bad then return {'damaged', bad} end
 local existed = redis.call('DEL', KEYS[1])
 redis.call('ZREM', KEYS[2], ARGV[1])
 drop_codes(KEYS[4], ARGV[4], 'cid', ARGV[1])
@@ -183,7 +206,10 @@ return out
     # ARGV: json, consumed (0/1), expires_at, ttl, code_hash, subject, client_id, stale (an expiry
     # so long past that its code's key has expired too: index members up to it are dropped)
     "put_code": _EXTEND
+    + _MISFIT
     + """
+local bad = misfit('zset', 2, 3)
+if bad then return {'damaged', bad} end
 redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[1], 'record', ARGV[1], 'consumed', ARGV[2], 'exp', ARGV[3], 'sub', ARGV[6], 'cid', ARGV[7])
 local ttl = tonumber(ARGV[4])
@@ -199,8 +225,11 @@ return 1
     # ARGV: grant_id, json, exp, gen, hash, rexp, rot, rev, sub, cid, ttl
     "consume_code": _EXTEND
     + _WHOLE
+    + _MISFIT
     + """
 if redis.call('HGET', KEYS[1], 'consumed') ~= '0' then return 0 end
+local bad = misfit('zset', 3, 5) or misfit('string', 6, 6)
+if bad then return {'damaged', bad} end
 local seq = redis.call('ZSCORE', KEYS[3], ARGV[1])
 local last = redis.call('GET', KEYS[6])
 if not seq and last and not whole(last) then return {'damaged', KEYS[6]} end
@@ -226,7 +255,10 @@ return 1
     # KEYS: codes-of-subject zset, grants-of-subject zset. ARGV: subject, now, grant key prefix, code key prefix
     "revoke_subject": _DROP_CODES
     + _REVOKE_GRANTS
+    + _MISFIT
     + """
+local bad = misfit('zset', 1, 2)
+if bad then return {'damaged', bad} end
 drop_codes(KEYS[1], ARGV[4], 'sub', ARGV[1])
 return revoke_grants(KEYS[2], ARGV[3], 'sub', ARGV[1], ARGV[2])
 """,
@@ -668,7 +700,8 @@ class RedisStore:
             self._k("grants", "client", e.client_id),
             self._k("codes", "client", e.client_id),
         )
-        existed = yield _Script("delete_client", keys, (e.client_id, e.now, self._k("grant", ""), self._k("code", "")))
+        args = (e.client_id, e.now, self._k("grant", ""), self._k("code", ""))
+        existed = _undamaged((yield _Script("delete_client", keys, args)))
         return bool(existed)
 
     def _list_clients(self, e: fx.ListClients) -> Plan[tuple[Client, ...]]:
@@ -715,7 +748,7 @@ class RedisStore:
             c.client_id,
             stale,
         )
-        yield _Script("put_code", keys, args)
+        _undamaged((yield _Script("put_code", keys, args)))
 
     def _get_code(self, e: fx.GetCode) -> Plan[AuthorizationCode | None]:
         return _code((yield _Command(("HGETALL", self._k("code", e.code_hash)))))
@@ -758,7 +791,8 @@ class RedisStore:
 
     def _revoke_subject(self, e: fx.RevokeSubject) -> Plan[int]:
         keys = (self._k("codes", "subject", e.subject), self._k("grants", "subject", e.subject))
-        revoked = yield _Script("revoke_subject", keys, (e.subject, e.now, self._k("grant", ""), self._k("code", "")))
+        args = (e.subject, e.now, self._k("grant", ""), self._k("code", ""))
+        revoked = _undamaged((yield _Script("revoke_subject", keys, args)))
         return int(revoked)
 
     def _list_grants(self, e: fx.ListGrants) -> Plan[tuple[Grant, ...]]:
