@@ -24,6 +24,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 
 import attrs
 import httpx
+import kavach.server as kavach_server
 import pytest
 from e2e_frameworks import FRAMEWORKS, RELEASE
 from kavach.server import AuthorizationServer, LoginLimits
@@ -902,6 +903,41 @@ def test_store_calls_are_answered_while_sign_ins_wait_for_their_password_check(f
             finally:
                 release.set()
         assert [answer.result().status_code for answer in answers] == [303] * SIGN_INS_AT_ONCE
+
+
+@pytest.mark.parametrize("framework", ["aiohttp", "starlette"])  # threads of a WSGI server bound their own
+def test_sign_ins_beyond_the_password_queue_are_told_to_retry_at_once(
+    framework: str, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the password checks' queue full (here two places), one more sign-in is answered at
+    once, 503 with ``Retry-After`` and the form again (its attempt not counted against the
+    account), instead of waiting behind the others; the places come back as checks end, so the
+    next sign-in is checked. Before, the queue grew without bound, however many addresses sent."""
+    monkeypatch.setattr(kavach_server, "_password_slots", threading.BoundedSemaphore(2))
+    for dep in deploy(framework, "memory", "", tmp_path):
+        login = dep.person.get(dep.authorize_url(dep.register(), pkce()[1]))
+        sign_in = dep.server.users.sign_in  # type: ignore[union-attr]
+        checking, release = hold_password_checks(dep)
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            try:
+                held = [pool.submit(dep.login, login, f"nobody{n}", "wrong") for n in range(2)]
+                assert checking.acquire(timeout=20)  # one under way, the other waiting for a thread (or both under way)
+                deadline = time.monotonic() + 20
+                while kavach_server._password_slots._value > 0 and time.monotonic() < deadline:  # both queued
+                    time.sleep(0.01)
+                busy = dep.login(login, "alice", "wrong")
+                assert busy.status_code == 503, busy.text
+                assert busy.headers["retry-after"] == str(kavach_server.PASSWORDS_BUSY_RETRY)
+                assert "Too many people are signing in right now" in busy.text
+                assert the_form(busy).action == dep.server.login_path  # the form again, to send once more
+                assert not any(answer.done() for answer in held)
+            finally:
+                release.set()
+        assert [answer.result().status_code for answer in held] == [303, 303]
+        dep.server.users.sign_in = sign_in  # type: ignore[union-attr,method-assign]
+        assert kavach_server._password_slots._value == 2  # every place given back
+        answer = dep.login(dep.person.get(dep.authorize_url(dep.register(), pkce()[1])))
+        assert answer.status_code == 303 and "consent" in answer.headers["location"], answer.text
 
 
 # -- sign-in sessions end with the credential ---------------------------------------------------

@@ -129,8 +129,31 @@ PASSWORD_THREADS = max(1, os.cpu_count() or 1)
 """How many password checks run at once on event loops (:func:`password_threads`): one per CPU,
 since each is CPU work (scrypt, about a tenth of a second) that more threads would only share."""
 
+PASSWORD_QUEUE = max(64, 32 * PASSWORD_THREADS)
+"""The most password checks waiting or under way at once on event loops: a few seconds of scrypt
+at most. A sign-in beyond them is answered at once, 503 with ``Retry-After``
+(:data:`PASSWORDS_BUSY`), instead of queued without end: the limits per address and per account
+bound one sender, not a crowd of addresses, and a queue nobody bounds holds every sign-in of
+the crowd's victims behind it, and the memory of each waiting request."""
+
+PASSWORDS_BUSY_RETRY = 5
+"""``Retry-After`` seconds for a sign-in refused while :data:`PASSWORD_QUEUE` checks are waiting."""
+
 _password_pool: ThreadPoolExecutor | None = None
 _password_pool_lock = threading.Lock()
+_password_slots = threading.BoundedSemaphore(PASSWORD_QUEUE)
+
+
+class _Busy:
+    """The type of :data:`PASSWORDS_BUSY`."""
+
+    def __repr__(self) -> str:
+        return "PASSWORDS_BUSY"
+
+
+PASSWORDS_BUSY = _Busy()
+"""What a password check (a ``hashing`` :class:`Call`) gives on an event loop when
+:data:`PASSWORD_QUEUE` checks are already waiting or under way: it was not made."""
 
 
 def password_threads() -> ThreadPoolExecutor:
@@ -231,9 +254,20 @@ class _AsyncPerformer:
 
 async def _in_password_thread(fn: Callable[..., Any], *args: Any) -> Any:
     """``fn(*args)`` in :func:`password_threads`, with this task's context variables, as
-    :func:`asyncio.to_thread` runs a call in the default executor."""
-    call = functools.partial(contextvars.copy_context().run, fn, *args)
-    return await asyncio.get_running_loop().run_in_executor(password_threads(), call)
+    :func:`asyncio.to_thread` runs a call in the default executor; :data:`PASSWORDS_BUSY`, with
+    nothing run, when :data:`PASSWORD_QUEUE` calls are waiting or under way. A call's place is
+    given back when it ends or, never started, is cancelled (its request gone), not when its
+    request stops waiting for it: a started check still holds its thread."""
+    if not _password_slots.acquire(blocking=False):
+        return PASSWORDS_BUSY
+    try:
+        call = functools.partial(contextvars.copy_context().run, fn, *args)
+        job = password_threads().submit(call)
+    except BaseException:
+        _password_slots.release()
+        raise
+    job.add_done_callback(lambda _: _password_slots.release())
+    return await asyncio.wrap_future(job)
 
 
 def _no_fetcher() -> fx.FetchRefused:
@@ -744,18 +778,13 @@ class AuthorizationServer:
         if allowed:
             allowed = yield fx.Hit(attempts, limits.per_user, limits.window, ctx.now)
         if not allowed:
-            consent = yield from authorize.consent(ctx, ticket)
-            return pages.login_page(
-                action=self.login_path,
-                ticket=ticket,
-                csrf=token or "",
-                client_name=consent.view.client_name if consent else "the application",
-                username=username,
-                error="Too many sign-in attempts. Wait a few minutes, then try again.",
-                status=429,
-                headers=(("Retry-After", str(limits.window)),),
-            )
+            error = "Too many sign-in attempts. Wait a few minutes, then try again."
+            return (yield from self._login_again(ctx, ticket, token, username, error, 429, limits.window))
         signed_in = yield Call(self.users.sign_in, (username, password), hashing=True)
+        if signed_in is PASSWORDS_BUSY:  # not checked: the attempt is the account's again
+            yield fx.Hit(attempts, limits.per_user, limits.window, ctx.now, step=-1)
+            error = "Too many people are signing in right now. Try again in a few seconds."
+            return (yield from self._login_again(ctx, ticket, token, username, error, 503, PASSWORDS_BUSY_RETRY))
         if signed_in is None:
             return _see_other(self._consent_url(ticket, browser, "failed"))
         yield fx.Hit(attempts, limits.per_user, limits.window, ctx.now, step=-1)  # same ctx.now: same window
@@ -763,6 +792,22 @@ class AuthorizationServer:
         session = self.cookies.session_cookie(subject, stamp, ctx.now, ctx.random(16), ticket)
         browser, set_browser = self.cookies.new_browser_id()  # forms served before this sign-in are void
         return _see_other(self._consent_url(ticket, browser), session, set_browser)
+
+    def _login_again(
+        self, ctx: Context, ticket: str, csrf: str | None, username: str, error: str, status: int, retry_after: int
+    ) -> Generator[fx.Effect, Any, Response]:
+        """The sign-in form once more, saying ``error``, with ``status`` and ``Retry-After``."""
+        consent = yield from authorize.consent(ctx, ticket)
+        return pages.login_page(
+            action=self.login_path,
+            ticket=ticket,
+            csrf=csrf or "",
+            client_name=consent.view.client_name if consent else "the application",
+            username=username,
+            error=error,
+            status=status,
+            headers=(("Retry-After", str(retry_after)),),
+        )
 
     def _decision(self, ctx: Context, req: HttpRequest) -> Generator[fx.Effect, Any, Response]:
         """The consent form's POST: CSRF, then switch account (sign out, ask again; only for a person
