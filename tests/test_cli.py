@@ -486,6 +486,25 @@ def test_serve_prints_where_to_connect_and_how_to_log_in() -> None:
             assert other.json() == {"error": "not_found"}
 
 
+def test_serve_keeps_tokens_sent_in_the_url_out_of_its_access_log() -> None:
+    """A client sending its token in the query (which no guard reads, RFC 6750 §2.3) leaves
+    ``[redacted]`` in ``kavach serve``'s access log, however the parameter is spelt, and the
+    rest of the line as it was (RFC 6750 §5.3). Before, the whole token was logged."""
+    with serve() as served:
+        secrets_sent = ["SECRETONE", "SECRETTWO", "SECRETTHREE"]
+        for query in ("access_token=SECRETONE&x=1", "x=2;ACCESS.TOKEN=SECRETTWO", "access%5Ftoken=SECRETTHREE&y=3"):
+            answer = httpx.post(f"{served.mcp_url}?{query}", json={"jsonrpc": "2.0", "id": 1, "method": "ping"},
+                                timeout=10)
+            assert answer.status_code == 401
+        deadline = time.monotonic() + 10  # the hang guard: the log is written as each request ends
+        while served.output().count("[redacted]") < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        log = served.output()
+        assert not [secret for secret in secrets_sent if secret in log], log
+        assert '"POST /mcp?access_token=[redacted]&x=1 HTTP/1.1" 401' in log, log
+        assert "/mcp?x=2;ACCESS.TOKEN=[redacted] " in log and "/mcp?access%5Ftoken=[redacted]&y=3 " in log, log
+
+
 def test_serve_with_a_user_does_not_ask_for_one(tmp_path: Path) -> None:
     db = str(tmp_path / "k.db")
     ok(["users", "add", "alice", "--db", db, "--password-stdin"], stdin=PASSWORD + "\n")
@@ -1121,6 +1140,19 @@ def test_a_misspelt_variable_is_warned_about_and_changes_nothing(db: str) -> Non
     assert proc.stderr.splitlines()[0] == (
         "kavach: warning: KAVACH_ACESS_TOKEN_LIFETIME is not a variable kavach reads; it changes nothing"
     )
+
+
+def test_the_conformance_kits_secret_variables_are_not_warned_about(db: str) -> None:
+    """``KAVACH_CONFORMANCE_PASSWORD`` and ``KAVACH_CONFORMANCE_CLIENT_SECRET`` are read (by
+    ``kavach conformance``, as docs/conformance.md advises instead of flags in the process list):
+    no command calls them unread, while a misspelt name beside them still is."""
+    from kavach_conformance.cli import CLIENT_SECRET_VAR, PASSWORD_VAR
+
+    env = clean_env(**{PASSWORD_VAR: "a password", CLIENT_SECRET_VAR: "a secret", "KAVACH_ACESS_TOKEN_LIFETIME": "5"})
+    proc = run(["users", "list", "--db", db], env=env)
+    assert [line for line in proc.stderr.splitlines() if "warning" in line] == [
+        "kavach: warning: KAVACH_ACESS_TOKEN_LIFETIME is not a variable kavach reads; it changes nothing"
+    ]
 
 
 def test_commands_that_read_add_no_table_to_a_store_the_library_made(tmp_path: Path) -> None:

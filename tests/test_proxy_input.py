@@ -29,7 +29,7 @@ from typing import Any
 import httpx
 import pytest
 from kavach.mcp_sessions import SessionBinding, SessionSeal, owner_of, refuse
-from kavach.proxy import UpstreamProxy
+from kavach.proxy import UpstreamProxy, redacted_target
 from kavach_serve import mcp_upstream
 
 pytestmark = pytest.mark.timeout(60)
@@ -543,6 +543,70 @@ def test_an_access_token_in_the_query_string_is_not_forwarded(fake: FakeUpstream
     (request,) = fake.requests
     assert "SECRET" not in request["line"]
     assert request["line"] == "POST /mcp?mode=ok&x=1&y=2 HTTP/1.1"
+
+
+@pytest.mark.parametrize(
+    "name", ["ACCESS_TOKEN", "Access_Token", "access_Token", "access.token", "access+token", "access[token"]
+)
+def test_an_access_token_parameter_spelt_otherwise_is_not_forwarded(
+    fake: FakeUpstream, serve: Callable[..., Served], name: str
+) -> None:
+    """Spellings a lenient upstream reads as ``access_token`` stay here too: another case (ASP.NET
+    Core's query is case-insensitive), and ``.``, space or ``[`` for ``_`` (PHP's variable names)."""
+    served = serve(fake.url)
+    assert served.post(f"mode=ok&{name}=SECRET&x=1").status_code == 200
+    (request,) = fake.requests
+    assert request["line"] == "POST /mcp?mode=ok&x=1 HTTP/1.1"
+
+
+def test_the_client_cannot_override_a_parameter_of_the_upstream_url(
+    fake: FakeUpstream, serve: Callable[..., Served]
+) -> None:
+    """A parameter the operator wrote into ``--upstream`` (a profile, a tenant) is the operator's:
+    the client's own copy of it, in any spelling read as the same name, is not sent after it,
+    where a server taking the last value would read the client's. Other parameters go on."""
+    served = serve(fake.url + "?profile=readonly")
+    assert served.post("mode=ok&profile=admin&PROFILE=admin&x=1").status_code == 200
+    (request,) = fake.requests
+    assert request["line"] == "POST /mcp?profile=readonly&mode=ok&x=1 HTTP/1.1"
+
+
+def test_the_client_cannot_override_a_header_of_the_given_client(
+    fake: FakeUpstream, serve: Callable[..., Served]
+) -> None:
+    """A header a ``client=`` given to the proxy sets (its key for the upstream) is the
+    operator's: the end client's header of that name is not sent in its place."""
+    served = serve(fake.url, client=httpx.AsyncClient(headers={"X-Upstream-Key": "k1"}))
+    assert served.post("mode=ok", **{"X-Upstream-Key": "mine"}).status_code == 200
+    (request,) = fake.requests
+    assert [v for k, v in request["headers"] if k == "x-upstream-key"] == ["k1"]
+
+
+def test_a_url_too_long_to_forward_is_a_414_not_a_500(fake: FakeUpstream, serve: Callable[..., Served]) -> None:
+    """A query that makes the upstream URL longer than the HTTP client builds is answered 414 in
+    JSON (RFC 9110 §15.5.15), and nothing reaches the upstream; before, a 500 and a traceback."""
+    served = serve(fake.url)
+    target = b"/mcp?mode=ok&x=" + b"a" * 65500
+    answer = served.raw(b"POST %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-Test-Principal: alice/app\r\n"
+                        b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (target, len(PING), PING))
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 414"), answer[:200]
+    assert json.loads(body)["error"] == "invalid_request"
+    assert fake.requests == []
+
+
+@pytest.mark.parametrize(
+    ("target", "logged"),
+    [
+        ("/mcp", "/mcp"),
+        ("/mcp?x=1", "/mcp?x=1"),
+        ("/mcp?access_token=abc&x=1", "/mcp?access_token=[redacted]&x=1"),
+        ("/mcp?x=1;Access.Token=abc&access_token", "/mcp?x=1;Access.Token=[redacted]&access_token=[redacted]"),
+        ("/mcp?access%5Ftoken=a=b", "/mcp?access%5Ftoken=[redacted]"),
+    ],
+)
+def test_a_logged_target_shows_no_access_token(target: str, logged: str) -> None:
+    assert redacted_target(target) == logged
 
 
 # -- 6. the upstream's Set-Cookie and challenges ----------------------------------------------

@@ -855,6 +855,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         try:
             import uvicorn
 
+            from .proxy import redacted_target
+
             app = build_app(instance, fetch_policy)
             server_class = _quiet_stop_class()
         except ImportError as exc:
@@ -870,12 +872,34 @@ def cmd_serve(args: argparse.Namespace) -> int:
             proxy_headers=bool(settings.trusted_proxies),
             forwarded_allow_ips=forwarded_allow_ips(settings.trusted_proxies),
         )
+        access_log = logging.getLogger("uvicorn.access")
+        redacting = _RedactedTargets(redacted_target)
+        access_log.addFilter(redacting)
         _banner(settings, instance)
-        server_class(config).run(sockets=[sock])
+        try:
+            server_class(config).run(sockets=[sock])
+        finally:
+            access_log.removeFilter(redacting)
     finally:
         sock.close()
         instance.close()
     return 0
+
+
+class _RedactedTargets(logging.Filter):
+    """uvicorn's access log with the value of every ``access_token`` query parameter redacted: a
+    client sending its token in the URL (which the guard never reads) must not leave it in the
+    server's log (RFC 6750 §5.3). uvicorn logs the target as its third argument."""
+
+    def __init__(self, redact_target: Callable[[str], str]) -> None:
+        super().__init__()
+        self.redact_target = redact_target
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and len(args) > 2 and isinstance(args[2], str):
+            record.args = (*args[:2], self.redact_target(args[2]), *args[3:])
+        return True
 
 
 def forwarded_allow_ips(proxies: Iterable[str]) -> list[str]:

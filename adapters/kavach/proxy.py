@@ -2,7 +2,8 @@
 
 The methods of Streamable HTTP (``POST`` with a JSON or an SSE answer, ``GET`` for the server's
 SSE stream, ``DELETE`` to end a session) are forwarded to the one upstream URL, the query string
-kept (less any ``access_token`` parameter); any other method is answered 405 here (``CONNECT``
+kept (less any ``access_token`` parameter, and less the parameters the upstream URL sets itself,
+which stay the operator's); any other method is answered 405 here (``CONNECT``
 would switch the connection's protocol, ``TRACE`` echo the request). The request body, already
 read by the guard, is sent with its ``Content-Length``; the response body streams back without
 buffering: an SSE answer reaches the client event by event, as the upstream writes it.
@@ -11,9 +12,10 @@ directions like any end-to-end header.
 
 What does not pass (RFC 9110 §7.6.1, RS-04):
 
-- the client's ``Authorization`` header and any ``access_token`` query parameter: the access
-  token was minted for this server and is never forwarded (no token passthrough, MCP
-  authorization "Access Token Privilege Restriction"; RFC 6750 §2.3, OAuth 2.1 §5.1.3);
+- the client's ``Authorization`` header and any ``access_token`` query parameter, however spelt
+  (:func:`parameter_name`): the access token was minted for this server and is never forwarded
+  (no token passthrough, MCP authorization "Access Token Privilege Restriction"; RFC 6750 §2.3,
+  OAuth 2.1 §5.1.3);
 - hop-by-hop headers, and any header the ``Connection`` header names; ``Proxy``, which a CGI
   upstream would take for its own outgoing proxy (httpoxy, CVE-2016-5385);
 - what an HTTP client adds by default: the proxy's own sends no ``User-Agent``, ``Accept`` or
@@ -21,7 +23,8 @@ What does not pass (RFC 9110 §7.6.1, RS-04):
   client never asked for); and no cookie but the client's own, whatever ``client=`` is given:
   the proxy keeps none, so cookies the upstream sets for one person never reach it on another's
   request (a cookie is the user agent's, RFC 6265 §5.3). A ``client=`` given keeps the rest of
-  its configuration (its own headers, authentication for the upstream, event hooks);
+  its configuration (its own headers, which the client's of the same name never replace,
+  authentication for the upstream, event hooks);
 - kavachOS's own cookies (the login session of the authorization server's pages), both ways: the
   client's are not sent upstream, and an upstream ``Set-Cookie`` for one of them is dropped (the
   upstream shares the authorization server's origin);
@@ -46,13 +49,14 @@ loses none.
 
 Failures are answered with a JSON body and never hang: the upstream cannot be reached -> 502; its
 response headers take longer than ``header_timeout`` -> 504; every upstream connection is in use
--> 503 with ``Retry-After``; one subject has ``max_open_per_subject`` requests in flight -> 429
-with ``Retry-After``; an upstream answer that is not HTTP (a status outside 200-599, or a 1xx as
-final answer) -> 502. Once the response has started, an upstream that breaks off (a body shorter
-than its ``Content-Length``, a chunked body without its last chunk) is logged at warning level and
-the client's connection is closed without ending the response, so the client sees the truncation
-instead of a complete answer. There is no read timeout after the headers: a ``GET`` stream may
-stay quiet as long as the server has nothing to say.
+-> 503 with ``Retry-After``; a URL longer than the HTTP client builds -> 414; one subject has
+``max_open_per_subject`` requests in flight -> 429 with ``Retry-After``; an upstream answer that
+is not HTTP (a status outside 200-599, or a 1xx as final answer) -> 502. Once the response has
+started, an upstream that breaks off (a body shorter than its ``Content-Length``, a chunked body
+without its last chunk) is logged at warning level and the client's connection is closed without
+ending the response, so the client sees the truncation instead of a complete answer. There is no
+read timeout after the headers: a ``GET`` stream may stay quiet as long as the server has nothing
+to say.
 
 When the client goes away (before or after the upstream's headers) the upstream request is closed
 too, so an abandoned request does not hold a connection open upstream.
@@ -64,7 +68,7 @@ import logging
 from collections.abc import AsyncIterator, Iterable
 from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import Any
-from urllib.parse import unquote_plus
+from urllib.parse import unquote_plus, urlsplit
 
 import anyio
 import httpx
@@ -217,14 +221,53 @@ def _set_cookie_name(value: str) -> str:
     return rest if sep and not name.strip() else name if sep else pair
 
 
-def forwarded_query(query: str) -> str:
-    """``query`` without any ``access_token`` parameter (a token in the URL stays here)."""
+_LIKE_UNDERSCORE = str.maketrans(". [", "___")
+
+
+def parameter_name(part: str) -> str:
+    """The name of the query parameter ``part`` (``name=value``) as the most lenient server reads
+    it: percent-decoded, spaces around dropped, case folded (ASP.NET Core's query is
+    case-insensitive) and ``.``, space and ``[`` read as ``_`` (as PHP names its variables). Two
+    parts whose names are equal here may be one parameter to some upstream."""
+    return unquote_plus(part.split("=", 1)[0]).strip().casefold().translate(_LIKE_UNDERSCORE)
+
+
+def _parts(query: str) -> list[list[str]]:
+    """``query``'s parameters, by ``&`` then ``;`` (both separate parameters for some servers)."""
+    return [pair.split(";") for pair in query.split("&")]
+
+
+def parameter_names(query: str) -> frozenset[str]:
+    """The names (:func:`parameter_name`) of ``query``'s parameters."""
+    return frozenset(parameter_name(part) for pair in _parts(query) for part in pair if part)
+
+
+def forwarded_query(query: str, reserved: frozenset[str] = frozenset()) -> str:
+    """``query`` without any ``access_token`` parameter, however spelt (a token in the URL stays
+    here), nor any parameter the upstream URL sets itself (``reserved``, as
+    :func:`parameter_names` gives them): the client's copy of one would follow the operator's in
+    the URL, and a server taking the last value would read the client's."""
+    drop = reserved | {_TOKEN_PARAMETER}
     kept: list[str] = []
-    for pair in query.split("&"):
-        parts = [p for p in pair.split(";") if unquote_plus(p.split("=", 1)[0]).strip() != _TOKEN_PARAMETER]
+    for pair in _parts(query):
+        parts = [part for part in pair if parameter_name(part) not in drop]
         if any(parts):
             kept.append(";".join(parts))
     return "&".join(kept)
+
+
+def redacted_target(target: str) -> str:
+    """A request target (path and query) as it may be logged: the value of every ``access_token``
+    parameter, however spelt, replaced by ``[redacted]`` (RFC 6750 §5.3: bearer tokens stay out
+    of logs)."""
+    path, mark, query = target.partition("?")
+    if not mark or not any(parameter_name(part) == _TOKEN_PARAMETER for pair in _parts(query) for part in pair):
+        return target
+
+    def shown(part: str) -> str:
+        return part.split("=", 1)[0] + "=[redacted]" if parameter_name(part) == _TOKEN_PARAMETER else part
+
+    return f"{path}?{'&'.join(';'.join(map(shown, pair)) for pair in _parts(query))}"
 
 
 class _Refused(Exception):
@@ -263,6 +306,7 @@ class UpstreamProxy:
         retry_after: int = 5,
     ) -> None:
         self.upstream = upstream
+        self._reserved = parameter_names(urlsplit(upstream).query)
         self.header_timeout = header_timeout
         self.max_open_per_subject = max_open_per_subject
         self.retry_after = retry_after
@@ -293,7 +337,7 @@ class UpstreamProxy:
             await self.client.aclose()
 
     def _url(self, scope: Scope) -> str:
-        query = forwarded_query(scope.get("query_string", b"").decode("latin-1"))
+        query = forwarded_query(scope.get("query_string", b"").decode("latin-1"), self._reserved)
         if not query:
             return self.upstream
         return f"{self.upstream}{'&' if '?' in self.upstream else '?'}{query}"
@@ -346,14 +390,19 @@ class UpstreamProxy:
     async def _forward(self, scope: Scope, send: Send, body: bytes) -> None:
         method = scope["method"]
         has_body = bool(body) or method not in ("GET", "HEAD", "DELETE", "OPTIONS")
-        headers = request_headers(scope["headers"])
-        request = self.client.build_request(
-            method,
-            self._url(scope),
-            # as bytes: a client's latin-1 header byte (RFC 9110 §5.5 obs-text) goes on as it came
-            headers=[(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers + forwarding_headers(scope)],
-            content=body if has_body else None,
-        )
+        own = {name.lower() for name in self.client.headers} - set(_CLIENT_DEFAULTS)  # the given client's own
+        headers = [(k, v) for k, v in request_headers(scope["headers"]) if k not in own]
+        try:
+            request = self.client.build_request(
+                method,
+                self._url(scope),
+                # as bytes: a client's latin-1 header byte (RFC 9110 §5.5 obs-text) goes on as it came
+                headers=[(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers + forwarding_headers(scope)],
+                content=body if has_body else None,
+            )
+        except httpx.InvalidURL:
+            await refuse(send, 414, "invalid_request", "the request's URL is too long to forward")
+            return
         if not any(name == "cookie" for name, _ in headers):  # none from a jar: only the client's own
             request.headers.pop("cookie", None)
         try:

@@ -528,8 +528,10 @@ ENVIRONMENT = frozenset(
        "KAVACH_ALLOWED_ORIGINS"}
     | {"KAVACH_DEFAULT_SCOPES", "KAVACH_REGISTRATION", "KAVACH_CONFIG", "KAVACH_STORE_KEY"}
     | {f"KAVACH_DOCUMENT_{key}" for key in ("ALLOW_HOSTS", "DENY_HOSTS", "CA_BUNDLE", "ALLOW_LOOPBACK")}
+    | {"KAVACH_CONFORMANCE_PASSWORD", "KAVACH_CONFORMANCE_CLIENT_SECRET"}
 )
-"""Every ``KAVACH_*`` variable kavach reads (the settings below, the TOML file's path, the store key)."""
+"""Every ``KAVACH_*`` variable kavach reads (the settings below, the TOML file's path, the store key,
+and the conformance kit's secrets, which ``kavach conformance`` reads)."""
 
 
 def unread_variables(environ: Mapping[str, str]) -> tuple[str, ...]:
