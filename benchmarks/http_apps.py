@@ -6,7 +6,8 @@ guard on the shared store ``KAVACH_BENCH_STORE`` names: an SQLite file, a Postgr
 Redis prefix, filled by :func:`shared_stores`; ``kavach-store-unchecked``: a PostgreSQL store
 lending its pooled connections without checking them first), ``kavach-adapter`` and
 ``kavach-adapter-scopes`` (the same guard with fixed answers in place of its checks, part f's
-breakdown), ``mcp`` (the MCP SDK's
+breakdown), ``least`` (the least any bearer guard does: part f's bound on what a guard can
+reach), ``mcp`` (the MCP SDK's
 ``AuthenticationMiddleware`` + ``BearerAuthBackend`` + ``RequireAuthMiddleware`` in front of it,
 with a token verifier that checks the same ES256 JWT with PyJWT), ``kavach-token`` (kavach's
 token endpoint) and ``mcp-token`` (the SDK's ``TokenHandler`` with a dict-backed provider).
@@ -225,6 +226,46 @@ def _kavach_steps(scope_map: bool) -> Any:
     return KavachGuard(plain, Fixed(config(), store(), identify=lambda request: None), RESOURCE)
 
 
+def _least() -> Any:
+    """The least a bearer guard in front of ``plain`` can do, for part f: a token seen before looked
+    up in a dictionary (a token seen first is verified once, by the kavach server, to fill it),
+    the method read with ``json.loads`` and compared with the token's scopes, the body replayed.
+    None of the checks a guard owes on every request (expiry, keys still published, revocation,
+    duplicate members, content coding and charset, the ``Authorization`` header kept from the
+    app, sessions), so what it costs bounds from below what any guard costs, and its ratio is the
+    most any guard can reach here."""
+    import json
+
+    from kavach_core.guard import Principal
+
+    server = _kavach_server()
+    known: dict[bytes, frozenset[str]] = {}
+
+    def methods(value: bytes) -> frozenset[str]:
+        outcome = server.guard_values(RESOURCE, [value.decode("latin-1")], ())
+        granted = outcome.token.scopes if isinstance(outcome, Principal) else ()
+        return known.setdefault(value, frozenset(scope.replace(":", "/") for scope in granted))
+
+    async def least(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        granted: frozenset[str] = frozenset()
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                granted = known.get(value) or methods(value)
+        message = await receive()
+        if json.loads(message["body"]).get("method") not in granted:
+            await send({"type": "http.response.start", "status": 401, "headers": []})
+            await send({"type": "http.response.body", "body": b""})
+            return
+        pending = [message]
+
+        async def replay() -> Any:
+            return pending.pop() if pending else await receive()
+
+        await plain(scope, replay, send)
+
+    return least
+
+
 def _pyjwt_verifier() -> Any:
     import jwt as pyjwt
     from mcp.server.auth.provider import AccessToken
@@ -328,6 +369,8 @@ def app(name: str | None = None) -> Any:
         return KavachGuard(plain, AuthorizationServer(config(), shared, identify=lambda request: None), RESOURCE)
     if name in ("kavach-adapter", "kavach-adapter-scopes"):
         return _kavach_steps(scope_map=name == "kavach-adapter-scopes")
+    if name == "least":
+        return _least()
     if name == "mcp":
         from mcp.server.auth.middleware.bearer_auth import BearerAuthBackend, RequireAuthMiddleware
         from starlette.middleware.authentication import AuthenticationMiddleware

@@ -20,6 +20,7 @@ from .common import fmt_ratio, fmt_time, interleaved, table
 
 APPS = {
     "no guard (ceiling)": ("plain", "repeat"),
+    "least a guard does (dict lookup, json.loads)": ("least", "repeat"),
     "kavach adapter alone (guard flow, scope map fixed)": ("kavach-adapter", "repeat"),
     "kavach adapter + scope map (guard flow fixed)": ("kavach-adapter-scopes", "repeat"),
     "kavach, repeat token": ("kavach", "repeat"),
