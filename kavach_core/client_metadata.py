@@ -28,7 +28,8 @@ from .config import is_loopback_host
 from .context import Context
 from .errors import OAuthError
 from .messages.registration import RegistrationRequest
-from .redirect_uris import registration_problem
+from .redirect_uris import URI_CHARACTERS, registration_problem
+from .resource_indicators import host_problem
 from .scopes import format_scope, parse_scope, uncovered
 
 GRANT_TYPES = ("authorization_code", "refresh_token")
@@ -56,9 +57,13 @@ class AcceptedMetadata:
 
 
 def https_uri(name: str, value: str) -> str:
-    """RG-01: ``client_uri``-like members are absolute https URLs (never fetched)."""
+    """RG-01: ``client_uri``-like members are absolute https URLs (never fetched), written as a
+    redirect URI must be: URI characters only (RFC 3986 §2) and a plain host (no percent-encoded,
+    wildcard or non-ASCII host to show on a consent page as another: :func:`host_problem`)."""
     if any(ord(c) <= 0x20 or ord(c) == 0x7F for c in value):
         raise invalid(f"{name} must not contain spaces or control characters")
+    if not URI_CHARACTERS.fullmatch(value):
+        raise invalid(f"{name} has characters a URI cannot have (RFC 3986 §2: percent-encode them)")
     try:
         parts = urlsplit(value)
         parts.port  # noqa: B018 - validates the port
@@ -68,6 +73,9 @@ def https_uri(name: str, value: str) -> str:
         raise invalid(f"{name} must be an absolute https URL")
     if parts.username is not None or parts.password is not None or "@" in parts.netloc:
         raise invalid(f"{name} must not carry user information")
+    problem = host_problem(parts.netloc, parts.hostname.lower())
+    if problem is not None:
+        raise invalid(f"{name}: {problem}")
     return value
 
 

@@ -17,7 +17,7 @@ scheme is matched in any case (RFC 3986 §3.1), as registration accepts it: ``HT
 keeps the loopback port rule, and the scheme's spelling never decides a match."""
 
 
-_URI_CHARACTERS = re.compile(r"(?:[A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=]|%[0-9A-Fa-f]{2})*")
+URI_CHARACTERS = re.compile(r"(?:[A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=]|%[0-9A-Fa-f]{2})*")
 """RFC 3986 §2: unreserved and reserved characters, and complete percent-encodings; anything else
 (``"``, ``<``, ``>``, ``\\``, ``{``, non-ASCII...) is not a URI, and a browser would encode it
 before following the redirect, so the registered string would not be where the answer lands."""
@@ -67,7 +67,7 @@ def registration_problem(uri: str) -> str | None:
     """
     if not uri or len(uri) > 2000 or any(ord(c) <= 0x20 or ord(c) == 0x7F for c in uri):
         return "redirect URIs must be non-empty without spaces or control characters"
-    if not _URI_CHARACTERS.fullmatch(uri):
+    if not URI_CHARACTERS.fullmatch(uri):
         return f"{uri} has characters a URI cannot have (RFC 3986 §2: percent-encode them)"
     try:
         parts = urlsplit(uri)

@@ -885,6 +885,23 @@ def test_clients_add_refuses_an_empty_name_or_scope(db: str) -> None:
     assert not Path(db).exists()
 
 
+def test_clients_add_is_not_held_to_the_self_registration_allowlist(db: str, tmp_path: Path) -> None:
+    """``[registration] allowed_redirect_hosts`` limits who registers themselves (RG-03); the
+    operator's own ``kavach clients add`` may add a native app (a private-use scheme) or a
+    partner's host beside it. Every other redirect URI rule still holds for it."""
+    toml = tmp_path / "kavach.toml"
+    toml.write_text('[registration]\nallowed_redirect_hosts = ["app.example.com"]\n')
+    env = clean_env(KAVACH_CONFIG=str(toml))
+    for uri in ("com.example.desktop:/cb", "https://partner.example.net/cb", "https://app.example.com/cb"):
+        ok(["clients", "add", "--db", db, "--name", "App", "--redirect-uri", uri], env=env)
+    bad(["clients", "add", "--db", db, "--name", "App", "--redirect-uri", "javascript:alert(1)"], "javascript",
+        env=env)
+    bad(["clients", "add", "--db", db, "--name", "App", "--redirect-uri", "http://partner.example.net/cb"], "http",
+        env=env)
+    listed = ok(["clients", "list", "--db", db], env=env)
+    assert listed.count("App") == 3, listed
+
+
 def test_listings_escape_what_the_terminal_would_act_on(db: str) -> None:
     """Subjects come from an application's own login and names from registrations: an escape
     sequence or a newline in one must not reach the terminal as such."""

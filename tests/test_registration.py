@@ -149,6 +149,21 @@ def test_rg_01_human_uris_are_https_only_and_never_fetched(h: Harness, member: s
         refused(h, meta(**{member: bad}), "invalid_client_metadata")
 
 
+@pytest.mark.parametrize("member", ["client_uri", "logo_uri", "tos_uri", "policy_uri"])
+@pytest.mark.parametrize(
+    "value",
+    ['https://app.example.com/x"onerror="y', "https://app.example.com/<svg>", "https://g\u043e\u043egle.com/",
+     "https://ex%61mple.com/", "https://*.example.com/", "https://app.example.com/caf\u00e9"],
+)  # fmt: skip
+def test_rg_01_human_uris_are_written_as_redirect_uris_must_be(h: Harness, member: str, value: str) -> None:
+    """The URIs a consent page may show as the application's (its site, logo, terms) obey the
+    rules redirect URIs do: URI characters only (RFC 3986 §2), so none breaks out of an HTML
+    attribute a page puts it in; and a plain host, so none shows a percent-encoded, wildcard or
+    look-alike (non-ASCII) host in place of the one a browser would reach. Nothing is stored."""
+    refused(h, meta(**{member: value}), "invalid_client_metadata")
+    assert h.store.clients == {}
+
+
 # -- RG-02: methods, grant types, scope, types, the response -----------------------------------
 
 

@@ -449,7 +449,11 @@ def cmd_clients_add(args: argparse.Namespace) -> int:
     if args.scope is not None:
         metadata["scope"] = args.scope
     # Checked against the settings before the store is opened: a refused client creates nothing.
-    context = Context(check_issuer(_settings(args)), int(time.time()), os.urandom)
+    # The operator vets the clients it adds: the self-registration allowlist of redirect hosts
+    # (RG-03) is not theirs to pass; every other redirect URI rule is.
+    config = check_issuer(_settings(args))
+    config = attrs.evolve(config, registration=attrs.evolve(config.registration, allowed_redirect_hosts=None))
+    context = Context(config, int(time.time()), os.urandom)
     try:
         client, body = build_client(context, parse_metadata(metadata))
     except OAuthError as exc:

@@ -45,6 +45,7 @@ The TOML file::
     rate_limit = 20               # registrations per client address per rate_window; 0: no limit
     rate_window = 3600            # seconds
     allowed_redirect_hosts = ["app.example.com"]   # when given, the only web hosts (loopback always)
+                                  # clients register; not `kavach clients add`'s
 
     [sign_in]                     # the sign-in page's limits (kavach.server.LoginLimits)
     per_user = 10                 # password checks per account per window
