@@ -23,7 +23,7 @@ def lookup(ctx: Context, client_id: str, requester: str | None = None) -> Flow[C
     :class:`~kavach_core.client_documents.DocumentRefused` (``invalid_client``, 401) whose
     description says why; callers turn it into their own error answer. ``requester``, the
     caller's address (``None`` when unknown), is charged for a document client not known here
-    (:func:`_charge`).
+    (:func:`_charge`), and for a known one's refetch that fails (:func:`_refetch_failed`).
     """
     if not client_id or len(client_id) > 2048:
         return None
@@ -31,9 +31,17 @@ def lookup(ctx: Context, client_id: str, requester: str | None = None) -> Flow[C
     if client is not None and (client.expires_at is None or client.expires_at > ctx.now):
         return client
     if ctx.config.client_id_metadata_documents and client_documents.looks_like_url(client_id):
-        if client is None:
-            yield from _charge(ctx, client_id, requester)
-        client = yield from client_documents.resolve(ctx, client_id)
+        known = client is not None or (yield from _seen(ctx, client_id, 0))
+        if not known:
+            yield from _charge(ctx, requester)
+        elif not (yield from _refetch_failed(ctx, requester, 0)):
+            raise client_documents.refused("too many failed fetches of client documents from this address; try later")
+        try:
+            client = yield from client_documents.resolve(ctx, client_id)
+        except client_documents.DocumentRefused:
+            if known:
+                yield from _refetch_failed(ctx, requester, 1)
+            raise
         yield from _seen(ctx, client_id, 1)
         return client
     return None
@@ -49,16 +57,29 @@ def count_registration(ctx: Context, requester: str | None) -> Flow[bool]:
     return bool((yield fx.Hit(bucket, policy.rate_limit, policy.rate_window, ctx.now)))
 
 
-def _charge(ctx: Context, client_id: str, requester: str | None) -> Flow[None]:
+def _charge(ctx: Context, requester: str | None) -> Flow[None]:
     """One registration (:func:`count_registration`) for a document client not known here yet:
     such a client registers by being fetched, and without a limit anyone could make this server
     fetch URL after URL (holding its fetch slots). A client already stored and refetched when its
     copy expires is not charged, nor is one whose document was fetched and kept within the
     current rate window although its copy has since been purged (:func:`_seen`)."""
-    if (yield from _seen(ctx, client_id, 0)):
-        return
     if not (yield from count_registration(ctx, requester)):
         raise client_documents.refused("too many new clients from this address; try again later")
+
+
+def _refetch_failed(ctx: Context, requester: str | None, step: int) -> Flow[bool]:
+    """Failed refetches of known document clients, per address (as registrations are counted):
+    ``step=1`` counts one, ``step=0`` asks whether the address may try another (fewer than the
+    registration limit failed in the window now running). A refetch that succeeds costs nothing
+    (its copy is then kept for at least the documents' shortest lifetime); one that fails is not
+    kept (an error answer is not cached), so without this count a URL accepted once would make
+    this server fetch it on every request for free, a slow host holding a fetch slot each time."""
+    policy = ctx.config.registration
+    if policy.rate_limit == 0:
+        return True
+    bucket = f"document-failures:{requester}" if requester is not None else "document-failures:*"
+    limit = policy.rate_limit - 1 if step == 0 else policy.rate_limit
+    return bool((yield fx.Hit(bucket, limit, policy.rate_window, ctx.now, step=step)))
 
 
 def _seen(ctx: Context, client_id: str, step: int) -> Flow[bool]:

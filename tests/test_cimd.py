@@ -237,6 +237,42 @@ def test_rg_03_a_document_client_not_known_yet_costs_its_requester_one_registrat
     assert d.fetches[-3:] == nameless[:3]
 
 
+def test_rg_03_failed_refetches_of_a_known_document_are_counted_per_address() -> None:
+    """A document accepted once and expired is refetched for free while its host answers with a
+    document; a refetch that fails is counted against the caller's address (its limit: the
+    registration limit), so a URL accepted once does not make this server fetch it on every
+    request, a slow host holding a fetch slot each time. Another address is not held back, and
+    once the host answers again the refetch succeeds and costs nothing."""
+    from kavach_core.config import RegistrationPolicy
+    from kavach_core.http import CLIENT_ADDRESS_HEADER
+
+    h = Harness(make_config(registration=RegistrationPolicy(rate_limit=3, rate_window=3600)))
+    d = Documents(h, {URL: fetched(document(), max_age=60)})
+    attacker = [(CLIENT_ADDRESS_HEADER, "203.0.113.9")]
+
+    def authorize_as(headers: list[tuple[str, str]]) -> Any:
+        query = az_query(client_id=URL, redirect_uri=REDIRECT)
+        return d.run(authorize.handle(h.ctx(), h.request("GET", "/authorize", query=query, headers=headers)))
+
+    assert isinstance(authorize_as(attacker), ConsentRequired)
+    h.now += 61
+    for _ in range(3):  # the host answers, then with a document again: free
+        assert isinstance(authorize_as(attacker), ConsentRequired)
+        h.now += 61
+    assert len(d.fetches) == 4
+    d.answers[URL] = fx.FetchRefused("it answered with HTTP status 503")
+    for _ in range(3):
+        refused_page(authorize_as(attacker), NOT_FETCHED)
+    for _ in range(5):
+        refused_page(authorize_as(attacker), "too many failed fetches")
+    assert len(d.fetches) == 7, "three failed refetches, then nothing fetched for this address"
+    refused_page(authorize_as([(CLIENT_ADDRESS_HEADER, "198.51.100.7")]), NOT_FETCHED)
+    assert len(d.fetches) == 8
+    d.answers[URL] = fetched(document(), max_age=60)
+    assert isinstance(authorize_as([(CLIENT_ADDRESS_HEADER, "198.51.100.7")]), ConsentRequired)
+    assert len(d.fetches) == 9
+
+
 # -- cache -----------------------------------------------------------------------------------
 
 
@@ -279,7 +315,11 @@ def test_cm_01_refused_refetch_of_an_expired_document_keeps_nothing_usable(docs:
     docs.answers[URL] = fx.FetchRefused("it answered with HTTP status 500")
     docs.h.now += 300
     assert "500" not in refused_page(docs.authorize(), NOT_FETCHED)
-    assert writes(docs.effects) == []
+    written = writes(docs.effects)  # the failure asked about, then counted for the address: nothing kept
+    assert [(e.bucket, e.step) for e in written if isinstance(e, fx.Hit)] == [
+        ("document-failures:*", 0), ("document-failures:*", 1)
+    ]
+    assert [e for e in written if not isinstance(e, fx.Hit)] == []
 
 
 # -- refusals: an error page at authorize, nothing stored --------------------------------------
