@@ -248,6 +248,23 @@ def test_cm_02_host_lists(policy: FetchPolicy, host: str, reason: str) -> None:
     assert rec.resolved == [] and rec.connections == 0
 
 
+@pytest.mark.parametrize("entry", ["93.184.216.34", "93.184.216.0/24", "2606:2800:220:1::/64", "[2606:2800:220:1::7]"])
+def test_cm_02_an_address_on_the_deny_list_refuses_every_name_resolving_to_it(entry: str) -> None:
+    """An address or a network on the deny list is not reached through a host name either: a
+    name resolving to it (among other, public addresses) is refused after resolution, before
+    any connection. Before, the list matched the URL's host text only, so only a URL naming the
+    address itself was refused."""
+    table = {"docs.example.com": ["1.1.1.1", "93.184.216.34"], "v6.example.com": ["2606:2800:220:1::7"]}
+    fetcher, rec = recording(FetchPolicy(deny_hosts=[entry], refusal_ttl=0), table)
+    host = "v6.example.com" if ":" in entry else "docs.example.com"
+    for answer in both(fetcher, f"https://{host}/client.json"):
+        assert isinstance(answer, FetchRefused) and "deny list" in answer.reason, answer
+    assert rec.resolved == [host, host] and rec.connections == 0
+    allowed, rec = recording(FetchPolicy(deny_hosts=[entry], refusal_ttl=0), {"other.example.com": ["8.8.8.8"]})
+    with pytest.raises(AssertionError, match="a connection was about to be made"):  # the rest is fetched as before
+        allowed.fetch("https://other.example.com/client.json")
+
+
 # -- against a real HTTPS server on loopback -----------------------------------------------------
 
 DOC = {"client_id": "x", "redirect_uris": ["http://127.0.0.1/cb"]}
@@ -1105,6 +1122,20 @@ def test_settings_documents_table_and_environment(tmp_path: Path) -> None:
     toml.write_text("[documents]\nsurprise = 1\n")
     with pytest.raises(SettingsError, match="surprise"):
         resolve({"config": str(toml)}, environ={})
+    # Networks are for the deny list, from the file, the environment and flags alike.
+    toml.write_text('[documents]\ndeny_hosts = ["203.0.113.0/24", "b.example.com"]\n')
+    denied = resolve({"config": str(toml)}, environ={"KAVACH_DOCUMENT_DENY_HOSTS": "2001:db8::/32"}).fetch_policy()
+    assert [str(n) for n in denied.denied_networks] == ["2001:db8::/32"]  # the environment's list wins the file's
+    flagged = resolve({"documents": {"deny_hosts": ["198.51.100.0/24"]}}, environ={}).fetch_policy()
+    assert [str(n) for n in flagged.denied_networks] == ["198.51.100.0/24"]
+    assert [str(n) for n in resolve({"config": str(toml)}, environ={}).fetch_policy().denied_networks] == [
+        "203.0.113.0/24"
+    ]
+    for where in ({"config": str(toml)}, {}):
+        toml.write_text('[documents]\nallow_hosts = ["203.0.113.0/24"]\n')
+        environ = {} if where else {"KAVACH_DOCUMENT_ALLOW_HOSTS": "203.0.113.0/24"}
+        with pytest.raises(SettingsError, match="is not a host name"):
+            resolve(where, environ=environ)
 
 
 def test_a_failed_lookup_leaves_no_unread_error_on_the_event_loop() -> None:

@@ -162,7 +162,9 @@ class FetchPolicy:
     """What the fetcher may fetch, and for how long, how much and how often.
 
     ``allow_hosts``: when set, only these hosts (``.example.com``: any subdomain).
-    ``deny_hosts``: never these hosts (same matching; checked first).
+    ``deny_hosts``: never these hosts (same matching; checked first). An entry that is an address
+    or a network (``203.0.113.7``, ``2001:db8::/32``) also refuses every host name resolving to
+    an address in it, whichever address the connection would use (:attr:`denied_networks`).
     ``allow_loopback``: development only; permits 127.0.0.0/8 and ``::1`` (nothing else).
     ``ca_bundle``: a PEM file of the certificate authorities to trust instead of the system's.
     ``max_bytes``: the largest body read. ``connect_timeout``: seconds for the connection and the
@@ -186,6 +188,17 @@ class FetchPolicy:
     max_fetches_per_host: int = 4
     refusal_ttl: float = 30.0
     refusal_cache_entries: int = 1024
+
+    @property
+    def denied_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        """The entries of ``deny_hosts`` that are addresses or networks, as networks."""
+        out = []
+        for entry in self.deny_hosts:
+            try:
+                out.append(ipaddress.ip_network(entry.strip("[]"), strict=False))
+            except ValueError:
+                continue
+        return tuple(out)
 
     def __attrs_post_init__(self) -> None:
         if not 1 <= self.max_bytes <= _MOST_BYTES:
@@ -310,6 +323,12 @@ def _module_problem(addr: IPAddress) -> str | None:
     if not addr.is_global:
         return "an address that is not publicly routable"
     return None
+
+
+def _denied(addr: IPAddress, networks: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> str | None:
+    """Why ``addr`` may not be fetched from: in a network of the deny list, else ``None``. (An
+    IPv4-mapped IPv6 address is refused before this, whatever it maps: :func:`address_problem`.)"""
+    return "on this server's deny list" if any(addr in network for network in networks) else None
 
 
 def _matches(host: str, entries: tuple[str, ...]) -> bool:
@@ -640,6 +659,7 @@ class DocumentFetcher:
         async_transport: Callable[[], Any] | None = None,
     ) -> None:
         self.policy = policy or FetchPolicy()
+        self._denied = self.policy.denied_networks
         self.resolver = resolver
         self._transport = transport
         self._async_transport = async_transport
@@ -754,7 +774,9 @@ class DocumentFetcher:
                 addr = ipaddress.ip_address(text)
             except ValueError:
                 raise _Refused(f"{target.host} resolved to something that is not an address") from None
-            problem = address_problem(addr, allow_loopback=self.policy.allow_loopback)
+            problem = address_problem(addr, allow_loopback=self.policy.allow_loopback) or _denied(
+                addr, self._denied
+            )
             if problem is not None:
                 if target.literal is not None:
                     raise _Refused(f"the address {addr} is {problem}")

@@ -54,7 +54,7 @@ The TOML file::
 
     [documents]                   # fetching client ID metadata documents (CM-02)
     allow_hosts = ["mcp-client.example.com", ".example.org"]   # KAVACH_DOCUMENT_ALLOW_HOSTS
-    deny_hosts = [".internal.example.com"]                     # KAVACH_DOCUMENT_DENY_HOSTS
+    deny_hosts = [".internal.example.com", "203.0.113.0/24"]   # KAVACH_DOCUMENT_DENY_HOSTS
     ca_bundle = "/etc/ssl/extra-ca.pem"                        # KAVACH_DOCUMENT_CA_BUNDLE
     allow_loopback = false        # KAVACH_DOCUMENT_ALLOW_LOOPBACK; development only
     deadline = 5.0                # seconds for a whole fetch; also connect_timeout, read_timeout
@@ -332,10 +332,11 @@ def _scope_list(name: str, value: object, source: str) -> tuple[str, ...]:
     raise SettingsError(f"{source}: {name} must be a list of scopes")
 
 
-def _host_list(label: str, value: object) -> tuple[str, ...]:
+def _host_list(label: str, value: object, *, networks: bool = False) -> tuple[str, ...]:
     """Host names for the document fetcher's allow or deny list (CM-02): ``host``, ``.domain`` or
-    ``*.domain`` (its subdomains), or an IP address; from a list, or a comma/space separated string.
-    ``label`` says where the value came from."""
+    ``*.domain`` (its subdomains), or an IP address, and with ``networks`` (the deny list) a
+    network too (``203.0.113.0/24``); from a list, or a comma/space separated string. ``label``
+    says where the value came from."""
     if isinstance(value, str):
         items = value.replace(",", " ").split()
     elif isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
@@ -346,9 +347,17 @@ def _host_list(label: str, value: object) -> tuple[str, ...]:
         raise SettingsError(f"{label} names no host")
     for item in items:
         bare = item.removeprefix("*.") if item.startswith("*.") else item.removeprefix(".")
-        if not is_host_name(bare.removesuffix(".")):
+        if not is_host_name(bare.removesuffix(".")) and not (networks and _is_network(item)):
             raise SettingsError(f"{label}: {item!r} is not a host name (write host, .domain or *.domain)")
     return tuple(items)
+
+
+def _is_network(text: str) -> bool:
+    try:
+        ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        return False
+    return "/" in text
 
 
 # -- the TOML file ------------------------------------------------------------------------
@@ -478,7 +487,7 @@ def _documents_table(table: object, src: str, base: Path) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key in ("allow_hosts", "deny_hosts"):
         if key in table:
-            out[key] = _host_list(f"{src}: documents.{key}", table[key])
+            out[key] = _host_list(f"{src}: documents.{key}", table[key], networks=key == "deny_hosts")
     if "allow_loopback" in table:
         out["allow_loopback"] = _bool("documents.allow_loopback", table["allow_loopback"], src)
     if "ca_bundle" in table:
@@ -573,7 +582,7 @@ def _from_env(environ: Mapping[str, str]) -> dict[str, Any]:
     for key in ("allow_hosts", "deny_hosts"):
         name = f"KAVACH_DOCUMENT_{key.upper()}"
         if environ.get(name):
-            documents[key] = _host_list(name, environ[name])
+            documents[key] = _host_list(name, environ[name], networks=key == "deny_hosts")
     if environ.get("KAVACH_DOCUMENT_CA_BUNDLE"):
         documents["ca_bundle"] = environ["KAVACH_DOCUMENT_CA_BUNDLE"]
     if "KAVACH_DOCUMENT_ALLOW_LOOPBACK" in environ:
@@ -608,7 +617,7 @@ def resolve(flags: Mapping[str, Any], environ: Mapping[str, str] | None = None) 
         flagged = dict(given["documents"])
         for key, flag in (("allow_hosts", "--document-allow-host"), ("deny_hosts", "--document-deny-host")):
             if key in flagged:
-                flagged[key] = _host_list(flag, flagged[key])
+                flagged[key] = _host_list(flag, flagged[key], networks=key == "deny_hosts")
         given["documents"] = {**merged.get("documents", {}), **flagged}
     if "port" in given:
         given["port"] = _port(_int("port", given["port"], "--port"), "--port")
