@@ -88,8 +88,14 @@ def looks_like_url(client_id: str) -> bool:
     return bool(sep) and scheme.lower() in ("https", "http")
 
 
+MAX_CLIENT_ID = 2048
+"""The longest ``client_id`` looked up, in characters (a URL naming a document included)."""
+
+
 def url_problem(client_id: str) -> str | None:
     """Why ``client_id`` is not a valid document URL (CIMD §3), or ``None`` when it is."""
+    if len(client_id) > MAX_CLIENT_ID:
+        return f"the client_id URL is longer than {MAX_CLIENT_ID} characters"
     if any(ord(c) <= 0x20 or ord(c) >= 0x7F for c in client_id):
         return "the client_id URL must be printable ASCII without spaces"
     try:

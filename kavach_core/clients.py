@@ -25,7 +25,7 @@ def lookup(ctx: Context, client_id: str, requester: str | None = None) -> Flow[C
     caller's address (``None`` when unknown), is charged for a document client not known here
     (:func:`_charge`), and for a known one's refetch that fails (:func:`_refetch_failed`).
     """
-    if not client_id or len(client_id) > 2048:
+    if not client_id or len(client_id) > client_documents.MAX_CLIENT_ID:
         return None
     client: Client | None = yield fx.GetClient(client_id)
     if client is not None and (client.expires_at is None or client.expires_at > ctx.now):

@@ -265,6 +265,16 @@ def test_cm_02_an_address_on_the_deny_list_refuses_every_name_resolving_to_it(en
         allowed.fetch("https://other.example.com/client.json")
 
 
+def test_cm_02_a_url_longer_than_a_client_id_is_refused_not_raised() -> None:
+    """``fetch`` and ``afetch`` called with a URL longer than any client ID looked up answer
+    FetchRefused before resolving anything; before, one over 64 KiB raised httpx's InvalidURL."""
+    fetcher, rec = recording()
+    for length in (2049, 70_000):
+        for answer in both(fetcher, "https://docs.example.com/" + "a" * length):
+            assert isinstance(answer, FetchRefused) and "longer than 2048" in answer.reason, answer
+    assert rec.resolved == [] and rec.connections == 0
+
+
 # -- against a real HTTPS server on loopback -----------------------------------------------------
 
 DOC = {"client_id": "x", "redirect_uris": ["http://127.0.0.1/cb"]}
