@@ -10,6 +10,12 @@ Then, interleaved between the two stores:
 - **verify, first sight**: the same flow without the cache (adds the ES256 signature);
 - **refresh**: a token-endpoint refresh (with rotation) of a family that exists in the table.
 
+The tokens verified name :data:`WORKING_SET` grants picked at random over the whole table, the
+same number in both stores, and each request takes the next of them; the families refreshed
+(:data:`LIVE`) are picked at random over the table too. So the lookups land on pages all over
+the large table, as a deployment's tokens name grants made at any time, and not on one hot row or
+on a few neighbouring ones, which any store keeps in its cache whatever the table's size.
+
 Reported: median latency per store size and the large/small ratio, and bytes per stored grant
 (SQLite: file growth; PostgreSQL: ``pg_total_relation_size`` of the grants table with its indexes).
 """
@@ -18,6 +24,7 @@ Reported: median latency per store size and the large/small ratio, and bytes per
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 import tempfile
@@ -41,18 +48,28 @@ from .common import fmt_time, interleaved, table
 PG_DSN = http_apps.POSTGRES_URL
 FORM = (("Content-Type", "application/x-www-form-urlencoded"),)
 LIVE = 400
-"""Families with real refresh tokens in each store (the rest carry dummy hashes)."""
+"""Families with real refresh tokens in each store, picked over the table (:func:`_live`); the
+rest carry dummy hashes."""
+WORKING_SET = 1000
+"""Distinct grants the verified tokens name, in each store."""
+
+
+def _live(n: int) -> frozenset[int]:
+    """The families of a store of ``n`` bulk grants whose generation-0 refresh tokens are real."""
+    return frozenset(random.Random(17).sample(range(1, n + 1), LIVE))
 
 
 def _rows(n: int, now: int) -> Any:
-    for i in range(LIVE + 1, n + 1):
+    live = _live(n)
+    for i in range(1, n + 1):
         gid = http_apps.grant_id(i)
-        yield (gid, f"user-{i % 5000}", "c1", now, now + 86400, 0, digest(gid)[:64], now + 86400, now)
+        refresh_hash = digest(http_apps.refresh_for(i)) if i in live else digest(gid)[:64]
+        yield (gid, f"user-{i % 5000}", "c1", now, now + 86400, 0, refresh_hash, now + 86400, now)
 
 
 def _seed(store: Any) -> None:
-    """Keys, the client, grant 0 and the live families, through the store's own effects."""
-    seeded = http_apps.store(LIVE)
+    """Keys, the client and grant 0, through the store's own effects."""
+    seeded = http_apps.store()
     store.perform(fx.SwapSigningKeys((), seeded.keys))
     store.perform(fx.PutClient(seeded.clients["c1"]))
     if hasattr(store, "_connection"):
@@ -111,7 +128,7 @@ def _fill_postgres(schema: str, n: int) -> tuple[Any, int]:
 
     store = PostgresStore(PG_DSN, schema=schema, max_connections=2)
     store.migrate()
-    seeded = http_apps.store(LIVE)
+    seeded = http_apps.store()
     store.perform(fx.SwapSigningKeys((), seeded.keys))
     store.perform(fx.PutClient(seeded.clients["c1"]))
     now = int(time.time())
@@ -145,31 +162,42 @@ def _fill_postgres(schema: str, n: int) -> tuple[Any, int]:
     return store, int(size)
 
 
-def _probes(store: Any, live: list[int]) -> dict[str, Any]:
+def _probes(store: Any, n: int) -> dict[str, Any]:
+    """The three operations on ``store`` (``n`` bulk grants), each taking its next grant."""
     cfg = http_apps.config()
     now = int(time.time())
     pair = keys.KeySet(tuple(store.perform(fx.GetSigningKeys()))).signer(now, "ES256")
     assert pair is not None
     ctx = Context(cfg, now, random.Random(3).randbytes)
-    token, _ = access_tokens.mint(
-        ctx,
-        pair,
-        subject="alice",
-        client_id="c1",
-        resource=http_apps.RESOURCE,
-        scopes=("tools:list",),
-        grant_id=http_apps.grant_id(0),
-    )
-    header = f"Bearer {token}"
-    cache = VerifiedCache()
+    named = random.Random(19).sample(range(n + 1), min(WORKING_SET, n + 1))  # grant 0 is seeded, 1..n bulk
+    headers = [
+        "Bearer "
+        + access_tokens.mint(
+            ctx,
+            pair,
+            subject="alice",
+            client_id="c1",
+            resource=http_apps.RESOURCE,
+            scopes=("tools:list",),
+            grant_id=http_apps.grant_id(i),
+        )[0]
+        for i in named
+    ]
+    cache = VerifiedCache(size=len(headers))
+    for header in headers:  # every token seen once: "verify" measures repeat sight
+        seen = run(guard.authenticate(cfg, http_apps.RESOURCE, header, (), now, cache), store)
+        assert isinstance(seen, guard.Principal), seen
+    turn = itertools.cycle(headers)
     rng = random.Random(5).randbytes
+    live = sorted(_live(n))
+    random.Random(23).shuffle(live)
 
     def verify() -> None:
-        out = run(guard.authenticate(cfg, http_apps.RESOURCE, header, ("tools:list",), now, cache), store)
+        out = run(guard.authenticate(cfg, http_apps.RESOURCE, next(turn), ("tools:list",), now, cache), store)
         assert isinstance(out, guard.Principal), out
 
     def verify_first() -> None:
-        out = run(guard.authenticate(cfg, http_apps.RESOURCE, header, ("tools:list",), now), store)
+        out = run(guard.authenticate(cfg, http_apps.RESOURCE, next(turn), ("tools:list",), now), store)
         assert isinstance(out, guard.Principal), out
 
     def refresh() -> None:
@@ -185,9 +213,9 @@ def _probes(store: Any, live: list[int]) -> dict[str, Any]:
     return {"verify": verify, "verify, first sight": verify_first, "refresh": refresh}
 
 
-def _compare(small: Any, large: Any, rounds: int, number: int) -> dict[str, Any]:
+def _compare(small: tuple[Any, int], large: tuple[Any, int], rounds: int, number: int) -> dict[str, Any]:
     per_kind: dict[str, Any] = {}
-    a, b = _probes(small, list(range(1, LIVE + 1))), _probes(large, list(range(1, LIVE + 1)))
+    a, b = _probes(*small), _probes(*large)
     for kind in a:
         per_kind[kind] = interleaved(
             {"small": a[kind], "large": b[kind]},
@@ -210,8 +238,8 @@ def scale(quick: bool = False) -> dict[str, Any]:
         try:
             out["sqlite"] = {
                 "fill_seconds": fill,
-                "bytes_per_grant": grown / (large_n - LIVE),
-                "latency": _compare(s_small, s_large, rounds, number),
+                "bytes_per_grant": grown / large_n,
+                "latency": _compare((s_small, small_n), (s_large, large_n), rounds, number),
             }
         finally:
             s_small.close()
@@ -225,7 +253,7 @@ def scale(quick: bool = False) -> dict[str, Any]:
         out["postgres"] = {
             "fill_seconds": time.perf_counter() - t0,
             "bytes_per_grant": size / large_n,
-            "latency": _compare(p_small, p_large, rounds, number),
+            "latency": _compare((p_small, small_n), (p_large, large_n), rounds, number),
         }
     except Exception as exc:  # no database here: say so in the results instead of failing the run
         out["postgres"] = {"skipped": f"{type(exc).__name__}: {exc}"}
