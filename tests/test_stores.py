@@ -971,6 +971,20 @@ def _raw(path: Path) -> sqlite3.Connection:
     return sqlite3.connect(path, isolation_level=None, check_same_thread=False)
 
 
+def test_sqlite_connections_keep_a_larger_page_cache(tmp_path: Path) -> None:
+    """Every pooled connection's page cache is CACHE_KIB, not SQLite's 2 MiB default: a large
+    store's lookups spread over its table would otherwise read most pages from the file."""
+    from kavach.stores.sqlite import CACHE_KIB
+
+    store = SQLiteStore(tmp_path / "k.db")
+    try:
+        with store._connection() as first, store._connection() as second:
+            sizes = [db.execute("PRAGMA cache_size").fetchone()[0] for db in (first, second)]
+        assert sizes == [-CACHE_KIB, -CACHE_KIB] and CACHE_KIB > 2000
+    finally:
+        store.close()
+
+
 def test_sqlite_file_is_wal_and_versioned(tmp_path: Path) -> None:
     path = tmp_path / "k.db"
     with SQLiteStore(path) as store:
