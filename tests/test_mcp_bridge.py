@@ -277,6 +277,59 @@ def test_an_mcp_session_continues_only_for_the_principal_it_was_opened_for() -> 
         s.close()
 
 
+def test_an_sdk_sse_session_takes_messages_only_from_the_user_who_opened_it() -> None:
+    """The SDK's SSE transport names its session in the event stream's endpoint URL
+    (``/messages/?session_id=...``), which no guard can seal; behind ``kavach.mcp.guard`` the SDK
+    is handed the verified user, so its own check keeps the session to that user: another
+    person's valid token posting to the session's URL is answered 404, the owner's is taken."""
+    import threading
+
+    from mcp.server.transport_security import TransportSecuritySettings
+
+    tools = MCPServer("demo")
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    base = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    resource = base + "/sse"
+    users = Users(MemoryUsers(), log_n=10)
+    users.add("alice", PASSWORD)
+    users.add("bob", PASSWORD)
+    config = Config(issuer=base, resources=[ProtectedResource(resource)], secret=b"b" * 32)
+    server = AuthorizationServer(config, MemoryStore(), users=users)
+    app = tools.sse_app(transport_security=TransportSecuritySettings(enable_dns_rebinding_protection=False))
+    stop = serve_asgi(sock, guard(app, server, resource))
+    try:
+        with httpx.Client(timeout=10) as client, httpx.Client(timeout=10) as person:
+            dep = Deployment(base, base, resource, server, client, person)
+            alice = grant(dep, "tools:list")["access_token"]
+            bob = grant(dep, "tools:list", "bob")["access_token"]
+        endpoint: dict[str, str] = {}
+        done = threading.Event()
+
+        def listen() -> None:
+            headers = {"Authorization": f"Bearer {alice}"}
+            with httpx.stream("GET", resource, headers=headers, timeout=15) as stream:
+                for line in stream.iter_lines():
+                    if line.startswith("data:") and "session_id" in line:
+                        endpoint["url"] = base + line[5:].strip()
+                    if done.is_set():
+                        break
+
+        threading.Thread(target=listen, daemon=True).start()
+        deadline = time.monotonic() + 10  # the hang guard
+        while "url" not in endpoint and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "url" in endpoint, "the SSE stream named no endpoint"
+        message = json.loads(_INITIALIZE)
+        bobs = httpx.post(endpoint["url"], json=message, headers={"Authorization": f"Bearer {bob}"}, timeout=10)
+        alices = httpx.post(endpoint["url"], json=message, headers={"Authorization": f"Bearer {alice}"}, timeout=10)
+        done.set()
+        assert bobs.status_code == 404, bobs.text
+        assert alices.status_code == 202, alices.text
+    finally:
+        stop()
+
+
 def _is_success(result: Any) -> bool:
     return not isinstance(result, Exception) and not getattr(result, "is_error", True)
 

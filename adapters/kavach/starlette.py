@@ -186,10 +186,13 @@ class KavachGuard:
     ``required(request)`` gives the scopes a request needs (default: from its JSON-RPC
     method(s), a batch needing every one), or a response to send instead. Requests for the
     resource's metadata (MD-03, with CORS per MD-04) are answered without a token, and so is
-    the whole authorization server when it shares the resource's origin (so wrapping the MCP
-    SDK's app is all it takes). The ``Authorization`` header is not passed on (RS-04). The
+    the whole authorization server when it shares the resource's origin (so wrapping the app
+    serves the authorization server beside it). The ``Authorization`` header is not passed on (RS-04). The
     ``Mcp-Session-Id`` values the app issues are bound to the principal they were issued to
-    (:mod:`kavach.mcp_sessions`): nobody else's token continues a session.
+    (:mod:`kavach.mcp_sessions`): nobody else's token continues a session. A session named
+    otherwise (the MCP SDK's SSE transport puts its id in the event stream's endpoint URL) is
+    the app's to keep to its user: wrap an SDK app with :func:`kavach.mcp.guard`, which gives the
+    SDK the verified user for that check.
     """
 
     def __init__(
