@@ -227,13 +227,14 @@ def _kavach_steps(scope_map: bool) -> Any:
 
 
 def _least() -> Any:
-    """The least a bearer guard in front of ``plain`` can do, for part f: a token seen before looked
+    """The least a bearer guard with per-method scopes in front of ``plain`` can do, for part f
+    (one with a single scope for every method need not read the body): a token seen before looked
     up in a dictionary (a token seen first is verified once, by the kavach server, to fill it),
     the method read with ``json.loads`` and compared with the token's scopes, the body replayed.
     None of the checks a guard owes on every request (expiry, keys still published, revocation,
     duplicate members, content coding and charset, the ``Authorization`` header kept from the
-    app, sessions), so what it costs bounds from below what any guard costs, and its ratio is the
-    most any guard can reach here."""
+    app, sessions), so what it costs bounds from below what such a guard costs, and its ratio is
+    the most such a guard can reach here."""
     import json
 
     from kavach_core.guard import Principal
