@@ -139,13 +139,15 @@ class Kavach:
         self.store.perform(fx.PutClient(Client("c1", (REDIRECT,))))
         self.paths = self.config.paths
         self.query = urlencode(AUTHORIZE).encode()
+        from kavach.server import incoming  # the adapters' translation, imported once, not per flow
+
+        self.incoming = incoming
 
     def ctx(self) -> Context:
         return Context(self.config, int(time.time()), self.rng.randbytes)
 
     def flow(self) -> None:
-        from kavach.server import incoming
-
+        incoming = self.incoming
         asked = incoming("GET", self.paths.authorization, self.query, (), b"", PEER)
         consent = run(route(self.ctx(), asked), self.store)
         assert isinstance(consent, ConsentRequired)

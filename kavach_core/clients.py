@@ -50,11 +50,20 @@ def lookup(ctx: Context, client_id: str, requester: str | None = None) -> Flow[C
 def count_registration(ctx: Context, requester: str | None) -> Flow[bool]:
     """One registration against ``requester``'s rate limit (RG-03): whether it is within the limit.
     Callers whose address is not known share one bucket; a limit of 0 counts nothing."""
+    return (yield from _per_address(ctx, "register", requester, 1))
+
+
+def _per_address(ctx: Context, kind: str, requester: str | None, step: int) -> Flow[bool]:
+    """``step`` events of ``kind`` counted against ``requester``'s address in the registration
+    rate window (RG-03's limit): whether the count stays within it; ``step=0`` counts nothing and
+    asks whether one more event would. Callers whose address is not known share one bucket; a
+    limit of 0 counts nothing."""
     policy = ctx.config.registration
     if policy.rate_limit == 0:
         return True
-    bucket = f"register:{requester}" if requester is not None else "register:*"
-    return bool((yield fx.Hit(bucket, policy.rate_limit, policy.rate_window, ctx.now)))
+    bucket = f"{kind}:{requester if requester is not None else '*'}"
+    limit = policy.rate_limit - 1 if step == 0 else policy.rate_limit
+    return bool((yield fx.Hit(bucket, limit, policy.rate_window, ctx.now, step=step)))
 
 
 def _charge(ctx: Context, requester: str | None) -> Flow[None]:
@@ -74,12 +83,7 @@ def _refetch_failed(ctx: Context, requester: str | None, step: int) -> Flow[bool
     (its copy is then kept for at least the documents' shortest lifetime); one that fails is not
     kept (an error answer is not cached), so without this count a URL accepted once would make
     this server fetch it on every request for free, a slow host holding a fetch slot each time."""
-    policy = ctx.config.registration
-    if policy.rate_limit == 0:
-        return True
-    bucket = f"document-failures:{requester}" if requester is not None else "document-failures:*"
-    limit = policy.rate_limit - 1 if step == 0 else policy.rate_limit
-    return bool((yield fx.Hit(bucket, limit, policy.rate_window, ctx.now, step=step)))
+    return (yield from _per_address(ctx, "document-failures", requester, step))
 
 
 def _seen(ctx: Context, client_id: str, step: int) -> Flow[bool]:

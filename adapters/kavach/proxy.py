@@ -261,7 +261,7 @@ def redacted_target(target: str) -> str:
     parameter, however spelt, replaced by ``[redacted]`` (RFC 6750 §5.3: bearer tokens stay out
     of logs)."""
     path, mark, query = target.partition("?")
-    if not mark or not any(parameter_name(part) == _TOKEN_PARAMETER for pair in _parts(query) for part in pair):
+    if not mark:
         return target
 
     def shown(part: str) -> str:
