@@ -96,24 +96,6 @@ def _int_claim(claims: Mapping[str, Any], name: str) -> int:
     return value
 
 
-_CANONICAL_CACHE_SIZE = 256
-_canonical: dict[str, str] = {}
-
-
-def canonical_cached(uri: str) -> str:
-    """:func:`canonical_resource`, remembered for the last few distinct URIs (it is pure).
-
-    Only URIs that are valid get remembered; ``ValueError`` as for :func:`canonical_resource`.
-    """
-    found = _canonical.get(uri)
-    if found is None:
-        found = canonical_resource(uri)
-        if len(_canonical) >= _CANONICAL_CACHE_SIZE:
-            _canonical.clear()
-        _canonical[uri] = found
-    return found
-
-
 def _audience(claims: Mapping[str, Any], here: str) -> str:
     """The single audience (RFC 7519 §4.1.3 allows a string or an array; we require exactly one).
 
@@ -130,7 +112,7 @@ def _audience(claims: Mapping[str, Any], here: str) -> str:
     if aud == here:
         return here
     try:
-        return canonical_cached(aud)
+        return canonical_resource(aud)
     except ValueError as exc:
         raise InvalidToken("audience is not a resource URI") from exc
 
@@ -155,7 +137,7 @@ def verify(
     Raises :class:`InvalidToken` or :class:`jose.JoseError`, and nothing else.
     """
     try:
-        here = canonical_cached(resource)
+        here = canonical_resource(resource)
     except ValueError as exc:
         raise InvalidToken("this resource URI is not valid") from exc
     kid, claims = jose.verify_kid(token, keys, TYP)

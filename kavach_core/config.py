@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 import attrs
 
 from .errors import ConfigurationError
+from .memo import Memo
 from .resource_indicators import canonical_resource, host_problem, resource_path
 from .scopes import is_valid_scope
 
@@ -179,6 +180,9 @@ class ProtectedResource:
     scopes: tuple[tuple[str, str], ...] = attrs.field(default=DEFAULT_MCP_SCOPES, converter=_scope_map)
     default_scopes: tuple[str, ...] = attrs.field(default=(), converter=_default_scopes)
     name: str = ""
+    _described: Memo[str, str] = attrs.field(init=False, factory=lambda: Memo(256), eq=False, repr=False)
+    _names: tuple[str, ...] = attrs.field(init=False, eq=False, repr=False)
+    """What :meth:`describe` answered for the last few scopes (requests name the same ones)."""
 
     def __attrs_post_init__(self) -> None:
         if not isinstance(self.name, str):
@@ -189,6 +193,7 @@ class ProtectedResource:
             raise ConfigurationError(f"resource {self.uri!r}: {exc}; give an absolute https URI") from exc
         object.__setattr__(self, "uri", canonical)
         names = [s for s, _ in self.scopes]
+        object.__setattr__(self, "_names", tuple(names))
         if not names:
             raise ConfigurationError(f"resource {canonical}: give at least one scope in its catalogue")
         for scope in names:
@@ -207,7 +212,7 @@ class ProtectedResource:
 
     @property
     def scope_names(self) -> tuple[str, ...]:
-        return tuple(s for s, _ in self.scopes)
+        return self._names
 
     def describe(self, scope: str) -> str:
         """The consent description of ``scope`` (AZ-11).
@@ -215,6 +220,10 @@ class ProtectedResource:
         A catalogue scope describes itself. A narrower scope it covers (``tools:call:search``
         under ``tools:call``) is described for what it is, never with the wider wording.
         """
+        found = self._described.get(scope)
+        return found if found is not None else self._described.put(scope, self._description(scope))
+
+    def _description(self, scope: str) -> str:
         best = ""
         best_parts: list[str] = []
         wanted = scope.split(":")

@@ -26,7 +26,7 @@ from typing import Any
 import attrs
 
 from . import effects as fx
-from .access_tokens import AccessToken, canonical_cached, verify
+from .access_tokens import AccessToken, verify
 from .config import Config, ProtectedResource
 from .credentials import bearer_credentials, is_b64token
 from .drivers import Flow
@@ -34,7 +34,7 @@ from .errors import MISSING_TOKEN_ERROR, ConfigurationError, safe_description
 from .http import HttpRequest, Response, json_response
 from .jose import JoseError, UnknownKid, VerifyingKey
 from .keys import KeyRing, KeySet
-from .resource_indicators import metadata_url
+from .resource_indicators import canonical_resource, metadata_url
 from .scopes import any_covers, format_scope
 from .verified_cache import VerifiedCache
 
@@ -151,7 +151,7 @@ def _protected(config: Config, resource: str) -> ProtectedResource:
     if found is not None:
         return found
     try:
-        found = config.resource(canonical_cached(resource))
+        found = config.resource(canonical_resource(resource))
     except ValueError as exc:
         raise ConfigurationError(f"{resource!r} is not a resource URI") from exc
     if found is None:

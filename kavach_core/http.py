@@ -15,11 +15,12 @@ from urllib.parse import quote
 import attrs
 
 from .errors import OAuthError, safe_description
+from .memo import Memo
 
 
 def _freeze_pairs(value: Iterable[tuple[str, str]] | Mapping[str, str]) -> tuple[tuple[str, str], ...]:
     items = value.items() if isinstance(value, Mapping) else value
-    return tuple((str(k), str(v)) for k, v in items)
+    return tuple([(str(k), str(v)) for k, v in items])
 
 
 @attrs.frozen
@@ -74,6 +75,17 @@ def client_address(req: HttpRequest) -> str | None:
     value = values[0].strip()
     if not value or len(value) > 128:
         return None
+    found = _counted_as.get(value)
+    return found if found is not None else _counted_as.put(value, _count_as(value))
+
+
+_counted_as: Memo[str, str] = Memo(4096)
+""":func:`_count_as` of the last few distinct peers (it is pure; a server sees the same peers
+again and again), forgotten all at once when full."""
+
+
+def _count_as(value: str) -> str:
+    """What :func:`client_address` counts the peer ``value`` as."""
     try:
         address = ipaddress.ip_address(value)
     except ValueError:
@@ -123,7 +135,7 @@ class Response:
         return json.loads(self.body)
 
     def with_headers(self, extra: Iterable[tuple[str, str]]) -> Response:
-        return attrs.evolve(self, headers=self.headers + tuple(extra))
+        return Response(self.status, self.headers + tuple(extra), self.body, self.view)
 
 
 NO_STORE = (("Cache-Control", "no-store"), ("Pragma", "no-cache"))
@@ -138,6 +150,11 @@ PAGE_SECURITY_HEADERS = (
 """Headers for every HTML page and redirect of the authorization endpoint (AZ-10)."""
 
 
+_COMPACT = json.JSONEncoder(separators=(",", ":"))
+"""``json.dumps(..., separators=(",", ":"))`` built once (``dumps`` with arguments builds an
+encoder per call)."""
+
+
 def json_response(
     status: int,
     body: Mapping[str, Any],
@@ -150,7 +167,7 @@ def json_response(
     if no_store:
         all_headers.extend(NO_STORE)
     all_headers.extend(headers)
-    data = json.dumps(body, separators=(",", ":"), sort_keys=False).encode()
+    data = _COMPACT.encode(body).encode()
     return Response(status, tuple(all_headers), data)
 
 

@@ -35,6 +35,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
 )
 
 from .errors import KavachError
+from .memo import Memo
 from .opaque import b64url, b64url_decode
 from .params import decode_exactly, unique_members
 
@@ -230,30 +231,31 @@ class SigningKeyPair:
         """The JWS signature of ``signing_input`` (RFC 7515 §5.1 step 5) under this key's algorithm."""
         key = self.key
         if self.alg == "ES256" and isinstance(key, ec.EllipticCurvePrivateKey):
-            r, s = decode_dss_signature(key.sign(signing_input, ec.ECDSA(hashes.SHA256())))
+            r, s = decode_dss_signature(key.sign(signing_input, _ECDSA_SHA256))
             return r.to_bytes(32, "big") + s.to_bytes(32, "big")
         if self.alg == "RS256" and isinstance(key, rsa.RSAPrivateKey):
-            return key.sign(signing_input, padding.PKCS1v15(), hashes.SHA256())
+            return key.sign(signing_input, _PKCS1V15, _SHA256)
         if self.alg == "EdDSA" and isinstance(key, ed25519.Ed25519PrivateKey):
             return key.sign(signing_input)
         raise JoseError(f"key does not fit algorithm {self.alg}")  # unreachable: construction checked
 
 
+_CLAIMS_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+"""Compact JSON without ``NaN`` or ``Infinity`` (RFC 8259 §6 has none), built once."""
+
+
 def _encode_json(value: Mapping[str, Any]) -> str:
-    return b64url(json.dumps(value, separators=(",", ":"), allow_nan=False).encode("utf-8"))
+    return b64url(_CLAIMS_ENCODER.encode(value).encode("utf-8"))
 
 
-_encoded_headers: dict[tuple[str, str, str], str] = {}
+_encoded_headers: Memo[tuple[str, str, str], str] = Memo(256)
 
 
 def _encoded_header(alg: str, kid: str, typ: str) -> str:
     """The encoded protected header ``{alg, kid, typ}``: the same text for every token a key signs."""
     found = _encoded_headers.get((alg, kid, typ))
     if found is None:
-        found = _encode_json({"alg": alg, "kid": kid, "typ": typ})
-        if len(_encoded_headers) >= _HEADER_CACHE_SIZE:
-            _encoded_headers.clear()
-        _encoded_headers[(alg, kid, typ)] = found
+        found = _encoded_headers.put((alg, kid, typ), _encode_json({"alg": alg, "kid": kid, "typ": typ}))
     return found
 
 
@@ -282,8 +284,7 @@ class _Header:
     typ: str | None  # normalised (see _norm_typ), None when absent or not a string
 
 
-_HEADER_CACHE_SIZE = 256
-_headers: dict[str, _Header] = {}
+_headers: Memo[str, _Header] = Memo(256)
 
 
 def _parse_header(h64: str) -> _Header:
@@ -306,11 +307,7 @@ def _parse_header(h64: str) -> _Header:
     if not isinstance(alg, str):
         raise JoseError("alg does not match the key")
     typ = header.get("typ")
-    found = _Header(header, kid, alg, _norm_typ(typ) if isinstance(typ, str) else None)
-    if len(_headers) >= _HEADER_CACHE_SIZE:
-        _headers.clear()
-    _headers[h64] = found
-    return found
+    return _headers.put(h64, _Header(header, kid, alg, _norm_typ(typ) if isinstance(typ, str) else None))
 
 
 def verify(token: str, keys: Mapping[str, VerifyingKey], typ: str | None) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -221,6 +221,8 @@ class KeySet:
     """The stored keys, with the answers every caller needs at a given time."""
 
     records: tuple[SigningKey, ...]
+    _chosen: dict[tuple[int, str], SigningKey | None] = attrs.field(init=False, factory=dict, eq=False, repr=False)
+    """What :meth:`active` answered, per time and algorithm (the records never change)."""
 
     def active(self, now: int, alg: str) -> SigningKey | None:
         """The newest key of ``alg`` that may sign at ``now`` (one created up to :data:`CLOCK_SKEW`
@@ -231,10 +233,14 @@ class KeySet:
         token request while :func:`current` saw no reason to make a key. Only the newest records
         are tried, each from the load cache, so the usual call parses nothing.
         """
+        if (now, alg) in self._chosen:
+            return self._chosen[(now, alg)]
         start = now + CLOCK_SKEW
         candidates = [k for k in self.records if k.alg == alg and k.created_at <= start and now < k.signs_until]
         candidates.sort(key=lambda k: k.created_at, reverse=True)  # stable: the first stored of a tie wins
-        return next((k for k in candidates if usable(k)), None)
+        chosen = next((k for k in candidates if usable(k)), None)
+        self._chosen[(now, alg)] = chosen
+        return chosen
 
     def signing(self, now: int) -> tuple[SigningKey, ...]:
         """The key signing at ``now`` (:meth:`active`) of each algorithm that has one, in

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import unquote, unquote_to_bytes
 
 import attrs
 
@@ -64,17 +64,14 @@ class Params:
         return frozenset(k for k, _ in self.pairs)
 
 
-def _form_pairs(raw: str) -> list[tuple[str, str]]:
+def split_form(raw: str, errors: str = "strict") -> list[tuple[str, str]]:
     """The name/value pairs of ``application/x-www-form-urlencoded`` text (URL Standard §5.1):
     ``&``-separated fields, empty fields skipped, a field without ``=`` has an empty value,
-    ``+`` is a space, percent-escapes decode as UTF-8 and invalid UTF-8 raises
-    ``UnicodeDecodeError`` (a ``%`` not followed by two hex digits stays as it is).
-
-    At most :data:`MAX_FIELDS` fields, empty ones included (``&`` separators are counted, as
-    ``parse_qsl`` counts them), and no NUL anywhere, else ``invalid_request``.
+    ``+`` is a space, and percent-escapes decode as UTF-8 with ``errors`` (a ``%`` not followed by
+    two hex digits stays as it is). The same pairs as ``urllib.parse.parse_qsl(raw,
+    keep_blank_values=True, errors=errors)``, without its per-field work for the fields (nearly
+    all) that hold no ``+`` or ``%``. Nothing is checked here: see :func:`parse_query_string`.
     """
-    if raw.count("&") >= MAX_FIELDS:
-        raise OAuthError("invalid_request", "too many parameters")
     pairs = []
     for field in raw.split("&"):
         if not field:
@@ -83,10 +80,33 @@ def _form_pairs(raw: str) -> list[tuple[str, str]]:
         if "+" in field:
             name, value = name.replace("+", " "), value.replace("+", " ")
         if "%" in field:
-            name, value = unquote(name, errors="strict"), unquote(value, errors="strict")
-        if "\x00" in name or "\x00" in value:
-            raise OAuthError("invalid_request", "parameters must not contain NUL")
+            name, value = _unescape(name, errors), _unescape(value, errors)
         pairs.append((name, value))
+    return pairs
+
+
+def _unescape(text: str, errors: str) -> str:
+    """``unquote(text, errors=errors)``: for ASCII text (what a form body and an adapter's query
+    are), its one decoding of every escape at once, without its search for non-ASCII runs."""
+    if "%" not in text:
+        return text
+    if text.isascii():
+        return unquote_to_bytes(text).decode("utf-8", errors)
+    return unquote(text, errors=errors)
+
+
+def _form_pairs(raw: str) -> list[tuple[str, str]]:
+    """:func:`split_form` of ``raw``, strictly: invalid UTF-8 in an escape raises
+    ``UnicodeDecodeError``; more than :data:`MAX_FIELDS` fields, empty ones included (``&``
+    separators are counted, as ``parse_qsl`` counts them), or a NUL anywhere is ``invalid_request``.
+    """
+    if raw.count("&") >= MAX_FIELDS:
+        raise OAuthError("invalid_request", "too many parameters")
+    pairs = split_form(raw)
+    if "%00" in raw or "\x00" in raw:
+        for name, value in pairs:
+            if "\x00" in name or "\x00" in value:
+                raise OAuthError("invalid_request", "parameters must not contain NUL")
     return pairs
 
 

@@ -14,12 +14,12 @@ import re
 from urllib.parse import urlsplit, urlunsplit
 
 from .errors import OAuthError
+from .memo import Memo
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
-_MEMO_SIZE = 256
-_memo: dict[str, str] = {}
+_memo: Memo[str, str] = Memo(256)
 
 
 def canonical_resource(uri: str) -> str:
@@ -28,14 +28,10 @@ def canonical_resource(uri: str) -> str:
     The function is pure, so the answers for the last few distinct valid URIs are remembered
     (every request of a flow names the same resource); a URI that fails is never remembered.
     """
-    found = _memo.get(uri) if type(uri) is str else None
-    if found is None:
-        found = _canonical(uri)
-        if type(uri) is str:
-            if len(_memo) >= _MEMO_SIZE:
-                _memo.clear()
-            _memo[uri] = found
-    return found
+    if type(uri) is not str:  # a subclass may compare or hash otherwise: never remembered
+        return _canonical(uri)
+    found = _memo.get(uri)
+    return found if found is not None else _memo.put(uri, _canonical(uri))
 
 
 _BRACKETED = re.compile(r"\[[^\[\]]*\](?::[0-9]*)?")

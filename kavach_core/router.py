@@ -37,8 +37,10 @@ import attrs
 from .config import Config, ProtectedResource
 from .context import Context
 from .drivers import Flow
+from .endpoints import authorize, introspection, jwks, metadata, registration, revocation, token
 from .errors import OAuthError
 from .http import HttpRequest, Response, error_page, error_response, json_response
+from .memo import Memo
 from .messages.authorization import ConsentRequired
 from .resource_indicators import PRM_WELL_KNOWN
 
@@ -72,55 +74,11 @@ class Route:
         return ", ".join(methods)
 
 
-# -- endpoints, imported when first used -------------------------------------------------------
-
-
-def _authorize(ctx: Context, req: HttpRequest) -> Flow[Outcome]:
-    from .endpoints import authorize
-
-    return (yield from authorize.handle(ctx, req))
-
-
-def _token(ctx: Context, req: HttpRequest) -> Flow[Outcome]:
-    from .endpoints import token
-
-    return (yield from token.handle(ctx, req))
-
-
-def _jwks(ctx: Context, req: HttpRequest) -> Flow[Outcome]:
-    from .endpoints import jwks
-
-    return (yield from jwks.handle(ctx, req))
-
-
-def _registration(ctx: Context, req: HttpRequest) -> Flow[Outcome]:
-    from .endpoints import registration
-
-    return (yield from registration.handle(ctx, req))
-
-
-def _revocation(ctx: Context, req: HttpRequest) -> Flow[Outcome]:
-    from .endpoints import revocation
-
-    return (yield from revocation.handle(ctx, req))
-
-
-def _introspection(ctx: Context, req: HttpRequest) -> Flow[Outcome]:
-    from .endpoints import introspection
-
-    return (yield from introspection.handle(ctx, req))
-
-
-def _as_metadata(ctx: Context, req: HttpRequest) -> Flow[Outcome]:
-    from .endpoints import metadata
-
-    return (yield from metadata.handle(ctx, req))
+# -- endpoints -----------------------------------------------------------------------------------
 
 
 def _resource_metadata(resources: tuple[ProtectedResource, ...]) -> Handler:
     def handle(ctx: Context, req: HttpRequest) -> Flow[Outcome]:
-        from .endpoints import metadata
-
         resource = _pick(resources, req)
         if resource is None:
             return _not_found()
@@ -156,8 +114,7 @@ def _normal_host(host: str) -> str:
 # -- the table ---------------------------------------------------------------------------------
 
 
-_TABLES_SIZE = 16
-_tables: dict[int, tuple[Config, dict[str, Route]]] = {}
+_tables: Memo[int, tuple[Config, dict[str, Route]]] = Memo(16)
 
 
 def _table(config: Config) -> dict[str, Route]:
@@ -166,21 +123,17 @@ def _table(config: Config) -> dict[str, Route]:
     entry = _tables.get(id(config))
     if entry is not None and entry[0] is config:
         return entry[1]
-    table = routes(config)
-    if len(_tables) >= _TABLES_SIZE:
-        _tables.clear()
-    _tables[id(config)] = (config, table)
-    return table
+    return _tables.put(id(config), (config, routes(config)))[1]
 
 
 def routes(config: Config) -> dict[str, Route]:
     """Every path this server answers, and how (the table is small and cheap to build)."""
     table: dict[str, Route] = {}
     issuer_path = config.issuer_path
-    metadata = Route(_as_metadata, ("GET", "HEAD"))
-    table[AS_WELL_KNOWN + issuer_path] = metadata
-    table[OIDC_WELL_KNOWN + issuer_path] = metadata
-    table[issuer_path + OIDC_WELL_KNOWN] = metadata
+    as_metadata = Route(metadata.handle, ("GET", "HEAD"))
+    table[AS_WELL_KNOWN + issuer_path] = as_metadata
+    table[OIDC_WELL_KNOWN + issuer_path] = as_metadata
+    table[issuer_path + OIDC_WELL_KNOWN] = as_metadata
 
     by_path: dict[str, list[ProtectedResource]] = {}
     for resource in config.resources:
@@ -191,13 +144,13 @@ def routes(config: Config) -> dict[str, Route]:
     def path_of(name: str) -> str:
         return urlsplit(config.endpoint(name)).path
 
-    table[path_of("authorization")] = Route(_authorize, ("GET", "POST"), navigated=True)
-    table[path_of("token")] = Route(_token, ("POST",))
-    table[path_of("jwks")] = Route(_jwks, ("GET", "HEAD"))
-    table[path_of("revocation")] = Route(_revocation, ("POST",))
-    table[path_of("introspection")] = Route(_introspection, ("POST",))
+    table[path_of("authorization")] = Route(authorize.handle, ("GET", "POST"), navigated=True)
+    table[path_of("token")] = Route(token.handle, ("POST",))
+    table[path_of("jwks")] = Route(jwks.handle, ("GET", "HEAD"))
+    table[path_of("revocation")] = Route(revocation.handle, ("POST",))
+    table[path_of("introspection")] = Route(introspection.handle, ("POST",))
     if config.registration.mode != "closed":
-        table[path_of("registration")] = Route(_registration, ("POST",))
+        table[path_of("registration")] = Route(registration.handle, ("POST",))
     return table
 
 

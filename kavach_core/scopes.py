@@ -53,15 +53,15 @@ def format_scope(scopes: Iterable[str]) -> str:
 
 
 def covers(granted: str, required: str) -> bool:
-    """True when ``granted`` is ``required`` or a segment-prefix of it."""
-    g = granted.split(":")
-    r = required.split(":")
-    return len(g) <= len(r) and r[: len(g)] == g
+    """True when ``granted`` is ``required`` or a segment-prefix of it: ``required`` is
+    ``granted`` followed by ``:`` and more segments (``tools:call`` covers ``tools:call:search``,
+    never ``tools:caller``)."""
+    return required == granted or required.startswith(granted + ":")
 
 
 def any_covers(granted: Iterable[str], required: str) -> bool:
     """True when some scope in ``granted`` covers ``required``."""
-    return any(covers(g, required) for g in granted)
+    return any(covers(scope, required) for scope in granted)
 
 
 def within(requested: Iterable[str], allowed: Iterable[str]) -> tuple[str, ...]:

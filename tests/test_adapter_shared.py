@@ -11,10 +11,13 @@ import os
 import secrets
 import time
 from typing import Any
+from urllib.parse import parse_qsl, quote_from_bytes
 
 import pytest
 from compare_spy import spy_on_compare_digest
 from conftest import RESOURCE, SECRET, make_config
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from kavach import mcp_sessions, sessions
 from kavach.mcp_sessions import SessionSeal
 from kavach.server import CLIENT_ADDRESS_HEADER, AuthorizationServer, incoming
@@ -56,6 +59,18 @@ def test_incoming_replaces_a_spoofed_client_address_with_the_peer() -> None:
     assert req.query == (("a", "1"), ("a", "2"), ("b", ""))
     assert req.header_values(CLIENT_ADDRESS_HEADER) == ["9.9.9.9"]
     assert incoming("GET", "/", "", [(CLIENT_ADDRESS_HEADER, "x")], b"", None).header(CLIENT_ADDRESS_HEADER) is None
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=40) | st.lists(st.sampled_from([*"a=&+%;3e9 \x00\x7f\u00e9", "%C3%A9", "%ff"])).map("".join))
+def test_incoming_splits_the_query_as_escaping_then_parse_qsl_would(query: bytes | str) -> None:
+    """Invariant: the pairs ``incoming`` makes of any query, bytes or text, are those of escaping
+    every octet outside visible ASCII and splitting with ``parse_qsl`` (surrogates kept), the
+    reading its docstring promises; the visible-ASCII shortcut and :func:`split_form` change none."""
+    raw = query if isinstance(query, bytes) else query.encode("utf-8", "surrogateescape")
+    escaped = quote_from_bytes(raw, safe=bytes(range(0x21, 0x7F)))
+    want = parse_qsl(escaped, keep_blank_values=True, errors="surrogateescape")
+    assert list(incoming("GET", "/", query, [], b"", None).query) == want
 
 
 def test_incoming_reads_the_query_as_utf8_and_keeps_what_is_not() -> None:

@@ -847,9 +847,9 @@ def test_drivers_nonblocking_is_an_explicit_declaration() -> None:
 def test_rs_05_canonical_resource_memo_is_bounded_and_never_keeps_failures() -> None:
     from kavach_core import resource_indicators
 
-    for i in range(resource_indicators._MEMO_SIZE + 5):
+    for i in range(resource_indicators._memo.size + 5):
         assert canonical_resource(f"https://R{i}.example/x/") == f"https://r{i}.example/x"
-    assert len(resource_indicators._memo) <= resource_indicators._MEMO_SIZE
+    assert len(resource_indicators._memo) <= resource_indicators._memo.size
     with pytest.raises(ValueError):
         canonical_resource("https://bad.example/#f")
     assert "https://bad.example/#f" not in resource_indicators._memo
@@ -888,3 +888,58 @@ def test_naming_a_repeated_member_takes_linear_work(members: int) -> None:
     with pytest.raises(ValueError, match=f"^k{members - 1}$"):
         hook(pairs)
     assert _CountedName.looks <= 6 * (members + 1), _CountedName.looks
+
+
+# -- memos ---------------------------------------------------------------------------------------
+
+
+def test_memo_is_bounded_and_answers_what_was_put() -> None:
+    from kavach_core.memo import Memo
+
+    memo: Memo[str, int] = Memo(3)
+    assert memo.get("a") is None
+    assert memo.put("a", 1) == 1
+    assert memo.get("a") == 1 and "a" in memo and list(memo) == ["a"]
+    for i in range(10):
+        memo.put(f"k{i}", i)
+        assert len(memo) <= 3
+        assert memo.get(f"k{i}") == i  # the newest answer is always kept
+    assert memo.get("a") is None  # forgotten once the memo filled up
+
+
+def test_client_address_counts_each_kind_of_peer_the_same_way_the_first_time_and_after() -> None:
+    """IPv4 as itself, IPv4-mapped IPv6 as its IPv4, IPv6 as its /64, anything else as it is:
+    asked twice (the second answer from the memo), and when the memo is full."""
+    from kavach_core import http
+
+    expected = {
+        "203.0.113.7": "203.0.113.7",
+        "::ffff:203.0.113.7": "203.0.113.7",
+        "2001:db8:1:2:3:4:5:6": "2001:db8:1:2::/64",
+        "2001:DB8:1:2::9": "2001:db8:1:2::/64",
+        "unix-socket": "unix-socket",
+    }
+    def counted_as(peer: str) -> str | None:
+        return http.client_address(HttpRequest("POST", "/", headers=[(http.CLIENT_ADDRESS_HEADER, peer)]))
+
+    for _ in range(2):
+        for peer, counted in expected.items():
+            assert counted_as(peer) == counted
+    for i in range(http._counted_as.size + 10):
+        peer = f"10.0.{i // 256}.{i % 256}"
+        assert counted_as(peer) == peer
+    assert len(http._counted_as) <= http._counted_as.size
+    assert counted_as("2001:db8::1") == "2001:db8::/64"
+
+
+def test_scope_descriptions_are_the_same_remembered_or_not() -> None:
+    resource = ProtectedResource(RESOURCE)
+    scopes = ["tools:list", "tools:call", "tools:call:search", "resources:read:x:y", "other", "tools"]
+    first = [resource.describe(s) for s in scopes]
+    assert first == [resource._description(s) for s in scopes]
+    assert [resource.describe(s) for s in scopes] == first
+    assert first[2] == "Run the tool \u201csearch\u201d" and first[4] == ""
+    for i in range(600):
+        resource.describe(f"tools:call:t{i}")
+    assert len(resource._described) <= resource._described.size
+    assert ProtectedResource(RESOURCE) == resource  # the memo is no part of the value

@@ -728,3 +728,17 @@ def test_jwks_endpoint_refuses_other_methods(h: Harness, method: str) -> None:
     assert response.header("Allow") == "GET, HEAD"
     assert response.json()["error"] == "invalid_request"
     assert effects == []
+
+
+def test_active_answers_per_time_and_algorithm_when_asked_again(h: Harness) -> None:
+    """KeySet.active remembers its answers per (time, algorithm): asking again gives the same
+    key, another time or algorithm is decided afresh, and the memo is no part of the value."""
+    h.run(keys.current(h.ctx()))
+    keyset = _keyset(h)
+    active = keyset.active(h.now, "ES256")
+    assert active is not None
+    assert keyset.active(h.now, "ES256") is active
+    assert keyset.active(active.signs_until, "ES256") is None  # the only key has stopped signing
+    assert keyset.active(h.now, "RS256") is None
+    assert keyset.active(h.now, "ES256") is active
+    assert keyset == KeySet(h.store.keys)

@@ -476,3 +476,30 @@ def test_gn_03_lone_surrogates_in_parameters_never_raise(junk: str, name: str) -
     if isinstance(out, ConsentRequired):
         out = h.run(authorize.approve(h.ctx(), out.ticket, "alice"))
     _assert_spec_answer(out)
+
+
+# -- form parsing ------------------------------------------------------------------------------
+
+_FORM_PIECES = [*"ab=&+%;3Fe9C", "%00", "%C3%A9", "%e2%82", "%ff", "\u00e9"]
+_FORM_TEXT = st.lists(st.sampled_from(_FORM_PIECES), max_size=30).map("".join)
+
+
+@SETTINGS
+@given(_FORM_TEXT, st.sampled_from(["strict", "surrogateescape"]))
+def test_split_form_reads_exactly_what_parse_qsl_reads(text: str, errors: str) -> None:
+    """``split_form(text, errors)`` gives the pairs ``parse_qsl(text, keep_blank_values=True,
+    errors=errors)`` gives, and fails (``UnicodeDecodeError``) exactly when it fails: the fast
+    paths for fields without ``+`` or ``%`` and for ASCII text change nothing."""
+    from urllib.parse import parse_qsl
+
+    from kavach_core.params import split_form
+
+    try:
+        want: object = parse_qsl(text, keep_blank_values=True, errors=errors)
+    except UnicodeDecodeError:
+        want = UnicodeDecodeError
+    try:
+        got: object = split_form(text, errors)
+    except UnicodeDecodeError:
+        got = UnicodeDecodeError
+    assert got == want

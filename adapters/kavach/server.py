@@ -26,7 +26,7 @@ import time
 from collections.abc import Awaitable, Callable, Generator, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
-from urllib.parse import parse_qsl, quote, quote_from_bytes
+from urllib.parse import quote, quote_from_bytes
 
 import attrs
 
@@ -41,7 +41,7 @@ from kavach_core.http import CLIENT_ADDRESS_HEADER, HttpRequest, Response, clien
 from kavach_core.keys import KEYRING_TTL, KeyRing
 from kavach_core.mcp_methods import DEFAULT_MAP, McpScopeMap
 from kavach_core.messages.authorization import ConsentRequired
-from kavach_core.params import Params, form_params
+from kavach_core.params import Params, form_params, split_form
 from kavach_core.resource_indicators import canonical_resource, resource_path
 from kavach_core.router import cors_headers
 from kavach_core.verified_cache import VerifiedCache
@@ -78,8 +78,9 @@ def incoming(
     socket peer, so no one can pick the address their rate limit is counted against.
     """
     raw = query_string if isinstance(query_string, bytes) else query_string.encode("utf-8", "surrogateescape")
-    escaped = quote_from_bytes(raw, safe=_QUERY_OCTETS)
-    pairs = parse_qsl(escaped, keep_blank_values=True, errors="surrogateescape")[:MAX_QUERY_PAIRS]
+    # Escaping changes what the split reads only for octets beyond ASCII; the usual query has none.
+    escaped = raw.decode("ascii") if raw.isascii() else quote_from_bytes(raw, safe=_QUERY_OCTETS)
+    pairs = split_form(escaped, errors="surrogateescape")[:MAX_QUERY_PAIRS]
     kept = [(k, v) for k, v in headers if k.lower() != CLIENT_ADDRESS_HEADER.lower()]
     if peer:
         kept.append((CLIENT_ADDRESS_HEADER, peer))

@@ -235,9 +235,10 @@ def consent_view(ctx: Context, client: Client, pending: PendingAuthorization) ->
     """What the person is shown (AZ-11): where the answer goes, and whether the client is an app
     on the person's device (RFC 8252 §7.1, §7.3), whose maker kavachOS cannot check (§8.6)."""
     resources = [ctx.config.resource(uri) for uri in pending.resources]
+    known = [r for r in resources if r is not None]
     described: list[ScopeView] = []
     for scope in pending.scopes:
-        text = next((r.describe(scope) for r in resources if r is not None and r.describe(scope)), "")
+        text = next((text for text in (r.describe(scope) for r in known) if text), "")
         described.append(ScopeView(scope, text))
     meta = client.meta
     client_uri = meta.get("client_uri")
