@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 from urllib.parse import quote
@@ -19,8 +20,9 @@ from .memo import Memo
 
 
 def _freeze_pairs(value: Iterable[tuple[str, str]] | Mapping[str, str]) -> tuple[tuple[str, str], ...]:
-    items = value.items() if isinstance(value, Mapping) else value
-    return tuple([(str(k), str(v)) for k, v in items])
+    if type(value) is not tuple and type(value) is not list and isinstance(value, Mapping):  # pairs: no ABC check
+        value = value.items()
+    return tuple([(str(k), str(v)) for k, v in value])
 
 
 @attrs.frozen
@@ -205,9 +207,19 @@ def error_page(
     return Response(status, headers, html, view=ErrorView(error, description, back, back_to))
 
 
+_UNRESERVED = re.compile(r"[A-Za-z0-9_.~-]*")
+"""RFC 3986 §2.3: the characters a URI carries as they are."""
+
+
+def _escaped(text: str) -> str:
+    """``quote(text, safe="")``: every character but the unreserved ones percent-encoded as UTF-8
+    (RFC 3986 §2.1), with no work for text that is only unreserved (codes, most ``state`` values)."""
+    return text if _UNRESERVED.fullmatch(text) else quote(text, safe="")
+
+
 def add_query(url: str, params: Iterable[tuple[str, str]]) -> str:
     """Append ``params`` to ``url``'s query, keeping any query it already has (RFC 6749 §3.1.2)."""
-    encoded = "&".join(f"{quote(k, safe='')}={quote(v, safe='')}" for k, v in params)
+    encoded = "&".join([f"{_escaped(k)}={_escaped(v)}" for k, v in params])
     if not encoded:
         return url
     sep = "&" if "?" in url else "?"

@@ -220,8 +220,11 @@ class SigningKeyPair:
     alg: str
     key: PrivateKey = attrs.field(eq=False, repr=False)
 
+    _signer: Callable[[bytes], bytes] = attrs.field(init=False, eq=False, repr=False)
+
     def __attrs_post_init__(self) -> None:
         _check_pair(self)
+        object.__setattr__(self, "_signer", _signer(self.alg, self.key))
 
     @property
     def public(self) -> VerifyingKey:
@@ -229,15 +232,30 @@ class SigningKeyPair:
 
     def sign(self, signing_input: bytes) -> bytes:
         """The JWS signature of ``signing_input`` (RFC 7515 §5.1 step 5) under this key's algorithm."""
-        key = self.key
-        if self.alg == "ES256" and isinstance(key, ec.EllipticCurvePrivateKey):
-            r, s = decode_dss_signature(key.sign(signing_input, _ECDSA_SHA256))
+        return self._signer(signing_input)
+
+
+def _signer(alg: str, key: PrivateKey) -> Callable[[bytes], bytes]:
+    """The JWS signing of ``key`` under ``alg``, its branch chosen once (the pair was checked)."""
+    if alg == "ES256" and isinstance(key, ec.EllipticCurvePrivateKey):
+        ec_sign = key.sign
+
+        def es256(signing_input: bytes) -> bytes:
+            # RFC 7518 §3.4: R then S, each 32 octets big-endian (not the DER of X9.62).
+            r, s = decode_dss_signature(ec_sign(signing_input, _ECDSA_SHA256))
             return r.to_bytes(32, "big") + s.to_bytes(32, "big")
-        if self.alg == "RS256" and isinstance(key, rsa.RSAPrivateKey):
-            return key.sign(signing_input, _PKCS1V15, _SHA256)
-        if self.alg == "EdDSA" and isinstance(key, ed25519.Ed25519PrivateKey):
-            return key.sign(signing_input)
-        raise JoseError(f"key does not fit algorithm {self.alg}")  # unreachable: construction checked
+
+        return es256
+    if alg == "RS256" and isinstance(key, rsa.RSAPrivateKey):
+        rsa_sign = key.sign
+
+        def rs256(signing_input: bytes) -> bytes:
+            return rsa_sign(signing_input, _PKCS1V15, _SHA256)
+
+        return rs256
+    if alg == "EdDSA" and isinstance(key, ed25519.Ed25519PrivateKey):
+        return key.sign
+    raise JoseError(f"key does not fit algorithm {alg}")  # unreachable: _check_pair ran first
 
 
 _CLAIMS_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)

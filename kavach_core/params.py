@@ -134,7 +134,7 @@ def query_params(req: HttpRequest) -> Params:
     for key, value in req.query:
         if "\x00" in key or "\x00" in value:
             raise OAuthError("invalid_request", "parameters must not contain NUL")
-        if not (_is_text(key) and _is_text(value)):
+        if not ((key.isascii() or _is_text(key)) and (value.isascii() or _is_text(value))):
             raise OAuthError("invalid_request", "parameters must be valid UTF-8")
     return Params(req.query)
 

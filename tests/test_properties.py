@@ -503,3 +503,16 @@ def test_split_form_reads_exactly_what_parse_qsl_reads(text: str, errors: str) -
     except UnicodeDecodeError:
         got = UnicodeDecodeError
     assert got == want
+
+
+@SETTINGS
+@given(st.text(st.characters(blacklist_categories=["Cs"])) | st.text(alphabet=UNRESERVED))
+def test_query_values_are_escaped_exactly_as_quote_escapes_them(text: str) -> None:
+    """A value ``add_query`` appends is ``quote(text, safe="")``: only unreserved characters
+    stay as they are (RFC 3986 §2.3), whether or not the unreserved-only shortcut is taken."""
+    from urllib.parse import quote
+
+    from kavach_core.http import _escaped, add_query
+
+    assert _escaped(text) == quote(text, safe="")
+    assert add_query("https://c.example/cb?x=1", [("v", text)]) == f"https://c.example/cb?x=1&v={quote(text, safe='')}"

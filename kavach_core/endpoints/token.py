@@ -149,9 +149,8 @@ def _authorization_code(ctx: Context, client: Client, msg: TokenRequest) -> Flow
         raise OAuthError("invalid_request", "code_verifier is required (PKCE)")
     code_hash = digest(msg.code)
     record = yield fx.GetCode(code_hash)
-    invalid = OAuthError("invalid_grant", "the code is invalid, expired, or was issued to another client")
     if record is None or record.client_id != client.client_id or ctx.now >= record.expires_at:
-        raise invalid
+        raise OAuthError("invalid_grant", "the code is invalid, expired, or was issued to another client")
     if (record.redirect_uri_given or msg.redirect_uri is not None) and msg.redirect_uri != record.redirect_uri:
         raise OAuthError("invalid_grant", "redirect_uri does not match the authorization request")
     if not pkce.is_valid_verifier(msg.code_verifier):
@@ -189,17 +188,16 @@ def _refresh(ctx: Context, client: Client, msg: TokenRequest) -> Flow[Response]:
     """RFC 6749 §6 with rotation and reuse detection (TK-07, RFC 9700 §4.14.2)."""
     if msg.refresh_token is None:
         raise OAuthError("invalid_request", "refresh_token is required")
-    invalid = OAuthError("invalid_grant", "the refresh token is invalid, expired or revoked")
     parsed = parse_refresh_token(ctx.config.secret, msg.refresh_token)
     if parsed is None:
-        raise invalid
+        raise _invalid_refresh()
     grant_id, generation = parsed
     grant = yield fx.GetGrant(grant_id)
     if grant is None or grant.revoked or grant.client_id != client.client_id or ctx.now >= grant.expires_at:
-        raise invalid
+        raise _invalid_refresh()
     if generation == grant.refresh_generation and ctx.now >= grant.refresh_expires_at:
         # The current token idled out: refuse without a rotation effect (a rejection writes nothing).
-        raise invalid
+        raise _invalid_refresh()
     lifetimes = ctx.config.lifetimes
     successor = refresh_token(ctx.config.secret, grant_id, generation + 1)
     rotate = fx.RotateRefresh(
@@ -216,7 +214,7 @@ def _refresh(ctx: Context, client: Client, msg: TokenRequest) -> Flow[Response]:
         # A superseded token: reuse detection comes first, whatever else the request says
         # (RFC 9700 §4.14.2); a retry within the grace window writes nothing.
         rotation = yield rotate
-        _check_rotation(rotation, invalid)
+        _check_rotation(rotation)
     scopes = grant.scopes
     asked = parse_scope(msg.scope)
     if asked is not None:
@@ -230,13 +228,17 @@ def _refresh(ctx: Context, client: Client, msg: TokenRequest) -> Flow[Response]:
     signer = yield from _signing_key(ctx)
     if rotation is None:
         rotation = yield rotate
-        _check_rotation(rotation, invalid)
+        _check_rotation(rotation)
     assert rotation.grant is not None
     return _issue(ctx, client, rotation.grant, resource, scopes, successor, signer)
 
 
-def _check_rotation(rotation: fx.Rotation, invalid: OAuthError) -> None:
+def _invalid_refresh() -> OAuthError:
+    return OAuthError("invalid_grant", "the refresh token is invalid, expired or revoked")
+
+
+def _check_rotation(rotation: fx.Rotation) -> None:
     if rotation.outcome == "reused":
         raise OAuthError("invalid_grant", "refresh token reuse detected; the grant is revoked")
     if rotation.outcome not in ("rotated", "retried") or rotation.grant is None:
-        raise invalid
+        raise _invalid_refresh()
