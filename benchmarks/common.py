@@ -1,7 +1,9 @@
 """Timing and reporting shared by every benchmark.
 
-Every comparison runs in one process, interleaved: each round runs every variant once (the order
-rotates between rounds), so a burst of load from elsewhere hits all variants alike. A variant's
+Every comparison runs in one process, interleaved: each round runs every variant once, in an order
+shuffled afresh for each round (:func:`round_orders`), so a burst of load from elsewhere hits all
+variants alike and no variant always follows the same neighbour (whose caches and allocations
+it would inherit). A variant's
 figure is the median over rounds with the min and max; a ratio is the median of the per-round
 ratios against the baseline, with their min and max.
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import random
 import statistics
 import subprocess
 import sys
@@ -29,6 +32,18 @@ def spread(values: list[float]) -> dict[str, float]:
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
+ROUND_SEED = 20261128
+"""Seeds the order of variants in the rounds (:func:`round_orders`): every run shuffles alike."""
+
+
+def round_orders(names: list[str], rounds: int) -> list[list[str]]:
+    """The order of ``names`` in each of ``rounds`` rounds: a permutation drawn afresh per round
+    from a generator seeded with :data:`ROUND_SEED`, so over many rounds each variant runs after
+    each other one, first and last alike, and a rerun repeats the same orders."""
+    rng = random.Random(ROUND_SEED)  # noqa: S311 -- an experiment's design, not a secret
+    return [rng.sample(names, k=len(names)) for _ in range(rounds)]
+
+
 def interleaved(
     variants: dict[str, Callable[[], object]],
     *,
@@ -44,8 +59,7 @@ def interleaved(
     for fn in variants.values():
         fn()
     per_round: dict[str, list[float]] = {name: [] for name in names}
-    for r in range(rounds):
-        order = names[r % len(names) :] + names[: r % len(names)]
+    for order in round_orders(names, rounds):
         for name in order:
             fn = variants[name]
             start = time.perf_counter()

@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from .common import spread, table
+from .common import round_orders, spread, table
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -281,8 +281,7 @@ def over_http(quick: bool = False) -> dict[str, Any]:
         for configuration, setup in setups.items():
             names = [n for n in guard_runs if not (setup.server_cpus and guard_runs[n].store)]
             raw: dict[str, list[dict[str, float]]] = {n: [] for n in names}
-            for r in range(rounds):
-                order = names[r % len(names) :] + names[: r % len(names)]
+            for order in round_orders(names, rounds):
                 for name in order:
                     raw[name].append(_run(guard_runs[name], setup, seconds=seconds, connections=connections))
             summary: dict[str, Any] = {}

@@ -239,3 +239,17 @@ def test_the_pinned_configuration_is_said_skipped_where_it_cannot_run(monkeypatc
     monkeypatch.delattr(os, "sched_getaffinity")
     setups, why = _setups()
     assert PINNED not in setups and "sched_setaffinity" in why
+
+
+def test_rounds_shuffle_the_variants_alike_on_every_run() -> None:
+    """Each round runs every variant once; over a run's rounds each variant is first and follows
+    every other one (a fixed rotation would keep its neighbour), and a rerun repeats the orders."""
+    from benchmarks.common import round_orders
+
+    names = ["a", "b", "c", "d"]
+    orders = round_orders(names, 41)
+    assert len(orders) == 41 and all(sorted(order) == names for order in orders)
+    assert {order[0] for order in orders} == set(names)
+    after = {(order[i], order[i + 1]) for order in orders for i in range(len(names) - 1)}
+    assert after == {(x, y) for x in names for y in names if x != y}
+    assert round_orders(names, 41) == orders
