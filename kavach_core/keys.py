@@ -56,6 +56,7 @@ from .jose import (
     check_key_matches_alg,
     jwk_thumbprint,
 )
+from .memo import Memo
 from .records import SigningKey
 
 PUBLISH_MARGIN = 300
@@ -221,7 +222,9 @@ class KeySet:
     """The stored keys, with the answers every caller needs at a given time."""
 
     records: tuple[SigningKey, ...]
-    _chosen: dict[tuple[int, str], SigningKey | None] = attrs.field(init=False, factory=dict, eq=False, repr=False)
+    _chosen: Memo[tuple[int, str], tuple[SigningKey | None]] = attrs.field(
+        init=False, factory=lambda: Memo(16), eq=False, repr=False
+    )
     """What :meth:`active` answered, per time and algorithm (the records never change)."""
 
     def active(self, now: int, alg: str) -> SigningKey | None:
@@ -233,14 +236,13 @@ class KeySet:
         token request while :func:`current` saw no reason to make a key. Only the newest records
         are tried, each from the load cache, so the usual call parses nothing.
         """
-        if (now, alg) in self._chosen:
-            return self._chosen[(now, alg)]
+        found = self._chosen.get((now, alg))
+        if found is not None:
+            return found[0]
         start = now + CLOCK_SKEW
         candidates = [k for k in self.records if k.alg == alg and k.created_at <= start and now < k.signs_until]
         candidates.sort(key=lambda k: k.created_at, reverse=True)  # stable: the first stored of a tie wins
-        chosen = next((k for k in candidates if usable(k)), None)
-        self._chosen[(now, alg)] = chosen
-        return chosen
+        return self._chosen.put((now, alg), (next((k for k in candidates if usable(k)), None),))[0]
 
     def signing(self, now: int) -> tuple[SigningKey, ...]:
         """The key signing at ``now`` (:meth:`active`) of each algorithm that has one, in

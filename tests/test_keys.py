@@ -742,3 +742,13 @@ def test_active_answers_per_time_and_algorithm_when_asked_again(h: Harness) -> N
     assert keyset.active(h.now, "RS256") is None
     assert keyset.active(h.now, "ES256") is active
     assert keyset == KeySet(h.store.keys)
+
+
+def test_active_remembers_a_bounded_number_of_answers(h: Harness) -> None:
+    """A key set asked at many times (a caller keeping one for long) remembers a bounded number
+    of answers, and still answers each time as a fresh key set would."""
+    h.run(keys.current(h.ctx()))
+    keyset = _keyset(h)
+    for t in range(h.now, h.now + 200):
+        assert keyset.active(t, "ES256") == KeySet(h.store.keys).active(t, "ES256")
+    assert len(keyset._chosen) <= keyset._chosen.size
