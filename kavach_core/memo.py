@@ -36,6 +36,11 @@ class Memo(Generic[K, V]):
         entries[key] = value
         return value
 
+    def __reduce__(self) -> tuple[type[Memo[K, V]], tuple[int]]:
+        """A copy or an unpickled memo starts empty: what it held is only ever a cache (and its
+        ``get`` must be the new dictionary's own)."""
+        return (type(self), (self.size,))
+
     def __len__(self) -> int:
         return len(self._entries)
 

@@ -127,7 +127,9 @@ def _table(config: Config) -> dict[str, Route]:
 
 
 def routes(config: Config) -> dict[str, Route]:
-    """Every path this server answers, and how (the table is small and cheap to build)."""
+    """Every path this server answers, and how (the table is small and cheap to build). Each route
+    holds its endpoint's ``handle`` as it was when the table was built, and the table is kept per
+    configuration (:func:`_table`)."""
     table: dict[str, Route] = {}
     issuer_path = config.issuer_path
     as_metadata = Route(metadata.handle, ("GET", "HEAD"))

@@ -943,3 +943,17 @@ def test_scope_descriptions_are_the_same_remembered_or_not() -> None:
         resource.describe(f"tools:call:t{i}")
     assert len(resource._described) <= resource._described.size
     assert ProtectedResource(RESOURCE) == resource  # the memo is no part of the value
+
+
+def test_a_copied_or_unpickled_memo_starts_empty_and_answers_from_its_own_entries() -> None:
+    import copy
+    import pickle
+
+    from kavach_core.memo import Memo
+
+    memo: Memo[str, str] = Memo(4)
+    memo.put("k", "old")
+    for made in (copy.copy(memo), copy.deepcopy(memo), pickle.loads(pickle.dumps(memo))):
+        assert len(made) == 0 and made.size == 4 and made.get("k") is None
+        made.put("k", "new")
+        assert made.get("k") == "new" and memo.get("k") == "old"
