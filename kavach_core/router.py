@@ -30,7 +30,7 @@ answers an adapter gives when the flow itself fails (a store outage).
 from __future__ import annotations
 
 from collections.abc import Callable
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import urlsplit
 
 import attrs
 
@@ -42,6 +42,7 @@ from .errors import OAuthError
 from .http import HttpRequest, Response, error_page, error_response, json_response
 from .memo import Memo
 from .messages.authorization import ConsentRequired
+from .params import split_form
 from .resource_indicators import PRM_WELL_KNOWN
 
 AS_WELL_KNOWN = "/.well-known/oauth-authorization-server"
@@ -90,7 +91,9 @@ def _resource_metadata(resources: tuple[ProtectedResource, ...]) -> Handler:
 def _pick(resources: tuple[ProtectedResource, ...], req: HttpRequest) -> ProtectedResource | None:
     """The resource at this path; when several share it, the one on the request's host, and
     when several share that too (they differ in their query), the one whose query the request's
-    repeats (RFC 9728 §3.1: the metadata URL keeps the resource identifier's query)."""
+    repeats (RFC 9728 §3.1: the metadata URL keeps the resource identifier's query), both read
+    alike (:func:`~kavach_core.params.split_form`, escapes that are not UTF-8 kept as the adapters
+    keep them)."""
     if len(resources) == 1:
         return resources[0]
     wanted = _normal_host(req.header("host") or "")
@@ -98,7 +101,7 @@ def _pick(resources: tuple[ProtectedResource, ...], req: HttpRequest) -> Protect
     if len(on_host) == 1:
         return on_host[0]
     for resource in on_host:
-        if tuple(parse_qsl(urlsplit(resource.uri).query, keep_blank_values=True)) == req.query:
+        if tuple(split_form(urlsplit(resource.uri).query, errors="surrogateescape")) == req.query:
             return resource
     return None
 

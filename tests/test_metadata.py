@@ -182,6 +182,22 @@ def test_md_03_resources_differing_in_their_query_are_told_apart_by_it() -> None
         assert isinstance(resp, Response) and resp.status == 404, other
 
 
+def test_md_03_a_query_holding_an_escape_that_is_not_utf8_finds_its_resource() -> None:
+    """The resource's query is read as the adapters read a request's (``%FF`` kept as a lone
+    surrogate, :func:`kavach.server.incoming`), so a metadata URL whose query is not UTF-8 still
+    finds the resource it was made from, and only that one."""
+    from kavach.server import incoming
+
+    tenants = ("https://mcp.example.com/mcp?tenant=%FF", "https://mcp.example.com/mcp?tenant=%FE")
+    h = Harness(make_config(resources=[ProtectedResource(uri) for uri in tenants]))
+    for resource in h.config.resources:
+        parts = urlsplit(metadata_url(resource.uri))
+        req = incoming("GET", parts.path, parts.query, [("Host", "mcp.example.com")], b"", None)
+        resp = h.route(req)
+        assert isinstance(resp, Response)
+        assert resp.status == 200 and resp.json()["resource"] == resource.uri
+
+
 def test_md_03_single_resource_needs_no_host() -> None:
     h = Harness(make_config(resources=[ProtectedResource(RESOURCE)]))
     resp = get(h, "/.well-known/oauth-protected-resource/mcp")
