@@ -181,8 +181,9 @@ class ProtectedResource:
     default_scopes: tuple[str, ...] = attrs.field(default=(), converter=_default_scopes)
     name: str = ""
     _described: Memo[str, str] = attrs.field(init=False, factory=lambda: Memo(256), eq=False, repr=False)
-    _names: tuple[str, ...] = attrs.field(init=False, eq=False, repr=False)
     """What :meth:`describe` answered for the last few scopes (requests name the same ones)."""
+    _names: tuple[str, ...] = attrs.field(init=False, eq=False, repr=False)
+    """:attr:`scope_names`, taken from the catalogue once (every token request asks for them)."""
 
     def __attrs_post_init__(self) -> None:
         if not isinstance(self.name, str):

@@ -271,10 +271,9 @@ _encoded_headers: Memo[tuple[str, str, str], str] = Memo(256)
 
 def _encoded_header(alg: str, kid: str, typ: str) -> str:
     """The encoded protected header ``{alg, kid, typ}``: the same text for every token a key signs."""
-    found = _encoded_headers.get((alg, kid, typ))
-    if found is None:
-        found = _encoded_headers.put((alg, kid, typ), _encode_json({"alg": alg, "kid": kid, "typ": typ}))
-    return found
+    key = (alg, kid, typ)
+    found = _encoded_headers.get(key)
+    return found if found is not None else _encoded_headers.put(key, _encode_json({"alg": alg, "kid": kid, "typ": typ}))
 
 
 def sign(pair: SigningKeyPair, payload: Mapping[str, Any], typ: str) -> str:

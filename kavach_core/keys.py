@@ -33,9 +33,7 @@ would mean writing prime generation ourselves.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Mapping
-from typing import TypeVar
 
 import attrs
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -76,13 +74,11 @@ key). A successor is published :data:`PREPUBLISH` seconds ahead, so it may sign 
 _P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
 _CACHE_SIZE = 64
 _CacheKey = tuple[str, str, bytes]
-_V = TypeVar("_V")
-_loaded: dict[_CacheKey, SigningKeyPair] = {}
-_unloadable: dict[_CacheKey, str] = {}
+_loaded: Memo[_CacheKey, SigningKeyPair] = Memo(_CACHE_SIZE)
+_unloadable: Memo[_CacheKey, str] = Memo(_CACHE_SIZE)
 """Records :func:`load` refused, with the reason. The key set is read on every token request and a
 retired record stays stored until its publication ends, so the same broken record comes back
 often: it is refused again without parsing its PEM again."""
-_loaded_lock = threading.Lock()
 
 
 def _private_key(alg: str, ctx: Context) -> PrivateKey:
@@ -171,10 +167,9 @@ def load(record: SigningKey) -> SigningKeyPair:
     try:
         pair = _parse(record)
     except JoseError as exc:
-        _remember(_unloadable, cache_key, str(exc))
+        _unloadable.put(cache_key, str(exc))
         raise
-    _remember(_loaded, cache_key, pair)
-    return pair
+    return _loaded.put(cache_key, pair)
 
 
 def _parse(record: SigningKey) -> SigningKeyPair:
@@ -188,13 +183,6 @@ def _parse(record: SigningKey) -> SigningKeyPair:
     return SigningKeyPair(record.kid, record.alg, key)
 
 
-def _remember(cache: dict[_CacheKey, _V], cache_key: _CacheKey, value: _V) -> None:
-    with _loaded_lock:
-        if len(cache) >= _CACHE_SIZE:
-            cache.clear()
-        cache[cache_key] = value
-
-
 def usable(record: SigningKey) -> bool:
     """Whether this process can sign with ``record`` (:func:`load` succeeds); cached like :func:`load`."""
     try:
@@ -204,17 +192,14 @@ def usable(record: SigningKey) -> bool:
     return True
 
 
-_public: dict[_CacheKey, VerifyingKey] = {}
+_public: Memo[_CacheKey, VerifyingKey] = Memo(_CACHE_SIZE)
 
 
 def verifying(record: SigningKey) -> VerifyingKey:
     """The public half of a stored key (built once per process, like :func:`load`)."""
     cache_key = (record.kid, record.alg, record.private_pem)
     found = _public.get(cache_key)
-    if found is None:
-        found = load(record).public
-        _remember(_public, cache_key, found)
-    return found
+    return found if found is not None else _public.put(cache_key, load(record).public)
 
 
 @attrs.frozen

@@ -75,7 +75,7 @@ class Route:
         return ", ".join(methods)
 
 
-# -- endpoints -----------------------------------------------------------------------------------
+# -- protected resource metadata -----------------------------------------------------------------
 
 
 def _resource_metadata(resources: tuple[ProtectedResource, ...]) -> Handler:

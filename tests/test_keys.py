@@ -25,6 +25,7 @@ from kavach_core.drivers import Flow
 from kavach_core.endpoints import jwks
 from kavach_core.jose import JoseError, VerifyingKey
 from kavach_core.keys import KeySet
+from kavach_core.memo import Memo
 from kavach_core.records import SigningKey
 
 ALGS = ["ES256", "RS256", "EdDSA"]
@@ -459,8 +460,8 @@ def test_a_key_this_process_cannot_load_is_never_stored(h: Harness, monkeypatch:
         raise JoseError(f"key does not fit algorithm {alg}")
 
     monkeypatch.setattr(keys, "check_key_matches_alg", refuse)
-    monkeypatch.setattr(keys, "_loaded", {})  # the seeded keys below were loaded by earlier tests
-    monkeypatch.setattr(keys, "_unloadable", {})  # and this test's refusals must not outlive it
+    monkeypatch.setattr(keys, "_loaded", Memo(64))  # the seeded keys below were loaded by earlier tests
+    monkeypatch.setattr(keys, "_unloadable", Memo(64))  # and this test's refusals must not outlive it
     for _ in range(3):
         with pytest.raises(JoseError):
             h.run(keys.current(h.ctx()))
