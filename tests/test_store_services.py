@@ -1151,6 +1151,56 @@ def test_redis_a_rotation_meeting_a_damaged_number_writes_nothing(rd: RedisStore
     assert _redis_contents(rd) == before
 
 
+@pytest.mark.parametrize(
+    "record",
+    ["{not json", "[1]", json.dumps({**GRANTS.to_dict(grant()), "scopes": [None]})],
+    ids=["not-json", "not-an-object", "null-scope"],
+)
+def test_redis_a_rotation_meeting_a_damaged_record_writes_nothing(rd: RedisStore, record: str) -> None:
+    """A grant whose record does not read is damage (503) found before the rotation writes: the
+    current token presented neither moves the family on nor, later, reads as a replay of it."""
+    rd.perform(fx.PutCode(code()))
+    assert rd.perform(fx.ConsumeCode("h1", grant())) is True
+    rd._sync_client().hset(rd.prefix + "grant:g1", "record", record)
+    before = _redis_contents(rd)
+    rotate = fx.RotateRefresh("g1", 0, "r0", "r1", T0 + 10, 10, T0 + DAY)
+    with pytest.raises(DamagedValueError, match="prefix is damaged"):
+        rd.perform(rotate)
+    with pytest.raises(DamagedValueError, match="prefix is damaged"):
+        asyncio.run(rd.aperform(rotate))
+    assert _redis_contents(rd) == before
+
+
+def test_redis_a_rotation_whose_record_changes_after_it_was_read_writes_nothing(
+    rd: RedisStore, monkeypatch: Any
+) -> None:
+    """The record read and decoded before the rotation script runs is the one the script rotates:
+    a record that became other text in between (records are written once, so this is damage)
+    makes the script write nothing."""
+    from kavach.stores import redis as redis_store
+
+    rd.perform(fx.PutCode(code()))
+    assert rd.perform(fx.ConsumeCode("h1", grant())) is True
+    key = rd.prefix + "grant:g1"
+    damaged = json.dumps({**GRANTS.to_dict(grant()), "subject": "mallory"})
+    execute = redis_store._execute
+
+    def damaging(client: Any, step: Any) -> Any:
+        reply = execute(client, step)
+        if getattr(step, "args", None) == ("HGETALL", key):
+            client.hset(key, "record", damaged)  # the record changes once it has been read
+        return reply
+
+    before = _redis_contents(rd)
+    monkeypatch.setattr(redis_store, "_execute", damaging)
+    with pytest.raises(DamagedValueError, match="prefix is damaged"):
+        rd.perform(fx.RotateRefresh("g1", 0, "r0", "r1", T0 + 10, 10, T0 + DAY))
+    after = _redis_contents(rd)
+    assert after[key.encode()][1][b"record"] == damaged.encode()
+    after[key.encode()][1][b"record"] = before[key.encode()][1][b"record"]
+    assert after == before  # the generation, hash and times are as they were
+
+
 _WINDOW_END = fx.Hit("b1", 5, 60, T0).window_end
 
 

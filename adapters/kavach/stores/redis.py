@@ -28,7 +28,8 @@ Guarantees:
   next call reconnects. A key under the prefix holding what is not its record (another type,
   other text, a number that is not a whole number) raises :class:`DamagedValueError`, a
   ``StoreUnavailable`` too. Scripts read and check every stored number they need before they
-  write anything, so an effect meeting a damaged number changes nothing. ``purge`` logs a damaged
+  write anything, and a rotation reads and decodes the family's record first, so an effect
+  meeting a damaged number or record changes nothing. ``purge`` logs a damaged
   key and leaves it as it is, and purges the others.
 - Signing keys' private PEMs are encrypted at rest when a store key is configured (``store_key``
   or ``KAVACH_STORE_KEY``), see :mod:`kavach.stores._sealing`.
@@ -271,13 +272,14 @@ for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
 end
 return out
 """,
-    # KEYS: grant. ARGV: generation, presented, successor, now, grace, idle_expires_at
+    # KEYS: grant. ARGV: generation, presented, successor, now, grace, idle_expires_at, record
+    # (the grant's record as the store read and decoded it just before: see RedisStore._rotate)
     "rotate": _WHOLE
     + """
 if redis.call('EXISTS', KEYS[1]) == 0 then return {'unknown', {}} end
-local f = redis.call('HMGET', KEYS[1], 'exp', 'gen', 'hash', 'rexp', 'rot', 'rev')
+local f = redis.call('HMGET', KEYS[1], 'exp', 'gen', 'hash', 'rexp', 'rot', 'rev', 'record')
 local exp, gen, rexp, rot = whole(f[1]), whole(f[2]), whole(f[4]), whole(f[5])
-if not (exp and gen and rexp and rot and f[3] and (f[6] == '' or whole(f[6]))) then
+if not (exp and gen and rexp and rot and f[3] and (f[6] == '' or whole(f[6])) and f[7] == ARGV[7]) then
   return {'damaged', KEYS[1]}
 end
 local g, now = tonumber(ARGV[1]), tonumber(ARGV[4])
@@ -813,8 +815,17 @@ class RedisStore:
         )
 
     def _rotate(self, e: fx.RotateRefresh) -> Plan[fx.Rotation]:
-        args = (e.generation, e.presented_hash, e.successor_hash, e.now, e.grace, e.idle_expires_at)
-        reply = _undamaged((yield _Script("rotate", (self._k("grant", e.grant_id),), args)))
+        """The family's record is read and decoded first, so a record that does not read is
+        damage found before anything is written; the script then rotates only while the record
+        is still the text that read (a grant's record is written once, by ``ConsumeCode``, so any
+        other text there is damage too), checking the numbers beside it as it reads them."""
+        key = self._k("grant", e.grant_id)
+        fields = _pairs((yield _Command(("HGETALL", key))))
+        if _grant(fields) is None:  # no grant, or its hash lost its record: nothing to rotate
+            return fx.Rotation("unknown", None)
+        record = fields["record"]
+        args = (e.generation, e.presented_hash, e.successor_hash, e.now, e.grace, e.idle_expires_at, record)
+        reply = _undamaged((yield _Script("rotate", (key,), args)))
         return fx.Rotation(_text(reply[0]), _grant(reply[1]))  # type: ignore[arg-type]
 
     # -- access tokens ---------------------------------------------------------------------------
