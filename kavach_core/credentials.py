@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+from collections.abc import Sequence
 from urllib.parse import unquote_plus
 
 import attrs
@@ -80,17 +81,36 @@ def client_credentials(req: HttpRequest, params: Params) -> ClientCredentials | 
     return ClientCredentials(body_id, None, "none")
 
 
+REPEATED_AUTHORIZATION_DESCRIPTION = "Send the access token in one Authorization header"
+
+
+def repeated_authorization(values: Sequence[str]) -> bool:
+    """Whether a request's ``Authorization`` header values repeat the credential: several
+    values, or one value with a comma and a Bearer credential before or after it (no b64token
+    has a comma, RFC 6750 §2.1), as repeated headers a server joined into one (RFC 9110 §5.3, as
+    WSGI servers do), in whichever order they came. RFC 6750 §3.1 makes that ``invalid_request``."""
+    if len(values) > 1:
+        return True
+    return bool(values) and "," in values[0] and _joined_bearer(values[0])
+
+
+def _joined_bearer(value: str) -> bool:
+    """Whether any of the comma-separated parts of ``value`` is a Bearer credential."""
+    return any(part.lstrip(" \t")[:7].lower() == "bearer " for part in value.split(","))
+
+
 def bearer_token(req: HttpRequest) -> str | None:
     """The Bearer token of the ``Authorization`` header (RFC 6750 §2.1), or ``None``.
 
-    Only the header counts (RS-01): ``access_token`` in a query or body is ignored.
-    Raises ``invalid_request`` for a malformed or repeated header.
+    Only the header counts (RS-01): ``access_token`` in a query or body is ignored. Raises, as
+    RFC 6750 §3.1 names them, ``invalid_request`` (400) for a repeated header
+    (:func:`repeated_authorization`) and ``invalid_token`` (401) for a malformed token.
     """
     values = req.header_values("authorization")
     if not values:
         return None
-    if len(values) > 1:
-        raise OAuthError("invalid_request", "more than one Authorization header", status=400)
+    if repeated_authorization(values):
+        raise OAuthError("invalid_request", REPEATED_AUTHORIZATION_DESCRIPTION, status=400)
     return parse_bearer(values[0])
 
 
@@ -112,5 +132,5 @@ def parse_bearer(header: str) -> str | None:
     """The token of one ``Authorization`` header value; ``None`` for another scheme."""
     token = bearer_credentials(header)
     if token is not None and not is_b64token(token):
-        raise OAuthError("invalid_request", "malformed Bearer token", status=400)
+        raise OAuthError("invalid_token", "malformed Bearer token", status=401)
     return token

@@ -28,7 +28,7 @@ import attrs
 from . import effects as fx
 from .access_tokens import AccessToken, verify
 from .config import Config, ProtectedResource
-from .credentials import bearer_credentials, is_b64token
+from .credentials import REPEATED_AUTHORIZATION_DESCRIPTION, bearer_credentials, is_b64token, repeated_authorization
 from .drivers import Flow
 from .errors import MISSING_TOKEN_ERROR, ConfigurationError, safe_description
 from .http import HttpRequest, Response, json_response
@@ -40,7 +40,6 @@ from .verified_cache import VerifiedCache
 
 INVALID_TOKEN_DESCRIPTION = "The access token is invalid, expired or revoked"
 MISSING_TOKEN_DESCRIPTION = "A Bearer access token is required"
-REPEATED_AUTHORIZATION_DESCRIPTION = "Send the access token in one Authorization header"
 INSUFFICIENT_SCOPE_DESCRIPTION = "The access token does not grant the scope this request needs"
 
 
@@ -255,23 +254,15 @@ def authenticate_values(
     """:func:`authenticate` given every ``Authorization`` header value of a request, in order.
 
     For adapters that can pick that header out of their framework's request without building an
-    :class:`~kavach_core.http.HttpRequest`. Several values repeat the credential: 400
-    ``invalid_request`` (RFC 6750 §3.1), whichever of them is valid. So does one value with a
-    comma and a Bearer credential before or after it, since no b64token has a comma (RFC 6750
-    §2.1): repeated headers a server joined into one (RFC 9110 §5.3, as WSGI servers do), in
-    whichever order they came.
+    :class:`~kavach_core.http.HttpRequest`. Values that repeat the credential
+    (:func:`~kavach_core.credentials.repeated_authorization`: several, or one joining several)
+    are 400 ``invalid_request`` (RFC 6750 §3.1), whichever of them is valid.
     """
-    value = authorization[0] if authorization else None
-    if len(authorization) > 1 or (value is not None and "," in value and _joined_bearer(value)):
+    if repeated_authorization(authorization):
         protected = _protected(config, resource)
         ask = required or protected.default_scopes
         return _answer(challenge(protected.uri, ask, "invalid_request", REPEATED_AUTHORIZATION_DESCRIPTION))
-    return authenticate(config, resource, value, required, now, cache, keyring)
-
-
-def _joined_bearer(value: str) -> bool:
-    """Whether any of the comma-separated parts of ``value`` is a Bearer credential."""
-    return any(part.lstrip(" \t")[:7].lower() == "bearer " for part in value.split(","))
+    return authenticate(config, resource, authorization[0] if authorization else None, required, now, cache, keyring)
 
 
 def _answer(response: Response) -> Flow[Response]:

@@ -410,11 +410,16 @@ def test_bearer_token_header_only_and_strict() -> None:
     assert bearer_token(HttpRequest("GET", "/", {"access_token": "abc"})) is None
     assert bearer_token(HttpRequest("GET", "/", (), [("Authorization", "Bearer abc.def-_~+/==")])) == "abc.def-_~+/=="
     assert bearer_token(HttpRequest("GET", "/", (), [("Authorization", "Basic abc")])) is None
-    with pytest.raises(OAuthError, match="more than one"):
-        bearer_token(HttpRequest("GET", "/", (), [("Authorization", "Bearer a"), ("authorization", "Bearer b")]))
+    # RFC 6750 §3.1: a repeated credential is invalid_request (400), a malformed one invalid_token (401)
+    twice = [("Authorization", "Bearer a"), ("authorization", "Bearer b")]
+    for repeated in (twice, [("Authorization", "Bearer a, Bearer b")]):
+        with pytest.raises(OAuthError, match="one Authorization header") as raised:
+            bearer_token(HttpRequest("GET", "/", (), repeated))
+        assert (raised.value.error, raised.value.status) == ("invalid_request", 400)
     for bad in ("Bearer", "Bearer a b", "Bearer é", "Bearer =abc"):
-        with pytest.raises(OAuthError, match="malformed"):
+        with pytest.raises(OAuthError, match="malformed") as raised:
             parse_bearer(bad)
+        assert (raised.value.error, raised.value.status) == ("invalid_token", 401)
 
 
 # -- opaque secrets (GN-02) --------------------------------------------------------------------

@@ -511,6 +511,29 @@ def test_rg_03_bad_initial_access_token(value: str) -> None:
     assert snapshot(h) == before
 
 
+@pytest.mark.parametrize(
+    "headers",
+    [
+        [("Authorization", "Bearer " + TOKEN), ("Authorization", "Bearer " + TOKEN)],
+        [("Authorization", "Bearer " + TOKEN), ("authorization", "Bearer other")],
+        [("Authorization", f"Bearer {TOKEN}, Bearer other")],
+        [("Authorization", f"Basic eDp5, Bearer {TOKEN}")],
+    ],
+    ids=["twice", "two-tokens", "joined", "joined-after-basic"],
+)
+def test_rg_03_repeated_initial_access_token_is_invalid_request(headers: list[tuple[str, str]]) -> None:
+    """RFC 6750 §3.1: the token sent more than once is ``invalid_request`` (400), with its
+    challenge, as the resource guard answers it, even when one of them is the right token."""
+    h = token_harness()
+    before = snapshot(h)
+    resp, effects = register(h, meta(), headers=headers)
+    assert resp.status == 400
+    assert resp.json()["error"] == "invalid_request"
+    assert resp.header("WWW-Authenticate") == 'Bearer error="invalid_request"'
+    assert writes(effects) == []
+    assert snapshot(h) == before
+
+
 def test_rg_03_token_checked_before_the_body() -> None:
     h = token_harness()
     resp, _ = register(h, raw=b"not json")

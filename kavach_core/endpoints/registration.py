@@ -4,7 +4,8 @@ Policy (``config.registration``, RG-03):
 
 - ``open``: anyone may register. ``token``: the request must carry an initial access token as
   a Bearer token (RFC 7591 §3, RFC 6750 §2.1) whose SHA-256 digest is one of
-  ``initial_access_token_hashes``; otherwise 401 with ``WWW-Authenticate: Bearer``.
+  ``initial_access_token_hashes``; otherwise 401 with ``WWW-Authenticate: Bearer`` (400
+  ``invalid_request`` for a repeated ``Authorization`` header, RFC 6750 §3.1, as the guard answers).
   ``closed``: the endpoint does not exist (404 ``not_found``, and the metadata omits
   ``registration_endpoint``), so a closed server looks exactly like one without the feature.
 - Rate limit: ``rate_limit`` successful-looking registrations per ``rate_window`` per client
@@ -51,6 +52,7 @@ from .. import effects as fx
 from ..client_metadata import accept
 from ..clients import count_registration
 from ..context import Context
+from ..credentials import REPEATED_AUTHORIZATION_DESCRIPTION
 from ..drivers import Flow
 from ..errors import MISSING_TOKEN_ERROR, OAuthError
 from ..http import HttpRequest, Response, client_address, error_response, json_response
@@ -74,12 +76,15 @@ def _bad_token() -> OAuthError:
 
 
 def _bearer_challenge(err: OAuthError) -> tuple[tuple[str, str], ...]:
-    """RFC 6750 §3: a missing token gets a bare challenge, a bad one ``error="invalid_token"``."""
+    """RFC 6750 §3: a missing token gets a bare challenge, a bad one ``error="invalid_token"``
+    and a repeated ``Authorization`` header ``error="invalid_request"`` (§3.1), as the guard's."""
     missing = _missing_token()
     if (err.error, err.description, err.status) == (missing.error, missing.description, missing.status):
         return (("WWW-Authenticate", BEARER_CHALLENGE),)
     if err.status == 401:
         return (("WWW-Authenticate", f'{BEARER_CHALLENGE} error="invalid_token"'),)
+    if (err.error, err.description) == ("invalid_request", REPEATED_AUTHORIZATION_DESCRIPTION):
+        return (("WWW-Authenticate", f'{BEARER_CHALLENGE} error="invalid_request"'),)
     return ()
 
 

@@ -148,13 +148,11 @@ def parse_metadata(body: dict[str, Any]) -> RegistrationRequest:
 def initial_access_token(req: HttpRequest) -> str | None:
     """The Bearer token of the request (RFC 7591 §3; RFC 6750 §2.1), or ``None`` when absent.
 
-    A malformed ``Authorization`` header is ``invalid_token`` (401) rather than the bare
-    RFC 6750 ``invalid_request``, so a caller always learns to present a valid token.
+    As at every protected resource here (:func:`~kavach_core.credentials.bearer_token`): a
+    malformed token is ``invalid_token`` (401), a repeated ``Authorization`` header
+    ``invalid_request`` (400), as RFC 6750 §3.1 names them.
     """
-    try:
-        return bearer_token(req)
-    except OAuthError as exc:
-        raise OAuthError("invalid_token", exc.description, status=401) from exc
+    return bearer_token(req)
 
 
 def parse(req: HttpRequest) -> RegistrationRequest:
