@@ -7,7 +7,7 @@ parameters must not be included more than once. OAuth 2.1 §4.1.1 / AZ-01.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import unquote, unquote_to_bytes
 
@@ -30,6 +30,9 @@ class Params:
     """An ordered multi-dict of parameters with the RFC 6749 §3.1 rules built in."""
 
     pairs: tuple[tuple[str, str], ...] = ()
+    unreadable: frozenset[str] = frozenset()
+    """Names given a value that is not text (see :func:`query_params`): reading one is
+    ``invalid_request``, the other parameters read as usual."""
     _values: dict[str, list[str]] = attrs.field(init=False, eq=False, repr=False)
     """Every non-empty value of each name, in order (RFC 6749 §3.1: empty means omitted)."""
 
@@ -45,7 +48,10 @@ class Params:
         object.__setattr__(self, "_values", values)
 
     def get(self, name: str) -> str | None:
-        """The single value of ``name``; empty means absent; given twice is ``invalid_request``."""
+        """The single value of ``name``; empty means absent; given twice, or not as text, is
+        ``invalid_request``."""
+        if self.unreadable and name in self.unreadable:
+            raise _not_text(name)
         values = self._values.get(name)
         if values is None:
             return None
@@ -54,7 +60,10 @@ class Params:
         return values[0]
 
     def get_all(self, name: str) -> tuple[str, ...]:
-        """Every non-empty value of a parameter that may repeat (``resource``, RFC 8707 §2)."""
+        """Every non-empty value of a parameter that may repeat (``resource``, RFC 8707 §2); one
+        not given as text is ``invalid_request``."""
+        if self.unreadable and name in self.unreadable:
+            raise _not_text(name)
         return tuple(self._values.get(name, ()))
 
     def duplicated(self, name: str) -> bool:
@@ -127,20 +136,54 @@ def _is_text(value: str) -> bool:
     return True
 
 
-def query_params(req: HttpRequest) -> Params:
-    """The query parameters of ``req`` (already split into pairs by the adapter)."""
-    if len(req.query) > MAX_FIELDS:
+def _text_problem(text: str) -> str | None:
+    """Why ``text``, a decoded name or value, is not a parameter's text: a NUL (GN-03), or a lone
+    surrogate, which a lenient decoding leaves for an escape that is not UTF-8."""
+    if "\x00" in text:
+        return "parameters must not contain NUL"
+    if not (text.isascii() or _is_text(text)):
+        return "parameters must be valid UTF-8"
+    return None
+
+
+def _not_text(name: str) -> OAuthError:
+    return OAuthError("invalid_request", f"parameter {name} is not UTF-8 text without NUL")
+
+
+def _params_by_parameter(pairs: Sequence[tuple[str, str]]) -> Params:
+    """``pairs`` as :class:`Params` in which a value that is not text spoils its own parameter
+    only (:attr:`Params.unreadable`); more than :data:`MAX_FIELDS` pairs, or a name that is not
+    text (it names no parameter), is ``invalid_request`` for the whole request."""
+    if len(pairs) > MAX_FIELDS:
         raise OAuthError("invalid_request", "too many parameters")
-    for key, value in req.query:
-        if "\x00" in key or "\x00" in value:
-            raise OAuthError("invalid_request", "parameters must not contain NUL")
-        if not ((key.isascii() or _is_text(key)) and (value.isascii() or _is_text(value))):
-            raise OAuthError("invalid_request", "parameters must be valid UTF-8")
-    return Params(req.query)
+    readable: list[tuple[str, str]] = []
+    unreadable: set[str] = set()
+    for key, value in pairs:
+        problem = _text_problem(key)
+        if problem is not None:
+            raise OAuthError("invalid_request", problem)
+        if _text_problem(value) is None:
+            readable.append((key, value))
+        else:
+            unreadable.add(key)
+    return Params(tuple(readable), frozenset(unreadable))
 
 
-def form_params(req: HttpRequest) -> Params:
-    """The form body of a POST (RFC 6749 §3.2: ``application/x-www-form-urlencoded`` only)."""
+def query_params(req: HttpRequest) -> Params:
+    """The query parameters of ``req`` (already split into pairs by the adapter, escapes that
+    are not UTF-8 kept as lone surrogates), each value that is not text spoiling its own
+    parameter only: an authorization request (RFC 6749 §4.1.2.1) whose client and redirect URI
+    read is answered at that redirect URI whatever else it holds."""
+    return _params_by_parameter(req.query)
+
+
+def form_params(req: HttpRequest, *, by_parameter: bool = False) -> Params:
+    """The form body of a POST (RFC 6749 §3.2: ``application/x-www-form-urlencoded`` only).
+
+    Strict: any field that is not text is ``invalid_request`` for the whole body. With
+    ``by_parameter`` (an authorization request's form), such a value spoils its own parameter
+    only, as in :func:`query_params`.
+    """
     if req.content_type != FORM:
         raise OAuthError("invalid_request", f"the request body must be {FORM}")
     if len(req.body) > MAX_BODY:
@@ -149,6 +192,10 @@ def form_params(req: HttpRequest) -> Params:
         text = req.body.decode("ascii")
     except UnicodeDecodeError as exc:
         raise OAuthError("invalid_request", "a form body must be ASCII, percent-encoded") from exc
+    if by_parameter:
+        if text.count("&") >= MAX_FIELDS:
+            raise OAuthError("invalid_request", "too many parameters")
+        return _params_by_parameter(split_form(text, "surrogateescape"))
     return parse_query_string(text)
 
 

@@ -605,12 +605,15 @@ def test_az_12_deny_redirects_with_access_denied(dep: Deployment) -> None:
 
 def test_az_12_state_comes_back_exactly_or_the_request_is_refused(dep: Deployment) -> None:
     """RFC 6749 §4.1.2: ``state`` is returned exactly as received. UTF-8 escapes round-trip; escapes
-    that are not UTF-8 cannot be passed on unaltered, so the request is refused with a page."""
+    that are not UTF-8 cannot be passed on unaltered, so the request is refused: ``invalid_request``
+    at the redirect URI without a state (RFC 6749 §4.1.2.1), as for a state given twice."""
     client_id = dep.register()
     url = dep.authorize_url(client_id, pkce()[1])
     refused = dep.person.get(url.replace("state=xyz-state", "state=%FF%FEx"))
-    assert refused.status_code == 400 and "location" not in refused.headers
-    assert "UTF-8" in refused.text
+    assert refused.status_code == 303
+    answer = parse_qs(urlsplit(refused.headers["location"]).query)
+    assert answer["error"] == ["invalid_request"] and answer["iss"] == [dep.issuer]
+    assert "state" not in answer and "code" not in answer
     login = dep.person.get(url.replace("state=xyz-state", "state=%C3%A9t%C3%A9+%2B1+100%25ff%26"))
     consent = dep.person.get(dep.base + dep.login(login).headers["location"])
     form = the_form(consent)

@@ -7,6 +7,7 @@ belong to the adapters; the core's own error pages and redirects are checked her
 from __future__ import annotations
 
 import re
+from urllib.parse import urlencode
 
 import pytest
 from conftest import ISSUER, OTHER_RESOURCE, RESOURCE, Harness, make_config, s256
@@ -126,6 +127,60 @@ def test_az_01_other_duplicate_parameters_redirect_invalid_request(hc: Harness, 
     # A duplicated state is not echoed (which one would be "the" state?); any other is.
     assert_error_redirect(out, "invalid_request", state=None if name == "state" else STATE)
     assert snapshot(hc) == before
+
+
+def _raw_request(hc: Harness, method: str, pairs: list[tuple[str, str]]) -> object:
+    """An authorization request of ``pairs``, which may hold text that is not text: a GET query
+    split as the adapters split it (an escape that is not UTF-8 kept as a lone surrogate), or a
+    POST form carrying each percent-encoded."""
+    if method == "GET":
+        req = hc.request("GET", "/authorize", query=pairs)
+    else:
+        body = urlencode(pairs, encoding="utf-8", errors="surrogateescape").encode()
+        headers = [("Content-Type", "application/x-www-form-urlencoded")]
+        req = hc.request("POST", "/authorize", headers=headers, body=body)
+    return hc.run(authorize.handle(hc.ctx(), req))
+
+
+def _with(name: str, value: str) -> list[tuple[str, str]]:
+    return [(k, value if k == name else v) for k, v in az_query().items()]
+
+
+_READ_PARAMETERS = ["response_type", "state", "scope", "code_challenge", "code_challenge_method", "resource"]
+
+
+@pytest.mark.parametrize("value", ["\udcff", "tools:list\x00"], ids=["not-utf-8", "nul"])
+@pytest.mark.parametrize("name", _READ_PARAMETERS)
+@pytest.mark.parametrize("method", ["GET", "POST"])
+def test_az_01_a_value_that_is_not_text_is_redirected_invalid_request(
+    hc: Harness, method: str, name: str, value: str
+) -> None:
+    """RFC 6749 §4.1.2.1: once client and redirect URI are good, a parameter holding a NUL or an
+    escape that is not UTF-8 is ``invalid_request`` at the redirect URI (a state that is not text
+    is not echoed); nothing is stored."""
+    before = snapshot(hc)
+    out = _raw_request(hc, method, _with(name, value))
+    assert_error_redirect(out, "invalid_request", state=None if name == "state" else STATE)
+    assert snapshot(hc) == before
+
+
+@pytest.mark.parametrize("value", ["\udcff", "c1\x00"], ids=["not-utf-8", "nul"])
+@pytest.mark.parametrize("name", ["client_id", "redirect_uri"])
+@pytest.mark.parametrize("method", ["GET", "POST"])
+def test_az_02_a_client_id_or_redirect_uri_that_is_not_text_is_a_page(
+    hc: Harness, method: str, name: str, value: str
+) -> None:
+    before = snapshot(hc)
+    assert_page(_raw_request(hc, method, _with(name, value)), "invalid_request")
+    assert snapshot(hc) == before
+
+
+@pytest.mark.parametrize("name", ["state\x00", "sta\udcffte"], ids=["nul", "not-utf-8"])
+@pytest.mark.parametrize("method", ["GET", "POST"])
+def test_az_01_a_parameter_name_that_is_not_text_is_a_page(hc: Harness, method: str, name: str) -> None:
+    """A name holding a NUL or an escape that is not UTF-8 names no parameter one can tell: the
+    request is refused on a page, whatever it might have been."""
+    assert_page(_raw_request(hc, method, [*az_query().items(), (name, "x")]), "invalid_request")
 
 
 def test_az_01_duplicate_with_different_values_is_refused_too(hc: Harness) -> None:

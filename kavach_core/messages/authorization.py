@@ -65,12 +65,14 @@ def _params(req: HttpRequest) -> Params:
     if req.method == "GET":
         return query_params(req)
     if req.method == "POST":
-        return form_params(req)
+        return form_params(req, by_parameter=True)
     raise OAuthError("invalid_request", "use GET or POST", status=405)
 
 
 def parse(req: HttpRequest) -> AuthorizationRequest:
-    """Parse a GET query or a POST form (AZ-01). Raises only for an unreadable request."""
+    """Parse a GET query or a POST form (AZ-01). A request that cannot be read at all (too many
+    fields, a name that is not text, a body that is no form) is a ``client_problem``; a value that
+    is not text spoils its own parameter only (:func:`~kavach_core.params.query_params`)."""
     try:
         params = _params(req)
     except OAuthError as exc:
@@ -90,6 +92,11 @@ def parse(req: HttpRequest) -> AuthorizationRequest:
         except OAuthError as exc:
             values[name] = None
             problem = problem or exc
+    try:
+        resources = params.get_all("resource")
+    except OAuthError as exc:
+        resources = ()
+        problem = problem or exc
     # ``state`` is echoed verbatim even when another parameter is bad, unless it is itself bad.
     state = values["state"]
     if state is not None and len(state) > MAX_STATE:
@@ -104,7 +111,7 @@ def parse(req: HttpRequest) -> AuthorizationRequest:
         scope=values["scope"],
         code_challenge=values["code_challenge"],
         code_challenge_method=values["code_challenge_method"],
-        resources=params.get_all("resource"),
+        resources=resources,
         problem=problem,
         request=values["request"],
         request_uri=values["request_uri"],
