@@ -487,22 +487,27 @@ def test_serve_prints_where_to_connect_and_how_to_log_in() -> None:
 
 
 def test_serve_keeps_tokens_sent_in_the_url_out_of_its_access_log() -> None:
-    """A client sending its token in the query (which no guard reads, RFC 6750 §2.3) leaves
-    ``[redacted]`` in ``kavach serve``'s access log, however the parameter is spelt, and the
-    rest of the line as it was (RFC 6750 §5.3). Before, the whole token was logged."""
+    """A client sending its token in the query (which no guard reads, RFC 6750 §2.3), or a refresh
+    token and secret to the token endpoint (which reads only its form), leaves ``[redacted]`` in
+    ``kavach serve``'s access log, however the parameter is spelt, and the rest of the line as it
+    was (RFC 6750 §5.3, RFC 6749 §10.3, §10.5). Before, the whole token was logged."""
     with serve() as served:
-        secrets_sent = ["SECRETONE", "SECRETTWO", "SECRETTHREE"]
+        secrets_sent = ["SECRETONE", "SECRETTWO", "SECRETTHREE", "SECRETFOUR", "SECRETFIVE"]
         for query in ("access_token=SECRETONE&x=1", "x=2;ACCESS.TOKEN=SECRETTWO", "access%5Ftoken=SECRETTHREE&y=3"):
             answer = httpx.post(f"{served.mcp_url}?{query}", json={"jsonrpc": "2.0", "id": 1, "method": "ping"},
                                 timeout=10)
             assert answer.status_code == 401
+        token_url = served.mcp_url.removesuffix("/mcp") + "/token"
+        refused = httpx.get(f"{token_url}?grant_type=refresh_token&refresh_token=SECRETFOUR&client_secret=SECRETFIVE")
+        assert refused.status_code == 405
         deadline = time.monotonic() + 10  # the hang guard: the log is written as each request ends
-        while served.output().count("[redacted]") < 3 and time.monotonic() < deadline:
+        while served.output().count("[redacted]") < 5 and time.monotonic() < deadline:
             time.sleep(0.05)
         log = served.output()
         assert not [secret for secret in secrets_sent if secret in log], log
         assert '"POST /mcp?access_token=[redacted]&x=1 HTTP/1.1" 401' in log, log
         assert "/mcp?x=2;ACCESS.TOKEN=[redacted] " in log and "/mcp?access%5Ftoken=[redacted]&y=3 " in log, log
+        assert '"GET /token?grant_type=refresh_token&refresh_token=[redacted]&client_secret=[redacted] ' in log, log
 
 
 def test_serve_with_a_user_does_not_ask_for_one(tmp_path: Path) -> None:

@@ -603,9 +603,19 @@ def test_a_url_too_long_to_forward_is_a_414_not_a_500(fake: FakeUpstream, serve:
         ("/mcp?access_token=abc&x=1", "/mcp?access_token=[redacted]&x=1"),
         ("/mcp?x=1;Access.Token=abc&access_token", "/mcp?x=1;Access.Token=[redacted]&access_token=[redacted]"),
         ("/mcp?access%5Ftoken=a=b", "/mcp?access%5Ftoken=[redacted]"),
+        (
+            "/token?grant_type=refresh_token&Refresh_Token=kvr_x&client_id=c&client_secret=s",
+            "/token?grant_type=refresh_token&Refresh_Token=[redacted]&client_id=c&client_secret=[redacted]",
+        ),
+        ("/token?code=abc;code_verifier=v&x=1", "/token?code=[redacted];code_verifier=[redacted]&x=1"),
+        ("/revoke?token=t&token_type_hint=refresh_token", "/revoke?token=[redacted]&token_type_hint=refresh_token"),
+        ("/consent?ticket=t&link=l", "/consent?ticket=[redacted]&link=l"),
+        ("/login?password=p&client_assertion=a", "/login?password=[redacted]&client_assertion=[redacted]"),
     ],
 )
-def test_a_logged_target_shows_no_access_token(target: str, logged: str) -> None:
+def test_a_logged_target_shows_no_credential(target: str, logged: str) -> None:
+    """RFC 6750 §5.3, RFC 6749 §10.3 and §10.5: tokens, codes and secrets sent in a URL stay out of
+    the access log, however their names are spelt; other parameters are logged as sent."""
     assert redacted_target(target) == logged
 
 

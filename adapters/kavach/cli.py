@@ -891,9 +891,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 class _RedactedTargets(logging.Filter):
-    """uvicorn's access log with the value of every ``access_token`` query parameter redacted: a
-    client sending its token in the URL (which the guard never reads) must not leave it in the
-    server's log (RFC 6750 §5.3). uvicorn logs the target as its third argument."""
+    """uvicorn's access log with the value of every credential in a query redacted
+    (:func:`kavach.proxy.redacted_target`): a client sending its token, refresh token, code or
+    secret in the URL (which no endpoint reads there) must not leave it in the server's log
+    (RFC 6750 §5.3). uvicorn logs the target as its third argument."""
 
     def __init__(self, redact_target: Callable[[str], str]) -> None:
         super().__init__()

@@ -129,6 +129,23 @@ _ALLOW = (b"allow", ", ".join(FORWARDED_METHODS).encode("ascii"))
 _OWN_COOKIES = frozenset({SESSION_COOKIE.lower(), BROWSER_COOKIE.lower()})
 _COOKIE_PREFIXES = ("__host-", "__secure-")
 _TOKEN_PARAMETER = "access_token"
+_LOGGED_SECRETS = frozenset(
+    {
+        _TOKEN_PARAMETER,
+        "refresh_token",
+        "token",  # RFC 7009 §2.1, RFC 7662 §2.1
+        "code",
+        "code_verifier",
+        "client_secret",
+        "client_assertion",
+        "assertion",
+        "password",
+        "ticket",  # the consent page's
+    }
+)
+"""Parameters whose values stay out of the access log, however spelt (:func:`parameter_name`):
+credentials of RFC 6749, RFC 6750, RFC 7009, RFC 7521, RFC 7636 and RFC 7662, which a client may
+put in a URL even where no endpoint reads them there, and the consent page's ticket."""
 _VIA = "kavach"
 
 
@@ -257,15 +274,15 @@ def forwarded_query(query: str, reserved: frozenset[str] = frozenset()) -> str:
 
 
 def redacted_target(target: str) -> str:
-    """A request target (path and query) as it may be logged: the value of every ``access_token``
-    parameter, however spelt, replaced by ``[redacted]`` (RFC 6750 §5.3: bearer tokens stay out
-    of logs)."""
+    """A request target (path and query) as it may be logged: the value of every parameter of
+    :data:`_LOGGED_SECRETS`, however spelt, replaced by ``[redacted]`` (RFC 6750 §5.3: bearer
+    tokens stay out of logs; RFC 6749 §10.3, §10.5: so do refresh tokens, codes and secrets)."""
     path, mark, query = target.partition("?")
     if not mark:
         return target
 
     def shown(part: str) -> str:
-        return part.split("=", 1)[0] + "=[redacted]" if parameter_name(part) == _TOKEN_PARAMETER else part
+        return part.split("=", 1)[0] + "=[redacted]" if parameter_name(part) in _LOGGED_SECRETS else part
 
     return f"{path}?{'&'.join(';'.join(map(shown, pair)) for pair in _parts(query))}"
 
