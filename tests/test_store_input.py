@@ -322,6 +322,9 @@ def test_a_redis_database_that_is_not_a_number_is_refused(tmp_path: Path) -> Non
         ("postgresql://127.0.0.1:PORT/test?connect_timeout=abc", "connect_timeout 'abc' is not a whole number"),
         # libpq keywords made an SQLite file named after them, password included
         ("host=127.0.0.1 port=PORT password=hunter2 dbname=test", "postgresql:// URL, not as libpq keywords"),
+        # libpq ends the user info at the first "@": the rest of the password was shown as the host
+        ("postgresql://u:hunter2@horse@127.0.0.1:PORT/test", "password of a PostgreSQL URL holds an unescaped '@'"),
+        ("POSTGRES://u@x:p@127.0.0.1:PORT/test", "password of a PostgreSQL URL holds an unescaped '@'"),
     ],
 )
 def test_malformed_store_urls_fail_at_once(tmp_path: Path, url: str, expect: str) -> None:
@@ -339,6 +342,17 @@ def test_malformed_store_urls_fail_at_once(tmp_path: Path, url: str, expect: str
 def test_a_malformed_url_keeps_its_password_out_of_the_message(url: str) -> None:
     line = bad(["users", "list", "--store", url], "Invalid IPv6 URL")
     assert "hunter2secret" not in line and "u:***@" in line
+
+
+def test_a_password_with_an_unescaped_at_sign_stays_out_of_the_message() -> None:
+    """libpq would take what follows the password's "@" for the host and name it in its error;
+    the URL is refused first, and no part of the password is shown."""
+    line = bad(["users", "list", "--store", "postgresql://u:Tr0ub4dor@horse-battery@127.0.0.1:5432/test"], "%40")
+    assert "Tr0ub4dor" not in line and "horse-battery" not in line
+    from kavach.stores.postgres import PostgresStore
+
+    escaped = PostgresStore("postgresql://u:Tr0ub4dor%40horse-battery@127.0.0.1:5432/test", min_connections=0)
+    escaped.close()  # taken as written: no connection is made to a pool of no connections
 
 
 def test_a_postgresql_connection_failure_keeps_its_cause() -> None:
