@@ -87,6 +87,24 @@ def test_bad_flags_are_one_line_and_status_2(args: list[str], db: str) -> None:
     bad([*args], "error")
 
 
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["users", "add", "bob", "extra"], "kavach users add"),
+        (["keys", "rotate", "--port", "80"], "kavach keys rotate"),
+        (["serve", "stray"], "kavach serve"),
+        (["users", "--bogus"], "kavach users"),
+        (["--bogus"], "kavach"),
+    ],
+    ids=lambda a: " ".join(a) if isinstance(a, list) else a,
+)
+def test_an_argument_a_command_does_not_take_is_named_by_that_command(args: list[str], named: str) -> None:
+    """The error, and the help it points to, are those of the command given the argument, whose
+    --help lists what it takes; before, always the top level's."""
+    line = bad(args, "unrecognized arguments")
+    assert line.startswith(f"{named}: error: unrecognized arguments: ") and line.endswith(f"(see {named} --help)")
+
+
 def test_a_group_without_action_shows_its_help() -> None:
     proc = run(["users"])
     assert proc.returncode == 2 and "usage: kavach users" in proc.stderr and "Traceback" not in proc.stderr
@@ -230,6 +248,19 @@ def test_keys_list_and_rotate(db: str) -> None:
     assert first != second
     rows = {line.split()[0]: line.split()[-1] for line in ok(["keys", "list", "--db", db]).splitlines()[1:]}
     assert rows == {second: "active", first: "published"}
+
+
+def test_keys_list_shows_a_time_no_date_can_show_as_its_number(db: str) -> None:
+    """A stored time beyond any calendar date (a damaged row) is listed as its number, the rest
+    of the listing as usual; before, a traceback."""
+    import sqlite3
+
+    kid = ok(["keys", "rotate", "--db", db]).split("key ")[1].split()[0]
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE signing_keys SET publish_until = 253402300800")
+    conn.close()
+    listing = ok(["keys", "list", "--db", db])
+    assert kid in listing and "253402300800 (not a date)" in listing and "Traceback" not in listing
 
 
 def test_keys_list_marks_the_key_signing_now_of_every_algorithm(db: str) -> None:

@@ -165,19 +165,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="web origins (comma separated, e.g. https://app.example.com; '*' for any) of browser pages that may call "
         "/mcp besides the issuer's and loopback ones (KAVACH_ALLOWED_ORIGINS); a request from another is refused 403",
     )
-    serve.set_defaults(handler=cmd_serve)
+    serve.set_defaults(handler=cmd_serve, parser=serve)
 
     users = commands.add_parser("users", help="manage the local sign-in accounts", description="Local accounts.")
     users_cmds = users.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser)
     add = users_cmds.add_parser("add", parents=[common], help="create a user (or change its password)")
     add.add_argument("name", help="the username")
     add.add_argument("--password-stdin", action="store_true", help="read the password from the first line of stdin")
-    add.set_defaults(handler=cmd_users_add)
+    add.set_defaults(handler=cmd_users_add, parser=add)
     lst = users_cmds.add_parser("list", parents=[common], help="list users")
-    lst.set_defaults(handler=cmd_users_list)
+    lst.set_defaults(handler=cmd_users_list, parser=lst)
     rm = users_cmds.add_parser("remove", parents=[common], help="delete a user and revoke their grants")
     rm.add_argument("name", help="the username")
-    rm.set_defaults(handler=cmd_users_remove)
+    rm.set_defaults(handler=cmd_users_remove, parser=rm)
 
     clients = commands.add_parser("clients", help="manage OAuth clients", description="Registered OAuth clients.")
     clients_cmds = clients.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser)
@@ -189,34 +189,34 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cadd.add_argument("--confidential", action="store_true", help="issue a client secret (client_secret_basic)")
     cadd.add_argument("--scope", help="limit the client to these scopes (space separated)")
-    cadd.set_defaults(handler=cmd_clients_add)
+    cadd.set_defaults(handler=cmd_clients_add, parser=cadd)
     clst = clients_cmds.add_parser("list", parents=[common], help="list clients")
-    clst.set_defaults(handler=cmd_clients_list)
+    clst.set_defaults(handler=cmd_clients_list, parser=clst)
     cshow = clients_cmds.add_parser("show", parents=[common], help="show one client as JSON")
     cshow.add_argument("client_id", metavar="ID")
-    cshow.set_defaults(handler=cmd_clients_show)
+    cshow.set_defaults(handler=cmd_clients_show, parser=cshow)
     crev = clients_cmds.add_parser("revoke", parents=[common], help="delete a client and revoke its grants")
     crev.add_argument("client_id", metavar="ID")
-    crev.set_defaults(handler=cmd_clients_revoke)
+    crev.set_defaults(handler=cmd_clients_revoke, parser=crev)
 
     grants = commands.add_parser("grants", help="list or revoke what people granted", description="Grants.")
     grants_cmds = grants.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser)
     glst = grants_cmds.add_parser("list", parents=[common], help="list grants")
     glst.add_argument("--subject", help="only this user's grants")
     glst.add_argument("--client", help="only this client's grants")
-    glst.set_defaults(handler=cmd_grants_list)
+    glst.set_defaults(handler=cmd_grants_list, parser=glst)
     grev = grants_cmds.add_parser("revoke", parents=[common], help="revoke grants and every token issued under them")
     which = grev.add_mutually_exclusive_group(required=True)
     which.add_argument("--subject", help="every grant of this user")
     which.add_argument("--grant", metavar="ID", help="one grant")
-    grev.set_defaults(handler=cmd_grants_revoke)
+    grev.set_defaults(handler=cmd_grants_revoke, parser=grev)
 
     keys = commands.add_parser("keys", help="list or rotate the token signing keys", description="Signing keys.")
     keys_cmds = keys.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser)
     klst = keys_cmds.add_parser("list", parents=[common], help="list signing keys")
-    klst.set_defaults(handler=cmd_keys_list)
+    klst.set_defaults(handler=cmd_keys_list, parser=klst)
     krot = keys_cmds.add_parser("rotate", parents=[common], help="start signing with a new key now")
-    krot.set_defaults(handler=cmd_keys_rotate)
+    krot.set_defaults(handler=cmd_keys_rotate, parser=krot)
 
     conformance = commands.add_parser(
         "conformance", help="check an OAuth authorization server over HTTP against the spec checklist",
@@ -225,13 +225,13 @@ def build_parser() -> argparse.ArgumentParser:
     try:
         from kavach_conformance.cli import add_arguments as _conformance_arguments
     except ImportError:  # an install without the kit: the command says so instead of breaking the CLI
-        conformance.set_defaults(handler=_no_conformance_kit)
+        conformance.set_defaults(handler=_no_conformance_kit, parser=conformance)
     else:
         _conformance_arguments(conformance)
-        conformance.set_defaults(handler=cmd_conformance)
+        conformance.set_defaults(handler=cmd_conformance, parser=conformance)
 
     for group in (users, clients, grants, keys):
-        group.set_defaults(handler=None, group=group)
+        group.set_defaults(handler=None, group=group, parser=group)
     return parser
 
 
@@ -305,9 +305,14 @@ def _no_database(path: str) -> bool:
 
 
 def _when(ts: int | None) -> str:
+    """A stored time, in UTC; one no calendar date can show (a damaged row's, say) as its number,
+    so that listing the rest still works."""
     if ts is None:
         return "-"
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+    try:
+        return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+    except (ValueError, OverflowError, OSError):
+        return f"{ts} (not a date)"
 
 
 def _shown(value: object) -> str:
@@ -958,7 +963,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if unreadable is not None:
         sys.stderr.write(f"{PROG}: error: {unreadable} is not valid UTF-8 text\n")
         return EXIT_BAD_INPUT
-    args = parser.parse_args(words)
+    args, extra = parser.parse_known_args(words)
+    if extra:  # named by the command that was given them, whose --help lists what it takes
+        (getattr(args, "parser", None) or parser).error(f"unrecognized arguments: {' '.join(extra)}")
     for name in unread_variables(os.environ):
         sys.stderr.write(f"{PROG}: warning: {name} is not a variable kavach reads; it changes nothing\n")
     handler = getattr(args, "handler", None)
