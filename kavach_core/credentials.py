@@ -85,18 +85,16 @@ REPEATED_AUTHORIZATION_DESCRIPTION = "Send the access token in one Authorization
 
 
 def repeated_authorization(values: Sequence[str]) -> bool:
-    """Whether a request's ``Authorization`` header values repeat the credential: several
-    values, or one value with a comma and a Bearer credential before or after it (no b64token
-    has a comma, RFC 6750 §2.1), as repeated headers a server joined into one (RFC 9110 §5.3, as
-    WSGI servers do), in whichever order they came. RFC 6750 §3.1 makes that ``invalid_request``."""
-    if len(values) > 1:
-        return True
-    return bool(values) and "," in values[0] and _joined_bearer(values[0])
-
-
-def _joined_bearer(value: str) -> bool:
-    """Whether any of the comma-separated parts of ``value`` is a Bearer credential."""
-    return any(part.lstrip(" \t")[:7].lower() == "bearer " for part in value.split(","))
+    """Whether a request's ``Authorization`` header values repeat a Bearer credential: split at
+    commas they make more than one part, and one of them is a Bearer credential (no b64token has
+    a comma, RFC 6750 §2.1). So several headers, or one that a server joined from several
+    (RFC 9110 §5.3, as WSGI servers do), read alike, in whichever order they came. RFC 6750 §3.1
+    makes that ``invalid_request``; values naming no Bearer credential at all (another scheme
+    twice, or one whose parameters hold commas) send no access token, which is no such error."""
+    if len(values) == 1 and "," not in values[0]:  # the usual request: one credential, no comma
+        return False
+    parts = [part.strip(" \t").lower() for value in values for part in value.split(",")]
+    return len(parts) > 1 and any(part == "bearer" or part.startswith("bearer ") for part in parts)
 
 
 def bearer_token(req: HttpRequest) -> str | None:

@@ -448,6 +448,37 @@ def test_rs_01_authorization_headers_joined_into_one_are_an_invalid_request(h: H
     assert response.json()["error"] == "invalid_request"
 
 
+def test_rs_01_two_headers_naming_no_bearer_token_send_no_token(h: Harness) -> None:
+    """RFC 6750 §3.1: a request with no Bearer credential at all (another scheme, twice) lacks
+    authentication information: the bare 401 challenge, as for one such header, not 400."""
+    for values in (["Foo a", "Bar b"], ["Basic YTpi", "Bearer\tx"], ['Digest username="a", realm="b"', "Foo"]):
+        response = h.run(guard.authenticate_values(h.config, RESOURCE, values, (), h.now))
+        _assert_challenge(response, 401, NO_TOKEN_HEADER, "unauthorized")
+
+
+_HEADER_VALUES = ["Bearer {t}", "bearer {t}", "Bearer\t{t}", "Bearer", "Bearer ", "Bearer other", "Basic YTpi",
+                  "Foo a", 'Digest username="a", realm="b"', "", " ", "x,"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(_HEADER_VALUES), min_size=1, max_size=3))
+def test_rs_01_joined_headers_get_the_answer_the_headers_get(values: list[str]) -> None:
+    """Invariant: a request's ``Authorization`` values, sent as separate headers, get the same
+    answer (status, error code, principal or none) as the one value a WSGI server joins them
+    into (``", "``, RFC 9110 §5.3), so every framework answers a request alike."""
+    h = Harness()
+    token = _valid(h)
+    sent = [value.format(t=token) for value in values]
+
+    def answer(authorization: list[str]) -> tuple[object, ...]:
+        out = h.run(guard.authenticate_values(h.config, RESOURCE, authorization, (), h.now))
+        if isinstance(out, Principal):
+            return ("principal", out.subject)
+        return (out.status, out.json().get("error"))
+
+    assert answer(sent) == answer([", ".join(sent)])
+
+
 def test_rs_02_another_scheme_with_commas_is_no_bearer_token(h: Harness) -> None:
     response = _auth(h, 'Digest username="a", realm="b"')
     assert isinstance(response, Response) and response.status == 401
