@@ -872,12 +872,30 @@ def test_az_09_unknown_ticket_is_a_page(hc: Harness) -> None:
     assert_page(hc.run(authorize.deny(hc.ctx(), "")))
 
 
-def test_az_09_approve_needs_a_subject(hc: Harness) -> None:
+@pytest.mark.parametrize(
+    "subject",
+    ["", None, 7, "a" * (authorize.MAX_SUBJECT + 1), "alice\x00", "al\nice", "alice\udcff", "\x85"],
+    ids=["empty", "none", "number", "too-long", "nul", "newline", "surrogate", "c1-control"],
+)
+def test_az_09_approve_needs_a_subject(hc: Harness, subject: object) -> None:
+    """A subject no store keeps as given (PostgreSQL refuses a NUL, and an index entry over about
+    2.7 KB, every time) is the embedding application's error: ``ValueError`` before anything is
+    read or written, so the ticket is still good."""
     out = consent(hc)
-    with pytest.raises(ValueError, match="subject"):
-        hc.run(authorize.approve(hc.ctx(), out.ticket, ""))
+    before = snapshot(hc)
+    with pytest.raises(ValueError, match="authenticated subject"):
+        hc.run(authorize.approve(hc.ctx(), out.ticket, subject))  # type: ignore[arg-type]
+    assert snapshot(hc) == before
     # The ticket was not used up by the programming error.
     assert hc.run(authorize.approve(hc.ctx(), out.ticket, "alice")).status == 303
+
+
+@pytest.mark.parametrize("subject", ["a" * 255, "alice@example.com", "ålice bob", "\u4e2d\u6587", "user|id:42"])
+def test_az_09_a_subject_is_any_text_up_to_255_characters(hc: Harness, subject: str) -> None:
+    out = consent(hc)
+    assert authorize.subject_problem(subject) is None
+    assert hc.run(authorize.approve(hc.ctx(), out.ticket, subject)).status == 303
+    assert [code.subject for code in hc.store.codes.values()] == [subject]
 
 
 # -- AZ-10 / AZ-11: what the core hands to the pages -----------------------------------------

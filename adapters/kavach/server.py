@@ -408,7 +408,9 @@ class AuthorizationServer:
     """An OAuth 2.1 authorization server for MCP resources, ready to mount in any framework.
 
     ``users`` enables the built-in sign-in page; ``identify(request) -> subject | None`` lets the
-    application say who is signed in with its own login (it may be async under async adapters);
+    application say who is signed in with its own login (it may be async under async adapters;
+    a subject is text of at most 255 characters, see
+    :func:`~kavach_core.endpoints.authorize.subject_problem`: any other fails that request);
     ``login_url(return_to) -> url`` is where to send a person ``identify`` does not know, when
     there are no local users. ``scope_map`` maps MCP methods to scopes for the guards.
     ``keyring_ttl`` is how many seconds the guards reuse one read of the signing keys (a key

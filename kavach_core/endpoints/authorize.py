@@ -11,6 +11,7 @@ adapter then signs the person in and calls :func:`approve` or :func:`deny` (AZ-1
 
 from __future__ import annotations
 
+import unicodedata
 from urllib.parse import urlsplit
 
 from .. import effects as fx
@@ -314,6 +315,24 @@ def _client_of(ctx: Context, client_id: str) -> Flow[Client | None]:
         return None
 
 
+MAX_SUBJECT = 255
+"""Longest subject, in characters (OpenID Connect Core §2 caps ``sub`` at 255): it is stored,
+indexed and signed into every access token of the grant (RFC 9068 §2.2)."""
+
+
+def subject_problem(subject: object) -> str | None:
+    """Why ``subject`` cannot name the person a grant is for, or ``None``: it must be text of 1
+    to :data:`MAX_SUBJECT` characters without control characters (a NUL included) or lone
+    surrogates, which no store keeps as given (RFC 7519 §4.1.2: a case-sensitive string)."""
+    if not isinstance(subject, str) or not subject:
+        return "it must be a non-empty string"
+    if len(subject) > MAX_SUBJECT:
+        return f"it is longer than {MAX_SUBJECT} characters"
+    if not subject.isprintable() and any(unicodedata.category(ch) in ("Cc", "Cs") for ch in subject):
+        return "it holds a control character or a lone surrogate"
+    return None
+
+
 def approve(ctx: Context, ticket: str, subject: str, scopes: tuple[str, ...] | None = None) -> Flow[Response]:
     """The person approved: issue a code bound to everything it is for (AZ-09) and redirect
     with ``code``, ``state`` and ``iss`` (RFC 6749 §4.1.2, RFC 9207 §2).
@@ -323,9 +342,13 @@ def approve(ctx: Context, ticket: str, subject: str, scopes: tuple[str, ...] | N
     must carry at least one scope (RFC 6749 §3.3 has no empty scope value). For the same reason a
     resource none of whose catalogue covers a granted scope is left out of the grant: nothing was
     consented to there, and its token would carry no scope.
+
+    ``subject`` is the authenticated person (:func:`subject_problem` says what it may be); any
+    other is ``ValueError``, raised before anything is read or written.
     """
-    if not subject:
-        raise ValueError("approve needs the authenticated subject")
+    problem = subject_problem(subject)
+    if problem is not None:
+        raise ValueError(f"approve needs the authenticated subject, and this one cannot be: {problem}")
     pending = yield fx.TakePending(digest(ticket), ctx.now)
     if pending is None or (yield from _client_of(ctx, pending.client_id)) is None:
         return _expired_page()
