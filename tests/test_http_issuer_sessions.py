@@ -227,3 +227,18 @@ def test_sign_in_attempts_from_one_ipv6_64_share_the_address_limit() -> None:
     assert answers[:2] == [200, 200] and answers[2] == 429, answers
     other = Browser(server, address="2001:db8:7:9::1")
     assert other.submit(other.authorize(), username="mallory", password="guess").status == 200
+
+
+def test_an_identify_hook_naming_an_unusable_subject_fails_its_approval_and_stores_nothing() -> None:
+    """An application's hook answering a subject no store keeps as given (over 255 characters
+    here) is the application's error: the approval answers 500 and stores no code, and the
+    consent ticket is not spent."""
+    store = MemoryStore()
+    store.clients["c1"] = Client("c1", (CALLBACK,), client_name="Native tool")
+    server = AuthorizationServer(make_config(issuer=HTTPS), store, identify=lambda request: "x" * 256)
+    person = Browser(server)
+    page = person.authorize()
+    assert page.status == 200 and b'value="approve"' in page.body
+    answered = person.submit(page, decision="approve")
+    assert answered.status == 500 and answered.json() == {"error": "server_error"}
+    assert not store.codes and len(store.pending) == 1
