@@ -310,6 +310,39 @@ def test_cm_01_a_changed_document_is_seen_after_expiry(docs: Documents) -> None:
     assert isinstance(out, ConsentRequired) and out.view.client_name == "Renamed"
 
 
+@pytest.mark.parametrize("answer", ["consent", "approve", "deny"])
+def test_cm_01_a_redirect_uri_the_document_withdrew_gets_nothing(docs: Documents, answer: str) -> None:
+    """The document lists the request's redirect URI when it is asked, and no longer does when
+    the person answers (its client changed it, and the copy kept here expired): the request is
+    answered as expired. No code goes to the withdrawn URI, no one is sent there, and the consent
+    page is not drawn from the new list (which may hold only loopback URIs while the answer would
+    go to a website)."""
+    docs.answers[URL] = fetched(document(redirect_uris=[REDIRECT, LOOPBACK]))
+    out = docs.authorize()
+    assert isinstance(out, ConsentRequired) and not out.view.loopback_only
+    docs.answers[URL] = fetched(document(redirect_uris=[LOOPBACK]))
+    docs.h.now += 420  # past the kept copy's 300 s, within the request's 600 s
+    if answer == "consent":
+        assert docs.run(authorize.consent(docs.h.ctx(), out.ticket)) is None
+        return
+    flow = authorize.approve(docs.h.ctx(), out.ticket, "alice") if answer == "approve" else authorize.deny(
+        docs.h.ctx(), out.ticket
+    )
+    page = docs.run(flow)
+    assert isinstance(page, Response) and page.status == 400 and page.header("location") is None
+    assert docs.h.store.codes == {} and docs.h.store.pending == {}
+    assert docs.h.store.clients[URL].redirect_uris == (LOOPBACK,), "the document was read again"
+
+
+def test_cm_01_a_document_still_listing_the_redirect_uri_is_answered(docs: Documents) -> None:
+    docs.answers[URL] = fetched(document(redirect_uris=[REDIRECT, LOOPBACK]))
+    out = docs.authorize()
+    docs.answers[URL] = fetched(document(redirect_uris=[REDIRECT]))
+    docs.h.now += 420  # past the kept copy's 300 s, within the request's 600 s
+    answered = docs.run(authorize.approve(docs.h.ctx(), out.ticket, "alice"))
+    assert location_params(answered)["code"] and len(docs.h.store.codes) == 1
+
+
 def test_cm_01_refused_refetch_of_an_expired_document_keeps_nothing_usable(docs: Documents) -> None:
     assert isinstance(docs.authorize(), ConsentRequired)
     docs.answers[URL] = fx.FetchRefused("it answered with HTTP status 500")

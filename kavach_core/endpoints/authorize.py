@@ -299,20 +299,25 @@ def consent(ctx: Context, ticket: str) -> Flow[ConsentRequired | None]:
     pending = yield fx.GetPending(digest(ticket), ctx.now)
     if pending is None:
         return None
-    client = yield from _client_of(ctx, pending.client_id)
+    client = yield from _client_for(ctx, pending)
     if client is None:
         return None
     return ConsentRequired(ticket, consent_view(ctx, client, pending), pending.expires_at)
 
 
-def _client_of(ctx: Context, client_id: str) -> Flow[Client | None]:
+def _client_for(ctx: Context, pending: PendingAuthorization) -> Flow[Client | None]:
     """The client a pending request is for, as it stands now; ``None`` once it is gone (deleted,
-    or a metadata document that no longer reads): its request is answered as expired, never sent
-    on to its redirect URI."""
+    or a metadata document that no longer reads) or no longer lists the request's redirect URI
+    (its document changed since, or an operator replaced it): that request is answered as
+    expired, never sent on to a redirect URI the client has withdrawn (AZ-03), nor described by
+    redirect URIs it does not go to (AZ-11)."""
     try:
-        return (yield from lookup(ctx, client_id))
+        client = yield from lookup(ctx, pending.client_id)
     except OAuthError:
         return None
+    if client is None or find_match(pending.redirect_uri, client.redirect_uris) is None:
+        return None
+    return client
 
 
 MAX_SUBJECT = 255
@@ -350,7 +355,7 @@ def approve(ctx: Context, ticket: str, subject: str, scopes: tuple[str, ...] | N
     if problem is not None:
         raise ValueError(f"approve needs the authenticated subject, and this one cannot be: {problem}")
     pending = yield fx.TakePending(digest(ticket), ctx.now)
-    if pending is None or (yield from _client_of(ctx, pending.client_id)) is None:
+    if pending is None or (yield from _client_for(ctx, pending)) is None:
         return _expired_page()
     granted = pending.scopes if scopes is None else tuple(s for s in pending.scopes if s in scopes)
     if not granted:
@@ -388,7 +393,7 @@ def _grants_any(ctx: Context, uri: str, granted: tuple[str, ...]) -> bool:
 def deny(ctx: Context, ticket: str) -> Flow[Response]:
     """The person refused: redirect with ``error=access_denied`` (AZ-12)."""
     pending = yield fx.TakePending(digest(ticket), ctx.now)
-    if pending is None or (yield from _client_of(ctx, pending.client_id)) is None:
+    if pending is None or (yield from _client_for(ctx, pending)) is None:
         return _expired_page()
     err = OAuthError("access_denied", "the user denied the request")
     return error_redirect(ctx, pending.redirect_uri, err, pending.state)
