@@ -737,6 +737,11 @@ def test_cm_02_a_refusal_of_this_servers_policy_is_remembered_for_refusal_ttl_se
         ("/broken.json", Answer(503, b"{}"), "it answered with HTTP status 503"),
         ("/moved.json", Answer(302, b"", headers=[("Location", "/c.json")]), "redirects are not followed"),
         ("/html.json", Answer(200, b"<html>", headers=[("Content-Type", "text/html")]), "not application/json"),
+        (  # an answer HTTP cannot read: answered all the same, so asked again too
+            "/malformed.json",
+            Answer(200, b"{}", headers=[("Content-Type", "application/json"), ("Bad Header", "x")]),
+            "the fetch failed (RemoteProtocolError)",
+        ),
     ],
 )
 def test_cm_02_what_the_documents_host_answered_is_never_remembered(

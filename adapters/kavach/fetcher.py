@@ -43,10 +43,11 @@ considerations):
   and one host's hung lookups hold at most ``max_fetches_per_host`` of them. A refusal of this
   server's own policy (a host that does not resolve, or resolves to an address not fetched) is
   remembered for ``refusal_ttl`` seconds (at most ``refusal_cache_entries`` URLs) so it is not
-  looked up again at once, and so is a host that gave no answer (no connection, out of time);
-  what the document's host answered is never remembered (the draft forbids caching error
-  responses), nor is a refusal that says nothing about the URL, only about this server's load:
-  no slot in time, a lookup that did not return in time.
+  looked up again at once, and so is a host that gave no answer (no connection or TLS session,
+  out of time); what the document's host answered is never remembered (the draft forbids
+  caching error responses), malformed answers included, nor is a refusal that says nothing
+  about the URL, only about this server's load: no slot in time, a lookup that did not return
+  in time.
   These bounds are per :class:`DocumentFetcher`, so per process.
 - ``allow_loopback`` is a development switch for documents served on this machine: off by
   default, and a WARNING in the log whenever a fetcher is built with it on.
@@ -857,6 +858,15 @@ class DocumentFetcher:
             return "the connection failed"
         return f"the fetch failed ({type(exc).__name__})"
 
+    def _broken(self, exc: BaseException, deadline: float) -> _Refused:
+        """A fetch that failed once connected: remembered when the host gave no answer in time,
+        never when it answered something HTTP cannot read (a bad status line or header, a body
+        cut short), which is an answer like any other (:func:`_answered`)."""
+        import httpx
+
+        reason = self._failure(exc, deadline)
+        return _Refused(reason) if isinstance(exc, httpx.TimeoutException) else _answered(reason)
+
     def _refusal(self, url: str, refused: _Refused, *, remember: bool = True) -> FetchRefused:
         """Log why, and remember it unless it says nothing about the URL (or the URL was refused
         before anything was looked up: that costs nothing to decide again)."""
@@ -1001,7 +1011,7 @@ class DocumentFetcher:
                     last = self._failure(exc, deadline)
                     continue
                 except httpx.HTTPError as exc:
-                    raise _Refused(self._failure(exc, deadline)) from None
+                    raise self._broken(exc, deadline) from None
         raise _Refused(last)
 
     # -- event loops ---------------------------------------------------------------------------
@@ -1079,5 +1089,5 @@ class DocumentFetcher:
                     last = self._failure(exc, deadline)
                     continue
                 except httpx.HTTPError as exc:
-                    raise _Refused(self._failure(exc, deadline)) from None
+                    raise self._broken(exc, deadline) from None
         raise _Refused(last)
