@@ -7,9 +7,13 @@
   different access-token lifetimes (``kavach keys rotate`` run without the server's settings)
   can never leave a token valid after its key is withdrawn.
 - A successor is published :data:`PREPUBLISH` seconds before it starts signing, so verifiers
-  that cache the JWKS (we serve it with ``max-age`` 300) already know it when the first token
-  it signs reaches them. An explicit :func:`rotate` switches at once; verifiers that meet an
-  unknown ``kid`` are expected to refetch the JWKS.
+  that cache the JWKS (for :data:`JWKS_MAX_AGE` seconds) already know it when the first token
+  it signs reaches them. Keys are changed only when asked for (a token or JWKS request), so
+  after a quiet spell the successor may be made later than that: it then starts no sooner than
+  :data:`SUCCESSOR_LEAD` seconds after it is published, and the active key signs until it does.
+  An explicit :func:`rotate` switches at once, and so does the first key made when none can sign
+  (a store with no key, or no request at all while the last one stopped signing); verifiers
+  that meet an unknown ``kid`` are expected to refetch the JWKS.
 - Every change to the stored set is a compare-and-set (:class:`~kavach_core.effects.SwapSigningKeys`),
   so with many processes a rotation is decided once.
 - ``kid`` is the RFC 7638 thumbprint of the public key, so every process agrees on it.
@@ -61,8 +65,12 @@ PUBLISH_MARGIN = 300
 """Seconds a retired key stays published beyond the last expiry of a token it signed (clock skew)."""
 
 PREPUBLISH = KEY_PREPUBLISH
-"""Seconds before the active key stops signing at which its successor is generated and published
-(a key signs at least this long, so every successor is published this far ahead)."""
+"""Seconds before the active key stops signing from which its successor is generated and published
+(by the first request in that time: a key signs at least this long, so a successor made by it is
+published this far ahead; one made later, at least :data:`SUCCESSOR_LEAD` ahead)."""
+
+JWKS_MAX_AGE = 300
+"""Seconds verifiers may cache the JWKS (its ``Cache-Control: max-age``)."""
 
 CLOCK_SKEW = 60
 """Seconds the clocks of a cluster's instances may differ by. A key created up to this far in an
@@ -70,6 +78,10 @@ instance's future was started by an instance whose clock runs ahead: it signs he
 created up to twice this far ahead is never dropped as a successor that never signed (an
 instance ahead may have signed with it; dropping it would leave its tokens with no published
 key). A successor is published :data:`PREPUBLISH` seconds ahead, so it may sign this early."""
+
+SUCCESSOR_LEAD = JWKS_MAX_AGE + CLOCK_SKEW
+"""The least time between a successor's publication and its first signature: every JWKS cached
+before it was published has expired by then, on every instance's clock."""
 
 _P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
 _CACHE_SIZE = 64
@@ -286,8 +298,8 @@ class KeyRing:
     """
 
     def __init__(self, ttl: int = KEYRING_TTL) -> None:
-        if ttl < 0:
-            raise ValueError("a key ring's ttl must be >= 0 seconds")
+        if not isinstance(ttl, int) or isinstance(ttl, bool) or ttl < 0:  # whole seconds, as ``now`` is
+            raise ValueError("a key ring's ttl must be a whole number of seconds, >= 0")
         self.ttl = ttl
         self._snapshot: tuple[int, tuple[SigningKey, ...], int, Mapping[str, VerifyingKey]] | None = None
 
@@ -331,6 +343,15 @@ def _retire(record: SigningKey, now: int, access_token_lifetime: int) -> Signing
         signs_until=now,
         publish_until=min(record.publish_until, _published_until(now, tokens)),
     )
+
+
+def _extended(record: SigningKey, until: int) -> SigningKey:
+    """``record`` signing until ``until`` at least (its successor, made late, starts then), and
+    published for as long after that as before: tokens it signs still expire before it is
+    withdrawn (:func:`token_lifetime` unchanged)."""
+    if record.signs_until >= until:
+        return record
+    return attrs.evolve(record, signs_until=until, publish_until=record.publish_until + until - record.signs_until)
 
 
 def _store(current: tuple[SigningKey, ...], keys: tuple[SigningKey, ...]) -> Flow[KeySet]:
@@ -378,12 +399,15 @@ def current(ctx: Context) -> Flow[KeySet]:
         if active is None:
             fresh = generate(ctx, token_lifetime=lifetime)
         else:
-            fresh = generate(ctx, start=active.signs_until, token_lifetime=lifetime)
-        kept = tuple(
-            _retire(k, now, lifetime) if k.alg == alg and (active is None or not usable(k)) else k
-            for k in _live(records, now)
-        )
-        stored = yield from _store(records, (fresh, *_live(kept, now)))
+            fresh = generate(ctx, start=max(active.signs_until, now + SUCCESSOR_LEAD), token_lifetime=lifetime)
+        kept: list[SigningKey] = []
+        for k in _live(records, now):
+            if k.alg == alg and (active is None or not usable(k)):
+                k = _retire(k, now, lifetime)
+            elif active is not None and k.kid == active.kid:
+                k = _extended(k, fresh.created_at)
+            kept.append(k)
+        stored = yield from _store(records, (fresh, *_live(tuple(kept), now)))
         if any(k.kid == fresh.kid for k in stored.records):
             return stored
         records = stored.records

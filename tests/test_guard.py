@@ -404,8 +404,9 @@ def test_keyring_ttl_zero_reads_every_time(h: Harness) -> None:
     ring = keys.KeyRing(ttl=0)
     for _ in range(2):
         assert _ring_auth(h, ring, token)[1] == [fx.GetSigningKeys, fx.IsTokenRevoked]
-    with pytest.raises(ValueError):
-        keys.KeyRing(ttl=-1)
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError):
+            keys.KeyRing(ttl=bad)  # type: ignore[arg-type]
 
 
 def test_authenticate_values_refuses_two_authorization_headers(h: Harness) -> None:

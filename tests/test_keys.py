@@ -12,6 +12,8 @@ import pytest
 from conftest import RESOURCE, START, Harness, make_config
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from joserfc import jwt as jose_jwt
 from joserfc.jwk import KeySet as JoseKeySet
 from oauth_flows import add_client, get_code, jwt_parts, redeem
@@ -248,6 +250,52 @@ def test_successor_is_published_before_it_signs(h: Harness) -> None:
     assert [type(e) for e in effects] == [fx.GetSigningKeys] and len(h.store.keys) == 2
     h.now = first.signs_until
     assert KeySet(h.store.keys).active(h.now, "ES256") == successor
+
+
+@pytest.mark.parametrize("before_end", [keys.SUCCESSOR_LEAD - 1, 30, 1])
+def test_a_successor_made_late_still_starts_after_every_cached_jwks_expired(h: Harness, before_end: int) -> None:
+    """After a quiet spell the first request of the active key's last PREPUBLISH seconds may come
+    with less than SUCCESSOR_LEAD left: the successor then starts SUCCESSOR_LEAD after it is
+    published (a JWKS cached just before has expired by then, on any instance's clock), and the
+    active key signs until then, published as much longer (its tokens' lifetime unchanged)."""
+    h.run(keys.current(h.ctx()))
+    (first,) = h.store.keys
+    h.now = first.signs_until - before_end
+    keyset = h.run(keys.current(h.ctx()))
+    extended = next(k for k in h.store.keys if k.kid == first.kid)
+    successor = next(k for k in h.store.keys if k.kid != first.kid)
+    assert successor.created_at == h.now + keys.SUCCESSOR_LEAD == extended.signs_until
+    assert keys.token_lifetime(extended) == keys.token_lifetime(first)
+    assert successor.kid in {k["kid"] for k in keyset.jwks(h.now)["keys"]}
+    stored = KeySet(h.store.keys)
+    for t in range(h.now, successor.created_at - keys.CLOCK_SKEW):  # the old key, past its first end too
+        assert stored.active(t, "ES256") == extended, t
+    assert stored.active(successor.created_at - keys.CLOCK_SKEW, "ES256") == successor
+    assert successor.created_at - keys.CLOCK_SKEW - h.now >= jwks.MAX_AGE
+    h.now += 10  # decided once: later calls change nothing
+    _, effects = h.trace(keys.current(h.ctx()))
+    assert [type(e) for e in effects] == [fx.GetSigningKeys]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(1, 4 * 3600), min_size=1, max_size=12))
+def test_every_successor_signs_only_once_every_earlier_jwks_has_expired(gaps: list[int]) -> None:
+    """Invariant: with requests at any times (``gaps`` seconds apart, quiet spells included), a key
+    that follows another first signs, on any instance's clock (up to CLOCK_SKEW ahead), no sooner
+    than JWKS max-age after it entered the JWKS, and some key can sign at every request (the
+    active one is extended rather than left to lapse while its successor waits)."""
+    h = Harness(make_config(lifetimes=Lifetimes(signing_key=2 * 3600)))
+    h.run(keys.current(h.ctx()))
+    published = {h.store.keys[0].kid: h.now}
+    for gap in gaps:
+        h.now += gap
+        keyset = h.run(keys.current(h.ctx()))
+        for record in keyset.records:
+            published.setdefault(record.kid, h.now)
+        assert keyset.active(h.now, "ES256") is not None
+    followers = [k for k in h.store.keys if published[k.kid] < k.created_at]  # made ahead, not at once
+    for record in followers:
+        assert record.created_at - keys.CLOCK_SKEW - published[record.kid] >= jwks.MAX_AGE
 
 
 def test_rotating_drops_a_successor_that_never_signed(h: Harness) -> None:

@@ -44,6 +44,7 @@ def _users() -> Users:
         ({"session_lifetime": 3600.5}, "session_lifetime must be a whole number"),
         ({"keyring_ttl": -1}, "keyring_ttl"),
         ({"keyring_ttl": True}, "keyring_ttl"),
+        ({"keyring_ttl": 1.5}, "keyring_ttl must be a whole number of seconds"),
     ],
 )
 def test_authorization_server_refuses_arguments_it_cannot_use(kwargs: dict[str, Any], match: str) -> None:

@@ -400,8 +400,9 @@ def _check_arguments(
         raise TypeError(f"fetcher must be a kavach.fetcher.DocumentFetcher, not {type(fetcher).__name__}")
     if not isinstance(session_lifetime, int) or isinstance(session_lifetime, bool) or not 0 < session_lifetime < 10**7:
         raise ValueError(f"session_lifetime must be a whole number of seconds (at least 1), not {session_lifetime!r}")
-    if not isinstance(keyring_ttl, int | float) or isinstance(keyring_ttl, bool) or not 0 <= keyring_ttl < 10**7:
-        raise ValueError(f"keyring_ttl must be a number of seconds, not {keyring_ttl!r}")
+    if not isinstance(keyring_ttl, int) or isinstance(keyring_ttl, bool) or not 0 <= keyring_ttl < 10**7:
+        # whole seconds, as the guards' clock reads: a fraction would be served up to a second past it
+        raise ValueError(f"keyring_ttl must be a whole number of seconds, not {keyring_ttl!r}")
 
 
 class AuthorizationServer:

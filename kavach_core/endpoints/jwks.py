@@ -5,10 +5,12 @@ a successor published ahead of its first signature, and retired keys until the t
 signed have expired. The first request on an empty store creates the signing key
 (:func:`kavach_core.keys.current`), decided once cluster-wide.
 
-Caching: ``Cache-Control: public, max-age=300``. Five minutes spares verifiers a fetch per
-token, and is well inside :data:`kavach_core.keys.PREPUBLISH` (one hour), so a scheduled
-successor is in every cache before it signs. After an explicit ``kavach keys rotate`` a verifier
-that meets an unknown ``kid`` should refetch (RFC 7515 §4.1.4, RFC 8414 §2 "jwks_uri").
+Caching: ``Cache-Control: public, max-age=300`` (:data:`kavach_core.keys.JWKS_MAX_AGE`). Five
+minutes spares verifiers a fetch per token, and a successor is published at least that long
+(and the clock skew allowed) before it signs (:data:`kavach_core.keys.SUCCESSOR_LEAD`; usually
+:data:`kavach_core.keys.PREPUBLISH`, one hour), so a scheduled successor is in every cache before
+it signs. After an explicit ``kavach keys rotate``, or a first key made when none could sign, a
+verifier that meets an unknown ``kid`` should refetch (RFC 7515 §4.1.4, RFC 8414 §2 "jwks_uri").
 
 ``GET`` and ``HEAD`` only (RFC 9110 §9.3.1, §9.3.2); any other method gets 405 with ``Allow``.
 Served as ``application/json``, which every JWKS client accepts (``application/jwk-set+json``,
@@ -23,7 +25,7 @@ from ..drivers import Flow
 from ..errors import OAuthError
 from ..http import HttpRequest, Response, error_response, json_response
 
-MAX_AGE = 300
+MAX_AGE = keys.JWKS_MAX_AGE
 CACHE_CONTROL = ("Cache-Control", f"public, max-age={MAX_AGE}")
 
 
