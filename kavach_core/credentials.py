@@ -93,8 +93,16 @@ def repeated_authorization(values: Sequence[str]) -> bool:
     twice, or one whose parameters hold commas) send no access token, which is no such error."""
     if len(values) == 1 and "," not in values[0]:  # the usual request: one credential, no comma
         return False
-    parts = [part.strip(" \t").lower() for value in values for part in value.split(",")]
-    return len(parts) > 1 and any(part == "bearer" or part.startswith("bearer ") for part in parts)
+    parts = [part for value in values for part in value.split(",")]
+    return len(parts) > 1 and any(_scheme(part)[0] == "bearer" for part in parts)
+
+
+def _scheme(value: str) -> tuple[str, str]:
+    """An ``Authorization`` value's scheme, lower-cased, and what follows it: one reading for
+    every rule here, so what :func:`bearer_credentials` takes for a Bearer credential
+    :func:`repeated_authorization` counts as one, whatever whitespace surrounds it."""
+    scheme, _, rest = value.strip().partition(" ")
+    return scheme.lower(), rest
 
 
 def bearer_token(req: HttpRequest) -> str | None:
@@ -115,8 +123,8 @@ def bearer_token(req: HttpRequest) -> str | None:
 def bearer_credentials(header: str) -> str | None:
     """What follows the ``Bearer`` scheme in one ``Authorization`` value, unchecked; ``None`` for
     another scheme. :func:`is_b64token` says whether it has the RFC 6750 §2.1 syntax."""
-    scheme, _, rest = header.strip().partition(" ")
-    if scheme.lower() != "bearer":
+    scheme, rest = _scheme(header)
+    if scheme != "bearer":
         return None
     return rest.strip()
 

@@ -457,8 +457,20 @@ def test_rs_01_two_headers_naming_no_bearer_token_send_no_token(h: Harness) -> N
         _assert_challenge(response, 401, NO_TOKEN_HEADER, "unauthorized")
 
 
+@pytest.mark.parametrize("space", ["\xa0", "\x85", "\t", "\u3000"])
+def test_rs_01_a_bearer_credential_behind_any_whitespace_counts_as_repeated(h: Harness, space: str) -> None:
+    """Whatever whitespace a server lets through before the scheme, a Bearer credential the guard
+    would take counts when the credential is repeated: 400, never the first value verified."""
+    token = _valid(h)
+    for values in ([f"{space}Bearer {token}", "Basic YTpi"], ["Foo a", f"{space}Bearer {token}"]):
+        response = h.run(guard.authenticate_values(h.config, RESOURCE, values, (), h.now))
+        assert isinstance(response, Response) and response.status == 400, values
+        assert response.json()["error"] == "invalid_request"
+
+
 _HEADER_VALUES = ["Bearer {t}", "bearer {t}", "Bearer\t{t}", "Bearer", "Bearer ", "Bearer other", "Basic YTpi",
-                  "Foo a", 'Digest username="a", realm="b"', "", " ", "x,"]
+                  "Foo a", 'Digest username="a", realm="b"', "", " ", "x,", "\xa0Bearer {t}", "\x85Bearer {t}",
+                  "\tBearer {t} \xa0"]
 
 
 @settings(max_examples=300, deadline=None)
