@@ -9,8 +9,9 @@
 - A successor is published :data:`PREPUBLISH` seconds before it starts signing, so verifiers
   that cache the JWKS (for :data:`JWKS_MAX_AGE` seconds) already know it when the first token
   it signs reaches them. Keys are changed only when asked for (a token or JWKS request), so
-  after a quiet spell the successor may be made later than that: it then starts no sooner than
-  :data:`SUCCESSOR_LEAD` seconds after it is published, and the active key signs until it does.
+  after a quiet spell the successor may be made later than that: it then starts
+  :data:`SUCCESSOR_LEAD` seconds after it is published (so that, on any instance's clock, it
+  signs only once every JWKS cached before has expired), and the active key signs until then.
   An explicit :func:`rotate` switches at once, and so does the first key made when none can sign
   (a store with no key, or no request at all while the last one stopped signing); verifiers
   that meet an unknown ``kid`` are expected to refetch the JWKS.
@@ -79,9 +80,11 @@ created up to twice this far ahead is never dropped as a successor that never si
 instance ahead may have signed with it; dropping it would leave its tokens with no published
 key). A successor is published :data:`PREPUBLISH` seconds ahead, so it may sign this early."""
 
-SUCCESSOR_LEAD = JWKS_MAX_AGE + CLOCK_SKEW
-"""The least time between a successor's publication and its first signature: every JWKS cached
-before it was published has expired by then, on every instance's clock."""
+SUCCESSOR_LEAD = JWKS_MAX_AGE + 2 * CLOCK_SKEW
+"""The least time, by the publishing instance's clock, between a successor's publication and its
+``created_at``. An instance whose clock runs :data:`CLOCK_SKEW` ahead signs with it
+:data:`CLOCK_SKEW` before that by its own clock (:meth:`KeySet.active`), so twice the skew
+early in true time: even so every JWKS cached before the publication has expired by then."""
 
 _P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
 _CACHE_SIZE = 64

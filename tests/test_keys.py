@@ -12,7 +12,7 @@ import pytest
 from conftest import RESOURCE, START, Harness, make_config
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from joserfc import jwt as jose_jwt
 from joserfc.jwk import KeySet as JoseKeySet
@@ -271,7 +271,9 @@ def test_a_successor_made_late_still_starts_after_every_cached_jwks_expired(h: H
     for t in range(h.now, successor.created_at - keys.CLOCK_SKEW):  # the old key, past its first end too
         assert stored.active(t, "ES256") == extended, t
     assert stored.active(successor.created_at - keys.CLOCK_SKEW, "ES256") == successor
-    assert successor.created_at - keys.CLOCK_SKEW - h.now >= jwks.MAX_AGE
+    # An instance CLOCK_SKEW ahead signs with it CLOCK_SKEW before that by its clock: by the
+    # publisher's (true) clock, still no sooner than a JWKS cached at publication expires.
+    assert successor.created_at - 2 * keys.CLOCK_SKEW - h.now >= jwks.MAX_AGE
     h.now += 10  # decided once: later calls change nothing
     _, effects = h.trace(keys.current(h.ctx()))
     assert [type(e) for e in effects] == [fx.GetSigningKeys]
@@ -279,11 +281,15 @@ def test_a_successor_made_late_still_starts_after_every_cached_jwks_expired(h: H
 
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.integers(1, 4 * 3600), min_size=1, max_size=12))
+@example([2 * 3600 - 30, 400])  # a quiet spell, then a request 30 s before the key stops signing
+@example([2 * 3600 - 400, 10, 400])
 def test_every_successor_signs_only_once_every_earlier_jwks_has_expired(gaps: list[int]) -> None:
     """Invariant: with requests at any times (``gaps`` seconds apart, quiet spells included), a key
-    that follows another first signs, on any instance's clock (up to CLOCK_SKEW ahead), no sooner
-    than JWKS max-age after it entered the JWKS, and some key can sign at every request (the
-    active one is extended rather than left to lapse while its successor waits)."""
+    that follows another first signs no sooner than JWKS max-age after it entered the JWKS, in
+    true time, on any instance's clock up to CLOCK_SKEW ahead (which signs with a key CLOCK_SKEW
+    before its ``created_at`` by its own clock: twice the skew early), and some key can sign at
+    every request (the active one is extended rather than left to lapse while its successor
+    waits)."""
     h = Harness(make_config(lifetimes=Lifetimes(signing_key=2 * 3600)))
     h.run(keys.current(h.ctx()))
     published = {h.store.keys[0].kid: h.now}
@@ -294,8 +300,12 @@ def test_every_successor_signs_only_once_every_earlier_jwks_has_expired(gaps: li
             published.setdefault(record.kid, h.now)
         assert keyset.active(h.now, "ES256") is not None
     followers = [k for k in h.store.keys if published[k.kid] < k.created_at]  # made ahead, not at once
+    ahead = keys.CLOCK_SKEW  # an instance this far ahead: when it first signs with each, in true time
     for record in followers:
-        assert record.created_at - keys.CLOCK_SKEW - published[record.kid] >= jwks.MAX_AGE
+        stored = KeySet(h.store.keys)
+        first = min(t for t in range(record.created_at - 3 * ahead, record.created_at + 1)
+                    if stored.active(t + ahead, "ES256") == record)
+        assert first - published[record.kid] >= jwks.MAX_AGE
 
 
 def test_rotating_drops_a_successor_that_never_signed(h: Harness) -> None:

@@ -7,10 +7,11 @@ signed have expired. The first request on an empty store creates the signing key
 
 Caching: ``Cache-Control: public, max-age=300`` (:data:`kavach_core.keys.JWKS_MAX_AGE`). Five
 minutes spares verifiers a fetch per token, and a successor is published at least that long
-(and the clock skew allowed) before it signs (:data:`kavach_core.keys.SUCCESSOR_LEAD`; usually
-:data:`kavach_core.keys.PREPUBLISH`, one hour), so a scheduled successor is in every cache before
-it signs. After an explicit ``kavach keys rotate``, or a first key made when none could sign, a
-verifier that meets an unknown ``kid`` should refetch (RFC 7515 §4.1.4, RFC 8414 §2 "jwks_uri").
+before any instance signs with it, whatever clock skew is allowed
+(:data:`kavach_core.keys.SUCCESSOR_LEAD`; usually :data:`kavach_core.keys.PREPUBLISH`, one hour),
+so a scheduled successor is in every cache before it signs. After an explicit ``kavach keys
+rotate``, or a first key made when none could sign, a verifier that meets an unknown ``kid``
+should refetch (RFC 7515 §4.1.4, RFC 8414 §2 "jwks_uri").
 
 ``GET`` and ``HEAD`` only (RFC 9110 §9.3.1, §9.3.2); any other method gets 405 with ``Allow``.
 Served as ``application/json``, which every JWKS client accepts (``application/jwk-set+json``,
