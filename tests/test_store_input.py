@@ -325,6 +325,8 @@ def test_a_redis_database_that_is_not_a_number_is_refused(tmp_path: Path) -> Non
         # libpq ends the user info at the first "@": the rest of the password was shown as the host
         ("postgresql://u:hunter2@horse@127.0.0.1:PORT/test", "password of a PostgreSQL URL holds an unescaped '@'"),
         ("POSTGRES://u@x:p@127.0.0.1:PORT/test", "password of a PostgreSQL URL holds an unescaped '@'"),
+        ("postgresql://u:se?cr@et@127.0.0.1:PORT/test", "password of a PostgreSQL URL holds an unescaped '@'"),
+        ("postgresql://u:Tr0ub#x@horse@127.0.0.1:PORT/test", "password of a PostgreSQL URL holds an unescaped '@'"),
     ],
 )
 def test_malformed_store_urls_fail_at_once(tmp_path: Path, url: str, expect: str) -> None:

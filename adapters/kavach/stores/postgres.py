@@ -520,10 +520,11 @@ def _checked_dsn(dsn: str) -> tuple[str, dict[str, str], int | None]:
     scheme, sep, rest = dsn.partition("://")
     if sep and scheme.lower() in ("postgresql", "postgres"):
         dsn = scheme.lower() + sep + rest
-        if re.split(r"[/?#]", rest, maxsplit=1)[0].count("@") > 1:
-            # libpq ends the user info at the first "@", Python's URL readers (and so every message
-            # here that hides the password) at the last: the rest of such a password would be
-            # taken for the host and shown in libpq's errors.
+        if rest.split("/", 1)[0].count("@") > 1:
+            # libpq ends the user info at the first "@" before any "/" (a "?" or "#" does not end
+            # its search), Python's URL readers (and so every message here that hides the
+            # password) at the last: the rest of such a password would be taken for the host and
+            # shown in libpq's errors.
             raise PostgresStoreError(
                 "the user name or password of a PostgreSQL URL holds an unescaped '@': write it as %40"
             )
