@@ -72,25 +72,30 @@ def string_list(value: object, what: str) -> tuple[str, ...]:
 
 
 def redact(location: str) -> str:
-    """``location`` without a password, for messages and the banner (also when it is malformed)."""
-    if "://" not in location:
+    """``location`` without a password, for messages and the banner (also when it is malformed).
+
+    The user information ends at the last ``@`` before the first ``/`` (libpq ends its search
+    for it at a ``/`` only), or, with none there, at the last ``@`` before any ``?``: a password
+    holding an unescaped ``@``, ``#``, ``?`` or ``/`` is hidden whole, however a driver splits
+    it. Query parameters carrying a password are hidden too (:data:`_PASSWORD_PARAMETER`).
+    """
+    scheme, sep, rest = location.partition("://")
+    if not sep:
         return location
-    try:
-        parts = urlsplit(location)
-    except ValueError:  # e.g. an unclosed "[": hide what follows "user:" up to the last "@"
-        scheme, _, rest = location.partition("://")
-        userinfo, at, host = rest.rpartition("@")
-        if not at or ":" not in userinfo:
-            return location
-        return f"{scheme}://{userinfo.partition(':')[0]}:***@{host}"
-    if parts.password is not None:
-        netloc = parts.netloc.rpartition("@")
-        parts = parts._replace(netloc=f"{netloc[0].partition(':')[0]}:***@{netloc[2]}")
-    if parts.query:  # libpq and redis-py also take the password as a query parameter
-        parts = parts._replace(query=_PASSWORD_PARAMETER.sub(r"\1***", parts.query))
-    # spelled out: urlunsplit drops the "//" of a URL with no host (unix:///run/redis.sock)
-    query, fragment = f"?{parts.query}" if parts.query else "", f"#{parts.fragment}" if parts.fragment else ""
-    return f"{parts.scheme}://{parts.netloc}{parts.path}{query}{fragment}"
+    at = rest.split("/", 1)[0].rfind("@")
+    if at < 0:
+        at = rest.split("?", 1)[0].rfind("@")
+    if at >= 0:
+        user, colon, _ = rest[:at].partition(":")
+        if colon:
+            rest = f"{user}:***{rest[at:]}"
+    before, mark, query = rest.partition("?")
+    if mark:  # libpq and redis-py also take the password as a query parameter
+        rest = before + mark + _PASSWORD_PARAMETER.sub(_HIDDEN_VALUE, query)
+    return f"{scheme}://{rest}"
+
+
+_HIDDEN_VALUE = r"\1***"
 
 
 _PASSWORD_PARAMETER = re.compile(r"((?:^|&)(?:password|passwd|pass|sslpassword)=)[^&]*", re.IGNORECASE)

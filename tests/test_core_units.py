@@ -26,6 +26,7 @@ from kavach_core.config import (
     ProtectedResource,
     RegistrationPolicy,
     is_loopback_host,
+    redact,
 )
 from kavach_core.context import Context
 from kavach_core.credentials import bearer_token, client_credentials, parse_bearer
@@ -980,3 +981,29 @@ def test_a_copied_or_unpickled_memo_starts_empty_and_answers_from_its_own_entrie
         assert len(made) == 0 and made.size == 4 and made.get("k") is None
         made.put("k", "new")
         assert made.get("k") == "new" and memo.get("k") == "old"
+
+
+@pytest.mark.parametrize(
+    ("location", "shown"),
+    [
+        ("postgresql://u:hunter2@db.example:5432/k", "postgresql://u:***@db.example:5432/k"),
+        ("postgresql://u@db.example/k", "postgresql://u@db.example/k"),
+        ("redis://:hunter2@127.0.0.1:6379/0", "redis://:***@127.0.0.1:6379/0"),
+        ("redis://127.0.0.1/0?password=hunter2&db=1", "redis://127.0.0.1/0?password=***&db=1"),
+        ("unix:///run/redis.sock?Password=hunter2", "unix:///run/redis.sock?Password=***"),
+        ("postgresql://h/k?application_name=a@b", "postgresql://h/k?application_name=a@b"),
+        # unescaped reserved characters in the password: hidden whole, however a driver splits it
+        ("postgresql://u:hun@ter2@db.example/k", "postgresql://u:***@db.example/k"),
+        ("postgresql://u:hun#ter2@db.example/k", "postgresql://u:***@db.example/k"),
+        ("postgresql://u:hun?ter2@db.example/k", "postgresql://u:***@db.example/k"),
+        ("postgresql://u:hun/ter2@db.example/k", "postgresql://u:***@db.example/k"),
+        ("postgresql://u:hun#x@ter2@db.example/k?sslpassword=hunter3", "postgresql://u:***@db.example/k?sslpassword=***"),
+        ("postgresql://u:hunter2@[::1/k", "postgresql://u:***@[::1/k"),
+        ("kavach.db", "kavach.db"),
+    ],
+)
+def test_redact_hides_every_password_a_url_reader_might_find(location: str, shown: str) -> None:
+    """Messages and the banner show store and upstream URLs with their passwords hidden, in the
+    user information however a reader would delimit it (libpq ends it at the first '@', Python's
+    readers at the last, and at a '#' or '?'), and in the query."""
+    assert redact(location) == shown
