@@ -819,6 +819,38 @@ def test_cm_02_a_host_that_gave_no_answer_is_remembered() -> None:
         assert connection_attempts(url, refusal_ttl=0) == [1, 2, 3]
 
 
+@pytest.mark.parametrize(
+    ("error", "remembered"),
+    [
+        (httpx.RemoteProtocolError("Server disconnected without sending a response."), True),
+        (httpx.ReadError("[Errno 104] Connection reset by peer"), True),
+        (httpx.RemoteProtocolError("illegal header line: bytearray(b'Bad Header: x')"), False),
+        (httpx.RemoteProtocolError("peer closed connection without sending complete message body"), False),
+    ],
+    ids=["closed-before-answering", "reset", "malformed-head", "body-cut-short"],
+)
+def test_cm_02_a_host_that_closed_without_answering_is_remembered_and_a_malformed_answer_is_not(
+    error: httpx.HTTPError, remembered: bool
+) -> None:
+    """A connection closed or reset before any response gave no answer: remembered, like no
+    connection at all. An answer HTTP cannot read was an answer: asked again next time."""
+    sent: list[str] = []
+
+    def fail(request: httpx.Request) -> httpx.Response:
+        sent.append(str(request.url))
+        error.request = request
+        raise error
+
+    fetcher = DocumentFetcher(
+        FetchPolicy(refusal_ttl=30),
+        resolver=lambda name, port: ["93.184.216.34"],
+        transport=lambda: httpx.MockTransport(fail),
+    )
+    for _ in range(3):
+        assert isinstance(fetcher.fetch("https://docs.example.com/c.json"), FetchRefused)
+    assert len(sent) == (1 if remembered else 3)
+
+
 def test_cm_02_many_callers_of_one_bad_url_at_once_cause_one_fetch(host: DocumentHost) -> None:
     host.answers["/broken.json"] = Answer(500, b"{}", delay=1.0)
     fetcher = dev(host, refusal_ttl=30)

@@ -859,13 +859,17 @@ class DocumentFetcher:
         return f"the fetch failed ({type(exc).__name__})"
 
     def _broken(self, exc: BaseException, deadline: float) -> _Refused:
-        """A fetch that failed once connected: remembered when the host gave no answer in time,
-        never when it answered something HTTP cannot read (a bad status line or header, a body
-        cut short), which is an answer like any other (:func:`_answered`)."""
+        """A fetch that failed once connected: remembered when the host gave no answer (none in
+        time, the connection reset, or closed before any response), never when it answered
+        something HTTP cannot read (a bad status line or header, a body cut short), which is an
+        answer like any other (:func:`_answered`)."""
         import httpx
 
         reason = self._failure(exc, deadline)
-        return _Refused(reason) if isinstance(exc, httpx.TimeoutException) else _answered(reason)
+        silent = isinstance(exc, httpx.TimeoutException | httpx.NetworkError) or (
+            isinstance(exc, httpx.RemoteProtocolError) and "without sending a response" in str(exc)
+        )
+        return _Refused(reason) if silent else _answered(reason)
 
     def _refusal(self, url: str, refused: _Refused, *, remember: bool = True) -> FetchRefused:
         """Log why, and remember it unless it says nothing about the URL (or the URL was refused
