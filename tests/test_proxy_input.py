@@ -611,6 +611,10 @@ def test_a_url_too_long_to_forward_is_a_414_not_a_500(fake: FakeUpstream, serve:
         ("/revoke?token=t&token_type_hint=refresh_token", "/revoke?token=[redacted]&token_type_hint=refresh_token"),
         ("/consent?ticket=t&link=l", "/consent?ticket=[redacted]&link=l"),
         ("/login?password=p&client_assertion=a", "/login?password=[redacted]&client_assertion=[redacted]"),
+        (
+            "/token?client_secret[]=s&password%5B0%5D=p&x[]=1",
+            "/token?client_secret[]=[redacted]&password%5B0%5D=[redacted]&x[]=1",
+        ),
     ],
 )
 def test_a_logged_target_shows_no_credential(target: str, logged: str) -> None:

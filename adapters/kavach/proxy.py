@@ -273,6 +273,12 @@ def forwarded_query(query: str, reserved: frozenset[str] = frozenset()) -> str:
     return "&".join(kept)
 
 
+def _logged_name(part: str) -> str:
+    """:func:`parameter_name` of ``part`` without an array suffix (``client_secret[]``,
+    ``password[0]``, which PHP and Rails read as that parameter)."""
+    return parameter_name(unquote_plus(part.split("=", 1)[0]).split("[", 1)[0])
+
+
 def redacted_target(target: str) -> str:
     """A request target (path and query) as it may be logged: the value of every parameter of
     :data:`_LOGGED_SECRETS`, however spelt, replaced by ``[redacted]`` (RFC 6750 §5.3: bearer
@@ -282,7 +288,7 @@ def redacted_target(target: str) -> str:
         return target
 
     def shown(part: str) -> str:
-        return part.split("=", 1)[0] + "=[redacted]" if parameter_name(part) in _LOGGED_SECRETS else part
+        return part.split("=", 1)[0] + "=[redacted]" if _logged_name(part) in _LOGGED_SECRETS else part
 
     return f"{path}?{'&'.join(';'.join(map(shown, pair)) for pair in _parts(query))}"
 
