@@ -104,14 +104,18 @@ def _unescape(text: str, errors: str) -> str:
     return unquote(text, errors=errors)
 
 
-def _form_pairs(raw: str) -> list[tuple[str, str]]:
-    """:func:`split_form` of ``raw``, strictly: invalid UTF-8 in an escape raises
-    ``UnicodeDecodeError``; more than :data:`MAX_FIELDS` fields, empty ones included (``&``
-    separators are counted, as ``parse_qsl`` counts them), or a NUL anywhere is ``invalid_request``.
-    """
+def _fields(raw: str, errors: str = "strict") -> list[tuple[str, str]]:
+    """:func:`split_form` of ``raw``; more than :data:`MAX_FIELDS` fields, empty ones included
+    (``&`` separators are counted, as ``parse_qsl`` counts them), is ``invalid_request``."""
     if raw.count("&") >= MAX_FIELDS:
         raise OAuthError("invalid_request", "too many parameters")
-    pairs = split_form(raw)
+    return split_form(raw, errors)
+
+
+def _form_pairs(raw: str) -> list[tuple[str, str]]:
+    """:func:`_fields` of ``raw``, strictly: invalid UTF-8 in an escape raises
+    ``UnicodeDecodeError``, and a NUL anywhere is ``invalid_request``."""
+    pairs = _fields(raw)
     if "%00" in raw or "\x00" in raw:
         for name, value in pairs:
             if "\x00" in name or "\x00" in value:
@@ -193,9 +197,7 @@ def form_params(req: HttpRequest, *, by_parameter: bool = False) -> Params:
     except UnicodeDecodeError as exc:
         raise OAuthError("invalid_request", "a form body must be ASCII, percent-encoded") from exc
     if by_parameter:
-        if text.count("&") >= MAX_FIELDS:
-            raise OAuthError("invalid_request", "too many parameters")
-        return _params_by_parameter(split_form(text, "surrogateescape"))
+        return _params_by_parameter(_fields(text, "surrogateescape"))
     return parse_query_string(text)
 
 
