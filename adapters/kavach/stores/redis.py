@@ -821,12 +821,13 @@ class RedisStore:
         other text there is damage too), checking the numbers beside it as it reads them."""
         key = self._k("grant", e.grant_id)
         fields = _pairs((yield _Command(("HGETALL", key))))
-        if _grant(fields) is None:  # no grant, or its hash lost its record: nothing to rotate
+        read = _grant(fields)
+        if read is None:  # no grant, or its hash lost its record: nothing to rotate
             return fx.Rotation("unknown", None)
-        record = fields["record"]
-        args = (e.generation, e.presented_hash, e.successor_hash, e.now, e.grace, e.idle_expires_at, record)
+        args = (e.generation, e.presented_hash, e.successor_hash, e.now, e.grace, e.idle_expires_at, fields["record"])
         reply = _undamaged((yield _Script("rotate", (key,), args)))
-        return fx.Rotation(_text(reply[0]), _grant(reply[1]))  # type: ignore[arg-type]
+        after = _pairs(reply[1])  # the record is the one read (the script compared it): decoded once
+        return fx.Rotation(_text(reply[0]), _numbered(read, after) if after else None)  # type: ignore[arg-type]
 
     # -- access tokens ---------------------------------------------------------------------------
 
@@ -982,9 +983,15 @@ def _grant(reply: Any) -> Grant | None:
     fields = _pairs(reply)
     if "record" not in fields:
         return None
+    return _numbered(GRANTS.loads(fields["record"]), fields)
+
+
+@_decoder
+def _numbered(record: Grant, fields: dict[str, Any]) -> Grant:
+    """``record`` with the fields rotation and revocation change, as the hash ``fields`` holds them."""
     rev = _text(fields["rev"])
     return attrs.evolve(
-        GRANTS.loads(fields["record"]),
+        record,
         refresh_generation=_integer(fields["gen"]),
         refresh_hash=_text(fields["hash"]),
         refresh_expires_at=_integer(fields["rexp"]),
