@@ -546,13 +546,16 @@ def test_an_access_token_in_the_query_string_is_not_forwarded(fake: FakeUpstream
 
 
 @pytest.mark.parametrize(
-    "name", ["ACCESS_TOKEN", "Access_Token", "access_Token", "access.token", "access+token", "access[token"]
+    "name",
+    ["ACCESS_TOKEN", "Access_Token", "access_Token", "access.token", "access+token", "access[token", "access_token[]",
+     "access_token%5B0%5D"],
 )
 def test_an_access_token_parameter_spelt_otherwise_is_not_forwarded(
     fake: FakeUpstream, serve: Callable[..., Served], name: str
 ) -> None:
     """Spellings a lenient upstream reads as ``access_token`` stay here too: another case (ASP.NET
-    Core's query is case-insensitive), and ``.``, space or ``[`` for ``_`` (PHP's variable names)."""
+    Core's query is case-insensitive), ``.``, space or ``[`` for ``_`` (PHP's variable names), and
+    an array of that name (PHP and Rails read ``access_token[]`` as ``access_token``)."""
     served = serve(fake.url)
     assert served.post(f"mode=ok&{name}=SECRET&x=1").status_code == 200
     (request,) = fake.requests

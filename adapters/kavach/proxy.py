@@ -267,16 +267,19 @@ def forwarded_query(query: str, reserved: frozenset[str] = frozenset()) -> str:
     drop = reserved | {_TOKEN_PARAMETER}
     kept: list[str] = []
     for pair in _parts(query):
-        parts = [part for part in pair if parameter_name(part) not in drop]
+        parts = [part for part in pair if drop.isdisjoint(_read_as(part))]
         if any(parts):
             kept.append(";".join(parts))
     return "&".join(kept)
 
 
-def _logged_name(part: str) -> str:
-    """:func:`parameter_name` of ``part`` without an array suffix (``client_secret[]``,
-    ``password[0]``, which PHP and Rails read as that parameter)."""
-    return parameter_name(unquote_plus(part.split("=", 1)[0]).split("[", 1)[0])
+def _read_as(part: str) -> tuple[str, ...]:
+    """The names a lenient server may read the parameter ``part`` as: :func:`parameter_name`, and
+    for an array spelling (``client_secret[]``, ``access_token[0]``) the array's own name too, as
+    PHP and Rails read it."""
+    name = parameter_name(part)
+    raw = unquote_plus(part.split("=", 1)[0])
+    return (name, parameter_name(raw.split("[", 1)[0])) if "[" in raw else (name,)
 
 
 def redacted_target(target: str) -> str:
@@ -288,7 +291,7 @@ def redacted_target(target: str) -> str:
         return target
 
     def shown(part: str) -> str:
-        return part.split("=", 1)[0] + "=[redacted]" if _logged_name(part) in _LOGGED_SECRETS else part
+        return part if _LOGGED_SECRETS.isdisjoint(_read_as(part)) else part.split("=", 1)[0] + "=[redacted]"
 
     return f"{path}?{'&'.join(';'.join(map(shown, pair)) for pair in _parts(query))}"
 
