@@ -91,11 +91,8 @@ def redact(location: str) -> str:
             rest = f"{user}:***{rest[at:]}"
     before, mark, query = rest.partition("?")
     if mark:  # libpq and redis-py also take the password as a query parameter
-        rest = before + mark + _PASSWORD_PARAMETER.sub(_HIDDEN_VALUE, query)
+        rest = before + mark + _PASSWORD_PARAMETER.sub(r"\1***", query)
     return f"{scheme}://{rest}"
-
-
-_HIDDEN_VALUE = r"\1***"
 
 
 _PASSWORD_PARAMETER = re.compile(r"((?:^|&)(?:password|passwd|pass|sslpassword)=)[^&]*", re.IGNORECASE)
