@@ -121,8 +121,9 @@ class Person:
         if "password" in form.names:
             data = [(k, v) for k, v in data if k not in ("username", "password")]
             data += [("username", self.username), ("password", self.password)]
-        pressed = [b for b in form.buttons if b[1] == decision]
-        if form.buttons and not pressed and "password" not in form.names:
+        signing_in = "password" in form.names  # the sign-in form: its default button (Cancel is a decision)
+        pressed = [] if signing_in else [b for b in form.buttons if b[1] == decision]
+        if form.buttons and not pressed and not signing_in:
             raise PersonError(f"{page_url}: no {decision!r} button among {form.buttons}")
         data += pressed[:1]
         return self.http.post(

@@ -344,10 +344,13 @@ def test_az_10_pages_headers_labels_and_no_external_resources(dep: Deployment) -
     assert_page_headers(consent)
     form = the_form(consent)
     assert form.ids <= form.labelled  # every checkbox has its label
-    # the sign-in form posts to this server only; the consent form's 303 leads to the client and
-    # on wherever it sends the browser, which no form-action could list (browsers check them all)
-    assert "form-action 'self';" in login.headers["content-security-policy"]
+    # both forms' 303 may lead to the client (Cancel on the sign-in form, Approve and Deny on the
+    # consent form) and on wherever it sends the browser, which no form-action could list
+    # (browsers check them all); the error page has no form and keeps form-action 'self'
+    assert "form-action" not in login.headers["content-security-policy"]
     assert "form-action" not in consent.headers["content-security-policy"]
+    error = dep.person.get(dep.authorize_url("nobody", pkce()[1]))
+    assert error.status_code == 400 and "form-action 'self';" in error.headers["content-security-policy"]
 
 
 def test_az_10_style_is_pinned_by_hash(dep: Deployment) -> None:
@@ -601,6 +604,46 @@ def test_az_12_deny_redirects_with_access_denied(dep: Deployment) -> None:
     again = post_form(dep.person, dep.base + form.action, form.submit("approve"), follow_redirects=True)
     assert again.status_code == 400 and "expired or was already answered" in again.text
     assert all(urlsplit(str(r.url)).netloc == urlsplit(dep.base).netloc for r in [*again.history, again])
+
+
+def test_az_12_cancel_on_the_sign_in_form_denies_and_signs_no_one_in(dep: Deployment) -> None:
+    """Cancel on the sign-in form (``decision=deny``, no username or password) answers the request
+    as Deny would: 303 to the client with ``access_denied``, ``state`` and ``iss``, no session
+    cookie, the request spent (signing in with the same form then finds it answered). A wrong
+    CSRF token or another ``decision`` before it changed nothing: the Cancel still found the
+    request pending."""
+    client_id = dep.register()
+    login = dep.person.get(dep.authorize_url(client_id, pkce()[1]))
+    form = the_form(login)
+    assert [v for n, v in form.buttons if n == "decision"] == ["deny"]
+    url = dep.base + form.action
+    wrong = post_form(dep.person, url, form.submit("deny", csrf_token="A" * 43))
+    assert wrong.status_code == 403 and "location" not in wrong.headers
+    odd = post_form(dep.person, url, [*form.submit(), ("decision", "approve")])
+    assert odd.status_code == 400 and "Choose Sign in or Cancel" in odd.text and "location" not in odd.headers
+    cancelled = post_form(dep.person, url, form.submit("deny"))
+    assert cancelled.status_code == 303
+    answer = parse_qs(urlsplit(cancelled.headers["location"]).query)
+    assert answer["error"] == ["access_denied"] and "code" not in answer
+    assert answer["state"] == ["xyz-state"] and answer["iss"] == [dep.issuer]
+    assert not any("session" in c for c in cancelled.headers.get_list("set-cookie"))
+    again = dep.login(login)  # the password is right, the request is gone
+    assert again.status_code == 303
+    assert dep.person.get(dep.base + again.headers["location"]).status_code == 400
+    assert not dep.server.store.codes
+
+
+def test_cancelling_sign_in_is_no_sign_in_attempt(tmp_path: Any) -> None:
+    """Cancel checks no password, so no login limit counts it: with one attempt allowed per
+    address, two requests cancelled leave that attempt for the third's sign-in."""
+    for dep in deploy("starlette", "memory", "", tmp_path, login_limits=LoginLimits(per_user=1, per_address=1)):
+        client_id = dep.register()
+        for _ in range(2):
+            form = the_form(signed_out_login(dep, client_id))
+            assert post_form(dep.person, dep.base + form.action, form.submit("deny")).status_code == 303
+        signed_in = dep.login(signed_out_login(dep, client_id))
+        assert signed_in.status_code == 303 and "notice" not in signed_in.headers["location"]
+        assert dep.login(signed_out_login(dep, client_id)).status_code == 429  # the limit is there
 
 
 def test_az_12_state_comes_back_exactly_or_the_request_is_refused(dep: Deployment) -> None:

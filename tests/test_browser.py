@@ -193,6 +193,33 @@ def test_az_10_az_11_az_12_sign_in_consent_approve_then_deny(
     assert alice.csp_violations() == [] and bob.csp_violations() == []
 
 
+def test_az_12_cancel_on_the_sign_in_page_denies_without_signing_in(
+    dep: Deployment, catcher: tuple[str, list[str]], chromium: Any
+) -> None:
+    """Someone who will not sign in can still answer: Cancel, with both fields left empty (the
+    button skips their ``required`` checks), lands on the client with ``error=access_denied``
+    (AZ-12), the ``state`` and ``iss`` (RFC 9207) and no code, and nobody is signed in. Chromium
+    checks ``form-action`` on the 303 to the client, so this fails if the sign-in page names only
+    its own origin there. Enter in a field still signs in (the other tests), Sign in being the
+    form's first button."""
+    redirect, landed = catcher
+    client_id = dep.register(redirect_uris=[redirect], client_name="Browser Client")
+    person = Person(chromium)
+    person.page.goto(_authorize_url(dep, client_id, redirect))
+    sign_in_page = person.page.url
+    assert person.page.locator("h1").inner_text() == "Sign in"
+    with person.page.expect_navigation(url=lambda url: url.startswith(redirect)):
+        person.page.get_by_role("button", name="Cancel").click()
+    answer = parse_qs(urlsplit(person.page.url).query)
+    assert answer["error"] == ["access_denied"] and "code" not in answer
+    assert answer["state"] == ["browser-state"] and answer["iss"] == [dep.issuer]
+    assert [urlsplit(p).path for p in landed if not p.startswith("/favicon")] == ["/callback"]
+    person.page.goto(sign_in_page)  # the same authorization request again: asked to sign in again
+    assert person.page.locator("h1").inner_text() == "Sign in"
+    assert "kavach-session" not in {c["name"] for c in person.context.cookies()}  # nobody signed in
+    assert person.csp_violations() == []
+
+
 def test_az_12_an_ipv6_loopback_redirect_is_reached(dep: Deployment, chromium: Any) -> None:
     """RFC 8252 §7.3 allows ``http://[::1]:PORT``; CSP cannot name that host, and a form-action
     that dropped it would make Chromium block the 303 after Approve."""

@@ -5,7 +5,8 @@ stylesheet pinned by its SHA-256 in the Content-Security-Policy, and nothing els
 (AZ-10). The consent page shows who asks, where the answer goes, each scope with its
 description and the resources; it warns when the client is an app on the person's device, one
 that only redirects to loopback or to private-use schemes, or when the answer goes to a
-private-use scheme (AZ-11; RFC 8252 §7.1, §7.3, §8.6), and offers approve and deny (AZ-12).
+private-use scheme (AZ-11; RFC 8252 §7.1, §7.3, §8.6), and offers approve and deny (AZ-12); the sign-in form can
+be cancelled, which denies too.
 """
 
 from __future__ import annotations
@@ -74,7 +75,8 @@ def page_headers(*, forms_leave: bool = False) -> tuple[tuple[str, str], ...]:
     """Headers of every page (AZ-10): no framing, no referrer, no caching, nothing loaded from
     elsewhere, and forms that post to this server only (``form-action 'self'``).
 
-    ``forms_leave``: the page's form answer leads off this server, so it gets no ``form-action``.
+    ``forms_leave``: the page's form answer may lead off this server (Deny, Approve, Cancel on the
+    sign-in form), so it gets no ``form-action``.
     Browsers check ``form-action`` on every redirect that follows a form submission, those the next
     site sends included (CSP3 §6.4.2), so the consent form, whose 303 goes to the client, which may
     send the browser on anywhere (a native tool's loopback listener to its hosted "signed in" page,
@@ -118,7 +120,12 @@ def page(status: int, title: str, body: str, *, headers: Iterable[tuple[str, str
 
 def login_page(*, action: str, ticket: str, csrf: str, client_name: str, username: str = "",
                error: str | None = None, status: int = 200, headers: Iterable[tuple[str, str]] = ()) -> Response:
-    """The sign-in form; it posts to ``action`` and continues to consent for ``ticket``."""
+    """The sign-in form; it posts to ``action`` and continues to consent for ``ticket``.
+
+    Sign in comes first, so Enter in a field signs in (the form's default button, HTML §4.10.21.2);
+    Cancel (``decision=deny``, sent without the fields' ``required`` checks) refuses the request
+    without signing in (AZ-12): the client hears ``access_denied``. So this form's answer may
+    lead off this server too, and the page has no ``form-action`` (:func:`page_headers`)."""
     alert = f'<p class="error" role="alert">{escape(error)}</p>' if error else ""
     body = (
         "<h1>Sign in</h1>"
@@ -130,10 +137,11 @@ def login_page(*, action: str, ticket: str, csrf: str, client_name: str, usernam
         ' autocapitalize="none" spellcheck="false" required autofocus>'
         '<label for="password">Password</label>'
         '<input type="password" id="password" name="password" autocomplete="current-password" required>'
-        '<div class="actions"><button type="submit" class="primary">Sign in</button></div>'
+        '<div class="actions"><button type="submit" class="primary">Sign in</button>'
+        '<button type="submit" name="decision" value="deny" formnovalidate>Cancel</button></div>'
         "</form>"
     )
-    return page(status, "Sign in", body, headers=headers)
+    return page(status, "Sign in", body, headers=headers, forms_leave=True)
 
 
 def consent_page(view: ConsentView, *, action: str, ticket: str, csrf: str, subject: str,

@@ -756,7 +756,10 @@ class AuthorizationServer:
     def _login(self, ctx: Context, req: HttpRequest) -> Generator[fx.Effect, Any, Response]:
         """The sign-in form's POST: CSRF, rate limits, password; then 303 to consent (AZ-10).
         Under an http issuer the session it starts serves this form's ticket only
-        (:meth:`~kavach.sessions.Cookies.serves`; RFC 6265 §8.5 is why)."""
+        (:meth:`~kavach.sessions.Cookies.serves`; RFC 6265 §8.5 is why). Its Cancel button
+        (``decision=deny``) needs only the form's CSRF token: the person at this browser refuses
+        the request without signing in, as Deny on the consent page would (AZ-12); it is no
+        sign-in attempt, so no rate limit counts it."""
         form = self._form(req)
         if isinstance(form, Response):
             return form
@@ -765,11 +768,16 @@ class AuthorizationServer:
         try:
             ticket, token = form.get("ticket") or "", form.get("csrf_token")
             username, password = form.get("username") or "", form.get("password") or ""
+            decision = form.get("decision")
         except OAuthError as exc:
             return pages.error_page(400, exc.error, exc.description)
         cookies = parse_cookies(req.header_values("cookie"))
         if not self.cookies.csrf_valid(cookies, "login", ticket, token):
             return _csrf_refused()
+        if decision == "deny":
+            return (yield from authorize.deny(ctx, ticket))
+        if decision is not None:
+            return pages.error_page(400, "invalid_request", "Choose Sign in or Cancel.")
         browser = cookies[self.cookies.browser_name]  # there: the token is bound to it
         limits = self.login_limits
         account = account_name(username)
