@@ -91,6 +91,19 @@ def test_az_01_get_and_post_both_reach_consent(hc: Harness, method: str) -> None
     assert [s.scope for s in out.view.scopes] == ["tools:list", "tools:call"]
 
 
+@pytest.mark.parametrize("method", ["GET", "POST"])
+def test_az_01_up_to_100_parameters_are_read(hc: Harness, method: str) -> None:
+    """Unknown parameters are ignored (AZ-01) up to the documented limit of 100 pairs
+    (``params.MAX_FIELDS``), exactly; one more is ``invalid_request`` and stores nothing."""
+    pairs = list(az_query().items())
+    padding = [(f"x{i}", "1") for i in range(100 - len(pairs))]
+    assert isinstance(az_request(hc, [*pairs, *padding], method=method), ConsentRequired)
+    before = snapshot(hc)
+    out = az_request(hc, [*pairs, *padding, ("x", "1")], method=method)
+    assert not isinstance(out, ConsentRequired) and out.status == 400
+    assert snapshot(hc) == before
+
+
 def test_az_01_post_reads_the_form_not_the_query(hc: Harness) -> None:
     req = hc.request("POST", "/authorize", query=az_query(), form={"client_id": "c1"})
     out = hc.run(authorize.handle(hc.ctx(), req))
@@ -519,6 +532,8 @@ def test_az_04_a_private_use_scheme_is_offered_by_its_scheme(h: Harness) -> None
     page = assert_page(out, "unsupported_response_type")
     assert page.view is not None and page.view.back_to == "com.example.app:"
     assert page.view.back is not None and page.view.back.startswith(uri + "?error=unsupported_response_type")
+    # The page tells the person why, in the error's own words (RFC 6749 §4.1.2.1 error_description).
+    assert "only response_type=code is supported" in page.view.description
 
 
 # -- AZ-05: PKCE ------------------------------------------------------------------------------
@@ -808,6 +823,18 @@ def test_az_09_code_is_bound_to_everything(hc: Harness) -> None:
     assert record.consumed is False
 
 
+def test_az_09_a_resource_unconfigured_before_approval_stays_bound_to_the_code(h: Harness) -> None:
+    """A resource the operator stops protecting while the consent page is open is kept in the
+    code (AZ-09): the token endpoint answers for it, ``invalid_target`` (TK-06)."""
+    add_client(h)
+    out = az_request(h, [*az_query().items(), ("resource", OTHER_RESOURCE)])
+    assert isinstance(out, ConsentRequired)
+    h.config = make_config(resources=[ProtectedResource(RESOURCE, name="Example MCP")])
+    assert h.run(authorize.approve(h.ctx(), out.ticket, "alice")).status == 303
+    (code,) = h.store.codes.values()
+    assert code.resources == (RESOURCE, OTHER_RESOURCE)
+
+
 def test_az_09_code_expires_after_the_configured_lifetime() -> None:
     from kavach_core.config import Lifetimes
 
@@ -867,6 +894,25 @@ def test_az_09_a_client_deleted_while_its_consent_is_shown_gets_nothing(hc: Harn
     assert hc.store.codes == {} and hc.store.pending == {}
 
 
+@pytest.mark.parametrize("answer", ["consent", "approve", "deny"])
+def test_az_09_a_redirect_uri_withdrawn_while_consent_is_shown_gets_nothing(hc: Harness, answer: str) -> None:
+    """The operator replaces the client with one that no longer lists the request's redirect URI
+    while the consent page is open: the request is answered as expired, never sent on to the
+    withdrawn URI (AZ-03: the redirect URI must be one registered now)."""
+    out = consent(hc)
+    add_client(hc, redirect_uris=("https://app.example.com/other",))
+    if answer == "consent":
+        assert hc.run(authorize.consent(hc.ctx(), out.ticket)) is None
+        return
+    flow = (
+        authorize.approve(hc.ctx(), out.ticket, "alice")
+        if answer == "approve"
+        else authorize.deny(hc.ctx(), out.ticket)
+    )
+    assert_page(hc.run(flow))
+    assert hc.store.codes == {} and hc.store.pending == {}
+
+
 def test_az_09_unknown_ticket_is_a_page(hc: Harness) -> None:
     assert_page(hc.run(authorize.approve(hc.ctx(), "x" * 43, "alice")))
     assert_page(hc.run(authorize.deny(hc.ctx(), "")))
@@ -874,7 +920,7 @@ def test_az_09_unknown_ticket_is_a_page(hc: Harness) -> None:
 
 @pytest.mark.parametrize(
     "subject",
-    ["", None, 7, "a" * (authorize.MAX_SUBJECT + 1), "alice\x00", "al\nice", "alice\udcff", "\x85"],
+    ["", None, 7, "a" * 256, "alice\x00", "al\nice", "alice\udcff", "\x85"],
     ids=["empty", "none", "number", "too-long", "nul", "newline", "surrogate", "c1-control"],
 )
 def test_az_09_approve_needs_a_subject(hc: Harness, subject: object) -> None:
@@ -890,8 +936,13 @@ def test_az_09_approve_needs_a_subject(hc: Harness, subject: object) -> None:
     assert hc.run(authorize.approve(hc.ctx(), out.ticket, "alice")).status == 303
 
 
-@pytest.mark.parametrize("subject", ["a" * 255, "alice@example.com", "ålice bob", "\u4e2d\u6587", "user|id:42"])
+@pytest.mark.parametrize(
+    "subject",
+    ["a" * 255, "alice@example.com", "ålice bob", "\u4e2d\u6587", "user|id:42", "alice\u00a0smith", "a\u200db"],
+)
 def test_az_09_a_subject_is_any_text_up_to_255_characters(hc: Harness, subject: str) -> None:
+    """Only control characters and lone surrogates are refused: text Python calls unprintable but
+    that is neither (a no-break space, a zero-width joiner) is a subject like any other."""
     out = consent(hc)
     assert authorize.subject_problem(subject) is None
     assert hc.run(authorize.approve(hc.ctx(), out.ticket, subject)).status == 303
@@ -945,6 +996,15 @@ def test_az_11_consent_view_describes_client_redirect_scopes_and_resource(h: Har
     assert view.logo_uri == "https://app.example.com/logo.png"
 
 
+def test_az_11_a_resource_without_a_name_is_shown_by_its_uri() -> None:
+    """The consent shows the resource (AZ-11): by its configured name, else by its URI."""
+    h = Harness(make_config(resources=[ProtectedResource(RESOURCE), ProtectedResource(OTHER_RESOURCE, name="Other")]))
+    add_client(h)
+    out = az_request(h, [*az_query().items(), ("resource", OTHER_RESOURCE)])
+    assert isinstance(out, ConsentRequired)
+    assert out.view.resource_names == (RESOURCE, "Other")
+
+
 def test_az_11_loopback_only_client_is_flagged(h: Harness) -> None:
     add_client(h, redirect_uris=(LOOPBACK, "http://[::1]/cb", "http://localhost/cb"))
     view = consent(h, redirect_uri=LOOPBACK).view
@@ -964,6 +1024,9 @@ def test_az_11_loopback_only_client_is_flagged(h: Harness) -> None:
         ("http://[::1]/cb", "http://[::1]:5173/cb", "[::1]:5173", (True, True, False)),
         ("http://[::1]/cb", "http://[::1]/cb", "[::1]", (True, True, False)),
         ("http://localhost:8080/cb", "http://localhost:8080/cb", "localhost:8080", (True, True, False)),
+        # Loopback is http only (RFC 8252 §7.3, §8.3): neither https://localhost nor another http host.
+        ("https://localhost:8443/cb", "https://localhost:8443/cb", "localhost:8443", (False,) * 3),
+        ("http://app.example.com/cb", "http://app.example.com/cb", "app.example.com", (False,) * 3),
         ("com.evil://app.example.com/cb", "com.evil://app.example.com/cb", "com.evil:", (False, True, True)),
         ("com.example.app:/cb", "com.example.app:/cb", "com.example.app:", (False, True, True)),
     ],

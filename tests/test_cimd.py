@@ -237,6 +237,37 @@ def test_rg_03_a_document_client_not_known_yet_costs_its_requester_one_registrat
     assert d.fetches[-3:] == nameless[:3]
 
 
+def test_rg_03_a_document_fetched_once_in_the_window_is_not_charged_again_after_the_purge() -> None:
+    """RG-03: asking whether a document was already fetched in this rate window only reads its
+    mark. A client fetched once, its copy since purged, fetches again for free even from an
+    address at its limit."""
+    from kavach_core.config import RegistrationPolicy
+    from kavach_core.http import CLIENT_ADDRESS_HEADER
+
+    h = Harness(make_config(registration=RegistrationPolicy(rate_limit=1, rate_window=3600)))
+    d = Documents(h, {URL: fetched(document())})
+    query = az_query(client_id=URL, redirect_uri=REDIRECT)
+    request = h.request("GET", "/authorize", query=query, headers=[(CLIENT_ADDRESS_HEADER, "203.0.113.9")])
+    assert isinstance(d.run(authorize.handle(h.ctx(), request)), ConsentRequired)  # the address's one registration
+    h.now += 301
+    h.store.purge(h.now)
+    assert URL not in h.store.clients
+    assert isinstance(d.run(authorize.handle(h.ctx(), request)), ConsentRequired)
+    assert d.fetches == [URL, URL]
+
+
+def test_rg_03_with_rate_limit_zero_a_document_client_counts_nothing() -> None:
+    """RG-03: a limit of 0 counts nothing, so fetching and storing a document client neither
+    reads nor writes a counter or a mark."""
+    from kavach_core.config import RegistrationPolicy
+
+    h = Harness(make_config(registration=RegistrationPolicy(rate_limit=0)))
+    d = Documents(h, {URL: fetched(document())})
+    assert isinstance(d.authorize(), ConsentRequired)
+    assert [e for e in d.effects if isinstance(e, fx.Hit)] == []
+    assert h.store.hits == {} and URL in h.store.clients
+
+
 def test_rg_03_failed_refetches_of_a_known_document_are_counted_per_address() -> None:
     """A document accepted once and expired is refetched for free while its host answers with a
     document; a refetch that fails is counted against the caller's address (its limit: the
@@ -463,6 +494,23 @@ def test_lookup_raises_document_refused_saying_only_that_the_fetch_failed(h: Har
         d.run(lookup(h.ctx(), URL))
     assert info.value.error == "invalid_client" and info.value.status == 401
     assert info.value.description == f"client metadata document refused: {NOT_FETCHED}"
+
+
+def test_cm_01_a_client_id_longer_than_the_limit_names_no_client_and_costs_nothing(h: Harness) -> None:
+    """A ``client_id`` over ``MAX_CLIENT_ID`` characters is an unknown client: not read, not
+    fetched, not counted against the caller (RG-03); one of exactly the limit is a document URL."""
+    from kavach_core.client_documents import MAX_CLIENT_ID
+    from kavach_core.clients import lookup
+
+    prefix = "https://client.example.com/"
+    at_limit = prefix + "x" * (MAX_CLIENT_ID - len(prefix))
+    too_long = at_limit + "x"
+    d = Documents(h, {url: fetched(document(client_id=url)) for url in (at_limit, too_long)})
+    assert d.run(lookup(h.ctx(), too_long)) is None
+    assert d.effects == [] and d.fetches == []
+    client = d.run(lookup(h.ctx(), at_limit))
+    assert client is not None and client.client_id == at_limit
+    assert d.fetches == [at_limit]
 
 
 def test_cm_01_a_document_with_a_repeated_member_is_refused_whichever_copy_is_right(h: Harness) -> None:

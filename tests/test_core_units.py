@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 from typing import Any
 from urllib.parse import parse_qsl, quote
 
@@ -37,8 +38,10 @@ from kavach_core.http import HttpRequest, Response, add_query, error_response, j
 from kavach_core.memory_store import MemoryStore
 from kavach_core.opaque import b64url, b64url_decode, digest, parse_refresh_token, refresh_token, same
 from kavach_core.params import (
+    MAX_BODY,
     MAX_FIELDS,
     Params,
+    decode_exactly,
     form_params,
     json_object,
     parse_query_string,
@@ -390,6 +393,26 @@ def test_json_object_is_strict(body: bytes, message: str) -> None:
     assert info.value.error == "invalid_client_metadata"
 
 
+@pytest.mark.parametrize("text", ['{{"a": 1}', "[[1]", '{"a": 1}}', "[1] x"])
+def test_decode_exactly_refuses_what_decode_refuses(text: str) -> None:
+    """``decode_exactly`` answers as ``decode`` does (its docstring): its scan starts at the first
+    character, so no character is skipped, and trailing data is refused."""
+    with pytest.raises(json.JSONDecodeError):
+        json.JSONDecoder().decode(text)
+    with pytest.raises(json.JSONDecodeError):
+        decode_exactly(json.JSONDecoder(), text)
+
+
+def test_json_object_accepts_exactly_the_body_limit() -> None:
+    """A JSON body of ``MAX_BODY`` bytes (64 KiB) is read; one byte more is too large."""
+    ctype = [("Content-Type", "application/json")]
+    body = b'{"client_name": "' + b"a" * (MAX_BODY - len(b'{"client_name": ""}')) + b'"}'
+    assert len(body) == MAX_BODY == 64 * 1024
+    assert json_object(HttpRequest("POST", "/register", (), ctype, body))["client_name"].startswith("a")
+    with pytest.raises(OAuthError, match="too large"):
+        json_object(HttpRequest("POST", "/register", (), ctype, body + b" "))
+
+
 def test_json_object_needs_json_content_type() -> None:
     req = HttpRequest("POST", "/", (), [("Content-Type", "text/plain")], b"{}")
     with pytest.raises(OAuthError, match="application/json"):
@@ -423,6 +446,24 @@ def test_client_credentials_methods() -> None:
 
     form = b"grant_type=refresh_token&client_id=c&client_secret=s3cret&refresh_token=r"
     assert "s3cret" not in repr(parse_token_request(_form(form)))
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        "Basicx " + base64.b64encode(b"c:s").decode(),  # another scheme that only starts like Basic
+        "Basic " + base64.b64encode(b"c:s").decode() + "!",  # RFC 7617 §2: token68 is base64, strictly
+        "Basic " + base64.b64encode(b"c-without-colon").decode(),  # user-pass needs the ":"
+        "Basic " + base64.b64encode(b"c%00:s").decode(),  # a NUL, form-urlencoded, in the id (GN-03)
+        "Basic " + base64.b64encode(b"c:s%00").decode(),  # or in the secret
+        "Basic " + base64.b64encode(b":s").decode(),  # no client identifier at all
+    ],
+)
+def test_tk_02_malformed_basic_credentials_are_invalid_client(header: str) -> None:
+    """RFC 6749 §2.3.1 / RFC 7617 §2: what is not ``Basic base64(id ":" secret)`` authenticates nothing."""
+    with pytest.raises(OAuthError) as raised:
+        _creds([("Authorization", header)])
+    assert (raised.value.error, raised.value.status) == ("invalid_client", 401)
 
 
 def test_bearer_token_header_only_and_strict() -> None:
@@ -564,6 +605,7 @@ def test_redirect_matching() -> None:
     [
         ("", "non-empty"),
         ("https://a.example/c b", "non-empty"),
+        ("https://a.example/c\x7fb", "non-empty"),  # DEL is a control character too
         ("https://a.example/" + "x" * 2000, "non-empty"),
         ("https://[::1/cb", "not a valid URI"),
         ("https://a.example:99999/cb", "not a valid URI"),
@@ -600,10 +642,18 @@ def test_rg_01_redirect_registration_problems(uri: str, problem: str) -> None:
         "http://localhost/cb",
         "com.example.app:/cb",
         "https://a.example/c%62?x=%20",  # percent-encoding outside the host is the client's own spelling
+        "https://a.example/cb!$&'()*+,;=:@~",  # RFC 3986 §2.2 sub-delims are URI characters, not controls
     ],
 )
 def test_rg_01_acceptable_redirect_uris(uri: str) -> None:
     assert registration_problem(uri) is None
+
+
+def test_rg_01_redirect_uris_of_up_to_2000_characters_are_registrable() -> None:
+    """The length limit is 2000 characters: the longest is accepted, one more is refused."""
+    longest = "https://a.example/" + "x" * (2000 - len("https://a.example/"))
+    assert len(longest) == 2000 and registration_problem(longest) is None
+    assert "non-empty" in (registration_problem(longest + "x") or "")
 
 
 # -- resource indicators (AZ-06, RS-05) ---------------------------------------------------------
@@ -618,6 +668,7 @@ def test_rg_01_acceptable_redirect_uris(uri: str) -> None:
         ("https://mcp.example.com:8443/MCP", "https://mcp.example.com:8443/MCP"),
         ("https://[::1]:8443/x", "https://[::1]:8443/x"),
         ("https://mcp.example.com/a?b=1", "https://mcp.example.com/a?b=1"),
+        ("https://mcp.example.com/~user/mcp", "https://mcp.example.com/~user/mcp"),  # "~" is unreserved
     ],
 )
 def test_rs_05_canonical_resource(uri: str, canonical: str) -> None:
@@ -635,6 +686,8 @@ def test_rs_05_canonical_resource(uri: str, canonical: str) -> None:
         "https://u@a.example/",
         "https://a.example:port/",
         "https://a.example\x01/",
+        "https://a.example/m\x01cp",  # a control character is refused in the path too, not only the host
+        "https://a.example/m\x7fcp",  # and so is DEL
         # other spellings of a path: a guard comparing the decoded request path would miss them
         "https://a.example/x/../mcp",
         "https://a.example/./mcp",
@@ -656,6 +709,9 @@ def test_az_06_parse_resource_errors_are_invalid_target() -> None:
         with pytest.raises(OAuthError) as info:
             parse_resource(bad)
         assert info.value.error == "invalid_target"
+    # RFC 8707 §2: the resource "MUST NOT include a fragment component"; the answer says so
+    with pytest.raises(OAuthError, match="must not contain a fragment"):
+        parse_resource("https://a.example/x#")
     assert parse_resource("https://A.example/x/") == "https://a.example/x"
 
 

@@ -145,8 +145,13 @@ def test_rg_01_human_uris_are_https_only_and_never_fetched(h: Harness, member: s
     stored = h.store.clients[resp.json()["client_id"]]
     assert stored.meta[member] == "https://app.example.com/about"
     for bad in ["http://app.example.com/about", "javascript:alert(1)", "data:image/png;base64,AA", "//x.example",
-                "https://u:p@app.example.com/", "https:///x", 7, ["https://a.example"], "https://a.example/ x"]:
+                "https://u:p@app.example.com/", "https:///x", 7, ["https://a.example"], "https://a.example/ x",
+                "https://u@app.example.com/", "https://app.example.com:99999/"]:  # a user alone; no such port
         refused(h, meta(**{member: bad}), "invalid_client_metadata")
+    answer = refused(h, meta(**{member: "https://a.example/ x"}), "invalid_client_metadata")
+    assert "spaces or control characters" in answer.json()["error_description"]  # said as such
+    resp, _ = register(h, meta(**{member: "https://app.example.com/a!b~c"}))  # RFC 3986 §2 characters
+    assert resp.status == 201 and resp.json()[member] == "https://app.example.com/a!b~c"
 
 
 @pytest.mark.parametrize("member", ["client_uri", "logo_uri", "tos_uri", "policy_uri"])
@@ -175,6 +180,9 @@ def test_rg_02_public_client_gets_no_secret(h: Harness) -> None:
     assert body["token_endpoint_auth_method"] == "none"
     client = h.store.clients[body["client_id"]]
     assert client.secret_hash is None and not client.is_confidential
+    assert client.secret_expires_at == 0  # no secret, so nothing expires (RFC 7591 §3.2.1: 0 is "never")
+    nameless, _ = register(h, meta(client_name=None))
+    assert h.store.clients[nameless.json()["client_id"]].client_name == ""  # a text field, even when omitted
     assert client.kind == "dynamic"
     assert [type(e) for e in writes(effects)] == [fx.Hit, fx.PutClient]
 
@@ -480,6 +488,14 @@ def test_rg_03_initial_access_token_accepted() -> None:
     assert resp.status == 201
 
 
+def test_rg_03_each_configured_initial_access_token_is_accepted_wherever_it_is_listed() -> None:
+    """RG-03 / RFC 7591 §3: every configured digest is compared, so any one of them admits its token."""
+    h = harness(mode="token", initial_access_token_hashes=[digest(TOKEN), hashlib.sha256(b"other").hexdigest()])
+    for token in (TOKEN, "other"):
+        resp, _ = register(h, meta(), headers=[("Authorization", f"Bearer {token}")])
+        assert resp.status == 201, (token, resp.body)
+
+
 def test_rg_03_upper_case_hash_in_configuration_still_matches() -> None:
     h = harness(mode="token", initial_access_token_hashes=[digest(TOKEN).upper()])
     resp, _ = register(h, meta(), headers=[("Authorization", f"Bearer {TOKEN}")])
@@ -555,6 +571,20 @@ def test_rg_03_rate_limited_per_client_address() -> None:
     assert register(h, meta(), headers=b)[0].status == 201
     h.now += 60
     assert register(h, meta(), headers=a)[0].status == 201
+
+
+def test_rg_03_retry_after_is_the_time_left_in_the_rate_window() -> None:
+    """RG-03, RFC 6585 §4: the 429's ``Retry-After`` (RFC 9110 §10.2.3, seconds) is when the
+    current window ends, and never less than one second."""
+    h = harness(rate_limit=1, rate_window=60)
+    start = h.now // 60 * 60
+    h.now = start + 15
+    assert register(h, meta())[0].status == 201
+    resp, _ = register(h, meta())
+    assert (resp.status, resp.header("Retry-After")) == (429, "45")
+    h.now = start + 59
+    resp, _ = register(h, meta())
+    assert (resp.status, resp.header("Retry-After")) == (429, "1")
 
 
 def test_rg_03_an_ipv6_host_is_counted_by_its_64_and_a_mapped_ipv4_as_itself() -> None:

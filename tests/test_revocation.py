@@ -167,6 +167,20 @@ def test_rv_01_already_revoked_grant_is_not_written_again(hr: Harness) -> None:
     assert writes(effects) == []
 
 
+def test_rv_01_refresh_token_of_a_purged_grant_is_200_and_writes_nothing(hr: Harness) -> None:
+    """A genuine refresh token whose grant the store has purged (past its absolute expiry) is an
+    invalid token: 200 and nothing written (RFC 7009 §2.2), not a server error (GN-03)."""
+    issued = issue(hr)
+    hr.now = issued.grant.expires_at
+    hr.store.purge(hr.now)
+    assert issued.grant.grant_id not in hr.store.grants
+    before = snapshot(hr)
+    resp, effects = revoke(hr, form_request(hr, PATH, {"token": issued.refresh}))
+    assert resp.status == 200
+    assert writes(effects) == []
+    assert snapshot(hr) == before
+
+
 def test_rv_01_revocation_never_generates_signing_keys(h: Harness) -> None:
     clients(h)
     resp, effects = revoke(h, form_request(h, PATH, {"token": "a.b.c"}))
@@ -297,8 +311,14 @@ def test_gn_03_revocation_never_raises_on_arbitrary_input(
 
 
 @settings(max_examples=150, suppress_health_check=[HealthCheck.function_scoped_fixture], deadline=None)
-@given(params=st.lists(st.tuples(st.sampled_from(["token", "token_type_hint", "client_id", "client_secret", "x"]),
-                                 st.text(max_size=40)), max_size=6))
+@given(
+    params=st.lists(
+        st.tuples(
+            st.sampled_from(["token", "token_type_hint", "client_id", "client_secret", "x"]), st.text(max_size=40)
+        ),
+        max_size=6,
+    )
+)
 def test_gn_03_revocation_arbitrary_parameters(h: Harness, params: list[tuple[str, str]]) -> None:
     """Invariant: for any list of up to six form parameters (the revocation request's, repeated
     or not, and an unknown one) from an authenticated client holding issued tokens, revocation

@@ -12,7 +12,7 @@ from kavach_core.config import Paths, RegistrationPolicy
 from kavach_core.errors import OAuthError
 from kavach_core.http import Response
 from kavach_core.messages.authorization import ConsentRequired
-from kavach_core.router import route, routes
+from kavach_core.router import cors_headers, route, routes
 
 CORS_PATHS = {
     "/.well-known/oauth-authorization-server": "GET, HEAD, OPTIONS",
@@ -35,8 +35,11 @@ def call(h: Harness, method: str, path: str, **kwargs: object) -> Response:
 
 @pytest.mark.parametrize(("path", "allow"), CORS_PATHS.items())
 def test_md_04_preflight(h: Harness, path: str, allow: str) -> None:
-    headers = [("Origin", "https://inspector.example"), ("Access-Control-Request-Method", "POST"),
-               ("Access-Control-Request-Headers", "authorization, content-type, mcp-protocol-version")]
+    headers = [
+        ("Origin", "https://inspector.example"),
+        ("Access-Control-Request-Method", "POST"),
+        ("Access-Control-Request-Headers", "authorization, content-type, mcp-protocol-version"),
+    ]
     resp, effects = h.trace(route(h.ctx(), h.request("OPTIONS", path, headers=[*headers, ("Host", "mcp.example.com")])))
     assert resp.status == 204
     assert resp.body == b""
@@ -81,6 +84,14 @@ def test_md_04_authorization_endpoint_never_gets_cors(h: Harness, method: str) -
         assert resp.header("Allow") == "GET, POST"
 
 
+@pytest.mark.parametrize("path", [*CORS_PATHS, "/authorize", "/nowhere", "/mcp"])
+def test_md_04_cors_headers_of_an_answer_the_adapter_gives_itself(path: str) -> None:
+    """The CORS header an adapter adds to its own 503/500 (MD-04): exactly the router's rule, any
+    origin on every CORS path, nothing on the authorization endpoint (AZ-10) nor off the table."""
+    expected = (("Access-Control-Allow-Origin", "*"),) if path in CORS_PATHS else ()
+    assert cors_headers(make_config(), path) == expected
+
+
 @pytest.mark.parametrize("method", ["PUT", "DELETE", "PATCH", "OPTIONS", "HEAD"])
 def test_az_02_a_wrong_method_at_the_authorization_endpoint_is_a_page(h: Harness, method: str) -> None:
     """A person's browser lands here: even a 405 is an HTML page (and never a redirect)."""
@@ -97,10 +108,18 @@ def test_gn_03_unknown_path_is_404_json(h: Harness) -> None:
         assert resp.json() == {"error": "not_found"}
 
 
-@pytest.mark.parametrize(("method", "path"), [("GET", "/token"), ("GET", "/register"), ("PUT", "/revoke"),
-                                               ("GET", "/introspect"), ("POST", "/jwks.json"),
-                                               ("POST", "/.well-known/oauth-authorization-server"),
-                                               ("PATCH", "/.well-known/oauth-protected-resource/mcp")])
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/token"),
+        ("GET", "/register"),
+        ("PUT", "/revoke"),
+        ("GET", "/introspect"),
+        ("POST", "/jwks.json"),
+        ("POST", "/.well-known/oauth-authorization-server"),
+        ("PATCH", "/.well-known/oauth-protected-resource/mcp"),
+    ],
+)
 def test_gn_03_wrong_method_is_405_with_allow(h: Harness, method: str, path: str) -> None:
     resp, effects = h.trace(route(h.ctx(), h.request(method, path, headers=[("Host", "mcp.example.com")])))
     assert resp.status == 405
@@ -152,8 +171,12 @@ def test_gn_03_oauth_error_escaping_an_endpoint_becomes_a_response(h: Harness, m
 
 def test_gn_03_register_then_authorize_through_the_router(h: Harness) -> None:
     """The router hands the authorization endpoint's ``ConsentRequired`` back untouched."""
-    resp = call(h, "POST", "/register", json={"redirect_uris": ["http://127.0.0.1/cb"],
-                                             "token_endpoint_auth_method": "none", "client_name": "CLI"})
+    resp = call(
+        h,
+        "POST",
+        "/register",
+        json={"redirect_uris": ["http://127.0.0.1/cb"], "token_endpoint_auth_method": "none", "client_name": "CLI"},
+    )
     client_id = resp.json()["client_id"]
     query = {
         "response_type": "code",

@@ -6,6 +6,7 @@ import base64
 import json
 import re
 from typing import Any
+from urllib.parse import urlencode
 
 import attrs
 import pytest
@@ -16,6 +17,7 @@ from oauth_flows import (
     add_client,
     az_query,
     az_request,
+    code_form,
     get_code,
     is_revoked,
     jwt_parts,
@@ -129,6 +131,29 @@ def test_tk_01_unreadable_bodies_are_invalid_request(hc: Harness, body: bytes, c
     headers = [("Content-Type", ctype)] if ctype else []
     req = hc.request("POST", "/token", body=body, headers=headers)
     assert_error(hc.run(token.handle(hc.ctx(), req)), "invalid_request")
+
+
+def _padded_redemption(h: Harness, *, fields: int = 0, size: int = 0) -> Response:
+    """A valid redemption of a fresh code, padded with ignored parameters (RFC 6749 §3.2) to
+    ``fields`` name/value pairs or to ``size`` bytes of body."""
+    body = urlencode(code_form(get_code(h)))
+    if fields:
+        body += "".join(f"&x{i}=1" for i in range(fields - len(body.split("&"))))
+    if size:
+        body += "&pad=" + "a" * (size - len(body) - len("&pad="))
+    req = h.request(
+        "POST", "/token", body=body.encode(), headers=[("Content-Type", "application/x-www-form-urlencoded")]
+    )
+    return h.run(token.handle(h.ctx(), req))
+
+
+def test_tk_01_limits_are_100_parameters_and_64_kib(hc: Harness) -> None:
+    """The documented limits (``params.MAX_FIELDS``, ``params.MAX_BODY``), exactly: a body at the
+    limit is served, one parameter or one byte more is ``invalid_request`` (GN-03)."""
+    assert_tokens(_padded_redemption(hc, fields=100))
+    assert_error(_padded_redemption(hc, fields=101), "invalid_request")
+    assert_tokens(_padded_redemption(hc, size=64 * 1024))
+    assert_error(_padded_redemption(hc, size=64 * 1024 + 1), "invalid_request")
 
 
 def test_tk_01_success_and_every_error_are_no_store(hc: Harness) -> None:
@@ -1017,3 +1042,87 @@ def test_tk_07_no_key_of_the_configured_alg_is_503_and_rotates_nothing() -> None
     second = assert_tokens(refresh(h, first["refresh_token"]))
     assert not _grant_of(h, second["access_token"]).revoked
     assert not is_revoked(h, first["access_token"])
+
+
+# -- TK-07: the rotation's own verdict, and superseded tokens after idling -------------------------
+
+
+class _RevokedFirst(MemoryStore):
+    """A memory store in which another request (a revocation, a reuse elsewhere) revokes the grant
+    after the refresh request read it and before its ``RotateRefresh`` runs, once ``armed``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.armed = False
+
+    def perform(self, effect: fx.Effect) -> Any:
+        if self.armed and isinstance(effect, fx.RotateRefresh):
+            self.armed = False
+            super().perform(fx.RevokeGrant(effect.grant_id, effect.now))
+        return super().perform(effect)
+
+
+@pytest.mark.parametrize("superseded", [False, True])
+def test_tk_07_a_grant_revoked_before_the_rotation_issues_nothing(superseded: bool) -> None:
+    """The grant read as live is revoked before the compare-and-set: the rotation answers
+    ``unknown`` and the request is ``invalid_grant`` with no token (RFC 7009 §2.1, RFC 6749 §6;
+    TK-07), for the current token and for a superseded one retried within the grace window."""
+    h = Harness()
+    h.store = store = _RevokedFirst()
+    add_client(h)
+    first = tokens(h)
+    presented = first["refresh_token"]
+    if not superseded:
+        presented = assert_tokens(refresh(h, presented))["refresh_token"]
+        h.now += h.config.refresh_grace + 1
+    else:
+        assert_tokens(refresh(h, presented))  # `presented` is now superseded, within the grace window
+    store.armed = True
+    assert_error(refresh(h, presented), "invalid_grant")
+    assert store.armed is False  # the revocation did land between the read and the rotation
+    assert _grant_of(h, first["access_token"]).revoked
+
+
+def test_tk_07_a_purged_grants_refresh_token_is_invalid_grant(hc: Harness) -> None:
+    """A genuine refresh token whose grant the store has since purged (past its absolute expiry) is
+    ``invalid_grant`` (RFC 6749 §5.2), not a server error (GN-03)."""
+    body = tokens(hc)
+    gid = jwt_parts(body["access_token"])[1]["gid"]
+    hc.now = hc.store.grants[gid].expires_at
+    hc.store.purge(hc.now)
+    assert gid not in hc.store.grants
+    assert_error(refresh(hc, body["refresh_token"]), "invalid_grant")
+
+
+def test_tk_07_reuse_after_the_current_token_idled_out_still_revokes(h: Harness) -> None:
+    """A superseded token presented after its successor idled out is still reuse: the family is
+    revoked (RFC 9700 §4.14.2), not merely refused as idle (TK-07)."""
+    h.config = make_config(lifetimes=Lifetimes(refresh_idle=100, refresh_absolute=1000))
+    add_client(h)
+    first = tokens(h)
+    h.now += 50
+    second = assert_tokens(refresh(h, first["refresh_token"]))
+    h.now += 100  # the successor has idled out; the grant has not
+    body = assert_error(refresh(h, first["refresh_token"]), "invalid_grant")
+    assert "reuse" in body["error_description"]
+    assert _grant_of(h, second["access_token"]).revoked
+    assert is_revoked(h, second["access_token"])
+
+
+def test_tk_07_superseded_token_of_an_expired_grant_yields_no_rotation(h: Harness) -> None:
+    """From the grant's absolute expiry on, even a superseded token is refused before any step that
+    writes (GN-03: a rejection writes nothing; RFC 6749 §6): no ``RotateRefresh`` is attempted."""
+    h.config = make_config(lifetimes=Lifetimes(refresh_idle=100, refresh_absolute=250))
+    add_client(h)
+    first = tokens(h)
+    h.now += 50
+    second = assert_tokens(refresh(h, first["refresh_token"]))
+    h.now = _grant_of(h, second["access_token"]).expires_at
+    req = h.request(
+        "POST",
+        "/token",
+        form={"grant_type": "refresh_token", "refresh_token": first["refresh_token"], "client_id": "c1"},
+    )
+    resp, effects = h.trace(token.handle(h.ctx(), req))
+    assert_error(resp, "invalid_grant")
+    assert [e for e in effects if e.writes] == []
