@@ -202,16 +202,23 @@ def test_rs_05_audience_is_canonicalised_before_comparison(h: Harness) -> None:
         ("sub", ""),
         ("sub", 1),
         ("client_id", None),
+        ("client_id", ""),
+        ("client_id", 5),
         ("jti", None),
         ("jti", ["x"]),
+        ("jti", ""),
         ("gid", None),
+        ("gid", ""),
+        ("gid", 5),
         ("exp", None),
         ("exp", "1900000000"),
         ("exp", True),
         ("exp", 1.9e9),
         ("iat", None),
+        ("iat", True),
         ("scope", ["tools:list"]),
         ("nbf", "soon"),
+        ("nbf", True),
     ],
 )
 def test_malformed_claims_are_refused(h: Harness, name: str, value: object) -> None:
@@ -225,13 +232,42 @@ def test_malformed_claims_are_refused(h: Harness, name: str, value: object) -> N
         _verify(h, forge(pair, header_for(pair), body))
 
 
+def test_non_string_identity_claims_are_refused_even_when_all_are_non_strings(h: Harness) -> None:
+    """RFC 9068 §2.2: ``sub``, ``client_id`` and ``jti`` are strings (``gid`` too, here); a token
+    whose identity claims are all numbers is refused, not one claim at a time."""
+    pair = signer(h)
+    body = claims(h, sub=1, client_id=2, jti=3, gid=4)
+    with pytest.raises(InvalidToken, match="not a string"):
+        _verify(h, forge(pair, header_for(pair), body))
+
+
+@pytest.mark.parametrize(("scope", "scopes"), [("", ()), ("tools:list  tools:call ", ("tools:list", "tools:call"))])
+def test_empty_scope_items_are_dropped(h: Harness, scope: str, scopes: tuple[str, ...]) -> None:
+    """RFC 6749 §3.3: scope tokens are non-empty; an empty ``scope`` grants nothing (not the
+    empty-string scope), and doubled or trailing spaces add no scope."""
+    pair = signer(h)
+    assert _verify(h, forge(pair, header_for(pair), claims(h, scope=scope))).scopes == scopes
+
+
 def test_tokens_from_the_future_are_refused(h: Harness) -> None:
     pair = signer(h)
     with pytest.raises(InvalidToken, match="future"):
         _verify(h, forge(pair, header_for(pair), claims(h, iat=h.now + 3600, exp=h.now + 4000)))
+    # RFC 7519 §4.1.6 clock skew: up to 60 s ahead of now is accepted, one more second is not.
+    assert _verify(h, forge(pair, header_for(pair), claims(h, iat=h.now + 60, exp=h.now + 600)))
+    with pytest.raises(InvalidToken, match="future"):
+        _verify(h, forge(pair, header_for(pair), claims(h, iat=h.now + 61, exp=h.now + 600)))
     with pytest.raises(InvalidToken, match="not yet"):
         _verify(h, forge(pair, header_for(pair), claims(h, nbf=h.now + 10)))
     assert _verify(h, forge(pair, header_for(pair), claims(h, nbf=h.now)))
+
+
+@pytest.mark.parametrize("resource", ["not a uri", "https://mcp.example.com/mcp#frag", ""])
+def test_an_invalid_resource_to_verify_for_raises_invalid_token(h: Harness, resource: str) -> None:
+    """``verify`` raises InvalidToken or JoseError and nothing else (GN-03), a bad ``resource`` argument included."""
+    token, _ = mint(h)
+    with pytest.raises(InvalidToken, match="resource URI"):
+        _verify(h, token, resource=resource)
 
 
 def test_jwt_typ_is_refused_for_an_access_token(h: Harness) -> None:

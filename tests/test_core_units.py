@@ -501,6 +501,8 @@ def test_refresh_token_round_trip_and_forgery() -> None:
     assert parse_refresh_token(SECRET, "kvr_" + "A" * 300) is None
     assert parse_refresh_token(SECRET, tok.replace("kvr_", "")) is None
     assert refresh_token(SECRET, grant_id, 8) != tok
+    for other in ("kvx_", "kvc_", "KVR_"):  # a genuine MAC behind another prefix: the prefix names the type
+        assert parse_refresh_token(SECRET, other + tok[len("kvr_") :]) is None
 
 
 def test_digest_and_same() -> None:

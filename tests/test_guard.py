@@ -308,6 +308,33 @@ def test_challenge_builder_escapes_and_sanitises() -> None:
     assert header.endswith("error_description=\"bad 'news'??X-Injected: 1\"")
 
 
+def test_challenge_builder_keeps_printable_ascii_and_replaces_control_characters() -> None:
+    """RFC 9110 §5.6.4: a quoted-string holds printable ASCII (``~`` included, as in a scope or a
+    URI path, RFC 6749 §3.3, RFC 3986 §2.3); control characters such as US and DEL become ``?``."""
+    header = guard.www_authenticate("https://x.example/~a\x1fb\x7fc", ("s~1",))
+    assert (
+        header
+        == 'Bearer resource_metadata="https://x.example/.well-known/oauth-protected-resource/~a?b?c", scope="s~1"'
+    )
+
+
+def test_challenge_builder_adds_a_description_only_to_an_error() -> None:
+    """RFC 6750 §3: ``error_description`` accompanies an ``error``; without one, or without a
+    description, the header has no ``error_description``."""
+    meta = 'Bearer resource_metadata="https://x.example/.well-known/oauth-protected-resource"'
+    assert guard.www_authenticate("https://x.example", (), None, "ignored") == meta
+    assert guard.www_authenticate("https://x.example", (), "invalid_token") == meta + ', error="invalid_token"'
+
+
+def test_challenge_without_error_describes_the_missing_token() -> None:
+    """RS-02: the no-token challenge's body carries the standard description, or the one given."""
+    assert guard.challenge(RESOURCE, ()).json() == {
+        "error": "unauthorized",
+        "error_description": guard.MISSING_TOKEN_DESCRIPTION,
+    }
+    assert guard.challenge(RESOURCE, (), None, "Sign in first").json()["error_description"] == "Sign in first"
+
+
 def test_challenge_builder_omits_an_empty_scope() -> None:
     assert guard.www_authenticate("https://x.example", ()) == (
         'Bearer resource_metadata="https://x.example/.well-known/oauth-protected-resource"'
@@ -368,14 +395,16 @@ def test_keyring_a_withdrawn_key_stops_verifying_within_the_ttl(h: Harness) -> N
     assert isinstance(auth(), Principal)
     h.store.keys = ()  # the key is withdrawn from the store
     assert isinstance(auth(), Principal)  # the same second: the read made in it still serves
-    h.now += keys.KEYRING_TTL
+    h.now += 1  # the documented bound of the default ring: one second (keys.KeyRing)
     _assert_invalid(auth())
 
 
 def test_keyring_a_key_aging_out_stops_at_once_without_a_read(h: Harness) -> None:
     token = _valid(h)
     (record,) = h.store.keys
-    ring = keys.KeyRing(ttl=10_000)
+    # A ttl outlasting the key's publication: the snapshot is still fresh when the key ages out,
+    # so it is publication, decided again at the new ``now``, that withdraws it (keys.KeyRing).
+    ring = keys.KeyRing(ttl=record.publish_until - h.now + 1)
     assert isinstance(_ring_auth(h, ring, token)[0], Principal)
     h.now = record.publish_until
     outcome, effects = _ring_auth(h, ring, token)
@@ -413,6 +442,10 @@ def test_authenticate_values_refuses_two_authorization_headers(h: Harness) -> No
     token = _valid(h)
     twice = h.run(guard.authenticate_values(h.config, RESOURCE, [f"Bearer {token}"] * 2, (), h.now))
     assert isinstance(twice, Response) and twice.status == 400 and twice.json()["error"] == "invalid_request"
+    # RFC 6750 §3: the 400 challenge names the scopes the request needs, else the resource's defaults.
+    assert f'scope="{DEFAULT_SCOPES}"' in (twice.header("WWW-Authenticate") or "")
+    needs = h.run(guard.authenticate_values(h.config, RESOURCE, [f"Bearer {token}"] * 2, ("tools:call:x",), h.now))
+    assert isinstance(needs, Response) and 'scope="tools:call:x"' in (needs.header("WWW-Authenticate") or "")
     assert isinstance(h.run(guard.authenticate_values(h.config, RESOURCE, [f"Bearer {token}"], (), h.now)), Principal)
     outcome = h.run(guard.authenticate_values(h.config, RESOURCE, [], (), h.now))
     _assert_challenge(outcome, 401, NO_TOKEN_HEADER, "unauthorized")
@@ -435,8 +468,14 @@ def test_only_the_plain_memory_store_is_taken_as_nonblocking() -> None:
 
 @pytest.mark.parametrize(
     "value",
-    ["Bearer {t}, Bearer {t}", "bearer {t},", "Bearer {t},Bearer other",
-     "Basic YTpi,Bearer {t}", "Basic YTpi, \tbearer {t}", 'Digest username="a", realm="b",Bearer {t}'],
+    [
+        "Bearer {t}, Bearer {t}",
+        "bearer {t},",
+        "Bearer {t},Bearer other",
+        "Basic YTpi,Bearer {t}",
+        "Basic YTpi, \tbearer {t}",
+        'Digest username="a", realm="b",Bearer {t}',
+    ],
 )
 def test_rs_01_authorization_headers_joined_into_one_are_an_invalid_request(h: Harness, value: str) -> None:
     """Repeated headers a server joined with commas (WSGI does) repeat the credential too: a
@@ -468,9 +507,23 @@ def test_rs_01_a_bearer_credential_behind_any_whitespace_counts_as_repeated(h: H
         assert response.json()["error"] == "invalid_request"
 
 
-_HEADER_VALUES = ["Bearer {t}", "bearer {t}", "Bearer\t{t}", "Bearer", "Bearer ", "Bearer other", "Basic YTpi",
-                  "Foo a", 'Digest username="a", realm="b"', "", " ", "x,", "\xa0Bearer {t}", "\x85Bearer {t}",
-                  "\tBearer {t} \xa0"]
+_HEADER_VALUES = [
+    "Bearer {t}",
+    "bearer {t}",
+    "Bearer\t{t}",
+    "Bearer",
+    "Bearer ",
+    "Bearer other",
+    "Basic YTpi",
+    "Foo a",
+    'Digest username="a", realm="b"',
+    "",
+    " ",
+    "x,",
+    "\xa0Bearer {t}",
+    "\x85Bearer {t}",
+    "\tBearer {t} \xa0",
+]
 
 
 @settings(max_examples=300, deadline=None)

@@ -52,6 +52,11 @@ def test_typ_accepts_media_type_prefix_and_case(es_pair: SigningKeyPair) -> None
     for typ in ("application/at+jwt", "AT+JWT", "Application/At+Jwt"):
         token = forge(es_pair, header_for(es_pair, typ=typ), {"a": 1})
         assert jose.verify(token, keymap(es_pair), "at+jwt")[1] == {"a": 1}
+        # ... on the expected side too, which may be spelled either way.
+        assert jose.verify(token, keymap(es_pair), "Application/AT+JWT")[1] == {"a": 1}
+    # No expected typ: any typ, or none, passes this check.
+    for header in (header_for(es_pair, typ="JWT"), header_for(es_pair, typ=None)):
+        assert jose.verify(forge(es_pair, header, {"a": 1}), keymap(es_pair), None)[1] == {"a": 1}
 
 
 # -- forgeries ----------------------------------------------------------------------------
@@ -108,7 +113,10 @@ def test_missing_or_non_string_kid_is_refused(es_pair: SigningKeyPair, kid: obje
     header.pop("kid")
     if kid is not None:
         header["kid"] = kid
-    _reject(forge(es_pair, header, {"a": 1}), keymap(es_pair))
+    with pytest.raises(JoseError, match="kid is required") as raised:
+        jose.verify(forge(es_pair, header, {"a": 1}), keymap(es_pair), "at+jwt")
+    # Not UnknownKid: a token naming no key must not make a key ring read the keys again.
+    assert not isinstance(raised.value, jose.UnknownKid)
 
 
 @pytest.mark.parametrize("name", ["jwk", "jku", "x5u", "x5c", "x5t", "x5t#S256"])
@@ -243,6 +251,28 @@ def test_huge_tokens_are_refused_before_any_work(es_pair: SigningKeyPair) -> Non
     _reject("a" * 10_000_000, keymap(es_pair))
 
 
+def _token_of_length(pair: SigningKeyPair, length: int) -> str:
+    """A token ``pair`` signed that is exactly ``length`` characters long (its ``typ`` and a padding
+    claim are sized to fit)."""
+    for typ in ("a", "ab", "abc"):
+        for n in range(length):
+            token = jose.sign(pair, {"pad": "x" * n}, typ)
+            if len(token) >= length:
+                break
+        if len(token) == length:
+            return token
+    raise AssertionError(f"no token of length {length}")
+
+
+def test_max_token_is_the_longest_token_accepted(es_pair: SigningKeyPair) -> None:
+    """The length cap is exactly 8192 characters (:data:`jose.MAX_TOKEN`): a well-signed token that
+    long verifies, one character longer is refused before any other check."""
+    longest = _token_of_length(es_pair, 8192)
+    assert jose.verify(longest, keymap(es_pair), None)[1]["pad"]
+    with pytest.raises(JoseError, match="too long"):
+        jose.verify(_token_of_length(es_pair, 8193), keymap(es_pair), None)
+
+
 @pytest.mark.parametrize(
     "token",
     ["", ".", "..", "a.b", "a.b.c.d", "a.b.c.d.e", "é.é.é", "eyJ.eyJ.sig", "...", "a..c", ".b.c", "a.b."],
@@ -251,12 +281,20 @@ def test_structurally_broken_tokens_are_refused(es_pair: SigningKeyPair, token: 
     _reject(token, keymap(es_pair))
 
 
+@pytest.mark.parametrize("token", [None, 7, b"a.b.c"])
+def test_a_token_that_is_not_text_is_refused_with_jose_error(es_pair: SigningKeyPair, token: object) -> None:
+    """No exception but JoseError escapes ``verify`` (GN-03), whatever a caller passes as the token."""
+    _reject(token, keymap(es_pair))  # type: ignore[arg-type]
+
+
 def test_verifying_key_refuses_a_key_of_another_algorithm() -> None:
     """A key can verify only with its own algorithm: the pair is checked at construction."""
     ec_public = ec.generate_private_key(ec.SECP256R1()).public_key()
     ed_public = ed25519.Ed25519PrivateKey.generate().public_key()
     with pytest.raises(JoseError):
         VerifyingKey("k", "RS256", ec_public)
+    with pytest.raises(JoseError):
+        VerifyingKey("k", "RS256", ed_public)
     with pytest.raises(JoseError):
         VerifyingKey("k", "ES256", ed_public)
     with pytest.raises(JoseError):
@@ -268,8 +306,19 @@ def test_verifying_key_refuses_a_key_of_another_algorithm() -> None:
 
 
 def test_small_rsa_keys_are_refused() -> None:
+    """RFC 7518 §3.3: RS256 keys are 2048 bits or larger; 2047 bits is too small."""
     with pytest.raises(JoseError):
         SigningKeyPair("k", "RS256", rsa.generate_private_key(public_exponent=65537, key_size=1024))
+    with pytest.raises(JoseError):
+        SigningKeyPair("k", "RS256", rsa.generate_private_key(public_exponent=65537, key_size=2047))
+
+
+def test_rsa_jwk_encodes_the_exponent_in_the_fewest_octets() -> None:
+    """RFC 7518 §6.3.1.2: ``e`` is the base64url of the exponent's minimal big-endian octets
+    (``3`` is ``Aw``, ``65537`` is ``AQAB``), so the JWK and its RFC 7638 thumbprint match other libraries'."""
+    for exponent, expected in ((3, "Aw"), (65537, "AQAB")):
+        key = rsa.generate_private_key(public_exponent=exponent, key_size=2048).public_key()
+        assert VerifyingKey("k", "RS256", key).jwk()["e"] == expected
 
 
 def test_thumbprint_matches_rfc7638_example() -> None:

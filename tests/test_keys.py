@@ -303,8 +303,11 @@ def test_every_successor_signs_only_once_every_earlier_jwks_has_expired(gaps: li
     ahead = keys.CLOCK_SKEW  # an instance this far ahead: when it first signs with each, in true time
     for record in followers:
         stored = KeySet(h.store.keys)
-        first = min(t for t in range(record.created_at - 3 * ahead, record.created_at + 1)
-                    if stored.active(t + ahead, "ES256") == record)
+        first = min(
+            t
+            for t in range(record.created_at - 3 * ahead, record.created_at + 1)
+            if stored.active(t + ahead, "ES256") == record
+        )
         assert first - published[record.kid] >= jwks.MAX_AGE
 
 
@@ -338,8 +341,9 @@ def test_an_instance_with_a_clock_behind_signs_with_the_key_one_ahead_made(h: Ha
     assert checked.subject
 
 
-@pytest.mark.parametrize(("ahead", "kept"), [(keys.CLOCK_SKEW + 1, True), (2 * keys.CLOCK_SKEW, True),
-                                             (2 * keys.CLOCK_SKEW + 1, False)])
+@pytest.mark.parametrize(
+    ("ahead", "kept"), [(keys.CLOCK_SKEW + 1, True), (2 * keys.CLOCK_SKEW, True), (2 * keys.CLOCK_SKEW + 1, False)]
+)
 def test_a_key_created_beyond_the_skew_does_not_sign_and_is_dropped_only_beyond_twice_it(
     h: Harness, ahead: int, kept: bool
 ) -> None:
@@ -381,6 +385,13 @@ def test_algorithm_is_fixed_by_the_stored_key(h: Harness) -> None:
     assert mismatched.verifying_keys(h.now) == {}
     assert isinstance(keys.load(record).public, VerifyingKey)
     assert keys.load(record).public.alg == "ES256"
+
+
+@pytest.mark.parametrize("alg", ["HS256", "none", "ES384"])
+def test_no_key_is_generated_for_an_algorithm_we_do_not_sign_with(h: Harness, alg: str) -> None:
+    """RFC 8725 §3.1/§3.2: only ES256, RS256 and EdDSA keys exist here; asking for another fails."""
+    with pytest.raises(JoseError, match="unsupported algorithm"):
+        keys.generate(h.ctx(), alg)
 
 
 def test_unloadable_record_is_left_out_of_the_key_set(h: Harness) -> None:
@@ -609,8 +620,14 @@ def test_the_other_algorithms_key_stays_published_exactly_until_its_tokens_expir
     last_token, last = mint(h)
     assert jwt_parts(last_token)[0]["kid"] == es.kid
     _as(h, ed_config)
-    checkpoints = [last.expires_at - 1, es.signs_until - keys.PREPUBLISH, es.signs_until, es.publish_until - 1,
-                   es.publish_until, ed.signs_until - keys.PREPUBLISH]
+    checkpoints = [
+        last.expires_at - 1,
+        es.signs_until - keys.PREPUBLISH,
+        es.signs_until,
+        es.publish_until - 1,
+        es.publish_until,
+        ed.signs_until - keys.PREPUBLISH,
+    ]
     for moment in checkpoints:
         h.now = moment
         if h.now == last.expires_at - 1:

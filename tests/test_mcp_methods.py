@@ -53,11 +53,17 @@ def _body(method: str, params: Any = None, **extra: Any) -> bytes:
         ("subscriptions/listen", {}, ()),
         ("subscriptions/listen", {"notifications": {}}, ()),
         ("subscriptions/listen", {"notifications": {"toolsListChanged": False, "resourceSubscriptions": []}}, ()),
+        ("subscriptions/listen", {"notifications": {"toolsListChanged": None, "resourceSubscriptions": None}}, ()),
         ("subscriptions/listen", {"notifications": {"toolsListChanged": True}}, ("tools:list",)),
         (
             "subscriptions/listen",
-            {"notifications": {"promptsListChanged": True, "resourcesListChanged": 1,
-                               "resourceSubscriptions": ["file:///secret"]}},
+            {
+                "notifications": {
+                    "promptsListChanged": True,
+                    "resourcesListChanged": 1,
+                    "resourceSubscriptions": ["file:///secret"],
+                }
+            },
             ("prompts:list", "resources:list", "resources:read"),
         ),
         ("subscriptions/listen", {"notifications": {"resourceSubscriptions": "file:///x"}}, ("resources:read",)),
@@ -306,6 +312,7 @@ def _respelled_name(draw: st.DrawFn, name: str) -> str:
 def _lenient_messages(draw: st.DrawFn) -> tuple[list[tuple[str, Any]], dict[str, Any]]:
     """A tools/call message whose read members may be respelled or repeated, as (the members in
     text order, the message as a case-insensitive last-wins parser such as Go's reads it)."""
+
     def member(name: str, value: Any) -> tuple[str, Any]:
         return (_respelled_name(draw, name) if draw(st.booleans()) else name, value)
 
@@ -349,14 +356,21 @@ def test_what_a_case_insensitive_parser_reads_is_always_required(
     ("body", "needed"),
     [
         # Go's reading: the last of name, name<NUL>, name as they stand in the text: "admin"
-        ('{"jsonrpc":"2.0","id":1,"method":"ping","method\\u0000":"tools/call",'
-         '"params":{"name":"search","name\\u0000":"search","name":"admin"}}', "tools:call:admin"),
+        (
+            '{"jsonrpc":"2.0","id":1,"method":"ping","method\\u0000":"tools/call",'
+            '"params":{"name":"search","name\\u0000":"search","name":"admin"}}',
+            "tools:call:admin",
+        ),
         # a parser ignoring case but keeping NULs (.NET's, Jackson's option): Name is the last name
-        ('{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"search","Name":"admin","name\\u0000":"x"}}',
-         "tools:call:admin"),
+        (
+            '{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"search","Name":"admin","name\\u0000":"x"}}',
+            "tools:call:admin",
+        ),
         # one dropping NULs but minding case: name<NUL> is the last name, Name is another member
-        ('{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"search","name\\u0000":"x","Name":"y"}}',
-         "tools:call:x"),
+        (
+            '{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"search","name\\u0000":"x","Name":"y"}}',
+            "tools:call:x",
+        ),
     ],
 )
 def test_a_respelled_member_counts_where_it_stands_in_the_text(body: str, needed: str) -> None:

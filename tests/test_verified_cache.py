@@ -6,7 +6,7 @@ import pytest
 from conftest import ISSUER, OTHER_RESOURCE, RESOURCE, Harness
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from token_kit import mint, put_grant, verifying
+from token_kit import claims, forge, header_for, mint, put_grant, signer, verifying
 
 from kavach_core import access_tokens, guard
 from kavach_core import effects as fx
@@ -69,6 +69,34 @@ def test_a_token_not_yet_valid_at_now_is_not_served(h: Harness) -> None:
     token, access = _cached(h, cache)
     kids = verifying(h)
     assert cache.get(token, resource=RESOURCE, issuer=ISSUER, now=access.issued_at - 61, kids=kids) is None
+
+
+def test_the_served_window_starts_exactly_where_verify_starts_accepting(h: Harness) -> None:
+    """The cache serves a token from the first second :func:`access_tokens.verify` accepts it:
+    ``iat`` up to 60 s ahead of ``now`` (RFC 7519 §4.1.6 skew) and ``nbf`` equal to ``now``
+    (RFC 7519 §4.1.5); one second earlier it misses, as verify refuses."""
+    pair = signer(h)
+    kids = verifying(h)
+    for body in (claims(h, iat=h.now + 60, exp=h.now + 600), claims(h, nbf=h.now + 5)):
+        cache = VerifiedCache()
+        token = forge(pair, header_for(pair), body)
+        start = body["iat"] - 60 if "nbf" not in body else body["nbf"]
+        access = access_tokens.verify(token, kids, issuer=ISSUER, resource=RESOURCE, now=start)
+        cache.put(token, access, resource=RESOURCE, issuer=ISSUER)
+        assert cache.get(token, resource=RESOURCE, issuer=ISSUER, now=start, kids=kids) is not None
+        assert cache.get(token, resource=RESOURCE, issuer=ISSUER, now=start - 1, kids=kids) is None
+        with pytest.raises(access_tokens.InvalidToken):
+            access_tokens.verify(token, kids, issuer=ISSUER, resource=RESOURCE, now=start - 1)
+
+
+def test_a_cache_of_size_one_keeps_the_latest_token(h: Harness) -> None:
+    cache = VerifiedCache(size=1)
+    first, _ = _cached(h, cache)
+    second, _ = _cached(h, cache)
+    kids = verifying(h)
+    assert len(cache) == 1
+    assert cache.get(second, resource=RESOURCE, issuer=ISSUER, now=h.now, kids=kids) is not None
+    assert cache.get(first, resource=RESOURCE, issuer=ISSUER, now=h.now, kids=kids) is None
 
 
 def test_a_token_revoked_after_it_was_cached_is_refused(h: Harness) -> None:
