@@ -126,6 +126,8 @@ REFUSED_ADDRESSES = {
     "2001:1ff::1": "IETF protocol assignment",
     "5f00::1": "segment routing",
     "fd00:ec2::254": "private",
+    # A zone index (RFC 4007 §11) picks an interface: refused even on an otherwise public address.
+    "2606:4700:4700::1111%1": "scoped IPv6",
 }
 
 

@@ -25,6 +25,7 @@ from kavach.settings import SettingsError, resolve
         ("null", None), ("", None), ("file://", None), ("ftp://app.example.com", None),
         ("https://app.example.com/", None), ("https://app.example.com/x", None), ("https://u@app.example.com", None),
         ("https://app.example.com?x", None), ("https://app.example.com#x", None),
+        ("https://app.example.com?", None), ("https://app.example.com#", None),
         ("https://app.example.com:99999", None), (" https://app.example.com", None),
         ("https://äpp.example.com", None), ("https://", None),
     ],

@@ -14,7 +14,7 @@ from typing import Any
 
 import anyio
 import httpx
-from kavach.proxy import UpstreamProxy, request_headers, response_headers
+from kavach.proxy import UpstreamProxy, forwarding_headers, request_headers, response_headers
 
 UPSTREAM = "http://upstream.test:9000/mcp"
 
@@ -107,6 +107,24 @@ def test_the_upstreams_date_and_server_stay_behind() -> None:
 
 def test_request_headers_without_any_cookie_of_ours_drop_the_cookie_header() -> None:
     assert request_headers([(b"cookie", b"kavach-session=1"), (b"accept", b"*/*")]) == [("accept", "*/*")]
+    # Empty pairs are no cookies (RFC 6265 §4.2.1 cookie-string): what is left of ours is nothing,
+    # and the cookies kept are joined without them.
+    assert request_headers([(b"cookie", b"kavach-session=1; ;")]) == []
+    mixed = [(b"cookie", b"theirs=1; ;kavach-session=2; ; other=3;")]
+    assert request_headers(mixed) == [("cookie", "theirs=1; other=3")]
+
+
+def test_via_names_the_protocol_the_client_spoke() -> None:
+    """RFC 9110 §7.6.3: a proxy appends the protocol version it received and its own name to any
+    ``Via`` already there; a request of unknown version is taken as HTTP/1.1, and with no peer
+    address or ``Host`` known no ``X-Forwarded-For`` or ``-Host`` is made up."""
+    h2: dict[str, Any] = {"type": "http", "http_version": "2", "scheme": "https", "client": ("10.0.0.1", 5)}
+    h2["headers"] = [(b"via", b"1.0 edge")]
+    expect = [("via", "1.0 edge, 2 kavach"), ("x-forwarded-for", "10.0.0.1"), ("x-forwarded-proto", "https")]
+    assert forwarding_headers(h2) == expect
+    unknown = [("via", "1.1 kavach"), ("x-forwarded-proto", "http")]
+    assert forwarding_headers({"type": "http", "headers": []}) == unknown
+    assert forwarding_headers({"type": "http", "headers": [], "client": ("", 5)}) == unknown
 
 
 def test_an_sse_answer_streams_event_by_event() -> None:
@@ -202,5 +220,8 @@ def test_locations_naming_the_upstream_and_nameless_cookies_of_ours_stay_behind(
         ("Location", "http://10.0.0.7:9000/mcp/1"), ("Content-Location", "http://10.0.0.7:9000/x"),
         ("Set-Cookie", "=kavach-session=forged; Path=/"), ("Set-Cookie", " = __Host-kavach-browser=x"),
         ("Set-Cookie", "kavach-session"), ("Set-Cookie", "theirs=1"), ("Set-Cookie", "=theirs=2"),
+        ("Set-Cookie", "kavach-session; Path=/"), ("X-Cookie-Name", "kavach-session"),
     ])
-    assert response_headers(upstream) == [(b"set-cookie", b"theirs=1"), (b"set-cookie", b"=theirs=2")]
+    # Only a Set-Cookie sets a cookie: another header that names one of ours passes.
+    kept = [(b"set-cookie", b"theirs=1"), (b"set-cookie", b"=theirs=2"), (b"x-cookie-name", b"kavach-session")]
+    assert response_headers(upstream) == kept

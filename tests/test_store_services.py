@@ -27,10 +27,11 @@ import psycopg
 import pytest
 import redis
 import services
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from kavach.instance import redis_secret
 from kavach.stores import SQLiteStore, open_store
 from kavach.stores._codec import CLIENTS, GRANTS
-from kavach.stores._sealing import SEALED_PREFIX, StoreKeyError
+from kavach.stores._sealing import SEALED_PREFIX, KeySealer, StoreKeyError
 from kavach.stores.postgres import (
     SCHEMA_VERSION,
     DamagedRowError,
@@ -271,8 +272,14 @@ def test_pg_signing_keys_are_sealed_with_the_store_key(tmp_path: Path, admin: ps
 
 @pytest.mark.parametrize(
     ("damage", "says"),
-    [(b"\xff\xfe not text", "not a sealed value"), (b"AAAA", "cut short"), (b"", "cut short")],
-    ids=["not-ascii", "short", "empty"],
+    [
+        (b"\xff\xfe not text", "not a sealed value"),
+        (b"AAAA", "cut short"),
+        (b"", "cut short"),
+        # one byte less than a 12-byte nonce and a 16-byte tag (NIST SP 800-38D)
+        (base64.urlsafe_b64encode(bytes(27)), "cut short"),
+    ],
+    ids=["not-ascii", "short", "empty", "one-byte-short-of-nonce-and-tag"],
 )
 def test_pg_a_damaged_sealed_key_is_a_store_outage_not_a_wrong_key(
     tmp_path: Path, admin: psycopg.Connection[Any], damage: bytes, says: str
@@ -285,6 +292,29 @@ def test_pg_a_damaged_sealed_key_is_a_store_outage_not_a_wrong_key(
     with pytest.raises(StoreUnavailable, match=says) as caught:
         store.perform(fx.GetSigningKeys())
     assert not isinstance(caught.value, StoreKeyError)
+    store.close()
+
+
+def test_pg_sealed_keys_follow_the_documented_layout(tmp_path: Path, admin: psycopg.Connection[Any]) -> None:
+    """kavach.stores._sealing: ``prefix + base64url(nonce[12] || AES-GCM ciphertext-and-tag)``, the
+    kid as associated data, so a value sealed by another release (or by hand) still opens. A bare
+    nonce and tag (28 bytes, no ciphertext) is a well-formed sealed value that this key does not
+    open: a wrong store key, not damage."""
+    store = services.postgres_store(tmp_path, store_key=STORE_KEY)
+    store.perform(fx.SwapSigningKeys((), (key("k1"),)))
+    ((_, stored),) = _raw_pg_pems(admin, store.schema)
+    aead = AESGCM(base64.urlsafe_b64decode(STORE_KEY + "="))
+    text = stored[len(SEALED_PREFIX) :]
+    blob = base64.urlsafe_b64decode(text + b"=" * (-len(text) % 4))
+    assert aead.decrypt(blob[:12], blob[12:], b"k1") == PEM
+    nonce = b"\x07" * 12
+    by_hand = SEALED_PREFIX + base64.urlsafe_b64encode(nonce + aead.encrypt(nonce, PEM, b"k1")).rstrip(b"=")
+    update = f'UPDATE "{store.schema}".signing_keys SET private_pem = %s'
+    admin.execute(update, (by_hand,))
+    assert store.perform(fx.GetSigningKeys()) == (key("k1"),)
+    admin.execute(update, (SEALED_PREFIX + base64.urlsafe_b64encode(bytes(28)),))
+    with pytest.raises(StoreKeyError, match="another store key"):
+        store.perform(fx.GetSigningKeys())
     store.close()
 
 
@@ -313,6 +343,16 @@ def test_store_key_from_the_environment(tmp_path: Path, monkeypatch: pytest.Monk
         services.redis_store(tmp_path).perform(fx.GetSigningKeys())
 
 
+def test_an_empty_store_key_variable_sets_no_store_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``KAVACH_STORE_KEY=`` (set but empty, as a unit file or compose file leaves it) is no store
+    key: the store opens and keeps PEMs as given, which a store without a key then reads."""
+    services.require("redis")
+    monkeypatch.setenv("KAVACH_STORE_KEY", "")
+    services.redis_store(tmp_path).perform(fx.SwapSigningKeys((), (key("k1"),)))
+    monkeypatch.delenv("KAVACH_STORE_KEY")
+    assert services.redis_store(tmp_path).perform(fx.GetSigningKeys()) == (key("k1"),)
+
+
 def test_keys_stored_in_the_clear_still_read_once_a_store_key_is_set(pg: PostgresStore, tmp_path: Path) -> None:
     pg.perform(fx.SwapSigningKeys((), (key("old"),)))
     sealed = services.postgres_store(tmp_path, store_key=STORE_KEY)
@@ -324,8 +364,24 @@ def test_keys_stored_in_the_clear_still_read_once_a_store_key_is_set(pg: Postgre
 def test_malformed_store_keys_are_refused() -> None:
     with pytest.raises(StoreKeyError, match="16, 24 or 32 bytes"):
         PostgresStore(services.POSTGRES_URL, store_key="c2hvcnQ")
+    with pytest.raises(StoreKeyError, match="must be base64"):  # five characters are no base64
+        PostgresStore(services.POSTGRES_URL, store_key="abcde")
     with pytest.raises(StoreKeyError):
         RedisStore(services.REDIS_URL, store_key=b"short")
+
+
+@pytest.mark.parametrize("size", [16, 24, 32])
+def test_store_keys_of_each_aes_size_in_each_spelling_seal_and_open(size: int) -> None:
+    """A store key is 16, 24 or 32 bytes (AES-128/192/256), given as bytes or as base64, standard
+    or url-safe, padded or not (kavach.stores._sealing); every spelling is the same key."""
+    raw = (b"\xfb\xff\xbf" * 11)[:size]  # base64 with "+" and "/", base64url with "-" and "_"
+    spellings = [raw, base64.b64encode(raw).decode(), base64.urlsafe_b64encode(raw).decode().rstrip("=")]
+    for given in spellings:
+        sealed = KeySealer(given).seal("k1", PEM)
+        assert sealed.startswith(SEALED_PREFIX) and PEM not in sealed
+        assert KeySealer(raw).open("k1", sealed) == PEM, given
+    with pytest.raises(StoreKeyError, match="16, 24 or 32 bytes"):
+        KeySealer(raw[:-1])
 
 
 def test_redis_signing_keys_are_sealed(tmp_path: Path) -> None:

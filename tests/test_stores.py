@@ -1239,6 +1239,31 @@ def test_sqlite_a_lock_released_within_busy_timeout_is_waited_for(tmp_path: Path
         store.close()
 
 
+def test_sqlite_no_connection_free_within_busy_timeout_is_store_unavailable(tmp_path: Path) -> None:
+    """``max_connections`` bounds the pool and ``busy_timeout`` the wait for a free connection
+    (SQLiteStore's docstring): with every connection lent out, an effect is an outage (503), not
+    one more connection past the bound."""
+    store = SQLiteStore(tmp_path / "k.db", busy_timeout=0.2, max_connections=1)
+    busy = pytest.raises(StoreUnavailable, match="no SQLite connection became free")
+    with store._connection(), busy:  # the pool's only connection, lent out until the block ends
+        store.perform(fx.GetClient("c1"))
+    assert store.perform(fx.GetClient("c1")) is None
+    store.close()
+
+
+def test_sqlite_an_effect_failing_part_way_writes_nothing(tmp_path: Path) -> None:
+    """Every effect is atomic (kavach_core.effects; ``BEGIN IMMEDIATE`` ... ``COMMIT``, any failure
+    rolled back and raised): a key rotation whose second key the table refuses (NOT NULL) leaves
+    the keys as they were, not the new set cut short."""
+    store = SQLiteStore(tmp_path / "k.db")
+    store.perform(fx.SwapSigningKeys((), (key("k1"),)))
+    refused = attrs.evolve(key("k3"), alg=None)  # type: ignore[arg-type]
+    with pytest.raises(sqlite3.IntegrityError):
+        store.perform(fx.SwapSigningKeys(("k1",), (key("k2"), refused)))
+    assert store.perform(fx.GetSigningKeys()) == (key("k1"),)
+    store.close()
+
+
 def test_sqlite_aperform_does_not_block_the_event_loop(tmp_path: Path) -> None:
     path = tmp_path / "k.db"
     store = SQLiteStore(path, busy_timeout=5)
