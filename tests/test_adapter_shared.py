@@ -132,8 +132,15 @@ def test_unknown_resource_is_refused_at_construction() -> None:
 def test_paths_include_metadata_endpoints_and_forms() -> None:
     server = _server(MemoryStore())
     paths = server.paths()
-    for path in ("/.well-known/oauth-authorization-server", "/authorize", "/token", "/register",
-                 "/.well-known/oauth-protected-resource/mcp", "/authorize/login", "/authorize/decision"):
+    for path in (
+        "/.well-known/oauth-authorization-server",
+        "/authorize",
+        "/token",
+        "/register",
+        "/.well-known/oauth-protected-resource/mcp",
+        "/authorize/login",
+        "/authorize/decision",
+    ):
         assert path in paths
 
 
@@ -161,8 +168,13 @@ def test_login_url_hook_sends_the_person_to_the_applications_login() -> None:
     req = HttpRequest(
         "GET",
         "/authorize",
-        query=[("response_type", "code"), ("client_id", "c1"), ("code_challenge", "E" * 43),
-               ("code_challenge_method", "S256"), ("resource", RESOURCE)],
+        query=[
+            ("response_type", "code"),
+            ("client_id", "c1"),
+            ("code_challenge", "E" * 43),
+            ("code_challenge_method", "S256"),
+            ("resource", RESOURCE),
+        ],
     )
     r = server.handle(req)
     assert r.status == 303
@@ -189,6 +201,10 @@ def test_a_session_id_is_random_enough() -> None:
     cookies = Cookies(make_config())
     with pytest.raises(ValueError, match="16 random bytes"):
         cookies.session_cookie("alice", "stamp-1", now=1000, session_id=b"short")
+    with pytest.raises(ValueError, match="16 random bytes"):
+        cookies.session_cookie("alice", "stamp-1", now=1000, session_id=bytes(15))
+    _, value = cookies.session_cookie("alice", "stamp-1", now=1000, session_id=SESSION_ID)  # 16 bytes
+    assert cookies.session(parse_cookies([value.split(";")[0]]), 1001) is not None
 
 
 def test_session_cookie_cannot_be_forged() -> None:
@@ -254,6 +270,80 @@ def test_csrf_token_is_bound_to_browser_form_and_ticket() -> None:
     assert not cookies.csrf_valid({cookies.browser_name: cookies.browser_id({})[0]}, "consent", "T1", token)
     assert not cookies.csrf_valid({}, "consent", "T1", token)
     assert not cookies.csrf_valid(jar, "consent", "T1", None)
+
+
+def test_parse_cookies_keeps_the_first_of_a_name_and_skips_parts_without_a_name_and_value() -> None:
+    """RFC 6265 §5.4: a browser lists the cookie with the longer ``Path`` (kavach's own, under an
+    http issuer) before a same-named one set for a shorter path by another listener of the host,
+    so the first occurrence is the one read; a part without ``=`` or without a name is no cookie."""
+    assert parse_cookies(["a=1; flag; =x", 'a=2; b="q"', "a=3"]) == {"a": "1", "b": "q"}
+
+
+def test_a_session_cookie_longer_than_the_bound_is_not_read() -> None:
+    """A cookie of 4096 characters (RFC 6265 §6.1: what a browser stores at least) is read; a
+    longer one, validly signed or not, is refused before it is decoded."""
+    cookies = Cookies(make_config())
+    by_length: dict[int, str] = {}
+    for n in range(2200, 2300):
+        value = cookies.session_cookie("a" * n, "stamp-1", now=1000, session_id=SESSION_ID)[1]
+        token = value.split(";")[0].split("=", 1)[1]
+        by_length.setdefault(len(token), token)
+    assert cookies.session({cookies.session_name: by_length[4096]}, 1001) is not None
+    too_long = by_length[min(n for n in by_length if n > 4096)]
+    assert cookies.session({cookies.session_name: too_long}, 1001) is None
+
+
+def test_a_session_cookie_is_read_only_as_unpadded_base64url() -> None:
+    """The seal is written in unpadded base64url (RFC 4648 §5); a copy spelled with ``=``
+    padding is not a second spelling of the same session."""
+    cookies = Cookies(make_config())
+    _, value = cookies.session_cookie("alice", "stamp-1", now=1000, session_id=SESSION_ID)
+    token = value.split(";")[0].split("=", 1)[1]
+    assert cookies.session({cookies.session_name: token}, 1001) is not None
+    assert len(token.split(".")[1]) % 4 == 3  # a 32-byte tag: one "=" short of a padded quad
+    assert cookies.session({cookies.session_name: token + "="}, 1001) is None
+    # Nor with characters outside the alphabet put in, nor a last character whose unused bits
+    # are set (RFC 4648 §3.5): each decodes to the same bytes by a lenient decoder.
+    assert cookies.session({cookies.session_name: token + "!!!!"}, 1001) is None
+    assert cookies.session({cookies.session_name: token[:8] + "\n" + token[8:]}, 1001) is None
+    payload, mac = token.split(".")
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    loose = mac[:-1] + alphabet[alphabet.index(mac[-1]) ^ 1]  # the tag's last 2 bits are unused
+    assert base64.urlsafe_b64decode(loose + "=") == base64.urlsafe_b64decode(mac + "=")
+    assert cookies.session({cookies.session_name: f"{payload}.{loose}"}, 1001) is None
+
+
+def test_a_session_without_a_subject_or_a_stamp_signs_no_one_in() -> None:
+    """Validly signed under the current key, a payload with an empty subject or an empty
+    credential stamp is no session."""
+    cookies = Cookies(make_config())
+    session_id = _b64(SESSION_ID)
+    for subject, stamp in ((b"", b"s"), (b"alice", b"")):
+        fields = f"{1000 + 3600}:{_b64(subject)}:{_b64(stamp)}:{session_id}"
+        value = _signed(b"kavach adapter: login session v3", fields.encode())
+        assert cookies.session({cookies.session_name: value}, 1001) is None
+
+
+def test_a_browser_cookie_not_of_the_issued_form_is_replaced() -> None:
+    """Only a browser id of 32 to 64 characters of the base64url alphabet, as the server issues
+    them, is kept; anything else gets a new id (and so invalidates CSRF tokens bound to it)."""
+    cookies = Cookies(make_config())
+    fresh = cookies.new_browser_id()[0]
+    for kept in (fresh, "a" * 32, "a" * 64, "A-_9" * 8):
+        assert cookies.browser_id({cookies.browser_name: kept}) == (kept, None)
+    for replaced in ("a" * 31, "a" * 65, "\u00e9" * 32, "!" * 32, "a" * 31 + "\0", ""):
+        browser, set_cookie = cookies.browser_id({cookies.browser_name: replaced})
+        assert browser != replaced and set_cookie is not None
+        assert set_cookie[1].startswith(f"{cookies.browser_name}={browser};")
+
+
+def test_a_new_browser_id_is_256_random_bits_kept_for_400_days() -> None:
+    """The id is 32 random bytes; the cookie's ``Max-Age`` is the 400 days browsers cap it at
+    (RFC 6265bis §5.6.2)."""
+    cookies = Cookies(make_config())
+    browser, (_, header) = cookies.new_browser_id()
+    assert len(base64.urlsafe_b64decode(browser + "=" * (-len(browser) % 4))) == 32
+    assert f"; Max-Age={400 * 86400};" in header
 
 
 # -- constant-time comparisons (GN-02) -----------------------------------------------------------
@@ -331,8 +421,16 @@ def test_scrypt_hash_verifies_and_is_salted() -> None:
     one, two = hash_password("pw", log_n=10), hash_password("pw", log_n=10)
     assert one != two and one.startswith("scrypt$10$8$3$")
     assert verify_password("pw", one) and not verify_password("pW", one)
-    for bad in ("", "scrypt$", "bcrypt$10$8$1$AA$AA", "scrypt$40$8$1$AA$AA", one.replace("$10$", "$x$"),
-                one.replace("scrypt$", "scrypt-nfd$"), one[:-3], one[:-3] + "!!!"):  # a key cut short
+    for bad in (
+        "",
+        "scrypt$",
+        "bcrypt$10$8$1$AA$AA",
+        "scrypt$40$8$1$AA$AA",
+        one.replace("$10$", "$x$"),
+        one.replace("scrypt$", "scrypt-nfd$"),
+        one[:-3],
+        one[:-3] + "!!!",
+    ):  # a key cut short
         assert not verify_password("pw", bad)
 
 
@@ -593,11 +691,20 @@ def test_two_sign_ins_upgrading_one_hash_at_once_both_hold() -> None:
 def test_headers_of_a_guarded_body_are_read_as_http_spells_them() -> None:
     from kavach.server import guarded_body_problem
 
-    for taken in (["application/json"], ["application/json;\tcharset=UTF-8"], ["application/json", "Application/JSON "],
-                  ["application/json; x=charset"], ['application/json; charset="utf-8"']):
+    for taken in (
+        ["application/json"],
+        ["application/json;\tcharset=UTF-8"],
+        ["application/json", "Application/JSON "],
+        ["application/json; x=charset"],
+        ['application/json; charset="utf-8"'],
+    ):
         assert guarded_body_problem([], taken) is None, taken
-    for refused in (["application/json; charset=utf-7"], ["application/json; Charset*=utf-8''"],
-                    ["application/json", "text/plain"], ["application/json; charset=utf-8;charset=latin1"]):
+    for refused in (
+        ["application/json; charset=utf-7"],
+        ["application/json; Charset*=utf-8''"],
+        ["application/json", "text/plain"],
+        ["application/json; charset=utf-8;charset=latin1"],
+    ):
         problem = guarded_body_problem([], refused)
         assert problem is not None and problem.status == 415, refused
 
@@ -629,8 +736,13 @@ def _session_server() -> tuple[AuthorizationServer, _CountingUsers]:
 
 
 def _authorize(cookie: str) -> HttpRequest:
-    query = [("response_type", "code"), ("client_id", "c1"), ("code_challenge", "E" * 43),
-             ("code_challenge_method", "S256"), ("resource", RESOURCE)]
+    query = [
+        ("response_type", "code"),
+        ("client_id", "c1"),
+        ("code_challenge", "E" * 43),
+        ("code_challenge_method", "S256"),
+        ("resource", RESOURCE),
+    ]
     return HttpRequest("GET", "/authorize", query=query, headers=[("Cookie", cookie)])
 
 
@@ -795,16 +907,27 @@ def test_the_sign_in_ends_at_a_redirect_its_cookies_would_reach(
                                  users=users)  # fmt: skip
     redirect = "http://127.0.0.1:9999" + path
     registered = server.handle(
-        HttpRequest("POST", "/register", headers=[("Content-Type", "application/json")],
-                    body=b'{"redirect_uris": ["%s"], "token_endpoint_auth_method": "none"}' % redirect.encode())
+        HttpRequest(
+            "POST",
+            "/register",
+            headers=[("Content-Type", "application/json")],
+            body=b'{"redirect_uris": ["%s"], "token_endpoint_auth_method": "none"}' % redirect.encode(),
+        )
     )
     assert registered.status == 201, registered.body
     session_id = secrets.token_bytes(16)
     _, value = server.cookies.session_cookie("alice", users.session_stamp("alice") or "", int(time.time()), session_id)
     cookie = ("Cookie", value.split(";")[0])
-    query = (("response_type", "code"), ("client_id", registered.json()["client_id"]), ("redirect_uri", redirect),
-             ("scope", "no-such-scope"), ("code_challenge", "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"),
-             ("code_challenge_method", "S256"), ("resource", RESOURCE), ("state", "s"))
+    query = (
+        ("response_type", "code"),
+        ("client_id", registered.json()["client_id"]),
+        ("redirect_uri", redirect),
+        ("scope", "no-such-scope"),
+        ("code_challenge", "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"),
+        ("code_challenge_method", "S256"),
+        ("resource", RESOURCE),
+        ("state", "s"),
+    )
     answer = server.handle(HttpRequest("GET", "/authorize", query, headers=[cookie]))
     assert answer.status in (302, 303) and (answer.header("Location") or "").startswith(redirect + "?error=")
     cleared = [v for k, v in answer.headers if k == "Set-Cookie" and server.cookies.session_name + "=;" in v]
@@ -925,10 +1048,14 @@ def test_an_approval_whose_session_ends_while_it_is_made_sends_no_code(removing:
     assert page.status == 200 and b'value="approve"' in page.body
     cookies = "; ".join([session, *(v.split(";")[0] for k, v in page.headers if k == "Set-Cookie")])
     form = next(f for f in forms(page.body.decode()) if f.method == "post")
-    answer = handle(HttpRequest(
-        "POST", form.action, headers=[("Cookie", cookies), ("Content-Type", "application/x-www-form-urlencoded")],
-        body=urlencode([*form.fields, ("decision", "approve")]).encode(),
-    ))
+    answer = handle(
+        HttpRequest(
+            "POST",
+            form.action,
+            headers=[("Cookie", cookies), ("Content-Type", "application/x-www-form-urlencoded")],
+            body=urlencode([*form.fields, ("decision", "approve")]).encode(),
+        )
+    )
     assert len(store.codes) == 1  # the code was stored either way
     location = answer.header("Location") or ""
     if removing:

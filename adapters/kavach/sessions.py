@@ -36,7 +36,6 @@
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import hmac
 import secrets
@@ -45,20 +44,11 @@ from collections.abc import Iterable
 import attrs
 
 from kavach_core.config import Config
+from kavach_core.opaque import b64url, b64url_decode
 
 SESSION_COOKIE = "kavach-session"
 BROWSER_COOKIE = "kavach-browser"
 MAX_COOKIE = 4096
-
-
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
-def _unb64(text: str) -> bytes:
-    if not text.isascii() or "=" in text:
-        raise ValueError("not base64url")
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
 def parse_cookies(headers: Iterable[str]) -> dict[str, str]:
@@ -140,7 +130,7 @@ class Cookies:
         """What a session bound to consent ticket ``ticket`` carries: an HMAC of it under a key of
         its own, so the cookie never discloses the ticket (the handle of a pending request) nor
         a plain hash of it that a guess could be checked against."""
-        return _b64(hmac.new(self._ticket_key, ticket.encode("utf-8"), hashlib.sha256).digest())
+        return b64url(hmac.new(self._ticket_key, ticket.encode("utf-8"), hashlib.sha256).digest())
 
     def session_cookie(
         self, subject: str, stamp: str, now: int, session_id: bytes, ticket: str | None = None
@@ -154,14 +144,14 @@ class Cookies:
             raise ValueError("a session id has 16 random bytes or more")
         fields: tuple[str, ...] = (
             str(now + self.session_lifetime),
-            _b64(subject.encode("utf-8")),
-            _b64(stamp.encode("utf-8")),
-            _b64(session_id),
+            b64url(subject.encode("utf-8")),
+            b64url(stamp.encode("utf-8")),
+            b64url(session_id),
         )
         if not self.secure and ticket:
             fields += (self._ticket_digest(ticket),)
         payload = ":".join(fields).encode("ascii")
-        value = f"{_b64(payload)}.{_b64(self._mac(payload))}"
+        value = f"{b64url(payload)}.{b64url(self._mac(payload))}"
         return self.set_cookie(self.session_name, value, self.session_lifetime)
 
     def clear_session(self) -> tuple[str, str]:
@@ -175,15 +165,15 @@ class Cookies:
             return None
         try:
             payload_text, mac_text = value.split(".")
-            payload, mac = _unb64(payload_text), _unb64(mac_text)
+            payload, mac = b64url_decode(payload_text), b64url_decode(mac_text)
             if not hmac.compare_digest(mac, self._mac(payload)):
                 return None
             fields = payload.decode("ascii").split(":")
             expiry_text, subject_text, stamp_text, id_text = fields[:4]
             (ticket_digest,) = fields[4:] or ("",)  # more than five fields: ValueError
-            subject = _unb64(subject_text).decode("utf-8")
-            stamp = _unb64(stamp_text).decode("utf-8")
-            session_hash = hashlib.sha256(_unb64(id_text)).hexdigest()
+            subject = b64url_decode(subject_text).decode("utf-8")
+            stamp = b64url_decode(stamp_text).decode("utf-8")
+            session_hash = hashlib.sha256(b64url_decode(id_text)).hexdigest()
             expiry = int(expiry_text)
         except (ValueError, UnicodeDecodeError):
             return None
@@ -220,7 +210,7 @@ class Cookies:
     def csrf_token(self, browser_id: str, form: str, ticket: str) -> str:
         """The token a form of kind ``form`` for ``ticket`` carries in this browser."""
         msg = "\0".join((browser_id, form, ticket)).encode("utf-8")
-        return _b64(hmac.new(self._csrf_key, msg, hashlib.sha256).digest())
+        return b64url(hmac.new(self._csrf_key, msg, hashlib.sha256).digest())
 
     def csrf_valid(self, cookies: dict[str, str], form: str, ticket: str, token: str | None) -> bool:
         """Constant-time check of a submitted token against this browser's cookie (AZ-10)."""
