@@ -521,6 +521,25 @@ def test_two_prefixes_on_one_redis_do_not_see_each_other(rd: RedisStore, tmp_pat
     other.close()
 
 
+def test_a_redis_prefix_with_glob_characters_scans_only_its_own_keys(rd: RedisStore) -> None:
+    """``purge`` and ``delete_all`` find keys by ``SCAN MATCH``: the prefix is escaped there, so a
+    prefix holding ``*?[]\\`` never reaches the keys of another prefix it would match as a pattern."""
+    globbed = RedisStore(services.REDIS_URL, prefix=rd.prefix + "[ab]*?\\:")
+    other = RedisStore(services.REDIS_URL, prefix=rd.prefix + "ax\\:")
+    expired = PendingAuthorization("t1", "c1", "https://app.example/cb", True, None, "ch", (), (), T0, T0 + 600)
+    other.perform(fx.PutPending(expired))
+    other.perform(fx.PutClient(Client("c1", ("https://app.example/cb",))))
+    globbed.perform(fx.PutClient(Client("c1", ("https://app.example/cb",))))
+    raw = redis.Redis.from_url(services.REDIS_URL, decode_responses=True)
+    own = [k for k in raw.scan_iter(match=rd.prefix + "*") if k.startswith(globbed.prefix)]
+    assert globbed.purge(T0 + 600)["pending"] == 0
+    assert globbed.delete_all() == len(own) > 0
+    assert other.perform(fx.GetPending("t1", T0)) == expired
+    assert [c.client_id for c in other.perform(fx.ListClients())] == ["c1"]
+    globbed.close()
+    other.close()
+
+
 def test_redis_requests_beyond_the_pool_wait_for_a_connection(tmp_path: Path) -> None:
     """More concurrent requests than ``max_connections`` queue for a connection, on threads and on
     an event loop, as on PostgreSQL: the pool that refused at once ("Too many connections") made a
@@ -1006,6 +1025,43 @@ def test_redis_connection_killed_during_code_redemption(own_redis: str) -> None:
     admin.close()
 
 
+def test_redis_connection_killed_during_code_redemption_on_the_event_loop(own_redis: str) -> None:
+    """The same on the asyncio path (``aperform``): a write whose connection dies is not tried
+    again (only reads are, after an outage), since the script may have run before the reply was
+    lost: 503, nothing consumed, and the next redemption works (TK-04)."""
+    store = RedisStore(own_redis, prefix="t:")
+    admin = redis.Redis.from_url(own_redis, decode_responses=True)
+    store.perform(fx.PutCode(code()))
+    on_loop = RedisStore(own_redis, prefix="t:")
+
+    async def redeem() -> Any:
+        try:
+            return await on_loop.aperform(fx.ConsumeCode("h1", grant()))
+        finally:
+            await on_loop.aclose()
+
+    admin.execute_command("CLIENT", "PAUSE", "10000", "WRITE")
+    thread, outcome = _in_thread(lambda: asyncio.run(redeem()))
+
+    def paused_client() -> int | None:
+        for c in admin.client_list():
+            if c["cmd"] in ("evalsha", "eval") and "b" in c["flags"]:
+                return int(c["id"])
+        return None
+
+    victim = eventually(paused_client)
+    assert victim, "the redemption never reached the server"
+    admin.execute_command("CLIENT", "KILL", "ID", victim)
+    admin.execute_command("CLIENT", "UNPAUSE")
+    thread.join(timeout=30)
+    assert isinstance(outcome.get("error"), StoreUnavailable), outcome
+    assert store.perform(fx.GetCode("h1")).consumed is False
+    assert store.perform(fx.GetGrant("g1")) is None
+    assert store.perform(fx.ConsumeCode("h1", grant())) is True
+    store.close()
+    admin.close()
+
+
 def test_redis_idle_connections_killed_are_replaced_quietly(own_redis: str) -> None:
     store = RedisStore(own_redis, prefix="t:")
     admin = redis.Redis.from_url(own_redis)
@@ -1178,6 +1234,22 @@ def test_redis_damage_in_every_kind_of_value_reads_as_damage(rd: RedisStore) -> 
     assert {k: client.dump(k) for k in client.scan_iter(match=rd.prefix + "*")} == before
 
 
+@pytest.mark.parametrize("number", ["+1", " 1", "1_0", "\u0661"])
+def test_redis_numbers_read_only_as_the_scripts_read_them(rd: RedisStore, number: str) -> None:
+    """A stored number is decimal digits with an optional ``-``, in Python as in the scripts'
+    ``whole``: text ``int()`` would also take (a sign, spaces, ``_``, other scripts' digits) is
+    damage, so a read never answers from a value a rotation or a counter would refuse."""
+    client = rd._sync_client()
+    rd.perform(fx.PutCode(code()))
+    assert rd.perform(fx.ConsumeCode("h1", grant())) is True
+    client.hset(rd.prefix + "grant:g1", "gen", number)
+    hit = fx.Hit("b1", 5, 60, T0, step=0)
+    client.set(rd.prefix + f"hit:{hit.window_end}:b1", number)
+    for effect in (fx.GetGrant("g1"), hit):
+        with pytest.raises(DamagedValueError, match="prefix is damaged"):
+            rd.perform(effect)
+
+
 def _redis_contents(rd: RedisStore) -> dict[bytes, Any]:
     """Every key under the store's prefix, its type and what it holds (not ``DUMP``: a large hash
     may come out in another order after Redis merely read it)."""
@@ -1340,6 +1412,47 @@ def test_redis_revocations_pass_over_a_damaged_entry_and_revoke_the_rest(rd: Red
     assert client.get(rd.prefix + "grant:g1") == b"another type"
 
 
+def test_redis_list_grants_follows_the_records_not_the_indexes(rd: RedisStore) -> None:
+    """An index is only where to look: a listing returns a grant only when its record matches the
+    subject or client asked for, and passes over a member whose key has gone or holds no record.
+    Here a grant id met again under another subject, after the first grant's key expired (its
+    subject's index keeps the member until purge), and a hash left without its record."""
+    client = rd._sync_client()
+    rd.perform(fx.PutCode(code("h1", "g1")))
+    assert rd.perform(fx.ConsumeCode("h1", grant("g1"))) is True
+    client.delete(rd.prefix + "grant:g1")  # as its TTL would: "alice"'s index still lists g1
+    bob = attrs.evolve(grant("g1"), subject="bob")
+    rd.perform(fx.PutCode(attrs.evolve(code("h2", "g1"), subject="bob")))
+    assert rd.perform(fx.ConsumeCode("h2", bob)) is True
+    rd.perform(fx.PutCode(code("h3", "g3")))
+    assert rd.perform(fx.ConsumeCode("h3", grant("g3"))) is True
+    client.hdel(rd.prefix + "grant:g3", "record")  # its hash lost its record
+    assert rd.perform(fx.ListGrants(subject="alice")) == ()
+    assert rd.perform(fx.ListGrants(subject="bob")) == (bob,)
+    assert rd.perform(fx.ListGrants()) == (bob,)
+    assert rd.perform(fx.ListGrants(client_id="c1")) == (bob,)
+
+
+def test_redis_purge_counts_what_it_drops_of_each_kind(rd: RedisStore) -> None:
+    """``purge`` returns, per kind, how many keys it deleted: those expired at ``now``, no others."""
+    now = T0 + 1000
+    for name, expires_at in (("old", now), ("new", now + 1)):
+        pend = PendingAuthorization(name, "c1", "https://app.example/cb", True, None, "ch", (), (), T0, expires_at)
+        rd.perform(fx.PutPending(pend))
+        rd.perform(fx.PutCode(attrs.evolve(code(name, name), expires_at=expires_at)))
+        rd.perform(fx.PutCode(attrs.evolve(code("x" + name, name), expires_at=expires_at)))
+        assert rd.perform(fx.ConsumeCode("x" + name, attrs.evolve(grant(name), expires_at=expires_at))) is True
+        rd.perform(fx.RevokeAccessToken(name, expires_at))
+        rd.perform(fx.EndSession("s" + name, expires_at))
+        fetched = Client("d" + name, ("https://app.example/cb",), kind="document", expires_at=expires_at)
+        rd.perform(fx.PutClient(fetched))
+    rd.perform(fx.Hit("past", 1, 100, now - 1))  # window ends at now
+    rd.perform(fx.Hit("live", 1, 100, now))
+    assert rd.purge(now) == {
+        "pending": 1, "codes": 2, "grants": 1, "revoked_tokens": 2, "rate_limits": 1, "clients": 1,
+    }  # fmt: skip
+
+
 def test_redis_purge_skips_a_damaged_key_and_purges_the_others(
     rd: RedisStore, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -1377,6 +1490,26 @@ def test_redis_a_record_with_a_damaged_array_or_metadata_is_damage(rd: RedisStor
     for effect in (fx.GetClient("c2"), fx.GetClient("c3"), fx.GetGrant("g1"), fx.ListGrants()):
         with pytest.raises(DamagedValueError, match="prefix is damaged"):
             rd.perform(effect)
+
+
+@pytest.mark.parametrize("effect", [fx.GetClient("c1"), fx.PutClient(Client("c1", ("https://app.example/cb",)))])
+def test_a_redis_error_reply_that_is_no_outage_is_raised_as_itself(
+    rd: RedisStore, monkeypatch: Any, effect: fx.Effect
+) -> None:
+    """An error reply that is no refusal of a server unable to serve now (here: a command Redis
+    does not know) is a bug, raised as it is from a read (after its one retry) and from a write;
+    never swallowed into an answer, nor turned into a 503."""
+    from kavach.stores.redis import _Command
+
+    def unknown(e: fx.Effect) -> Any:
+        yield _Command(("NO-SUCH-COMMAND",))
+        return "answered"
+
+    monkeypatch.setitem(rd._handlers, type(effect), unknown)
+    with pytest.raises(redis.exceptions.ResponseError, match="unknown command"):
+        rd.perform(effect)
+    with pytest.raises(redis.exceptions.ResponseError, match="unknown command"):
+        asyncio.run(rd.aperform(effect))
 
 
 def test_a_redis_handler_bug_is_raised_as_itself_not_as_damage(rd: RedisStore, monkeypatch: Any) -> None:

@@ -289,6 +289,17 @@ def test_delete_client_revokes_every_grant_it_holds(store: Any) -> None:
     assert [c.client_id for c in store.perform(fx.ListClients())] == ["c2"]
 
 
+def test_delete_client_answers_whether_the_client_was_there_not_whether_grants_were(store: Any) -> None:
+    """``DeleteClient`` is ``True`` when the client's record existed, with or without grants, and
+    revokes the grants of its id even when no record is left (a fetched client purged)."""
+    store.perform(fx.PutClient(client("lonely")))
+    assert store.perform(fx.DeleteClient("lonely", T0 + 50)) is True
+    store.perform(fx.PutCode(code("h-g1", grant_id="g1", client_id="gone")))
+    assert store.perform(fx.ConsumeCode("h-g1", grant("g1", client_id="gone")))
+    assert store.perform(fx.DeleteClient("gone", T0 + 50)) is False
+    assert store.perform(fx.GetGrant("g1")).revoked_at == T0 + 50
+
+
 # -- pending authorizations ------------------------------------------------------------------------
 
 
