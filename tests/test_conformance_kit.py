@@ -165,6 +165,8 @@ def test_stateful_test_finds_and_shrinks_a_defect(defect: str, rule: str) -> Non
         (["--issuer", "http://127.0.0.1:9", "--json", "/tmp"], "--json"),
         (["--issuer", "http://127.0.0.1:9", "--stateful", "1", "--stateful-steps", "0"], "--stateful-steps"),
         (["--issuer", "http://127.0.0.1:9", "--redirect-port", "99999"], "--redirect-port 99999"),
+        (["--issuer", "http://127.0.0.1:9", "--stateful-shrink", "-1"], "--stateful-shrink -1 is not"),
+        (["--issuer", "http://127.0.0.1:9", "--stateful-shrink", "3601"], "--stateful-shrink 3601 is not"),
         (["--issuer", "http://127.0.0.1:9", "--person", "no_such_module_here:step"], "no_such_module_here"),
     ],
 )
@@ -668,13 +670,14 @@ def test_a_refresh_token_that_is_not_a_string_fails_tk01_and_tk07_with_a_report(
     from kavach_conformance.stateful import run_stateful
 
     with misbehaving("refresh_int") as served:
-        proc = kit_command(served, "--stateful", "3")
+        proc = kit_command(served, "--stateful", "3", "--stateful-shrink", "5")
         session = make_session(attrs.evolve(kit(served, other=False), timeout=5.0))
         try:
             result = run_stateful(session, examples=10, steps=8, derandomize=True)
         finally:
             session.http.close()
     assert proc.returncode == 1 and "\nstateful: " in proc.stdout, proc.stdout + proc.stderr
+    assert "Hypothesis" not in proc.stdout + proc.stderr, proc.stdout
     lines = {line[:5]: line for line in proc.stdout.splitlines() if line[:3] in ("TK-", "RS-")}
     assert "fail" in lines["TK-01"] and "fail" not in lines["RS-01"], proc.stdout
     assert result["status"] == FAIL, result
@@ -944,3 +947,27 @@ def test_the_kits_secrets_may_come_from_the_environment_and_a_flag_wins() -> Non
     flagged = parser.parse_args(["--issuer", "https://as.example", "--password", "p", "--client-secret", "s"])
     assert (options_from(flagged, environ).password, options_from(flagged, environ).client_secret) == ("p", "s")
     assert (options_from(plain, {}).password, options_from(plain, {PASSWORD_VAR: ""}).password) == (None, None)
+
+
+
+def test_shrinking_a_stateful_failure_stops_when_its_budget_is_spent(capsys: pytest.CaptureFixture[str]) -> None:
+    """With no time to shrink, the sequences after the first failure are only hypothesis's replays
+    of it (at most two), where a full shrink tries many; nothing of hypothesis's is printed."""
+    from kavach_conformance.runner import make_session
+    from kavach_conformance.stateful import run_stateful
+
+    failing = "refresh_token=1234567890..."  # the int token, as an exchange shows it: one per failing sequence
+    with misbehaving("refresh_int") as served:
+        counts = []
+        for budget in (0, 300):
+            session = make_session(quick(served))
+            try:
+                result = run_stateful(session, examples=10, steps=8, derandomize=True, shrink_seconds=budget)
+                counts.append(sum(failing in line for line in session.http.since(0)))
+            finally:
+                session.http.close()
+            assert result["status"] == FAIL and result["rules"] == ["TK-01", "TK-07"], result
+            assert result["reason"].startswith("TK-01/TK-07: the token response's refresh_token is not a"), result
+            assert failing in result["exchanges"][-1] and "/authorize" in result["exchanges"][0], result
+    assert 1 <= counts[0] <= 3 < counts[1], counts
+    assert capsys.readouterr().out == ""

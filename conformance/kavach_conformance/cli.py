@@ -77,6 +77,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--stateful-steps", type=int, default=10, metavar="N", help="steps per stateful example (default 10)"
     )
     parser.add_argument(
+        "--stateful-shrink",
+        type=int,
+        default=60,
+        metavar="S",
+        help="seconds for shrinking a stateful failure; then the simplest failing sequence found is reported "
+        "(default 60)",
+    )
+    parser.add_argument(
         "--timeout",
         type=float,
         default=15.0,
@@ -106,6 +114,7 @@ def options_from(args: argparse.Namespace, environ: Mapping[str, str] = os.envir
         scopes=tuple(args.scope.split()) if args.scope else None,
         stateful_examples=args.stateful,
         stateful_steps=args.stateful_steps,
+        stateful_shrink_seconds=args.stateful_shrink,
         timeout=args.timeout,
     )
 
@@ -116,6 +125,8 @@ def _check(args: argparse.Namespace) -> None:
         raise KitError(f"--redirect-port {args.redirect_port} is not a port (1-65535)")
     if args.stateful < 0 or args.stateful_steps < 1:
         raise KitError("--stateful needs 0 or more examples and --stateful-steps 1 or more steps")
+    if not 0 <= args.stateful_shrink <= 3600:
+        raise KitError(f"--stateful-shrink {args.stateful_shrink} is not a number of seconds (0-3600)")
     if not 0 < args.timeout <= 3600:
         raise KitError(f"--timeout {args.timeout:g} is not a number of seconds (0-3600)")
     if args.json:

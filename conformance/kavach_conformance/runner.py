@@ -30,6 +30,7 @@ class KitOptions:
     scopes: tuple[str, ...] | None = None
     stateful_examples: int = 0
     stateful_steps: int = 10
+    stateful_shrink_seconds: int = 60
     timeout: float = 15.0
 
     def callback(self) -> str:
@@ -104,7 +105,12 @@ def run_kit(options: KitOptions) -> Report:
         if options.stateful_examples > 0:
             from .stateful import run_stateful
 
-            report.stateful = run_stateful(session, options.stateful_examples, options.stateful_steps)
+            report.stateful = run_stateful(
+                session,
+                options.stateful_examples,
+                options.stateful_steps,
+                shrink_seconds=options.stateful_shrink_seconds,
+            )
             if report.stateful["status"] == FAIL:
                 for rule in report.stateful["rules"]:
                     report.add(Check(rule, "stateful", FAIL, report.stateful["reason"], report.stateful["exchanges"]))
@@ -115,5 +121,3 @@ def run_kit(options: KitOptions) -> Report:
             session.person.close()
         session.http.close()
     return report
-
-

@@ -11,7 +11,8 @@ Invariants (each assertion names the rule it guards):
   has a confidential client, else the protected resource, else a failing refresh).
 
 On a failure hypothesis shrinks the sequence; the kit reports the HTTP exchanges of the final,
-shortest replay: method, URL, status and the parameters that matter.
+shortest replay: method, URL, status and the parameters that matter. Every replay signs in again,
+so shrinking has a time budget; once it is spent, the simplest failing sequence found is reported.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ import httpx
 from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 from hypothesis.errors import Flaky
+from hypothesis.internal.conjecture import engine
+from hypothesis.reporting import with_reporter
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, initialize, invariant, multiple, rule
 
 from .http import Http, KitError, RateLimited
@@ -239,10 +242,29 @@ def _stop_on_kit_errors(http: Http) -> Iterator[None]:
         del http.request
 
 
-def run_stateful(session: Session, examples: int, steps: int = 10, *, derandomize: bool = False) -> dict[str, Any]:
+@contextlib.contextmanager
+def _shrinking_for(seconds: int) -> Iterator[None]:
+    """Shrinking stops after ``seconds``, by hypothesis's own limit (its engine's
+    ``MAX_SHRINKING_SECONDS``, five minutes otherwise) and the final replay is of the simplest
+    failing sequence found by then. Its warning and any other output of hypothesis's reporter
+    are kept out of the kit's report. Runs are not concurrent: the limit is a module global."""
+    limit = engine.MAX_SHRINKING_SECONDS
+    engine.MAX_SHRINKING_SECONDS = seconds
+    try:
+        with with_reporter(lambda _text: None):
+            yield
+    finally:
+        engine.MAX_SHRINKING_SECONDS = limit
+
+
+def run_stateful(
+    session: Session, examples: int, steps: int = 10, *, derandomize: bool = False, shrink_seconds: int = 60
+) -> dict[str, Any]:
     """Run ``examples`` random sequences; on failure, the shrunk sequence's exchanges.
 
-    ``derandomize`` makes the sequences the same on every run (for a reproducible CI check)."""
+    ``derandomize`` makes the sequences the same on every run (for a reproducible CI check).
+    ``shrink_seconds`` bounds shrinking: every replay signs in again, and against a slow server
+    hypothesis's own limit would hold the run for minutes."""
     from hypothesis.stateful import run_state_machine_as_test
 
     started = time.monotonic()
@@ -262,7 +284,7 @@ def run_stateful(session: Session, examples: int, steps: int = 10, *, derandomiz
         derandomize=derandomize,
     )
     try:
-        with _stop_on_kit_errors(session.http):
+        with _stop_on_kit_errors(session.http), _shrinking_for(shrink_seconds):
             run_state_machine_as_test(machine, settings=config)
     except _Stop as stop:
         cause = stop.__cause__
@@ -293,8 +315,6 @@ def run_stateful(session: Session, examples: int, steps: int = 10, *, derandomiz
     )
     result["rotations"] = rotations
     return result
-
-
 
 
 def _result(status: str, reason: str, exchanges: list[str], examples: int, started: float) -> dict[str, Any]:
