@@ -26,7 +26,8 @@ Guarantees:
   write may have been applied before the connection dropped); read-only effects are retried
   once. A script either ran completely or not at all: no partial state. When Redis returns the
   next call reconnects. A key under the prefix holding what is not its record (another type,
-  other text, a number that is not a whole number) raises :class:`DamagedValueError`, a
+  other text, a number that is not a whole number, a code's or grant's hash without its
+  ``record``) raises :class:`DamagedValueError`, a
   ``StoreUnavailable`` too. Scripts read and check every stored number they need before they
   write anything, and a rotation reads and decodes the family's record first, so an effect
   meeting a damaged number or record changes nothing. ``purge`` logs a damaged
@@ -822,7 +823,7 @@ class RedisStore:
         key = self._k("grant", e.grant_id)
         fields = _pairs((yield _Command(("HGETALL", key))))
         read = _grant(fields)
-        if read is None:  # no grant, or its hash lost its record: nothing to rotate
+        if read is None:  # no grant: nothing to rotate
             return fx.Rotation("unknown", None)
         args = (e.generation, e.presented_hash, e.successor_hash, e.now, e.grace, e.idle_expires_at, fields["record"])
         reply = _undamaged((yield _Script("rotate", (key,), args)))
@@ -970,18 +971,20 @@ def _keys(raw: Any) -> tuple[SigningKey, ...]:
 
 @_decoder
 def _code(reply: Any) -> AuthorizationCode | None:
-    """A code's hash (its record, and whether it was consumed), ``None`` when it is missing."""
+    """A code's hash (its record, and whether it was consumed), ``None`` when it is missing. A
+    hash without its record is damage: every write of one sets the record with the other fields."""
     fields = _pairs(reply)
-    if "record" not in fields:
+    if not fields:
         return None
     return attrs.evolve(CODES.loads(fields["record"]), consumed=_text(fields["consumed"]) == "1")
 
 
 @_decoder
 def _grant(reply: Any) -> Grant | None:
-    """A grant's hash: its record, with the fields rotation and revocation change beside it."""
+    """A grant's hash: its record, with the fields rotation and revocation change beside it;
+    ``None`` when it is missing. A hash without its record is damage, as for a code."""
     fields = _pairs(reply)
-    if "record" not in fields:
+    if not fields:
         return None
     return _numbered(GRANTS.loads(fields["record"]), fields)
 
