@@ -349,3 +349,222 @@ def test_auth_settings_name_kavach_and_check_the_audience() -> None:
         assert settings.validate_token_resource is True and settings.required_scopes == ["tools"]
     finally:
         s.close()
+
+
+# -- what the bridge passes on, and what it leaves behind ------------------------------------------
+
+
+def _serve_elsewhere(app: Any) -> tuple[str, Any]:
+    """Serve ``app`` on a port of its own; the tokens are a :class:`Site`'s, for its ``mcp_url``."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    stop = serve_asgi(sock, app)
+
+    def close() -> None:
+        stop()
+        sock.close()
+
+    return f"http://127.0.0.1:{sock.getsockname()[1]}", close
+
+
+def _claims(token: str) -> dict[str, Any]:
+    """The payload of a JWT as sent (the server verified it; this only reads it)."""
+    import base64
+
+    payload = token.split(".")[1]
+    return dict(json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))))
+
+
+def test_guard_passes_the_applications_own_scope_rule_on() -> None:
+    """``guard(..., required=...)`` is the application's rule for the scopes a request needs
+    (:class:`kavach.starlette.KavachGuard`): a token without them is 403 ``insufficient_scope``
+    naming them (RS-03, RFC 6750 §3.1), a token with them reaches the SDK."""
+    s = Site(sdk_native=False)
+    sdk_app = _tools().streamable_http_app(stateless_http=True)
+    base, close = _serve_elsewhere(guard(sdk_app, s.server, s.mcp_url, required=lambda request: ("prompts:list",)))
+    try:
+        listing = b'{"jsonrpc":"2.0","id":1,"method":"tools/list"}'
+        answered = {}
+        for scope in ("tools:list", "prompts:list"):
+            headers = {**_MCP, "Authorization": f"Bearer {s.token(s.mcp_url, scope=scope)}"}
+            answered[scope] = httpx.post(base + "/mcp", content=listing, headers=headers, timeout=10)
+        refused, allowed = answered["tools:list"], answered["prompts:list"]
+        assert refused.status_code == 403, refused.text
+        challenge = refused.headers["www-authenticate"]
+        assert 'error="insufficient_scope"' in challenge and 'scope="prompts:list"' in challenge
+        assert allowed.status_code == 200 and "echo" in allowed.text, allowed.text
+    finally:
+        close()
+        s.close()
+
+
+def test_sdk_auth_hands_the_required_scopes_to_the_sdk() -> None:
+    """``sdk_auth(..., required_scopes=...)``: the SDK's own check asks every request for them, so
+    a valid token for this resource without them is 403 ``insufficient_scope`` (RFC 6750 §3.1)."""
+    s = Site(sdk_native=True)
+    tools = _tools(**sdk_auth(s.server, s.mcp_url, required_scopes=["prompts:list"]))
+    base, close = _serve_elsewhere(tools.streamable_http_app(stateless_http=True))
+    try:
+        listing = b'{"jsonrpc":"2.0","id":1,"method":"tools/list"}'
+        answered = {}
+        for scope in ("tools:list", "tools:list prompts:list"):
+            token = s.token(s.mcp_url, scope=scope)
+            headers = {**_MCP, "Authorization": f"Bearer {token}"}
+            answered[scope] = httpx.post(base + "/mcp", content=listing, headers=headers, timeout=10)
+        refused, allowed = answered["tools:list"], answered["tools:list prompts:list"]
+        assert refused.status_code == 403, refused.text
+        assert "insufficient_scope" in refused.headers.get("www-authenticate", "")
+        assert allowed.status_code == 200 and "echo" in allowed.text, allowed.text
+    finally:
+        close()
+        s.close()
+
+
+def test_the_sdk_sees_the_whole_verified_token_behind_the_guard_and_never_the_credential() -> None:
+    """Behind ``kavach.mcp.guard`` a route of the SDK's app finds the verified user where Starlette
+    and the SDK look (``request.user``, ``request.auth``): the token's client, scopes, expiry,
+    audience and claims, its ``token`` empty and no ``Authorization`` header (RS-04)."""
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+
+    s = Site(sdk_native=False)
+    tools = _tools()
+
+    @tools.custom_route("/whoami", methods=["GET"])
+    async def whoami(request: Request) -> JSONResponse:
+        seen = request.user.access_token
+        return JSONResponse({
+            "auth": sorted(request.auth.scopes), "client_id": seen.client_id, "expires_at": seen.expires_at,
+            "resource": seen.resource, "subject": seen.subject, "claims": seen.claims, "token": seen.token,
+            "authorization": request.headers.get("authorization"), "sdk": get_access_token() is not None,
+        })  # fmt: skip
+
+    base, close = _serve_elsewhere(guard(tools.streamable_http_app(stateless_http=True), s.server, s.mcp_url))
+    try:
+        token = s.token(s.mcp_url)
+        issued = _claims(token)
+        r = httpx.get(base + "/whoami", headers={"Authorization": f"Bearer {token}"}, timeout=10)
+        assert r.status_code == 200, r.text
+        seen = r.json()
+        assert seen["auth"] == sorted(issued["scope"].split())
+        assert seen["client_id"] == issued["client_id"] and seen["subject"] == issued["sub"] == "alice"
+        assert seen["expires_at"] == issued["exp"] and seen["resource"] == s.mcp_url
+        assert seen["claims"]["jti"] == issued["jti"] and seen["claims"]["aud"] == issued["aud"]
+        assert seen["token"] == "" and seen["authorization"] is None and seen["sdk"] is True
+    finally:
+        close()
+        s.close()
+
+
+def test_the_verifier_reports_the_tokens_client_expiry_and_claims() -> None:
+    """``KavachTokenVerifier.verify_token`` gives the SDK the token's client, expiry (the SDK's own
+    expiry check reads it) and claims, beside its subject and audience."""
+    s = Site(sdk_native=True)
+    try:
+        token = s.token(s.mcp_url)
+        issued = _claims(token)
+        checked = anyio.run(KavachTokenVerifier(s.server, s.mcp_url).verify_token, token)
+        assert checked is not None
+        assert checked.client_id == issued["client_id"] and checked.expires_at == issued["exp"]
+        assert checked.claims["jti"] == issued["jti"] and checked.claims["sub"] == "alice"
+    finally:
+        s.close()
+
+
+def test_the_sdk_user_does_not_outlive_the_request_in_the_callers_context() -> None:
+    """The guard sets the SDK's authenticated user for the request only: an app called in-process
+    (in the caller's own context, as ``httpx.ASGITransport`` does) leaves no user behind for
+    whatever runs next in that context."""
+    s = Site(sdk_native=False)
+    during: list[Any] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        during.append(get_access_token())
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    try:
+        token = s.token(s.mcp_url)
+
+        async def call() -> tuple[int, Any]:
+            transport = httpx.ASGITransport(app=guard(app, s.server, s.mcp_url))
+            async with httpx.AsyncClient(transport=transport, base_url=s.base) as http:
+                r = await http.post("/mcp", content=b'{"jsonrpc":"2.0","id":1,"method":"tools/list"}',
+                                    headers={**_MCP, "Authorization": f"Bearer {token}"})  # fmt: skip
+            return r.status_code, get_access_token()
+
+        status, after = anyio.run(call)
+        assert status == 204 and during[0] is not None and during[0].subject == "alice"
+        assert after is None
+    finally:
+        s.close()
+
+
+class _Broken:
+    """A store with a fault of its own (not an outage)."""
+
+    def perform(self, effect: Any) -> Any:
+        raise RuntimeError("a bug in the store")
+
+
+def test_the_verifier_lets_an_outage_propagate_and_refuses_on_any_other_fault() -> None:
+    """``verify_token`` raises the store's ``StoreUnavailable`` itself (the caller can tell an outage
+    from a bad token), and answers ``None`` (a refusal, fail closed) when the store fails otherwise."""
+    from kavach_core.drivers import StoreUnavailable
+
+    s = Site(sdk_native=True)
+    try:
+        token = s.token(s.mcp_url)
+        verifier = KavachTokenVerifier(s.server, s.mcp_url)
+        s.server.store = _Down()
+        s.server.verified.clear()
+        with pytest.raises(StoreUnavailable):
+            anyio.run(verifier.verify_token, token)
+        s.server.store = _Broken()
+        s.server.verified.clear()
+        assert anyio.run(verifier.verify_token, token) is None
+    finally:
+        s.close()
+
+
+def test_the_verifier_refuses_a_token_whose_grant_was_revoked() -> None:
+    """The verifier asks the store whether the token's grant still stands: after the person's
+    grants are revoked (``kavach revoke``'s effect) a token that still verifies cryptographically
+    and has not expired is ``None`` to the SDK, its 401 (RFC 7009 §2, RS-02)."""
+    from kavach_core import effects as fx
+
+    s = Site(sdk_native=True)
+    try:
+        token = s.token(s.mcp_url)
+        verifier = KavachTokenVerifier(s.server, s.mcp_url)
+        assert anyio.run(verifier.verify_token, token) is not None
+        assert s.server.store.perform(fx.RevokeSubject("alice", int(s.clock.now))) == 1
+        assert anyio.run(verifier.verify_token, token) is None
+    finally:
+        s.close()
+
+
+def test_the_guarded_sdk_app_starts_under_a_server_that_gives_lifespan_no_state() -> None:
+    """The ASGI spec makes ``state`` optional in a lifespan scope (a server without state support
+    sends none): the guarded SDK app's lifespan (its session manager) still starts and stops."""
+    s = Site(sdk_native=False)
+    app = guard(_tools().streamable_http_app(stateless_http=True), s.server, s.mcp_url)
+    sent: list[str] = []
+
+    async def lifespan() -> None:
+        messages = [{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}]
+
+        async def receive() -> dict[str, Any]:
+            return messages.pop(0)
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message["type"])
+
+        with anyio.fail_after(30):
+            await app({"type": "lifespan", "asgi": {"version": "3.0", "spec_version": "2.0"}}, receive, send)
+
+    try:
+        anyio.run(lifespan)
+        assert sent == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
+    finally:
+        s.close()

@@ -1325,3 +1325,15 @@ def test_sqlite_memory_database_is_private_to_its_store() -> None:
     assert second.perform(fx.GetClient("c1")) is None
     first.close()
     second.close()
+
+
+def test_hit_with_a_negative_step_keeps_what_it_gave_back(store: Any) -> None:
+    """What a negative step gives back is gone from the window's count for good, not only from the
+    answer to that one call: an attempt given back (a successful sign-in) makes room for one more."""
+    assert store.perform(fx.Hit("login:gina", 3, 60, T0, step=3)) is True  # count 3: the limit reached
+    assert store.perform(fx.Hit("login:gina", 3, 60, T0 + 1, step=-1)) is True  # count 2
+    assert store.perform(fx.Hit("login:gina", 2, 60, T0 + 1, step=0)) is True  # 2 <= 2: the 2 was kept
+    assert store.perform(fx.Hit("login:gina", 3, 60, T0 + 2)) is True  # count 3 again, within the limit
+    assert store.perform(fx.Hit("login:gina", 3, 60, T0 + 3)) is False  # count 4
+    assert store.perform(fx.Hit("login:gina", 0, 60, T0 + 3, step=-9)) is True  # count 0, kept
+    assert store.perform(fx.Hit("login:gina", 1, 60, T0 + 4)) is True  # count 1
