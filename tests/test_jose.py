@@ -424,3 +424,160 @@ def test_json_object_scan_path_matches_decode() -> None:
         except (jose.JoseError, ValueError):
             slow = "refused"
         assert fast == slow, text
+
+
+# -- the signing side and the JWKs it publishes (RFC 7515 §5.1, RFC 7517, RFC 7518 §6, RFC 8037) --
+
+
+def test_a_key_set_signs_with_a_key_of_each_algorithm_active() -> None:
+    """RFC 7518 §3.3, §3.4 and RFC 8037 §3.1: ES256, RS256 and EdDSA are each an algorithm we sign
+    with; during a rolling change with a key of each active, the key set signs with all three, in
+    that order (so a rotation naming no algorithm renews every one of them)."""
+    from kavach_core import keys
+
+    h = Harness()
+    for alg in ALGS:
+        h.config = make_config(signing_alg=alg)
+        h.run(keys.current(h.ctx()))
+    assert [key.alg for key in keys.KeySet(h.store.keys).signing(h.now)] == ALGS
+    assert keys.signing_algorithms(h.store.keys, h.now) == tuple(sorted(ALGS))
+
+
+@pytest.mark.parametrize("kid", [7, b"kid", ["k"], {"k": 1}])
+def test_a_key_whose_kid_is_not_a_string_is_refused(kid: object) -> None:
+    """RFC 7517 §4.5: ``kid`` is a string; a key named by anything else is refused when made,
+    for verifying and for signing alike."""
+    private = ec.generate_private_key(ec.SECP256R1())
+    with pytest.raises(JoseError):
+        VerifyingKey(kid, "ES256", private.public_key())  # type: ignore[arg-type]
+    with pytest.raises(JoseError):
+        SigningKeyPair(kid, "ES256", private)  # type: ignore[arg-type]
+
+
+def test_verifying_key_verify_is_true_exactly_for_its_own_signature(alg_h: Harness) -> None:
+    """RFC 7515 §5.2 step 8: ``VerifyingKey.verify`` answers ``True`` for the signature its pair
+    made of that input, and ``False`` (never an exception) for another input, a cut or an
+    extended signature."""
+    pair = signer(alg_h)
+    data = b"eyJhbGciOiJFUzI1NiJ9.e30"
+    signature = pair.sign(data)
+    assert pair.public.verify(data, signature) is True
+    assert pair.public.verify(data + b"x", signature) is False
+    assert pair.public.verify(data, signature[:-1]) is False
+    assert pair.public.verify(data, signature + b"\x00") is False
+
+
+def test_es256_signature_is_r_then_s_in_32_octets_each(es_pair: SigningKeyPair) -> None:
+    """RFC 7518 §3.4: the JWS signature is the 64 octets R || S (each 32 octets big-endian),
+    not the DER of X9.62; the pair read back as DER verifies with the public key."""
+    from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+
+    data = b"eyJhbGciOiJFUzI1NiJ9.e30"
+    signature = es_pair.sign(data)
+    assert len(signature) == 64
+    der = encode_dss_signature(int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big"))
+    es_pair.key.public_key().verify(der, data, ec.ECDSA(hashes.SHA256()))  # type: ignore[union-attr]
+
+
+def test_ed25519_signature_and_jwk_match_rfc8037_appendix_a() -> None:
+    """RFC 8037 A.1-A.4: the example Ed25519 key's public JWK and its RFC 7638 thumbprint, and
+    its (deterministic) EdDSA signature of the example JWS signing input."""
+    d = jose.b64url_decode("nWGxne_9WmC6hEr0kuwsxERJxWl7MmkZcDusAxyuf2A")
+    pair = SigningKeyPair("k", "EdDSA", ed25519.Ed25519PrivateKey.from_private_bytes(d))
+    assert pair.public.jwk() == {
+        "crv": "Ed25519",
+        "kty": "OKP",
+        "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo",
+        "kid": "k",
+        "alg": "EdDSA",
+        "use": "sig",
+    }
+    assert pair.public.thumbprint() == "kPrK_qmxVWaYVA9wwBF6Iuo3vVzz7TxHCTwXBygrS4k"
+    signature = pair.sign(b"eyJhbGciOiJFZERTQSJ9.RXhhbXBsZSBvZiBFZDI1NTE5IHNpZ25pbmc")
+    assert jose.b64url(signature) == (
+        "hgyY0il_MGCjP0JzlnLWG1PPOt7-09PGcvMg3AIbQR6dWbhijcNR4ki4iylGjg5BhVsPt9g7sVvpAr_MuM0KAg"
+    )
+
+
+def test_ec_jwk_matches_rfc7517_appendix_a1() -> None:
+    """RFC 7517 A.1 / RFC 7518 §6.2.1: the example P-256 public key's JWK members, exactly."""
+    x = "MKBCTNIcKUSDii11ySs3526iDZ8AiTo7Tu6KPAqv7D4"
+    y = "4Etl6SRW2YiLUrN5vfvVHuhp7x8PxltmWWlbbM4IFyM"
+    numbers = ec.EllipticCurvePublicNumbers(
+        int.from_bytes(jose.b64url_decode(x), "big"), int.from_bytes(jose.b64url_decode(y), "big"), ec.SECP256R1()
+    )
+    key = VerifyingKey("1", "ES256", numbers.public_key())
+    assert key.jwk() == {"crv": "P-256", "kty": "EC", "x": x, "y": y, "kid": "1", "alg": "ES256", "use": "sig"}
+    canonical = json.dumps({"crv": "P-256", "kty": "EC", "x": x, "y": y}, separators=(",", ":")).encode()
+    assert key.thumbprint() == jose.b64url(hashlib.sha256(canonical).digest())
+
+
+def test_ec_jwk_coordinates_keep_their_leading_zero_octets() -> None:
+    """RFC 7518 §6.2.1.2-3: ``x`` and ``y`` are the full 32 octets of the coordinate, leading
+    zeros included (unlike RSA's ``n`` and ``e``, which are minimal)."""
+    scalar = 1
+    while ec.derive_private_key(scalar, ec.SECP256R1()).public_key().public_numbers().x >= 1 << 248:
+        scalar += 1
+    public = ec.derive_private_key(scalar, ec.SECP256R1()).public_key()
+    jwk = VerifyingKey("k", "ES256", public).jwk()
+    assert len(jose.b64url_decode(jwk["x"])) == 32 and jose.b64url_decode(jwk["x"])[0] == 0
+    assert len(jose.b64url_decode(jwk["y"])) == 32
+
+
+def test_rfc7638_thumbprint_of_a_verifying_key() -> None:
+    """RFC 7638 §3.1: ``VerifyingKey.thumbprint`` is the example's thumbprint for the example RSA key."""
+    n = (
+        "0vx7agoebGcQSuuPiLJXZptN9nndrQmbXEps2aiAFbWhM78LhWx4cbbfAAtVT86zwu1RK7aPFFxuhDR1L6tSoc_BJECPebWKRXjBZCiFV4n3"
+        "oknjhMstn64tZ_2W-5JsGY4Hc5n9yBXArwl93lqt7_RN5w6Cf0h4QyQ5v-65YGjQR0_FDW2QvzqY368QQMicAtaSqzs8KJZgnYb9c7d0zgdAZHzu"
+        "6qMQvRL5hajrn1n91CbOpbISD08qNLyrdkt-bFTWhAI4vMQFh6WeZu0fM4lFd2NcRwr3XPksINHaQ-G_xBniIqbw0Ls1jF44-csFCur-kEgU8awapJzKnqDKgw"
+    )
+    numbers = rsa.RSAPublicNumbers(65537, int.from_bytes(jose.b64url_decode(n), "big"))
+    key = VerifyingKey("k", "RS256", numbers.public_key())
+    assert key.thumbprint() == "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs"
+    assert key.jwk() == {"e": "AQAB", "kty": "RSA", "n": n, "kid": "k", "alg": "RS256", "use": "sig"}
+
+
+@pytest.mark.parametrize(("name", "value"), [("b64", False), ("zip", "DEF"), ("enc", "A256GCM")])
+def test_headers_changing_how_the_payload_is_read_are_refused(
+    es_pair: SigningKeyPair, name: str, value: object
+) -> None:
+    """RFC 7797 §3 (``b64``: an unencoded payload), RFC 7516 §4.1.3 (``zip``: a compressed one) and
+    §4.1.2 (``enc``: a JWE, not a JWS): a token our own key signed is still refused with any of them,
+    since we would read its payload otherwise than its signer meant."""
+    _reject(forge(es_pair, header_for(es_pair, **{name: value}), {"a": 1}), keymap(es_pair))
+
+
+@pytest.mark.parametrize("number", [float("nan"), float("inf"), float("-inf")])
+def test_sign_refuses_a_payload_json_cannot_carry(es_pair: SigningKeyPair, number: float) -> None:
+    """RFC 8259 §6: JSON has no ``NaN`` or ``Infinity``; signing such a claim fails instead of
+    writing a token no strict reader (ours included) accepts."""
+    with pytest.raises(ValueError):
+        jose.sign(es_pair, {"exp": number}, "at+jwt")
+
+
+def test_rs256_with_a_modulus_not_a_whole_number_of_octets() -> None:
+    """RFC 8017 §8.2.2 step 1 and RFC 7518 §3.3: an RS256 signature is as long as the modulus in
+    octets, rounded up; a 2049-bit key signs and verifies 257-octet signatures, and one octet
+    fewer is refused."""
+    # OpenSSL makes moduli of whole octets only: multiply a 1025-bit and a 1024-bit prime (each with
+    # its top two bits set, so the product has exactly 2049 bits).
+    p = rsa.generate_private_key(public_exponent=65537, key_size=2050).private_numbers().p
+    q = rsa.generate_private_key(public_exponent=65537, key_size=2048).private_numbers().p
+    d = pow(65537, -1, (p - 1) * (q - 1))
+    numbers = rsa.RSAPrivateNumbers(
+        p,
+        q,
+        d,
+        rsa.rsa_crt_dmp1(d, p),
+        rsa.rsa_crt_dmq1(d, q),
+        rsa.rsa_crt_iqmp(p, q),
+        rsa.RSAPublicNumbers(65537, p * q),
+    )
+    pair = SigningKeyPair("k", "RS256", numbers.private_key())
+    assert pair.key.key_size == 2049
+    token = jose.sign(pair, {"a": 1}, "at+jwt")
+    assert len(jose.b64url_decode(token.rsplit(".", 1)[1])) == 257
+    assert jose.verify(token, keymap(pair), "at+jwt")[1] == {"a": 1}
+    signature = pair.sign(b"x.y")
+    assert pair.public.verify(b"x.y", signature) is True
+    assert pair.public.verify(b"x.y", signature[1:]) is False

@@ -528,3 +528,60 @@ def test_parse_scope_keeps_order_and_refuses_more_than_the_limit() -> None:
     with pytest.raises(OAuthError) as refused:
         parse_scope(" ".join([*tokens, "tools:list"]))
     assert refused.value.error == "invalid_scope"
+
+
+# -- configuration that is not of the documented shape, and bodies that are not bytes ---------------
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"per_tool": "yes"},
+        {"per_tool": 1},
+        {"per_prompt": None},
+        {"overrides": "tools/list"},
+        {"overrides": 5},
+        {"overrides": ["ab"]},  # a two-character string is no (method, scopes) pair
+        {"overrides": [("a",)]},
+        {"overrides": [("a", ["x"], "y")]},
+        {"overrides": {"a": 5}},
+        {"overrides": {5: ["a"]}},
+        {"overrides": {"a": [5]}},
+        {"unknown_method_scopes": 5},
+        {"unknown_method_scopes": [5]},
+    ],
+)
+def test_configuration_of_the_wrong_shape_is_refused_with_configuration_error(kwargs: dict[str, Any]) -> None:
+    """Design "Scope grammar": the switches are booleans, ``overrides`` a mapping or
+    ``(method, scopes)`` pairs of a method name and a scope or list of scopes (RFC 6749 §3.3
+    scope tokens): anything else is refused when the map is made, as a ConfigurationError and
+    not whatever Python raises first."""
+    with pytest.raises(ConfigurationError):
+        McpScopeMap(**kwargs)
+
+
+@pytest.mark.parametrize("body", ["{}", None, 5, {"method": "tools/call"}, [b"{}"]])
+def test_a_body_that_is_not_bytes_raises_only_kavach_error(body: Any) -> None:
+    """``required_scopes`` raises nothing but KavachError (module docstring), for a caller that
+    passes text, a number or an already parsed body."""
+    with pytest.raises(KavachError):
+        required_scopes(body)
+
+
+def test_a_respelled_ref_or_notifications_member_counts_as_that_member() -> None:
+    """``ref`` (of ``completion/complete``) and ``notifications`` (of ``subscriptions/listen``)
+    are members the map reads: a case-insensitive parser (Go's encoding/json) reads ``REF`` and
+    ``Notifications`` as them, so what they ask for is required, as for ``method`` and ``name``."""
+    completing = '"method":"completion/complete","params":{"REF":{"type":"ref/prompt","name":"admin"}}'
+    assert "prompts:get:admin" in required_scopes((_CALL % completing).encode())
+    listening = '"method":"subscriptions/listen","params":{"Notifications":{"toolsListChanged":true}}'
+    assert "tools:list" in required_scopes((_CALL % listening).encode())
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-16-be", "utf-32-le"])
+def test_an_invalid_sequence_in_a_utf16_or_utf32_body_is_replaced_and_the_call_still_read(encoding: str) -> None:
+    """RFC 8259 §8.1 and the lenient reading (module docstring): a UTF-16/32 body with a lone
+    surrogate in a string is read as a lenient parser reads it, that sequence replaced, so the
+    ``tools/call`` in it still needs its tool's scope (and is not misread as another encoding)."""
+    text = '{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"search","arguments":{"q":"\ud800"}}}'
+    assert required_scopes(text.encode(encoding, "surrogatepass")) == ("tools:call:search",)
