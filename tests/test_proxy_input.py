@@ -757,3 +757,115 @@ def test_the_request_body_is_sent_with_its_content_length(fake: FakeUpstream, se
     assert dict(post["headers"])["content-length"] == str(len(PING)) and post["body"] == PING
     assert "transfer-encoding" not in dict(post["headers"])
     assert "content-length" not in dict(get["headers"]) and "transfer-encoding" not in dict(get["headers"])
+
+
+# -- 10. the session binding, message by message (kavach.mcp_sessions) -------------------------
+
+
+def _recorded() -> tuple[list[dict[str, Any]], Callable[[Any], Any]]:
+    """An ASGI ``send`` that records each message it is given."""
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: Any) -> None:
+        sent.append(dict(message))
+
+    return sent, send
+
+
+def test_a_sealed_session_id_is_hmac_sha256_under_a_key_of_its_own() -> None:
+    """``ID.TAG``, TAG the unpadded base64url HMAC-SHA256 (RFC 2104) of ``[subject, client, ID]``
+    under HMAC-SHA256(secret, the binding's label): instances of any release keyed with one secret
+    open each other's ids, and the tag is no MAC a raw use of the secret elsewhere could give."""
+    import base64
+    import hashlib
+    import hmac
+
+    secret = b"k" * 32
+    key = hmac.new(secret, b"kavach guard: Mcp-Session-Id binding", hashlib.sha256).digest()
+    mac = hmac.new(key, json.dumps(["alice", "app", "s-1"]).encode("ascii"), hashlib.sha256).digest()
+    tag = base64.urlsafe_b64encode(mac).rstrip(b"=").decode("ascii")
+    assert SessionSeal(secret).seal("s-1", ("alice", "app")) == f"s-1.{tag}"
+    assert SessionSeal(secret).open(f"s-1.{tag}", ("alice", "app")) == "s-1"
+
+
+def test_the_session_secret_is_16_bytes_or_more() -> None:
+    SessionSeal(b"x" * 16)  # the shortest secret taken
+    for wrong in (b"x" * 15, "x" * 32):
+        with pytest.raises(ValueError, match="at least 16 bytes"):
+            SessionSeal(wrong)  # type: ignore[arg-type]
+
+
+def test_a_seal_of_an_empty_id_or_with_a_tag_outside_latin_1_never_opens() -> None:
+    """An empty session id is no session, even with its right tag; a tag with characters outside
+    Latin-1 (a header decoded otherwise) is refused, never an error."""
+    seal = SessionSeal(b"s" * 32)
+    owner = ("alice", "app")
+    assert seal.open(seal.seal("", owner), owner) is None
+    assert seal.open(seal.seal("s-1", owner) + "\u0100", owner) is None
+    assert seal.open("s-1.\u0100\u2603", owner) is None
+
+
+def test_the_owner_is_read_from_a_state_mapping_or_object_and_is_none_without_a_principal() -> None:
+    principal = SimpleNamespace(subject="alice", client_id="app")
+    assert owner_of({"state": {"principal": principal}}) == ("alice", "app")
+    assert owner_of({"state": SimpleNamespace(principal=principal)}) == ("alice", "app"), "Starlette's State"
+    for scope in ({}, {"state": None}, {"state": {}}, {"state": SimpleNamespace()}):
+        assert owner_of(scope) is None
+
+
+def test_a_refusal_is_a_json_error_with_its_length_and_retry_after_when_given() -> None:
+    sent, send = _recorded()
+    asyncio.run(refuse(send, 429, "too_many_requests", "wait", 7, more=[(b"x-more", b"1")]))
+    start, body = sent
+    assert start["type"] == "http.response.start" and start["status"] == 429
+    data = json.dumps({"error": "too_many_requests", "error_description": "wait"}).encode()
+    assert start["headers"] == [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(data)).encode()),
+        (b"x-more", b"1"),
+        (b"retry-after", b"7"),
+    ]
+    assert body == {"type": "http.response.body", "body": data, "more_body": False}
+    sent.clear()
+    asyncio.run(refuse(send, 404, "session_not_found", "no such MCP session"))
+    assert not any(name == b"retry-after" for name, _ in sent[0]["headers"])
+
+
+def test_the_binding_opens_one_id_of_its_owner_and_refuses_others() -> None:
+    binding = SessionBinding(b"s" * 32)
+    sealed = binding.seal.seal("s-\xe9", ("alice", "app")).encode("latin-1")
+    assert binding.open([sealed], ("alice", "app")) == "s-\xe9".encode("latin-1")
+    assert binding.open([sealed], ("bob", "app")) == (404, "session_not_found", "no such MCP session")
+    assert binding.open([sealed, sealed], ("alice", "app")) == (
+        400, "invalid_request", "more than one Mcp-Session-Id header"
+    )  # fmt: skip
+
+
+def test_the_binding_seals_only_the_session_header_of_the_response_start() -> None:
+    """Every ``Mcp-Session-Id`` of the answer's head, whatever its case, is sealed to the owner; other
+    headers and the body pass unchanged, and a head without one is passed as it was."""
+    binding = SessionBinding(b"s" * 32)
+    owner = ("alice", "app")
+    sent, send = _recorded()
+    sealing = binding.sealing(send, owner)
+    head = {"type": "http.response.start", "status": 200,
+            "headers": [(b"content-type", b"text/plain"), (b"Mcp-Session-Id", b"s-1")]}  # fmt: skip
+    body = {"type": "http.response.body", "body": b"mcp-session-id", "more_body": False}
+
+    async def answer() -> None:
+        await sealing(head)
+        await sealing(body)
+
+    asyncio.run(answer())
+    (name, value) = sent[0]["headers"][1]
+    assert sent[0]["headers"][0] == (b"content-type", b"text/plain") and name == b"Mcp-Session-Id"
+    assert binding.seal.open(value.decode("latin-1"), owner) == "s-1"
+    assert sent[1] == body
+    plain = {"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]}
+    sent.clear()
+    asyncio.run(sealing(plain))
+    assert sent == [plain]
+    sent.clear()
+    asyncio.run(sealing({"type": "http.response.start", "status": 200, "headers": [(b"mcp-session-id", b"s-2")]}))
+    ((_, alone),) = sent[0]["headers"]
+    assert binding.seal.open(alone.decode("latin-1"), owner) == "s-2", "the only header of the head is sealed too"

@@ -35,13 +35,14 @@ adding the name again ends every session signed in before (OWASP ASVS 5.0 §7.4.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import os
 import sqlite3
 import threading
 import time
 import unicodedata
-from collections.abc import Generator
+from collections.abc import Generator, Iterator
 from typing import TYPE_CHECKING, Any, Protocol
 
 from cryptography.exceptions import InvalidKey
@@ -275,49 +276,56 @@ class MemoryUsers:
 
 class SQLiteUsers:
     """Users in a table of an SQLite file (the store's own file is fine: the table is separate).
+    Each call opens and closes its own connection, except for ``":memory:"``: an in-memory
+    database lives only as long as its connection, so that one is kept (and shared under a lock).
 
     An existing ``kavach_users`` without the columns this class uses raises ``sqlite3.DatabaseError``.
     """
 
     def __init__(self, path: str) -> None:
         self.path = path
-        if path != ":memory:":
+        self._memory: sqlite3.Connection | None = None
+        self._lock = threading.Lock()
+        if path == ":memory:":
+            self._memory = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        else:
             create_private(path)  # opened first, before the store: still owner-only (password hashes)
-        db = self._connect()
-        try:
+        with self._db() as db:
             db.execute(
                 "CREATE TABLE IF NOT EXISTS kavach_users ("
                 "username TEXT PRIMARY KEY, password_hash TEXT NOT NULL, updated_at INTEGER NOT NULL)"
             )
             have = {row[0] for row in db.execute("SELECT name FROM pragma_table_info('kavach_users')")}
-        finally:
-            db.close()
         missing = [c for c in COMPANIONS["kavach_users"] if c not in have]
         if missing:
             raise sqlite3.DatabaseError(f"table kavach_users lacks {', '.join(missing)}: not kavachOS's users table")
 
-    def _connect(self) -> sqlite3.Connection:
+    @contextlib.contextmanager
+    def _db(self) -> Iterator[sqlite3.Connection]:
+        """A connection for one call: a fresh one to the file, or the in-memory database's own."""
+        if self._memory is not None:
+            with self._lock:
+                yield self._memory
+            return
         db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-        db.execute("PRAGMA busy_timeout = 30000")
-        return db
-
-    def _run(self, sql: str, args: tuple[object, ...]) -> sqlite3.Cursor:
-        db = self._connect()
         try:
-            return db.execute(sql, args)
+            db.execute("PRAGMA busy_timeout = 30000")
+            yield db
         finally:
             db.close()
+
+    def _changed(self, sql: str, args: tuple[object, ...]) -> bool:
+        """Whether the statement changed a row."""
+        with self._db() as db:
+            return db.execute(sql, args).rowcount > 0
 
     def get_hash(self, username: str) -> str | None:
-        db = self._connect()
-        try:
+        with self._db() as db:
             row = db.execute("SELECT password_hash FROM kavach_users WHERE username = ?", (username,)).fetchone()
-        finally:
-            db.close()
         return None if row is None else str(row[0])
 
     def set_hash(self, username: str, password_hash: str) -> None:
-        self._run(
+        self._changed(
             "INSERT INTO kavach_users (username, password_hash, updated_at) VALUES (?, ?, ?) "
             "ON CONFLICT(username) DO UPDATE SET password_hash = excluded.password_hash, "
             "updated_at = excluded.updated_at",
@@ -325,23 +333,17 @@ class SQLiteUsers:
         )
 
     def replace_hash(self, username: str, old: str, new: str) -> bool:
-        return (
-            self._run(
-                "UPDATE kavach_users SET password_hash = ?, updated_at = ? WHERE username = ? AND password_hash = ?",
-                (new, int(time.time()), username, old),
-            ).rowcount
-            > 0
+        return self._changed(
+            "UPDATE kavach_users SET password_hash = ?, updated_at = ? WHERE username = ? AND password_hash = ?",
+            (new, int(time.time()), username, old),
         )
 
     def delete(self, username: str) -> bool:
-        return self._run("DELETE FROM kavach_users WHERE username = ?", (username,)).rowcount > 0
+        return self._changed("DELETE FROM kavach_users WHERE username = ?", (username,))
 
     def usernames(self) -> tuple[str, ...]:
-        db = self._connect()
-        try:
+        with self._db() as db:
             rows = db.execute("SELECT username FROM kavach_users ORDER BY username").fetchall()
-        finally:
-            db.close()
         return tuple(str(r[0]) for r in rows)
 
 
