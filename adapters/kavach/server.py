@@ -703,10 +703,7 @@ class AuthorizationServer:
                     target = self.login_url(self._consent_url(consent.ticket, browser))
                     return Response(303, (("Location", target), *pages.page_headers(), *extra), b"")
                 return pages.error_page(401, "login_required", "Sign in to the application first, then try again.")
-            error = {
-                "failed": "That username and password did not match. Try again.",
-                "expired": "Your sign-in form expired. Try again.",
-            }.get(notice or "")
+            error = "That username and password did not match. Try again." if notice == "failed" else None
             return pages.login_page(
                 action=self.login_path,
                 ticket=consent.ticket,
