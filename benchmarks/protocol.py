@@ -93,9 +93,7 @@ class Connection:
         config = uvicorn.Config(self.done, access_log=False, log_level="warning", lifespan="off")
         config.load()  # picks the protocol class and adds the proxy-headers middleware, as a worker does
         self.transport = _Transport()
-        self.protocol = config.http_protocol_class(
-            config=config, server_state=ServerState(), app_state={}, _loop=loop
-        )
+        self.protocol = config.http_protocol_class(config=config, server_state=ServerState(), app_state={}, _loop=loop)
         self.protocol.connection_made(self.transport)
 
     async def request(self, data: bytes) -> None:
@@ -161,9 +159,7 @@ def in_protocol(quick: bool = False) -> dict[str, Any]:
 def report(result: dict[str, Any]) -> str:
     rows = []
     for name, r in result["apps"].items():
-        rows.append(
-            [name, fmt_time(r["seconds"]["median"]), fmt_ratio(r["throughput_ratio"]), str(r["non_2xx"])]
-        )
+        rows.append([name, fmt_time(r["seconds"]["median"]), fmt_ratio(r["throughput_ratio"]), str(r["non_2xx"])])
     protocol = result["protocol"].rsplit(".", 1)[-1]
     return table(
         f"f. the guards through uvicorn's {protocol} in process, no sockets (requests/s ratio to no guard)",

@@ -136,8 +136,7 @@ def _scope_map(value: ScopeCatalogue) -> tuple[tuple[str, str], ...]:
         if isinstance(item, str):
             pairs.append((item, ""))
         elif (
-            isinstance(item, tuple | list) and len(item) == 2
-            and isinstance(item[0], str) and isinstance(item[1], str)
+            isinstance(item, tuple | list) and len(item) == 2 and isinstance(item[0], str) and isinstance(item[1], str)
         ):
             pairs.append((item[0], item[1]))
         else:
@@ -209,9 +208,7 @@ class ProtectedResource:
             object.__setattr__(self, "default_scopes", preferred or tuple(names))
         for scope in self.default_scopes:
             if scope not in names:
-                raise ConfigurationError(
-                    f"resource {canonical}: default scope {scope!r} is not in its catalogue"
-                )
+                raise ConfigurationError(f"resource {canonical}: default scope {scope!r} is not in its catalogue")
 
     @property
     def scope_names(self) -> tuple[str, ...]:
@@ -236,7 +233,7 @@ class ProtectedResource:
                 best, best_parts = text, parts
         if not best_parts or len(best_parts) == len(wanted):
             return best
-        rest = ":".join(wanted[len(best_parts):])
+        rest = ":".join(wanted[len(best_parts) :])
         family = ":".join(best_parts)
         if family in NARROW_WORDING:
             return NARROW_WORDING[family].format(rest)
@@ -334,9 +331,7 @@ class RegistrationPolicy:
         if not isinstance(self.mode, str) or self.mode not in ("open", "token", "closed"):
             raise ConfigurationError("registration mode must be one of open, token, closed")
         if self.mode == "token" and not self.initial_access_token_hashes:
-            raise ConfigurationError(
-                "registration mode token needs initial_access_token_hashes (SHA-256 hex digests)"
-            )
+            raise ConfigurationError("registration mode token needs initial_access_token_hashes (SHA-256 hex digests)")
         if not is_whole_number(self.rate_limit) or not 0 <= self.rate_limit <= MAX_RATE_LIMIT:
             raise ConfigurationError(
                 f"registration rate_limit must be a whole number between 0 and {MAX_RATE_LIMIT} (0 disables it)"
@@ -448,8 +443,7 @@ class Config:
             raise ConfigurationError(f"issuer {shown!r}: write the scheme and host in lower case")
         if parts.scheme == "http" and not is_loopback_host(parts.hostname) and not self.allow_insecure_http:
             raise ConfigurationError(
-                f"issuer {shown!r} uses http on a non-loopback host; use https "
-                "(or set allow_insecure_http for a lab)"
+                f"issuer {shown!r} uses http on a non-loopback host; use https (or set allow_insecure_http for a lab)"
             )
         if not self.resources:
             raise ConfigurationError("give at least one protected resource (the MCP server URL)")
@@ -459,9 +453,7 @@ class Config:
         for resource in self.resources:
             rparts = urlsplit(resource.uri)
             if rparts.scheme == "http" and not is_loopback_host(rparts.hostname) and not self.allow_insecure_http:
-                raise ConfigurationError(
-                    f"resource {resource.uri} uses http on a non-loopback host; use https"
-                )
+                raise ConfigurationError(f"resource {resource.uri} uses http on a non-loopback host; use https")
         if not isinstance(self.secret, bytes) or len(self.secret) < 32:
             raise ConfigurationError("secret must be at least 32 random bytes")
         if not isinstance(self.signing_alg, str) or self.signing_alg not in SIGNING_ALGORITHMS:

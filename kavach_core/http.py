@@ -199,7 +199,7 @@ def error_page(
     if back is not None:
         link = f'<p><a href="{escape(back)}">Return to {escape(back_to or "the application")}</a></p>'
     html = (
-        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">"
+        '<!doctype html><html lang="en"><head><meta charset="utf-8">'
         f"<title>Authorization error</title></head><body><h1>Authorization error</h1>"
         f"<p><strong>{title}</strong></p><p>{text}</p>{link}</body></html>"
     ).encode()

@@ -140,9 +140,7 @@ def generate(
     alg = alg or ctx.config.signing_alg
     start = ctx.now if start is None else start
     key = _private_key(alg, ctx)
-    pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     lifetime = ctx.config.lifetimes
     tokens = lifetime.access_token if token_lifetime is None else token_lifetime
     record = SigningKey(

@@ -98,8 +98,11 @@ DEFAULT_METHOD_SCOPES: tuple[tuple[str, tuple[str, ...]], ...] = (
 """The fixed part of the default map; ``tools/call`` and ``prompts/get`` look at ``params.name``,
 ``subscriptions/listen`` and ``completion/complete`` at what they ask for."""
 
-_LISTEN_FLAGS = {"toolsListChanged": "tools:list", "promptsListChanged": "prompts:list",
-                 "resourcesListChanged": "resources:list"}
+_LISTEN_FLAGS = {
+    "toolsListChanged": "tools:list",
+    "promptsListChanged": "prompts:list",
+    "resourcesListChanged": "resources:list",
+}
 """``subscriptions/listen``'s ``params.notifications`` flags and the scope each one needs."""
 _RESOURCE_SUBSCRIPTIONS = "resourceSubscriptions"
 _RESOURCES_READ = "resources:read"

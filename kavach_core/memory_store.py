@@ -151,8 +151,7 @@ class MemoryStore:
         return tuple(
             g
             for g in self.grants.values()
-            if (e.subject is None or g.subject == e.subject)
-            and (e.client_id is None or g.client_id == e.client_id)
+            if (e.subject is None or g.subject == e.subject) and (e.client_id is None or g.client_id == e.client_id)
         )
 
     def _rotate(self, e: fx.RotateRefresh) -> fx.Rotation:

@@ -104,13 +104,13 @@ def parse_refresh_token(key: bytes, token: str) -> tuple[str, int] | None:
     if not token.startswith(REFRESH_PREFIX) or len(token) > 200:
         return None
     try:
-        raw = b64url_decode(token[len(REFRESH_PREFIX):])
+        raw = b64url_decode(token[len(REFRESH_PREFIX) :])
     except ValueError:
         return None
     if len(raw) != _GRANT_ID_BYTES + 4 + 32:
         return None
     grant_bytes = raw[:_GRANT_ID_BYTES]
-    generation = int.from_bytes(raw[_GRANT_ID_BYTES:_GRANT_ID_BYTES + 4], "big")
-    if not hmac.compare_digest(raw[_GRANT_ID_BYTES + 4:], _refresh_mac(key, grant_bytes, generation)):
+    generation = int.from_bytes(raw[_GRANT_ID_BYTES : _GRANT_ID_BYTES + 4], "big")
+    if not hmac.compare_digest(raw[_GRANT_ID_BYTES + 4 :], _refresh_mac(key, grant_bytes, generation)):
         return None
     return b64url(grant_bytes), generation

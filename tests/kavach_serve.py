@@ -70,7 +70,11 @@ class Cli:
         self.default_env = default_env
 
     def run(
-        self, args: Sequence[str], *, env: dict[str, str] | None = None, stdin: str | None = None,
+        self,
+        args: Sequence[str],
+        *,
+        env: dict[str, str] | None = None,
+        stdin: str | None = None,
         cwd: Path | None = None,
     ) -> subprocess.CompletedProcess[str]:
         return run_kavach(args, env=env if env is not None else self.default_env(), stdin=stdin, cwd=cwd)
@@ -117,9 +121,7 @@ class Served:
     def add_public_client(self, name: str, redirect_uri: str) -> str:
         """Pre-register a public client; its client_id (the last word ``kavach clients add`` prints
         on the line naming it, or its only output)."""
-        out = kavach(
-            ["clients", "add", "--db", self.db, "--name", name, "--redirect-uri", redirect_uri], env=self.env
-        )
+        out = kavach(["clients", "add", "--db", self.db, "--name", name, "--redirect-uri", redirect_uri], env=self.env)
         return parse_client_id(out)
 
 
@@ -205,7 +207,11 @@ def mcp_upstream(tmp: Path) -> Iterator[tuple[str, Path]]:
     with open(log, "w") as sink:
         proc = subprocess.Popen(
             [sys.executable, str(Path(__file__).with_name("mcp_upstream.py")), str(port), str(seen)],
-            stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.STDOUT, env=env, text=True,
+            stdin=subprocess.DEVNULL,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            env=env,
+            text=True,
         )
     try:
         url = f"http://127.0.0.1:{port}/mcp"

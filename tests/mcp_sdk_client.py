@@ -118,9 +118,12 @@ class SdkClient:
 
     async def run(self, body: Callable[[Client], Awaitable[Any]]) -> Any:
         with anyio.fail_after(FLOW_TIMEOUT):
-            async with httpx2.AsyncClient(
-                auth=self.provider, timeout=30, event_hooks={"response": [self._on_response]}
-            ) as http, Client(streamable_http_client(self.mcp_url, http_client=http)) as client:
+            async with (
+                httpx2.AsyncClient(
+                    auth=self.provider, timeout=30, event_hooks={"response": [self._on_response]}
+                ) as http,
+                Client(streamable_http_client(self.mcp_url, http_client=http)) as client,
+            ):
                 return await body(client)
 
 

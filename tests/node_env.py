@@ -116,8 +116,15 @@ def ensure_node() -> str:
             return NODE_VERSION
         (NODE_HOME / "package.json").write_text('{"private": true}\n')
         _run(
-            [npm(), "install", "--no-save", "--no-package-lock", "--no-audit", "--no-fund",
-             f"{NODE_PACKAGE}@{NODE_VERSION}"],
+            [
+                npm(),
+                "install",
+                "--no-save",
+                "--no-package-lock",
+                "--no-audit",
+                "--no-fund",
+                f"{NODE_PACKAGE}@{NODE_VERSION}",
+            ],
             NODE_HOME,
             env(),
         )

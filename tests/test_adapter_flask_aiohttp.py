@@ -176,8 +176,10 @@ def test_aiohttp_middleware_paths_and_resource_metadata_without_mount() -> None:
 @pytest.mark.parametrize(("store", "status"), [(_Down(), 503), (_Broken(), 500)])
 def test_aiohttp_gn_03_no_stack_trace(store: Any, status: int) -> None:
     async def body(client: TestClient) -> None:
-        for r in (await client.get("/jwks.json"),
-                  await client.post("/mcp", json=CALL, headers={"Authorization": "Bearer a.b.c"})):
+        for r in (
+            await client.get("/jwks.json"),
+            await client.post("/mcp", json=CALL, headers={"Authorization": "Bearer a.b.c"}),
+        ):
             assert r.status == status and r.headers["Content-Type"] == "application/json"
             text = await r.text()
             assert "Traceback" not in text and "internal" not in text

@@ -56,6 +56,7 @@ def test_async_identify_hook() -> None:
 
 def test_mount_works_in_fastapi() -> None:
     import fastapi
+
     server = AuthorizationServer(make_config(), _store(), users=Users(MemoryUsers(), log_n=10))
     app = fastapi.FastAPI()
     mount(app, server)
@@ -211,16 +212,28 @@ def test_guard_wraps_the_mcp_sdk_streamable_http_app(tmp_path: Any) -> None:
                 "Accept": "application/json, text/event-stream",
                 "MCP-Protocol-Version": "2025-06-18",
             }
-            init = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-                "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}
+            init = {
+                "jsonrpc": "2.0",
+                "id": 1,
+                "method": "initialize",
+                "params": {
+                    "protocolVersion": "2025-06-18",
+                    "capabilities": {},
+                    "clientInfo": {"name": "t", "version": "1"},
+                },
+            }
             r = client.post(base + "/mcp", json=init, headers=headers)
             assert r.status_code == 200, r.text
             list_tools = {"jsonrpc": "2.0", "id": 2, "method": "tools/list"}
             listed = client.post(base + "/mcp", json=list_tools, headers=headers)
             assert listed.status_code == 200, listed.text
             assert {t["name"] for t in listed.json()["result"]["tools"]} == {"echo", "delete"}
-            call = {"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {"name": "echo",
-                                                                                "arguments": {"text": "hi"}}}
+            call = {
+                "jsonrpc": "2.0",
+                "id": 3,
+                "method": "tools/call",
+                "params": {"name": "echo", "arguments": {"text": "hi"}},
+            }
             assert client.post(base + "/mcp", json=call, headers=headers).status_code == 200
             call["params"] = {"name": "delete", "arguments": {"path": "/"}}
             refused = client.post(base + "/mcp", json=call, headers=headers)
@@ -262,8 +275,17 @@ def test_a_body_cut_short_by_the_client_is_never_acted_on() -> None:
 
 @pytest.mark.parametrize(
     ("declared", "over"),
-    [(b"0", False), (b"4194304", False), (b"4194305", True), (b"00000000004194304", False),
-     (b"00000000004194305", True), (b"9" * 40, True), (b"12 34567", False), (b"", False), (b"-4194305", False)],
+    [
+        (b"0", False),
+        (b"4194304", False),
+        (b"4194305", True),
+        (b"00000000004194304", False),
+        (b"00000000004194305", True),
+        (b"9" * 40, True),
+        (b"12 34567", False),
+        (b"", False),
+        (b"-4194305", False),
+    ],
 )
 def test_a_declared_length_is_over_the_limit_only_when_it_is_a_number_past_it(declared: bytes, over: bool) -> None:
     """Leading zeros change nothing; what is no number is the server's parser's to refuse."""

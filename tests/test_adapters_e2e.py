@@ -577,8 +577,11 @@ def test_cookies_a_loopback_client_collects_under_an_http_issuer_sign_no_one_in(
             assert shows_sign_in(own) and "Signed in as" not in own.text, "a session for another request"
             ticket = dict(the_form(own).fields)["ticket"]
             token = dep.server.cookies.csrf_token(early["kavach-browser"], "consent", ticket)
-            forged = post_form(attacker, dep.base + dep.server.decision_path,
-                               [("ticket", ticket), ("csrf_token", token), ("decision", "approve")])
+            forged = post_form(
+                attacker,
+                dep.base + dep.server.decision_path,
+                [("ticket", ticket), ("csrf_token", token), ("decision", "approve")],
+            )
             assert forged.status_code == 303 and forged.headers["location"].startswith(dep.server.consent_path)
         answered = post_form(dep.person, dep.base + form.action, form.submit("approve"), follow_redirects=True)
         assert [str(r.url).split("?")[0] for r in answered.history][-2:] == [dep.base + form.action, redirect]
@@ -675,8 +678,13 @@ def test_az_07_unticked_scope_is_not_granted(dep: Deployment) -> None:
     code = parse_qs(urlsplit(r.headers["location"]).query)["code"][0]
     tokens = dep.client.post(
         dep.metadata()["token_endpoint"],
-        data={"grant_type": "authorization_code", "code": code, "redirect_uri": REDIRECT,
-              "client_id": client_id, "code_verifier": verifier},
+        data={
+            "grant_type": "authorization_code",
+            "code": code,
+            "redirect_uri": REDIRECT,
+            "client_id": client_id,
+            "code_verifier": verifier,
+        },
     ).json()
     assert tokens["scope"] == "tools:list"
     assert dep.mcp(tokens["access_token"], "tools/call", {"name": "echo"}).status_code == 403
@@ -693,9 +701,18 @@ def test_az_07_az_12_unticking_every_scope_refuses(dep: Deployment) -> None:
 
 
 def test_az_02_unknown_client_shows_an_error_page_and_never_redirects(dep: Deployment) -> None:
-    url = dep.metadata()["authorization_endpoint"] + "?" + urlencode(
-        {"response_type": "code", "client_id": "nobody", "redirect_uri": "https://evil.example/cb",
-         "code_challenge": pkce()[1], "code_challenge_method": "S256"}
+    url = (
+        dep.metadata()["authorization_endpoint"]
+        + "?"
+        + urlencode(
+            {
+                "response_type": "code",
+                "client_id": "nobody",
+                "redirect_uri": "https://evil.example/cb",
+                "code_challenge": pkce()[1],
+                "code_challenge_method": "S256",
+            }
+        )
     )
     r = dep.person.get(url)
     assert r.status_code == 400
@@ -1060,8 +1077,10 @@ def test_someone_else_can_sign_in_from_the_consent_page(dep: Deployment) -> None
             "signing out ends the session in the store: a copy of its cookie no longer signs in"
         )
     assert switched.status_code == 303 and switched.headers["location"].startswith(dep.server.consent_path)
-    assert any(value.startswith(("kavach-session=;", "__Host-kavach-session=;")) and "Max-Age=0" in value
-               for value in switched.headers.get_list("set-cookie")), "the session cookie is cleared"
+    assert any(
+        value.startswith(("kavach-session=;", "__Host-kavach-session=;")) and "Max-Age=0" in value
+        for value in switched.headers.get_list("set-cookie")
+    ), "the session cookie is cleared"
     login = dep.person.get(dep.base + switched.headers["location"])
     assert shows_sign_in(login), "the request is kept and the browser asks who it is"
     assert "alice" not in dep.person.get(dep.authorize_url(client_id, pkce()[1])).text
@@ -1071,8 +1090,14 @@ def test_someone_else_can_sign_in_from_the_consent_page(dep: Deployment) -> None
     code = parse_qs(urlsplit(decided.headers["location"]).query)["code"][0]
     tokens = dep.client.post(
         dep.metadata()["token_endpoint"],
-        data={"grant_type": "authorization_code", "code": code, "redirect_uri": REDIRECT, "client_id": client_id,
-              "code_verifier": verifier, "resource": dep.resource},
+        data={
+            "grant_type": "authorization_code",
+            "code": code,
+            "redirect_uri": REDIRECT,
+            "client_id": client_id,
+            "code_verifier": verifier,
+            "resource": dep.resource,
+        },
     )
     assert tokens.status_code == 200, tokens.text
     listed = dep.mcp(tokens.json()["access_token"], "tools/list")
@@ -1171,8 +1196,13 @@ def grant(
     code = parse_qs(urlsplit(r.headers["location"]).query)["code"][0]
     tokens = dep.client.post(
         dep.metadata()["token_endpoint"],
-        data={"grant_type": "authorization_code", "code": code, "redirect_uri": REDIRECT,
-              "client_id": client_id, "code_verifier": verifier},
+        data={
+            "grant_type": "authorization_code",
+            "code": code,
+            "redirect_uri": REDIRECT,
+            "client_id": client_id,
+            "code_verifier": verifier,
+        },
     )
     assert tokens.status_code == 200, tokens.text
     return dict(tokens.json())
@@ -1278,9 +1308,16 @@ def test_rs_03_a_charset_other_than_utf8_is_415_not_a_reading_the_guard_never_ma
 
 
 @pytest.mark.parametrize(
-    "content_type", ["application/json", "application/json; charset=utf-8", 'application/json; charset="UTF-8"',
-                     "application/json ;charset = utf-8", "application/json;\tcharset=utf-8",
-                     "application/json; x=charset", "Application/JSON"]
+    "content_type",
+    [
+        "application/json",
+        "application/json; charset=utf-8",
+        'application/json; charset="UTF-8"',
+        "application/json ;charset = utf-8",
+        "application/json;\tcharset=utf-8",
+        "application/json; x=charset",
+        "Application/JSON",
+    ],
 )
 def test_a_utf8_charset_is_taken(dep: Deployment, content_type: str) -> None:
     token = grant(dep, "tools:list")["access_token"]
@@ -1362,21 +1399,38 @@ def test_the_endpoints_read_forms_and_json_with_any_charset_and_answer_415_with_
     content-coded body (415) and one too large (413) are answered everywhere with the endpoints'
     CORS headers (MD-04)."""
     token_url = dep.metadata()["token_endpoint"]
-    latin = dep.client.post(token_url, content=b"grant_type=password&username=a&password=b",
-                            headers={"Content-Type": "application/x-www-form-urlencoded; charset=ISO-8859-1"})
+    latin = dep.client.post(
+        token_url,
+        content=b"grant_type=password&username=a&password=b",
+        headers={"Content-Type": "application/x-www-form-urlencoded; charset=ISO-8859-1"},
+    )
     assert latin.status_code == 400 and latin.json()["error"] == "unsupported_grant_type", latin.text
     body = {"redirect_uris": [REDIRECT], "token_endpoint_auth_method": "none"}
-    registered = dep.client.post(dep.metadata()["registration_endpoint"], content=json.dumps(body).encode(),
-                                 headers={"Content-Type": "application/json; charset=us-ascii"})
+    registered = dep.client.post(
+        dep.metadata()["registration_endpoint"],
+        content=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json; charset=us-ascii"},
+    )
     assert registered.status_code == 201, registered.text
-    meta = dep.client.get(dep.base + "/.well-known/oauth-authorization-server",
-                          headers={"Content-Type": "text/plain; charset=latin1"})
+    meta = dep.client.get(
+        dep.base + "/.well-known/oauth-authorization-server", headers={"Content-Type": "text/plain; charset=latin1"}
+    )
     assert meta.status_code == 200
-    coded = dep.client.post(token_url, content=b"\x1f\x8b", headers={"Content-Encoding": "gzip",
-                            "Content-Type": "application/x-www-form-urlencoded", "Origin": "https://app.example"})
+    coded = dep.client.post(
+        token_url,
+        content=b"\x1f\x8b",
+        headers={
+            "Content-Encoding": "gzip",
+            "Content-Type": "application/x-www-form-urlencoded",
+            "Origin": "https://app.example",
+        },
+    )
     assert coded.status_code == 415 and coded.headers.get("access-control-allow-origin") == "*", coded.headers
-    huge = dep.client.post(token_url, content=b"x" * (4 * 1024 * 1024 + 1), headers={
-        "Content-Type": "application/x-www-form-urlencoded", "Origin": "https://app.example"})
+    huge = dep.client.post(
+        token_url,
+        content=b"x" * (4 * 1024 * 1024 + 1),
+        headers={"Content-Type": "application/x-www-form-urlencoded", "Origin": "https://app.example"},
+    )
     assert huge.status_code == 413 and huge.headers.get("access-control-allow-origin") == "*", huge.headers
 
 
@@ -1409,8 +1463,10 @@ def test_a_body_declared_over_the_limit_is_413_before_any_of_it_is_sent(dep: Dep
 
 
 def test_a_preflight_204_has_no_content_length(dep: Deployment) -> None:
-    preflight = dep.client.options(dep.metadata()["token_endpoint"], headers={
-        "Origin": "https://app.example", "Access-Control-Request-Method": "POST"})
+    preflight = dep.client.options(
+        dep.metadata()["token_endpoint"],
+        headers={"Origin": "https://app.example", "Access-Control-Request-Method": "POST"},
+    )
     assert preflight.status_code == 204
     assert "content-length" not in preflight.headers, preflight.headers  # RFC 9110 §8.6
 
@@ -1418,8 +1474,9 @@ def test_a_preflight_204_has_no_content_length(dep: Deployment) -> None:
 def test_two_authorization_headers_are_400_on_every_framework(dep: Deployment) -> None:
     """WSGI servers join repeated headers into one value; the guard still sees two credentials."""
     message = {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}
-    answer = dep.client.post(dep.resource, json=message,
-                             headers=[("Authorization", "Bearer aaaa"), ("Authorization", "Bearer bbbb")])
+    answer = dep.client.post(
+        dep.resource, json=message, headers=[("Authorization", "Bearer aaaa"), ("Authorization", "Bearer bbbb")]
+    )
     assert answer.status_code == 400 and answer.json()["error"] == "invalid_request", answer.text
 
 

@@ -51,8 +51,13 @@ def test_az_09_tk_04_fifty_concurrent_redemptions_of_one_code_one_wins(framework
         decided = post_form(dep.person, dep.base + form.action, form.submit("approve"))
         code = parse_qs(urlsplit(decided.headers["location"]).query)["code"][0]
         token_url = dep.metadata()["token_endpoint"]
-        data = {"grant_type": "authorization_code", "code": code, "redirect_uri": REDIRECT,
-                "client_id": client_id, "code_verifier": verifier}
+        data = {
+            "grant_type": "authorization_code",
+            "code": code,
+            "redirect_uri": REDIRECT,
+            "client_id": client_id,
+            "code_verifier": verifier,
+        }
 
         answers = race(token_url, data)
         assert len(answers) == RACERS

@@ -445,8 +445,11 @@ def test_a_body_cut_short_is_no_server_error(kit: Kit, caplog: pytest.LogCapture
         port = int(str(client.base_url).rsplit(":", 1)[1].rstrip("/"))
         for path in ("/mcp", "/token"):
             _reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.write(b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n" % path.encode()
-                         + b"Content-Length: 1000\r\n\r\n" + CALL[:10])
+            writer.write(
+                b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n" % path.encode()
+                + b"Content-Length: 1000\r\n\r\n"
+                + CALL[:10]
+            )
             await writer.drain()
             writer.close()
             await writer.wait_closed()

@@ -29,15 +29,24 @@ def _server(h: Harness) -> AuthorizationServer:
     return AuthorizationServer(h.config, h.store, identify=lambda req: None, clock=lambda: h.now)
 
 
-@pytest.mark.parametrize(("path", "content_type"), [("/token", "application/x-www-form-urlencoded"),
-                                                     ("/register", "application/json"),
-                                                     ("/revoke", "application/x-www-form-urlencoded")])
+@pytest.mark.parametrize(
+    ("path", "content_type"),
+    [
+        ("/token", "application/x-www-form-urlencoded"),
+        ("/register", "application/json"),
+        ("/revoke", "application/x-www-form-urlencoded"),
+    ],
+)
 @pytest.mark.parametrize("coding", ["gzip", "br", "identity, gzip"])
 def test_a_content_coded_body_is_415_at_the_endpoints(path: str, content_type: str, coding: str) -> None:
     h = Harness()
     before = h.store.snapshot() if hasattr(h.store, "snapshot") else None
-    req = HttpRequest("POST", path, headers=[("Content-Type", content_type), ("Content-Encoding", coding),
-                                             ("Origin", "https://app.example")], body=b"\x1f\x8b\x08\x00")
+    req = HttpRequest(
+        "POST",
+        path,
+        headers=[("Content-Type", content_type), ("Content-Encoding", coding), ("Origin", "https://app.example")],
+        body=b"\x1f\x8b\x08\x00",
+    )
     r = _server(h).handle(req)
     assert r.status == 415 and r.header("Accept-Encoding") == "identity"
     assert json.loads(r.body)["error"] == "invalid_request"
@@ -49,8 +58,12 @@ def test_a_content_coded_body_is_415_at_the_endpoints(path: str, content_type: s
 @pytest.mark.parametrize("coding", ["identity", "", " IDENTITY "])
 def test_identity_is_no_coding(coding: str) -> None:
     h = Harness()
-    req = HttpRequest("POST", "/token", headers=[("Content-Type", "application/x-www-form-urlencoded"),
-                                                 ("Content-Encoding", coding)], body=b"grant_type=password")
+    req = HttpRequest(
+        "POST",
+        "/token",
+        headers=[("Content-Type", "application/x-www-form-urlencoded"), ("Content-Encoding", coding)],
+        body=b"grant_type=password",
+    )
     r = _server(h).handle(req)
     assert r.status == 400 and json.loads(r.body)["error"] == "unsupported_grant_type"
 
@@ -89,12 +102,17 @@ def test_a_large_body_is_mapped_to_scopes_off_the_event_loop() -> None:
         call = b'{"jsonrpc":"2.0","id":1,"method":"tools/list"}'
         headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
         small = httpx.post(f"http://127.0.0.1:{port}/mcp", content=call, headers=headers, timeout=30)
-        large = httpx.post(f"http://127.0.0.1:{port}/mcp", content=call + b" " * (THREADED_BODY + 1), headers=headers,
-                           timeout=30)
+        large = httpx.post(
+            f"http://127.0.0.1:{port}/mcp", content=call + b" " * (THREADED_BODY + 1), headers=headers, timeout=30
+        )
         assert small.status_code == 200 and large.status_code == 200
-        denied = httpx.post(f"http://127.0.0.1:{port}/mcp", headers=headers, timeout=30,
-                            content=b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x"}}'
-                            + b" " * (THREADED_BODY + 1))
+        denied = httpx.post(
+            f"http://127.0.0.1:{port}/mcp",
+            headers=headers,
+            timeout=30,
+            content=b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x"}}'
+            + b" " * (THREADED_BODY + 1),
+        )
         assert denied.status_code == 403, "the thread's answer is the one used"
     finally:
         runner.should_exit = True

@@ -33,8 +33,13 @@ from kavach_core import effects as fx
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--no-first-run",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
 ]
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "artifacts" / "screenshots"
@@ -133,9 +138,14 @@ class Person:
 
 def _authorize_url(dep: Deployment, client_id: str, redirect: str) -> str:
     query = {
-        "response_type": "code", "client_id": client_id, "redirect_uri": redirect,
-        "scope": "tools:list tools:call:echo", "state": "browser-state",
-        "code_challenge": pkce()[1], "code_challenge_method": "S256", "resource": dep.resource,
+        "response_type": "code",
+        "client_id": client_id,
+        "redirect_uri": redirect,
+        "scope": "tools:list tools:call:echo",
+        "state": "browser-state",
+        "code_challenge": pkce()[1],
+        "code_challenge_method": "S256",
+        "resource": dep.resource,
     }
     return dep.metadata()["authorization_endpoint"] + "?" + urlencode(query)
 
@@ -289,9 +299,18 @@ def test_a_loopback_client_cannot_act_as_the_person_with_cookies_it_collects(dep
 
 def test_az_02_error_page_renders_and_never_redirects(dep: Deployment, chromium: Any) -> None:
     person = Person(chromium)
-    url = dep.metadata()["authorization_endpoint"] + "?" + urlencode(
-        {"response_type": "code", "client_id": "nobody", "redirect_uri": "https://evil.example/cb",
-         "code_challenge": pkce()[1], "code_challenge_method": "S256"}
+    url = (
+        dep.metadata()["authorization_endpoint"]
+        + "?"
+        + urlencode(
+            {
+                "response_type": "code",
+                "client_id": "nobody",
+                "redirect_uri": "https://evil.example/cb",
+                "code_challenge": pkce()[1],
+                "code_challenge_method": "S256",
+            }
+        )
     )
     response = person.page.goto(url)
     assert response is not None and response.status == 400

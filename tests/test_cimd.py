@@ -161,8 +161,13 @@ def test_cm_01_whole_flow_code_token_refresh_and_revocation_with_one_fetch(docs:
     assert isinstance(out, ConsentRequired)
     redirect = docs.run(authorize.approve(docs.h.ctx(), out.ticket, "alice"))
     code = location_params(redirect)["code"]
-    form = {"grant_type": "authorization_code", "code": code, "code_verifier": VERIFIER,
-            "client_id": URL, "redirect_uri": REDIRECT}
+    form = {
+        "grant_type": "authorization_code",
+        "code": code,
+        "code_verifier": VERIFIER,
+        "client_id": URL,
+        "redirect_uri": REDIRECT,
+    }
     resp = docs.token(form)
     assert resp.status == 200, resp.body
     body = resp.json()
@@ -356,8 +361,10 @@ def test_cm_01_a_redirect_uri_the_document_withdrew_gets_nothing(docs: Documents
     if answer == "consent":
         assert docs.run(authorize.consent(docs.h.ctx(), out.ticket)) is None
         return
-    flow = authorize.approve(docs.h.ctx(), out.ticket, "alice") if answer == "approve" else authorize.deny(
-        docs.h.ctx(), out.ticket
+    flow = (
+        authorize.approve(docs.h.ctx(), out.ticket, "alice")
+        if answer == "approve"
+        else authorize.deny(docs.h.ctx(), out.ticket)
     )
     page = docs.run(flow)
     assert isinstance(page, Response) and page.status == 400 and page.header("location") is None
@@ -381,7 +388,8 @@ def test_cm_01_refused_refetch_of_an_expired_document_keeps_nothing_usable(docs:
     assert "500" not in refused_page(docs.authorize(), NOT_FETCHED)
     written = writes(docs.effects)  # the failure asked about, then counted for the address: nothing kept
     assert [(e.bucket, e.step) for e in written if isinstance(e, fx.Hit)] == [
-        ("document-failures:*", 0), ("document-failures:*", 1)
+        ("document-failures:*", 0),
+        ("document-failures:*", 1),
     ]
     assert [e for e in written if not isinstance(e, fx.Hit)] == []
 
@@ -408,7 +416,8 @@ BAD_DOCUMENTS = {
     "client-secret-basic": (fetched(document(token_endpoint_auth_method="client_secret_basic")), "shared secret"),
     "client-secret-post": (fetched(document(token_endpoint_auth_method="client_secret_post")), "shared secret"),
     "private-key-jwt": (
-        fetched(document(token_endpoint_auth_method="private_key_jwt")), "private_key_jwt is not supported"
+        fetched(document(token_endpoint_auth_method="private_key_jwt")),
+        "private_key_jwt is not supported",
     ),
     "client-secret-member": (fetched(document(client_secret="s3cret")), "client_secret"),
     "implicit-grant": (fetched(document(grant_types=["implicit"])), "implicit"),
@@ -598,8 +607,14 @@ def test_cm_02_without_the_loopback_switch_the_same_document_is_refused(host: Do
     with _serve_documents(host, loopback=False) as served:
         resp = httpx.get(
             f"{served.issuer}/authorize",
-            params={"client_id": url, "redirect_uri": "http://127.0.0.1:45999/callback", "response_type": "code",
-                    "code_challenge": CHALLENGE, "code_challenge_method": "S256", "state": "s"},
+            params={
+                "client_id": url,
+                "redirect_uri": "http://127.0.0.1:45999/callback",
+                "response_type": "code",
+                "code_challenge": CHALLENGE,
+                "code_challenge_method": "S256",
+                "state": "s",
+            },
         )
         clients = _clients(served)
         log = served.output()

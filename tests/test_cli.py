@@ -60,9 +60,23 @@ def db(tmp_path: Path) -> str:
 # -- help and the parser -----------------------------------------------------------------------
 
 COMMANDS = [
-    [], ["serve"], ["users"], ["users", "add"], ["users", "list"], ["users", "remove"],
-    ["clients"], ["clients", "add"], ["clients", "list"], ["clients", "show"], ["clients", "revoke"],
-    ["grants"], ["grants", "list"], ["grants", "revoke"], ["keys"], ["keys", "list"], ["keys", "rotate"],
+    [],
+    ["serve"],
+    ["users"],
+    ["users", "add"],
+    ["users", "list"],
+    ["users", "remove"],
+    ["clients"],
+    ["clients", "add"],
+    ["clients", "list"],
+    ["clients", "show"],
+    ["clients", "revoke"],
+    ["grants"],
+    ["grants", "list"],
+    ["grants", "revoke"],
+    ["keys"],
+    ["keys", "list"],
+    ["keys", "rotate"],
 ]
 
 
@@ -78,9 +92,19 @@ def test_version() -> None:
 
 @pytest.mark.parametrize(
     "args",
-    [["--bogus"], ["serve", "--bogus"], ["users", "list", "--nope"], ["keys", "rotate", "-x"], ["frobnicate"],
-     ["serve", "--port", "http"], ["serve", "--port", "70000"], ["serve", "--port", "8_000"],
-     ["serve", "--port", "\u0661\u0662"], ["clients", "add", "--name", "x"], ["grants", "revoke"]],
+    [
+        ["--bogus"],
+        ["serve", "--bogus"],
+        ["users", "list", "--nope"],
+        ["keys", "rotate", "-x"],
+        ["frobnicate"],
+        ["serve", "--port", "http"],
+        ["serve", "--port", "70000"],
+        ["serve", "--port", "8_000"],
+        ["serve", "--port", "\u0661\u0662"],
+        ["clients", "add", "--name", "x"],
+        ["grants", "revoke"],
+    ],
     ids=lambda a: " ".join(a),
 )
 def test_bad_flags_are_one_line_and_status_2(args: list[str], db: str) -> None:
@@ -135,8 +159,11 @@ def test_users_bad_input(db: str) -> None:
     bad(["users", "add", "carol", "--db", db, "--password-stdin"], "no password", stdin="")
     bad(["users", "add", "carol", "--db", db], "--password-stdin", stdin="")  # no terminal to prompt on
     bad(["users", "add", "   ", "--db", db, "--password-stdin"], "username", stdin="pw\n")
-    bad(["users", "add", "carol", "--db", db, "--password-stdin"], "cannot contain the NUL",
-        stdin="a password with\x00a NUL in it\n")
+    bad(
+        ["users", "add", "carol", "--db", db, "--password-stdin"],
+        "cannot contain the NUL",
+        stdin="a password with\x00a NUL in it\n",
+    )
     assert "carol" not in ok(["users", "list", "--db", db])
 
 
@@ -145,8 +172,12 @@ def _with_terminal(args: Sequence[str], answers: Sequence[tuple[str, str]]) -> t
     once its prompt has appeared on stderr (``getpass`` flushes what was typed earlier)."""
     controller, terminal = pty.openpty()
     proc = subprocess.Popen(
-        [*kavach_command(), *args], stdin=terminal, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        env=clean_env(), start_new_session=True,
+        [*kavach_command(), *args],
+        stdin=terminal,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=clean_env(),
+        start_new_session=True,
     )
     os.close(terminal)
     seen = b""
@@ -195,12 +226,38 @@ def _client_id(output: str) -> str:
 
 
 def test_clients_add_list_show_revoke(db: str) -> None:
-    public = ok(["clients", "add", "--db", db, "--name", "Desktop app", "--redirect-uri", REDIRECT_URI,
-                 "--redirect-uri", "http://[::1]:7000/cb"])
+    public = ok(
+        [
+            "clients",
+            "add",
+            "--db",
+            db,
+            "--name",
+            "Desktop app",
+            "--redirect-uri",
+            REDIRECT_URI,
+            "--redirect-uri",
+            "http://[::1]:7000/cb",
+        ]
+    )
     assert "client_secret" not in public
     public_id = _client_id(public)
-    confidential = run(["clients", "add", "--db", db, "--name", "Web app", "--confidential",
-                        "--redirect-uri", "https://app.example.com/cb", "--scope", "tools:list"], env=clean_env())
+    confidential = run(
+        [
+            "clients",
+            "add",
+            "--db",
+            db,
+            "--name",
+            "Web app",
+            "--confidential",
+            "--redirect-uri",
+            "https://app.example.com/cb",
+            "--scope",
+            "tools:list",
+        ],
+        env=clean_env(),
+    )
     assert confidential.returncode == 0, confidential.stderr
     secret = confidential.stdout.split("client_secret:")[1].split()[0]
     assert len(secret) >= 43 and "shown only now" in confidential.stderr
@@ -222,18 +279,23 @@ def test_clients_add_list_show_revoke(db: str) -> None:
 
 def test_clients_bad_input(db: str) -> None:
     bad(["clients", "show", "nope", "--db", db], "no database at")
-    bad(["clients", "add", "--db", db, "--name", "x", "--redirect-uri", "http://example.com/cb"],
-        "invalid_redirect_uri")
+    bad(
+        ["clients", "add", "--db", db, "--name", "x", "--redirect-uri", "http://example.com/cb"], "invalid_redirect_uri"
+    )
     assert not Path(db).exists(), "a refused client is checked before the database is made"
     ok(["users", "add", "alice", "--db", db, "--password-stdin"], stdin=PASSWORD + "\n")
     bad(["clients", "show", "nope", "--db", db], "no client with id 'nope'")
     bad(["clients", "revoke", "nope", "--db", db], "no client with id 'nope'")
-    bad(["clients", "add", "--db", db, "--name", "x", "--redirect-uri", "http://example.com/cb"],
-        "invalid_redirect_uri")
-    bad(["clients", "add", "--db", db, "--name", "x", "--redirect-uri", "https://ok.example/cb#frag"],
-        "invalid_redirect_uri")
-    bad(["clients", "add", "--db", db, "--name", "x", "--redirect-uri", REDIRECT_URI, "--scope", "not:offered"],
-        "scope")
+    bad(
+        ["clients", "add", "--db", db, "--name", "x", "--redirect-uri", "http://example.com/cb"], "invalid_redirect_uri"
+    )
+    bad(
+        ["clients", "add", "--db", db, "--name", "x", "--redirect-uri", "https://ok.example/cb#frag"],
+        "invalid_redirect_uri",
+    )
+    bad(
+        ["clients", "add", "--db", db, "--name", "x", "--redirect-uri", REDIRECT_URI, "--scope", "not:offered"], "scope"
+    )
 
 
 # -- keys --------------------------------------------------------------------------------------
@@ -333,8 +395,11 @@ def test_keys_rotate_without_the_servers_lifetime_keeps_its_tokens_keys_publishe
 
 def test_unreadable_database_is_one_line(tmp_path: Path) -> None:
     bad(["users", "list", "--db", str(tmp_path / "missing" / "kavach.db")], "no database at")
-    bad(["users", "add", "x", "--db", str(tmp_path / "missing" / "kavach.db"), "--password-stdin"], "does not exist",
-        stdin=PASSWORD + "\n")
+    bad(
+        ["users", "add", "x", "--db", str(tmp_path / "missing" / "kavach.db"), "--password-stdin"],
+        "does not exist",
+        stdin=PASSWORD + "\n",
+    )
     bad(["keys", "list", "--db", str(tmp_path)], "is a directory")
     garbage = tmp_path / "garbage.db"
     garbage.write_bytes(b"this is not a database at all" * 100)
@@ -371,8 +436,10 @@ def test_server_secret_is_made_once_and_kept(db: str) -> None:
 
 def test_settings_precedence_flags_env_toml_defaults(tmp_path: Path) -> None:
     toml = tmp_path / "k.toml"
-    toml.write_text('port = 7001\nissuer = "https://toml.example"\ndb = "data/k.db"\nlog_level = "debug"\n'
-                    "[lifetimes]\naccess_token = 120\ncode = 30\n")
+    toml.write_text(
+        'port = 7001\nissuer = "https://toml.example"\ndb = "data/k.db"\nlog_level = "debug"\n'
+        "[lifetimes]\naccess_token = 120\ncode = 30\n"
+    )
     defaults = resolve({}, {})
     assert (defaults.port, defaults.issuer_url, defaults.db) == (8000, "http://127.0.0.1:8000", "kavach.db")
     from_toml = resolve({"config": str(toml)}, {})
@@ -384,16 +451,25 @@ def test_settings_precedence_flags_env_toml_defaults(tmp_path: Path) -> None:
     assert (from_env.port, from_env.issuer_url) == (7002, "https://toml.example")
     assert from_env.lifetimes_config().access_token == 5 and from_env.lifetimes_config().code == 30
     flagged = resolve({"port": 7003, "issuer": "https://flag.example", "db": None}, env)
-    assert (flagged.port, flagged.issuer_url, flagged.resource_url) == (7003, "https://flag.example",
-                                                                        "https://flag.example/mcp")
+    assert (flagged.port, flagged.issuer_url, flagged.resource_url) == (
+        7003,
+        "https://flag.example",
+        "https://flag.example/mcp",
+    )
 
 
 @pytest.mark.parametrize(
     ("toml", "expect"),
-    [("port = [", "not valid TOML"), ("prot = 1", "unknown setting 'prot'"), ('port = "x"', "whole number"),
-     ("[lifetimes]\nforever = 1", "unknown lifetime"), ("[resource]\nscopes = 3", "resource.scopes"),
-     ("\ufeffport = 8000", "byte-order mark"), ("a = " + "[" * 1000 + "]" * 1000, "nested too deeply"),
-     ("a = " + "{b = " * 3000 + "1" + "}" * 3000, "nested too deeply")],
+    [
+        ("port = [", "not valid TOML"),
+        ("prot = 1", "unknown setting 'prot'"),
+        ('port = "x"', "whole number"),
+        ("[lifetimes]\nforever = 1", "unknown lifetime"),
+        ("[resource]\nscopes = 3", "resource.scopes"),
+        ("\ufeffport = 8000", "byte-order mark"),
+        ("a = " + "[" * 1000 + "]" * 1000, "nested too deeply"),
+        ("a = " + "{b = " * 3000 + "1" + "}" * 3000, "nested too deeply"),
+    ],
 )
 def test_bad_toml_is_one_line(tmp_path: Path, toml: str, expect: str) -> None:
     path = tmp_path / "k.toml"
@@ -430,9 +506,15 @@ def test_bad_settings_are_one_line(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("issuer", "expect"),
-    [("http://example.com", "--allow-insecure-http"), ("not a url", "issuer"), ("https://example.com/", "trailing"),
-     ("ftp://example.com", "https"), ("https://example.com?x=1", "query"),
-     ("http://127.0.0.1:8000/t%7e1", "without percent-escapes"), ("http://127.0.0.1:8000/\u00e9", "percent-escapes")],
+    [
+        ("http://example.com", "--allow-insecure-http"),
+        ("not a url", "issuer"),
+        ("https://example.com/", "trailing"),
+        ("ftp://example.com", "https"),
+        ("https://example.com?x=1", "query"),
+        ("http://127.0.0.1:8000/t%7e1", "without percent-escapes"),
+        ("http://127.0.0.1:8000/\u00e9", "percent-escapes"),
+    ],
 )
 def test_gn_01_serve_refuses_a_bad_issuer(issuer: str, expect: str, db: str) -> None:
     bad(["serve", "--port", str(free_port()), "--db", db, "--issuer", issuer], expect)
@@ -452,8 +534,14 @@ def test_serve_refuses_a_bad_upstream(db: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "upstream", ["http://127.0.0.1:1/m\tcp", "http://127.0.0.1:1/m\ncp", "http://a b/mcp", "http://%zz/mcp",
-                 "http://127.0.0.1:1/caf\u00e9"],
+    "upstream",
+    [
+        "http://127.0.0.1:1/m\tcp",
+        "http://127.0.0.1:1/m\ncp",
+        "http://a b/mcp",
+        "http://%zz/mcp",
+        "http://127.0.0.1:1/caf\u00e9",
+    ],
 )
 def test_serve_refuses_an_upstream_no_request_could_be_sent_to(upstream: str, db: str) -> None:
     """Accepted before, each started the server and then failed every proxied request with a 500."""
@@ -462,8 +550,10 @@ def test_serve_refuses_an_upstream_no_request_could_be_sent_to(upstream: str, db
 
 
 def test_store_passwords_in_the_query_are_hidden_from_messages() -> None:
-    proc = run(["users", "list", "--store", f"postgresql://127.0.0.1:{free_port()}/test?password=hunter2"],
-               env=clean_env(KAVACH_STORE_KEY=base64.urlsafe_b64encode(b"k" * 32).decode()))
+    proc = run(
+        ["users", "list", "--store", f"postgresql://127.0.0.1:{free_port()}/test?password=hunter2"],
+        env=clean_env(KAVACH_STORE_KEY=base64.urlsafe_b64encode(b"k" * 32).decode()),
+    )
     assert proc.returncode == 2 and "password=***" in proc.stderr and "hunter2" not in proc.stderr, proc.stderr
 
 
@@ -496,18 +586,32 @@ def test_serve_prints_where_to_connect_and_how_to_log_in() -> None:
         assert "resource_metadata=" in challenge.headers["www-authenticate"]
         # An MCP client in a browser page on another origin: the preflight passes (no token in
         # it), and the 401 challenge is readable there
-        preflight = httpx.options(served.mcp_url, timeout=10, headers={
-            "Origin": "https://inspector.example", "Access-Control-Request-Method": "POST",
-            "Access-Control-Request-Headers": "authorization, content-type, mcp-session-id"})
+        preflight = httpx.options(
+            served.mcp_url,
+            timeout=10,
+            headers={
+                "Origin": "https://inspector.example",
+                "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": "authorization, content-type, mcp-session-id",
+            },
+        )
         assert preflight.status_code == 200 and preflight.headers["access-control-allow-origin"] == "*"
         assert "authorization" in preflight.headers["access-control-allow-headers"].lower()
         assert "access-control-allow-credentials" not in preflight.headers
-        seen = httpx.post(served.mcp_url, json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"}, timeout=10,
-                          headers={"Origin": "http://localhost:6274"})  # an inspector on loopback: allowed
+        seen = httpx.post(
+            served.mcp_url,
+            json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"},
+            timeout=10,
+            headers={"Origin": "http://localhost:6274"},
+        )  # an inspector on loopback: allowed
         assert seen.status_code == 401 and seen.headers["access-control-allow-origin"] == "*"
         assert "www-authenticate" in seen.headers["access-control-expose-headers"].lower()
-        foreign = httpx.post(served.mcp_url, json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"}, timeout=10,
-                             headers={"Origin": "https://inspector.example"})  # not allowed: a readable 403
+        foreign = httpx.post(
+            served.mcp_url,
+            json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"},
+            timeout=10,
+            headers={"Origin": "https://inspector.example"},
+        )  # not allowed: a readable 403
         assert foreign.status_code == 403 and foreign.headers["access-control-allow-origin"] == "*"
         assert foreign.json()["error"] == "origin_not_allowed"
         # Any other path is the server's own JSON 404: no redirect (built from a Host header)
@@ -525,8 +629,9 @@ def test_serve_keeps_tokens_sent_in_the_url_out_of_its_access_log() -> None:
     with serve() as served:
         secrets_sent = ["SECRETONE", "SECRETTWO", "SECRETTHREE", "SECRETFOUR", "SECRETFIVE"]
         for query in ("access_token=SECRETONE&x=1", "x=2;ACCESS.TOKEN=SECRETTWO", "access%5Ftoken=SECRETTHREE&y=3"):
-            answer = httpx.post(f"{served.mcp_url}?{query}", json={"jsonrpc": "2.0", "id": 1, "method": "ping"},
-                                timeout=10)
+            answer = httpx.post(
+                f"{served.mcp_url}?{query}", json={"jsonrpc": "2.0", "id": 1, "method": "ping"}, timeout=10
+            )
             assert answer.status_code == 401
         token_url = served.mcp_url.removesuffix("/mcp") + "/token"
         refused = httpx.get(f"{token_url}?grant_type=refresh_token&refresh_token=SECRETFOUR&client_secret=SECRETFIVE")
@@ -563,8 +668,11 @@ def test_serve_precedence_flag_over_env_over_toml(tmp_path: Path) -> None:
     with serve(config_toml=toml, extra_env={"KAVACH_ISSUER": "http://127.0.0.1:2"}) as served:
         meta = httpx.get(f"{served.issuer}/.well-known/oauth-authorization-server", timeout=10).json()
         assert meta["issuer"] == "http://127.0.0.1:2"
-    with serve(config_toml=toml, extra_env={"KAVACH_ISSUER": "http://127.0.0.1:2"},
-               extra_args=["--issuer", "http://localhost:3"]) as served:
+    with serve(
+        config_toml=toml,
+        extra_env={"KAVACH_ISSUER": "http://127.0.0.1:2"},
+        extra_args=["--issuer", "http://localhost:3"],
+    ) as served:
         meta = httpx.get(f"{served.issuer}/.well-known/oauth-authorization-server", timeout=10).json()
         assert meta["issuer"] == "http://localhost:3"
 
@@ -589,17 +697,30 @@ def _pkce() -> tuple[str, str]:
 def authorization(issuer: str, resource: str) -> tuple[str, str, str]:
     """Register a public client at ``issuer``: its client_id, a PKCE verifier, and the
     authorization URL a person opens."""
-    registered = httpx.post(f"{issuer}/register", timeout=10, json={
-        "client_name": "cli test", "redirect_uris": [REDIRECT_URI], "token_endpoint_auth_method": "none",
-    })
+    registered = httpx.post(
+        f"{issuer}/register",
+        timeout=10,
+        json={
+            "client_name": "cli test",
+            "redirect_uris": [REDIRECT_URI],
+            "token_endpoint_auth_method": "none",
+        },
+    )
     assert registered.status_code == 201, registered.text
     client_id = registered.json()["client_id"]
     verifier, challenge = _pkce()
-    query = urlencode({
-        "response_type": "code", "client_id": client_id, "redirect_uri": REDIRECT_URI, "state": "s1",
-        "code_challenge": challenge, "code_challenge_method": "S256", "resource": resource,
-        "scope": "tools:list tools:call",
-    })
+    query = urlencode(
+        {
+            "response_type": "code",
+            "client_id": client_id,
+            "redirect_uri": REDIRECT_URI,
+            "state": "s1",
+            "code_challenge": challenge,
+            "code_challenge_method": "S256",
+            "resource": resource,
+            "scope": "tools:list tools:call",
+        }
+    )
     return client_id, verifier, f"{issuer}/authorize?{query}"
 
 
@@ -615,10 +736,18 @@ def obtain_code(issuer: str, resource: str, username: str = "alice") -> dict[str
 
 
 def redeem(issuer: str, resource: str, issued: dict[str, str]) -> httpx.Response:
-    return httpx.post(f"{issuer}/token", timeout=10, data={
-        "grant_type": "authorization_code", "code": issued["code"], "redirect_uri": REDIRECT_URI,
-        "client_id": issued["client_id"], "code_verifier": issued["verifier"], "resource": resource,
-    })
+    return httpx.post(
+        f"{issuer}/token",
+        timeout=10,
+        data={
+            "grant_type": "authorization_code",
+            "code": issued["code"],
+            "redirect_uri": REDIRECT_URI,
+            "client_id": issued["client_id"],
+            "code_verifier": issued["verifier"],
+            "resource": resource,
+        },
+    )
 
 
 def obtain_tokens(issuer: str, resource: str, username: str = "alice") -> dict[str, Any]:
@@ -631,19 +760,37 @@ def obtain_tokens(issuer: str, resource: str, username: str = "alice") -> dict[s
 
 def tools_list(mcp_url: str, access_token: str) -> httpx.Response:
     return httpx.post(
-        mcp_url, timeout=10,
-        headers={"Authorization": f"Bearer {access_token}", "Accept": "application/json, text/event-stream",
-                 "MCP-Protocol-Version": "2025-06-18"},
-        json={"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-            "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}},
+        mcp_url,
+        timeout=10,
+        headers={
+            "Authorization": f"Bearer {access_token}",
+            "Accept": "application/json, text/event-stream",
+            "MCP-Protocol-Version": "2025-06-18",
+        },
+        json={
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "initialize",
+            "params": {
+                "protocolVersion": "2025-06-18",
+                "capabilities": {},
+                "clientInfo": {"name": "t", "version": "1"},
+            },
+        },
     )
 
 
 def refresh(issuer: str, tokens: dict[str, Any], resource: str) -> httpx.Response:
-    return httpx.post(f"{issuer}/token", timeout=10, data={
-        "grant_type": "refresh_token", "refresh_token": tokens["refresh_token"], "client_id": tokens["client_id"],
-        "resource": resource,
-    })
+    return httpx.post(
+        f"{issuer}/token",
+        timeout=10,
+        data={
+            "grant_type": "refresh_token",
+            "refresh_token": tokens["refresh_token"],
+            "client_id": tokens["client_id"],
+            "resource": resource,
+        },
+    )
 
 
 @pytest.fixture
@@ -679,14 +826,32 @@ def test_serve_checks_the_origin_of_browser_pages_and_no_host(shared_db: str) ->
 
         def call(**headers: str) -> httpx.Response:
             return httpx.post(
-                served.mcp_url, timeout=10, headers={"Authorization": f"Bearer {token}",
-                                                     "Accept": "application/json, text/event-stream", **headers},
-                json={"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-                    "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}},
+                served.mcp_url,
+                timeout=10,
+                headers={
+                    "Authorization": f"Bearer {token}",
+                    "Accept": "application/json, text/event-stream",
+                    **headers,
+                },
+                json={
+                    "jsonrpc": "2.0",
+                    "id": 1,
+                    "method": "initialize",
+                    "params": {
+                        "protocolVersion": "2025-06-18",
+                        "capabilities": {},
+                        "clientInfo": {"name": "t", "version": "1"},
+                    },
+                },
             )
 
-        for origin in (allowed, "HTTPS://Inspector.Example:443", "http://localhost:5173", "http://127.0.0.1:1",
-                       served.issuer):
+        for origin in (
+            allowed,
+            "HTTPS://Inspector.Example:443",
+            "http://localhost:5173",
+            "http://127.0.0.1:1",
+            served.issuer,
+        ):
             assert call(Origin=origin).status_code == 200, origin
         assert call().status_code == 200, "no Origin: not a page"
         for origin in ("https://evil.example", "https://inspector.example.evil", "null", "http://127.attacker.example"):
@@ -724,9 +889,17 @@ def _code_for(subject: str, issued_at: int) -> Any:
     from kavach_core.records import AuthorizationCode
 
     return AuthorizationCode(
-        code_hash=secrets.token_hex(16), client_id="c1", redirect_uri="http://127.0.0.1/cb", redirect_uri_given=True,
-        code_challenge="E" * 43, resources=("http://127.0.0.1:8000/mcp",), scopes=("tools:list",), subject=subject,
-        grant_id=secrets.token_hex(8), issued_at=issued_at, expires_at=issued_at + 60,
+        code_hash=secrets.token_hex(16),
+        client_id="c1",
+        redirect_uri="http://127.0.0.1/cb",
+        redirect_uri_given=True,
+        code_challenge="E" * 43,
+        resources=("http://127.0.0.1:8000/mcp",),
+        scopes=("tools:list",),
+        subject=subject,
+        grant_id=secrets.token_hex(8),
+        issued_at=issued_at,
+        expires_at=issued_at + 60,
     )
 
 
@@ -786,7 +959,8 @@ def _sign_in_to_a_new_authorization(person: Person, issuer: str, mcp_url: str) -
     assert "password" in sign_in.names, "a new authorization signs in under http"
     fields = [(k, v) for k, v in sign_in.fields if k not in ("username", "password")]
     answer = person.http.post(
-        f"{issuer}{sign_in.action}", headers={"Content-Type": "application/x-www-form-urlencoded"},
+        f"{issuer}{sign_in.action}",
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
         content=urlencode([*fields, ("username", person.username), ("password", person.password)]),
     )
     assert answer.status_code == 303, answer.text
@@ -806,7 +980,8 @@ def test_users_remove_and_a_new_password_sign_the_browser_out(shared_db: str) ->
 
     def approves(person: Person, consent: Form) -> bool:
         answer = person.http.post(
-            f"{served.issuer}{consent.action}", content=urlencode([*consent.fields, ("decision", "approve")]),
+            f"{served.issuer}{consent.action}",
+            content=urlencode([*consent.fields, ("decision", "approve")]),
             headers={"Content-Type": "application/x-www-form-urlencoded"},
         )
         assert answer.status_code == 303, answer.text
@@ -852,11 +1027,14 @@ def test_two_serve_processes_on_one_database(shared_db: str) -> None:
             assert jwks_first == jwks_second and jwks_first["keys"]
 
 
-
 @pytest.mark.parametrize(
     ("argv0", "shown"),
-    [(".venv/bin/kavach", ".venv/bin/kavach"), ("/opt/x/bin/kavach", "/opt/x/bin/kavach"), ("kavach", "kavach"),
-     ("/usr/lib/python3/runpy.py", "kavach")],
+    [
+        (".venv/bin/kavach", ".venv/bin/kavach"),
+        ("/opt/x/bin/kavach", "/opt/x/bin/kavach"),
+        ("kavach", "kavach"),
+        ("/usr/lib/python3/runpy.py", "kavach"),
+    ],
 )
 def test_hints_name_the_command_as_it_was_started(monkeypatch: pytest.MonkeyPatch, argv0: str, shown: str) -> None:
     """The "users add" hint must run as printed: from the README's `.venv/bin/kavach serve`, a bare
@@ -877,8 +1055,11 @@ def test_a_password_that_is_not_utf8_is_one_line(db: str, encoding: str) -> None
     """Under a strict UTF-8 locale stdin cannot decode the bytes; under C.UTF-8 they arrive as lone
     surrogates: either way one line naming the problem, and no user."""
     proc = subprocess.run(
-        [*kavach_command(), "users", "add", "gil", "--db", db, "--password-stdin"], input=b"\xff\xfe\n",
-        capture_output=True, env=clean_env(PYTHONIOENCODING=encoding), timeout=60,
+        [*kavach_command(), "users", "add", "gil", "--db", db, "--password-stdin"],
+        input=b"\xff\xfe\n",
+        capture_output=True,
+        env=clean_env(PYTHONIOENCODING=encoding),
+        timeout=60,
     )
     err = proc.stderr.decode()
     assert proc.returncode == 2 and "the password is not valid UTF-8 text" in err and "Traceback" not in err, err
@@ -892,8 +1073,11 @@ def test_output_to_a_reader_that_left_is_no_traceback(db: str) -> None:
         ok(["users", "add", name, "--db", db, "--password-stdin"], stdin=PASSWORD + "\n")
     command = " ".join(f"'{part}'" for part in [*kavach_command(), "users", "list", "--db", db])
     proc = subprocess.run(
-        ["bash", "-c", f"set -o pipefail; sleep 0 | {command} | head -c0"], capture_output=True, text=True,
-        env=clean_env(), timeout=60,
+        ["bash", "-c", f"set -o pipefail; sleep 0 | {command} | head -c0"],
+        capture_output=True,
+        text=True,
+        env=clean_env(),
+        timeout=60,
     )
     assert "Traceback" not in proc.stderr and "Broken pipe" not in proc.stderr, proc.stderr
     assert proc.returncode in (0, 141), proc.returncode
@@ -930,10 +1114,12 @@ def test_clients_add_is_not_held_to_the_self_registration_allowlist(db: str, tmp
     env = clean_env(KAVACH_CONFIG=str(toml))
     for uri in ("com.example.desktop:/cb", "https://partner.example.net/cb", "https://app.example.com/cb"):
         ok(["clients", "add", "--db", db, "--name", "App", "--redirect-uri", uri], env=env)
-    bad(["clients", "add", "--db", db, "--name", "App", "--redirect-uri", "javascript:alert(1)"], "javascript",
-        env=env)
-    bad(["clients", "add", "--db", db, "--name", "App", "--redirect-uri", "http://partner.example.net/cb"], "http",
-        env=env)
+    bad(["clients", "add", "--db", db, "--name", "App", "--redirect-uri", "javascript:alert(1)"], "javascript", env=env)
+    bad(
+        ["clients", "add", "--db", db, "--name", "App", "--redirect-uri", "http://partner.example.net/cb"],
+        "http",
+        env=env,
+    )
     listed = ok(["clients", "list", "--db", db], env=env)
     assert listed.count("App") == 3, listed
 
@@ -958,8 +1144,22 @@ def test_a_client_whose_secret_cannot_be_written_out_is_not_stored(db: str) -> N
     not be written out would be a live client nobody holds the secret of."""
     with open("/dev/full", "w") as full:
         proc = subprocess.run(
-            [*kavach_command(), "clients", "add", "--db", db, "--name", "Lost", "--confidential",
-             "--redirect-uri", REDIRECT_URI], stdout=full, stderr=subprocess.PIPE, text=True, env=clean_env(),
+            [
+                *kavach_command(),
+                "clients",
+                "add",
+                "--db",
+                db,
+                "--name",
+                "Lost",
+                "--confidential",
+                "--redirect-uri",
+                REDIRECT_URI,
+            ],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=clean_env(),
             timeout=60,
         )
     assert proc.returncode == 2 and "was not stored" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
@@ -972,8 +1172,12 @@ def test_with_standard_output_closed_a_command_does_nothing_and_says_so(shared_d
     would go nowhere, so it does nothing at all and exits 2, rather than act unseen and exit 0."""
     before = ok(["keys", "list", "--db", shared_db])
     proc = subprocess.run(
-        [*kavach_command(), *command, "--db", shared_db], stderr=subprocess.PIPE, text=True, env=clean_env(),
-        timeout=60, preexec_fn=lambda: os.close(1),
+        [*kavach_command(), *command, "--db", shared_db],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=clean_env(),
+        timeout=60,
+        preexec_fn=lambda: os.close(1),
     )
     assert proc.returncode == 2 and "standard output is closed" in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr
@@ -987,8 +1191,14 @@ def test_with_standard_output_closed_the_kit_still_runs_when_its_report_goes_to_
     closed = free_port()
     command = [*kavach_command(), "conformance", "--issuer", f"http://127.0.0.1:{closed}", "--timeout", "2"]
     runs = [
-        subprocess.run([*command, *extra], stderr=subprocess.PIPE, text=True, env=clean_env(), timeout=60,
-                       preexec_fn=lambda: os.close(1))
+        subprocess.run(
+            [*command, *extra],
+            stderr=subprocess.PIPE,
+            text=True,
+            env=clean_env(),
+            timeout=60,
+            preexec_fn=lambda: os.close(1),
+        )
         for extra in (["--json", str(tmp_path / "report.json")], [])
     ]
     assert "standard output is closed" not in runs[0].stderr and "127.0.0.1" in runs[0].stderr, runs[0].stderr
@@ -1019,7 +1229,10 @@ def test_ctrl_c_while_the_command_loads_is_quiet(tmp_path: Path) -> None:
     cryptography's extension is loading, i.e. in the middle of the command's imports."""
     proc = subprocess.Popen(
         [*kavach_command(), "users", "list", "--db", str(tmp_path / "k.db")],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=clean_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=clean_env(),
     )
     maps = Path(f"/proc/{proc.pid}/maps")
     deadline = time.monotonic() + 30

@@ -949,7 +949,6 @@ def test_the_kits_secrets_may_come_from_the_environment_and_a_flag_wins() -> Non
     assert (options_from(plain, {}).password, options_from(plain, {PASSWORD_VAR: ""}).password) == (None, None)
 
 
-
 def test_shrinking_a_stateful_failure_stops_when_its_budget_is_spent(capsys: pytest.CaptureFixture[str]) -> None:
     """With no time to shrink, the sequences after the first failure are only hypothesis's replays
     of it (at most two), where a full shrink tries many; nothing of hypothesis's is printed."""

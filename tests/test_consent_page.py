@@ -76,8 +76,7 @@ def test_az_11_private_use_scheme_is_named_never_its_authority(h: Harness, uri: 
     text = page_text(h, (uri,), uri)
     assert "After you answer you will be sent to the application on this computer that opens com.evil: links." in text
     assert (
-        f"Demo App {DEVICE}. Any application can claim com.evil: links, so kavachOS cannot check who made it. "
-        f"{STARTED}"
+        f"Demo App {DEVICE}. Any application can claim com.evil: links, so kavachOS cannot check who made it. {STARTED}"
     ) in text
     assert "app.example.com" not in text and "trust" not in text
 
@@ -119,7 +118,7 @@ def test_switching_account_is_offered_only_when_asked_for(h: Harness) -> None:
     view = consent(h).view
     offered = consent_page(view, action="/consent", ticket="t", csrf="c", subject="al<i>ce", switch_account=True)
     body = offered.body.decode()
-    form = body[body.index("<form"):body.index("</form>")]
+    form = body[body.index("<form") : body.index("</form>")]
     assert '<button type="submit" name="decision" value="switch"' in form
     assert "Not al&lt;i&gt;ce?" in body, "the name is escaped"
     plain = consent_page(view, action="/consent", ticket="t", csrf="c", subject="alice")

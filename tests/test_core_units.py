@@ -529,7 +529,8 @@ def test_tk_03_the_code_verifier_is_compared_with_the_challenge_in_constant_time
     refused = redeem(h, get_code(h), code_verifier=wrong)
     assert refused.status == 400
     assert refused.json() == {
-        "error": "invalid_grant", "error_description": "code_verifier does not match the code_challenge",
+        "error": "invalid_grant",
+        "error_description": "code_verifier does not match the code_challenge",
     }
     assert len(spy.calls) == 1 and spy.saw(s256(wrong), CHALLENGE, False)
     assert redeem(h, get_code(h)).status == 200
@@ -1001,6 +1002,7 @@ def test_client_address_counts_each_kind_of_peer_the_same_way_the_first_time_and
         "2001:DB8:1:2::9": "2001:db8:1:2::/64",
         "unix-socket": "unix-socket",
     }
+
     def counted_as(peer: str) -> str | None:
         return http.client_address(HttpRequest("POST", "/", headers=[(http.CLIENT_ADDRESS_HEADER, peer)]))
 
@@ -1055,7 +1057,10 @@ def test_a_copied_or_unpickled_memo_starts_empty_and_answers_from_its_own_entrie
         ("postgresql://u:hun#ter2@db.example/k", "postgresql://u:***@db.example/k"),
         ("postgresql://u:hun?ter2@db.example/k", "postgresql://u:***@db.example/k"),
         ("postgresql://u:hun/ter2@db.example/k", "postgresql://u:***@db.example/k"),
-        ("postgresql://u:hun#x@ter2@db.example/k?sslpassword=hunter3", "postgresql://u:***@db.example/k?sslpassword=***"),
+        (
+            "postgresql://u:hun#x@ter2@db.example/k?sslpassword=hunter3",
+            "postgresql://u:***@db.example/k?sslpassword=***",
+        ),
         ("postgresql://u:hunter2@[::1/k", "postgresql://u:***@[::1/k"),
         ("kavach.db", "kavach.db"),
     ],

@@ -62,9 +62,9 @@ def both(fetcher: DocumentFetcher, url: str) -> list[Fetched | FetchRefused]:
     return [fetcher.fetch(url), asyncio.run(fetcher.afetch(url))]
 
 
-def recording(policy: FetchPolicy | None = None, table: dict[str, list[str]] | None = None) -> tuple[
-    DocumentFetcher, Recorder
-]:
+def recording(
+    policy: FetchPolicy | None = None, table: dict[str, list[str]] | None = None
+) -> tuple[DocumentFetcher, Recorder]:
     """A fetcher with the recorder injected; refusals are not remembered unless ``policy`` says so."""
     rec = Recorder(table)
     policy = policy or FetchPolicy(refusal_ttl=0)
@@ -139,9 +139,18 @@ def test_cm_02_non_public_addresses_are_refused(text: str) -> None:
 
 
 PUBLIC_ADDRESSES = [
-    "93.184.216.34", "8.8.8.8", "2606:4700:4700::1111", "2002:5db8:d822::1",
+    "93.184.216.34",
+    "8.8.8.8",
+    "2606:4700:4700::1111",
+    "2002:5db8:d822::1",
     # Globally reachable per the registries, though Python before 3.11.10 / 3.12.4 says private.
-    "192.31.196.1", "192.52.193.1", "192.175.48.1", "2001:3::1", "2001:4:112::1", "2001:20::1", "2001:30::1",
+    "192.31.196.1",
+    "192.52.193.1",
+    "192.175.48.1",
+    "2001:3::1",
+    "2001:4:112::1",
+    "2001:20::1",
+    "2001:30::1",
     "2620:4f:8000::1",
 ]
 
@@ -518,7 +527,9 @@ def test_cm_02_the_deadline_bounds_a_resolver_that_hangs() -> None:
     rec = Recorder()
     fetcher = DocumentFetcher(
         FetchPolicy(deadline=1.0, refusal_ttl=0),
-        resolver=stuck, transport=rec.transport, async_transport=rec.async_transport,
+        resolver=stuck,
+        transport=rec.transport,
+        async_transport=rec.async_transport,
     )
     try:
         for got, took in both_timed(fetcher, "https://slow-dns.example.com/c.json"):
@@ -605,8 +616,11 @@ def test_cm_02_concurrent_authorizations_fetch_an_uncached_document_once(host: D
     url = host.publish("/doc.json", doc, delay=0.5)
     server = _as(MemoryStore(), dev(host))
     query = [
-        ("client_id", url), ("redirect_uri", "http://127.0.0.1/cb"), ("response_type", "code"),
-        ("code_challenge", "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"), ("code_challenge_method", "S256"),
+        ("client_id", url),
+        ("redirect_uri", "http://127.0.0.1/cb"),
+        ("response_type", "code"),
+        ("code_challenge", "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"),
+        ("code_challenge_method", "S256"),
         ("resource", RESOURCE),
     ]
     with ThreadPoolExecutor(20) as pool:
@@ -908,8 +922,10 @@ def json_fetcher(policy: FetchPolicy, resolver: Any) -> DocumentFetcher:
         return httpx.Response(200, headers={"Content-Type": "application/json"}, stream=httpx.ByteStream(b"{}"))
 
     return DocumentFetcher(
-        policy, resolver=resolver,
-        transport=lambda: httpx.MockTransport(handler), async_transport=lambda: httpx.MockTransport(handler),
+        policy,
+        resolver=resolver,
+        transport=lambda: httpx.MockTransport(handler),
+        async_transport=lambda: httpx.MockTransport(handler),
     )
 
 
@@ -1030,15 +1046,25 @@ def test_a_closed_fetcher_fetches_nothing_and_a_hung_lookup_does_not_hold_the_ex
 
 def _authorize(server: AuthorizationServer, client_id: str) -> Any:
     query = [
-        ("client_id", client_id), ("redirect_uri", "http://127.0.0.1/cb"), ("response_type", "code"),
-        ("code_challenge", "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"), ("code_challenge_method", "S256"),
+        ("client_id", client_id),
+        ("redirect_uri", "http://127.0.0.1/cb"),
+        ("response_type", "code"),
+        ("code_challenge", "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"),
+        ("code_challenge_method", "S256"),
     ]
     return server.handle(HttpRequest("GET", "/authorize", query, [], b""))
 
 
 def _token(server: AuthorizationServer, client_id: str) -> Any:
-    form = urlencode({"grant_type": "authorization_code", "code": "x" * 43, "code_verifier": "v" * 43,
-                      "client_id": client_id, "redirect_uri": "http://127.0.0.1/cb"})
+    form = urlencode(
+        {
+            "grant_type": "authorization_code",
+            "code": "x" * 43,
+            "code_verifier": "v" * 43,
+            "client_id": client_id,
+            "redirect_uri": "http://127.0.0.1/cb",
+        }
+    )
     headers = [("content-type", "application/x-www-form-urlencoded")]
     return server.handle(HttpRequest("POST", "/token", [], headers, form.encode()))
 
@@ -1101,8 +1127,13 @@ def test_cm_02_status_codes_and_tls_failures_reach_only_the_log(
 
     host.answers["/moved.json"] = Answer(302, b"", [("Location", "https://10.0.0.1/x")])
     host.answers["/page.json"] = Answer(body=b"<html></html>", headers=[("Content-Type", "text/html")])
-    url = {"status": host.url("/missing.json"), "redirect": host.url("/moved.json"), "type": host.url("/page.json"),
-           "tls": host.publish("/c.json", DOC), "closed": "https://docs.example.test:1/c.json"}[fault]
+    url = {
+        "status": host.url("/missing.json"),
+        "redirect": host.url("/moved.json"),
+        "type": host.url("/page.json"),
+        "tls": host.publish("/c.json", DOC),
+        "closed": "https://docs.example.test:1/c.json",
+    }[fault]
     fetcher = dev(host)
     if fault == "tls":
         fetcher = DocumentFetcher(FetchPolicy(allow_loopback=True), resolver=lambda name, port: ["127.0.0.1"])
@@ -1142,8 +1173,11 @@ def test_cm_02_the_server_fetches_with_the_async_path_too(host: DocumentHost) ->
     store = MemoryStore()
     server = _as(store, dev(host))
     query = [
-        ("client_id", url), ("redirect_uri", "http://127.0.0.1/cb"), ("response_type", "code"),
-        ("code_challenge", "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"), ("code_challenge_method", "S256"),
+        ("client_id", url),
+        ("redirect_uri", "http://127.0.0.1/cb"),
+        ("response_type", "code"),
+        ("code_challenge", "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"),
+        ("code_challenge_method", "S256"),
         ("resource", RESOURCE),
     ]
     resp = asyncio.run(server.ahandle(HttpRequest("GET", "/authorize", query, [], b"")))
@@ -1204,8 +1238,16 @@ def test_a_failed_lookup_leaves_no_unread_error_on_the_event_loop() -> None:
     async def main() -> list[str]:
         asyncio.get_running_loop().set_exception_handler(lambda loop, context: reported.append(context["message"]))
         answers = [
-            (await DocumentFetcher(FetchPolicy(refusal_ttl=0), resolver=broken).afetch("https://nowhere.example.com/client.json")).reason,
-            (await DocumentFetcher(FetchPolicy(deadline=0.1, refusal_ttl=0), resolver=late).afetch("https://nowhere.example.com/client.json")).reason,
+            (
+                await DocumentFetcher(FetchPolicy(refusal_ttl=0), resolver=broken).afetch(
+                    "https://nowhere.example.com/client.json"
+                )
+            ).reason,
+            (
+                await DocumentFetcher(FetchPolicy(deadline=0.1, refusal_ttl=0), resolver=late).afetch(
+                    "https://nowhere.example.com/client.json"
+                )
+            ).reason,
         ]
         await asyncio.sleep(0.6)  # the late lookup has failed by now, its error handed to the loop
         gc.collect()
@@ -1219,9 +1261,15 @@ def test_a_failed_lookup_leaves_no_unread_error_on_the_event_loop() -> None:
 
 @pytest.mark.parametrize(
     ("issuer", "allowed"),
-    [("http://127.0.0.1:8000", True), ("http://localhost:8000", True), ("http://[::1]:8000", True),
-     ("https://auth.example.com", False), ("https://10.0.0.5", False), ("https://127.attacker.example", False),
-     ("https://127.0.0.1.nip.io", False)],
+    [
+        ("http://127.0.0.1:8000", True),
+        ("http://localhost:8000", True),
+        ("http://[::1]:8000", True),
+        ("https://auth.example.com", False),
+        ("https://10.0.0.5", False),
+        ("https://127.attacker.example", False),
+        ("https://127.0.0.1.nip.io", False),
+    ],
 )
 def test_the_loopback_switch_is_only_for_an_authorization_server_on_loopback(issuer: str, allowed: bool) -> None:
     """draft-ietf-oauth-client-id-metadata-document-02 §8.6: fetching from loopback addresses only
@@ -1232,8 +1280,13 @@ def test_the_loopback_switch_is_only_for_an_authorization_server_on_loopback(iss
 
     from kavach_core.config import Config, ProtectedResource
 
-    config = Config(issuer=issuer, resources=[ProtectedResource("https://mcp.example.com/mcp")], secret=b"k" * 32,
-                    client_id_metadata_documents=True, allow_insecure_http=True)
+    config = Config(
+        issuer=issuer,
+        resources=[ProtectedResource("https://mcp.example.com/mcp")],
+        secret=b"k" * 32,
+        client_id_metadata_documents=True,
+        allow_insecure_http=True,
+    )
     fetcher = DocumentFetcher(FetchPolicy(allow_loopback=True))
     users = Users(MemoryUsers(), log_n=10)
     settings = resolve({"issuer": issuer, "documents": {"allow_loopback": True}}, environ={})

@@ -412,8 +412,11 @@ def test_the_views_raw_streams_replay_the_judged_body_not_what_followed_it(early
         with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
             sock.sendall(
                 b"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nConnection: close\r\n"
-                b"Authorization: Bearer " + _token(h, "tools:list").encode()
-                + b"\r\nContent-Length: %d\r\n\r\n" % len(judged) + judged + after
+                b"Authorization: Bearer "
+                + _token(h, "tools:list").encode()
+                + b"\r\nContent-Length: %d\r\n\r\n" % len(judged)
+                + judged
+                + after
             )
             sock.shutdown(socket.SHUT_WR)
             answer = b""

@@ -22,8 +22,9 @@ def hi(h: Harness) -> Harness:
     return h
 
 
-def introspect(h: Harness, token: str, *, client: tuple[str, str] | None = ("c1", CLIENT_SECRET),
-               hint: str | None = None) -> tuple[Response, list[fx.Effect]]:
+def introspect(
+    h: Harness, token: str, *, client: tuple[str, str] | None = ("c1", CLIENT_SECRET), hint: str | None = None
+) -> tuple[Response, list[fx.Effect]]:
     form = {"token": token}
     if hint is not None:
         form["token_type_hint"] = hint

@@ -84,18 +84,27 @@ def test_login_limits_are_whole_positive_numbers(limits: dict[str, Any]) -> None
 )
 def test_config_refuses_parts_of_the_wrong_kind_and_paths_that_collide(kwargs: dict[str, Any], match: str) -> None:
     with pytest.raises(ConfigurationError, match=match):
-        Config(issuer="https://as.example.com", resources=[ProtectedResource("https://as.example.com/mcp")],
-               secret=SECRET, **kwargs)
+        Config(
+            issuer="https://as.example.com",
+            resources=[ProtectedResource("https://as.example.com/mcp")],
+            secret=SECRET,
+            **kwargs,
+        )
 
 
 def test_paths_under_an_issuer_path_are_checked_there() -> None:
     resources = [ProtectedResource("https://as.example.com/mcp")]
-    config = Config(issuer="https://as.example.com/tenant", resources=resources, secret=SECRET,
-                    paths=Paths(token="/mcp"))  # /tenant/mcp: no clash with /mcp
+    config = Config(
+        issuer="https://as.example.com/tenant", resources=resources, secret=SECRET, paths=Paths(token="/mcp")
+    )  # /tenant/mcp: no clash with /mcp
     assert config.endpoint("token") == "https://as.example.com/tenant/mcp"
     with pytest.raises(ConfigurationError, match="metadata document"):
-        Config(issuer="https://as.example.com/tenant", resources=resources, secret=SECRET,
-               paths=Paths(token="/.well-known/openid-configuration"))
+        Config(
+            issuer="https://as.example.com/tenant",
+            resources=resources,
+            secret=SECRET,
+            paths=Paths(token="/.well-known/openid-configuration"),
+        )
 
 
 @pytest.mark.parametrize(

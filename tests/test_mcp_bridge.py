@@ -148,8 +148,11 @@ def test_rs_04_token_minted_for_another_resource_is_401(site: Site) -> None:
     foreign = site.token(site.other_url)
     result, statuses = site.call(foreign, "echo", {"text": "hello"})
     assert isinstance(result, Exception) and statuses[:1] == [401]
-    r = httpx.post(site.mcp_url, json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"},
-                   headers={"Authorization": f"Bearer {foreign}", "Accept": "application/json, text/event-stream"})
+    r = httpx.post(
+        site.mcp_url,
+        json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"},
+        headers={"Authorization": f"Bearer {foreign}", "Accept": "application/json, text/event-stream"},
+    )
     assert r.status_code == 401
     assert f'resource_metadata="{site.base}/.well-known/oauth-protected-resource/mcp"' in r.headers["www-authenticate"]
 

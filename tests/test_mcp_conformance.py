@@ -54,8 +54,20 @@ def run_conformance(
 ) -> tuple[int, str, list[str]]:
     """Run the suite; sign in and approve when it prints its authorization URL. Returns the exit
     status, the whole output, and the final URLs the person was sent to."""
-    args = ["npx", "--offline", PACKAGE, "authorization", "--url", issuer, "--client-id", client_id,
-            "--port", str(port), "--output-dir", str(out_dir)]
+    args = [
+        "npx",
+        "--offline",
+        PACKAGE,
+        "authorization",
+        "--url",
+        issuer,
+        "--client-id",
+        client_id,
+        "--port",
+        str(port),
+        "--output-dir",
+        str(out_dir),
+    ]
     if resource is not None:
         args += ["--resource", resource]
     proc = subprocess.Popen(
@@ -95,16 +107,18 @@ def read_checks(out_dir: Path) -> dict[str, list[dict[str, Any]]]:
 
 
 @pytest.mark.parametrize("with_resource", [True, False], ids=["resource", "no-resource"])
-def test_conformance_authorization_server_scenarios(
-    node: dict[str, str], tmp_path: Path, with_resource: bool
-) -> None:
+def test_conformance_authorization_server_scenarios(node: dict[str, str], tmp_path: Path, with_resource: bool) -> None:
     port = free_port()
     redirect_uri = f"http://127.0.0.1:{port}/callback"
     with serve(tmp_path) as served:
         served.add_user(USERNAME, PASSWORD)
         client_id = served.add_public_client("MCP conformance suite", redirect_uri)
         status, output, landed = run_conformance(
-            served.issuer, client_id, port, tmp_path / "results", node,
+            served.issuer,
+            client_id,
+            port,
+            tmp_path / "results",
+            node,
             served.mcp_url if with_resource else None,
         )
         server_log = served.output()
@@ -116,9 +130,11 @@ def test_conformance_authorization_server_scenarios(
     )
     every = [c for scenario in checks.values() for c in scenario]
     failures = [c for c in every if c["status"] == "FAILURE"]
-    assert not failures, "conformance failures:\n" + "\n".join(
-        f"- {c['id']}: {c.get('errorMessage') or c['description']}" for c in failures
-    ) + f"\n\n{output}\n{server_log}"
+    assert not failures, (
+        "conformance failures:\n"
+        + "\n".join(f"- {c['id']}: {c.get('errorMessage') or c['description']}" for c in failures)
+        + f"\n\n{output}\n{server_log}"
+    )
     for c in every:
         if c["status"] == "WARNING":
             text = c.get("errorMessage") or c["description"]

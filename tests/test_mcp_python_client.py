@@ -229,9 +229,7 @@ def upstream(tmp_path: Path) -> Iterator[Upstream]:
         yield Upstream(url, seen)
 
 
-def test_rs_04_proxy_streams_progress_and_never_forwards_the_token(
-    person: ChoosyPerson, upstream: Upstream
-) -> None:
+def test_rs_04_proxy_streams_progress_and_never_forwards_the_token(person: ChoosyPerson, upstream: Upstream) -> None:
     """Through ``kavach serve --upstream``: tools of the upstream are listed and called, each
     progress notification of ``count`` reaches the client, and no request the upstream received
     carried an ``Authorization`` header (the client's token least of all)."""
@@ -324,14 +322,16 @@ def test_a_proxied_session_continues_on_another_instance(person: ChoosyPerson, u
             note = {"jsonrpc": "2.0", "method": "notifications/initialized"}
             elsewhere = f"http://127.0.0.1:{second.port}/mcp"
             assert httpx.post(elsewhere, json=note, headers=in_session, timeout=30).status_code == 202
-            tools = httpx.post(elsewhere, json={"jsonrpc": "2.0", "id": 2, "method": "tools/list"}, headers=in_session,
-                               timeout=30)
+            tools = httpx.post(
+                elsewhere, json={"jsonrpc": "2.0", "id": 2, "method": "tools/list"}, headers=in_session, timeout=30
+            )
             assert tools.status_code == 200 and '"count"' in tools.text, tools.text
             upstream_id = sealed.rpartition(".")[0]
             assert {r["session"] for r in upstream.requests() if r["session"]} >= {upstream_id}
             reached = len(upstream.requests())
             forged = {**headers, "Mcp-Session-Id": upstream_id}
-            refused = httpx.post(elsewhere, json={"jsonrpc": "2.0", "id": 3, "method": "tools/list"}, headers=forged,
-                                 timeout=30)
+            refused = httpx.post(
+                elsewhere, json={"jsonrpc": "2.0", "id": 3, "method": "tools/list"}, headers=forged, timeout=30
+            )
             assert refused.status_code == 404 and refused.json()["error"] == "session_not_found"
             assert len(upstream.requests()) == reached

@@ -87,8 +87,14 @@ def test_az_08_metadata_announces_the_iss_parameter(h: Harness) -> None:
 
 
 def test_md_02_advertised_endpoints_are_routed() -> None:
-    paths = Paths(authorization="/oauth/authorize", token="/oauth/token", registration="/oauth/register",
-                  revocation="/oauth/revoke", introspection="/oauth/introspect", jwks="/oauth/keys")
+    paths = Paths(
+        authorization="/oauth/authorize",
+        token="/oauth/token",
+        registration="/oauth/register",
+        revocation="/oauth/revoke",
+        introspection="/oauth/introspect",
+        jwks="/oauth/keys",
+    )
     h = Harness(make_config(issuer="https://as.example.com/t", paths=paths))
     body = h.route(h.request("GET", AS_PATH + "/t")).json()
     for member in ("registration_endpoint", "revocation_endpoint", "introspection_endpoint"):

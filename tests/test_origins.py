@@ -22,12 +22,21 @@ from kavach.settings import SettingsError, resolve
         ("http://app.example.com:80", "http://app.example.com"),
         ("http://app.example.com:8080", "http://app.example.com:8080"),
         ("http://[::1]:3000", "http://[::1]:3000"),
-        ("null", None), ("", None), ("file://", None), ("ftp://app.example.com", None),
-        ("https://app.example.com/", None), ("https://app.example.com/x", None), ("https://u@app.example.com", None),
-        ("https://app.example.com?x", None), ("https://app.example.com#x", None),
-        ("https://app.example.com?", None), ("https://app.example.com#", None),
-        ("https://app.example.com:99999", None), (" https://app.example.com", None),
-        ("https://äpp.example.com", None), ("https://", None),
+        ("null", None),
+        ("", None),
+        ("file://", None),
+        ("ftp://app.example.com", None),
+        ("https://app.example.com/", None),
+        ("https://app.example.com/x", None),
+        ("https://u@app.example.com", None),
+        ("https://app.example.com?x", None),
+        ("https://app.example.com#x", None),
+        ("https://app.example.com?", None),
+        ("https://app.example.com#", None),
+        ("https://app.example.com:99999", None),
+        (" https://app.example.com", None),
+        ("https://äpp.example.com", None),
+        ("https://", None),
     ],
 )
 def test_origins_are_compared_in_their_serialisation(given: str, expect: str | None) -> None:
@@ -54,11 +63,26 @@ def test_the_origin_of_a_url_is_its_scheme_host_and_port_serialised(url: str, ex
 
 def test_the_policy_allows_the_issuer_loopback_and_the_named_origins_only() -> None:
     policy = OriginPolicy("https://auth.example.com", ("https://inspector.example",))
-    for origin in ("https://auth.example.com", "https://AUTH.example.com:443", "https://inspector.example",
-                   "http://localhost:6274", "https://127.0.0.1", "http://[::1]:1", "http://127.9.9.9:80"):
+    for origin in (
+        "https://auth.example.com",
+        "https://AUTH.example.com:443",
+        "https://inspector.example",
+        "http://localhost:6274",
+        "https://127.0.0.1",
+        "http://[::1]:1",
+        "http://127.9.9.9:80",
+    ):
         assert policy.allows(origin), origin
-    for origin in ("http://auth.example.com", "https://auth.example.com:8443", "https://inspector.example.com",
-                   "https://evil.example", "null", "http://127.attacker.example", "http://localhost.evil", ""):
+    for origin in (
+        "http://auth.example.com",
+        "https://auth.example.com:8443",
+        "https://inspector.example.com",
+        "https://evil.example",
+        "null",
+        "http://127.attacker.example",
+        "http://localhost.evil",
+        "",
+    ):
         assert not policy.allows(origin), origin
     assert OriginPolicy("https://auth.example.com", ("*",)).allows("null")
 
@@ -96,8 +120,11 @@ def test_a_refused_origin_never_reaches_the_app() -> None:
 
 @pytest.mark.parametrize(
     ("given", "expect"),
-    [("https://a.example, HTTP://B.example:8080/", ("https://a.example", "http://b.example:8080")), ("", ()),
-     ("*", ("*",))],
+    [
+        ("https://a.example, HTTP://B.example:8080/", ("https://a.example", "http://b.example:8080")),
+        ("", ()),
+        ("*", ("*",)),
+    ],
 )
 def test_allowed_origins_from_flag_environment_and_file(tmp_path: Path, given: str, expect: tuple[str, ...]) -> None:
     assert resolve({"allowed_origins": given}, {}).allowed_origins == expect

@@ -83,7 +83,7 @@ BASE64URL = string.ascii_letters + string.digits + "-_"
 
 
 def _one_changed(text: str, index: int, char: str) -> str:
-    return text[:index] + char + text[index + 1:]
+    return text[:index] + char + text[index + 1 :]
 
 
 challenges_and_near_misses = st.one_of(

@@ -56,17 +56,30 @@ def test_rs_04_the_token_and_hop_by_hop_headers_stay_behind() -> None:
         seen.append(request)
         return httpx.Response(
             200,
-            headers=[("Content-Type", "application/json"), ("Mcp-Session-Id", "s-1"), ("Connection", "close, X-Hop"),
-                     ("X-Hop", "1"), ("Keep-Alive", "timeout=5"), ("X-End", "kept")],
+            headers=[
+                ("Content-Type", "application/json"),
+                ("Mcp-Session-Id", "s-1"),
+                ("Connection", "close, X-Hop"),
+                ("X-Hop", "1"),
+                ("Keep-Alive", "timeout=5"),
+                ("X-End", "kept"),
+            ],
             content=b'{"jsonrpc":"2.0","id":1,"result":{}}',
         )
 
     proxy = UpstreamProxy(UPSTREAM, client=httpx.AsyncClient(transport=httpx.MockTransport(upstream)))
     headers = [
-        ("Host", "127.0.0.1:8000"), ("Authorization", "Bearer the-clients-token"), ("Content-Type", "application/json"),
-        ("Mcp-Session-Id", "s-1"), ("MCP-Protocol-Version", "2025-06-18"), ("Connection", "keep-alive, X-Private"),
-        ("X-Private", "hop"), ("TE", "trailers"), ("Proxy-Authorization", "Basic x"),
-        ("Cookie", "kavach-session=abc; theirs=1; __Host-kavach-browser=zzz"), ("Accept", "application/json"),
+        ("Host", "127.0.0.1:8000"),
+        ("Authorization", "Bearer the-clients-token"),
+        ("Content-Type", "application/json"),
+        ("Mcp-Session-Id", "s-1"),
+        ("MCP-Protocol-Version", "2025-06-18"),
+        ("Connection", "keep-alive, X-Private"),
+        ("X-Private", "hop"),
+        ("TE", "trailers"),
+        ("Proxy-Authorization", "Basic x"),
+        ("Cookie", "kavach-session=abc; theirs=1; __Host-kavach-browser=zzz"),
+        ("Accept", "application/json"),
     ]
     sent = anyio.run(_call, proxy, _scope("POST", headers, b"a=1"), b'{"jsonrpc":"2.0","id":1,"method":"ping"}')
 
@@ -93,8 +106,14 @@ def test_headers_an_upstream_could_misread_stay_behind() -> None:
     """Names with ``_`` (a CGI/WSGI upstream reads ``X_Forwarded_For`` as ``X-Forwarded-For``),
     kavach's own client-address header, and path or method overrides some frameworks honour."""
     sent = request_headers(
-        [(b"X_Forwarded_For", b"6.6.6.6"), (b"x-kavach-client-address", b"6.6.6.6"), (b"X-Original-URL", b"/admin"),
-         (b"X-Rewrite-URL", b"/admin"), (b"X-HTTP-Method-Override", b"DELETE"), (b"accept", b"*/*")]
+        [
+            (b"X_Forwarded_For", b"6.6.6.6"),
+            (b"x-kavach-client-address", b"6.6.6.6"),
+            (b"X-Original-URL", b"/admin"),
+            (b"X-Rewrite-URL", b"/admin"),
+            (b"X-HTTP-Method-Override", b"DELETE"),
+            (b"accept", b"*/*"),
+        ]
     )
     assert sent == [("accept", "*/*")]
 
@@ -128,7 +147,7 @@ def test_via_names_the_protocol_the_client_spoke() -> None:
 
 
 def test_an_sse_answer_streams_event_by_event() -> None:
-    events = [b"event: message\ndata: {\"n\":1}\n\n", b"event: message\ndata: {\"n\":2}\n\n"]
+    events = [b'event: message\ndata: {"n":1}\n\n', b'event: message\ndata: {"n":2}\n\n']
 
     async def stream() -> AsyncIterator[bytes]:
         for event in events:
@@ -216,12 +235,19 @@ def test_locations_naming_the_upstream_and_nameless_cookies_of_ours_stay_behind(
     """``Location`` and ``Content-Location`` name the upstream's own address (as on a redirect,
     which is refused); a nameless ``Set-Cookie`` whose value reads ``kavach-session=...`` is what a
     browser then sends as that cookie (RFC 6265bis §5.7), so it is dropped like the named one."""
-    upstream = httpx.Headers([
-        ("Location", "http://10.0.0.7:9000/mcp/1"), ("Content-Location", "http://10.0.0.7:9000/x"),
-        ("Set-Cookie", "=kavach-session=forged; Path=/"), ("Set-Cookie", " = __Host-kavach-browser=x"),
-        ("Set-Cookie", "kavach-session"), ("Set-Cookie", "theirs=1"), ("Set-Cookie", "=theirs=2"),
-        ("Set-Cookie", "kavach-session; Path=/"), ("X-Cookie-Name", "kavach-session"),
-    ])
+    upstream = httpx.Headers(
+        [
+            ("Location", "http://10.0.0.7:9000/mcp/1"),
+            ("Content-Location", "http://10.0.0.7:9000/x"),
+            ("Set-Cookie", "=kavach-session=forged; Path=/"),
+            ("Set-Cookie", " = __Host-kavach-browser=x"),
+            ("Set-Cookie", "kavach-session"),
+            ("Set-Cookie", "theirs=1"),
+            ("Set-Cookie", "=theirs=2"),
+            ("Set-Cookie", "kavach-session; Path=/"),
+            ("X-Cookie-Name", "kavach-session"),
+        ]
+    )
     # Only a Set-Cookie sets a cookie: another header that names one of ours passes.
     kept = [(b"set-cookie", b"theirs=1"), (b"set-cookie", b"=theirs=2"), (b"x-cookie-name", b"kavach-session")]
     assert response_headers(upstream) == kept

@@ -154,32 +154,44 @@ class FakeUpstream:
             except (ConnectionError, OSError):
                 return False
         elif mode == "headers":
-            w(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-              b"Set-Cookie: upstream_sess=abc; Path=/\r\n"
-              b"Set-Cookie: kavach-session=hijack; Path=/\r\n"
-              b"Set-Cookie: __Host-kavach-browser=hijack; Path=/; Secure\r\n"
-              b"WWW-Authenticate: Basic realm=upstream\r\nProxy-Authenticate: Basic\r\n"
-              b"X-Upstream: kept\r\nContent-Length: %d\r\n\r\n" % len(OK_BODY) + OK_BODY)
+            w(
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                b"Set-Cookie: upstream_sess=abc; Path=/\r\n"
+                b"Set-Cookie: kavach-session=hijack; Path=/\r\n"
+                b"Set-Cookie: __Host-kavach-browser=hijack; Path=/; Secure\r\n"
+                b"WWW-Authenticate: Basic realm=upstream\r\nProxy-Authenticate: Basic\r\n"
+                b"X-Upstream: kept\r\nContent-Length: %d\r\n\r\n" % len(OK_BODY) + OK_BODY
+            )
         elif mode in ("401", "407"):
             body = b'{"error":"nope"}'
             reason = b"Unauthorized" if mode == "401" else b"Proxy Authentication Required"
             challenge = b"WWW-Authenticate" if mode == "401" else b"Proxy-Authenticate"
-            w(b"HTTP/1.1 %s %s\r\n%s: Bearer realm=\"upstream\"\r\nContent-Type: application/json\r\n"
-              b"Content-Length: %d\r\n\r\n" % (mode.encode(), reason, challenge, len(body)) + body)
+            w(
+                b'HTTP/1.1 %s %s\r\n%s: Bearer realm="upstream"\r\nContent-Type: application/json\r\n'
+                b"Content-Length: %d\r\n\r\n" % (mode.encode(), reason, challenge, len(body)) + body
+            )
         elif mode in ("301", "307", "308", "304"):
-            reason = {"301": b"Moved Permanently", "307": b"Temporary Redirect", "308": b"Permanent Redirect",
-                      "304": b"Not Modified"}[mode]
+            reason = {
+                "301": b"Moved Permanently",
+                "307": b"Temporary Redirect",
+                "308": b"Permanent Redirect",
+                "304": b"Not Modified",
+            }[mode]
             location = b"" if mode == "304" else b"Location: http://127.0.0.1:%d/mcp/\r\n" % self.port
             w(b"HTTP/1.1 %s %s\r\n%sContent-Length: 0\r\n\r\n" % (mode.encode(), reason, location))
         elif mode == "utf8header":
-            w(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nX-Name: \xe2\x9c\x93 caf\xc3\xa9\r\n"
-              b"Content-Length: %d\r\n\r\n" % len(OK_BODY) + OK_BODY)
+            w(
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nX-Name: \xe2\x9c\x93 caf\xc3\xa9\r\n"
+                b"Content-Length: %d\r\n\r\n" % len(OK_BODY) + OK_BODY
+            )
         elif mode == "badstatus":
             w(b"HTTP/1.1 999 Weird\r\nContent-Length: 0\r\n\r\n")
         elif mode == "init":
             self.sessions += 1
-            w(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nMcp-Session-Id: s-%d\r\n"
-              b"Content-Length: %d\r\n\r\n" % (self.sessions, len(OK_BODY)) + OK_BODY)
+            w(
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nMcp-Session-Id: s-%d\r\n"
+                b"Content-Length: %d\r\n\r\n" % (self.sessions, len(OK_BODY)) + OK_BODY
+            )
         elif mode == "gone":
             body = b'{"error":"no such session"}'
             w(_json(b"404 Not Found", body))
@@ -348,8 +360,10 @@ def test_a_client_leaving_before_the_headers_frees_the_upstream_connection(
     served = serve(fake.url)
     for i in range(3):
         with socket.create_connection(("127.0.0.1", served.port), timeout=5) as s:
-            s.sendall(b"POST /mcp?mode=hang_headers HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                      b"Content-Length: %d\r\n\r\n%s" % (len(PING), PING))
+            s.sendall(
+                b"POST /mcp?mode=hang_headers HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b"Content-Length: %d\r\n\r\n%s" % (len(PING), PING)
+            )
             _until(lambda n=i + 1: len(fake.requests) == n, "the request did not reach the upstream")
     _until(lambda: fake.open == 0, "abandoned requests still hold upstream connections", timeout=5)
     assert len(fake.requests) == 3
@@ -400,8 +414,10 @@ def test_an_upstream_breaking_off_leaves_the_response_unfinished(
     fake: FakeUpstream, serve: Callable[..., Served], mode: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     served = serve(fake.url)
-    request = (b"POST /mcp?mode=%s HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nConnection: close\r\n"
-               b"Content-Length: %d\r\n\r\n%s" % (mode.encode(), len(PING), PING))
+    request = (
+        b"POST /mcp?mode=%s HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nConnection: close\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (mode.encode(), len(PING), PING)
+    )
     complete = served.raw(request.replace(mode.encode(), b"ok"))
     assert complete.startswith(b"HTTP/1.1 200") and complete.endswith(b"0\r\n\r\n"), "control: a whole answer"
     with caplog.at_level(logging.WARNING):
@@ -425,10 +441,14 @@ def test_a_truncated_answer_is_an_error_for_an_http_client(fake: FakeUpstream, s
 
 
 MCP_HEADERS = {"Accept": "application/json, text/event-stream", "MCP-Protocol-Version": "2025-06-18"}
-INITIALIZE = json.dumps({
-    "jsonrpc": "2.0", "id": 1, "method": "initialize",
-    "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
-}).encode()
+INITIALIZE = json.dumps(
+    {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
+    }
+).encode()
 INITIALIZED = b'{"jsonrpc":"2.0","method":"notifications/initialized"}'
 TOOLS_LIST = b'{"jsonrpc":"2.0","id":2,"method":"tools/list"}'
 
@@ -547,8 +567,16 @@ def test_an_access_token_in_the_query_string_is_not_forwarded(fake: FakeUpstream
 
 @pytest.mark.parametrize(
     "name",
-    ["ACCESS_TOKEN", "Access_Token", "access_Token", "access.token", "access+token", "access[token", "access_token[]",
-     "access_token%5B0%5D"],
+    [
+        "ACCESS_TOKEN",
+        "Access_Token",
+        "access_Token",
+        "access.token",
+        "access+token",
+        "access[token",
+        "access_token[]",
+        "access_token%5B0%5D",
+    ],
 )
 def test_an_access_token_parameter_spelt_otherwise_is_not_forwarded(
     fake: FakeUpstream, serve: Callable[..., Served], name: str
@@ -590,8 +618,10 @@ def test_a_url_too_long_to_forward_is_a_414_not_a_500(fake: FakeUpstream, serve:
     JSON (RFC 9110 §15.5.15), and nothing reaches the upstream; before, a 500 and a traceback."""
     served = serve(fake.url)
     target = b"/mcp?mode=ok&x=" + b"a" * 65500
-    answer = served.raw(b"POST %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-Test-Principal: alice/app\r\n"
-                        b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (target, len(PING), PING))
+    answer = served.raw(
+        b"POST %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-Test-Principal: alice/app\r\n"
+        b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (target, len(PING), PING)
+    )
     head, _, body = answer.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 414"), answer[:200]
     assert json.loads(body)["error"] == "invalid_request"
@@ -649,9 +679,10 @@ def test_the_proxys_own_client_keeps_no_cookie_and_adds_no_header(
     ``Accept-Encoding`` would answer in a coding the client never asked for)."""
     served = serve(fake.url)
     assert served.post("mode=headers", as_="alice/c1").status_code == 200
-    answer = served.raw(b"POST /mcp?mode=ok HTTP/1.1\r\nHost: x\r\nX-Test-Principal: bob/c1\r\n"
-                        b"Content-Type: application/json\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s"
-                        % (len(PING), PING))
+    answer = served.raw(
+        b"POST /mcp?mode=ok HTTP/1.1\r\nHost: x\r\nX-Test-Principal: bob/c1\r\n"
+        b"Content-Type: application/json\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(PING), PING)
+    )
     assert answer.startswith(b"HTTP/1.1 200")
     first, second = (dict(request["headers"]) for request in fake.requests)
     assert "cookie" not in second, second
@@ -705,8 +736,13 @@ def test_not_modified_is_no_redirect(fake: FakeUpstream, serve: Callable[..., Se
 def test_forwarding_headers_are_the_proxys_own(fake: FakeUpstream, serve: Callable[..., Served]) -> None:
     served = serve(fake.url)
     forged = {
-        "X-Forwarded-For": "6.6.6.6", "X-Forwarded-Proto": "https", "X-Forwarded-Host": "evil.example",
-        "X-Forwarded-Port": "1", "Forwarded": "for=6.6.6.6", "X-Real-IP": "6.6.6.6", "Host": "mcp.example:8000",
+        "X-Forwarded-For": "6.6.6.6",
+        "X-Forwarded-Proto": "https",
+        "X-Forwarded-Host": "evil.example",
+        "X-Forwarded-Port": "1",
+        "Forwarded": "for=6.6.6.6",
+        "X-Real-IP": "6.6.6.6",
+        "Host": "mcp.example:8000",
     }
     assert served.post(**forged).status_code == 200
     (request,) = fake.requests

@@ -331,8 +331,8 @@ VARIABLE_TIME_FORMS = [
     ),
     (
         "kavach_core/opaque.py",
-        "not hmac.compare_digest(raw[_GRANT_ID_BYTES + 4:], _refresh_mac(key, grant_bytes, generation))",
-        "raw[_GRANT_ID_BYTES + 4:] != _refresh_mac(key, grant_bytes, generation)",
+        "not hmac.compare_digest(raw[_GRANT_ID_BYTES + 4 :], _refresh_mac(key, grant_bytes, generation))",
+        "raw[_GRANT_ID_BYTES + 4 :] != _refresh_mac(key, grant_bytes, generation)",
     ),
     (
         "adapters/kavach/mcp_sessions.py",

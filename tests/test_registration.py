@@ -36,8 +36,9 @@ def meta(**overrides: Any) -> dict[str, Any]:
     return {k: v for k, v in body.items() if v is not None}
 
 
-def register(h: Harness, body: Any = None, *, headers: list[tuple[str, str]] | None = None,
-             raw: bytes | None = None) -> tuple[Response, list[fx.Effect]]:
+def register(
+    h: Harness, body: Any = None, *, headers: list[tuple[str, str]] | None = None, raw: bytes | None = None
+) -> tuple[Response, list[fx.Effect]]:
     if raw is not None:
         req = h.request("POST", PATH, headers=[("Content-Type", "application/json"), *(headers or [])], body=raw)
     else:
@@ -144,9 +145,19 @@ def test_rg_01_human_uris_are_https_only_and_never_fetched(h: Harness, member: s
     assert not any(isinstance(e, fx.FetchDocument) for e in effects)
     stored = h.store.clients[resp.json()["client_id"]]
     assert stored.meta[member] == "https://app.example.com/about"
-    for bad in ["http://app.example.com/about", "javascript:alert(1)", "data:image/png;base64,AA", "//x.example",
-                "https://u:p@app.example.com/", "https:///x", 7, ["https://a.example"], "https://a.example/ x",
-                "https://u@app.example.com/", "https://app.example.com:99999/"]:  # a user alone; no such port
+    for bad in [
+        "http://app.example.com/about",
+        "javascript:alert(1)",
+        "data:image/png;base64,AA",
+        "//x.example",
+        "https://u:p@app.example.com/",
+        "https:///x",
+        7,
+        ["https://a.example"],
+        "https://a.example/ x",
+        "https://u@app.example.com/",
+        "https://app.example.com:99999/",
+    ]:  # a user alone; no such port
         refused(h, meta(**{member: bad}), "invalid_client_metadata")
     answer = refused(h, meta(**{member: "https://a.example/ x"}), "invalid_client_metadata")
     assert "spaces or control characters" in answer.json()["error_description"]  # said as such
@@ -294,7 +305,7 @@ def test_rg_02_scope_within_the_catalogue(h: Harness, scope: str) -> None:
     assert resp.status == 201
 
 
-@pytest.mark.parametrize("scope", ["admin", "tools", "tools:list admin", "bad\"scope", "a::b", ":x"])
+@pytest.mark.parametrize("scope", ["admin", "tools", "tools:list admin", 'bad"scope', "a::b", ":x"])
 def test_rg_02_scope_outside_the_catalogue_or_malformed(h: Harness, scope: str) -> None:
     refused(h, meta(scope=scope), "invalid_client_metadata")
 
@@ -357,8 +368,14 @@ def test_rg_02_text_members_are_unicode_text_without_controls(h: Harness, member
     refused(h, meta(**{member: value}), error)
 
 
-SCRIPTS = ["Cafe\u0301 Tools", "\u2764\ufe0f Tools",
-           "Caf\u00e9 Tools", "\u30c4\u30fc\u30eb", "Tools\u00a0Pro", "\u0421\u0435\u0440\u0432\u0438\u0441"]
+SCRIPTS = [
+    "Cafe\u0301 Tools",
+    "\u2764\ufe0f Tools",
+    "Caf\u00e9 Tools",
+    "\u30c4\u30fc\u30eb",
+    "Tools\u00a0Pro",
+    "\u0421\u0435\u0440\u0432\u0438\u0441",
+]
 
 
 @pytest.mark.parametrize("name", SCRIPTS)
@@ -408,8 +425,12 @@ def test_rg_02_null_and_empty_members_count_as_absent(h: Harness) -> None:
 
 
 def test_rg_02_unknown_members_are_ignored(h: Harness) -> None:
-    body = meta(jwks_uri="https://evil.example/jwks", software_statement="x.y.z", extra={"a": [1, 2]},
-                **{"client_name#ja-Jpan-JP": "名前"})
+    body = meta(
+        jwks_uri="https://evil.example/jwks",
+        software_statement="x.y.z",
+        extra={"a": [1, 2]},
+        **{"client_name#ja-Jpan-JP": "名前"},
+    )
     resp, effects = register(h, body)
     assert resp.status == 201
     answer = resp.json()
@@ -684,8 +705,22 @@ json_values = st.recursive(
     max_leaves=12,
 )
 members = st.sampled_from(
-    ["redirect_uris", "token_endpoint_auth_method", "grant_types", "response_types", "client_name", "client_uri",
-     "logo_uri", "tos_uri", "policy_uri", "contacts", "scope", "software_id", "software_version", "other"]
+    [
+        "redirect_uris",
+        "token_endpoint_auth_method",
+        "grant_types",
+        "response_types",
+        "client_name",
+        "client_uri",
+        "logo_uri",
+        "tos_uri",
+        "policy_uri",
+        "contacts",
+        "scope",
+        "software_id",
+        "software_version",
+        "other",
+    ]
 )
 
 
@@ -735,7 +770,8 @@ def test_rg_02_client_ids_are_command_line_safe() -> None:
     for _ in range(200):
         resp = h.route(
             h.request(
-                "POST", "/register",
+                "POST",
+                "/register",
                 json={"redirect_uris": ["https://app.example.com/cb"], "token_endpoint_auth_method": "none"},
             )
         )

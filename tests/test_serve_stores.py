@@ -148,8 +148,13 @@ class Served:
 
 
 @contextmanager
-def serve(store: str, tmp: Path, *, issuer: str | None = None, extra_env: dict[str, str] | None = None,
-          ) -> Iterator[Served]:
+def serve(
+    store: str,
+    tmp: Path,
+    *,
+    issuer: str | None = None,
+    extra_env: dict[str, str] | None = None,
+) -> Iterator[Served]:
     """``kavach serve --store STORE`` on a free loopback port until the block ends (always stopped)."""
     log = tmp / f"serve-{secrets.token_hex(4)}.log"
     for _attempt in range(3):  # a free port can be taken between probe and bind
@@ -159,8 +164,12 @@ def serve(store: str, tmp: Path, *, issuer: str | None = None, extra_env: dict[s
             args += ["--issuer", issuer]
         with open(log, "w") as sink:
             proc = subprocess.Popen(
-                [*kavach_command(), *args], stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.STDOUT,
-                env=env(**(extra_env or {})), text=True,
+                [*kavach_command(), *args],
+                stdin=subprocess.DEVNULL,
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+                env=env(**(extra_env or {})),
+                text=True,
             )
         served = Served(port, proc, log, issuer or f"http://127.0.0.1:{port}")
         try:
@@ -182,9 +191,15 @@ def _pkce() -> tuple[str, str]:
 
 
 def register(base: str) -> str:
-    answer = httpx.post(f"{base}/register", timeout=10, json={
-        "client_name": "store test", "redirect_uris": [REDIRECT_URI], "token_endpoint_auth_method": "none",
-    })
+    answer = httpx.post(
+        f"{base}/register",
+        timeout=10,
+        json={
+            "client_name": "store test",
+            "redirect_uris": [REDIRECT_URI],
+            "token_endpoint_auth_method": "none",
+        },
+    )
     assert answer.status_code == 201, answer.text
     return str(answer.json()["client_id"])
 
@@ -192,11 +207,18 @@ def register(base: str) -> str:
 def get_code(base: str, resource: str, client_id: str) -> tuple[str, str]:
     """Authorize as alice at ``base``; the code and its PKCE verifier (not yet redeemed)."""
     verifier, challenge = _pkce()
-    query = urlencode({
-        "response_type": "code", "client_id": client_id, "redirect_uri": REDIRECT_URI, "state": "s",
-        "code_challenge": challenge, "code_challenge_method": "S256", "resource": resource,
-        "scope": "tools:list tools:call",
-    })
+    query = urlencode(
+        {
+            "response_type": "code",
+            "client_id": client_id,
+            "redirect_uri": REDIRECT_URI,
+            "state": "s",
+            "code_challenge": challenge,
+            "code_challenge_method": "S256",
+            "resource": resource,
+            "scope": "tools:list tools:call",
+        }
+    )
     with Person("alice", PASSWORD) as person:
         final = person.authorize(f"{base}/authorize?{query}")
     params = {k: v[0] for k, v in parse_qs(urlsplit(final).query).items()}
@@ -205,10 +227,18 @@ def get_code(base: str, resource: str, client_id: str) -> tuple[str, str]:
 
 
 def redeem(base: str, resource: str, client_id: str, code: str, verifier: str) -> httpx.Response:
-    return httpx.post(f"{base}/token", timeout=30, data={
-        "grant_type": "authorization_code", "code": code, "redirect_uri": REDIRECT_URI,
-        "client_id": client_id, "code_verifier": verifier, "resource": resource,
-    })
+    return httpx.post(
+        f"{base}/token",
+        timeout=30,
+        data={
+            "grant_type": "authorization_code",
+            "code": code,
+            "redirect_uri": REDIRECT_URI,
+            "client_id": client_id,
+            "code_verifier": verifier,
+            "resource": resource,
+        },
+    )
 
 
 def obtain(base: str, resource: str) -> dict[str, Any]:
@@ -220,19 +250,37 @@ def obtain(base: str, resource: str) -> dict[str, Any]:
 
 
 def refresh(base: str, tokens: dict[str, Any], resource: str) -> httpx.Response:
-    return httpx.post(f"{base}/token", timeout=30, data={
-        "grant_type": "refresh_token", "refresh_token": tokens["refresh_token"], "client_id": tokens["client_id"],
-        "resource": resource,
-    })
+    return httpx.post(
+        f"{base}/token",
+        timeout=30,
+        data={
+            "grant_type": "refresh_token",
+            "refresh_token": tokens["refresh_token"],
+            "client_id": tokens["client_id"],
+            "resource": resource,
+        },
+    )
 
 
 def call_mcp(mcp_url: str, access_token: str) -> httpx.Response:
     return httpx.post(
-        mcp_url, timeout=30,
-        headers={"Authorization": f"Bearer {access_token}", "Accept": "application/json, text/event-stream",
-                 "MCP-Protocol-Version": "2025-06-18"},
-        json={"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-            "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}},
+        mcp_url,
+        timeout=30,
+        headers={
+            "Authorization": f"Bearer {access_token}",
+            "Accept": "application/json, text/event-stream",
+            "MCP-Protocol-Version": "2025-06-18",
+        },
+        json={
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "initialize",
+            "params": {
+                "protocolVersion": "2025-06-18",
+                "capabilities": {},
+                "clientInfo": {"name": "t", "version": "1"},
+            },
+        },
     )
 
 
@@ -349,8 +397,11 @@ def test_a_redis_prefix_holding_other_keys_is_not_taken_for_a_store(tmp_path: Pa
     try:
         for command in (["users", "list"], ["keys", "rotate"]):
             bad([*command, "--store", url], "holds keys kavachOS did not write")
-        bad(["users", "add", "alice", "--store", url, "--password-stdin"], "kavachOS did not write",
-            stdin=PASSWORD + "\n")
+        bad(
+            ["users", "add", "alice", "--store", url, "--password-stdin"],
+            "kavachOS did not write",
+            stdin=PASSWORD + "\n",
+        )
         assert sorted(k.decode() for k in client.scan_iter(match=prefix + "*")) == [prefix + "app:thing"]
         client.delete(prefix + "app:thing")
         RedisStore(services.REDIS_URL, prefix=prefix).perform(fx.PutClient(Client("c1", (REDIRECT_URI,))))
@@ -425,8 +476,11 @@ def test_two_serve_processes_on_one_store(backend: str, tmp_path: Path) -> None:
         assert call_mcp(second.mcp_url, tokens["access_token"]).status_code == 200
 
         # revocation at one is honoured by the other on its very next request
-        revoked = httpx.post(f"{first.base}/revoke", timeout=10, data={
-            "token": tokens["access_token"], "token_type_hint": "access_token", "client_id": tokens["client_id"]})
+        revoked = httpx.post(
+            f"{first.base}/revoke",
+            timeout=10,
+            data={"token": tokens["access_token"], "token_type_hint": "access_token", "client_id": tokens["client_id"]},
+        )
         assert revoked.status_code == 200, revoked.text
         assert call_mcp(second.mcp_url, tokens["access_token"]).status_code == 401
         assert call_mcp(first.mcp_url, tokens["access_token"]).status_code == 401
@@ -437,8 +491,11 @@ def test_two_serve_processes_on_one_store(backend: str, tmp_path: Path) -> None:
         new_kid = ok(["keys", "rotate", "--store", url]).split("key ")[1].split()[0]
         assert new_kid != old_kid
         for served in (first, second):
-            until(lambda s=served: {old_kid, new_kid} <= jwks_kids(s.base), KEY_ROTATION_BOUND,
-                  f"the new key in {served.base}/jwks.json")
+            until(
+                lambda s=served: {old_kid, new_kid} <= jwks_kids(s.base),
+                KEY_ROTATION_BOUND,
+                f"the new key in {served.base}/jwks.json",
+            )
         fresh = refresh(first.base, tokens, resource)
         assert fresh.status_code == 200, fresh.text
         tokens = {**tokens, **fresh.json()}
@@ -476,15 +533,23 @@ def test_store_outage_answers_503_and_service_resumes(backend: str, tmp_path: Pa
         assert unavailable(refresh(served.base, tokens, served.resource))
         assert unavailable(redeem(served.base, served.resource, client_id, code, verifier))
         assert unavailable(httpx.get(f"{served.base}/jwks.json", timeout=30))
-        assert unavailable(httpx.post(f"{served.base}/register", timeout=30, json={
-            "client_name": "x", "redirect_uris": [REDIRECT_URI], "token_endpoint_auth_method": "none"}))
+        assert unavailable(
+            httpx.post(
+                f"{served.base}/register",
+                timeout=30,
+                json={"client_name": "x", "redirect_uris": [REDIRECT_URI], "token_endpoint_auth_method": "none"},
+            )
+        )
         # what needs no store still answers
         meta = httpx.get(f"{served.base}/.well-known/oauth-authorization-server", timeout=10)
         assert meta.status_code == 200
 
         proxy.restore()  # the store returns: service resumes by itself
-        until(lambda: call_mcp(served.mcp_url, tokens["access_token"]).status_code == 200, 30,
-              "the guard answering 200 again")
+        until(
+            lambda: call_mcp(served.mcp_url, tokens["access_token"]).status_code == 200,
+            30,
+            "the guard answering 200 again",
+        )
         # nothing was half-done during the outage: the code and the refresh token still work, once
         redeemed = redeem(served.base, served.resource, client_id, code, verifier)
         assert redeemed.status_code == 200, redeemed.text

@@ -139,8 +139,12 @@ def test_registration_policy_checks_its_own_fields(kwargs: dict[str, Any], expec
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"refresh_absolute": 10**30}, {"signing_key": 10**19}, {"client_secret": 2**63},
-     {"metadata_document_max": 10**12}],
+    [
+        {"refresh_absolute": 10**30},
+        {"signing_key": 10**19},
+        {"client_secret": 2**63},
+        {"metadata_document_max": 10**12},
+    ],
 )
 def test_lifetimes_have_an_upper_bound(kwargs: dict[str, Any]) -> None:
     """An expiry time past 64 bits would only fail later, in the store, on every request."""
@@ -184,8 +188,17 @@ def test_is_host_name() -> None:
 
 # -- 2. usernames ------------------------------------------------------------------------------
 
-UNPRINTABLE = ["a\x7fb", "a\x85b", "rlo\u202eb", "zero\u200bwidth", "line\u2028sep", "para\u2029sep", "bom\ufeff",
-               "tab\tin", "ctl\x01"]
+UNPRINTABLE = [
+    "a\x7fb",
+    "a\x85b",
+    "rlo\u202eb",
+    "zero\u200bwidth",
+    "line\u2028sep",
+    "para\u2029sep",
+    "bom\ufeff",
+    "tab\tin",
+    "ctl\x01",
+]
 
 
 @pytest.mark.parametrize("name", UNPRINTABLE)
@@ -256,7 +269,9 @@ def test_serve_refuses_a_trusted_proxy_network_covering_everything(db: str) -> N
 
 def test_narrow_trusted_proxy_networks_are_still_accepted() -> None:
     assert resolve({"trusted_proxies": "10.0.0.0/8 ::1 0.0.0.0/1"}, {}).trusted_proxies == (
-        "10.0.0.0/8", "::1", "0.0.0.0/1"
+        "10.0.0.0/8",
+        "::1",
+        "0.0.0.0/1",
     )
 
 
@@ -293,8 +308,12 @@ def test_a_directory_config_file_still_says_so(tmp_path: Path, db: str) -> None:
 
 @pytest.mark.parametrize(
     ("issuer", "expect"),
-    [("https://a.example:0", "give a port between 1 and 65535"), ("https://a.example:", "give a port"),
-     ("https://a.example:99999", "is not a valid URL"), ("https://[::1", "is not a valid URL")],
+    [
+        ("https://a.example:0", "give a port between 1 and 65535"),
+        ("https://a.example:", "give a port"),
+        ("https://a.example:99999", "is not a valid URL"),
+        ("https://[::1", "is not a valid URL"),
+    ],
 )
 def test_issuer_ports(db: str, issuer: str, expect: str) -> None:
     bad(["keys", "list", "--db", db], expect, env=clean_env(KAVACH_ISSUER=issuer))
@@ -308,9 +327,13 @@ def test_serve_refuses_an_issuer_on_port_zero(db: str) -> None:
 
 @pytest.mark.parametrize(
     ("upstream", "expect"),
-    [("http://127.0.0.1:99999/mcp", "is not a valid URL"), ("http://[::1/mcp", "is not a valid URL"),
-     ("http://[x", "is not a valid URL"), ("http://127.0.0.1:0/mcp", "give a port between 1 and 65535"),
-     ("http://127.0.0.1:/mcp", "give a port")],
+    [
+        ("http://127.0.0.1:99999/mcp", "is not a valid URL"),
+        ("http://[::1/mcp", "is not a valid URL"),
+        ("http://[x", "is not a valid URL"),
+        ("http://127.0.0.1:0/mcp", "give a port between 1 and 65535"),
+        ("http://127.0.0.1:/mcp", "give a port"),
+    ],
 )
 def test_upstream_ports_and_malformed_urls(tmp_path: Path, db: str, upstream: str, expect: str) -> None:
     bad(["keys", "list", "--db", db], expect, env=clean_env(KAVACH_UPSTREAM=upstream))
@@ -337,12 +360,14 @@ def test_log_level_from_file_and_environment_in_any_case(tmp_path: Path) -> None
 
 @pytest.mark.parametrize(
     ("table", "expect"),
-    [("allow_hosts = [1]", "documents.allow_hosts must be a list of host names"),
-     ('deny_hosts = "x.example"', None),
-     ('allow_hosts = ["*"]', "'*' is not a host name"),
-     ('allow_hosts = [""]', "'' is not a host name"),
-     ("allow_hosts = []", "names no host"),
-     ('deny_hosts = ["a..b"]', "'a..b' is not a host name")],
+    [
+        ("allow_hosts = [1]", "documents.allow_hosts must be a list of host names"),
+        ('deny_hosts = "x.example"', None),
+        ('allow_hosts = ["*"]', "'*' is not a host name"),
+        ('allow_hosts = [""]', "'' is not a host name"),
+        ("allow_hosts = []", "names no host"),
+        ('deny_hosts = ["a..b"]', "'a..b' is not a host name"),
+    ],
 )
 def test_document_hosts_in_the_file(tmp_path: Path, db: str, table: str, expect: str | None) -> None:
     config = write(tmp_path, f"[documents]\n{table}\n")
@@ -354,27 +379,35 @@ def test_document_hosts_in_the_file(tmp_path: Path, db: str, table: str, expect:
 
 
 def test_document_fetch_limits_in_the_file(tmp_path: Path) -> None:
-    table = "deadline = 2.5\nconnect_timeout = 1\nread_timeout = 1.5\nrefusal_ttl = 0\nmax_fetches = 8\n" \
-            "max_fetches_per_host = 2\nmax_bytes = 4096\nrefusal_cache_entries = 10\n"
+    table = (
+        "deadline = 2.5\nconnect_timeout = 1\nread_timeout = 1.5\nrefusal_ttl = 0\nmax_fetches = 8\n"
+        "max_fetches_per_host = 2\nmax_bytes = 4096\nrefusal_cache_entries = 10\n"
+    )
     policy = resolve({"config": write(tmp_path, f"[documents]\n{table}")}, {}).fetch_policy()
     assert (policy.deadline, policy.connect_timeout, policy.read_timeout, policy.refusal_ttl) == (2.5, 1.0, 1.5, 0.0)
     assert (policy.max_fetches, policy.max_fetches_per_host, policy.max_bytes, policy.refusal_cache_entries) == (
-        8, 2, 4096, 10)
+        8,
+        2,
+        4096,
+        10,
+    )
 
 
 @pytest.mark.parametrize(
     ("table", "expect"),
-    [('deadline = "5"', "documents.deadline must be a number of seconds"),
-     ("deadline = inf", "documents.deadline must be a number of seconds"),
-     ("deadline = true", "documents.deadline must be a number of seconds"),
-     ("deadline = 0", "every time limit must be more than 0 and at most 60"),
-     ("read_timeout = 1e12", "every time limit must be more than 0 and at most 60"),
-     ("refusal_ttl = -1", "refusal_ttl must be from 0 to 86400"),
-     ("refusal_ttl = 1e300", "refusal_ttl must be from 0 to 86400"),
-     ("max_bytes = 100000000000000000000000", "max_bytes must be from 1 to 1048576"),
-     ("max_fetches = 0", "must be at least 1"),
-     ("max_fetches = 2.5", "documents.max_fetches must be a whole number"),
-     ("max_redirects = 3", "unknown documents setting 'max_redirects'")],
+    [
+        ('deadline = "5"', "documents.deadline must be a number of seconds"),
+        ("deadline = inf", "documents.deadline must be a number of seconds"),
+        ("deadline = true", "documents.deadline must be a number of seconds"),
+        ("deadline = 0", "every time limit must be more than 0 and at most 60"),
+        ("read_timeout = 1e12", "every time limit must be more than 0 and at most 60"),
+        ("refusal_ttl = -1", "refusal_ttl must be from 0 to 86400"),
+        ("refusal_ttl = 1e300", "refusal_ttl must be from 0 to 86400"),
+        ("max_bytes = 100000000000000000000000", "max_bytes must be from 1 to 1048576"),
+        ("max_fetches = 0", "must be at least 1"),
+        ("max_fetches = 2.5", "documents.max_fetches must be a whole number"),
+        ("max_redirects = 3", "unknown documents setting 'max_redirects'"),
+    ],
 )
 def test_document_fetch_limits_are_checked(tmp_path: Path, db: str, table: str, expect: str) -> None:
     config = write(tmp_path, f"[documents]\n{table}\n")
@@ -483,8 +516,12 @@ def test_sign_in_limits_from_the_file(tmp_path: Path) -> None:
     toml.write_text("[sign_in]\nper_address = 500\nwindow = 60\n")
     assert resolve({"config": str(toml)}, {}).login_limits() == LoginLimits(per_user=10, per_address=500, window=60)
     assert resolve({}, {}).login_limits() == LoginLimits()
-    cases = (("per_user = 0", "sign_in: LoginLimits.per_user must be"), ("per_minute = 3", "unknown sign_in"),
-             ("window = 'x'", "sign_in.window"), ("", ""))
+    cases = (
+        ("per_user = 0", "sign_in: LoginLimits.per_user must be"),
+        ("per_minute = 3", "unknown sign_in"),
+        ("window = 'x'", "sign_in.window"),
+        ("", ""),
+    )
     for body, message in cases:
         toml.write_text(f"[sign_in]\n{body}\n" if body else "sign_in = 3\n")
         with pytest.raises(SettingsError, match=message or r"\[sign_in\] must be a table"):

@@ -68,17 +68,25 @@ def _kavach_db(path: Path) -> None:
 REFUSED = {
     "newer-schema": (("PRAGMA user_version = 99", "CREATE TABLE t (x)"), ["keys", "list"], "schema version 99"),
     "other-application": (
-        ("PRAGMA application_id = 12345", "CREATE TABLE t (x)"), ["keys", "list"], "another application"
+        ("PRAGMA application_id = 12345", "CREATE TABLE t (x)"),
+        ["keys", "list"],
+        "another application",
     ),
     "unrelated-clients-table": (("CREATE TABLE clients (x)",), ["keys", "list"], "not a kavachOS one"),
     "foreign-kavach-settings": (
-        ("CREATE TABLE kavach_settings (x)",), ["keys", "list"], "kavach_settings lacks columns name, value"
+        ("CREATE TABLE kavach_settings (x)",),
+        ["keys", "list"],
+        "kavach_settings lacks columns name, value",
     ),
     "foreign-kavach-users": (
-        ("CREATE TABLE kavach_users (x)",), ["users", "list"], "kavach_users lacks columns username, password_hash"
+        ("CREATE TABLE kavach_users (x)",),
+        ["users", "list"],
+        "kavach_users lacks columns username, password_hash",
     ),
     "kavach-settings-view": (
-        ("CREATE VIEW kavach_settings AS SELECT 1 AS name",), ["keys", "list"], "kavach_settings lacks columns"
+        ("CREATE VIEW kavach_settings AS SELECT 1 AS name",),
+        ["keys", "list"],
+        "kavach_settings lacks columns",
     ),
 }
 
@@ -115,14 +123,14 @@ def test_a_version_1_file_with_a_table_in_the_way_of_version_2_is_refused_untouc
 DAMAGE = {
     "grants-dropped": ("DROP TABLE grants", ["grants", "list"], "table grants is missing"),
     "client-name-dropped": (
-        "ALTER TABLE clients DROP COLUMN client_name", ["clients", "list"], "table clients lacks column client_name"
+        "ALTER TABLE clients DROP COLUMN client_name",
+        ["clients", "list"],
+        "table clients lacks column client_name",
     ),
     "secret-as-text": ("UPDATE kavach_settings SET value = 'abc'", ["keys", "list"], "server secret"),
     "secret-too-short": ("UPDATE kavach_settings SET value = x'0102'", ["users", "list"], "server secret"),
     "pem-as-text-list": ("UPDATE signing_keys SET private_pem = 'garbage'", ["keys", "list"], "table signing_keys"),
-    "pem-as-text-rotate": (
-        "UPDATE signing_keys SET private_pem = 'garbage'", ["keys", "rotate"], "table signing_keys"
-    ),
+    "pem-as-text-rotate": ("UPDATE signing_keys SET private_pem = 'garbage'", ["keys", "rotate"], "table signing_keys"),
     "redirect-uris-not-json": ("UPDATE clients SET redirect_uris = 'oops'", ["clients", "list"], "table clients"),
     # SQLite's column affinity keeps text that is no number as text: read as damage, not used
     "key-time-as-text": ("UPDATE signing_keys SET created_at = 'abc'", ["keys", "list"], "created_at = 'abc'"),
@@ -130,10 +138,14 @@ DAMAGE = {
     "client-name-as-blob": ("UPDATE clients SET client_name = x'41'", ["clients", "list"], "not text"),
     # JSON of another shape than an array of text: read, before, as the characters of a string
     "redirect-uris-a-string": (
-        """UPDATE clients SET redirect_uris = '"http://127.0.0.1:9/cb"'""", ["clients", "list"], "not an array of text"
+        """UPDATE clients SET redirect_uris = '"http://127.0.0.1:9/cb"'""",
+        ["clients", "list"],
+        "not an array of text",
     ),
     "client-metadata-not-json": (
-        "UPDATE clients SET metadata = '{not json'", ["clients", "list"], "metadata that is not the JSON text"
+        "UPDATE clients SET metadata = '{not json'",
+        ["clients", "list"],
+        "metadata that is not the JSON text",
     ),
 }
 
@@ -459,8 +471,15 @@ def test_commands_that_only_read_or_change_refuse_a_location_with_no_store(kind:
         def created() -> bool:
             return any(redis.Redis.from_url(services.REDIS_URL).scan_iter(match=prefix + "*"))
 
-    for command in (["users", "list"], ["clients", "list"], ["grants", "list"], ["keys", "list"],
-                    ["users", "remove", "alice"], ["clients", "show", "x"], ["grants", "revoke", "--subject", "a"]):
+    for command in (
+        ["users", "list"],
+        ["clients", "list"],
+        ["grants", "list"],
+        ["keys", "list"],
+        ["users", "remove", "alice"],
+        ["clients", "show", "x"],
+        ["grants", "revoke", "--subject", "a"],
+    ):
         bad([*command, "--store", url], where)
         assert not created(), command
     ok(["keys", "rotate", "--store", url])

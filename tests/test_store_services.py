@@ -205,8 +205,10 @@ def test_pg_refuses_a_schema_holding_foreign_tables(tmp_path: Path, admin: psyco
     [
         ("version integer, description text", "a schema_version table that is not a kavachOS store's"),  # a look-alike
         ("version text, description text, applied_at timestamptz", "not a kavachOS store's"),  # Flyway-like
-        ("version integer PRIMARY KEY, description text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now()",
-         "records kavachOS migrations but lacks the tables clients, codes"),  # kavachOS's shape, no tables
+        (
+            "version integer PRIMARY KEY, description text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now()",
+            "records kavachOS migrations but lacks the tables clients, codes",
+        ),  # kavachOS's shape, no tables
     ],
     ids=["look-alike", "text-versions", "no-tables"],
 )
@@ -899,9 +901,7 @@ def test_pg_a_transaction_cut_off_mid_way_gives_its_row_locks_back(tmp_path: Pat
 
         def free() -> bool:
             try:
-                locker.execute(
-                    f'SELECT 1 FROM "{store.schema}".grants WHERE grant_id = %s FOR UPDATE NOWAIT', ("g1",)
-                )
+                locker.execute(f'SELECT 1 FROM "{store.schema}".grants WHERE grant_id = %s FOR UPDATE NOWAIT', ("g1",))
             except psycopg.errors.LockNotAvailable:
                 locker.rollback()
                 return False
@@ -1692,16 +1692,18 @@ def test_pg_a_row_that_does_not_read_is_damage_and_changes_nothing(
 
 @pytest.mark.parametrize(
     ("reply", "is_outage"),
-    [("OOM command not allowed when used memory > 'maxmemory'.", True),
-     ("READONLY You can't write against a read only replica.", True),
-     ("MASTERDOWN Link with MASTER is down and replica-serve-stale-data is set to 'no'.", True),
-     ("CLUSTERDOWN The cluster is down", True),
-     ("TRYAGAIN Multiple keys request during rehashing of slot", True),
-     ("MISCONF Redis is configured to save RDB snapshots, but it's currently unable to persist to disk.", True),
-     ("BUSY Redis is busy running a script.", True),
-     ("NOREPLICAS Not enough good replicas to write.", True),
-     ("WRONGTYPE Operation against a key holding the wrong kind of value", True),  # damage: 503 too
-     ("ERR unknown command 'FOO'", False)],
+    [
+        ("OOM command not allowed when used memory > 'maxmemory'.", True),
+        ("READONLY You can't write against a read only replica.", True),
+        ("MASTERDOWN Link with MASTER is down and replica-serve-stale-data is set to 'no'.", True),
+        ("CLUSTERDOWN The cluster is down", True),
+        ("TRYAGAIN Multiple keys request during rehashing of slot", True),
+        ("MISCONF Redis is configured to save RDB snapshots, but it's currently unable to persist to disk.", True),
+        ("BUSY Redis is busy running a script.", True),
+        ("NOREPLICAS Not enough good replicas to write.", True),
+        ("WRONGTYPE Operation against a key holding the wrong kind of value", True),  # damage: 503 too
+        ("ERR unknown command 'FOO'", False),
+    ],
 )
 def test_redis_replies_of_a_server_that_will_not_serve_now_are_outages(reply: str, is_outage: bool) -> None:
     """Each error reply as redis-py itself raises it (its parser picks the class and may drop

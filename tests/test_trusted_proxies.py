@@ -19,7 +19,9 @@ from kavach_serve import serve
 LIMITED = "[registration]\nrate_limit = 2\n"
 TRUSTING_OTHERS = 'trusted_proxies = ["10.0.0.0/8"]\n' + LIMITED
 METADATA = {
-    "client_name": "proxy test", "redirect_uris": ["http://127.0.0.1:9/cb"], "token_endpoint_auth_method": "none",
+    "client_name": "proxy test",
+    "redirect_uris": ["http://127.0.0.1:9/cb"],
+    "token_endpoint_auth_method": "none",
 }
 
 
@@ -53,8 +55,14 @@ def test_forwarded_allow_ips_adds_the_mapped_form_of_ipv4_entries() -> None:
 
     given = ("10.0.0.5", "10.1.0.0/16", "192.0.2.7/32", "::1", "2001:db8::/32")
     assert forwarded_allow_ips(given) == [
-        "10.0.0.5", "::ffff:10.0.0.5", "10.1.0.0/16", "::ffff:10.1.0.0/112", "192.0.2.7/32", "::ffff:192.0.2.7/128",
-        "::1", "2001:db8::/32",
+        "10.0.0.5",
+        "::ffff:10.0.0.5",
+        "10.1.0.0/16",
+        "::ffff:10.1.0.0/112",
+        "192.0.2.7/32",
+        "::ffff:192.0.2.7/128",
+        "::1",
+        "2001:db8::/32",
     ]
 
 
@@ -83,8 +91,11 @@ def test_trusted_proxies_from_flag_environment_and_file(tmp_path: Path, given: s
 
 @pytest.mark.parametrize(
     ("given", "expect"),
-    [("*", "cannot be '\\*'"), ("proxy.internal", "'proxy.internal' is not an IP address"),
-     ("10.0.0.0/33", "not an IP address or network")],
+    [
+        ("*", "cannot be '\\*'"),
+        ("proxy.internal", "'proxy.internal' is not an IP address"),
+        ("10.0.0.0/33", "not an IP address or network"),
+    ],
 )
 def test_bad_trusted_proxies_are_one_clear_error(given: str, expect: str) -> None:
     with pytest.raises(SettingsError, match=expect):

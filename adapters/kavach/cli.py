@@ -97,7 +97,8 @@ def _common() -> _Parser:
     where = common.add_mutually_exclusive_group()
     where.add_argument("--db", metavar="FILE", help="the SQLite database (default ./kavach.db; KAVACH_DB)")
     where.add_argument(
-        "--store", metavar="URL",
+        "--store",
+        metavar="URL",
         help="the store instead of --db: postgresql://..., redis://... or sqlite:///PATH (KAVACH_STORE;"
         " PostgreSQL and Redis need KAVACH_STORE_KEY)",
     )
@@ -137,31 +138,43 @@ def build_parser() -> argparse.ArgumentParser:
         help="accept an http issuer that is not on loopback (a lab only)",
     )
     serve.add_argument(
-        "--document-allow-host", action="append", dest="document_allow_hosts", metavar="HOST",
+        "--document-allow-host",
+        action="append",
+        dest="document_allow_hosts",
+        metavar="HOST",
         help="fetch client metadata documents only from this host (.example.com: its subdomains; repeat)",
     )
     serve.add_argument(
-        "--document-deny-host", action="append", dest="document_deny_hosts", metavar="HOST",
+        "--document-deny-host",
+        action="append",
+        dest="document_deny_hosts",
+        metavar="HOST",
         help="never fetch client metadata documents from this host (repeat)",
     )
     serve.add_argument(
         "--document-ca-bundle", metavar="FILE", help="trust these CAs (PEM) when fetching client metadata documents"
     )
     serve.add_argument(
-        "--document-allow-loopback", action="store_true", default=None,
+        "--document-allow-loopback",
+        action="store_true",
+        default=None,
         help="DEVELOPMENT ONLY: fetch client metadata documents from loopback addresses",
     )
     serve.add_argument(
-        "--log-level", type=str.lower, choices=("critical", "error", "warning", "info", "debug"),
+        "--log-level",
+        type=str.lower,
+        choices=("critical", "error", "warning", "info", "debug"),
         help="log level (KAVACH_LOG_LEVEL)",
     )
     serve.add_argument(
-        "--trusted-proxies", metavar="ADDRESSES",
+        "--trusted-proxies",
+        metavar="ADDRESSES",
         help="load balancers (IP addresses or networks, comma separated) whose X-Forwarded-For names the client "
         "for the per-address limits (KAVACH_TRUSTED_PROXIES; default: none, the socket peer is the client)",
     )
     serve.add_argument(
-        "--allowed-origins", metavar="ORIGINS",
+        "--allowed-origins",
+        metavar="ORIGINS",
         help="web origins (comma separated, e.g. https://app.example.com; '*' for any) of browser pages that may call "
         "/mcp besides the issuer's and loopback ones (KAVACH_ALLOWED_ORIGINS); a request from another is refused 403",
     )
@@ -184,7 +197,11 @@ def build_parser() -> argparse.ArgumentParser:
     cadd = clients_cmds.add_parser("add", parents=[common], help="pre-register a client")
     cadd.add_argument("--name", required=True, help="the name people see at consent")
     cadd.add_argument(
-        "--redirect-uri", required=True, action="append", dest="redirect_uris", metavar="URI",
+        "--redirect-uri",
+        required=True,
+        action="append",
+        dest="redirect_uris",
+        metavar="URI",
         help="a redirect URI (repeat for several)",
     )
     cadd.add_argument("--confidential", action="store_true", help="issue a client secret (client_secret_basic)")
@@ -219,7 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
     krot.set_defaults(handler=cmd_keys_rotate, parser=krot)
 
     conformance = commands.add_parser(
-        "conformance", help="check an OAuth authorization server over HTTP against the spec checklist",
+        "conformance",
+        help="check an OAuth authorization server over HTTP against the spec checklist",
         description="Black-box conformance kit (kavach_conformance): a table of rule ids and a JSON report.",
     )
     try:
@@ -254,8 +272,17 @@ def _settings(args: argparse.Namespace) -> Settings:
     flags = {
         name: getattr(args, name, None)
         for name in (
-            "host", "port", "issuer", "db", "store", "upstream", "config", "allow_insecure_http", "log_level",
-            "trusted_proxies", "allowed_origins",
+            "host",
+            "port",
+            "issuer",
+            "db",
+            "store",
+            "upstream",
+            "config",
+            "allow_insecure_http",
+            "log_level",
+            "trusted_proxies",
+            "allowed_origins",
         )
     }
     documents = {
@@ -622,8 +649,16 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
             state = "published"
         else:
             state = "expired"
-        rows.append((record.kid, record.alg, _when(record.created_at), _when(record.signs_until),
-                     _when(record.publish_until), state))
+        rows.append(
+            (
+                record.kid,
+                record.alg,
+                _when(record.created_at),
+                _when(record.signs_until),
+                _when(record.publish_until),
+                state,
+            )
+        )
     _table(rows, ("KID", "ALG", "CREATED", "SIGNS_UNTIL", "PUBLISHED_UNTIL", "STATE"))
     return 0
 

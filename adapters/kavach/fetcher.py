@@ -629,8 +629,6 @@ class _Refusals:
             self._kept[url] = (now + self.ttl, refusal)
 
 
-
-
 # -- the fetcher -------------------------------------------------------------------------------
 
 
@@ -775,9 +773,7 @@ class DocumentFetcher:
                 addr = ipaddress.ip_address(text)
             except ValueError:
                 raise _Refused(f"{target.host} resolved to something that is not an address") from None
-            problem = address_problem(addr, allow_loopback=self.policy.allow_loopback) or _denied(
-                addr, self._denied
-            )
+            problem = address_problem(addr, allow_loopback=self.policy.allow_loopback) or _denied(addr, self._denied)
             if problem is not None:
                 if target.literal is not None:
                     raise _Refused(f"the address {addr} is {problem}")

@@ -225,8 +225,12 @@ def build_config(settings: Settings, secret: bytes) -> Config:
     """The core configuration for these settings (one protected resource: ``<origin>/mcp``)."""
     try:
         # The issuer alone first, so a bad one is reported as such (the resource derives from it).
-        Config(issuer=settings.issuer_url, resources=(_PLACEHOLDER,), secret=secret,
-               allow_insecure_http=settings.allow_insecure_http)
+        Config(
+            issuer=settings.issuer_url,
+            resources=(_PLACEHOLDER,),
+            secret=secret,
+            allow_insecure_http=settings.allow_insecure_http,
+        )
         resource = ProtectedResource(
             settings.resource_url,
             scopes=settings.scopes,
@@ -263,9 +267,7 @@ class Instance:
     store: Any
     users: Users
 
-    def __init__(
-        self, settings: Settings, *, environ: Mapping[str, str] | None = None, creates: bool = True
-    ) -> None:
+    def __init__(self, settings: Settings, *, environ: Mapping[str, str] | None = None, creates: bool = True) -> None:
         """Opens the store; unless it ``creates``, a PostgreSQL schema or Redis prefix holding no
         store raises :class:`NoStoreError` and is left untouched (a mistyped location must not
         become a new, empty store), and an SQLite store the library made gets no secret or users

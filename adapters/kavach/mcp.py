@@ -152,9 +152,7 @@ class _SdkIdentity:
             auth_context_var.reset(reset)
 
 
-def guard(
-    app: ASGIApp, server: AuthorizationServer, resource: str, *, required: Required | None = None
-) -> KavachGuard:
+def guard(app: ASGIApp, server: AuthorizationServer, resource: str, *, required: Required | None = None) -> KavachGuard:
     """The SDK's ASGI app behind :class:`~kavach.starlette.KavachGuard`, the principal handed to the SDK.
 
     The resource's metadata is answered when its path reaches this app; under a Starlette

@@ -113,13 +113,23 @@ def _hidden(name: str, value: str) -> str:
     return f'<input type="hidden" name="{escape(name)}" value="{escape(value)}">'
 
 
-def page(status: int, title: str, body: str, *, headers: Iterable[tuple[str, str]] = (),
-         forms_leave: bool = False) -> Response:
+def page(
+    status: int, title: str, body: str, *, headers: Iterable[tuple[str, str]] = (), forms_leave: bool = False
+) -> Response:
     return Response(status, (*page_headers(forms_leave=forms_leave), *headers), _document(title, body))
 
 
-def login_page(*, action: str, ticket: str, csrf: str, client_name: str, username: str = "",
-               error: str | None = None, status: int = 200, headers: Iterable[tuple[str, str]] = ()) -> Response:
+def login_page(
+    *,
+    action: str,
+    ticket: str,
+    csrf: str,
+    client_name: str,
+    username: str = "",
+    error: str | None = None,
+    status: int = 200,
+    headers: Iterable[tuple[str, str]] = (),
+) -> Response:
     """The sign-in form; it posts to ``action`` and continues to consent for ``ticket``.
 
     Sign in comes first, so Enter in a field signs in (the form's default button, HTML §4.10.21.2);
@@ -144,8 +154,16 @@ def login_page(*, action: str, ticket: str, csrf: str, client_name: str, usernam
     return page(status, "Sign in", body, headers=headers, forms_leave=True)
 
 
-def consent_page(view: ConsentView, *, action: str, ticket: str, csrf: str, subject: str,
-                 headers: Iterable[tuple[str, str]] = (), switch_account: bool = False) -> Response:
+def consent_page(
+    view: ConsentView,
+    *,
+    action: str,
+    ticket: str,
+    csrf: str,
+    subject: str,
+    headers: Iterable[tuple[str, str]] = (),
+    switch_account: bool = False,
+) -> Response:
     """The decision (AZ-11, AZ-12); the ticked scopes are sent as ``scope`` fields.
 
     ``switch_account`` (built-in sign-in only) adds a third answer, ``decision=switch``: not
@@ -194,7 +212,7 @@ def consent_page(view: ConsentView, *, action: str, ticket: str, csrf: str, subj
     )
     items = []
     for uri, label in zip(view.resources, view.resource_names, strict=False):
-        shown = f" <span class=\"host\">{escape(uri)}</span>" if label and label != uri else ""
+        shown = f' <span class="host">{escape(uri)}</span>' if label and label != uri else ""
         items.append(f"<li>{escape(label or uri)}{shown}</li>")
     resources = "".join(items)
     body = (

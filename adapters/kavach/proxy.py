@@ -447,7 +447,10 @@ class UpstreamProxy:
                 log.warning(
                     "the upstream MCP server answered %s %s with %d to %r: redirects are not passed on; "
                     "give --upstream the URL it serves",
-                    method, self.upstream, status, upstream.headers.get("location", ""),
+                    method,
+                    self.upstream,
+                    status,
+                    upstream.headers.get("location", ""),
                 )
                 raise _Refused(502, "bad_gateway", f"the upstream MCP server answered with a redirect ({status})")
             complete = await _relay(upstream, send, response_headers(upstream.headers))
@@ -478,7 +481,9 @@ class UpstreamProxy:
             except httpx.PoolTimeout:
                 log.warning("every connection to the upstream MCP server is in use: answering 503")
                 raise _Refused(
-                    503, "temporarily_unavailable", "every connection to the upstream MCP server is in use",
+                    503,
+                    "temporarily_unavailable",
+                    "every connection to the upstream MCP server is in use",
                     self.retry_after,
                 ) from None
             except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
@@ -524,4 +529,3 @@ async def _raw(upstream: httpx.Response) -> AsyncIterator[bytes]:
 
 async def _answer(send: Send, refused: _Refused) -> None:
     await refuse(send, refused.status, refused.error, refused.description, refused.retry_after)
-

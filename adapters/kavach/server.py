@@ -341,8 +341,10 @@ FORM_TYPES = frozenset({"application/x-www-form-urlencoded", "multipart/form-dat
 
 PARSED_AWAY = json_response(
     415,
-    {"error": "invalid_request",
-     "error_description": "the body was read as a form before the guard: send MCP messages as application/json"},
+    {
+        "error": "invalid_request",
+        "error_description": "the body was read as a form before the guard: send MCP messages as application/json",
+    },
     no_store=True,
 )
 """What a guard answers when something before it (a Flask ``before_request`` hook reading
@@ -385,12 +387,22 @@ def failure_response(exc: BaseException) -> Response:
 
 
 def _check_arguments(
-    config: object, store: object, users: object, login_limits: object, scope_map: object, fetcher: object,
-    session_lifetime: object, keyring_ttl: object,
+    config: object,
+    store: object,
+    users: object,
+    login_limits: object,
+    scope_map: object,
+    fetcher: object,
+    session_lifetime: object,
+    keyring_ttl: object,
 ) -> None:
     """Refuse, when the server is built, what would otherwise fail on every request."""
-    expected = (("config", config, Config, False), ("users", users, Users, True),
-                ("login_limits", login_limits, LoginLimits, True), ("scope_map", scope_map, McpScopeMap, False))
+    expected = (
+        ("config", config, Config, False),
+        ("users", users, Users, True),
+        ("login_limits", login_limits, LoginLimits, True),
+        ("scope_map", scope_map, McpScopeMap, False),
+    )
     for name, value, kind, optional in expected:
         if not isinstance(value, kind) and not (optional and value is None):
             raise TypeError(f"{name} must be a {kind.__name__}, not {type(value).__name__}")
@@ -443,8 +455,13 @@ class AuthorizationServer:
         if users is None and identify is None:
             raise ValueError("give users= (built-in sign-in) or identify= (your application's login), or both")
         _check_arguments(config, store, users, login_limits, scope_map, fetcher, session_lifetime, keyring_ttl)
-        for name, fn in (("identify", identify), ("login_url", login_url), ("clock", clock), ("entropy", entropy),
-                         ("router", router)):
+        for name, fn in (
+            ("identify", identify),
+            ("login_url", login_url),
+            ("clock", clock),
+            ("entropy", entropy),
+            ("router", router),
+        ):
             if fn is not None and not callable(fn):
                 raise TypeError(f"{name} must be a function, not {type(fn).__name__}")
         if router is None:

@@ -117,9 +117,25 @@ MCP_PATH = "/mcp"
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 
 _TOP_KEYS = frozenset(
-    {"host", "port", "issuer", "db", "store", "upstream", "allow_insecure_http", "refresh_grace", "signing_alg",
-     "log_level", "trusted_proxies", "allowed_origins", "lifetimes", "resource", "registration", "sign_in",
-     "documents"}
+    {
+        "host",
+        "port",
+        "issuer",
+        "db",
+        "store",
+        "upstream",
+        "allow_insecure_http",
+        "refresh_grace",
+        "signing_alg",
+        "log_level",
+        "trusted_proxies",
+        "allowed_origins",
+        "lifetimes",
+        "resource",
+        "registration",
+        "sign_in",
+        "documents",
+    }
 )
 _LIFETIME_KEYS = tuple(f.name for f in attrs.fields(Lifetimes))
 _RESOURCE_KEYS = frozenset({"name", "scopes", "default_scopes"})
@@ -127,8 +143,9 @@ _REGISTRATION_KEYS = frozenset(f.name for f in attrs.fields(RegistrationPolicy))
 _SIGN_IN_KEYS = ("per_user", "per_address", "window")
 _DOCUMENT_COUNTS = ("max_bytes", "max_fetches", "max_fetches_per_host", "refusal_cache_entries")
 _DOCUMENT_SECONDS = ("deadline", "connect_timeout", "read_timeout", "refusal_ttl")
-_DOCUMENT_KEYS = frozenset({"allow_hosts", "deny_hosts", "ca_bundle", "allow_loopback",
-                            *_DOCUMENT_COUNTS, *_DOCUMENT_SECONDS})
+_DOCUMENT_KEYS = frozenset(
+    {"allow_hosts", "deny_hosts", "ca_bundle", "allow_loopback", *_DOCUMENT_COUNTS, *_DOCUMENT_SECONDS}
+)
 MAX_CONFIG_BYTES = 1024 * 1024
 """The largest settings file read (1 MiB); a larger one is refused, not read."""
 _TRUE = ("1", "true", "yes", "on")
@@ -210,7 +227,6 @@ class Settings:
         except TypeError as exc:
             known = ", ".join(sorted(_REGISTRATION_KEYS))
             raise SettingsError(f"registration: unknown setting; the known ones are {known}") from exc
-
 
     def login_limits(self) -> Any:
         """The :class:`~kavach.server.LoginLimits` of ``[sign_in]``."""
@@ -469,7 +485,7 @@ def _toml_store(store: str, base: Path) -> str:
     if store in (":memory:", "memory:"):
         return store
     if store[: len("sqlite:///")].lower() == "sqlite:///":  # the scheme in any letter case
-        path = store[len("sqlite:///"):]
+        path = store[len("sqlite:///") :]
         if path in ("", ":memory:") or os.path.isabs(path):
             return store
         return "sqlite:///" + str(base / path)
@@ -534,8 +550,13 @@ _PLAIN_VARIABLES = ("host", "issuer", "db", "store", "upstream", "signing_alg", 
 ENVIRONMENT = frozenset(
     {f"KAVACH_{key.upper()}" for key in _PLAIN_VARIABLES}
     | {f"KAVACH_{key.upper()}_LIFETIME" for key in _LIFETIME_KEYS}
-    | {"KAVACH_PORT", "KAVACH_REFRESH_GRACE", "KAVACH_ALLOW_INSECURE_HTTP", "KAVACH_TRUSTED_PROXIES",
-       "KAVACH_ALLOWED_ORIGINS"}
+    | {
+        "KAVACH_PORT",
+        "KAVACH_REFRESH_GRACE",
+        "KAVACH_ALLOW_INSECURE_HTTP",
+        "KAVACH_TRUSTED_PROXIES",
+        "KAVACH_ALLOWED_ORIGINS",
+    }
     | {"KAVACH_DEFAULT_SCOPES", "KAVACH_REGISTRATION", "KAVACH_CONFIG", "KAVACH_STORE_KEY"}
     | {f"KAVACH_DOCUMENT_{key}" for key in ("ALLOW_HOSTS", "DENY_HOSTS", "CA_BUNDLE", "ALLOW_LOOPBACK")}
     | {"KAVACH_CONFORMANCE_PASSWORD", "KAVACH_CONFORMANCE_CLIENT_SECRET"}

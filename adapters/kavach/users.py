@@ -105,12 +105,12 @@ def normalize_username(username: str) -> str:
     for char in name:
         category = unicodedata.category(char)
         if category == "Cs":
-            raise UsernameError("a username must be valid Unicode text (it has a lone surrogate, as from bytes "
-                                "that are not UTF-8)")
+            raise UsernameError(
+                "a username must be valid Unicode text (it has a lone surrogate, as from bytes that are not UTF-8)"
+            )
         if category in _UNPRINTABLE:
             raise UsernameError(
-                "a username must not contain control, invisible or line-breaking characters "
-                f"(it has U+{ord(char):04X})"
+                f"a username must not contain control, invisible or line-breaking characters (it has U+{ord(char):04X})"
             )
     return name.strip()
 

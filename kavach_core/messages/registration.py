@@ -30,7 +30,6 @@ URI_MEMBERS = ("client_uri", "logo_uri", "tos_uri", "policy_uri")
 """Human-facing URIs (RFC 7591 §2): https only, and never fetched by this server (RG-01)."""
 
 
-
 @attrs.frozen
 class RegistrationRequest:
     """A client registration request (RFC 7591 §3.1), its members type-checked.

@@ -836,9 +836,7 @@ class PostgresStore:
         entry = self._apools.get(id(loop))
         if entry is None or entry[0] is not loop:
             check = _acheck if self._check else None
-            pool = AsyncConnectionPool(
-                self.dsn, open=False, check=check, configure=self._aconfigure, **self._pool_args
-            )
+            pool = AsyncConnectionPool(self.dsn, open=False, check=check, configure=self._aconfigure, **self._pool_args)
             self._apools = {k: v for k, v in self._apools.items() if not v[0].is_closed()}
             self._apools[id(loop)] = (loop, pool)
             await pool.open(wait=False)

@@ -497,7 +497,9 @@ def _checked_url(url: str) -> str:
     except ValueError as exc:
         raise ValueError(f"malformed Redis URL: {exc}") from None
     if parts.scheme in ("redis", "rediss") and not re.fullmatch(r"/?[0-9]*", parts.path):
-        raise ValueError(f"the Redis database {parts.path[1:]!r} in the URL must be a number, as in redis://HOST:PORT/0")
+        raise ValueError(
+            f"the Redis database {parts.path[1:]!r} in the URL must be a number, as in redis://HOST:PORT/0"
+        )
     unknown = _unknown_parameters(url)
     if unknown:
         raise ValueError(f"the Redis URL has parameters no Redis connection takes: {', '.join(unknown)}")
