@@ -554,3 +554,329 @@ def test_a_sign_in_window_past_the_bound_stops_serve_before_it_listens(tmp_path:
     line = bad(["serve", "--port", str(free_port()), "--db", db, "--config", str(toml)], "sign_in")
     assert f"window must be a whole number between 1 and {MAX_RATE_WINDOW}, not {2**63}" in line
     assert not Path(db).exists()
+
+
+# -- 7. what the settings resolve to (found unpinned by a mutation audit) -----------------------
+
+
+def test_default_issuer_names_the_address_served_on() -> None:
+    """With no ``issuer``, the issuer is ``http://HOST:PORT``: every interface (``0.0.0.0``, ``::``)
+    is named as ``127.0.0.1``, an IPv6 address is bracketed (RFC 3986 §3.2.2), the host is lower-cased;
+    a configured issuer is kept as written, and the resource is its origin followed by ``/mcp``."""
+    assert resolve({"host": "0.0.0.0", "port": 9000}, {}).issuer_url == "http://127.0.0.1:9000"
+    assert resolve({"host": "::"}, {}).issuer_url == "http://127.0.0.1:8000"
+    assert resolve({"host": "::1"}, {}).issuer_url == "http://[::1]:8000"
+    assert resolve({}, {"KAVACH_HOST": "LocalHost", "KAVACH_PORT": "9"}).issuer_url == "http://localhost:9"
+    settings = resolve({"issuer": "https://a.example/base/"}, {})
+    assert settings.issuer_url == "https://a.example/base/"
+    assert settings.resource_url == "https://a.example/mcp"
+
+
+def test_given_names_only_what_a_flag_the_environment_or_the_file_set() -> None:
+    """``Settings.given`` lists the settings some source gave, and nothing a default filled in."""
+    assert resolve({"port": 9000, "db": None}, {"KAVACH_HOST": "127.0.0.2"}).given == frozenset({"port", "host"})
+    assert resolve({}, {}).given == frozenset()
+
+
+def test_environment_tables_are_merged_key_by_key_over_the_file(tmp_path: Path) -> None:
+    """A ``KAVACH_*`` variable replaces one key of ``[lifetimes]``, ``[registration]`` or
+    ``[documents]``, not the whole table the file gave; a flag does the same for ``[documents]``."""
+    config = write(
+        tmp_path,
+        '[lifetimes]\ncode = 30\naccess_token = 50\n[registration]\nrate_limit = 5\nmode = "open"\n'
+        '[documents]\nallow_hosts = ["a.example"]\nmax_fetches = 3\n',
+    )
+    settings = resolve(
+        {"config": config, "documents": {"deny_hosts": ["b.example"]}},
+        {"KAVACH_ACCESS_TOKEN_LIFETIME": "100", "KAVACH_REGISTRATION": "closed", "KAVACH_DOCUMENT_ALLOW_LOOPBACK": "0"},
+    )
+    assert settings.lifetimes == {"code": 30, "access_token": 100}
+    assert settings.registration == {"rate_limit": 5, "mode": "closed"}
+    assert settings.documents == {
+        "allow_hosts": ("a.example",),
+        "max_fetches": 3,
+        "allow_loopback": False,
+        "deny_hosts": ("b.example",),
+    }
+    assert settings.lifetimes_config().code == 30 and settings.registration_config().mode == "closed"
+
+
+def test_true_and_false_words_and_an_unset_insecure_http_flag() -> None:
+    """``KAVACH_ALLOW_INSECURE_HTTP`` takes 1/true/yes/on and 0/false/no/off/empty in any case; any
+    other word is one line naming it. The flag left off (``False`` from argparse) does not undo
+    the variable."""
+    for word, expect in (("YES", True), ("on", True), (" 1 ", True), ("Off", False), ("", False), ("no", False)):
+        assert resolve({}, {"KAVACH_ALLOW_INSECURE_HTTP": word}).allow_insecure_http is expect, word
+    assert resolve({"allow_insecure_http": False}, {"KAVACH_ALLOW_INSECURE_HTTP": "true"}).allow_insecure_http is True
+    assert resolve({"allow_insecure_http": True}, {}).allow_insecure_http is True
+    expect = r"^environment: KAVACH_ALLOW_INSECURE_HTTP must be true or false, not 'maybe'$"
+    with pytest.raises(SettingsError, match=expect):
+        resolve({}, {"KAVACH_ALLOW_INSECURE_HTTP": "maybe"})
+
+
+def test_registration_settings_errors_are_prefixed_once() -> None:
+    """A ``[registration]`` problem is one line that starts with ``registration``; an unknown key
+    (possible only from code, the file refuses it earlier) lists the known ones."""
+    from kavach.settings import Settings
+
+    with pytest.raises(SettingsError, match=r"^registration mode must be one of open, token, closed"):
+        Settings(registration={"mode": "bogus"}).registration_config()
+    with pytest.raises(SettingsError, match=r"^registration: unknown setting; the known ones are allowed_redirect_"):
+        Settings(registration={"nope": 1}).registration_config()
+    with pytest.raises(SettingsError, match=r"^lifetime code must be between 1 and 600 seconds"):
+        Settings(lifetimes={"code": 0}).lifetimes_config()
+
+
+def test_loopback_documents_only_for_a_server_on_loopback() -> None:
+    """``documents.allow_loopback`` lets a client's metadata document (CM-02) be fetched from a
+    loopback address: refused for a server listening on another address, even with a loopback issuer."""
+    message = "^--document-allow-loopback \\(documents.allow_loopback\\): .* not one listening on 0.0.0.0$"
+    with pytest.raises(SettingsError, match=message):
+        resolve({"host": "0.0.0.0", "documents": {"allow_loopback": True}}, {}).fetch_policy()
+    assert resolve({"documents": {"allow_loopback": True}}, {}).fetch_policy().allow_loopback is True
+
+
+def test_upstream_scheme_and_fragment() -> None:
+    """The upstream is an absolute http(s) URL without a fragment (RFC 3986 §4.3)."""
+    with pytest.raises(SettingsError, match=r"^upstream 'http://a.example/mcp#x' must not have a fragment$"):
+        resolve({"upstream": "http://a.example/mcp#x"}, {})
+    with pytest.raises(SettingsError, match=r"must be an absolute http\(s\) URL"):
+        resolve({"upstream": "ftp://a.example/mcp"}, {})
+    with pytest.raises(SettingsError, match=r"must be written as a URI"):
+        resolve({}, {"KAVACH_UPSTREAM": "http://a.example/m cp"})
+    assert resolve({}, {"KAVACH_UPSTREAM": "https://a.example:8443/mcp"}).upstream == "https://a.example:8443/mcp"
+
+
+def test_resource_table_forms(tmp_path: Path) -> None:
+    """``[resource]``: scopes as a table (with descriptions) or a list (without), default scopes as
+    a list or one space-separated string; anything else is one line naming the key."""
+    config = write(tmp_path, '[resource]\nname = "N"\nscopes = ["a", "b"]\ndefault_scopes = ["a", "b"]\n')
+    settings = resolve({"config": config}, {})
+    assert (settings.resource_name, settings.scopes) == ("N", (("a", ""), ("b", "")))
+    assert settings.default_scopes == ("a", "b")
+    for body, message in (
+        ("scopes = 3", "resource.scopes must be a table of scope = description"),
+        ("scopes = [1]", "resource.scopes must be a table of scope = description"),
+        ("name = 1", "resource.name must be a string"),
+        ("default_scopes = [1]", "resource.default_scopes must be a list of scopes"),
+        ("colour = 1", "unknown resource setting 'colour'"),
+    ):
+        with pytest.raises(SettingsError, match=message):
+            resolve({"config": write(tmp_path, f"[resource]\n{body}\n")}, {})
+    with pytest.raises(SettingsError, match=r"\[resource\] must be a table"):
+        resolve({"config": write(tmp_path, "resource = 1\n")}, {})
+    assert resolve({}, {"KAVACH_DEFAULT_SCOPES": " x  y "}).default_scopes == ("x", "y")
+
+
+def test_where_the_data_lives_one_source_at_a_time(tmp_path: Path) -> None:
+    """``db`` and ``store`` are one setting: a higher source's either replaces a lower's other, and
+    one source giving both is refused; names in the file are relative to it, memory stays memory."""
+    config = write(tmp_path, 'db = "k.db"\n')
+    assert resolve({"config": config}, {}).db == str(tmp_path / "k.db")
+    over = resolve({"config": config}, {"KAVACH_STORE": "redis://r.example/0"})
+    assert (over.store, over.db) == ("redis://r.example/0", "kavach.db")
+    assert resolve({"config": config, "db": "/x.db"}, {}).db == "/x.db"
+    for store in (":memory:", "memory:", "sqlite:///:memory:", "/abs.db", "redis://h/1"):
+        assert resolve({"config": write(tmp_path, f'store = "{store}"\n')}, {}).store == store
+    assert resolve({"config": write(tmp_path, 'store = "SQLite:///d.db"\n')}, {}).store == f"sqlite:///{tmp_path}/d.db"
+    assert resolve({"config": write(tmp_path, 'db = ":memory:"\n')}, {}).db == ":memory:"
+    with pytest.raises(SettingsError, match=r"^the environment \(KAVACH_DB and KAVACH_STORE\): give a database"):
+        resolve({}, {"KAVACH_DB": "a.db", "KAVACH_STORE": "b.db"})
+    with pytest.raises(SettingsError, match=r"^--db and --store: give a database"):
+        resolve({"db": "a.db", "store": "b.db"}, {})
+    with pytest.raises(SettingsError, match=r"give a database \(db\) or a store, not both"):
+        resolve({"config": write(tmp_path, 'db = "a"\nstore = "b"\n')}, {})
+
+
+def test_booleans_from_the_file_are_kept(tmp_path: Path) -> None:
+    """A TOML ``true`` or ``false`` is taken as it is, for ``allow_insecure_http`` and
+    ``documents.allow_loopback``; a number is refused."""
+    config = write(tmp_path, "allow_insecure_http = true\n[documents]\nallow_loopback = false\n")
+    settings = resolve({"config": config}, {})
+    assert settings.allow_insecure_http is True and settings.documents == {"allow_loopback": False}
+    with pytest.raises(SettingsError, match=r"allow_insecure_http must be true or false, not 1$"):
+        resolve({"config": write(tmp_path, "allow_insecure_http = 1\n")}, {})
+
+
+def test_a_long_bad_number_is_shown_cut_at_40_characters() -> None:
+    """The error quoting a bad number shows its first 40 characters and ``...``, never the whole
+    value; a value that short is shown whole."""
+    with pytest.raises(SettingsError) as cut:
+        resolve({}, {"KAVACH_REFRESH_GRACE": "9" * 5000})
+    assert str(cut.value) == f"environment: KAVACH_REFRESH_GRACE must be a whole number, not '{'9' * 39}..."
+    with pytest.raises(SettingsError) as whole:
+        resolve({}, {"KAVACH_REFRESH_GRACE": "x" * 38})
+    assert str(whole.value) == f"environment: KAVACH_REFRESH_GRACE must be a whole number, not '{'x' * 38}'"
+    with pytest.raises(SettingsError) as longer:
+        resolve({}, {"KAVACH_REFRESH_GRACE": "x" * 39})
+    assert str(longer.value) == f"environment: KAVACH_REFRESH_GRACE must be a whole number, not '{'x' * 39}..."
+    assert resolve({}, {"KAVACH_REFRESH_GRACE": " -3 "}).refresh_grace == -3
+
+
+def test_whole_numbers_and_seconds_refuse_other_types(tmp_path: Path) -> None:
+    """A whole number is a TOML integer or ASCII decimal text; seconds are a finite TOML integer or float."""
+    for body, message in (
+        ("refresh_grace = 1.5", "refresh_grace must be a whole number, not 1.5$"),
+        ('refresh_grace = "8_000"', "refresh_grace must be a whole number"),
+        ("refresh_grace = true", "refresh_grace must be a whole number, not True$"),
+        ("[documents]\ndeadline = true", "documents.deadline must be a number of seconds, not True$"),
+        ("[documents]\ndeadline = nan", "documents.deadline must be a number of seconds, not nan$"),
+        ('[documents]\ndeadline = "1"', "documents.deadline must be a number of seconds"),
+    ):
+        with pytest.raises(SettingsError, match=message):
+            resolve({"config": write(tmp_path, body + "\n")}, {})
+    assert resolve({"config": write(tmp_path, 'refresh_grace = "12"\n')}, {}).refresh_grace == 12
+
+
+def test_the_first_unknown_key_in_order_is_named(tmp_path: Path) -> None:
+    """With several unknown keys, the message names the first in sorted order, whichever table."""
+    for body, message in (
+        ("zz = 1\naa = 2", "unknown setting 'aa'$"),
+        ("[documents]\nzz = 1\naa = 2", "unknown documents setting 'aa'$"),
+        ("[registration]\nzz = 1\naa = 2", "unknown registration setting 'aa'$"),
+        ("[resource]\nzz = 1\naa = 2", "unknown resource setting 'aa'$"),
+    ):
+        with pytest.raises(SettingsError, match=message):
+            resolve({"config": write(tmp_path, body + "\n")}, {})
+
+
+def test_document_host_lists_of_the_wrong_type_are_one_line(tmp_path: Path) -> None:
+    """``documents.allow_hosts`` and ``deny_hosts`` take a list of strings or one string; a
+    network only on the deny list (CM-02)."""
+    for body, message in (
+        ("allow_hosts = 3", "documents.allow_hosts must be a list of host names$"),
+        ("allow_hosts = [1]", "documents.allow_hosts must be a list of host names$"),
+        ('allow_hosts = ["10.0.0.0/8"]', "'10.0.0.0/8' is not a host name"),
+        ('deny_hosts = ["a b"]', "'a b' is not a host name"),
+        ('deny_hosts = ["10.0.0.1/99"]', "'10.0.0.1/99' is not a host name"),
+    ):
+        with pytest.raises(SettingsError, match=message):
+            resolve({"config": write(tmp_path, f"[documents]\n{body}\n")}, {})
+    config = write(tmp_path, '[documents]\ndeny_hosts = ["10.0.0.0/8", "b.example"]\n')
+    assert resolve({"config": config}, {}).documents == {"deny_hosts": ("10.0.0.0/8", "b.example")}
+    assert resolve({}, {"KAVACH_DOCUMENT_DENY_HOSTS": "10.0.0.0/8"}).fetch_policy().deny_hosts == ("10.0.0.0/8",)
+
+
+def test_fetch_policy_problems_are_settings_errors(tmp_path: Path) -> None:
+    """A ``[documents]`` value the fetcher refuses is a :class:`SettingsError` naming ``documents``;
+    a server on every interface without ``allow_loopback`` is fine; a public issuer with it is
+    refused for the issuer (draft-ietf-oauth-client-id-metadata-document §8.6)."""
+    with pytest.raises(SettingsError, match=r"^documents: "):
+        resolve({"config": write(tmp_path, "[documents]\ndeadline = 0\n")}, {}).fetch_policy()
+    assert resolve({"host": "0.0.0.0"}, {}).fetch_policy().allow_loopback is False
+    with pytest.raises(SettingsError, match=r"not the issuer https://auth.example.com$"):
+        resolve(
+            {"host": "0.0.0.0", "issuer": "https://auth.example.com", "documents": {"allow_loopback": True}}, {}
+        ).fetch_policy()
+
+
+def test_tables_from_one_source_only_are_kept(tmp_path: Path) -> None:
+    """A table only the file gives, or only the environment, is taken whole from it."""
+    config = write(tmp_path, "[lifetimes]\ncode = 30\n")
+    assert resolve({"config": config}, {}).lifetimes == {"code": 30}
+    assert resolve({"config": config}, {"KAVACH_REGISTRATION": "closed"}).registration == {"mode": "closed"}
+    assert resolve({}, {"KAVACH_CODE_LIFETIME": "40"}).lifetimes == {"code": 40}
+
+
+def test_the_config_file_from_the_environment_and_the_flag_over_it(tmp_path: Path) -> None:
+    """``KAVACH_CONFIG`` names the file when ``--config`` does not; the flag wins."""
+    by_env = write(tmp_path, "port = 9001\n", "env.toml")
+    by_flag = write(tmp_path, "port = 9002\n", "flag.toml")
+    settings = resolve({}, {"KAVACH_CONFIG": by_env})
+    assert (settings.port, settings.config_file) == (9001, by_env)
+    assert resolve({"config": by_flag}, {"KAVACH_CONFIG": by_env}).port == 9002
+    assert resolve({}, {"KAVACH_CONFIG": ""}).config_file is None
+
+
+def test_an_upstream_without_a_host_is_refused() -> None:
+    """An upstream URL must name a host (RFC 3986 §3.2.2)."""
+    with pytest.raises(SettingsError, match=r"^upstream 'http:///mcp' must be an absolute http\(s\) URL"):
+        resolve({"upstream": "http:///mcp"}, {})
+    with pytest.raises(SettingsError, match=r"give a port between 1 and 65535, or none$"):
+        resolve({"upstream": "http://a.example:0/mcp"}, {})
+    with pytest.raises(SettingsError, match=r"give a port between 1 and 65535, or none$"):
+        resolve({"upstream": "http://a.example:/mcp"}, {})
+
+
+def test_default_scopes_as_one_string_in_the_file(tmp_path: Path) -> None:
+    """``resource.default_scopes`` may also be one space-separated string."""
+    config = write(tmp_path, '[resource]\ndefault_scopes = "a  b"\n')
+    assert resolve({"config": config}, {}).default_scopes == ("a", "b")
+
+
+def test_an_empty_database_or_store_flag_is_refused() -> None:
+    """``--db ""`` or ``--store ""`` is one line asking for a path or URL; an empty variable is as
+    if unset."""
+    with pytest.raises(SettingsError, match=r"^the database path is empty; give --db PATH$"):
+        resolve({"db": ""}, {})
+    with pytest.raises(SettingsError, match=r"^the store is empty; give --store URL"):
+        resolve({"store": ""}, {})
+    assert resolve({}, {"KAVACH_DB": "", "KAVACH_STORE": ""}).db == "kavach.db"
+
+
+def test_list_settings_and_tables_of_the_wrong_shape_are_one_line(tmp_path: Path) -> None:
+    """A list setting holding something other than strings, a table given as a value, an empty
+    host list: each a :class:`SettingsError` naming the key, never a crash."""
+    for body, message in (
+        ("trusted_proxies = [1]", r"trusted_proxies must be a list of IP addresses or networks$"),
+        ("trusted_proxies = 3", r"trusted_proxies must be a list of IP addresses or networks$"),
+        ("documents = 1", r"\[documents\] must be a table$"),
+        ("registration = 1", r"\[registration\] must be a table$"),
+        ("[documents]\nallow_hosts = []", r"documents.allow_hosts names no host$"),
+        ('[documents]\ndeny_hosts = " , "', r"documents.deny_hosts names no host$"),
+    ):
+        with pytest.raises(SettingsError, match=message):
+            resolve({"config": write(tmp_path, body + "\n")}, {})
+
+
+def test_ports_and_proxy_networks_at_their_bounds() -> None:
+    """A port is 1 to 65535 wherever it comes from; a trusted proxy network of prefix length 0
+    covers every address and is refused, one of length 1 is taken."""
+    assert resolve({}, {"KAVACH_PORT": "65535"}).port == 65535 and resolve({"port": "1"}, {}).port == 1
+    for env, flags in (({"KAVACH_PORT": "0"}, {}), ({"KAVACH_PORT": "65536"}, {}), ({}, {"port": 0})):
+        with pytest.raises(SettingsError, match=r"port must be between 1 and 65535"):
+            resolve(flags, env)
+    with pytest.raises(SettingsError, match=r"^--trusted-proxies cannot be '0.0.0.0/0': it covers every address"):
+        resolve({"trusted_proxies": "0.0.0.0/0"}, {})
+    assert resolve({"trusted_proxies": "0.0.0.0/1"}, {}).trusted_proxies == ("0.0.0.0/1",)
+
+
+def test_an_upstream_may_hold_any_printable_ascii() -> None:
+    """Only spaces, control characters (up to U+0020, and U+007F) and non-ASCII make an upstream
+    not a URI (RFC 3986 §2); ``!`` and ``~`` are kept."""
+    assert resolve({"upstream": "http://a.example/m!c~p"}, {}).upstream == "http://a.example/m!c~p"
+    for url in ("http://a.example/m\x7fcp", "http://a.example/m\x1fcp", "http://a.example/mé"):
+        with pytest.raises(SettingsError, match=r"must be written as a URI"):
+            resolve({"upstream": url}, {})
+
+
+def test_more_one_line_refusals_of_the_settings() -> None:
+    """An unknown log level, a percent-encoded upstream host, default scopes that are no list, a
+    network given to ``--document-allow-host`` (only the deny list takes networks, CM-02): each
+    one line naming the setting; a network on ``--document-deny-host`` is kept."""
+    levels = "critical, error, warning, info, debug"
+    with pytest.raises(SettingsError, match=rf"^log_level must be one of {levels}, not 'loud'$"):
+        resolve({}, {"KAVACH_LOG_LEVEL": "LOUD"})
+    with pytest.raises(SettingsError, match=r"^upstream 'http://exa%20mple/mcp': the host must not be percent-encoded"):
+        resolve({"upstream": "http://exa%20mple/mcp"}, {})
+    with pytest.raises(SettingsError, match=r"^--document-allow-host: '10.0.0.0/8' is not a host name"):
+        resolve({"documents": {"allow_hosts": ["10.0.0.0/8"]}}, {})
+    assert resolve({"documents": {"deny_hosts": "10.0.0.0/8"}}, {}).documents == {"deny_hosts": ("10.0.0.0/8",)}
+    host_bits = resolve({"documents": {"deny_hosts": "10.0.0.1/8"}}, {})  # a network, host bits and all
+    assert host_bits.documents == {"deny_hosts": ("10.0.0.1/8",)}
+
+
+def test_a_plain_store_path_in_the_file_is_relative_to_it(tmp_path: Path) -> None:
+    """``store = "p.db"`` (no scheme) names a file next to the settings file, as ``db`` does;
+    ``default_scopes`` that are neither a string nor a list of strings are refused."""
+    assert resolve({"config": write(tmp_path, 'store = "p.db"\n')}, {}).store == str(tmp_path / "p.db")
+    with pytest.raises(SettingsError, match=r"resource.default_scopes must be a list of scopes$"):
+        resolve({"config": write(tmp_path, "[resource]\ndefault_scopes = 3\n")}, {})
+
+
+def test_an_upstream_url_that_does_not_parse_is_one_line() -> None:
+    """An upstream whose authority does not parse (an unclosed IPv6 bracket, RFC 3986 §3.2.2; a port
+    that is no number) is a :class:`SettingsError`, never an exception from ``urlsplit``."""
+    for url in ("http://[::1/mcp", "http://a.example:x/mcp"):
+        with pytest.raises(SettingsError, match=r"is not a valid URL \(check the host and the port\)$"):
+            resolve({"upstream": url}, {})
