@@ -247,14 +247,17 @@ def _shrinking_for(seconds: int) -> Iterator[None]:
     """Shrinking stops after ``seconds``, by hypothesis's own limit (its engine's
     ``MAX_SHRINKING_SECONDS``, five minutes otherwise) and the final replay is of the simplest
     failing sequence found by then. Its warning and any other output of hypothesis's reporter
-    are kept out of the kit's report. Runs are not concurrent: the limit is a module global."""
-    limit = engine.MAX_SHRINKING_SECONDS
-    engine.MAX_SHRINKING_SECONDS = seconds
+    are kept out of the kit's report. Runs are not concurrent: the limit is a module global. A
+    hypothesis without that limit shrinks within its own bounds."""
+    limit = getattr(engine, "MAX_SHRINKING_SECONDS", None)
+    if limit is not None:
+        engine.MAX_SHRINKING_SECONDS = seconds
     try:
         with with_reporter(lambda _text: None):
             yield
     finally:
-        engine.MAX_SHRINKING_SECONDS = limit
+        if limit is not None:
+            engine.MAX_SHRINKING_SECONDS = limit
 
 
 def run_stateful(
