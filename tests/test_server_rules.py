@@ -289,3 +289,105 @@ def test_the_sign_in_page_says_the_password_did_not_match_only_after_a_failed_at
     page = person.get(shown.path, query)
     assert signs_in(page) and b"did not match" not in page.body and b"expired" not in page.body
     assert notice is None or notice.encode() not in page.body
+
+
+def test_incoming_reads_a_text_query_holding_escaped_octets_as_those_octets() -> None:
+    """A framework may hand the query over as text whose octets beyond UTF-8 are kept as
+    surrogate escapes (``surrogateescape``); ``incoming`` reads it as the same octets would be
+    read as bytes, so a ``state`` that is not UTF-8 reaches the core as unreadable (RFC 3986
+    §2.5, RFC 6749 §4.1.2) instead of failing the request while it is built."""
+    from kavach.server import incoming
+
+    from kavach_core.params import query_params
+
+    as_text = incoming("GET", "/authorize", "state=\udcff&x=%C3%A9", [], b"", None)
+    as_bytes = incoming("GET", "/authorize", b"state=\xff&x=%C3%A9", [], b"", None)
+    assert as_text.query == as_bytes.query
+    params = query_params(as_text)
+    assert params.unreadable == frozenset({"state"}) and params.get("x") == "\u00e9"
+
+
+def test_on_an_event_loop_a_user_lookup_runs_in_a_worker_thread_and_a_password_check_in_the_password_threads(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Under :meth:`AuthorizationServer.ahandle` a blocking step never runs on the event loop: the
+    session's user lookup (``session_stamp``) runs in a worker thread, and only a password check
+    (``sign_in``) runs in the password threads (:func:`kavach.server.password_threads`), so the
+    lookups of every request never wait behind scrypt."""
+    server = _server(HTTPS)
+    loop_thread = threading.current_thread()  # asyncio.run runs the loop in this thread
+    ran: dict[str, list[threading.Thread]] = {"sign_in": [], "session_stamp": []}
+    for name in ran:
+        real = getattr(server.users, name)
+
+        def recording(*args: Any, _real: Any = real, _name: str = name) -> Any:
+            ran[_name].append(threading.current_thread())
+            return _real(*args)
+
+        monkeypatch.setattr(server.users, name, recording)
+    person = Browser(_OnEventLoop(server))  # type: ignore[arg-type]
+    page = person.authorize()
+    assert signs_in(page)
+    signed = person.submit(page, username="alice", password=PASSWORD)
+    assert consents(signed)
+    assert ran["sign_in"] and ran["session_stamp"]
+    assert all(t.name.startswith("kavach-password") for t in ran["sign_in"])
+    assert all(t is not loop_thread for t in ran["session_stamp"]), "a user lookup ran on the event loop"
+    assert not any(t.name.startswith("kavach-password") for t in ran["session_stamp"])
+
+
+def test_an_async_identify_hook_under_a_synchronous_server_fails_the_request_and_signs_no_one_in() -> None:
+    """A synchronous server (:meth:`AuthorizationServer.handle`, Flask) cannot await an async
+    ``identify`` hook: the request fails (500 ``server_error``) rather than taking the hook's
+    un-awaited coroutine, which is truthy, as the signed-in subject; here the hook would say
+    no one is signed in, and no consent page may be shown."""
+
+    async def nobody(req: HttpRequest) -> str | None:
+        return None
+
+    server = _server(HTTPS)
+    server.identify = nobody
+    answer = Browser(server).authorize()
+    assert answer.status == 500 and answer.json() == {"error": "server_error"}
+    assert not consents(answer)
+
+
+def test_an_async_identify_hook_refused_by_a_synchronous_server_leaves_no_coroutine_unawaited() -> None:
+    """The coroutine the refused hook made is closed where it is refused, so no "never awaited"
+    warning surfaces later, far from its cause (whenever the error's traceback is let go)."""
+    import inspect
+
+    async def nobody(req: HttpRequest) -> str | None:
+        return None
+
+    made: list[Any] = []
+
+    def hook(req: HttpRequest) -> Any:
+        made.append(nobody(req))
+        return made[-1]
+
+    server = _server(HTTPS)
+    server.identify = hook
+    assert Browser(server).authorize().status == 500
+    assert made and all(inspect.getcoroutinestate(c) == inspect.CORO_CLOSED for c in made)
+
+
+@pytest.mark.parametrize("on_loop", [False, True], ids=["returning", "awaitable"])
+def test_on_an_event_loop_the_identify_hook_s_subject_is_signed_in(on_loop: bool) -> None:
+    """Under :meth:`AuthorizationServer.ahandle` the application's ``identify`` hook may be a
+    plain function or an async one; the subject it gives, awaited when it is awaitable, is the
+    person signed in, whose consent page is shown."""
+    seen: list[HttpRequest] = []
+
+    def plain(req: HttpRequest) -> str:
+        seen.append(req)
+        return "bob"
+
+    async def awaitable(req: HttpRequest) -> str:
+        return plain(req)
+
+    server = _server(HTTPS)
+    server.identify = awaitable if on_loop else plain
+    page = Browser(_OnEventLoop(server)).authorize()  # type: ignore[arg-type]
+    assert seen and page.status == 200 and b'value="approve"' in page.body
+    assert b"Signed in as <strong>bob</strong>" in page.body

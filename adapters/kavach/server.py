@@ -219,6 +219,8 @@ class _SyncPerformer:
         if isinstance(effect, Call):
             result = effect.fn(*effect.args)
             if inspect.isawaitable(result):
+                if inspect.iscoroutine(result):
+                    result.close()  # never awaited: closed here, not left to warn when collected
                 raise TypeError("an async identify hook needs an async adapter")
             return result
         return self.store.perform(effect)
