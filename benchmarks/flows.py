@@ -39,7 +39,7 @@ import sys
 import time
 import warnings
 from typing import Any
-from urllib.parse import parse_qs, urlencode, urlsplit
+from urllib.parse import quote_plus, unquote_plus, urlencode
 
 from kavach_core import effects as fx
 from kavach_core.config import Config, ProtectedResource
@@ -91,8 +91,35 @@ def refresh_form(refresh_token: str) -> dict[str, str]:
     return {"grant_type": "refresh_token", "refresh_token": refresh_token, "client_id": "c1"}
 
 
-def _query(url: str) -> dict[str, str]:
-    return {k: v[0] for k, v in parse_qs(urlsplit(url).query).items()}
+def code_in(location: str) -> str:
+    """The ``code`` parameter of a redirect's query (RFC 6749 §4.1.2), as the client reads it: the
+    first ``code=`` field, ``+`` and escapes decoded; ``KeyError`` without one. ``parse_qs`` gives
+    the same at about eight times the cost (8 us against 1 us here), which every server's timed
+    flow would pay alike."""
+    query = location.partition("?")[2].partition("#")[0]
+    for field in query.split("&"):
+        if field.startswith("code="):
+            return unquote_plus(field[5:])
+    raise KeyError("code")
+
+
+def _constant_fields(form: dict[str, str]) -> str:
+    return "&" + urlencode([(k, v) for k, v in form.items() if k not in ("grant_type", "code")])
+
+
+_CODE_TAILS = {True: _constant_fields(code_form("")), False: _constant_fields(code_form("", resource=False))}
+
+
+def code_body(code: str, *, resource: bool = True) -> bytes:
+    """``urlencode(code_form(code, resource=resource)).encode()``, byte for byte, with the fields
+    that never change encoded once: the client's work per flow, which every server's timed flow
+    pays alike, kept to quoting the code (1.4 us here, against 20 us for ``urlencode``)."""
+    return ("grant_type=authorization_code&code=" + quote_plus(code) + _CODE_TAILS[resource]).encode()
+
+
+def refresh_body(refresh_token: str) -> bytes:
+    """``urlencode(refresh_form(refresh_token)).encode()``, byte for byte (see :func:`code_body`)."""
+    return ("grant_type=refresh_token&refresh_token=" + quote_plus(refresh_token) + "&client_id=c1").encode()
 
 
 PEER = "127.0.0.1"
@@ -152,10 +179,9 @@ class Kavach:
         consent = run(route(self.ctx(), asked), self.store)
         assert isinstance(consent, ConsentRequired)
         redirect = run(authorize.approve(self.ctx(), consent.ticket, "alice"), self.store)
-        code = _query(redirect.header("Location") or "")["code"]
-        body = urlencode(code_form(code)).encode()
+        body = code_body(code_in(redirect.header("Location") or ""))
         tokens = run(route(self.ctx(), incoming("POST", self.paths.token, b"", FORM, body, PEER)), self.store).json()
-        body = urlencode(refresh_form(tokens["refresh_token"])).encode()
+        body = refresh_body(tokens["refresh_token"])
         refreshed = run(route(self.ctx(), incoming("POST", self.paths.token, b"", FORM, body, PEER)), self.store)
         assert refreshed.status == 200, refreshed.body
 
@@ -344,11 +370,10 @@ class AuthlibServer:
             server.get_consent_grant(end_user=self.user)
         with app.request_context(wsgi_environ("POST", "/authorize", self.query)):
             location = server.create_authorization_response(grant_user=self.user).headers["Location"]
-        code = _query(location)["code"]
-        body = urlencode(code_form(code, resource=False)).encode()
+        body = code_body(code_in(location), resource=False)
         with app.request_context(wsgi_environ("POST", "/token", body=body)):
             tokens = server.create_token_response().get_json()
-        body = urlencode(refresh_form(tokens["refresh_token"])).encode()
+        body = refresh_body(tokens["refresh_token"])
         with app.request_context(wsgi_environ("POST", "/token", body=body)):
             response = server.create_token_response()
         assert response.status_code == 200, response.get_data()
@@ -482,10 +507,9 @@ class McpSdk:
 
     async def aflow(self) -> None:
         response = await self.authorize.handle(self.request("GET", "/authorize", self.query))
-        code = _query(response.headers["location"])["code"]
-        body = urlencode(code_form(code)).encode()
+        body = code_body(code_in(response.headers["location"]))
         tokens = json.loads((await self.token.handle(self.request("POST", "/token", body=body))).body)
-        body = urlencode(refresh_form(tokens["refresh_token"])).encode()
+        body = refresh_body(tokens["refresh_token"])
         response = await self.token.handle(self.request("POST", "/token", body=body))
         assert response.status_code == 200, response.body
 

@@ -253,3 +253,18 @@ def test_rounds_shuffle_the_variants_alike_on_every_run() -> None:
     after = {(order[i], order[i + 1]) for order in orders for i in range(len(names) - 1)}
     assert after == {(x, y) for x in names for y in names if x != y}
     assert round_orders(names, 41) == orders
+
+
+@pytest.mark.parametrize("value", ["kvc_AbC-_09", "a b+c&d=e%/?#é", ""])
+def test_the_flows_client_builds_and_reads_what_urlencode_and_parse_qs_would(value: str) -> None:
+    from urllib.parse import parse_qs, urlencode, urlsplit
+
+    from benchmarks.flows import code_body, code_form, code_in, refresh_body, refresh_form
+
+    assert code_body(value) == urlencode(code_form(value)).encode()
+    assert code_body(value, resource=False) == urlencode(code_form(value, resource=False)).encode()
+    assert refresh_body(value) == urlencode(refresh_form(value)).encode()
+    location = "https://c.example/cb?" + urlencode({"state": "code=x", "code": value, "iss": "https://as"}) + "#code=y"
+    assert code_in(location) == parse_qs(urlsplit(location).query, keep_blank_values=True)["code"][0] == value
+    with pytest.raises(KeyError):
+        code_in("https://c.example/cb?state=x#code=y")
