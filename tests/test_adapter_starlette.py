@@ -9,6 +9,7 @@ from conftest import RESOURCE, make_config
 from kavach.server import AuthorizationServer
 from kavach.starlette import KavachEndpoint, KavachGuard, mount
 from kavach.users import MemoryUsers, Users
+from mcp_messages import INITIALIZE, MCP_HEADERS
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -207,22 +208,8 @@ def test_guard_wraps_the_mcp_sdk_streamable_http_app(tmp_path: Any) -> None:
         with httpx.Client(timeout=10) as client, httpx.Client(timeout=10) as person:
             dep = Deployment(base, base, base + "/mcp", server, client, person)
             token = grant(dep)["access_token"]
-            headers = {
-                "Authorization": f"Bearer {token}",
-                "Accept": "application/json, text/event-stream",
-                "MCP-Protocol-Version": "2025-06-18",
-            }
-            init = {
-                "jsonrpc": "2.0",
-                "id": 1,
-                "method": "initialize",
-                "params": {
-                    "protocolVersion": "2025-06-18",
-                    "capabilities": {},
-                    "clientInfo": {"name": "t", "version": "1"},
-                },
-            }
-            r = client.post(base + "/mcp", json=init, headers=headers)
+            headers = {**MCP_HEADERS, "Authorization": f"Bearer {token}"}
+            r = client.post(base + "/mcp", json=INITIALIZE, headers=headers)
             assert r.status_code == 200, r.text
             list_tools = {"jsonrpc": "2.0", "id": 2, "method": "tools/list"}
             listed = client.post(base + "/mcp", json=list_tools, headers=headers)

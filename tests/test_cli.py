@@ -33,6 +33,7 @@ import httpx
 import pytest
 from kavach.settings import SettingsError, resolve
 from kavach_serve import Cli, free_port, kavach_command, serve
+from mcp_messages import INITIALIZE
 from person import Form, Person, forms
 
 from kavach_core import effects as fx
@@ -767,16 +768,7 @@ def tools_list(mcp_url: str, access_token: str) -> httpx.Response:
             "Accept": "application/json, text/event-stream",
             "MCP-Protocol-Version": "2025-06-18",
         },
-        json={
-            "jsonrpc": "2.0",
-            "id": 1,
-            "method": "initialize",
-            "params": {
-                "protocolVersion": "2025-06-18",
-                "capabilities": {},
-                "clientInfo": {"name": "t", "version": "1"},
-            },
-        },
+        json=INITIALIZE,
     )
 
 
@@ -833,16 +825,7 @@ def test_serve_checks_the_origin_of_browser_pages_and_no_host(shared_db: str) ->
                     "Accept": "application/json, text/event-stream",
                     **headers,
                 },
-                json={
-                    "jsonrpc": "2.0",
-                    "id": 1,
-                    "method": "initialize",
-                    "params": {
-                        "protocolVersion": "2025-06-18",
-                        "capabilities": {},
-                        "clientInfo": {"name": "t", "version": "1"},
-                    },
-                },
+                json=INITIALIZE,
             )
 
         for origin in (

@@ -26,6 +26,7 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.server.auth.middleware.auth_context import get_access_token
 from mcp.server.mcpserver import MCPServer
+from mcp_messages import INITIALIZE, INITIALIZE_BODY, MCP_HEADERS
 from test_adapters_e2e import PASSWORD, Deployment, grant
 
 from kavach_core.config import Config, ProtectedResource
@@ -214,12 +215,7 @@ def test_rs_03_guard_enforces_per_tool_scope_the_sdk_cannot() -> None:
         s.close()
 
 
-_MCP = {"Accept": "application/json, text/event-stream", "MCP-Protocol-Version": "2025-06-18",
-        "Content-Type": "application/json"}  # fmt: skip
-_INITIALIZE = json.dumps({
-    "jsonrpc": "2.0", "id": 1, "method": "initialize",
-    "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
-}).encode()  # fmt: skip
+_MCP = {**MCP_HEADERS, "Content-Type": "application/json"}
 
 
 @pytest.mark.parametrize(("security", "status"), [(None, 421), ("documented", 200)])
@@ -240,7 +236,7 @@ def test_the_documented_guard_serves_the_resources_own_host(security: str | None
         token = s.token(s.mcp_url)
         headers = {**_MCP, "Authorization": f"Bearer {token}", "Host": "tools.example.com"}
         with httpx.Client(timeout=10) as http:
-            answered = http.post(s.mcp_url, headers=headers, content=_INITIALIZE)
+            answered = http.post(s.mcp_url, headers=headers, content=INITIALIZE_BODY)
         assert answered.status_code == status, answered.text
     finally:
         s.close()
@@ -260,7 +256,7 @@ def test_an_mcp_session_continues_only_for_the_principal_it_was_opened_for() -> 
             headers = {**_MCP, "Authorization": f"Bearer {token}", **({"Mcp-Session-Id": sid} if sid else {})}
             return httpx.request(method, s.mcp_url, content=body, headers=headers, timeout=10)
 
-        opened = call(alice, _INITIALIZE)
+        opened = call(alice, INITIALIZE_BODY)
         assert opened.status_code == 200, opened.text
         sid = opened.headers["mcp-session-id"]
         own, _, tag = sid.rpartition(".")
@@ -327,9 +323,8 @@ def test_an_sdk_sse_session_takes_messages_only_from_the_user_who_opened_it() ->
         while "url" not in endpoint and time.monotonic() < deadline:
             time.sleep(0.05)
         assert "url" in endpoint, "the SSE stream named no endpoint"
-        message = json.loads(_INITIALIZE)
-        bobs = httpx.post(endpoint["url"], json=message, headers={"Authorization": f"Bearer {bob}"}, timeout=10)
-        alices = httpx.post(endpoint["url"], json=message, headers={"Authorization": f"Bearer {alice}"}, timeout=10)
+        bobs = httpx.post(endpoint["url"], json=INITIALIZE, headers={"Authorization": f"Bearer {bob}"}, timeout=10)
+        alices = httpx.post(endpoint["url"], json=INITIALIZE, headers={"Authorization": f"Bearer {alice}"}, timeout=10)
         done.set()
         assert bobs.status_code == 404, bobs.text
         assert alices.status_code == 202, alices.text

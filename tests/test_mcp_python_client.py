@@ -33,6 +33,7 @@ import pytest
 from kavach_serve import mcp_upstream, serve
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
+from mcp_messages import INITIALIZE
 from mcp_sdk_client import PASSWORD, ChoosyPerson, SdkClient, served_with_user
 
 # A catalogue with a scope per demo tool, so a token can hold ``echo`` without ``add``.
@@ -313,9 +314,7 @@ def test_a_proxied_session_continues_on_another_instance(person: ChoosyPerson, u
                 "Content-Type": "application/json",
                 "MCP-Protocol-Version": "2025-06-18",
             }
-            hello = {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}
-            initialize = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": hello}
-            started = httpx.post(first.mcp_url, json=initialize, headers=headers, timeout=30)
+            started = httpx.post(first.mcp_url, json=INITIALIZE, headers=headers, timeout=30)
             assert started.status_code == 200, started.text
             sealed = started.headers["mcp-session-id"]
             in_session = {**headers, "Mcp-Session-Id": sealed}

@@ -31,6 +31,7 @@ import pytest
 from kavach.mcp_sessions import SessionBinding, SessionSeal, owner_of, refuse
 from kavach.proxy import UpstreamProxy, redacted_target
 from kavach_serve import mcp_upstream
+from mcp_messages import INITIALIZE_BODY, INITIALIZED, MCP_HEADERS, TOOLS_LIST
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -440,19 +441,6 @@ def test_a_truncated_answer_is_an_error_for_an_http_client(fake: FakeUpstream, s
 # -- 4. sessions belong to the principal they were issued to ---------------------------------
 
 
-MCP_HEADERS = {"Accept": "application/json, text/event-stream", "MCP-Protocol-Version": "2025-06-18"}
-INITIALIZE = json.dumps(
-    {
-        "jsonrpc": "2.0",
-        "id": 1,
-        "method": "initialize",
-        "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
-    }
-).encode()
-INITIALIZED = b'{"jsonrpc":"2.0","method":"notifications/initialized"}'
-TOOLS_LIST = b'{"jsonrpc":"2.0","id":2,"method":"tools/list"}'
-
-
 @pytest.fixture
 def sdk_upstream(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     """The SDK's MCP server (tests/mcp_upstream.py) and the file it logs its requests to."""
@@ -475,7 +463,7 @@ def test_a_session_is_usable_and_deletable_only_by_its_own_principal(
     def reached() -> int:
         return sum(1 for line in seen.read_text().splitlines() if line.strip())
 
-    init = call(INITIALIZE, "alice/app")
+    init = call(INITIALIZE_BODY, "alice/app")
     assert init.status_code == 200, init.text
     sid = init.headers["mcp-session-id"]
     assert call(INITIALIZED, "alice/app", sid).status_code == 202

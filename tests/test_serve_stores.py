@@ -44,6 +44,7 @@ import services
 from kavach.settings import SettingsError, resolve
 from kavach.stores.redis import RedisStore
 from kavach_serve import Cli, free_port, kavach_command, stop, wait_ready
+from mcp_messages import INITIALIZE
 from person import Person
 from tcp_proxy import TcpProxy
 
@@ -271,16 +272,7 @@ def call_mcp(mcp_url: str, access_token: str) -> httpx.Response:
             "Accept": "application/json, text/event-stream",
             "MCP-Protocol-Version": "2025-06-18",
         },
-        json={
-            "jsonrpc": "2.0",
-            "id": 1,
-            "method": "initialize",
-            "params": {
-                "protocolVersion": "2025-06-18",
-                "capabilities": {},
-                "clientInfo": {"name": "t", "version": "1"},
-            },
-        },
+        json=INITIALIZE,
     )
 
 
