@@ -50,7 +50,11 @@ def host_problem(netloc: str, host: str) -> str | None:
     two spellings of one resource would be two audiences: such hosts are refused (an
     internationalised name is given in its ``xn--`` form). So are the sub-delimiters RFC 3986
     also allows (``*.example.com``, ``a!b``): no DNS name has them, and a wildcard host would
-    read as a pattern where matching is exact."""
+    read as a pattern where matching is exact. A reg-name may also be empty between its dots
+    (``a..b``, ``.a``), but no resolver looks such a name up (RFC 1034 §3.1: only the root label
+    is empty, so one trailing dot stays allowed): refused here, it is refused once, where it is
+    written, instead of failing on every request that would reach it. Underscores stay allowed:
+    container networks name hosts with them."""
     hostport = netloc.rpartition("@")[2]
     if "[" in hostport or "]" in hostport:
         if not _BRACKETED.fullmatch(hostport):
@@ -64,6 +68,8 @@ def host_problem(netloc: str, host: str) -> str | None:
         return "the host must not be percent-encoded (give an internationalised name in its xn-- form)"
     if not _REG_NAME.fullmatch(host):
         return "the host has characters a host name cannot have (letters, digits and -._~ only)"
+    if host.startswith(".") or ".." in host:
+        return "the host has an empty label (a leading dot, or two dots in a row)"
     return None
 
 

@@ -625,6 +625,8 @@ def test_redirect_matching() -> None:
         ("https://ex%61mple.com/cb", "percent-encoded"),
         ("http://127.0.0.%31/cb", "percent-encoded"),
         ("https://*.example.com/cb", "host name cannot have"),  # matching is exact: no patterns
+        ("https://app..example.com/cb", "empty label"),  # no resolver looks such a name up
+        ("https://.example.com/cb", "empty label"),
         ("http://a.example/cb?x", "127.0.0.1, [::1] or localhost"),
         ('https://app.example.com/"><x>', "characters a URI cannot have"),
         ("https://app.example.com/caf\u00e9", "characters a URI cannot have"),
@@ -700,6 +702,9 @@ def test_rs_05_canonical_resource(uri: str, canonical: str) -> None:
         # another spelling of a host: a second audience for the same server
         "https://%61.example/mcp",
         "https://a!b.example/mcp",
+        # a host no resolver looks up (an empty label)
+        "https://mcp..example.com/mcp",
+        "https://.example.com/mcp",
     ],
 )
 def test_rs_05_not_a_resource(uri: str) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -786,6 +787,17 @@ def test_the_config_file_from_the_environment_and_the_flag_over_it(tmp_path: Pat
     assert (settings.port, settings.config_file) == (9001, by_env)
     assert resolve({"config": by_flag}, {"KAVACH_CONFIG": by_env}).port == 9002
     assert resolve({}, {"KAVACH_CONFIG": ""}).config_file is None
+
+
+@pytest.mark.parametrize("upstream", ["http://a..b/mcp", "http://.a/mcp", "http://./mcp"])
+def test_an_upstream_whose_host_has_an_empty_label_is_refused(upstream: str) -> None:
+    """A host with an empty label (RFC 1034 §3.1: only the root's is empty) names nothing any
+    resolver looks up: refused where it is written, not on every proxied request. A trailing dot
+    (the root label) and underscores (container networks' host names) stay allowed."""
+    with pytest.raises(SettingsError, match=rf"^upstream {re.escape(repr(upstream))}: the host has an empty label"):
+        resolve({"upstream": upstream}, {})
+    for fine in ("http://a.example./mcp", "http://my_host:8000/mcp"):
+        assert resolve({"upstream": fine}, {}).upstream == fine
 
 
 def test_an_upstream_without_a_host_is_refused() -> None:
