@@ -19,14 +19,14 @@ from pathlib import Path
 import pytest
 import services
 from kavach.stores import DamagedDatabaseError, SQLiteStore, SQLiteStoreError
-from kavach.stores._codec import CLIENTS, GRANTS
+from kavach.stores._codec import CLIENTS, GRANTS, KEYS
 from kavach.stores.sqlite import APPLICATION_ID, MIGRATIONS
 from kavach.users import SQLiteUsers
 from kavach_serve import Cli
 
 from kavach_core import effects as fx
 from kavach_core.drivers import StoreUnavailable
-from kavach_core.records import AuthorizationCode, Client, Grant
+from kavach_core.records import AuthorizationCode, Client, Grant, SigningKey
 
 STORE_KEY = base64.urlsafe_b64encode(b"k" * 32).decode()
 
@@ -187,6 +187,25 @@ def test_the_codec_reads_an_array_only_as_an_array_of_text(field: str, value: ob
     for stored in [json.dumps(value)] + ([value] if isinstance(value, list) else []):  # SQLite's, PostgreSQL's
         with pytest.raises(ValueError, match="not an array of text"):
             GRANTS.from_row(_row_with(GRANTS.fields, GRANTS.to_row(GRANT), field, stored))
+
+
+@pytest.mark.parametrize(
+    ("stored", "problem"),
+    [("LS0t!LS0", "that is not canonical"), ("LS0tLS0=", "that is not canonical"), ("LS0tLS1", "that is not canonical"),
+     (45, "of type int, not base64url text"), (["LS0t"], "of type list, not base64url text")],
+    ids=["a-stray-character", "padding", "stray-bits", "a-number", "an-array"],
+)  # fmt: skip
+def test_the_codec_reads_bytes_only_as_canonical_base64url(stored: object, problem: str) -> None:
+    """A ``bytes`` field (a signing key's PEM, in a JSON record: Redis) is read back as it was
+    written, unpadded canonical base64url, or it is damage (``ValueError``) whose message names
+    the field and not its value: a lenient decoder would skip a stray character and read a value
+    that was never written."""
+    key = SigningKey("k1", "ES256", b"-----", T0, T0 + 60, T0 + 120)
+    assert KEYS.to_dict(key)["private_pem"] == "LS0tLS0"
+    assert KEYS.from_dict(KEYS.to_dict(key)) == key
+    with pytest.raises(ValueError, match=f"^stored SigningKey has private_pem {problem}") as caught:
+        KEYS.from_dict({**KEYS.to_dict(key), "private_pem": stored})
+    assert "LS0" not in str(caught.value)
 
 
 @pytest.mark.parametrize(

@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from kavach.instance import redis_secret
 from kavach.stores import SQLiteStore, open_store
 from kavach.stores._codec import CLIENTS, GRANTS
-from kavach.stores._sealing import SEALED_PREFIX, KeySealer, StoreKeyError
+from kavach.stores._sealing import SEALED_PREFIX, DamagedSealError, KeySealer, StoreKeyError
 from kavach.stores.postgres import (
     SCHEMA_VERSION,
     DamagedRowError,
@@ -272,6 +272,21 @@ def test_pg_signing_keys_are_sealed_with_the_store_key(tmp_path: Path, admin: ps
     store.close()
 
 
+def test_a_sealed_value_is_read_as_base64url_strictly_padding_allowed() -> None:
+    """A sealed value reads as canonical base64url, padded as Python's encoders pad it or not: a
+    character of neither alphabet inside it is damage (a lenient decoder would skip it and open
+    the key), and so is padding of the wrong length."""
+    sealer = KeySealer(STORE_KEY)
+    body = sealer.seal("k1", PEM)[len(SEALED_PREFIX) :]
+    padded = base64.urlsafe_b64encode(base64.urlsafe_b64decode(body + b"=" * (-len(body) % 4)))
+    assert padded != body and padded.rstrip(b"=") == body
+    for readable in (body, padded):
+        assert sealer.open("k1", SEALED_PREFIX + readable) == PEM
+    for damaged in (body[:8] + b"!" + body[8:], body[:8] + b"!!!!" + body[8:], padded + b"=", padded + b"===="):
+        with pytest.raises(DamagedSealError, match="not a sealed value"):
+            sealer.open("k1", SEALED_PREFIX + damaged)
+
+
 @pytest.mark.parametrize(
     ("damage", "says"),
     [
@@ -368,6 +383,11 @@ def test_malformed_store_keys_are_refused() -> None:
         PostgresStore(services.POSTGRES_URL, store_key="c2hvcnQ")
     with pytest.raises(StoreKeyError, match="must be base64"):  # five characters are no base64
         PostgresStore(services.POSTGRES_URL, store_key="abcde")
+    good = base64.urlsafe_b64encode(b"k" * 32).decode()
+    assert KeySealer(good).open("k1", KeySealer(b"k" * 32).seal("k1", PEM)) == PEM
+    for stray in ("!", "!!!!", " \t\n "):  # not skipped, whether or not the rest would pad out
+        with pytest.raises(StoreKeyError, match="must be base64"):
+            KeySealer(good[:10] + stray + good[10:])
     with pytest.raises(StoreKeyError):
         RedisStore(services.REDIS_URL, store_key=b"short")
 

@@ -106,6 +106,22 @@ def test_a_damaged_stored_hash_is_no_match_and_no_error() -> None:
         assert verify_password("a long enough password", damaged) is False, damaged
 
 
+def test_a_stored_hash_is_read_as_canonical_base64url_only() -> None:
+    """The salt and the key are read back as they were written, unpadded canonical base64url
+    (kavach_core.opaque.b64url_decode): a stored hash with a character slipped into its salt, padding,
+    or a last character with stray bits is damaged, not the hash it resembles (a lenient decoder
+    skips the stray character and reads the same salt)."""
+    password = "a long enough password"
+    encoded = hash_password(password, log_n=10)
+    assert verify_password(password, encoded) is True
+    parts = encoded.split("$")
+    salt, key = parts[4], parts[5]
+    stray_bits = key[:-1] + chr(ord(key[-1]) + 1)  # 43 characters: the last one's 2 unused bits set
+    for damaged_salt, damaged_key in ((salt[:5] + "!" + salt[5:], key), (salt + "==", key), (salt, stray_bits)):
+        damaged = "$".join([*parts[:4], damaged_salt, damaged_key])
+        assert verify_password(password, damaged) is False, damaged
+
+
 def test_a_username_has_1_to_128_characters_once_normalised() -> None:
     assert MAX_USERNAME == 128
     assert valid_username("x" * 128) == "x" * 128
@@ -198,6 +214,31 @@ def test_a_damaged_stored_hash_is_a_failed_sign_in_costing_what_an_unknown_name_
     assert sum(work) == 2**10 * 8 * 3
     work.clear()
     assert users.sign_in("nobody", "a long enough password") is None and sum(work) == 2**10 * 8 * 3
+
+
+def test_a_stored_hash_damaged_past_its_settings_costs_what_an_unknown_name_does(monkeypatch: Any) -> None:
+    """A record with good settings but a salt or key that does not read (not base64url, a key cut
+    short) is checked against no salt at all: its failed sign-in is padded to a current hash's work
+    like any other, so the answer does not tell a damaged record from a wrong password."""
+    import kavach.users as users_module
+
+    store = MemoryUsers()
+    users = Users(store, log_n=10)
+    parts = hash_password("a long enough password", log_n=10).split("$")
+    store.set_hash("bad-salt", "$".join([*parts[:4], "A", parts[5]]))
+    store.set_hash("short-key", "$".join([*parts[:5], parts[5][:-4]]))
+    work: list[int] = []
+    real = users_module.Scrypt
+
+    def counted(**kwargs: Any) -> Any:
+        work.append(kwargs["n"] * kwargs["r"] * kwargs["p"])
+        return real(**kwargs)
+
+    monkeypatch.setattr(users_module, "Scrypt", counted)
+    for name in ("bad-salt", "short-key", "nobody"):
+        work.clear()
+        assert users.sign_in(name, "a long enough password") is None
+        assert sum(work) == 2**10 * 8 * 3, name
 
 
 def _store(kind: str, tmp_path: Path) -> Any:

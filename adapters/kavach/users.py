@@ -34,7 +34,6 @@ adding the name again ends every session signed in before (OWASP ASVS 5.0 §7.4.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import hashlib
 import os
@@ -47,6 +46,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from cryptography.exceptions import InvalidKey
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
+
+from kavach_core.opaque import b64url, b64url_decode
 
 from .settings import SettingsError
 from .stores.sqlite import COMPANIONS, create_private
@@ -69,14 +70,6 @@ MIN_PASSWORD = 15
 800-63B-4 §3.1.1.2 asks for 15 characters of a password used alone. Checked when a password is set,
 never at sign-in, so an account given a shorter one earlier still signs in."""
 MAX_PASSWORD = 1024
-
-
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
-def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
 _UNPRINTABLE = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
@@ -160,37 +153,35 @@ def hash_password(password: str, *, log_n: int = DEFAULT_LOG_N) -> str:
         raise ValueError("log_n must be between 10 and 20")
     salt = os.urandom(_SALT_BYTES)
     key = Scrypt(salt=salt, length=_KEY_BYTES, n=2**log_n, r=_R, p=_P).derive(_normal_form(password))
-    return f"scrypt${log_n}${_R}${_P}${_b64(salt)}${_b64(key)}"
+    return f"scrypt${log_n}${_R}${_P}${b64url(salt)}${b64url(key)}"
 
 
-def _parameters(encoded: str) -> tuple[int, int, int] | None:
-    """``(log2 n, r, p)`` of a stored scrypt hash, ``None`` when it is malformed or its settings are
-    outside what is ever checked (so a damaged record cannot ask for unbounded work)."""
+def _parsed(encoded: str) -> tuple[int, int, int, bytes, bytes] | None:
+    """``(log2 n, r, p, salt, key)`` of a stored scrypt hash; ``None`` when it is malformed (the
+    salt or the key not canonical base64url, the key not :data:`_KEY_BYTES` long: a shorter one
+    is a prefix of the right one) or its settings are outside what is ever checked (so a damaged
+    record cannot ask for unbounded work)."""
     parts = encoded.split("$")
     if len(parts) != 6 or parts[0] != "scrypt":
         return None
     try:
         log_n, r, p = (int(part) for part in parts[1:4])
+        salt, key = b64url_decode(parts[4]), b64url_decode(parts[5])
     except ValueError:
         return None
-    return (log_n, r, p) if 10 <= log_n <= 20 and 1 <= r <= 32 and 1 <= p <= 16 else None
+    if not (10 <= log_n <= 20 and 1 <= r <= 32 and 1 <= p <= 16) or len(key) != _KEY_BYTES:
+        return None
+    return log_n, r, p, salt, key
 
 
 def verify_password(password: str, encoded: str) -> bool:
     """True when ``password``, as typed or NFKC-normalised (:func:`_spellings`), matches
     ``encoded``; constant-time, never raises on a bad hash. A wrong password costs one scrypt run
     per spelling, whatever ``encoded`` is (a dummy hash included)."""
-    parameters = _parameters(encoded)
-    if parameters is None:
+    parsed = _parsed(encoded)
+    if parsed is None:
         return False
-    log_n, r, p = parameters
-    salt, key = encoded.split("$")[4:]
-    try:
-        salt_bytes, key_bytes = _unb64(salt), _unb64(key)
-    except ValueError:
-        return False
-    if len(key_bytes) != _KEY_BYTES:  # a shorter key is a prefix of the right one: damaged, not a match
-        return False
+    log_n, r, p, salt_bytes, key_bytes = parsed
     for spelling in _spellings(password):
         try:
             Scrypt(salt=salt_bytes, length=_KEY_BYTES, n=2**log_n, r=r, p=p).verify(spelling, key_bytes)
@@ -204,7 +195,7 @@ def credential_stamp(password_hash: str) -> str:
     """A short digest naming one stored hash (128 bits of SHA-256, base64url): it changes whenever
     the hash does, and reveals nothing usable about the password (the salt stays in the store)."""
     digest = hashlib.sha256(b"kavach session stamp v1\0" + password_hash.encode("utf-8")).digest()
-    return _b64(digest[:16])
+    return b64url(digest[:16])
 
 
 def _settings_of(encoded: str) -> tuple[str, ...]:
@@ -213,16 +204,16 @@ def _settings_of(encoded: str) -> tuple[str, ...]:
 
 
 def _dummy_hash(log_n: int, p: int = _P) -> str:
-    return f"scrypt${log_n}${_R}${p}${_b64(bytes(_SALT_BYTES))}${_b64(bytes(_KEY_BYTES))}"
+    return f"scrypt${log_n}${_R}${p}${b64url(bytes(_SALT_BYTES))}${b64url(bytes(_KEY_BYTES))}"
 
 
 def _work(encoded: str) -> int:
     """The scrypt work of checking a password against ``encoded``: N * r * p (RFC 7914 §2), none
     for a hash :func:`verify_password` refuses before any."""
-    parameters = _parameters(encoded)
-    if parameters is None:
+    parsed = _parsed(encoded)
+    if parsed is None:
         return 0
-    log_n, r, p = parameters
+    log_n, r, p = parsed[:3]
     return (1 << log_n) * r * p
 
 

@@ -5,8 +5,9 @@ strings, integers, booleans, ``bytes`` (a signing key's PEM), tuples of strings,
 versions of those. A :class:`RecordCodec` knows which field is which and converts:
 
 - to and from a JSON object (Redis values): tuples become arrays, ``bytes`` become unpadded
-  base64url text; unknown keys are ignored and missing keys take the field's default, so a
-  record written by an older kavachOS (fewer fields) still reads;
+  base64url text, read back strictly (:func:`kavach_core.opaque.b64url_decode`); unknown keys
+  are ignored and missing keys take the field's default, so a record written by an older
+  kavachOS (fewer fields) still reads;
 - to and from a row in field order (SQL stores): tuples become whatever ``tuple_dumper``
   makes of them (a list for PostgreSQL ``text[]``, JSON text for SQLite) and come back from a
   list or JSON text.
@@ -20,7 +21,6 @@ later, far from its cause.
 
 from __future__ import annotations
 
-import base64
 import json
 import types
 import typing
@@ -29,21 +29,12 @@ from typing import Any, Generic, TypeVar
 
 import attrs
 
+from kavach_core.opaque import b64url, b64url_decode
 from kavach_core.records import AuthorizationCode, Client, Grant, PendingAuthorization, SigningKey
 
-__all__ = ["CLIENTS", "CODES", "GRANTS", "KEYS", "PENDING", "RecordCodec", "b64d", "b64e"]
+__all__ = ["CLIENTS", "CODES", "GRANTS", "KEYS", "PENDING", "RecordCodec"]
 
 R = TypeVar("R")
-
-
-def b64e(data: bytes) -> str:
-    """Unpadded base64url text."""
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
-def b64d(text: str) -> bytes:
-    """Inverse of :func:`b64e` (padding optional)."""
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
 def _kind(annotation: Any) -> str:
@@ -79,6 +70,16 @@ def _strings(record: str, name: str, value: Any) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(type(item) is str for item in value):
         raise ValueError(f"stored {record} has {name} = {value!r}, not an array of text")
     return tuple(value)
+
+
+def _octets(record: str, name: str, value: Any) -> bytes:
+    """A ``bytes`` field's stored base64url text, decoded strictly, else ``ValueError``."""
+    if type(value) is not str:
+        raise ValueError(f"stored {record} has {name} of type {type(value).__name__}, not base64url text")
+    try:
+        return b64url_decode(value)
+    except ValueError:
+        raise ValueError(f"stored {record} has {name} that is not canonical base64url text") from None
 
 
 def _json_object(record: str, name: str, text: str) -> str:
@@ -118,7 +119,7 @@ class RecordCodec(Generic[R]):
                 if kind == "tuple":
                     value = list(value)
                 elif kind == "bytes":
-                    value = b64e(value)
+                    value = b64url(value)
             out[name] = value
         return out
 
@@ -136,7 +137,7 @@ class RecordCodec(Generic[R]):
                 if kind == "tuple":
                     value = _strings(self.record.__name__, name, value)
                 elif kind == "bytes":
-                    value = b64d(value)
+                    value = _octets(self.record.__name__, name, value)
                 elif kind == "bool":
                     value = bool(value)
                 else:

@@ -7,7 +7,8 @@ variable ``KAVACH_STORE_KEY``), each signing key's private PEM is stored as::
 
 encrypted with AES-GCM under the store key, with the key's ``kid`` as associated data: a
 sealed PEM copied onto another key's row does not open. The store key is 16, 24 or 32 bytes
-(AES-128/192/256); as text it is base64 (standard or url-safe, padding optional). Make one with::
+(AES-128/192/256); as text it is base64 (standard or url-safe, padding optional, whitespace
+around it ignored), and a character of neither alphabet inside it is refused, not skipped. Make one with::
 
     python3 -c "import base64, os; print(base64.urlsafe_b64encode(os.urandom(32)).decode())"
 
@@ -19,7 +20,6 @@ store key, or with the wrong one, raises :class:`StoreKeyError` (never a silent 
 
 from __future__ import annotations
 
-import binascii
 import os
 from collections.abc import Mapping
 
@@ -27,8 +27,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from kavach_core.drivers import StoreUnavailable
-
-from ._codec import b64d, b64e
+from kavach_core.opaque import b64url, b64url_decode
 
 __all__ = ["ENV_VAR", "SEALED_PREFIX", "DamagedSealError", "KeySealer", "StoreKeyError", "sealer_from"]
 
@@ -50,12 +49,18 @@ class StoreKeyError(Exception):
     """The store key is malformed, missing for a sealed signing key, or not the one that sealed it."""
 
 
+def _unpadded(text: str) -> str:
+    """``text`` without the padding RFC 4648 §3.2 puts on base64 of a length that is a multiple of
+    four (one or two ``=``): what Python's own encoders write, so a value made by hand reads."""
+    return text.removesuffix("=").removesuffix("=") if len(text) % 4 == 0 else text
+
+
 def _parse_key(key: bytes | str) -> bytes:
     if isinstance(key, str):
         text = key.strip().replace("+", "-").replace("/", "_")
         try:
-            raw = b64d(text.rstrip("="))
-        except (binascii.Error, ValueError) as exc:
+            raw = b64url_decode(_unpadded(text))
+        except ValueError as exc:
             raise StoreKeyError(f"{ENV_VAR} must be base64 of 16, 24 or 32 bytes") from exc
     else:
         raw = bytes(key)
@@ -72,15 +77,15 @@ class KeySealer:
 
     def seal(self, kid: str, pem: bytes) -> bytes:
         nonce = os.urandom(_NONCE)
-        return SEALED_PREFIX + b64e(nonce + self._aead.encrypt(nonce, pem, kid.encode())).encode("ascii")
+        return SEALED_PREFIX + b64url(nonce + self._aead.encrypt(nonce, pem, kid.encode())).encode("ascii")
 
     def open(self, kid: str, stored: bytes) -> bytes:
         """The PEM sealed in ``stored``; :class:`DamagedSealError` when it is no sealed value at
         all (not base64url, shorter than a nonce and a tag), :class:`StoreKeyError` when it is one
         that this store key does not open."""
         try:
-            blob = b64d(stored[len(SEALED_PREFIX) :].decode("ascii"))
-        except (UnicodeDecodeError, binascii.Error, ValueError) as exc:
+            blob = b64url_decode(_unpadded(stored[len(SEALED_PREFIX) :].decode("ascii")))
+        except ValueError as exc:  # not ASCII, or not base64url
             raise DamagedSealError(f"signing key {kid!r} is damaged in the store: not a sealed value") from exc
         if len(blob) < _NONCE + _TAG:
             raise DamagedSealError(f"signing key {kid!r} is damaged in the store: its sealed value is cut short")
