@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from conftest import RESOURCE, make_config
-from kavach.settings import ENVIRONMENT, MAX_CONFIG_BYTES, SettingsError, resolve, unread_variables
+from kavach.settings import ENVIRONMENT, MAX_CONFIG_BYTES, SettingsError, read_toml, resolve, unread_variables
 from kavach.users import MemoryUsers, UsernameError, Users, normalize_username
 from kavach_serve import Cli, free_port
 
@@ -302,6 +302,54 @@ def test_a_config_file_over_the_size_cap_is_refused(tmp_path: Path, db: str) -> 
 
 def test_a_directory_config_file_still_says_so(tmp_path: Path, db: str) -> None:
     bad(["keys", "list", "--db", db, "--config", str(tmp_path)], "is a directory")
+
+
+def test_config_file_read_failures_are_one_line_each(tmp_path: Path) -> None:
+    """Each way a settings file cannot be read is its own one-line :class:`SettingsError` naming
+    the file (never an ``OSError``, ``ValueError`` or ``UnicodeDecodeError``): missing, a path
+    through a file, a NUL in the path, bytes that are not UTF-8."""
+    with pytest.raises(SettingsError, match=r"^config file '.*nope\.toml' does not exist$"):
+        read_toml(str(tmp_path / "nope.toml"))
+    plain = write(tmp_path, "port = 8001\n")
+    with pytest.raises(SettingsError, match=r"^cannot read config file '.*k\.toml/x\.toml': Not a directory$"):
+        read_toml(plain + "/x.toml")
+    with pytest.raises(SettingsError, match=r"^config file 'a\\x00b\.toml' is not a valid path$"):
+        read_toml("a\x00b.toml")
+    latin = tmp_path / "latin.toml"
+    latin.write_bytes(b'issuer = "https://caf\xe9.example"\n')
+    with pytest.raises(SettingsError, match=r"^config file '.*latin\.toml' is not UTF-8 text$"):
+        read_toml(str(latin))
+    with pytest.raises(SettingsError, match=r"is not UTF-8 text$"):
+        resolve({"config": str(latin)}, {})
+
+
+def test_reading_a_config_file_leaves_no_descriptor_open(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The descriptor :func:`read_toml` opens is closed whether the file is read, refused by its
+    kind, or refused by its content."""
+    import kavach.settings as settings_module
+
+    opened: list[int] = []
+    closed: list[int] = []
+    real_open, real_close = os.open, os.close
+
+    def tracked_open(*args: Any, **kwargs: Any) -> int:
+        opened.append(real_open(*args, **kwargs))
+        return opened[-1]
+
+    def tracked_close(fd: int) -> None:
+        closed.append(fd)
+        real_close(fd)
+
+    good = write(tmp_path, "port = 8001\n")
+    broken = write(tmp_path, "port = [\n", "broken.toml")
+    monkeypatch.setattr(settings_module.os, "open", tracked_open)
+    monkeypatch.setattr(settings_module.os, "close", tracked_close)
+    assert read_toml(good) == {"port": 8001}
+    for path in (broken, str(tmp_path)):
+        with pytest.raises(SettingsError):
+            read_toml(path)
+    monkeypatch.undo()
+    assert len(opened) == 3 and closed == opened
 
 
 # -- 5. ports of the issuer and the upstream ---------------------------------------------------

@@ -570,3 +570,69 @@ def test_a_new_database_through_a_dangling_symbolic_link_is_made_0600_too(tmp_pa
         store.close()
     assert (tmp_path / "target.db").stat().st_mode & 0o777 == 0o600
     assert (tmp_path / "link.db").is_symlink()
+
+
+def test_store_arguments_out_of_range_are_refused_before_any_file_is_made(tmp_path: Path) -> None:
+    """A negative ``busy_timeout`` or a pool of no connections is a ``ValueError`` raised before
+    the file is created; the bounds themselves (no waiting, one connection) are accepted."""
+    path = tmp_path / "k.db"
+    with pytest.raises(ValueError, match=r"^busy_timeout must be >= 0 seconds$"):
+        SQLiteStore(str(path), busy_timeout=-0.001)
+    with pytest.raises(ValueError, match=r"^max_connections must be >= 1$"):
+        SQLiteStore(str(path), max_connections=0)
+    assert not path.exists()
+    with SQLiteStore(str(path), busy_timeout=0, max_connections=1) as store:
+        assert store.perform(fx.GetSigningKeys()) == ()
+
+
+def test_a_sqlite_uri_is_refused_and_makes_no_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``file:`` names a SQLite URI, not a file: refused with one line before anything is created
+    (SQLite would otherwise read it as a URI and the check of the path would look elsewhere)."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SQLiteStoreError, match=r"^pass a filesystem path, not a SQLite URI$"):
+        SQLiteStore("file:k.db")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_closed_store_refuses_every_call(tmp_path: Path) -> None:
+    """After ``close`` every call raises :class:`SQLiteStoreError` ("closed") instead of opening a
+    new connection; closing again is harmless."""
+    store = SQLiteStore(str(tmp_path / "k.db"))
+    assert store.schema_version == len(MIGRATIONS)
+    store.close()
+    for call in (lambda: store.perform(fx.GetSigningKeys()), lambda: store.purge(0), lambda: store.schema_version):
+        with pytest.raises(SQLiteStoreError, match=r"^the store is closed$"):
+            call()
+    store.close()
+
+
+def test_an_empty_file_another_connection_holds_locked_is_kept(tmp_path: Path) -> None:
+    """Only a file this store itself created is removed when opening fails: an empty file that
+    was already there (here held under an exclusive lock) is reported unavailable and left.
+
+    Also pins that a file locked past ``busy_timeout`` when the store first connects is
+    :class:`StoreUnavailable` ("is locked"), as it is later in opening, not a refusal of the file."""
+    path = tmp_path / "k.db"
+    path.touch(mode=0o600)
+    holder = sqlite3.connect(path, isolation_level=None)
+    try:
+        holder.execute("BEGIN EXCLUSIVE")
+        with pytest.raises(StoreUnavailable, match="is locked"):
+            SQLiteStore(str(path), busy_timeout=0)
+        assert path.exists()
+    finally:
+        holder.close()
+    assert path.exists() and path.stat().st_size == 0
+
+
+@pytest.mark.parametrize("mode", [0o601, 0o610, 0o640, 0o604])
+def test_any_access_for_group_or_others_is_warned_about(
+    tmp_path: Path, mode: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Any permission bit for the group or for others (not only read) gets the chmod 600 warning."""
+    path = tmp_path / "k.db"
+    SQLiteStore(str(path)).close()
+    path.chmod(mode)
+    with caplog.at_level("WARNING", logger="kavach.stores.sqlite"):
+        SQLiteStore(str(path)).close()
+    assert f"(mode {mode:o})" in caplog.text and "chmod 600" in caplog.text

@@ -481,8 +481,8 @@ class SQLiteStore:
         :data:`SCHEMA_VERSION`; a file refused by a check is left as it was."""
         try:
             db = self._connect()
-        except sqlite3.Error as exc:
-            raise SQLiteStoreError(f"cannot open SQLite database {self.path!r}: {exc}") from exc
+        except sqlite3.Error as exc:  # its first PRAGMA waits for another connection's write lock too
+            raise self._refusal(exc, f"cannot open SQLite database {self.path!r}") from exc
         try:
             db.execute("BEGIN")  # one read snapshot for every check
             try:
@@ -501,13 +501,19 @@ class SQLiteStore:
                         db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         except sqlite3.Error as exc:
             db.close()
-            if _unavailable(exc) and _primary(exc) in (5, 6):
-                raise StoreUnavailable(f"SQLite database {self.path!r} is locked: {exc}") from exc
-            raise SQLiteStoreError(f"cannot use {self.path!r} as a SQLite database: {exc}") from exc
+            raise self._refusal(exc, f"cannot use {self.path!r} as a SQLite database") from exc
         except BaseException:
             db.close()
             raise
         self._idle.append(db)
+
+    def _refusal(self, exc: sqlite3.Error, refused: str) -> Exception:
+        """What opening the file raises for ``exc``: :class:`StoreUnavailable` while another
+        connection holds it locked past ``busy_timeout`` (``SQLITE_BUSY``, ``SQLITE_LOCKED``: try
+        again later), else :class:`SQLiteStoreError` saying ``refused`` (the file is no use)."""
+        if _unavailable(exc) and _primary(exc) in (5, 6):
+            return StoreUnavailable(f"SQLite database {self.path!r} is locked: {exc}")
+        return SQLiteStoreError(f"{refused}: {exc}")
 
     def _use_wal(self, db: sqlite3.Connection) -> None:
         """Put the database in WAL mode, waiting up to ``busy_timeout`` for other connections.
