@@ -431,6 +431,84 @@ def test_a_postgresql_url_sizes_the_pools(query: str, explicit: dict[str, int], 
     assert store.schema == ("k_pool" if "schema" in query else "kavach")
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://u:hunter2%zzsecret@127.0.0.1:5432/test",  # the password in the user info
+        "postgresql://u@127.0.0.1:5432/test?password=hunter2%zzsecret",  # ... or as a query parameter
+        "postgresql://u@127.0.0.1:5432/test?sslmode=disable&password = hunter2%zzsecret",
+    ],
+)
+def test_a_password_libpq_quotes_in_its_refusal_is_hidden(url: str) -> None:
+    """libpq names the token it cannot read ("invalid percent-encoded token"), here the password
+    itself: the store's refusal shows ``***`` in its place. No connection is made."""
+    from kavach.stores.postgres import PostgresStore, PostgresStoreError
+
+    with pytest.raises(PostgresStoreError) as refused:
+        PostgresStore(url, min_connections=0)
+    message = str(refused.value)
+    assert "invalid percent-encoded token" in message and "***" in message, message
+    assert "hunter2" not in message and "secret" not in message, message
+
+
+@pytest.mark.parametrize(
+    ("query", "options"),
+    [("", {"max_connections": 0}), ("", {"max_connections": -1}), ("?max_connections=0", {})],
+)
+def test_a_redis_pool_of_no_connections_is_refused_at_once(query: str, options: dict[str, int]) -> None:
+    """A bound below one connection cannot serve a request: refused when the store is made, as on
+    PostgreSQL (``max_connections >= 1``), neither taken for redis-py's default (it reads 0 as no
+    bound given) nor failing at the first request with an error that is no :class:`StoreUnavailable`."""
+    from kavach.stores.redis import RedisStore
+
+    with pytest.raises(ValueError, match="max_connections must be at least 1"):
+        RedisStore(f"redis://127.0.0.1:6379/0{query}", timeout=1, **options).close()
+
+
+def test_a_redis_ttl_slack_below_zero_is_refused_and_zero_is_taken() -> None:
+    """``ttl_slack`` is added to every TTL: a negative one would let a key expire before its
+    record does, so it is refused at once; no slack at all is a valid choice. No connection is made."""
+    from kavach.stores.redis import RedisStore
+
+    with pytest.raises(ValueError, match="ttl_slack must be >= 0 seconds"):
+        RedisStore("redis://127.0.0.1:6379/0", ttl_slack=-1)
+    store = RedisStore("redis://127.0.0.1:6379/0", ttl_slack=0)
+    assert store.ttl_slack == 0 and store._ttl(30) == 31 and store._ttl(-5) == 1
+    store.close()
+
+
+@pytest.mark.parametrize(
+    ("query", "explicit", "refused"),
+    [
+        ("", {"min_connections": 0, "max_connections": 0}, "(here 0 and 0)"),
+        ("?min_connections=0&max_connections=0", {}, "(here 0 and 0)"),
+        ("", {"min_connections": -1}, "(here -1 and 10)"),
+        ("?max_connections=3", {"min_connections": 4}, "(here 4 and 3)"),
+        ("", {"min_connections": 0, "max_connections": 1}, None),
+        ("?min_connections=1&max_connections=1", {}, None),
+        ("?max_connections=9999", {}, None),
+        ("?max_connections=10000", {}, "max_connections '10000' is not a whole number from 0 to 9999"),
+    ],
+)
+def test_postgresql_pool_bounds_need_a_connection_at_most(
+    query: str, explicit: dict[str, int], refused: str | None
+) -> None:
+    """Each pool opens between 0 and ``max_connections`` connections, and ``max_connections`` is at
+    least 1 (a pool of none serves nothing), whether the bounds come from the constructor or the
+    URL: a pool of exactly one connection is taken. No connection is made here."""
+    from kavach.stores.postgres import PostgresStore, PostgresStoreError
+
+    url = f"postgresql://127.0.0.1:5432/test{query}"
+    if refused is None:
+        store = PostgresStore(url, store_key=STORE_KEY, **explicit)
+        assert store._pool_args["max_size"] >= 1
+        store.close()
+    else:
+        with pytest.raises(PostgresStoreError) as error:
+            PostgresStore(url, store_key=STORE_KEY, **explicit)
+        assert refused in str(error.value)
+
+
 def test_a_postgresql_pool_timeout_keeps_its_cause_on_the_event_loop() -> None:
     from kavach.stores.postgres import PostgresStore
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import math
 import re
 import shutil
 import socket
@@ -562,6 +563,27 @@ def test_a_redis_prefix_with_glob_characters_scans_only_its_own_keys(rd: RedisSt
     other.close()
 
 
+def test_a_redis_url_gives_its_prefix_to_the_store_and_the_rest_to_the_connection(tmp_path: Path) -> None:
+    """The URL's ``prefix`` is taken out (redis-py would refuse it) and every other parameter stays
+    the connection's: here its client name, which Redis then lists, until ``close`` closes the
+    connections. A ``prefix`` argument wins over the URL's."""
+    prefix = services.redis_prefix(tmp_path)
+    name = "kavach-" + prefix.replace(":", "-").strip("-")
+    store = RedisStore(f"{services.REDIS_URL}?prefix={quote(prefix)}&client_name={name}")
+    try:
+        assert store.prefix == prefix and "prefix" not in store.url and f"client_name={name}" in store.url
+        assert store.perform(fx.GetSigningKeys()) == ()
+        with redis.Redis.from_url(services.REDIS_URL) as admin:
+            assert name in [client["name"] for client in admin.client_list()]
+            store.close()  # its connections are closed: Redis lists them no more
+            assert eventually(lambda: name not in [client["name"] for client in admin.client_list()])
+    finally:
+        store.close()
+    explicit = RedisStore(f"{services.REDIS_URL}?prefix=kavach-test:elsewhere:", prefix=prefix)
+    assert explicit.prefix == prefix
+    explicit.close()
+
+
 def test_redis_requests_beyond_the_pool_wait_for_a_connection(tmp_path: Path) -> None:
     """More concurrent requests than ``max_connections`` queue for a connection, on threads and on
     an event loop, as on PostgreSQL: the pool that refused at once ("Too many connections") made a
@@ -591,6 +613,73 @@ def test_redis_requests_beyond_the_pool_wait_for_a_connection(tmp_path: Path) ->
         assert all(found is not None for found in asyncio.run(burst()))
     finally:
         store.close()
+
+
+def test_redis_and_postgres_stores_refuse_an_effect_they_do_not_know(rd: RedisStore, pg: PostgresStore) -> None:
+    """An effect with no handler is a ``TypeError`` naming it, raised before any connection is used."""
+
+    @attrs.frozen
+    class Strange(fx.Effect):
+        pass
+
+    for store in (rd, pg):
+        with pytest.raises(TypeError, match=f"^{type(store).__name__} cannot perform Strange$"):
+            store.perform(Strange())
+        with pytest.raises(TypeError, match=f"^{type(store).__name__} cannot perform Strange$"):
+            asyncio.run(store.aperform(Strange()))
+
+
+def test_a_closed_redis_store_refuses_work_and_closes_again_quietly(tmp_path: Path) -> None:
+    """Closing is idempotent (``aclose`` twice, ``close`` after it) and final: a closed store
+    opens no new client, on an event loop or on a thread, but says it is closed."""
+    store = services.redis_store(tmp_path)
+
+    async def on_a_loop() -> None:
+        assert await store.aperform(fx.GetSigningKeys()) == ()
+        await store.aclose()
+        await store.aclose()
+        with pytest.raises(RuntimeError, match="the store is closed"):
+            await store.aperform(fx.GetSigningKeys())
+
+    asyncio.run(on_a_loop())
+    store.close()
+    with pytest.raises(RuntimeError, match="the store is closed"):
+        store.perform(fx.GetSigningKeys())
+    assert store._client is None and store._aclients == {}
+
+
+def test_a_closed_postgres_store_refuses_work_and_closes_again_quietly(
+    tmp_path: Path, admin: psycopg.Connection[Any]
+) -> None:
+    """As on Redis: ``aclose`` twice, then ``close``, raise nothing; the thread pool's connections
+    are closed (the server counts none left under the URL's ``application_name``), and every use
+    after the first close (an effect, a purge, on an event loop or a thread) is refused."""
+    schema = services.postgres_schema(tmp_path)
+    name = f"kavach_close_{schema[-12:]}"
+    pg = PostgresStore(f"{services.POSTGRES_URL}?schema={schema}&application_name={name}")
+
+    def opened() -> int:
+        row = admin.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = %s", (name,)).fetchone()
+        return int(row[0]) if row else 0
+
+    assert pg.perform(fx.GetSigningKeys()) == ()
+    assert opened() >= 1
+
+    async def on_a_loop() -> None:
+        assert await pg.aperform(fx.GetSigningKeys()) == ()
+        await pg.aclose()
+        await pg.aclose()
+        with pytest.raises(PostgresStoreError, match="the store is closed"):
+            await pg.aperform(fx.GetSigningKeys())
+
+    asyncio.run(on_a_loop())
+    assert eventually(lambda: opened() == 0), f"{opened()} connections left open"
+    pg.close()
+    with pytest.raises(PostgresStoreError, match="the store is closed"):
+        pg.perform(fx.GetSigningKeys())
+    with pytest.raises(PostgresStoreError, match="the store is closed"):
+        pg.purge(T0)
+    assert pg._pool is None and pg._apools == {}
 
 
 # -- open_store --------------------------------------------------------------------------------------------
@@ -934,6 +1023,34 @@ def test_pg_a_transaction_cut_off_mid_way_gives_its_row_locks_back(tmp_path: Pat
         proxy.thaw()
         store.close()
         proxy.cut()
+
+
+@pytest.mark.parametrize(
+    ("query", "timeout", "expected"),
+    [
+        ("", 2.5, {"keepalives": "1", "keepalives_idle": "3", "keepalives_interval": "1", "keepalives_count": "3"}),
+        ("&keepalives_idle=60&keepalives_count=9", 7, {"keepalives_idle": "60", "keepalives_interval": "3"}),
+    ],
+)
+def test_pg_connections_give_up_on_a_silent_link_after_the_timeout(
+    tmp_path: Path, query: str, timeout: float, expected: dict[str, str]
+) -> None:
+    """Each pooled connection asks the kernel to probe an idle link after ``timeout`` seconds
+    (rounded up), every third of it, three times, and to drop data left unacknowledged for
+    ``timeout`` (``tcp_user_timeout``, libpq 12+); an option the URL sets itself is kept as given.
+    Read back from libpq's own account of the connection it made."""
+    url = f"{services.POSTGRES_URL}?schema={services.postgres_schema(tmp_path)}{query}"
+    store = PostgresStore(url, timeout=timeout, min_connections=0)
+    try:
+        with store._sync_pool().connection() as conn:
+            used = conn.info.get_parameters()
+    finally:
+        store.close()
+    assert {name: used.get(name) for name in expected} == expected
+    if "keepalives_count" in query:
+        assert used.get("keepalives_count") == "9"
+    if psycopg.pq.version() >= 120000:
+        assert used.get("tcp_user_timeout") == str(math.ceil(timeout) * 1000)
 
 
 def test_pg_sessions_wait_in_a_transaction_no_longer_than_the_timeout(

@@ -545,7 +545,9 @@ class RedisStore:
     every TTL; ``timeout`` bounds connecting, each reply, and the wait for a free connection;
     ``max_connections`` bounds each pool (more requests than that at once wait their turn);
     ``store_key`` (else ``KAVACH_STORE_KEY``) encrypts signing keys at rest; ``clock`` is what
-    "now" means for revoked token ids' TTLs (the wall clock by default).
+    "now" means for revoked token ids' TTLs (the wall clock by default). Connection options the
+    URL itself gives (``max_connections``, ``socket_timeout``, ...) are redis-py's, and win over
+    these arguments; a pool bound below 1, from either, is refused here.
     """
 
     def __init__(
@@ -564,6 +566,10 @@ class RedisStore:
         self.prefix = prefix if prefix is not None else (url_prefix if url_prefix is not None else "kavach:")
         if ttl_slack < 0:
             raise ValueError("ttl_slack must be >= 0 seconds")
+        # redis-py reads a bound of 0 as none given (its default), a negative one it refuses only
+        # when the pool is made, at the first request; the URL's own bound is the one it uses.
+        if min(max_connections, parse_url(url).get("max_connections", 1)) < 1:  # type: ignore[no-untyped-call]
+            raise ValueError("max_connections must be at least 1 (each pool's bound on its connections)")
         self.ttl_slack = ttl_slack
         self._clock = clock
         self._sealer: KeySealer | None = sealer_from(store_key)
