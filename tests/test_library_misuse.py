@@ -45,6 +45,10 @@ def _users() -> Users:
         ({"keyring_ttl": -1}, "keyring_ttl"),
         ({"keyring_ttl": True}, "keyring_ttl"),
         ({"keyring_ttl": 1.5}, "keyring_ttl must be a whole number of seconds"),
+        ({"login_url": "https://sso.example/login"}, "login_url must be a function"),
+        ({"session_lifetime": True}, "session_lifetime must be a whole number"),
+        ({"session_lifetime": 10**7}, "session_lifetime must be a whole number"),
+        ({"keyring_ttl": 10**7}, "keyring_ttl must be a whole number of seconds"),
     ],
 )
 def test_authorization_server_refuses_arguments_it_cannot_use(kwargs: dict[str, Any], match: str) -> None:
@@ -57,6 +61,27 @@ def test_authorization_server_refuses_arguments_it_cannot_use(kwargs: dict[str, 
 def test_a_config_that_is_not_one_is_refused() -> None:
     with pytest.raises(TypeError, match="config must be a Config"):
         AuthorizationServer({"issuer": "https://as.example.com"}, MemoryStore(), users=_users())  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="config must be a Config, not NoneType"):
+        AuthorizationServer(None, MemoryStore(), users=_users())  # type: ignore[arg-type]
+
+
+def test_the_bounds_of_session_lifetime_and_keyring_ttl_are_kept_exactly() -> None:
+    """Both are whole seconds below 10**7 (about 115 days): the largest such value is taken as
+    given, and a keyring_ttl of 0 (read the keys on every request) is allowed where a session
+    lifetime of 0 is not (see the refusals above). Unsaid, a session lasts eight hours."""
+    assert AuthorizationServer(make_config(), MemoryStore(), users=_users()).cookies.session_lifetime == 8 * 3600
+    top = 10**7 - 1
+    server = AuthorizationServer(make_config(), MemoryStore(), users=_users(), session_lifetime=top, keyring_ttl=top)
+    assert server.cookies.session_lifetime == top and server.keyring.ttl == top
+    server = AuthorizationServer(make_config(), MemoryStore(), users=_users(), session_lifetime=1, keyring_ttl=0)
+    assert server.cookies.session_lifetime == 1 and server.keyring.ttl == 0
+
+
+def test_the_sign_in_limits_given_are_the_ones_used() -> None:
+    """``login_limits=`` replaces the defaults (10 per account, 50 per address, 900 s) as given."""
+    limits = LoginLimits(per_user=3, per_address=7, window=60)
+    assert AuthorizationServer(make_config(), MemoryStore(), users=_users(), login_limits=limits).login_limits is limits
+    assert AuthorizationServer(make_config(), MemoryStore(), users=_users()).login_limits == LoginLimits()
 
 
 @pytest.mark.parametrize(

@@ -1,5 +1,6 @@
 """Rules of :mod:`kavach.server` the other tests leave open: the sign-in form's rate limits and
-decisions, the consent form's decisions, and the headers kept on error pages.
+decisions, the consent form's decisions, the headers kept on error pages, the answers and log
+line of a failing store, and :meth:`AuthorizationServer.protected`'s refusals.
 
 Driven in this process through :meth:`AuthorizationServer.handle` and ``ahandle``, as every
 framework adapter calls them, with the browser of ``test_http_issuer_sessions``.
@@ -8,17 +9,22 @@ framework adapter calls them, with the browser of ``test_http_issuer_sessions``.
 from __future__ import annotations
 
 import asyncio
+import logging
+import re
 import threading
 from typing import Any
 
 import kavach.server as kavach_server
 import pytest
+from conftest import make_config
 from kavach.server import AuthorizationServer, LoginLimits
 from person import forms
 from test_http_issuer_sessions import CALLBACK, HTTP, HTTPS, SESSION_ID, Browser, _server, consents, signs_in
 
 from kavach_core import effects as fx
+from kavach_core.drivers import StoreUnavailable
 from kavach_core.http import HttpRequest, Response
+from kavach_core.memory_store import MemoryStore
 
 PASSWORD = "a long enough password"
 
@@ -391,3 +397,89 @@ def test_on_an_event_loop_the_identify_hook_s_subject_is_signed_in(on_loop: bool
     page = Browser(_OnEventLoop(server)).authorize()  # type: ignore[arg-type]
     assert seen and page.status == 200 and b'value="approve"' in page.body
     assert b"Signed in as <strong>bob</strong>" in page.body
+
+
+# -- building the server, and answering when the store fails (server.py: failure_response to protected)
+
+
+class _StoreDown:
+    """A store whose database cannot be reached."""
+
+    def perform(self, effect: Any) -> Any:
+        raise StoreUnavailable("database is locked")
+
+
+class _StoreBroken:
+    """A store with a bug: every call raises something that is not an outage."""
+
+    def perform(self, effect: Any) -> Any:
+        raise RuntimeError("a bug in the store")
+
+
+def _failing(store: Any) -> AuthorizationServer:
+    return AuthorizationServer(make_config(), store, identify=lambda request: None)
+
+
+@pytest.mark.parametrize("on_loop", [False, True], ids=["handle", "ahandle"])
+def test_a_failure_answer_is_never_cached_and_only_an_outage_says_when_to_retry(on_loop: bool) -> None:
+    """GN-03: the 503 of a store that is down and the 500 of anything else are both
+    ``Cache-Control: no-store`` (no cache may keep an answer about a passing failure, RFC 9111
+    §5.2.2.5); the 503 says ``Retry-After: 5`` (RFC 9110 §10.2.3), the 500 names no time."""
+    jwks = HttpRequest("GET", "/jwks.json")
+    for store, status, retry in ((_StoreDown(), 503, "5"), (_StoreBroken(), 500, None)):
+        server = _failing(store)
+        answer = asyncio.run(server.ahandle(jwks)) if on_loop else server.handle(jwks)
+        assert answer.status == status, answer.body
+        assert answer.header("Cache-Control") == "no-store"
+        assert answer.header("Retry-After") == retry
+
+
+def test_a_store_outage_is_logged_as_a_warning_naming_its_reason(caplog: pytest.LogCaptureFixture) -> None:
+    """The operator learns why requests get 503: one warning on the ``kavach`` logger carrying the
+    store's own reason (no stack trace: an outage is expected, not a bug)."""
+    with caplog.at_level(logging.WARNING, logger="kavach"):
+        assert _failing(_StoreDown()).handle(HttpRequest("GET", "/jwks.json")).status == 503
+    warnings = [r for r in caplog.records if r.name == "kavach" and r.levelno == logging.WARNING]
+    assert [r.getMessage() for r in warnings] == ["store unavailable: database is locked"]
+    assert warnings[0].exc_info is None
+
+
+def test_protected_tells_a_value_that_is_no_resource_uri_from_an_unconfigured_resource() -> None:
+    """RS-05: :meth:`AuthorizationServer.protected` refuses with ``ValueError`` both a value that
+    is no resource URI (RFC 8707 §2: absolute, no fragment) and a URI no protected resource has,
+    and its message says which of the two it was."""
+    server = _failing(MemoryStore())
+    for value in ("mcp.example.com/mcp", "https://mcp.example.com/mcp#top"):
+        with pytest.raises(ValueError, match=f"^{re.escape(repr(value))} is not a resource URI$") as refused:
+            server.protected(value)
+        assert isinstance(refused.value.__cause__, ValueError)
+    elsewhere = "https://elsewhere.example/mcp"
+    with pytest.raises(ValueError, match=f"^{re.escape(repr(elsewhere))} is not one of the configured protected"):
+        server.protected(elsewhere)
+
+
+def test_documents_enabled_and_no_fetcher_given_means_the_default_public_hosts_only_fetcher() -> None:
+    """CM-02: a server whose configuration enables client ID metadata documents and that is given
+    no ``fetcher`` fetches with a :class:`~kavach.fetcher.DocumentFetcher` of the default policy
+    (public hosts only, never loopback); with documents disabled it has no fetcher at all."""
+    from kavach.fetcher import DocumentFetcher, FetchPolicy
+
+    server = AuthorizationServer(make_config(), MemoryStore(), identify=lambda request: None)
+    try:
+        assert isinstance(server.fetcher, DocumentFetcher)
+        assert server.fetcher.policy == FetchPolicy() and not server.fetcher.policy.allow_loopback
+    finally:
+        server.fetcher.close()
+    config = make_config(client_id_metadata_documents=False)
+    assert AuthorizationServer(config, MemoryStore(), identify=lambda request: None).fetcher is None
+
+
+def test_a_router_given_answers_every_request_in_place_of_the_core_s() -> None:
+    """``router=`` replaces the core's router (:func:`kavach_core.router.route`) for
+    :meth:`AuthorizationServer.handle` and ``ahandle`` alike; it is not only kept as an attribute."""
+    server = AuthorizationServer(
+        make_config(), MemoryStore(), identify=lambda request: None, router=_redirecting_router(307, "/elsewhere")
+    )
+    jwks = HttpRequest("GET", "/jwks.json")
+    for answer in (server.handle(jwks), asyncio.run(server.ahandle(jwks))):
+        assert answer.status == 307 and answer.header("Location") == "/elsewhere"
