@@ -10,6 +10,7 @@ trusted; host names are pinned to 127.0.0.1 by the injected resolver.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import ipaddress
 import json
@@ -18,7 +19,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -205,6 +206,7 @@ def test_cm_02_the_loopback_switch_permits_only_loopback() -> None:
         ("https://client.example.com/a/%2e%2e/client.json", ". or .. path segments"),
         ("https://client.example.com/a/.%2E/client.json", ". or .. path segments"),
         ("https://client.example.com/%2E/client.json", ". or .. path segments"),
+        ("https://" + "a" * 64 + ".example.com/client.json", "the host name is not valid"),  # IDNA: labels <= 63
     ],
 )
 def test_cm_02_refused_without_resolving_or_connecting(url: str, reason: str) -> None:
@@ -257,6 +259,55 @@ def test_cm_02_host_lists(policy: FetchPolicy, host: str, reason: str) -> None:
     for answer in both(fetcher, f"https://{host}/client.json"):
         assert isinstance(answer, FetchRefused) and reason in answer.reason
     assert rec.resolved == [] and rec.connections == 0
+
+
+@pytest.mark.parametrize(
+    ("entries", "host", "listed"),
+    [
+        (["example.com"], "example.com", True),
+        (["example.com"], "a.example.com", False),  # a bare name is that name only
+        (["example.com"], "badexample.com", False),
+        ([".example.com"], "a.example.com", True),
+        ([".example.com"], "badexample.com", False),  # a suffix matches at a label boundary only
+        (["*.example.com"], "a.b.example.com", True),
+        (["*.example.com"], "example.com", False),  # the wildcard needs a label before the suffix
+        (["other.test", "*.example.com"], "a.example.com", True),  # any entry of the list
+        (["client.example.com"], "Client.Example.COM.", True),  # case and a final dot do not evade a list
+    ],
+)
+def test_cm_02_host_list_entries_match_names_exactly_or_at_a_label_boundary(
+    entries: list[str], host: str, listed: bool
+) -> None:
+    """A deny-list entry refuses exactly the names it covers, and the same entry in the allow list
+    lets exactly those through; every name here resolves to 10.0.0.1, so a name the lists let
+    through is looked up and then refused for its address, never connected to."""
+    table = {host.lower().rstrip("."): ["10.0.0.1"]}
+    for kind in ("deny", "allow"):
+        policy = FetchPolicy(refusal_ttl=0, **{f"{kind}_hosts": entries})  # type: ignore[arg-type]
+        fetcher, rec = recording(policy, table)
+        for answer in both(fetcher, f"https://{host}/client.json"):
+            assert isinstance(answer, FetchRefused), answer
+            stopped_by_list = f"{kind} list" in answer.reason
+            assert stopped_by_list == (listed if kind == "deny" else not listed), (kind, answer.reason)
+            assert stopped_by_list or "resolves to 10.0.0.1" in answer.reason
+        assert rec.connections == 0
+
+
+def test_cm_02_a_url_refused_before_any_lookup_does_not_push_remembered_refusals_out() -> None:
+    """Refusals of the URL itself (its form, the host lists) are decided again at no cost and are
+    not remembered: a stream of such URLs cannot evict the refusals that spare a lookup."""
+    dns = CountingDNS()
+    fetcher = DocumentFetcher(
+        FetchPolicy(deny_hosts=["denied.example.test"], refusal_ttl=60, refusal_cache_entries=1), resolver=dns
+    )
+    private = "https://private.example.test/c.json"
+    first = fetcher.fetch(private)
+    assert isinstance(first, FetchRefused) and "10.0.0.1" in first.reason
+    for url in ("http://private.example.test/c.json", "https://denied.example.test/c.json"):
+        for answer in both(fetcher, url):
+            assert isinstance(answer, FetchRefused) and "10.0.0.1" not in answer.reason
+    assert both(fetcher, private) == [first, first]
+    assert dns.lookups == ["private.example.test"]
 
 
 @pytest.mark.parametrize("entry", ["93.184.216.34", "93.184.216.0/24", "2606:2800:220:1::/64", "[2606:2800:220:1::7]"])
@@ -439,8 +490,12 @@ def test_cm_02_a_body_that_trickles_past_the_deadline_is_refused(host: DocumentH
         (Answer(body=b"{}", headers=[]), "missing"),
         (Answer(404, b"{}"), "status 404"),
         (Answer(body=b"{}", headers=[("Content-Type", "application/json"), ("Content-Encoding", "gzip")]), "encoded"),
+        (Answer(300, b"{}"), "redirects are not followed"),  # the 3xx range, both ends
+        (Answer(308, b"{}"), "redirects are not followed"),
+        (Answer(400, b"{}"), "status 400"),
+        (Answer(204, b""), "status 204"),  # only 200 carries a document
     ],
-    ids=["html", "no-type", "404", "gzip"],
+    ids=["html", "no-type", "404", "gzip", "300", "308", "400", "204"],
 )
 def test_cm_02_unusable_answers(host: DocumentHost, answer: Answer, reason: str) -> None:
     host.answers["/x.json"] = answer
@@ -457,6 +512,97 @@ def test_cm_02_json_variants_are_accepted(host: DocumentHost) -> None:
 
 
 @pytest.mark.parametrize(
+    ("content_type", "accepted"),
+    [
+        ("Application/JSON", True),
+        ("application/jwk-set+json", True),
+        ("text/x+json", False),  # +json names a JSON type only under application/
+        ("application/jsonp", False),
+        ("application/json-seq", False),
+    ],
+)
+def test_cm_02_the_media_type_is_matched_whole_and_without_regard_to_case(
+    host: DocumentHost, content_type: str, accepted: bool
+) -> None:
+    host.answers["/x.json"] = Answer(body=b"{}", headers=[("Content-Type", content_type)])
+    for got in both(dev(host), host.url("/x.json")):
+        assert isinstance(got, Fetched) == accepted, got
+
+
+def test_cm_02_a_body_of_exactly_max_bytes_is_accepted(host: DocumentHost) -> None:
+    """The cap is inclusive: ``max_bytes`` bytes are a document, one more is refused."""
+    at_cap = b'{"p": "' + b"a" * (4096 - 9) + b'"}'
+    assert len(at_cap) == 4096
+    host.answers["/cap.json"] = Answer(body=at_cap)
+    host.answers["/over.json"] = Answer(body=at_cap + b" ")
+    fetcher = dev(host, max_bytes=4096)
+    for got in both(fetcher, host.url("/cap.json")):
+        assert isinstance(got, Fetched) and got.body == at_cap
+    for got in both(fetcher, host.url("/over.json")):
+        assert isinstance(got, FetchRefused) and "larger than 4096 bytes" in got.reason
+
+
+def test_cm_02_a_declared_length_over_the_cap_is_refused_before_the_body_is_read() -> None:
+    """A ``Content-Length`` over ``max_bytes`` is refused on the head alone: a host that declares a
+    huge body and sends a small one is refused all the same, not read."""
+    read: list[bytes] = []
+    headers = {"Content-Type": "application/json", "Content-Length": "5000"}
+
+    def body() -> Iterator[bytes]:
+        read.append(b"{}")
+        yield b"{}"
+
+    async def abody() -> AsyncIterator[bytes]:
+        read.append(b"{}")
+        yield b"{}"
+
+    fetcher = DocumentFetcher(
+        FetchPolicy(max_bytes=4096, refusal_ttl=0),
+        resolver=lambda name, port: ["93.184.216.34"],
+        transport=lambda: httpx.MockTransport(lambda _: httpx.Response(200, headers=headers, content=body())),
+        async_transport=lambda: httpx.MockTransport(lambda _: httpx.Response(200, headers=headers, content=abody())),
+    )
+    for answer in both(fetcher, "https://client.example.com/client.json"):
+        assert answer == FetchRefused("it is larger than 4096 bytes")
+    assert read == []
+
+
+def test_cm_02_the_query_of_a_client_id_url_is_sent(host: DocumentHost) -> None:
+    host.answers["/c.json?v=2"] = Answer(body=b'{"v": 2}')
+    for got in both(dev(host), host.url("/c.json?v=2")):
+        assert isinstance(got, Fetched) and got.body == b'{"v": 2}'
+    assert [p for p, _ in host.requests] == ["/c.json?v=2"] * 2
+
+
+def test_cm_02_an_address_that_refuses_the_connection_is_followed_by_the_next_vetted_one(host: DocumentHost) -> None:
+    """A name's addresses are tried in resolver order, each vetted, until one connects: here
+    127.0.0.2 (nothing listens there) and then 127.0.0.1, the document's host."""
+    host.publish("/c.json", DOC)
+    policy = FetchPolicy(allow_loopback=True, ca_bundle=str(host.ca_file), refusal_ttl=0)
+    fetcher = DocumentFetcher(policy, resolver=lambda name, port: ["127.0.0.2", "127.0.0.1"])
+    for got in both(fetcher, host.url("/c.json")):
+        assert isinstance(got, Fetched) and json.loads(got.body) == DOC
+    assert host.hits("/c.json") == 2
+
+
+def test_cm_02_an_address_the_resolver_repeats_is_tried_once() -> None:
+    import socket
+
+    sent: list[str] = []
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]  # bound, not listening: connections are refused
+        fetcher = DocumentFetcher(
+            FetchPolicy(allow_loopback=True, refusal_ttl=0),
+            resolver=lambda name, port: ["127.0.0.1", "127.0.0.1", "127.0.0.1"],
+            transport=lambda: CountingTransport(sent),
+            async_transport=lambda: CountingAsyncTransport(sent),
+        )
+        assert both(fetcher, f"https://docs.example.test:{port}/c.json") == [FetchRefused("the connection failed")] * 2
+    assert len(sent) == 2
+
+
+@pytest.mark.parametrize(
     ("headers", "expected"),
     [
         ({}, None),
@@ -468,9 +614,15 @@ def test_cm_02_json_variants_are_accepted(host: DocumentHost) -> None:
         ({"cache-control": 'max-age="60"'}, 60),
         ({"cache-control": "max-age=soon"}, 0),
         ({"cache-control": "private"}, None),
+        ({"cache-control": "max-age=300", "age": "-100"}, 300),  # a negative Age adds no freshness
+        ({"cache-control": "max-age=300", "age": "soon"}, 300),  # an unreadable Age is no age
+        ({"cache-control": "max-age=60, max-age=3600"}, 60),  # the first of a repeated directive counts
+        ({"cache-control": "Max-Age=60"}, 60),  # directive names are case-insensitive
+        ({"cache-control": "max-age=-5"}, 0),
+        ([("cache-control", "max-age=300"), ("cache-control", "no-store")], 0),  # every Cache-Control field
     ],
 )
-def test_cm_01_cache_control(headers: dict[str, str], expected: int | None) -> None:
+def test_cm_01_cache_control(headers: dict[str, str] | list[tuple[str, str]], expected: int | None) -> None:
     assert max_age(httpx.Headers(headers)) == expected
 
 
@@ -715,6 +867,116 @@ def test_cm_02_a_fetch_that_gets_no_slot_before_its_deadline_is_refused_and_not_
         assert both(fetcher, "https://b.example.com/c.json") == [busy, busy]
         slow.result()
     assert fetcher.fetch("https://b.example.com/c.json") == Fetched(b"{}", "application/json", None)
+
+
+def test_cm_02_a_fetch_slot_is_given_back_on_every_way_a_fetch_ends() -> None:
+    """With one slot, each fetch below ends a different way (a document, a status, no connection,
+    an address refused after the lookup, a lookup that fails, an error out of the transport):
+    the slot is given back each time, so the next fetch gets it at once, never a busy refusal."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/refused.json":
+            raise httpx.ConnectError("Connection refused", request=request)
+        if request.url.path == "/odd.json":
+            raise RuntimeError("a transport with a bug")
+        status = 500 if request.url.path == "/500.json" else 200
+        return httpx.Response(status, headers={"Content-Type": "application/json"}, stream=httpx.ByteStream(b"{}"))
+
+    def resolve(name: str, port: int) -> list[str]:
+        if name == "gone.example.com":
+            raise OSError("no such host")
+        return ["10.0.0.1"] if name == "private.example.com" else ["93.184.216.34"]
+
+    fetcher = DocumentFetcher(
+        FetchPolicy(max_fetches=1, deadline=0.5, refusal_ttl=0),
+        resolver=resolve,
+        transport=lambda: httpx.MockTransport(handler),
+        async_transport=lambda: httpx.MockTransport(handler),
+    )
+    endings = {
+        "https://93.184.216.34/c.json": DOC_FETCHED,
+        "https://docs.example.com/c.json": DOC_FETCHED,
+        "https://93.184.216.34/500.json": FetchRefused("it answered with HTTP status 500"),
+        "https://docs.example.com/refused.json": FetchRefused("the connection failed"),
+        "https://10.0.0.1/c.json": FetchRefused("the address 10.0.0.1 is a private address (RFC 1918)"),
+        "https://private.example.com/c.json": FetchRefused(
+            "private.example.com resolves to 10.0.0.1, a private address (RFC 1918)"
+        ),
+        "https://gone.example.com/c.json": FetchRefused("gone.example.com does not resolve"),
+    }
+    for _ in range(2):
+        for url, expected in endings.items():
+            assert both(fetcher, url) == [expected, expected], url
+        with pytest.raises(RuntimeError, match="a transport with a bug"):
+            fetcher.fetch("https://docs.example.com/odd.json")
+        with pytest.raises(RuntimeError, match="a transport with a bug"):
+            asyncio.run(fetcher.afetch("https://93.184.216.34/odd.json"))
+
+
+def test_cm_02_a_refusal_is_remembered_after_a_wait_for_a_slot_that_left_time_enough() -> None:
+    """Only running out of time after a late slot goes unremembered: a fetch that waited for its
+    slot and was then refused for the address its host resolves to is remembered as usual."""
+    holding = threading.Event()
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        holding.set()  # a transport that ignores the deadline holds the one slot for a while
+        time.sleep(0.5)
+        return httpx.Response(200, headers={"Content-Type": "application/json"}, stream=httpx.ByteStream(b"{}"))
+
+    lookups: list[str] = []
+
+    def resolve(name: str, port: int) -> list[str]:
+        lookups.append(name)
+        return ["10.0.0.1"] if name.startswith("private") else ["93.184.216.34"]
+
+    fetcher = DocumentFetcher(
+        FetchPolicy(max_fetches=1, deadline=5.0, refusal_ttl=60),
+        resolver=resolve,
+        transport=lambda: httpx.MockTransport(handler),
+    )
+    private = "https://private.example.test/c.json"
+    with ThreadPoolExecutor(1) as pool:
+        held = pool.submit(fetcher.fetch, "https://a.example.test/hold.json")
+        assert holding.wait(5)
+        refused = fetcher.fetch(private)  # waits for the slot, then is refused for 10.0.0.1
+        assert held.result() == DOC_FETCHED
+    assert isinstance(refused, FetchRefused) and "10.0.0.1" in refused.reason
+    assert both(fetcher, private) == [refused, refused]
+    assert lookups.count("private.example.test") == 1
+
+
+def test_cm_02_a_coroutine_cancelled_while_it_waits_for_a_slot_is_cancelled_and_takes_none() -> None:
+    """Cancelling a caller queued for a fetch slot cancels it (it does not carry on to a busy
+    refusal), and leaves no slot taken: the next fetch runs once the held one is done."""
+    holding = threading.Event()
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/hold.json":  # a transport that ignores the deadline holds the one slot
+            holding.set()
+            time.sleep(0.5)
+        return httpx.Response(200, headers={"Content-Type": "application/json"}, stream=httpx.ByteStream(b"{}"))
+
+    fetcher = DocumentFetcher(
+        FetchPolicy(max_fetches=1, deadline=5.0, refusal_ttl=0),
+        resolver=lambda name, port: ["93.184.216.34"],
+        transport=lambda: httpx.MockTransport(handler),
+        async_transport=lambda: httpx.MockTransport(handler),
+    )
+
+    async def cancel_a_queued_caller() -> bool:
+        queued = asyncio.create_task(fetcher.afetch("https://b.example.com/c.json"))
+        await asyncio.sleep(0.1)
+        queued.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await queued
+        return queued.cancelled()
+
+    with ThreadPoolExecutor(1) as pool:
+        held = pool.submit(fetcher.fetch, "https://a.example.com/hold.json")
+        assert holding.wait(5)
+        assert asyncio.run(cancel_a_queued_caller())
+        assert held.result() == DOC_FETCHED
+    assert both(fetcher, "https://b.example.com/c.json") == [DOC_FETCHED] * 2
 
 
 class CountingDNS:

@@ -9,6 +9,7 @@ upstream is a 502 with a JSON body, not an exception.
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -251,3 +252,85 @@ def test_locations_naming_the_upstream_and_nameless_cookies_of_ours_stay_behind(
     # Only a Set-Cookie sets a cookie: another header that names one of ours passes.
     kept = [(b"set-cookie", b"theirs=1"), (b"set-cookie", b"=theirs=2"), (b"x-cookie-name", b"kavach-session")]
     assert response_headers(upstream) == kept
+
+
+def test_a_scope_other_than_http_is_left_alone() -> None:
+    """The proxy answers HTTP requests only: a ``lifespan`` or ``websocket`` scope is returned from
+    at once, nothing received, nothing sent, nothing forwarded."""
+    seen: list[httpx.Request] = []
+    proxy = _recording(seen)
+    events: list[tuple[str, str]] = []
+
+    async def call(kind: str) -> None:
+        async def receive() -> dict[str, Any]:
+            events.append((kind, "receive"))
+            return {"type": f"{kind}.disconnect"}
+
+        async def send(message: Any) -> None:
+            events.append((kind, message["type"]))
+
+        scope = {"type": kind, "path": "/mcp", "headers": [], "query_string": b""}
+        with anyio.fail_after(10):
+            await proxy(scope, receive, send)
+
+    for kind in ("lifespan", "websocket"):
+        anyio.run(call, kind)
+    assert events == [] and seen == []
+
+
+def test_a_connect_timeout_is_an_unreachable_upstream_a_502() -> None:
+    """An upstream that cannot be connected to in time is unreachable (502), as a refused
+    connection is; 504 is for an upstream that took the request and did not answer."""
+
+    def upstream(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectTimeout("timed out", request=request)
+
+    proxy = UpstreamProxy(UPSTREAM, client=httpx.AsyncClient(transport=httpx.MockTransport(upstream)))
+    sent = anyio.run(_call, proxy, _scope("POST", [("Content-Type", "application/json")]), b"{}")
+    assert sent[0]["status"] == 502
+    assert json.loads(sent[1]["body"]) == {
+        "error": "bad_gateway",
+        "error_description": "the upstream MCP server could not be reached (ConnectTimeout)",
+    }
+
+
+def test_a_body_over_the_limit_is_answered_413_and_not_forwarded() -> None:
+    """Over 4 MiB the proxy answers 413 itself, and the request goes no further, whatever the
+    server in front does with the connection afterwards."""
+    from kavach.starlette import MAX_BODY
+
+    seen: list[httpx.Request] = []
+    proxy = _recording(seen)
+    sent = anyio.run(_call, proxy, _scope("POST", [("Content-Type", "application/json")]), b"x" * (MAX_BODY + 1))
+    assert [m.get("status") for m in sent if m["type"] == "http.response.start"] == [413]
+    assert seen == []
+
+
+def test_a_url_too_long_to_build_is_answered_414_and_the_call_ends_cleanly() -> None:
+    """The 414 is the whole answer: the proxy returns without an error after it (a server would
+    log a traceback for one), and nothing is forwarded."""
+    seen: list[httpx.Request] = []
+    proxy = _recording(seen)
+    sent = anyio.run(_call, proxy, _scope("POST", [], b"x=" + b"a" * 65536), b"{}")
+    assert [m.get("status") for m in sent if m["type"] == "http.response.start"] == [414]
+    assert json.loads(sent[-1]["body"]) == {
+        "error": "invalid_request",
+        "error_description": "the request's URL is too long to forward",
+    }
+    assert seen == []
+
+
+def test_an_informational_status_as_the_final_answer_is_a_502() -> None:
+    """A transport handing back a 1xx as the response (HTTP/1.1 over h11 never does: it waits for
+    the final one) gets the client a 502, never a 1xx that would leave it waiting."""
+    for status in (101, 199):
+
+        def upstream(request: httpx.Request, status: int = status) -> httpx.Response:
+            return httpx.Response(status)
+
+        proxy = UpstreamProxy(UPSTREAM, client=httpx.AsyncClient(transport=httpx.MockTransport(upstream)))
+        sent = anyio.run(_call, proxy, _scope("POST", [("Content-Type", "application/json")]), b"{}")
+        assert sent[0]["status"] == 502, status
+        assert json.loads(sent[1]["body"])["error_description"] == (
+            f"the upstream MCP server answered with status {status}"
+        )

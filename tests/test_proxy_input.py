@@ -196,6 +196,10 @@ class FakeUpstream:
         elif mode == "gone":
             body = b'{"error":"no such session"}'
             w(_json(b"404 Not Found", body))
+        elif mode.startswith("status"):  # status300: that status line, nothing else
+            w(b"HTTP/1.1 %s Other\r\nContent-Length: 0\r\n\r\n" % mode[len("status") :].encode())
+        elif mode == "hang_up":  # the request read, the connection closed without a word
+            return False
         return True
 
 
@@ -893,3 +897,207 @@ def test_the_binding_seals_only_the_session_header_of_the_response_start() -> No
     asyncio.run(sealing({"type": "http.response.start", "status": 200, "headers": [(b"mcp-session-id", b"s-2")]}))
     ((_, alone),) = sent[0]["headers"]
     assert binding.seal.open(alone.decode("latin-1"), owner) == "s-2", "the only header of the head is sealed too"
+
+
+# -- 11. failures, bodies and the client the proxy makes ----------------------------------------
+
+
+def test_an_upstream_hanging_up_without_an_answer_is_a_502(fake: FakeUpstream, serve: Callable[..., Served]) -> None:
+    """A connection the upstream closes after reading the request, with no status line, is a
+    JSON 502 naming the failure (no 500, no traceback), and the proxy answers the next request."""
+    served = serve(fake.url)
+    response = served.post("mode=hang_up")
+    _json_error(response, 502, "bad_gateway")
+    assert response.json()["error_description"] == "the upstream MCP server gave no usable answer (RemoteProtocolError)"
+    assert len(fake.requests) == 1
+    assert served.post().status_code == 200, "the proxy still answers"
+
+
+def test_a_read_timeout_of_a_given_client_is_a_504(fake: FakeUpstream, serve: Callable[..., Served]) -> None:
+    """A ``client=`` with a read timeout of its own: the upstream silent past it is a timeout,
+    answered 504 in JSON (a gateway timeout, not an unreachable upstream's 502)."""
+    given = httpx.AsyncClient(timeout=httpx.Timeout(10.0, read=0.2))
+    served = serve(fake.url, client=given)
+    response = served.post("mode=hang_headers")
+    _json_error(response, 504, "gateway_timeout")
+    assert response.json()["error_description"] == "the upstream MCP server did not answer in time (ReadTimeout)"
+    _until(lambda: fake.open == 0, "the timed-out upstream connection was not closed")
+
+
+@pytest.mark.parametrize("status", ["300", "399", "600"])
+def test_any_3xx_but_304_or_a_status_past_599_is_a_502(
+    fake: FakeUpstream, serve: Callable[..., Served], status: str
+) -> None:
+    """300 and an unregistered 3xx are redirects like any other but 304 (their ``Location`` would
+    name the upstream), and 600 is no HTTP status (RFC 9110 §15: 100-599): none goes to the
+    client, each is a 502."""
+    served = serve(fake.url)
+    _json_error(served.post(f"mode=status{status}"), 502, "bad_gateway")
+    for passed in ("299", "599"):  # control: a 2xx, and the last status of HTTP, pass
+        assert served.post(f"mode=status{passed}").status_code == int(passed)
+
+
+def test_a_post_without_a_body_says_so_and_a_get_or_delete_sends_no_length(
+    fake: FakeUpstream, serve: Callable[..., Served]
+) -> None:
+    """An empty POST goes upstream with ``Content-Length: 0`` (RFC 9110 §8.6: a request whose
+    method expects content says it has none), a GET or DELETE without a body with no framing
+    header at all."""
+    served = serve(fake.url)
+    assert served.post(body=b"").status_code == 200
+    assert httpx.delete(f"{served.base}/mcp?mode=ok", timeout=10).status_code == 200
+    post, delete = fake.requests
+    assert dict(post["headers"])["content-length"] == "0" and post["body"] == b""
+    assert delete["line"].startswith("DELETE ")
+    assert "content-length" not in dict(delete["headers"]) and "transfer-encoding" not in dict(delete["headers"])
+
+
+def test_a_body_over_the_limit_is_a_413_and_never_reaches_the_upstream(
+    fake: FakeUpstream, serve: Callable[..., Served]
+) -> None:
+    """The proxy reads the body itself when no guard did: one over 4 MiB is answered 413 here and
+    nothing goes upstream; the connection then serves the next request."""
+    from kavach.starlette import MAX_BODY
+
+    served = serve(fake.url)
+
+    def request(query: bytes, body: bytes, last: bool = False) -> bytes:
+        close = b"Connection: close\r\n" if last else b""
+        head = b"POST /mcp?%s HTTP/1.1\r\nHost: x\r\n%sContent-Type: application/json\r\n" % (query, close)
+        return head + b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+
+    with socket.create_connection(("127.0.0.1", served.port), timeout=10) as s:
+        s.sendall(request(b"mode=ok&n=1", b"x" * (MAX_BODY + 1)))
+        data = b""
+        while b"}" not in data:  # the 413's JSON body, whole
+            data += s.recv(65536)
+        assert data.startswith(b"HTTP/1.1 413 ") and b'"invalid_request"' in data
+        s.sendall(request(b"mode=ok&n=2", PING, last=True))  # the same connection, once the first is answered
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+        assert data.startswith(b"HTTP/1.1 200 ") and OK_BODY in data
+    assert [r["line"] for r in fake.requests] == ["POST /mcp?mode=ok&n=2 HTTP/1.1"]
+
+
+def test_the_proxys_own_client_ignores_proxy_environment_variables(
+    fake: FakeUpstream, serve: Callable[..., Served], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The client ``kavach serve`` makes takes nothing from the environment (``trust_env=False``):
+    an ``HTTP_PROXY`` or ``ALL_PROXY`` set for other programs does not divert the upstream traffic,
+    with the client's request in it, through another host."""
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        nowhere = f"http://127.0.0.1:{closed.getsockname()[1]}"
+    for name in ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.setenv(name, nowhere)
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    served = serve(fake.url)  # an httpx client reads the environment when it is made
+    for name in ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name)  # (the test's own client goes straight to the proxy)
+    assert served.post().status_code == 200
+    assert len(fake.requests) == 1, "the request went straight to the upstream"
+
+
+def test_the_proxy_closes_its_own_client_and_never_a_given_one(fake: FakeUpstream) -> None:
+    """``aclose`` (at the app's shutdown) closes the client the proxy made, and leaves a ``client=``
+    given to it open: its owner may still be using it."""
+
+    async def run() -> None:
+        own = UpstreamProxy(fake.url)
+        given = httpx.AsyncClient()
+        lent = UpstreamProxy(fake.url, client=given)
+        await own.aclose()
+        await lent.aclose()
+        assert own.client.is_closed
+        assert not given.is_closed
+        assert (await given.post(fake.url, content=PING)).status_code == 200, "the given client still works"
+        await given.aclose()
+
+    asyncio.run(run())
+
+
+def test_nothing_is_kept_per_subject_once_its_requests_are_done(
+    fake: FakeUpstream, serve: Callable[..., Served]
+) -> None:
+    """The count of one subject's open requests (for the 429) is dropped once none is open: a
+    proxy that has seen many subjects keeps nothing for them."""
+    served = serve(fake.url, max_open_per_subject=2)
+    for i in range(3):
+        assert served.post(as_=f"user{i}/app").status_code == 200
+    stream = served.open_stream("mode=sse_forever", as_="alice/app")
+    try:
+        _until(lambda: served.proxy._open == {"alice": 1}, "the open stream was not counted")
+    finally:
+        stream.close()
+    _until(lambda: served.proxy._open == {}, "a subject's count outlived its requests")
+
+
+def test_a_request_without_a_query_goes_to_the_upstream_url_as_it_is(
+    fake: FakeUpstream, serve: Callable[..., Served]
+) -> None:
+    """No query left to forward (none sent, or only an ``access_token``): the upstream URL is
+    requested as given, with no dangling ``?``."""
+    served = serve(fake.url)
+    assert httpx.post(f"{served.base}/mcp", content=PING, timeout=10).status_code == 200
+    assert served.post("access_token=SECRET").status_code == 200
+    assert [r["line"] for r in fake.requests] == ["POST /mcp HTTP/1.1", "POST /mcp HTTP/1.1"]
+
+
+def test_a_finished_request_gives_back_one_place_of_its_subject_not_all(
+    fake: FakeUpstream, serve: Callable[..., Served]
+) -> None:
+    """With two of alice's streams open and one closed, she holds one place: one more stream is
+    let in, and then her next request is refused again (429)."""
+    served = serve(fake.url, max_open_per_subject=2)
+    streams = [served.open_stream("mode=sse_forever", as_=f"alice/app{i}") for i in range(2)]
+    try:
+        _until(lambda: fake.open == 2, "the streams did not reach the upstream")
+        streams.pop(0).close()
+        _until(lambda: fake.open == 1, "the closed stream's upstream request was not ended")
+        _until(lambda: served.post(as_="alice/app").status_code == 200, "the closed stream's place was not given back")
+        streams.append(served.open_stream("mode=sse_forever", as_="alice/app2"))
+        _until(lambda: fake.open == 2, "the third stream did not reach the upstream")
+        _json_error(served.post(as_="alice/app3"), 429, "too_many_requests")
+    finally:
+        for s in streams:
+            s.close()
+
+
+@pytest.mark.parametrize("status", ["400", "403", "404", "500", "503"])
+def test_an_upstream_error_other_than_a_challenge_passes_as_it_is(
+    fake: FakeUpstream, serve: Callable[..., Served], status: str
+) -> None:
+    """Only 401 and 407 (a challenge) and the redirects are the proxy's to refuse: the upstream's
+    other 4xx and 5xx answers (a malformed JSON-RPC message, an ended session, its own failure)
+    reach the client with their status."""
+    served = serve(fake.url)
+    assert served.post(f"mode=status{status}").status_code == int(status)
+
+
+def test_an_upstream_challenge_is_logged_for_the_operator(
+    fake: FakeUpstream, serve: Callable[..., Served], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The client only sees a 502; the log says the upstream asked the proxy for credentials (an
+    upstream configured to check tokens itself, or missing the ``client=`` key it expects)."""
+    served = serve(fake.url)
+    with caplog.at_level(logging.WARNING, logger="kavach.proxy"):
+        _json_error(served.post("mode=401"), 502, "bad_gateway")
+    (warning,) = [r for r in caplog.records if r.name == "kavach.proxy"]
+    assert warning.levelno == logging.WARNING and "401" in warning.getMessage()
+    assert "credentials" in warning.getMessage()
+
+
+def test_an_upstream_refusing_connections_is_a_502_saying_it_could_not_be_reached(
+    serve: Callable[..., Served],
+) -> None:
+    """Nothing listening at the upstream's port: a 502 whose description says the upstream could
+    not be reached (not that it answered badly), and no traceback."""
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    served = serve(f"http://127.0.0.1:{port}/mcp")
+    response = served.post()
+    _json_error(response, 502, "bad_gateway")
+    assert response.json()["error_description"] == "the upstream MCP server could not be reached (ConnectError)"
