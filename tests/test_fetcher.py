@@ -1407,6 +1407,24 @@ def test_cm_02_status_codes_and_tls_failures_reach_only_the_log(
     assert reason in caplog.text
 
 
+def test_cm_02_a_plain_http_server_at_the_url_is_a_failed_handshake_not_a_bad_certificate(host: DocumentHost) -> None:
+    """A server at the document's port that speaks no TLS (plain HTTP answering the ClientHello)
+    presented no certificate at all: the refusal the log gets says the handshake failed, so the
+    operator does not go looking for a certificate problem."""
+    import http.server
+
+    plain = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
+    thread = threading.Thread(target=plain.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"https://docs.example.test:{plain.server_address[1]}/c.json"
+        assert both(dev(host), url) == [FetchRefused("the TLS handshake failed")] * 2
+    finally:
+        plain.shutdown()
+        plain.server_close()
+        thread.join(timeout=10)
+
+
 @pytest.mark.parametrize(
     ("url", "reason"),
     [

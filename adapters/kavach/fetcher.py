@@ -849,8 +849,10 @@ class DocumentFetcher:
             return f"it sent nothing for {policy.read_timeout:g} seconds"
         if isinstance(exc, httpx.ConnectError):
             detail = str(exc).upper()
-            if "CERTIFICATE" in detail or "SSL" in detail or "TLS" in detail:
+            if "CERTIFICATE" in detail:  # untrusted, expired, for another name
                 return "its TLS certificate could not be verified"
+            if "SSL" in detail or "TLS" in detail:  # no TLS spoken there (plain HTTP), no common version
+                return "the TLS handshake failed"
             return "the connection failed"
         return f"the fetch failed ({type(exc).__name__})"
 
