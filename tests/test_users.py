@@ -149,22 +149,30 @@ def test_a_password_has_15_to_1024_characters_counted_as_typed() -> None:
             valid_password(password)
 
 
-def test_a_sign_in_with_a_password_over_the_limit_runs_no_scrypt(monkeypatch: Any) -> None:
-    """A sign-in with more than 1024 characters is refused before any hashing (a huge text would be
-    a cheap way to spend the server's time); 1024 characters still sign in."""
+@pytest.fixture
+def work(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The scrypt work (N * r * p, RFC 7914 §2) of every ``Scrypt`` that :mod:`kavach.users`
+    makes from here on, in order; the real ``Scrypt`` still does the work."""
     import kavach.users as users_module
 
-    users = Users(MemoryUsers(), log_n=10)
-    users.add("alice", "x" * 1024)
-    runs: list[int] = []
+    done: list[int] = []
     real = users_module.Scrypt
 
     def counted(**kwargs: Any) -> Any:
-        runs.append(kwargs["n"])
+        done.append(kwargs["n"] * kwargs["r"] * kwargs["p"])
         return real(**kwargs)
 
     monkeypatch.setattr(users_module, "Scrypt", counted)
-    assert users.sign_in("alice", "x" * 1025) is None and runs == []
+    return done
+
+
+def test_a_sign_in_with_a_password_over_the_limit_runs_no_scrypt(work: list[int]) -> None:
+    """A sign-in with more than 1024 characters is refused before any hashing (a huge text would be
+    a cheap way to spend the server's time); 1024 characters still sign in."""
+    users = Users(MemoryUsers(), log_n=10)
+    users.add("alice", "x" * 1024)
+    work.clear()  # the hash made for alice
+    assert users.sign_in("alice", "x" * 1025) is None and work == []
     assert users.authenticate("alice", "x" * 1024) == "alice"
 
 
@@ -194,47 +202,27 @@ def test_a_hash_at_the_top_of_the_range_is_made(monkeypatch: Any) -> None:
     assert verify_password("a long enough password", beyond) is False and asked == [2**20, 2**20]
 
 
-def test_a_damaged_stored_hash_is_a_failed_sign_in_costing_what_an_unknown_name_does(monkeypatch: Any) -> None:
+def test_a_damaged_stored_hash_is_a_failed_sign_in_costing_what_an_unknown_name_does(work: list[int]) -> None:
     """A record that is no hash at all asks for no scrypt work of its own; the failed sign-in is
     padded to the work of a current hash, so it answers like any wrong password (no error)."""
-    import kavach.users as users_module
-
     store = MemoryUsers()
     users = Users(store, log_n=10)
     store.set_hash("damaged", "not a hash")
-    work: list[int] = []
-    real = users_module.Scrypt
-
-    def counted(**kwargs: Any) -> Any:
-        work.append(kwargs["n"] * kwargs["r"] * kwargs["p"])
-        return real(**kwargs)
-
-    monkeypatch.setattr(users_module, "Scrypt", counted)
     assert users.sign_in("damaged", "a long enough password") is None
     assert sum(work) == 2**10 * 8 * 3
     work.clear()
     assert users.sign_in("nobody", "a long enough password") is None and sum(work) == 2**10 * 8 * 3
 
 
-def test_a_stored_hash_damaged_past_its_settings_costs_what_an_unknown_name_does(monkeypatch: Any) -> None:
+def test_a_stored_hash_damaged_past_its_settings_costs_what_an_unknown_name_does(work: list[int]) -> None:
     """A record with good settings but a salt or key that does not read (not base64url, a key cut
     short) is checked against no salt at all: its failed sign-in is padded to a current hash's work
     like any other, so the answer does not tell a damaged record from a wrong password."""
-    import kavach.users as users_module
-
     store = MemoryUsers()
     users = Users(store, log_n=10)
     parts = hash_password("a long enough password", log_n=10).split("$")
     store.set_hash("bad-salt", "$".join([*parts[:4], "A", parts[5]]))
     store.set_hash("short-key", "$".join([*parts[:5], parts[5][:-4]]))
-    work: list[int] = []
-    real = users_module.Scrypt
-
-    def counted(**kwargs: Any) -> Any:
-        work.append(kwargs["n"] * kwargs["r"] * kwargs["p"])
-        return real(**kwargs)
-
-    monkeypatch.setattr(users_module, "Scrypt", counted)
     for name in ("bad-salt", "short-key", "nobody"):
         work.clear()
         assert users.sign_in(name, "a long enough password") is None
