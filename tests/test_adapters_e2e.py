@@ -11,7 +11,6 @@ import base64
 import contextlib
 import hashlib
 import json
-import secrets
 import socket
 import threading
 import time
@@ -30,6 +29,7 @@ from e2e_frameworks import FRAMEWORKS, RELEASE
 from kavach.server import AuthorizationServer, LoginLimits
 from kavach.sessions import parse_cookies
 from kavach.users import MemoryUsers, SQLiteUsers, Users
+from public_client import pkce
 
 from kavach_core import effects as fx
 from kavach_core.config import Config, ProtectedResource
@@ -159,12 +159,6 @@ class Deployment:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         message = {"jsonrpc": "2.0", "id": 1, "method": method, "params": params or {}}
         return self.client.post(self.resource, json=message, headers=headers)
-
-
-def pkce() -> tuple[str, str]:
-    verifier = secrets.token_urlsafe(48)
-    digest = hashlib.sha256(verifier.encode()).digest()
-    return verifier, base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
 
 def deploy(framework: str, store_kind: str, prefix: str, tmp_path: Any, **server_options: Any) -> Iterator[Deployment]:
@@ -668,24 +662,7 @@ def test_az_12_state_comes_back_exactly_or_the_request_is_refused(dep: Deploymen
 
 
 def test_az_07_unticked_scope_is_not_granted(dep: Deployment) -> None:
-    client_id = dep.register()
-    verifier, challenge = pkce()
-    login = dep.person.get(dep.authorize_url(client_id, challenge))
-    consent = dep.person.get(dep.base + dep.login(login).headers["location"])
-    form = the_form(consent)
-    form.checkboxes = [(n, v, v == "tools:list") for n, v, _ in form.checkboxes]
-    r = post_form(dep.person, dep.base + form.action, form.submit("approve"))
-    code = parse_qs(urlsplit(r.headers["location"]).query)["code"][0]
-    tokens = dep.client.post(
-        dep.metadata()["token_endpoint"],
-        data={
-            "grant_type": "authorization_code",
-            "code": code,
-            "redirect_uri": REDIRECT,
-            "client_id": client_id,
-            "code_verifier": verifier,
-        },
-    ).json()
+    tokens = grant(dep, "tools:list tools:call:echo", ticked={"tools:list"})
     assert tokens["scope"] == "tools:list"
     assert dep.mcp(tokens["access_token"], "tools/call", {"name": "echo"}).status_code == 403
 
@@ -700,20 +677,21 @@ def test_az_07_az_12_unticking_every_scope_refuses(dep: Deployment) -> None:
     assert answer["state"] == ["xyz-state"] and answer["iss"] == [dep.issuer]
 
 
+def unknown_client_url(dep: Deployment) -> str:
+    """An authorization request from a client nobody registered, naming a redirect URI the
+    server must never send the person to (AZ-02)."""
+    query = {
+        "response_type": "code",
+        "client_id": "nobody",
+        "redirect_uri": "https://evil.example/cb",
+        "code_challenge": pkce()[1],
+        "code_challenge_method": "S256",
+    }
+    return dep.metadata()["authorization_endpoint"] + "?" + urlencode(query)
+
+
 def test_az_02_unknown_client_shows_an_error_page_and_never_redirects(dep: Deployment) -> None:
-    url = (
-        dep.metadata()["authorization_endpoint"]
-        + "?"
-        + urlencode(
-            {
-                "response_type": "code",
-                "client_id": "nobody",
-                "redirect_uri": "https://evil.example/cb",
-                "code_challenge": pkce()[1],
-                "code_challenge_method": "S256",
-            }
-        )
-    )
+    url = unknown_client_url(dep)
     r = dep.person.get(url)
     assert r.status_code == 400
     assert "location" not in r.headers
@@ -1185,13 +1163,20 @@ def test_switching_account_is_only_for_kavachs_own_sign_in(framework: str, tmp_p
 
 
 def grant(
-    dep: Deployment, scope: str = "tools:list tools:call:echo tools:call:slow", username: str = "alice"
+    dep: Deployment,
+    scope: str = "tools:list tools:call:echo tools:call:slow",
+    username: str = "alice",
+    ticked: set[str] | None = None,
 ) -> dict[str, Any]:
+    """Register, authorize ``scope`` as ``username`` and approve (only the ``ticked`` scopes, when
+    given), then redeem the code: the token response."""
     client_id = dep.register()
     verifier, challenge = pkce()
     login = dep.person.get(dep.authorize_url(client_id, challenge, scope))
     consent = dep.person.get(dep.base + dep.login(login, username).headers["location"])
     form = the_form(consent)
+    if ticked is not None:
+        form.checkboxes = [(n, v, v in ticked) for n, v, _ in form.checkboxes]
     r = post_form(dep.person, dep.base + form.action, form.submit("approve"))
     code = parse_qs(urlsplit(r.headers["location"]).query)["code"][0]
     tokens = dep.client.post(

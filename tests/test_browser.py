@@ -27,7 +27,8 @@ import httpx
 import pytest
 from playwright import sync_api
 from prerequisites import missing
-from test_adapters_e2e import PASSWORD, Deployment, collecting_client, deploy, pkce, shows_sign_in
+from public_client import pkce
+from test_adapters_e2e import PASSWORD, Deployment, collecting_client, deploy, shows_sign_in, unknown_client_url
 
 from kavach_core import effects as fx
 
@@ -299,19 +300,7 @@ def test_a_loopback_client_cannot_act_as_the_person_with_cookies_it_collects(dep
 
 def test_az_02_error_page_renders_and_never_redirects(dep: Deployment, chromium: Any) -> None:
     person = Person(chromium)
-    url = (
-        dep.metadata()["authorization_endpoint"]
-        + "?"
-        + urlencode(
-            {
-                "response_type": "code",
-                "client_id": "nobody",
-                "redirect_uri": "https://evil.example/cb",
-                "code_challenge": pkce()[1],
-                "code_challenge_method": "S256",
-            }
-        )
-    )
+    url = unknown_client_url(dep)
     response = person.page.goto(url)
     assert response is not None and response.status == 400
     assert person.page.url == url  # stayed here

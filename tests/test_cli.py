@@ -11,7 +11,6 @@ token). Settings precedence: flags over ``KAVACH_*`` over the TOML file over def
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import os
 import pty
@@ -27,7 +26,7 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlencode, urljoin, urlsplit
+from urllib.parse import urlencode, urljoin
 
 import httpx
 import pytest
@@ -35,11 +34,10 @@ from kavach.settings import SettingsError, resolve
 from kavach_serve import Cli, free_port, kavach_command, serve
 from mcp_messages import INITIALIZE
 from person import Form, Person, forms
+from public_client import PASSWORD, REDIRECT_URI, authorization, call_mcp, obtain_code, obtain_tokens, redeem, refresh
 
 from kavach_core import effects as fx
 
-PASSWORD = "a long enough password"
-REDIRECT_URI = "http://127.0.0.1:45998/callback"
 TIMEOUT = 60
 
 
@@ -689,102 +687,6 @@ def test_serve_stops_cleanly(sig: signal.Signals) -> None:
 # -- a token end to end, grants, two processes on one database ---------------------------------
 
 
-def _pkce() -> tuple[str, str]:
-    verifier = secrets.token_urlsafe(48)
-    challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
-    return verifier, challenge
-
-
-def authorization(issuer: str, resource: str) -> tuple[str, str, str]:
-    """Register a public client at ``issuer``: its client_id, a PKCE verifier, and the
-    authorization URL a person opens."""
-    registered = httpx.post(
-        f"{issuer}/register",
-        timeout=10,
-        json={
-            "client_name": "cli test",
-            "redirect_uris": [REDIRECT_URI],
-            "token_endpoint_auth_method": "none",
-        },
-    )
-    assert registered.status_code == 201, registered.text
-    client_id = registered.json()["client_id"]
-    verifier, challenge = _pkce()
-    query = urlencode(
-        {
-            "response_type": "code",
-            "client_id": client_id,
-            "redirect_uri": REDIRECT_URI,
-            "state": "s1",
-            "code_challenge": challenge,
-            "code_challenge_method": "S256",
-            "resource": resource,
-            "scope": "tools:list tools:call",
-        }
-    )
-    return client_id, verifier, f"{issuer}/authorize?{query}"
-
-
-def obtain_code(issuer: str, resource: str, username: str = "alice") -> dict[str, str]:
-    """Register a public client at ``issuer`` and authorize as ``username``: the code, not yet
-    redeemed, with the client_id and PKCE verifier that redeem it."""
-    client_id, verifier, url = authorization(issuer, resource)
-    with Person(username, PASSWORD) as person:
-        final = person.authorize(url)
-    params = {k: v[0] for k, v in parse_qs(urlsplit(final).query).items()}
-    assert "code" in params, final
-    return {"code": params["code"], "client_id": client_id, "verifier": verifier}
-
-
-def redeem(issuer: str, resource: str, issued: dict[str, str]) -> httpx.Response:
-    return httpx.post(
-        f"{issuer}/token",
-        timeout=10,
-        data={
-            "grant_type": "authorization_code",
-            "code": issued["code"],
-            "redirect_uri": REDIRECT_URI,
-            "client_id": issued["client_id"],
-            "code_verifier": issued["verifier"],
-            "resource": resource,
-        },
-    )
-
-
-def obtain_tokens(issuer: str, resource: str, username: str = "alice") -> dict[str, Any]:
-    """Register a public client at ``issuer``, authorize as ``username`` and redeem the code."""
-    issued = obtain_code(issuer, resource, username)
-    token = redeem(issuer, resource, issued)
-    assert token.status_code == 200, token.text
-    return {**token.json(), "client_id": issued["client_id"]}
-
-
-def tools_list(mcp_url: str, access_token: str) -> httpx.Response:
-    return httpx.post(
-        mcp_url,
-        timeout=10,
-        headers={
-            "Authorization": f"Bearer {access_token}",
-            "Accept": "application/json, text/event-stream",
-            "MCP-Protocol-Version": "2025-06-18",
-        },
-        json=INITIALIZE,
-    )
-
-
-def refresh(issuer: str, tokens: dict[str, Any], resource: str) -> httpx.Response:
-    return httpx.post(
-        f"{issuer}/token",
-        timeout=10,
-        data={
-            "grant_type": "refresh_token",
-            "refresh_token": tokens["refresh_token"],
-            "client_id": tokens["client_id"],
-            "resource": resource,
-        },
-    )
-
-
 @pytest.fixture
 def shared_db(tmp_path: Path) -> Iterator[str]:
     db = str(tmp_path / "shared.db")
@@ -795,14 +697,14 @@ def shared_db(tmp_path: Path) -> Iterator[str]:
 def test_grants_list_and_revoke_end_to_end(shared_db: str) -> None:
     with serve(extra_args=["--db", shared_db]) as served:
         tokens = obtain_tokens(served.issuer, served.mcp_url)
-        assert tools_list(served.mcp_url, tokens["access_token"]).status_code == 200
+        assert call_mcp(served.mcp_url, tokens["access_token"]).status_code == 200
         listing = ok(["grants", "list", "--db", shared_db, "--subject", " alice"])  # a username as typed
         assert "alice" in listing and tokens["client_id"] in listing and "active" in listing
         assert "no grants" in run(["grants", "list", "--db", shared_db, "--subject", "bob"]).stderr
         bad(["grants", "revoke", "--db", shared_db, "--grant", "nope"], "no grant with id 'nope'")
         assert "revoked 1 grant" in ok(["grants", "revoke", "--db", shared_db, "--subject", "alice "])
         assert "revoked" in ok(["grants", "list", "--db", shared_db])
-        assert tools_list(served.mcp_url, tokens["access_token"]).status_code == 401
+        assert call_mcp(served.mcp_url, tokens["access_token"]).status_code == 401
         assert refresh(served.issuer, tokens, served.mcp_url).json()["error"] == "invalid_grant"
 
 
@@ -848,7 +750,7 @@ def test_users_remove_revokes_their_grants(shared_db: str) -> None:
     with serve(extra_args=["--db", shared_db]) as served:
         tokens = obtain_tokens(served.issuer, served.mcp_url)
         assert "revoked 1 grant" in ok(["users", "remove", "alice", "--db", shared_db])
-        assert tools_list(served.mcp_url, tokens["access_token"]).status_code == 401
+        assert call_mcp(served.mcp_url, tokens["access_token"]).status_code == 401
 
 
 @pytest.mark.parametrize(
@@ -997,14 +899,14 @@ def test_two_serve_processes_on_one_database(shared_db: str) -> None:
             second_mcp = f"http://127.0.0.1:{second.port}/mcp"
             second_as = f"http://127.0.0.1:{second.port}"
             tokens = obtain_tokens(issuer, first.mcp_url)
-            assert tools_list(second_mcp, tokens["access_token"]).status_code == 200
+            assert call_mcp(second_mcp, tokens["access_token"]).status_code == 200
             rotated = refresh(second_as, tokens, first.mcp_url)
             assert rotated.status_code == 200, rotated.text
             fresh = rotated.json()
-            assert tools_list(first.mcp_url, fresh["access_token"]).status_code == 200
+            assert call_mcp(first.mcp_url, fresh["access_token"]).status_code == 200
             again = refresh(issuer, {**tokens, **fresh}, first.mcp_url)
             assert again.status_code == 200, again.text
-            assert tools_list(second_mcp, again.json()["access_token"]).status_code == 200
+            assert call_mcp(second_mcp, again.json()["access_token"]).status_code == 200
             jwks_first = httpx.get(f"{issuer}/jwks.json", timeout=10).json()
             jwks_second = httpx.get(f"{second_as}/jwks.json", timeout=10).json()
             assert jwks_first == jwks_second and jwks_first["keys"]

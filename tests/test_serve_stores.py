@@ -23,7 +23,6 @@ Redis are never stopped.
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import os
 import secrets
@@ -44,15 +43,12 @@ import services
 from kavach.settings import SettingsError, resolve
 from kavach.stores.redis import RedisStore
 from kavach_serve import Cli, free_port, kavach_command, stop, wait_ready
-from mcp_messages import INITIALIZE
-from person import Person
+from public_client import PASSWORD, REDIRECT_URI, call_mcp, obtain_code, obtain_tokens, redeem, refresh
 from tcp_proxy import TcpProxy
 
 from kavach_core import effects as fx
 from kavach_core.records import Client
 
-PASSWORD = "a long enough password"
-REDIRECT_URI = "http://127.0.0.1:45997/callback"
 BACKENDS = ("postgres", "redis")
 STORE_KEY = base64.urlsafe_b64encode(b"k" * 32).decode()
 KEY_ROTATION_BOUND = 5.0
@@ -182,98 +178,7 @@ def serve(
     raise AssertionError(f"kavach serve --store did not start:\n{served.output()}")
 
 
-# -- OAuth over HTTP ------------------------------------------------------------------------------
-
-
-def _pkce() -> tuple[str, str]:
-    verifier = secrets.token_urlsafe(48)
-    challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
-    return verifier, challenge
-
-
-def register(base: str) -> str:
-    answer = httpx.post(
-        f"{base}/register",
-        timeout=10,
-        json={
-            "client_name": "store test",
-            "redirect_uris": [REDIRECT_URI],
-            "token_endpoint_auth_method": "none",
-        },
-    )
-    assert answer.status_code == 201, answer.text
-    return str(answer.json()["client_id"])
-
-
-def get_code(base: str, resource: str, client_id: str) -> tuple[str, str]:
-    """Authorize as alice at ``base``; the code and its PKCE verifier (not yet redeemed)."""
-    verifier, challenge = _pkce()
-    query = urlencode(
-        {
-            "response_type": "code",
-            "client_id": client_id,
-            "redirect_uri": REDIRECT_URI,
-            "state": "s",
-            "code_challenge": challenge,
-            "code_challenge_method": "S256",
-            "resource": resource,
-            "scope": "tools:list tools:call",
-        }
-    )
-    with Person("alice", PASSWORD) as person:
-        final = person.authorize(f"{base}/authorize?{query}")
-    params = {k: v[0] for k, v in parse_qs(urlsplit(final).query).items()}
-    assert "code" in params, final
-    return params["code"], verifier
-
-
-def redeem(base: str, resource: str, client_id: str, code: str, verifier: str) -> httpx.Response:
-    return httpx.post(
-        f"{base}/token",
-        timeout=30,
-        data={
-            "grant_type": "authorization_code",
-            "code": code,
-            "redirect_uri": REDIRECT_URI,
-            "client_id": client_id,
-            "code_verifier": verifier,
-            "resource": resource,
-        },
-    )
-
-
-def obtain(base: str, resource: str) -> dict[str, Any]:
-    client_id = register(base)
-    code, verifier = get_code(base, resource, client_id)
-    answer = redeem(base, resource, client_id, code, verifier)
-    assert answer.status_code == 200, answer.text
-    return {**answer.json(), "client_id": client_id}
-
-
-def refresh(base: str, tokens: dict[str, Any], resource: str) -> httpx.Response:
-    return httpx.post(
-        f"{base}/token",
-        timeout=30,
-        data={
-            "grant_type": "refresh_token",
-            "refresh_token": tokens["refresh_token"],
-            "client_id": tokens["client_id"],
-            "resource": resource,
-        },
-    )
-
-
-def call_mcp(mcp_url: str, access_token: str) -> httpx.Response:
-    return httpx.post(
-        mcp_url,
-        timeout=30,
-        headers={
-            "Authorization": f"Bearer {access_token}",
-            "Accept": "application/json, text/event-stream",
-            "MCP-Protocol-Version": "2025-06-18",
-        },
-        json=INITIALIZE,
-    )
+# -- tokens, keys and outages over HTTP ------------------------------------------------------------
 
 
 def kid_of(token: str) -> str:
@@ -455,10 +360,10 @@ def test_two_serve_processes_on_one_store(backend: str, tmp_path: Path) -> None:
         resource = first.resource
         assert "Data (PostgreSQL)" in first.output() or "Data (Redis)" in first.output()
         # the user added once signs in at the second process too (shared users, shared secret)
-        at_second = obtain(second.base, resource)
+        at_second = obtain_tokens(second.base, resource)
         assert call_mcp(first.mcp_url, at_second["access_token"]).status_code == 200
 
-        tokens = obtain(first.base, resource)
+        tokens = obtain_tokens(first.base, resource)
         for _ in range(2):  # the second sight comes from the second process's verified cache
             assert call_mcp(second.mcp_url, tokens["access_token"]).status_code == 200
         rotated = refresh(second.base, tokens, resource)
@@ -515,15 +420,14 @@ def test_store_outage_answers_503_and_service_resumes(backend: str, tmp_path: Pa
     with ExitStack() as stack:
         proxy, via = stack.enter_context(proxied(backend, url))
         served = stack.enter_context(serve(via, tmp_path))
-        tokens = obtain(served.base, served.resource)
-        client_id = register(served.base)
-        code, verifier = get_code(served.base, served.resource, client_id)
+        tokens = obtain_tokens(served.base, served.resource)
+        issued = obtain_code(served.base, served.resource)
         assert call_mcp(served.mcp_url, tokens["access_token"]).status_code == 200
 
         proxy.cut()  # the store "stops": every connection reset, new ones refused
         assert unavailable(call_mcp(served.mcp_url, tokens["access_token"]))
         assert unavailable(refresh(served.base, tokens, served.resource))
-        assert unavailable(redeem(served.base, served.resource, client_id, code, verifier))
+        assert unavailable(redeem(served.base, served.resource, issued))
         assert unavailable(httpx.get(f"{served.base}/jwks.json", timeout=30))
         assert unavailable(
             httpx.post(
@@ -543,9 +447,9 @@ def test_store_outage_answers_503_and_service_resumes(backend: str, tmp_path: Pa
             "the guard answering 200 again",
         )
         # nothing was half-done during the outage: the code and the refresh token still work, once
-        redeemed = redeem(served.base, served.resource, client_id, code, verifier)
+        redeemed = redeem(served.base, served.resource, issued)
         assert redeemed.status_code == 200, redeemed.text
-        again = redeem(served.base, served.resource, client_id, code, verifier)
+        again = redeem(served.base, served.resource, issued)
         assert again.json()["error"] == "invalid_grant"
         rotated = refresh(served.base, tokens, served.resource)
         assert rotated.status_code == 200, rotated.text
@@ -562,7 +466,7 @@ def test_connections_killed_are_replaced(backend: str, tmp_path: Path) -> None:
     with ExitStack() as stack:
         proxy, via = stack.enter_context(proxied(backend, url))
         served = stack.enter_context(serve(via, tmp_path))
-        tokens = obtain(served.base, served.resource)
+        tokens = obtain_tokens(served.base, served.resource)
         proxy.cut()
         proxy.restore()
         statuses = []
@@ -588,7 +492,7 @@ def test_connection_killed_mid_refresh(backend: str, tmp_path: Path) -> None:
     with ExitStack() as stack:
         proxy, via = stack.enter_context(proxied(backend, url))
         served = stack.enter_context(serve(via, tmp_path, extra_env={"KAVACH_REFRESH_GRACE": "120"}))
-        tokens = obtain(served.base, served.resource)
+        tokens = obtain_tokens(served.base, served.resource)
         cut_mid_flow = 0
         for offset in (0.15, 0.45, 0.75, 1.05, 1.35):
             proxy.delay = 0.1
