@@ -484,16 +484,17 @@ def _pairs(reply: Any) -> dict[str, Any]:
     return {_text(items[i]): items[i + 1] for i in range(0, len(items), 2)}
 
 
-def _checked_url(url: str) -> str:
+def _checked_url(url: str) -> tuple[str, dict[str, Any]]:
     """``url`` with its scheme in lower case, once redis-py can parse it and its database (the
-    path of a ``redis://`` or ``rediss://`` URL) is a number; ``ValueError`` otherwise."""
+    path of a ``redis://`` or ``rediss://`` URL) is a number, and the connection options redis-py
+    reads from it; ``ValueError`` otherwise."""
     scheme, sep, rest = url.partition("://")
     if sep:
         url = scheme.lower() + sep + rest
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 (raises for a port that is not a number from 0 to 65535)
-        parse_url(url)  # type: ignore[no-untyped-call]  # redis-py ships this one without annotations
+        options: dict[str, Any] = parse_url(url)  # type: ignore[no-untyped-call]  # redis-py ships it unannotated
     except ValueError as exc:
         raise ValueError(f"malformed Redis URL: {exc}") from None
     if parts.scheme in ("redis", "rediss") and not re.fullmatch(r"/?[0-9]*", parts.path):
@@ -503,7 +504,7 @@ def _checked_url(url: str) -> str:
     unknown = _unknown_parameters(url)
     if unknown:
         raise ValueError(f"the Redis URL has parameters no Redis connection takes: {', '.join(unknown)}")
-    return url
+    return url, options
 
 
 def _unknown_parameters(url: str) -> list[str]:
@@ -561,14 +562,15 @@ class RedisStore:
         store_key: bytes | str | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        url, url_prefix = _split_prefix(_checked_url(url))
+        url, options = _checked_url(url)
+        url, url_prefix = _split_prefix(url)
         self.url = url
         self.prefix = prefix if prefix is not None else (url_prefix if url_prefix is not None else "kavach:")
         if ttl_slack < 0:
             raise ValueError("ttl_slack must be >= 0 seconds")
         # redis-py reads a bound of 0 as none given (its default), a negative one it refuses only
         # when the pool is made, at the first request; the URL's own bound is the one it uses.
-        if min(max_connections, parse_url(url).get("max_connections", 1)) < 1:  # type: ignore[no-untyped-call]
+        if min(max_connections, options.get("max_connections", 1)) < 1:
             raise ValueError("max_connections must be at least 1 (each pool's bound on its connections)")
         self.ttl_slack = ttl_slack
         self._clock = clock
