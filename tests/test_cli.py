@@ -85,6 +85,24 @@ def test_help_everywhere(command: list[str]) -> None:
     assert out.startswith("usage: kavach")
 
 
+def test_serve_help_names_each_settings_variable() -> None:
+    """Every option of ``kavach serve`` has a ``KAVACH_*`` variable too, and its help names one
+    that kavach reads: a user who sees the flag learns where else it can be set."""
+    import argparse
+    import re
+
+    from kavach.cli import build_parser
+    from kavach.settings import ENVIRONMENT
+
+    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    serve = commands.choices["serve"]
+    options = [a for a in serve._actions if a.option_strings and not isinstance(a, argparse._HelpAction)]
+    assert len(options) > 10
+    for action in options:
+        named = set(re.findall(r"KAVACH_[A-Z_]+", action.help or ""))
+        assert named and named <= ENVIRONMENT, (action.option_strings, action.help)
+
+
 def test_version() -> None:
     assert ok(["--version"]).startswith("kavach ")
 

@@ -128,43 +128,50 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--issuer",
         metavar="URL",
-        help="the issuer URL (default http://HOST:PORT, 127.0.0.1 for 0.0.0.0; KAVACH_ISSUER)",
+        help="the issuer URL (default http://HOST:PORT, 127.0.0.1 for 0.0.0.0 or ::; KAVACH_ISSUER)",
     )
-    serve.add_argument("--upstream", metavar="URL", help="proxy /mcp to this MCP server (Streamable HTTP)")
+    serve.add_argument(
+        "--upstream", metavar="URL", help="proxy /mcp to this MCP server (Streamable HTTP; KAVACH_UPSTREAM)"
+    )
     serve.add_argument(
         "--allow-insecure-http",
         action="store_true",
         default=None,
-        help="accept an http issuer that is not on loopback (a lab only)",
+        help="accept an http issuer that is not on loopback (a lab only; KAVACH_ALLOW_INSECURE_HTTP)",
     )
     serve.add_argument(
         "--document-allow-host",
         action="append",
         dest="document_allow_hosts",
         metavar="HOST",
-        help="fetch client metadata documents only from this host (.example.com: its subdomains; repeat)",
+        help="fetch client metadata documents only from this host (.example.com: its subdomains; repeat; "
+        "KAVACH_DOCUMENT_ALLOW_HOSTS, comma separated)",
     )
     serve.add_argument(
         "--document-deny-host",
         action="append",
         dest="document_deny_hosts",
         metavar="HOST",
-        help="never fetch client metadata documents from this host (repeat)",
+        help="never fetch client metadata documents from this host (repeat; "
+        "KAVACH_DOCUMENT_DENY_HOSTS, comma separated)",
     )
     serve.add_argument(
-        "--document-ca-bundle", metavar="FILE", help="trust these CAs (PEM) when fetching client metadata documents"
+        "--document-ca-bundle",
+        metavar="FILE",
+        help="trust these CAs (PEM) when fetching client metadata documents (KAVACH_DOCUMENT_CA_BUNDLE)",
     )
     serve.add_argument(
         "--document-allow-loopback",
         action="store_true",
         default=None,
-        help="DEVELOPMENT ONLY: fetch client metadata documents from loopback addresses",
+        help="DEVELOPMENT ONLY: fetch client metadata documents from loopback addresses "
+        "(KAVACH_DOCUMENT_ALLOW_LOOPBACK)",
     )
     serve.add_argument(
         "--log-level",
         type=str.lower,
         choices=("critical", "error", "warning", "info", "debug"),
-        help="log level (KAVACH_LOG_LEVEL)",
+        help="log level (default info; KAVACH_LOG_LEVEL)",
     )
     serve.add_argument(
         "--trusted-proxies",
