@@ -119,7 +119,9 @@ def test_guard_failures_are_503_and_500() -> None:
 
 
 def test_a_way_to_sign_in_is_required() -> None:
-    with pytest.raises(ValueError, match="users="):
+    """The refusal is the whole line naming both ways, so an embedder sees what to pass."""
+    both = r"^give users= \(built-in sign-in\) or identify= \(your application's login\), or both$"
+    with pytest.raises(ValueError, match=both):
         AuthorizationServer(make_config(), MemoryStore())
 
 

@@ -312,6 +312,34 @@ def test_a_path_ending_in_a_separator_is_refused(tmp_path: Path, flag: str) -> N
     assert list((tmp_path / "existing").iterdir()) == []
 
 
+def test_each_path_that_names_no_database_file_is_refused_in_one_whole_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store's refusal of a path names the path and the one reason, whole: the separator it
+    ends in, a directory, a file that is not a regular one, a missing parent directory, and what
+    ``stat`` said of a path it cannot look up (its ``strerror``, or the ``ValueError``'s words).
+    None of them leaves a file behind."""
+    fifo = str(tmp_path / "fifo.db")
+    os.mkfifo(fifo)
+    monkeypatch.chdir(tmp_path)
+    ending, parent = "newdir" + os.sep, str(tmp_path / "missing")
+    missing = os.path.join(parent, "k.db")
+    too_long, nul = str(tmp_path / ("b" * 300)), str(tmp_path / "a\x00.db")
+    refusals = {
+        ending: f"cannot use {ending!r} as a SQLite database: ending in {os.sep!r}, it names a directory",
+        str(tmp_path): f"cannot open SQLite database {str(tmp_path)!r}: it is a directory",
+        fifo: f"cannot open SQLite database {fifo!r}: it is not a regular file",
+        missing: f"cannot create SQLite database {missing!r}: directory {parent!r} does not exist",
+        too_long: f"cannot open SQLite database {too_long!r}: File name too long",
+        nul: f"cannot open SQLite database {nul!r}: embedded null byte",
+    }
+    for path, refusal in refusals.items():
+        with pytest.raises(SQLiteStoreError) as caught:
+            SQLiteStore(path)
+        assert str(caught.value) == refusal
+    assert [p.name for p in tmp_path.iterdir()] == ["fifo.db"]
+
+
 # -- 5. store URLs ------------------------------------------------------------------------------------------------
 
 

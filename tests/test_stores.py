@@ -1262,6 +1262,39 @@ def test_sqlite_no_connection_free_within_busy_timeout_is_store_unavailable(tmp_
     store.close()
 
 
+def test_sqlite_writers_waiting_for_a_lock_use_up_the_pool_and_the_one_refused_writes_nothing(tmp_path: Path) -> None:
+    """The pool bound reached through ``perform`` alone: a writer keeps its connection for the
+    whole ``busy_timeout`` it waits for another connection's write lock. With one connection
+    and three writers started together, while the first waits the lock out the others wait for
+    the connection; the one taking it next holds it a whole ``busy_timeout`` more, so the wait of
+    the last ends first: no connection became free (the threads start together, well within the
+    two seconds). Each writer is an outage; none writes."""
+    path = tmp_path / "k.db"
+    store = SQLiteStore(path, busy_timeout=2, max_connections=1)
+    holder = _hold_write_lock(path)
+    start = threading.Barrier(3)
+
+    def write(n: int) -> str:
+        start.wait(timeout=30)
+        try:
+            store.perform(fx.PutClient(client(f"c{n}")))
+        except StoreUnavailable as exc:
+            return str(exc)
+        return "written"
+
+    try:
+        with ThreadPoolExecutor(max_workers=3) as pool:
+            refusals = list(pool.map(write, range(3)))
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    no_connection = "no SQLite connection became free within the busy timeout"
+    assert all(r == no_connection or r.endswith("is unavailable: database is locked") for r in refusals), refusals
+    assert no_connection in refusals
+    assert store.perform(fx.ListClients()) == ()
+    store.close()
+
+
 def test_sqlite_an_effect_failing_part_way_writes_nothing(tmp_path: Path) -> None:
     """Every effect is atomic (kavach_core.effects; ``BEGIN IMMEDIATE`` ... ``COMMIT``, any failure
     rolled back and raised): a key rotation whose second key the table refuses (NOT NULL) leaves
