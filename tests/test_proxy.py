@@ -10,11 +10,13 @@ upstream is a 502 with a JSON body, not an exception.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import anyio
 import httpx
+import pytest
 from kavach.proxy import UpstreamProxy, forwarding_headers, request_headers, response_headers
 
 UPSTREAM = "http://upstream.test:9000/mcp"
@@ -334,3 +336,116 @@ def test_an_informational_status_as_the_final_answer_is_a_502() -> None:
         assert json.loads(sent[1]["body"])["error_description"] == (
             f"the upstream MCP server answered with status {status}"
         )
+
+
+def _tracing(seen: dict[str, float], then: Callable[[], Awaitable[object]] | None = None) -> httpx.AsyncClient:
+    """A client whose transport reports the phases of a request as httpcore does (connecting,
+    then waiting for the response headers), noting how long the proxy lets each last; it then
+    awaits ``then`` (a wait that never ends, say) before answering 200."""
+
+    async def upstream(request: httpx.Request) -> httpx.Response:
+        trace = request.extensions["trace"]
+        await trace("connection.connect_tcp.started", {})
+        seen["connecting"] = anyio.current_effective_deadline() - anyio.current_time()
+        await trace("http11.receive_response_headers.started", {})
+        seen["waiting"] = anyio.current_effective_deadline() - anyio.current_time()
+        if then is not None:
+            await then()
+        return httpx.Response(200)
+
+    return httpx.AsyncClient(transport=httpx.MockTransport(upstream))
+
+
+def test_the_header_timeout_bounds_the_wait_for_the_headers_and_every_phase_together_the_whole_wait() -> None:
+    """Until the transport reports the wait for the response headers, the whole request may take
+    the connect, write, pool and header timeouts together (each phase has its own limit besides);
+    from then on, the header timeout alone."""
+    seen: dict[str, float] = {}
+    timeouts = {"connect_timeout": 1.0, "write_timeout": 1.5, "pool_timeout": 2.0, "header_timeout": 4.0}
+    proxy = UpstreamProxy(UPSTREAM, client=_tracing(seen), **timeouts)
+    assert anyio.run(_call, proxy, _scope("POST", []), b"{}")[0]["status"] == 200
+    # what is left of each deadline when it is read (within _call's own 10 s): 8.5 s and 4 s less
+    # the moments since, never a whole second; any of the four left out of the sum leaves 7.5 s
+    assert 7.5 < seen["connecting"] <= 8.5, seen
+    assert 3.0 < seen["waiting"] <= 4.0, seen
+
+
+def test_no_response_headers_within_the_header_timeout_is_a_504_the_log_explains(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    seen: dict[str, float] = {}
+    proxy = UpstreamProxy(UPSTREAM, client=_tracing(seen, anyio.sleep_forever), header_timeout=0.25)
+    with caplog.at_level(logging.WARNING, logger="kavach.proxy"):
+        sent = anyio.run(_call, proxy, _scope("POST", []), b"{}")
+    assert sent[0]["status"] == 504
+    assert json.loads(sent[1]["body"]) == {
+        "error": "gateway_timeout",
+        "error_description": "the upstream MCP server did not answer in time",
+    }
+    (warning,) = [r for r in caplog.records if r.name == "kavach.proxy"]
+    assert warning.levelno == logging.WARNING and "no response headers in 0.25 s" in warning.getMessage()
+
+
+def test_the_proxys_own_client_has_no_read_timeout_and_waits_30_s_for_the_headers() -> None:
+    """A GET stream may stay quiet as long as the server has nothing to say: the client the proxy
+    makes times out connecting, writing and waiting for a connection, never reading; the wait for
+    the response headers is bounded instead, 30 s unless told otherwise (docs/deployment.md)."""
+    own = UpstreamProxy(UPSTREAM, connect_timeout=1.0, write_timeout=2.0, pool_timeout=3.0)
+    assert own.client.timeout == httpx.Timeout(connect=1.0, read=None, write=2.0, pool=3.0)
+    assert UpstreamProxy(UPSTREAM).header_timeout == 30
+
+
+def test_a_client_leaving_mid_stream_closes_the_upstream_response_however_long_the_close_waits() -> None:
+    """The client gone, the upstream response is closed (its connection given back or shut) even
+    when the transport's close has to wait: the cancellation of the request does not cut it short."""
+    closed: list[bool] = []
+
+    class Endless(httpx.AsyncByteStream):
+        async def __aiter__(self) -> AsyncIterator[bytes]:
+            yield b"data: 1\n\n"
+            await anyio.sleep_forever()
+
+        async def aclose(self) -> None:
+            await anyio.sleep(0.05)  # as a transport waits to shut its connection
+            closed.append(True)
+
+    def upstream(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, headers={"Content-Type": "text/event-stream"}, stream=Endless())
+
+    proxy = UpstreamProxy(UPSTREAM, client=httpx.AsyncClient(transport=httpx.MockTransport(upstream)))
+
+    async def leave() -> list[dict[str, Any]]:
+        sent: list[dict[str, Any]] = []
+        streaming = anyio.Event()
+        request = iter([{"type": "http.request", "body": b"", "more_body": False}])
+
+        async def receive() -> dict[str, Any]:
+            for message in request:
+                return message
+            await streaming.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+            if message.get("body"):
+                streaming.set()
+
+        with anyio.fail_after(10):
+            await proxy(_scope("GET", [("Accept", "text/event-stream")]), receive, send)
+        return sent
+
+    sent = anyio.run(leave)
+    assert [m.get("body") for m in sent[1:]] == [b"data: 1\n\n"]
+    assert closed == [True]
+
+
+def test_every_upstream_connection_in_use_is_a_503_the_log_reports(caplog: pytest.LogCaptureFixture) -> None:
+    def upstream(request: httpx.Request) -> httpx.Response:
+        raise httpx.PoolTimeout("no connection free", request=request)
+
+    proxy = UpstreamProxy(UPSTREAM, client=httpx.AsyncClient(transport=httpx.MockTransport(upstream)), retry_after=7)
+    with caplog.at_level(logging.WARNING, logger="kavach.proxy"):
+        sent = anyio.run(_call, proxy, _scope("POST", []), b"{}")
+    assert sent[0]["status"] == 503 and dict(sent[0]["headers"])[b"retry-after"] == b"7"
+    (warning,) = [r for r in caplog.records if r.name == "kavach.proxy"]
+    assert warning.levelno == logging.WARNING and "every connection" in warning.getMessage()

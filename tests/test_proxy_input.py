@@ -702,6 +702,16 @@ def test_an_upstream_challenge_is_a_502(fake: FakeUpstream, serve: Callable[...,
     assert "www-authenticate" not in response.headers and "proxy-authenticate" not in response.headers
 
 
+def test_a_refused_answer_gives_back_its_upstream_connection(fake: FakeUpstream, serve: Callable[..., Served]) -> None:
+    """A challenge or a redirect is answered 502 without its body being read: the upstream
+    response is closed all the same, so with one upstream connection the next request gets it
+    (not a 503 for a connection still held)."""
+    served = serve(fake.url, max_connections=1, pool_timeout=0.5)
+    for mode in ("401", "307"):
+        _json_error(served.post(f"mode={mode}"), 502, "bad_gateway")
+    assert served.post().status_code == 200
+
+
 @pytest.mark.parametrize("mode", ["301", "307", "308"])
 def test_an_upstream_redirect_is_a_502_that_names_no_upstream_address(
     fake: FakeUpstream, serve: Callable[..., Served], mode: str, caplog: pytest.LogCaptureFixture
