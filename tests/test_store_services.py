@@ -12,6 +12,7 @@ import base64
 import json
 import math
 import re
+import select
 import shutil
 import socket
 import subprocess
@@ -34,6 +35,7 @@ from kavach.stores import SQLiteStore, open_store
 from kavach.stores._codec import CLIENTS, GRANTS
 from kavach.stores._sealing import SEALED_PREFIX, DamagedSealError, KeySealer, StoreKeyError
 from kavach.stores.postgres import (
+    _DEADLINES,
     SCHEMA_VERSION,
     DamagedRowError,
     PostgresStore,
@@ -199,6 +201,19 @@ def test_pg_refuses_a_schema_holding_foreign_tables(tmp_path: Path, admin: psyco
     with pytest.raises(PostgresStoreError, match="not a kavachOS store"):
         store.perform(fx.ListClients())
     store.close()
+
+
+def test_pg_migrates_into_an_empty_schema_made_beforehand(tmp_path: Path, admin: psycopg.Connection[Any]) -> None:
+    """A schema made ahead of the store (by an administrator, to grant it) is the store's while it
+    holds no table: only tables make a schema foreign."""
+    schema = services.postgres_schema(tmp_path)
+    admin.execute(f'CREATE SCHEMA "{schema}"')
+    store = services.postgres_store(tmp_path)
+    try:
+        assert store.perform(fx.ListClients()) == ()
+        assert store.schema_version == SCHEMA_VERSION
+    finally:
+        store.close()
 
 
 @pytest.mark.parametrize(
@@ -563,6 +578,18 @@ def test_a_redis_prefix_with_glob_characters_scans_only_its_own_keys(rd: RedisSt
     other.close()
 
 
+def test_redis_delete_all_deletes_every_key_of_its_prefix_however_many(rd: RedisStore) -> None:
+    """``delete_all`` deletes in batches (500 keys to a command): every key under the prefix goes,
+    and the count it returns is theirs."""
+    raw = redis.Redis.from_url(services.REDIS_URL)
+    try:
+        raw.mset({f"{rd.prefix}hit:{i}": 1 for i in range(1001)})
+        assert rd.delete_all() == 1001
+        assert list(raw.scan_iter(match=rd.prefix + "*")) == []
+    finally:
+        raw.close()
+
+
 def test_a_redis_url_gives_its_prefix_to_the_store_and_the_rest_to_the_connection(tmp_path: Path) -> None:
     """The URL's ``prefix`` is taken out (redis-py would refuse it) and every other parameter stays
     the connection's: here its client name, which Redis then lists, until ``close`` closes the
@@ -646,6 +673,23 @@ def test_a_closed_redis_store_refuses_work_and_closes_again_quietly(tmp_path: Pa
     with pytest.raises(RuntimeError, match="the store is closed"):
         store.perform(fx.GetSigningKeys())
     assert store._client is None and store._aclients == {}
+
+
+def test_a_redis_store_keeps_no_client_of_an_event_loop_that_has_closed(tmp_path: Path) -> None:
+    """Each event loop gets its own client (redis-py's asyncio connections belong to one loop);
+    a store used from one ``asyncio.run`` after another, never closed between them, holds the
+    client of the loop running now only: one of a closed loop is dropped when the next is made,
+    so the store does not grow with every loop it has served."""
+    store = services.redis_store(tmp_path)
+
+    async def on_a_loop() -> int:
+        assert await store.aperform(fx.GetSigningKeys()) == ()
+        return len(store._aclients)
+
+    try:
+        assert [asyncio.run(on_a_loop()) for _ in range(3)] == [1, 1, 1]
+    finally:
+        store.close()
 
 
 def test_a_closed_postgres_store_refuses_work_and_closes_again_quietly(
@@ -839,11 +883,15 @@ def _counted_round_trip_checks(monkeypatch: pytest.MonkeyPatch, pool: Any) -> li
     return checked
 
 
+@pytest.mark.parametrize("poll", [True, False], ids=["poll", "no-poll"])
 def test_pg_idle_connections_killed_are_replaced_quietly(
-    pg: PostgresStore, admin: psycopg.Connection[Any], monkeypatch: pytest.MonkeyPatch
+    pg: PostgresStore, admin: psycopg.Connection[Any], monkeypatch: pytest.MonkeyPatch, poll: bool
 ) -> None:
     """A pooled connection is lent without a round trip while nothing arrived on it; one whose
-    session the server ended gets the round trip, fails it and is replaced: no error for the caller."""
+    session the server ended gets the round trip, fails it and is replaced: no error for the caller.
+    The same where the platform has no ``poll(2)`` (``select`` tells then)."""
+    if not poll:
+        monkeypatch.delattr(select, "poll", raising=False)
     checked = _counted_round_trip_checks(monkeypatch, ConnectionPool)
     pg.perform(fx.PutCode(code()))
     for _ in range(5):
@@ -876,11 +924,11 @@ def test_pg_idle_async_connections_killed_are_replaced_quietly(
     asyncio.run(main())
 
 
-def _pg_through(proxy: TcpProxy, tmp_path: Path) -> PostgresStore:
+def _pg_through(proxy: TcpProxy, tmp_path: Path, timeout: float = 3) -> PostgresStore:
     url = urlsplit(services.POSTGRES_URL)
     dsn = url._replace(netloc=f"{url.username or 'postgres'}@127.0.0.1:{proxy.port}").geturl()
     return PostgresStore(
-        dsn, schema=services.postgres_schema(tmp_path), timeout=3, connect_timeout=2, max_connections=2
+        dsn, schema=services.postgres_schema(tmp_path), timeout=timeout, connect_timeout=2, max_connections=2
     )
 
 
@@ -984,6 +1032,46 @@ def test_pg_an_effect_given_no_answer_is_503_within_the_timeout(tmp_path: Path) 
         proxy.cut()
 
 
+def test_pg_a_deadline_nearer_than_those_watched_is_kept(tmp_path: Path) -> None:
+    """An effect of a store with a 3-s ``timeout``, begun while one of a 60-s store waits on a
+    silent link, is severed after its own 3 s, not the other's 60; the other, its link carrying
+    again before its deadline, gets its answer."""
+    services.require("postgres")
+    url = urlsplit(services.POSTGRES_URL)
+    slow_proxy = TcpProxy(url.hostname or "127.0.0.1", url.port or 5432)
+    proxy = TcpProxy(url.hostname or "127.0.0.1", url.port or 5432)
+    slow = _pg_through(slow_proxy, tmp_path, timeout=60)
+    store = _pg_through(proxy, tmp_path)
+    try:
+        store.perform(fx.PutCode(code()))
+        assert slow.perform(fx.GetCode("h1")) is not None  # a pooled connection, open
+        slow_proxy.freeze()
+        waiting, outcome = _in_thread(lambda: slow.perform(fx.GetCode("h1")))
+
+        def sleeping_until_the_60_s_deadline() -> bool:
+            watched = list(_DEADLINES._watched)
+            return len(watched) == 1 and _DEADLINES._wakes_at == watched[0].deadline
+
+        assert eventually(sleeping_until_the_60_s_deadline), "the 60-s effect is not watched"
+        proxy.freeze()
+
+        def severed() -> None:
+            with pytest.raises(StoreUnavailable, match=SEVERED_AFTER_3_S):
+                store.perform(fx.GetCode("h1"))
+
+        _within_30_s(severed)
+        slow_proxy.thaw()
+        waiting.join(timeout=30)
+        assert outcome.get("value") is not None, outcome
+    finally:
+        slow_proxy.thaw()
+        proxy.thaw()
+        slow.close()
+        store.close()
+        slow_proxy.cut()
+        proxy.cut()
+
+
 def test_pg_a_transaction_cut_off_mid_way_gives_its_row_locks_back(tmp_path: Path) -> None:
     """The link goes silent while a rotation holds its grant's row lock (the lock taken, the
     answer never delivered): the store gives up after its ``timeout`` (3 s), and the server, which
@@ -1057,10 +1145,12 @@ def test_pg_sessions_wait_in_a_transaction_no_longer_than_the_timeout(
     tmp_path: Path, admin: psycopg.Connection[Any]
 ) -> None:
     """Every pooled connection bounds how long the server waits on it inside a transaction to the
-    store's ``timeout``, unless the server's own bound is already tighter (then it is kept)."""
+    store's ``timeout``, never under a second, unless the server's own bound is already tighter
+    (then it is kept)."""
     schema = services.postgres_schema(tmp_path)
     base = services.POSTGRES_URL
     store = PostgresStore(base, schema=schema, timeout=3)
+    brief = PostgresStore(base, schema=schema, timeout=0.9, min_connections=0)
     tight = PostgresStore(
         base + ("&" if "?" in base else "?") + "options=-c%20idle_in_transaction_session_timeout%3D1500",
         schema=schema,
@@ -1073,9 +1163,12 @@ def test_pg_sessions_wait_in_a_transaction_no_longer_than_the_timeout(
             assert conn.execute("SHOW idle_in_transaction_session_timeout").fetchone() == ("3s",)
         with tight._sync_pool().connection() as conn:
             assert conn.execute("SHOW idle_in_transaction_session_timeout").fetchone() == ("1500ms",)
+        with brief._sync_pool().connection() as conn:
+            assert conn.execute("SHOW idle_in_transaction_session_timeout").fetchone() == ("1s",)
     finally:
         store.close()
         tight.close()
+        brief.close()
 
 
 def test_pg_unreachable_from_the_start_is_503(tmp_path: Path) -> None:
@@ -1088,6 +1181,26 @@ def test_pg_unreachable_from_the_start_is_503(tmp_path: Path) -> None:
     with pytest.raises(StoreUnavailable, match=f"^PostgreSQL is unavailable: .*\\b{port}\\b"):
         store.perform(fx.GetClient("c1"))
     store.close()
+
+
+def test_pg_gone_after_serving_is_503_with_the_cause(tmp_path: Path) -> None:
+    """Once every connection it lent is back, a store whose server went away says why a new one
+    fails (naming the address refused), as when unreachable from the start: not only that its
+    pool waited in vain."""
+    services.require("postgres")
+    url = urlsplit(services.POSTGRES_URL)
+    proxy = TcpProxy(url.hostname or "127.0.0.1", url.port or 5432)
+    store = _pg_through(proxy, tmp_path)
+    try:
+        store.perform(fx.PutCode(code()))
+        proxy.cut()
+        with pytest.raises(StoreUnavailable):  # the pooled connection's end, or the pool's wait
+            store.perform(fx.GetCode("h1"))
+        with pytest.raises(StoreUnavailable, match=f"^PostgreSQL is unavailable: .*\\b{proxy.port}\\b"):
+            store.perform(fx.GetCode("h1"))
+    finally:
+        store.close()
+        proxy.cut()
 
 
 # -- faults: Redis -----------------------------------------------------------------------------------------------
@@ -1135,19 +1248,20 @@ def own_redis(tmp_path: Path) -> Iterator[str]:
     proc.wait(timeout=10)
 
 
+def _paused_script(admin: redis.Redis) -> int | None:
+    """The id of the client whose script Redis holds under ``CLIENT PAUSE ... WRITE``, if any."""
+    for c in admin.client_list():
+        if c["cmd"] in ("evalsha", "eval") and "b" in c["flags"]:
+            return int(c["id"])
+    return None
+
+
 def _kill_the_paused_redemption(
     admin: redis.Redis, thread: threading.Thread, outcome: dict[str, Any], store: RedisStore
 ) -> None:
     """Kill the connection of the script Redis holds under ``CLIENT PAUSE ... WRITE``, unpause,
     and check the redemption failed as an outage with nothing consumed and the next one works."""
-
-    def paused_client() -> int | None:
-        for c in admin.client_list():
-            if c["cmd"] in ("evalsha", "eval") and "b" in c["flags"]:
-                return int(c["id"])
-        return None
-
-    victim = eventually(paused_client)
+    victim = eventually(lambda: _paused_script(admin))
     assert victim, "the redemption never reached the server"
     admin.execute_command("CLIENT", "KILL", "ID", victim)
     admin.execute_command("CLIENT", "UNPAUSE")
@@ -1188,6 +1302,33 @@ def test_redis_connection_killed_during_code_redemption_on_the_event_loop(own_re
     admin.execute_command("CLIENT", "PAUSE", "10000", "WRITE")
     thread, outcome = _in_thread(lambda: asyncio.run(redeem()))
     _kill_the_paused_redemption(admin, thread, outcome, store)
+
+
+def test_redis_a_read_whose_connection_is_killed_is_tried_again(own_redis: str) -> None:
+    """A read (it changes nothing) whose connection dies mid-way is tried once more, on a fresh
+    connection: an answer, not a 503, on a thread and on an event loop. The listing is a script,
+    held by ``CLIENT PAUSE ... WRITE`` until its connection is killed."""
+    store = RedisStore(own_redis, prefix="t:")
+    admin = redis.Redis.from_url(own_redis, decode_responses=True)
+    store.perform(fx.PutClient(Client("c1", ("https://app.example/cb",))))
+
+    async def on_a_loop() -> Any:
+        try:
+            return await store.aperform(fx.ListClients())
+        finally:
+            await store.aclose()
+
+    for listing in (lambda: store.perform(fx.ListClients()), lambda: asyncio.run(on_a_loop())):
+        admin.execute_command("CLIENT", "PAUSE", "10000", "WRITE")
+        thread, outcome = _in_thread(listing)
+        victim = eventually(lambda: _paused_script(admin))
+        assert victim, "the listing never reached the server"
+        admin.execute_command("CLIENT", "KILL", "ID", victim)
+        admin.execute_command("CLIENT", "UNPAUSE")
+        thread.join(timeout=30)
+        assert [c.client_id for c in outcome.get("value", ())] == ["c1"], outcome
+    store.close()
+    admin.close()
 
 
 def test_redis_idle_connections_killed_are_replaced_quietly(own_redis: str) -> None:
@@ -1850,3 +1991,31 @@ def test_redis_replies_of_a_server_that_will_not_serve_now_are_outages(reply: st
 
     error = BaseParser.parse_error(reply)
     assert (outage(error) is not None) is is_outage, (type(error).__name__, str(error))
+
+
+@pytest.mark.parametrize(
+    ("failure", "read", "calls", "raised"),
+    [
+        (redis.exceptions.ConnectionError("Connection closed by server."), True, 2, StoreUnavailable),
+        (redis.exceptions.ConnectionError("Connection closed by server."), False, 1, StoreUnavailable),
+        (redis.exceptions.ResponseError("ERR unknown command 'FOO'"), True, 1, redis.exceptions.ResponseError),
+    ],
+    ids=["read-outage", "write-outage", "read-bug"],
+)
+def test_redis_only_a_read_that_met_an_outage_is_tried_again(
+    failure: redis.exceptions.RedisError, read: bool, calls: int, raised: type[Exception]
+) -> None:
+    """A read meeting an outage is tried once more (it changes nothing); a write never is (it may
+    have been applied before the connection dropped), and a failure that is no outage (a bug) is
+    raised at once, as it is, instead of being run a second time."""
+    from kavach.stores.redis import attempt
+
+    made: list[None] = []
+
+    def call() -> None:
+        made.append(None)
+        raise failure
+
+    with pytest.raises(raised):
+        attempt(call, read=read)
+    assert len(made) == calls
