@@ -924,6 +924,13 @@ def test_pg_idle_async_connections_killed_are_replaced_quietly(
     asyncio.run(main())
 
 
+def _pg_proxy() -> TcpProxy:
+    """A TCP proxy in front of the PostgreSQL server, to cut, freeze and restore."""
+    services.require("postgres")
+    url = urlsplit(services.POSTGRES_URL)
+    return TcpProxy(url.hostname or "127.0.0.1", url.port or 5432)
+
+
 def _pg_through(proxy: TcpProxy, tmp_path: Path, timeout: float = 3) -> PostgresStore:
     url = urlsplit(services.POSTGRES_URL)
     dsn = url._replace(netloc=f"{url.username or 'postgres'}@127.0.0.1:{proxy.port}").geturl()
@@ -933,9 +940,7 @@ def _pg_through(proxy: TcpProxy, tmp_path: Path, timeout: float = 3) -> Postgres
 
 
 def test_pg_outage_is_503_and_service_resumes_when_the_database_returns(tmp_path: Path) -> None:
-    services.require("postgres")
-    url = urlsplit(services.POSTGRES_URL)
-    proxy = TcpProxy(url.hostname or "127.0.0.1", url.port or 5432)
+    proxy = _pg_proxy()
     store = _pg_through(proxy, tmp_path)
     try:
         store.perform(fx.PutCode(code()))
@@ -953,9 +958,7 @@ def test_pg_outage_is_503_and_service_resumes_when_the_database_returns(tmp_path
 
 
 def test_pg_async_outage_is_503_and_recovers(tmp_path: Path) -> None:
-    services.require("postgres")
-    url = urlsplit(services.POSTGRES_URL)
-    proxy = TcpProxy(url.hostname or "127.0.0.1", url.port or 5432)
+    proxy = _pg_proxy()
     store = _pg_through(proxy, tmp_path)
 
     async def main() -> None:
@@ -992,9 +995,7 @@ def test_pg_an_effect_given_no_answer_is_503_within_the_timeout(tmp_path: Path) 
     store's ``timeout`` (3 s) later, on a thread and on an event loop, where the effect waited
     without end; the silenced connection is closed, and once the link carries again the store
     serves, on fresh connections. A silence shorter than the timeout is waited out."""
-    services.require("postgres")
-    url = urlsplit(services.POSTGRES_URL)
-    proxy = TcpProxy(url.hostname or "127.0.0.1", url.port or 5432)
+    proxy = _pg_proxy()
     store = _pg_through(proxy, tmp_path)
 
     def on_a_thread() -> None:
@@ -1036,10 +1037,7 @@ def test_pg_a_deadline_nearer_than_those_watched_is_kept(tmp_path: Path) -> None
     """An effect of a store with a 3-s ``timeout``, begun while one of a 60-s store waits on a
     silent link, is severed after its own 3 s, not the other's 60; the other, its link carrying
     again before its deadline, gets its answer."""
-    services.require("postgres")
-    url = urlsplit(services.POSTGRES_URL)
-    slow_proxy = TcpProxy(url.hostname or "127.0.0.1", url.port or 5432)
-    proxy = TcpProxy(url.hostname or "127.0.0.1", url.port or 5432)
+    slow_proxy, proxy = _pg_proxy(), _pg_proxy()
     slow = _pg_through(slow_proxy, tmp_path, timeout=60)
     store = _pg_through(proxy, tmp_path)
     try:
@@ -1078,9 +1076,7 @@ def test_pg_a_transaction_cut_off_mid_way_gives_its_row_locks_back(tmp_path: Pat
     never learns the client left, ends the transaction within about that long too
     (``idle_in_transaction_session_timeout``), so the row is free for every other instance
     instead of locked until the server's own TCP keepalives notice, hours later."""
-    services.require("postgres")
-    url = urlsplit(services.POSTGRES_URL)
-    proxy = TcpProxy(url.hostname or "127.0.0.1", url.port or 5432)
+    proxy = _pg_proxy()
     store = _pg_through(proxy, tmp_path)
     locker = psycopg.connect(services.POSTGRES_URL)
     try:
@@ -1187,9 +1183,7 @@ def test_pg_gone_after_serving_is_503_with_the_cause(tmp_path: Path) -> None:
     """Once every connection it lent is back, a store whose server went away says why a new one
     fails (naming the address refused), as when unreachable from the start: not only that its
     pool waited in vain."""
-    services.require("postgres")
-    url = urlsplit(services.POSTGRES_URL)
-    proxy = TcpProxy(url.hostname or "127.0.0.1", url.port or 5432)
+    proxy = _pg_proxy()
     store = _pg_through(proxy, tmp_path)
     try:
         store.perform(fx.PutCode(code()))
