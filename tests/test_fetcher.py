@@ -25,10 +25,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
+import certifi
 import httpx
 import pytest
 from document_host import Answer, DocumentHost, document_host, silent_host
-from kavach.fetcher import DocumentFetcher, FetchPolicy, address_problem, max_age
+from kavach.fetcher import DocumentFetcher, FetchPolicy, address_problem, max_age, tls_context
 from kavach.server import AuthorizationServer
 
 from kavach_core.client_documents import NOT_FETCHED
@@ -244,6 +245,13 @@ def test_cm_02_resolution_failure_is_a_refusal(error: Exception) -> None:
         assert isinstance(answer, FetchRefused) and "does not resolve" in answer.reason
 
 
+def test_cm_02_a_resolver_answer_that_is_not_an_address_is_a_refusal() -> None:
+    fetcher, rec = recording(table={"odd.example.com": ["not-an-address"]})
+    answer = FetchRefused("odd.example.com resolved to something that is not an address")
+    assert both(fetcher, "https://odd.example.com/client.json") == [answer, answer]
+    assert rec.connections == 0
+
+
 @pytest.mark.parametrize(
     ("policy", "host", "reason"),
     [
@@ -418,6 +426,13 @@ def test_a_ca_bundle_that_cannot_be_used_is_refused_when_the_policy_is_made(
     path = "" if write == "" else str(bundle)
     with pytest.raises(ValueError, match=expect):
         FetchPolicy(ca_bundle=path)
+
+
+def test_without_a_ca_bundle_the_certifi_authorities_are_trusted_not_the_systems() -> None:
+    def subjects(context: Any) -> list[Any]:
+        return sorted(str(cert["subject"]) for cert in context.get_ca_certs())
+
+    assert subjects(tls_context()) == subjects(tls_context(certifi.where()))
 
 
 def test_a_ca_bundle_gone_after_start_up_refuses_every_fetch(
@@ -702,6 +717,20 @@ def test_cm_02_a_refusal_says_which_limit_was_reached(host: DocumentHost) -> Non
             assert got == FetchRefused("the connection and TLS handshake took longer than 0.5 seconds")
 
 
+def test_cm_02_a_request_not_sent_in_time_is_refused_as_such() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise httpx.WriteTimeout("timed out", request=request)
+
+    fetcher = DocumentFetcher(
+        FetchPolicy(connect_timeout=0.5, refusal_ttl=0),
+        resolver=lambda name, port: ["93.184.216.34"],
+        transport=lambda: httpx.MockTransport(handler),
+        async_transport=lambda: httpx.MockTransport(handler),
+    )
+    answers = both(fetcher, "https://client.example.com/client.json")
+    assert answers == [FetchRefused("sending the request took longer than 0.5 seconds")] * 2
+
+
 # -- load: one fetch per URL at a time, bounded fetches, remembered refusals ------------------
 
 
@@ -759,6 +788,26 @@ def test_cm_02_when_the_fetching_caller_is_cancelled_a_waiting_one_fetches(host:
 
     assert isinstance(asyncio.run(cancel_the_first()), Fetched)
     assert host.hits("/c.json") == 2
+
+
+def test_cm_02_a_caller_waiting_for_a_fetch_that_outlasts_its_deadline_is_refused_as_too_long() -> None:
+    """A caller that finds the URL being fetched waits for that fetch no longer than its own deadline."""
+    started, release = threading.Event(), threading.Event()
+
+    def stuck_transport() -> httpx.BaseTransport:
+        started.set()
+        release.wait(10)
+        return httpx.MockTransport(lambda request: httpx.Response(200, json=DOC))
+
+    policy = FetchPolicy(allow_loopback=True, deadline=0.3, refusal_ttl=0)
+    fetcher = DocumentFetcher(policy, resolver=lambda name, port: ["127.0.0.1"], transport=stuck_transport)
+    url = "https://docs.example.test/c.json"
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(fetcher.fetch, url)
+        assert started.wait(5)
+        waited = [fetcher.fetch(url), asyncio.run(fetcher.afetch(url))]
+        release.set()
+    assert waited == [FetchRefused("the fetch took longer than its 0.3-second limit")] * 2
 
 
 def test_cm_02_concurrent_authorizations_fetch_an_uncached_document_once(host: DocumentHost) -> None:
@@ -911,6 +960,52 @@ def test_cm_02_a_fetch_slot_is_given_back_on_every_way_a_fetch_ends() -> None:
             fetcher.fetch("https://docs.example.com/odd.json")
         with pytest.raises(RuntimeError, match="a transport with a bug"):
             asyncio.run(fetcher.afetch("https://93.184.216.34/odd.json"))
+
+
+def test_cm_02_a_fetch_that_raised_leaves_no_fetch_behind_for_the_next_caller() -> None:
+    """A fetch ended by an error out of the transport is over at once, not when its traceback is
+    let go: a caller asking for the URL while that error is still held fetches anew."""
+    sent: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        sent.append(str(request.url))
+        if len(sent) % 2:
+            raise RuntimeError("a transport with a bug")
+        return httpx.Response(200, headers={"Content-Type": "application/json"}, stream=httpx.ByteStream(b"{}"))
+
+    fetcher = DocumentFetcher(
+        FetchPolicy(deadline=0.5, refusal_ttl=0),
+        resolver=lambda name, port: ["93.184.216.34"],
+        transport=lambda: httpx.MockTransport(handler),
+        async_transport=lambda: httpx.MockTransport(handler),
+    )
+    url = "https://docs.example.com/c.json"
+    for fetch in (fetcher.fetch, lambda url: asyncio.run(fetcher.afetch(url))):
+        with pytest.raises(RuntimeError, match="a transport with a bug") as raised:
+            fetch(url)
+        assert fetch(url) == DOC_FETCHED, raised.value
+    assert len(sent) == 4
+
+
+def test_cm_02_no_thread_to_resolve_in_is_a_refusal_that_is_not_remembered(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_thread(self: threading.Thread) -> None:
+        raise RuntimeError("can't start new thread")
+
+    fetcher = DocumentFetcher(
+        FetchPolicy(deadline=0.5),
+        resolver=lambda name, port: ["93.184.216.34"],
+        transport=lambda: httpx.MockTransport(
+            lambda request: httpx.Response(
+                200, headers={"Content-Type": "application/json"}, stream=httpx.ByteStream(b"{}")
+            )
+        ),
+    )
+    url = "https://docs.example.com/c.json"
+    with monkeypatch.context() as patched:
+        patched.setattr(threading.Thread, "start", no_thread)
+        refused = fetcher.fetch(url)
+    assert refused == FetchRefused("no thread was free to resolve the host in")
+    assert fetcher.fetch(url) == DOC_FETCHED
 
 
 def test_cm_02_a_refusal_is_remembered_after_a_wait_for_a_slot_that_left_time_enough() -> None:
