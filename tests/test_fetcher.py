@@ -1375,6 +1375,67 @@ def test_cm_02_a_time_out_after_a_slot_that_came_late_is_not_remembered() -> Non
     assert fetcher.fetch("https://b.example.com/c.json") == DOC_FETCHED
 
 
+def test_cm_02_an_awaited_time_out_after_a_slot_that_came_late_is_not_remembered() -> None:
+    """The same on an event loop: the slot, held by a fetch on a thread, came free with little of
+    the deadline left, so running out of time is not held against the URL."""
+    holding = threading.Event()
+    slow_once = [True]
+
+    def holder(request: httpx.Request) -> httpx.Response:  # a transport that ignores the deadline
+        holding.set()
+        time.sleep(0.7)
+        return httpx.Response(200, headers={"Content-Type": "application/json"}, content=iter([b"{}"]))
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        if slow_once.pop() if slow_once else False:
+            await asyncio.sleep(0.5)
+        return httpx.Response(200, headers={"Content-Type": "application/json"}, stream=httpx.ByteStream(b"{}"))
+
+    fetcher = DocumentFetcher(
+        FetchPolicy(max_fetches=1, deadline=1.0, refusal_ttl=30),
+        resolver=lambda name, port: ["93.184.216.34"],
+        transport=lambda: httpx.MockTransport(holder),
+        async_transport=lambda: httpx.MockTransport(handler),
+    )
+    with ThreadPoolExecutor(1) as pool:
+        held = pool.submit(fetcher.fetch, "https://a.example.com/hold.json")
+        assert holding.wait(5)
+        assert asyncio.run(fetcher.afetch("https://b.example.com/c.json")) == TOO_LONG
+        assert held.result() == DOC_FETCHED
+    assert asyncio.run(fetcher.afetch("https://b.example.com/c.json")) == DOC_FETCHED
+
+
+def test_cm_02_a_time_out_with_the_slot_taken_at_once_is_remembered() -> None:
+    """A fetch that had its slot at once, and so the whole deadline, and still ran out of time
+    says the URL answers too slowly: the refusal is remembered like any other, on a thread and on
+    an event loop, and the next caller is refused without a request."""
+    sent: list[str] = []
+
+    def slow(request: httpx.Request) -> httpx.Response:
+        sent.append("thread")
+        time.sleep(1.2)
+        return httpx.Response(200, headers={"Content-Type": "application/json"}, content=iter([b"{}"]))
+
+    async def aslow(request: httpx.Request) -> httpx.Response:
+        sent.append("loop")
+        await asyncio.sleep(1.2)
+        return httpx.Response(200, headers={"Content-Type": "application/json"}, stream=httpx.ByteStream(b"{}"))
+
+    def fetcher() -> DocumentFetcher:
+        return DocumentFetcher(
+            FetchPolicy(deadline=1.0, refusal_ttl=30),
+            resolver=lambda name, port: ["93.184.216.34"],
+            transport=lambda: httpx.MockTransport(slow),
+            async_transport=lambda: httpx.MockTransport(aslow),
+        )
+
+    on_a_thread, on_a_loop = fetcher(), fetcher()
+    url = "https://b.example.com/c.json"
+    assert [on_a_thread.fetch(url), on_a_thread.fetch(url)] == [TOO_LONG] * 2
+    assert [asyncio.run(on_a_loop.afetch(url)) for _ in range(2)] == [TOO_LONG] * 2
+    assert sent == ["thread", "loop"]
+
+
 def test_a_closed_fetcher_fetches_nothing_and_a_hung_lookup_does_not_hold_the_exit() -> None:
     script = """if True:
         import asyncio, time
