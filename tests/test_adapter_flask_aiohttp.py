@@ -14,6 +14,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from conftest import RESOURCE, make_config
 from e2e_frameworks import FRAMEWORKS, serve_flask
+from failing_stores import BrokenStore, DownStore
 from kavach import flask as kflask
 from kavach.aiohttp import MAX_BODY as AIOHTTP_MAX_BODY
 from kavach.aiohttp import PRINCIPAL, guard_middleware, mount
@@ -21,21 +22,10 @@ from kavach.server import AuthorizationServer
 from kavach.users import MemoryUsers, Users
 from test_adapters_e2e import deploy, grant
 
-from kavach_core.drivers import StoreUnavailable
 from kavach_core.memory_store import MemoryStore
 
 PRM = "/.well-known/oauth-protected-resource/mcp"
 CALL = {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}
-
-
-class _Down:
-    def perform(self, effect: Any) -> Any:
-        raise StoreUnavailable("gone")
-
-
-class _Broken:
-    def perform(self, effect: Any) -> Any:
-        raise ZeroDivisionError("internal")
 
 
 def _server(store: Any = None) -> AuthorizationServer:
@@ -76,7 +66,7 @@ def test_flask_hook_guards_only_its_paths_and_serves_resource_metadata_without_m
     assert client.get("/.well-known/oauth-authorization-server").status_code == 404  # not mounted
 
 
-@pytest.mark.parametrize(("store", "status"), [(_Down(), 503), (_Broken(), 500)])
+@pytest.mark.parametrize(("store", "status"), [(DownStore(), 503), (BrokenStore(), 500)])
 def test_flask_gn_03_no_debug_page_even_in_debug_mode(store: Any, status: int) -> None:
     client = _flask(_server(store)).test_client()
     for r in (client.get("/jwks.json"), client.post("/mcp", json=CALL, headers={"Authorization": "Bearer a.b.c"})):
@@ -173,7 +163,7 @@ def test_aiohttp_middleware_paths_and_resource_metadata_without_mount() -> None:
     _with_client(_aiohttp(_server(), mounted=False, paths={"/mcp", "/also"}), body)
 
 
-@pytest.mark.parametrize(("store", "status"), [(_Down(), 503), (_Broken(), 500)])
+@pytest.mark.parametrize(("store", "status"), [(DownStore(), 503), (BrokenStore(), 500)])
 def test_aiohttp_gn_03_no_stack_trace(store: Any, status: int) -> None:
     async def body(client: TestClient) -> None:
         for r in (

@@ -16,6 +16,7 @@ from urllib.parse import parse_qsl, quote_from_bytes
 import pytest
 from compare_spy import spy_on_compare_digest
 from conftest import RESOURCE, SECRET, make_config
+from failing_stores import BrokenStore, DownStore
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from kavach import mcp_sessions, sessions
@@ -33,16 +34,6 @@ from kavach_core.params import query_params
 
 SESSION_ID = bytes(range(16))
 SESSION_HASH = hashlib.sha256(SESSION_ID).hexdigest()
-
-
-class _Down:
-    def perform(self, effect: Any) -> Any:
-        raise StoreUnavailable("database is locked")
-
-
-class _Broken:
-    def perform(self, effect: Any) -> Any:
-        raise RuntimeError("secret internal detail /etc/passwd")
 
 
 def _server(store: Any, **kw: Any) -> AuthorizationServer:
@@ -86,36 +77,36 @@ def test_incoming_reads_the_query_as_utf8_and_keeps_what_is_not() -> None:
 
 
 def test_store_unavailable_is_503_temporarily_unavailable() -> None:
-    r = _server(_Down()).handle(JWKS)
+    r = _server(DownStore()).handle(JWKS)
     assert r.status == 503 and r.json() == {"error": "temporarily_unavailable"}
     assert r.header("Cache-Control") == "no-store"
-    r = asyncio.run(_server(_Down()).ahandle(JWKS))
+    r = asyncio.run(_server(DownStore()).ahandle(JWKS))
     assert r.status == 503
 
 
 def test_md_04_failures_on_cors_paths_carry_cors_too() -> None:
     """A browser client reads a 503/500 on a CORS path instead of meeting a network error; the
     authorization endpoint still gets no CORS header (AZ-10)."""
-    for server, status in ((_server(_Down()), 503), (_server(_Broken()), 500)):
+    for server, status in ((_server(DownStore()), 503), (_server(BrokenStore()), 500)):
         for r in (server.handle(JWKS), asyncio.run(server.ahandle(JWKS))):
             assert r.status == status and r.header("Access-Control-Allow-Origin") == "*"
     authorize = HttpRequest("GET", "/authorize", (("client_id", "c"),))
-    r = _server(_Down()).handle(authorize)
+    r = _server(DownStore()).handle(authorize)
     assert r.status == 503 and r.header("Access-Control-Allow-Origin") is None
 
 
 def test_gn_03_unexpected_error_is_500_without_details(caplog: pytest.LogCaptureFixture) -> None:
-    r = _server(_Broken()).handle(JWKS)
+    r = _server(BrokenStore()).handle(JWKS)
     assert r.status == 500 and r.json() == {"error": "server_error"}
     assert b"passwd" not in r.body and b"Traceback" not in r.body
     assert "passwd" in caplog.text  # logged server-side
-    assert asyncio.run(_server(_Broken()).ahandle(JWKS)).status == 500
+    assert asyncio.run(_server(BrokenStore()).ahandle(JWKS)).status == 500
 
 
 def test_guard_failures_are_503_and_500() -> None:
     req = HttpRequest("POST", "/mcp", headers=[("Authorization", "Bearer abc.def.ghi")], body=b"{}")
-    assert _server(_Down()).guard(RESOURCE, req, ()).status == 503  # type: ignore[union-attr]
-    assert asyncio.run(_server(_Broken()).aguard(RESOURCE, req, ())).status == 500  # type: ignore[union-attr]
+    assert _server(DownStore()).guard(RESOURCE, req, ()).status == 503  # type: ignore[union-attr]
+    assert asyncio.run(_server(BrokenStore()).aguard(RESOURCE, req, ())).status == 500  # type: ignore[union-attr]
 
 
 def test_a_way_to_sign_in_is_required() -> None:

@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 from conftest import RESOURCE, make_config
+from failing_stores import BrokenStore, DownStore
 from kavach.server import AuthorizationServer
 from kavach.starlette import KavachEndpoint, KavachGuard, mount
 from kavach.users import MemoryUsers, Users
@@ -16,7 +17,6 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
-from kavach_core.drivers import StoreUnavailable
 from kavach_core.memory_store import MemoryStore
 from kavach_core.records import Client
 
@@ -65,18 +65,8 @@ def test_mount_works_in_fastapi() -> None:
         assert client.get("/.well-known/oauth-authorization-server").json()["issuer"] == "https://as.example.com"
 
 
-class _Down:
-    def perform(self, effect: Any) -> Any:
-        raise StoreUnavailable("gone")
-
-
-class _Broken:
-    def perform(self, effect: Any) -> Any:
-        raise ZeroDivisionError("internal")
-
-
 def test_gn_03_no_debug_page_even_in_debug_mode() -> None:
-    for store, status in ((_Down(), 503), (_Broken(), 500)):
+    for store, status in ((DownStore(), 503), (BrokenStore(), 500)):
         server = AuthorizationServer(make_config(), store, users=Users(MemoryUsers(), log_n=10))
         with TestClient(_app(server, debug=True), raise_server_exceptions=False) as client:
             for r in (client.get("/jwks.json"), client.post("/mcp", headers={"Authorization": "Bearer a.b.c"})):

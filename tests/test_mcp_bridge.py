@@ -18,6 +18,7 @@ import httpx
 import httpx2
 import pytest
 from e2e_frameworks import serve_asgi
+from failing_stores import BrokenStore, DownStore
 from kavach.mcp import KavachTokenVerifier, auth_settings, guard, sdk_auth
 from kavach.server import AuthorizationServer
 from kavach.starlette import mount
@@ -178,15 +179,6 @@ def test_revoked_grant_is_401_through_the_verifier() -> None:
         s.close()
 
 
-class _Down:
-    """A store that cannot be reached."""
-
-    def perform(self, effect: Any) -> Any:
-        from kavach_core.drivers import StoreUnavailable
-
-        raise StoreUnavailable("database is locked")
-
-
 def test_the_verifier_hands_tools_no_token_and_never_calls_a_token_invalid_when_the_store_is_down() -> None:
     """``AccessToken.token`` is empty (RS-04). With the store down, the SDK's app answers 500, not
     401 ``invalid_token`` (which sends a client to authorize again); the guard answers 503."""
@@ -195,7 +187,7 @@ def test_the_verifier_hands_tools_no_token_and_never_calls_a_token_invalid_when_
         token = s.token(s.mcp_url)
         checked = anyio.run(KavachTokenVerifier(s.server, s.mcp_url).verify_token, token)
         assert checked is not None and checked.token == "" and checked.subject == "alice"
-        s.server.store = _Down()
+        s.server.store = DownStore()
         s.server.verified.clear()
         message = {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}
         headers = {"Authorization": f"Bearer {token}", "Accept": "application/json, text/event-stream"}
@@ -498,13 +490,6 @@ def test_the_sdk_user_does_not_outlive_the_request_in_the_callers_context() -> N
         s.close()
 
 
-class _Broken:
-    """A store with a fault of its own (not an outage)."""
-
-    def perform(self, effect: Any) -> Any:
-        raise RuntimeError("a bug in the store")
-
-
 def test_the_verifier_lets_an_outage_propagate_and_refuses_on_any_other_fault() -> None:
     """``verify_token`` raises the store's ``StoreUnavailable`` itself (the caller can tell an outage
     from a bad token), and answers ``None`` (a refusal, fail closed) when the store fails otherwise."""
@@ -514,11 +499,11 @@ def test_the_verifier_lets_an_outage_propagate_and_refuses_on_any_other_fault() 
     try:
         token = s.token(s.mcp_url)
         verifier = KavachTokenVerifier(s.server, s.mcp_url)
-        s.server.store = _Down()
+        s.server.store = DownStore()
         s.server.verified.clear()
         with pytest.raises(StoreUnavailable):
             anyio.run(verifier.verify_token, token)
-        s.server.store = _Broken()
+        s.server.store = BrokenStore()
         s.server.verified.clear()
         assert anyio.run(verifier.verify_token, token) is None
     finally:

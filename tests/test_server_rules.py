@@ -17,12 +17,12 @@ from typing import Any
 import kavach.server as kavach_server
 import pytest
 from conftest import make_config
+from failing_stores import BrokenStore, DownStore
 from kavach.server import AuthorizationServer, LoginLimits
 from person import forms
 from test_http_issuer_sessions import CALLBACK, HTTP, HTTPS, SESSION_ID, Browser, _server, consents, signs_in
 
 from kavach_core import effects as fx
-from kavach_core.drivers import StoreUnavailable
 from kavach_core.http import HttpRequest, Response
 from kavach_core.memory_store import MemoryStore
 
@@ -402,20 +402,6 @@ def test_on_an_event_loop_the_identify_hook_s_subject_is_signed_in(on_loop: bool
 # -- building the server, and answering when the store fails (server.py: failure_response to protected)
 
 
-class _StoreDown:
-    """A store whose database cannot be reached."""
-
-    def perform(self, effect: Any) -> Any:
-        raise StoreUnavailable("database is locked")
-
-
-class _StoreBroken:
-    """A store with a bug: every call raises something that is not an outage."""
-
-    def perform(self, effect: Any) -> Any:
-        raise RuntimeError("a bug in the store")
-
-
 def _failing(store: Any) -> AuthorizationServer:
     return AuthorizationServer(make_config(), store, identify=lambda request: None)
 
@@ -426,7 +412,7 @@ def test_a_failure_answer_is_never_cached_and_only_an_outage_says_when_to_retry(
     ``Cache-Control: no-store`` (no cache may keep an answer about a passing failure, RFC 9111
     §5.2.2.5); the 503 says ``Retry-After: 5`` (RFC 9110 §10.2.3), the 500 names no time."""
     jwks = HttpRequest("GET", "/jwks.json")
-    for store, status, retry in ((_StoreDown(), 503, "5"), (_StoreBroken(), 500, None)):
+    for store, status, retry in ((DownStore(), 503, "5"), (BrokenStore(), 500, None)):
         server = _failing(store)
         answer = asyncio.run(server.ahandle(jwks)) if on_loop else server.handle(jwks)
         assert answer.status == status, answer.body
@@ -438,7 +424,7 @@ def test_a_store_outage_is_logged_as_a_warning_naming_its_reason(caplog: pytest.
     """The operator learns why requests get 503: one warning on the ``kavach`` logger carrying the
     store's own reason (no stack trace: an outage is expected, not a bug)."""
     with caplog.at_level(logging.WARNING, logger="kavach"):
-        assert _failing(_StoreDown()).handle(HttpRequest("GET", "/jwks.json")).status == 503
+        assert _failing(DownStore()).handle(HttpRequest("GET", "/jwks.json")).status == 503
     warnings = [r for r in caplog.records if r.name == "kavach" and r.levelno == logging.WARNING]
     assert [r.getMessage() for r in warnings] == ["store unavailable: database is locked"]
     assert warnings[0].exc_info is None
