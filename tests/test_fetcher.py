@@ -76,6 +76,32 @@ def recording(
     return fetcher, rec
 
 
+def public(name: str, port: int) -> list[str]:
+    """A resolver answering one public address for every name (mock transports only: no packet goes there)."""
+    return ["93.184.216.34"]
+
+
+def json_document(request: httpx.Request | None = None) -> httpx.Response:
+    """``{}`` as ``application/json``, a body the sync and the async transport can both read."""
+    return httpx.Response(200, headers={"Content-Type": "application/json"}, stream=httpx.ByteStream(b"{}"))
+
+
+def mocked(
+    policy: FetchPolicy,
+    handler: Any = json_document,
+    ahandler: Any = None,
+    resolver: Any = public,
+) -> DocumentFetcher:
+    """A fetcher whose names resolve through ``resolver`` and whose requests ``handler`` answers
+    (``ahandler`` on an event loop, if given): mock transports, no connection is ever made."""
+    return DocumentFetcher(
+        policy,
+        resolver=resolver,
+        transport=lambda: httpx.MockTransport(handler),
+        async_transport=lambda: httpx.MockTransport(ahandler or handler),
+    )
+
+
 # -- addresses -------------------------------------------------------------------------------
 
 REFUSED_ADDRESSES = {
@@ -482,11 +508,7 @@ def test_cm_02_a_body_over_the_cap_without_a_declared_length_is_cut_off() -> Non
     def handler(request: httpx.Request) -> httpx.Response:
         return httpx.Response(200, headers={"Content-Type": "application/json"}, content=iter(chunks))
 
-    fetcher = DocumentFetcher(
-        FetchPolicy(max_bytes=4096),
-        resolver=lambda name, port: ["93.184.216.34"],
-        transport=lambda: httpx.MockTransport(handler),
-    )
+    fetcher = mocked(FetchPolicy(max_bytes=4096), handler)
     answer = fetcher.fetch("https://client.example.com/client.json")
     assert isinstance(answer, FetchRefused) and "larger than 4096 bytes" in answer.reason
 
@@ -571,11 +593,10 @@ def test_cm_02_a_declared_length_over_the_cap_is_refused_before_the_body_is_read
         read.append(b"{}")
         yield b"{}"
 
-    fetcher = DocumentFetcher(
+    fetcher = mocked(
         FetchPolicy(max_bytes=4096, refusal_ttl=0),
-        resolver=lambda name, port: ["93.184.216.34"],
-        transport=lambda: httpx.MockTransport(lambda _: httpx.Response(200, headers=headers, content=body())),
-        async_transport=lambda: httpx.MockTransport(lambda _: httpx.Response(200, headers=headers, content=abody())),
+        lambda _: httpx.Response(200, headers=headers, content=body()),
+        lambda _: httpx.Response(200, headers=headers, content=abody()),
     )
     for answer in both(fetcher, "https://client.example.com/client.json"):
         assert answer == FetchRefused("it is larger than 4096 bytes")
@@ -721,12 +742,7 @@ def test_cm_02_a_request_not_sent_in_time_is_refused_as_such() -> None:
     def handler(request: httpx.Request) -> httpx.Response:
         raise httpx.WriteTimeout("timed out", request=request)
 
-    fetcher = DocumentFetcher(
-        FetchPolicy(connect_timeout=0.5, refusal_ttl=0),
-        resolver=lambda name, port: ["93.184.216.34"],
-        transport=lambda: httpx.MockTransport(handler),
-        async_transport=lambda: httpx.MockTransport(handler),
-    )
+    fetcher = mocked(FetchPolicy(connect_timeout=0.5, refusal_ttl=0), handler)
     answers = both(fetcher, "https://client.example.com/client.json")
     assert answers == [FetchRefused("sending the request took longer than 0.5 seconds")] * 2
 
@@ -901,14 +917,9 @@ def test_cm_02_a_fetch_that_gets_no_slot_before_its_deadline_is_refused_and_not_
         if request.url.path == "/slow.json":  # a transport that ignores the deadline holds the one slot
             holding.set()
             time.sleep(2.5)
-        return httpx.Response(200, headers={"Content-Type": "application/json"}, content=iter([b"{}"]))
+        return json_document()
 
-    fetcher = DocumentFetcher(
-        FetchPolicy(max_fetches=1, deadline=0.5),
-        resolver=lambda name, port: ["93.184.216.34"],
-        transport=lambda: httpx.MockTransport(handler),
-        async_transport=lambda: httpx.MockTransport(handler),
-    )
+    fetcher = mocked(FetchPolicy(max_fetches=1, deadline=0.5), handler)
     busy = FetchRefused("no fetch slot came free in time (1 at once, 4 per host)")
     with ThreadPoolExecutor(1) as pool:
         slow = pool.submit(fetcher.fetch, "https://a.example.com/slow.json")
@@ -936,12 +947,7 @@ def test_cm_02_a_fetch_slot_is_given_back_on_every_way_a_fetch_ends() -> None:
             raise OSError("no such host")
         return ["10.0.0.1"] if name == "private.example.com" else ["93.184.216.34"]
 
-    fetcher = DocumentFetcher(
-        FetchPolicy(max_fetches=1, deadline=0.5, refusal_ttl=0),
-        resolver=resolve,
-        transport=lambda: httpx.MockTransport(handler),
-        async_transport=lambda: httpx.MockTransport(handler),
-    )
+    fetcher = mocked(FetchPolicy(max_fetches=1, deadline=0.5, refusal_ttl=0), handler, resolver=resolve)
     endings = {
         "https://93.184.216.34/c.json": DOC_FETCHED,
         "https://docs.example.com/c.json": DOC_FETCHED,
@@ -971,14 +977,9 @@ def test_cm_02_a_fetch_that_raised_leaves_no_fetch_behind_for_the_next_caller() 
         sent.append(str(request.url))
         if len(sent) % 2:
             raise RuntimeError("a transport with a bug")
-        return httpx.Response(200, headers={"Content-Type": "application/json"}, stream=httpx.ByteStream(b"{}"))
+        return json_document()
 
-    fetcher = DocumentFetcher(
-        FetchPolicy(deadline=0.5, refusal_ttl=0),
-        resolver=lambda name, port: ["93.184.216.34"],
-        transport=lambda: httpx.MockTransport(handler),
-        async_transport=lambda: httpx.MockTransport(handler),
-    )
+    fetcher = mocked(FetchPolicy(deadline=0.5, refusal_ttl=0), handler)
     url = "https://docs.example.com/c.json"
     for fetch in (fetcher.fetch, lambda url: asyncio.run(fetcher.afetch(url))):
         with pytest.raises(RuntimeError, match="a transport with a bug") as raised:
@@ -991,15 +992,7 @@ def test_cm_02_no_thread_to_resolve_in_is_a_refusal_that_is_not_remembered(monke
     def no_thread(self: threading.Thread) -> None:
         raise RuntimeError("can't start new thread")
 
-    fetcher = DocumentFetcher(
-        FetchPolicy(deadline=0.5),
-        resolver=lambda name, port: ["93.184.216.34"],
-        transport=lambda: httpx.MockTransport(
-            lambda request: httpx.Response(
-                200, headers={"Content-Type": "application/json"}, stream=httpx.ByteStream(b"{}")
-            )
-        ),
-    )
+    fetcher = mocked(FetchPolicy(deadline=0.5))
     url = "https://docs.example.com/c.json"
     with monkeypatch.context() as patched:
         patched.setattr(threading.Thread, "start", no_thread)
@@ -1016,7 +1009,7 @@ def test_cm_02_a_refusal_is_remembered_after_a_wait_for_a_slot_that_left_time_en
     def handler(request: httpx.Request) -> httpx.Response:
         holding.set()  # a transport that ignores the deadline holds the one slot for a while
         time.sleep(0.5)
-        return httpx.Response(200, headers={"Content-Type": "application/json"}, stream=httpx.ByteStream(b"{}"))
+        return json_document()
 
     lookups: list[str] = []
 
@@ -1024,11 +1017,7 @@ def test_cm_02_a_refusal_is_remembered_after_a_wait_for_a_slot_that_left_time_en
         lookups.append(name)
         return ["10.0.0.1"] if name.startswith("private") else ["93.184.216.34"]
 
-    fetcher = DocumentFetcher(
-        FetchPolicy(max_fetches=1, deadline=5.0, refusal_ttl=60),
-        resolver=resolve,
-        transport=lambda: httpx.MockTransport(handler),
-    )
+    fetcher = mocked(FetchPolicy(max_fetches=1, deadline=5.0, refusal_ttl=60), handler, resolver=resolve)
     private = "https://private.example.test/c.json"
     with ThreadPoolExecutor(1) as pool:
         held = pool.submit(fetcher.fetch, "https://a.example.test/hold.json")
@@ -1049,14 +1038,9 @@ def test_cm_02_a_coroutine_cancelled_while_it_waits_for_a_slot_is_cancelled_and_
         if request.url.path == "/hold.json":  # a transport that ignores the deadline holds the one slot
             holding.set()
             time.sleep(0.5)
-        return httpx.Response(200, headers={"Content-Type": "application/json"}, stream=httpx.ByteStream(b"{}"))
+        return json_document()
 
-    fetcher = DocumentFetcher(
-        FetchPolicy(max_fetches=1, deadline=5.0, refusal_ttl=0),
-        resolver=lambda name, port: ["93.184.216.34"],
-        transport=lambda: httpx.MockTransport(handler),
-        async_transport=lambda: httpx.MockTransport(handler),
-    )
+    fetcher = mocked(FetchPolicy(max_fetches=1, deadline=5.0, refusal_ttl=0), handler)
 
     async def cancel_a_queued_caller() -> bool:
         queued = asyncio.create_task(fetcher.afetch("https://b.example.com/c.json"))
@@ -1214,11 +1198,7 @@ def test_cm_02_a_host_that_closed_without_answering_is_remembered_and_a_malforme
         error.request = request
         raise error
 
-    fetcher = DocumentFetcher(
-        FetchPolicy(refusal_ttl=30),
-        resolver=lambda name, port: ["93.184.216.34"],
-        transport=lambda: httpx.MockTransport(fail),
-    )
+    fetcher = mocked(FetchPolicy(refusal_ttl=30), fail)
     for _ in range(3):
         assert isinstance(fetcher.fetch("https://docs.example.com/c.json"), FetchRefused)
     assert len(sent) == (1 if remembered else 3)
@@ -1274,18 +1254,6 @@ class HangingDNS:
         return ["93.184.216.34"]
 
 
-def json_fetcher(policy: FetchPolicy, resolver: Any) -> DocumentFetcher:
-    def handler(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, headers={"Content-Type": "application/json"}, stream=httpx.ByteStream(b"{}"))
-
-    return DocumentFetcher(
-        policy,
-        resolver=resolver,
-        transport=lambda: httpx.MockTransport(handler),
-        async_transport=lambda: httpx.MockTransport(handler),
-    )
-
-
 DOC_FETCHED = Fetched(b"{}", "application/json", None)
 
 
@@ -1294,7 +1262,7 @@ def test_cm_02_hung_lookups_of_one_host_do_not_starve_the_others() -> None:
     lookups hold at most its share of the slots, the other hosts are fetched, and nothing refused
     for want of time or a slot is remembered."""
     dns = HangingDNS("bad.example")
-    fetcher = json_fetcher(FetchPolicy(deadline=1.0, max_fetches=4, max_fetches_per_host=2, refusal_ttl=30), dns)
+    fetcher = mocked(FetchPolicy(deadline=1.0, max_fetches=4, max_fetches_per_host=2, refusal_ttl=30), resolver=dns)
     bad = [f"https://bad.example/c{i}.json" for i in range(8)]
     try:
         with ThreadPoolExecutor(len(bad)) as pool:
@@ -1315,7 +1283,7 @@ def test_cm_02_lookup_threads_never_outnumber_the_slots() -> None:
     """Hung lookups of many names hold the slots, so no more lookups start (none queues behind
     them), and the fetches refused meanwhile are not remembered."""
     dns = HangingDNS()
-    fetcher = json_fetcher(FetchPolicy(deadline=0.5, max_fetches=3, refusal_ttl=30), dns)
+    fetcher = mocked(FetchPolicy(deadline=0.5, max_fetches=3, refusal_ttl=30), resolver=dns)
     urls = [f"https://hung{i}.example/c.json" for i in range(12)]
     try:
         with ThreadPoolExecutor(len(urls)) as pool:
@@ -1334,7 +1302,7 @@ def test_cm_02_lookup_threads_never_outnumber_the_slots() -> None:
 @pytest.mark.parametrize("path", ["sync", "async"])
 def test_cm_02_a_lookup_that_timed_out_is_not_remembered(path: str) -> None:
     dns = HangingDNS("slow.example")
-    fetcher = json_fetcher(FetchPolicy(deadline=0.5, refusal_ttl=30), dns)
+    fetcher = mocked(FetchPolicy(deadline=0.5, refusal_ttl=30), resolver=dns)
     url = "https://slow.example/c.json"
 
     def fetch() -> Fetched | FetchRefused:
@@ -1360,13 +1328,9 @@ def test_cm_02_a_time_out_after_a_slot_that_came_late_is_not_remembered() -> Non
             time.sleep(0.7)
         elif slow_once.pop() if slow_once else False:
             time.sleep(0.5)
-        return httpx.Response(200, headers={"Content-Type": "application/json"}, content=iter([b"{}"]))
+        return json_document()
 
-    fetcher = DocumentFetcher(
-        FetchPolicy(max_fetches=1, deadline=1.0, refusal_ttl=30),
-        resolver=lambda name, port: ["93.184.216.34"],
-        transport=lambda: httpx.MockTransport(handler),
-    )
+    fetcher = mocked(FetchPolicy(max_fetches=1, deadline=1.0, refusal_ttl=30), handler)
     with ThreadPoolExecutor(1) as pool:
         held = pool.submit(fetcher.fetch, "https://a.example.com/hold.json")
         assert holding.wait(5)
@@ -1384,19 +1348,14 @@ def test_cm_02_an_awaited_time_out_after_a_slot_that_came_late_is_not_remembered
     def holder(request: httpx.Request) -> httpx.Response:  # a transport that ignores the deadline
         holding.set()
         time.sleep(0.7)
-        return httpx.Response(200, headers={"Content-Type": "application/json"}, content=iter([b"{}"]))
+        return json_document()
 
     async def handler(request: httpx.Request) -> httpx.Response:
         if slow_once.pop() if slow_once else False:
             await asyncio.sleep(0.5)
-        return httpx.Response(200, headers={"Content-Type": "application/json"}, stream=httpx.ByteStream(b"{}"))
+        return json_document()
 
-    fetcher = DocumentFetcher(
-        FetchPolicy(max_fetches=1, deadline=1.0, refusal_ttl=30),
-        resolver=lambda name, port: ["93.184.216.34"],
-        transport=lambda: httpx.MockTransport(holder),
-        async_transport=lambda: httpx.MockTransport(handler),
-    )
+    fetcher = mocked(FetchPolicy(max_fetches=1, deadline=1.0, refusal_ttl=30), holder, handler)
     with ThreadPoolExecutor(1) as pool:
         held = pool.submit(fetcher.fetch, "https://a.example.com/hold.json")
         assert holding.wait(5)
@@ -1414,22 +1373,14 @@ def test_cm_02_a_time_out_with_the_slot_taken_at_once_is_remembered() -> None:
     def slow(request: httpx.Request) -> httpx.Response:
         sent.append("thread")
         time.sleep(1.2)
-        return httpx.Response(200, headers={"Content-Type": "application/json"}, content=iter([b"{}"]))
+        return json_document()
 
     async def aslow(request: httpx.Request) -> httpx.Response:
         sent.append("loop")
         await asyncio.sleep(1.2)
-        return httpx.Response(200, headers={"Content-Type": "application/json"}, stream=httpx.ByteStream(b"{}"))
+        return json_document()
 
-    def fetcher() -> DocumentFetcher:
-        return DocumentFetcher(
-            FetchPolicy(deadline=1.0, refusal_ttl=30),
-            resolver=lambda name, port: ["93.184.216.34"],
-            transport=lambda: httpx.MockTransport(slow),
-            async_transport=lambda: httpx.MockTransport(aslow),
-        )
-
-    on_a_thread, on_a_loop = fetcher(), fetcher()
+    on_a_thread, on_a_loop = (mocked(FetchPolicy(deadline=1.0, refusal_ttl=30), slow, aslow) for _ in range(2))
     url = "https://b.example.com/c.json"
     assert [on_a_thread.fetch(url), on_a_thread.fetch(url)] == [TOO_LONG] * 2
     assert [asyncio.run(on_a_loop.afetch(url)) for _ in range(2)] == [TOO_LONG] * 2
