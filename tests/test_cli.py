@@ -156,7 +156,8 @@ def test_a_group_without_action_shows_its_help() -> None:
 
 def test_users_add_list_remove(db: str) -> None:
     # Listing makes no database: a mistyped --db is an error, not a new empty database.
-    assert "no database at" in bad(["users", "list", "--db", db], "no database at")
+    hint = "(kavach serve, users add, clients add or keys rotate makes one)"  # every command that makes one
+    assert bad(["users", "list", "--db", db], "no database at") == f"kavach: error: no database at {db} {hint}"
     assert not Path(db).exists()
     created = ok(["users", "add", "alice", "--db", db, "--password-stdin"], stdin=PASSWORD + "\n")
     assert "created user 'alice'" in created

@@ -318,7 +318,9 @@ def _instance(args: argparse.Namespace, *, creates: bool = False) -> Iterator[In
     if kind == "memory" or path == ":memory:":
         raise CliError(f"{location} keeps nothing once this command ends; give the --db or --store kavach serve uses")
     if not creates and path is not None and not path.endswith(("/", os.sep)) and _no_database(path):
-        raise CliError(f"no database at {os.path.abspath(path)} (kavach serve or kavach users add makes one)")
+        raise CliError(
+            f"no database at {os.path.abspath(path)} (kavach serve, users add, clients add or keys rotate makes one)"
+        )
     instance = Instance(settings, creates=creates)
     try:
         yield instance
