@@ -29,6 +29,10 @@ APPS = {
 }
 
 
+KEEP_ALIVE = 24 * 3600
+"""Seconds a connection may stay idle: longer than any whole run of this part."""
+
+
 class _Transport:
     """The socket's stand-in: keeps nothing, notes whether each response began with a 2xx status."""
 
@@ -90,7 +94,11 @@ class Connection:
 
         self.loop = loop
         self.done = _Done(app, loop)
-        config = uvicorn.Config(self.done, access_log=False, log_level="warning", lifespan="off")
+        # The connection waits on the loop while the other apps' batches run, for seconds on a slow
+        # host: uvicorn's keep-alive timer (5 s by default) would close it in between.
+        config = uvicorn.Config(
+            self.done, access_log=False, log_level="warning", lifespan="off", timeout_keep_alive=KEEP_ALIVE
+        )
         config.load()  # picks the protocol class and adds the proxy-headers middleware, as a worker does
         self.transport = _Transport()
         self.protocol = config.http_protocol_class(config=config, server_state=ServerState(), app_state={}, _loop=loop)

@@ -3,6 +3,7 @@ each produces well-formed results (the keys are there, the numbers are positive)
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -21,6 +22,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks import __main__ as bench  # noqa: E402
 from benchmarks import http_apps  # noqa: E402
 from benchmarks.http import PINNED, UNCHECKED  # noqa: E402
+from benchmarks.protocol import Connection, request_bytes  # noqa: E402
 from kavach_core import effects as fx  # noqa: E402
 
 
@@ -47,6 +49,26 @@ def test_verification_and_flows_at_tiny_size(tmp_path: Path) -> None:
     assert all(r["flows_per_s"] > 0 for r in results["as_flows"].values())
     written = json.loads((tmp_path / "quick.json").read_text())
     assert written["machine"]["nproc"] >= 1 and written["table"]
+
+
+def test_a_protocol_connection_outlasts_the_other_apps_batches() -> None:
+    """Part f keeps one connection per app on one event loop while the other apps' batches run,
+    for seconds on a slow host: a connection left idle longer than uvicorn's default keep-alive
+    still answers its next request (the timer would otherwise close it between rounds)."""
+    import uvicorn
+
+    loop = asyncio.new_event_loop()
+    try:
+        connection = Connection(http_apps.app("plain"), loop)
+        request = request_bytes(http_apps.tokens(1)[0])
+        loop.run_until_complete(connection.request(request))
+        idle = uvicorn.Config(http_apps.plain).timeout_keep_alive + 0.5
+        loop.run_until_complete(asyncio.sleep(idle))
+        loop.run_until_complete(asyncio.wait_for(connection.request(request), 10))
+        assert (connection.transport.responses, connection.transport.non_2xx) == (2, 0)
+        assert not connection.transport.is_closing()
+    finally:
+        loop.close()
 
 
 def test_http_at_tiny_size(tmp_path: Path) -> None:
