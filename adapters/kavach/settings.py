@@ -88,7 +88,7 @@ import os
 import re
 import stat
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -453,13 +453,7 @@ def _from_toml(path: str) -> dict[str, Any]:
     if "resource" in data:
         out.update(_resource_table(data["resource"], src))
     if "registration" in data:
-        table = data["registration"]
-        if not isinstance(table, dict):
-            raise SettingsError(f"{src}: [registration] must be a table")
-        unknown = sorted(set(table) - _REGISTRATION_KEYS)
-        if unknown:
-            raise SettingsError(f"{src}: unknown registration setting {unknown[0]!r}")
-        out["registration"] = dict(table)
+        out["registration"] = dict(_table(data["registration"], "registration", src, _REGISTRATION_KEYS))
     if "sign_in" in data:
         out["sign_in"] = _whole_numbers(data["sign_in"], "sign_in", "sign_in setting", _SIGN_IN_KEYS, src)
     if "documents" in data:
@@ -467,12 +461,21 @@ def _from_toml(path: str) -> dict[str, Any]:
     return out
 
 
-def _whole_numbers(table: object, name: str, what: str, keys: tuple[str, ...], src: str) -> dict[str, int]:
-    """The TOML table ``[name]`` of whole numbers, each under one of ``keys`` (a ``what``)."""
+def _table(table: object, name: str, src: str, known: Collection[str] | None = None) -> dict[str, Any]:
+    """The TOML table ``[name]``: refused if it is not a table, or (given ``known``) if it holds a key
+    not among them."""
     if not isinstance(table, dict):
         raise SettingsError(f"{src}: [{name}] must be a table")
+    unknown = sorted(set(table) - set(known)) if known is not None else []
+    if unknown:
+        raise SettingsError(f"{src}: unknown {name} setting {unknown[0]!r}")
+    return table
+
+
+def _whole_numbers(table: object, name: str, what: str, keys: tuple[str, ...], src: str) -> dict[str, int]:
+    """The TOML table ``[name]`` of whole numbers, each under one of ``keys`` (a ``what``)."""
     out: dict[str, int] = {}
-    for key, value in table.items():
+    for key, value in _table(table, name, src).items():
         if key not in keys:
             raise SettingsError(f"{src}: unknown {what} {key!r} (known: {', '.join(keys)})")
         out[key] = _int(f"{name}.{key}", value, src)
@@ -494,12 +497,8 @@ def _toml_store(store: str, base: Path) -> str:
     return str(base / store)
 
 
-def _documents_table(table: object, src: str, base: Path) -> dict[str, Any]:
-    if not isinstance(table, dict):
-        raise SettingsError(f"{src}: [documents] must be a table")
-    unknown = sorted(set(table) - _DOCUMENT_KEYS)
-    if unknown:
-        raise SettingsError(f"{src}: unknown documents setting {unknown[0]!r}")
+def _documents_table(given: object, src: str, base: Path) -> dict[str, Any]:
+    table = _table(given, "documents", src, _DOCUMENT_KEYS)
     out: dict[str, Any] = {}
     for key in ("allow_hosts", "deny_hosts"):
         if key in table:
@@ -518,12 +517,8 @@ def _documents_table(table: object, src: str, base: Path) -> dict[str, Any]:
     return out
 
 
-def _resource_table(table: object, src: str) -> dict[str, Any]:
-    if not isinstance(table, dict):
-        raise SettingsError(f"{src}: [resource] must be a table")
-    unknown = sorted(set(table) - _RESOURCE_KEYS)
-    if unknown:
-        raise SettingsError(f"{src}: unknown resource setting {unknown[0]!r}")
+def _resource_table(given: object, src: str) -> dict[str, Any]:
+    table = _table(given, "resource", src, _RESOURCE_KEYS)
     out: dict[str, Any] = {}
     if "name" in table:
         out["resource_name"] = _str("resource.name", table["name"], src)
