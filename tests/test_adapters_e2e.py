@@ -155,6 +155,20 @@ class Deployment:
         form = the_form(page)
         return post_form(self.person, self.base + form.action, form.submit(username=username, password=password))
 
+    def redeem(self, client_id: str, code: str, verifier: str, *, resource: bool = True) -> httpx.Response:
+        """The token endpoint's answer to ``code`` with its PKCE verifier (RFC 6749 §4.1.3, RFC 7636
+        §4.5), naming this deployment's resource (RFC 8707) unless ``resource`` is false."""
+        form = {
+            "grant_type": "authorization_code",
+            "code": code,
+            "redirect_uri": REDIRECT,
+            "client_id": client_id,
+            "code_verifier": verifier,
+        }
+        if resource:
+            form["resource"] = self.resource
+        return self.client.post(self.metadata()["token_endpoint"], data=form)
+
     def mcp(self, token: str | None, method: str, params: dict[str, Any] | None = None) -> httpx.Response:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         message = {"jsonrpc": "2.0", "id": 1, "method": method, "params": params or {}}
@@ -264,17 +278,7 @@ def test_end_to_end(framework: str, store_kind: str, prefix: str, tmp_path: Any)
         answer = parse_qs(urlsplit(location).query)
         assert answer["state"] == ["xyz-state"] and answer["iss"] == [dep.issuer]
 
-        tokens = dep.client.post(
-            meta["token_endpoint"],
-            data={
-                "grant_type": "authorization_code",
-                "code": answer["code"][0],
-                "redirect_uri": REDIRECT,
-                "client_id": client_id,
-                "code_verifier": verifier,
-                "resource": dep.resource,
-            },
-        )
+        tokens = dep.redeem(client_id, answer["code"][0], verifier)
         assert tokens.status_code == 200, tokens.text
         body = tokens.json()
         assert set(body["scope"].split()) == {"tools:list", "tools:call:echo"}
@@ -1066,17 +1070,7 @@ def test_someone_else_can_sign_in_from_the_consent_page(dep: Deployment) -> None
     assert "Signed in as <strong>bob</strong>" in consent.text
     decided = post_form(dep.person, dep.base + the_form(consent).action, the_form(consent).submit("approve"))
     code = parse_qs(urlsplit(decided.headers["location"]).query)["code"][0]
-    tokens = dep.client.post(
-        dep.metadata()["token_endpoint"],
-        data={
-            "grant_type": "authorization_code",
-            "code": code,
-            "redirect_uri": REDIRECT,
-            "client_id": client_id,
-            "code_verifier": verifier,
-            "resource": dep.resource,
-        },
-    )
+    tokens = dep.redeem(client_id, code, verifier)
     assert tokens.status_code == 200, tokens.text
     listed = dep.mcp(tokens.json()["access_token"], "tools/list")
     assert listed.status_code == 200
@@ -1179,16 +1173,7 @@ def grant(
         form.checkboxes = [(n, v, v in ticked) for n, v, _ in form.checkboxes]
     r = post_form(dep.person, dep.base + form.action, form.submit("approve"))
     code = parse_qs(urlsplit(r.headers["location"]).query)["code"][0]
-    tokens = dep.client.post(
-        dep.metadata()["token_endpoint"],
-        data={
-            "grant_type": "authorization_code",
-            "code": code,
-            "redirect_uri": REDIRECT,
-            "client_id": client_id,
-            "code_verifier": verifier,
-        },
-    )
+    tokens = dep.redeem(client_id, code, verifier, resource=False)
     assert tokens.status_code == 200, tokens.text
     return dict(tokens.json())
 
