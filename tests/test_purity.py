@@ -211,9 +211,10 @@ SCRIPT = textwrap.dedent(
 )
 
 
-def _run_fresh() -> dict[str, object]:
+def _run_fresh(script: str = SCRIPT) -> dict[str, object]:
+    """The report ``script`` (the harness above, or a variant of it) prints from a fresh interpreter."""
     proc = subprocess.run(
-        [sys.executable, "-I", "-c", SCRIPT, json.dumps(FORBIDDEN)],
+        [sys.executable, "-I", "-c", script, json.dumps(FORBIDDEN)],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -246,16 +247,7 @@ def test_purity_traps_would_catch_a_clock_read() -> None:
         'report["calls"] = calls',
         'import time as _t\ntry:\n    _t.time()\nexcept AssertionError:\n    pass\nreport["calls"] = calls',
     )
-    proc = subprocess.run(
-        [sys.executable, "-I", "-c", probe, json.dumps(FORBIDDEN)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={"PATH": ""},  # -I: no PYTHON* variables, no user site, no cwd on sys.path
-    )
-    assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout.strip().splitlines()[-1])["calls"] == ["time.time"]
+    assert _run_fresh(probe)["calls"] == ["time.time"]
 
 
 # -- secrets are compared in constant time (GN-02) -------------------------------------------
