@@ -17,7 +17,7 @@ from compare_spy import spy_on_compare_digest
 from conftest import ISSUER, RESOURCE, SECRET, Harness, basic, make_config, s256
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from oauth_flows import CHALLENGE, VERIFIER, add_client, get_code, jwt_parts, redeem, refresh, tokens
+from oauth_flows import CHALLENGE, VERIFIER, add_client, code_form, get_code, jwt_parts, redeem, refresh, tokens
 
 from kavach_core import effects as fx
 from kavach_core import opaque, pkce
@@ -801,14 +801,7 @@ def test_drivers_arun_runs_a_full_flow_on_the_memory_store() -> None:
     h = Harness()
     add_client(h)
     code = get_code(h)
-    form = {
-        "grant_type": "authorization_code",
-        "code": code,
-        "code_verifier": VERIFIER,
-        "client_id": "c1",
-        "redirect_uri": "https://app.example.com/callback",
-    }
-    resp = asyncio.run(arun(token.handle(h.ctx(), h.request("POST", "/token", form=form)), h.store))
+    resp = asyncio.run(arun(token.handle(h.ctx(), h.request("POST", "/token", form=code_form(code))), h.store))
     assert isinstance(resp, Response) and resp.status == 200
 
 

@@ -11,7 +11,7 @@ from typing import Any
 from conftest import ISSUER, OTHER_RESOURCE, RESOURCE, Harness, basic, make_config
 from hypothesis import HealthCheck, assume, event, example, given, settings
 from hypothesis import strategies as st
-from oauth_flows import REDIRECT, VERIFIER, add_client, jwt_parts, location_params
+from oauth_flows import REDIRECT, VERIFIER, add_client, code_form, jwt_parts, location_params
 
 from kavach_core import pkce
 from kavach_core.endpoints import authorize, token
@@ -150,15 +150,7 @@ def _flow_to_token(h: Harness, requested: list[str], ticked: list[str] | None) -
     resp = h.run(authorize.approve(h.ctx(), out.ticket, "alice", tuple(ticked) if ticked is not None else None))
     if "code" not in location_params(resp):
         return resp
-    code = location_params(resp)["code"]
-    form = {
-        "grant_type": "authorization_code",
-        "code": code,
-        "code_verifier": VERIFIER,
-        "client_id": "c1",
-        "redirect_uri": REDIRECT,
-    }
-    return h.run(token.handle(h.ctx(), h.request("POST", "/token", form=form)))
+    return h.run(token.handle(h.ctx(), h.request("POST", "/token", form=code_form(location_params(resp)["code"]))))
 
 
 @FEW

@@ -174,13 +174,7 @@ def test_tk_01_success_and_every_error_are_no_store(hc: Harness) -> None:
 @pytest.mark.parametrize("name", ["grant_type", "code", "code_verifier", "redirect_uri", "client_id"])
 def test_tk_01_repeated_parameter_is_invalid_request(hc: Harness, name: str) -> None:
     code = get_code(hc)
-    form = {
-        "grant_type": "authorization_code",
-        "code": code,
-        "code_verifier": VERIFIER,
-        "client_id": "c1",
-        "redirect_uri": REDIRECT,
-    }
+    form = code_form(code)
     resp = token_request(hc, [*form.items(), (name, form[name])])
     assert_error(resp, "invalid_request")
     assert not hc.store.codes[digest(code)].consumed
@@ -497,17 +491,7 @@ def test_tk_04_a_lost_race_revokes_the_grant() -> None:
     h = Harness()
     add_client(h)
     code = get_code(h)
-    req = h.request(
-        "POST",
-        "/token",
-        form={
-            "grant_type": "authorization_code",
-            "code": code,
-            "code_verifier": VERIFIER,
-            "client_id": "c1",
-            "redirect_uri": REDIRECT,
-        },
-    )
+    req = h.request("POST", "/token", form=code_form(code))
     a = token.handle(h.ctx(), req)
     b = token.handle(h.ctx(), req)
 
@@ -587,14 +571,7 @@ def test_tk_06_grant_with_several_resources_needs_one_named(hc: Harness) -> None
 
 def test_tk_06_several_resources_in_one_request_are_invalid_target(hc: Harness) -> None:
     code = _two_resource_code(hc)
-    form = {
-        "grant_type": "authorization_code",
-        "code": code,
-        "code_verifier": VERIFIER,
-        "client_id": "c1",
-        "redirect_uri": REDIRECT,
-    }
-    resp = token_request(hc, [*form.items(), ("resource", RESOURCE), ("resource", OTHER_RESOURCE)])
+    resp = token_request(hc, [*code_form(code).items(), ("resource", RESOURCE), ("resource", OTHER_RESOURCE)])
     assert_error(resp, "invalid_target")
     assert not hc.store.codes[digest(code)].consumed
 
