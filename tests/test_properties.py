@@ -11,7 +11,7 @@ from typing import Any
 from conftest import ISSUER, OTHER_RESOURCE, RESOURCE, Harness, basic, make_config
 from hypothesis import HealthCheck, assume, event, example, given, settings
 from hypothesis import strategies as st
-from oauth_flows import REDIRECT, VERIFIER, add_client, code_form, jwt_parts, location_params
+from oauth_flows import REDIRECT, VERIFIER, add_client, az_query, code_form, jwt_parts, location_params
 
 from kavach_core import pkce
 from kavach_core.endpoints import authorize, token
@@ -134,16 +134,7 @@ def _covered(scope: str, allowed: tuple[str, ...] | list[str]) -> bool:
 
 
 def _flow_to_token(h: Harness, requested: list[str], ticked: list[str] | None) -> Any:
-    query = {
-        "client_id": "c1",
-        "redirect_uri": REDIRECT,
-        "response_type": "code",
-        "code_challenge": pkce.s256(VERIFIER),
-        "code_challenge_method": "S256",
-        "resource": RESOURCE,
-    }
-    if requested:
-        query["scope"] = " ".join(requested)
+    query = az_query(state=None, scope=" ".join(requested) or None)
     out = h.run(authorize.handle(h.ctx(), h.request("GET", "/authorize", query=query)))
     if not isinstance(out, ConsentRequired):
         return out
@@ -453,16 +444,7 @@ def test_gn_03_lone_surrogates_in_parameters_never_raise(junk: str, name: str) -
     """Text no encoder accepts (lone surrogates, as a careless adapter may decode them) in any
     authorization parameter is answered, never raised."""
     h = _prepared()
-    query = {
-        "client_id": "c1",
-        "redirect_uri": REDIRECT,
-        "response_type": "code",
-        "code_challenge": pkce.s256(VERIFIER),
-        "code_challenge_method": "S256",
-        "resource": RESOURCE,
-        "state": "s",
-        "scope": "tools:list",
-    }
+    query = az_query(state="s", scope="tools:list")
     query[name] = query[name] + junk
     out = h.run(authorize.handle(h.ctx(), h.request("GET", "/authorize", query=query)))
     if isinstance(out, ConsentRequired):
