@@ -16,12 +16,10 @@ from typing import Any
 
 import pytest
 import services
+from store_records import DAY, T0, code, grant
 
 from kavach_core import effects as fx
-from kavach_core.records import AuthorizationCode, Grant
 
-T0 = 1_700_000_000
-DAY = 86_400
 PROCESSES = 4
 RACERS = 100
 BACKENDS = ["sqlite", "postgres", "redis"]
@@ -35,20 +33,6 @@ def open_store(backend: str, directory: Path) -> Any:
     if backend == "postgres":
         return services.postgres_store(directory, max_connections=8, timeout=60)
     return services.redis_store(directory)
-
-
-def code() -> AuthorizationCode:
-    return AuthorizationCode(
-        "code-hash", "c1", "https://app.example/cb", True, "challenge", ("https://mcp.example.com/mcp",),
-        ("tools:list",), "alice", "g1", T0, T0 + 60,
-    )  # fmt: skip
-
-
-def grant(grant_id: str = "g1") -> Grant:
-    return Grant(
-        grant_id, "alice", "c1", ("https://mcp.example.com/mcp",), ("tools:list",), T0, T0 + 90 * DAY,
-        0, "r0", T0 + 14 * DAY, T0,
-    )  # fmt: skip
 
 
 def rotate(grace: int, now: int = T0 + 100) -> fx.RotateRefresh:
@@ -114,16 +98,16 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
 def test_tk04_100_redemptions_of_one_code_over_4_processes_have_one_winner(backend: Any, tmp_path: Path) -> None:
     name, store = backend
     store.perform(fx.PutCode(code()))
-    results = race(name, tmp_path, fx.ConsumeCode("code-hash", grant()))
+    results = race(name, tmp_path, fx.ConsumeCode("h1", grant()))
     assert Counter(results) == {True: 1, False: RACERS - 1}
-    assert store.perform(fx.GetCode("code-hash")).consumed is True
+    assert store.perform(fx.GetCode("h1")).consumed is True
     assert store.perform(fx.ListGrants()) == (grant(),)
 
 
 def test_tk07_100_refreshes_within_grace_rotate_once_and_retry_the_rest(backend: Any, tmp_path: Path) -> None:
     name, store = backend
     store.perform(fx.PutCode(code()))
-    assert store.perform(fx.ConsumeCode("code-hash", grant())) is True
+    assert store.perform(fx.ConsumeCode("h1", grant())) is True
     results = race(name, tmp_path, rotate(grace=10))
     assert Counter(results) == {"rotated": 1, "retried": RACERS - 1}
     final = store.perform(fx.GetGrant("g1"))
@@ -134,7 +118,7 @@ def test_tk07_100_refreshes_within_grace_rotate_once_and_retry_the_rest(backend:
 def test_tk07_100_refreshes_without_grace_rotate_once_then_revoke_the_family(backend: Any, tmp_path: Path) -> None:
     name, store = backend
     store.perform(fx.PutCode(code()))
-    assert store.perform(fx.ConsumeCode("code-hash", grant())) is True
+    assert store.perform(fx.ConsumeCode("h1", grant())) is True
     results = race(name, tmp_path, rotate(grace=0))
     # One rotation wins; the next presentation of the superseded token is reuse and revokes the
     # family in the same step; every later one finds the family revoked.

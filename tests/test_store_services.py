@@ -46,31 +46,16 @@ from kavach.stores.redis import DamagedValueError, RedisStore
 from kavach.users import RedisUsers
 from prerequisites import missing
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
+from store_records import DAY, T0, code, grant
 from tcp_proxy import TcpProxy
 
 from kavach_core import effects as fx
 from kavach_core.drivers import StoreUnavailable
 from kavach_core.memory_store import MemoryStore
-from kavach_core.records import AuthorizationCode, Client, Grant, PendingAuthorization, SigningKey
+from kavach_core.records import Client, PendingAuthorization, SigningKey
 
-T0 = 1_700_000_000
-DAY = 86_400
 STORE_KEY = "u7Bq3cJ0v3l0Y1m8c4Yl0cWl6oQ1k8mTt2e3x9f0Z5A"  # base64url of 32 bytes
 PEM = b"-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIKk=\n-----END PRIVATE KEY-----\n"
-
-
-def code(code_hash: str = "h1", grant_id: str = "g1") -> AuthorizationCode:
-    return AuthorizationCode(
-        code_hash, "c1", "https://app.example/cb", True, "challenge", ("https://mcp.example.com/mcp",),
-        ("tools:list",), "alice", grant_id, T0, T0 + 60,
-    )  # fmt: skip
-
-
-def grant(grant_id: str = "g1") -> Grant:
-    return Grant(
-        grant_id, "alice", "c1", ("https://mcp.example.com/mcp",), ("tools:list",), T0, T0 + 90 * DAY,
-        0, "r0", T0 + 14 * DAY, T0,
-    )  # fmt: skip
 
 
 def key(kid: str) -> SigningKey:

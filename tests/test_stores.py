@@ -26,14 +26,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from kavach.stores import SchemaVersionError, SQLiteStore, SQLiteStoreError
 from kavach.stores.sqlite import APPLICATION_ID, SCHEMA_VERSION
+from store_records import DAY, T0, code, grant
 
 from kavach_core import effects as fx
 from kavach_core.drivers import StoreUnavailable
 from kavach_core.memory_store import MemoryStore
-from kavach_core.records import AuthorizationCode, Client, Grant, PendingAuthorization, SigningKey
-
-T0 = 1_700_000_000
-DAY = 86_400
+from kavach_core.records import Client, Grant, PendingAuthorization, SigningKey
 
 # -- backends ----------------------------------------------------------------------------------
 
@@ -142,42 +140,6 @@ def pending(ticket: str = "t1", expires_at: int = T0 + 600, **kw: Any) -> Pendin
     }
     base.update(kw)
     return PendingAuthorization(**base)
-
-
-def code(code_hash: str = "h1", **kw: Any) -> AuthorizationCode:
-    base: dict[str, Any] = {
-        "code_hash": code_hash,
-        "client_id": "c1",
-        "redirect_uri": "https://app.example/cb",
-        "redirect_uri_given": False,
-        "code_challenge": "challenge",
-        "resources": ("https://mcp.example.com/mcp",),
-        "scopes": ("tools:list",),
-        "subject": "alice",
-        "grant_id": "g1",
-        "issued_at": T0,
-        "expires_at": T0 + 60,
-    }
-    base.update(kw)
-    return AuthorizationCode(**base)
-
-
-def grant(grant_id: str = "g1", **kw: Any) -> Grant:
-    base: dict[str, Any] = {
-        "grant_id": grant_id,
-        "subject": "alice",
-        "client_id": "c1",
-        "resources": ("https://mcp.example.com/mcp",),
-        "scopes": ("tools:list", "tools:call"),
-        "created_at": T0,
-        "expires_at": T0 + 90 * DAY,
-        "refresh_generation": 0,
-        "refresh_hash": "r0",
-        "refresh_expires_at": T0 + 14 * DAY,
-        "rotated_at": T0,
-    }
-    base.update(kw)
-    return Grant(**base)
 
 
 def key(kid: str, created_at: int = T0) -> SigningKey:
