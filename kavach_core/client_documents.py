@@ -178,19 +178,11 @@ def document_client(ctx: Context, url: str, fetched: fx.Fetched) -> Client:
         )
     except OAuthError as exc:
         raise refused(exc.description or exc.error) from exc
-    meta = dict(accepted.meta)
-    meta["client_id"] = url
-    return Client(
-        client_id=url,
-        redirect_uris=accepted.redirect_uris,
-        token_endpoint_auth_method=accepted.token_endpoint_auth_method,
-        grant_types=accepted.grant_types,
-        response_types=accepted.response_types,
-        client_name=accepted.client_name,
-        scope=accepted.scope,
+    return accepted.client(
+        url,
         kind="document",
         issued_at=ctx.now,
-        metadata=json.dumps(meta, separators=(",", ":")),
+        meta={**accepted.meta, "client_id": url},
         expires_at=ctx.now + _lifetime(ctx, fetched.max_age),
     )
 

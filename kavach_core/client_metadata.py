@@ -19,6 +19,7 @@ and the default when none is named, which the caller passes in.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -28,6 +29,7 @@ from .config import is_loopback_host
 from .context import Context
 from .errors import OAuthError
 from .messages.registration import RegistrationRequest
+from .records import Client
 from .redirect_uris import URI_CHARACTERS, registration_problem
 from .resource_indicators import host_problem
 from .scopes import format_scope, parse_scope, uncovered
@@ -54,6 +56,26 @@ class AcceptedMetadata:
     scope: tuple[str, ...] | None
     client_name: str
     meta: dict[str, Any]
+
+    def client(
+        self, client_id: str, *, kind: str, issued_at: int, meta: dict[str, Any] | None = None, **record: Any
+    ) -> Client:
+        """The client record of this metadata under ``client_id`` (RFC 7591 §3.2.1): ``meta``
+        (the accepted members unless given) is kept as compact JSON, ``record`` fills the rest
+        (a secret's hash and expiry, a document's refetch time)."""
+        return Client(
+            client_id=client_id,
+            redirect_uris=self.redirect_uris,
+            token_endpoint_auth_method=self.token_endpoint_auth_method,
+            grant_types=self.grant_types,
+            response_types=self.response_types,
+            client_name=self.client_name,
+            scope=self.scope,
+            kind=kind,
+            issued_at=issued_at,
+            metadata=json.dumps(self.meta if meta is None else meta, separators=(",", ":")),
+            **record,
+        )
 
 
 def https_uri(name: str, value: str) -> str:

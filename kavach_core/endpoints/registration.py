@@ -45,7 +45,6 @@ no-store``. Registration management (RFC 7592) is not offered.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from .. import effects as fx
@@ -124,19 +123,12 @@ def build_client(ctx: Context, msg: RegistrationRequest) -> tuple[Client, dict[s
         secret = new_secret(ctx)
         lifetime = ctx.config.lifetimes.client_secret
         secret_expires_at = ctx.now + lifetime if lifetime else 0
-    client = Client(
-        client_id=client_id,
-        redirect_uris=accepted.redirect_uris,
-        token_endpoint_auth_method=method,
-        secret_hash=digest(secret) if secret is not None else None,
-        grant_types=accepted.grant_types,
-        response_types=accepted.response_types,
-        client_name=accepted.client_name,
-        scope=accepted.scope,
+    client = accepted.client(
+        client_id,
         kind="dynamic",
         issued_at=ctx.now,
+        secret_hash=digest(secret) if secret is not None else None,
         secret_expires_at=secret_expires_at,
-        metadata=json.dumps(accepted.meta, separators=(",", ":")),
     )
     body: dict[str, Any] = {"client_id": client_id, "client_id_issued_at": ctx.now}
     if secret is not None:
