@@ -63,6 +63,8 @@ class Defect:
         """The public client each refresh token was issued to (``revoke_any_client``)."""
         self.secrets: dict[str, str] = {}
         """Each registered client's secret (``introspect_any_secret``)."""
+        self.issued: set[str] = set()
+        """Every access and refresh token the token endpoint answered with (``revoke_unknown_refused``)."""
         self.registrations = itertools.count(1)
         self.metadata = itertools.count(1)
         """Metadata requests: the first (tests/kavach_serve.py's readiness probe) is answered as it should."""
@@ -107,6 +109,8 @@ class Defect:
             return 200, "application/json", b""  # an access token's revocation answered, never done
         if "cc_public" in self.names and grant == "client_credentials":
             return 200, "application/json", b'{"access_token": "cc-token", "token_type": "Bearer"}'
+        if "revoke_unknown_refused" in self.names and path == "/revoke" and one.get("token") not in self.issued:
+            return 400, "application/json", b'{"error": "invalid_request"}'  # RFC 7009 §2.2: 200 for these
         public = "client_id" in posted and "client_secret" not in posted
         if "introspect_public" in self.names and path == "/introspect" and public:
             # A client_id alone taken as authentication: the token's data shown.
@@ -138,6 +142,18 @@ class Defect:
             # Only client_uri checked: logo_uri, tos_uri and policy_uri registered whatever they are.
             record = {k: v for k, v in json.loads(body).items() if k not in ("logo_uri", "tos_uri", "policy_uri")}
             return method, query, json.dumps(record).encode()
+        if "fragment_dropped" in self.names and path == "/register" and body.startswith(b"{"):
+            # A redirect URI's fragment cut off and the rest registered, instead of a refusal.
+            record = json.loads(body)
+            uris = record.get("redirect_uris")
+            if isinstance(uris, list):
+                record["redirect_uris"] = [u.partition("#")[0] if isinstance(u, str) else u for u in uris]
+            return method, query, json.dumps(record).encode()
+        if "refresh_any_client" in self.names and path == "/token":
+            posted = dict(parse_qsl(body.decode(), keep_blank_values=True))
+            owner = self.owners.get(posted.get("refresh_token", ""))
+            if owner is not None and posted.get("client_id") not in (None, owner):  # refreshed for whoever asks
+                return method, query, urlencode(posted | {"client_id": owner}).encode()
         if "revoke_any_client" in self.names and path == "/revoke":
             posted = dict(parse_qsl(body.decode(), keep_blank_values=True))
             owner = self.owners.get(posted.get("token", ""))
@@ -145,9 +161,13 @@ class Defect:
                 return method, query, urlencode(posted | {"client_id": owner}).encode()
         return method, query, body
 
-    def credentials(self, path: str, headers: Headers) -> Headers:
+    def credentials(self, path: str, query: bytes, headers: Headers) -> Headers:
         """The request's headers kavach sees instead: ``introspect_any_secret`` puts the registered
-        secret in place of any other sent with a client_id by Basic to the introspection endpoint."""
+        secret in place of any other sent with a client_id by Basic to the introspection endpoint;
+        ``query_token`` makes an ``access_token`` in the resource's query string its Bearer header."""
+        token = dict(parse_qsl(query.decode())).get("access_token")
+        if "query_token" in self.names and path == "/mcp" and token:
+            return [*(h for h in headers if h[0] != b"authorization"), (b"authorization", f"Bearer {token}".encode())]
         if "introspect_any_secret" not in self.names or path != "/introspect":
             return headers
         out = []
@@ -160,7 +180,8 @@ class Defect:
         return out
 
     def headers(self, path: str, status: int, headers: Headers) -> Headers:
-        """The answer's headers sent instead: challenges without a member, token answers not JSON."""
+        """The answer's headers sent instead: challenges without a member, token answers not JSON or
+        cacheable, a CORS header on the authorization endpoint."""
         out = []
         for key, value in headers:
             if key.lower() == b"www-authenticate" and path == "/mcp":
@@ -170,7 +191,11 @@ class Defect:
                     value = re.sub(rb',\s*resource_metadata="[^"]*"', b"", value)
             if key.lower() == b"content-type" and path == "/token" and "token_text_html" in self.names:
                 value = b"text/html; charset=utf-8"  # RFC 6749 §5.1/§5.2: application/json
+            if key.lower() == b"cache-control" and path == "/token" and "token_cacheable" in self.names:
+                continue  # RFC 6749 §5.1/§5.2: no-store on every token answer
             out.append((key, value))
+        if "cors_authorize" in self.names and path == "/authorize":
+            out.append((b"access-control-allow-origin", b"*"))  # MD-04: no CORS where a browser navigates
         return out
 
     def rewrite(self, path: str, form: dict[str, list[str]], body: dict[str, Any]) -> dict[str, Any]:
@@ -180,6 +205,17 @@ class Defect:
             body.pop("refresh_token", None)
         if self.name == "refresh_int" and isinstance(body.get("refresh_token"), str):
             body["refresh_token"] = 12345678901234567890
+        if "iss_flag_off" in self.names and path == METADATA:
+            body["authorization_response_iss_parameter_supported"] = False  # RFC 9207 §3, while sending iss
+        if "prm_query_bearer" in self.names and path.startswith("/.well-known/oauth-protected-resource"):
+            body["bearer_methods_supported"] = ["header", "query"]  # MD-03 (and RS-01): the header only
+        if "prm_slash" in self.names and path.startswith("/.well-known/oauth-protected-resource"):
+            body["resource"] = f"{body.get('resource')}/"  # MD-03: exactly the resource, no slash added
+        if "oidc_slash" in self.names and path == "/.well-known/openid-configuration":
+            body["issuer"] = f"{body.get('issuer')}/"  # MD-01: byte-identical to the configured issuer
+        unknown = form.get("token", [""])[0] not in self.issued
+        if "introspect_unknown" in self.names and path == "/introspect" and body.get("active") is False and unknown:
+            body = {"active": True}  # a token never issued said active (IN-01)
         if self.name == "meta_types" and path.startswith("/.well-known/o"):
             body |= {"jwks_uri": None, "grant_types_supported": "authorization_code", "scopes_supported": 42}
         jwt = form.get("token", [""])[0].count(".") == 2
@@ -187,6 +223,8 @@ class Defect:
             body = {"active": True, "token_type": "Bearer"}  # a revoked JWT access token said active
         if self.name == "scope_widened" and path == "/token":
             body.pop("scope", None)  # the whole catalogue granted, and not said
+        if path == "/token":
+            self.issued |= {v for k, v in body.items() if k in ("access_token", "refresh_token") and isinstance(v, str)}
         if path == "/token" and isinstance(body.get("refresh_token"), str) and "client_id" in form:
             self.owners[body["refresh_token"]] = form["client_id"][0]
         if path == "/register" and isinstance(body.get("client_secret"), str):
@@ -210,7 +248,7 @@ def middleware(app: App, defect: Defect) -> App:
                 headers += [(b"content-type", kind)]
                 headers += [(b"content-length", str(len(body)).encode())]
             scope = {**scope, "method": method, "query_string": query, "headers": headers}
-        scope = {**scope, "headers": defect.credentials(scope["path"], scope["headers"])}
+        scope = {**scope, "headers": defect.credentials(scope["path"], query, scope["headers"])}
         posted = parse_qs(body.decode(errors="replace"))
         form = parse_qs(query.decode()) | posted
         if scope["path"] == METADATA and defect.name == "trickle_meta" and next(defect.metadata) > 1:

@@ -741,14 +741,30 @@ INJECTED_TOGETHER = [
     ("revoke_any_client", "RV-01", "another client's refresh token not revoked: revoked by the second client: 200"),
     ("introspect_any_secret", "IN-01", "wrong Basic secret: 401 invalid_client: 200, members ['active'"),
     ("forbidden_no_metadata", "RS-03", "403 insufficient_scope, scope, resource_metadata: token scope"),
+    ("refresh_any_client", "TK-07", "bound to the client: 200 error=None"),
+    ("cors_authorize", "MD-04", "no CORS on authorize: Access-Control-Allow-Origin '*'"),
+    ("iss_flag_off", "MD-02", "iss parameter flag: False"),
+    ("iss_flag_off", "AZ-08", "metadata advertises iss: False"),
+    ("token_cacheable", "TK-01", "success has Cache-Control: no-store: 200, Cache-Control None"),
+    ("token_cacheable", "TK-01", "error has Cache-Control: no-store: Cache-Control None"),
+    ("fragment_dropped", "RG-01", "redirect fragment: 201"),
+    ("prm_query_bearer", "MD-03", "bearer_methods_supported: ['header', 'query'] (expected ['header'])"),
+    ("query_token", "RS-01", "token in the query string ignored: "),
+    ("revoke_unknown_refused", "RV-01", "unknown token: 200: 400"),
+    ("prm_slash", "MD-03", "resource exact: resource "),
+    ("oidc_slash", "MD-01", "openid-configuration issuer: issuer "),
+    ("introspect_unknown", "IN-01", "unknown token: active false: 200 {'active': True}"),
 ]
 """Protocol defects the kit once passed (tests/kit_defects.py), each reported under its rule by the
 check made for it. Each touches no other's checks, so several share one server and one kit run
 (two runs: RS-03 is n/a without a scope in the 401 challenge, so ``forbidden_no_metadata`` cannot
 share one with ``challenge_no_scope``)."""
 TOGETHER = [
-    "revoke_access_ignored+introspect_public+cc_public+uris_unchecked+no_cors_rest+challenge_no_scope",
-    "token_text_html+revoke_any_client+introspect_any_secret+forbidden_no_metadata",
+    "revoke_access_ignored+introspect_public+cc_public+uris_unchecked+no_cors_rest+challenge_no_scope"
+    "+refresh_any_client+cors_authorize+iss_flag_off+prm_query_bearer+query_token+prm_slash+oidc_slash"
+    "+introspect_unknown",
+    "token_text_html+revoke_any_client+introspect_any_secret+forbidden_no_metadata+token_cacheable+fragment_dropped"
+    "+revoke_unknown_refused",
 ]
 
 
@@ -844,10 +860,28 @@ def test_redirect_uri_case_variants() -> None:
     from kavach_conformance.checks import case_variants
 
     assert case_variants("http://127.0.0.1:8976/callback") == {"path case only": "http://127.0.0.1:8976/CALLBACK"}
+    assert case_variants("http://[::1]:8976/callback") == {"path case only": "http://[::1]:8976/CALLBACK"}
     assert case_variants("https://app.example/Cb") == {
         "path case only": "https://app.example/cB",
         "scheme and host case only": "HTTPS://APP.EXAMPLE/Cb",
     }
+
+
+@pytest.mark.parametrize(
+    ("uri", "variants"),
+    [
+        ("http://127.0.0.1:8976/", {}),
+        ("https://app.example/1", {"scheme and host case only": "HTTPS://APP.EXAMPLE/1"}),
+        ("HTTPS://APP.EXAMPLE/1", {}),
+    ],
+)
+def test_no_case_variant_is_the_registered_uri_itself(uri: str, variants: dict[str, str]) -> None:
+    """AZ-03: a path without letters, or a scheme and host already in upper case, has no variant of
+    that kind: the kit would send the registered URI itself as a mismatch and fail a correct server."""
+    from kavach_conformance.checks import case_variants
+
+    assert case_variants(uri) == variants
+    assert uri not in case_variants(uri).values()
 
 
 @pytest.mark.parametrize(
