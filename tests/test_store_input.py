@@ -356,6 +356,30 @@ def test_a_redis_database_that_is_not_a_number_is_refused(tmp_path: Path) -> Non
 
 
 @pytest.mark.parametrize(
+    ("url", "left", "taken"),
+    [
+        ("unix:///run/redis.sock?prefix=app:", "unix:///run/redis.sock", {"prefix": "app:"}),
+        ("unix:///run/redis.sock?db=2&prefix=app:", "unix:///run/redis.sock?db=2", {"prefix": "app:"}),
+        ("redis://:pw@127.0.0.1:6379/0?prefix=a%3Ab&x=1#f", "redis://:pw@127.0.0.1:6379/0?x=1#f", {"prefix": "a:b"}),
+        ("redis://127.0.0.1/0?socket_timeout=2", "redis://127.0.0.1/0?socket_timeout=2", {}),
+        ("postgresql:///test?host=/run/pg&schema=s", "postgresql:///test?host=%2Frun%2Fpg", {"schema": "s"}),
+        ("postgresql://?schema=s&max_connections=3", "postgresql://", {"schema": "s", "max_connections": "3"}),
+        ("postgres://u@h/db?options=-c%20a%3Db&schema=s", "postgres://u@h/db?options=-c%20a%3Db", {"schema": "s"}),
+    ],
+)
+def test_the_stores_own_parameters_leave_the_rest_of_the_url_as_written(
+    url: str, left: str, taken: dict[str, str]
+) -> None:
+    """A store's own query parameters (``schema``, the pool bounds, ``prefix``) are taken out of the
+    URL and nothing else changes but the query: an empty authority keeps its ``//`` (a Redis Unix
+    socket, PostgreSQL on a socket directory), a fragment stays, and the query left is escaped
+    with ``%20`` (libpq keeps a ``+``)."""
+    from kavach.stores._urls import take_parameters
+
+    assert take_parameters(url, ("prefix", "schema", "max_connections"), {}) == (left, taken)
+
+
+@pytest.mark.parametrize(
     ("url", "expect"),
     [
         ("postgresql://[::1/test", "Invalid IPv6 URL"),
@@ -364,15 +388,24 @@ def test_a_redis_database_that_is_not_a_number_is_refused(tmp_path: Path) -> Non
         ("postgresql://127.0.0.1:99999/test", "port '99999' is not a number"),
         ("postgresql://127.0.0.1:PORT/test?bogus=1", "invalid URI query parameter"),
         # an empty or repeated namespace silently meant the default one, or the first
-        ("postgresql://127.0.0.1:PORT/test?schema=", "schema must be given once and not empty"),
+        (
+            "postgresql://127.0.0.1:PORT/test?schema=",
+            "schema must be given once and not empty (leave it out for kavach)",
+        ),
         ("postgresql://127.0.0.1:PORT/test?schema=a&schema=b", "schema must be given once and not empty"),
-        ("postgresql://127.0.0.1:PORT/test?max_connections=", "max_connections must be given once and not empty"),
-        ("postgresql://127.0.0.1:PORT/test?min_connections=1&min_connections=2", "min_connections must be given once"),
+        (
+            "postgresql://127.0.0.1:PORT/test?max_connections=",
+            "max_connections must be given once and not empty (leave it out for 10)",
+        ),
+        (
+            "postgresql://127.0.0.1:PORT/test?min_connections=1&min_connections=2",
+            "min_connections must be given once and not empty (leave it out for 1)",
+        ),
         ("postgresql://127.0.0.1:PORT/test?max_connections=ten", "max_connections 'ten' is not a whole number"),
         ("postgresql://127.0.0.1:PORT/test?min_connections=-1", "min_connections '-1' is not a whole number"),
         ("postgresql://127.0.0.1:PORT/test?max_connections=0", "max_connections >= 1 (here 1 and 0)"),
         ("postgresql://127.0.0.1:PORT/test?min_connections=5&max_connections=2", "<= max_connections and"),
-        ("redis://127.0.0.1:PORT/0?prefix=", "prefix must be given once and not empty"),
+        ("redis://127.0.0.1:PORT/0?prefix=", "prefix must be given once and not empty (leave it out for kavach:)"),
         ("redis://127.0.0.1:PORT/0?prefix=a:&prefix=b:", "prefix must be given once and not empty"),
         # redis-py hands a parameter it does not know to the connection: a TypeError at first use
         ("redis://127.0.0.1:PORT/0?bogus=1&socket_timeout=2&x=y", "no Redis connection takes: bogus, x"),

@@ -9,20 +9,23 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import math
+import os
 import re
 import select
 import shutil
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, urlencode, urlsplit
 
 import attrs
 import psycopg
@@ -172,7 +175,11 @@ def test_pg_refuses_a_newer_schema_and_leaves_it_alone(
     pg.perform(fx.PutClient(Client("c1", ("https://app.example/cb",))))
     admin.execute(f'INSERT INTO "{pg.schema}".schema_version (version, description) VALUES (99, %s)', ("future",))
     newer = services.postgres_store(tmp_path)
-    with pytest.raises(SchemaVersionError, match=r"version 99, newer than this kavachOS understands"):
+    refusal = (  # names the schema, the version found, the newest this kavachOS knows, and the way out
+        rf"^schema {re.escape(repr(pg.schema))} is at version 99, newer than this kavachOS understands"
+        rf" \({SCHEMA_VERSION}\); upgrade kavachOS to use it$"
+    )
+    with pytest.raises(SchemaVersionError, match=refusal):
         newer.perform(fx.ListClients())
     newer.close()
     assert admin.execute(f'SELECT count(*) FROM "{pg.schema}".clients').fetchone() == (1,)
@@ -183,7 +190,9 @@ def test_pg_refuses_a_schema_holding_foreign_tables(tmp_path: Path, admin: psyco
     admin.execute(f'CREATE SCHEMA "{schema}"')
     admin.execute(f'CREATE TABLE "{schema}".clients (id int)')
     store = services.postgres_store(tmp_path)
-    with pytest.raises(PostgresStoreError, match="not a kavachOS store"):
+    with pytest.raises(
+        PostgresStoreError, match=rf"^schema {re.escape(repr(schema))} holds tables that are not a kavachOS"
+    ):
         store.perform(fx.ListClients())
     store.close()
 
@@ -197,6 +206,44 @@ def test_pg_migrates_into_an_empty_schema_made_beforehand(tmp_path: Path, admin:
     try:
         assert store.perform(fx.ListClients()) == ()
         assert store.schema_version == SCHEMA_VERSION
+    finally:
+        store.close()
+
+
+def test_pg_a_url_with_no_host_before_its_path_and_a_schema_reaches_the_server(
+    tmp_path: Path, admin: psycopg.Connection[Any]
+) -> None:
+    """``postgresql:///DB?host=...&schema=S`` (the form a socket directory is given in, the host in
+    the query) connects once ``schema`` is taken out: the URL keeps its ``//``, which libpq needs."""
+    services.require("postgres")
+    parts = urlsplit(services.POSTGRES_URL)
+    schema = services.postgres_schema(tmp_path)
+    query = urlencode({"host": parts.hostname, "port": parts.port or 5432, "user": parts.username or "postgres"})
+    store = PostgresStore(f"postgresql://{parts.path}?{query}&schema={schema}", min_connections=0)
+    try:
+        assert store.perform(fx.ListClients()) == ()
+        assert admin.execute("SELECT count(*) FROM pg_namespace WHERE nspname = %s", (schema,)).fetchone() == (1,)
+    finally:
+        store.close()
+
+
+def test_pg_migrates_into_a_schema_whose_version_table_records_no_migration(
+    tmp_path: Path, admin: psycopg.Connection[Any]
+) -> None:
+    """A ``schema_version`` table of kavachOS's shape with no row in it (and no other table) records
+    no migration: the schema is a store at version 0, migrated from the start, not one that lost its
+    tables; every migration gets its row in that table."""
+    schema = services.postgres_schema(tmp_path)
+    admin.execute(f'CREATE SCHEMA "{schema}"')
+    admin.execute(
+        f'CREATE TABLE "{schema}".schema_version (version integer PRIMARY KEY, description text NOT NULL,'
+        " applied_at timestamptz NOT NULL DEFAULT now())"
+    )
+    store = services.postgres_store(tmp_path)
+    try:
+        assert store.perform(fx.ListClients()) == ()
+        rows = admin.execute(f'SELECT version FROM "{schema}".schema_version ORDER BY version').fetchall()
+        assert [row[0] for row in rows] == list(range(1, SCHEMA_VERSION + 1))
     finally:
         store.close()
 
@@ -650,12 +697,12 @@ def test_a_closed_redis_store_refuses_work_and_closes_again_quietly(tmp_path: Pa
         assert await store.aperform(fx.GetSigningKeys()) == ()
         await store.aclose()
         await store.aclose()
-        with pytest.raises(RuntimeError, match="the store is closed"):
+        with pytest.raises(RuntimeError, match=r"^the store is closed$"):
             await store.aperform(fx.GetSigningKeys())
 
     asyncio.run(on_a_loop())
     store.close()
-    with pytest.raises(RuntimeError, match="the store is closed"):
+    with pytest.raises(RuntimeError, match=r"^the store is closed$"):
         store.perform(fx.GetSigningKeys())
     assert store._client is None and store._aclients == {}
 
@@ -673,6 +720,27 @@ def test_a_redis_store_keeps_no_client_of_an_event_loop_that_has_closed(tmp_path
 
     try:
         assert [asyncio.run(on_a_loop()) for _ in range(3)] == [1, 1, 1]
+    finally:
+        store.close()
+
+
+def test_a_redis_store_serves_one_event_loop_through_one_client(tmp_path: Path) -> None:
+    """Effects awaited one after another on an event loop all go through that loop's one client:
+    its pooled connection, the same each time, not a client (and a connection) made per effect."""
+    prefix = services.redis_prefix(tmp_path)
+    name = "kavach-" + prefix.replace(":", "-").strip("-")
+    store = RedisStore(f"{services.REDIS_URL}?client_name={name}", prefix=prefix)
+
+    async def on_a_loop() -> set[int]:
+        seen: set[int] = set()
+        with redis.Redis.from_url(services.REDIS_URL) as admin:
+            for _ in range(5):
+                assert await store.aperform(fx.GetSigningKeys()) == ()
+                seen |= {int(client["id"]) for client in admin.client_list() if client["name"] == name}
+        return seen
+
+    try:
+        assert len(asyncio.run(on_a_loop())) == 1
     finally:
         store.close()
 
@@ -1055,6 +1123,39 @@ def test_pg_a_deadline_nearer_than_those_watched_is_kept(tmp_path: Path) -> None
         proxy.cut()
 
 
+def test_pg_the_deadline_watcher_outlives_the_effects_it_watched(tmp_path: Path) -> None:
+    """Once an effect has ended before its deadline, the thread watching deadlines wakes at that
+    deadline, finds nothing left to watch, and waits for the next effect: it does not fail there."""
+    store = services.postgres_store(tmp_path, timeout=1)
+    try:
+        assert store.perform(fx.GetSigningKeys()) == ()  # watched for 1 s, done long before
+        watcher = _DEADLINES._thread
+        assert watcher is not None
+        assert eventually(lambda: _DEADLINES._wakes_at is None), "the watcher did not go back to waiting"
+        assert watcher.is_alive()
+    finally:
+        store.close()
+
+
+def test_pg_the_deadline_watcher_never_keeps_a_process_from_ending(tmp_path: Path) -> None:
+    """The thread that watches effects' deadlines, started by the first bounded effect and waiting
+    for the next one ever after, is no reason for a process to stay: a program that performed an
+    effect and closed its store ends as soon as its last line has run."""
+    program = (
+        "import sys\n"
+        "from kavach.stores.postgres import PostgresStore\n"
+        "from kavach_core import effects as fx\n"
+        "store = PostgresStore(sys.argv[1], schema=sys.argv[2], min_connections=0, max_connections=1)\n"
+        "assert store.perform(fx.GetSigningKeys()) == ()\n"
+        "store.close()\n"
+    )
+    services.require("postgres")
+    argv = [sys.executable, "-c", program, services.POSTGRES_URL, services.postgres_schema(tmp_path)]
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    done = subprocess.run(argv, env=environment, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+
+
 def test_pg_a_transaction_cut_off_mid_way_gives_its_row_locks_back(tmp_path: Path) -> None:
     """The link goes silent while a rotation holds its grant's row lock (the lock taken, the
     answer never delivered): the store gives up after its ``timeout`` (3 s), and the server, which
@@ -1188,30 +1289,24 @@ def test_pg_gone_after_serving_is_503_with_the_cause(tmp_path: Path) -> None:
 @pytest.fixture
 def own_redis(tmp_path: Path) -> Iterator[str]:
     """A private redis-server (CLIENT PAUSE must not stall anyone else's Redis)."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        missing("the redis-server program is not on PATH: install it (apt-get install redis-server)")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
+    with _private_redis(tmp_path, f"redis://127.0.0.1:{port}/0", "--port", str(port), "--bind", "127.0.0.1") as url:
+        yield url
+
+
+@contextlib.contextmanager
+def _private_redis(tmp_path: Path, url: str, *listen: str) -> Iterator[str]:
+    """A redis-server of its own listening as ``listen`` says, answering at ``url`` until the test ends."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        missing("the redis-server program is not on PATH: install it (apt-get install redis-server)")
     proc = subprocess.Popen(
-        [
-            binary,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(tmp_path),
-        ],
+        [binary, *listen, "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    url = f"redis://127.0.0.1:{port}/0"
     probe = redis.Redis.from_url(url)
 
     def up() -> bool:
@@ -1220,11 +1315,29 @@ def own_redis(tmp_path: Path) -> Iterator[str]:
         except redis.exceptions.ConnectionError:
             return False
 
-    assert eventually(up), "redis-server did not start"
-    yield url
-    probe.close()
-    proc.terminate()
-    proc.wait(timeout=10)
+    try:
+        assert eventually(up), "redis-server did not start"
+        yield url
+    finally:
+        probe.close()
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_redis_a_unix_socket_url_with_a_prefix_reaches_the_server(tmp_path: Path) -> None:
+    """``unix:///path?prefix=P`` names a Redis on a Unix socket with the key prefix ``P``: the store
+    connects there (the prefix taken out, the URL otherwise as written) and keeps its keys under ``P``."""
+    sock = tmp_path / "redis.sock"
+    url = f"unix://{sock}"
+    with _private_redis(tmp_path, url, "--port", "0", "--unixsocket", str(sock)) as served:
+        store = RedisStore(f"{served}?db=0&prefix=app:")
+        try:
+            store.perform(fx.PutClient(Client("c1", ("https://app.example/cb",))))
+            assert [c.client_id for c in store.perform(fx.ListClients())] == ["c1"]
+            with redis.Redis.from_url(served) as admin:
+                assert admin.keys("*") and all(key.startswith(b"app:") for key in admin.keys("*"))
+        finally:
+            store.close()
 
 
 def _paused_script(admin: redis.Redis) -> int | None:
@@ -1308,6 +1421,37 @@ def test_redis_a_read_whose_connection_is_killed_is_tried_again(own_redis: str) 
         assert [c.client_id for c in outcome.get("value", ())] == ["c1"], outcome
     store.close()
     admin.close()
+
+
+def test_redis_an_effect_on_an_event_loop_waits_for_a_busy_connection_no_longer_than_the_timeout(
+    own_redis: str,
+) -> None:
+    """On an event loop, an effect finding every connection busy waits for one no longer than the
+    store's ``timeout`` (1 s here), then is StoreUnavailable: the only connection is held by a
+    listing Redis keeps paused for 10 s (its reply awaited up to the URL's ``socket_timeout``), and
+    the read is refused before the pause ends; the listing is then answered."""
+    store = RedisStore(f"{own_redis}?socket_timeout=30", prefix="t:", max_connections=1, timeout=1)
+    admin = redis.Redis.from_url(own_redis, decode_responses=True)
+    store.perform(fx.PutClient(Client("c1", ("https://app.example/cb",))))
+
+    async def on_a_loop() -> None:
+        try:
+            listing = asyncio.ensure_future(store.aperform(fx.ListClients()))
+            assert await asyncio.to_thread(eventually, lambda: _paused_script(admin)), "the listing never ran"
+            with pytest.raises(StoreUnavailable):
+                await store.aperform(fx.GetClient("c1"))
+            admin.execute_command("CLIENT", "UNPAUSE")
+            assert [c.client_id for c in await listing] == ["c1"]
+        finally:
+            await store.aclose()
+
+    admin.execute_command("CLIENT", "PAUSE", "10000", "WRITE")
+    try:
+        _within_30_s(lambda: asyncio.run(on_a_loop()))
+    finally:
+        admin.execute_command("CLIENT", "UNPAUSE")
+        store.close()
+        admin.close()
 
 
 def test_redis_idle_connections_killed_are_replaced_quietly(own_redis: str) -> None:

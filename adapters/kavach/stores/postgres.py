@@ -67,7 +67,6 @@ import time
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any, TypeVar
-from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import attrs
 import psycopg
@@ -81,6 +80,7 @@ from kavach_core.records import AuthorizationCode, Client, Grant, PendingAuthori
 
 from ._codec import CLIENTS, CODES, GRANTS, KEYS, PENDING, RecordCodec
 from ._sealing import KeySealer, seal, sealer_from, unseal
+from ._urls import take_parameters
 
 __all__ = [
     "MIGRATIONS",
@@ -529,7 +529,7 @@ def _checked_dsn(dsn: str) -> tuple[str, dict[str, str], int | None]:
                 "the user name or password of a PostgreSQL URL holds an unescaped '@': write it as %40"
             )
     try:
-        dsn, own = _split_own(dsn)
+        dsn, own = take_parameters(dsn, _OWN, _OMITTED) if "://" in dsn else (dsn, {})
         params = conninfo_to_dict(dsn)
     except (ValueError, psycopg.ProgrammingError) as exc:
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -565,28 +565,11 @@ def _passwords(dsn: str) -> list[str]:
 
 _OWN = ("schema", "min_connections", "max_connections")
 """The store URL's query parameters that are the store's, not libpq's (which would refuse them)."""
-
-
-def _split_own(dsn: str) -> tuple[str, dict[str, str]]:
-    """Remove the :data:`_OWN` query parameters from a URL-style DSN: the DSN left for libpq, and
-    the ones given (each at most once and not empty: a second or empty one would silently mean
-    something else)."""
-    if "://" not in dsn:
-        return dsn, {}
-    parts = urlsplit(dsn)
-    query = parse_qsl(parts.query, keep_blank_values=True)
-    own: dict[str, str] = {}
-    for name in _OWN:
-        given = [v for k, v in query if k == name]
-        if len(given) > 1 or given == [""]:
-            leave_out = " (leave it out for kavach)" if name == "schema" else ""
-            raise ValueError(f"the store URL's {name} must be given once and not empty{leave_out}")
-        if given:
-            own[name] = given[0]
-    if not own:
-        return dsn, own
-    rest = urlencode([(k, v) for k, v in query if k not in own], quote_via=quote)  # %20, never + (libpq)
-    return urlunsplit(parts._replace(query=rest)), own
+_OMITTED = {
+    "schema": "leave it out for kavach",
+    "min_connections": "leave it out for 1",
+    "max_connections": "leave it out for 10",
+}
 
 
 def _pool_size(own: Mapping[str, str], name: str, given: int | None, default: int) -> int:

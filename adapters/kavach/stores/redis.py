@@ -53,7 +53,7 @@ import threading
 import time
 from collections.abc import Callable, Generator, Iterator
 from typing import Any, ParamSpec, TypeVar
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlsplit
 
 import attrs
 import redis
@@ -69,6 +69,7 @@ from kavach_core.records import AuthorizationCode, Client, Grant, PendingAuthori
 
 from ._codec import CLIENTS, CODES, GRANTS, KEYS, PENDING, RecordCodec
 from ._sealing import KeySealer, seal, sealer_from, unseal
+from ._urls import take_parameters
 
 __all__ = ["RedisStore"]
 
@@ -524,20 +525,6 @@ def _unknown_parameters(url: str) -> list[str]:
     return unknown
 
 
-def _split_prefix(url: str) -> tuple[str, str | None]:
-    """Remove a ``prefix`` query parameter from the URL (redis-py would refuse it)."""
-    parts = urlsplit(url)
-    query = parse_qsl(parts.query, keep_blank_values=True)
-    given = [v for k, v in query if k == "prefix"]
-    if not given:
-        return url, None
-    if len(given) > 1 or not given[0]:
-        raise ValueError("the store URL's prefix must be given once and not empty (leave it out for kavach:)")
-    prefix = given[0]
-    rest = urlencode([(k, v) for k, v in query if k != "prefix"])
-    return urlunsplit(parts._replace(query=rest)), prefix
-
-
 class RedisStore:
     """A store on one Redis database, implementing every effect in :mod:`kavach_core.effects`.
 
@@ -563,7 +550,8 @@ class RedisStore:
         clock: Callable[[], float] = time.time,
     ) -> None:
         url, options = _checked_url(url)
-        url, url_prefix = _split_prefix(url)
+        url, taken = take_parameters(url, ("prefix",), {"prefix": "leave it out for kavach:"})
+        url_prefix = taken.get("prefix")
         self.url = url
         self.prefix = prefix if prefix is not None else (url_prefix if url_prefix is not None else "kavach:")
         if ttl_slack < 0:
