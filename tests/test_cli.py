@@ -26,7 +26,7 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode, urljoin
+from urllib.parse import urlencode, urljoin, urlsplit
 
 import httpx
 import pytest
@@ -1351,3 +1351,197 @@ def test_commands_that_read_add_no_table_to_a_store_the_library_made(tmp_path: P
     ok(["users", "add", "bob", "--db", str(path), "--password-stdin"], stdin=PASSWORD + "\n")
     assert {"kavach_settings", "kavach_users"} <= tables()
     assert ok(["users", "list", "--db", str(path)]).split() == ["bob"]
+
+
+# -- exact reports, range ends and the order of refusals ----------------------------------------------------
+
+
+def test_port_numbers_are_decimal_from_1_to_65535(capsys: pytest.CaptureFixture[str]) -> None:
+    """``--port`` reads a decimal number; both ends of 1..65535 are accepted as typed, 0 and 65536 are
+    refused with one line naming the range."""
+    from kavach.cli import build_parser
+
+    for text in ("1", "8000", "65535"):
+        assert build_parser().parse_args(["serve", "--port", text]).port == int(text)
+    for text in ("0", "65536"):
+        with pytest.raises(SystemExit) as refused:
+            build_parser().parse_args(["serve", "--port", text])
+        assert refused.value.code == 2
+        assert f"{text} is not between 1 and 65535" in capsys.readouterr().err
+
+
+def test_users_list_hints_at_users_add_only_when_there_are_none(db: str) -> None:
+    """The "create one with" hint goes to stderr when the database holds no user, and never beside a listing."""
+    ok(["keys", "rotate", "--db", db])
+    empty = run(["users", "list", "--db", db])
+    assert (empty.returncode, empty.stdout) == (0, "") and "users add NAME" in empty.stderr, empty.stderr
+    ok(["users", "add", "alice", "--db", db, "--password-stdin"], stdin=PASSWORD + "\n")
+    listed = run(["users", "list", "--db", db])
+    assert (listed.returncode, listed.stdout, listed.stderr) == (0, "alice\n", "")
+
+
+def _put_grant(db: str, grant_id: str, subject: str, expires_at: int = 9999999999) -> None:
+    """A grant of ``subject`` written straight into the database, as the server stores one."""
+    with sqlite3.connect(db) as conn:
+        conn.execute(
+            "INSERT INTO grants (grant_id, subject, client_id, resources, scopes, created_at, expires_at,"
+            " refresh_generation, refresh_hash, refresh_expires_at, rotated_at) VALUES"
+            " (?, ?, 'c1', '[]', '[]', 0, ?, 0, ?, ?, 0)",
+            (grant_id, subject, expires_at, secrets.token_hex(16), expires_at),
+        )
+    conn.close()
+
+
+def test_revocations_report_how_many_grants_they_revoked(db: str) -> None:
+    """``grants revoke --grant`` revokes that grant alone, and run again revokes nothing;
+    ``grants revoke --subject`` and ``users remove`` count every grant they revoke. The report
+    says "1 grant", and "0 grants", "3 grants" otherwise."""
+    for name in ("hal", "ida"):
+        ok(["users", "add", name, "--db", db, "--password-stdin"], stdin=PASSWORD + "\n")
+    for grant_id, subject in (("g1", "hal"), ("g2", "hal"), ("g3", "ida"), ("g4", "ida"), ("g5", "ida")):
+        _put_grant(db, grant_id, subject)
+    assert ok(["grants", "revoke", "--grant", "g1", "--db", db]) == "revoked 1 grant\n"
+    assert ok(["grants", "revoke", "--grant", "g1", "--db", db]) == "revoked 0 grants\n"
+    status = {line.split()[0]: line.split()[-1] for line in ok(["grants", "list", "--db", db]).splitlines()[1:]}
+    assert status == {"g1": "revoked", "g2": "active", "g3": "active", "g4": "active", "g5": "active"}
+    assert ok(["users", "remove", "hal", "--db", db]) == "removed user 'hal'; revoked 1 grant\n"
+    assert ok(["grants", "revoke", "--subject", "ida", "--db", db]) == "revoked 3 grants\n"
+    assert ok(["users", "remove", "ida", "--db", db]) == "removed user 'ida'; revoked 0 grants\n"
+
+
+def test_users_remove_counts_a_grant_stored_while_it_ran(
+    shared_db: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A grant stored after the first revocation and before the removal (an approval under way) is
+    revoked by the second revocation, and the report counts it with the others."""
+    from kavach import cli
+    from kavach.users import Users
+
+    remove = Users.remove
+
+    def racing(self: Users, username: str) -> bool:
+        _put_grant(shared_db, "late", "alice")
+        return remove(self, username)
+
+    monkeypatch.setattr(Users, "remove", racing)
+    assert cli.main(["users", "remove", "alice", "--db", shared_db]) == 0
+    assert capsys.readouterr().out == "removed user 'alice'; revoked 1 grant\n"
+    assert ok(["grants", "list", "--db", shared_db]).splitlines()[1].split()[-1] == "revoked"
+
+
+def test_a_bad_setting_is_named_before_a_missing_database(tmp_path: Path) -> None:
+    """A reading command given both a bad setting and a database that is not there names the setting
+    (what to fix first), not the database, and makes nothing."""
+    db = tmp_path / "missing.db"
+    env = clean_env(KAVACH_ISSUER="http://example.com")
+    line = bad(["users", "list", "--db", str(db)], "--allow-insecure-http", env=env)
+    assert "no database" not in line and not db.exists()
+
+
+def test_a_db_path_ending_in_a_slash_is_refused_as_a_directory(tmp_path: Path) -> None:
+    """``--db dir/`` names a directory: every command says so, the reading ones too (not "no
+    database at dir", which would send the user to make one there), and nothing is made."""
+    where = f"{tmp_path / 'sub'}/"
+    for command in (["users", "list"], ["keys", "list"], ["users", "add", "bob", "--password-stdin"]):
+        bad([*command, "--db", where], "names a directory", stdin=PASSWORD + "\n")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_hint_names_the_store_the_command_was_given(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The command a hint suggests acts on the same store: no option for the default ./kavach.db,
+    ``--db`` with the absolute path for another file, ``--store`` with the URL for a shared store,
+    its password left out."""
+    import shlex
+
+    import services
+    from kavach import cli
+    from kavach.instance import Instance
+    from kavach.stores._sealing import ENV_VAR
+
+    monkeypatch.chdir(tmp_path)
+    for flags, words in (({}, []), ({"db": "other.db"}, ["--db", str(tmp_path / "other.db")])):
+        instance = Instance(resolve(flags, {}))
+        try:
+            assert shlex.split(cli._store_option(instance)) == words
+        finally:
+            instance.close()
+    services.require("postgres")
+    parts = urlsplit(services.POSTGRES_URL)
+    netloc = f"{parts.username or 'postgres'}:hunter2@{parts.hostname}:{parts.port or 5432}"
+    url = parts._replace(netloc=netloc, query=f"schema={services.postgres_schema(tmp_path)}").geturl()
+    key = base64.urlsafe_b64encode(b"k" * 32).decode()
+    instance = Instance(resolve({"store": url}, {}), environ={ENV_VAR: key})
+    try:
+        option, given = shlex.split(cli._store_option(instance))
+    finally:
+        instance.close()
+    assert option == "--store" and given.startswith("postgresql://") and given.endswith(url.partition("?")[2])
+    assert "hunter2" not in given
+
+
+def test_listings_mark_what_has_expired(db: str) -> None:
+    """``grants list`` shows a grant past its expiry as "expired", not "active"; ``keys list`` shows
+    a key whose publication has ended as "expired", not "published"."""
+    first = ok(["keys", "rotate", "--db", db]).split("key ")[1].split()[0]
+    second = ok(["keys", "rotate", "--db", db]).split("key ")[1].split()[0]
+    _put_grant(db, "live", "hal")
+    _put_grant(db, "old", "hal", expires_at=1)
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE signing_keys SET signs_until = 1, publish_until = 1 WHERE kid = ?", (first,))
+    conn.close()
+    grants = {line.split()[0]: line.split()[-1] for line in ok(["grants", "list", "--db", db]).splitlines()[1:]}
+    assert grants == {"live": "active", "old": "expired"}
+    assert {kid: state for kid, (_, state) in _key_algs(db).items()} == {first: "expired", second: "active"}
+
+
+def test_clients_show_reports_the_client_as_stored(db: str) -> None:
+    """``clients show`` reports the registration the store holds: its grant and response types and
+    when it was issued; a secret's expiry for a confidential client alone; ``null`` for no scope
+    limit; and the descriptive fields a registration gave (client_uri, contacts, ...)."""
+    from kavach.stores import SQLiteStore
+
+    from kavach_core.records import Client
+
+    public = _client_id(ok(["clients", "add", "--db", db, "--name", "Desk", "--redirect-uri", REDIRECT_URI]))
+    web = _client_id(
+        ok(["clients", "add", "--db", db, "--name", "Web", "--confidential", "--redirect-uri", "https://a.example/cb"])
+    )
+    described = {
+        "client_uri": "https://lib.example",
+        "logo_uri": "https://lib.example/logo.png",
+        "tos_uri": "https://lib.example/tos",
+        "policy_uri": "https://lib.example/policy",
+        "contacts": ["ops@lib.example"],
+        "software_id": "lib-app",
+        "software_version": "2.1",
+    }
+    with SQLiteStore(db) as store:
+        store.perform(fx.PutClient(Client("lib", (REDIRECT_URI,), client_name="Lib", metadata=json.dumps(described))))
+        stored = {client_id: store.perform(fx.GetClient(client_id)) for client_id in (public, web)}
+    shown = {client_id: json.loads(ok(["clients", "show", client_id, "--db", db])) for client_id in (public, web)}
+    for client_id, client in stored.items():
+        assert shown[client_id]["grant_types"] == list(client.grant_types)
+        assert shown[client_id]["response_types"] == list(client.response_types)
+        assert shown[client_id]["client_id_issued_at"] == client.issued_at > 0
+    assert shown[public]["scope"] is None and shown[public]["client_secret_expires_at"] is None
+    assert shown[web]["client_secret_expires_at"] == stored[web].secret_expires_at
+    library_made = json.loads(ok(["clients", "show", "lib", "--db", db]))
+    assert {name: library_made.get(name) for name in described} == described
+
+
+def test_a_rediss_url_is_taken_for_a_redis_store(tmp_path: Path) -> None:
+    """``rediss://`` (Redis over TLS) names a Redis store like ``redis://``: here one where nothing
+    listens, which is reported as such, not refused as an unknown kind of store."""
+    env = clean_env(KAVACH_STORE_KEY=base64.urlsafe_b64encode(b"k" * 32).decode())
+    line = bad(["users", "list", "--store", f"rediss://127.0.0.1:{free_port()}/0"], "Redis is unavailable", env=env)
+    assert "unknown store" not in line
+
+
+def test_clients_add_says_the_client_shown_was_not_stored_when_the_store_refuses(tmp_path: Path) -> None:
+    """``clients add`` writes the new client out before it opens the store; when the store then
+    refuses (here a directory given as the database), the command fails with exit status 2 and
+    one line saying the client shown was not stored."""
+    proc = run(["clients", "add", "--db", str(tmp_path), "--name", "A", "--redirect-uri", REDIRECT_URI])
+    assert proc.returncode == 2 and "client_id: " in proc.stdout, proc.stderr
+    (line,) = proc.stderr.splitlines()
+    assert "is a directory" in line and line.endswith("(so the client above was not stored)"), line
