@@ -270,3 +270,189 @@ def test_a_declared_length_is_over_the_limit_only_when_it_is_a_number_past_it(de
 
     assert MAX_BODY == 4194304
     assert _over_limit(declared) is over
+
+
+def test_a_body_arriving_in_pieces_past_the_limit_is_413_and_never_reaches_the_app() -> None:
+    """Without a declared length (a chunked body), the pieces are counted as they come: one byte
+    past 4 MiB in all, in pieces or in one message, is answered 413, and neither the wrapped app
+    nor the authorization server sees any of it; exactly 4 MiB is read whole."""
+    import asyncio
+
+    from kavach.starlette import MAX_BODY
+
+    server = AuthorizationServer(make_config(), _store(), users=Users(MemoryUsers(), log_n=10))
+    reached: list[Any] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        reached.append(scope)
+
+    piece = MAX_BODY // 4
+    for extra, status in ((1, 413), (0, 401)):
+        for pieces in ([b"x" * piece] * 4 + [b"x" * extra], [b"x" * (MAX_BODY + extra)]):
+            for target, path in ((KavachGuard(app, server, RESOURCE), "/mcp"), (KavachEndpoint(server), "/token")):  # type: ignore[arg-type]
+                messages = [{"type": "http.request", "body": p, "more_body": True} for p in pieces[:-1]]
+                messages.append({"type": "http.request", "body": pieces[-1], "more_body": False})
+                sent: list[Any] = []
+
+                async def receive(messages: list[Any] = messages) -> Any:
+                    return messages.pop(0)
+
+                async def send(message: Any, sent: list[Any] = sent) -> None:
+                    sent.append(message)
+
+                scope = {"type": "http", "method": "POST", "path": path, "query_string": b"", "headers": []}
+                asyncio.run(target(scope, receive, send))
+                if status == 413 or path == "/mcp":
+                    assert sent[0]["status"] == status, (path, extra, len(pieces))
+                else:  # the whole body reached the token endpoint, which refuses it as a form it cannot read
+                    assert sent[0]["status"] in (400, 415), sent[0]
+    assert reached == []
+
+
+def test_the_wrapped_app_keeps_the_servers_state_and_hears_the_client_after_the_body() -> None:
+    """Past the guard the app gets the state an outer layer put in the scope with the principal
+    added, the body (sent in two pieces) whole in one message, then whatever the client sends next
+    (its disconnect); a lifespan scope goes to the app untouched, as it would without the guard."""
+    import asyncio
+
+    from conftest import Harness
+    from token_kit import mint, put_grant
+
+    h = Harness()
+    put_grant(h)
+    token, _ = mint(h)
+    server = AuthorizationServer(h.config, h.store, users=Users(MemoryUsers(), log_n=10), clock=lambda: h.now)
+    seen: list[Any] = []
+
+    async def inner(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            seen.append(("lifespan", await receive()))
+            return
+        seen.append((scope["state"], await receive(), await receive()))
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    guard = KavachGuard(inner, server, RESOURCE)
+    body = b'{"jsonrpc":"2.0","id":1,"method":"tools/list"}'
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/mcp",
+        "query_string": b"",
+        "headers": [(b"host", b"mcp.example.com"), (b"authorization", b"Bearer " + token.encode())],
+        "state": {"tenant": "t1"},
+    }
+    messages = [
+        {"type": "http.request", "body": body[:10], "more_body": True},
+        {"type": "http.request", "body": body[10:], "more_body": False},
+        {"type": "http.disconnect"},
+    ]
+
+    async def receive() -> Any:
+        return messages.pop(0)
+
+    sent: list[Any] = []
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    asyncio.run(guard(scope, receive, send))
+    assert sent[0]["status"] == 200
+    state, first, then = seen[0]
+    assert state["tenant"] == "t1" and state["principal"].subject == "alice"
+    assert first == {"type": "http.request", "body": body, "more_body": False}
+    assert then == {"type": "http.disconnect"}
+    assert scope["state"] == {"tenant": "t1"}  # the outer layer's own dict is left as it was
+
+    async def startup() -> Any:
+        return {"type": "lifespan.startup"}
+
+    asyncio.run(guard({"type": "lifespan"}, startup, send))
+    assert seen[1] == ("lifespan", {"type": "lifespan.startup"})
+
+
+def test_answers_state_their_length_except_a_204() -> None:
+    """Every answer carries ``Content-Length`` equal to its body, so the server need not chunk it;
+    a 204 (a CORS preflight) carries none (RFC 9110 §8.6)."""
+    import asyncio
+
+    server = AuthorizationServer(make_config(), _store(), users=Users(MemoryUsers(), log_n=10))
+    preflight = [(b"origin", b"https://app.example.com"), (b"access-control-request-method", b"POST")]
+    for method, path, headers in (("GET", "/jwks.json", []), ("OPTIONS", "/token", preflight)):
+        sent: list[Any] = []
+
+        async def receive() -> Any:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message: Any, sent: list[Any] = sent) -> None:
+            sent.append(message)
+
+        scope = {"type": "http", "method": method, "path": path, "query_string": b"", "headers": headers}
+        asyncio.run(KavachEndpoint(server)(scope, receive, send))
+        start, body = sent
+        lengths = [v for k, v in start["headers"] if k == b"content-length"]
+        if method == "GET":
+            assert start["status"] == 200 and body["body"]
+            assert lengths == [str(len(body["body"])).encode()]
+        else:
+            assert start["status"] == 204 and lengths == [] and body["body"] == b""
+
+
+def test_a_required_hook_decides_the_scopes_or_answers_itself() -> None:
+    """``required=``: the scopes it gives are the ones the token must hold (held: the app runs;
+    not held: 403 naming them), and a response it gives is sent as it is, the app not called."""
+    from conftest import Harness
+    from token_kit import mint, put_grant
+
+    from kavach_core.http import json_response
+
+    h = Harness()
+    put_grant(h)
+    token, _ = mint(h, scopes=("tools:list",))
+    server = AuthorizationServer(h.config, h.store, users=Users(MemoryUsers(), log_n=10), clock=lambda: h.now)
+
+    def required(req: Any) -> Any:
+        need = req.header("x-need")
+        return json_response(418, {"error": "teapot"}) if need == "answer" else (need,)
+
+    app = Starlette(routes=[Route("/mcp", _tools, methods=["POST"])])
+    auth = {"Authorization": f"Bearer {token}"}
+    with TestClient(KavachGuard(app, server, RESOURCE, required=required)) as client:
+        held = client.post("/mcp", headers={**auth, "X-Need": "tools:list"}, content=b"{}")
+        assert (held.status_code, held.json()) == (200, {"subject": "alice"})
+        missing = client.post("/mcp", headers={**auth, "X-Need": "tools:admin"}, content=b"{}")
+        assert missing.status_code == 403 and 'scope="tools:admin"' in missing.headers["www-authenticate"]
+        answered = client.post("/mcp", headers={**auth, "X-Need": "answer"}, content=b"{}")
+        assert (answered.status_code, answered.json()) == (418, {"error": "teapot"})
+
+
+def test_a_declared_length_past_the_limit_is_413_before_the_body_is_awaited() -> None:
+    """A ``Content-Length`` over 4 MiB, wherever it stands among the headers, is answered 413 at
+    once by the guard and the endpoints, without waiting for a body the client may never send."""
+    import asyncio
+
+    server = AuthorizationServer(make_config(), _store(), users=Users(MemoryUsers(), log_n=10))
+    headers = [(b"host", b"mcp.example.com"), (b"content-length", b"4194305"), (b"x-request-id", b"7")]
+    for target, path in ((KavachGuard(_tools, server, RESOURCE), "/mcp"), (KavachEndpoint(server), "/token")):  # type: ignore[arg-type]
+        sent: list[Any] = []
+
+        async def receive() -> Any:
+            raise AssertionError("the body was waited for")
+
+        async def send(message: Any, sent: list[Any] = sent) -> None:
+            sent.append(message)
+
+        scope = {"type": "http", "method": "POST", "path": path, "query_string": b"", "headers": headers}
+        asyncio.run(target(scope, receive, send))
+        assert sent[0]["status"] == 413, path
+
+
+def test_a_guard_around_the_whole_app_answers_the_resources_metadata_without_a_token() -> None:
+    """MD-03: wrapping every path, the guard still lets the resource's metadata through with no
+    token, answered by the server; the app's own paths need one."""
+    server = AuthorizationServer(make_config(), _store(), users=Users(MemoryUsers(), log_n=10))
+    app = Starlette(routes=[Route("/mcp", _tools, methods=["POST"])])
+    with TestClient(KavachGuard(app, server, RESOURCE), base_url="https://mcp.example.com") as client:
+        metadata = client.get("/.well-known/oauth-protected-resource/mcp")
+        assert metadata.status_code == 200 and metadata.json()["resource"] == RESOURCE
+        assert client.post("/mcp", content=b"{}").status_code == 401

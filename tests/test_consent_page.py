@@ -6,16 +6,18 @@ rendered by :func:`kavach.pages.consent_page` as every framework adapter renders
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import re
-from html import unescape
+from html import escape, unescape
 
 import attrs
 import pytest
 from conftest import Harness
-from kavach.pages import consent_page
+from kavach.pages import consent_page, error_page, login_page
 from oauth_flows import LOOPBACK, REDIRECT, add_client, consent
 
-from kavach_core.messages.authorization import ConsentView
+from kavach_core.messages.authorization import ConsentView, ScopeView
 
 DEVICE = "runs on a computer, not a website"
 LOCAL = "It only returns to a local address, so kavachOS cannot check who made it."
@@ -123,3 +125,101 @@ def test_switching_account_is_offered_only_when_asked_for(h: Harness) -> None:
     assert "Not al&lt;i&gt;ce?" in body, "the name is escaped"
     plain = consent_page(view, action="/consent", ticket="t", csrf="c", subject="alice")
     assert 'value="switch"' not in plain.body.decode()
+
+
+HOSTILE = '"><script>x</script>'
+"""A value that would end an attribute and open a script if it reached the page unescaped."""
+
+
+def test_every_value_a_page_shows_is_escaped(h: Harness) -> None:
+    """Names, hosts, scopes, resources, the subject, the form's action and hidden fields, the
+    username typed and the error shown come from clients and people: every one is escaped, so
+    none of them can open an element or leave an attribute."""
+    add_client(h, redirect_uris=(REDIRECT,), client_name="Demo App")
+    view = attrs.evolve(
+        consent(h).view,
+        client_id=HOSTILE + "id",
+        client_name=HOSTILE + "name",
+        redirect_host=HOSTILE + "host",
+        scopes=(ScopeView(HOSTILE + "scope", HOSTILE + "description"), ScopeView(HOSTILE + "bare", "")),
+        resources=(HOSTILE + "uri", HOSTILE + "plain"),
+        resource_names=(HOSTILE + "label", ""),
+    )
+    pages = {
+        "consent": consent_page(
+            view, action=HOSTILE + "action", ticket=HOSTILE + "t", csrf=HOSTILE + "c", subject=HOSTILE + "s"
+        ),
+        "device": consent_page(
+            attrs.evolve(view, private_use=True), action="/consent", ticket="t", csrf="c", subject="alice"
+        ),
+        "document": consent_page(
+            attrs.evolve(view, client_kind="document"), action="/consent", ticket="t", csrf="c", subject="alice"
+        ),
+        "switch": consent_page(
+            view, action="/consent", ticket="t", csrf="c", subject=HOSTILE + "s", switch_account=True
+        ),
+        "login": login_page(
+            action=HOSTILE + "action",
+            ticket=HOSTILE + "t",
+            csrf=HOSTILE + "c",
+            client_name=HOSTILE + "name",
+            username=HOSTILE + "user",
+            error=HOSTILE + "error",
+        ),
+        "error": error_page(400, HOSTILE + "code", HOSTILE + "why", back=HOSTILE + "back", back_to=HOSTILE + "to"),
+    }
+    shown = {
+        "consent": ("id", "name", "host", "scope", "description", "bare", "uri", "plain", "label", "action", "t", "c"),
+        "login": ("name", "user", "error", "action", "t", "c"),
+        "error": ("code", "why", "back", "to"),
+        "switch": ("s",),
+    }
+    for kind, page in pages.items():
+        body = page.body.decode()
+        assert "<script" not in body and HOSTILE not in body, kind
+        for marker in shown.get(kind, ("name",)):
+            assert escape(HOSTILE) + marker in body, (kind, marker)
+
+
+@pytest.mark.parametrize("kind", ["login", "consent", "error"])
+def test_every_page_is_html_never_cached_framed_sniffed_or_loading_from_elsewhere(h: Harness, kind: str) -> None:
+    """AZ-10, for each page: HTML in UTF-8, no caching (``no-store``, and ``Pragma`` for HTTP/1.0
+    caches), no framing (CSP and ``X-Frame-Options``), no referrer, no type sniffing, nothing
+    loaded but the pinned stylesheet and this server's images, no ``<base>``; only the error
+    page, whose form never leads away, limits forms to this server."""
+    add_client(h, redirect_uris=(REDIRECT,), client_name="Demo App")
+    page = {
+        "login": lambda: login_page(action="/login", ticket="t", csrf="c", client_name="Demo App"),
+        "consent": lambda: consent_page(consent(h).view, action="/consent", ticket="t", csrf="c", subject="alice"),
+        "error": lambda: error_page(400, "invalid_request", "The request is not valid."),
+    }[kind]()
+    assert page.header("content-type") == "text/html; charset=utf-8"
+    assert page.header("cache-control") == "no-store" and page.header("pragma") == "no-cache"
+    assert page.header("x-frame-options") == "DENY" and page.header("referrer-policy") == "no-referrer"
+    assert page.header("x-content-type-options") == "nosniff"
+    style = page.body.decode().split("<style>", 1)[1].split("</style>", 1)[0]
+    pinned = "'sha256-" + base64.b64encode(hashlib.sha256(style.encode()).digest()).decode() + "'"
+    directives = {d.split()[0]: d.split()[1:] for d in (page.header("content-security-policy") or "").split("; ")}
+    expected = {
+        "default-src": ["'none'"],
+        "style-src": [pinned],
+        "img-src": ["'self'"],
+        "frame-ancestors": ["'none'"],
+        "base-uri": ["'none'"],
+    }
+    if kind == "error":
+        expected["form-action"] = ["'self'"]
+    assert directives == expected
+
+
+def test_every_page_carries_the_headers_it_is_given(h: Harness) -> None:
+    """The caller's own headers (the sign-in's cookies) go out with each page, after the page's own."""
+    add_client(h, redirect_uris=(REDIRECT,), client_name="Demo App")
+    cookie = ("Set-Cookie", "__Host-kavach=v; Path=/; Secure; HttpOnly")
+    pages = (
+        login_page(action="/login", ticket="t", csrf="c", client_name="Demo App", headers=[cookie]),
+        consent_page(consent(h).view, action="/consent", ticket="t", csrf="c", subject="alice", headers=[cookie]),
+        error_page(400, "invalid_request", "The request is not valid.", headers=[cookie]),
+    )
+    for page in pages:
+        assert page.headers[-1] == cookie and page.header("set-cookie") == cookie[1]

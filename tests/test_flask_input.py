@@ -216,6 +216,51 @@ def test_chunked_body_over_the_limit_to_the_token_endpoint_is_413() -> None:
     assert (status, json.loads(body)) == (413, TOO_LARGE_JSON)
 
 
+@BUILDS
+def test_the_apps_smaller_max_content_length_is_the_guards_limit(build: Build) -> None:
+    """An app that takes at most 1000 bytes (``MAX_CONTENT_LENGTH``) gets the guard's 413 for 1001,
+    declared or chunked, and the view never runs; 1000 bytes are judged and handed on."""
+    server, h = _server()
+    seen = Seen()
+    app = build(server, seen)
+    app.config["MAX_CONTENT_LENGTH"] = 1000
+    auth = {"Authorization": f"Bearer {_token(h, 'tools:list')}", "Content-Type": "application/json"}
+    with serving(app) as base:
+        over = httpx.post(base + "/mcp", content=padded_list(1001), headers=auth, timeout=30)
+        assert (over.status_code, over.json()) == (413, TOO_LARGE_JSON)
+        status, _, body = send_chunked(base, "/mcp", padded_list(1001), auth)
+        assert (status, json.loads(body)) == (413, TOO_LARGE_JSON)
+        assert seen.bodies == []
+        at = httpx.post(base + "/mcp", content=padded_list(1000), headers=auth, timeout=30)
+        assert (at.status_code, at.json()) == (200, {"ran": True, "length": 1000})
+
+
+@BUILDS
+def test_a_chunked_body_with_a_broken_chunk_is_400_not_a_server_error(build: Build) -> None:
+    """A chunk size that is no number ends the body's reading: the client is told its request
+    was bad (400, JSON, not to be cached), never a 500, and the view does not run."""
+    server, h = _server()
+    seen = Seen()
+    with serving(build(server, seen)) as base:
+        host_port = base.removeprefix("http://")
+        host, port = host_port.split(":")
+        with socket.create_connection((host, int(port)), timeout=30) as sock:
+            head = [
+                "POST /mcp HTTP/1.1",
+                f"Host: {host_port}",
+                "Transfer-Encoding: chunked",
+                "Connection: close",
+                f"Authorization: Bearer {_token(h, 'tools:list')}",
+                "Content-Type: application/json",
+            ]
+            sock.sendall(("\r\n".join(head) + "\r\n\r\n").encode() + b"zz\r\n{}\r\n0\r\n\r\n")
+            answer = http.client.HTTPResponse(sock)
+            answer.begin()
+            status, cache, body = answer.status, answer.getheader("Cache-Control"), answer.read()
+    assert (status, json.loads(body)["error"], cache) == (400, "invalid_request", "no-store")
+    assert seen.bodies == []
+
+
 # -- 2. behind a WSGI prefix the hook guards the path the client asked for ---------------------
 
 
