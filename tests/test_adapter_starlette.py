@@ -456,3 +456,36 @@ def test_a_guard_around_the_whole_app_answers_the_resources_metadata_without_a_t
         metadata = client.get("/.well-known/oauth-protected-resource/mcp")
         assert metadata.status_code == 200 and metadata.json()["resource"] == RESOURCE
         assert client.post("/mcp", content=b"{}").status_code == 401
+        # the issuer is on another origin: its paths here are the app's, guarded like any other
+        assert client.get("/authorize", params=AUTHORIZE).status_code == 401
+
+
+def test_a_session_id_the_app_sends_again_mid_session_goes_out_sealed() -> None:
+    """An app may send a new ``Mcp-Session-Id`` on any answer in a session, not only at
+    initialization: the client gets it sealed to the principal each time, never the app's own id
+    (which would open the session for anyone), and the app is handed its own id back."""
+    from conftest import Harness
+    from mcp_messages import INITIALIZE_BODY, TOOLS_LIST
+    from token_kit import mint, put_grant
+
+    h = Harness()
+    put_grant(h)
+    token, _ = mint(h)
+    server = AuthorizationServer(h.config, h.store, users=Users(MemoryUsers(), log_n=10), clock=lambda: h.now)
+    issued = iter([b"sdk-1", b"sdk-2", b"sdk-2"])
+    heard: list[bytes | None] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        heard.append(dict(scope["headers"]).get(b"mcp-session-id"))
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"mcp-session-id", next(issued))]})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    auth = {**MCP_HEADERS, "Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    client = TestClient(KavachGuard(app, server, RESOURCE), base_url="https://mcp.example.com")  # no lifespan
+    first = client.post("/mcp", headers=auth, content=INITIALIZE_BODY).headers["mcp-session-id"]
+    again = client.post("/mcp", headers={**auth, "Mcp-Session-Id": first}, content=TOOLS_LIST)
+    second = again.headers["mcp-session-id"]
+    client.post("/mcp", headers={**auth, "Mcp-Session-Id": second}, content=TOOLS_LIST)
+    assert first.rpartition(".")[0] == "sdk-1" and second.rpartition(".")[0] == "sdk-2"
+    assert heard == [None, b"sdk-1", b"sdk-2"]
