@@ -127,6 +127,7 @@ REFUSED_ADDRESSES = {
     "::ffff:8.8.8.8": "IPv4-mapped",
     "::127.0.0.1": "IPv4-compatible",
     "::10.0.0.1": "IPv4-compatible",
+    "::200.1.2.3": "IPv4-compatible",  # the IPv4 address's top bit set: all 32 low bits are its
     "64:ff9b::a00:1": "NAT64",
     "64:ff9b:1::a00:1": "NAT64",
     "::ffff:0:a00:1": "IPv4-translated",
@@ -200,6 +201,16 @@ def test_cm_02_the_decision_does_not_depend_on_what_ipaddress_thinks(monkeypatch
         assert problem is not None and what in problem, (text, problem)
     for text in PUBLIC_ADDRESSES:
         assert address_problem(ipaddress.ip_address(text)) is None
+
+
+@pytest.mark.parametrize("text", ["4000::1", "8000::1", "e000::1", "fe00::1"])
+def test_cm_02_an_address_outside_the_registry_tables_is_left_to_the_modules_checks(text: str) -> None:
+    """The tables list the special-purpose blocks only; an address in none of them that the
+    ``ipaddress`` module holds reserved (IPv6 space not allocated for unicast) is refused too,
+    for being reserved, whether the switch for loopback is on or off."""
+    for allow_loopback in (False, True):
+        problem = address_problem(ipaddress.ip_address(text), allow_loopback=allow_loopback)
+        assert problem is not None and "reserved" in problem, (text, problem)
 
 
 def test_cm_02_the_loopback_switch_permits_only_loopback() -> None:
@@ -344,7 +355,9 @@ def test_cm_02_a_url_refused_before_any_lookup_does_not_push_remembered_refusals
     assert dns.lookups == ["private.example.test"]
 
 
-@pytest.mark.parametrize("entry", ["93.184.216.34", "93.184.216.0/24", "2606:2800:220:1::/64", "[2606:2800:220:1::7]"])
+@pytest.mark.parametrize(
+    "entry", ["93.184.216.34", "93.184.216.0/24", "93.184.216.7/24", "2606:2800:220:1::/64", "[2606:2800:220:1::7]"]
+)
 def test_cm_02_an_address_on_the_deny_list_refuses_every_name_resolving_to_it(entry: str) -> None:
     """An address or a network on the deny list is not reached through a host name either: a
     name resolving to it (among other, public addresses) is refused after resolution, before
@@ -610,6 +623,40 @@ def test_cm_02_the_query_of_a_client_id_url_is_sent(host: DocumentHost) -> None:
     assert [p for p, _ in host.requests] == ["/c.json?v=2"] * 2
 
 
+@pytest.mark.parametrize(
+    ("url", "address", "port", "host_header", "sni"),
+    [
+        ("https://docs.example.com/c.json", "93.184.216.34", 443, "docs.example.com", "docs.example.com"),
+        ("https://docs.example.com:8443/c.json", "93.184.216.34", 8443, "docs.example.com:8443", "docs.example.com"),
+        ("https://93.184.216.34/c.json", "93.184.216.34", 443, "93.184.216.34", None),
+        ("https://[2606:4700:4700::1111]/c.json", "2606:4700:4700::1111", 443, "[2606:4700:4700::1111]", None),
+        (
+            "https://[2606:4700:4700::1111]:8443/c.json",
+            "2606:4700:4700::1111",
+            8443,
+            "[2606:4700:4700::1111]:8443",
+            None,
+        ),
+    ],
+)
+def test_cm_02_the_request_goes_to_the_vetted_address_on_the_urls_port_naming_the_urls_host(
+    url: str, address: str, port: int, host_header: str, sni: str | None
+) -> None:
+    """The request is sent to the vetted address on the URL's port (443 when it names none),
+    while ``Host`` names the URL's host as HTTP writes it (no port for 443, an IPv6 address in
+    brackets) and TLS is told the host name (an address has no name to give)."""
+    seen: list[tuple[str, int, str, str | None]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        sent = (request.url.host, request.url.port or 443, request.headers["host"])
+        seen.append((*sent, request.extensions.get("sni_hostname")))
+        return json_document()
+
+    fetcher = mocked(FetchPolicy(refusal_ttl=0), handler)
+    assert both(fetcher, url) == [DOC_FETCHED, DOC_FETCHED]
+    assert seen == [(address, port, host_header, sni)] * 2
+
+
 def test_cm_02_an_address_that_refuses_the_connection_is_followed_by_the_next_vetted_one(host: DocumentHost) -> None:
     """A name's addresses are tried in resolver order, each vetted, until one connects: here
     127.0.0.2 (nothing listens there) and then 127.0.0.1, the document's host."""
@@ -758,6 +805,42 @@ def test_fetch_policy_load_defaults_and_their_checks() -> None:
     for bad in ({"max_fetches": 0}, {"max_fetches_per_host": 0}, {"refusal_cache_entries": 0}, {"refusal_ttl": -1}):
         with pytest.raises(ValueError, match="must"):
             FetchPolicy(**bad)
+
+
+@pytest.mark.parametrize(
+    ("setting", "lowest", "below", "highest", "above"),
+    [
+        ("max_bytes", 1, 0, 1024 * 1024, 1024 * 1024 + 1),
+        ("connect_timeout", 0.001, 0.0, 60.0, 60.001),
+        ("read_timeout", 0.001, 0.0, 60.0, 60.001),
+        ("deadline", 0.001, 0.0, 60.0, 60.001),
+        ("refusal_ttl", 0.0, -0.001, 86400.0, 86400.001),
+        ("max_fetches", 1, 0, None, None),
+        ("max_fetches_per_host", 1, 0, None, None),
+        ("refusal_cache_entries", 1, 0, None, None),
+    ],
+)
+def test_cm_02_each_policy_bound_admits_its_own_end_and_nothing_past_it(
+    setting: str, lowest: float, below: float, highest: float | None, above: float | None
+) -> None:
+    """The documented ranges (a body of 1 byte to 1 MiB, time limits above 0 up to 60 seconds,
+    refusals remembered from 0 to 86400 seconds, at least one fetch, slot and remembered URL)
+    include their ends: a policy at an end is made, one just past it is refused."""
+    for admitted in (lowest, highest):
+        if admitted is not None:
+            assert getattr(FetchPolicy(**{setting: admitted}), setting) == admitted
+    for past in (below, above):
+        if past is not None:
+            with pytest.raises(ValueError, match="must"):
+                FetchPolicy(**{setting: past})
+
+
+def test_cm_02_one_slot_in_all_and_one_per_host_is_enough_for_a_fetch() -> None:
+    """The slot bounds are counts of fetches already running: with at most one fetch at once and
+    one per host, a fetch to a host nobody is fetching from gets the slot, every time."""
+    fetcher = mocked(FetchPolicy(max_fetches=1, max_fetches_per_host=1, deadline=0.5, refusal_ttl=0))
+    for host in ("a.example.com", "b.example.com", "a.example.com"):
+        assert both(fetcher, f"https://{host}/c.json") == [DOC_FETCHED, DOC_FETCHED]
 
 
 def test_cm_02_concurrent_fetches_of_one_url_share_one_fetch(host: DocumentHost) -> None:
