@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from conftest import RESOURCE, make_config
+from conftest import RESOURCE, Harness, make_config
 from failing_stores import BrokenStore, DownStore
 from kavach.server import AuthorizationServer
 from kavach.starlette import KavachEndpoint, KavachGuard, mount
@@ -16,6 +16,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.testclient import TestClient
+from token_kit import mint, put_grant
 
 from kavach_core.memory_store import MemoryStore
 from kavach_core.records import Client
@@ -37,6 +38,15 @@ def _store() -> MemoryStore:
 
 async def _tools(request: Request) -> JSONResponse:
     return JSONResponse({"subject": request.state.principal.subject})
+
+
+def _granted(**minted: Any) -> tuple[AuthorizationServer, str]:
+    """A server whose store holds one grant, and an access token of it (``minted``: :func:`token_kit.mint`'s
+    options), the server's clock at the token's time."""
+    h = Harness()
+    put_grant(h)
+    token, _ = mint(h, **minted)
+    return AuthorizationServer(h.config, h.store, users=Users(MemoryUsers(), log_n=10), clock=lambda: h.now), token
 
 
 def _app(server: AuthorizationServer, **kw: Any) -> Starlette:
@@ -122,13 +132,7 @@ def test_guard_never_hands_the_token_on_whatever_the_header_name_case(name: byte
     must not get the token past the guard to the wrapped app (nor be refused for it)."""
     import asyncio
 
-    from conftest import Harness
-    from token_kit import mint, put_grant
-
-    h = Harness()
-    put_grant(h)
-    token, _ = mint(h)
-    server = AuthorizationServer(h.config, h.store, users=Users(MemoryUsers(), log_n=10), clock=lambda: h.now)
+    server, token = _granted()
     seen: list[Any] = []
 
     async def inner(scope: Any, receive: Any, send: Any) -> None:
@@ -315,13 +319,7 @@ def test_the_wrapped_app_keeps_the_servers_state_and_hears_the_client_after_the_
     (its disconnect); a lifespan scope goes to the app untouched, as it would without the guard."""
     import asyncio
 
-    from conftest import Harness
-    from token_kit import mint, put_grant
-
-    h = Harness()
-    put_grant(h)
-    token, _ = mint(h)
-    server = AuthorizationServer(h.config, h.store, users=Users(MemoryUsers(), log_n=10), clock=lambda: h.now)
+    server, token = _granted()
     seen: list[Any] = []
 
     async def inner(scope: Any, receive: Any, send: Any) -> None:
@@ -401,15 +399,10 @@ def test_answers_state_their_length_except_a_204() -> None:
 def test_a_required_hook_decides_the_scopes_or_answers_itself() -> None:
     """``required=``: the scopes it gives are the ones the token must hold (held: the app runs;
     not held: 403 naming them), and a response it gives is sent as it is, the app not called."""
-    from conftest import Harness
-    from token_kit import mint, put_grant
 
     from kavach_core.http import json_response
 
-    h = Harness()
-    put_grant(h)
-    token, _ = mint(h, scopes=("tools:list",))
-    server = AuthorizationServer(h.config, h.store, users=Users(MemoryUsers(), log_n=10), clock=lambda: h.now)
+    server, token = _granted(scopes=("tools:list",))
 
     def required(req: Any) -> Any:
         need = req.header("x-need")
@@ -464,14 +457,9 @@ def test_a_session_id_the_app_sends_again_mid_session_goes_out_sealed() -> None:
     """An app may send a new ``Mcp-Session-Id`` on any answer in a session, not only at
     initialization: the client gets it sealed to the principal each time, never the app's own id
     (which would open the session for anyone), and the app is handed its own id back."""
-    from conftest import Harness
     from mcp_messages import INITIALIZE_BODY, TOOLS_LIST
-    from token_kit import mint, put_grant
 
-    h = Harness()
-    put_grant(h)
-    token, _ = mint(h)
-    server = AuthorizationServer(h.config, h.store, users=Users(MemoryUsers(), log_n=10), clock=lambda: h.now)
+    server, token = _granted()
     issued = iter([b"sdk-1", b"sdk-2", b"sdk-2"])
     heard: list[bytes | None] = []
 
