@@ -563,13 +563,11 @@ def _passwords(dsn: str) -> list[str]:
     return [text for text in found if text]
 
 
-_OWN = ("schema", "min_connections", "max_connections")
+_DEFAULTS: dict[str, Any] = {"schema": "kavach", "min_connections": 1, "max_connections": 10}
+"""The store's own settings when neither the constructor nor the URL gives them."""
+_OWN = tuple(_DEFAULTS)
 """The store URL's query parameters that are the store's, not libpq's (which would refuse them)."""
-_OMITTED = {
-    "schema": "leave it out for kavach",
-    "min_connections": "leave it out for 1",
-    "max_connections": "leave it out for 10",
-}
+_OMITTED = {name: f"leave it out for {value}" for name, value in _DEFAULTS.items()}
 
 
 def _pool_size(own: Mapping[str, str], name: str, given: int | None, default: int) -> int:
@@ -614,11 +612,11 @@ class PostgresStore:
     ) -> None:
         dsn, own, url_connect_timeout = _checked_dsn(dsn)
         connect_timeout = connect_timeout or url_connect_timeout or 5
-        schema = schema or own.get("schema") or "kavach"
+        schema = schema or own.get("schema") or _DEFAULTS["schema"]
         if not _SCHEMA_NAME.fullmatch(schema):
             raise PostgresStoreError(f"schema name {schema!r} must match {_SCHEMA_NAME.pattern}")
-        min_connections = _pool_size(own, "min_connections", min_connections, 1)
-        max_connections = _pool_size(own, "max_connections", max_connections, 10)
+        min_connections = _pool_size(own, "min_connections", min_connections, _DEFAULTS["min_connections"])
+        max_connections = _pool_size(own, "max_connections", max_connections, _DEFAULTS["max_connections"])
         if not 0 <= min_connections <= max_connections or max_connections < 1:
             raise PostgresStoreError(
                 "the pool needs 0 <= min_connections <= max_connections and max_connections >= 1"

@@ -525,6 +525,10 @@ def _unknown_parameters(url: str) -> list[str]:
     return unknown
 
 
+_DEFAULT_PREFIX = "kavach:"
+"""The key prefix when neither the constructor nor the URL's ``prefix`` gives one."""
+
+
 class RedisStore:
     """A store on one Redis database, implementing every effect in :mod:`kavach_core.effects`.
 
@@ -550,10 +554,9 @@ class RedisStore:
         clock: Callable[[], float] = time.time,
     ) -> None:
         url, options = _checked_url(url)
-        url, taken = take_parameters(url, ("prefix",), {"prefix": "leave it out for kavach:"})
-        url_prefix = taken.get("prefix")
+        url, taken = take_parameters(url, ("prefix",), {"prefix": f"leave it out for {_DEFAULT_PREFIX}"})
         self.url = url
-        self.prefix = prefix if prefix is not None else (url_prefix if url_prefix is not None else "kavach:")
+        self.prefix = prefix if prefix is not None else taken.get("prefix", _DEFAULT_PREFIX)
         if ttl_slack < 0:
             raise ValueError("ttl_slack must be >= 0 seconds")
         # redis-py reads a bound of 0 as none given (its default), a negative one it refuses only
