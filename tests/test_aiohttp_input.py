@@ -381,7 +381,10 @@ def test_the_guard_reads_up_to_4_mib_even_when_client_max_size_is_smaller(kit: K
     _run(_app(kit, client_max_size=1024), body)
 
 
-def test_a_chunked_body_past_4_mib_is_413(kit: Kit) -> None:
+@pytest.mark.parametrize("outer", [(), (_reads_first,)], ids=["read by the guard", "read by an outer middleware"])
+def test_a_chunked_body_past_4_mib_is_413(kit: Kit, outer: tuple[Middleware, ...]) -> None:
+    """Sent without a ``Content-Length``, so only its length once read can tell: whoever read it."""
+
     async def chunks() -> AsyncIterator[bytes]:
         data = _call(MAX_BODY + 1)
         for start in range(0, len(data), 256 * 1024):
@@ -391,7 +394,7 @@ def test_a_chunked_body_past_4_mib_is_413(kit: Kit) -> None:
         r = await client.post("/mcp", content=chunks(), headers=_bearer(kit.token()))
         assert r.status_code == 413 and r.content == TOO_LARGE.body
 
-    _run(_app(kit, client_max_size=100 * 1024 * 1024), body)
+    _run(_app(kit, outer=outer, client_max_size=100 * 1024 * 1024), body)
 
 
 @pytest.mark.parametrize("client_max_size", [1024, 100 * 1024 * 1024])

@@ -909,6 +909,33 @@ def test_cm_02_a_caller_waiting_for_a_fetch_that_outlasts_its_deadline_is_refuse
     assert waited == [FetchRefused("the fetch took longer than its 0.3-second limit")] * 2
 
 
+@pytest.mark.parametrize("waiter", ["thread", "coroutine"])
+def test_cm_02_a_caller_refused_for_outwaiting_a_fetch_leaves_nothing_remembered(waiter: str) -> None:
+    """That refusal says how long the other fetch ran, nothing about the URL: once that fetch
+    ends (here with an answer, past its own deadline, from a transport that ignores it), the
+    next caller fetches the document instead of being refused again for ``refusal_ttl``."""
+    started, release = threading.Event(), threading.Event()
+
+    def stuck(request: httpx.Request) -> httpx.Response:
+        if not release.is_set():
+            started.set()
+            release.wait(10)
+        empty = httpx.ByteStream(b"")  # no body: nothing is read past the deadline
+        return httpx.Response(200, headers={"Content-Type": "application/json"}, stream=empty)
+
+    fetcher = mocked(FetchPolicy(deadline=0.3, refusal_ttl=600), stuck)
+    url = "https://docs.example.com/c.json"
+    answer = Fetched(b"", "application/json", None)
+    with ThreadPoolExecutor(1) as pool:
+        leader = pool.submit(fetcher.fetch, url)
+        assert started.wait(5)
+        waited = fetcher.fetch(url) if waiter == "thread" else asyncio.run(fetcher.afetch(url))
+        release.set()
+        assert leader.result(10) == answer
+    assert waited == FetchRefused("the fetch took longer than its 0.3-second limit")
+    assert fetcher.fetch(url) == answer
+
+
 def test_cm_02_concurrent_authorizations_fetch_an_uncached_document_once(host: DocumentHost) -> None:
     from conftest import RESOURCE
 

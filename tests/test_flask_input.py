@@ -29,6 +29,7 @@ from issued_tokens import issue
 from kavach import flask as kflask
 from kavach.server import TOO_LARGE, AuthorizationServer
 from kavach.users import MemoryUsers, Users
+from werkzeug.datastructures import Authorization, Headers
 from werkzeug.middleware.dispatcher import DispatcherMiddleware
 from werkzeug.serving import make_server
 from werkzeug.wrappers import Response as WerkzeugResponse
@@ -351,6 +352,59 @@ def test_token_never_reaches_the_view_even_when_an_earlier_hook_parsed_it(style:
     assert r.status_code == 200
     assert r.json() == {"authorization": None, "header": None, "environ": None, "in_headers": False, "subject": "alice"}
     assert token not in r.text
+
+
+class _KeepsHeaders(flask.Request):
+    """A request whose headers are a copy taken when it was made, not a view of its environ."""
+
+    def __init__(self, environ: dict[str, Any], *args: Any, **kwargs: Any) -> None:
+        super().__init__(environ, *args, **kwargs)
+        self.headers = Headers(self.headers)
+
+
+class _KeepsCredentials(flask.Request):
+    """A request whose ``authorization`` is parsed from a copy of the header taken when it was made."""
+
+    def __init__(self, environ: dict[str, Any], *args: Any, **kwargs: Any) -> None:
+        super().__init__(environ, *args, **kwargs)
+        self._kept = environ.get("HTTP_AUTHORIZATION")
+
+    @property  # type: ignore[override]
+    def authorization(self) -> Authorization | None:
+        return Authorization.from_header(self._kept)
+
+
+@pytest.mark.parametrize("request_class", [_KeepsHeaders, _KeepsCredentials], ids=["headers", "authorization"])
+@pytest.mark.parametrize("style", ["guarded", "protect"])
+def test_a_token_the_request_still_shows_after_removal_stops_the_view(
+    request_class: type[flask.Request], style: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """RS-04: where the request still shows the token after the guard took it out (a request class,
+    or a Flask release, keeping its own copy), the view is not called: 500, the reason logged."""
+    server, h = _server()
+    token = _token(h, "tools:list")
+    app = flask.Flask("keeps")
+    app.request_class = request_class
+    ran: list[bool] = []
+
+    def view() -> Any:
+        ran.append(True)
+        return {"ran": True}
+
+    guarded = kflask.guarded(server, RESOURCE)(view) if style == "guarded" else view
+    app.add_url_rule("/mcp", "mcp", guarded, methods=["POST"])
+    if style == "protect":
+        kflask.protect(app, server, RESOURCE)
+    call = {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}
+    with serving(app) as base:
+        r = httpx.post(base + "/mcp", json=call, headers={"Authorization": f"Bearer {token}"})
+        refused = httpx.post(base + "/mcp", json=call)
+    assert r.status_code == 500 and r.json() == {"error": "server_error"}
+    assert token not in r.text
+    assert ran == []
+    assert refused.status_code == 401  # no token: nothing to remove, the guard answers as usual
+    logged = [str(record.exc_info[1]) for record in caplog.records if record.exc_info]
+    assert any("could not remove the Authorization header" in text for text in logged)
 
 
 # -- 4, 5. misuse is refused at set-up ----------------------------------------------------------
