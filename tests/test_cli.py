@@ -35,8 +35,10 @@ from kavach_serve import Cli, free_port, kavach_command, serve
 from mcp_messages import INITIALIZE
 from person import Form, Person, forms
 from public_client import PASSWORD, REDIRECT_URI, authorization, call_mcp, obtain_code, obtain_tokens, redeem, refresh
+from store_records import code, grant
 
 from kavach_core import effects as fx
+from kavach_core.records import AuthorizationCode
 
 TIMEOUT = 60
 
@@ -789,22 +791,10 @@ def test_a_code_issued_before_the_revocation_is_refused_after_it(shared_db: str,
         assert len(listing) == 2 and tokens["client_id"] in listing[1] and "revoked" in listing[1]
 
 
-def _code_for(subject: str, issued_at: int) -> Any:
-    from kavach_core.records import AuthorizationCode
-
-    return AuthorizationCode(
-        code_hash=secrets.token_hex(16),
-        client_id="c1",
-        redirect_uri="http://127.0.0.1/cb",
-        redirect_uri_given=True,
-        code_challenge="E" * 43,
-        resources=("http://127.0.0.1:8000/mcp",),
-        scopes=("tools:list",),
-        subject=subject,
-        grant_id=secrets.token_hex(8),
-        issued_at=issued_at,
-        expires_at=issued_at + 60,
-    )
+def _code_for(subject: str, issued_at: int, grant_id: str | None = None) -> AuthorizationCode:
+    """A live code of ``subject``, for a grant of its own unless ``grant_id`` names one."""
+    grant_id = grant_id or secrets.token_hex(8)
+    return code(secrets.token_hex(16), grant_id, subject=subject, issued_at=issued_at, expires_at=issued_at + 60)
 
 
 def test_users_remove_revokes_again_once_the_user_is_gone(shared_db: str, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -991,13 +981,10 @@ def test_users_remove_revokes_before_it_removes(db: str) -> None:
     """If the store fails between the two steps the user must still be there, so the same command
     can be run again: a failed revocation leaves the user, never a removed user with live grants."""
     ok(["users", "add", "hal", "--db", db, "--password-stdin"], stdin=PASSWORD + "\n")
+    _put_grant(db, "g1", "hal")
     with sqlite3.connect(db) as conn:  # grants can no longer be revoked
         conn.execute("CREATE TRIGGER no_revoke BEFORE UPDATE ON grants BEGIN SELECT RAISE(ABORT, 'down'); END")
-        conn.execute(
-            "INSERT INTO grants (grant_id, subject, client_id, resources, scopes, created_at, expires_at,"
-            " refresh_generation, refresh_hash, refresh_expires_at, rotated_at) VALUES"
-            " ('g1', 'hal', 'c1', '[]', '[]', 0, 9999999999, 0, 'x', 9999999999, 0)"
-        )
+    conn.close()
     run(["users", "remove", "hal", "--db", db])
     assert "hal" in ok(["users", "list", "--db", db])
 
@@ -1032,12 +1019,7 @@ def test_listings_escape_what_the_terminal_would_act_on(db: str) -> None:
     """Subjects come from an application's own login and names from registrations: an escape
     sequence or a newline in one must not reach the terminal as such."""
     ok(["clients", "add", "--db", db, "--name", "Desk", "--redirect-uri", REDIRECT_URI])
-    with sqlite3.connect(db) as conn:
-        conn.execute(
-            "INSERT INTO grants (grant_id, subject, client_id, resources, scopes, created_at, expires_at,"
-            " refresh_generation, refresh_hash, refresh_expires_at, rotated_at) VALUES"
-            " ('g1', 'evil\x1b[2J\nFAKE row', 'c1', '[]', '[]', 0, 9999999999, 0, 'x', 9999999999, 0)"
-        )
+    _put_grant(db, "g1", "evil\x1b[2J\nFAKE row")
     out = ok(["grants", "list", "--db", db])
     assert "\x1b" not in out and not any(line.startswith("FAKE") for line in out.splitlines())
     assert "evil\\x1b[2J\\nFAKE" in out
@@ -1381,15 +1363,22 @@ def test_users_list_hints_at_users_add_only_when_there_are_none(db: str) -> None
 
 
 def _put_grant(db: str, grant_id: str, subject: str, expires_at: int = 9999999999) -> None:
-    """A grant of ``subject`` written straight into the database, as the server stores one."""
-    with sqlite3.connect(db) as conn:
-        conn.execute(
-            "INSERT INTO grants (grant_id, subject, client_id, resources, scopes, created_at, expires_at,"
-            " refresh_generation, refresh_hash, refresh_expires_at, rotated_at) VALUES"
-            " (?, ?, 'c1', '[]', '[]', 0, ?, 0, ?, ?, 0)",
-            (grant_id, subject, expires_at, secrets.token_hex(16), expires_at),
-        )
-    conn.close()
+    """A grant of ``subject`` stored as the server stores one: its authorization code redeemed."""
+    from kavach.stores.sqlite import SQLiteStore
+
+    issued = _code_for(subject, 0, grant_id)
+    family = grant(
+        grant_id,
+        subject=subject,
+        created_at=0,
+        rotated_at=0,
+        expires_at=expires_at,
+        refresh_hash=secrets.token_hex(16),
+        refresh_expires_at=expires_at,
+    )
+    with SQLiteStore(db) as store:
+        store.perform(fx.PutCode(issued))
+        assert store.perform(fx.ConsumeCode(issued.code_hash, family)) is True
 
 
 def test_revocations_report_how_many_grants_they_revoked(db: str) -> None:
