@@ -6,6 +6,7 @@ import hashlib
 import json
 from typing import Any
 
+import attrs
 import pytest
 from conftest import Harness, basic, make_config
 from hypothesis import HealthCheck, given, settings
@@ -18,6 +19,7 @@ from kavach_core.config import RegistrationPolicy
 from kavach_core.credentials import ClientCredentials
 from kavach_core.endpoints import registration
 from kavach_core.http import Response
+from kavach_core.messages.registration import RegistrationRequest
 from kavach_core.opaque import digest
 
 PATH = "/register"
@@ -704,24 +706,7 @@ json_values = st.recursive(
     lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4),
     max_leaves=12,
 )
-members = st.sampled_from(
-    [
-        "redirect_uris",
-        "token_endpoint_auth_method",
-        "grant_types",
-        "response_types",
-        "client_name",
-        "client_uri",
-        "logo_uri",
-        "tos_uri",
-        "policy_uri",
-        "contacts",
-        "scope",
-        "software_id",
-        "software_version",
-        "other",
-    ]
-)
+members = st.sampled_from([*attrs.fields_dict(RegistrationRequest), "other"])
 
 
 @settings(max_examples=200, suppress_health_check=[HealthCheck.function_scoped_fixture], deadline=None)

@@ -13,35 +13,22 @@ from __future__ import annotations
 import json
 
 import atheris
+import attrs
 
 with atheris.instrument_imports():
     from kavach_core import effects as fx
     from kavach_core.client_documents import document_client, url_problem
     from kavach_core.client_metadata import accept
     from kavach_core.http import HttpRequest
-    from kavach_core.messages.registration import parse, parse_metadata
+    from kavach_core.messages.registration import RegistrationRequest, parse, parse_metadata
     from kavach_core.params import json_object
 
 from common import context, expect_kavach_error, run
 
 CTX = context()
 DOC_URL = "https://client.example.com/oauth/metadata.json"
-MEMBERS = [
-    "redirect_uris",
-    "token_endpoint_auth_method",
-    "grant_types",
-    "response_types",
-    "client_name",
-    "client_uri",
-    "logo_uri",
-    "tos_uri",
-    "policy_uri",
-    "contacts",
-    "scope",
-    "software_id",
-    "software_version",
-    "client_id",
-]
+MEMBERS = [*attrs.fields_dict(RegistrationRequest), "client_id"]
+"""Every member the registration parser reads, and one a document may carry (CM-01)."""
 STRINGS = [
     "https://app.example.com/cb",
     "http://127.0.0.1:9/cb",
