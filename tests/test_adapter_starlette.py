@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -47,6 +49,29 @@ def _granted(**minted: Any) -> tuple[AuthorizationServer, str]:
     put_grant(h)
     token, _ = mint(h, **minted)
     return AuthorizationServer(h.config, h.store, users=Users(MemoryUsers(), log_n=10), clock=lambda: h.now), token
+
+
+def asgi_call(app: Any, scope: dict[str, Any], messages: Sequence[dict[str, Any]] = ()) -> list[dict[str, Any]]:
+    """Run the ASGI ``app`` once on ``scope``, ``receive`` handing out the client's ``messages`` in
+    order; returns what it sent, in order. An app waiting for more than the client sent fails."""
+    pending = list(messages)
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        if not pending:
+            raise AssertionError("the app waited for a message the client never sent")
+        return pending.pop(0)
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    asyncio.run(app(scope, receive, send))
+    return sent
+
+
+def request_body(*pieces: bytes) -> list[dict[str, Any]]:
+    """The ``http.request`` messages of a body sent in ``pieces``."""
+    return [{"type": "http.request", "body": p, "more_body": i < len(pieces) - 1} for i, p in enumerate(pieces)]
 
 
 def _app(server: AuthorizationServer, **kw: Any) -> Starlette:
@@ -110,28 +135,16 @@ def test_guard_refuses_oversized_bodies_and_websockets() -> None:
     with TestClient(Starlette(routes=[Route("/mcp", guard)])) as client:
         too_large = client.post("/mcp", content=b"x" * (4 * 1024 * 1024 + 1))
         assert too_large.status_code == 413 and too_large.json()["error_description"] == "the request body is too large"
-    messages: list[Any] = []
-
-    async def receive() -> Any:
-        return {"type": "websocket.connect"}
-
-    async def send(message: Any) -> None:
-        messages.append(message)
-
-    import asyncio
-
-    asyncio.run(guard({"type": "websocket", "path": "/mcp", "headers": []}, receive, send))
-    assert messages == [{"type": "websocket.close", "code": 1008}]
-    asyncio.run(KavachEndpoint(server)({"type": "websocket", "path": "/token", "headers": []}, receive, send))
-    assert messages == [{"type": "websocket.close", "code": 1008}] * 2
+    connect = [{"type": "websocket.connect"}]
+    closed = [{"type": "websocket.close", "code": 1008}]
+    assert asgi_call(guard, {"type": "websocket", "path": "/mcp", "headers": []}, connect) == closed
+    assert asgi_call(KavachEndpoint(server), {"type": "websocket", "path": "/token", "headers": []}, connect) == closed
 
 
 @pytest.mark.parametrize("name", [b"authorization", b"Authorization", b"AUTHORIZATION"])
 def test_guard_never_hands_the_token_on_whatever_the_header_name_case(name: bytes) -> None:
     """RS-04: ASGI only recommends lowercase header names; a server sending another spelling
     must not get the token past the guard to the wrapped app (nor be refused for it)."""
-    import asyncio
-
     server, token = _granted()
     seen: list[Any] = []
 
@@ -149,15 +162,7 @@ def test_guard_never_hands_the_token_on_whatever_the_header_name_case(name: byte
         "query_string": b"",
         "headers": [(b"host", b"mcp.example.com"), (name, b"Bearer " + token.encode()), (b"x-other", b"1")],
     }
-    sent: list[Any] = []
-
-    async def receive() -> Any:
-        return {"type": "http.request", "body": body, "more_body": False}
-
-    async def send(message: Any) -> None:
-        sent.append(message)
-
-    asyncio.run(guard(scope, receive, send))
+    sent = asgi_call(guard, scope, request_body(body))
     assert sent[0]["status"] == 200
     headers, subject, message = seen[0]
     assert headers == [(b"host", b"mcp.example.com"), (b"x-other", b"1")]
@@ -229,8 +234,6 @@ def test_guard_wraps_the_mcp_sdk_streamable_http_app(tmp_path: Any) -> None:
 def test_a_body_cut_short_by_the_client_is_never_acted_on() -> None:
     """RFC 9112 §8: a request whose body did not arrive whole is incomplete; the client left, so
     nothing is sent and the wrapped app (or the authorization server) never sees the part."""
-    import asyncio
-
     server = AuthorizationServer(make_config(), _store(), users=Users(MemoryUsers(), log_n=10))
     reached: list[Any] = []
 
@@ -241,17 +244,8 @@ def test_a_body_cut_short_by_the_client_is_never_acted_on() -> None:
     part = b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x"}}'
     for target, path in ((guard, "/mcp"), (KavachEndpoint(server), "/token")):
         messages = [{"type": "http.request", "body": part, "more_body": True}, {"type": "http.disconnect"}]
-        sent: list[Any] = []
-
-        async def receive(messages: list[Any] = messages) -> Any:
-            return messages.pop(0)
-
-        async def send(message: Any, sent: list[Any] = sent) -> None:
-            sent.append(message)
-
         scope = {"type": "http", "method": "POST", "path": path, "headers": [(b"authorization", b"Bearer a.b.c")]}
-        asyncio.run(target(scope, receive, send))
-        assert sent == [] and reached == [], path
+        assert asgi_call(target, scope, messages) == [] and reached == [], path
 
 
 @pytest.mark.parametrize(
@@ -280,8 +274,6 @@ def test_a_body_arriving_in_pieces_past_the_limit_is_413_and_never_reaches_the_a
     """Without a declared length (a chunked body), the pieces are counted as they come: one byte
     past 4 MiB in all, in pieces or in one message, is answered 413, and neither the wrapped app
     nor the authorization server sees any of it; exactly 4 MiB is read whole."""
-    import asyncio
-
     from kavach.starlette import MAX_BODY
 
     server = AuthorizationServer(make_config(), _store(), users=Users(MemoryUsers(), log_n=10))
@@ -294,18 +286,8 @@ def test_a_body_arriving_in_pieces_past_the_limit_is_413_and_never_reaches_the_a
     for extra, status in ((1, 413), (0, 401)):
         for pieces in ([b"x" * piece] * 4 + [b"x" * extra], [b"x" * (MAX_BODY + extra)]):
             for target, path in ((KavachGuard(app, server, RESOURCE), "/mcp"), (KavachEndpoint(server), "/token")):  # type: ignore[arg-type]
-                messages = [{"type": "http.request", "body": p, "more_body": True} for p in pieces[:-1]]
-                messages.append({"type": "http.request", "body": pieces[-1], "more_body": False})
-                sent: list[Any] = []
-
-                async def receive(messages: list[Any] = messages) -> Any:
-                    return messages.pop(0)
-
-                async def send(message: Any, sent: list[Any] = sent) -> None:
-                    sent.append(message)
-
                 scope = {"type": "http", "method": "POST", "path": path, "query_string": b"", "headers": []}
-                asyncio.run(target(scope, receive, send))
+                sent = asgi_call(target, scope, request_body(*pieces))
                 if status == 413 or path == "/mcp":
                     assert sent[0]["status"] == status, (path, extra, len(pieces))
                 else:  # the whole body reached the token endpoint, which refuses it as a form it cannot read
@@ -317,8 +299,6 @@ def test_the_wrapped_app_keeps_the_servers_state_and_hears_the_client_after_the_
     """Past the guard the app gets the state an outer layer put in the scope with the principal
     added, the body (sent in two pieces) whole in one message, then whatever the client sends next
     (its disconnect); a lifespan scope goes to the app untouched, as it would without the guard."""
-    import asyncio
-
     server, token = _granted()
     seen: list[Any] = []
 
@@ -340,21 +320,7 @@ def test_the_wrapped_app_keeps_the_servers_state_and_hears_the_client_after_the_
         "headers": [(b"host", b"mcp.example.com"), (b"authorization", b"Bearer " + token.encode())],
         "state": {"tenant": "t1"},
     }
-    messages = [
-        {"type": "http.request", "body": body[:10], "more_body": True},
-        {"type": "http.request", "body": body[10:], "more_body": False},
-        {"type": "http.disconnect"},
-    ]
-
-    async def receive() -> Any:
-        return messages.pop(0)
-
-    sent: list[Any] = []
-
-    async def send(message: Any) -> None:
-        sent.append(message)
-
-    asyncio.run(guard(scope, receive, send))
+    sent = asgi_call(guard, scope, [*request_body(body[:10], body[10:]), {"type": "http.disconnect"}])
     assert sent[0]["status"] == 200
     state, first, then = seen[0]
     assert state["tenant"] == "t1" and state["principal"].subject == "alice"
@@ -362,32 +328,18 @@ def test_the_wrapped_app_keeps_the_servers_state_and_hears_the_client_after_the_
     assert then == {"type": "http.disconnect"}
     assert scope["state"] == {"tenant": "t1"}  # the outer layer's own dict is left as it was
 
-    async def startup() -> Any:
-        return {"type": "lifespan.startup"}
-
-    asyncio.run(guard({"type": "lifespan"}, startup, send))
+    assert asgi_call(guard, {"type": "lifespan"}, [{"type": "lifespan.startup"}]) == []
     assert seen[1] == ("lifespan", {"type": "lifespan.startup"})
 
 
 def test_answers_state_their_length_except_a_204() -> None:
     """Every answer carries ``Content-Length`` equal to its body, so the server need not chunk it;
     a 204 (a CORS preflight) carries none (RFC 9110 §8.6)."""
-    import asyncio
-
     server = AuthorizationServer(make_config(), _store(), users=Users(MemoryUsers(), log_n=10))
     preflight = [(b"origin", b"https://app.example.com"), (b"access-control-request-method", b"POST")]
     for method, path, headers in (("GET", "/jwks.json", []), ("OPTIONS", "/token", preflight)):
-        sent: list[Any] = []
-
-        async def receive() -> Any:
-            return {"type": "http.request", "body": b"", "more_body": False}
-
-        async def send(message: Any, sent: list[Any] = sent) -> None:
-            sent.append(message)
-
         scope = {"type": "http", "method": method, "path": path, "query_string": b"", "headers": headers}
-        asyncio.run(KavachEndpoint(server)(scope, receive, send))
-        start, body = sent
+        start, body = asgi_call(KavachEndpoint(server), scope, request_body(b""))
         lengths = [v for k, v in start["headers"] if k == b"content-length"]
         if method == "GET":
             assert start["status"] == 200 and body["body"]
@@ -422,22 +374,11 @@ def test_a_required_hook_decides_the_scopes_or_answers_itself() -> None:
 def test_a_declared_length_past_the_limit_is_413_before_the_body_is_awaited() -> None:
     """A ``Content-Length`` over 4 MiB, wherever it stands among the headers, is answered 413 at
     once by the guard and the endpoints, without waiting for a body the client may never send."""
-    import asyncio
-
     server = AuthorizationServer(make_config(), _store(), users=Users(MemoryUsers(), log_n=10))
     headers = [(b"host", b"mcp.example.com"), (b"content-length", b"4194305"), (b"x-request-id", b"7")]
     for target, path in ((KavachGuard(_tools, server, RESOURCE), "/mcp"), (KavachEndpoint(server), "/token")):  # type: ignore[arg-type]
-        sent: list[Any] = []
-
-        async def receive() -> Any:
-            raise AssertionError("the body was waited for")
-
-        async def send(message: Any, sent: list[Any] = sent) -> None:
-            sent.append(message)
-
         scope = {"type": "http", "method": "POST", "path": path, "query_string": b"", "headers": headers}
-        asyncio.run(target(scope, receive, send))
-        assert sent[0]["status"] == 413, path
+        assert asgi_call(target, scope)[0]["status"] == 413, path  # no body is sent: none may be awaited
 
 
 def test_a_guard_around_the_whole_app_answers_the_resources_metadata_without_a_token() -> None:
