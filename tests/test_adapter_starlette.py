@@ -69,6 +69,23 @@ def asgi_call(app: Any, scope: dict[str, Any], messages: Sequence[dict[str, Any]
     return sent
 
 
+def guarded_post(
+    token: str, name: bytes = b"authorization", *headers: tuple[bytes, bytes], **scope: Any
+) -> dict[str, Any]:
+    """The ASGI scope of a ``tools/list`` POST to the guarded path, the token in header ``name``."""
+    credentials = [(b"host", b"mcp.example.com"), (name, b"Bearer " + token.encode()), *headers]
+    return {"type": "http", "method": "POST", "path": "/mcp", "query_string": b"", "headers": credentials, **scope}
+
+
+TOOLS_LIST = b'{"jsonrpc":"2.0","id":1,"method":"tools/list"}'
+
+
+async def _answer(send: Any) -> None:
+    """An empty JSON 200, as the wrapped app's answer."""
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"{}"})
+
+
 def request_body(*pieces: bytes) -> list[dict[str, Any]]:
     """The ``http.request`` messages of a body sent in ``pieces``."""
     return [{"type": "http.request", "body": p, "more_body": i < len(pieces) - 1} for i, p in enumerate(pieces)]
@@ -150,19 +167,12 @@ def test_guard_never_hands_the_token_on_whatever_the_header_name_case(name: byte
 
     async def inner(scope: Any, receive: Any, send: Any) -> None:
         seen.append((scope["headers"], scope["state"]["principal"].subject, await receive()))
-        await send({"type": "http.response.start", "status": 200, "headers": []})
-        await send({"type": "http.response.body", "body": b"{}"})
+        await _answer(send)
 
-    guard = KavachGuard(inner, server, RESOURCE)
-    body = b'{"jsonrpc":"2.0","id":1,"method":"tools/list"}'
-    scope = {
-        "type": "http",
-        "method": "POST",
-        "path": "/mcp",
-        "query_string": b"",
-        "headers": [(b"host", b"mcp.example.com"), (name, b"Bearer " + token.encode()), (b"x-other", b"1")],
-    }
-    sent = asgi_call(guard, scope, request_body(body))
+    body = TOOLS_LIST
+    sent = asgi_call(
+        KavachGuard(inner, server, RESOURCE), guarded_post(token, name, (b"x-other", b"1")), request_body(body)
+    )
     assert sent[0]["status"] == 200
     headers, subject, message = seen[0]
     assert headers == [(b"host", b"mcp.example.com"), (b"x-other", b"1")]
@@ -307,19 +317,11 @@ def test_the_wrapped_app_keeps_the_servers_state_and_hears_the_client_after_the_
             seen.append(("lifespan", await receive()))
             return
         seen.append((scope["state"], await receive(), await receive()))
-        await send({"type": "http.response.start", "status": 200, "headers": []})
-        await send({"type": "http.response.body", "body": b"{}"})
+        await _answer(send)
 
     guard = KavachGuard(inner, server, RESOURCE)
-    body = b'{"jsonrpc":"2.0","id":1,"method":"tools/list"}'
-    scope = {
-        "type": "http",
-        "method": "POST",
-        "path": "/mcp",
-        "query_string": b"",
-        "headers": [(b"host", b"mcp.example.com"), (b"authorization", b"Bearer " + token.encode())],
-        "state": {"tenant": "t1"},
-    }
+    body = TOOLS_LIST
+    scope = guarded_post(token, state={"tenant": "t1"})
     sent = asgi_call(guard, scope, [*request_body(body[:10], body[10:]), {"type": "http.disconnect"}])
     assert sent[0]["status"] == 200
     state, first, then = seen[0]
