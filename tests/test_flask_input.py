@@ -329,6 +329,18 @@ def _exposed() -> dict[str, Any]:
     }
 
 
+TOOLS_LIST = {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}
+
+
+def _guarding(app: flask.Flask, server: AuthorizationServer, view: Any, style: str) -> None:
+    """``view`` at ``/mcp`` of ``app`` behind the guard: decorated (``guarded``) or under the hook (``protect``)."""
+    app.add_url_rule(
+        "/mcp", "mcp", kflask.guarded(server, RESOURCE)(view) if style == "guarded" else view, methods=["POST"]
+    )
+    if style == "protect":
+        kflask.protect(app, server, RESOURCE)
+
+
 @pytest.mark.parametrize("style", ["guarded", "protect"])
 def test_token_never_reaches_the_view_even_when_an_earlier_hook_parsed_it(style: str) -> None:
     server, h = _server()
@@ -341,13 +353,9 @@ def test_token_never_reaches_the_view_even_when_an_earlier_hook_parsed_it(style:
         auth = flask.request.authorization
         audited.append(None if auth is None else auth.type)
 
-    view = kflask.guarded(server, RESOURCE)(_exposed) if style == "guarded" else _exposed
-    app.add_url_rule("/mcp", "mcp", view, methods=["POST"])
-    if style == "protect":
-        kflask.protect(app, server, RESOURCE)
-    call = {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}
+    _guarding(app, server, _exposed, style)
     with serving(app) as base:
-        r = httpx.post(base + "/mcp", json=call, headers={"Authorization": f"Bearer {token}"})
+        r = httpx.post(base + "/mcp", json=TOOLS_LIST, headers={"Authorization": f"Bearer {token}"})
     assert audited == ["bearer"]
     assert r.status_code == 200
     assert r.json() == {"authorization": None, "header": None, "environ": None, "in_headers": False, "subject": "alice"}
@@ -391,14 +399,10 @@ def test_a_token_the_request_still_shows_after_removal_stops_the_view(
         ran.append(True)
         return {"ran": True}
 
-    guarded = kflask.guarded(server, RESOURCE)(view) if style == "guarded" else view
-    app.add_url_rule("/mcp", "mcp", guarded, methods=["POST"])
-    if style == "protect":
-        kflask.protect(app, server, RESOURCE)
-    call = {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}
+    _guarding(app, server, view, style)
     with serving(app) as base:
-        r = httpx.post(base + "/mcp", json=call, headers={"Authorization": f"Bearer {token}"})
-        refused = httpx.post(base + "/mcp", json=call)
+        r = httpx.post(base + "/mcp", json=TOOLS_LIST, headers={"Authorization": f"Bearer {token}"})
+        refused = httpx.post(base + "/mcp", json=TOOLS_LIST)
     assert r.status_code == 500 and r.json() == {"error": "server_error"}
     assert token not in r.text
     assert ran == []
