@@ -190,6 +190,29 @@ def test_session_cookie_is_host_prefixed_and_secure_under_https() -> None:
     assert cookies.session(jar, expiry) is None  # expired
 
 
+def test_a_session_lasts_eight_hours_unless_told_otherwise() -> None:
+    """:class:`Cookies` made without a lifetime sign a person in for 8 hours: the cookie's
+    ``Max-Age`` and the expiry it carries."""
+    cookies = Cookies(make_config())
+    _, value = cookies.session_cookie("alice", "stamp-1", now=1000, session_id=SESSION_ID)
+    assert f"; Max-Age={8 * 3600};" in value
+    jar = parse_cookies([value.split(";")[0]])
+    assert cookies.session(jar, 1001) == Session("alice", "stamp-1", SESSION_HASH, 1000 + 8 * 3600)
+
+
+def test_csrf_tokens_and_ticket_digests_are_hmac_sha256_under_keys_of_their_own() -> None:
+    """A CSRF token is the unpadded base64url HMAC-SHA256 of browser id, form and ticket joined by
+    NUL, and a session's ticket binding that of the ticket, each under HMAC-SHA256(secret, its own
+    label): instances of any release keyed with one secret accept each other's forms and sessions,
+    and neither value is a MAC a use of the secret elsewhere could give."""
+    cookies = Cookies(make_config(issuer="http://127.0.0.1:8000"))
+    csrf_key = hmac.new(SECRET, b"kavach adapter: csrf v1", hashlib.sha256).digest()
+    expected = _b64(hmac.new(csrf_key, b"browser-1\0consent\0T1", hashlib.sha256).digest())
+    assert cookies.csrf_token("browser-1", "consent", "T1") == expected
+    ticket_key = hmac.new(SECRET, b"kavach adapter: session ticket v1", hashlib.sha256).digest()
+    assert _session_for(cookies, "T1").ticket_digest == _b64(hmac.new(ticket_key, b"T1", hashlib.sha256).digest())
+
+
 def test_a_session_id_is_random_enough() -> None:
     cookies = Cookies(make_config())
     with pytest.raises(ValueError, match="16 random bytes"):

@@ -14,7 +14,7 @@ from html import escape, unescape
 import attrs
 import pytest
 from conftest import Harness
-from kavach.pages import consent_page, error_page, login_page
+from kavach.pages import consent_page, error_page, login_page, page_headers
 from oauth_flows import LOOPBACK, REDIRECT, add_client, consent
 
 from kavach_core.messages.authorization import ConsentView, ScopeView
@@ -223,3 +223,61 @@ def test_every_page_carries_the_headers_it_is_given(h: Harness) -> None:
     )
     for page in pages:
         assert page.headers[-1] == cookie and page.header("set-cookie") == cookie[1]
+
+
+def test_a_consent_for_no_scopes_says_it_asks_for_nothing_beyond_who_you_are(h: Harness) -> None:
+    """A request that asks for no scopes has no permission to tick: the
+    page says so, and its form has no ``scope`` field."""
+    add_client(h, redirect_uris=(REDIRECT,), client_name="Demo App")
+    view = attrs.evolve(consent(h).view, scopes=())
+    page = consent_page(view, action="/consent", ticket="t", csrf="c", subject="alice")
+    assert "It asks for no permissions beyond knowing it is you." in text_of(view)
+    assert 'name="scope"' not in page.body.decode()
+
+
+def test_each_page_is_titled_for_what_it_shows(h: Harness) -> None:
+    """The ``<title>`` (the tab, and what a screen reader announces first) names the page."""
+    add_client(h, redirect_uris=(REDIRECT,), client_name="Demo App")
+    titles = {
+        "Sign in": login_page(action="/login", ticket="t", csrf="c", client_name="Demo App"),
+        "Authorize Demo App": consent_page(consent(h).view, action="/consent", ticket="t", csrf="c", subject="alice"),
+        "Authorization error": error_page(400, "invalid_request", "The request is not valid."),
+    }
+    for title, page in titles.items():
+        assert f"<title>{title}</title>" in page.body.decode(), title
+
+
+def test_an_error_without_a_way_back_sends_the_person_back_to_the_application_themselves() -> None:
+    """Without ``back`` the error page links nowhere; it tells the person to return to the
+    application and try again."""
+    body = error_page(400, "invalid_request", "The request is not valid.").body.decode()
+    assert "<p>Return to the application and try again. You can close this window.</p>" in body
+    assert "<a " not in body
+
+
+def test_headers_given_no_word_on_forms_keep_them_to_this_server() -> None:
+    """:func:`page_headers` unqualified (every page whose forms stay here, and kavach's own
+    redirects) carries ``form-action 'self'``; only ``forms_leave`` drops it."""
+    assert "form-action 'self'" in dict(page_headers())["Content-Security-Policy"]
+    assert "form-action" not in dict(page_headers(forms_leave=True))["Content-Security-Policy"]
+
+
+def test_a_resource_without_a_name_of_its_own_is_listed_by_its_uri_once(h: Harness) -> None:
+    """A resource named only by its URI (its name is the URI, or unknown) shows the URI once; a
+    named one shows its name with the URI beside it."""
+    add_client(h, redirect_uris=(REDIRECT,), client_name="Demo App")
+    view = attrs.evolve(
+        consent(h).view,
+        resources=("https://a.example/mcp", "https://b.example/mcp", "https://c.example/mcp"),
+        resource_names=("https://a.example/mcp", "", "Calendar"),
+    )
+    body = consent_page(view, action="/consent", ticket="t", csrf="c", subject="alice").body.decode()
+    listed = body[body.index('<ul class="resources">') : body.index("</ul>")]
+    assert "<li>https://a.example/mcp</li>" in listed and "<li>https://b.example/mcp</li>" in listed
+    assert '<li>Calendar <span class="host">https://c.example/mcp</span></li>' in listed
+
+
+def test_an_error_with_a_way_back_to_an_unnamed_client_calls_it_the_application() -> None:
+    """With ``back`` and no ``back_to``, the link back names no host: it returns "to the application"."""
+    body = error_page(400, "invalid_scope", "Unknown scope.", back="https://app.example.com/cb?error=x").body.decode()
+    assert '<a href="https://app.example.com/cb?error=x">return to the application</a>' in body

@@ -115,7 +115,27 @@ def test_a_refused_origin_never_reaches_the_app() -> None:
     assert _answer(policy, [(b"origin", b"http://localhost:3000")])[0] == 200
     status, body = _answer(policy, [(b"Origin", b"https://evil.example")])
     assert status == 403 and body["error"] == "origin_not_allowed"
+    assert "allowed_origins" in body["error_description"], "the refusal names the setting that widens it"
     assert _answer(policy, [(b"origin", b"http://localhost:3000"), (b"origin", b"https://evil.example")])[0] == 403
+
+
+def test_what_is_no_http_request_reaches_the_app_unchecked() -> None:
+    """Only HTTP requests carry an ``Origin`` to check; any other ASGI scope (``lifespan``, which
+    has no headers at all) goes to the app as it came."""
+    reached: list[Any] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        reached.append(scope)
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "lifespan.startup"}
+
+    async def send(message: Any) -> None:
+        raise AssertionError(f"nothing is answered: {message}")
+
+    scope = {"type": "lifespan", "asgi": {"version": "3.0"}}
+    asyncio.run(require_origin(app, OriginPolicy("http://127.0.0.1:8000"))(scope, receive, send))
+    assert reached == [scope]
 
 
 @pytest.mark.parametrize(
