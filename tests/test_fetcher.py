@@ -213,6 +213,30 @@ def test_cm_02_an_address_outside_the_registry_tables_is_left_to_the_modules_che
         assert problem is not None and "reserved" in problem, (text, problem)
 
 
+@pytest.mark.parametrize(
+    ("check", "verdict", "reason"),
+    [
+        ("is_unspecified", True, "unspecified"),
+        ("is_link_local", True, "link-local"),
+        ("is_multicast", True, "multicast"),
+        ("is_private", True, "private"),
+        ("is_global", False, "not publicly routable"),
+    ],
+)
+def test_cm_02_every_check_of_the_module_applies_to_what_the_tables_do_not_list(
+    monkeypatch: pytest.MonkeyPatch, check: str, verdict: bool, reason: str
+) -> None:
+    """All of the ``ipaddress`` module's checks, not only ``is_reserved``, still apply to an
+    address the registry tables do not list: a block a later release holds unspecified,
+    link-local, multicast, private or not global is refused for that, IPv4 and IPv6 alike (here
+    the module is made to say so of every address, the public ones included)."""
+    for cls in (ipaddress.IPv4Address, ipaddress.IPv6Address):
+        monkeypatch.setattr(cls, check, property(lambda self: verdict))
+    for text in ("93.184.216.34", "2606:4700:4700::1111"):
+        problem = address_problem(ipaddress.ip_address(text))
+        assert problem is not None and reason in problem, (text, problem)
+
+
 def test_cm_02_the_loopback_switch_permits_only_loopback() -> None:
     assert address_problem(ipaddress.ip_address("127.0.0.1"), allow_loopback=True) is None
     assert address_problem(ipaddress.ip_address("::1"), allow_loopback=True) is None
@@ -490,6 +514,21 @@ def test_a_ca_bundle_gone_after_start_up_refuses_every_fetch(
     assert "moved-ca.pem" in caplog.text and "cannot be read" in caplog.text
 
 
+def test_the_tls_context_is_made_once_per_fetcher(host: DocumentHost) -> None:
+    """The CA bundle is read into a TLS context by a fetcher's first fetch and kept, not read
+    again for every fetch: with the bundle gone after that first fetch, later fetches (in
+    threads and on event loops) still check certificates against it and succeed."""
+    url = host.publish("/c.json", DOC)
+    bundle = host.ca_file.parent / "read-once-ca.pem"
+    bundle.write_bytes(host.ca_file.read_bytes())
+    policy = FetchPolicy(allow_loopback=True, ca_bundle=str(bundle), refusal_ttl=0)
+    fetcher = DocumentFetcher(policy, resolver=lambda name, port: ["127.0.0.1"])
+    assert isinstance(fetcher.fetch(url), Fetched)
+    bundle.unlink()
+    for answer in both(fetcher, url):
+        assert isinstance(answer, Fetched) and json.loads(answer.body) == DOC, answer
+
+
 def test_cm_02_the_switch_is_loud(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING, logger="kavach.fetcher"):
         DocumentFetcher(FetchPolicy())
@@ -666,6 +705,28 @@ def test_cm_02_an_address_that_refuses_the_connection_is_followed_by_the_next_ve
     for got in both(fetcher, host.url("/c.json")):
         assert isinstance(got, Fetched) and json.loads(got.body) == DOC
     assert host.hits("/c.json") == 2
+
+
+def test_cm_02_no_further_address_is_tried_once_the_deadline_has_passed() -> None:
+    """A name's addresses are tried in turn only while the fetch has time left: when the
+    connection to the first fails after the deadline, the second is not contacted and the fetch
+    is refused as too long."""
+    tried: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        tried.append(request.url.host)
+        if len(tried) == 1:
+            time.sleep(0.3)
+            raise httpx.ConnectError("connection refused", request=request)
+        return json_document(request)
+
+    fetcher = mocked(
+        FetchPolicy(deadline=0.2, refusal_ttl=0), handler, resolver=lambda name, port: ["93.184.216.34", "1.1.1.1"]
+    )
+    assert fetcher.fetch("https://docs.example.com/c.json") == FetchRefused(
+        "the fetch took longer than its 0.2-second limit"
+    )
+    assert tried == ["93.184.216.34"]
 
 
 def test_cm_02_an_address_the_resolver_repeats_is_tried_once() -> None:
@@ -1338,6 +1399,18 @@ def test_cm_02_remembered_refusals_are_bounded(host: DocumentHost) -> None:
     fetcher.fetch(urls[2])
     fetcher.fetch(urls[0])
     assert [dns.lookups.count(f"private{i}.example.test") for i in range(3)] == [2, 1, 1]
+
+
+def test_cm_02_as_many_refusals_as_refusal_cache_entries_are_remembered_at_once() -> None:
+    """Remembering a refusal drops only what is out of time or over the bound: with room for two,
+    two refused URLs are both answered from memory, and a third drops only the oldest."""
+    dns = CountingDNS()
+    fetcher = DocumentFetcher(FetchPolicy(refusal_ttl=60, refusal_cache_entries=2), resolver=dns)
+    urls = [f"https://private{i}.example.test/c.json" for i in range(3)]
+    for url in urls[:2] * 2 + [urls[2], urls[1], urls[0]]:
+        answer = fetcher.fetch(url)
+        assert isinstance(answer, FetchRefused) and "10.0.0.1" in answer.reason
+    assert dns.lookups == [f"private{i}.example.test" for i in (0, 1, 2, 0)]
 
 
 class HangingDNS:
