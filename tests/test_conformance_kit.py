@@ -710,6 +710,7 @@ PROTOCOL_DEFECTS = [
     ("introspect_revoked", "RV-01", "access token of a revoked grant inactive"),
     ("introspect_revoked", "IN-01", "revoked token: active false"),
     ("scope_widened", "AZ-07", "granted 'tools:list tools:call"),
+    ("second_rotation_refused", "TK-07", "second rotation: 400 error=invalid_grant"),
 ]
 
 
@@ -754,21 +755,96 @@ INJECTED_TOGETHER = [
     ("prm_slash", "MD-03", "resource exact: resource "),
     ("oidc_slash", "MD-01", "openid-configuration issuer: issuer "),
     ("introspect_unknown", "IN-01", "unknown token: active false: 200 {'active': True}"),
+    ("iss_dropped", "AZ-08", "iss on an error redirect: iss=None"),
+    ("iss_dropped", "AZ-08", "iss on success: iss=None"),
+    ("error_state_dropped", "AZ-08", "state on an error redirect: state=None"),
+    ("state_decoded_twice", "AZ-08", "state verbatim: state='kit state/é %&=x'"),
+    ("revoke_refresh_refused", "RV-01", "revoke refresh token: 200: 400"),
+    ("revoke_refresh_refused", "RV-01", "revoke the confidential client's refresh token: 400"),
+    ("unauthorized_no_metadata", "RS-02", "no token: 401 Bearer resource_metadata: 401"),
+    ("unauthorized_no_metadata", "RS-02", "bad token: 401 invalid_token, resource_metadata, scope: 401"),
+    ("token_no_challenge", "TK-02", "bad Basic secret: WWW-Authenticate Basic: WWW-Authenticate ''"),
+    ("unknown_code_error", "TK-01", "error is JSON with an RFC 6749 code: 400 content-type"),
+    ("error_crlf", "TK-01", "no CR/LF in error values: checked"),
+    ("no_oidc", "MD-01", "openid-configuration: no OIDC discovery document"),
+    ("revoke_refresh_ignored", "RV-01", "revoked refresh token refused: 200 error=None"),
+    ("duplicates_ignored", "AZ-01", "parameter given twice: a code or token was issued"),
+    ("loopback_port_fixed", "AZ-03", "loopback port may vary: stayed on the server (400)"),
+    ("token_resource_ignored", "TK-06", "token resource outside the grant: 200 error=None"),
+    ("unknown_scope_dropped", "AZ-07", "unknown scope: a code or token was issued"),
+    ("replay_refused_only", "TK-04", "access token revoked after reuse: still active: True"),
+    ("replay_refused_only", "TK-04", "refresh token revoked after reuse: 200 error=None"),
+    ("refresh_scope_widened", "TK-07", "scope cannot widen: 200 error=None"),
+    ("refresh_replay_refused_only", "TK-07", "reuse revokes the family: 200 error=None"),
+    ("basic_wrong_400", "TK-02", "bad Basic secret: 401: 400 error=invalid_client"),
+    ("meta_issuer_slash", "MD-01", "rfc8414 issuer: issuer "),
+    ("introspect_open", "IN-01", "unauthenticated caller refused: 200"),
+    ("secret_post_unchecked", "TK-02", "wrong client_secret_post secret refused: 200 error=None"),
+    ("token_get_json", "TK-01", "JSON body refused (with a valid code): 200"),
+    ("secret_post_unaccepted", "TK-02", "client_secret_post accepted: 401 error=invalid_client"),
+    ("refresh_scope_ignored", "TK-07", "scope can narrow: 200 scope=['tools:list', "),
+    ("prm_types", "MD-03", "authorization_servers: ['https://attacker"),
+    ("prm_types", "MD-03", "scopes_supported: 'tools:list'"),
+    ("prm_missing", "MD-03", "document: GET http://127.0.0.1"),
+    ("superseded_accepted", "TK-07", "superseded token refused: 200 error=None"),
+    ("introspect_inactive", "IN-01", "own fresh token: active true: active=False"),
+    ("valid_token_refused", "RS-02", "valid token accepted: 403"),
+    ("refresh_not_rotated_wire", "TK-07", "rotated on use: same token"),
+    ("refresh_not_rotated_wire", "TK-07", "used refresh token refused: 200 on a second use"),
+    ("token_as_code", "AZ-04", "response_type=token: a code or token was issued"),
+    ("wrong_redirect_error", "AZ-04", "unknown response_type: redirected to http://127.0.0.1"),
+    ("resource_unchecked", "AZ-06", "resource not protected here: a code or token was issued"),
+    ("resource_unchecked", "AZ-06", "resource with a fragment: a code or token was issued"),
+    ("resource_unchecked", "AZ-06", "relative resource: a code or token was issued"),
+    ("verifier_optional", "TK-03", "code_verifier missing: 200 error=None"),
+    ("redirect_uri_unchecked", "TK-03", "redirect_uri differs from the authorization request: 200 error=None"),
+    ("pkce_optional", "TK-03", "verifier without a stored challenge: 200 error=None"),
+    ("pkce_optional", "AZ-05", "code_challenge missing: a code or token was issued"),
+    ("code_any_client", "TK-05", "another client's code: 200 error=None"),
+    ("password_grant", "TK-08", "grant_type=password: 200 error=None"),
+    ("auth_method_unchecked", "RG-02", "unknown token_endpoint_auth_method: 201"),
+    ("response_types_unchecked", "RG-02", "inconsistent grant_types/response_types: 201"),
+    ("secret_post_refused", "RG-02", "register a client_secret_post client: registration of a client_secret_post"),
+    ("implicit_invalid_grant", "TK-08", "grant_type=implicit: 400 error=invalid_grant"),
+    ("unknown_grant_500", "TK-08", "grant_type=urn:conformance:unknown-grant: 500 error=unsupported_grant_type"),
+    ("unknown_client_redirected", "AZ-02", "unknown client_id: redirected"),
+    ("unknown_client_redirected", "AZ-02", "missing client_id: redirected"),
+    ("plain_accepted", "AZ-05", "code_challenge_method=plain: a code or token was issued"),
+    ("challenge_echoed", "AZ-05", "challenge not echoed: echoed in the redirect"),
+    ("iss_repeated", "AZ-08", "no repeated parameters: repeated ['iss']"),
+    ("meta_lists_more", "MD-02", "response_types_supported: ['code', 'token']"),
+    ("meta_lists_more", "MD-02", "code_challenge_methods_supported: ['S256', 'plain']"),
+    (
+        "meta_members_missing",
+        "MD-02",
+        "required members: missing ['jwks_uri', 'authorization_response_iss_parameter_supported']",
+    ),
 ]
 """Protocol defects the kit once passed (tests/kit_defects.py), each reported under its rule by the
 check made for it. Each touches no other's checks, so several share one server and one kit run
-(two runs: RS-03 is n/a without a scope in the 401 challenge, so ``forbidden_no_metadata`` cannot
-share one with ``challenge_no_scope``)."""
+(four runs: RS-03 is n/a without a scope in the 401 challenge, so ``forbidden_no_metadata`` cannot
+share one with ``challenge_no_scope``; defects answering the same request differently, such as
+``revoke_refresh_refused`` and ``revoke_refresh_ignored``, are in different runs; the fourth's
+defects break what most checks need: a fresh token active, a valid token accepted, a refresh)."""
 TOGETHER = [
     "revoke_access_ignored+introspect_public+cc_public+uris_unchecked+no_cors_rest+challenge_no_scope"
     "+refresh_any_client+cors_authorize+iss_flag_off+prm_query_bearer+query_token+prm_slash+oidc_slash"
-    "+introspect_unknown",
+    "+introspect_unknown+revoke_refresh_refused+secret_post_unchecked",
     "token_text_html+revoke_any_client+introspect_any_secret+forbidden_no_metadata+token_cacheable+fragment_dropped"
-    "+revoke_unknown_refused",
+    "+revoke_unknown_refused+iss_dropped+error_state_dropped+state_decoded_twice+unauthorized_no_metadata"
+    "+token_no_challenge+token_get_json+secret_post_unaccepted+refresh_scope_ignored"
+    "+prm_missing+superseded_accepted",
+    "token_as_code+wrong_redirect_error+resource_unchecked+verifier_optional+redirect_uri_unchecked+pkce_optional+code_any_client"
+    "+password_grant+auth_method_unchecked+response_types_unchecked+secret_post_refused+implicit_invalid_grant"
+    "+unknown_grant_500+unknown_client_redirected+plain_accepted+challenge_echoed+iss_repeated+meta_lists_more"
+    "+meta_members_missing+unknown_code_error+error_crlf+no_oidc+revoke_refresh_ignored+duplicates_ignored+prm_types"
+    "+loopback_port_fixed+token_resource_ignored+unknown_scope_dropped+replay_refused_only+refresh_scope_widened"
+    "+introspect_open+refresh_replay_refused_only+basic_wrong_400+meta_issuer_slash",
+    "introspect_inactive+valid_token_refused+refresh_not_rotated_wire",
 ]
 
 
-@pytest.mark.parametrize("defects", TOGETHER, ids=["first", "second"])
+@pytest.mark.parametrize("defects", TOGETHER, ids=["first", "second", "third", "fourth"])
 def test_kit_reports_protocol_defects_injected_together(defects: str) -> None:
     with misbehaving(defects) as served:
         report = run_kit(quick(served))
