@@ -118,6 +118,16 @@ def test_kit_baseline_with_a_second_resource_passes_everything() -> None:
     assert [r.rule for r in report.rules() if r.rule in OBSERVABLE and r.status != PASS] == [], report.table()
 
 
+def test_with_indicator_only_the_rules_checked_at_the_resource_are_not_applicable() -> None:
+    """``--indicator-only``: ``--resource`` names a resource indicator and nothing is served there, so
+    its metadata (MD-03) and the guard's rules (RS-02) are n/a, not failures and not passes; the
+    authorization server's own rules are checked as ever."""
+    with defective("none") as served:
+        report = run_kit(quick(served, resource_served=False))
+    assert (report.status("MD-03"), report.status("RS-02")) == (NA, NA), report.table()
+    assert report.failed() == [] and report.status("TK-03") == PASS, report.table()
+
+
 DEFECTS = [
     ("pkce_unchecked", "TK-03"),
     ("redirect_prefix", "AZ-03"),
