@@ -58,6 +58,15 @@ async def hang() -> Answer:
     return None
 
 
+def _form(body: bytes) -> dict[str, str] | None:
+    """A form body's fields (the last of a repeated one), or None when it is not UTF-8: such a body
+    goes to kavach as sent, whatever defect is on."""
+    try:
+        return dict(parse_qsl(body.decode(), keep_blank_values=True))
+    except UnicodeDecodeError:
+        return None
+
+
 class Defect:
     """Decides, per request, an answer of its own (status, content type, body), or ``None``."""
 
@@ -264,8 +273,10 @@ class Defect:
             if "secret_post_refused" in self.names and record.get("token_endpoint_auth_method") == "client_secret_post":
                 record["redirect_uris"] = ["javascript:alert(1)"]  # RG-02: a method listed, its registration refused
             return method, query, json.dumps(record).encode()
+        posted = _form(body) if path in ("/token", "/revoke") else None
+        if posted is None:
+            return method, query, body
         if path == "/token" and self.names & TOKEN_FORM_DEFECTS:
-            posted = dict(parse_qsl(body.decode(), keep_blank_values=True))
             fixed = dict(posted)
             resource = posted.get("resource", "")
             if "token_resource_ignored" in self.names and urlsplit(resource).hostname not in (None, "127.0.0.1"):
@@ -280,19 +291,16 @@ class Defect:
         if path == "/token" and self.names & {"code_any_client", "redirect_uri_unchecked"}:
             # A code redeemed by whichever public client asks (TK-05), or with another redirect_uri
             # than its authorization request's (TK-03): kavach sees the authorization's own.
-            posted = dict(parse_qsl(body.decode(), keep_blank_values=True))
             asked = self.authorized.get(posted.get("code", ""), {})
             names = {"code_any_client": "client_id", "redirect_uri_unchecked": "redirect_uri"}
             kept = {names[n]: asked[names[n]] for n in self.names & set(names) if names[n] in asked}
             if any(posted.get(k, v) != v for k, v in kept.items()):
                 return method, query, urlencode(posted | {k: v for k, v in kept.items() if k in posted}).encode()
         if "refresh_any_client" in self.names and path == "/token":
-            posted = dict(parse_qsl(body.decode(), keep_blank_values=True))
             owner = self.owners.get(posted.get("refresh_token", ""))
             if owner is not None and posted.get("client_id") not in (None, owner):  # refreshed for whoever asks
                 return method, query, urlencode(posted | {"client_id": owner}).encode()
         if "revoke_any_client" in self.names and path == "/revoke":
-            posted = dict(parse_qsl(body.decode(), keep_blank_values=True))
             owner = self.owners.get(posted.get("token", ""))
             if owner is not None and posted.get("client_id") not in (None, owner):  # revoked for whoever asks
                 return method, query, urlencode(posted | {"client_id": owner}).encode()
