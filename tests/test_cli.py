@@ -1353,10 +1353,11 @@ def test_port_numbers_are_decimal_from_1_to_65535(capsys: pytest.CaptureFixture[
 
 
 def test_users_list_hints_at_users_add_only_when_there_are_none(db: str) -> None:
-    """The "create one with" hint goes to stderr when the database holds no user, and never beside a listing."""
+    """The "create one with" hint goes to stderr when the database holds no user, and never beside a listing;
+    it names the database listed, so the command it shows adds the user there, not to ./kavach.db."""
     ok(["keys", "rotate", "--db", db])
     empty = run(["users", "list", "--db", db])
-    assert (empty.returncode, empty.stdout) == (0, "") and "users add NAME" in empty.stderr, empty.stderr
+    assert (empty.returncode, empty.stdout) == (0, "") and f"users add NAME --db {db}\n" in empty.stderr, empty.stderr
     ok(["users", "add", "alice", "--db", db, "--password-stdin"], stdin=PASSWORD + "\n")
     listed = run(["users", "list", "--db", db])
     assert (listed.returncode, listed.stdout, listed.stderr) == (0, "alice\n", "")

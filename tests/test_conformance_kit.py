@@ -178,6 +178,9 @@ def test_stateful_test_finds_and_shrinks_a_defect(defect: str, rule: str) -> Non
         (["--issuer", "http://127.0.0.1:9", "--stateful-shrink", "-1"], "--stateful-shrink -1 is not"),
         (["--issuer", "http://127.0.0.1:9", "--stateful-shrink", "3601"], "--stateful-shrink 3601 is not"),
         (["--issuer", "http://127.0.0.1:9", "--person", "no_such_module_here:step"], "no_such_module_here"),
+        (["--issuer", "http://127.0.0.1:9", "--redirect-uri", "callback"], "--redirect-uri 'callback' is not"),
+        (["--issuer", "http://127.0.0.1:9", "--redirect-uri", "http://127.0.0.1/cb#f"], "is not an absolute URI"),
+        (["--issuer", "http://127.0.0.1:9", "--redirect-uri", "https:///cb"], "--redirect-uri 'https:///cb' is not"),
     ],
 )
 def test_kit_options_it_cannot_use_are_one_line_before_any_request(args: list[str], expect: str) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from conftest import RESOURCE, make_config
 from kavach.server import AuthorizationServer, LoginLimits
-from kavach.starlette import KavachGuard
+from kavach.starlette import KavachGuard, mount
 from kavach.users import MemoryUsers, Users
 
 from kavach_core.config import Config, Paths, ProtectedResource
@@ -153,3 +153,17 @@ def test_guard_refuses_a_required_that_is_not_a_function() -> None:
     server = AuthorizationServer(make_config(), MemoryStore(), users=_users())
     with pytest.raises(TypeError, match="required must be a function"):
         KavachGuard(lambda *a: None, server, RESOURCE, required=("tools:list",))  # type: ignore[arg-type]
+
+
+def test_mount_refuses_an_app_without_routes() -> None:
+    """``mount`` on the guard the README wraps the MCP app in (not a Starlette app): a TypeError saying
+    what it needs and that the guard serves the authorization server already, not an AttributeError."""
+    from starlette.applications import Starlette
+
+    server = AuthorizationServer(make_config(), MemoryStore(), users=_users())
+    app = Starlette()
+    guarded = KavachGuard(app, server, RESOURCE)
+    with pytest.raises(TypeError, match="mount adds routes to a Starlette or FastAPI app, not a KavachGuard"):
+        mount(guarded, server)  # type: ignore[arg-type]
+    mount(app, server)
+    assert {getattr(route, "path", None) for route in app.router.routes} >= {"/token", "/authorize"}

@@ -428,8 +428,9 @@ def cmd_users_add(args: argparse.Namespace) -> int:
 def cmd_users_list(args: argparse.Namespace) -> int:
     with _instance(args) as instance:
         names = instance.users.store.usernames()
-    if not names:
-        print(f"no users yet; create one with: {_command()} users add NAME", file=sys.stderr)
+        where = _store_option(instance)
+    if not names:  # the hint names this command's store: typed without it, it would add to another
+        print(f"no users yet; create one with: {_command()} users add NAME{where}", file=sys.stderr)
     for name in names:
         print(name)
     return 0

@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from starlette.applications import Starlette
-from starlette.routing import Route
+from starlette.routing import Route, Router
 
 from kavach_core.http import HttpRequest, Response
 from kavach_core.resource_indicators import PRM_WELL_KNOWN, resource_path
@@ -176,6 +176,11 @@ class KavachEndpoint:
 
 def mount(app: Starlette, server: AuthorizationServer) -> None:
     """Add the authorization server's paths in front of ``app``'s own routes (Starlette or FastAPI)."""
+    if not isinstance(getattr(app, "router", None), Router):  # a guard wrapping the app, say: no routes to add to
+        raise TypeError(
+            f"mount adds routes to a Starlette or FastAPI app, not a {type(app).__name__} (a KavachGuard serves"
+            " the authorization server itself when the issuer shares the resource's origin)"
+        )
     endpoint = KavachEndpoint(server)
     app.router.routes[0:0] = [Route(path, endpoint) for path in server.paths()]
 

@@ -7,6 +7,7 @@ import os
 import sys
 from collections.abc import Mapping
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from .http import KitError
 from .report import one_line
@@ -123,6 +124,9 @@ def _check(args: argparse.Namespace) -> None:
     """The options the kit needs only at the end (or deep inside), checked before it starts."""
     if not 1 <= args.redirect_port <= 65535:
         raise KitError(f"--redirect-port {args.redirect_port} is not a port (1-65535)")
+    if args.redirect_uri is not None and not _absolute_uri(args.redirect_uri):
+        # sent as it is, a server refusing it would fail RG-01 and RG-02 for the kit's own mistake
+        raise KitError(f"--redirect-uri {args.redirect_uri!r} is not an absolute URI without a fragment")
     if args.stateful < 0 or args.stateful_steps < 1:
         raise KitError("--stateful needs 0 or more examples and --stateful-steps 1 or more steps")
     if not 0 <= args.stateful_shrink <= 3600:
@@ -133,6 +137,17 @@ def _check(args: argparse.Namespace) -> None:
         target = Path(args.json)
         if target.is_dir() or not target.parent.is_dir():
             raise KitError(f"--json {args.json}: not a file in an existing folder")
+
+
+def _absolute_uri(uri: str) -> bool:
+    """``uri`` has a scheme and no fragment (RFC 6749 §3.1.2), and an http(s) one a host."""
+    try:
+        parts = urlsplit(uri)
+        parts.port  # noqa: B018 - a port out of range raises here
+    except ValueError:
+        return False
+    web = parts.scheme.lower() in ("http", "https")
+    return bool(parts.scheme) and "#" not in uri and (bool(parts.hostname) or not web)
 
 
 def run(args: argparse.Namespace) -> int:
