@@ -36,7 +36,7 @@ def kavach_command() -> list[str]:
     script = Path(sys.executable).with_name("kavach")
     if script.exists():
         return [str(script)]
-    return [sys.executable, "-c", "import sys; from kavach.cli import main; sys.exit(main())"]
+    return [sys.executable, "-m", "kavach"]
 
 
 def run_kavach(

@@ -109,6 +109,20 @@ def test_version() -> None:
     assert ok(["--version"]).startswith("kavach ")
 
 
+def test_python_m_kavach_is_the_command() -> None:
+    """``python -m kavach`` runs the same command as the script: its version, and its one-line refusals."""
+    module = [sys.executable, "-m", "kavach"]
+    env = clean_env()
+    shown = subprocess.run(
+        [*module, "--version"], capture_output=True, text=True, env=env, timeout=TIMEOUT, check=False
+    )
+    assert (shown.returncode, shown.stdout) == (0, ok(["--version"]))
+    refused = subprocess.run(
+        [*module, "users", "lis"], capture_output=True, text=True, env=env, timeout=TIMEOUT, check=False
+    )
+    assert refused.returncode == 2 and refused.stderr.startswith("kavach users: error: argument ACTION: invalid")
+
+
 @pytest.mark.parametrize(
     "args",
     [
@@ -138,6 +152,8 @@ def test_bad_flags_are_one_line_and_status_2(args: list[str], db: str) -> None:
         (["serve", "stray"], "kavach serve"),
         (["users", "--bogus"], "kavach users"),
         (["--bogus"], "kavach"),
+        (["keys", "list", "--d", "kavach.db"], "kavach keys list"),  # never taken for --db
+        (["serve", "--conf", "kavach.toml"], "kavach serve"),  # nor for --config
     ],
     ids=lambda a: " ".join(a) if isinstance(a, list) else a,
 )

@@ -456,6 +456,16 @@ def test_person_module_in_the_current_directory_and_module_run(tmp_path: Path) -
         assert proc.returncode == 2 and "no authorization server metadata found" in proc.stderr, proc.stderr
 
 
+def test_an_abbreviated_option_is_not_taken_for_the_option_it_begins() -> None:
+    """``--issue URL`` is no ``--issuer URL`` to either command: the kit says --issuer is missing and never
+    asks the URL for metadata."""
+    issuer = f"http://127.0.0.1:{free_port()}"
+    for command in ([*kavach_command(), "conformance"], [sys.executable, "-m", "kavach_conformance"]):
+        proc = subprocess.run([*command, "--issue", issuer], capture_output=True, text=True, timeout=60, check=False)
+        assert proc.returncode == 2 and "required: --issuer" in proc.stderr, proc.stderr
+        assert "metadata" not in proc.stderr
+
+
 # -- answers the kit could not read, and defects it used to pass ---------------------------------
 
 

@@ -610,11 +610,15 @@ def test_a_sign_in_window_past_the_bound_stops_serve_before_it_listens(tmp_path:
 
 def test_default_issuer_names_the_address_served_on() -> None:
     """With no ``issuer``, the issuer is ``http://HOST:PORT``: every interface (``0.0.0.0``, ``::``)
-    is named as ``127.0.0.1``, an IPv6 address is bracketed (RFC 3986 §3.2.2), the host is lower-cased;
+    is named as ``127.0.0.1``, an IPv6 address is bracketed (RFC 3986 §3.2.2), once, whether it was given bare
+    or as a URL writes it (then it is listened on bare), the host is lower-cased;
     a configured issuer is kept as written, and the resource is its origin followed by ``/mcp``."""
     assert resolve({"host": "0.0.0.0", "port": 9000}, {}).issuer_url == "http://127.0.0.1:9000"
     assert resolve({"host": "::"}, {}).issuer_url == "http://127.0.0.1:8000"
     assert resolve({"host": "::1"}, {}).issuer_url == "http://[::1]:8000"
+    bracketed = resolve({"host": "[::1]"}, {})
+    assert (bracketed.host, bracketed.issuer_url) == ("::1", "http://[::1]:8000")
+    assert resolve({}, {"KAVACH_HOST": "[::]"}).issuer_url == "http://127.0.0.1:8000"
     assert resolve({}, {"KAVACH_HOST": "LocalHost", "KAVACH_PORT": "9"}).issuer_url == "http://localhost:9"
     settings = resolve({"issuer": "https://a.example/base/"}, {})
     assert settings.issuer_url == "https://a.example/base/"

@@ -157,12 +157,20 @@ class SettingsError(Exception):
     """A setting that cannot be used; the message is one line for the person at the terminal."""
 
 
+def _bare_host(value: str) -> str:
+    """The address to listen on, an IPv6 address given as a URL writes it (``[::1]``, RFC 3986
+    §3.2.2) unbracketed: the socket wants it bare, and the issuer brackets it again."""
+    if isinstance(value, str) and len(value) > 2 and value[0] == "[" and value[-1] == "]":
+        return value[1:-1]
+    return value
+
+
 @attrs.frozen
 class Settings:
     """Everything a ``kavach`` command needs, resolved and checked for form (not yet for meaning:
     :class:`kavach_core.config.Config` does that when the instance is built)."""
 
-    host: str = DEFAULT_HOST
+    host: str = attrs.field(default=DEFAULT_HOST, converter=_bare_host)
     port: int = DEFAULT_PORT
     issuer: str | None = None
     db: str = DEFAULT_DB

@@ -187,7 +187,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m kavach_conformance``: the same as ``kavach conformance``."""
-    parser = argparse.ArgumentParser(prog="python -m kavach_conformance", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m kavach_conformance", description=__doc__, allow_abbrev=False)
     add_arguments(parser)
     return run(parser.parse_args(argv))
 
