@@ -315,35 +315,57 @@ def test_a_person_step_that_fails_decides_no_redirect_rule() -> None:
 
 
 def test_no_authorization_ending_with_a_code_stops_the_kit() -> None:
-    """A wrong password (or a sign-in that never works) made every check needing a code n/a, and
-    the run ended 0 as if it had passed: the kit stops with exit status 2 and one line saying why.
-    The checks that need no code still decide their rules (TK-08 here, its group run alone)."""
+    """A person step that never ends with a code (a sign-in that never works) made every check needing
+    a code n/a, and the run ended 0 as if it had passed: the kit stops with one line saying why. The
+    checks that need no code still decide their rules (TK-08 here, its group run alone)."""
     from kavach_conformance.checks import check_token_endpoint
-    from kavach_conformance.person import FormPerson
+    from kavach_conformance.http import KitError
     from kavach_conformance.runner import make_session
     from kavach_conformance.session import Skip
 
-    wrong = "not-" + PASSWORD
-    # Every sign-in fails here: kavach's per-account limit (10 in 15 minutes) raised out of the way.
-    with serve(config_toml=SIGN_IN + "per_user = 10000\n") as served:
+    def person(url: str, redirect_uri: str) -> str:
+        raise RuntimeError("cannot sign in")
+
+    with serve(config_toml=SIGN_IN) as served:
         served.add_user(USER, PASSWORD)
-        proc = kit_command(served, "--password", wrong)
-        session = make_session(quick(served, password=wrong))
+        with pytest.raises(KitError) as stopped:
+            run_kit(quick(served, person=person))
+        session = make_session(quick(served, person=person))
         checks: list[tuple[str, str, bool | None, str]] = []
         try:
             with pytest.raises(Skip, match="could not obtain a code"):
                 check_token_endpoint(session, lambda *check: checks.append(check))
         finally:
-            assert isinstance(session.person, FormPerson)
-            session.person.close()
             session.http.close()
-    assert proc.returncode == 2 and proc.stdout == "", proc.stdout + proc.stderr
-    assert proc.stderr == (
-        "kavach conformance: could not complete any authorization: stayed on the server "
-        "(still on the authorization server after 12 pages)\n"
-    ), proc.stderr
+    expect = "could not complete any authorization: stayed on the server (RuntimeError: cannot sign in)"
+    assert str(stopped.value) == expect
     tk08 = [check for check in checks if check[0] == "TK-08"]
     assert len(tk08) == 4 and all(check[2] is True for check in tk08), checks
+
+
+def test_a_refused_sign_in_stops_the_kit_at_its_first_try() -> None:
+    """A wrong password: the built-in person sent the sign-in form again each time it came back (6 times
+    an authorization, its 12 pages), so kavach's per-account limit (10 in 15 minutes) answered 429 within
+    the run and kept the account locked. It stops when the form it sent the password in comes back: one
+    failed sign-in a run, one line saying so, and the right password then signs in and ends with a code."""
+    from kavach_conformance.runner import make_session
+
+    wrong = "not-" + PASSWORD
+    with serve(config_toml=SIGN_IN) as served:  # the default per-account limit
+        served.add_user(USER, PASSWORD)
+        for _ in range(3):
+            proc = kit_command(served, "--password", wrong)
+            assert proc.returncode == 2 and proc.stdout == "", proc.stdout + proc.stderr
+            assert proc.stderr == (
+                "kavach conformance: the sign-in was refused, its form shown again:"
+                f" {served.issuer}/authorize/consent (check --username and --password)\n"
+            ), proc.stderr
+        session = make_session(quick(served))
+        try:
+            _, _, outcome = session.code(session.client())
+        finally:
+            session.http.close()
+    assert outcome.one("code") and session.authorized, outcome.describe()
 
 
 @pytest.mark.parametrize(

@@ -52,7 +52,11 @@ class NoAnswer(KitError):
     one in a content coding the kit does not read."""
 
 
-class RateLimited(KitError):
+class Stop(KitError):
+    """The whole run stops here (exit status 2), whichever check it is in: going on would only repeat it."""
+
+
+class RateLimited(Stop):
     """The server answered 429: the kit stops (exit status 2) rather than report throttled checks."""
 
 

@@ -3,7 +3,9 @@
 :class:`FormPerson` is a generic HTML form filler: it opens the authorization URL, follows
 redirects that stay on the authorization server, and on every page submits the first POST form,
 putting the username into the text field and the password into the password field, pressing
-the approving submit button (or the only one). It stops, without following, at the first
+the approving submit button (or the only one). When the form it put the password in comes back,
+the server refused the username or password: :class:`SignInRefused` stops the run, rather than spend
+the account's sign-in limit on every later authorization. It stops, without following, at the first
 redirect that leaves the server: that Location is the final redirect URL (it carries ``code``
 or ``error``). An error page that does not redirect but links to the client's redirect URI (a
 server declining to redirect on its own to a URI it does not trust, RFC 9700 §4.11.2) ends the
@@ -26,7 +28,7 @@ from urllib.parse import urljoin, urlsplit
 import attrs
 import httpx
 
-from .http import Http, KitError, origin
+from .http import Http, KitError, Stop, origin
 
 PersonStep = Callable[[str, str], str]
 PostStep = Callable[[str, list[tuple[str, str]], str], str]
@@ -51,6 +53,11 @@ class PersonError(KitError):
     def __init__(self, message: str, status: int | None = None) -> None:
         super().__init__(message)
         self.status = status
+
+
+class SignInRefused(Stop):
+    """The built-in person's username and password were refused: every later authorization would
+    be refused alike, and each try would count against the account's sign-in limit."""
 
 
 class UnreadablePage(KitError):
@@ -238,6 +245,8 @@ class FormPerson:
 
     def _walk(self, response: httpx.Response, server: str, redirect_uri: str) -> str:
         jar = self.jar
+        signed: tuple[str, ...] | None = None
+        """The form the password went into (where it posts, its fields): shown again, it refused them."""
         for _ in range(self.max_steps):
             if response.status_code in (301, 302, 303, 307, 308) and "location" in response.headers:
                 target = urljoin(str(response.url), response.headers["location"])
@@ -256,7 +265,16 @@ class FormPerson:
             found = [f for f in _parsed(response).forms if f.method == "post"]
             if not found:
                 raise PersonError(f"{response.url} shows no form to submit", response.status_code)
-            response = self._submit(jar, str(response.url), found[0])
+            form, page = found[0], str(response.url)
+            if form.password_inputs:
+                shape = (urljoin(page, form.action or page), *form.text_inputs, *form.password_inputs)
+                if shape == signed:
+                    where = page.split("?", 1)[0]
+                    raise SignInRefused(
+                        f"the sign-in was refused, its form shown again: {where} (check --username and --password)"
+                    )
+                signed = shape
+            response = self._submit(jar, page, form)
         raise PersonError(f"still on the authorization server after {self.max_steps} pages")
 
     def _submit(self, jar: httpx.Client, page: str, form: _Form) -> httpx.Response:

@@ -7,7 +7,7 @@ from urllib.parse import urlsplit
 import attrs
 
 from .checks import ALL_CHECKS
-from .http import Http, KitError, RateLimited, origin
+from .http import Http, KitError, Stop, origin
 from .person import FormPerson, PersonStep, load_callable
 from .report import FAIL, NA, PASS, Check, Report
 from .session import Session, Skip, describe
@@ -92,7 +92,7 @@ def run_kit(options: KitOptions) -> Report:
                 for rule in rules:
                     if not any(c.rule == rule for c in report.checks):
                         report.add(Check(rule, name, NA, str(exc)))
-            except RateLimited:
+            except Stop:
                 raise
             except Exception as exc:  # no answer, or one the kit could not read: the rules checked fail
                 exchanges = session.http.since(mark)[-8:]

@@ -32,7 +32,7 @@ from hypothesis.internal.conjecture import engine
 from hypothesis.reporting import with_reporter
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, initialize, invariant, multiple, rule
 
-from .http import Http, KitError, RateLimited
+from .http import Http, KitError, Stop
 from .report import FAIL, NA, PASS
 from .session import BadAnswer, Client, Session, Skip, describe, json_object, refresh_token_of
 
@@ -291,7 +291,7 @@ def run_stateful(
             run_state_machine_as_test(machine, settings=config)
     except _Stop as stop:
         cause = stop.__cause__
-        if isinstance(cause, RateLimited):
+        if isinstance(cause, Stop):
             raise cause from None
         exchanges = session.http.since(machine.machines[-1].mark)
         if isinstance(cause, Skip):
