@@ -263,9 +263,9 @@ def test_a_registered_client_is_the_one_the_server_answered_with() -> None:
         session = session_at(base)
         session.meta = {"registration_endpoint": base + "/register"}
         session.setup_clients(None, None, register=True)
-    assert session.primary == Client("c1", CB, None, "none", registered=True)
-    assert session.second == Client("c2", CB, None, "none", registered=True)
-    assert session.confidential == Client("c3", CB, "s3cret", "client_secret_post", registered=True)
+    assert session.primary == Client("c1", CB, None, "none")
+    assert session.second == Client("c2", CB, None, "none")
+    assert session.confidential == Client("c3", CB, "s3cret", "client_secret_post")
     assert session.client() is session.primary
 
 
@@ -282,7 +282,7 @@ def test_a_given_client_is_used_and_only_the_missing_ones_registered() -> None:
         unregistered.setup_clients("only", None, register=False)
     given = Client("given", CB, "its-secret", "client_secret_basic")
     assert (confidential.primary, confidential.confidential) == (given, given)
-    assert confidential.second == Client("r1", CB, None, "none", registered=True)
+    assert confidential.second == Client("r1", CB, None, "none")
     assert public.primary == Client("given-public", CB, None, "none")
     assert [json.loads(request.body)["token_endpoint_auth_method"] for request in heard[1:]] == [
         "none",

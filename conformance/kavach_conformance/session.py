@@ -182,7 +182,6 @@ class Client:
     redirect_uri: str
     secret: str | None = None
     method: str = "none"
-    registered: bool = False
 
 
 @attrs.define
@@ -350,7 +349,6 @@ class Session:
             self.redirect_uri,
             body.get("client_secret"),
             body.get("token_endpoint_auth_method", method),
-            registered=True,
         )
 
     def setup_clients(self, client_id: str | None, client_secret: str | None, register: bool) -> None:
