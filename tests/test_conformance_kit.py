@@ -441,11 +441,10 @@ def test_server_text_cannot_reach_the_terminal_raw(tmp_path: Path) -> None:
     ("defect", "expect"), [("huge_meta", "answer larger than 1048576 bytes"), ("trickle_meta", "no whole answer")]
 )
 def test_an_answer_too_large_or_too_slow_is_not_read_whole(defect: str, expect: str) -> None:
-    """The RFC 8414 document (the kit goes on with OIDC discovery's): MD-01 fails."""
+    """The RFC 8414 document (the kit goes on with OIDC discovery's): MD-01 fails, its reason saying the
+    answer was cut off at the size bound or at the kit's deadline for the whole exchange."""
     with misbehaving(defect) as served:
-        started = time.monotonic()
         report = run_kit(quick(served, timeout=HANG))
-    assert time.monotonic() - started < 30
     assert report.status("MD-01") == FAIL and expect in reason(report, "MD-01"), report.table()
 
 
