@@ -96,8 +96,7 @@ def test_only_the_origins_given_are_contacted() -> None:
     heard: list[bytes] = []
     with raw_server(answering(heard, "200 OK", [("Content-Type", "application/json")], b"{}")) as base:
         port = base.rsplit(":", 1)[1]
-        http = Http([base + "/issuer"], timeout=5)
-        try:
+        with Http([base + "/issuer"], timeout=5) as http:
             for elsewhere in (
                 f"http://127.0.0.1:{free_port()}/",
                 f"http://localhost:{port}/",
@@ -107,8 +106,6 @@ def test_only_the_origins_given_are_contacted() -> None:
                     http.request("GET", elsewhere)
             assert heard == [] and http.log == []
             assert http.request("GET", f"HTTP://127.0.0.1:{port}/x").status_code == 200
-        finally:
-            http.close()
     assert len(heard) == 1 and heard[0].startswith(b"GET /x HTTP/1.1\r\n"), heard
 
 
@@ -118,14 +115,10 @@ def test_a_redirect_is_never_followed_and_its_target_is_logged_without_query() -
     target = f"https://client.example/cb?code=abcdefghijklmnopq&error={error}&iss=https%3A%2F%2Fas&state=1&aud="
     request = {"response_type": "code", "client_id": "kit", "redirect_uri": "https://client.example/cb"}
     request |= {"resource": "https://mcp.example/", "code_challenge_method": "S256", "prompt": "login"}
-    with raw_server(answering(heard, "302 Found", [("Location", target)])) as base:
-        http = Http([base], timeout=5)
-        try:
-            mark = http.mark()
-            response = http.request("GET", base + "/authorize", params=request)
-            lines = http.since(mark)
-        finally:
-            http.close()
+    with raw_server(answering(heard, "302 Found", [("Location", target)])) as base, Http([base], timeout=5) as http:
+        mark = http.mark()
+        response = http.request("GET", base + "/authorize", params=request)
+        lines = http.since(mark)
     assert response.status_code == 302 and len(heard) == 1, heard
     assert heard[0].startswith(b"GET /authorize?response_type=code&client_id=kit&redirect_uri="), heard
     assert lines == [
@@ -143,12 +136,8 @@ def test_proxy_settings_of_the_environment_are_not_used(monkeypatch: pytest.Monk
         monkeypatch.setenv(name, proxy)
     monkeypatch.delenv("NO_PROXY", raising=False)
     monkeypatch.delenv("no_proxy", raising=False)
-    with raw_server(answering(heard, "204 No Content", [])) as base:
-        http = Http([base], timeout=5)
-        try:
-            assert http.request("GET", base + "/direct").status_code == 204
-        finally:
-            http.close()
+    with raw_server(answering(heard, "204 No Content", [])) as base, Http([base], timeout=5) as http:
+        assert http.request("GET", base + "/direct").status_code == 204
     assert heard[0].startswith(b"GET /direct HTTP/1.1\r\n"), heard
 
 
@@ -160,22 +149,18 @@ def test_what_is_sent_is_logged_with_secrets_shortened_and_json_answers_summaris
     answer["token_type"] = "Bearer"
     body = json.dumps(answer).encode()
     headers = [("Content-Type", "application/json; charset=utf-8")]
-    with raw_server(answering(heard, "200 OK", headers, body)) as base:
-        http = Http([base], timeout=5)
+    with raw_server(answering(heard, "200 OK", headers, body)) as base, Http([base], timeout=5) as http:
         form = [("grant_type", "authorization_code"), ("code", "c" * 30), ("code_verifier", "v" * 43), ("x", "1")]
-        try:
-            http.request("POST", base + "/token", params={"client_id": "kit"}, data=form, headers={"X-Kit": "1"})
-            http.request("POST", base + "/token", json_body={"grant_type": "refresh_token"})
-            http.request(
-                "GET",
-                base
-                + "/token?token="
-                + "t" * 20
-                + "&state=s&scope=&token_type_hint=refresh_token&refresh_token="
-                + "r" * 20,
-            )
-        finally:
-            http.close()
+        http.request("POST", base + "/token", params={"client_id": "kit"}, data=form, headers={"X-Kit": "1"})
+        http.request("POST", base + "/token", json_body={"grant_type": "refresh_token"})
+        http.request(
+            "GET",
+            base
+            + "/token?token="
+            + "t" * 20
+            + "&state=s&scope=&token_type_hint=refresh_token&refresh_token="
+            + "r" * 20,
+        )
     sent, hint = "code=cccccccccc... code_verifier=vvvvvvvvvv...", "token_type_hint=refresh_token"
     got = "active=true scope=tools:list tools:call token_type=Bearer refresh_token=rrrrrrrrrr... access_token=(issued)"
     assert http.since(0) == [
@@ -195,25 +180,20 @@ def test_what_is_sent_is_logged_with_secrets_shortened_and_json_answers_summaris
 
 def test_a_caller_s_content_type_is_kept() -> None:
     heard: list[bytes] = []
-    with raw_server(answering(heard, "204 No Content", [])) as base:
-        http = Http([base], timeout=5)
-        try:
-            http.request("POST", base + "/r", data={"a": "b"}, headers={"Content-Type": "text/plain"})
-            http.request("POST", base + "/r", json_body=[1], headers={"Content-Type": "application/x-kit"})
-        finally:
-            http.close()
+    with raw_server(answering(heard, "204 No Content", [])) as base, Http([base], timeout=5) as http:
+        http.request("POST", base + "/r", data={"a": "b"}, headers={"Content-Type": "text/plain"})
+        http.request("POST", base + "/r", json_body=[1], headers={"Content-Type": "application/x-kit"})
     assert b"content-type: text/plain\r\n" in heard[0].lower() and b"urlencoded" not in heard[0].lower(), heard
     assert b"content-type: application/x-kit\r\n" in heard[1].lower(), heard
 
 
 @pytest.mark.parametrize("answer", [b"[1, 2]", b"{not json", b"[" * 100_000 + b"]" * 100_000])
 def test_a_json_answer_that_is_no_object_is_logged_without_members(answer: bytes) -> None:
-    with raw_server(lambda conn, port: send_json(conn, answer, b"400 Bad Request")) as base:
-        http = Http([base], timeout=5)
-        try:
-            assert http.request("GET", base + "/m").content == answer
-        finally:
-            http.close()
+    with (
+        raw_server(lambda conn, port: send_json(conn, answer, b"400 Bad Request")) as base,
+        Http([base], timeout=5) as http,
+    ):
+        assert http.request("GET", base + "/m").content == answer
     assert http.since(0) == [f"GET {base}/m [] => 400"], http.since(0)
 
 
@@ -230,16 +210,15 @@ def test_json_nested_too_deeply_for_the_decoder_is_not_json_to_read() -> None:
 def test_the_size_limit_holds_to_the_byte(size: int) -> None:
     """An answer of ``max_bytes`` is read; one byte more is no answer, and nothing is logged."""
     body = b"x" * size
-    with raw_server(answering([], "200 OK", [("Content-Type", "text/plain")], body)) as base:
-        http = Http([base], timeout=5, max_bytes=1000)
-        try:
-            if size <= 1000:
-                assert http.request("GET", base + "/big").content == body
-            else:
-                with pytest.raises(NoAnswer, match=rf"^answer larger than 1000 bytes: GET {base}/big$"):
-                    http.request("GET", base + "/big?q=1")
-        finally:
-            http.close()
+    with (
+        raw_server(answering([], "200 OK", [("Content-Type", "text/plain")], body)) as base,
+        Http([base], timeout=5, max_bytes=1000) as http,
+    ):
+        if size <= 1000:
+            assert http.request("GET", base + "/big").content == body
+        else:
+            with pytest.raises(NoAnswer, match=rf"^answer larger than 1000 bytes: GET {base}/big$"):
+                http.request("GET", base + "/big?q=1")
     assert len(http.log) == (size <= 1000)
 
 
@@ -247,16 +226,15 @@ def test_the_size_limit_holds_to_the_byte(size: int) -> None:
 def test_the_kit_reads_answers_of_up_to_one_mebibyte(size: int) -> None:
     """docs/conformance.md: every answer must be at most 1 MiB (once decoded)."""
     body = b"x" * size
-    with raw_server(answering([], "200 OK", [("Content-Type", "text/plain")], body)) as base:
-        http = Http([base], timeout=10)
-        try:
-            if size <= 1 << 20:
-                assert http.request("GET", base + "/big").content == body
-            else:
-                with pytest.raises(NoAnswer, match=rf"^answer larger than {1 << 20} bytes: GET {base}/big$"):
-                    http.request("GET", base + "/big")
-        finally:
-            http.close()
+    with (
+        raw_server(answering([], "200 OK", [("Content-Type", "text/plain")], body)) as base,
+        Http([base], timeout=10) as http,
+    ):
+        if size <= 1 << 20:
+            assert http.request("GET", base + "/big").content == body
+        else:
+            with pytest.raises(NoAnswer, match=rf"^answer larger than {1 << 20} bytes: GET {base}/big$"):
+                http.request("GET", base + "/big")
 
 
 @pytest.mark.parametrize("coding", ["x-gzip", "GZip", "identity, gzip", " , gzip ,"])
@@ -264,12 +242,8 @@ def test_one_gzip_coding_is_read_however_it_is_named(coding: str) -> None:
     """RFC 9110 §8.4.1: codings are case-insensitive, ``x-gzip`` is ``gzip``, ``identity`` (and an
     empty list element) adds no coding."""
     doc = json.dumps({"issuer": "https://as.example"}).encode()
-    with raw_server(encoded_answer(gzip.compress(doc), coding, [])) as base:
-        http = Http([base], timeout=5)
-        try:
-            assert http.request("GET", base + "/meta").content == doc
-        finally:
-            http.close()
+    with raw_server(encoded_answer(gzip.compress(doc), coding, [])) as base, Http([base], timeout=5) as http:
+        assert http.request("GET", base + "/meta").content == doc
 
 
 def test_a_gzip_answer_arriving_in_many_reads_is_decoded_whole() -> None:
@@ -277,43 +251,34 @@ def test_a_gzip_answer_arriving_in_many_reads_is_decoded_whole() -> None:
     then a 20 kB block repeated, which gzip codes as references up to its 32 kB window back."""
     noise = random.Random(0).randbytes(320_000)
     doc = noise[:300_000] + noise[300_000:] * 5
-    with raw_server(encoded_answer(gzip.compress(doc), "gzip", [])) as base:
-        http = Http([base], timeout=5)
-        try:
-            assert http.request("GET", base + "/meta").content == doc
-        finally:
-            http.close()
+    with raw_server(encoded_answer(gzip.compress(doc), "gzip", [])) as base, Http([base], timeout=5) as http:
+        assert http.request("GET", base + "/meta").content == doc
 
 
 def test_no_answer_in_time_is_no_answer_naming_the_request_without_its_query() -> None:
-    with raw_server(silent) as base:
-        http = Http([base], timeout=0.5)
-        try:
-            with pytest.raises(NoAnswer, match=rf"^no answer within 0.5 s \(ReadTimeout\): POST {base}/token$"):
-                http.request("POST", base + "/token?secret=1", data={"code": "c"})
-        finally:
-            http.close()
+    with (
+        raw_server(silent) as base,
+        Http([base], timeout=0.5) as http,
+        pytest.raises(NoAnswer, match=rf"^no answer within 0.5 s \(ReadTimeout\): POST {base}/token$"),
+    ):
+        http.request("POST", base + "/token?secret=1", data={"code": "c"})
     assert http.log == []
 
 
 def test_a_refused_connection_is_no_answer_naming_the_request() -> None:
     url = f"http://127.0.0.1:{free_port()}/.well-known/x"
-    http = Http([url], timeout=5)
-    try:
-        with pytest.raises(NoAnswer, match=rf"^ConnectError: .*: GET {url}$"):
-            http.request("GET", url + "?a=b")
-    finally:
-        http.close()
+    with Http([url], timeout=5) as http, pytest.raises(NoAnswer, match=rf"^ConnectError: .*: GET {url}$"):
+        http.request("GET", url + "?a=b")
+    assert http.client.is_closed  # left as a context manager, on an error too
 
 
 def test_a_429_stops_the_kit_and_is_logged() -> None:
-    with raw_server(answering([], "429 Too Many Requests", [("Retry-After", "60")])) as base:
-        http = Http([base], timeout=5)
-        try:
-            with pytest.raises(RateLimited, match=rf"^POST {base}/register answered 429: the server rate-limits"):
-                http.request("POST", base + "/register", json_body={})
-        finally:
-            http.close()
+    with (
+        raw_server(answering([], "429 Too Many Requests", [("Retry-After", "60")])) as base,
+        Http([base], timeout=5) as http,
+        pytest.raises(RateLimited, match=rf"^POST {base}/register answered 429: the server rate-limits"),
+    ):
+        http.request("POST", base + "/register", json_body={})
     assert http.since(0) == [f"POST {base}/register [] => 429"]
 
 

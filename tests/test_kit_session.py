@@ -702,8 +702,10 @@ def form_page(buttons: str, action: str = "") -> Page:
 def walk(pages: dict[str, Page], redirect_uri: str = CB, **kwargs: Any) -> tuple[str | Exception, list[Heard], str]:
     """The built-in person from ``GET /authorize`` through ``pages`` (by method and path, ``"GET /x"``):
     the URL it ended at (or the exception it stopped with), what the server heard, the server's base URL."""
-    with site(lambda request: pages[f"{request.method} {request.path}"]) as (base, heard):
-        http = Http([base], timeout=5)
+    with (
+        site(lambda request: pages[f"{request.method} {request.path}"]) as (base, heard),
+        Http([base], timeout=5) as http,
+    ):
         person = FormPerson(http, USER, PASSWORD, **kwargs)
         try:
             ended: str | Exception = person(base + "/authorize?client_id=c", redirect_uri.format(base=base))
@@ -711,7 +713,6 @@ def walk(pages: dict[str, Page], redirect_uri: str = CB, **kwargs: Any) -> tuple
             ended = exc
         finally:
             person.close()
-            http.close()
     return ended, heard, base
 
 
@@ -924,8 +925,10 @@ def test_the_form_persons_post_step_sends_the_request_as_a_form_and_walks_on() -
         "POST /consent": (302, {"Location": CB + "?code=p"}, ""),
     }
     pages["POST /authorize"] = form_page("<button>Allow</button>", "/consent")
-    with site(lambda request: pages[f"{request.method} {request.path}"]) as (base, heard):
-        http = Http([base], timeout=5)
+    with (
+        site(lambda request: pages[f"{request.method} {request.path}"]) as (base, heard),
+        Http([base], timeout=5) as http,
+    ):
         person = FormPerson(http, None, None)
         try:
             post = person_post(person)
@@ -933,7 +936,6 @@ def test_the_form_persons_post_step_sends_the_request_as_a_form_and_walks_on() -
             ended = post(base + "/authorize", [("client_id", "c"), ("scope", "a b")], CB)
         finally:
             person.close()
-            http.close()
     assert ended == CB + "?code=p"
     assert [(request.method, request.path, request.form()) for request in heard] == [
         ("POST", "/authorize", [("client_id", "c"), ("scope", "a b")]),

@@ -220,6 +220,12 @@ class Http:
     def close(self) -> None:
         self.client.close()
 
+    def __enter__(self) -> Http:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def mark(self) -> int:
         return len(self.log)
 
