@@ -20,7 +20,7 @@ from urllib.parse import urlencode, urlsplit, urlunsplit
 import attrs
 import httpx
 
-from .http import Http, KitError, RateLimited, parse_json
+from .http import Http, KitError, Stop, parse_json
 from .person import PersonError, PersonStep, person_post, redirect_params
 
 OIDC_SCOPES = frozenset({"openid", "profile", "email", "address", "phone", "offline_access"})
@@ -265,7 +265,7 @@ class Session:
             for url in dict.fromkeys(urls):  # one URL for an issuer without a path
                 try:
                     response = self.http.request("GET", url)
-                except RateLimited:
+                except Stop:
                     raise
                 except KitError as exc:
                     tried.append(str(exc))
