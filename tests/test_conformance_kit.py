@@ -368,59 +368,6 @@ def test_a_refused_sign_in_stops_the_kit_at_its_first_try() -> None:
     assert outcome.one("code") and session.authorized, outcome.describe()
 
 
-@pytest.mark.parametrize(
-    ("links", "ends"),
-    [
-        (["{cb}?error=invalid_scope&state=s1"], "{cb}?error=invalid_scope&state=s1"),  # followed, as a person would
-        (["/elsewhere", "{cb}?error=x"], "{cb}?error=x"),
-        ([], None),  # an error page alone: the person is stuck there
-        (["https://other.example/cb?error=x"], None),  # not the client's redirect URI
-        (["{cb}?error=x", "{cb}?error=y"], None),  # which one? the person does not guess
-    ],
-)
-def test_the_form_person_follows_an_error_pages_one_link_back_to_the_client(links: list[str], ends: str | None) -> None:
-    """A server that will not redirect on its own to a redirect URI it does not trust shows the
-    error with a link to the client (RFC 9700 §4.11.2): the kit's person follows that one link, and
-    the error reaches the redirect checks as if redirected. Served by a real HTTP server."""
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-    from kavach_conformance.http import Http
-    from kavach_conformance.person import FormPerson, PersonError
-
-    cb = "https://client.example/cb"
-
-    class ErrorPage(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            body = "".join(f'<a href="{link.format(cb=cb).replace("&", "&amp;")}">back</a>' for link in links)
-            data = f"<html><body><h1>invalid_scope</h1>{body}</body></html>".encode()
-            self.send_response(400)
-            self.send_header("Content-Type", "text/html")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), ErrorPage)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    base = f"http://127.0.0.1:{server.server_address[1]}"
-    http = Http([base])
-    person = FormPerson(http, USER, PASSWORD)
-    try:
-        if ends is None:
-            with pytest.raises(PersonError, match="answered 400"):
-                person(base + "/authorize?x=1", cb)
-        else:
-            assert person(base + "/authorize?x=1", cb) == ends.format(cb=cb)
-    finally:
-        person.close()
-        http.close()
-        server.shutdown()
-        server.server_close()
-
-
 def test_rate_limiting_of_any_registration_stops_the_kit() -> None:
     with misbehaving("reg_429_third") as served:
         proc = kit_command(served)

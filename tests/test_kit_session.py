@@ -866,6 +866,30 @@ def test_the_form_person_ends_at_a_page_sending_the_browser_off_the_server(page:
     assert ended == ends and len(heard) == 1
 
 
+@pytest.mark.parametrize(
+    ("links", "ends"),
+    [
+        (["{cb}?error=invalid_scope&state=s1"], "{cb}?error=invalid_scope&state=s1"),  # followed, as a person would
+        (["/elsewhere", "{cb}?error=x"], "{cb}?error=x"),
+        ([], None),  # an error page alone: the person is stuck there
+        (["https://other.example/cb?error=x"], None),  # not the client's redirect URI
+        (["{cb}?error=x", "{cb}?error=y"], None),  # which one? the person does not guess
+    ],
+)
+def test_the_form_person_follows_an_error_pages_one_link_back_to_the_client(links: list[str], ends: str | None) -> None:
+    """A server that will not redirect on its own to a redirect URI it does not trust shows the
+    error with a link to the client (RFC 9700 §4.11.2): the kit's person follows that one link, and
+    the error reaches the redirect checks as if redirected."""
+    body = "".join(f'<a href="{link.format(cb=CB).replace("&", "&amp;")}">back</a>' for link in links)
+    ended, _heard, _base = walk(
+        {"GET /authorize": (400, {}, f"<html><body><h1>invalid_scope</h1>{body}</body></html>")}
+    )
+    if ends is None:
+        assert isinstance(ended, PersonError) and "answered 400" in str(ended), ended
+    else:
+        assert ended == ends.format(cb=CB)
+
+
 @pytest.mark.parametrize(("status", "redirect_uri"), [(400, CB), (499, CB), (400, CB + "?tenant=1")])
 def test_the_form_person_follows_an_error_pages_link_back_to_the_redirect_uri(status: int, redirect_uri: str) -> None:
     """The one link to the redirect URI, whatever its query; not a ``<link>``, nor an anchor without ``href``."""
