@@ -329,38 +329,47 @@ class Defect:
         return out
 
     def headers(self, path: str, status: int, headers: Headers) -> Headers:
-        """The answer's headers sent instead: challenges without a member, token answers not JSON or
-        cacheable, a CORS header on the authorization endpoint."""
+        """The answer's headers sent instead: redirects (:meth:`location`), challenges without a
+        member, token answers not JSON or cacheable, a CORS header on the authorization endpoint."""
         out = []
         for key, value in headers:
-            code = parse_qs(urlsplit(value.decode(errors="replace")).query).get("code")
-            if key.lower() == b"location" and code:
-                self.authorized[code[0]] = self.authorizing
-                if "challenge_echoed" in self.names:  # AZ-05: the code_challenge sent back with the code
-                    value += b"&challenge=" + self.authorizing.get("code_challenge", "").encode()
-                if "iss_repeated" in self.names:  # AZ-08: a parameter twice in the redirect
-                    value += b"&iss=" + parse_qs(urlsplit(value.decode()).query).get("iss", [""])[0].encode()
-            if key.lower() == b"location" and self.names & RESPONSE_DEFECTS:
-                value = self.redirect(value)
-            if key.lower() == b"location" and "wrong_redirect_error" in self.names:  # AZ-04: the wrong error code
-                value = value.replace(b"error=unsupported_response_type", b"error=invalid_request")
-            if key.lower() == b"www-authenticate" and path == "/mcp":
+            name = key.lower()
+            if name == b"location":
+                value = self.location(value)
+            elif name == b"www-authenticate" and path == "/mcp":
                 if "challenge_no_scope" in self.names and status == 401:
                     value = re.sub(rb',\s*scope="[^"]*"', b"", value)
                 if "unauthorized_no_metadata" in self.names and status == 401:
                     value = re.sub(rb'resource_metadata="[^"]*",?\s*', b"", value)
                 if "forbidden_no_metadata" in self.names and status == 403:
                     value = re.sub(rb',\s*resource_metadata="[^"]*"', b"", value)
-            if key.lower() == b"content-type" and path == "/token" and "token_text_html" in self.names:
-                value = b"text/html; charset=utf-8"  # RFC 6749 §5.1/§5.2: application/json
-            if key.lower() == b"www-authenticate" and path == "/token" and "token_no_challenge" in self.names:
+            elif name == b"www-authenticate" and path == "/token" and "token_no_challenge" in self.names:
                 continue  # RFC 6749 §5.2: a 401 to Basic credentials challenges Basic
-            if key.lower() == b"cache-control" and path == "/token" and "token_cacheable" in self.names:
+            elif name == b"content-type" and path == "/token" and "token_text_html" in self.names:
+                value = b"text/html; charset=utf-8"  # RFC 6749 §5.1/§5.2: application/json
+            elif name == b"cache-control" and path == "/token" and "token_cacheable" in self.names:
                 continue  # RFC 6749 §5.1/§5.2: no-store on every token answer
             out.append((key, value))
         if "cors_authorize" in self.names and path == "/authorize":
             out.append((b"access-control-allow-origin", b"*"))  # MD-04: no CORS where a browser navigates
         return out
+
+    def location(self, value: bytes) -> bytes:
+        """A ``Location`` sent instead; a code in it is remembered with the authorization request
+        it answers (``self.authorized``)."""
+        query = parse_qs(urlsplit(value.decode(errors="replace")).query)
+        code = query.get("code")
+        if code:
+            self.authorized[code[0]] = self.authorizing
+            if "challenge_echoed" in self.names:  # AZ-05: the code_challenge sent back with the code
+                value += b"&challenge=" + self.authorizing.get("code_challenge", "").encode()
+            if "iss_repeated" in self.names:  # AZ-08: a parameter twice in the redirect
+                value += b"&iss=" + query.get("iss", [""])[0].encode()
+        if self.names & RESPONSE_DEFECTS:
+            value = self.redirect(value)
+        if "wrong_redirect_error" in self.names:  # AZ-04: the wrong error code
+            value = value.replace(b"error=unsupported_response_type", b"error=invalid_request")
+        return value
 
     def redirect(self, location: bytes) -> bytes:
         """An authorization response sent instead (AZ-08): without ``iss``, without ``state`` on an
