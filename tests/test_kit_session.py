@@ -1,7 +1,8 @@
 """The conformance kit's client side step by step (conformance/kavach_conformance/session.py,
 person.py, stateful.py): what the session sends, and what it refuses, in discovery, registration,
 authorization requests (PKCE) and token requests; what the built-in person does with the pages it
-is shown; how a ``--person`` callable is loaded; how a stateful run ends when it cannot go on.
+is shown; how a ``--person`` callable is loaded; how a stateful run ends when it cannot go on, and
+what its model tolerates of a server.
 
 Where the step is the server's, against ``kavach serve``; where the test is about an answer kavach
 never gives, against a small local HTTP server answering as the test says and recording what it heard.
@@ -24,6 +25,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 import attrs
 import pytest
+from hypothesis.stateful import multiple
 from kavach_conformance.http import Http, KitError, RateLimited, Stop
 from kavach_conformance.person import (
     FormPerson,
@@ -48,7 +50,7 @@ from kavach_conformance.session import (
     mistyped_members,
     refresh_token_of,
 )
-from kavach_conformance.stateful import run_stateful
+from kavach_conformance.stateful import machine_for, run_stateful
 from kavach_serve import Served, free_port, serve
 from test_conformance_kit import PASSWORD, SIGN_IN, USER, quick
 
@@ -382,7 +384,8 @@ def test_without_scopes_or_a_resource_the_request_names_neither() -> None:
 def test_a_person_step_that_gives_up_is_an_authorization_that_stayed(
     failure: Exception, status: int | None, reason: str
 ) -> None:
-    """The first valid request without a code is remembered (the kit's stop message shows it); no code, no flow."""
+    """The first valid request without a code is remembered (the kit's stop message shows it); no code, no flow.
+    A code later completes the person step."""
 
     def person(url: str, redirect_uri: str) -> str:
         raise failure
@@ -400,6 +403,30 @@ def test_a_person_step_that_gives_up_is_an_authorization_that_stayed(
         session.primary = Client("c", CB)
         session.person_completes()
     assert session.unauthorized == first and not session.authorized
+    session.person = lambda url, back: back + "?code=c"
+    session.person_completes()  # a code: it completes
+    assert session.authorized and session.unauthorized == first
+
+
+def test_an_authorization_request_may_repeat_a_parameter() -> None:
+    """Parameters as pairs are each sent, in order (after the endpoint's own query); the person is
+    sent to the redirect URI they name."""
+    steps: list[tuple[str, str]] = []
+
+    def person(url: str, redirect_uri: str) -> str:
+        steps.append((url, redirect_uri))
+        return redirect_uri + "?code=1"
+
+    session = session_at("https://as.example", person)
+    session.meta = {"authorization_endpoint": "https://as.example/authorize?tenant=t"}
+    outcome = session.attempt([("client_id", "c"), ("client_id", "d"), ("redirect_uri", "https://c.example/x")])
+    assert outcome.one("code") == "1"
+    assert steps == [
+        (
+            "https://as.example/authorize?tenant=t&client_id=c&client_id=d&redirect_uri=https%3A%2F%2Fc.example%2Fx",
+            "https://c.example/x",
+        )
+    ]
 
 
 def test_a_kit_error_in_the_person_step_is_not_an_outcome() -> None:
@@ -639,13 +666,30 @@ def test_a_tokens_state_comes_from_introspection_for_the_confidential_client_els
     assert session.token_state(public, tokens.access_token) == (None, "")
 
 
+def test_a_session_made_with_its_resources_asks_the_resource_served_there() -> None:
+    """A session keeps both resources it is given, and, unless told nothing is served there
+    (``--indicator-only``), reads a token's state from the resource answering 401 without one."""
+
+    def answer(request: Heard) -> Page:
+        return (200, {}, "") if request.headers.get("authorization") == "Bearer good" else (401, {}, "")
+
+    with site(answer) as (base, heard):
+        session = session_at(base, resource=base + "/mcp", other_resource=base + "/other")
+        assert (session.resource, session.other_resource) == (base + "/mcp", base + "/other")
+        assert session.token_state(Client("c", CB), "good") == (True, "resource")
+        assert session.token_state(Client("c", CB), "bad") == (False, "resource")
+    assert [request.headers.get("authorization") for request in heard] == [None, "Bearer good", "Bearer bad"]
+
+
 def test_the_scopes_asked_for_are_the_resources_catalogue_without_openid_scopes() -> None:
     """The protected resource's ``scopes_supported`` (RFC 9728), else the authorization server's,
     OpenID Connect's own scopes left out; the first two are asked for unless ``--scope`` says."""
     prm: dict[str, Any] = {"scopes_supported": ["openid", "tools:list", 5, "offline_access", "tools:call", "x"]}
 
     def answer(request: Heard) -> Page:
-        return as_json(200, prm) if request.path == "/.well-known/oauth-protected-resource/mcp" else (404, {}, "")
+        if request.path == "/.well-known/oauth-protected-resource/mcp":
+            return as_json(200, prm)
+        return as_json(404, {"scopes_supported": ["not:found"]})  # not a document, whatever its body
 
     with site(answer) as (base, heard):
         session = session_at(base, resource=base + "/mcp")
@@ -676,6 +720,7 @@ SIGN_IN_PAGE = """<html><body>
   <input type="text" name="nickname" value="prefilled">
   <input type="text" name="note">
   <input type="email" name="email_address">
+  <input type="text" name="display_name">
   <input type="password" name="pw">
   <input type="password" name="pw_again">
   <input type="checkbox" name="remember" value="yes" checked>
@@ -688,11 +733,13 @@ SIGN_IN_PAGE = """<html><body>
 </form></body></html>"""
 CONSENT_PAGE = """<html><body></script><form method="POST">
   <input type="hidden" name="ticket" value="t1">
+  <input type="hidden" name="nonce" value="">
   <input type="text" name="comment">
   <button type="submit" name="decision" value="deny">Deny</button>
   <button type="button" name="help">Help</button>
   <button name="decision" value="ok">Allow access</button>
-</form></body></html>"""
+</form><form method="post" action="/language"><button name="lang" value="fr">Continuer en français</button></form>
+</body></html>"""
 
 
 def form_page(buttons: str, action: str = "") -> Page:
@@ -718,7 +765,7 @@ def walk(pages: dict[str, Page], redirect_uri: str = CB, **kwargs: Any) -> tuple
 
 def test_the_form_person_signs_in_and_approves_through_the_servers_forms() -> None:
     """The first POST form of each page: its hidden and prefilled fields and checked boxes, the
-    username in the field named like one (else the first empty text field), the password in the
+    username in the first field named like one (else the first empty text field), the password in the
     first password field, the approving button's name and value; a redirect within the server is
     followed, and the first one to the redirect URI is where the person stops."""
     pages = {
@@ -743,11 +790,13 @@ def test_the_form_person_signs_in_and_approves_through_the_servers_forms() -> No
         ("pw", PASSWORD),
         ("go", "in"),
     ]
-    assert heard[3].form() == [("ticket", "t1"), ("decision", "ok")]
+    assert heard[3].form() == [("ticket", "t1"), ("nonce", ""), ("decision", "ok")]
 
 
 def test_without_a_field_named_like_a_username_the_first_empty_text_field_takes_it() -> None:
-    page = '<form method=post action=/login><input name="a"><input name="b"><input type=password name=p></form>'
+    """Only ``<input>`` elements with a name are fields: a fieldset named like a username takes nothing."""
+    fields = '<input><input name="a"><input name="b"><input type=password name=p>'
+    page = f'<form method=post action=/login><fieldset name="account">{fields}</fieldset></form>'
     pages = {"GET /authorize": (200, {}, page), "POST /login": (302, {"Location": CB + "?code=x"}, "")}
     ended, heard, _base = walk(pages)
     assert ended == CB + "?code=x" and heard[1].form() == [("a", USER), ("p", PASSWORD)]
@@ -760,14 +809,33 @@ def test_without_a_field_named_like_a_username_the_first_empty_text_field_takes_
         ('<button name="choice" value="no">No</button><button name="choice" value="2">Later</button>', ("choice", "2")),
         ('<button value="x">Grant</button>', None),
         ('<button name="b" value="later">Later</button><button name="b" value="yes">Allow</button>', ("b", "yes")),
+        ('<button name="b" value="0">Cancel sign-in</button><button name="b" value="1">Allow</button>', ("b", "1")),
+        ('<button name="later" value="1">1</button><button name="allow" value="2">2</button>', ("allow", "2")),
+        ('<button name="d" value="1">Don’t allow</button><button name="d" value="2">Allow</button>', ("d", "2")),
+        ('<button name="d" value="1">Do not allow</button><button name="d" value="2">Allow</button>', ("d", "2")),
+        (  # a character reference is its character: "No thanks" refuses
+            '<button name="d" value="1">No&nbsp;thanks, continue</button><button name="d" value="2">Continue</button>',
+            ("d", "2"),
+        ),
         ('<button name="c" value="1">Maybe</button><button name="c" value="2">Later</button>', ("c", "1")),
+        (  # a type=button button is no submit button, and its label is not the one's before it
+            '<button name="d" value="1">Later</button><button type="button">Allow pop-ups</button>'
+            '<button name="d" value="2">Grant</button>',
+            ("d", "2"),
+        ),
+        (  # the label is the button's whole text, past the elements in it
+            '<button name="d" value="1">Later</button>'
+            '<button name="d" value="2"><span class="icon"></span>Grant</button>',
+            ("d", "2"),
+        ),
         ("", None),
     ],
 )
 def test_the_form_person_presses_an_approving_button_else_one_that_does_not_refuse(
     buttons: str, sent: tuple[str, str] | None
 ) -> None:
-    """A button without a name sends nothing of its own; a form without buttons is submitted as is."""
+    """The first button whose value, label or name approves and none refuses ("Don't allow" refuses); a
+    button without a name sends nothing of its own; a form without buttons is submitted as is."""
     ended, heard, _base = walk({"GET /authorize": form_page(buttons), "POST /authorize": (302, {"Location": CB}, "")})
     assert ended == CB
     assert heard[1].form() == [("n", "1"), *([sent] if sent else [])]
@@ -818,14 +886,33 @@ def test_the_form_person_presses_an_approving_button_else_one_that_does_not_refu
             "shows no form",
             200,
         ),
+        (  # only a meta element refreshes, and only one naming where to
+            {"GET /authorize": (200, {}, '<p http-equiv="refresh" content="0;url=https://elsewhere.example/x"></p>')},
+            "shows no form",
+            200,
+        ),
+        ({"GET /authorize": (200, {}, '<meta http-equiv="refresh" content="5">')}, "shows no form", 200),
+        ({"GET /authorize": (200, {}, '<meta http-equiv="refresh" content>')}, "shows no form", 200),  # empty
+        (  # no delay: not a refresh a browser follows at once
+            {"GET /authorize": (200, {}, '<meta http-equiv="refresh" content="url=https://elsewhere.example/x">')},
+            "shows no form",
+            200,
+        ),
+        ({"GET /authorize": (200, {"Location": CB + "?code=x"}, "<p>?</p>")}, "shows no form", 200),  # no redirect
+        (  # a later refresh off the server, to no redirect URI and with no answer: an error page's way home
+            {"GET /authorize": (200, {}, '<meta http-equiv="refresh" content="10;url=https://www.operator.example/">')},
+            "shows no form",
+            200,
+        ),
     ],
 )
 def test_the_form_person_stays_where_a_person_could_not_go_on(
     pages: dict[str, Page], expect: str, status: int | None
 ) -> None:
-    ended, heard, _base = walk(pages)
+    ended, heard, base = walk(pages)
     assert isinstance(ended, PersonError), ended
     assert ended.status == status and re.search(expect, str(ended)), ended
+    assert str(ended).startswith(base + "/authorize?client_id=c"), ended  # the page it stopped at comes first
     assert len(heard) == 1
 
 
@@ -838,10 +925,23 @@ def test_the_form_person_stays_where_a_person_could_not_go_on(
     ],
 )
 def test_the_form_person_follows_redirects_only_within_the_server(location: str, redirect_uri: str, ends: str) -> None:
-    pages = {"GET /authorize": (302, {"Location": location}, ""), "GET /next": (307, {"Location": CB + "?code=3"}, "")}
+    """Each redirect status (303 in the sign-in test) is followed on the server."""
+    pages = {
+        "GET /authorize": (302, {"Location": location}, ""),
+        "GET /next": (301, {"Location": "/then"}, ""),
+        "GET /then": (308, {"Location": "/last"}, ""),
+        "GET /last": (307, {"Location": CB + "?code=3"}, ""),
+    }
     ended, heard, base = walk(pages, redirect_uri)
     assert ended == ends.format(base=base)
-    assert [request.path for request in heard] == ["/authorize"] + ["/next"] * (location == "/next")
+    assert [request.path for request in heard] == ["/authorize"] + ["/next", "/then", "/last"] * (location == "/next")
+
+
+def test_a_page_sending_the_browser_to_a_redirect_uri_on_the_server_ends_there() -> None:
+    """The redirect URI may be on the authorization server's origin: a navigation there ends the authorization."""
+    page = '<meta http-equiv="refresh" content="0;url=/cb?code=p">' + form_page("")[2]
+    ended, heard, base = walk({"GET /authorize": (200, {}, page)}, "{base}/cb")
+    assert ended == base + "/cb?code=p" and len(heard) == 1
 
 
 @pytest.mark.parametrize(
@@ -850,6 +950,9 @@ def test_the_form_person_follows_redirects_only_within_the_server(location: str,
         (f'<meta http-equiv="refresh" content="0;url={CB}?code=r">', CB + "?code=r"),
         ('<meta http-equiv="refresh" content="0;url=https://elsewhere.example/x">', "https://elsewhere.example/x"),
         (f"<script>location.replace('{CB}?error=e')</script>", CB + "?error=e"),
+        (f"<p>One moment</p><script>location.replace('{CB}?code=o')", CB + "?code=o"),  # open to the end: runs
+        (f'<script>window.location.href = "{CB}";</script>', CB),  # to the redirect URI, even without an answer
+        ('<meta http-equiv="refresh" content=".5; url=https://elsewhere.example/x">', "https://elsewhere.example/x"),
         *(  # later, but with the answer in the fragment (response_mode=fragment, or an implicit grant's)
             (
                 f'<meta http-equiv="refresh" content="5;url=https://elsewhere.example/cb#{answer}">',
@@ -928,15 +1031,17 @@ def test_the_sign_in_form_shown_again_after_the_password_stops_the_run() -> None
     server refusing the username or password: :class:`SignInRefused`, a :class:`Stop` of the whole run,
     after one try; a later page asking for a password in another form (a second factor, a step-up)
     is filled in and walked on."""
-    login = '<form method=post action="/login"><input name="username"><input type=password name=p><button>In</button>'
+    login = (
+        '<form method=post action="/login?step=1"><input name=username><input type=password name=p><button>In</button>'
+    )
     again = {"GET /authorize": (200, {}, login), "POST /login": (200, {}, login)}
     ended, heard, base = walk(again)
     assert isinstance(ended, SignInRefused) and isinstance(ended, Stop), ended
     assert str(ended) == (
-        f"the sign-in was refused, its form shown again: {base}/login (check --username and --password)"
+        f"the sign-in was refused, its form shown again: {base}/login (check --username and --password)"  # no query
     )
     assert [(request.method, request.path) for request in heard] == [("GET", "/authorize"), ("POST", "/login")]
-    step_up = login.replace('"/login"', '"/confirm"')
+    step_up = login.replace('"/login?step=1"', '"/confirm"')
     pages = {**again, "POST /login": (200, {}, step_up), "POST /confirm": (302, {"Location": CB + "?code=c"}, "")}
     ended, heard, _base = walk(pages)
     assert ended == CB + "?code=c" and heard[2].form() == [("username", USER), ("p", PASSWORD)]
@@ -1165,3 +1270,517 @@ def test_a_stateful_failure_names_its_rule_and_shows_the_exchanges() -> None:
     assert len(sent) >= 2 and len({code for codes_sent in sent for code in codes_sent}) < len(sent), sent
     assert len(result["exchanges"]) <= 6, result  # the final replay's only: one token request a step at most
     assert heard and all(request.path == "/token" for request in heard)
+
+
+# -- what the stateful model tolerates -----------------------------------------------------------
+
+
+@attrs.define(eq=False)
+class Grant:
+    refresh: list[str]
+    access: list[str]
+    revoked: bool = False
+    swept: bool = False
+    """Revoked along with another grant (``revoke_all``)."""
+
+
+@attrs.define
+class Grants:
+    """An authorization server of the test's own for the stateful test (served by ``site()``, its
+    person handing out a fresh code per authorization): a code is good once and a replay revokes
+    its grant; refresh tokens rotate and a superseded one revokes its grant; revocation and
+    introspection (of access tokens) as RFC 7009 and RFC 7662 have them. The knobs are the other
+    answers a server may give:
+
+    - ``revoke_all``: a replay revokes every grant and every code not yet redeemed, where the model
+      knows of one grant only (as a server revoking all of a client's grants does);
+    - ``retry``: how a superseded refresh token is answered instead of revoking: ``"same"``, the
+      immediate predecessor with the current token (kavach within its grace window); ``"any"``,
+      any superseded token so; ``"new"``, the immediate predecessor with a token of a new branch;
+    - ``outlasting``: the access tokens answering ``"rotated"`` (a refresh) or ``"retried"`` (a
+      retry) stay active when their grant is revoked;
+    - ``revocation``: how a revocation request is answered: ``"done"``, ``"ignored"`` (200,
+      nothing revoked) or ``"refused"`` (400);
+    - ``reuse_kept``: a superseded refresh token refused, its grant left working;
+    - ``refreshless``: no refresh tokens issued;
+    - ``refuse_once``: codes and refresh tokens refused the first time they come, honoured after;
+    - ``refusals``: the first token requests, this many, refused whatever they ask.
+    """
+
+    revoke_all: bool = False
+    retry: str | None = None
+    outlasting: str | None = None
+    revocation: str = "done"
+    reuse_kept: bool = False
+    refreshless: bool = False
+    refuse_once: set[str] = attrs.Factory(set)
+    refusals: int = 0
+    codes: dict[str, Grant | None] = attrs.Factory(dict)
+    """Each code the person handed out and the grant it gave (``None`` before its redemption)."""
+    dead: set[str] = attrs.Factory(set)
+    """Codes revoked before their redemption (``revoke_all``)."""
+    grants: list[Grant] = attrs.Factory(list)
+    outliving: set[str] = attrs.Factory(set)
+    did: list[str] = attrs.Factory(list)
+    """What the server did, a request at a time: ``issued``, ``rotated``, ``retried``, ``refused``...,
+    ``revoked TOKEN as HINT``."""
+    issued: int = 0
+
+    def person(self, url: str, redirect_uri: str) -> str:
+        code = f"k{len(self.codes) + 1}"
+        self.codes[code] = None
+        return f"{redirect_uri}?code={code}"
+
+    def new(self, kind: str) -> str:
+        self.issued += 1
+        return f"{kind}{self.issued}"
+
+    def answer(self, request: Heard) -> Page:
+        form = dict(request.form())
+        if request.path == "/introspect":
+            token = form["token"]
+            active = token in self.outliving or any(token in g.access and not g.revoked for g in self.grants)
+            return as_json(200, {"active": active})
+        grant = next((g for g in self.grants if form.get("token", form.get("refresh_token")) in g.refresh), None)
+        if request.path == "/revoke":
+            self.did.append(f"revoked {form['token']} as {form.get('token_type_hint')}")
+            if grant is not None and self.revocation == "done":
+                grant.revoked = True
+            return as_json(400 if self.revocation == "refused" else 200, {})
+        presented = form.get("code") or form["refresh_token"]
+        if presented in self.refuse_once or self.refusals > 0:
+            self.refuse_once.discard(presented)
+            self.refusals -= 1
+            return self.refused("refused once")
+        if form["grant_type"] == "authorization_code":
+            return self.redeem(presented)
+        if grant is None or grant.revoked:
+            swept = grant is not None and grant.swept and presented == grant.refresh[-1]
+            return self.refused("refused swept" if swept else "refused")
+        if presented == grant.refresh[-1]:
+            return self.tokens(grant, self.new("rt"), "rotated")
+        immediate = presented == grant.refresh[-2]
+        if self.retry == "any" or (self.retry == "same" and immediate):
+            return self.tokens(grant, grant.refresh[-1], "retried")
+        if self.retry == "new" and immediate:
+            return self.tokens(grant, self.new("rt"), "branched")
+        return self.refused("refused reuse") if self.reuse_kept else self.replayed(grant)
+
+    def redeem(self, code: str) -> Page:
+        if code not in self.codes or code in self.dead:
+            return self.refused("refused swept" if code in self.dead else "refused")
+        grant = self.codes[code]
+        if grant is not None:
+            return self.replayed(grant)
+        grant = self.codes[code] = Grant([], [])
+        self.grants.append(grant)
+        return self.tokens(grant, self.new("rt"), "issued")
+
+    def replayed(self, grant: Grant) -> Page:
+        for each in self.grants if self.revoke_all else [grant]:
+            each.swept |= each is not grant and not each.revoked
+            each.revoked = True
+        if self.revoke_all:
+            self.dead |= {code for code, issued in self.codes.items() if issued is None}
+        return self.refused("replayed")
+
+    def tokens(self, grant: Grant, refresh: str, did: str) -> Page:
+        access = self.new("at")
+        if did == self.outlasting:
+            self.outliving.add(access)
+        grant.access.append(access)
+        self.did.append(did)
+        body = {"access_token": access, "token_type": "Bearer"}
+        if self.refreshless:
+            return as_json(200, body)
+        if refresh not in grant.refresh:
+            grant.refresh.append(refresh)
+        return as_json(200, body | {"refresh_token": refresh})
+
+    def refused(self, did: str) -> Page:
+        self.did.append(did)
+        return as_json(400, {"error": "invalid_grant"})
+
+
+@contextmanager
+def granting(grants: Grants, observed: bool = True) -> Iterator[Session]:
+    """A session against ``grants``: its confidential client asks introspection, as the kit's does
+    (not ``observed``: a public client only, so whether an access token works goes unseen)."""
+    with site(grants.answer) as (base, _heard), Http([base], timeout=5) as http:
+        session = Session(http, issuer=base, resource=None, other_resource=None, person=grants.person, redirect_uri=CB)
+        session.meta = {
+            "authorization_endpoint": base + "/authorize",
+            "token_endpoint": base + "/token",
+            "revocation_endpoint": base + "/revoke",
+            "introspection_endpoint": base + "/introspect",
+        }
+        session.primary = Client("kit", CB)
+        session.confidential = Client("kit-c", CB, "s3cret", "client_secret_basic") if observed else None
+        yield session
+
+
+class Steps:
+    """The stateful machine's rules called in the test's order, its invariant checked after each
+    step as hypothesis does."""
+
+    def __init__(self, session: Session) -> None:
+        self.machine = machine_for(session)()
+        self.machine.start()
+
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        rule = getattr(self.machine, name)
+
+        def step(*args: Any) -> Any:
+            result = rule(*args)
+            self.machine.revoked_families_are_dead()
+            return result
+
+        return step
+
+
+def test_a_fresh_code_refused_after_a_revocation_is_no_failure_and_counts_as_used() -> None:
+    """A server may revoke more than the model knows of (here a replayed code revokes every grant
+    and every code not yet redeemed): once anything was revoked, a fresh code's refusal is no TK-03
+    failure. No family comes of it, and the code counts as used: its replay must be refused too."""
+    grants = Grants(revoke_all=True)
+    with granting(grants) as session:
+        steps = Steps(session)
+        first, second = steps.authorize(), steps.authorize()
+        steps.redeem(first)
+        steps.redeem(first)
+        assert steps.redeem(second) == multiple()
+        assert steps.redeem(second) == multiple()
+        steps.refresh(steps.redeem(steps.authorize()))  # a code issued after: a grant as any other
+    assert grants.did == ["issued", "replayed", "refused", "refused swept", "refused swept", "issued", "rotated"]
+
+
+def revoke(steps: Steps, how: str | None, code: Any, family: Any) -> None:
+    """Revokes ``family`` (issued for ``code``) as ``how`` says: its code replayed, its superseded
+    refresh token replayed (after a rotation), or a revocation request; ``None``: nothing."""
+    if how == "code replay":
+        steps.redeem(code)
+    elif how == "refresh replay":
+        steps.refresh(family)
+        steps.replay_refresh(family, 1)
+    elif how == "revocation":
+        steps.revoke(family)
+
+
+REVOKED_BY = [None, "code replay", "refresh replay", "revocation"]
+
+
+@pytest.mark.parametrize("how", REVOKED_BY)
+def test_a_fresh_code_refused_fails_tk03_else_it_may_never_yield_tokens(how: str | None) -> None:
+    """With nothing revoked, a fresh code must be redeemed (TK-03); a refusal after any revocation
+    is taken as the code's revocation, so tokens for it later are a code redeemed twice (TK-04)."""
+    with granting(Grants(refuse_once={"k2"})) as session:
+        steps = Steps(session)
+        first, second = steps.authorize(), steps.authorize()
+        revoke(steps, how, first, steps.redeem(first))
+        if how:
+            steps.redeem(second)
+        with pytest.raises(AssertionError) as failed:
+            steps.redeem(second)
+    assert str(failed.value) == (
+        "TK-04: a code yielded tokens a second time" if how else "TK-03: a fresh code was refused: 400"
+    )
+
+
+def test_a_current_refresh_token_refused_after_a_revocation_is_no_failure_and_its_grant_dead() -> None:
+    """A replayed code revoking every grant of the client: the current refresh token of another
+    grant is refused then, no TK-07 failure; the model takes that grant as revoked, so its tokens
+    are checked dead (introspection and one more refresh) and never tried as live again."""
+    grants = Grants(revoke_all=True)
+    with granting(grants) as session:
+        steps = Steps(session)
+        first, second = steps.authorize(), steps.authorize()
+        _, other = steps.redeem(first), steps.redeem(second)
+        steps.redeem(first)
+        steps.refresh(other)
+        steps.refresh(other)
+        later = steps.redeem(steps.authorize())
+        steps.refresh(later)  # a grant issued after is refreshed as any other, and stays live
+        steps.refresh(later)
+    swept = ["refused swept"] * 3  # refused, then in the invariant's check, then as a revoked grant's
+    assert grants.did[2:] == ["replayed", "refused", *swept, "issued", "rotated", "rotated"], grants.did
+
+
+@pytest.mark.parametrize("how", REVOKED_BY)
+def test_a_current_refresh_token_refused_fails_tk07_else_it_may_never_work_again(how: str | None) -> None:
+    """With nothing revoked, the current refresh token must work (TK-07); a refusal after any
+    revocation is taken as its grant's revocation, so its tokens still working are a revoked grant's."""
+    with granting(Grants(refuse_once={"rt3"})) as session:
+        steps = Steps(session)
+        first, second = steps.authorize(), steps.authorize()
+        family, other = steps.redeem(first), steps.redeem(second)
+        revoke(steps, how, first, family)
+        with pytest.raises(AssertionError) as failed:
+            steps.refresh(other)
+    assert str(failed.value) == (
+        "TK-04/TK-07/IN-01: an access token of a revoked grant is still active"
+        if how
+        else "TK-07: the current refresh token was refused: 400"
+    )
+
+
+def test_the_revoked_grants_current_refresh_token_is_tried_once_it_is_revoked() -> None:
+    """Where nothing shows whether an access token works, the invariant tries the revoked grant's
+    current refresh token: working, the grant was not revoked (TK-07)."""
+    with granting(Grants(revocation="ignored"), observed=False) as session:
+        steps = Steps(session)
+        family = steps.redeem(steps.authorize())
+        with pytest.raises(AssertionError) as failed:
+            steps.revoke(family)
+    assert str(failed.value) == "TK-07: the refresh token of a revoked grant still works"
+
+
+def test_steps_without_a_refresh_token_or_a_revocation_endpoint_send_nothing() -> None:
+    """Refresh, replay and revocation need a refresh token (a server may issue none), revocation an
+    endpoint in the metadata; a revoked grant without a refresh token is checked by its access token."""
+    grants = Grants(refreshless=True)
+    with granting(grants) as session:
+        steps = Steps(session)
+        code = steps.authorize()
+        family = steps.redeem(code)
+        steps.refresh(family)
+        steps.replay_refresh(family, 1)
+        steps.revoke(family)
+        steps.redeem(code)
+        del session.meta["revocation_endpoint"]
+        grants.refreshless = False
+        family = steps.redeem(steps.authorize())
+        steps.revoke(family)
+        steps.refresh(family)
+    assert grants.did == ["issued", "replayed", "issued", "rotated"], grants.did
+
+
+def test_a_refused_revocation_request_fails_rv01() -> None:
+    with granting(Grants(revocation="refused")) as session:
+        steps = Steps(session)
+        family = steps.redeem(steps.authorize())
+        with pytest.raises(AssertionError) as failed:
+            steps.revoke(family)
+    assert str(failed.value) == "RV-01: revocation answered 400"
+
+
+def test_a_refused_superseded_refresh_token_must_have_revoked_its_grant() -> None:
+    """TK-07: a superseded refresh token's reuse revokes its whole grant; refused alone, the grant
+    left working, it fails."""
+    with granting(Grants(reuse_kept=True)) as session:
+        steps = Steps(session)
+        family = steps.redeem(steps.authorize())
+        steps.refresh(family)
+        with pytest.raises(AssertionError) as failed:
+            steps.replay_refresh(family, 1)
+    assert str(failed.value) == "TK-04/TK-07/IN-01: an access token of a revoked grant is still active"
+
+
+def test_the_immediately_preceding_refresh_token_may_be_answered_with_the_same_successor() -> None:
+    """A retry within a grace window (RFC 9700 §4.14.2 allows one) is no reuse: the grant stays
+    live and its current token rotates on."""
+    grants = Grants(retry="same")
+    with granting(grants) as session:
+        steps = Steps(session)
+        family = steps.redeem(steps.authorize())
+        steps.replay_refresh(family, 1)  # no superseded token yet: nothing sent
+        steps.refresh(family)
+        steps.replay_refresh(family, 4)  # back beyond the first token: the first, here the preceding one
+        steps.refresh(family)
+        steps.replay_refresh(family, 1)
+        steps.revoke(family)
+    revoked = ["revoked rt6 as refresh_token", "refused"]  # the current token; refused in the invariant's check
+    assert grants.did == ["issued", "rotated", "retried", "rotated", "retried", *revoked], grants.did
+
+
+@pytest.mark.parametrize("outlasting", ["rotated", "retried"])
+def test_the_newest_access_token_is_checked_dead_with_its_grant(outlasting: str) -> None:
+    """The access token of the latest refresh, or of a retry, is the grant's newest: one left
+    active by the grant's revocation fails."""
+    with granting(Grants(retry="same", outlasting=outlasting)) as session:
+        steps = Steps(session)
+        family = steps.redeem(steps.authorize())
+        steps.refresh(family)
+        if outlasting == "retried":
+            steps.replay_refresh(family, 1)
+        with pytest.raises(AssertionError) as failed:
+            steps.revoke(family)
+    assert str(failed.value) == "TK-04/TK-07/RV-01/IN-01: an access token of a revoked grant is still active"
+
+
+@pytest.mark.parametrize(
+    ("retried", "reason"),
+    [
+        (False, "TK-07: the refresh token of a revoked family still works"),
+        (True, "TK-07: a refresh token of a revoked family still works"),
+    ],
+)
+def test_a_revoked_familys_refresh_tokens_must_stay_refused(retried: bool, reason: str) -> None:
+    """Once its grant was revoked, no refresh token of it may work, the current one or a retried
+    one, even where nothing shows its access tokens and the check right after the revocation was
+    refused (here a revocation answered but not done, the token refused once and honoured later)."""
+    grants = Grants(retry="same", revocation="ignored", refuse_once={"rt3"})
+    with granting(grants, observed=False) as session:
+        steps = Steps(session)
+        family = steps.redeem(steps.authorize())
+        steps.refresh(family)
+        steps.revoke(family)
+        with pytest.raises(AssertionError) as failed:
+            steps.replay_refresh(family, 1) if retried else steps.refresh(family)
+    assert str(failed.value) == reason
+    steps_done = ["issued", "rotated", "revoked rt3 as refresh_token", "refused once"]
+    assert grants.did == [*steps_done, "retried" if retried else "rotated"], grants.did
+
+
+LONG_PAGE = "<html>" + "rotated " * 20 + "</html>"
+
+
+@pytest.mark.parametrize(
+    ("refreshed", "reason"),
+    [
+        ({"access_token": "at2", "refresh_token": "rt1"}, "TK-07: the refresh token was not rotated"),
+        ({"access_token": "at2"}, "TK-07: the refresh token was not rotated"),
+        (
+            {"access_token": "at2", "refresh_token": 5},
+            "TK-01/TK-07: the token response's refresh_token is not a string: 5",
+        ),
+        (
+            {"refresh_token": "rt2"},
+            'TK-01: a 200 token response without an access_token: \'{"refresh_token": "rt2"}\'',
+        ),
+        (LONG_PAGE, f"TK-01: a 200 token response without an access_token: {LONG_PAGE[:100]!r}"),
+    ],
+)
+def test_a_200_refresh_answer_without_usable_new_tokens_fails(refreshed: object, reason: str) -> None:
+    """A refresh's 200 answer must carry an access token (TK-01) and a new refresh token, a string
+    (TK-07): the same one again, none, or one that is no string fails; the reason shows the
+    answer's first 100 characters."""
+
+    def answer(request: Heard) -> Page:
+        if "grant_type=authorization_code" in request.body:
+            return as_json(200, {"access_token": "at1", "refresh_token": "rt1"})
+        return as_json(200, refreshed) if isinstance(refreshed, dict) else (200, {}, str(refreshed))
+
+    with site(answer) as (base, _heard):
+        session = session_at(base, lambda url, redirect_uri: redirect_uri + "?code=k1")
+        session.meta = {"authorization_endpoint": base + "/authorize", "token_endpoint": base + "/token"}
+        session.primary = Client("kit", CB)
+        steps = Steps(session)
+        family = steps.redeem(steps.authorize())
+        with pytest.raises(AssertionError) as failed:
+            steps.refresh(family)
+    assert str(failed.value) == reason
+
+
+@pytest.mark.parametrize(
+    ("retry", "rotations", "back", "reason"),
+    [
+        ("new", 1, 1, "TK-07: a retried refresh token produced a new branch instead of the same successor"),
+        ("new", 3, 1, "TK-07: a retried refresh token produced a new branch instead of the same successor"),
+        ("any", 2, 2, "TK-07: a superseded refresh token was accepted"),
+        ("any", 2, 4, "TK-07: a superseded refresh token was accepted"),
+        ("any", 4, 3, "TK-07: a superseded refresh token was accepted"),
+    ],
+)
+def test_a_superseded_refresh_token_accepted_fails_tk07_unless_a_retry_of_the_last(
+    retry: str, rotations: int, back: int, reason: str
+) -> None:
+    """Only the immediately preceding token may still be answered, and only with the current one:
+    an older one answered at all, or the preceding one with a new token (a second branch of the
+    grant), fails TK-07. ``back`` beyond the first token replays the first."""
+    with granting(Grants(retry=retry)) as session:
+        steps = Steps(session)
+        family = steps.redeem(steps.authorize())
+        for _ in range(rotations):
+            steps.refresh(family)
+        with pytest.raises(AssertionError) as failed:
+            steps.replay_refresh(family, back)
+        assert str(failed.value) == reason
+
+
+def test_kavachs_grace_window_is_the_retry_the_model_tolerates(served: Served) -> None:
+    """``kavach serve`` (``refresh_grace``, 10 s by default) answers the immediately preceding
+    refresh token, sent again at once, with the current one, and the grant lives on; an older one
+    revokes the grant. Short random runs seldom get there (the derandomized one above rotates no
+    refresh token), so the steps are given here."""
+    with stateful_session(served) as session:
+        mark = session.http.mark()
+        steps = Steps(session)
+        family = steps.redeem(steps.authorize())
+        steps.refresh(family)
+        steps.replay_refresh(family, 1)
+        steps.refresh(family)
+        steps.replay_refresh(family, 2)
+        steps.refresh(family)
+        answers = [line.split(" => ")[1][:3] for line in session.http.since(mark) if "/token [" in line]
+    # redeemed, rotated, retried (the same successor, or the step above failed), rotated; the
+    # older token refused and the grant revoked: refused in the invariant's check and after.
+    assert answers == ["200", "200", "200", "200", "400", "400", "400"], answers
+
+
+@pytest.mark.parametrize(
+    ("knobs", "status", "reason"),
+    [
+        ({"revoke_all": True, "retry": "same"}, PASS, "100 random sequences of up to 10 steps kept every invariant"),
+        ({"retry": "new"}, FAIL, "TK-07: a retried refresh token produced a new branch instead of the same successor"),
+    ],
+    ids=["revoke-all-and-retry", "retry-branches"],
+)
+def test_a_stateful_run_tolerates_more_revoked_and_a_retry_but_not_a_new_branch(
+    knobs: dict[str, Any], status: str, reason: str
+) -> None:
+    """The tolerances in whole random runs: against a server revoking every grant on a replay and
+    answering retries with the current token the run passes, having met both; against one
+    answering a retry with a new token it fails TK-07, shown by the shortest such sequence."""
+    grants = Grants(**knobs)
+    with granting(grants) as session:
+        result = run_stateful(session, examples=100, derandomize=True, shrink_seconds=60)  # steps: the default, 10
+    assert result["status"] == status and result["reason"].startswith(reason), result
+    assert result["seconds"] == round(result["seconds"], 1), result  # in tenths, as the report shows them
+    if status == PASS:
+        assert {"replayed", "retried"} <= set(grants.did), grants.did
+        assert result["rotations"] == grants.did.count("rotated") > 0, result
+    else:  # the shortest sequence's exchanges only: the redemption, the refresh, the retry
+        sent = [line.split(" [", 1)[1].split()[0] for line in result["exchanges"]]
+        assert (
+            result["rules"] == ["TK-07"]
+            and sent == ["grant_type=authorization_code"] + ["grant_type=refresh_token"] * 2
+        )
+
+
+def test_a_failure_the_server_does_not_repeat_is_reported_with_its_first_reason() -> None:
+    """The server refuses its first token request only: hypothesis's replay of the failing
+    sequence passes (``Flaky``); the report keeps the first failure's rule and reason, and says so."""
+    with granting(Grants(refusals=1)) as session:
+        result = run_stateful(session, examples=10, steps=5, derandomize=True, shrink_seconds=5)
+    assert result["status"] == FAIL and result["rules"] == ["TK-03"], result
+    assert result["reason"] == (
+        "TK-03: a fresh code was refused: 400"
+        " (not repeated when replayed: the server answers the same steps differently)"
+    )
+
+
+@pytest.mark.parametrize("once", [False, True])
+def test_an_unexpected_exception_in_a_step_stops_the_run_with_its_exchanges(once: bool) -> None:
+    """Not an answer the kit could use (here the session's refresh itself fails): "stopped:" and
+    the exception on one line, with the exchanges of the sequence it stopped in; failing ``once``
+    only, it is a failure not repeated, named by no rule's message."""
+    calls: list[object] = []
+
+    def refresh(*args: Any, **kwargs: Any) -> Any:
+        calls.append(args)
+        if once and len(calls) > 1:
+            return Session.refresh(session, *args, **kwargs)
+        raise TypeError("unusable answer")
+
+    with granting(Grants()) as session:
+        session.refresh = refresh  # type: ignore[method-assign]
+        result = run_stateful(session, examples=30, steps=8, derandomize=True, shrink_seconds=60)
+    if once:
+        assert result["status"] == FAIL and result["rules"] == ["TK-04", "TK-07"], result
+        assert result["reason"] == (
+            "a failure (not repeated when replayed: the server answers the same steps differently)"
+        ), result
+        return
+    assert result["status"] == FAIL and result["reason"] == "stopped: TypeError: unusable answer", result
+    assert [line.split(" [", 1)[0].split()[0] for line in result["exchanges"]] == ["POST"], result
+    assert "grant_type=authorization_code" in result["exchanges"][0], result

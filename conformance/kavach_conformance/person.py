@@ -43,7 +43,7 @@ def person_post(person: PersonStep) -> PostStep | None:
 
 
 _APPROVE = re.compile(r"approve|allow|accept|authori[sz]e|consent|continue|confirm|yes|grant|sign.?in|log.?in|submit")
-_REFUSE = re.compile(r"deny|reject|cancel|abort|refuse|decline|\bno\b")
+_REFUSE = re.compile(r"deny|reject|cancel|abort|refuse|decline|\bno\b|\bdon.?t\b|\bdo not\b")
 _USER = re.compile(r"user|login|email|name|account|id", re.IGNORECASE)
 
 
