@@ -1233,8 +1233,11 @@ def test_a_sqlite_url_naming_no_file_is_refused(tmp_path: Path) -> None:
 
 
 def _to(args: list[str], stdout: Any, **kw: Any) -> subprocess.CompletedProcess[str]:
+    """``kavach ARGS >stdout`` with Python's ordinary buffered stdout, as a person runs it: under
+    PYTHONUNBUFFERED a failed write is seen at once, so what is left buffered at exit goes untested."""
+    env = {k: v for k, v in clean_env().items() if k != "PYTHONUNBUFFERED"}
     return subprocess.run([*kavach_command(), *args], stdout=stdout, stderr=subprocess.PIPE, text=True,
-                          env=clean_env(), timeout=TIMEOUT, check=False, **kw)  # fmt: skip
+                          env=env, timeout=TIMEOUT, check=False, **kw)  # fmt: skip
 
 
 def test_output_that_cannot_be_written_is_one_line_not_a_traceback(db: str) -> None:
@@ -1366,6 +1369,10 @@ def test_port_numbers_are_decimal_from_1_to_65535(capsys: pytest.CaptureFixture[
             build_parser().parse_args(["serve", "--port", text])
         assert refused.value.code == 2
         assert f"{text} is not between 1 and 65535" in capsys.readouterr().err
+    for text in ("http", "8_000", "-1", "\u0661\u0662"):  # no sign, no digit separator, ASCII digits only
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(["serve", "--port", text])
+        assert f"argument --port: {text!r} is not a port number" in capsys.readouterr().err
 
 
 def test_users_list_hints_at_users_add_only_when_there_are_none(db: str) -> None:
@@ -1551,3 +1558,233 @@ def test_clients_add_says_the_client_shown_was_not_stored_when_the_store_refuses
     assert proc.returncode == 2 and "client_id: " in proc.stdout, proc.stderr
     (line,) = proc.stderr.splitlines()
     assert "is a directory" in line and line.endswith("(so the client above was not stored)"), line
+
+
+def test_users_add_with_standard_input_closed_is_one_line(
+    db: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No stdin at all (``<&-``): the password cannot be read from it or asked for on it; one line
+    saying so, exit status 2, and no database made."""
+    from kavach import cli
+
+    monkeypatch.setattr(sys, "stdin", None)
+    for flags in (["--password-stdin"], []):
+        assert cli.main(["users", "add", "bob", "--db", db, *flags]) == 2
+        assert capsys.readouterr().err == (
+            "kavach: error: standard input is closed; give the password on it with --password-stdin\n"
+        )
+    assert not Path(db).exists()
+
+
+def test_an_empty_password_at_the_prompt_is_refused(db: str) -> None:
+    code, output = _with_terminal(["users", "add", "kim", "--db", db], [("Password: ", "")])
+    assert code == 2 and "the password is empty" in output and "Traceback" not in output, output
+    assert not Path(db).exists()
+
+
+def test_a_host_serve_cannot_listen_on_is_one_line(
+    db: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A host name that does not resolve, and an address that is not this machine's (TEST-NET-1):
+    one line naming the host and the system's reason, before any database is made."""
+    from kavach import cli
+
+    serve = ["serve", "--db", db, "--issuer", "https://as.example", "--port", "8000"]
+    assert cli.main([*serve, "--host", "no-such-host.invalid"]) == 2
+    line = capsys.readouterr().err
+    assert line.startswith("kavach: error: cannot listen on 'no-such-host.invalid': ") and line.count("\n") == 1
+    assert cli.main([*serve, "--host", "192.0.2.1"]) == 2
+    assert capsys.readouterr().err == (
+        "kavach: error: cannot listen on 192.0.2.1:8000: Cannot assign requested address\n"
+    )
+    assert not Path(db).exists()
+
+
+def test_a_damaged_server_secret_is_one_line(db: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """A stored secret shorter than 32 bytes (a damaged row) is refused in one line, never used; a
+    database whose settings table lost its row is read with a secret of this command's own."""
+    from kavach import cli
+    from kavach.instance import InstanceError, server_secret
+
+    ok(["users", "add", "alice", "--db", db, "--password-stdin"], stdin=PASSWORD + "\n")
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE kavach_settings SET value = ? WHERE name = 'secret'", (b"x" * 31,))
+    assert cli.main(["users", "list", "--db", db]) == 2
+    assert capsys.readouterr().err == (
+        f"kavach: error: {db!r} is damaged, not a usable kavachOS database:"
+        " the server secret in kavach_settings is not 32 or more bytes\n"
+    )
+    with pytest.raises(InstanceError, match="too short; the database is damaged"):  # read without the store's check
+        server_secret(db, creates=False)
+    with sqlite3.connect(db) as conn:
+        conn.execute("DELETE FROM kavach_settings")
+    assert cli.main(["users", "list", "--db", db]) == 0
+    assert capsys.readouterr().out == "alice\n"
+
+
+def test_ctrl_c_at_the_password_prompt_is_quiet(
+    db: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Ctrl-C while ``users add`` asks for the password (``getpass`` raises KeyboardInterrupt):
+    a new line, status 130 as a shell reports it, no traceback and no database."""
+    import getpass
+
+    from kavach import cli
+
+    def interrupted(prompt: str = "") -> str:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sys.stdin, "isatty", lambda: True)
+    monkeypatch.setattr(getpass, "getpass", interrupted)
+    assert cli.main(["users", "add", "bob", "--db", db]) == 130
+    assert capsys.readouterr().err == "\n"
+    assert not Path(db).exists()
+
+
+def test_a_rotation_that_keeps_losing_races_is_one_line(
+    db: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``keys rotate`` whose swap other processes keep changing (:class:`KeyRotationError`): its
+    message as one line, exit status 2, and no report of a key now signing."""
+    from kavach import cli
+
+    from kavach_core import keys
+
+    def contended(ctx: Any, algs: Any = None) -> Any:
+        yield fx.GetSigningKeys()
+        raise keys.KeyRotationError("the signing keys changed 5 times while rotating; nothing was changed")
+
+    monkeypatch.setattr(keys, "rotate", contended)
+    assert cli.main(["keys", "rotate", "--db", db]) == 2
+    out, err = capsys.readouterr()
+    assert (out, err) == ("", "kavach: error: the signing keys changed 5 times while rotating; nothing was changed\n")
+
+
+def test_conformance_without_the_kit_is_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An install without the kit (package kavach_conformance): ``kavach conformance`` says so in
+    one line with exit status 2, not a traceback."""
+    from kavach import cli
+
+    monkeypatch.setitem(sys.modules, "kavach_conformance.cli", None)  # import fails as if not installed
+    assert cli.main(["conformance"]) == 2
+    assert capsys.readouterr().err == (
+        "kavach: error: the conformance kit (package kavach_conformance) is not installed; reinstall kavachos\n"
+    )
+
+
+def test_serve_without_its_extras_names_what_to_install(
+    db: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``kavach serve`` on an install without uvicorn: one line naming the missing package and the
+    extra that brings it, exit status 2, and the port it had taken is free again."""
+    from kavach import cli
+
+    port = free_port()
+    monkeypatch.setitem(sys.modules, "uvicorn", None)
+    assert cli.main(["serve", "--db", db, "--port", str(port)]) == 2
+    assert capsys.readouterr().err == "kavach: error: kavach serve needs uvicorn: pip install 'kavachos[mcp]'\n"
+    with socket.socket() as again:
+        again.bind(("127.0.0.1", port))
+
+
+def test_a_db_path_through_a_file_is_the_stores_to_explain(tmp_path: Path) -> None:
+    """``--db FILE/x.db`` (a path through a regular file): not "no database at" (which would send
+    the user to make one there) but the store's own reason, in one line."""
+    (tmp_path / "file").write_text("")
+    for command in (["users", "list"], ["keys", "list"]):
+        line = bad([*command, "--db", str(tmp_path / "file" / "x.db")], "kavach: error: ")
+        assert "no database at" not in line, line
+
+
+def test_a_reader_that_left_ends_the_command_with_the_broken_pipe_status(
+    db: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Output to a pipe whose reader has already gone: status 141, as a shell reports a command
+    ended by SIGPIPE, and nothing on stderr (the pipe test above cannot tell 141 from a race lost)."""
+    from kavach import cli
+
+    ok(["users", "add", "alice", "--db", db, "--password-stdin"], stdin=PASSWORD + "\n")
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    with open(write_end, "w") as gone:
+        monkeypatch.setattr(sys, "stdout", gone)
+        assert cli.main(["users", "list", "--db", db]) == 141
+        monkeypatch.undo()
+    assert capsys.readouterr().err == ""
+
+
+def test_a_password_piped_with_a_windows_line_end_is_the_password_without_it(db: str) -> None:
+    """``--password-stdin`` takes the first line without its line end, ``\\n`` or ``\\r\\n`` (a file
+    saved on Windows), or the whole input when it has none: the account signs in with the password
+    typed, not with a trailing CR nor without its last character."""
+    from kavach.instance import Instance
+
+    for name, given in (("alice", PASSWORD + "\r\n"), ("bob", PASSWORD + "\n"), ("carol", PASSWORD)):
+        ok(["users", "add", name, "--db", db, "--password-stdin"], stdin=given)
+    instance = Instance(resolve({"db": db}, {}))
+    try:
+        for name in ("alice", "bob", "carol"):
+            assert instance.users.authenticate(name, PASSWORD) == name
+        assert instance.users.authenticate("alice", PASSWORD + "\r") is None
+    finally:
+        instance.close()
+
+
+def test_the_banner_names_each_setting_that_changes_what_is_served(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """What ``kavach serve`` prints, line for line: the proxy's target (its password left out), the
+    data's place aligned with the other values, the trusted proxies and extra origins when set, and
+    the command adding a first user to this database; with a user, no such advice."""
+    from kavach import cli
+    from kavach.instance import Instance
+
+    db = tmp_path / "banner.db"
+    settings = resolve(
+        {
+            "db": str(db),
+            "upstream": "http://u:pw@up.example/mcp",
+            "trusted_proxies": "10.0.0.1,10.1.0.0/16",
+            "allowed_origins": "https://app.example.com",
+        },
+        {},
+    )
+    instance = Instance(settings)
+    try:
+        cli._banner(settings, instance)
+        assert capsys.readouterr().out.splitlines() == [
+            "kavachOS is running.",
+            "  MCP server URL (paste into your MCP client): http://127.0.0.1:8000/mcp",
+            "  Issuer (authorization server):               http://127.0.0.1:8000",
+            "  Serving at /mcp:                             a proxy to http://u:***@up.example/mcp",
+            f"  Data (SQLite):                               {db}",
+            "  Client address from X-Forwarded-For of:      10.0.0.1, 10.1.0.0/16",
+            "  Browser pages may call /mcp also from:       https://app.example.com",
+            "",
+            "No users yet. Create a login for the sign-in page with:",
+            f"  kavach users add NAME --db {db}",
+            "",
+            "Press Ctrl-C to stop.",
+        ]
+        instance.users.add("alice", PASSWORD)
+        cli._banner(resolve({"db": str(db)}, {}), instance)
+        assert capsys.readouterr().out.splitlines()[3:] == [
+            "  Serving at /mcp:                             the built-in demo MCP server (tools echo and add)",
+            f"  Data (SQLite):                               {db}",
+            "",
+            "Press Ctrl-C to stop.",
+        ]
+    finally:
+        instance.close()
+    for store in ("memory:", "sqlite:///:memory:"):  # however it is named, no other process can add a user there
+        settings = resolve({"store": store}, {})
+        instance = Instance(settings)
+        try:
+            cli._banner(settings, instance)
+        finally:
+            instance.close()
+        out = capsys.readouterr().out
+        advice = "No users, and none can be added to a store in memory: give a --db or --store."
+        assert "users add" not in out and out.endswith(f"\n\n{advice}\n\nPress Ctrl-C to stop.\n"), out

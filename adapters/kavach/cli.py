@@ -514,6 +514,7 @@ def cmd_clients_add(args: argparse.Namespace) -> int:
         sys.stdout.write("\n".join(shown) + "\n")
         sys.stdout.flush()
     except OSError as exc:
+        _discard_output()
         raise CliError(f"could not write the new client's details, so it was not stored: {exc}") from None
     try:
         with _instance(args, creates=True) as instance:
@@ -1035,21 +1036,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     except _Unreported as exc:  # the change stands: say so, and not as bad input
         sys.stderr.write(f"{PROG}: error: {exc}\n")
-        if sys.stdout is not None:
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # what is buffered goes nowhere
+        _discard_output()
         return EXIT_NOT_REPORTED
     except KeyboardInterrupt:
         sys.stderr.write("\n")
         return 130
     except BrokenPipeError:  # the reader of our output went away (``| head``): stop quietly
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        _discard_output()
         return EXIT_BROKEN_PIPE
     except OSError as exc:  # the output could not be written (a full disk, a closed stdout)
         sys.stderr.write(f"{PROG}: error: cannot write the output: {exc.strerror or exc}\n")
-        if sys.stdout is not None:
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # what is buffered goes nowhere
+        _discard_output()
         return EXIT_BAD_INPUT
 
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+def _discard_output() -> None:
+    """Standard output goes to ``/dev/null`` from here on: what is still buffered for a reader that
+    left, or a disk that is full, goes nowhere at exit instead of failing a second time under the
+    one line that reported the first failure."""
+    if sys.stdout is not None:
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, sys.stdout.fileno())
+        os.close(null)
