@@ -148,7 +148,9 @@ def test_discovery_tries_each_well_known_url_in_turn_and_keeps_the_first_usable_
     appended, OAuth's document before OpenID Connect's; a 404, a body that is no JSON object and
     a document without ``authorization_endpoint`` are passed over."""
     answers: dict[str, Callable[[str], Page]] = {
-        "/.well-known/oauth-authorization-server/tenant": lambda base: (404, {}, "no"),
+        "/.well-known/oauth-authorization-server/tenant": lambda base: as_json(
+            404, {"authorization_endpoint": base + "/a"}
+        ),
         "/tenant/.well-known/oauth-authorization-server": lambda base: (200, {}, "<html>not json</html>"),
         "/.well-known/openid-configuration/tenant": lambda base: as_json(200, {"issuer": base + "/tenant"}),
         "/tenant/.well-known/openid-configuration": lambda base: as_json(200, {"authorization_endpoint": base + "/a"}),
@@ -282,6 +284,8 @@ def test_a_given_client_is_used_and_only_the_missing_ones_registered() -> None:
         unregistered = session_at(base)
         unregistered.meta = {"registration_endpoint": base + "/register"}
         unregistered.setup_clients("only", None, register=False)
+        unlisted = session_at(base)  # --register against metadata without a registration_endpoint
+        unlisted.setup_clients("given-anyway", None, register=True)
     given = Client("given", CB, "its-secret", "client_secret_basic")
     assert (confidential.primary, confidential.confidential) == (given, given)
     assert confidential.second == Client("r1", CB, None, "none")
@@ -296,6 +300,7 @@ def test_a_given_client_is_used_and_only_the_missing_ones_registered() -> None:
         None,
         False,
     )
+    assert (unlisted.primary, unlisted.may_register) == (Client("given-anyway", CB, None, "none"), False)
     assert len(heard) == 3
 
 
@@ -305,7 +310,11 @@ def test_a_given_client_is_used_and_only_the_missing_ones_registered() -> None:
         ({}, False, "no client: give --client-id (and --client-secret), or --register"),
         ({"registration_endpoint": "https://as.example/r"}, False, "no client: give --client-id"),
         ({}, True, "lists no registration_endpoint: give --client-id"),
-        ({"registration_endpoint": 5}, True, "has a registration_endpoint that is not a URL"),
+        (
+            {"registration_endpoint": 5},
+            True,
+            "has a registration_endpoint that is not a URL (registration_endpoint is not an http(s) URL: '5'): give",
+        ),
     ],
 )
 def test_without_a_client_the_session_says_how_to_get_one(meta: dict[str, Any], register: bool, expect: str) -> None:
@@ -370,8 +379,8 @@ def test_without_scopes_or_a_resource_the_request_names_neither() -> None:
     session.meta = {"authorization_endpoint": "https://as.example/authorize", "scopes_supported": ["openid"]}
     outcome = session.attempt(session.auth_params(Client("c", CB))[0])
     assert outcome.final == CB and outcome.params == {} and outcome.one("code") is None
-    assert "scope" not in dict(parse_qsl(urlsplit(urls[0]).query))
-    assert "resource" not in dict(parse_qsl(urlsplit(urls[0]).query))
+    sent = dict(parse_qsl(urlsplit(urls[0]).query, keep_blank_values=True))
+    assert "scope" not in sent and "resource" not in sent
 
 
 @pytest.mark.parametrize(
@@ -475,6 +484,7 @@ def test_an_authorization_request_by_post_goes_to_the_persons_post_step() -> Non
         (303, CB + "?error=invalid_request", CB + "?error=invalid_request"),
         *((status, CB + "?code=y", CB + "?code=y") for status in (301, 307, 308)),
         (302, "https://elsewhere.example/cb?code=x", None),
+        (201, CB + "?code=x", None),
         (200, "", None),
         (400, "", None),
     ],
@@ -496,6 +506,16 @@ def test_without_a_post_step_only_the_posts_first_answer_is_read(status: int, lo
     assert outcome.final == final
     if final is None:
         assert (outcome.status, outcome.reason) == (status, f"{status} (first answer only)")
+
+
+def test_an_outcome_is_described_by_where_it_ended() -> None:
+    """For the report: the redirect URI without its query and each parameter's first value, cut to
+    24 characters; else the status, or the reason, it stayed on the server with."""
+    outcome = Outcome(CB + "?code=" + "x" * 30 + "&state=first&state=second")
+    assert outcome.describe() == f"redirected to {CB} with {{'code': '{'x' * 24}', 'state': 'first'}}"
+    assert (outcome.one("state"), outcome.one("iss")) == ("first", None)
+    assert Outcome(None, 400, "refused").describe() == "stayed on the server (400)"
+    assert Outcome(None, None, "gave up").describe() == "stayed on the server (gave up)"
 
 
 # -- token, revocation and introspection requests ------------------------------------------------
@@ -528,9 +548,11 @@ def test_each_request_authenticates_the_client_by_its_method() -> None:
         session.token_request(basic, {"grant_type": "x"}, secret="wrong")
         session.token_request(basic, {"grant_type": "x"}, method="client_secret_post")
         session.token_request(None, {"grant_type": "x"})
+        session.token_request(Client("conf", CB, None, "client_secret_basic"), {"grant_type": "x"})
         session.revoke(public, "t1")
         session.revoke(basic, "t2", "refresh_token")
         session.revoke(post, "t3", "access_token")
+        session.revoke(Client("conf", CB, None, "client_secret_basic"), "t6")  # a secret not known: empty
         assert session.introspection("t4") is None  # no confidential client
         session.confidential = basic
         assert session.introspection("t5") == {"active": True} and session.introspect("t5") is True
@@ -564,6 +586,7 @@ def test_each_request_authenticates_the_client_by_its_method() -> None:
         ("/token", [("grant_type", "x")], ("conf", "wrong")),
         ("/token", [("grant_type", "x"), ("client_id", "conf"), ("client_secret", "s1")], None),
         ("/token", [("grant_type", "x")], None),
+        ("/token", [("grant_type", "x")], ("conf", "")),
         ("/revocation", [("token", "t1"), ("client_id", "pub")], None),
         ("/revocation", [("token", "t2"), ("token_type_hint", "refresh_token")], ("conf", "s1")),
         (
@@ -571,6 +594,7 @@ def test_each_request_authenticates_the_client_by_its_method() -> None:
             [("token", "t3"), ("token_type_hint", "access_token"), ("client_id", "posting"), ("client_secret", "s2")],
             None,
         ),
+        ("/revocation", [("token", "t6")], ("conf", "")),
         ("/introspection", [("token", "t5")], ("conf", "s1")),
         ("/introspection", [("token", "t5")], ("conf", "s1")),
     ]
@@ -640,6 +664,25 @@ def test_tokens_are_read_from_a_200_token_response() -> None:
             refresh_token_of({"refresh_token": wrong})
 
 
+def test_tokens_for_another_resource_are_asked_for_it_in_both_requests() -> None:
+    """RFC 8707 §2: a ``resource`` given for the tokens is the one in the authorization request and
+    in the redemption (``None``: in neither); else the session's resource is in both."""
+    with site(lambda request: as_json(200, {"access_token": "at"})) as (base, heard):
+        asked: list[str] = []
+
+        def person(url: str, redirect_uri: str) -> str:
+            asked.append(dict(parse_qsl(urlsplit(url).query)).get("resource", ""))
+            return redirect_uri + "?code=c"
+
+        session = session_at(base, person, resource=base + "/mcp")
+        session.meta = {"authorization_endpoint": base + "/authorize", "token_endpoint": base + "/token"}
+        for resource in ("https://other.example/mcp", None):
+            assert session.tokens(Client("c", CB), resource=resource).access_token == "at"
+        session.tokens(Client("c", CB))
+    redeemed = [dict(request.form()).get("resource", "") for request in heard if request.path == "/token"]
+    assert asked == redeemed == ["https://other.example/mcp", "", base + "/mcp"]
+
+
 # -- the protected resource and its scopes -------------------------------------------------------
 
 
@@ -681,6 +724,18 @@ def test_a_session_made_with_its_resources_asks_the_resource_served_there() -> N
     assert [request.headers.get("authorization") for request in heard] == [None, "Bearer good", "Bearer bad"]
 
 
+def test_a_tokens_state_is_unobservable_without_a_resource_refusing_a_request_without_one() -> None:
+    """Without introspection, a token's state is read from the resource only when it answers a
+    request without a token with 401 (else any answer is no sign of the token's state), and only
+    when there is a resource at all."""
+    with site(lambda request: as_json(200, {"jsonrpc": "2.0", "id": 1, "result": {}})) as (base, heard):
+        open_resource = session_at(base, resource=base + "/mcp")
+        assert open_resource.token_state(Client("c", CB), "any") == (None, "")
+        assert open_resource.token_active(Client("c", CB), "other") is None
+    assert [request.headers.get("authorization") for request in heard] == [None]  # asked once, without a token
+    assert session_at("https://as.example").token_state(Client("c", CB), "any") == (None, "")
+
+
 def test_the_scopes_asked_for_are_the_resources_catalogue_without_openid_scopes() -> None:
     """The protected resource's ``scopes_supported`` (RFC 9728), else the authorization server's,
     OpenID Connect's own scopes left out; the first two are asked for unless ``--scope`` says."""
@@ -700,6 +755,10 @@ def test_the_scopes_asked_for_are_the_resources_catalogue_without_openid_scopes(
         elsewhere = session_at(base, resource=base + "/other")
         elsewhere.meta = session.meta
         assert elsewhere.load_prm() is None and elsewhere.scopes() == ("meta:a",)
+        prm["scopes_supported"] = "tools:list tools:call"  # a string: not the array RFC 9728 has
+        stringy = session_at(base, resource=base + "/mcp")
+        stringy.meta = session.meta
+        assert stringy.scopes() == ("meta:a",)
         prm["scopes_supported"] = []
         empty = session_at(base, resource=base + "/mcp", scopes=("chosen",))
         empty.meta = session.meta
@@ -708,7 +767,7 @@ def test_the_scopes_asked_for_are_the_resources_catalogue_without_openid_scopes(
         assert (nothing.load_prm(), nothing.catalogue()) == (None, [])
         with pytest.raises(Skip, match="no --resource"):
             nothing.call_resource("t")
-    assert len(heard) == 4
+    assert len(heard) == 5
 
 
 # -- the built-in person -------------------------------------------------------------------------
@@ -1203,6 +1262,7 @@ def test_a_tokens_payload_is_read_from_a_compact_jws_only(kavach_session: Sessio
     header, payload, signature = tokens.access_token.split(".")
     unpadded = b64url(json.dumps({"sub": "xx"}).encode())  # 13 bytes: two "=" of padding left off
     assert len(unpadded) % 4 != 0 and jwt_payload(f"{header}.{unpadded}.{signature}") == {"sub": "xx"}
+    assert jwt_payload(f"{b64url(b'{ }')}.{unpadded}.sig") == {"sub": "xx"}  # other parts padded otherwise
     for opaque in (
         payload,
         f"{header}.{payload}",
@@ -1251,6 +1311,32 @@ def test_metadata_urls_may_be_http_or_https_only() -> None:
     assert mistyped_members({**http, "jwks_uri": "https://as.example/jwks"}) == []
     assert mistyped_members({**http, "jwks_uri": "ftp://as.example/jwks"}) == [
         "jwks_uri is not an http(s) URL: 'ftp://as.example/jwks'"
+    ]
+
+
+def test_metadata_flags_are_booleans_and_list_members_arrays_of_strings() -> None:
+    """MD-02: RFC 8414 §2's array members are JSON arrays of strings (a string is not one), OIDC
+    Discovery's flags JSON booleans; members the kit does not know are not type-checked."""
+    right = {
+        "claims_parameter_supported": False,
+        "authorization_response_iss_parameter_supported": True,
+        "scopes_supported": ["a", "b"],
+        "code_challenge_methods_supported": [],
+        "verified_claims_supported": "yes",
+    }
+    assert mistyped_members(right) == []
+    assert mistyped_members(
+        {
+            "request_parameter_supported": "true",
+            "require_request_uri_registration": 1,
+            "grant_types_supported": "authorization_code",
+            "response_types_supported": ["code", 1],
+        }
+    ) == [
+        "request_parameter_supported is not a boolean: 'true'",
+        "require_request_uri_registration is not a boolean: '1'",
+        "grant_types_supported is not an array of strings: 'authorization_code'",
+        "response_types_supported is not an array of strings: \"['code', 1]\"",
     ]
 
 
