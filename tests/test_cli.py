@@ -1252,6 +1252,27 @@ def test_output_that_cannot_be_written_is_one_line_not_a_traceback(db: str) -> N
                 command, proc.stderr)  # fmt: skip
 
 
+def test_help_and_version_that_cannot_be_written_end_as_any_output_does() -> None:
+    """``--help`` and ``--version`` (argparse writes them and exits) on a full disk: the one line
+    every output that cannot be written gets, status 2, not Python's "Exception ignored" at exit
+    (status 120); to a pipe whose reader has gone: status 141 and nothing on stderr."""
+    helps = (["--help"], ["--version"], ["serve", "--help"], ["users", "add", "--help"])
+    full_disk = "kavach: error: cannot write the output: No space left on device"
+    with open("/dev/full", "w") as full:
+        for words in helps:
+            proc = _to(words, full)
+            said = proc.stderr.splitlines()
+            assert proc.returncode == 2 and said == [full_disk], (words, proc.returncode, proc.stderr)
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        for words in helps:
+            proc = _to(words, write_end)
+            assert (proc.returncode, proc.stderr) == (141, ""), (words, proc.stderr)
+    finally:
+        os.close(write_end)
+
+
 def test_a_change_whose_report_cannot_be_written_says_it_was_made(db: str) -> None:
     """``users add``, ``keys rotate``, ``grants revoke``, ``clients revoke`` and ``users remove``
     with stdout on a full disk: the change is stored before its report is written, so the one

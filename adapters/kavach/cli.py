@@ -1013,7 +1013,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if unreadable is not None:
         sys.stderr.write(f"{PROG}: error: {unreadable} is not valid UTF-8 text\n")
         return EXIT_BAD_INPUT
-    args, extra = parser.parse_known_args(words)
+    try:
+        args, extra = parser.parse_known_args(words)
+    except SystemExit:  # argparse wrote --help's or --version's text, or its one-line error
+        try:
+            if sys.stdout is not None:
+                sys.stdout.flush()  # here, so a text that cannot be written fails as any output does
+        except OSError as exc:
+            return _output_failed(exc)
+        raise
     if extra:  # named by the command that was given them, whose --help lists what it takes
         (getattr(args, "parser", None) or parser).error(f"unrecognized arguments: {' '.join(extra)}")
     for name in unread_variables(os.environ):
@@ -1041,17 +1049,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         sys.stderr.write("\n")
         return 130
-    except BrokenPipeError:  # the reader of our output went away (``| head``): stop quietly
-        _discard_output()
-        return EXIT_BROKEN_PIPE
-    except OSError as exc:  # the output could not be written (a full disk, a closed stdout)
-        sys.stderr.write(f"{PROG}: error: cannot write the output: {exc.strerror or exc}\n")
-        _discard_output()
-        return EXIT_BAD_INPUT
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    except OSError as exc:  # the output could not be written
+        return _output_failed(exc)
 
 
 def _discard_output() -> None:
@@ -1062,3 +1061,18 @@ def _discard_output() -> None:
         null = os.open(os.devnull, os.O_WRONLY)
         os.dup2(null, sys.stdout.fileno())
         os.close(null)
+
+
+def _output_failed(exc: OSError) -> int:
+    """The exit status once standard output could not be written: a reader that went away
+    (``| head``) ends the command quietly with the status a shell shows for SIGPIPE; any other
+    failure (a full disk, a closed stdout) is one line on stderr, exit status 2."""
+    _discard_output()
+    if isinstance(exc, BrokenPipeError):
+        return EXIT_BROKEN_PIPE
+    sys.stderr.write(f"{PROG}: error: cannot write the output: {exc.strerror or exc}\n")
+    return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
