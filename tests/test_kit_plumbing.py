@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import random
 import socket
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -732,6 +734,43 @@ def test_a_report_that_cannot_be_written_is_one_line_and_exit_2(
     out, err = capsys.readouterr()
     assert err == "kavach conformance: cannot write /dev/full: No space left on device\n", err
     assert "report written" not in out
+
+
+@contextmanager
+def unwritable(where: str) -> Iterator[Any]:
+    """A standard output that cannot be written: a full disk, or a pipe whose reader has gone."""
+    if where == "full disk":
+        with open("/dev/full", "w") as full:
+            yield full
+        return
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    with open(write_end, "w") as gone:
+        yield gone
+
+
+@pytest.mark.parametrize(("where", "code", "said"), [
+    ("full disk", 2, "kavach conformance: cannot write the output: No space left on device\n"),
+    ("reader gone", 141, ""),
+])  # fmt: skip
+@pytest.mark.parametrize("words", [["--help"], ["--issuer", "https://as.example"]])
+def test_output_that_cannot_be_written_ends_the_kit_in_one_line(
+    where: str,
+    code: int,
+    said: str,
+    words: list[str],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``--help`` or the report to a stdout that cannot take them: one line and status 2 on a full
+    disk, status 141 and nothing said to a reader that went away (as ``kavach`` ends), never
+    Python's "Exception ignored" at exit (status 120) for the text left buffered."""
+    monkeypatch.setattr(cli, "run_kit", finished(PASS))
+    with unwritable(where) as stdout:
+        monkeypatch.setattr(sys, "stdout", stdout)
+        assert cli.main(words) == code
+        monkeypatch.undo()
+    assert capsys.readouterr().err == said
 
 
 def test_a_kit_error_is_one_line(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:

@@ -169,27 +169,57 @@ def _run(args: argparse.Namespace) -> int:
     except KitError as exc:
         sys.stderr.write(f"kavach conformance: {one_line(str(exc))}\n")
         return 2
-    print(report.table(only_observable=not args.all_rules))
+    shown = [report.table(only_observable=not args.all_rules)]
     if report.stateful is not None:
-        print()
-        print(one_line(f"stateful: {report.stateful['status']}: {report.stateful['reason']}"))
-        for line in report.stateful.get("exchanges", []):
-            print("  " + one_line(line))
+        shown += ["", one_line(f"stateful: {report.stateful['status']}: {report.stateful['reason']}")]
+        shown += ["  " + one_line(line) for line in report.stateful.get("exchanges", [])]
+    unwritten = _written("\n".join(shown) + "\n")
+    if unwritten is not None:
+        return unwritten
     if args.json:
         try:
             report.write_json(args.json)
         except OSError as exc:
             sys.stderr.write(f"kavach conformance: cannot write {args.json}: {exc.strerror or exc}\n")
             return 2
-        print(f"\nreport written to {args.json}")
+        return _written(f"\nreport written to {args.json}\n") or (1 if report.failed() else 0)
     return 1 if report.failed() else 0
+
+
+def _written(text: str) -> int | None:
+    """Writes ``text`` to standard output and flushes it; ``None``, or the exit status when it
+    could not be written: 141 (as a shell shows SIGPIPE) and nothing said when the reader went away
+    (``| head``), else one line on stderr and 2 (a full disk, a closed stdout). What is still
+    buffered then goes to ``/dev/null``, so it cannot fail again at exit."""
+    try:
+        if sys.stdout is None:
+            raise OSError("standard output is closed")
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except OSError as exc:
+        if sys.stdout is not None:
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, sys.stdout.fileno())
+            os.close(null)
+        if isinstance(exc, BrokenPipeError):
+            return 141
+        sys.stderr.write(f"kavach conformance: cannot write the output: {exc.strerror or exc}\n")
+        return 2
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m kavach_conformance``: the same as ``kavach conformance``."""
     parser = argparse.ArgumentParser(prog="python -m kavach_conformance", description=__doc__, allow_abbrev=False)
     add_arguments(parser)
-    return run(parser.parse_args(argv))
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit:  # argparse wrote --help's text, or its error: a text that cannot be written fails here
+        unwritten = _written("")
+        if unwritten is not None:
+            return unwritten
+        raise
+    return run(args)
 
 
 if __name__ == "__main__":
