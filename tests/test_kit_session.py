@@ -1492,17 +1492,18 @@ class Grants:
 def granting(grants: Grants, observed: bool = True) -> Iterator[Session]:
     """A session against ``grants``: its confidential client asks introspection, as the kit's does
     (not ``observed``: a public client only, so whether an access token works goes unseen)."""
-    with site(grants.answer) as (base, _heard), Http([base], timeout=5) as http:
-        session = Session(http, issuer=base, resource=None, other_resource=None, person=grants.person, redirect_uri=CB)
-        session.meta = {
-            "authorization_endpoint": base + "/authorize",
-            "token_endpoint": base + "/token",
-            "revocation_endpoint": base + "/revoke",
-            "introspection_endpoint": base + "/introspect",
-        }
-        session.primary = Client("kit", CB)
-        session.confidential = Client("kit-c", CB, "s3cret", "client_secret_basic") if observed else None
-        yield session
+    with site(grants.answer) as (base, _heard):
+        session = session_at(base, grants.person)
+        with session.http:
+            session.meta = {
+                "authorization_endpoint": base + "/authorize",
+                "token_endpoint": base + "/token",
+                "revocation_endpoint": base + "/revoke",
+                "introspection_endpoint": base + "/introspect",
+            }
+            session.primary = Client("kit", CB)
+            session.confidential = Client("kit-c", CB, "s3cret", "client_secret_basic") if observed else None
+            yield session
 
 
 class Steps:
