@@ -182,7 +182,9 @@ def _run(args: argparse.Namespace) -> int:
         except OSError as exc:
             sys.stderr.write(f"kavach conformance: cannot write {args.json}: {exc.strerror or exc}\n")
             return 2
-        return _written(f"\nreport written to {args.json}\n") or (1 if report.failed() else 0)
+        unwritten = _written(f"\nreport written to {args.json}\n")
+        if unwritten is not None:
+            return unwritten
     return 1 if report.failed() else 0
 
 
